@@ -1,0 +1,51 @@
+# Switchyard build, test and benchmark targets. See README.md.
+GO        ?= go
+BIN       ?= bin/switchyard
+PKGS      := ./...
+# Packages that must stay pure (no gRPC, etcd, memberlist or OpenTelemetry).
+PURE_PKGS := ./model/... ./placement/...
+FORBIDDEN := google.golang.org/grpc|go.etcd.io|github.com/hashicorp/memberlist|go.opentelemetry.io
+
+.PHONY: all build test test-short bench run lint verify verify-deps fmt generate clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/switchyard
+
+test:
+	$(GO) test -count=1 -timeout 15m $(PKGS)
+
+test-short:
+	$(GO) test -short -count=1 $(PKGS)
+
+# Benchmarks: kernel and engine throughput with ratios to the machine's measured
+# memory bandwidth and FMA peak. BENCH_MODEL overrides the synthesized model.
+bench: build
+	bash scripts/bench.sh
+
+# Starts a whole local cluster with the built-in small model.
+run: build
+	$(BIN) up
+
+fmt:
+	gofmt -w $$(git ls-files '*.go' | grep -v '\.pb\.go$$')
+
+lint: verify
+
+verify: verify-deps
+	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) mod tidy -diff
+
+verify-deps:
+	@for p in $$($(GO) list $(PURE_PKGS) 2>/dev/null); do \
+	  if $(GO) list -deps $$p | grep -E -q '$(FORBIDDEN)'; then echo "$$p imports a forbidden I/O dependency"; exit 1; fi; \
+	done; echo "verify-deps: model/ and placement/ are pure"
+
+# Regenerates the assembly kernels (avo lives in its own module).
+generate:
+	cd model/kernels/internal/gen && $(GO) generate ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,141 @@
+package hybrid
+
+import (
+	"fmt"
+
+	"github.com/switchyard-serving/switchyard/model/kernels"
+)
+
+// ExpertRequest asks for the routed-expert part of one MoE layer for a batch of rows:
+//
+//	Out[i] = Σ_j Weights[i*TopK+j] · expert_{Experts[i*TopK+j]}(X[i])
+//
+// The cluster's trunk node turns it into one message per expert node; the
+// in-process implementation computes it directly.
+type ExpertRequest struct {
+	Layer   int       // decoder layer index
+	Rows    int       // number of token rows
+	Hidden  int       // row width
+	TopK    int       // routed experts per row
+	X       []float32 // [Rows, Hidden], the FFN input (post_attention_layernorm output)
+	Experts []int32   // [Rows, TopK] expert ids
+	Weights []float32 // [Rows, TopK] gate weights (softmax over the row's top-k)
+	Out     []float32 // [Rows, Hidden], overwritten by the backend
+}
+
+// Pending is an expert computation in flight.
+type Pending interface {
+	// Wait blocks until the request's Out is filled, or returns why it cannot be.
+	Wait() error
+}
+
+// ExpertBackend computes routed experts. Begin may return before the work is done,
+// so the caller can compute the shared expert meanwhile; the request's slices must
+// stay untouched until Wait returns.
+type ExpertBackend interface {
+	Begin(req *ExpertRequest) Pending
+}
+
+type donePending struct{ err error }
+
+func (d donePending) Wait() error { return d.err }
+
+// Done returns a Pending that is already complete with err.
+func Done(err error) Pending { return donePending{err} }
+
+// LocalExperts computes experts in process from the model's weights. It groups the
+// rows by expert so that each expert's weights are read once per request.
+type LocalExperts struct {
+	Layers []LayerWeights
+	scr    ExpertScratch
+}
+
+var _ ExpertBackend = (*LocalExperts)(nil)
+
+// Begin computes the request synchronously.
+func (l *LocalExperts) Begin(req *ExpertRequest) Pending {
+	if req.Layer < 0 || req.Layer >= len(l.Layers) {
+		return Done(fmt.Errorf("hybrid: expert request for layer %d of %d", req.Layer, len(l.Layers)))
+	}
+	return Done(ComputeExperts(l.Layers[req.Layer].Experts, req, &l.scr))
+}
+
+// ExpertScratch holds reusable buffers for ComputeExperts.
+type ExpertScratch struct {
+	rows   []int32
+	gather []float32
+	gate   []float32
+	up     []float32
+	down   []float32
+}
+
+func grow(b []float32, n int) []float32 {
+	if cap(b) < n {
+		return make([]float32, n)
+	}
+	return b[:n]
+}
+
+// ComputeExperts evaluates req against the given experts (indexed by expert id; an
+// entry with no weights means the expert is not held here, which is an error).
+func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScratch) error {
+	h := req.Hidden
+	if len(req.X) < req.Rows*h || len(req.Out) < req.Rows*h || len(req.Experts) < req.Rows*req.TopK || len(req.Weights) < req.Rows*req.TopK {
+		return fmt.Errorf("hybrid: expert request for layer %d has short buffers", req.Layer)
+	}
+	clear(req.Out[:req.Rows*h])
+	// Bucket (row, slot) pairs by expert.
+	counts := make([]int, len(experts)+1)
+	for _, e := range req.Experts[:req.Rows*req.TopK] {
+		if e < 0 || int(e) >= len(experts) || experts[e].Gate.Data == nil {
+			return fmt.Errorf("hybrid: layer %d: expert %d is not available here", req.Layer, e)
+		}
+		counts[e+1]++
+	}
+	for i := 1; i < len(counts); i++ {
+		counts[i] += counts[i-1]
+	}
+	n := req.Rows * req.TopK
+	if cap(scr.rows) < n {
+		scr.rows = make([]int32, n)
+	}
+	order := scr.rows[:n]
+	fill := append([]int(nil), counts[:len(experts)]...)
+	for i, e := range req.Experts[:n] {
+		order[fill[e]] = int32(i)
+		fill[e]++
+	}
+	for e := range experts {
+		lo, hi := counts[e], counts[e+1]
+		if lo == hi {
+			continue
+		}
+		ew := experts[e]
+		m := hi - lo
+		inter := ew.Gate.Rows
+		scr.gather = grow(scr.gather, m*h)
+		for j, slot := range order[lo:hi] {
+			row := int(slot) / req.TopK
+			copy(scr.gather[j*h:(j+1)*h], req.X[row*h:(row+1)*h])
+		}
+		scr.gate = grow(scr.gate, m*inter)
+		scr.up = grow(scr.up, m*inter)
+		kernels.MatMul(scr.gate, ew.Gate, scr.gather, m)
+		kernels.MatMul(scr.up, ew.Up, scr.gather, m)
+		for i := range scr.gate {
+			scr.gate[i] = kernels.SiLU(scr.gate[i]) * scr.up[i]
+		}
+		scr.down = grow(scr.down, m*h)
+		kernels.MatMul(scr.down, ew.Down, scr.gate, m)
+		for j, slot := range order[lo:hi] {
+			row := int(slot) / req.TopK
+			w := req.Weights[slot]
+			dst := req.Out[row*h : (row+1)*h]
+			src := scr.down[j*h : (j+1)*h]
+			for c := range dst {
+				dst[c] += w * src[c]
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,559 @@
+package hybrid
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/switchyard-serving/switchyard/model/config"
+	"github.com/switchyard-serving/switchyard/model/gguf"
+	"github.com/switchyard-serving/switchyard/model/safetensors"
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+// ErrTensor reports a missing or mis-shaped checkpoint tensor; the message names it.
+var ErrTensor = errors.New("hybrid: bad checkpoint tensor")
+
+// source looks tensors up by their checkpoint name.
+type source interface {
+	lookup(name string) (dt tensor.DType, shape []int, data []byte, ok bool, err error)
+}
+
+type loader struct {
+	src source
+	// LayerFilter, when set, skips routed experts for which it returns false (an
+	// expert node loads only its assignment).
+	keepExpert func(layer, expert int) bool
+}
+
+func (l *loader) raw(name string, shape ...int) (tensor.DType, []byte, error) {
+	dt, sh, data, ok, err := l.src.lookup(name)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%w: %s: %v", ErrTensor, name, err)
+	}
+	if !ok {
+		return 0, nil, fmt.Errorf("%w: %s is missing", ErrTensor, name)
+	}
+	if !slices.Equal(sh, shape) {
+		return 0, nil, fmt.Errorf("%w: %s has shape %v, want %v", ErrTensor, name, sh, shape)
+	}
+	return dt, data, nil
+}
+
+func (l *loader) has(name string) bool {
+	_, _, _, ok, err := l.src.lookup(name)
+	return ok && err == nil
+}
+
+// matrix loads a 2-D (or stacked 3-D flattened to rows) weight as a Matrix.
+func (l *loader) matrix(name string, rows, cols int, shape ...int) (tensor.Matrix, error) {
+	if len(shape) == 0 {
+		shape = []int{rows, cols}
+	}
+	dt, data, err := l.raw(name, shape...)
+	if err != nil {
+		return tensor.Matrix{}, err
+	}
+	m, err := tensor.NewMatrix(dt, rows, cols, data)
+	if err != nil {
+		return tensor.Matrix{}, fmt.Errorf("%w: %s: %v", ErrTensor, name, err)
+	}
+	return m, nil
+}
+
+// vector loads a small tensor as float32 values (any float dtype).
+func (l *loader) vector(name string, shape ...int) ([]float32, error) {
+	dt, data, err := l.raw(name, shape...)
+	if err != nil {
+		return nil, err
+	}
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	if dt != tensor.F32 && dt != tensor.F16 && dt != tensor.BF16 {
+		return nil, fmt.Errorf("%w: %s is %s; 1-D parameters must be F32, F16 or BF16", ErrTensor, name, dt)
+	}
+	rb, _ := dt.RowBytes(n)
+	if len(data) != rb {
+		return nil, fmt.Errorf("%w: %s has %d bytes, want %d", ErrTensor, name, len(data), rb)
+	}
+	out := make([]float32, n)
+	tensor.DequantizeRow(dt, data, out)
+	return out, nil
+}
+
+// ---------------------------------------------------------------- HF safetensors
+
+type stSource struct{ c *safetensors.Checkpoint }
+
+func (s stSource) lookup(name string) (tensor.DType, []int, []byte, bool, error) {
+	t, ok := s.c.Tensor(name)
+	if !ok {
+		return 0, nil, nil, false, nil
+	}
+	return t.DType, t.Shape, t.Data, true, nil
+}
+
+// LoadOptions tune loading.
+type LoadOptions struct {
+	// KeepExpert, when non-nil, selects the routed experts to map; the others are
+	// left empty (an expert node loads only its assignment; a trunk node none).
+	KeepExpert func(layer, expert int) bool
+}
+
+// LoadHF loads a Hugging Face checkpoint folder (config.json + safetensors).
+func LoadHF(dir string, opt LoadOptions) (*Model, error) {
+	cfg, err := config.Load(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return nil, err
+	}
+	ck, err := safetensors.OpenDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	l := &loader{src: stSource{ck}, keepExpert: opt.KeepExpert}
+	w, err := l.loadHF(cfg)
+	if err != nil {
+		ck.Close()
+		return nil, fmt.Errorf("%s: %w", dir, err)
+	}
+	m := New(cfg, w)
+	m.closer = ck.Close
+	return m, nil
+}
+
+func (l *loader) loadHF(c *config.Config) (*Weights, error) {
+	H, V := c.Hidden, c.VocabSize
+	w := &Weights{}
+	var err error
+	if w.Embed, err = l.matrix("model.embed_tokens.weight", V, H); err != nil {
+		return nil, err
+	}
+	switch {
+	case !c.TieWordEmbeddings:
+		if w.Output, err = l.matrix("lm_head.weight", V, H); err != nil {
+			return nil, err
+		}
+	default:
+		w.Output = w.Embed
+	}
+	if w.FinalNorm, err = l.vector("model.norm.weight", H); err != nil {
+		return nil, err
+	}
+	din, cd, nh, K := c.DInner(), c.ConvDim(), c.MambaHeads, c.MambaDConv
+	for i, lt := range c.LayerTypes {
+		p := fmt.Sprintf("model.layers.%d.", i)
+		lw := LayerWeights{Type: lt}
+		if lw.InputNorm, err = l.vector(p+"input_layernorm.weight", H); err != nil {
+			return nil, err
+		}
+		if lw.PostNorm, err = l.vector(p+"post_attention_layernorm.weight", H); err != nil {
+			return nil, err
+		}
+		if lt == config.Mamba {
+			mw := &MambaWeights{}
+			if mw.InProj, err = l.matrix(p+"mamba.in_proj.weight", c.InProjDim(), H); err != nil {
+				return nil, err
+			}
+			if mw.ConvW, err = l.vector(p+"mamba.conv1d.weight", cd, 1, K); err != nil {
+				return nil, err
+			}
+			if c.MambaConvBias {
+				if mw.ConvB, err = l.vector(p+"mamba.conv1d.bias", cd); err != nil {
+					return nil, err
+				}
+			} else {
+				mw.ConvB = make([]float32, cd)
+			}
+			if mw.DtBias, err = l.vector(p+"mamba.dt_bias", nh); err != nil {
+				return nil, err
+			}
+			alog, err := l.vector(p+"mamba.A_log", nh)
+			if err != nil {
+				return nil, err
+			}
+			mw.A = make([]float32, nh)
+			for h, v := range alog {
+				mw.A[h] = -float32(math.Exp(float64(v)))
+			}
+			if mw.D, err = l.vector(p+"mamba.D", nh); err != nil {
+				return nil, err
+			}
+			if mw.Norm, err = l.vector(p+"mamba.norm.weight", din); err != nil {
+				return nil, err
+			}
+			if mw.OutProj, err = l.matrix(p+"mamba.out_proj.weight", H, din); err != nil {
+				return nil, err
+			}
+			lw.Mamba = mw
+		} else {
+			aw := &AttnWeights{}
+			if aw.Q, err = l.matrix(p+"self_attn.q_proj.weight", c.QDim(), H); err != nil {
+				return nil, err
+			}
+			if aw.K, err = l.matrix(p+"self_attn.k_proj.weight", c.KVDim(), H); err != nil {
+				return nil, err
+			}
+			if aw.V, err = l.matrix(p+"self_attn.v_proj.weight", c.KVDim(), H); err != nil {
+				return nil, err
+			}
+			if aw.O, err = l.matrix(p+"self_attn.o_proj.weight", H, c.QDim()); err != nil {
+				return nil, err
+			}
+			lw.Attn = aw
+		}
+		S := c.SharedIntermediate
+		in, err := l.matrix(p+"shared_mlp.input_linear.weight", 2*S, H)
+		if err != nil {
+			return nil, err
+		}
+		lw.Shared.Gate, lw.Shared.Up = in.Slice(0, S), in.Slice(S, 2*S)
+		if lw.Shared.Down, err = l.matrix(p+"shared_mlp.output_linear.weight", H, S); err != nil {
+			return nil, err
+		}
+		if c.IsMoE() {
+			E, I := c.Experts, c.Intermediate
+			if lw.Router, err = l.matrix(p+"block_sparse_moe.router.layer.weight", E, H); err != nil {
+				return nil, err
+			}
+			in, err := l.matrix(p+"block_sparse_moe.input_linear.weight", E*2*I, H, E, 2*I, H)
+			if err != nil {
+				return nil, err
+			}
+			out, err := l.matrix(p+"block_sparse_moe.output_linear.weight", E*H, I, E, H, I)
+			if err != nil {
+				return nil, err
+			}
+			lw.Experts = make([]ExpertWeights, E)
+			for e := range E {
+				if l.keepExpert != nil && !l.keepExpert(i, e) {
+					continue
+				}
+				lw.Experts[e] = ExpertWeights{
+					Gate: in.Slice(e*2*I, e*2*I+I),
+					Up:   in.Slice(e*2*I+I, (e+1)*2*I),
+					Down: out.Slice(e*H, (e+1)*H),
+				}
+			}
+		}
+		w.Layers = append(w.Layers, lw)
+	}
+	return w, nil
+}
+
+// ---------------------------------------------------------------- GGUF
+
+type ggufSource struct {
+	f     *gguf.File
+	names map[string]bool
+}
+
+func newGGUFSource(f *gguf.File) ggufSource {
+	s := ggufSource{f: f, names: map[string]bool{}}
+	for _, ti := range f.Tensors() {
+		s.names[ti.Name] = true
+	}
+	return s
+}
+
+func (s ggufSource) lookup(name string) (tensor.DType, []int, []byte, bool, error) {
+	if !s.names[name] {
+		return 0, nil, nil, false, nil
+	}
+	dt, shape, data, err := s.f.Tensor(name)
+	if err != nil {
+		return 0, nil, nil, true, err
+	}
+	return dt, shape, data, true, nil
+}
+
+// ConfigFromGGUF derives the model config from GGUF metadata (spec section 5.1).
+func ConfigFromGGUF(f *gguf.File) (*config.Config, error) {
+	arch := f.Architecture()
+	switch arch {
+	case "granitehybrid", "granitemoe", "granite":
+	default:
+		return nil, fmt.Errorf("%w: general.architecture is %q, want \"granitehybrid\"", config.ErrInvalid, arch)
+	}
+	k := func(s string) string { return arch + "." + s }
+	var errs []string
+	u := func(key string) int {
+		v, ok := f.Uint(k(key))
+		if !ok {
+			errs = append(errs, k(key))
+		}
+		return int(v)
+	}
+	fl := func(key string, def float64) float32 {
+		if v, ok := f.Float(k(key)); ok {
+			return float32(v)
+		}
+		return float32(def)
+	}
+	c := &config.Config{ModelType: "granitemoehybrid", HiddenAct: "silu", MambaExpand: 2, MambaConvBias: true,
+		MambaChunkSize: 256, BOS: -1, EOS: -1, PAD: -1, TieWordEmbeddings: true, RopeInterleaved: true}
+	c.Hidden = u("embedding_length")
+	c.Layers = u("block_count")
+	c.Heads = u("attention.head_count")
+	c.Intermediate = u("feed_forward_length")
+	c.RMSNormEps = fl("attention.layer_norm_rms_epsilon", 1e-5)
+	c.AttentionMult = fl("attention.scale", 0)
+	c.EmbeddingMultiplier = fl("embedding_scale", 1)
+	c.ResidualMultiplier = fl("residual_scale", 1)
+	c.LogitsScaling = fl("logit_scale", 1)
+	c.RopeTheta = fl("rope.freq_base", 10000)
+	if v, ok := f.Uint(k("context_length")); ok {
+		c.MaxPositionEmbed = int(v)
+	}
+	if v, ok := f.Uint(k("expert_count")); ok {
+		c.Experts = int(v)
+		c.ExpertsPerTok = u("expert_used_count")
+	}
+	if v, ok := f.Uint(k("expert_shared_feed_forward_length")); ok {
+		c.SharedIntermediate = int(v)
+	} else {
+		c.SharedIntermediate = c.Intermediate
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: GGUF metadata lacks %s", config.ErrInvalid, strings.Join(errs, ", "))
+	}
+	kv, isArr := f.Ints(k("attention.head_count_kv"))
+	c.LayerTypes = make([]config.LayerType, c.Layers)
+	if isArr {
+		if len(kv) != c.Layers {
+			return nil, fmt.Errorf("%w: %s has %d entries, block_count is %d", config.ErrInvalid, k("attention.head_count_kv"), len(kv), c.Layers)
+		}
+		for i, n := range kv {
+			if n == 0 {
+				c.LayerTypes[i] = config.Mamba
+			} else {
+				c.LayerTypes[i] = config.Attention
+				if c.KVHeads != 0 && c.KVHeads != int(n) {
+					return nil, fmt.Errorf("%w: %s varies across layers (%d vs %d), unsupported", config.ErrInvalid, k("attention.head_count_kv"), c.KVHeads, n)
+				}
+				c.KVHeads = int(n)
+			}
+		}
+	} else {
+		for i := range c.LayerTypes {
+			c.LayerTypes[i] = config.Attention
+		}
+		c.KVHeads = u("attention.head_count_kv")
+	}
+	if c.KVHeads == 0 {
+		c.KVHeads = c.Heads
+	}
+	if c.AttentionMult == 0 && c.Heads > 0 {
+		c.AttentionMult = float32(1 / math.Sqrt(float64(c.Hidden/c.Heads)))
+	}
+	if c.NumLayers(config.Mamba) > 0 {
+		c.MambaDConv = u("ssm.conv_kernel")
+		c.MambaDState = u("ssm.state_size")
+		c.MambaGroups = u("ssm.group_count")
+		inner := u("ssm.inner_size")
+		c.MambaHeads = u("ssm.time_step_rank")
+		if len(errs) > 0 {
+			return nil, fmt.Errorf("%w: GGUF metadata lacks %s", config.ErrInvalid, strings.Join(errs, ", "))
+		}
+		if c.Hidden > 0 && inner%c.Hidden != 0 {
+			return nil, fmt.Errorf("%w: %s (%d) is not a multiple of embedding_length (%d)", config.ErrInvalid, k("ssm.inner_size"), inner, c.Hidden)
+		}
+		if c.Hidden > 0 {
+			c.MambaExpand = inner / c.Hidden
+		}
+		if c.MambaHeads > 0 {
+			c.MambaHeadDim = inner / c.MambaHeads
+		}
+	}
+	ropeOn := true // llama.cpp's default when the key is missing
+	if v, ok := f.Bool(k("rope.scaling.finetuned")); ok {
+		ropeOn = v
+	}
+	if ropeOn && c.NumLayers(config.Attention) > 0 {
+		c.PositionEmbed = "rope"
+	} else {
+		c.PositionEmbed = "nope"
+	}
+	toks, _ := f.Strings("tokenizer.ggml.tokens")
+	c.VocabSize = len(toks)
+	if v, ok := f.Uint(k("vocab_size")); ok {
+		c.VocabSize = int(v)
+	}
+	if v, ok := f.Uint("tokenizer.ggml.bos_token_id"); ok {
+		c.BOS = int(v)
+	}
+	if v, ok := f.Uint("tokenizer.ggml.eos_token_id"); ok {
+		c.EOS = int(v)
+	}
+	if v, ok := f.Uint("tokenizer.ggml.padding_token_id"); ok {
+		c.PAD = int(v)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// LoadGGUF loads a GGUF file of architecture granitehybrid.
+func LoadGGUF(path string, opt LoadOptions) (*Model, *gguf.File, error) {
+	f, err := gguf.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := ConfigFromGGUF(f)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	l := &loader{src: newGGUFSource(f), keepExpert: opt.KeepExpert}
+	w, err := l.loadGGUF(cfg)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	m := New(cfg, w)
+	m.closer = f.Close
+	return m, f, nil
+}
+
+func (l *loader) loadGGUF(c *config.Config) (*Weights, error) {
+	H, V := c.Hidden, c.VocabSize
+	w := &Weights{}
+	var err error
+	if w.Embed, err = l.matrix("token_embd.weight", V, H); err != nil {
+		return nil, err
+	}
+	if l.has("output.weight") {
+		c.TieWordEmbeddings = false
+		if w.Output, err = l.matrix("output.weight", V, H); err != nil {
+			return nil, err
+		}
+	} else {
+		w.Output = w.Embed
+	}
+	if w.FinalNorm, err = l.vector("output_norm.weight", H); err != nil {
+		return nil, err
+	}
+	din, cd, nh, K, G := c.DInner(), c.ConvDim(), c.MambaHeads, c.MambaDConv, c.MambaGroups
+	for i, lt := range c.LayerTypes {
+		p := fmt.Sprintf("blk.%d.", i)
+		lw := LayerWeights{Type: lt}
+		if lw.InputNorm, err = l.vector(p+"attn_norm.weight", H); err != nil {
+			return nil, err
+		}
+		if lw.PostNorm, err = l.vector(p+"ffn_norm.weight", H); err != nil {
+			return nil, err
+		}
+		if lt == config.Mamba {
+			mw := &MambaWeights{}
+			if mw.InProj, err = l.matrix(p+"ssm_in.weight", c.InProjDim(), H); err != nil {
+				return nil, err
+			}
+			if mw.ConvW, err = l.vector(p+"ssm_conv1d.weight", cd, K); err != nil {
+				return nil, err
+			}
+			if l.has(p + "ssm_conv1d.bias") {
+				if mw.ConvB, err = l.vector(p+"ssm_conv1d.bias", cd); err != nil {
+					return nil, err
+				}
+			} else {
+				mw.ConvB = make([]float32, cd)
+			}
+			if mw.DtBias, err = l.vector(p+"ssm_dt.bias", nh); err != nil {
+				return nil, err
+			}
+			if mw.A, err = l.vector(p+"ssm_a", nh, 1); err != nil { // already -exp(A_log)
+				return nil, err
+			}
+			if mw.D, err = l.vector(p+"ssm_d", nh, 1); err != nil {
+				return nil, err
+			}
+			if mw.Norm, err = l.vector(p+"ssm_norm.weight", G, din/G); err != nil {
+				return nil, err
+			}
+			if mw.OutProj, err = l.matrix(p+"ssm_out.weight", H, din); err != nil {
+				return nil, err
+			}
+			lw.Mamba = mw
+		} else {
+			aw := &AttnWeights{}
+			if aw.Q, err = l.matrix(p+"attn_q.weight", c.QDim(), H); err != nil {
+				return nil, err
+			}
+			if aw.K, err = l.matrix(p+"attn_k.weight", c.KVDim(), H); err != nil {
+				return nil, err
+			}
+			if aw.V, err = l.matrix(p+"attn_v.weight", c.KVDim(), H); err != nil {
+				return nil, err
+			}
+			if aw.O, err = l.matrix(p+"attn_output.weight", H, c.QDim()); err != nil {
+				return nil, err
+			}
+			lw.Attn = aw
+		}
+		if c.IsMoE() {
+			E, I, S := c.Experts, c.Intermediate, c.SharedIntermediate
+			if lw.Router, err = l.matrix(p+"ffn_gate_inp.weight", E, H); err != nil {
+				return nil, err
+			}
+			gate, err := l.matrix(p+"ffn_gate_exps.weight", E*I, H, E, I, H)
+			if err != nil {
+				return nil, err
+			}
+			up, err := l.matrix(p+"ffn_up_exps.weight", E*I, H, E, I, H)
+			if err != nil {
+				return nil, err
+			}
+			down, err := l.matrix(p+"ffn_down_exps.weight", E*H, I, E, H, I)
+			if err != nil {
+				return nil, err
+			}
+			lw.Experts = make([]ExpertWeights, E)
+			for e := range E {
+				if l.keepExpert != nil && !l.keepExpert(i, e) {
+					continue
+				}
+				lw.Experts[e] = ExpertWeights{Gate: gate.Slice(e*I, (e+1)*I), Up: up.Slice(e*I, (e+1)*I), Down: down.Slice(e*H, (e+1)*H)}
+			}
+			if lw.Shared.Gate, err = l.matrix(p+"ffn_gate_shexp.weight", S, H); err != nil {
+				return nil, err
+			}
+			if lw.Shared.Up, err = l.matrix(p+"ffn_up_shexp.weight", S, H); err != nil {
+				return nil, err
+			}
+			if lw.Shared.Down, err = l.matrix(p+"ffn_down_shexp.weight", H, S); err != nil {
+				return nil, err
+			}
+		} else {
+			F := c.Intermediate
+			if lw.Shared.Gate, err = l.matrix(p+"ffn_gate.weight", F, H); err != nil {
+				return nil, err
+			}
+			if lw.Shared.Up, err = l.matrix(p+"ffn_up.weight", F, H); err != nil {
+				return nil, err
+			}
+			if lw.Shared.Down, err = l.matrix(p+"ffn_down.weight", H, F); err != nil {
+				return nil, err
+			}
+		}
+		w.Layers = append(w.Layers, lw)
+	}
+	return w, nil
+}
+
+// IsGGUF reports whether path looks like a GGUF file (by its magic).
+func IsGGUF(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var magic [4]byte
+	_, err = f.Read(magic[:])
+	return err == nil && string(magic[:]) == "GGUF"
+}

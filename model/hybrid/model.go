@@ -1,0 +1,439 @@
+// Package hybrid computes the Granite 4.0 hybrid (Mamba-2 + attention + MoE) forward
+// pass: batched prefill and decode over many independent sessions at once, with
+// the routed experts behind the ExpertBackend seam so a cluster can compute them
+// remotely.
+//
+// One Forward call takes a batch of sequences, each a session State plus the new
+// tokens to feed it (a whole prompt, a prefill chunk, or one decode token). Every
+// weight matmul runs once over all rows of the batch; the Mamba scan and attention
+// run per sequence against that sequence's state. Arithmetic is float32.
+//
+// Per layer (spec section 3): h += r·mixer(rmsnorm(h)); h += r·(moe(x) + shared(x))
+// with x = rmsnorm(h); logits = (rmsnorm(h) · Embedᵀ) / logits_scaling.
+package hybrid
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+
+	"github.com/switchyard-serving/switchyard/model/config"
+	"github.com/switchyard-serving/switchyard/model/kernels"
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+// ErrInput reports a bad Forward argument (token out of range, empty sequence, ...).
+var ErrInput = errors.New("hybrid: bad input")
+
+// Model is a loaded model. Forward is not safe for concurrent use: one step at a
+// time per Model (the scheduler owns it). Weights are read-only and may be shared.
+type Model struct {
+	Cfg     *config.Config
+	W       *Weights
+	Experts ExpertBackend // routed experts; LocalExperts by default
+
+	// ScanChunkedMin is the sequence length from which Mamba prefill uses the
+	// chunked SSD scan instead of the token-by-token recurrence (0: always chunked
+	// for T > 1). Both give the same result up to float rounding.
+	ScanChunkedMin int
+
+	closer func() error
+	scr    scratch
+}
+
+// New assembles a model from a config and weights, with in-process experts.
+func New(c *config.Config, w *Weights) *Model {
+	return &Model{Cfg: c, W: w, Experts: &LocalExperts{Layers: w.Layers}, ScanChunkedMin: 2}
+}
+
+// Close releases the checkpoint mapping, if the model owns one.
+func (m *Model) Close() error {
+	if m.closer != nil {
+		return m.closer()
+	}
+	return nil
+}
+
+// NewState returns a fresh session state.
+func (m *Model) NewState() *State { return NewState(m.Cfg) }
+
+// Seq is one sequence of a Forward batch.
+type Seq struct {
+	State  *State
+	Tokens []int
+	// AllLogits asks for logits at every position ([len(Tokens), vocab] in Logits);
+	// otherwise only the last position's ([vocab]). NoLogits skips the LM head
+	// (a prefill chunk that is not the prompt's last).
+	AllLogits bool
+	NoLogits  bool
+	Logits    []float32 // filled by Forward (reused if large enough)
+}
+
+type scratch struct {
+	h, u, f, mix  []float32
+	proj          []float32
+	xbc, y, zgate []float32
+	q, k, v, att  []float32
+	sharedG       []float32
+	sharedU       []float32
+	router        []float32
+	moeOut        []float32
+	exps          []int32
+	wts           []float32
+	scores        []float32
+	outRows       []float32
+	chunk         chunkScratch
+}
+
+// Forward advances every sequence of the batch by its tokens, updating the states
+// and filling the requested logits. On error the states may be partially updated
+// (the caller discards the step).
+func (m *Model) Forward(batch []Seq) error {
+	c := m.Cfg
+	H := c.Hidden
+	N := 0
+	for i, s := range batch {
+		if len(s.Tokens) == 0 {
+			return fmt.Errorf("%w: sequence %d has no tokens", ErrInput, i)
+		}
+		if s.State == nil {
+			return fmt.Errorf("%w: sequence %d has no state", ErrInput, i)
+		}
+		for _, t := range s.Tokens {
+			if t < 0 || t >= c.VocabSize {
+				return fmt.Errorf("%w: token id %d out of range [0, %d)", ErrInput, t, c.VocabSize)
+			}
+		}
+		N += len(s.Tokens)
+	}
+	sc := &m.scr
+	sc.h = grow(sc.h, N*H)
+	sc.u = grow(sc.u, N*H)
+	sc.f = grow(sc.f, N*H)
+	sc.mix = grow(sc.mix, N*H)
+
+	// Embeddings x multiplier.
+	r := 0
+	for _, s := range batch {
+		for _, t := range s.Tokens {
+			row := sc.h[r*H : (r+1)*H]
+			tensor.DequantizeRow(m.W.Embed.DType, m.W.Embed.Row(t), row)
+			for j := range row {
+				row[j] *= c.EmbeddingMultiplier
+			}
+			r++
+		}
+	}
+	mi, ai := 0, 0
+	for li := range m.W.Layers {
+		lw := &m.W.Layers[li]
+		for r := range N {
+			kernels.RMSNorm(sc.u[r*H:(r+1)*H], sc.h[r*H:(r+1)*H], lw.InputNorm, c.RMSNormEps)
+		}
+		var err error
+		if lw.Type == config.Mamba {
+			err = m.mamba(batch, mi, lw.Mamba, N)
+			mi++
+		} else {
+			err = m.attention(batch, ai, lw.Attn, N)
+			ai++
+		}
+		if err != nil {
+			return fmt.Errorf("layer %d: %w", li, err)
+		}
+		axpy(c.ResidualMultiplier, sc.mix[:N*H], sc.h[:N*H])
+		for r := range N {
+			kernels.RMSNorm(sc.u[r*H:(r+1)*H], sc.h[r*H:(r+1)*H], lw.PostNorm, c.RMSNormEps)
+		}
+		if err := m.ffn(li, lw, N); err != nil {
+			return fmt.Errorf("layer %d: %w", li, err)
+		}
+		axpy(c.ResidualMultiplier, sc.f[:N*H], sc.h[:N*H])
+	}
+	for _, s := range batch {
+		s.State.Pos += len(s.Tokens)
+	}
+	return m.head(batch)
+}
+
+func axpy(a float32, x, y []float32) {
+	for i, v := range x {
+		y[i] += a * v
+	}
+}
+
+// head applies the final norm and LM head to the rows that need logits.
+func (m *Model) head(batch []Seq) error {
+	c := m.Cfg
+	H, V := c.Hidden, c.VocabSize
+	sc := &m.scr
+	// Collect the rows that need logits.
+	var rows []int
+	r := 0
+	for _, s := range batch {
+		switch {
+		case s.NoLogits:
+		case s.AllLogits:
+			for t := range s.Tokens {
+				rows = append(rows, r+t)
+			}
+		default:
+			rows = append(rows, r+len(s.Tokens)-1)
+		}
+		r += len(s.Tokens)
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	sc.u = grow(sc.u, len(rows)*H)
+	for i, row := range rows {
+		kernels.RMSNorm(sc.u[i*H:(i+1)*H], sc.h[row*H:(row+1)*H], m.W.FinalNorm, c.RMSNormEps)
+	}
+	sc.outRows = grow(sc.outRows, len(rows)*V)
+	kernels.MatMul(sc.outRows, m.W.Output, sc.u[:len(rows)*H], len(rows))
+	inv := 1 / c.LogitsScaling
+	for i := range sc.outRows {
+		sc.outRows[i] *= inv
+	}
+	i := 0
+	for bi := range batch {
+		s := &batch[bi]
+		if s.NoLogits {
+			continue
+		}
+		n := 1
+		if s.AllLogits {
+			n = len(s.Tokens)
+		}
+		if cap(s.Logits) < n*V {
+			s.Logits = make([]float32, n*V)
+		}
+		s.Logits = s.Logits[:n*V]
+		copy(s.Logits, sc.outRows[i*V:(i+n)*V])
+		i += n
+	}
+	return nil
+}
+
+// mamba runs Mamba-2 layer mi (numbered among Mamba layers) over the batch: reads
+// sc.u, writes sc.mix.
+func (m *Model) mamba(batch []Seq, mi int, w *MambaWeights, N int) error {
+	c := m.Cfg
+	sc := &m.scr
+	din, cd, nh, P, ns, G, K := c.DInner(), c.ConvDim(), c.MambaHeads, c.MambaHeadDim, c.MambaDState, c.MambaGroups, c.MambaDConv
+	ip := c.InProjDim()
+	sc.proj = grow(sc.proj, N*ip)
+	kernels.MatMul(sc.proj, w.InProj, sc.u[:N*c.Hidden], N)
+	sc.y = grow(sc.y, N*din)
+	r := 0
+	for _, s := range batch {
+		T := len(s.Tokens)
+		st := s.State
+		conv, ssm := st.Conv[mi], st.SSM[mi]
+		// Causal depthwise conv over [state ‖ new xBC], then SiLU.
+		ext := grow(sc.xbc, (K-1+T)*cd)
+		sc.xbc = ext
+		copy(ext, conv)
+		for t := range T {
+			copy(ext[(K-1+t)*cd:(K+t)*cd], sc.proj[(r+t)*ip+din:(r+t)*ip+din+cd])
+		}
+		xbc := make([]float32, T*cd) // post-activation x|B|C
+		for t := range T {
+			out := xbc[t*cd : (t+1)*cd]
+			for ch := range cd {
+				acc := w.ConvB[ch]
+				wr := w.ConvW[ch*K : (ch+1)*K]
+				for k := range K {
+					acc += wr[k] * ext[(t+k)*cd+ch]
+				}
+				out[ch] = kernels.SiLU(acc)
+			}
+		}
+		copy(conv, ext[T*cd:(T+K-1)*cd])
+		// dt = softplus(dt_raw + dt_bias), per token and head.
+		dt := make([]float32, T*nh)
+		for t := range T {
+			raw := sc.proj[(r+t)*ip+din+cd : (r+t)*ip+din+cd+nh]
+			for h := range nh {
+				dt[t*nh+h] = kernels.Softplus(raw[h] + w.DtBias[h])
+			}
+		}
+		y := sc.y[r*din : (r+T)*din]
+		p := scanParams{T: T, H: nh, P: P, N: ns, G: G, convDim: cd, dInner: din, xbc: xbc, dt: dt, A: w.A, D: w.D, state: ssm, y: y}
+		if T >= m.ScanChunkedMin && m.ScanChunkedMin > 0 && T > 1 {
+			p.chunk = c.MambaChunkSize
+			scanChunked(&p, &sc.chunk)
+		} else {
+			scanRecurrent(&p)
+		}
+		// Gate with silu(z), then RMSNorm per group of d_inner/G channels.
+		gs := din / G
+		for t := range T {
+			yt := y[t*din : (t+1)*din]
+			z := sc.proj[(r+t)*ip : (r+t)*ip+din]
+			for i := range yt {
+				yt[i] *= kernels.SiLU(z[i])
+			}
+			for g := range G {
+				kernels.RMSNorm(yt[g*gs:(g+1)*gs], yt[g*gs:(g+1)*gs], w.Norm[g*gs:(g+1)*gs], c.RMSNormEps)
+			}
+		}
+		r += T
+	}
+	kernels.MatMul(sc.mix, w.OutProj, sc.y[:N*din], N)
+	return nil
+}
+
+// attention runs attention layer ai over the batch: reads sc.u, writes sc.mix.
+func (m *Model) attention(batch []Seq, ai int, w *AttnWeights, N int) error {
+	c := m.Cfg
+	sc := &m.scr
+	qd, kvd, hd := c.QDim(), c.KVDim(), c.HeadDim()
+	nq, nkv := c.Heads, c.KVHeads
+	sc.q = grow(sc.q, N*qd)
+	sc.k = grow(sc.k, N*kvd)
+	sc.v = grow(sc.v, N*kvd)
+	x := sc.u[:N*c.Hidden]
+	kernels.MatMul(sc.q, w.Q, x, N)
+	kernels.MatMul(sc.k, w.K, x, N)
+	kernels.MatMul(sc.v, w.V, x, N)
+	sc.att = grow(sc.att, N*qd)
+	r := 0
+	for _, s := range batch {
+		T := len(s.Tokens)
+		st := s.State
+		pos0 := st.Pos
+		if c.UseRope() {
+			for t := range T {
+				rope(sc.q[(r+t)*qd:(r+t+1)*qd], nq, hd, pos0+t, c.RopeTheta, c.RopeInterleaved)
+				rope(sc.k[(r+t)*kvd:(r+t+1)*kvd], nkv, hd, pos0+t, c.RopeTheta, c.RopeInterleaved)
+			}
+		}
+		st.K[ai] = append(st.K[ai], sc.k[r*kvd:(r+T)*kvd]...)
+		st.V[ai] = append(st.V[ai], sc.v[r*kvd:(r+T)*kvd]...)
+		kc, vc := st.K[ai], st.V[ai]
+		rep := nq / nkv
+		sc.scores = grow(sc.scores, pos0+T)
+		for t := range T {
+			L := pos0 + t + 1 // causal: keys 0..pos0+t
+			for h := range nq {
+				kh := h / rep
+				q := sc.q[(r+t)*qd+h*hd : (r+t)*qd+(h+1)*hd]
+				sco := sc.scores[:L]
+				for j := range L {
+					kk := kc[j*kvd+kh*hd : j*kvd+(kh+1)*hd]
+					var d float32
+					for e := range hd {
+						d += q[e] * kk[e]
+					}
+					sco[j] = d * c.AttentionMult
+				}
+				kernels.Softmax(sco)
+				out := sc.att[(r+t)*qd+h*hd : (r+t)*qd+(h+1)*hd]
+				clear(out)
+				for j := range L {
+					p := sco[j]
+					vv := vc[j*kvd+kh*hd : j*kvd+(kh+1)*hd]
+					for e := range hd {
+						out[e] += p * vv[e]
+					}
+				}
+			}
+		}
+		r += T
+	}
+	kernels.MatMul(sc.mix, w.O, sc.att[:N*qd], N)
+	return nil
+}
+
+// rope rotates each head of v in place at position pos.
+func rope(v []float32, heads, hd, pos int, theta float32, interleaved bool) {
+	half := hd / 2
+	for i := range half {
+		freq := math.Pow(float64(theta), -2*float64(i)/float64(hd))
+		ang := float64(pos) * float64(float32(freq))
+		cs, sn := float32(math.Cos(ang)), float32(math.Sin(ang))
+		for h := range heads {
+			b := v[h*hd:]
+			var a, bb *float32
+			if interleaved {
+				a, bb = &b[2*i], &b[2*i+1]
+			} else {
+				a, bb = &b[i], &b[i+half]
+			}
+			x0, x1 := *a, *bb
+			*a = x0*cs - x1*sn
+			*bb = x0*sn + x1*cs
+		}
+	}
+}
+
+// ffn runs the MoE (routed experts via the backend, shared expert locally,
+// overlapped) or the dense MLP: reads sc.u, writes sc.f.
+func (m *Model) ffn(li int, lw *LayerWeights, N int) error {
+	c := m.Cfg
+	sc := &m.scr
+	H := c.Hidden
+	x := sc.u[:N*H]
+	var pend Pending
+	var req ExpertRequest
+	if c.IsMoE() {
+		E, k := c.Experts, c.ExpertsPerTok
+		sc.router = grow(sc.router, N*E)
+		kernels.MatMul(sc.router, lw.Router, x, N)
+		if cap(sc.exps) < N*k {
+			sc.exps = make([]int32, N*k)
+		}
+		sc.exps = sc.exps[:N*k]
+		sc.wts = grow(sc.wts, N*k)
+		for r := range N {
+			topK(sc.router[r*E:(r+1)*E], sc.exps[r*k:(r+1)*k], sc.wts[r*k:(r+1)*k])
+		}
+		sc.moeOut = grow(sc.moeOut, N*H)
+		req = ExpertRequest{Layer: li, Rows: N, Hidden: H, TopK: k, X: x, Experts: sc.exps, Weights: sc.wts, Out: sc.moeOut}
+		pend = m.Experts.Begin(&req)
+	}
+	// Shared expert (the whole FFN of dense models), computed while experts run.
+	sh := lw.Shared
+	S := sh.Gate.Rows
+	sc.sharedG = grow(sc.sharedG, N*S)
+	sc.sharedU = grow(sc.sharedU, N*S)
+	kernels.MatMul(sc.sharedG, sh.Gate, x, N)
+	kernels.MatMul(sc.sharedU, sh.Up, x, N)
+	for i := range sc.sharedG {
+		sc.sharedG[i] = kernels.SiLU(sc.sharedG[i]) * sc.sharedU[i]
+	}
+	kernels.MatMul(sc.f, sh.Down, sc.sharedG, N)
+	if pend != nil {
+		if err := pend.Wait(); err != nil {
+			return fmt.Errorf("experts: %w", err)
+		}
+		for i := range sc.f[:N*H] {
+			sc.f[i] += sc.moeOut[i]
+		}
+	}
+	return nil
+}
+
+// topK picks the k largest router logits (ties: lower expert id first) and writes
+// their softmax-normalised weights.
+func topK(logits []float32, ids []int32, wts []float32) {
+	k := len(ids)
+	idx := make([]int, len(logits))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return logits[idx[a]] > logits[idx[b]] })
+	mx := logits[idx[0]]
+	var sum float32
+	for j := range k {
+		ids[j] = int32(idx[j])
+		e := float32(math.Exp(float64(logits[idx[j]] - mx)))
+		wts[j] = e
+		sum += e
+	}
+	for j := range k {
+		wts[j] /= sum
+	}
+}

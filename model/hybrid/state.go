@@ -1,0 +1,202 @@
+package hybrid
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"math"
+
+	"github.com/switchyard-serving/switchyard/model/config"
+)
+
+// ErrState reports a session state that does not fit the model or is corrupt.
+var ErrState = errors.New("hybrid: bad session state")
+
+// State is one session's memory: a fixed-size recurrent state per Mamba layer and a
+// growing KV cache per attention layer, all float32.
+//
+// Layout:
+//   - Conv[i]: the last K-1 pre-activation xBC inputs of Mamba layer i, time-major
+//     ([K-1, conv_dim], oldest first; zeros for a fresh session).
+//   - SSM[i]: the SSM state of Mamba layer i, [H, P, N] (N fastest).
+//   - K[j], V[j]: attention layer j's cache, [Pos, kv_heads*head_dim] (the slices
+//     have length Pos*KVDim; capacity may be larger).
+//
+// Mamba and attention layers are numbered in model order among layers of their kind.
+type State struct {
+	Pos  int // tokens consumed so far
+	Conv [][]float32
+	SSM  [][]float32
+	K, V [][]float32
+}
+
+// NewState returns an empty state for the model described by c.
+func NewState(c *config.Config) *State {
+	s := &State{}
+	for _, t := range c.LayerTypes {
+		if t == config.Mamba {
+			s.Conv = append(s.Conv, make([]float32, (c.MambaDConv-1)*c.ConvDim()))
+			s.SSM = append(s.SSM, make([]float32, c.MambaHeads*c.MambaHeadDim*c.MambaDState))
+		} else {
+			s.K = append(s.K, nil)
+			s.V = append(s.V, nil)
+		}
+	}
+	return s
+}
+
+// RecurrentBytes is the size of the fixed part (conv + SSM states).
+func (s *State) RecurrentBytes() int64 {
+	var n int64
+	for i := range s.Conv {
+		n += int64(len(s.Conv[i])+len(s.SSM[i])) * 4
+	}
+	return n
+}
+
+// KVBytes is the size of the attention caches' held tokens.
+func (s *State) KVBytes() int64 {
+	var n int64
+	for i := range s.K {
+		n += int64(len(s.K[i])+len(s.V[i])) * 4
+	}
+	return n
+}
+
+// Bytes is the exact size of the state's values (recurrent + KV).
+func (s *State) Bytes() int64 { return s.RecurrentBytes() + s.KVBytes() }
+
+// Clone returns a deep copy (a fork of the session).
+func (s *State) Clone() *State {
+	cp := func(src [][]float32) [][]float32 {
+		out := make([][]float32, len(src))
+		for i, v := range src {
+			out[i] = append([]float32(nil), v...)
+		}
+		return out
+	}
+	return &State{Pos: s.Pos, Conv: cp(s.Conv), SSM: cp(s.SSM), K: cp(s.K), V: cp(s.V)}
+}
+
+// Reset clears the state to a fresh session, keeping allocated memory.
+func (s *State) Reset() {
+	s.Pos = 0
+	for i := range s.Conv {
+		clear(s.Conv[i])
+		clear(s.SSM[i])
+	}
+	for i := range s.K {
+		s.K[i] = s.K[i][:0]
+		s.V[i] = s.V[i][:0]
+	}
+}
+
+const stateMagic = "SYST"
+const stateVersion = 1
+
+// Fingerprint identifies the state shape of a model (layer kinds and widths), so a
+// serialized state is only restored into a compatible model.
+func Fingerprint(c *config.Config) uint32 {
+	h := crc32.NewIEEE()
+	fmt.Fprintf(h, "%v|%d|%d|%d|%d|%d|%d|%d", c.LayerTypes, c.Hidden, c.MambaDConv, c.ConvDim(),
+		c.MambaHeads, c.MambaHeadDim, c.MambaDState, c.KVDim())
+	return h.Sum32()
+}
+
+// MarshalBinary-style encoding: magic, version, fingerprint, pos, then each
+// tensor as little-endian float32, then a CRC32 of everything before it.
+
+// Encode writes the state in a portable binary form tied to the model fingerprint.
+func (s *State) Encode(w io.Writer, c *config.Config) error {
+	var buf bytes.Buffer
+	buf.WriteString(stateMagic)
+	hdr := []uint32{stateVersion, Fingerprint(c), uint32(s.Pos), uint32(len(s.Conv)), uint32(len(s.K))}
+	for _, v := range hdr {
+		_ = binary.Write(&buf, binary.LittleEndian, v)
+	}
+	put := func(v []float32) {
+		_ = binary.Write(&buf, binary.LittleEndian, uint64(len(v)))
+		b := make([]byte, 4*len(v))
+		for i, f := range v {
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(f))
+		}
+		buf.Write(b)
+	}
+	for i := range s.Conv {
+		put(s.Conv[i])
+		put(s.SSM[i])
+	}
+	for i := range s.K {
+		put(s.K[i])
+		put(s.V[i])
+	}
+	_ = binary.Write(&buf, binary.LittleEndian, crc32.ChecksumIEEE(buf.Bytes()))
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+// DecodeState reads a state written by Encode for a model with config c.
+func DecodeState(b []byte, c *config.Config) (*State, error) {
+	if len(b) < len(stateMagic)+5*4+4 || string(b[:4]) != stateMagic {
+		return nil, fmt.Errorf("%w: not a switchyard session state", ErrState)
+	}
+	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
+	if crc32.ChecksumIEEE(body) != sum {
+		return nil, fmt.Errorf("%w: checksum mismatch (truncated or corrupt)", ErrState)
+	}
+	r := body[4:]
+	u32 := func() uint32 { v := binary.LittleEndian.Uint32(r); r = r[4:]; return v }
+	if v := u32(); v != stateVersion {
+		return nil, fmt.Errorf("%w: version %d, want %d", ErrState, v, stateVersion)
+	}
+	if fp := u32(); fp != Fingerprint(c) {
+		return nil, fmt.Errorf("%w: state belongs to a model with a different shape (fingerprint %08x, this model %08x)", ErrState, fp, Fingerprint(c))
+	}
+	s := NewState(c)
+	s.Pos = int(u32())
+	nm, na := int(u32()), int(u32())
+	if nm != len(s.Conv) || na != len(s.K) {
+		return nil, fmt.Errorf("%w: %d mamba / %d attention layers, model has %d / %d", ErrState, nm, na, len(s.Conv), len(s.K))
+	}
+	get := func(want int) ([]float32, error) {
+		if len(r) < 8 {
+			return nil, fmt.Errorf("%w: truncated", ErrState)
+		}
+		n := binary.LittleEndian.Uint64(r)
+		r = r[8:]
+		if want >= 0 && n != uint64(want) || n > uint64(len(r)/4) {
+			return nil, fmt.Errorf("%w: tensor of %d values does not fit", ErrState, n)
+		}
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = math.Float32frombits(binary.LittleEndian.Uint32(r[4*i:]))
+		}
+		r = r[4*n:]
+		return v, nil
+	}
+	var err error
+	for i := range s.Conv {
+		if s.Conv[i], err = get(len(s.Conv[i])); err != nil {
+			return nil, err
+		}
+		if s.SSM[i], err = get(len(s.SSM[i])); err != nil {
+			return nil, err
+		}
+	}
+	kv := s.Pos * c.KVDim()
+	for i := range s.K {
+		if s.K[i], err = get(kv); err != nil {
+			return nil, err
+		}
+		if s.V[i], err = get(kv); err != nil {
+			return nil, err
+		}
+	}
+	if len(r) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes", ErrState, len(r))
+	}
+	return s, nil
+}

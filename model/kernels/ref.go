@@ -1,0 +1,70 @@
+package kernels
+
+import (
+	"math"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+// MatMulRef is the reference twin of MatMul: dequantize each row, then a plain
+// float32 dot product per output.
+func MatMulRef(out []float32, w tensor.Matrix, x []float32, n int) {
+	row := make([]float32, w.Cols)
+	for r := 0; r < w.Rows; r++ {
+		tensor.DequantizeRow(w.DType, w.Row(r), row)
+		for i := 0; i < n; i++ {
+			xi := x[i*w.Cols : (i+1)*w.Cols]
+			var s float32
+			for c, v := range row {
+				s += v * xi[c]
+			}
+			out[i*w.Rows+r] = s
+		}
+	}
+}
+
+// RMSNorm writes w ⊙ x / sqrt(mean(x²) + eps) into out (out may alias x).
+func RMSNorm(out, x, w []float32, eps float32) {
+	var ss float64
+	for _, v := range x {
+		ss += float64(v) * float64(v)
+	}
+	inv := float32(1 / math.Sqrt(ss/float64(len(x))+float64(eps)))
+	for i, v := range x {
+		out[i] = w[i] * (v * inv)
+	}
+}
+
+// SiLU returns u·sigmoid(u).
+func SiLU(u float32) float32 { return u / (1 + float32(math.Exp(float64(-u)))) }
+
+// Softplus returns log(1+exp(x)), and x itself above 20 (as ggml does).
+func Softplus(x float32) float32 {
+	if x > 20 {
+		return x
+	}
+	return float32(math.Log1p(math.Exp(float64(x))))
+}
+
+// Softmax normalises x in place (max-subtracted, float32 result).
+func Softmax(x []float32) {
+	if len(x) == 0 {
+		return
+	}
+	m := x[0]
+	for _, v := range x[1:] {
+		if v > m {
+			m = v
+		}
+	}
+	var s float64
+	for i, v := range x {
+		e := math.Exp(float64(v - m))
+		x[i] = float32(e)
+		s += e
+	}
+	inv := float32(1 / s)
+	for i := range x {
+		x[i] *= inv
+	}
+}

@@ -1,0 +1,274 @@
+// Package tensor defines the element types and the weight-matrix view that the
+// model, the loaders and the kernels share.
+//
+// Dimension order: shapes are written in numpy / PyTorch order (slowest dimension
+// first), so a linear layer's weight is [out, in] = [Rows, Cols] and row r is the
+// contiguous run of Cols elements that produces output r. GGUF's ggml order ("ne",
+// fastest first) is converted to this order by the GGUF loader.
+//
+// Quantized types store a row as whole blocks (Q8_0: 32 values per 34-byte block;
+// Q4_K: 256 values per 144-byte block), so Cols must be a multiple of the block size.
+// Every element type is converted to float32 before arithmetic; accumulation is
+// always float32.
+package tensor
+
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
+// DType is the storage type of a weight tensor's elements.
+type DType uint8
+
+// Supported element types. The numeric values are internal; the loaders map the
+// safetensors dtype strings and the GGML type ids onto them.
+const (
+	F32 DType = iota + 1
+	F16
+	BF16
+	Q8_0
+	Q4_K
+)
+
+// Block sizes of the quantized types (values per block and bytes per block).
+const (
+	Q8_0BlockValues = 32
+	Q8_0BlockBytes  = 2 + 32
+	Q4KBlockValues  = 256
+	Q4KBlockBytes   = 2 + 2 + 12 + 128
+)
+
+// ErrShape reports a tensor whose shape or byte length does not fit its use.
+var ErrShape = errors.New("tensor: bad shape")
+
+// String returns the conventional name of the type (as GGUF and safetensors spell it).
+func (d DType) String() string {
+	switch d {
+	case F32:
+		return "F32"
+	case F16:
+		return "F16"
+	case BF16:
+		return "BF16"
+	case Q8_0:
+		return "Q8_0"
+	case Q4_K:
+		return "Q4_K"
+	}
+	return fmt.Sprintf("DType(%d)", uint8(d))
+}
+
+// BlockValues is the number of values that share one block (1 for plain types).
+func (d DType) BlockValues() int {
+	switch d {
+	case Q8_0:
+		return Q8_0BlockValues
+	case Q4_K:
+		return Q4KBlockValues
+	}
+	return 1
+}
+
+// RowBytes returns the bytes that n consecutive values occupy, or an error when n is
+// not a whole number of blocks or the type is unknown.
+func (d DType) RowBytes(n int) (int, error) {
+	switch d {
+	case F32:
+		return 4 * n, nil
+	case F16, BF16:
+		return 2 * n, nil
+	case Q8_0:
+		if n%Q8_0BlockValues != 0 {
+			return 0, fmt.Errorf("%w: %d values is not a multiple of the Q8_0 block (%d)", ErrShape, n, Q8_0BlockValues)
+		}
+		return n / Q8_0BlockValues * Q8_0BlockBytes, nil
+	case Q4_K:
+		if n%Q4KBlockValues != 0 {
+			return 0, fmt.Errorf("%w: %d values is not a multiple of the Q4_K block (%d)", ErrShape, n, Q4KBlockValues)
+		}
+		return n / Q4KBlockValues * Q4KBlockBytes, nil
+	}
+	return 0, fmt.Errorf("%w: unknown dtype %v", ErrShape, d)
+}
+
+// Matrix is a read-only row-major weight matrix [Rows, Cols] whose bytes usually
+// alias a memory-mapped checkpoint.
+type Matrix struct {
+	DType DType
+	Rows  int    // output features
+	Cols  int    // input features
+	Data  []byte // Rows * RowBytes(Cols) bytes
+}
+
+// NewMatrix checks that data holds exactly rows x cols values of type dt.
+func NewMatrix(dt DType, rows, cols int, data []byte) (Matrix, error) {
+	rb, err := dt.RowBytes(cols)
+	if err != nil {
+		return Matrix{}, err
+	}
+	if rows < 0 || len(data) != rows*rb {
+		return Matrix{}, fmt.Errorf("%w: %s [%d,%d] needs %d bytes, have %d", ErrShape, dt, rows, cols, rows*rb, len(data))
+	}
+	return Matrix{DType: dt, Rows: rows, Cols: cols, Data: data}, nil
+}
+
+// RowStride is the byte distance between consecutive rows.
+func (m Matrix) RowStride() int {
+	rb, _ := m.DType.RowBytes(m.Cols)
+	return rb
+}
+
+// Row returns the bytes of row r.
+func (m Matrix) Row(r int) []byte {
+	s := m.RowStride()
+	return m.Data[r*s : (r+1)*s]
+}
+
+// Slice returns rows [r0, r1) as a matrix sharing the same bytes.
+func (m Matrix) Slice(r0, r1 int) Matrix {
+	s := m.RowStride()
+	return Matrix{DType: m.DType, Rows: r1 - r0, Cols: m.Cols, Data: m.Data[r0*s : r1*s]}
+}
+
+// Bytes is the matrix's size in bytes.
+func (m Matrix) Bytes() int { return len(m.Data) }
+
+// BF16ToF32 widens a bfloat16 bit pattern.
+func BF16ToF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// F32ToBF16 rounds to the nearest bfloat16 (ties to even); NaN stays NaN.
+func F32ToBF16(f float32) uint16 {
+	b := math.Float32bits(f)
+	if b&0x7fffffff > 0x7f800000 {
+		return uint16(b>>16) | 0x40
+	}
+	b += 0x7fff + (b>>16)&1
+	return uint16(b >> 16)
+}
+
+// F16ToF32 widens an IEEE half-precision bit pattern (subnormals, inf and NaN included).
+func F16ToF32(h uint16) float32 {
+	sign := uint32(h>>15) << 31
+	exp := uint32(h>>10) & 0x1f
+	mant := uint32(h) & 0x3ff
+	switch {
+	case exp == 0 && mant == 0:
+		return math.Float32frombits(sign)
+	case exp == 0:
+		// subnormal: normalise
+		e := uint32(127 - 15 + 1)
+		for mant&0x400 == 0 {
+			mant <<= 1
+			e--
+		}
+		mant &= 0x3ff
+		return math.Float32frombits(sign | e<<23 | mant<<13)
+	case exp == 0x1f:
+		return math.Float32frombits(sign | 0xff<<23 | mant<<13)
+	}
+	return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
+}
+
+// F32ToF16 rounds to the nearest half-precision value (ties to even), saturating to inf.
+func F32ToF16(f float32) uint16 {
+	b := math.Float32bits(f)
+	sign := uint16(b>>16) & 0x8000
+	exp := int32(b>>23&0xff) - 127 + 15
+	mant := b & 0x7fffff
+	if b&0x7fffffff > 0x7f800000 { // NaN
+		return sign | 0x7e00
+	}
+	if exp >= 0x1f {
+		return sign | 0x7c00
+	}
+	if exp <= 0 {
+		if exp < -10 {
+			return sign
+		}
+		mant |= 0x800000
+		shift := uint32(14 - exp)
+		half := uint32(1) << (shift - 1)
+		r := mant >> shift
+		rem := mant & (1<<shift - 1)
+		if rem > half || (rem == half && r&1 == 1) {
+			r++
+		}
+		return sign | uint16(r)
+	}
+	r := uint32(exp)<<10 | mant>>13
+	rem := mant & 0x1fff
+	if rem > 0x1000 || (rem == 0x1000 && r&1 == 1) {
+		r++ // may carry into the exponent, which is the correct rounding
+	}
+	return sign | uint16(r)
+}
+
+func le16(b []byte) uint16 { return uint16(b[0]) | uint16(b[1])<<8 }
+
+// DequantizeRow converts the first len(dst) values stored in src (type d) to float32.
+// len(dst) must be a whole number of blocks. It is the reference every fast kernel is
+// checked against.
+func DequantizeRow(d DType, src []byte, dst []float32) {
+	n := len(dst)
+	switch d {
+	case F32:
+		for i := range n {
+			dst[i] = math.Float32frombits(uint32(src[4*i]) | uint32(src[4*i+1])<<8 | uint32(src[4*i+2])<<16 | uint32(src[4*i+3])<<24)
+		}
+	case F16:
+		for i := range n {
+			dst[i] = F16ToF32(le16(src[2*i:]))
+		}
+	case BF16:
+		for i := range n {
+			dst[i] = BF16ToF32(le16(src[2*i:]))
+		}
+	case Q8_0:
+		for b := 0; b < n/Q8_0BlockValues; b++ {
+			blk := src[b*Q8_0BlockBytes:]
+			scale := F16ToF32(le16(blk))
+			for j := range Q8_0BlockValues {
+				dst[b*Q8_0BlockValues+j] = scale * float32(int8(blk[2+j]))
+			}
+		}
+	case Q4_K:
+		for b := 0; b < n/Q4KBlockValues; b++ {
+			dequantQ4KBlock(src[b*Q4KBlockBytes:], dst[b*Q4KBlockValues:])
+		}
+	default:
+		panic(fmt.Sprintf("tensor: DequantizeRow of unknown dtype %v", d))
+	}
+}
+
+// Q4KScaleMin decodes the j-th (0..7) 6-bit scale and min of a Q4_K block's 12-byte
+// packed scales field.
+func Q4KScaleMin(j int, q []byte) (sc, m uint8) {
+	if j < 4 {
+		return q[j] & 63, q[j+4] & 63
+	}
+	return (q[j+4] & 0xF) | ((q[j-4] >> 6) << 4), (q[j+4] >> 4) | ((q[j] >> 6) << 4)
+}
+
+// dequantQ4KBlock expands one 144-byte Q4_K block: f16 d, f16 dmin, 12 bytes of
+// packed 6-bit scales/mins for 8 sub-blocks of 32, then 128 bytes of 4-bit values
+// (each 32-byte run holds two sub-blocks: low nibbles first, then high nibbles).
+func dequantQ4KBlock(blk []byte, y []float32) {
+	d := F16ToF32(le16(blk))
+	dmin := F16ToF32(le16(blk[2:]))
+	scales := blk[4:16]
+	q := blk[16:144]
+	is := 0
+	for j := 0; j < Q4KBlockValues; j += 64 {
+		sc, m := Q4KScaleMin(is, scales)
+		d1, m1 := d*float32(sc), dmin*float32(m)
+		sc, m = Q4KScaleMin(is+1, scales)
+		d2, m2 := d*float32(sc), dmin*float32(m)
+		for l := range 32 {
+			y[j+l] = d1*float32(q[l]&0xF) - m1
+			y[j+32+l] = d2*float32(q[l]>>4) - m2
+		}
+		q = q[32:]
+		is += 2
+	}
+}
