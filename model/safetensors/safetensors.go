@@ -210,7 +210,7 @@ func parseHeader(hdr []byte) ([]headerEntry, map[string]string, error) {
 		}
 		e := headerEntry{name: name}
 		if err := dec.Decode(&e); err != nil {
-			return nil, nil, fmt.Errorf("%w: tensor %q: bad header entry: %v", ErrFormat, name, err)
+			return nil, nil, fmt.Errorf("%w: tensor %q: bad header JSON: %v", ErrFormat, name, err)
 		}
 		entries = append(entries, e)
 	}

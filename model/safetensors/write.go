@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // TensorSpec describes one tensor for WriteFile. Shape is in numpy order.
@@ -128,7 +130,9 @@ func WriteFile(path string, specs []TensorSpec, metadata map[string]string, fill
 	return writeAtomic(path, func(w *bufio.Writer) error {
 		var lenBuf [8]byte
 		binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(hdr)))
-		w.Write(lenBuf[:])
+		if _, err := w.Write(lenBuf[:]); err != nil {
+			return err
+		}
 		if _, err := w.Write(hdr); err != nil {
 			return err
 		}
@@ -138,7 +142,7 @@ func WriteFile(path string, specs []TensorSpec, metadata map[string]string, fill
 			clear(dst)
 			if fill != nil {
 				if err := fill(i, dst); err != nil {
-					return fmt.Errorf("safetensors: filling tensor %q: %w", s.Name, err)
+					return fmt.Errorf("tensor %q: fill: %w", s.Name, err)
 				}
 			}
 			if _, err := w.Write(dst); err != nil {
@@ -218,8 +222,7 @@ func writeAtomic(path string, body func(w *bufio.Writer) error) (err error) {
 	return nil
 }
 
-// wrapIO adds the package prefix and path to an I/O error (errors that already
-// come from this package or from fill are returned with the path only).
+// wrapIO adds the package prefix and the path to an error met while writing.
 func wrapIO(path string, err error) error {
 	return fmt.Errorf("safetensors: write %s: %w", path, err)
 }

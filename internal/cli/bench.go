@@ -1,0 +1,268 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+	"github.com/switchyard-serving/switchyard/model/kernels"
+)
+
+func init() {
+	register("bench", "measure engine decode/prefill speed against the machine's limits", runBench)
+}
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("bench", stderr)
+	model := fs.String("model", "", "model: Hugging Face folder or .gguf file (required)")
+	threadsFlag := fs.String("threads", "1,2", "comma-separated thread counts")
+	batchesFlag := fs.String("batches", "1,8,32", "comma-separated decode batch sizes")
+	prompt := fs.Int("prompt", 512, "prefill prompt length")
+	steps := fs.Int("steps", 8, "decode steps per measurement")
+	reps := fs.Int("reps", 3, "repetitions (the median is reported)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *model == "" {
+		return fmt.Errorf("--model is required")
+	}
+	threads, err := intList(*threadsFlag)
+	if err != nil {
+		return err
+	}
+	batches, err := intList(*batchesFlag)
+	if err != nil {
+		return err
+	}
+	rssBefore := procStatus("RssAnon")
+	t0 := time.Now()
+	var m *hybrid.Model
+	if hybrid.IsGGUF(*model) {
+		m, _, err = hybrid.LoadGGUF(*model, hybrid.LoadOptions{})
+	} else {
+		m, err = hybrid.LoadHF(*model, hybrid.LoadOptions{})
+	}
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	loadTime := time.Since(t0)
+	runtime.GC()
+	fileBytes := modelFileBytes(*model)
+	anonAfter := procStatus("RssAnon")
+	c := m.Cfg
+	fmt.Fprintf(stdout, "model %s\n  %s\n  weights %s (%s), loaded in %.2fs; anonymous RSS after load %s (+%s), file size %s\n",
+		*model, c.Summary(), human(weightBytes(m.W)), m.W.Embed.DType, loadTime.Seconds(),
+		human(anonAfter), human(anonAfter-rssBefore), human(fileBytes))
+	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "threads\tmem BW GB/s\tFMA peak GFLOP/s\tcase\ttokens/s\tweights GB/s\tof BW\tGFLOP/s\tof peak\t")
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, th := range threads {
+		kernels.SetThreads(th)
+		bw := kernels.MeasureBandwidth(th)
+		peak := kernels.MeasureFMAPeak(th)
+		for _, b := range batches {
+			states := make([]*hybrid.State, b)
+			for i := range states {
+				states[i] = m.NewState()
+				seq := []hybrid.Seq{{State: states[i], Tokens: randToks(r, 4, c.VocabSize)}}
+				if err := m.Forward(seq); err != nil {
+					return err
+				}
+			}
+			var times []float64
+			var bytesPerStep float64
+			for range *reps {
+				batch := make([]hybrid.Seq, b)
+				start := time.Now()
+				for range *steps {
+					for i := range batch {
+						batch[i] = hybrid.Seq{State: states[i], Tokens: randToks(r, 1, c.VocabSize), Logits: batch[i].Logits}
+					}
+					if err := m.Forward(batch); err != nil {
+						return err
+					}
+				}
+				times = append(times, time.Since(start).Seconds()/float64(*steps))
+			}
+			sec := median(times)
+			bytesPerStep = float64(stepBytes(m, b))
+			fmt.Fprintf(w, "%d\t%.1f\t%.0f\tdecode batch %d\t%.2f\t%.2f\t%.2f\t\t\t\n", th, bw/1e9, peak/1e9, b,
+				float64(b)/sec, bytesPerStep/sec/1e9, bytesPerStep/sec/bw)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+		var times []float64
+		toks := randToks(r, *prompt, c.VocabSize)
+		for range *reps {
+			st := m.NewState()
+			start := time.Now()
+			if err := m.Forward([]hybrid.Seq{{State: st, Tokens: toks}}); err != nil {
+				return err
+			}
+			times = append(times, time.Since(start).Seconds())
+		}
+		sec := median(times)
+		fl := prefillFLOPs(m, *prompt)
+		fmt.Fprintf(w, "%d\t%.1f\t%.0f\tprefill %d\t%.1f\t\t\t%.1f\t%.2f\t\n", th, bw/1e9, peak/1e9, *prompt,
+			float64(*prompt)/sec, fl/sec/1e9, fl/sec/peak)
+		w.Flush()
+	}
+	fmt.Fprintf(stdout, "peak RSS (VmHWM) %s, anonymous RSS now %s\n", human(procStatus("VmHWM")), human(procStatus("RssAnon")))
+	return w.Flush()
+}
+
+func intList(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func randToks(r *rand.Rand, n, v int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = r.IntN(v)
+	}
+	return out
+}
+
+func median(x []float64) float64 {
+	s := append([]float64(nil), x...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func weightBytes(w *hybrid.Weights) int64 {
+	n := int64(w.Embed.Bytes())
+	if &w.Output.Data[0] != &w.Embed.Data[0] {
+		n += int64(w.Output.Bytes())
+	}
+	for _, l := range w.Layers {
+		n += layerDenseBytes(l)
+		for _, e := range l.Experts {
+			n += int64(e.Bytes())
+		}
+	}
+	return n
+}
+
+func layerDenseBytes(l hybrid.LayerWeights) int64 {
+	n := int64(l.Shared.Bytes() + l.Router.Bytes())
+	if l.Mamba != nil {
+		n += int64(l.Mamba.InProj.Bytes() + l.Mamba.OutProj.Bytes())
+	}
+	if l.Attn != nil {
+		n += int64(l.Attn.Q.Bytes() + l.Attn.K.Bytes() + l.Attn.V.Bytes() + l.Attn.O.Bytes())
+	}
+	return n
+}
+
+// stepBytes estimates the weight bytes one decode step of b rows must stream: every
+// dense matrix and the LM head once, and per MoE layer the distinct experts the rows
+// touch (expected count for uniform routing: E·(1-(1-k/E)^b)).
+func stepBytes(m *hybrid.Model, b int) int64 {
+	c := m.Cfg
+	n := int64(m.W.Output.Bytes())
+	for _, l := range m.W.Layers {
+		n += layerDenseBytes(l)
+		if c.IsMoE() && len(l.Experts) > 0 {
+			p := float64(c.ExpertsPerTok) / float64(c.Experts)
+			distinct := float64(c.Experts) * (1 - pow(1-p, b))
+			n += int64(distinct * float64(l.Experts[0].Bytes()))
+		}
+	}
+	return n
+}
+
+func pow(x float64, n int) float64 {
+	r := 1.0
+	for range n {
+		r *= x
+	}
+	return r
+}
+
+// prefillFLOPs counts the multiply-adds (x2) of the weight matmuls for a prompt of
+// n tokens (mixer scans and attention scores excluded: they are small at this size).
+func prefillFLOPs(m *hybrid.Model, n int) float64 {
+	c := m.Cfg
+	var params float64
+	for _, l := range m.W.Layers {
+		params += float64(l.Shared.Gate.Rows*l.Shared.Gate.Cols*3) + float64(l.Router.Rows*l.Router.Cols)
+		if l.Mamba != nil {
+			params += float64(l.Mamba.InProj.Rows*l.Mamba.InProj.Cols + l.Mamba.OutProj.Rows*l.Mamba.OutProj.Cols)
+		}
+		if l.Attn != nil {
+			params += float64(l.Attn.Q.Rows*l.Attn.Q.Cols + l.Attn.K.Rows*l.Attn.K.Cols*2 + l.Attn.O.Rows*l.Attn.O.Cols)
+		}
+		if c.IsMoE() {
+			params += float64(c.ExpertsPerTok) * float64(c.Intermediate*c.Hidden*3)
+		}
+	}
+	// The LM head runs once (last position) in prefill.
+	return 2*params*float64(n) + 2*float64(c.VocabSize*c.Hidden)
+}
+
+func modelFileBytes(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if !st.IsDir() {
+		return st.Size()
+	}
+	var n int64
+	ents, _ := os.ReadDir(path)
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".safetensors") {
+			if i, err := e.Info(); err == nil {
+				n += i.Size()
+			}
+		}
+	}
+	return n
+}
+
+// procStatus reads a kB field of /proc/self/status as bytes (0 if unavailable).
+func procStatus(field string) int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, field+":") {
+			f := strings.Fields(line)
+			if len(f) >= 2 {
+				kb, _ := strconv.ParseInt(f[1], 10, 64)
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}
+
+func human(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d KiB", n>>10)
+}

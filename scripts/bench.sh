@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# make bench: kernel micro-benchmarks, then the engine benchmark on a synthesized
+# H-Tiny-shaped model (8 layers, attention at layer 5, vocab 100352) in BF16 and
+# Q8_0, at 1 and 2 threads. Ratios are measured in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin/switchyard}
+CACHE=${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}
+MODEL=${BENCH_MODEL:-$CACHE/h-tiny-8L-bf16}
+mkdir -p "$CACHE"
+if [ ! -f "$MODEL/model.safetensors" ] && [ -z "${BENCH_MODEL:-}" ]; then
+  "$BIN" synth --preset h-tiny --layers 8 --dtype bf16 --seed 1 --out "$MODEL"
+fi
+echo "== kernels"
+go test -run '^$' -bench . -benchtime 2x ./model/kernels/ | grep -v '^goos\|^goarch\|^pkg\|^cpu' || true
+echo "== engine, BF16 safetensors"
+"$BIN" bench --model "$MODEL"
+Q8="$CACHE/h-tiny-8L-q8_0.gguf"
+if [ -z "${BENCH_MODEL:-}" ]; then
+  [ -f "$Q8" ] || "$BIN" convert --model "$MODEL" --type q8_0 --out "$Q8"
+  echo "== engine, Q8_0 GGUF"
+  "$BIN" bench --model "$Q8"
+fi
