@@ -6,7 +6,7 @@ PKGS      := ./...
 PURE_PKGS := ./model/... ./placement/...
 FORBIDDEN := google.golang.org/grpc|go.etcd.io|github.com/hashicorp/memberlist|go.opentelemetry.io
 
-.PHONY: all build test test-short bench run lint verify verify-deps fmt generate clean
+.PHONY: all build test test-short bench run lint verify verify-deps verify-proto proto fmt generate clean
 
 all: build
 
@@ -33,7 +33,7 @@ fmt:
 
 lint: verify
 
-verify: verify-deps
+verify: verify-deps verify-proto
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) mod tidy -diff
@@ -42,6 +42,12 @@ verify-deps:
 	@for p in $$($(GO) list $(PURE_PKGS) 2>/dev/null); do \
 	  if $(GO) list -deps $$p | grep -E -q '$(FORBIDDEN)'; then echo "$$p imports a forbidden I/O dependency"; exit 1; fi; \
 	done; echo "verify-deps: model/ and placement/ are pure"
+
+proto:
+	bash scripts/genproto.sh
+
+verify-proto:
+	bash scripts/genproto.sh --check
 
 # Regenerates the assembly kernels (avo lives in its own module).
 generate:

@@ -361,7 +361,7 @@ func ggufPreName(p preTokenizer, ignoreMerges bool) string {
 		if !ignoreMerges {
 			return "gpt-2"
 		}
-	case stageScanCL100K:
+	case stageScanCL100K, stageScanCL100KHF:
 		if ignoreMerges {
 			return "llama-bpe"
 		}

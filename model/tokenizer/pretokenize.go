@@ -92,15 +92,21 @@ func skipClass(s string, i int, cls uint8) int {
 	return i
 }
 
-// contraction reports the length (after the apostrophe) of a contraction
-// suffix 's 't 're 've 'm 'll 'd at the start of s, or 0. With fold, ASCII
-// letters match case-insensitively (as llama.cpp does for cl100k).
-func contraction(s string, fold bool) int {
+// Case folding of the contraction group.
+const (
+	foldNone    uint8 = iota // GPT-2: case-sensitive
+	foldASCII                // llama.cpp's expansion 's|'S|...
+	foldUnicode              // HF (?i:...): also "ſ" (U+017F), which folds to "s"
+)
+
+// contraction reports the byte length (after the apostrophe) of a
+// contraction suffix s, t, re, ve, m, ll or d at the start of s, or 0.
+func contraction(s string, fold uint8) int {
 	if len(s) == 0 {
 		return 0
 	}
 	lower := func(c byte) byte {
-		if fold && c >= 'A' && c <= 'Z' {
+		if fold != foldNone && c >= 'A' && c <= 'Z' {
 			return c + ('a' - 'A')
 		}
 		return c
@@ -115,6 +121,10 @@ func contraction(s string, fold bool) int {
 		}
 		b := lower(s[1])
 		if a == 'r' && b == 'e' || a == 'v' && b == 'e' || a == 'l' && b == 'l' {
+			return 2
+		}
+	case 0xC5:
+		if fold == foldUnicode && len(s) >= 2 && s[1] == 0xBF { // U+017F
 			return 2
 		}
 	}
@@ -147,7 +157,7 @@ func spaceEnd(s string, i int) int {
 func nextGPT2(s string, i int) int {
 	c := s[i]
 	if c == '\'' {
-		if n := contraction(s[i+1:], false); n > 0 {
+		if n := contraction(s[i+1:], foldNone); n > 0 {
 			return i + 1 + n
 		}
 	}
@@ -165,11 +175,18 @@ func nextGPT2(s string, i int) int {
 }
 
 // nextCL100K returns the end of the cl100k regex match starting at s[i]
-// (i < len(s)). Matches of this regex tile the input.
-func nextCL100K(s string, i int) int {
+// (i < len(s)), with contractions folded as llama.cpp does (ASCII only).
+// Matches of this regex tile the input.
+func nextCL100K(s string, i int) int { return scanCL100K(s, i, foldASCII) }
+
+// nextCL100KHF is nextCL100K with the case folding of the HF regex
+// (?i:...), which also folds "ſ" to "s".
+func nextCL100KHF(s string, i int) int { return scanCL100K(s, i, foldUnicode) }
+
+func scanCL100K(s string, i int, fold uint8) int {
 	c := s[i]
 	if c == '\'' {
-		if n := contraction(s[i+1:], true); n > 0 {
+		if n := contraction(s[i+1:], fold); n > 0 {
 			return i + 1 + n
 		}
 	}
@@ -259,11 +276,23 @@ type stageKind uint8
 
 const (
 	stageScanGPT2    stageKind = iota // GPT-2 regex, hand-written
-	stageScanCL100K                   // cl100k regex, hand-written
+	stageScanCL100K                   // cl100k regex, hand-written, llama.cpp folding
+	stageScanCL100KHF                 // cl100k regex, hand-written, HF (?i:) folding
 	stageRegex                        // any other regex (regexp2)
 	stageLiteral                      // Split on a literal string
 	stagePrefixSpace                  // ByteLevel add_prefix_space
 )
+
+// scanner returns the hand-written scanner of a scanning stage kind.
+func (k stageKind) scanner() func(string, int) int {
+	switch k {
+	case stageScanCL100K:
+		return nextCL100K
+	case stageScanCL100KHF:
+		return nextCL100KHF
+	}
+	return nextGPT2
+}
 
 // stage is one step of a pre-tokenizer pipeline: it cuts a piece of text
 // into smaller pieces.
@@ -289,7 +318,10 @@ func newRegexStage(pattern string, behavior splitBehavior, invert bool) (stage, 
 	case RegexGPT2:
 		st.kind = stageScanGPT2
 		return st, nil
-	case RegexCL100K, regexCL100KExpanded:
+	case RegexCL100K:
+		st.kind = stageScanCL100KHF
+		return st, nil
+	case regexCL100KExpanded:
 		st.kind = stageScanCL100K
 		return st, nil
 	}
@@ -324,12 +356,9 @@ func (p *preTokenizer) runStage(k int, s string, emit func(string)) {
 		}
 		next(s)
 		return
-	case stageScanGPT2, stageScanCL100K:
+	case stageScanGPT2, stageScanCL100K, stageScanCL100KHF:
 		if st.behavior == behaviorIsolated && !st.invert {
-			scan := nextGPT2
-			if st.kind == stageScanCL100K {
-				scan = nextCL100K
-			}
+			scan := st.kind.scanner()
 			for i := 0; i < len(s); {
 				j := scan(s, i)
 				next(s[i:j])
@@ -346,11 +375,8 @@ func (p *preTokenizer) runStage(k int, s string, emit func(string)) {
 func (st *stage) matches(s string) [][2]int {
 	var spans [][2]int
 	switch st.kind {
-	case stageScanGPT2, stageScanCL100K:
-		scan := nextGPT2
-		if st.kind == stageScanCL100K {
-			scan = nextCL100K
-		}
+	case stageScanGPT2, stageScanCL100K, stageScanCL100KHF:
+		scan := st.kind.scanner()
 		for i := 0; i < len(s); {
 			j := scan(s, i)
 			spans = append(spans, [2]int{i, j})
