@@ -351,7 +351,7 @@ func (d *decoder) array(depth int) (Value, error) {
 		a := make([]Value, n)
 		for i := range a {
 			if a[i], err = d.array(depth + 1); err != nil {
-				return Value{}, fmt.Errorf("array %d of array: %w", i, err)
+				return Value{}, err
 			}
 		}
 		v.x = a
@@ -421,7 +421,7 @@ func (d *decoder) tensorInfo() (TensorInfo, error) {
 		if ti.Dims[j], err = d.u64(); err != nil {
 			return ti, err
 		}
-		if ti.Dims[j] > math.MaxInt64 || ti.Dims[j] > uint64(math.MaxInt) {
+		if ti.Dims[j] > uint64(math.MaxInt) {
 			return ti, fmt.Errorf("dimension %d = %d overflows", j, ti.Dims[j])
 		}
 	}

@@ -431,6 +431,7 @@ func TestParseBad(t *testing.T) {
 			t.Errorf("%s: no error (names %v)", c.name, f.Names())
 			continue
 		}
+		t.Logf("%-28s %v", c.name, err)
 		if !errors.Is(err, c.want) {
 			t.Errorf("%s: error %q does not wrap %q", c.name, err, c.want)
 		}

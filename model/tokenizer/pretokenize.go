@@ -275,12 +275,12 @@ func parseBehavior(s string) (splitBehavior, error) {
 type stageKind uint8
 
 const (
-	stageScanGPT2    stageKind = iota // GPT-2 regex, hand-written
-	stageScanCL100K                   // cl100k regex, hand-written, llama.cpp folding
-	stageScanCL100KHF                 // cl100k regex, hand-written, HF (?i:) folding
-	stageRegex                        // any other regex (regexp2)
-	stageLiteral                      // Split on a literal string
-	stagePrefixSpace                  // ByteLevel add_prefix_space
+	stageScanGPT2     stageKind = iota // GPT-2 regex, hand-written
+	stageScanCL100K                    // cl100k regex, hand-written, llama.cpp folding
+	stageScanCL100KHF                  // cl100k regex, hand-written, HF (?i:) folding
+	stageRegex                         // any other regex (regexp2)
+	stageLiteral                       // Split on a literal string
+	stagePrefixSpace                   // ByteLevel add_prefix_space
 )
 
 // scanner returns the hand-written scanner of a scanning stage kind.

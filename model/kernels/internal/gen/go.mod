@@ -1,0 +1,3 @@
+module github.com/switchyard-serving/switchyard/model/kernels/internal/gen
+
+go 1.26.8

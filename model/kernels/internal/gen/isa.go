@@ -1,0 +1,92 @@
+package main
+
+import (
+	"fmt"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// isa describes one vector flavour.
+type isa struct {
+	name  string // function name infix: "512" or "256"
+	lanes int    // float32 lanes per vector
+	z     bool   // AVX-512 (zmm, opmasks, embedded broadcast, 32 registers)
+	maxN  int    // largest tile height (input rows per tile call)
+}
+
+var (
+	isa512 = isa{name: "512", lanes: 16, z: true, maxN: 6}
+	isa256 = isa{name: "256", lanes: 8, z: false, maxN: 2}
+)
+
+func (s isa) vec() VecVirtual {
+	if s.z {
+		return ZMM()
+	}
+	return YMM()
+}
+
+func (s isa) vbytes() int { return 4 * s.lanes }
+
+// Constant tables shared by the kernels.
+var (
+	cBF16Hi   Mem // dword 0xFFFF0000: keeps the odd bf16 of each dword
+	cNib      Mem // dword 0x0000000F
+	cRedIdx   Mem // VPERMPS index picking element 0 of each 128-bit lane
+	cQ8Row    Mem // dword lane l: l%4 (row of the quad)
+	cQ8Blk    Mem // dword lane l: (l/4)*34 (block offset)
+	cQ4ShP    Mem // 16 bytes: per-dword shift counts 0,0,0,4
+	cQ4ShQ    Mem // 16 bytes: 0,2,0,2
+	cQ4MaskP  Mem // 16 bytes: 3f3f3f3f,0f0f0f0f,3f3f3f3f,0f0f0f0f
+	cQ4MaskQ  Mem // 16 bytes: 0,30303030,0,30303030
+	cQ4DDIdx  Mem // 64 bytes: 0 x8, 1 x8 (VPERMPS index: d for scales, dmin for mins)
+	cWordLow  Mem // dword 0x0000FFFF
+	cPermQ02  Mem // 32 bytes dword index 0,1,4,5,... for AVX2 packing fix-ups
+	cOnesF32  Mem // float32 1.0
+	cHalfF32  Mem // float32 0.5
+	constsGen bool
+)
+
+func data32(name string, vals ...uint32) Mem {
+	m := GLOBL(name, RODATA|NOPTR)
+	for i, v := range vals {
+		DATA(4*i, U32(v))
+	}
+	return m
+}
+
+func rep(v uint32, n int) []uint32 {
+	out := make([]uint32, n)
+	for i := range out {
+		out[i] = v
+	}
+	return out
+}
+
+func genConsts() {
+	cBF16Hi = data32("bf16hi", 0xFFFF0000)
+	cNib = data32("nibmask", 0x0F)
+	cWordLow = data32("wordlow", 0xFFFF)
+	cOnesF32 = data32("onef32", 0x3f800000)
+	cHalfF32 = data32("halff32", 0x3f000000)
+	cRedIdx = data32("redidx", 0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	var row, blk []uint32
+	for l := 0; l < 16; l++ {
+		row = append(row, uint32(l%4))
+		blk = append(blk, uint32(l/4*34))
+	}
+	cQ8Row = data32("q8row", row...)
+	cQ8Blk = data32("q8blk", blk...)
+	cQ4ShP = data32("q4shp", 0, 0, 0, 4)
+	cQ4ShQ = data32("q4shq", 0, 2, 0, 2)
+	cQ4MaskP = data32("q4maskp", 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f)
+	cQ4MaskQ = data32("q4maskq", 0, 0x30303030, 0, 0x30303030)
+	cQ4DDIdx = data32("q4ddidx", append(rep(0, 8), rep(1, 8)...)...)
+	cPermQ02 = data32("permq02", 0, 2, 4, 6, 1, 3, 5, 7)
+}
+
+func fname(base string, s isa, suffix string) string {
+	return fmt.Sprintf("%s%s%s", base, s.name, suffix)
+}

@@ -1,0 +1,393 @@
+package main
+
+import (
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// genProbes emits the machine probes: an FMA throughput loop, a streaming read
+// and a STREAM-style triad.
+func genProbes(s isa) {
+	// fmaPeak: iters x 12 independent vector FMAs (2 flops per lane each).
+	name := fname("fmaPeak", s, "")
+	TEXT(name, NOSPLIT, "func(iters int)")
+	Doc(name+" runs iters x 12 independent vector FMAs.", "It exists to measure the FMA throughput of one core.")
+	n := Load(Param("iters"), GP64())
+	acc := make([]VecVirtual, 12)
+	a, b := s.vec(), s.vec()
+	VXORPS(a, a, a)
+	VXORPS(b, b, b)
+	for i := range acc {
+		acc[i] = s.vec()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_done"))
+	Label(name + "_loop")
+	for i := range acc {
+		VFMADD231PS(a, b, acc[i])
+	}
+	DECQ(n)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+
+	// readMem: stream n bytes (n a multiple of 8 vectors) through xor accumulators.
+	name = fname("readMem", s, "")
+	TEXT(name, NOSPLIT, "func(p *byte, n int) uint64")
+	Doc(name+" reads n bytes (a multiple of 8 vectors) and returns a checksum.", "It measures read bandwidth.")
+	p := Load(Param("p"), GP64())
+	n = Load(Param("n"), GP64())
+	acc = make([]VecVirtual, 8)
+	for i := range acc {
+		acc[i] = s.vec()
+		VPXOR(acc[i].AsY(), acc[i].AsY(), acc[i].AsY())
+	}
+	step := 8 * s.vbytes()
+	SHRQ(U8(log2(step)), n)
+	JZ(LabelRef(name + "_done"))
+	Label(name + "_loop")
+	for i := range acc {
+		if s.z {
+			VPXORD(Mem{Base: p, Disp: i * s.vbytes()}, acc[i], acc[i])
+		} else {
+			VPXOR(Mem{Base: p, Disp: i * s.vbytes()}, acc[i], acc[i])
+		}
+	}
+	ADDQ(U32(step), p)
+	DECQ(n)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_done")
+	for i := 1; i < len(acc); i++ {
+		if s.z {
+			VPXORD(acc[i], acc[0], acc[0])
+		} else {
+			VPXOR(acc[i], acc[0], acc[0])
+		}
+	}
+	r := GP64()
+	VMOVQ(acc[0].AsX(), r)
+	Store(r, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+
+	// triad: a[i] = b[i] + s*c[i], n a multiple of 4 vectors.
+	name = fname("triad", s, "")
+	TEXT(name, NOSPLIT, "func(a, b, c *float32, s float32, n int)")
+	Doc(name+" computes a[i] = b[i] + s*c[i] for n (a multiple of 4 vectors) floats.")
+	pa := Load(Param("a"), GP64())
+	pb := Load(Param("b"), GP64())
+	pc := Load(Param("c"), GP64())
+	n = Load(Param("n"), GP64())
+	sc := s.vec()
+	VBROADCASTSS(Param("s").MustAddr(), sc)
+	step = 4 * s.vbytes()
+	SHRQ(U8(log2(4*s.lanes)), n)
+	JZ(LabelRef(name + "_done"))
+	Label(name + "_loop")
+	v := make([]VecVirtual, 4)
+	for i := range v {
+		v[i] = s.vec()
+		VMOVUPS(Mem{Base: pb, Disp: i * s.vbytes()}, v[i])
+		VFMADD231PS(Mem{Base: pc, Disp: i * s.vbytes()}, sc, v[i])
+		VMOVUPS(v[i], Mem{Base: pa, Disp: i * s.vbytes()})
+	}
+	ADDQ(U32(step), pa)
+	ADDQ(U32(step), pb)
+	ADDQ(U32(step), pc)
+	DECQ(n)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+}
+
+func log2(v int) int {
+	n := 0
+	for 1<<n < v {
+		n++
+	}
+	if 1<<n != v {
+		panic("not a power of two")
+	}
+	return n
+}
+
+// hsum reduces v to a scalar in the low lane of the returned xmm register.
+func hsum(s isa, v VecVirtual) VecVirtual {
+	if s.z {
+		y := YMM()
+		VEXTRACTF64X4(U8(1), v, y)
+		VADDPS(y, v.AsY(), y)
+		v = y
+	}
+	x := XMM()
+	VEXTRACTF128(U8(1), v.AsY(), x)
+	VADDPS(x, v.AsX(), x)
+	t := XMM()
+	VMOVHLPS(x, x, t)
+	VADDPS(t, x, x)
+	VMOVSHDUP(x, t)
+	VADDSS(t, x, x)
+	return x
+}
+
+// tailMask loads (1<<n)-1 into an opmask (n < 16).
+func tailMask(n Register) OpmaskVirtual {
+	t := GP64()
+	MOVQ(U32(1), t)
+	SHLXQ(n, t, t)
+	DECQ(t)
+	k := K()
+	KMOVQ(t, k)
+	return k
+}
+
+// genVec emits dot, axpy, scale and add.
+func genVec(s isa) {
+	vb := s.vbytes()
+	lanes := s.lanes
+
+	// ---- dot ----
+	name := fname("dot", s, "")
+	TEXT(name, NOSPLIT, "func(a, b *float32, n int) float32")
+	Doc(name + " returns Σ a[i]·b[i] for i < n.")
+	pa := Load(Param("a"), GP64())
+	pb := Load(Param("b"), GP64())
+	n := Load(Param("n"), GP64())
+	acc := make([]VecVirtual, 4)
+	for i := range acc {
+		acc[i] = s.vec()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	Label(name + "_l4")
+	CMPQ(n, U32(4*lanes))
+	JL(LabelRef(name + "_l1"))
+	for i := range acc {
+		v := s.vec()
+		VMOVUPS(Mem{Base: pa, Disp: i * vb}, v)
+		VFMADD231PS(Mem{Base: pb, Disp: i * vb}, v, acc[i])
+	}
+	ADDQ(U32(4*vb), pa)
+	ADDQ(U32(4*vb), pb)
+	SUBQ(U32(4*lanes), n)
+	JMP(LabelRef(name + "_l4"))
+	Label(name + "_l1")
+	CMPQ(n, U32(lanes))
+	JL(LabelRef(name + "_tail"))
+	v := s.vec()
+	VMOVUPS(Mem{Base: pa}, v)
+	VFMADD231PS(Mem{Base: pb}, v, acc[0])
+	ADDQ(U32(vb), pa)
+	ADDQ(U32(vb), pb)
+	SUBQ(U32(lanes), n)
+	JMP(LabelRef(name + "_l1"))
+	Label(name + "_tail")
+	if s.z {
+		TESTQ(n, n)
+		JZ(LabelRef(name + "_red"))
+		k := tailMask(n)
+		v = s.vec()
+		w := s.vec()
+		VMOVUPS_Z(Mem{Base: pa}, k, v)
+		VMOVUPS_Z(Mem{Base: pb}, k, w)
+		VFMADD231PS(w, v, acc[1])
+		Label(name + "_red")
+		VADDPS(acc[1], acc[0], acc[0])
+		VADDPS(acc[3], acc[2], acc[2])
+		VADDPS(acc[2], acc[0], acc[0])
+		r := hsum(s, acc[0])
+		Store(r, ReturnIndex(0))
+	} else {
+		VADDPS(acc[1], acc[0], acc[0])
+		VADDPS(acc[3], acc[2], acc[2])
+		VADDPS(acc[2], acc[0], acc[0])
+		r := hsum(s, acc[0])
+		TESTQ(n, n)
+		JZ(LabelRef(name + "_ret"))
+		Label(name + "_sl")
+		t := XMM()
+		VMOVSS(Mem{Base: pa}, t)
+		VFMADD231SS(Mem{Base: pb}, t, r)
+		ADDQ(U8(4), pa)
+		ADDQ(U8(4), pb)
+		DECQ(n)
+		JNZ(LabelRef(name + "_sl"))
+		Label(name + "_ret")
+		Store(r, ReturnIndex(0))
+	}
+	VZEROUPPER()
+	RET()
+
+	// ---- axpy: y += alpha*x ----
+	name = fname("axpy", s, "")
+	TEXT(name, NOSPLIT, "func(alpha float32, x, y *float32, n int)")
+	Doc(name + " computes y[i] += alpha·x[i] for i < n.")
+	al := s.vec()
+	VBROADCASTSS(Param("alpha").MustAddr(), al)
+	px := Load(Param("x"), GP64())
+	py := Load(Param("y"), GP64())
+	n = Load(Param("n"), GP64())
+	Label(name + "_l4")
+	CMPQ(n, U32(4*lanes))
+	JL(LabelRef(name + "_l1"))
+	for i := 0; i < 4; i++ {
+		v := s.vec()
+		VMOVUPS(Mem{Base: py, Disp: i * vb}, v)
+		VFMADD231PS(Mem{Base: px, Disp: i * vb}, al, v)
+		VMOVUPS(v, Mem{Base: py, Disp: i * vb})
+	}
+	ADDQ(U32(4*vb), px)
+	ADDQ(U32(4*vb), py)
+	SUBQ(U32(4*lanes), n)
+	JMP(LabelRef(name + "_l4"))
+	Label(name + "_l1")
+	CMPQ(n, U32(lanes))
+	JL(LabelRef(name + "_tail"))
+	v = s.vec()
+	VMOVUPS(Mem{Base: py}, v)
+	VFMADD231PS(Mem{Base: px}, al, v)
+	VMOVUPS(v, Mem{Base: py})
+	ADDQ(U32(vb), px)
+	ADDQ(U32(vb), py)
+	SUBQ(U32(lanes), n)
+	JMP(LabelRef(name + "_l1"))
+	Label(name + "_tail")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_ret"))
+	if s.z {
+		k := tailMask(n)
+		v := s.vec()
+		w := s.vec()
+		VMOVUPS_Z(Mem{Base: py}, k, v)
+		VMOVUPS_Z(Mem{Base: px}, k, w)
+		VFMADD231PS(w, al, v)
+		VMOVUPS(v, k, Mem{Base: py})
+	} else {
+		Label(name + "_sl")
+		t := XMM()
+		VMOVSS(Mem{Base: py}, t)
+		VFMADD231SS(Mem{Base: px}, al.AsX(), t)
+		VMOVSS(t, Mem{Base: py})
+		ADDQ(U8(4), px)
+		ADDQ(U8(4), py)
+		DECQ(n)
+		JNZ(LabelRef(name + "_sl"))
+	}
+	Label(name + "_ret")
+	VZEROUPPER()
+	RET()
+
+	// ---- scale: x *= alpha ----
+	name = fname("scale", s, "")
+	TEXT(name, NOSPLIT, "func(alpha float32, x *float32, n int)")
+	Doc(name + " computes x[i] *= alpha for i < n.")
+	al = s.vec()
+	VBROADCASTSS(Param("alpha").MustAddr(), al)
+	px = Load(Param("x"), GP64())
+	n = Load(Param("n"), GP64())
+	Label(name + "_l4")
+	CMPQ(n, U32(4*lanes))
+	JL(LabelRef(name + "_l1"))
+	for i := 0; i < 4; i++ {
+		v := s.vec()
+		VMULPS(Mem{Base: px, Disp: i * vb}, al, v)
+		VMOVUPS(v, Mem{Base: px, Disp: i * vb})
+	}
+	ADDQ(U32(4*vb), px)
+	SUBQ(U32(4*lanes), n)
+	JMP(LabelRef(name + "_l4"))
+	Label(name + "_l1")
+	CMPQ(n, U32(lanes))
+	JL(LabelRef(name + "_tail"))
+	v = s.vec()
+	VMULPS(Mem{Base: px}, al, v)
+	VMOVUPS(v, Mem{Base: px})
+	ADDQ(U32(vb), px)
+	SUBQ(U32(lanes), n)
+	JMP(LabelRef(name + "_l1"))
+	Label(name + "_tail")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_ret"))
+	if s.z {
+		k := tailMask(n)
+		v := s.vec()
+		VMOVUPS_Z(Mem{Base: px}, k, v)
+		VMULPS(v, al, v)
+		VMOVUPS(v, k, Mem{Base: px})
+	} else {
+		Label(name + "_sl")
+		t := XMM()
+		VMULSS(Mem{Base: px}, al.AsX(), t)
+		VMOVSS(t, Mem{Base: px})
+		ADDQ(U8(4), px)
+		DECQ(n)
+		JNZ(LabelRef(name + "_sl"))
+	}
+	Label(name + "_ret")
+	VZEROUPPER()
+	RET()
+
+	// ---- add: dst = a + b ----
+	name = fname("add", s, "")
+	TEXT(name, NOSPLIT, "func(dst, a, b *float32, n int)")
+	Doc(name + " computes dst[i] = a[i] + b[i] for i < n.")
+	pd := Load(Param("dst"), GP64())
+	pa = Load(Param("a"), GP64())
+	pb = Load(Param("b"), GP64())
+	n = Load(Param("n"), GP64())
+	Label(name + "_l4")
+	CMPQ(n, U32(4*lanes))
+	JL(LabelRef(name + "_l1"))
+	for i := 0; i < 4; i++ {
+		v := s.vec()
+		VMOVUPS(Mem{Base: pa, Disp: i * vb}, v)
+		VADDPS(Mem{Base: pb, Disp: i * vb}, v, v)
+		VMOVUPS(v, Mem{Base: pd, Disp: i * vb})
+	}
+	ADDQ(U32(4*vb), pa)
+	ADDQ(U32(4*vb), pb)
+	ADDQ(U32(4*vb), pd)
+	SUBQ(U32(4*lanes), n)
+	JMP(LabelRef(name + "_l4"))
+	Label(name + "_l1")
+	CMPQ(n, U32(lanes))
+	JL(LabelRef(name + "_tail"))
+	v = s.vec()
+	VMOVUPS(Mem{Base: pa}, v)
+	VADDPS(Mem{Base: pb}, v, v)
+	VMOVUPS(v, Mem{Base: pd})
+	ADDQ(U32(vb), pa)
+	ADDQ(U32(vb), pb)
+	ADDQ(U32(vb), pd)
+	SUBQ(U32(lanes), n)
+	JMP(LabelRef(name + "_l1"))
+	Label(name + "_tail")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_ret"))
+	if s.z {
+		k := tailMask(n)
+		v := s.vec()
+		w := s.vec()
+		VMOVUPS_Z(Mem{Base: pa}, k, v)
+		VMOVUPS_Z(Mem{Base: pb}, k, w)
+		VADDPS(w, v, v)
+		VMOVUPS(v, k, Mem{Base: pd})
+	} else {
+		Label(name + "_sl")
+		t := XMM()
+		VMOVSS(Mem{Base: pa}, t)
+		VADDSS(Mem{Base: pb}, t, t)
+		VMOVSS(t, Mem{Base: pd})
+		ADDQ(U8(4), pa)
+		ADDQ(U8(4), pb)
+		ADDQ(U8(4), pd)
+		DECQ(n)
+		JNZ(LabelRef(name + "_sl"))
+	}
+	Label(name + "_ret")
+	VZEROUPPER()
+	RET()
+}
