@@ -1,6 +1,8 @@
 package gguf
 
 import (
+	"fmt"
+	"time"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -723,6 +725,8 @@ func FuzzParse(f *testing.F) {
 		f.Add(b[:4096]) // the fixture's header, cut short
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		tm := time.AfterFunc(2*time.Second, func() { panic(fmt.Sprintf("slow input %x", b)) })
+		defer tm.Stop()
 		file, err := Parse(b)
 		if err != nil {
 			return

@@ -451,7 +451,7 @@ func TestGraniteSequencePreTokenizer(t *testing.T) {
 			t.Errorf("round trip of %q: %q", s, tok.Decode(a))
 		}
 	}
-	if got := tok.Encode("1234567123", false); !reflect.DeepEqual(got, []int{260, '4', '5', '6', 260}) {
+	if got := tok.Encode("12123", false); !reflect.DeepEqual(got, []int{259, '1', '2', '3'}) {
 		t.Errorf("digits split in threes: %v", got)
 	}
 }

@@ -1,0 +1,647 @@
+package main
+
+import (
+	"fmt"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+type dtype int
+
+const (
+	dF32 dtype = iota
+	dBF16
+	dF16
+	dQ8
+	dQ4K
+)
+
+var allDtypes = []dtype{dF32, dBF16, dF16, dQ8, dQ4K}
+
+func (d dtype) String() string {
+	return [...]string{"F32", "BF16", "F16", "Q8", "Q4K"}[d]
+}
+
+type mode int
+
+const (
+	modeFMA   mode = iota // multiply with x and store 4xN dot products
+	modeWiden             // store the widened float32 rows (panel)
+)
+
+// chunkValues is the number of weight values one loop iteration consumes per row.
+func chunkValues(s isa, d dtype) int {
+	switch d {
+	case dF32, dF16:
+		return s.lanes
+	case dBF16:
+		return 2 * s.lanes
+	case dQ8:
+		return 32
+	case dQ4K:
+		return 256
+	}
+	panic("dtype")
+}
+
+// chunkBytes is the number of weight bytes per row of one chunk.
+func chunkBytes(s isa, d dtype) int {
+	switch d {
+	case dF32:
+		return 4 * s.lanes
+	case dF16:
+		return 2 * s.lanes
+	case dBF16:
+		return 4 * s.lanes
+	case dQ8:
+		return 34
+	case dQ4K:
+		return 144
+	}
+	panic("dtype")
+}
+
+// hasTail reports whether the kernel handles a masked partial last chunk.
+func hasTail(s isa, d dtype) bool {
+	return s.z && (d == dF32 || d == dBF16 || d == dF16)
+}
+
+// scratch bytes per chunk used by the scale prologue
+func scrChunkBytes(d dtype) int {
+	switch d {
+	case dQ8:
+		return 16 // 4 rows x float32 scale
+	case dQ4K:
+		return 256 // 4 rows x (8 scales + 8 mins)
+	}
+	return 0
+}
+
+const tileSig = "func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tail int, out *float32, ostride int, scr *float32)"
+
+// genTile emits one tile (modeFMA) or widen (modeWiden) kernel.
+//
+// Arguments (strides in bytes):
+//
+//	w, wstride, nquads: 4*nquads weight rows starting at w
+//	x, xstride:         N packed input rows (modeFMA)
+//	nchunks, tail:      full chunks per row, and the opmask of a partial chunk (0: none)
+//	out, ostride:       modeFMA: out[i*ostride + 4*q*4 + r*4] for input row i, quad q, row r
+//	                    modeWiden: panel rows, row r of quad q at out + (4q+r)*ostride
+//	scr:                scratch for the per-block scales (Q8, Q4K)
+func genTile(s isa, d dtype, N int, m mode) {
+	var name string
+	if m == modeFMA {
+		name = fmt.Sprintf("tile%s%sN%d", s.name, d, N)
+	} else {
+		name = fmt.Sprintf("widen%s%s", s.name, d)
+	}
+	TEXT(name, NOSPLIT, tileSig)
+	if m == modeFMA {
+		Doc(fmt.Sprintf("%s computes 4-row x %d-input dot products of %s weights (see genTile).", name, N, d))
+	} else {
+		Doc(fmt.Sprintf("%s widens quads of %s weight rows into a float32 panel (see genTile).", name, d))
+	}
+	lanes, vb := s.lanes, s.vbytes()
+	subvecs := chunkValues(s, d) / lanes
+	cb := chunkBytes(s, d)
+	xcb := 4 * chunkValues(s, d) // x (or panel) bytes per chunk
+
+	ws := Load(Param("wstride"), GP64())
+	wq := Load(Param("w"), GP64())
+	oq := Load(Param("out"), GP64())
+	os := Load(Param("ostride"), GP64())
+	nq := Load(Param("nquads"), GP64())
+	var xs GPVirtual
+	if m == modeFMA && N > 1 {
+		xs = Load(Param("xstride"), GP64())
+	}
+
+	// Constants kept in registers.
+	var cMask, cNibV VecVirtual
+	if d == dBF16 {
+		cMask = s.vec()
+		VBROADCASTSS(cBF16Hi, cMask)
+	}
+	if d == dQ4K && !s.z {
+		cNibV = s.vec()
+		VBROADCASTSS(cNib, cNibV)
+	}
+	var ktail OpmaskVirtual
+	if hasTail(s, d) {
+		ktail = K()
+		t := Load(Param("tail"), GP64())
+		KMOVQ(t, ktail)
+	}
+
+	// Accumulators.
+	sets := 1
+	if m == modeFMA && subvecs >= 2 && (N == 1 || (N == 2 && s.z)) {
+		sets = 2
+	}
+	var acc [2][4][]VecVirtual
+	if m == modeFMA {
+		for st := 0; st < sets; st++ {
+			for r := 0; r < 4; r++ {
+				acc[st][r] = make([]VecVirtual, N)
+				for i := 0; i < N; i++ {
+					acc[st][r][i] = s.vec()
+				}
+			}
+		}
+	}
+
+	Label(name + "_quad")
+	w0 := GP64()
+	MOVQ(wq, w0)
+	w3 := GP64()
+	LEAQ(Mem{Base: wq, Index: ws, Scale: 2}, w3)
+	ADDQ(ws, w3)
+	var x0, x3, o0, o3 GPVirtual
+	if m == modeFMA {
+		x0 = Load(Param("x"), GP64())
+		if N > 3 {
+			x3 = GP64()
+			LEAQ(Mem{Base: x0, Index: xs, Scale: 2}, x3)
+			ADDQ(xs, x3)
+		}
+	} else {
+		o0 = GP64()
+		MOVQ(oq, o0)
+		o3 = GP64()
+		LEAQ(Mem{Base: oq, Index: os, Scale: 2}, o3)
+		ADDQ(os, o3)
+	}
+	var sp GPVirtual
+	if d == dQ8 || d == dQ4K {
+		sp = Load(Param("scr"), GP64())
+		genScalePrologue(s, d, name, w0, w3, ws, sp)
+	}
+	cnt := Load(Param("nchunks"), GP64())
+
+	if m == modeFMA {
+		for st := 0; st < sets; st++ {
+			for r := 0; r < 4; r++ {
+				for i := 0; i < N; i++ {
+					a := acc[st][r][i]
+					VXORPS(a, a, a)
+				}
+			}
+		}
+	}
+
+	rowMem := func(r, off int) Mem {
+		switch r {
+		case 0:
+			return Mem{Base: w0, Disp: off}
+		case 1:
+			return Mem{Base: w0, Index: ws, Scale: 1, Disp: off}
+		case 2:
+			return Mem{Base: w0, Index: ws, Scale: 2, Disp: off}
+		}
+		return Mem{Base: w3, Disp: off}
+	}
+	xMem := func(i, off int) Mem {
+		switch i {
+		case 0:
+			return Mem{Base: x0, Disp: off}
+		case 1:
+			return Mem{Base: x0, Index: xs, Scale: 1, Disp: off}
+		case 2:
+			return Mem{Base: x0, Index: xs, Scale: 2, Disp: off}
+		case 3:
+			return Mem{Base: x3, Disp: off}
+		case 4:
+			return Mem{Base: x3, Index: xs, Scale: 1, Disp: off}
+		}
+		return Mem{Base: x3, Index: xs, Scale: 2, Disp: off}
+	}
+	oMem := func(r, off int) Mem {
+		switch r {
+		case 0:
+			return Mem{Base: o0, Disp: off}
+		case 1:
+			return Mem{Base: o0, Index: os, Scale: 1, Disp: off}
+		case 2:
+			return Mem{Base: o0, Index: os, Scale: 2, Disp: off}
+		}
+		return Mem{Base: o3, Disp: off}
+	}
+
+	// widen emits the float32 vector of sub-vector j of row r (chunk at byte
+	// offset wo of the row, scale scratch at byte offset so).
+	widen := func(j, r, wo, so int, masked bool, v VecVirtual) {
+		switch d {
+		case dF32:
+			if masked {
+				VMOVUPS_Z(rowMem(r, wo), ktail, v)
+			} else {
+				VMOVUPS(rowMem(r, wo), v)
+			}
+		case dBF16:
+			// Even bf16 values (low halves of the dwords) become v<<16; odd
+			// values are the dwords with the low half cleared. x is packed in
+			// the same even/odd order.
+			switch {
+			case masked:
+				t := s.vec()
+				VMOVDQU16_Z(rowMem(r, wo), ktail, t)
+				if j == 0 {
+					VPSLLD(U8(16), t, v)
+				} else {
+					VPANDD(t, cMask, v)
+				}
+			case s.z:
+				if j == 0 {
+					VPSLLD(U8(16), rowMem(r, wo), v)
+				} else {
+					VPANDD(rowMem(r, wo), cMask, v)
+				}
+			default:
+				if j == 0 {
+					VMOVDQU(rowMem(r, wo), v)
+					VPSLLD(U8(16), v, v)
+				} else {
+					VPAND(rowMem(r, wo), cMask, v)
+				}
+			}
+		case dF16:
+			if masked {
+				t := YMM()
+				VMOVDQU16_Z(rowMem(r, wo), ktail, t)
+				VCVTPH2PS(t, v)
+			} else {
+				VCVTPH2PS(rowMem(r, wo+j*2*lanes), v)
+			}
+		case dQ8:
+			VPMOVSXBD(rowMem(r, wo+2+j*lanes), v)
+			VCVTDQ2PS(v, v)
+			sm := Mem{Base: sp, Disp: so + 4*r}
+			if s.z {
+				VMULPS_BCST(sm, v, v)
+			} else {
+				t := s.vec()
+				VBROADCASTSS(sm, t)
+				VMULPS(t, v, v)
+			}
+		case dQ4K:
+			per64 := 64 / lanes // sub-vectors per 64 values
+			c := j / per64
+			jj := j % per64
+			hi := jj >= per64/2
+			boff := 16 + c*32 + (jj%(per64/2))*lanes
+			sbj := 2*c + b2i(hi)
+			VPMOVZXBD(rowMem(r, wo+boff), v)
+			if hi {
+				VPSRLD(U8(4), v, v)
+			} else if s.z {
+				VPANDD_BCST(cNib, v, v)
+			} else {
+				VPAND(cNibV, v, v)
+			}
+			VCVTDQ2PS(v, v)
+			mn := s.vec()
+			VBROADCASTSS(Mem{Base: sp, Disp: so + r*64 + 32 + sbj*4}, mn)
+			sm := Mem{Base: sp, Disp: so + r*64 + sbj*4}
+			if s.z {
+				VFMSUB132PS_BCST(sm, mn, v)
+			} else {
+				t := s.vec()
+				VBROADCASTSS(sm, t)
+				VFMSUB132PS(t, mn, v)
+			}
+		}
+	}
+
+	// chunk emits the work of one chunk at chunk offset k (in chunks).
+	chunk := func(k int, masked bool) {
+		wo := k * cb
+		xo := k * xcb
+		so := k * scrChunkBytes(d)
+		for j := 0; j < subvecs; j++ {
+			if masked && d == dF16 && j > 0 {
+				break
+			}
+			st := 0
+			if sets == 2 {
+				st = j % 2
+			}
+			v := make([]VecVirtual, 4)
+			for r := 0; r < 4; r++ {
+				v[r] = s.vec()
+				widen(j, r, wo, so, masked, v[r])
+			}
+			if m == modeWiden {
+				for r := 0; r < 4; r++ {
+					VMOVUPS(v[r], oMem(r, xo+j*vb))
+				}
+				continue
+			}
+			for i := 0; i < N; i++ {
+				xv := s.vec()
+				VMOVUPS(xMem(i, xo+j*vb), xv)
+				for r := 0; r < 4; r++ {
+					VFMADD231PS(v[r], xv, acc[st][r][i])
+				}
+			}
+		}
+	}
+	advance := func(k int) {
+		ADDQ(U32(k*cb), w0)
+		ADDQ(U32(k*cb), w3)
+		if m == modeFMA {
+			ADDQ(U32(k*xcb), x0)
+			if N > 3 {
+				ADDQ(U32(k*xcb), x3)
+			}
+		} else {
+			ADDQ(U32(k*xcb), o0)
+			ADDQ(U32(k*xcb), o3)
+		}
+		if sp != nil {
+			ADDQ(U32(k*scrChunkBytes(d)), sp)
+		}
+	}
+
+	unroll := 1
+	if (d == dF32 || d == dF16 || d == dBF16 || d == dQ8) && (N <= 3 || m == modeWiden) {
+		unroll = 2
+	}
+	if unroll > 1 {
+		Label(name + "_lu")
+		CMPQ(cnt, U32(unroll))
+		JL(LabelRef(name + "_l1"))
+		for k := 0; k < unroll; k++ {
+			chunk(k, false)
+		}
+		advance(unroll)
+		SUBQ(U32(unroll), cnt)
+		JMP(LabelRef(name + "_lu"))
+	}
+	Label(name + "_l1")
+	TESTQ(cnt, cnt)
+	JZ(LabelRef(name + "_tail"))
+	chunk(0, false)
+	advance(1)
+	DECQ(cnt)
+	JMP(LabelRef(name + "_l1"))
+	Label(name + "_tail")
+	if hasTail(s, d) {
+		KORTESTQ(ktail, ktail)
+		JZ(LabelRef(name + "_done"))
+		chunk(0, true)
+	}
+	Label(name + "_done")
+
+	if m == modeFMA {
+		if sets == 2 {
+			for r := 0; r < 4; r++ {
+				for i := 0; i < N; i++ {
+					VADDPS(acc[1][r][i], acc[0][r][i], acc[0][r][i])
+				}
+			}
+		}
+		var oi3 GPVirtual
+		if N > 3 {
+			oi3 = GP64()
+			LEAQ(Mem{Base: oq, Index: os, Scale: 2}, oi3)
+			ADDQ(os, oi3)
+		}
+		for i := 0; i < N; i++ {
+			res := reduce4(s, acc[0][0][i], acc[0][1][i], acc[0][2][i], acc[0][3][i])
+			var dst Mem
+			switch i {
+			case 0:
+				dst = Mem{Base: oq}
+			case 1:
+				dst = Mem{Base: oq, Index: os, Scale: 1}
+			case 2:
+				dst = Mem{Base: oq, Index: os, Scale: 2}
+			case 3:
+				dst = Mem{Base: oi3}
+			case 4:
+				dst = Mem{Base: oi3, Index: os, Scale: 1}
+			case 5:
+				dst = Mem{Base: oi3, Index: os, Scale: 2}
+			}
+			VMOVUPS(res, dst)
+		}
+		ADDQ(U8(16), oq)
+	} else {
+		LEAQ(Mem{Base: oq, Index: os, Scale: 4}, oq)
+	}
+	LEAQ(Mem{Base: wq, Index: ws, Scale: 4}, wq)
+	DECQ(nq)
+	JNZ(LabelRef(name + "_quad"))
+	VZEROUPPER()
+	RET()
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// reduce4 returns an xmm holding the horizontal sums of a0..a3.
+func reduce4(s isa, a0, a1, a2, a3 VecVirtual) VecVirtual {
+	if !s.z {
+		h01, h23 := YMM(), YMM()
+		VHADDPS(a1, a0, h01)
+		VHADDPS(a3, a2, h23)
+		VHADDPS(h23, h01, h01)
+		x := XMM()
+		VEXTRACTF128(U8(1), h01, x)
+		VADDPS(x, h01.AsX(), x)
+		return x
+	}
+	t0, t1 := ZMM(), ZMM()
+	// b01: 128-bit lanes 0,1 hold a0's half sums, lanes 2,3 a1's.
+	VSHUFF32X4(U8(0x44), a1, a0, t0)
+	VSHUFF32X4(U8(0xEE), a1, a0, t1)
+	b01 := ZMM()
+	VADDPS(t1, t0, b01)
+	VSHUFF32X4(U8(0x44), a3, a2, t0)
+	VSHUFF32X4(U8(0xEE), a3, a2, t1)
+	b23 := ZMM()
+	VADDPS(t1, t0, b23)
+	// c: lane l holds 4 partial sums of a_l.
+	VSHUFF32X4(U8(0x88), b23, b01, t0)
+	VSHUFF32X4(U8(0xDD), b23, b01, t1)
+	c := ZMM()
+	VADDPS(t1, t0, c)
+	VPERMILPS(U8(0x4E), c, t0)
+	VADDPS(t0, c, c)
+	VPERMILPS(U8(0xB1), c, t0)
+	VADDPS(t0, c, c)
+	idx := ZMM()
+	VMOVDQU32(cRedIdx, idx)
+	VPERMPS(c, idx, t0)
+	return t0.AsX()
+}
+
+// genScalePrologue converts the per-block scales of the 4 rows of the current
+// quad into float32 in scr, laid out per chunk:
+//
+//	Q8:  16 bytes per block:        scale of row r at 4r
+//	Q4K: 256 bytes per superblock:  row r at 64r: 8 x d·sc_j, then 8 x dmin·m_j
+func genScalePrologue(s isa, d dtype, name string, w0, w3, ws, sp GPVirtual) {
+	cnt := Load(Param("nchunks"), GP64())
+	p := GP64()
+	MOVQ(w0, p)
+	q := GP64()
+	MOVQ(sp, q)
+	switch d {
+	case dQ8:
+		// Gather the f16 scales: lane l reads the dword at block l/4 of row l%4.
+		idx := s.vec()
+		t := GP32()
+		MOVL(ws.As32(), t)
+		if s.z {
+			VPBROADCASTD(t, idx)
+			VPMULLD(cQ8Row, idx, idx)
+			VPADDD(cQ8Blk, idx, idx)
+		} else {
+			xt := XMM()
+			VMOVD(t, xt)
+			VPBROADCASTD(xt, idx)
+			VPMULLD(cQ8Row, idx, idx)
+			VPADDD(cQ8Blk, idx, idx)
+		}
+		bpg := s.lanes / 4 // blocks per gather
+		Label(name + "_sg")
+		CMPQ(cnt, U32(bpg))
+		JL(LabelRef(name + "_sgt"))
+		q8Gather(s, p, q, idx, nil)
+		ADDQ(U32(34*bpg), p)
+		ADDQ(U32(16*bpg), q)
+		SUBQ(U32(bpg), cnt)
+		JMP(LabelRef(name + "_sg"))
+		Label(name + "_sgt")
+		TESTQ(cnt, cnt)
+		JZ(LabelRef(name + "_sgd"))
+		q8Gather(s, p, q, idx, cnt)
+		Label(name + "_sgd")
+	case dQ4K:
+		_ = w3
+		TESTQ(cnt, cnt)
+		JZ(LabelRef(name + "_sgd"))
+		Label(name + "_sg")
+		for r := 0; r < 4; r++ {
+			var src Mem
+			switch r {
+			case 0:
+				src = Mem{Base: p}
+			case 1:
+				src = Mem{Base: p, Index: ws, Scale: 1}
+			case 2:
+				src = Mem{Base: p, Index: ws, Scale: 2}
+			case 3:
+				src = Mem{Base: p, Index: ws, Scale: 1} // adjusted below
+			}
+			if r == 3 {
+				p3 := GP64()
+				LEAQ(Mem{Base: p, Index: ws, Scale: 2}, p3)
+				ADDQ(ws, p3)
+				src = Mem{Base: p3}
+			}
+			q4Scales(s, src, Mem{Base: q, Disp: 64 * r})
+		}
+		ADDQ(U32(144), p)
+		ADDQ(U32(256), q)
+		DECQ(cnt)
+		JNZ(LabelRef(name + "_sg"))
+		Label(name + "_sgd")
+	}
+}
+
+// q8Gather converts the scales of lanes/4 blocks of the 4 rows (cnt: number of
+// valid blocks when partial, nil when full) into float32 at dst.
+func q8Gather(s isa, p, dst GPVirtual, idx VecVirtual, cnt GPVirtual) {
+	g := s.vec()
+	if s.z {
+		k := K()
+		if cnt == nil {
+			KXNORW(k, k, k)
+		} else {
+			sh := GP64()
+			MOVQ(cnt, sh)
+			SHLQ(U8(2), sh)
+			t := GP64()
+			MOVQ(U32(1), t)
+			SHLXQ(sh, t, t)
+			DECQ(t)
+			KMOVW(t.As32(), k)
+			VPXORD(g, g, g)
+		}
+		VPGATHERDD(Mem{Base: p, Index: idx, Scale: 1}, k, g)
+		y := YMM()
+		VPMOVDW(g, y)
+		VCVTPH2PS(y, g)
+		VMOVUPS(g, Mem{Base: dst})
+		return
+	}
+	// AVX2: 8 lanes = 2 blocks x 4 rows; a partial group has exactly 1 block.
+	mk := YMM()
+	if cnt == nil {
+		VPCMPEQD(mk, mk, mk)
+	} else {
+		// Lanes 0..3 only (the VEX.128 form clears the upper lane).
+		VPCMPEQD(mk.AsX(), mk.AsX(), mk.AsX())
+	}
+	VPXOR(g, g, g)
+	VPGATHERDD(mk, Mem{Base: p, Index: idx, Scale: 1}, g)
+	wl := YMM()
+	VPBROADCASTD(cWordLow, wl)
+	VPAND(wl, g, g)
+	VPACKUSDW(g, g, g) // per lane: 4 words, repeated
+	VPERMQ(U8(0x08), g, g)
+	VCVTPH2PS(g.AsX(), g)
+	VMOVUPS(g, Mem{Base: dst})
+}
+
+// q4Scales unpacks the 12-byte scales field of one Q4_K block (at src+4) and
+// writes 8 x d·sc_j then 8 x dmin·m_j as float32 at dst.
+func q4Scales(s isa, src, dst Mem) {
+	v := XMM()
+	VMOVDQU(src.Offset(4), v) // a, b, c, (first 4 bytes of qs)
+	pp, qq := XMM(), XMM()
+	VPSHUFD(U8(0x98), v, pp) // a c b c
+	VPSHUFD(U8(0x50), v, qq) // a a b b
+	VPSRLVD(cQ4ShP, pp, pp)
+	VPSRLVD(cQ4ShQ, qq, qq)
+	VPAND(cQ4MaskP, pp, pp)
+	VPAND(cQ4MaskQ, qq, qq)
+	VPOR(qq, pp, pp) // bytes: sc0..7, m0..7
+	dd := XMM()
+	VCVTPH2PS(src, dd) // d, dmin, (junk), (junk)
+	if s.z {
+		f := ZMM()
+		VPMOVZXBD(pp, f)
+		VCVTDQ2PS(f, f)
+		ddz := ZMM()
+		idx := ZMM()
+		VMOVDQU32(cQ4DDIdx, idx)
+		VPERMPS(dd.AsZ(), idx, ddz)
+		VMULPS(ddz, f, f)
+		VMOVUPS(f, dst)
+		return
+	}
+	lo, hi := YMM(), YMM()
+	VPMOVZXBD(pp, lo)
+	VPSHUFD(U8(0xEE), pp, pp)
+	VPMOVZXBD(pp, hi)
+	VCVTDQ2PS(lo, lo)
+	VCVTDQ2PS(hi, hi)
+	b := YMM()
+	VBROADCASTSS(dd, b)
+	VMULPS(b, lo, lo)
+	VMOVSHDUP(dd, dd)
+	VBROADCASTSS(dd, b)
+	VMULPS(b, hi, hi)
+	VMOVUPS(lo, dst)
+	VMOVUPS(hi, dst.Offset(32))
+}
