@@ -17,4 +17,7 @@
 //
 // Writer builds a GGUF file, streaming the tensor data through a callback so that
 // large synthetic models never need to be held in memory.
+//
+// A File may be read from many goroutines at once; Close must not run
+// concurrently with those reads, and invalidates every tensor slice obtained.
 package gguf

@@ -89,6 +89,9 @@ func Open(path string) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gguf: %w", err)
 	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w: not a regular file", path, ErrFormat)
+	}
 	size := st.Size()
 	if size < headerBytes {
 		return nil, fmt.Errorf("%s: %w: file of %d bytes is shorter than the %d-byte header", path, ErrFormat, size, headerBytes)

@@ -16,4 +16,7 @@
 // not, as one name-to-tensor table. WriteFile and WriteIndex produce checkpoints,
 // streaming the tensor bytes so that multi-gigabyte synthetic models never need to
 // be held in memory.
+//
+// A File or Checkpoint may be read from many goroutines at once; Close must not
+// run concurrently with those reads, and invalidates every Tensor.Data obtained.
 package safetensors

@@ -92,6 +92,9 @@ func Open(path string) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("safetensors: %w", err)
 	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w: not a regular file", path, ErrFormat)
+	}
 	size := st.Size()
 	if size < 8 {
 		return nil, fmt.Errorf("%s: %w: file of %d bytes has no 8-byte header length", path, ErrFormat, size)

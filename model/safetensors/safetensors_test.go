@@ -361,6 +361,9 @@ func TestOpenDirGlobAndErrors(t *testing.T) {
 
 func TestOpenErrors(t *testing.T) {
 	dir := t.TempDir()
+	if _, err := Open(dir); err == nil || !strings.Contains(err.Error(), "regular file") {
+		t.Errorf("directory: %v", err)
+	}
 	if _, err := Open(filepath.Join(dir, "missing.safetensors")); err == nil {
 		t.Error("missing file: no error")
 	}

@@ -10,7 +10,7 @@ import (
 // f16 followed by 32 int8 values q = round(x/d), so that x ≈ d·q.
 //
 // It panics when the lengths do not fit (a programming error, not bad input data).
-// Non-finite inputs do not panic but give meaningless blocks.
+// Values beyond the f16 range saturate; non-finite inputs give meaningless blocks.
 func QuantizeQ8_0(src []float32, dst []byte) {
 	checkQuantLens(Q8_0, src, dst)
 	for b := 0; b < len(src)/Q8_0BlockValues; b++ {
@@ -20,8 +20,8 @@ func QuantizeQ8_0(src []float32, dst []byte) {
 		for _, v := range x {
 			amax = max(amax, abs32(v))
 		}
-		dh := F32ToF16(amax / 127)
-		d := F16ToF32(dh) // quantize against the scale the reader will see
+		dh := F32ToF16(min(amax/127, maxF16)) // saturate rather than store inf
+		d := F16ToF32(dh)                     // quantize against the scale the reader will see
 		blk[0], blk[1] = byte(dh), byte(dh>>8)
 		var id float32
 		if d != 0 && !isInf32(d) {
@@ -53,6 +53,9 @@ func QuantizeQ4_K(src []float32, dst []byte) {
 	}
 }
 
+// maxF16 is the largest finite half-precision value.
+const maxF16 = 65504
+
 func checkQuantLens(d DType, src []float32, dst []byte) {
 	n, err := d.RowBytes(len(src))
 	if err != nil {
@@ -73,8 +76,8 @@ func quantQ4KBlock(x []float32, blk []byte) {
 		maxMin = max(maxMin, mins[j])
 	}
 
-	dh := F32ToF16(maxScale / 63)
-	dminh := F32ToF16(maxMin / 63)
+	dh := F32ToF16(min(maxScale/63, maxF16))
+	dminh := F32ToF16(min(maxMin/63, maxF16))
 	d, dmin := F16ToF32(dh), F16ToF32(dminh)
 	var sc, mq [nsub]uint8
 	for j := range nsub {

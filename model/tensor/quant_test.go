@@ -269,6 +269,16 @@ func TestQuantizeSpecialBlocks(t *testing.T) {
 		if math.Abs(float64(y[17])-1000)/1000 > 0.05 {
 			t.Errorf("%v: outlier 1000 came back as %v", dt, y[17])
 		}
+		// Values too large for an f16 scale saturate instead of becoming NaN.
+		huge := make([]float32, n)
+		for i := range huge {
+			huge[i] = float32(i%5-2) * 1e12
+		}
+		for i, v := range roundTrip(t, dt, huge) {
+			if v != v || math.IsInf(float64(v), 0) || (huge[i] != 0 && math.Signbit(float64(v)) != math.Signbit(float64(huge[i]))) {
+				t.Fatalf("%v: huge value %d: %v came back as %v", dt, i, huge[i], v)
+			}
+		}
 		// Non-finite inputs must not panic.
 		x[3] = float32(math.NaN())
 		x[4] = float32(math.Inf(1))

@@ -3,7 +3,7 @@ package tokenizer
 import (
 	"hash/maphash"
 	"strings"
-	"sync"
+	"sync/atomic"
 )
 
 // mergeRule is the result of merging an adjacent pair of token ids.
@@ -153,61 +153,57 @@ func (t *Tokenizer) appendSymbol(dst []int32, id int32) []int32 {
 	return dst
 }
 
-// Cache of BPE results per pre-token. Each shard keeps two generations:
-// when the current map fills up it becomes the old one and the previous old
-// one is dropped, which approximates LRU without per-hit bookkeeping.
+// Cache of BPE results per pre-token: a direct-mapped table of immutable
+// entries behind atomic pointers. Lookups take no lock; a store overwrites
+// whatever entry shared the slot, so the size is bounded by construction.
 const (
-	cacheShards       = 64
-	cacheShardEntries = 2048 // per generation
-	cacheMaxKeyLen    = 64   // longer pre-tokens are not cached
+	cacheSlots     = 1 << 16
+	cacheMaxKeyLen = 64 // longer pre-tokens are not cached
 )
 
-type cacheShard struct {
-	mu  sync.RWMutex
-	cur map[string][]int32
-	old map[string][]int32
-	_   [40]byte // keep shards on separate cache lines
+type cacheEntry struct {
+	key string
+	ids []int32
 }
 
 type bpeCache struct {
-	seed   maphash.Seed
-	shards [cacheShards]cacheShard
+	seed  maphash.Seed
+	slots []atomic.Pointer[cacheEntry]
 }
 
 func newBPECache() *bpeCache {
-	return &bpeCache{seed: maphash.MakeSeed()}
+	return &bpeCache{seed: maphash.MakeSeed(), slots: make([]atomic.Pointer[cacheEntry], cacheSlots)}
 }
 
-func (c *bpeCache) shard(key string) *cacheShard {
-	return &c.shards[maphash.String(c.seed, key)%cacheShards]
+// Each key may live in either slot of an aligned pair (2-way set
+// associative), which keeps two hot words that hash to the same slot from
+// evicting each other forever.
+func (c *bpeCache) pair(key string) (h uint64, a, b *atomic.Pointer[cacheEntry]) {
+	h = maphash.String(c.seed, key)
+	i := h & (cacheSlots - 1)
+	return h, &c.slots[i], &c.slots[i^1]
 }
 
 func (c *bpeCache) get(key string) ([]int32, bool) {
-	sh := c.shard(key)
-	sh.mu.RLock()
-	v, ok := sh.cur[key]
-	if !ok {
-		v, ok = sh.old[key]
-		sh.mu.RUnlock()
-		if ok {
-			sh.put(key, v) // promote a hit from the old generation
+	_, a, b := c.pair(key)
+	if e := a.Load(); e != nil && e.key == key {
+		return e.ids, true
+	}
+	if e := b.Load(); e != nil && e.key == key {
+		return e.ids, true
+	}
+	return nil, false
+}
+
+// put stores ids for key; ids must not be modified afterwards.
+func (c *bpeCache) put(key string, ids []int32) {
+	h, a, b := c.pair(key)
+	dst := a
+	if a.Load() != nil {
+		if b.Load() == nil || h>>63 != 0 {
+			dst = b
 		}
-		return v, ok
 	}
-	sh.mu.RUnlock()
-	return v, true
-}
-
-func (c *bpeCache) put(key string, v []int32) {
-	c.shard(key).put(key, v)
-}
-
-func (sh *cacheShard) put(key string, v []int32) {
-	sh.mu.Lock()
-	if sh.cur == nil || len(sh.cur) >= cacheShardEntries {
-		sh.old = sh.cur
-		sh.cur = make(map[string][]int32, cacheShardEntries/4)
-	}
-	sh.cur[strings.Clone(key)] = v // key may point into a caller's text
-	sh.mu.Unlock()
+	// The key may point into a caller's text: copy it.
+	dst.Store(&cacheEntry{key: strings.Clone(key), ids: ids})
 }

@@ -98,8 +98,9 @@ type Tokenizer struct {
 	addBOS        bool
 	chatTemplate  string
 
-	cache *bpeCache
-	work  sync.Pool
+	cache   *bpeCache
+	noCache bool // benchmarks only
+	work    sync.Pool
 }
 
 // spec is the source-independent description from which build makes a
@@ -489,7 +490,8 @@ func (t *Tokenizer) encodePiece(out []int, scratch []int32, piece string) ([]int
 			return append(out, int(id)), scratch
 		}
 	}
-	if len(piece) <= cacheMaxKeyLen {
+	useCache := len(piece) <= cacheMaxKeyLen && !t.noCache
+	if useCache {
 		if ids, ok := t.cache.get(piece); ok {
 			for _, id := range ids {
 				out = append(out, int(id))
@@ -501,7 +503,7 @@ func (t *Tokenizer) encodePiece(out []int, scratch []int32, piece string) ([]int
 	for _, id := range scratch {
 		out = append(out, int(id))
 	}
-	if len(piece) <= cacheMaxKeyLen {
+	if useCache {
 		t.cache.put(piece, append([]int32(nil), scratch...))
 	}
 	return out, scratch

@@ -23,6 +23,216 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// StatsRequest asks for an expert node's statistics.
+type StatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// reset zeroes the activation counters after reading them.
+	Reset_        bool `protobuf:"varint,1,opt,name=reset,proto3" json:"reset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsRequest) Reset() {
+	*x = StatsRequest{}
+	mi := &file_switchyard_v1_expert_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsRequest) ProtoMessage() {}
+
+func (x *StatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_expert_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
+func (*StatsRequest) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_expert_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *StatsRequest) GetReset_() bool {
+	if x != nil {
+		return x.Reset_
+	}
+	return false
+}
+
+// ExpertCount is the activation count of one (layer, expert).
+type ExpertCount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// layer is the decoder layer index.
+	Layer uint32 `protobuf:"varint,1,opt,name=layer,proto3" json:"layer,omitempty"`
+	// expert is the expert id within the layer.
+	Expert uint32 `protobuf:"varint,2,opt,name=expert,proto3" json:"expert,omitempty"`
+	// rows is the number of token rows computed since the last reset.
+	Rows          uint64 `protobuf:"varint,3,opt,name=rows,proto3" json:"rows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpertCount) Reset() {
+	*x = ExpertCount{}
+	mi := &file_switchyard_v1_expert_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpertCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpertCount) ProtoMessage() {}
+
+func (x *ExpertCount) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_expert_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpertCount.ProtoReflect.Descriptor instead.
+func (*ExpertCount) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_expert_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ExpertCount) GetLayer() uint32 {
+	if x != nil {
+		return x.Layer
+	}
+	return 0
+}
+
+func (x *ExpertCount) GetExpert() uint32 {
+	if x != nil {
+		return x.Expert
+	}
+	return 0
+}
+
+func (x *ExpertCount) GetRows() uint64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+// StatsResponse describes an expert node.
+type StatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node is the node id.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// ready says whether every assigned expert is loaded.
+	Ready bool `protobuf:"varint,2,opt,name=ready,proto3" json:"ready,omitempty"`
+	// table_version is the routing-table version the node's assignment comes from.
+	TableVersion uint64 `protobuf:"varint,3,opt,name=table_version,json=tableVersion,proto3" json:"table_version,omitempty"`
+	// experts_loaded is the number of (layer, expert) pairs held.
+	ExpertsLoaded uint32 `protobuf:"varint,4,opt,name=experts_loaded,json=expertsLoaded,proto3" json:"experts_loaded,omitempty"`
+	// counts are the per-expert activation counts (only non-zero entries).
+	Counts []*ExpertCount `protobuf:"bytes,5,rep,name=counts,proto3" json:"counts,omitempty"`
+	// batches is the number of coalesced compute batches run.
+	Batches uint64 `protobuf:"varint,6,opt,name=batches,proto3" json:"batches,omitempty"`
+	// rows is the number of rows computed.
+	Rows          uint64 `protobuf:"varint,7,opt,name=rows,proto3" json:"rows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsResponse) Reset() {
+	*x = StatsResponse{}
+	mi := &file_switchyard_v1_expert_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsResponse) ProtoMessage() {}
+
+func (x *StatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_expert_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
+func (*StatsResponse) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_expert_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *StatsResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *StatsResponse) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *StatsResponse) GetTableVersion() uint64 {
+	if x != nil {
+		return x.TableVersion
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetExpertsLoaded() uint32 {
+	if x != nil {
+		return x.ExpertsLoaded
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetCounts() []*ExpertCount {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetBatches() uint64 {
+	if x != nil {
+		return x.Batches
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetRows() uint64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
 // ExpertBatch carries the rows of one MoE layer step that this node must compute.
 type ExpertBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -54,7 +264,7 @@ type ExpertBatch struct {
 
 func (x *ExpertBatch) Reset() {
 	*x = ExpertBatch{}
-	mi := &file_switchyard_v1_expert_proto_msgTypes[0]
+	mi := &file_switchyard_v1_expert_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -66,7 +276,7 @@ func (x *ExpertBatch) String() string {
 func (*ExpertBatch) ProtoMessage() {}
 
 func (x *ExpertBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_expert_proto_msgTypes[0]
+	mi := &file_switchyard_v1_expert_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -79,7 +289,7 @@ func (x *ExpertBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpertBatch.ProtoReflect.Descriptor instead.
 func (*ExpertBatch) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_expert_proto_rawDescGZIP(), []int{0}
+	return file_switchyard_v1_expert_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ExpertBatch) GetStepId() uint64 {
@@ -183,7 +393,7 @@ type ExpertResult struct {
 
 func (x *ExpertResult) Reset() {
 	*x = ExpertResult{}
-	mi := &file_switchyard_v1_expert_proto_msgTypes[1]
+	mi := &file_switchyard_v1_expert_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -195,7 +405,7 @@ func (x *ExpertResult) String() string {
 func (*ExpertResult) ProtoMessage() {}
 
 func (x *ExpertResult) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_expert_proto_msgTypes[1]
+	mi := &file_switchyard_v1_expert_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -208,7 +418,7 @@ func (x *ExpertResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpertResult.ProtoReflect.Descriptor instead.
 func (*ExpertResult) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_expert_proto_rawDescGZIP(), []int{1}
+	return file_switchyard_v1_expert_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ExpertResult) GetStepId() uint64 {
@@ -264,7 +474,21 @@ var File_switchyard_v1_expert_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_expert_proto_rawDesc = "" +
 	"\n" +
-	"\x1aswitchyard/v1/expert.proto\x12\rswitchyard.v1\"\x84\x03\n" +
+	"\x1aswitchyard/v1/expert.proto\x12\rswitchyard.v1\"$\n" +
+	"\fStatsRequest\x12\x14\n" +
+	"\x05reset\x18\x01 \x01(\bR\x05reset\"O\n" +
+	"\vExpertCount\x12\x14\n" +
+	"\x05layer\x18\x01 \x01(\rR\x05layer\x12\x16\n" +
+	"\x06expert\x18\x02 \x01(\rR\x06expert\x12\x12\n" +
+	"\x04rows\x18\x03 \x01(\x04R\x04rows\"\xe7\x01\n" +
+	"\rStatsResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05ready\x18\x02 \x01(\bR\x05ready\x12#\n" +
+	"\rtable_version\x18\x03 \x01(\x04R\ftableVersion\x12%\n" +
+	"\x0eexperts_loaded\x18\x04 \x01(\rR\rexpertsLoaded\x122\n" +
+	"\x06counts\x18\x05 \x03(\v2\x1a.switchyard.v1.ExpertCountR\x06counts\x12\x18\n" +
+	"\abatches\x18\x06 \x01(\x04R\abatches\x12\x12\n" +
+	"\x04rows\x18\a \x01(\x04R\x04rows\"\x84\x03\n" +
 	"\vExpertBatch\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\x04R\x06stepId\x12\x14\n" +
 	"\x05layer\x18\x02 \x01(\rR\x05layer\x12\x12\n" +
@@ -291,9 +515,10 @@ const file_switchyard_v1_expert_proto_rawDesc = "" +
 	"\x04rows\x18\x04 \x01(\rR\x04rows\x12\x19\n" +
 	"\bout_bf16\x18\x05 \x01(\fR\aoutBf16\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x12%\n" +
-	"\x0ecompute_micros\x18\a \x01(\rR\rcomputeMicros2X\n" +
+	"\x0ecompute_micros\x18\a \x01(\rR\rcomputeMicros2\x9c\x01\n" +
 	"\rExpertService\x12G\n" +
-	"\bDispatch\x12\x1a.switchyard.v1.ExpertBatch\x1a\x1b.switchyard.v1.ExpertResult(\x010\x01BKZIgithub.com/switchyard-serving/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\bDispatch\x12\x1a.switchyard.v1.ExpertBatch\x1a\x1b.switchyard.v1.ExpertResult(\x010\x01\x12B\n" +
+	"\x05Stats\x12\x1b.switchyard.v1.StatsRequest\x1a\x1c.switchyard.v1.StatsResponseBKZIgithub.com/switchyard-serving/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_expert_proto_rawDescOnce sync.Once
@@ -307,21 +532,27 @@ func file_switchyard_v1_expert_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_expert_proto_rawDescData
 }
 
-var file_switchyard_v1_expert_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_switchyard_v1_expert_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_switchyard_v1_expert_proto_goTypes = []any{
-	(*ExpertBatch)(nil),  // 0: switchyard.v1.ExpertBatch
-	(*ExpertResult)(nil), // 1: switchyard.v1.ExpertResult
-	nil,                  // 2: switchyard.v1.ExpertBatch.TraceEntry
+	(*StatsRequest)(nil),  // 0: switchyard.v1.StatsRequest
+	(*ExpertCount)(nil),   // 1: switchyard.v1.ExpertCount
+	(*StatsResponse)(nil), // 2: switchyard.v1.StatsResponse
+	(*ExpertBatch)(nil),   // 3: switchyard.v1.ExpertBatch
+	(*ExpertResult)(nil),  // 4: switchyard.v1.ExpertResult
+	nil,                   // 5: switchyard.v1.ExpertBatch.TraceEntry
 }
 var file_switchyard_v1_expert_proto_depIdxs = []int32{
-	2, // 0: switchyard.v1.ExpertBatch.trace:type_name -> switchyard.v1.ExpertBatch.TraceEntry
-	0, // 1: switchyard.v1.ExpertService.Dispatch:input_type -> switchyard.v1.ExpertBatch
-	1, // 2: switchyard.v1.ExpertService.Dispatch:output_type -> switchyard.v1.ExpertResult
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	1, // 0: switchyard.v1.StatsResponse.counts:type_name -> switchyard.v1.ExpertCount
+	5, // 1: switchyard.v1.ExpertBatch.trace:type_name -> switchyard.v1.ExpertBatch.TraceEntry
+	3, // 2: switchyard.v1.ExpertService.Dispatch:input_type -> switchyard.v1.ExpertBatch
+	0, // 3: switchyard.v1.ExpertService.Stats:input_type -> switchyard.v1.StatsRequest
+	4, // 4: switchyard.v1.ExpertService.Dispatch:output_type -> switchyard.v1.ExpertResult
+	2, // 5: switchyard.v1.ExpertService.Stats:output_type -> switchyard.v1.StatsResponse
+	4, // [4:6] is the sub-list for method output_type
+	2, // [2:4] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_expert_proto_init() }
@@ -335,7 +566,7 @@ func file_switchyard_v1_expert_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_expert_proto_rawDesc), len(file_switchyard_v1_expert_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

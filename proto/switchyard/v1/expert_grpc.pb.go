@@ -22,6 +22,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	ExpertService_Dispatch_FullMethodName = "/switchyard.v1.ExpertService/Dispatch"
+	ExpertService_Stats_FullMethodName    = "/switchyard.v1.ExpertService/Stats"
 )
 
 // ExpertServiceClient is the client API for ExpertService service.
@@ -34,6 +35,8 @@ type ExpertServiceClient interface {
 	// sends one ExpertBatch per MoE layer step (possibly in several chunks); the
 	// node answers each with an ExpertResult carrying the weighted sum per row.
 	Dispatch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExpertBatch, ExpertResult], error)
+	// Stats reports the node's assignment state and per-expert activation counts.
+	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
 }
 
 type expertServiceClient struct {
@@ -57,6 +60,16 @@ func (c *expertServiceClient) Dispatch(ctx context.Context, opts ...grpc.CallOpt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ExpertService_DispatchClient = grpc.BidiStreamingClient[ExpertBatch, ExpertResult]
 
+func (c *expertServiceClient) Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatsResponse)
+	err := c.cc.Invoke(ctx, ExpertService_Stats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ExpertServiceServer is the server API for ExpertService service.
 // All implementations must embed UnimplementedExpertServiceServer
 // for forward compatibility.
@@ -67,6 +80,8 @@ type ExpertServiceServer interface {
 	// sends one ExpertBatch per MoE layer step (possibly in several chunks); the
 	// node answers each with an ExpertResult carrying the weighted sum per row.
 	Dispatch(grpc.BidiStreamingServer[ExpertBatch, ExpertResult]) error
+	// Stats reports the node's assignment state and per-expert activation counts.
+	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	mustEmbedUnimplementedExpertServiceServer()
 }
 
@@ -79,6 +94,9 @@ type UnimplementedExpertServiceServer struct{}
 
 func (UnimplementedExpertServiceServer) Dispatch(grpc.BidiStreamingServer[ExpertBatch, ExpertResult]) error {
 	return status.Error(codes.Unimplemented, "method Dispatch not implemented")
+}
+func (UnimplementedExpertServiceServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Stats not implemented")
 }
 func (UnimplementedExpertServiceServer) mustEmbedUnimplementedExpertServiceServer() {}
 func (UnimplementedExpertServiceServer) testEmbeddedByValue()                       {}
@@ -108,13 +126,36 @@ func _ExpertService_Dispatch_Handler(srv interface{}, stream grpc.ServerStream) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ExpertService_DispatchServer = grpc.BidiStreamingServer[ExpertBatch, ExpertResult]
 
+func _ExpertService_Stats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExpertServiceServer).Stats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExpertService_Stats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExpertServiceServer).Stats(ctx, req.(*StatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ExpertService_ServiceDesc is the grpc.ServiceDesc for ExpertService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var ExpertService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "switchyard.v1.ExpertService",
 	HandlerType: (*ExpertServiceServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Stats",
+			Handler:    _ExpertService_Stats_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Dispatch",

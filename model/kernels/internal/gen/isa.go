@@ -90,3 +90,19 @@ func genConsts() {
 func fname(base string, s isa, suffix string) string {
 	return fmt.Sprintf("%s%s%s", base, s.name, suffix)
 }
+
+// ld loads an integer or pointer parameter into a new 64-bit register.
+func ld(name string) GPVirtual {
+	r := GP64()
+	Load(Param(name), r)
+	return r
+}
+
+// paddr is the memory operand of a parameter.
+func paddr(name string) Mem {
+	b, err := Param(name).Resolve()
+	if err != nil {
+		panic(err)
+	}
+	return b.Addr
+}

@@ -27,7 +27,7 @@ import (
 )
 
 func main() {
-	ConstraintExpr("amd64 && !purego")
+	ConstraintExpr("!purego")
 	genConsts()
 	for _, s := range []isa{isa512, isa256} {
 		genProbes(s)

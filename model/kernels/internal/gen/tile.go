@@ -109,14 +109,14 @@ func genTile(s isa, d dtype, N int, m mode) {
 	cb := chunkBytes(s, d)
 	xcb := 4 * chunkValues(s, d) // x (or panel) bytes per chunk
 
-	ws := Load(Param("wstride"), GP64())
-	wq := Load(Param("w"), GP64())
-	oq := Load(Param("out"), GP64())
-	os := Load(Param("ostride"), GP64())
-	nq := Load(Param("nquads"), GP64())
+	ws := ld("wstride")
+	wq := ld("w")
+	oq := ld("out")
+	os := ld("ostride")
+	nq := ld("nquads")
 	var xs GPVirtual
 	if m == modeFMA && N > 1 {
-		xs = Load(Param("xstride"), GP64())
+		xs = ld("xstride")
 	}
 
 	// Constants kept in registers.
@@ -132,7 +132,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 	var ktail OpmaskVirtual
 	if hasTail(s, d) {
 		ktail = K()
-		t := Load(Param("tail"), GP64())
+		t := ld("tail")
 		KMOVQ(t, ktail)
 	}
 
@@ -161,7 +161,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 	ADDQ(ws, w3)
 	var x0, x3, o0, o3 GPVirtual
 	if m == modeFMA {
-		x0 = Load(Param("x"), GP64())
+		x0 = ld("x")
 		if N > 3 {
 			x3 = GP64()
 			LEAQ(Mem{Base: x0, Index: xs, Scale: 2}, x3)
@@ -176,10 +176,10 @@ func genTile(s isa, d dtype, N int, m mode) {
 	}
 	var sp GPVirtual
 	if d == dQ8 || d == dQ4K {
-		sp = Load(Param("scr"), GP64())
+		sp = ld("scr")
 		genScalePrologue(s, d, name, w0, w3, ws, sp)
 	}
-	cnt := Load(Param("nchunks"), GP64())
+	cnt := ld("nchunks")
 
 	if m == modeFMA {
 		for st := 0; st < sets; st++ {
@@ -447,7 +447,7 @@ func b2i(b bool) int {
 }
 
 // reduce4 returns an xmm holding the horizontal sums of a0..a3.
-func reduce4(s isa, a0, a1, a2, a3 VecVirtual) VecVirtual {
+func reduce4(s isa, a0, a1, a2, a3 VecVirtual) Register {
 	if !s.z {
 		h01, h23 := YMM(), YMM()
 		VHADDPS(a1, a0, h01)
@@ -489,7 +489,7 @@ func reduce4(s isa, a0, a1, a2, a3 VecVirtual) VecVirtual {
 //	Q8:  16 bytes per block:        scale of row r at 4r
 //	Q4K: 256 bytes per superblock:  row r at 64r: 8 x d·sc_j, then 8 x dmin·m_j
 func genScalePrologue(s isa, d dtype, name string, w0, w3, ws, sp GPVirtual) {
-	cnt := Load(Param("nchunks"), GP64())
+	cnt := ld("nchunks")
 	p := GP64()
 	MOVQ(w0, p)
 	q := GP64()

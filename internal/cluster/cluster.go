@@ -1,0 +1,267 @@
+// Package cluster is how Switchyard nodes find each other and the routing table
+// through etcd. It owns the etcd key schema:
+//
+//	/switchyard/nodes/<role>/<id>     NodeInfo JSON, attached to the node's lease
+//	/switchyard/routing/current       the routing.Table JSON trunk nodes follow
+//	/switchyard/routing/v/<version>   every published version (kept for rollout/debug)
+//	/switchyard/ready/<id>            routing-table version an expert node has loaded
+//
+// Nodes register with a lease and keep it alive; when a process dies its key
+// disappears after the TTL. Watchers get the full current list on every change and
+// keep their last view when etcd is unreachable (the data plane never stops
+// because the control plane is down).
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard-serving/switchyard/internal/routing"
+)
+
+// Key prefixes.
+const (
+	Prefix       = "/switchyard/"
+	NodesPrefix  = Prefix + "nodes/"
+	RoutingKey   = Prefix + "routing/current"
+	RoutingVPref = Prefix + "routing/v/"
+	ReadyPrefix  = Prefix + "ready/"
+)
+
+// Roles.
+const (
+	RoleTrunk       = "trunk"
+	RoleExpert      = "expert"
+	RoleCoordinator = "coordinator"
+)
+
+// ErrNotFound means the key does not exist (yet).
+var ErrNotFound = errors.New("cluster: not found")
+
+// NodeInfo is a node's registration.
+type NodeInfo struct {
+	ID     string            `json:"id"`
+	Role   string            `json:"role"`
+	Addr   string            `json:"addr"` // gRPC address
+	Meta   map[string]string `json:"meta,omitempty"`
+	Joined time.Time         `json:"joined"`
+}
+
+// Registration is a node's live registration; Close revokes it.
+type Registration struct {
+	cli   *clientv3.Client
+	lease clientv3.LeaseID
+	stop  context.CancelFunc
+	done  chan struct{}
+}
+
+// Register writes n under its role with a lease of ttl seconds and keeps the lease
+// alive until ctx ends or Close is called. If the lease is lost (etcd partition
+// longer than the TTL), it re-registers when etcd is reachable again.
+func Register(ctx context.Context, cli *clientv3.Client, n NodeInfo, ttl int64) (*Registration, error) {
+	if n.ID == "" || n.Role == "" {
+		return nil, fmt.Errorf("cluster: register: node id and role are required")
+	}
+	if n.Joined.IsZero() {
+		n.Joined = time.Now().UTC()
+	}
+	b, _ := json.Marshal(n)
+	key := NodesPrefix + n.Role + "/" + n.ID
+	grant := func(ctx context.Context) (clientv3.LeaseID, <-chan *clientv3.LeaseKeepAliveResponse, error) {
+		l, err := cli.Grant(ctx, ttl)
+		if err != nil {
+			return 0, nil, err
+		}
+		if _, err := cli.Put(ctx, key, string(b), clientv3.WithLease(l.ID)); err != nil {
+			return 0, nil, err
+		}
+		ka, err := cli.KeepAlive(ctx, l.ID)
+		return l.ID, ka, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	id, ka, err := grant(rctx)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("cluster: register %s: %w", key, err)
+	}
+	r := &Registration{cli: cli, lease: id, stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for {
+			for range ka { // drain keepalive responses until the channel closes
+			}
+			if rctx.Err() != nil {
+				return
+			}
+			// Lease lost: retry until registered again.
+			t := time.NewTimer(time.Second)
+			select {
+			case <-rctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			if nid, nka, err := grant(rctx); err == nil {
+				r.lease, ka = nid, nka
+			} else {
+				ka = nil
+			}
+		}
+	}()
+	return r, nil
+}
+
+// Close revokes the registration (the node disappears from watchers at once).
+func (r *Registration) Close() error {
+	r.stop()
+	<-r.done
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := r.cli.Revoke(ctx, r.lease)
+	return err
+}
+
+// ListNodes returns the registered nodes of a role, sorted by id.
+func ListNodes(ctx context.Context, cli *clientv3.Client, role string) ([]NodeInfo, error) {
+	ns, _, err := listNodes(ctx, cli, role)
+	return ns, err
+}
+
+func listNodes(ctx context.Context, cli *clientv3.Client, role string) ([]NodeInfo, int64, error) {
+	resp, err := cli.Get(ctx, NodesPrefix+role+"/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, err
+	}
+	var out []NodeInfo
+	for _, kv := range resp.Kvs {
+		var n NodeInfo
+		if json.Unmarshal(kv.Value, &n) == nil {
+			out = append(out, n)
+		}
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out, resp.Header.Revision, nil
+}
+
+// WatchNodes calls fn with the full list of nodes of a role now and after every
+// change, until ctx ends. fn runs on the watcher's goroutine and must not block
+// for long.
+func WatchNodes(ctx context.Context, cli *clientv3.Client, role string, fn func([]NodeInfo)) {
+	watchPrefix(ctx, cli, NodesPrefix+role+"/", func() int64 {
+		ns, rev, err := listNodes(ctx, cli, role)
+		if err == nil {
+			fn(ns)
+		}
+		return rev
+	})
+}
+
+// watchPrefix calls reload once and again after every event under prefix,
+// re-establishing the watch after errors with a small backoff. reload returns the
+// etcd revision it read at (0 on error), so no event between the read and the
+// watch is missed.
+func watchPrefix(ctx context.Context, cli *clientv3.Client, prefix string, reload func() int64) {
+	for ctx.Err() == nil {
+		rev := reload()
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		opts := []clientv3.OpOption{clientv3.WithPrefix()}
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev+1))
+		}
+		ch := cli.Watch(wctx, prefix, opts...)
+		for resp := range ch {
+			if resp.Err() != nil {
+				break
+			}
+			reload()
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// PublishTable stores t as the current routing table (and under its version).
+// It refuses to go backwards: a table whose version is not newer than the current
+// one is rejected (compare-and-swap on the current value's revision).
+func PublishTable(ctx context.Context, cli *clientv3.Client, t *routing.Table) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	b, err := t.Marshal()
+	if err != nil {
+		return err
+	}
+	cur, err := cli.Get(ctx, RoutingKey)
+	if err != nil {
+		return err
+	}
+	var cmp clientv3.Cmp
+	if len(cur.Kvs) == 0 {
+		cmp = clientv3.Compare(clientv3.CreateRevision(RoutingKey), "=", 0)
+	} else {
+		old, err := routing.Unmarshal(cur.Kvs[0].Value)
+		if err == nil && old.Version >= t.Version {
+			return fmt.Errorf("cluster: routing table version %d is not newer than the current %d", t.Version, old.Version)
+		}
+		cmp = clientv3.Compare(clientv3.ModRevision(RoutingKey), "=", cur.Kvs[0].ModRevision)
+	}
+	resp, err := cli.Txn(ctx).If(cmp).Then(
+		clientv3.OpPut(RoutingKey, string(b)),
+		clientv3.OpPut(RoutingVPref+strconv.FormatUint(t.Version, 10), string(b)),
+	).Commit()
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("cluster: routing table changed concurrently; retry")
+	}
+	return nil
+}
+
+// LoadTable reads the current routing table.
+func LoadTable(ctx context.Context, cli *clientv3.Client) (*routing.Table, error) {
+	resp, err := cli.Get(ctx, RoutingKey)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, ErrNotFound
+	}
+	return routing.Unmarshal(resp.Kvs[0].Value)
+}
+
+// WatchTable calls fn with the current table now (if any) and with every newer
+// version, until ctx ends. Tables that fail validation are skipped.
+func WatchTable(ctx context.Context, cli *clientv3.Client, fn func(*routing.Table)) {
+	var last uint64
+	watchPrefix(ctx, cli, RoutingKey, func() int64 {
+		resp, err := cli.Get(ctx, RoutingKey)
+		if err != nil {
+			return 0
+		}
+		if len(resp.Kvs) > 0 {
+			if t, err := routing.Unmarshal(resp.Kvs[0].Value); err == nil && t.Version > last {
+				last = t.Version
+				fn(t)
+			}
+		}
+		return resp.Header.Revision
+	})
+}
+
+// ReportReady records that an expert node has loaded the assignment of a table
+// version (attached to the node's registration lease).
+func ReportReady(ctx context.Context, cli *clientv3.Client, r *Registration, node string, version uint64) error {
+	_, err := cli.Put(ctx, ReadyPrefix+node, strconv.FormatUint(version, 10), clientv3.WithLease(r.lease))
+	return err
+}
