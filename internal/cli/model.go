@@ -71,17 +71,24 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := newFlags("generate", stderr)
 	var g genFlags
 	g.register(fs)
-	model := fs.String("model", "", "model: Hugging Face folder or .gguf file (required)")
+	model := fs.String("model", "", "model: Hugging Face folder or .gguf file (local mode)")
+	addr := fs.String("addr", "", "generate through a cluster's public API at HOST:PORT instead of a local model")
 	threads := fs.Int("threads", 0, "compute threads (0 = all cores)")
 	stats := fs.Bool("stats", false, "print timing to stderr")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *model == "" {
-		return fmt.Errorf("--model is required")
-	}
 	if g.prompt == "" {
 		return fmt.Errorf("--prompt is required")
+	}
+	if *addr != "" {
+		if *model != "" {
+			return fmt.Errorf("--addr and --model are mutually exclusive")
+		}
+		return generateRemote(ctx, *addr, &g, stdout)
+	}
+	if *model == "" {
+		return fmt.Errorf("--model (local) or --addr (cluster) is required")
 	}
 	if *threads > 0 {
 		kernels.SetThreads(*threads)

@@ -84,9 +84,13 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 		return fmt.Errorf("hybrid: expert request for layer %d has short buffers", req.Layer)
 	}
 	clear(req.Out[:req.Rows*h])
-	// Bucket (row, slot) pairs by expert.
+	// Bucket (row, slot) pairs by expert. Pairs with weight 0 are padding (a remote
+	// caller pads rows to a fixed pair count) and are skipped.
 	counts := make([]int, len(experts)+1)
-	for _, e := range req.Experts[:req.Rows*req.TopK] {
+	for i, e := range req.Experts[:req.Rows*req.TopK] {
+		if req.Weights[i] == 0 {
+			continue
+		}
 		if e < 0 || int(e) >= len(experts) || experts[e].Gate.Data == nil {
 			return fmt.Errorf("hybrid: layer %d: expert %d is not available here", req.Layer, e)
 		}
@@ -102,6 +106,9 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 	order := scr.rows[:n]
 	fill := append([]int(nil), counts[:len(experts)]...)
 	for i, e := range req.Experts[:n] {
+		if req.Weights[i] == 0 {
+			continue
+		}
 		order[fill[e]] = int32(i)
 		fill[e]++
 	}

@@ -4,12 +4,22 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// The worker pool: persistent goroutines that MatMul wakes for each call, so no
-// goroutine is started per call. The calling goroutine works as worker 0. One
-// call uses the pool at a time; a call that finds it busy runs on its own
+// The worker pool: persistent goroutines that MatMul hands work to, so no
+// goroutine is started per call. The calling goroutine works as participant 0.
+// One call uses the pool at a time; a call that finds it busy runs on its own
 // goroutine instead of waiting.
+//
+// Waking a parked goroutine costs 50 µs to 1 ms on a virtualised host (the
+// idle vCPU has to be woken), far more than a decode matmul's share of work.
+// So after each job a worker keeps polling for the next one for spinFor
+// (yielding its P regularly) before it parks on its channel. Back-to-back
+// matmuls, as in decode, therefore start on all threads within a microsecond.
+
+// spinFor is how long an idle worker polls for new work before parking.
+const spinFor = 300 * time.Microsecond
 
 // task is one parallel job: every participant calls run with its own scratch
 // until the shared work is exhausted.
@@ -17,25 +27,36 @@ type task interface {
 	run(s *scratch)
 }
 
+// Worker states.
+const (
+	wParked   = iota // blocked on wake
+	wSpinning        // polling state
+	wHandoff         // a task was stored in job for the spinning worker
+)
+
 type worker struct {
+	state   atomic.Int32
+	job     task // written by the dispatcher before state becomes wHandoff
 	wake    chan task
 	scratch scratch
 }
 
 type workerPool struct {
 	mu      sync.Mutex // held by the call using the workers
-	workers []*worker  // background workers (threads-1 are used)
-	done    chan struct{}
+	workers []*worker
+	pending atomic.Int32 // dispatched jobs not yet finished
 }
+
+// maxThreads bounds SetThreads.
+const maxThreads = 256
 
 var (
 	pool       workerPool
 	numThreads atomic.Int32
-	spawnMu    sync.Mutex
 )
 
 func init() {
-	numThreads.Store(int32(runtime.GOMAXPROCS(0)))
+	SetThreads(0)
 }
 
 // SetThreads sets how many threads (the caller included) MatMul uses; n <= 0
@@ -44,7 +65,7 @@ func SetThreads(n int) {
 	if n <= 0 {
 		n = runtime.GOMAXPROCS(0)
 	}
-	numThreads.Store(int32(n))
+	numThreads.Store(int32(min(n, maxThreads)))
 }
 
 // Threads reports the number of threads MatMul uses.
@@ -52,16 +73,9 @@ func Threads() int { return int(numThreads.Load()) }
 
 // ensureWorkers starts background workers until there are n. The caller holds pool.mu.
 func (p *workerPool) ensureWorkers(n int) {
-	if len(p.workers) >= n {
-		return
-	}
-	if p.done == nil || cap(p.done) < n {
-		// Only grown while no worker is running (pool.mu is held and every
-		// previous call has drained done).
-		p.done = make(chan struct{}, max(n, 8))
-	}
 	for len(p.workers) < n {
 		w := &worker{wake: make(chan task, 1)}
+		w.state.Store(wParked)
 		p.workers = append(p.workers, w)
 		go w.loop(p)
 	}
@@ -69,9 +83,41 @@ func (p *workerPool) ensureWorkers(n int) {
 
 func (w *worker) loop(p *workerPool) {
 	for t := range w.wake {
-		t.run(&w.scratch)
-		p.done <- struct{}{}
+		for t != nil {
+			t.run(&w.scratch)
+			p.pending.Add(-1)
+			t = w.spin()
+		}
 	}
+}
+
+// spin polls for a handed-off task for spinFor; nil means the worker parked.
+func (w *worker) spin() task {
+	w.state.Store(wSpinning)
+	deadline := time.Now().Add(spinFor)
+	for i := 0; ; i++ {
+		if w.state.Load() == wHandoff {
+			t := w.job
+			w.job = nil
+			return t
+		}
+		if i%64 == 63 {
+			if time.Now().After(deadline) && w.state.CompareAndSwap(wSpinning, wParked) {
+				return nil
+			}
+			runtime.Gosched()
+		}
+	}
+}
+
+// dispatch hands t to w, spinning or parked.
+func (w *worker) dispatch(t task) {
+	w.job = t
+	if w.state.CompareAndSwap(wSpinning, wHandoff) {
+		return
+	}
+	w.job = nil
+	w.wake <- t
 }
 
 // parallel runs t on up to threads participants: the caller (with scratch s)
@@ -84,13 +130,13 @@ func parallel(t task, threads int, s *scratch) {
 	}
 	nw := threads - 1
 	pool.ensureWorkers(nw)
-	done := pool.done
+	pool.pending.Store(int32(nw))
 	for i := 0; i < nw; i++ {
-		pool.workers[i].wake <- t
+		pool.workers[i].dispatch(t)
 	}
 	t.run(s)
-	for i := 0; i < nw; i++ {
-		<-done
+	for pool.pending.Load() != 0 {
+		runtime.Gosched()
 	}
 	pool.mu.Unlock()
 }

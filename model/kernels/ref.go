@@ -68,3 +68,33 @@ func Softmax(x []float32) {
 		x[i] *= inv
 	}
 }
+
+// DotRef is the reference twin of Dot.
+func DotRef(a, b []float32) float32 {
+	var s float32
+	for i, v := range a {
+		s += v * b[i]
+	}
+	return s
+}
+
+// AxpyRef is the reference twin of Axpy.
+func AxpyRef(alpha float32, x, y []float32) {
+	for i, v := range x {
+		y[i] += alpha * v
+	}
+}
+
+// ScaleRef is the reference twin of Scale.
+func ScaleRef(alpha float32, x []float32) {
+	for i := range x {
+		x[i] *= alpha
+	}
+}
+
+// AddRef is the reference twin of Add.
+func AddRef(dst, a, b []float32) {
+	for i := range dst {
+		dst[i] = a[i] + b[i]
+	}
+}

@@ -45,8 +45,9 @@ type hfPreTokenizer struct {
 		Regex  *string `json:"Regex"`
 		String *string `json:"String"`
 	} `json:"pattern"`
-	Behavior string `json:"behavior"`
-	Invert   bool   `json:"invert"`
+	Behavior         string `json:"behavior"`
+	Invert           bool   `json:"invert"`
+	IndividualDigits bool   `json:"individual_digits"`
 }
 
 type hfConfig struct {
@@ -333,8 +334,14 @@ func parsePreTokenizer(raw json.RawMessage, ignoreMerges bool) (preTokenizer, st
 			default:
 				return errors.New("tokenizer: Split pre_tokenizer has no pattern")
 			}
+		case "Digits":
+			b := behaviorContiguous
+			if h.IndividualDigits {
+				b = behaviorIsolated
+			}
+			p.stages = append(p.stages, stage{kind: stageDigits, behavior: b})
 		default:
-			return fmt.Errorf("%w: pre_tokenizer type %q (supported: Sequence, Split, ByteLevel)", ErrUnsupported, h.Type)
+			return fmt.Errorf("%w: pre_tokenizer type %q (supported: Sequence, Split, ByteLevel, Digits)", ErrUnsupported, h.Type)
 		}
 		return nil
 	}

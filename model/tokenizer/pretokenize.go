@@ -281,6 +281,7 @@ const (
 	stageRegex                         // any other regex (regexp2)
 	stageLiteral                       // Split on a literal string
 	stagePrefixSpace                   // ByteLevel add_prefix_space
+	stageDigits                        // HF Digits: numeric characters
 )
 
 // scanner returns the hand-written scanner of a scanning stage kind.
@@ -325,7 +326,9 @@ func newRegexStage(pattern string, behavior splitBehavior, invert bool) (stage, 
 		st.kind = stageScanCL100K
 		return st, nil
 	}
-	re, err := regexp2.Compile(pattern)
+	// Unbounded backtracking stack: a long whitespace run must not make
+	// the match fail (memory stays proportional to the input).
+	re, err := regexp2.Compile(pattern, regexp2.OptionMaxBacktrackingStackSize(-1))
 	if err != nil {
 		return stage{}, fmt.Errorf("tokenizer: compiling Split regex %q: %w", pattern, err)
 	}
@@ -382,6 +385,14 @@ func (st *stage) matches(s string) [][2]int {
 			spans = append(spans, [2]int{i, j})
 			i = j
 		}
+	case stageDigits:
+		for i := 0; i < len(s); {
+			c, n := charClass(s, i)
+			if c == clsNumber {
+				spans = append(spans, [2]int{i, i + n})
+			}
+			i += n
+		}
 	case stageLiteral:
 		if st.lit == "" {
 			return nil
@@ -397,8 +408,9 @@ func (st *stage) matches(s string) [][2]int {
 	case stageRegex:
 		idx, err := st.re.FindAllStringIndex(s, -1)
 		if err != nil {
-			// A backtracking limit was hit: treat the text as unmatched
-			// rather than fail the whole encode.
+			// Only a match timeout or stack limit can fail, and none is
+			// set; should one trigger, keep the text unsplit rather than
+			// fail the encode.
 			return nil
 		}
 		last := 0

@@ -448,8 +448,9 @@ func isWordAfter(s string, i int) bool {
 // text (e.g. "<|end_of_text|>") become their ids; without it they are
 // tokenized as plain text. Non-special added tokens are always matched.
 // A BOS token is prepended only when the tokenizer's configuration asks
-// for it. Any byte string is accepted; invalid UTF-8 is tokenized byte by
-// byte and survives Decode unchanged.
+// for it. Any byte string is accepted: bytes that are not valid UTF-8 are
+// treated as punctuation by the pre-tokenizer, and Decode gives them back
+// unchanged.
 func (t *Tokenizer) Encode(text string, parseSpecial bool) []int {
 	out := make([]int, 0, len(text)/3+2)
 	if t.addBOS && t.bos >= 0 {

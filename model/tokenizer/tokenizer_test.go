@@ -14,8 +14,7 @@ import (
 
 func fixtureTokenizer(t testing.TB) *Tokenizer {
 	t.Helper()
-	dir := goldenDirs(t)[0]
-	tok, err := LoadHF(filepath.Join(dir, "hf"))
+	tok, err := LoadHF(filepath.Join(tinyFixtureDir(t), "hf"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +187,7 @@ func TestDecodeInvalidIDs(t *testing.T) {
 }
 
 func TestLoadHFFileAndDir(t *testing.T) {
-	dir := filepath.Join(goldenDirs(t)[0], "hf")
+	dir := filepath.Join(tinyFixtureDir(t), "hf")
 	byDir, err := LoadHF(dir)
 	if err != nil {
 		t.Fatal(err)

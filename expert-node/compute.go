@@ -1,0 +1,171 @@
+package expertnode
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+	"github.com/switchyard-serving/switchyard/model/tensor"
+	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+)
+
+// computeLoop is the node's single compute goroutine. Each round:
+//  1. waits until a chunk is queued (and, with a CoalesceWindow, for more);
+//  2. acquires the current shard (a reference, so a concurrent SetAssignment
+//     cannot unmap it under the round);
+//  3. takes everything queued, up to MaxBatchRows rows;
+//  4. checks each chunk against the shard (failures are answered at once);
+//  5. groups the rest by (layer, top_k) and computes each group as one
+//     hybrid.ExpertRequest over the concatenated rows;
+//  6. splits the sums back to each chunk's stream and releases the shard.
+//
+// It owns rs; it never blocks on a stream (each stream reserved room for its
+// results before submitting).
+func (n *Node) computeLoop() {
+	defer close(n.loopDone)
+	var rs roundScratch
+	for n.q.wait(n.stop, n.cfg.CoalesceWindow, n.cfg.MaxBatchRows) {
+		sh, version := n.acquire()
+		if h := n.hooks.roundStart; h != nil {
+			h()
+		}
+		n.round(sh, version, n.q.take(n.cfg.MaxBatchRows), &rs)
+		if sh != nil {
+			sh.release() // a retired mapping that fails to unmap has no one to tell
+		}
+	}
+}
+
+// roundScratch holds the compute loop's reusable buffers.
+type roundScratch struct {
+	x   []float32 // [rows, hidden] concatenated inputs
+	out []float32 // [rows, hidden] weighted sums
+	w   []float32 // [rows, top_k] gate weights
+	ids []int32   // [rows, top_k] expert ids
+	scr hybrid.ExpertScratch
+}
+
+// group is the chunks of one round with the same layer and top_k.
+type group struct {
+	layer, topK int
+	rows        int // total rows of jobs
+	jobs        []*job
+}
+
+// submit queues b for the compute loop; a closed node answers it at once.
+func (n *Node) submit(j *job) {
+	if !n.q.push(j) {
+		j.fail(ErrClosed)
+	}
+}
+
+// round computes one round's jobs on sh (nil: not ready).
+func (n *Node) round(sh *shard, version uint64, jobs []*job, rs *roundScratch) {
+	var groups []*group
+	for _, j := range jobs {
+		if j.cancelled() {
+			continue
+		}
+		if sh == nil {
+			j.fail(ErrNotReady)
+			continue
+		}
+		if err := sh.check(j.b, n.cfg.NodeID, version); err != nil {
+			j.fail(err)
+			continue
+		}
+		layer, topK := int(j.b.GetLayer()), int(j.b.GetTopK())
+		var g *group
+		for _, c := range groups {
+			if c.layer == layer && c.topK == topK {
+				g = c
+				break
+			}
+		}
+		if g == nil {
+			g = &group{layer: layer, topK: topK}
+			groups = append(groups, g)
+		}
+		g.jobs = append(g.jobs, j)
+		g.rows += int(j.b.GetRows())
+	}
+	for _, g := range groups {
+		n.compute(sh, g, rs)
+	}
+}
+
+// compute runs one coalesced batch: every row of g's jobs in one request, so
+// each expert's weights are read once for all of them.
+func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
+	start := time.Now()
+	H, K, R := sh.model.Cfg.Hidden, g.topK, g.rows
+	rs.x = grow(rs.x, R*H)
+	rs.out = grow(rs.out, R*H)
+	rs.w = grow(rs.w, R*K)
+	if cap(rs.ids) < R*K {
+		rs.ids = make([]int32, R*K)
+	}
+	rs.ids = rs.ids[:R*K]
+	off := 0
+	for _, j := range g.jobs {
+		r := int(j.b.GetRows())
+		widenBF16(rs.x[off*H:(off+r)*H], j.b.GetHiddenBf16())
+		for i, id := range j.b.GetExpertIds() {
+			rs.ids[off*K+i] = int32(id) // checked below the layer's expert count
+		}
+		copy(rs.w[off*K:(off+r)*K], j.b.GetWeights())
+		off += r
+	}
+	req := hybrid.ExpertRequest{Layer: g.layer, Rows: R, Hidden: H, TopK: K, X: rs.x, Experts: rs.ids, Weights: rs.w, Out: rs.out}
+	if err := hybrid.ComputeExperts(sh.model.W.Layers[g.layer].Experts, &req, &rs.scr); err != nil {
+		err = fmt.Errorf("expertnode: compute layer %d: %w", g.layer, err)
+		for _, j := range g.jobs {
+			j.fail(err)
+		}
+		return
+	}
+	outs := make([][]byte, len(g.jobs))
+	off = 0
+	for i, j := range g.jobs {
+		r := int(j.b.GetRows())
+		outs[i] = narrowBF16(rs.out[off*H : (off+r)*H])
+		off += r
+	}
+	micros := uint32(min(time.Since(start).Microseconds(), math.MaxUint32))
+	for i, j := range g.jobs {
+		j.deliver(&switchyardv1.ExpertResult{
+			StepId:        j.b.GetStepId(),
+			Layer:         j.b.GetLayer(),
+			Chunk:         j.b.GetChunk(),
+			Rows:          j.b.GetRows(),
+			OutBf16:       outs[i],
+			ComputeMicros: micros,
+		})
+	}
+	n.stats.record(g.layer, len(sh.model.W.Layers[g.layer].Experts), rs.ids, R)
+}
+
+func grow(b []float32, n int) []float32 {
+	if cap(b) < n {
+		return make([]float32, n)
+	}
+	return b[:n]
+}
+
+// widenBF16 converts little-endian bfloat16 values to float32; len(src) == 2*len(dst).
+func widenBF16(dst []float32, src []byte) {
+	for i := range dst {
+		dst[i] = tensor.BF16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
+	}
+}
+
+// narrowBF16 rounds float32 values to little-endian bfloat16 (nearest, ties to even).
+func narrowBF16(src []float32) []byte {
+	out := make([]byte, 2*len(src))
+	for i, v := range src {
+		binary.LittleEndian.PutUint16(out[2*i:], tensor.F32ToBF16(v))
+	}
+	return out
+}

@@ -1,0 +1,74 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/switchyard-serving/switchyard/internal/localcluster"
+	"github.com/switchyard-serving/switchyard/model/synth"
+	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
+)
+
+func init() {
+	register("up", "start a whole local cluster (etcd, coordinator, trunk, expert nodes) on loopback", runUp)
+}
+
+// defaultModel returns the built-in small model, synthesizing it on first use.
+func defaultModel(stderr io.Writer) (string, error) {
+	dir := os.Getenv("SWITCHYARD_CACHE")
+	if dir == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			base = os.TempDir()
+		}
+		dir = filepath.Join(base, "switchyard")
+	}
+	path := filepath.Join(dir, "tiny-seed1")
+	if _, err := os.Stat(filepath.Join(path, "model.safetensors")); err == nil {
+		return path, nil
+	}
+	fmt.Fprintf(stderr, "switchyard: writing the built-in model (synth --preset tiny) to %s\n", path)
+	if _, err := synth.Write(path, synth.Options{Preset: "tiny", Seed: 1}); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("up", stderr)
+	listen := fs.String("listen", "127.0.0.1:0", "public API address")
+	model := fs.String("model", "", "model: Hugging Face folder or .gguf (default: the built-in tiny model)")
+	experts := fs.Int("experts", 2, "number of expert nodes")
+	data := fs.String("data-dir", "", "etcd data folder (default: temporary)")
+	maxRunning := fs.Int("max-running", 64, "sessions advanced together per step")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *model == "" {
+		p, err := defaultModel(stderr)
+		if err != nil {
+			return err
+		}
+		*model = p
+	}
+	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: *model, ExpertNodes: *experts, Listen: *listen, DataDir: *data,
+		Trunk: func(tc *trunknode.Config) { tc.Sched.MaxRunning = *maxRunning }})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	fmt.Fprintf(stdout, "switchyard cluster ready: public API on %s (trunk %s, %d expert nodes, etcd %s)\n",
+		c.Endpoint, "trunk-0", len(c.ExpertIDs()), c.Etcd.Endpoints[0])
+	fmt.Fprintf(stdout, "try:\n  switchyard generate --addr %s --prompt \"Hello\" --greedy --max-tokens 16\n", c.Endpoint)
+	fmt.Fprintf(stdout, "  grpcurl -plaintext -d '{\"text\":\"Hello\",\"max_tokens\":16}' %s switchyard.v1.Switchyard/Generate\n", c.Endpoint)
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(stderr, "switchyard: shutting down")
+		return nil
+	case err := <-c.Errors():
+		return err
+	}
+}

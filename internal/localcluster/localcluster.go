@@ -1,0 +1,255 @@
+// Package localcluster starts a whole Switchyard cluster inside one process on
+// loopback: an embedded etcd, the coordinator, N expert nodes and a trunk node,
+// each on its own real gRPC listener. `switchyard up` runs it, and the integration
+// tests use it as their multi-node harness (with fault injection: kill or restart
+// an expert node).
+package localcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard-serving/switchyard/coordinator"
+	"github.com/switchyard-serving/switchyard/internal/embedetcd"
+	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/model/config"
+	expertnode "github.com/switchyard-serving/switchyard/expert-node"
+	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
+)
+
+// Options describe the cluster.
+type Options struct {
+	ModelPath   string
+	ExpertNodes int    // default 2
+	Listen      string // public API address (default 127.0.0.1:0)
+	DataDir     string // etcd data (default: a temporary folder removed on Close)
+	// Trunk adjusts the trunk's configuration before it starts.
+	Trunk func(*trunknode.Config)
+}
+
+// Cluster is a running local cluster.
+type Cluster struct {
+	Endpoint string // public gRPC address
+	Etcd     *embedetcd.Server
+	Trunk    *trunknode.Node
+
+	opts    Options
+	cfg     *config.Config
+	cli     *clientv3.Client
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	tmp     string
+	mu      sync.Mutex
+	experts []*expertProc
+	errs    chan error
+}
+
+type expertProc struct {
+	id     string
+	node   *expertnode.Node
+	cancel context.CancelFunc
+	done   chan struct{}
+	addr   string
+}
+
+// Start brings the cluster up and returns once the public API serves and every
+// expert node has loaded its assignment.
+func Start(ctx context.Context, o Options) (c *Cluster, err error) {
+	if o.ExpertNodes == 0 {
+		o.ExpertNodes = 2
+	}
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:0"
+	}
+	c = &Cluster{opts: o, errs: make(chan error, 16)}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	if o.DataDir == "" {
+		if c.tmp, err = os.MkdirTemp("", "switchyard-etcd-"); err != nil {
+			return nil, err
+		}
+		o.DataDir = c.tmp
+	}
+	if c.Etcd, err = embedetcd.Start(ctx, embedetcd.Config{Dir: o.DataDir}); err != nil {
+		return nil, err
+	}
+	if c.cli, err = c.Etcd.Client(); err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+
+	tcfg := trunknode.DefaultConfig()
+	tcfg.NodeID = "trunk-0"
+	tcfg.ModelPath = o.ModelPath
+	tcfg.Etcd = c.Etcd.Endpoints
+	if o.Trunk != nil {
+		o.Trunk(&tcfg)
+	}
+	if c.Trunk, err = trunknode.New(tcfg); err != nil {
+		return nil, err
+	}
+	c.cfg = c.Trunk.Model().Cfg
+	if c.cfg.IsMoE() && !tcfg.LocalExperts {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			coordinator.RunStatic(runCtx, c.cli, coordinator.Config{Layers: c.cfg.Layers, Experts: c.cfg.Experts})
+		}()
+		for i := range o.ExpertNodes {
+			if err := c.StartExpert(fmt.Sprintf("expert-%d", i)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	lis, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("localcluster: listen %s: %w", o.Listen, err)
+	}
+	c.Endpoint = lis.Addr().String()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := c.Trunk.Serve(runCtx, lis); err != nil {
+			c.errs <- fmt.Errorf("trunk: %w", err)
+		}
+	}()
+	if err := c.WaitReady(ctx, 60*time.Second); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// StartExpert starts (or restarts) an expert node with the given id.
+func (c *Cluster) StartExpert(id string) error {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	ecfg := expertnode.DefaultConfig()
+	ecfg.NodeID = id
+	ecfg.ModelPath = c.opts.ModelPath
+	n, err := expertnode.New(ecfg)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &expertProc{id: id, node: n, cancel: cancel, done: make(chan struct{}), addr: lis.Addr().String()}
+	go func() {
+		defer close(p.done)
+		err := expertnode.Run(ctx, n, lis, expertnode.RunConfig{Etcd: c.Etcd.Endpoints, LeaseTTL: 2, Server: rpc.ServerConfig{MaxRecvBytes: 64 << 20, MaxSendBytes: 64 << 20}})
+		if err != nil && ctx.Err() == nil {
+			c.errs <- fmt.Errorf("expert %s: %w", id, err)
+		}
+	}()
+	c.mu.Lock()
+	c.experts = append(c.experts, p)
+	c.mu.Unlock()
+	return nil
+}
+
+// KillExpert stops expert node id abruptly (its stream breaks; its etcd lease
+// expires after the TTL).
+func (c *Cluster) KillExpert(id string) error {
+	c.mu.Lock()
+	var p *expertProc
+	for i, e := range c.experts {
+		if e.id == id {
+			p = e
+			c.experts = append(c.experts[:i], c.experts[i+1:]...)
+			break
+		}
+	}
+	c.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("localcluster: no expert node %q", id)
+	}
+	p.cancel()
+	<-p.done
+	return nil
+}
+
+// ExpertIDs lists the running expert nodes.
+func (c *Cluster) ExpertIDs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, e := range c.experts {
+		out = append(out, e.id)
+	}
+	return out
+}
+
+// WaitReady waits until the trunk serves and every running expert node holds the
+// assignment of the current routing table.
+func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case err := <-c.errs:
+			return err
+		default:
+		}
+		ready := false
+		select {
+		case <-c.Trunk.Ready():
+			ready = true
+		default:
+		}
+		c.mu.Lock()
+		for _, e := range c.experts {
+			ready = ready && e.node.Ready()
+		}
+		c.mu.Unlock()
+		if ready {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("localcluster: cluster not ready in time")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Errors delivers background failures of the cluster's nodes.
+func (c *Cluster) Errors() <-chan error { return c.errs }
+
+// Close stops every node, the coordinator and etcd.
+func (c *Cluster) Close() {
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.mu.Lock()
+	ex := c.experts
+	c.experts = nil
+	c.mu.Unlock()
+	for _, e := range ex {
+		e.cancel()
+		<-e.done
+	}
+	c.wg.Wait()
+	if c.cli != nil {
+		c.cli.Close()
+	}
+	if c.Etcd != nil {
+		c.Etcd.Close()
+	}
+	if c.tmp != "" {
+		os.RemoveAll(c.tmp)
+	}
+}

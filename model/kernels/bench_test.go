@@ -1,0 +1,181 @@
+package kernels
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+// Benchmarks. Decode and prefill report, besides ns/op:
+//
+//	GB/s        weight bytes streamed per second
+//	%bw         GB/s as a percentage of MeasureBandwidth(threads)
+//	GFLOP/s     2·rows·cols·n / time
+//	%fma        GFLOP/s as a percentage of MeasureFMAPeak(threads)
+//
+// Weights are cycled through enough copies (> 600 MB) that every call
+// streams them from DRAM, as in a real model whose weights exceed the L3.
+//
+//	go test ./model/kernels -run '^$' -bench . -benchtime 20x
+
+var (
+	peakMu  sync.Mutex
+	peakBW  = map[int]float64{}
+	peakFMA = map[int]float64{}
+)
+
+func peaks(threads int) (bw, fma float64) {
+	peakMu.Lock()
+	defer peakMu.Unlock()
+	if _, ok := peakBW[threads]; !ok {
+		peakBW[threads] = MeasureBandwidth(threads)
+		peakFMA[threads] = MeasureFMAPeak(threads)
+	}
+	return peakBW[threads], peakFMA[threads]
+}
+
+func BenchmarkBandwidth(b *testing.B) {
+	for _, th := range []int{1, 2} {
+		b.Run(fmt.Sprintf("threads=%d", th), func(b *testing.B) {
+			var bw Bandwidth
+			for i := 0; i < b.N; i++ {
+				bw = MeasureBandwidthDetail(th)
+			}
+			b.ReportMetric(bw.Copy/1e9, "copyGB/s")
+			b.ReportMetric(bw.Triad/1e9, "triadGB/s")
+			b.ReportMetric(bw.Read/1e9, "readGB/s")
+		})
+	}
+}
+
+func BenchmarkFMAPeak(b *testing.B) {
+	for _, th := range []int{1, 2} {
+		b.Run(fmt.Sprintf("threads=%d", th), func(b *testing.B) {
+			var f float64
+			for i := 0; i < b.N; i++ {
+				f = MeasureFMAPeak(th)
+			}
+			b.ReportMetric(f/1e9, "GFLOP/s")
+		})
+	}
+}
+
+// coldWeights returns copies of one random matrix totalling more than minBytes.
+var coldCache = map[string][]tensor.Matrix{}
+
+func coldWeights(dt tensor.DType, rows, cols int, minBytes int) []tensor.Matrix {
+	key := fmt.Sprint(dt, rows, cols, minBytes)
+	if ws, ok := coldCache[key]; ok {
+		return ws
+	}
+	clear(coldCache) // keep at most one set alive
+	w := randMatrix(rand.New(rand.NewPCG(uint64(rows), uint64(cols))), dt, rows, cols)
+	copies := max(1, (minBytes+w.Bytes()-1)/w.Bytes())
+	ws := []tensor.Matrix{w}
+	for len(ws) < copies {
+		c := w
+		c.Data = append([]byte(nil), w.Data...)
+		ws = append(ws, c)
+	}
+	coldCache[key] = ws
+	return ws
+}
+
+func benchMatMul(b *testing.B, dt tensor.DType, rows, cols, n, threads int) {
+	ws := coldWeights(dt, rows, cols, 600<<20)
+	x := randVec(rand.New(rand.NewPCG(1, 1)), n*cols)
+	out := make([]float32, n*rows)
+	bw, fma := peaks(threads)
+	withThreads(threads, func() {
+		for _, w := range ws {
+			MatMul(out, w, x, n)
+		}
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			MatMul(out, ws[i%len(ws)], x, n)
+		}
+		b.StopTimer()
+	})
+	sec := b.Elapsed().Seconds() / float64(b.N)
+	gbs := float64(ws[0].Bytes()) / sec
+	flops := 2 * float64(rows) * float64(cols) * float64(n) / sec
+	b.SetBytes(int64(ws[0].Bytes()))
+	b.ReportMetric(gbs/1e9, "GB/s")
+	b.ReportMetric(100*gbs/bw, "%bw")
+	b.ReportMetric(flops/1e9, "GFLOP/s")
+	b.ReportMetric(100*flops/fma, "%fma")
+}
+
+// BenchmarkMatMulDecode: Granite 4.0-H-Tiny shapes at decode batch sizes.
+func BenchmarkMatMulDecode(b *testing.B) {
+	shapes := []struct {
+		name       string
+		rows, cols int
+	}{
+		{"in_proj_6448x1536", 6448, 1536},
+		{"1536x3072", 1536, 3072},
+		{"lm_head_100352x1536", 100352, 1536},
+	}
+	for _, dt := range []tensor.DType{tensor.BF16, tensor.Q8_0} {
+		for _, sh := range shapes {
+			for _, n := range []int{1, 8, 32} {
+				for _, th := range []int{1, 2} {
+					b.Run(fmt.Sprintf("%v/%s/n=%d/threads=%d", dt, sh.name, n, th), func(b *testing.B) {
+						benchMatMul(b, dt, sh.rows, sh.cols, n, th)
+					})
+				}
+			}
+		}
+	}
+}
+
+// BenchmarkMatMulDecodeAll: every dtype on the in_proj shape at n=1.
+func BenchmarkMatMulDecodeAll(b *testing.B) {
+	for _, dt := range allDTypes {
+		for _, th := range []int{1, 2} {
+			b.Run(fmt.Sprintf("%v/n=1/threads=%d", dt, th), func(b *testing.B) {
+				benchMatMul(b, dt, 6448, 1536, 1, th)
+			})
+		}
+	}
+}
+
+// BenchmarkMatMulPrefill: n=512 on the in_proj shape.
+func BenchmarkMatMulPrefill(b *testing.B) {
+	for _, dt := range allDTypes {
+		for _, th := range []int{1, 2} {
+			b.Run(fmt.Sprintf("%v/in_proj_6448x1536/n=512/threads=%d", dt, th), func(b *testing.B) {
+				benchMatMul(b, dt, 6448, 1536, 512, th)
+			})
+		}
+	}
+}
+
+func BenchmarkDot(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{128, 4096} {
+		x, y := randVec(rng, n), randVec(rng, n)
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			b.SetBytes(int64(8 * n))
+			for i := 0; i < b.N; i++ {
+				Dot(x, y)
+			}
+		})
+	}
+}
+
+func BenchmarkAxpy(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{128, 4096} {
+		x, y := randVec(rng, n), randVec(rng, n)
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			b.SetBytes(int64(12 * n))
+			for i := 0; i < b.N; i++ {
+				Axpy(1e-3, x, y)
+			}
+		})
+	}
+}

@@ -1,0 +1,138 @@
+//go:build !purego
+
+package kernels
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/cpu"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+func detectLevel() Level {
+	x := &cpu.X86
+	base := x.HasAVX2 && x.HasFMA && x.HasF16C && x.HasBMI2
+	switch {
+	case base && x.HasAVX512F && x.HasAVX512BW && x.HasAVX512DQ && x.HasAVX512VL:
+		return LevelAVX512
+	case base:
+		return LevelAVX2
+	}
+	return LevelGo
+}
+
+func init() {
+	z := &isaKernels{lanes: 16, maxN: 6, masked: true}
+	z.tile[tensor.F32] = [9]tileFn{1: tile512F32N1, 2: tile512F32N2, 3: tile512F32N3, 4: tile512F32N4, 5: tile512F32N5, 6: tile512F32N6}
+	z.tile[tensor.BF16] = [9]tileFn{1: tile512BF16N1, 2: tile512BF16N2, 3: tile512BF16N3, 4: tile512BF16N4, 5: tile512BF16N5, 6: tile512BF16N6}
+	z.tile[tensor.F16] = [9]tileFn{1: tile512F16N1, 2: tile512F16N2, 3: tile512F16N3, 4: tile512F16N4, 5: tile512F16N5, 6: tile512F16N6}
+	z.tile[tensor.Q8_0] = [9]tileFn{1: tile512Q8N1, 2: tile512Q8N2, 3: tile512Q8N3, 4: tile512Q8N4, 5: tile512Q8N5, 6: tile512Q8N6}
+	z.tile[tensor.Q4_K] = [9]tileFn{1: tile512Q4KN1, 2: tile512Q4KN2, 3: tile512Q4KN3, 4: tile512Q4KN4, 5: tile512Q4KN5, 6: tile512Q4KN6}
+	z.widen = [tensor.Q4_K + 1]tileFn{tensor.BF16: widen512BF16, tensor.F16: widen512F16, tensor.Q8_0: widen512Q8, tensor.Q4_K: widen512Q4K}
+	z.panelMinN = [tensor.Q4_K + 1]int{tensor.BF16: 16, tensor.F16: 8, tensor.Q8_0: 8, tensor.Q4_K: 8}
+
+	y := &isaKernels{lanes: 8, maxN: 2}
+	y.tile[tensor.F32] = [9]tileFn{1: tile256F32N1, 2: tile256F32N2}
+	y.tile[tensor.BF16] = [9]tileFn{1: tile256BF16N1, 2: tile256BF16N2}
+	y.tile[tensor.F16] = [9]tileFn{1: tile256F16N1, 2: tile256F16N2}
+	y.tile[tensor.Q8_0] = [9]tileFn{1: tile256Q8N1, 2: tile256Q8N2}
+	y.tile[tensor.Q4_K] = [9]tileFn{1: tile256Q4KN1, 2: tile256Q4KN2}
+	y.widen = [tensor.Q4_K + 1]tileFn{tensor.BF16: widen256BF16, tensor.F16: widen256F16, tensor.Q8_0: widen256Q8, tensor.Q4_K: widen256Q4K}
+
+	if maxLevel >= LevelAVX2 {
+		isaTables[LevelAVX2] = y
+	}
+	if maxLevel >= LevelAVX512 {
+		isaTables[LevelAVX512] = z
+	}
+}
+
+func f32p(s []float32) *float32 { return unsafe.SliceData(s) }
+
+// Vector helpers: the assembly levels; false means "use Go".
+
+func dotAsm(l Level, a, b []float32) (float32, bool) {
+	switch {
+	case l >= LevelAVX512:
+		return dot512(f32p(a), f32p(b), len(a)), true
+	case l == LevelAVX2:
+		return dot256(f32p(a), f32p(b), len(a)), true
+	}
+	return 0, false
+}
+
+func axpyAsm(l Level, alpha float32, x, y []float32) bool {
+	switch {
+	case l >= LevelAVX512:
+		axpy512(alpha, f32p(x), f32p(y), len(x))
+	case l == LevelAVX2:
+		axpy256(alpha, f32p(x), f32p(y), len(x))
+	default:
+		return false
+	}
+	return true
+}
+
+func scaleAsm(l Level, alpha float32, x []float32) bool {
+	switch {
+	case l >= LevelAVX512:
+		scale512(alpha, f32p(x), len(x))
+	case l == LevelAVX2:
+		scale256(alpha, f32p(x), len(x))
+	default:
+		return false
+	}
+	return true
+}
+
+func addAsm(l Level, dst, a, b []float32) bool {
+	switch {
+	case l >= LevelAVX512:
+		add512(f32p(dst), f32p(a), f32p(b), len(dst))
+	case l == LevelAVX2:
+		add256(f32p(dst), f32p(a), f32p(b), len(dst))
+	default:
+		return false
+	}
+	return true
+}
+
+// Probes.
+
+// fmaProbe runs iters iterations of 12 independent vector FMAs and returns
+// the flops per iteration (0 when there is no assembly probe).
+func fmaProbe(iters int) (flopsPerIter int) {
+	switch {
+	case maxLevel >= LevelAVX512:
+		fmaPeak512(iters)
+		return 12 * 16 * 2
+	case maxLevel >= LevelAVX2:
+		fmaPeak256(iters)
+		return 12 * 8 * 2
+	}
+	return 0
+}
+
+// readProbe streams b (len a multiple of 512) and returns a checksum.
+func readProbe(b []byte) uint64 {
+	if maxLevel >= LevelAVX512 {
+		return readMem512(unsafe.SliceData(b), len(b))
+	}
+	if maxLevel >= LevelAVX2 {
+		return readMem256(unsafe.SliceData(b), len(b))
+	}
+	return readGo(b)
+}
+
+// triadProbe computes a = b + s*c (len a multiple of 64).
+func triadProbe(a, b, c []float32, s float32) {
+	switch {
+	case maxLevel >= LevelAVX512:
+		triad512(f32p(a), f32p(b), f32p(c), s, len(a))
+	case maxLevel >= LevelAVX2:
+		triad256(f32p(a), f32p(b), f32p(c), s, len(a))
+	default:
+		triadGo(a, b, c, s)
+	}
+}

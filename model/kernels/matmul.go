@@ -1,0 +1,254 @@
+package kernels
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+// MatMul design
+//
+// out = x·Wᵀ is computed in "tiles" of 4 weight rows × N input rows: the
+// weight rows are read once per tile, widened to float32 in registers
+// (bf16: shift/mask, f16: VCVTPH2PS, Q8_0: sign-extend × block scale, Q4_K:
+// nibbles × 6-bit scale − min), multiplied with N packed input rows and
+// reduced to 4·N dot products. Decode (small n) therefore streams each
+// weight byte exactly once per call.
+//
+// Work is split across the worker pool by blocks of weight rows (sized to stay
+// in L2 while all input-row groups pass over them). For larger n with a
+// non-float32 dtype (the "panel" path) each block is first widened into a
+// per-worker float32 panel, so the widening is paid once per weight instead of
+// once per input-row group, and the float32 tile kernel runs on the panel.
+
+// scratch is per-worker memory, grown on demand and reused across calls.
+type scratch struct {
+	f     []float32 // Go level: dequantized rows; asm: panel
+	scr   []float32 // per-block scales of the current quad (Q8_0, Q4_K)
+	rows  []byte    // zero-padded copy of a partial last quad
+	otail [4 * 8]float32
+}
+
+// alignedF32 returns a 64-byte-aligned float32 slice of length n, reusing b.
+func alignedF32(b []float32, n int) []float32 {
+	if cap(b) >= n && n > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%64 == 0 {
+		return b[:n]
+	}
+	if cap(b) >= n && n == 0 {
+		return b[:0]
+	}
+	raw := make([]float32, n+16)
+	off := 0
+	for uintptr(unsafe.Pointer(&raw[off]))%64 != 0 {
+		off++
+	}
+	return raw[off : off+n : off+n]
+}
+
+// callCtx is the per-call state; pooled so that a call allocates nothing.
+type callCtx struct {
+	job  mmJob
+	xbuf []float32
+	s    scratch
+}
+
+var ctxPool = sync.Pool{New: func() any { return new(callCtx) }}
+
+// mmJob is one MatMul call split into row blocks.
+type mmJob struct {
+	out      []float32
+	w        tensor.Matrix
+	rowBytes int
+	x        []float32 // the caller's input rows
+	n        int
+
+	rb      int          // rows per block (a multiple of 4)
+	nblocks int          // number of row blocks
+	next    atomic.Int64 // next block to claim
+
+	block func(j *mmJob, s *scratch, r0, r1 int)
+	asm   asmPlan // used by the assembly levels
+}
+
+func (j *mmJob) run(s *scratch) {
+	for {
+		b := int(j.next.Add(1) - 1)
+		if b >= j.nblocks {
+			return
+		}
+		r0 := b * j.rb
+		j.block(j, s, r0, min(r0+j.rb, j.w.Rows))
+	}
+}
+
+// MatMul computes out = x · Wᵀ for n input rows:
+//
+//	out[i*W.Rows + r] = Σ_c W[r, c] · x[i*W.Cols + c]   for i < n, r < W.Rows
+//
+// x is [n, W.Cols] and out is [n, W.Rows], both row-major float32. Weights of
+// any tensor.DType are widened on the fly; accumulation is float32. MatMul
+// runs on Threads() threads (small products on the caller alone) and
+// allocates nothing in steady state.
+func MatMul(out []float32, w tensor.Matrix, x []float32, n int) {
+	if n <= 0 || w.Rows <= 0 {
+		return
+	}
+	checkMatMul(out, w, x, n)
+	lvl := KernelLevel()
+	if lvl == LevelRef {
+		MatMulRef(out, w, x, n)
+		return
+	}
+	if w.Cols == 0 {
+		clear(out[:n*w.Rows])
+		return
+	}
+	c := ctxPool.Get().(*callCtx)
+	j := &c.job
+	j.out, j.w, j.x, j.n = out, w, x, n
+	j.rowBytes = w.RowStride()
+	j.next.Store(0)
+	if lvl < LevelAVX2 || !planAsm(c, lvl) {
+		planGo(j)
+	}
+	j.nblocks = (w.Rows + j.rb - 1) / j.rb
+	threads := min(Threads(), j.nblocks)
+	if w.Bytes() < 128<<10 && w.Rows*w.Cols*n < 1<<19 {
+		threads = 1 // too small to pay for waking workers
+	}
+	parallel(j, threads, &c.s)
+	*j = mmJob{}
+	ctxPool.Put(c)
+}
+
+func checkMatMul(out []float32, w tensor.Matrix, x []float32, n int) {
+	rb, err := w.DType.RowBytes(w.Cols)
+	if err != nil {
+		panic(err)
+	}
+	if w.Cols < 0 || len(w.Data) < w.Rows*rb {
+		panic(fmt.Sprintf("kernels: MatMul weight %v [%d,%d] has %d bytes, need %d", w.DType, w.Rows, w.Cols, len(w.Data), w.Rows*rb))
+	}
+	if len(x) < n*w.Cols {
+		panic(fmt.Sprintf("kernels: MatMul x has %d values, need %d", len(x), n*w.Cols))
+	}
+	if len(out) < n*w.Rows {
+		panic(fmt.Sprintf("kernels: MatMul out has %d values, need %d", len(out), n*w.Rows))
+	}
+}
+
+// rowBlock picks the rows per block: about target bytes of (effective) row
+// data, a multiple of 4, and at least 4 blocks per thread when rows allow.
+func rowBlock(rows, rowBytes, target int) int {
+	rb := max(4, target/max(rowBytes, 1)&^3)
+	t := Threads()
+	for rb > 16 && (rows+rb-1)/rb < 4*t {
+		rb = (rb / 2) &^ 3
+	}
+	return rb
+}
+
+// ---- the portable Go level ----
+
+func planGo(j *mmJob) {
+	j.block = goBlock
+	j.rb = rowBlock(j.w.Rows, j.rowBytes, 128<<10)
+}
+
+func goBlock(j *mmJob, s *scratch, r0, r1 int) {
+	k := j.w.Cols
+	s.f = alignedF32(s.f, 4*k)
+	buf := s.f
+	rows := j.w.Rows
+	for r := r0; r < r1; r += 4 {
+		nr := min(4, r1-r)
+		for q := 0; q < nr; q++ {
+			dequantRow(j.w.DType, j.w.Row(r+q), buf[q*k:(q+1)*k])
+		}
+		for i := 0; i < j.n; i++ {
+			xi := j.x[i*k : (i+1)*k]
+			o := j.out[i*rows+r : i*rows+r+nr]
+			if nr == 4 {
+				o[0], o[1], o[2], o[3] = dot4Go(buf[:k], buf[k:2*k], buf[2*k:3*k], buf[3*k:4*k], xi)
+				continue
+			}
+			for q := range o {
+				o[q] = dotGo(buf[q*k:(q+1)*k], xi)
+			}
+		}
+	}
+}
+
+// dequantRow widens one row (len(dst) values) to float32.
+func dequantRow(dt tensor.DType, src []byte, dst []float32) {
+	switch dt {
+	case tensor.F32:
+		src = src[:4*len(dst)]
+		for i := range dst {
+			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
+		}
+	case tensor.BF16:
+		src = src[:2*len(dst)]
+		for i := range dst {
+			dst[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(src[2*i:])) << 16)
+		}
+	case tensor.Q8_0:
+		for b := 0; b < len(dst)/tensor.Q8_0BlockValues; b++ {
+			blk := src[b*tensor.Q8_0BlockBytes : (b+1)*tensor.Q8_0BlockBytes]
+			d := tensor.F16ToF32(binary.LittleEndian.Uint16(blk))
+			out := dst[b*32 : b*32+32]
+			q := blk[2:34]
+			for i := range out {
+				out[i] = d * float32(int8(q[i]))
+			}
+		}
+	default:
+		tensor.DequantizeRow(dt, src, dst)
+	}
+}
+
+func dotGo(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		s0 += a[i] * b[i]
+		s1 += a[i+1] * b[i+1]
+		s2 += a[i+2] * b[i+2]
+		s3 += a[i+3] * b[i+3]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+func dot4Go(w0, w1, w2, w3, x []float32) (s0, s1, s2, s3 float32) {
+	n := len(x)
+	w0, w1, w2, w3 = w0[:n], w1[:n], w2[:n], w3[:n]
+	for c, xv := range x {
+		s0 += w0[c] * xv
+		s1 += w1[c] * xv
+		s2 += w2[c] * xv
+		s3 += w3[c] * xv
+	}
+	return
+}
+
+// weightAt decodes element c of a plain-typed (F32, BF16, F16) row.
+func weightAt(dt tensor.DType, row []byte, c int) float32 {
+	switch dt {
+	case tensor.F32:
+		return math.Float32frombits(binary.LittleEndian.Uint32(row[4*c:]))
+	case tensor.BF16:
+		return math.Float32frombits(uint32(binary.LittleEndian.Uint16(row[2*c:])) << 16)
+	case tensor.F16:
+		return tensor.F16ToF32(binary.LittleEndian.Uint16(row[2*c:]))
+	}
+	panic("kernels: weightAt of a block type")
+}

@@ -1,0 +1,318 @@
+package kernels
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+var allDTypes = []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.Q8_0, tensor.Q4_K}
+
+// randMatrix returns a rows x cols matrix of dtype dt with values of order 1.
+func randMatrix(rng *rand.Rand, dt tensor.DType, rows, cols int) tensor.Matrix {
+	rb, err := dt.RowBytes(cols)
+	if err != nil {
+		panic(err)
+	}
+	data := make([]byte, rows*rb)
+	switch dt {
+	case tensor.F32:
+		for i := 0; i < rows*cols; i++ {
+			binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(float32(rng.NormFloat64())))
+		}
+	case tensor.BF16:
+		for i := 0; i < rows*cols; i++ {
+			binary.LittleEndian.PutUint16(data[2*i:], tensor.F32ToBF16(float32(rng.NormFloat64())))
+		}
+	case tensor.F16:
+		for i := 0; i < rows*cols; i++ {
+			binary.LittleEndian.PutUint16(data[2*i:], tensor.F32ToF16(float32(rng.NormFloat64())))
+		}
+	case tensor.Q8_0:
+		for b := 0; b < len(data); b += tensor.Q8_0BlockBytes {
+			binary.LittleEndian.PutUint16(data[b:], tensor.F32ToF16(float32(0.001+0.02*rng.Float64())))
+			for i := 2; i < tensor.Q8_0BlockBytes; i++ {
+				data[b+i] = byte(rng.IntN(256))
+			}
+		}
+	case tensor.Q4_K:
+		for b := 0; b < len(data); b += tensor.Q4KBlockBytes {
+			binary.LittleEndian.PutUint16(data[b:], tensor.F32ToF16(float32(0.001+0.01*rng.Float64())))
+			binary.LittleEndian.PutUint16(data[b+2:], tensor.F32ToF16(float32(0.001+0.01*rng.Float64())))
+			for i := 4; i < tensor.Q4KBlockBytes; i++ {
+				data[b+i] = byte(rng.IntN(256))
+			}
+		}
+	}
+	m, err := tensor.NewMatrix(dt, rows, cols, data)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+func randVec(rng *rand.Rand, n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(rng.NormFloat64())
+	}
+	return v
+}
+
+// absRef returns Σ_c |W[r,c]·x[i,c]| for every output, the scale of the
+// tolerance.
+func absRef(w tensor.Matrix, x []float32, n int) []float32 {
+	out := make([]float32, n*w.Rows)
+	row := make([]float32, w.Cols)
+	for r := 0; r < w.Rows; r++ {
+		tensor.DequantizeRow(w.DType, w.Row(r), row)
+		for i := 0; i < n; i++ {
+			var s float64
+			for c, v := range row {
+				s += math.Abs(float64(v) * float64(x[i*w.Cols+c]))
+			}
+			out[i*w.Rows+r] = float32(s)
+		}
+	}
+	return out
+}
+
+// tolerance relative to Σ|w·x|: float32 rounding of two different summation
+// orders of cols terms. A single dropped or doubled term (about 1/cols of
+// Σ|w·x|) is well above it for the sizes tested.
+func tolerance(cols int) float64 { return 1e-6 + 2e-6*math.Sqrt(float64(cols)) }
+
+// checkMatMul runs MatMul at the current level and compares with MatMulRef.
+func checkAgainstRef(t testing.TB, w tensor.Matrix, x []float32, n int, abs []float32) {
+	t.Helper()
+	want := make([]float32, n*w.Rows)
+	MatMulRef(want, w, x, n)
+	const guard = 5
+	got := make([]float32, n*w.Rows+guard)
+	for i := range got {
+		got[i] = float32(math.NaN())
+	}
+	xc := append([]float32(nil), x...)
+	MatMul(got, w, x, n)
+	for i := n * w.Rows; i < len(got); i++ {
+		if !math.IsNaN(float64(got[i])) {
+			t.Fatalf("%v [%d,%d] n=%d level %v: wrote past out[%d]", w.DType, w.Rows, w.Cols, n, KernelLevel(), n*w.Rows)
+		}
+	}
+	for i := range x {
+		if math.Float32bits(x[i]) != math.Float32bits(xc[i]) {
+			t.Fatalf("MatMul modified x[%d]", i)
+		}
+	}
+	tol := tolerance(w.Cols)
+	for i := 0; i < n*w.Rows; i++ {
+		d := math.Abs(float64(got[i]) - float64(want[i]))
+		if d > tol*float64(abs[i])+1e-30 || math.IsNaN(float64(got[i])) {
+			t.Fatalf("%v [%d,%d] n=%d level %v threads %d: out[%d] (input %d, row %d) = %g, ref %g, |diff| %.3g > %.3g·%g",
+				w.DType, w.Rows, w.Cols, n, KernelLevel(), Threads(), i, i/w.Rows, i%w.Rows, got[i], want[i], d, tol, abs[i])
+		}
+	}
+}
+
+// forEachLevel runs f at every level the CPU supports (LevelRef excluded).
+func forEachLevel(t *testing.T, f func(t *testing.T)) {
+	prev := KernelLevel()
+	defer SetKernelLevel(prev)
+	for _, l := range SupportedLevels() {
+		if l == LevelRef {
+			continue
+		}
+		if _, err := SetKernelLevel(l); err != nil {
+			t.Fatal(err)
+		}
+		t.Run(l.String(), f)
+	}
+}
+
+func withThreads(n int, f func()) {
+	prev := Threads()
+	SetThreads(n)
+	defer SetThreads(prev)
+	f()
+}
+
+func colsFor(dt tensor.DType) []int {
+	switch dt {
+	case tensor.Q8_0:
+		return []int{32, 64, 96, 160, 320, 1536}
+	case tensor.Q4_K:
+		return []int{256, 512, 768, 1536}
+	}
+	return []int{1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 100, 257, 1536}
+}
+
+func TestMatMulShapes(t *testing.T) {
+	forEachLevel(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(1, 2))
+		for _, dt := range allDTypes {
+			for _, cols := range colsFor(dt) {
+				for _, rows := range []int{1, 3, 4, 5, 7, 8, 13, 64, 67} {
+					w := randMatrix(rng, dt, rows, cols)
+					for _, n := range []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 17, 32, 33, 70} {
+						if rows*cols*n > 1<<20 {
+							continue
+						}
+						x := randVec(rng, n*cols)
+						abs := absRef(w, x, n)
+						withThreads(1, func() { checkAgainstRef(t, w, x, n, abs) })
+						withThreads(2, func() { checkAgainstRef(t, w, x, n, abs) })
+					}
+				}
+			}
+		}
+	})
+}
+
+// TestMatMulLarge covers shapes big enough to be split across threads and
+// blocks, and the panel path.
+func TestMatMulLarge(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	forEachLevel(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(3, 4))
+		for _, dt := range allDTypes {
+			for _, sh := range [][3]int{{1029, 512, 1}, {517, 768, 3}, {333, 1536, 8}, {261, 512, 40}, {130, 256, 70}} {
+				rows, cols, n := sh[0], sh[1], sh[2]
+				if dt != tensor.Q4_K && dt != tensor.Q8_0 {
+					cols += 5 // an odd tail
+				}
+				w := randMatrix(rng, dt, rows, cols)
+				x := randVec(rng, n*cols)
+				abs := absRef(w, x, n)
+				for _, th := range []int{1, 2, 3} {
+					withThreads(th, func() { checkAgainstRef(t, w, x, n, abs) })
+				}
+			}
+		}
+	})
+}
+
+// TestMatMulSpecialValues checks zero, negative-zero, subnormal and large
+// weights (no NaN/Inf: those propagate identically but compare unequal).
+func TestMatMulSpecialValues(t *testing.T) {
+	forEachLevel(t, func(t *testing.T) {
+		for _, dt := range []tensor.DType{tensor.BF16, tensor.F16} {
+			cols, rows := 40, 9
+			rb, _ := dt.RowBytes(cols)
+			data := make([]byte, rows*rb)
+			specials := []uint16{0, 0x8000, 0x0001, 0x8001, 0x03ff, 0x7bff, 0xfbff, 0x3c00, 0x0400}
+			if dt == tensor.BF16 {
+				specials = []uint16{0, 0x8000, 0x0001, 0x8001, 0x007f, 0x6000, 0xe000, 0x3f80, 0x0080}
+			}
+			for i := 0; i < rows*cols; i++ {
+				binary.LittleEndian.PutUint16(data[2*i:], specials[i%len(specials)])
+			}
+			w, _ := tensor.NewMatrix(dt, rows, cols, data)
+			x := make([]float32, 2*cols)
+			for i := range x {
+				x[i] = float32(i%5) - 2
+			}
+			checkAgainstRef(t, w, x, 2, absRef(w, x, 2))
+		}
+	})
+}
+
+func TestMatMulNoAlloc(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, dt := range allDTypes {
+		w := randMatrix(rng, dt, 512, 1024)
+		for _, n := range []int{1, 8, 64} {
+			x := randVec(rng, n*w.Cols)
+			out := make([]float32, n*w.Rows)
+			for _, th := range []int{1, 2} {
+				withThreads(th, func() {
+					MatMul(out, w, x, n) // warm the scratch
+					if a := testing.AllocsPerRun(20, func() { MatMul(out, w, x, n) }); a != 0 {
+						t.Errorf("%v n=%d threads=%d: %.1f allocations per call", dt, n, th, a)
+					}
+				})
+			}
+		}
+	}
+}
+
+func TestLevels(t *testing.T) {
+	if KernelLevel() > MaxLevel() {
+		t.Fatalf("level %v above max %v", KernelLevel(), MaxLevel())
+	}
+	if _, err := SetKernelLevel(MaxLevel() + 1); err == nil {
+		t.Fatal("SetKernelLevel accepted an unsupported level")
+	}
+	for _, l := range SupportedLevels() {
+		p, err := ParseLevel(l.String())
+		if err != nil || p != l {
+			t.Fatalf("ParseLevel(%q) = %v, %v", l.String(), p, err)
+		}
+	}
+	t.Logf("max level %v, current %v, threads %d", MaxLevel(), KernelLevel(), Threads())
+}
+
+func TestMatMulPanics(t *testing.T) {
+	w := randMatrix(rand.New(rand.NewPCG(7, 8)), tensor.BF16, 4, 32)
+	for name, f := range map[string]func(){
+		"short x":   func() { MatMul(make([]float32, 8), w, make([]float32, 63), 2) },
+		"short out": func() { MatMul(make([]float32, 7), w, make([]float32, 64), 2) },
+		"short w":   func() { MatMul(make([]float32, 8), tensor.Matrix{DType: tensor.BF16, Rows: 4, Cols: 32, Data: w.Data[:100]}, make([]float32, 64), 2) },
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s: no panic", name)
+				}
+			}()
+			f()
+		}()
+	}
+}
+
+func TestVectorOps(t *testing.T) {
+	forEachLevel(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(9, 10))
+		for _, n := range []int{0, 1, 5, 15, 16, 17, 31, 33, 63, 64, 65, 100, 129, 1000, 4099} {
+			a, b := randVec(rng, n), randVec(rng, n)
+			var abs float64
+			for i := range a {
+				abs += math.Abs(float64(a[i] * b[i]))
+			}
+			if got, want := Dot(a, b), DotRef(a, b); math.Abs(float64(got-want)) > tolerance(n)*abs+1e-30 {
+				t.Fatalf("Dot n=%d: %g, ref %g", n, got, want)
+			}
+			y1, y2 := randVec(rng, n), make([]float32, n)
+			copy(y2, y1)
+			Axpy(0.75, a, y1)
+			AxpyRef(0.75, a, y2)
+			compareVec(t, fmt.Sprintf("Axpy n=%d", n), y1, y2)
+			s1, s2 := append([]float32(nil), a...), append([]float32(nil), a...)
+			Scale(-1.5, s1)
+			ScaleRef(-1.5, s2)
+			compareVec(t, fmt.Sprintf("Scale n=%d", n), s1, s2)
+			d1, d2 := make([]float32, n), make([]float32, n)
+			Add(d1, a, b)
+			AddRef(d2, a, b)
+			compareVec(t, fmt.Sprintf("Add n=%d", n), d1, d2)
+			// Aliased Add.
+			Add(s1, s1, b)
+			AddRef(s2, s2, b)
+			compareVec(t, fmt.Sprintf("Add aliased n=%d", n), s1, s2)
+		}
+	})
+}
+
+func compareVec(t *testing.T, what string, got, want []float32) {
+	t.Helper()
+	for i := range want {
+		if d := math.Abs(float64(got[i] - want[i])); d > 1e-6*math.Abs(float64(want[i]))+1e-6 {
+			t.Fatalf("%s: [%d] = %g, ref %g", what, i, got[i], want[i])
+		}
+	}
+}

@@ -1,0 +1,241 @@
+package kernels
+
+import (
+	"unsafe"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+// tileFn is the signature of every generated tile and widen kernel (see
+// internal/gen/tile.go). Strides are in bytes.
+//
+// Tile kernels compute, for q < nquads, r < 4, i < N:
+//
+//	out[i*ostride + 16q + 4r] = Σ_k W[4q+r][k] · xp[i*xstride + k]
+//
+// over nchunks full chunks plus, when tail != 0, one partial chunk whose
+// valid elements the opmask tail selects. Widen kernels instead store the
+// float32 rows (in the dtype's packed order) at out + (4q+r)*ostride.
+// scr is per-quad scratch for Q8_0/Q4_K scales.
+type tileFn func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tail int, out *float32, ostride int, scr *float32)
+
+// isaKernels is the kernel table of one assembly level.
+type isaKernels struct {
+	lanes  int  // float32 lanes per vector
+	maxN   int  // largest tile height
+	masked bool // partial chunks of F32/BF16/F16 handled in the kernels
+
+	tile  [tensor.Q4_K + 1][9]tileFn // [dtype][N]
+	widen [tensor.Q4_K + 1]tileFn
+
+	// panelMinN is the n from which a dtype widens row blocks into a float32
+	// panel first (0: never).
+	panelMinN [tensor.Q4_K + 1]int
+}
+
+// isaTables holds the kernel table per level (nil: not available). Filled by
+// the architecture files.
+var isaTables [LevelAVX512 + 1]*isaKernels
+
+// asmPlan is the per-call set-up of the assembly levels.
+type asmPlan struct {
+	ik      *isaKernels
+	dt      tensor.DType
+	nchunks int       // full chunks per row
+	tail    int       // opmask of the partial chunk (0: none)
+	kmain   int       // columns the kernels cover; the rest is added in Go
+	xp      []float32 // packed input rows
+	xstride int       // floats between packed rows
+	kp      int       // panel row length (floats)
+	panel   bool
+	scrLen  int // floats of per-quad scale scratch
+}
+
+// chunkValues is the number of weight values one kernel iteration consumes.
+func chunkValues(lanes int, dt tensor.DType) int {
+	switch dt {
+	case tensor.BF16:
+		return 2 * lanes
+	case tensor.Q8_0:
+		return tensor.Q8_0BlockValues
+	case tensor.Q4_K:
+		return tensor.Q4KBlockValues
+	}
+	return lanes
+}
+
+func planAsm(c *callCtx, lvl Level) bool {
+	ik := isaTables[lvl]
+	if ik == nil {
+		return false
+	}
+	j := &c.job
+	dt, k, n := j.w.DType, j.w.Cols, j.n
+	if ik.tile[dt][1] == nil {
+		return false
+	}
+	p := &j.asm
+	*p = asmPlan{ik: ik, dt: dt}
+	cv := chunkValues(ik.lanes, dt)
+	p.nchunks = k / cv
+	rem := k % cv
+	total := p.nchunks
+	p.kmain = k
+	if rem != 0 {
+		if ik.masked {
+			p.tail = 1<<rem - 1
+			total++
+		} else {
+			p.kmain = p.nchunks * cv
+		}
+	}
+	if total == 0 {
+		return false // too few columns for one chunk: the Go level does it
+	}
+	p.kp = total * cv
+	if dt == tensor.BF16 || p.tail != 0 {
+		c.xbuf = alignedF32(c.xbuf, n*p.kp)
+		bf := 0
+		if dt == tensor.BF16 {
+			bf = cv
+		}
+		packX(c.xbuf, j.x, n, k, p.kp, p.kmain, bf)
+		p.xp, p.xstride = c.xbuf, p.kp
+	} else {
+		p.xp, p.xstride = j.x, k
+	}
+	switch dt {
+	case tensor.Q8_0:
+		p.scrLen = (p.nchunks + 3) / 4 * 16
+	case tensor.Q4_K:
+		p.scrLen = p.nchunks * 64
+	}
+	p.panel = ik.panelMinN[dt] > 0 && n >= ik.panelMinN[dt] && ik.widen[dt] != nil
+	j.block = asmBlock
+	if p.panel {
+		j.rb = rowBlock(j.w.Rows, 4*p.kp, 1<<20)
+	} else {
+		j.rb = rowBlock(j.w.Rows, j.rowBytes, 256<<10)
+	}
+	return true
+}
+
+// packX copies the kmain first values of each of the n rows of x (stride k)
+// into dst (stride kp), zero-padded. With bf > 0 every chunk of bf values is
+// stored even-indexed values first, then odd-indexed ones, matching the
+// kernels' bf16 widening.
+func packX(dst, x []float32, n, k, kp, kmain, bf int) {
+	for i := 0; i < n; i++ {
+		xi := x[i*k : i*k+kmain]
+		d := dst[i*kp : (i+1)*kp]
+		if bf == 0 {
+			copy(d, xi)
+			clear(d[kmain:])
+			continue
+		}
+		half := bf / 2
+		for c0 := 0; c0 < kp; c0 += bf {
+			dc := d[c0 : c0+bf]
+			if c0+bf <= kmain {
+				xc := xi[c0 : c0+bf]
+				for jj := 0; jj < half; jj++ {
+					dc[jj] = xc[2*jj]
+					dc[half+jj] = xc[2*jj+1]
+				}
+				continue
+			}
+			for jj := 0; jj < half; jj++ {
+				e := c0 + 2*jj
+				dc[jj], dc[half+jj] = 0, 0
+				if e < kmain {
+					dc[jj] = xi[e]
+				}
+				if e+1 < kmain {
+					dc[half+jj] = xi[e+1]
+				}
+			}
+		}
+	}
+}
+
+// groupSize is the size of input-row group g when n rows are split into
+// ceil(n/maxN) near-equal groups.
+func groups(n, maxN int) (ng, base, rem int) {
+	ng = (n + maxN - 1) / maxN
+	return ng, n / ng, n % ng
+}
+
+func asmBlock(j *mmJob, s *scratch, r0, r1 int) {
+	p := &j.asm
+	ik, dt := p.ik, p.dt
+	rows, n := j.w.Rows, j.n
+	nq := (r1 - r0) / 4
+	s.scr = alignedF32(s.scr, max(p.scrLen, 16))
+	scr := &s.scr[0]
+	ng, base, rem := groups(n, ik.maxN)
+	if nq > 0 {
+		wb := &j.w.Data[r0*j.rowBytes]
+		if p.panel {
+			s.f = alignedF32(s.f, nq*4*p.kp)
+			ik.widen[dt](wb, j.rowBytes, nq, nil, 0, p.nchunks, p.tail, &s.f[0], 4*p.kp, scr)
+			pw := (*byte)(unsafe.Pointer(&s.f[0]))
+			f32 := &ik.tile[tensor.F32]
+			chunks := p.kp / ik.lanes
+			i0 := 0
+			for g := 0; g < ng; g++ {
+				nn := base + b2i(g < rem)
+				f32[nn](pw, 4*p.kp, nq, &p.xp[i0*p.xstride], 4*p.xstride, chunks, 0, &j.out[i0*rows+r0], 4*rows, nil)
+				i0 += nn
+			}
+		} else {
+			tf := &ik.tile[dt]
+			i0 := 0
+			for g := 0; g < ng; g++ {
+				nn := base + b2i(g < rem)
+				tf[nn](wb, j.rowBytes, nq, &p.xp[i0*p.xstride], 4*p.xstride, p.nchunks, p.tail, &j.out[i0*rows+r0], 4*rows, scr)
+				i0 += nn
+			}
+		}
+	}
+	if lr := (r1 - r0) % 4; lr > 0 {
+		// A partial last quad: run the kernel on a zero-padded copy.
+		rr := r0 + 4*nq
+		need := 4 * j.rowBytes
+		if cap(s.rows) < need {
+			s.rows = make([]byte, need)
+		}
+		buf := s.rows[:need]
+		clear(buf[copy(buf, j.w.Data[rr*j.rowBytes:(rr+lr)*j.rowBytes]):])
+		tf := &ik.tile[dt]
+		i0 := 0
+		for g := 0; g < ng; g++ {
+			nn := base + b2i(g < rem)
+			tf[nn](&buf[0], j.rowBytes, 1, &p.xp[i0*p.xstride], 4*p.xstride, p.nchunks, p.tail, &s.otail[0], 16, scr)
+			for i := 0; i < nn; i++ {
+				copy(j.out[(i0+i)*rows+rr:(i0+i)*rows+rr+lr], s.otail[4*i:4*i+lr])
+			}
+			i0 += nn
+		}
+	}
+	if k := j.w.Cols; p.kmain < k {
+		// Columns the kernels did not cover (levels without masked tails).
+		for r := r0; r < r1; r++ {
+			row := j.w.Row(r)
+			for i := 0; i < n; i++ {
+				xi := j.x[i*k : (i+1)*k]
+				var t float32
+				for c := p.kmain; c < k; c++ {
+					t += weightAt(dt, row, c) * xi[c]
+				}
+				j.out[i*rows+r] += t
+			}
+		}
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

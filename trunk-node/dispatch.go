@@ -1,0 +1,507 @@
+package trunknode
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/switchyard-serving/switchyard/internal/routing"
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+	"github.com/switchyard-serving/switchyard/model/tensor"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+)
+
+// ErrNoReplica means an expert has no reachable replica.
+var ErrNoReplica = errors.New("trunknode: no reachable replica")
+
+// DispatchConfig tunes the remote expert dispatcher.
+type DispatchConfig struct {
+	// Timeout bounds one attempt of one node's part of a layer step.
+	Timeout time.Duration
+	// Deadline bounds a whole layer call including retries and waiting for a
+	// replica to appear (requests wait rather than fail while experts are re-placed).
+	Deadline time.Duration
+	// MaxMsgBytes is the largest message sent; bigger batches are chunked.
+	MaxMsgBytes int
+	// Dial opens a connection to an expert node.
+	Dial func(ctx context.Context, addr string) (*grpc.ClientConn, error)
+}
+
+// Dispatcher is the trunk's hybrid.ExpertBackend over remote expert nodes: per MoE
+// layer step it groups rows by expert node using the current routing table, sends
+// one message per node on that node's long-lived stream, and sums the per-row
+// results; a failed node's pairs are retried on other replicas.
+type Dispatcher struct {
+	cfg    DispatchConfig
+	hidden int
+	table  atomic.Pointer[routing.Table]
+	step   atomic.Uint64
+
+	mu    sync.Mutex
+	conns map[string]*nodeStream // node id -> stream
+	down  map[string]time.Time   // node id -> marked down until
+
+	stats DispatchStats
+}
+
+// DispatchStats are cumulative counters (read with Stats).
+type DispatchStats struct {
+	Calls, Messages, Retries, Failures atomic.Uint64
+	BytesOut, BytesIn, Rows            atomic.Uint64
+}
+
+var _ hybrid.ExpertBackend = (*Dispatcher)(nil)
+
+// NewDispatcher returns a dispatcher for a model of the given hidden size.
+func NewDispatcher(cfg DispatchConfig, hidden int) *Dispatcher {
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	if cfg.Deadline == 0 {
+		cfg.Deadline = 30 * time.Second
+	}
+	if cfg.MaxMsgBytes == 0 {
+		cfg.MaxMsgBytes = 16 << 20
+	}
+	return &Dispatcher{cfg: cfg, hidden: hidden, conns: map[string]*nodeStream{}, down: map[string]time.Time{}}
+}
+
+// SetTable switches to a new routing table; calls in flight keep the table they
+// started with, the next layer call uses the new one (a step boundary in practice).
+func (d *Dispatcher) SetTable(t *routing.Table) {
+	d.table.Store(t)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	keep := map[string]bool{}
+	for _, n := range t.Nodes {
+		keep[n.ID] = true
+		if c, ok := d.conns[n.ID]; ok && c.addr != n.Addr {
+			c.close(errors.New("node address changed"))
+			delete(d.conns, n.ID)
+		}
+	}
+	for id, c := range d.conns {
+		if !keep[id] {
+			c.close(errors.New("node left the routing table"))
+			delete(d.conns, id)
+		}
+	}
+}
+
+// Table returns the current routing table (nil before the first).
+func (d *Dispatcher) Table() *routing.Table { return d.table.Load() }
+
+// MarkDown stops sending to a node for a while (gossip or a failed stream said so).
+func (d *Dispatcher) MarkDown(node string, for_ time.Duration) {
+	d.mu.Lock()
+	d.down[node] = time.Now().Add(for_)
+	if c, ok := d.conns[node]; ok {
+		c.close(errors.New("node marked down"))
+		delete(d.conns, node)
+	}
+	d.mu.Unlock()
+}
+
+func (d *Dispatcher) isDown(node string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	until, ok := d.down[node]
+	if ok && time.Now().After(until) {
+		delete(d.down, node)
+		return false
+	}
+	return ok
+}
+
+// Close ends every stream.
+func (d *Dispatcher) Close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for id, c := range d.conns {
+		c.close(errors.New("dispatcher closed"))
+		delete(d.conns, id)
+	}
+}
+
+// Stats returns the counters.
+func (d *Dispatcher) Stats() *DispatchStats { return &d.stats }
+
+// pair is one (row, slot) of a request.
+type pair struct {
+	row    int32
+	expert int32
+	weight float32
+}
+
+// pending is a layer call in flight.
+type pending struct {
+	d    *Dispatcher
+	req  *hybrid.ExpertRequest
+	done chan struct{}
+	err  error
+}
+
+func (p *pending) Wait() error { <-p.done; return p.err }
+
+// Begin starts the layer call; the work runs on its own goroutine so the caller
+// computes the shared expert meanwhile.
+func (d *Dispatcher) Begin(req *hybrid.ExpertRequest) hybrid.Pending {
+	p := &pending{d: d, req: req, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.err = d.run(req)
+	}()
+	return p
+}
+
+// run performs one layer call: assign pairs to nodes, send, collect, retry.
+func (d *Dispatcher) run(req *hybrid.ExpertRequest) error {
+	d.stats.Calls.Add(1)
+	h := req.Hidden
+	clear(req.Out[:req.Rows*h])
+	deadline := time.Now().Add(d.cfg.Deadline)
+	todo := make([]pair, 0, req.Rows*req.TopK)
+	for i := 0; i < req.Rows*req.TopK; i++ {
+		todo = append(todo, pair{row: int32(i / req.TopK), expert: req.Experts[i], weight: req.Weights[i]})
+	}
+	failed := map[string]bool{}
+	var lastErr error
+	for attempt := 0; len(todo) > 0; attempt++ {
+		t := d.table.Load()
+		if t == nil {
+			lastErr = errors.New("no routing table yet")
+		} else {
+			groups, missing := d.assign(t, req.Layer, todo, failed)
+			if len(missing) == 0 {
+				var mu sync.Mutex
+				var retry []pair
+				var wg sync.WaitGroup
+				for node, pairs := range groups {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						err := d.callNode(t, node, req, pairs)
+						if err != nil {
+							mu.Lock()
+							failed[node] = true
+							lastErr = fmt.Errorf("expert node %s: %w", node, err)
+							retry = append(retry, pairs...)
+							mu.Unlock()
+						}
+					}()
+				}
+				wg.Wait()
+				todo = retry
+				if len(todo) == 0 {
+					return nil
+				}
+				d.stats.Retries.Add(1)
+				continue
+			}
+			lastErr = fmt.Errorf("%w for layer %d expert %d", ErrNoReplica, req.Layer, missing[0].expert)
+		}
+		if time.Now().After(deadline) {
+			d.stats.Failures.Add(1)
+			return lastErr
+		}
+		// Wait for the table to change or a node to come back, then try again with
+		// a clean failure set.
+		time.Sleep(min(50*time.Millisecond<<min(attempt, 4), 500*time.Millisecond))
+		clear(failed)
+	}
+	return nil
+}
+
+// assign picks a replica for every pair: the live replica with the least traffic
+// assigned so far in this call relative to its share (replicas of one expert split
+// its rows). Pairs with no usable replica are returned as missing.
+func (d *Dispatcher) assign(t *routing.Table, layer int, todo []pair, failed map[string]bool) (map[string][]pair, []pair) {
+	groups := map[string][]pair{}
+	load := map[string]float64{}
+	var missing []pair
+	for _, p := range todo {
+		best, bestScore := "", math.Inf(1)
+		for _, r := range t.Lookup(layer, int(p.expert)) {
+			if failed[r.Node] || d.isDown(r.Node) || r.Share <= 0 {
+				continue
+			}
+			score := load[r.Node] / r.Share
+			if score < bestScore {
+				best, bestScore = r.Node, score
+			}
+		}
+		if best == "" {
+			missing = append(missing, p)
+			continue
+		}
+		load[best]++
+		groups[best] = append(groups[best], p)
+	}
+	return groups, missing
+}
+
+// callNode sends one node's pairs (chunked by rows) and adds the results into
+// req.Out. It is all-or-nothing per node from the caller's view: on error nothing
+// of this node's chunks has been added... except chunks already summed, which the
+// caller must not retry; so results are staged and added only when all arrived.
+func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertRequest, pairs []pair) error {
+	addr, ok := t.Addr(node)
+	if !ok {
+		return fmt.Errorf("not in routing table")
+	}
+	s, err := d.stream(node, addr)
+	if err != nil {
+		return err
+	}
+	h := req.Hidden
+	// Rows used by this node, in order, and per row its pairs.
+	rowIdx := map[int32]int{}
+	var rows []int32
+	perRow := [][]pair{}
+	for _, p := range pairs {
+		i, ok := rowIdx[p.row]
+		if !ok {
+			i = len(rows)
+			rowIdx[p.row] = i
+			rows = append(rows, p.row)
+			perRow = append(perRow, nil)
+		}
+		perRow[i] = append(perRow[i], p)
+	}
+	k := 0
+	for _, pr := range perRow {
+		k = max(k, len(pr))
+	}
+	rowBytes := 2*h + 8*k + 16
+	perChunk := max(1, (d.cfg.MaxMsgBytes-4096)/rowBytes)
+	chunks := (len(rows) + perChunk - 1) / perChunk
+	step := d.step.Add(1)
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Timeout)
+	defer cancel()
+	waits := make([]chan *pb.ExpertResult, chunks)
+	for c := range chunks {
+		r0, r1 := c*perChunk, min((c+1)*perChunk, len(rows))
+		n := r1 - r0
+		msg := &pb.ExpertBatch{StepId: step, Layer: uint32(req.Layer), Rows: uint32(n), Hidden: uint32(h), TopK: uint32(k),
+			Chunk: uint32(c), Chunks: uint32(chunks), HiddenBf16: make([]byte, 2*n*h),
+			ExpertIds: make([]uint32, n*k), Weights: make([]float32, n*k)}
+		for i := range n {
+			src := req.X[int(rows[r0+i])*h : int(rows[r0+i]+1)*h]
+			dst := msg.HiddenBf16[2*i*h:]
+			for j, v := range src {
+				binary.LittleEndian.PutUint16(dst[2*j:], tensor.F32ToBF16(v))
+			}
+			pr := perRow[r0+i]
+			for j := range k {
+				p := pr[min(j, len(pr)-1)]
+				msg.ExpertIds[i*k+j] = uint32(p.expert)
+				if j < len(pr) {
+					msg.Weights[i*k+j] = p.weight
+				} // else padding: same expert, weight 0 (skipped by the node)
+			}
+		}
+		ch, err := s.send(ctx, msg)
+		if err != nil {
+			return err
+		}
+		waits[c] = ch
+		d.stats.Messages.Add(1)
+		d.stats.BytesOut.Add(uint64(len(msg.HiddenBf16) + 8*n*k))
+		d.stats.Rows.Add(uint64(n))
+	}
+	results := make([]*pb.ExpertResult, chunks)
+	for c, ch := range waits {
+		select {
+		case res, ok := <-ch:
+			if !ok || res == nil {
+				return s.failure()
+			}
+			if res.Error != "" {
+				return errors.New(res.Error)
+			}
+			r0, r1 := c*perChunk, min((c+1)*perChunk, len(rows))
+			if int(res.Rows) != r1-r0 || len(res.OutBf16) != 2*(r1-r0)*h {
+				return fmt.Errorf("malformed result: %d rows, %d bytes", res.Rows, len(res.OutBf16))
+			}
+			results[c] = res
+			d.stats.BytesIn.Add(uint64(len(res.OutBf16)))
+		case <-ctx.Done():
+			s.forget(step)
+			return fmt.Errorf("timed out after %v", d.cfg.Timeout)
+		}
+	}
+	// All chunks arrived: add them into the output (the only writes to req.Out,
+	// under a lock because several nodes finish concurrently).
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for c, res := range results {
+		r0 := c * perChunk
+		for i := range int(res.Rows) {
+			dst := req.Out[int(rows[r0+i])*h : int(rows[r0+i]+1)*h]
+			src := res.OutBf16[2*i*h:]
+			for j := range dst {
+				dst[j] += tensor.BF16ToF32(binary.LittleEndian.Uint16(src[2*j:]))
+			}
+		}
+	}
+	return nil
+}
+
+// stream returns the live stream to a node, dialing if needed.
+func (d *Dispatcher) stream(node, addr string) (*nodeStream, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if s, ok := d.conns[node]; ok && !s.isClosed() {
+		return s, nil
+	}
+	s, err := openStream(d.cfg.Dial, node, addr)
+	if err != nil {
+		return nil, err
+	}
+	d.conns[node] = s
+	return s, nil
+}
+
+// nodeStream owns one Dispatch stream: a single send loop and a single receive
+// loop; callers register a per-(step, chunk) response channel.
+type nodeStream struct {
+	node, addr string
+	conn       *grpc.ClientConn
+	cancel     context.CancelFunc
+	sendq      chan *pb.ExpertBatch
+
+	mu      sync.Mutex
+	waiting map[[2]uint64]chan *pb.ExpertResult // (step, chunk) -> reply
+	err     error
+	closed  chan struct{}
+}
+
+func openStream(dial func(context.Context, string) (*grpc.ClientConn, error), node, addr string) (*nodeStream, error) {
+	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer dcancel()
+	conn, err := dial(dctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := pb.NewExpertServiceClient(conn).Dispatch(ctx)
+	if err != nil {
+		cancel()
+		conn.Close()
+		return nil, fmt.Errorf("open stream to %s: %w", addr, err)
+	}
+	s := &nodeStream{node: node, addr: addr, conn: conn, cancel: cancel, sendq: make(chan *pb.ExpertBatch, 64),
+		waiting: map[[2]uint64]chan *pb.ExpertResult{}, closed: make(chan struct{})}
+	go s.sendLoop(st)
+	go s.recvLoop(st)
+	return s, nil
+}
+
+func (s *nodeStream) sendLoop(st pb.ExpertService_DispatchClient) {
+	for {
+		select {
+		case <-s.closed:
+			return
+		case m := <-s.sendq:
+			if err := st.Send(m); err != nil {
+				s.close(fmt.Errorf("send: %w", err))
+				return
+			}
+		}
+	}
+}
+
+func (s *nodeStream) recvLoop(st pb.ExpertService_DispatchClient) {
+	for {
+		res, err := st.Recv()
+		if err != nil {
+			if err == io.EOF {
+				err = errors.New("stream closed by the expert node")
+			}
+			s.close(err)
+			return
+		}
+		key := [2]uint64{res.StepId, uint64(res.Chunk)}
+		s.mu.Lock()
+		ch, ok := s.waiting[key]
+		delete(s.waiting, key)
+		s.mu.Unlock()
+		if ok {
+			ch <- res
+		}
+	}
+}
+
+// send queues a message and returns the channel its result arrives on.
+func (s *nodeStream) send(ctx context.Context, m *pb.ExpertBatch) (chan *pb.ExpertResult, error) {
+	ch := make(chan *pb.ExpertResult, 1)
+	s.mu.Lock()
+	if s.err != nil {
+		s.mu.Unlock()
+		return nil, s.err
+	}
+	s.waiting[[2]uint64{m.StepId, uint64(m.Chunk)}] = ch
+	s.mu.Unlock()
+	select {
+	case s.sendq <- m:
+		return ch, nil
+	case <-s.closed:
+		return nil, s.failure()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (s *nodeStream) forget(step uint64) {
+	s.mu.Lock()
+	for k := range s.waiting {
+		if k[0] == step {
+			delete(s.waiting, k)
+		}
+	}
+	s.mu.Unlock()
+}
+
+func (s *nodeStream) failure() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	return errors.New("stream closed")
+}
+
+func (s *nodeStream) isClosed() bool {
+	select {
+	case <-s.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// close ends the stream once; waiters see their channel closed.
+func (s *nodeStream) close(err error) {
+	s.mu.Lock()
+	if s.err != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.err = err
+	close(s.closed)
+	for k, ch := range s.waiting {
+		close(ch)
+		delete(s.waiting, k)
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.conn.Close()
+}

@@ -1,0 +1,291 @@
+// Package trunknode (folder trunk-node) is the trunk role of a Switchyard cluster:
+// it serves the public gRPC API, holds every session's recurrent state and KV
+// cache, runs the model's trunk (embeddings, Mamba-2, attention, routers, shared
+// expert, LM head, sampling) under a continuous-batching scheduler, and dispatches
+// the routed experts of each MoE layer to expert nodes following the routing table
+// it watches in etcd.
+package trunknode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/switchyard-serving/switchyard/internal/cluster"
+	"github.com/switchyard-serving/switchyard/internal/routing"
+	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/model/config"
+	"github.com/switchyard-serving/switchyard/model/engine"
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+	"github.com/switchyard-serving/switchyard/model/tokenizer"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+)
+
+// Config configures a trunk node. Sizes are bytes, durations wall time.
+type Config struct {
+	NodeID    string
+	ModelPath string
+	// Etcd endpoints; empty runs without a control plane (LocalExperts required).
+	Etcd []string
+	// LocalExperts computes the routed experts in process instead of on expert
+	// nodes (single-node mode and the in-process baseline).
+	LocalExperts bool
+	// AdvertiseAddr is the address registered in etcd (default: the listener's).
+	AdvertiseAddr string
+
+	PublicTLS rpc.TLSFiles // TLS of the public API (plaintext when empty)
+	PeerTLS   rpc.TLSFiles // mutual TLS to expert nodes (plaintext when empty)
+
+	Memory   MemoryConfig
+	Sched    SchedConfig
+	Limits   Limits
+	Dispatch DispatchConfig
+
+	MaxRecvBytes int           // largest public request message
+	RatePerSec   float64       // new public calls per second (0: unlimited)
+	DrainTimeout time.Duration // graceful drain budget on shutdown
+	LeaseTTL     int64         // etcd registration lease, seconds
+}
+
+// DefaultConfig returns production defaults.
+func DefaultConfig() Config {
+	return Config{
+		NodeID: "trunk-0",
+		Memory: MemoryConfig{RecurrentBytes: 16 << 30, KVBytes: 16 << 30, IdleTTL: 30 * time.Minute},
+		Sched:  SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024},
+		Limits: Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
+		Dispatch: DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20},
+		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second, LeaseTTL: 5,
+	}
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	switch {
+	case c.NodeID == "":
+		return errors.New("trunknode: node id is required")
+	case c.ModelPath == "":
+		return errors.New("trunknode: model path is required")
+	case len(c.Etcd) == 0 && !c.LocalExperts:
+		return errors.New("trunknode: etcd endpoints are required unless experts run locally")
+	case c.Memory.RecurrentBytes <= 0 || c.Memory.KVBytes <= 0:
+		return errors.New("trunknode: memory budgets must be positive")
+	case c.Limits.MaxContext <= 0 || c.Limits.MaxNewTokens <= 0:
+		return errors.New("trunknode: context and max-new-token limits must be positive")
+	}
+	return nil
+}
+
+// Node is a running trunk node.
+type Node struct {
+	cfg        Config
+	model      *hybrid.Model
+	tok        *tokenizer.Tokenizer
+	store      *Store
+	sched      *Scheduler
+	disp       *Dispatcher
+	limits     Limits
+	kvPerToken int64
+	metrics    *metrics
+	health     *health.Server
+	ready      chan struct{}
+	readyOnce  sync.Once
+}
+
+// New loads the model (the trunk half only: no routed experts are mapped unless
+// LocalExperts) and builds the node.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	opt := hybrid.LoadOptions{}
+	if !cfg.LocalExperts {
+		opt.KeepExpert = func(int, int) bool { return false }
+	}
+	e, err := engine.Open(cfg.ModelPath, opt)
+	if err != nil {
+		return nil, err
+	}
+	c := e.Model.Cfg
+	kvPer := int64(2*c.KVDim()*4) * int64(c.NumLayers(config.Attention))
+	n := &Node{cfg: cfg, model: e.Model, tok: e.Tok, limits: cfg.Limits, kvPerToken: kvPer, metrics: newMetrics(),
+		health: health.NewServer(), ready: make(chan struct{})}
+	if mc := c.MaxPositionEmbed; c.UseRope() && mc > 0 && mc < n.limits.MaxContext {
+		n.limits.MaxContext = mc
+	}
+	n.store = NewStore(cfg.Memory, e.Model.NewState, kvPer)
+	if !cfg.LocalExperts && c.IsMoE() {
+		dial := cfg.Dispatch.Dial
+		if dial == nil {
+			if dial, err = rpc.Dialer(cfg.PeerTLS, cfg.Dispatch.MaxMsgBytes+(1<<20)); err != nil {
+				return nil, err
+			}
+		}
+		dc := cfg.Dispatch
+		dc.Dial = dial
+		n.disp = NewDispatcher(dc, c.Hidden)
+		e.Model.Experts = n.disp
+	}
+	n.sched = NewScheduler(cfg.Sched, e.Model, e.Tok, n.store)
+	n.sched.stepHook = n.metrics.step
+	return n, nil
+}
+
+// Dispatcher returns the remote expert dispatcher (nil with local experts).
+func (n *Node) Dispatcher() *Dispatcher { return n.disp }
+
+// Ready is closed once the node can serve (a routing table is known, or experts
+// are local).
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+func (n *Node) markReady() {
+	n.readyOnce.Do(func() {
+		close(n.ready)
+		n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		n.health.SetServingStatus("switchyard.v1.Switchyard", healthpb.HealthCheckResponse_SERVING)
+	})
+}
+
+// Serve runs the node on lis until ctx ends, then drains: it stops admitting,
+// lets running generations finish within DrainTimeout, deregisters and stops.
+func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
+	defer n.model.Close()
+	srv, err := rpc.NewServer(rpc.ServerConfig{TLS: n.cfg.PublicTLS, MaxRecvBytes: n.cfg.MaxRecvBytes, RatePerSec: n.cfg.RatePerSec, RateBurst: int(n.cfg.RatePerSec) + 1})
+	if err != nil {
+		return err
+	}
+	pb.RegisterSwitchyardServer(srv, &api{n: n})
+	healthpb.RegisterHealthServer(srv, n.health)
+	reflection.Register(srv)
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+
+	runCtx, stopRun := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); n.sched.Run(runCtx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); n.janitor(runCtx) }()
+
+	var cli *clientv3.Client
+	var reg *cluster.Registration
+	if len(n.cfg.Etcd) > 0 {
+		cli, err = clientv3.New(clientv3.Config{Endpoints: n.cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			stopRun()
+			wg.Wait()
+			return fmt.Errorf("trunknode: etcd: %w", err)
+		}
+		defer cli.Close()
+		addr := n.cfg.AdvertiseAddr
+		if addr == "" {
+			addr = lis.Addr().String()
+		}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		reg, err = cluster.Register(rctx, cli, cluster.NodeInfo{ID: n.cfg.NodeID, Role: cluster.RoleTrunk, Addr: addr}, n.cfg.LeaseTTL)
+		cancel()
+		if err != nil {
+			stopRun()
+			wg.Wait()
+			return err
+		}
+		if n.disp != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cluster.WatchTable(runCtx, cli, func(t *routing.Table) {
+					n.disp.SetTable(t)
+					n.markReady()
+				})
+			}()
+		} else {
+			n.markReady()
+		}
+	} else {
+		n.markReady()
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		stopRun()
+		wg.Wait()
+		return err
+	}
+	// Graceful drain.
+	n.health.Shutdown()
+	n.sched.Drain()
+	deadline := time.Now().Add(n.cfg.DrainTimeout)
+	for time.Now().Before(deadline) {
+		if r, w := n.sched.Load(); r == 0 && w == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if reg != nil {
+		reg.Close()
+	}
+	stopRun()
+	wg.Wait()
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		srv.Stop()
+	}
+	if n.disp != nil {
+		n.disp.Close()
+	}
+	return nil
+}
+
+func (n *Node) janitor(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			n.store.Expire(now)
+		}
+	}
+}
+
+// prefillOnly feeds tokens into a session through the scheduler.
+func (n *Node) prefillOnly(ctx context.Context, sess *Session, toks []int) error {
+	if err := n.store.Acquire(sess, len(toks)); err != nil {
+		return err
+	}
+	job, err := n.sched.Submit(ctx, JobSpec{Session: sess, Prompt: toks, MaxTokens: 1, PrefillOnly: true})
+	if err != nil {
+		n.store.Release(sess)
+		return err
+	}
+	for {
+		<-job.Notify()
+		if _, fin := job.Drain(); fin != nil {
+			return fin.Err
+		}
+	}
+}
+
+// Store exposes the session store (tests, metrics).
+func (n *Node) Store() *Store { return n.store }
+
+// Model exposes the model (tests).
+func (n *Node) Model() *hybrid.Model { return n.model }
+
+// Tokenizer exposes the tokenizer.
+func (n *Node) Tokenizer() *tokenizer.Tokenizer { return n.tok }
+

@@ -1,0 +1,402 @@
+package trunknode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-serving/switchyard/model/config"
+	"github.com/switchyard-serving/switchyard/model/engine"
+	"github.com/switchyard-serving/switchyard/model/sample"
+	"github.com/switchyard-serving/switchyard/model/tokenizer"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+)
+
+// errInvalid marks request validation errors (InvalidArgument at the edge).
+var errInvalid = errors.New("invalid request")
+
+func invalid(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", errInvalid, fmt.Sprintf(format, a...))
+}
+
+// toStatus maps core errors to gRPC status, once, at the edge.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok && !errors.Is(err, errInvalid) {
+		if s, _ := status.FromError(err); s.Code() != codes.Unknown {
+			return err
+		}
+	}
+	table := []struct {
+		target error
+		code   codes.Code
+	}{
+		{errInvalid, codes.InvalidArgument},
+		{sample.ErrParams, codes.InvalidArgument},
+		{engine.ErrRequest, codes.InvalidArgument},
+		{ErrSessionNotFound, codes.NotFound},
+		{ErrSessionBusy, codes.FailedPrecondition},
+		{ErrMemoryFull, codes.ResourceExhausted},
+		{ErrQueueFull, codes.ResourceExhausted},
+		{ErrDraining, codes.Unavailable},
+		{ErrNoReplica, codes.Unavailable},
+		{context.Canceled, codes.Canceled},
+		{context.DeadlineExceeded, codes.DeadlineExceeded},
+	}
+	for _, t := range table {
+		if errors.Is(err, t.target) {
+			return status.Error(t.code, err.Error())
+		}
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// Limits are per-request bounds checked at the edge.
+type Limits struct {
+	MaxContext    int // tokens a session may hold
+	MaxNewTokens  int // max_tokens upper bound
+	MaxPromptText int // bytes of prompt text
+	MaxStops      int // stop strings / stop ids
+}
+
+// api implements the public Switchyard service.
+type api struct {
+	pb.UnimplementedSwitchyardServer
+	n *Node
+}
+
+var _ pb.SwitchyardServer = (*api)(nil)
+
+func (a *api) cfg() *config.Config { return a.n.model.Cfg }
+
+func (a *api) tokensOf(text *string, ids *pb.TokenIds, field string) ([]int, error) {
+	switch {
+	case text != nil:
+		if len(*text) > a.n.limits.MaxPromptText {
+			return nil, invalid("%s is %d bytes, the limit is %d", field, len(*text), a.n.limits.MaxPromptText)
+		}
+		if !utf8.ValidString(*text) {
+			return nil, invalid("%s is not valid UTF-8", field)
+		}
+		return a.n.tok.Encode(*text, true), nil
+	case ids != nil:
+		out := make([]int, len(ids.Ids))
+		for i, id := range ids.Ids {
+			if id < 0 || int(id) >= a.cfg().VocabSize {
+				return nil, invalid("%s token id %d at index %d is outside the vocabulary [0, %d)", field, id, i, a.cfg().VocabSize)
+			}
+			out[i] = int(id)
+		}
+		return out, nil
+	}
+	return nil, nil
+}
+
+func samplingOf(p *pb.SamplingParams) (sample.Params, error) {
+	if p == nil {
+		return sample.Params{}, nil
+	}
+	sp := sample.Params{Temperature: p.Temperature, TopK: int(p.TopK), TopP: p.TopP, MinP: p.MinP,
+		RepetitionPenalty: p.RepetitionPenalty, RepeatLastN: int(p.RepeatLastN), Seed: p.Seed}
+	if math.IsNaN(float64(p.TopP)) || p.TopP < 0 || p.TopP > 1 {
+		return sp, invalid("sampling.top_p must be in (0, 1] (0 means off), got %v", p.TopP)
+	}
+	return sp, sp.Validate()
+}
+
+// genArgs is the common part of Generate and Chat.
+type genArgs struct {
+	sessionID string
+	prompt    []int
+	sampling  *pb.SamplingParams
+	maxTokens int32
+	stop      []string
+	stopIDs   []int32
+	ignoreEOS bool
+	logprobs  bool
+}
+
+func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateServer) error {
+	var text *string
+	if t, ok := req.Input.(*pb.GenerateRequest_Text); ok {
+		text = &t.Text
+	}
+	prompt, err := a.tokensOf(text, req.GetTokenIds(), "prompt")
+	if err != nil {
+		return toStatus(err)
+	}
+	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs}, stream))
+}
+
+func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
+	if len(req.Messages) == 0 {
+		return toStatus(invalid("messages is empty; send at least one message"))
+	}
+	msgs := make([]tokenizer.Message, len(req.Messages))
+	size := 0
+	for i, m := range req.Messages {
+		msgs[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
+		size += len(m.Content)
+	}
+	if size > a.n.limits.MaxPromptText {
+		return toStatus(invalid("messages total %d bytes, the limit is %d", size, a.n.limits.MaxPromptText))
+	}
+	text, err := a.n.tok.ApplyChat(msgs, true)
+	if err != nil {
+		return toStatus(invalid("%v", err))
+	}
+	prompt, err := a.tokensOf(&text, nil, "messages")
+	if err != nil {
+		return toStatus(err)
+	}
+	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs}, stream))
+}
+
+type sender interface {
+	Send(*pb.GenerateResponse) error
+}
+
+func (a *api) generate(ctx context.Context, g genArgs, out sender) error {
+	lim := a.n.limits
+	switch {
+	case g.maxTokens <= 0:
+		return invalid("max_tokens must be > 0, got %d", g.maxTokens)
+	case int(g.maxTokens) > lim.MaxNewTokens:
+		return invalid("max_tokens %d exceeds the server limit %d", g.maxTokens, lim.MaxNewTokens)
+	case len(g.stop)+len(g.stopIDs) > lim.MaxStops:
+		return invalid("%d stop strings/ids exceed the limit %d", len(g.stop)+len(g.stopIDs), lim.MaxStops)
+	}
+	for _, id := range g.stopIDs {
+		if id < 0 || int(id) >= a.cfg().VocabSize {
+			return invalid("stop_token_ids contains %d, outside the vocabulary [0, %d)", id, a.cfg().VocabSize)
+		}
+	}
+	for _, s := range g.stop {
+		if s == "" {
+			return invalid("stop strings must not be empty")
+		}
+	}
+	params, err := samplingOf(g.sampling)
+	if err != nil {
+		return err
+	}
+	var sess *Session
+	if g.sessionID != "" {
+		if sess, err = a.n.store.Get(g.sessionID); err != nil {
+			return err
+		}
+	} else {
+		if len(g.prompt) == 0 {
+			return invalid("the prompt is empty (set text or token_ids, or continue a session with session_id)")
+		}
+		if sess, err = a.n.store.Create(true); err != nil {
+			return err
+		}
+	}
+	if len(g.prompt) == 0 && len(sess.Unfed) == 0 {
+		if sess.ephemeral {
+			a.n.store.Release(sess)
+		}
+		return invalid("the prompt is empty and session %q has nothing to continue from", g.sessionID)
+	}
+	total := sess.State.Pos + len(sess.Unfed) + len(g.prompt) + int(g.maxTokens)
+	if total > lim.MaxContext {
+		if sess.ephemeral {
+			a.n.store.Release(sess)
+		}
+		return invalid("session tokens (%d) + prompt (%d) + max_tokens (%d) = %d exceeds the context limit %d",
+			sess.State.Pos, len(g.prompt), g.maxTokens, total, lim.MaxContext)
+	}
+	if err := a.n.store.Acquire(sess, len(sess.Unfed)+len(g.prompt)+int(g.maxTokens)); err != nil {
+		if sess.ephemeral {
+			a.n.store.Release(sess)
+		}
+		return err
+	}
+	stopIDs := make([]int, len(g.stopIDs))
+	for i, v := range g.stopIDs {
+		stopIDs[i] = int(v)
+	}
+	job, err := a.n.sched.Submit(ctx, JobSpec{Session: sess, Prompt: g.prompt, Params: params, MaxTokens: int(g.maxTokens),
+		StopIDs: stopIDs, StopStrings: g.stop, IgnoreEOS: g.ignoreEOS, LogProbs: g.logprobs})
+	if err != nil {
+		a.n.store.Release(sess)
+		return err
+	}
+	a.n.metrics.jobStarted(job)
+	for {
+		select {
+		case <-job.Notify():
+		case <-ctx.Done():
+			// The scheduler sees ctx and ends the job at its next step.
+			<-job.Notify()
+		}
+		evs, fin := job.Drain()
+		if len(evs) > 0 {
+			chunk := &pb.TokenChunk{}
+			var sb strings.Builder
+			for _, ev := range evs {
+				if ev.Token >= 0 {
+					chunk.TokenIds = append(chunk.TokenIds, int32(ev.Token))
+					if g.logprobs {
+						chunk.Logprobs = append(chunk.Logprobs, ev.LogProb)
+					}
+				}
+				sb.WriteString(ev.Text)
+			}
+			chunk.Text = sb.String()
+			if err := out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Chunk{Chunk: chunk}}); err != nil {
+				return err
+			}
+		}
+		if fin != nil {
+			a.n.metrics.jobFinished(job, fin)
+			if fin.Err != nil && fin.Reason != engine.FinishCancel {
+				return fin.Err
+			}
+			if fin.Err != nil && ctx.Err() == nil {
+				return fin.Err
+			}
+			reason := map[string]pb.FinishReason{engine.FinishStop: pb.FinishReason_FINISH_REASON_STOP,
+				engine.FinishLength: pb.FinishReason_FINISH_REASON_LENGTH, engine.FinishCancel: pb.FinishReason_FINISH_REASON_CANCELLED}[fin.Reason]
+			sid := ""
+			if !sess.ephemeral {
+				sid = sess.ID
+			}
+			return out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Final{Final: &pb.GenerateFinal{
+				FinishReason: reason, SessionId: sid,
+				Usage: &pb.Usage{PromptTokens: int32(fin.PromptTokens), CompletionTokens: int32(fin.CompletionTokens), CachedTokens: int32(fin.CachedTokens)},
+			}}})
+		}
+	}
+}
+
+func (a *api) sessionMsg(s *Session) *pb.Session {
+	return &pb.Session{SessionId: s.ID, Tokens: int32(s.State.Pos), StateBytes: s.State.Bytes(),
+		RecurrentBytes: s.State.RecurrentBytes(), KvBytes: s.State.KVBytes(), Node: a.n.cfg.NodeID}
+}
+
+func (a *api) CreateSession(ctx context.Context, req *pb.CreateSessionRequest) (*pb.Session, error) {
+	var text *string
+	if t, ok := req.Prompt.(*pb.CreateSessionRequest_Text); ok {
+		text = &t.Text
+	}
+	prompt, err := a.tokensOf(text, req.GetTokenIds(), "prompt")
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if len(prompt) > a.n.limits.MaxContext {
+		return nil, toStatus(invalid("prompt of %d tokens exceeds the context limit %d", len(prompt), a.n.limits.MaxContext))
+	}
+	sess, err := a.n.store.Create(false)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if len(prompt) > 0 {
+		// Prefill through the scheduler: a generation of zero new tokens is not
+		// expressible, so feed all but the last prompt token and keep that one
+		// unfed; the next turn feeds it first.
+		if len(prompt) > 1 {
+			if err := a.n.prefillOnly(ctx, sess, prompt[:len(prompt)-1]); err != nil {
+				a.n.store.Delete(sess.ID)
+				return nil, toStatus(err)
+			}
+		}
+		sess.Unfed = []int{prompt[len(prompt)-1]}
+	}
+	return a.sessionMsg(sess), nil
+}
+
+func (a *api) GetSession(ctx context.Context, req *pb.GetSessionRequest) (*pb.Session, error) {
+	if req.SessionId == "" {
+		return nil, toStatus(invalid("session_id is required"))
+	}
+	s, err := a.n.store.Get(req.SessionId)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return a.sessionMsg(s), nil
+}
+
+func (a *api) ForkSession(ctx context.Context, req *pb.ForkSessionRequest) (*pb.Session, error) {
+	if req.SessionId == "" {
+		return nil, toStatus(invalid("session_id is required"))
+	}
+	s, err := a.n.store.Get(req.SessionId)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	// Hold the session while copying so no step mutates it meanwhile.
+	if err := a.n.store.Acquire(s, 0); err != nil {
+		return nil, toStatus(err)
+	}
+	st, unfed := s.State.Clone(), append([]int(nil), s.Unfed...)
+	a.n.store.Release(s)
+	f, err := a.n.store.Adopt(st, unfed)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return a.sessionMsg(f), nil
+}
+
+func (a *api) DeleteSession(ctx context.Context, req *pb.DeleteSessionRequest) (*pb.DeleteSessionResponse, error) {
+	if req.SessionId == "" {
+		return nil, toStatus(invalid("session_id is required"))
+	}
+	freed, err := a.n.store.Delete(req.SessionId)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.DeleteSessionResponse{FreedBytes: freed}, nil
+}
+
+func (a *api) Tokenize(ctx context.Context, req *pb.TokenizeRequest) (*pb.TokenizeResponse, error) {
+	if len(req.Text) > a.n.limits.MaxPromptText {
+		return nil, toStatus(invalid("text is %d bytes, the limit is %d", len(req.Text), a.n.limits.MaxPromptText))
+	}
+	ids := a.n.tok.Encode(req.Text, !req.PlainSpecial)
+	out := make([]int32, len(ids))
+	for i, id := range ids {
+		out[i] = int32(id)
+	}
+	return &pb.TokenizeResponse{TokenIds: out}, nil
+}
+
+func (a *api) Detokenize(ctx context.Context, req *pb.DetokenizeRequest) (*pb.DetokenizeResponse, error) {
+	ids := make([]int, len(req.TokenIds))
+	for i, id := range req.TokenIds {
+		if id < 0 || int(id) >= a.cfg().VocabSize {
+			return nil, toStatus(invalid("token id %d at index %d is outside the vocabulary [0, %d)", id, i, a.cfg().VocabSize))
+		}
+		ids[i] = int(id)
+	}
+	s, err := a.n.tok.DecodeChecked(ids)
+	if err != nil {
+		return nil, toStatus(invalid("%v", err))
+	}
+	return &pb.DetokenizeResponse{Text: s}, nil
+}
+
+func (a *api) ModelInfo(ctx context.Context, _ *pb.ModelInfoRequest) (*pb.ModelInfoResponse, error) {
+	c := a.cfg()
+	var att []int32
+	for i, t := range c.LayerTypes {
+		if t == config.Attention {
+			att = append(att, int32(i))
+		}
+	}
+	st := a.n.model.NewState()
+	return &pb.ModelInfoResponse{Name: a.n.cfg.ModelPath, VocabSize: int32(c.VocabSize), Layers: int32(c.Layers), AttentionLayers: att,
+		Experts: int32(c.Experts), ExpertsPerToken: int32(c.ExpertsPerTok), MaxContext: int32(a.n.limits.MaxContext),
+		RecurrentStateBytes: st.RecurrentBytes(), KvBytesPerToken: a.n.kvPerToken, EosTokenId: int32(c.EOS)}, nil
+}

@@ -1,0 +1,195 @@
+package trunknode
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+)
+
+// Session-store errors (mapped to gRPC codes at the edge).
+var (
+	ErrSessionNotFound = errors.New("trunknode: session not found")
+	ErrSessionBusy     = errors.New("trunknode: session is busy with another generation")
+	ErrMemoryFull      = errors.New("trunknode: session memory budget exhausted")
+)
+
+// Session is one conversation's state on this trunk.
+type Session struct {
+	ID    string
+	State *hybrid.State
+	// Unfed holds the last sampled token of the previous generation, which is not
+	// in State yet; the next turn feeds it first.
+	Unfed    []int
+	busy     bool
+	lastUsed time.Time
+	reserved int64 // KV bytes reserved for the running generation
+	charged  int   // tokens whose KV is charged to the budget
+	// ephemeral sessions belong to one stateless request and die with it.
+	ephemeral bool
+}
+
+// Tokens is the number of tokens held in the state.
+func (s *Session) Tokens() int { return s.State.Pos }
+
+// MemoryConfig is the session memory budget, split into the fixed recurrent state
+// and the growing KV cache.
+type MemoryConfig struct {
+	RecurrentBytes int64         // budget for conv+SSM states (fixed per session)
+	KVBytes        int64         // budget for attention KV caches
+	IdleTTL        time.Duration // idle sessions are deleted after this (0: never)
+}
+
+// Store holds the sessions and enforces the memory budget.
+type Store struct {
+	cfg        MemoryConfig
+	newState   func() *hybrid.State
+	recPer     int64 // recurrent bytes per session
+	kvPerToken int64
+
+	mu       sync.Mutex
+	sessions map[string]*Session
+	recUsed  int64
+	kvUsed   int64 // held + reserved
+}
+
+// NewStore returns a store; newState makes a fresh model state.
+func NewStore(cfg MemoryConfig, newState func() *hybrid.State, kvPerToken int64) *Store {
+	st := newState()
+	return &Store{cfg: cfg, newState: newState, recPer: st.RecurrentBytes(), kvPerToken: kvPerToken, sessions: map[string]*Session{}}
+}
+
+func newID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return "s-" + hex.EncodeToString(b[:])
+}
+
+// Create makes a new empty session, or fails with ErrMemoryFull.
+func (s *Store) Create(ephemeral bool) (*Session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.recUsed+s.recPer > s.cfg.RecurrentBytes {
+		return nil, fmt.Errorf("%w: %d sessions hold %d of %d recurrent-state bytes; delete idle sessions or raise the budget",
+			ErrMemoryFull, len(s.sessions), s.recUsed, s.cfg.RecurrentBytes)
+	}
+	sess := &Session{ID: newID(), State: s.newState(), lastUsed: time.Now(), ephemeral: ephemeral}
+	s.sessions[sess.ID] = sess
+	s.recUsed += s.recPer
+	return sess, nil
+}
+
+// Adopt stores a session created elsewhere (a fork), charging its memory.
+func (s *Store) Adopt(st *hybrid.State, unfed []int) (*Session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kv := int64(st.Pos) * s.kvPerToken
+	if s.recUsed+s.recPer > s.cfg.RecurrentBytes || s.kvUsed+kv > s.cfg.KVBytes {
+		return nil, fmt.Errorf("%w: no room for a copy of the session", ErrMemoryFull)
+	}
+	sess := &Session{ID: newID(), State: st, Unfed: unfed, lastUsed: time.Now(), charged: st.Pos}
+	s.sessions[sess.ID] = sess
+	s.recUsed += s.recPer
+	s.kvUsed += kv
+	return sess, nil
+}
+
+// Get returns a session (not busy-checked).
+func (s *Store) Get(id string) (*Session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess, ok := s.sessions[id]
+	if !ok || sess.ephemeral {
+		return nil, fmt.Errorf("%w: %q (it may have expired or been deleted)", ErrSessionNotFound, id)
+	}
+	return sess, nil
+}
+
+// Acquire marks a session busy and reserves KV for `tokens` more tokens.
+func (s *Store) Acquire(sess *Session, tokens int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.sessions[sess.ID]; !ok {
+		return fmt.Errorf("%w: %q", ErrSessionNotFound, sess.ID)
+	}
+	if sess.busy {
+		return fmt.Errorf("%w: %q", ErrSessionBusy, sess.ID)
+	}
+	need := int64(tokens) * s.kvPerToken
+	if s.kvUsed+need > s.cfg.KVBytes {
+		return fmt.Errorf("%w: the request needs %d KV bytes, %d of %d are in use", ErrMemoryFull, need, s.kvUsed, s.cfg.KVBytes)
+	}
+	sess.busy = true
+	sess.reserved = need
+	s.kvUsed += need
+	return nil
+}
+
+// Release ends a generation: the reservation is replaced by the KV actually held.
+// Ephemeral sessions are deleted.
+func (s *Store) Release(sess *Session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.kvUsed -= sess.reserved
+	sess.reserved = 0
+	sess.busy = false
+	sess.lastUsed = time.Now()
+	if _, ok := s.sessions[sess.ID]; !ok {
+		return // deleted while running; its memory was released by Delete
+	}
+	s.kvUsed += int64(sess.State.Pos-sess.charged) * s.kvPerToken
+	sess.charged = sess.State.Pos
+	if sess.ephemeral {
+		s.deleteLocked(sess)
+	}
+}
+
+// Delete frees a session's memory at once (a running generation on it is
+// cancelled by the caller).
+func (s *Store) Delete(id string) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess, ok := s.sessions[id]
+	if !ok || sess.ephemeral {
+		return 0, fmt.Errorf("%w: %q", ErrSessionNotFound, id)
+	}
+	return s.deleteLocked(sess), nil
+}
+
+func (s *Store) deleteLocked(sess *Session) int64 {
+	freed := s.recPer + int64(sess.charged)*s.kvPerToken
+	delete(s.sessions, sess.ID)
+	s.recUsed -= s.recPer
+	s.kvUsed -= int64(sess.charged) * s.kvPerToken
+	return freed
+}
+
+// Expire deletes idle sessions older than the TTL and returns how many.
+func (s *Store) Expire(now time.Time) int {
+	if s.cfg.IdleTTL <= 0 {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, sess := range s.sessions {
+		if !sess.busy && !sess.ephemeral && now.Sub(sess.lastUsed) > s.cfg.IdleTTL {
+			s.deleteLocked(sess)
+			n++
+		}
+	}
+	return n
+}
+
+// Usage reports sessions and bytes in use.
+func (s *Store) Usage() (sessions int, recurrent, kv int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions), s.recUsed, s.kvUsed
+}
