@@ -134,6 +134,8 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 		off += r
 	}
 	micros := uint32(min(time.Since(start).Microseconds(), math.MaxUint32))
+	// Count before answering, so a client that has its results sees them counted.
+	n.stats.record(g.layer, len(sh.model.W.Layers[g.layer].Experts), rs.ids, R)
 	for i, j := range g.jobs {
 		j.deliver(&switchyardv1.ExpertResult{
 			StepId:        j.b.GetStepId(),
@@ -144,7 +146,6 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 			ComputeMicros: micros,
 		})
 	}
-	n.stats.record(g.layer, len(sh.model.W.Layers[g.layer].Experts), rs.ids, R)
 }
 
 func grow(b []float32, n int) []float32 {

@@ -34,8 +34,8 @@ var serviceName = switchyardv1.ExpertService_ServiceDesc.ServiceName
 // Node serves the experts assigned to it. It is safe for concurrent use.
 //
 // Locking: loadMu serialises SetAssignment (loading is slow and is done without
-// mu); mu guards cur and closed. The compute goroutine owns its scratch buffers;
-// the queue and the stats have their own locks.
+// mu); mu guards cur, version and closed. The compute goroutine owns its scratch
+// buffers; the queue and the stats have their own locks.
 type Node struct {
 	cfg    Config
 	health *health.Server

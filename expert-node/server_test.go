@@ -1,6 +1,7 @@
 package expertnode
 
 import (
+	"context"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -25,17 +26,20 @@ func TestDispatchMatchesReference(t *testing.T) {
 		steps  int // steps sent back to back
 		rows   int // rows per step
 		chunks int // chunks per step
+		window time.Duration
 	}{
-		{"one row", fixtureHF, 1, 1, 1},
-		{"decode steps", fixtureHF, 12, 4, 1},
-		{"prefill chunked", fixtureHF, 2, 33, 3},
-		{"more steps than the stream window", fixtureHF, 40, 3, 1},
-		{"gguf checkpoint", fixtureGGUF, 6, 9, 2},
+		{"one row", fixtureHF, 1, 1, 1, 0},
+		{"decode steps", fixtureHF, 12, 4, 1, 0},
+		{"prefill chunked", fixtureHF, 2, 33, 3, 0},
+		{"more steps than the stream window", fixtureHF, 40, 3, 1, 0},
+		{"coalesce window expires", fixtureHF, 10, 2, 2, time.Millisecond},
+		{"gguf checkpoint", fixtureGGUF, 6, 9, 2, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			checkGoroutines(t)
 			cfg := testConfig(tc.path)
 			cfg.MaxInflightPerStream = 8
+			cfg.CoalesceWindow = tc.window
 			e := startEnv(t, cfg, hooks{})
 			e.assign(t, tb)
 			rng := rand.New(rand.NewPCG(uint64(tc.steps), uint64(tc.rows)))
@@ -310,5 +314,51 @@ func TestStatsCountsAndReset(t *testing.T) {
 	}
 	if st := e.stats(t, false); st.Batches != 0 || st.Rows != 0 || len(st.Counts) != 0 {
 		t.Fatalf("after reset: %d batches, %d rows, %d counts; want zeros", st.Batches, st.Rows, len(st.Counts))
+	}
+}
+
+// TestClientCancel cancels a stream whose chunks are queued: the handler ends,
+// the compute loop skips the chunks, and the node keeps serving.
+func TestClientCancel(t *testing.T) {
+	checkGoroutines(t)
+	g := newGate()
+	e := startEnv(t, testConfig(fixtureHF), g.hooks())
+	t.Cleanup(g.open)
+	tb := staticTable(t, 1)
+	e.assign(t, tb)
+	held := heldBy(tb, "a")
+	rng := rand.New(rand.NewPCG(8, 8))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := e.client.Dispatch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for step := range 3 {
+		mustSend(t, s, randomBatch(rng, uint64(step), 0, 2, held[0]))
+	}
+	waitFor(t, 10*time.Second, "chunks queued", func() bool { n, _ := e.node.q.state(); return n == 3 })
+	cancel()
+	waitFor(t, 10*time.Second, "queued chunks cancelled", func() bool {
+		e.node.q.mu.Lock()
+		defer e.node.q.mu.Unlock()
+		for _, j := range e.node.q.jobs {
+			if !j.cancelled() {
+				return false
+			}
+		}
+		return true
+	})
+	g.open()
+	waitFor(t, 10*time.Second, "queue drained", func() bool { n, _ := e.node.q.state(); return n == 0 })
+
+	full := fullModel(t)
+	s2 := e.stream(t)
+	b := randomBatch(rng, 7, 0, 2, held[0])
+	mustSend(t, s2, b)
+	checkResult(t, full, b, recvAll(t, s2, 1)[resultKey{7, 0, 0}])
+	closeAndDrain(t, s2)
+	if st := e.stats(t, false); st.Batches != 1 {
+		t.Fatalf("Stats: %d batches, want 1 (the cancelled stream's chunks are skipped)", st.Batches)
 	}
 }

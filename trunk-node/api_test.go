@@ -322,7 +322,10 @@ func TestBadInputTable(t *testing.T) {
 	}
 	for _, rpc := range []func() error{
 		func() error { _, err := c.GetSession(ctx, &pb.GetSessionRequest{}); return err },
-		func() error { _, err := c.DeleteSession(ctx, &pb.DeleteSessionRequest{SessionId: "s-missing"}); return err },
+		func() error {
+			_, err := c.DeleteSession(ctx, &pb.DeleteSessionRequest{SessionId: "s-missing"})
+			return err
+		},
 		func() error {
 			_, err := c.Detokenize(ctx, &pb.DetokenizeRequest{TokenIds: []int32{int32(vocab) + 5}})
 			return err

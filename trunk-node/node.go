@@ -59,11 +59,11 @@ type Config struct {
 // DefaultConfig returns production defaults.
 func DefaultConfig() Config {
 	return Config{
-		NodeID: "trunk-0",
-		Memory: MemoryConfig{RecurrentBytes: 16 << 30, KVBytes: 16 << 30, IdleTTL: 30 * time.Minute},
-		Sched:  SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024},
-		Limits: Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
-		Dispatch: DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20},
+		NodeID:       "trunk-0",
+		Memory:       MemoryConfig{RecurrentBytes: 16 << 30, KVBytes: 16 << 30, IdleTTL: 30 * time.Minute},
+		Sched:        SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024},
+		Limits:       Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
+		Dispatch:     DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20},
 		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second, LeaseTTL: 5,
 	}
 }
@@ -280,6 +280,9 @@ func (n *Node) prefillOnly(ctx context.Context, sess *Session, toks []int) error
 	}
 }
 
+// Load returns the scheduler's running and waiting job counts.
+func (n *Node) Load() (running, waiting int) { return n.sched.Load() }
+
 // Store exposes the session store (tests, metrics).
 func (n *Node) Store() *Store { return n.store }
 
@@ -288,4 +291,3 @@ func (n *Node) Model() *hybrid.Model { return n.model }
 
 // Tokenizer exposes the tokenizer.
 func (n *Node) Tokenizer() *tokenizer.Tokenizer { return n.tok }
-

@@ -44,7 +44,10 @@ func TestRegistryAndTable(t *testing.T) {
 	var mu sync.Mutex
 	var seen []NodeInfo
 	done := make(chan struct{})
-	go func() { defer close(done); WatchNodes(ctx, cli, RoleExpert, func(n []NodeInfo) { mu.Lock(); seen = n; mu.Unlock() }) }()
+	go func() {
+		defer close(done)
+		WatchNodes(ctx, cli, RoleExpert, func(n []NodeInfo) { mu.Lock(); seen = n; mu.Unlock() })
+	}()
 	ra, err := Register(ctx, cli, NodeInfo{ID: "a", Role: RoleExpert, Addr: "127.0.0.1:1"}, 5)
 	if err != nil {
 		t.Fatal(err)

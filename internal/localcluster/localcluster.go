@@ -17,10 +17,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-serving/switchyard/coordinator"
-	"github.com/switchyard-serving/switchyard/internal/embedetcd"
-	"github.com/switchyard-serving/switchyard/internal/rpc"
-	"github.com/switchyard-serving/switchyard/model/config"
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
+	"github.com/switchyard-serving/switchyard/internal/embedetcd"
+	"github.com/switchyard-serving/switchyard/internal/roles"
+	"github.com/switchyard-serving/switchyard/model/config"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
 
@@ -148,7 +148,7 @@ func (c *Cluster) StartExpert(id string) error {
 	p := &expertProc{id: id, node: n, cancel: cancel, done: make(chan struct{}), addr: lis.Addr().String()}
 	go func() {
 		defer close(p.done)
-		err := expertnode.Run(ctx, n, lis, expertnode.RunConfig{Etcd: c.Etcd.Endpoints, LeaseTTL: 2, Server: rpc.ServerConfig{MaxRecvBytes: 64 << 20, MaxSendBytes: 64 << 20}})
+		err := roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: id, Etcd: c.Etcd.Endpoints, LeaseTTL: 2})
 		if err != nil && ctx.Err() == nil {
 			c.errs <- fmt.Errorf("expert %s: %w", id, err)
 		}
@@ -159,8 +159,9 @@ func (c *Cluster) StartExpert(id string) error {
 	return nil
 }
 
-// KillExpert stops expert node id abruptly (its stream breaks; its etcd lease
-// expires after the TTL).
+// KillExpert stops expert node id: its server stops mid-stream (trunk streams
+// break) and it deregisters from etcd, so the coordinator re-places its experts.
+// (A crash without deregistration is detected when the lease TTL expires.)
 func (c *Cluster) KillExpert(id string) error {
 	c.mu.Lock()
 	var p *expertProc

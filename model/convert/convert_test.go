@@ -3,9 +3,9 @@ package convert
 import (
 	"bytes"
 	"math"
-	"strings"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/switchyard-serving/switchyard/model/gguf"

@@ -92,6 +92,8 @@ func (w *worker) loop(p *workerPool) {
 }
 
 // spin polls for a handed-off task for spinFor; nil means the worker parked.
+// It does not yield: a spinning worker keeps its P (and OS thread) awake, so
+// that a handoff is picked up at once and the caller keeps its own P.
 func (w *worker) spin() task {
 	w.state.Store(wSpinning)
 	deadline := time.Now().Add(spinFor)
@@ -101,29 +103,28 @@ func (w *worker) spin() task {
 			w.job = nil
 			return t
 		}
-		if i%64 == 63 {
-			if time.Now().After(deadline) && w.state.CompareAndSwap(wSpinning, wParked) {
-				return nil
-			}
-			runtime.Gosched()
+		if i%256 == 255 && time.Now().After(deadline) && w.state.CompareAndSwap(wSpinning, wParked) {
+			return nil
 		}
 	}
 }
 
-// dispatch hands t to w, spinning or parked.
-func (w *worker) dispatch(t task) {
+// dispatch hands t to w and reports whether w was parked (and had to be woken).
+func (w *worker) dispatch(t task) (woken bool) {
 	w.job = t
 	if w.state.CompareAndSwap(wSpinning, wHandoff) {
-		return
+		return false
 	}
 	w.job = nil
 	w.wake <- t
+	return true
 }
 
 // parallel runs t on up to threads participants: the caller (with scratch s)
 // and threads-1 pool workers. With threads <= 1, or when another call holds
 // the pool, it runs t on the caller alone.
 func parallel(t task, threads int, s *scratch) {
+	threads = min(threads, runtime.GOMAXPROCS(0))
 	if threads <= 1 || !pool.mu.TryLock() {
 		t.run(s)
 		return
@@ -131,8 +132,14 @@ func parallel(t task, threads int, s *scratch) {
 	nw := threads - 1
 	pool.ensureWorkers(nw)
 	pool.pending.Store(int32(nw))
+	woken := false
 	for i := 0; i < nw; i++ {
-		pool.workers[i].dispatch(t)
+		woken = pool.workers[i].dispatch(t) || woken
+	}
+	if woken {
+		// A woken worker is queued on this P. Yield so it starts at once here;
+		// this goroutine continues on the next P the runtime wakes.
+		runtime.Gosched()
 	}
 	t.run(s)
 	for pool.pending.Load() != 0 {

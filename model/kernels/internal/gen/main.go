@@ -23,10 +23,16 @@
 package main
 
 import (
+	"os"
+	"strconv"
+
 	. "github.com/mmcloughlin/avo/build"
 )
 
 func main() {
+	if v := os.Getenv("KERNELS_PFDIST"); v != "" {
+		pfDist, _ = strconv.Atoi(v)
+	}
 	ConstraintExpr("!purego")
 	genConsts()
 	for _, s := range []isa{isa512, isa256} {

@@ -79,6 +79,9 @@ func scrChunkBytes(d dtype) int {
 	return 0
 }
 
+// pfDist is the software-prefetch distance (bytes ahead in each weight row).
+var pfDist = 1024
+
 const tileSig = "func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tail int, out *float32, ostride int, scr *float32)"
 
 // genTile emits one tile (modeFMA) or widen (modeWiden) kernel.
@@ -320,6 +323,14 @@ func genTile(s isa, d dtype, N int, m mode) {
 		wo := k * cb
 		xo := k * xcb
 		so := k * scrChunkBytes(d)
+		if pfDist > 0 && !masked {
+			// Software prefetch of the weight rows, one per 64 bytes.
+			for off := (wo + 63) / 64 * 64; off < wo+cb; off += 64 {
+				for r := 0; r < 4; r++ {
+					PREFETCHT0(rowMem(r, off+pfDist))
+				}
+			}
+		}
 		for j := 0; j < subvecs; j++ {
 			if masked && d == dF16 && j > 0 {
 				break

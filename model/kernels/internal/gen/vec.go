@@ -34,10 +34,11 @@ func genProbes(s isa) {
 	VZEROUPPER()
 	RET()
 
-	// readMem: stream n bytes (n a multiple of 8 vectors) through xor accumulators.
+	// readMem: stream n bytes (n a multiple of 8 vectors) as 4 concurrent
+	// streams (like the 4 rows of a tile) through xor accumulators.
 	name = fname("readMem", s, "")
 	TEXT(name, NOSPLIT, "func(p *byte, n int) uint64")
-	Doc(name+" reads n bytes (a multiple of 8 vectors) and returns a checksum.", "It measures read bandwidth.")
+	Doc(name+" reads n bytes (a multiple of 8 vectors) as 4 interleaved streams", "and returns a checksum. It measures read bandwidth.")
 	p := ld("p")
 	n = ld("n")
 	acc = make([]VecVirtual, 8)
@@ -48,15 +49,32 @@ func genProbes(s isa) {
 	step := 8 * s.vbytes()
 	SHRQ(U8(log2(step)), n)
 	JZ(LabelRef(name + "_done"))
+	q := GP64()
+	MOVQ(n, q)
+	SHLQ(U8(log2(step)-2), q) // quarter of the bytes
 	Label(name + "_loop")
 	for i := range acc {
+		m := Mem{Base: p, Disp: (i % 2) * s.vbytes()}
+		switch i / 2 {
+		case 1:
+			m = Mem{Base: p, Index: q, Scale: 1, Disp: (i % 2) * s.vbytes()}
+		case 2:
+			m = Mem{Base: p, Index: q, Scale: 2, Disp: (i % 2) * s.vbytes()}
+		case 3:
+			m = Mem{Base: p, Index: q, Scale: 2, Disp: (i % 2) * s.vbytes()}
+		}
+		if i/2 == 3 {
+			r := GP64()
+			LEAQ(Mem{Base: p, Index: q, Scale: 2}, r)
+			m = Mem{Base: r, Index: q, Scale: 1, Disp: (i % 2) * s.vbytes()}
+		}
 		if s.z {
-			VPXORD(Mem{Base: p, Disp: i * s.vbytes()}, acc[i], acc[i])
+			VPXORD(m, acc[i], acc[i])
 		} else {
-			VPXOR(Mem{Base: p, Disp: i * s.vbytes()}, acc[i], acc[i])
+			VPXOR(m, acc[i], acc[i])
 		}
 	}
-	ADDQ(U32(step), p)
+	ADDQ(U32(2*s.vbytes()), p)
 	DECQ(n)
 	JNZ(LabelRef(name + "_loop"))
 	Label(name + "_done")

@@ -1,0 +1,164 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/switchyard-serving/switchyard/coordinator"
+	expertnode "github.com/switchyard-serving/switchyard/expert-node"
+	"github.com/switchyard-serving/switchyard/internal/roles"
+	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/model/config"
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
+)
+
+func init() {
+	register("trunk", "run a trunk node (public API, sessions, scheduler, dispatch)", runTrunk)
+	register("expert", "run an expert node (computes routed experts for trunk nodes)", runExpert)
+	register("coordinator", "run the coordinator (publishes the routing table)", runCoordinator)
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "node"
+	}
+	return h
+}
+
+func tlsFlags(fs *flag.FlagSet, prefix, what string) *rpc.TLSFiles {
+	f := &rpc.TLSFiles{}
+	fs.StringVar(&f.Cert, prefix+"cert", "", what+" certificate (PEM)")
+	fs.StringVar(&f.Key, prefix+"key", "", what+" private key (PEM)")
+	fs.StringVar(&f.CA, prefix+"ca", "", what+" CA bundle (PEM); enables mutual TLS on servers")
+	return f
+}
+
+func endpoints(s string) []string {
+	var out []string
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("trunk", stderr)
+	d := trunknode.DefaultConfig()
+	listen := fs.String("listen", "127.0.0.1:7070", "public API address")
+	advertise := fs.String("advertise", "", "address registered in etcd (default: the listen address)")
+	id := fs.String("node-id", hostname(), "node id")
+	model := fs.String("model", "", "model: Hugging Face folder or .gguf (required)")
+	etcd := fs.String("etcd", "", "comma-separated etcd endpoints (required unless --local-experts)")
+	local := fs.Bool("local-experts", false, "compute experts in process (no expert nodes)")
+	pub := tlsFlags(fs, "tls-", "public API")
+	peer := tlsFlags(fs, "peer-tls-", "node-to-node")
+	rec := fs.Int64("recurrent-budget", d.Memory.RecurrentBytes, "bytes for sessions' recurrent state")
+	kv := fs.Int64("kv-budget", d.Memory.KVBytes, "bytes for sessions' KV caches")
+	ttl := fs.Duration("session-ttl", d.Memory.IdleTTL, "idle sessions are deleted after this")
+	maxRunning := fs.Int("max-running", d.Sched.MaxRunning, "sessions advanced together per step")
+	maxStep := fs.Int("max-step-tokens", d.Sched.MaxTokensPerStep, "token budget per step")
+	maxCtx := fs.Int("max-context", d.Limits.MaxContext, "tokens a session may hold")
+	maxNew := fs.Int("max-new-tokens", d.Limits.MaxNewTokens, "upper bound for max_tokens")
+	ratePS := fs.Float64("rate-limit", d.RatePerSec, "new public calls per second (0: unlimited)")
+	drain := fs.Duration("drain-timeout", d.DrainTimeout, "graceful drain budget on SIGTERM")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg := d
+	cfg.NodeID, cfg.ModelPath, cfg.Etcd, cfg.LocalExperts, cfg.AdvertiseAddr = *id, *model, endpoints(*etcd), *local, *advertise
+	cfg.PublicTLS, cfg.PeerTLS = *pub, *peer
+	cfg.Memory = trunknode.MemoryConfig{RecurrentBytes: *rec, KVBytes: *kv, IdleTTL: *ttl}
+	cfg.Sched.MaxRunning, cfg.Sched.MaxTokensPerStep = *maxRunning, *maxStep
+	cfg.Limits.MaxContext, cfg.Limits.MaxNewTokens = *maxCtx, *maxNew
+	cfg.RatePerSec, cfg.DrainTimeout = *ratePS, *drain
+	n, err := trunknode.New(cfg)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	go func() {
+		<-n.Ready()
+		fmt.Fprintf(stdout, "trunk %s ready on %s\n", cfg.NodeID, lis.Addr())
+	}()
+	return n.Serve(ctx, lis)
+}
+
+func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("expert", stderr)
+	listen := fs.String("listen", "127.0.0.1:7071", "expert service address")
+	advertise := fs.String("advertise", "", "address registered in etcd (default: the listen address)")
+	id := fs.String("node-id", hostname(), "node id")
+	model := fs.String("model", "", "model: Hugging Face folder or .gguf (required)")
+	etcd := fs.String("etcd", "", "comma-separated etcd endpoints (required)")
+	peer := tlsFlags(fs, "peer-tls-", "node-to-node")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ec := expertnode.DefaultConfig()
+	ec.NodeID, ec.ModelPath = *id, *model
+	n, err := expertnode.New(ec)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "expert %s serving on %s\n", *id, lis.Addr())
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	return roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: *id, Etcd: endpoints(*etcd), AdvertiseAddr: *advertise,
+		Server: rpc.ServerConfig{TLS: *peer}, OnError: func(err error) { log.Error("assignment", "err", err) }})
+}
+
+func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("coordinator", stderr)
+	etcd := fs.String("etcd", "", "comma-separated etcd endpoints (required)")
+	model := fs.String("model", "", "model folder or .gguf, for its layer and expert counts (required)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var cfg *config.Config
+	if hybrid.IsGGUF(*model) {
+		m, _, err := hybrid.LoadGGUF(*model, hybrid.LoadOptions{KeepExpert: func(int, int) bool { return false }})
+		if err != nil {
+			return err
+		}
+		cfg = m.Cfg
+		m.Close()
+	} else {
+		c, err := config.Load(filepath.Join(*model, "config.json"))
+		if err != nil {
+			return err
+		}
+		cfg = c
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints(*etcd), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	fmt.Fprintf(stdout, "coordinator running (%d layers x %d experts)\n", cfg.Layers, cfg.Experts)
+	err = coordinator.RunStatic(ctx, cli, coordinator.Config{Layers: cfg.Layers, Experts: cfg.Experts, Logger: slog.New(slog.NewTextHandler(stderr, nil))})
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
