@@ -92,4 +92,3 @@ func RunExpert(ctx context.Context, node *expertnode.Node, lis net.Listener, c E
 		return err
 	}
 }
-
