@@ -33,6 +33,24 @@ type DispatchConfig struct {
 	MaxMsgBytes int
 	// Dial opens a connection to an expert node.
 	Dial func(ctx context.Context, addr string) (*grpc.ClientConn, error)
+	// OnCall, if set, observes every per-node round trip of a layer call (metrics,
+	// traces, benchmarks). It must not block.
+	OnCall func(CallInfo)
+}
+
+// CallInfo describes one node's part of one MoE layer dispatch.
+type CallInfo struct {
+	Node     string
+	Layer    int
+	Rows     int // token rows sent to the node
+	Pairs    int // (row, expert) pairs the node computed
+	BytesOut int // payload bytes sent (rows in bf16 + ids + weights)
+	BytesIn  int // payload bytes received
+	Start    time.Time
+	RTT      time.Duration // send of the first chunk to arrival of the last result
+	Compute  time.Duration // the node's reported compute time (sum over chunks)
+	Attempt  int           // 0 for the first try, >0 for retries
+	Err      error
 }
 
 // Dispatcher is the trunk's hybrid.ExpertBackend over remote expert nodes: per MoE
@@ -188,7 +206,7 @@ func (d *Dispatcher) run(req *hybrid.ExpertRequest) error {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						err := d.callNode(t, node, req, pairs)
+						err := d.callNode(t, node, req, pairs, attempt)
 						if err != nil {
 							mu.Lock()
 							failed[node] = true
@@ -252,7 +270,15 @@ func (d *Dispatcher) assign(t *routing.Table, layer int, todo []pair, failed map
 // req.Out. It is all-or-nothing per node from the caller's view: on error nothing
 // of this node's chunks has been added... except chunks already summed, which the
 // caller must not retry; so results are staged and added only when all arrived.
-func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertRequest, pairs []pair) error {
+func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertRequest, pairs []pair, attempt int) (err error) {
+	info := CallInfo{Node: node, Layer: req.Layer, Pairs: len(pairs), Start: time.Now(), Attempt: attempt}
+	if d.cfg.OnCall != nil {
+		defer func() {
+			info.RTT = time.Since(info.Start)
+			info.Err = err
+			d.cfg.OnCall(info)
+		}()
+	}
 	addr, ok := t.Addr(node)
 	if !ok {
 		return fmt.Errorf("not in routing table")
@@ -316,6 +342,8 @@ func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertR
 		d.stats.Messages.Add(1)
 		d.stats.BytesOut.Add(uint64(len(msg.HiddenBf16) + 8*n*k))
 		d.stats.Rows.Add(uint64(n))
+		info.Rows += n
+		info.BytesOut += len(msg.HiddenBf16) + 8*n*k
 	}
 	results := make([]*pb.ExpertResult, chunks)
 	for c, ch := range waits {
@@ -333,6 +361,8 @@ func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertR
 			}
 			results[c] = res
 			d.stats.BytesIn.Add(uint64(len(res.OutBf16)))
+			info.BytesIn += len(res.OutBf16)
+			info.Compute += time.Duration(res.ComputeMicros) * time.Microsecond
 		case <-ctx.Done():
 			s.forget(step)
 			return fmt.Errorf("timed out after %v", d.cfg.Timeout)

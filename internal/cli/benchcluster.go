@@ -1,0 +1,202 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/switchyard-serving/switchyard/internal/localcluster"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
+)
+
+func init() {
+	register("bench-cluster", "measure decode speed of 1 trunk + N expert nodes on loopback vs the in-process engine", runBenchCluster)
+}
+
+// rttRecorder keeps dispatch round trips and wire bytes.
+type rttRecorder struct {
+	mu      sync.Mutex
+	rtt     []time.Duration
+	compute []time.Duration
+	bytes   int64
+}
+
+func (r *rttRecorder) observe(c trunknode.CallInfo) {
+	if c.Err != nil {
+		return
+	}
+	r.mu.Lock()
+	r.rtt = append(r.rtt, c.RTT)
+	r.compute = append(r.compute, c.Compute)
+	r.bytes += int64(c.BytesOut + c.BytesIn)
+	r.mu.Unlock()
+}
+
+func (r *rttRecorder) reset() {
+	r.mu.Lock()
+	r.rtt, r.compute, r.bytes = nil, nil, 0
+	r.mu.Unlock()
+}
+
+func quantile(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(a, b int) bool { return s[a] < s[b] })
+	return s[min(len(s)-1, int(q*float64(len(s))))]
+}
+
+// drive runs `sessions` concurrent generations of `tokens` tokens and returns the
+// aggregate generated tokens per second.
+func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int, seed uint64) (float64, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	cli := pb.NewSwitchyardClient(conn)
+	r := rand.New(rand.NewPCG(seed, 7))
+	reqs := make([]*pb.GenerateRequest, sessions)
+	for i := range reqs {
+		ids := &pb.TokenIds{}
+		for range prompt {
+			ids.Ids = append(ids.Ids, int32(r.IntN(vocab/2)))
+		}
+		reqs[i] = &pb.GenerateRequest{Input: &pb.GenerateRequest_TokenIds{TokenIds: ids}, MaxTokens: int32(tokens), IgnoreEos: true}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var total int
+	var firstErr error
+	start := time.Now()
+	for _, req := range reqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := cli.Generate(ctx, req)
+			n := 0
+			for err == nil {
+				var m *pb.GenerateResponse
+				if m, err = s.Recv(); err == nil {
+					n += len(m.GetChunk().GetTokenIds())
+				}
+			}
+			mu.Lock()
+			total += n
+			if err != io.EOF && firstErr == nil {
+				firstErr = err
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return float64(total) / time.Since(start).Seconds(), firstErr
+}
+
+func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("bench-cluster", stderr)
+	model := fs.String("model", "", "model folder or .gguf (default: the built-in tiny model)")
+	sessionsFlag := fs.String("sessions", "1,8,32", "comma-separated concurrent session counts")
+	tokens := fs.Int("tokens", 32, "tokens generated per session")
+	prompt := fs.Int("prompt", 16, "prompt tokens per session")
+	experts := fs.Int("experts", 2, "expert nodes")
+	reps := fs.Int("reps", 3, "repetitions (median reported)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *model == "" {
+		p, err := defaultModel(stderr)
+		if err != nil {
+			return err
+		}
+		*model = p
+	}
+	sessions, err := intList(*sessionsFlag)
+	if err != nil {
+		return err
+	}
+	maxS := 0
+	for _, s := range sessions {
+		maxS = max(maxS, s)
+	}
+	tune := func(c *trunknode.Config) {
+		c.Sched.MaxRunning = maxS
+		c.Sched.MaxTokensPerStep = max(512, maxS*(*prompt))
+	}
+	// In-process baseline: one trunk computing the experts itself.
+	lcfg := trunknode.DefaultConfig()
+	lcfg.ModelPath, lcfg.LocalExperts = *model, true
+	tune(&lcfg)
+	local, err := trunknode.New(lcfg)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	lctx, stopLocal := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- local.Serve(lctx, lis) }()
+	<-local.Ready()
+	vocab := local.Model().Cfg.VocabSize
+	inproc := map[int]float64{}
+	for _, s := range sessions {
+		var v []float64
+		for i := range *reps {
+			tps, err := drive(ctx, lis.Addr().String(), vocab, s, *prompt, *tokens, uint64(i))
+			if err != nil {
+				stopLocal()
+				return err
+			}
+			v = append(v, tps)
+		}
+		inproc[s] = median(v)
+	}
+	stopLocal()
+	<-done
+
+	rec := &rttRecorder{}
+	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: *model, ExpertNodes: *experts,
+		Trunk: func(tc *trunknode.Config) { tune(tc); tc.Dispatch.OnCall = rec.observe }})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	fmt.Fprintf(stdout, "model %s: %s\n1 trunk + %d expert nodes on loopback vs in-process; %d prompt + %d generated tokens per session, median of %d\n",
+		*model, c.Trunk.Model().Cfg.Summary(), *experts, *prompt, *tokens, *reps)
+	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "sessions\tin-process tok/s\tcluster tok/s\tratio\tdispatch RTT p50\tp99\tnode compute p50\twire bytes/token\t")
+	for _, s := range sessions {
+		var v []float64
+		var p50, p99, cp50 time.Duration
+		var perTok float64
+		for i := range *reps {
+			rec.reset()
+			tps, err := drive(ctx, c.Endpoint, vocab, s, *prompt, *tokens, uint64(i))
+			if err != nil {
+				return err
+			}
+			v = append(v, tps)
+			rec.mu.Lock()
+			p50, p99, cp50 = quantile(rec.rtt, 0.5), quantile(rec.rtt, 0.99), quantile(rec.compute, 0.5)
+			perTok = float64(rec.bytes) / float64(s*(*tokens+*prompt))
+			rec.mu.Unlock()
+		}
+		ct := median(v)
+		fmt.Fprintf(w, "%d\t%.1f\t%.1f\t%.2f\t%v\t%v\t%v\t%.0f\t\n", s, inproc[s], ct, ct/inproc[s],
+			p50.Round(time.Microsecond), p99.Round(time.Microsecond), cp50.Round(time.Microsecond), perTok)
+	}
+	return w.Flush()
+}
