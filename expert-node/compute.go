@@ -133,7 +133,9 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 		outs[i] = narrowBF16(rs.out[off*H : (off+r)*H])
 		off += r
 	}
-	micros := uint32(min(time.Since(start).Microseconds(), math.MaxUint32))
+	elapsed := time.Since(start)
+	micros := uint32(min(elapsed.Microseconds(), math.MaxUint32))
+	n.observeBatch(g.layer, g.jobs, R, start, elapsed)
 	// Count before answering, so a client that has its results sees them counted.
 	n.stats.record(g.layer, len(sh.model.W.Layers[g.layer].Experts), rs.ids, R)
 	for i, j := range g.jobs {

@@ -2,7 +2,11 @@ package expertnode
 
 import (
 	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+
 	"fmt"
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
 	"math"
 	"time"
 )
@@ -33,6 +37,10 @@ type Config struct {
 	// outstanding (queued, computing or being sent) before the node stops reading
 	// from it. Default 16.
 	MaxInflightPerStream int
+	// Tracing provides the node's tracer (nil: no spans).
+	Tracing *telemetry.Tracing
+	// Registry receives the node's metrics (nil: a private registry).
+	Registry *prometheus.Registry
 }
 
 // DefaultConfig returns the defaults; NodeID and ModelPath are left empty.

@@ -1,6 +1,10 @@
 package expertnode
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
+
 	"errors"
 	"fmt"
 	"maps"
@@ -51,6 +55,9 @@ type Node struct {
 	q     queue
 	stats stats
 
+	metrics *nodeMetrics
+	tracer  trace.Tracer // nil unless tracing is enabled
+
 	stop     chan struct{} // closed by Close: ends the compute loop
 	loopDone chan struct{} // closed when the compute loop has returned
 }
@@ -79,6 +86,14 @@ func newNode(cfg Config, h hooks) (*Node, error) {
 		hooks:    h,
 		stop:     make(chan struct{}),
 		loopDone: make(chan struct{}),
+	}
+	reg := cfg.Registry
+	if reg == nil {
+		reg = telemetry.NewRegistry()
+	}
+	n.metrics = newNodeMetrics(reg, cfg.NodeID)
+	if cfg.Tracing != nil && cfg.Tracing.Enabled {
+		n.tracer = cfg.Tracing.Tracer()
 	}
 	n.q.init()
 	n.setServing(false)
@@ -109,6 +124,13 @@ func (n *Node) setServing(ok bool) {
 	}
 	n.health.SetServingStatus("", st)
 	n.health.SetServingStatus(serviceName, st)
+	if n.metrics != nil {
+		v := 0.0
+		if ok {
+			v = 1
+		}
+		n.metrics.ready.Set(v)
+	}
 }
 
 // Ready reports whether an assignment is loaded and the node is not closed.

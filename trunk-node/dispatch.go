@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 
 	"github.com/switchyard-serving/switchyard/internal/routing"
@@ -51,6 +53,7 @@ type CallInfo struct {
 	Compute  time.Duration // the node's reported compute time (sum over chunks)
 	Attempt  int           // 0 for the first try, >0 for retries
 	Err      error
+	ctx      context.Context // the dispatch span's context (exemplars)
 }
 
 // Dispatcher is the trunk's hybrid.ExpertBackend over remote expert nodes: per MoE
@@ -63,11 +66,80 @@ type Dispatcher struct {
 	table  atomic.Pointer[routing.Table]
 	step   atomic.Uint64
 
+	tracer  trace.Tracer
+	stepMu  sync.Mutex
+	stepCtx context.Context // trace context of the current forward step
+	calls   []CallInfo      // node calls of the current step
+
 	mu    sync.Mutex
 	conns map[string]*nodeStream // node id -> stream
 	down  map[string]time.Time   // node id -> marked down until
 
 	stats DispatchStats
+
+	actMu    sync.Mutex
+	counts   [][]uint64 // [layer][expert] routed pairs since the last Activations(true)
+	lastSeen [][]uint64 // counts at the last detailDelta
+}
+
+// countPairs adds a layer call's routed pairs to the activation counts.
+func (d *Dispatcher) countPairs(layer int, experts []int32, weights []float32) {
+	d.actMu.Lock()
+	defer d.actMu.Unlock()
+	for len(d.counts) <= layer {
+		d.counts = append(d.counts, nil)
+	}
+	row := d.counts[layer]
+	for i, e := range experts {
+		if weights[i] == 0 || e < 0 {
+			continue
+		}
+		for len(row) <= int(e) {
+			row = append(row, 0)
+		}
+		row[e]++
+	}
+	d.counts[layer] = row
+}
+
+// detailDelta returns the counts added since its last call (for the opt-in
+// per-expert metric), independent of Activations resets.
+func (d *Dispatcher) detailDelta() [][]uint64 {
+	cur := d.Activations(false)
+	d.actMu.Lock()
+	defer d.actMu.Unlock()
+	out := make([][]uint64, len(cur))
+	for l, row := range cur {
+		out[l] = make([]uint64, len(row))
+		for e, v := range row {
+			var prev uint64
+			if l < len(d.lastSeen) && e < len(d.lastSeen[l]) {
+				prev = d.lastSeen[l][e]
+			}
+			if v >= prev {
+				out[l][e] = v - prev
+			} else {
+				out[l][e] = v // reset in between
+			}
+		}
+	}
+	d.lastSeen = cur
+	return out
+}
+
+// Activations returns the per-(layer, expert) routed-pair counts since the last
+// reset (the load report the coordinator consumes), optionally resetting them.
+func (d *Dispatcher) Activations(reset bool) [][]uint64 {
+	d.actMu.Lock()
+	defer d.actMu.Unlock()
+	out := make([][]uint64, len(d.counts))
+	for i, r := range d.counts {
+		out[i] = append([]uint64(nil), r...)
+		if reset {
+			clear(r)
+		}
+	}
+	return out
 }
 
 // DispatchStats are cumulative counters (read with Stats).
@@ -183,6 +255,7 @@ func (d *Dispatcher) Begin(req *hybrid.ExpertRequest) hybrid.Pending {
 // run performs one layer call: assign pairs to nodes, send, collect, retry.
 func (d *Dispatcher) run(req *hybrid.ExpertRequest) error {
 	d.stats.Calls.Add(1)
+	d.countPairs(req.Layer, req.Experts[:req.Rows*req.TopK], req.Weights[:req.Rows*req.TopK])
 	h := req.Hidden
 	clear(req.Out[:req.Rows*h])
 	deadline := time.Now().Add(d.cfg.Deadline)
@@ -272,13 +345,22 @@ func (d *Dispatcher) assign(t *routing.Table, layer int, todo []pair, failed map
 // caller must not retry; so results are staged and added only when all arrived.
 func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertRequest, pairs []pair, attempt int) (err error) {
 	info := CallInfo{Node: node, Layer: req.Layer, Pairs: len(pairs), Start: time.Now(), Attempt: attempt}
-	if d.cfg.OnCall != nil {
-		defer func() {
-			info.RTT = time.Since(info.Start)
-			info.Err = err
+	span, carrier := d.traceCall(&info)
+	defer func() {
+		info.RTT = time.Since(info.Start)
+		info.Err = err
+		if span != nil {
+			span.SetAttributes(callAttrs(info)...)
+			if err != nil {
+				span.SetStatus(otelcodes.Error, err.Error())
+			}
+			span.End()
+		}
+		d.recordCall(info)
+		if d.cfg.OnCall != nil {
 			d.cfg.OnCall(info)
-		}()
-	}
+		}
+	}()
 	addr, ok := t.Addr(node)
 	if !ok {
 		return fmt.Errorf("not in routing table")
@@ -318,7 +400,7 @@ func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertR
 		n := r1 - r0
 		msg := &pb.ExpertBatch{StepId: step, Layer: uint32(req.Layer), Rows: uint32(n), Hidden: uint32(h), TopK: uint32(k),
 			Chunk: uint32(c), Chunks: uint32(chunks), HiddenBf16: make([]byte, 2*n*h),
-			ExpertIds: make([]uint32, n*k), Weights: make([]float32, n*k)}
+			ExpertIds: make([]uint32, n*k), Weights: make([]float32, n*k), Trace: carrier}
 		for i := range n {
 			src := req.X[int(rows[r0+i])*h : int(rows[r0+i]+1)*h]
 			dst := msg.HiddenBf16[2*i*h:]

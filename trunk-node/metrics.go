@@ -1,42 +1,146 @@
 package trunknode
 
 import (
+	"context"
+	"strconv"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
 )
 
-// metrics collects the trunk's serving figures. The observability issue exports
-// them (Prometheus, OpenTelemetry); here they are plain counters and samples.
+// metrics are the trunk's Prometheus series (names shared with the Grafana
+// dashboard in deploy/helm). Latency histograms carry trace-id exemplars.
 type metrics struct {
-	mu        sync.Mutex
-	steps     uint64
-	stepRows  uint64
-	stepTime  time.Duration
-	ttft      []time.Duration
-	finished  map[string]uint64
-	completed uint64
+	reg *prometheus.Registry
+
+	ttft, itl, e2e, queue *prometheus.HistogramVec
+	genTokens, promptTok  prometheus.Counter
+	requests              *prometheus.CounterVec
+	sessions              *prometheus.GaugeVec
+	stateBytes            *prometheus.GaugeVec
+	stepSec, stepRows     prometheus.Histogram
+	rtt                   *prometheus.HistogramVec
+	dRows, dRetries       *prometheus.CounterVec
+	dBytes                *prometheus.CounterVec
+	activations           *prometheus.CounterVec
+	detail                *prometheus.CounterVec // per (layer, expert); nil unless enabled
+	tableVersion          prometheus.Gauge
+	replicas              prometheus.Gauge
+	imbalance             *prometheus.GaugeVec
+
+	mu       sync.Mutex
+	steps    uint64
+	rowsSum  uint64
+	busy     time.Duration
+	perNode  map[string]float64 // pairs per node since start (observed imbalance)
+	lastImbT time.Time
 }
 
-func newMetrics() *metrics { return &metrics{finished: map[string]uint64{}} }
+func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metrics {
+	cl := prometheus.Labels{"node_id": node}
+	h := func(name, help string, labels ...string) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: telemetry.LatencyBuckets, ConstLabels: cl}, labels)
+	}
+	m := &metrics{reg: reg, perNode: map[string]float64{},
+		ttft:      h("switchyard_ttft_seconds", "Time to first token: request admission queue + prefill + first sample.", "api"),
+		itl:       h("switchyard_itl_seconds", "Inter-token latency between consecutive generated tokens of a request.", "api"),
+		e2e:       h("switchyard_e2e_seconds", "End-to-end request latency.", "api"),
+		queue:     h("switchyard_queue_seconds", "Time a request waited before the scheduler admitted it.", "api"),
+		genTokens: prometheus.NewCounter(prometheus.CounterOpts{Name: "switchyard_generated_tokens_total", Help: "Generated tokens.", ConstLabels: cl}),
+		promptTok: prometheus.NewCounter(prometheus.CounterOpts{Name: "switchyard_prompt_tokens_total", Help: "Prompt tokens prefilled.", ConstLabels: cl}),
+		requests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_requests_total", Help: "Finished generations by finish reason.", ConstLabels: cl}, []string{"reason"}),
+		sessions:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_sessions", Help: "Sessions by state: running (in the batch), waiting (queued), held (stored).", ConstLabels: cl}, []string{"state"}),
+		stateBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_session_state_bytes", Help: "Session memory in use: recurrent (Mamba conv+SSM, fixed per session) and kv (attention cache, incl. reservations).", ConstLabels: cl},
+			[]string{"kind"}),
+		stepSec:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "switchyard_step_seconds", Help: "Duration of one batched forward step.", Buckets: telemetry.LatencyBuckets, ConstLabels: cl}),
+		stepRows: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "switchyard_step_rows", Help: "Token rows per forward step.", Buckets: prometheus.ExponentialBuckets(1, 2, 14), ConstLabels: cl}),
+		rtt:      h("switchyard_dispatch_rtt_seconds", "Round trip of one MoE layer dispatch to one expert node (the routing tail).", "node"),
+		dRows:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_dispatch_rows_total", Help: "Token rows sent to each expert node.", ConstLabels: cl}, []string{"node"}),
+		dRetries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_dispatch_failures_total", Help: "Failed node calls (retried on another replica).", ConstLabels: cl}, []string{"node"}),
+		dBytes:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_dispatch_bytes_total", Help: "Payload bytes exchanged with each expert node.", ConstLabels: cl}, []string{"node", "direction"}),
+		activations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_expert_activations_total", Help: "Routed (row, expert) pairs computed, per layer and expert node.", ConstLabels: cl},
+			[]string{"layer", "node"}),
+		tableVersion: prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_routing_table_version", Help: "Version of the routing table in use.", ConstLabels: cl}),
+		replicas:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_expert_replicas", Help: "Expert replicas in the routing table in use.", ConstLabels: cl}),
+		imbalance: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_placement_imbalance", Help: "Max/mean expert-node load: predicted by the placement, observed by this trunk.", ConstLabels: cl},
+			[]string{"kind"}),
+	}
+	for _, k := range []string{"recurrent", "kv"} {
+		m.stateBytes.WithLabelValues(k).Set(0)
+	}
+	for _, st := range []string{"running", "waiting", "held"} {
+		m.sessions.WithLabelValues(st).Set(0)
+	}
+	if expertDetail {
+		m.detail = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_expert_activations_detail_total", Help: "Routed rows per (layer, expert) (opt-in: high cardinality).", ConstLabels: cl}, []string{"layer", "expert"})
+		reg.MustRegister(m.detail)
+	}
+	reg.MustRegister(m.ttft, m.itl, m.e2e, m.queue, m.genTokens, m.promptTok, m.requests, m.sessions, m.stateBytes,
+		m.stepSec, m.stepRows, m.rtt, m.dRows, m.dRetries, m.dBytes, m.activations, m.tableVersion, m.replicas, m.imbalance)
+	return m
+}
 
 func (m *metrics) step(rows int, d time.Duration) {
+	m.stepSec.Observe(d.Seconds())
+	m.stepRows.Observe(float64(rows))
 	m.mu.Lock()
 	m.steps++
-	m.stepRows += uint64(rows)
-	m.stepTime += d
+	m.rowsSum += uint64(rows)
+	m.busy += d
 	m.mu.Unlock()
 }
 
-func (m *metrics) jobStarted(*Job) {}
+func (m *metrics) admitted(j *Job) {
+	telemetry.Observe(m.queue.WithLabelValues(j.api), j.ctx, time.Since(j.enqueued).Seconds())
+}
+
+func (m *metrics) token(j *Job, now time.Time) {
+	m.genTokens.Inc()
+	if j.lastToken.IsZero() {
+		telemetry.Observe(m.ttft.WithLabelValues(j.api), j.ctx, now.Sub(j.enqueued).Seconds())
+	} else {
+		telemetry.Observe(m.itl.WithLabelValues(j.api), j.ctx, now.Sub(j.lastToken).Seconds())
+	}
+}
 
 func (m *metrics) jobFinished(j *Job, f *Final) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.finished[f.Reason]++
-	m.completed += uint64(f.CompletionTokens)
-	if !j.firstToken.IsZero() && len(m.ttft) < 1<<16 {
-		m.ttft = append(m.ttft, j.firstToken.Sub(j.enqueued))
+	m.requests.WithLabelValues(f.Reason).Inc()
+	m.promptTok.Add(float64(f.PromptTokens))
+	telemetry.Observe(m.e2e.WithLabelValues(j.api), j.ctx, time.Since(j.enqueued).Seconds())
+}
+
+// dispatched records one node call of a layer dispatch.
+func (m *metrics) dispatched(c CallInfo) {
+	ctx := c.ctx
+	if ctx == nil {
+		ctx = context.Background()
 	}
+	if c.Err != nil {
+		m.dRetries.WithLabelValues(c.Node).Inc()
+		return
+	}
+	telemetry.Observe(m.rtt.WithLabelValues(c.Node), ctx, c.RTT.Seconds())
+	m.dRows.WithLabelValues(c.Node).Add(float64(c.Rows))
+	m.dBytes.WithLabelValues(c.Node, "out").Add(float64(c.BytesOut))
+	m.dBytes.WithLabelValues(c.Node, "in").Add(float64(c.BytesIn))
+	m.activations.WithLabelValues(strconv.Itoa(c.Layer), c.Node).Add(float64(c.Pairs))
+	m.mu.Lock()
+	m.perNode[c.Node] += float64(c.Pairs)
+	if time.Since(m.lastImbT) > time.Second {
+		m.lastImbT = time.Now()
+		var mx, sum float64
+		for _, v := range m.perNode {
+			mx = max(mx, v)
+			sum += v
+		}
+		if sum > 0 {
+			m.imbalance.WithLabelValues("observed").Set(mx / (sum / float64(len(m.perNode))))
+		}
+	}
+	m.mu.Unlock()
 }
 
 // StepStats returns the number of forward steps, rows and time spent in them.
@@ -44,5 +148,8 @@ func (n *Node) StepStats() (steps, rows uint64, busy time.Duration) {
 	m := n.metrics
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.steps, m.stepRows, m.stepTime
+	return m.steps, m.rowsSum, m.busy
 }
+
+// Registry is the node's metrics registry.
+func (n *Node) Registry() *prometheus.Registry { return n.metrics.reg }

@@ -11,11 +11,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -23,6 +26,7 @@ import (
 	"github.com/switchyard-serving/switchyard/internal/cluster"
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/engine"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
@@ -50,6 +54,16 @@ type Config struct {
 	Limits   Limits
 	Dispatch DispatchConfig
 
+	// MetricsAddr serves Prometheus /metrics (empty: not served; the registry is
+	// still available through Registry()).
+	MetricsAddr string
+	// Tracing is the node's tracer provider (default: from OTEL_* environment).
+	Tracing *telemetry.Tracing
+	// StepTracing samples forward steps for traces.
+	StepTracing StepTracing
+	// ExpertDetail adds per-(layer, expert) activation series (high cardinality).
+	ExpertDetail bool
+
 	MaxRecvBytes int           // largest public request message
 	RatePerSec   float64       // new public calls per second (0: unlimited)
 	DrainTimeout time.Duration // graceful drain budget on shutdown
@@ -65,6 +79,7 @@ func DefaultConfig() Config {
 		Limits:       Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
 		Dispatch:     DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20},
 		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second, LeaseTTL: 5,
+		StepTracing: StepTracing{Ratio: 0.01, SlowThreshold: 500 * time.Millisecond},
 	}
 }
 
@@ -87,19 +102,23 @@ func (c *Config) Validate() error {
 
 // Node is a running trunk node.
 type Node struct {
-	cfg        Config
-	model      *hybrid.Model
-	tok        *tokenizer.Tokenizer
-	store      *Store
-	sched      *Scheduler
-	disp       *Dispatcher
-	limits     Limits
-	kvPerToken int64
-	metrics    *metrics
-	health     *health.Server
-	ready      chan struct{}
-	readyOnce  sync.Once
+	cfg         Config
+	model       *hybrid.Model
+	tok         *tokenizer.Tokenizer
+	store       *Store
+	sched       *Scheduler
+	disp        *Dispatcher
+	limits      Limits
+	kvPerToken  int64
+	metrics     *metrics
+	health      *health.Server
+	ready       chan struct{}
+	readyOnce   sync.Once
+	metricsAddr string
 }
+
+// MetricsAddr is the bound /metrics address ("" when not served).
+func (n *Node) MetricsAddr() string { return n.metricsAddr }
 
 // New loads the model (the trunk half only: no routed experts are mapped unless
 // LocalExperts) and builds the node.
@@ -117,8 +136,15 @@ func New(cfg Config) (*Node, error) {
 	}
 	c := e.Model.Cfg
 	kvPer := int64(2*c.KVDim()*4) * int64(c.NumLayers(config.Attention))
-	n := &Node{cfg: cfg, model: e.Model, tok: e.Tok, limits: cfg.Limits, kvPerToken: kvPer, metrics: newMetrics(),
-		health: health.NewServer(), ready: make(chan struct{})}
+	if cfg.Tracing == nil {
+		if cfg.Tracing, err = telemetry.NewTracing(context.Background(), "trunk", cfg.NodeID); err != nil {
+			e.Close()
+			return nil, err
+		}
+	}
+	n := &Node{cfg: cfg, model: e.Model, tok: e.Tok, limits: cfg.Limits, kvPerToken: kvPer,
+		metrics: newMetrics(telemetry.NewRegistry(), cfg.NodeID, cfg.ExpertDetail),
+		health:  health.NewServer(), ready: make(chan struct{})}
 	if mc := c.MaxPositionEmbed; c.UseRope() && mc > 0 && mc < n.limits.MaxContext {
 		n.limits.MaxContext = mc
 	}
@@ -126,17 +152,35 @@ func New(cfg Config) (*Node, error) {
 	if !cfg.LocalExperts && c.IsMoE() {
 		dial := cfg.Dispatch.Dial
 		if dial == nil {
-			if dial, err = rpc.Dialer(cfg.PeerTLS, cfg.Dispatch.MaxMsgBytes+(1<<20)); err != nil {
+			var extra []grpc.DialOption
+			if cfg.Tracing.Enabled {
+				extra = append(extra, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+					otelgrpc.WithTracerProvider(cfg.Tracing.Provider), otelgrpc.WithPropagators(telemetry.Propagator))))
+			}
+			if dial, err = rpc.Dialer(cfg.PeerTLS, cfg.Dispatch.MaxMsgBytes+(1<<20), extra...); err != nil {
 				return nil, err
 			}
 		}
 		dc := cfg.Dispatch
 		dc.Dial = dial
+		user := dc.OnCall
+		dc.OnCall = func(ci CallInfo) {
+			n.metrics.dispatched(ci)
+			if user != nil {
+				user(ci)
+			}
+		}
 		n.disp = NewDispatcher(dc, c.Hidden)
+		n.disp.tracer = cfg.Tracing.Tracer()
 		e.Model.Experts = n.disp
 	}
 	n.sched = NewScheduler(cfg.Sched, e.Model, e.Tok, n.store)
-	n.sched.stepHook = n.metrics.step
+	n.sched.m = n.metrics
+	n.sched.disp = n.disp
+	n.sched.tracing = cfg.StepTracing
+	if cfg.Tracing.Enabled {
+		n.sched.tracer = cfg.Tracing.Tracer()
+	}
 	return n, nil
 }
 
@@ -159,7 +203,20 @@ func (n *Node) markReady() {
 // lets running generations finish within DrainTimeout, deregisters and stops.
 func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 	defer n.model.Close()
-	srv, err := rpc.NewServer(rpc.ServerConfig{TLS: n.cfg.PublicTLS, MaxRecvBytes: n.cfg.MaxRecvBytes, RatePerSec: n.cfg.RatePerSec, RateBurst: int(n.cfg.RatePerSec) + 1})
+	defer n.cfg.Tracing.Shutdown(context.Background())
+	sc := rpc.ServerConfig{TLS: n.cfg.PublicTLS, MaxRecvBytes: n.cfg.MaxRecvBytes, RatePerSec: n.cfg.RatePerSec, RateBurst: int(n.cfg.RatePerSec) + 1}
+	if n.cfg.Tracing.Enabled {
+		sc.ExtraOptions = append(sc.ExtraOptions, grpc.StatsHandler(otelgrpc.NewServerHandler(
+			otelgrpc.WithTracerProvider(n.cfg.Tracing.Provider), otelgrpc.WithPropagators(telemetry.Propagator))))
+	}
+	if n.cfg.MetricsAddr != "" {
+		addr, err := telemetry.ServeMetrics(ctx, n.cfg.MetricsAddr, n.metrics.reg)
+		if err != nil {
+			return fmt.Errorf("trunknode: metrics: %w", err)
+		}
+		n.metricsAddr = addr
+	}
+	srv, err := rpc.NewServer(sc)
 	if err != nil {
 		return err
 	}
@@ -203,6 +260,17 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 				defer wg.Done()
 				cluster.WatchTable(runCtx, cli, func(t *routing.Table) {
 					n.disp.SetTable(t)
+					n.metrics.tableVersion.Set(float64(t.Version))
+					reps := 0
+					for _, row := range t.Replicas {
+						for _, r := range row {
+							reps += len(r)
+						}
+					}
+					n.metrics.replicas.Set(float64(reps))
+					if t.Imbalance > 0 {
+						n.metrics.imbalance.WithLabelValues("predicted").Set(t.Imbalance)
+					}
 					n.markReady()
 				})
 			}()
@@ -258,6 +326,22 @@ func (n *Node) janitor(ctx context.Context) {
 			return
 		case now := <-t.C:
 			n.store.Expire(now)
+			held, rec, kv := n.store.Usage()
+			r, w := n.sched.Load()
+			n.metrics.sessions.WithLabelValues("held").Set(float64(held))
+			n.metrics.sessions.WithLabelValues("running").Set(float64(r))
+			n.metrics.sessions.WithLabelValues("waiting").Set(float64(w))
+			n.metrics.stateBytes.WithLabelValues("recurrent").Set(float64(rec))
+			n.metrics.stateBytes.WithLabelValues("kv").Set(float64(kv))
+			if n.metrics.detail != nil && n.disp != nil {
+				for l, row := range n.disp.detailDelta() {
+					for e, v := range row {
+						if v > 0 {
+							n.metrics.detail.WithLabelValues(strconv.Itoa(l), strconv.Itoa(e)).Add(float64(v))
+						}
+					}
+				}
+			}
 		}
 	}
 }

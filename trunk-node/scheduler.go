@@ -7,6 +7,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/switchyard-serving/switchyard/model/engine"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 	"github.com/switchyard-serving/switchyard/model/sample"
@@ -43,7 +46,9 @@ type Job struct {
 	promptTokens int
 	cached       int
 	enqueued     time.Time
-	firstToken   time.Time
+	lastToken    time.Time
+	api          string     // "generate" or "chat" (metric label)
+	prefillSpan  trace.Span // open while the prompt is being prefilled
 
 	// Output, drained by the RPC goroutine.
 	mu     sync.Mutex
@@ -119,8 +124,10 @@ type Scheduler struct {
 
 	running  []*Job // owned by the Run goroutine
 	nRunning atomic.Int32
-	// stepHook, if set, runs after every step (tests, metrics).
-	stepHook func(rows int, d time.Duration)
+	m        *metrics
+	tracer   trace.Tracer
+	disp     *Dispatcher // remote experts (nil when local): gets each step's trace context
+	tracing  StepTracing
 }
 
 // NewScheduler returns a scheduler; call Run to start it.
@@ -149,6 +156,14 @@ type JobSpec struct {
 	LogProbs    bool
 	// PrefillOnly feeds the prompt and ends without sampling (session creation).
 	PrefillOnly bool
+	API         string // metric label
+}
+
+// StepTracing chooses which forward steps get a trace: a fraction of them, and
+// always those slower than SlowThreshold (traced after the fact on the trunk side).
+type StepTracing struct {
+	Ratio         float64       // fraction of steps traced with their dispatches (0..1)
+	SlowThreshold time.Duration // steps at least this slow are always traced (0: off)
 }
 
 // Submit queues a job. The session must already be acquired by the caller.
@@ -157,7 +172,10 @@ func (s *Scheduler) Submit(ctx context.Context, sp JobSpec) (*Job, error) {
 	j := &Job{ctx: ctx, sess: sp.Session, pending: feed, prefill: true, params: sp.Params, maxTokens: sp.MaxTokens,
 		stopIDs: map[int]bool{}, stops: sample.NewStopMatcher(sp.StopStrings), dec: s.tok.NewStreamDecoder(),
 		sampler: sample.New(sp.Params), logprobs: sp.LogProbs, prefillOnly: sp.PrefillOnly, promptTokens: len(sp.Prompt), cached: sp.Session.State.Pos,
-		enqueued: time.Now(), notify: make(chan struct{}, 1)}
+		enqueued: time.Now(), notify: make(chan struct{}, 1), api: sp.API}
+	if j.api == "" {
+		j.api = "generate"
+	}
 	for _, id := range sp.StopIDs {
 		j.stopIDs[id] = true
 	}
@@ -232,8 +250,12 @@ func (s *Scheduler) admit() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for len(s.queue) > 0 && len(s.running) < s.cfg.MaxRunning {
-		s.running = append(s.running, s.queue[0])
+		j := s.queue[0]
+		s.running = append(s.running, j)
 		s.queue = s.queue[1:]
+		if s.m != nil {
+			s.m.admitted(j)
+		}
 	}
 }
 
@@ -271,14 +293,30 @@ func (s *Scheduler) step() {
 			jobs = append(jobs, j)
 		}
 	}
-	start := time.Now()
-	err := s.model.Forward(batch)
-	if s.stepHook != nil {
-		rows := 0
-		for _, b := range batch {
-			rows += len(b.Tokens)
+	rows := 0
+	for _, b := range batch {
+		rows += len(b.Tokens)
+	}
+	for _, j := range jobs {
+		if j.prefill && j.prefillSpan == nil && s.tracer != nil {
+			_, j.prefillSpan = s.tracer.Start(j.ctx, "prefill", trace.WithAttributes(
+				attribute.String("session", j.sess.ID), attribute.Int("prompt_tokens", len(j.pending))))
 		}
-		s.stepHook(rows, time.Since(start))
+	}
+	start := time.Now()
+	stepCtx, stepSpan := s.startStep(jobs, rows)
+	if s.disp != nil {
+		s.disp.beginStep(stepCtx)
+	}
+	err := s.model.Forward(batch)
+	var calls []CallInfo
+	if s.disp != nil {
+		calls = s.disp.endStep()
+	}
+	dur := time.Since(start)
+	s.finishStep(stepSpan, start, dur, jobs, rows, calls, err)
+	if s.m != nil {
+		s.m.step(rows, dur)
 	}
 	if err != nil {
 		// The states of this step's sessions are partially advanced and cannot be
@@ -298,6 +336,10 @@ func (s *Scheduler) step() {
 		if len(j.pending) > 0 {
 			continue // more prompt to prefill
 		}
+		if j.prefillSpan != nil {
+			j.prefillSpan.End()
+			j.prefillSpan = nil
+		}
 		j.prefill = false
 		if j.prefillOnly {
 			s.end(j, Final{Reason: engine.FinishLength})
@@ -305,9 +347,6 @@ func (s *Scheduler) step() {
 			continue
 		}
 		tok, lp := j.sampler.Sample(batch[i].Logits, j.history)
-		if j.firstToken.IsZero() {
-			j.firstToken = time.Now()
-		}
 		if j.stopIDs[tok] {
 			j.sess.Unfed = nil
 			s.flush(j)
@@ -316,6 +355,12 @@ func (s *Scheduler) step() {
 			continue
 		}
 		j.generated++
+		if now := time.Now(); s.m != nil {
+			s.m.token(j, now)
+			j.lastToken = now
+		} else {
+			j.lastToken = now
+		}
 		text, stopped := j.stops.Push(j.dec.Add(tok))
 		ev := Event{Token: tok, Text: text}
 		if j.logprobs {
@@ -347,6 +392,13 @@ func (s *Scheduler) flush(j *Job) {
 }
 
 func (s *Scheduler) end(j *Job, f Final) {
+	if j.prefillSpan != nil {
+		if f.Err != nil {
+			j.prefillSpan.RecordError(f.Err)
+		}
+		j.prefillSpan.End()
+		j.prefillSpan = nil
+	}
 	s.store.Release(j.sess)
 	j.finish(f)
 }

@@ -122,6 +122,7 @@ type genArgs struct {
 	stopIDs   []int32
 	ignoreEOS bool
 	logprobs  bool
+	api       string
 }
 
 func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateServer) error {
@@ -134,7 +135,7 @@ func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateSer
 		return toStatus(err)
 	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
-		req.StopTokenIds, req.IgnoreEos, req.Logprobs}, stream))
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "generate"}, stream))
 }
 
 func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
@@ -159,7 +160,7 @@ func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
 		return toStatus(err)
 	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
-		req.StopTokenIds, req.IgnoreEos, req.Logprobs}, stream))
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "chat"}, stream))
 }
 
 type sender interface {
@@ -228,12 +229,11 @@ func (a *api) generate(ctx context.Context, g genArgs, out sender) error {
 		stopIDs[i] = int(v)
 	}
 	job, err := a.n.sched.Submit(ctx, JobSpec{Session: sess, Prompt: g.prompt, Params: params, MaxTokens: int(g.maxTokens),
-		StopIDs: stopIDs, StopStrings: g.stop, IgnoreEOS: g.ignoreEOS, LogProbs: g.logprobs})
+		StopIDs: stopIDs, StopStrings: g.stop, IgnoreEOS: g.ignoreEOS, LogProbs: g.logprobs, API: g.api})
 	if err != nil {
 		a.n.store.Release(sess)
 		return err
 	}
-	a.n.metrics.jobStarted(job)
 	for {
 		select {
 		case <-job.Notify():

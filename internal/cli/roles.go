@@ -19,6 +19,7 @@ import (
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/roles"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
@@ -76,6 +77,10 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	maxNew := fs.Int("max-new-tokens", d.Limits.MaxNewTokens, "upper bound for max_tokens")
 	ratePS := fs.Float64("rate-limit", d.RatePerSec, "new public calls per second (0: unlimited)")
 	drain := fs.Duration("drain-timeout", d.DrainTimeout, "graceful drain budget on SIGTERM")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address (e.g. :9090)")
+	stepRatio := fs.Float64("trace-step-ratio", d.StepTracing.Ratio, "fraction of forward steps traced (with OTEL_EXPORTER_OTLP_ENDPOINT set)")
+	stepSlow := fs.Duration("trace-slow-step", d.StepTracing.SlowThreshold, "always trace forward steps slower than this (0: off)")
+	detail := fs.Bool("expert-metrics-detail", false, "export per-(layer, expert) activation series (high cardinality)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -86,6 +91,8 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg.Sched.MaxRunning, cfg.Sched.MaxTokensPerStep = *maxRunning, *maxStep
 	cfg.Limits.MaxContext, cfg.Limits.MaxNewTokens = *maxCtx, *maxNew
 	cfg.RatePerSec, cfg.DrainTimeout = *ratePS, *drain
+	cfg.MetricsAddr, cfg.ExpertDetail = *metricsAddr, *detail
+	cfg.StepTracing = trunknode.StepTracing{Ratio: *stepRatio, SlowThreshold: *stepSlow}
 	n, err := trunknode.New(cfg)
 	if err != nil {
 		return err
@@ -109,11 +116,17 @@ func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	model := fs.String("model", "", "model: Hugging Face folder or .gguf (required)")
 	etcd := fs.String("etcd", "", "comma-separated etcd endpoints (required)")
 	peer := tlsFlags(fs, "peer-tls-", "node-to-node")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address (e.g. :9090)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	ec := expertnode.DefaultConfig()
 	ec.NodeID, ec.ModelPath = *id, *model
+	tr, err := telemetry.NewTracing(ctx, "expert", *id)
+	if err != nil {
+		return err
+	}
+	ec.Tracing = tr
 	n, err := expertnode.New(ec)
 	if err != nil {
 		return err
@@ -125,7 +138,7 @@ func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "expert %s serving on %s\n", *id, lis.Addr())
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	return roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: *id, Etcd: endpoints(*etcd), AdvertiseAddr: *advertise,
-		Server: rpc.ServerConfig{TLS: *peer}, OnError: func(err error) { log.Error("assignment", "err", err) }})
+		Server: rpc.ServerConfig{TLS: *peer}, MetricsAddr: *metricsAddr, Tracing: tr, OnError: func(err error) { log.Error("assignment", "err", err) }})
 }
 
 func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {

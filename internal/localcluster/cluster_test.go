@@ -210,3 +210,13 @@ func TestClusterExpertKilledRequestsWait(t *testing.T) {
 		}
 	}
 }
+
+func clientFor(t *testing.T, addr string) pb.SwitchyardClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewSwitchyardClient(conn)
+}

@@ -20,6 +20,7 @@ import (
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/embedetcd"
 	"github.com/switchyard-serving/switchyard/internal/roles"
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
 	"github.com/switchyard-serving/switchyard/model/config"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
@@ -32,6 +33,8 @@ type Options struct {
 	DataDir     string // etcd data (default: a temporary folder removed on Close)
 	// Trunk adjusts the trunk's configuration before it starts.
 	Trunk func(*trunknode.Config)
+	// ExpertMetrics serves each expert node's /metrics on a free loopback port.
+	ExpertMetrics bool
 }
 
 // Cluster is a running local cluster.
@@ -139,16 +142,26 @@ func (c *Cluster) StartExpert(id string) error {
 	ecfg := expertnode.DefaultConfig()
 	ecfg.NodeID = id
 	ecfg.ModelPath = c.opts.ModelPath
+	tr, err := telemetry.NewTracing(context.Background(), "expert", id)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	ecfg.Tracing = tr
 	n, err := expertnode.New(ecfg)
 	if err != nil {
 		lis.Close()
 		return err
 	}
+	maddr := ""
+	if c.opts.ExpertMetrics {
+		maddr = "127.0.0.1:0"
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &expertProc{id: id, node: n, cancel: cancel, done: make(chan struct{}), addr: lis.Addr().String()}
 	go func() {
 		defer close(p.done)
-		err := roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: id, Etcd: c.Etcd.Endpoints, LeaseTTL: 2})
+		err := roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: id, Etcd: c.Etcd.Endpoints, LeaseTTL: 2, Tracing: tr, MetricsAddr: maddr})
 		if err != nil && ctx.Err() == nil {
 			c.errs <- fmt.Errorf("expert %s: %w", id, err)
 		}

@@ -12,12 +12,15 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/cluster"
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
 )
 
 // ExpertConfig configures RunExpert.
@@ -28,6 +31,10 @@ type ExpertConfig struct {
 	LeaseTTL      int64  // seconds
 	Server        rpc.ServerConfig
 	OnError       func(error) // assignment failures (default: ignored)
+	MetricsAddr   string      // serve /metrics here ("" = not served)
+	// Tracing is the node's tracer provider (shut down when RunExpert returns);
+	// it should be the one the node was built with.
+	Tracing *telemetry.Tracing
 }
 
 // RunExpert serves node on lis, registers it in etcd and loads the assignment of
@@ -42,6 +49,17 @@ func RunExpert(ctx context.Context, node *expertnode.Node, lis net.Listener, c E
 	}
 	sc := c.Server
 	sc.ExtraOptions = append(sc.ExtraOptions, node.ServerOptions()...)
+	if c.Tracing != nil && c.Tracing.Enabled {
+		defer c.Tracing.Shutdown(context.Background())
+		sc.ExtraOptions = append(sc.ExtraOptions, grpc.StatsHandler(otelgrpc.NewServerHandler(
+			otelgrpc.WithTracerProvider(c.Tracing.Provider), otelgrpc.WithPropagators(telemetry.Propagator))))
+	}
+	if c.MetricsAddr != "" {
+		if _, err := telemetry.ServeMetrics(ctx, c.MetricsAddr, node.Registry()); err != nil {
+			lis.Close()
+			return fmt.Errorf("roles: metrics: %w", err)
+		}
+	}
 	srv, err := rpc.NewServer(sc)
 	if err != nil {
 		lis.Close()

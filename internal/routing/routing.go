@@ -36,6 +36,8 @@ type Table struct {
 	// Replicas[layer][expert] lists the replicas of that expert, never empty for a
 	// complete table.
 	Replicas [][][]Replica `json:"replicas"`
+	// Imbalance is the placement's predicted max/mean node load (0: unknown).
+	Imbalance float64 `json:"imbalance,omitempty"`
 }
 
 // NewTable returns an empty table for the given model shape.

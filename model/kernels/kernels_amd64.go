@@ -29,6 +29,7 @@ func init() {
 	z.tile[tensor.F16] = [9]tileFn{1: tile512F16N1, 2: tile512F16N2, 3: tile512F16N3, 4: tile512F16N4, 5: tile512F16N5, 6: tile512F16N6}
 	z.tile[tensor.Q8_0] = [9]tileFn{1: tile512Q8N1, 2: tile512Q8N2, 3: tile512Q8N3, 4: tile512Q8N4, 5: tile512Q8N5, 6: tile512Q8N6}
 	z.tile[tensor.Q4_K] = [9]tileFn{1: tile512Q4KN1, 2: tile512Q4KN2, 3: tile512Q4KN3, 4: tile512Q4KN4, 5: tile512Q4KN5, 6: tile512Q4KN6}
+	z.panel = [9]tileFn{1: panel512N1, 2: panel512N2, 3: panel512N3, 4: panel512N4, 5: panel512N5, 6: panel512N6}
 	z.widen = [tensor.Q4_K + 1]tileFn{tensor.BF16: widen512BF16, tensor.F16: widen512F16, tensor.Q8_0: widen512Q8, tensor.Q4_K: widen512Q4K}
 	z.panelMinN = [tensor.Q4_K + 1]int{tensor.BF16: 16, tensor.F16: 8, tensor.Q8_0: 8, tensor.Q4_K: 8}
 

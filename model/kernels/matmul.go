@@ -71,18 +71,24 @@ type mmJob struct {
 	nblocks int          // number of row blocks
 	next    atomic.Int64 // next block to claim
 
-	block func(j *mmJob, s *scratch, r0, r1 int)
+	// block computes rows [r0, r1); [nr0, nr1) is the block this participant
+	// processes next (empty if none), which the kernels may prefetch.
+	block func(j *mmJob, s *scratch, r0, r1, nr0, nr1 int)
 	asm   asmPlan // used by the assembly levels
 }
 
 func (j *mmJob) run(s *scratch) {
-	for {
-		b := int(j.next.Add(1) - 1)
-		if b >= j.nblocks {
-			return
-		}
+	// Claim one block ahead so that the kernels know which to prefetch.
+	b := int(j.next.Add(1) - 1)
+	for b < j.nblocks {
+		nb := int(j.next.Add(1) - 1)
 		r0 := b * j.rb
-		j.block(j, s, r0, min(r0+j.rb, j.w.Rows))
+		nr0, nr1 := 0, 0
+		if nb < j.nblocks {
+			nr0, nr1 = nb*j.rb, min(nb*j.rb+j.rb, j.w.Rows)
+		}
+		j.block(j, s, r0, min(r0+j.rb, j.w.Rows), nr0, nr1)
+		b = nb
 	}
 }
 
@@ -160,7 +166,7 @@ func planGo(j *mmJob) {
 	j.rb = rowBlock(j.w.Rows, j.rowBytes, 128<<10)
 }
 
-func goBlock(j *mmJob, s *scratch, r0, r1 int) {
+func goBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	k := j.w.Cols
 	s.f = alignedF32(s.f, 4*k)
 	buf := s.f

@@ -16,8 +16,10 @@ import (
 // over nchunks full chunks plus, when tail != 0, one partial chunk whose
 // valid elements the opmask tail selects. Widen kernels instead store the
 // float32 rows (in the dtype's packed order) at out + (4q+r)*ostride.
-// scr is per-quad scratch for Q8_0/Q4_K scales.
-type tileFn func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tail int, out *float32, ostride int, scr *float32)
+// scr is per-quad scratch for Q8_0/Q4_K scales. [pf, pfend) is a byte range
+// (the next row block) the kernel prefetches into L2, one line per chunk, to
+// overlap that block's memory traffic with this block's arithmetic.
+type tileFn func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tail int, out *float32, ostride int, scr *float32, pf, pfend *byte)
 
 // isaKernels is the kernel table of one assembly level.
 type isaKernels struct {
@@ -27,6 +29,7 @@ type isaKernels struct {
 
 	tile  [tensor.Q4_K + 1][9]tileFn // [dtype][N]
 	widen [tensor.Q4_K + 1]tileFn
+	panel [9]tileFn // float32 tiles for panels (no in-row prefetch)
 
 	// panelMinN is the n from which a dtype widens row blocks into a float32
 	// panel first (0: never).
@@ -110,7 +113,7 @@ func planAsm(c *callCtx, lvl Level) bool {
 	case tensor.Q4_K:
 		p.scrLen = p.nchunks * 64
 	}
-	p.panel = ik.panelMinN[dt] > 0 && n >= ik.panelMinN[dt] && ik.widen[dt] != nil
+	p.panel = ik.panelMinN[dt] > 0 && n >= ik.panelMinN[dt] && ik.widen[dt] != nil && ik.panel[1] != nil
 	j.block = asmBlock
 	if p.panel {
 		j.rb = rowBlock(j.w.Rows, 4*p.kp, 1<<20)
@@ -165,7 +168,7 @@ func groups(n, maxN int) (ng, base, rem int) {
 	return ng, n / ng, n % ng
 }
 
-func asmBlock(j *mmJob, s *scratch, r0, r1 int) {
+func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 	p := &j.asm
 	ik, dt := p.ik, p.dt
 	rows, n := j.w.Rows, j.n
@@ -173,18 +176,25 @@ func asmBlock(j *mmJob, s *scratch, r0, r1 int) {
 	s.scr = alignedF32(s.scr, max(p.scrLen, 16))
 	scr := &s.scr[0]
 	ng, base, rem := groups(n, ik.maxN)
+	// With several passes over the block (input-row groups, or a panel),
+	// prefetch the next block during them, split across the calls.
+	wd := unsafe.SliceData(j.w.Data)
+	pf0, pfLen := 0, 0
+	if nr1 > nr0 && (ng > 1 || p.panel) {
+		pf0, pfLen = nr0*j.rowBytes, (nr1-nr0)*j.rowBytes
+	}
 	if nq > 0 {
 		wb := &j.w.Data[r0*j.rowBytes]
 		if p.panel {
 			s.f = alignedF32(s.f, nq*4*p.kp)
-			ik.widen[dt](wb, j.rowBytes, nq, nil, 0, p.nchunks, p.tail, &s.f[0], 4*p.kp, scr)
+			ik.widen[dt](wb, j.rowBytes, nq, nil, 0, p.nchunks, p.tail, &s.f[0], 4*p.kp, scr, wd, wd)
 			pw := (*byte)(unsafe.Pointer(&s.f[0]))
-			f32 := &ik.tile[tensor.F32]
 			chunks := p.kp / ik.lanes
 			i0 := 0
 			for g := 0; g < ng; g++ {
 				nn := base + b2i(g < rem)
-				f32[nn](pw, 4*p.kp, nq, &p.xp[i0*p.xstride], 4*p.xstride, chunks, 0, &j.out[i0*rows+r0], 4*rows, nil)
+				a, e := pfRange(wd, pf0, pfLen, g, ng)
+				ik.panel[nn](pw, 4*p.kp, nq, &p.xp[i0*p.xstride], 4*p.xstride, chunks, 0, &j.out[i0*rows+r0], 4*rows, nil, a, e)
 				i0 += nn
 			}
 		} else {
@@ -192,7 +202,8 @@ func asmBlock(j *mmJob, s *scratch, r0, r1 int) {
 			i0 := 0
 			for g := 0; g < ng; g++ {
 				nn := base + b2i(g < rem)
-				tf[nn](wb, j.rowBytes, nq, &p.xp[i0*p.xstride], 4*p.xstride, p.nchunks, p.tail, &j.out[i0*rows+r0], 4*rows, scr)
+				a, e := pfRange(wd, pf0, pfLen, g, ng)
+				tf[nn](wb, j.rowBytes, nq, &p.xp[i0*p.xstride], 4*p.xstride, p.nchunks, p.tail, &j.out[i0*rows+r0], 4*rows, scr, a, e)
 				i0 += nn
 			}
 		}
@@ -210,7 +221,7 @@ func asmBlock(j *mmJob, s *scratch, r0, r1 int) {
 		i0 := 0
 		for g := 0; g < ng; g++ {
 			nn := base + b2i(g < rem)
-			tf[nn](&buf[0], j.rowBytes, 1, &p.xp[i0*p.xstride], 4*p.xstride, p.nchunks, p.tail, &s.otail[0], 16, scr)
+			tf[nn](&buf[0], j.rowBytes, 1, &p.xp[i0*p.xstride], 4*p.xstride, p.nchunks, p.tail, &s.otail[0], 16, scr, wd, wd)
 			for i := 0; i < nn; i++ {
 				copy(j.out[(i0+i)*rows+rr:(i0+i)*rows+rr+lr], s.otail[4*i:4*i+lr])
 			}
@@ -231,6 +242,16 @@ func asmBlock(j *mmJob, s *scratch, r0, r1 int) {
 			}
 		}
 	}
+}
+
+// pfRange is the part g of ng of the prefetch range [off, off+n) of base.
+func pfRange(base *byte, off, n, g, ng int) (*byte, *byte) {
+	if n == 0 {
+		return base, base
+	}
+	a := off + n*g/ng
+	e := off + n*(g+1)/ng
+	return (*byte)(unsafe.Add(unsafe.Pointer(base), a)), (*byte)(unsafe.Add(unsafe.Pointer(base), e))
 }
 
 func b2i(b bool) int {

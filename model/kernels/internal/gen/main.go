@@ -43,6 +43,11 @@ func main() {
 		for n := 1; n <= isa512.maxN; n++ {
 			genTile(isa512, dt, n, modeFMA)
 		}
+		if dt == dF32 {
+			for n := 1; n <= isa512.maxN; n++ {
+				genTile(isa512, dt, n, modePanel)
+			}
+		}
 		if dt != dF32 {
 			genTile(isa512, dt, 0, modeWiden)
 		}

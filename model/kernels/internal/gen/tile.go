@@ -29,6 +29,7 @@ type mode int
 const (
 	modeFMA   mode = iota // multiply with x and store 4xN dot products
 	modeWiden             // store the widened float32 rows (panel)
+	modePanel             // modeFMA on a float32 panel in L2: no in-row prefetch
 )
 
 // chunkValues is the number of weight values one loop iteration consumes per row.
@@ -82,7 +83,7 @@ func scrChunkBytes(d dtype) int {
 // pfDist is the software-prefetch distance (bytes ahead in each weight row).
 var pfDist = 1024
 
-const tileSig = "func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tail int, out *float32, ostride int, scr *float32)"
+const tileSig = "func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tail int, out *float32, ostride int, scr *float32, pf, pfend *byte)"
 
 // genTile emits one tile (modeFMA) or widen (modeWiden) kernel.
 //
@@ -96,17 +97,25 @@ const tileSig = "func(w *byte, wstride, nquads int, x *float32, xstride, nchunks
 //	scr:                scratch for the per-block scales (Q8, Q4K)
 func genTile(s isa, d dtype, N int, m mode) {
 	var name string
-	if m == modeFMA {
+	switch m {
+	case modeFMA:
 		name = fmt.Sprintf("tile%s%sN%d", s.name, d, N)
-	} else {
+	case modePanel:
+		name = fmt.Sprintf("panel%sN%d", s.name, N)
+	default:
 		name = fmt.Sprintf("widen%s%s", s.name, d)
 	}
 	TEXT(name, NOSPLIT, tileSig)
-	if m == modeFMA {
+	switch m {
+	case modeFMA:
 		Doc(fmt.Sprintf("%s computes 4-row x %d-input dot products of %s weights (see genTile).", name, N, d))
-	} else {
+	case modePanel:
+		Doc(fmt.Sprintf("%s computes 4-row x %d-input dot products of a float32 panel (see genTile).", name, N))
+	default:
 		Doc(fmt.Sprintf("%s widens quads of %s weight rows into a float32 panel (see genTile).", name, d))
 	}
+	inRowPF := pfDist > 0 && m != modePanel
+	fma := m != modeWiden
 	lanes, vb := s.lanes, s.vbytes()
 	subvecs := chunkValues(s, d) / lanes
 	cb := chunkBytes(s, d)
@@ -115,10 +124,14 @@ func genTile(s isa, d dtype, N int, m mode) {
 	ws := ld("wstride")
 	wq := ld("w")
 	oq := ld("out")
-	os := ld("ostride")
-	nq := ld("nquads")
+	// nquads is counted down in its argument slot; ostride is reloaded when
+	// needed (general registers are scarce in the Q4K/N=6 kernels).
+	var os GPVirtual
+	if !fma {
+		os = ld("ostride")
+	}
 	var xs GPVirtual
-	if m == modeFMA && N > 1 {
+	if fma && N > 1 {
 		xs = ld("xstride")
 	}
 
@@ -132,6 +145,9 @@ func genTile(s isa, d dtype, N int, m mode) {
 		cNibV = s.vec()
 		VBROADCASTSS(cNib, cNibV)
 	}
+	// Prefetch of the next row block (into L2), one line per chunk.
+	pf := ld("pf")
+	pfend, _ := Param("pfend").Resolve()
 	var ktail OpmaskVirtual
 	if hasTail(s, d) {
 		ktail = K()
@@ -141,11 +157,11 @@ func genTile(s isa, d dtype, N int, m mode) {
 
 	// Accumulators.
 	sets := 1
-	if m == modeFMA && subvecs >= 2 && (N == 1 || (N == 2 && s.z)) {
+	if fma && subvecs >= 2 && (N == 1 || (N == 2 && s.z)) {
 		sets = 2
 	}
 	var acc [2][4][]VecVirtual
-	if m == modeFMA {
+	if fma {
 		for st := 0; st < sets; st++ {
 			for r := 0; r < 4; r++ {
 				acc[st][r] = make([]VecVirtual, N)
@@ -163,7 +179,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 	LEAQ(Mem{Base: wq, Index: ws, Scale: 2}, w3)
 	ADDQ(ws, w3)
 	var x0, x3, o0, o3 GPVirtual
-	if m == modeFMA {
+	if fma {
 		x0 = ld("x")
 		if N > 3 {
 			x3 = GP64()
@@ -184,7 +200,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 	}
 	cnt := ld("nchunks")
 
-	if m == modeFMA {
+	if fma {
 		for st := 0; st < sets; st++ {
 			for r := 0; r < 4; r++ {
 				for i := 0; i < N; i++ {
@@ -323,7 +339,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 		wo := k * cb
 		xo := k * xcb
 		so := k * scrChunkBytes(d)
-		if pfDist > 0 && !masked {
+		if inRowPF && !masked {
 			// Software prefetch of the weight rows, one per 64 bytes.
 			for off := (wo + 63) / 64 * 64; off < wo+cb; off += 64 {
 				for r := 0; r < 4; r++ {
@@ -344,7 +360,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 				v[r] = s.vec()
 				widen(j, r, wo, so, masked, v[r])
 			}
-			if m == modeWiden {
+			if !fma {
 				for r := 0; r < 4; r++ {
 					VMOVUPS(v[r], oMem(r, xo+j*vb))
 				}
@@ -359,10 +375,20 @@ func genTile(s isa, d dtype, N int, m mode) {
 			}
 		}
 	}
+	nextPF := func() {
+		PREFETCHT1(Mem{Base: pf})
+		t := GP64()
+		LEAQ(Mem{Base: pf, Disp: 64}, t)
+		CMPQ(t, pfend.Addr)
+		CMOVQCS(t, pf)
+	}
 	advance := func(k int) {
+		for i := 0; i < k; i++ {
+			nextPF()
+		}
 		ADDQ(U32(k*cb), w0)
 		ADDQ(U32(k*cb), w3)
-		if m == modeFMA {
+		if fma {
 			ADDQ(U32(k*xcb), x0)
 			if N > 3 {
 				ADDQ(U32(k*xcb), x3)
@@ -377,7 +403,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 	}
 
 	unroll := 1
-	if (d == dF32 || d == dF16 || d == dBF16 || d == dQ8) && (N <= 3 || m == modeWiden) {
+	if (d == dF32 || d == dF16 || d == dBF16 || d == dQ8) && (N <= 3 || !fma) {
 		unroll = 2
 	}
 	if unroll > 1 {
@@ -406,7 +432,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 	}
 	Label(name + "_done")
 
-	if m == modeFMA {
+	if fma {
 		if sets == 2 {
 			for r := 0; r < 4; r++ {
 				for i := 0; i < N; i++ {
@@ -414,6 +440,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 				}
 			}
 		}
+		os = ld("ostride")
 		var oi3 GPVirtual
 		if N > 3 {
 			oi3 = GP64()
@@ -444,7 +471,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 		LEAQ(Mem{Base: oq, Index: os, Scale: 4}, oq)
 	}
 	LEAQ(Mem{Base: wq, Index: ws, Scale: 4}, wq)
-	DECQ(nq)
+	DECQ(paddr("nquads"))
 	JNZ(LabelRef(name + "_quad"))
 	VZEROUPPER()
 	RET()

@@ -1,0 +1,115 @@
+package trunknode
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
+)
+
+// startStep opens the span of a forward step when the step is sampled (a
+// fraction StepTracing.Ratio of steps). The span is a new root linked to the
+// traces of the requests in the batch; the dispatcher hangs one child span per
+// layer and expert node under it and propagates it to the expert nodes.
+func (s *Scheduler) startStep(jobs []*Job, rows int) (context.Context, trace.Span) {
+	if s.tracer == nil || s.tracing.Ratio <= 0 || rand.Float64() >= s.tracing.Ratio {
+		return context.Background(), nil
+	}
+	links := make([]trace.Link, 0, len(jobs))
+	for _, j := range jobs {
+		if sc := trace.SpanContextFromContext(j.ctx); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{attribute.String("session", j.sess.ID)}})
+		}
+	}
+	return s.tracer.Start(context.Background(), "forward_step", trace.WithNewRoot(), trace.WithLinks(links...),
+		trace.WithAttributes(attribute.Int("batch_size", len(jobs)), attribute.Int("rows", rows)))
+}
+
+// finishStep ends the step span; an unsampled step slower than the threshold is
+// traced after the fact from the recorded dispatch calls (trunk side only).
+func (s *Scheduler) finishStep(span trace.Span, start time.Time, d time.Duration, jobs []*Job, rows int, calls []CallInfo, err error) {
+	if span != nil {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+		return
+	}
+	if s.tracer == nil || s.tracing.SlowThreshold <= 0 || d < s.tracing.SlowThreshold {
+		return
+	}
+	ctx, sp := s.tracer.Start(context.Background(), "forward_step", trace.WithNewRoot(), trace.WithTimestamp(start),
+		trace.WithAttributes(attribute.Int("batch_size", len(jobs)), attribute.Int("rows", rows), attribute.Bool("slow", true)))
+	for _, c := range calls {
+		_, cs := s.tracer.Start(ctx, "dispatch", trace.WithTimestamp(c.Start), trace.WithAttributes(callAttrs(c)...))
+		if c.Err != nil {
+			cs.SetStatus(codes.Error, c.Err.Error())
+		}
+		cs.End(trace.WithTimestamp(c.Start.Add(c.RTT)))
+	}
+	if err != nil {
+		sp.SetStatus(codes.Error, err.Error())
+	}
+	sp.End(trace.WithTimestamp(start.Add(d)))
+}
+
+func callAttrs(c CallInfo) []attribute.KeyValue {
+	return []attribute.KeyValue{attribute.Int("layer", c.Layer), attribute.String("expert_node", c.Node), attribute.Int("rows", c.Rows),
+		attribute.Int("pairs", c.Pairs), attribute.Int("bytes_out", c.BytesOut), attribute.Int("bytes_in", c.BytesIn),
+		attribute.Int("retry", c.Attempt), attribute.Int64("node_compute_us", c.Compute.Microseconds())}
+}
+
+// beginStep hands the dispatcher the step's trace context; endStep returns the
+// step's node calls.
+func (d *Dispatcher) beginStep(ctx context.Context) {
+	d.stepMu.Lock()
+	d.stepCtx = ctx
+	d.calls = d.calls[:0]
+	d.stepMu.Unlock()
+}
+
+func (d *Dispatcher) endStep() []CallInfo {
+	d.stepMu.Lock()
+	defer d.stepMu.Unlock()
+	d.stepCtx = nil
+	return append([]CallInfo(nil), d.calls...)
+}
+
+func (d *Dispatcher) currentStep() context.Context {
+	d.stepMu.Lock()
+	defer d.stepMu.Unlock()
+	if d.stepCtx == nil {
+		return context.Background()
+	}
+	return d.stepCtx
+}
+
+// traceCall opens the dispatch span of one node call (when the step is traced)
+// and returns the W3C context to put on the stream messages.
+func (d *Dispatcher) traceCall(info *CallInfo) (trace.Span, map[string]string) {
+	parent := d.currentStep()
+	info.ctx = parent
+	if d.tracer == nil || !trace.SpanContextFromContext(parent).IsSampled() {
+		return nil, nil
+	}
+	ctx, span := d.tracer.Start(parent, "dispatch", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.Int("layer", info.Layer), attribute.String("expert_node", info.Node), attribute.Int("retry", info.Attempt)))
+	info.ctx = ctx
+	carrier := telemetry.MapCarrier{}
+	telemetry.Propagator.Inject(ctx, carrier)
+	return span, carrier
+}
+
+func (d *Dispatcher) recordCall(c CallInfo) {
+	d.stepMu.Lock()
+	if d.stepCtx != nil && len(d.calls) < 4096 {
+		d.calls = append(d.calls, c)
+	}
+	d.stepMu.Unlock()
+}
