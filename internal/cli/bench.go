@@ -66,6 +66,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "threads\tmem BW GB/s\tFMA peak GFLOP/s\tcase\ttokens/s\tweights GB/s\tof BW\tGFLOP/s\tof peak\t")
 	r := rand.New(rand.NewPCG(1, 2))
+	// Warm up: fault in the mapped weights (every expert) before timing anything.
+	warm := m.NewState()
+	if err := m.Forward([]hybrid.Seq{{State: warm, Tokens: randToks(r, 256, c.VocabSize)}}); err != nil {
+		return err
+	}
 	for _, th := range threads {
 		kernels.SetThreads(th)
 		bw := kernels.MeasureBandwidth(th)
@@ -81,7 +86,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			var times []float64
 			var bytesPerStep float64
-			for range *reps {
+			for rep := range *reps + 1 { // the first repetition is a warm-up
 				batch := make([]hybrid.Seq, b)
 				start := time.Now()
 				for range *steps {
@@ -92,7 +97,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 						return err
 					}
 				}
-				times = append(times, time.Since(start).Seconds()/float64(*steps))
+				if rep > 0 {
+					times = append(times, time.Since(start).Seconds()/float64(*steps))
+				}
 			}
 			sec := median(times)
 			bytesPerStep = float64(stepBytes(m, b))

@@ -4,7 +4,14 @@
 //	/switchyard/nodes/<role>/<id>     NodeInfo JSON, attached to the node's lease
 //	/switchyard/routing/current       the routing.Table JSON trunk nodes follow
 //	/switchyard/routing/v/<version>   every published version (kept for rollout/debug)
-//	/switchyard/ready/<id>            routing-table version an expert node has loaded
+//	/switchyard/routing/pending       the next table during a rollout: expert nodes load
+//	                                  the union of current and pending (make-before-break)
+//	/switchyard/ready/<id>            highest table version whose assignment expert node <id>
+//	                                  holds (pending included), attached to its lease
+//	/switchyard/load/<trunk-id>       a trunk's latest activation-count report (delta since
+//	                                  its previous report), attached to its lease
+//	/switchyard/coordinator/election  leader election among coordinators (concurrency.Election)
+//	/switchyard/placement/current     the leader's latest plan summary (predicted load, moves)
 //
 // Nodes register with a lease and keep it alive; when a process dies its key
 // disappears after the TTL. Watchers get the full current list on every change and
@@ -19,6 +26,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -33,6 +41,10 @@ const (
 	RoutingKey   = Prefix + "routing/current"
 	RoutingVPref = Prefix + "routing/v/"
 	ReadyPrefix  = Prefix + "ready/"
+	PendingKey   = Prefix + "routing/pending"
+	LoadPrefix   = Prefix + "load/"
+	ElectionKey  = Prefix + "coordinator/election"
+	PlacementKey = Prefix + "placement/current"
 )
 
 // Roles.
@@ -116,6 +128,13 @@ func Register(ctx context.Context, cli *clientv3.Client, n NodeInfo, ttl int64) 
 		}
 	}()
 	return r, nil
+}
+
+// Abandon stops keeping the lease alive without revoking it, as a crashed process
+// would: the registration disappears when the TTL expires (fault injection).
+func (r *Registration) Abandon() {
+	r.stop()
+	<-r.done
 }
 
 // Close revokes the registration (the node disappears from watchers at once).
@@ -243,9 +262,110 @@ func LoadTable(ctx context.Context, cli *clientv3.Client) (*routing.Table, error
 // WatchTable calls fn with the current table now (if any) and with every newer
 // version, until ctx ends. Tables that fail validation are skipped.
 func WatchTable(ctx context.Context, cli *clientv3.Client, fn func(*routing.Table)) {
+	watchTableKey(ctx, cli, RoutingKey, fn)
+}
+
+// WatchPending calls fn with the pending (rollout) table whenever it changes; nil
+// when the key is deleted.
+func WatchPending(ctx context.Context, cli *clientv3.Client, fn func(*routing.Table)) {
 	var last uint64
-	watchPrefix(ctx, cli, RoutingKey, func() int64 {
-		resp, err := cli.Get(ctx, RoutingKey)
+	var had bool
+	watchPrefix(ctx, cli, PendingKey, func() int64 {
+		resp, err := cli.Get(ctx, PendingKey)
+		if err != nil {
+			return 0
+		}
+		if len(resp.Kvs) == 0 {
+			if had {
+				had, last = false, 0
+				fn(nil)
+			}
+			return resp.Header.Revision
+		}
+		if t, err := routing.Unmarshal(resp.Kvs[0].Value); err == nil && (t.Version != last || !had) {
+			had, last = true, t.Version
+			fn(t)
+		}
+		return resp.Header.Revision
+	})
+}
+
+// PublishPending stores the table a rollout is moving to.
+func PublishPending(ctx context.Context, cli *clientv3.Client, t *routing.Table) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	b, err := t.Marshal()
+	if err != nil {
+		return err
+	}
+	_, err = cli.Put(ctx, PendingKey, string(b))
+	return err
+}
+
+// ClearPending ends a rollout.
+func ClearPending(ctx context.Context, cli *clientv3.Client) error {
+	_, err := cli.Delete(ctx, PendingKey)
+	return err
+}
+
+// ReadyVersions returns each expert node's reported ready version.
+func ReadyVersions(ctx context.Context, cli *clientv3.Client) (map[string]uint64, error) {
+	resp, err := cli.Get(ctx, ReadyPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]uint64{}
+	for _, kv := range resp.Kvs {
+		v, err := strconv.ParseUint(string(kv.Value), 10, 64)
+		if err == nil {
+			out[strings.TrimPrefix(string(kv.Key), ReadyPrefix)] = v
+		}
+	}
+	return out, nil
+}
+
+// LoadReport is a trunk's activation counts since its previous report.
+type LoadReport struct {
+	Trunk  string     `json:"trunk"`
+	Seq    uint64     `json:"seq"`
+	Counts [][]uint64 `json:"counts"` // [layer][expert] routed pairs
+	At     time.Time  `json:"at"`
+}
+
+// ReportLoad writes a trunk's load report (attached to its registration lease).
+func ReportLoad(ctx context.Context, cli *clientv3.Client, r *Registration, rep LoadReport) error {
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Put(ctx, LoadPrefix+rep.Trunk, string(b), clientv3.WithLease(r.lease))
+	return err
+}
+
+// WatchLoad calls fn with every new load report.
+func WatchLoad(ctx context.Context, cli *clientv3.Client, fn func(LoadReport)) {
+	seen := map[string]uint64{}
+	watchPrefix(ctx, cli, LoadPrefix, func() int64 {
+		resp, err := cli.Get(ctx, LoadPrefix, clientv3.WithPrefix())
+		if err != nil {
+			return 0
+		}
+		for _, kv := range resp.Kvs {
+			var rep LoadReport
+			if json.Unmarshal(kv.Value, &rep) == nil && rep.Seq != seen[rep.Trunk] {
+				seen[rep.Trunk] = rep.Seq
+				fn(rep)
+			}
+		}
+		return resp.Header.Revision
+	})
+}
+
+func watchTableKey(ctx context.Context, cli *clientv3.Client, key string, fn func(*routing.Table)) {
+	var last uint64
+	watchPrefix(ctx, cli, key, func() int64 {
+		resp, err := cli.Get(ctx, key)
 		if err != nil {
 			return 0
 		}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -91,22 +92,114 @@ func RunExpert(ctx context.Context, node *expertnode.Node, lis net.Listener, c E
 	if err != nil {
 		return err
 	}
-	defer reg.Close()
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go cluster.WatchTable(wctx, cli, func(t *routing.Table) {
-		if err := node.SetAssignment(t); err != nil {
-			if c.OnError != nil {
-				c.OnError(err)
-			}
-			return
-		}
-		cluster.ReportReady(wctx, cli, reg, c.NodeID, t.Version)
-	})
+	a := &assigner{node: node, cfg: c, report: func(v uint64) { cluster.ReportReady(wctx, cli, reg, c.NodeID, v) }}
+	go cluster.WatchTable(wctx, cli, func(t *routing.Table) { a.update(t, nil, false) })
+	go cluster.WatchPending(wctx, cli, func(t *routing.Table) { a.update(nil, t, true) })
 	select {
 	case <-ctx.Done():
+		if errors.Is(context.Cause(ctx), ErrCrash) {
+			// Simulated crash: no deregistration, no graceful stop.
+			reg.Abandon()
+			srv.Stop()
+		} else {
+			reg.Close()
+		}
 		return nil
 	case err := <-errc:
 		return err
 	}
+}
+
+// ErrCrash, as the cancel cause of RunExpert's context, makes it stop like a
+// crashed process: connections drop, nothing is deregistered (the lease expires).
+var ErrCrash = errors.New("roles: simulated crash")
+
+// assigner keeps an expert node loaded with the union of the current routing
+// table and the pending one of a rollout (make-before-break), and drops replicas
+// that left the current table only after a grace period (trunks may still be
+// finishing a step on the previous table).
+type assigner struct {
+	node   *expertnode.Node
+	cfg    ExpertConfig
+	report func(version uint64)
+
+	mu      sync.Mutex
+	current *routing.Table
+	pending *routing.Table
+	applied *routing.Table // what the node holds now
+	local   uint64         // assignment version handed to the node (monotonic)
+	timer   *time.Timer
+}
+
+// DropGrace is how long replicas no longer in the current table stay loaded.
+var DropGrace = 3 * time.Second
+
+func (a *assigner) update(cur, pend *routing.Table, pendingChanged bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if cur != nil {
+		a.current = cur
+	}
+	if pendingChanged {
+		a.pending = pend
+	}
+	want := a.current
+	if a.pending != nil && (a.current == nil || a.pending.Version > a.current.Version) {
+		want = routing.Union(a.current, a.pending)
+	}
+	if want == nil {
+		return
+	}
+	// Load additions now; never drop anything immediately.
+	now := routing.Union(a.applied, want)
+	if a.applied == nil || !sameSet(now.Assigned(a.cfg.NodeID), a.applied.Assigned(a.cfg.NodeID)) {
+		a.apply(now)
+	}
+	a.report(want.Version)
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
+	if !sameSet(now.Assigned(a.cfg.NodeID), want.Assigned(a.cfg.NodeID)) {
+		a.timer = time.AfterFunc(DropGrace, func() {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			latest := a.current
+			if a.pending != nil && (latest == nil || a.pending.Version > latest.Version) {
+				latest = routing.Union(a.current, a.pending)
+			}
+			if latest != nil && sameSet(latest.Assigned(a.cfg.NodeID), want.Assigned(a.cfg.NodeID)) {
+				a.apply(want)
+			}
+		})
+	}
+}
+
+func sameSet(a, b map[[2]int]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// apply hands the node a copy of t under a fresh local version and reports the
+// table version it now covers.
+func (a *assigner) apply(t *routing.Table) {
+	a.local++
+	cp := *t
+	cp.Version = a.local
+	if err := a.node.SetAssignment(&cp); err != nil {
+		if a.cfg.OnError != nil {
+			a.cfg.OnError(err)
+		}
+		return
+	}
+	a.applied = t
 }

@@ -146,3 +146,39 @@ func Static(version uint64, layers, experts int, nodes []Node) (*Table, error) {
 	}
 	return t, nil
 }
+
+// Union returns a table holding every replica of a and b (b's version, nodes of
+// both): during a make-before-break rollout expert nodes load the union so both
+// the old and the new routing are served.
+func Union(a, b *Table) *Table {
+	if a == nil {
+		return b
+	}
+	if b == nil {
+		return a
+	}
+	u := NewTable(b.Version, b.Layers, b.Experts)
+	seen := map[string]bool{}
+	for _, t := range []*Table{b, a} {
+		for _, n := range t.Nodes {
+			if !seen[n.ID] {
+				seen[n.ID] = true
+				u.Nodes = append(u.Nodes, n)
+			}
+		}
+	}
+	for l := range u.Replicas {
+		for e := range u.Replicas[l] {
+			has := map[string]bool{}
+			for _, t := range []*Table{b, a} {
+				for _, r := range t.Lookup(l, e) {
+					if !has[r.Node] {
+						has[r.Node] = true
+						u.Replicas[l][e] = append(u.Replicas[l][e], r)
+					}
+				}
+			}
+		}
+	}
+	return u
+}
