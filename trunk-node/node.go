@@ -68,6 +68,7 @@ type Config struct {
 	RatePerSec   float64       // new public calls per second (0: unlimited)
 	DrainTimeout time.Duration // graceful drain budget on shutdown
 	LeaseTTL     int64         // etcd registration lease, seconds
+	LoadInterval time.Duration // how often activation counts are reported to etcd
 }
 
 // DefaultConfig returns production defaults.
@@ -79,7 +80,7 @@ func DefaultConfig() Config {
 		Limits:       Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
 		Dispatch:     DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20},
 		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second, LeaseTTL: 5,
-		StepTracing: StepTracing{Ratio: 0.01, SlowThreshold: 500 * time.Millisecond},
+		StepTracing: StepTracing{Ratio: 0.01, SlowThreshold: 500 * time.Millisecond}, LoadInterval: 2 * time.Second,
 	}
 }
 
@@ -256,6 +257,8 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 		}
 		if n.disp != nil {
 			wg.Add(1)
+			go func() { defer wg.Done(); n.reportLoad(runCtx, cli, reg) }()
+			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				cluster.WatchTable(runCtx, cli, func(t *routing.Table) {
@@ -343,6 +346,29 @@ func (n *Node) janitor(ctx context.Context) {
 				}
 			}
 		}
+	}
+}
+
+// reportLoad sends the dispatcher's activation counts to etcd every LoadInterval
+// (the coordinator's placement input).
+func (n *Node) reportLoad(ctx context.Context, cli *clientv3.Client, reg *cluster.Registration) {
+	if n.cfg.LoadInterval <= 0 {
+		return
+	}
+	t := time.NewTicker(n.cfg.LoadInterval)
+	defer t.Stop()
+	var seq uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		seq++
+		rep := cluster.LoadReport{Trunk: n.cfg.NodeID, Seq: seq, Counts: n.disp.Activations(true), At: time.Now().UTC()}
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		cluster.ReportLoad(pctx, cli, reg, rep) // best effort: a missed report only delays re-planning
+		cancel()
 	}
 }
 

@@ -145,6 +145,15 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs := newFlags("coordinator", stderr)
 	etcd := fs.String("etcd", "", "comma-separated etcd endpoints (required)")
 	model := fs.String("model", "", "model folder or .gguf, for its layer and expert counts (required)")
+	id := fs.String("node-id", hostname(), "coordinator id (election candidate value)")
+	d := coordinator.DefaultLeaderConfig()
+	slots := fs.Int("slots-per-node", 0, "expert replicas one expert node can hold (0: unlimited)")
+	redundant := fs.Float64("redundant", d.Placement.RedundantSlotsFraction, "extra replicas for hot experts, as a fraction of layers x experts")
+	budget := fs.Int("migration-budget", d.Placement.MigrationBudget, "replicas moved per planning round (-1: unlimited)")
+	minGain := fs.Float64("min-gain", d.Placement.MinGain, "least imbalance reduction a move must bring")
+	interval := fs.Duration("plan-interval", d.PlanInterval, "re-planning period")
+	halfLife := fs.Duration("load-half-life", d.LoadHalfLife, "half-life of the activation-count EMA")
+	ttl := fs.Int("election-ttl", d.ElectionTTL, "leader session TTL in seconds")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -168,8 +177,13 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer cli.Close()
-	fmt.Fprintf(stdout, "coordinator running (%d layers x %d experts)\n", cfg.Layers, cfg.Experts)
-	err = coordinator.RunStatic(ctx, cli, coordinator.Config{Layers: cfg.Layers, Experts: cfg.Experts, Logger: slog.New(slog.NewTextHandler(stderr, nil))})
+	fmt.Fprintf(stdout, "coordinator %s running (%d layers x %d experts)\n", *id, cfg.Layers, cfg.Experts)
+	lc := d
+	lc.NodeID, lc.Layers, lc.Experts, lc.SlotsPerNode = *id, cfg.Layers, cfg.Experts, *slots
+	lc.Placement.RedundantSlotsFraction, lc.Placement.MigrationBudget, lc.Placement.MinGain = *redundant, *budget, *minGain
+	lc.PlanInterval, lc.LoadHalfLife, lc.ElectionTTL = *interval, *halfLife, *ttl
+	lc.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	err = coordinator.Run(ctx, cli, lc)
 	if ctx.Err() != nil {
 		return nil
 	}

@@ -20,6 +20,7 @@ import (
 type Server struct {
 	e         *embed.Etcd
 	Endpoints []string
+	PeerAddr  string // host:port of the peer listener (reuse it to restart)
 }
 
 // Config of the embedded server.
@@ -83,7 +84,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Server{e: e, Endpoints: []string{cu.String()}}, nil
+	return &Server{e: e, Endpoints: []string{cu.String()}, PeerAddr: pa}, nil
 }
 
 // Client returns a client for the server.

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +36,10 @@ type Options struct {
 	Trunk func(*trunknode.Config)
 	// ExpertMetrics serves each expert node's /metrics on a free loopback port.
 	ExpertMetrics bool
+	// Coordinators is the number of coordinator replicas (default 1).
+	Coordinators int
+	// Coordinator adjusts the coordinators' configuration (tests tighten timers).
+	Coordinator func(*coordinator.LeaderConfig)
 }
 
 // Cluster is a running local cluster.
@@ -49,15 +54,24 @@ type Cluster struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	tmp     string
+	dataDir string
 	mu      sync.Mutex
 	experts []*expertProc
+	coords  []*coordProc
 	errs    chan error
+}
+
+type coordProc struct {
+	id     string
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 type expertProc struct {
 	id     string
 	node   *expertnode.Node
-	cancel context.CancelFunc
+	cancel func()
+	crash  func()
 	done   chan struct{}
 	addr   string
 }
@@ -83,6 +97,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		}
 		o.DataDir = c.tmp
 	}
+	c.dataDir = o.DataDir
 	if c.Etcd, err = embedetcd.Start(ctx, embedetcd.Config{Dir: o.DataDir}); err != nil {
 		return nil, err
 	}
@@ -104,11 +119,13 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 	c.cfg = c.Trunk.Model().Cfg
 	if c.cfg.IsMoE() && !tcfg.LocalExperts {
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			coordinator.RunStatic(runCtx, c.cli, coordinator.Config{Layers: c.cfg.Layers, Experts: c.cfg.Experts})
-		}()
+		if o.Coordinators == 0 {
+			o.Coordinators = 1
+			c.opts.Coordinators = 1
+		}
+		for i := range o.Coordinators {
+			c.StartCoordinator(fmt.Sprintf("coordinator-%d", i))
+		}
 		for i := range o.ExpertNodes {
 			if err := c.StartExpert(fmt.Sprintf("expert-%d", i)); err != nil {
 				return nil, err
@@ -132,6 +149,64 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 	return c, nil
 }
+
+// StartCoordinator starts a coordinator replica.
+func (c *Cluster) StartCoordinator(id string) {
+	lc := coordinator.DefaultLeaderConfig()
+	lc.NodeID, lc.Layers, lc.Experts = id, c.cfg.Layers, c.cfg.Experts
+	lc.PlanInterval, lc.ElectionTTL, lc.ReadyTimeout = 2*time.Second, 2, 20*time.Second
+	if c.opts.Coordinator != nil {
+		c.opts.Coordinator(&lc)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &coordProc{id: id, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		coordinator.Run(ctx, c.cli, lc)
+	}()
+	c.mu.Lock()
+	c.coords = append(c.coords, p)
+	c.mu.Unlock()
+}
+
+// KillCoordinator stops coordinator id without resigning (its election session
+// expires after the TTL, like a crash).
+func (c *Cluster) KillCoordinator(id string) error {
+	c.mu.Lock()
+	var p *coordProc
+	for i, e := range c.coords {
+		if e.id == id {
+			p = e
+			c.coords = append(c.coords[:i], c.coords[i+1:]...)
+			break
+		}
+	}
+	c.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("localcluster: no coordinator %q", id)
+	}
+	p.cancel()
+	<-p.done
+	return nil
+}
+
+// StopEtcd stops the embedded etcd (the data plane must keep serving);
+// StartEtcd starts it again on the same address and data.
+func (c *Cluster) StopEtcd() { c.Etcd.Close() }
+
+// StartEtcd restarts the embedded etcd after StopEtcd.
+func (c *Cluster) StartEtcd(ctx context.Context) error {
+	addr := strings.TrimPrefix(c.Etcd.Endpoints[0], "http://")
+	s, err := embedetcd.Start(ctx, embedetcd.Config{Dir: c.dataDir, ClientAddr: addr, PeerAddr: c.Etcd.PeerAddr})
+	if err != nil {
+		return err
+	}
+	c.Etcd = s
+	return nil
+}
+
+// Client is an etcd client of the cluster.
+func (c *Cluster) Client() *clientv3.Client { return c.cli }
 
 // StartExpert starts (or restarts) an expert node with the given id.
 func (c *Cluster) StartExpert(id string) error {
@@ -157,8 +232,8 @@ func (c *Cluster) StartExpert(id string) error {
 	if c.opts.ExpertMetrics {
 		maddr = "127.0.0.1:0"
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &expertProc{id: id, node: n, cancel: cancel, done: make(chan struct{}), addr: lis.Addr().String()}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	p := &expertProc{id: id, node: n, cancel: func() { cancel(nil) }, crash: func() { cancel(roles.ErrCrash) }, done: make(chan struct{}), addr: lis.Addr().String()}
 	go func() {
 		defer close(p.done)
 		err := roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: id, Etcd: c.Etcd.Endpoints, LeaseTTL: 2, Tracing: tr, MetricsAddr: maddr})
@@ -172,10 +247,15 @@ func (c *Cluster) StartExpert(id string) error {
 	return nil
 }
 
-// KillExpert stops expert node id: its server stops mid-stream (trunk streams
-// break) and it deregisters from etcd, so the coordinator re-places its experts.
-// (A crash without deregistration is detected when the lease TTL expires.)
-func (c *Cluster) KillExpert(id string) error {
+// KillExpert stops expert node id gracefully: it deregisters from etcd and the
+// coordinator re-places its experts.
+func (c *Cluster) KillExpert(id string) error { return c.stopExpert(id, false) }
+
+// CrashExpert stops expert node id like a killed process: connections drop,
+// nothing is deregistered; its etcd lease expires after the TTL.
+func (c *Cluster) CrashExpert(id string) error { return c.stopExpert(id, true) }
+
+func (c *Cluster) stopExpert(id string, crash bool) error {
 	c.mu.Lock()
 	var p *expertProc
 	for i, e := range c.experts {
@@ -189,7 +269,11 @@ func (c *Cluster) KillExpert(id string) error {
 	if p == nil {
 		return fmt.Errorf("localcluster: no expert node %q", id)
 	}
-	p.cancel()
+	if crash {
+		p.crash()
+	} else {
+		p.cancel()
+	}
 	<-p.done
 	return nil
 }
@@ -249,9 +333,13 @@ func (c *Cluster) Close() {
 		c.cancel()
 	}
 	c.mu.Lock()
-	ex := c.experts
-	c.experts = nil
+	ex, co := c.experts, c.coords
+	c.experts, c.coords = nil, nil
 	c.mu.Unlock()
+	for _, p := range co {
+		p.cancel()
+		<-p.done
+	}
 	for _, e := range ex {
 		e.cancel()
 		<-e.done

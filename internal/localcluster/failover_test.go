@@ -1,0 +1,191 @@
+package localcluster
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/switchyard-serving/switchyard/coordinator"
+	"github.com/switchyard-serving/switchyard/internal/cluster"
+	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
+)
+
+// load runs n concurrent greedy generations of the golden prompts in a loop until
+// stop is closed, and checks every output against the golden tokens.
+type loadGen struct {
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	done     int
+	failures []error
+	wrong    int
+}
+
+func startLoad(t *testing.T, c *Cluster, workers int, stop <-chan struct{}) *loadGen {
+	cli := clientFor(t, c.Endpoint)
+	prompts := goldenPrompts(t)
+	lg := &loadGen{}
+	for w := range workers {
+		lg.wg.Add(1)
+		go func() {
+			defer lg.wg.Done()
+			for i := w; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				p := prompts[i%len(prompts)]
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				got, err := gen(ctx, cli, p.IDs, len(p.Greedy))
+				cancel()
+				lg.mu.Lock()
+				lg.done++
+				if err != nil {
+					lg.failures = append(lg.failures, err)
+				} else if !equal(got, p.Greedy) {
+					lg.wrong++
+					t.Logf("prompt %s: got %v want %v", p.Name, got, p.Greedy)
+				}
+				lg.mu.Unlock()
+			}
+		}()
+	}
+	return lg
+}
+
+func (lg *loadGen) completed() int { lg.mu.Lock(); defer lg.mu.Unlock(); return lg.done }
+
+func (lg *loadGen) check(t *testing.T) {
+	t.Helper()
+	lg.wg.Wait()
+	if len(lg.failures) > 0 {
+		t.Errorf("%d of %d requests failed, first: %v", len(lg.failures), lg.done, lg.failures[0])
+	}
+	if lg.wrong > 0 {
+		t.Errorf("%d of %d outputs differ from the golden greedy tokens", lg.wrong, lg.done)
+	}
+	t.Logf("%d requests completed", lg.done)
+}
+
+func startFaultCluster(t *testing.T, experts, coords int) *Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := Start(ctx, Options{ModelPath: filepath.Join(fixtureDir(t), "hf"), ExpertNodes: experts, Coordinators: coords,
+		Trunk:       func(tc *trunknode.Config) { tc.LoadInterval = 200 * time.Millisecond; tc.Dispatch.Deadline = 45 * time.Second },
+		Coordinator: func(lc *coordinator.LeaderConfig) { lc.PlanInterval = 500 * time.Millisecond }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func tableVersion(t *testing.T, c *Cluster) uint64 {
+	tb, err := cluster.LoadTable(context.Background(), c.Client())
+	if err != nil {
+		return 0
+	}
+	return tb.Version
+}
+
+// An expert node dies (no deregistration) during steady load: no request fails
+// and every output is identical; its experts are re-placed on the survivors.
+func TestExpertCrashUnderLoad(t *testing.T) {
+	c := startFaultCluster(t, 3, 1)
+	stop := make(chan struct{})
+	lg := startLoad(t, c, 4, stop)
+	waitFor(t, "load running", 20*time.Second, func() bool { return lg.completed() >= 4 })
+	v0 := tableVersion(t, c)
+	if err := c.CrashExpert("expert-1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "re-placement", 30*time.Second, func() bool {
+		tb, err := cluster.LoadTable(context.Background(), c.Client())
+		if err != nil || tb.Version <= v0 {
+			return false
+		}
+		_, held := tb.Addr("expert-1")
+		return !held
+	})
+	n := lg.completed()
+	waitFor(t, "load continuing", 20*time.Second, func() bool { return lg.completed() >= n+8 })
+	close(stop)
+	lg.check(t)
+}
+
+// A make-before-break rollout (a new expert node joins and receives experts)
+// under load: no request fails, outputs identical.
+func TestRolloutUnderLoad(t *testing.T) {
+	c := startFaultCluster(t, 2, 1)
+	stop := make(chan struct{})
+	lg := startLoad(t, c, 4, stop)
+	waitFor(t, "load running", 20*time.Second, func() bool { return lg.completed() >= 4 })
+	v0 := tableVersion(t, c)
+	if err := c.StartExpert("expert-9"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "new node in the table", 30*time.Second, func() bool {
+		tb, err := cluster.LoadTable(context.Background(), c.Client())
+		if err != nil || tb.Version <= v0 {
+			return false
+		}
+		return len(tb.Assigned("expert-9")) > 0
+	})
+	n := lg.completed()
+	waitFor(t, "load continuing", 20*time.Second, func() bool { return lg.completed() >= n+8 })
+	close(stop)
+	lg.check(t)
+}
+
+// The coordinator leader dies: another takes over (and handles the next
+// membership change); the data plane never notices.
+func TestCoordinatorFailover(t *testing.T) {
+	c := startFaultCluster(t, 2, 2)
+	ctx := context.Background()
+	var first string
+	waitFor(t, "a leader", 20*time.Second, func() bool { first, _ = coordinator.Leader(ctx, c.Client()); return first != "" })
+	stop := make(chan struct{})
+	lg := startLoad(t, c, 2, stop)
+	if err := c.KillCoordinator(first); err != nil {
+		t.Fatal(err)
+	}
+	var second string
+	waitFor(t, "a new leader", 20*time.Second, func() bool {
+		second, _ = coordinator.Leader(ctx, c.Client())
+		return second != "" && second != first
+	})
+	v0 := tableVersion(t, c)
+	if err := c.StartExpert("expert-7"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the new leader to place the new node", 30*time.Second, func() bool {
+		tb, err := cluster.LoadTable(ctx, c.Client())
+		return err == nil && tb.Version > v0 && len(tb.Assigned("expert-7")) > 0
+	})
+	close(stop)
+	lg.check(t)
+}
+
+// etcd goes down: the data plane keeps serving on its last table; after etcd
+// comes back the cluster re-registers and keeps working.
+func TestEtcdRestart(t *testing.T) {
+	c := startFaultCluster(t, 2, 1)
+	c.StopEtcd()
+	stop := make(chan struct{})
+	lg := startLoad(t, c, 2, stop)
+	waitFor(t, "requests served without etcd", 30*time.Second, func() bool { return lg.completed() >= 6 })
+	if err := c.StartEtcd(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "nodes re-registered", 30*time.Second, func() bool {
+		ns, err := cluster.ListNodes(context.Background(), c.Client(), cluster.RoleExpert)
+		return err == nil && len(ns) == 2
+	})
+	n := lg.completed()
+	waitFor(t, "load continuing", 20*time.Second, func() bool { return lg.completed() >= n+4 })
+	close(stop)
+	lg.check(t)
+}
