@@ -15,6 +15,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/switchyard-serving/switchyard/internal/cluster"
+	"github.com/switchyard-serving/switchyard/internal/membership"
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	"github.com/switchyard-serving/switchyard/placement"
 )
@@ -33,8 +34,11 @@ type LeaderConfig struct {
 	ReadyTimeout time.Duration // how long a rollout waits for expert nodes to load
 	ElectionTTL  int           // seconds; a dead leader is replaced after about this
 	// Dead, if set, reports expert nodes that gossip says are dead before their
-	// etcd lease expires (they get no replicas).
-	Dead   func() map[string]bool
+	// etcd lease expires (they get no replicas). Gossip sets it.
+	Dead func() map[string]bool
+	// Gossip, when set, joins the memberlist cluster and uses it for Dead and to
+	// re-plan as soon as an expert node fails.
+	Gossip *membership.Config
 	Logger *slog.Logger
 }
 
@@ -55,6 +59,25 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg LeaderConfig) error {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	var gossipEvents <-chan membership.Event
+	if cfg.Gossip != nil {
+		gc := *cfg.Gossip
+		gc.Meta = membership.Meta{ID: cfg.NodeID, Role: cluster.RoleCoordinator}
+		m, err := membership.Start(gc)
+		if err != nil {
+			return err
+		}
+		defer m.Leave(time.Second)
+		cfg.Dead = m.Dead
+		gossipEvents = m.Events()
+		reg, err := cluster.Register(ctx, cli, cluster.NodeInfo{ID: cfg.NodeID, Role: cluster.RoleCoordinator,
+			Meta: map[string]string{cluster.GossipMetaKey: m.Addr()}}, int64(cfg.ElectionTTL))
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		go m.JoinLoop(ctx, 2*time.Second, func() []string { return cluster.GossipSeeds(ctx, cli) })
 	}
 	for ctx.Err() == nil {
 		sess, err := concurrency.NewSession(cli, concurrency.WithTTL(cfg.ElectionTTL), concurrency.WithContext(ctx))
@@ -77,7 +100,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg LeaderConfig) error {
 			}
 			cancel()
 		}()
-		l := &leader{cli: cli, cfg: cfg}
+		l := &leader{cli: cli, cfg: cfg, gossip: gossipEvents}
 		l.run(lctx)
 		cancel()
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -105,8 +128,9 @@ func Leader(ctx context.Context, cli *clientv3.Client) (string, error) {
 }
 
 type leader struct {
-	cli *clientv3.Client
-	cfg LeaderConfig
+	cli    *clientv3.Client
+	cfg    LeaderConfig
+	gossip <-chan membership.Event
 
 	mu       sync.Mutex
 	experts  []cluster.NodeInfo
@@ -152,6 +176,10 @@ func (l *leader) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-events:
+		case ev := <-l.gossip:
+			if ev.Node.Role != cluster.RoleExpert {
+				continue
+			}
 		case <-tick.C:
 		}
 		if err := l.round(ctx); err != nil && ctx.Err() == nil {

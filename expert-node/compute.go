@@ -1,13 +1,12 @@
 package expertnode
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
 	"time"
 
+	"github.com/switchyard-serving/switchyard/internal/wire"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
-	"github.com/switchyard-serving/switchyard/model/tensor"
 	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
@@ -111,7 +110,7 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 	off := 0
 	for _, j := range g.jobs {
 		r := int(j.b.GetRows())
-		widenBF16(rs.x[off*H:(off+r)*H], j.b.GetHiddenBf16())
+		wire.Decode(j.b.GetDtype(), rs.x[off*H:(off+r)*H], j.b.GetActivations())
 		for i, id := range j.b.GetExpertIds() {
 			rs.ids[off*K+i] = int32(id) // checked below the layer's expert count
 		}
@@ -130,7 +129,7 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 	off = 0
 	for i, j := range g.jobs {
 		r := int(j.b.GetRows())
-		outs[i] = narrowBF16(rs.out[off*H : (off+r)*H])
+		outs[i] = wire.Encode(j.b.GetDtype(), nil, rs.out[off*H:(off+r)*H])
 		off += r
 	}
 	elapsed := time.Since(start)
@@ -144,7 +143,7 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 			Layer:         j.b.GetLayer(),
 			Chunk:         j.b.GetChunk(),
 			Rows:          j.b.GetRows(),
-			OutBf16:       outs[i],
+			Out:           outs[i],
 			ComputeMicros: micros,
 		})
 	}
@@ -157,18 +156,3 @@ func grow(b []float32, n int) []float32 {
 	return b[:n]
 }
 
-// widenBF16 converts little-endian bfloat16 values to float32; len(src) == 2*len(dst).
-func widenBF16(dst []float32, src []byte) {
-	for i := range dst {
-		dst[i] = tensor.BF16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
-	}
-}
-
-// narrowBF16 rounds float32 values to little-endian bfloat16 (nearest, ties to even).
-func narrowBF16(src []float32) []byte {
-	out := make([]byte, 2*len(src))
-	for i, v := range src {
-		binary.LittleEndian.PutUint16(out[2*i:], tensor.F32ToBF16(v))
-	}
-	return out
-}

@@ -238,7 +238,7 @@ func randomBatch(rng *rand.Rand, step uint64, layer int, rows int, held []uint32
 	}
 	return &switchyardv1.ExpertBatch{
 		StepId: step, Layer: uint32(layer), Rows: uint32(rows), Hidden: fxHidden,
-		HiddenBf16: encodeBF16(x), TopK: fxTopK, ExpertIds: ids, Weights: w, Chunks: 1,
+		Activations: encodeBF16(x), TopK: fxTopK, ExpertIds: ids, Weights: w, Chunks: 1,
 	}
 }
 
@@ -252,7 +252,7 @@ func reference(t *testing.T, m *hybrid.Model, b *switchyardv1.ExpertBatch) []flo
 	}
 	req := &hybrid.ExpertRequest{
 		Layer: int(b.Layer), Rows: rows, Hidden: fxHidden, TopK: k,
-		X: decodeBF16(b.HiddenBf16), Experts: ids, Weights: b.Weights, Out: make([]float32, rows*fxHidden),
+		X: decodeBF16(b.Activations), Experts: ids, Weights: b.Weights, Out: make([]float32, rows*fxHidden),
 	}
 	var scr hybrid.ExpertScratch
 	if err := hybrid.ComputeExperts(m.W.Layers[b.Layer].Experts, req, &scr); err != nil {
@@ -273,7 +273,7 @@ func checkResult(t *testing.T, m *hybrid.Model, b *switchyardv1.ExpertBatch, r *
 			r.StepId, r.Layer, r.Chunk, r.Rows, b.StepId, b.Layer, b.Chunk, b.Rows)
 	}
 	want := reference(t, m, b)
-	got := decodeBF16(r.OutBf16)
+	got := decodeBF16(r.Out)
 	if len(got) != len(want) {
 		t.Fatalf("out has %d values, want %d", len(got), len(want))
 	}
@@ -325,7 +325,7 @@ func wantErrorResult(t *testing.T, r *switchyardv1.ExpertResult, substr string) 
 	if r.Error == "" || !strings.Contains(r.Error, substr) {
 		t.Fatalf("result error %q, want one containing %q", r.Error, substr)
 	}
-	if len(r.OutBf16) != 0 {
-		t.Fatalf("error result carries %d output bytes", len(r.OutBf16))
+	if len(r.Out) != 0 {
+		t.Fatalf("error result carries %d output bytes", len(r.Out))
 	}
 }

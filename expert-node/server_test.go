@@ -96,8 +96,8 @@ func TestBadBatchKeepsStream(t *testing.T) {
 			b.ExpertIds = append(b.ExpertIds, b.ExpertIds...)
 			b.Weights = append(b.Weights, b.Weights...)
 		}, "model hidden size is 64"},
-		{"short bytes", func(b *switchyardv1.ExpertBatch) { b.HiddenBf16 = b.HiddenBf16[:len(b.HiddenBf16)-2] }, "hidden_bf16 has"},
-		{"odd bytes", func(b *switchyardv1.ExpertBatch) { b.HiddenBf16 = b.HiddenBf16[:len(b.HiddenBf16)-1] }, "hidden_bf16 has"},
+		{"short bytes", func(b *switchyardv1.ExpertBatch) { b.Activations = b.Activations[:len(b.Activations)-2] }, "activations for"},
+		{"odd bytes", func(b *switchyardv1.ExpertBatch) { b.Activations = b.Activations[:len(b.Activations)-1] }, "activations for"},
 		{"fewer expert ids", func(b *switchyardv1.ExpertBatch) { b.ExpertIds = b.ExpertIds[1:] }, "expert_ids"},
 		{"fewer weights", func(b *switchyardv1.ExpertBatch) { b.Weights = b.Weights[1:] }, "weights"},
 		{"nan weight", func(b *switchyardv1.ExpertBatch) { b.Weights[0] = float32(math.NaN()) }, "weight 0 is NaN"},

@@ -1,6 +1,8 @@
 package expertnode
 
 import (
+	"github.com/switchyard-serving/switchyard/internal/wire"
+
 	"errors"
 	"fmt"
 	"math"
@@ -53,9 +55,8 @@ func checkShape(b *switchyardv1.ExpertBatch) error {
 		return fmt.Errorf("%w: top_k is 0", ErrBadBatch)
 	}
 	// rows*hidden < 2^64 (both < 2^32); compare against len/2 so nothing overflows.
-	if nb := uint64(len(b.GetHiddenBf16())); nb%2 != 0 || nb/2 != rows*hidden {
-		return fmt.Errorf("%w: hidden_bf16 has %d bytes, want rows x hidden x 2 = %d x %d x 2",
-			ErrBadBatch, nb, rows, hidden)
+	if err := wire.Check(b.GetDtype(), b.GetActivations(), int(rows*hidden)); err != nil {
+		return fmt.Errorf("%w: activations for %d rows x %d hidden: %v", ErrBadBatch, rows, hidden, err)
 	}
 	if n := uint64(len(b.GetExpertIds())); n != rows*topK {
 		return fmt.Errorf("%w: %d expert_ids, want rows x top_k = %d x %d", ErrBadBatch, n, rows, topK)

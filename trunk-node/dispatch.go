@@ -2,7 +2,6 @@ package trunknode
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -16,8 +15,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/switchyard-serving/switchyard/internal/routing"
+	"github.com/switchyard-serving/switchyard/internal/wire"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
-	"github.com/switchyard-serving/switchyard/model/tensor"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
@@ -35,6 +34,8 @@ type DispatchConfig struct {
 	MaxMsgBytes int
 	// Dial opens a connection to an expert node.
 	Dial func(ctx context.Context, addr string) (*grpc.ClientConn, error)
+	// WireDType is the element type of rows on the wire (default bfloat16).
+	WireDType pb.WireDType
 	// OnCall, if set, observes every per-node round trip of a layer call (metrics,
 	// traces, benchmarks). It must not block.
 	OnCall func(CallInfo)
@@ -197,6 +198,13 @@ func (d *Dispatcher) MarkDown(node string, for_ time.Duration) {
 		c.close(errors.New("node marked down"))
 		delete(d.conns, node)
 	}
+	d.mu.Unlock()
+}
+
+// MarkUp lets a node receive rows again.
+func (d *Dispatcher) MarkUp(node string) {
+	d.mu.Lock()
+	delete(d.down, node)
 	d.mu.Unlock()
 }
 
@@ -399,14 +407,10 @@ func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertR
 		r0, r1 := c*perChunk, min((c+1)*perChunk, len(rows))
 		n := r1 - r0
 		msg := &pb.ExpertBatch{StepId: step, Layer: uint32(req.Layer), Rows: uint32(n), Hidden: uint32(h), TopK: uint32(k),
-			Chunk: uint32(c), Chunks: uint32(chunks), HiddenBf16: make([]byte, 2*n*h),
+			Chunk: uint32(c), Chunks: uint32(chunks), Dtype: d.cfg.WireDType, Activations: make([]byte, 0, wire.Size(d.cfg.WireDType)*n*h),
 			ExpertIds: make([]uint32, n*k), Weights: make([]float32, n*k), Trace: carrier}
 		for i := range n {
-			src := req.X[int(rows[r0+i])*h : int(rows[r0+i]+1)*h]
-			dst := msg.HiddenBf16[2*i*h:]
-			for j, v := range src {
-				binary.LittleEndian.PutUint16(dst[2*j:], tensor.F32ToBF16(v))
-			}
+			msg.Activations = wire.Encode(d.cfg.WireDType, msg.Activations, req.X[int(rows[r0+i])*h:int(rows[r0+i]+1)*h])
 			pr := perRow[r0+i]
 			for j := range k {
 				p := pr[min(j, len(pr)-1)]
@@ -422,10 +426,10 @@ func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertR
 		}
 		waits[c] = ch
 		d.stats.Messages.Add(1)
-		d.stats.BytesOut.Add(uint64(len(msg.HiddenBf16) + 8*n*k))
+		d.stats.BytesOut.Add(uint64(len(msg.Activations) + 8*n*k))
 		d.stats.Rows.Add(uint64(n))
 		info.Rows += n
-		info.BytesOut += len(msg.HiddenBf16) + 8*n*k
+		info.BytesOut += len(msg.Activations) + 8*n*k
 	}
 	results := make([]*pb.ExpertResult, chunks)
 	for c, ch := range waits {
@@ -438,12 +442,12 @@ func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertR
 				return errors.New(res.Error)
 			}
 			r0, r1 := c*perChunk, min((c+1)*perChunk, len(rows))
-			if int(res.Rows) != r1-r0 || len(res.OutBf16) != 2*(r1-r0)*h {
-				return fmt.Errorf("malformed result: %d rows, %d bytes", res.Rows, len(res.OutBf16))
+			if int(res.Rows) != r1-r0 || wire.Check(d.cfg.WireDType, res.Out, (r1-r0)*h) != nil {
+				return fmt.Errorf("malformed result: %d rows, %d bytes", res.Rows, len(res.Out))
 			}
 			results[c] = res
-			d.stats.BytesIn.Add(uint64(len(res.OutBf16)))
-			info.BytesIn += len(res.OutBf16)
+			d.stats.BytesIn.Add(uint64(len(res.Out)))
+			info.BytesIn += len(res.Out)
 			info.Compute += time.Duration(res.ComputeMicros) * time.Microsecond
 		case <-ctx.Done():
 			s.forget(step)
@@ -458,10 +462,8 @@ func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertR
 		r0 := c * perChunk
 		for i := range int(res.Rows) {
 			dst := req.Out[int(rows[r0+i])*h : int(rows[r0+i]+1)*h]
-			src := res.OutBf16[2*i*h:]
-			for j := range dst {
-				dst[j] += tensor.BF16ToF32(binary.LittleEndian.Uint16(src[2*j:]))
-			}
+			sz := wire.Size(d.cfg.WireDType)
+			wire.Add(d.cfg.WireDType, dst, res.Out[sz*i*h:])
 		}
 	}
 	return nil

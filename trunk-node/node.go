@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/switchyard-serving/switchyard/internal/cluster"
+	"github.com/switchyard-serving/switchyard/internal/membership"
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
@@ -63,6 +64,9 @@ type Config struct {
 	StepTracing StepTracing
 	// ExpertDetail adds per-(layer, expert) activation series (high cardinality).
 	ExpertDetail bool
+	// Gossip, when set, joins the memberlist cluster: expert nodes that gossip
+	// reports failed get no more rows until they come back.
+	Gossip *membership.Config
 
 	MaxRecvBytes int           // largest public request message
 	RatePerSec   float64       // new public calls per second (0: unlimited)
@@ -247,8 +251,27 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 		if addr == "" {
 			addr = lis.Addr().String()
 		}
+		info := cluster.NodeInfo{ID: n.cfg.NodeID, Role: cluster.RoleTrunk, Addr: addr}
+		if n.cfg.Gossip != nil {
+			gc := *n.cfg.Gossip
+			gc.Meta = membership.Meta{ID: n.cfg.NodeID, Role: cluster.RoleTrunk, Addr: addr}
+			m, err := membership.Start(gc)
+			if err != nil {
+				stopRun()
+				wg.Wait()
+				return err
+			}
+			defer m.Leave(time.Second)
+			info.Meta = map[string]string{cluster.GossipMetaKey: m.Addr()}
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				m.JoinLoop(runCtx, 2*time.Second, func() []string { return cluster.GossipSeeds(runCtx, cli) })
+			}()
+			go func() { defer wg.Done(); n.watchGossip(runCtx, m) }()
+		}
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		reg, err = cluster.Register(rctx, cli, cluster.NodeInfo{ID: n.cfg.NodeID, Role: cluster.RoleTrunk, Addr: addr}, n.cfg.LeaseTTL)
+		reg, err = cluster.Register(rctx, cli, info, n.cfg.LeaseTTL)
 		cancel()
 		if err != nil {
 			stopRun()
@@ -344,6 +367,26 @@ func (n *Node) janitor(ctx context.Context) {
 						}
 					}
 				}
+			}
+		}
+	}
+}
+
+// watchGossip marks expert nodes down while gossip says they failed.
+func (n *Node) watchGossip(ctx context.Context, m *membership.Membership) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-m.Events():
+			if n.disp == nil || ev.Node.Role != cluster.RoleExpert {
+				continue
+			}
+			switch ev.Kind {
+			case membership.Leave:
+				n.disp.MarkDown(ev.Node.ID, time.Hour)
+			case membership.Join, membership.Update:
+				n.disp.MarkUp(ev.Node.ID)
 			}
 		}
 	}

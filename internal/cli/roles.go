@@ -22,6 +22,7 @@ import (
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
 
@@ -81,9 +82,12 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	stepRatio := fs.Float64("trace-step-ratio", d.StepTracing.Ratio, "fraction of forward steps traced (with OTEL_EXPORTER_OTLP_ENDPOINT set)")
 	stepSlow := fs.Duration("trace-slow-step", d.StepTracing.SlowThreshold, "always trace forward steps slower than this (0: off)")
 	detail := fs.Bool("expert-metrics-detail", false, "export per-(layer, expert) activation series (high cardinality)")
+	gossip := gossipFlags(fs)
+	wireDT := fs.String("wire-dtype", "bf16", "element type of rows sent to expert nodes: bf16 (half the bytes) or f32 (exact)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	var err error
 	cfg := d
 	cfg.NodeID, cfg.ModelPath, cfg.Etcd, cfg.LocalExperts, cfg.AdvertiseAddr = *id, *model, endpoints(*etcd), *local, *advertise
 	cfg.PublicTLS, cfg.PeerTLS = *pub, *peer
@@ -92,6 +96,17 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg.Limits.MaxContext, cfg.Limits.MaxNewTokens = *maxCtx, *maxNew
 	cfg.RatePerSec, cfg.DrainTimeout = *ratePS, *drain
 	cfg.MetricsAddr, cfg.ExpertDetail = *metricsAddr, *detail
+	if cfg.Gossip, err = gossip(); err != nil {
+		return err
+	}
+	switch *wireDT {
+	case "bf16":
+		cfg.Dispatch.WireDType = pb.WireDType_WIRE_DTYPE_BF16
+	case "f32":
+		cfg.Dispatch.WireDType = pb.WireDType_WIRE_DTYPE_F32
+	default:
+		return fmt.Errorf("--wire-dtype %q: want bf16 or f32", *wireDT)
+	}
 	cfg.StepTracing = trunknode.StepTracing{Ratio: *stepRatio, SlowThreshold: *stepSlow}
 	n, err := trunknode.New(cfg)
 	if err != nil {
@@ -117,7 +132,12 @@ func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	etcd := fs.String("etcd", "", "comma-separated etcd endpoints (required)")
 	peer := tlsFlags(fs, "peer-tls-", "node-to-node")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address (e.g. :9090)")
+	gossip := gossipFlags(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	gc, err := gossip()
+	if err != nil {
 		return err
 	}
 	ec := expertnode.DefaultConfig()
@@ -138,7 +158,7 @@ func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "expert %s serving on %s\n", *id, lis.Addr())
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	return roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: *id, Etcd: endpoints(*etcd), AdvertiseAddr: *advertise,
-		Server: rpc.ServerConfig{TLS: *peer}, MetricsAddr: *metricsAddr, Tracing: tr, OnError: func(err error) { log.Error("assignment", "err", err) }})
+		Server: rpc.ServerConfig{TLS: *peer}, MetricsAddr: *metricsAddr, Tracing: tr, Gossip: gc, OnError: func(err error) { log.Error("assignment", "err", err) }})
 }
 
 func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -154,7 +174,12 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	interval := fs.Duration("plan-interval", d.PlanInterval, "re-planning period")
 	halfLife := fs.Duration("load-half-life", d.LoadHalfLife, "half-life of the activation-count EMA")
 	ttl := fs.Int("election-ttl", d.ElectionTTL, "leader session TTL in seconds")
+	gossip := gossipFlags(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	gc, err := gossip()
+	if err != nil {
 		return err
 	}
 	var cfg *config.Config
@@ -183,6 +208,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	lc.Placement.RedundantSlotsFraction, lc.Placement.MigrationBudget, lc.Placement.MinGain = *redundant, *budget, *minGain
 	lc.PlanInterval, lc.LoadHalfLife, lc.ElectionTTL = *interval, *halfLife, *ttl
 	lc.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	lc.Gossip = gc
 	err = coordinator.Run(ctx, cli, lc)
 	if ctx.Err() != nil {
 		return nil

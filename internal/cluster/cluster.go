@@ -385,3 +385,22 @@ func ReportReady(ctx context.Context, cli *clientv3.Client, r *Registration, nod
 	_, err := cli.Put(ctx, ReadyPrefix+node, strconv.FormatUint(version, 10), clientv3.WithLease(r.lease))
 	return err
 }
+
+// GossipMetaKey is the NodeInfo.Meta key holding a node's gossip address.
+const GossipMetaKey = "gossip"
+
+// GossipSeeds returns the gossip addresses of every registered node (all roles).
+func GossipSeeds(ctx context.Context, cli *clientv3.Client) []string {
+	resp, err := cli.Get(ctx, NodesPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, kv := range resp.Kvs {
+		var n NodeInfo
+		if json.Unmarshal(kv.Value, &n) == nil && n.Meta[GossipMetaKey] != "" {
+			out = append(out, n.Meta[GossipMetaKey])
+		}
+	}
+	return out
+}

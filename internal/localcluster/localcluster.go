@@ -7,6 +7,7 @@ package localcluster
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"github.com/switchyard-serving/switchyard/coordinator"
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/embedetcd"
+	"github.com/switchyard-serving/switchyard/internal/membership"
 	"github.com/switchyard-serving/switchyard/internal/roles"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
 	"github.com/switchyard-serving/switchyard/model/config"
@@ -36,6 +38,8 @@ type Options struct {
 	Trunk func(*trunknode.Config)
 	// ExpertMetrics serves each expert node's /metrics on a free loopback port.
 	ExpertMetrics bool
+	// NoGossip turns off the memberlist cluster (on by default, encrypted).
+	NoGossip bool
 	// Coordinators is the number of coordinator replicas (default 1).
 	Coordinators int
 	// Coordinator adjusts the coordinators' configuration (tests tighten timers).
@@ -55,6 +59,7 @@ type Cluster struct {
 	wg      sync.WaitGroup
 	tmp     string
 	dataDir string
+	gossip  *membership.Config
 	mu      sync.Mutex
 	experts []*expertProc
 	coords  []*coordProc
@@ -106,11 +111,17 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
+	if !o.NoGossip {
+		key := make([]byte, 32)
+		rand.Read(key)
+		c.gossip = &membership.Config{SecretKey: key}
+	}
 
 	tcfg := trunknode.DefaultConfig()
 	tcfg.NodeID = "trunk-0"
 	tcfg.ModelPath = o.ModelPath
 	tcfg.Etcd = c.Etcd.Endpoints
+	tcfg.Gossip = c.gossip
 	if o.Trunk != nil {
 		o.Trunk(&tcfg)
 	}
@@ -155,6 +166,7 @@ func (c *Cluster) StartCoordinator(id string) {
 	lc := coordinator.DefaultLeaderConfig()
 	lc.NodeID, lc.Layers, lc.Experts = id, c.cfg.Layers, c.cfg.Experts
 	lc.PlanInterval, lc.ElectionTTL, lc.ReadyTimeout = 2*time.Second, 2, 20*time.Second
+	lc.Gossip = c.gossip
 	if c.opts.Coordinator != nil {
 		c.opts.Coordinator(&lc)
 	}
@@ -236,7 +248,7 @@ func (c *Cluster) StartExpert(id string) error {
 	p := &expertProc{id: id, node: n, cancel: func() { cancel(nil) }, crash: func() { cancel(roles.ErrCrash) }, done: make(chan struct{}), addr: lis.Addr().String()}
 	go func() {
 		defer close(p.done)
-		err := roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: id, Etcd: c.Etcd.Endpoints, LeaseTTL: 2, Tracing: tr, MetricsAddr: maddr})
+		err := roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: id, Etcd: c.Etcd.Endpoints, LeaseTTL: 2, Tracing: tr, MetricsAddr: maddr, Gossip: c.gossip})
 		if err != nil && ctx.Err() == nil {
 			c.errs <- fmt.Errorf("expert %s: %w", id, err)
 		}

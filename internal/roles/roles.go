@@ -19,6 +19,7 @@ import (
 
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/cluster"
+	"github.com/switchyard-serving/switchyard/internal/membership"
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
@@ -36,6 +37,8 @@ type ExpertConfig struct {
 	// Tracing is the node's tracer provider (shut down when RunExpert returns);
 	// it should be the one the node was built with.
 	Tracing *telemetry.Tracing
+	// Gossip, when set, joins the memberlist cluster.
+	Gossip *membership.Config
 }
 
 // RunExpert serves node on lis, registers it in etcd and loads the assignment of
@@ -88,7 +91,18 @@ func RunExpert(ctx context.Context, node *expertnode.Node, lis net.Listener, c E
 	if addr == "" {
 		addr = lis.Addr().String()
 	}
-	reg, err := cluster.Register(ctx, cli, cluster.NodeInfo{ID: c.NodeID, Role: cluster.RoleExpert, Addr: addr}, c.LeaseTTL)
+	info := cluster.NodeInfo{ID: c.NodeID, Role: cluster.RoleExpert, Addr: addr}
+	var gossip *membership.Membership
+	if c.Gossip != nil {
+		gc := *c.Gossip
+		gc.Meta = membership.Meta{ID: c.NodeID, Role: cluster.RoleExpert, Addr: addr}
+		if gossip, err = membership.Start(gc); err != nil {
+			return err
+		}
+		info.Meta = map[string]string{cluster.GossipMetaKey: gossip.Addr()}
+		go gossip.JoinLoop(ctx, 2*time.Second, func() []string { return cluster.GossipSeeds(ctx, cli) })
+	}
+	reg, err := cluster.Register(ctx, cli, info, c.LeaseTTL)
 	if err != nil {
 		return err
 	}
@@ -100,11 +114,17 @@ func RunExpert(ctx context.Context, node *expertnode.Node, lis net.Listener, c E
 	select {
 	case <-ctx.Done():
 		if errors.Is(context.Cause(ctx), ErrCrash) {
-			// Simulated crash: no deregistration, no graceful stop.
+			// Simulated crash: no deregistration, no graceful stop, gossip silent.
 			reg.Abandon()
 			srv.Stop()
+			if gossip != nil {
+				gossip.Shutdown()
+			}
 		} else {
 			reg.Close()
+			if gossip != nil {
+				gossip.Leave(time.Second)
+			}
 		}
 		return nil
 	case err := <-errc:

@@ -23,6 +23,55 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// WireDType is the element type of activation rows on the expert stream.
+type WireDType int32
+
+const (
+	// WIRE_DTYPE_BF16 is bfloat16: 2 bytes per value (the default).
+	WireDType_WIRE_DTYPE_BF16 WireDType = 0
+	// WIRE_DTYPE_F32 is float32: 4 bytes per value, no rounding (bitwise-reproducible runs).
+	WireDType_WIRE_DTYPE_F32 WireDType = 1
+)
+
+// Enum value maps for WireDType.
+var (
+	WireDType_name = map[int32]string{
+		0: "WIRE_DTYPE_BF16",
+		1: "WIRE_DTYPE_F32",
+	}
+	WireDType_value = map[string]int32{
+		"WIRE_DTYPE_BF16": 0,
+		"WIRE_DTYPE_F32":  1,
+	}
+)
+
+func (x WireDType) Enum() *WireDType {
+	p := new(WireDType)
+	*p = x
+	return p
+}
+
+func (x WireDType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WireDType) Descriptor() protoreflect.EnumDescriptor {
+	return file_switchyard_v1_expert_proto_enumTypes[0].Descriptor()
+}
+
+func (WireDType) Type() protoreflect.EnumType {
+	return &file_switchyard_v1_expert_proto_enumTypes[0]
+}
+
+func (x WireDType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WireDType.Descriptor instead.
+func (WireDType) EnumDescriptor() ([]byte, []int) {
+	return file_switchyard_v1_expert_proto_rawDescGZIP(), []int{0}
+}
+
 // StatsRequest asks for an expert node's statistics.
 type StatsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -244,8 +293,8 @@ type ExpertBatch struct {
 	Rows uint32 `protobuf:"varint,3,opt,name=rows,proto3" json:"rows,omitempty"`
 	// hidden is the row width. Required: the model's hidden size.
 	Hidden uint32 `protobuf:"varint,4,opt,name=hidden,proto3" json:"hidden,omitempty"`
-	// hidden_bf16 holds rows x hidden bfloat16 values, little-endian, row-major.
-	HiddenBf16 []byte `protobuf:"bytes,5,opt,name=hidden_bf16,json=hiddenBf16,proto3" json:"hidden_bf16,omitempty"`
+	// activations holds rows x hidden values of type dtype, little-endian, row-major.
+	Activations []byte `protobuf:"bytes,5,opt,name=activations,proto3" json:"activations,omitempty"`
 	// top_k is the number of (expert, weight) pairs per row. Required: > 0.
 	TopK uint32 `protobuf:"varint,6,opt,name=top_k,json=topK,proto3" json:"top_k,omitempty"`
 	// expert_ids holds rows x top_k expert ids; ids this node does not hold are an error.
@@ -257,7 +306,9 @@ type ExpertBatch struct {
 	// chunks is the number of chunks of this step and layer.
 	Chunks uint32 `protobuf:"varint,10,opt,name=chunks,proto3" json:"chunks,omitempty"`
 	// trace carries the W3C trace context of the dispatch span.
-	Trace         map[string]string `protobuf:"bytes,11,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Trace map[string]string `protobuf:"bytes,11,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// dtype is the element type of activations, and of the answer's out.
+	Dtype         WireDType `protobuf:"varint,12,opt,name=dtype,proto3,enum=switchyard.v1.WireDType" json:"dtype,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -320,9 +371,9 @@ func (x *ExpertBatch) GetHidden() uint32 {
 	return 0
 }
 
-func (x *ExpertBatch) GetHiddenBf16() []byte {
+func (x *ExpertBatch) GetActivations() []byte {
 	if x != nil {
-		return x.HiddenBf16
+		return x.Activations
 	}
 	return nil
 }
@@ -369,6 +420,13 @@ func (x *ExpertBatch) GetTrace() map[string]string {
 	return nil
 }
 
+func (x *ExpertBatch) GetDtype() WireDType {
+	if x != nil {
+		return x.Dtype
+	}
+	return WireDType_WIRE_DTYPE_BF16
+}
+
 // ExpertResult answers one ExpertBatch chunk.
 type ExpertResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -380,9 +438,9 @@ type ExpertResult struct {
 	Chunk uint32 `protobuf:"varint,3,opt,name=chunk,proto3" json:"chunk,omitempty"`
 	// rows is the number of rows answered.
 	Rows uint32 `protobuf:"varint,4,opt,name=rows,proto3" json:"rows,omitempty"`
-	// out_bf16 holds rows x hidden bfloat16 values: per row, the sum over its
-	// (expert, weight) pairs of weight x expert(row).
-	OutBf16 []byte `protobuf:"bytes,5,opt,name=out_bf16,json=outBf16,proto3" json:"out_bf16,omitempty"`
+	// out holds rows x hidden values of the batch's dtype: per row, the sum over
+	// its (expert, weight) pairs of weight x expert(row).
+	Out []byte `protobuf:"bytes,5,opt,name=out,proto3" json:"out,omitempty"`
 	// error, when set, says why the chunk was not computed (the trunk retries elsewhere).
 	Error string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
 	// compute_micros is the time the node spent computing, for latency breakdowns.
@@ -449,9 +507,9 @@ func (x *ExpertResult) GetRows() uint32 {
 	return 0
 }
 
-func (x *ExpertResult) GetOutBf16() []byte {
+func (x *ExpertResult) GetOut() []byte {
 	if x != nil {
-		return x.OutBf16
+		return x.Out
 	}
 	return nil
 }
@@ -488,14 +546,13 @@ const file_switchyard_v1_expert_proto_rawDesc = "" +
 	"\x0eexperts_loaded\x18\x04 \x01(\rR\rexpertsLoaded\x122\n" +
 	"\x06counts\x18\x05 \x03(\v2\x1a.switchyard.v1.ExpertCountR\x06counts\x12\x18\n" +
 	"\abatches\x18\x06 \x01(\x04R\abatches\x12\x12\n" +
-	"\x04rows\x18\a \x01(\x04R\x04rows\"\x84\x03\n" +
+	"\x04rows\x18\a \x01(\x04R\x04rows\"\xb5\x03\n" +
 	"\vExpertBatch\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\x04R\x06stepId\x12\x14\n" +
 	"\x05layer\x18\x02 \x01(\rR\x05layer\x12\x12\n" +
 	"\x04rows\x18\x03 \x01(\rR\x04rows\x12\x16\n" +
-	"\x06hidden\x18\x04 \x01(\rR\x06hidden\x12\x1f\n" +
-	"\vhidden_bf16\x18\x05 \x01(\fR\n" +
-	"hiddenBf16\x12\x13\n" +
+	"\x06hidden\x18\x04 \x01(\rR\x06hidden\x12 \n" +
+	"\vactivations\x18\x05 \x01(\fR\vactivations\x12\x13\n" +
 	"\x05top_k\x18\x06 \x01(\rR\x04topK\x12!\n" +
 	"\n" +
 	"expert_ids\x18\a \x03(\rB\x02\x10\x01R\texpertIds\x12\x1c\n" +
@@ -503,19 +560,23 @@ const file_switchyard_v1_expert_proto_rawDesc = "" +
 	"\x05chunk\x18\t \x01(\rR\x05chunk\x12\x16\n" +
 	"\x06chunks\x18\n" +
 	" \x01(\rR\x06chunks\x12;\n" +
-	"\x05trace\x18\v \x03(\v2%.switchyard.v1.ExpertBatch.TraceEntryR\x05trace\x1a8\n" +
+	"\x05trace\x18\v \x03(\v2%.switchyard.v1.ExpertBatch.TraceEntryR\x05trace\x12.\n" +
+	"\x05dtype\x18\f \x01(\x0e2\x18.switchyard.v1.WireDTypeR\x05dtype\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb6\x01\n" +
 	"\fExpertResult\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\x04R\x06stepId\x12\x14\n" +
 	"\x05layer\x18\x02 \x01(\rR\x05layer\x12\x14\n" +
 	"\x05chunk\x18\x03 \x01(\rR\x05chunk\x12\x12\n" +
-	"\x04rows\x18\x04 \x01(\rR\x04rows\x12\x19\n" +
-	"\bout_bf16\x18\x05 \x01(\fR\aoutBf16\x12\x14\n" +
+	"\x04rows\x18\x04 \x01(\rR\x04rows\x12\x10\n" +
+	"\x03out\x18\x05 \x01(\fR\x03out\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x12%\n" +
-	"\x0ecompute_micros\x18\a \x01(\rR\rcomputeMicros2\x9c\x01\n" +
+	"\x0ecompute_micros\x18\a \x01(\rR\rcomputeMicros*4\n" +
+	"\tWireDType\x12\x13\n" +
+	"\x0fWIRE_DTYPE_BF16\x10\x00\x12\x12\n" +
+	"\x0eWIRE_DTYPE_F32\x10\x012\x9c\x01\n" +
 	"\rExpertService\x12G\n" +
 	"\bDispatch\x12\x1a.switchyard.v1.ExpertBatch\x1a\x1b.switchyard.v1.ExpertResult(\x010\x01\x12B\n" +
 	"\x05Stats\x12\x1b.switchyard.v1.StatsRequest\x1a\x1c.switchyard.v1.StatsResponseBKZIgithub.com/switchyard-serving/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
@@ -532,27 +593,30 @@ func file_switchyard_v1_expert_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_expert_proto_rawDescData
 }
 
+var file_switchyard_v1_expert_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_switchyard_v1_expert_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_switchyard_v1_expert_proto_goTypes = []any{
-	(*StatsRequest)(nil),  // 0: switchyard.v1.StatsRequest
-	(*ExpertCount)(nil),   // 1: switchyard.v1.ExpertCount
-	(*StatsResponse)(nil), // 2: switchyard.v1.StatsResponse
-	(*ExpertBatch)(nil),   // 3: switchyard.v1.ExpertBatch
-	(*ExpertResult)(nil),  // 4: switchyard.v1.ExpertResult
-	nil,                   // 5: switchyard.v1.ExpertBatch.TraceEntry
+	(WireDType)(0),        // 0: switchyard.v1.WireDType
+	(*StatsRequest)(nil),  // 1: switchyard.v1.StatsRequest
+	(*ExpertCount)(nil),   // 2: switchyard.v1.ExpertCount
+	(*StatsResponse)(nil), // 3: switchyard.v1.StatsResponse
+	(*ExpertBatch)(nil),   // 4: switchyard.v1.ExpertBatch
+	(*ExpertResult)(nil),  // 5: switchyard.v1.ExpertResult
+	nil,                   // 6: switchyard.v1.ExpertBatch.TraceEntry
 }
 var file_switchyard_v1_expert_proto_depIdxs = []int32{
-	1, // 0: switchyard.v1.StatsResponse.counts:type_name -> switchyard.v1.ExpertCount
-	5, // 1: switchyard.v1.ExpertBatch.trace:type_name -> switchyard.v1.ExpertBatch.TraceEntry
-	3, // 2: switchyard.v1.ExpertService.Dispatch:input_type -> switchyard.v1.ExpertBatch
-	0, // 3: switchyard.v1.ExpertService.Stats:input_type -> switchyard.v1.StatsRequest
-	4, // 4: switchyard.v1.ExpertService.Dispatch:output_type -> switchyard.v1.ExpertResult
-	2, // 5: switchyard.v1.ExpertService.Stats:output_type -> switchyard.v1.StatsResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2, // 0: switchyard.v1.StatsResponse.counts:type_name -> switchyard.v1.ExpertCount
+	6, // 1: switchyard.v1.ExpertBatch.trace:type_name -> switchyard.v1.ExpertBatch.TraceEntry
+	0, // 2: switchyard.v1.ExpertBatch.dtype:type_name -> switchyard.v1.WireDType
+	4, // 3: switchyard.v1.ExpertService.Dispatch:input_type -> switchyard.v1.ExpertBatch
+	1, // 4: switchyard.v1.ExpertService.Stats:input_type -> switchyard.v1.StatsRequest
+	5, // 5: switchyard.v1.ExpertService.Dispatch:output_type -> switchyard.v1.ExpertResult
+	3, // 6: switchyard.v1.ExpertService.Stats:output_type -> switchyard.v1.StatsResponse
+	5, // [5:7] is the sub-list for method output_type
+	3, // [3:5] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_expert_proto_init() }
@@ -565,13 +629,14 @@ func file_switchyard_v1_expert_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_expert_proto_rawDesc), len(file_switchyard_v1_expert_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_switchyard_v1_expert_proto_goTypes,
 		DependencyIndexes: file_switchyard_v1_expert_proto_depIdxs,
+		EnumInfos:         file_switchyard_v1_expert_proto_enumTypes,
 		MessageInfos:      file_switchyard_v1_expert_proto_msgTypes,
 	}.Build()
 	File_switchyard_v1_expert_proto = out.File
