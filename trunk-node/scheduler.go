@@ -24,6 +24,10 @@ type SchedConfig struct {
 	MaxRunning       int // sessions advanced together per step
 	MaxTokensPerStep int // token budget per step (decode rows + prefill chunk rows)
 	MaxQueue         int // waiting requests before admission answers RESOURCE_EXHAUSTED
+	// PingPong splits a step of at least PingPongMinRows rows into two
+	// micro-batches whose expert dispatches overlap the other's trunk compute.
+	PingPong        bool
+	PingPongMinRows int
 }
 
 // Job is one generation request inside the scheduler.
@@ -308,7 +312,21 @@ func (s *Scheduler) step() {
 	if s.disp != nil {
 		s.disp.beginStep(stepCtx)
 	}
-	err := s.model.Forward(batch)
+	var err error
+	if s.cfg.PingPong && len(batch) >= 2 && rows >= max(2, s.cfg.PingPongMinRows) {
+		// Split by rows into two halves, keeping each sequence whole.
+		half, acc, cut := rows/2, 0, 1
+		for i, b := range batch {
+			acc += len(b.Tokens)
+			if acc >= half {
+				cut = max(1, min(i+1, len(batch)-1))
+				break
+			}
+		}
+		err = s.model.ForwardPingPong(batch[:cut], batch[cut:])
+	} else {
+		err = s.model.Forward(batch)
+	}
 	var calls []CallInfo
 	if s.disp != nil {
 		calls = s.disp.endStep()

@@ -112,6 +112,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	prompt := fs.Int("prompt", 16, "prompt tokens per session")
 	experts := fs.Int("experts", 2, "expert nodes")
 	reps := fs.Int("reps", 3, "repetitions (median reported)")
+	pingPong := fs.Bool("ping-pong", true, "split big steps into two micro-batches that overlap dispatch and compute")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -133,6 +134,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	tune := func(c *trunknode.Config) {
 		c.Sched.MaxRunning = maxS
 		c.Sched.MaxTokensPerStep = max(512, maxS*(*prompt))
+		c.Sched.PingPong = *pingPong
 	}
 	// In-process baseline: one trunk computing the experts itself.
 	lcfg := trunknode.DefaultConfig()

@@ -74,6 +74,7 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ttl := fs.Duration("session-ttl", d.Memory.IdleTTL, "idle sessions are deleted after this")
 	maxRunning := fs.Int("max-running", d.Sched.MaxRunning, "sessions advanced together per step")
 	maxStep := fs.Int("max-step-tokens", d.Sched.MaxTokensPerStep, "token budget per step")
+	pingPong := fs.Bool("ping-pong", d.Sched.PingPong, "overlap expert dispatch with trunk compute by splitting big steps into two micro-batches")
 	maxCtx := fs.Int("max-context", d.Limits.MaxContext, "tokens a session may hold")
 	maxNew := fs.Int("max-new-tokens", d.Limits.MaxNewTokens, "upper bound for max_tokens")
 	ratePS := fs.Float64("rate-limit", d.RatePerSec, "new public calls per second (0: unlimited)")
@@ -92,7 +93,7 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg.NodeID, cfg.ModelPath, cfg.Etcd, cfg.LocalExperts, cfg.AdvertiseAddr = *id, *model, endpoints(*etcd), *local, *advertise
 	cfg.PublicTLS, cfg.PeerTLS = *pub, *peer
 	cfg.Memory = trunknode.MemoryConfig{RecurrentBytes: *rec, KVBytes: *kv, IdleTTL: *ttl}
-	cfg.Sched.MaxRunning, cfg.Sched.MaxTokensPerStep = *maxRunning, *maxStep
+	cfg.Sched.MaxRunning, cfg.Sched.MaxTokensPerStep, cfg.Sched.PingPong = *maxRunning, *maxStep, *pingPong
 	cfg.Limits.MaxContext, cfg.Limits.MaxNewTokens = *maxCtx, *maxNew
 	cfg.RatePerSec, cfg.DrainTimeout = *ratePS, *drain
 	cfg.MetricsAddr, cfg.ExpertDetail = *metricsAddr, *detail

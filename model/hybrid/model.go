@@ -40,6 +40,7 @@ type Model struct {
 
 	closer func() error
 	scr    scratch
+	scr2   scratch // the second micro-batch of ForwardPingPong
 }
 
 // New assembles a model from a config and weights, with in-process experts.
@@ -90,6 +91,54 @@ type scratch struct {
 // and filling the requested logits. On error the states may be partially updated
 // (the caller discards the step).
 func (m *Model) Forward(batch []Seq) error {
+	return m.forwardWith(batch, &m.scr, nil)
+}
+
+// baton serialises the CPU work of two micro-batches: the holder computes; it
+// hands the baton over while it waits for remote experts.
+type baton chan struct{}
+
+func (b baton) acquire() {
+	if b != nil {
+		b <- struct{}{}
+	}
+}
+
+func (b baton) release() {
+	if b != nil {
+		<-b
+	}
+}
+
+// ForwardPingPong runs two micro-batches so that one computes while the other
+// waits for its routed experts (MegaScale-Infer's ping-pong): each MoE layer's
+// dispatch of micro-batch a overlaps the trunk compute of micro-batch b and vice
+// versa. The result equals Forward on each micro-batch.
+func (m *Model) ForwardPingPong(a, b []Seq) error {
+	if len(a) == 0 {
+		return m.Forward(b)
+	}
+	if len(b) == 0 {
+		return m.Forward(a)
+	}
+	bt := make(baton, 1)
+	errs := make(chan error, 1)
+	go func() {
+		bt.acquire()
+		defer bt.release()
+		errs <- m.forwardWith(b, &m.scr2, bt)
+	}()
+	bt.acquire()
+	errA := m.forwardWith(a, &m.scr, bt)
+	bt.release()
+	errB := <-errs
+	if errA != nil {
+		return errA
+	}
+	return errB
+}
+
+func (m *Model) forwardWith(batch []Seq, sc *scratch, bt baton) error {
 	c := m.Cfg
 	H := c.Hidden
 	N := 0
@@ -107,7 +156,6 @@ func (m *Model) Forward(batch []Seq) error {
 		}
 		N += len(s.Tokens)
 	}
-	sc := &m.scr
 	sc.h = grow(sc.h, N*H)
 	sc.u = grow(sc.u, N*H)
 	sc.f = grow(sc.f, N*H)
@@ -133,10 +181,10 @@ func (m *Model) Forward(batch []Seq) error {
 		}
 		var err error
 		if lw.Type == config.Mamba {
-			err = m.mamba(batch, mi, lw.Mamba, N)
+			err = m.mamba(sc, batch, mi, lw.Mamba, N)
 			mi++
 		} else {
-			err = m.attention(batch, ai, lw.Attn, N)
+			err = m.attention(sc, batch, ai, lw.Attn, N)
 			ai++
 		}
 		if err != nil {
@@ -146,7 +194,7 @@ func (m *Model) Forward(batch []Seq) error {
 		for r := range N {
 			kernels.RMSNorm(sc.u[r*H:(r+1)*H], sc.h[r*H:(r+1)*H], lw.PostNorm, c.RMSNormEps)
 		}
-		if err := m.ffn(li, lw, N); err != nil {
+		if err := m.ffn(sc, bt, li, lw, N); err != nil {
 			return fmt.Errorf("layer %d: %w", li, err)
 		}
 		axpy(c.ResidualMultiplier, sc.f[:N*H], sc.h[:N*H])
@@ -154,7 +202,7 @@ func (m *Model) Forward(batch []Seq) error {
 	for _, s := range batch {
 		s.State.Pos += len(s.Tokens)
 	}
-	return m.head(batch)
+	return m.head(sc, batch)
 }
 
 func axpy(a float32, x, y []float32) {
@@ -164,10 +212,9 @@ func axpy(a float32, x, y []float32) {
 }
 
 // head applies the final norm and LM head to the rows that need logits.
-func (m *Model) head(batch []Seq) error {
+func (m *Model) head(sc *scratch, batch []Seq) error {
 	c := m.Cfg
 	H, V := c.Hidden, c.VocabSize
-	sc := &m.scr
 	// Collect the rows that need logits.
 	var rows []int
 	r := 0
@@ -218,9 +265,8 @@ func (m *Model) head(batch []Seq) error {
 
 // mamba runs Mamba-2 layer mi (numbered among Mamba layers) over the batch: reads
 // sc.u, writes sc.mix.
-func (m *Model) mamba(batch []Seq, mi int, w *MambaWeights, N int) error {
+func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) error {
 	c := m.Cfg
-	sc := &m.scr
 	din, cd, nh, P, ns, G, K := c.DInner(), c.ConvDim(), c.MambaHeads, c.MambaHeadDim, c.MambaDState, c.MambaGroups, c.MambaDConv
 	ip := c.InProjDim()
 	sc.proj = grow(sc.proj, N*ip)
@@ -286,9 +332,8 @@ func (m *Model) mamba(batch []Seq, mi int, w *MambaWeights, N int) error {
 }
 
 // attention runs attention layer ai over the batch: reads sc.u, writes sc.mix.
-func (m *Model) attention(batch []Seq, ai int, w *AttnWeights, N int) error {
+func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N int) error {
 	c := m.Cfg
-	sc := &m.scr
 	qd, kvd, hd := c.QDim(), c.KVDim(), c.HeadDim()
 	nq, nkv := c.Heads, c.KVHeads
 	sc.q = grow(sc.q, N*qd)
@@ -371,9 +416,8 @@ func rope(v []float32, heads, hd, pos int, theta float32, interleaved bool) {
 
 // ffn runs the MoE (routed experts via the backend, shared expert locally,
 // overlapped) or the dense MLP: reads sc.u, writes sc.f.
-func (m *Model) ffn(li int, lw *LayerWeights, N int) error {
+func (m *Model) ffn(sc *scratch, bt baton, li int, lw *LayerWeights, N int) error {
 	c := m.Cfg
-	sc := &m.scr
 	H := c.Hidden
 	x := sc.u[:N*H]
 	var pend Pending
@@ -406,7 +450,10 @@ func (m *Model) ffn(li int, lw *LayerWeights, N int) error {
 	}
 	kernels.MatMul(sc.f, sh.Down, sc.sharedG, N)
 	if pend != nil {
-		if err := pend.Wait(); err != nil {
+		bt.release() // let the other micro-batch compute while the experts run
+		err := pend.Wait()
+		bt.acquire()
+		if err != nil {
 			return fmt.Errorf("experts: %w", err)
 		}
 		for i := range sc.f[:N*H] {

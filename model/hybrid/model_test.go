@@ -245,3 +245,40 @@ func TestScanChunkedMatchesRecurrent(t *testing.T) {
 		}
 	}
 }
+
+// The ping-pong form (two micro-batches interleaved at the expert waits) equals
+// running each micro-batch with Forward.
+func TestForwardPingPongMatches(t *testing.T) {
+	m := loadFixture(t)
+	r := rand.New(rand.NewPCG(11, 12))
+	mk := func(n int) ([]Seq, []Seq) {
+		a, b := make([]Seq, n), make([]Seq, n)
+		for i := range n {
+			toks := randTokens(r, 1+i%5, m.Cfg.VocabSize)
+			a[i] = Seq{State: m.NewState(), Tokens: toks}
+			b[i] = Seq{State: m.NewState(), Tokens: toks}
+		}
+		return a, b
+	}
+	a1, a2 := mk(3)
+	b1, b2 := mk(4)
+	if err := m.ForwardPingPong(a1, b1); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Forward(a2); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Forward(b2); err != nil {
+		t.Fatal(err)
+	}
+	for i := range a1 {
+		if d := maxDiff(a1[i].Logits, a2[i].Logits); d != 0 {
+			t.Fatalf("micro-batch a seq %d differs by %.3g", i, d)
+		}
+	}
+	for i := range b1 {
+		if d := maxDiff(b1[i].Logits, b2[i].Logits); d != 0 {
+			t.Fatalf("micro-batch b seq %d differs by %.3g", i, d)
+		}
+	}
+}
