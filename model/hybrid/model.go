@@ -75,6 +75,7 @@ type scratch struct {
 	h, u, f, mix  []float32
 	proj          []float32
 	xbc, y, zgate []float32
+	xbcAct, dt    []float32
 	q, k, v, att  []float32
 	sharedG       []float32
 	sharedU       []float32
@@ -284,7 +285,8 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 		for t := range T {
 			copy(ext[(K-1+t)*cd:(K+t)*cd], sc.proj[(r+t)*ip+din:(r+t)*ip+din+cd])
 		}
-		xbc := make([]float32, T*cd) // post-activation x|B|C
+		sc.xbcAct = grow(sc.xbcAct, T*cd)
+		xbc := sc.xbcAct // post-activation x|B|C
 		for t := range T {
 			out := xbc[t*cd : (t+1)*cd]
 			for ch := range cd {
@@ -298,7 +300,8 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 		}
 		copy(conv, ext[T*cd:(T+K-1)*cd])
 		// dt = softplus(dt_raw + dt_bias), per token and head.
-		dt := make([]float32, T*nh)
+		sc.dt = grow(sc.dt, T*nh)
+		dt := sc.dt
 		for t := range T {
 			raw := sc.proj[(r+t)*ip+din+cd : (r+t)*ip+din+cd+nh]
 			for h := range nh {
@@ -367,22 +370,13 @@ func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N in
 				q := sc.q[(r+t)*qd+h*hd : (r+t)*qd+(h+1)*hd]
 				sco := sc.scores[:L]
 				for j := range L {
-					kk := kc[j*kvd+kh*hd : j*kvd+(kh+1)*hd]
-					var d float32
-					for e := range hd {
-						d += q[e] * kk[e]
-					}
-					sco[j] = d * c.AttentionMult
+					sco[j] = kernels.Dot(q, kc[j*kvd+kh*hd:j*kvd+(kh+1)*hd]) * c.AttentionMult
 				}
 				kernels.Softmax(sco)
 				out := sc.att[(r+t)*qd+h*hd : (r+t)*qd+(h+1)*hd]
 				clear(out)
 				for j := range L {
-					p := sco[j]
-					vv := vc[j*kvd+kh*hd : j*kvd+(kh+1)*hd]
-					for e := range hd {
-						out[e] += p * vv[e]
-					}
+					kernels.Axpy(sco[j], vc[j*kvd+kh*hd:j*kvd+(kh+1)*hd], out)
 				}
 			}
 		}

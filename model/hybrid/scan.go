@@ -1,6 +1,10 @@
 package hybrid
 
-import "math"
+import (
+	"math"
+
+	"github.com/switchyard-serving/switchyard/model/kernels"
+)
 
 // scanParams describes one sequence's Mamba-2 selective scan.
 //
@@ -48,14 +52,9 @@ func scanRecurrent(p *scanParams) {
 			y := p.y[t*p.dInner+h*p.P : t*p.dInner+(h+1)*p.P]
 			for i := range p.P {
 				s := p.state[(h*p.P+i)*p.N : (h*p.P+i+1)*p.N]
-				dx := dt * x[i]
-				var acc float32
-				for n := range p.N {
-					v := dA*s[n] + dx*B[n]
-					s[n] = v
-					acc += C[n] * v
-				}
-				y[i] = acc + p.D[h]*x[i]
+				kernels.Scale(dA, s)
+				kernels.Axpy(dt*x[i], B, s)
+				y[i] = kernels.Dot(C, s) + p.D[h]*x[i]
 			}
 		}
 	}
@@ -90,11 +89,7 @@ func scanChunked(p *scanParams, sc *chunkScratch) {
 				C := p.c(t0+t, g)
 				for s := 0; s <= t; s++ {
 					B := p.b(t0+s, g)
-					var d float32
-					for n := range p.N {
-						d += C[n] * B[n]
-					}
-					sc.cb[t*Q+s] = d
+					sc.cb[t*Q+s] = kernels.Dot(C, B)
 				}
 			}
 			for h := g * hpg; h < (g+1)*hpg; h++ {
@@ -118,40 +113,24 @@ func scanChunked(p *scanParams, sc *chunkScratch) {
 					C := p.c(t0+t, g)
 					ec := float32(math.Exp(float64(sc.cum[t])))
 					for i := range p.P {
-						s := S[i*p.N : (i+1)*p.N]
-						var d float32
-						for n := range p.N {
-							d += C[n] * s[n]
-						}
-						y[i] = ec * d
+						y[i] = ec * kernels.Dot(C, S[i*p.N:(i+1)*p.N])
 					}
 					// Diagonal: Σ_{s≤t} CB[t,s]·decay[t,s]·Δ_s · x_s.
 					for s := 0; s <= t; s++ {
 						coef := sc.cb[t*Q+s] * sc.decay[t*Q+s] * p.dt[(t0+s)*p.H+h]
-						x := p.x(t0+s, h)
-						for i := range p.P {
-							y[i] += coef * x[i]
-						}
+						kernels.Axpy(coef, p.x(t0+s, h), y)
 					}
 					x := p.x(t0+t, h)
-					for i := range p.P {
-						y[i] += p.D[h] * x[i]
-					}
+					kernels.Axpy(p.D[h], x, y)
 				}
 				// State update: S ← exp(cum[L-1])·S + Σ_s decay[L-1,s]·Δ_s · x_s ⊗ B_s.
 				eTot := float32(math.Exp(float64(sc.cum[L-1])))
-				for i := range S {
-					S[i] *= eTot
-				}
+				kernels.Scale(eTot, S)
 				for s := range L {
 					w := sc.decay[(L-1)*Q+s] * p.dt[(t0+s)*p.H+h]
 					x, B := p.x(t0+s, h), p.b(t0+s, g)
 					for i := range p.P {
-						wx := w * x[i]
-						row := S[i*p.N : (i+1)*p.N]
-						for n := range p.N {
-							row[n] += wx * B[n]
-						}
+						kernels.Axpy(w*x[i], B, S[i*p.N:(i+1)*p.N])
 					}
 				}
 			}
