@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"sync"
 
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/kernels"
@@ -85,7 +86,22 @@ type scratch struct {
 	wts           []float32
 	scores        []float32
 	outRows       []float32
-	chunk         chunkScratch
+	chunks        []chunkScratch // one per scan worker
+}
+
+// parallel runs fn(0..n-1) on n goroutines (inline when n == 1).
+func parallel(n int, fn func(i int)) {
+	if n <= 1 {
+		fn(0)
+		return
+	}
+	var wg sync.WaitGroup
+	for i := 1; i < n; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn(i) }()
+	}
+	fn(0)
+	wg.Wait()
 }
 
 // Forward advances every sequence of the batch by its tokens, updating the states
@@ -309,13 +325,25 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 			}
 		}
 		y := sc.y[r*din : (r+T)*din]
-		p := scanParams{T: T, H: nh, P: P, N: ns, G: G, convDim: cd, dInner: din, xbc: xbc, dt: dt, A: w.A, D: w.D, state: ssm, y: y}
-		if T >= m.ScanChunkedMin && m.ScanChunkedMin > 0 && T > 1 {
-			p.chunk = c.MambaChunkSize
-			scanChunked(&p, &sc.chunk)
-		} else {
-			scanRecurrent(&p)
+		chunked := T >= m.ScanChunkedMin && m.ScanChunkedMin > 0 && T > 1
+		// Heads are independent: split them across the compute threads.
+		workers := min(kernels.Threads(), nh)
+		if T*nh*P*ns < 1<<15 {
+			workers = 1
 		}
+		for len(sc.chunks) < workers {
+			sc.chunks = append(sc.chunks, chunkScratch{})
+		}
+		parallel(workers, func(wi int) {
+			p := scanParams{T: T, H: nh, P: P, N: ns, G: G, convDim: cd, dInner: din, xbc: xbc, dt: dt, A: w.A, D: w.D, state: ssm, y: y,
+				h0: wi * nh / workers, h1: (wi + 1) * nh / workers}
+			if chunked {
+				p.chunk = c.MambaChunkSize
+				scanChunked(&p, &sc.chunks[wi])
+			} else {
+				scanRecurrent(&p)
+			}
+		})
 		// Gate with silu(z), then RMSNorm per group of d_inner/G channels.
 		gs := din / G
 		for t := range T {

@@ -237,6 +237,22 @@ func TestScanChunkedMatchesRecurrent(t *testing.T) {
 		ch.chunk = tc.Q
 		scanRecurrent(&ref)
 		scanChunked(&ch, &chunkScratch{})
+		// Head ranges computed separately (as the parallel path does) give the same.
+		split := ref
+		split.state = append([]float32(nil), s0...)
+		split.y = make([]float32, tc.T*din)
+		split.chunk = tc.Q
+		for _, hr := range [][2]int{{0, tc.H / 2}, {tc.H / 2, tc.H}} {
+			part := split
+			part.h0, part.h1 = hr[0], hr[1]
+			if hr[0] == hr[1] {
+				continue
+			}
+			scanChunked(&part, &chunkScratch{})
+		}
+		if d := maxDiff(split.y, ch.y); d != 0 {
+			t.Errorf("%+v: head-split chunked scan differs by %.3g", tc, d)
+		}
 		if d := maxDiff(ref.y, ch.y); d > 1e-4 {
 			t.Errorf("%+v: y differs by %.3g", tc, d)
 		}

@@ -17,8 +17,16 @@ type scanParams struct {
 	T, H, P, N, G   int
 	convDim, dInner int
 	chunk           int
+	h0, h1          int // heads [h0, h1) are computed (0, 0: all)
 	xbc, dt, A, D   []float32
 	state, y        []float32
+}
+
+func (p *scanParams) heads() (int, int) {
+	if p.h1 == 0 {
+		return 0, p.H
+	}
+	return p.h0, p.h1
 }
 
 func (p *scanParams) x(t, h int) []float32 {
@@ -43,8 +51,9 @@ func (p *scanParams) c(t, g int) []float32 {
 //	y[h,p]   = Σ_n C[g,n]·S[h,p,n] + D_h·x[h,p]
 func scanRecurrent(p *scanParams) {
 	hpg := p.H / p.G
+	h0, h1 := p.heads()
 	for t := range p.T {
-		for h := range p.H {
+		for h := h0; h < h1; h++ {
 			g := h / hpg
 			dt := p.dt[t*p.H+h]
 			dA := float32(math.Exp(float64(dt * p.A[h])))
@@ -76,6 +85,7 @@ func scanChunked(p *scanParams, sc *chunkScratch) {
 		Q = p.T
 	}
 	hpg := p.H / p.G
+	h0, h1 := p.heads()
 	sc.cb = grow(sc.cb, Q*Q)
 	sc.decay = grow(sc.decay, Q*Q)
 	sc.cum = grow(sc.cum, Q)
@@ -84,6 +94,9 @@ func scanChunked(p *scanParams, sc *chunkScratch) {
 	for t0 := 0; t0 < p.T; t0 += Q {
 		L := min(Q, p.T-t0)
 		for g := range p.G {
+			if (g+1)*hpg <= h0 || g*hpg >= h1 {
+				continue // no head of this group is ours
+			}
 			// CB[t][s] = C_t · B_s for s ≤ t (shared by the group's heads).
 			for t := range L {
 				C := p.c(t0+t, g)
@@ -92,7 +105,7 @@ func scanChunked(p *scanParams, sc *chunkScratch) {
 					sc.cb[t*Q+s] = kernels.Dot(C, B)
 				}
 			}
-			for h := g * hpg; h < (g+1)*hpg; h++ {
+			for h := max(g*hpg, h0); h < min((g+1)*hpg, h1); h++ {
 				A := p.A[h]
 				// decay[t][s] = exp(Σ_{k=s+1..t} α_k); cum[t] = Σ_{k≤t} α_k.
 				var run float32
