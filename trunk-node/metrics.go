@@ -2,7 +2,9 @@ package trunknode
 
 import (
 	"context"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +30,7 @@ type metrics struct {
 	activations           *prometheus.CounterVec
 	detail                *prometheus.CounterVec // per (layer, expert); nil unless enabled
 	tableVersion          prometheus.Gauge
+	rss                   prometheus.Gauge
 	replicas              prometheus.Gauge
 	imbalance             *prometheus.GaugeVec
 
@@ -63,6 +66,7 @@ func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metri
 		dBytes:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_dispatch_bytes_total", Help: "Payload bytes exchanged with each expert node.", ConstLabels: cl}, []string{"node", "direction"}),
 		activations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_expert_activations_total", Help: "Routed (row, expert) pairs computed, per layer and expert node.", ConstLabels: cl},
 			[]string{"layer", "node"}),
+		rss:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_trunk_resident_bytes", Help: "Resident memory of the trunk process (weights mapped from the checkpoint included once touched).", ConstLabels: cl}),
 		tableVersion: prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_routing_table_version", Help: "Version of the routing table in use.", ConstLabels: cl}),
 		replicas:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_expert_replicas", Help: "Expert replicas in the routing table in use.", ConstLabels: cl}),
 		imbalance: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_placement_imbalance", Help: "Max/mean expert-node load: predicted by the placement, observed by this trunk.", ConstLabels: cl},
@@ -79,7 +83,7 @@ func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metri
 		reg.MustRegister(m.detail)
 	}
 	reg.MustRegister(m.ttft, m.itl, m.e2e, m.queue, m.genTokens, m.promptTok, m.requests, m.sessions, m.stateBytes,
-		m.stepSec, m.stepRows, m.rtt, m.dRows, m.dRetries, m.dBytes, m.activations, m.tableVersion, m.replicas, m.imbalance)
+		m.stepSec, m.stepRows, m.rtt, m.dRows, m.dRetries, m.dBytes, m.activations, m.tableVersion, m.replicas, m.imbalance, m.rss)
 	return m
 }
 
@@ -153,3 +157,17 @@ func (n *Node) StepStats() (steps, rows uint64, busy time.Duration) {
 
 // Registry is the node's metrics registry.
 func (n *Node) Registry() *prometheus.Registry { return n.metrics.reg }
+
+// residentBytes reads the process's resident set size (Linux; 0 elsewhere).
+func residentBytes() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}

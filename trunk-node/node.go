@@ -359,6 +359,7 @@ func (n *Node) janitor(ctx context.Context) {
 			n.metrics.sessions.WithLabelValues("waiting").Set(float64(w))
 			n.metrics.stateBytes.WithLabelValues("recurrent").Set(float64(rec))
 			n.metrics.stateBytes.WithLabelValues("kv").Set(float64(kv))
+			n.metrics.rss.Set(float64(residentBytes()))
 			if n.metrics.detail != nil && n.disp != nil {
 				for l, row := range n.disp.detailDelta() {
 					for e, v := range row {

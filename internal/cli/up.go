@@ -44,6 +44,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	experts := fs.Int("experts", 2, "number of expert nodes")
 	data := fs.String("data-dir", "", "etcd data folder (default: temporary)")
 	maxRunning := fs.Int("max-running", 64, "sessions advanced together per step")
+	metrics := fs.String("metrics-addr", "127.0.0.1:0", "trunk /metrics address")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -55,13 +56,14 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		*model = p
 	}
 	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: *model, ExpertNodes: *experts, Listen: *listen, DataDir: *data,
-		Trunk: func(tc *trunknode.Config) { tc.Sched.MaxRunning = *maxRunning }})
+		Trunk: func(tc *trunknode.Config) { tc.Sched.MaxRunning = *maxRunning; tc.MetricsAddr = *metrics }})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	fmt.Fprintf(stdout, "switchyard cluster ready: public API on %s (trunk %s, %d expert nodes, etcd %s)\n",
 		c.Endpoint, "trunk-0", len(c.ExpertIDs()), c.Etcd.Endpoints[0])
+	fmt.Fprintf(stdout, "metrics: http://%s/metrics\n", c.Trunk.MetricsAddr())
 	fmt.Fprintf(stdout, "try:\n  switchyard generate --addr %s --prompt \"Hello\" --greedy --max-tokens 16\n", c.Endpoint)
 	fmt.Fprintf(stdout, "  grpcurl -plaintext -d '{\"text\":\"Hello\",\"max_tokens\":16}' %s switchyard.v1.Switchyard/Generate\n", c.Endpoint)
 	select {
