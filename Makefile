@@ -6,7 +6,10 @@ PKGS      := ./...
 PURE_PKGS := ./model/... ./placement/...
 FORBIDDEN := google.golang.org/grpc|go.etcd.io|github.com/hashicorp/memberlist|go.opentelemetry.io
 
-.PHONY: all build test test-short bench run lint verify verify-deps verify-proto proto fmt generate clean
+IMAGE     ?= switchyard
+IMAGE_TAG ?= dev
+
+.PHONY: all build test test-short bench run lint verify verify-deps verify-proto proto fmt generate clean image helm-test
 
 all: build
 
@@ -15,6 +18,15 @@ build:
 
 test:
 	$(GO) test -count=1 -timeout 15m $(PKGS)
+	$(MAKE) helm-test
+
+# Chart lint/render, strict manifest validation, Dockerfile checks (own module in deploy/helm/test).
+helm-test:
+	bash scripts/helm-test.sh
+
+# Container image with the single switchyard binary (needs Docker with BuildKit).
+image:
+	docker build -t $(IMAGE):$(IMAGE_TAG) .
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
@@ -37,6 +49,7 @@ verify: verify-deps verify-proto
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) mod tidy -diff
+	cd deploy/helm/test && $(GO) vet ./... && $(GO) mod tidy -diff
 
 verify-deps:
 	@for p in $$($(GO) list $(PURE_PKGS) 2>/dev/null); do \

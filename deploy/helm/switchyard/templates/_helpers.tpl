@@ -1,0 +1,377 @@
+{{/*
+Names. The fullname is capped at 40 characters so that
+"<fullname>-expert-headless" (Service names: 63) and
+"<fullname>-expert-<ordinal>" (StatefulSet names must leave room for the
+controller-revision-hash label) stay within Kubernetes' limits.
+*/}}
+{{- define "switchyard.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "switchyard.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "switchyard.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Common labels; call with (dict "ctx" $ "component" "trunk"). */}}
+{{- define "switchyard.labels" -}}
+helm.sh/chart: {{ include "switchyard.chart" .ctx }}
+{{ include "switchyard.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: switchyard
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels; call with (dict "ctx" $ "component" "trunk"). */}}
+{{- define "switchyard.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "switchyard.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end -}}
+
+{{/* Object names per component. */}}
+{{- define "switchyard.trunk.name" -}}{{ include "switchyard.fullname" . }}-trunk{{- end -}}
+{{- define "switchyard.trunk.headless" -}}{{ include "switchyard.fullname" . }}-trunk-headless{{- end -}}
+{{- define "switchyard.expert.name" -}}{{ include "switchyard.fullname" . }}-expert{{- end -}}
+{{- define "switchyard.expert.headless" -}}{{ include "switchyard.fullname" . }}-expert-headless{{- end -}}
+{{- define "switchyard.coordinator.name" -}}{{ include "switchyard.fullname" . }}-coordinator{{- end -}}
+{{- define "switchyard.etcd.name" -}}{{ include "switchyard.fullname" . }}-etcd{{- end -}}
+{{- define "switchyard.etcd.headless" -}}{{ include "switchyard.fullname" . }}-etcd-headless{{- end -}}
+{{- define "switchyard.modelFetch.name" -}}{{ include "switchyard.fullname" . }}-model-fetch{{- end -}}
+
+{{- define "switchyard.secretName" -}}
+{{- default (printf "%s-secrets" (include "switchyard.fullname" .)) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{- define "switchyard.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "switchyard.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "switchyard.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The in-cluster DNS suffix of the release namespace: <ns>.svc.<domain>. */}}
+{{- define "switchyard.svcSuffix" -}}
+{{- printf "%s.svc.%s" .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
+{{/*
+etcd client endpoints as one comma-separated string (the --etcd flag): every
+member of the internal StatefulSet by its stable DNS name, or the external list.
+*/}}
+{{- define "switchyard.etcd.endpoints" -}}
+{{- if eq .Values.etcd.mode "external" -}}
+{{- join "," .Values.etcd.external.endpoints -}}
+{{- else -}}
+{{- $name := include "switchyard.etcd.name" . -}}
+{{- $svc := include "switchyard.etcd.headless" . -}}
+{{- $suffix := include "switchyard.svcSuffix" . -}}
+{{- $eps := list -}}
+{{- range $i := until (int .Values.etcd.internal.replicas) -}}
+{{- $eps = append $eps (printf "http://%s-%d.%s.%s:2379" $name $i $svc $suffix) -}}
+{{- end -}}
+{{- join "," $eps -}}
+{{- end -}}
+{{- end -}}
+
+{{/* etcd --initial-cluster: member name = pod name, peer URL = its stable DNS name. */}}
+{{- define "switchyard.etcd.initialCluster" -}}
+{{- $name := include "switchyard.etcd.name" . -}}
+{{- $svc := include "switchyard.etcd.headless" . -}}
+{{- $suffix := include "switchyard.svcSuffix" . -}}
+{{- $members := list -}}
+{{- range $i := until (int .Values.etcd.internal.replicas) -}}
+{{- $members = append $members (printf "%s-%d=http://%s-%d.%s.%s:2380" $name $i $name $i $svc $suffix) -}}
+{{- end -}}
+{{- join "," $members -}}
+{{- end -}}
+
+{{/* Path of the checkpoint inside the pods (the --model flag). */}}
+{{- define "switchyard.modelPath" -}}
+{{- $base := ternary "/models/repo" "/models" (eq .Values.model.source "download") -}}
+{{- if .Values.model.path -}}
+{{- printf "%s/%s" $base (trimPrefix "/" .Values.model.path) -}}
+{{- else -}}
+{{- $base -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Pod environment shared by the Switchyard roles; call with
+(dict "ctx" $ "role" "trunk"). POD_NAME and POD_NAMESPACE come first so that
+later values and the container args can reference them as $(POD_NAME).
+*/}}
+{{- define "switchyard.env" -}}
+{{- $v := .ctx.Values -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: SWITCHYARD_ROLE
+  value: {{ .role | quote }}
+- name: SWITCHYARD_GOSSIP_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "switchyard.secretName" .ctx }}
+      key: gossip-key
+{{- if eq .role "trunk" }}
+- name: SWITCHYARD_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "switchyard.secretName" .ctx }}
+      key: api-token
+{{- end }}
+{{- if and (eq $v.etcd.mode "external") $v.etcd.external.tls.enabled }}
+- name: SWITCHYARD_ETCD_CA
+  value: /etc/switchyard/etcd-tls/ca.crt
+- name: SWITCHYARD_ETCD_CERT
+  value: /etc/switchyard/etcd-tls/tls.crt
+- name: SWITCHYARD_ETCD_KEY
+  value: /etc/switchyard/etcd-tls/tls.key
+{{- end }}
+{{- if $v.otel.enabled }}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "switchyard-%s" .role | quote }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $v.otel.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $v.otel.protocol | quote }}
+- name: OTEL_EXPORTER_OTLP_INSECURE
+  value: {{ $v.otel.insecure | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $v.otel.tracesSampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $v.otel.tracesSamplerArg | quote }}
+{{- $attrs := list "k8s.namespace.name=$(POD_NAMESPACE)" "k8s.pod.name=$(POD_NAME)" "service.instance.id=$(POD_NAME)" (printf "switchyard.role=%s" .role) }}
+{{- range $k, $val := $v.otel.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%v" $k $val) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attrs | quote }}
+{{- if $v.otel.headersSecret.name }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.otel.headersSecret.name }}
+      key: {{ $v.otel.headersSecret.key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Metrics wiring of a role; call with (dict "ctx" $ "role" "trunk").
+"switchyard.metricsFlag" is the role's flag name, or "" when the role serves no
+metrics (metrics disabled, or metrics.flags.<role> empty).
+*/}}
+{{- define "switchyard.metricsFlag" -}}
+{{- if .ctx.Values.metrics.enabled -}}
+{{- get .ctx.Values.metrics.flags .role -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "switchyard.metricsArgs" -}}
+{{- with include "switchyard.metricsFlag" . -}}
+- {{ printf "%s=:%d" . (int $.ctx.Values.metrics.port) | quote }}
+{{- end -}}
+{{- end -}}
+
+{{- define "switchyard.metricsPort" -}}
+{{- if include "switchyard.metricsFlag" . -}}
+- name: metrics
+  containerPort: {{ .ctx.Values.metrics.port }}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod annotations for Prometheus' kubernetes_sd "prometheus.io" convention. */}}
+{{- define "switchyard.metricsAnnotations" -}}
+{{- if and (include "switchyard.metricsFlag" .) .ctx.Values.metrics.podAnnotations -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .ctx.Values.metrics.port | quote }}
+prometheus.io/path: {{ .ctx.Values.metrics.path | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+gRPC health probes on a port; call with (dict "ctx" $ "port" 7070 "service" "x"
+"tls" true). Kubernetes gRPC probes are plaintext, so a TLS port gets TCP checks.
+*/}}
+{{- define "switchyard.probes" -}}
+{{- $p := .ctx.Values.probes -}}
+{{- $check := "" -}}
+{{- if .tls -}}
+{{- $check = printf "tcpSocket:\n  port: grpc" -}}
+{{- else -}}
+{{- $check = printf "grpc:\n  port: %d" (int .port) -}}
+{{- end -}}
+startupProbe:
+  {{- $check | nindent 2 }}
+  periodSeconds: {{ $p.startup.periodSeconds }}
+  timeoutSeconds: {{ $p.startup.timeoutSeconds }}
+  failureThreshold: {{ $p.startup.failureThreshold }}
+livenessProbe:
+  {{- $check | nindent 2 }}
+  periodSeconds: {{ $p.liveness.periodSeconds }}
+  timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
+  failureThreshold: {{ $p.liveness.failureThreshold }}
+readinessProbe:
+  {{- if .tls }}
+  {{- $check | nindent 2 }}
+  {{- else }}
+  grpc:
+    port: {{ .port }}
+    service: {{ .service | quote }}
+  {{- end }}
+  periodSeconds: {{ $p.readiness.periodSeconds }}
+  timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
+  failureThreshold: {{ $p.readiness.failureThreshold }}
+  successThreshold: {{ $p.readiness.successThreshold }}
+{{- end -}}
+
+{{/* Volumes shared by the Switchyard pods (model volume excluded). */}}
+{{- define "switchyard.commonVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 1Gi
+{{- if and (eq .Values.etcd.mode "external") .Values.etcd.external.tls.enabled }}
+- name: etcd-tls
+  secret:
+    secretName: {{ .Values.etcd.external.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
+{{- define "switchyard.commonVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: model
+  mountPath: /models
+  readOnly: true
+{{- if and (eq .Values.etcd.mode "external") .Values.etcd.external.tls.enabled }}
+- name: etcd-tls
+  mountPath: /etc/switchyard/etcd-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/*
+The model volume of a pod; call with (dict "ctx" $ "claimTemplate" bool).
+With claimTemplate the StatefulSet provides the volume through a
+volumeClaimTemplate, so nothing is rendered here.
+*/}}
+{{- define "switchyard.modelVolume" -}}
+{{- $m := .ctx.Values.model -}}
+{{- if eq $m.source "pvc" }}
+- name: model
+  persistentVolumeClaim:
+    claimName: {{ $m.pvc.claimName }}
+    readOnly: true
+{{- else if eq $m.source "hostPath" }}
+- name: model
+  hostPath:
+    path: {{ $m.hostPath.path }}
+    type: {{ $m.hostPath.type }}
+{{- else if not .claimTemplate }}
+- name: model
+  emptyDir:
+    sizeLimit: {{ $m.download.sizeLimit }}
+{{- end }}
+{{- if eq $m.source "download" }}
+- name: model-fetch
+  configMap:
+    name: {{ include "switchyard.modelFetch.name" .ctx }}
+    defaultMode: 0444
+- name: model-fetch-tmp
+  emptyDir: {}
+{{- end }}
+{{- end -}}
+
+{{/*
+The init container that downloads the Hugging Face repo; call with
+(dict "ctx" $ "patterns" (list ...)). patterns overrides
+model.download.allowPatterns (the coordinator fetches only what it reads).
+*/}}
+{{- define "switchyard.modelInit" -}}
+{{- $d := .ctx.Values.model.download -}}
+- name: model-download
+  image: {{ printf "%s:%s" $d.image.repository $d.image.tag | quote }}
+  imagePullPolicy: {{ $d.image.pullPolicy }}
+  command: ["sh", "/opt/model-fetch/fetch.sh"]
+  env:
+    - name: HF_REPO_ID
+      value: {{ $d.repoId | quote }}
+    - name: HF_REVISION
+      value: {{ $d.revision | quote }}
+    - name: HF_ALLOW_PATTERNS
+      value: {{ .patterns | toJson | quote }}
+    - name: MODEL_DIR
+      value: /models/repo
+    - name: PIP_PACKAGES
+      value: {{ join " " $d.pipPackages | quote }}
+    - name: PIP_EXTRA_ARGS
+      value: {{ join " " $d.pipExtraArgs | quote }}
+    - name: HOME
+      value: /scratch
+    - name: HF_HOME
+      value: /scratch/hf
+    - name: HF_HUB_DISABLE_TELEMETRY
+      value: "1"
+    - name: PIP_NO_CACHE_DIR
+      value: "1"
+    - name: PIP_DISABLE_PIP_VERSION_CHECK
+      value: "1"
+    - name: PYTHONDONTWRITEBYTECODE
+      value: "1"
+    {{- if $d.token.existingSecret }}
+    - name: HF_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ $d.token.existingSecret }}
+          key: {{ $d.token.key }}
+    {{- end }}
+    {{- with $d.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  securityContext:
+    {{- toYaml .ctx.Values.containerSecurityContext | nindent 4 }}
+  resources:
+    {{- toYaml $d.resources | nindent 4 }}
+  volumeMounts:
+    - name: model
+      mountPath: /models
+    - name: model-fetch
+      mountPath: /opt/model-fetch
+      readOnly: true
+    - name: model-fetch-tmp
+      mountPath: /scratch
+{{- end -}}
