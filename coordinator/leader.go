@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -39,7 +40,34 @@ type LeaderConfig struct {
 	// Gossip, when set, joins the memberlist cluster and uses it for Dead and to
 	// re-plan as soon as an expert node fails.
 	Gossip *membership.Config
-	Logger *slog.Logger
+	// Registry receives the coordinator's metrics (nil: none).
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+}
+
+type leaderMetrics struct {
+	isLeader  prometheus.Gauge
+	version   prometheus.Gauge
+	imbalance prometheus.Gauge
+	replicas  prometheus.Gauge
+	moves     *prometheus.CounterVec
+	rollouts  *prometheus.CounterVec
+}
+
+func newLeaderMetrics(reg *prometheus.Registry, id string) *leaderMetrics {
+	cl := prometheus.Labels{"node_id": id}
+	m := &leaderMetrics{
+		isLeader:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_coordinator_leader", Help: "1 while this coordinator is the leader.", ConstLabels: cl}),
+		version:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_placement_version", Help: "Routing-table version last published by this coordinator.", ConstLabels: cl}),
+		imbalance: prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_placement_predicted_imbalance", Help: "Predicted max/mean expert-node load of the published placement.", ConstLabels: cl}),
+		replicas:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_placement_replicas", Help: "Expert replicas in the published placement.", ConstLabels: cl}),
+		moves:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_placement_moves_total", Help: "Replicas loaded by rollouts: voluntary moves and repairs.", ConstLabels: cl}, []string{"kind"}),
+		rollouts:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_placement_rollouts_total", Help: "Rollouts by outcome.", ConstLabels: cl}, []string{"outcome"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.isLeader, m.version, m.imbalance, m.replicas, m.moves, m.rollouts)
+	}
+	return m
 }
 
 // DefaultLeaderConfig returns production defaults (Layers/Experts/NodeID unset).
@@ -79,6 +107,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg LeaderConfig) error {
 		defer reg.Close()
 		go m.JoinLoop(ctx, 2*time.Second, func() []string { return cluster.GossipSeeds(ctx, cli) })
 	}
+	met := newLeaderMetrics(cfg.Registry, cfg.NodeID)
 	for ctx.Err() == nil {
 		sess, err := concurrency.NewSession(cli, concurrency.WithTTL(cfg.ElectionTTL), concurrency.WithContext(ctx))
 		if err != nil {
@@ -100,8 +129,10 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg LeaderConfig) error {
 			}
 			cancel()
 		}()
-		l := &leader{cli: cli, cfg: cfg, gossip: gossipEvents}
+		l := &leader{cli: cli, cfg: cfg, gossip: gossipEvents, m: met}
+		met.isLeader.Set(1)
 		l.run(lctx)
+		met.isLeader.Set(0)
 		cancel()
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
 		el.Resign(rctx)
@@ -131,6 +162,7 @@ type leader struct {
 	cli    *clientv3.Client
 	cfg    LeaderConfig
 	gossip <-chan membership.Event
+	m      *leaderMetrics
 
 	mu       sync.Mutex
 	experts  []cluster.NodeInfo
@@ -260,8 +292,15 @@ func (l *leader) round(ctx context.Context) error {
 		next.Version = cur.Version + 1
 	}
 	if err := l.rollout(ctx, next); err != nil {
+		l.m.rollouts.WithLabelValues("abandoned").Inc()
 		return err
 	}
+	l.m.rollouts.WithLabelValues("published").Inc()
+	l.m.version.Set(float64(next.Version))
+	l.m.imbalance.Set(plan.Imbalance)
+	l.m.replicas.Set(float64(plan.ReplicaCount()))
+	l.m.moves.WithLabelValues("voluntary").Add(float64(plan.Moves - plan.Repairs))
+	l.m.moves.WithLabelValues("repair").Add(float64(plan.Repairs))
 	l.mu.Lock()
 	l.current = next
 	l.mu.Unlock()

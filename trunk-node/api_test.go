@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-serving/switchyard/model/config"
@@ -387,5 +388,27 @@ func TestCancelFreesResources(t *testing.T) {
 	}
 	if r, w := n.sched.Load(); r != 0 || w != 0 {
 		t.Fatalf("scheduler still has %d running, %d waiting", r, w)
+	}
+}
+
+// With an API token configured, calls without it are UNAUTHENTICATED and calls
+// with it succeed; health stays open for probes.
+func TestAPIToken(t *testing.T) {
+	c, _ := startLocal(t, func(c *Config) { c.APIToken = "s3cret" })
+	ctx := context.Background()
+	if _, err := c.ModelInfo(ctx, &pb.ModelInfoRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("no token: %v", err)
+	}
+	md := metadata.Pairs("authorization", "Bearer s3cret")
+	if _, err := c.ModelInfo(metadata.NewOutgoingContext(ctx, md), &pb.ModelInfoRequest{}); err != nil {
+		t.Fatalf("with token: %v", err)
+	}
+	bad := metadata.Pairs("authorization", "Bearer nope")
+	s, err := c.Generate(metadata.NewOutgoingContext(ctx, bad), &pb.GenerateRequest{Input: &pb.GenerateRequest_Text{Text: "hi"}, MaxTokens: 2})
+	if err == nil {
+		_, err = s.Recv()
+	}
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("wrong token on a stream: %v", err)
 	}
 }

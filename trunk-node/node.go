@@ -17,7 +17,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -40,7 +39,11 @@ type Config struct {
 	NodeID    string
 	ModelPath string
 	// Etcd endpoints; empty runs without a control plane (LocalExperts required).
-	Etcd []string
+	Etcd    []string
+	EtcdTLS cluster.EtcdTLS
+	// APIToken, when set, is required as "authorization: Bearer <token>" on every
+	// public call (health and reflection excepted).
+	APIToken string
 	// LocalExperts computes the routed experts in process instead of on expert
 	// nodes (single-node mode and the in-process baseline).
 	LocalExperts bool
@@ -209,7 +212,8 @@ func (n *Node) markReady() {
 func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 	defer n.model.Close()
 	defer n.cfg.Tracing.Shutdown(context.Background())
-	sc := rpc.ServerConfig{TLS: n.cfg.PublicTLS, MaxRecvBytes: n.cfg.MaxRecvBytes, RatePerSec: n.cfg.RatePerSec, RateBurst: int(n.cfg.RatePerSec) + 1}
+	sc := rpc.ServerConfig{TLS: n.cfg.PublicTLS, MaxRecvBytes: n.cfg.MaxRecvBytes, RatePerSec: n.cfg.RatePerSec, RateBurst: int(n.cfg.RatePerSec) + 1,
+		AuthToken: n.cfg.APIToken}
 	if n.cfg.Tracing.Enabled {
 		sc.ExtraOptions = append(sc.ExtraOptions, grpc.StatsHandler(otelgrpc.NewServerHandler(
 			otelgrpc.WithTracerProvider(n.cfg.Tracing.Provider), otelgrpc.WithPropagators(telemetry.Propagator))))
@@ -240,7 +244,7 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 	var cli *clientv3.Client
 	var reg *cluster.Registration
 	if len(n.cfg.Etcd) > 0 {
-		cli, err = clientv3.New(clientv3.Config{Endpoints: n.cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		cli, err = cluster.NewClient(n.cfg.Etcd, n.cfg.EtcdTLS)
 		if err != nil {
 			stopRun()
 			wg.Wait()

@@ -9,12 +9,25 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/switchyard-serving/switchyard/internal/rpc"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
 // generateRemote is `switchyard generate --addr`: the same flags against a cluster.
 func generateRemote(ctx context.Context, addr string, g *genFlags, stdout io.Writer) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if g.tlsCA != "" {
+		c, err := rpc.ClientCreds(rpc.TLSFiles{CA: g.tlsCA})
+		if err != nil {
+			return err
+		}
+		creds = c
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if g.apiToken != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(rpc.BearerToken(g.apiToken)))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return err
 	}

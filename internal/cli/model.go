@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -28,6 +29,7 @@ type genFlags struct {
 	chat, greedy, printIDs, noEOS bool
 	maxTokens, topK, seed         int
 	temperature, topP, minP, rep  float64
+	apiToken, tlsCA               string
 }
 
 func (g *genFlags) register(fs interface {
@@ -51,6 +53,12 @@ func (g *genFlags) register(fs interface {
 	fs.StringVar(&g.stop, "stop", "", "comma-separated stop strings")
 }
 
+// registerClient adds the cluster-client flags of `generate --addr`.
+func (g *genFlags) registerClient(fs *flag.FlagSet) {
+	fs.StringVar(&g.apiToken, "api-token", os.Getenv("SWITCHYARD_API_TOKEN"), "bearer token for the public API (default $SWITCHYARD_API_TOKEN)")
+	fs.StringVar(&g.tlsCA, "tls-ca", "", "CA bundle to verify the public API's TLS certificate (enables TLS)")
+}
+
 func (g *genFlags) params() sample.Params {
 	p := sample.Params{Temperature: float32(g.temperature), TopK: g.topK, TopP: float32(g.topP), MinP: float32(g.minP),
 		RepetitionPenalty: float32(g.rep), Seed: uint64(g.seed)}
@@ -71,6 +79,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := newFlags("generate", stderr)
 	var g genFlags
 	g.register(fs)
+	g.registerClient(fs)
 	model := fs.String("model", "", "model: Hugging Face folder or .gguf file (local mode)")
 	addr := fs.String("addr", "", "generate through a cluster's public API at HOST:PORT instead of a local model")
 	threads := fs.Int("threads", 0, "compute threads (0 = all cores)")

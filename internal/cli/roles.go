@@ -10,13 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/switchyard-serving/switchyard/coordinator"
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
+	"github.com/switchyard-serving/switchyard/internal/cluster"
 	"github.com/switchyard-serving/switchyard/internal/roles"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
@@ -65,7 +66,8 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	advertise := fs.String("advertise", "", "address registered in etcd (default: the listen address)")
 	id := fs.String("node-id", hostname(), "node id")
 	model := fs.String("model", "", "model: Hugging Face folder or .gguf (required)")
-	etcd := fs.String("etcd", "", "comma-separated etcd endpoints (required unless --local-experts)")
+	etcdOpts := etcdFlags(fs, "")
+	apiToken := fs.String("api-token", os.Getenv("SWITCHYARD_API_TOKEN"), "require this bearer token on the public API (default $SWITCHYARD_API_TOKEN)")
 	local := fs.Bool("local-experts", false, "compute experts in process (no expert nodes)")
 	pub := tlsFlags(fs, "tls-", "public API")
 	peer := tlsFlags(fs, "peer-tls-", "node-to-node")
@@ -90,7 +92,8 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var err error
 	cfg := d
-	cfg.NodeID, cfg.ModelPath, cfg.Etcd, cfg.LocalExperts, cfg.AdvertiseAddr = *id, *model, endpoints(*etcd), *local, *advertise
+	cfg.NodeID, cfg.ModelPath, cfg.LocalExperts, cfg.AdvertiseAddr, cfg.APIToken = *id, *model, *local, *advertise, *apiToken
+	cfg.Etcd, cfg.EtcdTLS = etcdOpts()
 	cfg.PublicTLS, cfg.PeerTLS = *pub, *peer
 	cfg.Memory = trunknode.MemoryConfig{RecurrentBytes: *rec, KVBytes: *kv, IdleTTL: *ttl}
 	cfg.Sched.MaxRunning, cfg.Sched.MaxTokensPerStep, cfg.Sched.PingPong = *maxRunning, *maxStep, *pingPong
@@ -130,7 +133,7 @@ func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	advertise := fs.String("advertise", "", "address registered in etcd (default: the listen address)")
 	id := fs.String("node-id", hostname(), "node id")
 	model := fs.String("model", "", "model: Hugging Face folder or .gguf (required)")
-	etcd := fs.String("etcd", "", "comma-separated etcd endpoints (required)")
+	etcdOpts := etcdFlags(fs, "")
 	peer := tlsFlags(fs, "peer-tls-", "node-to-node")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address (e.g. :9090)")
 	gossip := gossipFlags(fs)
@@ -158,14 +161,17 @@ func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "expert %s serving on %s\n", *id, lis.Addr())
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	return roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: *id, Etcd: endpoints(*etcd), AdvertiseAddr: *advertise,
+	eps, etls := etcdOpts()
+	return roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: *id, Etcd: eps, EtcdTLS: etls, AdvertiseAddr: *advertise,
 		Server: rpc.ServerConfig{TLS: *peer}, MetricsAddr: *metricsAddr, Tracing: tr, Gossip: gc, OnError: func(err error) { log.Error("assignment", "err", err) }})
 }
 
 func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("coordinator", stderr)
-	etcd := fs.String("etcd", "", "comma-separated etcd endpoints (required)")
+	etcdOpts := etcdFlags(fs, "")
 	model := fs.String("model", "", "model folder or .gguf, for its layer and expert counts (required)")
+	listen := fs.String("listen", "", "serve the gRPC health service here (e.g. :7072; empty: none)")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics here (e.g. :9090)")
 	id := fs.String("node-id", hostname(), "coordinator id (election candidate value)")
 	d := coordinator.DefaultLeaderConfig()
 	slots := fs.Int("slots-per-node", 0, "expert replicas one expert node can hold (0: unlimited)")
@@ -198,11 +204,25 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		cfg = c
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints(*etcd), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	eps, etls := etcdOpts()
+	cli, err := cluster.NewClient(eps, etls)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
+	reg := telemetry.NewRegistry()
+	if *metricsAddr != "" {
+		if _, err := telemetry.ServeMetrics(ctx, *metricsAddr, reg); err != nil {
+			return err
+		}
+	}
+	if *listen != "" {
+		stop, err := serveHealth(*listen)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	fmt.Fprintf(stdout, "coordinator %s running (%d layers x %d experts)\n", *id, cfg.Layers, cfg.Experts)
 	lc := d
 	lc.NodeID, lc.Layers, lc.Experts, lc.SlotsPerNode = *id, cfg.Layers, cfg.Experts, *slots
@@ -210,9 +230,23 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	lc.PlanInterval, lc.LoadHalfLife, lc.ElectionTTL = *interval, *halfLife, *ttl
 	lc.Logger = slog.New(slog.NewTextHandler(stderr, nil))
 	lc.Gossip = gc
+	lc.Registry = reg
 	err = coordinator.Run(ctx, cli, lc)
 	if ctx.Err() != nil {
 		return nil
 	}
 	return err
+}
+
+// serveHealth serves the standard gRPC health service (SERVING) on addr.
+func serveHealth(addr string) (func(), error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s := grpc.NewServer()
+	h := health.NewServer()
+	healthpb.RegisterHealthServer(s, h)
+	go s.Serve(lis)
+	return s.Stop, nil
 }

@@ -12,9 +12,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/switchyard-serving/switchyard/coordinator"
 	"github.com/switchyard-serving/switchyard/internal/cluster"
 	"github.com/switchyard-serving/switchyard/internal/membership"
@@ -60,14 +57,27 @@ func gossipFlags(fs *flag.FlagSet) func() (*membership.Config, error) {
 	}
 }
 
+// etcdFlags adds --etcd and the etcd client TLS flags (defaults from
+// $SWITCHYARD_ETCD_CA/_CERT/_KEY, as the Helm chart sets them).
+func etcdFlags(fs *flag.FlagSet, def string) func() ([]string, cluster.EtcdTLS) {
+	eps := fs.String("etcd", def, "comma-separated etcd endpoints")
+	ca := fs.String("etcd-ca", os.Getenv("SWITCHYARD_ETCD_CA"), "CA bundle for etcd TLS (PEM)")
+	cert := fs.String("etcd-cert", os.Getenv("SWITCHYARD_ETCD_CERT"), "client certificate for etcd TLS (PEM)")
+	key := fs.String("etcd-key", os.Getenv("SWITCHYARD_ETCD_KEY"), "client key for etcd TLS (PEM)")
+	return func() ([]string, cluster.EtcdTLS) {
+		return endpoints(*eps), cluster.EtcdTLS{CA: *ca, Cert: *cert, Key: *key}
+	}
+}
+
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("status", stderr)
-	etcd := fs.String("etcd", "127.0.0.1:2379", "comma-separated etcd endpoints")
+	etcdOpts := etcdFlags(fs, "127.0.0.1:2379")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints(*etcd), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	eps, etls := etcdOpts()
+	cli, err := cluster.NewClient(eps, etls)
 	if err != nil {
 		return err
 	}
@@ -90,7 +100,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	out.Leader, _ = coordinator.Leader(ctx, cli)
 	t, err := cluster.LoadTable(ctx, cli)
 	if err != nil && err != cluster.ErrNotFound {
-		return fmt.Errorf("etcd at %s: %w", *etcd, err)
+		return fmt.Errorf("etcd at %v: %w", eps, err)
 	}
 	if t != nil {
 		out.Version = t.Version

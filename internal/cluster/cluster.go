@@ -21,15 +21,19 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/switchyard-serving/switchyard/internal/routing"
 )
@@ -403,4 +407,37 @@ func GossipSeeds(ctx context.Context, cli *clientv3.Client) []string {
 		}
 	}
 	return out
+}
+
+// EtcdTLS names the PEM files for TLS to etcd (all empty: plaintext).
+type EtcdTLS struct {
+	CA, Cert, Key string
+}
+
+// NewClient connects to etcd, with TLS when files are given.
+func NewClient(endpoints []string, t EtcdTLS) (*clientv3.Client, error) {
+	cfg := clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+	if t.CA != "" || t.Cert != "" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if t.CA != "" {
+			b, err := os.ReadFile(t.CA)
+			if err != nil {
+				return nil, fmt.Errorf("cluster: etcd CA: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(b) {
+				return nil, fmt.Errorf("cluster: etcd CA %s holds no PEM certificate", t.CA)
+			}
+			tc.RootCAs = pool
+		}
+		if t.Cert != "" {
+			c, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+			if err != nil {
+				return nil, fmt.Errorf("cluster: etcd client certificate: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{c}
+		}
+		cfg.TLS = tc
+	}
+	return clientv3.New(cfg)
 }

@@ -12,9 +12,7 @@ import (
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
@@ -29,6 +27,7 @@ import (
 type ExpertConfig struct {
 	NodeID        string
 	Etcd          []string
+	EtcdTLS       cluster.EtcdTLS
 	AdvertiseAddr string // registered address (default: the listener's)
 	LeaseTTL      int64  // seconds
 	Server        rpc.ServerConfig
@@ -82,7 +81,7 @@ func RunExpert(ctx context.Context, node *expertnode.Node, lis net.Listener, c E
 		}
 		node.Close()
 	}()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := cluster.NewClient(c.Etcd, c.EtcdTLS)
 	if err != nil {
 		return fmt.Errorf("roles: etcd: %w", err)
 	}
