@@ -71,7 +71,7 @@ func (v *variant) isExternal(kind, name string) bool {
 }
 
 func (v *variant) metricsRoles() map[string]bool {
-	out := map[string]bool{"trunk": true, "expert": true}
+	out := map[string]bool{"trunk": true, "expert": true, "coordinator": true}
 	for _, r := range v.metricsOff {
 		out[r] = false
 	}
@@ -87,7 +87,6 @@ func defaults(name string, files ...string) variant {
 		name: name, files: files,
 		trunks: 2, experts: 2, coordinators: 2, etcdMembers: 3, gpus: 1,
 		modelSource: "download", download: true, generatedSecret: true,
-		probeExempt: []string{"coordinator"},
 	}
 }
 
