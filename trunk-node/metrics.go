@@ -30,7 +30,7 @@ type metrics struct {
 	activations           *prometheus.CounterVec
 	detail                *prometheus.CounterVec // per (layer, expert); nil unless enabled
 	tableVersion          prometheus.Gauge
-	rss                   prometheus.Gauge
+	rss                   *prometheus.GaugeVec
 	replicas              prometheus.Gauge
 	imbalance             *prometheus.GaugeVec
 
@@ -66,7 +66,8 @@ func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metri
 		dBytes:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_dispatch_bytes_total", Help: "Payload bytes exchanged with each expert node.", ConstLabels: cl}, []string{"node", "direction"}),
 		activations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_expert_activations_total", Help: "Routed (row, expert) pairs computed, per layer and expert node.", ConstLabels: cl},
 			[]string{"layer", "node"}),
-		rss:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_trunk_resident_bytes", Help: "Resident memory of the trunk process (weights mapped from the checkpoint included once touched).", ConstLabels: cl}),
+		rss: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_trunk_resident_bytes",
+			Help: "Resident memory of the trunk process: anon (heap: session state, buffers) and file (checkpoint pages mapped and touched).", ConstLabels: cl}, []string{"kind"}),
 		tableVersion: prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_routing_table_version", Help: "Version of the routing table in use.", ConstLabels: cl}),
 		replicas:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_expert_replicas", Help: "Expert replicas in the routing table in use.", ConstLabels: cl}),
 		imbalance: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_placement_imbalance", Help: "Max/mean expert-node load: predicted by the placement, observed by this trunk.", ConstLabels: cl},
@@ -158,16 +159,25 @@ func (n *Node) StepStats() (steps, rows uint64, busy time.Duration) {
 // Registry is the node's metrics registry.
 func (n *Node) Registry() *prometheus.Registry { return n.metrics.reg }
 
-// residentBytes reads the process's resident set size (Linux; 0 elsewhere).
-func residentBytes() int64 {
-	b, err := os.ReadFile("/proc/self/statm")
+// residentBytes reads the process's anonymous and file-backed resident memory
+// (Linux /proc/self/status; zeros elsewhere).
+func residentBytes() (anon, file int64) {
+	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		return 0
+		return 0, 0
 	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "RssAnon:":
+			anon = kb << 10
+		case "RssFile:":
+			file = kb << 10
+		}
 	}
-	pages, _ := strconv.ParseInt(f[1], 10, 64)
-	return pages * int64(os.Getpagesize())
+	return anon, file
 }

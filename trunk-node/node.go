@@ -363,7 +363,9 @@ func (n *Node) janitor(ctx context.Context) {
 			n.metrics.sessions.WithLabelValues("waiting").Set(float64(w))
 			n.metrics.stateBytes.WithLabelValues("recurrent").Set(float64(rec))
 			n.metrics.stateBytes.WithLabelValues("kv").Set(float64(kv))
-			n.metrics.rss.Set(float64(residentBytes()))
+			anon, file := residentBytes()
+			n.metrics.rss.WithLabelValues("anon").Set(float64(anon))
+			n.metrics.rss.WithLabelValues("file").Set(float64(file))
 			if n.metrics.detail != nil && n.disp != nil {
 				for l, row := range n.disp.detailDelta() {
 					for e, v := range row {

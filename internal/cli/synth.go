@@ -35,6 +35,7 @@ func runSynth(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	seed := fs.Uint64("seed", 1, "random seed")
 	out := fs.String("out", "", "output folder (required)")
 	allAttn := fs.Bool("all-attention", false, "write the all-attention twin (same widths, every layer attention)")
+	experts := fs.Int("experts", 0, "routed experts per layer (0 = the preset's)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -46,7 +47,7 @@ func runSynth(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	cfg, err := synth.Write(*out, synth.Options{Preset: *preset, Layers: *layers, Vocab: *vocab, DType: dt, Seed: *seed,
-		AllAttention: *allAttn, Progress: stderr})
+		AllAttention: *allAttn, Experts: *experts, Progress: stderr})
 	if err != nil {
 		return err
 	}

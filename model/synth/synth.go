@@ -37,6 +37,7 @@ type Options struct {
 	DType        tensor.DType
 	Seed         uint64
 	AllAttention bool      // write the all-attention twin (same widths, every layer attention)
+	Experts      int       // routed experts per layer (0: the preset's); top-k is capped to it
 	Progress     io.Writer // progress lines (nil: silent)
 }
 
@@ -135,6 +136,12 @@ func Write(dir string, o Options) (*config.Config, error) {
 	}
 	if o.Vocab > 0 {
 		keys["vocab_size"] = o.Vocab
+	}
+	if o.Experts > 0 {
+		keys["num_local_experts"] = o.Experts
+		if k, _ := keys["num_experts_per_tok"].(int); k > o.Experts {
+			keys["num_experts_per_tok"] = o.Experts
+		}
 	}
 	vocab := keys["vocab_size"].(int)
 	tokJSON, tokCfg, err := tokenizer.Synthesize(vocab)
