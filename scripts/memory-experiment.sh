@@ -37,7 +37,7 @@ for L in $CONTEXTS; do
     # The metrics address is the only other listening socket of the process.
     maddr=$(ss -ltnp 2>/dev/null | grep "pid=$pid," | awk '{print $4}' | grep -v "$addr" | head -1)
     "$BIN" loadtest --addr "$addr" --concurrency "$M" --requests "$M" --turns 1 --hold-sessions \
-      --prompt-tokens "$L" --output-tokens 1 --timeout 2h --metrics "http://$maddr/metrics" \
+      --prompt-tokens "$L" --output-tokens 1 --timeout 2h --drain-timeout 2h --metrics "http://$maddr/metrics" \
       --json "$OUT/$kind-$L.json" --quiet >/dev/null
     sleep 1.5 # the trunk refreshes its memory gauges every second
     curl -s "http://$maddr/metrics" > "$OUT/$kind-$L.metrics"

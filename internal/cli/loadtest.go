@@ -75,6 +75,7 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	seed := fs.Uint64("seed", cfg.Seed, "workload and sampling seed")
 	fs.BoolVar(&cfg.IgnoreEOS, "ignore-eos", cfg.IgnoreEOS, "generate to max_tokens even past end-of-text")
 	fs.DurationVar(&cfg.RequestTimeout, "timeout", cfg.RequestTimeout, "per-request timeout (0 = none)")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long in-flight requests may finish once the run ends")
 	fs.DurationVar(&cfg.SeriesInterval, "series-interval", 0, "time-series bucket width (0 = automatic)")
 
 	jsonOut := fs.String("json", "", "write the JSON report to this file")
