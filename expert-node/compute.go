@@ -155,4 +155,3 @@ func grow(b []float32, n int) []float32 {
 	}
 	return b[:n]
 }
-
