@@ -51,163 +51,157 @@ func scale256(alpha float32, x *float32, n int)
 func add256(dst *float32, a *float32, b *float32, n int)
 
 // tile512F32N1 computes 4-row x 1-input dot products of F32 weights (see genTile).
-func tile512F32N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F32N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512F32N2 computes 4-row x 2-input dot products of F32 weights (see genTile).
-func tile512F32N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F32N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512F32N3 computes 4-row x 3-input dot products of F32 weights (see genTile).
-func tile512F32N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F32N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512F32N4 computes 4-row x 4-input dot products of F32 weights (see genTile).
-func tile512F32N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F32N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512F32N5 computes 4-row x 5-input dot products of F32 weights (see genTile).
-func tile512F32N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F32N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512F32N6 computes 4-row x 6-input dot products of F32 weights (see genTile).
-func tile512F32N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F32N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // panel512N1 computes 4-row x 1-input dot products of a float32 panel (see genTile).
-func panel512N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func panel512N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // panel512N2 computes 4-row x 2-input dot products of a float32 panel (see genTile).
-func panel512N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func panel512N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // panel512N3 computes 4-row x 3-input dot products of a float32 panel (see genTile).
-func panel512N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func panel512N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // panel512N4 computes 4-row x 4-input dot products of a float32 panel (see genTile).
-func panel512N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func panel512N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // panel512N5 computes 4-row x 5-input dot products of a float32 panel (see genTile).
-func panel512N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func panel512N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // panel512N6 computes 4-row x 6-input dot products of a float32 panel (see genTile).
-func panel512N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func panel512N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512BF16N1 computes 4-row x 1-input dot products of BF16 weights (see genTile).
-func tile512BF16N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512BF16N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512BF16N2 computes 4-row x 2-input dot products of BF16 weights (see genTile).
-func tile512BF16N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512BF16N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512BF16N3 computes 4-row x 3-input dot products of BF16 weights (see genTile).
-func tile512BF16N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512BF16N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512BF16N4 computes 4-row x 4-input dot products of BF16 weights (see genTile).
-func tile512BF16N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512BF16N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512BF16N5 computes 4-row x 5-input dot products of BF16 weights (see genTile).
-func tile512BF16N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512BF16N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512BF16N6 computes 4-row x 6-input dot products of BF16 weights (see genTile).
-func tile512BF16N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512BF16N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // widen512BF16 widens quads of BF16 weight rows into a float32 panel (see genTile).
-func widen512BF16(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func widen512BF16(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512F16N1 computes 4-row x 1-input dot products of F16 weights (see genTile).
-func tile512F16N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F16N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512F16N2 computes 4-row x 2-input dot products of F16 weights (see genTile).
-func tile512F16N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F16N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512F16N3 computes 4-row x 3-input dot products of F16 weights (see genTile).
-func tile512F16N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F16N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512F16N4 computes 4-row x 4-input dot products of F16 weights (see genTile).
-func tile512F16N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F16N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512F16N5 computes 4-row x 5-input dot products of F16 weights (see genTile).
-func tile512F16N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F16N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512F16N6 computes 4-row x 6-input dot products of F16 weights (see genTile).
-func tile512F16N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512F16N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // widen512F16 widens quads of F16 weight rows into a float32 panel (see genTile).
-func widen512F16(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func widen512F16(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q8N1 computes 4-row x 1-input dot products of Q8 weights (see genTile).
-func tile512Q8N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512Q8N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q8N2 computes 4-row x 2-input dot products of Q8 weights (see genTile).
-func tile512Q8N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512Q8N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q8N3 computes 4-row x 3-input dot products of Q8 weights (see genTile).
-func tile512Q8N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512Q8N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q8N4 computes 4-row x 4-input dot products of Q8 weights (see genTile).
-func tile512Q8N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512Q8N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q8N5 computes 4-row x 5-input dot products of Q8 weights (see genTile).
-func tile512Q8N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512Q8N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q8N6 computes 4-row x 6-input dot products of Q8 weights (see genTile).
-func tile512Q8N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512Q8N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // widen512Q8 widens quads of Q8 weight rows into a float32 panel (see genTile).
-func widen512Q8(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func widen512Q8(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q4KN1 computes 4-row x 1-input dot products of Q4K weights (see genTile).
-func tile512Q4KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512Q4KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q4KN2 computes 4-row x 2-input dot products of Q4K weights (see genTile).
-func tile512Q4KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512Q4KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q4KN3 computes 4-row x 3-input dot products of Q4K weights (see genTile).
-func tile512Q4KN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512Q4KN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q4KN4 computes 4-row x 4-input dot products of Q4K weights (see genTile).
-func tile512Q4KN4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
-
-// tile512Q4KN5 computes 4-row x 5-input dot products of Q4K weights (see genTile).
-func tile512Q4KN5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
-
-// tile512Q4KN6 computes 4-row x 6-input dot products of Q4K weights (see genTile).
-func tile512Q4KN6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile512Q4KN4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // widen512Q4K widens quads of Q4K weight rows into a float32 panel (see genTile).
-func widen512Q4K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func widen512Q4K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile256F32N1 computes 4-row x 1-input dot products of F32 weights (see genTile).
-func tile256F32N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile256F32N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile256F32N2 computes 4-row x 2-input dot products of F32 weights (see genTile).
-func tile256F32N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile256F32N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile256BF16N1 computes 4-row x 1-input dot products of BF16 weights (see genTile).
-func tile256BF16N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile256BF16N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile256BF16N2 computes 4-row x 2-input dot products of BF16 weights (see genTile).
-func tile256BF16N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile256BF16N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // widen256BF16 widens quads of BF16 weight rows into a float32 panel (see genTile).
-func widen256BF16(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func widen256BF16(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile256F16N1 computes 4-row x 1-input dot products of F16 weights (see genTile).
-func tile256F16N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile256F16N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile256F16N2 computes 4-row x 2-input dot products of F16 weights (see genTile).
-func tile256F16N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile256F16N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // widen256F16 widens quads of F16 weight rows into a float32 panel (see genTile).
-func widen256F16(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func widen256F16(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile256Q8N1 computes 4-row x 1-input dot products of Q8 weights (see genTile).
-func tile256Q8N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile256Q8N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile256Q8N2 computes 4-row x 2-input dot products of Q8 weights (see genTile).
-func tile256Q8N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile256Q8N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // widen256Q8 widens quads of Q8 weight rows into a float32 panel (see genTile).
-func widen256Q8(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func widen256Q8(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile256Q4KN1 computes 4-row x 1-input dot products of Q4K weights (see genTile).
-func tile256Q4KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile256Q4KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile256Q4KN2 computes 4-row x 2-input dot products of Q4K weights (see genTile).
-func tile256Q4KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func tile256Q4KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // widen256Q4K widens quads of Q4K weight rows into a float32 panel (see genTile).
-func widen256Q4K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf *byte, pfend *byte)
+func widen256Q4K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)

@@ -179,3 +179,46 @@ func BenchmarkAxpy(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMatMulHot: a 512x1536 matrix that stays in L2/L3 on one thread,
+// i.e. the kernels' arithmetic throughput without DRAM.
+func BenchmarkMatMulHot(b *testing.B) {
+	for _, dt := range allDTypes {
+		w := randMatrix(rand.New(rand.NewPCG(1, 1)), dt, 512, 1536)
+		for _, n := range []int{1, 2, 4, 6, 8, 16, 64} {
+			x := randVec(rand.New(rand.NewPCG(1, 1)), n*w.Cols)
+			out := make([]float32, n*w.Rows)
+			b.Run(fmt.Sprintf("%v/n=%d", dt, n), func(b *testing.B) {
+				withThreads(1, func() {
+					b.SetBytes(int64(w.Bytes()))
+					for i := 0; i < b.N; i++ {
+						MatMul(out, w, x, n)
+					}
+				})
+				sec := b.Elapsed().Seconds() / float64(b.N)
+				b.ReportMetric(2*float64(w.Rows*w.Cols*n)/sec/1e9, "GFLOP/s")
+			})
+		}
+	}
+}
+
+// BenchmarkMatMulSmall: back-to-back small decode products (L3-resident),
+// i.e. the pool's dispatch overhead against the work.
+func BenchmarkMatMulSmall(b *testing.B) {
+	for _, rows := range []int{64, 256, 1536} {
+		w := randMatrix(rand.New(rand.NewPCG(1, 1)), tensor.BF16, rows, 1536)
+		x := randVec(rand.New(rand.NewPCG(1, 1)), w.Cols)
+		out := make([]float32, w.Rows)
+		for _, th := range []int{1, 2} {
+			b.Run(fmt.Sprintf("BF16/%dx1536/n=1/threads=%d", rows, th), func(b *testing.B) {
+				prev := Threads()
+				SetThreads(th)
+				defer SetThreads(prev)
+				b.SetBytes(int64(w.Bytes()))
+				for i := 0; i < b.N; i++ {
+					MatMul(out, w, x, 1)
+				}
+			})
+		}
+	}
+}

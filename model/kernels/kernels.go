@@ -6,6 +6,17 @@
 // they agree. Kernels write into caller-provided outputs and allocate nothing on the
 // hot path.
 //
+// # API
+//
+//   - MatMul(out, w, x, n): out = x·Wᵀ for n input rows (MatMulRef is its twin).
+//   - Dot, Axpy, Scale, Add (twins DotRef, AxpyRef, ScaleRef, AddRef), and
+//     RMSNorm, SiLU, Softplus, Softmax.
+//   - SetThreads/Threads: threads MatMul uses (default runtime.GOMAXPROCS(0)).
+//   - Level, KernelLevel, SetKernelLevel, MaxLevel, SupportedLevels,
+//     ParseLevel: the implementation in use.
+//   - MeasureBandwidth, MeasureBandwidthDetail, MeasureFMAPeak: machine
+//     probes for achieved/peak ratios.
+//
 // # Implementations
 //
 // MatMul and the vector helpers run at one of four levels (see Level): the
@@ -13,7 +24,31 @@
 // best level the CPU supports is chosen at start-up with golang.org/x/sys/cpu;
 // the SWITCHYARD_KERNELS environment variable (ref, go, avx2, avx512) or
 // SetKernelLevel forces another. The purego build tag (or a non-amd64 build)
-// leaves only the reference and Go levels.
+// leaves only the reference and Go levels. AMX is never used.
+//
+// # MatMul design
+//
+// The assembly computes tiles of 4 weight rows × N input rows (N ≤ 6 with
+// AVX-512, ≤ 2 with AVX2) as dot products along the columns: per chunk of
+// columns it widens the 4 weight rows to float32 in registers, multiplies
+// them with the N packed input rows (each input vector load is shared by the
+// 4 rows) and reduces 4·N accumulators at the end. Widening: bf16 by shift
+// (even elements) and mask (odd elements; the input is packed in the same
+// even/odd order), f16 by VCVTPH2PS, Q8_0 by sign extension and conversion
+// with the block scale applied once per block and input row, Q4_K by
+// VPERMPS lookups of the nibbles in per-sub-block tables holding
+// d·sc·q − dmin·m. Partial column chunks use opmasks (AVX-512) or Go (AVX2).
+//
+// Decode (small n) thus streams every weight byte once per call; each kernel
+// prefetches the rows two quads ahead into L2. For larger n the input rows
+// are split into groups of N that pass over a block of weight rows sized to
+// stay in L2, while the next block is prefetched. From a per-dtype batch size
+// on (panelMinN), a block is first widened into a float32 panel so that the
+// widening is not repeated per group (worth it for f16 and the quantized
+// types at prefill sizes).
+//
+// Row blocks are shared out dynamically to a persistent worker pool (see
+// pool.go); a call whose work is too small runs on the caller alone.
 //
 // # Generated assembly
 //

@@ -23,17 +23,21 @@ func detectLevel() Level {
 }
 
 func init() {
-	z := &isaKernels{lanes: 16, maxN: 6, masked: true}
+	z := &isaKernels{lanes: 16, maxN: [tensor.Q4_K + 1]int{6, 6, 6, 6, 6, 4}, masked: true}
 	z.tile[tensor.F32] = [9]tileFn{1: tile512F32N1, 2: tile512F32N2, 3: tile512F32N3, 4: tile512F32N4, 5: tile512F32N5, 6: tile512F32N6}
 	z.tile[tensor.BF16] = [9]tileFn{1: tile512BF16N1, 2: tile512BF16N2, 3: tile512BF16N3, 4: tile512BF16N4, 5: tile512BF16N5, 6: tile512BF16N6}
 	z.tile[tensor.F16] = [9]tileFn{1: tile512F16N1, 2: tile512F16N2, 3: tile512F16N3, 4: tile512F16N4, 5: tile512F16N5, 6: tile512F16N6}
 	z.tile[tensor.Q8_0] = [9]tileFn{1: tile512Q8N1, 2: tile512Q8N2, 3: tile512Q8N3, 4: tile512Q8N4, 5: tile512Q8N5, 6: tile512Q8N6}
-	z.tile[tensor.Q4_K] = [9]tileFn{1: tile512Q4KN1, 2: tile512Q4KN2, 3: tile512Q4KN3, 4: tile512Q4KN4, 5: tile512Q4KN5, 6: tile512Q4KN6}
+	z.tile[tensor.Q4_K] = [9]tileFn{1: tile512Q4KN1, 2: tile512Q4KN2, 3: tile512Q4KN3, 4: tile512Q4KN4}
 	z.panel = [9]tileFn{1: panel512N1, 2: panel512N2, 3: panel512N3, 4: panel512N4, 5: panel512N5, 6: panel512N6}
 	z.widen = [tensor.Q4_K + 1]tileFn{tensor.BF16: widen512BF16, tensor.F16: widen512F16, tensor.Q8_0: widen512Q8, tensor.Q4_K: widen512Q4K}
-	z.panelMinN = [tensor.Q4_K + 1]int{tensor.BF16: 16, tensor.F16: 8, tensor.Q8_0: 8, tensor.Q4_K: 8}
+	// Widening bf16 costs one instruction per 16 weights, so re-widening per
+	// input-row group beats streaming a float32 panel (twice the bytes) from
+	// L2 up to large batches; the costlier f16 and quantized widenings switch
+	// to panels sooner (measured on the in_proj shape, cold weights).
+	z.panelMinN = [tensor.Q4_K + 1]int{tensor.F32: 16, tensor.BF16: 256, tensor.F16: 64, tensor.Q8_0: 32, tensor.Q4_K: 24}
 
-	y := &isaKernels{lanes: 8, maxN: 2}
+	y := &isaKernels{lanes: 8, maxN: [tensor.Q4_K + 1]int{2, 2, 2, 2, 2, 2}}
 	y.tile[tensor.F32] = [9]tileFn{1: tile256F32N1, 2: tile256F32N2}
 	y.tile[tensor.BF16] = [9]tileFn{1: tile256BF16N1, 2: tile256BF16N2}
 	y.tile[tensor.F16] = [9]tileFn{1: tile256F16N1, 2: tile256F16N2}

@@ -11,20 +11,8 @@ import (
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
-// MatMul design
-//
-// out = x·Wᵀ is computed in "tiles" of 4 weight rows × N input rows: the
-// weight rows are read once per tile, widened to float32 in registers
-// (bf16: shift/mask, f16: VCVTPH2PS, Q8_0: sign-extend × block scale, Q4_K:
-// nibbles × 6-bit scale − min), multiplied with N packed input rows and
-// reduced to 4·N dot products. Decode (small n) therefore streams each
-// weight byte exactly once per call.
-//
-// Work is split across the worker pool by blocks of weight rows (sized to stay
-// in L2 while all input-row groups pass over them). For larger n with a
-// non-float32 dtype (the "panel" path) each block is first widened into a
-// per-worker float32 panel, so the widening is paid once per weight instead of
-// once per input-row group, and the float32 tile kernel runs on the panel.
+// The MatMul design is described in the package documentation (kernels.go);
+// the assembly plumbing is in tiles.go, the worker pool in pool.go.
 
 // scratch is per-worker memory, grown on demand and reused across calls.
 type scratch struct {
@@ -123,11 +111,10 @@ func MatMul(out []float32, w tensor.Matrix, x []float32, n int) {
 		planGo(j)
 	}
 	j.nblocks = (w.Rows + j.rb - 1) / j.rb
-	threads := min(Threads(), j.nblocks)
-	if w.Bytes() < 128<<10 && w.Rows*w.Cols*n < 1<<19 {
-		threads = 1 // too small to pay for waking workers
-	}
-	parallel(j, threads, &c.s)
+	// Rough single-thread time: weights at 14 GB/s plus flops at 100 GFLOP/s
+	// (the Go level is slower, which only makes it worth more threads).
+	est := w.Bytes()/14 + w.Rows*w.Cols*n/50
+	parallel(j, min(Threads(), j.nblocks), &c.s, est)
 	*j = mmJob{}
 	ctxPool.Put(c)
 }

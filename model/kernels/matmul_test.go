@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"sync"
 	"testing"
 
 	"github.com/switchyard-serving/switchyard/model/tensor"
@@ -133,10 +134,15 @@ func forEachLevel(t *testing.T, f func(t *testing.T)) {
 	}
 }
 
+// withThreads runs f with n threads; with n > 1 even small products are split.
 func withThreads(n int, f func()) {
 	prev := Threads()
 	SetThreads(n)
-	defer SetThreads(prev)
+	forceParallel = n > 1
+	defer func() {
+		SetThreads(prev)
+		forceParallel = false
+	}()
 	f()
 }
 
@@ -223,6 +229,9 @@ func TestMatMulSpecialValues(t *testing.T) {
 }
 
 func TestMatMulNoAlloc(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items under the race detector")
+	}
 	rng := rand.New(rand.NewPCG(5, 6))
 	for _, dt := range allDTypes {
 		w := randMatrix(rng, dt, 512, 1024)
@@ -262,7 +271,9 @@ func TestMatMulPanics(t *testing.T) {
 	for name, f := range map[string]func(){
 		"short x":   func() { MatMul(make([]float32, 8), w, make([]float32, 63), 2) },
 		"short out": func() { MatMul(make([]float32, 7), w, make([]float32, 64), 2) },
-		"short w":   func() { MatMul(make([]float32, 8), tensor.Matrix{DType: tensor.BF16, Rows: 4, Cols: 32, Data: w.Data[:100]}, make([]float32, 64), 2) },
+		"short w": func() {
+			MatMul(make([]float32, 8), tensor.Matrix{DType: tensor.BF16, Rows: 4, Cols: 32, Data: w.Data[:100]}, make([]float32, 64), 2)
+		},
 	} {
 		func() {
 			defer func() {
@@ -314,5 +325,64 @@ func compareVec(t *testing.T, what string, got, want []float32) {
 		if d := math.Abs(float64(got[i] - want[i])); d > 1e-6*math.Abs(float64(want[i]))+1e-6 {
 			t.Fatalf("%s: [%d] = %g, ref %g", what, i, got[i], want[i])
 		}
+	}
+}
+
+// TestMatMulPanelModes forces the panel path on and off, so that both are
+// tested for every dtype whatever the automatic thresholds are.
+func TestMatMulPanelModes(t *testing.T) {
+	defer func() { panelMode = 0 }()
+	forEachLevel(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(11, 12))
+		for _, dt := range allDTypes {
+			for _, sh := range [][3]int{{9, 256, 1}, {13, 512, 7}, {70, 768, 20}} {
+				cols := sh[1]
+				if dt != tensor.Q4_K && dt != tensor.Q8_0 {
+					cols += 9
+				}
+				w := randMatrix(rng, dt, sh[0], cols)
+				x := randVec(rng, sh[2]*cols)
+				abs := absRef(w, x, sh[2])
+				for _, pm := range []int{-1, 1} {
+					panelMode = pm
+					withThreads(2, func() { checkAgainstRef(t, w, x, sh[2], abs) })
+				}
+				panelMode = 0
+			}
+		}
+	})
+}
+
+// TestMatMulConcurrent calls MatMul from several goroutines at once: one gets
+// the worker pool, the others run on their own goroutine.
+func TestMatMulConcurrent(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	w := randMatrix(rng, tensor.BF16, 300, 640)
+	n := 3
+	x := randVec(rng, n*w.Cols)
+	want := make([]float32, n*w.Rows)
+	MatMul(want, w, x, n)
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := make([]float32, n*w.Rows)
+			for it := 0; it < 50; it++ {
+				MatMul(out, w, x, n)
+				for i := range out {
+					if out[i] != want[i] {
+						errs <- fmt.Sprintf("goroutine %d iteration %d: out[%d] = %g, want %g", g, it, i, out[i], want[i])
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
 	}
 }

@@ -15,11 +15,19 @@ import (
 // Waking a parked goroutine costs 50 µs to 1 ms on a virtualised host (the
 // idle vCPU has to be woken), far more than a decode matmul's share of work.
 // So after each job a worker keeps polling for the next one for spinFor
-// (yielding its P regularly) before it parks on its channel. Back-to-back
-// matmuls, as in decode, therefore start on all threads within a microsecond.
+// without yielding its P before it parks on its channel: back-to-back
+// matmuls, as in decode, start on all threads within a microsecond.
+//
+// A woken worker is queued on the caller's P until an idle P picks it up. The
+// caller does not yield to it: it runs its share, then waits by spinning if
+// every worker has started (they run on other Ps) or else blocks on done, so
+// that a worker still queued on its P runs there. A worker whose caller
+// blocked parks instead of spinning afterwards (it would otherwise spin on
+// the P the caller is queued on). At worst a call thus runs at single-thread
+// speed; once a worker runs beside the caller it stays on its own P.
 
 // spinFor is how long an idle worker polls for new work before parking.
-const spinFor = 300 * time.Microsecond
+const spinFor = 200 * time.Microsecond
 
 // task is one parallel job: every participant calls run with its own scratch
 // until the shared work is exhausted.
@@ -36,22 +44,25 @@ const (
 
 type worker struct {
 	state   atomic.Int32
-	job     task // written by the dispatcher before state becomes wHandoff
+	started atomic.Bool // the current job is running
+	job     task        // written by the dispatcher before state becomes wHandoff
 	wake    chan task
 	scratch scratch
 }
 
 type workerPool struct {
-	mu      sync.Mutex // held by the call using the workers
-	workers []*worker
-	pending atomic.Int32 // dispatched jobs not yet finished
+	mu            sync.Mutex // held by the call using the workers
+	workers       []*worker
+	pending       atomic.Int32  // dispatched jobs not yet finished
+	done          chan struct{} // a token when pending drops to 0
+	callerBlocked atomic.Bool   // the caller is blocked on done
 }
 
 // maxThreads bounds SetThreads.
 const maxThreads = 256
 
 var (
-	pool       workerPool
+	pool       = workerPool{done: make(chan struct{}, 1)}
 	numThreads atomic.Int32
 )
 
@@ -84,10 +95,23 @@ func (p *workerPool) ensureWorkers(n int) {
 func (w *worker) loop(p *workerPool) {
 	for t := range w.wake {
 		for t != nil {
+			w.started.Store(true)
 			t.run(&w.scratch)
-			p.pending.Add(-1)
-			t = w.spin()
+			if p.pending.Add(-1) == 0 {
+				select {
+				case p.done <- struct{}{}:
+				default:
+				}
+			}
+			// If the caller blocked waiting for this job, the job probably
+			// ran on the caller's P, and waking the caller queued it on this
+			// P: park instead of spinning, or it would wait behind the spin.
+			t = nil
+			if !p.callerBlocked.Load() {
+				t = w.spin()
+			}
 		}
+		w.state.Store(wParked)
 	}
 }
 
@@ -111,6 +135,7 @@ func (w *worker) spin() task {
 
 // dispatch hands t to w and reports whether w was parked (and had to be woken).
 func (w *worker) dispatch(t task) (woken bool) {
+	w.started.Store(false)
 	w.job = t
 	if w.state.CompareAndSwap(wSpinning, wHandoff) {
 		return false
@@ -120,30 +145,67 @@ func (w *worker) dispatch(t task) (woken bool) {
 	return true
 }
 
+// Thresholds for parallel: below minParallelNs of estimated single-thread
+// work a call runs on the caller alone; up to wakeWorthNs it uses the
+// workers only if they are spinning (a parked worker takes longer to wake
+// than the work is worth).
+const (
+	minParallelNs = 8_000
+	wakeWorthNs   = 200_000
+)
+
+// forceParallel makes parallel ignore the size thresholds (tests).
+var forceParallel bool
+
 // parallel runs t on up to threads participants: the caller (with scratch s)
-// and threads-1 pool workers. With threads <= 1, or when another call holds
-// the pool, it runs t on the caller alone.
-func parallel(t task, threads int, s *scratch) {
+// and threads-1 pool workers. estNs is the estimated single-thread time of t.
+// With threads <= 1, small work, or when another call holds the pool, it runs
+// t on the caller alone.
+func parallel(t task, threads int, s *scratch, estNs int) {
 	threads = min(threads, runtime.GOMAXPROCS(0))
-	if threads <= 1 || !pool.mu.TryLock() {
+	if forceParallel {
+		estNs = wakeWorthNs
+	}
+	if threads <= 1 || estNs < minParallelNs || !pool.mu.TryLock() {
 		t.run(s)
 		return
 	}
 	nw := threads - 1
 	pool.ensureWorkers(nw)
-	pool.pending.Store(int32(nw))
-	woken := false
-	for i := 0; i < nw; i++ {
-		woken = pool.workers[i].dispatch(t) || woken
+	ws := pool.workers[:nw]
+	if estNs < wakeWorthNs {
+		for _, w := range ws {
+			if w.state.Load() != wSpinning {
+				pool.mu.Unlock()
+				t.run(s)
+				return
+			}
+		}
 	}
-	if woken {
-		// A woken worker is queued on this P. Yield so it starts at once here;
-		// this goroutine continues on the next P the runtime wakes.
-		runtime.Gosched()
+	select { // a stale token from a previous call
+	case <-pool.done:
+	default:
+	}
+	pool.pending.Store(int32(nw))
+	for _, w := range ws {
+		w.dispatch(t)
 	}
 	t.run(s)
 	for pool.pending.Load() != 0 {
-		runtime.Gosched()
+		running := true
+		for _, w := range ws {
+			running = running && w.started.Load()
+		}
+		if !running {
+			// A worker has not started: it may be queued on this P. Block so
+			// that it runs; its completion wakes this goroutine.
+			pool.callerBlocked.Store(true)
+			if pool.pending.Load() != 0 {
+				<-pool.done
+			}
+			pool.callerBlocked.Store(false)
+			break
+		}
 	}
 	pool.mu.Unlock()
 }

@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"encoding/binary"
 	"sync"
 	"time"
 	"unsafe"
@@ -125,7 +126,7 @@ func fmaGo(iters int) float32 {
 func readGo(b []byte) uint64 {
 	var s uint64
 	for i := 0; i+8 <= len(b); i += 8 {
-		s ^= *(*uint64)(unsafe.Pointer(&b[i]))
+		s ^= binary.LittleEndian.Uint64(b[i:])
 	}
 	return s
 }

@@ -16,16 +16,18 @@ import (
 // over nchunks full chunks plus, when tail != 0, one partial chunk whose
 // valid elements the opmask tail selects. Widen kernels instead store the
 // float32 rows (in the dtype's packed order) at out + (4q+r)*ostride.
-// scr is per-quad scratch for Q8_0/Q4_K scales. [pf, pfend) is a byte range
-// (the next row block) the kernel prefetches into L2, one line per chunk, to
-// overlap that block's memory traffic with this block's arithmetic.
-type tileFn func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tail int, out *float32, ostride int, scr *float32, pf, pfend *byte)
+// scr is per-quad scratch for Q8_0/Q4_K scales. [pf, pfend) is an address
+// range (the next row block) the kernel prefetches into L2, as many lines per
+// chunk as the chunk consumes, to overlap that block's memory traffic with
+// this block's arithmetic (empty: none). Independently, each kernel
+// prefetches the rows two quads ahead of the one it works on.
+type tileFn func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tail int, out *float32, ostride int, scr *float32, pf, pfend uintptr)
 
 // isaKernels is the kernel table of one assembly level.
 type isaKernels struct {
-	lanes  int  // float32 lanes per vector
-	maxN   int  // largest tile height
-	masked bool // partial chunks of F32/BF16/F16 handled in the kernels
+	lanes  int                  // float32 lanes per vector
+	maxN   [tensor.Q4_K + 1]int // largest tile height per dtype
+	masked bool                 // partial chunks of F32/BF16/F16 handled in the kernels
 
 	tile  [tensor.Q4_K + 1][9]tileFn // [dtype][N]
 	widen [tensor.Q4_K + 1]tileFn
@@ -35,6 +37,9 @@ type isaKernels struct {
 	// panel first (0: never).
 	panelMinN [tensor.Q4_K + 1]int
 }
+
+// panelMode forces the panel path on (1) or off (-1) for benchmarks; 0 is automatic.
+var panelMode int
 
 // isaTables holds the kernel table per level (nil: not available). Filled by
 // the architecture files.
@@ -51,7 +56,8 @@ type asmPlan struct {
 	xstride int       // floats between packed rows
 	kp      int       // panel row length (floats)
 	panel   bool
-	scrLen  int // floats of per-quad scale scratch
+	f32big  bool // float32 weights at large n: the panel kernels on the weights
+	scrLen  int  // floats of per-quad scale scratch
 }
 
 // chunkValues is the number of weight values one kernel iteration consumes.
@@ -96,10 +102,19 @@ func planAsm(c *callCtx, lvl Level) bool {
 		return false // too few columns for one chunk: the Go level does it
 	}
 	p.kp = total * cv
-	if dt == tensor.BF16 || p.tail != 0 {
+	p.panel = ik.panelMinN[dt] > 0 && n >= ik.panelMinN[dt] && ik.widen[dt] != nil && ik.panel[1] != nil
+	if panelMode != 0 && ik.widen[dt] != nil && ik.panel[1] != nil {
+		p.panel = panelMode > 0
+	}
+	// Float32 weights are their own panel: at large n use the panel kernels
+	// (no in-row prefetch) on blocks the size of a panel block.
+	p.f32big = dt == tensor.F32 && ik.panelMinN[dt] > 0 && n >= ik.panelMinN[dt] && p.tail == 0 && ik.panel[1] != nil
+	// The bf16 tile kernels take x in even/odd order; panels are in natural order.
+	evenOdd := dt == tensor.BF16 && !p.panel
+	if evenOdd || p.tail != 0 {
 		c.xbuf = alignedF32(c.xbuf, n*p.kp)
 		bf := 0
-		if dt == tensor.BF16 {
+		if evenOdd {
 			bf = cv
 		}
 		packX(c.xbuf, j.x, n, k, p.kp, p.kmain, bf)
@@ -109,16 +124,16 @@ func planAsm(c *callCtx, lvl Level) bool {
 	}
 	switch dt {
 	case tensor.Q8_0:
-		p.scrLen = (p.nchunks + 3) / 4 * 16
+		// float32 scales [block][row], then the f16 staging area.
+		p.scrLen = (p.nchunks + 3) / 4 * 4 * (4 + 2)
 	case tensor.Q4_K:
 		p.scrLen = p.nchunks * 64
 	}
-	p.panel = ik.panelMinN[dt] > 0 && n >= ik.panelMinN[dt] && ik.widen[dt] != nil && ik.panel[1] != nil
 	j.block = asmBlock
-	if p.panel {
-		j.rb = rowBlock(j.w.Rows, 4*p.kp, 1<<20)
+	if p.panel || p.f32big {
+		j.rb = rowBlock(j.w.Rows, 4*p.kp, panelBlockBytes)
 	} else {
-		j.rb = rowBlock(j.w.Rows, j.rowBytes, 256<<10)
+		j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
 	}
 	return true
 }
@@ -175,10 +190,14 @@ func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 	nq := (r1 - r0) / 4
 	s.scr = alignedF32(s.scr, max(p.scrLen, 16))
 	scr := &s.scr[0]
-	ng, base, rem := groups(n, ik.maxN)
+	mx := ik.maxN[dt]
+	if p.panel {
+		mx = ik.maxN[tensor.F32]
+	}
+	ng, base, rem := groups(n, mx)
 	// With several passes over the block (input-row groups, or a panel),
 	// prefetch the next block during them, split across the calls.
-	wd := unsafe.SliceData(j.w.Data)
+	wd := uintptr(unsafe.Pointer(unsafe.SliceData(j.w.Data)))
 	pf0, pfLen := 0, 0
 	if nr1 > nr0 && (ng > 1 || p.panel) {
 		pf0, pfLen = nr0*j.rowBytes, (nr1-nr0)*j.rowBytes
@@ -199,6 +218,9 @@ func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 			}
 		} else {
 			tf := &ik.tile[dt]
+			if p.f32big {
+				tf = &ik.panel
+			}
 			i0 := 0
 			for g := 0; g < ng; g++ {
 				nn := base + b2i(g < rem)
@@ -218,10 +240,17 @@ func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 		buf := s.rows[:need]
 		clear(buf[copy(buf, j.w.Data[rr*j.rowBytes:(rr+lr)*j.rowBytes]):])
 		tf := &ik.tile[dt]
+		wb, ws, chunks, tail := &buf[0], j.rowBytes, p.nchunks, p.tail
+		if p.panel {
+			s.f = alignedF32(s.f, 4*p.kp)
+			ik.widen[dt](wb, j.rowBytes, 1, nil, 0, p.nchunks, p.tail, &s.f[0], 4*p.kp, scr, wd, wd)
+			tf = &ik.panel
+			wb, ws, chunks, tail = (*byte)(unsafe.Pointer(&s.f[0])), 4*p.kp, p.kp/ik.lanes, 0
+		}
 		i0 := 0
 		for g := 0; g < ng; g++ {
 			nn := base + b2i(g < rem)
-			tf[nn](&buf[0], j.rowBytes, 1, &p.xp[i0*p.xstride], 4*p.xstride, p.nchunks, p.tail, &s.otail[0], 16, scr, wd, wd)
+			tf[nn](wb, ws, 1, &p.xp[i0*p.xstride], 4*p.xstride, chunks, tail, &s.otail[0], 16, scr, wd, wd)
 			for i := 0; i < nn; i++ {
 				copy(j.out[(i0+i)*rows+rr:(i0+i)*rows+rr+lr], s.otail[4*i:4*i+lr])
 			}
@@ -244,14 +273,13 @@ func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 	}
 }
 
-// pfRange is the part g of ng of the prefetch range [off, off+n) of base.
-func pfRange(base *byte, off, n, g, ng int) (*byte, *byte) {
+// pfRange is the part g of ng of the prefetch range [off, off+n) of base, as
+// addresses (only ever prefetched, never dereferenced).
+func pfRange(base uintptr, off, n, g, ng int) (uintptr, uintptr) {
 	if n == 0 {
 		return base, base
 	}
-	a := off + n*g/ng
-	e := off + n*(g+1)/ng
-	return (*byte)(unsafe.Add(unsafe.Pointer(base), a)), (*byte)(unsafe.Add(unsafe.Pointer(base), e))
+	return base + uintptr(off+n*g/ng), base + uintptr(off+n*(g+1)/ng)
 }
 
 func b2i(b bool) int {
@@ -260,3 +288,10 @@ func b2i(b bool) int {
 	}
 	return 0
 }
+
+// Row block sizes: weight bytes per block of the fused path, float32 bytes
+// per block of the panel path.
+var (
+	fusedBlockBytes = 256 << 10
+	panelBlockBytes = 1 << 20
+)

@@ -1,10 +1,18 @@
 package kernels
 
+// Vector helpers for the Mamba-2 recurrence, attention and residuals. Each
+// dispatches on KernelLevel like MatMul (LevelRef runs the reference twins).
+// Short vectors (< 16) run in Go.
+
 // Dot returns Σ a[i]·b[i] (float32 accumulation). b must be at least as long as a.
 func Dot(a, b []float32) float32 {
 	b = b[:len(a)]
+	l := KernelLevel()
+	if l == LevelRef {
+		return DotRef(a, b)
+	}
 	if len(a) >= 16 {
-		if s, ok := dotAsm(KernelLevel(), a, b); ok {
+		if s, ok := dotAsm(l, a, b); ok {
 			return s
 		}
 	}
@@ -14,7 +22,12 @@ func Dot(a, b []float32) float32 {
 // Axpy computes y[i] += alpha·x[i] for i < len(x). y must be at least as long as x.
 func Axpy(alpha float32, x, y []float32) {
 	y = y[:len(x)]
-	if len(x) >= 16 && axpyAsm(KernelLevel(), alpha, x, y) {
+	l := KernelLevel()
+	if l == LevelRef {
+		AxpyRef(alpha, x, y)
+		return
+	}
+	if len(x) >= 16 && axpyAsm(l, alpha, x, y) {
 		return
 	}
 	for i, v := range x {
@@ -24,7 +37,12 @@ func Axpy(alpha float32, x, y []float32) {
 
 // Scale computes x[i] *= alpha.
 func Scale(alpha float32, x []float32) {
-	if len(x) >= 16 && scaleAsm(KernelLevel(), alpha, x) {
+	l := KernelLevel()
+	if l == LevelRef {
+		ScaleRef(alpha, x)
+		return
+	}
+	if len(x) >= 16 && scaleAsm(l, alpha, x) {
 		return
 	}
 	for i := range x {
@@ -36,7 +54,12 @@ func Scale(alpha float32, x []float32) {
 // a and b must be at least as long as dst.
 func Add(dst, a, b []float32) {
 	a, b = a[:len(dst)], b[:len(dst)]
-	if len(dst) >= 16 && addAsm(KernelLevel(), dst, a, b) {
+	l := KernelLevel()
+	if l == LevelRef {
+		AddRef(dst, a, b)
+		return
+	}
+	if len(dst) >= 16 && addAsm(l, dst, a, b) {
 		return
 	}
 	for i := range dst {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
@@ -20,6 +21,14 @@ var (
 	isa512 = isa{name: "512", lanes: 16, z: true, maxN: 6}
 	isa256 = isa{name: "256", lanes: 8, z: false, maxN: 2}
 )
+
+// maxN is the largest tile height generated for a dtype.
+func maxN(s isa, d dtype) int {
+	if s.z && d == dQ4K {
+		return 4 // the lookup tables take 8 registers
+	}
+	return s.maxN
+}
 
 func (s isa) vec() VecVirtual {
 	if s.z {
@@ -44,6 +53,7 @@ var (
 	cQ4DDIdx  Mem // 64 bytes: 0 x8, 1 x8 (VPERMPS index: d for scales, dmin for mins)
 	cWordLow  Mem // dword 0x0000FFFF
 	cPermQ02  Mem // 32 bytes dword index 0,1,4,5,... for AVX2 packing fix-ups
+	cIota     Mem // float32 0, 1, ..., 15
 	cOnesF32  Mem // float32 1.0
 	cHalfF32  Mem // float32 0.5
 	constsGen bool
@@ -71,6 +81,11 @@ func genConsts() {
 	cWordLow = data32("wordlow", 0xFFFF)
 	cOnesF32 = data32("onef32", 0x3f800000)
 	cHalfF32 = data32("halff32", 0x3f000000)
+	var iota []uint32
+	for i := 0; i < 16; i++ {
+		iota = append(iota, math.Float32bits(float32(i)))
+	}
+	cIota = data32("iotaf32", iota...)
 	cRedIdx = data32("redidx", 0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 	var row, blk []uint32
 	for l := 0; l < 16; l++ {

@@ -23,16 +23,10 @@
 package main
 
 import (
-	"os"
-	"strconv"
-
 	. "github.com/mmcloughlin/avo/build"
 )
 
 func main() {
-	if v := os.Getenv("KERNELS_PFDIST"); v != "" {
-		pfDist, _ = strconv.Atoi(v)
-	}
 	ConstraintExpr("!purego")
 	genConsts()
 	for _, s := range []isa{isa512, isa256} {
@@ -40,7 +34,7 @@ func main() {
 		genVec(s)
 	}
 	for _, dt := range allDtypes {
-		for n := 1; n <= isa512.maxN; n++ {
+		for n := 1; n <= maxN(isa512, dt); n++ {
 			genTile(isa512, dt, n, modeFMA)
 		}
 		if dt == dF32 {
@@ -53,7 +47,7 @@ func main() {
 		}
 	}
 	for _, dt := range allDtypes {
-		for n := 1; n <= isa256.maxN; n++ {
+		for n := 1; n <= maxN(isa256, dt); n++ {
 			genTile(isa256, dt, n, modeFMA)
 		}
 		if dt != dF32 {

@@ -80,10 +80,10 @@ func scrChunkBytes(d dtype) int {
 	return 0
 }
 
-// pfDist is the software-prefetch distance (bytes ahead in each weight row).
-var pfDist = 1024
+// pfDist enables (> 0) the software prefetch of the rows two quads ahead.
+var pfDist = 1
 
-const tileSig = "func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tail int, out *float32, ostride int, scr *float32, pf, pfend *byte)"
+const tileSig = "func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tail int, out *float32, ostride int, scr *float32, pf, pfend uintptr)"
 
 // genTile emits one tile (modeFMA) or widen (modeWiden) kernel.
 //
@@ -130,10 +130,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 	if !fma {
 		os = ld("ostride")
 	}
-	var xs GPVirtual
-	if fma && N > 1 {
-		xs = ld("xstride")
-	}
+	var xs GPVirtual // reloaded per quad, after the scale prologue
 
 	// Constants kept in registers.
 	var cMask, cNibV VecVirtual
@@ -156,10 +153,18 @@ func genTile(s isa, d dtype, N int, m mode) {
 	}
 
 	// Accumulators.
+	// Q8_0 with few input rows: multiply the integer-valued weights with x and
+	// apply the block scale once per block and input row (4+3N vector ops per
+	// block and row instead of 6+2N).
+	factored := d == dQ8 && fma && (N == 1 || (N == 2 && s.z))
 	sets := 1
-	if fma && subvecs >= 2 && (N == 1 || (N == 2 && s.z)) {
+	if fma && !factored && subvecs >= 2 && (N == 1 || (N == 2 && s.z)) {
 		sets = 2
 	}
+	// pipe: the Q8_0 scales of the next quad are staged (scalar loads and
+	// stores, off the vector ports) during this quad's main loop and converted
+	// at its end; those loads also prefetch the next quad.
+	pipe := factored
 	var acc [2][4][]VecVirtual
 	if fma {
 		for st := 0; st < sets; st++ {
@@ -172,13 +177,54 @@ func genTile(s isa, d dtype, N int, m mode) {
 		}
 	}
 
+	if pipe {
+		// Scales of the first quad.
+		a0, a3 := GP64(), GP64()
+		MOVQ(wq, a0)
+		LEAQ(Mem{Base: wq, Index: ws, Scale: 2}, a3)
+		ADDQ(ws, a3)
+		genScalePrologue(s, d, name+"_p0", a0, a3, ws, ld("scr"))
+	}
+
 	Label(name + "_quad")
 	w0 := GP64()
 	MOVQ(wq, w0)
 	w3 := GP64()
 	LEAQ(Mem{Base: wq, Index: ws, Scale: 2}, w3)
 	ADDQ(ws, w3)
+	var sp GPVirtual
+	var nx0, nx3, stg GPVirtual
+	if d == dQ8 || d == dQ4K {
+		sp = ld("scr")
+		if !pipe {
+			genScalePrologue(s, d, name, w0, w3, ws, sp)
+		} else {
+			// Rows of the next quad (of this quad again when it is the last).
+			nx0 = GP64()
+			LEAQ(Mem{Base: wq, Index: ws, Scale: 4}, nx0)
+			CMPQ(paddr("nquads"), U8(1))
+			CMOVQEQ(wq, nx0)
+			nx3 = GP64()
+			LEAQ(Mem{Base: nx0, Index: ws, Scale: 2}, nx3)
+			ADDQ(ws, nx3)
+			stg = ld("nchunks")
+			ADDQ(U8(3), stg)
+			ANDQ(I8(-4), stg)
+			SHLQ(U8(4), stg)
+			ADDQ(sp, stg)
+		}
+	}
+	var pq GPVirtual
+	if inRowPF {
+		pq = GP64()
+		// Two quads ahead, into L2 (measured better than one quad ahead into
+		// L1; the Q8 staging loads read the next quad and must not miss).
+		LEAQ(Mem{Base: wq, Index: ws, Scale: 8}, pq)
+	}
 	var x0, x3, o0, o3 GPVirtual
+	if fma && N > 1 {
+		xs = ld("xstride")
+	}
 	if fma {
 		x0 = ld("x")
 		if N > 3 {
@@ -192,11 +238,6 @@ func genTile(s isa, d dtype, N int, m mode) {
 		o3 = GP64()
 		LEAQ(Mem{Base: oq, Index: os, Scale: 2}, o3)
 		ADDQ(os, o3)
-	}
-	var sp GPVirtual
-	if d == dQ8 || d == dQ4K {
-		sp = ld("scr")
-		genScalePrologue(s, d, name, w0, w3, ws, sp)
 	}
 	cnt := ld("nchunks")
 
@@ -260,6 +301,28 @@ func genTile(s isa, d dtype, N int, m mode) {
 				VMOVUPS(rowMem(r, wo), v)
 			}
 		case dBF16:
+			if !fma {
+				// Panels are stored in natural order: zero-extend, shift.
+				t := YMM()
+				if !s.z {
+					t = XMM()
+				}
+				switch {
+				case masked && j == 0:
+					z := s.vec()
+					VMOVDQU16_Z(rowMem(r, wo), ktail, z)
+					VPMOVZXWD(z.AsY(), v)
+				case masked:
+					z := s.vec()
+					VMOVDQU16_Z(rowMem(r, wo), ktail, z)
+					VEXTRACTI64X4(U8(1), z, t)
+					VPMOVZXWD(t, v)
+				default:
+					VPMOVZXWD(rowMem(r, wo+j*2*lanes), v)
+				}
+				VPSLLD(U8(16), v, v)
+				return
+			}
 			// Even bf16 values (low halves of the dwords) become v<<16; odd
 			// values are the dwords with the low half cleared. x is packed in
 			// the same even/odd order.
@@ -334,18 +397,147 @@ func genTile(s isa, d dtype, N int, m mode) {
 		}
 	}
 
+	// Q4_K on AVX-512: per 32 quant bytes of a row, VPMOVZXBD + VPERMPS look
+	// the low and high nibbles up in two 16-entry tables that already hold
+	// d·sc·q − dmin·m for the two sub-blocks (built with one FMA each).
+	q4perm := d == dQ4K && s.z
+	var iotaV VecVirtual
+	if q4perm {
+		iotaV = ZMM()
+		VMOVUPS(cIota, iotaV)
+	}
+	xInRegs := N <= 3
+	q4Chunk := func(k, wo, xo, so int) {
+		for c := 0; c < 4; c++ {
+			var tlo, thi [4]VecVirtual
+			for r := 0; r < 4; r++ {
+				for h, t := range []*VecVirtual{&tlo[r], &thi[r]} {
+					sbj := 2*c + h
+					*t = ZMM()
+					VBROADCASTSS(Mem{Base: sp, Disp: so + r*64 + 32 + sbj*4}, *t)
+					VFMSUB231PS_BCST(Mem{Base: sp, Disp: so + r*64 + sbj*4}, iotaV, *t)
+				}
+			}
+			for half := 0; half < 2; half++ {
+				vlo := c*64 + half*16 // value offsets within the superblock
+				vhi := vlo + 32
+				var xlo, xhi []VecVirtual
+				if fma && xInRegs {
+					for i := 0; i < N; i++ {
+						a, b := ZMM(), ZMM()
+						VMOVUPS(xMem(i, xo+4*vlo), a)
+						VMOVUPS(xMem(i, xo+4*vhi), b)
+						xlo, xhi = append(xlo, a), append(xhi, b)
+					}
+				}
+				for r := 0; r < 4; r++ {
+					p := ZMM()
+					VPMOVZXBD(rowMem(r, wo+16+c*32+half*16), p)
+					for h := 0; h < 2; h++ {
+						v := ZMM()
+						if h == 0 {
+							VPERMPS(tlo[r], p, v)
+						} else {
+							VPSRLD(U8(4), p, p)
+							VPERMPS(thi[r], p, v)
+						}
+						vo := vlo
+						if h == 1 {
+							vo = vhi
+						}
+						if !fma {
+							VMOVUPS(v, oMem(r, xo+4*vo))
+							continue
+						}
+						st := 0
+						if sets == 2 {
+							st = h
+						}
+						for i := 0; i < N; i++ {
+							if xInRegs {
+								xr := xlo[i]
+								if h == 1 {
+									xr = xhi[i]
+								}
+								VFMADD231PS(xr, v, acc[st][r][i])
+							} else {
+								VFMADD231PS(xMem(i, xo+4*vo), v, acc[st][r][i])
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+
 	// chunk emits the work of one chunk at chunk offset k (in chunks).
 	chunk := func(k int, masked bool) {
 		wo := k * cb
 		xo := k * xcb
 		so := k * scrChunkBytes(d)
 		if inRowPF && !masked {
-			// Software prefetch of the weight rows, one per 64 bytes.
-			for off := (wo + 63) / 64 * 64; off < wo+cb; off += 64 {
-				for r := 0; r < 4; r++ {
-					PREFETCHT0(rowMem(r, off+pfDist))
+			// Prefetch the rows two quads ahead (the 4*wstride bytes at
+			// w + 8*wstride) at the pace this quad is consumed.
+			for off := 0; off < 4*cb; off += 64 {
+				PREFETCHT1(Mem{Base: pq, Disp: 4*wo + off})
+			}
+		}
+		if q4perm {
+			q4Chunk(k, wo, xo, so)
+			return
+		}
+		if factored {
+			xv := make([][]VecVirtual, N)
+			for i := range xv {
+				xv[i] = make([]VecVirtual, subvecs)
+				for j := range xv[i] {
+					xv[i][j] = s.vec()
+					VMOVUPS(xMem(i, xo+j*vb), xv[i][j])
 				}
 			}
+			for r := 0; r < 4; r++ {
+				t := make([]VecVirtual, N)
+				for j := 0; j < subvecs; j++ {
+					v := s.vec()
+					VPMOVSXBD(rowMem(r, wo+2+j*lanes), v)
+					VCVTDQ2PS(v, v)
+					for i := 0; i < N; i++ {
+						if j == 0 {
+							t[i] = s.vec()
+							VMULPS(xv[i][j], v, t[i])
+						} else {
+							VFMADD231PS(xv[i][j], v, t[i])
+						}
+					}
+				}
+				if pipe {
+					var m Mem
+					switch r {
+					case 0:
+						m = Mem{Base: nx0, Disp: wo}
+					case 1:
+						m = Mem{Base: nx0, Index: ws, Scale: 1, Disp: wo}
+					case 2:
+						m = Mem{Base: nx0, Index: ws, Scale: 2, Disp: wo}
+					case 3:
+						m = Mem{Base: nx3, Disp: wo}
+					}
+					g := GP32()
+					MOVWLZX(m, g)
+					MOVW(g.As16(), Mem{Base: stg, Disp: 8*k + 2*r})
+				}
+				sm := Mem{Base: sp, Disp: so + 4*r}
+				for i := 0; i < N; i++ {
+					if s.z {
+						VFMADD231PS_BCST(sm, t[i], acc[0][r][i])
+					} else {
+						b := s.vec()
+						VBROADCASTSS(sm, b)
+						VFMADD231PS(b, t[i], acc[0][r][i])
+					}
+				}
+			}
+			return
 		}
 		for j := 0; j < subvecs; j++ {
 			if masked && d == dF16 && j > 0 {
@@ -375,16 +567,32 @@ func genTile(s isa, d dtype, N int, m mode) {
 			}
 		}
 	}
+	// nextPF prefetches as many lines of the next block as one chunk of this
+	// quad consumes, so that even two passes over a block cover the next one.
+	pfLines := max(1, 4*cb/64)
+	if m == modePanel {
+		pfLines = max(1, cb/64) // a float32 panel row is twice as long as bf16
+	}
 	nextPF := func() {
-		PREFETCHT1(Mem{Base: pf})
+		for l := 0; l < pfLines; l++ {
+			PREFETCHT1(Mem{Base: pf, Disp: 64 * l})
+		}
 		t := GP64()
-		LEAQ(Mem{Base: pf, Disp: 64}, t)
+		LEAQ(Mem{Base: pf, Disp: 64 * pfLines}, t)
 		CMPQ(t, pfend.Addr)
 		CMOVQCS(t, pf)
 	}
 	advance := func(k int) {
 		for i := 0; i < k; i++ {
 			nextPF()
+		}
+		if inRowPF {
+			ADDQ(U32(4*k*cb), pq)
+		}
+		if pipe {
+			ADDQ(U32(k*cb), nx0)
+			ADDQ(U32(k*cb), nx3)
+			ADDQ(U32(8*k), stg)
 		}
 		ADDQ(U32(k*cb), w0)
 		ADDQ(U32(k*cb), w3)
@@ -431,6 +639,27 @@ func genTile(s isa, d dtype, N int, m mode) {
 		chunk(0, true)
 	}
 	Label(name + "_done")
+	if pipe {
+		// Convert the staged scales of the next quad (8 bytes of f16 per
+		// block, 4 rows) into float32 [block][row].
+		q := ld("scr")
+		st := ld("nchunks")
+		ADDQ(U8(3), st)
+		ANDQ(I8(-4), st)
+		SHLQ(U8(4), st)
+		ADDQ(q, st)
+		per := s.lanes / 4
+		Label(name + "_cv")
+		CMPQ(st, stg)
+		JAE(LabelRef(name + "_cvd"))
+		v := s.vec()
+		VCVTPH2PS(Mem{Base: st}, v)
+		VMOVUPS(v, Mem{Base: q})
+		ADDQ(U8(8*per), st)
+		ADDQ(U8(16*per), q)
+		JMP(LabelRef(name + "_cv"))
+		Label(name + "_cvd")
+	}
 
 	if fma {
 		if sets == 2 {
@@ -534,34 +763,73 @@ func genScalePrologue(s isa, d dtype, name string, w0, w3, ws, sp GPVirtual) {
 	MOVQ(sp, q)
 	switch d {
 	case dQ8:
-		// Gather the f16 scales: lane l reads the dword at block l/4 of row l%4.
-		idx := s.vec()
+		// Copy the f16 scales into a staging area laid out [block][row]
+		// (scalar loads and stores, off the vector ports), then convert 4
+		// blocks x 4 rows at a time with VCVTPH2PS.
+		p3 := GP64()
+		MOVQ(w3, p3)
+		stg := GP64()
+		MOVQ(cnt, stg)
+		ADDQ(U8(3), stg)
+		ANDQ(I8(-4), stg)
+		SHLQ(U8(4), stg)
+		ADDQ(sp, stg) // staging after roundup(nb, 4) x 16 bytes of float32 scales
+		st0 := GP64()
+		MOVQ(stg, st0)
 		t := GP32()
-		MOVL(ws.As32(), t)
-		if s.z {
-			VPBROADCASTD(t, idx)
-			VPMULLD(cQ8Row, idx, idx)
-			VPADDD(cQ8Blk, idx, idx)
-		} else {
-			xt := XMM()
-			VMOVD(t, xt)
-			VPBROADCASTD(xt, idx)
-			VPMULLD(cQ8Row, idx, idx)
-			VPADDD(cQ8Blk, idx, idx)
+		rm := func(r, off int) Mem {
+			switch r {
+			case 0:
+				return Mem{Base: p, Disp: off}
+			case 1:
+				return Mem{Base: p, Index: ws, Scale: 1, Disp: off}
+			case 2:
+				return Mem{Base: p, Index: ws, Scale: 2, Disp: off}
+			}
+			return Mem{Base: p3, Disp: off}
 		}
-		bpg := s.lanes / 4 // blocks per gather
-		Label(name + "_sg")
-		CMPQ(cnt, U32(bpg))
-		JL(LabelRef(name + "_sgt"))
-		q8Gather(s, p, q, idx, nil)
-		ADDQ(U32(34*bpg), p)
-		ADDQ(U32(16*bpg), q)
-		SUBQ(U32(bpg), cnt)
-		JMP(LabelRef(name + "_sg"))
-		Label(name + "_sgt")
+		Label(name + "_s4")
+		CMPQ(cnt, U8(4))
+		JL(LabelRef(name + "_s1"))
+		for b := 0; b < 4; b++ {
+			for r := 0; r < 4; r++ {
+				MOVWLZX(rm(r, 34*b), t)
+				MOVW(t.As16(), Mem{Base: stg, Disp: 8*b + 2*r})
+			}
+		}
+		ADDQ(U32(4*34), p)
+		ADDQ(U32(4*34), p3)
+		ADDQ(U8(32), stg)
+		SUBQ(U8(4), cnt)
+		JMP(LabelRef(name + "_s4"))
+		Label(name + "_s1")
 		TESTQ(cnt, cnt)
-		JZ(LabelRef(name + "_sgd"))
-		q8Gather(s, p, q, idx, cnt)
+		JZ(LabelRef(name + "_cv"))
+		for r := 0; r < 4; r++ {
+			MOVWLZX(rm(r, 0), t)
+			MOVW(t.As16(), Mem{Base: stg, Disp: 2 * r})
+		}
+		ADDQ(U8(34), p)
+		ADDQ(U8(34), p3)
+		ADDQ(U8(8), stg)
+		DECQ(cnt)
+		JMP(LabelRef(name + "_s1"))
+		// Convert: 8 bytes of staging (one block, 4 rows) per 16 bytes of scales.
+		Label(name + "_cv")
+		per := s.lanes / 4 // blocks per conversion
+		Label(name + "_cl")
+		CMPQ(st0, stg)
+		JAE(LabelRef(name + "_sgd"))
+		v := s.vec()
+		if s.z {
+			VCVTPH2PS(Mem{Base: st0}, v)
+		} else {
+			VCVTPH2PS(Mem{Base: st0}, v)
+		}
+		VMOVUPS(v, Mem{Base: q})
+		ADDQ(U8(8*per), st0)
+		ADDQ(U8(16*per), q)
+		JMP(LabelRef(name + "_cl"))
 		Label(name + "_sgd")
 	case dQ4K:
 		_ = w3

@@ -94,7 +94,7 @@ func genProbes(s isa) {
 	// triad: a[i] = b[i] + s*c[i], n a multiple of 4 vectors.
 	name = fname("triad", s, "")
 	TEXT(name, NOSPLIT, "func(a, b, c *float32, s float32, n int)")
-	Doc(name+" computes a[i] = b[i] + s*c[i] for n (a multiple of 4 vectors) floats.")
+	Doc(name + " computes a[i] = b[i] + s*c[i] for n (a multiple of 4 vectors) floats.")
 	pa := ld("a")
 	pb := ld("b")
 	pc := ld("c")
