@@ -21,3 +21,7 @@ if [ -z "${BENCH_MODEL:-}" ]; then
   echo "== engine, Q8_0 GGUF"
   "$BIN" bench --model "$Q8"
 fi
+echo "== cluster: 1 trunk + 2 expert nodes on loopback vs in-process (BF16)"
+"$BIN" bench-cluster --model "$MODEL" --sessions 1,8,32 --tokens 16 --prompt 16 --reps 3
+echo "== placement: Zipf-skewed and shifting loads, ours vs round-robin"
+"$BIN" placement simulate --rounds 5
