@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -163,7 +164,7 @@ func TestConcurrentSessionsMatchAlone(t *testing.T) {
 		if got[i].status != nil {
 			t.Fatalf("session %d: %v", i, got[i].status)
 		}
-		if !equalInts(got[i].ids, want[i]) {
+		if !slices.Equal(got[i].ids, want[i]) {
 			t.Errorf("session %d: got %v want %v", i, got[i].ids, want[i])
 		}
 		if got[i].final.FinishReason != pb.FinishReason_FINISH_REASON_LENGTH || got[i].final.Usage.CompletionTokens != 12 {
@@ -174,18 +175,6 @@ func TestConcurrentSessionsMatchAlone(t *testing.T) {
 	if steps == 0 || rows <= steps {
 		t.Errorf("no batching observed: %d steps, %d rows", steps, rows)
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // A session's second turn continues from its state: the output equals the
@@ -216,12 +205,12 @@ func TestSessionTurnsForkDelete(t *testing.T) {
 		t.Errorf("turn 2 usage %v: the history should not be re-read", r2.final.Usage)
 	}
 	whole := append(append(append([]int{}, turn1...), r1.ids...), turn2...)
-	if want := reference(t, whole, 6); !equalInts(r2.ids, want) {
+	if want := reference(t, whole, 6); !slices.Equal(r2.ids, want) {
 		t.Fatalf("second turn %v, whole-conversation prefill %v", r2.ids, want)
 	}
 	// The fork continues independently from the end of turn 1.
 	rf := generate(t, c, &pb.GenerateRequest{SessionId: fork.SessionId, Input: &pb.GenerateRequest_TokenIds{TokenIds: ids(turn2)}, MaxTokens: 6, IgnoreEos: true})
-	if !equalInts(rf.ids, r2.ids) {
+	if !slices.Equal(rf.ids, r2.ids) {
 		t.Fatalf("fork %v, original %v", rf.ids, r2.ids)
 	}
 	info, err := c.GetSession(ctx, &pb.GetSessionRequest{SessionId: s.SessionId})

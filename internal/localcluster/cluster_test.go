@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -104,18 +105,6 @@ func gen(ctx context.Context, c pb.SwitchyardClient, prompt []int, n int) ([]int
 	}
 }
 
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // Through the whole cluster (trunk + 2 expert nodes over gRPC, rows in bf16 on the
 // wire) the greedy continuations equal llama.cpp's golden tokens and the
 // in-process engine's.
@@ -131,14 +120,14 @@ func TestClusterGreedyMatchesGolden(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !equal(got, p.Greedy) {
+		if !slices.Equal(got, p.Greedy) {
 			t.Errorf("%s: cluster %v, golden %v", p.Name, got, p.Greedy)
 		}
 		res, err := e.Generate(e.Model.NewState(), engine.Request{Prompt: p.IDs, MaxTokens: len(p.Greedy), IgnoreEOS: true}, func(engine.Event) bool { return true })
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !equal(got, res.Tokens) {
+		if !slices.Equal(got, res.Tokens) {
 			t.Errorf("%s: cluster %v, engine %v", p.Name, got, res.Tokens)
 		}
 	}
@@ -173,7 +162,7 @@ func TestCluster32Concurrent(t *testing.T) {
 		if errs[i] != nil {
 			t.Fatalf("session %d: %v", i, errs[i])
 		}
-		if !equal(got[i], alone[i]) {
+		if !slices.Equal(got[i], alone[i]) {
 			t.Errorf("session %d: concurrent %v, alone %v", i, got[i], alone[i])
 		}
 	}
@@ -205,7 +194,7 @@ func TestClusterExpertKilledRequestsWait(t *testing.T) {
 		if err != nil {
 			t.Fatalf("request %d failed: %v", i, err)
 		}
-		if !equal(outs[i], p.Greedy) {
+		if !slices.Equal(outs[i], p.Greedy) {
 			t.Errorf("request %d: %v, want %v", i, outs[i], p.Greedy)
 		}
 	}

@@ -3,6 +3,7 @@ package localcluster
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -45,7 +46,7 @@ func startLoad(t *testing.T, c *Cluster, workers int, stop <-chan struct{}) *loa
 				lg.done++
 				if err != nil {
 					lg.failures = append(lg.failures, err)
-				} else if !equal(got, p.Greedy) {
+				} else if !slices.Equal(got, p.Greedy) {
 					lg.wrong++
 					t.Logf("prompt %s: got %v want %v", p.Name, got, p.Greedy)
 				}

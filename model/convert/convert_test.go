@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -66,7 +67,7 @@ func TestConvertMatchesReferenceGGUF(t *testing.T) {
 			}
 			continue
 		}
-		if rdt != gdt || !equal(rshape, gshape) || !bytes.Equal(rdata, gdata) {
+		if rdt != gdt || !slices.Equal(rshape, gshape) || !bytes.Equal(rdata, gdata) {
 			t.Errorf("%s: got %s %v (%d bytes), reference %s %v (%d bytes), equal data %v", ti.Name, gdt, gshape, len(gdata), rdt, rshape, len(rdata), bytes.Equal(rdata, gdata))
 		}
 	}
@@ -94,36 +95,12 @@ func TestConvertMatchesReferenceGGUF(t *testing.T) {
 	}
 	gt, _ := got.Strings("tokenizer.ggml.tokens")
 	rt, _ := ref.Strings("tokenizer.ggml.tokens")
-	if !equalS(gt, rt) {
+	if !slices.Equal(gt, rt) {
 		t.Errorf("tokens differ")
 	}
 	gm, _ := got.Strings("tokenizer.ggml.merges")
 	rm, _ := ref.Strings("tokenizer.ggml.merges")
-	if !equalS(gm, rm) {
+	if !slices.Equal(gm, rm) {
 		t.Errorf("merges differ")
 	}
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func equalS(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

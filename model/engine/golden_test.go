@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -128,12 +129,12 @@ func TestGolden(t *testing.T) {
 					t.Logf("%s: %d tokens, decode max abs diff %.2g, greedy ok", p.Name, len(p.TokenIDs), worst)
 				}
 				for _, c := range g.Tokenization.Cases {
-					if got := e.Tok.Encode(c.Text, true); !equalInts(got, c.IDs) {
+					if got := e.Tok.Encode(c.Text, true); !slices.Equal(got, c.IDs) {
 						t.Errorf("tokenize %q: got %v want %v", c.Text, got, c.IDs)
 					}
 				}
 				for _, p := range g.Prompts {
-					if got := e.Tok.Encode(p.Text, true); !equalInts(got, p.TokenIDs) {
+					if got := e.Tok.Encode(p.Text, true); !slices.Equal(got, p.TokenIDs) {
 						t.Errorf("tokenize prompt %s: got %v want %v", p.Name, got, p.TokenIDs)
 					}
 				}
@@ -150,16 +151,4 @@ func argmax(x []float32) int {
 		}
 	}
 	return b
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

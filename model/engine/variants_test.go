@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/switchyard-serving/switchyard/model/convert"
@@ -118,11 +119,11 @@ func TestGenerateStopsAndSeeds(t *testing.T) {
 	}
 	hot := sample.Params{Temperature: 1.5, TopP: 0.9, Seed: 42}
 	a, b := run(hot, 12, nil, nil), run(hot, 12, nil, nil)
-	if !equalInts(a.Tokens, b.Tokens) {
+	if !slices.Equal(a.Tokens, b.Tokens) {
 		t.Fatalf("same seed, different tokens: %v vs %v", a.Tokens, b.Tokens)
 	}
 	hot.Seed = 43
-	if c := run(hot, 12, nil, nil); equalInts(a.Tokens, c.Tokens) {
+	if c := run(hot, 12, nil, nil); slices.Equal(a.Tokens, c.Tokens) {
 		t.Fatalf("different seeds gave identical samples %v", c.Tokens)
 	}
 	// Stop id: generation ends before emitting it.

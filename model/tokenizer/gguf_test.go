@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -177,7 +178,7 @@ func TestGGUFFixtureVocab(t *testing.T) {
 		}
 	}
 	for _, c := range cases {
-		if got := tok.Encode(c.text, true); !equalIDs(got, c.ids) {
+		if got := tok.Encode(c.text, true); !slices.Equal(got, c.ids) {
 			t.Errorf("%s: Encode(%q)\n got %v\nwant %v", c.name, c.text, got, c.ids)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -83,18 +84,6 @@ func loadGolden(t testing.TB, dir string) (*Tokenizer, []goldenCase) {
 	return tok, cases
 }
 
-func equalIDs(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 func TestGoldenEncode(t *testing.T) {
 	for _, dir := range goldenDirs(t) {
 		tok, cases := loadGolden(t, dir)
@@ -109,11 +98,11 @@ func TestGoldenEncode(t *testing.T) {
 		for _, c := range cases {
 			t.Run(filepath.Base(dir)+"/"+c.name, func(t *testing.T) {
 				got := tok.Encode(c.text, true)
-				if !equalIDs(got, c.ids) {
+				if !slices.Equal(got, c.ids) {
 					t.Errorf("Encode(%q)\n got %v\nwant %v", c.text, got, c.ids)
 				}
 				if viaVocab != nil {
-					if got := viaVocab.Encode(c.text, true); !equalIDs(got, c.ids) {
+					if got := viaVocab.Encode(c.text, true); !slices.Equal(got, c.ids) {
 						t.Errorf("FromVocab Encode(%q)\n got %v\nwant %v", c.text, got, c.ids)
 					}
 				}
