@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/switchyard-serving/switchyard/model/internal/fileio"
 	"math"
 	"math/bits"
 	"os"
@@ -99,13 +100,13 @@ func Open(path string) (*File, error) {
 	if size > math.MaxInt {
 		return nil, fmt.Errorf("%s: %w: file of %d bytes is too large to map", path, ErrFormat, size)
 	}
-	b, err := mapFile(f, int(size))
+	b, err := fileio.Map(f, int(size))
 	if err != nil {
 		return nil, fmt.Errorf("gguf: map %s: %w", path, err)
 	}
 	file, err := Parse(b)
 	if err != nil {
-		_ = unmapFile(b)
+		_ = fileio.Unmap(b)
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	file.path = path
@@ -567,7 +568,7 @@ func (f *File) Close() error {
 	}
 	b := f.mapped
 	f.mapped, f.data = nil, nil
-	if err := unmapFile(b); err != nil {
+	if err := fileio.Unmap(b); err != nil {
 		return fmt.Errorf("gguf: unmap %s: %w", f.path, err)
 	}
 	return nil

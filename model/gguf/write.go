@@ -1,12 +1,12 @@
 package gguf
 
 import (
+	"github.com/switchyard-serving/switchyard/model/internal/fileio"
+
 	"bufio"
 	"encoding/binary"
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 
 	"github.com/switchyard-serving/switchyard/model/tensor"
@@ -314,40 +314,11 @@ func (e *encoder) value(v Value) {
 	}
 }
 
-// writeAtomic streams body into a temporary file next to path and renames it into
-// place once flushed and synced; on any error the temporary file is removed.
-func writeAtomic(path string, body func(w *bufio.Writer) error) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
+// writeAtomic writes path atomically (see fileio.WriteAtomic) with the package's
+// error prefix.
+func writeAtomic(path string, body func(w *bufio.Writer) error) error {
+	if err := fileio.WriteAtomic(path, body); err != nil {
+		return fmt.Errorf("gguf: write %s: %w", path, err)
 	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("gguf: %w", err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-			err = fmt.Errorf("gguf: write %s: %w", path, err)
-		}
-	}()
-	w := bufio.NewWriterSize(f, 1<<20)
-	if err := body(w); err != nil {
-		return err
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return nil
 }

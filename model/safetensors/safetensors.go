@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/switchyard-serving/switchyard/model/internal/fileio"
 	"maps"
 	"math"
 	"os"
@@ -102,13 +103,13 @@ func Open(path string) (*File, error) {
 	if size > math.MaxInt {
 		return nil, fmt.Errorf("%s: %w: file of %d bytes is too large to map", path, ErrFormat, size)
 	}
-	b, err := mapFile(f, int(size))
+	b, err := fileio.Map(f, int(size))
 	if err != nil {
 		return nil, fmt.Errorf("safetensors: map %s: %w", path, err)
 	}
 	file, err := Parse(b)
 	if err != nil {
-		_ = unmapFile(b)
+		_ = fileio.Unmap(b)
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	file.path = path
@@ -303,7 +304,7 @@ func (f *File) Close() error {
 	b := f.mapped
 	f.mapped = nil
 	f.tensors = nil
-	if err := unmapFile(b); err != nil {
+	if err := fileio.Unmap(b); err != nil {
 		return fmt.Errorf("safetensors: unmap %s: %w", f.path, err)
 	}
 	return nil

@@ -1,13 +1,14 @@
 package safetensors
 
 import (
+	"github.com/switchyard-serving/switchyard/model/internal/fileio"
+
 	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"strconv"
 
@@ -182,41 +183,10 @@ func WriteIndex(dir string, weightMap map[string]string, totalSize int64) error 
 	})
 }
 
-// writeAtomic streams body into a temporary file next to path and renames it into
-// place once flushed and synced; on any error the temporary file is removed.
-func writeAtomic(path string, body func(w *bufio.Writer) error) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("safetensors: %w", err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	w := bufio.NewWriterSize(f, 1<<20)
-	if err := body(w); err != nil {
-		return wrapIO(path, err)
-	}
-	if err := w.Flush(); err != nil {
-		return wrapIO(path, err)
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return wrapIO(path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return wrapIO(path, err)
-	}
-	if err := f.Close(); err != nil {
-		return wrapIO(path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+// writeAtomic writes path atomically (see fileio.WriteAtomic) with the package's
+// error prefix.
+func writeAtomic(path string, body func(w *bufio.Writer) error) error {
+	if err := fileio.WriteAtomic(path, body); err != nil {
 		return wrapIO(path, err)
 	}
 	return nil

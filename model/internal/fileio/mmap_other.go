@@ -1,0 +1,20 @@
+//go:build !unix
+
+package fileio
+
+import (
+	"io"
+	"os"
+)
+
+// Map reads the file into memory where mmap is not available.
+func Map(f *os.File, size int) ([]byte, error) {
+	b := make([]byte, size)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Unmap releases a mapping made by Map.
+func Unmap([]byte) error { return nil }
