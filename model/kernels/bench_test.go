@@ -222,3 +222,45 @@ func BenchmarkMatMulSmall(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMatMulDecodeStep: the matmuls of one Mamba layer at n=1 back to
+// back (in_proj, out_proj, a shared-expert-sized pair), bf16, cold weights:
+// the pool must stay warm between calls of different sizes.
+func BenchmarkMatMulDecodeStep(b *testing.B) {
+	shapes := [][2]int{{6448, 1536}, {1536, 3072}, {1024, 1536}, {1536, 512}}
+	const layers = 24 // distinct weight sets, > L3 in total
+	rng := rand.New(rand.NewPCG(7, 7))
+	ws := make([][]tensor.Matrix, layers)
+	proto := make([]tensor.Matrix, len(shapes))
+	var bytes int
+	for i, sh := range shapes {
+		proto[i] = randMatrix(rng, tensor.BF16, sh[0], sh[1])
+		bytes += proto[i].Bytes()
+	}
+	for l := range ws {
+		for _, p := range proto {
+			c := p
+			c.Data = append([]byte(nil), p.Data...)
+			ws[l] = append(ws[l], c)
+		}
+	}
+	x := randVec(rng, 3072)
+	out := make([]float32, 6448)
+	for _, th := range []int{1, 2} {
+		b.Run(fmt.Sprintf("BF16/threads=%d", th), func(b *testing.B) {
+			prev := Threads()
+			SetThreads(th)
+			defer SetThreads(prev)
+			b.SetBytes(int64(bytes))
+			for i := 0; i < b.N; i++ {
+				for _, w := range ws[i%layers] {
+					MatMul(out, w, x, 1)
+				}
+			}
+			bw, _ := peaks(th)
+			gbs := float64(bytes) / (b.Elapsed().Seconds() / float64(b.N))
+			b.ReportMetric(gbs/1e9, "GB/s")
+			b.ReportMetric(100*gbs/bw, "%bw")
+		})
+	}
+}

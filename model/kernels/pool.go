@@ -147,11 +147,11 @@ func (w *worker) dispatch(t task) (woken bool) {
 
 // Thresholds for parallel: below minParallelNs of estimated single-thread
 // work a call runs on the caller alone; up to wakeWorthNs it uses the
-// workers only if they are spinning (a parked worker takes longer to wake
-// than the work is worth).
+// workers only if they are spinning (waking a parked worker takes 50 µs to
+// 1 ms here, and until it runs the caller works alone).
 const (
 	minParallelNs = 8_000
-	wakeWorthNs   = 200_000
+	wakeWorthNs   = 1_000_000
 )
 
 // forceParallel makes parallel ignore the size thresholds (tests).

@@ -31,7 +31,7 @@ type isaKernels struct {
 
 	tile  [tensor.Q4_K + 1][9]tileFn // [dtype][N]
 	widen [tensor.Q4_K + 1]tileFn
-	panel [9]tileFn // float32 tiles for panels (no in-row prefetch)
+	panel [9]tileFn // float32 tiles for panels (no look-ahead prefetch of the rows)
 
 	// panelMinN is the n from which a dtype widens row blocks into a float32
 	// panel first (0: never).
@@ -107,7 +107,7 @@ func planAsm(c *callCtx, lvl Level) bool {
 		p.panel = panelMode > 0
 	}
 	// Float32 weights are their own panel: at large n use the panel kernels
-	// (no in-row prefetch) on blocks the size of a panel block.
+	// (no look-ahead prefetch of the rows) on blocks the size of a panel block.
 	p.f32big = dt == tensor.F32 && ik.panelMinN[dt] > 0 && n >= ik.panelMinN[dt] && p.tail == 0 && ik.panel[1] != nil
 	// The bf16 tile kernels take x in even/odd order; panels are in natural order.
 	evenOdd := dt == tensor.BF16 && !p.panel

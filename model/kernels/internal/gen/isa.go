@@ -41,22 +41,15 @@ func (s isa) vbytes() int { return 4 * s.lanes }
 
 // Constant tables shared by the kernels.
 var (
-	cBF16Hi   Mem // dword 0xFFFF0000: keeps the odd bf16 of each dword
-	cNib      Mem // dword 0x0000000F
-	cRedIdx   Mem // VPERMPS index picking element 0 of each 128-bit lane
-	cQ8Row    Mem // dword lane l: l%4 (row of the quad)
-	cQ8Blk    Mem // dword lane l: (l/4)*34 (block offset)
-	cQ4ShP    Mem // 16 bytes: per-dword shift counts 0,0,0,4
-	cQ4ShQ    Mem // 16 bytes: 0,2,0,2
-	cQ4MaskP  Mem // 16 bytes: 3f3f3f3f,0f0f0f0f,3f3f3f3f,0f0f0f0f
-	cQ4MaskQ  Mem // 16 bytes: 0,30303030,0,30303030
-	cQ4DDIdx  Mem // 64 bytes: 0 x8, 1 x8 (VPERMPS index: d for scales, dmin for mins)
-	cWordLow  Mem // dword 0x0000FFFF
-	cPermQ02  Mem // 32 bytes dword index 0,1,4,5,... for AVX2 packing fix-ups
-	cIota     Mem // float32 0, 1, ..., 15
-	cOnesF32  Mem // float32 1.0
-	cHalfF32  Mem // float32 0.5
-	constsGen bool
+	cBF16Hi  Mem // dword 0xFFFF0000: keeps the odd bf16 of each dword
+	cNib     Mem // dword 0x0000000F
+	cRedIdx  Mem // VPERMPS index picking element 0 of each 128-bit lane
+	cQ4ShP   Mem // 16 bytes: per-dword shift counts 0,0,0,4
+	cQ4ShQ   Mem // 16 bytes: 0,2,0,2
+	cQ4MaskP Mem // 16 bytes: 3f3f3f3f,0f0f0f0f,3f3f3f3f,0f0f0f0f
+	cQ4MaskQ Mem // 16 bytes: 0,30303030,0,30303030
+	cQ4DDIdx Mem // 64 bytes: 0 x8, 1 x8 (VPERMPS index: d for scales, dmin for mins)
+	cIota    Mem // float32 0, 1, ..., 15
 )
 
 func data32(name string, vals ...uint32) Mem {
@@ -78,28 +71,17 @@ func rep(v uint32, n int) []uint32 {
 func genConsts() {
 	cBF16Hi = data32("bf16hi", 0xFFFF0000)
 	cNib = data32("nibmask", 0x0F)
-	cWordLow = data32("wordlow", 0xFFFF)
-	cOnesF32 = data32("onef32", 0x3f800000)
-	cHalfF32 = data32("halff32", 0x3f000000)
 	var iota []uint32
 	for i := 0; i < 16; i++ {
 		iota = append(iota, math.Float32bits(float32(i)))
 	}
 	cIota = data32("iotaf32", iota...)
 	cRedIdx = data32("redidx", 0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-	var row, blk []uint32
-	for l := 0; l < 16; l++ {
-		row = append(row, uint32(l%4))
-		blk = append(blk, uint32(l/4*34))
-	}
-	cQ8Row = data32("q8row", row...)
-	cQ8Blk = data32("q8blk", blk...)
 	cQ4ShP = data32("q4shp", 0, 0, 0, 4)
 	cQ4ShQ = data32("q4shq", 0, 2, 0, 2)
 	cQ4MaskP = data32("q4maskp", 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f)
 	cQ4MaskQ = data32("q4maskq", 0, 0x30303030, 0, 0x30303030)
 	cQ4DDIdx = data32("q4ddidx", append(rep(0, 8), rep(1, 8)...)...)
-	cPermQ02 = data32("permq02", 0, 2, 4, 6, 1, 3, 5, 7)
 }
 
 func fname(base string, s isa, suffix string) string {

@@ -29,7 +29,7 @@ type mode int
 const (
 	modeFMA   mode = iota // multiply with x and store 4xN dot products
 	modeWiden             // store the widened float32 rows (panel)
-	modePanel             // modeFMA on a float32 panel in L2: no in-row prefetch
+	modePanel             // modeFMA on a float32 panel in L2: no look-ahead prefetch of the rows
 )
 
 // chunkValues is the number of weight values one loop iteration consumes per row.
@@ -114,7 +114,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 	default:
 		Doc(fmt.Sprintf("%s widens quads of %s weight rows into a float32 panel (see genTile).", name, d))
 	}
-	inRowPF := pfDist > 0 && m != modePanel
+	aheadPF := pfDist > 0 && m != modePanel
 	fma := m != modeWiden
 	lanes, vb := s.lanes, s.vbytes()
 	subvecs := chunkValues(s, d) / lanes
@@ -215,7 +215,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 		}
 	}
 	var pq GPVirtual
-	if inRowPF {
+	if aheadPF {
 		pq = GP64()
 		// Two quads ahead, into L2 (measured better than one quad ahead into
 		// L1; the Q8 staging loads read the next quad and must not miss).
@@ -475,7 +475,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 		wo := k * cb
 		xo := k * xcb
 		so := k * scrChunkBytes(d)
-		if inRowPF && !masked {
+		if aheadPF && !masked {
 			// Prefetch the rows two quads ahead (the 4*wstride bytes at
 			// w + 8*wstride) at the pace this quad is consumed.
 			for off := 0; off < 4*cb; off += 64 {
@@ -586,7 +586,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 		for i := 0; i < k; i++ {
 			nextPF()
 		}
-		if inRowPF {
+		if aheadPF {
 			ADDQ(U32(4*k*cb), pq)
 		}
 		if pipe {
@@ -862,51 +862,6 @@ func genScalePrologue(s isa, d dtype, name string, w0, w3, ws, sp GPVirtual) {
 		JNZ(LabelRef(name + "_sg"))
 		Label(name + "_sgd")
 	}
-}
-
-// q8Gather converts the scales of lanes/4 blocks of the 4 rows (cnt: number of
-// valid blocks when partial, nil when full) into float32 at dst.
-func q8Gather(s isa, p, dst GPVirtual, idx VecVirtual, cnt GPVirtual) {
-	g := s.vec()
-	if s.z {
-		k := K()
-		if cnt == nil {
-			KXNORW(k, k, k)
-		} else {
-			sh := GP64()
-			MOVQ(cnt, sh)
-			SHLQ(U8(2), sh)
-			t := GP64()
-			MOVQ(U32(1), t)
-			SHLXQ(sh, t, t)
-			DECQ(t)
-			KMOVW(t.As32(), k)
-			VPXORD(g, g, g)
-		}
-		VPGATHERDD(Mem{Base: p, Index: idx, Scale: 1}, k, g)
-		y := YMM()
-		VPMOVDW(g, y)
-		VCVTPH2PS(y, g)
-		VMOVUPS(g, Mem{Base: dst})
-		return
-	}
-	// AVX2: 8 lanes = 2 blocks x 4 rows; a partial group has exactly 1 block.
-	mk := YMM()
-	if cnt == nil {
-		VPCMPEQD(mk, mk, mk)
-	} else {
-		// Lanes 0..3 only (the VEX.128 form clears the upper lane).
-		VPCMPEQD(mk.AsX(), mk.AsX(), mk.AsX())
-	}
-	VPXOR(g, g, g)
-	VPGATHERDD(mk, Mem{Base: p, Index: idx, Scale: 1}, g)
-	wl := YMM()
-	VPBROADCASTD(cWordLow, wl)
-	VPAND(wl, g, g)
-	VPACKUSDW(g, g, g) // per lane: 4 words, repeated
-	VPERMQ(U8(0x08), g, g)
-	VCVTPH2PS(g.AsX(), g)
-	VMOVUPS(g, Mem{Base: dst})
 }
 
 // q4Scales unpacks the 12-byte scales field of one Q4_K block (at src+4) and
