@@ -328,7 +328,7 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 		chunked := T >= m.ScanChunkedMin && m.ScanChunkedMin > 0 && T > 1
 		// Heads are independent: split them across the compute threads.
 		workers := min(kernels.Threads(), nh)
-		if T*nh*P*ns < 1<<15 {
+		if T*nh*P*ns < 1<<21 { // small scans (decode) stay on one goroutine: waking another costs more
 			workers = 1
 		}
 		for len(sc.chunks) < workers {
