@@ -107,7 +107,13 @@ func RunExpert(ctx context.Context, node *expertnode.Node, lis net.Listener, c E
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	a := &assigner{node: node, cfg: c, report: func(v uint64) { cluster.ReportReady(wctx, cli, reg, c.NodeID, v) }}
+	a := &assigner{node: node, cfg: c, report: func(v uint64) {
+		// A lost ready report only delays the rollout (the coordinator retries the
+		// round); surface it.
+		if err := cluster.ReportReady(wctx, cli, reg, c.NodeID, v); err != nil && c.OnError != nil && wctx.Err() == nil {
+			c.OnError(fmt.Errorf("report ready version %d: %w", v, err))
+		}
+	}}
 	go cluster.WatchTable(wctx, cli, func(t *routing.Table) { a.update(t, nil, false) })
 	go cluster.WatchPending(wctx, cli, func(t *routing.Table) { a.update(nil, t, true) })
 	select {
