@@ -136,7 +136,10 @@ func TestClusterGreedyMatchesGolden(t *testing.T) {
 // 32 concurrent sessions with different prompts each produce exactly what they
 // produce alone.
 func TestCluster32Concurrent(t *testing.T) {
-	c, cli := startCluster(t, 2)
+	// f32 on the wire: with bf16 the rounding of a row's expert sums may depend on
+	// which other rows shared its batch, which can flip a near-tie.
+	c := startFaultCluster(t, 2, 1)
+	cli := clientFor(t, c.Endpoint)
 	tok := c.Trunk.Tokenizer()
 	words := []string{"keeper", "steps", "river", "stone", "night", "lamp", "yard", "rail"}
 	prompts := make([][]int, 32)

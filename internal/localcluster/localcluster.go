@@ -78,7 +78,6 @@ type expertProc struct {
 	cancel func()
 	crash  func()
 	done   chan struct{}
-	addr   string
 }
 
 // Start brings the cluster up and returns once the public API serves and every
@@ -245,7 +244,7 @@ func (c *Cluster) StartExpert(id string) error {
 		maddr = "127.0.0.1:0"
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	p := &expertProc{id: id, node: n, cancel: func() { cancel(nil) }, crash: func() { cancel(roles.ErrCrash) }, done: make(chan struct{}), addr: lis.Addr().String()}
+	p := &expertProc{id: id, node: n, cancel: func() { cancel(nil) }, crash: func() { cancel(roles.ErrCrash) }, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		err := roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: id, Etcd: c.Etcd.Endpoints, LeaseTTL: 2, Tracing: tr, MetricsAddr: maddr, Gossip: c.gossip})

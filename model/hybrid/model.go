@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sort"
 	"sync"
 
 	"github.com/switchyard-serving/switchyard/model/config"
@@ -73,20 +72,20 @@ type Seq struct {
 }
 
 type scratch struct {
-	h, u, f, mix  []float32
-	proj          []float32
-	xbc, y, zgate []float32
-	xbcAct, dt    []float32
-	q, k, v, att  []float32
-	sharedG       []float32
-	sharedU       []float32
-	router        []float32
-	moeOut        []float32
-	exps          []int32
-	wts           []float32
-	scores        []float32
-	outRows       []float32
-	chunks        []chunkScratch // one per scan worker
+	h, u, f, mix []float32
+	proj         []float32
+	xbc, y       []float32
+	xbcAct, dt   []float32
+	q, k, v, att []float32
+	sharedG      []float32
+	sharedU      []float32
+	router       []float32
+	moeOut       []float32
+	exps         []int32
+	wts          []float32
+	scores       []float32
+	outRows      []float32
+	chunks       []chunkScratch // one per scan worker
 }
 
 // parallel runs fn(0..n-1) on n goroutines (inline when n == 1).
@@ -486,19 +485,30 @@ func (m *Model) ffn(sc *scratch, bt baton, li int, lw *LayerWeights, N int) erro
 }
 
 // topK picks the k largest router logits (ties: lower expert id first) and writes
-// their softmax-normalised weights.
+// their softmax-normalised weights. k passes of a max search: no allocation on
+// the hot path, and k is small (Granite: 6 or 10 of 64/72).
 func topK(logits []float32, ids []int32, wts []float32) {
 	k := len(ids)
-	idx := make([]int, len(logits))
-	for i := range idx {
-		idx[i] = i
+	for j := range k {
+		best := -1
+		for e, v := range logits {
+			taken := false
+			for _, id := range ids[:j] {
+				if int(id) == e {
+					taken = true
+					break
+				}
+			}
+			if !taken && (best < 0 || v > logits[best]) {
+				best = e
+			}
+		}
+		ids[j] = int32(best)
 	}
-	sort.SliceStable(idx, func(a, b int) bool { return logits[idx[a]] > logits[idx[b]] })
-	mx := logits[idx[0]]
+	mx := logits[ids[0]]
 	var sum float32
 	for j := range k {
-		ids[j] = int32(idx[j])
-		e := float32(math.Exp(float64(logits[idx[j]] - mx)))
+		e := float32(math.Exp(float64(logits[ids[j]] - mx)))
 		wts[j] = e
 		sum += e
 	}

@@ -298,3 +298,29 @@ func TestForwardPingPongMatches(t *testing.T) {
 		}
 	}
 }
+
+func TestTopK(t *testing.T) {
+	cases := []struct {
+		logits []float32
+		want   []int32
+	}{
+		{[]float32{1, 5, 3, 5, -2}, []int32{1, 3}},        // tie: lower id first
+		{[]float32{0, 0, 0, 0}, []int32{0, 1, 2}},         // all equal
+		{[]float32{-1, -9, 4, 2, 3}, []int32{2, 4, 3, 0}}, // descending order
+	}
+	for _, tc := range cases {
+		ids := make([]int32, len(tc.want))
+		w := make([]float32, len(tc.want))
+		topK(tc.logits, ids, w)
+		var sum float32
+		for j := range ids {
+			if ids[j] != tc.want[j] {
+				t.Fatalf("topK(%v) = %v, want %v", tc.logits, ids, tc.want)
+			}
+			sum += w[j]
+		}
+		if math.Abs(float64(sum-1)) > 1e-6 {
+			t.Fatalf("weights sum to %v", sum)
+		}
+	}
+}
