@@ -63,6 +63,13 @@ func NewStore(cfg MemoryConfig, newState func() *hybrid.State, kvPerToken int64)
 	return &Store{cfg: cfg, newState: newState, recPer: st.RecurrentBytes(), kvPerToken: kvPerToken, sessions: map[string]*Session{}}
 }
 
+// kvCost is the KV memory of a session holding tokens: whole pages, as the
+// engine allocates them (hybrid.PageTokens tokens per page).
+func (s *Store) kvCost(tokens int) int64 {
+	pages := (tokens + hybrid.PageTokens - 1) / hybrid.PageTokens
+	return int64(pages) * hybrid.PageTokens * s.kvPerToken
+}
+
 func newID() string {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -89,7 +96,7 @@ func (s *Store) Create(ephemeral bool) (*Session, error) {
 func (s *Store) Adopt(st *hybrid.State, unfed []int) (*Session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	kv := int64(st.Pos) * s.kvPerToken
+	kv := s.kvCost(st.Pos)
 	if s.recUsed+s.recPer > s.cfg.RecurrentBytes || s.kvUsed+kv > s.cfg.KVBytes {
 		return nil, fmt.Errorf("%w: no room for a copy of the session", ErrMemoryFull)
 	}
@@ -121,7 +128,7 @@ func (s *Store) Acquire(sess *Session, tokens int) error {
 	if sess.busy {
 		return fmt.Errorf("%w: %q", ErrSessionBusy, sess.ID)
 	}
-	need := int64(tokens) * s.kvPerToken
+	need := s.kvCost(sess.charged+tokens) - s.kvCost(sess.charged)
 	if s.kvUsed+need > s.cfg.KVBytes {
 		return fmt.Errorf("%w: the request needs %d KV bytes, %d of %d are in use", ErrMemoryFull, need, s.kvUsed, s.cfg.KVBytes)
 	}
@@ -143,7 +150,7 @@ func (s *Store) Release(sess *Session) {
 	if _, ok := s.sessions[sess.ID]; !ok {
 		return // deleted while running; its memory was released by Delete
 	}
-	s.kvUsed += int64(sess.State.Pos-sess.charged) * s.kvPerToken
+	s.kvUsed += s.kvCost(sess.State.Pos) - s.kvCost(sess.charged)
 	sess.charged = sess.State.Pos
 	if sess.ephemeral {
 		s.deleteLocked(sess)
@@ -163,10 +170,10 @@ func (s *Store) Delete(id string) (int64, error) {
 }
 
 func (s *Store) deleteLocked(sess *Session) int64 {
-	freed := s.recPer + int64(sess.charged)*s.kvPerToken
+	freed := s.recPer + s.kvCost(sess.charged)
 	delete(s.sessions, sess.ID)
 	s.recUsed -= s.recPer
-	s.kvUsed -= int64(sess.charged) * s.kvPerToken
+	s.kvUsed -= s.kvCost(sess.charged)
 	return freed
 }
 

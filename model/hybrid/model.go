@@ -86,6 +86,8 @@ type scratch struct {
 	scores       []float32
 	outRows      []float32
 	chunks       []chunkScratch // one per scan worker
+	attn         []attnScratch  // one per attention worker
+	attnTasks    []attnTask
 }
 
 // parallel runs fn(0..n-1) on n goroutines (inline when n == 1).
@@ -358,58 +360,6 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 		r += T
 	}
 	kernels.MatMul(sc.mix, w.OutProj, sc.y[:N*din], N)
-	return nil
-}
-
-// attention runs attention layer ai over the batch: reads sc.u, writes sc.mix.
-func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N int) error {
-	c := m.Cfg
-	qd, kvd, hd := c.QDim(), c.KVDim(), c.HeadDim()
-	nq, nkv := c.Heads, c.KVHeads
-	sc.q = grow(sc.q, N*qd)
-	sc.k = grow(sc.k, N*kvd)
-	sc.v = grow(sc.v, N*kvd)
-	x := sc.u[:N*c.Hidden]
-	kernels.MatMul(sc.q, w.Q, x, N)
-	kernels.MatMul(sc.k, w.K, x, N)
-	kernels.MatMul(sc.v, w.V, x, N)
-	sc.att = grow(sc.att, N*qd)
-	r := 0
-	for _, s := range batch {
-		T := len(s.Tokens)
-		st := s.State
-		pos0 := st.Pos
-		if c.UseRope() {
-			for t := range T {
-				rope(sc.q[(r+t)*qd:(r+t+1)*qd], nq, hd, pos0+t, c.RopeTheta, c.RopeInterleaved)
-				rope(sc.k[(r+t)*kvd:(r+t+1)*kvd], nkv, hd, pos0+t, c.RopeTheta, c.RopeInterleaved)
-			}
-		}
-		st.K[ai] = append(st.K[ai], sc.k[r*kvd:(r+T)*kvd]...)
-		st.V[ai] = append(st.V[ai], sc.v[r*kvd:(r+T)*kvd]...)
-		kc, vc := st.K[ai], st.V[ai]
-		rep := nq / nkv
-		sc.scores = grow(sc.scores, pos0+T)
-		for t := range T {
-			L := pos0 + t + 1 // causal: keys 0..pos0+t
-			for h := range nq {
-				kh := h / rep
-				q := sc.q[(r+t)*qd+h*hd : (r+t)*qd+(h+1)*hd]
-				sco := sc.scores[:L]
-				for j := range L {
-					sco[j] = kernels.Dot(q, kc[j*kvd+kh*hd:j*kvd+(kh+1)*hd]) * c.AttentionMult
-				}
-				kernels.Softmax(sco)
-				out := sc.att[(r+t)*qd+h*hd : (r+t)*qd+(h+1)*hd]
-				clear(out)
-				for j := range L {
-					kernels.Axpy(sco[j], vc[j*kvd+kh*hd:j*kvd+(kh+1)*hd], out)
-				}
-			}
-		}
-		r += T
-	}
-	kernels.MatMul(sc.mix, w.O, sc.att[:N*qd], N)
 	return nil
 }
 

@@ -22,15 +22,18 @@ var ErrState = errors.New("hybrid: bad session state")
 //   - Conv[i]: the last K-1 pre-activation xBC inputs of Mamba layer i, time-major
 //     ([K-1, conv_dim], oldest first; zeros for a fresh session).
 //   - SSM[i]: the SSM state of Mamba layer i, [H, P, N] (N fastest).
-//   - K[j], V[j]: attention layer j's cache, [Pos, kv_heads*head_dim] (the slices
-//     have length Pos*KVDim; capacity may be larger).
+//   - KV[j]: attention layer j's cache of Pos tokens, in pages of PageTokens
+//     (see KVCache).
+//
+// Encode writes the caches token-major ([Pos, kv_heads*head_dim] for K, then V),
+// so the serialised form does not depend on the page layout.
 //
 // Mamba and attention layers are numbered in model order among layers of their kind.
 type State struct {
 	Pos  int // tokens consumed so far
 	Conv [][]float32
 	SSM  [][]float32
-	K, V [][]float32
+	KV   []KVCache
 }
 
 // NewState returns an empty state for the model described by c.
@@ -41,8 +44,7 @@ func NewState(c *config.Config) *State {
 			s.Conv = append(s.Conv, make([]float32, (c.MambaDConv-1)*c.ConvDim()))
 			s.SSM = append(s.SSM, make([]float32, c.MambaHeads*c.MambaHeadDim*c.MambaDState))
 		} else {
-			s.K = append(s.K, nil)
-			s.V = append(s.V, nil)
+			s.KV = append(s.KV, newKVCache(c.KVHeads, c.HeadDim()))
 		}
 	}
 	return s
@@ -57,16 +59,17 @@ func (s *State) RecurrentBytes() int64 {
 	return n
 }
 
-// KVBytes is the size of the attention caches' held tokens.
+// KVBytes is the memory of the attention caches: their pages in use, so at most
+// one partly filled page per attention layer beyond the tokens held.
 func (s *State) KVBytes() int64 {
 	var n int64
-	for i := range s.K {
-		n += int64(len(s.K[i])+len(s.V[i])) * 4
+	for i := range s.KV {
+		n += s.KV[i].Bytes()
 	}
 	return n
 }
 
-// Bytes is the exact size of the state's values (recurrent + KV).
+// Bytes is the session's memory (recurrent + KV pages).
 func (s *State) Bytes() int64 { return s.RecurrentBytes() + s.KVBytes() }
 
 // Clone returns a deep copy (a fork of the session).
@@ -78,7 +81,11 @@ func (s *State) Clone() *State {
 		}
 		return out
 	}
-	return &State{Pos: s.Pos, Conv: cp(s.Conv), SSM: cp(s.SSM), K: cp(s.K), V: cp(s.V)}
+	out := &State{Pos: s.Pos, Conv: cp(s.Conv), SSM: cp(s.SSM)}
+	for i := range s.KV {
+		out.KV = append(out.KV, s.KV[i].clone())
+	}
+	return out
 }
 
 // Reset clears the state to a fresh session, keeping allocated memory.
@@ -88,9 +95,8 @@ func (s *State) Reset() {
 		clear(s.Conv[i])
 		clear(s.SSM[i])
 	}
-	for i := range s.K {
-		s.K[i] = s.K[i][:0]
-		s.V[i] = s.V[i][:0]
+	for i := range s.KV {
+		s.KV[i].reset()
 	}
 }
 
@@ -113,7 +119,7 @@ func Fingerprint(c *config.Config) uint32 {
 func (s *State) Encode(w io.Writer, c *config.Config) error {
 	var buf bytes.Buffer
 	buf.WriteString(stateMagic)
-	hdr := []uint32{stateVersion, Fingerprint(c), uint32(s.Pos), uint32(len(s.Conv)), uint32(len(s.K))}
+	hdr := []uint32{stateVersion, Fingerprint(c), uint32(s.Pos), uint32(len(s.Conv)), uint32(len(s.KV))}
 	for _, v := range hdr {
 		_ = binary.Write(&buf, binary.LittleEndian, v)
 	}
@@ -129,9 +135,15 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 		put(s.Conv[i])
 		put(s.SSM[i])
 	}
-	for i := range s.K {
-		put(s.K[i])
-		put(s.V[i])
+	for i := range s.KV {
+		kv := &s.KV[i]
+		d := kv.kvHeads * kv.headDim
+		k, v := make([]float32, kv.Len()*d), make([]float32, kv.Len()*d)
+		for t := range kv.Len() {
+			kv.Row(t, k[t*d:(t+1)*d], v[t*d:(t+1)*d])
+		}
+		put(k)
+		put(v)
 	}
 	_ = binary.Write(&buf, binary.LittleEndian, crc32.ChecksumIEEE(buf.Bytes()))
 	_, err := w.Write(buf.Bytes())
@@ -158,8 +170,8 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 	s := NewState(c)
 	s.Pos = int(u32())
 	nm, na := int(u32()), int(u32())
-	if nm != len(s.Conv) || na != len(s.K) {
-		return nil, fmt.Errorf("%w: %d mamba / %d attention layers, model has %d / %d", ErrState, nm, na, len(s.Conv), len(s.K))
+	if nm != len(s.Conv) || na != len(s.KV) {
+		return nil, fmt.Errorf("%w: %d mamba / %d attention layers, model has %d / %d", ErrState, nm, na, len(s.Conv), len(s.KV))
 	}
 	get := func(want int) ([]float32, error) {
 		if len(r) < 8 {
@@ -187,13 +199,16 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 		}
 	}
 	kv := s.Pos * c.KVDim()
-	for i := range s.K {
-		if s.K[i], err = get(kv); err != nil {
+	for i := range s.KV {
+		k, err := get(kv)
+		if err != nil {
 			return nil, err
 		}
-		if s.V[i], err = get(kv); err != nil {
+		v, err := get(kv)
+		if err != nil {
 			return nil, err
 		}
+		s.KV[i].Append(k, v, s.Pos)
 	}
 	if len(r) != 0 {
 		return nil, fmt.Errorf("%w: %d trailing bytes", ErrState, len(r))

@@ -89,6 +89,16 @@ func (j *mmJob) run(s *scratch) {
 // runs on Threads() threads (small products on the caller alone) and
 // allocates nothing in steady state.
 func MatMul(out []float32, w tensor.Matrix, x []float32, n int) {
+	matMul(out, w, x, n, Threads())
+}
+
+// MatMulSerial is MatMul on the calling goroutine alone, for callers that run
+// many small products in parallel themselves (attention over KV pages).
+func MatMulSerial(out []float32, w tensor.Matrix, x []float32, n int) {
+	matMul(out, w, x, n, 1)
+}
+
+func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int) {
 	if n <= 0 || w.Rows <= 0 {
 		return
 	}
@@ -114,7 +124,7 @@ func MatMul(out []float32, w tensor.Matrix, x []float32, n int) {
 	// Rough single-thread time: weights at 14 GB/s plus flops at 100 GFLOP/s
 	// (the Go level is slower, which only makes it worth more threads).
 	est := w.Bytes()/14 + w.Rows*w.Cols*n/50
-	parallel(j, min(Threads(), j.nblocks), &c.s, est)
+	parallel(j, min(threads, j.nblocks), &c.s, est)
 	*j = mmJob{}
 	ctxPool.Put(c)
 }

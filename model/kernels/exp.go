@@ -1,0 +1,76 @@
+package kernels
+
+import "math"
+
+// Fast float32 exponential for softmax: x = k·ln2 + r with |r| ≤ ln2/2 (Cody-Waite
+// split of ln2), e^r by a degree-7 Taylor polynomial (truncation error below
+// 6e-9 relative), and 2^k put into the exponent bits. Results agree with
+// math.Exp to about 2 ulp; inputs below -87.33 (results under the smallest
+// normal float32) give 0.
+
+const (
+	expLog2e  = 1.44269504088896341
+	expLn2Hi  = 0.693359375 // exact in float32 (few mantissa bits)
+	expLn2Lo  = -2.12194440e-4
+	expMagic  = 12582912 // 1.5·2^23: adding it rounds a float32 to an integer
+	expMaxArg = 88.72283
+	expMinArg = -87.33654
+)
+
+// Exp returns e^x in float32 (the fast path of ExpShift, for one value).
+func Exp(x float32) float32 {
+	switch {
+	case x != x:
+		return x
+	case x > expMaxArg:
+		return float32(math.Inf(1))
+	case x < expMinArg:
+		return 0
+	}
+	t := x * expLog2e
+	kf := (t + expMagic) - expMagic
+	k := int32(kf)
+	r := x - kf*expLn2Hi - kf*expLn2Lo
+	p := 1 + r*(1+r*(1.0/2+r*(1.0/6+r*(1.0/24+r*(1.0/120+r*(1.0/720+r*(1.0/5040)))))))
+	if k > 127 {
+		return p * math.Float32frombits(127<<23+127<<23) * 2 // 2^127 · 2
+	}
+	return p * math.Float32frombits(uint32(k+127)<<23)
+}
+
+// ExpShift sets x[i] = e^(x[i]-m) and returns their sum (accumulated in float64).
+// With m the maximum of x it is the numerator of a softmax. ExpShiftRef is its
+// math.Exp twin.
+func ExpShift(x []float32, m float32) float64 {
+	var s [4]float64 // four chains, so the adds do not serialise
+	for i, v := range x {
+		d := v - m
+		var e float32
+		switch {
+		case d < expMinArg: // also -Inf
+			e = 0
+		case d <= 88: // the inlined fast path; NaN and large values fall through
+			t := d * expLog2e
+			kf := (t + expMagic) - expMagic
+			r := d - kf*expLn2Hi - kf*expLn2Lo
+			p := 1 + r*(1+r*(1.0/2+r*(1.0/6+r*(1.0/24+r*(1.0/120+r*(1.0/720+r*(1.0/5040)))))))
+			e = p * math.Float32frombits(uint32(int32(kf)+127)<<23)
+		default:
+			e = Exp(d)
+		}
+		x[i] = e
+		s[i&3] += float64(e)
+	}
+	return (s[0] + s[1]) + (s[2] + s[3])
+}
+
+// ExpShiftRef is the reference twin of ExpShift (math.Exp in float64).
+func ExpShiftRef(x []float32, m float32) float64 {
+	var s float64
+	for i, v := range x {
+		e := float32(math.Exp(float64(v - m)))
+		x[i] = e
+		s += float64(e)
+	}
+	return s
+}

@@ -1,0 +1,91 @@
+package kernels
+
+import (
+	"math"
+	"testing"
+)
+
+// ulpDiff is the distance in float32 ulps between two finite, same-signed values.
+func ulpDiff(a, b float32) int64 {
+	d := int64(math.Float32bits(a)) - int64(math.Float32bits(b))
+	if d < 0 {
+		d = -d
+	}
+	return d
+}
+
+func TestExpAgreesWithMathExp(t *testing.T) {
+	cases := []struct {
+		x    float32
+		want float32
+	}{
+		{0, 1}, {1, float32(math.E)}, {-1, float32(1 / math.E)},
+		{float32(math.NaN()), float32(math.NaN())},
+		{100, float32(math.Inf(1))}, {-100, 0}, {float32(math.Inf(-1)), 0},
+	}
+	for _, c := range cases {
+		got := Exp(c.x)
+		if c.want != c.want {
+			if got == got {
+				t.Errorf("Exp(NaN) = %v", got)
+			}
+			continue
+		}
+		if ulpDiff(got, c.want) > 2 {
+			t.Errorf("Exp(%v) = %v, want %v", c.x, got, c.want)
+		}
+	}
+	// A dense sweep over the whole normal range.
+	worst := int64(0)
+	for x := float32(-87.3); x < 88.7; x += 0.00137 {
+		want := float32(math.Exp(float64(x)))
+		if d := ulpDiff(Exp(x), want); d > worst {
+			worst = d
+			if d > 3 {
+				t.Fatalf("Exp(%v) = %v, want %v (%d ulp)", x, Exp(x), want, d)
+			}
+		}
+	}
+	t.Logf("worst difference %d ulp", worst)
+}
+
+func FuzzExpShift(f *testing.F) {
+	f.Add(float32(0), float32(-3), float32(2.5), float32(-80))
+	f.Fuzz(func(t *testing.T, a, b, c, m float32) {
+		x := []float32{a, b, c}
+		for _, v := range append(x, m) {
+			if v != v || math.IsInf(float64(v), 0) || math.Abs(float64(v)) > 1e4 {
+				return
+			}
+		}
+		y := append([]float32(nil), x...)
+		s, sr := ExpShift(x, m), ExpShiftRef(y, m)
+		for i := range x {
+			if y[i] < 1.2e-38 { // the fast path flushes results below the smallest normal
+				if x[i] > 1.2e-38 {
+					t.Fatalf("exp(%v) = %v, want %v", x[i], x[i], y[i])
+				}
+				continue
+			}
+			if math.IsInf(float64(y[i]), 1) != math.IsInf(float64(x[i]), 1) || ulpDiff(x[i], y[i]) > 3 {
+				t.Fatalf("value %d: %v vs %v", i, x[i], y[i])
+			}
+		}
+		if !math.IsInf(s, 0) && math.Abs(s-sr) > 1e-6*math.Abs(sr)+1e-37 {
+			t.Fatalf("sum %v vs %v", s, sr)
+		}
+	})
+}
+
+func BenchmarkExpShift(b *testing.B) {
+	src := make([]float32, 4096)
+	for i := range src {
+		src[i] = -float32(i%200) * 0.1
+	}
+	x := make([]float32, len(src))
+	b.SetBytes(4 * int64(len(x)))
+	for b.Loop() {
+		copy(x, src)
+		ExpShift(x, 0)
+	}
+}
