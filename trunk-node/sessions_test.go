@@ -1,0 +1,84 @@
+package trunknode
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+
+	"github.com/switchyard-serving/switchyard/model/config"
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+)
+
+// TestStoreChargesKVByThePage checks the budget follows the engine's page
+// allocation: a request reserves the pages it may open, and what stays charged
+// after it is exactly the session's KVBytes.
+func TestStoreChargesKVByThePage(t *testing.T) {
+	c, err := config.Load(filepath.Join(fixtureHF(t), "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kvPer := int64(2*c.KVDim()*4) * int64(c.NumLayers(config.Attention))
+	page := int64(hybrid.PageTokens) * kvPer
+	cases := []struct {
+		name      string
+		held, add int   // tokens held before, tokens the request adds
+		budget    int64 // KV budget
+		reserve   int64 // reservation wanted (0 with wantFull)
+		wantFull  bool
+	}{
+		{"first token opens a page", 0, 1, 4 * page, page, false},
+		{"fills the first page exactly", 0, hybrid.PageTokens, 4 * page, page, false},
+		{"one token over a page", 0, hybrid.PageTokens + 1, 4 * page, 2 * page, false},
+		{"grows inside its open page", 10, 20, 4 * page, 0, false},
+		{"crosses into the next page", hybrid.PageTokens - 1, 2, 4 * page, page, false},
+		{"does not fit the budget", 0, 3*hybrid.PageTokens + 1, 3 * page, 0, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st := NewStore(MemoryConfig{RecurrentBytes: 1 << 40, KVBytes: tc.budget}, func() *hybrid.State { return hybrid.NewState(c) }, kvPer)
+			sess, err := st.Create(false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			grow := func(n int) { // what the engine does: append n tokens to every attention layer
+				kv := make([]float32, n*c.KVDim())
+				for i := range sess.State.KV {
+					sess.State.KV[i].Append(kv, kv, n)
+				}
+				sess.State.Pos += n
+			}
+			if tc.held > 0 {
+				if err := st.Acquire(sess, tc.held); err != nil {
+					t.Fatal(err)
+				}
+				grow(tc.held)
+				st.Release(sess)
+			}
+			_, _, before := st.Usage()
+			err = st.Acquire(sess, tc.add)
+			if tc.wantFull {
+				if !errors.Is(err, ErrMemoryFull) {
+					t.Fatalf("Acquire = %v, want ErrMemoryFull", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, during := st.Usage(); during-before != tc.reserve {
+				t.Fatalf("reserved %d bytes, want %d", during-before, tc.reserve)
+			}
+			grow(tc.add)
+			st.Release(sess)
+			if _, _, after := st.Usage(); after != sess.State.KVBytes() {
+				t.Fatalf("charged %d bytes, session holds %d", after, sess.State.KVBytes())
+			}
+			if freed, err := st.Delete(sess.ID); err != nil || freed != st.recPer+sess.State.KVBytes() {
+				t.Fatalf("Delete freed %d (%v)", freed, err)
+			}
+			if n, rec, kv := st.Usage(); n != 0 || rec != 0 || kv != 0 {
+				t.Fatalf("after delete: %d sessions, %d + %d bytes", n, rec, kv)
+			}
+		})
+	}
+}
