@@ -27,6 +27,10 @@ func scale512(alpha float32, x *float32, n int)
 // add512 computes dst[i] = a[i] + b[i] for i < n.
 func add512(dst *float32, a *float32, b *float32, n int)
 
+// expShift512 sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)
+// and returns their sum.
+func expShift512(x *float32, n int, m float32) float64
+
 // fmaPeak256 runs iters x 12 independent vector FMAs.
 // It exists to measure the FMA throughput of one core.
 func fmaPeak256(iters int)
@@ -49,6 +53,10 @@ func scale256(alpha float32, x *float32, n int)
 
 // add256 computes dst[i] = a[i] + b[i] for i < n.
 func add256(dst *float32, a *float32, b *float32, n int)
+
+// expShift256 sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)
+// and returns their sum.
+func expShift256(x *float32, n int, m float32) float64
 
 // tile512F32N1 computes 4-row x 1-input dot products of F32 weights (see genTile).
 func tile512F32N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)

@@ -88,6 +88,22 @@ DATA q4ddidx<>+56(SB)/4, $0x00000001
 DATA q4ddidx<>+60(SB)/4, $0x00000001
 GLOBL q4ddidx<>(SB), RODATA|NOPTR, $64
 
+DATA expconsts<>+0(SB)/4, $0xc2aeac4f
+DATA expconsts<>+4(SB)/4, $0x42b00000
+DATA expconsts<>+8(SB)/4, $0x3fb8aa3b
+DATA expconsts<>+12(SB)/4, $0x3f318000
+DATA expconsts<>+16(SB)/4, $0xb95e8083
+DATA expconsts<>+20(SB)/4, $0x39500d01
+DATA expconsts<>+24(SB)/4, $0x3ab60b61
+DATA expconsts<>+28(SB)/4, $0x3c088889
+DATA expconsts<>+32(SB)/4, $0x3d2aaaab
+DATA expconsts<>+36(SB)/4, $0x3e2aaaab
+DATA expconsts<>+40(SB)/4, $0x3f000000
+DATA expconsts<>+44(SB)/4, $0x3f800000
+DATA expconsts<>+48(SB)/4, $0x3f800000
+DATA expconsts<>+52(SB)/4, $0x0000007f
+GLOBL expconsts<>(SB), RODATA|NOPTR, $56
+
 // func fmaPeak512(iters int)
 // Requires: AVX, AVX512DQ, AVX512F
 TEXT ·fmaPeak512(SB), NOSPLIT, $0-8
@@ -428,6 +444,74 @@ add512_tail:
 	VMOVUPS   Z0, K1, (AX)
 
 add512_ret:
+	VZEROUPPER
+	RET
+
+// func expShift512(x *float32, n int, m float32) float64
+// Requires: AVX, AVX512DQ, AVX512F, SSE2
+TEXT ·expShift512(SB), NOSPLIT, $0-32
+	MOVQ         x+0(FP), AX
+	MOVQ         n+8(FP), CX
+	VBROADCASTSS m+16(FP), Z0
+	VBROADCASTSS expconsts<>+0(SB), Z1
+	VBROADCASTSS expconsts<>+4(SB), Z2
+	VBROADCASTSS expconsts<>+8(SB), Z3
+	VBROADCASTSS expconsts<>+12(SB), Z4
+	VBROADCASTSS expconsts<>+16(SB), Z5
+	VBROADCASTSS expconsts<>+52(SB), Z6
+	VBROADCASTSS expconsts<>+20(SB), Z7
+	VBROADCASTSS expconsts<>+24(SB), Z8
+	VBROADCASTSS expconsts<>+28(SB), Z9
+	VBROADCASTSS expconsts<>+32(SB), Z10
+	VBROADCASTSS expconsts<>+36(SB), Z11
+	VBROADCASTSS expconsts<>+40(SB), Z12
+	VBROADCASTSS expconsts<>+44(SB), Z13
+	VBROADCASTSS expconsts<>+48(SB), Z14
+	VXORPD       Z15, Z15, Z15
+	VXORPD       Z16, Z16, Z16
+	SHRQ         $0x04, CX
+	JZ           expShift512_done
+
+expShift512_loop:
+	VMOVUPS       (AX), Z17
+	VSUBPS        Z0, Z17, Z17
+	VMAXPS        Z1, Z17, Z17
+	VMINPS        Z2, Z17, Z17
+	VMULPS        Z3, Z17, Z18
+	VRNDSCALEPS   $0x00, Z18, Z18
+	VFNMADD231PS  Z4, Z18, Z17
+	VFNMADD231PS  Z5, Z18, Z17
+	VMOVAPS       Z7, Z19
+	VFMADD213PS   Z8, Z17, Z19
+	VFMADD213PS   Z9, Z17, Z19
+	VFMADD213PS   Z10, Z17, Z19
+	VFMADD213PS   Z11, Z17, Z19
+	VFMADD213PS   Z12, Z17, Z19
+	VFMADD213PS   Z13, Z17, Z19
+	VFMADD213PS   Z14, Z17, Z19
+	VCVTPS2DQ     Z18, Z17
+	VPADDD        Z6, Z17, Z17
+	VPSLLD        $0x17, Z17, Z17
+	VMULPS        Z17, Z19, Z19
+	VMOVUPS       Z19, (AX)
+	VCVTPS2PD     Y19, Z17
+	VADDPD        Z17, Z15, Z15
+	VEXTRACTF64X4 $0x01, Z19, Y17
+	VCVTPS2PD     Y17, Z17
+	VADDPD        Z17, Z16, Z16
+	ADDQ          $0x00000040, AX
+	DECQ          CX
+	JNZ           expShift512_loop
+
+expShift512_done:
+	VADDPD        Z16, Z15, Z15
+	VEXTRACTF64X4 $0x01, Z15, Y0
+	VADDPD        Y0, Y15, Y0
+	VEXTRACTF128  $0x01, Y0, X1
+	VADDPD        X1, X0, X1
+	VUNPCKHPD     X1, X1, X0
+	VADDSD        X0, X1, X1
+	MOVSD         X1, ret+24(FP)
 	VZEROUPPER
 	RET
 
@@ -773,6 +857,72 @@ add256_sl:
 	JNZ    add256_sl
 
 add256_ret:
+	VZEROUPPER
+	RET
+
+// func expShift256(x *float32, n int, m float32) float64
+// Requires: AVX, AVX2, FMA3, SSE2
+TEXT ·expShift256(SB), NOSPLIT, $0-32
+	MOVQ         x+0(FP), AX
+	MOVQ         n+8(FP), CX
+	VBROADCASTSS m+16(FP), Y0
+	VBROADCASTSS expconsts<>+0(SB), Y1
+	VBROADCASTSS expconsts<>+4(SB), Y2
+	VBROADCASTSS expconsts<>+8(SB), Y3
+	VBROADCASTSS expconsts<>+12(SB), Y4
+	VBROADCASTSS expconsts<>+16(SB), Y5
+	VBROADCASTSS expconsts<>+52(SB), Y6
+	VXORPD       Y7, Y7, Y7
+	VXORPD       Y8, Y8, Y8
+	SHRQ         $0x03, CX
+	JZ           expShift256_done
+
+expShift256_loop:
+	VMOVUPS      (AX), Y9
+	VSUBPS       Y0, Y9, Y9
+	VMAXPS       Y1, Y9, Y9
+	VMINPS       Y2, Y9, Y9
+	VMULPS       Y3, Y9, Y10
+	VROUNDPS     $0x00, Y10, Y10
+	VFNMADD231PS Y4, Y10, Y9
+	VFNMADD231PS Y5, Y10, Y9
+	VBROADCASTSS expconsts<>+20(SB), Y11
+	VMOVAPS      Y11, Y11
+	VBROADCASTSS expconsts<>+24(SB), Y12
+	VFMADD213PS  Y12, Y9, Y11
+	VBROADCASTSS expconsts<>+28(SB), Y12
+	VFMADD213PS  Y12, Y9, Y11
+	VBROADCASTSS expconsts<>+32(SB), Y12
+	VFMADD213PS  Y12, Y9, Y11
+	VBROADCASTSS expconsts<>+36(SB), Y12
+	VFMADD213PS  Y12, Y9, Y11
+	VBROADCASTSS expconsts<>+40(SB), Y12
+	VFMADD213PS  Y12, Y9, Y11
+	VBROADCASTSS expconsts<>+44(SB), Y12
+	VFMADD213PS  Y12, Y9, Y11
+	VBROADCASTSS expconsts<>+48(SB), Y12
+	VFMADD213PS  Y12, Y9, Y11
+	VCVTPS2DQ    Y10, Y9
+	VPADDD       Y6, Y9, Y9
+	VPSLLD       $0x17, Y9, Y9
+	VMULPS       Y9, Y11, Y11
+	VMOVUPS      Y11, (AX)
+	VCVTPS2PD    X11, Y9
+	VADDPD       Y9, Y7, Y7
+	VEXTRACTF128 $0x01, Y11, X9
+	VCVTPS2PD    X9, Y9
+	VADDPD       Y9, Y8, Y8
+	ADDQ         $0x00000020, AX
+	DECQ         CX
+	JNZ          expShift256_loop
+
+expShift256_done:
+	VADDPD       Y8, Y7, Y7
+	VEXTRACTF128 $0x01, Y7, X0
+	VADDPD       X0, X7, X0
+	VUNPCKHPD    X0, X0, X1
+	VADDSD       X1, X0, X0
+	MOVSD        X0, ret+24(FP)
 	VZEROUPPER
 	RET
 

@@ -6,7 +6,8 @@ import "math"
 // split of ln2), e^r by a degree-7 Taylor polynomial (truncation error below
 // 6e-9 relative), and 2^k put into the exponent bits. Results agree with
 // math.Exp to about 2 ulp; inputs below -87.33 (results under the smallest
-// normal float32) give 0.
+// normal float32) give 0 in Go; the assembly (expShift512/256, the same method
+// on 16 or 8 lanes) clamps them to about 1.2e-38.
 
 const (
 	expLog2e  = 1.44269504088896341
@@ -42,8 +43,16 @@ func Exp(x float32) float32 {
 // With m the maximum of x it is the numerator of a softmax. ExpShiftRef is its
 // math.Exp twin.
 func ExpShift(x []float32, m float32) float64 {
+	l := KernelLevel()
+	if l == LevelRef {
+		return ExpShiftRef(x, m)
+	}
 	var s [4]float64 // four chains, so the adds do not serialise
-	for i, v := range x {
+	done := 0
+	if len(x) >= 16 {
+		done, s[0] = expShiftAsm(l, x, m)
+	}
+	for i, v := range x[done:] {
 		d := v - m
 		var e float32
 		switch {
@@ -58,7 +67,7 @@ func ExpShift(x []float32, m float32) float64 {
 		default:
 			e = Exp(d)
 		}
-		x[i] = e
+		x[done+i] = e
 		s[i&3] += float64(e)
 	}
 	return (s[0] + s[1]) + (s[2] + s[3])

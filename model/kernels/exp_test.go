@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"math"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -87,5 +88,49 @@ func BenchmarkExpShift(b *testing.B) {
 	for b.Loop() {
 		copy(x, src)
 		ExpShift(x, 0)
+	}
+}
+
+// TestExpShiftLevels checks every kernel level (assembly flavours included, with
+// their scalar tails) against math.Exp on lengths around the vector widths.
+func TestExpShiftLevels(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	for _, l := range SupportedLevels() {
+		prev, err := SetKernelLevel(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []int{0, 1, 7, 8, 15, 16, 17, 31, 33, 64, 255, 1000} {
+			x := make([]float32, n)
+			for i := range x {
+				x[i] = float32(rng.NormFloat64() * 30)
+			}
+			if n > 3 {
+				x[1], x[2] = -200, float32(math.Inf(-1)) // masked or far below the max
+			}
+			m := float32(math.Inf(-1))
+			for _, v := range x {
+				m = max(m, v)
+			}
+			got, want := append([]float32(nil), x...), append([]float32(nil), x...)
+			s, sr := ExpShift(got, m), ExpShiftRef(want, m)
+			for i := range got {
+				if want[i] < 1.2e-38 {
+					if got[i] > 1.2e-38 {
+						t.Fatalf("level %v n %d: exp(%v) = %v, want %v", l, n, x[i]-m, got[i], want[i])
+					}
+					continue
+				}
+				if d := ulpDiff(got[i], want[i]); d > 3 {
+					t.Fatalf("level %v n %d: exp(%v) = %v, want %v (%d ulp)", l, n, x[i]-m, got[i], want[i], d)
+				}
+			}
+			if math.Abs(s-sr) > 1e-6*sr {
+				t.Fatalf("level %v n %d: sum %v, want %v", l, n, s, sr)
+			}
+		}
+		if _, err := SetKernelLevel(prev); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

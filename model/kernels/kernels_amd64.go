@@ -103,6 +103,20 @@ func addAsm(l Level, dst, a, b []float32) bool {
 	return true
 }
 
+// expShiftAsm handles the longest prefix of x that is a multiple of the vector
+// width and returns its length and sum (0, 0 without assembly).
+func expShiftAsm(l Level, x []float32, m float32) (int, float64) {
+	switch {
+	case l >= LevelAVX512:
+		n := len(x) &^ 15
+		return n, expShift512(f32p(x), n, m)
+	case l == LevelAVX2:
+		n := len(x) &^ 7
+		return n, expShift256(f32p(x), n, m)
+	}
+	return 0, 0
+}
+
 // Probes.
 
 // fmaProbe runs iters iterations of 12 independent vector FMAs and returns

@@ -7,10 +7,11 @@ package kernels
 
 func detectLevel() Level { return LevelGo }
 
-func dotAsm(Level, []float32, []float32) (float32, bool) { return 0, false }
-func axpyAsm(Level, float32, []float32, []float32) bool  { return false }
-func scaleAsm(Level, float32, []float32) bool            { return false }
-func addAsm(Level, []float32, []float32, []float32) bool { return false }
-func fmaProbe(int) int                                   { return 0 }
-func readProbe(b []byte) uint64                          { return readGo(b) }
-func triadProbe(a, b, c []float32, s float32)            { triadGo(a, b, c, s) }
+func dotAsm(Level, []float32, []float32) (float32, bool)   { return 0, false }
+func axpyAsm(Level, float32, []float32, []float32) bool    { return false }
+func scaleAsm(Level, float32, []float32) bool              { return false }
+func addAsm(Level, []float32, []float32, []float32) bool   { return false }
+func expShiftAsm(Level, []float32, float32) (int, float64) { return 0, 0 }
+func fmaProbe(int) int                                     { return 0 }
+func readProbe(b []byte) uint64                            { return readGo(b) }
+func triadProbe(a, b, c []float32, s float32)              { triadGo(a, b, c, s) }

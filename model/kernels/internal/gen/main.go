@@ -18,7 +18,7 @@
 //     weight rows and n input rows, widening the weights on the fly;
 //   - widen<isa><dtype>: dequantize quads of rows into a float32 panel that the
 //     F32 tile kernel then multiplies (the prefill path);
-//   - dot, axpy, scale, add: vector helpers;
+//   - dot, axpy, scale, add, expShift: vector helpers;
 //   - fmaPeak, readMem, triad: machine probes.
 package main
 
@@ -29,9 +29,11 @@ import (
 func main() {
 	ConstraintExpr("!purego")
 	genConsts()
+	genExpConsts()
 	for _, s := range []isa{isa512, isa256} {
 		genProbes(s)
 		genVec(s)
+		genExp(s)
 	}
 	for _, dt := range allDtypes {
 		for n := 1; n <= maxN(isa512, dt); n++ {

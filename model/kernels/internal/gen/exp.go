@@ -1,0 +1,146 @@
+package main
+
+import (
+	"math"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// cExp holds the constants of expShift (see exp.go in package kernels for the
+// method): min and max argument, log2(e), ln2 split in two, the Taylor
+// coefficients 1/7! .. 1/1!, and the exponent bias 127 (an integer).
+var cExp Mem
+
+const (
+	expMin = iota
+	expMax
+	expLog2e
+	expLn2Hi
+	expLn2Lo
+	expC7 // 1/7!, then 1/6! .. 1/1! = 1, then 1 (the constant term)
+	expBias = expC7 + 8
+)
+
+func genExpConsts() {
+	f := func(v float64) uint32 { return math.Float32bits(float32(v)) }
+	vals := []uint32{f(-87.33654), f(88), f(1.44269504088896341), f(0.693359375), f(-2.12194440e-4)}
+	fact := 1.0
+	cs := make([]uint32, 8)
+	for k := 1; k <= 7; k++ {
+		fact *= float64(k)
+		cs[7-k] = f(1 / fact) // cs[0] = 1/7!, ..., cs[6] = 1/1!
+	}
+	cs[7] = f(1)
+	vals = append(vals, cs...)
+	vals = append(vals, 127)
+	cExp = data32("expconsts", vals...)
+}
+
+// genExp emits expShift: x[i] = e^(x[i]-m) for n (a multiple of the lane count)
+// floats, returning Σ as float64 (accumulated in float64 lanes). Arguments below
+// the smallest normal's log are clamped there (the result is ~1.2e-38, not 0).
+func genExp(s isa) {
+	name := fname("expShift", s, "")
+	TEXT(name, NOSPLIT, "func(x *float32, n int, m float32) float64")
+	Doc(name+" sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)", "and returns their sum.")
+	px := ld("x")
+	n := ld("n")
+	c := func(i int) Mem { return cExp.Offset(4 * i) }
+	bc := func(i int) VecVirtual {
+		v := s.vec()
+		VBROADCASTSS(c(i), v)
+		return v
+	}
+	mv := s.vec()
+	VBROADCASTSS(paddr("m"), mv)
+	lo, hi, l2e, ln2hi, ln2lo, bias := bc(expMin), bc(expMax), bc(expLog2e), bc(expLn2Hi), bc(expLn2Lo), bc(expBias)
+	// The AVX-512 flavour keeps the coefficients in registers (it has 32); the
+	// AVX2 one broadcasts each from memory when it needs it.
+	coef := func(i int) VecVirtual { return bc(expC7 + i) }
+	if s.z {
+		regs := make([]VecVirtual, 8)
+		for i := range regs {
+			regs[i] = bc(expC7 + i)
+		}
+		coef = func(i int) VecVirtual { return regs[i] }
+	}
+	// float64 accumulators: twice the lanes' width in doubles.
+	var acc [2]VecVirtual
+	for i := range acc {
+		if s.z {
+			acc[i] = ZMM()
+		} else {
+			acc[i] = YMM()
+		}
+		VXORPD(acc[i], acc[i], acc[i])
+	}
+	SHRQ(U8(log2(s.lanes)), n)
+	JZ(LabelRef(name + "_done"))
+	Label(name + "_loop")
+	d := s.vec()
+	VMOVUPS(Mem{Base: px}, d)
+	VSUBPS(mv, d, d)
+	VMAXPS(lo, d, d)
+	VMINPS(hi, d, d)
+	kf := s.vec()
+	VMULPS(l2e, d, kf)
+	if s.z {
+		VRNDSCALEPS(U8(0), kf, kf) // round to nearest
+	} else {
+		VROUNDPS(U8(0), kf, kf)
+	}
+	VFNMADD231PS(ln2hi, kf, d) // d -= kf·ln2hi
+	VFNMADD231PS(ln2lo, kf, d) // d -= kf·ln2lo
+	p := s.vec()
+	VMOVAPS(coef(0), p)
+	for i := 1; i < 8; i++ {
+		VFMADD213PS(coef(i), d, p) // p = p·r + c
+	}
+	k := s.vec()
+	VCVTPS2DQ(kf, k)
+	VPADDD(bias, k, k)
+	VPSLLD(U8(23), k, k)
+	VMULPS(k, p, p)
+	VMOVUPS(p, Mem{Base: px})
+	// Widen to float64 and accumulate.
+	if s.z {
+		w := ZMM()
+		VCVTPS2PD(p.AsY(), w)
+		VADDPD(w, acc[0], acc[0])
+		h := YMM()
+		VEXTRACTF64X4(U8(1), p, h)
+		VCVTPS2PD(h, w)
+		VADDPD(w, acc[1], acc[1])
+	} else {
+		w := YMM()
+		VCVTPS2PD(p.AsX(), w)
+		VADDPD(w, acc[0], acc[0])
+		h := XMM()
+		VEXTRACTF128(U8(1), p, h)
+		VCVTPS2PD(h, w)
+		VADDPD(w, acc[1], acc[1])
+	}
+	ADDQ(U32(s.vbytes()), px)
+	DECQ(n)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_done")
+	VADDPD(acc[1], acc[0], acc[0])
+	y := acc[0]
+	if s.z {
+		t := YMM()
+		VEXTRACTF64X4(U8(1), acc[0], t)
+		VADDPD(t, acc[0].AsY(), t)
+		y = t
+	}
+	x := XMM()
+	VEXTRACTF128(U8(1), y.AsY(), x)
+	VADDPD(x, y.AsX(), x)
+	t := XMM()
+	VUNPCKHPD(x, x, t)
+	VADDSD(t, x, x)
+	Store(x, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
