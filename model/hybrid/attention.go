@@ -71,9 +71,17 @@ func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N in
 		}
 		r += T
 	}
-	slices.SortStableFunc(tasks, func(a, b attnTask) int { return cmp.Compare(b.keysMax*(b.t1-b.t0), a.keysMax*(a.t1-a.t0)) })
 	sc.attnTasks = tasks
+	runAttention(sc, tasks, flops, sc.q, sc.att, qd, hd, nq/nkv, c.AttentionMult)
+	kernels.MatMul(sc.mix, w.O, sc.att[:N*qd], N)
+	return nil
+}
 
+// runAttention runs the tasks (about flops floating-point operations in all)
+// on up to kernels.Threads() goroutines, heaviest first, and then drops the
+// tasks' cache pointers.
+func runAttention(sc *scratch, tasks []attnTask, flops int, q, att []float32, qd, hd, rep int, scale float32) {
+	slices.SortStableFunc(tasks, func(a, b attnTask) int { return cmp.Compare(b.keysMax*(b.t1-b.t0), a.keysMax*(a.t1-a.t0)) })
 	workers := min(kernels.Threads(), len(tasks))
 	if flops < 4<<20 {
 		workers = 1
@@ -89,12 +97,10 @@ func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N in
 			if i >= len(tasks) {
 				return
 			}
-			attendBlock(&tasks[i], sc.q, sc.att, ws, qd, hd, nq/nkv, c.AttentionMult)
+			attendBlock(&tasks[i], q, att, ws, qd, hd, rep, scale)
 		}
 	})
-	clear(sc.attnTasks[:len(tasks)]) // drop the cache pointers
-	kernels.MatMul(sc.mix, w.O, sc.att[:N*qd], N)
-	return nil
+	clear(tasks)
 }
 
 // attendBlock computes one task: att rows [r+t0, r+t1) of head h.
@@ -103,9 +109,11 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 	nb := t.t1 - t.t0
 	kh := t.h / rep
 	ws.q = grow(ws.q, nb*hd)
-	for i := range nb {
+	for i := range nb { // the rows of head h, pre-scaled so the products are the scores
 		o := (t.r+t.t0+i)*qd + t.h*hd
-		copy(ws.q[i*hd:(i+1)*hd], q[o:o+hd])
+		for d, v := range q[o : o+hd] {
+			ws.q[i*hd+d] = v * scale
+		}
 	}
 	np := (t.keysMax + P - 1) / P
 	// Scores, page-major: s[p] is [nb, P] (row i, key p*P+j).
@@ -120,12 +128,7 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 		mx := float32(math.Inf(-1))
 		for p := 0; p <= lp; p++ {
 			seg := ws.s[(p*nb+i)*P : (p*nb+i+1)*P]
-			valid := min(P, last+1-p*P)
-			for j, v := range seg[:valid] {
-				v *= scale
-				seg[j] = v
-				mx = max(mx, v)
-			}
+			mx = max(mx, kernels.Max(seg[:min(P, last+1-p*P)]))
 		}
 		var sum float64
 		for p := range np {

@@ -31,6 +31,9 @@ func add512(dst *float32, a *float32, b *float32, n int)
 // and returns their sum.
 func expShift512(x *float32, n int, m float32) float64
 
+// maxv512 returns the largest of x[0..n) (n a positive multiple of the vector width).
+func maxv512(x *float32, n int) float32
+
 // fmaPeak256 runs iters x 12 independent vector FMAs.
 // It exists to measure the FMA throughput of one core.
 func fmaPeak256(iters int)
@@ -57,6 +60,9 @@ func add256(dst *float32, a *float32, b *float32, n int)
 // expShift256 sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)
 // and returns their sum.
 func expShift256(x *float32, n int, m float32) float64
+
+// maxv256 returns the largest of x[0..n) (n a positive multiple of the vector width).
+func maxv256(x *float32, n int) float32
 
 // tile512F32N1 computes 4-row x 1-input dot products of F32 weights (see genTile).
 func tile512F32N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)

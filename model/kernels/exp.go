@@ -83,3 +83,30 @@ func ExpShiftRef(x []float32, m float32) float64 {
 	}
 	return s
 }
+
+// Max returns the largest value of x (-Inf for an empty x; unspecified when x
+// holds a NaN). MaxRef is its plain twin.
+func Max(x []float32) float32 {
+	l := KernelLevel()
+	if l == LevelRef {
+		return MaxRef(x)
+	}
+	done, m := maxAsm(l, x)
+	for _, v := range x[done:] {
+		if v > m {
+			m = v
+		}
+	}
+	return m
+}
+
+// MaxRef is the reference twin of Max.
+func MaxRef(x []float32) float32 {
+	m := float32(math.Inf(-1))
+	for _, v := range x {
+		if v > m {
+			m = v
+		}
+	}
+	return m
+}

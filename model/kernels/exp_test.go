@@ -134,3 +134,33 @@ func TestExpShiftLevels(t *testing.T) {
 		}
 	}
 }
+
+func TestMaxLevels(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 9))
+	prev := KernelLevel()
+	defer SetKernelLevel(prev)
+	for _, l := range SupportedLevels() {
+		if _, err := SetKernelLevel(l); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []int{0, 1, 7, 8, 9, 16, 17, 63, 64, 65, 1000} {
+			x := make([]float32, n)
+			for i := range x {
+				x[i] = float32(rng.NormFloat64()) - 100
+			}
+			for pos := range x { // the maximum at every position: body, tail, first lane
+				if pos%5 != 0 && pos != n-1 {
+					continue
+				}
+				y := append([]float32(nil), x...)
+				y[pos] = 7
+				if got := Max(y); got != 7 {
+					t.Fatalf("level %v n %d max at %d: got %v", l, n, pos, got)
+				}
+			}
+			if got, want := Max(x), MaxRef(x); got != want {
+				t.Fatalf("level %v n %d: got %v want %v", l, n, got, want)
+			}
+		}
+	}
+}

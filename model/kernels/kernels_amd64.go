@@ -3,6 +3,7 @@
 package kernels
 
 import (
+	"math"
 	"unsafe"
 
 	"golang.org/x/sys/cpu"
@@ -115,6 +116,20 @@ func expShiftAsm(l Level, x []float32, m float32) (int, float64) {
 		return n, expShift256(f32p(x), n, m)
 	}
 	return 0, 0
+}
+
+// maxAsm handles the longest prefix of x that is a multiple of the vector width
+// and returns its length and maximum (0 and -Inf without assembly).
+func maxAsm(l Level, x []float32) (int, float32) {
+	switch {
+	case l >= LevelAVX512 && len(x) >= 16:
+		n := len(x) &^ 15
+		return n, maxv512(f32p(x), n)
+	case l >= LevelAVX2 && len(x) >= 8:
+		n := len(x) &^ 7
+		return n, maxv256(f32p(x), n)
+	}
+	return 0, float32(math.Inf(-1))
 }
 
 // Probes.

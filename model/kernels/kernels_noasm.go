@@ -2,6 +2,8 @@
 
 package kernels
 
+import "math"
+
 // Without assembly (other architectures, or the purego build tag) only the
 // reference and Go levels exist.
 
@@ -12,6 +14,7 @@ func axpyAsm(Level, float32, []float32, []float32) bool    { return false }
 func scaleAsm(Level, float32, []float32) bool              { return false }
 func addAsm(Level, []float32, []float32, []float32) bool   { return false }
 func expShiftAsm(Level, []float32, float32) (int, float64) { return 0, 0 }
+func maxAsm(Level, []float32) (int, float32)               { return 0, float32(math.Inf(-1)) }
 func fmaProbe(int) int                                     { return 0 }
 func readProbe(b []byte) uint64                            { return readGo(b) }
 func triadProbe(a, b, c []float32, s float32)              { triadGo(a, b, c, s) }

@@ -19,7 +19,7 @@ const (
 	expLog2e
 	expLn2Hi
 	expLn2Lo
-	expC7 // 1/7!, then 1/6! .. 1/1! = 1, then 1 (the constant term)
+	expC7   // 1/7!, then 1/6! .. 1/1! = 1, then 1 (the constant term)
 	expBias = expC7 + 8
 )
 
@@ -140,6 +140,59 @@ func genExp(s isa) {
 	t := XMM()
 	VUNPCKHPD(x, x, t)
 	VADDSD(t, x, x)
+	Store(x, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
+// genMax emits maxv: the largest of n floats (n a positive multiple of the
+// vector width; NaNs are not propagated).
+func genMax(s isa) {
+	name := fname("maxv", s, "")
+	TEXT(name, NOSPLIT, "func(x *float32, n int) float32")
+	Doc(name + " returns the largest of x[0..n) (n a positive multiple of the vector width).")
+	px := ld("x")
+	n := ld("n")
+	acc := make([]VecVirtual, 4)
+	for i := range acc {
+		acc[i] = s.vec()
+		VMOVUPS(Mem{Base: px}, acc[i])
+	}
+	Label(name + "_l4")
+	CMPQ(n, U32(4*s.lanes))
+	JL(LabelRef(name + "_l1"))
+	for i := range acc {
+		VMAXPS(Mem{Base: px, Disp: i * s.vbytes()}, acc[i], acc[i])
+	}
+	ADDQ(U32(4*s.vbytes()), px)
+	SUBQ(U32(4*s.lanes), n)
+	JMP(LabelRef(name + "_l4"))
+	Label(name + "_l1")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_red"))
+	VMAXPS(Mem{Base: px}, acc[0], acc[0])
+	ADDQ(U32(s.vbytes()), px)
+	SUBQ(U32(s.lanes), n)
+	JMP(LabelRef(name + "_l1"))
+	Label(name + "_red")
+	VMAXPS(acc[1], acc[0], acc[0])
+	VMAXPS(acc[3], acc[2], acc[2])
+	VMAXPS(acc[2], acc[0], acc[0])
+	v := acc[0]
+	if s.z {
+		y := YMM()
+		VEXTRACTF64X4(U8(1), v, y)
+		VMAXPS(y, v.AsY(), y)
+		v = y
+	}
+	x := XMM()
+	VEXTRACTF128(U8(1), v.AsY(), x)
+	VMAXPS(x, v.AsX(), x)
+	t := XMM()
+	VMOVHLPS(x, x, t)
+	VMAXPS(t, x, x)
+	VMOVSHDUP(x, t)
+	VMAXSS(t, x, x)
 	Store(x, ReturnIndex(0))
 	VZEROUPPER()
 	RET()

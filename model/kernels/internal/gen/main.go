@@ -18,7 +18,7 @@
 //     weight rows and n input rows, widening the weights on the fly;
 //   - widen<isa><dtype>: dequantize quads of rows into a float32 panel that the
 //     F32 tile kernel then multiplies (the prefill path);
-//   - dot, axpy, scale, add, expShift: vector helpers;
+//   - dot, axpy, scale, add, expShift, maxv: vector helpers;
 //   - fmaPeak, readMem, triad: machine probes.
 package main
 
@@ -34,6 +34,7 @@ func main() {
 		genProbes(s)
 		genVec(s)
 		genExp(s)
+		genMax(s)
 	}
 	for _, dt := range allDtypes {
 		for n := 1; n <= maxN(isa512, dt); n++ {
