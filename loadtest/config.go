@@ -237,6 +237,9 @@ type Config struct {
 	TLSCAFile string `json:"tls_ca_file,omitempty"`
 	// TLSServerName overrides the name checked in the server certificate.
 	TLSServerName string `json:"tls_server_name,omitempty"`
+	// APIToken is sent as a bearer token on every call (the trunk's --api-token).
+	// It is never written to a report.
+	APIToken string `json:"-"`
 	// Conns is the number of gRPC connections requests are spread over.
 	Conns int `json:"conns"`
 

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-serving/switchyard/internal/rpc"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
@@ -211,8 +212,12 @@ func (r *runner) dial() error {
 		}
 		creds = credentials.NewTLS(tc)
 	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if r.cfg.APIToken != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(rpc.BearerToken(r.cfg.APIToken)))
+	}
 	for range r.cfg.Conns {
-		conn, err := grpc.NewClient(r.cfg.Addr, grpc.WithTransportCredentials(creds))
+		conn, err := grpc.NewClient(r.cfg.Addr, opts...)
 		if err != nil {
 			return fmt.Errorf("loadtest: dial %s: %w", r.cfg.Addr, err)
 		}

@@ -4,15 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-serving/switchyard/internal/rpc"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
@@ -23,6 +24,7 @@ type stubServer struct {
 	pb.UnimplementedSwitchyardServer
 	failEvery int64
 	tokenGap  time.Duration
+	token     string // required bearer token (none when empty)
 
 	calls atomic.Int64
 	mu    sync.Mutex
@@ -41,7 +43,10 @@ func startStub(t *testing.T, s *stubServer) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	srv, err := rpc.NewServer(rpc.ServerConfig{AuthToken: s.token})
+	if err != nil {
+		t.Fatal(err)
+	}
 	pb.RegisterSwitchyardServer(srv, s)
 	done := make(chan struct{})
 	go func() { defer close(done); srv.Serve(lis) }()
@@ -187,6 +192,17 @@ func TestRunStub(t *testing.T) {
 			},
 		},
 		{
+			name: "api token",
+			modify: func(c *Config) {
+				c.Requests, c.APIToken = 8, "sekret"
+			},
+			check: func(t *testing.T, rep *Report, _ *stubServer) {
+				if k := rep.Counts; k.Completed != 6 || k.Failed != 2 {
+					t.Fatalf("counts %+v: the token was not accepted", k)
+				}
+			},
+		},
+		{
 			name: "open loop",
 			modify: func(c *Config) {
 				c.Mode, c.Rate, c.Requests, c.Duration = OpenLoop, 200, 0, 300*time.Millisecond
@@ -201,6 +217,9 @@ func TestRunStub(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := &stubServer{failEvery: 4, tokenGap: time.Millisecond}
+			if tt.name == "api token" {
+				s.token = "sekret"
+			}
 			addr := startStub(t, s)
 			checkLeaks(t)
 			cfg := DefaultConfig()
@@ -219,5 +238,16 @@ func TestRunStub(t *testing.T) {
 			}
 			tt.check(t, rep, s)
 		})
+	}
+}
+
+// TestRunWrongAPIToken: a refused token fails the run at once, naming the cause.
+func TestRunWrongAPIToken(t *testing.T) {
+	addr := startStub(t, &stubServer{token: "sekret"})
+	cfg := DefaultConfig()
+	cfg.Addr, cfg.Requests, cfg.Duration, cfg.APIToken = addr, 4, 0, "guess"
+	_, err := Run(context.Background(), cfg, nil)
+	if err == nil || !strings.Contains(err.Error(), codes.Unauthenticated.String()) {
+		t.Fatalf("Run = %v, want an Unauthenticated error", err)
 	}
 }

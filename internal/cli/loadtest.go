@@ -42,6 +42,7 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.BoolVar(&cfg.TLS, "tls", false, "dial with TLS (system roots)")
 	fs.StringVar(&cfg.TLSCAFile, "tls-ca", "", "PEM CA that signs the server (implies --tls)")
 	fs.StringVar(&cfg.TLSServerName, "tls-server-name", "", "server name to verify in its certificate")
+	fs.StringVar(&cfg.APIToken, "api-token", os.Getenv("SWITCHYARD_API_TOKEN"), "bearer token for the public API (default $SWITCHYARD_API_TOKEN)")
 	fs.IntVar(&cfg.Conns, "conns", cfg.Conns, "gRPC connections to spread requests over")
 
 	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "closed loop: concurrent sessions (workers)")
