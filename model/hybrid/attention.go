@@ -2,7 +2,7 @@ package hybrid
 
 import (
 	"cmp"
-	"math"
+	"fmt"
 	"slices"
 	"sync/atomic"
 
@@ -11,9 +11,9 @@ import (
 
 // Attention over the paged KV cache. A task is one query head of a block of up to
 // attnBlock consecutive query rows of one sequence. Per KV page it computes the
-// block's scores as one matrix product (queries × the page's keys), takes a
-// causal softmax over each row across the pages, and accumulates the weighted
-// values as a second product (probabilities × the page's transposed values).
+// block's scores as one matrix product (queries × the page's keys), folds them
+// into an online causal softmax per row, and accumulates the weighted values as
+// a second product (probabilities × the page's transposed values).
 // Tasks run in parallel, heaviest first; a block only visits the pages its
 // last row can see, so causal prefill costs about half of a full square.
 
@@ -30,7 +30,15 @@ type attnTask struct {
 
 // attnScratch is one attention worker's memory, reused across calls.
 type attnScratch struct {
-	q, s, o, tmp, inv []float32
+	q, s, o, tmp, mx []float32
+	sum              []float64
+}
+
+func growF64(b []float64, n int) []float64 {
+	if cap(b) < n {
+		return make([]float64, n)
+	}
+	return b[:n]
 }
 
 // attention runs attention layer ai over the batch: reads sc.u, writes sc.mix.
@@ -61,6 +69,9 @@ func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N in
 			}
 		}
 		kv := &st.KV[ai]
+		if kv.Len() != pos0 {
+			return fmt.Errorf("%w: attention layer %d holds %d tokens, the state %d (a failed step was not discarded)", ErrState, ai, kv.Len(), pos0)
+		}
 		kv.Append(sc.k[r*kvd:(r+T)*kvd], sc.v[r*kvd:(r+T)*kvd], T)
 		for t0 := 0; t0 < T; t0 += attnBlock {
 			t1 := min(T, t0+attnBlock)
@@ -116,48 +127,49 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 		}
 	}
 	np := (t.keysMax + P - 1) / P
-	// Scores, page-major: s[p] is [nb, P] (row i, key p*P+j).
-	ws.s = grow(ws.s, np*nb*P)
-	for p := range np {
-		kernels.MatMulSerial(ws.s[p*nb*P:(p+1)*nb*P], t.kv.keys(p, kh), ws.q, nb)
-	}
-	ws.inv = grow(ws.inv, nb)
-	for i := range nb {
-		last := t.pos0 + t.t0 + i // the row's query sees keys 0..last
-		lp := last / P
-		mx := float32(math.Inf(-1))
-		for p := 0; p <= lp; p++ {
-			seg := ws.s[(p*nb+i)*P : (p*nb+i+1)*P]
-			mx = max(mx, kernels.Max(seg[:min(P, last+1-p*P)]))
-		}
-		var sum float64
-		for p := range np {
-			seg := ws.s[(p*nb+i)*P : (p*nb+i+1)*P]
-			valid := max(0, min(P, last+1-p*P))
-			if valid > 0 {
-				sum += kernels.ExpShift(seg[:valid], mx)
-			}
-			clear(seg[valid:])
-		}
-		ws.inv[i] = float32(1 / sum)
-	}
-	// Weighted values: o = Σ_p s[p] · V[p] (V stored transposed per page).
+	// One page at a time with an online softmax (running max and sum per row,
+	// earlier pages' weighted values rescaled when the max grows), so the scratch
+	// is one page of scores whatever the context.
+	sc := grow(ws.s, nb*P)
+	ws.s = sc
 	ws.o = grow(ws.o, nb*hd)
 	ws.tmp = grow(ws.tmp, nb*hd)
+	ws.mx = grow(ws.mx, nb)
+	ws.sum = growF64(ws.sum, nb)
 	o := ws.o[:nb*hd]
 	for p := range np {
-		dst := o
-		if p > 0 {
-			dst = ws.tmp[:nb*hd]
+		kernels.MatMulSerial(sc, t.kv.keys(p, kh), ws.q, nb)
+		for i := range nb {
+			seg := sc[i*P : (i+1)*P]
+			valid := max(0, min(P, t.pos0+t.t0+i+1-p*P)) // the row's query sees keys 0..pos0+t0+i
+			if valid == 0 {
+				clear(seg)
+				continue
+			}
+			if pm := kernels.Max(seg[:valid]); p == 0 || pm > ws.mx[i] {
+				if p > 0 { // rescale what earlier pages contributed
+					alpha := kernels.Exp(ws.mx[i] - pm)
+					ws.sum[i] *= float64(alpha)
+					kernels.Scale(alpha, o[i*hd:(i+1)*hd])
+				} else {
+					ws.sum[i] = 0
+				}
+				ws.mx[i] = pm
+			}
+			ws.sum[i] += kernels.ExpShift(seg[:valid], ws.mx[i])
+			clear(seg[valid:])
 		}
-		kernels.MatMulSerial(dst, t.kv.values(p, kh), ws.s[p*nb*P:(p+1)*nb*P], nb)
-		if p > 0 {
-			kernels.Add(o, o, dst)
+		// Weighted values: o += s · V[p] (V stored transposed per page).
+		if p == 0 {
+			kernels.MatMulSerial(o, t.kv.values(p, kh), sc, nb)
+		} else {
+			kernels.MatMulSerial(ws.tmp[:nb*hd], t.kv.values(p, kh), sc, nb)
+			kernels.Add(o, o, ws.tmp[:nb*hd])
 		}
 	}
 	for i := range nb {
 		dst := att[(t.r+t.t0+i)*qd+t.h*hd : (t.r+t.t0+i)*qd+(t.h+1)*hd]
-		inv := ws.inv[i]
+		inv := float32(1 / ws.sum[i])
 		for d, v := range o[i*hd : (i+1)*hd] {
 			dst[d] = v * inv
 		}

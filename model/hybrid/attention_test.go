@@ -65,7 +65,8 @@ func TestPagedAttentionMatchesReference(t *testing.T) {
 		{"prefill across pages", 0, 2*PageTokens + 37, 6, 2, 16, 0, 3},
 		{"continued prefill at a page edge", PageTokens - 3, 9, 4, 1, 32, 0, 2},
 		{"decode deep in a context", 3*PageTokens + 11, 1, 8, 2, 16, 0, 4},
-		{"reused pages with stale slots", 5, 300, 4, 2, 16, 2*PageTokens + 100, 2},
+		{"after a reset", 5, 300, 4, 2, 16, 2*PageTokens + 100, 2},
+		{"head_dim 72 (vector tails)", 2*PageTokens - 40, 90, 6, 3, 72, 0, 3},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -79,9 +80,14 @@ func TestPagedAttentionMatchesReference(t *testing.T) {
 			}
 			kvd, qd := c.nkv*c.hd, c.nq*c.hd
 			kv := newKVCache(c.nkv, c.hd)
-			if c.stale > 0 { // a session that held more tokens and was reset
-				kv.Append(randn(c.stale*kvd), randn(c.stale*kvd), c.stale)
+			if c.stale > 0 { // a session that held more tokens (one of them NaN) and was reset
+				k := randn(c.stale * kvd)
+				k[len(k)-1] = float32(math.NaN())
+				kv.Append(k, k, c.stale)
 				kv.reset()
+				if kv.Bytes() != 0 || len(kv.pages) != 0 {
+					t.Fatalf("reset kept %d pages", len(kv.pages))
+				}
 			}
 			kv.Append(randn(c.pos0*kvd), randn(c.pos0*kvd), c.pos0)
 			kv.Append(randn(c.T*kvd), randn(c.T*kvd), c.T)
@@ -108,6 +114,63 @@ func TestPagedAttentionMatchesReference(t *testing.T) {
 				t.Fatalf("max abs difference %.3g", worst)
 			}
 		})
+	}
+}
+
+// TestRunAttentionBatch runs a mixed batch (a prefill continuing a context, a
+// decode row, a fresh prompt) through the parallel path and checks every row of
+// the shared output against the reference.
+func TestRunAttentionBatch(t *testing.T) {
+	const nq, nkv, hd = 8, 2, 32
+	qd, kvd := nq*hd, nkv*hd
+	rng := rand.New(rand.NewPCG(5, 5))
+	randn := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64())
+		}
+		return v
+	}
+	seqs := []struct{ pos0, T int }{{300, 150}, {700, 1}, {0, 77}}
+	kvs := make([]KVCache, len(seqs))
+	N := 0
+	for _, s := range seqs {
+		N += s.T
+	}
+	q, att := randn(N*qd), make([]float32, N*qd)
+	var sc scratch
+	tasks := sc.attnTasks[:0]
+	flops, r := 0, 0
+	for i, s := range seqs {
+		kvs[i] = newKVCache(nkv, hd)
+		kvs[i].Append(randn((s.pos0+s.T)*kvd), randn((s.pos0+s.T)*kvd), s.pos0+s.T)
+		for t0 := 0; t0 < s.T; t0 += attnBlock {
+			t1 := min(s.T, t0+attnBlock)
+			for h := range nq {
+				tasks = append(tasks, attnTask{kv: &kvs[i], r: r, pos0: s.pos0, t0: t0, t1: t1, h: h, keysMax: s.pos0 + t1})
+			}
+			flops += 4 * (t1 - t0) * (s.pos0 + t1) * hd * nq
+		}
+		r += s.T
+	}
+	prev := kernels.Threads()
+	kernels.SetThreads(2)
+	defer kernels.SetThreads(prev)
+	runAttention(&sc, tasks, flops, q, att, qd, hd, nq/nkv, 0.125)
+	r = 0
+	for i, s := range seqs {
+		want := attendRef(&kvs[i], q[r*qd:(r+s.T)*qd], s.pos0, s.T, nq, hd, 0.125)
+		for j, w := range want {
+			if d := math.Abs(float64(att[r*qd+j] - w)); d > 2e-5 {
+				t.Fatalf("sequence %d value %d: %v vs %v", i, j, att[r*qd+j], w)
+			}
+		}
+		r += s.T
+	}
+	for _, tk := range tasks {
+		if tk.kv != nil {
+			t.Fatal("runAttention kept a cache pointer")
+		}
 	}
 }
 

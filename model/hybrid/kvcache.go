@@ -20,12 +20,11 @@ const PageTokens = 256
 //   - V, transposed: [kvHeads][headDim][PageTokens], so a head's values form a
 //     [headDim, PageTokens] matrix (the weighted sum is one matrix product).
 //
-// Slots past the held tokens are zero or hold values of a reset session; readers
-// mask them.
+// Slots past the held tokens are zero (pages are never reused across contexts).
 type KVCache struct {
 	kvHeads, headDim int
 	n                int         // tokens held
-	pages            [][]float32 // allocated pages (len may exceed the pages in use after Reset)
+	pages            [][]float32 // PagesInUse() pages
 }
 
 func newKVCache(kvHeads, headDim int) KVCache {
@@ -93,8 +92,9 @@ func (c *KVCache) Row(t int, k, v []float32) {
 	}
 }
 
-// reset forgets the tokens, keeping the pages for reuse.
-func (c *KVCache) reset() { c.n = 0 }
+// reset forgets the tokens and frees the pages (so a reset session holds, and is
+// charged for, no KV memory, and no old values linger in a page).
+func (c *KVCache) reset() { c.n, c.pages = 0, nil }
 
 // clone copies the pages in use.
 func (c *KVCache) clone() KVCache {

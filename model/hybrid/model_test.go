@@ -203,6 +203,21 @@ func TestForwardRejectsBadInput(t *testing.T) {
 	}
 }
 
+// A state whose KV cache ran ahead of its position (a failed step that was not
+// discarded) is refused, not silently attended with the wrong keys.
+func TestForwardRejectsInconsistentState(t *testing.T) {
+	m := loadFixture(t)
+	st := m.NewState()
+	if len(st.KV) == 0 {
+		t.Skip("fixture has no attention layer")
+	}
+	kv := make([]float32, m.Cfg.KVDim())
+	st.KV[0].Append(kv, kv, 1)
+	if err := m.Forward([]Seq{{State: st, Tokens: []int{1}}}); !errors.Is(err, ErrState) {
+		t.Fatalf("err = %v, want ErrState", err)
+	}
+}
+
 // The chunked SSD scan agrees with the exact recurrence for random inputs, chunk
 // sizes that do and do not divide T, several groups, and a non-zero initial state.
 func TestScanChunkedMatchesRecurrent(t *testing.T) {

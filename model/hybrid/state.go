@@ -88,7 +88,8 @@ func (s *State) Clone() *State {
 	return out
 }
 
-// Reset clears the state to a fresh session, keeping allocated memory.
+// Reset clears the state to a fresh session: the recurrent state is zeroed in
+// place and the KV pages are freed.
 func (s *State) Reset() {
 	s.Pos = 0
 	for i := range s.Conv {

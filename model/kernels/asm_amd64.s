@@ -475,8 +475,8 @@ TEXT ·expShift512(SB), NOSPLIT, $0-32
 expShift512_loop:
 	VMOVUPS       (AX), Z17
 	VSUBPS        Z0, Z17, Z17
-	VMAXPS        Z1, Z17, Z17
-	VMINPS        Z2, Z17, Z17
+	VMAXPS        Z17, Z1, Z17
+	VMINPS        Z17, Z2, Z17
 	VMULPS        Z3, Z17, Z18
 	VRNDSCALEPS   $0x00, Z18, Z18
 	VFNMADD231PS  Z4, Z18, Z17
@@ -925,8 +925,8 @@ TEXT ·expShift256(SB), NOSPLIT, $0-32
 expShift256_loop:
 	VMOVUPS      (AX), Y9
 	VSUBPS       Y0, Y9, Y9
-	VMAXPS       Y1, Y9, Y9
-	VMINPS       Y2, Y9, Y9
+	VMAXPS       Y9, Y1, Y9
+	VMINPS       Y9, Y2, Y9
 	VMULPS       Y3, Y9, Y10
 	VROUNDPS     $0x00, Y10, Y10
 	VFNMADD231PS Y4, Y10, Y9

@@ -41,7 +41,8 @@ func Exp(x float32) float32 {
 
 // ExpShift sets x[i] = e^(x[i]-m) and returns their sum (accumulated in float64).
 // With m the maximum of x it is the numerator of a softmax. ExpShiftRef is its
-// math.Exp twin.
+// math.Exp twin. The assembly levels clamp x[i]-m to at most 88 (m is meant to be
+// at least the maximum); NaNs propagate on every level.
 func ExpShift(x []float32, m float32) float64 {
 	l := KernelLevel()
 	if l == LevelRef {

@@ -108,13 +108,24 @@ func TestExpShiftLevels(t *testing.T) {
 			if n > 3 {
 				x[1], x[2] = -200, float32(math.Inf(-1)) // masked or far below the max
 			}
-			m := float32(math.Inf(-1))
-			for _, v := range x {
-				m = max(m, v)
+			nan := -1
+			if n >= 16 {
+				nan = n - 12 // in the vector body on every level
+				x[nan] = float32(math.NaN())
 			}
+			m := MaxRef(x) // ignores the NaN
 			got, want := append([]float32(nil), x...), append([]float32(nil), x...)
 			s, sr := ExpShift(got, m), ExpShiftRef(want, m)
+			if m != m {
+				t.Fatal("the maximum is NaN")
+			}
 			for i := range got {
+				if i == nan {
+					if got[i] == got[i] {
+						t.Fatalf("level %v n %d: exp(NaN) = %v", l, n, got[i])
+					}
+					continue
+				}
 				if want[i] < 1.2e-38 {
 					if got[i] > 1.2e-38 {
 						t.Fatalf("level %v n %d: exp(%v) = %v, want %v", l, n, x[i]-m, got[i], want[i])
@@ -124,6 +135,12 @@ func TestExpShiftLevels(t *testing.T) {
 				if d := ulpDiff(got[i], want[i]); d > 3 {
 					t.Fatalf("level %v n %d: exp(%v) = %v, want %v (%d ulp)", l, n, x[i]-m, got[i], want[i], d)
 				}
+			}
+			if nan >= 0 {
+				if s == s {
+					t.Fatalf("level %v n %d: sum %v with a NaN", l, n, s)
+				}
+				continue
 			}
 			if math.Abs(s-sr) > 1e-6*sr {
 				t.Fatalf("level %v n %d: sum %v, want %v", l, n, s, sr)

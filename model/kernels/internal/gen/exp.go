@@ -39,8 +39,8 @@ func genExpConsts() {
 }
 
 // genExp emits expShift: x[i] = e^(x[i]-m) for n (a multiple of the lane count)
-// floats, returning Σ as float64 (accumulated in float64 lanes). Arguments below
-// the smallest normal's log are clamped there (the result is ~1.2e-38, not 0).
+// floats, returning Σ as float64 (accumulated in float64 lanes). Arguments are
+// clamped to [-87.34, 88] (results ~1.2e-38 at the bottom, not 0); NaNs stay NaN.
 func genExp(s isa) {
 	name := fname("expShift", s, "")
 	TEXT(name, NOSPLIT, "func(x *float32, n int, m float32) float64")
@@ -82,8 +82,8 @@ func genExp(s isa) {
 	d := s.vec()
 	VMOVUPS(Mem{Base: px}, d)
 	VSUBPS(mv, d, d)
-	VMAXPS(lo, d, d)
-	VMINPS(hi, d, d)
+	VMAXPS(d, lo, d) // a NaN in d is the second source: it propagates
+	VMINPS(d, hi, d)
 	kf := s.vec()
 	VMULPS(l2e, d, kf)
 	if s.z {
