@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"strings"
 	"unicode/utf8"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/engine"
+	"github.com/switchyard-serving/switchyard/model/hybrid"
 	"github.com/switchyard-serving/switchyard/model/sample"
 	"github.com/switchyard-serving/switchyard/model/tokenizer"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
@@ -44,6 +46,7 @@ func toStatus(err error) error {
 		{engine.ErrRequest, codes.InvalidArgument},
 		{ErrSessionNotFound, codes.NotFound},
 		{ErrSessionBusy, codes.FailedPrecondition},
+		{hybrid.ErrStateModel, codes.FailedPrecondition},
 		{ErrMemoryFull, codes.ResourceExhausted},
 		{ErrQueueFull, codes.ResourceExhausted},
 		{ErrDraining, codes.Unavailable},
@@ -347,6 +350,74 @@ func (a *api) ForkSession(ctx context.Context, req *pb.ForkSessionRequest) (*pb.
 		return nil, toStatus(err)
 	}
 	return a.sessionMsg(f), nil
+}
+
+func (a *api) ExportSession(req *pb.ExportSessionRequest, stream pb.Switchyard_ExportSessionServer) error {
+	if req.SessionId == "" {
+		return toStatus(invalid("session_id is required"))
+	}
+	s, err := a.n.store.Get(req.SessionId)
+	if err != nil {
+		return toStatus(err)
+	}
+	// Hold the session while it is read so no step changes it meanwhile.
+	if err := a.n.store.Acquire(s, 0); err != nil {
+		return toStatus(err)
+	}
+	defer a.n.store.Release(s)
+	w := &chunkWriter{send: stream.Send, buf: make([]byte, 0, snapChunk),
+		first: &pb.SessionSnapshotChunk{TotalBytes: snapshotLen(s), Tokens: int32(s.State.Pos)}}
+	if err := writeSnapshot(w, s, a.cfg()); err != nil {
+		return toStatus(fmt.Errorf("export %s: %w", s.ID, err))
+	}
+	return toStatus(w.flush())
+}
+
+func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) error {
+	first, err := stream.Recv()
+	if err == io.EOF {
+		return toStatus(invalid("empty stream: send the chunks of an ExportSession snapshot"))
+	}
+	if err != nil {
+		return toStatus(err)
+	}
+	total, limit := first.TotalBytes, a.n.maxSnapshotBytes()
+	switch {
+	case total <= 0:
+		return toStatus(invalid("the first chunk must carry total_bytes (as ExportSession sends it)"))
+	case total > limit:
+		return toStatus(invalid("snapshot of %d bytes is larger than a session at this node's context limit (%d tokens, %d bytes)", total, a.n.limits.MaxContext, limit))
+	}
+	buf := make([]byte, 0, total)
+	for msg := first; ; {
+		if int64(len(buf)+len(msg.Data)) > total {
+			return toStatus(invalid("snapshot data exceeds its total_bytes (%d)", total))
+		}
+		buf = append(buf, msg.Data...)
+		if msg, err = stream.Recv(); err == io.EOF {
+			break
+		} else if err != nil {
+			return toStatus(err)
+		}
+	}
+	if int64(len(buf)) != total {
+		return toStatus(invalid("snapshot truncated: received %d of %d bytes", len(buf), total))
+	}
+	st, unfed, err := readSnapshot(buf, a.cfg())
+	buf = nil
+	switch {
+	case errors.Is(err, hybrid.ErrStateModel): // FailedPrecondition: the right node can take it
+		return toStatus(fmt.Errorf("the snapshot was taken on a node serving another model: %w", err))
+	case err != nil:
+		return toStatus(fmt.Errorf("%w: %w", errInvalid, err))
+	case st.Pos+len(unfed) > a.n.limits.MaxContext:
+		return toStatus(invalid("the session holds %d tokens, more than this node's context limit %d", st.Pos+len(unfed), a.n.limits.MaxContext))
+	}
+	sess, err := a.n.store.Adopt(st, unfed)
+	if err != nil {
+		return toStatus(err)
+	}
+	return stream.SendAndClose(a.sessionMsg(sess))
 }
 
 func (a *api) DeleteSession(ctx context.Context, req *pb.DeleteSessionRequest) (*pb.DeleteSessionResponse, error) {

@@ -13,21 +13,27 @@ import (
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
-// generateRemote is `switchyard generate --addr`: the same flags against a cluster.
-func generateRemote(ctx context.Context, addr string, g *genFlags, stdout io.Writer) error {
+// dialPublic connects to a trunk's public API: TLS when tlsCA is set, the bearer
+// token on every call when apiToken is set.
+func dialPublic(addr, apiToken, tlsCA string) (*grpc.ClientConn, error) {
 	creds := insecure.NewCredentials()
-	if g.tlsCA != "" {
-		c, err := rpc.ClientCreds(rpc.TLSFiles{CA: g.tlsCA})
+	if tlsCA != "" {
+		c, err := rpc.ClientCreds(rpc.TLSFiles{CA: tlsCA})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		creds = c
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
-	if g.apiToken != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(rpc.BearerToken(g.apiToken)))
+	if apiToken != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(rpc.BearerToken(apiToken)))
 	}
-	conn, err := grpc.NewClient(addr, opts...)
+	return grpc.NewClient(addr, opts...)
+}
+
+// generateRemote is `switchyard generate --addr`: the same flags against a cluster.
+func generateRemote(ctx context.Context, addr string, g *genFlags, stdout io.Writer) error {
+	conn, err := dialPublic(addr, g.apiToken, g.tlsCA)
 	if err != nil {
 		return err
 	}

@@ -149,6 +149,9 @@ func TestForkAndSerialize(t *testing.T) {
 	if err := st.Encode(&buf, m.Cfg); err != nil {
 		t.Fatal(err)
 	}
+	if int64(buf.Len()) != st.EncodedLen() {
+		t.Fatalf("encoded %d bytes, EncodedLen says %d", buf.Len(), st.EncodedLen())
+	}
 	restored, err := DecodeState(buf.Bytes(), m.Cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,7 @@
 package hybrid
 
 import (
-	"bytes"
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,6 +14,10 @@ import (
 
 // ErrState reports a session state that does not fit the model or is corrupt.
 var ErrState = errors.New("hybrid: bad session state")
+
+// ErrStateModel reports a serialized state of a model with another shape (it is
+// wrapped together with ErrState).
+var ErrStateModel = errors.New("state belongs to a model of another shape")
 
 // State is one session's memory: a fixed-size recurrent state per Mamba layer and a
 // growing KV cache per attention layer, all float32.
@@ -116,39 +120,64 @@ func Fingerprint(c *config.Config) uint32 {
 // MarshalBinary-style encoding: magic, version, fingerprint, pos, then each
 // tensor as little-endian float32, then a CRC32 of everything before it.
 
-// Encode writes the state in a portable binary form tied to the model fingerprint.
+// Encode writes the state in a portable binary form tied to the model fingerprint,
+// streaming: it holds at most one token's KV row beyond a small buffer, whatever
+// the state's size. EncodedLen is the number of bytes it writes.
 func (s *State) Encode(w io.Writer, c *config.Config) error {
-	var buf bytes.Buffer
-	buf.WriteString(stateMagic)
-	hdr := []uint32{stateVersion, Fingerprint(c), uint32(s.Pos), uint32(len(s.Conv)), uint32(len(s.KV))}
-	for _, v := range hdr {
-		_ = binary.Write(&buf, binary.LittleEndian, v)
-	}
-	put := func(v []float32) {
-		_ = binary.Write(&buf, binary.LittleEndian, uint64(len(v)))
-		b := make([]byte, 4*len(v))
-		for i, f := range v {
-			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(f))
+	sum := crc32.NewIEEE()
+	bw := bufio.NewWriterSize(io.MultiWriter(w, sum), 64<<10)
+	var b8 [8]byte
+	u32 := func(v uint32) { binary.LittleEndian.PutUint32(b8[:4], v); bw.Write(b8[:4]) }
+	u64 := func(v uint64) { binary.LittleEndian.PutUint64(b8[:], v); bw.Write(b8[:]) }
+	f32s := func(v []float32) {
+		for _, f := range v {
+			u32(math.Float32bits(f))
 		}
-		buf.Write(b)
+	}
+	bw.WriteString(stateMagic)
+	for _, v := range []uint32{stateVersion, Fingerprint(c), uint32(s.Pos), uint32(len(s.Conv)), uint32(len(s.KV))} {
+		u32(v)
 	}
 	for i := range s.Conv {
-		put(s.Conv[i])
-		put(s.SSM[i])
+		u64(uint64(len(s.Conv[i])))
+		f32s(s.Conv[i])
+		u64(uint64(len(s.SSM[i])))
+		f32s(s.SSM[i])
 	}
 	for i := range s.KV {
 		kv := &s.KV[i]
 		d := kv.kvHeads * kv.headDim
-		k, v := make([]float32, kv.Len()*d), make([]float32, kv.Len()*d)
-		for t := range kv.Len() {
-			kv.Row(t, k[t*d:(t+1)*d], v[t*d:(t+1)*d])
+		k, v := make([]float32, d), make([]float32, d)
+		for part := range 2 { // K for every token, then V
+			u64(uint64(kv.Len() * d))
+			for t := range kv.Len() {
+				kv.Row(t, k, v)
+				if part == 0 {
+					f32s(k)
+				} else {
+					f32s(v)
+				}
+			}
 		}
-		put(k)
-		put(v)
 	}
-	_ = binary.Write(&buf, binary.LittleEndian, crc32.ChecksumIEEE(buf.Bytes()))
-	_, err := w.Write(buf.Bytes())
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	binary.LittleEndian.PutUint32(b8[:4], sum.Sum32())
+	_, err := w.Write(b8[:4])
 	return err
+}
+
+// EncodedLen is the exact size of Encode's output.
+func (s *State) EncodedLen() int64 {
+	n := int64(len(stateMagic) + 5*4 + 4) // magic, header, CRC
+	for i := range s.Conv {
+		n += 16 + 4*int64(len(s.Conv[i])+len(s.SSM[i]))
+	}
+	for i := range s.KV {
+		n += 16 + 8*int64(s.KV[i].Len()*s.KV[i].kvHeads*s.KV[i].headDim)
+	}
+	return n
 }
 
 // DecodeState reads a state written by Encode for a model with config c.
@@ -166,7 +195,7 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 		return nil, fmt.Errorf("%w: version %d, want %d", ErrState, v, stateVersion)
 	}
 	if fp := u32(); fp != Fingerprint(c) {
-		return nil, fmt.Errorf("%w: state belongs to a model with a different shape (fingerprint %08x, this model %08x)", ErrState, fp, Fingerprint(c))
+		return nil, fmt.Errorf("%w: %w (fingerprint %08x, this model %08x)", ErrState, ErrStateModel, fp, Fingerprint(c))
 	}
 	s := NewState(c)
 	s.Pos = int(u32())

@@ -770,6 +770,120 @@ func (x *ForkSessionRequest) GetSessionId() string {
 	return ""
 }
 
+// ExportSessionRequest names the session to snapshot.
+type ExportSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// session_id is the session to export. Required.
+	SessionId     string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportSessionRequest) Reset() {
+	*x = ExportSessionRequest{}
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportSessionRequest) ProtoMessage() {}
+
+func (x *ExportSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportSessionRequest.ProtoReflect.Descriptor instead.
+func (*ExportSessionRequest) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ExportSessionRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+// SessionSnapshotChunk is one piece of a session snapshot; the pieces are sent
+// in order. The snapshot is an opaque, checksummed binary that records the
+// model's shape, so it is only accepted by a compatible node.
+type SessionSnapshotChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// data is the next bytes of the snapshot (at most 1 MiB per chunk).
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// total_bytes is the size of the whole snapshot. Set on the first chunk only;
+	// the importer checks it against its limits before receiving the rest.
+	TotalBytes int64 `protobuf:"varint,2,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	// tokens is the number of tokens the session holds. Set on the first chunk
+	// only; informational.
+	Tokens        int32 `protobuf:"varint,3,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionSnapshotChunk) Reset() {
+	*x = SessionSnapshotChunk{}
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionSnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionSnapshotChunk) ProtoMessage() {}
+
+func (x *SessionSnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionSnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SessionSnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SessionSnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *SessionSnapshotChunk) GetTotalBytes() int64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *SessionSnapshotChunk) GetTokens() int32 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
 // DeleteSessionRequest names the session to delete.
 type DeleteSessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -781,7 +895,7 @@ type DeleteSessionRequest struct {
 
 func (x *DeleteSessionRequest) Reset() {
 	*x = DeleteSessionRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[9]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +907,7 @@ func (x *DeleteSessionRequest) String() string {
 func (*DeleteSessionRequest) ProtoMessage() {}
 
 func (x *DeleteSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[9]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +920,7 @@ func (x *DeleteSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSessionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSessionRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{9}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteSessionRequest) GetSessionId() string {
@@ -827,7 +941,7 @@ type DeleteSessionResponse struct {
 
 func (x *DeleteSessionResponse) Reset() {
 	*x = DeleteSessionResponse{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[10]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +953,7 @@ func (x *DeleteSessionResponse) String() string {
 func (*DeleteSessionResponse) ProtoMessage() {}
 
 func (x *DeleteSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[10]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +966,7 @@ func (x *DeleteSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSessionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSessionResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{10}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteSessionResponse) GetFreedBytes() int64 {
@@ -875,7 +989,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[11]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -887,7 +1001,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[11]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -900,7 +1014,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{11}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TokenizeRequest) GetText() string {
@@ -928,7 +1042,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[12]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1054,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[12]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1067,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{12}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TokenizeResponse) GetTokenIds() []int32 {
@@ -974,7 +1088,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[13]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1100,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[13]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1113,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{13}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DetokenizeRequest) GetTokenIds() []int32 {
@@ -1020,7 +1134,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[14]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1032,7 +1146,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[14]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1045,7 +1159,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{14}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -1064,7 +1178,7 @@ type ModelInfoRequest struct {
 
 func (x *ModelInfoRequest) Reset() {
 	*x = ModelInfoRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[15]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1190,7 @@ func (x *ModelInfoRequest) String() string {
 func (*ModelInfoRequest) ProtoMessage() {}
 
 func (x *ModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[15]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1203,7 @@ func (x *ModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*ModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{15}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{17}
 }
 
 // ModelInfoResponse describes the served model.
@@ -1121,7 +1235,7 @@ type ModelInfoResponse struct {
 
 func (x *ModelInfoResponse) Reset() {
 	*x = ModelInfoResponse{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[16]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1133,7 +1247,7 @@ func (x *ModelInfoResponse) String() string {
 func (*ModelInfoResponse) ProtoMessage() {}
 
 func (x *ModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[16]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1146,7 +1260,7 @@ func (x *ModelInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*ModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{16}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ModelInfoResponse) GetName() string {
@@ -1283,6 +1397,14 @@ const file_switchyard_v1_switchyard_proto_rawDesc = "" +
 	"\x12ForkSessionRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"5\n" +
+	"\x14ExportSessionRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\"c\n" +
+	"\x14SessionSnapshotChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1f\n" +
+	"\vtotal_bytes\x18\x02 \x01(\x03R\n" +
+	"totalBytes\x12\x16\n" +
+	"\x06tokens\x18\x03 \x01(\x05R\x06tokens\"5\n" +
 	"\x14DeleteSessionRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"8\n" +
@@ -1313,7 +1435,7 @@ const file_switchyard_v1_switchyard_proto_rawDesc = "" +
 	"\x12kv_bytes_per_token\x18\t \x01(\x03R\x0fkvBytesPerToken\x12 \n" +
 	"\feos_token_id\x18\n" +
 	" \x01(\x05R\n" +
-	"eosTokenId2\xce\x05\n" +
+	"eosTokenId2\xfb\x06\n" +
 	"\n" +
 	"Switchyard\x12M\n" +
 	"\bGenerate\x12\x1e.switchyard.v1.GenerateRequest\x1a\x1f.switchyard.v1.GenerateResponse0\x01\x12E\n" +
@@ -1322,7 +1444,9 @@ const file_switchyard_v1_switchyard_proto_rawDesc = "" +
 	"\n" +
 	"GetSession\x12 .switchyard.v1.GetSessionRequest\x1a\x16.switchyard.v1.Session\x12H\n" +
 	"\vForkSession\x12!.switchyard.v1.ForkSessionRequest\x1a\x16.switchyard.v1.Session\x12Z\n" +
-	"\rDeleteSession\x12#.switchyard.v1.DeleteSessionRequest\x1a$.switchyard.v1.DeleteSessionResponse\x12K\n" +
+	"\rDeleteSession\x12#.switchyard.v1.DeleteSessionRequest\x1a$.switchyard.v1.DeleteSessionResponse\x12[\n" +
+	"\rExportSession\x12#.switchyard.v1.ExportSessionRequest\x1a#.switchyard.v1.SessionSnapshotChunk0\x01\x12N\n" +
+	"\rImportSession\x12#.switchyard.v1.SessionSnapshotChunk\x1a\x16.switchyard.v1.Session(\x01\x12K\n" +
 	"\bTokenize\x12\x1e.switchyard.v1.TokenizeRequest\x1a\x1f.switchyard.v1.TokenizeResponse\x12Q\n" +
 	"\n" +
 	"Detokenize\x12 .switchyard.v1.DetokenizeRequest\x1a!.switchyard.v1.DetokenizeResponse\x12N\n" +
@@ -1340,7 +1464,7 @@ func file_switchyard_v1_switchyard_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_switchyard_proto_rawDescData
 }
 
-var file_switchyard_v1_switchyard_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_switchyard_v1_switchyard_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_switchyard_v1_switchyard_proto_goTypes = []any{
 	(*GenerateRequest)(nil),       // 0: switchyard.v1.GenerateRequest
 	(*ChatRequest)(nil),           // 1: switchyard.v1.ChatRequest
@@ -1351,50 +1475,56 @@ var file_switchyard_v1_switchyard_proto_goTypes = []any{
 	(*Session)(nil),               // 6: switchyard.v1.Session
 	(*GetSessionRequest)(nil),     // 7: switchyard.v1.GetSessionRequest
 	(*ForkSessionRequest)(nil),    // 8: switchyard.v1.ForkSessionRequest
-	(*DeleteSessionRequest)(nil),  // 9: switchyard.v1.DeleteSessionRequest
-	(*DeleteSessionResponse)(nil), // 10: switchyard.v1.DeleteSessionResponse
-	(*TokenizeRequest)(nil),       // 11: switchyard.v1.TokenizeRequest
-	(*TokenizeResponse)(nil),      // 12: switchyard.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),     // 13: switchyard.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),    // 14: switchyard.v1.DetokenizeResponse
-	(*ModelInfoRequest)(nil),      // 15: switchyard.v1.ModelInfoRequest
-	(*ModelInfoResponse)(nil),     // 16: switchyard.v1.ModelInfoResponse
-	(*TokenIds)(nil),              // 17: switchyard.v1.TokenIds
-	(*SamplingParams)(nil),        // 18: switchyard.v1.SamplingParams
-	(*ChatMessage)(nil),           // 19: switchyard.v1.ChatMessage
-	(FinishReason)(0),             // 20: switchyard.v1.FinishReason
-	(*Usage)(nil),                 // 21: switchyard.v1.Usage
+	(*ExportSessionRequest)(nil),  // 9: switchyard.v1.ExportSessionRequest
+	(*SessionSnapshotChunk)(nil),  // 10: switchyard.v1.SessionSnapshotChunk
+	(*DeleteSessionRequest)(nil),  // 11: switchyard.v1.DeleteSessionRequest
+	(*DeleteSessionResponse)(nil), // 12: switchyard.v1.DeleteSessionResponse
+	(*TokenizeRequest)(nil),       // 13: switchyard.v1.TokenizeRequest
+	(*TokenizeResponse)(nil),      // 14: switchyard.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),     // 15: switchyard.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),    // 16: switchyard.v1.DetokenizeResponse
+	(*ModelInfoRequest)(nil),      // 17: switchyard.v1.ModelInfoRequest
+	(*ModelInfoResponse)(nil),     // 18: switchyard.v1.ModelInfoResponse
+	(*TokenIds)(nil),              // 19: switchyard.v1.TokenIds
+	(*SamplingParams)(nil),        // 20: switchyard.v1.SamplingParams
+	(*ChatMessage)(nil),           // 21: switchyard.v1.ChatMessage
+	(FinishReason)(0),             // 22: switchyard.v1.FinishReason
+	(*Usage)(nil),                 // 23: switchyard.v1.Usage
 }
 var file_switchyard_v1_switchyard_proto_depIdxs = []int32{
-	17, // 0: switchyard.v1.GenerateRequest.token_ids:type_name -> switchyard.v1.TokenIds
-	18, // 1: switchyard.v1.GenerateRequest.sampling:type_name -> switchyard.v1.SamplingParams
-	19, // 2: switchyard.v1.ChatRequest.messages:type_name -> switchyard.v1.ChatMessage
-	18, // 3: switchyard.v1.ChatRequest.sampling:type_name -> switchyard.v1.SamplingParams
+	19, // 0: switchyard.v1.GenerateRequest.token_ids:type_name -> switchyard.v1.TokenIds
+	20, // 1: switchyard.v1.GenerateRequest.sampling:type_name -> switchyard.v1.SamplingParams
+	21, // 2: switchyard.v1.ChatRequest.messages:type_name -> switchyard.v1.ChatMessage
+	20, // 3: switchyard.v1.ChatRequest.sampling:type_name -> switchyard.v1.SamplingParams
 	3,  // 4: switchyard.v1.GenerateResponse.chunk:type_name -> switchyard.v1.TokenChunk
 	4,  // 5: switchyard.v1.GenerateResponse.final:type_name -> switchyard.v1.GenerateFinal
-	20, // 6: switchyard.v1.GenerateFinal.finish_reason:type_name -> switchyard.v1.FinishReason
-	21, // 7: switchyard.v1.GenerateFinal.usage:type_name -> switchyard.v1.Usage
-	17, // 8: switchyard.v1.CreateSessionRequest.token_ids:type_name -> switchyard.v1.TokenIds
+	22, // 6: switchyard.v1.GenerateFinal.finish_reason:type_name -> switchyard.v1.FinishReason
+	23, // 7: switchyard.v1.GenerateFinal.usage:type_name -> switchyard.v1.Usage
+	19, // 8: switchyard.v1.CreateSessionRequest.token_ids:type_name -> switchyard.v1.TokenIds
 	0,  // 9: switchyard.v1.Switchyard.Generate:input_type -> switchyard.v1.GenerateRequest
 	1,  // 10: switchyard.v1.Switchyard.Chat:input_type -> switchyard.v1.ChatRequest
 	5,  // 11: switchyard.v1.Switchyard.CreateSession:input_type -> switchyard.v1.CreateSessionRequest
 	7,  // 12: switchyard.v1.Switchyard.GetSession:input_type -> switchyard.v1.GetSessionRequest
 	8,  // 13: switchyard.v1.Switchyard.ForkSession:input_type -> switchyard.v1.ForkSessionRequest
-	9,  // 14: switchyard.v1.Switchyard.DeleteSession:input_type -> switchyard.v1.DeleteSessionRequest
-	11, // 15: switchyard.v1.Switchyard.Tokenize:input_type -> switchyard.v1.TokenizeRequest
-	13, // 16: switchyard.v1.Switchyard.Detokenize:input_type -> switchyard.v1.DetokenizeRequest
-	15, // 17: switchyard.v1.Switchyard.ModelInfo:input_type -> switchyard.v1.ModelInfoRequest
-	2,  // 18: switchyard.v1.Switchyard.Generate:output_type -> switchyard.v1.GenerateResponse
-	2,  // 19: switchyard.v1.Switchyard.Chat:output_type -> switchyard.v1.GenerateResponse
-	6,  // 20: switchyard.v1.Switchyard.CreateSession:output_type -> switchyard.v1.Session
-	6,  // 21: switchyard.v1.Switchyard.GetSession:output_type -> switchyard.v1.Session
-	6,  // 22: switchyard.v1.Switchyard.ForkSession:output_type -> switchyard.v1.Session
-	10, // 23: switchyard.v1.Switchyard.DeleteSession:output_type -> switchyard.v1.DeleteSessionResponse
-	12, // 24: switchyard.v1.Switchyard.Tokenize:output_type -> switchyard.v1.TokenizeResponse
-	14, // 25: switchyard.v1.Switchyard.Detokenize:output_type -> switchyard.v1.DetokenizeResponse
-	16, // 26: switchyard.v1.Switchyard.ModelInfo:output_type -> switchyard.v1.ModelInfoResponse
-	18, // [18:27] is the sub-list for method output_type
-	9,  // [9:18] is the sub-list for method input_type
+	11, // 14: switchyard.v1.Switchyard.DeleteSession:input_type -> switchyard.v1.DeleteSessionRequest
+	9,  // 15: switchyard.v1.Switchyard.ExportSession:input_type -> switchyard.v1.ExportSessionRequest
+	10, // 16: switchyard.v1.Switchyard.ImportSession:input_type -> switchyard.v1.SessionSnapshotChunk
+	13, // 17: switchyard.v1.Switchyard.Tokenize:input_type -> switchyard.v1.TokenizeRequest
+	15, // 18: switchyard.v1.Switchyard.Detokenize:input_type -> switchyard.v1.DetokenizeRequest
+	17, // 19: switchyard.v1.Switchyard.ModelInfo:input_type -> switchyard.v1.ModelInfoRequest
+	2,  // 20: switchyard.v1.Switchyard.Generate:output_type -> switchyard.v1.GenerateResponse
+	2,  // 21: switchyard.v1.Switchyard.Chat:output_type -> switchyard.v1.GenerateResponse
+	6,  // 22: switchyard.v1.Switchyard.CreateSession:output_type -> switchyard.v1.Session
+	6,  // 23: switchyard.v1.Switchyard.GetSession:output_type -> switchyard.v1.Session
+	6,  // 24: switchyard.v1.Switchyard.ForkSession:output_type -> switchyard.v1.Session
+	12, // 25: switchyard.v1.Switchyard.DeleteSession:output_type -> switchyard.v1.DeleteSessionResponse
+	10, // 26: switchyard.v1.Switchyard.ExportSession:output_type -> switchyard.v1.SessionSnapshotChunk
+	6,  // 27: switchyard.v1.Switchyard.ImportSession:output_type -> switchyard.v1.Session
+	14, // 28: switchyard.v1.Switchyard.Tokenize:output_type -> switchyard.v1.TokenizeResponse
+	16, // 29: switchyard.v1.Switchyard.Detokenize:output_type -> switchyard.v1.DetokenizeResponse
+	18, // 30: switchyard.v1.Switchyard.ModelInfo:output_type -> switchyard.v1.ModelInfoResponse
+	20, // [20:31] is the sub-list for method output_type
+	9,  // [9:20] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -1424,7 +1554,7 @@ func file_switchyard_v1_switchyard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_switchyard_proto_rawDesc), len(file_switchyard_v1_switchyard_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,8 @@ const (
 	Switchyard_GetSession_FullMethodName    = "/switchyard.v1.Switchyard/GetSession"
 	Switchyard_ForkSession_FullMethodName   = "/switchyard.v1.Switchyard/ForkSession"
 	Switchyard_DeleteSession_FullMethodName = "/switchyard.v1.Switchyard/DeleteSession"
+	Switchyard_ExportSession_FullMethodName = "/switchyard.v1.Switchyard/ExportSession"
+	Switchyard_ImportSession_FullMethodName = "/switchyard.v1.Switchyard/ImportSession"
 	Switchyard_Tokenize_FullMethodName      = "/switchyard.v1.Switchyard/Tokenize"
 	Switchyard_Detokenize_FullMethodName    = "/switchyard.v1.Switchyard/Detokenize"
 	Switchyard_ModelInfo_FullMethodName     = "/switchyard.v1.Switchyard/ModelInfo"
@@ -52,6 +54,17 @@ type SwitchyardClient interface {
 	ForkSession(ctx context.Context, in *ForkSessionRequest, opts ...grpc.CallOption) (*Session, error)
 	// DeleteSession frees a session's memory at once.
 	DeleteSession(ctx context.Context, in *DeleteSessionRequest, opts ...grpc.CallOption) (*DeleteSessionResponse, error)
+	// ExportSession streams a snapshot of a session: its state and its pending
+	// token, enough to continue it elsewhere. Use it to move a session to another
+	// trunk node (with ImportSession there), to drain a node without losing its
+	// conversations, or to keep a backup. The session is held while it is read
+	// (a request on it meanwhile gets FAILED_PRECONDITION) and is left unchanged.
+	ExportSession(ctx context.Context, in *ExportSessionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SessionSnapshotChunk], error)
+	// ImportSession creates a new session from a snapshot streamed by ExportSession
+	// on a node serving a model of the same shape. A snapshot from another model is
+	// refused with FAILED_PRECONDITION, a corrupt one with INVALID_ARGUMENT, one
+	// that does not fit the memory budget with RESOURCE_EXHAUSTED.
+	ImportSession(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SessionSnapshotChunk, Session], error)
 	// Tokenize returns the token ids of a text.
 	Tokenize(ctx context.Context, in *TokenizeRequest, opts ...grpc.CallOption) (*TokenizeResponse, error)
 	// Detokenize returns the text of token ids.
@@ -146,6 +159,38 @@ func (c *switchyardClient) DeleteSession(ctx context.Context, in *DeleteSessionR
 	return out, nil
 }
 
+func (c *switchyardClient) ExportSession(ctx context.Context, in *ExportSessionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SessionSnapshotChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Switchyard_ServiceDesc.Streams[2], Switchyard_ExportSession_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExportSessionRequest, SessionSnapshotChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Switchyard_ExportSessionClient = grpc.ServerStreamingClient[SessionSnapshotChunk]
+
+func (c *switchyardClient) ImportSession(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SessionSnapshotChunk, Session], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Switchyard_ServiceDesc.Streams[3], Switchyard_ImportSession_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SessionSnapshotChunk, Session]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Switchyard_ImportSessionClient = grpc.ClientStreamingClient[SessionSnapshotChunk, Session]
+
 func (c *switchyardClient) Tokenize(ctx context.Context, in *TokenizeRequest, opts ...grpc.CallOption) (*TokenizeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(TokenizeResponse)
@@ -196,6 +241,17 @@ type SwitchyardServer interface {
 	ForkSession(context.Context, *ForkSessionRequest) (*Session, error)
 	// DeleteSession frees a session's memory at once.
 	DeleteSession(context.Context, *DeleteSessionRequest) (*DeleteSessionResponse, error)
+	// ExportSession streams a snapshot of a session: its state and its pending
+	// token, enough to continue it elsewhere. Use it to move a session to another
+	// trunk node (with ImportSession there), to drain a node without losing its
+	// conversations, or to keep a backup. The session is held while it is read
+	// (a request on it meanwhile gets FAILED_PRECONDITION) and is left unchanged.
+	ExportSession(*ExportSessionRequest, grpc.ServerStreamingServer[SessionSnapshotChunk]) error
+	// ImportSession creates a new session from a snapshot streamed by ExportSession
+	// on a node serving a model of the same shape. A snapshot from another model is
+	// refused with FAILED_PRECONDITION, a corrupt one with INVALID_ARGUMENT, one
+	// that does not fit the memory budget with RESOURCE_EXHAUSTED.
+	ImportSession(grpc.ClientStreamingServer[SessionSnapshotChunk, Session]) error
 	// Tokenize returns the token ids of a text.
 	Tokenize(context.Context, *TokenizeRequest) (*TokenizeResponse, error)
 	// Detokenize returns the text of token ids.
@@ -229,6 +285,12 @@ func (UnimplementedSwitchyardServer) ForkSession(context.Context, *ForkSessionRe
 }
 func (UnimplementedSwitchyardServer) DeleteSession(context.Context, *DeleteSessionRequest) (*DeleteSessionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSession not implemented")
+}
+func (UnimplementedSwitchyardServer) ExportSession(*ExportSessionRequest, grpc.ServerStreamingServer[SessionSnapshotChunk]) error {
+	return status.Error(codes.Unimplemented, "method ExportSession not implemented")
+}
+func (UnimplementedSwitchyardServer) ImportSession(grpc.ClientStreamingServer[SessionSnapshotChunk, Session]) error {
+	return status.Error(codes.Unimplemented, "method ImportSession not implemented")
 }
 func (UnimplementedSwitchyardServer) Tokenize(context.Context, *TokenizeRequest) (*TokenizeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Tokenize not implemented")
@@ -354,6 +416,24 @@ func _Switchyard_DeleteSession_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Switchyard_ExportSession_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportSessionRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SwitchyardServer).ExportSession(m, &grpc.GenericServerStream[ExportSessionRequest, SessionSnapshotChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Switchyard_ExportSessionServer = grpc.ServerStreamingServer[SessionSnapshotChunk]
+
+func _Switchyard_ImportSession_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SwitchyardServer).ImportSession(&grpc.GenericServerStream[SessionSnapshotChunk, Session]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Switchyard_ImportSessionServer = grpc.ClientStreamingServer[SessionSnapshotChunk, Session]
+
 func _Switchyard_Tokenize_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(TokenizeRequest)
 	if err := dec(in); err != nil {
@@ -454,6 +534,16 @@ var Switchyard_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Chat",
 			Handler:       _Switchyard_Chat_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "ExportSession",
+			Handler:       _Switchyard_ExportSession_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ImportSession",
+			Handler:       _Switchyard_ImportSession_Handler,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "switchyard/v1/switchyard.proto",

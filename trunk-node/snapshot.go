@@ -1,0 +1,129 @@
+package trunknode
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+
+	"github.com/switchyard-serving/switchyard/model/config"
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+)
+
+// A session snapshot (ExportSession / ImportSession) is
+//
+//	"SYSN" | u32 version | u32 n | n pending token ids (u32) | u32 CRC32 of the above
+//	| the hybrid state encoding (which carries the model fingerprint and its own CRC)
+//
+// all little-endian.
+
+const (
+	snapMagic   = "SYSN"
+	snapVersion = 1
+	// snapChunk is the data size of one SessionSnapshotChunk.
+	snapChunk = 1 << 20
+	// maxSnapUnfed bounds the pending tokens a snapshot may carry (a session
+	// holds at most the last sampled token).
+	maxSnapUnfed = 64
+)
+
+// errSnapshot reports a malformed or corrupt snapshot.
+var errSnapshot = errors.New("bad session snapshot")
+
+func snapshotHeaderLen(unfed int) int64 { return int64(len(snapMagic) + 4 + 4 + 4*unfed + 4) }
+
+// snapshotLen is the exact size writeSnapshot produces.
+func snapshotLen(s *Session) int64 {
+	return snapshotHeaderLen(len(s.Unfed)) + s.State.EncodedLen()
+}
+
+// writeSnapshot streams a session's snapshot to w.
+func writeSnapshot(w io.Writer, s *Session, c *config.Config) error {
+	hdr := make([]byte, 0, snapshotHeaderLen(len(s.Unfed)))
+	hdr = append(hdr, snapMagic...)
+	hdr = binary.LittleEndian.AppendUint32(hdr, snapVersion)
+	hdr = binary.LittleEndian.AppendUint32(hdr, uint32(len(s.Unfed)))
+	for _, t := range s.Unfed {
+		hdr = binary.LittleEndian.AppendUint32(hdr, uint32(t))
+	}
+	hdr = binary.LittleEndian.AppendUint32(hdr, crc32.ChecksumIEEE(hdr))
+	if _, err := w.Write(hdr); err != nil {
+		return err
+	}
+	return s.State.Encode(w, c)
+}
+
+// readSnapshot parses a snapshot for a model with config c.
+func readSnapshot(b []byte, c *config.Config) (*hybrid.State, []int, error) {
+	if len(b) < int(snapshotHeaderLen(0)) || string(b[:4]) != snapMagic {
+		return nil, nil, fmt.Errorf("%w: not a switchyard session snapshot", errSnapshot)
+	}
+	if v := binary.LittleEndian.Uint32(b[4:]); v != snapVersion {
+		return nil, nil, fmt.Errorf("%w: version %d, this node reads %d", errSnapshot, v, snapVersion)
+	}
+	n := binary.LittleEndian.Uint32(b[8:])
+	if n > maxSnapUnfed || int64(len(b)) < snapshotHeaderLen(int(n)) {
+		return nil, nil, fmt.Errorf("%w: header claims %d pending tokens", errSnapshot, n)
+	}
+	hl := int(snapshotHeaderLen(int(n)))
+	if crc32.ChecksumIEEE(b[:hl-4]) != binary.LittleEndian.Uint32(b[hl-4:]) {
+		return nil, nil, fmt.Errorf("%w: header checksum mismatch (truncated or corrupt)", errSnapshot)
+	}
+	unfed := make([]int, n)
+	for i := range unfed {
+		unfed[i] = int(binary.LittleEndian.Uint32(b[12+4*i:]))
+		if unfed[i] >= c.VocabSize {
+			return nil, nil, fmt.Errorf("%w: pending token %d is outside the vocabulary (%d)", errSnapshot, unfed[i], c.VocabSize)
+		}
+	}
+	st, err := hybrid.DecodeState(b[hl:], c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, unfed, nil
+}
+
+// chunkWriter sends what is written to it as SessionSnapshotChunks of snapChunk
+// bytes; the first carries the total size and token count.
+type chunkWriter struct {
+	send  func(*pb.SessionSnapshotChunk) error
+	buf   []byte
+	first *pb.SessionSnapshotChunk // sent with the first data, then nil
+}
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), snapChunk-len(w.buf))
+		w.buf = append(w.buf, p[:k]...)
+		p = p[k:]
+		if len(w.buf) == snapChunk {
+			if err := w.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (w *chunkWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	msg := &pb.SessionSnapshotChunk{}
+	if w.first != nil {
+		msg, w.first = w.first, nil
+	}
+	msg.Data = w.buf
+	err := w.send(msg)
+	w.buf = make([]byte, 0, snapChunk) // the sent message may still reference the old buffer
+	return err
+}
+
+// maxSnapshotBytes is the largest snapshot this node accepts: a session at the
+// context limit.
+func (n *Node) maxSnapshotBytes() int64 {
+	return snapshotHeaderLen(maxSnapUnfed) + n.model.NewState().EncodedLen() + int64(n.limits.MaxContext)*n.kvPerToken
+}

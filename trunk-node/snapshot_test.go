@@ -1,0 +1,212 @@
+package trunknode
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+)
+
+// exportAll reads a whole ExportSession stream.
+func exportAll(t *testing.T, c pb.SwitchyardClient, id string) ([]*pb.SessionSnapshotChunk, error) {
+	t.Helper()
+	st, err := c.ExportSession(context.Background(), &pb.ExportSessionRequest{SessionId: id})
+	if err != nil {
+		return nil, err
+	}
+	var out []*pb.SessionSnapshotChunk
+	for {
+		m, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+}
+
+// importAll streams chunks into ImportSession.
+func importAll(t *testing.T, c pb.SwitchyardClient, chunks []*pb.SessionSnapshotChunk) (*pb.Session, error) {
+	t.Helper()
+	st, err := c.ImportSession(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range chunks {
+		if err := st.Send(m); err != nil {
+			break // the server answered early; CloseAndRecv has its status
+		}
+	}
+	return st.CloseAndRecv()
+}
+
+// TestSessionMovesBetweenNodes: a session exported from one trunk node and
+// imported into another continues exactly as it would have on the first.
+func TestSessionMovesBetweenNodes(t *testing.T) {
+	a, na := startLocal(t, nil)
+	b, nb := startLocal(t, nil)
+	ctx := context.Background()
+	tok := na.Tokenizer()
+	s, err := a.CreateSession(ctx, &pb.CreateSessionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	turn1 := tok.Encode("The keeper climbed the lighthouse", true)
+	if r := generate(t, a, &pb.GenerateRequest{SessionId: s.SessionId, Input: &pb.GenerateRequest_TokenIds{TokenIds: ids(turn1)}, MaxTokens: 5, IgnoreEos: true}); r.status != nil {
+		t.Fatal(r.status)
+	}
+	chunks, err := exportAll(t, a, s.SessionId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for _, m := range chunks {
+		total += int64(len(m.Data))
+	}
+	if len(chunks) == 0 || chunks[0].TotalBytes != total || chunks[0].Tokens == 0 {
+		t.Fatalf("%d chunks, first %d/%d tokens, %d bytes received", len(chunks), chunks[0].TotalBytes, chunks[0].Tokens, total)
+	}
+	moved, err := importAll(t, b, chunks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, err := a.GetSession(ctx, &pb.GetSessionRequest{SessionId: s.SessionId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved.Tokens != orig.Tokens || moved.StateBytes != orig.StateBytes || moved.SessionId == s.SessionId {
+		t.Fatalf("imported %+v, original %+v", moved, orig)
+	}
+	if _, _, kv := nb.Store().Usage(); kv != moved.KvBytes {
+		t.Fatalf("node B charges %d KV bytes for a session of %d", kv, moved.KvBytes)
+	}
+	turn2 := tok.Encode(" and lit the lamp", true)
+	req := func(id string) *pb.GenerateRequest {
+		return &pb.GenerateRequest{SessionId: id, Input: &pb.GenerateRequest_TokenIds{TokenIds: ids(turn2)}, MaxTokens: 8, IgnoreEos: true}
+	}
+	ra, rb := generate(t, a, req(s.SessionId)), generate(t, b, req(moved.SessionId))
+	if ra.status != nil || rb.status != nil {
+		t.Fatal(ra.status, rb.status)
+	}
+	if !slices.Equal(ra.ids, rb.ids) || rb.final.Usage.CachedTokens == 0 {
+		t.Fatalf("moved session generated %v (usage %v), original %v", rb.ids, rb.final.Usage, ra.ids)
+	}
+}
+
+func TestImportSessionRefusesBadSnapshots(t *testing.T) {
+	c, n := startLocal(t, nil)
+	ctx := context.Background()
+	s, err := c.CreateSession(ctx, &pb.CreateSessionRequest{Prompt: &pb.CreateSessionRequest_Text{Text: "Hello there, keeper"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := exportAll(t, c, s.SessionId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := good[0].Data
+	with := func(d []byte, total int64) []*pb.SessionSnapshotChunk {
+		return []*pb.SessionSnapshotChunk{{Data: d, TotalBytes: total, Tokens: good[0].Tokens}}
+	}
+	flip := func(i int) []byte {
+		d := slices.Clone(data)
+		d[i] ^= 0x40
+		return d
+	}
+	// A state with the right checksums for a model of another shape.
+	other := *n.model.Cfg
+	other.MambaDState *= 2
+	foreign := &Session{State: hybrid.NewState(&other), Unfed: []int{1}}
+	var fw chunkCollector
+	if err := writeSnapshot(&fw, foreign, &other); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		chunks []*pb.SessionSnapshotChunk
+		want   codes.Code
+	}{
+		{"empty stream", nil, codes.InvalidArgument},
+		{"no total_bytes", with(data, 0), codes.InvalidArgument},
+		{"larger than any session", with(data, 1<<40), codes.InvalidArgument},
+		{"truncated", with(data[:len(data)/2], int64(len(data))), codes.InvalidArgument},
+		{"more data than announced", with(data, int64(len(data)-1)), codes.InvalidArgument},
+		{"corrupt header", with(flip(9), int64(len(data))), codes.InvalidArgument},
+		{"corrupt state", with(flip(len(data)/2), int64(len(data))), codes.InvalidArgument},
+		{"not a snapshot", with([]byte("GIF89a, certainly not a session"), 31), codes.InvalidArgument},
+		{"another model", with(fw.b, int64(len(fw.b))), codes.FailedPrecondition},
+	}
+	held, _, _ := n.Store().Usage()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := importAll(t, c, tc.chunks)
+			if got := status.Code(err); got != tc.want {
+				t.Fatalf("got %v (%v), want %v", got, err, tc.want)
+			}
+		})
+	}
+	if now, _, _ := n.Store().Usage(); now != held {
+		t.Fatalf("%d sessions after refused imports, want %d", now, held)
+	}
+	// The good snapshot still imports, and a missing session is NotFound.
+	if _, err := importAll(t, c, good); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exportAll(t, c, "s-nope"); status.Code(err) != codes.NotFound {
+		t.Fatalf("export of a missing session: %v", err)
+	}
+	if _, err := exportAll(t, c, ""); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("export without an id: %v", err)
+	}
+}
+
+type chunkCollector struct{ b []byte }
+
+func (c *chunkCollector) Write(p []byte) (int, error) { c.b = append(c.b, p...); return len(p), nil }
+
+func TestChunkWriterSplitsAndReassembles(t *testing.T) {
+	var got []*pb.SessionSnapshotChunk
+	w := &chunkWriter{send: func(m *pb.SessionSnapshotChunk) error { got = append(got, m); return nil },
+		first: &pb.SessionSnapshotChunk{TotalBytes: 42, Tokens: 7}}
+	want := make([]byte, 2*snapChunk+12345)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	for rest := want; len(rest) > 0; { // odd-sized writes across chunk edges
+		k := min(len(rest), 300007)
+		if _, err := w.Write(rest[:k]); err != nil {
+			t.Fatal(err)
+		}
+		rest = rest[k:]
+	}
+	if err := w.flush(); err != nil {
+		t.Fatal(err)
+	}
+	var all []byte
+	for i, m := range got {
+		if (i == 0) != (m.TotalBytes == 42 && m.Tokens == 7) {
+			t.Fatalf("chunk %d carries total %d tokens %d", i, m.TotalBytes, m.Tokens)
+		}
+		if len(m.Data) > snapChunk || (i < len(got)-1 && len(m.Data) != snapChunk) {
+			t.Fatalf("chunk %d has %d bytes", i, len(m.Data))
+		}
+		all = append(all, m.Data...)
+	}
+	if len(got) != 3 || !slices.Equal(all, want) {
+		t.Fatalf("%d chunks, reassembled %d of %d bytes, equal %v", len(got), len(all), len(want), slices.Equal(all, want))
+	}
+	sendErr := errors.New("client gone")
+	w = &chunkWriter{send: func(*pb.SessionSnapshotChunk) error { return sendErr }}
+	if _, err := w.Write(want); !errors.Is(err, sendErr) {
+		t.Fatalf("write after a failed send: %v", err)
+	}
+}
