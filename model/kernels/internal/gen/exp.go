@@ -178,21 +178,7 @@ func genMax(s isa) {
 	VMAXPS(acc[1], acc[0], acc[0])
 	VMAXPS(acc[3], acc[2], acc[2])
 	VMAXPS(acc[2], acc[0], acc[0])
-	v := acc[0]
-	if s.z {
-		y := YMM()
-		VEXTRACTF64X4(U8(1), v, y)
-		VMAXPS(y, v.AsY(), y)
-		v = y
-	}
-	x := XMM()
-	VEXTRACTF128(U8(1), v.AsY(), x)
-	VMAXPS(x, v.AsX(), x)
-	t := XMM()
-	VMOVHLPS(x, x, t)
-	VMAXPS(t, x, x)
-	VMOVSHDUP(x, t)
-	VMAXSS(t, x, x)
+	x := hreduce(s, acc[0], VMAXPS, VMAXSS)
 	Store(x, ReturnIndex(0))
 	VZEROUPPER()
 	RET()

@@ -134,21 +134,25 @@ func log2(v int) int {
 }
 
 // hsum reduces v to a scalar in the low lane of the returned xmm register.
-func hsum(s isa, v VecVirtual) VecVirtual {
+func hsum(s isa, v VecVirtual) VecVirtual { return hreduce(s, v, VADDPS, VADDSS) }
+
+// hreduce folds the lanes of v with op (ps: packed, ss: scalar) into the low
+// lane of the returned xmm register.
+func hreduce(s isa, v VecVirtual, ps, ss func(...Op)) VecVirtual {
 	if s.z {
 		y := YMM()
 		VEXTRACTF64X4(U8(1), v, y)
-		VADDPS(y, v.AsY(), y)
+		ps(y, v.AsY(), y)
 		v = y
 	}
 	x := XMM()
 	VEXTRACTF128(U8(1), v.AsY(), x)
-	VADDPS(x, v.AsX(), x)
+	ps(x, v.AsX(), x)
 	t := XMM()
 	VMOVHLPS(x, x, t)
-	VADDPS(t, x, x)
+	ps(t, x, x)
 	VMOVSHDUP(x, t)
-	VADDSS(t, x, x)
+	ss(t, x, x)
 	return x
 }
 
