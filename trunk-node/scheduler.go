@@ -213,6 +213,13 @@ func (s *Scheduler) Drain() {
 	s.mu.Unlock()
 }
 
+// Draining reports whether Drain was called.
+func (s *Scheduler) Draining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
 // Load returns the running and waiting job counts.
 func (s *Scheduler) Load() (running, waiting int) {
 	s.mu.Lock()

@@ -374,6 +374,9 @@ func (a *api) ExportSession(req *pb.ExportSessionRequest, stream pb.Switchyard_E
 }
 
 func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) error {
+	if a.n.sched.Draining() { // a node going away takes no sessions (it still exports them)
+		return toStatus(ErrDraining)
+	}
 	first, err := stream.Recv()
 	if err == io.EOF {
 		return toStatus(invalid("empty stream: send the chunks of an ExportSession snapshot"))

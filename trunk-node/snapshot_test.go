@@ -167,6 +167,14 @@ func TestImportSessionRefusesBadSnapshots(t *testing.T) {
 	if _, err := exportAll(t, c, ""); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("export without an id: %v", err)
 	}
+	// A draining node still gives its sessions away but takes none.
+	n.sched.Drain()
+	if _, err := exportAll(t, c, s.SessionId); err != nil {
+		t.Fatalf("export while draining: %v", err)
+	}
+	if _, err := importAll(t, c, good); status.Code(err) != codes.Unavailable {
+		t.Fatalf("import while draining: %v", err)
+	}
 }
 
 type chunkCollector struct{ b []byte }
