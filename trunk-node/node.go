@@ -110,6 +110,7 @@ func (c *Config) Validate() error {
 
 // Node is a running trunk node.
 type Node struct {
+	imports     chan struct{} // ImportSession slots (maxConcurrentImports)
 	cfg         Config
 	model       *hybrid.Model
 	tok         *tokenizer.Tokenizer
@@ -150,7 +151,7 @@ func New(cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
-	n := &Node{cfg: cfg, model: e.Model, tok: e.Tok, limits: cfg.Limits, kvPerToken: kvPer,
+	n := &Node{imports: make(chan struct{}, maxConcurrentImports), cfg: cfg, model: e.Model, tok: e.Tok, limits: cfg.Limits, kvPerToken: kvPer,
 		metrics: newMetrics(telemetry.NewRegistry(), cfg.NodeID, cfg.ExpertDetail),
 		health:  health.NewServer(), ready: make(chan struct{})}
 	if mc := c.MaxPositionEmbed; c.UseRope() && mc > 0 && mc < n.limits.MaxContext {

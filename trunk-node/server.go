@@ -47,6 +47,9 @@ func toStatus(err error) error {
 		{ErrSessionNotFound, codes.NotFound},
 		{ErrSessionBusy, codes.FailedPrecondition},
 		{hybrid.ErrStateModel, codes.FailedPrecondition},
+		{errSnapshotUnsupported, codes.FailedPrecondition},
+		{errSnapshot, codes.InvalidArgument},
+		{ErrBusyImports, codes.ResourceExhausted},
 		{ErrMemoryFull, codes.ResourceExhausted},
 		{ErrQueueFull, codes.ResourceExhausted},
 		{ErrDraining, codes.Unavailable},
@@ -377,11 +380,22 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) error {
 	if a.n.sched.Draining() { // a node going away takes no sessions (it still exports them)
 		return toStatus(ErrDraining)
 	}
-	first, err := stream.Recv()
+	select { // each import buffers its snapshot: bound how many run at once
+	case a.n.imports <- struct{}{}:
+		defer func() { <-a.n.imports }()
+	default:
+		return toStatus(fmt.Errorf("%w: %d session imports are in progress; retry shortly", ErrBusyImports, cap(a.n.imports)))
+	}
+	chunks := recvChunks(stream)
+	first, err := nextChunk(chunks)
 	if err == io.EOF {
 		return toStatus(invalid("empty stream: send the chunks of an ExportSession snapshot"))
 	}
 	if err != nil {
+		return toStatus(err)
+	}
+	// Refuse what this node can never take before receiving the rest.
+	if err := checkSnapshotHead(first.Data, a.cfg()); err != nil {
 		return toStatus(err)
 	}
 	total, limit := first.TotalBytes, a.n.maxSnapshotBytes()
@@ -389,15 +403,22 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) error {
 	case total <= 0:
 		return toStatus(invalid("the first chunk must carry total_bytes (as ExportSession sends it)"))
 	case total > limit:
-		return toStatus(invalid("snapshot of %d bytes is larger than a session at this node's context limit (%d tokens, %d bytes)", total, a.n.limits.MaxContext, limit))
+		return toStatus(fmt.Errorf("%w: a snapshot of %d bytes is larger than a session at this node's context limit (%d tokens, %d bytes)",
+			errSnapshotUnsupported, total, a.n.limits.MaxContext, limit))
 	}
-	buf := make([]byte, 0, total)
+	if err := a.n.store.CheckRoom(total - a.n.model.NewState().EncodedLen()); err != nil {
+		return toStatus(err)
+	}
+	buf := make([]byte, 0, total) // bounded by the limit, the memory budget and the import cap
 	for msg := first; ; {
+		if len(msg.Data) > snapChunk {
+			return toStatus(invalid("a chunk of %d bytes: at most %d per chunk", len(msg.Data), snapChunk))
+		}
 		if int64(len(buf)+len(msg.Data)) > total {
 			return toStatus(invalid("snapshot data exceeds its total_bytes (%d)", total))
 		}
 		buf = append(buf, msg.Data...)
-		if msg, err = stream.Recv(); err == io.EOF {
+		if msg, err = nextChunk(chunks); err == io.EOF {
 			break
 		} else if err != nil {
 			return toStatus(err)
@@ -409,12 +430,11 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) error {
 	st, unfed, err := readSnapshot(buf, a.cfg())
 	buf = nil
 	switch {
-	case errors.Is(err, hybrid.ErrStateModel): // FailedPrecondition: the right node can take it
-		return toStatus(fmt.Errorf("the snapshot was taken on a node serving another model: %w", err))
 	case err != nil:
-		return toStatus(fmt.Errorf("%w: %w", errInvalid, err))
+		return toStatus(err)
 	case st.Pos+len(unfed) > a.n.limits.MaxContext:
-		return toStatus(invalid("the session holds %d tokens, more than this node's context limit %d", st.Pos+len(unfed), a.n.limits.MaxContext))
+		return toStatus(fmt.Errorf("%w: the session holds %d tokens, more than this node's context limit %d",
+			errSnapshotUnsupported, st.Pos+len(unfed), a.n.limits.MaxContext))
 	}
 	sess, err := a.n.store.Adopt(st, unfed)
 	if err != nil {

@@ -92,6 +92,17 @@ func (s *Store) Create(ephemeral bool) (*Session, error) {
 	return sess, nil
 }
 
+// CheckRoom reports ErrMemoryFull unless one more session holding kvBytes of KV
+// would fit now (nothing is reserved: Adopt checks again).
+func (s *Store) CheckRoom(kvBytes int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.recUsed+s.recPer > s.cfg.RecurrentBytes || s.kvUsed+max(kvBytes, 0) > s.cfg.KVBytes {
+		return fmt.Errorf("%w: no room for a session of %d KV bytes (%d of %d in use)", ErrMemoryFull, kvBytes, s.kvUsed, s.cfg.KVBytes)
+	}
+	return nil
+}
+
 // Adopt stores a session created elsewhere (a fork), charging its memory.
 func (s *Store) Adopt(st *hybrid.State, unfed []int) (*Session, error) {
 	s.mu.Lock()

@@ -1,11 +1,13 @@
 package trunknode
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"time"
 
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
@@ -29,8 +31,22 @@ const (
 	maxSnapUnfed = 64
 )
 
-// errSnapshot reports a malformed or corrupt snapshot.
-var errSnapshot = errors.New("bad session snapshot")
+var (
+	// errSnapshot reports a malformed or corrupt snapshot (InvalidArgument).
+	errSnapshot = errors.New("bad session snapshot")
+	// errSnapshotUnsupported reports a valid snapshot this node cannot take: another
+	// format version, or more tokens than its context limit (FailedPrecondition).
+	errSnapshotUnsupported = errors.New("session snapshot not supported by this node")
+	// ErrBusyImports means the node is already receiving as many snapshots as it
+	// buffers at once (ResourceExhausted).
+	ErrBusyImports = errors.New("trunknode: too many session imports in progress")
+)
+
+// importIdleTimeout is how long an import waits for its next chunk.
+var importIdleTimeout = 30 * time.Second
+
+// maxConcurrentImports bounds the snapshots a node buffers at once.
+const maxConcurrentImports = 2
 
 func snapshotHeaderLen(unfed int) int64 { return int64(len(snapMagic) + 4 + 4 + 4*unfed + 4) }
 
@@ -61,7 +77,7 @@ func readSnapshot(b []byte, c *config.Config) (*hybrid.State, []int, error) {
 		return nil, nil, fmt.Errorf("%w: not a switchyard session snapshot", errSnapshot)
 	}
 	if v := binary.LittleEndian.Uint32(b[4:]); v != snapVersion {
-		return nil, nil, fmt.Errorf("%w: version %d, this node reads %d", errSnapshot, v, snapVersion)
+		return nil, nil, fmt.Errorf("%w: format version %d, this node reads %d", errSnapshotUnsupported, v, snapVersion)
 	}
 	n := binary.LittleEndian.Uint32(b[8:])
 	if n > maxSnapUnfed || int64(len(b)) < snapshotHeaderLen(int(n)) {
@@ -80,9 +96,75 @@ func readSnapshot(b []byte, c *config.Config) (*hybrid.State, []int, error) {
 	}
 	st, err := hybrid.DecodeState(b[hl:], c)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("%w: %w", errSnapshot, err)
 	}
 	return st, unfed, nil
+}
+
+// checkSnapshotHead checks what the start of a snapshot says about the model
+// (snapshot and state format versions, model fingerprint), when b holds that much.
+func checkSnapshotHead(b []byte, c *config.Config) error {
+	if len(b) < 12 || string(b[:4]) != snapMagic {
+		return fmt.Errorf("%w: not a switchyard session snapshot", errSnapshot)
+	}
+	if v := binary.LittleEndian.Uint32(b[4:]); v != snapVersion {
+		return fmt.Errorf("%w: format version %d, this node reads %d", errSnapshotUnsupported, v, snapVersion)
+	}
+	n := binary.LittleEndian.Uint32(b[8:])
+	if n > maxSnapUnfed {
+		return fmt.Errorf("%w: header claims %d pending tokens", errSnapshot, n)
+	}
+	hl := snapshotHeaderLen(int(n))
+	if int64(len(b)) < hl+hybrid.StateHeaderLen {
+		return nil // a short first chunk: readSnapshot checks it all later
+	}
+	if err := hybrid.CheckStateHeader(b[hl:], c); err != nil {
+		return fmt.Errorf("%w: %w", errSnapshot, err)
+	}
+	return nil
+}
+
+// chunkOrErr is one Recv of an import stream.
+type chunkOrErr struct {
+	m   *pb.SessionSnapshotChunk
+	err error
+}
+
+// recvChunks receives an import stream on its own goroutine, so the handler can
+// give up on a client that stops sending (returning from the handler ends the
+// stream, which ends the goroutine's Recv). The goroutine stops after the first
+// error (io.EOF included).
+func recvChunks(stream interface {
+	Recv() (*pb.SessionSnapshotChunk, error)
+	Context() context.Context
+}) <-chan chunkOrErr {
+	ch := make(chan chunkOrErr, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			select {
+			case ch <- chunkOrErr{m, err}:
+			case <-stream.Context().Done(): // the handler returned
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// nextChunk waits importIdleTimeout for the next chunk.
+func nextChunk(ch <-chan chunkOrErr) (*pb.SessionSnapshotChunk, error) {
+	t := time.NewTimer(importIdleTimeout)
+	defer t.Stop()
+	select {
+	case c := <-ch:
+		return c.m, c.err
+	case <-t.C:
+		return nil, fmt.Errorf("%w: no snapshot data for %v", context.DeadlineExceeded, importIdleTimeout)
+	}
 }
 
 // chunkWriter sends what is written to it as SessionSnapshotChunks of snapChunk

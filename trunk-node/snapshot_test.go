@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -130,6 +132,18 @@ func TestImportSessionRefusesBadSnapshots(t *testing.T) {
 	if err := writeSnapshot(&fw, foreign, &other); err != nil {
 		t.Fatal(err)
 	}
+	// ... and one holding more tokens than this node's context limit: refused
+	// for its model from the first chunk, before its size.
+	big := &Session{State: hybrid.NewState(&other)}
+	for i := range big.State.KV {
+		kv := make([]float32, 600*other.KVDim())
+		big.State.KV[i].Append(kv, kv, 600)
+	}
+	big.State.Pos = 600
+	var bw chunkCollector
+	if err := writeSnapshot(&bw, big, &other); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name   string
 		chunks []*pb.SessionSnapshotChunk
@@ -137,13 +151,15 @@ func TestImportSessionRefusesBadSnapshots(t *testing.T) {
 	}{
 		{"empty stream", nil, codes.InvalidArgument},
 		{"no total_bytes", with(data, 0), codes.InvalidArgument},
-		{"larger than any session", with(data, 1<<40), codes.InvalidArgument},
+		{"larger than any session", with(data, 1<<40), codes.FailedPrecondition},
+		{"oversized chunk", with(append(slices.Clone(data), make([]byte, snapChunk)...), int64(len(data))), codes.InvalidArgument},
 		{"truncated", with(data[:len(data)/2], int64(len(data))), codes.InvalidArgument},
 		{"more data than announced", with(data, int64(len(data)-1)), codes.InvalidArgument},
 		{"corrupt header", with(flip(9), int64(len(data))), codes.InvalidArgument},
 		{"corrupt state", with(flip(len(data)/2), int64(len(data))), codes.InvalidArgument},
 		{"not a snapshot", with([]byte("GIF89a, certainly not a session"), 31), codes.InvalidArgument},
 		{"another model", with(fw.b, int64(len(fw.b))), codes.FailedPrecondition},
+		{"another model, long", with(bw.b[:4096], int64(len(bw.b))), codes.FailedPrecondition},
 	}
 	held, _, _ := n.Store().Usage()
 	for _, tc := range cases {
@@ -151,6 +167,9 @@ func TestImportSessionRefusesBadSnapshots(t *testing.T) {
 			_, err := importAll(t, c, tc.chunks)
 			if got := status.Code(err); got != tc.want {
 				t.Fatalf("got %v (%v), want %v", got, err, tc.want)
+			}
+			if why := map[string]string{"another model": "fingerprint", "another model, long": "fingerprint", "oversized chunk": "per chunk"}[tc.name]; why != "" && !strings.Contains(err.Error(), why) {
+				t.Fatalf("refused for another reason than %q: %v", why, err)
 			}
 		})
 	}
@@ -174,6 +193,59 @@ func TestImportSessionRefusesBadSnapshots(t *testing.T) {
 	}
 	if _, err := importAll(t, c, good); status.Code(err) != codes.Unavailable {
 		t.Fatalf("import while draining: %v", err)
+	}
+}
+
+// TestImportSessionLimits: a snapshot that does not fit the memory budget is
+// refused before it is received, and a client that stops sending is dropped.
+func TestImportSessionLimits(t *testing.T) {
+	src, _ := startLocal(t, nil)
+	ctx := context.Background()
+	s, err := src.CreateSession(ctx, &pb.CreateSessionRequest{Prompt: &pb.CreateSessionRequest_Text{Text: "a prompt long enough to hold some KV cache pages"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := exportAll(t, src, s.SessionId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, _ := startLocal(t, func(c *Config) { c.Memory.KVBytes = 1000 })
+	if _, err := importAll(t, small, snap); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("import into a full node: %v", err)
+	}
+
+	prev := importIdleTimeout
+	importIdleTimeout = 100 * time.Millisecond
+	defer func() { importIdleTimeout = prev }()
+	dst, _ := startLocal(t, nil)
+	st, err := dst.ImportSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := &pb.SessionSnapshotChunk{Data: snap[0].Data[:len(snap[0].Data)/2], TotalBytes: snap[0].TotalBytes}
+	if err := st.Send(half); err != nil {
+		t.Fatal(err)
+	}
+	// ... and then nothing: the server gives up after the idle timeout.
+	if _, err := st.CloseAndRecv(); err == nil {
+		t.Fatal("a half-sent snapshot was accepted")
+	}
+	st, err = dst.ImportSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(half); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := st.Header(); done <- err }() // returns when the server ends the call
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server kept a silent import open")
+	}
+	if _, err := st.CloseAndRecv(); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("silent import ended with %v, want DeadlineExceeded", err)
 	}
 }
 

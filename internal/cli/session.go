@@ -80,11 +80,20 @@ func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		defer closeDst()
-		s, err := moveSession(ctx, src, dst, *id)
+		s, tokens, err := moveSession(ctx, src, dst, *id)
 		if err != nil {
 			return err
 		}
 		if !*keep {
+			// A turn that ran on the source after the export would be lost: check
+			// that it still holds what was copied before deleting it.
+			now, err := src.GetSession(ctx, &pb.GetSessionRequest{SessionId: *id})
+			if err != nil {
+				return fmt.Errorf("copied to %s as %s, but could not re-check the original (kept): %w", *to, s.SessionId, err)
+			}
+			if now.Tokens != tokens {
+				return fmt.Errorf("copied to %s as %s, but the original changed meanwhile (%d -> %d tokens); both are kept", *to, s.SessionId, tokens, now.Tokens)
+			}
 			if _, err := src.DeleteSession(ctx, &pb.DeleteSessionRequest{SessionId: *id}); err != nil {
 				return fmt.Errorf("moved to %s as %s, but deleting the original failed: %w", *to, s.SessionId, err)
 			}
@@ -100,10 +109,19 @@ func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		defer done()
 		return writeFileAtomic(*out, func(w io.Writer) error {
-			return exportSession(ctx, c, *id, func(m *pb.SessionSnapshotChunk) error {
+			var got, want int64
+			err := exportSession(ctx, c, *id, func(m *pb.SessionSnapshotChunk) error {
+				if want == 0 {
+					want = m.TotalBytes
+				}
+				got += int64(len(m.Data))
 				_, err := w.Write(m.Data)
 				return err
 			})
+			if err == nil && got != want {
+				err = fmt.Errorf("export %s: received %d of %d bytes", *id, got, want)
+			}
+			return err
 		})
 	case "import":
 		if *in == "" {
@@ -122,6 +140,9 @@ func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fi, err := f.Stat()
 		if err != nil {
 			return err
+		}
+		if !fi.Mode().IsRegular() || fi.Size() == 0 {
+			return fmt.Errorf("--in %s: want a non-empty snapshot file written by 'session export'", *in)
 		}
 		s, err := importSession(ctx, c, fi.Size(), func(buf []byte) (int, error) { return io.ReadFull(f, buf) })
 		if err != nil {
@@ -158,6 +179,8 @@ func exportSession(ctx context.Context, c pb.SwitchyardClient, id string, fn fun
 // importSession streams a snapshot of total bytes, read by read in chunks, into
 // ImportSession.
 func importSession(ctx context.Context, c pb.SwitchyardClient, total int64, read func([]byte) (int, error)) (*pb.Session, error) {
+	ctx, cancel := context.WithCancel(ctx) // ends the call on a local read error
+	defer cancel()
 	st, err := c.ImportSession(ctx)
 	if err != nil {
 		return nil, err
@@ -181,28 +204,32 @@ func importSession(ctx context.Context, c pb.SwitchyardClient, total int64, read
 }
 
 // moveSession copies a session from src to dst chunk by chunk (nothing is held
-// whole in this process).
-func moveSession(ctx context.Context, src, dst pb.SwitchyardClient, id string) (*pb.Session, error) {
+// whole in this process) and returns the copy and the tokens the export held.
+func moveSession(ctx context.Context, src, dst pb.SwitchyardClient, id string) (*pb.Session, int32, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	in, err := dst.ImportSession(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
+	tokens := int32(-1)
 	err = exportSession(ctx, src, id, func(m *pb.SessionSnapshotChunk) error {
+		if tokens < 0 {
+			tokens = m.Tokens
+		}
 		if err := in.Send(m); err != nil {
 			return io.EOF // the destination refused; CloseAndRecv says why
 		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
+		return nil, 0, err
 	}
 	s, rerr := in.CloseAndRecv()
 	if rerr != nil {
-		return nil, fmt.Errorf("import into the destination: %w", rerr)
+		return nil, 0, fmt.Errorf("import into the destination: %w", rerr)
 	}
-	return s, nil
+	return s, tokens, nil
 }
 
 // writeFileAtomic writes path through a temporary file in the same folder that

@@ -15,9 +15,10 @@ import (
 // ErrState reports a session state that does not fit the model or is corrupt.
 var ErrState = errors.New("hybrid: bad session state")
 
-// ErrStateModel reports a serialized state of a model with another shape (it is
-// wrapped together with ErrState).
-var ErrStateModel = errors.New("state belongs to a model of another shape")
+// ErrStateModel reports a serialized state this model cannot take: one of a
+// model with another shape, or of another format version (it is wrapped
+// together with ErrState).
+var ErrStateModel = errors.New("state of another model shape or format version")
 
 // State is one session's memory: a fixed-size recurrent state per Mamba layer and a
 // growing KV cache per attention layer, all float32.
@@ -125,7 +126,8 @@ func Fingerprint(c *config.Config) uint32 {
 // the state's size. EncodedLen is the number of bytes it writes.
 func (s *State) Encode(w io.Writer, c *config.Config) error {
 	sum := crc32.NewIEEE()
-	bw := bufio.NewWriterSize(io.MultiWriter(w, sum), 64<<10)
+	ew := &errWriter{w: io.MultiWriter(w, sum)}
+	bw := bufio.NewWriterSize(ew, 64<<10)
 	var b8 [8]byte
 	u32 := func(v uint32) { binary.LittleEndian.PutUint32(b8[:4], v); bw.Write(b8[:4]) }
 	u64 := func(v uint64) { binary.LittleEndian.PutUint64(b8[:], v); bw.Write(b8[:]) }
@@ -151,6 +153,9 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 		for part := range 2 { // K for every token, then V
 			u64(uint64(kv.Len() * d))
 			for t := range kv.Len() {
+				if ew.err != nil { // the reader went away: stop walking the cache
+					return ew.err
+				}
 				kv.Row(t, k, v)
 				if part == 0 {
 					f32s(k)
@@ -168,6 +173,21 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 	return err
 }
 
+// errWriter remembers the first write error.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	n, err := e.w.Write(p)
+	e.err = err
+	return n, err
+}
+
 // EncodedLen is the exact size of Encode's output.
 func (s *State) EncodedLen() int64 {
 	n := int64(len(stateMagic) + 5*4 + 4) // magic, header, CRC
@@ -180,23 +200,39 @@ func (s *State) EncodedLen() int64 {
 	return n
 }
 
+// StateHeaderLen is how many leading bytes of an encoded state CheckStateHeader reads.
+const StateHeaderLen = 12
+
+// CheckStateHeader checks the start of an encoded state (its first
+// StateHeaderLen bytes: magic, version, model fingerprint) without the rest, so a
+// receiver can refuse a state of another model before taking it all.
+func CheckStateHeader(b []byte, c *config.Config) error {
+	if len(b) < StateHeaderLen || string(b[:4]) != stateMagic {
+		return fmt.Errorf("%w: not a switchyard session state", ErrState)
+	}
+	if v := binary.LittleEndian.Uint32(b[4:]); v != stateVersion {
+		return fmt.Errorf("%w: %w: version %d, this build reads %d", ErrState, ErrStateModel, v, stateVersion)
+	}
+	if fp := binary.LittleEndian.Uint32(b[8:]); fp != Fingerprint(c) {
+		return fmt.Errorf("%w: %w (fingerprint %08x, this model %08x)", ErrState, ErrStateModel, fp, Fingerprint(c))
+	}
+	return nil
+}
+
 // DecodeState reads a state written by Encode for a model with config c.
 func DecodeState(b []byte, c *config.Config) (*State, error) {
-	if len(b) < len(stateMagic)+5*4+4 || string(b[:4]) != stateMagic {
+	if len(b) < len(stateMagic)+5*4+4 {
 		return nil, fmt.Errorf("%w: not a switchyard session state", ErrState)
+	}
+	if err := CheckStateHeader(b, c); err != nil {
+		return nil, err
 	}
 	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
 	if crc32.ChecksumIEEE(body) != sum {
 		return nil, fmt.Errorf("%w: checksum mismatch (truncated or corrupt)", ErrState)
 	}
-	r := body[4:]
+	r := body[12:]
 	u32 := func() uint32 { v := binary.LittleEndian.Uint32(r); r = r[4:]; return v }
-	if v := u32(); v != stateVersion {
-		return nil, fmt.Errorf("%w: version %d, want %d", ErrState, v, stateVersion)
-	}
-	if fp := u32(); fp != Fingerprint(c) {
-		return nil, fmt.Errorf("%w: %w (fingerprint %08x, this model %08x)", ErrState, ErrStateModel, fp, Fingerprint(c))
-	}
 	s := NewState(c)
 	s.Pos = int(u32())
 	nm, na := int(u32()), int(u32())

@@ -821,7 +821,8 @@ func (x *ExportSessionRequest) GetSessionId() string {
 // model's shape, so it is only accepted by a compatible node.
 type SessionSnapshotChunk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// data is the next bytes of the snapshot (at most 1 MiB per chunk).
+	// data is the next bytes of the snapshot: at most 1 MiB (1048576 bytes) per
+	// chunk, larger chunks are refused.
 	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
 	// total_bytes is the size of the whole snapshot. Set on the first chunk only;
 	// the importer checks it against its limits before receiving the rest.

@@ -58,12 +58,19 @@ type SwitchyardClient interface {
 	// token, enough to continue it elsewhere. Use it to move a session to another
 	// trunk node (with ImportSession there), to drain a node without losing its
 	// conversations, or to keep a backup. The session is held while it is read
-	// (a request on it meanwhile gets FAILED_PRECONDITION) and is left unchanged.
+	// (a request on it meanwhile gets FAILED_PRECONDITION) and is left unchanged;
+	// read the stream promptly and set a deadline, as the hold lasts until the
+	// stream ends.
 	ExportSession(ctx context.Context, in *ExportSessionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SessionSnapshotChunk], error)
 	// ImportSession creates a new session from a snapshot streamed by ExportSession
-	// on a node serving a model of the same shape. A snapshot from another model is
-	// refused with FAILED_PRECONDITION, a corrupt one with INVALID_ARGUMENT, one
-	// that does not fit the memory budget with RESOURCE_EXHAUSTED.
+	// on a node serving a model of the same shape. A snapshot from another model,
+	// another format version or with more tokens than the node's context limit is
+	// refused with FAILED_PRECONDITION (from its first chunk where it can be), a
+	// corrupt one with INVALID_ARGUMENT, one that does not fit the memory budget
+	// (checked before the data is received) or arriving while the node already
+	// receives as many imports as it buffers with RESOURCE_EXHAUSTED, any import
+	// on a draining node with UNAVAILABLE, and a stream that stops sending for 30 s
+	// with DEADLINE_EXCEEDED.
 	ImportSession(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SessionSnapshotChunk, Session], error)
 	// Tokenize returns the token ids of a text.
 	Tokenize(ctx context.Context, in *TokenizeRequest, opts ...grpc.CallOption) (*TokenizeResponse, error)
@@ -245,12 +252,19 @@ type SwitchyardServer interface {
 	// token, enough to continue it elsewhere. Use it to move a session to another
 	// trunk node (with ImportSession there), to drain a node without losing its
 	// conversations, or to keep a backup. The session is held while it is read
-	// (a request on it meanwhile gets FAILED_PRECONDITION) and is left unchanged.
+	// (a request on it meanwhile gets FAILED_PRECONDITION) and is left unchanged;
+	// read the stream promptly and set a deadline, as the hold lasts until the
+	// stream ends.
 	ExportSession(*ExportSessionRequest, grpc.ServerStreamingServer[SessionSnapshotChunk]) error
 	// ImportSession creates a new session from a snapshot streamed by ExportSession
-	// on a node serving a model of the same shape. A snapshot from another model is
-	// refused with FAILED_PRECONDITION, a corrupt one with INVALID_ARGUMENT, one
-	// that does not fit the memory budget with RESOURCE_EXHAUSTED.
+	// on a node serving a model of the same shape. A snapshot from another model,
+	// another format version or with more tokens than the node's context limit is
+	// refused with FAILED_PRECONDITION (from its first chunk where it can be), a
+	// corrupt one with INVALID_ARGUMENT, one that does not fit the memory budget
+	// (checked before the data is received) or arriving while the node already
+	// receives as many imports as it buffers with RESOURCE_EXHAUSTED, any import
+	// on a draining node with UNAVAILABLE, and a stream that stops sending for 30 s
+	// with DEADLINE_EXCEEDED.
 	ImportSession(grpc.ClientStreamingServer[SessionSnapshotChunk, Session]) error
 	// Tokenize returns the token ids of a text.
 	Tokenize(context.Context, *TokenizeRequest) (*TokenizeResponse, error)
