@@ -48,6 +48,8 @@ for L in $CONTEXTS; do
     # The metrics address is the only other listening socket of the process.
     maddr=$(ss -ltnp 2>/dev/null | grep "pid=$pid," | awk '{print $4}' | grep -v "$addr" | head -1)
     echo "$(date +%T) $kind at $L tokens, $M sessions" >&2
+    twin=""; [ "$TWIN_MAX" != 999999999 ] && twin="TWIN_MAX=$TWIN_MAX "
+    echo "${twin}bash scripts/memory-experiment.sh \"$CONTEXTS\" $M" > "$OUT/$kind-$L.cmd"
     "$BIN" loadtest --addr "$addr" --concurrency "$M" --requests "$M" --turns 1 --hold-sessions \
       --prompt-tokens "$L" --output-tokens 1 --timeout 4h --drain-timeout 4h --metrics "http://$maddr/metrics" \
       --json "$OUT/$kind-$L.json" --quiet >/dev/null
@@ -84,7 +86,13 @@ hyb = data[("hybrid", measured("hybrid")[0])]
 att = data[("attention", measured("attention")[-1])]
 page = 256  # hybrid.PageTokens: KV is held in whole pages
 pages = lambda L: math.ceil(L / page) * page
-lines = ["Measured with `bash scripts/memory-experiment.sh` (see the script for the exact runs): "
+cmds = []
+for (kind, L) in sorted(data, key=lambda k: k[1]):
+    f = f"{out}/{kind}-{L}.cmd"
+    c = open(f).read().strip() if os.path.exists(f) else "bash scripts/memory-experiment.sh"
+    if c not in cmds:
+        cmds.append(c)
+lines = ["Measured with " + ", then ".join(f"`{c}`" for c in cmds) + ": "
          "H-Tiny widths, 10 layers (hybrid: 9 Mamba-2 + 1 attention, the real 9:1 ratio; twin: 10 attention), state in float32, "
          "each session prefilled to the context and holding it. State bytes are the server's (GetSession: recurrent state plus "
          "the KV pages in use); RSS is the trunk's anonymous resident memory with all sessions held (session state plus compute "
