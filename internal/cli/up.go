@@ -42,6 +42,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	listen := fs.String("listen", "127.0.0.1:0", "public API address")
 	model := fs.String("model", "", "model: Hugging Face folder or .gguf (default: the built-in tiny model)")
 	experts := fs.Int("experts", 2, "number of expert nodes")
+	trunks := fs.Int("trunks", 1, "number of trunk nodes (they share the expert nodes; the first listens on --listen)")
 	data := fs.String("data-dir", "", "etcd data folder (default: temporary)")
 	maxRunning := fs.Int("max-running", 64, "sessions advanced together per step")
 	metrics := fs.String("metrics-addr", "127.0.0.1:0", "trunk /metrics address")
@@ -55,7 +56,10 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		*model = p
 	}
-	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: *model, ExpertNodes: *experts, Listen: *listen, DataDir: *data,
+	if *trunks < 1 {
+		return fmt.Errorf("--trunks must be at least 1")
+	}
+	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: *model, ExpertNodes: *experts, Trunks: *trunks, Listen: *listen, DataDir: *data,
 		Trunk: func(tc *trunknode.Config) { tc.Sched.MaxRunning = *maxRunning; tc.MetricsAddr = *metrics }})
 	if err != nil {
 		return err
@@ -63,6 +67,9 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer c.Close()
 	fmt.Fprintf(stdout, "switchyard cluster ready: public API on %s (trunk %s, %d expert nodes, etcd %s)\n",
 		c.Endpoint, "trunk-0", len(c.ExpertIDs()), c.Etcd.Endpoints[0])
+	for i, ep := range c.Endpoints[1:] {
+		fmt.Fprintf(stdout, "trunk-%d: public API on %s\n", i+1, ep)
+	}
 	fmt.Fprintf(stdout, "metrics: http://%s/metrics\n", c.Trunk.MetricsAddr())
 	fmt.Fprintf(stdout, "try:\n  switchyard generate --addr %s --prompt \"Hello\" --greedy --max-tokens 16\n", c.Endpoint)
 	fmt.Fprintf(stdout, "  grpcurl -plaintext -d '{\"text\":\"Hello\",\"max_tokens\":16}' %s switchyard.v1.Switchyard/Generate\n", c.Endpoint)

@@ -1,5 +1,5 @@
 // Package localcluster starts a whole Switchyard cluster inside one process on
-// loopback: an embedded etcd, the coordinator, N expert nodes and a trunk node,
+// loopback: an embedded etcd, the coordinator, N expert nodes and trunk nodes,
 // each on its own real gRPC listener. `switchyard up` runs it, and the integration
 // tests use it as their multi-node harness (with fault injection: kill or restart
 // an expert node).
@@ -34,7 +34,10 @@ type Options struct {
 	ExpertNodes int    // default 2
 	Listen      string // public API address (default 127.0.0.1:0)
 	DataDir     string // etcd data (default: a temporary folder removed on Close)
-	// Trunk adjusts the trunk's configuration before it starts.
+	// Trunks is the number of trunk nodes (default 1); they share the expert nodes.
+	Trunks int
+	// Trunk adjusts each trunk's configuration before it starts (trunks after the
+	// first serve metrics on a free port when MetricsAddr is set).
 	Trunk func(*trunknode.Config)
 	// ExpertMetrics serves each expert node's /metrics on a free loopback port.
 	ExpertMetrics bool
@@ -48,9 +51,12 @@ type Options struct {
 
 // Cluster is a running local cluster.
 type Cluster struct {
-	Endpoint string // public gRPC address
+	Endpoint string // public gRPC address of the first trunk
 	Etcd     *embedetcd.Server
-	Trunk    *trunknode.Node
+	Trunk    *trunknode.Node // the first trunk
+	// Endpoints and Trunks list every trunk node (Endpoint and Trunk are the first).
+	Endpoints []string
+	Trunks    []*trunknode.Node
 
 	opts    Options
 	cfg     *config.Config
@@ -116,17 +122,27 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		c.gossip = &membership.Config{SecretKey: key}
 	}
 
-	tcfg := trunknode.DefaultConfig()
-	tcfg.NodeID = "trunk-0"
-	tcfg.ModelPath = o.ModelPath
-	tcfg.Etcd = c.Etcd.Endpoints
-	tcfg.Gossip = c.gossip
-	if o.Trunk != nil {
-		o.Trunk(&tcfg)
+	nTrunks := max(o.Trunks, 1)
+	var tcfg trunknode.Config
+	for i := range nTrunks {
+		tcfg = trunknode.DefaultConfig()
+		tcfg.NodeID = fmt.Sprintf("trunk-%d", i)
+		tcfg.ModelPath = o.ModelPath
+		tcfg.Etcd = c.Etcd.Endpoints
+		tcfg.Gossip = c.gossip
+		if o.Trunk != nil {
+			o.Trunk(&tcfg)
+		}
+		if i > 0 && tcfg.MetricsAddr != "" {
+			tcfg.MetricsAddr = "127.0.0.1:0"
+		}
+		t, err := trunknode.New(tcfg)
+		if err != nil {
+			return nil, err
+		}
+		c.Trunks = append(c.Trunks, t)
 	}
-	if c.Trunk, err = trunknode.New(tcfg); err != nil {
-		return nil, err
-	}
+	c.Trunk = c.Trunks[0]
 	c.cfg = c.Trunk.Model().Cfg
 	if c.cfg.IsMoE() && !tcfg.LocalExperts {
 		if o.Coordinators == 0 {
@@ -142,18 +158,25 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 			}
 		}
 	}
-	lis, err := net.Listen("tcp", o.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("localcluster: listen %s: %w", o.Listen, err)
-	}
-	c.Endpoint = lis.Addr().String()
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		if err := c.Trunk.Serve(runCtx, lis); err != nil {
-			c.errs <- fmt.Errorf("trunk: %w", err)
+	for i, t := range c.Trunks {
+		addr := "127.0.0.1:0"
+		if i == 0 {
+			addr = o.Listen
 		}
-	}()
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("localcluster: listen %s: %w", addr, err)
+		}
+		c.Endpoints = append(c.Endpoints, lis.Addr().String())
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if err := t.Serve(runCtx, lis); err != nil {
+				c.errs <- fmt.Errorf("trunk-%d: %w", i, err)
+			}
+		}()
+	}
+	c.Endpoint = c.Endpoints[0]
 	if err := c.WaitReady(ctx, 60*time.Second); err != nil {
 		return nil, err
 	}
@@ -310,11 +333,13 @@ func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
 			return err
 		default:
 		}
-		ready := false
-		select {
-		case <-c.Trunk.Ready():
-			ready = true
-		default:
+		ready := true
+		for _, t := range c.Trunks {
+			select {
+			case <-t.Ready():
+			default:
+				ready = false
+			}
 		}
 		c.mu.Lock()
 		for _, e := range c.experts {
