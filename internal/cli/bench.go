@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -29,8 +30,20 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	prompt := fs.Int("prompt", 512, "prefill prompt length")
 	steps := fs.Int("steps", 8, "decode steps per measurement")
 	reps := fs.Int("reps", 3, "repetitions (the median is reported)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file (go tool pprof)")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if *model == "" {
 		return fmt.Errorf("--model is required")
