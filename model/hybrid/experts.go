@@ -129,9 +129,7 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 		scr.up = grow(scr.up, m*inter)
 		kernels.MatMul(scr.gate, ew.Gate, scr.gather, m)
 		kernels.MatMul(scr.up, ew.Up, scr.gather, m)
-		for i := range scr.gate {
-			scr.gate[i] = kernels.SiLU(scr.gate[i]) * scr.up[i]
-		}
+		kernels.SiLUMul(scr.gate, scr.gate, scr.up)
 		scr.down = grow(scr.down, m*h)
 		kernels.MatMul(scr.down, ew.Down, scr.gate, m)
 		for j, slot := range order[lo:hi] {

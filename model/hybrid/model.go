@@ -312,8 +312,9 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 				for k := range K {
 					acc += wr[k] * ext[(t+k)*cd+ch]
 				}
-				out[ch] = kernels.SiLU(acc)
+				out[ch] = acc
 			}
+			kernels.SiLUMul(out, out, nil)
 		}
 		copy(conv, ext[T*cd:(T+K-1)*cd])
 		// dt = softplus(dt_raw + dt_bias), per token and head.
@@ -350,9 +351,7 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 		for t := range T {
 			yt := y[t*din : (t+1)*din]
 			z := sc.proj[(r+t)*ip : (r+t)*ip+din]
-			for i := range yt {
-				yt[i] *= kernels.SiLU(z[i])
-			}
+			kernels.SiLUMul(yt, z, yt)
 			for g := range G {
 				kernels.RMSNorm(yt[g*gs:(g+1)*gs], yt[g*gs:(g+1)*gs], w.Norm[g*gs:(g+1)*gs], c.RMSNormEps)
 			}
@@ -416,9 +415,7 @@ func (m *Model) ffn(sc *scratch, bt baton, li int, lw *LayerWeights, N int) erro
 	sc.sharedU = grow(sc.sharedU, N*S)
 	kernels.MatMul(sc.sharedG, sh.Gate, x, N)
 	kernels.MatMul(sc.sharedU, sh.Up, x, N)
-	for i := range sc.sharedG {
-		sc.sharedG[i] = kernels.SiLU(sc.sharedG[i]) * sc.sharedU[i]
-	}
+	kernels.SiLUMul(sc.sharedG, sc.sharedG, sc.sharedU)
 	kernels.MatMul(sc.f, sh.Down, sc.sharedG, N)
 	if pend != nil {
 		bt.release() // let the other micro-batch compute while the experts run

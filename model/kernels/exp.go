@@ -111,3 +111,45 @@ func MaxRef(x []float32) float32 {
 	}
 	return m
 }
+
+// SiLUMul sets dst[i] = silu(g[i])·u[i] = g[i]/(1+e^-g[i])·u[i] (the gated
+// activation of the feed-forward and Mamba blocks), with the vectorised exp.
+// u may be nil (dst[i] = silu(g[i])); dst may alias g or u. SiLUMulRef is its
+// plain twin.
+func SiLUMul(dst, g, u []float32) {
+	if KernelLevel() == LevelRef {
+		SiLUMulRef(dst, g, u)
+		return
+	}
+	var e [512]float32
+	for off := 0; off < len(g); off += len(e) {
+		n := min(len(e), len(g)-off)
+		gs := g[off : off+n]
+		for i, v := range gs {
+			e[i] = -v
+		}
+		ExpShift(e[:n], 0)
+		d := dst[off : off+n]
+		if u == nil {
+			for i, v := range gs {
+				d[i] = v / (1 + e[i])
+			}
+			continue
+		}
+		us := u[off : off+n]
+		for i, v := range gs {
+			d[i] = v / (1 + e[i]) * us[i]
+		}
+	}
+}
+
+// SiLUMulRef is the reference twin of SiLUMul.
+func SiLUMulRef(dst, g, u []float32) {
+	for i, v := range g {
+		s := SiLU(v)
+		if u != nil {
+			s *= u[i]
+		}
+		dst[i] = s
+	}
+}

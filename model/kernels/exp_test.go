@@ -181,3 +181,45 @@ func TestMaxLevels(t *testing.T) {
 		}
 	}
 }
+
+func TestSiLUMulLevels(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	prev := KernelLevel()
+	defer SetKernelLevel(prev)
+	for _, l := range SupportedLevels() {
+		if _, err := SetKernelLevel(l); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []int{0, 1, 15, 16, 17, 511, 512, 513, 1500} {
+			g, u := make([]float32, n), make([]float32, n)
+			for i := range g {
+				g[i] = float32(rng.NormFloat64() * 8)
+				u[i] = float32(rng.NormFloat64())
+			}
+			if n > 4 {
+				g[0], g[1], g[2] = 100, -100, 0 // saturated both ways, and zero
+			}
+			for _, withU := range []bool{true, false} {
+				uu := u
+				if !withU {
+					uu = nil
+				}
+				got, want := make([]float32, n), make([]float32, n)
+				SiLUMul(got, g, uu)
+				SiLUMulRef(want, g, uu)
+				for i := range got {
+					if d := math.Abs(float64(got[i] - want[i])); d > 1e-6*math.Abs(float64(want[i]))+1e-30 {
+						t.Fatalf("level %v n %d u %v: silu(%v) = %v, want %v", l, n, withU, g[i], got[i], want[i])
+					}
+				}
+				inPlace := append([]float32(nil), g...) // dst aliasing g
+				SiLUMul(inPlace, inPlace, uu)
+				for i := range inPlace {
+					if inPlace[i] != got[i] {
+						t.Fatalf("level %v: in place %v, out of place %v", l, inPlace[i], got[i])
+					}
+				}
+			}
+		}
+	}
+}
