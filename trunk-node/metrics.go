@@ -2,6 +2,7 @@ package trunknode
 
 import (
 	"context"
+	"google.golang.org/grpc/status"
 	"os"
 	"strconv"
 	"strings"
@@ -33,6 +34,8 @@ type metrics struct {
 	rss                   *prometheus.GaugeVec
 	replicas              prometheus.Gauge
 	imbalance             *prometheus.GaugeVec
+	transfers             *prometheus.CounterVec // session snapshots by direction and result
+	transferBytes         *prometheus.CounterVec
 
 	mu       sync.Mutex
 	steps    uint64
@@ -72,6 +75,10 @@ func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metri
 		replicas:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_expert_replicas", Help: "Expert replicas in the routing table in use.", ConstLabels: cl}),
 		imbalance: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_placement_imbalance", Help: "Max/mean expert-node load: predicted by the placement, observed by this trunk.", ConstLabels: cl},
 			[]string{"kind"}),
+		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_session_transfers_total",
+			Help: "Session snapshots sent (export) and received (import), by gRPC result code.", ConstLabels: cl}, []string{"direction", "code"}),
+		transferBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_session_transfer_bytes_total",
+			Help: "Bytes of session snapshots that were fully sent (export) or taken (import).", ConstLabels: cl}, []string{"direction"}),
 	}
 	for _, k := range []string{"recurrent", "kv"} {
 		m.stateBytes.WithLabelValues(k).Set(0)
@@ -84,7 +91,8 @@ func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metri
 		reg.MustRegister(m.detail)
 	}
 	reg.MustRegister(m.ttft, m.itl, m.e2e, m.queue, m.genTokens, m.promptTok, m.requests, m.sessions, m.stateBytes,
-		m.stepSec, m.stepRows, m.rtt, m.dRows, m.dRetries, m.dBytes, m.activations, m.tableVersion, m.replicas, m.imbalance, m.rss)
+		m.stepSec, m.stepRows, m.rtt, m.dRows, m.dRetries, m.dBytes, m.activations, m.tableVersion, m.replicas, m.imbalance, m.rss,
+		m.transfers, m.transferBytes)
 	return m
 }
 
@@ -180,4 +188,12 @@ func residentBytes() (anon, file int64) {
 		}
 	}
 	return anon, file
+}
+
+// transfer records one ExportSession or ImportSession call.
+func (m *metrics) transfer(direction string, err error, bytes int64) {
+	m.transfers.WithLabelValues(direction, status.Code(err).String()).Inc()
+	if err == nil {
+		m.transferBytes.WithLabelValues(direction).Add(float64(bytes))
+	}
 }

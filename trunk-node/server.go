@@ -355,7 +355,9 @@ func (a *api) ForkSession(ctx context.Context, req *pb.ForkSessionRequest) (*pb.
 	return a.sessionMsg(f), nil
 }
 
-func (a *api) ExportSession(req *pb.ExportSessionRequest, stream pb.Switchyard_ExportSessionServer) error {
+func (a *api) ExportSession(req *pb.ExportSessionRequest, stream pb.Switchyard_ExportSessionServer) (err error) {
+	var sent int64
+	defer func() { a.n.metrics.transfer("export", err, sent) }()
 	if req.SessionId == "" {
 		return toStatus(invalid("session_id is required"))
 	}
@@ -373,10 +375,16 @@ func (a *api) ExportSession(req *pb.ExportSessionRequest, stream pb.Switchyard_E
 	if err := writeSnapshot(w, s, a.cfg()); err != nil {
 		return toStatus(fmt.Errorf("export %s: %w", s.ID, err))
 	}
-	return toStatus(w.flush())
+	if err := w.flush(); err != nil {
+		return toStatus(err)
+	}
+	sent = snapshotLen(s)
+	return nil
 }
 
-func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) error {
+func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) (err error) {
+	var taken int64
+	defer func() { a.n.metrics.transfer("import", err, taken) }()
 	if a.n.sched.Draining() { // a node going away takes no sessions (it still exports them)
 		return toStatus(ErrDraining)
 	}
@@ -440,6 +448,7 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) error {
 	if err != nil {
 		return toStatus(err)
 	}
+	taken = total
 	return stream.SendAndClose(a.sessionMsg(sess))
 }
 

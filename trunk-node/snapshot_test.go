@@ -102,6 +102,41 @@ func TestSessionMovesBetweenNodes(t *testing.T) {
 	if !slices.Equal(ra.ids, rb.ids) || rb.final.Usage.CachedTokens == 0 {
 		t.Fatalf("moved session generated %v (usage %v), original %v", rb.ids, rb.final.Usage, ra.ids)
 	}
+	// Both nodes counted the transfer and its bytes.
+	for _, c := range []struct {
+		n         *Node
+		direction string
+	}{{na, "export"}, {nb, "import"}} {
+		got := counter(t, c.n, "switchyard_session_transfers_total", map[string]string{"direction": c.direction, "code": "OK"})
+		bytes := counter(t, c.n, "switchyard_session_transfer_bytes_total", map[string]string{"direction": c.direction})
+		if got != 1 || bytes != float64(total) {
+			t.Errorf("%s: %v transfers, %v bytes; want 1 and %d", c.direction, got, bytes, total)
+		}
+	}
+}
+
+// counter reads one counter of a node's registry (0 when absent).
+func counter(t *testing.T, n *Node, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := n.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+					continue next
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
 }
 
 func TestImportSessionRefusesBadSnapshots(t *testing.T) {
@@ -175,6 +210,9 @@ func TestImportSessionRefusesBadSnapshots(t *testing.T) {
 	}
 	if now, _, _ := n.Store().Usage(); now != held {
 		t.Fatalf("%d sessions after refused imports, want %d", now, held)
+	}
+	if got := counter(t, n, "switchyard_session_transfers_total", map[string]string{"direction": "import", "code": "FailedPrecondition"}); got != 3 {
+		t.Fatalf("%v imports counted as FailedPrecondition, want 3", got)
 	}
 	// The good snapshot still imports, and a missing session is NotFound.
 	if _, err := importAll(t, c, good); err != nil {
