@@ -275,9 +275,9 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 			}()
 			go func() { defer wg.Done(); n.watchGossip(runCtx, m) }()
 		}
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		reg, err = cluster.Register(rctx, cli, info, n.cfg.LeaseTTL)
-		cancel()
+		// The registration lives as long as the node: its keepalive stops with
+		// runCtx (a shorter context would let the lease expire after LeaseTTL).
+		reg, err = cluster.Register(runCtx, cli, info, n.cfg.LeaseTTL)
 		if err != nil {
 			stopRun()
 			wg.Wait()

@@ -79,7 +79,8 @@ type Registration struct {
 }
 
 // Register writes n under its role with a lease of ttl seconds and keeps the lease
-// alive until ctx ends or Close is called. If the lease is lost (etcd partition
+// alive until ctx ends or Close is called, so ctx must live as long as the node
+// (each attempt to write the registration is bounded by its own timeout). If the lease is lost (etcd partition
 // longer than the TTL), it re-registers when etcd is reachable again.
 func Register(ctx context.Context, cli *clientv3.Client, n NodeInfo, ttl int64) (*Registration, error) {
 	if n.ID == "" || n.Role == "" {
@@ -90,12 +91,16 @@ func Register(ctx context.Context, cli *clientv3.Client, n NodeInfo, ttl int64) 
 	}
 	b, _ := json.Marshal(n)
 	key := NodesPrefix + n.Role + "/" + n.ID
+	// grant registers once: the grant and the write are bounded by a timeout,
+	// the keepalive lives as long as ctx (the registration's lifetime).
 	grant := func(ctx context.Context) (clientv3.LeaseID, <-chan *clientv3.LeaseKeepAliveResponse, error) {
-		l, err := cli.Grant(ctx, ttl)
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		l, err := cli.Grant(wctx, ttl)
 		if err != nil {
 			return 0, nil, err
 		}
-		if _, err := cli.Put(ctx, key, string(b), clientv3.WithLease(l.ID)); err != nil {
+		if _, err := cli.Put(wctx, key, string(b), clientv3.WithLease(l.ID)); err != nil {
 			return 0, nil, err
 		}
 		ka, err := cli.KeepAlive(ctx, l.ID)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/switchyard-serving/switchyard/internal/cluster"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
@@ -28,7 +29,7 @@ func TestTwoTrunksShareExperts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	c, err := Start(ctx, Options{ModelPath: filepath.Join(fixtureDir(t), "hf"), ExpertNodes: 2, Trunks: 2,
-		Trunk: func(tc *trunknode.Config) { tc.Dispatch.WireDType = pb.WireDType_WIRE_DTYPE_F32 }})
+		Trunk: func(tc *trunknode.Config) { tc.Dispatch.WireDType = pb.WireDType_WIRE_DTYPE_F32; tc.LeaseTTL = 1 }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +74,19 @@ func TestTwoTrunksShareExperts(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+
+	// Both trunks stay registered in etcd well past their lease TTL (etcd grants
+	// at least ~2 s here): the registration's keepalive lives as long as the node.
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); {
+		if ns, err := cluster.ListNodes(ctx, c.Client(), cluster.RoleTrunk); err != nil || len(ns) != 2 {
+			t.Fatalf("registered trunks: %v (%v)", ns, err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 
 	// Move a session from trunk 0 to trunk 1.
