@@ -34,13 +34,6 @@ type attnScratch struct {
 	sum              []float64
 }
 
-func growF64(b []float64, n int) []float64 {
-	if cap(b) < n {
-		return make([]float64, n)
-	}
-	return b[:n]
-}
-
 // attention runs attention layer ai over the batch: reads sc.u, writes sc.mix.
 func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N int) error {
 	c := m.Cfg
@@ -135,7 +128,7 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 	ws.o = grow(ws.o, nb*hd)
 	ws.tmp = grow(ws.tmp, nb*hd)
 	ws.mx = grow(ws.mx, nb)
-	ws.sum = growF64(ws.sum, nb)
+	ws.sum = grow(ws.sum, nb)
 	o := ws.o[:nb*hd]
 	for p := range np {
 		kernels.MatMulSerial(sc, t.kv.keys(p, kh), ws.q, nb)

@@ -69,9 +69,10 @@ type ExpertScratch struct {
 	down   []float32
 }
 
-func grow(b []float32, n int) []float32 {
+// grow returns b resliced to n values, reallocated when its capacity is short.
+func grow[T any](b []T, n int) []T {
 	if cap(b) < n {
-		return make([]float32, n)
+		return make([]T, n)
 	}
 	return b[:n]
 }
