@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -268,7 +269,7 @@ func (l *leader) round(ctx context.Context) error {
 	addr := map[string]string{}
 	for _, n := range experts {
 		alive := !dead[n.ID]
-		snap.Nodes = append(snap.Nodes, placement.Node{ID: n.ID, Alive: alive, Capacity: slots})
+		snap.Nodes = append(snap.Nodes, placement.Node{ID: n.ID, Alive: alive, Capacity: nodeSlots(n, slots)})
 		if alive {
 			addr[n.ID] = n.Addr
 		}
@@ -431,4 +432,13 @@ func sameRouting(a, b *routing.Table) bool {
 		}
 	}
 	return true
+}
+
+// nodeSlots is a node's capacity: the cluster-wide slots, or fewer where the
+// node reports its own (a GPU node's memory budget, cluster.SlotsMetaKey).
+func nodeSlots(n cluster.NodeInfo, slots int) int {
+	if s, err := strconv.Atoi(n.Meta[cluster.SlotsMetaKey]); err == nil && s > 0 && s < slots {
+		return s
+	}
+	return slots
 }

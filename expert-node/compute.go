@@ -5,6 +5,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/switchyard-serving/switchyard/internal/gpu/moe"
 	"github.com/switchyard-serving/switchyard/internal/wire"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
@@ -118,7 +119,16 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 		off += r
 	}
 	req := hybrid.ExpertRequest{Layer: g.layer, Rows: R, Hidden: H, TopK: K, X: rs.x, Experts: rs.ids, Weights: rs.w, Out: rs.out}
-	if err := hybrid.ComputeExperts(sh.model.W.Layers[g.layer].Experts, &req, &rs.scr); err != nil {
+	var err error
+	if n.gpu != nil {
+		var t moe.Timing
+		if t, err = n.gpu.experts.Compute(&req); err == nil {
+			n.gpu.observeRound(g.layer, t)
+		}
+	} else {
+		err = hybrid.ComputeExperts(sh.model.W.Layers[g.layer].Experts, &req, &rs.scr)
+	}
+	if err != nil {
 		err = fmt.Errorf("expertnode: compute layer %d: %w", g.layer, err)
 		for _, j := range g.jobs {
 			j.fail(err)

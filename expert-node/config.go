@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
 	"math"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -41,6 +43,21 @@ type Config struct {
 	Tracing *telemetry.Tracing
 	// Registry receives the node's metrics (nil: a private registry).
 	Registry *prometheus.Registry
+
+	// Device is where routed experts are computed: "cpu" (the default), "cuda"
+	// or "cuda:N" (GPU N, through the CUDA driver and cuBLAS; needs a binary
+	// built with -tags cuda), or "fake" (the CUDA path on an in-memory emulated
+	// GPU that runs the kernels' Go twins: for tests, slow). One GPU per node:
+	// run one expert node per GPU.
+	Device string
+	// GPUMemory is the device memory the node may use for experts and scratch:
+	// a fraction of the GPU's total memory ("0.9") or a size ("40GiB", "512MiB",
+	// bytes). Empty: 0.9 of the memory free at start. Ignored on the CPU.
+	GPUMemory string
+	// GPUSmallRows: on a GPU, experts with at most this many rows in a round use
+	// the grouped GEMV kernel and the others cuBLAS (0: moe.DefaultSmallRows;
+	// negative: cuBLAS for every expert).
+	GPUSmallRows int
 }
 
 // DefaultConfig returns the defaults; NodeID and ModelPath are left empty.
@@ -71,8 +88,69 @@ func (c Config) Validate() error {
 	if c.MaxBatchRows <= 0 {
 		errs = append(errs, fmt.Errorf("%w: MaxBatchRows is %d, want > 0", ErrConfig, c.MaxBatchRows))
 	}
+	if _, _, err := ParseDevice(c.Device); err != nil {
+		errs = append(errs, fmt.Errorf("%w: Device: %w", ErrConfig, err))
+	}
+	if _, _, err := ParseGPUMemory(c.GPUMemory); err != nil {
+		errs = append(errs, fmt.Errorf("%w: GPUMemory: %w", ErrConfig, err))
+	}
 	if c.MaxInflightPerStream <= 0 {
 		errs = append(errs, fmt.Errorf("%w: MaxInflightPerStream is %d, want > 0", ErrConfig, c.MaxInflightPerStream))
 	}
 	return errors.Join(errs...)
+}
+
+// ParseDevice parses Config.Device: kind is "cpu", "cuda" or "fake", ordinal
+// the GPU number.
+func ParseDevice(s string) (kind string, ordinal int, err error) {
+	switch s = strings.TrimSpace(strings.ToLower(s)); {
+	case s == "" || s == "cpu":
+		return "cpu", 0, nil
+	case s == "fake":
+		return "fake", 0, nil
+	case s == "cuda" || s == "gpu":
+		return "cuda", 0, nil
+	case strings.Contains(s, ","):
+		return "", 0, fmt.Errorf("%q names several devices; run one expert node per GPU (--device cuda:0, cuda:1, ... in separate processes or pods)", s)
+	case strings.HasPrefix(s, "cuda:"):
+		n, err := strconv.Atoi(s[len("cuda:"):])
+		if err != nil || n < 0 {
+			return "", 0, fmt.Errorf("%q: want cuda:N with N a GPU number >= 0", s)
+		}
+		return "cuda", n, nil
+	}
+	return "", 0, fmt.Errorf("unknown device %q (want cpu, cuda, cuda:N or fake)", s)
+}
+
+// ParseGPUMemory parses Config.GPUMemory: a fraction in (0, 1] (of the GPU's
+// total memory) or a byte size with an optional KiB/MiB/GiB/TiB (or K/M/G/T)
+// suffix. Empty returns fraction 0: the caller's default.
+func ParseGPUMemory(s string) (fraction float64, bytes uint64, err error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, 0, nil
+	}
+	if strings.Contains(s, ".") && !strings.ContainsAny(s, "KMGTkmgtBb") {
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil || !(f > 0 && f <= 1) {
+			return 0, 0, fmt.Errorf("%q: a fraction must be in (0, 1]", s)
+		}
+		return f, 0, nil
+	}
+	mult := uint64(1)
+	num := s
+	for _, u := range []struct {
+		suffix string
+		mult   uint64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			num, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil || n == 0 {
+		return 0, 0, fmt.Errorf("%q: want a fraction like 0.9 or a size like 40GiB", s)
+	}
+	return 0, n * mult, nil
 }

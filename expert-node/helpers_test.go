@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -265,6 +266,17 @@ func reference(t *testing.T, m *hybrid.Model, b *switchyardv1.ExpertBatch) []flo
 // the bf16 rounding of the output (relative 1e-2).
 func checkResult(t *testing.T, m *hybrid.Model, b *switchyardv1.ExpertBatch, r *switchyardv1.ExpertResult) {
 	t.Helper()
+	checkResultOn(t, "cpu", m, b, r)
+}
+
+// checkResultOn is checkResult for a result computed on dev. Off the CPU, the
+// tolerance is 2e-2 of the largest reference value of the batch (not of each
+// value): the GPU's cuBLAS path rounds the activations to bf16 before the down
+// projection, and over the fixture's short sums (I = 32) with cancellation that
+// error reaches 1.1% of the batch's largest value. internal/gpu/moe bounds the
+// pipeline exactly: within 1e-5 of a CPU reference that rounds the same way.
+func checkResultOn(t *testing.T, dev string, m *hybrid.Model, b *switchyardv1.ExpertBatch, r *switchyardv1.ExpertResult) {
+	t.Helper()
 	if r.Error != "" {
 		t.Fatalf("step %d layer %d chunk %d: error result %q", b.StepId, b.Layer, b.Chunk, r.Error)
 	}
@@ -277,8 +289,14 @@ func checkResult(t *testing.T, m *hybrid.Model, b *switchyardv1.ExpertBatch, r *
 	if len(got) != len(want) {
 		t.Fatalf("out has %d values, want %d", len(got), len(want))
 	}
+	scale := 0.0
+	if dev != "cpu" {
+		for _, v := range want {
+			scale = math.Max(scale, math.Abs(float64(v)))
+		}
+	}
 	for i := range want {
-		if d := math.Abs(float64(got[i] - want[i])); d > 1e-2*math.Abs(float64(want[i]))+1e-6 {
+		if d := math.Abs(float64(got[i] - want[i])); d > math.Max(1e-2*math.Abs(float64(want[i])), 2e-2*scale)+1e-6 {
 			t.Fatalf("step %d layer %d: out[%d] = %g, want %g", b.StepId, b.Layer, i, got[i], want[i])
 		}
 	}
@@ -328,4 +346,14 @@ func wantErrorResult(t *testing.T, r *switchyardv1.ExpertResult, substr string) 
 	if len(r.Out) != 0 {
 		t.Fatalf("error result carries %d output bytes", len(r.Out))
 	}
+}
+
+// testDevices are the devices the compute tests run on: the CPU, the emulated
+// GPU, and the GPU named by SWITCHYARD_TEST_GPU (e.g. cuda:0, in the GPU check).
+func testDevices() []string {
+	d := []string{"cpu", "fake"}
+	if g := os.Getenv("SWITCHYARD_TEST_GPU"); g != "" {
+		d = append(d, g)
+	}
+	return d
 }

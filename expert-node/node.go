@@ -57,6 +57,7 @@ type Node struct {
 
 	metrics *nodeMetrics
 	tracer  trace.Tracer // nil unless tracing is enabled
+	gpu     *gpu         // nil on the CPU
 
 	stop     chan struct{} // closed by Close: ends the compute loop
 	loopDone chan struct{} // closed when the compute loop has returned
@@ -92,6 +93,13 @@ func newNode(cfg Config, h hooks) (*Node, error) {
 		reg = telemetry.NewRegistry()
 	}
 	n.metrics = newNodeMetrics(reg, cfg.NodeID)
+	if kind, _, _ := ParseDevice(cfg.Device); kind != "cpu" {
+		g, err := openGPU(cfg, reg)
+		if err != nil {
+			return nil, err
+		}
+		n.gpu = g
+	}
 	if cfg.Tracing != nil && cfg.Tracing.Enabled {
 		n.tracer = cfg.Tracing.Tracer()
 	}
@@ -204,7 +212,19 @@ func (n *Node) load(t *routing.Table, want map[[2]int]bool) (*shard, error) {
 		return nil, fmt.Errorf("%w: table version %d is for %d layers x %d experts, model has %d x %d",
 			ErrAssignment, t.Version, t.Layers, t.Experts, c.Layers, c.Experts)
 	}
-	return newShard(m, want), nil
+	sh := newShard(m, want)
+	if n.gpu != nil {
+		// Make-before-break: the new experts are on the GPU before the node
+		// reports the table ready; experts kept from the previous assignment are
+		// shared with it, not copied.
+		held, err := n.gpu.acquire(m, want)
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("%w: table version %d on %s: %w", ErrAssignment, t.Version, n.cfg.Device, err)
+		}
+		sh.gpu, sh.gpuKeys = n.gpu, held
+	}
+	return sh, nil
 }
 
 // install makes sh (with the caller's reference, which it takes over) current
@@ -262,10 +282,14 @@ func (n *Node) Close() error {
 	sh := n.cur
 	n.cur = nil
 	n.mu.Unlock()
+	var errs []error
 	if sh != nil {
-		return sh.release()
+		errs = append(errs, sh.release())
 	}
-	return nil
+	if n.gpu != nil {
+		errs = append(errs, n.gpu.close())
+	}
+	return errors.Join(errs...)
 }
 
 // shard is one loaded assignment: the checkpoint mapping with only the
@@ -276,6 +300,10 @@ type shard struct {
 	model    *hybrid.Model
 	assigned map[[2]int]bool
 	loaded   int // (layer, expert) pairs with weights
+
+	// gpu and gpuKeys: the experts this shard holds references to on the GPU.
+	gpu     *gpu
+	gpuKeys [][2]int
 
 	refs atomic.Int64
 	// closed is closed once the mapping has been released (tests watch it).
@@ -305,8 +333,14 @@ func (s *shard) release() error {
 		panic("expertnode: shard released more often than acquired")
 	}
 	defer close(s.closed)
-	if err := s.model.Close(); err != nil {
-		return fmt.Errorf("expertnode: close model mapping: %w", err)
+	var errs []error
+	if s.gpu != nil {
+		if err := s.gpu.release(s.gpuKeys); err != nil {
+			errs = append(errs, fmt.Errorf("expertnode: release GPU experts: %w", err))
+		}
 	}
-	return nil
+	if err := s.model.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("expertnode: close model mapping: %w", err))
+	}
+	return errors.Join(errs...)
 }

@@ -103,9 +103,17 @@ func TestSetAssignmentRejects(t *testing.T) {
 // on the old assignment finishes on it, the old mapping is closed only after
 // that round, and later chunks see the new assignment.
 func TestSetAssignmentSwap(t *testing.T) {
+	for _, dev := range testDevices() {
+		t.Run(dev, func(t *testing.T) { testSetAssignmentSwap(t, dev) })
+	}
+}
+
+func testSetAssignmentSwap(t *testing.T, dev string) {
 	checkGoroutines(t)
 	g := newGate()
-	e := startEnv(t, testConfig(fixtureHF), g.hooks())
+	cfg := testConfig(fixtureHF)
+	cfg.Device = dev
+	e := startEnv(t, cfg, g.hooks())
 	t.Cleanup(g.open) // runs before the env's cleanups
 	full := fullModel(t)
 	v1, v2 := staticTable(t, 1), swappedTable(t, 2)
@@ -129,7 +137,7 @@ func TestSetAssignmentSwap(t *testing.T) {
 	default:
 	}
 	g.open()
-	checkResult(t, full, old, recvAll(t, s, 1)[resultKey{1, 3, 0}])
+	checkResultOn(t, dev, full, old, recvAll(t, s, 1)[resultKey{1, 3, 0}])
 	waitFor(t, 10*time.Second, "old mapping closed", func() bool {
 		select {
 		case <-sh1.closed:
@@ -144,7 +152,7 @@ func TestSetAssignmentSwap(t *testing.T) {
 	wantErrorResult(t, recvAll(t, s, 1)[resultKey{2, 3, 0}], "not assigned")
 	fresh := randomBatch(rng, 3, 3, 5, held2[3])
 	mustSend(t, s, fresh)
-	checkResult(t, full, fresh, recvAll(t, s, 1)[resultKey{3, 3, 0}])
+	checkResultOn(t, dev, full, fresh, recvAll(t, s, 1)[resultKey{3, 3, 0}])
 
 	// Stale and repeated versions; a new version with the same assignment keeps the mapping.
 	if err := e.node.SetAssignment(v1); !errors.Is(err, ErrStaleTable) {
@@ -163,6 +171,13 @@ func TestSetAssignmentSwap(t *testing.T) {
 	}
 	if st := e.stats(t, false); st.TableVersion != 3 || st.ExpertsLoaded != fxLayers*fxExperts/2 {
 		t.Fatalf("Stats: version %d experts %d, want 3 and %d", st.TableVersion, st.ExpertsLoaded, fxLayers*fxExperts/2)
+	}
+	if e.node.gpu != nil {
+		// Only the current assignment's experts stay on the GPU once the old
+		// shard is released.
+		if got := e.node.gpu.experts.Resident(); got != fxLayers*fxExperts/2 {
+			t.Fatalf("%d experts resident on the GPU, want %d", got, fxLayers*fxExperts/2)
+		}
 	}
 	closeAndDrain(t, s)
 }

@@ -35,42 +35,45 @@ func TestDispatchMatchesReference(t *testing.T) {
 		{"coalesce window expires", fixtureHF, 10, 2, 2, time.Millisecond},
 		{"gguf checkpoint", fixtureGGUF, 6, 9, 2, 0},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			checkGoroutines(t)
-			cfg := testConfig(tc.path)
-			cfg.MaxInflightPerStream = 8
-			cfg.CoalesceWindow = tc.window
-			e := startEnv(t, cfg, hooks{})
-			e.assign(t, tb)
-			rng := rand.New(rand.NewPCG(uint64(tc.steps), uint64(tc.rows)))
-			s := e.stream(t)
-			sent := map[resultKey]*switchyardv1.ExpertBatch{}
-			var wg sync.WaitGroup
-			var got map[resultKey]*switchyardv1.ExpertResult
-			total := tc.steps * tc.chunks
-			wg.Go(func() { got = recvAll(t, s, total) })
-			for step := range tc.steps {
-				layer := step % fxLayers
-				for c := range tc.chunks {
-					b := randomBatch(rng, uint64(step), layer, tc.rows, held[layer])
-					b.Chunk, b.Chunks = uint32(c), uint32(tc.chunks)
-					sent[keyOf(b)] = b
-					mustSend(t, s, b)
+		for _, dev := range testDevices() {
+			t.Run(dev+"/"+tc.name, func(t *testing.T) {
+				checkGoroutines(t)
+				cfg := testConfig(tc.path)
+				cfg.Device = dev
+				cfg.MaxInflightPerStream = 8
+				cfg.CoalesceWindow = tc.window
+				e := startEnv(t, cfg, hooks{})
+				e.assign(t, tb)
+				rng := rand.New(rand.NewPCG(uint64(tc.steps), uint64(tc.rows)))
+				s := e.stream(t)
+				sent := map[resultKey]*switchyardv1.ExpertBatch{}
+				var wg sync.WaitGroup
+				var got map[resultKey]*switchyardv1.ExpertResult
+				total := tc.steps * tc.chunks
+				wg.Go(func() { got = recvAll(t, s, total) })
+				for step := range tc.steps {
+					layer := step % fxLayers
+					for c := range tc.chunks {
+						b := randomBatch(rng, uint64(step), layer, tc.rows, held[layer])
+						b.Chunk, b.Chunks = uint32(c), uint32(tc.chunks)
+						sent[keyOf(b)] = b
+						mustSend(t, s, b)
+					}
 				}
-			}
-			wg.Wait()
-			if len(got) != total {
-				t.Fatalf("%d results, want %d", len(got), total)
-			}
-			for k, b := range sent {
-				r, ok := got[k]
-				if !ok {
-					t.Fatalf("no result for %+v", k)
+				wg.Wait()
+				if len(got) != total {
+					t.Fatalf("%d results, want %d", len(got), total)
 				}
-				checkResult(t, full, b, r)
-			}
-			closeAndDrain(t, s)
-		})
+				for k, b := range sent {
+					r, ok := got[k]
+					if !ok {
+						t.Fatalf("no result for %+v", k)
+					}
+					checkResultOn(t, dev, full, b, r)
+				}
+				closeAndDrain(t, s)
+			})
+		}
 	}
 }
 

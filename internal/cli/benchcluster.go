@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -113,6 +114,9 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	experts := fs.Int("experts", 2, "expert nodes")
 	reps := fs.Int("reps", 3, "repetitions (median reported)")
 	pingPong := fs.Bool("ping-pong", true, "split big steps into two micro-batches that overlap dispatch and compute")
+	devices := fs.String("expert-device", "cpu", "comma-separated expert-node devices to measure in turn (cpu, cuda:0, fake)")
+	inprocFlag := fs.Bool("inproc", true, "also measure the in-process engine (the ratio column's baseline)")
+	wire := fs.String("wire", "bf16", "activation wire format: bf16 or f32")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -131,36 +135,63 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	for _, s := range sessions {
 		maxS = max(maxS, s)
 	}
+	var wireType pb.WireDType
+	switch *wire {
+	case "bf16":
+		wireType = pb.WireDType_WIRE_DTYPE_BF16
+	case "f32":
+		wireType = pb.WireDType_WIRE_DTYPE_F32
+	default:
+		return fmt.Errorf("--wire %q: want bf16 or f32", *wire)
+	}
 	tune := func(c *trunknode.Config) {
 		c.Sched.MaxRunning = maxS
 		c.Sched.MaxTokensPerStep = max(512, maxS*(*prompt))
 		c.Sched.PingPong = *pingPong
+		c.Dispatch.WireDType = wireType
 	}
+	inproc := map[int]float64{}
+	vocab := 0
+	if *inprocFlag {
+		if vocab, err = benchInProcess(ctx, *model, tune, sessions, *prompt, *tokens, *reps, inproc); err != nil {
+			return err
+		}
+	}
+	for _, dev := range strings.Split(*devices, ",") {
+		if err := benchClusterOn(ctx, stdout, strings.TrimSpace(dev), *model, *experts, tune, sessions, *prompt, *tokens, *reps, vocab, inproc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// benchInProcess measures one trunk computing the experts itself; it fills
+// inproc (tokens/s by session count) and returns the vocabulary size.
+func benchInProcess(ctx context.Context, model string, tune func(*trunknode.Config), sessions []int, prompt, tokens, reps int, inproc map[int]float64) (int, error) {
 	// In-process baseline: one trunk computing the experts itself.
 	lcfg := trunknode.DefaultConfig()
-	lcfg.ModelPath, lcfg.LocalExperts = *model, true
+	lcfg.ModelPath, lcfg.LocalExperts = model, true
 	tune(&lcfg)
 	local, err := trunknode.New(lcfg)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	lctx, stopLocal := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- local.Serve(lctx, lis) }()
 	<-local.Ready()
 	vocab := local.Model().Cfg.VocabSize
-	inproc := map[int]float64{}
 	for _, s := range sessions {
 		var v []float64
-		for i := range *reps {
-			tps, err := drive(ctx, lis.Addr().String(), vocab, s, *prompt, *tokens, uint64(i))
+		for i := range reps {
+			tps, err := drive(ctx, lis.Addr().String(), vocab, s, prompt, tokens, uint64(i))
 			if err != nil {
 				stopLocal()
-				return err
+				return 0, err
 			}
 			v = append(v, tps)
 		}
@@ -168,37 +199,61 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	stopLocal()
 	<-done
+	return vocab, nil
+}
 
+// benchClusterOn measures 1 trunk + experts expert nodes on device and prints
+// a table: throughput, dispatch round trips, and where a decode step's time
+// goes (the trunk's own work, the wire and queues, the expert nodes' compute).
+func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string, experts int, tune func(*trunknode.Config),
+	sessions []int, prompt, tokens, reps, vocab int, inproc map[int]float64) error {
 	rec := &rttRecorder{}
-	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: *model, ExpertNodes: *experts,
+	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: model, ExpertNodes: experts,
+		ExpertDevice: device, ExpertGPUMemory: gpuShare(device, experts),
 		Trunk: func(tc *trunknode.Config) { tune(tc); tc.Dispatch.OnCall = rec.observe }})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	fmt.Fprintf(stdout, "model %s: %s\n1 trunk + %d expert nodes on loopback vs in-process; %d prompt + %d generated tokens per session, median of %d\n",
-		*model, c.Trunk.Model().Cfg.Summary(), *experts, *prompt, *tokens, *reps)
+	cfg := c.Trunk.Model().Cfg
+	if vocab == 0 {
+		vocab = cfg.VocabSize
+	}
+	moeLayers := cfg.Layers
+	fmt.Fprintf(stdout, "\nmodel %s: %s\n1 trunk + %d expert nodes on %s (loopback) vs in-process; %d prompt + %d generated tokens per session, median of %d\n",
+		model, cfg.Summary(), experts, device, prompt, tokens, reps)
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "sessions\tin-process tok/s\tcluster tok/s\tratio\tdispatch RTT p50\tp99\tnode compute p50\twire bytes/token\t")
+	fmt.Fprintln(w, "device\tsessions\tin-process tok/s\tcluster tok/s\tratio\tdispatch RTT p50\tp99\tnode compute p50\twire bytes/token\tstep ms\texpert compute ms\twire+queue ms\ttrunk ms\t")
 	for _, s := range sessions {
 		var v []float64
 		var p50, p99, cp50 time.Duration
 		var perTok float64
-		for i := range *reps {
+		for i := range reps {
 			rec.reset()
-			tps, err := drive(ctx, c.Endpoint, vocab, s, *prompt, *tokens, uint64(i))
+			tps, err := drive(ctx, c.Endpoint, vocab, s, prompt, tokens, uint64(i))
 			if err != nil {
 				return err
 			}
 			v = append(v, tps)
 			rec.mu.Lock()
 			p50, p99, cp50 = quantile(rec.rtt, 0.5), quantile(rec.rtt, 0.99), quantile(rec.compute, 0.5)
-			perTok = float64(rec.bytes) / float64(s*(*tokens+*prompt))
+			perTok = float64(rec.bytes) / float64(s*(tokens+prompt))
 			rec.mu.Unlock()
 		}
 		ct := median(v)
-		fmt.Fprintf(w, "%d\t%.1f\t%.1f\t%.2f\t%v\t%v\t%v\t%.0f\t\n", s, inproc[s], ct, ct/inproc[s],
-			p50.Round(time.Microsecond), p99.Round(time.Microsecond), cp50.Round(time.Microsecond), perTok)
+		ratio := "-"
+		if inproc[s] > 0 {
+			ratio = fmt.Sprintf("%.2f", ct/inproc[s])
+		}
+		// A decode step makes one token per session: its time is s / tok/s. Per
+		// step, every MoE layer waits for one dispatch round trip (p50), of which
+		// the node's compute is a part; the rest of the step is the trunk's work.
+		step := float64(s) / ct * 1e3
+		rtt := float64(moeLayers) * float64(p50) / 1e6
+		comp := float64(moeLayers) * float64(cp50) / 1e6
+		fmt.Fprintf(w, "%s\t%d\t%.1f\t%.1f\t%s\t%v\t%v\t%v\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", device, s, inproc[s], ct, ratio,
+			p50.Round(time.Microsecond), p99.Round(time.Microsecond), cp50.Round(time.Microsecond), perTok,
+			step, comp, rtt-comp, step-rtt)
 	}
 	return w.Flush()
 }

@@ -136,6 +136,9 @@ func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	etcdOpts := etcdFlags(fs, "")
 	peer := tlsFlags(fs, "peer-tls-", "node-to-node")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address (e.g. :9090)")
+	device := fs.String("device", "cpu", "where routed experts run: cpu, cuda, cuda:N (one GPU per expert node; needs the -cuda build), or fake (emulated GPU, tests)")
+	gpuMem := fs.String("gpu-memory", "", "GPU memory for experts and scratch: a fraction of the GPU's memory (0.8) or a size (40GiB); default 0.9 of the free memory")
+	smallRows := fs.Int("gpu-small-rows", 0, "GPU: experts with at most this many rows in a round use the grouped GEMV kernel, larger ones cuBLAS (0: default 32; -1: always cuBLAS)")
 	gossip := gossipFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -146,6 +149,7 @@ func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	ec := expertnode.DefaultConfig()
 	ec.NodeID, ec.ModelPath = *id, *model
+	ec.Device, ec.GPUMemory, ec.GPUSmallRows = *device, *gpuMem, *smallRows
 	tr, err := telemetry.NewTracing(ctx, "expert", *id)
 	if err != nil {
 		return err
@@ -160,6 +164,9 @@ func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintf(stdout, "expert %s serving on %s\n", *id, lis.Addr())
+	if d := n.DeviceInfo(); d != "" {
+		fmt.Fprintf(stdout, "expert %s computes on %s, %d expert slots in its GPU budget\n", *id, d, n.Slots())
+	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	eps, etls := etcdOpts()
 	return roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: *id, Etcd: eps, EtcdTLS: etls, AdvertiseAddr: *advertise,

@@ -46,6 +46,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	data := fs.String("data-dir", "", "etcd data folder (default: temporary)")
 	maxRunning := fs.Int("max-running", 64, "sessions advanced together per step")
 	metrics := fs.String("metrics-addr", "127.0.0.1:0", "trunk /metrics address")
+	expertDevice := fs.String("expert-device", "cpu", "expert nodes' device: cpu, cuda:N (all expert nodes share that GPU), or fake")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -60,6 +61,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--trunks must be at least 1")
 	}
 	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: *model, ExpertNodes: *experts, Trunks: *trunks, Listen: *listen, DataDir: *data,
+		ExpertDevice: *expertDevice, ExpertGPUMemory: gpuShare(*expertDevice, *experts),
 		Trunk: func(tc *trunknode.Config) { tc.Sched.MaxRunning = *maxRunning; tc.MetricsAddr = *metrics }})
 	if err != nil {
 		return err
@@ -80,4 +82,13 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case err := <-c.Errors():
 		return err
 	}
+}
+
+// gpuShare splits one GPU between n local expert nodes (a fraction each), or
+// leaves the default on the CPU.
+func gpuShare(device string, n int) string {
+	if device == "" || device == "cpu" || n <= 1 {
+		return ""
+	}
+	return fmt.Sprintf("%.3f", 0.85/float64(n))
 }

@@ -398,6 +398,11 @@ func ReportReady(ctx context.Context, cli *clientv3.Client, r *Registration, nod
 // GossipMetaKey is the NodeInfo.Meta key holding a node's gossip address.
 const GossipMetaKey = "gossip"
 
+// SlotsMetaKey is the NodeInfo.Meta key holding an expert node's own capacity
+// in expert slots (GPU nodes: what their memory budget holds); absent means
+// the coordinator's cluster-wide setting.
+const SlotsMetaKey = "slots"
+
 // GossipSeeds returns the gossip addresses of every registered node (all roles).
 func GossipSeeds(ctx context.Context, cli *clientv3.Client) []string {
 	resp, err := cli.Get(ctx, NodesPrefix, clientv3.WithPrefix())

@@ -73,9 +73,16 @@ func (lg *loadGen) check(t *testing.T) {
 
 func startFaultCluster(t *testing.T, experts, coords int) *Cluster {
 	t.Helper()
+	return startFaultClusterOn(t, "cpu", experts, coords)
+}
+
+// startFaultClusterOn is startFaultCluster with the expert nodes on device.
+func startFaultClusterOn(t *testing.T, device string, experts, coords int) *Cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c, err := Start(ctx, Options{ModelPath: filepath.Join(fixtureDir(t), "hf"), ExpertNodes: experts, Coordinators: coords,
+		ExpertDevice: device, ExpertGPUMemory: gpuMemoryFor(device, experts),
 		// float32 on the wire: re-placement changes how a row's experts are split
 		// across nodes, and bf16 rounding of the per-node partial sums can flip the
 		// fixture's closest greedy decision (margin 0.023); with f32 the outputs must

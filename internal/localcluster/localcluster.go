@@ -47,6 +47,10 @@ type Options struct {
 	Coordinators int
 	// Coordinator adjusts the coordinators' configuration (tests tighten timers).
 	Coordinator func(*coordinator.LeaderConfig)
+	// ExpertDevice is the expert nodes' compute device (expertnode.Config.Device:
+	// "" or "cpu", "cuda:N", "fake"); ExpertGPUMemory their GPU budget.
+	ExpertDevice    string
+	ExpertGPUMemory string
 }
 
 // Cluster is a running local cluster.
@@ -251,6 +255,7 @@ func (c *Cluster) StartExpert(id string) error {
 	ecfg := expertnode.DefaultConfig()
 	ecfg.NodeID = id
 	ecfg.ModelPath = c.opts.ModelPath
+	ecfg.Device, ecfg.GPUMemory = c.opts.ExpertDevice, c.opts.ExpertGPUMemory
 	tr, err := telemetry.NewTracing(context.Background(), "expert", id)
 	if err != nil {
 		lis.Close()

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -90,7 +91,11 @@ func RunExpert(ctx context.Context, node *expertnode.Node, lis net.Listener, c E
 	if addr == "" {
 		addr = lis.Addr().String()
 	}
-	info := cluster.NodeInfo{ID: c.NodeID, Role: cluster.RoleExpert, Addr: addr}
+	info := cluster.NodeInfo{ID: c.NodeID, Role: cluster.RoleExpert, Addr: addr, Meta: map[string]string{}}
+	if s := node.Slots(); s > 0 {
+		// A GPU node's capacity: the coordinator never places more experts on it.
+		info.Meta[cluster.SlotsMetaKey] = strconv.Itoa(s)
+	}
 	var gossip *membership.Membership
 	if c.Gossip != nil {
 		gc := *c.Gossip
@@ -98,7 +103,7 @@ func RunExpert(ctx context.Context, node *expertnode.Node, lis net.Listener, c E
 		if gossip, err = membership.Start(gc); err != nil {
 			return err
 		}
-		info.Meta = map[string]string{cluster.GossipMetaKey: gossip.Addr()}
+		info.Meta[cluster.GossipMetaKey] = gossip.Addr()
 		go gossip.JoinLoop(ctx, 2*time.Second, func() []string { return cluster.GossipSeeds(ctx, cli) })
 	}
 	reg, err := cluster.Register(ctx, cli, info, c.LeaseTTL)

@@ -171,6 +171,14 @@ func New(dev *cuda.Device, cfg Config) (*Experts, error) {
 	return x, nil
 }
 
+// SetSmallRows changes the path threshold (Config.SmallRows; negative: cuBLAS
+// for every expert) for the following rounds.
+func (x *Experts) SetSmallRows(n int) {
+	x.cmu.Lock()
+	defer x.cmu.Unlock()
+	x.cfg.SmallRows = max(n, 0)
+}
+
 // Config returns the store's configuration (with defaults applied).
 func (x *Experts) Config() Config { return x.cfg }
 
