@@ -9,15 +9,27 @@ FORBIDDEN := google.golang.org/grpc|go.etcd.io|github.com/hashicorp/memberlist|g
 IMAGE     ?= switchyard
 IMAGE_TAG ?= dev
 
-.PHONY: all build test test-short bench run lint verify verify-deps verify-proto proto fmt generate clean image helm-test
+# The GPU binary: purego loader for CUDA (dynamically linked; see docs/gpu.md).
+BIN_CUDA  ?= bin/switchyard-cuda
+
+.PHONY: all build build-cuda gpu-bundle verify-ptx test test-short bench run lint verify verify-deps verify-proto proto fmt generate clean image helm-test
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/switchyard
 
+build-cuda:
+	CGO_ENABLED=0 $(GO) build -tags cuda -o $(BIN_CUDA) ./cmd/switchyard
+
+# Everything scripts/gpu-check.sh needs on a GPU machine without Go: stripped
+# binaries (the CLI and the GPU test binaries) and the shared fixture.
+gpu-bundle:
+	bash scripts/gpu-bundle.sh
+
 test:
 	$(GO) test -count=1 -timeout 15m $(PKGS)
+	CGO_ENABLED=0 $(GO) test -count=1 -tags cuda ./internal/gpu/...
 	$(MAKE) helm-test
 
 # Chart lint/render, strict manifest validation, Dockerfile checks (own module in deploy/helm/test).
@@ -45,9 +57,10 @@ fmt:
 
 lint: verify
 
-verify: verify-deps verify-proto
+verify: verify-deps verify-proto verify-ptx
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags cuda ./internal/gpu/... ./expert-node/... ./internal/cli/...
 	$(GO) mod tidy -diff
 	cd deploy/helm/test && $(GO) vet ./... && $(GO) mod tidy -diff
 
@@ -62,9 +75,13 @@ proto:
 verify-proto:
 	bash scripts/genproto.sh --check
 
-# Regenerates the assembly kernels (avo lives in its own module).
+verify-ptx:
+	bash scripts/genptx.sh --check
+
+# Regenerates the assembly kernels (avo lives in its own module) and the GPU PTX.
 generate:
 	cd model/kernels/internal/gen && $(GO) generate ./...
+	bash scripts/genptx.sh
 
 clean:
 	rm -rf bin
