@@ -101,8 +101,22 @@ func (n *Node) round(sh *shard, version uint64, jobs []*job, rs *roundScratch) {
 func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 	start := time.Now()
 	H, K, R := sh.model.Cfg.Hidden, g.topK, g.rows
-	rs.x = grow(rs.x, R*H)
-	rs.out = grow(rs.out, R*H)
+	if n.gpu != nil {
+		// Page-locked rows: the activations are decoded straight into the
+		// memory the GPU copies from, and the sums read from where it copies to.
+		x, out, err := n.gpu.experts.Buffers(R)
+		if err != nil {
+			err = fmt.Errorf("expertnode: compute layer %d: %w", g.layer, err)
+			for _, j := range g.jobs {
+				j.fail(err)
+			}
+			return
+		}
+		rs.x, rs.out = x, out
+	} else {
+		rs.x = grow(rs.x, R*H)
+		rs.out = grow(rs.out, R*H)
+	}
 	rs.w = grow(rs.w, R*K)
 	if cap(rs.ids) < R*K {
 		rs.ids = make([]int32, R*K)

@@ -234,8 +234,13 @@ func benchPreset(dev *cuda.Device, stdout io.Writer, preset string, rows []int, 
 	fmt.Fprintln(w, "rows\tpairs\texperts\tpath\tkernel µs\tround µs\tupload µs\tdownload µs\tweights GB/s\tof copy BW\tTFLOP/s\tcuBLAS ref TFLOP/s\tof ref\t")
 	rng := rand.New(rand.NewPCG(9, 9))
 	for _, R := range rows {
-		req := &hybrid.ExpertRequest{Layer: 0, Rows: R, Hidden: H, TopK: K, X: make([]float32, R*H), Experts: make([]int32, R*K),
-			Weights: make([]float32, R*K), Out: make([]float32, R*H)}
+		// Page-locked input and output rows, as the expert node uses them.
+		in, out, err := x.Buffers(R)
+		if err != nil {
+			return err
+		}
+		req := &hybrid.ExpertRequest{Layer: 0, Rows: R, Hidden: H, TopK: K, X: in, Experts: make([]int32, R*K),
+			Weights: make([]float32, R*K), Out: out}
 		for i := range req.X {
 			req.X[i] = float32(rng.NormFloat64())
 		}
@@ -278,7 +283,7 @@ func benchPreset(dev *cuda.Device, stdout io.Writer, preset string, rows []int, 
 			k := medianDur(kern)
 			bw := float64(last.WeightBytes) / k.Seconds()
 			tf := float64(last.FLOPs) / k.Seconds() / 1e12
-			fmt.Fprintf(w, "%d\t%d\t%d\t%s (%d on GEMV)\t%.1f\t%.1f\t%.1f\t%.1f\t%.0f\t%.2f\t%.1f\t%.1f\t%.2f\t\n", R, last.Pairs, last.Experts, v.name, last.SmallExperts,
+			fmt.Fprintf(w, "%d\t%d\t%d\t%s (%d on GEMV)\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%.1f\t%.1f\t%.2f\t\n", R, last.Pairs, last.Experts, v.name, last.SmallExperts,
 				us(k), us(medianDur(round)), us(medianDur(up)), us(medianDur(down)), bw/1e9, bw/copyBW, tf, refTF, tf/refTF)
 		}
 	}

@@ -246,6 +246,12 @@ func (s *Stream) Sync() error {
 	return s.d.do(func() error { return s.d.drv.streamSync(s.s) })
 }
 
+// WaitEvent makes work queued on s after this call wait until e has happened
+// (e recorded on another stream).
+func (s *Stream) WaitEvent(e *Event) error {
+	return s.d.do(func() error { return s.d.drv.streamWaitEvent(s.s, e.e) })
+}
+
 // CopyToDevice queues a copy of n bytes from pinned host memory src (at byte
 // offset off) to dst.
 func (s *Stream) CopyToDevice(dst DevPtr, src *HostBuf, off, n int) error {

@@ -97,6 +97,7 @@ type driver interface {
 	streamCreate() (uintptr, error)
 	streamDestroy(s uintptr) error
 	streamSync(s uintptr) error
+	streamWaitEvent(s, e uintptr) error
 	eventCreate() (uintptr, error)
 	eventDestroy(e uintptr) error
 	eventRecord(e, s uintptr) error

@@ -234,12 +234,13 @@ func (f *Fake) handle() uintptr {
 	return f.handles
 }
 
-func (f *Fake) streamCreate() (uintptr, error) { return f.handle(), nil }
-func (f *Fake) streamDestroy(uintptr) error    { return nil }
-func (f *Fake) streamSync(uintptr) error       { return nil }
-func (f *Fake) eventCreate() (uintptr, error)  { return f.handle(), nil }
-func (f *Fake) eventDestroy(uintptr) error     { return nil }
-func (f *Fake) eventSync(uintptr) error        { return nil }
+func (f *Fake) streamCreate() (uintptr, error)     { return f.handle(), nil }
+func (f *Fake) streamDestroy(uintptr) error        { return nil }
+func (f *Fake) streamSync(uintptr) error           { return nil }
+func (f *Fake) streamWaitEvent(_, _ uintptr) error { return nil }
+func (f *Fake) eventCreate() (uintptr, error)      { return f.handle(), nil }
+func (f *Fake) eventDestroy(uintptr) error         { return nil }
+func (f *Fake) eventSync(uintptr) error            { return nil }
 func (f *Fake) eventRecord(e, _ uintptr) error {
 	f.mu.Lock()
 	f.events[e] = time.Now()

@@ -48,6 +48,7 @@ type realDriver struct {
 	cuStreamCreate            func(s *uintptr, flags uint32) cuResult
 	cuStreamDestroy           func(s uintptr) cuResult
 	cuStreamSynchronize       func(s uintptr) cuResult
+	cuStreamWaitEvent         func(s, e uintptr, flags uint32) cuResult
 	cuEventCreate             func(e *uintptr, flags uint32) cuResult
 	cuEventDestroy            func(e uintptr) cuResult
 	cuEventRecord             func(e, s uintptr) cuResult
@@ -166,6 +167,7 @@ func (d *realDriver) bindDriver(h uintptr) error {
 		{&d.cuStreamCreate, []string{"cuStreamCreate"}},
 		{&d.cuStreamDestroy, []string{"cuStreamDestroy_v2"}},
 		{&d.cuStreamSynchronize, []string{"cuStreamSynchronize"}},
+		{&d.cuStreamWaitEvent, []string{"cuStreamWaitEvent"}},
 		{&d.cuEventCreate, []string{"cuEventCreate"}},
 		{&d.cuEventDestroy, []string{"cuEventDestroy_v2"}},
 		{&d.cuEventRecord, []string{"cuEventRecord"}},
@@ -354,6 +356,10 @@ func (d *realDriver) streamDestroy(s uintptr) error {
 }
 func (d *realDriver) streamSync(s uintptr) error {
 	return d.err("cuStreamSynchronize", d.cuStreamSynchronize(s))
+}
+
+func (d *realDriver) streamWaitEvent(s, e uintptr) error {
+	return d.err("cuStreamWaitEvent", d.cuStreamWaitEvent(s, e, 0))
 }
 
 func (d *realDriver) eventCreate() (uintptr, error) {

@@ -39,7 +39,7 @@ type Config struct {
 
 // DefaultSmallRows is the default path threshold (see Config.SmallRows); the
 // GPU check measures both paths at every size.
-const DefaultSmallRows = 32
+const DefaultSmallRows = 16
 
 // Validate checks the sizes.
 func (c Config) Validate() error {
@@ -63,7 +63,7 @@ func (c Config) ExpertBytes() uint64 { return uint64(3*c.Hidden*c.Intermediate) 
 func (c Config) scratchBytes(rows int) uint64 {
 	P := uint64(rows * c.TopK)
 	H, I := uint64(c.Hidden), uint64(c.Intermediate)
-	return P*(4*H+2*H+8*I+4*I+2*I+4*H) + uint64(rows)*(8*H) + metaBytes(c, rows)
+	return P*(2*H+8*I+2*I+4*H) + uint64(rows)*(8*H) + metaBytes(c, rows)
 }
 
 // metaBytes bounds the per-round metadata: inputs, routing, pair rows and tasks.
@@ -71,7 +71,7 @@ func metaBytes(c Config, rows int) uint64 {
 	P := uint64(rows * c.TopK)
 	maxChunks := uint64(c.NumExperts * ((max(c.SmallRows, 1) + MaxGroupRows - 1) / MaxGroupRows))
 	tasks := maxChunks * uint64((2*c.Intermediate+c.Hidden)/gemvRowsPerBlock+2) * 8 * taskWords
-	return uint64(rows)*uint64(4*c.Hidden) + P*12 + tasks + 6*256
+	return P*12 + tasks + 6*256
 }
 
 // Slots is how many experts fit the budget after the reserved scratch.
@@ -107,18 +107,32 @@ type Experts struct {
 	resident map[[2]int]*devExpert // guarded by mu
 	used     uint64                // guarded by mu: bytes of resident experts
 
-	cmu     sync.Mutex // serialises Compute; guards everything below
-	stream  *cuda.Stream
-	blas    *cuda.BLAS
-	mod     *cuda.Module
-	k       struct{ gather, gemv, silu, combine *cuda.Func }
-	ev      [4]*cuda.Event
-	scratch map[string]*devBuf
-	pinIn   *cuda.HostBuf
-	pinOut  *cuda.HostBuf
-	plan    plan
-	closed  bool
+	cmu      sync.Mutex // serialises Compute; guards everything below
+	stream   *cuda.Stream
+	mod      *cuda.Module
+	k        struct{ gather, up, down, silu, combine *cuda.Func }
+	ev       [4]*cuda.Event
+	gathered *cuda.Event // the cuBLAS path's inputs are ready (main stream)
+	lanes    []*lane
+	scratch  map[string]*devBuf
+	pinX     *cuda.HostBuf // the round's input rows
+	pinMeta  *cuda.HostBuf // routing and tasks
+	pinOut   *cuda.HostBuf // the round's output rows
+	plan     plan
+	closed   bool
 }
+
+// lane issues a share of the cuBLAS-path experts on its own stream and handle,
+// from its own goroutine: one GEMM costs the host microseconds to issue, so a
+// prefill round of many experts is issued in parallel and its GEMMs overlap.
+type lane struct {
+	s    *cuda.Stream
+	blas *cuda.BLAS
+	done *cuda.Event
+}
+
+// blasLanes is the number of lanes.
+const blasLanes = 4
 
 type devBuf struct {
 	p   cuda.DevPtr
@@ -147,7 +161,7 @@ func New(dev *cuda.Device, cfg Config) (*Experts, error) {
 	for _, f := range []struct {
 		dst  **cuda.Func
 		name string
-	}{{&x.k.gather, "gather_rows"}, {&x.k.gemv, "grouped_gemv"}, {&x.k.silu, "silu_mul_rows"}, {&x.k.combine, "combine_rows"}} {
+	}{{&x.k.gather, "gather_bf16"}, {&x.k.up, "gemv_up"}, {&x.k.down, "gemv_down"}, {&x.k.silu, "silu_mul_bf16"}, {&x.k.combine, "combine_rows"}} {
 		if *f.dst, err = x.mod.Func(f.name); err != nil {
 			x.mod.Unload()
 			return nil, err
@@ -157,15 +171,29 @@ func New(dev *cuda.Device, cfg Config) (*Experts, error) {
 		x.mod.Unload()
 		return nil, err
 	}
-	if x.blas, err = dev.NewBLAS(x.stream); err != nil {
-		x.stream.Destroy()
-		x.mod.Unload()
+	fail := func(err error) (*Experts, error) {
+		x.Close()
 		return nil, err
 	}
 	for i := range x.ev {
 		if x.ev[i], err = dev.NewEvent(); err != nil {
-			x.Close()
-			return nil, err
+			return fail(err)
+		}
+	}
+	if x.gathered, err = dev.NewEvent(); err != nil {
+		return fail(err)
+	}
+	for range blasLanes {
+		l := &lane{}
+		x.lanes = append(x.lanes, l)
+		if l.s, err = dev.NewStream(); err != nil {
+			return fail(err)
+		}
+		if l.blas, err = dev.NewBLAS(l.s); err != nil {
+			return fail(err)
+		}
+		if l.done, err = dev.NewEvent(); err != nil {
+			return fail(err)
 		}
 	}
 	return x, nil
@@ -357,8 +385,30 @@ func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
 func align(n int) int { return (n + 255) &^ 255 }
 
+// Buffers returns page-locked input and output rows for a round of rows: a
+// caller that decodes its input into in and passes in and out as the request's
+// X and Out saves a copy each way. They stay valid until the next Buffers or
+// Compute call with more rows.
+func (x *Experts) Buffers(rows int) (in, out []float32, err error) {
+	x.cmu.Lock()
+	defer x.cmu.Unlock()
+	n := rows * x.cfg.Hidden
+	if err := ensureHost(x.dev, &x.pinX, 4*n); err != nil {
+		return nil, nil, err
+	}
+	if err := ensureHost(x.dev, &x.pinOut, 4*n); err != nil {
+		return nil, nil, err
+	}
+	return x.pinX.Float32s()[:n], x.pinOut.Float32s()[:n], nil
+}
+
+// same reports whether a and b start at the same address.
+func same(a, b []float32) bool { return len(a) > 0 && len(b) > 0 && &a[0] == &b[0] }
+
 // Compute evaluates req on the GPU (hybrid.ExpertRequest semantics: Out is
-// overwritten with the weighted sum of the row's experts).
+// overwritten with the weighted sum of the row's experts). The main stream
+// copies the inputs, runs the grouped GEMVs of the small experts and the
+// combine; the lanes run the cuBLAS experts meanwhile.
 func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 	x.cmu.Lock()
 	defer x.cmu.Unlock()
@@ -388,39 +438,48 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 		return t, err
 	}
 	p := &x.plan
-	P := p.pairs
+	P, S := p.pairs, p.small
 	t.Pairs, t.Experts, t.SmallExperts = P, p.experts, p.smallExperts
-	smallChunks := len(p.downTasks) / taskWords / max(1, (H+gemvRowsPerBlock-1)/gemvRowsPerBlock)
-	t.WeightBytes = int64(smallChunks)*int64(c.ExpertBytes()) + int64(len(p.big))*int64(c.ExpertBytes())
+	upPerChunk := max(1, (2*I+gemvRowsPerBlock-1)/gemvRowsPerBlock)
+	t.WeightBytes = int64(len(p.upTasks)/taskWords/upPerChunk+len(p.big)) * int64(c.ExpertBytes())
 	t.FLOPs = int64(P) * 2 * 3 * int64(H) * int64(I)
 
-	// Host metadata, one copy: X | w | pos | pairRow | upTasks | downTasks.
-	offX := 0
-	offW := align(offX + 4*R*H)
+	// Host side: the input rows (unless the caller wrote them into Buffers) and
+	// one block of metadata: w | pos | pairRow | upTasks | downTasks.
+	inAliased := x.pinX != nil && same(req.X, x.pinX.Float32s())
+	if !inAliased {
+		if err := ensureHost(x.dev, &x.pinX, 4*R*H); err != nil {
+			return t, err
+		}
+		copy(x.pinX.Float32s(), req.X[:R*H])
+	}
+	outAliased := x.pinOut != nil && same(req.Out, x.pinOut.Float32s())
+	if !outAliased {
+		if err := ensureHost(x.dev, &x.pinOut, 4*R*H); err != nil {
+			return t, err
+		}
+	}
+	offW := 0
 	offPos := align(offW + 4*R*K)
 	offRow := align(offPos + 4*R*K)
 	offUp := align(offRow + 4*P)
 	offDown := align(offUp + 8*len(p.upTasks))
 	total := align(offDown + 8*len(p.downTasks))
-	if err := ensureHost(x.dev, &x.pinIn, total); err != nil {
+	if err := ensureHost(x.dev, &x.pinMeta, total); err != nil {
 		return t, err
 	}
-	if err := ensureHost(x.dev, &x.pinOut, 4*R*H); err != nil {
-		return t, err
-	}
-	in := x.pinIn
-	copy(in.Float32s()[offX/4:], req.X[:R*H])
-	copy(in.Float32s()[offW/4:], req.Weights[:R*K])
-	copy(in.Int32s()[offPos/4:], p.pos[:R*K])
-	copy(in.Int32s()[offRow/4:], p.pairRow[:P])
-	copy(in.Uint64s()[offUp/8:], p.upTasks)
-	copy(in.Uint64s()[offDown/8:], p.downTasks)
+	m := x.pinMeta
+	copy(m.Float32s()[offW/4:], req.Weights[:R*K])
+	copy(m.Int32s()[offPos/4:], p.pos[:R*K])
+	copy(m.Int32s()[offRow/4:], p.pairRow[:P])
+	copy(m.Uint64s()[offUp/8:], p.upTasks)
+	copy(m.Uint64s()[offDown/8:], p.downTasks)
 
 	bufs := []struct {
 		name string
 		n    int
-	}{{"meta", total}, {"xs", 4 * p.small * H}, {"xb", 2 * (P - p.small) * H}, {"gu", 4 * P * 2 * I},
-		{"a", 4 * p.small * I}, {"ab", 2 * (P - p.small) * I}, {"y", 4 * P * H}, {"out", 4 * R * H}}
+	}{{"x", 4 * R * H}, {"meta", total}, {"xb", 2 * (P - S) * H}, {"gu", 4 * P * 2 * I},
+		{"ab", 2 * (P - S) * I}, {"y", 4 * P * H}, {"out", 4 * R * H}}
 	ptr := map[string]cuda.DevPtr{}
 	for _, b := range bufs {
 		d, err := x.ensure(b.name, b.n)
@@ -429,41 +488,35 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 		}
 		ptr[b.name] = d
 	}
-	meta := ptr["meta"]
-	s := x.stream
+	meta, s := ptr["meta"], x.stream
+	gemv := func(f *cuda.Func, off, ntasks int, args ...any) error {
+		return s.Launch(f, [3]uint32{uint32(ntasks), 1, 1}, [3]uint32{gemvThreads, 1, 1}, 0, append([]any{meta.Add(off)}, args...)...)
+	}
 	steps := []func() error{
 		func() error { return x.ev[0].Record(s) },
-		func() error { return s.CopyToDevice(meta, in, 0, total) },
+		func() error { return s.CopyToDevice(ptr["x"], x.pinX, 0, 4*R*H) },
+		func() error { return s.CopyToDevice(meta, m, 0, total) },
 		func() error { return x.ev[1].Record(s) },
 		func() error {
-			return s.Launch(x.k.gather, [3]uint32{uint32(min(P, 1<<20)), 1, 1}, [3]uint32{128, 1, 1}, 0,
-				meta.Add(offX), meta.Add(offRow), P, p.small, H, ptr["xs"], ptr["xb"])
-		},
-		func() error {
-			return s.Launch(x.k.gemv, [3]uint32{uint32(len(p.upTasks) / taskWords), 1, 1}, [3]uint32{32 * gemvRowsPerBlock, 1, 1}, 0,
-				meta.Add(offUp), ptr["xs"], ptr["gu"], H, 2*I)
-		},
-		func() error {
-			for _, g := range p.big {
-				if err := x.blas.GemmRowMajor(g.m, 2*I, H, 1, ptr["xb"].Add(2*(g.p0-p.small)*H), cuda.R16BF, H,
-					g.expert.gateUp, cuda.R16BF, H, 0, ptr["gu"].Add(4*g.p0*2*I), cuda.R32F, 2*I); err != nil {
-					return err
-				}
+			if len(p.big) == 0 {
+				return nil
 			}
-			return nil
+			if err := s.Launch(x.k.gather, [3]uint32{uint32(min(P-S, 1<<20)), 1, 1}, [3]uint32{128, 1, 1}, 0,
+				ptr["x"], meta.Add(offRow), S, P, H, ptr["xb"]); err != nil {
+				return err
+			}
+			if err := x.gathered.Record(s); err != nil {
+				return err
+			}
+			return x.runLanes(ptr, S)
 		},
 		func() error {
-			return s.Launch(x.k.silu, [3]uint32{uint32(min((P*I+255)/256, 1<<16)), 1, 1}, [3]uint32{256, 1, 1}, 0,
-				ptr["gu"], P, p.small, I, ptr["a"], ptr["ab"])
+			return gemv(x.k.up, offUp, len(p.upTasks)/taskWords, ptr["x"], meta.Add(offRow), ptr["gu"], H, 2*I)
 		},
+		func() error { return gemv(x.k.down, offDown, len(p.downTasks)/taskWords, ptr["gu"], ptr["y"], I, H) },
 		func() error {
-			return s.Launch(x.k.gemv, [3]uint32{uint32(len(p.downTasks) / taskWords), 1, 1}, [3]uint32{32 * gemvRowsPerBlock, 1, 1}, 0,
-				meta.Add(offDown), ptr["a"], ptr["y"], I, H)
-		},
-		func() error {
-			for _, g := range p.big {
-				if err := x.blas.GemmRowMajor(g.m, H, I, 1, ptr["ab"].Add(2*(g.p0-p.small)*I), cuda.R16BF, I,
-					g.expert.down, cuda.R16BF, I, 0, ptr["y"].Add(4*g.p0*H), cuda.R32F, H); err != nil {
+			for _, l := range x.lanes[:x.usedLanes()] {
+				if err := s.WaitEvent(l.done); err != nil {
 					return err
 				}
 			}
@@ -481,10 +534,15 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 	for _, f := range steps {
 		if err := f(); err != nil {
 			s.Sync() // leave nothing in flight that reads the pinned buffers
+			for _, l := range x.lanes {
+				l.s.Sync()
+			}
 			return t, fmt.Errorf("moe: layer %d: %w", req.Layer, err)
 		}
 	}
-	copy(req.Out[:R*H], x.pinOut.Float32s()[:R*H])
+	if !outAliased {
+		copy(req.Out[:R*H], x.pinOut.Float32s()[:R*H])
+	}
 	ms := func(a, b int) time.Duration {
 		v, err := cuda.Elapsed(x.ev[a], x.ev[b])
 		if err != nil {
@@ -494,6 +552,51 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 	}
 	t.Upload, t.Kernels, t.Download = ms(0, 1), ms(1, 2), ms(2, 3)
 	return t, nil
+}
+
+// usedLanes is how many lanes the current plan's cuBLAS experts occupy.
+func (x *Experts) usedLanes() int { return min(len(x.lanes), len(x.plan.big)) }
+
+// runLanes splits the cuBLAS-path experts into contiguous shares, one per
+// lane, and issues each share from its own goroutine: gate|up GEMMs, the bf16
+// SiLU product, down GEMMs, then the lane's done event.
+func (x *Experts) runLanes(ptr map[string]cuda.DevPtr, S int) error {
+	p := &x.plan
+	H, I := p.hidden, p.inter
+	n := x.usedLanes()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for li := 0; li < n; li++ {
+		share := p.big[li*len(p.big)/n : (li+1)*len(p.big)/n]
+		l := x.lanes[li]
+		wg.Go(func() {
+			errs[li] = func() error {
+				if err := l.s.WaitEvent(x.gathered); err != nil {
+					return err
+				}
+				for _, g := range share {
+					if err := l.blas.GemmRowMajor(g.m, 2*I, H, 1, ptr["xb"].Add(2*(g.p0-S)*H), cuda.R16BF, H,
+						g.expert.gateUp, cuda.R16BF, H, 0, ptr["gu"].Add(4*g.p0*2*I), cuda.R32F, 2*I); err != nil {
+						return err
+					}
+				}
+				pa, pb := share[0].p0, share[len(share)-1].p0+share[len(share)-1].m
+				if err := l.s.Launch(x.k.silu, [3]uint32{uint32(min(((pb-pa)*I+255)/256, 1<<16)), 1, 1}, [3]uint32{256, 1, 1}, 0,
+					ptr["gu"], pa, pb, I, ptr["ab"].Add(2*(pa-S)*I)); err != nil {
+					return err
+				}
+				for _, g := range share {
+					if err := l.blas.GemmRowMajor(g.m, H, I, 1, ptr["ab"].Add(2*(g.p0-S)*I), cuda.R16BF, I,
+						g.expert.down, cuda.R16BF, I, 0, ptr["y"].Add(4*g.p0*H), cuda.R32F, H); err != nil {
+						return err
+					}
+				}
+				return l.done.Record(l.s)
+			}()
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Close frees the scratch, the kernels and every resident expert.
@@ -508,18 +611,29 @@ func (x *Experts) Close() error {
 	if x.stream != nil {
 		errs = append(errs, x.stream.Sync())
 	}
+	for _, l := range x.lanes {
+		if l.s != nil {
+			errs = append(errs, l.s.Sync())
+		}
+		if l.blas != nil {
+			errs = append(errs, l.blas.Destroy())
+		}
+		if l.done != nil {
+			errs = append(errs, l.done.Destroy())
+		}
+		if l.s != nil {
+			errs = append(errs, l.s.Destroy())
+		}
+	}
 	for _, b := range x.scratch {
 		errs = append(errs, x.dev.Free(b.p))
 	}
 	x.scratch = nil
-	errs = append(errs, x.pinIn.Free(), x.pinOut.Free())
-	for _, e := range x.ev {
+	errs = append(errs, x.pinX.Free(), x.pinMeta.Free(), x.pinOut.Free())
+	for _, e := range append(x.ev[:], x.gathered) {
 		if e != nil {
 			errs = append(errs, e.Destroy())
 		}
-	}
-	if x.blas != nil {
-		errs = append(errs, x.blas.Destroy())
 	}
 	if x.stream != nil {
 		errs = append(errs, x.stream.Destroy())

@@ -3,14 +3,15 @@
 // Each kernel has a Go twin in twins.go that the CI tests run through the fake
 // driver; the GPU check compares the two on a real GPU.
 //
-// Layouts (row-major, one row per token-expert pair p, pairs sorted by expert):
-//   X    f32  [R, H]   the round's input rows
-//   Xs   f32  [P, H]   gathered rows of the small-path pairs (p < nSmall)
+// Layouts (row-major, one row per token-expert pair p, pairs sorted by expert,
+// the nSmall grouped-GEMV pairs first):
+//   X    f32  [R, H]        the round's input rows
 //   Xb   bf16 [P-nSmall, H] gathered rows of the cuBLAS-path pairs
-//   GU   f32  [P, 2I]  gate | up projections
-//   A    f32  [P, I]   silu(gate) * up of small-path pairs; Ab bf16 for the rest
-//   Y    f32  [P, H]   expert outputs
-//   out  f32  [R, H]   weighted sums
+//   GU   f32  [P, 2I]       gate | up projections
+//   Ab   bf16 [P-nSmall, I] silu(gate) * up of the cuBLAS-path pairs (the
+//                           GEMV path forms it on the fly, in f32)
+//   Y    f32  [P, H]        expert outputs
+//   out  f32  [R, H]        weighted sums
 #define __global__ __attribute__((global))
 #define __device__ __attribute__((device))
 
@@ -37,93 +38,124 @@ static __device__ inline float silu_mul(float g, float u) {
   return g / (1.0f + e) * u;
 }
 
-// gather_rows: for pair p, copies X[pairRow[p]] into Xs[p] (p < nSmall) or, as
-// bf16, into Xb[p-nSmall]. One block per pair (grid-stride), threads over H.
-extern "C" __global__ void gather_rows(const float* X, const int* pairRow, int P, int nSmall, int H, float* Xs, bf16* Xb) {
-  for (int p = bid(); p < P; p += nbid()) {
+// gather_bf16: Xb[p - p0] = bf16(X[pairRow[p]]) for the cuBLAS-path pairs p in
+// [p0, P). One block per pair (grid-stride), threads over H.
+extern "C" __global__ void gather_bf16(const float* __restrict__ X, const int* __restrict__ pairRow, int p0, int P, int H,
+                                      bf16* __restrict__ Xb) {
+  for (int p = p0 + bid(); p < P; p += nbid()) {
     const float* src = X + (long)pairRow[p] * H;
-    if (p < nSmall) {
-      float* dst = Xs + (long)p * H;
-      for (int c = tid(); c < H; c += ntid()) dst[c] = src[c];
-    } else {
-      bf16* dst = Xb + (long)(p - nSmall) * H;
-      for (int c = tid(); c < H; c += ntid()) dst[c] = f2bf(src[c]);
-    }
+    bf16* dst = Xb + (long)(p - p0) * H;
+    for (int c = tid(); c < H; c += ntid()) dst[c] = f2bf(src[c]);
   }
 }
 
-#define MMAX 16
+#define MMAX 8 // rows per grouped-GEMV task
+#define RPW 4  // weight rows per warp
+#define WPB 4  // warps per block: a block computes RPW*WPB = 16 weight rows
 
-// grouped_gemv: the small-group path of a grouped GEMM, for groups of at most
-// MMAX rows (decode sizes), which are bound by reading the weights.
-// Block b runs task b = {W (bf16 [N, K] row-major), p0 | m << 32, n0}: each warp
-// takes one weight row n = n0 + warp, reads it once (16-byte loads, 8 values
-// per lane) and forms its dot product with the m input rows in[p0 .. p0+m),
-// writing out[(p0+i)*N + n]. K must be a multiple of 8.
-extern "C" __global__ void grouped_gemv(const u64* tasks, const float* in, float* out, int K, int N) {
+// gemv_body is the small-group path of a grouped GEMM, for groups of at most
+// MMAX rows (decode sizes), which are bound by reading the weights. Block b
+// runs task b = {W (bf16 [N, K] row-major), p0 | m << 32, n0}: warp w computes
+// weight rows n0 + RPW*w .. +RPW for the task's m input rows, each weight row
+// read once (16-byte loads, 8 values per lane, RPW loads in flight), with
+// float32 fused multiply-adds per lane and a butterfly sum across the warp.
+// K must be a multiple of 8. Input row i of the task:
+//   UP:   X[pairRow[p0+i]]                       (the round's f32 input rows)
+//   DOWN: silu(G[p0+i, k]) * G[p0+i, K + k]      (G is the [P, 2K] gate|up output)
+// out[(p0+i)*N + n] receives the dot product.
+template <bool DOWN>
+static __device__ inline void gemv_body(const u64* __restrict__ tasks, const float* __restrict__ in,
+                                        const int* __restrict__ pairRow, float* __restrict__ out, int K, int N) {
   const u64* t = tasks + 3 * bid();
-  const bf16* W = (const bf16*)t[0];
+  const bf16* __restrict__ W = (const bf16*)t[0];
   int p0 = (int)(t[1] & 0xffffffffu);
   int m = (int)(t[1] >> 32);
   int warp = tid() >> 5, lane = tid() & 31;
-  int n = (int)t[2] + warp;
-  if (n >= N) return;
-  const bf16* w = W + (long)n * K;
-  const float* x = in + (long)p0 * K;
-  float acc[MMAX];
+  int n0 = (int)t[2] + warp * RPW;
+  if (n0 >= N) return;
+  const float* xr[MMAX];
 #pragma unroll
-  for (int i = 0; i < MMAX; i++) acc[i] = 0.0f;
+  for (int i = 0; i < MMAX; i++) {
+    int p = p0 + (i < m ? i : 0);
+    xr[i] = DOWN ? in + (long)p * 2 * K : in + (long)pairRow[p] * K;
+  }
+  float acc[RPW][MMAX];
+#pragma unroll
+  for (int r = 0; r < RPW; r++)
+#pragma unroll
+    for (int i = 0; i < MMAX; i++) acc[r][i] = 0.0f;
   for (int k = lane * 8; k < K; k += 256) {
-    u32x4 wv = *(const u32x4*)(w + k);
-    float wf[8];
+    u32x4 wv[RPW];
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-      wf[2 * j] = bf2f(wv[j] & 0xffffu);
-      wf[2 * j + 1] = bf2f(wv[j] >> 16);
+    for (int r = 0; r < RPW; r++) {
+      int n = n0 + r < N ? n0 + r : n0;
+      wv[r] = *(const u32x4*)(W + (long)n * K + k);
     }
 #pragma unroll
     for (int i = 0; i < MMAX; i++) {
       if (i < m) {
-        const float* xi = x + (long)i * K + k;
-        f32x4 a = *(const f32x4*)xi;
-        f32x4 b = *(const f32x4*)(xi + 4);
-        float s = acc[i];
-        s = __nvvm_fma_rn_f(wf[0], a[0], s);
-        s = __nvvm_fma_rn_f(wf[1], a[1], s);
-        s = __nvvm_fma_rn_f(wf[2], a[2], s);
-        s = __nvvm_fma_rn_f(wf[3], a[3], s);
-        s = __nvvm_fma_rn_f(wf[4], b[0], s);
-        s = __nvvm_fma_rn_f(wf[5], b[1], s);
-        s = __nvvm_fma_rn_f(wf[6], b[2], s);
-        s = __nvvm_fma_rn_f(wf[7], b[3], s);
-        acc[i] = s;
+        float xv[8];
+        f32x4 a = *(const f32x4*)(xr[i] + k);
+        f32x4 b = *(const f32x4*)(xr[i] + k + 4);
+        xv[0] = a[0]; xv[1] = a[1]; xv[2] = a[2]; xv[3] = a[3];
+        xv[4] = b[0]; xv[5] = b[1]; xv[6] = b[2]; xv[7] = b[3];
+        if (DOWN) {
+          f32x4 c = *(const f32x4*)(xr[i] + K + k);
+          f32x4 d = *(const f32x4*)(xr[i] + K + k + 4);
+          xv[0] = silu_mul(xv[0], c[0]); xv[1] = silu_mul(xv[1], c[1]);
+          xv[2] = silu_mul(xv[2], c[2]); xv[3] = silu_mul(xv[3], c[3]);
+          xv[4] = silu_mul(xv[4], d[0]); xv[5] = silu_mul(xv[5], d[1]);
+          xv[6] = silu_mul(xv[6], d[2]); xv[7] = silu_mul(xv[7], d[3]);
+        }
+#pragma unroll
+        for (int r = 0; r < RPW; r++) {
+          float s = acc[r][i];
+#pragma unroll
+          for (int j = 0; j < 4; j++) {
+            s = __nvvm_fma_rn_f(bf2f(wv[r][j] & 0xffffu), xv[2 * j], s);
+            s = __nvvm_fma_rn_f(bf2f(wv[r][j] >> 16), xv[2 * j + 1], s);
+          }
+          acc[r][i] = s;
+        }
       }
     }
   }
 #pragma unroll
-  for (int i = 0; i < MMAX; i++) {
-    if (i < m) {
-      float s = acc[i];
-      s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 16, 0x1f);
-      s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 8, 0x1f);
-      s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 4, 0x1f);
-      s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 2, 0x1f);
-      s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 1, 0x1f);
-      if (lane == 0) out[(long)(p0 + i) * N + n] = s;
+  for (int r = 0; r < RPW; r++) {
+#pragma unroll
+    for (int i = 0; i < MMAX; i++) {
+      if (i < m) {
+        float s = acc[r][i];
+        s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 16, 0x1f);
+        s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 8, 0x1f);
+        s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 4, 0x1f);
+        s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 2, 0x1f);
+        s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 1, 0x1f);
+        if (lane == 0 && n0 + r < N) out[(long)(p0 + i) * N + n0 + r] = s;
+      }
     }
   }
 }
 
-// silu_mul_rows: A[p, j] = silu(GU[p, j]) * GU[p, I + j] for p in [0, P): as
-// f32 into A for p < nSmall, as bf16 into Ab[p - nSmall] for the rest.
-extern "C" __global__ void silu_mul_rows(const float* GU, int P, int nSmall, int I, float* A, bf16* Ab) {
-  long total = (long)P * I;
+// gemv_up: GU[p, n] = gate_up_n . X[pairRow[p]] for the small-path pairs (K = H, N = 2I).
+extern "C" __global__ void gemv_up(const u64* tasks, const float* X, const int* pairRow, float* GU, int K, int N) {
+  gemv_body<false>(tasks, X, pairRow, GU, K, N);
+}
+
+// gemv_down: Y[p, n] = down_n . (silu(gate) * up)[p] for the small-path pairs,
+// the activation formed on the fly from GU (K = I, N = H).
+extern "C" __global__ void gemv_down(const u64* tasks, const float* GU, float* Y, int K, int N) {
+  gemv_body<true>(tasks, GU, 0, Y, K, N);
+}
+
+// silu_mul_bf16: Ab[p - p0, j] = bf16(silu(GU[p, j]) * GU[p, I + j]) for the
+// cuBLAS-path pairs p in [p0, P).
+extern "C" __global__ void silu_mul_bf16(const float* __restrict__ GU, int p0, int P, int I, bf16* __restrict__ Ab) {
+  long total = (long)(P - p0) * I;
   for (long idx = (long)bid() * ntid() + tid(); idx < total; idx += (long)nbid() * ntid()) {
-    int p = (int)(idx / I), j = (int)(idx - (long)p * I);
-    const float* gu = GU + (long)p * 2 * I;
-    float v = silu_mul(gu[j], gu[I + j]);
-    if (p < nSmall) A[(long)p * I + j] = v;
-    else Ab[(long)(p - nSmall) * I + j] = f2bf(v);
+    int q = (int)(idx / I), j = (int)(idx - (long)q * I);
+    const float* gu = GU + (long)(p0 + q) * 2 * I;
+    Ab[idx] = f2bf(silu_mul(gu[j], gu[I + j]));
   }
 }
 
@@ -140,9 +172,4 @@ extern "C" __global__ void combine_rows(const float* Y, const int* pos, const fl
       out[(long)r * H + c] = s;
     }
   }
-}
-
-// bf16_from_f32: dst[i] = bf16(src[i]), for weights converted on the device.
-extern "C" __global__ void bf16_from_f32(const float* src, long n, bf16* dst) {
-  for (long i = (long)bid() * ntid() + tid(); i < n; i += (long)nbid() * ntid()) dst[i] = f2bf(src[i]);
 }

@@ -302,11 +302,18 @@ func TestBudgetAndRefcounts(t *testing.T) {
 }
 
 func TestPTXIsEmbedded(t *testing.T) {
+	// Every kernel the store launches has a twin, and every twin a kernel.
 	s := string(PTX)
-	for _, k := range []string{"gather_rows", "grouped_gemv", "silu_mul_rows", "combine_rows", ".target sm_80"} {
-		if !strings.Contains(s, k) {
-			t.Errorf("embedded PTX lacks %q", k)
+	if !strings.Contains(s, ".target sm_80") {
+		t.Error("embedded PTX is not for sm_80")
+	}
+	for k := range FakeKernels() {
+		if !strings.Contains(s, ".entry "+k+"(") {
+			t.Errorf("embedded PTX lacks kernel %q", k)
 		}
+	}
+	if n := strings.Count(s, ".entry "); n != len(FakeKernels()) {
+		t.Errorf("PTX has %d kernels, %d twins", n, len(FakeKernels()))
 	}
 }
 

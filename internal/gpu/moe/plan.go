@@ -9,11 +9,14 @@ import (
 // MaxGroupRows is the most rows one grouped-GEMV task multiplies (the MMAX of
 // kernels.cu); an expert with more small-path rows is split into tasks of at
 // most this many.
-const MaxGroupRows = 16
+const MaxGroupRows = 8
 
-// gemvRowsPerBlock is the weight rows one grouped-GEMV block computes (one per
-// warp of its 128 threads).
-const gemvRowsPerBlock = 4
+// gemvRowsPerBlock is the weight rows one grouped-GEMV block computes (RPW
+// rows for each of the WPB warps of its 128 threads, kernels.cu).
+const (
+	gemvRowsPerBlock = 16
+	gemvThreads      = 128
+)
 
 // taskWords is the uint64 words of one grouped-GEMV task.
 const taskWords = 3

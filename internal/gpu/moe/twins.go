@@ -12,11 +12,11 @@ import (
 // where that matters (the fused multiply-adds of the GEMV and the combine).
 func FakeKernels() map[string]cuda.FakeKernel {
 	return map[string]cuda.FakeKernel{
-		"gather_rows":   twinGather,
-		"grouped_gemv":  twinGroupedGEMV,
-		"silu_mul_rows": twinSiLUMul,
+		"gather_bf16":   twinGatherBF16,
+		"gemv_up":       func(m *cuda.FakeMem, g, b [3]uint32, a []uint64) error { return twinGEMV(m, g, b, a, false) },
+		"gemv_down":     func(m *cuda.FakeMem, g, b [3]uint32, a []uint64) error { return twinGEMV(m, g, b, a, true) },
+		"silu_mul_bf16": twinSiLUMulBF16,
 		"combine_rows":  twinCombine,
-		"bf16_from_f32": twinBF16FromF32,
 	}
 }
 
@@ -29,30 +29,24 @@ func argc(args []uint64, n int, name string) error {
 
 func bf16ToF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
 
-// twinGather: gather_rows(X, pairRow, P, nSmall, H, Xs, Xb).
-func twinGather(m *cuda.FakeMem, _, _ [3]uint32, a []uint64) error {
-	if err := argc(a, 7, "gather_rows"); err != nil {
+func fma32(a, b, c float32) float32 { return float32(math.FMA(float64(a), float64(b), float64(c))) }
+
+// twinGatherBF16: gather_bf16(X, pairRow, p0, P, H, Xb).
+func twinGatherBF16(m *cuda.FakeMem, _, _ [3]uint32, a []uint64) error {
+	if err := argc(a, 6, "gather_bf16"); err != nil {
 		return err
 	}
-	P, nSmall, H := int(cuda.ArgInt32(a[2])), int(cuda.ArgInt32(a[3])), int(cuda.ArgInt32(a[4]))
+	p0, P, H := int(cuda.ArgInt32(a[2])), int(cuda.ArgInt32(a[3])), int(cuda.ArgInt32(a[4]))
 	rows, err := m.Int32s(cuda.ArgPtr(a[1]), P)
 	if err != nil {
 		return err
 	}
-	for p := 0; p < P; p++ {
+	for p := p0; p < P; p++ {
 		src, err := m.Float32s(cuda.ArgPtr(a[0])+cuda.DevPtr(4*int(rows[p])*H), H)
 		if err != nil {
 			return err
 		}
-		if p < nSmall {
-			dst, err := m.Float32s(cuda.ArgPtr(a[5])+cuda.DevPtr(4*p*H), H)
-			if err != nil {
-				return err
-			}
-			copy(dst, src)
-			continue
-		}
-		dst, err := m.Uint16s(cuda.ArgPtr(a[6])+cuda.DevPtr(2*(p-nSmall)*H), H)
+		dst, err := m.Uint16s(cuda.ArgPtr(a[5])+cuda.DevPtr(2*(p-p0)*H), H)
 		if err != nil {
 			return err
 		}
@@ -63,39 +57,57 @@ func twinGather(m *cuda.FakeMem, _, _ [3]uint32, a []uint64) error {
 	return nil
 }
 
-// twinGroupedGEMV: grouped_gemv(tasks, in, out, K, N), one task per block.
-func twinGroupedGEMV(m *cuda.FakeMem, grid, block [3]uint32, a []uint64) error {
-	if err := argc(a, 5, "grouped_gemv"); err != nil {
+// twinGEMV: gemv_up(tasks, X, pairRow, GU, K, N) and gemv_down(tasks, GU, Y, K, N).
+func twinGEMV(m *cuda.FakeMem, grid, block [3]uint32, a []uint64, down bool) error {
+	name, nargs := "gemv_up", 6
+	if down {
+		name, nargs = "gemv_down", 5
+	}
+	if err := argc(a, nargs, name); err != nil {
 		return err
 	}
-	if block[0] != 32*gemvRowsPerBlock {
-		return fmt.Errorf("grouped_gemv: block of %d threads, the kernel needs %d", block[0], 32*gemvRowsPerBlock)
+	if block[0] != gemvThreads {
+		return fmt.Errorf("%s: block of %d threads, the kernel needs %d", name, block[0], gemvThreads)
 	}
-	K, N := int(cuda.ArgInt32(a[3])), int(cuda.ArgInt32(a[4]))
+	in, out := cuda.ArgPtr(a[1]), cuda.ArgPtr(a[nargs-3])
+	K, N := int(cuda.ArgInt32(a[nargs-2])), int(cuda.ArgInt32(a[nargs-1]))
 	if K%8 != 0 {
-		return fmt.Errorf("grouped_gemv: K=%d is not a multiple of 8", K)
+		return fmt.Errorf("%s: K=%d is not a multiple of 8", name, K)
 	}
 	tasks, err := m.Uint64s(cuda.ArgPtr(a[0]), taskWords*int(grid[0]))
 	if err != nil {
 		return err
 	}
+	x := make([]float32, K)
 	for b := 0; b < int(grid[0]); b++ {
 		t := tasks[taskWords*b:]
 		p0, rows, n0 := int(uint32(t[1])), int(t[1]>>32), int(t[2])
 		if rows > MaxGroupRows {
-			return fmt.Errorf("grouped_gemv: task of %d rows, at most %d", rows, MaxGroupRows)
+			return fmt.Errorf("%s: task of %d rows, at most %d", name, rows, MaxGroupRows)
 		}
-		for warp := 0; warp < gemvRowsPerBlock; warp++ {
-			n := n0 + warp
-			if n >= N {
-				continue
+		for i := 0; i < rows; i++ {
+			// The task's input row i, as the kernel forms it.
+			if down {
+				g, err := m.Float32s(in+cuda.DevPtr(4*(p0+i)*2*K), 2*K)
+				if err != nil {
+					return err
+				}
+				for k := range x {
+					x[k] = siluMul(g[k], g[K+k])
+				}
+			} else {
+				pr, err := m.Int32s(cuda.ArgPtr(a[2])+cuda.DevPtr(4*(p0+i)), 1)
+				if err != nil {
+					return err
+				}
+				src, err := m.Float32s(in+cuda.DevPtr(4*int(pr[0])*K), K)
+				if err != nil {
+					return err
+				}
+				copy(x, src)
 			}
-			w, err := m.Uint16s(cuda.DevPtr(t[0])+cuda.DevPtr(2*n*K), K)
-			if err != nil {
-				return err
-			}
-			for i := 0; i < rows; i++ {
-				x, err := m.Float32s(cuda.ArgPtr(a[1])+cuda.DevPtr(4*(p0+i)*K), K)
+			for n := n0; n < min(n0+gemvRowsPerBlock, N); n++ {
+				w, err := m.Uint16s(cuda.DevPtr(t[0])+cuda.DevPtr(2*n*K), K)
 				if err != nil {
 					return err
 				}
@@ -106,7 +118,7 @@ func twinGroupedGEMV(m *cuda.FakeMem, grid, block [3]uint32, a []uint64) error {
 					s := float32(0)
 					for k := 8 * l; k < K; k += 256 {
 						for j := 0; j < 8; j++ {
-							s = float32(math.FMA(float64(bf16ToF32(w[k+j])), float64(x[k+j]), float64(s)))
+							s = fma32(bf16ToF32(w[k+j]), x[k+j], s)
 						}
 					}
 					lanes[l] = s
@@ -118,11 +130,11 @@ func twinGroupedGEMV(m *cuda.FakeMem, grid, block [3]uint32, a []uint64) error {
 					}
 					lanes = nx
 				}
-				out, err := m.Float32s(cuda.ArgPtr(a[2])+cuda.DevPtr(4*((p0+i)*N+n)), 1)
+				o, err := m.Float32s(out+cuda.DevPtr(4*((p0+i)*N+n)), 1)
 				if err != nil {
 					return err
 				}
-				out[0] = lanes[0]
+				o[0] = lanes[0]
 			}
 		}
 	}
@@ -135,34 +147,27 @@ func siluMul(g, u float32) float32 {
 	return g / (1 + e) * u
 }
 
-// twinSiLUMul: silu_mul_rows(GU, P, nSmall, I, A, Ab).
-func twinSiLUMul(m *cuda.FakeMem, _, _ [3]uint32, a []uint64) error {
-	if err := argc(a, 6, "silu_mul_rows"); err != nil {
+// twinSiLUMulBF16: silu_mul_bf16(GU, p0, P, I, Ab).
+func twinSiLUMulBF16(m *cuda.FakeMem, _, _ [3]uint32, a []uint64) error {
+	if err := argc(a, 5, "silu_mul_bf16"); err != nil {
 		return err
 	}
-	P, nSmall, I := int(cuda.ArgInt32(a[1])), int(cuda.ArgInt32(a[2])), int(cuda.ArgInt32(a[3]))
-	gu, err := m.Float32s(cuda.ArgPtr(a[0]), P*2*I)
+	p0, P, I := int(cuda.ArgInt32(a[1])), int(cuda.ArgInt32(a[2])), int(cuda.ArgInt32(a[3]))
+	if P <= p0 {
+		return nil
+	}
+	gu, err := m.Float32s(cuda.ArgPtr(a[0])+cuda.DevPtr(4*p0*2*I), (P-p0)*2*I)
 	if err != nil {
 		return err
 	}
-	for p := 0; p < P; p++ {
-		row := gu[p*2*I:]
-		if p < nSmall {
-			dst, err := m.Float32s(cuda.ArgPtr(a[4])+cuda.DevPtr(4*p*I), I)
-			if err != nil {
-				return err
-			}
-			for j := range dst {
-				dst[j] = siluMul(row[j], row[I+j])
-			}
-			continue
-		}
-		dst, err := m.Uint16s(cuda.ArgPtr(a[5])+cuda.DevPtr(2*(p-nSmall)*I), I)
-		if err != nil {
-			return err
-		}
-		for j := range dst {
-			dst[j] = bf16(siluMul(row[j], row[I+j]))
+	dst, err := m.Uint16s(cuda.ArgPtr(a[4]), (P-p0)*I)
+	if err != nil {
+		return err
+	}
+	for q := 0; q < P-p0; q++ {
+		row := gu[q*2*I:]
+		for j := 0; j < I; j++ {
+			dst[q*I+j] = bf16(siluMul(row[j], row[I+j]))
 		}
 	}
 	return nil
@@ -200,29 +205,9 @@ func twinCombine(m *cuda.FakeMem, _, _ [3]uint32, a []uint64) error {
 			}
 			wt := float64(w[r*K+j])
 			for c := range dst {
-				dst[c] = float32(math.FMA(wt, float64(y[c]), float64(dst[c])))
+				dst[c] = fma32(float32(wt), y[c], dst[c])
 			}
 		}
-	}
-	return nil
-}
-
-// twinBF16FromF32: bf16_from_f32(src, n (int64), dst).
-func twinBF16FromF32(m *cuda.FakeMem, _, _ [3]uint32, a []uint64) error {
-	if err := argc(a, 3, "bf16_from_f32"); err != nil {
-		return err
-	}
-	n := int(int64(a[1]))
-	src, err := m.Float32s(cuda.ArgPtr(a[0]), n)
-	if err != nil {
-		return err
-	}
-	dst, err := m.Uint16s(cuda.ArgPtr(a[2]), n)
-	if err != nil {
-		return err
-	}
-	for i, v := range src {
-		dst[i] = bf16(v)
 	}
 	return nil
 }
