@@ -262,10 +262,12 @@ func benchPreset(dev *cuda.Device, stdout io.Writer, preset string, rows []int, 
 		flops := float64(pairs) * 2 * 3 * float64(H) * float64(I)
 		refTF := flops / ref.Seconds() / 1e12
 		for _, v := range []struct {
-			name  string
-			small int
-		}{{"default", moe.DefaultSmallRows}, {"gemv", 1 << 30}, {"cublas", -1}} {
+			name    string
+			small   int
+			grouped bool
+		}{{"default", moe.DefaultSmallRows, true}, {"gemv", 1 << 30, true}, {"cublas", -1, true}, {"cublas 1/expert", -1, false}} {
 			x.SetSmallRows(v.small)
+			x.SetGrouped(v.grouped)
 			var kern, round, up, down []time.Duration
 			var last moe.Timing
 			for i := 0; i < reps+2; i++ {
@@ -283,11 +285,16 @@ func benchPreset(dev *cuda.Device, stdout io.Writer, preset string, rows []int, 
 			k := medianDur(kern)
 			bw := float64(last.WeightBytes) / k.Seconds()
 			tf := float64(last.FLOPs) / k.Seconds() / 1e12
-			fmt.Fprintf(w, "%d\t%d\t%d\t%s (%d on GEMV)\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%.1f\t%.1f\t%.2f\t\n", R, last.Pairs, last.Experts, v.name, last.SmallExperts,
+			path := fmt.Sprintf("%s (%d on GEMV)", v.name, last.SmallExperts)
+			if last.Grouped {
+				path = fmt.Sprintf("%s (%d on GEMV, grouped)", v.name, last.SmallExperts)
+			}
+			fmt.Fprintf(w, "%d\t%d\t%d\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%.1f\t%.1f\t%.2f\t\n", R, last.Pairs, last.Experts, path,
 				us(k), us(medianDur(round)), us(medianDur(up)), us(medianDur(down)), bw/1e9, bw/copyBW, tf, refTF, tf/refTF)
 		}
 	}
 	x.SetSmallRows(moe.DefaultSmallRows)
+	x.SetGrouped(true)
 	return w.Flush()
 }
 

@@ -40,6 +40,9 @@ var (
 	ErrNoDevice = errors.New("cuda: no such GPU")
 	// ErrOutOfMemory reports a device allocation the GPU cannot satisfy.
 	ErrOutOfMemory = errors.New("cuda: out of device memory")
+	// ErrNotSupported reports a call the installed library lacks or refuses
+	// for these types (CUBLAS_STATUS_NOT_SUPPORTED, or no such symbol).
+	ErrNotSupported = errors.New("cuda: not supported by the installed library")
 )
 
 // Error is a failed driver or cuBLAS call.
@@ -65,6 +68,8 @@ func (e *Error) Is(target error) bool {
 		return (e.Code == 2 && e.Call != "cublas") || e.Name == "CUBLAS_STATUS_ALLOC_FAILED"
 	case ErrNoDevice:
 		return e.Code == 100 || e.Code == 101
+	case ErrNotSupported:
+		return e.Name == "CUBLAS_STATUS_NOT_SUPPORTED" || e.Name == "symbol not found"
 	}
 	return false
 }
@@ -116,4 +121,9 @@ type driver interface {
 	// alpha and beta point at float32 values in host memory.
 	gemm(h uintptr, transA, transB bool, m, n, k int, alpha *float32, a DevPtr, at DataType, lda int,
 		b DevPtr, bt DataType, ldb int, beta *float32, c DevPtr, ct DataType, ldc int) error
+	// gemmGrouped is cublasGemmGroupedBatchedEx with one problem per group and
+	// CUBLAS_COMPUTE_32F; a, b and c are device arrays of len(m) pointers, the
+	// other slices hold one value per group.
+	gemmGrouped(h uintptr, transA, transB, m, n, k []int32, alpha []float32, a DevPtr, at DataType, lda []int32,
+		b DevPtr, bt DataType, ldb []int32, beta []float32, c DevPtr, ct DataType, ldc []int32, sizes []int32) error
 }

@@ -32,6 +32,8 @@ type Fake struct {
 	handles uintptr
 	// Launches counts kernel launches (and "gemm" calls) by name.
 	Launches map[string]int
+	// NoGrouped makes grouped GEMMs fail as unsupported (an old cuBLAS).
+	NoGrouped bool
 }
 
 // NewFake returns a fake GPU with total bytes of memory and the given kernel twins.
@@ -389,4 +391,43 @@ func bf16Bits(f float32) uint16 {
 	}
 	u += 0x7fff + (u>>16)&1
 	return uint16(u >> 16)
+}
+
+// gemmGrouped runs each group's problem through gemm (the reference twin).
+func (f *Fake) gemmGrouped(h uintptr, ta, tb, m, n, k []int32, alpha []float32, a DevPtr, at DataType, lda []int32,
+	b DevPtr, bt DataType, ldb []int32, beta []float32, c DevPtr, ct DataType, ldc []int32, sizes []int32) error {
+	if f.NoGrouped {
+		return &Error{Call: "cublasGemmGroupedBatchedEx", Code: 15, Name: "CUBLAS_STATUS_NOT_SUPPORTED"}
+	}
+	total := 0
+	for _, s := range sizes {
+		total += int(s)
+	}
+	mem := &FakeMem{f}
+	as, err := mem.Uint64s(a, total)
+	if err != nil {
+		return err
+	}
+	bs, err := mem.Uint64s(b, total)
+	if err != nil {
+		return err
+	}
+	cs, err := mem.Uint64s(c, total)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.Launches["gemm_grouped"]++
+	f.mu.Unlock()
+	i := 0
+	for g, s := range sizes {
+		for range s {
+			if err := f.gemm(h, ta[g] == 1, tb[g] == 1, int(m[g]), int(n[g]), int(k[g]), &alpha[g], DevPtr(as[i]), at, int(lda[g]),
+				DevPtr(bs[i]), bt, int(ldb[g]), &beta[g], DevPtr(cs[i]), ct, int(ldc[g])); err != nil {
+				return err
+			}
+			i++
+		}
+	}
+	return nil
 }

@@ -71,7 +71,7 @@ func metaBytes(c Config, rows int) uint64 {
 	P := uint64(rows * c.TopK)
 	maxChunks := uint64(c.NumExperts * ((max(c.SmallRows, 1) + MaxGroupRows - 1) / MaxGroupRows))
 	tasks := maxChunks * uint64((2*c.Intermediate+c.Hidden)/gemvRowsPerBlock+2) * 8 * taskWords
-	return P*12 + tasks + 6*256
+	return P*12 + tasks + uint64(c.NumExperts)*48 + 7*256
 }
 
 // Slots is how many experts fit the budget after the reserved scratch.
@@ -93,6 +93,7 @@ type Timing struct {
 	Upload, Kernels, Download time.Duration // host-to-device copy, compute, device-to-host copy
 	Pairs, Experts            int           // active (row, expert) pairs and distinct experts
 	SmallExperts              int           // experts on the grouped-GEMV path
+	Grouped                   bool          // the cuBLAS experts ran as grouped GEMMs (else one GEMM each, from the lanes)
 	WeightBytes               int64         // expert weight bytes the kernels read (each expert once per GEMV chunk)
 	FLOPs                     int64         // 2 * multiply-adds of the three projections
 }
@@ -114,12 +115,17 @@ type Experts struct {
 	ev       [4]*cuda.Event
 	gathered *cuda.Event // the cuBLAS path's inputs are ready (main stream)
 	lanes    []*lane
-	scratch  map[string]*devBuf
-	pinX     *cuda.HostBuf // the round's input rows
-	pinMeta  *cuda.HostBuf // routing and tasks
-	pinOut   *cuda.HostBuf // the round's output rows
-	plan     plan
-	closed   bool
+	// blasMain issues grouped GEMMs on the main stream; noGrouped is set once
+	// the installed cuBLAS refuses them (then the lanes issue one GEMM per expert).
+	blasMain  *cuda.BLAS
+	noGrouped bool
+	lanesUsed int // lanes with work in the current round
+	scratch   map[string]*devBuf
+	pinX      *cuda.HostBuf // the round's input rows
+	pinMeta   *cuda.HostBuf // routing and tasks
+	pinOut    *cuda.HostBuf // the round's output rows
+	plan      plan
+	closed    bool
 }
 
 // lane issues a share of the cuBLAS-path experts on its own stream and handle,
@@ -183,6 +189,9 @@ func New(dev *cuda.Device, cfg Config) (*Experts, error) {
 	if x.gathered, err = dev.NewEvent(); err != nil {
 		return fail(err)
 	}
+	if x.blasMain, err = dev.NewBLAS(x.stream); err != nil {
+		return fail(err)
+	}
 	for range blasLanes {
 		l := &lane{}
 		x.lanes = append(x.lanes, l)
@@ -205,6 +214,14 @@ func (x *Experts) SetSmallRows(n int) {
 	x.cmu.Lock()
 	defer x.cmu.Unlock()
 	x.cfg.SmallRows = max(n, 0)
+}
+
+// SetGrouped turns grouped GEMMs for the cuBLAS experts on (the default, where
+// the installed cuBLAS has them) or off (one GEMM per expert from the lanes).
+func (x *Experts) SetGrouped(on bool) {
+	x.cmu.Lock()
+	defer x.cmu.Unlock()
+	x.noGrouped = !on
 }
 
 // Config returns the store's configuration (with defaults applied).
@@ -459,22 +476,14 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 			return t, err
 		}
 	}
+	nb := len(p.big)
 	offW := 0
 	offPos := align(offW + 4*R*K)
 	offRow := align(offPos + 4*R*K)
 	offUp := align(offRow + 4*P)
 	offDown := align(offUp + 8*len(p.upTasks))
-	total := align(offDown + 8*len(p.downTasks))
-	if err := ensureHost(x.dev, &x.pinMeta, total); err != nil {
-		return t, err
-	}
-	m := x.pinMeta
-	copy(m.Float32s()[offW/4:], req.Weights[:R*K])
-	copy(m.Int32s()[offPos/4:], p.pos[:R*K])
-	copy(m.Int32s()[offRow/4:], p.pairRow[:P])
-	copy(m.Uint64s()[offUp/8:], p.upTasks)
-	copy(m.Uint64s()[offDown/8:], p.downTasks)
-
+	offPtrs := align(offDown + 8*len(p.downTasks)) // grouped-GEMM pointer arrays: 2 x (W, A, C) x nb
+	total := align(offPtrs + 8*6*nb)
 	bufs := []struct {
 		name string
 		n    int
@@ -488,6 +497,21 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 		}
 		ptr[b.name] = d
 	}
+	if err := ensureHost(x.dev, &x.pinMeta, total); err != nil {
+		return t, err
+	}
+	m := x.pinMeta
+	copy(m.Float32s()[offW/4:], req.Weights[:R*K])
+	copy(m.Int32s()[offPos/4:], p.pos[:R*K])
+	copy(m.Int32s()[offRow/4:], p.pairRow[:P])
+	copy(m.Uint64s()[offUp/8:], p.upTasks)
+	copy(m.Uint64s()[offDown/8:], p.downTasks)
+	gp := m.Uint64s()[offPtrs/8 : offPtrs/8+6*nb]
+	for i, g := range p.big {
+		gp[i], gp[nb+i], gp[2*nb+i] = uint64(g.expert.gateUp), uint64(ptr["xb"].Add(2*(g.p0-S)*H)), uint64(ptr["gu"].Add(4*g.p0*2*I))
+		gp[3*nb+i], gp[4*nb+i], gp[5*nb+i] = uint64(g.expert.down), uint64(ptr["ab"].Add(2*(g.p0-S)*I)), uint64(ptr["y"].Add(4*g.p0*H))
+	}
+	x.lanesUsed = 0
 	meta, s := ptr["meta"], x.stream
 	gemv := func(f *cuda.Func, off, ntasks int, args ...any) error {
 		return s.Launch(f, [3]uint32{uint32(ntasks), 1, 1}, [3]uint32{gemvThreads, 1, 1}, 0, append([]any{meta.Add(off)}, args...)...)
@@ -505,9 +529,21 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 				ptr["x"], meta.Add(offRow), S, P, H, ptr["xb"]); err != nil {
 				return err
 			}
+			if !x.noGrouped {
+				err := x.grouped(ptr, meta.Add(offPtrs), S)
+				if err == nil {
+					t.Grouped = true
+					return nil
+				}
+				if !errors.Is(err, cuda.ErrNotSupported) {
+					return err
+				}
+				x.noGrouped = true // this cuBLAS has no grouped bf16 GEMM: one GEMM per expert from now on
+			}
 			if err := x.gathered.Record(s); err != nil {
 				return err
 			}
+			x.lanesUsed = min(len(x.lanes), len(p.big))
 			return x.runLanes(ptr, S)
 		},
 		func() error {
@@ -515,7 +551,7 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 		},
 		func() error { return gemv(x.k.down, offDown, len(p.downTasks)/taskWords, ptr["gu"], ptr["y"], I, H) },
 		func() error {
-			for _, l := range x.lanes[:x.usedLanes()] {
+			for _, l := range x.lanes[:x.lanesUsed] {
 				if err := s.WaitEvent(l.done); err != nil {
 					return err
 				}
@@ -554,8 +590,25 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 	return t, nil
 }
 
-// usedLanes is how many lanes the current plan's cuBLAS experts occupy.
-func (x *Experts) usedLanes() int { return min(len(x.lanes), len(x.plan.big)) }
+// grouped runs the cuBLAS-path experts on the main stream with two grouped
+// GEMMs (every expert's gate|up in one call, every expert's down in another)
+// around the bf16 SiLU product; ptrs holds the pointer arrays.
+func (x *Experts) grouped(ptr map[string]cuda.DevPtr, ptrs cuda.DevPtr, S int) error {
+	p := &x.plan
+	H, I, nb := p.hidden, p.inter, len(p.big)
+	ms := make([]int32, nb)
+	for i, g := range p.big {
+		ms[i] = int32(g.m)
+	}
+	if err := x.blasMain.GroupedRowMajor(ms, 2*I, H, cuda.R16BF, H, cuda.R16BF, H, cuda.R32F, 2*I, ptrs); err != nil {
+		return err
+	}
+	if err := x.stream.Launch(x.k.silu, [3]uint32{uint32(min(((p.pairs-S)*I+255)/256, 1<<16)), 1, 1}, [3]uint32{256, 1, 1}, 0,
+		ptr["gu"], S, p.pairs, I, ptr["ab"]); err != nil {
+		return err
+	}
+	return x.blasMain.GroupedRowMajor(ms, H, I, cuda.R16BF, I, cuda.R16BF, I, cuda.R32F, H, ptrs.Add(8*3*nb))
+}
 
 // runLanes splits the cuBLAS-path experts into contiguous shares, one per
 // lane, and issues each share from its own goroutine: gate|up GEMMs, the bf16
@@ -563,7 +616,7 @@ func (x *Experts) usedLanes() int { return min(len(x.lanes), len(x.plan.big)) }
 func (x *Experts) runLanes(ptr map[string]cuda.DevPtr, S int) error {
 	p := &x.plan
 	H, I := p.hidden, p.inter
-	n := x.usedLanes()
+	n := x.lanesUsed
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for li := 0; li < n; li++ {
@@ -634,6 +687,9 @@ func (x *Experts) Close() error {
 		if e != nil {
 			errs = append(errs, e.Destroy())
 		}
+	}
+	if x.blasMain != nil {
+		errs = append(errs, x.blasMain.Destroy())
 	}
 	if x.stream != nil {
 		errs = append(errs, x.stream.Destroy())

@@ -32,6 +32,15 @@ static __device__ inline bf16 f2bf(float f) {
   u += 0x7fffu + ((u >> 16) & 1u);
   return (bf16)(u >> 16);
 }
+// ldg_nc_v4 loads 16 bytes of read-only global memory (weights) through the
+// non-coherent cache path as one vector load.
+static __device__ inline u32x4 ldg_nc_v4(const void* p) {
+  unsigned int a, b, c, d;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(a), "=r"(b), "=r"(c), "=r"(d) : "l"(p));
+  u32x4 v = {a, b, c, d};
+  return v;
+}
+
 // silu(g) * u with exp through ex2.approx (relative error ~2^-22).
 static __device__ inline float silu_mul(float g, float u) {
   float e = __nvvm_ex2_approx_f(-g * 1.4426950408889634f);
@@ -84,38 +93,50 @@ static __device__ inline void gemv_body(const u64* __restrict__ tasks, const flo
   for (int r = 0; r < RPW; r++)
 #pragma unroll
     for (int i = 0; i < MMAX; i++) acc[r][i] = 0.0f;
-  for (int k = lane * 8; k < K; k += 256) {
-    u32x4 wv[RPW];
+  // Two 256-value steps per iteration: 2*RPW independent 16-byte weight loads
+  // in flight per lane before the first use.
+  for (int k0 = lane * 8; k0 < K; k0 += 512) {
+    u32x4 wv[2][RPW];
 #pragma unroll
-    for (int r = 0; r < RPW; r++) {
-      int n = n0 + r < N ? n0 + r : n0;
-      wv[r] = *(const u32x4*)(W + (long)n * K + k);
+    for (int h = 0; h < 2; h++) {
+      int k = k0 + 256 * h < K ? k0 + 256 * h : k0;
+#pragma unroll
+      for (int r = 0; r < RPW; r++) {
+        int n = n0 + r < N ? n0 + r : n0;
+        wv[h][r] = ldg_nc_v4(W + (long)n * K + k);
+      }
     }
 #pragma unroll
-    for (int i = 0; i < MMAX; i++) {
-      if (i < m) {
-        float xv[8];
-        f32x4 a = *(const f32x4*)(xr[i] + k);
-        f32x4 b = *(const f32x4*)(xr[i] + k + 4);
-        xv[0] = a[0]; xv[1] = a[1]; xv[2] = a[2]; xv[3] = a[3];
-        xv[4] = b[0]; xv[5] = b[1]; xv[6] = b[2]; xv[7] = b[3];
-        if (DOWN) {
-          f32x4 c = *(const f32x4*)(xr[i] + K + k);
-          f32x4 d = *(const f32x4*)(xr[i] + K + k + 4);
-          xv[0] = silu_mul(xv[0], c[0]); xv[1] = silu_mul(xv[1], c[1]);
-          xv[2] = silu_mul(xv[2], c[2]); xv[3] = silu_mul(xv[3], c[3]);
-          xv[4] = silu_mul(xv[4], d[0]); xv[5] = silu_mul(xv[5], d[1]);
-          xv[6] = silu_mul(xv[6], d[2]); xv[7] = silu_mul(xv[7], d[3]);
-        }
+    for (int h = 0; h < 2; h++) {
+      int k = k0 + 256 * h;
+      if (k < K) {
 #pragma unroll
-        for (int r = 0; r < RPW; r++) {
-          float s = acc[r][i];
+        for (int i = 0; i < MMAX; i++) {
+          if (i < m) {
+            float xv[8];
+            f32x4 a = *(const f32x4*)(xr[i] + k);
+            f32x4 b = *(const f32x4*)(xr[i] + k + 4);
+            xv[0] = a[0]; xv[1] = a[1]; xv[2] = a[2]; xv[3] = a[3];
+            xv[4] = b[0]; xv[5] = b[1]; xv[6] = b[2]; xv[7] = b[3];
+            if (DOWN) {
+              f32x4 c = *(const f32x4*)(xr[i] + K + k);
+              f32x4 d = *(const f32x4*)(xr[i] + K + k + 4);
+              xv[0] = silu_mul(xv[0], c[0]); xv[1] = silu_mul(xv[1], c[1]);
+              xv[2] = silu_mul(xv[2], c[2]); xv[3] = silu_mul(xv[3], c[3]);
+              xv[4] = silu_mul(xv[4], d[0]); xv[5] = silu_mul(xv[5], d[1]);
+              xv[6] = silu_mul(xv[6], d[2]); xv[7] = silu_mul(xv[7], d[3]);
+            }
 #pragma unroll
-          for (int j = 0; j < 4; j++) {
-            s = __nvvm_fma_rn_f(bf2f(wv[r][j] & 0xffffu), xv[2 * j], s);
-            s = __nvvm_fma_rn_f(bf2f(wv[r][j] >> 16), xv[2 * j + 1], s);
+            for (int r = 0; r < RPW; r++) {
+              float s = acc[r][i];
+#pragma unroll
+              for (int j = 0; j < 4; j++) {
+                s = __nvvm_fma_rn_f(bf2f(wv[h][r][j] & 0xffffu), xv[2 * j], s);
+                s = __nvvm_fma_rn_f(bf2f(wv[h][r][j] >> 16), xv[2 * j + 1], s);
+              }
+              acc[r][i] = s;
+            }
           }
-          acc[r][i] = s;
         }
       }
     }

@@ -29,7 +29,14 @@ func devices(t *testing.T) []testDevice {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := []testDevice{{"fake", fd, f}}
+	// A fake whose cuBLAS has no grouped GEMM: the per-expert lanes run instead.
+	f2 := cuda.NewFake(8<<30, FakeKernels())
+	f2.NoGrouped = true
+	fd2, err := cuda.OpenFake(f2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := []testDevice{{"fake", fd, f}, {"fake-lanes", fd2, f2}}
 	if gpu := realDevice(t); gpu != nil {
 		out = append(out, testDevice{"gpu", gpu, nil})
 	}
@@ -188,6 +195,13 @@ func TestComputeMatchesCPU(t *testing.T) {
 					tm, err := x.Compute(req)
 					if err != nil {
 						t.Fatal(err)
+					}
+					if td.fake != nil && tm.SmallExperts < tm.Experts {
+						// The cuBLAS experts ran grouped, or (without grouped GEMMs) one GEMM each.
+						grouped, single := td.fake.Launches["gemm_grouped"], td.fake.Launches["gemm"]
+						if td.fake.NoGrouped && (grouped != 0 || single == 0 || tm.Grouped) || !td.fake.NoGrouped && (grouped == 0 || !tm.Grouped) {
+							t.Fatalf("grouped GEMM calls %d, single %d, Timing.Grouped %v on %s", grouped, single, tm.Grouped, td.name)
+						}
 					}
 					tol := 1e-4
 					if tm.SmallExperts < tm.Experts || dt != tensor.BF16 {
