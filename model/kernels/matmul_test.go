@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
@@ -385,4 +387,55 @@ func TestMatMulConcurrent(t *testing.T) {
 	for e := range errs {
 		t.Fatal(e)
 	}
+}
+
+// TestMatMulBackToBackWaitsForWorkers runs many small parallel products back
+// to back with more threads than cores, so that callers often block waiting
+// for a worker that has not started. A completion token left over from the
+// previous call must not let a caller return (and recycle its job) while a
+// worker still computes into it.
+func TestMatMulBackToBackWaitsForWorkers(t *testing.T) {
+	prev := runtime.GOMAXPROCS(8)
+	defer runtime.GOMAXPROCS(prev)
+	rng := rand.New(rand.NewPCG(21, 22))
+	w := randMatrix(rng, tensor.BF16, 1024, 256)
+	var iters int
+	x := randVec(rng, 5*w.Cols)
+	want := make([]float32, 5*w.Rows)
+	MatMulRef(want, w, x, 5)
+	// Delay every completion token, so that one arrives after its caller has
+	// already seen pending reach 0 and the next call has started.
+	testHookBeforeDone = func() { time.Sleep(200 * time.Microsecond) }
+	defer func() { testHookBeforeDone = nil }()
+	if !testing.Short() {
+		iters = 12000
+	} else {
+		iters = 500
+	}
+	withThreads(8, func() {
+		// Several callers: whichever holds the pool hands out work, and a caller
+		// that returned early would leave a worker writing into a recycled job.
+		var wg sync.WaitGroup
+		fail := make(chan string, 4)
+		for g := 0; g < 4; g++ {
+			wg.Go(func() {
+				for it := 0; it < iters; it++ {
+					n := 1 + (it+g)%5
+					out := make([]float32, n*w.Rows)
+					MatMul(out, w, x, n)
+					for i := range out {
+						if d := out[i] - want[i]; d > 1e-3 || d < -1e-3 {
+							fail <- fmt.Sprintf("caller %d n=%d iteration %d: out[%d] = %g, want %g", g, n, it, i, out[i], want[i])
+							return
+						}
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(fail)
+		for f := range fail {
+			t.Fatal(f)
+		}
+	})
 }

@@ -98,6 +98,9 @@ func (w *worker) loop(p *workerPool) {
 			w.started.Store(true)
 			t.run(&w.scratch)
 			if p.pending.Add(-1) == 0 {
+				if testHookBeforeDone != nil {
+					testHookBeforeDone()
+				}
 				select {
 				case p.done <- struct{}{}:
 				default:
@@ -157,6 +160,10 @@ const (
 // forceParallel makes parallel ignore the size thresholds (tests).
 var forceParallel bool
 
+// testHookBeforeDone runs in the worker that finished a job last, between
+// its decrement of pending and its completion token (tests delay the token).
+var testHookBeforeDone func()
+
 // parallel runs t on up to threads participants: the caller (with scratch s)
 // and threads-1 pool workers. estNs is the estimated single-thread time of t.
 // With threads <= 1, small work, or when another call holds the pool, it runs
@@ -200,7 +207,10 @@ func parallel(t task, threads int, s *scratch, estNs int) {
 			// A worker has not started: it may be queued on this P. Block so
 			// that it runs; its completion wakes this goroutine.
 			pool.callerBlocked.Store(true)
-			if pool.pending.Load() != 0 {
+			// A token can be stale: the previous call's last worker may send
+			// it after that call returned (it saw pending reach 0 first). Only
+			// pending == 0 means this call's workers are done.
+			for pool.pending.Load() != 0 {
 				<-pool.done
 			}
 			pool.callerBlocked.Store(false)
