@@ -118,6 +118,12 @@ fi
 ROWS=1,8,64,512,4096; PRESETS=h-tiny,h-small; REPS=20; SESS=1,8,32,128; LAYERS=6; TOK=16
 if [ "$QUICK" = 1 ] || [ "$DEVICE" = fake ]; then ROWS=1,8,64; PRESETS=h-tiny; REPS=3; SESS=1,8; LAYERS=2; TOK=4; fi
 run "Expert compute per round (one MoE layer, bf16)" 150 "$ROOT" "$SY" bench-gpu --device "$DEVICE" --preset "$PRESETS" --rows "$ROWS" --reps "$REPS"
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+if [ "$DEVICE" != fake ] && [ -n "$NCU" ]; then
+  run "Nsight Compute: the decode GEMV kernels (h-tiny, 8 rows)" 90 "$ROOT" "$NCU" --clock-control none --kernel-name regex:'gemv_(up|down)' \
+    --launch-skip 4 --launch-count 2 --section SpeedOfLight --section Occupancy --section LaunchStats \
+    "$SY" bench-gpu --device "$DEVICE" --preset h-tiny --rows 8 --reps 1
+fi
 run "Synthesize h-tiny ($LAYERS layers, real widths)" 120 "$ROOT" "$SY" synth --preset h-tiny --layers "$LAYERS" --out "$WORK/h-tiny"
 run "Cluster decode: CPU expert nodes vs GPU expert nodes (1 trunk on this machine's CPUs)" 210 "$ROOT" "$SY" bench-cluster --model "$WORK/h-tiny" --expert-device "cpu,$DEVICE" --sessions "$SESS" --prompt 16 --tokens "$TOK" --reps 1 --inproc=false
 

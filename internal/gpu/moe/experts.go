@@ -117,8 +117,11 @@ type Experts struct {
 	lanes    []*lane
 	// blasMain issues grouped GEMMs on the main stream; noGrouped is set once
 	// the installed cuBLAS refuses them (then the lanes issue one GEMM per expert).
-	blasMain  *cuda.BLAS
-	noGrouped bool
+	blasMain   *cuda.BLAS
+	noGrouped  bool
+	groupedErr error // why grouped GEMMs are off, when the library refused them
+	// replay re-queues the last round's kernels (no copies), for Replay.
+	replay    func() error
 	lanesUsed int // lanes with work in the current round
 	scratch   map[string]*devBuf
 	pinX      *cuda.HostBuf // the round's input rows
@@ -214,6 +217,44 @@ func (x *Experts) SetSmallRows(n int) {
 	x.cmu.Lock()
 	defer x.cmu.Unlock()
 	x.cfg.SmallRows = max(n, 0)
+}
+
+// GroupedErr returns why grouped GEMMs are off (nil while they are used or untried).
+func (x *Experts) GroupedErr() error {
+	x.cmu.Lock()
+	defer x.cmu.Unlock()
+	return x.groupedErr
+}
+
+// Replay queues the last round's kernels n times back to back (no copies, no
+// host work in between) and returns the GPU time per round: what a round
+// costs the GPU once launch gaps are hidden, as CUDA graphs would hide them.
+// For benchmarks; the outputs are recomputed from the same inputs.
+func (x *Experts) Replay(n int) (time.Duration, error) {
+	x.cmu.Lock()
+	defer x.cmu.Unlock()
+	if x.replay == nil || n <= 0 {
+		return 0, errors.New("moe: nothing to replay")
+	}
+	if err := x.ev[0].Record(x.stream); err != nil {
+		return 0, err
+	}
+	for i := 0; i < n; i++ {
+		if err := x.replay(); err != nil {
+			return 0, err
+		}
+	}
+	if err := x.ev[1].Record(x.stream); err != nil {
+		return 0, err
+	}
+	if err := x.ev[1].Sync(); err != nil {
+		return 0, err
+	}
+	ms, err := cuda.Elapsed(x.ev[0], x.ev[1])
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(float64(ms) * float64(time.Millisecond) / float64(n)), nil
 }
 
 // SetGrouped turns grouped GEMMs for the cuBLAS experts on (the default, where
@@ -538,7 +579,7 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 				if !errors.Is(err, cuda.ErrNotSupported) {
 					return err
 				}
-				x.noGrouped = true // this cuBLAS has no grouped bf16 GEMM: one GEMM per expert from now on
+				x.noGrouped, x.groupedErr = true, err // this cuBLAS has no grouped bf16 GEMM: one GEMM per expert from now on
 			}
 			if err := x.gathered.Record(s); err != nil {
 				return err
@@ -566,6 +607,14 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 		func() error { return s.CopyFromDevice(x.pinOut, 0, ptr["out"], 4*R*H) },
 		func() error { return x.ev[3].Record(s) },
 		func() error { return x.ev[3].Sync() },
+	}
+	x.replay = func() error {
+		for _, f := range steps[4:9] {
+			if err := f(); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	for _, f := range steps {
 		if err := f(); err != nil {
