@@ -264,10 +264,10 @@ func benchPreset(dev *cuda.Device, stdout io.Writer, preset string, rows []int, 
 		for _, v := range []struct {
 			name    string
 			small   int
-			grouped bool
+			batched bool
 		}{{"default", moe.DefaultSmallRows, true}, {"gemv", 1 << 30, true}, {"cublas", -1, true}, {"cublas 1/expert", -1, false}} {
 			x.SetSmallRows(v.small)
-			x.SetGrouped(v.grouped)
+			x.SetBatched(v.batched)
 			var kern, round, up, down []time.Duration
 			var last moe.Timing
 			for i := 0; i < reps+2; i++ {
@@ -291,8 +291,8 @@ func benchPreset(dev *cuda.Device, stdout io.Writer, preset string, rows []int, 
 				return err
 			}
 			path := fmt.Sprintf("%s (%d on GEMV)", v.name, last.SmallExperts)
-			if last.Grouped {
-				path = fmt.Sprintf("%s (%d on GEMV, grouped)", v.name, last.SmallExperts)
+			if last.Batched {
+				path = fmt.Sprintf("%s (%d on GEMV, batched)", v.name, last.SmallExperts)
 			}
 			fmt.Fprintf(w, "%d\t%d\t%d\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%.1f\t%.1f\t%.2f\t%.1f\t%.2f\t%.2f\t\n", R, last.Pairs, last.Experts, path,
 				us(k), us(medianDur(round)), us(medianDur(up)), us(medianDur(down)), bw/1e9, bw/copyBW, tf, refTF, tf/refTF,
@@ -300,12 +300,12 @@ func benchPreset(dev *cuda.Device, stdout io.Writer, preset string, rows []int, 
 		}
 	}
 	x.SetSmallRows(moe.DefaultSmallRows)
-	x.SetGrouped(true)
+	x.SetBatched(true)
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	if err := x.GroupedErr(); err != nil {
-		fmt.Fprintf(stdout, "grouped GEMMs unavailable, one GEMM per expert from 4 lanes: %v\n", err)
+	if err := x.BatchedErr(); err != nil {
+		fmt.Fprintf(stdout, "batched GEMMs unavailable, one GEMM per expert from 4 lanes: %v\n", err)
 	}
 	fmt.Fprintln(stdout, "kernel: CUDA events around one round's kernels as the node issues them; replayed: the same kernels queued back to back (launch gaps hidden)")
 	return nil

@@ -409,32 +409,20 @@ func (d *Device) NewBLAS(s *Stream) (*BLAS, error) {
 // Destroy frees the handle.
 func (b *BLAS) Destroy() error { return b.d.do(func() error { return b.d.drv.blasDestroy(b.h) }) }
 
-// GroupedRowMajor queues len(ms) independent row-major products in one call
-// (cublasGemmGroupedBatchedEx): C_i = A_i · W_iᵀ with A_i [ms[i], k] (lda),
-// W_i [n, k] (ldw; a linear layer's weight) and C_i [ms[i], n] (ldc), float32
-// accumulation. ptrs is device memory holding 3*len(ms) pointers: every W_i,
-// then every A_i, then every C_i. It fails with ErrNotSupported where the
-// installed cuBLAS has no grouped GEMM for these types.
-func (b *BLAS) GroupedRowMajor(ms []int32, n, k int, at DataType, lda int, wt DataType, ldw int, ct DataType, ldc int, ptrs DevPtr) error {
-	g := len(ms)
-	if g == 0 {
+// BatchedRowMajor queues count row-major products of one shape in one call
+// (cublasGemmBatchedEx): C_i = A_i · W_iᵀ with A_i [m, k] (lda), W_i [n, k]
+// (ldw; a linear layer's weight) and C_i [m, n] (ldc), float32 accumulation.
+// ptrs is device memory holding 3*count pointers: every W_i, then every A_i,
+// then every C_i.
+func (b *BLAS) BatchedRowMajor(m, n, k int, at DataType, lda int, wt DataType, ldw int, ct DataType, ldc int, count int, ptrs DevPtr) error {
+	if count == 0 || m == 0 || n == 0 {
 		return nil
 	}
-	fill := func(v int32) []int32 {
-		s := make([]int32, g)
-		for i := range s {
-			s[i] = v
-		}
-		return s
-	}
-	ones, zeros := make([]float32, g), make([]float32, g)
-	for i := range ones {
-		ones[i] = 1
-	}
-	// Column-major, as in GemmRowMajor: Cᵢᵀ [n, mᵢ] = Wᵢ · Aᵢᵀ.
+	*b.alpha, *b.beta = 1, 0
+	// Column-major, as in GemmRowMajor: Cᵢᵀ [n, m] = Wᵢ · Aᵢᵀ.
 	return b.d.do(func() error {
-		return b.d.drv.gemmGrouped(b.h, fill(1), fill(0), fill(int32(n)), ms, fill(int32(k)), ones, ptrs, wt, fill(int32(ldw)),
-			ptrs.Add(8*g), at, fill(int32(lda)), zeros, ptrs.Add(16*g), ct, fill(int32(ldc)), fill(1))
+		return b.d.drv.gemmBatched(b.h, true, false, n, m, k, b.alpha, ptrs, wt, ldw, ptrs.Add(8*count), at, lda, b.beta,
+			ptrs.Add(16*count), ct, ldc, count)
 	})
 }
 

@@ -40,8 +40,8 @@ var (
 	ErrNoDevice = errors.New("cuda: no such GPU")
 	// ErrOutOfMemory reports a device allocation the GPU cannot satisfy.
 	ErrOutOfMemory = errors.New("cuda: out of device memory")
-	// ErrNotSupported reports a call the installed library lacks or refuses
-	// for these types (CUBLAS_STATUS_NOT_SUPPORTED, or no such symbol).
+	// ErrNotSupported reports a call the installed library refuses for these
+	// types (CUBLAS_STATUS_NOT_SUPPORTED).
 	ErrNotSupported = errors.New("cuda: not supported by the installed library")
 )
 
@@ -121,9 +121,9 @@ type driver interface {
 	// alpha and beta point at float32 values in host memory.
 	gemm(h uintptr, transA, transB bool, m, n, k int, alpha *float32, a DevPtr, at DataType, lda int,
 		b DevPtr, bt DataType, ldb int, beta *float32, c DevPtr, ct DataType, ldc int) error
-	// gemmGrouped is cublasGemmGroupedBatchedEx with one problem per group and
-	// CUBLAS_COMPUTE_32F; a, b and c are device arrays of len(m) pointers, the
-	// other slices hold one value per group.
-	gemmGrouped(h uintptr, transA, transB, m, n, k []int32, alpha []float32, a DevPtr, at DataType, lda []int32,
-		b DevPtr, bt DataType, ldb []int32, beta []float32, c DevPtr, ct DataType, ldc []int32, sizes []int32) error
+	// gemmBatched is cublasGemmBatchedEx with CUBLAS_COMPUTE_32F and the
+	// default algorithm: count products of one shape; a, b and c are device
+	// arrays of count pointers.
+	gemmBatched(h uintptr, transA, transB bool, m, n, k int, alpha *float32, a DevPtr, at DataType, lda int,
+		b DevPtr, bt DataType, ldb int, beta *float32, c DevPtr, ct DataType, ldc int, count int) error
 }

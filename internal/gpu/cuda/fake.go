@@ -32,8 +32,8 @@ type Fake struct {
 	handles uintptr
 	// Launches counts kernel launches (and "gemm" calls) by name.
 	Launches map[string]int
-	// NoGrouped makes grouped GEMMs fail as unsupported (an old cuBLAS).
-	NoGrouped bool
+	// NoBatched makes batched GEMMs fail as unsupported.
+	NoBatched bool
 }
 
 // NewFake returns a fake GPU with total bytes of memory and the given kernel twins.
@@ -393,40 +393,31 @@ func bf16Bits(f float32) uint16 {
 	return uint16(u >> 16)
 }
 
-// gemmGrouped runs each group's problem through gemm (the reference twin).
-func (f *Fake) gemmGrouped(h uintptr, ta, tb, m, n, k []int32, alpha []float32, a DevPtr, at DataType, lda []int32,
-	b DevPtr, bt DataType, ldb []int32, beta []float32, c DevPtr, ct DataType, ldc []int32, sizes []int32) error {
-	if f.NoGrouped {
-		return &Error{Call: "cublasGemmGroupedBatchedEx", Code: 15, Name: "CUBLAS_STATUS_NOT_SUPPORTED"}
-	}
-	total := 0
-	for _, s := range sizes {
-		total += int(s)
+// gemmBatched runs each product through gemm (the reference twin).
+func (f *Fake) gemmBatched(h uintptr, ta, tb bool, m, n, k int, alpha *float32, a DevPtr, at DataType, lda int,
+	b DevPtr, bt DataType, ldb int, beta *float32, c DevPtr, ct DataType, ldc int, count int) error {
+	if f.NoBatched {
+		return &Error{Call: "cublasGemmBatchedEx", Code: 15, Name: "CUBLAS_STATUS_NOT_SUPPORTED"}
 	}
 	mem := &FakeMem{f}
-	as, err := mem.Uint64s(a, total)
+	as, err := mem.Uint64s(a, count)
 	if err != nil {
 		return err
 	}
-	bs, err := mem.Uint64s(b, total)
+	bs, err := mem.Uint64s(b, count)
 	if err != nil {
 		return err
 	}
-	cs, err := mem.Uint64s(c, total)
+	cs, err := mem.Uint64s(c, count)
 	if err != nil {
 		return err
 	}
 	f.mu.Lock()
-	f.Launches["gemm_grouped"]++
+	f.Launches["gemm_batched"]++
 	f.mu.Unlock()
-	i := 0
-	for g, s := range sizes {
-		for range s {
-			if err := f.gemm(h, ta[g] == 1, tb[g] == 1, int(m[g]), int(n[g]), int(k[g]), &alpha[g], DevPtr(as[i]), at, int(lda[g]),
-				DevPtr(bs[i]), bt, int(ldb[g]), &beta[g], DevPtr(cs[i]), ct, int(ldc[g])); err != nil {
-				return err
-			}
-			i++
+	for i := 0; i < count; i++ {
+		if err := f.gemm(h, ta, tb, m, n, k, alpha, DevPtr(as[i]), at, lda, DevPtr(bs[i]), bt, ldb, beta, DevPtr(cs[i]), ct, ldc); err != nil {
+			return err
 		}
 	}
 	return nil

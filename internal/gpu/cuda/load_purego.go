@@ -60,16 +60,16 @@ type realDriver struct {
 	cuLaunchKernel            func(f uintptr, gx, gy, gz, bx, by, bz, shared uint32, s uintptr, params *unsafe.Pointer, extra *unsafe.Pointer) cuResult
 	cuGetErrorName            func(r cuResult, s **byte) cuResult
 
-	blasOnce          sync.Once
-	blasErr           error
-	blasLib           string
-	blasVer           int
-	cublasCreate      func(h *uintptr) cublasStatus
-	cublasDestroy     func(h uintptr) cublasStatus
-	cublasSetStream   func(h, s uintptr) cublasStatus
-	cublasGetVersion  func(h uintptr, v *int32) cublasStatus
-	cublasGemmGrouped func(h uintptr, ta, tb, m, n, k *int32, alpha *float32, a uint64, at int32, lda *int32,
-		b uint64, bt int32, ldb *int32, beta *float32, c uint64, ct int32, ldc *int32, count int32, sizes *int32, compute int32) cublasStatus
+	blasOnce            sync.Once
+	blasErr             error
+	blasLib             string
+	blasVer             int
+	cublasCreate        func(h *uintptr) cublasStatus
+	cublasDestroy       func(h uintptr) cublasStatus
+	cublasSetStream     func(h, s uintptr) cublasStatus
+	cublasGetVersion    func(h uintptr, v *int32) cublasStatus
+	cublasGemmBatchedEx func(h uintptr, ta, tb int32, m, n, k int32, alpha unsafe.Pointer, a uint64, at int32, lda int32,
+		b uint64, bt int32, ldb int32, beta unsafe.Pointer, c uint64, ct int32, ldc int32, count int32, compute int32, algo int32) cublasStatus
 	cublasGemmEx func(h uintptr, ta, tb int32, m, n, k int32, alpha unsafe.Pointer, a uint64, at int32, lda int32,
 		b uint64, bt int32, ldb int32, beta unsafe.Pointer, c uint64, ct int32, ldc int32, compute int32, algo int32) cublasStatus
 
@@ -207,17 +207,12 @@ func (d *realDriver) openBLAS() error {
 		}{
 			{&d.cublasCreate, "cublasCreate_v2"}, {&d.cublasDestroy, "cublasDestroy_v2"},
 			{&d.cublasSetStream, "cublasSetStream_v2"}, {&d.cublasGetVersion, "cublasGetVersion_v2"},
-			{&d.cublasGemmEx, "cublasGemmEx"},
+			{&d.cublasGemmEx, "cublasGemmEx"}, {&d.cublasGemmBatchedEx, "cublasGemmBatchedEx"},
 		} {
 			if err := bind(h, b.fn, b.name); err != nil {
 				d.blasErr = fmt.Errorf("cuda: %s: %w", path, err)
 				return
 			}
-		}
-		// Grouped GEMMs (cuBLAS 12.5+) are optional: without them the caller
-		// issues one GEMM per problem.
-		if bind(h, &d.cublasGemmGrouped, "cublasGemmGroupedBatchedEx") != nil {
-			d.cublasGemmGrouped = nil
 		}
 		d.blasLib = path
 	})
@@ -466,13 +461,16 @@ func (d *realDriver) gemm(h uintptr, ta, tb bool, m, n, k int, alpha *float32, a
 	return blasErr("cublasGemmEx", r)
 }
 
-func (d *realDriver) gemmGrouped(h uintptr, ta, tb, m, n, k []int32, alpha []float32, a DevPtr, at DataType, lda []int32,
-	b DevPtr, bt DataType, ldb []int32, beta []float32, c DevPtr, ct DataType, ldc []int32, sizes []int32) error {
-	if d.cublasGemmGrouped == nil {
-		return &Error{Call: "cublasGemmGroupedBatchedEx", Code: -1, Name: "symbol not found"}
+func (d *realDriver) gemmBatched(h uintptr, ta, tb bool, m, n, k int, alpha *float32, a DevPtr, at DataType, lda int,
+	b DevPtr, bt DataType, ldb int, beta *float32, c DevPtr, ct DataType, ldc int, count int) error {
+	op := func(t bool) int32 {
+		if t {
+			return 1
+		}
+		return 0
 	}
-	const compute32F = 68
-	r := d.cublasGemmGrouped(h, &ta[0], &tb[0], &m[0], &n[0], &k[0], &alpha[0], uint64(a), int32(at), &lda[0],
-		uint64(b), int32(bt), &ldb[0], &beta[0], uint64(c), int32(ct), &ldc[0], int32(len(sizes)), &sizes[0], compute32F)
-	return blasErr("cublasGemmGroupedBatchedEx", r)
+	const compute32F, algoDefault = 68, -1
+	r := d.cublasGemmBatchedEx(h, op(ta), op(tb), int32(m), int32(n), int32(k), unsafe.Pointer(alpha), uint64(a), int32(at), int32(lda),
+		uint64(b), int32(bt), int32(ldb), unsafe.Pointer(beta), uint64(c), int32(ct), int32(ldc), int32(count), compute32F, algoDefault)
+	return blasErr("cublasGemmBatchedEx", r)
 }

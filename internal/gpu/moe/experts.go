@@ -63,7 +63,7 @@ func (c Config) ExpertBytes() uint64 { return uint64(3*c.Hidden*c.Intermediate) 
 func (c Config) scratchBytes(rows int) uint64 {
 	P := uint64(rows * c.TopK)
 	H, I := uint64(c.Hidden), uint64(c.Intermediate)
-	return P*(2*H+8*I+2*I+4*H) + uint64(rows)*(8*H) + metaBytes(c, rows)
+	return P*(2*H+8*I+4*I+2*I+4*H) + uint64(rows)*(8*H) + metaBytes(c, rows)
 }
 
 // metaBytes bounds the per-round metadata: inputs, routing, pair rows and tasks.
@@ -93,7 +93,7 @@ type Timing struct {
 	Upload, Kernels, Download time.Duration // host-to-device copy, compute, device-to-host copy
 	Pairs, Experts            int           // active (row, expert) pairs and distinct experts
 	SmallExperts              int           // experts on the grouped-GEMV path
-	Grouped                   bool          // the cuBLAS experts ran as grouped GEMMs (else one GEMM each, from the lanes)
+	Batched                   bool          // the cuBLAS experts ran as batched GEMMs per bucket (else one GEMM each, from the lanes)
 	WeightBytes               int64         // expert weight bytes the kernels read (each expert once per GEMV chunk)
 	FLOPs                     int64         // 2 * multiply-adds of the three projections
 }
@@ -111,15 +111,15 @@ type Experts struct {
 	cmu      sync.Mutex // serialises Compute; guards everything below
 	stream   *cuda.Stream
 	mod      *cuda.Module
-	k        struct{ gather, up, down, silu, combine *cuda.Func }
+	k        struct{ gather, gemv, silu, combine *cuda.Func }
 	ev       [4]*cuda.Event
 	gathered *cuda.Event // the cuBLAS path's inputs are ready (main stream)
 	lanes    []*lane
-	// blasMain issues grouped GEMMs on the main stream; noGrouped is set once
+	// blasMain issues batched GEMMs on the main stream; noBatched is set once
 	// the installed cuBLAS refuses them (then the lanes issue one GEMM per expert).
 	blasMain   *cuda.BLAS
-	noGrouped  bool
-	groupedErr error // why grouped GEMMs are off, when the library refused them
+	noBatched  bool
+	batchedErr error // why batched GEMMs are off, when the library refused them
 	// replay re-queues the last round's kernels (no copies), for Replay.
 	replay    func() error
 	lanesUsed int // lanes with work in the current round
@@ -132,8 +132,9 @@ type Experts struct {
 }
 
 // lane issues a share of the cuBLAS-path experts on its own stream and handle,
-// from its own goroutine: one GEMM costs the host microseconds to issue, so a
-// prefill round of many experts is issued in parallel and its GEMMs overlap.
+// from its own goroutine, where batched GEMMs are unavailable: one GEMM costs
+// the host microseconds to issue, so a prefill round of many experts is issued
+// in parallel and its GEMMs overlap.
 type lane struct {
 	s    *cuda.Stream
 	blas *cuda.BLAS
@@ -170,7 +171,7 @@ func New(dev *cuda.Device, cfg Config) (*Experts, error) {
 	for _, f := range []struct {
 		dst  **cuda.Func
 		name string
-	}{{&x.k.gather, "gather_bf16"}, {&x.k.up, "gemv_up"}, {&x.k.down, "gemv_down"}, {&x.k.silu, "silu_mul_bf16"}, {&x.k.combine, "combine_rows"}} {
+	}{{&x.k.gather, "gather_bf16"}, {&x.k.gemv, "grouped_gemv"}, {&x.k.silu, "silu_mul_rows"}, {&x.k.combine, "combine_rows"}} {
 		if *f.dst, err = x.mod.Func(f.name); err != nil {
 			x.mod.Unload()
 			return nil, err
@@ -219,11 +220,11 @@ func (x *Experts) SetSmallRows(n int) {
 	x.cfg.SmallRows = max(n, 0)
 }
 
-// GroupedErr returns why grouped GEMMs are off (nil while they are used or untried).
-func (x *Experts) GroupedErr() error {
+// BatchedErr returns why batched GEMMs are off (nil while they are used or untried).
+func (x *Experts) BatchedErr() error {
 	x.cmu.Lock()
 	defer x.cmu.Unlock()
-	return x.groupedErr
+	return x.batchedErr
 }
 
 // Replay queues the last round's kernels n times back to back (no copies, no
@@ -257,12 +258,12 @@ func (x *Experts) Replay(n int) (time.Duration, error) {
 	return time.Duration(float64(ms) * float64(time.Millisecond) / float64(n)), nil
 }
 
-// SetGrouped turns grouped GEMMs for the cuBLAS experts on (the default, where
-// the installed cuBLAS has them) or off (one GEMM per expert from the lanes).
-func (x *Experts) SetGrouped(on bool) {
+// SetBatched turns batched GEMMs for the cuBLAS experts on (the default) or
+// off (one GEMM per expert, issued from the lanes).
+func (x *Experts) SetBatched(on bool) {
 	x.cmu.Lock()
 	defer x.cmu.Unlock()
-	x.noGrouped = !on
+	x.noBatched = !on
 }
 
 // Config returns the store's configuration (with defaults applied).
@@ -497,10 +498,10 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 	}
 	p := &x.plan
 	P, S := p.pairs, p.small
-	t.Pairs, t.Experts, t.SmallExperts = P, p.experts, p.smallExperts
+	t.Pairs, t.Experts, t.SmallExperts = p.active, p.experts, p.smallExperts
 	upPerChunk := max(1, (2*I+gemvRowsPerBlock-1)/gemvRowsPerBlock)
 	t.WeightBytes = int64(len(p.upTasks)/taskWords/upPerChunk+len(p.big)) * int64(c.ExpertBytes())
-	t.FLOPs = int64(P) * 2 * 3 * int64(H) * int64(I)
+	t.FLOPs = int64(p.active) * 2 * 3 * int64(H) * int64(I)
 
 	// Host side: the input rows (unless the caller wrote them into Buffers) and
 	// one block of metadata: w | pos | pairRow | upTasks | downTasks.
@@ -523,13 +524,13 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 	offRow := align(offPos + 4*R*K)
 	offUp := align(offRow + 4*P)
 	offDown := align(offUp + 8*len(p.upTasks))
-	offPtrs := align(offDown + 8*len(p.downTasks)) // grouped-GEMM pointer arrays: 2 x (W, A, C) x nb
+	offPtrs := align(offDown + 8*len(p.downTasks)) // batched-GEMM pointer arrays: 2 x (W, A, C) x nb
 	total := align(offPtrs + 8*6*nb)
 	bufs := []struct {
 		name string
 		n    int
 	}{{"x", 4 * R * H}, {"meta", total}, {"xb", 2 * (P - S) * H}, {"gu", 4 * P * 2 * I},
-		{"ab", 2 * (P - S) * I}, {"y", 4 * P * H}, {"out", 4 * R * H}}
+		{"a", 4 * S * I}, {"ab", 2 * (P - S) * I}, {"y", 4 * P * H}, {"out", 4 * R * H}}
 	ptr := map[string]cuda.DevPtr{}
 	for _, b := range bufs {
 		d, err := x.ensure(b.name, b.n)
@@ -547,10 +548,15 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 	copy(m.Int32s()[offRow/4:], p.pairRow[:P])
 	copy(m.Uint64s()[offUp/8:], p.upTasks)
 	copy(m.Uint64s()[offDown/8:], p.downTasks)
+	// Batched-GEMM pointer arrays, per bucket (experts first..first+c):
+	// gate|up weights, inputs, outputs, then down weights, inputs, outputs.
 	gp := m.Uint64s()[offPtrs/8 : offPtrs/8+6*nb]
-	for i, g := range p.big {
-		gp[i], gp[nb+i], gp[2*nb+i] = uint64(g.expert.gateUp), uint64(ptr["xb"].Add(2*(g.p0-S)*H)), uint64(ptr["gu"].Add(4*g.p0*2*I))
-		gp[3*nb+i], gp[4*nb+i], gp[5*nb+i] = uint64(g.expert.down), uint64(ptr["ab"].Add(2*(g.p0-S)*I)), uint64(ptr["y"].Add(4*g.p0*H))
+	for _, b := range p.buckets {
+		c, q := b.count, gp[6*b.first:]
+		for j, g := range p.big[b.first : b.first+c] {
+			q[j], q[c+j], q[2*c+j] = uint64(g.expert.gateUp), uint64(ptr["xb"].Add(2*(g.p0-S)*H)), uint64(ptr["gu"].Add(4*g.p0*2*I))
+			q[3*c+j], q[4*c+j], q[5*c+j] = uint64(g.expert.down), uint64(ptr["ab"].Add(2*(g.p0-S)*I)), uint64(ptr["y"].Add(4*g.p0*H))
+		}
 	}
 	x.lanesUsed = 0
 	meta, s := ptr["meta"], x.stream
@@ -570,16 +576,16 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 				ptr["x"], meta.Add(offRow), S, P, H, ptr["xb"]); err != nil {
 				return err
 			}
-			if !x.noGrouped {
-				err := x.grouped(ptr, meta.Add(offPtrs), S)
+			if !x.noBatched {
+				err := x.batched(ptr, meta.Add(offPtrs), S)
 				if err == nil {
-					t.Grouped = true
+					t.Batched = true
 					return nil
 				}
 				if !errors.Is(err, cuda.ErrNotSupported) {
 					return err
 				}
-				x.noGrouped, x.groupedErr = true, err // this cuBLAS has no grouped bf16 GEMM: one GEMM per expert from now on
+				x.noBatched, x.batchedErr = true, err // this cuBLAS refuses batched bf16 GEMMs: one GEMM per expert from now on
 			}
 			if err := x.gathered.Record(s); err != nil {
 				return err
@@ -588,9 +594,15 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 			return x.runLanes(ptr, S)
 		},
 		func() error {
-			return gemv(x.k.up, offUp, len(p.upTasks)/taskWords, ptr["x"], meta.Add(offRow), ptr["gu"], H, 2*I)
+			if err := gemv(x.k.gemv, offUp, len(p.upTasks)/taskWords, ptr["x"], meta.Add(offRow), ptr["gu"], H, 2*I); err != nil {
+				return err
+			}
+			return s.Launch(x.k.silu, [3]uint32{uint32(min((S*I+255)/256, 1<<16)), 1, 1}, [3]uint32{256, 1, 1}, 0,
+				ptr["gu"], 0, S, S, I, ptr["a"], ptr["ab"])
 		},
-		func() error { return gemv(x.k.down, offDown, len(p.downTasks)/taskWords, ptr["gu"], ptr["y"], I, H) },
+		func() error {
+			return gemv(x.k.gemv, offDown, len(p.downTasks)/taskWords, ptr["a"], cuda.DevPtr(0), ptr["y"], I, H)
+		},
 		func() error {
 			for _, l := range x.lanes[:x.lanesUsed] {
 				if err := s.WaitEvent(l.done); err != nil {
@@ -639,24 +651,30 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 	return t, nil
 }
 
-// grouped runs the cuBLAS-path experts on the main stream with two grouped
-// GEMMs (every expert's gate|up in one call, every expert's down in another)
-// around the bf16 SiLU product; ptrs holds the pointer arrays.
-func (x *Experts) grouped(ptr map[string]cuda.DevPtr, ptrs cuda.DevPtr, S int) error {
+// batched runs the cuBLAS-path experts on the main stream: per bucket, one
+// batched GEMM for every expert's gate|up and one for every expert's down
+// (rows padded to the bucket's), around the bf16 SiLU product; ptrs holds the
+// pointer arrays.
+func (x *Experts) batched(ptr map[string]cuda.DevPtr, ptrs cuda.DevPtr, S int) error {
 	p := &x.plan
-	H, I, nb := p.hidden, p.inter, len(p.big)
-	ms := make([]int32, nb)
-	for i, g := range p.big {
-		ms[i] = int32(g.m)
-	}
-	if err := x.blasMain.GroupedRowMajor(ms, 2*I, H, cuda.R16BF, H, cuda.R16BF, H, cuda.R32F, 2*I, ptrs); err != nil {
-		return err
+	H, I := p.hidden, p.inter
+	for _, b := range p.buckets {
+		if err := x.blasMain.BatchedRowMajor(b.rows, 2*I, H, cuda.R16BF, H, cuda.R16BF, H, cuda.R32F, 2*I, b.count,
+			ptrs.Add(8*6*b.first)); err != nil {
+			return err
+		}
 	}
 	if err := x.stream.Launch(x.k.silu, [3]uint32{uint32(min(((p.pairs-S)*I+255)/256, 1<<16)), 1, 1}, [3]uint32{256, 1, 1}, 0,
-		ptr["gu"], S, p.pairs, I, ptr["ab"]); err != nil {
+		ptr["gu"], S, S, p.pairs, I, ptr["a"], ptr["ab"]); err != nil {
 		return err
 	}
-	return x.blasMain.GroupedRowMajor(ms, H, I, cuda.R16BF, I, cuda.R16BF, I, cuda.R32F, H, ptrs.Add(8*3*nb))
+	for _, b := range p.buckets {
+		if err := x.blasMain.BatchedRowMajor(b.rows, H, I, cuda.R16BF, I, cuda.R16BF, I, cuda.R32F, H, b.count,
+			ptrs.Add(8*(6*b.first+3*b.count))); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // runLanes splits the cuBLAS-path experts into contiguous shares, one per
@@ -684,7 +702,7 @@ func (x *Experts) runLanes(ptr map[string]cuda.DevPtr, S int) error {
 				}
 				pa, pb := share[0].p0, share[len(share)-1].p0+share[len(share)-1].m
 				if err := l.s.Launch(x.k.silu, [3]uint32{uint32(min(((pb-pa)*I+255)/256, 1<<16)), 1, 1}, [3]uint32{256, 1, 1}, 0,
-					ptr["gu"], pa, pb, I, ptr["ab"].Add(2*(pa-S)*I)); err != nil {
+					ptr["gu"], pa, S, pb, I, ptr["a"], ptr["ab"]); err != nil {
 					return err
 				}
 				for _, g := range share {

@@ -8,8 +8,8 @@
 //   X    f32  [R, H]        the round's input rows
 //   Xb   bf16 [P-nSmall, H] gathered rows of the cuBLAS-path pairs
 //   GU   f32  [P, 2I]       gate | up projections
-//   Ab   bf16 [P-nSmall, I] silu(gate) * up of the cuBLAS-path pairs (the
-//                           GEMV path forms it on the fly, in f32)
+//   A    f32  [nSmall, I]   silu(gate) * up of the grouped-GEMV pairs
+//   Ab   bf16 [P-nSmall, I] the same for the cuBLAS-path pairs
 //   Y    f32  [P, H]        expert outputs
 //   out  f32  [R, H]        weighted sums
 #define __global__ __attribute__((global))
@@ -48,135 +48,114 @@ static __device__ inline float silu_mul(float g, float u) {
 }
 
 // gather_bf16: Xb[p - p0] = bf16(X[pairRow[p]]) for the cuBLAS-path pairs p in
-// [p0, P). One block per pair (grid-stride), threads over H.
+// [p0, P), zeros where pairRow[p] < 0 (a bucket's padding). One block per pair
+// (grid-stride), threads over H.
 extern "C" __global__ void gather_bf16(const float* __restrict__ X, const int* __restrict__ pairRow, int p0, int P, int H,
                                       bf16* __restrict__ Xb) {
   for (int p = p0 + bid(); p < P; p += nbid()) {
-    const float* src = X + (long)pairRow[p] * H;
+    int row = pairRow[p];
     bf16* dst = Xb + (long)(p - p0) * H;
+    if (row < 0) {
+      for (int c = tid(); c < H; c += ntid()) dst[c] = 0;
+      continue;
+    }
+    const float* src = X + (long)row * H;
     for (int c = tid(); c < H; c += ntid()) dst[c] = f2bf(src[c]);
   }
 }
 
-#define MMAX 8 // rows per grouped-GEMV task
-#define RPW 4  // weight rows per warp
-#define WPB 4  // warps per block: a block computes RPW*WPB = 16 weight rows
+#define MPASS 4 // input rows per pass of a grouped-GEMV block
+#define RPW 4   // weight rows per warp
+#define WPB 4   // warps per block: a block computes RPW*WPB = 16 weight rows
 
-// gemv_body is the small-group path of a grouped GEMM, for groups of at most
-// MMAX rows (decode sizes), which are bound by reading the weights. Block b
+// grouped_gemv is the small-group path of a grouped GEMM, for groups of at
+// most 16 rows (decode sizes), which are bound by reading the weights. Block b
 // runs task b = {W (bf16 [N, K] row-major), p0 | m << 32, n0}: warp w computes
-// weight rows n0 + RPW*w .. +RPW for the task's m input rows, each weight row
-// read once (16-byte loads, 8 values per lane, RPW loads in flight), with
-// float32 fused multiply-adds per lane and a butterfly sum across the warp.
-// K must be a multiple of 8. Input row i of the task:
-//   UP:   X[pairRow[p0+i]]                       (the round's f32 input rows)
-//   DOWN: silu(G[p0+i, k]) * G[p0+i, K + k]      (G is the [P, 2K] gate|up output)
-// out[(p0+i)*N + n] receives the dot product.
-template <bool DOWN>
-static __device__ inline void gemv_body(const u64* __restrict__ tasks, const float* __restrict__ in,
-                                        const int* __restrict__ pairRow, float* __restrict__ out, int K, int N) {
+// weight rows n0 + RPW*w .. +RPW for the task's m input rows, MPASS rows per
+// pass (the block's 16 weight rows stay in L1/L2 between passes), each weight
+// chunk read with one 16-byte load per lane, float32 fused multiply-adds per
+// lane and a butterfly sum across the warp. K must be a multiple of 8. Input
+// row i is in[rowOf(p0+i) * K] with rowOf(p) = pairRow[p] (the round's input
+// rows, gate|up) or p itself when pairRow is null (activations, down); out
+// [(p0+i)*N + n] receives the dot product. At most 64 registers per thread
+// (8 blocks per multiprocessor) keep enough loads in flight.
+extern "C" __global__ void __attribute__((launch_bounds(128, 8)))
+grouped_gemv(const u64* __restrict__ tasks, const float* __restrict__ in, const int* __restrict__ pairRow,
+             float* __restrict__ out, int K, int N) {
   const u64* t = tasks + 3 * bid();
-  const bf16* __restrict__ W = (const bf16*)t[0];
+  const bf16* W = (const bf16*)t[0];
   int p0 = (int)(t[1] & 0xffffffffu);
   int m = (int)(t[1] >> 32);
   int warp = tid() >> 5, lane = tid() & 31;
   int n0 = (int)t[2] + warp * RPW;
   if (n0 >= N) return;
-  const float* xr[MMAX];
+  for (int i0 = 0; i0 < m; i0 += MPASS) {
+    float acc[RPW][MPASS];
 #pragma unroll
-  for (int i = 0; i < MMAX; i++) {
-    int p = p0 + (i < m ? i : 0);
-    xr[i] = DOWN ? in + (long)p * 2 * K : in + (long)pairRow[p] * K;
-  }
-  float acc[RPW][MMAX];
+    for (int r = 0; r < RPW; r++)
 #pragma unroll
-  for (int r = 0; r < RPW; r++)
-#pragma unroll
-    for (int i = 0; i < MMAX; i++) acc[r][i] = 0.0f;
-  // Two 256-value steps per iteration: 2*RPW independent 16-byte weight loads
-  // in flight per lane before the first use.
-  for (int k0 = lane * 8; k0 < K; k0 += 512) {
-    u32x4 wv[2][RPW];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      int k = k0 + 256 * h < K ? k0 + 256 * h : k0;
+      for (int i = 0; i < MPASS; i++) acc[r][i] = 0.0f;
+    for (int k = lane * 8; k < K; k += 256) {
+      u32x4 wv[RPW];
 #pragma unroll
       for (int r = 0; r < RPW; r++) {
         int n = n0 + r < N ? n0 + r : n0;
-        wv[h][r] = ldg_nc_v4(W + (long)n * K + k);
+        wv[r] = ldg_nc_v4(W + (long)n * K + k);
       }
-    }
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-      int k = k0 + 256 * h;
-      if (k < K) {
+      for (int i = 0; i < MPASS; i++) {
+        if (i0 + i < m) {
+          int p = p0 + i0 + i;
+          const float* x = in + (long)(pairRow ? pairRow[p] : p) * K + k;
+          f32x4 a = *(const f32x4*)x;
+          f32x4 b = *(const f32x4*)(x + 4);
 #pragma unroll
-        for (int i = 0; i < MMAX; i++) {
-          if (i < m) {
-            float xv[8];
-            f32x4 a = *(const f32x4*)(xr[i] + k);
-            f32x4 b = *(const f32x4*)(xr[i] + k + 4);
-            xv[0] = a[0]; xv[1] = a[1]; xv[2] = a[2]; xv[3] = a[3];
-            xv[4] = b[0]; xv[5] = b[1]; xv[6] = b[2]; xv[7] = b[3];
-            if (DOWN) {
-              f32x4 c = *(const f32x4*)(xr[i] + K + k);
-              f32x4 d = *(const f32x4*)(xr[i] + K + k + 4);
-              xv[0] = silu_mul(xv[0], c[0]); xv[1] = silu_mul(xv[1], c[1]);
-              xv[2] = silu_mul(xv[2], c[2]); xv[3] = silu_mul(xv[3], c[3]);
-              xv[4] = silu_mul(xv[4], d[0]); xv[5] = silu_mul(xv[5], d[1]);
-              xv[6] = silu_mul(xv[6], d[2]); xv[7] = silu_mul(xv[7], d[3]);
-            }
-#pragma unroll
-            for (int r = 0; r < RPW; r++) {
-              float s = acc[r][i];
-#pragma unroll
-              for (int j = 0; j < 4; j++) {
-                s = __nvvm_fma_rn_f(bf2f(wv[h][r][j] & 0xffffu), xv[2 * j], s);
-                s = __nvvm_fma_rn_f(bf2f(wv[h][r][j] >> 16), xv[2 * j + 1], s);
-              }
-              acc[r][i] = s;
-            }
+          for (int r = 0; r < RPW; r++) {
+            float s = acc[r][i];
+            s = __nvvm_fma_rn_f(bf2f(wv[r][0] & 0xffffu), a[0], s);
+            s = __nvvm_fma_rn_f(bf2f(wv[r][0] >> 16), a[1], s);
+            s = __nvvm_fma_rn_f(bf2f(wv[r][1] & 0xffffu), a[2], s);
+            s = __nvvm_fma_rn_f(bf2f(wv[r][1] >> 16), a[3], s);
+            s = __nvvm_fma_rn_f(bf2f(wv[r][2] & 0xffffu), b[0], s);
+            s = __nvvm_fma_rn_f(bf2f(wv[r][2] >> 16), b[1], s);
+            s = __nvvm_fma_rn_f(bf2f(wv[r][3] & 0xffffu), b[2], s);
+            s = __nvvm_fma_rn_f(bf2f(wv[r][3] >> 16), b[3], s);
+            acc[r][i] = s;
           }
         }
       }
     }
-  }
 #pragma unroll
-  for (int r = 0; r < RPW; r++) {
+    for (int r = 0; r < RPW; r++) {
 #pragma unroll
-    for (int i = 0; i < MMAX; i++) {
-      if (i < m) {
-        float s = acc[r][i];
-        s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 16, 0x1f);
-        s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 8, 0x1f);
-        s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 4, 0x1f);
-        s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 2, 0x1f);
-        s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 1, 0x1f);
-        if (lane == 0 && n0 + r < N) out[(long)(p0 + i) * N + n0 + r] = s;
+      for (int i = 0; i < MPASS; i++) {
+        if (i0 + i < m) {
+          float s = acc[r][i];
+          s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 16, 0x1f);
+          s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 8, 0x1f);
+          s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 4, 0x1f);
+          s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 2, 0x1f);
+          s += __nvvm_shfl_sync_bfly_f32(0xffffffffu, s, 1, 0x1f);
+          if (lane == 0 && n0 + r < N) out[(long)(p0 + i0 + i) * N + n0 + r] = s;
+        }
       }
     }
   }
 }
 
-// gemv_up: GU[p, n] = gate_up_n . X[pairRow[p]] for the small-path pairs (K = H, N = 2I).
-extern "C" __global__ void gemv_up(const u64* tasks, const float* X, const int* pairRow, float* GU, int K, int N) {
-  gemv_body<false>(tasks, X, pairRow, GU, K, N);
-}
-
-// gemv_down: Y[p, n] = down_n . (silu(gate) * up)[p] for the small-path pairs,
-// the activation formed on the fly from GU (K = I, N = H).
-extern "C" __global__ void gemv_down(const u64* tasks, const float* GU, float* Y, int K, int N) {
-  gemv_body<true>(tasks, GU, 0, Y, K, N);
-}
-
-// silu_mul_bf16: Ab[p - p0, j] = bf16(silu(GU[p, j]) * GU[p, I + j]) for the
-// cuBLAS-path pairs p in [p0, P).
-extern "C" __global__ void silu_mul_bf16(const float* __restrict__ GU, int p0, int P, int I, bf16* __restrict__ Ab) {
+// silu_mul_rows: the activations of the pairs p in [p0, P):
+// silu(GU[p, j]) * GU[p, I + j], as f32 into A[p] for the grouped-GEMV pairs
+// (p < S) and as bf16 into Ab[p - S] for the cuBLAS pairs.
+extern "C" __global__ void silu_mul_rows(const float* __restrict__ GU, int p0, int S, int P, int I,
+                                         float* __restrict__ A, bf16* __restrict__ Ab) {
   long total = (long)(P - p0) * I;
-  for (long idx = (long)bid() * ntid() + tid(); idx < total; idx += (long)nbid() * ntid()) {
-    int q = (int)(idx / I), j = (int)(idx - (long)q * I);
-    const float* gu = GU + (long)(p0 + q) * 2 * I;
-    Ab[idx] = f2bf(silu_mul(gu[j], gu[I + j]));
+  for (long q = (long)bid() * ntid() + tid(); q < total; q += (long)nbid() * ntid()) {
+    long idx = q + (long)p0 * I;
+    int p = (int)(idx / I), j = (int)(idx - (long)p * I);
+    const float* gu = GU + (long)p * 2 * I;
+    float v = silu_mul(gu[j], gu[I + j]);
+    if (p < S) A[idx] = v;
+    else Ab[idx - (long)S * I] = f2bf(v);
   }
 }
 

@@ -29,9 +29,9 @@ func devices(t *testing.T) []testDevice {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A fake whose cuBLAS has no grouped GEMM: the per-expert lanes run instead.
+	// A fake whose cuBLAS refuses batched GEMMs: the per-expert lanes run instead.
 	f2 := cuda.NewFake(8<<30, FakeKernels())
-	f2.NoGrouped = true
+	f2.NoBatched = true
 	fd2, err := cuda.OpenFake(f2)
 	if err != nil {
 		t.Fatal(err)
@@ -197,10 +197,10 @@ func TestComputeMatchesCPU(t *testing.T) {
 						t.Fatal(err)
 					}
 					if td.fake != nil && tm.SmallExperts < tm.Experts {
-						// The cuBLAS experts ran grouped, or (without grouped GEMMs) one GEMM each.
-						grouped, single := td.fake.Launches["gemm_grouped"], td.fake.Launches["gemm"]
-						if td.fake.NoGrouped && (grouped != 0 || single == 0 || tm.Grouped) || !td.fake.NoGrouped && (grouped == 0 || !tm.Grouped) {
-							t.Fatalf("grouped GEMM calls %d, single %d, Timing.Grouped %v on %s", grouped, single, tm.Grouped, td.name)
+						// The cuBLAS experts ran batched, or (without batched GEMMs) one GEMM each.
+						batched, single := td.fake.Launches["gemm_batched"], td.fake.Launches["gemm"]
+						if td.fake.NoBatched && (batched != 0 || single == 0 || tm.Batched) || !td.fake.NoBatched && (batched == 0 || !tm.Batched) {
+							t.Fatalf("batched GEMM calls %d, single %d, Timing.Batched %v on %s", batched, single, tm.Batched, td.name)
 						}
 					}
 					tol := 1e-4
@@ -421,6 +421,42 @@ func TestComputeExactUpToRounding(t *testing.T) {
 					}
 				})
 			}
+		}
+	}
+}
+
+// TestComputeBuckets routes rows to experts with R, R/2, R/4, R/8 rows each,
+// so that the cuBLAS experts fall into several padded buckets, and checks the
+// result against the rounded reference.
+func TestComputeBuckets(t *testing.T) {
+	const H, I, nExperts, topK, rows = 64, 32, 16, 4, 40
+	experts := randExperts(9, tensor.BF16, nExperts, H, I)
+	for _, td := range devices(t) {
+		for _, small := range []int{-1, 6} {
+			t.Run(fmt.Sprintf("%s/small%d", td.name, small), func(t *testing.T) {
+				x := newStore(t, td.dev, 1, nExperts, H, I, topK, small)
+				for e := range experts {
+					if err := x.Acquire(0, e, experts[e]); err != nil {
+						t.Fatal(err)
+					}
+				}
+				req := randRequest(3, 0, rows, H, topK, nExperts, false)
+				for r := 0; r < rows; r++ {
+					for j, e := range []int{0, 1 + r%2, 3 + r%4, 7 + r%8} {
+						req.Experts[r*topK+j] = int32(e)
+					}
+				}
+				if _, err := x.Compute(req); err != nil {
+					t.Fatal(err)
+				}
+				if n := len(x.plan.buckets); n < 2 {
+					t.Fatalf("%d buckets, want several", n)
+				}
+				want := roundedReference(experts, req, x.Config().SmallRows)
+				if e := relErr(req.Out, want); !(e <= 1e-5) {
+					t.Fatalf("relative error %.3g against the rounded reference, want <= 1e-5", e)
+				}
+			})
 		}
 	}
 }

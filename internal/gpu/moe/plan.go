@@ -2,6 +2,7 @@ package moe
 
 import (
 	"fmt"
+	"sort"
 
 	"github.com/switchyard-serving/switchyard/internal/gpu/cuda"
 )
@@ -9,13 +10,15 @@ import (
 // MaxGroupRows is the most rows one grouped-GEMV task multiplies (the MMAX of
 // kernels.cu); an expert with more small-path rows is split into tasks of at
 // most this many.
-const MaxGroupRows = 8
+const MaxGroupRows = 16
 
 // gemvRowsPerBlock is the weight rows one grouped-GEMV block computes (RPW
-// rows for each of the WPB warps of its 128 threads, kernels.cu).
+// rows for each of the WPB warps of its 128 threads, kernels.cu); gemvPass is
+// the input rows it multiplies per pass (MPASS).
 const (
 	gemvRowsPerBlock = 16
 	gemvThreads      = 128
+	gemvPass         = 4
 )
 
 // taskWords is the uint64 words of one grouped-GEMV task.
@@ -27,21 +30,36 @@ type expertPtrs struct {
 	down   cuda.DevPtr // bf16 [H, I]
 }
 
-// bigSeg is one expert's pairs on the cuBLAS path.
+// bigSeg is one expert's pairs on the cuBLAS path: m rows at p0, in a slot of
+// its bucket's rows (the rest is padding).
 type bigSeg struct {
 	p0, m  int
 	expert expertPtrs
 }
 
+// bucket is cuBLAS-path experts padded to one row count, computed by one
+// batched GEMM per projection: big[first : first+count], rows each.
+type bucket struct{ first, count, rows int }
+
+// Bucketing: the cuBLAS experts, largest first, share a bucket while they have
+// at least bucketFill of its rows (so padding wastes at most 1-bucketFill);
+// at most maxBuckets buckets.
+const (
+	bucketFill = 0.8
+	maxBuckets = 8
+)
+
 // plan is one round laid out for the kernels.
 type plan struct {
 	rows, topK, hidden, inter int
-	pairs                     int     // P: active (row, slot) pairs
+	pairs                     int     // P: pair rows, the cuBLAS experts' padding included
+	active                    int     // (row, slot) pairs with a weight
 	small                     int     // pairs on the grouped-GEMV path (they come first)
-	pairRow                   []int32 // [P] the input row of each pair
+	pairRow                   []int32 // [P] the input row of each pair, -1 for padding
 	pos                       []int32 // [rows*topK] the pair of each slot, -1 for padding
 	upTasks, downTasks        []uint64
 	big                       []bigSeg
+	buckets                   []bucket
 	experts                   int // distinct experts used
 	smallExperts              int
 }
@@ -57,8 +75,8 @@ func makePlan(p *plan, layer, rows, topK, hidden, inter int, ids []int32, weight
 	if len(ids) < n || len(weights) < n {
 		return fmt.Errorf("moe: layer %d: %d rows x top-%d need %d ids and weights, have %d and %d", layer, rows, topK, n, len(ids), len(weights))
 	}
-	*p = plan{rows: rows, topK: topK, hidden: hidden, inter: inter,
-		pairRow: p.pairRow[:0], pos: grow(p.pos, n), upTasks: p.upTasks[:0], downTasks: p.downTasks[:0], big: p.big[:0]}
+	*p = plan{rows: rows, topK: topK, hidden: hidden, inter: inter, pairRow: p.pairRow[:0], pos: grow(p.pos, n),
+		upTasks: p.upTasks[:0], downTasks: p.downTasks[:0], big: p.big[:0], buckets: p.buckets[:0]}
 	counts := make([]int, numExperts)
 	for i, e := range ids[:n] {
 		if weights[i] == 0 {
@@ -69,35 +87,52 @@ func makePlan(p *plan, layer, rows, topK, hidden, inter int, ids []int32, weight
 		}
 		counts[e]++
 	}
-	// Order: small experts, then big ones, each by id; a pair list per expert in slot order.
+	// Order: small experts by id, then big ones by rows (largest first, then
+	// by id); a pair list per expert in slot order.
 	order := make([]int, 0, numExperts)
-	for pass := 0; pass < 2; pass++ {
-		for e, c := range counts {
-			if c > 0 && (c <= smallRows) == (pass == 0) {
-				order = append(order, e)
-			}
-		}
-		if pass == 0 {
-			p.smallExperts = len(order)
+	for e, c := range counts {
+		if c > 0 && c <= smallRows {
+			order = append(order, e)
 		}
 	}
+	p.smallExperts = len(order)
+	for e, c := range counts {
+		if c > smallRows {
+			order = append(order, e)
+		}
+	}
+	bigIDs := order[p.smallExperts:]
+	sort.SliceStable(bigIDs, func(a, b int) bool { return counts[bigIDs[a]] > counts[bigIDs[b]] })
 	start := make([]int, numExperts)
 	next := 0
 	ptrs := make([]expertPtrs, numExperts)
-	for _, e := range order {
+	for k, e := range order {
 		ep, ok := get(e)
 		if !ok {
 			return fmt.Errorf("moe: layer %d: expert %d is not available here", layer, e)
 		}
 		ptrs[e] = ep
 		start[e] = next
-		next += counts[e]
-		if counts[e] <= smallRows {
+		p.active += counts[e]
+		if k < p.smallExperts {
+			next += counts[e]
 			p.small = next
+			continue
 		}
+		nb := len(p.buckets)
+		if nb == 0 || nb < maxBuckets && float64(counts[e]) < bucketFill*float64(p.buckets[nb-1].rows) {
+			p.buckets = append(p.buckets, bucket{first: len(p.big), rows: counts[e]})
+			nb++
+		}
+		p.buckets[nb-1].count++
+		p.big = append(p.big, bigSeg{p0: next, m: counts[e], expert: ep})
+		next += p.buckets[nb-1].rows
 	}
 	p.pairs, p.experts = next, len(order)
 	p.pairRow = grow(p.pairRow, next)
+	for i := p.small; i < next; i++ {
+		p.pairRow[i] = -1 // padding rows of the buckets
+	}
 	fill := append([]int(nil), start...)
 	for i, e := range ids[:n] {
 		if weights[i] == 0 {
@@ -109,12 +144,8 @@ func makePlan(p *plan, layer, rows, topK, hidden, inter int, ids []int32, weight
 		p.pos[i] = int32(q)
 		p.pairRow[q] = int32(i / topK)
 	}
-	for k, e := range order {
+	for _, e := range order[:p.smallExperts] {
 		p0, m := start[e], counts[e]
-		if k >= p.smallExperts {
-			p.big = append(p.big, bigSeg{p0: p0, m: m, expert: ptrs[e]})
-			continue
-		}
 		for c0 := 0; c0 < m; c0 += MaxGroupRows {
 			mc := min(MaxGroupRows, m-c0)
 			word := uint64(uint32(p0+c0)) | uint64(mc)<<32

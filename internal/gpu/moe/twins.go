@@ -13,9 +13,8 @@ import (
 func FakeKernels() map[string]cuda.FakeKernel {
 	return map[string]cuda.FakeKernel{
 		"gather_bf16":   twinGatherBF16,
-		"gemv_up":       func(m *cuda.FakeMem, g, b [3]uint32, a []uint64) error { return twinGEMV(m, g, b, a, false) },
-		"gemv_down":     func(m *cuda.FakeMem, g, b [3]uint32, a []uint64) error { return twinGEMV(m, g, b, a, true) },
-		"silu_mul_bf16": twinSiLUMulBF16,
+		"grouped_gemv":  twinGEMV,
+		"silu_mul_rows": twinSiLUMul,
 		"combine_rows":  twinCombine,
 	}
 }
@@ -42,11 +41,15 @@ func twinGatherBF16(m *cuda.FakeMem, _, _ [3]uint32, a []uint64) error {
 		return err
 	}
 	for p := p0; p < P; p++ {
-		src, err := m.Float32s(cuda.ArgPtr(a[0])+cuda.DevPtr(4*int(rows[p])*H), H)
+		dst, err := m.Uint16s(cuda.ArgPtr(a[5])+cuda.DevPtr(2*(p-p0)*H), H)
 		if err != nil {
 			return err
 		}
-		dst, err := m.Uint16s(cuda.ArgPtr(a[5])+cuda.DevPtr(2*(p-p0)*H), H)
+		if rows[p] < 0 {
+			clear(dst)
+			continue
+		}
+		src, err := m.Float32s(cuda.ArgPtr(a[0])+cuda.DevPtr(4*int(rows[p])*H), H)
 		if err != nil {
 			return err
 		}
@@ -57,54 +60,42 @@ func twinGatherBF16(m *cuda.FakeMem, _, _ [3]uint32, a []uint64) error {
 	return nil
 }
 
-// twinGEMV: gemv_up(tasks, X, pairRow, GU, K, N) and gemv_down(tasks, GU, Y, K, N).
-func twinGEMV(m *cuda.FakeMem, grid, block [3]uint32, a []uint64, down bool) error {
-	name, nargs := "gemv_up", 6
-	if down {
-		name, nargs = "gemv_down", 5
-	}
-	if err := argc(a, nargs, name); err != nil {
+// twinGEMV: grouped_gemv(tasks, in, pairRow, out, K, N); pairRow 0 means the
+// input rows are the pairs themselves.
+func twinGEMV(m *cuda.FakeMem, grid, block [3]uint32, a []uint64) error {
+	if err := argc(a, 6, "grouped_gemv"); err != nil {
 		return err
 	}
 	if block[0] != gemvThreads {
-		return fmt.Errorf("%s: block of %d threads, the kernel needs %d", name, block[0], gemvThreads)
+		return fmt.Errorf("grouped_gemv: block of %d threads, the kernel needs %d", block[0], gemvThreads)
 	}
-	in, out := cuda.ArgPtr(a[1]), cuda.ArgPtr(a[nargs-3])
-	K, N := int(cuda.ArgInt32(a[nargs-2])), int(cuda.ArgInt32(a[nargs-1]))
+	in, pairRow, out := cuda.ArgPtr(a[1]), cuda.ArgPtr(a[2]), cuda.ArgPtr(a[3])
+	K, N := int(cuda.ArgInt32(a[4])), int(cuda.ArgInt32(a[5]))
 	if K%8 != 0 {
-		return fmt.Errorf("%s: K=%d is not a multiple of 8", name, K)
+		return fmt.Errorf("grouped_gemv: K=%d is not a multiple of 8", K)
 	}
 	tasks, err := m.Uint64s(cuda.ArgPtr(a[0]), taskWords*int(grid[0]))
 	if err != nil {
 		return err
 	}
-	x := make([]float32, K)
 	for b := 0; b < int(grid[0]); b++ {
 		t := tasks[taskWords*b:]
 		p0, rows, n0 := int(uint32(t[1])), int(t[1]>>32), int(t[2])
 		if rows > MaxGroupRows {
-			return fmt.Errorf("%s: task of %d rows, at most %d", name, rows, MaxGroupRows)
+			return fmt.Errorf("grouped_gemv: task of %d rows, at most %d", rows, MaxGroupRows)
 		}
 		for i := 0; i < rows; i++ {
-			// The task's input row i, as the kernel forms it.
-			if down {
-				g, err := m.Float32s(in+cuda.DevPtr(4*(p0+i)*2*K), 2*K)
+			row := p0 + i
+			if pairRow != 0 {
+				pr, err := m.Int32s(pairRow+cuda.DevPtr(4*(p0+i)), 1)
 				if err != nil {
 					return err
 				}
-				for k := range x {
-					x[k] = siluMul(g[k], g[K+k])
-				}
-			} else {
-				pr, err := m.Int32s(cuda.ArgPtr(a[2])+cuda.DevPtr(4*(p0+i)), 1)
-				if err != nil {
-					return err
-				}
-				src, err := m.Float32s(in+cuda.DevPtr(4*int(pr[0])*K), K)
-				if err != nil {
-					return err
-				}
-				copy(x, src)
+				row = int(pr[0])
+			}
+			x, err := m.Float32s(in+cuda.DevPtr(4*row*K), K)
+			if err != nil {
+				return err
 			}
 			for n := n0; n < min(n0+gemvRowsPerBlock, N); n++ {
 				w, err := m.Uint16s(cuda.DevPtr(t[0])+cuda.DevPtr(2*n*K), K)
@@ -147,27 +138,33 @@ func siluMul(g, u float32) float32 {
 	return g / (1 + e) * u
 }
 
-// twinSiLUMulBF16: silu_mul_bf16(GU, p0, P, I, Ab).
-func twinSiLUMulBF16(m *cuda.FakeMem, _, _ [3]uint32, a []uint64) error {
-	if err := argc(a, 5, "silu_mul_bf16"); err != nil {
+// twinSiLUMul: silu_mul_rows(GU, p0, S, P, I, A, Ab).
+func twinSiLUMul(m *cuda.FakeMem, _, _ [3]uint32, a []uint64) error {
+	if err := argc(a, 7, "silu_mul_rows"); err != nil {
 		return err
 	}
-	p0, P, I := int(cuda.ArgInt32(a[1])), int(cuda.ArgInt32(a[2])), int(cuda.ArgInt32(a[3]))
-	if P <= p0 {
-		return nil
-	}
-	gu, err := m.Float32s(cuda.ArgPtr(a[0])+cuda.DevPtr(4*p0*2*I), (P-p0)*2*I)
-	if err != nil {
-		return err
-	}
-	dst, err := m.Uint16s(cuda.ArgPtr(a[4]), (P-p0)*I)
-	if err != nil {
-		return err
-	}
-	for q := 0; q < P-p0; q++ {
-		row := gu[q*2*I:]
-		for j := 0; j < I; j++ {
-			dst[q*I+j] = bf16(siluMul(row[j], row[I+j]))
+	p0, S, P, I := int(cuda.ArgInt32(a[1])), int(cuda.ArgInt32(a[2])), int(cuda.ArgInt32(a[3])), int(cuda.ArgInt32(a[4]))
+	for p := p0; p < P; p++ {
+		gu, err := m.Float32s(cuda.ArgPtr(a[0])+cuda.DevPtr(4*p*2*I), 2*I)
+		if err != nil {
+			return err
+		}
+		if p < S {
+			dst, err := m.Float32s(cuda.ArgPtr(a[5])+cuda.DevPtr(4*p*I), I)
+			if err != nil {
+				return err
+			}
+			for j := range dst {
+				dst[j] = siluMul(gu[j], gu[I+j])
+			}
+			continue
+		}
+		dst, err := m.Uint16s(cuda.ArgPtr(a[6])+cuda.DevPtr(2*(p-S)*I), I)
+		if err != nil {
+			return err
+		}
+		for j := range dst {
+			dst[j] = bf16(siluMul(gu[j], gu[I+j]))
 		}
 	}
 	return nil
