@@ -120,7 +120,7 @@ if [ "$QUICK" = 1 ] || [ "$DEVICE" = fake ]; then ROWS=1,8,64; PRESETS=h-tiny; R
 run "Expert compute per round (one MoE layer, bf16)" 150 "$ROOT" "$SY" bench-gpu --device "$DEVICE" --preset "$PRESETS" --rows "$ROWS" --reps "$REPS"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 if [ "$DEVICE" != fake ] && [ -n "$NCU" ]; then
-  run "Nsight Compute: the decode GEMV kernels (h-tiny, 8 rows)" 90 "$ROOT" "$NCU" --clock-control none --kernel-name regex:'gemv_(up|down)' \
+  run "Nsight Compute: the decode GEMV kernels (h-tiny, 8 rows)" 90 "$ROOT" "$NCU" --clock-control none --kernel-name regex:'grouped_gemv' \
     --launch-skip 4 --launch-count 2 --section SpeedOfLight --section Occupancy --section LaunchStats \
     "$SY" bench-gpu --device "$DEVICE" --preset h-tiny --rows 8 --reps 1
 fi

@@ -39,7 +39,7 @@ type Config struct {
 
 // DefaultSmallRows is the default path threshold (see Config.SmallRows); the
 // GPU check measures both paths at every size.
-const DefaultSmallRows = 16
+const DefaultSmallRows = 8
 
 // Validate checks the sizes.
 func (c Config) Validate() error {
