@@ -404,7 +404,23 @@ func checkGPU(t *testing.T, expert *appsv1.StatefulSet, v *variant) {
 		if !slices.ContainsFunc(spec.Tolerations, func(tl corev1.Toleration) bool { return tl.Key == "nvidia.com/gpu" }) {
 			t.Errorf("expert: GPU toleration missing: %v", spec.Tolerations)
 		}
+		// The expert node computes on the GPU, from the GPU image.
+		if got, _ := flagValue(c.Args, "device"); got != "cuda:0" {
+			t.Errorf("expert: --device=%q, want cuda:0", got)
+		}
+		if got, _ := flagValue(c.Args, "gpu-memory"); got != "0.9" {
+			t.Errorf("expert: --gpu-memory=%q, want 0.9", got)
+		}
+		if !strings.HasSuffix(c.Image, "-cuda") {
+			t.Errorf("expert: image %s, want the -cuda image", c.Image)
+		}
 	} else {
+		if _, ok := flagValue(c.Args, "device"); ok {
+			t.Errorf("expert: --device with GPUs disabled: %v", c.Args)
+		}
+		if strings.HasSuffix(c.Image, "-cuda") {
+			t.Errorf("expert: image %s with GPUs disabled, want the static image", c.Image)
+		}
 		for _, cc := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
 			for name := range cc.Resources.Limits {
 				if strings.Contains(string(name), "gpu") {

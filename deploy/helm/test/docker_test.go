@@ -78,10 +78,15 @@ func parseDockerfile(t *testing.T) (globalArgs []instruction, stages []stage) {
 
 func TestDockerfile(t *testing.T) {
 	global, stages := parseDockerfile(t)
-	if len(stages) != 2 {
-		t.Fatalf("want a build stage and a runtime stage, got %d stages", len(stages))
+	if len(stages) != 4 {
+		t.Fatalf("want the build, build-cuda, cuda and (last, the default) runtime stages, got %d stages", len(stages))
 	}
-	build, final := stages[0], stages[1]
+	build, final := stages[0], stages[3]
+	if stages[1].name != "build-cuda" || stages[1].from != "build" || stages[2].name != "cuda" || stages[2].from != "${CUDA_BASE}" {
+		t.Errorf("stages 2 and 3: FROM %s AS %s, FROM %s AS %s; want FROM build AS build-cuda, FROM ${CUDA_BASE} AS cuda",
+			stages[1].from, stages[1].name, stages[2].from, stages[2].name)
+	}
+	checkCUDAStages(t, global, stages[1], stages[2])
 
 	goVersion := ""
 	for _, a := range global {
@@ -134,6 +139,58 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
+// checkCUDAStages: the GPU image builds the same program with -tags cuda and
+// runs it as 65532 on a CUDA 13 runtime base.
+func checkCUDAStages(t *testing.T, global []instruction, build, run stage) {
+	t.Helper()
+	base := ""
+	for _, a := range global {
+		if v, ok := strings.CutPrefix(a.args[0], "CUDA_BASE="); ok {
+			base = v
+		}
+	}
+	if !strings.HasPrefix(base, "nvidia/cuda:13.") || !strings.Contains(base, "-runtime-") {
+		t.Errorf("CUDA_BASE=%q, want an nvidia/cuda:13.x runtime image (cuBLAS 13 included)", base)
+	}
+	cmd := goBuildCommand(build)
+	for _, want := range []string{"CGO_ENABLED=0", "-tags cuda", "-trimpath", `-ldflags="-s -w"`, "-o /out/switchyard", "./cmd/switchyard"} {
+		if !strings.Contains(cmd, want) {
+			t.Errorf("build-cuda stage: the go build command %q lacks %s", cmd, want)
+		}
+	}
+	var user string
+	var entry *instruction
+	var copies []instruction
+	for _, in := range run.body {
+		switch in.cmd {
+		case "user":
+			user = in.args[0]
+		case "entrypoint":
+			entry = &in
+		case "copy", "add":
+			copies = append(copies, in)
+		}
+	}
+	if user != "65532" && user != "65532:65532" {
+		t.Errorf("cuda stage: USER %q, want 65532", user)
+	}
+	if entry == nil || !entry.json || !slices.Equal(entry.args, []string{"/switchyard"}) {
+		t.Errorf("cuda stage: want ENTRYPOINT [\"/switchyard\"], got %+v", entry)
+	}
+	if len(copies) != 1 || !slices.Contains(copies[0].flags, "--from=build-cuda") || !slices.Equal(copies[0].args, []string{"/out/switchyard", "/switchyard"}) {
+		t.Errorf("cuda stage: want only COPY --from=build-cuda /out/switchyard /switchyard, got %+v", copies)
+	}
+}
+
+func goBuildCommand(s stage) string {
+	for _, in := range s.body {
+		if in.cmd == "run" && strings.Contains(strings.Join(in.args, " "), "go build") {
+			return strings.Join(in.args, " ")
+		}
+	}
+	return ""
+}
+
 // TestDockerBuildStage builds the binary the way the Dockerfile's build stage
 // does, from a copy of the build context that .dockerignore leaves, and checks
 // that the result is a static executable.
@@ -142,13 +199,8 @@ func TestDockerBuildStage(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	_, stages := parseDockerfile(t)
-	var buildCmd string
-	for _, in := range stages[0].body {
-		if in.cmd == "run" && strings.Contains(strings.Join(in.args, " "), "go build") {
-			buildCmd = strings.Join(in.args, " ")
-		}
-	}
-	if buildCmd == "" {
+	buildCmd := goBuildCommand(stages[0])
+	if buildCmd == "" || len(stages) < 2 {
 		t.Fatal("no go build command in the build stage")
 	}
 
@@ -199,6 +251,38 @@ func TestDockerBuildStage(t *testing.T) {
 	}
 	if b, err := exec.Command(bin, "help").CombinedOutput(); err != nil || !strings.Contains(string(b), "trunk") {
 		t.Errorf("%s help: %v\n%s", bin, err, b)
+	}
+	// The static binary refuses a GPU device with one line saying why.
+	if b, err := exec.Command(bin, "bench-gpu", "--device", "cuda:0").CombinedOutput(); err == nil || !strings.Contains(string(b), "built without GPU support") {
+		t.Errorf("%s bench-gpu --device cuda:0: %v\n%s", bin, err, b)
+	}
+
+	// The GPU image's build: the same program, dynamically linked against glibc
+	// alone (the CUDA libraries are opened at run time, never linked).
+	cudaCmd := goBuildCommand(stages[1])
+	cudaOut := t.TempDir()
+	cmd = exec.CommandContext(ctx, "sh", "-c", strings.ReplaceAll(cudaCmd, "/out/", cudaOut+"/"))
+	cmd.Dir = ctxDir
+	cmd.Env = append(os.Environ(), "TARGETOS="+runtime.GOOS, "TARGETARCH="+runtime.GOARCH, "GOFLAGS=-mod=readonly", "GOTOOLCHAIN=local")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", cudaCmd, err, b)
+	}
+	cbin := filepath.Join(cudaOut, "switchyard")
+	cf, err := elf.Open(cbin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cf.Close()
+	libs, _ := cf.ImportedLibraries()
+	for _, l := range libs {
+		if !strings.HasPrefix(l, "libc.so") && !strings.HasPrefix(l, "libdl.so") && !strings.HasPrefix(l, "libpthread.so") {
+			t.Errorf("%s links %s; the GPU build may link only glibc", cbin, l)
+		}
+	}
+	// Without a GPU driver, --device cuda fails at once with one line naming what is missing.
+	b, err := exec.Command(cbin, "bench-gpu", "--device", "cuda:0").CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "libcuda.so.1") {
+		t.Errorf("%s bench-gpu --device cuda:0 without a driver: %v\n%s", cbin, err, b)
 	}
 }
 

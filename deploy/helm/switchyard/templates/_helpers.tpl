@@ -68,6 +68,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The expert image: the GPU build (tag + gpu.imageTagSuffix) when GPUs are enabled. */}}
+{{- define "switchyard.expertImage" -}}
+{{- if and .Values.gpu.enabled (not .Values.image.digest) -}}
+{{- printf "%s:%s%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) .Values.gpu.imageTagSuffix -}}
+{{- else -}}
+{{- include "switchyard.image" . -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "switchyard.image" -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag -}}
 {{- if .Values.image.digest -}}
