@@ -12,7 +12,7 @@ IMAGE_TAG ?= dev
 # The GPU binary: purego loader for CUDA (dynamically linked; see docs/gpu.md).
 BIN_CUDA  ?= bin/switchyard-cuda
 
-.PHONY: all build build-cuda gpu-bundle verify-ptx test test-short bench run lint verify verify-deps verify-proto proto fmt generate clean image helm-test
+.PHONY: all build build-cuda gpu-bundle image-cuda verify-ptx test test-short bench run lint verify verify-deps verify-proto proto fmt generate clean image helm-test
 
 all: build
 
@@ -39,6 +39,10 @@ helm-test:
 # Container image with the single switchyard binary (needs Docker with BuildKit).
 image:
 	docker build -t $(IMAGE):$(IMAGE_TAG) .
+
+# The GPU expert image (the Dockerfile's cuda target), tagged as the chart expects.
+image-cuda:
+	docker build --target cuda -t $(IMAGE):$(IMAGE_TAG)-cuda .
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
