@@ -482,7 +482,7 @@ func checkTLS(t *testing.T, trunk, expert *appsv1.StatefulSet, v *variant) {
 // dashboardMetrics are the series the dashboard must chart.
 var dashboardMetrics = []string{"switchyard_ttft_seconds", "switchyard_itl_seconds", "switchyard_dispatch_rtt_seconds",
 	"switchyard_expert_activations_total", "switchyard_placement_imbalance", "switchyard_session_state_bytes",
-	"switchyard_session_transfers_total"}
+	"switchyard_session_transfers_total", "switchyard_expert_gpu_memory_bytes", "switchyard_expert_gpu_kernel_seconds"}
 
 func checkDashboard(t *testing.T, m *manifests) {
 	t.Helper()

@@ -112,10 +112,17 @@ func TestDockerfile(t *testing.T) {
 	if final.from != "gcr.io/distroless/static:nonroot" && final.from != "scratch" {
 		t.Errorf("runtime stage: FROM %s; want gcr.io/distroless/static:nonroot or scratch", final.from)
 	}
+	checkRuntimeStage(t, "runtime", final, "build")
+}
+
+// checkRuntimeStage: a runtime stage runs /switchyard (exec form) as 65532,
+// holds only the binary copied from the build stage from, and runs nothing.
+func checkRuntimeStage(t *testing.T, label string, s stage, from string) {
+	t.Helper()
 	var user string
 	var entrypoint *instruction
 	var copies []instruction
-	for _, in := range final.body {
+	for _, in := range s.body {
 		switch in.cmd {
 		case "user":
 			user = in.args[0]
@@ -124,18 +131,18 @@ func TestDockerfile(t *testing.T) {
 		case "copy", "add":
 			copies = append(copies, in)
 		case "run":
-			t.Errorf("runtime stage: RUN %q (the runtime image has no shell)", in.line)
+			t.Errorf("%s stage: RUN %q (a runtime image holds the binary alone)", label, in.line)
 		}
 	}
 	if user != "65532" && user != "65532:65532" {
-		t.Errorf("runtime stage: USER %q, want 65532 (numeric, so runAsNonRoot can verify it)", user)
+		t.Errorf("%s stage: USER %q, want 65532 (numeric, so runAsNonRoot can verify it)", label, user)
 	}
 	if entrypoint == nil || !entrypoint.json || !slices.Equal(entrypoint.args, []string{"/switchyard"}) {
-		t.Errorf("runtime stage: want ENTRYPOINT [\"/switchyard\"] (exec form), got %+v", entrypoint)
+		t.Errorf("%s stage: want ENTRYPOINT [\"/switchyard\"] (exec form), got %+v", label, entrypoint)
 	}
-	if len(copies) != 1 || copies[0].cmd != "copy" || !slices.Contains(copies[0].flags, "--from=build") ||
+	if len(copies) != 1 || copies[0].cmd != "copy" || !slices.Contains(copies[0].flags, "--from="+from) ||
 		!slices.Equal(copies[0].args, []string{"/out/switchyard", "/switchyard"}) {
-		t.Errorf("runtime stage: want only COPY --from=build /out/switchyard /switchyard, got %+v", copies)
+		t.Errorf("%s stage: want only COPY --from=%s /out/switchyard /switchyard, got %+v", label, from, copies)
 	}
 }
 
@@ -158,28 +165,7 @@ func checkCUDAStages(t *testing.T, global []instruction, build, run stage) {
 			t.Errorf("build-cuda stage: the go build command %q lacks %s", cmd, want)
 		}
 	}
-	var user string
-	var entry *instruction
-	var copies []instruction
-	for _, in := range run.body {
-		switch in.cmd {
-		case "user":
-			user = in.args[0]
-		case "entrypoint":
-			entry = &in
-		case "copy", "add":
-			copies = append(copies, in)
-		}
-	}
-	if user != "65532" && user != "65532:65532" {
-		t.Errorf("cuda stage: USER %q, want 65532", user)
-	}
-	if entry == nil || !entry.json || !slices.Equal(entry.args, []string{"/switchyard"}) {
-		t.Errorf("cuda stage: want ENTRYPOINT [\"/switchyard\"], got %+v", entry)
-	}
-	if len(copies) != 1 || !slices.Contains(copies[0].flags, "--from=build-cuda") || !slices.Equal(copies[0].args, []string{"/out/switchyard", "/switchyard"}) {
-		t.Errorf("cuda stage: want only COPY --from=build-cuda /out/switchyard /switchyard, got %+v", copies)
-	}
+	checkRuntimeStage(t, "cuda", run, "build-cuda")
 }
 
 func goBuildCommand(s stage) string {

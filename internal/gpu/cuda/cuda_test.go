@@ -2,6 +2,8 @@ package cuda
 
 import (
 	"errors"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
 	"math"
 	"reflect"
 	"strings"
@@ -155,7 +157,7 @@ func TestFakeDevice(t *testing.T) {
 	bf := func(v ...float32) []byte {
 		var b []byte
 		for _, x := range v {
-			u := bf16Bits(x)
+			u := tensor.F32ToBF16(x)
 			b = append(b, byte(u), byte(u>>8))
 		}
 		return b

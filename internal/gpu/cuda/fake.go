@@ -3,6 +3,8 @@ package cuda
 import (
 	"fmt"
 	"math"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
 	"sync"
 	"time"
 	"unsafe"
@@ -376,21 +378,11 @@ func (f *Fake) gemm(_ uintptr, ta, tb bool, m, n, k int, alpha *float32, a DevPt
 				if *beta != 0 {
 					old = *beta * math.Float32frombits(uint32(ch[ci])<<16)
 				}
-				ch[ci] = bf16Bits(*alpha*s + old)
+				ch[ci] = tensor.F32ToBF16(*alpha*s + old)
 			}
 		}
 	}
 	return nil
-}
-
-// bf16Bits rounds f to bfloat16 (nearest, ties to even; NaN stays NaN).
-func bf16Bits(f float32) uint16 {
-	u := math.Float32bits(f)
-	if u&0x7fffffff > 0x7f800000 {
-		return 0x7fc0
-	}
-	u += 0x7fff + (u>>16)&1
-	return uint16(u >> 16)
 }
 
 // gemmBatched runs each product through gemm (the reference twin).
