@@ -29,7 +29,7 @@ gpu-bundle:
 
 test:
 	$(GO) test -count=1 -timeout 15m $(PKGS)
-	CGO_ENABLED=0 $(GO) test -count=1 -tags cuda ./internal/gpu/...
+	CGO_ENABLED=0 $(GO) test -count=1 -tags cuda ./internal/gpu/... ./expert-node/...
 	$(MAKE) helm-test
 
 # Chart lint/render, strict manifest validation, Dockerfile checks (own module in deploy/helm/test).
