@@ -138,6 +138,8 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 		var t moe.Timing
 		if t, err = n.gpu.experts.Compute(&req); err == nil {
 			n.gpu.observeRound(g.layer, t)
+		} else {
+			n.deviceFault(err)
 		}
 	} else {
 		err = hybrid.ComputeExperts(sh.model.W.Layers[g.layer].Experts, &req, &rs.scr)

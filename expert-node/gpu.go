@@ -26,6 +26,7 @@ type gpu struct {
 	dev     *cuda.Device
 	experts *moe.Experts
 	m       *gpuMetrics
+	fake    *cuda.Fake // the emulated GPU of --device fake (tests inject faults)
 }
 
 // modelShape reads the model's configuration without its experts.
@@ -52,12 +53,14 @@ func modelShape(path string) (*config.Config, error) {
 func openGPU(cfg Config, reg *prometheus.Registry) (*gpu, error) {
 	kind, ordinal, _ := ParseDevice(cfg.Device) // validated
 	var (
-		dev *cuda.Device
-		err error
+		dev  *cuda.Device
+		fake *cuda.Fake
+		err  error
 	)
 	switch kind {
 	case "fake":
-		dev, err = cuda.OpenFake(cuda.NewFake(fakeGPUBytes, moe.FakeKernels()))
+		fake = cuda.NewFake(fakeGPUBytes, moe.FakeKernels())
+		dev, err = cuda.OpenFake(fake)
 	default:
 		dev, err = cuda.Open(ordinal)
 	}
@@ -93,9 +96,29 @@ func openGPU(cfg Config, reg *prometheus.Registry) (*gpu, error) {
 		dev.Close()
 		return nil, fmt.Errorf("%w: %s (%s): %w", ErrDevice, cfg.Device, dev.Info().Name, err)
 	}
-	g := &gpu{dev: dev, experts: x, m: newGPUMetrics(reg, cfg.NodeID)}
+	g := &gpu{dev: dev, experts: x, m: newGPUMetrics(reg, cfg.NodeID), fake: fake}
 	g.observeMemory()
 	return g, nil
+}
+
+// Fatal receives one error when the node's GPU is lost (an illegal address,
+// a launch failure, an uncorrectable ECC error: cuda.ErrDeviceLost). The node
+// then reports NOT_SERVING and answers every chunk with the error; only a new
+// process can use the GPU again, so the caller should exit (RunExpert does) and
+// let the supervisor restart it. Trunks retry the chunks on other replicas.
+func (n *Node) Fatal() <-chan error { return n.fatal }
+
+// deviceFault handles a failed GPU round: a lost device takes the node out of
+// service once.
+func (n *Node) deviceFault(err error) {
+	if !errors.Is(err, cuda.ErrDeviceLost) {
+		return
+	}
+	n.lostOnce.Do(func() {
+		n.lost.Store(true)
+		n.setServing(false)
+		n.fatal <- fmt.Errorf("expertnode: %s lost: %w", n.cfg.Device, err)
+	})
 }
 
 // Slots is the number of experts the node's GPU budget holds (0 on the CPU:

@@ -2,9 +2,13 @@ package expertnode
 
 import (
 	"errors"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/switchyard-serving/switchyard/internal/gpu/cuda"
 	"github.com/switchyard-serving/switchyard/internal/gpu/moe"
@@ -97,5 +101,56 @@ func TestGPUBudgetRefusesAssignment(t *testing.T) {
 	}
 	if got := e.node.gpu.experts.Resident(); got != 0 {
 		t.Fatalf("%d experts left on the GPU after the refused assignment", got)
+	}
+}
+
+// A GPU whose context is lost takes the node out of service: the chunk fails
+// with the driver's error, health turns NOT_SERVING and stays so (a new table
+// does not bring it back), and Fatal tells the process to restart.
+func TestGPULostTakesNodeOut(t *testing.T) {
+	checkGoroutines(t)
+	cfg := testConfig(fixtureHF)
+	cfg.Device = "fake"
+	e := startEnv(t, cfg, hooks{})
+	tb := staticTable(t, 1)
+	e.assign(t, tb)
+	held := heldBy(tb, "a")
+	e.node.gpu.fake.FailLaunches(&cuda.Error{Call: "cuLaunchKernel", Code: 700, Name: "CUDA_ERROR_ILLEGAL_ADDRESS"})
+	s := e.stream(t)
+	mustSend(t, s, randomBatch(rand.New(rand.NewPCG(5, 5)), 1, 0, 2, held[0]))
+	wantErrorResult(t, recvAll(t, s, 1)[resultKey{1, 0, 0}], "CUDA_ERROR_ILLEGAL_ADDRESS")
+	select {
+	case err := <-e.node.Fatal():
+		if !errors.Is(err, cuda.ErrDeviceLost) || !strings.Contains(err.Error(), "fake lost") {
+			t.Fatalf("Fatal: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no Fatal error after the GPU was lost")
+	}
+	if got := healthOf(t, e, ""); got != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health %v after the GPU was lost", got)
+	}
+	e.node.SetAssignment(staticTable(t, 2))
+	if got := healthOf(t, e, ""); got != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health %v after a new table on a lost GPU", got)
+	}
+	closeAndDrain(t, s)
+}
+
+func TestErrDeviceLostCodes(t *testing.T) {
+	for _, tc := range []struct {
+		err  *cuda.Error
+		lost bool
+	}{
+		{&cuda.Error{Call: "cuLaunchKernel", Code: 700}, true},
+		{&cuda.Error{Call: "cuStreamSynchronize", Code: 719}, true},
+		{&cuda.Error{Call: "cuMemAlloc", Code: 214}, true},
+		{&cuda.Error{Call: "cuMemAlloc", Code: 2}, false},
+		{&cuda.Error{Call: "cublasGemmEx", Code: 13, Name: "CUBLAS_STATUS_EXECUTION_FAILED"}, true},
+		{&cuda.Error{Call: "cublasGemmEx", Code: 7, Name: "CUBLAS_STATUS_INVALID_VALUE"}, false},
+	} {
+		if got := errors.Is(tc.err, cuda.ErrDeviceLost); got != tc.lost {
+			t.Errorf("%v: ErrDeviceLost = %v, want %v", tc.err, got, tc.lost)
+		}
 	}
 }

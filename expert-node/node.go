@@ -59,6 +59,10 @@ type Node struct {
 	tracer  trace.Tracer // nil unless tracing is enabled
 	gpu     *gpu         // nil on the CPU
 
+	fatal    chan error // one error when the GPU is lost (buffered)
+	lostOnce sync.Once
+	lost     atomic.Bool // the GPU is lost: never SERVING again
+
 	stop     chan struct{} // closed by Close: ends the compute loop
 	loopDone chan struct{} // closed when the compute loop has returned
 }
@@ -87,6 +91,7 @@ func newNode(cfg Config, h hooks) (*Node, error) {
 		hooks:    h,
 		stop:     make(chan struct{}),
 		loopDone: make(chan struct{}),
+		fatal:    make(chan error, 1),
 	}
 	reg := cfg.Registry
 	if reg == nil {
@@ -126,6 +131,7 @@ func (n *Node) Register(s *grpc.Server) {
 }
 
 func (n *Node) setServing(ok bool) {
+	ok = ok && !n.lost.Load()
 	st := healthpb.HealthCheckResponse_NOT_SERVING
 	if ok {
 		st = healthpb.HealthCheckResponse_SERVING

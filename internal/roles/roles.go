@@ -137,6 +137,13 @@ func RunExpert(ctx context.Context, node *expertnode.Node, lis net.Listener, c E
 			}
 		}
 		return nil
+	case err := <-node.Fatal():
+		// The GPU is lost: leave the cluster so the supervisor restarts us.
+		reg.Close()
+		if gossip != nil {
+			gossip.Leave(time.Second)
+		}
+		return err
 	case err := <-errc:
 		return err
 	}

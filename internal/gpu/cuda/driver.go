@@ -3,6 +3,7 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"unsafe"
 )
 
@@ -40,6 +41,10 @@ var (
 	ErrNoDevice = errors.New("cuda: no such GPU")
 	// ErrOutOfMemory reports a device allocation the GPU cannot satisfy.
 	ErrOutOfMemory = errors.New("cuda: out of device memory")
+	// ErrDeviceLost reports a fault that leaves the CUDA context unusable
+	// (illegal address or instruction, launch failure, uncorrectable ECC error,
+	// a GPU that fell off the bus): the process must restart to use the GPU again.
+	ErrDeviceLost = errors.New("cuda: the GPU context is lost")
 	// ErrNotSupported reports a call the installed library refuses for these
 	// types (CUBLAS_STATUS_NOT_SUPPORTED).
 	ErrNotSupported = errors.New("cuda: not supported by the installed library")
@@ -68,6 +73,12 @@ func (e *Error) Is(target error) bool {
 		return (e.Code == 2 && e.Call != "cublas") || e.Name == "CUBLAS_STATUS_ALLOC_FAILED"
 	case ErrNoDevice:
 		return e.Code == 100 || e.Code == 101
+	case ErrDeviceLost:
+		switch e.Code {
+		case 214, 700, 714, 715, 716, 717, 718, 719, 999: // ECC, illegal address, ..., launch failed, unknown
+			return e.Call != "cublas" && !strings.HasPrefix(e.Call, "cublas")
+		}
+		return e.Name == "CUBLAS_STATUS_EXECUTION_FAILED"
 	case ErrNotSupported:
 		return e.Name == "CUBLAS_STATUS_NOT_SUPPORTED" || e.Name == "symbol not found"
 	}

@@ -35,7 +35,8 @@ type Fake struct {
 	// Launches counts kernel launches (and "gemm" calls) by name.
 	Launches map[string]int
 	// NoBatched makes batched GEMMs fail as unsupported.
-	NoBatched bool
+	NoBatched    bool
+	failLaunches error // guarded by mu; see FailLaunches
 }
 
 // NewFake returns a fake GPU with total bytes of memory and the given kernel twins.
@@ -52,6 +53,14 @@ func OpenFake(f *Fake) (*Device, error) {
 	}
 	d.info.DriverLibrary, d.info.CUBLASLibrary = "fake", "fake"
 	return d, nil
+}
+
+// FailLaunches makes every kernel launch from now on fail with err (nil: work
+// again), as a GPU whose context was lost would: tests of fault handling.
+func (f *Fake) FailLaunches(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failLaunches = err
 }
 
 // Used returns the device bytes allocated now.
@@ -288,7 +297,11 @@ func (f *Fake) launch(fn uintptr, grid, block [3]uint32, _ uint32, _ uintptr, ar
 	name := f.funcs[fn-1]
 	k := f.kernels[name]
 	f.Launches[name]++
+	fail := f.failLaunches
 	f.mu.Unlock()
+	if fail != nil {
+		return fail
+	}
 	if block[0]*block[1]*block[2] > 1024 {
 		return &Error{Call: "cuLaunchKernel", Code: 1, Name: "CUDA_ERROR_INVALID_VALUE"}
 	}
