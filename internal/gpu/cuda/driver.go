@@ -64,23 +64,25 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("cuda: %s: error %d", e.Call, e.Code)
 }
 
-// Is makes errors.Is(err, ErrOutOfMemory) hold for CUDA_ERROR_OUT_OF_MEMORY and
-// CUBLAS_STATUS_ALLOC_FAILED, and ErrNoDevice for CUDA_ERROR_NO_DEVICE and
-// CUDA_ERROR_INVALID_DEVICE.
+// Is maps codes to the sentinels: ErrOutOfMemory (CUDA_ERROR_OUT_OF_MEMORY,
+// CUBLAS_STATUS_ALLOC_FAILED), ErrNoDevice (CUDA_ERROR_NO_DEVICE,
+// CUDA_ERROR_INVALID_DEVICE), ErrDeviceLost (the sticky context errors,
+// CUBLAS_STATUS_EXECUTION_FAILED) and ErrNotSupported (CUBLAS_STATUS_NOT_SUPPORTED).
 func (e *Error) Is(target error) bool {
+	blas := strings.HasPrefix(e.Call, "cublas")
 	switch target {
 	case ErrOutOfMemory:
-		return (e.Code == 2 && e.Call != "cublas") || e.Name == "CUBLAS_STATUS_ALLOC_FAILED"
+		return (e.Code == 2 && !blas) || e.Name == "CUBLAS_STATUS_ALLOC_FAILED"
 	case ErrNoDevice:
-		return e.Code == 100 || e.Code == 101
+		return !blas && (e.Code == 100 || e.Code == 101)
 	case ErrDeviceLost:
 		switch e.Code {
 		case 214, 700, 714, 715, 716, 717, 718, 719, 999: // ECC, illegal address, ..., launch failed, unknown
-			return e.Call != "cublas" && !strings.HasPrefix(e.Call, "cublas")
+			return !blas
 		}
 		return e.Name == "CUBLAS_STATUS_EXECUTION_FAILED"
 	case ErrNotSupported:
-		return e.Name == "CUBLAS_STATUS_NOT_SUPPORTED" || e.Name == "symbol not found"
+		return e.Name == "CUBLAS_STATUS_NOT_SUPPORTED"
 	}
 	return false
 }

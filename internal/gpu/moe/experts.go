@@ -59,11 +59,13 @@ func (c Config) Validate() error {
 // ExpertBytes is the device size of one expert (bf16 gate, up and down).
 func (c Config) ExpertBytes() uint64 { return uint64(3*c.Hidden*c.Intermediate) * 2 }
 
-// scratchBytes is the device scratch a round of rows needs (see kernels.cu's layouts).
+// scratchBytes is the device scratch a round of rows needs (see kernels.cu's
+// layouts), the cuBLAS experts' bucket padding (at most a quarter) included.
 func (c Config) scratchBytes(rows int) uint64 {
 	P := uint64(rows * c.TopK)
+	Pp := P + P/4 // pair rows with padding
 	H, I := uint64(c.Hidden), uint64(c.Intermediate)
-	return P*(2*H+8*I+4*I+2*I+4*H) + uint64(rows)*(8*H) + metaBytes(c, rows)
+	return Pp*(2*H+8*I+2*I+4*H) + P*4*I + uint64(rows)*(8*H) + metaBytes(c, rows)
 }
 
 // metaBytes bounds the per-round metadata: inputs, routing, pair rows and tasks.
@@ -71,7 +73,7 @@ func metaBytes(c Config, rows int) uint64 {
 	P := uint64(rows * c.TopK)
 	maxChunks := uint64(c.NumExperts * ((max(c.SmallRows, 1) + MaxGroupRows - 1) / MaxGroupRows))
 	tasks := maxChunks * uint64((2*c.Intermediate+c.Hidden)/gemvRowsPerBlock+2) * 8 * taskWords
-	return P*12 + tasks + uint64(c.NumExperts)*48 + 7*256
+	return (P+P/4)*12 + tasks + uint64(c.NumExperts)*48 + 7*256
 }
 
 // Slots is how many experts fit the budget after the reserved scratch.
@@ -119,16 +121,15 @@ type Experts struct {
 	// the installed cuBLAS refuses them (then the lanes issue one GEMM per expert).
 	blasMain   *cuda.BLAS
 	noBatched  bool
-	batchedErr error // why batched GEMMs are off, when the library refused them
-	// replay re-queues the last round's kernels (no copies), for Replay.
-	replay    func() error
-	lanesUsed int // lanes with work in the current round
-	scratch   map[string]*devBuf
-	pinX      *cuda.HostBuf // the round's input rows
-	pinMeta   *cuda.HostBuf // routing and tasks
-	pinOut    *cuda.HostBuf // the round's output rows
-	plan      plan
-	closed    bool
+	batchedErr error         // why batched GEMMs are off, when the library refused them
+	lanesUsed  int           // lanes with work in the current round
+	buf        roundBuffers  // device scratch, grown to the high-water mark
+	r          roundLayout   // the current round's sizes and metadata offsets
+	pinX       *cuda.HostBuf // the round's input rows
+	pinMeta    *cuda.HostBuf // routing and tasks
+	pinOut     *cuda.HostBuf // the round's output rows
+	plan       plan
+	closed     bool
 }
 
 // lane issues a share of the cuBLAS-path experts on its own stream and handle,
@@ -149,6 +150,23 @@ type devBuf struct {
 	cap int
 }
 
+// roundBuffers are the device buffers of a round (layouts in kernels.cu).
+type roundBuffers struct {
+	x, meta, xb, gu, a, ab, y, out devBuf
+}
+
+func (b *roundBuffers) all() []*devBuf {
+	return []*devBuf{&b.x, &b.meta, &b.xb, &b.gu, &b.a, &b.ab, &b.y, &b.out}
+}
+
+// roundLayout is what the kernels of the current round need besides the plan:
+// its sizes and the byte offsets of the metadata block (w | pos | pairRow |
+// upTasks | downTasks | batched-GEMM pointer arrays).
+type roundLayout struct {
+	rows, topK                                           int
+	offW, offPos, offRow, offUp, offDown, offPtrs, total int
+}
+
 // New loads the kernels on dev and makes an empty store.
 func New(dev *cuda.Device, cfg Config) (*Experts, error) {
 	if cfg.SmallRows == 0 {
@@ -163,7 +181,7 @@ func New(dev *cuda.Device, cfg Config) (*Experts, error) {
 		return nil, fmt.Errorf("%w: budget %s does not hold the %s of scratch for %d rows plus one %s expert",
 			ErrBudget, mib(cfg.BudgetBytes), mib(res), cfg.ReserveRows, mib(cfg.ExpertBytes()))
 	}
-	x := &Experts{dev: dev, cfg: cfg, resident: map[[2]int]*devExpert{}, scratch: map[string]*devBuf{}}
+	x := &Experts{dev: dev, cfg: cfg, resident: map[[2]int]*devExpert{}}
 	var err error
 	if x.mod, err = dev.LoadModule(PTX); err != nil {
 		return nil, fmt.Errorf("moe: load kernels: %w", err)
@@ -234,14 +252,14 @@ func (x *Experts) BatchedErr() error {
 func (x *Experts) Replay(n int) (time.Duration, error) {
 	x.cmu.Lock()
 	defer x.cmu.Unlock()
-	if x.replay == nil || n <= 0 {
+	if x.r.rows == 0 || n <= 0 {
 		return 0, errors.New("moe: nothing to replay")
 	}
 	if err := x.ev[0].Record(x.stream); err != nil {
 		return 0, err
 	}
 	for i := 0; i < n; i++ {
-		if err := x.replay(); err != nil {
+		if _, err := x.kernels(); err != nil {
 			return 0, err
 		}
 	}
@@ -269,16 +287,13 @@ func (x *Experts) SetBatched(on bool) {
 // Config returns the store's configuration (with defaults applied).
 func (x *Experts) Config() Config { return x.cfg }
 
-// Device returns the GPU.
-func (x *Experts) Device() *cuda.Device { return x.dev }
-
 // Memory returns the device bytes held by experts and by scratch, and the budget.
 func (x *Experts) Memory() (experts, scratch, budget uint64) {
 	x.mu.Lock()
 	experts = x.used
 	x.mu.Unlock()
 	x.cmu.Lock()
-	for _, b := range x.scratch {
+	for _, b := range x.buf.all() {
 		scratch += uint64(b.cap)
 	}
 	x.cmu.Unlock()
@@ -402,26 +417,25 @@ func (x *Experts) lookup(layer int) lookup {
 	}
 }
 
-// ensure returns device scratch buffer name with at least n bytes.
-func (x *Experts) ensure(name string, n int) (cuda.DevPtr, error) {
+// ensure grows device buffer b to at least n bytes (its contents are not kept).
+func (x *Experts) ensure(b *devBuf, n int) error {
 	n = max(n, 256)
-	b := x.scratch[name]
-	if b != nil && b.cap >= n {
-		return b.p, nil
+	if b.cap >= n {
+		return nil
 	}
-	if b != nil {
+	if b.p != 0 {
 		if err := x.dev.Free(b.p); err != nil {
-			return 0, err
+			return err
 		}
-		delete(x.scratch, name)
+		*b = devBuf{}
 	}
 	size := n + n/4
 	p, err := x.dev.Alloc(size)
 	if err != nil {
-		return 0, fmt.Errorf("moe: scratch %s: %w", name, err)
+		return fmt.Errorf("moe: round scratch: %w", err)
 	}
-	x.scratch[name] = &devBuf{p: p, cap: size}
-	return p, nil
+	*b = devBuf{p: p, cap: size}
+	return nil
 }
 
 func ensureHost(d *cuda.Device, h **cuda.HostBuf, n int) error {
@@ -503,8 +517,7 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 	t.WeightBytes = int64(len(p.upTasks)/taskWords/upPerChunk+len(p.big)) * int64(c.ExpertBytes())
 	t.FLOPs = int64(p.active) * 2 * 3 * int64(H) * int64(I)
 
-	// Host side: the input rows (unless the caller wrote them into Buffers) and
-	// one block of metadata: w | pos | pairRow | upTasks | downTasks.
+	// Host side: the input rows, unless the caller wrote them into Buffers.
 	inAliased := x.pinX != nil && same(req.X, x.pinX.Float32s())
 	if !inAliased {
 		if err := ensureHost(x.dev, &x.pinX, 4*R*H); err != nil {
@@ -518,124 +531,79 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 			return t, err
 		}
 	}
+	// Device buffers, then the metadata block.
 	nb := len(p.big)
-	offW := 0
-	offPos := align(offW + 4*R*K)
-	offRow := align(offPos + 4*R*K)
-	offUp := align(offRow + 4*P)
-	offDown := align(offUp + 8*len(p.upTasks))
-	offPtrs := align(offDown + 8*len(p.downTasks)) // batched-GEMM pointer arrays: 2 x (W, A, C) x nb
-	total := align(offPtrs + 8*6*nb)
-	bufs := []struct {
-		name string
-		n    int
-	}{{"x", 4 * R * H}, {"meta", total}, {"xb", 2 * (P - S) * H}, {"gu", 4 * P * 2 * I},
-		{"a", 4 * S * I}, {"ab", 2 * (P - S) * I}, {"y", 4 * P * H}, {"out", 4 * R * H}}
-	ptr := map[string]cuda.DevPtr{}
-	for _, b := range bufs {
-		d, err := x.ensure(b.name, b.n)
-		if err != nil {
+	l := &x.r
+	l.rows, l.topK = R, K
+	l.offW = 0
+	l.offPos = align(l.offW + 4*R*K)
+	l.offRow = align(l.offPos + 4*R*K)
+	l.offUp = align(l.offRow + 4*P)
+	l.offDown = align(l.offUp + 8*len(p.upTasks))
+	l.offPtrs = align(l.offDown + 8*len(p.downTasks))
+	l.total = align(l.offPtrs + 8*6*nb)
+	bf := &x.buf
+	for _, need := range []struct {
+		b *devBuf
+		n int
+	}{{&bf.x, 4 * R * H}, {&bf.meta, l.total}, {&bf.xb, 2 * (P - S) * H}, {&bf.gu, 4 * P * 2 * I},
+		{&bf.a, 4 * S * I}, {&bf.ab, 2 * (P - S) * I}, {&bf.y, 4 * P * H}, {&bf.out, 4 * R * H}} {
+		if err := x.ensure(need.b, need.n); err != nil {
 			return t, err
 		}
-		ptr[b.name] = d
 	}
-	if err := ensureHost(x.dev, &x.pinMeta, total); err != nil {
+	if err := ensureHost(x.dev, &x.pinMeta, l.total); err != nil {
 		return t, err
 	}
 	m := x.pinMeta
-	copy(m.Float32s()[offW/4:], req.Weights[:R*K])
-	copy(m.Int32s()[offPos/4:], p.pos[:R*K])
-	copy(m.Int32s()[offRow/4:], p.pairRow[:P])
-	copy(m.Uint64s()[offUp/8:], p.upTasks)
-	copy(m.Uint64s()[offDown/8:], p.downTasks)
+	copy(m.Float32s()[l.offW/4:], req.Weights[:R*K])
+	copy(m.Int32s()[l.offPos/4:], p.pos[:R*K])
+	copy(m.Int32s()[l.offRow/4:], p.pairRow[:P])
+	copy(m.Uint64s()[l.offUp/8:], p.upTasks)
+	copy(m.Uint64s()[l.offDown/8:], p.downTasks)
 	// Batched-GEMM pointer arrays, per bucket (experts first..first+c):
 	// gate|up weights, inputs, outputs, then down weights, inputs, outputs.
-	gp := m.Uint64s()[offPtrs/8 : offPtrs/8+6*nb]
+	gp := m.Uint64s()[l.offPtrs/8 : l.offPtrs/8+6*nb]
 	for _, b := range p.buckets {
 		c, q := b.count, gp[6*b.first:]
 		for j, g := range p.big[b.first : b.first+c] {
-			q[j], q[c+j], q[2*c+j] = uint64(g.expert.gateUp), uint64(ptr["xb"].Add(2*(g.p0-S)*H)), uint64(ptr["gu"].Add(4*g.p0*2*I))
-			q[3*c+j], q[4*c+j], q[5*c+j] = uint64(g.expert.down), uint64(ptr["ab"].Add(2*(g.p0-S)*I)), uint64(ptr["y"].Add(4*g.p0*H))
+			q[j], q[c+j], q[2*c+j] = uint64(g.expert.gateUp), uint64(bf.xb.p.Add(2*(g.p0-S)*H)), uint64(bf.gu.p.Add(4*g.p0*2*I))
+			q[3*c+j], q[4*c+j], q[5*c+j] = uint64(g.expert.down), uint64(bf.ab.p.Add(2*(g.p0-S)*I)), uint64(bf.y.p.Add(4*g.p0*H))
 		}
 	}
-	x.lanesUsed = 0
-	meta, s := ptr["meta"], x.stream
-	gemv := func(f *cuda.Func, off, ntasks int, args ...any) error {
-		return s.Launch(f, [3]uint32{uint32(ntasks), 1, 1}, [3]uint32{gemvThreads, 1, 1}, 0, append([]any{meta.Add(off)}, args...)...)
+
+	s := x.stream
+	err = x.ev[0].Record(s)
+	if err == nil {
+		err = s.CopyToDevice(bf.x.p, x.pinX, 0, 4*R*H)
 	}
-	steps := []func() error{
-		func() error { return x.ev[0].Record(s) },
-		func() error { return s.CopyToDevice(ptr["x"], x.pinX, 0, 4*R*H) },
-		func() error { return s.CopyToDevice(meta, m, 0, total) },
-		func() error { return x.ev[1].Record(s) },
-		func() error {
-			if len(p.big) == 0 {
-				return nil
-			}
-			if err := s.Launch(x.k.gather, [3]uint32{uint32(min(P-S, 1<<20)), 1, 1}, [3]uint32{128, 1, 1}, 0,
-				ptr["x"], meta.Add(offRow), S, P, H, ptr["xb"]); err != nil {
-				return err
-			}
-			if !x.noBatched {
-				err := x.batched(ptr, meta.Add(offPtrs), S)
-				if err == nil {
-					t.Batched = true
-					return nil
-				}
-				if !errors.Is(err, cuda.ErrNotSupported) {
-					return err
-				}
-				x.noBatched, x.batchedErr = true, err // this cuBLAS refuses batched bf16 GEMMs: one GEMM per expert from now on
-			}
-			if err := x.gathered.Record(s); err != nil {
-				return err
-			}
-			x.lanesUsed = min(len(x.lanes), len(p.big))
-			return x.runLanes(ptr, S)
-		},
-		func() error {
-			if err := gemv(x.k.gemv, offUp, len(p.upTasks)/taskWords, ptr["x"], meta.Add(offRow), ptr["gu"], H, 2*I); err != nil {
-				return err
-			}
-			return s.Launch(x.k.silu, [3]uint32{uint32(min((S*I+255)/256, 1<<16)), 1, 1}, [3]uint32{256, 1, 1}, 0,
-				ptr["gu"], 0, S, S, I, ptr["a"], ptr["ab"])
-		},
-		func() error {
-			return gemv(x.k.gemv, offDown, len(p.downTasks)/taskWords, ptr["a"], cuda.DevPtr(0), ptr["y"], I, H)
-		},
-		func() error {
-			for _, l := range x.lanes[:x.lanesUsed] {
-				if err := s.WaitEvent(l.done); err != nil {
-					return err
-				}
-			}
-			return nil
-		},
-		func() error {
-			return s.Launch(x.k.combine, [3]uint32{uint32(min(R, 1<<20)), 1, 1}, [3]uint32{128, 1, 1}, 0,
-				ptr["y"], meta.Add(offPos), meta.Add(offW), R, K, H, ptr["out"])
-		},
-		func() error { return x.ev[2].Record(s) },
-		func() error { return s.CopyFromDevice(x.pinOut, 0, ptr["out"], 4*R*H) },
-		func() error { return x.ev[3].Record(s) },
-		func() error { return x.ev[3].Sync() },
+	if err == nil {
+		err = s.CopyToDevice(bf.meta.p, m, 0, l.total)
 	}
-	x.replay = func() error {
-		for _, f := range steps[4:9] {
-			if err := f(); err != nil {
-				return err
-			}
+	if err == nil {
+		err = x.ev[1].Record(s)
+	}
+	if err == nil {
+		t.Batched, err = x.kernels()
+	}
+	if err == nil {
+		err = x.ev[2].Record(s)
+	}
+	if err == nil {
+		err = s.CopyFromDevice(x.pinOut, 0, bf.out.p, 4*R*H)
+	}
+	if err == nil {
+		err = x.ev[3].Record(s)
+	}
+	if err == nil {
+		err = x.ev[3].Sync()
+	}
+	if err != nil {
+		s.Sync() // leave nothing in flight that reads the pinned buffers
+		for _, ln := range x.lanes {
+			ln.s.Sync()
 		}
-		return nil
-	}
-	for _, f := range steps {
-		if err := f(); err != nil {
-			s.Sync() // leave nothing in flight that reads the pinned buffers
-			for _, l := range x.lanes {
-				l.s.Sync()
-			}
-			return t, fmt.Errorf("moe: layer %d: %w", req.Layer, err)
-		}
+		return t, fmt.Errorf("moe: layer %d: %w", req.Layer, err)
 	}
 	if !outAliased {
 		copy(req.Out[:R*H], x.pinOut.Float32s()[:R*H])
@@ -651,13 +619,70 @@ func (x *Experts) Compute(req *hybrid.ExpertRequest) (Timing, error) {
 	return t, nil
 }
 
+// kernels queues the current round's computation on the main stream (and the
+// lanes): the cuBLAS experts (gathered to bf16, then batched GEMMs or the
+// lanes), the grouped GEMVs and SiLU product of the small experts, and the
+// combine. It reports whether the cuBLAS experts ran as batched GEMMs.
+func (x *Experts) kernels() (batched bool, err error) {
+	p, l, bf, s := &x.plan, &x.r, &x.buf, x.stream
+	P, S, H, I, R := p.pairs, p.small, p.hidden, p.inter, l.rows
+	meta := bf.meta.p
+	x.lanesUsed = 0
+	if len(p.big) > 0 {
+		if err := s.Launch(x.k.gather, [3]uint32{uint32(min(P-S, 1<<20)), 1, 1}, [3]uint32{128, 1, 1}, 0,
+			bf.x.p, meta.Add(l.offRow), S, P, H, bf.xb.p); err != nil {
+			return false, err
+		}
+		if !x.noBatched {
+			err := x.batched(meta.Add(l.offPtrs))
+			switch {
+			case err == nil:
+				batched = true
+			case !errors.Is(err, cuda.ErrNotSupported):
+				return false, err
+			default:
+				x.noBatched, x.batchedErr = true, err // this cuBLAS refuses batched bf16 GEMMs: one GEMM per expert from now on
+			}
+		}
+		if !batched {
+			if err := x.gathered.Record(s); err != nil {
+				return false, err
+			}
+			x.lanesUsed = min(len(x.lanes), len(p.big))
+			if err := x.runLanes(); err != nil {
+				return false, err
+			}
+		}
+	}
+	gemv := func(off, ntasks int, in, pairRow, out cuda.DevPtr, K, N int) error {
+		return s.Launch(x.k.gemv, [3]uint32{uint32(ntasks), 1, 1}, [3]uint32{gemvThreads, 1, 1}, 0, meta.Add(off), in, pairRow, out, K, N)
+	}
+	if err := gemv(l.offUp, len(p.upTasks)/taskWords, bf.x.p, meta.Add(l.offRow), bf.gu.p, H, 2*I); err != nil {
+		return batched, err
+	}
+	if err := s.Launch(x.k.silu, [3]uint32{uint32(min((S*I+255)/256, 1<<16)), 1, 1}, [3]uint32{256, 1, 1}, 0,
+		bf.gu.p, 0, S, S, I, bf.a.p, bf.ab.p); err != nil {
+		return batched, err
+	}
+	if err := gemv(l.offDown, len(p.downTasks)/taskWords, bf.a.p, 0, bf.y.p, I, H); err != nil {
+		return batched, err
+	}
+	for _, ln := range x.lanes[:x.lanesUsed] {
+		if err := s.WaitEvent(ln.done); err != nil {
+			return batched, err
+		}
+	}
+	return batched, s.Launch(x.k.combine, [3]uint32{uint32(min(R, 1<<20)), 1, 1}, [3]uint32{128, 1, 1}, 0,
+		bf.y.p, meta.Add(l.offPos), meta.Add(l.offW), R, l.topK, H, bf.out.p)
+}
+
 // batched runs the cuBLAS-path experts on the main stream: per bucket, one
 // batched GEMM for every expert's gate|up and one for every expert's down
 // (rows padded to the bucket's), around the bf16 SiLU product; ptrs holds the
 // pointer arrays.
-func (x *Experts) batched(ptr map[string]cuda.DevPtr, ptrs cuda.DevPtr, S int) error {
-	p := &x.plan
-	H, I := p.hidden, p.inter
+func (x *Experts) batched(ptrs cuda.DevPtr) error {
+	p, bf := &x.plan, &x.buf
+	H, I, S := p.hidden, p.inter, p.small
 	for _, b := range p.buckets {
 		if err := x.blasMain.BatchedRowMajor(b.rows, 2*I, H, cuda.R16BF, H, cuda.R16BF, H, cuda.R32F, 2*I, b.count,
 			ptrs.Add(8*6*b.first)); err != nil {
@@ -665,7 +690,7 @@ func (x *Experts) batched(ptr map[string]cuda.DevPtr, ptrs cuda.DevPtr, S int) e
 		}
 	}
 	if err := x.stream.Launch(x.k.silu, [3]uint32{uint32(min(((p.pairs-S)*I+255)/256, 1<<16)), 1, 1}, [3]uint32{256, 1, 1}, 0,
-		ptr["gu"], S, S, p.pairs, I, ptr["a"], ptr["ab"]); err != nil {
+		bf.gu.p, S, S, p.pairs, I, bf.a.p, bf.ab.p); err != nil {
 		return err
 	}
 	for _, b := range p.buckets {
@@ -680,9 +705,9 @@ func (x *Experts) batched(ptr map[string]cuda.DevPtr, ptrs cuda.DevPtr, S int) e
 // runLanes splits the cuBLAS-path experts into contiguous shares, one per
 // lane, and issues each share from its own goroutine: gate|up GEMMs, the bf16
 // SiLU product, down GEMMs, then the lane's done event.
-func (x *Experts) runLanes(ptr map[string]cuda.DevPtr, S int) error {
-	p := &x.plan
-	H, I := p.hidden, p.inter
+func (x *Experts) runLanes() error {
+	p, bf := &x.plan, &x.buf
+	H, I, S := p.hidden, p.inter, p.small
 	n := x.lanesUsed
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -695,19 +720,19 @@ func (x *Experts) runLanes(ptr map[string]cuda.DevPtr, S int) error {
 					return err
 				}
 				for _, g := range share {
-					if err := l.blas.GemmRowMajor(g.m, 2*I, H, 1, ptr["xb"].Add(2*(g.p0-S)*H), cuda.R16BF, H,
-						g.expert.gateUp, cuda.R16BF, H, 0, ptr["gu"].Add(4*g.p0*2*I), cuda.R32F, 2*I); err != nil {
+					if err := l.blas.GemmRowMajor(g.m, 2*I, H, 1, bf.xb.p.Add(2*(g.p0-S)*H), cuda.R16BF, H,
+						g.expert.gateUp, cuda.R16BF, H, 0, bf.gu.p.Add(4*g.p0*2*I), cuda.R32F, 2*I); err != nil {
 						return err
 					}
 				}
 				pa, pb := share[0].p0, share[len(share)-1].p0+share[len(share)-1].m
 				if err := l.s.Launch(x.k.silu, [3]uint32{uint32(min(((pb-pa)*I+255)/256, 1<<16)), 1, 1}, [3]uint32{256, 1, 1}, 0,
-					ptr["gu"], pa, S, pb, I, ptr["a"], ptr["ab"]); err != nil {
+					bf.gu.p, pa, S, pb, I, bf.a.p, bf.ab.p); err != nil {
 					return err
 				}
 				for _, g := range share {
-					if err := l.blas.GemmRowMajor(g.m, H, I, 1, ptr["ab"].Add(2*(g.p0-S)*I), cuda.R16BF, I,
-						g.expert.down, cuda.R16BF, I, 0, ptr["y"].Add(4*g.p0*H), cuda.R32F, H); err != nil {
+					if err := l.blas.GemmRowMajor(g.m, H, I, 1, bf.ab.p.Add(2*(g.p0-S)*I), cuda.R16BF, I,
+						g.expert.down, cuda.R16BF, I, 0, bf.y.p.Add(4*g.p0*H), cuda.R32F, H); err != nil {
 						return err
 					}
 				}
@@ -745,10 +770,12 @@ func (x *Experts) Close() error {
 			errs = append(errs, l.s.Destroy())
 		}
 	}
-	for _, b := range x.scratch {
-		errs = append(errs, x.dev.Free(b.p))
+	for _, b := range x.buf.all() {
+		if b.p != 0 {
+			errs = append(errs, x.dev.Free(b.p))
+		}
+		*b = devBuf{}
 	}
-	x.scratch = nil
 	errs = append(errs, x.pinX.Free(), x.pinMeta.Free(), x.pinOut.Free())
 	for _, e := range append(x.ev[:], x.gathered) {
 		if e != nil {

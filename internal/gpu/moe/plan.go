@@ -41,13 +41,10 @@ type bigSeg struct {
 // batched GEMM per projection: big[first : first+count], rows each.
 type bucket struct{ first, count, rows int }
 
-// Bucketing: the cuBLAS experts, largest first, share a bucket while they have
-// at least bucketFill of its rows (so padding wastes at most 1-bucketFill);
-// at most maxBuckets buckets.
-const (
-	bucketFill = 0.8
-	maxBuckets = 8
-)
+// bucketFill: the cuBLAS experts, largest first, share a bucket while they
+// have at least this fraction of its rows, so padding adds at most
+// 1/bucketFill - 1 = 25% to their rows (scratchBytes reserves for it).
+const bucketFill = 0.8
 
 // plan is one round laid out for the kernels.
 type plan struct {
@@ -60,8 +57,15 @@ type plan struct {
 	upTasks, downTasks        []uint64
 	big                       []bigSeg
 	buckets                   []bucket
+	scr                       planScratch
 	experts                   int // distinct experts used
 	smallExperts              int
+}
+
+// planScratch is makePlan's per-expert working space, reused across rounds.
+type planScratch struct {
+	counts, order, start, fill []int
+	ptrs                       []expertPtrs
 }
 
 // lookup returns the device matrices of an expert, or false when it is not resident.
@@ -76,8 +80,11 @@ func makePlan(p *plan, layer, rows, topK, hidden, inter int, ids []int32, weight
 		return fmt.Errorf("moe: layer %d: %d rows x top-%d need %d ids and weights, have %d and %d", layer, rows, topK, n, len(ids), len(weights))
 	}
 	*p = plan{rows: rows, topK: topK, hidden: hidden, inter: inter, pairRow: p.pairRow[:0], pos: grow(p.pos, n),
-		upTasks: p.upTasks[:0], downTasks: p.downTasks[:0], big: p.big[:0], buckets: p.buckets[:0]}
-	counts := make([]int, numExperts)
+		upTasks: p.upTasks[:0], downTasks: p.downTasks[:0], big: p.big[:0], buckets: p.buckets[:0], scr: p.scr}
+	sc := &p.scr
+	sc.counts = grow(sc.counts, numExperts)
+	clear(sc.counts)
+	counts := sc.counts
 	for i, e := range ids[:n] {
 		if weights[i] == 0 {
 			continue
@@ -89,7 +96,7 @@ func makePlan(p *plan, layer, rows, topK, hidden, inter int, ids []int32, weight
 	}
 	// Order: small experts by id, then big ones by rows (largest first, then
 	// by id); a pair list per expert in slot order.
-	order := make([]int, 0, numExperts)
+	order := sc.order[:0]
 	for e, c := range counts {
 		if c > 0 && c <= smallRows {
 			order = append(order, e)
@@ -103,9 +110,10 @@ func makePlan(p *plan, layer, rows, topK, hidden, inter int, ids []int32, weight
 	}
 	bigIDs := order[p.smallExperts:]
 	sort.SliceStable(bigIDs, func(a, b int) bool { return counts[bigIDs[a]] > counts[bigIDs[b]] })
-	start := make([]int, numExperts)
+	sc.order = order
+	sc.start, sc.ptrs = grow(sc.start, numExperts), grow(sc.ptrs, numExperts)
+	start, ptrs := sc.start, sc.ptrs
 	next := 0
-	ptrs := make([]expertPtrs, numExperts)
 	for k, e := range order {
 		ep, ok := get(e)
 		if !ok {
@@ -120,7 +128,7 @@ func makePlan(p *plan, layer, rows, topK, hidden, inter int, ids []int32, weight
 			continue
 		}
 		nb := len(p.buckets)
-		if nb == 0 || nb < maxBuckets && float64(counts[e]) < bucketFill*float64(p.buckets[nb-1].rows) {
+		if nb == 0 || float64(counts[e]) < bucketFill*float64(p.buckets[nb-1].rows) {
 			p.buckets = append(p.buckets, bucket{first: len(p.big), rows: counts[e]})
 			nb++
 		}
@@ -133,7 +141,8 @@ func makePlan(p *plan, layer, rows, topK, hidden, inter int, ids []int32, weight
 	for i := p.small; i < next; i++ {
 		p.pairRow[i] = -1 // padding rows of the buckets
 	}
-	fill := append([]int(nil), start...)
+	sc.fill = append(sc.fill[:0], start...)
+	fill := sc.fill
 	for i, e := range ids[:n] {
 		if weights[i] == 0 {
 			p.pos[i] = -1

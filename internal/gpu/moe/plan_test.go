@@ -56,7 +56,7 @@ func TestPlanBuckets(t *testing.T) {
 				if g.p0 != next || g.m > b.rows || g.m <= small {
 					t.Fatalf("bucket %d expert %d: p0 %d (want %d), m %d of %d rows", bi, j, g.p0, next, g.m, b.rows)
 				}
-				if bi < maxBuckets-1 && float64(g.m) < bucketFill*float64(b.rows) {
+				if float64(g.m) < bucketFill*float64(b.rows) {
 					t.Fatalf("bucket %d pads %d rows to %d", bi, g.m, b.rows)
 				}
 				for r := g.p0 + g.m; r < g.p0+b.rows; r++ {
