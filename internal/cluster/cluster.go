@@ -70,92 +70,6 @@ type NodeInfo struct {
 	Joined time.Time         `json:"joined"`
 }
 
-// Registration is a node's live registration; Close revokes it.
-type Registration struct {
-	cli   *clientv3.Client
-	lease clientv3.LeaseID
-	stop  context.CancelFunc
-	done  chan struct{}
-}
-
-// Register writes n under its role with a lease of ttl seconds and keeps the lease
-// alive until ctx ends or Close is called, so ctx must live as long as the node
-// (each attempt to write the registration is bounded by its own timeout). If the lease is lost (etcd partition
-// longer than the TTL), it re-registers when etcd is reachable again.
-func Register(ctx context.Context, cli *clientv3.Client, n NodeInfo, ttl int64) (*Registration, error) {
-	if n.ID == "" || n.Role == "" {
-		return nil, fmt.Errorf("cluster: register: node id and role are required")
-	}
-	if n.Joined.IsZero() {
-		n.Joined = time.Now().UTC()
-	}
-	b, _ := json.Marshal(n)
-	key := NodesPrefix + n.Role + "/" + n.ID
-	// grant registers once: the grant and the write are bounded by a timeout,
-	// the keepalive lives as long as ctx (the registration's lifetime).
-	grant := func(ctx context.Context) (clientv3.LeaseID, <-chan *clientv3.LeaseKeepAliveResponse, error) {
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		l, err := cli.Grant(wctx, ttl)
-		if err != nil {
-			return 0, nil, err
-		}
-		if _, err := cli.Put(wctx, key, string(b), clientv3.WithLease(l.ID)); err != nil {
-			return 0, nil, err
-		}
-		ka, err := cli.KeepAlive(ctx, l.ID)
-		return l.ID, ka, err
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	id, ka, err := grant(rctx)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("cluster: register %s: %w", key, err)
-	}
-	r := &Registration{cli: cli, lease: id, stop: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		for {
-			for range ka { // drain keepalive responses until the channel closes
-			}
-			if rctx.Err() != nil {
-				return
-			}
-			// Lease lost: retry until registered again.
-			t := time.NewTimer(time.Second)
-			select {
-			case <-rctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			if nid, nka, err := grant(rctx); err == nil {
-				r.lease, ka = nid, nka
-			} else {
-				ka = nil
-			}
-		}
-	}()
-	return r, nil
-}
-
-// Abandon stops keeping the lease alive without revoking it, as a crashed process
-// would: the registration disappears when the TTL expires (fault injection).
-func (r *Registration) Abandon() {
-	r.stop()
-	<-r.done
-}
-
-// Close revokes the registration (the node disappears from watchers at once).
-func (r *Registration) Close() error {
-	r.stop()
-	<-r.done
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_, err := r.cli.Revoke(ctx, r.lease)
-	return err
-}
-
 // ListNodes returns the registered nodes of a role, sorted by id.
 func ListNodes(ctx context.Context, cli *clientv3.Client, role string) ([]NodeInfo, error) {
 	ns, _, err := listNodes(ctx, cli, role)
@@ -343,13 +257,12 @@ type LoadReport struct {
 }
 
 // ReportLoad writes a trunk's load report (attached to its registration lease).
-func ReportLoad(ctx context.Context, cli *clientv3.Client, r *Registration, rep LoadReport) error {
+func ReportLoad(ctx context.Context, r *Registration, rep LoadReport) error {
 	b, err := json.Marshal(rep)
 	if err != nil {
 		return err
 	}
-	_, err = cli.Put(ctx, LoadPrefix+rep.Trunk, string(b), clientv3.WithLease(r.lease))
-	return err
+	return r.Put(ctx, LoadPrefix+rep.Trunk, string(b))
 }
 
 // WatchLoad calls fn with every new load report.
@@ -390,9 +303,8 @@ func watchTableKey(ctx context.Context, cli *clientv3.Client, key string, fn fun
 
 // ReportReady records that an expert node has loaded the assignment of a table
 // version (attached to the node's registration lease).
-func ReportReady(ctx context.Context, cli *clientv3.Client, r *Registration, node string, version uint64) error {
-	_, err := cli.Put(ctx, ReadyPrefix+node, strconv.FormatUint(version, 10), clientv3.WithLease(r.lease))
-	return err
+func ReportReady(ctx context.Context, r *Registration, node string, version uint64) error {
+	return r.Put(ctx, ReadyPrefix+node, strconv.FormatUint(version, 10))
 }
 
 // GossipMetaKey is the NodeInfo.Meta key holding a node's gossip address.

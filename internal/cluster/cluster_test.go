@@ -82,7 +82,7 @@ func TestRegistryAndTable(t *testing.T) {
 	if err != nil || got.Version != 2 {
 		t.Fatalf("LoadTable: %v %v", got, err)
 	}
-	if err := ReportReady(ctx, cli, ra, "a", 2); err != nil {
+	if err := ReportReady(ctx, ra, "a", 2); err != nil {
 		t.Fatal(err)
 	}
 	ra.Close()
