@@ -213,6 +213,18 @@ func WatchPending(ctx context.Context, cli *clientv3.Client, fn func(*routing.Ta
 	})
 }
 
+// LoadPending reads the table being rolled out (ErrNotFound when none).
+func LoadPending(ctx context.Context, cli *clientv3.Client) (*routing.Table, error) {
+	resp, err := cli.Get(ctx, PendingKey)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, ErrNotFound
+	}
+	return routing.Unmarshal(resp.Kvs[0].Value)
+}
+
 // PublishPending stores the table a rollout is moving to.
 func PublishPending(ctx context.Context, cli *clientv3.Client, t *routing.Table) error {
 	if err := t.Validate(); err != nil {
