@@ -12,7 +12,7 @@ IMAGE_TAG ?= dev
 # The GPU binary: purego loader for CUDA (dynamically linked; see docs/gpu.md).
 BIN_CUDA  ?= bin/switchyard-cuda
 
-.PHONY: all build build-cuda gpu-bundle image-cuda verify-ptx test test-short bench run lint verify verify-deps verify-proto proto fmt generate clean image helm-test
+.PHONY: all build build-cuda gpu-bundle image-cuda verify-ptx test test-short bench run lint verify verify-deps verify-lint verify-proto proto fmt generate clean image helm-test
 
 all: build
 
@@ -61,7 +61,7 @@ fmt:
 
 lint: verify
 
-verify: verify-deps verify-proto verify-ptx
+verify: verify-deps verify-lint verify-proto verify-ptx
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags cuda ./internal/gpu/... ./expert-node/... ./internal/cli/...
@@ -72,6 +72,11 @@ verify-deps:
 	@for p in $$($(GO) list $(PURE_PKGS) 2>/dev/null); do \
 	  if $(GO) list -deps $$p | grep -E -q '$(FORBIDDEN)'; then echo "$$p imports a forbidden I/O dependency"; exit 1; fi; \
 	done; echo "verify-deps: model/ and placement/ are pure"
+
+# Import rules (.golangci.yml: depguard, importas) with the golangci-lint pinned in
+# tools/lint/go.mod, built once into bin/golangci-lint.
+verify-lint:
+	GO=$(GO) bash scripts/lint.sh
 
 proto:
 	bash scripts/genproto.sh

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"sort"
 	"strconv"
 	"sync"
@@ -15,16 +17,29 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/switchyard-serving/switchyard/internal/agent"
 	"github.com/switchyard-serving/switchyard/internal/cluster"
-	"github.com/switchyard-serving/switchyard/internal/membership"
+	"github.com/switchyard-serving/switchyard/internal/rollout"
 	"github.com/switchyard-serving/switchyard/internal/routing"
+	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
+	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/placement"
 )
 
-// LeaderConfig configures the load-driven coordinator.
-type LeaderConfig struct {
-	NodeID  string // this coordinator's id (election value)
+// Config configures a coordinator.
+type Config struct {
+	// Config is the lifecycle every role shares (agent.Config): NodeID (the
+	// election candidate value; required), etcd (required), gossip, metrics,
+	// logging.
+	agent.Config
+	// ModelPath is read for the model's shape when Layers or Experts is 0.
+	ModelPath string
+	// Listen serves the standard gRPC health service ("" = not served).
+	Listen  string
 	Layers  int
 	Experts int
 	// SlotsPerNode is the expert-replica capacity of every expert node (0: every
@@ -35,15 +50,8 @@ type LeaderConfig struct {
 	LoadHalfLife time.Duration // EMA half-life of activation counts
 	ReadyTimeout time.Duration // how long a rollout waits for expert nodes to load
 	ElectionTTL  int           // seconds; a dead leader is replaced after about this
-	// Dead, if set, reports expert nodes that gossip says are dead before their
-	// etcd lease expires (they get no replicas). Gossip sets it.
-	Dead func() map[string]bool
-	// Gossip, when set, joins the memberlist cluster and uses it for Dead and to
-	// re-plan as soon as an expert node fails.
-	Gossip *membership.Config
-	// Registry receives the coordinator's metrics (nil: none).
+	// Registry receives the coordinator's metrics (nil: a private registry).
 	Registry *prometheus.Registry
-	Logger   *slog.Logger
 }
 
 type leaderMetrics struct {
@@ -71,47 +79,135 @@ func newLeaderMetrics(reg *prometheus.Registry, id string) *leaderMetrics {
 	return m
 }
 
-// DefaultLeaderConfig returns production defaults (Layers/Experts/NodeID unset).
-func DefaultLeaderConfig() LeaderConfig {
-	return LeaderConfig{Placement: placement.DefaultOptions(), PlanInterval: 10 * time.Second, LoadHalfLife: time.Minute,
-		ReadyTimeout: 60 * time.Second, ElectionTTL: 5}
+// DefaultConfig returns production defaults (the model's shape unset).
+func DefaultConfig() Config {
+	return Config{Config: agent.DefaultConfig(), Placement: placement.DefaultOptions(), PlanInterval: 10 * time.Second,
+		LoadHalfLife: time.Minute, ReadyTimeout: 60 * time.Second, ElectionTTL: 5}
 }
 
-// Run campaigns for leadership and, while leader, keeps the placement in step
-// with membership and measured load, rolling out every change make-before-break:
-// publish the next table as pending, wait until every expert node of it holds its
-// experts, then make it current. Followers wait; when the leader's session ends
-// (crash, partition) another coordinator takes over within about ElectionTTL.
-func Run(ctx context.Context, cli *clientv3.Client, cfg LeaderConfig) error {
-	if cfg.NodeID == "" || cfg.Layers <= 0 || cfg.Experts <= 0 {
-		return errors.New("coordinator: node id and model shape (layers, experts) are required")
+// AddFlags registers the coordinator's flags (and the shared ones) on fs.
+func (c *Config) AddFlags(fs *flag.FlagSet) {
+	c.Config.AddFlags(fs, "")
+	fs.StringVar(&c.ModelPath, "model", c.ModelPath, "model folder or .gguf, for its layer and expert counts (required)")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "serve the gRPC health service here (e.g. :7072; empty: none)")
+	fs.IntVar(&c.SlotsPerNode, "slots-per-node", c.SlotsPerNode, "expert replicas one expert node can hold (0: unlimited)")
+	fs.Float64Var(&c.Placement.RedundantSlotsFraction, "redundant", c.Placement.RedundantSlotsFraction, "extra replicas for hot experts, as a fraction of layers x experts")
+	fs.IntVar(&c.Placement.MigrationBudget, "migration-budget", c.Placement.MigrationBudget, "replicas moved per planning round (-1: unlimited)")
+	fs.Float64Var(&c.Placement.MinGain, "min-gain", c.Placement.MinGain, "least imbalance reduction a move must bring")
+	fs.DurationVar(&c.PlanInterval, "plan-interval", c.PlanInterval, "re-planning period")
+	fs.DurationVar(&c.LoadHalfLife, "load-half-life", c.LoadHalfLife, "half-life of the activation-count EMA")
+	fs.IntVar(&c.ElectionTTL, "election-ttl", c.ElectionTTL, "leader session TTL in seconds")
+}
+
+// Validate checks the configuration (the model's shape may still be unset
+// when ModelPath is given).
+func (c *Config) Validate() error {
+	var errs []error
+	if err := c.Config.Validate(); err != nil {
+		errs = append(errs, err)
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+	if len(c.Etcd) == 0 {
+		errs = append(errs, errors.New("coordinator: etcd endpoints are required"))
 	}
-	var gossipEvents <-chan membership.Event
-	if cfg.Gossip != nil {
-		gc := *cfg.Gossip
-		gc.Meta = membership.Meta{ID: cfg.NodeID, Role: cluster.RoleCoordinator}
-		m, err := membership.Start(gc)
+	if (c.Layers <= 0 || c.Experts <= 0) && c.ModelPath == "" {
+		errs = append(errs, errors.New("coordinator: the model's shape is required (a model path, or layers and experts)"))
+	}
+	if c.ElectionTTL <= 0 || c.PlanInterval <= 0 {
+		errs = append(errs, errors.New("coordinator: election TTL and plan interval must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// Coordinator is one coordinator replica.
+type Coordinator struct {
+	cfg Config
+	met *leaderMetrics
+}
+
+// New validates cfg and reads the model's shape when it is not given.
+func New(cfg Config) (*Coordinator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Layers <= 0 || cfg.Experts <= 0 {
+		mc, err := config.ReadCheckpoint(cfg.ModelPath)
 		if err != nil {
+			return nil, fmt.Errorf("coordinator: model shape: %w", err)
+		}
+		cfg.Layers, cfg.Experts = mc.Layers, mc.Experts
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = telemetry.NewRegistry()
+	}
+	return &Coordinator{cfg: cfg, met: newLeaderMetrics(cfg.Registry, cfg.NodeID)}, nil
+}
+
+// Layers and Experts are the model's shape the coordinator places.
+func (c *Coordinator) Layers() int { return c.cfg.Layers }
+
+// Experts is the number of routed experts per layer.
+func (c *Coordinator) Experts() int { return c.cfg.Experts }
+
+// Close releases nothing today; it completes the role lifecycle.
+func (c *Coordinator) Close() error { return nil }
+
+// Run campaigns for leadership until ctx ends and, while leader, keeps the
+// placement in step with membership and measured load, rolling out every
+// change make-before-break (package rollout). Followers wait; when the
+// leader's session ends (crash, partition) another coordinator takes over
+// within about ElectionTTL.
+func (c *Coordinator) Run(ctx context.Context) error {
+	cfg := c.cfg
+	a, err := agent.Start(cluster.RoleCoordinator, cfg.Config, agent.Options{Registry: cfg.Registry})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if errors.Is(context.Cause(ctx), agent.ErrCrash) {
+			a.Crash()
+		} else {
+			a.Close()
+		}
+	}()
+	log := a.Logger()
+	addr := ""
+	if cfg.Listen != "" {
+		lis, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("coordinator: health listener: %w", err)
+		}
+		srv, err := a.NewServer(rpc.ServerConfig{})
+		if err != nil {
+			lis.Close()
 			return err
 		}
-		defer m.Leave(time.Second)
-		cfg.Dead = m.Dead
-		gossipEvents = m.Events()
-		reg, err := cluster.Register(ctx, cli, cluster.NodeInfo{ID: cfg.NodeID, Role: cluster.RoleCoordinator,
-			Meta: map[string]string{cluster.GossipMetaKey: m.Addr()}}, int64(cfg.ElectionTTL))
-		if err != nil {
-			return err
-		}
-		defer reg.Close()
-		go m.JoinLoop(ctx, 2*time.Second, func() []string { return cluster.GossipSeeds(ctx, cli) })
+		h := health.NewServer()
+		healthpb.RegisterHealthServer(srv, h)
+		a.Serve(srv, lis)
+		addr = lis.Addr().String()
 	}
-	met := newLeaderMetrics(cfg.Registry, cfg.NodeID)
+	if err := a.Register(addr, nil); err != nil {
+		return err
+	}
+	// Gossip: expert nodes that fail are re-placed at once, before their
+	// etcd lease expires.
+	replan := make(chan struct{}, 1)
+	var dead func() map[string]bool
+	if m := a.Membership(); m != nil {
+		dead = m.Dead
+		a.WatchPeers(250*time.Millisecond, func(agent.View) {
+			select {
+			case replan <- struct{}{}:
+			default:
+			}
+		})
+	}
+	log.Info("coordinator running", "layers", cfg.Layers, "experts", cfg.Experts)
+	cli := a.Etcd()
 	for ctx.Err() == nil {
 		sess, err := concurrency.NewSession(cli, concurrency.WithTTL(cfg.ElectionTTL), concurrency.WithContext(ctx))
 		if err != nil {
+			log.Debug("election session", "err", err)
 			sleepCtx(ctx, time.Second)
 			continue
 		}
@@ -121,7 +217,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg LeaderConfig) error {
 			sleepCtx(ctx, 500*time.Millisecond)
 			continue
 		}
-		cfg.Logger.Info("coordinator is leader", "node", cfg.NodeID)
+		log.Info("coordinator is leader")
 		lctx, cancel := context.WithCancel(ctx)
 		go func() {
 			select {
@@ -130,17 +226,25 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg LeaderConfig) error {
 			}
 			cancel()
 		}()
-		l := &leader{cli: cli, cfg: cfg, gossip: gossipEvents, m: met}
-		met.isLeader.Set(1)
+		l := &leader{cli: cli, cfg: cfg, dead: dead, replan: replan, m: c.met, log: log}
+		c.met.isLeader.Set(1)
 		l.run(lctx)
-		met.isLeader.Set(0)
+		c.met.isLeader.Set(0)
 		cancel()
+		if errors.Is(context.Cause(ctx), agent.ErrCrash) {
+			sess.Orphan() // like a killed process: the session expires after its TTL
+			break
+		}
+		log.Info("coordinator is no longer leader")
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
 		el.Resign(rctx)
 		rcancel()
-		sess.Close()
+		sess.Orphan()
+		rctx, rcancel = context.WithTimeout(context.Background(), 2*time.Second)
+		cli.Revoke(rctx, sess.Lease())
+		rcancel()
 	}
-	return ctx.Err()
+	return nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {
@@ -161,9 +265,11 @@ func Leader(ctx context.Context, cli *clientv3.Client) (string, error) {
 
 type leader struct {
 	cli    *clientv3.Client
-	cfg    LeaderConfig
-	gossip <-chan membership.Event
+	cfg    Config
+	dead   func() map[string]bool // gossip's failed nodes (nil without gossip)
+	replan <-chan struct{}        // gossip membership changed
 	m      *leaderMetrics
+	log    *slog.Logger
 
 	mu       sync.Mutex
 	experts  []cluster.NodeInfo
@@ -209,14 +315,11 @@ func (l *leader) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-events:
-		case ev := <-l.gossip:
-			if ev.Node.Role != cluster.RoleExpert {
-				continue
-			}
+		case <-l.replan:
 		case <-tick.C:
 		}
 		if err := l.round(ctx); err != nil && ctx.Err() == nil {
-			l.cfg.Logger.Warn("placement round", "err", err)
+			l.log.Warn("placement round", "err", err)
 		}
 	}
 }
@@ -257,10 +360,7 @@ func (l *leader) round(ctx context.Context) error {
 	}
 	cur := l.current
 	l.mu.Unlock()
-	dead := map[string]bool{}
-	if l.cfg.Dead != nil {
-		dead = l.cfg.Dead()
-	}
+	dead := l.deadNodes()
 	slots := l.cfg.SlotsPerNode
 	if slots <= 0 {
 		slots = l.cfg.Layers * l.cfg.Experts
@@ -288,11 +388,14 @@ func (l *leader) round(ctx context.Context) error {
 	if cur != nil && sameRouting(cur, next) {
 		return nil
 	}
-	next.Version = 1
-	if cur != nil {
-		next.Version = cur.Version + 1
+	// Above any table a former leader left pending: versions are never reused.
+	pend, err := l.store().Pending(ctx)
+	if err != nil {
+		return err
 	}
-	if err := l.rollout(ctx, next); err != nil {
+	next.Version = rollout.NextVersion(cur, pend)
+	err = rollout.Roll(ctx, l.store(), next, rollout.Config{ReadyTimeout: l.cfg.ReadyTimeout, Gone: l.departed})
+	if err != nil {
 		l.m.rollouts.WithLabelValues("abandoned").Inc()
 		return err
 	}
@@ -309,56 +412,22 @@ func (l *leader) round(ctx context.Context) error {
 		Replicas: plan.ReplicaCount(), Moves: plan.Moves, Repairs: plan.Repairs, At: time.Now().UTC()}
 	b, _ := json.Marshal(sum)
 	_, err = l.cli.Put(ctx, cluster.PlacementKey, string(b))
-	l.cfg.Logger.Info("routing table published", "version", next.Version, "imbalance", plan.Imbalance, "moves", plan.Moves, "repairs", plan.Repairs)
+	l.log.Info("routing table published", "version", next.Version, "imbalance", plan.Imbalance, "moves", plan.Moves, "repairs", plan.Repairs)
 	return err
 }
 
-// rollout publishes t as pending, waits until every expert node in t holds its
-// assignment (ready >= t.Version), then makes t current.
-func (l *leader) rollout(ctx context.Context, t *routing.Table) error {
-	if err := cluster.PublishPending(ctx, l.cli, t); err != nil {
-		return err
+func (l *leader) store() rollout.Store { return rollout.EtcdStore{Client: l.cli} }
+
+func (l *leader) deadNodes() map[string]bool {
+	if l.dead == nil {
+		return map[string]bool{}
 	}
-	deadline := time.Now().Add(l.cfg.ReadyTimeout)
-	for {
-		ready, err := cluster.ReadyVersions(ctx, l.cli)
-		if err == nil {
-			all := true
-			for _, n := range t.Nodes {
-				if ready[n.ID] < t.Version {
-					all = false
-				}
-			}
-			if all {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("coordinator: expert nodes did not load table %d within %v", t.Version, l.cfg.ReadyTimeout)
-		}
-		if gone := l.departed(t); gone != "" {
-			// A node of the new table left: abandon this rollout; the membership
-			// event triggers a new round without it.
-			cluster.ClearPending(ctx, l.cli)
-			return fmt.Errorf("coordinator: expert node %s left during the rollout of table %d", gone, t.Version)
-		}
-		sleepCtx(ctx, 50*time.Millisecond)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-	}
-	if err := cluster.PublishTable(ctx, l.cli, t); err != nil {
-		return err
-	}
-	return cluster.ClearPending(ctx, l.cli)
+	return l.dead()
 }
 
 // departed returns a node of t that is no longer registered or is dead.
 func (l *leader) departed(t *routing.Table) string {
-	dead := map[string]bool{}
-	if l.cfg.Dead != nil {
-		dead = l.cfg.Dead()
-	}
+	dead := l.deadNodes()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	live := map[string]bool{}

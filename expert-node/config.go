@@ -2,15 +2,19 @@ package expertnode
 
 import (
 	"errors"
-
-	"github.com/prometheus/client_golang/prometheus"
-
+	"flag"
 	"fmt"
-	"github.com/switchyard-serving/switchyard/internal/telemetry"
 	"math"
+	"net"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard-serving/switchyard/internal/agent"
+	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
 )
 
 // ErrConfig reports an invalid Config; the message names the field.
@@ -19,8 +23,19 @@ var ErrConfig = errors.New("expertnode: invalid config")
 // Config configures a Node. Build one from DefaultConfig and set NodeID and
 // ModelPath.
 type Config struct {
-	// NodeID is this node's id in the routing table. Required.
-	NodeID string
+	// Config is the lifecycle every role shares (agent.Config): NodeID (this
+	// node's id in the routing table; required), etcd, gossip, metrics, logging.
+	// Run needs etcd; a Node used directly (New, Register, SetAssignment) does not.
+	agent.Config
+	// Listen is the address Run serves ExpertService on.
+	Listen string
+	// Listener, when set, is used by Run instead of listening on Listen.
+	Listener net.Listener
+	// PeerTLS is the mutual TLS of ExpertService (plaintext when empty).
+	PeerTLS rpc.TLSFiles
+	// DropGrace is how long replicas that left the routing tables stay loaded
+	// (trunks may still be finishing a step routed by the previous table).
+	DropGrace time.Duration
 	// ModelPath is the checkpoint: a Hugging Face folder (config.json +
 	// safetensors) or a .gguf file. Required.
 	ModelPath string
@@ -63,11 +78,27 @@ type Config struct {
 // DefaultConfig returns the defaults; NodeID and ModelPath are left empty.
 func DefaultConfig() Config {
 	return Config{
+		Config:               agent.DefaultConfig(),
+		Listen:               "127.0.0.1:7071",
+		DropGrace:            3 * time.Second,
 		MaxRecvMsgBytes:      64 << 20,
 		CoalesceWindow:       0,
 		MaxBatchRows:         4096,
 		MaxInflightPerStream: 16,
 	}
+}
+
+// AddFlags registers the expert node's flags (and the shared ones) on fs.
+func (c *Config) AddFlags(fs *flag.FlagSet) {
+	c.Config.AddFlags(fs, "")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "expert service address")
+	fs.StringVar(&c.ModelPath, "model", c.ModelPath, "model: Hugging Face folder or .gguf (required)")
+	fs.StringVar(&c.PeerTLS.Cert, "peer-tls-cert", "", "node-to-node certificate (PEM)")
+	fs.StringVar(&c.PeerTLS.Key, "peer-tls-key", "", "node-to-node private key (PEM)")
+	fs.StringVar(&c.PeerTLS.CA, "peer-tls-ca", "", "node-to-node CA bundle (PEM); enables mutual TLS on servers")
+	fs.StringVar(&c.Device, "device", "cpu", "where routed experts run: cpu, cuda, cuda:N (one GPU per expert node; needs the -cuda build), or fake (emulated GPU, tests)")
+	fs.StringVar(&c.GPUMemory, "gpu-memory", "", "GPU memory for experts and scratch: a fraction of the GPU's memory (0.8) or a size (40GiB); default 0.9 of the free memory")
+	fs.IntVar(&c.GPUSmallRows, "gpu-small-rows", 0, "GPU: experts with at most this many rows in a round use the grouped GEMV kernel, larger ones cuBLAS (0: default 8; -1: always cuBLAS)")
 }
 
 // Validate checks every field.

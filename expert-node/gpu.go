@@ -10,7 +10,6 @@ import (
 	"github.com/switchyard-serving/switchyard/internal/gpu/cuda"
 	"github.com/switchyard-serving/switchyard/internal/gpu/moe"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
-	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 )
 
@@ -29,24 +28,6 @@ type gpu struct {
 	fake    *cuda.Fake // the emulated GPU of --device fake (tests inject faults)
 }
 
-// modelShape reads the model's configuration without its experts.
-func modelShape(path string) (*config.Config, error) {
-	opt := hybrid.LoadOptions{KeepExpert: func(int, int) bool { return false }}
-	var (
-		m   *hybrid.Model
-		err error
-	)
-	if hybrid.IsGGUF(path) {
-		m, _, err = hybrid.LoadGGUF(path, opt)
-	} else {
-		m, err = hybrid.LoadHF(path, opt)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer m.Close()
-	return m.Cfg, nil
-}
 
 // openGPU opens the configured device and an empty expert store sized for the
 // model and the node's largest round.
@@ -67,7 +48,7 @@ func openGPU(cfg Config, reg *prometheus.Registry) (*gpu, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: --device %s: %w", ErrDevice, cfg.Device, err)
 	}
-	mc, err := modelShape(cfg.ModelPath)
+	mc, err := hybrid.ReadConfig(cfg.ModelPath)
 	if err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("expertnode: read model shape: %w", err)

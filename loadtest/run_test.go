@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/switchyard-serving/switchyard/internal/localcluster"
+	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
 )
 
 // startCluster runs an in-process cluster with the shared tiny fixture, warms

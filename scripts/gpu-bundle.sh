@@ -10,7 +10,7 @@ rm -rf "$out" && mkdir -p "$out/fixtures"
 flags=(-tags cuda -trimpath -ldflags='-s -w')
 export CGO_ENABLED=0 GOOS=linux GOARCH=amd64
 go build "${flags[@]}" -o "$out/switchyard" ./cmd/switchyard
-for p in internal/gpu/cuda internal/gpu/moe expert-node internal/localcluster; do
+for p in internal/gpu/cuda internal/gpu/moe expert-node internal/cli/localcluster; do
   go test -c "${flags[@]}" -o "$out/$(basename "$p").test" "./$p"
 done
 cp -r ../shared/fixtures/granite-hybrid-tiny "$out/fixtures/"

@@ -33,7 +33,7 @@ PY
 chmod +x "$B"/*
 # The test binaries find the fixture at ../../shared/fixtures from their package folder.
 SH=$WORK/tree/shared/fixtures
-mkdir -p "$SH" "$WORK/tree/repo/internal/gpu/cuda" "$WORK/tree/repo/internal/gpu/moe" "$WORK/tree/repo/expert-node" "$WORK/tree/repo/internal/localcluster"
+mkdir -p "$SH" "$WORK/tree/repo/internal/gpu/cuda" "$WORK/tree/repo/internal/gpu/moe" "$WORK/tree/repo/expert-node" "$WORK/tree/repo/internal/cli/localcluster"
 cp -r "$B/fixtures/granite-hybrid-tiny" "$SH/"
 FX=$SH/granite-hybrid-tiny
 SY=$B/switchyard
@@ -108,7 +108,7 @@ T=$WORK/tree/repo
 run "CUDA bindings (driver, cuBLAS, library search)" 60 "$T/internal/gpu/cuda" "$B/cuda.test" -test.v -test.count=1
 run "Kernels vs the CPU path (random inputs, every path and weight type)" 120 "$T/internal/gpu/moe" "$B/moe.test" -test.v -test.count=1
 run "Expert node on the GPU (fixture, HF and GGUF; make-before-break swap)" 120 "$T/expert-node" "$B/expert-node.test" -test.v -test.count=1 -test.run 'TestDispatchMatchesReference|TestSetAssignmentSwap'
-run "Cluster with GPU experts: golden greedy tokens (f32 wire), expert killed under load" 150 "$T/internal/localcluster" "$B/localcluster.test" -test.v -test.count=1 -test.run 'TestClusterGPUExpertsGolden|TestGPUExpertCrashUnderLoad'
+run "Cluster with GPU experts: golden greedy tokens (f32 wire), expert killed under load" 150 "$T/internal/cli/localcluster" "$B/localcluster.test" -test.v -test.count=1 -test.run 'TestClusterGPUExpertsGolden|TestGPUExpertCrashUnderLoad'
 if python3 -c 'import torch, transformers' 2>/dev/null; then
   run "Hugging Face transformers reference (GraniteMoeHybridForCausalLM, float32) vs the golden logits" 120 "$ROOT" python3 scripts/hf_reference.py "$FX" 1e-3
 else

@@ -66,6 +66,7 @@ func startLocal(t *testing.T, edit func(*Config)) (pb.SwitchyardClient, *Node) {
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
+		n.Close()
 	})
 	<-n.Ready()
 	return pb.NewSwitchyardClient(conn), n

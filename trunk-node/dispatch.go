@@ -67,10 +67,7 @@ type Dispatcher struct {
 	table  atomic.Pointer[routing.Table]
 	step   atomic.Uint64
 
-	tracer  trace.Tracer
-	stepMu  sync.Mutex
-	stepCtx context.Context // trace context of the current forward step
-	calls   []CallInfo      // node calls of the current step
+	tracer trace.Tracer
 
 	mu    sync.Mutex
 	conns map[string]*nodeStream // node id -> stream
@@ -148,8 +145,6 @@ type DispatchStats struct {
 	Calls, Messages, Retries, Failures atomic.Uint64
 	BytesOut, BytesIn, Rows            atomic.Uint64
 }
-
-var _ hybrid.ExpertBackend = (*Dispatcher)(nil)
 
 // NewDispatcher returns a dispatcher for a model of the given hidden size.
 func NewDispatcher(cfg DispatchConfig, hidden int) *Dispatcher {
@@ -241,27 +236,65 @@ type pair struct {
 
 // pending is a layer call in flight.
 type pending struct {
-	d    *Dispatcher
-	req  *hybrid.ExpertRequest
 	done chan struct{}
 	err  error
 }
 
 func (p *pending) Wait() error { <-p.done; return p.err }
 
-// Begin starts the layer call; the work runs on its own goroutine so the caller
+// StepBackend is one forward step's expert backend: the routed experts of
+// every MoE layer of the step, computed under the step's context, and the
+// record of the node calls made.
+type StepBackend interface {
+	hybrid.ExpertBackend
+	// Calls returns the node calls of the step so far.
+	Calls() []CallInfo
+}
+
+// Step is the dispatcher's StepBackend: layer calls run under ctx (its trace
+// span becomes the parent of the dispatch spans; its cancellation ends the
+// calls) and are recorded for the step's trace.
+type Step struct {
+	d   *Dispatcher
+	ctx context.Context
+
+	mu    sync.Mutex
+	calls []CallInfo
+}
+
+var _ StepBackend = (*Step)(nil)
+
+// Step opens a forward step's backend.
+func (d *Dispatcher) Step(ctx context.Context) StepBackend { return &Step{d: d, ctx: ctx} }
+
+// Begin starts a layer call; the work runs on its own goroutine so the caller
 // computes the shared expert meanwhile.
-func (d *Dispatcher) Begin(req *hybrid.ExpertRequest) hybrid.Pending {
-	p := &pending{d: d, req: req, done: make(chan struct{})}
+func (st *Step) Begin(req *hybrid.ExpertRequest) hybrid.Pending {
+	p := &pending{done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		p.err = d.run(req)
+		p.err = st.d.run(st, req)
 	}()
 	return p
 }
 
+// Calls implements StepBackend.
+func (st *Step) Calls() []CallInfo {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return append([]CallInfo(nil), st.calls...)
+}
+
+func (st *Step) record(c CallInfo) {
+	st.mu.Lock()
+	if len(st.calls) < 4096 {
+		st.calls = append(st.calls, c)
+	}
+	st.mu.Unlock()
+}
+
 // run performs one layer call: assign pairs to nodes, send, collect, retry.
-func (d *Dispatcher) run(req *hybrid.ExpertRequest) error {
+func (d *Dispatcher) run(st *Step, req *hybrid.ExpertRequest) error {
 	d.stats.Calls.Add(1)
 	d.countPairs(req.Layer, req.Experts[:req.Rows*req.TopK], req.Weights[:req.Rows*req.TopK])
 	h := req.Hidden
@@ -287,7 +320,7 @@ func (d *Dispatcher) run(req *hybrid.ExpertRequest) error {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						err := d.callNode(t, node, req, pairs, attempt)
+						err := d.callNode(st, t, node, req, pairs, attempt)
 						if err != nil {
 							mu.Lock()
 							failed[node] = true
@@ -313,7 +346,12 @@ func (d *Dispatcher) run(req *hybrid.ExpertRequest) error {
 		}
 		// Wait for the table to change or a node to come back, then try again with
 		// a clean failure set.
-		time.Sleep(min(50*time.Millisecond<<min(attempt, 4), 500*time.Millisecond))
+		select {
+		case <-st.ctx.Done():
+			d.stats.Failures.Add(1)
+			return fmt.Errorf("%w (last error: %v)", st.ctx.Err(), lastErr)
+		case <-time.After(min(50*time.Millisecond<<min(attempt, 4), 500*time.Millisecond)):
+		}
 		clear(failed)
 	}
 	return nil
@@ -351,9 +389,9 @@ func (d *Dispatcher) assign(t *routing.Table, layer int, todo []pair, failed map
 // req.Out. It is all-or-nothing per node from the caller's view: on error nothing
 // of this node's chunks has been added... except chunks already summed, which the
 // caller must not retry; so results are staged and added only when all arrived.
-func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertRequest, pairs []pair, attempt int) (err error) {
+func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybrid.ExpertRequest, pairs []pair, attempt int) (err error) {
 	info := CallInfo{Node: node, Layer: req.Layer, Pairs: len(pairs), Start: time.Now(), Attempt: attempt}
-	span, carrier := d.traceCall(&info)
+	span, carrier := d.traceCall(st.ctx, &info)
 	defer func() {
 		info.RTT = time.Since(info.Start)
 		info.Err = err
@@ -364,7 +402,7 @@ func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertR
 			}
 			span.End()
 		}
-		d.recordCall(info)
+		st.record(info)
 		if d.cfg.OnCall != nil {
 			d.cfg.OnCall(info)
 		}
@@ -396,11 +434,10 @@ func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertR
 	for _, pr := range perRow {
 		k = max(k, len(pr))
 	}
-	rowBytes := 2*h + 8*k + 16
-	perChunk := max(1, (d.cfg.MaxMsgBytes-4096)/rowBytes)
+	perChunk := rowsPerChunk(d.cfg.MaxMsgBytes, wire.Size(d.cfg.WireDType), h, k)
 	chunks := (len(rows) + perChunk - 1) / perChunk
 	step := d.step.Add(1)
-	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(st.ctx, d.cfg.Timeout)
 	defer cancel()
 	waits := make([]chan *pb.ExpertResult, chunks)
 	for c := range chunks {
@@ -451,6 +488,9 @@ func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertR
 			info.Compute += time.Duration(res.ComputeMicros) * time.Microsecond
 		case <-ctx.Done():
 			s.forget(step)
+			if st.ctx.Err() != nil {
+				return st.ctx.Err()
+			}
 			return fmt.Errorf("timed out after %v", d.cfg.Timeout)
 		}
 	}
@@ -467,6 +507,14 @@ func (d *Dispatcher) callNode(t *routing.Table, node string, req *hybrid.ExpertR
 		}
 	}
 	return nil
+}
+
+// rowsPerChunk is how many rows fit one ExpertBatch under maxMsg bytes: each
+// row carries hidden activations of elemSize bytes, k expert ids and k weights,
+// plus per-field framing; 4 KiB is left for the message's other fields.
+func rowsPerChunk(maxMsg, elemSize, hidden, k int) int {
+	rowBytes := elemSize*hidden + 8*k + 16
+	return max(1, (maxMsg-4096)/rowBytes)
 }
 
 // stream returns the live stream to a node, dialing if needed.

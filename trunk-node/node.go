@@ -9,21 +9,20 @@ package trunknode
 import (
 	"context"
 	"errors"
-	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/switchyard-serving/switchyard/internal/agent"
 	"github.com/switchyard-serving/switchyard/internal/cluster"
-	"github.com/switchyard-serving/switchyard/internal/membership"
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
@@ -34,100 +33,35 @@ import (
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
-// Config configures a trunk node. Sizes are bytes, durations wall time.
-type Config struct {
-	NodeID    string
-	ModelPath string
-	// Etcd endpoints; empty runs without a control plane (LocalExperts required).
-	Etcd    []string
-	EtcdTLS cluster.EtcdTLS
-	// APIToken, when set, is required as "authorization: Bearer <token>" on every
-	// public call (health and reflection excepted).
-	APIToken string
-	// LocalExperts computes the routed experts in process instead of on expert
-	// nodes (single-node mode and the in-process baseline).
-	LocalExperts bool
-	// AdvertiseAddr is the address registered in etcd (default: the listener's).
-	AdvertiseAddr string
-
-	PublicTLS rpc.TLSFiles // TLS of the public API (plaintext when empty)
-	PeerTLS   rpc.TLSFiles // mutual TLS to expert nodes (plaintext when empty)
-
-	Memory   MemoryConfig
-	Sched    SchedConfig
-	Limits   Limits
-	Dispatch DispatchConfig
-
-	// MetricsAddr serves Prometheus /metrics (empty: not served; the registry is
-	// still available through Registry()).
-	MetricsAddr string
-	// Tracing is the node's tracer provider (default: from OTEL_* environment).
-	Tracing *telemetry.Tracing
-	// StepTracing samples forward steps for traces.
-	StepTracing StepTracing
-	// ExpertDetail adds per-(layer, expert) activation series (high cardinality).
-	ExpertDetail bool
-	// Gossip, when set, joins the memberlist cluster: expert nodes that gossip
-	// reports failed get no more rows until they come back.
-	Gossip *membership.Config
-
-	MaxRecvBytes int           // largest public request message
-	RatePerSec   float64       // new public calls per second (0: unlimited)
-	DrainTimeout time.Duration // graceful drain budget on shutdown
-	LeaseTTL     int64         // etcd registration lease, seconds
-	LoadInterval time.Duration // how often activation counts are reported to etcd
-}
-
-// DefaultConfig returns production defaults.
-func DefaultConfig() Config {
-	return Config{
-		NodeID:       "trunk-0",
-		Memory:       MemoryConfig{RecurrentBytes: 16 << 30, KVBytes: 16 << 30, IdleTTL: 30 * time.Minute},
-		Sched:        SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024},
-		Limits:       Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
-		Dispatch:     DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20},
-		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second, LeaseTTL: 5,
-		StepTracing: StepTracing{Ratio: 0.01, SlowThreshold: 500 * time.Millisecond}, LoadInterval: 2 * time.Second,
-	}
-}
-
-// Validate checks the configuration.
-func (c *Config) Validate() error {
-	switch {
-	case c.NodeID == "":
-		return errors.New("trunknode: node id is required")
-	case c.ModelPath == "":
-		return errors.New("trunknode: model path is required")
-	case len(c.Etcd) == 0 && !c.LocalExperts:
-		return errors.New("trunknode: etcd endpoints are required unless experts run locally")
-	case c.Memory.RecurrentBytes <= 0 || c.Memory.KVBytes <= 0:
-		return errors.New("trunknode: memory budgets must be positive")
-	case c.Limits.MaxContext <= 0 || c.Limits.MaxNewTokens <= 0:
-		return errors.New("trunknode: context and max-new-token limits must be positive")
-	}
-	return nil
-}
-
-// Node is a running trunk node.
+// Node is a trunk node: New builds it, Run (or Serve) runs it until its
+// context ends, Close releases the model.
 type Node struct {
-	imports     chan struct{} // ImportSession slots (maxConcurrentImports)
-	cfg         Config
-	model       *hybrid.Model
-	tok         *tokenizer.Tokenizer
-	store       *Store
-	sched       *Scheduler
-	disp        *Dispatcher
-	limits      Limits
-	kvPerToken  int64
-	metrics     *metrics
-	health      *health.Server
-	ready       chan struct{}
-	readyOnce   sync.Once
-	metricsAddr string
+	imports    chan struct{} // ImportSession slots (maxConcurrentImports)
+	cfg        Config
+	model      *hybrid.Model
+	tok        *tokenizer.Tokenizer
+	store      *Store
+	sched      *Scheduler
+	disp       *Dispatcher // nil with local experts
+	limits     Limits
+	kvPerToken int64
+	metrics    *metrics
+	health     *health.Server
+	ready      chan struct{}
+	readyOnce  sync.Once
+	closeOnce  sync.Once
+
+	mu          sync.Mutex
+	metricsAddr string       // guarded by mu
+	log         *slog.Logger // guarded by mu; the agent's once Serve starts
 }
 
 // MetricsAddr is the bound /metrics address ("" when not served).
-func (n *Node) MetricsAddr() string { return n.metricsAddr }
+func (n *Node) MetricsAddr() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.metricsAddr
+}
 
 // New loads the model (the trunk half only: no routed experts are mapped unless
 // LocalExperts) and builds the node.
@@ -153,44 +87,64 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{imports: make(chan struct{}, maxConcurrentImports), cfg: cfg, model: e.Model, tok: e.Tok, limits: cfg.Limits, kvPerToken: kvPer,
 		metrics: newMetrics(telemetry.NewRegistry(), cfg.NodeID, cfg.ExpertDetail),
-		health:  health.NewServer(), ready: make(chan struct{})}
+		health:  health.NewServer(), ready: make(chan struct{}), log: slog.New(slog.DiscardHandler)}
 	if mc := c.MaxPositionEmbed; c.UseRope() && mc > 0 && mc < n.limits.MaxContext {
 		n.limits.MaxContext = mc
 	}
 	n.store = NewStore(cfg.Memory, e.Model.NewState, kvPer)
-	if !cfg.LocalExperts && c.IsMoE() {
-		dial := cfg.Dispatch.Dial
-		if dial == nil {
-			var extra []grpc.DialOption
-			if cfg.Tracing.Enabled {
-				extra = append(extra, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
-					otelgrpc.WithTracerProvider(cfg.Tracing.Provider), otelgrpc.WithPropagators(telemetry.Propagator))))
-			}
-			if dial, err = rpc.Dialer(cfg.PeerTLS, cfg.Dispatch.MaxMsgBytes+(1<<20), extra...); err != nil {
-				return nil, err
-			}
-		}
-		dc := cfg.Dispatch
-		dc.Dial = dial
-		user := dc.OnCall
-		dc.OnCall = func(ci CallInfo) {
-			n.metrics.dispatched(ci)
-			if user != nil {
-				user(ci)
-			}
-		}
-		n.disp = NewDispatcher(dc, c.Hidden)
-		n.disp.tracer = cfg.Tracing.Tracer()
-		e.Model.Experts = n.disp
-	}
-	n.sched = NewScheduler(cfg.Sched, e.Model, e.Tok, n.store)
-	n.sched.m = n.metrics
-	n.sched.disp = n.disp
-	n.sched.tracing = cfg.StepTracing
+	deps := SchedDeps{Model: e.Model, Tok: e.Tok, Store: n.store, Metrics: n.metrics, Tracing: cfg.StepTracing}
 	if cfg.Tracing.Enabled {
-		n.sched.tracer = cfg.Tracing.Tracer()
+		deps.Tracer = cfg.Tracing.Tracer()
 	}
+	if !cfg.LocalExperts && c.IsMoE() {
+		if n.disp, err = n.newDispatcher(c.Hidden); err != nil {
+			e.Close()
+			return nil, err
+		}
+		deps.Experts = n.disp
+		// Every step passes its own backend (Scheduler.forward); a forward on
+		// the model's default backend would have no expert weights.
+		e.Model.Experts = noExperts{}
+	}
+	n.sched = NewScheduler(cfg.Sched, deps)
 	return n, nil
+}
+
+func (n *Node) newDispatcher(hidden int) (*Dispatcher, error) {
+	cfg := n.cfg
+	dc := cfg.Dispatch
+	if dc.Dial == nil {
+		var extra []grpc.DialOption
+		if cfg.Tracing.Enabled {
+			extra = append(extra, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+				otelgrpc.WithTracerProvider(cfg.Tracing.Provider), otelgrpc.WithPropagators(telemetry.Propagator))))
+		}
+		dial, err := rpc.Dialer(cfg.PeerTLS, cfg.Dispatch.MaxMsgBytes+(1<<20), extra...)
+		if err != nil {
+			return nil, err
+		}
+		dc.Dial = dial
+	}
+	user := dc.OnCall
+	dc.OnCall = func(ci CallInfo) {
+		n.metrics.dispatched(ci)
+		if user != nil {
+			user(ci)
+		}
+	}
+	d := NewDispatcher(dc, hidden)
+	if cfg.Tracing.Enabled {
+		d.tracer = cfg.Tracing.Tracer()
+	}
+	return d, nil
+}
+
+// noExperts is the model's default expert backend on a trunk with remote
+// experts: every step brings its own (the dispatcher's Step).
+type noExperts struct{}
+
+func (noExperts) Begin(*hybrid.ExpertRequest) hybrid.Pending {
+	return hybrid.Done(errors.New("trunknode: routed experts are dispatched per step; use the scheduler"))
 }
 
 // Dispatcher returns the remote expert dispatcher (nil with local experts).
@@ -208,144 +162,147 @@ func (n *Node) markReady() {
 	})
 }
 
+// Run serves the public API on Config.Listen until ctx ends (see Serve).
+func (n *Node) Run(ctx context.Context) error {
+	lis, err := n.cfg.listen()
+	if err != nil {
+		return err
+	}
+	return n.Serve(ctx, lis)
+}
+
 // Serve runs the node on lis until ctx ends, then drains: it stops admitting,
 // lets running generations finish within DrainTimeout, deregisters and stops.
+// A node that runs with etcd registers, follows the routing table and reports
+// its experts' load; with gossip it stops sending to expert nodes that fail.
 func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
-	defer n.model.Close()
-	defer n.cfg.Tracing.Shutdown(context.Background())
-	sc := rpc.ServerConfig{TLS: n.cfg.PublicTLS, MaxRecvBytes: n.cfg.MaxRecvBytes, RatePerSec: n.cfg.RatePerSec, RateBurst: int(n.cfg.RatePerSec) + 1,
-		AuthToken: n.cfg.APIToken}
-	if n.cfg.Tracing.Enabled {
-		sc.ExtraOptions = append(sc.ExtraOptions, grpc.StatsHandler(otelgrpc.NewServerHandler(
-			otelgrpc.WithTracerProvider(n.cfg.Tracing.Provider), otelgrpc.WithPropagators(telemetry.Propagator))))
-	}
-	if n.cfg.MetricsAddr != "" {
-		addr, err := telemetry.ServeMetrics(ctx, n.cfg.MetricsAddr, n.metrics.reg)
-		if err != nil {
-			return fmt.Errorf("trunknode: metrics: %w", err)
-		}
-		n.metricsAddr = addr
-	}
-	srv, err := rpc.NewServer(sc)
+	a, err := agent.Start(cluster.RoleTrunk, n.cfg.Config, agent.Options{Registry: n.metrics.reg, Tracing: n.cfg.Tracing})
 	if err != nil {
+		lis.Close()
+		return err
+	}
+	n.mu.Lock()
+	n.metricsAddr, n.log = a.MetricsAddr(), a.Logger()
+	n.mu.Unlock()
+	srv, err := a.NewServer(rpc.ServerConfig{TLS: n.cfg.PublicTLS, MaxRecvBytes: n.cfg.MaxRecvBytes, RatePerSec: n.cfg.RatePerSec,
+		RateBurst: int(n.cfg.RatePerSec) + 1, AuthToken: n.cfg.APIToken})
+	if err != nil {
+		lis.Close()
+		a.Close()
 		return err
 	}
 	pb.RegisterSwitchyardServer(srv, &api{n: n})
 	healthpb.RegisterHealthServer(srv, n.health)
 	reflection.Register(srv)
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-
-	runCtx, stopRun := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); n.sched.Run(runCtx) }()
-	wg.Add(1)
-	go func() { defer wg.Done(); n.janitor(runCtx) }()
-
-	var cli *clientv3.Client
-	var reg *cluster.Registration
-	if len(n.cfg.Etcd) > 0 {
-		cli, err = cluster.NewClient(n.cfg.Etcd, n.cfg.EtcdTLS)
-		if err != nil {
-			stopRun()
-			wg.Wait()
-			return fmt.Errorf("trunknode: etcd: %w", err)
-		}
-		defer cli.Close()
-		addr := n.cfg.AdvertiseAddr
-		if addr == "" {
-			addr = lis.Addr().String()
-		}
-		info := cluster.NodeInfo{ID: n.cfg.NodeID, Role: cluster.RoleTrunk, Addr: addr}
-		if n.cfg.Gossip != nil {
-			gc := *n.cfg.Gossip
-			gc.Meta = membership.Meta{ID: n.cfg.NodeID, Role: cluster.RoleTrunk, Addr: addr}
-			m, err := membership.Start(gc)
-			if err != nil {
-				stopRun()
-				wg.Wait()
-				return err
-			}
-			defer m.Leave(time.Second)
-			info.Meta = map[string]string{cluster.GossipMetaKey: m.Addr()}
-			wg.Add(2)
-			go func() {
-				defer wg.Done()
-				m.JoinLoop(runCtx, 2*time.Second, func() []string { return cluster.GossipSeeds(runCtx, cli) })
-			}()
-			go func() { defer wg.Done(); n.watchGossip(runCtx, m) }()
-		}
-		// The registration lives as long as the node: its keepalive stops with
-		// runCtx (a shorter context would let the lease expire after LeaseTTL).
-		reg, err = cluster.Register(runCtx, cli, info, n.cfg.LeaseTTL)
-		if err != nil {
-			stopRun()
-			wg.Wait()
-			return err
-		}
-		if n.disp != nil {
-			wg.Add(1)
-			go func() { defer wg.Done(); n.reportLoad(runCtx, cli, reg) }()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				cluster.WatchTable(runCtx, cli, func(t *routing.Table) {
-					n.disp.SetTable(t)
-					n.metrics.tableVersion.Set(float64(t.Version))
-					reps := 0
-					for _, row := range t.Replicas {
-						for _, r := range row {
-							reps += len(r)
-						}
-					}
-					n.metrics.replicas.Set(float64(reps))
-					if t.Imbalance > 0 {
-						n.metrics.imbalance.WithLabelValues("predicted").Set(t.Imbalance)
-					}
-					n.markReady()
-				})
-			}()
-		} else {
-			n.markReady()
-		}
-	} else {
-		n.markReady()
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
-	select {
-	case <-ctx.Done():
-	case err := <-errc:
-		stopRun()
-		wg.Wait()
+	a.Go(n.sched.Run)
+	a.Go(n.janitor)
+	a.Serve(srv, lis)
+	if err := a.Register(lis.Addr().String(), nil); err != nil {
+		a.Close()
 		return err
 	}
-	// Graceful drain.
+	n.follow(a)
+	select {
+	case <-ctx.Done():
+	case err := <-a.Err():
+		a.Close()
+		n.closeDispatcher()
+		return err
+	}
+	if errors.Is(context.Cause(ctx), agent.ErrCrash) {
+		a.Crash()
+		n.closeDispatcher()
+		return nil
+	}
+	n.drain()
+	a.Close() // deregisters, stops the scheduler and the loops, then the server
+	n.closeDispatcher()
+	return nil
+}
+
+// follow starts what keeps the node in step with the cluster: the routing
+// table and load reports (remote experts with etcd) and gossip's view of the
+// expert nodes.
+func (n *Node) follow(a *agent.Agent) {
+	if n.disp == nil || a.Etcd() == nil {
+		n.markReady()
+		return
+	}
+	a.Go(func(ctx context.Context) { n.reportLoad(ctx, a.Registration()) })
+	a.Go(func(ctx context.Context) { cluster.WatchTable(ctx, a.Etcd(), n.applyTable) })
+	down := map[string]bool{}
+	a.WatchPeers(250*time.Millisecond, func(v agent.View) {
+		for id := range v.Dead {
+			if !down[id] {
+				down[id] = true
+				n.disp.MarkDown(id, time.Hour)
+				n.logger().Warn("gossip: expert node failed; no more rows to it", "expert", id)
+			}
+		}
+		for id := range down {
+			if _, alive := v.Alive[id]; alive && !v.Dead[id] {
+				delete(down, id)
+				n.disp.MarkUp(id)
+				n.logger().Info("gossip: expert node is back", "expert", id)
+			}
+		}
+	})
+}
+
+// applyTable switches the dispatcher to a new routing table.
+func (n *Node) applyTable(t *routing.Table) {
+	n.disp.SetTable(t)
+	n.metrics.tableVersion.Set(float64(t.Version))
+	reps := 0
+	for _, row := range t.Replicas {
+		for _, r := range row {
+			reps += len(r)
+		}
+	}
+	n.metrics.replicas.Set(float64(reps))
+	if t.Imbalance > 0 {
+		n.metrics.imbalance.WithLabelValues("predicted").Set(t.Imbalance)
+	}
+	n.logger().Info("routing table applied", "version", t.Version, "replicas", reps)
+	n.markReady()
+}
+
+// drain stops admitting and waits (up to DrainTimeout) for running and queued
+// generations to finish.
+func (n *Node) drain() {
 	n.health.Shutdown()
 	n.sched.Drain()
+	r, w := n.sched.Load()
+	n.logger().Info("draining", "running", r, "waiting", w, "timeout", n.cfg.DrainTimeout)
 	deadline := time.Now().Add(n.cfg.DrainTimeout)
 	for time.Now().Before(deadline) {
 		if r, w := n.sched.Load(); r == 0 && w == 0 {
-			break
+			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if reg != nil {
-		reg.Close()
-	}
-	stopRun()
-	wg.Wait()
-	stopped := make(chan struct{})
-	go func() { srv.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(5 * time.Second):
-		srv.Stop()
-	}
+	r, w = n.sched.Load()
+	n.logger().Warn("drain timeout: ending the remaining generations", "running", r, "waiting", w)
+}
+
+func (n *Node) closeDispatcher() {
 	if n.disp != nil {
 		n.disp.Close()
 	}
-	return nil
+}
+
+// Close releases the model's checkpoint mapping. Call it after Run returns.
+func (n *Node) Close() error {
+	var err error
+	n.closeOnce.Do(func() { err = n.model.Close() })
+	return err
+}
+
+func (n *Node) logger() *slog.Logger {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.log
 }
 
 func (n *Node) janitor(ctx context.Context) {
@@ -357,44 +314,29 @@ func (n *Node) janitor(ctx context.Context) {
 			return
 		case now := <-t.C:
 			n.store.Expire(now)
-			held, rec, kv := n.store.Usage()
-			r, w := n.sched.Load()
-			n.metrics.sessions.WithLabelValues("held").Set(float64(held))
-			n.metrics.sessions.WithLabelValues("running").Set(float64(r))
-			n.metrics.sessions.WithLabelValues("waiting").Set(float64(w))
-			n.metrics.stateBytes.WithLabelValues("recurrent").Set(float64(rec))
-			n.metrics.stateBytes.WithLabelValues("kv").Set(float64(kv))
-			anon, file := residentBytes()
-			n.metrics.rss.WithLabelValues("anon").Set(float64(anon))
-			n.metrics.rss.WithLabelValues("file").Set(float64(file))
-			if n.metrics.detail != nil && n.disp != nil {
-				for l, row := range n.disp.detailDelta() {
-					for e, v := range row {
-						if v > 0 {
-							n.metrics.detail.WithLabelValues(strconv.Itoa(l), strconv.Itoa(e)).Add(float64(v))
-						}
-					}
-				}
-			}
+			n.updateGauges()
 		}
 	}
 }
 
-// watchGossip marks expert nodes down while gossip says they failed.
-func (n *Node) watchGossip(ctx context.Context, m *membership.Membership) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev := <-m.Events():
-			if n.disp == nil || ev.Node.Role != cluster.RoleExpert {
-				continue
-			}
-			switch ev.Kind {
-			case membership.Leave:
-				n.disp.MarkDown(ev.Node.ID, time.Hour)
-			case membership.Join, membership.Update:
-				n.disp.MarkUp(ev.Node.ID)
+// updateGauges refreshes the session, memory and activation-detail metrics.
+func (n *Node) updateGauges() {
+	held, rec, kv := n.store.Usage()
+	r, w := n.sched.Load()
+	n.metrics.sessions.WithLabelValues("held").Set(float64(held))
+	n.metrics.sessions.WithLabelValues("running").Set(float64(r))
+	n.metrics.sessions.WithLabelValues("waiting").Set(float64(w))
+	n.metrics.stateBytes.WithLabelValues("recurrent").Set(float64(rec))
+	n.metrics.stateBytes.WithLabelValues("kv").Set(float64(kv))
+	anon, file := residentBytes()
+	n.metrics.rss.WithLabelValues("anon").Set(float64(anon))
+	n.metrics.rss.WithLabelValues("file").Set(float64(file))
+	if n.metrics.detail != nil && n.disp != nil {
+		for l, row := range n.disp.detailDelta() {
+			for e, v := range row {
+				if v > 0 {
+					n.metrics.detail.WithLabelValues(strconv.Itoa(l), strconv.Itoa(e)).Add(float64(v))
+				}
 			}
 		}
 	}
@@ -402,8 +344,8 @@ func (n *Node) watchGossip(ctx context.Context, m *membership.Membership) {
 
 // reportLoad sends the dispatcher's activation counts to etcd every LoadInterval
 // (the coordinator's placement input).
-func (n *Node) reportLoad(ctx context.Context, cli *clientv3.Client, reg *cluster.Registration) {
-	if n.cfg.LoadInterval <= 0 {
+func (n *Node) reportLoad(ctx context.Context, reg *cluster.Registration) {
+	if n.cfg.LoadInterval <= 0 || reg == nil {
 		return
 	}
 	t := time.NewTicker(n.cfg.LoadInterval)
@@ -418,7 +360,10 @@ func (n *Node) reportLoad(ctx context.Context, cli *clientv3.Client, reg *cluste
 		seq++
 		rep := cluster.LoadReport{Trunk: n.cfg.NodeID, Seq: seq, Counts: n.disp.Activations(true), At: time.Now().UTC()}
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		cluster.ReportLoad(pctx, cli, reg, rep) // best effort: a missed report only delays re-planning
+		// Best effort: a missed report only delays re-planning.
+		if err := cluster.ReportLoad(pctx, reg, rep); err != nil && ctx.Err() == nil {
+			n.logger().Debug("load report", "err", err)
+		}
 		cancel()
 	}
 }

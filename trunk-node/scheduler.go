@@ -36,17 +36,10 @@ type Job struct {
 	sess        *Session
 	pending     []int // tokens to feed next: the remaining prompt, or the last sample
 	prefill     bool  // pending holds prompt tokens (logits needed only after the last)
-	params      sample.Params
-	maxTokens   int
-	stopIDs     map[int]bool
-	stops       *sample.StopMatcher
-	dec         *tokenizer.StreamDecoder
-	sampler     *sample.Sampler
-	history     []int
+	dec         *engine.Decoder
 	logprobs    bool
 	prefillOnly bool
 
-	generated    int
 	promptTokens int
 	cached       int
 	enqueued     time.Time
@@ -61,12 +54,8 @@ type Job struct {
 	notify chan struct{}
 }
 
-// Event is a generated token delivered to the client.
-type Event struct {
-	Token   int
-	Text    string
-	LogProb float32
-}
+// Event is a generated token delivered to the client (Token -1: text only).
+type Event = engine.Event
 
 // Final ends a job.
 type Final struct {
@@ -90,7 +79,7 @@ func (j *Job) push(ev Event) {
 func (j *Job) finish(f Final) {
 	j.mu.Lock()
 	if j.final == nil {
-		f.PromptTokens, f.CompletionTokens, f.CachedTokens = j.promptTokens, j.generated, j.cached
+		f.PromptTokens, f.CompletionTokens, f.CachedTokens = j.promptTokens, j.dec.Generated(), j.cached
 		j.final = &f
 	}
 	j.mu.Unlock()
@@ -114,28 +103,38 @@ func (j *Job) Notify() <-chan struct{} { return j.notify }
 
 // Scheduler advances all running jobs together, one forward step at a time,
 // admitting new jobs between steps and chunking prefill under a token budget so a
-// long prompt does not stall decoding sessions. One goroutine owns the model.
+// long prompt does not stall decoding sessions. One goroutine (Run) owns the
+// model, the running jobs and their sessions' states.
 type Scheduler struct {
-	cfg   SchedConfig
-	model *hybrid.Model
-	tok   *tokenizer.Tokenizer
-	store *Store
+	cfg  SchedConfig
+	deps SchedDeps
 
 	mu       sync.Mutex
-	queue    []*Job
-	draining bool
+	queue    []*Job // guarded by mu
+	draining bool   // guarded by mu
 	wake     chan struct{}
 
 	running  []*Job // owned by the Run goroutine
 	nRunning atomic.Int32
-	m        *metrics
-	tracer   trace.Tracer
-	disp     *Dispatcher // remote experts (nil when local): gets each step's trace context
-	tracing  StepTracing
+}
+
+// SchedDeps are what the scheduler drives and reports to.
+type SchedDeps struct {
+	Model *hybrid.Model
+	Tok   *tokenizer.Tokenizer
+	Store *Store
+	// Experts opens each forward step's expert backend (remote experts: the
+	// Dispatcher); nil computes experts with the model's own backend.
+	Experts interface {
+		Step(ctx context.Context) StepBackend
+	}
+	Metrics *metrics     // nil: none
+	Tracer  trace.Tracer // nil: no step spans
+	Tracing StepTracing
 }
 
 // NewScheduler returns a scheduler; call Run to start it.
-func NewScheduler(cfg SchedConfig, m *hybrid.Model, tok *tokenizer.Tokenizer, store *Store) *Scheduler {
+func NewScheduler(cfg SchedConfig, deps SchedDeps) *Scheduler {
 	if cfg.MaxRunning <= 0 {
 		cfg.MaxRunning = 64
 	}
@@ -145,7 +144,7 @@ func NewScheduler(cfg SchedConfig, m *hybrid.Model, tok *tokenizer.Tokenizer, st
 	if cfg.MaxQueue <= 0 {
 		cfg.MaxQueue = 1024
 	}
-	return &Scheduler{cfg: cfg, model: m, tok: tok, store: store, wake: make(chan struct{}, 1)}
+	return &Scheduler{cfg: cfg, deps: deps, wake: make(chan struct{}, 1)}
 }
 
 // JobSpec describes a generation to submit.
@@ -173,18 +172,12 @@ type StepTracing struct {
 // Submit queues a job. The session must already be acquired by the caller.
 func (s *Scheduler) Submit(ctx context.Context, sp JobSpec) (*Job, error) {
 	feed := append(append([]int(nil), sp.Session.Unfed...), sp.Prompt...)
-	j := &Job{ctx: ctx, sess: sp.Session, pending: feed, prefill: true, params: sp.Params, maxTokens: sp.MaxTokens,
-		stopIDs: map[int]bool{}, stops: sample.NewStopMatcher(sp.StopStrings), dec: s.tok.NewStreamDecoder(),
-		sampler: sample.New(sp.Params), logprobs: sp.LogProbs, prefillOnly: sp.PrefillOnly, promptTokens: len(sp.Prompt), cached: sp.Session.State.Pos,
-		enqueued: time.Now(), notify: make(chan struct{}, 1), api: sp.API}
+	dec := engine.NewDecoder(s.deps.Tok, engine.Spec{Params: sp.Params, MaxTokens: max(sp.MaxTokens, 1), StopIDs: sp.StopIDs,
+		StopStrings: sp.StopStrings, IgnoreEOS: sp.IgnoreEOS, EOS: s.deps.Model.Cfg.EOS}, feed)
+	j := &Job{ctx: ctx, sess: sp.Session, pending: feed, prefill: true, dec: dec, logprobs: sp.LogProbs, prefillOnly: sp.PrefillOnly,
+		promptTokens: len(sp.Prompt), cached: sp.Session.State.Pos, enqueued: time.Now(), notify: make(chan struct{}, 1), api: sp.API}
 	if j.api == "" {
 		j.api = "generate"
-	}
-	for _, id := range sp.StopIDs {
-		j.stopIDs[id] = true
-	}
-	if !sp.IgnoreEOS && s.model.Cfg.EOS >= 0 {
-		j.stopIDs[s.model.Cfg.EOS] = true
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -252,7 +245,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 			}
 			continue
 		}
-		s.step()
+		s.step(ctx)
 		s.nRunning.Store(int32(len(s.running)))
 	}
 }
@@ -264,84 +257,26 @@ func (s *Scheduler) admit() {
 		j := s.queue[0]
 		s.running = append(s.running, j)
 		s.queue = s.queue[1:]
-		if s.m != nil {
-			s.m.admitted(j)
+		if s.deps.Metrics != nil {
+			s.deps.Metrics.admitted(j)
 		}
 	}
 }
 
-// step runs one forward pass over every running job.
-func (s *Scheduler) step() {
-	// Drop cancelled jobs first.
-	live := s.running[:0]
-	for _, j := range s.running {
-		if j.ctx.Err() != nil {
-			s.end(j, Final{Reason: engine.FinishCancel, Err: j.ctx.Err()})
-			continue
-		}
-		live = append(live, j)
-	}
-	s.running = live
-	if len(live) == 0 {
+// step runs one forward pass over every running job; ctx is the scheduler's
+// (it ends at shutdown) and becomes the step's context.
+func (s *Scheduler) step(ctx context.Context) {
+	if !s.dropCancelled() {
 		return
 	}
-	// Decode rows first (one token each), then prefill chunks within the budget.
-	budget := s.cfg.MaxTokensPerStep
-	var batch []hybrid.Seq
-	var jobs []*Job
-	for _, j := range live {
-		if !j.prefill {
-			batch = append(batch, hybrid.Seq{State: j.sess.State, Tokens: j.pending})
-			jobs = append(jobs, j)
-			budget--
-		}
-	}
-	for _, j := range live {
-		if j.prefill && budget > 0 {
-			n := min(len(j.pending), budget)
-			budget -= n
-			batch = append(batch, hybrid.Seq{State: j.sess.State, Tokens: j.pending[:n], NoLogits: n < len(j.pending) || j.prefillOnly})
-			jobs = append(jobs, j)
-		}
-	}
-	rows := 0
-	for _, b := range batch {
-		rows += len(b.Tokens)
-	}
-	for _, j := range jobs {
-		if j.prefill && j.prefillSpan == nil && s.tracer != nil {
-			_, j.prefillSpan = s.tracer.Start(j.ctx, "prefill", trace.WithAttributes(
-				attribute.String("session", j.sess.ID), attribute.Int("prompt_tokens", len(j.pending))))
-		}
-	}
+	batch, jobs, rows := s.plan()
 	start := time.Now()
-	stepCtx, stepSpan := s.startStep(jobs, rows)
-	if s.disp != nil {
-		s.disp.beginStep(stepCtx)
-	}
-	var err error
-	if s.cfg.PingPong && len(batch) >= 2 && rows >= max(2, s.cfg.PingPongMinRows) {
-		// Split by rows into two halves, keeping each sequence whole.
-		half, acc, cut := rows/2, 0, 1
-		for i, b := range batch {
-			acc += len(b.Tokens)
-			if acc >= half {
-				cut = max(1, min(i+1, len(batch)-1))
-				break
-			}
-		}
-		err = s.model.ForwardPingPong(batch[:cut], batch[cut:])
-	} else {
-		err = s.model.Forward(batch)
-	}
-	var calls []CallInfo
-	if s.disp != nil {
-		calls = s.disp.endStep()
-	}
+	stepCtx, span := s.startStep(ctx, jobs, rows)
+	calls, err := s.forward(stepCtx, batch, rows)
 	dur := time.Since(start)
-	s.finishStep(stepSpan, start, dur, jobs, rows, calls, err)
-	if s.m != nil {
-		s.m.step(rows, dur)
+	s.finishStep(ctx, span, start, dur, jobs, rows, calls, err)
+	if s.deps.Metrics != nil {
+		s.deps.Metrics.step(rows, dur)
 	}
 	if err != nil {
 		// The states of this step's sessions are partially advanced and cannot be
@@ -355,65 +290,132 @@ func (s *Scheduler) step() {
 	}
 	var finished []*Job
 	for i, j := range jobs {
-		fed := batch[i].Tokens
-		j.history = append(j.history, fed...)
-		j.pending = j.pending[len(fed):]
-		if len(j.pending) > 0 {
-			continue // more prompt to prefill
-		}
-		if j.prefillSpan != nil {
-			j.prefillSpan.End()
-			j.prefillSpan = nil
-		}
-		j.prefill = false
-		if j.prefillOnly {
-			s.end(j, Final{Reason: engine.FinishLength})
+		if s.advance(j, batch[i]) {
 			finished = append(finished, j)
-			continue
-		}
-		tok, lp := j.sampler.Sample(batch[i].Logits, j.history)
-		if j.stopIDs[tok] {
-			j.sess.Unfed = nil
-			s.flush(j)
-			s.end(j, Final{Reason: engine.FinishStop})
-			finished = append(finished, j)
-			continue
-		}
-		j.generated++
-		if now := time.Now(); s.m != nil {
-			s.m.token(j, now)
-			j.lastToken = now
-		} else {
-			j.lastToken = now
-		}
-		text, stopped := j.stops.Push(j.dec.Add(tok))
-		ev := Event{Token: tok, Text: text}
-		if j.logprobs {
-			ev.LogProb = lp
-		}
-		j.push(ev)
-		switch {
-		case stopped:
-			j.sess.Unfed = []int{tok}
-			s.end(j, Final{Reason: engine.FinishStop})
-			finished = append(finished, j)
-		case j.generated >= j.maxTokens:
-			j.sess.Unfed = []int{tok}
-			s.flush(j)
-			s.end(j, Final{Reason: engine.FinishLength})
-			finished = append(finished, j)
-		default:
-			j.pending = []int{tok}
 		}
 	}
 	s.remove(finished)
 }
 
-func (s *Scheduler) flush(j *Job) {
-	tail, _ := j.stops.Push(j.dec.Flush())
-	if tail += j.stops.Flush(); tail != "" {
-		j.push(Event{Token: -1, Text: tail})
+// dropCancelled ends the jobs whose callers went away; it reports whether any
+// job is left.
+func (s *Scheduler) dropCancelled() bool {
+	live := s.running[:0]
+	for _, j := range s.running {
+		if j.ctx.Err() != nil {
+			s.end(j, Final{Reason: engine.FinishCancel, Err: j.ctx.Err()})
+			continue
+		}
+		live = append(live, j)
 	}
+	clear(s.running[len(live):])
+	s.running = live
+	return len(live) > 0
+}
+
+// plan builds the step's batch: decode rows first (one token each), then
+// prefill chunks within the token budget.
+func (s *Scheduler) plan() (batch []hybrid.Seq, jobs []*Job, rows int) {
+	budget := s.cfg.MaxTokensPerStep
+	for _, j := range s.running {
+		if !j.prefill {
+			batch = append(batch, hybrid.Seq{State: j.sess.State, Tokens: j.pending})
+			jobs = append(jobs, j)
+			budget--
+		}
+	}
+	for _, j := range s.running {
+		if j.prefill && budget > 0 {
+			n := min(len(j.pending), budget)
+			budget -= n
+			batch = append(batch, hybrid.Seq{State: j.sess.State, Tokens: j.pending[:n], NoLogits: n < len(j.pending) || j.prefillOnly})
+			jobs = append(jobs, j)
+			if j.prefillSpan == nil && s.deps.Tracer != nil {
+				_, j.prefillSpan = s.deps.Tracer.Start(j.ctx, "prefill", trace.WithAttributes(
+					attribute.String("session", j.sess.ID), attribute.Int("prompt_tokens", len(j.pending))))
+			}
+		}
+	}
+	for _, b := range batch {
+		rows += len(b.Tokens)
+	}
+	return batch, jobs, rows
+}
+
+// forward runs the model over the batch, with the step's own expert backend,
+// as one pass or (ping-pong) two overlapped micro-batches.
+func (s *Scheduler) forward(ctx context.Context, batch []hybrid.Seq, rows int) ([]CallInfo, error) {
+	m := s.deps.Model
+	experts := m.Experts
+	var step StepBackend
+	if s.deps.Experts != nil {
+		step = s.deps.Experts.Step(ctx)
+		experts = step
+	}
+	var err error
+	if s.cfg.PingPong && len(batch) >= 2 && rows >= max(2, s.cfg.PingPongMinRows) {
+		// Split by rows into two halves, keeping each sequence whole.
+		half, acc, cut := rows/2, 0, 1
+		for i, b := range batch {
+			acc += len(b.Tokens)
+			if acc >= half {
+				cut = max(1, min(i+1, len(batch)-1))
+				break
+			}
+		}
+		err = m.ForwardPingPongOn(experts, batch[:cut], batch[cut:])
+	} else {
+		err = m.ForwardOn(experts, batch)
+	}
+	if step == nil {
+		return nil, err
+	}
+	return step.Calls(), err
+}
+
+// advance records what a job's sequence was fed and, after its last prompt
+// chunk or a decode row, turns the logits into the next token through the
+// job's decoder. It reports whether the job has finished.
+func (s *Scheduler) advance(j *Job, seq hybrid.Seq) bool {
+	j.pending = j.pending[len(seq.Tokens):]
+	if len(j.pending) > 0 {
+		return false // more prompt to prefill
+	}
+	if j.prefillSpan != nil {
+		j.prefillSpan.End()
+		j.prefillSpan = nil
+	}
+	j.prefill = false
+	if j.prefillOnly {
+		s.end(j, Final{Reason: engine.FinishLength})
+		return true
+	}
+	o := j.dec.Next(seq.Logits)
+	if o.Emit {
+		now := time.Now()
+		if s.deps.Metrics != nil {
+			s.deps.Metrics.token(j, now)
+		}
+		j.lastToken = now
+		if !j.logprobs {
+			o.Event.LogProb = 0
+		}
+		j.push(o.Event)
+	}
+	if o.Tail != "" {
+		j.push(Event{Token: -1, Text: o.Tail})
+	}
+	if o.Finish == "" {
+		j.pending = []int{o.Event.Token}
+		return false
+	}
+	// The last emitted token is left unfed: the session's next turn feeds it.
+	j.sess.Unfed = nil
+	if o.Emit {
+		j.sess.Unfed = []int{o.Event.Token}
+	}
+	s.end(j, Final{Reason: o.Finish})
+	return true
 }
 
 func (s *Scheduler) end(j *Job, f Final) {
@@ -424,7 +426,7 @@ func (s *Scheduler) end(j *Job, f Final) {
 		j.prefillSpan.End()
 		j.prefillSpan = nil
 	}
-	s.store.Release(j.sess)
+	s.deps.Store.Release(j.sess)
 	j.finish(f)
 }
 

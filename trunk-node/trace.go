@@ -16,9 +16,9 @@ import (
 // fraction StepTracing.Ratio of steps). The span is a new root linked to the
 // traces of the requests in the batch; the dispatcher hangs one child span per
 // layer and expert node under it and propagates it to the expert nodes.
-func (s *Scheduler) startStep(jobs []*Job, rows int) (context.Context, trace.Span) {
-	if s.tracer == nil || s.tracing.Ratio <= 0 || rand.Float64() >= s.tracing.Ratio {
-		return context.Background(), nil
+func (s *Scheduler) startStep(ctx context.Context, jobs []*Job, rows int) (context.Context, trace.Span) {
+	if s.deps.Tracer == nil || s.deps.Tracing.Ratio <= 0 || rand.Float64() >= s.deps.Tracing.Ratio {
+		return ctx, nil
 	}
 	links := make([]trace.Link, 0, len(jobs))
 	for _, j := range jobs {
@@ -26,13 +26,13 @@ func (s *Scheduler) startStep(jobs []*Job, rows int) (context.Context, trace.Spa
 			links = append(links, trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{attribute.String("session", j.sess.ID)}})
 		}
 	}
-	return s.tracer.Start(context.Background(), "forward_step", trace.WithNewRoot(), trace.WithLinks(links...),
+	return s.deps.Tracer.Start(ctx, "forward_step", trace.WithNewRoot(), trace.WithLinks(links...),
 		trace.WithAttributes(attribute.Int("batch_size", len(jobs)), attribute.Int("rows", rows)))
 }
 
 // finishStep ends the step span; an unsampled step slower than the threshold is
 // traced after the fact from the recorded dispatch calls (trunk side only).
-func (s *Scheduler) finishStep(span trace.Span, start time.Time, d time.Duration, jobs []*Job, rows int, calls []CallInfo, err error) {
+func (s *Scheduler) finishStep(ctx context.Context, span trace.Span, start time.Time, d time.Duration, jobs []*Job, rows int, calls []CallInfo, err error) {
 	if span != nil {
 		if err != nil {
 			span.RecordError(err)
@@ -41,13 +41,13 @@ func (s *Scheduler) finishStep(span trace.Span, start time.Time, d time.Duration
 		span.End()
 		return
 	}
-	if s.tracer == nil || s.tracing.SlowThreshold <= 0 || d < s.tracing.SlowThreshold {
+	if s.deps.Tracer == nil || s.deps.Tracing.SlowThreshold <= 0 || d < s.deps.Tracing.SlowThreshold {
 		return
 	}
-	ctx, sp := s.tracer.Start(context.Background(), "forward_step", trace.WithNewRoot(), trace.WithTimestamp(start),
+	ctx, sp := s.deps.Tracer.Start(ctx, "forward_step", trace.WithNewRoot(), trace.WithTimestamp(start),
 		trace.WithAttributes(attribute.Int("batch_size", len(jobs)), attribute.Int("rows", rows), attribute.Bool("slow", true)))
 	for _, c := range calls {
-		_, cs := s.tracer.Start(ctx, "dispatch", trace.WithTimestamp(c.Start), trace.WithAttributes(callAttrs(c)...))
+		_, cs := s.deps.Tracer.Start(ctx, "dispatch", trace.WithTimestamp(c.Start), trace.WithAttributes(callAttrs(c)...))
 		if c.Err != nil {
 			cs.SetStatus(codes.Error, c.Err.Error())
 		}
@@ -65,35 +65,9 @@ func callAttrs(c CallInfo) []attribute.KeyValue {
 		attribute.Int("retry", c.Attempt), attribute.Int64("node_compute_us", c.Compute.Microseconds())}
 }
 
-// beginStep hands the dispatcher the step's trace context; endStep returns the
-// step's node calls.
-func (d *Dispatcher) beginStep(ctx context.Context) {
-	d.stepMu.Lock()
-	d.stepCtx = ctx
-	d.calls = d.calls[:0]
-	d.stepMu.Unlock()
-}
-
-func (d *Dispatcher) endStep() []CallInfo {
-	d.stepMu.Lock()
-	defer d.stepMu.Unlock()
-	d.stepCtx = nil
-	return append([]CallInfo(nil), d.calls...)
-}
-
-func (d *Dispatcher) currentStep() context.Context {
-	d.stepMu.Lock()
-	defer d.stepMu.Unlock()
-	if d.stepCtx == nil {
-		return context.Background()
-	}
-	return d.stepCtx
-}
-
 // traceCall opens the dispatch span of one node call (when the step is traced)
 // and returns the W3C context to put on the stream messages.
-func (d *Dispatcher) traceCall(info *CallInfo) (trace.Span, map[string]string) {
-	parent := d.currentStep()
+func (d *Dispatcher) traceCall(parent context.Context, info *CallInfo) (trace.Span, map[string]string) {
 	info.ctx = parent
 	if d.tracer == nil || !trace.SpanContextFromContext(parent).IsSampled() {
 		return nil, nil
@@ -104,12 +78,4 @@ func (d *Dispatcher) traceCall(info *CallInfo) (trace.Span, map[string]string) {
 	carrier := telemetry.MapCarrier{}
 	telemetry.Propagator.Inject(ctx, carrier)
 	return span, carrier
-}
-
-func (d *Dispatcher) recordCall(c CallInfo) {
-	d.stepMu.Lock()
-	if d.stepCtx != nil && len(d.calls) < 4096 {
-		d.calls = append(d.calls, c)
-	}
-	d.stepMu.Unlock()
 }

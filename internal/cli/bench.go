@@ -58,12 +58,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	rssBefore := procStatus("RssAnon")
 	t0 := time.Now()
-	var m *hybrid.Model
-	if hybrid.IsGGUF(*model) {
-		m, _, err = hybrid.LoadGGUF(*model, hybrid.LoadOptions{})
-	} else {
-		m, err = hybrid.LoadHF(*model, hybrid.LoadOptions{})
-	}
+	m, _, err := hybrid.Open(*model, hybrid.LoadOptions{})
 	if err != nil {
 		return err
 	}

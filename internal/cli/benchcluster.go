@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/switchyard-serving/switchyard/internal/localcluster"
+	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
@@ -176,6 +176,7 @@ func benchInProcess(ctx context.Context, model string, tune func(*trunknode.Conf
 	if err != nil {
 		return 0, err
 	}
+	defer local.Close()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err

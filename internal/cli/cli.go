@@ -101,3 +101,12 @@ func splitHostPort(s string) (string, int, error) {
 	}
 	return host, p, nil
 }
+
+// listen opens a TCP listener with an error that names the address.
+func listen(addr string) (net.Listener, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return lis, nil
+}

@@ -40,6 +40,7 @@ func startTrunk(t *testing.T) (string, pb.SwitchyardClient) {
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
+		n.Close()
 	})
 	<-n.Ready()
 	return lis.Addr().String(), pb.NewSwitchyardClient(conn)

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -13,48 +12,12 @@ import (
 	"time"
 
 	"github.com/switchyard-serving/switchyard/coordinator"
+	"github.com/switchyard-serving/switchyard/internal/agent"
 	"github.com/switchyard-serving/switchyard/internal/cluster"
-	"github.com/switchyard-serving/switchyard/internal/membership"
 )
 
 func init() {
 	register("status", "show the cluster: nodes, health, placement version, per-node load and imbalance", runStatus)
-}
-
-// gossipFlags adds the memberlist flags; the key may also come from
-// SWITCHYARD_GOSSIP_KEY (base64 of 16, 24 or 32 bytes).
-func gossipFlags(fs *flag.FlagSet) func() (*membership.Config, error) {
-	bind := fs.String("gossip-bind", "", "memberlist bind host:port (empty: gossip off)")
-	advertise := fs.String("gossip-advertise", "", "memberlist address announced to peers (default: the bind address)")
-	key := fs.String("gossip-key", "", "base64 gossip encryption key (default $SWITCHYARD_GOSSIP_KEY; empty: plaintext)")
-	return func() (*membership.Config, error) {
-		if *bind == "" {
-			return nil, nil
-		}
-		c := &membership.Config{LAN: true}
-		host, port, err := splitHostPort(*bind)
-		if err != nil {
-			return nil, fmt.Errorf("--gossip-bind: %w", err)
-		}
-		c.BindAddr, c.BindPort = host, port
-		if *advertise != "" {
-			if c.AdvertiseAddr, c.AdvertisePort, err = splitHostPort(*advertise); err != nil {
-				return nil, fmt.Errorf("--gossip-advertise: %w", err)
-			}
-		}
-		k := *key
-		if k == "" {
-			k = os.Getenv("SWITCHYARD_GOSSIP_KEY")
-		}
-		if k != "" {
-			b, err := base64.StdEncoding.DecodeString(k)
-			if err != nil || (len(b) != 16 && len(b) != 24 && len(b) != 32) {
-				return nil, fmt.Errorf("gossip key must be base64 of 16, 24 or 32 bytes")
-			}
-			c.SecretKey = b
-		}
-		return c, nil
-	}
 }
 
 // etcdFlags adds --etcd and the etcd client TLS flags (defaults from
@@ -65,7 +28,7 @@ func etcdFlags(fs *flag.FlagSet, def string) func() ([]string, cluster.EtcdTLS) 
 	cert := fs.String("etcd-cert", os.Getenv("SWITCHYARD_ETCD_CERT"), "client certificate for etcd TLS (PEM)")
 	key := fs.String("etcd-key", os.Getenv("SWITCHYARD_ETCD_KEY"), "client key for etcd TLS (PEM)")
 	return func() ([]string, cluster.EtcdTLS) {
-		return endpoints(*eps), cluster.EtcdTLS{CA: *ca, Cert: *cert, Key: *key}
+		return agent.Endpoints(*eps), cluster.EtcdTLS{CA: *ca, Cert: *cert, Key: *key}
 	}
 }
 

@@ -7,7 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/switchyard-serving/switchyard/internal/localcluster"
+	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
 	"github.com/switchyard-serving/switchyard/model/synth"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )

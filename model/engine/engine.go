@@ -31,32 +31,17 @@ type Engine struct {
 // Open loads a model from a Hugging Face folder (config.json, *.safetensors,
 // tokenizer.json) or a .gguf file.
 func Open(path string, opt hybrid.LoadOptions) (*Engine, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("engine: %w", err)
-	}
-	e := &Engine{Path: path, PrefillChunk: 512}
-	if st.IsDir() {
-		m, err := hybrid.LoadHF(path, opt)
-		if err != nil {
-			return nil, err
-		}
-		tok, err := tokenizer.LoadHF(path)
-		if err != nil {
-			m.Close()
-			return nil, err
-		}
-		e.Model, e.Tok = m, tok
-		return e, nil
-	}
-	if !hybrid.IsGGUF(path) {
-		return nil, fmt.Errorf("engine: %s is neither a Hugging Face model folder nor a GGUF file", path)
-	}
-	m, f, err := hybrid.LoadGGUF(path, opt)
+	m, f, err := hybrid.Open(path, opt)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := TokenizerFromGGUF(f)
+	e := &Engine{Path: path, PrefillChunk: 512}
+	var tok *tokenizer.Tokenizer
+	if f == nil {
+		tok, err = tokenizer.LoadHF(path)
+	} else {
+		tok, err = TokenizerFromGGUF(f)
+	}
 	if err != nil {
 		m.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -152,52 +137,33 @@ func (e *Engine) Generate(st *hybrid.State, req Request, emit func(Event) bool) 
 	if err != nil {
 		return res, err
 	}
-	smp := sample.New(req.Params)
-	stops := sample.NewStopMatcher(req.StopStrings)
-	dec := e.Tok.NewStreamDecoder()
-	history := append([]int(nil), req.Prompt...)
-	stopID := map[int]bool{}
-	for _, id := range req.StopIDs {
-		stopID[id] = true
-	}
-	if !req.IgnoreEOS && e.Model.Cfg.EOS >= 0 {
-		stopID[e.Model.Cfg.EOS] = true
-	}
+	d := NewDecoder(e.Tok, Spec{Params: req.Params, MaxTokens: req.MaxTokens, StopIDs: req.StopIDs, StopStrings: req.StopStrings,
+		IgnoreEOS: req.IgnoreEOS, EOS: e.Model.Cfg.EOS}, req.Prompt)
 	seq := []hybrid.Seq{{State: st}}
 	for {
-		tok, lp := smp.Sample(logits, history)
-		if stopID[tok] {
-			res.FinishReason = FinishStop
-			break
+		o := d.Next(logits)
+		if o.Emit {
+			res.Tokens = append(res.Tokens, o.Event.Token)
+			res.Text += o.Event.Text
+			if !emit(o.Event) {
+				res.FinishReason = FinishCancel
+				return res, nil
+			}
 		}
-		res.Tokens = append(res.Tokens, tok)
-		history = append(history, tok)
-		text, stopped := stops.Push(dec.Add(tok))
-		res.Text += text
-		if !emit(Event{Token: tok, Text: text, LogProb: lp}) {
-			res.FinishReason = FinishCancel
+		if o.Tail != "" {
+			res.Text += o.Tail
+			emit(Event{Token: -1, Text: o.Tail})
+		}
+		if o.Finish != "" {
+			res.FinishReason = o.Finish
 			return res, nil
 		}
-		if stopped {
-			res.FinishReason = FinishStop
-			return res, nil
-		}
-		if len(res.Tokens) >= req.MaxTokens {
-			res.FinishReason = FinishLength
-			break
-		}
-		seq[0].Tokens = []int{tok}
+		seq[0].Tokens = []int{o.Event.Token}
 		if err := e.Model.Forward(seq); err != nil {
 			return res, err
 		}
 		logits = seq[0].Logits
 	}
-	tail, _ := stops.Push(dec.Flush())
-	if tail += stops.Flush(); tail != "" {
-		res.Text += tail
-		emit(Event{Token: -1, Text: tail})
-	}
-	return res, nil
 }
 
 // Prefill feeds tokens into st in chunks of PrefillChunk and returns the logits

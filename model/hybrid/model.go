@@ -109,7 +109,15 @@ func parallel(n int, fn func(i int)) {
 // and filling the requested logits. On error the states may be partially updated
 // (the caller discards the step).
 func (m *Model) Forward(batch []Seq) error {
-	return m.forwardWith(batch, &m.scr, nil)
+	return m.forwardWith(m.Experts, batch, &m.scr, nil)
+}
+
+// ForwardOn is Forward with the routed experts of this one step computed by
+// experts instead of m.Experts: a caller passes a backend that carries the
+// step's own context (trace, deadline, cancellation) rather than setting it on
+// a shared backend on the side.
+func (m *Model) ForwardOn(experts ExpertBackend, batch []Seq) error {
+	return m.forwardWith(experts, batch, &m.scr, nil)
 }
 
 // baton serialises the CPU work of two micro-batches: the holder computes; it
@@ -132,22 +140,26 @@ func (b baton) release() {
 // waits for its routed experts (MegaScale-Infer's ping-pong): each MoE layer's
 // dispatch of micro-batch a overlaps the trunk compute of micro-batch b and vice
 // versa. The result equals Forward on each micro-batch.
-func (m *Model) ForwardPingPong(a, b []Seq) error {
+func (m *Model) ForwardPingPong(a, b []Seq) error { return m.ForwardPingPongOn(m.Experts, a, b) }
+
+// ForwardPingPongOn is ForwardPingPong with the step's own expert backend (see
+// ForwardOn).
+func (m *Model) ForwardPingPongOn(experts ExpertBackend, a, b []Seq) error {
 	if len(a) == 0 {
-		return m.Forward(b)
+		return m.ForwardOn(experts, b)
 	}
 	if len(b) == 0 {
-		return m.Forward(a)
+		return m.ForwardOn(experts, a)
 	}
 	bt := make(baton, 1)
 	errs := make(chan error, 1)
 	go func() {
 		bt.acquire()
 		defer bt.release()
-		errs <- m.forwardWith(b, &m.scr2, bt)
+		errs <- m.forwardWith(experts, b, &m.scr2, bt)
 	}()
 	bt.acquire()
-	errA := m.forwardWith(a, &m.scr, bt)
+	errA := m.forwardWith(experts, a, &m.scr, bt)
 	bt.release()
 	errB := <-errs
 	if errA != nil {
@@ -156,7 +168,7 @@ func (m *Model) ForwardPingPong(a, b []Seq) error {
 	return errB
 }
 
-func (m *Model) forwardWith(batch []Seq, sc *scratch, bt baton) error {
+func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt baton) error {
 	c := m.Cfg
 	H := c.Hidden
 	N := 0
@@ -212,7 +224,7 @@ func (m *Model) forwardWith(batch []Seq, sc *scratch, bt baton) error {
 		for r := range N {
 			kernels.RMSNorm(sc.u[r*H:(r+1)*H], sc.h[r*H:(r+1)*H], lw.PostNorm, c.RMSNormEps)
 		}
-		if err := m.ffn(sc, bt, li, lw, N); err != nil {
+		if err := m.ffn(experts, sc, bt, li, lw, N); err != nil {
 			return fmt.Errorf("layer %d: %w", li, err)
 		}
 		axpy(c.ResidualMultiplier, sc.f[:N*H], sc.h[:N*H])
@@ -386,7 +398,7 @@ func rope(v []float32, heads, hd, pos int, theta float32, interleaved bool) {
 
 // ffn runs the MoE (routed experts via the backend, shared expert locally,
 // overlapped) or the dense MLP: reads sc.u, writes sc.f.
-func (m *Model) ffn(sc *scratch, bt baton, li int, lw *LayerWeights, N int) error {
+func (m *Model) ffn(experts ExpertBackend, sc *scratch, bt baton, li int, lw *LayerWeights, N int) error {
 	c := m.Cfg
 	H := c.Hidden
 	x := sc.u[:N*H]
@@ -406,7 +418,7 @@ func (m *Model) ffn(sc *scratch, bt baton, li int, lw *LayerWeights, N int) erro
 		}
 		sc.moeOut = grow(sc.moeOut, N*H)
 		req = ExpertRequest{Layer: li, Rows: N, Hidden: H, TopK: k, X: x, Experts: sc.exps, Weights: sc.wts, Out: sc.moeOut}
-		pend = m.Experts.Begin(&req)
+		pend = experts.Begin(&req)
 	}
 	// Shared expert (the whole FFN of dense models), computed while experts run.
 	sh := lw.Shared

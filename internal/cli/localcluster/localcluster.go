@@ -1,8 +1,13 @@
 // Package localcluster starts a whole Switchyard cluster inside one process on
 // loopback: an embedded etcd, the coordinator, N expert nodes and trunk nodes,
 // each on its own real gRPC listener. `switchyard up` runs it, and the integration
-// tests use it as their multi-node harness (with fault injection: kill or restart
-// an expert node).
+// tests use it as their multi-node harness (with fault injection: kill, crash or
+// restart an expert node, kill a coordinator, stop etcd).
+//
+// Every node is started exactly as its production subcommand starts it: the
+// role's Config (from its DefaultConfig, with loopback addresses and tight
+// timers), New, Run, Close. It lives under the CLI because it is the only code
+// besides the CLI that imports role packages.
 package localcluster
 
 import (
@@ -10,6 +15,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -20,9 +26,9 @@ import (
 
 	"github.com/switchyard-serving/switchyard/coordinator"
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
+	"github.com/switchyard-serving/switchyard/internal/agent"
 	"github.com/switchyard-serving/switchyard/internal/embedetcd"
 	"github.com/switchyard-serving/switchyard/internal/membership"
-	"github.com/switchyard-serving/switchyard/internal/roles"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
 	"github.com/switchyard-serving/switchyard/model/config"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
@@ -46,7 +52,11 @@ type Options struct {
 	// Coordinators is the number of coordinator replicas (default 1).
 	Coordinators int
 	// Coordinator adjusts the coordinators' configuration (tests tighten timers).
-	Coordinator func(*coordinator.LeaderConfig)
+	Coordinator func(*coordinator.Config)
+	// Expert adjusts each expert node's configuration before it starts.
+	Expert func(*expertnode.Config)
+	// Logger receives every node's logs (default: discarded).
+	Logger *slog.Logger
 	// ExpertDevice is the expert nodes' compute device (expertnode.Config.Device:
 	// "" or "cpu", "cuda:N", "fake"); ExpertGPUMemory their GPU budget.
 	ExpertDevice    string
@@ -78,7 +88,7 @@ type Cluster struct {
 
 type coordProc struct {
 	id     string
-	cancel context.CancelFunc
+	cancel func() // stops it like a crash: the election session expires
 	done   chan struct{}
 }
 
@@ -140,6 +150,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		if i > 0 && tcfg.MetricsAddr != "" {
 			tcfg.MetricsAddr = "127.0.0.1:0"
 		}
+		tcfg.Logger = c.logger()
 		t, err := trunknode.New(tcfg)
 		if err != nil {
 			return nil, err
@@ -175,6 +186,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
+			defer t.Close()
 			if err := t.Serve(runCtx, lis); err != nil {
 				c.errs <- fmt.Errorf("trunk-%d: %w", i, err)
 			}
@@ -187,20 +199,35 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	return c, nil
 }
 
+func (c *Cluster) logger() *slog.Logger {
+	if c.opts.Logger != nil {
+		return c.opts.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
 // StartCoordinator starts a coordinator replica.
 func (c *Cluster) StartCoordinator(id string) {
-	lc := coordinator.DefaultLeaderConfig()
+	lc := coordinator.DefaultConfig()
 	lc.NodeID, lc.Layers, lc.Experts = id, c.cfg.Layers, c.cfg.Experts
+	lc.Etcd, lc.Gossip, lc.Logger, lc.LeaseTTL = c.Etcd.Endpoints, c.gossip, c.logger(), 2
 	lc.PlanInterval, lc.ElectionTTL, lc.ReadyTimeout = 2*time.Second, 2, 20*time.Second
-	lc.Gossip = c.gossip
 	if c.opts.Coordinator != nil {
 		c.opts.Coordinator(&lc)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &coordProc{id: id, cancel: cancel, done: make(chan struct{})}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	p := &coordProc{id: id, cancel: func() { cancel(agent.ErrCrash) }, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		coordinator.Run(ctx, c.cli, lc)
+		co, err := coordinator.New(lc)
+		if err != nil {
+			c.errs <- fmt.Errorf("coordinator %s: %w", id, err)
+			return
+		}
+		defer co.Close()
+		if err := co.Run(ctx); err != nil && ctx.Err() == nil {
+			c.errs <- fmt.Errorf("coordinator %s: %w", id, err)
+		}
 	}()
 	c.mu.Lock()
 	c.coords = append(c.coords, p)
@@ -253,30 +280,30 @@ func (c *Cluster) StartExpert(id string) error {
 		return err
 	}
 	ecfg := expertnode.DefaultConfig()
-	ecfg.NodeID = id
-	ecfg.ModelPath = c.opts.ModelPath
+	ecfg.NodeID, ecfg.ModelPath, ecfg.Listener = id, c.opts.ModelPath, lis
+	ecfg.Etcd, ecfg.Gossip, ecfg.LeaseTTL, ecfg.Logger = c.Etcd.Endpoints, c.gossip, 2, c.logger()
 	ecfg.Device, ecfg.GPUMemory = c.opts.ExpertDevice, c.opts.ExpertGPUMemory
-	tr, err := telemetry.NewTracing(context.Background(), "expert", id)
-	if err != nil {
+	if c.opts.ExpertMetrics {
+		ecfg.MetricsAddr = "127.0.0.1:0"
+	}
+	if c.opts.Expert != nil {
+		c.opts.Expert(&ecfg)
+	}
+	if ecfg.Tracing, err = telemetry.NewTracing(context.Background(), "expert", id); err != nil {
 		lis.Close()
 		return err
 	}
-	ecfg.Tracing = tr
 	n, err := expertnode.New(ecfg)
 	if err != nil {
 		lis.Close()
 		return err
 	}
-	maddr := ""
-	if c.opts.ExpertMetrics {
-		maddr = "127.0.0.1:0"
-	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	p := &expertProc{id: id, node: n, cancel: func() { cancel(nil) }, crash: func() { cancel(roles.ErrCrash) }, done: make(chan struct{})}
+	p := &expertProc{id: id, node: n, cancel: func() { cancel(nil) }, crash: func() { cancel(agent.ErrCrash) }, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		err := roles.RunExpert(ctx, n, lis, roles.ExpertConfig{NodeID: id, Etcd: c.Etcd.Endpoints, LeaseTTL: 2, Tracing: tr, MetricsAddr: maddr, Gossip: c.gossip})
-		if err != nil && ctx.Err() == nil {
+		defer n.Close()
+		if err := n.Run(ctx); err != nil && ctx.Err() == nil {
 			c.errs <- fmt.Errorf("expert %s: %w", id, err)
 		}
 	}()

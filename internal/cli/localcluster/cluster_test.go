@@ -22,7 +22,7 @@ import (
 
 func fixtureDir(t *testing.T) string {
 	t.Helper()
-	d := filepath.Join("..", "..", "..", "shared", "fixtures", "granite-hybrid-tiny")
+	d := filepath.Join("..", "..", "..", "..", "shared", "fixtures", "granite-hybrid-tiny")
 	if _, err := os.Stat(d); err != nil {
 		t.Fatalf("shared fixture missing: %v", err)
 	}

@@ -92,7 +92,7 @@ func startFaultClusterOn(t *testing.T, device string, experts, coords int) *Clus
 			tc.Dispatch.Deadline = 45 * time.Second
 			tc.Dispatch.WireDType = pb.WireDType_WIRE_DTYPE_F32
 		},
-		Coordinator: func(lc *coordinator.LeaderConfig) { lc.PlanInterval = 500 * time.Millisecond }})
+		Coordinator: func(lc *coordinator.Config) { lc.PlanInterval = 500 * time.Millisecond }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,86 @@
+package engine
+
+import (
+	"github.com/switchyard-serving/switchyard/model/sample"
+	"github.com/switchyard-serving/switchyard/model/tokenizer"
+)
+
+// Decoder turns one sequence's logits into tokens, streamed text and a finish
+// reason: sampling (with the history for penalties), stop ids and EOS, stop
+// strings, the token limit and incremental detokenisation. It is the one
+// decode loop body: Engine.Generate and the trunk's continuous-batching
+// scheduler both drive it, so they stop and stream identically.
+type Decoder struct {
+	smp     *sample.Sampler
+	stops   *sample.StopMatcher
+	dec     *tokenizer.StreamDecoder
+	stopID  map[int]bool
+	max     int
+	history []int
+	n       int // tokens generated (emitted)
+}
+
+// Spec is what a Decoder needs of a request.
+type Spec struct {
+	Params      sample.Params
+	MaxTokens   int // > 0
+	StopIDs     []int
+	StopStrings []string
+	IgnoreEOS   bool
+	EOS         int // the model's EOS id (< 0: none)
+}
+
+// NewDecoder starts decoding after history (the tokens the sequence holds that
+// penalties should see: at least the prompt).
+func NewDecoder(tok *tokenizer.Tokenizer, sp Spec, history []int) *Decoder {
+	d := &Decoder{smp: sample.New(sp.Params), stops: sample.NewStopMatcher(sp.StopStrings), dec: tok.NewStreamDecoder(),
+		stopID: map[int]bool{}, max: sp.MaxTokens, history: append([]int(nil), history...)}
+	for _, id := range sp.StopIDs {
+		d.stopID[id] = true
+	}
+	if !sp.IgnoreEOS && sp.EOS >= 0 {
+		d.stopID[sp.EOS] = true
+	}
+	return d
+}
+
+// Outcome is one decode step: the token to emit (if Emit), text held back by
+// the detokeniser or the stop matcher that the end releases (Tail, emitted
+// after the token as an Event with Token -1), and, when the sequence ends,
+// why. While Finish is "" the emitted token must be fed back; a finished
+// sequence's last token is left unfed.
+type Outcome struct {
+	Event  Event
+	Emit   bool
+	Tail   string
+	Finish string // "" while generating; FinishStop or FinishLength
+}
+
+// Next samples the next token from logits.
+func (d *Decoder) Next(logits []float32) Outcome {
+	tok, lp := d.smp.Sample(logits, d.history)
+	if d.stopID[tok] {
+		// A stop id is never emitted; the text held back is released.
+		return Outcome{Finish: FinishStop, Tail: d.flush()}
+	}
+	d.n++
+	d.history = append(d.history, tok)
+	text, stopped := d.stops.Push(d.dec.Add(tok))
+	o := Outcome{Event: Event{Token: tok, Text: text, LogProb: lp}, Emit: true}
+	switch {
+	case stopped:
+		o.Finish = FinishStop // the stop string and what follows it are cut
+	case d.n >= d.max:
+		o.Finish = FinishLength
+		o.Tail = d.flush()
+	}
+	return o
+}
+
+// Generated is the number of tokens emitted so far.
+func (d *Decoder) Generated() int { return d.n }
+
+func (d *Decoder) flush() string {
+	tail, _ := d.stops.Push(d.dec.Flush())
+	return tail + d.stops.Flush()
+}

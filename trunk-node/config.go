@@ -1,0 +1,137 @@
+package trunknode
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/switchyard-serving/switchyard/internal/agent"
+	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+)
+
+// Config configures a trunk node. Sizes are bytes, durations wall time.
+type Config struct {
+	// Config is the lifecycle every role shares (agent.Config): NodeID, etcd
+	// (empty runs without a control plane: LocalExperts required), the
+	// advertised address, lease TTL, gossip (expert nodes that gossip reports
+	// failed get no more rows until they come back), metrics and logging.
+	agent.Config
+	ModelPath string
+	// Listen is the public API address Run serves on.
+	Listen string
+	// APIToken, when set, is required as "authorization: Bearer <token>" on every
+	// public call (health and reflection excepted).
+	APIToken string
+	// LocalExperts computes the routed experts in process instead of on expert
+	// nodes (single-node mode and the in-process baseline).
+	LocalExperts bool
+
+	PublicTLS rpc.TLSFiles // TLS of the public API (plaintext when empty)
+	PeerTLS   rpc.TLSFiles // mutual TLS to expert nodes (plaintext when empty)
+
+	Memory   MemoryConfig
+	Sched    SchedConfig
+	Limits   Limits
+	Dispatch DispatchConfig
+
+	// Tracing is the node's tracer provider (default: from OTEL_* environment).
+	Tracing *telemetry.Tracing
+	// StepTracing samples forward steps for traces.
+	StepTracing StepTracing
+	// ExpertDetail adds per-(layer, expert) activation series (high cardinality).
+	ExpertDetail bool
+
+	MaxRecvBytes int           // largest public request message
+	RatePerSec   float64       // new public calls per second (0: unlimited)
+	DrainTimeout time.Duration // graceful drain budget on shutdown
+	LoadInterval time.Duration // how often activation counts are reported to etcd
+}
+
+// DefaultConfig returns production defaults.
+func DefaultConfig() Config {
+	ac := agent.DefaultConfig()
+	ac.NodeID = "trunk-0"
+	return Config{
+		Config:       ac,
+		Listen:       "127.0.0.1:7070",
+		Memory:       MemoryConfig{RecurrentBytes: 16 << 30, KVBytes: 16 << 30, IdleTTL: 30 * time.Minute},
+		Sched:        SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024},
+		Limits:       Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
+		Dispatch:     DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20, WireDType: pb.WireDType_WIRE_DTYPE_BF16},
+		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second,
+		StepTracing: StepTracing{Ratio: 0.01, SlowThreshold: 500 * time.Millisecond}, LoadInterval: 2 * time.Second,
+	}
+}
+
+// AddFlags registers the trunk node's flags (and the shared ones) on fs.
+func (c *Config) AddFlags(fs *flag.FlagSet) {
+	c.Config.AddFlags(fs, "")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "public API address")
+	fs.StringVar(&c.ModelPath, "model", c.ModelPath, "model: Hugging Face folder or .gguf (required)")
+	fs.StringVar(&c.APIToken, "api-token", os.Getenv("SWITCHYARD_API_TOKEN"), "require this bearer token on the public API (default $SWITCHYARD_API_TOKEN)")
+	fs.BoolVar(&c.LocalExperts, "local-experts", c.LocalExperts, "compute experts in process (no expert nodes)")
+	tlsFlags(fs, &c.PublicTLS, "tls-", "public API")
+	tlsFlags(fs, &c.PeerTLS, "peer-tls-", "node-to-node")
+	fs.Int64Var(&c.Memory.RecurrentBytes, "recurrent-budget", c.Memory.RecurrentBytes, "bytes for sessions' recurrent state")
+	fs.Int64Var(&c.Memory.KVBytes, "kv-budget", c.Memory.KVBytes, "bytes for sessions' KV caches")
+	fs.DurationVar(&c.Memory.IdleTTL, "session-ttl", c.Memory.IdleTTL, "idle sessions are deleted after this")
+	fs.IntVar(&c.Sched.MaxRunning, "max-running", c.Sched.MaxRunning, "sessions advanced together per step")
+	fs.IntVar(&c.Sched.MaxTokensPerStep, "max-step-tokens", c.Sched.MaxTokensPerStep, "token budget per step")
+	fs.BoolVar(&c.Sched.PingPong, "ping-pong", c.Sched.PingPong, "overlap expert dispatch with trunk compute by splitting big steps into two micro-batches")
+	fs.IntVar(&c.Limits.MaxContext, "max-context", c.Limits.MaxContext, "tokens a session may hold")
+	fs.IntVar(&c.Limits.MaxNewTokens, "max-new-tokens", c.Limits.MaxNewTokens, "upper bound for max_tokens")
+	fs.Float64Var(&c.RatePerSec, "rate-limit", c.RatePerSec, "new public calls per second (0: unlimited)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "graceful drain budget on SIGTERM")
+	fs.Float64Var(&c.StepTracing.Ratio, "trace-step-ratio", c.StepTracing.Ratio, "fraction of forward steps traced (with OTEL_EXPORTER_OTLP_ENDPOINT set)")
+	fs.DurationVar(&c.StepTracing.SlowThreshold, "trace-slow-step", c.StepTracing.SlowThreshold, "always trace forward steps slower than this (0: off)")
+	fs.BoolVar(&c.ExpertDetail, "expert-metrics-detail", c.ExpertDetail, "export per-(layer, expert) activation series (high cardinality)")
+	fs.Func("wire-dtype", "element type of rows sent to expert nodes: bf16 (half the bytes) or f32 (exact) (default bf16)", func(s string) error {
+		switch s {
+		case "bf16":
+			c.Dispatch.WireDType = pb.WireDType_WIRE_DTYPE_BF16
+		case "f32":
+			c.Dispatch.WireDType = pb.WireDType_WIRE_DTYPE_F32
+		default:
+			return fmt.Errorf("want bf16 or f32, got %q", s)
+		}
+		return nil
+	})
+}
+
+func tlsFlags(fs *flag.FlagSet, f *rpc.TLSFiles, prefix, what string) {
+	fs.StringVar(&f.Cert, prefix+"cert", f.Cert, what+" certificate (PEM)")
+	fs.StringVar(&f.Key, prefix+"key", f.Key, what+" private key (PEM)")
+	fs.StringVar(&f.CA, prefix+"ca", f.CA, what+" CA bundle (PEM); enables mutual TLS on servers")
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	if err := c.Config.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.ModelPath == "":
+		return errors.New("trunknode: model path is required")
+	case len(c.Etcd) == 0 && !c.LocalExperts:
+		return errors.New("trunknode: etcd endpoints are required unless experts run locally")
+	case c.Memory.RecurrentBytes <= 0 || c.Memory.KVBytes <= 0:
+		return errors.New("trunknode: memory budgets must be positive")
+	case c.Limits.MaxContext <= 0 || c.Limits.MaxNewTokens <= 0:
+		return errors.New("trunknode: context and max-new-token limits must be positive")
+	}
+	return nil
+}
+
+// listen returns the configured listener address's listener.
+func (c *Config) listen() (net.Listener, error) {
+	lis, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("trunknode: listen: %w", err)
+	}
+	return lis, nil
+}
