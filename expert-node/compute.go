@@ -8,7 +8,7 @@ import (
 	"github.com/switchyard-serving/switchyard/internal/gpu/moe"
 	"github.com/switchyard-serving/switchyard/internal/wire"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
-	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
 // computeLoop is the node's single compute goroutine. Each round:
@@ -164,7 +164,7 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 	// Count before answering, so a client that has its results sees them counted.
 	n.stats.record(g.layer, len(sh.model.W.Layers[g.layer].Experts), rs.ids, R)
 	for i, j := range g.jobs {
-		j.deliver(&switchyardv1.ExpertResult{
+		j.deliver(&pb.ExpertResult{
 			StepId:        j.b.GetStepId(),
 			Layer:         j.b.GetLayer(),
 			Chunk:         j.b.GetChunk(),

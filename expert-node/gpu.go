@@ -28,7 +28,6 @@ type gpu struct {
 	fake    *cuda.Fake // the emulated GPU of --device fake (tests inject faults)
 }
 
-
 // openGPU opens the configured device and an empty expert store sized for the
 // model and the node's largest round.
 func openGPU(cfg Config, reg *prometheus.Registry) (*gpu, error) {

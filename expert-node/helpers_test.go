@@ -21,7 +21,7 @@ import (
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 	"github.com/switchyard-serving/switchyard/model/tensor"
-	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
 const (
@@ -122,7 +122,7 @@ func testConfig(path string) Config {
 // env is a node served over gRPC on a loopback port, with a real client.
 type env struct {
 	node   *Node
-	client switchyardv1.ExpertServiceClient
+	client pb.ExpertServiceClient
 	conn   *grpc.ClientConn
 }
 
@@ -161,7 +161,7 @@ func startEnv(t *testing.T, cfg Config, h hooks) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &env{node: n, client: switchyardv1.NewExpertServiceClient(conn), conn: conn}
+	return &env{node: n, client: pb.NewExpertServiceClient(conn), conn: conn}
 }
 
 // assign applies tb and fails the test on error.
@@ -173,7 +173,7 @@ func (e *env) assign(t *testing.T, tb *routing.Table) {
 }
 
 // stream opens a Dispatch stream that is cancelled at cleanup.
-func (e *env) stream(t *testing.T) switchyardv1.ExpertService_DispatchClient {
+func (e *env) stream(t *testing.T) pb.ExpertService_DispatchClient {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -184,11 +184,11 @@ func (e *env) stream(t *testing.T) switchyardv1.ExpertService_DispatchClient {
 	return s
 }
 
-func (e *env) stats(t *testing.T, reset bool) *switchyardv1.StatsResponse {
+func (e *env) stats(t *testing.T, reset bool) *pb.StatsResponse {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	r, err := e.client.Stats(ctx, &switchyardv1.StatsRequest{Reset_: reset})
+	r, err := e.client.Stats(ctx, &pb.StatsRequest{Reset_: reset})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func decodeBF16(b []byte) []float32 {
 
 // randomBatch makes rows random rows for layer with top-2 distinct experts drawn
 // from held and softmax-like weights.
-func randomBatch(rng *rand.Rand, step uint64, layer int, rows int, held []uint32) *switchyardv1.ExpertBatch {
+func randomBatch(rng *rand.Rand, step uint64, layer int, rows int, held []uint32) *pb.ExpertBatch {
 	x := make([]float32, rows*fxHidden)
 	for i := range x {
 		x[i] = float32(rng.NormFloat64())
@@ -237,14 +237,14 @@ func randomBatch(rng *rand.Rand, step uint64, layer int, rows int, held []uint32
 		ids[r*2], ids[r*2+1] = held[p[0]], held[p[1]]
 		w[r*2], w[r*2+1] = a, 1-a
 	}
-	return &switchyardv1.ExpertBatch{
+	return &pb.ExpertBatch{
 		StepId: step, Layer: uint32(layer), Rows: uint32(rows), Hidden: fxHidden,
 		Activations: encodeBF16(x), TopK: fxTopK, ExpertIds: ids, Weights: w, Chunks: 1,
 	}
 }
 
 // reference computes b on the full in-process model.
-func reference(t *testing.T, m *hybrid.Model, b *switchyardv1.ExpertBatch) []float32 {
+func reference(t *testing.T, m *hybrid.Model, b *pb.ExpertBatch) []float32 {
 	t.Helper()
 	rows, k := int(b.Rows), int(b.TopK)
 	ids := make([]int32, len(b.ExpertIds))
@@ -264,7 +264,7 @@ func reference(t *testing.T, m *hybrid.Model, b *switchyardv1.ExpertBatch) []flo
 
 // checkResult compares a result with the reference for its batch, allowing for
 // the bf16 rounding of the output (relative 1e-2).
-func checkResult(t *testing.T, m *hybrid.Model, b *switchyardv1.ExpertBatch, r *switchyardv1.ExpertResult) {
+func checkResult(t *testing.T, m *hybrid.Model, b *pb.ExpertBatch, r *pb.ExpertResult) {
 	t.Helper()
 	checkResultOn(t, "cpu", m, b, r)
 }
@@ -275,7 +275,7 @@ func checkResult(t *testing.T, m *hybrid.Model, b *switchyardv1.ExpertBatch, r *
 // projection, and over the fixture's short sums (I = 32) with cancellation that
 // error reaches 1.1% of the batch's largest value. internal/gpu/moe bounds the
 // pipeline exactly: within 1e-5 of a CPU reference that rounds the same way.
-func checkResultOn(t *testing.T, dev string, m *hybrid.Model, b *switchyardv1.ExpertBatch, r *switchyardv1.ExpertResult) {
+func checkResultOn(t *testing.T, dev string, m *hybrid.Model, b *pb.ExpertBatch, r *pb.ExpertResult) {
 	t.Helper()
 	if r.Error != "" {
 		t.Fatalf("step %d layer %d chunk %d: error result %q", b.StepId, b.Layer, b.Chunk, r.Error)
@@ -303,9 +303,9 @@ func checkResultOn(t *testing.T, dev string, m *hybrid.Model, b *switchyardv1.Ex
 }
 
 // recvAll receives n results keyed by (step, layer, chunk).
-func recvAll(t *testing.T, s switchyardv1.ExpertService_DispatchClient, n int) map[resultKey]*switchyardv1.ExpertResult {
+func recvAll(t *testing.T, s pb.ExpertService_DispatchClient, n int) map[resultKey]*pb.ExpertResult {
 	t.Helper()
-	out := map[resultKey]*switchyardv1.ExpertResult{}
+	out := map[resultKey]*pb.ExpertResult{}
 	for range n {
 		r, err := s.Recv()
 		if err != nil {
@@ -321,7 +321,7 @@ func recvAll(t *testing.T, s switchyardv1.ExpertService_DispatchClient, n int) m
 }
 
 // closeAndDrain half-closes s and expects the server to end the stream cleanly.
-func closeAndDrain(t *testing.T, s switchyardv1.ExpertService_DispatchClient) {
+func closeAndDrain(t *testing.T, s pb.ExpertService_DispatchClient) {
 	t.Helper()
 	if err := s.CloseSend(); err != nil {
 		t.Fatal(err)
@@ -331,14 +331,14 @@ func closeAndDrain(t *testing.T, s switchyardv1.ExpertService_DispatchClient) {
 	}
 }
 
-func mustSend(t *testing.T, s switchyardv1.ExpertService_DispatchClient, b *switchyardv1.ExpertBatch) {
+func mustSend(t *testing.T, s pb.ExpertService_DispatchClient, b *pb.ExpertBatch) {
 	t.Helper()
 	if err := s.Send(b); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
 }
 
-func wantErrorResult(t *testing.T, r *switchyardv1.ExpertResult, substr string) {
+func wantErrorResult(t *testing.T, r *pb.ExpertResult, substr string) {
 	t.Helper()
 	if r.Error == "" || !strings.Contains(r.Error, substr) {
 		t.Fatalf("result error %q, want one containing %q", r.Error, substr)

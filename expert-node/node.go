@@ -18,7 +18,7 @@ import (
 
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
-	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
 var (
@@ -33,7 +33,7 @@ var (
 )
 
 // serviceName is the health-service name of ExpertService.
-var serviceName = switchyardv1.ExpertService_ServiceDesc.ServiceName
+var serviceName = pb.ExpertService_ServiceDesc.ServiceName
 
 // Node serves the experts assigned to it. It is safe for concurrent use.
 //
@@ -126,7 +126,7 @@ func (n *Node) ServerOptions() []grpc.ServerOption {
 // Register registers ExpertService and the standard gRPC health service (for ""
 // and "switchyard.v1.ExpertService", SERVING only while the node is ready) on s.
 func (n *Node) Register(s *grpc.Server) {
-	switchyardv1.RegisterExpertServiceServer(s, &service{node: n})
+	pb.RegisterExpertServiceServer(s, &service{node: n})
 	healthpb.RegisterHealthServer(s, n.health)
 }
 

@@ -4,15 +4,15 @@ import (
 	"sync"
 	"time"
 
-	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
 // job is one chunk waiting for the compute loop.
 type job struct {
-	b *switchyardv1.ExpertBatch
+	b *pb.ExpertBatch
 	// out is the owning stream's result channel. The stream reserved room for
 	// this job's result before submitting it, so sending on out never blocks.
-	out chan<- *switchyardv1.ExpertResult
+	out chan<- *pb.ExpertResult
 	// done is closed when the owning stream has ended; its jobs are skipped.
 	done <-chan struct{}
 }
@@ -27,7 +27,7 @@ func (j *job) cancelled() bool {
 }
 
 // deliver hands r to the owning stream's send loop.
-func (j *job) deliver(r *switchyardv1.ExpertResult) { j.out <- r }
+func (j *job) deliver(r *pb.ExpertResult) { j.out <- r }
 
 // fail answers the job with err.
 func (j *job) fail(err error) { j.deliver(errorResult(j.b, err)) }

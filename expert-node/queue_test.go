@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
 func TestQueueTake(t *testing.T) {
@@ -26,7 +26,7 @@ func TestQueueTake(t *testing.T) {
 			var q queue
 			q.init()
 			for _, r := range tc.rows {
-				q.push(&job{b: &switchyardv1.ExpertBatch{Rows: r}})
+				q.push(&job{b: &pb.ExpertBatch{Rows: r}})
 			}
 			var got []uint32
 			for _, j := range q.take(tc.maxRows) {
@@ -50,8 +50,8 @@ func TestQueueWait(t *testing.T) {
 	// Window filled: returns as soon as maxRows rows are queued.
 	done := make(chan bool)
 	go func() { done <- q.wait(stop, time.Hour, 5) }()
-	q.push(&job{b: &switchyardv1.ExpertBatch{Rows: 2}})
-	q.push(&job{b: &switchyardv1.ExpertBatch{Rows: 3}})
+	q.push(&job{b: &pb.ExpertBatch{Rows: 2}})
+	q.push(&job{b: &pb.ExpertBatch{Rows: 3}})
 	if !<-done {
 		t.Fatal("wait reported stop")
 	}
@@ -63,11 +63,11 @@ func TestQueueWait(t *testing.T) {
 		t.Fatal("wait returned true after stop with nothing queued")
 	}
 	// A closed queue refuses pushes and returns what it held.
-	q.push(&job{b: &switchyardv1.ExpertBatch{Rows: 1}})
+	q.push(&job{b: &pb.ExpertBatch{Rows: 1}})
 	if left := q.close(); len(left) != 1 {
 		t.Fatalf("close returned %d jobs, want 1", len(left))
 	}
-	if q.push(&job{b: &switchyardv1.ExpertBatch{Rows: 1}}) {
+	if q.push(&job{b: &pb.ExpertBatch{Rows: 1}}) {
 		t.Fatal("push on a closed queue succeeded")
 	}
 }

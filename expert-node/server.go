@@ -11,22 +11,22 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
 // service is the ExpertService gRPC adapter over a Node. Errors become gRPC
 // statuses here and nowhere else (toStatus).
 type service struct {
-	switchyardv1.UnimplementedExpertServiceServer
+	pb.UnimplementedExpertServiceServer
 	node *Node
 }
 
-var _ switchyardv1.ExpertServiceServer = (*service)(nil)
+var _ pb.ExpertServiceServer = (*service)(nil)
 
 // Stats reports the node's assignment state and activation counters.
-func (s *service) Stats(_ context.Context, req *switchyardv1.StatsRequest) (*switchyardv1.StatsResponse, error) {
+func (s *service) Stats(_ context.Context, req *pb.StatsRequest) (*pb.StatsResponse, error) {
 	n := s.node
-	resp := &switchyardv1.StatsResponse{Node: n.cfg.NodeID}
+	resp := &pb.StatsResponse{Node: n.cfg.NodeID}
 	n.mu.Lock()
 	if n.cur != nil && !n.closed {
 		resp.Ready = true
@@ -42,7 +42,7 @@ func (s *service) Stats(_ context.Context, req *switchyardv1.StatsRequest) (*swi
 // (the only caller of stream.Send), joined by the stream's bounded result
 // channel. After the client half-closes, the stream ends once every accepted
 // chunk has been answered.
-func (s *service) Dispatch(stream grpc.BidiStreamingServer[switchyardv1.ExpertBatch, switchyardv1.ExpertResult]) error {
+func (s *service) Dispatch(stream grpc.BidiStreamingServer[pb.ExpertBatch, pb.ExpertResult]) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel() // ends the send loop and marks queued jobs of this stream cancelled
 	ds := newDispatchStream(s.node, stream)
@@ -74,22 +74,22 @@ func (s *service) Dispatch(stream grpc.BidiStreamingServer[switchyardv1.ExpertBa
 // has room for a result and the compute loop never blocks on a slow stream.
 type dispatchStream struct {
 	node   *Node
-	stream grpc.BidiStreamingServer[switchyardv1.ExpertBatch, switchyardv1.ExpertResult]
+	stream grpc.BidiStreamingServer[pb.ExpertBatch, pb.ExpertResult]
 
 	slots chan struct{}                   // outstanding results (capacity MaxInflightPerStream)
-	sendc chan *switchyardv1.ExpertResult // results for the send loop (same capacity)
+	sendc chan *pb.ExpertResult // results for the send loop (same capacity)
 
 	mu          sync.Mutex
 	outstanding map[resultKey]struct{} // guarded by mu: keys of unanswered chunks
 }
 
-func newDispatchStream(n *Node, stream grpc.BidiStreamingServer[switchyardv1.ExpertBatch, switchyardv1.ExpertResult]) *dispatchStream {
+func newDispatchStream(n *Node, stream grpc.BidiStreamingServer[pb.ExpertBatch, pb.ExpertResult]) *dispatchStream {
 	w := n.cfg.MaxInflightPerStream
 	return &dispatchStream{
 		node:        n,
 		stream:      stream,
 		slots:       make(chan struct{}, w),
-		sendc:       make(chan *switchyardv1.ExpertResult, w),
+		sendc:       make(chan *pb.ExpertResult, w),
 		outstanding: map[resultKey]struct{}{},
 	}
 }

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
 func TestDispatchMatchesReference(t *testing.T) {
@@ -46,9 +46,9 @@ func TestDispatchMatchesReference(t *testing.T) {
 				e.assign(t, tb)
 				rng := rand.New(rand.NewPCG(uint64(tc.steps), uint64(tc.rows)))
 				s := e.stream(t)
-				sent := map[resultKey]*switchyardv1.ExpertBatch{}
+				sent := map[resultKey]*pb.ExpertBatch{}
 				var wg sync.WaitGroup
-				var got map[resultKey]*switchyardv1.ExpertResult
+				var got map[resultKey]*pb.ExpertResult
 				total := tc.steps * tc.chunks
 				wg.Go(func() { got = recvAll(t, s, total) })
 				for step := range tc.steps {
@@ -88,25 +88,25 @@ func TestBadBatchKeepsStream(t *testing.T) {
 	notHeld := uint32(1) // layer 0 holds even experts
 	for _, tc := range []struct {
 		name   string
-		mutate func(*switchyardv1.ExpertBatch)
+		mutate func(*pb.ExpertBatch)
 		want   string
 	}{
-		{"zero rows", func(b *switchyardv1.ExpertBatch) { b.Rows = 0 }, "rows is 0"},
-		{"zero top_k", func(b *switchyardv1.ExpertBatch) { b.TopK = 0 }, "top_k is 0"},
-		{"wrong hidden", func(b *switchyardv1.ExpertBatch) {
+		{"zero rows", func(b *pb.ExpertBatch) { b.Rows = 0 }, "rows is 0"},
+		{"zero top_k", func(b *pb.ExpertBatch) { b.TopK = 0 }, "top_k is 0"},
+		{"wrong hidden", func(b *pb.ExpertBatch) {
 			b.Hidden = fxHidden / 2
 			b.Rows *= 2
 			b.ExpertIds = append(b.ExpertIds, b.ExpertIds...)
 			b.Weights = append(b.Weights, b.Weights...)
 		}, "model hidden size is 64"},
-		{"short bytes", func(b *switchyardv1.ExpertBatch) { b.Activations = b.Activations[:len(b.Activations)-2] }, "activations for"},
-		{"odd bytes", func(b *switchyardv1.ExpertBatch) { b.Activations = b.Activations[:len(b.Activations)-1] }, "activations for"},
-		{"fewer expert ids", func(b *switchyardv1.ExpertBatch) { b.ExpertIds = b.ExpertIds[1:] }, "expert_ids"},
-		{"fewer weights", func(b *switchyardv1.ExpertBatch) { b.Weights = b.Weights[1:] }, "weights"},
-		{"nan weight", func(b *switchyardv1.ExpertBatch) { b.Weights[0] = float32(math.NaN()) }, "weight 0 is NaN"},
-		{"layer out of range", func(b *switchyardv1.ExpertBatch) { b.Layer = fxLayers }, "layer 6 out of range"},
-		{"expert out of range", func(b *switchyardv1.ExpertBatch) { b.ExpertIds[1] = fxExperts }, "expert id 8 out of range"},
-		{"unassigned expert", func(b *switchyardv1.ExpertBatch) { b.ExpertIds[2] = notHeld }, "layer 0 expert 1 is not assigned to node \"a\""},
+		{"short bytes", func(b *pb.ExpertBatch) { b.Activations = b.Activations[:len(b.Activations)-2] }, "activations for"},
+		{"odd bytes", func(b *pb.ExpertBatch) { b.Activations = b.Activations[:len(b.Activations)-1] }, "activations for"},
+		{"fewer expert ids", func(b *pb.ExpertBatch) { b.ExpertIds = b.ExpertIds[1:] }, "expert_ids"},
+		{"fewer weights", func(b *pb.ExpertBatch) { b.Weights = b.Weights[1:] }, "weights"},
+		{"nan weight", func(b *pb.ExpertBatch) { b.Weights[0] = float32(math.NaN()) }, "weight 0 is NaN"},
+		{"layer out of range", func(b *pb.ExpertBatch) { b.Layer = fxLayers }, "layer 6 out of range"},
+		{"expert out of range", func(b *pb.ExpertBatch) { b.ExpertIds[1] = fxExperts }, "expert id 8 out of range"},
+		{"unassigned expert", func(b *pb.ExpertBatch) { b.ExpertIds[2] = notHeld }, "layer 0 expert 1 is not assigned to node \"a\""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := e.stream(t)
@@ -134,24 +134,24 @@ func TestProtocolErrorEndsStream(t *testing.T) {
 	rng := rand.New(rand.NewPCG(4, 4))
 	for _, tc := range []struct {
 		name string
-		send func(s switchyardv1.ExpertService_DispatchClient)
+		send func(s pb.ExpertService_DispatchClient)
 		want string
 	}{
-		{"chunk index not below chunks", func(s switchyardv1.ExpertService_DispatchClient) {
+		{"chunk index not below chunks", func(s pb.ExpertService_DispatchClient) {
 			b := randomBatch(rng, 1, 0, 2, held[0])
 			b.Chunk, b.Chunks = 3, 3
 			mustSend(t, s, b)
 		}, "chunk index 3 is not below chunks 3"},
-		{"chunk index without chunks", func(s switchyardv1.ExpertService_DispatchClient) {
+		{"chunk index without chunks", func(s pb.ExpertService_DispatchClient) {
 			b := randomBatch(rng, 1, 0, 2, held[0])
 			b.Chunk, b.Chunks = 1, 0
 			mustSend(t, s, b)
 		}, "chunk index 1 is not below chunks 0"},
-		{"duplicate outstanding chunk", func(s switchyardv1.ExpertService_DispatchClient) {
+		{"duplicate outstanding chunk", func(s pb.ExpertService_DispatchClient) {
 			// The gate holds the compute loop, so the first copy is still outstanding.
 			b := randomBatch(rng, 5, 1, 2, held[1])
 			mustSend(t, s, b)
-			mustSend(t, s, proto.Clone(b).(*switchyardv1.ExpertBatch))
+			mustSend(t, s, proto.Clone(b).(*pb.ExpertBatch))
 		}, "step 5 layer 1 chunk 0 is already outstanding"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -240,8 +240,8 @@ func TestCoalescingMixedLayers(t *testing.T) {
 	e.assign(t, tb)
 	rng := rand.New(rand.NewPCG(6, 6))
 	const streams, perStream = 3, 4 // each stream sends layers 0..3
-	ss := make([]switchyardv1.ExpertService_DispatchClient, streams)
-	sent := make([][]*switchyardv1.ExpertBatch, streams)
+	ss := make([]pb.ExpertService_DispatchClient, streams)
+	sent := make([][]*pb.ExpertBatch, streams)
 	for i := range ss {
 		ss[i] = e.stream(t)
 		for l := range perStream {

@@ -4,7 +4,7 @@ import (
 	"slices"
 	"sync"
 
-	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
 // stats are the activation counters reported by the Stats RPC. The compute loop
@@ -38,7 +38,7 @@ func (s *stats) record(layer, experts int, ids []int32, rows int) {
 
 // snapshot returns the non-zero counts ordered by (layer, expert), the batch and
 // row totals, and zeroes them all when reset is set.
-func (s *stats) snapshot(reset bool) (counts []*switchyardv1.ExpertCount, batches, rows uint64) {
+func (s *stats) snapshot(reset bool) (counts []*pb.ExpertCount, batches, rows uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	layers := make([]int, 0, len(s.counts))
@@ -49,7 +49,7 @@ func (s *stats) snapshot(reset bool) (counts []*switchyardv1.ExpertCount, batche
 	for _, l := range layers {
 		for e, n := range s.counts[l] {
 			if n > 0 {
-				counts = append(counts, &switchyardv1.ExpertCount{Layer: uint32(l), Expert: uint32(e), Rows: n})
+				counts = append(counts, &pb.ExpertCount{Layer: uint32(l), Expert: uint32(e), Rows: n})
 			}
 		}
 	}

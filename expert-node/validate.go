@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"math"
 
-	switchyardv1 "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
 var (
@@ -29,13 +29,13 @@ type resultKey struct {
 	chunk uint32
 }
 
-func keyOf(b *switchyardv1.ExpertBatch) resultKey {
+func keyOf(b *pb.ExpertBatch) resultKey {
 	return resultKey{step: b.GetStepId(), layer: b.GetLayer(), chunk: b.GetChunk()}
 }
 
 // checkProtocol checks what a stream cannot go on after: the chunk index must be
 // below chunks (chunks 0 means a single chunk).
-func checkProtocol(b *switchyardv1.ExpertBatch) error {
+func checkProtocol(b *pb.ExpertBatch) error {
 	if chunks := max(b.GetChunks(), 1); b.GetChunk() >= chunks {
 		return fmt.Errorf("%w: step %d layer %d: chunk index %d is not below chunks %d",
 			ErrProtocol, b.GetStepId(), b.GetLayer(), b.GetChunk(), b.GetChunks())
@@ -44,7 +44,7 @@ func checkProtocol(b *switchyardv1.ExpertBatch) error {
 }
 
 // checkShape checks a chunk's internal consistency, without the model.
-func checkShape(b *switchyardv1.ExpertBatch) error {
+func checkShape(b *pb.ExpertBatch) error {
 	rows, hidden, topK := uint64(b.GetRows()), uint64(b.GetHidden()), uint64(b.GetTopK())
 	switch {
 	case rows == 0:
@@ -73,7 +73,7 @@ func checkShape(b *switchyardv1.ExpertBatch) error {
 }
 
 // check checks a shape-checked chunk against the model and the experts held.
-func (s *shard) check(b *switchyardv1.ExpertBatch, node string, version uint64) error {
+func (s *shard) check(b *pb.ExpertBatch, node string, version uint64) error {
 	c := s.model.Cfg
 	if int(b.GetHidden()) != c.Hidden {
 		return fmt.Errorf("%w: hidden is %d, model hidden size is %d", ErrBadBatch, b.GetHidden(), c.Hidden)
@@ -99,8 +99,8 @@ func (s *shard) check(b *switchyardv1.ExpertBatch, node string, version uint64) 
 }
 
 // errorResult answers b with err.
-func errorResult(b *switchyardv1.ExpertBatch, err error) *switchyardv1.ExpertResult {
-	return &switchyardv1.ExpertResult{
+func errorResult(b *pb.ExpertBatch, err error) *pb.ExpertResult {
+	return &pb.ExpertResult{
 		StepId: b.GetStepId(),
 		Layer:  b.GetLayer(),
 		Chunk:  b.GetChunk(),
