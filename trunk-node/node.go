@@ -92,7 +92,7 @@ func New(cfg Config) (*Node, error) {
 		n.limits.MaxContext = mc
 	}
 	n.store = NewStore(cfg.Memory, e.Model.NewState, kvPer)
-	deps := SchedDeps{Model: e.Model, Tok: e.Tok, Store: n.store, Metrics: n.metrics, Tracing: cfg.StepTracing}
+	deps := SchedDeps{Model: e.Model, EOS: c.EOS, Tok: e.Tok, Store: n.store, Experts: LocalSteps{e.Model.Experts}, Metrics: n.metrics, Tracing: cfg.StepTracing}
 	if cfg.Tracing.Enabled {
 		deps.Tracer = cfg.Tracing.Tracer()
 	}

@@ -118,16 +118,36 @@ type Scheduler struct {
 	nRunning atomic.Int32
 }
 
+// Forwarder is the model as the scheduler drives it (*hybrid.Model; a fake in
+// tests): one forward step over a batch, with that step's expert backend.
+type Forwarder interface {
+	ForwardOn(experts hybrid.ExpertBackend, batch []hybrid.Seq) error
+	ForwardPingPongOn(experts hybrid.ExpertBackend, a, b []hybrid.Seq) error
+}
+
+// StepExperts opens each forward step's expert backend: the Dispatcher for
+// remote experts, LocalSteps for the model's own.
+type StepExperts interface {
+	Step(ctx context.Context) StepBackend
+}
+
+// LocalSteps serves every step from one in-process backend (local experts).
+type LocalSteps struct{ Backend hybrid.ExpertBackend }
+
+// Step implements StepExperts.
+func (l LocalSteps) Step(context.Context) StepBackend { return localStep{l.Backend} }
+
+type localStep struct{ hybrid.ExpertBackend }
+
+func (localStep) Calls() []CallInfo { return nil }
+
 // SchedDeps are what the scheduler drives and reports to.
 type SchedDeps struct {
-	Model *hybrid.Model
-	Tok   *tokenizer.Tokenizer
-	Store *Store
-	// Experts opens each forward step's expert backend (remote experts: the
-	// Dispatcher); nil computes experts with the model's own backend.
-	Experts interface {
-		Step(ctx context.Context) StepBackend
-	}
+	Model   Forwarder
+	EOS     int // the model's end-of-sequence id (< 0: none)
+	Tok     *tokenizer.Tokenizer
+	Store   *Store
+	Experts StepExperts
 	Metrics *metrics     // nil: none
 	Tracer  trace.Tracer // nil: no step spans
 	Tracing StepTracing
@@ -173,7 +193,7 @@ type StepTracing struct {
 func (s *Scheduler) Submit(ctx context.Context, sp JobSpec) (*Job, error) {
 	feed := append(append([]int(nil), sp.Session.Unfed...), sp.Prompt...)
 	dec := engine.NewDecoder(s.deps.Tok, engine.Spec{Params: sp.Params, MaxTokens: max(sp.MaxTokens, 1), StopIDs: sp.StopIDs,
-		StopStrings: sp.StopStrings, IgnoreEOS: sp.IgnoreEOS, EOS: s.deps.Model.Cfg.EOS}, feed)
+		StopStrings: sp.StopStrings, IgnoreEOS: sp.IgnoreEOS, EOS: s.deps.EOS}, feed)
 	j := &Job{ctx: ctx, sess: sp.Session, pending: feed, prefill: true, dec: dec, logprobs: sp.LogProbs, prefillOnly: sp.PrefillOnly,
 		promptTokens: len(sp.Prompt), cached: sp.Session.State.Pos, enqueued: time.Now(), notify: make(chan struct{}, 1), api: sp.API}
 	if j.api == "" {
@@ -346,12 +366,7 @@ func (s *Scheduler) plan() (batch []hybrid.Seq, jobs []*Job, rows int) {
 // as one pass or (ping-pong) two overlapped micro-batches.
 func (s *Scheduler) forward(ctx context.Context, batch []hybrid.Seq, rows int) ([]CallInfo, error) {
 	m := s.deps.Model
-	experts := m.Experts
-	var step StepBackend
-	if s.deps.Experts != nil {
-		step = s.deps.Experts.Step(ctx)
-		experts = step
-	}
+	step := s.deps.Experts.Step(ctx)
 	var err error
 	if s.cfg.PingPong && len(batch) >= 2 && rows >= max(2, s.cfg.PingPongMinRows) {
 		// Split by rows into two halves, keeping each sequence whole.
@@ -363,12 +378,9 @@ func (s *Scheduler) forward(ctx context.Context, batch []hybrid.Seq, rows int) (
 				break
 			}
 		}
-		err = m.ForwardPingPongOn(experts, batch[:cut], batch[cut:])
+		err = m.ForwardPingPongOn(step, batch[:cut], batch[cut:])
 	} else {
-		err = m.ForwardOn(experts, batch)
-	}
-	if step == nil {
-		return nil, err
+		err = m.ForwardOn(step, batch)
 	}
 	return step.Calls(), err
 }

@@ -1,0 +1,257 @@
+package trunknode
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard-serving/switchyard/internal/routing"
+	"github.com/switchyard-serving/switchyard/internal/wire"
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+)
+
+// fakeExpert is an ExpertService whose expert e multiplies a row by e+1: the
+// dispatcher is tested against it without a model.
+type fakeExpert struct {
+	pb.UnimplementedExpertServiceServer
+	mu      sync.Mutex
+	fail    bool          // answer every chunk with an error
+	hold    chan struct{} // when set, answer only once it is closed
+	chunks  int
+	maxSize int // largest ExpertBatch received, in bytes
+}
+
+func (f *fakeExpert) Dispatch(st grpc.BidiStreamingServer[pb.ExpertBatch, pb.ExpertResult]) error {
+	for {
+		b, err := st.Recv()
+		if err != nil {
+			return nil
+		}
+		f.mu.Lock()
+		f.chunks++
+		f.maxSize = max(f.maxSize, proto.Size(b))
+		fail, hold := f.fail, f.hold
+		f.mu.Unlock()
+		if hold != nil {
+			<-hold
+		}
+		res := &pb.ExpertResult{StepId: b.StepId, Layer: b.Layer, Chunk: b.Chunk, Rows: b.Rows}
+		if fail {
+			res.Error = "expert node: injected failure"
+		} else {
+			h, k := int(b.Hidden), int(b.TopK)
+			x := make([]float32, int(b.Rows)*h)
+			wire.Decode(b.Dtype, x, b.Activations)
+			out := make([]float32, len(x))
+			for r := range int(b.Rows) {
+				for j := range k {
+					w := b.Weights[r*k+j] * float32(b.ExpertIds[r*k+j]+1)
+					for i := range h {
+						out[r*h+i] += w * x[r*h+i]
+					}
+				}
+			}
+			res.Out = wire.Encode(b.Dtype, nil, out)
+		}
+		if err := st.Send(res); err != nil {
+			return nil
+		}
+	}
+}
+
+// serveFake starts fake expert nodes and returns their addresses.
+func serveFake(t *testing.T, fakes ...*fakeExpert) []string {
+	t.Helper()
+	var addrs []string
+	for _, f := range fakes {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20))
+		pb.RegisterExpertServiceServer(s, f)
+		go s.Serve(lis)
+		t.Cleanup(s.Stop)
+		addrs = append(addrs, lis.Addr().String())
+	}
+	return addrs
+}
+
+func newTestDispatcher(t *testing.T, cfg DispatchConfig, hidden int) *Dispatcher {
+	cfg.Dial = func(ctx context.Context, addr string) (*grpc.ClientConn, error) {
+		return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	}
+	d := NewDispatcher(cfg, hidden)
+	t.Cleanup(d.Close)
+	return d
+}
+
+// request builds a layer call of rows rows routed to experts (row+j) mod 4.
+func request(rows, hidden, topK int) (*hybrid.ExpertRequest, []float32) {
+	req := &hybrid.ExpertRequest{Layer: 0, Rows: rows, Hidden: hidden, TopK: topK, X: make([]float32, rows*hidden),
+		Experts: make([]int32, rows*topK), Weights: make([]float32, rows*topK), Out: make([]float32, rows*hidden)}
+	want := make([]float32, rows*hidden)
+	for r := range rows {
+		for i := range hidden {
+			req.X[r*hidden+i] = float32((r*7+i)%13) / 8
+		}
+		for j := range topK {
+			e := (r + j) % 4
+			req.Experts[r*topK+j], req.Weights[r*topK+j] = int32(e), 1/float32(topK)
+			for i := range hidden {
+				want[r*hidden+i] += req.X[r*hidden+i] * float32(e+1) / float32(topK)
+			}
+		}
+	}
+	return req, want
+}
+
+func maxDiff(a, b []float32) float64 {
+	var m float64
+	for i := range a {
+		m = max(m, math.Abs(float64(a[i]-b[i])))
+	}
+	return m
+}
+
+func table2(a, b string, replicateZero bool) *routing.Table {
+	t := routing.NewTable(1, 1, 4)
+	t.Nodes = []routing.Node{{ID: "a", Addr: a}, {ID: "b", Addr: b}}
+	for e := range 4 {
+		node := "a"
+		if e >= 2 {
+			node = "b"
+		}
+		t.Replicas[0][e] = []routing.Replica{{Node: node, Share: 1}}
+	}
+	if replicateZero {
+		t.Replicas[0][0] = append(t.Replicas[0][0], routing.Replica{Node: "b", Share: 1})
+	}
+	return t
+}
+
+func TestDispatchSplitsAndSums(t *testing.T) {
+	fa, fb := &fakeExpert{}, &fakeExpert{}
+	addrs := serveFake(t, fa, fb)
+	for _, dt := range []pb.WireDType{pb.WireDType_WIRE_DTYPE_F32, pb.WireDType_WIRE_DTYPE_BF16} {
+		t.Run(dt.String(), func(t *testing.T) {
+			d := newTestDispatcher(t, DispatchConfig{WireDType: dt}, 64)
+			d.SetTable(table2(addrs[0], addrs[1], false))
+			req, want := request(9, 64, 2)
+			st := d.Step(context.Background())
+			if err := st.Begin(req).Wait(); err != nil {
+				t.Fatal(err)
+			}
+			tol := 1e-6
+			if dt == pb.WireDType_WIRE_DTYPE_BF16 {
+				tol = 0.1 // rows and sums rounded to bf16
+			}
+			if m := maxDiff(req.Out, want); m > tol {
+				t.Fatalf("max diff %g", m)
+			}
+			if calls := st.Calls(); len(calls) != 2 {
+				t.Fatalf("%d node calls recorded, want 2", len(calls))
+			}
+		})
+	}
+}
+
+// f32 rows are twice as large as bf16 rows: chunks must be sized for the
+// dtype on the wire, or messages exceed the limit (they did).
+func TestDispatchChunksUnderMessageLimit(t *testing.T) {
+	fa, fb := &fakeExpert{}, &fakeExpert{}
+	addrs := serveFake(t, fa, fb)
+	const limit = 64 << 10
+	d := newTestDispatcher(t, DispatchConfig{WireDType: pb.WireDType_WIRE_DTYPE_F32, MaxMsgBytes: limit}, 1024)
+	d.SetTable(table2(addrs[0], addrs[1], false))
+	req, want := request(200, 1024, 2)
+	if err := d.Step(context.Background()).Begin(req).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if m := maxDiff(req.Out, want); m > 1e-5 {
+		t.Fatalf("max diff %g", m)
+	}
+	for _, f := range []*fakeExpert{fa, fb} {
+		if f.maxSize > limit || f.chunks < 2 {
+			t.Fatalf("largest message %d bytes (limit %d), %d chunks", f.maxSize, limit, f.chunks)
+		}
+	}
+}
+
+func TestDispatchRetriesOnAnotherReplica(t *testing.T) {
+	fa, fb := &fakeExpert{fail: true}, &fakeExpert{}
+	addrs := serveFake(t, fa, fb)
+	d := newTestDispatcher(t, DispatchConfig{WireDType: pb.WireDType_WIRE_DTYPE_F32, Deadline: 300 * time.Millisecond}, 16)
+	d.SetTable(table2(addrs[0], addrs[1], true))
+	// Only expert 0 (replicated on a and b) and experts 2, 3 (b): a fails, b answers.
+	req, want := request(4, 16, 1)
+	for r := range 4 {
+		req.Experts[r] = []int32{0, 2, 3, 0}[r]
+		for i := range 16 {
+			want[r*16+i] = req.X[r*16+i] * float32(req.Experts[r]+1)
+		}
+		req.Weights[r] = 1
+	}
+	if err := d.Step(context.Background()).Begin(req).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if m := maxDiff(req.Out, want); m > 1e-6 {
+		t.Fatalf("max diff %g", m)
+	}
+	if d.Stats().Retries.Load() == 0 {
+		t.Fatal("no retry recorded")
+	}
+	// Expert 1 lives only on the failing node: the call fails after the deadline.
+	req, _ = request(1, 16, 1)
+	req.Experts[0] = 1
+	if err := d.Step(context.Background()).Begin(req).Wait(); err == nil {
+		t.Fatal("a call with no working replica succeeded")
+	}
+}
+
+// The step's context is what bounds its layer calls: cancelling it (the node
+// shutting down) ends a call stuck on a silent expert node at once, not after
+// the per-call timeout.
+func TestDispatchStepContextCancels(t *testing.T) {
+	hold := make(chan struct{})
+	defer close(hold)
+	fa, fb := &fakeExpert{hold: hold}, &fakeExpert{hold: hold}
+	addrs := serveFake(t, fa, fb)
+	d := newTestDispatcher(t, DispatchConfig{Timeout: time.Minute, Deadline: time.Minute}, 16)
+	d.SetTable(table2(addrs[0], addrs[1], false))
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := request(2, 16, 1)
+	p := d.Step(ctx).Begin(req)
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	cancel()
+	err := p.Wait()
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("cancellation took %v", d)
+	}
+}
+
+func TestRowsPerChunk(t *testing.T) {
+	for _, tc := range []struct{ maxMsg, elem, hidden, k, want int }{
+		{16 << 20, 2, 1536, 6, (16<<20 - 4096) / (2*1536 + 48 + 16)},
+		{16 << 20, 4, 1536, 6, (16<<20 - 4096) / (4*1536 + 48 + 16)},
+		{1000, 4, 4096, 8, 1}, // one row always goes, even over the limit
+	} {
+		if got := rowsPerChunk(tc.maxMsg, tc.elem, tc.hidden, tc.k); got != tc.want {
+			t.Errorf("rowsPerChunk(%d, %d, %d, %d) = %d, want %d", tc.maxMsg, tc.elem, tc.hidden, tc.k, got, tc.want)
+		}
+	}
+}
