@@ -12,7 +12,7 @@ IMAGE_TAG ?= dev
 # The GPU binary: purego loader for CUDA (dynamically linked; see docs/gpu.md).
 BIN_CUDA  ?= bin/switchyard-cuda
 
-.PHONY: all build build-cuda gpu-bundle image-cuda verify-ptx test test-short bench run lint verify verify-deps verify-lint verify-proto proto fmt generate clean image helm-test
+.PHONY: test-race all build build-cuda gpu-bundle image-cuda verify-ptx test test-short bench run lint verify verify-deps verify-lint verify-proto proto fmt generate clean image helm-test
 
 all: build
 
@@ -43,6 +43,14 @@ image:
 # The GPU expert image (the Dockerfile's cuda target), tagged as the chart expects.
 image-cuda:
 	docker build --target cuda -t $(IMAGE):$(IMAGE_TAG)-cuda .
+
+# The race detector over the shell: the lifecycle, the rollout, the roles and the
+# in-process cluster harness (the model and kernel packages are left out: they
+# start no goroutines of their own beyond pools tested in make test).
+RACE_PKGS := ./internal/cluster/... ./internal/agent/... ./internal/rollout/... ./internal/membership/... \
+	./internal/cli/localcluster/... ./trunk-node/... ./expert-node/... ./coordinator/...
+test-race:
+	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)

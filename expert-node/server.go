@@ -76,7 +76,7 @@ type dispatchStream struct {
 	node   *Node
 	stream grpc.BidiStreamingServer[pb.ExpertBatch, pb.ExpertResult]
 
-	slots chan struct{}                   // outstanding results (capacity MaxInflightPerStream)
+	slots chan struct{}         // outstanding results (capacity MaxInflightPerStream)
 	sendc chan *pb.ExpertResult // results for the send loop (same capacity)
 
 	mu          sync.Mutex
