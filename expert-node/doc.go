@@ -32,6 +32,14 @@
 // stream. Each stream may have Config.MaxInflightPerStream chunks outstanding;
 // beyond that the node stops reading from the stream (flow control).
 //
+// # In a cluster
+//
+// Run makes the node a cluster member on the shared lifecycle (internal/agent):
+// it serves ExpertService, registers in etcd (with its GPU slots), and keeps its
+// assignment in step with the routing tables through rollout.Follower
+// (make-before-break). The package reaches etcd only through agent, rollout and
+// cluster; a Node used directly, as below, needs no control plane.
+//
 // # Example
 //
 //	n, err := expertnode.New(cfg)

@@ -39,6 +39,8 @@ type DispatchConfig struct {
 	// OnCall, if set, observes every per-node round trip of a layer call (metrics,
 	// traces, benchmarks). It must not block.
 	OnCall func(CallInfo)
+	// Tracer, if set, opens a span per node call of a traced step.
+	Tracer trace.Tracer
 }
 
 // CallInfo describes one node's part of one MoE layer dispatch.
@@ -157,7 +159,7 @@ func NewDispatcher(cfg DispatchConfig, hidden int) *Dispatcher {
 	if cfg.MaxMsgBytes == 0 {
 		cfg.MaxMsgBytes = 16 << 20
 	}
-	return &Dispatcher{cfg: cfg, hidden: hidden, conns: map[string]*nodeStream{}, down: map[string]time.Time{}}
+	return &Dispatcher{cfg: cfg, hidden: hidden, tracer: cfg.Tracer, conns: map[string]*nodeStream{}, down: map[string]time.Time{}}
 }
 
 // SetTable switches to a new routing table; calls in flight keep the table they
@@ -386,27 +388,13 @@ func (d *Dispatcher) assign(t *routing.Table, layer int, todo []pair, failed map
 }
 
 // callNode sends one node's pairs (chunked by rows) and adds the results into
-// req.Out. It is all-or-nothing per node from the caller's view: on error nothing
-// of this node's chunks has been added... except chunks already summed, which the
-// caller must not retry; so results are staged and added only when all arrived.
+// req.Out. It is all-or-nothing per node: results are staged and added only
+// once every chunk has arrived, so a failed node's pairs can be retried
+// elsewhere without double counting.
 func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybrid.ExpertRequest, pairs []pair, attempt int) (err error) {
 	info := CallInfo{Node: node, Layer: req.Layer, Pairs: len(pairs), Start: time.Now(), Attempt: attempt}
 	span, carrier := d.traceCall(st.ctx, &info)
-	defer func() {
-		info.RTT = time.Since(info.Start)
-		info.Err = err
-		if span != nil {
-			span.SetAttributes(callAttrs(info)...)
-			if err != nil {
-				span.SetStatus(otelcodes.Error, err.Error())
-			}
-			span.End()
-		}
-		st.record(info)
-		if d.cfg.OnCall != nil {
-			d.cfg.OnCall(info)
-		}
-	}()
+	defer func() { d.endCall(st, span, &info, err) }()
 	addr, ok := t.Addr(node)
 	if !ok {
 		return fmt.Errorf("not in routing table")
@@ -415,98 +403,143 @@ func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybr
 	if err != nil {
 		return err
 	}
-	h := req.Hidden
-	// Rows used by this node, in order, and per row its pairs.
-	rowIdx := map[int32]int{}
-	var rows []int32
-	perRow := [][]pair{}
-	for _, p := range pairs {
-		i, ok := rowIdx[p.row]
-		if !ok {
-			i = len(rows)
-			rowIdx[p.row] = i
-			rows = append(rows, p.row)
-			perRow = append(perRow, nil)
-		}
-		perRow[i] = append(perRow[i], p)
-	}
-	k := 0
-	for _, pr := range perRow {
-		k = max(k, len(pr))
-	}
-	perChunk := rowsPerChunk(d.cfg.MaxMsgBytes, wire.Size(d.cfg.WireDType), h, k)
-	chunks := (len(rows) + perChunk - 1) / perChunk
+	g := groupRows(pairs)
+	perChunk := rowsPerChunk(d.cfg.MaxMsgBytes, wire.Size(d.cfg.WireDType), req.Hidden, g.k)
+	chunks := (len(g.rows) + perChunk - 1) / perChunk
 	step := d.step.Add(1)
 	ctx, cancel := context.WithTimeout(st.ctx, d.cfg.Timeout)
 	defer cancel()
 	waits := make([]chan *pb.ExpertResult, chunks)
 	for c := range chunks {
-		r0, r1 := c*perChunk, min((c+1)*perChunk, len(rows))
-		n := r1 - r0
-		msg := &pb.ExpertBatch{StepId: step, Layer: uint32(req.Layer), Rows: uint32(n), Hidden: uint32(h), TopK: uint32(k),
-			Chunk: uint32(c), Chunks: uint32(chunks), Dtype: d.cfg.WireDType, Activations: make([]byte, 0, wire.Size(d.cfg.WireDType)*n*h),
-			ExpertIds: make([]uint32, n*k), Weights: make([]float32, n*k), Trace: carrier}
-		for i := range n {
-			msg.Activations = wire.Encode(d.cfg.WireDType, msg.Activations, req.X[int(rows[r0+i])*h:int(rows[r0+i]+1)*h])
-			pr := perRow[r0+i]
-			for j := range k {
-				p := pr[min(j, len(pr)-1)]
-				msg.ExpertIds[i*k+j] = uint32(p.expert)
-				if j < len(pr) {
-					msg.Weights[i*k+j] = p.weight
-				} // else padding: same expert, weight 0 (skipped by the node)
-			}
-		}
-		ch, err := s.send(ctx, msg)
-		if err != nil {
+		r0, r1 := c*perChunk, min((c+1)*perChunk, len(g.rows))
+		msg := d.encodeChunk(req, g, r0, r1, step, c, chunks, carrier)
+		if waits[c], err = s.send(ctx, msg); err != nil {
 			return err
 		}
-		waits[c] = ch
+		n, sent := r1-r0, len(msg.Activations)+8*(r1-r0)*g.k
 		d.stats.Messages.Add(1)
-		d.stats.BytesOut.Add(uint64(len(msg.Activations) + 8*n*k))
+		d.stats.BytesOut.Add(uint64(sent))
 		d.stats.Rows.Add(uint64(n))
 		info.Rows += n
-		info.BytesOut += len(msg.Activations) + 8*n*k
+		info.BytesOut += sent
 	}
 	results := make([]*pb.ExpertResult, chunks)
 	for c, ch := range waits {
-		select {
-		case res, ok := <-ch:
-			if !ok || res == nil {
-				return s.failure()
-			}
-			if res.Error != "" {
-				return errors.New(res.Error)
-			}
-			r0, r1 := c*perChunk, min((c+1)*perChunk, len(rows))
-			if int(res.Rows) != r1-r0 || wire.Check(d.cfg.WireDType, res.Out, (r1-r0)*h) != nil {
-				return fmt.Errorf("malformed result: %d rows, %d bytes", res.Rows, len(res.Out))
-			}
-			results[c] = res
-			d.stats.BytesIn.Add(uint64(len(res.Out)))
-			info.BytesIn += len(res.Out)
-			info.Compute += time.Duration(res.ComputeMicros) * time.Microsecond
-		case <-ctx.Done():
-			s.forget(step)
-			if st.ctx.Err() != nil {
-				return st.ctx.Err()
-			}
-			return fmt.Errorf("timed out after %v", d.cfg.Timeout)
+		n := min((c+1)*perChunk, len(g.rows)) - c*perChunk
+		if results[c], err = d.await(ctx, st, s, step, ch, n, req.Hidden, &info); err != nil {
+			return err
 		}
 	}
-	// All chunks arrived: add them into the output (the only writes to req.Out,
-	// under a lock because several nodes finish concurrently).
+	d.addResults(req, g.rows, perChunk, results)
+	return nil
+}
+
+// endCall records a finished node call: its span, the step's record, OnCall.
+func (d *Dispatcher) endCall(st *Step, span trace.Span, info *CallInfo, err error) {
+	info.RTT = time.Since(info.Start)
+	info.Err = err
+	if span != nil {
+		span.SetAttributes(callAttrs(*info)...)
+		if err != nil {
+			span.SetStatus(otelcodes.Error, err.Error())
+		}
+		span.End()
+	}
+	st.record(*info)
+	if d.cfg.OnCall != nil {
+		d.cfg.OnCall(*info)
+	}
+}
+
+// nodeRows is one node's share of a layer call: the rows it gets, in order,
+// each row's pairs, and the widest row (the message's top_k).
+type nodeRows struct {
+	rows   []int32
+	perRow [][]pair
+	k      int
+}
+
+func groupRows(pairs []pair) nodeRows {
+	var g nodeRows
+	rowIdx := map[int32]int{}
+	for _, p := range pairs {
+		i, ok := rowIdx[p.row]
+		if !ok {
+			i = len(g.rows)
+			rowIdx[p.row] = i
+			g.rows = append(g.rows, p.row)
+			g.perRow = append(g.perRow, nil)
+		}
+		g.perRow[i] = append(g.perRow[i], p)
+	}
+	for _, pr := range g.perRow {
+		g.k = max(g.k, len(pr))
+	}
+	return g
+}
+
+// encodeChunk builds the message of rows [r0, r1) of a node's share. Rows with
+// fewer pairs than k are padded with their last expert at weight 0 (skipped by
+// the node).
+func (d *Dispatcher) encodeChunk(req *hybrid.ExpertRequest, g nodeRows, r0, r1 int, step uint64, c, chunks int, carrier map[string]string) *pb.ExpertBatch {
+	h, k, n := req.Hidden, g.k, r1-r0
+	msg := &pb.ExpertBatch{StepId: step, Layer: uint32(req.Layer), Rows: uint32(n), Hidden: uint32(h), TopK: uint32(k),
+		Chunk: uint32(c), Chunks: uint32(chunks), Dtype: d.cfg.WireDType, Activations: make([]byte, 0, wire.Size(d.cfg.WireDType)*n*h),
+		ExpertIds: make([]uint32, n*k), Weights: make([]float32, n*k), Trace: carrier}
+	for i := range n {
+		row := int(g.rows[r0+i])
+		msg.Activations = wire.Encode(d.cfg.WireDType, msg.Activations, req.X[row*h:(row+1)*h])
+		pr := g.perRow[r0+i]
+		for j := range k {
+			p := pr[min(j, len(pr)-1)]
+			msg.ExpertIds[i*k+j] = uint32(p.expert)
+			if j < len(pr) {
+				msg.Weights[i*k+j] = p.weight
+			}
+		}
+	}
+	return msg
+}
+
+// await waits for one chunk's result and checks its shape (rows x hidden).
+func (d *Dispatcher) await(ctx context.Context, st *Step, s *nodeStream, step uint64, ch chan *pb.ExpertResult, rows, hidden int, info *CallInfo) (*pb.ExpertResult, error) {
+	select {
+	case res, ok := <-ch:
+		if !ok || res == nil {
+			return nil, s.failure()
+		}
+		if res.Error != "" {
+			return nil, errors.New(res.Error)
+		}
+		if int(res.Rows) != rows || wire.Check(d.cfg.WireDType, res.Out, rows*hidden) != nil {
+			return nil, fmt.Errorf("malformed result: %d rows, %d bytes", res.Rows, len(res.Out))
+		}
+		d.stats.BytesIn.Add(uint64(len(res.Out)))
+		info.BytesIn += len(res.Out)
+		info.Compute += time.Duration(res.ComputeMicros) * time.Microsecond
+		return res, nil
+	case <-ctx.Done():
+		s.forget(step)
+		if st.ctx.Err() != nil {
+			return nil, st.ctx.Err()
+		}
+		return nil, fmt.Errorf("timed out after %v", d.cfg.Timeout)
+	}
+}
+
+// addResults sums every chunk's rows into req.Out: the only writes to req.Out,
+// under a lock because several nodes finish concurrently.
+func (d *Dispatcher) addResults(req *hybrid.ExpertRequest, rows []int32, perChunk int, results []*pb.ExpertResult) {
+	h, sz := req.Hidden, wire.Size(d.cfg.WireDType)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for c, res := range results {
 		r0 := c * perChunk
 		for i := range int(res.Rows) {
 			dst := req.Out[int(rows[r0+i])*h : int(rows[r0+i]+1)*h]
-			sz := wire.Size(d.cfg.WireDType)
 			wire.Add(d.cfg.WireDType, dst, res.Out[sz*i*h:])
 		}
 	}
-	return nil
 }
 
 // rowsPerChunk is how many rows fit one ExpertBatch under maxMsg bytes: each

@@ -4,6 +4,18 @@
 // expert, LM head, sampling) under a continuous-batching scheduler, and dispatches
 // the routed experts of each MoE layer to expert nodes following the routing table
 // it watches in etcd.
+//
+// The node is built from units with small seams, each tested alone:
+//
+//   - api (server.go, snapshot.go): the public RPCs, validation and status
+//     mapping; it talks to the rest through the store and Scheduler.Submit.
+//   - sessions (sessions.go): the session store and its memory budgets.
+//   - scheduling (scheduler.go): admission, batching and chunked prefill over a
+//     Forwarder (the model; a fake in tests); tokens come from engine.Decoder,
+//     the decode loop the single-process engine shares.
+//   - dispatch (dispatch.go): routing, per-node streams, chunking and retries;
+//     each forward step gets its own StepBackend carrying the step's context.
+//   - lifecycle (node.go): Config → New → Run/Serve → Close on internal/agent.
 package trunknode
 
 import (
@@ -132,11 +144,10 @@ func (n *Node) newDispatcher(hidden int) (*Dispatcher, error) {
 			user(ci)
 		}
 	}
-	d := NewDispatcher(dc, hidden)
 	if cfg.Tracing.Enabled {
-		d.tracer = cfg.Tracing.Tracer()
+		dc.Tracer = cfg.Tracing.Tracer()
 	}
-	return d, nil
+	return NewDispatcher(dc, hidden), nil
 }
 
 // noExperts is the model's default expert backend on a trunk with remote

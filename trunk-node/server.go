@@ -174,60 +174,12 @@ type sender interface {
 }
 
 func (a *api) generate(ctx context.Context, g genArgs, out sender) error {
-	lim := a.n.limits
-	switch {
-	case g.maxTokens <= 0:
-		return invalid("max_tokens must be > 0, got %d", g.maxTokens)
-	case int(g.maxTokens) > lim.MaxNewTokens:
-		return invalid("max_tokens %d exceeds the server limit %d", g.maxTokens, lim.MaxNewTokens)
-	case len(g.stop)+len(g.stopIDs) > lim.MaxStops:
-		return invalid("%d stop strings/ids exceed the limit %d", len(g.stop)+len(g.stopIDs), lim.MaxStops)
-	}
-	for _, id := range g.stopIDs {
-		if id < 0 || int(id) >= a.cfg().VocabSize {
-			return invalid("stop_token_ids contains %d, outside the vocabulary [0, %d)", id, a.cfg().VocabSize)
-		}
-	}
-	for _, s := range g.stop {
-		if s == "" {
-			return invalid("stop strings must not be empty")
-		}
-	}
-	params, err := samplingOf(g.sampling)
+	params, err := a.checkGen(g)
 	if err != nil {
 		return err
 	}
-	var sess *Session
-	if g.sessionID != "" {
-		if sess, err = a.n.store.Get(g.sessionID); err != nil {
-			return err
-		}
-	} else {
-		if len(g.prompt) == 0 {
-			return invalid("the prompt is empty (set text or token_ids, or continue a session with session_id)")
-		}
-		if sess, err = a.n.store.Create(true); err != nil {
-			return err
-		}
-	}
-	if len(g.prompt) == 0 && len(sess.Unfed) == 0 {
-		if sess.ephemeral {
-			a.n.store.Release(sess)
-		}
-		return invalid("the prompt is empty and session %q has nothing to continue from", g.sessionID)
-	}
-	total := sess.State.Pos + len(sess.Unfed) + len(g.prompt) + int(g.maxTokens)
-	if total > lim.MaxContext {
-		if sess.ephemeral {
-			a.n.store.Release(sess)
-		}
-		return invalid("session tokens (%d) + prompt (%d) + max_tokens (%d) = %d exceeds the context limit %d",
-			sess.State.Pos, len(g.prompt), g.maxTokens, total, lim.MaxContext)
-	}
-	if err := a.n.store.Acquire(sess, len(sess.Unfed)+len(g.prompt)+int(g.maxTokens)); err != nil {
-		if sess.ephemeral {
-			a.n.store.Release(sess)
-		}
+	sess, err := a.reserve(g)
+	if err != nil {
 		return err
 	}
 	stopIDs := make([]int, len(g.stopIDs))
@@ -240,51 +192,124 @@ func (a *api) generate(ctx context.Context, g genArgs, out sender) error {
 		a.n.store.Release(sess)
 		return err
 	}
+	return a.stream(ctx, g, sess, job, out)
+}
+
+// checkGen validates a generation's limits and sampling parameters.
+func (a *api) checkGen(g genArgs) (sample.Params, error) {
+	lim := a.n.limits
+	switch {
+	case g.maxTokens <= 0:
+		return sample.Params{}, invalid("max_tokens must be > 0, got %d", g.maxTokens)
+	case int(g.maxTokens) > lim.MaxNewTokens:
+		return sample.Params{}, invalid("max_tokens %d exceeds the server limit %d", g.maxTokens, lim.MaxNewTokens)
+	case len(g.stop)+len(g.stopIDs) > lim.MaxStops:
+		return sample.Params{}, invalid("%d stop strings/ids exceed the limit %d", len(g.stop)+len(g.stopIDs), lim.MaxStops)
+	}
+	for _, id := range g.stopIDs {
+		if id < 0 || int(id) >= a.cfg().VocabSize {
+			return sample.Params{}, invalid("stop_token_ids contains %d, outside the vocabulary [0, %d)", id, a.cfg().VocabSize)
+		}
+	}
+	for _, s := range g.stop {
+		if s == "" {
+			return sample.Params{}, invalid("stop strings must not be empty")
+		}
+	}
+	return samplingOf(g.sampling)
+}
+
+// reserve finds the generation's session (or creates an ephemeral one),
+// checks the context limit and acquires the session with KV for the prompt
+// and max_tokens. On error nothing stays acquired.
+func (a *api) reserve(g genArgs) (*Session, error) {
+	lim := a.n.limits
+	var sess *Session
+	var err error
+	if g.sessionID != "" {
+		if sess, err = a.n.store.Get(g.sessionID); err != nil {
+			return nil, err
+		}
+	} else {
+		if len(g.prompt) == 0 {
+			return nil, invalid("the prompt is empty (set text or token_ids, or continue a session with session_id)")
+		}
+		if sess, err = a.n.store.Create(true); err != nil {
+			return nil, err
+		}
+	}
+	drop := func(err error) (*Session, error) {
+		if sess.ephemeral {
+			a.n.store.Release(sess)
+		}
+		return nil, err
+	}
+	if len(g.prompt) == 0 && len(sess.Unfed) == 0 {
+		return drop(invalid("the prompt is empty and session %q has nothing to continue from", g.sessionID))
+	}
+	total := sess.State.Pos + len(sess.Unfed) + len(g.prompt) + int(g.maxTokens)
+	if total > lim.MaxContext {
+		return drop(invalid("session tokens (%d) + prompt (%d) + max_tokens (%d) = %d exceeds the context limit %d",
+			sess.State.Pos, len(g.prompt), g.maxTokens, total, lim.MaxContext))
+	}
+	if err := a.n.store.Acquire(sess, len(sess.Unfed)+len(g.prompt)+int(g.maxTokens)); err != nil {
+		return drop(err)
+	}
+	return sess, nil
+}
+
+// stream forwards a job's tokens to the client as they come, then its final
+// message. A client that goes away cancels ctx; the scheduler ends the job at
+// its next step.
+func (a *api) stream(ctx context.Context, g genArgs, sess *Session, job *Job, out sender) error {
 	for {
 		select {
 		case <-job.Notify():
 		case <-ctx.Done():
-			// The scheduler sees ctx and ends the job at its next step.
 			<-job.Notify()
 		}
 		evs, fin := job.Drain()
 		if len(evs) > 0 {
-			chunk := &pb.TokenChunk{}
-			var sb strings.Builder
-			for _, ev := range evs {
-				if ev.Token >= 0 {
-					chunk.TokenIds = append(chunk.TokenIds, int32(ev.Token))
-					if g.logprobs {
-						chunk.Logprobs = append(chunk.Logprobs, ev.LogProb)
-					}
-				}
-				sb.WriteString(ev.Text)
-			}
-			chunk.Text = sb.String()
-			if err := out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Chunk{Chunk: chunk}}); err != nil {
+			if err := out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Chunk{Chunk: tokenChunk(evs, g.logprobs)}}); err != nil {
 				return err
 			}
 		}
-		if fin != nil {
-			a.n.metrics.jobFinished(job, fin)
-			if fin.Err != nil && fin.Reason != engine.FinishCancel {
-				return fin.Err
-			}
-			if fin.Err != nil && ctx.Err() == nil {
-				return fin.Err
-			}
-			reason := map[string]pb.FinishReason{engine.FinishStop: pb.FinishReason_FINISH_REASON_STOP,
-				engine.FinishLength: pb.FinishReason_FINISH_REASON_LENGTH, engine.FinishCancel: pb.FinishReason_FINISH_REASON_CANCELLED}[fin.Reason]
-			sid := ""
-			if !sess.ephemeral {
-				sid = sess.ID
-			}
-			return out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Final{Final: &pb.GenerateFinal{
-				FinishReason: reason, SessionId: sid,
-				Usage: &pb.Usage{PromptTokens: int32(fin.PromptTokens), CompletionTokens: int32(fin.CompletionTokens), CachedTokens: int32(fin.CachedTokens)},
-			}}})
+		if fin == nil {
+			continue
 		}
+		a.n.metrics.jobFinished(job, fin)
+		if fin.Err != nil && (fin.Reason != engine.FinishCancel || ctx.Err() == nil) {
+			return fin.Err
+		}
+		sid := ""
+		if !sess.ephemeral {
+			sid = sess.ID
+		}
+		return out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Final{Final: &pb.GenerateFinal{
+			FinishReason: finishReasons[fin.Reason], SessionId: sid,
+			Usage: &pb.Usage{PromptTokens: int32(fin.PromptTokens), CompletionTokens: int32(fin.CompletionTokens), CachedTokens: int32(fin.CachedTokens)},
+		}}})
 	}
+}
+
+var finishReasons = map[string]pb.FinishReason{engine.FinishStop: pb.FinishReason_FINISH_REASON_STOP,
+	engine.FinishLength: pb.FinishReason_FINISH_REASON_LENGTH, engine.FinishCancel: pb.FinishReason_FINISH_REASON_CANCELLED}
+
+// tokenChunk packs a batch of events into one streamed chunk.
+func tokenChunk(evs []Event, logprobs bool) *pb.TokenChunk {
+	chunk := &pb.TokenChunk{}
+	var sb strings.Builder
+	for _, ev := range evs {
+		if ev.Token >= 0 {
+			chunk.TokenIds = append(chunk.TokenIds, int32(ev.Token))
+			if logprobs {
+				chunk.Logprobs = append(chunk.Logprobs, ev.LogProb)
+			}
+		}
+		sb.WriteString(ev.Text)
+	}
+	chunk.Text = sb.String()
+	return chunk
 }
 
 func (a *api) sessionMsg(s *Session) *pb.Session {
