@@ -57,6 +57,7 @@ type Node struct {
 	disp       *Dispatcher // nil with local experts
 	limits     Limits
 	kvPerToken int64
+	size       hybrid.StateSize
 	metrics    *metrics
 	health     *health.Server
 	ready      chan struct{}
@@ -103,7 +104,8 @@ func New(cfg Config) (*Node, error) {
 	if mc := c.MaxPositionEmbed; c.UseRope() && mc > 0 && mc < n.limits.MaxContext {
 		n.limits.MaxContext = mc
 	}
-	n.store = NewStore(cfg.Memory, e.Model.NewState, kvPer)
+	n.size = hybrid.SizeOf(c)
+	n.store = NewStore(cfg.Memory, e.Model.NewState, n.size.RecurrentBytes, kvPer)
 	deps := SchedDeps{Model: e.Model, EOS: c.EOS, Tok: e.Tok, Store: n.store, Experts: LocalSteps{e.Model.Experts}, Metrics: n.metrics, Tracing: cfg.StepTracing}
 	if cfg.Tracing.Enabled {
 		deps.Tracer = cfg.Tracing.Tracer()

@@ -75,7 +75,7 @@ func newSchedHarness(t *testing.T, cfg SchedConfig) *schedHarness {
 		t.Fatal(err)
 	}
 	m := &fakeModel{vocab: 200}
-	store := NewStore(MemoryConfig{RecurrentBytes: 1 << 30, KVBytes: 1 << 30}, func() *hybrid.State { return &hybrid.State{} }, 1)
+	store := NewStore(MemoryConfig{RecurrentBytes: 1 << 30, KVBytes: 1 << 30}, func() *hybrid.State { return &hybrid.State{} }, 0, 1)
 	s := NewScheduler(cfg, SchedDeps{Model: m, EOS: 199, Tok: tok, Store: store, Experts: LocalSteps{}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -439,7 +439,7 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) (err error
 		return toStatus(fmt.Errorf("%w: a snapshot of %d bytes is larger than a session at this node's context limit (%d tokens, %d bytes)",
 			errSnapshotUnsupported, total, a.n.limits.MaxContext, limit))
 	}
-	if err := a.n.store.CheckRoom(total - a.n.model.NewState().EncodedLen()); err != nil {
+	if err := a.n.store.CheckRoom(total - a.n.size.EmptyEncoded); err != nil {
 		return toStatus(err)
 	}
 	buf := make([]byte, 0, total) // bounded by the limit, the memory budget and the import cap

@@ -57,10 +57,10 @@ type Store struct {
 	kvUsed   int64 // held + reserved
 }
 
-// NewStore returns a store; newState makes a fresh model state.
-func NewStore(cfg MemoryConfig, newState func() *hybrid.State, kvPerToken int64) *Store {
-	st := newState()
-	return &Store{cfg: cfg, newState: newState, recPer: st.RecurrentBytes(), kvPerToken: kvPerToken, sessions: map[string]*Session{}}
+// NewStore returns a store; newState makes a fresh model state of
+// recurrentBytes fixed bytes (hybrid.SizeOf).
+func NewStore(cfg MemoryConfig, newState func() *hybrid.State, recurrentBytes, kvPerToken int64) *Store {
+	return &Store{cfg: cfg, newState: newState, recPer: recurrentBytes, kvPerToken: kvPerToken, sessions: map[string]*Session{}}
 }
 
 // kvCost is the KV memory of a session holding tokens: whole pages, as the

@@ -35,7 +35,7 @@ func TestStoreChargesKVByThePage(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			st := NewStore(MemoryConfig{RecurrentBytes: 1 << 40, KVBytes: tc.budget}, func() *hybrid.State { return hybrid.NewState(c) }, kvPer)
+			st := NewStore(MemoryConfig{RecurrentBytes: 1 << 40, KVBytes: tc.budget}, func() *hybrid.State { return hybrid.NewState(c) }, hybrid.SizeOf(c).RecurrentBytes, kvPer)
 			sess, err := st.Create(false)
 			if err != nil {
 				t.Fatal(err)

@@ -207,5 +207,5 @@ func (w *chunkWriter) flush() error {
 // maxSnapshotBytes is the largest snapshot this node accepts: a session at the
 // context limit.
 func (n *Node) maxSnapshotBytes() int64 {
-	return snapshotHeaderLen(maxSnapUnfed) + n.model.NewState().EncodedLen() + int64(n.limits.MaxContext)*n.kvPerToken
+	return snapshotHeaderLen(maxSnapUnfed) + n.size.EmptyEncoded + int64(n.limits.MaxContext)*n.kvPerToken
 }

@@ -55,6 +55,30 @@ func NewState(c *config.Config) *State {
 	return s
 }
 
+// StateSize is a model's per-session state size, computed from the config
+// alone (no state is allocated): the fixed recurrent part, and the encoded
+// length (EncodedLen) of an empty state.
+type StateSize struct {
+	RecurrentBytes int64 // conv + SSM states of every Mamba layer
+	EmptyEncoded   int64 // EncodedLen of a state holding no tokens
+}
+
+// SizeOf returns the state size of a model of config c.
+func SizeOf(c *config.Config) StateSize {
+	var sz StateSize
+	sz.EmptyEncoded = int64(len(stateMagic) + 5*4 + 4)
+	for _, t := range c.LayerTypes {
+		if t == config.Mamba {
+			n := int64((c.MambaDConv-1)*c.ConvDim() + c.MambaHeads*c.MambaHeadDim*c.MambaDState)
+			sz.RecurrentBytes += 4 * n
+			sz.EmptyEncoded += 16 + 4*n
+		} else {
+			sz.EmptyEncoded += 16
+		}
+	}
+	return sz
+}
+
 // RecurrentBytes is the size of the fixed part (conv + SSM states).
 func (s *State) RecurrentBytes() int64 {
 	var n int64
