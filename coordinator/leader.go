@@ -195,7 +195,14 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	var dead func() map[string]bool
 	if m := a.Membership(); m != nil {
 		dead = m.Dead
-		a.WatchPeers(250*time.Millisecond, func(agent.View) {
+		var last agent.View
+		a.WatchPeers(250*time.Millisecond, func(all agent.View) {
+			// Only expert nodes matter to placement.
+			v := all.Of(cluster.RoleExpert)
+			if sameIDs(v.Alive, last.Alive) && sameIDs(v.Dead, last.Dead) {
+				return
+			}
+			last = v
 			select {
 			case replan <- struct{}{}:
 			default:
@@ -245,6 +252,18 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		rcancel()
 	}
 	return nil
+}
+
+func sameIDs[M ~map[string]V, V any](a, b M) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -3,6 +3,7 @@ package trunknode
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -42,6 +43,7 @@ func startLocal(t *testing.T, edit func(*Config)) (pb.SwitchyardClient, *Node) {
 	cfg.Limits.MaxContext = 512
 	cfg.Limits.MaxNewTokens = 256
 	cfg.DrainTimeout = time.Second
+	cfg.Logger = slog.New(slog.DiscardHandler)
 	if edit != nil {
 		edit(&cfg)
 	}

@@ -245,7 +245,8 @@ func (n *Node) follow(a *agent.Agent) {
 	a.Go(func(ctx context.Context) { n.reportLoad(ctx, a.Registration()) })
 	a.Go(func(ctx context.Context) { cluster.WatchTable(ctx, a.Etcd(), n.applyTable) })
 	down := map[string]bool{}
-	a.WatchPeers(250*time.Millisecond, func(v agent.View) {
+	a.WatchPeers(250*time.Millisecond, func(all agent.View) {
+		v := all.Of(cluster.RoleExpert)
 		for id := range v.Dead {
 			if !down[id] {
 				down[id] = true
@@ -254,7 +255,7 @@ func (n *Node) follow(a *agent.Agent) {
 			}
 		}
 		for id := range down {
-			if _, alive := v.Alive[id]; alive && !v.Dead[id] {
+			if _, alive := v.Alive[id]; alive {
 				delete(down, id)
 				n.disp.MarkUp(id)
 				n.logger().Info("gossip: expert node is back", "expert", id)

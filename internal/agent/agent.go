@@ -222,10 +222,27 @@ func (a *Agent) Register(addr string, meta map[string]string) error {
 	return nil
 }
 
-// View is the gossip cluster as one member sees it.
+// View is the gossip cluster as one member sees it (the member itself
+// excluded).
 type View struct {
 	Alive map[string]membership.Meta // by node id
-	Dead  map[string]bool            // failed or left, not rejoined
+	Dead  map[string]membership.Meta // failed or left, not rejoined, by node id
+}
+
+// Of returns the view restricted to one role.
+func (v View) Of(role string) View {
+	out := View{Alive: map[string]membership.Meta{}, Dead: map[string]membership.Meta{}}
+	for id, m := range v.Alive {
+		if m.Role == role {
+			out.Alive[id] = m
+		}
+	}
+	for id, m := range v.Dead {
+		if m.Role == role {
+			out.Dead[id] = m
+		}
+	}
+	return out
 }
 
 // WatchPeers calls fn with the gossip view now and whenever it changes, until
@@ -242,12 +259,13 @@ func (a *Agent) WatchPeers(interval time.Duration, fn func(View)) {
 		defer t.Stop()
 		var last View
 		for {
-			v := View{Alive: map[string]membership.Meta{}, Dead: m.Dead()}
+			v := View{Alive: map[string]membership.Meta{}, Dead: m.DeadMembers()}
 			for _, mm := range m.Members() {
-				if !v.Dead[mm.ID] {
+				if _, dead := v.Dead[mm.ID]; !dead && mm.ID != a.cfg.NodeID {
 					v.Alive[mm.ID] = mm
 				}
 			}
+			delete(v.Dead, a.cfg.NodeID)
 			if !sameView(last, v) {
 				fn(v)
 				last = v
@@ -272,7 +290,7 @@ func sameView(a, b View) bool {
 		}
 	}
 	for id := range a.Dead {
-		if !b.Dead[id] {
+		if _, ok := b.Dead[id]; !ok {
 			return false
 		}
 	}

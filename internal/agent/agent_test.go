@@ -260,6 +260,11 @@ func TestWatchPeersReconciles(t *testing.T) {
 	view := func() View { mu.Lock(); defer mu.Unlock(); return last }
 	waitFor(t, "expert alive in the view", func() bool { _, ok := view().Alive["e"]; return ok })
 	expert.Crash()
-	waitFor(t, "expert dead in the view", func() bool { v := view(); _, alive := v.Alive["e"]; return v.Dead["e"] && !alive })
+	waitFor(t, "expert dead in the view", func() bool {
+		v := view().Of(cluster.RoleExpert)
+		_, alive := v.Alive["e"]
+		_, dead := v.Dead["e"]
+		return dead && !alive
+	})
 	<-stolen
 }

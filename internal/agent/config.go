@@ -189,15 +189,29 @@ func (c *Config) NewLogger(role string) *slog.Logger {
 	if c.Logger != nil {
 		return c.Logger.With("role", role, "node", c.NodeID)
 	}
-	out := c.LogOutput
-	if out == nil {
-		out = os.Stderr
+	l, err := NewLogger(c.LogOutput, c.LogLevel, c.LogFormat)
+	if err != nil {
+		l = slog.Default()
 	}
-	lvl, _ := parseLevel(c.LogLevel)
+	return l.With("role", role, "node", c.NodeID)
+}
+
+// NewLogger returns a structured logger writing to w (nil: stderr) at level
+// (debug, info, warn, error) in format (text or json).
+func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	if w == nil {
+		w = os.Stderr
+	}
+	lvl, err := parseLevel(level)
+	if err != nil {
+		return nil, err
+	}
 	opts := &slog.HandlerOptions{Level: lvl}
-	var h slog.Handler = slog.NewTextHandler(out, opts)
-	if c.LogFormat == "json" {
-		h = slog.NewJSONHandler(out, opts)
+	switch format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
-	return slog.New(h).With("role", role, "node", c.NodeID)
+	return nil, fmt.Errorf("agent: log format %q: want text or json", format)
 }

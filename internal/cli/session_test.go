@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,7 @@ func startTrunk(t *testing.T) (string, pb.SwitchyardClient) {
 	cfg.ModelPath = filepath.Join(fixture(t), "hf")
 	cfg.LocalExperts = true
 	cfg.DrainTimeout = time.Second
+	cfg.Logger = slog.New(slog.DiscardHandler)
 	n, err := trunknode.New(cfg)
 	if err != nil {
 		t.Fatal(err)

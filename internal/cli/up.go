@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/switchyard-serving/switchyard/internal/agent"
+
 	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
 	"github.com/switchyard-serving/switchyard/model/synth"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
@@ -47,6 +49,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	maxRunning := fs.Int("max-running", 64, "sessions advanced together per step")
 	metrics := fs.String("metrics-addr", "127.0.0.1:0", "trunk /metrics address")
 	expertDevice := fs.String("expert-device", "cpu", "expert nodes' device: cpu, cuda:N (all expert nodes share that GPU), or fake")
+	logLevel := fs.String("log-level", "warn", "nodes' log level on stderr: debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -60,8 +63,12 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *trunks < 1 {
 		return fmt.Errorf("--trunks must be at least 1")
 	}
+	log, err := agent.NewLogger(stderr, *logLevel, "text")
+	if err != nil {
+		return err
+	}
 	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: *model, ExpertNodes: *experts, Trunks: *trunks, Listen: *listen, DataDir: *data,
-		ExpertDevice: *expertDevice, ExpertGPUMemory: gpuShare(*expertDevice, *experts),
+		ExpertDevice: *expertDevice, ExpertGPUMemory: gpuShare(*expertDevice, *experts), Logger: log,
 		Trunk: func(tc *trunknode.Config) { tc.Sched.MaxRunning = *maxRunning; tc.MetricsAddr = *metrics }})
 	if err != nil {
 		return err

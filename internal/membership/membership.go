@@ -66,7 +66,7 @@ type Membership struct {
 	events chan Event
 
 	mu   sync.Mutex
-	dead map[string]bool // node ids that failed or left, until they rejoin
+	dead map[string]Meta // members that failed or left, by id, until they rejoin
 }
 
 type delegate struct{ meta []byte }
@@ -89,7 +89,7 @@ func (e events) push(kind EventKind, n *memberlist.Node) {
 	case Join, Update:
 		delete(e.m.dead, meta.ID)
 	case Leave:
-		e.m.dead[meta.ID] = true
+		e.m.dead[meta.ID] = meta
 	}
 	e.m.mu.Unlock()
 	select {
@@ -134,7 +134,7 @@ func Start(c Config) (*Membership, error) {
 	}
 	mc.SecretKey = c.SecretKey
 	mc.Logger = log.New(io.Discard, "", 0)
-	m := &Membership{events: make(chan Event, 256), dead: map[string]bool{}}
+	m := &Membership{events: make(chan Event, 256), dead: map[string]Meta{}}
 	mc.Delegate = &delegate{meta: meta}
 	mc.Events = events{m}
 	ml, err := memberlist.Create(mc)
@@ -176,6 +176,18 @@ func (m *Membership) Dead() map[string]bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make(map[string]bool, len(m.dead))
+	for k := range m.dead {
+		out[k] = true
+	}
+	return out
+}
+
+// DeadMembers returns the metadata of members that failed or left and have
+// not rejoined, by id.
+func (m *Membership) DeadMembers() map[string]Meta {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]Meta, len(m.dead))
 	for k, v := range m.dead {
 		out[k] = v
 	}

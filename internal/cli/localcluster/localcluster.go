@@ -88,7 +88,8 @@ type Cluster struct {
 
 type coordProc struct {
 	id     string
-	cancel func() // stops it like a crash: the election session expires
+	cancel func() // stops it gracefully (resigns, deregisters)
+	crash  func() // stops it like a killed process: the election session expires
 	done   chan struct{}
 }
 
@@ -216,7 +217,7 @@ func (c *Cluster) StartCoordinator(id string) {
 		c.opts.Coordinator(&lc)
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	p := &coordProc{id: id, cancel: func() { cancel(agent.ErrCrash) }, done: make(chan struct{})}
+	p := &coordProc{id: id, cancel: func() { cancel(nil) }, crash: func() { cancel(agent.ErrCrash) }, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		co, err := coordinator.New(lc)
@@ -250,7 +251,7 @@ func (c *Cluster) KillCoordinator(id string) error {
 	if p == nil {
 		return fmt.Errorf("localcluster: no coordinator %q", id)
 	}
-	p.cancel()
+	p.crash()
 	<-p.done
 	return nil
 }
