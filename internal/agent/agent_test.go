@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -18,10 +17,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/switchyard-serving/switchyard/internal/cluster"
-	"github.com/switchyard-serving/switchyard/internal/embedetcd"
 	"github.com/switchyard-serving/switchyard/internal/membership"
-	"github.com/switchyard-serving/switchyard/internal/netfault"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -88,55 +86,13 @@ func TestConfigFlags(t *testing.T) {
 	}
 }
 
-type cluster1 struct {
-	etcd   *embedetcd.Server
-	bridge *netfault.Bridge
-	direct *clientv3.Client
-}
-
-// startEtcd starts an embedded etcd that agents reach through a fault-injecting
-// bridge, and a direct client for assertions.
-func startEtcd(t *testing.T) *cluster1 {
-	t.Helper()
-	s, err := embedetcd.Start(context.Background(), embedetcd.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := netfault.New(strings.TrimPrefix(s.Endpoints[0], "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := s.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close(); b.Close(); s.Close() })
-	return &cluster1{etcd: s, bridge: b, direct: cli}
-}
-
-func (c *cluster1) config(id string) Config {
+func config(e *testutil.Etcd, id string) Config {
 	cfg := DefaultConfig()
-	cfg.NodeID, cfg.Etcd, cfg.LeaseTTL, cfg.StopTimeout = id, []string{"http://" + c.bridge.Addr()}, 1, time.Second
+	cfg.NodeID, cfg.Etcd, cfg.LeaseTTL, cfg.StopTimeout = id, []string{e.Endpoint()}, 1, time.Second
 	return cfg
 }
 
-func (c *cluster1) has(key string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	r, err := c.direct.Get(ctx, key)
-	return err == nil && len(r.Kvs) == 1
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+var waitFor = testutil.WaitFor
 
 // serveHealth starts a gRPC server with the health service through a.
 func serveHealth(t *testing.T, a *Agent) (string, *health.Server) {
@@ -156,8 +112,8 @@ func serveHealth(t *testing.T, a *Agent) (string, *health.Server) {
 }
 
 func TestLifecycle(t *testing.T) {
-	c := startEtcd(t)
-	a, err := Start(cluster.RoleExpert, c.config("e1"), Options{})
+	c := testutil.StartEtcd(t)
+	a, err := Start(cluster.RoleExpert, config(c, "e1"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +122,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := cluster.NodesPrefix + "expert/e1"
-	waitFor(t, "registration", func() bool { return c.has(key) })
+	waitFor(t, "registration", func() bool { return c.Has(key) })
 	var stopped sync.WaitGroup
 	stopped.Add(1)
 	a.Go(func(ctx context.Context) { defer stopped.Done(); <-ctx.Done() })
@@ -180,15 +136,15 @@ func TestLifecycle(t *testing.T) {
 	}
 	a.Close()
 	stopped.Wait() // Close waited for the loop
-	if c.has(key) {
+	if c.Has(key) {
 		t.Fatal("still registered after Close")
 	}
 	a.Close() // idempotent
 }
 
 func TestCloseWithEtcdUnreachable(t *testing.T) {
-	c := startEtcd(t)
-	a, err := Start(cluster.RoleTrunk, c.config("t1"), Options{})
+	c := testutil.StartEtcd(t)
+	a, err := Start(cluster.RoleTrunk, config(c, "t1"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +152,7 @@ func TestCloseWithEtcdUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Go(func(ctx context.Context) { cluster.WatchTable(ctx, a.Etcd(), nil) })
-	c.bridge.Cut()
+	c.Bridge.Cut()
 	time.Sleep(1500 * time.Millisecond) // the lease is lost; attempts at registering again fail
 	start := time.Now()
 	a.Close()
@@ -206,8 +162,8 @@ func TestCloseWithEtcdUnreachable(t *testing.T) {
 }
 
 func TestCrashLeavesLeaseToExpire(t *testing.T) {
-	c := startEtcd(t)
-	a, err := Start(cluster.RoleExpert, c.config("e2"), Options{})
+	c := testutil.StartEtcd(t)
+	a, err := Start(cluster.RoleExpert, config(c, "e2"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,21 +171,21 @@ func TestCrashLeavesLeaseToExpire(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := cluster.NodesPrefix + "expert/e2"
-	waitFor(t, "registration", func() bool { return c.has(key) })
+	waitFor(t, "registration", func() bool { return c.Has(key) })
 	a.Crash()
-	if !c.has(key) {
+	if !c.Has(key) {
 		t.Fatal("a crash revoked the registration")
 	}
-	waitFor(t, "lease expiry", func() bool { return !c.has(key) })
+	waitFor(t, "lease expiry", func() bool { return !c.Has(key) })
 }
 
 // The gossip view comes from memberlist's state, not only its events: a
 // consumer that steals every event does not hide a failure.
 func TestWatchPeersReconciles(t *testing.T) {
-	c := startEtcd(t)
+	c := testutil.StartEtcd(t)
 	key := make([]byte, 32)
 	start := func(id, role string) *Agent {
-		cfg := c.config(id)
+		cfg := config(c, id)
 		cfg.Gossip = &membership.Config{SecretKey: key}
 		a, err := Start(role, cfg, Options{})
 		if err != nil {

@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"sort"
-	"strconv"
 )
 
 // command is one subcommand.
@@ -88,18 +87,6 @@ func parse(fs *flag.FlagSet, args []string) error {
 		return errUsage
 	}
 	return nil
-}
-
-func splitHostPort(s string) (string, int, error) {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return "", 0, err
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil || p < 0 || p > 65535 {
-		return "", 0, fmt.Errorf("bad port %q", port)
-	}
-	return host, p, nil
 }
 
 // listen opens a TCP listener with an error that names the address.

@@ -4,38 +4,15 @@ import (
 	"context"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/switchyard-serving/switchyard/internal/embedetcd"
 	"github.com/switchyard-serving/switchyard/internal/routing"
+	"github.com/switchyard-serving/switchyard/internal/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-func startEtcd(t *testing.T) *clientv3.Client {
-	t.Helper()
-	s, err := embedetcd.Start(context.Background(), embedetcd.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := s.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close(); s.Close() })
-	return cli
-}
+func startEtcd(t *testing.T) *clientv3.Client { return testutil.StartEtcd(t).Direct }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+var waitFor = testutil.WaitFor
 
 func TestRegistryAndTable(t *testing.T) {
 	cli := startEtcd(t)

@@ -3,18 +3,11 @@ package membership
 import (
 	"testing"
 	"time"
+
+	"github.com/switchyard-serving/switchyard/internal/testutil"
 )
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+var waitFor = testutil.WaitFor
 
 // Three members (encrypted gossip) find each other through one seed; a member
 // that stops without leaving is reported dead to the others; rejoining clears it;

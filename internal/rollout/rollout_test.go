@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/switchyard-serving/switchyard/internal/routing"
+	"github.com/switchyard-serving/switchyard/internal/testutil"
 )
 
 // table builds a version of a 1-layer, 4-expert table: assign[node] lists the
@@ -132,16 +133,7 @@ func (p pendingStore) SetPending(ctx context.Context, t *routing.Table) error {
 
 func (p pendingStore) ClearPending(ctx context.Context) error { return p.SetPending(ctx, nil) }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var waitFor = testutil.WaitFor
 
 func TestNextVersion(t *testing.T) {
 	for _, tc := range []struct {
