@@ -9,6 +9,12 @@ FORBIDDEN := google.golang.org/grpc|go.etcd.io|github.com/hashicorp/memberlist|g
 IMAGE     ?= switchyard
 IMAGE_TAG ?= dev
 
+# The release version stamped into the binary (switchyard version, switchyard_build_info).
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -X github.com/switchyard-serving/switchyard/internal/telemetry.version=$(VERSION) \
+	-X github.com/switchyard-serving/switchyard/internal/telemetry.revision=$(REVISION)
+
 # The GPU binary: purego loader for CUDA (dynamically linked; see docs/gpu.md).
 BIN_CUDA  ?= bin/switchyard-cuda
 
@@ -17,10 +23,10 @@ BIN_CUDA  ?= bin/switchyard-cuda
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/switchyard
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/switchyard
 
 build-cuda:
-	CGO_ENABLED=0 $(GO) build -tags cuda -o $(BIN_CUDA) ./cmd/switchyard
+	CGO_ENABLED=0 $(GO) build -tags cuda -ldflags '$(LDFLAGS)' -o $(BIN_CUDA) ./cmd/switchyard
 
 # Everything scripts/gpu-check.sh needs on a GPU machine without Go: stripped
 # binaries (the CLI and the GPU test binaries) and the shared fixture.

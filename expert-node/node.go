@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -17,6 +19,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/switchyard-serving/switchyard/internal/routing"
+	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
@@ -98,6 +101,9 @@ func newNode(cfg Config, h hooks) (*Node, error) {
 		reg = telemetry.NewRegistry()
 	}
 	n.metrics = newNodeMetrics(reg, cfg.NodeID)
+	if mc, err := config.ReadCheckpoint(cfg.ModelPath); err == nil {
+		telemetry.RegisterModelInfo(reg, cfg.NodeID, strings.TrimSuffix(filepath.Base(filepath.Clean(cfg.ModelPath)), ".gguf"), mc.Layers, mc.Experts)
+	}
 	if kind, _, _ := ParseDevice(cfg.Device); kind != "cpu" {
 		g, err := openGPU(cfg, reg)
 		if err != nil {

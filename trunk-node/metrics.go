@@ -22,6 +22,9 @@ type metrics struct {
 	ttft, itl, e2e, queue *prometheus.HistogramVec
 	genTokens, promptTok  prometheus.Counter
 	requests              *prometheus.CounterVec
+	apiCalls              *prometheus.CounterVec
+	stateLimit, budgetUse *prometheus.GaugeVec
+	capacity              *prometheus.GaugeVec
 	sessions              *prometheus.GaugeVec
 	stateBytes            *prometheus.GaugeVec
 	stepSec, stepRows     prometheus.Histogram
@@ -51,14 +54,21 @@ func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metri
 		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: telemetry.LatencyBuckets, ConstLabels: cl}, labels)
 	}
 	m := &metrics{reg: reg, perNode: map[string]float64{},
-		ttft:      h("switchyard_ttft_seconds", "Time to first token: request admission queue + prefill + first sample.", "api"),
-		itl:       h("switchyard_itl_seconds", "Inter-token latency between consecutive generated tokens of a request.", "api"),
-		e2e:       h("switchyard_e2e_seconds", "End-to-end request latency.", "api"),
-		queue:     h("switchyard_queue_seconds", "Time a request waited before the scheduler admitted it.", "api"),
+		ttft:      h("switchyard_time_to_first_token_seconds", "Time to first token: request admission queue + prefill + first sample.", "api"),
+		itl:       h("switchyard_inter_token_latency_seconds", "Inter-token latency between consecutive generated tokens of a request.", "api"),
+		e2e:       h("switchyard_request_duration_seconds", "End-to-end request latency, from arrival to the final message.", "api"),
+		queue:     h("switchyard_queue_wait_seconds", "Time a request waited before the scheduler admitted it.", "api"),
 		genTokens: prometheus.NewCounter(prometheus.CounterOpts{Name: "switchyard_generated_tokens_total", Help: "Generated tokens.", ConstLabels: cl}),
 		promptTok: prometheus.NewCounter(prometheus.CounterOpts{Name: "switchyard_prompt_tokens_total", Help: "Prompt tokens prefilled.", ConstLabels: cl}),
-		requests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_requests_total", Help: "Finished generations by finish reason.", ConstLabels: cl}, []string{"reason"}),
-		sessions:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_sessions", Help: "Sessions by state: running (in the batch), waiting (queued), held (stored).", ConstLabels: cl}, []string{"state"}),
+		requests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_requests_total", Help: "Finished generations by finish reason: stop, length, cancelled (by the client) or error.", ConstLabels: cl}, []string{"reason"}),
+		apiCalls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_api_requests_total",
+			Help: "Public RPCs by method and gRPC status code, refused ones included (authentication, rate limit, validation).", ConstLabels: cl}, []string{"method", "code"}),
+		stateLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_session_state_limit_bytes", Help: "Session memory budget: recurrent and kv.", ConstLabels: cl}, []string{"kind"}),
+		budgetUse: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_session_budget_usage_ratio",
+			Help: "Session memory in use over its budget (0..1), recurrent and kv: the trunk refuses new sessions near 1 (scale out on it).", ConstLabels: cl}, []string{"kind"}),
+		capacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_scheduler_capacity",
+			Help: "Scheduler limits: running (sessions advanced per step) and waiting (queued requests before RESOURCE_EXHAUSTED).", ConstLabels: cl}, []string{"kind"}),
+		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_sessions", Help: "Sessions by state: running (in the batch), waiting (queued), held (stored).", ConstLabels: cl}, []string{"state"}),
 		stateBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_session_state_bytes", Help: "Session memory in use: recurrent (Mamba conv+SSM, fixed per session) and kv (attention cache, incl. reservations).", ConstLabels: cl},
 			[]string{"kind"}),
 		stepSec:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "switchyard_step_seconds", Help: "Duration of one batched forward step.", Buckets: telemetry.LatencyBuckets, ConstLabels: cl}),
@@ -92,7 +102,7 @@ func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metri
 	}
 	reg.MustRegister(m.ttft, m.itl, m.e2e, m.queue, m.genTokens, m.promptTok, m.requests, m.sessions, m.stateBytes,
 		m.stepSec, m.stepRows, m.rtt, m.dRows, m.dRetries, m.dBytes, m.activations, m.tableVersion, m.replicas, m.imbalance, m.rss,
-		m.transfers, m.transferBytes)
+		m.transfers, m.transferBytes, m.apiCalls, m.stateLimit, m.budgetUse, m.capacity)
 	return m
 }
 
@@ -120,7 +130,11 @@ func (m *metrics) token(j *Job, now time.Time) {
 }
 
 func (m *metrics) jobFinished(j *Job, f *Final) {
-	m.requests.WithLabelValues(f.Reason).Inc()
+	reason := f.Reason
+	if f.Err != nil && j.ctx.Err() == nil {
+		reason = "error" // the server failed it; the client did not go away
+	}
+	m.requests.WithLabelValues(reason).Inc()
 	m.promptTok.Add(float64(f.PromptTokens))
 	telemetry.Observe(m.e2e.WithLabelValues(j.api), j.ctx, time.Since(j.enqueued).Seconds())
 }

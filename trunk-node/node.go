@@ -23,15 +23,19 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-serving/switchyard/internal/agent"
 	"github.com/switchyard-serving/switchyard/internal/cluster"
@@ -121,6 +125,14 @@ func New(cfg Config) (*Node, error) {
 		e.Model.Experts = noExperts{}
 	}
 	n.sched = NewScheduler(cfg.Sched, deps)
+	m := n.metrics
+	m.stateLimit.WithLabelValues("recurrent").Set(float64(cfg.Memory.RecurrentBytes))
+	m.stateLimit.WithLabelValues("kv").Set(float64(cfg.Memory.KVBytes))
+	m.budgetUse.WithLabelValues("recurrent").Set(0)
+	m.budgetUse.WithLabelValues("kv").Set(0)
+	m.capacity.WithLabelValues("running").Set(float64(n.sched.cfg.MaxRunning))
+	m.capacity.WithLabelValues("waiting").Set(float64(n.sched.cfg.MaxQueue))
+	telemetry.RegisterModelInfo(m.reg, cfg.NodeID, modelName(cfg.ModelPath), c.Layers, c.Experts)
 	return n, nil
 }
 
@@ -150,6 +162,11 @@ func (n *Node) newDispatcher(hidden int) (*Dispatcher, error) {
 		dc.Tracer = cfg.Tracing.Tracer()
 	}
 	return NewDispatcher(dc, hidden), nil
+}
+
+// modelName is how metrics and traces name the model: its folder or file name.
+func modelName(path string) string {
+	return strings.TrimSuffix(filepath.Base(filepath.Clean(path)), ".gguf")
 }
 
 // noExperts is the model's default expert backend on a trunk with remote
@@ -198,7 +215,7 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 	n.metricsAddr, n.log = a.MetricsAddr(), a.Logger()
 	n.mu.Unlock()
 	srv, err := a.NewServer(rpc.ServerConfig{TLS: n.cfg.PublicTLS, MaxRecvBytes: n.cfg.MaxRecvBytes, RatePerSec: n.cfg.RatePerSec,
-		RateBurst: int(n.cfg.RatePerSec) + 1, AuthToken: n.cfg.APIToken})
+		RateBurst: int(n.cfg.RatePerSec) + 1, AuthToken: n.cfg.APIToken, OnDone: n.callDone, Logger: a.Logger()})
 	if err != nil {
 		lis.Close()
 		a.Close()
@@ -232,6 +249,24 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 	a.Close() // deregisters, stops the scheduler and the loops, then the server
 	n.closeDispatcher()
 	return nil
+}
+
+// callDone counts every public call by method and code and logs the ones the
+// server failed (with the request's trace id when it is traced); client
+// mistakes are logged at debug level only.
+func (n *Node) callDone(ctx context.Context, method string, err error) {
+	if !strings.HasPrefix(method, "/switchyard.") {
+		return // health checks and reflection
+	}
+	code := status.Code(err)
+	n.metrics.apiCalls.WithLabelValues(method, code.String()).Inc()
+	switch code {
+	case codes.OK, codes.Canceled:
+	case codes.Internal, codes.Unknown, codes.DataLoss, codes.Unavailable, codes.DeadlineExceeded:
+		n.logger().WarnContext(ctx, "request failed", "method", method, "code", code.String(), "err", err)
+	default:
+		n.logger().DebugContext(ctx, "request refused", "method", method, "code", code.String(), "err", err)
+	}
 }
 
 // follow starts what keeps the node in step with the cluster: the routing
@@ -342,6 +377,8 @@ func (n *Node) updateGauges() {
 	n.metrics.sessions.WithLabelValues("waiting").Set(float64(w))
 	n.metrics.stateBytes.WithLabelValues("recurrent").Set(float64(rec))
 	n.metrics.stateBytes.WithLabelValues("kv").Set(float64(kv))
+	n.metrics.budgetUse.WithLabelValues("recurrent").Set(float64(rec) / float64(n.cfg.Memory.RecurrentBytes))
+	n.metrics.budgetUse.WithLabelValues("kv").Set(float64(kv) / float64(n.cfg.Memory.KVBytes))
 	anon, file := residentBytes()
 	n.metrics.rss.WithLabelValues("anon").Set(float64(anon))
 	n.metrics.rss.WithLabelValues("file").Set(float64(file))

@@ -197,7 +197,8 @@ func (c *Config) NewLogger(role string) *slog.Logger {
 }
 
 // NewLogger returns a structured logger writing to w (nil: stderr) at level
-// (debug, info, warn, error) in format (text or json).
+// (debug, info, warn, error) in format (text or json). Records logged with a
+// context of a traced request carry its trace_id and span_id.
 func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	if w == nil {
 		w = os.Stderr
@@ -209,9 +210,9 @@ func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: lvl}
 	switch format {
 	case "", "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(traceHandler{slog.NewTextHandler(w, opts)}), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(traceHandler{slog.NewJSONHandler(w, opts)}), nil
 	}
 	return nil, fmt.Errorf("agent: log format %q: want text or json", format)
 }

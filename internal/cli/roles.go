@@ -25,7 +25,7 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := newFlags("trunk", stderr)
 	cfg := trunknode.DefaultConfig()
 	cfg.AddFlags(fs)
-	if err := parse(fs, args); err != nil {
+	if err := parseRole(fs, args); err != nil {
 		return err
 	}
 	cfg.LogOutput = stderr
@@ -52,7 +52,7 @@ func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlags("expert", stderr)
 	cfg := expertnode.DefaultConfig()
 	cfg.AddFlags(fs)
-	if err := parse(fs, args); err != nil {
+	if err := parseRole(fs, args); err != nil {
 		return err
 	}
 	cfg.LogOutput = stderr
@@ -81,7 +81,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs := newFlags("coordinator", stderr)
 	cfg := coordinator.DefaultConfig()
 	cfg.AddFlags(fs)
-	if err := parse(fs, args); err != nil {
+	if err := parseRole(fs, args); err != nil {
 		return err
 	}
 	cfg.LogOutput = stderr

@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -109,6 +110,12 @@ type ServerConfig struct {
 	// call except the health and reflection services.
 	AuthToken    string
 	ExtraOptions []grpc.ServerOption
+	// OnDone, if set, sees every call's method and final error (nil: OK) after
+	// it ends, refused calls included (authentication, rate limit, panics):
+	// metrics and logs at the edge. It must not block.
+	OnDone func(ctx context.Context, method string, err error)
+	// Logger receives recovered panics (default: slog.Default()).
+	Logger *slog.Logger
 }
 
 // NewServer builds a gRPC server with the common interceptors and limits.
@@ -125,23 +132,29 @@ func NewServer(c ServerConfig) (*grpc.Server, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+			if c.OnDone != nil {
+				defer func() { c.OnDone(ctx, info.FullMethod, err) }()
+			}
 			if err := authorize(ctx, c.AuthToken, info.FullMethod); err != nil {
 				return nil, err
 			}
 			if lim != nil && !lim.Allow() {
 				return nil, status.Errorf(codes.ResourceExhausted, "rate limit of %.0f calls/s exceeded; retry with backoff", c.RatePerSec)
 			}
-			defer recoverTo(&err, info.FullMethod)
+			defer recoverTo(ctx, c.Logger, &err, info.FullMethod)
 			return h(ctx, req)
 		}),
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+			if c.OnDone != nil {
+				defer func() { c.OnDone(ss.Context(), info.FullMethod, err) }()
+			}
 			if err := authorize(ss.Context(), c.AuthToken, info.FullMethod); err != nil {
 				return err
 			}
 			if lim != nil && !lim.Allow() {
 				return status.Errorf(codes.ResourceExhausted, "rate limit of %.0f calls/s exceeded; retry with backoff", c.RatePerSec)
 			}
-			defer recoverTo(&err, info.FullMethod)
+			defer recoverTo(ss.Context(), c.Logger, &err, info.FullMethod)
 			return h(srv, ss)
 		}),
 	}
@@ -188,9 +201,12 @@ func (t BearerToken) GetRequestMetadata(context.Context, ...string) (map[string]
 // the token also works on loopback plaintext; production uses TLS).
 func (BearerToken) RequireTransportSecurity() bool { return false }
 
-func recoverTo(err *error, method string) {
+func recoverTo(ctx context.Context, log *slog.Logger, err *error, method string) {
 	if r := recover(); r != nil {
-		fmt.Fprintf(os.Stderr, "rpc: panic in %s: %v\n%s", method, r, debug.Stack())
+		if log == nil {
+			log = slog.Default()
+		}
+		log.ErrorContext(ctx, "panic in a call", "method", method, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		*err = status.Errorf(codes.Internal, "internal error in %s; the server logged the details", method)
 	}
 }

@@ -96,10 +96,10 @@ func NewTracing(ctx context.Context, role, nodeID string) (*Tracing, error) {
 }
 
 // NewRegistry returns a Prometheus registry with the Go runtime and process
-// collectors.
+// collectors and switchyard_build_info.
 func NewRegistry() *prometheus.Registry {
 	r := prometheus.NewRegistry()
-	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoCollector())
 	return r
 }
 
