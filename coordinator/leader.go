@@ -186,8 +186,17 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		a.Serve(srv, lis)
 		addr = lis.Addr().String()
 	}
-	if err := a.Register(addr, nil); err != nil {
-		return err
+	// The coordinator waits for etcd rather than exiting: it is useless
+	// without it, and the data plane does not need it meanwhile.
+	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+		err := a.Register(addr, nil)
+		if err == nil {
+			break
+		}
+		log.Warn("registering in etcd; retrying", "err", err, "retry_in", backoff)
+		if sleepCtx(ctx, backoff); ctx.Err() != nil {
+			return nil
+		}
 	}
 	// Gossip: expert nodes that fail are re-placed at once, before their
 	// etcd lease expires.
@@ -294,7 +303,6 @@ type leader struct {
 	experts  []cluster.NodeInfo
 	load     [][]float64 // EMA of routed pairs per second
 	lastLoad time.Time
-	current  *routing.Table
 }
 
 // Summary is what the leader stores under cluster.PlacementKey after a rollout.
@@ -310,9 +318,6 @@ type Summary struct {
 }
 
 func (l *leader) run(ctx context.Context) {
-	if t, err := cluster.LoadTable(ctx, l.cli); err == nil {
-		l.current = t
-	}
 	events := make(chan struct{}, 1)
 	signal := func() {
 		select {
@@ -377,8 +382,18 @@ func (l *leader) round(ctx context.Context) error {
 	for _, row := range l.load {
 		load = append(load, append([]float64(nil), row...))
 	}
-	cur := l.current
 	l.mu.Unlock()
+	// The store is the truth for the current and pending tables, read every
+	// round: a cached copy missed after a failed read would make the leader
+	// number its tables below the current one for its whole term.
+	cur, err := l.store().Current(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the current table: %w", err)
+	}
+	pend, err := l.store().Pending(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the pending table: %w", err)
+	}
 	dead := l.deadNodes()
 	slots := l.cfg.SlotsPerNode
 	if slots <= 0 {
@@ -405,13 +420,14 @@ func (l *leader) round(ctx context.Context) error {
 	}
 	next := tableFromPlan(plan, addr, l.cfg.Layers, l.cfg.Experts)
 	if cur != nil && sameRouting(cur, next) {
+		if pend != nil && pend.Version > cur.Version {
+			// A former leader's unfinished rollout: nothing to move, so end it
+			// (expert nodes stop holding its extra replicas).
+			return l.store().ClearPending(ctx, pend.Version)
+		}
 		return nil
 	}
 	// Above any table a former leader left pending: versions are never reused.
-	pend, err := l.store().Pending(ctx)
-	if err != nil {
-		return err
-	}
 	next.Version = rollout.NextVersion(cur, pend)
 	err = rollout.Roll(ctx, l.store(), next, rollout.Config{ReadyTimeout: l.cfg.ReadyTimeout, Gone: l.departed})
 	if err != nil {
@@ -424,9 +440,6 @@ func (l *leader) round(ctx context.Context) error {
 	l.m.replicas.Set(float64(plan.ReplicaCount()))
 	l.m.moves.WithLabelValues("voluntary").Add(float64(plan.Moves - plan.Repairs))
 	l.m.moves.WithLabelValues("repair").Add(float64(plan.Repairs))
-	l.mu.Lock()
-	l.current = next
-	l.mu.Unlock()
 	sum := Summary{Version: next.Version, Leader: l.cfg.NodeID, Imbalance: plan.Imbalance, NodeLoad: plan.NodeLoad,
 		Replicas: plan.ReplicaCount(), Moves: plan.Moves, Repairs: plan.Repairs, At: time.Now().UTC()}
 	b, _ := json.Marshal(sum)

@@ -101,11 +101,12 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.GPUSmallRows, "gpu-small-rows", 0, "GPU: experts with at most this many rows in a round use the grouped GEMV kernel, larger ones cuBLAS (0: default 8; -1: always cuBLAS)")
 }
 
-// Validate checks every field.
-func (c Config) Validate() error {
+// Validate checks every field and resolves the shared flags (agent.Config:
+// --etcd, --gossip-*) into their fields.
+func (c *Config) Validate() error {
 	var errs []error
-	if c.NodeID == "" {
-		errs = append(errs, fmt.Errorf("%w: NodeID is empty", ErrConfig))
+	if err := c.Config.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("%w: %w", ErrConfig, err))
 	}
 	if c.ModelPath == "" {
 		errs = append(errs, fmt.Errorf("%w: ModelPath is empty", ErrConfig))

@@ -2,6 +2,7 @@ package expertnode
 
 import (
 	"errors"
+	"flag"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{"defaults with id and path", func(*Config) {}, ""},
 		{"coalesce window", func(c *Config) { c.CoalesceWindow = time.Millisecond }, ""},
-		{"no node id", func(c *Config) { c.NodeID = "" }, "NodeID"},
+		{"no node id", func(c *Config) { c.NodeID = "" }, "node id"},
 		{"no model path", func(c *Config) { c.ModelPath = "" }, "ModelPath"},
 		{"zero message size", func(c *Config) { c.MaxRecvMsgBytes = 0 }, "MaxRecvMsgBytes"},
 		{"huge message size", func(c *Config) { c.MaxRecvMsgBytes = 1 << 40 }, "MaxRecvMsgBytes"},
@@ -55,5 +56,22 @@ func TestNewRejects(t *testing.T) {
 	}
 	if _, err := New(testConfig("testdata/does-not-exist")); !errors.Is(err, ErrConfig) {
 		t.Fatalf("New(missing model) = %v, want ErrConfig", err)
+	}
+}
+
+// The shared flags (--etcd, --gossip-*) reach the node's config through
+// Validate, as `switchyard expert` parses them.
+func TestFlagsResolveSharedSettings(t *testing.T) {
+	c := DefaultConfig()
+	fs := flag.NewFlagSet("expert", flag.ContinueOnError)
+	c.AddFlags(fs)
+	if err := fs.Parse([]string{"--node-id", "e1", "--model", "m", "--etcd", "etcd-0:2379,etcd-1:2379", "--gossip-bind", "127.0.0.1:0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Etcd) != 2 || c.Gossip == nil || c.NodeID != "e1" {
+		t.Fatalf("etcd %v gossip %v id %q", c.Etcd, c.Gossip, c.NodeID)
 	}
 }

@@ -23,7 +23,10 @@ import (
 // Close afterwards.
 func (n *Node) Run(ctx context.Context) error {
 	if len(n.cfg.Etcd) == 0 {
-		return fmt.Errorf("%w: an expert node needs etcd endpoints", ErrConfig)
+		if n.cfg.Listener != nil {
+			n.cfg.Listener.Close()
+		}
+		return fmt.Errorf("%w: an expert node needs etcd endpoints (--etcd)", ErrConfig)
 	}
 	lis := n.cfg.Listener
 	if lis == nil {

@@ -651,6 +651,9 @@ func (s *nodeStream) send(ctx context.Context, m *pb.ExpertBatch) (chan *pb.Expe
 	case <-s.closed:
 		return nil, s.failure()
 	case <-ctx.Done():
+		s.mu.Lock()
+		delete(s.waiting, [2]uint64{m.StepId, uint64(m.Chunk)})
+		s.mu.Unlock()
 		return nil, ctx.Err()
 	}
 }

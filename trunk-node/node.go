@@ -209,6 +209,7 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 	a, err := agent.Start(cluster.RoleTrunk, n.cfg.Config, agent.Options{Registry: n.metrics.reg, Tracing: n.cfg.Tracing})
 	if err != nil {
 		lis.Close()
+		n.cfg.Tracing.Shutdown(context.Background())
 		return err
 	}
 	n.mu.Lock()

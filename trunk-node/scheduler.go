@@ -283,9 +283,12 @@ func (s *Scheduler) admit() {
 	}
 }
 
-// step runs one forward pass over every running job; ctx is the scheduler's
-// (it ends at shutdown) and becomes the step's context.
+// step runs one forward pass over every running job. The step's context
+// carries ctx's values but not its cancellation: a step that has started runs
+// to its end (the dispatcher's timeouts bound it), so shutdown never leaves
+// sessions half-advanced; the jobs still running then end with ErrDraining.
 func (s *Scheduler) step(ctx context.Context) {
+	ctx = context.WithoutCancel(ctx)
 	if !s.dropCancelled() {
 		return
 	}

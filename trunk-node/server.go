@@ -420,7 +420,7 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) (err error
 		return toStatus(fmt.Errorf("%w: %d session imports are in progress; retry shortly", ErrBusyImports, cap(a.n.imports)))
 	}
 	chunks := recvChunks(stream)
-	first, err := nextChunk(chunks)
+	first, err := nextChunk(stream.Context(), chunks)
 	if err == io.EOF {
 		return toStatus(invalid("empty stream: send the chunks of an ExportSession snapshot"))
 	}
@@ -451,7 +451,7 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) (err error
 			return toStatus(invalid("snapshot data exceeds its total_bytes (%d)", total))
 		}
 		buf = append(buf, msg.Data...)
-		if msg, err = nextChunk(chunks); err == io.EOF {
+		if msg, err = nextChunk(stream.Context(), chunks); err == io.EOF {
 			break
 		} else if err != nil {
 			return toStatus(err)

@@ -155,13 +155,17 @@ func recvChunks(stream interface {
 	return ch
 }
 
-// nextChunk waits importIdleTimeout for the next chunk.
-func nextChunk(ch <-chan chunkOrErr) (*pb.SessionSnapshotChunk, error) {
+// nextChunk waits importIdleTimeout for the next chunk. A client that goes
+// away ends the wait at once (ctx is the stream's): the receiving goroutine
+// may see the cancellation first and hand nothing over.
+func nextChunk(ctx context.Context, ch <-chan chunkOrErr) (*pb.SessionSnapshotChunk, error) {
 	t := time.NewTimer(importIdleTimeout)
 	defer t.Stop()
 	select {
 	case c := <-ch:
 		return c.m, c.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	case <-t.C:
 		return nil, fmt.Errorf("%w: no snapshot data for %v", context.DeadlineExceeded, importIdleTimeout)
 	}

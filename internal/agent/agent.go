@@ -177,7 +177,8 @@ func (a *Agent) Go(fn func(ctx context.Context)) {
 
 // Register joins gossip (when configured) and registers the node in etcd at
 // addr (the advertised address overrides it) with meta, keeping the
-// registration until Close. Without etcd it only joins gossip.
+// registration until Close. Without etcd it only joins gossip. A failed call
+// may be retried (the gossip member is kept); once registered it does nothing.
 func (a *Agent) Register(addr string, meta map[string]string) error {
 	if a.cfg.AdvertiseAddr != "" {
 		addr = a.cfg.AdvertiseAddr
@@ -186,7 +187,7 @@ func (a *Agent) Register(addr string, meta map[string]string) error {
 	for k, v := range meta {
 		info.Meta[k] = v
 	}
-	if a.cfg.Gossip != nil {
+	if a.cfg.Gossip != nil && a.Membership() == nil { // a retried Register keeps its member
 		gc := *a.cfg.Gossip
 		gc.Meta = membership.Meta{ID: a.cfg.NodeID, Role: a.role, Addr: addr}
 		m, err := membership.Start(gc)
@@ -196,7 +197,6 @@ func (a *Agent) Register(addr string, meta map[string]string) error {
 		a.mu.Lock()
 		a.gossip = m
 		a.mu.Unlock()
-		info.Meta[cluster.GossipMetaKey] = m.Addr()
 		a.log.Info("gossip started", "addr", m.Addr())
 		if a.cli != nil {
 			a.Go(func(ctx context.Context) {
@@ -208,7 +208,10 @@ func (a *Agent) Register(addr string, meta map[string]string) error {
 			})
 		}
 	}
-	if a.cli == nil {
+	if m := a.Membership(); m != nil {
+		info.Meta[cluster.GossipMetaKey] = m.Addr()
+	}
+	if a.cli == nil || a.Registration() != nil {
 		return nil
 	}
 	reg, err := cluster.Register(a.ctx, a.cli, info, a.cfg.LeaseTTL, cluster.RegisterOptions{Logger: a.log})

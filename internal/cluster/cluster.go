@@ -153,7 +153,7 @@ func PublishTable(ctx context.Context, cli *clientv3.Client, t *routing.Table) e
 	} else {
 		old, err := routing.Unmarshal(cur.Kvs[0].Value)
 		if err == nil && old.Version >= t.Version {
-			return fmt.Errorf("cluster: routing table version %d is not newer than the current %d", t.Version, old.Version)
+			return fmt.Errorf("%w: %d, current %d", ErrNotNewer, t.Version, old.Version)
 		}
 		cmp = clientv3.Compare(clientv3.ModRevision(RoutingKey), "=", cur.Kvs[0].ModRevision)
 	}
@@ -243,6 +243,27 @@ func ClearPending(ctx context.Context, cli *clientv3.Client) error {
 	_, err := cli.Delete(ctx, PendingKey)
 	return err
 }
+
+// ClearPendingVersion ends the rollout of table version v: the pending key is
+// deleted only while it still holds that version (a newer leader's pending
+// table is left alone). No pending table, or another version, is not an error.
+func ClearPendingVersion(ctx context.Context, cli *clientv3.Client, v uint64) error {
+	resp, err := cli.Get(ctx, PendingKey)
+	if err != nil || len(resp.Kvs) == 0 {
+		return err
+	}
+	t, err := routing.Unmarshal(resp.Kvs[0].Value)
+	if err == nil && t.Version != v {
+		return nil
+	}
+	_, err = cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(PendingKey), "=", resp.Kvs[0].ModRevision)).
+		Then(clientv3.OpDelete(PendingKey)).Commit()
+	return err
+}
+
+// ErrNotNewer means a table was not published because the current one is as
+// new or newer (another leader published meanwhile).
+var ErrNotNewer = errors.New("cluster: routing table version is not newer than the current one")
 
 // ReadyVersions returns each expert node's reported ready version.
 func ReadyVersions(ctx context.Context, cli *clientv3.Client) (map[string]uint64, error) {

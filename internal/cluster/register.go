@@ -156,7 +156,18 @@ func (r *Registration) keep(ctx context.Context, o RegisterOptions) {
 				r.sess = s
 				r.gen++
 				gen := r.gen
+				// Keys attached while the grant was in flight missed its
+				// transaction: write them all again under the new lease.
+				ops := make([]clientv3.Op, 0, len(r.attached))
+				for k, v := range r.attached {
+					ops = append(ops, clientv3.OpPut(k, v, clientv3.WithLease(s.Lease())))
+				}
 				r.mu.Unlock()
+				if len(ops) > 0 {
+					pctx, cancel := context.WithTimeout(ctx, o.AttemptTimeout)
+					r.cli.Txn(pctx).Then(ops...).Commit() // best effort: a failure here ends the session and retries
+					cancel()
+				}
 				r.log.Info("registered again in etcd", "lease", fmt.Sprintf("%x", s.Lease()), "generation", gen)
 				break
 			}
@@ -183,11 +194,24 @@ func (r *Registration) Put(ctx context.Context, key, val string) error {
 	r.attached[key] = val
 	sess := r.sess
 	r.mu.Unlock()
-	if sess == nil {
-		return ErrNotRegistered
+	for {
+		if sess == nil {
+			return ErrNotRegistered
+		}
+		if _, err := r.cli.Put(ctx, key, val, clientv3.WithLease(sess.Lease())); err != nil {
+			return err
+		}
+		// A re-registration may have happened meanwhile and rewritten the key
+		// under the new lease before this write reattached it to the old one
+		// (which then expires, deleting it): write again under the new lease.
+		r.mu.Lock()
+		now := r.sess
+		r.mu.Unlock()
+		if now == sess {
+			return nil
+		}
+		sess = now
 	}
-	_, err := r.cli.Put(ctx, key, val, clientv3.WithLease(sess.Lease()))
-	return err
 }
 
 // ErrNotRegistered means the node's lease is lost and a new one not yet granted.

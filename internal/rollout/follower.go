@@ -39,7 +39,12 @@ type Follower struct {
 	mu      sync.Mutex
 	current *routing.Table
 	pending *routing.Table
-	seen    bool // a table has arrived
+	// retired is a pending table just cleared before a current table of its
+	// version arrived (the two watches are independent): it stays wanted until
+	// that current table arrives or retiredUntil passes (the rollout was
+	// abandoned), so its replicas are not dropped while trunks route to them.
+	retired      *routing.Table
+	retiredUntil time.Time
 }
 
 // NewFollower returns a follower; call Run.
@@ -56,11 +61,18 @@ func NewFollower(cfg FollowerConfig) *Follower {
 	return &Follower{cfg: cfg, kick: make(chan struct{}, 1)}
 }
 
+// retainRetired is how long a cleared pending table stays wanted without the
+// matching current table.
+func (f *Follower) retainRetired() time.Duration { return max(10*f.cfg.Grace, 30*time.Second) }
+
 // SetCurrent records a new current table (older versions are ignored).
 func (f *Follower) SetCurrent(t *routing.Table) {
 	f.mu.Lock()
 	if t != nil && (f.current == nil || t.Version > f.current.Version) {
-		f.current, f.seen = t, true
+		f.current = t
+		if f.retired != nil && t.Version >= f.retired.Version {
+			f.retired = nil
+		}
 	}
 	f.mu.Unlock()
 	f.wake()
@@ -69,10 +81,13 @@ func (f *Follower) SetCurrent(t *routing.Table) {
 // SetPending records the table being rolled out (nil: the rollout ended).
 func (f *Follower) SetPending(t *routing.Table) {
 	f.mu.Lock()
-	f.pending = t
-	if t != nil {
-		f.seen = true
+	if t == nil && f.pending != nil && (f.current == nil || f.pending.Version > f.current.Version) {
+		f.retired, f.retiredUntil = f.pending, time.Now().Add(f.retainRetired())
 	}
+	if t != nil {
+		f.retired = nil
+	}
+	f.pending = t
 	f.mu.Unlock()
 	f.wake()
 }
@@ -84,20 +99,27 @@ func (f *Follower) wake() {
 	}
 }
 
-// desired is the assignment to hold: the union of current and a newer pending.
-func (f *Follower) desired() *routing.Table {
+// desired is the assignment to hold: the union of current and a newer pending
+// (or a just-retired one), and when the retired table stops counting.
+func (f *Follower) desired(now time.Time) (*routing.Table, time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	want := f.current
-	if f.pending != nil && (f.current == nil || f.pending.Version > f.current.Version) {
+	newer := func(t *routing.Table) bool { return t != nil && (f.current == nil || t.Version > f.current.Version) }
+	var until time.Time
+	switch {
+	case newer(f.pending):
 		want = routing.Union(f.current, f.pending)
+	case newer(f.retired) && now.Before(f.retiredUntil):
+		want, until = routing.Union(f.current, f.retired), f.retiredUntil
 	}
-	return want
+	return want, until
 }
 
 // Run applies the tables until ctx ends. It owns the node's assignment: loads
 // (which may read checkpoints for seconds) and reports run here, under no lock,
-// so SetCurrent/SetPending never wait for them.
+// so SetCurrent/SetPending never wait for them. A failed load is retried with
+// a growing pause (up to 30s) and never reported ready.
 func (f *Follower) Run(ctx context.Context) {
 	var (
 		applied   *routing.Table // what the node holds
@@ -105,14 +127,15 @@ func (f *Follower) Run(ctx context.Context) {
 		lastWant  *routing.Table // desired at the previous pass
 		changedAt time.Time      // when desired last changed
 		reported  uint64         // version last reported successfully
+		backoff   = f.cfg.Retry  // pause before retrying a failed load
 	)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		wakeIn := time.Duration(0) // 0: wait for a kick
-		want := f.desired()
+		now := time.Now()
+		want, until := f.desired(now)
+		var wakeIn time.Duration // 0: wait for a kick
 		if want != nil {
-			now := time.Now()
 			if lastWant == nil || !sameSet(lastWant.Assigned(f.cfg.Node), want.Assigned(f.cfg.Node)) {
 				changedAt = now
 			}
@@ -122,19 +145,20 @@ func (f *Follower) Run(ctx context.Context) {
 			if now.Sub(changedAt) < f.cfg.Grace {
 				target = routing.Union(applied, want)
 			}
+			loaded := true
 			if applied == nil || !sameSet(target.Assigned(f.cfg.Node), applied.Assigned(f.cfg.Node)) {
 				local++
 				cp := *target
 				cp.Version = local
 				if err := f.cfg.Target.SetAssignment(&cp); err != nil {
 					// Not ready: the leader abandons the rollout if this persists.
-					f.cfg.Logger.Error("loading the assignment failed", "table", want.Version, "err", err)
-					wakeIn = f.cfg.Retry
+					f.cfg.Logger.Error("loading the assignment failed", "table", want.Version, "err", err, "retry_in", backoff)
+					wakeIn, backoff, loaded = backoff, min(2*backoff, 30*time.Second), false
 				} else {
-					applied = target
+					applied, backoff = target, f.cfg.Retry
 				}
 			}
-			if wakeIn == 0 && reported != want.Version {
+			if loaded && reported != want.Version {
 				if err := f.cfg.Report(ctx, want.Version); err != nil {
 					if ctx.Err() != nil {
 						return
@@ -147,6 +171,9 @@ func (f *Follower) Run(ctx context.Context) {
 			}
 			if wakeIn == 0 && applied != nil && !sameSet(applied.Assigned(f.cfg.Node), want.Assigned(f.cfg.Node)) {
 				wakeIn = max(time.Millisecond, changedAt.Add(f.cfg.Grace).Sub(now))
+			}
+			if !until.IsZero() && (wakeIn == 0 || until.Sub(now) < wakeIn) {
+				wakeIn = max(time.Millisecond, until.Sub(now))
 			}
 		}
 		var tc <-chan time.Time

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/switchyard-serving/switchyard/internal/cluster"
 	"github.com/switchyard-serving/switchyard/internal/routing"
 )
 
@@ -50,7 +51,7 @@ func Roll(ctx context.Context, st Store, t *routing.Table, cfg Config) error {
 		// Best effort: a pending table nobody finishes only keeps extra replicas
 		// loaded until the next rollout replaces it.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		st.ClearPending(cctx)
+		st.ClearPending(cctx, t.Version) // only ours: never a newer leader's table
 		cancel()
 		return fmt.Errorf("%w: table %d: %w", ErrAbandoned, t.Version, why)
 	}
@@ -77,7 +78,7 @@ func Roll(ctx context.Context, st Store, t *routing.Table, cfg Config) error {
 		}
 		if cfg.Gone != nil {
 			if id := cfg.Gone(t); id != "" {
-				return abandon(fmt.Errorf("expert node %s left during the rollout", id))
+				return orAbandon(ctx, abandon, fmt.Errorf("expert node %s left during the rollout", id))
 			}
 		}
 		if err := waitOrExpire(ctx, cfg.Poll, deadline); err != nil {
@@ -94,13 +95,17 @@ func Roll(ctx context.Context, st Store, t *routing.Table, cfg Config) error {
 		if err == nil {
 			break
 		}
+		if errors.Is(err, cluster.ErrNotNewer) {
+			// Another leader published meanwhile: this table is stale for good.
+			return orAbandon(ctx, abandon, err)
+		}
 		lastErr = err
 		if err := waitOrExpire(ctx, cfg.Poll, deadline); err != nil {
 			return orAbandon(ctx, abandon, fmt.Errorf("publishing: %w", lastErr))
 		}
 	}
 	for {
-		err := st.ClearPending(ctx)
+		err := st.ClearPending(ctx, t.Version)
 		if err == nil {
 			return nil
 		}

@@ -131,7 +131,12 @@ func (p pendingStore) SetPending(ctx context.Context, t *routing.Table) error {
 	return nil
 }
 
-func (p pendingStore) ClearPending(ctx context.Context) error { return p.SetPending(ctx, nil) }
+func (p pendingStore) ClearPending(ctx context.Context, v uint64) error {
+	if cur, _ := p.Memory.Pending(ctx); cur == nil || cur.Version != v {
+		return nil
+	}
+	return p.SetPending(ctx, nil)
+}
 
 var waitFor = testutil.WaitFor
 
@@ -329,4 +334,57 @@ func TestRollRidesOutStoreOutage(t *testing.T) {
 	if !errors.Is(err, ErrAbandoned) || !strings.Contains(err.Error(), "etcd unavailable") {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+// A leader that gives its table up never removes a newer leader's pending one.
+func TestAbandonLeavesNewerPending(t *testing.T) {
+	st := NewMemory()
+	var mu sync.Mutex
+	gone := ""
+	cfg := Config{ReadyTimeout: 5 * time.Second, Poll: 5 * time.Millisecond, Gone: func(*routing.Table) string { mu.Lock(); defer mu.Unlock(); return gone }}
+	errc := make(chan error, 1)
+	go func() { errc <- Roll(context.Background(), st, table(1, map[string][]int{"a": {0}}), cfg) }() // a never loads
+	waitFor(t, "pending 1", func() bool { p, _ := st.Pending(context.Background()); return p != nil && p.Version == 1 })
+	st.SetPending(context.Background(), table(2, map[string][]int{"a": {1}})) // a newer leader's rollout
+	mu.Lock()
+	gone = "a"
+	mu.Unlock()
+	if err := <-errc; !errors.Is(err, ErrAbandoned) {
+		t.Fatalf("err = %v", err)
+	}
+	if p, _ := st.Pending(context.Background()); p == nil || p.Version != 2 {
+		t.Fatalf("pending %v: the newer leader's table was removed", p)
+	}
+}
+
+// A table another leader has overtaken is given up at once, not retried until
+// the timeout.
+func TestRollGivesUpOvertakenTable(t *testing.T) {
+	st := NewMemory()
+	st.Publish(context.Background(), table(5, map[string][]int{"a": {0}}))
+	st.ReportReady(context.Background(), "a", 9)
+	start := time.Now()
+	err := Roll(context.Background(), st, table(3, map[string][]int{"a": {0}}), Config{ReadyTimeout: 5 * time.Second, Poll: 5 * time.Millisecond})
+	if !errors.Is(err, ErrAbandoned) || time.Since(start) > time.Second {
+		t.Fatalf("err = %v after %v", err, time.Since(start))
+	}
+}
+
+// The pending and current watches are independent: a cleared pending table may
+// arrive long before the current table of its version. Its replicas must stay
+// loaded meanwhile (trunks already route to them once it is current).
+func TestFollowerKeepsRetiredPendingUntilCurrent(t *testing.T) {
+	st := NewMemory()
+	a := &fakeNode{id: "a"}
+	f := follow(t, st, a, 20*time.Millisecond)
+	f.SetCurrent(table(1, map[string][]int{"a": {0}}))
+	f.SetPending(table(2, map[string][]int{"a": {1}}))
+	waitFor(t, "union loaded", func() bool { return a.held() == "01" })
+	f.SetPending(nil)                  // the rollout ended ...
+	time.Sleep(100 * time.Millisecond) // ... and current 2 is late, well past the grace period
+	if a.held() != "01" {
+		t.Fatalf("holds %q before table 2 became current (%s)", a.held(), a.history())
+	}
+	f.SetCurrent(table(2, map[string][]int{"a": {1}}))
+	waitFor(t, "expert 0 dropped after table 2", func() bool { return a.held() == "1" })
 }

@@ -20,11 +20,13 @@ type Store interface {
 	Pending(ctx context.Context) (*routing.Table, error)
 	// SetPending stores t as the table being rolled out.
 	SetPending(ctx context.Context, t *routing.Table) error
-	// ClearPending ends a rollout.
-	ClearPending(ctx context.Context) error
+	// ClearPending ends the rollout of table version v: it removes the pending
+	// table only while it is that version (never a newer leader's).
+	ClearPending(ctx context.Context, v uint64) error
 	// Ready returns every expert node's reported ready version.
 	Ready(ctx context.Context) (map[string]uint64, error)
-	// Publish makes t current; it refuses a version that is not newer.
+	// Publish makes t current; it refuses a version that is not newer with an
+	// error wrapping cluster.ErrNotNewer.
 	Publish(ctx context.Context, t *routing.Table) error
 }
 
@@ -57,8 +59,8 @@ func (s EtcdStore) SetPending(ctx context.Context, t *routing.Table) error {
 }
 
 // ClearPending implements Store.
-func (s EtcdStore) ClearPending(ctx context.Context) error {
-	return cluster.ClearPending(ctx, s.Client)
+func (s EtcdStore) ClearPending(ctx context.Context, v uint64) error {
+	return cluster.ClearPendingVersion(ctx, s.Client, v)
 }
 
 // Ready implements Store.
@@ -140,7 +142,17 @@ func (m *Memory) SetPending(_ context.Context, t *routing.Table) error {
 }
 
 // ClearPending implements Store.
-func (m *Memory) ClearPending(context.Context) error { return m.SetPending(context.Background(), nil) }
+func (m *Memory) ClearPending(_ context.Context, v uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return m.fail
+	}
+	if m.pending != nil && m.pending.Version == v {
+		m.pending = nil
+	}
+	return nil
+}
 
 // Ready implements Store.
 func (m *Memory) Ready(context.Context) (map[string]uint64, error) {
@@ -165,7 +177,7 @@ func (m *Memory) Publish(_ context.Context, t *routing.Table) error {
 	}
 	if m.current != nil && t.Version <= m.current.Version {
 		m.mu.Unlock()
-		return fmt.Errorf("rollout: table version %d is not newer than the current %d", t.Version, m.current.Version)
+		return fmt.Errorf("%w: %d, current %d", cluster.ErrNotNewer, t.Version, m.current.Version)
 	}
 	m.current = t
 	hook := m.OnPublish

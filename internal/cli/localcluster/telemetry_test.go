@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -138,10 +139,10 @@ func TestTracesAndMetrics(t *testing.T) {
 		}
 		return f.Metric[0].GetHistogram()
 	}
-	if h := hist("switchyard_ttft_seconds"); h.GetSampleCount() != 1 || h.GetSampleSum() <= 0 {
+	if h := hist("switchyard_time_to_first_token_seconds"); h.GetSampleCount() != 1 || h.GetSampleSum() <= 0 {
 		t.Errorf("ttft: %d samples, sum %v", h.GetSampleCount(), h.GetSampleSum())
 	}
-	if h := hist("switchyard_itl_seconds"); h.GetSampleCount() != 3 {
+	if h := hist("switchyard_inter_token_latency_seconds"); h.GetSampleCount() != 3 {
 		t.Errorf("itl: %d samples, want 3", h.GetSampleCount())
 	}
 	if f := families["switchyard_dispatch_rtt_seconds"]; f == nil || len(f.Metric) != 2 {
@@ -150,14 +151,29 @@ func TestTracesAndMetrics(t *testing.T) {
 	if f := families["switchyard_generated_tokens_total"]; f == nil || f.Metric[0].GetCounter().GetValue() != 4 {
 		t.Errorf("generated tokens: %v", f)
 	}
+	if f := families["switchyard_api_requests_total"]; f != nil {
+		ok := false
+		for _, m := range f.Metric {
+			labels := map[string]string{}
+			for _, l := range m.Label {
+				labels[l.GetName()] = l.GetValue()
+			}
+			ok = ok || (strings.HasPrefix(labels["method"], "/switchyard.v1.Switchyard/") && labels["code"] == "OK" && m.GetCounter().GetValue() >= 1)
+		}
+		if !ok {
+			t.Errorf("no successful call counted by method and code: %v", f)
+		}
+	}
 	for _, name := range []string{"switchyard_expert_activations_total", "switchyard_dispatch_bytes_total", "switchyard_routing_table_version",
-		"switchyard_session_state_bytes", "switchyard_step_seconds", "switchyard_e2e_seconds", "switchyard_queue_seconds"} {
+		"switchyard_session_state_bytes", "switchyard_step_seconds", "switchyard_request_duration_seconds", "switchyard_queue_wait_seconds",
+		"switchyard_build_info", "switchyard_model_info", "switchyard_session_budget_usage_ratio", "switchyard_session_state_limit_bytes",
+		"switchyard_scheduler_capacity", "switchyard_api_requests_total"} {
 		if families[name] == nil {
 			t.Errorf("metric %s missing", name)
 		}
 	}
 	// Exemplars carry trace ids on latency histograms (OpenMetrics).
-	if !regexp.MustCompile(`switchyard_ttft_seconds_bucket\{[^}]*\} 1 # \{trace_id="[0-9a-f]{32}"\}`).MatchString(openMetrics) {
+	if !regexp.MustCompile(`switchyard_time_to_first_token_seconds_bucket\{[^}]*\} 1 # \{trace_id="[0-9a-f]{32}"\}`).MatchString(openMetrics) {
 		t.Error("ttft histogram has no trace-id exemplar in the OpenMetrics exposition")
 	}
 }
