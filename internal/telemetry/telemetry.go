@@ -12,6 +12,7 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -68,31 +70,48 @@ func (t *Tracing) Tracer() trace.Tracer {
 
 // NewTracing builds a tracer provider for one node (service "switchyard-<role>",
 // instance nodeID). Without an OTLP endpoint in the environment it returns a
-// no-op provider. Sampling of root spans follows OTEL_TRACES_SAMPLER_ARG (ratio,
-// default 1); child spans follow their parent.
+// no-op provider. The SDK reads the standard variables itself: the exporter's
+// OTEL_EXPORTER_OTLP_* settings, OTEL_EXPORTER_OTLP_PROTOCOL (or
+// _TRACES_PROTOCOL: grpc, the default here, or http/protobuf), and
+// OTEL_TRACES_SAMPLER with OTEL_TRACES_SAMPLER_ARG. One compatibility rule: a
+// ratio in OTEL_TRACES_SAMPLER_ARG without OTEL_TRACES_SAMPLER means
+// parentbased_traceidratio (as Switchyard documented before).
 func NewTracing(ctx context.Context, role, nodeID string) (*Tracing, error) {
 	if !TracingEnabled() {
 		return &Tracing{Provider: noop.NewTracerProvider()}, nil
 	}
-	exp, err := otlptracegrpc.New(ctx)
+	exp, err := newExporter(ctx)
 	if err != nil {
 		return nil, err
-	}
-	ratio := 1.0
-	if v, err := strconv.ParseFloat(os.Getenv("OTEL_TRACES_SAMPLER_ARG"), 64); err == nil && v >= 0 && v <= 1 {
-		ratio = v
 	}
 	svc := os.Getenv("OTEL_SERVICE_NAME")
 	if svc == "" {
 		svc = "switchyard-" + role
 	}
 	res := resource.NewWithAttributes(semconv.SchemaURL, semconv.ServiceName(svc), semconv.ServiceInstanceID(nodeID))
-	tp := sdktrace.NewTracerProvider(
-		sdktrace.WithBatcher(exp, sdktrace.WithBatchTimeout(time.Second)),
-		sdktrace.WithResource(res),
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
-	)
+	opts := []sdktrace.TracerProviderOption{sdktrace.WithBatcher(exp, sdktrace.WithBatchTimeout(time.Second)), sdktrace.WithResource(res)}
+	if os.Getenv("OTEL_TRACES_SAMPLER") == "" {
+		if v, err := strconv.ParseFloat(os.Getenv("OTEL_TRACES_SAMPLER_ARG"), 64); err == nil && v >= 0 && v <= 1 {
+			opts = append(opts, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(v))))
+		}
+	}
+	tp := sdktrace.NewTracerProvider(opts...)
 	return &Tracing{Provider: tp, Enabled: true, shutdown: tp.Shutdown}, nil
+}
+
+// newExporter picks the OTLP transport the environment names.
+func newExporter(ctx context.Context) (sdktrace.SpanExporter, error) {
+	proto := os.Getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+	if proto == "" {
+		proto = os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+	}
+	switch proto {
+	case "", "grpc":
+		return otlptracegrpc.New(ctx)
+	case "http/protobuf":
+		return otlptracehttp.New(ctx)
+	}
+	return nil, fmt.Errorf("telemetry: OTEL_EXPORTER_OTLP_PROTOCOL %q: want grpc or http/protobuf", proto)
 }
 
 // NewRegistry returns a Prometheus registry with the Go runtime and process
