@@ -280,6 +280,12 @@ func (s *Scheduler) admit() {
 		if s.deps.Metrics != nil {
 			s.deps.Metrics.admitted(j)
 		}
+		if s.deps.Tracer != nil && trace.SpanContextFromContext(j.ctx).IsSampled() {
+			// The request's time in the queue, as a span of its trace.
+			_, q := s.deps.Tracer.Start(j.ctx, "queue", trace.WithTimestamp(j.enqueued),
+				trace.WithAttributes(attribute.Int("queue_depth_at_admission", len(s.queue))))
+			q.End()
+		}
 	}
 }
 
@@ -357,6 +363,9 @@ func (s *Scheduler) plan() (batch []hybrid.Seq, jobs []*Job, rows int) {
 				_, j.prefillSpan = s.deps.Tracer.Start(j.ctx, "prefill", trace.WithAttributes(
 					attribute.String("session", j.sess.ID), attribute.Int("prompt_tokens", len(j.pending))))
 			}
+			if j.prefillSpan != nil {
+				j.prefillSpan.AddEvent("prefill_chunk", trace.WithAttributes(attribute.Int("tokens", n), attribute.Int("step_rows_budget", s.cfg.MaxTokensPerStep)))
+			}
 		}
 	}
 	for _, b := range batch {
@@ -410,6 +419,9 @@ func (s *Scheduler) advance(j *Job, seq hybrid.Seq) bool {
 		now := time.Now()
 		if s.deps.Metrics != nil {
 			s.deps.Metrics.token(j, now)
+		}
+		if j.lastToken.IsZero() {
+			trace.SpanFromContext(j.ctx).AddEvent("first_token")
 		}
 		j.lastToken = now
 		if !j.logprobs {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -186,6 +188,7 @@ func (a *api) generate(ctx context.Context, g genArgs, out sender) error {
 	for i, v := range g.stopIDs {
 		stopIDs[i] = int(v)
 	}
+	a.traceRequest(ctx, g, params, sess)
 	job, err := a.n.sched.Submit(ctx, JobSpec{Session: sess, Prompt: g.prompt, Params: params, MaxTokens: int(g.maxTokens),
 		StopIDs: stopIDs, StopStrings: g.stop, IgnoreEOS: g.ignoreEOS, LogProbs: g.logprobs, API: g.api})
 	if err != nil {
@@ -193,6 +196,35 @@ func (a *api) generate(ctx context.Context, g genArgs, out sender) error {
 		return err
 	}
 	return a.stream(ctx, g, sess, job, out)
+}
+
+// traceRequest puts the OpenTelemetry GenAI request attributes on the
+// request's span (the RPC server span).
+func (a *api) traceRequest(ctx context.Context, g genArgs, p sample.Params, sess *Session) {
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	op := "text_completion"
+	if g.api == "chat" {
+		op = "chat"
+	}
+	attrs := []attribute.KeyValue{attribute.String("gen_ai.operation.name", op), attribute.String("gen_ai.provider.name", "switchyard"),
+		attribute.String("gen_ai.request.model", modelName(a.n.cfg.ModelPath)), attribute.Int("gen_ai.request.max_tokens", int(g.maxTokens)),
+		attribute.Float64("gen_ai.request.temperature", float64(p.Temperature)), attribute.Int64("gen_ai.request.seed", int64(p.Seed))}
+	if p.TopP > 0 {
+		attrs = append(attrs, attribute.Float64("gen_ai.request.top_p", float64(p.TopP)))
+	}
+	if p.TopK > 0 {
+		attrs = append(attrs, attribute.Int("gen_ai.request.top_k", p.TopK))
+	}
+	if len(g.stop) > 0 {
+		attrs = append(attrs, attribute.StringSlice("gen_ai.request.stop_sequences", g.stop))
+	}
+	if !sess.ephemeral {
+		attrs = append(attrs, attribute.String("gen_ai.conversation.id", sess.ID))
+	}
+	span.SetAttributes(attrs...)
 }
 
 // checkGen validates a generation's limits and sampling parameters.
@@ -278,6 +310,9 @@ func (a *api) stream(ctx context.Context, g genArgs, sess *Session, job *Job, ou
 			continue
 		}
 		a.n.metrics.jobFinished(job, fin)
+		trace.SpanFromContext(ctx).SetAttributes(attribute.Int("gen_ai.usage.input_tokens", fin.PromptTokens),
+			attribute.Int("gen_ai.usage.output_tokens", fin.CompletionTokens), attribute.Int("switchyard.usage.cached_tokens", fin.CachedTokens),
+			attribute.StringSlice("gen_ai.response.finish_reasons", []string{fin.Reason}))
 		if fin.Err != nil && (fin.Reason != engine.FinishCancel || ctx.Err() == nil) {
 			return fin.Err
 		}

@@ -20,14 +20,33 @@ func (s *Scheduler) startStep(ctx context.Context, jobs []*Job, rows int) (conte
 	if s.deps.Tracer == nil || s.deps.Tracing.Ratio <= 0 || rand.Float64() >= s.deps.Tracing.Ratio {
 		return ctx, nil
 	}
+	ctx, span := s.deps.Tracer.Start(ctx, "forward_step", trace.WithNewRoot(), trace.WithLinks(requestLinks(jobs)...),
+		trace.WithAttributes(attribute.Int("batch_size", len(jobs)), attribute.Int("rows", rows)))
+	linkBack(jobs, span)
+	return ctx, span
+}
+
+// requestLinks links a step's trace to the traces of the requests in it.
+func requestLinks(jobs []*Job) []trace.Link {
 	links := make([]trace.Link, 0, len(jobs))
 	for _, j := range jobs {
 		if sc := trace.SpanContextFromContext(j.ctx); sc.IsValid() {
 			links = append(links, trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{attribute.String("session", j.sess.ID)}})
 		}
 	}
-	return s.deps.Tracer.Start(ctx, "forward_step", trace.WithNewRoot(), trace.WithLinks(links...),
-		trace.WithAttributes(attribute.Int("batch_size", len(jobs)), attribute.Int("rows", rows)))
+	return links
+}
+
+// linkBack links each request's span to the step trace it took part in, so a
+// user in Jaeger goes from a slow request to the step, the expert node and
+// the layer that made it slow (the SDK caps links per span at 128).
+func linkBack(jobs []*Job, step trace.Span) {
+	sc := step.SpanContext()
+	for _, j := range jobs {
+		if rs := trace.SpanFromContext(j.ctx); rs.SpanContext().IsValid() {
+			rs.AddLink(trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{attribute.String("link", "forward_step")}})
+		}
+	}
 }
 
 // finishStep ends the step span; an unsampled step slower than the threshold is
@@ -44,8 +63,9 @@ func (s *Scheduler) finishStep(ctx context.Context, span trace.Span, start time.
 	if s.deps.Tracer == nil || s.deps.Tracing.SlowThreshold <= 0 || d < s.deps.Tracing.SlowThreshold {
 		return
 	}
-	ctx, sp := s.deps.Tracer.Start(ctx, "forward_step", trace.WithNewRoot(), trace.WithTimestamp(start),
+	ctx, sp := s.deps.Tracer.Start(ctx, "forward_step", trace.WithNewRoot(), trace.WithTimestamp(start), trace.WithLinks(requestLinks(jobs)...),
 		trace.WithAttributes(attribute.Int("batch_size", len(jobs)), attribute.Int("rows", rows), attribute.Bool("slow", true)))
+	linkBack(jobs, sp)
 	for _, c := range calls {
 		_, cs := s.deps.Tracer.Start(ctx, "dispatch", trace.WithTimestamp(c.Start), trace.WithAttributes(callAttrs(c)...))
 		if c.Err != nil {

@@ -124,7 +124,45 @@ func TestTracesAndMetrics(t *testing.T) {
 			}
 		}
 	}
-	for _, name := range []string{"switchyard.v1.Switchyard/Generate", "prefill", "forward_step", "dispatch", "expert_compute"} {
+	// A request and the steps it took part in link to each other (both ways),
+	// and the request span carries the GenAI attributes and its queue time.
+	var req *tracepb.Span
+	for _, s := range spans {
+		if s.span.Name == "switchyard.v1.Switchyard/Generate" {
+			req = s.span
+		}
+	}
+	if req != nil {
+		steps := map[string]bool{}
+		for _, l := range req.Links {
+			if st := byID[hex.EncodeToString(l.SpanId)]; st.span != nil && st.span.Name == "forward_step" {
+				steps[hex.EncodeToString(l.SpanId)] = true
+			}
+		}
+		if len(steps) < 4 { // prefill and three more decode steps
+			t.Errorf("request links to %d forward steps, want every step it took part in (>= 4)", len(steps))
+		}
+		for id := range steps {
+			back := false
+			for _, l := range byID[id].span.Links {
+				back = back || hex.EncodeToString(l.SpanId) == hex.EncodeToString(req.SpanId)
+			}
+			if !back {
+				t.Errorf("forward_step %s does not link back to the request", id)
+			}
+		}
+		attrs := map[string]string{}
+		for _, a := range req.Attributes {
+			attrs[a.Key] = a.GetValue().String()
+		}
+		for _, k := range []string{"gen_ai.operation.name", "gen_ai.request.model", "gen_ai.request.max_tokens", "gen_ai.usage.input_tokens",
+			"gen_ai.usage.output_tokens", "gen_ai.response.finish_reasons"} {
+			if attrs[k] == "" {
+				t.Errorf("request span lacks %s (has %v)", k, attrs)
+			}
+		}
+	}
+	for _, name := range []string{"switchyard.v1.Switchyard/Generate", "queue", "prefill", "forward_step", "dispatch", "expert_compute"} {
 		if count[name] == 0 {
 			t.Errorf("no %q span received (got %v)", name, count)
 		}
