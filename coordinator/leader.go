@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -120,8 +121,16 @@ func (c *Config) Validate() error {
 
 // Coordinator is one coordinator replica.
 type Coordinator struct {
-	cfg Config
-	met *leaderMetrics
+	cfg         Config
+	met         *leaderMetrics
+	metricsAddr atomic.Value // string, set by Run
+}
+
+// MetricsAddr is the bound /metrics address once Run has started ("" when not
+// served).
+func (c *Coordinator) MetricsAddr() string {
+	s, _ := c.metricsAddr.Load().(string)
+	return s
 }
 
 // New validates cfg and reads the model's shape when it is not given.
@@ -162,6 +171,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.metricsAddr.Store(a.MetricsAddr())
 	defer func() {
 		if errors.Is(context.Cause(ctx), agent.ErrCrash) {
 			a.Crash()

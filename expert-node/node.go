@@ -66,6 +66,8 @@ type Node struct {
 	lostOnce sync.Once
 	lost     atomic.Bool // the GPU is lost: never SERVING again
 
+	metricsAddr atomic.Value // string: the bound /metrics address (Run)
+
 	stop     chan struct{} // closed by Close: ends the compute loop
 	loopDone chan struct{} // closed when the compute loop has returned
 }

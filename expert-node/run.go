@@ -14,6 +14,13 @@ import (
 	"github.com/switchyard-serving/switchyard/internal/rpc"
 )
 
+// MetricsAddr is the bound /metrics address once Run has started ("" when not
+// served).
+func (n *Node) MetricsAddr() string {
+	s, _ := n.metricsAddr.Load().(string)
+	return s
+}
+
 // Run serves the node as a cluster member until ctx ends: it listens on
 // Config.Listen (or uses Config.Listener), registers in etcd, and keeps the
 // node loaded with its share of the routing tables through the make-before-
@@ -40,6 +47,7 @@ func (n *Node) Run(ctx context.Context) error {
 		lis.Close()
 		return err
 	}
+	n.metricsAddr.Store(a.MetricsAddr())
 	srv, err := a.NewServer(rpc.ServerConfig{TLS: n.cfg.PeerTLS, ExtraOptions: n.ServerOptions()})
 	if err != nil {
 		lis.Close()

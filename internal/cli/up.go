@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/switchyard-serving/switchyard/internal/agent"
 
@@ -68,6 +69,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: *model, ExpertNodes: *experts, Trunks: *trunks, Listen: *listen, DataDir: *data,
+		ExpertMetrics: true, CoordinatorMetrics: true,
 		ExpertDevice: *expertDevice, ExpertGPUMemory: gpuShare(*expertDevice, *experts), Logger: log,
 		Trunk: func(tc *trunknode.Config) { tc.Sched.MaxRunning = *maxRunning; tc.MetricsAddr = *metrics }})
 	if err != nil {
@@ -79,7 +81,15 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for i, ep := range c.Endpoints[1:] {
 		fmt.Fprintf(stdout, "trunk-%d: public API on %s\n", i+1, ep)
 	}
-	fmt.Fprintf(stdout, "metrics: http://%s/metrics\n", c.Trunk.MetricsAddr())
+	addrs := c.MetricsAddrs()
+	ids := make([]string, 0, len(addrs))
+	for id := range addrs {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		fmt.Fprintf(stdout, "metrics: %-14s http://%s/metrics\n", id, addrs[id])
+	}
 	fmt.Fprintf(stdout, "try:\n  switchyard generate --addr %s --prompt \"Hello\" --greedy --max-tokens 16\n", c.Endpoint)
 	fmt.Fprintf(stdout, "  grpcurl -plaintext -d '{\"text\":\"Hello\",\"max_tokens\":16}' %s switchyard.v1.Switchyard/Generate\n", c.Endpoint)
 	select {

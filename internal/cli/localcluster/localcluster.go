@@ -45,8 +45,10 @@ type Options struct {
 	// Trunk adjusts each trunk's configuration before it starts (trunks after the
 	// first serve metrics on a free port when MetricsAddr is set).
 	Trunk func(*trunknode.Config)
-	// ExpertMetrics serves each expert node's /metrics on a free loopback port.
-	ExpertMetrics bool
+	// ExpertMetrics serves each expert node's /metrics on a free loopback port;
+	// CoordinatorMetrics each coordinator's.
+	ExpertMetrics      bool
+	CoordinatorMetrics bool
 	// NoGossip turns off the memberlist cluster (on by default, encrypted).
 	NoGossip bool
 	// Coordinators is the number of coordinator replicas (default 1).
@@ -88,6 +90,7 @@ type Cluster struct {
 
 type coordProc struct {
 	id     string
+	co     *coordinator.Coordinator
 	cancel func() // stops it gracefully (resigns, deregisters)
 	crash  func() // stops it like a killed process: the election session expires
 	done   chan struct{}
@@ -213,18 +216,22 @@ func (c *Cluster) StartCoordinator(id string) {
 	lc.NodeID, lc.Layers, lc.Experts = id, c.cfg.Layers, c.cfg.Experts
 	lc.Etcd, lc.Gossip, lc.Logger, lc.LeaseTTL = c.Etcd.Endpoints, c.gossip, c.logger(), 2
 	lc.PlanInterval, lc.ElectionTTL, lc.ReadyTimeout = 2*time.Second, 2, 20*time.Second
+	if c.opts.CoordinatorMetrics {
+		lc.MetricsAddr = "127.0.0.1:0"
+	}
 	if c.opts.Coordinator != nil {
 		c.opts.Coordinator(&lc)
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	p := &coordProc{id: id, cancel: func() { cancel(nil) }, crash: func() { cancel(agent.ErrCrash) }, done: make(chan struct{})}
+	co, err := coordinator.New(lc)
+	if err != nil {
+		cancel(nil)
+		c.errs <- fmt.Errorf("coordinator %s: %w", id, err)
+		return
+	}
+	p := &coordProc{id: id, co: co, cancel: func() { cancel(nil) }, crash: func() { cancel(agent.ErrCrash) }, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		co, err := coordinator.New(lc)
-		if err != nil {
-			c.errs <- fmt.Errorf("coordinator %s: %w", id, err)
-			return
-		}
 		defer co.Close()
 		if err := co.Run(ctx); err != nil && ctx.Err() == nil {
 			c.errs <- fmt.Errorf("coordinator %s: %w", id, err)
@@ -343,6 +350,31 @@ func (c *Cluster) stopExpert(id string, crash bool) error {
 	}
 	<-p.done
 	return nil
+}
+
+// MetricsAddrs lists every node's bound /metrics address by node id (nodes
+// that serve none are left out; an expert node's or coordinator's appears once
+// it has started).
+func (c *Cluster) MetricsAddrs() map[string]string {
+	out := map[string]string{}
+	for i, t := range c.Trunks {
+		if a := t.MetricsAddr(); a != "" {
+			out[fmt.Sprintf("trunk-%d", i)] = a
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.experts {
+		if a := e.node.MetricsAddr(); a != "" {
+			out[e.id] = a
+		}
+	}
+	for _, p := range c.coords {
+		if a := p.co.MetricsAddr(); a != "" {
+			out[p.id] = a
+		}
+	}
+	return out
 }
 
 // ExpertIDs lists the running expert nodes.
