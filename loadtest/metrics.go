@@ -189,6 +189,10 @@ type MetricsReport struct {
 	Errors     []string           `json:"errors,omitempty"`
 	Series     []MetricSeries     `json:"series,omitempty"`
 	Histograms []HistogramSummary `json:"histograms,omitempty"`
+	// Agreement compares the report's latencies with the server's histograms.
+	Agreement []LatencyAgreement `json:"agreement,omitempty"`
+
+	hists map[histKey]*histData // the run's histogram deltas (for Agreement)
 }
 
 // MetricSeries is one counter, gauge or untyped series.
@@ -314,6 +318,10 @@ func diffMetrics(url string, before, after *scrape) *MetricsReport {
 		} else {
 			hs.Cumulative = true
 		}
+		if m.hists == nil {
+			m.hists = map[histKey]*histData{}
+		}
+		m.hists[k] = d
 		hs.Count, hs.Sum, hs.Mean = d.count, d.sum, div(d.sum, d.count)
 		hs.P50, hs.P90, hs.P99 = d.quantile(0.5), d.quantile(0.9), d.quantile(0.99)
 		m.Histograms = append(m.Histograms, hs)
@@ -386,6 +394,7 @@ func (m *MetricsReport) writeSummary(w io.Writer) {
 		fmt.Fprintf(w, "  %s%s  %s observations %s: mean %s p50 %s p90 %s p99 %s\n",
 			h.Name, h.Labels, num(h.Count), scope, num(h.Mean), num(h.P50), num(h.P90), num(h.P99))
 	}
+	writeAgreement(w, m.Agreement)
 }
 
 // num formats a metric value compactly.

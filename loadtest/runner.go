@@ -139,6 +139,14 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if cfg.MetricsURL != "" {
 		before = scrapeMetrics(ctx, cfg.MetricsURL, cfg.RPCTimeout)
 	}
+	// The server's window starts where the report's does: at the end of a
+	// time-based warm-up (a second scrape then replaces the first).
+	var warmScrape chan *scrape
+	if cfg.MetricsURL != "" && cfg.Warmup > 0 {
+		warmScrape = make(chan *scrape, 1)
+		wt := time.AfterFunc(cfg.Warmup, func() { warmScrape <- scrapeMetrics(ctx, cfg.MetricsURL, cfg.RPCTimeout) })
+		defer wt.Stop()
+	}
 
 	r.start = time.Now()
 	progDone := make(chan struct{})
@@ -187,7 +195,15 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	}
 	rep := buildReport(&r.cfg, info, r.start, end.Sub(r.start), r.results, r.sessions, r.dropped.Load())
 	if cfg.MetricsURL != "" {
+		select {
+		case s := <-warmScrape:
+			if s.err == nil {
+				before = s
+			}
+		default: // the run ended within the warm-up
+		}
 		rep.Metrics = diffMetrics(cfg.MetricsURL, before, after)
+		rep.Metrics.Agreement = compareLatencies(rep, &r.cfg, rep.Metrics, rep.Metrics.hists)
 	}
 	if err := ctx.Err(); err != nil {
 		rep.Interrupted = true

@@ -53,11 +53,14 @@ func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metri
 	h := func(name, help string, labels ...string) *prometheus.HistogramVec {
 		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: telemetry.LatencyBuckets, ConstLabels: cl}, labels)
 	}
+	hr := func(name, help string, labels ...string) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: telemetry.RequestLatencyBuckets, ConstLabels: cl}, labels)
+	}
 	m := &metrics{reg: reg, perNode: map[string]float64{},
-		ttft:      h("switchyard_time_to_first_token_seconds", "Time to first token: request admission queue + prefill + first sample.", "api"),
-		itl:       h("switchyard_inter_token_latency_seconds", "Inter-token latency between consecutive generated tokens of a request.", "api"),
-		e2e:       h("switchyard_request_duration_seconds", "End-to-end request latency, from arrival to the final message.", "api"),
-		queue:     h("switchyard_queue_wait_seconds", "Time a request waited before the scheduler admitted it.", "api"),
+		ttft:      hr("switchyard_time_to_first_token_seconds", "Time to first token: request admission queue + prefill + first sample.", "api"),
+		itl:       hr("switchyard_inter_token_latency_seconds", "Inter-token latency between consecutive generated tokens of a request.", "api"),
+		e2e:       hr("switchyard_request_duration_seconds", "End-to-end request latency, from arrival to the final message.", "api"),
+		queue:     hr("switchyard_queue_wait_seconds", "Time a request waited before the scheduler admitted it.", "api"),
 		genTokens: prometheus.NewCounter(prometheus.CounterOpts{Name: "switchyard_generated_tokens_total", Help: "Generated tokens.", ConstLabels: cl}),
 		promptTok: prometheus.NewCounter(prometheus.CounterOpts{Name: "switchyard_prompt_tokens_total", Help: "Prompt tokens prefilled.", ConstLabels: cl}),
 		requests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_requests_total", Help: "Finished generations by finish reason: stop, length, cancelled (by the client) or error.", ConstLabels: cl}, []string{"reason"}),
