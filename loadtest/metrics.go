@@ -191,8 +191,6 @@ type MetricsReport struct {
 	Histograms []HistogramSummary `json:"histograms,omitempty"`
 	// Agreement compares the report's latencies with the server's histograms.
 	Agreement []LatencyAgreement `json:"agreement,omitempty"`
-
-	hists map[histKey]*histData // the run's histogram deltas (for Agreement)
 }
 
 // MetricSeries is one counter, gauge or untyped series.
@@ -271,6 +269,29 @@ func (s *scrape) split() (hists map[histKey]*histData, plain map[[2]string]promS
 }
 
 // diffMetrics compares two scrapes.
+// runHistograms returns each histogram's observations during the run (after
+// minus before; everything when there was no first scrape).
+func runHistograms(before, after *scrape) map[histKey]*histData {
+	bh, _ := before.split()
+	ah, _ := after.split()
+	out := map[histKey]*histData{}
+	for k, a := range ah {
+		d := &histData{buckets: map[float64]float64{}, sum: a.sum, count: a.count}
+		for le, c := range a.buckets {
+			d.buckets[le] = c
+		}
+		if b, ok := bh[k]; ok {
+			d.sum -= b.sum
+			d.count -= b.count
+			for le := range d.buckets {
+				d.buckets[le] -= b.buckets[le]
+			}
+		}
+		out[k] = d
+	}
+	return out
+}
+
 func diffMetrics(url string, before, after *scrape) *MetricsReport {
 	m := &MetricsReport{URL: url}
 	for i, s := range []*scrape{before, after} {
@@ -318,10 +339,6 @@ func diffMetrics(url string, before, after *scrape) *MetricsReport {
 		} else {
 			hs.Cumulative = true
 		}
-		if m.hists == nil {
-			m.hists = map[histKey]*histData{}
-		}
-		m.hists[k] = d
 		hs.Count, hs.Sum, hs.Mean = d.count, d.sum, div(d.sum, d.count)
 		hs.P50, hs.P90, hs.P99 = d.quantile(0.5), d.quantile(0.9), d.quantile(0.99)
 		m.Histograms = append(m.Histograms, hs)

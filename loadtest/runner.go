@@ -203,7 +203,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		default: // the run ended within the warm-up
 		}
 		rep.Metrics = diffMetrics(cfg.MetricsURL, before, after)
-		rep.Metrics.Agreement = compareLatencies(rep, &r.cfg, rep.Metrics, rep.Metrics.hists)
+		rep.Metrics.Agreement = compareLatencies(rep, &r.cfg, rep.Metrics, runHistograms(before, after))
 	}
 	if err := ctx.Err(); err != nil {
 		rep.Interrupted = true
