@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,8 @@ type DispatchConfig struct {
 	OnCall func(CallInfo)
 	// Tracer, if set, opens a span per node call of a traced step.
 	Tracer trace.Tracer
+	// Logger receives stream events (opened, lost, nodes marked down).
+	Logger *slog.Logger
 }
 
 // CallInfo describes one node's part of one MoE layer dispatch.
@@ -159,6 +162,9 @@ func NewDispatcher(cfg DispatchConfig, hidden int) *Dispatcher {
 	if cfg.MaxMsgBytes == 0 {
 		cfg.MaxMsgBytes = 16 << 20
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	return &Dispatcher{cfg: cfg, hidden: hidden, tracer: cfg.Tracer, conns: map[string]*nodeStream{}, down: map[string]time.Time{}}
 }
 
@@ -189,6 +195,7 @@ func (d *Dispatcher) Table() *routing.Table { return d.table.Load() }
 
 // MarkDown stops sending to a node for a while (gossip or a failed stream said so).
 func (d *Dispatcher) MarkDown(node string, for_ time.Duration) {
+	d.cfg.Logger.Warn("expert node marked down", "expert", node, "for", for_)
 	d.mu.Lock()
 	d.down[node] = time.Now().Add(for_)
 	if c, ok := d.conns[node]; ok {
@@ -559,8 +566,11 @@ func (d *Dispatcher) stream(node, addr string) (*nodeStream, error) {
 	}
 	s, err := openStream(d.cfg.Dial, node, addr)
 	if err != nil {
+		d.cfg.Logger.Warn("opening the dispatch stream failed", "expert", node, "addr", addr, "err", err)
 		return nil, err
 	}
+	s.log = d.cfg.Logger
+	d.cfg.Logger.Info("dispatch stream opened", "expert", node, "addr", addr)
 	d.conns[node] = s
 	return s, nil
 }
@@ -569,6 +579,7 @@ func (d *Dispatcher) stream(node, addr string) (*nodeStream, error) {
 // loop; callers register a per-(step, chunk) response channel.
 type nodeStream struct {
 	node, addr string
+	log        *slog.Logger // nil until the dispatcher adopts the stream
 	conn       *grpc.ClientConn
 	cancel     context.CancelFunc
 	sendq      chan *pb.ExpertBatch
@@ -694,6 +705,9 @@ func (s *nodeStream) close(err error) {
 		return
 	}
 	s.err = err
+	if s.log != nil {
+		s.log.Warn("dispatch stream closed", "expert", s.node, "reason", err)
+	}
 	close(s.closed)
 	for k, ch := range s.waiting {
 		close(ch)

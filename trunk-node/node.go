@@ -70,7 +70,7 @@ type Node struct {
 
 	mu          sync.Mutex
 	metricsAddr string       // guarded by mu
-	log         *slog.Logger // guarded by mu; the agent's once Serve starts
+	log         *slog.Logger // the node's (same settings as its agent's)
 }
 
 // MetricsAddr is the bound /metrics address ("" when not served).
@@ -104,7 +104,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{imports: make(chan struct{}, maxConcurrentImports), cfg: cfg, model: e.Model, tok: e.Tok, limits: cfg.Limits, kvPerToken: kvPer,
 		metrics: newMetrics(telemetry.NewRegistry(), cfg.NodeID, cfg.ExpertDetail),
-		health:  health.NewServer(), ready: make(chan struct{}), log: slog.New(slog.DiscardHandler)}
+		health:  health.NewServer(), ready: make(chan struct{}), log: cfg.Config.NewLogger(cluster.RoleTrunk)}
 	if mc := c.MaxPositionEmbed; c.UseRope() && mc > 0 && mc < n.limits.MaxContext {
 		n.limits.MaxContext = mc
 	}
@@ -161,6 +161,9 @@ func (n *Node) newDispatcher(hidden int) (*Dispatcher, error) {
 	if cfg.Tracing.Enabled {
 		dc.Tracer = cfg.Tracing.Tracer()
 	}
+	if dc.Logger == nil {
+		dc.Logger = n.log
+	}
 	return NewDispatcher(dc, hidden), nil
 }
 
@@ -213,7 +216,7 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 	n.mu.Lock()
-	n.metricsAddr, n.log = a.MetricsAddr(), a.Logger()
+	n.metricsAddr = a.MetricsAddr()
 	n.mu.Unlock()
 	srv, err := a.NewServer(rpc.ServerConfig{TLS: n.cfg.PublicTLS, MaxRecvBytes: n.cfg.MaxRecvBytes, RatePerSec: n.cfg.RatePerSec,
 		RateBurst: int(n.cfg.RatePerSec) + 1, AuthToken: n.cfg.APIToken, OnDone: n.callDone, Logger: a.Logger()})

@@ -171,6 +171,7 @@ func benchInProcess(ctx context.Context, model string, tune func(*trunknode.Conf
 	// In-process baseline: one trunk computing the experts itself.
 	lcfg := trunknode.DefaultConfig()
 	lcfg.ModelPath, lcfg.LocalExperts = model, true
+	lcfg.LogLevel = "warn" // the benchmark's own output stays readable
 	tune(&lcfg)
 	local, err := trunknode.New(lcfg)
 	if err != nil {
