@@ -13,7 +13,10 @@
 #   docker run --rm switchyard:dev help
 #
 # The Helm chart (deploy/helm/switchyard) runs this image once per role with
-# `switchyard trunk|expert|coordinator <flags>` as the container args.
+# `switchyard trunk|expert|coordinator <flags>` as the container args, and
+# downloads the model with it too (`switchyard download`: a Job and init
+# containers; the static binary carries its own HTTPS client and distroless
+# the CA certificates, so nothing is installed at pod start).
 
 # GO_VERSION must satisfy the `go` line of go.mod (1.26.8); the 1.26 tag always
 # carries the newest 1.26.x patch release.

@@ -11,8 +11,10 @@
 #      runs the Go validator module deploy/helm/test (its own go.mod, so
 #      k8s.io/api and BuildKit's parser stay out of the main module): strict
 #      decoding into the Kubernetes API types, chart assertions, container args
-#      checked against the binary's own flag sets, schema negative tests, and
-#      the Dockerfile/.dockerignore checks.
+#      (the `switchyard download` ones too) checked against the binary's own
+#      flag sets, the README's `helm install` commands rendered verbatim with
+#      their install notes checked, alert rules validated (promtool when it is
+#      installed), schema negative tests, and the Dockerfile/.dockerignore checks.
 #
 # Exits non-zero on any failure. Skips (exit 0) only when there is no Go
 # toolchain. Usage: scripts/helm-test.sh [go test flags, e.g. -run TestVariants -v]
@@ -86,6 +88,8 @@ printf 'replicaCount: 3\n' >"$tmp/bad-key.yaml"
 expect_reject 'experts.replicas: "two"' -f "$tmp/bad-type.yaml"
 expect_reject 'unknown key replicaCount' -f "$tmp/bad-key.yaml"
 expect_reject 'gpu.count=0' --set gpu.count=0
+# The Python/pip downloader is gone: its keys must fail instead of doing nothing.
+expect_reject 'model.download.pipPackages' --set 'model.download.pipPackages={huggingface_hub}'
 step "schema rejects bad values"
 
 # 3. the binary (built as the Dockerfile's build stage builds it) and the Go validator.

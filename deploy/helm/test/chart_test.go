@@ -30,13 +30,24 @@ type variant struct {
 	modelSource                   string // download, pvc, hostPath
 	modelSubPath                  string // model.path
 	download                      bool
-	modelPersistence              bool
-	publicTLS, peerTLS            bool
-	serviceMonitor                bool
-	otel                          bool
-	generatedSecret               bool
-	metricsOff                    []string // roles expected to serve no metrics
-	probeExempt                   []string // containers allowed to run without probes
+	// With downloads: model.cache.type (persistentVolumeClaim, hostPath or
+	// emptyDir), the shared claim's name (persistentVolumeClaim), the repo and
+	// revision, the --include list of trunk and expert downloaders, and the
+	// Secret/key of HF_TOKEN ("" for none).
+	cache, cacheClaim   string
+	repo, revision      string
+	include             []string
+	hfToken             string
+	auth                bool   // the public API requires the token
+	logFormat, logLevel string // --log-format, --log-level of every role
+	keda                bool   // KEDA ScaledObject for the trunks
+	prometheusRule      bool
+	publicTLS, peerTLS  bool
+	serviceMonitor      bool
+	otel                bool
+	generatedSecret     bool
+	metricsOff          []string // roles expected to serve no metrics
+	probeExempt         []string // containers allowed to run without probes
 	// unknownFlags are flags (per role) the variant wires for a binary that
 	// does not have them yet; they are left out of the flag-set check.
 	unknownFlags map[string][]string
@@ -55,10 +66,15 @@ func (v *variant) etcdEndpoints() []string {
 	return eps
 }
 
+// downloadDir is the folder of the downloaded repo: /models/<repo>/<revision>.
+func (v *variant) downloadDir() string {
+	return "/models/" + v.repo + "/" + strings.ReplaceAll(v.revision, "/", "--")
+}
+
 func (v *variant) modelPath() string {
 	base := "/models"
 	if v.modelSource == "download" {
-		base = "/models/repo"
+		base = v.downloadDir()
 	}
 	if v.modelSubPath != "" {
 		return base + "/" + v.modelSubPath
@@ -87,6 +103,9 @@ func defaults(name string, files ...string) variant {
 		name: name, files: files,
 		trunks: 2, experts: 2, coordinators: 2, etcdMembers: 3, gpus: 1,
 		modelSource: "download", download: true, generatedSecret: true,
+		cache: "persistentVolumeClaim", cacheClaim: fullname + "-model-cache",
+		repo: "ibm-granite/granite-4.0-h-tiny", revision: "main",
+		auth: true, logFormat: "json", logLevel: "info",
 	}
 }
 
@@ -108,16 +127,13 @@ func variants() []variant {
 		if svc == nil || svc.Spec.Type != corev1.ServiceTypeClusterIP || len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 7070 {
 			t.Errorf("client Service %s-trunk: want ClusterIP on 7070: %+v", fullname, svc)
 		}
-		// The coordinator fetches only config.json; nodes fetch the whole repo.
-		coord := m.deployment(fullname + "-coordinator")
-		if e := envVar(initContainer(&coord.Spec.Template.Spec, "model-download"), "HF_ALLOW_PATTERNS"); e == nil || e.Value != `["config.json"]` {
-			t.Errorf("coordinator download patterns: %+v", e)
-		}
-		if e := envVar(initContainer(&trunk.Spec.Template.Spec, "model-download"), "HF_ALLOW_PATTERNS"); e == nil || e.Value != `[]` {
-			t.Errorf("trunk download patterns: %+v", e)
-		}
-		if e := envVar(initContainer(&trunk.Spec.Template.Spec, "model-download"), "HF_TOKEN"); e != nil {
-			t.Errorf("HF_TOKEN set without a token Secret")
+		// The shared cache: a ReadWriteMany claim the chart creates and keeps
+		// on uninstall, filled by one Job.
+		pvc := m.pvc(fullname + "-model-cache")
+		if pvc == nil || !slices.Contains(pvc.Spec.AccessModes, corev1.ReadWriteMany) || pvc.Annotations["helm.sh/resource-policy"] != "keep" {
+			t.Errorf("model cache claim: ReadWriteMany, kept on uninstall: %+v", pvc)
+		} else if q := pvc.Spec.Resources.Requests[corev1.ResourceStorage]; q.String() != "100Gi" {
+			t.Errorf("model cache claim size %s, want 100Gi", q.String())
 		}
 		// Probes: native gRPC health checks on the main port.
 		ex := m.statefulSet(fullname + "-expert")
@@ -179,35 +195,61 @@ func variants() []variant {
 	}
 
 	hf := defaults("hf-download", "hf-download.yaml")
-	hf.modelPersistence = true
-	hf.external = []string{"Secret/hf-token"}
+	hf.repo, hf.revision = "ibm-granite/granite-4.0-h-small", "5b3c1f0a9d2e4c6b8a7f1e3d5c7b9a0f2e4d6c8b"
+	hf.include = []string{"*.json", "*.safetensors", "tokenizer*"}
+	hf.hfToken = "hf-token/hf_token"
+	hf.cacheClaim = "shared-models"
+	hf.external = []string{"Secret/hf-token", "PersistentVolumeClaim/shared-models"}
 	hf.extra = func(t *testing.T, m *manifests) {
-		for _, w := range m.workloads() {
-			dl := initContainer(&w.tpl.Spec, "model-download")
-			if dl == nil {
-				continue
+		if len(m.pvcs) != 0 {
+			t.Errorf("existingClaim: the chart must not create a claim: %v", m.pvcs[0].Name)
+		}
+		for _, j := range m.jobs {
+			c := &j.Spec.Template.Spec.Containers[0]
+			if got, _ := flagValue(c.Args, "endpoint"); got != "https://hf-mirror.internal.example" {
+				t.Errorf("Job %s: --endpoint=%q, want the mirror", j.Name, got)
 			}
-			tok := envVar(dl, "HF_TOKEN")
-			if tok == nil || tok.ValueFrom == nil || tok.ValueFrom.SecretKeyRef == nil || tok.ValueFrom.SecretKeyRef.Name != "hf-token" || tok.ValueFrom.SecretKeyRef.Key != "hf_token" {
-				t.Errorf("%s: HF_TOKEN from Secret hf-token/hf_token expected: %+v", w.name, tok)
-			}
-			if e := envVar(dl, "HF_REVISION"); e == nil || e.Value != "5b3c1f0a9d2e4c6b8a7f1e3d5c7b9a0f2e4d6c8b" {
-				t.Errorf("%s: HF_REVISION: %+v", w.name, e)
-			}
-			wantPatterns := `["*.json","*.safetensors","tokenizer*"]`
-			if w.name == fullname+"-coordinator" {
-				wantPatterns = `["config.json"]`
-			}
-			if e := envVar(dl, "HF_ALLOW_PATTERNS"); e == nil || e.Value != wantPatterns {
-				t.Errorf("%s: HF_ALLOW_PATTERNS: %+v, want %s", w.name, e, wantPatterns)
+			if j.Spec.Template.Spec.NodeSelector["switchyard.io/hub-egress"] != "true" {
+				t.Errorf("Job %s: model.download.nodeSelector not applied: %v", j.Name, j.Spec.Template.Spec.NodeSelector)
 			}
 		}
-		for _, name := range []string{"trunk", "expert"} {
-			s := m.statefulSet(fullname + "-" + name)
-			if len(s.Spec.VolumeClaimTemplates) != 1 || s.Spec.VolumeClaimTemplates[0].Name != "model" ||
-				ptrVal(s.Spec.VolumeClaimTemplates[0].Spec.StorageClassName, "") != "fast-ssd" {
-				t.Errorf("%s: a per-pod model volume on fast-ssd expected: %+v", name, s.Spec.VolumeClaimTemplates)
+	}
+
+	perNode := defaults("cache-hostpath", "cache-hostpath.yaml")
+	perNode.gpus = 0
+	perNode.cache, perNode.cacheClaim = "hostPath", ""
+	perNode.revision = "refs/pr/7"
+
+	emptyDir := defaults("cache-emptydir-gguf", "cache-emptydir-gguf.yaml")
+	emptyDir.cache, emptyDir.cacheClaim = "emptyDir", ""
+	emptyDir.repo, emptyDir.modelSubPath = "ibm-granite/granite-4.0-h-tiny-GGUF", "granite-4.0-h-tiny-Q8_0.gguf"
+	emptyDir.include = []string{"granite-4.0-h-tiny-Q8_0.gguf"}
+	emptyDir.auth, emptyDir.logFormat, emptyDir.logLevel = false, "text", "debug"
+
+	ops := defaults("autoscaling-alerts", "autoscaling-alerts.yaml")
+	ops.keda, ops.prometheusRule, ops.serviceMonitor = true, true, true
+	ops.extra = func(t *testing.T, m *manifests) {
+		so := m.scaledObjects[0]
+		if so.Spec.MinReplicaCount == nil || *so.Spec.MinReplicaCount != 3 || so.Spec.MaxReplicaCount == nil || *so.Spec.MaxReplicaCount != 12 {
+			t.Errorf("ScaledObject replicas %v..%v, want 3..12", so.Spec.MinReplicaCount, so.Spec.MaxReplicaCount)
+		}
+		for _, tr := range so.Spec.Triggers {
+			if !strings.Contains(tr.Metadata["query"], `kubernetes_namespace="llm"`) || tr.Metadata["serverAddress"] != "http://thanos-query.monitoring.svc:9090" {
+				t.Errorf("trigger %s: metrics.seriesSelector or serverAddress not applied: %v", tr.Name, tr.Metadata)
 			}
+			if tr.AuthenticationRef == nil || tr.AuthenticationRef.Name != "prometheus-auth" {
+				t.Errorf("trigger %s: authenticationRef %+v, want prometheus-auth", tr.Name, tr.AuthenticationRef)
+			}
+		}
+		rules := alertRules(m)
+		if r, ok := rules["SwitchyardAPIErrorRatioHigh"]; !ok || !strings.Contains(r.Expr, `code=~"Internal|Unavailable"`) || r.Labels["team"] != "inference" {
+			t.Errorf("error-ratio alert: the codes value and additionalLabels must apply: %+v", r)
+		}
+		if _, ok := rules["SwitchyardExpertNodeDown"]; ok {
+			t.Errorf("alerts.expertDown.enabled=false, but the alert is rendered")
+		}
+		if m.prometheusRules[0].Labels["release"] != "kube-prometheus-stack" || m.prometheusRules[0].Namespace != "monitoring" {
+			t.Errorf("PrometheusRule labels/namespace: %v %s", m.prometheusRules[0].Labels, m.prometheusRules[0].Namespace)
 		}
 	}
 
@@ -248,7 +290,7 @@ func variants() []variant {
 		}
 	}
 
-	return []variant{def, ext, noGPU, scale, hf, pvc, future}
+	return []variant{def, ext, noGPU, scale, hf, perNode, emptyDir, ops, pvc, future}
 }
 
 func TestVariants(t *testing.T) {
@@ -290,6 +332,9 @@ func checkVariant(t *testing.T, m *manifests, v *variant) {
 	}
 	for name, got := range map[string]int32{"trunk": ptrVal(trunk.Spec.Replicas, 1), "expert": ptrVal(expert.Spec.Replicas, 1), "coordinator": ptrVal(coord.Spec.Replicas, 1)} {
 		want := map[string]int32{"trunk": v.trunks, "expert": v.experts, "coordinator": v.coordinators}[name]
+		if name == "trunk" && v.keda {
+			continue // checkAutoscaling: KEDA owns it
+		}
 		if got != want {
 			t.Errorf("%s replicas %d, want %d", name, got, want)
 		}
@@ -321,11 +366,13 @@ func checkVariant(t *testing.T, m *manifests, v *variant) {
 	}
 	for _, name := range []string{"trunk", "expert"} {
 		s := m.statefulSet(fullname + "-" + name)
-		hasClaim := slices.ContainsFunc(s.Spec.VolumeClaimTemplates, func(c corev1.PersistentVolumeClaim) bool { return c.Name == "model" })
-		if hasClaim != v.modelPersistence {
-			t.Errorf("%s: model volumeClaimTemplate = %v, want %v", name, hasClaim, v.modelPersistence)
+		if slices.ContainsFunc(s.Spec.VolumeClaimTemplates, func(c corev1.PersistentVolumeClaim) bool { return c.Name == "model" }) {
+			t.Errorf("%s: a per-pod model volumeClaimTemplate (the cache is model.cache now)", name)
 		}
 	}
+	checkModel(t, m, v)
+	checkAutoscaling(t, m, v)
+	checkPrometheusRule(t, m, v)
 	checkDashboard(t, m)
 }
 
@@ -480,9 +527,21 @@ func checkTLS(t *testing.T, trunk, expert *appsv1.StatefulSet, v *variant) {
 }
 
 // dashboardMetrics are the series the dashboard must chart.
-var dashboardMetrics = []string{"switchyard_ttft_seconds", "switchyard_itl_seconds", "switchyard_dispatch_rtt_seconds",
-	"switchyard_expert_activations_total", "switchyard_placement_imbalance", "switchyard_session_state_bytes",
-	"switchyard_session_transfers_total", "switchyard_expert_gpu_memory_bytes", "switchyard_expert_gpu_kernel_seconds"}
+var dashboardMetrics = []string{"switchyard_time_to_first_token_seconds", "switchyard_inter_token_latency_seconds",
+	"switchyard_request_duration_seconds", "switchyard_queue_wait_seconds", "switchyard_dispatch_rtt_seconds",
+	"switchyard_expert_activations_total", "switchyard_placement_imbalance", "switchyard_placement_predicted_imbalance",
+	"switchyard_session_state_bytes", "switchyard_session_transfers_total", "switchyard_expert_gpu_memory_bytes",
+	"switchyard_expert_gpu_kernel_seconds", "switchyard_prompt_tokens_total", "switchyard_generated_tokens_total",
+	"switchyard_api_requests_total", "switchyard_sessions", "switchyard_session_budget_usage_ratio"}
+
+// opsPanels are the operations row's panels and a series each must query.
+var opsPanels = map[string][]string{
+	"Throughput":        {"rate(switchyard_prompt_tokens_total", "rate(switchyard_generated_tokens_total"},
+	"Requests by code":  {"by (code)", "switchyard_api_requests_total"},
+	"Sessions":          {"switchyard_sessions", "running", "waiting"},
+	"Memory-budget use": {"switchyard_session_budget_usage_ratio"},
+	"Expert imbalance":  {"switchyard_placement_imbalance"},
+}
 
 func checkDashboard(t *testing.T, m *manifests) {
 	t.Helper()
@@ -504,13 +563,22 @@ func checkDashboard(t *testing.T, m *manifests) {
 func checkDashboardJSON(t *testing.T, data string) {
 	t.Helper()
 	var d struct {
-		UID    string `json:"uid"`
-		Title  string `json:"title"`
+		UID        string `json:"uid"`
+		Title      string `json:"title"`
+		Templating struct {
+			List []struct {
+				Definition string `json:"definition"`
+			} `json:"list"`
+		} `json:"templating"`
 		Panels []struct {
 			Type    string `json:"type"`
 			Title   string `json:"title"`
+			GridPos struct {
+				Y int `json:"y"`
+			} `json:"gridPos"`
 			Targets []struct {
-				Expr string `json:"expr"`
+				Expr     string `json:"expr"`
+				Exemplar bool   `json:"exemplar"`
 			} `json:"targets"`
 		} `json:"panels"`
 	}
@@ -522,10 +590,56 @@ func checkDashboardJSON(t *testing.T, data string) {
 	}
 	var exprs []string
 	types := map[string]bool{}
+	opsRow, nextRow := -1, -1 // y of the Operations row and of the row after it
 	for _, p := range d.Panels {
 		types[p.Type] = true
+		if p.Type == "row" {
+			if p.Title == "Operations" {
+				opsRow = p.GridPos.Y
+			} else if opsRow >= 0 && nextRow < 0 && p.GridPos.Y > opsRow {
+				nextRow = p.GridPos.Y
+			}
+		}
 		for _, tg := range p.Targets {
 			exprs = append(exprs, tg.Expr)
+			if err := checkPromQL(tg.Expr); err != nil {
+				t.Errorf("dashboard panel %q: %v", p.Title, err)
+			}
+			// Latency panels show exemplars (trace ids on the histograms).
+			if strings.Contains(tg.Expr, "histogram_quantile") && !tg.Exemplar {
+				t.Errorf("dashboard panel %q: exemplars are off on %q", p.Title, tg.Expr)
+			}
+		}
+	}
+	for _, v := range d.Templating.List {
+		for _, name := range seriesRE.FindAllString(v.Definition, -1) {
+			if !exportedMetric(name) {
+				t.Errorf("dashboard variable query %q: %s is not a series the binary exports", v.Definition, name)
+			}
+		}
+	}
+	if opsRow < 0 {
+		t.Errorf("dashboard: no Operations row")
+	}
+	for prefix, wants := range opsPanels {
+		found := false
+		for _, p := range d.Panels {
+			if p.Type == "row" || !strings.HasPrefix(p.Title, prefix) || p.GridPos.Y <= opsRow || (nextRow >= 0 && p.GridPos.Y >= nextRow) {
+				continue
+			}
+			found = true
+			var all []string
+			for _, tg := range p.Targets {
+				all = append(all, tg.Expr)
+			}
+			for _, w := range wants {
+				if !strings.Contains(strings.Join(all, "\n"), w) {
+					t.Errorf("dashboard Operations panel %q: no query with %q", p.Title, w)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("dashboard: the Operations row has no %q panel", prefix)
 		}
 	}
 	all := strings.Join(exprs, "\n")
@@ -573,6 +687,25 @@ func TestBadValues(t *testing.T) {
 		{"otel without an endpoint", "otel:\n  enabled: true\n", "endpoint"},
 		{"unknown settings flag", "trunk:\n  settings:\n    maxBatch: 3\n", "maxBatch"},
 		{"bad pull policy", "image:\n  pullPolicy: Sometimes\n", "pullPolicy"},
+		// The Python/pip downloader is gone; its keys must not silently do nothing.
+		{"removed pipPackages", "model:\n  download:\n    pipPackages: [huggingface_hub]\n", "pipPackages"},
+		{"removed pipExtraArgs", "model:\n  download:\n    pipExtraArgs: [--index-url, https://pypi.example]\n", "pipExtraArgs"},
+		{"removed downloader image", "model:\n  download:\n    image:\n      repository: python\n      tag: 3.13-slim\n", "image"},
+		{"removed per-pod persistence", "model:\n  download:\n    persistence:\n      enabled: true\n", "persistence"},
+		{"removed sizeLimit", "model:\n  download:\n    sizeLimit: 40Gi\n", "sizeLimit"},
+		{"no short alias for the repo", "model:\n  hfRepo: ibm-granite/granite-4.0-h-tiny\n", "hfRepo"},
+		{"unknown cache type", "model:\n  cache:\n    type: nfs\n", "type"},
+		{"no claim to use", "model:\n  cache:\n    persistentVolumeClaim:\n      create: false\n", "existingClaim"},
+		{"comma in an include glob", "model:\n  download:\n    allowPatterns: [\"a,b\"]\n", "allowPatterns"},
+		{"revision climbing out", "model:\n  download:\n    revision: ../x\n", "revision"},
+		{"log format", "logging:\n  format: xml\n", "format"},
+		{"log level", "logging:\n  level: verbose\n", "level"},
+		{"budget threshold over 1", "autoscaling:\n  keda:\n    budgetUsage:\n      threshold: \"1.5\"\n", "threshold"},
+		{"numeric KEDA threshold", "autoscaling:\n  keda:\n    queueDepth:\n      threshold: 4\n", "threshold"},
+		{"unknown gRPC code", "prometheusRule:\n  alerts:\n    errorRatio:\n      codes: [Oops]\n", "codes"},
+		{"bad alert duration", "prometheusRule:\n  alerts:\n    expertDown:\n      for: 2 minutes\n", "for"},
+		{"braces in the series selector", "metrics:\n  seriesSelector: '{namespace=\"x\"}'\n", "seriesSelector"},
+		{"auth as a string", "auth:\n  enabled: \"yes\"\n", "enabled"},
 	}
 	dir := t.TempDir()
 	for i, c := range cases {

@@ -33,6 +33,35 @@ func checkCommon(t *testing.T, m *manifests, v *variant) {
 	checkServices(t, m)
 	checkPDBs(t, m)
 	checkServiceMonitors(t, m)
+	checkJobs(t, m, v)
+}
+
+// checkJobs: Job pods pass the same pod checks as the workloads'.
+func checkJobs(t *testing.T, m *manifests, v *variant) {
+	t.Helper()
+	for _, j := range m.jobs {
+		where := "Job " + j.Name
+		spec := &j.Spec.Template.Spec
+		if spec.RestartPolicy != corev1.RestartPolicyOnFailure && spec.RestartPolicy != corev1.RestartPolicyNever {
+			t.Errorf("%s: restartPolicy %q", where, spec.RestartPolicy)
+		}
+		if sa := spec.ServiceAccountName; sa != "" && sa != "default" && !slices.ContainsFunc(m.serviceAccounts, func(s *corev1.ServiceAccount) bool { return s.Name == sa }) {
+			t.Errorf("%s: ServiceAccount %q is not rendered", where, sa)
+		}
+		// A Job's pods are named <job>-<5 characters>, within 63.
+		if len(j.Name) > 63-6 {
+			t.Errorf("%s: name longer than %d characters", where, 63-6)
+		}
+		checkPodSecurity(t, where, spec)
+		checkVolumes(t, m, v, where, podTemplate{kind: "Job", name: j.Name, tpl: &j.Spec.Template})
+		for i := range spec.Containers {
+			c := &spec.Containers[i]
+			checkResources(t, where+" container "+c.Name, c)
+			if err := checkEnvRefs(m, v, c, nil); err != nil {
+				t.Errorf("%s container %s: %v", where, c.Name, err)
+			}
+		}
+	}
 }
 
 func checkLabels(t *testing.T, m *manifests) {
@@ -250,8 +279,8 @@ func checkVolumes(t *testing.T, m *manifests, v *variant, where string, w podTem
 				t.Errorf("%s: volume %s: ConfigMap %q is neither rendered nor declared external", where, vol.Name, vol.ConfigMap.Name)
 			}
 		case vol.PersistentVolumeClaim != nil:
-			if !v.isExternal("PersistentVolumeClaim", vol.PersistentVolumeClaim.ClaimName) {
-				t.Errorf("%s: volume %s: PVC %q is not declared external", where, vol.Name, vol.PersistentVolumeClaim.ClaimName)
+			if m.pvc(vol.PersistentVolumeClaim.ClaimName) == nil && !v.isExternal("PersistentVolumeClaim", vol.PersistentVolumeClaim.ClaimName) {
+				t.Errorf("%s: volume %s: PVC %q is neither rendered nor declared external", where, vol.Name, vol.PersistentVolumeClaim.ClaimName)
 			}
 		}
 	}
@@ -380,7 +409,9 @@ func checkFlags(args []string) error {
 		return fmt.Errorf("switchyard %s -h: want exit status 2 (usage), got %v\n%s", strings.Join(args, " "), err, out)
 	}
 	first, _, _ := strings.Cut(string(out), "\n")
-	if want := "Usage of switchyard " + args[0] + ":"; first != want {
+	// The flag package's default usage, or a subcommand's own (`download`:
+	// "usage: switchyard download --repo ID ...").
+	if want := "Usage of switchyard " + args[0] + ":"; first != want && !strings.HasPrefix(first, "usage: switchyard "+args[0]+" ") {
 		return fmt.Errorf("switchyard rejected the args %q: %s", args, first)
 	}
 	return nil
@@ -473,8 +504,15 @@ func checkSwitchyardContainer(t *testing.T, m *manifests, v *variant, w podTempl
 			t.Errorf("%s: env %s missing", where, name)
 		}
 	}
-	if (envVar(c, "SWITCHYARD_API_TOKEN") != nil) != (role == "trunk") {
-		t.Errorf("%s: SWITCHYARD_API_TOKEN must be set on trunk nodes only", where)
+	if (envVar(c, "SWITCHYARD_API_TOKEN") != nil) != (role == "trunk" && v.auth) {
+		t.Errorf("%s: SWITCHYARD_API_TOKEN must be set on trunk nodes only, and only with auth.enabled (%v)", where, v.auth)
+	}
+	// Logs: every role gets the shared logging flags.
+	if got, _ := flagValue(c.Args, "log-format"); got != v.logFormat {
+		t.Errorf("%s: --log-format=%q, want %q", where, got, v.logFormat)
+	}
+	if got, _ := flagValue(c.Args, "log-level"); got != v.logLevel {
+		t.Errorf("%s: --log-level=%q, want %q", where, got, v.logLevel)
 	}
 	if (envVar(c, "OTEL_EXPORTER_OTLP_ENDPOINT") != nil) != v.otel {
 		t.Errorf("%s: OTEL_EXPORTER_OTLP_ENDPOINT set = %v, want %v", where, !v.otel, v.otel)

@@ -16,6 +16,19 @@
 //     before -h parsed, and an error line first ("flag provided but not
 //     defined", "invalid value ...", "unexpected argument ...") otherwise. -h
 //     stops the binary before it does anything, so nothing is started;
+//   - check model distribution: `switchyard download` (the Switchyard image,
+//     no Python or pip anywhere in the output) in the download Job and every
+//     pod's init container, with the variant's repo, revision, folder and
+//     include list, into the cache model.cache selects, which the serving
+//     containers mount read-only;
+//   - run the repository README's Kubernetes `helm install` commands with
+//     exactly their flags, check the images against the Makefile's `make
+//     image` names, and check the install notes (NOTES.txt, rendered through
+//     a temporary copy of the chart) against the rendered auth settings;
+//   - check the KEDA ScaledObject and the PrometheusRule (structurally, and
+//     with `promtool check rules` when promtool is installed), and that every
+//     switchyard_* series the dashboard, alerts and triggers query is defined
+//     in the Go sources;
 //   - check that bad values (wrong types, unknown keys, out-of-range numbers)
 //     fail `helm lint --strict` and `helm template` through values.schema.json.
 //

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -130,7 +131,12 @@ type manifests struct {
 	secrets         []*corev1.Secret
 	serviceAccounts []*corev1.ServiceAccount
 	serviceMonitors []*serviceMonitor
+	jobs            []*batchv1.Job
+	pvcs            []*corev1.PersistentVolumeClaim
+	scaledObjects   []*scaledObject
+	prometheusRules []*prometheusRule
 	objects         []metaObject // every object, for label checks
+	raw             string       // the rendered stream, as helm printed it
 }
 
 type metaObject struct {
@@ -161,6 +167,62 @@ type serviceMonitor struct {
 	} `json:"spec"`
 }
 
+// scaledObject is the part of KEDA's keda.sh/v1alpha1 ScaledObject the chart
+// renders (decoded strictly).
+type scaledObject struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		ScaleTargetRef struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+			Name       string `json:"name"`
+		} `json:"scaleTargetRef"`
+		MinReplicaCount *int32 `json:"minReplicaCount"`
+		MaxReplicaCount *int32 `json:"maxReplicaCount"`
+		PollingInterval *int32 `json:"pollingInterval"`
+		CooldownPeriod  *int32 `json:"cooldownPeriod"`
+		Advanced        *struct {
+			HorizontalPodAutoscalerConfig struct {
+				Behavior *autoscalingv2.HorizontalPodAutoscalerBehavior `json:"behavior"`
+			} `json:"horizontalPodAutoscalerConfig"`
+		} `json:"advanced"`
+		Triggers []struct {
+			Type              string            `json:"type"`
+			Name              string            `json:"name"`
+			MetricType        string            `json:"metricType"`
+			Metadata          map[string]string `json:"metadata"`
+			AuthenticationRef *struct {
+				Name string `json:"name"`
+			} `json:"authenticationRef"`
+		} `json:"triggers"`
+	} `json:"spec"`
+}
+
+// prometheusRule is monitoring.coreos.com/v1 PrometheusRule (decoded strictly).
+type prometheusRule struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Groups []ruleGroup `json:"groups"`
+	} `json:"spec"`
+}
+
+type ruleGroup struct {
+	Name     string `json:"name"`
+	Interval string `json:"interval,omitempty"`
+	Rules    []rule `json:"rules"`
+}
+
+type rule struct {
+	Alert       string            `json:"alert,omitempty"`
+	Record      string            `json:"record,omitempty"`
+	Expr        string            `json:"expr"`
+	For         string            `json:"for,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
 var strictDecoder = func() runtime.Decoder {
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, policyv1.AddToScheme,
@@ -187,6 +249,7 @@ func render(t *testing.T, files, sets []string) *manifests {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.raw = out
 	return m
 }
 
@@ -226,6 +289,26 @@ func decode(stream []byte) (*manifests, error) {
 			m.objects = append(m.objects, metaObject{"ServiceMonitor", &sm.ObjectMeta})
 			continue
 		}
+		if tm.Kind == "ScaledObject" && tm.APIVersion == "keda.sh/v1alpha1" {
+			so := &scaledObject{}
+			if err := yaml.UnmarshalStrict(doc, so); err != nil {
+				errs = append(errs, fmt.Errorf("%s: ScaledObject: %w", src, err))
+				continue
+			}
+			m.scaledObjects = append(m.scaledObjects, so)
+			m.objects = append(m.objects, metaObject{"ScaledObject", &so.ObjectMeta})
+			continue
+		}
+		if tm.Kind == "PrometheusRule" && tm.APIVersion == "monitoring.coreos.com/v1" {
+			pr := &prometheusRule{}
+			if err := yaml.UnmarshalStrict(doc, pr); err != nil {
+				errs = append(errs, fmt.Errorf("%s: PrometheusRule: %w", src, err))
+				continue
+			}
+			m.prometheusRules = append(m.prometheusRules, pr)
+			m.objects = append(m.objects, metaObject{"PrometheusRule", &pr.ObjectMeta})
+			continue
+		}
 		obj, gvk, err := strictDecoder.Decode(doc, nil, nil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %s %s: %w", src, tm.APIVersion, tm.Kind, err))
@@ -252,6 +335,12 @@ func decode(stream []byte) (*manifests, error) {
 			m.objects = append(m.objects, metaObject{gvk.Kind, &o.ObjectMeta})
 		case *corev1.ServiceAccount:
 			m.serviceAccounts = append(m.serviceAccounts, o)
+			m.objects = append(m.objects, metaObject{gvk.Kind, &o.ObjectMeta})
+		case *batchv1.Job:
+			m.jobs = append(m.jobs, o)
+			m.objects = append(m.objects, metaObject{gvk.Kind, &o.ObjectMeta})
+		case *corev1.PersistentVolumeClaim:
+			m.pvcs = append(m.pvcs, o)
 			m.objects = append(m.objects, metaObject{gvk.Kind, &o.ObjectMeta})
 		default:
 			errs = append(errs, fmt.Errorf("%s: %s: a kind the chart is not expected to render (add it to the checks)", src, gvk))
@@ -326,6 +415,15 @@ func (m *manifests) configMap(name string) *corev1.ConfigMap {
 	return nil
 }
 
+func (m *manifests) pvc(name string) *corev1.PersistentVolumeClaim {
+	for _, p := range m.pvcs {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
 func (m *manifests) secret(name string) *corev1.Secret {
 	for _, s := range m.secrets {
 		if s.Name == name {
@@ -381,4 +479,42 @@ func flagValue(args []string, name string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// renderNotes renders templates/NOTES.txt, which `helm template` leaves out
+// (and `helm install --dry-run` needs a cluster for): it copies the chart into
+// a temporary folder with the notes as a plain file and one extra template that
+// renders it with tpl into a ConfigMap, and returns that text. The notes see
+// the same values, release and (empty) lookups as the manifests.
+func renderNotes(t *testing.T, ns string, files, sets []string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "switchyard")
+	if err := os.CopyFS(dir, os.DirFS(chartDir)); err != nil {
+		t.Fatal(err)
+	}
+	notes, err := os.ReadFile(filepath.Join(chartDir, "templates", "NOTES.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "notes-under-test.txt"), notes, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const tpl = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes-under-test\ndata:\n  notes: {{ tpl (.Files.Get \"notes-under-test.txt\") . | toJson }}\n"
+	if err := os.WriteFile(filepath.Join(dir, "templates", "zz-notes-under-test.yaml"), []byte(tpl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"template", release, dir, "--namespace", ns, "--kube-version", kubeVersion,
+		"--show-only", "templates/zz-notes-under-test.yaml"}, helmArgs(files, sets)...)
+	out, err := helm(args...)
+	if err != nil {
+		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	var cm corev1.ConfigMap
+	if err := yaml.Unmarshal([]byte(out), &cm); err != nil {
+		t.Fatalf("rendered notes: %v\n%s", err, out)
+	}
+	if cm.Data["notes"] == "" {
+		t.Fatalf("rendered notes are empty:\n%s", out)
+	}
+	return cm.Data["notes"]
 }

@@ -54,7 +54,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "switchyard.coordinator.name" -}}{{ include "switchyard.fullname" . }}-coordinator{{- end -}}
 {{- define "switchyard.etcd.name" -}}{{ include "switchyard.fullname" . }}-etcd{{- end -}}
 {{- define "switchyard.etcd.headless" -}}{{ include "switchyard.fullname" . }}-etcd-headless{{- end -}}
-{{- define "switchyard.modelFetch.name" -}}{{ include "switchyard.fullname" . }}-model-fetch{{- end -}}
+{{- define "switchyard.modelCache.name" -}}{{ include "switchyard.fullname" . }}-model-cache{{- end -}}
 
 {{- define "switchyard.secretName" -}}
 {{- default (printf "%s-secrets" (include "switchyard.fullname" .)) .Values.secrets.existingSecret -}}
@@ -122,13 +122,40 @@ member of the internal StatefulSet by its stable DNS name, or the external list.
 {{- join "," $members -}}
 {{- end -}}
 
+{{/*
+Folder of a downloaded repo (model.source "download"): /models/<repoId>/<revision>,
+so every repo and revision has its own folder in a shared cache ("/" in a
+revision such as refs/pr/1 becomes "--").
+*/}}
+{{- define "switchyard.downloadDir" -}}
+{{- $d := .Values.model.download -}}
+{{- printf "/models/%s/%s" $d.repoId ($d.revision | replace "/" "--") -}}
+{{- end -}}
+
 {{/* Path of the checkpoint inside the pods (the --model flag). */}}
 {{- define "switchyard.modelPath" -}}
-{{- $base := ternary "/models/repo" "/models" (eq .Values.model.source "download") -}}
+{{- $base := "/models" -}}
+{{- if eq .Values.model.source "download" -}}
+{{- $base = include "switchyard.downloadDir" . -}}
+{{- end -}}
 {{- if .Values.model.path -}}
 {{- printf "%s/%s" $base (trimPrefix "/" .Values.model.path) -}}
 {{- else -}}
 {{- $base -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when downloads go to the shared PersistentVolumeClaim cache (filled by the download Job). */}}
+{{- define "switchyard.sharedCache" -}}
+{{- if and (eq .Values.model.source "download") (eq .Values.model.cache.type "persistentVolumeClaim") -}}true{{- end -}}
+{{- end -}}
+
+{{- define "switchyard.modelCache.claimName" -}}
+{{- $c := .Values.model.cache.persistentVolumeClaim -}}
+{{- if $c.create -}}
+{{- include "switchyard.modelCache.name" . -}}
+{{- else -}}
+{{- $c.existingClaim -}}
 {{- end -}}
 {{- end -}}
 
@@ -154,7 +181,7 @@ later values and the container args can reference them as $(POD_NAME).
     secretKeyRef:
       name: {{ include "switchyard.secretName" .ctx }}
       key: gossip-key
-{{- if eq .role "trunk" }}
+{{- if and (eq .role "trunk") $v.auth.enabled }}
 - name: SWITCHYARD_API_TOKEN
   valueFrom:
     secretKeyRef:
@@ -294,9 +321,12 @@ readinessProbe:
 {{- end -}}
 
 {{/*
-The model volume of a pod; call with (dict "ctx" $ "claimTemplate" bool).
-With claimTemplate the StatefulSet provides the volume through a
-volumeClaimTemplate, so nothing is rendered here.
+The model volume of a pod; call with (dict "ctx" $ "role" "trunk").
+- source pvc / hostPath: the pre-loaded checkpoint, read-only;
+- source download: the cache (model.cache.type). The serving containers mount
+  it read-only (switchyard.commonVolumeMounts); only the model-download init
+  container writes to it. The coordinator, which needs config.json alone, gets
+  its own emptyDir unless the cache is the shared claim.
 */}}
 {{- define "switchyard.modelVolume" -}}
 {{- $m := .ctx.Values.model -}}
@@ -310,57 +340,70 @@ volumeClaimTemplate, so nothing is rendered here.
   hostPath:
     path: {{ $m.hostPath.path }}
     type: {{ $m.hostPath.type }}
-{{- else if not .claimTemplate }}
+{{- else if include "switchyard.sharedCache" .ctx }}
+- name: model
+  persistentVolumeClaim:
+    claimName: {{ include "switchyard.modelCache.claimName" .ctx }}
+{{- else if and (eq $m.cache.type "hostPath") (ne .role "coordinator") }}
+- name: model
+  hostPath:
+    path: {{ $m.cache.hostPath.path }}
+    type: DirectoryOrCreate
+{{- else }}
 - name: model
   emptyDir:
-    sizeLimit: {{ $m.download.sizeLimit }}
-{{- end }}
-{{- if eq $m.source "download" }}
-- name: model-fetch
-  configMap:
-    name: {{ include "switchyard.modelFetch.name" .ctx }}
-    defaultMode: 0444
-- name: model-fetch-tmp
-  emptyDir: {}
+    sizeLimit: {{ $m.cache.emptyDir.sizeLimit }}
 {{- end }}
 {{- end -}}
 
 {{/*
-The init container that downloads the Hugging Face repo; call with
-(dict "ctx" $ "patterns" (list ...)). patterns overrides
-model.download.allowPatterns (the coordinator fetches only what it reads).
+--include patterns of a role's downloader: model.download.allowPatterns, except
+for a coordinator with a cache of its own, which fetches only what it reads
+(config.json, or the .gguf named by model.path).
 */}}
-{{- define "switchyard.modelInit" -}}
-{{- $d := .ctx.Values.model.download -}}
+{{- define "switchyard.downloadPatterns" -}}
+{{- $v := .ctx.Values -}}
+{{- $patterns := $v.model.download.allowPatterns -}}
+{{- if and (eq .role "coordinator") (not (include "switchyard.sharedCache" .ctx)) -}}
+{{- $p := trimPrefix "/" $v.model.path | trimSuffix "/" -}}
+{{- if hasSuffix ".gguf" $p -}}
+{{- $patterns = list $p -}}
+{{- else if $p -}}
+{{- $patterns = list (printf "%s/config.json" $p) -}}
+{{- else -}}
+{{- $patterns = list "config.json" -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $patterns -}}
+{{- end -}}
+
+{{/*
+The downloader container: `switchyard download` from the Switchyard image. Call
+with (dict "ctx" $ "role" "trunk"|"expert"|"coordinator"|"job"). It writes into
+the model volume at /models and needs /tmp (the tmp volume).
+*/}}
+{{- define "switchyard.downloadContainer" -}}
+{{- $v := .ctx.Values -}}
+{{- $d := $v.model.download -}}
+{{- $include := include "switchyard.downloadPatterns" . -}}
 - name: model-download
-  image: {{ printf "%s:%s" $d.image.repository $d.image.tag | quote }}
-  imagePullPolicy: {{ $d.image.pullPolicy }}
-  command: ["sh", "/opt/model-fetch/fetch.sh"]
+  image: {{ include "switchyard.image" .ctx | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  args:
+    - download
+    - {{ printf "--repo=%s" $d.repoId | quote }}
+    - {{ printf "--revision=%s" $d.revision | quote }}
+    - {{ printf "--dir=%s" (include "switchyard.downloadDir" .ctx) | quote }}
+    {{- with $include }}
+    - {{ printf "--include=%s" . | quote }}
+    {{- end }}
+    {{- with $d.endpoint }}
+    - {{ printf "--endpoint=%s" . | quote }}
+    {{- end }}
+    {{- include "switchyard.logArgs" .ctx | nindent 4 }}
   env:
-    - name: HF_REPO_ID
-      value: {{ $d.repoId | quote }}
-    - name: HF_REVISION
-      value: {{ $d.revision | quote }}
-    - name: HF_ALLOW_PATTERNS
-      value: {{ .patterns | toJson | quote }}
-    - name: MODEL_DIR
-      value: /models/repo
-    - name: PIP_PACKAGES
-      value: {{ join " " $d.pipPackages | quote }}
-    - name: PIP_EXTRA_ARGS
-      value: {{ join " " $d.pipExtraArgs | quote }}
     - name: HOME
-      value: /scratch
-    - name: HF_HOME
-      value: /scratch/hf
-    - name: HF_HUB_DISABLE_TELEMETRY
-      value: "1"
-    - name: PIP_NO_CACHE_DIR
-      value: "1"
-    - name: PIP_DISABLE_PIP_VERSION_CHECK
-      value: "1"
-    - name: PYTHONDONTWRITEBYTECODE
-      value: "1"
+      value: /tmp
     {{- if $d.token.existingSecret }}
     - name: HF_TOKEN
       valueFrom:
@@ -372,15 +415,70 @@ model.download.allowPatterns (the coordinator fetches only what it reads).
     {{- toYaml . | nindent 4 }}
     {{- end }}
   securityContext:
-    {{- toYaml .ctx.Values.containerSecurityContext | nindent 4 }}
+    {{- toYaml $v.containerSecurityContext | nindent 4 }}
   resources:
     {{- toYaml $d.resources | nindent 4 }}
   volumeMounts:
     - name: model
       mountPath: /models
-    - name: model-fetch
-      mountPath: /opt/model-fetch
-      readOnly: true
-    - name: model-fetch-tmp
-      mountPath: /scratch
+    - name: tmp
+      mountPath: /tmp
+{{- end -}}
+
+{{/*
+Pod template of the download Job (cache type persistentVolumeClaim). Its hash
+names the Job: a Job's template is immutable, so a change (repo, revision,
+image, chart version) makes a new Job instead of a failed upgrade.
+*/}}
+{{- define "switchyard.downloadJobTemplate" -}}
+metadata:
+  labels:
+    {{- include "switchyard.labels" (dict "ctx" . "component" "model-download") | nindent 4 }}
+spec:
+  restartPolicy: OnFailure
+  serviceAccountName: {{ include "switchyard.serviceAccountName" . }}
+  automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  {{- with .Values.model.download.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.model.download.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    {{- include "switchyard.downloadContainer" (dict "ctx" . "role" "job") | nindent 4 }}
+  volumes:
+    - name: model
+      persistentVolumeClaim:
+        claimName: {{ include "switchyard.modelCache.claimName" . }}
+    - name: tmp
+      emptyDir:
+        sizeLimit: 1Gi
+{{- end -}}
+
+{{- define "switchyard.downloadJob.name" -}}
+{{- printf "%s-model-%s" (include "switchyard.fullname" .) (include "switchyard.downloadJobTemplate" . | sha256sum | trunc 8) -}}
+{{- end -}}
+
+{{/*
+Logging flags shared by the roles (--log-format, --log-level).
+*/}}
+{{- define "switchyard.logArgs" -}}
+- {{ printf "--log-format=%s" .Values.logging.format | quote }}
+- {{ printf "--log-level=%s" .Values.logging.level | quote }}
+{{- end -}}
+
+{{/*
+PromQL label matchers of this release's series (metrics.seriesSelector, or the
+release namespace), without braces.
+*/}}
+{{- define "switchyard.seriesSelector" -}}
+{{- default (printf "namespace=%q" .Release.Namespace) .Values.metrics.seriesSelector -}}
 {{- end -}}
