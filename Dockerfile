@@ -38,12 +38,16 @@ RUN --mount=type=cache,target=/go/pkg/mod \
 COPY . .
 ARG TARGETOS=linux
 ARG TARGETARCH=amd64
+# VERSION and REVISION are stamped into the binary (switchyard version,
+# switchyard_build_info); make image passes them from git.
+ARG VERSION=dev
+ARG REVISION=
 # -trimpath: no build-machine paths in the binary; -s -w: no symbol table or
 # DWARF (smaller image; stack traces keep function names and lines).
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} \
-    go build -trimpath -ldflags="-s -w" -o /out/switchyard ./cmd/switchyard
+    go build -trimpath -ldflags="-s -w -X github.com/switchyard-serving/switchyard/internal/telemetry.version=${VERSION} -X github.com/switchyard-serving/switchyard/internal/telemetry.revision=${REVISION}" -o /out/switchyard ./cmd/switchyard
 
 # ---- GPU build stage -----------------------------------------------------------
 # -tags cuda adds the purego loader for libcuda and cuBLAS: still no cgo and no
@@ -51,10 +55,12 @@ RUN --mount=type=cache,target=/go/pkg/mod \
 FROM build AS build-cuda
 ARG TARGETOS=linux
 ARG TARGETARCH=amd64
+ARG VERSION=dev
+ARG REVISION=
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} \
-    go build -tags cuda -trimpath -ldflags="-s -w" -o /out/switchyard ./cmd/switchyard
+    go build -tags cuda -trimpath -ldflags="-s -w -X github.com/switchyard-serving/switchyard/internal/telemetry.version=${VERSION} -X github.com/switchyard-serving/switchyard/internal/telemetry.revision=${REVISION}" -o /out/switchyard ./cmd/switchyard
 
 # ---- GPU runtime stage (docker build --target cuda) -------------------------------
 # CUDA_BASE (a global ARG above): a CUDA 13 runtime image (cudart and cuBLAS 13,

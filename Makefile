@@ -44,11 +44,11 @@ helm-test:
 
 # Container image with the single switchyard binary (needs Docker with BuildKit).
 image:
-	docker build -t $(IMAGE):$(IMAGE_TAG) .
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE):$(IMAGE_TAG) .
 
 # The GPU expert image (the Dockerfile's cuda target), tagged as the chart expects.
 image-cuda:
-	docker build --target cuda -t $(IMAGE):$(IMAGE_TAG)-cuda .
+	docker build --target cuda --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE):$(IMAGE_TAG)-cuda .
 
 # The race detector over the shell: the lifecycle, the rollout, the roles and the
 # in-process cluster harness (the model and kernel packages are left out: they
