@@ -48,7 +48,7 @@ image:
 
 # The GPU expert image (the Dockerfile's cuda target), tagged as the chart expects.
 image-cuda:
-	docker build --target cuda --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE):$(IMAGE_TAG)-cuda .
+	docker build --target cuda -t $(IMAGE):$(IMAGE_TAG)-cuda --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) .
 
 # The race detector over the shell: the lifecycle, the rollout, the roles and the
 # in-process cluster harness (the model and kernel packages are left out: they

@@ -103,7 +103,7 @@ func TestDockerfile(t *testing.T) {
 			buildCmd = strings.Join(in.args, " ")
 		}
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags="-s -w"`, "-o /out/switchyard", "./cmd/switchyard"} {
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags="-s -w `, "telemetry.version=${VERSION}", "telemetry.revision=${REVISION}", "-o /out/switchyard", "./cmd/switchyard"} {
 		if !strings.Contains(buildCmd, want) {
 			t.Errorf("build stage: the go build command %q lacks %s", buildCmd, want)
 		}
@@ -160,7 +160,7 @@ func checkCUDAStages(t *testing.T, global []instruction, build, run stage) {
 		t.Errorf("CUDA_BASE=%q, want an nvidia/cuda:13.x runtime image (cuBLAS 13 included)", base)
 	}
 	cmd := goBuildCommand(build)
-	for _, want := range []string{"CGO_ENABLED=0", "-tags cuda", "-trimpath", `-ldflags="-s -w"`, "-o /out/switchyard", "./cmd/switchyard"} {
+	for _, want := range []string{"CGO_ENABLED=0", "-tags cuda", "-trimpath", `-ldflags="-s -w `, "telemetry.version=${VERSION}", "telemetry.revision=${REVISION}", "-o /out/switchyard", "./cmd/switchyard"} {
 		if !strings.Contains(cmd, want) {
 			t.Errorf("build-cuda stage: the go build command %q lacks %s", cmd, want)
 		}
