@@ -46,6 +46,7 @@ type Job struct {
 	lastToken    time.Time
 	api          string     // "generate" or "chat" (metric label)
 	prefillSpan  trace.Span // open while the prompt is being prefilled
+	decodeSpan   trace.Span // open from the first token to the end
 
 	// Output, drained by the RPC goroutine.
 	mu     sync.Mutex
@@ -422,6 +423,13 @@ func (s *Scheduler) advance(j *Job, seq hybrid.Seq) bool {
 		}
 		if j.lastToken.IsZero() {
 			trace.SpanFromContext(j.ctx).AddEvent("first_token")
+			if s.deps.Tracer != nil && trace.SpanContextFromContext(j.ctx).IsSampled() {
+				_, j.decodeSpan = s.deps.Tracer.Start(j.ctx, "decode", trace.WithAttributes(attribute.String("session", j.sess.ID)))
+			}
+		} else if j.decodeSpan != nil {
+			// One event per decode step (the SDK keeps the first 128 of a span).
+			j.decodeSpan.AddEvent("token", trace.WithAttributes(attribute.Int("index", j.dec.Generated()),
+				attribute.Float64("gap_ms", float64(now.Sub(j.lastToken).Microseconds())/1000)))
 		}
 		j.lastToken = now
 		if !j.logprobs {
@@ -446,12 +454,18 @@ func (s *Scheduler) advance(j *Job, seq hybrid.Seq) bool {
 }
 
 func (s *Scheduler) end(j *Job, f Final) {
-	if j.prefillSpan != nil {
-		if f.Err != nil {
-			j.prefillSpan.RecordError(f.Err)
+	for _, sp := range []*trace.Span{&j.prefillSpan, &j.decodeSpan} {
+		if *sp == nil {
+			continue
 		}
-		j.prefillSpan.End()
-		j.prefillSpan = nil
+		if f.Err != nil {
+			(*sp).RecordError(f.Err)
+		}
+		if sp == &j.decodeSpan {
+			(*sp).SetAttributes(attribute.Int("output_tokens", j.dec.Generated()), attribute.String("finish_reason", f.Reason))
+		}
+		(*sp).End()
+		*sp = nil
 	}
 	s.deps.Store.Release(j.sess)
 	j.finish(f)

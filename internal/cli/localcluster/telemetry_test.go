@@ -162,7 +162,7 @@ func TestTracesAndMetrics(t *testing.T) {
 			}
 		}
 	}
-	for _, name := range []string{"switchyard.v1.Switchyard/Generate", "queue", "prefill", "forward_step", "dispatch", "expert_compute"} {
+	for _, name := range []string{"switchyard.v1.Switchyard/Generate", "queue", "prefill", "decode", "forward_step", "dispatch", "expert_compute"} {
 		if count[name] == 0 {
 			t.Errorf("no %q span received (got %v)", name, count)
 		}
