@@ -404,3 +404,58 @@ func TestAPIToken(t *testing.T) {
 		t.Fatalf("wrong token on a stream: %v", err)
 	}
 }
+
+// Deleting a session while it generates stops the generation (the stream ends
+// with ABORTED) and the session's memory stays counted until it has stopped;
+// create-generate-delete loops never hold more than the budget.
+func TestDeleteStopsGeneration(t *testing.T) {
+	c, n := startLocal(t, nil)
+	ctx := context.Background()
+	for round := range 3 {
+		s, err := c.CreateSession(ctx, &pb.CreateSessionRequest{Prompt: &pb.CreateSessionRequest_Text{Text: "The keeper"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := c.Generate(ctx, &pb.GenerateRequest{SessionId: s.SessionId, Input: &pb.GenerateRequest_Text{Text: " climbed"}, MaxTokens: 250, IgnoreEos: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		_, recBefore, _ := n.Store().Usage()
+		del, err := c.DeleteSession(ctx, &pb.DeleteSessionRequest{SessionId: s.SessionId})
+		if err != nil || del.FreedBytes <= 0 {
+			t.Fatalf("round %d: delete %v %v", round, del, err)
+		}
+		// Until the generation has stopped, its state is still in the budget.
+		if _, rec, _ := n.Store().Usage(); rec != recBefore && rec != 0 {
+			t.Fatalf("round %d: recurrent bytes %d while the generation stops (was %d)", round, rec, recBefore)
+		}
+		var last error
+		for {
+			if _, err := st.Recv(); err != nil {
+				last = err
+				break
+			}
+		}
+		if status.Code(last) != codes.Aborted || !strings.Contains(last.Error(), "deleted") {
+			t.Fatalf("round %d: the generation ended with %v, want ABORTED (session deleted)", round, last)
+		}
+		if _, err := c.GetSession(ctx, &pb.GetSessionRequest{SessionId: s.SessionId}); status.Code(err) != codes.NotFound {
+			t.Fatalf("round %d: deleted session: %v", round, err)
+		}
+		waitUntil(t, "memory freed", func() bool { held, rec, kv := n.Store().Usage(); return held == 0 && rec == 0 && kv == 0 })
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -44,9 +44,10 @@ type Job struct {
 	cached       int
 	enqueued     time.Time
 	lastToken    time.Time
-	api          string     // "generate" or "chat" (metric label)
-	prefillSpan  trace.Span // open while the prompt is being prefilled
-	decodeSpan   trace.Span // open from the first token to the end
+	api          string                  // "generate" or "chat" (metric label)
+	stop         context.CancelCauseFunc // releases the job's context when it ends
+	prefillSpan  trace.Span              // open while the prompt is being prefilled
+	decodeSpan   trace.Span              // open from the first token to the end
 
 	// Output, drained by the RPC goroutine.
 	mu     sync.Mutex
@@ -192,6 +193,9 @@ type StepTracing struct {
 
 // Submit queues a job. The session must already be acquired by the caller.
 func (s *Scheduler) Submit(ctx context.Context, sp JobSpec) (*Job, error) {
+	// The job runs under its own cancellable context: the client going away or
+	// the session being deleted (ErrSessionDeleted) ends it.
+	ctx, stop := context.WithCancelCause(ctx)
 	feed := append(append([]int(nil), sp.Session.Unfed...), sp.Prompt...)
 	dec := engine.NewDecoder(s.deps.Tok, engine.Spec{Params: sp.Params, MaxTokens: max(sp.MaxTokens, 1), StopIDs: sp.StopIDs,
 		StopStrings: sp.StopStrings, IgnoreEOS: sp.IgnoreEOS, EOS: s.deps.EOS}, feed)
@@ -203,11 +207,15 @@ func (s *Scheduler) Submit(ctx context.Context, sp JobSpec) (*Job, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining {
+		stop(nil)
 		return nil, ErrDraining
 	}
 	if len(s.queue) >= s.cfg.MaxQueue {
+		stop(nil)
 		return nil, ErrQueueFull
 	}
+	s.deps.Store.setStop(sp.Session, stop)
+	j.stop = stop
 	sp.Session.Unfed = nil
 	s.queue = append(s.queue, j)
 	select {
@@ -333,7 +341,7 @@ func (s *Scheduler) dropCancelled() bool {
 	live := s.running[:0]
 	for _, j := range s.running {
 		if j.ctx.Err() != nil {
-			s.end(j, Final{Reason: engine.FinishCancel, Err: j.ctx.Err()})
+			s.end(j, Final{Reason: engine.FinishCancel, Err: context.Cause(j.ctx)})
 			continue
 		}
 		live = append(live, j)
@@ -468,6 +476,9 @@ func (s *Scheduler) end(j *Job, f Final) {
 		*sp = nil
 	}
 	s.deps.Store.Release(j.sess)
+	if j.stop != nil {
+		j.stop(nil)
+	}
 	j.finish(f)
 }
 

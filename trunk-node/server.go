@@ -48,6 +48,7 @@ func toStatus(err error) error {
 		{engine.ErrRequest, codes.InvalidArgument},
 		{ErrSessionNotFound, codes.NotFound},
 		{ErrSessionBusy, codes.FailedPrecondition},
+		{ErrSessionDeleted, codes.Aborted},
 		{hybrid.ErrStateModel, codes.FailedPrecondition},
 		{errSnapshotUnsupported, codes.FailedPrecondition},
 		{errSnapshot, codes.InvalidArgument},

@@ -1,6 +1,7 @@
 package trunknode
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -15,7 +16,9 @@ import (
 var (
 	ErrSessionNotFound = errors.New("trunknode: session not found")
 	ErrSessionBusy     = errors.New("trunknode: session is busy with another generation")
-	ErrMemoryFull      = errors.New("trunknode: session memory budget exhausted")
+	// ErrSessionDeleted ends a generation whose session was deleted meanwhile.
+	ErrSessionDeleted = errors.New("trunknode: the session was deleted during the generation")
+	ErrMemoryFull     = errors.New("trunknode: session memory budget exhausted")
 )
 
 // Session is one conversation's state on this trunk.
@@ -31,6 +34,11 @@ type Session struct {
 	charged  int   // tokens whose KV is charged to the budget
 	// ephemeral sessions belong to one stateless request and die with it.
 	ephemeral bool
+	// stop cancels the running generation (set by the scheduler while busy).
+	stop context.CancelCauseFunc
+	// deleted: removed from the store while a generation ran on it; its memory
+	// stays counted until that generation has stopped (Release).
+	deleted bool
 }
 
 // Tokens is the number of tokens held in the state.
@@ -157,9 +165,13 @@ func (s *Store) Release(sess *Session) {
 	s.kvUsed -= sess.reserved
 	sess.reserved = 0
 	sess.busy = false
+	sess.stop = nil
 	sess.lastUsed = time.Now()
-	if _, ok := s.sessions[sess.ID]; !ok {
-		return // deleted while running; its memory was released by Delete
+	if sess.deleted {
+		// Deleted while running: its memory is free only now that it stopped.
+		s.recUsed -= s.recPer
+		s.kvUsed -= s.kvCost(sess.charged)
+		return
 	}
 	s.kvUsed += s.kvCost(sess.State.Pos) - s.kvCost(sess.charged)
 	sess.charged = sess.State.Pos
@@ -168,8 +180,10 @@ func (s *Store) Release(sess *Session) {
 	}
 }
 
-// Delete frees a session's memory at once (a running generation on it is
-// cancelled by the caller).
+// Delete removes a session and returns the bytes it frees. A generation
+// running on it is stopped (it ends with ErrSessionDeleted) and the memory
+// stays counted in the budget until it has stopped, so the budget always
+// covers every state in memory.
 func (s *Store) Delete(id string) (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -177,7 +191,26 @@ func (s *Store) Delete(id string) (int64, error) {
 	if !ok || sess.ephemeral {
 		return 0, fmt.Errorf("%w: %q", ErrSessionNotFound, id)
 	}
+	if sess.busy {
+		delete(s.sessions, sess.ID)
+		sess.deleted = true
+		if sess.stop != nil {
+			sess.stop(ErrSessionDeleted)
+		}
+		return s.recPer + s.kvCost(sess.charged) + sess.reserved, nil
+	}
 	return s.deleteLocked(sess), nil
+}
+
+// setStop records how to stop the generation now running on sess; a session
+// deleted before the generation started is stopped at once.
+func (s *Store) setStop(sess *Session, stop context.CancelCauseFunc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess.stop = stop
+	if sess.deleted {
+		stop(ErrSessionDeleted)
+	}
 }
 
 func (s *Store) deleteLocked(sess *Session) int64 {
