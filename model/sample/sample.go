@@ -30,14 +30,29 @@ type Params struct {
 	Seed              uint64  // draws are a pure function of (seed, logits sequence)
 }
 
+// GreedyBelow is the temperature under which sampling is greedy: 1/T would
+// overflow or turn the distribution into an argmax anyway (vLLM's epsilon).
+const GreedyBelow = 1e-5
+
+// Limits of the parameters that would only make noise: a temperature above
+// MaxTemperature samples nearly uniformly (the least likely tokens as often as
+// the likeliest), and a repetition penalty outside [1/MaxPenalty, MaxPenalty]
+// removes or forces repeated tokens regardless of the model.
+const (
+	MaxTemperature = 100
+	MaxPenalty     = 100
+)
+
 // Greedy reports whether the parameters pick the argmax.
-func (p Params) Greedy() bool { return p.Temperature == 0 }
+func (p Params) Greedy() bool { return p.Temperature < GreedyBelow }
 
 // Validate checks ranges and names the offending field.
 func (p Params) Validate() error {
 	switch {
 	case p.Temperature < 0 || math.IsNaN(float64(p.Temperature)) || math.IsInf(float64(p.Temperature), 0):
 		return fmt.Errorf("%w: temperature must be a finite number >= 0, got %v", ErrParams, p.Temperature)
+	case p.Temperature > MaxTemperature:
+		return fmt.Errorf("%w: temperature %v is above %d: the distribution would be nearly uniform over the vocabulary", ErrParams, p.Temperature, MaxTemperature)
 	case p.TopK < 0:
 		return fmt.Errorf("%w: top_k must be >= 0, got %d", ErrParams, p.TopK)
 	case p.TopP < 0 || p.TopP > 1 || math.IsNaN(float64(p.TopP)):
@@ -46,6 +61,8 @@ func (p Params) Validate() error {
 		return fmt.Errorf("%w: min_p must be in [0, 1), got %v", ErrParams, p.MinP)
 	case p.RepetitionPenalty < 0 || math.IsNaN(float64(p.RepetitionPenalty)) || math.IsInf(float64(p.RepetitionPenalty), 0):
 		return fmt.Errorf("%w: repetition_penalty must be a finite number >= 0, got %v", ErrParams, p.RepetitionPenalty)
+	case p.RepetitionPenalty != 0 && (p.RepetitionPenalty > MaxPenalty || p.RepetitionPenalty < 1.0/MaxPenalty):
+		return fmt.Errorf("%w: repetition_penalty must be in [%v, %d] (or 0: off), got %v", ErrParams, 1.0/MaxPenalty, MaxPenalty, p.RepetitionPenalty)
 	case p.RepeatLastN < 0:
 		return fmt.Errorf("%w: repeat_last_n must be >= 0, got %d", ErrParams, p.RepeatLastN)
 	}
@@ -109,7 +126,6 @@ func (s *Sampler) Sample(logits []float32, history []int) (int, float32) {
 }
 
 func (s *Sampler) draw(w []float32) int {
-	inv := 1 / s.p.Temperature
 	if cap(s.idx) < len(w) {
 		s.idx = make([]int, len(w))
 	}
@@ -127,14 +143,20 @@ func (s *Sampler) draw(w []float32) int {
 	if k := s.p.TopK; k > 0 && k < len(idx) {
 		idx = idx[:k]
 	}
-	// Softmax over the candidates at the given temperature.
-	mx := w[idx[0]] * inv
+	// Softmax over the candidates at the given temperature, in float64 so a
+	// small temperature cannot overflow (w*inv in float32 did, and the NaNs that
+	// followed picked the least likely candidate).
+	inv64 := 1 / float64(s.p.Temperature)
+	mx := float64(w[idx[0]]) * inv64
 	probs := make([]float64, len(idx))
 	var sum float64
 	for i, t := range idx {
-		e := math.Exp(float64(w[t]*inv - mx))
+		e := math.Exp(float64(w[t])*inv64 - mx)
 		probs[i] = e
 		sum += e
+	}
+	if !(sum > 0) || math.IsInf(sum, 0) {
+		return idx[0] // non-finite logits: the likeliest candidate, never the least
 	}
 	for i := range probs {
 		probs[i] /= sum

@@ -3,6 +3,7 @@ package sample
 import (
 	"errors"
 	"math"
+	"strings"
 	"testing"
 )
 
@@ -119,5 +120,41 @@ func TestStopMatcher(t *testing.T) {
 		if out != tc.out || stopped != tc.stop {
 			t.Errorf("case %d: got %q %v, want %q %v", i, out, stopped, tc.out, tc.stop)
 		}
+	}
+}
+
+// Parameters that pass as numbers but make no sense: a temperature too small
+// for 1/T is greedy (it used to overflow and pick the least likely token), and
+// the ones that would only make noise are refused.
+func TestDegenerateParams(t *testing.T) {
+	for _, logits := range [][]float32{{0.1, 3, -2, 1, 2.5}, {0.1, 50, -2, 1, 40}} {
+		for _, temp := range []float32{1e-30, 1e-38, 1e-6, 1e-4} {
+			s := New(Params{Temperature: temp, Seed: 7})
+			for range 50 {
+				if tok, _ := s.Sample(logits, nil); tok != 1 {
+					t.Fatalf("temperature %g on %v sampled %d, want the argmax 1", temp, logits, tok)
+				}
+			}
+		}
+	}
+	for _, tc := range []struct {
+		p    Params
+		want string
+	}{
+		{Params{Temperature: 1e6}, "temperature"},
+		{Params{Temperature: 1, RepetitionPenalty: 1e9}, "repetition_penalty"},
+		{Params{Temperature: 1, RepetitionPenalty: 1e-9}, "repetition_penalty"},
+	} {
+		if err := tc.p.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v", tc.p, err)
+		}
+	}
+	if err := (Params{Temperature: 1, TopK: 1 << 30}).Validate(); err != nil {
+		t.Errorf("top_k above the vocabulary means all tokens: %v", err)
+	}
+	s := New(Params{Temperature: 1, TopK: 1 << 30, Seed: 1})
+	inf := float32(math.Inf(1))
+	if tok, _ := s.Sample([]float32{0, inf, 1}, nil); tok != 1 {
+		t.Errorf("with a +Inf logit sampled %d, want 1", tok)
 	}
 }
