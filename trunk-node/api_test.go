@@ -459,3 +459,31 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Errors never echo unbounded client input, and ModelInfo names the model,
+// never its path on the server.
+func TestNoEchoNoPaths(t *testing.T) {
+	c, _ := startLocal(t, nil)
+	ctx := context.Background()
+	huge := strings.Repeat("x", 1<<20)
+	for _, call := range []func() error{
+		func() error { _, err := c.GetSession(ctx, &pb.GetSessionRequest{SessionId: huge}); return err },
+		func() error { _, err := c.DeleteSession(ctx, &pb.DeleteSessionRequest{SessionId: huge}); return err },
+		func() error {
+			s, err := c.Generate(ctx, &pb.GenerateRequest{SessionId: huge, Input: &pb.GenerateRequest_Text{Text: "hi"}, MaxTokens: 2})
+			if err == nil {
+				_, err = s.Recv()
+			}
+			return err
+		},
+	} {
+		err := call()
+		if status.Code(err) != codes.NotFound || len(err.Error()) > 300 {
+			t.Fatalf("%v (%d bytes of message)", status.Code(err), len(err.Error()))
+		}
+	}
+	info, err := c.ModelInfo(ctx, &pb.ModelInfoRequest{})
+	if err != nil || strings.Contains(info.Name, "/") || info.Name == "" || info.RecurrentStateBytes <= 0 {
+		t.Fatalf("model info %v %v", info, err)
+	}
+}

@@ -278,7 +278,7 @@ func (a *api) reserve(g genArgs) (*Session, error) {
 		return nil, err
 	}
 	if len(g.prompt) == 0 && len(sess.Unfed) == 0 {
-		return drop(invalid("the prompt is empty and session %q has nothing to continue from", g.sessionID))
+		return drop(invalid("the prompt is empty and session %s has nothing to continue from", clip(g.sessionID)))
 	}
 	total := sess.State.Pos + len(sess.Unfed) + len(g.prompt) + int(g.maxTokens)
 	if total > lim.MaxContext {
@@ -559,8 +559,8 @@ func (a *api) ModelInfo(ctx context.Context, _ *pb.ModelInfoRequest) (*pb.ModelI
 			att = append(att, int32(i))
 		}
 	}
-	st := a.n.model.NewState()
-	return &pb.ModelInfoResponse{Name: a.n.cfg.ModelPath, VocabSize: int32(c.VocabSize), Layers: int32(c.Layers), AttentionLayers: att,
+	// The model's name, never its path on the server.
+	return &pb.ModelInfoResponse{Name: modelName(a.n.cfg.ModelPath), VocabSize: int32(c.VocabSize), Layers: int32(c.Layers), AttentionLayers: att,
 		Experts: int32(c.Experts), ExpertsPerToken: int32(c.ExpertsPerTok), MaxContext: int32(a.n.limits.MaxContext),
-		RecurrentStateBytes: st.RecurrentBytes(), KvBytesPerToken: a.n.kvPerToken, EosTokenId: int32(c.EOS)}, nil
+		RecurrentStateBytes: a.n.size.RecurrentBytes, KvBytesPerToken: a.n.kvPerToken, EosTokenId: int32(c.EOS)}, nil
 }

@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 )
@@ -132,7 +134,7 @@ func (s *Store) Get(id string) (*Session, error) {
 	defer s.mu.Unlock()
 	sess, ok := s.sessions[id]
 	if !ok || sess.ephemeral {
-		return nil, fmt.Errorf("%w: %q (it may have expired or been deleted)", ErrSessionNotFound, id)
+		return nil, fmt.Errorf("%w: %s (it may have expired or been deleted)", ErrSessionNotFound, clip(id))
 	}
 	return sess, nil
 }
@@ -142,10 +144,10 @@ func (s *Store) Acquire(sess *Session, tokens int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.sessions[sess.ID]; !ok {
-		return fmt.Errorf("%w: %q", ErrSessionNotFound, sess.ID)
+		return fmt.Errorf("%w: %s", ErrSessionNotFound, clip(sess.ID))
 	}
 	if sess.busy {
-		return fmt.Errorf("%w: %q", ErrSessionBusy, sess.ID)
+		return fmt.Errorf("%w: %s", ErrSessionBusy, clip(sess.ID))
 	}
 	need := s.kvCost(sess.charged+tokens) - s.kvCost(sess.charged)
 	if s.kvUsed+need > s.cfg.KVBytes {
@@ -189,7 +191,7 @@ func (s *Store) Delete(id string) (int64, error) {
 	defer s.mu.Unlock()
 	sess, ok := s.sessions[id]
 	if !ok || sess.ephemeral {
-		return 0, fmt.Errorf("%w: %q", ErrSessionNotFound, id)
+		return 0, fmt.Errorf("%w: %s", ErrSessionNotFound, clip(id))
 	}
 	if sess.busy {
 		delete(s.sessions, sess.ID)
@@ -243,4 +245,19 @@ func (s *Store) Usage() (sessions int, recurrent, kv int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions), s.recUsed, s.kvUsed
+}
+
+// clip quotes client-supplied text for an error message, cut to a bounded
+// length: an error never echoes unbounded input back (a 1 MiB session id came
+// back whole once).
+func clip(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return strconv.Quote(s)
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
 }
