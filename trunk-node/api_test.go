@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -485,5 +486,35 @@ func TestNoEchoNoPaths(t *testing.T) {
 	info, err := c.ModelInfo(ctx, &pb.ModelInfoRequest{})
 	if err != nil || strings.Contains(info.Name, "/") || info.Name == "" || info.RecurrentStateBytes <= 0 {
 		t.Fatalf("model info %v %v", info, err)
+	}
+}
+
+// Detokenize of ids that end inside a multi-byte character answers with valid
+// UTF-8 (U+FFFD for the cut bytes) and the exact bytes, never an error.
+func TestDetokenizeIncompleteUTF8(t *testing.T) {
+	c, n := startLocal(t, nil)
+	ctx := context.Background()
+	ids := n.Tokenizer().Encode("café ☕", false)
+	var cut []int32
+	var cutRaw string
+	for i := len(ids); i > 0; i-- {
+		raw := n.Tokenizer().Decode(ids[:i])
+		if !utf8.ValidString(raw) {
+			for _, id := range ids[:i] {
+				cut = append(cut, int32(id))
+			}
+			cutRaw = raw
+			break
+		}
+	}
+	if cut == nil {
+		t.Skip("the fixture's vocabulary encodes these characters whole; no cut point")
+	}
+	resp, err := c.Detokenize(ctx, &pb.DetokenizeRequest{TokenIds: cut})
+	if err != nil {
+		t.Fatalf("Detokenize: %v", err)
+	}
+	if !utf8.ValidString(resp.Text) || resp.Complete || string(resp.RawBytes) != cutRaw || !strings.Contains(resp.Text, "\uFFFD") {
+		t.Fatalf("text %q complete %v raw %q", resp.Text, resp.Complete, resp.RawBytes)
 	}
 }

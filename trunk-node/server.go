@@ -544,11 +544,10 @@ func (a *api) Detokenize(ctx context.Context, req *pb.DetokenizeRequest) (*pb.De
 		}
 		ids[i] = int(id)
 	}
-	s, err := a.n.tok.DecodeChecked(ids)
-	if err != nil {
-		return nil, toStatus(invalid("%v", err))
-	}
-	return &pb.DetokenizeResponse{Text: s}, nil
+	// Ids the model generated may end inside a multi-byte character: answer
+	// with what a user can use, never an error.
+	raw := a.n.tok.Decode(ids)
+	return &pb.DetokenizeResponse{Text: strings.ToValidUTF8(raw, "\uFFFD"), RawBytes: []byte(raw), Complete: utf8.ValidString(raw)}, nil
 }
 
 func (a *api) ModelInfo(ctx context.Context, _ *pb.ModelInfoRequest) (*pb.ModelInfoResponse, error) {

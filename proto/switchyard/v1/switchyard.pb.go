@@ -1127,8 +1127,14 @@ func (x *DetokenizeRequest) GetTokenIds() []int32 {
 // DetokenizeResponse holds the text.
 type DetokenizeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// text is the decoded text.
-	Text          string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	// text is the decoded text, always valid UTF-8: byte sequences that are not
+	// (a token sequence cut inside a multi-byte character) become U+FFFD.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	// raw_bytes is the exact byte string the tokens decode to, valid UTF-8 or
+	// not; equal to text when complete is true.
+	RawBytes []byte `protobuf:"bytes,2,opt,name=raw_bytes,json=rawBytes,proto3" json:"raw_bytes,omitempty"`
+	// complete is true when the bytes are valid UTF-8 (text is exact).
+	Complete      bool `protobuf:"varint,3,opt,name=complete,proto3" json:"complete,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1168,6 +1174,20 @@ func (x *DetokenizeResponse) GetText() string {
 		return x.Text
 	}
 	return ""
+}
+
+func (x *DetokenizeResponse) GetRawBytes() []byte {
+	if x != nil {
+		return x.RawBytes
+	}
+	return nil
+}
+
+func (x *DetokenizeResponse) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
 }
 
 // ModelInfoRequest has no fields.
@@ -1418,9 +1438,11 @@ const file_switchyard_v1_switchyard_proto_rawDesc = "" +
 	"\x10TokenizeResponse\x12\x1b\n" +
 	"\ttoken_ids\x18\x01 \x03(\x05R\btokenIds\"0\n" +
 	"\x11DetokenizeRequest\x12\x1b\n" +
-	"\ttoken_ids\x18\x01 \x03(\x05R\btokenIds\"(\n" +
+	"\ttoken_ids\x18\x01 \x03(\x05R\btokenIds\"a\n" +
 	"\x12DetokenizeResponse\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\tR\x04text\"\x12\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n" +
+	"\traw_bytes\x18\x02 \x01(\fR\brawBytes\x12\x1a\n" +
+	"\bcomplete\x18\x03 \x01(\bR\bcomplete\"\x12\n" +
 	"\x10ModelInfoRequest\"\xf3\x02\n" +
 	"\x11ModelInfoResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
