@@ -195,12 +195,15 @@ func (d *Dispatcher) Table() *routing.Table { return d.table.Load() }
 
 // MarkDown stops sending to a node for a while (gossip or a failed stream said so).
 func (d *Dispatcher) MarkDown(node string, for_ time.Duration) {
-	d.cfg.Logger.Warn("expert node marked down", "expert", node, "for", for_)
 	d.mu.Lock()
+	_, already := d.down[node]
 	d.down[node] = time.Now().Add(for_)
-	if c, ok := d.conns[node]; ok {
-		c.close(errors.New("node marked down"))
-		delete(d.conns, node)
+	if !already { // a renewal leaves everything else as it is
+		d.cfg.Logger.Warn("expert node marked down", "expert", node, "for", for_)
+		if c, ok := d.conns[node]; ok {
+			c.close(errors.New("node marked down"))
+			delete(d.conns, node)
+		}
 	}
 	d.mu.Unlock()
 }
@@ -438,7 +441,20 @@ func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybr
 		}
 	}
 	d.addResults(req, g.rows, perChunk, results)
+	d.markAnswered(node)
 	return nil
+}
+
+// markAnswered clears a down mark of a node that just answered a call: the
+// node is evidently up, whatever a stale report said.
+func (d *Dispatcher) markAnswered(node string) {
+	d.mu.Lock()
+	_, was := d.down[node]
+	delete(d.down, node)
+	d.mu.Unlock()
+	if was {
+		d.cfg.Logger.Info("expert node answered; down mark cleared", "expert", node)
+	}
 }
 
 // endCall records a finished node call: its span, the step's record, OnCall.

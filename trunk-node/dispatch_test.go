@@ -255,3 +255,26 @@ func TestRowsPerChunk(t *testing.T) {
 		}
 	}
 }
+
+// A down mark does not outlive its evidence: it expires unless renewed, and a
+// node that answers a call is marked up at once.
+func TestDownMarksExpireAndClear(t *testing.T) {
+	fa, fb := &fakeExpert{}, &fakeExpert{}
+	addrs := serveFake(t, fa, fb)
+	d := newTestDispatcher(t, DispatchConfig{WireDType: pb.WireDType_WIRE_DTYPE_F32, Deadline: 2 * time.Second}, 16)
+	d.SetTable(table2(addrs[0], addrs[1], true))
+	d.MarkDown("a", 100*time.Millisecond)
+	if !d.isDown("a") {
+		t.Fatal("not down right after MarkDown")
+	}
+	time.Sleep(150 * time.Millisecond)
+	if d.isDown("a") {
+		t.Fatal("a down mark outlived its TTL")
+	}
+	// A call in flight when the mark lands still answers: the mark is cleared.
+	d.MarkDown("b", time.Hour)
+	d.markAnswered("b")
+	if d.isDown("b") {
+		t.Fatal("a node that answered is still down")
+	}
+}

@@ -283,25 +283,55 @@ func (n *Node) follow(a *agent.Agent) {
 	}
 	a.Go(func(ctx context.Context) { n.reportLoad(ctx, a.Registration()) })
 	a.Go(func(ctx context.Context) { cluster.WatchTable(ctx, a.Etcd(), n.applyTable) })
+	// A down mark lasts only while gossip keeps reporting the node dead: it is
+	// renewed every downRenew for downTTL, so a stale or forged report cannot
+	// keep a healthy node out of service (and a node that answers a call is
+	// marked up at once by the dispatcher).
+	var mu sync.Mutex
 	down := map[string]bool{}
 	a.WatchPeers(250*time.Millisecond, func(all agent.View) {
 		v := all.Of(cluster.RoleExpert)
+		mu.Lock()
+		defer mu.Unlock()
 		for id := range v.Dead {
 			if !down[id] {
 				down[id] = true
-				n.disp.MarkDown(id, time.Hour)
+				n.disp.MarkDown(id, downTTL)
 				n.logger().Warn("gossip: expert node failed; no more rows to it", "expert", id)
 			}
 		}
 		for id := range down {
-			if _, alive := v.Alive[id]; alive {
+			if _, dead := v.Dead[id]; !dead {
 				delete(down, id)
 				n.disp.MarkUp(id)
 				n.logger().Info("gossip: expert node is back", "expert", id)
 			}
 		}
 	})
+	a.Go(func(ctx context.Context) {
+		t := time.NewTicker(downRenew)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			mu.Lock()
+			for id := range down {
+				n.disp.MarkDown(id, downTTL)
+			}
+			mu.Unlock()
+		}
+	})
 }
+
+// How long a gossip down mark lasts without renewal, and how often it is
+// renewed while gossip still reports the node dead.
+const (
+	downTTL   = 15 * time.Second
+	downRenew = 5 * time.Second
+)
 
 // applyTable switches the dispatcher to a new routing table.
 func (n *Node) applyTable(t *routing.Table) {
