@@ -155,18 +155,19 @@ func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
 	size := 0
 	for i, m := range req.Messages {
 		msgs[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
-		size += len(m.Content)
+		size += len(m.Content) + len(m.Role)
+		if !utf8.ValidString(m.Content) || !utf8.ValidString(m.Role) {
+			return toStatus(invalid("messages[%d] is not valid UTF-8", i))
+		}
 	}
 	if size > a.n.limits.MaxPromptText {
 		return toStatus(invalid("messages total %d bytes, the limit is %d", size, a.n.limits.MaxPromptText))
 	}
-	text, err := a.n.tok.ApplyChat(msgs, true)
+	// Message content is user text: only the template's markup becomes control
+	// tokens (special-token text in content cannot forge a turn).
+	prompt, err := a.n.tok.EncodeChat(msgs, true)
 	if err != nil {
 		return toStatus(invalid("%v", err))
-	}
-	prompt, err := a.tokensOf(&text, nil, "messages")
-	if err != nil {
-		return toStatus(err)
 	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
 		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "chat"}, stream))

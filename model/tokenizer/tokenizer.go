@@ -456,6 +456,11 @@ func (t *Tokenizer) Encode(text string, parseSpecial bool) []int {
 	if t.addBOS && t.bos >= 0 {
 		out = append(out, t.bos)
 	}
+	return t.encodeInto(out, text, parseSpecial)
+}
+
+// encodeInto appends the ids of text (no BOS).
+func (t *Tokenizer) encodeInto(out []int, text string, parseSpecial bool) []int {
 	m := t.matchPlain
 	if parseSpecial {
 		m = t.matchAll
