@@ -108,13 +108,12 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer e.Close()
-	text := g.prompt
+	ids := e.Tok.Encode(g.prompt, true)
 	if g.chat {
-		if text, err = e.Tok.ApplyChat([]tokenizer.Message{{Role: "user", Content: g.prompt}}, true); err != nil {
+		if ids, err = e.Tok.EncodeChat([]tokenizer.Message{{Role: "user", Content: g.prompt}}, true); err != nil {
 			return err
 		}
 	}
-	ids := e.Tok.Encode(text, true)
 	req := engine.Request{Prompt: ids, Params: g.params(), MaxTokens: g.maxTokens, StopStrings: g.stops(), IgnoreEOS: g.noEOS}
 	loaded := time.Now()
 	var first time.Time
