@@ -129,6 +129,7 @@ func NewServer(c ServerConfig) (*grpc.Server, error) {
 		lim = rate.NewLimiter(rate.Limit(c.RatePerSec), max(c.RateBurst, 1))
 	}
 	opts := []grpc.ServerOption{
+		grpc.ForceServerCodecV2(newServerCodec()),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
@@ -142,6 +143,9 @@ func NewServer(c ServerConfig) (*grpc.Server, error) {
 				return nil, status.Errorf(codes.ResourceExhausted, "rate limit of %.0f calls/s exceeded; retry with backoff", c.RatePerSec)
 			}
 			defer recoverTo(ctx, c.Logger, &err, info.FullMethod)
+			if err := utf8Error(req); err != nil {
+				return nil, err
+			}
 			return h(ctx, req)
 		}),
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
@@ -155,7 +159,7 @@ func NewServer(c ServerConfig) (*grpc.Server, error) {
 				return status.Errorf(codes.ResourceExhausted, "rate limit of %.0f calls/s exceeded; retry with backoff", c.RatePerSec)
 			}
 			defer recoverTo(ss.Context(), c.Logger, &err, info.FullMethod)
-			return h(srv, ss)
+			return h(srv, utf8Stream{ss})
 		}),
 	}
 	if c.MaxRecvBytes > 0 {

@@ -1,0 +1,71 @@
+package rpc
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+)
+
+// rawCodec sends request bytes as they are (the Go client refuses to marshal
+// invalid UTF-8, other clients do not) and decodes replies as proto.
+type rawCodec struct{}
+
+func (rawCodec) Name() string { return "proto" }
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(v.([]byte))}, nil
+}
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error { return newServerCodec().Unmarshal(data, v) }
+
+// Invalid UTF-8 in a request field is INVALID_ARGUMENT naming the field, on
+// unary and streaming calls (grpc-go's codec answered INTERNAL).
+func TestInvalidUTF8IsInvalidArgument(t *testing.T) {
+	srv, err := NewServer(ServerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := health.NewServer()
+	healthpb.RegisterHealthServer(srv, h)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	defer srv.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	bad := []byte{0x0a, 0x03, 0xff, 'x', 0xfe} // field 1 (service): "\xffx\xfe"
+	ctx := context.Background()
+	var resp healthpb.HealthCheckResponse
+	err = conn.Invoke(ctx, "/grpc.health.v1.Health/Check", bad, &resp, grpc.ForceCodecV2(rawCodec{}))
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "service") {
+		t.Fatalf("unary: %v", err)
+	}
+	st, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/grpc.health.v1.Health/Watch", grpc.ForceCodecV2(rawCodec{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SendMsg(bad); err != nil {
+		t.Fatal(err)
+	}
+	st.CloseSend()
+	if err := st.RecvMsg(&resp); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("stream: %v", err)
+	}
+	// Valid UTF-8 still works.
+	good := []byte{0x0a, 0x00}
+	if err := conn.Invoke(ctx, "/grpc.health.v1.Health/Check", good, &resp, grpc.ForceCodecV2(rawCodec{})); err != nil {
+		t.Fatalf("valid request: %v", err)
+	}
+}
