@@ -140,4 +140,3 @@ func (s utf8Stream) RecvMsg(m any) error {
 	}
 	return utf8Error(m)
 }
-

@@ -23,7 +23,9 @@ func (rawCodec) Name() string { return "proto" }
 func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.SliceBuffer(v.([]byte))}, nil
 }
-func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error { return newServerCodec().Unmarshal(data, v) }
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	return newServerCodec().Unmarshal(data, v)
+}
 
 // Invalid UTF-8 in a request field is INVALID_ARGUMENT naming the field, on
 // unary and streaming calls (grpc-go's codec answered INTERNAL).
