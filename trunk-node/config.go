@@ -52,14 +52,16 @@ type Config struct {
 	LoadInterval time.Duration // how often activation counts are reported to etcd
 }
 
-// DefaultConfig returns production defaults.
+// DefaultConfig returns production defaults; the session memory budgets are
+// sized from the memory available to the process (defaultMemory).
 func DefaultConfig() Config {
 	ac := agent.DefaultConfig()
 	ac.NodeID = "trunk-0"
+	rec, kv := defaultMemory()
 	return Config{
 		Config:       ac,
 		Listen:       "127.0.0.1:7070",
-		Memory:       MemoryConfig{RecurrentBytes: 16 << 30, KVBytes: 16 << 30, IdleTTL: 30 * time.Minute},
+		Memory:       MemoryConfig{RecurrentBytes: rec, KVBytes: kv, IdleTTL: 30 * time.Minute},
 		Sched:        SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024},
 		Limits:       Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
 		Dispatch:     DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20, WireDType: pb.WireDType_WIRE_DTYPE_BF16},

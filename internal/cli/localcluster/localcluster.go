@@ -147,6 +147,9 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		tcfg.NodeID = fmt.Sprintf("trunk-%d", i)
 		tcfg.ModelPath = o.ModelPath
 		tcfg.Etcd = c.Etcd.Endpoints
+		// Trunks in one process share its memory: split the default budgets.
+		tcfg.Memory.RecurrentBytes /= int64(nTrunks)
+		tcfg.Memory.KVBytes /= int64(nTrunks)
 		tcfg.Gossip = c.gossip
 		if o.Trunk != nil {
 			o.Trunk(&tcfg)
