@@ -1,6 +1,7 @@
 package trunknode
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -45,6 +46,10 @@ type Config struct {
 	StepTracing StepTracing
 	// ExpertDetail adds per-(layer, expert) activation series (high cardinality).
 	ExpertDetail bool
+	// SnapshotKey, when set, signs exported session snapshots (HMAC-SHA256) and
+	// makes imports accept only snapshots signed with it: give every trunk of a
+	// cluster the same key (at least 16 bytes).
+	SnapshotKey []byte
 
 	MaxRecvBytes int           // largest public request message
 	RatePerSec   float64       // new public calls per second (0: unlimited)
@@ -92,6 +97,25 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.StepTracing.Ratio, "trace-step-ratio", c.StepTracing.Ratio, "fraction of forward steps traced (with OTEL_EXPORTER_OTLP_ENDPOINT set)")
 	fs.DurationVar(&c.StepTracing.SlowThreshold, "trace-slow-step", c.StepTracing.SlowThreshold, "always trace forward steps slower than this (0: off)")
 	fs.BoolVar(&c.ExpertDetail, "expert-metrics-detail", c.ExpertDetail, "export per-(layer, expert) activation series (high cardinality)")
+	fs.Func("snapshot-key", "the cluster's key for signing session snapshots (prefer $SWITCHYARD_SNAPSHOT_KEY or --snapshot-key-file; at least 16 bytes)", func(s string) error {
+		if len(s) < 16 {
+			return fmt.Errorf("the snapshot key must be at least 16 bytes, got %d", len(s))
+		}
+		c.SnapshotKey = []byte(s)
+		return nil
+	})
+	fs.Func("snapshot-key-file", "file holding the cluster's snapshot key (as --snapshot-key)", func(p string) error {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		b = bytes.TrimSpace(b)
+		if len(b) < 16 {
+			return fmt.Errorf("the snapshot key in %s must be at least 16 bytes, got %d", p, len(b))
+		}
+		c.SnapshotKey = b
+		return nil
+	})
 	fs.Func("wire-dtype", "element type of rows sent to expert nodes: bf16 (half the bytes) or f32 (exact) (default bf16)", func(s string) error {
 		switch s {
 		case "bf16":

@@ -62,6 +62,7 @@ type Node struct {
 	limits     Limits
 	kvPerToken int64
 	size       hybrid.StateSize
+	snap       snapIdentity // what this node stamps on and checks in snapshots
 	metrics    *metrics
 	health     *health.Server
 	ready      chan struct{}
@@ -109,6 +110,7 @@ func New(cfg Config) (*Node, error) {
 		n.limits.MaxContext = mc
 	}
 	n.size = hybrid.SizeOf(c)
+	n.snap = snapIdentity{cfg: c, weights: e.Model.W.Fingerprint(), key: cfg.SnapshotKey}
 	n.store = NewStore(cfg.Memory, e.Model.NewState, n.size.RecurrentBytes, kvPer)
 	deps := SchedDeps{Model: e.Model, EOS: c.EOS, Tok: e.Tok, Store: n.store, Experts: LocalSteps{e.Model.Experts}, Metrics: n.metrics, Tracing: cfg.StepTracing}
 	if cfg.Tracing.Enabled {

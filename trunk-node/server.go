@@ -52,6 +52,7 @@ func toStatus(err error) error {
 		{hybrid.ErrStateModel, codes.FailedPrecondition},
 		{errSnapshotUnsupported, codes.FailedPrecondition},
 		{errSnapshot, codes.InvalidArgument},
+		{errSnapshotUnsigned, codes.PermissionDenied},
 		{ErrBusyImports, codes.ResourceExhausted},
 		{ErrMemoryFull, codes.ResourceExhausted},
 		{ErrQueueFull, codes.ResourceExhausted},
@@ -433,14 +434,14 @@ func (a *api) ExportSession(req *pb.ExportSessionRequest, stream pb.Switchyard_E
 	}
 	defer a.n.store.Release(s)
 	w := &chunkWriter{send: stream.Send, buf: make([]byte, 0, snapChunk),
-		first: &pb.SessionSnapshotChunk{TotalBytes: snapshotLen(s), Tokens: int32(s.State.Pos)}}
-	if err := writeSnapshot(w, s, a.cfg()); err != nil {
+		first: &pb.SessionSnapshotChunk{TotalBytes: snapshotLen(s, a.n.snap), Tokens: int32(s.State.Pos)}}
+	if err := writeSnapshot(w, s, a.n.snap); err != nil {
 		return toStatus(fmt.Errorf("export %s: %w", s.ID, err))
 	}
 	if err := w.flush(); err != nil {
 		return toStatus(err)
 	}
-	sent = snapshotLen(s)
+	sent = snapshotLen(s, a.n.snap)
 	return nil
 }
 
@@ -465,7 +466,7 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) (err error
 		return toStatus(err)
 	}
 	// Refuse what this node can never take before receiving the rest.
-	if err := checkSnapshotHead(first.Data, a.cfg()); err != nil {
+	if err := checkSnapshotHead(first.Data, a.n.snap); err != nil {
 		return toStatus(err)
 	}
 	total, limit := first.TotalBytes, a.n.maxSnapshotBytes()
@@ -497,7 +498,7 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) (err error
 	if int64(len(buf)) != total {
 		return toStatus(invalid("snapshot truncated: received %d of %d bytes", len(buf), total))
 	}
-	st, unfed, err := readSnapshot(buf, a.cfg())
+	st, unfed, err := readSnapshot(buf, a.n.snap)
 	buf = nil
 	switch {
 	case err != nil:

@@ -1,10 +1,14 @@
 package trunknode
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"io"
 	"time"
@@ -16,27 +20,37 @@ import (
 
 // A session snapshot (ExportSession / ImportSession) is
 //
-//	"SYSN" | u32 version | u32 n | n pending token ids (u32) | u32 CRC32 of the above
-//	| the hybrid state encoding (which carries the model fingerprint and its own CRC)
+//	"SYSN" | u32 version | [32]byte weights fingerprint | u32 flags | u32 n
+//	| n pending token ids (u32) | u32 CRC32 of the above
+//	| the hybrid state encoding (which carries the model's shape fingerprint and its own CRC)
+//	| [32]byte HMAC-SHA256 of everything before, with the cluster's snapshot key (when flags has snapSigned)
 //
-// all little-endian.
-
+// all little-endian. The weights fingerprint refuses a snapshot of a model
+// with the same shape but other weights; the MAC, when the node has a key,
+// accepts only snapshots this cluster exported (a CRC only detects accidents).
 const (
 	snapMagic   = "SYSN"
-	snapVersion = 1
+	snapVersion = 2
 	// snapChunk is the data size of one SessionSnapshotChunk.
 	snapChunk = 1 << 20
 	// maxSnapUnfed bounds the pending tokens a snapshot may carry (a session
 	// holds at most the last sampled token).
 	maxSnapUnfed = 64
+	// snapSigned marks a snapshot with an HMAC trailer.
+	snapSigned = 1
+	snapMACLen = sha256.Size
 )
 
 var (
 	// errSnapshot reports a malformed or corrupt snapshot (InvalidArgument).
 	errSnapshot = errors.New("bad session snapshot")
 	// errSnapshotUnsupported reports a valid snapshot this node cannot take: another
-	// format version, or more tokens than its context limit (FailedPrecondition).
+	// format version, another model's weights, or more tokens than its context
+	// limit (FailedPrecondition).
 	errSnapshotUnsupported = errors.New("session snapshot not supported by this node")
+	// errSnapshotUnsigned reports a snapshot not signed with this cluster's
+	// snapshot key (PermissionDenied).
+	errSnapshotUnsigned = errors.New("session snapshot not signed by this cluster")
 	// ErrBusyImports means the node is already receiving as many snapshots as it
 	// buffers at once (ResourceExhausted).
 	ErrBusyImports = errors.New("trunknode: too many session imports in progress")
@@ -48,18 +62,41 @@ var importIdleTimeout = 30 * time.Second
 // maxConcurrentImports bounds the snapshots a node buffers at once.
 const maxConcurrentImports = 2
 
-func snapshotHeaderLen(unfed int) int64 { return int64(len(snapMagic) + 4 + 4 + 4*unfed + 4) }
+// snapIdentity is what a node stamps on and checks in snapshots.
+type snapIdentity struct {
+	cfg     *config.Config
+	weights [32]byte // hybrid.Weights.Fingerprint
+	key     []byte   // the cluster's snapshot key (nil: unsigned)
+}
+
+func snapshotHeaderLen(unfed int) int64 { return int64(len(snapMagic) + 4 + 32 + 4 + 4 + 4*unfed + 4) }
 
 // snapshotLen is the exact size writeSnapshot produces.
-func snapshotLen(s *Session) int64 {
-	return snapshotHeaderLen(len(s.Unfed)) + s.State.EncodedLen()
+func snapshotLen(s *Session, id snapIdentity) int64 {
+	n := snapshotHeaderLen(len(s.Unfed)) + s.State.EncodedLen()
+	if id.key != nil {
+		n += snapMACLen
+	}
+	return n
 }
 
 // writeSnapshot streams a session's snapshot to w.
-func writeSnapshot(w io.Writer, s *Session, c *config.Config) error {
+func writeSnapshot(dst io.Writer, s *Session, id snapIdentity) error {
+	w := dst
+	var mac hash.Hash
+	if id.key != nil {
+		mac = hmac.New(sha256.New, id.key)
+		w = io.MultiWriter(dst, mac)
+	}
 	hdr := make([]byte, 0, snapshotHeaderLen(len(s.Unfed)))
 	hdr = append(hdr, snapMagic...)
 	hdr = binary.LittleEndian.AppendUint32(hdr, snapVersion)
+	hdr = append(hdr, id.weights[:]...)
+	var flags uint32
+	if mac != nil {
+		flags |= snapSigned
+	}
+	hdr = binary.LittleEndian.AppendUint32(hdr, flags)
 	hdr = binary.LittleEndian.AppendUint32(hdr, uint32(len(s.Unfed)))
 	for _, t := range s.Unfed {
 		hdr = binary.LittleEndian.AppendUint32(hdr, uint32(t))
@@ -68,49 +105,81 @@ func writeSnapshot(w io.Writer, s *Session, c *config.Config) error {
 	if _, err := w.Write(hdr); err != nil {
 		return err
 	}
-	return s.State.Encode(w, c)
+	if err := s.State.Encode(w, id.cfg); err != nil {
+		return err
+	}
+	if mac != nil {
+		// The trailer goes to the destination only (not into the MAC itself).
+		if _, err := dst.Write(mac.Sum(nil)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// readSnapshot parses a snapshot for a model with config c.
-func readSnapshot(b []byte, c *config.Config) (*hybrid.State, []int, error) {
-	if len(b) < int(snapshotHeaderLen(0)) || string(b[:4]) != snapMagic {
-		return nil, nil, fmt.Errorf("%w: not a switchyard session snapshot", errSnapshot)
+// readSnapshot parses and checks a snapshot for this node.
+func readSnapshot(b []byte, id snapIdentity) (*hybrid.State, []int, error) {
+	if err := checkSnapshotHead(b, id); err != nil {
+		return nil, nil, err
 	}
-	if v := binary.LittleEndian.Uint32(b[4:]); v != snapVersion {
-		return nil, nil, fmt.Errorf("%w: format version %d, this node reads %d", errSnapshotUnsupported, v, snapVersion)
-	}
-	n := binary.LittleEndian.Uint32(b[8:])
-	if n > maxSnapUnfed || int64(len(b)) < snapshotHeaderLen(int(n)) {
-		return nil, nil, fmt.Errorf("%w: header claims %d pending tokens", errSnapshot, n)
-	}
+	flags := binary.LittleEndian.Uint32(b[40:])
+	n := binary.LittleEndian.Uint32(b[44:])
 	hl := int(snapshotHeaderLen(int(n)))
+	if len(b) < hl {
+		return nil, nil, fmt.Errorf("%w: truncated header", errSnapshot)
+	}
 	if crc32.ChecksumIEEE(b[:hl-4]) != binary.LittleEndian.Uint32(b[hl-4:]) {
 		return nil, nil, fmt.Errorf("%w: header checksum mismatch (truncated or corrupt)", errSnapshot)
 	}
+	body := b[hl:]
+	if flags&snapSigned != 0 {
+		if len(b) < hl+snapMACLen {
+			return nil, nil, fmt.Errorf("%w: truncated signature", errSnapshot)
+		}
+		signed, sum := b[:len(b)-snapMACLen], b[len(b)-snapMACLen:]
+		body = b[hl : len(b)-snapMACLen]
+		if id.key != nil {
+			mac := hmac.New(sha256.New, id.key)
+			mac.Write(signed)
+			if !hmac.Equal(mac.Sum(nil), sum) {
+				return nil, nil, fmt.Errorf("%w: the signature does not match this cluster's snapshot key", errSnapshotUnsigned)
+			}
+		}
+	} else if id.key != nil {
+		return nil, nil, fmt.Errorf("%w: the snapshot carries no signature and this node requires one (--snapshot-key)", errSnapshotUnsigned)
+	}
 	unfed := make([]int, n)
 	for i := range unfed {
-		unfed[i] = int(binary.LittleEndian.Uint32(b[12+4*i:]))
-		if unfed[i] >= c.VocabSize {
-			return nil, nil, fmt.Errorf("%w: pending token %d is outside the vocabulary (%d)", errSnapshot, unfed[i], c.VocabSize)
+		unfed[i] = int(binary.LittleEndian.Uint32(b[48+4*i:]))
+		if unfed[i] >= id.cfg.VocabSize {
+			return nil, nil, fmt.Errorf("%w: pending token %d is outside the vocabulary (%d)", errSnapshot, unfed[i], id.cfg.VocabSize)
 		}
 	}
-	st, err := hybrid.DecodeState(b[hl:], c)
+	st, err := hybrid.DecodeState(body, id.cfg)
 	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", errSnapshot, err)
+	}
+	if err := st.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", errSnapshot, err)
 	}
 	return st, unfed, nil
 }
 
-// checkSnapshotHead checks what the start of a snapshot says about the model
-// (snapshot and state format versions, model fingerprint), when b holds that much.
-func checkSnapshotHead(b []byte, c *config.Config) error {
-	if len(b) < 12 || string(b[:4]) != snapMagic {
+// checkSnapshotHead checks what the start of a snapshot says about this node's
+// model (snapshot and state format versions, weights and shape fingerprints),
+// when b holds that much: what can never be taken is refused before the rest
+// arrives.
+func checkSnapshotHead(b []byte, id snapIdentity) error {
+	if len(b) < 48 || string(b[:4]) != snapMagic {
 		return fmt.Errorf("%w: not a switchyard session snapshot", errSnapshot)
 	}
 	if v := binary.LittleEndian.Uint32(b[4:]); v != snapVersion {
 		return fmt.Errorf("%w: format version %d, this node reads %d", errSnapshotUnsupported, v, snapVersion)
 	}
-	n := binary.LittleEndian.Uint32(b[8:])
+	if !bytes.Equal(b[8:40], id.weights[:]) {
+		return fmt.Errorf("%w: the snapshot is of a model with other weights", errSnapshotUnsupported)
+	}
+	n := binary.LittleEndian.Uint32(b[44:])
 	if n > maxSnapUnfed {
 		return fmt.Errorf("%w: header claims %d pending tokens", errSnapshot, n)
 	}
@@ -118,7 +187,7 @@ func checkSnapshotHead(b []byte, c *config.Config) error {
 	if int64(len(b)) < hl+hybrid.StateHeaderLen {
 		return nil // a short first chunk: readSnapshot checks it all later
 	}
-	if err := hybrid.CheckStateHeader(b[hl:], c); err != nil {
+	if err := hybrid.CheckStateHeader(b[hl:], id.cfg); err != nil {
 		return fmt.Errorf("%w: %w", errSnapshot, err)
 	}
 	return nil
@@ -211,5 +280,5 @@ func (w *chunkWriter) flush() error {
 // maxSnapshotBytes is the largest snapshot this node accepts: a session at the
 // context limit.
 func (n *Node) maxSnapshotBytes() int64 {
-	return snapshotHeaderLen(maxSnapUnfed) + n.size.EmptyEncoded + int64(n.limits.MaxContext)*n.kvPerToken
+	return snapshotHeaderLen(maxSnapUnfed) + n.size.EmptyEncoded + int64(n.limits.MaxContext)*n.kvPerToken + snapMACLen
 }

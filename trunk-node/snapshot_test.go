@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"runtime"
 	"slices"
 	"strings"
@@ -165,7 +166,8 @@ func TestImportSessionRefusesBadSnapshots(t *testing.T) {
 	other.MambaDState *= 2
 	foreign := &Session{State: hybrid.NewState(&other), Unfed: []int{1}}
 	var fw chunkCollector
-	if err := writeSnapshot(&fw, foreign, &other); err != nil {
+	foreignID := snapIdentity{cfg: &other, weights: n.snap.weights} // crafted: this node's weights fingerprint, another shape
+	if err := writeSnapshot(&fw, foreign, foreignID); err != nil {
 		t.Fatal(err)
 	}
 	// ... and one holding more tokens than this node's context limit: refused
@@ -177,7 +179,22 @@ func TestImportSessionRefusesBadSnapshots(t *testing.T) {
 	}
 	big.State.Pos = 600
 	var bw chunkCollector
-	if err := writeSnapshot(&bw, big, &other); err != nil {
+	if err := writeSnapshot(&bw, big, foreignID); err != nil {
+		t.Fatal(err)
+	}
+	// The same shape with other weights, and a state holding a NaN.
+	orig, err := n.store.Get(s.SessionId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ow chunkCollector
+	if err := writeSnapshot(&ow, orig, snapIdentity{cfg: n.model.Cfg, weights: [32]byte{1}}); err != nil {
+		t.Fatal(err)
+	}
+	poisoned := &Session{State: hybrid.NewState(n.model.Cfg)}
+	poisoned.State.SSM[0][3] = float32(math.NaN())
+	var pw chunkCollector
+	if err := writeSnapshot(&pw, poisoned, n.snap); err != nil {
 		t.Fatal(err)
 	}
 	cases := []struct {
@@ -191,11 +208,13 @@ func TestImportSessionRefusesBadSnapshots(t *testing.T) {
 		{"oversized chunk", with(append(slices.Clone(data), make([]byte, snapChunk)...), int64(len(data))), codes.InvalidArgument},
 		{"truncated", with(data[:len(data)/2], int64(len(data))), codes.InvalidArgument},
 		{"more data than announced", with(data, int64(len(data)-1)), codes.InvalidArgument},
-		{"corrupt header", with(flip(9), int64(len(data))), codes.InvalidArgument},
+		{"corrupt header", with(flip(42), int64(len(data))), codes.InvalidArgument},
 		{"corrupt state", with(flip(len(data)/2), int64(len(data))), codes.InvalidArgument},
 		{"not a snapshot", with([]byte("GIF89a, certainly not a session"), 31), codes.InvalidArgument},
 		{"another model", with(fw.b, int64(len(fw.b))), codes.FailedPrecondition},
 		{"another model, long", with(bw.b[:4096], int64(len(bw.b))), codes.FailedPrecondition},
+		{"other weights", with(ow.b, int64(len(ow.b))), codes.FailedPrecondition},
+		{"non-finite state", with(pw.b, int64(len(pw.b))), codes.InvalidArgument},
 	}
 	held, _, _ := n.Store().Usage()
 	for _, tc := range cases {
@@ -204,7 +223,8 @@ func TestImportSessionRefusesBadSnapshots(t *testing.T) {
 			if got := status.Code(err); got != tc.want {
 				t.Fatalf("got %v (%v), want %v", got, err, tc.want)
 			}
-			if why := map[string]string{"another model": "fingerprint", "another model, long": "fingerprint", "oversized chunk": "per chunk"}[tc.name]; why != "" && !strings.Contains(err.Error(), why) {
+			if why := map[string]string{"another model": "fingerprint", "another model, long": "fingerprint", "oversized chunk": "per chunk",
+				"other weights": "other weights", "non-finite state": "NaN"}[tc.name]; why != "" && !strings.Contains(err.Error(), why) {
 				t.Fatalf("refused for another reason than %q: %v", why, err)
 			}
 		})
@@ -212,8 +232,8 @@ func TestImportSessionRefusesBadSnapshots(t *testing.T) {
 	if now, _, _ := n.Store().Usage(); now != held {
 		t.Fatalf("%d sessions after refused imports, want %d", now, held)
 	}
-	if got := counter(t, n, "switchyard_session_transfers_total", map[string]string{"direction": "import", "code": "FailedPrecondition"}); got != 3 {
-		t.Fatalf("%v imports counted as FailedPrecondition, want 3", got)
+	if got := counter(t, n, "switchyard_session_transfers_total", map[string]string{"direction": "import", "code": "FailedPrecondition"}); got != 4 {
+		t.Fatalf("%v imports counted as FailedPrecondition, want 4", got)
 	}
 	// The good snapshot still imports, and a missing session is NotFound.
 	if _, err := importAll(t, c, good); err != nil {
@@ -346,5 +366,43 @@ func TestChunkWriterSplitsAndReassembles(t *testing.T) {
 	w = &chunkWriter{send: func(*pb.SessionSnapshotChunk) error { return sendErr }}
 	if _, err := w.Write(want); !errors.Is(err, sendErr) {
 		t.Fatalf("write after a failed send: %v", err)
+	}
+}
+
+// With a snapshot key, a node accepts only snapshots signed with it: its own
+// exports import, an unsigned or tampered one is PERMISSION_DENIED.
+func TestSignedSnapshots(t *testing.T) {
+	key := []byte("0123456789abcdef-cluster-key")
+	c, n := startLocal(t, func(cfg *Config) { cfg.SnapshotKey = key })
+	ctx := context.Background()
+	s, err := c.CreateSession(ctx, &pb.CreateSessionRequest{Prompt: &pb.CreateSessionRequest_Text{Text: "Hello there, keeper"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := exportAll(t, c, s.SessionId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := importAll(t, c, good); err != nil {
+		t.Fatalf("own signed export: %v", err)
+	}
+	orig, _ := n.store.Get(s.SessionId)
+	for name, id := range map[string]snapIdentity{
+		"unsigned":  {cfg: n.model.Cfg, weights: n.snap.weights},
+		"other key": {cfg: n.model.Cfg, weights: n.snap.weights, key: []byte("another cluster's key!!")},
+	} {
+		var w chunkCollector
+		if err := writeSnapshot(&w, orig, id); err != nil {
+			t.Fatal(err)
+		}
+		_, err := importAll(t, c, []*pb.SessionSnapshotChunk{{Data: w.b, TotalBytes: int64(len(w.b)), Tokens: good[0].Tokens}})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	data := slices.Clone(good[0].Data)
+	data[len(data)-40] ^= 1 // inside the state, under the signature
+	if _, err := importAll(t, c, []*pb.SessionSnapshotChunk{{Data: data, TotalBytes: good[0].TotalBytes, Tokens: good[0].Tokens}}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("tampered: %v", err)
 	}
 }

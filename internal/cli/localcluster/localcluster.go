@@ -141,12 +141,16 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 
 	nTrunks := max(o.Trunks, 1)
+	// One cluster, one snapshot key: trunks accept only each other's sessions.
+	snapKey := make([]byte, 32)
+	rand.Read(snapKey)
 	var tcfg trunknode.Config
 	for i := range nTrunks {
 		tcfg = trunknode.DefaultConfig()
 		tcfg.NodeID = fmt.Sprintf("trunk-%d", i)
 		tcfg.ModelPath = o.ModelPath
 		tcfg.Etcd = c.Etcd.Endpoints
+		tcfg.SnapshotKey = snapKey
 		// Trunks in one process share its memory: split the default budgets.
 		tcfg.Memory.RecurrentBytes /= int64(nTrunks)
 		tcfg.Memory.KVBytes /= int64(nTrunks)

@@ -181,6 +181,14 @@ later values and the container args can reference them as $(POD_NAME).
     secretKeyRef:
       name: {{ include "switchyard.secretName" .ctx }}
       key: gossip-key
+{{- if eq .role "trunk" }}
+- name: SWITCHYARD_SNAPSHOT_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "switchyard.secretName" .ctx }}
+      key: snapshot-key
+      optional: true
+{{- end }}
 {{- if and (eq .role "trunk") $v.auth.enabled }}
 - name: SWITCHYARD_API_TOKEN
   valueFrom:
