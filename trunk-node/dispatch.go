@@ -354,7 +354,10 @@ func (d *Dispatcher) run(st *Step, req *hybrid.ExpertRequest) error {
 		}
 		if time.Now().After(deadline) {
 			d.stats.Failures.Add(1)
-			return lastErr
+			if req.Failed == nil || t == nil {
+				return lastErr
+			}
+			return d.failRows(st, t, req, todo, attempt, lastErr)
 		}
 		// Wait for the table to change or a node to come back, then try again with
 		// a clean failure set.
@@ -365,6 +368,36 @@ func (d *Dispatcher) run(st *Step, req *hybrid.ExpertRequest) error {
 		case <-time.After(min(50*time.Millisecond<<min(attempt, 4), 500*time.Millisecond)):
 		}
 		clear(failed)
+	}
+	return nil
+}
+
+// failRows ends a layer call that ran out of time by failing only the rows
+// it could not compute (their sequences fail; the others of the step go on):
+// pairs that have a replica get one last try, the rest fail their rows.
+func (d *Dispatcher) failRows(st *Step, t *routing.Table, req *hybrid.ExpertRequest, todo []pair, attempt int, cause error) error {
+	groups, lost := d.assign(t, req.Layer, todo, nil)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for node, pairs := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.callNode(st, t, node, req, pairs, attempt+1); err != nil {
+				mu.Lock()
+				lost = append(lost, pairs...)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	rows := map[int32]bool{}
+	for _, p := range lost {
+		req.Failed[p.row] = true
+		rows[p.row] = true
+	}
+	if len(rows) > 0 {
+		d.cfg.Logger.Warn("routed experts failed for some rows; only their sequences fail", "layer", req.Layer, "rows", len(rows), "of", req.Rows, "cause", cause)
 	}
 	return nil
 }

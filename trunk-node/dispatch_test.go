@@ -278,3 +278,33 @@ func TestDownMarksExpireAndClear(t *testing.T) {
 		t.Fatal("a node that answered is still down")
 	}
 }
+
+// A layer call that cannot complete for some rows fails only those rows (their
+// sequences fail) when the caller accepts row failures; the others are
+// computed.
+func TestDispatchFailsOnlyUncomputableRows(t *testing.T) {
+	fa, fb := &fakeExpert{fail: true}, &fakeExpert{}
+	addrs := serveFake(t, fa, fb)
+	d := newTestDispatcher(t, DispatchConfig{WireDType: pb.WireDType_WIRE_DTYPE_F32, Deadline: 200 * time.Millisecond}, 16)
+	d.SetTable(table2(addrs[0], addrs[1], false)) // experts 0, 1 on the failing node a; 2, 3 on b
+	req, want := request(4, 16, 1)
+	for r := range 4 {
+		req.Experts[r] = []int32{0, 2, 1, 3}[r]
+		req.Weights[r] = 1
+		for i := range 16 {
+			want[r*16+i] = req.X[r*16+i] * float32(req.Experts[r]+1)
+		}
+	}
+	req.Failed = make([]bool, 4)
+	if err := d.Step(context.Background()).Begin(req).Wait(); err != nil {
+		t.Fatalf("the whole call failed: %v", err)
+	}
+	if !req.Failed[0] || req.Failed[1] || !req.Failed[2] || req.Failed[3] {
+		t.Fatalf("failed rows %v, want [true false true false]", req.Failed)
+	}
+	for _, r := range []int{1, 3} {
+		if m := maxDiff(req.Out[r*16:(r+1)*16], want[r*16:(r+1)*16]); m > 1e-6 {
+			t.Fatalf("row %d: max diff %g", r, m)
+		}
+	}
+}

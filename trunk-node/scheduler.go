@@ -3,6 +3,7 @@ package trunknode
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,11 @@ import (
 	"github.com/switchyard-serving/switchyard/model/sample"
 	"github.com/switchyard-serving/switchyard/model/tokenizer"
 )
+
+// ErrSessionReset ends a generation whose sequence could not be computed while
+// the rest of its step was (a corrupt state, or its routed experts failed):
+// the session's state was reset to empty, and the error says why.
+var ErrSessionReset = errors.New("trunknode: the generation failed and the session's state was reset")
 
 // ErrDraining means the node no longer admits work (graceful shutdown).
 var ErrDraining = errors.New("trunknode: node is draining, retry on another trunk node")
@@ -328,6 +334,15 @@ func (s *Scheduler) step(ctx context.Context) {
 	}
 	var finished []*Job
 	for i, j := range jobs {
+		if err := batch[i].Err; err != nil {
+			// This sequence alone could not be computed: its state is invalid.
+			// Say so; the others of the step go on untouched.
+			j.sess.State.Reset()
+			j.sess.Unfed = nil
+			s.end(j, Final{Reason: engine.FinishCancel, Err: fmt.Errorf("%w: %w", ErrSessionReset, err)})
+			finished = append(finished, j)
+			continue
+		}
 		if s.advance(j, batch[i]) {
 			finished = append(finished, j)
 		}

@@ -3,6 +3,9 @@ package trunknode
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,9 +20,10 @@ import (
 type fakeModel struct {
 	vocab int
 
-	mu    sync.Mutex
-	steps [][]int // per step, the tokens of each sequence
-	fail  error   // fail the next step
+	mu     sync.Mutex
+	steps  [][]int // per step, the tokens of each sequence
+	fail   error   // fail the next step
+	poison int     // a sequence fed this token fails alone (0: none)
 }
 
 var _ Forwarder = (*fakeModel)(nil)
@@ -37,6 +41,11 @@ func (f *fakeModel) ForwardOn(_ hybrid.ExpertBackend, batch []hybrid.Seq) error 
 	f.mu.Unlock()
 	for i := range batch {
 		s := &batch[i]
+		s.Err = nil
+		if slices.Contains(s.Tokens, f.poison) && f.poison != 0 {
+			s.Err = fmt.Errorf("%w: non-finite activation", hybrid.ErrSequence)
+			continue
+		}
 		s.State.Pos += len(s.Tokens)
 		if s.NoLogits {
 			continue
@@ -217,5 +226,22 @@ func TestSchedulerCancelledJobEnds(t *testing.T) {
 	}
 	if err := h.store.Acquire(sess, 1); err != nil {
 		t.Fatalf("session still busy after its job was cancelled: %v", err)
+	}
+}
+
+// A sequence that fails alone ends only its job, with its state reset and a
+// status that says so; the jobs batched with it go on.
+func TestSchedulerSequenceFailsAlone(t *testing.T) {
+	h := newSchedHarness(t, SchedConfig{})
+	h.model.poison = 66
+	good := h.submit(t, []int{10}, 20)
+	bad := h.submit(t, []int{64}, 20) // generates 65, then feeds 66 ...
+	gotGood, finGood := drainJob(t, good)
+	_, finBad := drainJob(t, bad)
+	if !errors.Is(finBad.Err, ErrSessionReset) || !strings.Contains(finBad.Err.Error(), "non-finite") || bad.sess.State.Pos != 0 {
+		t.Fatalf("failed job: %+v (state at %d)", finBad, bad.sess.State.Pos)
+	}
+	if finGood.Err != nil || len(gotGood) != 20 {
+		t.Fatalf("the other job: %d tokens, %+v", len(gotGood), finGood)
 	}
 }

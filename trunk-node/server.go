@@ -49,6 +49,7 @@ func toStatus(err error) error {
 		{ErrSessionNotFound, codes.NotFound},
 		{ErrSessionBusy, codes.FailedPrecondition},
 		{ErrSessionDeleted, codes.Aborted},
+		{ErrSessionReset, codes.DataLoss},
 		{hybrid.ErrStateModel, codes.FailedPrecondition},
 		{errSnapshotUnsupported, codes.FailedPrecondition},
 		{errSnapshot, codes.InvalidArgument},

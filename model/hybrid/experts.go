@@ -21,6 +21,11 @@ type ExpertRequest struct {
 	Experts []int32   // [Rows, TopK] expert ids
 	Weights []float32 // [Rows, TopK] gate weights (softmax over the row's top-k)
 	Out     []float32 // [Rows, Hidden], overwritten by the backend
+	// Failed, when not nil ([Rows]), lets the backend fail single rows instead
+	// of the whole request: it sets Failed[i] for a row it could not compute
+	// (its Out row is then meaningless) and Wait returns nil. Rows already set
+	// on entry were failed earlier in the step and need not be computed.
+	Failed []bool
 }
 
 // Pending is an expert computation in flight.

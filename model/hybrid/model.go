@@ -69,7 +69,15 @@ type Seq struct {
 	AllLogits bool
 	NoLogits  bool
 	Logits    []float32 // filled by Forward (reused if large enough)
+	// Err is set by Forward when this sequence alone could not be computed (a
+	// non-finite activation, or its routed experts failed while the others'
+	// did not): its state is then invalid and its Logits unset. The other
+	// sequences of the batch are computed as if it were not there.
+	Err error
 }
+
+// ErrSequence is the cause of a failed sequence (Seq.Err wraps it).
+var ErrSequence = errors.New("hybrid: sequence failed")
 
 type scratch struct {
 	h, u, f, mix []float32
@@ -83,6 +91,8 @@ type scratch struct {
 	moeOut       []float32
 	exps         []int32
 	wts          []float32
+	failed       []bool   // [N] rows that failed this step
+	failWhy      []string // [N] why (set when failed)
 	scores       []float32
 	outRows      []float32
 	chunks       []chunkScratch // one per scan worker
@@ -186,6 +196,15 @@ func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt 
 		}
 		N += len(s.Tokens)
 	}
+	if cap(sc.failed) < N {
+		sc.failed, sc.failWhy = make([]bool, N), make([]string, N)
+	}
+	sc.failed, sc.failWhy = sc.failed[:N], sc.failWhy[:N]
+	clear(sc.failed)
+	clear(sc.failWhy)
+	for i := range batch {
+		batch[i].Err = nil
+	}
 	sc.h = grow(sc.h, N*H)
 	sc.u = grow(sc.u, N*H)
 	sc.f = grow(sc.f, N*H)
@@ -232,7 +251,39 @@ func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt 
 	for _, s := range batch {
 		s.State.Pos += len(s.Tokens)
 	}
+	r = 0
+	for i := range batch {
+		for t := range batch[i].Tokens {
+			if sc.failed[r+t] {
+				batch[i].Err = fmt.Errorf("%w: token %d: %s", ErrSequence, t, sc.failWhy[r+t])
+				batch[i].NoLogits, batch[i].AllLogits = true, false
+				break
+			}
+		}
+		r += len(batch[i].Tokens)
+	}
 	return m.head(sc, batch)
+}
+
+// failRows marks the rows of x that hold a non-finite value as failed and
+// zeroes every failed row, so one corrupt sequence cannot reach the others
+// through the router or the experts batched with them.
+func failRows(sc *scratch, x []float32, H, layer int) {
+	for r := range sc.failed {
+		row := x[r*H : (r+1)*H]
+		if !sc.failed[r] {
+			for _, v := range row {
+				if v != v || v > math.MaxFloat32 || v < -math.MaxFloat32 {
+					sc.failed[r] = true
+					sc.failWhy[r] = fmt.Sprintf("non-finite activation entering the feed-forward of layer %d", layer)
+					break
+				}
+			}
+		}
+		if sc.failed[r] {
+			clear(row)
+		}
+	}
 }
 
 func axpy(a float32, x, y []float32) {
@@ -402,6 +453,7 @@ func (m *Model) ffn(experts ExpertBackend, sc *scratch, bt baton, li int, lw *La
 	c := m.Cfg
 	H := c.Hidden
 	x := sc.u[:N*H]
+	failRows(sc, x, H, li)
 	var pend Pending
 	var req ExpertRequest
 	if c.IsMoE() {
@@ -417,7 +469,7 @@ func (m *Model) ffn(experts ExpertBackend, sc *scratch, bt baton, li int, lw *La
 			topK(sc.router[r*E:(r+1)*E], sc.exps[r*k:(r+1)*k], sc.wts[r*k:(r+1)*k])
 		}
 		sc.moeOut = grow(sc.moeOut, N*H)
-		req = ExpertRequest{Layer: li, Rows: N, Hidden: H, TopK: k, X: x, Experts: sc.exps, Weights: sc.wts, Out: sc.moeOut}
+		req = ExpertRequest{Layer: li, Rows: N, Hidden: H, TopK: k, X: x, Experts: sc.exps, Weights: sc.wts, Out: sc.moeOut, Failed: sc.failed}
 		pend = experts.Begin(&req)
 	}
 	// Shared expert (the whole FFN of dense models), computed while experts run.
@@ -435,6 +487,11 @@ func (m *Model) ffn(experts ExpertBackend, sc *scratch, bt baton, li int, lw *La
 		bt.acquire()
 		if err != nil {
 			return fmt.Errorf("experts: %w", err)
+		}
+		for r := range sc.failed {
+			if sc.failed[r] && sc.failWhy[r] == "" {
+				sc.failWhy[r] = fmt.Sprintf("its routed experts of layer %d could not be computed", li)
+			}
 		}
 		for i := range sc.f[:N*H] {
 			sc.f[i] += sc.moeOut[i]
