@@ -189,7 +189,7 @@ func TestCoordinatorFailover(t *testing.T) {
 // etcd goes down: the data plane keeps serving on its last table; after etcd
 // comes back the cluster re-registers and keeps working.
 func TestEtcdRestart(t *testing.T) {
-	c := startFaultCluster(t, 2, 1)
+	c := startFaultCluster(t, 3, 1)
 	c.StopEtcd()
 	stop := make(chan struct{})
 	lg := startLoad(t, c, 2, stop)
@@ -197,12 +197,38 @@ func TestEtcdRestart(t *testing.T) {
 	if err := c.StartEtcd(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "nodes re-registered", 30*time.Second, func() bool {
+	experts := func() int {
 		ns, err := cluster.ListNodes(context.Background(), c.Client(), cluster.RoleExpert)
-		return err == nil && len(ns) == 2
-	})
+		if err != nil {
+			return -1
+		}
+		return len(ns)
+	}
+	waitFor(t, "nodes re-registered", 30*time.Second, func() bool { return experts() == 3 })
+	// Registered for good, not on a restored lease nobody keeps alive (etcd
+	// revives leases at restart with a fresh TTL; the old keep-alive loop had
+	// died on its first failed re-grant, so nodes vanished a TTL later).
+	time.Sleep(3 * 2 * time.Second) // three lease TTLs
+	if n := experts(); n != 3 {
+		t.Fatalf("%d expert nodes registered three lease TTLs after the restart, want 3", n)
+	}
 	n := lg.completed()
 	waitFor(t, "load continuing", 20*time.Second, func() bool { return lg.completed() >= n+4 })
+	// The control plane heals after the outage: a crashed expert is re-placed.
+	v0 := tableVersion(t, c)
+	if err := c.CrashExpert("expert-1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "re-placement after the outage", 30*time.Second, func() bool {
+		tb, err := cluster.LoadTable(context.Background(), c.Client())
+		if err != nil || tb.Version <= v0 {
+			return false
+		}
+		_, held := tb.Addr("expert-1")
+		return !held
+	})
+	n = lg.completed()
+	waitFor(t, "load continuing after the repair", 20*time.Second, func() bool { return lg.completed() >= n+4 })
 	close(stop)
 	lg.check(t)
 }
