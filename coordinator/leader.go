@@ -18,8 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/switchyard-serving/switchyard/internal/agent"
 	"github.com/switchyard-serving/switchyard/internal/cluster"
@@ -186,14 +184,13 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("coordinator: health listener: %w", err)
 		}
-		srv, err := a.NewServer(rpc.ServerConfig{})
+		srv, err := a.NewServer(rpc.ServerConfig{}) // with the agent's health service
 		if err != nil {
 			lis.Close()
 			return err
 		}
-		h := health.NewServer()
-		healthpb.RegisterHealthServer(srv, h)
 		a.Serve(srv, lis)
+		a.SetServing(true)
 		addr = lis.Addr().String()
 	}
 	// The coordinator waits for etcd rather than exiting: it is useless

@@ -42,7 +42,7 @@ func (n *Node) Run(ctx context.Context) error {
 			return fmt.Errorf("expertnode: listen: %w", err)
 		}
 	}
-	a, err := agent.Start(cluster.RoleExpert, n.cfg.Config, agent.Options{Registry: n.metrics.reg, Tracing: n.cfg.Tracing})
+	a, err := agent.Start(cluster.RoleExpert, n.cfg.Config, agent.Options{Registry: n.metrics.reg, Tracing: n.cfg.Tracing, OwnHealth: true})
 	if err != nil {
 		lis.Close()
 		return err

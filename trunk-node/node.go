@@ -32,8 +32,6 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -64,7 +62,7 @@ type Node struct {
 	size       hybrid.StateSize
 	snap       snapIdentity // what this node stamps on and checks in snapshots
 	metrics    *metrics
-	health     *health.Server
+	health     interface{ SetServing(ok bool, services ...string) } // the agent, once Serve runs
 	ready      chan struct{}
 	readyOnce  sync.Once
 	closeOnce  sync.Once
@@ -105,7 +103,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{imports: make(chan struct{}, maxConcurrentImports), cfg: cfg, model: e.Model, tok: e.Tok, limits: cfg.Limits, kvPerToken: kvPer,
 		metrics: newMetrics(telemetry.NewRegistry(), cfg.NodeID, cfg.ExpertDetail),
-		health:  health.NewServer(), ready: make(chan struct{}), log: cfg.Config.NewLogger(cluster.RoleTrunk)}
+		ready: make(chan struct{}), log: cfg.Config.NewLogger(cluster.RoleTrunk)}
 	if mc := c.MaxPositionEmbed; c.UseRope() && mc > 0 && mc < n.limits.MaxContext {
 		n.limits.MaxContext = mc
 	}
@@ -192,8 +190,12 @@ func (n *Node) Ready() <-chan struct{} { return n.ready }
 func (n *Node) markReady() {
 	n.readyOnce.Do(func() {
 		close(n.ready)
-		n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-		n.health.SetServingStatus("switchyard.v1.Switchyard", healthpb.HealthCheckResponse_SERVING)
+		n.mu.Lock()
+		h := n.health
+		n.mu.Unlock()
+		if h != nil {
+			h.SetServing(true, pb.Switchyard_ServiceDesc.ServiceName)
+		}
 	})
 }
 
@@ -228,9 +230,10 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 	pb.RegisterSwitchyardServer(srv, &api{n: n})
-	healthpb.RegisterHealthServer(srv, n.health)
 	reflection.Register(srv)
-	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	n.mu.Lock()
+	n.health = a // readiness through the agent's health service
+	n.mu.Unlock()
 	a.Go(n.sched.Run)
 	a.Go(n.janitor)
 	a.Serve(srv, lis)
@@ -356,7 +359,12 @@ func (n *Node) applyTable(t *routing.Table) {
 // drain stops admitting and waits (up to DrainTimeout) for running and queued
 // generations to finish.
 func (n *Node) drain() {
-	n.health.Shutdown()
+	n.mu.Lock()
+	h := n.health
+	n.mu.Unlock()
+	if h != nil {
+		h.SetServing(false, pb.Switchyard_ServiceDesc.ServiceName) // balancers stop sending new calls
+	}
 	n.sched.Drain()
 	r, w := n.sched.Load()
 	n.logger().Info("draining", "running", r, "waiting", w, "timeout", n.cfg.DrainTimeout)

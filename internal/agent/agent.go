@@ -29,6 +29,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/switchyard-serving/switchyard/internal/cluster"
 	"github.com/switchyard-serving/switchyard/internal/membership"
@@ -48,6 +50,10 @@ type Options struct {
 	// Tracing adds OpenTelemetry stats handlers to the servers built by
 	// NewServer and is shut down by Close (nil or disabled: none).
 	Tracing *telemetry.Tracing
+	// OwnHealth: the role registers its own gRPC health service (an expert
+	// node's readiness is its assignment's); otherwise NewServer registers the
+	// agent's (Health), NOT_SERVING until the role calls SetServing.
+	OwnHealth bool
 }
 
 // Agent is a running node's shared machinery. Methods are safe for concurrent
@@ -67,6 +73,7 @@ type Agent struct {
 
 	cli         *clientv3.Client // nil without etcd
 	metricsAddr string
+	health      *health.Server // nil with Options.OwnHealth
 
 	mu      sync.Mutex
 	servers []*grpc.Server
@@ -83,6 +90,10 @@ func Start(role string, cfg Config, o Options) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{role: role, cfg: cfg, opts: o, log: cfg.NewLogger(role), errc: make(chan error, 4)}
+	if !o.OwnHealth {
+		a.health = health.NewServer()
+		a.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	if len(cfg.Etcd) > 0 {
 		cli, err := cluster.NewClient(cfg.Etcd, cfg.EtcdTLS)
@@ -138,7 +149,32 @@ func (a *Agent) NewServer(sc rpc.ServerConfig) (*grpc.Server, error) {
 		sc.ExtraOptions = append(sc.ExtraOptions, grpc.StatsHandler(otelgrpc.NewServerHandler(
 			otelgrpc.WithTracerProvider(t.Provider), otelgrpc.WithPropagators(telemetry.Propagator))))
 	}
-	return rpc.NewServer(sc)
+	srv, err := rpc.NewServer(sc)
+	if err != nil {
+		return nil, err
+	}
+	if a.health != nil {
+		healthpb.RegisterHealthServer(srv, a.health)
+	}
+	return srv, nil
+}
+
+// Health is the node's gRPC health service (nil with Options.OwnHealth).
+func (a *Agent) Health() *health.Server { return a.health }
+
+// SetServing reports the node ready (SERVING) or not, overall and for the
+// named services. Close sets NOT_SERVING for good.
+func (a *Agent) SetServing(ok bool, services ...string) {
+	if a.health == nil {
+		return
+	}
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	for _, s := range append([]string{""}, services...) {
+		a.health.SetServingStatus(s, st)
+	}
 }
 
 // Serve serves srv on lis until Close; a server that stops on its own reports
@@ -320,6 +356,9 @@ func (a *Agent) stop(crash bool) {
 	a.closed = true
 	reg, gossip, servers := a.reg, a.gossip, a.servers
 	a.mu.Unlock()
+	if a.health != nil {
+		a.health.Shutdown() // NOT_SERVING first: balancers stop sending
+	}
 	if crash {
 		for _, s := range servers {
 			s.Stop()

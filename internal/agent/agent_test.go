@@ -102,14 +102,12 @@ func serveHealth(t *testing.T, a *Agent) (string, *health.Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := a.NewServer(rpc.ServerConfig{})
+	srv, err := a.NewServer(rpc.ServerConfig{}) // registers the agent's health service
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := health.NewServer()
-	healthpb.RegisterHealthServer(srv, h)
 	a.Serve(srv, lis)
-	return lis.Addr().String(), h
+	return lis.Addr().String(), a.Health()
 }
 
 func TestLifecycle(t *testing.T) {
@@ -132,8 +130,19 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
-		t.Fatalf("health: %v", err)
+	check := func() healthpb.HealthCheckResponse_ServingStatus {
+		r, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+		if err != nil {
+			t.Fatalf("health: %v", err)
+		}
+		return r.Status
+	}
+	if st := check(); st != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health before SetServing: %v", st)
+	}
+	a.SetServing(true)
+	if st := check(); st != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health after SetServing: %v", st)
 	}
 	a.Close()
 	stopped.Wait() // Close waited for the loop
