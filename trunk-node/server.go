@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -481,7 +482,9 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) (err error
 	if err := a.n.store.CheckRoom(total - a.n.size.EmptyEncoded); err != nil {
 		return toStatus(err)
 	}
-	buf := make([]byte, 0, total) // bounded by the limit, the memory budget and the import cap
+	// The buffer grows as bytes arrive, not from the size the client claims.
+	buf := make([]byte, 0, min(total, snapChunk))
+	start := time.Now()
 	for msg := first; ; {
 		if len(msg.Data) > snapChunk {
 			return toStatus(invalid("a chunk of %d bytes: at most %d per chunk", len(msg.Data), snapChunk))
@@ -490,6 +493,9 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) (err error
 			return toStatus(invalid("snapshot data exceeds its total_bytes (%d)", total))
 		}
 		buf = append(buf, msg.Data...)
+		if err := importProgress(start, int64(len(buf))); err != nil {
+			return toStatus(err)
+		}
 		if msg, err = nextChunk(stream.Context(), chunks); err == io.EOF {
 			break
 		} else if err != nil {

@@ -59,6 +59,31 @@ var (
 // importIdleTimeout is how long an import waits for its next chunk.
 var importIdleTimeout = 30 * time.Second
 
+// An import must make progress: after importGrace it must have received at
+// least importMinRate bytes per second on average, and it must end within
+// importMaxDuration. A stream that trickles a byte every few seconds would
+// otherwise hold one of the few import slots (and its buffer) for ever.
+var (
+	importGrace       = 10 * time.Second
+	importMinRate     = int64(256 << 10) // bytes per second
+	importMaxDuration = 10 * time.Minute
+)
+
+// errImportTooSlow ends an import that does not make progress.
+var errImportTooSlow = fmt.Errorf("%w: the snapshot arrives too slowly", context.DeadlineExceeded)
+
+// importProgress checks an import's progress after received bytes.
+func importProgress(start time.Time, received int64) error {
+	el := time.Since(start)
+	switch {
+	case el > importMaxDuration:
+		return fmt.Errorf("%w: not complete after %v", errImportTooSlow, importMaxDuration)
+	case el > importGrace && received < int64(el.Seconds()*float64(importMinRate)):
+		return fmt.Errorf("%w: %d bytes in %v, below %d bytes/s", errImportTooSlow, received, el.Round(time.Millisecond), importMinRate)
+	}
+	return nil
+}
+
 // maxConcurrentImports bounds the snapshots a node buffers at once.
 const maxConcurrentImports = 2
 

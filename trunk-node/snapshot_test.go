@@ -406,3 +406,46 @@ func TestSignedSnapshots(t *testing.T) {
 		t.Fatalf("tampered: %v", err)
 	}
 }
+
+// An import that trickles (a byte every little while) is ended once it falls
+// below the progress requirement, instead of holding an import slot for ever.
+func TestImportMustMakeProgress(t *testing.T) {
+	c, _ := startLocal(t, nil)
+	ctx := context.Background()
+	s, err := c.CreateSession(ctx, &pb.CreateSessionRequest{Prompt: &pb.CreateSessionRequest_Text{Text: "Hello there, keeper"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := exportAll(t, c, s.SessionId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prevGrace, prevRate := importGrace, importMinRate
+	importGrace, importMinRate = 200*time.Millisecond, 1<<20
+	defer func() { importGrace, importMinRate = prevGrace, prevRate }()
+	st, err := c.ImportSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := snap[0].Data
+	start := time.Now()
+	var sendErr error
+	// The head in full (so the model checks pass), then a byte at a time.
+	if err := st.Send(&pb.SessionSnapshotChunk{Data: data[:64], TotalBytes: snap[0].TotalBytes}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 64; i < len(data) && time.Since(start) < 5*time.Second; i++ {
+		msg := &pb.SessionSnapshotChunk{Data: data[i : i+1]}
+		if sendErr = st.Send(msg); sendErr != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_, err = st.CloseAndRecv()
+	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "too slowly") {
+		t.Fatalf("trickled import ended with %v (send error %v)", err, sendErr)
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("the trickle was cut only after %v", el)
+	}
+}
