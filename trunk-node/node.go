@@ -62,10 +62,12 @@ type Node struct {
 	size       hybrid.StateSize
 	snap       snapIdentity // what this node stamps on and checks in snapshots
 	metrics    *metrics
-	health     interface{ SetServing(ok bool, services ...string) } // the agent, once Serve runs
-	ready      chan struct{}
-	readyOnce  sync.Once
-	closeOnce  sync.Once
+	health     interface {
+		SetServing(ok bool, services ...string)
+	} // the agent, once Serve runs
+	ready     chan struct{}
+	readyOnce sync.Once
+	closeOnce sync.Once
 
 	mu          sync.Mutex
 	metricsAddr string       // guarded by mu
@@ -103,7 +105,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{imports: make(chan struct{}, maxConcurrentImports), cfg: cfg, model: e.Model, tok: e.Tok, limits: cfg.Limits, kvPerToken: kvPer,
 		metrics: newMetrics(telemetry.NewRegistry(), cfg.NodeID, cfg.ExpertDetail),
-		ready: make(chan struct{}), log: cfg.Config.NewLogger(cluster.RoleTrunk)}
+		ready:   make(chan struct{}), log: cfg.Config.NewLogger(cluster.RoleTrunk)}
 	if mc := c.MaxPositionEmbed; c.UseRope() && mc > 0 && mc < n.limits.MaxContext {
 		n.limits.MaxContext = mc
 	}
