@@ -67,7 +67,7 @@ func DefaultConfig() Config {
 		Config:       ac,
 		Listen:       "127.0.0.1:7070",
 		Memory:       MemoryConfig{RecurrentBytes: rec, KVBytes: kv, IdleTTL: 30 * time.Minute},
-		Sched:        SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024},
+		Sched:        SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024, DecodePrefillTokens: 128},
 		Limits:       Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
 		Dispatch:     DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20, WireDType: pb.WireDType_WIRE_DTYPE_BF16},
 		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second,
@@ -89,6 +89,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Memory.IdleTTL, "session-ttl", c.Memory.IdleTTL, "idle sessions are deleted after this")
 	fs.IntVar(&c.Sched.MaxRunning, "max-running", c.Sched.MaxRunning, "sessions advanced together per step")
 	fs.IntVar(&c.Sched.MaxTokensPerStep, "max-step-tokens", c.Sched.MaxTokensPerStep, "token budget per step")
+	fs.IntVar(&c.Sched.DecodePrefillTokens, "decode-prefill-tokens", c.Sched.DecodePrefillTokens, "prompt tokens prefilled per step while other sessions decode (bounds a long prompt's effect on their inter-token latency; 0: up to --max-step-tokens)")
 	fs.BoolVar(&c.Sched.PingPong, "ping-pong", c.Sched.PingPong, "overlap expert dispatch with trunk compute by splitting big steps into two micro-batches")
 	fs.IntVar(&c.Limits.MaxContext, "max-context", c.Limits.MaxContext, "tokens a session may hold")
 	fs.IntVar(&c.Limits.MaxNewTokens, "max-new-tokens", c.Limits.MaxNewTokens, "upper bound for max_tokens")

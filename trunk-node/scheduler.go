@@ -34,6 +34,13 @@ type SchedConfig struct {
 	// micro-batches whose expert dispatches overlap the other's trunk compute.
 	PingPong        bool
 	PingPongMinRows int
+	// DecodePrefillTokens caps the prompt tokens prefilled in a step that also
+	// decodes (0: no cap beyond MaxTokensPerStep). A step's time grows with its
+	// rows, so this bounds what a long prompt adds to the inter-token latency
+	// of the sessions decoding beside it: at most this many prefill rows per
+	// token they generate. Without decoding sessions a step prefills up to
+	// MaxTokensPerStep.
+	DecodePrefillTokens int
 }
 
 // Job is one generation request inside the scheduler.
@@ -370,12 +377,17 @@ func (s *Scheduler) dropCancelled() bool {
 // prefill chunks within the token budget.
 func (s *Scheduler) plan() (batch []hybrid.Seq, jobs []*Job, rows int) {
 	budget := s.cfg.MaxTokensPerStep
+	decoding := 0
 	for _, j := range s.running {
 		if !j.prefill {
 			batch = append(batch, hybrid.Seq{State: j.sess.State, Tokens: j.pending})
 			jobs = append(jobs, j)
 			budget--
+			decoding++
 		}
+	}
+	if decoding > 0 && s.cfg.DecodePrefillTokens > 0 {
+		budget = min(budget, s.cfg.DecodePrefillTokens)
 	}
 	for _, j := range s.running {
 		if j.prefill && budget > 0 {

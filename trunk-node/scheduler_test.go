@@ -245,3 +245,31 @@ func TestSchedulerSequenceFailsAlone(t *testing.T) {
 		t.Fatalf("the other job: %d tokens, %+v", len(gotGood), finGood)
 	}
 }
+
+// While sessions decode, a long prompt beside them prefills at most
+// DecodePrefillTokens per step; alone, it uses the whole step budget.
+func TestSchedulerBoundsPrefillBesideDecode(t *testing.T) {
+	h := newSchedHarness(t, SchedConfig{MaxTokensPerStep: 64, DecodePrefillTokens: 8})
+	short := h.submit(t, []int{1}, 100)
+	time.Sleep(20 * time.Millisecond) // short is decoding
+	long := h.submit(t, make([]int, 60), 1)
+	drainJob(t, long)
+	drainJob(t, short)
+	besideDecode := false
+	for i, step := range h.model.history() {
+		if len(step) == 2 && step[0] == 1 { // a decode row, then the long prompt's chunk
+			besideDecode = true
+			if step[1] > 8 {
+				t.Fatalf("step %d prefilled %d tokens beside a decoding session, cap 8", i, step[1])
+			}
+		}
+	}
+	if !besideDecode {
+		t.Fatalf("no step prefilled beside a decoding session: %v", h.model.history())
+	}
+	alone := newSchedHarness(t, SchedConfig{MaxTokensPerStep: 64, DecodePrefillTokens: 8})
+	drainJob(t, alone.submit(t, make([]int, 60), 1))
+	if first := alone.model.history()[0]; first[0] != 60 {
+		t.Fatalf("alone, the prompt's first step prefilled %v tokens, want all 60", first)
+	}
+}
