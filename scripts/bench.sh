@@ -27,3 +27,5 @@ echo "== cluster: 1 trunk + 2 expert nodes on loopback vs in-process (BF16)"
 "$BIN" bench-cluster --model "$MODEL" --sessions 1,8,32 --tokens 16 --prompt 16 --reps 3
 echo "== placement: Zipf-skewed and shifting loads, ours vs round-robin"
 "$BIN" placement simulate --rounds 5
+echo "== noisy neighbour: short sessions' inter-token latency beside a 2048-token prompt (tiny model)"
+bash scripts/noisy-neighbour.sh
