@@ -518,3 +518,76 @@ func TestDetokenizeIncompleteUTF8(t *testing.T) {
 		t.Fatalf("text %q complete %v raw %q", resp.Text, resp.Complete, resp.RawBytes)
 	}
 }
+
+// With one token per client, sessions belong to the client that created them:
+// another client gets NOT_FOUND for them on every call, and a flood of
+// session creation from one client is refused for that client only.
+func TestClientIdentities(t *testing.T) {
+	tokA, tokB := "token-of-alice-0123456789", "token-of-bob-0123456789ab"
+	c, _ := startLocal(t, func(cfg *Config) {
+		cfg.APITokens = map[string]string{tokA: "alice", tokB: "bob"}
+		cfg.Clients.MaxSessions = 3
+	})
+	as := func(tok string) context.Context {
+		return metadata.NewOutgoingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok))
+	}
+	alice, bob := as(tokA), as(tokB)
+	s, err := c.CreateSession(alice, &pb.CreateSessionRequest{Prompt: &pb.CreateSessionRequest_Text{Text: "secret plans"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := s.SessionId
+	notFound := func(what string, err error) {
+		t.Helper()
+		if status.Code(err) != codes.NotFound {
+			t.Fatalf("bob %s alice's session: %v", what, err)
+		}
+	}
+	_, err = c.GetSession(bob, &pb.GetSessionRequest{SessionId: id})
+	notFound("get", err)
+	_, err = c.ForkSession(bob, &pb.ForkSessionRequest{SessionId: id})
+	notFound("fork", err)
+	_, err = c.DeleteSession(bob, &pb.DeleteSessionRequest{SessionId: id})
+	notFound("delete", err)
+	_, err = exportAllCtx(bob, c, id)
+	notFound("export", err)
+	st, err := c.Generate(bob, &pb.GenerateRequest{SessionId: id, Input: &pb.GenerateRequest_Text{Text: " and"}, MaxTokens: 2})
+	if err == nil {
+		_, err = st.Recv()
+	}
+	notFound("continue", err)
+	if _, err := c.GetSession(alice, &pb.GetSessionRequest{SessionId: id}); err != nil {
+		t.Fatalf("alice's own session: %v", err)
+	}
+	// Alice may hold 3 sessions; her fourth is refused, bob's first is not.
+	for range 2 {
+		if _, err := c.CreateSession(alice, &pb.CreateSessionRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.CreateSession(alice, &pb.CreateSessionRequest{}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("alice's fourth session: %v", err)
+	}
+	if _, err := c.CreateSession(bob, &pb.CreateSessionRequest{}); err != nil {
+		t.Fatalf("bob is refused because of alice: %v", err)
+	}
+}
+
+// exportAllCtx exports with the given call context.
+func exportAllCtx(ctx context.Context, c pb.SwitchyardClient, id string) ([]*pb.SessionSnapshotChunk, error) {
+	st, err := c.ExportSession(ctx, &pb.ExportSessionRequest{SessionId: id})
+	if err != nil {
+		return nil, err
+	}
+	var out []*pb.SessionSnapshotChunk
+	for {
+		m, err := st.Recv()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/switchyard-serving/switchyard/internal/agent"
@@ -26,8 +27,16 @@ type Config struct {
 	// Listen is the public API address Run serves on.
 	Listen string
 	// APIToken, when set, is required as "authorization: Bearer <token>" on every
-	// public call (health and reflection excepted).
+	// public call (health and reflection excepted); its holders are the client
+	// "default".
 	APIToken string
+	// APITokens maps tokens to client identities (one token per client, from
+	// --api-tokens-file): sessions belong to the identity that created them
+	// (another identity is told they do not exist) and Clients limits apply
+	// per identity.
+	APITokens map[string]string
+	// Clients limits what one identified client may hold (0: no limit).
+	Clients ClientLimits
 	// LocalExperts computes the routed experts in process instead of on expert
 	// nodes (single-node mode and the in-process baseline).
 	LocalExperts bool
@@ -57,6 +66,13 @@ type Config struct {
 	LoadInterval time.Duration // how often activation counts are reported to etcd
 }
 
+// ClientLimits bound one client identity, so a flood from one client is
+// refused for that client only.
+type ClientLimits struct {
+	MaxSessions int // sessions held at once
+	MaxInflight int // generations running or queued at once
+}
+
 // DefaultConfig returns production defaults; the session memory budgets are
 // sized from the memory available to the process (defaultMemory).
 func DefaultConfig() Config {
@@ -70,7 +86,7 @@ func DefaultConfig() Config {
 		Sched:        SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024, DecodePrefillTokens: 128},
 		Limits:       Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
 		Dispatch:     DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20, WireDType: pb.WireDType_WIRE_DTYPE_BF16},
-		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second,
+		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second, Clients: ClientLimits{MaxSessions: 1024, MaxInflight: 64},
 		StepTracing: StepTracing{Ratio: 0.01, SlowThreshold: 500 * time.Millisecond}, LoadInterval: 2 * time.Second,
 	}
 }
@@ -81,6 +97,16 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", c.Listen, "public API address")
 	fs.StringVar(&c.ModelPath, "model", c.ModelPath, "model: Hugging Face folder or .gguf (required)")
 	fs.StringVar(&c.APIToken, "api-token", os.Getenv("SWITCHYARD_API_TOKEN"), "require this bearer token on the public API (default $SWITCHYARD_API_TOKEN)")
+	fs.Func("api-tokens-file", "file of client tokens, one \"<identity> <token>\" per line: each client's sessions are its own and limits apply per client", func(p string) error {
+		m, err := readTokens(p)
+		if err != nil {
+			return err
+		}
+		c.APITokens = m
+		return nil
+	})
+	fs.IntVar(&c.Clients.MaxSessions, "client-max-sessions", c.Clients.MaxSessions, "sessions one identified client may hold (0: no limit)")
+	fs.IntVar(&c.Clients.MaxInflight, "client-max-inflight", c.Clients.MaxInflight, "generations one identified client may have in flight (0: no limit)")
 	fs.BoolVar(&c.LocalExperts, "local-experts", c.LocalExperts, "compute experts in process (no expert nodes)")
 	tlsFlags(fs, &c.PublicTLS, "tls-", "public API")
 	tlsFlags(fs, &c.PeerTLS, "peer-tls-", "node-to-node")
@@ -161,4 +187,34 @@ func (c *Config) listen() (net.Listener, error) {
 		return nil, fmt.Errorf("trunknode: listen: %w", err)
 	}
 	return lis, nil
+}
+
+// readTokens reads a tokens file: "<identity> <token>" per line, # comments.
+func readTokens(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		switch {
+		case len(f) != 2:
+			return nil, fmt.Errorf("%s:%d: want \"<identity> <token>\"", path, i+1)
+		case len(f[1]) < 16:
+			return nil, fmt.Errorf("%s:%d: the token of %q is shorter than 16 characters", path, i+1, f[0])
+		}
+		if prev, dup := out[f[1]]; dup {
+			return nil, fmt.Errorf("%s:%d: %q and %q share a token", path, i+1, prev, f[0])
+		}
+		out[f[1]] = f[0]
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s holds no tokens", path)
+	}
+	return out, nil
 }

@@ -21,6 +21,7 @@ package trunknode
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -70,8 +71,9 @@ type Node struct {
 	closeOnce sync.Once
 
 	mu          sync.Mutex
-	metricsAddr string       // guarded by mu
-	log         *slog.Logger // the node's (same settings as its agent's)
+	metricsAddr string         // guarded by mu
+	inflight    map[string]int // guarded by mu: generations per client identity
+	log         *slog.Logger   // the node's (same settings as its agent's)
 }
 
 // MetricsAddr is the bound /metrics address ("" when not served).
@@ -105,13 +107,14 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{imports: make(chan struct{}, maxConcurrentImports), cfg: cfg, model: e.Model, tok: e.Tok, limits: cfg.Limits, kvPerToken: kvPer,
 		metrics: newMetrics(telemetry.NewRegistry(), cfg.NodeID, cfg.ExpertDetail),
-		ready:   make(chan struct{}), log: cfg.Config.NewLogger(cluster.RoleTrunk)}
+		ready:   make(chan struct{}), log: cfg.Config.NewLogger(cluster.RoleTrunk), inflight: map[string]int{}}
 	if mc := c.MaxPositionEmbed; c.UseRope() && mc > 0 && mc < n.limits.MaxContext {
 		n.limits.MaxContext = mc
 	}
 	n.size = hybrid.SizeOf(c)
 	n.snap = snapIdentity{cfg: c, weights: e.Model.W.Fingerprint(), key: cfg.SnapshotKey}
 	n.store = NewStore(cfg.Memory, e.Model.NewState, n.size.RecurrentBytes, kvPer)
+	n.store.SetClientLimit(cfg.Clients.MaxSessions)
 	deps := SchedDeps{Model: e.Model, EOS: c.EOS, Tok: e.Tok, Store: n.store, Experts: LocalSteps{e.Model.Experts}, Metrics: n.metrics, Tracing: cfg.StepTracing}
 	if cfg.Tracing.Enabled {
 		deps.Tracer = cfg.Tracing.Tracer()
@@ -182,6 +185,32 @@ func (noExperts) Begin(*hybrid.ExpertRequest) hybrid.Pending {
 	return hybrid.Done(errors.New("trunknode: routed experts are dispatched per step; use the scheduler"))
 }
 
+// ErrClientBusy means one client has as many generations in flight as it may
+// (ResourceExhausted, for that client only).
+var ErrClientBusy = errors.New("trunknode: client in-flight request limit reached")
+
+// clientSlot admits one generation of an identified client under its
+// in-flight limit; release ends it. Anonymous callers (no authentication) are
+// bounded by the scheduler's queue only.
+func (n *Node) clientSlot(client string) (release func(), err error) {
+	if client == "" || n.cfg.Clients.MaxInflight <= 0 {
+		return func() {}, nil
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.inflight[client] >= n.cfg.Clients.MaxInflight {
+		return nil, fmt.Errorf("%w: %s has %d generations running; wait for one to end", ErrClientBusy, clip(client), n.inflight[client])
+	}
+	n.inflight[client]++
+	return func() {
+		n.mu.Lock()
+		if n.inflight[client]--; n.inflight[client] <= 0 {
+			delete(n.inflight, client)
+		}
+		n.mu.Unlock()
+	}, nil
+}
+
 // Dispatcher returns the remote expert dispatcher (nil with local experts).
 func (n *Node) Dispatcher() *Dispatcher { return n.disp }
 
@@ -225,7 +254,7 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 	n.metricsAddr = a.MetricsAddr()
 	n.mu.Unlock()
 	srv, err := a.NewServer(rpc.ServerConfig{TLS: n.cfg.PublicTLS, MaxRecvBytes: n.cfg.MaxRecvBytes, RatePerSec: n.cfg.RatePerSec,
-		RateBurst: int(n.cfg.RatePerSec) + 1, AuthToken: n.cfg.APIToken, OnDone: n.callDone, Logger: a.Logger()})
+		RateBurst: int(n.cfg.RatePerSec) + 1, AuthToken: n.cfg.APIToken, Tokens: n.cfg.APITokens, OnDone: n.callDone, Logger: a.Logger()})
 	if err != nil {
 		lis.Close()
 		a.Close()

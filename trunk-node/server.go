@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-serving/switchyard/internal/rpc"
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/engine"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
@@ -49,6 +50,8 @@ func toStatus(err error) error {
 		{engine.ErrRequest, codes.InvalidArgument},
 		{ErrSessionNotFound, codes.NotFound},
 		{ErrSessionBusy, codes.FailedPrecondition},
+		{ErrClientLimit, codes.ResourceExhausted},
+		{ErrClientBusy, codes.ResourceExhausted},
 		{ErrSessionDeleted, codes.Aborted},
 		{ErrSessionReset, codes.DataLoss},
 		{hybrid.ErrStateModel, codes.FailedPrecondition},
@@ -135,6 +138,7 @@ type genArgs struct {
 	ignoreEOS bool
 	logprobs  bool
 	api       string
+	client    string // the caller's identity (rpc.ClientIdentity)
 }
 
 func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateServer) error {
@@ -147,7 +151,7 @@ func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateSer
 		return toStatus(err)
 	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
-		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "generate"}, stream))
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "generate", ""}, stream))
 }
 
 func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
@@ -173,7 +177,7 @@ func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
 		return toStatus(invalid("%v", err))
 	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
-		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "chat"}, stream))
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "chat", ""}, stream))
 }
 
 type sender interface {
@@ -181,10 +185,16 @@ type sender interface {
 }
 
 func (a *api) generate(ctx context.Context, g genArgs, out sender) error {
+	g.client = rpc.ClientIdentity(ctx)
 	params, err := a.checkGen(g)
 	if err != nil {
 		return err
 	}
+	release, err := a.n.clientSlot(g.client)
+	if err != nil {
+		return err
+	}
+	defer release()
 	sess, err := a.reserve(g)
 	if err != nil {
 		return err
@@ -264,14 +274,14 @@ func (a *api) reserve(g genArgs) (*Session, error) {
 	var sess *Session
 	var err error
 	if g.sessionID != "" {
-		if sess, err = a.n.store.Get(g.sessionID); err != nil {
+		if sess, err = a.n.store.GetFor(g.client, g.sessionID); err != nil {
 			return nil, err
 		}
 	} else {
 		if len(g.prompt) == 0 {
 			return nil, invalid("the prompt is empty (set text or token_ids, or continue a session with session_id)")
 		}
-		if sess, err = a.n.store.Create(true); err != nil {
+		if sess, err = a.n.store.CreateFor(g.client, true); err != nil {
 			return nil, err
 		}
 	}
@@ -369,7 +379,7 @@ func (a *api) CreateSession(ctx context.Context, req *pb.CreateSessionRequest) (
 	if len(prompt) > a.n.limits.MaxContext {
 		return nil, toStatus(invalid("prompt of %d tokens exceeds the context limit %d", len(prompt), a.n.limits.MaxContext))
 	}
-	sess, err := a.n.store.Create(false)
+	sess, err := a.n.store.CreateFor(rpc.ClientIdentity(ctx), false)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -392,7 +402,7 @@ func (a *api) GetSession(ctx context.Context, req *pb.GetSessionRequest) (*pb.Se
 	if req.SessionId == "" {
 		return nil, toStatus(invalid("session_id is required"))
 	}
-	s, err := a.n.store.Get(req.SessionId)
+	s, err := a.n.store.GetFor(rpc.ClientIdentity(ctx), req.SessionId)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -403,7 +413,7 @@ func (a *api) ForkSession(ctx context.Context, req *pb.ForkSessionRequest) (*pb.
 	if req.SessionId == "" {
 		return nil, toStatus(invalid("session_id is required"))
 	}
-	s, err := a.n.store.Get(req.SessionId)
+	s, err := a.n.store.GetFor(rpc.ClientIdentity(ctx), req.SessionId)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -413,7 +423,7 @@ func (a *api) ForkSession(ctx context.Context, req *pb.ForkSessionRequest) (*pb.
 	}
 	st, unfed := s.State.Clone(), append([]int(nil), s.Unfed...)
 	a.n.store.Release(s)
-	f, err := a.n.store.Adopt(st, unfed)
+	f, err := a.n.store.AdoptFor(rpc.ClientIdentity(ctx), st, unfed)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -426,7 +436,7 @@ func (a *api) ExportSession(req *pb.ExportSessionRequest, stream pb.Switchyard_E
 	if req.SessionId == "" {
 		return toStatus(invalid("session_id is required"))
 	}
-	s, err := a.n.store.Get(req.SessionId)
+	s, err := a.n.store.GetFor(rpc.ClientIdentity(stream.Context()), req.SessionId)
 	if err != nil {
 		return toStatus(err)
 	}
@@ -514,7 +524,7 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) (err error
 		return toStatus(fmt.Errorf("%w: the session holds %d tokens, more than this node's context limit %d",
 			errSnapshotUnsupported, st.Pos+len(unfed), a.n.limits.MaxContext))
 	}
-	sess, err := a.n.store.Adopt(st, unfed)
+	sess, err := a.n.store.AdoptFor(rpc.ClientIdentity(stream.Context()), st, unfed)
 	if err != nil {
 		return toStatus(err)
 	}
@@ -526,7 +536,7 @@ func (a *api) DeleteSession(ctx context.Context, req *pb.DeleteSessionRequest) (
 	if req.SessionId == "" {
 		return nil, toStatus(invalid("session_id is required"))
 	}
-	freed, err := a.n.store.Delete(req.SessionId)
+	freed, err := a.n.store.DeleteFor(rpc.ClientIdentity(ctx), req.SessionId)
 	if err != nil {
 		return nil, toStatus(err)
 	}

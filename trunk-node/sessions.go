@@ -36,6 +36,9 @@ type Session struct {
 	charged  int   // tokens whose KV is charged to the budget
 	// ephemeral sessions belong to one stateless request and die with it.
 	ephemeral bool
+	// owner is the client identity that created it (rpc.ClientIdentity); other
+	// identities are told it does not exist.
+	owner string
 	// stop cancels the running generation (set by the scheduler while busy).
 	stop context.CancelCauseFunc
 	// deleted: removed from the store while a generation ran on it; its memory
@@ -65,12 +68,16 @@ type Store struct {
 	sessions map[string]*Session
 	recUsed  int64
 	kvUsed   int64 // held + reserved
+	// perOwner counts each identified client's held sessions; maxPerOwner
+	// caps it (0: no cap).
+	perOwner    map[string]int
+	maxPerOwner int
 }
 
 // NewStore returns a store; newState makes a fresh model state of
 // recurrentBytes fixed bytes (hybrid.SizeOf).
 func NewStore(cfg MemoryConfig, newState func() *hybrid.State, recurrentBytes, kvPerToken int64) *Store {
-	return &Store{cfg: cfg, newState: newState, recPer: recurrentBytes, kvPerToken: kvPerToken, sessions: map[string]*Session{}}
+	return &Store{cfg: cfg, newState: newState, recPer: recurrentBytes, kvPerToken: kvPerToken, sessions: map[string]*Session{}, perOwner: map[string]int{}}
 }
 
 // kvCost is the KV memory of a session holding tokens: whole pages, as the
@@ -88,15 +95,54 @@ func newID() string {
 	return "s-" + hex.EncodeToString(b[:])
 }
 
-// Create makes a new empty session, or fails with ErrMemoryFull.
-func (s *Store) Create(ephemeral bool) (*Session, error) {
+// Create makes a new empty session without an owner (see CreateFor).
+func (s *Store) Create(ephemeral bool) (*Session, error) { return s.CreateFor("", ephemeral) }
+
+// ErrClientLimit means one client holds as many sessions as it may
+// (ResourceExhausted, for that client only).
+var ErrClientLimit = errors.New("trunknode: client session limit reached")
+
+// SetClientLimit caps the sessions each identified client may hold (0: none).
+func (s *Store) SetClientLimit(n int) {
+	s.mu.Lock()
+	s.maxPerOwner = n
+	s.mu.Unlock()
+}
+
+// ownLocked counts a new held session of owner, or refuses it.
+func (s *Store) ownLocked(owner string, ephemeral bool) error {
+	if owner == "" || ephemeral {
+		return nil
+	}
+	if s.maxPerOwner > 0 && s.perOwner[owner] >= s.maxPerOwner {
+		return fmt.Errorf("%w: %s holds %d sessions; delete some first", ErrClientLimit, clip(owner), s.perOwner[owner])
+	}
+	s.perOwner[owner]++
+	return nil
+}
+
+func (s *Store) disownLocked(sess *Session) {
+	if sess.owner == "" || sess.ephemeral {
+		return
+	}
+	if s.perOwner[sess.owner]--; s.perOwner[sess.owner] <= 0 {
+		delete(s.perOwner, sess.owner)
+	}
+}
+
+// CreateFor makes a new empty session owned by a client identity, or fails
+// with ErrMemoryFull or ErrClientLimit.
+func (s *Store) CreateFor(owner string, ephemeral bool) (*Session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.recUsed+s.recPer > s.cfg.RecurrentBytes {
 		return nil, fmt.Errorf("%w: %d sessions hold %d of %d recurrent-state bytes; delete idle sessions or raise the budget",
 			ErrMemoryFull, len(s.sessions), s.recUsed, s.cfg.RecurrentBytes)
 	}
-	sess := &Session{ID: newID(), State: s.newState(), lastUsed: time.Now(), ephemeral: ephemeral}
+	if err := s.ownLocked(owner, ephemeral); err != nil {
+		return nil, err
+	}
+	sess := &Session{ID: newID(), State: s.newState(), lastUsed: time.Now(), ephemeral: ephemeral, owner: owner}
 	s.sessions[sess.ID] = sess
 	s.recUsed += s.recPer
 	return sess, nil
@@ -115,25 +161,39 @@ func (s *Store) CheckRoom(kvBytes int64) error {
 
 // Adopt stores a session created elsewhere (a fork), charging its memory.
 func (s *Store) Adopt(st *hybrid.State, unfed []int) (*Session, error) {
+	return s.AdoptFor("", st, unfed)
+}
+
+// AdoptFor is Adopt for a client identity (the new session's owner).
+func (s *Store) AdoptFor(owner string, st *hybrid.State, unfed []int) (*Session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	kv := s.kvCost(st.Pos)
 	if s.recUsed+s.recPer > s.cfg.RecurrentBytes || s.kvUsed+kv > s.cfg.KVBytes {
 		return nil, fmt.Errorf("%w: no room for a copy of the session", ErrMemoryFull)
 	}
-	sess := &Session{ID: newID(), State: st, Unfed: unfed, lastUsed: time.Now(), charged: st.Pos}
+	if err := s.ownLocked(owner, false); err != nil {
+		return nil, err
+	}
+	sess := &Session{ID: newID(), State: st, Unfed: unfed, lastUsed: time.Now(), charged: st.Pos, owner: owner}
 	s.sessions[sess.ID] = sess
 	s.recUsed += s.recPer
 	s.kvUsed += kv
 	return sess, nil
 }
 
-// Get returns a session (not busy-checked).
-func (s *Store) Get(id string) (*Session, error) {
+// Get returns a session (not busy-checked) whatever its owner.
+func (s *Store) Get(id string) (*Session, error) { return s.get(id, "", true) }
+
+// GetFor returns a session of a client identity: another client's session is
+// reported as not found, exactly as a missing one.
+func (s *Store) GetFor(owner, id string) (*Session, error) { return s.get(id, owner, false) }
+
+func (s *Store) get(id, owner string, anyOwner bool) (*Session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sess, ok := s.sessions[id]
-	if !ok || sess.ephemeral {
+	if !ok || sess.ephemeral || (!anyOwner && sess.owner != owner) {
 		return nil, fmt.Errorf("%w: %s (it may have expired or been deleted)", ErrSessionNotFound, clip(id))
 	}
 	return sess, nil
@@ -186,15 +246,22 @@ func (s *Store) Release(sess *Session) {
 // running on it is stopped (it ends with ErrSessionDeleted) and the memory
 // stays counted in the budget until it has stopped, so the budget always
 // covers every state in memory.
-func (s *Store) Delete(id string) (int64, error) {
+func (s *Store) Delete(id string) (int64, error) { return s.delete(id, "", true) }
+
+// DeleteFor is Delete for a client identity (another client's session is not
+// found).
+func (s *Store) DeleteFor(owner, id string) (int64, error) { return s.delete(id, owner, false) }
+
+func (s *Store) delete(id, owner string, anyOwner bool) (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sess, ok := s.sessions[id]
-	if !ok || sess.ephemeral {
+	if !ok || sess.ephemeral || (!anyOwner && sess.owner != owner) {
 		return 0, fmt.Errorf("%w: %s", ErrSessionNotFound, clip(id))
 	}
 	if sess.busy {
 		delete(s.sessions, sess.ID)
+		s.disownLocked(sess)
 		sess.deleted = true
 		if sess.stop != nil {
 			sess.stop(ErrSessionDeleted)
@@ -218,6 +285,7 @@ func (s *Store) setStop(sess *Session, stop context.CancelCauseFunc) {
 func (s *Store) deleteLocked(sess *Session) int64 {
 	freed := s.recPer + s.kvCost(sess.charged)
 	delete(s.sessions, sess.ID)
+	s.disownLocked(sess)
 	s.recUsed -= s.recPer
 	s.kvUsed -= s.kvCost(sess.charged)
 	return freed
