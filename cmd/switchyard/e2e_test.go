@@ -14,7 +14,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
@@ -54,9 +57,10 @@ func TestUpEndToEnd(t *testing.T) {
 		close(lines)
 	}()
 	addrRe := regexp.MustCompile(`ready: public API on (\S+)`)
-	var addr string
+	tokenRe := regexp.MustCompile(`^api token: (\S+)`)
+	var addr, token string
 	timeout := time.After(120 * time.Second)
-	for addr == "" {
+	for addr == "" || token == "" {
 		select {
 		case l, ok := <-lines:
 			if !ok {
@@ -64,6 +68,9 @@ func TestUpEndToEnd(t *testing.T) {
 			}
 			if m := addrRe.FindStringSubmatch(l); m != nil {
 				addr = m[1]
+			}
+			if m := tokenRe.FindStringSubmatch(l); m != nil {
+				token = m[1]
 			}
 		case <-timeout:
 			t.Fatalf("no ready line; stderr:\n%s", stderr.String())
@@ -75,7 +82,11 @@ func TestUpEndToEnd(t *testing.T) {
 	}
 	defer conn.Close()
 	cli := pb.NewSwitchyardClient(conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Secure by default: up generated a token, and a call without it is refused.
+	if _, err := cli.ModelInfo(context.Background(), &pb.ModelInfoRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("a call without the printed token: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+token)), 30*time.Second)
 	defer cancel()
 	info, err := cli.ModelInfo(ctx, &pb.ModelInfoRequest{})
 	if err != nil || info.Experts == 0 {
@@ -104,7 +115,7 @@ func TestUpEndToEnd(t *testing.T) {
 		t.Fatalf("got %d tokens, final %v", n, final)
 	}
 	// The CLI's client form against the same cluster.
-	out, err := exec.Command(bin, "generate", "--addr", addr, "--prompt", "Hello", "--greedy", "--max-tokens", "5", "--print-ids", "--ignore-eos").Output()
+	out, err := exec.Command(bin, "generate", "--addr", addr, "--api-token", token, "--prompt", "Hello", "--greedy", "--max-tokens", "5", "--print-ids", "--ignore-eos").Output()
 	if err != nil {
 		t.Fatalf("generate --addr: %v", err)
 	}

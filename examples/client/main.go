@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"os"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -20,8 +21,13 @@ import (
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:7070", "trunk node address")
+	token := flag.String("api-token", os.Getenv("SWITCHYARD_API_TOKEN"), "bearer token (default $SWITCHYARD_API_TOKEN)")
 	flag.Parse()
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if *token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(*token)))
+	}
+	conn, err := grpc.NewClient(*addr, opts...)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -62,3 +68,13 @@ func main() {
 	fmt.Printf("session %s holds %d tokens in %d bytes on %s\n", info.SessionId, info.Tokens, info.StateBytes, info.Node)
 	cli.DeleteSession(ctx, &pb.DeleteSessionRequest{SessionId: sess.SessionId})
 }
+
+// bearer sends the API token on every call (plaintext is fine on loopback;
+// use TLS elsewhere).
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return false }

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -51,6 +53,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	metrics := fs.String("metrics-addr", "127.0.0.1:0", "trunk /metrics address")
 	expertDevice := fs.String("expert-device", "cpu", "expert nodes' device: cpu, cuda:N (all expert nodes share that GPU), or fake")
 	logLevel := fs.String("log-level", "warn", "nodes' log level on stderr: debug, info, warn or error")
+	insecureAPI := fs.Bool("insecure", false, "serve the public API without a token (by default up generates one and prints it)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -68,10 +71,20 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	token := ""
+	if !*insecureAPI {
+		var b [16]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return err
+		}
+		token = hex.EncodeToString(b[:])
+	}
 	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: *model, ExpertNodes: *experts, Trunks: *trunks, Listen: *listen, DataDir: *data,
 		ExpertMetrics: true, CoordinatorMetrics: true,
 		ExpertDevice: *expertDevice, ExpertGPUMemory: gpuShare(*expertDevice, *experts), Logger: log,
-		Trunk: func(tc *trunknode.Config) { tc.Sched.MaxRunning = *maxRunning; tc.MetricsAddr = *metrics }})
+		Trunk: func(tc *trunknode.Config) {
+			tc.Sched.MaxRunning, tc.MetricsAddr, tc.APIToken = *maxRunning, *metrics, token
+		}})
 	if err != nil {
 		return err
 	}
@@ -90,8 +103,15 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, id := range ids {
 		fmt.Fprintf(stdout, "metrics: %-14s http://%s/metrics\n", id, addrs[id])
 	}
-	fmt.Fprintf(stdout, "try:\n  switchyard generate --addr %s --prompt \"Hello\" --greedy --max-tokens 16\n", c.Endpoint)
-	fmt.Fprintf(stdout, "  grpcurl -plaintext -d '{\"text\":\"Hello\",\"max_tokens\":16}' %s switchyard.v1.Switchyard/Generate\n", c.Endpoint)
+	if token != "" {
+		fmt.Fprintf(stdout, "api token: %s (every call needs it; up --insecure serves without one)\n", token)
+		fmt.Fprintf(stdout, "try:\n  export SWITCHYARD_API_TOKEN=%s\n", token)
+		fmt.Fprintf(stdout, "  switchyard generate --addr %s --prompt \"Hello\" --greedy --max-tokens 16\n", c.Endpoint)
+		fmt.Fprintf(stdout, "  grpcurl -plaintext -H \"authorization: Bearer $SWITCHYARD_API_TOKEN\" -d '{\"text\":\"Hello\",\"max_tokens\":16}' %s switchyard.v1.Switchyard/Generate\n", c.Endpoint)
+	} else {
+		fmt.Fprintf(stdout, "try:\n  switchyard generate --addr %s --prompt \"Hello\" --greedy --max-tokens 16\n", c.Endpoint)
+		fmt.Fprintf(stdout, "  grpcurl -plaintext -d '{\"text\":\"Hello\",\"max_tokens\":16}' %s switchyard.v1.Switchyard/Generate\n", c.Endpoint)
+	}
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(stderr, "switchyard: shutting down")
