@@ -44,6 +44,13 @@ type DispatchConfig struct {
 	Tracer trace.Tracer
 	// Logger receives stream events (opened, lost, nodes marked down).
 	Logger *slog.Logger
+	// HedgeFactor: a node call whose pairs all have another replica is given
+	// up after HedgeFactor times the node's recent round trip (at least
+	// HedgeMin, at most Timeout) and its pairs re-sent to the other replicas,
+	// so a silent node stalls a step by a fraction of a second, not Timeout.
+	// 0: no hedging.
+	HedgeFactor float64
+	HedgeMin    time.Duration
 }
 
 // CallInfo describes one node's part of one MoE layer dispatch.
@@ -75,8 +82,9 @@ type Dispatcher struct {
 	tracer trace.Tracer
 
 	mu    sync.Mutex
-	conns map[string]*nodeStream // node id -> stream
-	down  map[string]time.Time   // node id -> marked down until
+	conns map[string]*nodeStream   // node id -> stream
+	down  map[string]time.Time     // node id -> marked down until
+	rtt   map[string]time.Duration // node id -> recent round trip (EWMA of successful calls)
 
 	stats DispatchStats
 
@@ -165,7 +173,11 @@ func NewDispatcher(cfg DispatchConfig, hidden int) *Dispatcher {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Dispatcher{cfg: cfg, hidden: hidden, tracer: cfg.Tracer, conns: map[string]*nodeStream{}, down: map[string]time.Time{}}
+	if cfg.HedgeMin <= 0 {
+		cfg.HedgeMin = 100 * time.Millisecond
+	}
+	return &Dispatcher{cfg: cfg, hidden: hidden, tracer: cfg.Tracer, conns: map[string]*nodeStream{}, down: map[string]time.Time{},
+		rtt: map[string]time.Duration{}}
 }
 
 // SetTable switches to a new routing table; calls in flight keep the table they
@@ -450,7 +462,8 @@ func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybr
 	perChunk := rowsPerChunk(d.cfg.MaxMsgBytes, wire.Size(d.cfg.WireDType), req.Hidden, g.k)
 	chunks := (len(g.rows) + perChunk - 1) / perChunk
 	step := d.step.Add(1)
-	ctx, cancel := context.WithTimeout(st.ctx, d.cfg.Timeout)
+	limit := d.callLimit(t, node, req.Layer, pairs)
+	ctx, cancel := context.WithTimeout(st.ctx, limit)
 	defer cancel()
 	waits := make([]chan *pb.ExpertResult, chunks)
 	for c := range chunks {
@@ -475,7 +488,50 @@ func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybr
 	}
 	d.addResults(req, g.rows, perChunk, results)
 	d.markAnswered(node)
+	d.observeRTT(node, time.Since(info.Start))
 	return nil
+}
+
+// suspectFor is how long a node that missed its call limit gets no rows.
+const suspectFor = 2 * time.Second
+
+// callLimit is how long one node call may take: Timeout, or, when every pair
+// has another replica to hedge to, HedgeFactor times the node's recent round
+// trip (bounded by HedgeMin and Timeout).
+func (d *Dispatcher) callLimit(t *routing.Table, node string, layer int, pairs []pair) time.Duration {
+	if d.cfg.HedgeFactor <= 0 {
+		return d.cfg.Timeout
+	}
+	d.mu.Lock()
+	rtt, known := d.rtt[node]
+	d.mu.Unlock()
+	if !known {
+		return d.cfg.Timeout
+	}
+	for _, p := range pairs {
+		other := false
+		for _, r := range t.Lookup(layer, int(p.expert)) {
+			if r.Node != node && r.Share > 0 && !d.isDown(r.Node) {
+				other = true
+				break
+			}
+		}
+		if !other {
+			return d.cfg.Timeout
+		}
+	}
+	return min(d.cfg.Timeout, max(d.cfg.HedgeMin, time.Duration(d.cfg.HedgeFactor*float64(rtt))))
+}
+
+// observeRTT folds a successful call's round trip into the node's EWMA.
+func (d *Dispatcher) observeRTT(node string, rtt time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old, ok := d.rtt[node]; ok {
+		d.rtt[node] = (7*old + rtt) / 8
+	} else {
+		d.rtt[node] = rtt
+	}
 }
 
 // markAnswered clears a down mark of a node that just answered a call: the
@@ -579,7 +635,11 @@ func (d *Dispatcher) await(ctx context.Context, st *Step, s *nodeStream, step ui
 		if st.ctx.Err() != nil {
 			return nil, st.ctx.Err()
 		}
-		return nil, fmt.Errorf("timed out after %v", d.cfg.Timeout)
+		d.cfg.Logger.Warn("expert node did not answer in time; its rows go to other replicas", "expert", s.node, "layer", info.Layer)
+		// The next layers skip it for a moment instead of each waiting again
+		// (the mark ends early if it answers, and gossip decides for longer).
+		d.MarkDown(s.node, suspectFor)
+		return nil, fmt.Errorf("no answer within the call limit (hedged to other replicas, or timed out after %v)", d.cfg.Timeout)
 	}
 }
 

@@ -308,3 +308,84 @@ func TestDispatchFailsOnlyUncomputableRows(t *testing.T) {
 		}
 	}
 }
+
+// A node that goes silent stalls a layer call by a fraction of a second, not
+// the call timeout: once it has a round trip on record and the pairs have
+// another replica, the call is hedged to the replica after HedgeFactor x RTT.
+func TestDispatchHedgesSilentNode(t *testing.T) {
+	fa, fb := &fakeExpert{}, &fakeExpert{}
+	addrs := serveFake(t, fa, fb)
+	d := newTestDispatcher(t, DispatchConfig{WireDType: pb.WireDType_WIRE_DTYPE_F32, Timeout: 5 * time.Second, Deadline: 10 * time.Second,
+		HedgeFactor: 8, HedgeMin: 50 * time.Millisecond}, 16)
+	tb := table2(addrs[0], addrs[1], true) // expert 0 on a (first) and b
+	d.SetTable(tb)
+	call := func() (time.Duration, error) {
+		req, want := request(1, 16, 1)
+		req.Experts[0], req.Weights[0] = 0, 1
+		for i := range 16 {
+			want[i] = req.X[i]
+		}
+		start := time.Now()
+		err := d.Step(context.Background()).Begin(req).Wait()
+		if err == nil && maxDiff(req.Out, want) > 1e-6 {
+			t.Fatalf("wrong result")
+		}
+		return time.Since(start), err
+	}
+	for range 5 { // round trips on record for a
+		if _, err := call(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fa.mu.Lock()
+	aCalls := fa.chunks
+	hold := make(chan struct{})
+	fa.hold = hold
+	fa.mu.Unlock()
+	defer close(hold)
+	if aCalls == 0 {
+		t.Fatal("node a answered no call before going silent")
+	}
+	took, err := call()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took > 500*time.Millisecond {
+		t.Fatalf("a silent node stalled the call %v (timeout 5s), want under 0.5s", took)
+	}
+	t.Logf("silent node: call completed in %v via the other replica", took)
+}
+
+// After a hedge, the next calls skip the silent node at once.
+func TestDispatchSkipsSuspectAfterHedge(t *testing.T) {
+	fa, fb := &fakeExpert{}, &fakeExpert{}
+	addrs := serveFake(t, fa, fb)
+	d := newTestDispatcher(t, DispatchConfig{WireDType: pb.WireDType_WIRE_DTYPE_F32, Timeout: 5 * time.Second, Deadline: 10 * time.Second,
+		HedgeFactor: 8, HedgeMin: 50 * time.Millisecond}, 16)
+	d.SetTable(table2(addrs[0], addrs[1], true))
+	call := func() time.Duration {
+		req, _ := request(1, 16, 1)
+		req.Experts[0], req.Weights[0] = 0, 1
+		start := time.Now()
+		if err := d.Step(context.Background()).Begin(req).Wait(); err != nil {
+			t.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	for range 3 {
+		call()
+	}
+	hold := make(chan struct{})
+	defer close(hold)
+	fa.mu.Lock()
+	fa.hold = hold
+	fa.mu.Unlock()
+	call() // hedged
+	var total time.Duration
+	for range 10 {
+		total += call()
+	}
+	if total > 200*time.Millisecond {
+		t.Fatalf("10 calls after the hedge took %v: the silent node was tried again", total)
+	}
+}

@@ -82,6 +82,11 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 }
 
 func gen(ctx context.Context, c pb.SwitchyardClient, prompt []int, n int) ([]int, error) {
+	return genObserved(ctx, c, prompt, n, nil)
+}
+
+// genObserved is gen calling onTokens at each chunk's arrival.
+func genObserved(ctx context.Context, c pb.SwitchyardClient, prompt []int, n int, onTokens func(time.Time)) ([]int, error) {
 	req := &pb.GenerateRequest{Input: &pb.GenerateRequest_TokenIds{TokenIds: &pb.TokenIds{}}, MaxTokens: int32(n), IgnoreEos: true}
 	for _, id := range prompt {
 		req.GetTokenIds().Ids = append(req.GetTokenIds().Ids, int32(id))
@@ -101,6 +106,9 @@ func gen(ctx context.Context, c pb.SwitchyardClient, prompt []int, n int) ([]int
 		}
 		for _, id := range m.GetChunk().GetTokenIds() {
 			out = append(out, int(id))
+		}
+		if onTokens != nil && len(m.GetChunk().GetTokenIds()) > 0 {
+			onTokens(time.Now())
 		}
 	}
 }

@@ -22,6 +22,26 @@ type loadGen struct {
 	done     int
 	failures []error
 	wrong    int
+	arrivals []time.Time // every token chunk's arrival, all sessions
+}
+
+// maxGap is the longest time without any token arriving, over all sessions,
+// between from and to (the stall a fault causes).
+func (lg *loadGen) maxGap(from, to time.Time) time.Duration {
+	lg.mu.Lock()
+	ts := slices.Clone(lg.arrivals)
+	lg.mu.Unlock()
+	slices.SortFunc(ts, func(a, b time.Time) int { return a.Compare(b) })
+	var gap time.Duration
+	prev := from
+	for _, a := range ts {
+		if a.Before(from) || a.After(to) {
+			continue
+		}
+		gap = max(gap, a.Sub(prev))
+		prev = a
+	}
+	return gap
 }
 
 func startLoad(t *testing.T, c *Cluster, workers int, stop <-chan struct{}) *loadGen {
@@ -40,7 +60,11 @@ func startLoad(t *testing.T, c *Cluster, workers int, stop <-chan struct{}) *loa
 				}
 				p := prompts[i%len(prompts)]
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				got, err := gen(ctx, cli, p.IDs, len(p.Greedy))
+				got, err := genObserved(ctx, cli, p.IDs, len(p.Greedy), func(at time.Time) {
+					lg.mu.Lock()
+					lg.arrivals = append(lg.arrivals, at)
+					lg.mu.Unlock()
+				})
 				cancel()
 				lg.mu.Lock()
 				lg.done++
@@ -116,9 +140,14 @@ func TestExpertCrashUnderLoad(t *testing.T) {
 	lg := startLoad(t, c, 4, stop)
 	waitFor(t, "load running", 20*time.Second, func() bool { return lg.completed() >= 4 })
 	v0 := tableVersion(t, c)
+	killed := time.Now()
 	if err := c.CrashExpert("expert-1"); err != nil {
 		t.Fatal(err)
 	}
+	defer func() {
+		// The stall: the longest time no running session got a token after the kill.
+		t.Logf("stall after the expert crash: longest gap between tokens %v", lg.maxGap(killed, time.Now()))
+	}()
 	waitFor(t, "re-placement", 30*time.Second, func() bool {
 		tb, err := cluster.LoadTable(context.Background(), c.Client())
 		if err != nil || tb.Version <= v0 {
