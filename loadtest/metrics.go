@@ -268,7 +268,6 @@ func (s *scrape) split() (hists map[histKey]*histData, plain map[[2]string]promS
 	return hists, plain
 }
 
-// diffMetrics compares two scrapes.
 // runHistograms returns each histogram's observations during the run (after
 // minus before; everything when there was no first scrape).
 func runHistograms(before, after *scrape) map[histKey]*histData {
@@ -292,6 +291,7 @@ func runHistograms(before, after *scrape) map[histKey]*histData {
 	return out
 }
 
+// diffMetrics compares two scrapes.
 func diffMetrics(url string, before, after *scrape) *MetricsReport {
 	m := &MetricsReport{URL: url}
 	for i, s := range []*scrape{before, after} {
@@ -300,7 +300,7 @@ func diffMetrics(url string, before, after *scrape) *MetricsReport {
 		}
 	}
 	bh, bp := before.split()
-	ah, ap := after.split()
+	_, ap := after.split()
 	keys := map[[2]string]bool{}
 	for k := range bp {
 		keys[k] = true
@@ -324,21 +324,10 @@ func diffMetrics(url string, before, after *scrape) *MetricsReport {
 		x, y := m.Series[i], m.Series[j]
 		return x.Name < y.Name || x.Name == y.Name && x.Labels < y.Labels
 	})
-	for k, a := range ah {
+	for k, d := range runHistograms(before, after) {
 		hs := HistogramSummary{Name: k.family, Labels: k.labels}
-		d := &histData{buckets: map[float64]float64{}, sum: a.sum, count: a.count}
-		for le, c := range a.buckets {
-			d.buckets[le] = c
-		}
-		if b, ok := bh[k]; ok {
-			d.sum -= b.sum
-			d.count -= b.count
-			for le := range d.buckets {
-				d.buckets[le] -= b.buckets[le]
-			}
-		} else {
-			hs.Cumulative = true
-		}
+		_, hadBefore := bh[k]
+		hs.Cumulative = !hadBefore
 		hs.Count, hs.Sum, hs.Mean = d.count, d.sum, div(d.sum, d.count)
 		hs.P50, hs.P90, hs.P99 = d.quantile(0.5), d.quantile(0.9), d.quantile(0.99)
 		m.Histograms = append(m.Histograms, hs)

@@ -374,15 +374,7 @@ func TestChunkWriterSplitsAndReassembles(t *testing.T) {
 func TestSignedSnapshots(t *testing.T) {
 	key := []byte("0123456789abcdef-cluster-key")
 	c, n := startLocal(t, func(cfg *Config) { cfg.SnapshotKey = key })
-	ctx := context.Background()
-	s, err := c.CreateSession(ctx, &pb.CreateSessionRequest{Prompt: &pb.CreateSessionRequest_Text{Text: "Hello there, keeper"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	good, err := exportAll(t, c, s.SessionId)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, good := sessionSnapshot(t, c, "Hello there, keeper")
 	if _, err := importAll(t, c, good); err != nil {
 		t.Fatalf("own signed export: %v", err)
 	}
@@ -412,14 +404,7 @@ func TestSignedSnapshots(t *testing.T) {
 func TestImportMustMakeProgress(t *testing.T) {
 	c, _ := startLocal(t, nil)
 	ctx := context.Background()
-	s, err := c.CreateSession(ctx, &pb.CreateSessionRequest{Prompt: &pb.CreateSessionRequest_Text{Text: "Hello there, keeper"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := exportAll(t, c, s.SessionId)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, snap := sessionSnapshot(t, c, "Hello there, keeper")
 	prevGrace, prevRate := importGrace, importMinRate
 	importGrace, importMinRate = 200*time.Millisecond, 1<<20
 	defer func() { importGrace, importMinRate = prevGrace, prevRate }()
@@ -448,4 +433,18 @@ func TestImportMustMakeProgress(t *testing.T) {
 	if el := time.Since(start); el > 3*time.Second {
 		t.Fatalf("the trickle was cut only after %v", el)
 	}
+}
+
+// sessionSnapshot creates a session holding prompt and exports it.
+func sessionSnapshot(t *testing.T, c pb.SwitchyardClient, prompt string) (*pb.Session, []*pb.SessionSnapshotChunk) {
+	t.Helper()
+	s, err := c.CreateSession(context.Background(), &pb.CreateSessionRequest{Prompt: &pb.CreateSessionRequest_Text{Text: prompt}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := exportAll(t, c, s.SessionId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, snap
 }
