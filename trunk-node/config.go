@@ -71,6 +71,7 @@ type Config struct {
 type ClientLimits struct {
 	MaxSessions int // sessions held at once
 	MaxInflight int // generations running or queued at once
+	MaxStreams  int // streaming calls open at once
 }
 
 // DefaultConfig returns production defaults; the session memory budgets are
@@ -87,7 +88,7 @@ func DefaultConfig() Config {
 		Limits: Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
 		Dispatch: DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20, WireDType: pb.WireDType_WIRE_DTYPE_BF16,
 			HedgeFactor: 8, HedgeMin: 100 * time.Millisecond},
-		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second, Clients: ClientLimits{MaxSessions: 1024, MaxInflight: 64},
+		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second, Clients: ClientLimits{MaxSessions: 1024, MaxInflight: 64, MaxStreams: 128},
 		StepTracing: StepTracing{Ratio: 0.01, SlowThreshold: 500 * time.Millisecond}, LoadInterval: 2 * time.Second,
 	}
 }
@@ -108,6 +109,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	})
 	fs.IntVar(&c.Clients.MaxSessions, "client-max-sessions", c.Clients.MaxSessions, "sessions one identified client may hold (0: no limit)")
 	fs.IntVar(&c.Clients.MaxInflight, "client-max-inflight", c.Clients.MaxInflight, "generations one identified client may have in flight (0: no limit)")
+	fs.IntVar(&c.Clients.MaxStreams, "client-max-streams", c.Clients.MaxStreams, "streaming calls one identified client may have open (0: no limit)")
 	fs.BoolVar(&c.LocalExperts, "local-experts", c.LocalExperts, "compute experts in process (no expert nodes)")
 	tlsFlags(fs, &c.PublicTLS, "tls-", "public API")
 	tlsFlags(fs, &c.PeerTLS, "peer-tls-", "node-to-node")

@@ -254,7 +254,10 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 	n.metricsAddr = a.MetricsAddr()
 	n.mu.Unlock()
 	srv, err := a.NewServer(rpc.ServerConfig{TLS: n.cfg.PublicTLS, MaxRecvBytes: n.cfg.MaxRecvBytes, RatePerSec: n.cfg.RatePerSec,
-		RateBurst: int(n.cfg.RatePerSec) + 1, AuthToken: n.cfg.APIToken, Tokens: n.cfg.APITokens, OnDone: n.callDone, Logger: a.Logger()})
+		RateBurst: int(n.cfg.RatePerSec) + 1, AuthToken: n.cfg.APIToken, Tokens: n.cfg.APITokens, OnDone: n.callDone, Logger: a.Logger(),
+		// A stream that never sends its request, or one client opening streams
+		// without end, cannot hold the node's resources.
+		FirstMessageTimeout: 30 * time.Second, MaxStreamsPerClient: n.cfg.Clients.MaxStreams, MaxStreams: 1024})
 	if err != nil {
 		lis.Close()
 		a.Close()

@@ -14,6 +14,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -121,6 +122,13 @@ type ServerConfig struct {
 	OnDone func(ctx context.Context, method string, err error)
 	// Logger receives recovered panics (default: slog.Default()).
 	Logger *slog.Logger
+	// FirstMessageTimeout bounds the wait for a stream's first message (0:
+	// none): a client that opens a stream and sends nothing is dropped instead
+	// of holding the handler for ever.
+	FirstMessageTimeout time.Duration
+	// MaxStreamsPerClient caps the streams one client identity has open at
+	// once (0: none); more are RESOURCE_EXHAUSTED for that client only.
+	MaxStreamsPerClient int
 }
 
 // NewServer builds a gRPC server with the common interceptors and limits.
@@ -133,6 +141,7 @@ func NewServer(c ServerConfig) (*grpc.Server, error) {
 	if c.RatePerSec > 0 {
 		lim = rate.NewLimiter(rate.Limit(c.RatePerSec), max(c.RateBurst, 1))
 	}
+	streams := &streamCounter{open: map[string]int{}}
 	opts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(newServerCodec()),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
@@ -163,7 +172,15 @@ func NewServer(c ServerConfig) (*grpc.Server, error) {
 			if err != nil {
 				return err
 			}
+			release, err := streams.admit(id, c.MaxStreamsPerClient)
+			if err != nil {
+				return err
+			}
+			defer release()
 			ss = identityStream{ss, context.WithValue(ss.Context(), identityKey{}, id)}
+			if c.FirstMessageTimeout > 0 {
+				ss = &firstMessageStream{ServerStream: ss, timeout: c.FirstMessageTimeout}
+			}
 			if lim != nil && !lim.Allow() {
 				return status.Errorf(codes.ResourceExhausted, "rate limit of %.0f calls/s exceeded; retry with backoff", c.RatePerSec)
 			}
@@ -271,4 +288,57 @@ func Dialer(f TLSFiles, maxMsg int, extra ...grpc.DialOption) (func(ctx context.
 	return func(ctx context.Context, addr string) (*grpc.ClientConn, error) {
 		return grpc.NewClient(addr, opts...)
 	}, nil
+}
+
+// streamCounter counts the open streams of each client identity.
+type streamCounter struct {
+	mu   sync.Mutex
+	open map[string]int
+}
+
+func (s *streamCounter) admit(id string, limit int) (release func(), err error) {
+	if limit <= 0 || id == "" {
+		return func() {}, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open[id] >= limit {
+		return nil, status.Errorf(codes.ResourceExhausted, "client %q has %d streams open, the limit is %d", id, s.open[id], limit)
+	}
+	s.open[id]++
+	return func() {
+		s.mu.Lock()
+		if s.open[id]--; s.open[id] <= 0 {
+			delete(s.open, id)
+		}
+		s.mu.Unlock()
+	}, nil
+}
+
+// firstMessageStream fails a stream whose first message does not arrive in
+// time; the blocked receive ends when the handler returns and the stream is
+// torn down.
+type firstMessageStream struct {
+	grpc.ServerStream
+	timeout time.Duration
+	got     bool
+}
+
+func (s *firstMessageStream) RecvMsg(m any) error {
+	if s.got {
+		return s.ServerStream.RecvMsg(m)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.ServerStream.RecvMsg(m) }()
+	t := time.NewTimer(s.timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		s.got = err == nil
+		return err
+	case <-t.C:
+		return status.Errorf(codes.DeadlineExceeded, "no request message within %v of opening the stream", s.timeout)
+	case <-s.Context().Done():
+		return status.FromContextError(s.Context().Err()).Err()
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -69,5 +71,76 @@ func TestInvalidUTF8IsInvalidArgument(t *testing.T) {
 	good := []byte{0x0a, 0x00}
 	if err := conn.Invoke(ctx, "/grpc.health.v1.Health/Check", good, &resp, grpc.ForceCodecV2(rawCodec{})); err != nil {
 		t.Fatalf("valid request: %v", err)
+	}
+}
+
+// A stream that sends headers and nothing else is dropped after the first-
+// message timeout, and one client cannot hold more streams than its cap.
+func TestStreamLimits(t *testing.T) {
+	srv, err := NewServer(ServerConfig{FirstMessageTimeout: 100 * time.Millisecond, MaxStreamsPerClient: 1,
+		Tokens: map[string]string{"token-of-client-a-0123": "a", "token-of-client-b-0123": "b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A test service (health and reflection are exempt from authentication):
+	// Wait answers once, then holds the stream open.
+	srv.RegisterService(&grpc.ServiceDesc{ServiceName: "test.Streams", HandlerType: (*any)(nil), Streams: []grpc.StreamDesc{{
+		StreamName: "Wait", ServerStreams: true,
+		Handler: func(_ any, st grpc.ServerStream) error {
+			var req healthpb.HealthCheckRequest
+			if err := st.RecvMsg(&req); err != nil {
+				return err
+			}
+			if err := st.SendMsg(&healthpb.HealthCheckResponse{}); err != nil {
+				return err
+			}
+			<-st.Context().Done()
+			return nil
+		}}}}, struct{}{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	defer srv.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	as := func(tok string) context.Context {
+		return metadata.NewOutgoingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok))
+	}
+	desc := &grpc.StreamDesc{ServerStreams: true}
+	// Headers only: no request message.
+	silent, err := conn.NewStream(as("token-of-client-a-0123"), desc, "/test.Streams/Wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var resp healthpb.HealthCheckResponse
+	if err := silent.RecvMsg(&resp); status.Code(err) != codes.DeadlineExceeded || time.Since(start) > 3*time.Second {
+		t.Fatalf("a silent stream: %v after %v", err, time.Since(start))
+	}
+	// Client a holds one open Watch; its second is refused, b's is not.
+	open := func(tok string) (grpc.ClientStream, error) {
+		st, err := conn.NewStream(as(tok), desc, "/test.Streams/Wait")
+		if err != nil {
+			return nil, err
+		}
+		if err := st.SendMsg(&healthpb.HealthCheckRequest{}); err != nil {
+			return nil, err
+		}
+		st.CloseSend()
+		return st, st.RecvMsg(&resp) // the first status update
+	}
+	if _, err := open("token-of-client-a-0123"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := open("token-of-client-a-0123"); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("client a's second stream: %v", err)
+	}
+	if _, err := open("token-of-client-b-0123"); err != nil {
+		t.Fatalf("client b is refused because of a: %v", err)
 	}
 }
