@@ -133,6 +133,7 @@ type manifests struct {
 	serviceMonitors []*serviceMonitor
 	jobs            []*batchv1.Job
 	pvcs            []*corev1.PersistentVolumeClaim
+	netPols         []*networkingv1.NetworkPolicy
 	scaledObjects   []*scaledObject
 	prometheusRules []*prometheusRule
 	objects         []metaObject // every object, for label checks
@@ -341,6 +342,9 @@ func decode(stream []byte) (*manifests, error) {
 			m.objects = append(m.objects, metaObject{gvk.Kind, &o.ObjectMeta})
 		case *corev1.PersistentVolumeClaim:
 			m.pvcs = append(m.pvcs, o)
+			m.objects = append(m.objects, metaObject{gvk.Kind, &o.ObjectMeta})
+		case *networkingv1.NetworkPolicy:
+			m.netPols = append(m.netPols, o)
 			m.objects = append(m.objects, metaObject{gvk.Kind, &o.ObjectMeta})
 		default:
 			errs = append(errs, fmt.Errorf("%s: %s: a kind the chart is not expected to render (add it to the checks)", src, gvk))

@@ -174,6 +174,10 @@ later values and the container args can reference them as $(POD_NAME).
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
 - name: SWITCHYARD_ROLE
   value: {{ .role | quote }}
 - name: SWITCHYARD_GOSSIP_KEY
@@ -478,6 +482,26 @@ spec:
 {{/*
 Logging flags shared by the roles (--log-format, --log-level).
 */}}
+{{/* Gossip (memberlist) flags: bound on all interfaces, advertised on the pod IP,
+encrypted with the Secret's gossip key ($SWITCHYARD_GOSSIP_KEY). */}}
+{{- define "switchyard.gossipArgs" -}}
+{{- if .Values.gossip.enabled }}
+- {{ printf "--gossip-bind=0.0.0.0:%d" (int .Values.gossip.port) | quote }}
+- {{ printf "--gossip-advertise=$(POD_IP):%d" (int .Values.gossip.port) | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "switchyard.gossipPorts" -}}
+{{- if .Values.gossip.enabled }}
+- name: gossip-tcp
+  containerPort: {{ .Values.gossip.port }}
+  protocol: TCP
+- name: gossip-udp
+  containerPort: {{ .Values.gossip.port }}
+  protocol: UDP
+{{- end }}
+{{- end -}}
+
 {{- define "switchyard.logArgs" -}}
 - {{ printf "--log-format=%s" .Values.logging.format | quote }}
 - {{ printf "--log-level=%s" .Values.logging.level | quote }}
