@@ -81,10 +81,11 @@ type Dispatcher struct {
 
 	tracer trace.Tracer
 
-	mu    sync.Mutex
-	conns map[string]*nodeStream   // node id -> stream
-	down  map[string]time.Time     // node id -> marked down until
-	rtt   map[string]time.Duration // node id -> recent round trip (EWMA of successful calls)
+	mu     sync.Mutex
+	conns  map[string]*nodeStream   // node id -> stream
+	down   map[string]time.Time     // node id -> marked down until
+	rtt    map[string]time.Duration // node id -> recent round trip (EWMA of successful calls)
+	misses map[string]int           // node id -> call limits missed in a row
 
 	stats DispatchStats
 
@@ -177,7 +178,7 @@ func NewDispatcher(cfg DispatchConfig, hidden int) *Dispatcher {
 		cfg.HedgeMin = 100 * time.Millisecond
 	}
 	return &Dispatcher{cfg: cfg, hidden: hidden, tracer: cfg.Tracer, conns: map[string]*nodeStream{}, down: map[string]time.Time{},
-		rtt: map[string]time.Duration{}}
+		rtt: map[string]time.Duration{}, misses: map[string]int{}}
 }
 
 // SetTable switches to a new routing table; calls in flight keep the table they
@@ -492,8 +493,28 @@ func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybr
 	return nil
 }
 
-// suspectFor is how long a node that missed its call limit gets no rows.
-const suspectFor = 2 * time.Second
+// A node that misses its call limit suspectAfter times in a row gets no rows
+// for suspectFor: the next layers skip it instead of each waiting again (a
+// one-off hiccup only costs the hedge; gossip decides for longer).
+const (
+	suspectAfter = 2
+	suspectFor   = time.Second
+)
+
+// missed counts a call limit a node missed and marks it suspect when they
+// repeat.
+func (d *Dispatcher) missed(node string) {
+	d.mu.Lock()
+	d.misses[node]++
+	n := d.misses[node]
+	if n >= suspectAfter {
+		delete(d.misses, node)
+	}
+	d.mu.Unlock()
+	if n >= suspectAfter {
+		d.MarkDown(node, suspectFor)
+	}
+}
 
 // callLimit is how long one node call may take: Timeout, or, when every pair
 // has another replica to hedge to, HedgeFactor times the node's recent round
@@ -527,6 +548,7 @@ func (d *Dispatcher) callLimit(t *routing.Table, node string, layer int, pairs [
 func (d *Dispatcher) observeRTT(node string, rtt time.Duration) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	delete(d.misses, node)
 	if old, ok := d.rtt[node]; ok {
 		d.rtt[node] = (7*old + rtt) / 8
 	} else {
@@ -636,9 +658,7 @@ func (d *Dispatcher) await(ctx context.Context, st *Step, s *nodeStream, step ui
 			return nil, st.ctx.Err()
 		}
 		d.cfg.Logger.Warn("expert node did not answer in time; its rows go to other replicas", "expert", s.node, "layer", info.Layer)
-		// The next layers skip it for a moment instead of each waiting again
-		// (the mark ends early if it answers, and gossip decides for longer).
-		d.MarkDown(s.node, suspectFor)
+		d.missed(s.node)
 		return nil, fmt.Errorf("no answer within the call limit (hedged to other replicas, or timed out after %v)", d.cfg.Timeout)
 	}
 }

@@ -380,7 +380,8 @@ func TestDispatchSkipsSuspectAfterHedge(t *testing.T) {
 	fa.mu.Lock()
 	fa.hold = hold
 	fa.mu.Unlock()
-	call() // hedged
+	call() // hedged: one miss, the node stays eligible
+	call() // hedged again: now suspect
 	var total time.Duration
 	for range 10 {
 		total += call()

@@ -416,6 +416,18 @@ func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
 		c.mu.Lock()
 		for _, e := range c.experts {
 			ready = ready && e.node.Ready()
+			// ... and every trunk routes to it (a trunk is ready with the first
+			// table, which may predate an expert node's registration).
+			for _, t := range c.Trunks {
+				if d := t.Dispatcher(); d != nil {
+					tb := d.Table()
+					if tb == nil {
+						ready = false
+					} else if _, ok := tb.Addr(e.id); !ok {
+						ready = false
+					}
+				}
+			}
 		}
 		c.mu.Unlock()
 		if ready {
