@@ -259,12 +259,18 @@ func (c *Coordinator) Run(ctx context.Context) error {
 			break
 		}
 		log.Info("coordinator is no longer leader")
+		// Step down at once so another coordinator takes over; if etcd is
+		// unreachable the election session simply expires after its TTL.
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
-		el.Resign(rctx)
+		if err := el.Resign(rctx); err != nil {
+			log.Debug("resigning leadership", "err", err)
+		}
 		rcancel()
 		sess.Orphan()
 		rctx, rcancel = context.WithTimeout(context.Background(), 2*time.Second)
-		cli.Revoke(rctx, sess.Lease())
+		if _, err := cli.Revoke(rctx, sess.Lease()); err != nil {
+			log.Debug("revoking the election lease", "err", err)
+		}
 		rcancel()
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"github.com/switchyard-serving/switchyard/internal/gpu/cuda"
 	"github.com/switchyard-serving/switchyard/internal/gpu/moe"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
+	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 )
 
@@ -47,7 +48,7 @@ func openGPU(cfg Config, reg *prometheus.Registry) (*gpu, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: --device %s: %w", ErrDevice, cfg.Device, err)
 	}
-	mc, err := hybrid.ReadConfig(cfg.ModelPath)
+	mc, err := config.ReadCheckpoint(cfg.ModelPath)
 	if err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("expertnode: read model shape: %w", err)

@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -104,7 +102,7 @@ func newNode(cfg Config, h hooks) (*Node, error) {
 	}
 	n.metrics = newNodeMetrics(reg, cfg.NodeID)
 	if mc, err := config.ReadCheckpoint(cfg.ModelPath); err == nil {
-		telemetry.RegisterModelInfo(reg, cfg.NodeID, strings.TrimSuffix(filepath.Base(filepath.Clean(cfg.ModelPath)), ".gguf"), mc.Layers, mc.Experts)
+		telemetry.RegisterModelInfo(reg, cfg.NodeID, config.ModelName(cfg.ModelPath), mc.Layers, mc.Experts)
 	}
 	if kind, _, _ := ParseDevice(cfg.Device); kind != "cpu" {
 		g, err := openGPU(cfg, reg)

@@ -523,16 +523,22 @@ func (d *Dispatcher) callLimit(t *routing.Table, node string, layer int, pairs [
 	if d.cfg.HedgeFactor <= 0 {
 		return d.cfg.Timeout
 	}
-	d.mu.Lock()
+	now := time.Now()
+	d.mu.Lock() // once per call: this runs for every node of every layer step
+	defer d.mu.Unlock()
 	rtt, known := d.rtt[node]
-	d.mu.Unlock()
 	if !known {
 		return d.cfg.Timeout
 	}
+	checked := map[int32]bool{}
 	for _, p := range pairs {
+		if checked[p.expert] {
+			continue
+		}
+		checked[p.expert] = true
 		other := false
 		for _, r := range t.Lookup(layer, int(p.expert)) {
-			if r.Node != node && r.Share > 0 && !d.isDown(r.Node) {
+			if until, down := d.down[r.Node]; r.Node != node && r.Share > 0 && (!down || now.After(until)) {
 				other = true
 				break
 			}

@@ -24,7 +24,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -137,7 +136,7 @@ func New(cfg Config) (*Node, error) {
 	m.budgetUse.WithLabelValues("kv").Set(0)
 	m.capacity.WithLabelValues("running").Set(float64(n.sched.cfg.MaxRunning))
 	m.capacity.WithLabelValues("waiting").Set(float64(n.sched.cfg.MaxQueue))
-	telemetry.RegisterModelInfo(m.reg, cfg.NodeID, modelName(cfg.ModelPath), c.Layers, c.Experts)
+	telemetry.RegisterModelInfo(m.reg, cfg.NodeID, config.ModelName(cfg.ModelPath), c.Layers, c.Experts)
 	return n, nil
 }
 
@@ -170,11 +169,6 @@ func (n *Node) newDispatcher(hidden int) (*Dispatcher, error) {
 		dc.Logger = n.log
 	}
 	return NewDispatcher(dc, hidden), nil
-}
-
-// modelName is how metrics and traces name the model: its folder or file name.
-func modelName(path string) string {
-	return strings.TrimSuffix(filepath.Base(filepath.Clean(path)), ".gguf")
 }
 
 // noExperts is the model's default expert backend on a trunk with remote

@@ -225,7 +225,7 @@ func (a *api) traceRequest(ctx context.Context, g genArgs, p sample.Params, sess
 		op = "chat"
 	}
 	attrs := []attribute.KeyValue{attribute.String("gen_ai.operation.name", op), attribute.String("gen_ai.provider.name", "switchyard"),
-		attribute.String("gen_ai.request.model", modelName(a.n.cfg.ModelPath)), attribute.Int("gen_ai.request.max_tokens", int(g.maxTokens)),
+		attribute.String("gen_ai.request.model", config.ModelName(a.n.cfg.ModelPath)), attribute.Int("gen_ai.request.max_tokens", int(g.maxTokens)),
 		attribute.Float64("gen_ai.request.temperature", float64(p.Temperature)), attribute.Int64("gen_ai.request.seed", int64(p.Seed))}
 	if p.TopP > 0 {
 		attrs = append(attrs, attribute.Float64("gen_ai.request.top_p", float64(p.TopP)))
@@ -578,7 +578,7 @@ func (a *api) ModelInfo(ctx context.Context, _ *pb.ModelInfoRequest) (*pb.ModelI
 		}
 	}
 	// The model's name, never its path on the server.
-	return &pb.ModelInfoResponse{Name: modelName(a.n.cfg.ModelPath), VocabSize: int32(c.VocabSize), Layers: int32(c.Layers), AttentionLayers: att,
+	return &pb.ModelInfoResponse{Name: config.ModelName(a.n.cfg.ModelPath), VocabSize: int32(c.VocabSize), Layers: int32(c.Layers), AttentionLayers: att,
 		Experts: int32(c.Experts), ExpertsPerToken: int32(c.ExpertsPerTok), MaxContext: int32(a.n.limits.MaxContext),
 		RecurrentStateBytes: a.n.size.RecurrentBytes, KvBytesPerToken: a.n.kvPerToken, EosTokenId: int32(c.EOS)}, nil
 }

@@ -238,12 +238,6 @@ func PublishPending(ctx context.Context, cli *clientv3.Client, t *routing.Table)
 	return err
 }
 
-// ClearPending ends a rollout.
-func ClearPending(ctx context.Context, cli *clientv3.Client) error {
-	_, err := cli.Delete(ctx, PendingKey)
-	return err
-}
-
 // ClearPendingVersion ends the rollout of table version v: the pending key is
 // deleted only while it still holds that version (a newer leader's pending
 // table is left alone). No pending table, or another version, is not an error.

@@ -51,8 +51,11 @@ func Roll(ctx context.Context, st Store, t *routing.Table, cfg Config) error {
 		// Best effort: a pending table nobody finishes only keeps extra replicas
 		// loaded until the next rollout replaces it.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		st.ClearPending(cctx, t.Version) // only ours: never a newer leader's table
+		err := st.ClearPending(cctx, t.Version) // only ours: never a newer leader's table
 		cancel()
+		if err != nil {
+			return fmt.Errorf("%w: table %d: %w (and clearing it failed: %v; the next rollout replaces it)", ErrAbandoned, t.Version, why, err)
+		}
 		return fmt.Errorf("%w: table %d: %w", ErrAbandoned, t.Version, why)
 	}
 	var lastErr error

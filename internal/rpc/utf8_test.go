@@ -32,27 +32,11 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 // Invalid UTF-8 in a request field is INVALID_ARGUMENT naming the field, on
 // unary and streaming calls (grpc-go's codec answered INTERNAL).
 func TestInvalidUTF8IsInvalidArgument(t *testing.T) {
-	srv, err := NewServer(ServerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := health.NewServer()
-	healthpb.RegisterHealthServer(srv, h)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	defer srv.Stop()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := serveTest(t, ServerConfig{}, func(srv *grpc.Server) { healthpb.RegisterHealthServer(srv, health.NewServer()) })
 	bad := []byte{0x0a, 0x03, 0xff, 'x', 0xfe} // field 1 (service): "\xffx\xfe"
 	ctx := context.Background()
 	var resp healthpb.HealthCheckResponse
-	err = conn.Invoke(ctx, "/grpc.health.v1.Health/Check", bad, &resp, grpc.ForceCodecV2(rawCodec{}))
+	err := conn.Invoke(ctx, "/grpc.health.v1.Health/Check", bad, &resp, grpc.ForceCodecV2(rawCodec{}))
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "service") {
 		t.Fatalf("unary: %v", err)
 	}
@@ -77,37 +61,24 @@ func TestInvalidUTF8IsInvalidArgument(t *testing.T) {
 // A stream that sends headers and nothing else is dropped after the first-
 // message timeout, and one client cannot hold more streams than its cap.
 func TestStreamLimits(t *testing.T) {
-	srv, err := NewServer(ServerConfig{FirstMessageTimeout: 100 * time.Millisecond, MaxStreamsPerClient: 1,
-		Tokens: map[string]string{"token-of-client-a-0123": "a", "token-of-client-b-0123": "b"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A test service (health and reflection are exempt from authentication):
 	// Wait answers once, then holds the stream open.
-	srv.RegisterService(&grpc.ServiceDesc{ServiceName: "test.Streams", HandlerType: (*any)(nil), Streams: []grpc.StreamDesc{{
-		StreamName: "Wait", ServerStreams: true,
-		Handler: func(_ any, st grpc.ServerStream) error {
-			var req healthpb.HealthCheckRequest
-			if err := st.RecvMsg(&req); err != nil {
-				return err
-			}
-			if err := st.SendMsg(&healthpb.HealthCheckResponse{}); err != nil {
-				return err
-			}
-			<-st.Context().Done()
-			return nil
-		}}}}, struct{}{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	defer srv.Stop()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := serveTest(t, ServerConfig{FirstMessageTimeout: 100 * time.Millisecond, MaxStreamsPerClient: 1,
+		Tokens: map[string]string{"token-of-client-a-0123": "a", "token-of-client-b-0123": "b"}}, func(srv *grpc.Server) {
+		srv.RegisterService(&grpc.ServiceDesc{ServiceName: "test.Streams", HandlerType: (*any)(nil), Streams: []grpc.StreamDesc{{
+			StreamName: "Wait", ServerStreams: true,
+			Handler: func(_ any, st grpc.ServerStream) error {
+				var req healthpb.HealthCheckRequest
+				if err := st.RecvMsg(&req); err != nil {
+					return err
+				}
+				if err := st.SendMsg(&healthpb.HealthCheckResponse{}); err != nil {
+					return err
+				}
+				<-st.Context().Done()
+				return nil
+			}}}}, struct{}{})
+	})
 	as := func(tok string) context.Context {
 		return metadata.NewOutgoingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok))
 	}
@@ -143,4 +114,27 @@ func TestStreamLimits(t *testing.T) {
 	if _, err := open("token-of-client-b-0123"); err != nil {
 		t.Fatalf("client b is refused because of a: %v", err)
 	}
+}
+
+// serveTest serves a server built from c (with register's services) on
+// loopback and returns a client connection; both end with the test.
+func serveTest(t *testing.T, c ServerConfig, register func(*grpc.Server)) *grpc.ClientConn {
+	t.Helper()
+	srv, err := NewServer(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(srv)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }

@@ -137,6 +137,12 @@ func FromGGUF(f *gguf.File) (*Config, error) {
 	return c, nil
 }
 
+// ModelName is how metrics, traces and ModelInfo name the model at path: its
+// folder or file name (never the server path).
+func ModelName(path string) string {
+	return strings.TrimSuffix(filepath.Base(filepath.Clean(path)), ".gguf")
+}
+
 // ReadCheckpoint returns the configuration of a checkpoint in either format (a
 // Hugging Face folder's config.json, or a GGUF file's metadata) without
 // reading any weights.

@@ -271,16 +271,13 @@ func (s ggufSource) lookup(name string) (tensor.DType, []int, []byte, bool, erro
 	return dt, shape, data, true, nil
 }
 
-// ConfigFromGGUF derives the model config from GGUF metadata (config.FromGGUF).
-func ConfigFromGGUF(f *gguf.File) (*config.Config, error) { return config.FromGGUF(f) }
-
 // LoadGGUF loads a GGUF file of architecture granitehybrid.
 func LoadGGUF(path string, opt LoadOptions) (*Model, *gguf.File, error) {
 	f, err := gguf.Open(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg, err := ConfigFromGGUF(f)
+	cfg, err := config.FromGGUF(f)
 	if err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("%s: %w", path, err)

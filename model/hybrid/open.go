@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/gguf"
 )
 
@@ -27,7 +26,3 @@ func Open(path string, opt LoadOptions) (*Model, *gguf.File, error) {
 	}
 	return LoadGGUF(path, opt)
 }
-
-// ReadConfig returns a checkpoint's configuration (the model's shape)
-// without reading weights (config.ReadCheckpoint).
-func ReadConfig(path string) (*config.Config, error) { return config.ReadCheckpoint(path) }
