@@ -192,6 +192,9 @@ type JobSpec struct {
 	StopStrings []string
 	IgnoreEOS   bool
 	LogProbs    bool
+	// Constraint, when set, restricts the sampled tokens (constrained
+	// decoding: a JSON schema's grammar). It is used by the job alone.
+	Constraint engine.Constraint
 	// PrefillOnly feeds the prompt and ends without sampling (session creation).
 	PrefillOnly bool
 	API         string // metric label
@@ -211,7 +214,7 @@ func (s *Scheduler) Submit(ctx context.Context, sp JobSpec) (*Job, error) {
 	ctx, stop := context.WithCancelCause(ctx)
 	feed := append(append([]int(nil), sp.Session.Unfed...), sp.Prompt...)
 	dec := engine.NewDecoder(s.deps.Tok, engine.Spec{Params: sp.Params, MaxTokens: max(sp.MaxTokens, 1), StopIDs: sp.StopIDs,
-		StopStrings: sp.StopStrings, IgnoreEOS: sp.IgnoreEOS, EOS: s.deps.EOS}, feed)
+		StopStrings: sp.StopStrings, IgnoreEOS: sp.IgnoreEOS, EOS: s.deps.EOS, Constraint: sp.Constraint}, feed)
 	j := &Job{ctx: ctx, sess: sp.Session, pending: feed, prefill: true, dec: dec, logprobs: sp.LogProbs, prefillOnly: sp.PrefillOnly,
 		promptTokens: len(sp.Prompt), cached: sp.Session.State.Pos, enqueued: time.Now(), notify: make(chan struct{}, 1), api: sp.API}
 	if j.api == "" {
@@ -484,7 +487,7 @@ func (s *Scheduler) advance(j *Job, seq hybrid.Seq) bool {
 	if o.Emit {
 		j.sess.Unfed = []int{o.Event.Token}
 	}
-	s.end(j, Final{Reason: o.Finish})
+	s.end(j, Final{Reason: o.Finish, Err: o.Err})
 	return true
 }
 

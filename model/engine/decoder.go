@@ -18,6 +18,19 @@ type Decoder struct {
 	max     int
 	history []int
 	n       int // tokens generated (emitted)
+	con     Constraint
+	masked  []float32
+}
+
+// Constraint restricts which tokens a sequence may produce next (constrained
+// decoding, e.g. a JSON grammar). The decoder calls Mask before each sample
+// and Accept with every token it emits. Mask must leave at least one token
+// allowed (a completed constraint allows only the end-of-text token).
+type Constraint interface {
+	// Mask sets the logits of the tokens not allowed next to -Inf.
+	Mask(logits []float32)
+	// Accept advances the constraint past tok, a token Mask allowed.
+	Accept(tok int) error
 }
 
 // Spec is what a Decoder needs of a request.
@@ -28,13 +41,16 @@ type Spec struct {
 	StopStrings []string
 	IgnoreEOS   bool
 	EOS         int // the model's EOS id (< 0: none)
+	// Constraint, when set, masks the logits before sampling; the reported
+	// log-probabilities stay those of the model's unmodified distribution.
+	Constraint Constraint
 }
 
 // NewDecoder starts decoding after history (the tokens the sequence holds that
 // penalties should see: at least the prompt).
 func NewDecoder(tok *tokenizer.Tokenizer, sp Spec, history []int) *Decoder {
 	d := &Decoder{smp: sample.New(sp.Params), stops: sample.NewStopMatcher(sp.StopStrings), dec: tok.NewStreamDecoder(),
-		stopID: map[int]bool{}, max: sp.MaxTokens, history: append([]int(nil), history...)}
+		stopID: map[int]bool{}, max: sp.MaxTokens, history: append([]int(nil), history...), con: sp.Constraint}
 	for _, id := range sp.StopIDs {
 		d.stopID[id] = true
 	}
@@ -54,14 +70,31 @@ type Outcome struct {
 	Emit   bool
 	Tail   string
 	Finish string // "" while generating; FinishStop or FinishLength
+	// Err is set when the constraint refused the sampled token (a bug in the
+	// constraint: Mask allowed it); the sequence ends with Finish FinishStop.
+	Err error
 }
 
 // Next samples the next token from logits.
 func (d *Decoder) Next(logits []float32) Outcome {
-	tok, lp := d.smp.Sample(logits, d.history)
+	var tok int
+	var lp float32
+	if d.con != nil {
+		d.masked = append(d.masked[:0], logits...)
+		d.con.Mask(d.masked)
+		tok, _ = d.smp.Sample(d.masked, d.history)
+		lp = sample.LogProb(logits, tok)
+	} else {
+		tok, lp = d.smp.Sample(logits, d.history)
+	}
 	if d.stopID[tok] {
 		// A stop id is never emitted; the text held back is released.
 		return Outcome{Finish: FinishStop, Tail: d.flush()}
+	}
+	if d.con != nil {
+		if err := d.con.Accept(tok); err != nil {
+			return Outcome{Finish: FinishStop, Tail: d.flush(), Err: err}
+		}
 	}
 	d.n++
 	d.history = append(d.history, tok)

@@ -156,7 +156,7 @@ func (e *Engine) Generate(st *hybrid.State, req Request, emit func(Event) bool) 
 		}
 		if o.Finish != "" {
 			res.FinishReason = o.Finish
-			return res, nil
+			return res, o.Err
 		}
 		seq[0].Tokens = []int{o.Event.Token}
 		if err := e.Model.Forward(seq); err != nil {
