@@ -26,6 +26,13 @@ type Config struct {
 	ModelPath string
 	// Listen is the public API address Run serves on.
 	Listen string
+	// HTTPListen, when set, serves the OpenAI-compatible HTTP API there (same
+	// tokens, TLS and limits as the gRPC API).
+	HTTPListen string
+	// PrefixCacheBytes bounds the prefix cache: checkpoints of the session
+	// state at shared prompt prefixes that stateless requests resume from
+	// (counted in the memory budget; 0 turns the cache off).
+	PrefixCacheBytes int64
 	// APIToken, when set, is required as "authorization: Bearer <token>" on every
 	// public call (health and reflection excepted); its holders are the client
 	// "default".
@@ -97,6 +104,8 @@ func DefaultConfig() Config {
 func (c *Config) AddFlags(fs *flag.FlagSet) {
 	c.Config.AddFlags(fs, "")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "public API address")
+	fs.StringVar(&c.HTTPListen, "http-listen", c.HTTPListen, "OpenAI-compatible HTTP API address (empty: off)")
+	fs.Int64Var(&c.PrefixCacheBytes, "prefix-cache-bytes", c.PrefixCacheBytes, "bytes of state checkpoints kept for shared prompt prefixes (0: off)")
 	fs.StringVar(&c.ModelPath, "model", c.ModelPath, "model: Hugging Face folder or .gguf (required)")
 	fs.StringVar(&c.APIToken, "api-token", os.Getenv("SWITCHYARD_API_TOKEN"), "require this bearer token on the public API (default $SWITCHYARD_API_TOKEN)")
 	fs.Func("api-tokens-file", "file of client tokens, one \"<identity> <token>\" per line: each client's sessions are its own and limits apply per client", func(p string) error {
@@ -179,6 +188,8 @@ func (c *Config) Validate() error {
 		return errors.New("trunknode: memory budgets must be positive")
 	case c.Limits.MaxContext <= 0 || c.Limits.MaxNewTokens <= 0:
 		return errors.New("trunknode: context and max-new-token limits must be positive")
+	case c.PrefixCacheBytes < 0:
+		return errors.New("trunknode: the prefix cache size must be >= 0")
 	}
 	return nil
 }
