@@ -382,14 +382,21 @@ func newMatcher(added []AddedToken, includeSpecial bool) *matcher {
 // find returns the first added token match in s at or after from, with the
 // span it consumes (including stripped whitespace).
 func (m *matcher) find(s string, from int) (start, end, id int, ok bool) {
+	start, end, _, id, ok = m.findAt(s, from)
+	return start, end, id, ok
+}
+
+// findAt is find that also returns where the token's own text starts (at,
+// after any stripped whitespace).
+func (m *matcher) findAt(s string, from int) (start, end, at, id int, ok bool) {
 	if m.empty {
-		return 0, 0, 0, false
+		return 0, 0, 0, 0, false
 	}
 	for p := from; p < len(s); p++ {
 		if m.allASCII {
 			k := strings.IndexAny(s[p:], m.firstSet)
 			if k < 0 {
-				return 0, 0, 0, false
+				return 0, 0, 0, 0, false
 			}
 			p += k
 		}
@@ -420,10 +427,10 @@ func (m *matcher) find(s string, from int) (start, end, id int, ok bool) {
 					e += n
 				}
 			}
-			return st, e, a.ID, true
+			return st, e, p, a.ID, true
 		}
 	}
-	return 0, 0, 0, false
+	return 0, 0, 0, 0, false
 }
 
 func isWordRune(r rune) bool { return r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r) }
@@ -480,6 +487,52 @@ func (t *Tokenizer) encodeInto(out []int, text string, parseSpecial bool) []int 
 		}
 		out = append(out, id)
 		pos = en
+	}
+	return out
+}
+
+// Span is a byte range [Start, End) of a text.
+type Span struct{ Start, End int }
+
+// EncodeMarked tokenizes a rendered template: special-token text becomes
+// control tokens except where it overlaps a plain span (text that came from
+// a user, such as a chat message's content), where it is tokenized as plain
+// text. Everything else is tokenized as Encode(text, true) does, across span
+// boundaries, so for text whose plain spans hold no special-token text the
+// ids equal Encode(text, true). plain must be sorted and non-overlapping.
+func (t *Tokenizer) EncodeMarked(text string, plain []Span) []int {
+	out := make([]int, 0, len(text)/3+2)
+	if t.addBOS && t.bos >= 0 {
+		out = append(out, t.bos)
+	}
+	var scratch []int32
+	emit := func(piece string) {
+		out, scratch = t.encodePiece(out, scratch, piece)
+	}
+	overlaps := func(a, b int) bool {
+		for _, sp := range plain {
+			if sp.Start < b && a < sp.End {
+				return true
+			}
+		}
+		return false
+	}
+	for pos, from := 0, 0; pos < len(text); {
+		st, en, at, id, ok := t.matchAll.findAt(text, from)
+		if !ok {
+			t.pre.run(text[pos:], emit)
+			break
+		}
+		if t.IsSpecial(id) && overlaps(at, at+len(t.tokBytes[id])) {
+			from = at + 1 // user text: not a control token; look further
+			continue
+		}
+		st = max(st, pos)
+		if st > pos {
+			t.pre.run(text[pos:st], emit)
+		}
+		out = append(out, id)
+		pos, from = en, en
 	}
 	return out
 }
