@@ -195,6 +195,8 @@ type JobSpec struct {
 	// Constraint, when set, restricts the sampled tokens (constrained
 	// decoding: a JSON schema's grammar). It is used by the job alone.
 	Constraint engine.Constraint
+	// TopLogProbs lists that many most likely tokens with each event.
+	TopLogProbs int
 	// PrefillOnly feeds the prompt and ends without sampling (session creation).
 	PrefillOnly bool
 	API         string // metric label
@@ -214,7 +216,7 @@ func (s *Scheduler) Submit(ctx context.Context, sp JobSpec) (*Job, error) {
 	ctx, stop := context.WithCancelCause(ctx)
 	feed := append(append([]int(nil), sp.Session.Unfed...), sp.Prompt...)
 	dec := engine.NewDecoder(s.deps.Tok, engine.Spec{Params: sp.Params, MaxTokens: max(sp.MaxTokens, 1), StopIDs: sp.StopIDs,
-		StopStrings: sp.StopStrings, IgnoreEOS: sp.IgnoreEOS, EOS: s.deps.EOS, Constraint: sp.Constraint}, feed)
+		StopStrings: sp.StopStrings, IgnoreEOS: sp.IgnoreEOS, EOS: s.deps.EOS, Constraint: sp.Constraint, TopLogProbs: sp.TopLogProbs}, feed)
 	j := &Job{ctx: ctx, sess: sp.Session, pending: feed, prefill: true, dec: dec, logprobs: sp.LogProbs, prefillOnly: sp.PrefillOnly,
 		promptTokens: len(sp.Prompt), cached: sp.Session.State.Pos, enqueued: time.Now(), notify: make(chan struct{}, 1), api: sp.API}
 	if j.api == "" {

@@ -139,6 +139,9 @@ type genArgs struct {
 	logprobs  bool
 	api       string
 	client    string // the caller's identity (rpc.ClientIdentity)
+	// constraint and topLogprobs come from the HTTP API (response_format, top_logprobs).
+	constraint  engine.Constraint
+	topLogprobs int
 }
 
 func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateServer) error {
@@ -151,7 +154,7 @@ func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateSer
 		return toStatus(err)
 	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
-		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "generate", ""}, stream))
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "generate", "", nil, 0}, stream))
 }
 
 func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
@@ -177,7 +180,7 @@ func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
 		return toStatus(invalid("%v", err))
 	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
-		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "chat", ""}, stream))
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "chat", "", nil, 0}, stream))
 }
 
 type sender interface {
@@ -186,31 +189,46 @@ type sender interface {
 
 func (a *api) generate(ctx context.Context, g genArgs, out sender) error {
 	g.client = rpc.ClientIdentity(ctx)
-	params, err := a.checkGen(g)
-	if err != nil {
-		return err
-	}
-	release, err := a.n.clientSlot(g.client)
+	sess, job, release, err := a.start(ctx, g)
 	if err != nil {
 		return err
 	}
 	defer release()
-	sess, err := a.reserve(g)
+	return a.stream(ctx, g, sess, job, out)
+}
+
+// start validates a generation, takes the client's slot, reserves its
+// session and submits it; release frees the client slot once the caller has
+// streamed the job to its end.
+func (a *api) start(ctx context.Context, g genArgs) (sess *Session, job *Job, release func(), err error) {
+	params, err := a.checkGen(g)
 	if err != nil {
-		return err
+		return nil, nil, nil, err
+	}
+	if g.constraint != nil && g.ignoreEOS {
+		return nil, nil, nil, invalid("ignore_eos cannot be combined with a response format: the constraint ends at the end of the document")
+	}
+	if release, err = a.n.clientSlot(g.client); err != nil {
+		return nil, nil, nil, err
+	}
+	if sess, err = a.reserve(g); err != nil {
+		release()
+		return nil, nil, nil, err
 	}
 	stopIDs := make([]int, len(g.stopIDs))
 	for i, v := range g.stopIDs {
 		stopIDs[i] = int(v)
 	}
 	a.traceRequest(ctx, g, params, sess)
-	job, err := a.n.sched.Submit(ctx, JobSpec{Session: sess, Prompt: g.prompt, Params: params, MaxTokens: int(g.maxTokens),
-		StopIDs: stopIDs, StopStrings: g.stop, IgnoreEOS: g.ignoreEOS, LogProbs: g.logprobs, API: g.api})
+	job, err = a.n.sched.Submit(ctx, JobSpec{Session: sess, Prompt: g.prompt, Params: params, MaxTokens: int(g.maxTokens),
+		StopIDs: stopIDs, StopStrings: g.stop, IgnoreEOS: g.ignoreEOS, LogProbs: g.logprobs, API: g.api,
+		Constraint: g.constraint, TopLogProbs: g.topLogprobs})
 	if err != nil {
 		a.n.store.Release(sess)
-		return err
+		release()
+		return nil, nil, nil, err
 	}
-	return a.stream(ctx, g, sess, job, out)
+	return sess, job, release, nil
 }
 
 // traceRequest puts the OpenTelemetry GenAI request attributes on the
@@ -309,6 +327,27 @@ func (a *api) reserve(g genArgs) (*Session, error) {
 // message. A client that goes away cancels ctx; the scheduler ends the job at
 // its next step.
 func (a *api) stream(ctx context.Context, g genArgs, sess *Session, job *Job, out sender) error {
+	fin, err := a.pump(ctx, job, func(evs []Event) error {
+		return out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Chunk{Chunk: tokenChunk(evs, g.logprobs)}})
+	})
+	if err != nil {
+		return err
+	}
+	sid := ""
+	if !sess.ephemeral {
+		sid = sess.ID
+	}
+	return out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Final{Final: &pb.GenerateFinal{
+		FinishReason: finishReasons[fin.Reason], SessionId: sid,
+		Usage: &pb.Usage{PromptTokens: int32(fin.PromptTokens), CompletionTokens: int32(fin.CompletionTokens), CachedTokens: int32(fin.CachedTokens)},
+	}}})
+}
+
+// pump hands a job's events to emit as they come and returns its final
+// state; a failed generation (not one the client cancelled) is an error. A
+// client that goes away cancels ctx; the scheduler ends the job at its next
+// step, and pump waits for that end so nothing outlives the request.
+func (a *api) pump(ctx context.Context, job *Job, emit func([]Event) error) (*Final, error) {
 	for {
 		select {
 		case <-job.Notify():
@@ -317,8 +356,9 @@ func (a *api) stream(ctx context.Context, g genArgs, sess *Session, job *Job, ou
 		}
 		evs, fin := job.Drain()
 		if len(evs) > 0 {
-			if err := out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Chunk{Chunk: tokenChunk(evs, g.logprobs)}}); err != nil {
-				return err
+			if err := emit(evs); err != nil {
+				job.stop(err)
+				return nil, err
 			}
 		}
 		if fin == nil {
@@ -329,16 +369,9 @@ func (a *api) stream(ctx context.Context, g genArgs, sess *Session, job *Job, ou
 			attribute.Int("gen_ai.usage.output_tokens", fin.CompletionTokens), attribute.Int("switchyard.usage.cached_tokens", fin.CachedTokens),
 			attribute.StringSlice("gen_ai.response.finish_reasons", []string{fin.Reason}))
 		if fin.Err != nil && (fin.Reason != engine.FinishCancel || ctx.Err() == nil) {
-			return fin.Err
+			return nil, fin.Err
 		}
-		sid := ""
-		if !sess.ephemeral {
-			sid = sess.ID
-		}
-		return out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Final{Final: &pb.GenerateFinal{
-			FinishReason: finishReasons[fin.Reason], SessionId: sid,
-			Usage: &pb.Usage{PromptTokens: int32(fin.PromptTokens), CompletionTokens: int32(fin.CompletionTokens), CachedTokens: int32(fin.CachedTokens)},
-		}}})
+		return fin, nil
 	}
 }
 

@@ -55,6 +55,17 @@ func (f TLSFiles) pool() (*x509.CertPool, error) {
 // ServerCreds returns TLS server credentials (client certificates required when a
 // CA is given), or nil for plaintext.
 func ServerCreds(f TLSFiles) (credentials.TransportCredentials, error) {
+	cfg, err := ServerTLS(f)
+	if cfg == nil || err != nil {
+		return nil, err
+	}
+	return credentials.NewTLS(cfg), nil
+}
+
+// ServerTLS is the TLS configuration of a server (nil for plaintext): the
+// certificate, and client-certificate verification when a CA is given. The
+// HTTP API uses it as the gRPC server does.
+func ServerTLS(f TLSFiles) (*tls.Config, error) {
 	if !f.Enabled() {
 		return nil, nil
 	}
@@ -74,7 +85,7 @@ func ServerCreds(f TLSFiles) (credentials.TransportCredentials, error) {
 		cfg.ClientCAs = pool
 		cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	}
-	return credentials.NewTLS(cfg), nil
+	return cfg, nil
 }
 
 // ClientCreds returns client credentials: TLS with the CA (and a client certificate
@@ -212,13 +223,29 @@ func authorize(ctx context.Context, c ServerConfig, method string) (string, erro
 		return "", nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
+	if id, ok := c.Identify(md.Get("authorization")); ok {
+		return id, nil
+	}
+	return "", status.Error(codes.Unauthenticated, "missing or wrong API token: send \"authorization: Bearer <token>\" metadata")
+}
+
+// AuthRequired reports whether calls must carry a bearer token.
+func (c ServerConfig) AuthRequired() bool { return c.AuthToken != "" || len(c.Tokens) > 0 }
+
+// Identify returns the client identity of the first "Bearer <token>" value
+// that holds a known token (compared in constant time, every entry). With
+// authentication off every caller is "" and ok.
+func (c ServerConfig) Identify(authorization []string) (id string, ok bool) {
+	if !c.AuthRequired() {
+		return "", true
+	}
+	for _, v := range authorization {
 		got, ok := strings.CutPrefix(v, "Bearer ")
 		if !ok {
 			continue
 		}
 		if c.AuthToken != "" && subtle.ConstantTimeCompare([]byte(got), []byte(c.AuthToken)) == 1 {
-			return "default", nil
+			return "default", true
 		}
 		id := ""
 		for tok, who := range c.Tokens { // every entry compared: no early exit on a match
@@ -227,10 +254,16 @@ func authorize(ctx context.Context, c ServerConfig, method string) (string, erro
 			}
 		}
 		if id != "" {
-			return id, nil
+			return id, true
 		}
 	}
-	return "", status.Error(codes.Unauthenticated, "missing or wrong API token: send \"authorization: Bearer <token>\" metadata")
+	return "", false
+}
+
+// WithIdentity returns ctx carrying a client identity (ClientIdentity), for
+// APIs served outside gRPC (the HTTP API) that authenticate with Identify.
+func WithIdentity(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, identityKey{}, id)
 }
 
 type identityKey struct{}
@@ -342,3 +375,14 @@ func (s *firstMessageStream) RecvMsg(m any) error {
 		return status.FromContextError(s.Context().Err()).Err()
 	}
 }
+
+// ClientStreams caps the streams each client identity has open at once, for
+// streaming APIs served outside gRPC (the HTTP API's server-sent events).
+type ClientStreams struct{ c streamCounter }
+
+// NewClientStreams returns an empty counter.
+func NewClientStreams() *ClientStreams { return &ClientStreams{streamCounter{open: map[string]int{}}} }
+
+// Admit counts a stream of client id against limit (0: none); the error is
+// RESOURCE_EXHAUSTED. Call release when the stream ends.
+func (s *ClientStreams) Admit(id string, limit int) (release func(), err error) { return s.c.admit(id, limit) }

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"math"
+
 	"github.com/switchyard-serving/switchyard/model/sample"
 	"github.com/switchyard-serving/switchyard/model/tokenizer"
 )
@@ -20,6 +22,7 @@ type Decoder struct {
 	n       int // tokens generated (emitted)
 	con     Constraint
 	masked  []float32
+	top     int
 }
 
 // Constraint restricts which tokens a sequence may produce next (constrained
@@ -44,13 +47,16 @@ type Spec struct {
 	// Constraint, when set, masks the logits before sampling; the reported
 	// log-probabilities stay those of the model's unmodified distribution.
 	Constraint Constraint
+	// TopLogProbs is how many of the most likely tokens each emitted event
+	// lists with their log-probabilities (0: none).
+	TopLogProbs int
 }
 
 // NewDecoder starts decoding after history (the tokens the sequence holds that
 // penalties should see: at least the prompt).
 func NewDecoder(tok *tokenizer.Tokenizer, sp Spec, history []int) *Decoder {
 	d := &Decoder{smp: sample.New(sp.Params), stops: sample.NewStopMatcher(sp.StopStrings), dec: tok.NewStreamDecoder(),
-		stopID: map[int]bool{}, max: sp.MaxTokens, history: append([]int(nil), history...), con: sp.Constraint}
+		stopID: map[int]bool{}, max: sp.MaxTokens, history: append([]int(nil), history...), con: sp.Constraint, top: sp.TopLogProbs}
 	for _, id := range sp.StopIDs {
 		d.stopID[id] = true
 	}
@@ -100,6 +106,9 @@ func (d *Decoder) Next(logits []float32) Outcome {
 	d.history = append(d.history, tok)
 	text, stopped := d.stops.Push(d.dec.Add(tok))
 	o := Outcome{Event: Event{Token: tok, Text: text, LogProb: lp}, Emit: true}
+	if d.top > 0 {
+		o.Event.Top = TopLogProbs(logits, d.top)
+	}
 	switch {
 	case stopped:
 		o.Finish = FinishStop // the stop string and what follows it are cut
@@ -116,4 +125,42 @@ func (d *Decoder) Generated() int { return d.n }
 func (d *Decoder) flush() string {
 	tail, _ := d.stops.Push(d.dec.Flush())
 	return tail + d.stops.Flush()
+}
+
+// TopLogProbs returns the k most likely tokens of logits with their
+// log-probabilities, most likely first (ties: lower id first).
+func TopLogProbs(logits []float32, k int) []TokenLogProb {
+	k = min(k, len(logits))
+	if k <= 0 {
+		return nil
+	}
+	// One pass keeping the k best in a small sorted slice (k is at most 20).
+	best := make([]TokenLogProb, 0, k)
+	for i, x := range logits {
+		if len(best) == k && x <= best[k-1].LogProb {
+			continue
+		}
+		j := len(best)
+		if j < k {
+			best = append(best, TokenLogProb{})
+		} else {
+			j = k - 1
+		}
+		for j > 0 && best[j-1].LogProb < x {
+			best[j] = best[j-1]
+			j--
+		}
+		best[j] = TokenLogProb{Token: i, LogProb: x}
+	}
+	// log softmax = x - max - log sum exp(x - max), the sum taken once.
+	mx := best[0].LogProb
+	var sum float64
+	for _, x := range logits {
+		sum += math.Exp(float64(x - mx))
+	}
+	lse := math.Log(sum)
+	for i := range best {
+		best[i].LogProb = float32(float64(best[i].LogProb-mx) - lse)
+	}
+	return best
 }

@@ -90,6 +90,15 @@ type Event struct {
 	Token   int
 	Text    string // text delta that is safe to show now (may be empty)
 	LogProb float32
+	// Top are the most likely tokens at this step with their
+	// log-probabilities, most likely first (Spec.TopLogProbs of them).
+	Top []TokenLogProb
+}
+
+// TokenLogProb is a token and its log-probability.
+type TokenLogProb struct {
+	Token   int
+	LogProb float32
 }
 
 // Finish reasons.
