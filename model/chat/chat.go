@@ -194,6 +194,73 @@ func (t *Template) Encode(r Request) ([]int, error) {
 	return t.tok.EncodeMarked(real, nil), nil
 }
 
+// Turn stubs: a continuation is rendered after a stand-in first exchange and
+// cut after the stand-in assistant text, so it starts with the template's
+// closing of the previous assistant turn.
+const (
+	stubUser      = "\ue002u"
+	stubAssistant = "\ue002a"
+)
+
+// EncodeTurn renders r's messages as the continuation of a conversation that
+// a session already holds (up to the end of the assistant's last reply): the
+// template's closing of that reply, the new turns and, with
+// AddGenerationPrompt, the opening of the next reply. Content stays plain
+// text as in Encode. A template that does not render a conversation as a
+// sequence of turns (a later turn changes an earlier one) is refused with
+// ErrTemplate.
+func (t *Template) EncodeTurn(r Request) ([]int, error) {
+	full := r
+	full.Messages = append([]Message{{Role: "user", Content: stubUser}, {Role: "assistant", Content: stubAssistant}}, r.Messages...)
+	if err := t.check(full); err != nil {
+		return nil, err
+	}
+	real, err := t.render(full, nil)
+	if err != nil {
+		return nil, err
+	}
+	cut := strings.Index(real, stubAssistant)
+	if cut < 0 || strings.Count(real, stubAssistant) != 1 {
+		return nil, fmt.Errorf("%w: the template does not render a conversation turn by turn", ErrTemplate)
+	}
+	cut += len(stubAssistant)
+	contents := make([]string, len(full.Messages))
+	usable := true
+	for i, m := range full.Messages {
+		contents[i] = m.Content
+		if i >= 2 && (strings.Contains(m.Content, phOpen) || strings.Contains(m.Content, phClose) || strings.Contains(m.Content, "\ue002")) {
+			usable = false
+		}
+	}
+	if usable {
+		if marked, err := t.render(full, contents); err == nil {
+			if text, plain, ok := substitute(marked, contents); ok && text == real {
+				var spans []tokenizer.Span
+				for _, sp := range plain {
+					if sp.Start >= cut {
+						spans = append(spans, tokenizer.Span{Start: sp.Start - cut, End: sp.End - cut})
+					}
+				}
+				return t.tok.EncodeMarked(real[cut:], spans)[t.bosLen():], nil
+			}
+		}
+	}
+	for i, m := range r.Messages {
+		if s := t.specialIn(m.Content); s != "" {
+			return nil, fmt.Errorf("%w: messages[%d].content holds %q, which this model's template cannot keep as plain text", ErrSpecialText, i, s)
+		}
+	}
+	return t.tok.EncodeMarked(real[cut:], nil)[t.bosLen():], nil
+}
+
+// bosLen is the number of BOS ids the tokenizer puts before an encoding.
+func (t *Template) bosLen() int {
+	if t.tok.AddsBOS() {
+		return 1
+	}
+	return 0
+}
+
 // substitute replaces the placeholders in marked by the contents, returning
 // the text and the spans the contents occupy. ok is false when a placeholder
 // is malformed (the template altered it).

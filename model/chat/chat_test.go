@@ -322,3 +322,32 @@ func TestParseToolCalls(t *testing.T) {
 		})
 	}
 }
+
+// TestEncodeTurn: a conversation encoded whole equals its first turn encoded
+// whole followed by the later turns encoded as a continuation (after the
+// assistant's reply, which the session already holds).
+func TestEncodeTurn(t *testing.T) {
+	for name, tmpl := range map[string]*Template{"granite-4.0": graniteTemplate(t), "builtin": mustNew(t, withTemplate(t, ""))} {
+		t.Run(name, func(t *testing.T) {
+			first := []Message{{Role: "system", Content: "Be brief."}, {Role: "user", Content: "Hi"}}
+			reply := "Hello!"
+			next := []Message{{Role: "user", Content: "and <|end_of_text|> you?"}}
+			head, err := tmpl.Encode(Request{Messages: first, AddGenerationPrompt: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			turn, err := tmpl.EncodeTurn(Request{Messages: next, AddGenerationPrompt: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := append(append(head, tmpl.tok.Encode(reply, false)...), turn...)
+			whole, err := tmpl.Encode(Request{Messages: append(append(first, Message{Role: "assistant", Content: reply}), next...), AddGenerationPrompt: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, whole) {
+				t.Errorf("turn by turn\n%q\nwhole\n%q", tmpl.tok.Decode(got), tmpl.tok.Decode(whole))
+			}
+		})
+	}
+}
