@@ -275,6 +275,11 @@ type Config struct {
 	OutputTokens Dist `json:"output_tokens"`
 	// PromptKind makes synthetic prompts from token ids or words.
 	PromptKind PromptKind `json:"prompt_kind"`
+	// SharedPrefix puts the same SharedPrefix tokens (a common system prompt,
+	// drawn once from Seed) before the first prompt of every synthetic
+	// session, so that a server's prefix cache can reuse them: each first
+	// turn is SharedPrefix + PromptTokens tokens (0 = none).
+	SharedPrefix int `json:"shared_prefix,omitempty"`
 	// Turns is the number of turns of each synthetic session; more than one
 	// turn continues a server-side session.
 	Turns int `json:"turns"`
@@ -364,6 +369,10 @@ func (c *Config) Validate() error {
 		return configErr("sampling: temperature, top_k >= 0, top_p in [0,1], min_p in [0,1)")
 	case c.PromptKind != PromptTokens && c.PromptKind != PromptWords:
 		return configErr("prompt kind must be %q or %q, got %q", PromptTokens, PromptWords, c.PromptKind)
+	case c.SharedPrefix < 0:
+		return configErr("shared prefix must be >= 0, got %d", c.SharedPrefix)
+	case c.SharedPrefix > 0 && c.Conversations != "":
+		return configErr("a shared prefix applies to synthetic prompts, not to a conversations file")
 	}
 	switch c.Mode {
 	case ClosedLoop:

@@ -11,6 +11,9 @@
 // more than one turn continue on a server-side session (CreateSession, then
 // Generate or Chat with session_id per turn, then DeleteSession), so later
 // turns reuse the state of earlier ones instead of re-reading their history.
+// SharedPrefix puts the same tokens (a system prompt) before every session's
+// first prompt, to measure a server's prefix cache: the report's
+// PrefillTokens is what the server computed after reusing cached prefixes.
 //
 // The package imports only the public proto client, gRPC and the standard
 // library; it never links the node packages.

@@ -80,7 +80,12 @@ type Throughput struct {
 	PromptTokensPerSec float64 `json:"prompt_tokens_per_sec"`
 	OutputTokens       int     `json:"output_tokens"`
 	PromptTokens       int     `json:"prompt_tokens"` // new prompt tokens the server read (usage.prompt_tokens)
-	CachedTokens       int     `json:"cached_tokens"` // session tokens reused (usage.cached_tokens)
+	CachedTokens       int     `json:"cached_tokens"` // session or prefix-cache tokens reused (usage.cached_tokens)
+	// PrefillTokens is the prompt tokens the server computed: prompt_tokens,
+	// less cached_tokens for stateless requests (whose cached tokens are the
+	// part of their prompt a prefix-cache checkpoint held; a session's are its
+	// history, not part of prompt_tokens).
+	PrefillTokens int `json:"prefill_tokens"`
 }
 
 // Goodput is the rate of requests that completed within every SLO. Fraction is
@@ -271,6 +276,10 @@ func buildReport(cfg *Config, info *pb.ModelInfoResponse, started time.Time, wal
 		rep.Throughput.OutputTokens += r.outputTokens
 		rep.Throughput.PromptTokens += r.promptTokens
 		rep.Throughput.CachedTokens += r.cachedTokens
+		rep.Throughput.PrefillTokens += r.promptTokens
+		if r.stateless {
+			rep.Throughput.PrefillTokens -= min(r.cachedTokens, r.promptTokens)
+		}
 		if r.outputTokens > 0 {
 			ttft = append(ttft, ms(r.ttft))
 		}
@@ -457,6 +466,9 @@ func (c *Config) describe() string {
 		fmt.Fprintf(&sb, "; conversations from %s", c.Conversations)
 	} else {
 		fmt.Fprintf(&sb, "; prompts %s %s", c.PromptTokens, c.PromptKind)
+		if c.SharedPrefix > 0 {
+			fmt.Fprintf(&sb, " after a shared %d-token prefix", c.SharedPrefix)
+		}
 		if c.Turns > 1 {
 			fmt.Fprintf(&sb, ", %d turns/session", c.Turns)
 		}
@@ -484,8 +496,8 @@ func (r *Report) WriteSummary(w io.Writer) error {
 	fmt.Fprintf(ew, "  (sessions %d, %.1f turns each)\n", k.Sessions, r.Sessions.MeanTurns)
 	t := r.Throughput
 	fmt.Fprintf(ew, "window      %.2fs measured of %.2fs\n", r.MeasuredSeconds, r.WallSeconds)
-	fmt.Fprintf(ew, "throughput  %.2f req/s  %.1f output tok/s  %.1f prompt tok/s  (%d output, %d prompt, %d cached tokens)\n",
-		t.RequestsPerSec, t.OutputTokensPerSec, t.PromptTokensPerSec, t.OutputTokens, t.PromptTokens, t.CachedTokens)
+	fmt.Fprintf(ew, "throughput  %.2f req/s  %.1f output tok/s  %.1f prompt tok/s  (%d output, %d prompt, %d cached, %d prefilled tokens)\n",
+		t.RequestsPerSec, t.OutputTokensPerSec, t.PromptTokensPerSec, t.OutputTokens, t.PromptTokens, t.CachedTokens, t.PrefillTokens)
 	if len(r.FinishReasons) > 0 {
 		keys := make([]string, 0, len(r.FinishReasons))
 		for k := range r.FinishReasons {

@@ -275,3 +275,29 @@ func TestNiceTicks(t *testing.T) {
 		}
 	}
 }
+
+// Prefilled tokens are the prompt tokens less what a prefix-cache checkpoint
+// held for stateless requests; a session's cached tokens are its history,
+// outside its prompt tokens.
+func TestPrefillTokens(t *testing.T) {
+	ms := time.Millisecond
+	cfg := validConfig()
+	for _, tc := range []struct {
+		name                    string
+		stateless               bool
+		prompt, cached, prefill int
+	}{
+		{"stateless, resumed from a checkpoint", true, 100, 64, 36},
+		{"stateless, no checkpoint", true, 100, 0, 100},
+		{"session turn over its history", false, 10, 21, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := okResult(1, 0, 0, 5*ms, ms, 2)
+			r.stateless, r.promptTokens, r.cachedTokens = tc.stateless, tc.prompt, tc.cached
+			rep := buildReport(&cfg, &pb.ModelInfoResponse{}, time.Unix(0, 0), time.Second, []result{r}, nil, 0)
+			if tp := rep.Throughput; tp.PrefillTokens != tc.prefill || tp.PromptTokens != tc.prompt || tp.CachedTokens != tc.cached {
+				t.Fatalf("throughput %+v, want %d prefilled", tp, tc.prefill)
+			}
+		})
+	}
+}

@@ -35,6 +35,7 @@ type result struct {
 	outputTokens       int             // tokens received
 	promptTokens       int             // usage.prompt_tokens
 	cachedTokens       int             // usage.cached_tokens
+	stateless          bool            // sent without a server-side session
 	finish             pb.FinishReason
 	code               codes.Code
 	err                string
@@ -135,6 +136,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 			return nil, err
 		}
 	}
+	r.wl.preparePrefix()
 	var before *scrape
 	if cfg.MetricsURL != "" {
 		before = scrapeMetrics(ctx, cfg.MetricsURL, cfg.RPCTimeout)
@@ -460,7 +462,7 @@ func (r *runner) record(res result) {
 
 // turn sends one Generate or Chat request and records its stream's timing.
 func (r *runner) turn(ctx context.Context, sid string, t turnPlan, seq int, warm bool, session, idx int) result {
-	res := result{session: session, turn: idx, seq: seq, warmup: warm}
+	res := result{session: session, turn: idx, seq: seq, warmup: warm, stateless: sid == ""}
 	if r.cfg.RequestTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, r.cfg.RequestTimeout)

@@ -108,6 +108,24 @@ type workload struct {
 	words      []word
 	convs      []conversation
 	next       atomic.Uint64 // next conversation
+	// prefixIDs or prefixText is the shared prefix of every session's first
+	// prompt (Config.SharedPrefix; set by preparePrefix).
+	prefixIDs  []int32
+	prefixText string
+}
+
+// preparePrefix draws the shared prefix once, from the run's seed (after
+// measureWords for word prompts).
+func (w *workload) preparePrefix() {
+	if w.cfg.SharedPrefix <= 0 || len(w.convs) > 0 {
+		return
+	}
+	r := rand.New(rand.NewPCG(w.cfg.Seed, 0x5157))
+	if w.cfg.PromptKind == PromptWords {
+		w.prefixText = w.wordPrompt(r, w.cfg.SharedPrefix)
+	} else {
+		w.prefixIDs = w.tokenPrompt(r, w.cfg.SharedPrefix)
+	}
 }
 
 func newWorkload(cfg *Config, info *pb.ModelInfoResponse, convs []conversation) (*workload, error) {
@@ -147,19 +165,32 @@ func (w *workload) session(r *rand.Rand) sessionPlan {
 	used := 0
 	for i := range w.cfg.Turns {
 		p, o := w.cfg.PromptTokens.Sample(r), w.cfg.OutputTokens.Sample(r)
-		if w.maxContext > 0 && used+p+o > w.maxContext {
+		shared := 0
+		if i == 0 {
+			shared = len(w.prefixIDs)
+			if w.prefixText != "" {
+				shared = w.cfg.SharedPrefix
+			}
+		}
+		if w.maxContext > 0 && used+shared+p+o > w.maxContext {
 			if i > 0 {
 				break // the session is full: end it early
 			}
-			o = min(o, max(w.maxContext/2, 1))
-			p = max(w.maxContext-o, 1)
+			o = min(o, max((w.maxContext-shared)/2, 1))
+			p = max(w.maxContext-shared-o, 1)
 		}
-		used += p + o
+		used += shared + p + o
 		t := turnPlan{maxTokens: o}
 		if w.cfg.PromptKind == PromptWords {
 			t.text = w.wordPrompt(r, p)
+			if i == 0 && w.prefixText != "" {
+				t.text = w.prefixText + t.text
+			}
 		} else {
 			t.ids = w.tokenPrompt(r, p)
+			if i == 0 && len(w.prefixIDs) > 0 {
+				t.ids = append(append(make([]int32, 0, len(w.prefixIDs)+p), w.prefixIDs...), t.ids...)
+			}
 		}
 		turns = append(turns, t)
 	}

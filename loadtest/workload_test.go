@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -119,5 +120,66 @@ func TestConversationPlans(t *testing.T) {
 	}
 	if len(s3.turns) != 2 {
 		t.Fatalf("plans do not wrap around: %+v", s3)
+	}
+}
+
+// A shared prefix starts every session's first prompt, the same for all and
+// drawn from the seed; later turns and the user part differ; sessions still
+// fit the context.
+func TestSharedPrefix(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		kind   PromptKind
+		prefix int
+		turns  int
+	}{
+		{"token prompts", PromptTokens, 40, 2},
+		{"word prompts", PromptWords, 30, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := validConfig()
+			cfg.PromptKind, cfg.SharedPrefix, cfg.Turns = tc.kind, tc.prefix, tc.turns
+			cfg.PromptTokens, cfg.OutputTokens = Fixed(10), Fixed(5)
+			w, err := newWorkload(&cfg, &pb.ModelInfoResponse{VocabSize: 50, EosTokenId: 7, MaxContext: 200}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.words = []word{{"alpha", 2}, {"beta", 3}}
+			w.preparePrefix()
+			r := rand.New(rand.NewPCG(2, 2))
+			var first []turnPlan
+			for range 20 {
+				s := w.session(r)
+				first = append(first, s.turns[0])
+				if tc.turns > 1 && len(s.turns[1].ids) != 10 {
+					t.Fatalf("a later turn has %d tokens, want its own 10 only", len(s.turns[1].ids))
+				}
+			}
+			for _, tp := range first {
+				switch tc.kind {
+				case PromptTokens:
+					if len(tp.ids) != tc.prefix+10 || !slices.Equal(tp.ids[:tc.prefix], w.prefixIDs) || slices.Contains(tp.ids, 7) {
+						t.Fatalf("first prompt %v does not start with the shared %v", tp.ids, w.prefixIDs)
+					}
+				case PromptWords:
+					if !strings.HasPrefix(tp.text, w.prefixText) || len(tp.text) <= len(w.prefixText) {
+						t.Fatalf("first prompt %q does not start with the shared %q", tp.text, w.prefixText)
+					}
+				}
+			}
+			if tc.kind == PromptTokens && slices.Equal(first[0].ids, first[1].ids) {
+				t.Fatal("two sessions drew the same user part")
+			}
+			// A context too short for the prefix and the turn cuts the user part.
+			w.maxContext = tc.prefix + 12
+			if s := w.session(r); tc.kind == PromptTokens && len(s.turns[0].ids)+s.turns[0].maxTokens > w.maxContext {
+				t.Fatalf("first turn of %d+%d tokens exceeds the %d-token context", len(s.turns[0].ids), s.turns[0].maxTokens, w.maxContext)
+			}
+		})
+	}
+	cfg := validConfig()
+	cfg.SharedPrefix, cfg.Conversations = 10, "x.jsonl"
+	if err := cfg.Validate(); err == nil {
+		t.Fatal("a shared prefix with a conversations file validated")
 	}
 }

@@ -29,3 +29,5 @@ echo "== placement: Zipf-skewed and shifting loads, ours vs round-robin"
 "$BIN" placement simulate --rounds 5
 echo "== noisy neighbour: short sessions' inter-token latency beside a 2048-token prompt (tiny model)"
 bash scripts/noisy-neighbour.sh
+echo "== prefix cache: 1000 requests sharing a 2048-token system prompt, cache off vs on (tiny model)"
+bash scripts/prefix-cache-bench.sh

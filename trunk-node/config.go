@@ -29,6 +29,9 @@ type Config struct {
 	// HTTPListen, when set, serves the OpenAI-compatible HTTP API there (same
 	// tokens, TLS and limits as the gRPC API).
 	HTTPListen string
+	// ChatTemplate, when set, is a file holding the Jinja chat template to use
+	// instead of the model's (a .jinja file, or a tokenizer_config.json).
+	ChatTemplate string
 	// PrefixCacheBytes bounds the prefix cache: checkpoints of the session
 	// state at shared prompt prefixes that stateless requests resume from
 	// (counted in the memory budget; 0 turns the cache off).
@@ -105,6 +108,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	c.Config.AddFlags(fs, "")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "public API address")
 	fs.StringVar(&c.HTTPListen, "http-listen", c.HTTPListen, "OpenAI-compatible HTTP API address (empty: off)")
+	fs.StringVar(&c.ChatTemplate, "chat-template", c.ChatTemplate, "Jinja chat template file (.jinja or tokenizer_config.json) replacing the model's own")
 	fs.Int64Var(&c.PrefixCacheBytes, "prefix-cache-bytes", c.PrefixCacheBytes, "bytes of state checkpoints kept for shared prompt prefixes (0: off)")
 	fs.StringVar(&c.ModelPath, "model", c.ModelPath, "model: Hugging Face folder or .gguf (required)")
 	fs.StringVar(&c.APIToken, "api-token", os.Getenv("SWITCHYARD_API_TOKEN"), "require this bearer token on the public API (default $SWITCHYARD_API_TOKEN)")

@@ -72,7 +72,7 @@ func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metri
 		capacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_scheduler_capacity",
 			Help: "Scheduler limits: running (sessions advanced per step) and waiting (queued requests before RESOURCE_EXHAUSTED).", ConstLabels: cl}, []string{"kind"}),
 		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_sessions", Help: "Sessions by state: running (in the batch), waiting (queued), held (stored).", ConstLabels: cl}, []string{"state"}),
-		stateBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_session_state_bytes", Help: "Session memory in use: recurrent (Mamba conv+SSM, fixed per session) and kv (attention cache, incl. reservations).", ConstLabels: cl},
+		stateBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "switchyard_session_state_bytes", Help: "Session memory in use: recurrent (Mamba conv+SSM, fixed per session) and kv (attention cache pages, each counted once, incl. reservations); prefix-cache checkpoints included (switchyard_prefix_cache_bytes).", ConstLabels: cl},
 			[]string{"kind"}),
 		stepSec:  prometheus.NewHistogram(prometheus.HistogramOpts{Name: "switchyard_step_seconds", Help: "Duration of one batched forward step.", Buckets: telemetry.LatencyBuckets, ConstLabels: cl}),
 		stepRows: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "switchyard_step_rows", Help: "Token rows per forward step.", Buckets: prometheus.ExponentialBuckets(1, 2, 14), ConstLabels: cl}),
@@ -205,6 +205,52 @@ func residentBytes() (anon, file int64) {
 		}
 	}
 	return anon, file
+}
+
+// watchPrefix registers the prefix cache's series, read from the store at
+// each scrape: lookups and hits (hit rate = hits / lookups), prompt tokens
+// not prefilled, checkpoints stored and evicted (for the cache's own budget,
+// or yielding room to sessions), and the memory the checkpoints hold.
+func (m *metrics) watchPrefix(node string, st *Store) {
+	cl := func(extra ...string) prometheus.Labels {
+		l := prometheus.Labels{"node_id": node}
+		for i := 0; i+1 < len(extra); i += 2 {
+			l[extra[i]] = extra[i+1]
+		}
+		return l
+	}
+	counter := func(name, help string, labels prometheus.Labels, v func(PrefixStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return float64(v(st.PrefixStats())) })
+	}
+	gauge := func(name, help string, labels prometheus.Labels, v func(PrefixStats) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return v(st.PrefixStats()) })
+	}
+	const evHelp = "Prefix-cache checkpoints evicted: for the cache's own budget (budget) or to make room for sessions (pressure)."
+	const bHelp = "Memory held by prefix-cache checkpoints: recurrent (conv+SSM copies) and kv (distinct pages, some shared with running sessions)."
+	m.reg.MustRegister(
+		counter("switchyard_prefix_cache_lookups_total", "Stateless prompts longer than a block looked up in the prefix cache.", cl(),
+			func(s PrefixStats) uint64 { return s.Lookups }),
+		counter("switchyard_prefix_cache_hits_total", "Lookups that resumed from a prefix-cache checkpoint.", cl(),
+			func(s PrefixStats) uint64 { return s.Hits }),
+		counter("switchyard_prefix_cache_saved_tokens_total", "Prompt tokens not prefilled thanks to a prefix-cache checkpoint.", cl(),
+			func(s PrefixStats) uint64 { return s.SavedTokens }),
+		counter("switchyard_prefix_cache_inserts_total", "Prefix-cache checkpoints stored.", cl(),
+			func(s PrefixStats) uint64 { return s.Inserts }),
+		counter("switchyard_prefix_cache_evictions_total", evHelp, cl("reason", "budget"),
+			func(s PrefixStats) uint64 { return s.Evictions }),
+		counter("switchyard_prefix_cache_evictions_total", evHelp, cl("reason", "pressure"),
+			func(s PrefixStats) uint64 { return s.Yielded }),
+		gauge("switchyard_prefix_cache_entries", "Prefix-cache checkpoints held.", cl(),
+			func(s PrefixStats) float64 { return float64(s.Entries) }),
+		gauge("switchyard_prefix_cache_bytes", bHelp, cl("kind", "recurrent"),
+			func(s PrefixStats) float64 { return float64(s.RecurrentBytes) }),
+		gauge("switchyard_prefix_cache_bytes", bHelp, cl("kind", "kv"),
+			func(s PrefixStats) float64 { return float64(s.KVBytes) }),
+		gauge("switchyard_prefix_cache_limit_bytes", "Prefix-cache budget (--prefix-cache-bytes; 0: off).", cl(),
+			func(s PrefixStats) float64 { return float64(s.LimitBytes) }),
+	)
 }
 
 // transfer records one ExportSession or ImportSession call.

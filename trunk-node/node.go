@@ -69,6 +69,8 @@ type Node struct {
 	readyOnce sync.Once
 	closeOnce sync.Once
 
+	oa openaiState // the HTTP API's template, vocabulary and address
+
 	mu          sync.Mutex
 	metricsAddr string         // guarded by mu
 	inflight    map[string]int // guarded by mu: generations per client identity
@@ -114,6 +116,12 @@ func New(cfg Config) (*Node, error) {
 	n.snap = snapIdentity{cfg: c, weights: e.Model.W.Fingerprint(), key: cfg.SnapshotKey}
 	n.store = NewStore(cfg.Memory, e.Model.NewState, n.size.RecurrentBytes, kvPer)
 	n.store.SetClientLimit(cfg.Clients.MaxSessions)
+	n.store.EnablePrefixCache(PrefixConfig{Bytes: cfg.PrefixCacheBytes})
+	// Prefill with the exact token-by-token scan: its result does not depend
+	// on how the scheduler cuts a prompt into steps (the chunked form's does),
+	// so a prompt resumed from a prefix checkpoint gives the logits of a whole
+	// prefill, and on the CPU it is also the faster form (README: Prefix cache).
+	e.Model.ScanChunkedMin = 0
 	deps := SchedDeps{Model: e.Model, EOS: c.EOS, Tok: e.Tok, Store: n.store, Experts: LocalSteps{e.Model.Experts}, Metrics: n.metrics, Tracing: cfg.StepTracing}
 	if cfg.Tracing.Enabled {
 		deps.Tracer = cfg.Tracing.Tracer()
@@ -137,6 +145,7 @@ func New(cfg Config) (*Node, error) {
 	m.capacity.WithLabelValues("running").Set(float64(n.sched.cfg.MaxRunning))
 	m.capacity.WithLabelValues("waiting").Set(float64(n.sched.cfg.MaxQueue))
 	telemetry.RegisterModelInfo(m.reg, cfg.NodeID, config.ModelName(cfg.ModelPath), c.Layers, c.Experts)
+	m.watchPrefix(cfg.NodeID, n.store)
 	return n, nil
 }
 
@@ -264,6 +273,11 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 	n.mu.Unlock()
 	a.Go(n.sched.Run)
 	a.Go(n.janitor)
+	if err := n.serveHTTP(a); err != nil {
+		lis.Close()
+		a.Close()
+		return err
+	}
 	a.Serve(srv, lis)
 	if err := a.Register(lis.Addr().String(), nil); err != nil {
 		a.Close()

@@ -55,12 +55,16 @@ type Job struct {
 
 	promptTokens int
 	cached       int
-	enqueued     time.Time
-	lastToken    time.Time
-	api          string                  // "generate" or "chat" (metric label)
-	stop         context.CancelCauseFunc // releases the job's context when it ends
-	prefillSpan  trace.Span              // open while the prompt is being prefilled
-	decodeSpan   trace.Span              // open from the first token to the end
+	// prefix is the generation's use of the prefix cache (nil: none); marks
+	// are the positions where its prefill still leaves checkpoints.
+	prefix      *prefixPlan
+	marks       []int
+	enqueued    time.Time
+	lastToken   time.Time
+	api         string                  // "generate" or "chat" (metric label)
+	stop        context.CancelCauseFunc // releases the job's context when it ends
+	prefillSpan trace.Span              // open while the prompt is being prefilled
+	decodeSpan  trace.Span              // open from the first token to the end
 
 	// Output, drained by the RPC goroutine.
 	mu     sync.Mutex
@@ -217,8 +221,18 @@ func (s *Scheduler) Submit(ctx context.Context, sp JobSpec) (*Job, error) {
 	feed := append(append([]int(nil), sp.Session.Unfed...), sp.Prompt...)
 	dec := engine.NewDecoder(s.deps.Tok, engine.Spec{Params: sp.Params, MaxTokens: max(sp.MaxTokens, 1), StopIDs: sp.StopIDs,
 		StopStrings: sp.StopStrings, IgnoreEOS: sp.IgnoreEOS, EOS: s.deps.EOS, Constraint: sp.Constraint, TopLogProbs: sp.TopLogProbs}, feed)
+	// A session resumed from a prefix-cache checkpoint holds the prompt's
+	// first tokens already: only the rest is fed (the decoder still has the
+	// whole prompt as its sampling history).
+	plan := sp.Session.prefix
+	if plan != nil {
+		feed = feed[len(sp.Session.Unfed)+plan.skip:]
+	}
 	j := &Job{ctx: ctx, sess: sp.Session, pending: feed, prefill: true, dec: dec, logprobs: sp.LogProbs, prefillOnly: sp.PrefillOnly,
 		promptTokens: len(sp.Prompt), cached: sp.Session.State.Pos, enqueued: time.Now(), notify: make(chan struct{}, 1), api: sp.API}
+	if plan != nil {
+		j.prefix, j.marks = plan, plan.marks
+	}
 	if j.api == "" {
 		j.api = "generate"
 	}
@@ -235,6 +249,7 @@ func (s *Scheduler) Submit(ctx context.Context, sp JobSpec) (*Job, error) {
 	s.deps.Store.setStop(sp.Session, stop)
 	j.stop = stop
 	sp.Session.Unfed = nil
+	sp.Session.prefix = nil
 	s.queue = append(s.queue, j)
 	select {
 	case s.wake <- struct{}{}:
@@ -397,6 +412,12 @@ func (s *Scheduler) plan() (batch []hybrid.Seq, jobs []*Job, rows int) {
 	for _, j := range s.running {
 		if j.prefill && budget > 0 {
 			n := min(len(j.pending), budget)
+			if len(j.marks) > 0 {
+				// End the chunk at the next checkpoint position.
+				if pos := j.sess.State.Pos; j.marks[0] > pos && pos+n > j.marks[0] {
+					n = j.marks[0] - pos
+				}
+			}
 			budget -= n
 			batch = append(batch, hybrid.Seq{State: j.sess.State, Tokens: j.pending[:n], NoLogits: n < len(j.pending) || j.prefillOnly})
 			jobs = append(jobs, j)
@@ -443,6 +464,12 @@ func (s *Scheduler) forward(ctx context.Context, batch []hybrid.Seq, rows int) (
 // job's decoder. It reports whether the job has finished.
 func (s *Scheduler) advance(j *Job, seq hybrid.Seq) bool {
 	j.pending = j.pending[len(seq.Tokens):]
+	for len(j.marks) > 0 && j.marks[0] <= j.sess.State.Pos {
+		if j.marks[0] == j.sess.State.Pos {
+			s.deps.Store.checkpoint(j.prefix, j.sess.State)
+		}
+		j.marks = j.marks[1:]
+	}
 	if len(j.pending) > 0 {
 		return false // more prompt to prefill
 	}

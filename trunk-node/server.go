@@ -16,11 +16,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/model/chat"
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/engine"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 	"github.com/switchyard-serving/switchyard/model/sample"
-	"github.com/switchyard-serving/switchyard/model/tokenizer"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
@@ -161,10 +161,10 @@ func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
 	if len(req.Messages) == 0 {
 		return toStatus(invalid("messages is empty; send at least one message"))
 	}
-	msgs := make([]tokenizer.Message, len(req.Messages))
+	msgs := make([]chat.Message, len(req.Messages))
 	size := 0
 	for i, m := range req.Messages {
-		msgs[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
+		msgs[i] = chat.Message{Role: m.Role, Content: m.Content}
 		size += len(m.Content) + len(m.Role)
 		if !utf8.ValidString(m.Content) || !utf8.ValidString(m.Role) {
 			return toStatus(invalid("messages[%d] is not valid UTF-8", i))
@@ -173,9 +173,21 @@ func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
 	if size > a.n.limits.MaxPromptText {
 		return toStatus(invalid("messages total %d bytes, the limit is %d", size, a.n.limits.MaxPromptText))
 	}
-	// Message content is user text: only the template's markup becomes control
-	// tokens (special-token text in content cannot forge a turn).
-	prompt, err := a.n.tok.EncodeChat(msgs, true)
+	// The model's chat template renders the messages; content is user text:
+	// only the template's markup becomes control tokens (special-token text
+	// in content cannot forge a turn). Messages sent to a session that already
+	// holds a conversation are rendered as its continuation.
+	tmpl, err := a.n.chatTemplate()
+	if err != nil {
+		return toStatus(invalid("%v", err))
+	}
+	encode := tmpl.Encode
+	if req.SessionId != "" {
+		if sess, err := a.n.store.GetFor(rpc.ClientIdentity(stream.Context()), req.SessionId); err == nil && sess.Tokens()+len(sess.Unfed) > 0 {
+			encode = tmpl.EncodeTurn
+		}
+	}
+	prompt, err := encode(chat.Request{Messages: msgs, AddGenerationPrompt: true})
 	if err != nil {
 		return toStatus(invalid("%v", err))
 	}
@@ -317,7 +329,14 @@ func (a *api) reserve(g genArgs) (*Session, error) {
 		return drop(invalid("session tokens (%d) + prompt (%d) + max_tokens (%d) = %d exceeds the context limit %d",
 			sess.State.Pos, len(g.prompt), g.maxTokens, total, lim.MaxContext))
 	}
-	if err := a.n.store.Acquire(sess, len(sess.Unfed)+len(g.prompt)+int(g.maxTokens)); err != nil {
+	// A stateless prompt that starts with a cached prefix resumes from the
+	// deepest checkpoint: its state then holds skip prompt tokens already, and
+	// only the rest is reserved and prefilled.
+	skip := 0
+	if sess.ephemeral {
+		skip = a.n.store.ResumePrefix(sess, g.prompt)
+	}
+	if err := a.n.store.Acquire(sess, len(sess.Unfed)+len(g.prompt)-skip+int(g.maxTokens)); err != nil {
 		return drop(err)
 	}
 	return sess, nil

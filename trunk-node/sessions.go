@@ -32,8 +32,16 @@ type Session struct {
 	Unfed    []int
 	busy     bool
 	lastUsed time.Time
-	reserved int64 // KV bytes reserved for the running generation
-	charged  int   // tokens whose KV is charged to the budget
+	// reserved is the KV memory reserved for the running generation, of which
+	// the pages the state allocated since (AllocatedBytes - allocBase) are
+	// counted in the store's page account already.
+	reserved  int64
+	allocBase int64
+	private   int64 // KV bytes the state held alone when the reservation was made
+	// prefix is set by Store.ResumePrefix for the generation submitted next
+	// (Scheduler.Submit takes it): the prompt tokens already in the state and
+	// where the prefill leaves prefix-cache checkpoints.
+	prefix *prefixPlan
 	// ephemeral sessions belong to one stateless request and die with it.
 	ephemeral bool
 	// owner is the client identity that created it (rpc.ClientIdentity); other
@@ -49,6 +57,20 @@ type Session struct {
 // Tokens is the number of tokens held in the state.
 func (s *Session) Tokens() int { return s.State.Pos }
 
+// PrefixSkip is the number of prompt tokens of the next generation that its
+// state holds already (resumed from a prefix-cache checkpoint).
+func (s *Session) PrefixSkip() int {
+	if s.prefix == nil {
+		return 0
+	}
+	return s.prefix.skip
+}
+
+// outstanding is the part of the session's reservation not allocated yet.
+func (s *Session) outstanding() int64 {
+	return max(0, s.reserved-(s.State.AllocatedBytes()-s.allocBase))
+}
+
 // MemoryConfig is the session memory budget, split into the fixed recurrent state
 // and the growing KV cache.
 type MemoryConfig struct {
@@ -58,16 +80,25 @@ type MemoryConfig struct {
 }
 
 // Store holds the sessions and enforces the memory budget.
+//
+// KV memory is counted by the page (hybrid.PageAccount): every page a session
+// or a prefix-cache checkpoint holds counts once, however many of them share
+// it, plus what running generations have reserved and not allocated yet. The
+// recurrent budget counts one state per session and per checkpoint. The prefix
+// cache (prefix.go) lives inside these budgets and yields to sessions: a
+// session that does not fit evicts checkpoints first.
 type Store struct {
 	cfg        MemoryConfig
 	newState   func() *hybrid.State
 	recPer     int64 // recurrent bytes per session
-	kvPerToken int64
+	kvPerToken int64 // KV bytes per token of the model (the budget counts pages, see PageAccount)
 
 	mu       sync.Mutex
 	sessions map[string]*Session
-	recUsed  int64
-	kvUsed   int64 // held + reserved
+	recUsed  int64                 // sessions' recurrent states
+	pages    hybrid.PageAccount    // live KV pages of the sessions and checkpoints
+	busy     map[*Session]struct{} // sessions holding a reservation (deleted ones until Release)
+	prefix   *prefixCache          // nil: off
 	// perOwner counts each identified client's held sessions; maxPerOwner
 	// caps it (0: no cap).
 	perOwner    map[string]int
@@ -75,16 +106,53 @@ type Store struct {
 }
 
 // NewStore returns a store; newState makes a fresh model state of
-// recurrentBytes fixed bytes (hybrid.SizeOf).
+// recurrentBytes fixed bytes (hybrid.SizeOf). kvPerToken is the model's KV
+// bytes per token; the budget counts the pages the states actually hold
+// (hybrid.PageAccount), which come in hybrid.PageTokens·kvPerToken steps.
 func NewStore(cfg MemoryConfig, newState func() *hybrid.State, recurrentBytes, kvPerToken int64) *Store {
-	return &Store{cfg: cfg, newState: newState, recPer: recurrentBytes, kvPerToken: kvPerToken, sessions: map[string]*Session{}, perOwner: map[string]int{}}
+	return &Store{cfg: cfg, newState: newState, recPer: recurrentBytes, kvPerToken: kvPerToken, sessions: map[string]*Session{},
+		busy: map[*Session]struct{}{}, perOwner: map[string]int{}}
 }
 
-// kvCost is the KV memory of a session holding tokens: whole pages, as the
-// engine allocates them (hybrid.PageTokens tokens per page).
-func (s *Store) kvCost(tokens int) int64 {
-	pages := (tokens + hybrid.PageTokens - 1) / hybrid.PageTokens
-	return int64(pages) * hybrid.PageTokens * s.kvPerToken
+// kvUsedLocked is the KV memory in use: live pages plus what running
+// generations may still allocate.
+func (s *Store) kvUsedLocked() int64 {
+	n := s.pages.Bytes()
+	for sess := range s.busy {
+		n += sess.outstanding()
+	}
+	return n
+}
+
+// recUsedLocked is the recurrent memory in use: sessions and checkpoints.
+func (s *Store) recUsedLocked() int64 {
+	if s.prefix != nil {
+		return s.recUsed + s.prefix.rec
+	}
+	return s.recUsed
+}
+
+// roomLocked reports whether rec more recurrent and kv more KV bytes fit the
+// budgets, evicting prefix-cache checkpoints (least recently used first) to
+// make room when that can be enough.
+func (s *Store) roomLocked(rec, kv int64) bool {
+	fits := func() bool {
+		return s.recUsedLocked()+rec <= s.cfg.RecurrentBytes && s.kvUsedLocked()+kv <= s.cfg.KVBytes
+	}
+	if fits() {
+		return true
+	}
+	c := s.prefix
+	if c == nil || s.recUsed+rec > s.cfg.RecurrentBytes || s.kvUsedLocked()-c.pages.Bytes()+kv > s.cfg.KVBytes {
+		return false // even an empty cache would not make room: keep it
+	}
+	for !fits() {
+		if !c.evictOne() {
+			return false
+		}
+		c.stats.Yielded++
+	}
+	return true
 }
 
 func newID() string {
@@ -135,14 +203,16 @@ func (s *Store) disownLocked(sess *Session) {
 func (s *Store) CreateFor(owner string, ephemeral bool) (*Session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.recUsed+s.recPer > s.cfg.RecurrentBytes {
+	if !s.roomLocked(s.recPer, 0) {
 		return nil, fmt.Errorf("%w: %d sessions hold %d of %d recurrent-state bytes; delete idle sessions or raise the budget",
 			ErrMemoryFull, len(s.sessions), s.recUsed, s.cfg.RecurrentBytes)
 	}
 	if err := s.ownLocked(owner, ephemeral); err != nil {
 		return nil, err
 	}
-	sess := &Session{ID: newID(), State: s.newState(), lastUsed: time.Now(), ephemeral: ephemeral, owner: owner}
+	st := s.newState()
+	st.Attach(&s.pages)
+	sess := &Session{ID: newID(), State: st, lastUsed: time.Now(), ephemeral: ephemeral, owner: owner}
 	s.sessions[sess.ID] = sess
 	s.recUsed += s.recPer
 	return sess, nil
@@ -153,8 +223,8 @@ func (s *Store) CreateFor(owner string, ephemeral bool) (*Session, error) {
 func (s *Store) CheckRoom(kvBytes int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.recUsed+s.recPer > s.cfg.RecurrentBytes || s.kvUsed+max(kvBytes, 0) > s.cfg.KVBytes {
-		return fmt.Errorf("%w: no room for a session of %d KV bytes (%d of %d in use)", ErrMemoryFull, kvBytes, s.kvUsed, s.cfg.KVBytes)
+	if !s.roomLocked(s.recPer, max(kvBytes, 0)) {
+		return fmt.Errorf("%w: no room for a session of %d KV bytes (%d of %d in use)", ErrMemoryFull, kvBytes, s.kvUsedLocked(), s.cfg.KVBytes)
 	}
 	return nil
 }
@@ -164,21 +234,25 @@ func (s *Store) Adopt(st *hybrid.State, unfed []int) (*Session, error) {
 	return s.AdoptFor("", st, unfed)
 }
 
-// AdoptFor is Adopt for a client identity (the new session's owner).
+// AdoptFor is Adopt for a client identity (the new session's owner). The
+// state's KV pages that are counted already (a fork's, shared with the
+// original: State.Clone) cost nothing more. On error the state's pages are
+// let go (the caller drops it).
 func (s *Store) AdoptFor(owner string, st *hybrid.State, unfed []int) (*Session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	kv := s.kvCost(st.Pos)
-	if s.recUsed+s.recPer > s.cfg.RecurrentBytes || s.kvUsed+kv > s.cfg.KVBytes {
+	if !s.roomLocked(s.recPer, st.UncountedKVBytes(&s.pages)) {
+		st.Release()
 		return nil, fmt.Errorf("%w: no room for a copy of the session", ErrMemoryFull)
 	}
 	if err := s.ownLocked(owner, false); err != nil {
+		st.Release()
 		return nil, err
 	}
-	sess := &Session{ID: newID(), State: st, Unfed: unfed, lastUsed: time.Now(), charged: st.Pos, owner: owner}
+	st.Attach(&s.pages)
+	sess := &Session{ID: newID(), State: st, Unfed: unfed, lastUsed: time.Now(), owner: owner}
 	s.sessions[sess.ID] = sess
 	s.recUsed += s.recPer
-	s.kvUsed += kv
 	return sess, nil
 }
 
@@ -209,34 +283,35 @@ func (s *Store) Acquire(sess *Session, tokens int) error {
 	if sess.busy {
 		return fmt.Errorf("%w: %s", ErrSessionBusy, clip(sess.ID))
 	}
-	need := s.kvCost(sess.charged+tokens) - s.kvCost(sess.charged)
-	if s.kvUsed+need > s.cfg.KVBytes {
-		return fmt.Errorf("%w: the request needs %d KV bytes, %d of %d are in use", ErrMemoryFull, need, s.kvUsed, s.cfg.KVBytes)
+	need := sess.State.KVGrowBytes(tokens)
+	if !s.roomLocked(0, need) {
+		return fmt.Errorf("%w: the request needs %d KV bytes, %d of %d are in use", ErrMemoryFull, need, s.kvUsedLocked(), s.cfg.KVBytes)
 	}
 	sess.busy = true
 	sess.reserved = need
-	s.kvUsed += need
+	sess.allocBase = sess.State.AllocatedBytes()
+	sess.private = sess.State.PrivateKVBytes()
+	s.busy[sess] = struct{}{}
 	return nil
 }
 
-// Release ends a generation: the reservation is replaced by the KV actually held.
-// Ephemeral sessions are deleted.
+// Release ends a generation: the reservation is dropped (what the state holds
+// is counted by the page). Ephemeral sessions are deleted.
 func (s *Store) Release(sess *Session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.kvUsed -= sess.reserved
+	delete(s.busy, sess)
 	sess.reserved = 0
 	sess.busy = false
 	sess.stop = nil
+	sess.prefix = nil
 	sess.lastUsed = time.Now()
 	if sess.deleted {
 		// Deleted while running: its memory is free only now that it stopped.
 		s.recUsed -= s.recPer
-		s.kvUsed -= s.kvCost(sess.charged)
+		sess.State.Release()
 		return
 	}
-	s.kvUsed += s.kvCost(sess.State.Pos) - s.kvCost(sess.charged)
-	sess.charged = sess.State.Pos
 	if sess.ephemeral {
 		s.deleteLocked(sess)
 	}
@@ -266,7 +341,9 @@ func (s *Store) delete(id, owner string, anyOwner bool) (int64, error) {
 		if sess.stop != nil {
 			sess.stop(ErrSessionDeleted)
 		}
-		return s.recPer + s.kvCost(sess.charged) + sess.reserved, nil
+		// The scheduler is advancing the state: count from what the store
+		// knows (its private pages before the generation, and the reservation).
+		return s.recPer + sess.private + sess.reserved, nil
 	}
 	return s.deleteLocked(sess), nil
 }
@@ -282,12 +359,14 @@ func (s *Store) setStop(sess *Session, stop context.CancelCauseFunc) {
 	}
 }
 
+// deleteLocked removes an idle session and returns the bytes it frees: its
+// recurrent state and the KV pages no checkpoint or fork shares.
 func (s *Store) deleteLocked(sess *Session) int64 {
-	freed := s.recPer + s.kvCost(sess.charged)
+	freed := s.recPer + sess.State.PrivateKVBytes()
 	delete(s.sessions, sess.ID)
 	s.disownLocked(sess)
 	s.recUsed -= s.recPer
-	s.kvUsed -= s.kvCost(sess.charged)
+	sess.State.Release()
 	return freed
 }
 
@@ -308,11 +387,13 @@ func (s *Store) Expire(now time.Time) int {
 	return n
 }
 
-// Usage reports sessions and bytes in use.
+// Usage reports the sessions held and the bytes in use against the budgets:
+// recurrent (sessions and prefix-cache checkpoints) and KV (every live page
+// once, plus reservations). PrefixStats gives the checkpoints' share.
 func (s *Store) Usage() (sessions int, recurrent, kv int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.sessions), s.recUsed, s.kvUsed
+	return len(s.sessions), s.recUsedLocked(), s.kvUsedLocked()
 }
 
 // clip quotes client-supplied text for an error message, cut to a bounded

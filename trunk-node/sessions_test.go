@@ -73,8 +73,9 @@ func TestStoreChargesKVByThePage(t *testing.T) {
 			if _, _, after := st.Usage(); after != sess.State.KVBytes() {
 				t.Fatalf("charged %d bytes, session holds %d", after, sess.State.KVBytes())
 			}
-			if freed, err := st.Delete(sess.ID); err != nil || freed != st.recPer+sess.State.KVBytes() {
-				t.Fatalf("Delete freed %d (%v)", freed, err)
+			held := sess.State.KVBytes()
+			if freed, err := st.Delete(sess.ID); err != nil || freed != st.recPer+held {
+				t.Fatalf("Delete freed %d (%v), want %d", freed, err, st.recPer+held)
 			}
 			if n, rec, kv := st.Usage(); n != 0 || rec != 0 || kv != 0 {
 				t.Fatalf("after delete: %d sessions, %d + %d bytes", n, rec, kv)

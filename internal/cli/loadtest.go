@@ -45,6 +45,7 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&cfg.APIToken, "api-token", os.Getenv("SWITCHYARD_API_TOKEN"), "bearer token for the public API (default $SWITCHYARD_API_TOKEN)")
 	fs.IntVar(&cfg.Conns, "conns", cfg.Conns, "gRPC connections to spread requests over")
 
+	fs.IntVar(&cfg.SharedPrefix, "shared-prefix", cfg.SharedPrefix, "tokens of a common prefix (a system prompt) before every session's first prompt")
 	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "closed loop: concurrent sessions (workers)")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "open loop: Poisson session arrivals per second (excludes --concurrency)")
 	fs.DurationVar(&cfg.BurstEvery, "burst-every", 0, "open loop: add a burst of --burst-size arrivals this often")

@@ -13,6 +13,7 @@ import (
 	"github.com/switchyard-serving/switchyard/internal/agent"
 
 	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
+	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/synth"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
@@ -53,6 +54,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	metrics := fs.String("metrics-addr", "127.0.0.1:0", "trunk /metrics address")
 	expertDevice := fs.String("expert-device", "cpu", "expert nodes' device: cpu, cuda:N (all expert nodes share that GPU), or fake")
 	logLevel := fs.String("log-level", "warn", "nodes' log level on stderr: debug, info, warn or error")
+	httpListen := fs.String("http-listen", "127.0.0.1:8000", "the first trunk's OpenAI-compatible HTTP API address (others: a free port; empty: off)")
 	insecureAPI := fs.Bool("insecure", false, "serve the public API without a token (by default up generates one and prints it)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -84,6 +86,12 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ExpertDevice: *expertDevice, ExpertGPUMemory: gpuShare(*expertDevice, *experts), Logger: log,
 		Trunk: func(tc *trunknode.Config) {
 			tc.Sched.MaxRunning, tc.MetricsAddr, tc.APIToken = *maxRunning, *metrics, token
+			if *httpListen != "" {
+				tc.HTTPListen = "127.0.0.1:0"
+				if tc.NodeID == "trunk-0" {
+					tc.HTTPListen = *httpListen
+				}
+			}
 		}})
 	if err != nil {
 		return err
@@ -93,6 +101,11 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		c.Endpoint, "trunk-0", len(c.ExpertIDs()), c.Etcd.Endpoints[0])
 	for i, ep := range c.Endpoints[1:] {
 		fmt.Fprintf(stdout, "trunk-%d: public API on %s\n", i+1, ep)
+	}
+	for i, t := range c.Trunks {
+		if a := t.HTTPAddr(); a != "" {
+			fmt.Fprintf(stdout, "trunk-%d: OpenAI-compatible API on http://%s/v1\n", i, a)
+		}
 	}
 	addrs := c.MetricsAddrs()
 	ids := make([]string, 0, len(addrs))
@@ -108,6 +121,9 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "try:\n  export SWITCHYARD_API_TOKEN=%s\n", token)
 		fmt.Fprintf(stdout, "  switchyard generate --addr %s --prompt \"Hello\" --greedy --max-tokens 16\n", c.Endpoint)
 		fmt.Fprintf(stdout, "  grpcurl -plaintext -H \"authorization: Bearer $SWITCHYARD_API_TOKEN\" -d '{\"text\":\"Hello\",\"max_tokens\":16}' %s switchyard.v1.Switchyard/Generate\n", c.Endpoint)
+		if a := c.Trunk.HTTPAddr(); a != "" {
+			fmt.Fprintf(stdout, "  curl -s http://%s/v1/chat/completions -H \"Authorization: Bearer $SWITCHYARD_API_TOKEN\" -H 'Content-Type: application/json' -d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],\"max_tokens\":16}'\n", a, config.ModelName(*model))
+		}
 	} else {
 		fmt.Fprintf(stdout, "try:\n  switchyard generate --addr %s --prompt \"Hello\" --greedy --max-tokens 16\n", c.Endpoint)
 		fmt.Fprintf(stdout, "  grpcurl -plaintext -d '{\"text\":\"Hello\",\"max_tokens\":16}' %s switchyard.v1.Switchyard/Generate\n", c.Endpoint)

@@ -385,4 +385,6 @@ func NewClientStreams() *ClientStreams { return &ClientStreams{streamCounter{ope
 
 // Admit counts a stream of client id against limit (0: none); the error is
 // RESOURCE_EXHAUSTED. Call release when the stream ends.
-func (s *ClientStreams) Admit(id string, limit int) (release func(), err error) { return s.c.admit(id, limit) }
+func (s *ClientStreams) Admit(id string, limit int) (release func(), err error) {
+	return s.c.admit(id, limit)
+}

@@ -195,7 +195,7 @@ func TestKVCacheRowsRoundTrip(t *testing.T) {
 	if kv.Bytes() != 2*PageTokens*12*2*4 {
 		t.Fatalf("bytes %d", kv.Bytes())
 	}
-	cl := kv.clone()
+	cl := kv.clone(nil)
 	kv.reset()
 	if cl.Len() != n || kv.Len() != 0 || kv.Bytes() != 0 {
 		t.Fatalf("clone %d tokens, reset %d tokens %d bytes", cl.Len(), kv.Len(), kv.Bytes())

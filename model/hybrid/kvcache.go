@@ -1,6 +1,8 @@
 package hybrid
 
 import (
+	"runtime"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/switchyard-serving/switchyard/model/tensor"
@@ -21,10 +23,79 @@ const PageTokens = 256
 //     [headDim, PageTokens] matrix (the weighted sum is one matrix product).
 //
 // Slots past the held tokens are zero (pages are never reused across contexts).
+//
+// Pages are shared by reference between caches (State.Clone: a fork, a prefix
+// checkpoint and the sessions resumed from it) and counted: a page with more
+// than one holder is never written. Only a cache's last page can be partly
+// filled, so only that page is ever copied, by the first Append that writes
+// into it while it is shared (copy on write); full pages stay shared for good.
 type KVCache struct {
 	kvHeads, headDim int
-	n                int         // tokens held
-	pages            [][]float32 // PagesInUse() pages
+	n                int       // tokens held
+	pages            []*kvPage // PagesInUse() pages
+	own              *kvOwner  // the state's page accounting (nil: none)
+}
+
+// kvPage is one page of values and the number of caches that hold it.
+type kvPage struct {
+	data []float32
+	refs atomic.Int32
+	tag  atomic.Pointer[pageTag] // the account it is counted in (nil: none)
+}
+
+// pageTag counts a page in a PageAccount until the page's last holder lets it
+// go, or, should a holder be dropped without letting go, until the page is
+// garbage collected. It never refers to its page (it is the page's cleanup
+// argument).
+type pageTag struct {
+	acct  *PageAccount
+	bytes int64
+	live  atomic.Bool
+}
+
+func (t *pageTag) release() {
+	if t.live.Swap(false) {
+		t.acct.bytes.Add(-t.bytes)
+	}
+}
+
+// PageAccount counts the memory of the KV pages of the states attached to it
+// (State.Attach): a page is counted from its allocation until its last holder
+// lets it go (State.Reset or State.Release), once however many states share it.
+// A state dropped without either is caught by the garbage collector: its pages
+// stop counting once they are unreachable. The zero value is ready to use.
+type PageAccount struct{ bytes atomic.Int64 }
+
+// Bytes is the memory of the live pages counted in the account.
+func (a *PageAccount) Bytes() int64 { return a.bytes.Load() }
+
+// count tags p as counted in a, unless it is counted already.
+func (p *kvPage) count(a *PageAccount) {
+	if a == nil || p.tag.Load() != nil {
+		return
+	}
+	t := &pageTag{acct: a, bytes: int64(len(p.data)) * 4}
+	if !p.tag.CompareAndSwap(nil, t) {
+		return
+	}
+	t.live.Store(true)
+	a.bytes.Add(t.bytes)
+	runtime.AddCleanup(p, (*pageTag).release, t)
+}
+
+// unref drops one holder; the last one frees the page from its account.
+func (p *kvPage) unref() {
+	if p.refs.Add(-1) == 0 {
+		if t := p.tag.Load(); t != nil {
+			t.release()
+		}
+	}
+}
+
+// kvOwner is a state's page accounting, shared by its attention layers.
+type kvOwner struct {
+	acct      *PageAccount // where new pages are counted (nil: nowhere)
+	allocated atomic.Int64 // bytes of the pages this state allocated (new pages and copies)
 }
 
 func newKVCache(kvHeads, headDim int) KVCache {
@@ -37,11 +108,37 @@ func (c *KVCache) Len() int { return c.n }
 // pageFloats is the number of float32 values of one page (K and V).
 func (c *KVCache) pageFloats() int { return 2 * c.kvHeads * c.headDim * PageTokens }
 
+// pageBytes is the memory of one page.
+func (c *KVCache) pageBytes() int64 { return int64(c.pageFloats()) * 4 }
+
 // PagesInUse is the number of pages that hold tokens.
 func (c *KVCache) PagesInUse() int { return (c.n + PageTokens - 1) / PageTokens }
 
-// Bytes is the memory of the pages in use.
-func (c *KVCache) Bytes() int64 { return int64(c.PagesInUse()) * int64(c.pageFloats()) * 4 }
+// Bytes is the memory of the pages in use (shared pages included).
+func (c *KVCache) Bytes() int64 { return int64(c.PagesInUse()) * c.pageBytes() }
+
+// newPage allocates a zeroed page held by c alone, counted in c's account.
+func (c *KVCache) newPage() *kvPage {
+	p := &kvPage{data: make([]float32, c.pageFloats())}
+	p.refs.Store(1)
+	if c.own != nil {
+		c.own.allocated.Add(c.pageBytes())
+		p.count(c.own.acct)
+	}
+	return p
+}
+
+// private makes page i held by c alone, copying it if it is shared.
+func (c *KVCache) private(i int) {
+	old := c.pages[i]
+	if old.refs.Load() == 1 {
+		return
+	}
+	p := c.newPage()
+	copy(p.data, old.data)
+	c.pages[i] = p
+	old.unref()
+}
 
 // Append adds T tokens: k and v are [T, kvHeads*headDim], token-major.
 func (c *KVCache) Append(k, v []float32, T int) {
@@ -49,7 +146,11 @@ func (c *KVCache) Append(k, v []float32, T int) {
 	for t := range T {
 		p, s := c.n/PageTokens, c.n%PageTokens
 		if p == len(c.pages) {
-			c.pages = append(c.pages, make([]float32, c.pageFloats()))
+			c.pages = append(c.pages, c.newPage())
+		} else if t == 0 {
+			// Only the first token can land in a page that existed before
+			// this call: the last, partly filled one, maybe shared.
+			c.private(p)
 		}
 		kp, vp := c.kBlock(p), c.vBlock(p)
 		for h := range c.kvHeads {
@@ -63,8 +164,21 @@ func (c *KVCache) Append(k, v []float32, T int) {
 	}
 }
 
-func (c *KVCache) kBlock(p int) []float32 { return c.pages[p][:c.kvHeads*c.headDim*PageTokens] }
-func (c *KVCache) vBlock(p int) []float32 { return c.pages[p][c.kvHeads*c.headDim*PageTokens:] }
+// growBytes is the memory Append allocates for tokens more: the pages it
+// opens, plus a copy of the last page when that is partly filled and shared.
+func (c *KVCache) growBytes(tokens int) int64 {
+	if tokens <= 0 {
+		return 0
+	}
+	n := (c.n+tokens+PageTokens-1)/PageTokens - len(c.pages)
+	if c.n%PageTokens != 0 && c.pages[len(c.pages)-1].refs.Load() > 1 {
+		n++
+	}
+	return int64(n) * c.pageBytes()
+}
+
+func (c *KVCache) kBlock(p int) []float32 { return c.pages[p].data[:c.kvHeads*c.headDim*PageTokens] }
+func (c *KVCache) vBlock(p int) []float32 { return c.pages[p].data[c.kvHeads*c.headDim*PageTokens:] }
 
 // keys is head h's keys in page p as a [PageTokens, headDim] matrix.
 func (c *KVCache) keys(p, h int) tensor.Matrix {
@@ -92,15 +206,24 @@ func (c *KVCache) Row(t int, k, v []float32) {
 	}
 }
 
-// reset forgets the tokens and frees the pages (so a reset session holds, and is
-// charged for, no KV memory, and no old values linger in a page).
-func (c *KVCache) reset() { c.n, c.pages = 0, nil }
+// reset forgets the tokens and lets the pages go (so a reset session holds, and
+// is charged for, no KV memory, and no old values linger in a page); a page
+// another cache shares stays alive for that cache.
+func (c *KVCache) reset() {
+	for _, p := range c.pages {
+		p.unref()
+	}
+	c.n, c.pages = 0, nil
+}
 
-// clone copies the pages in use.
-func (c *KVCache) clone() KVCache {
-	out := KVCache{kvHeads: c.kvHeads, headDim: c.headDim, n: c.n}
-	for p := range c.PagesInUse() {
-		out.pages = append(out.pages, append([]float32(nil), c.pages[p]...))
+// clone returns a cache holding the same tokens in the same pages (shared, not
+// copied), accounted to own.
+func (c *KVCache) clone(own *kvOwner) KVCache {
+	out := KVCache{kvHeads: c.kvHeads, headDim: c.headDim, n: c.n, own: own}
+	out.pages = make([]*kvPage, len(c.pages))
+	for i, p := range c.pages {
+		p.refs.Add(1)
+		out.pages[i] = p
 	}
 	return out
 }
@@ -109,4 +232,64 @@ func (c *KVCache) clone() KVCache {
 func f32Matrix(v []float32, rows, cols int) tensor.Matrix {
 	b := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 4*rows*cols)
 	return tensor.Matrix{DType: tensor.F32, Rows: rows, Cols: cols, Data: b}
+}
+
+// PageSet counts the distinct KV pages held by a set of states (a prefix
+// cache's checkpoints): a page several of them share counts once. The states
+// must not change while they are in the set. The zero value is an empty set.
+type PageSet struct {
+	refs  map[*kvPage]int
+	bytes int64
+}
+
+// Bytes is the memory of the distinct pages in the set.
+func (ps *PageSet) Bytes() int64 { return ps.bytes }
+
+// Add puts s's pages in the set and returns the bytes of those that were not.
+func (ps *PageSet) Add(s *State) int64 {
+	if ps.refs == nil {
+		ps.refs = map[*kvPage]int{}
+	}
+	var added int64
+	for i := range s.KV {
+		c := &s.KV[i]
+		for _, p := range c.pages {
+			if ps.refs[p]++; ps.refs[p] == 1 {
+				added += c.pageBytes()
+			}
+		}
+	}
+	ps.bytes += added
+	return added
+}
+
+// Remove takes s's pages out of the set and returns the bytes of those no
+// other state of the set holds.
+func (ps *PageSet) Remove(s *State) int64 {
+	var removed int64
+	for i := range s.KV {
+		c := &s.KV[i]
+		for _, p := range c.pages {
+			if ps.refs[p]--; ps.refs[p] <= 0 {
+				delete(ps.refs, p)
+				removed += c.pageBytes()
+			}
+		}
+	}
+	ps.bytes -= removed
+	return removed
+}
+
+// NewBytes is what Add(s) would add: the bytes of s's pages not in the set.
+func (ps *PageSet) NewBytes(s *State) int64 {
+	var n int64
+	for i := range s.KV {
+		c := &s.KV[i]
+		for _, p := range c.pages {
+			if ps.refs[p] == 0 {
+				n += c.pageBytes()
+			}
+		}
+	}
+	return n
 }

@@ -34,8 +34,12 @@ type Model struct {
 	Experts ExpertBackend // routed experts; LocalExperts by default
 
 	// ScanChunkedMin is the sequence length from which Mamba prefill uses the
-	// chunked SSD scan instead of the token-by-token recurrence (0: always chunked
-	// for T > 1). Both give the same result up to float rounding.
+	// chunked SSD scan instead of the token-by-token recurrence (0: never, the
+	// recurrence always). Both give the same result up to float rounding, but
+	// only the recurrence gives bitwise the same result however a prompt is cut
+	// into Forward calls: the chunked form's sums depend on where its chunks
+	// start, so cuts that are not multiples of MambaChunkSize from position 0
+	// (and single-token calls, which always recur) change the last bits.
 	ScanChunkedMin int
 
 	closer func() error

@@ -34,25 +34,121 @@ var ErrStateModel = errors.New("state of another model shape or format version")
 // so the serialised form does not depend on the page layout.
 //
 // Mamba and attention layers are numbered in model order among layers of their kind.
+//
+// KV pages may be shared with other states (Clone): a state appending to a
+// shared page copies it first, so no state ever sees another's tokens. A state
+// attached to a PageAccount (Attach) counts its pages there, a shared page
+// once. Hand a state's pages back with Release (or Reset) when it is dropped,
+// so the account frees them at once rather than when they are collected.
 type State struct {
 	Pos  int // tokens consumed so far
 	Conv [][]float32
 	SSM  [][]float32
 	KV   []KVCache
+
+	own *kvOwner // page accounting of KV (nil until a page is needed)
 }
 
 // NewState returns an empty state for the model described by c.
 func NewState(c *config.Config) *State {
-	s := &State{}
+	s := &State{own: &kvOwner{}}
 	for _, t := range c.LayerTypes {
 		if t == config.Mamba {
 			s.Conv = append(s.Conv, make([]float32, (c.MambaDConv-1)*c.ConvDim()))
 			s.SSM = append(s.SSM, make([]float32, c.MambaHeads*c.MambaHeadDim*c.MambaDState))
 		} else {
-			s.KV = append(s.KV, newKVCache(c.KVHeads, c.HeadDim()))
+			kv := newKVCache(c.KVHeads, c.HeadDim())
+			kv.own = s.own
+			s.KV = append(s.KV, kv)
 		}
 	}
 	return s
+}
+
+// owner returns the state's page accounting, creating it for a state built
+// without NewState.
+func (s *State) owner() *kvOwner {
+	if s.own == nil {
+		s.own = &kvOwner{}
+		for i := range s.KV {
+			s.KV[i].own = s.own
+		}
+	}
+	return s.own
+}
+
+// Attach counts the state's KV pages in a: the pages it holds that are not
+// counted anywhere yet (a decoded or new state; pages shared with a counted
+// state are counted already), and every page it allocates from now on. Clones
+// of an attached state are attached to the same account.
+func (s *State) Attach(a *PageAccount) {
+	s.owner().acct = a
+	for i := range s.KV {
+		for _, p := range s.KV[i].pages {
+			p.count(a)
+		}
+	}
+}
+
+// UncountedKVBytes is the memory of the state's pages that Attach(a) would
+// start counting: those not counted in a yet.
+func (s *State) UncountedKVBytes(a *PageAccount) int64 {
+	var n int64
+	for i := range s.KV {
+		c := &s.KV[i]
+		for _, p := range c.pages {
+			if t := p.tag.Load(); t == nil || t.acct != a || !t.live.Load() {
+				n += c.pageBytes()
+			}
+		}
+	}
+	return n
+}
+
+// AllocatedBytes is the memory of the KV pages this state has allocated since
+// it was made (new pages and copies of shared ones; monotonic). Safe to call
+// while another goroutine advances the state.
+func (s *State) AllocatedBytes() int64 {
+	if s.own == nil {
+		return 0
+	}
+	return s.own.allocated.Load()
+}
+
+// KVGrowBytes is the memory the attention caches will allocate to take tokens
+// more: the pages they open, plus a private copy of a shared, partly filled
+// last page.
+func (s *State) KVGrowBytes(tokens int) int64 {
+	var n int64
+	for i := range s.KV {
+		n += s.KV[i].growBytes(tokens)
+	}
+	return n
+}
+
+// PrivateKVBytes is the memory of the pages no other state shares: what
+// Release would free now.
+func (s *State) PrivateKVBytes() int64 {
+	var n int64
+	for i := range s.KV {
+		c := &s.KV[i]
+		for _, p := range c.pages {
+			if p.refs.Load() == 1 {
+				n += c.pageBytes()
+			}
+		}
+	}
+	return n
+}
+
+// Release lets the KV pages go (each is freed once no other state holds it)
+// and leaves an empty cache at Pos 0; the recurrent state is left as is. Call
+// it when the state is dropped.
+func (s *State) Release() {
+	s.Pos = 0
+	for i := range s.KV {
+		s.KV[i].reset()
+	}
 }
 
 // StateSize is a model's per-session state size, computed from the config
@@ -101,7 +197,10 @@ func (s *State) KVBytes() int64 {
 // Bytes is the session's memory (recurrent + KV pages).
 func (s *State) Bytes() int64 { return s.RecurrentBytes() + s.KVBytes() }
 
-// Clone returns a deep copy (a fork of the session).
+// Clone returns a fork of the session: the recurrent state is copied, the KV
+// pages are shared (copied on write, see KVCache), so a fork costs the
+// recurrent state and no KV memory until one of the two appends. The clone is
+// attached to the same PageAccount as s.
 func (s *State) Clone() *State {
 	cp := func(src [][]float32) [][]float32 {
 		out := make([][]float32, len(src))
@@ -110,24 +209,24 @@ func (s *State) Clone() *State {
 		}
 		return out
 	}
-	out := &State{Pos: s.Pos, Conv: cp(s.Conv), SSM: cp(s.SSM)}
+	out := &State{Pos: s.Pos, Conv: cp(s.Conv), SSM: cp(s.SSM), own: &kvOwner{}}
+	if s.own != nil {
+		out.own.acct = s.own.acct
+	}
 	for i := range s.KV {
-		out.KV = append(out.KV, s.KV[i].clone())
+		out.KV = append(out.KV, s.KV[i].clone(out.own))
 	}
 	return out
 }
 
 // Reset clears the state to a fresh session: the recurrent state is zeroed in
-// place and the KV pages are freed.
+// place and the KV pages are let go (see Release).
 func (s *State) Reset() {
-	s.Pos = 0
 	for i := range s.Conv {
 		clear(s.Conv[i])
 		clear(s.SSM[i])
 	}
-	for i := range s.KV {
-		s.KV[i].reset()
-	}
+	s.Release()
 }
 
 const stateMagic = "SYST"
