@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +38,7 @@ func TestUpEndToEnd(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	cmd := exec.Command(bin, "up", "--listen", "127.0.0.1:0")
+	cmd := exec.Command(bin, "up", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "SWITCHYARD_CACHE="+filepath.Join(dir, "cache"))
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -58,9 +60,10 @@ func TestUpEndToEnd(t *testing.T) {
 	}()
 	addrRe := regexp.MustCompile(`ready: public API on (\S+)`)
 	tokenRe := regexp.MustCompile(`^api token: (\S+)`)
-	var addr, token string
+	httpRe := regexp.MustCompile(`^trunk-0: OpenAI-compatible API on (\S+)`)
+	var addr, token, httpBase string
 	timeout := time.After(120 * time.Second)
-	for addr == "" || token == "" {
+	for addr == "" || token == "" || httpBase == "" {
 		select {
 		case l, ok := <-lines:
 			if !ok {
@@ -71,6 +74,9 @@ func TestUpEndToEnd(t *testing.T) {
 			}
 			if m := tokenRe.FindStringSubmatch(l); m != nil {
 				token = m[1]
+			}
+			if m := httpRe.FindStringSubmatch(l); m != nil {
+				httpBase = m[1]
 			}
 		case <-timeout:
 			t.Fatalf("no ready line; stderr:\n%s", stderr.String())
@@ -121,6 +127,28 @@ func TestUpEndToEnd(t *testing.T) {
 	}
 	if f := strings.Fields(string(out)); len(f) != 5 {
 		t.Fatalf("generate --addr printed %q", out)
+	}
+	// The OpenAI-compatible HTTP API of the same cluster, with the same token.
+	body := `{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, "temperature": 0}`
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, httpBase+"/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply struct {
+		Choices []struct {
+			Message struct{ Role string } `json:"message"`
+		} `json:"choices"`
+		Usage struct {
+			CompletionTokens int `json:"completion_tokens"`
+		} `json:"usage"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&reply)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || len(reply.Choices) != 1 || reply.Choices[0].Message.Role != "assistant" || reply.Usage.CompletionTokens == 0 {
+		t.Fatalf("chat completion over HTTP: %d %+v %v", resp.StatusCode, reply, err)
 	}
 	// Graceful shutdown on SIGTERM.
 	cmd.Process.Signal(syscall.SIGTERM)
