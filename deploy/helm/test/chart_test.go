@@ -124,8 +124,9 @@ func variants() []variant {
 			t.Errorf("trunk preStop sleep of 5 s expected: %+v", c.Lifecycle)
 		}
 		svc := m.service(fullname + "-trunk")
-		if svc == nil || svc.Spec.Type != corev1.ServiceTypeClusterIP || len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 7070 {
-			t.Errorf("client Service %s-trunk: want ClusterIP on 7070: %+v", fullname, svc)
+		if svc == nil || svc.Spec.Type != corev1.ServiceTypeClusterIP || len(svc.Spec.Ports) != 2 || svc.Spec.Ports[0].Port != 7070 ||
+			svc.Spec.Ports[1].Name != "http" || svc.Spec.Ports[1].Port != 8000 {
+			t.Errorf("client Service %s-trunk: want ClusterIP with grpc on 7070 and http (the OpenAI API) on 8000: %+v", fullname, svc)
 		}
 		// The shared cache: a ReadWriteMany claim the chart creates and keeps
 		// on uninstall, filled by one Job.
