@@ -54,7 +54,9 @@ type Config struct {
 	PublicTLS rpc.TLSFiles // TLS of the public API (plaintext when empty)
 	PeerTLS   rpc.TLSFiles // mutual TLS to expert nodes (plaintext when empty)
 
-	Memory   MemoryConfig
+	Memory MemoryConfig
+	// Tier writes idle sessions to a local directory (tier.go).
+	Tier     TierConfig
 	Sched    SchedConfig
 	Limits   Limits
 	Dispatch DispatchConfig
@@ -128,6 +130,9 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	tlsFlags(fs, &c.PeerTLS, "peer-tls-", "node-to-node")
 	fs.Int64Var(&c.Memory.RecurrentBytes, "recurrent-budget", c.Memory.RecurrentBytes, "bytes for sessions' recurrent state")
 	fs.Int64Var(&c.Memory.KVBytes, "kv-budget", c.Memory.KVBytes, "bytes for sessions' KV caches")
+	fs.StringVar(&c.Tier.Dir, "offload-dir", c.Tier.Dir, "directory for sessions written out of memory (idle ones, and the least recently used under memory pressure); a restarted trunk serves the sessions found there (empty: off)")
+	fs.DurationVar(&c.Tier.After, "offload-after", c.Tier.After, "with --offload-dir, write sessions idle this long to disk (0: only under memory pressure)")
+	fs.Int64Var(&c.Tier.DiskBytes, "offload-disk-bytes", c.Tier.DiskBytes, "with --offload-dir, bytes of session files kept (the longest idle dropped first; 0: no limit)")
 	fs.DurationVar(&c.Memory.IdleTTL, "session-ttl", c.Memory.IdleTTL, "idle sessions are deleted after this")
 	fs.IntVar(&c.Sched.MaxRunning, "max-running", c.Sched.MaxRunning, "sessions advanced together per step")
 	fs.IntVar(&c.Sched.MaxTokensPerStep, "max-step-tokens", c.Sched.MaxTokensPerStep, "token budget per step")

@@ -69,7 +69,8 @@ type Node struct {
 	readyOnce sync.Once
 	closeOnce sync.Once
 
-	oa openaiState // the HTTP API's template, vocabulary and address
+	oa   openaiState // the HTTP API's template, vocabulary and address
+	tier *tier       // sessions offloaded to disk (nil: tiering off)
 
 	mu          sync.Mutex
 	metricsAddr string         // guarded by mu
@@ -117,6 +118,17 @@ func New(cfg Config) (*Node, error) {
 	n.store = NewStore(cfg.Memory, e.Model.NewState, n.size.RecurrentBytes, kvPer)
 	n.store.SetClientLimit(cfg.Clients.MaxSessions)
 	n.store.EnablePrefixCache(PrefixConfig{Bytes: cfg.PrefixCacheBytes})
+	if cfg.Tier.Dir != "" {
+		if n.tier, err = openTier(cfg.Tier, n.snap); err != nil {
+			e.Close()
+			return nil, err
+		}
+		n.tier.disown = n.store.disown
+		n.metrics.watchTier(cfg.NodeID, n.tier)
+		for _, f := range n.tier.files {
+			n.store.own(f.owner) // a restarted trunk's sessions on disk are their clients' still
+		}
+	}
 	// Prefill with the exact token-by-token scan: its result does not depend
 	// on how the scheduler cuts a prompt into steps (the chunked form's does),
 	// so a prompt resumed from a prefix checkpoint gives the logits of a whole
@@ -411,6 +423,11 @@ func (n *Node) drain() {
 	r, w := n.sched.Load()
 	n.logger().Info("draining", "running", r, "waiting", w, "timeout", n.cfg.DrainTimeout)
 	deadline := time.Now().Add(n.cfg.DrainTimeout)
+	defer func() {
+		// With tiering, the idle sessions are written out: a trunk restarted
+		// with the same directory serves them.
+		n.offloadIdle(time.Now(), true)
+	}()
 	for time.Now().Before(deadline) {
 		if r, w := n.sched.Load(); r == 0 && w == 0 {
 			return
@@ -449,6 +466,7 @@ func (n *Node) janitor(ctx context.Context) {
 			return
 		case now := <-t.C:
 			n.store.Expire(now)
+			n.offloadIdle(now, false)
 			n.updateGauges()
 		}
 	}

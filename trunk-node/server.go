@@ -54,6 +54,7 @@ func toStatus(err error) error {
 		{ErrClientBusy, codes.ResourceExhausted},
 		{ErrSessionDeleted, codes.Aborted},
 		{ErrSessionReset, codes.DataLoss},
+		{ErrSessionCorrupt, codes.DataLoss},
 		{hybrid.ErrStateModel, codes.FailedPrecondition},
 		{errSnapshotUnsupported, codes.FailedPrecondition},
 		{errSnapshot, codes.InvalidArgument},
@@ -183,7 +184,7 @@ func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
 	}
 	encode := tmpl.Encode
 	if req.SessionId != "" {
-		if sess, err := a.n.store.GetFor(rpc.ClientIdentity(stream.Context()), req.SessionId); err == nil && sess.Tokens()+len(sess.Unfed) > 0 {
+		if sess, err := a.n.session(rpc.ClientIdentity(stream.Context()), req.SessionId); err == nil && sess.Tokens()+len(sess.Unfed) > 0 {
 			encode = tmpl.EncodeTurn
 		}
 	}
@@ -304,14 +305,14 @@ func (a *api) reserve(g genArgs) (*Session, error) {
 	var sess *Session
 	var err error
 	if g.sessionID != "" {
-		if sess, err = a.n.store.GetFor(g.client, g.sessionID); err != nil {
+		if sess, err = a.n.session(g.client, g.sessionID); err != nil {
 			return nil, err
 		}
 	} else {
 		if len(g.prompt) == 0 {
 			return nil, invalid("the prompt is empty (set text or token_ids, or continue a session with session_id)")
 		}
-		if sess, err = a.n.store.CreateFor(g.client, true); err != nil {
+		if sess, err = a.n.withRoom(func() (*Session, error) { return a.n.store.CreateFor(g.client, true) }); err != nil {
 			return nil, err
 		}
 	}
@@ -336,7 +337,9 @@ func (a *api) reserve(g genArgs) (*Session, error) {
 	if sess.ephemeral {
 		skip = a.n.store.ResumePrefix(sess, g.prompt)
 	}
-	if err := a.n.store.Acquire(sess, len(sess.Unfed)+len(g.prompt)-skip+int(g.maxTokens)); err != nil {
+	if _, err := a.n.withRoom(func() (*Session, error) {
+		return sess, a.n.store.Acquire(sess, len(sess.Unfed)+len(g.prompt)-skip+int(g.maxTokens))
+	}); err != nil {
 		return drop(err)
 	}
 	return sess, nil
@@ -431,7 +434,7 @@ func (a *api) CreateSession(ctx context.Context, req *pb.CreateSessionRequest) (
 	if len(prompt) > a.n.limits.MaxContext {
 		return nil, toStatus(invalid("prompt of %d tokens exceeds the context limit %d", len(prompt), a.n.limits.MaxContext))
 	}
-	sess, err := a.n.store.CreateFor(rpc.ClientIdentity(ctx), false)
+	sess, err := a.n.withRoom(func() (*Session, error) { return a.n.store.CreateFor(rpc.ClientIdentity(ctx), false) })
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -454,7 +457,7 @@ func (a *api) GetSession(ctx context.Context, req *pb.GetSessionRequest) (*pb.Se
 	if req.SessionId == "" {
 		return nil, toStatus(invalid("session_id is required"))
 	}
-	s, err := a.n.store.GetFor(rpc.ClientIdentity(ctx), req.SessionId)
+	s, err := a.n.session(rpc.ClientIdentity(ctx), req.SessionId)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -465,7 +468,7 @@ func (a *api) ForkSession(ctx context.Context, req *pb.ForkSessionRequest) (*pb.
 	if req.SessionId == "" {
 		return nil, toStatus(invalid("session_id is required"))
 	}
-	s, err := a.n.store.GetFor(rpc.ClientIdentity(ctx), req.SessionId)
+	s, err := a.n.session(rpc.ClientIdentity(ctx), req.SessionId)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -488,7 +491,7 @@ func (a *api) ExportSession(req *pb.ExportSessionRequest, stream pb.Switchyard_E
 	if req.SessionId == "" {
 		return toStatus(invalid("session_id is required"))
 	}
-	s, err := a.n.store.GetFor(rpc.ClientIdentity(stream.Context()), req.SessionId)
+	s, err := a.n.session(rpc.ClientIdentity(stream.Context()), req.SessionId)
 	if err != nil {
 		return toStatus(err)
 	}
@@ -589,6 +592,12 @@ func (a *api) DeleteSession(ctx context.Context, req *pb.DeleteSessionRequest) (
 		return nil, toStatus(invalid("session_id is required"))
 	}
 	freed, err := a.n.store.DeleteFor(rpc.ClientIdentity(ctx), req.SessionId)
+	if errors.Is(err, ErrSessionNotFound) && a.n.tier != nil {
+		if _, ok := a.n.tier.has(rpc.ClientIdentity(ctx), req.SessionId, false); ok {
+			a.n.tier.remove(req.SessionId) // offloaded: its file goes
+			freed, err = 0, nil
+		}
+	}
 	if err != nil {
 		return nil, toStatus(err)
 	}

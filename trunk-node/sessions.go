@@ -177,12 +177,13 @@ func (s *Store) SetClientLimit(n int) {
 	s.mu.Unlock()
 }
 
-// ownLocked counts a new held session of owner, or refuses it.
-func (s *Store) ownLocked(owner string, ephemeral bool) error {
+// ownLocked counts a new held session of owner, or refuses it (force: count
+// it whatever the limit: a session that is the client's already, on disk).
+func (s *Store) ownLocked(owner string, ephemeral bool, force ...bool) error {
 	if owner == "" || ephemeral {
 		return nil
 	}
-	if s.maxPerOwner > 0 && s.perOwner[owner] >= s.maxPerOwner {
+	if len(force) == 0 && s.maxPerOwner > 0 && s.perOwner[owner] >= s.maxPerOwner {
 		return fmt.Errorf("%w: %s holds %d sessions; delete some first", ErrClientLimit, clip(owner), s.perOwner[owner])
 	}
 	s.perOwner[owner]++
@@ -409,4 +410,19 @@ func clip(s string) string {
 		cut--
 	}
 	return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
+}
+
+// disown uncounts a session of owner that left the store's knowledge (its
+// offloaded file went).
+func (s *Store) disown(owner string) {
+	s.mu.Lock()
+	s.disownLocked(&Session{owner: owner})
+	s.mu.Unlock()
+}
+
+// own counts a session of owner found on disk at start.
+func (s *Store) own(owner string) {
+	s.mu.Lock()
+	s.ownLocked(owner, false, true)
+	s.mu.Unlock()
 }
