@@ -67,6 +67,15 @@ type Membership struct {
 
 	mu   sync.Mutex
 	dead map[string]Meta // members that failed or left, by id, until they rejoin
+	// alive is the live members (gossip name -> address and metadata), copied
+	// in memberlist's event callbacks, which run under its node lock: reading
+	// memberlist's own *Node values afterwards races with its updates.
+	alive map[string]member
+}
+
+type member struct {
+	addr string
+	meta Meta
 }
 
 type delegate struct{ meta []byte }
@@ -81,17 +90,27 @@ type events struct{ m *Membership }
 
 func (e events) push(kind EventKind, n *memberlist.Node) {
 	var meta Meta
-	if json.Unmarshal(n.Meta, &meta) != nil || meta.ID == "" {
-		return
-	}
+	ok := json.Unmarshal(n.Meta, &meta) == nil && meta.ID != ""
+	addr := net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
 	e.m.mu.Lock()
 	switch kind {
 	case Join, Update:
-		delete(e.m.dead, meta.ID)
+		e.m.alive[n.Name] = member{addr: addr, meta: meta}
 	case Leave:
-		e.m.dead[meta.ID] = meta
+		delete(e.m.alive, n.Name)
+	}
+	if ok {
+		switch kind {
+		case Join, Update:
+			delete(e.m.dead, meta.ID)
+		case Leave:
+			e.m.dead[meta.ID] = meta
+		}
 	}
 	e.m.mu.Unlock()
+	if !ok {
+		return
+	}
 	select {
 	case e.m.events <- Event{Kind: kind, Node: meta}:
 	default: // never block gossip; Dead() and Members() stay accurate
@@ -134,7 +153,7 @@ func Start(c Config) (*Membership, error) {
 	}
 	mc.SecretKey = c.SecretKey
 	mc.Logger = log.New(io.Discard, "", 0)
-	m := &Membership{events: make(chan Event, 256), dead: map[string]Meta{}}
+	m := &Membership{events: make(chan Event, 256), dead: map[string]Meta{}, alive: map[string]member{}}
 	mc.Delegate = &delegate{meta: meta}
 	mc.Events = events{m}
 	ml, err := memberlist.Create(mc)
@@ -161,12 +180,24 @@ func (m *Membership) Join(seeds []string) (int, error) {
 
 // Members returns the live members' metadata.
 func (m *Membership) Members() []Meta {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	var out []Meta
-	for _, n := range m.ml.Members() {
-		var meta Meta
-		if json.Unmarshal(n.Meta, &meta) == nil && meta.ID != "" {
-			out = append(out, meta)
+	for _, a := range m.alive {
+		if a.meta.ID != "" {
+			out = append(out, a.meta)
 		}
+	}
+	return out
+}
+
+// addrs returns the live members' gossip addresses.
+func (m *Membership) addrs() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]string, 0, len(m.alive))
+	for _, a := range m.alive {
+		out = append(out, a.addr)
 	}
 	return out
 }
@@ -215,8 +246,8 @@ func (m *Membership) JoinLoop(ctx interface{ Done() <-chan struct{} }, interval 
 	defer t.Stop()
 	for {
 		known := map[string]bool{m.Addr(): true}
-		for _, n := range m.ml.Members() {
-			known[net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))] = true
+		for _, a := range m.addrs() {
+			known[a] = true
 		}
 		var todo []string
 		for _, s := range seeds() {
