@@ -71,6 +71,7 @@ type Node struct {
 
 	oa   openaiState // the HTTP API's template, vocabulary and address
 	tier *tier       // sessions offloaded to disk (nil: tiering off)
+	peer *peers      // the other trunks (set by Serve; guarded by mu)
 
 	mu          sync.Mutex
 	metricsAddr string         // guarded by mu
@@ -272,13 +273,21 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 		RateBurst: int(n.cfg.RatePerSec) + 1, AuthToken: n.cfg.APIToken, Tokens: n.cfg.APITokens, OnDone: n.callDone, Logger: a.Logger(),
 		// A stream that never sends its request, or one client opening streams
 		// without end, cannot hold the node's resources.
-		FirstMessageTimeout: 30 * time.Second, MaxStreamsPerClient: n.cfg.Clients.MaxStreams, MaxStreams: 1024})
+		FirstMessageTimeout: 30 * time.Second, MaxStreamsPerClient: n.cfg.Clients.MaxStreams, MaxStreams: 1024,
+		PeerMethods: []string{"/" + pb.TrunkPeer_ServiceDesc.ServiceName + "/"}})
 	if err != nil {
 		lis.Close()
 		a.Close()
 		return err
 	}
 	pb.RegisterSwitchyardServer(srv, &api{n: n})
+	p, err := newPeers(n)
+	if err != nil {
+		lis.Close()
+		a.Close()
+		return err
+	}
+	pb.RegisterTrunkPeerServer(srv, &peerAPI{n: n, p: p})
 	reflection.Register(srv)
 	n.mu.Lock()
 	n.health = a // readiness through the agent's health service
@@ -296,6 +305,11 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 		return err
 	}
 	n.follow(a)
+	p.follow(a)
+	n.mu.Lock()
+	n.peer = p
+	n.mu.Unlock()
+	defer p.close()
 	select {
 	case <-ctx.Done():
 	case err := <-a.Err():
@@ -424,8 +438,17 @@ func (n *Node) drain() {
 	n.logger().Info("draining", "running", r, "waiting", w, "timeout", n.cfg.DrainTimeout)
 	deadline := time.Now().Add(n.cfg.DrainTimeout)
 	defer func() {
-		// With tiering, the idle sessions are written out: a trunk restarted
-		// with the same directory serves them.
+		// The idle sessions go to the other trunks (a rolling upgrade keeps
+		// every conversation); with tiering, what is left is written out: a
+		// trunk restarted with the same directory serves it.
+		if p := n.peerSet(); p != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.DrainTimeout+pullTimeout)
+			moved, failed := p.handOff(ctx)
+			cancel()
+			if moved+failed > 0 {
+				n.logger().Info("handed sessions to the other trunks", "moved", moved, "failed", failed)
+			}
+		}
 		n.offloadIdle(time.Now(), true)
 	}()
 	for time.Now().Before(deadline) {
@@ -552,3 +575,10 @@ func (n *Node) Model() *hybrid.Model { return n.model }
 
 // Tokenizer exposes the tokenizer.
 func (n *Node) Tokenizer() *tokenizer.Tokenizer { return n.tok }
+
+// peerSet is the other trunks (nil before Serve).
+func (n *Node) peerSet() *peers {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.peer
+}

@@ -64,6 +64,7 @@ func toStatus(err error) error {
 		{ErrQueueFull, codes.ResourceExhausted},
 		{ErrDraining, codes.Unavailable},
 		{ErrNoReplica, codes.Unavailable},
+		{ErrNoPeer, codes.Unavailable},
 		{context.Canceled, codes.Canceled},
 		{context.DeadlineExceeded, codes.DeadlineExceeded},
 	}
@@ -143,6 +144,7 @@ type genArgs struct {
 	// constraint and topLogprobs come from the HTTP API (response_format, top_logprobs).
 	constraint  engine.Constraint
 	topLogprobs int
+	ctx         context.Context // the request's (a session held by another trunk is fetched under it)
 }
 
 func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateServer) error {
@@ -155,7 +157,7 @@ func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateSer
 		return toStatus(err)
 	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
-		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "generate", "", nil, 0}, stream))
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "generate", "", nil, 0, nil}, stream))
 }
 
 func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
@@ -184,7 +186,7 @@ func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
 	}
 	encode := tmpl.Encode
 	if req.SessionId != "" {
-		if sess, err := a.n.session(rpc.ClientIdentity(stream.Context()), req.SessionId); err == nil && sess.Tokens()+len(sess.Unfed) > 0 {
+		if sess, err := a.n.session(stream.Context(), rpc.ClientIdentity(stream.Context()), req.SessionId); err == nil && sess.Tokens()+len(sess.Unfed) > 0 {
 			encode = tmpl.EncodeTurn
 		}
 	}
@@ -193,7 +195,7 @@ func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
 		return toStatus(invalid("%v", err))
 	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
-		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "chat", "", nil, 0}, stream))
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "chat", "", nil, 0, nil}, stream))
 }
 
 type sender interface {
@@ -214,6 +216,7 @@ func (a *api) generate(ctx context.Context, g genArgs, out sender) error {
 // session and submits it; release frees the client slot once the caller has
 // streamed the job to its end.
 func (a *api) start(ctx context.Context, g genArgs) (sess *Session, job *Job, release func(), err error) {
+	g.ctx = ctx
 	params, err := a.checkGen(g)
 	if err != nil {
 		return nil, nil, nil, err
@@ -305,7 +308,7 @@ func (a *api) reserve(g genArgs) (*Session, error) {
 	var sess *Session
 	var err error
 	if g.sessionID != "" {
-		if sess, err = a.n.session(g.client, g.sessionID); err != nil {
+		if sess, err = a.n.session(g.ctx, g.client, g.sessionID); err != nil {
 			return nil, err
 		}
 	} else {
@@ -457,7 +460,7 @@ func (a *api) GetSession(ctx context.Context, req *pb.GetSessionRequest) (*pb.Se
 	if req.SessionId == "" {
 		return nil, toStatus(invalid("session_id is required"))
 	}
-	s, err := a.n.session(rpc.ClientIdentity(ctx), req.SessionId)
+	s, err := a.n.session(ctx, rpc.ClientIdentity(ctx), req.SessionId)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -468,7 +471,7 @@ func (a *api) ForkSession(ctx context.Context, req *pb.ForkSessionRequest) (*pb.
 	if req.SessionId == "" {
 		return nil, toStatus(invalid("session_id is required"))
 	}
-	s, err := a.n.session(rpc.ClientIdentity(ctx), req.SessionId)
+	s, err := a.n.session(ctx, rpc.ClientIdentity(ctx), req.SessionId)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -491,7 +494,7 @@ func (a *api) ExportSession(req *pb.ExportSessionRequest, stream pb.Switchyard_E
 	if req.SessionId == "" {
 		return toStatus(invalid("session_id is required"))
 	}
-	s, err := a.n.session(rpc.ClientIdentity(stream.Context()), req.SessionId)
+	s, err := a.n.session(stream.Context(), rpc.ClientIdentity(stream.Context()), req.SessionId)
 	if err != nil {
 		return toStatus(err)
 	}

@@ -3,6 +3,7 @@ package trunknode
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -470,14 +471,20 @@ func (n *Node) restore(owner, sid string, anyOwner bool) (*Session, error) {
 	return nil, err
 }
 
-// session finds a session of owner in memory or on disk.
-func (n *Node) session(owner, sid string) (*Session, error) {
+// session finds a session of owner in memory, on disk, or on another trunk
+// of the cluster (peer.go), which moves it here.
+func (n *Node) session(ctx context.Context, owner, sid string) (*Session, error) {
 	s, err := n.store.GetFor(owner, sid)
 	if err == nil || !errors.Is(err, ErrSessionNotFound) {
 		return s, err
 	}
 	if r, rerr := n.restore(owner, sid, false); r != nil || rerr != nil {
 		return r, rerr
+	}
+	if p := n.peerSet(); p != nil {
+		if r, rerr := p.pull(ctx, owner, sid); r != nil || rerr != nil {
+			return r, rerr
+		}
 	}
 	return nil, err
 }

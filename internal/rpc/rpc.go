@@ -140,6 +140,10 @@ type ServerConfig struct {
 	// MaxStreamsPerClient caps the streams one client identity has open at
 	// once (0: none); more are RESOURCE_EXHAUSTED for that client only.
 	MaxStreamsPerClient int
+	// PeerMethods are method prefixes (e.g. "/switchyard.v1.TrunkPeer/")
+	// exempt from the bearer token, for services that authenticate their
+	// callers themselves (cluster peers with the cluster's credential).
+	PeerMethods []string
 }
 
 // NewServer builds a gRPC server with the common interceptors and limits.
@@ -221,6 +225,11 @@ func NewServer(c ServerConfig) (*grpc.Server, error) {
 func authorize(ctx context.Context, c ServerConfig, method string) (string, error) {
 	if (c.AuthToken == "" && len(c.Tokens) == 0) || strings.HasPrefix(method, "/grpc.health.v1.") || strings.HasPrefix(method, "/grpc.reflection.") {
 		return "", nil
+	}
+	for _, p := range c.PeerMethods {
+		if strings.HasPrefix(method, p) {
+			return "", nil
+		}
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	if id, ok := c.Identify(md.Get("authorization")); ok {

@@ -1,0 +1,485 @@
+package trunknode
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-serving/switchyard/internal/agent"
+	"github.com/switchyard-serving/switchyard/internal/cluster"
+	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+)
+
+// Sessions across trunks. A request naming a session this trunk does not
+// hold (in memory or on disk) asks the other trunks of the cluster, all at
+// once, to release it: the holder streams the session (a signed session
+// file, tier.go) and keeps it held until this trunk has adopted it and
+// commits the move (Forget), so a failure on the way loses nothing. The
+// session then lives here, keeping its id and owner: a client that comes back
+// to this trunk is served locally, and one that alternates between trunks
+// pays one move (its state, a few MB for a hybrid model) per switch. Moving
+// was chosen over proxying the stream to the holder because every later turn
+// is then local (no extra hop per token) and because it is the same
+// machinery that drains a trunk: SIGTERM hands every idle session to the
+// remaining trunks (rendezvous hashing on the session id) after the running
+// generations end, so a rolling upgrade keeps every conversation.
+//
+// Peers authenticate with a credential derived from the cluster's snapshot
+// key (the same on every trunk), and session files are signed with it:
+// without --snapshot-key sessions stay on their trunk.
+
+const (
+	peerHeader = "x-switchyard-peer"
+	// releaseHold bounds how long a released session waits for Forget.
+	releaseHold = 30 * time.Second
+	// pullTimeout bounds asking the peers for a session and receiving it.
+	pullTimeout = 30 * time.Second
+)
+
+// peerCredential is the cluster's peer credential (empty without a key).
+func peerCredential(key []byte) string {
+	if len(key) == 0 {
+		return ""
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("switchyard trunk peer v1"))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// errNoPeering reports a peer call to a trunk without a snapshot key.
+var errNoPeering = status.Error(codes.FailedPrecondition, "this trunk takes no sessions from peers: cross-trunk sessions need the same --snapshot-key on every trunk")
+
+// peers tracks the other trunks and talks to them.
+type peers struct {
+	n    *Node
+	cred string
+	dial func(ctx context.Context, addr string) (*grpc.ClientConn, error)
+
+	mu    sync.Mutex
+	addrs map[string]string           // node id -> public address (other trunks)
+	conns map[string]*grpc.ClientConn // by address
+	held  map[string]*releaseHoldT    // released sessions awaiting Forget
+}
+
+type releaseHoldT struct {
+	sess  *Session
+	timer *time.Timer
+}
+
+func newPeers(n *Node) (*peers, error) {
+	p := &peers{n: n, cred: peerCredential(n.cfg.SnapshotKey), addrs: map[string]string{}, conns: map[string]*grpc.ClientConn{}, held: map[string]*releaseHoldT{}}
+	// Peers are reached on their public port, with its TLS (trusting the
+	// public CA).
+	var tf rpc.TLSFiles
+	if n.cfg.PublicTLS.Enabled() {
+		tf.CA = n.cfg.PublicTLS.CA
+		if tf.CA == "" {
+			tf.CA = n.cfg.PublicTLS.Cert // a self-signed certificate trusts itself
+		}
+	}
+	d, err := rpc.Dialer(tf, int(n.maxSnapshotBytes())+1<<20)
+	if err != nil {
+		return nil, err
+	}
+	p.dial = d
+	return p, nil
+}
+
+// follow keeps the list of the other trunks from their registrations.
+func (p *peers) follow(a *agent.Agent) {
+	if a.Etcd() == nil || p.cred == "" {
+		return
+	}
+	self := a.NodeID()
+	a.Go(func(ctx context.Context) {
+		cluster.WatchNodes(ctx, a.Etcd(), cluster.RoleTrunk, func(ns []cluster.NodeInfo) {
+			m := map[string]string{}
+			for _, ni := range ns {
+				if ni.ID != self {
+					m[ni.ID] = ni.Addr
+				}
+			}
+			p.mu.Lock()
+			p.addrs = m
+			p.mu.Unlock()
+		})
+	})
+}
+
+// list returns the other trunks (id -> address).
+func (p *peers) list() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]string, len(p.addrs))
+	for k, v := range p.addrs {
+		out[k] = v
+	}
+	return out
+}
+
+func (p *peers) client(ctx context.Context, addr string) (pb.TrunkPeerClient, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := p.conns[addr]
+	if c == nil {
+		var err error
+		if c, err = p.dial(ctx, addr); err != nil {
+			return nil, err
+		}
+		p.conns[addr] = c
+	}
+	return pb.NewTrunkPeerClient(c), nil
+}
+
+func (p *peers) outgoing(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, peerHeader, p.cred)
+}
+
+func (p *peers) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = map[string]*grpc.ClientConn{}
+	for id, h := range p.held {
+		h.timer.Stop()
+		p.n.store.Release(h.sess)
+		delete(p.held, id)
+	}
+}
+
+// pull asks every other trunk for owner's session sid and adopts it here;
+// (nil, nil) when no trunk holds it.
+func (p *peers) pull(ctx context.Context, owner, sid string) (*Session, error) {
+	others := p.list()
+	if len(others) == 0 {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, pullTimeout)
+	defer cancel()
+	type got struct {
+		data []byte
+		cli  pb.TrunkPeerClient
+		err  error
+	}
+	res := make(chan got, len(others))
+	for _, addr := range others {
+		go func() {
+			cli, err := p.client(ctx, addr)
+			if err != nil {
+				res <- got{err: err}
+				return
+			}
+			st, err := cli.Release(p.outgoing(ctx), &pb.ReleaseRequest{SessionId: sid, Owner: owner})
+			if err != nil {
+				res <- got{err: err}
+				return
+			}
+			var buf bytes.Buffer
+			for {
+				m, err := st.Recv()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					res <- got{err: err}
+					return
+				}
+				if int64(buf.Len()+len(m.Data)) > p.n.maxSnapshotBytes()+1<<20 {
+					res <- got{err: fmt.Errorf("%w: the released session exceeds this node's limit", errSnapshot)}
+					return
+				}
+				buf.Write(m.Data)
+			}
+			res <- got{data: buf.Bytes(), cli: cli}
+		}()
+	}
+	var firstErr error
+	for range others {
+		g := <-res
+		if g.err != nil {
+			if status.Code(g.err) != codes.NotFound && firstErr == nil {
+				firstErr = g.err
+			}
+			continue
+		}
+		sess, err := p.n.withRoom(func() (*Session, error) {
+			id, own, used, st, unfed, err := parseTier(g.data, p.n.snap)
+			if err != nil {
+				return nil, err
+			}
+			if id != sid || own != owner {
+				return nil, fmt.Errorf("%w: a peer released another session", ErrSessionCorrupt)
+			}
+			return p.n.store.adoptID(id, own, st, unfed, used)
+		})
+		fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_, ferr := g.cli.Forget(p.outgoing(fctx), &pb.ForgetRequest{SessionId: sid, Commit: err == nil})
+		fcancel()
+		if err != nil {
+			return nil, err
+		}
+		if ferr != nil {
+			// The holder may keep a copy until its hold times out; this
+			// trunk's copy is the one served from now on.
+			p.n.logger().Warn("a peer did not confirm a session move", "session", sid, "err", ferr)
+		}
+		p.n.metrics.transfer("pull", nil, int64(len(g.data)))
+		return sess, nil
+	}
+	if firstErr != nil {
+		return nil, fmt.Errorf("%w: asking the other trunks for session %s: %v", ErrNoPeer, clip(sid), firstErr)
+	}
+	return nil, nil
+}
+
+// ErrNoPeer means the trunks that may hold a session could not be asked
+// (UNAVAILABLE: retry).
+var ErrNoPeer = errors.New("trunknode: the other trunks could not be reached")
+
+// handOff pushes every idle kept session to the other trunks (rendezvous
+// hashing on the session id picks each one's trunk) and deletes the ones
+// they took; it returns how many moved.
+func (p *peers) handOff(ctx context.Context) (moved, failed int) {
+	others := p.list()
+	if len(others) == 0 || p.cred == "" {
+		return 0, 0
+	}
+	for _, sess := range p.n.store.idleSince(time.Now(), 0, true) {
+		// The session's rendezvous trunk first, then the others.
+		order := []string{rendezvous(sess.ID, others)}
+		for id := range others {
+			if id != order[0] {
+				order = append(order, id)
+			}
+		}
+		var err error
+		for _, target := range order {
+			if err = p.push(ctx, others[target], sess); err == nil {
+				break
+			}
+			p.n.logger().Warn("handing a session to a peer failed", "session", sess.ID, "peer", target, "err", err)
+		}
+		if err != nil {
+			failed++
+			continue
+		}
+		moved++
+	}
+	return moved, failed
+}
+
+// rendezvous picks the node with the highest hash of (node, key).
+func rendezvous(key string, nodes map[string]string) string {
+	best, bestH := "", uint64(0)
+	for id := range nodes {
+		h := fnv.New64a()
+		h.Write([]byte(id))
+		h.Write([]byte{0})
+		h.Write([]byte(key))
+		if v := h.Sum64(); best == "" || v > bestH || (v == bestH && id < best) {
+			best, bestH = id, v
+		}
+	}
+	return best
+}
+
+// push hands one idle session to the trunk at addr and deletes it here.
+func (p *peers) push(ctx context.Context, addr string, sess *Session) error {
+	if err := p.n.store.Acquire(sess, 0); err != nil {
+		return err
+	}
+	b, err := encodeTier(sess, p.n.snap)
+	if err != nil {
+		p.n.store.Release(sess)
+		return err
+	}
+	cli, err := p.client(ctx, addr)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(ctx, pullTimeout)
+		defer cancel()
+		var st pb.TrunkPeer_AdoptClient
+		if st, err = cli.Adopt(p.outgoing(ctx)); err == nil {
+			w := &chunkWriter{send: st.Send, buf: make([]byte, 0, snapChunk), first: &pb.SessionSnapshotChunk{TotalBytes: int64(len(b)), Tokens: int32(sess.State.Pos)}}
+			if _, err = w.Write(b); err == nil {
+				err = w.flush()
+			}
+			if err == nil {
+				_, err = st.CloseAndRecv()
+			}
+		}
+	}
+	p.n.store.Release(sess)
+	if err != nil {
+		return err
+	}
+	p.n.store.Delete(sess.ID)
+	p.n.metrics.transfer("handoff", nil, int64(len(b)))
+	return nil
+}
+
+// peerAPI serves TrunkPeer.
+type peerAPI struct {
+	pb.UnimplementedTrunkPeerServer
+	n *Node
+	p *peers
+}
+
+// authorize checks the caller's peer credential.
+func (s *peerAPI) authorize(ctx context.Context) error {
+	if s.p.cred == "" {
+		return errNoPeering
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get(peerHeader) {
+		if subtle.ConstantTimeCompare([]byte(v), []byte(s.p.cred)) == 1 {
+			return nil
+		}
+	}
+	return status.Error(codes.PermissionDenied, "TrunkPeer is for the cluster's trunks: the peer credential is missing or wrong (is --snapshot-key the same on every trunk?)")
+}
+
+func (s *peerAPI) Adopt(stream pb.TrunkPeer_AdoptServer) error {
+	if err := s.authorize(stream.Context()); err != nil {
+		return err
+	}
+	if s.n.sched.Draining() {
+		return toStatus(ErrDraining)
+	}
+	limit := s.n.maxSnapshotBytes() + 1<<20
+	chunks := recvChunks(stream)
+	var buf bytes.Buffer
+	start := time.Now()
+	for {
+		m, err := nextChunk(stream.Context(), chunks)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return toStatus(err)
+		}
+		if int64(buf.Len()+len(m.Data)) > limit {
+			return toStatus(fmt.Errorf("%w: the session exceeds this node's limit of %d bytes", errSnapshot, limit))
+		}
+		buf.Write(m.Data)
+		if err := importProgress(start, int64(buf.Len())); err != nil {
+			return toStatus(err)
+		}
+	}
+	sess, err := s.n.withRoom(func() (*Session, error) {
+		id, owner, used, st, unfed, err := parseTier(buf.Bytes(), s.n.snap)
+		if err != nil {
+			return nil, err
+		}
+		return s.n.store.adoptID(id, owner, st, unfed, used)
+	})
+	if err != nil {
+		return toStatus(err)
+	}
+	s.n.metrics.transfer("adopt", nil, int64(buf.Len()))
+	return stream.SendAndClose(&pb.AdoptResponse{SessionId: sess.ID})
+}
+
+func (s *peerAPI) Release(req *pb.ReleaseRequest, stream pb.TrunkPeer_ReleaseServer) error {
+	if err := s.authorize(stream.Context()); err != nil {
+		return err
+	}
+	sess, err := s.n.store.GetFor(req.Owner, req.SessionId)
+	if errors.Is(err, ErrSessionNotFound) {
+		// Only what is here: memory, then disk (never ask the peers back).
+		if sess, err = s.n.restore(req.Owner, req.SessionId, false); sess == nil && err == nil {
+			err = fmt.Errorf("%w: %s", ErrSessionNotFound, clip(req.SessionId))
+		}
+	}
+	if err != nil {
+		return toStatus(err)
+	}
+	if err := s.n.store.Acquire(sess, 0); err != nil {
+		return toStatus(err)
+	}
+	b, err := encodeTier(sess, s.n.snap)
+	if err == nil {
+		w := &chunkWriter{send: stream.Send, buf: make([]byte, 0, snapChunk), first: &pb.SessionSnapshotChunk{TotalBytes: int64(len(b)), Tokens: int32(sess.State.Pos)}}
+		if _, err = w.Write(b); err == nil {
+			err = w.flush()
+		}
+	}
+	if err != nil {
+		s.n.store.Release(sess)
+		return toStatus(err)
+	}
+	// Held until Forget (or the hold times out: the move is then aborted).
+	s.p.mu.Lock()
+	if old := s.p.held[sess.ID]; old != nil {
+		old.timer.Stop()
+	}
+	h := &releaseHoldT{sess: sess}
+	h.timer = time.AfterFunc(releaseHold, func() { s.forget(sess.ID, false) })
+	s.p.held[sess.ID] = h
+	s.p.mu.Unlock()
+	s.n.metrics.transfer("release", nil, int64(len(b)))
+	return nil
+}
+
+func (s *peerAPI) Forget(ctx context.Context, req *pb.ForgetRequest) (*pb.ForgetResponse, error) {
+	if err := s.authorize(ctx); err != nil {
+		return nil, err
+	}
+	s.forget(req.SessionId, req.Commit)
+	return &pb.ForgetResponse{}, nil
+}
+
+func (s *peerAPI) forget(sid string, commit bool) {
+	s.p.mu.Lock()
+	h := s.p.held[sid]
+	delete(s.p.held, sid)
+	s.p.mu.Unlock()
+	if h == nil {
+		return
+	}
+	h.timer.Stop()
+	s.n.store.Release(h.sess)
+	if commit {
+		s.n.store.Delete(sid)
+	}
+}
+
+// parseTier reads a session file of any id and owner.
+func parseTier(b []byte, id snapIdentity) (sid, owner string, used time.Time, st *hybrid.State, unfed []int, err error) {
+	if len(b) < 10 || string(b[:4]) != tierMagic {
+		return "", "", time.Time{}, nil, nil, fmt.Errorf("%w: not a session file", errSnapshot)
+	}
+	r := bytes.NewReader(b[8:])
+	if sid, err = readStr(r); err != nil {
+		return "", "", time.Time{}, nil, nil, err
+	}
+	if owner, err = readStr(r); err != nil {
+		return "", "", time.Time{}, nil, nil, err
+	}
+	st, unfed, err = decodeTier(b, sid, owner, id)
+	if err != nil {
+		return "", "", time.Time{}, nil, nil, err
+	}
+	var ns int64
+	for i := range 8 {
+		ns |= int64(b[8+2+len(sid)+2+len(owner)+i]) << (8 * i)
+	}
+	return sid, owner, time.Unix(0, ns), st, unfed, nil
+}

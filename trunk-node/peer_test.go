@@ -1,0 +1,137 @@
+package trunknode
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-serving/switchyard/internal/testutil"
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+)
+
+// trunks runs n trunk nodes (local experts) that register in one etcd and
+// share a snapshot key, as a cluster's trunks do.
+func trunks(t *testing.T, n int, edit func(i int, cfg *Config)) ([]pb.SwitchyardClient, []*Node, []func()) {
+	t.Helper()
+	etcd := testutil.StartEtcd(t)
+	var clis []pb.SwitchyardClient
+	var nodes []*Node
+	var stops []func()
+	for i := range n {
+		c, node, stop := serveNode(t, func(cfg *Config) {
+			cfg.NodeID = "trunk-" + string(rune('0'+i))
+			cfg.Etcd = []string{etcd.Endpoint()}
+			cfg.LeaseTTL = 2
+			cfg.SnapshotKey = []byte("0123456789abcdef0123456789abcdef")
+			if edit != nil {
+				edit(i, cfg)
+			}
+		})
+		clis, nodes, stops = append(clis, c), append(nodes, node), append(stops, stop)
+	}
+	for _, node := range nodes {
+		testutil.WaitFor(t, "every trunk to see the others", func() bool { return len(node.peerSet().list()) == n-1 })
+	}
+	return clis, nodes, stops
+}
+
+// TestSessionFollowsTheClient: a session created on one trunk continues,
+// token-identically, through each of the others: the trunk a request
+// reaches moves the session to itself.
+func TestSessionFollowsTheClient(t *testing.T) {
+	ref, _, _ := serveNode(t, nil)
+	clis, nodes, _ := trunks(t, 3, nil)
+	refID, id := createSessions(t, ref, 1)[0], createSessions(t, clis[0], 1)[0]
+	for round, trunk := range []int{1, 2, 0, 2} {
+		want, got := turns(t, ref, []string{refID}, round), turns(t, clis[trunk], []string{id}, round)
+		if !slices.Equal(got[0], want[0]) {
+			t.Fatalf("round %d on trunk %d: %v, want %v", round, trunk, got[0], want[0])
+		}
+		for i, n := range nodes {
+			_, err := n.store.Get(id)
+			if held := err == nil; held != (i == trunk) {
+				t.Fatalf("round %d: trunk %d holds the session: %v (want only trunk %d)", round, i, held, trunk)
+			}
+		}
+	}
+	// Unknown sessions are still not found, after asking everyone.
+	r := generate(t, clis[1], &pb.GenerateRequest{SessionId: "s-nope", Input: &pb.GenerateRequest_Text{Text: "x"}, MaxTokens: 2})
+	if status.Code(r.status) != codes.NotFound {
+		t.Errorf("unknown session: %v", r.status)
+	}
+}
+
+// TestSessionOwnerAcrossTrunks: a session moved between trunks stays its
+// client's: another identity asking another trunk is told it does not exist.
+func TestSessionOwnerAcrossTrunks(t *testing.T) {
+	tokens := map[string]string{"alice-token-0123456789": "alice", "bob-token-0123456789ab": "bob"}
+	clis, _, _ := trunks(t, 2, func(_ int, cfg *Config) { cfg.APITokens = tokens })
+	as := func(who string) context.Context {
+		for tok, id := range tokens {
+			if id == who {
+				return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+			}
+		}
+		return nil
+	}
+	s, err := clis[0].CreateSession(as("alice"), &pb.CreateSessionRequest{Prompt: &pb.CreateSessionRequest_Text{Text: "secret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clis[1].GetSession(as("bob"), &pb.GetSessionRequest{SessionId: s.SessionId}); status.Code(err) != codes.NotFound {
+		t.Fatalf("bob on trunk 1: %v, want NOT_FOUND", err)
+	}
+	got, err := clis[1].GetSession(as("alice"), &pb.GetSessionRequest{SessionId: s.SessionId})
+	if err != nil || got.Node != "trunk-1" {
+		t.Fatalf("alice on trunk 1: %v %v", got, err)
+	}
+}
+
+// TestDrainHandsSessionsOver: a trunk stopped gracefully (SIGTERM) hands its
+// idle sessions to the remaining trunks; they continue token-identically.
+func TestDrainHandsSessionsOver(t *testing.T) {
+	ref, _, _ := serveNode(t, nil)
+	clis, nodes, stops := trunks(t, 3, nil)
+	refIDs, ids := createSessions(t, ref, 6), createSessions(t, clis[2], 6)
+	turns(t, ref, refIDs, 0)
+	turns(t, clis[2], ids, 0)
+	stops[2]()
+	held := 0
+	for _, n := range nodes[:2] {
+		h, _, _ := n.store.Usage()
+		held += h
+	}
+	if held != 6 {
+		t.Fatalf("the remaining trunks hold %d sessions, want 6", held)
+	}
+	want, got := turns(t, ref, refIDs, 1), turns(t, clis[0], ids, 1)
+	for i := range want {
+		if !slices.Equal(got[i], want[i]) {
+			t.Errorf("session %d after the drain: %v, want %v", i, got[i], want[i])
+		}
+	}
+}
+
+// TestPeerServiceNeedsTheCredential: the peer service refuses callers
+// without the cluster's peer credential, whatever their API token.
+func TestPeerServiceNeedsTheCredential(t *testing.T) {
+	_, nodes, _ := trunks(t, 2, func(_ int, cfg *Config) { cfg.APIToken = "client-token-0123456789" })
+	p := nodes[0].peerSet()
+	addr := p.list()["trunk-1"]
+	cli, err := p.client(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer client-token-0123456789", peerHeader, "forged")
+	st, err := cli.Release(ctx, &pb.ReleaseRequest{SessionId: "s-x"})
+	if err == nil {
+		_, err = st.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a forged peer credential: %v, want PERMISSION_DENIED", err)
+	}
+}
