@@ -55,6 +55,8 @@ type Config struct {
 	PeerTLS   rpc.TLSFiles // mutual TLS to expert nodes (plaintext when empty)
 
 	Memory MemoryConfig
+	// Replication keeps copies of sessions on other trunks (replica.go).
+	Replication ReplicationConfig
 	// Tier writes idle sessions to a local directory (tier.go).
 	Tier     TierConfig
 	Sched    SchedConfig
@@ -93,11 +95,12 @@ func DefaultConfig() Config {
 	ac.NodeID = "trunk-0"
 	rec, kv := defaultMemory()
 	return Config{
-		Config: ac,
-		Listen: "127.0.0.1:7070",
-		Memory: MemoryConfig{RecurrentBytes: rec, KVBytes: kv, IdleTTL: 30 * time.Minute},
-		Sched:  SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024, DecodePrefillTokens: 128},
-		Limits: Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
+		Config:      ac,
+		Listen:      "127.0.0.1:7070",
+		Memory:      MemoryConfig{RecurrentBytes: rec, KVBytes: kv, IdleTTL: 30 * time.Minute},
+		Replication: ReplicationConfig{Replicas: 1},
+		Sched:       SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024, DecodePrefillTokens: 128},
+		Limits:      Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
 		Dispatch: DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20, WireDType: pb.WireDType_WIRE_DTYPE_BF16,
 			HedgeFactor: 8, HedgeMin: 200 * time.Millisecond},
 		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second, Clients: ClientLimits{MaxSessions: 1024, MaxInflight: 64, MaxStreams: 128},
@@ -130,6 +133,8 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	tlsFlags(fs, &c.PeerTLS, "peer-tls-", "node-to-node")
 	fs.Int64Var(&c.Memory.RecurrentBytes, "recurrent-budget", c.Memory.RecurrentBytes, "bytes for sessions' recurrent state")
 	fs.Int64Var(&c.Memory.KVBytes, "kv-budget", c.Memory.KVBytes, "bytes for sessions' KV caches")
+	fs.IntVar(&c.Replication.Replicas, "session-replicas", c.Replication.Replicas, "copies of each session kept on other trunks after every turn, so a trunk's death loses no finished turn (needs --snapshot-key and etcd; 0: none)")
+	fs.Int64Var(&c.Replication.MaxBytes, "replica-budget", c.Replication.MaxBytes, "bytes of memory for the copies of other trunks' sessions (0: a quarter of the session budgets)")
 	fs.StringVar(&c.Tier.Dir, "offload-dir", c.Tier.Dir, "directory for sessions written out of memory (idle ones, and the least recently used under memory pressure); a restarted trunk serves the sessions found there (empty: off)")
 	fs.DurationVar(&c.Tier.After, "offload-after", c.Tier.After, "with --offload-dir, write sessions idle this long to disk (0: only under memory pressure)")
 	fs.Int64Var(&c.Tier.DiskBytes, "offload-disk-bytes", c.Tier.DiskBytes, "with --offload-dir, bytes of session files kept (the longest idle dropped first; 0: no limit)")

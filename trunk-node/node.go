@@ -72,6 +72,8 @@ type Node struct {
 	oa   openaiState // the HTTP API's template, vocabulary and address
 	tier *tier       // sessions offloaded to disk (nil: tiering off)
 	peer *peers      // the other trunks (set by Serve; guarded by mu)
+	// replicas sends this trunk's sessions to others and keeps their copies.
+	replicas *replicator
 
 	mu          sync.Mutex
 	metricsAddr string         // guarded by mu
@@ -159,6 +161,12 @@ func New(cfg Config) (*Node, error) {
 	m.capacity.WithLabelValues("waiting").Set(float64(n.sched.cfg.MaxQueue))
 	telemetry.RegisterModelInfo(m.reg, cfg.NodeID, config.ModelName(cfg.ModelPath), c.Layers, c.Experts)
 	m.watchPrefix(cfg.NodeID, n.store)
+	rc := cfg.Replication
+	if rc.MaxBytes <= 0 {
+		rc.MaxBytes = (cfg.Memory.RecurrentBytes + cfg.Memory.KVBytes) / 4
+	}
+	n.replicas = newReplicator(n, rc)
+	m.watchReplicas(cfg.NodeID, n.replicas)
 	return n, nil
 }
 
@@ -294,6 +302,7 @@ func (n *Node) Serve(ctx context.Context, lis net.Listener) error {
 	n.mu.Unlock()
 	a.Go(n.sched.Run)
 	a.Go(n.janitor)
+	a.Go(n.replicas.run)
 	if err := n.serveHTTP(a); err != nil {
 		lis.Close()
 		a.Close()

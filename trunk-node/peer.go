@@ -169,38 +169,46 @@ func (p *peers) close() {
 // (nil, nil) when no trunk holds it.
 func (p *peers) pull(ctx context.Context, owner, sid string) (*Session, error) {
 	others := p.list()
-	if len(others) == 0 {
+	local := p.n.replicas.get(owner, sid) // a copy kept here for a trunk that may be gone
+	if len(others) == 0 && local == nil {
 		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, pullTimeout)
 	defer cancel()
 	type got struct {
-		data []byte
-		cli  pb.TrunkPeerClient
-		err  error
+		data    []byte
+		cli     pb.TrunkPeerClient
+		tokens  int32
+		replica bool
+		err     error
+		peer    string
 	}
 	res := make(chan got, len(others))
-	for _, addr := range others {
+	for peer, addr := range others {
 		go func() {
 			cli, err := p.client(ctx, addr)
 			if err != nil {
-				res <- got{err: err}
+				res <- got{err: err, peer: peer}
 				return
 			}
 			st, err := cli.Release(p.outgoing(ctx), &pb.ReleaseRequest{SessionId: sid, Owner: owner})
 			if err != nil {
-				res <- got{err: err}
+				res <- got{err: err, peer: peer}
 				return
 			}
 			var buf bytes.Buffer
-			for {
+			g := got{cli: cli}
+			for first := true; ; first = false {
 				m, err := st.Recv()
 				if err == io.EOF {
 					break
 				}
 				if err != nil {
-					res <- got{err: err}
+					res <- got{err: err, peer: peer}
 					return
+				}
+				if first {
+					g.tokens, g.replica = m.Tokens, m.Replica
 				}
 				if int64(buf.Len()+len(m.Data)) > p.n.maxSnapshotBytes()+1<<20 {
 					res <- got{err: fmt.Errorf("%w: the released session exceeds this node's limit", errSnapshot)}
@@ -208,46 +216,98 @@ func (p *peers) pull(ctx context.Context, owner, sid string) (*Session, error) {
 				}
 				buf.Write(m.Data)
 			}
-			res <- got{data: buf.Bytes(), cli: cli}
+			g.data = buf.Bytes()
+			res <- g
 		}()
 	}
+	// Every trunk answers (most with NOT_FOUND at once): the live session if
+	// its trunk is up, else the most advanced copy.
 	var firstErr error
+	var found []got
+	var silent []string // trunks that did not answer
 	for range others {
 		g := <-res
 		if g.err != nil {
-			if status.Code(g.err) != codes.NotFound && firstErr == nil {
-				firstErr = g.err
+			if status.Code(g.err) != codes.NotFound {
+				silent = append(silent, g.peer)
+				if firstErr == nil {
+					firstErr = g.err
+				}
 			}
 			continue
 		}
-		sess, err := p.n.withRoom(func() (*Session, error) {
-			id, own, used, st, unfed, err := parseTier(g.data, p.n.snap)
-			if err != nil {
-				return nil, err
+		found = append(found, g)
+	}
+	if local != nil {
+		found = append(found, got{data: local.data, tokens: local.tokens, replica: true})
+	}
+	if len(found) == 0 {
+		if firstErr != nil {
+			return nil, fmt.Errorf("%w: asking the other trunks for session %s: %v", ErrNoPeer, clip(sid), firstErr)
+		}
+		return nil, nil
+	}
+	best := 0
+	for i, g := range found {
+		if b := found[best]; g.tokens > b.tokens || (g.tokens == b.tokens && b.replica && !g.replica) {
+			best = i
+		}
+	}
+	g := found[best]
+	if g.replica && len(silent) > 0 {
+		// A trunk that did not answer may hold the live session: a copy is
+		// taken only once that trunk is known dead (its etcd lease expired,
+		// so it left the list of trunks); until then the request is
+		// retryable.
+		live := p.list()
+		for _, id := range silent {
+			if _, ok := live[id]; ok {
+				for _, o := range found {
+					if o.cli != nil {
+						o.cli.Forget(p.outgoing(context.WithoutCancel(ctx)), &pb.ForgetRequest{SessionId: sid})
+					}
+				}
+				return nil, fmt.Errorf("%w: trunk %s, which may hold session %s, does not answer and is not known dead yet; retry shortly (%v)",
+					ErrNoPeer, id, clip(sid), firstErr)
 			}
-			if id != sid || own != owner {
-				return nil, fmt.Errorf("%w: a peer released another session", ErrSessionCorrupt)
-			}
-			return p.n.store.adoptID(id, own, st, unfed, used)
-		})
-		fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_, ferr := g.cli.Forget(p.outgoing(fctx), &pb.ForgetRequest{SessionId: sid, Commit: err == nil})
-		fcancel()
+		}
+	}
+	sess, err := p.n.withRoom(func() (*Session, error) {
+		id, own, used, st, unfed, err := parseTier(g.data, p.n.snap)
 		if err != nil {
 			return nil, err
 		}
-		if ferr != nil {
+		if id != sid || own != owner {
+			return nil, fmt.Errorf("%w: a peer released another session", ErrSessionCorrupt)
+		}
+		return p.n.store.adoptID(id, own, st, unfed, used)
+	})
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer fcancel()
+	for i, o := range found {
+		commit := err == nil && i == best
+		if o.cli == nil { // the copy kept here
+			if commit {
+				p.n.replicas.drop(sid)
+			}
+			continue
+		}
+		if _, ferr := o.cli.Forget(p.outgoing(fctx), &pb.ForgetRequest{SessionId: sid, Commit: commit}); ferr != nil && commit {
 			// The holder may keep a copy until its hold times out; this
 			// trunk's copy is the one served from now on.
 			p.n.logger().Warn("a peer did not confirm a session move", "session", sid, "err", ferr)
 		}
-		p.n.metrics.transfer("pull", nil, int64(len(g.data)))
-		return sess, nil
 	}
-	if firstErr != nil {
-		return nil, fmt.Errorf("%w: asking the other trunks for session %s: %v", ErrNoPeer, clip(sid), firstErr)
+	if err != nil {
+		return nil, err
 	}
-	return nil, nil
+	if g.replica {
+		p.n.replicas.failover()
+		p.n.logger().Info("took a session over from a replica (its trunk is gone)", "session", sid, "tokens", g.tokens)
+	}
+	p.n.metrics.transfer("pull", nil, int64(len(g.data)))
+	p.n.replicas.later(sid) // its copies now come from here
+	return sess, nil
 }
 
 // ErrNoPeer means the trunks that may hold a session could not be asked
@@ -262,6 +322,7 @@ func (p *peers) handOff(ctx context.Context) (moved, failed int) {
 	if len(others) == 0 || p.cred == "" {
 		return 0, 0
 	}
+	p.n.replicas.handOff(ctx, p)
 	for _, sess := range p.n.store.idleSince(time.Now(), 0, true) {
 		// The session's rendezvous trunk first, then the others.
 		order := []string{rendezvous(sess.ID, others)}
@@ -403,8 +464,17 @@ func (s *peerAPI) Release(req *pb.ReleaseRequest, stream pb.TrunkPeer_ReleaseSer
 	}
 	sess, err := s.n.store.GetFor(req.Owner, req.SessionId)
 	if errors.Is(err, ErrSessionNotFound) {
-		// Only what is here: memory, then disk (never ask the peers back).
+		// Only what is here: memory, then disk (never ask the peers back),
+		// then a replica copy.
 		if sess, err = s.n.restore(req.Owner, req.SessionId, false); sess == nil && err == nil {
+			if c := s.n.replicas.get(req.Owner, req.SessionId); c != nil {
+				w := &chunkWriter{send: stream.Send, buf: make([]byte, 0, snapChunk),
+					first: &pb.SessionSnapshotChunk{TotalBytes: int64(len(c.data)), Tokens: c.tokens, Replica: true}}
+				if _, err := w.Write(c.data); err != nil {
+					return toStatus(err)
+				}
+				return toStatus(w.flush())
+			}
 			err = fmt.Errorf("%w: %s", ErrSessionNotFound, clip(req.SessionId))
 		}
 	}
@@ -452,6 +522,9 @@ func (s *peerAPI) forget(sid string, commit bool) {
 	delete(s.p.held, sid)
 	s.p.mu.Unlock()
 	if h == nil {
+		if commit {
+			s.n.replicas.drop(sid) // a copy became the live session elsewhere
+		}
 		return
 	}
 	h.timer.Stop()

@@ -135,3 +135,34 @@ func TestPeerServiceNeedsTheCredential(t *testing.T) {
 		t.Errorf("a forged peer credential: %v, want PERMISSION_DENIED", err)
 	}
 }
+
+// TestReplicaSurvivesTrunkDeath: sessions whose trunk dies abruptly (no
+// drain, no hand-off) continue on another trunk from their last finished
+// turn, token-identically, from the copies replication left on the others.
+func TestReplicaSurvivesTrunkDeath(t *testing.T) {
+	ref, _, _ := serveNode(t, nil)
+	clis, nodes, _ := trunks(t, 3, nil)
+	const N = 4
+	refIDs, ids := createSessions(t, ref, N), createSessions(t, clis[2], N)
+	turns(t, ref, refIDs, 0)
+	turns(t, clis[2], ids, 0)
+	testutil.WaitFor(t, "every session's last turn to be replicated", func() bool {
+		r := nodes[2].replicas
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.queue) == 0 && !r.sending && r.stats.Sent >= N
+	})
+	crashers[nodes[2]]()
+	// Until the dead trunk's lease expires a request is UNAVAILABLE (that
+	// trunk might still hold the live session); then the copy is taken.
+	testutil.WaitFor(t, "the dead trunk to leave the list", func() bool { _, ok := nodes[0].peerSet().list()["trunk-2"]; return !ok })
+	want, got := turns(t, ref, refIDs, 1), turns(t, clis[0], ids, 1)
+	for i := range want {
+		if !slices.Equal(got[i], want[i]) {
+			t.Errorf("session %d after its trunk died: %v, want %v", i, got[i], want[i])
+		}
+	}
+	if f := nodes[0].replicas.snapshot().Failovers; f != N {
+		t.Errorf("%d failovers counted, want %d", f, N)
+	}
+}

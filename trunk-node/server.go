@@ -396,6 +396,9 @@ func (a *api) pump(ctx context.Context, job *Job, emit func([]Event) error) (*Fi
 		if fin.Err != nil && (fin.Reason != engine.FinishCancel || ctx.Err() == nil) {
 			return nil, fin.Err
 		}
+		if !job.sess.ephemeral {
+			a.n.replicas.later(job.sess.ID) // its copies follow the finished turn
+		}
 		return fin, nil
 	}
 }
@@ -452,6 +455,7 @@ func (a *api) CreateSession(ctx context.Context, req *pb.CreateSessionRequest) (
 			}
 		}
 		sess.Unfed = []int{prompt[len(prompt)-1]}
+		a.n.replicas.later(sess.ID)
 	}
 	return a.sessionMsg(sess), nil
 }

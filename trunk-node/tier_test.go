@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-serving/switchyard/internal/agent"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
@@ -41,7 +42,8 @@ func serveNode(t *testing.T, edit func(*Config)) (c pb.SwitchyardClient, n *Node
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancelCause := context.WithCancelCause(context.Background())
+	cancel := func() { cancelCause(nil) }
 	done := make(chan error, 1)
 	go func() { done <- n.Serve(ctx, lis) }()
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -62,9 +64,19 @@ func serveNode(t *testing.T, edit func(*Config)) (c pb.SwitchyardClient, n *Node
 		n.Close()
 	}
 	t.Cleanup(stop)
+	crashers[n] = func() { // as kill -9: no drain, no hand-off, no deregistration
+		stopped = true
+		conn.Close()
+		cancelCause(agent.ErrCrash)
+		<-done
+		n.Close()
+	}
 	<-n.Ready()
 	return pb.NewSwitchyardClient(conn), n, stop
 }
+
+// crashers stop a node of serveNode abruptly.
+var crashers = map[*Node]func(){}
 
 // turns plays a conversation of two greedy turns on each of sessions ids,
 // round-robin, and returns every turn's tokens.

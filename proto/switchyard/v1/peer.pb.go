@@ -23,6 +23,43 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ReplicateResponse acknowledges a replica.
+type ReplicateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicateResponse) Reset() {
+	*x = ReplicateResponse{}
+	mi := &file_switchyard_v1_peer_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicateResponse) ProtoMessage() {}
+
+func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_peer_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicateResponse.ProtoReflect.Descriptor instead.
+func (*ReplicateResponse) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{0}
+}
+
 // ReleaseRequest names a session and the client identity that owns it.
 type ReleaseRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -36,7 +73,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_switchyard_v1_peer_proto_msgTypes[0]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +85,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_peer_proto_msgTypes[0]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +98,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{0}
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *ReleaseRequest) GetSessionId() string {
@@ -89,7 +126,7 @@ type AdoptResponse struct {
 
 func (x *AdoptResponse) Reset() {
 	*x = AdoptResponse{}
-	mi := &file_switchyard_v1_peer_proto_msgTypes[1]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -101,7 +138,7 @@ func (x *AdoptResponse) String() string {
 func (*AdoptResponse) ProtoMessage() {}
 
 func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_peer_proto_msgTypes[1]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -114,7 +151,7 @@ func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptResponse.ProtoReflect.Descriptor instead.
 func (*AdoptResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{1}
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AdoptResponse) GetSessionId() string {
@@ -137,7 +174,7 @@ type ForgetRequest struct {
 
 func (x *ForgetRequest) Reset() {
 	*x = ForgetRequest{}
-	mi := &file_switchyard_v1_peer_proto_msgTypes[2]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -149,7 +186,7 @@ func (x *ForgetRequest) String() string {
 func (*ForgetRequest) ProtoMessage() {}
 
 func (x *ForgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_peer_proto_msgTypes[2]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -162,7 +199,7 @@ func (x *ForgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetRequest.ProtoReflect.Descriptor instead.
 func (*ForgetRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{2}
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ForgetRequest) GetSessionId() string {
@@ -188,7 +225,7 @@ type ForgetResponse struct {
 
 func (x *ForgetResponse) Reset() {
 	*x = ForgetResponse{}
-	mi := &file_switchyard_v1_peer_proto_msgTypes[3]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -200,7 +237,7 @@ func (x *ForgetResponse) String() string {
 func (*ForgetResponse) ProtoMessage() {}
 
 func (x *ForgetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_peer_proto_msgTypes[3]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -213,14 +250,15 @@ func (x *ForgetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetResponse.ProtoReflect.Descriptor instead.
 func (*ForgetResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{3}
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{4}
 }
 
 var File_switchyard_v1_peer_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x18switchyard/v1/peer.proto\x12\rswitchyard.v1\x1a\x1eswitchyard/v1/switchyard.proto\"E\n" +
+	"\x18switchyard/v1/peer.proto\x12\rswitchyard.v1\x1a\x1eswitchyard/v1/switchyard.proto\"\x13\n" +
+	"\x11ReplicateResponse\"E\n" +
 	"\x0eReleaseRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
@@ -232,11 +270,12 @@ const file_switchyard_v1_peer_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x16\n" +
 	"\x06commit\x18\x02 \x01(\bR\x06commit\"\x10\n" +
-	"\x0eForgetResponse2\xf1\x01\n" +
+	"\x0eForgetResponse2\xc7\x02\n" +
 	"\tTrunkPeer\x12L\n" +
 	"\x05Adopt\x12#.switchyard.v1.SessionSnapshotChunk\x1a\x1c.switchyard.v1.AdoptResponse(\x01\x12O\n" +
 	"\aRelease\x12\x1d.switchyard.v1.ReleaseRequest\x1a#.switchyard.v1.SessionSnapshotChunk0\x01\x12E\n" +
-	"\x06Forget\x12\x1c.switchyard.v1.ForgetRequest\x1a\x1d.switchyard.v1.ForgetResponseBKZIgithub.com/switchyard-serving/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\x06Forget\x12\x1c.switchyard.v1.ForgetRequest\x1a\x1d.switchyard.v1.ForgetResponse\x12T\n" +
+	"\tReplicate\x12#.switchyard.v1.SessionSnapshotChunk\x1a .switchyard.v1.ReplicateResponse(\x01BKZIgithub.com/switchyard-serving/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_peer_proto_rawDescOnce sync.Once
@@ -250,23 +289,26 @@ func file_switchyard_v1_peer_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_peer_proto_rawDescData
 }
 
-var file_switchyard_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_switchyard_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_switchyard_v1_peer_proto_goTypes = []any{
-	(*ReleaseRequest)(nil),       // 0: switchyard.v1.ReleaseRequest
-	(*AdoptResponse)(nil),        // 1: switchyard.v1.AdoptResponse
-	(*ForgetRequest)(nil),        // 2: switchyard.v1.ForgetRequest
-	(*ForgetResponse)(nil),       // 3: switchyard.v1.ForgetResponse
-	(*SessionSnapshotChunk)(nil), // 4: switchyard.v1.SessionSnapshotChunk
+	(*ReplicateResponse)(nil),    // 0: switchyard.v1.ReplicateResponse
+	(*ReleaseRequest)(nil),       // 1: switchyard.v1.ReleaseRequest
+	(*AdoptResponse)(nil),        // 2: switchyard.v1.AdoptResponse
+	(*ForgetRequest)(nil),        // 3: switchyard.v1.ForgetRequest
+	(*ForgetResponse)(nil),       // 4: switchyard.v1.ForgetResponse
+	(*SessionSnapshotChunk)(nil), // 5: switchyard.v1.SessionSnapshotChunk
 }
 var file_switchyard_v1_peer_proto_depIdxs = []int32{
-	4, // 0: switchyard.v1.TrunkPeer.Adopt:input_type -> switchyard.v1.SessionSnapshotChunk
-	0, // 1: switchyard.v1.TrunkPeer.Release:input_type -> switchyard.v1.ReleaseRequest
-	2, // 2: switchyard.v1.TrunkPeer.Forget:input_type -> switchyard.v1.ForgetRequest
-	1, // 3: switchyard.v1.TrunkPeer.Adopt:output_type -> switchyard.v1.AdoptResponse
-	4, // 4: switchyard.v1.TrunkPeer.Release:output_type -> switchyard.v1.SessionSnapshotChunk
-	3, // 5: switchyard.v1.TrunkPeer.Forget:output_type -> switchyard.v1.ForgetResponse
-	3, // [3:6] is the sub-list for method output_type
-	0, // [0:3] is the sub-list for method input_type
+	5, // 0: switchyard.v1.TrunkPeer.Adopt:input_type -> switchyard.v1.SessionSnapshotChunk
+	1, // 1: switchyard.v1.TrunkPeer.Release:input_type -> switchyard.v1.ReleaseRequest
+	3, // 2: switchyard.v1.TrunkPeer.Forget:input_type -> switchyard.v1.ForgetRequest
+	5, // 3: switchyard.v1.TrunkPeer.Replicate:input_type -> switchyard.v1.SessionSnapshotChunk
+	2, // 4: switchyard.v1.TrunkPeer.Adopt:output_type -> switchyard.v1.AdoptResponse
+	5, // 5: switchyard.v1.TrunkPeer.Release:output_type -> switchyard.v1.SessionSnapshotChunk
+	4, // 6: switchyard.v1.TrunkPeer.Forget:output_type -> switchyard.v1.ForgetResponse
+	0, // 7: switchyard.v1.TrunkPeer.Replicate:output_type -> switchyard.v1.ReplicateResponse
+	4, // [4:8] is the sub-list for method output_type
+	0, // [0:4] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -284,7 +326,7 @@ func file_switchyard_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_peer_proto_rawDesc), len(file_switchyard_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

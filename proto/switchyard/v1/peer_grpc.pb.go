@@ -21,9 +21,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TrunkPeer_Adopt_FullMethodName   = "/switchyard.v1.TrunkPeer/Adopt"
-	TrunkPeer_Release_FullMethodName = "/switchyard.v1.TrunkPeer/Release"
-	TrunkPeer_Forget_FullMethodName  = "/switchyard.v1.TrunkPeer/Forget"
+	TrunkPeer_Adopt_FullMethodName     = "/switchyard.v1.TrunkPeer/Adopt"
+	TrunkPeer_Release_FullMethodName   = "/switchyard.v1.TrunkPeer/Release"
+	TrunkPeer_Forget_FullMethodName    = "/switchyard.v1.TrunkPeer/Forget"
+	TrunkPeer_Replicate_FullMethodName = "/switchyard.v1.TrunkPeer/Replicate"
 )
 
 // TrunkPeerClient is the client API for TrunkPeer service.
@@ -46,6 +47,10 @@ type TrunkPeerClient interface {
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SessionSnapshotChunk], error)
 	// Forget ends a Release: commit deletes the session here, abort keeps it.
 	Forget(ctx context.Context, in *ForgetRequest, opts ...grpc.CallOption) (*ForgetResponse, error)
+	// Replicate keeps a copy of a session another trunk serves (its state after
+	// the last finished turn), so the session survives that trunk's death: a
+	// Release of a session that is not live here is served from the copy.
+	Replicate(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SessionSnapshotChunk, ReplicateResponse], error)
 }
 
 type trunkPeerClient struct {
@@ -98,6 +103,19 @@ func (c *trunkPeerClient) Forget(ctx context.Context, in *ForgetRequest, opts ..
 	return out, nil
 }
 
+func (c *trunkPeerClient) Replicate(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SessionSnapshotChunk, ReplicateResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &TrunkPeer_ServiceDesc.Streams[2], TrunkPeer_Replicate_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SessionSnapshotChunk, ReplicateResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TrunkPeer_ReplicateClient = grpc.ClientStreamingClient[SessionSnapshotChunk, ReplicateResponse]
+
 // TrunkPeerServer is the server API for TrunkPeer service.
 // All implementations must embed UnimplementedTrunkPeerServer
 // for forward compatibility.
@@ -118,6 +136,10 @@ type TrunkPeerServer interface {
 	Release(*ReleaseRequest, grpc.ServerStreamingServer[SessionSnapshotChunk]) error
 	// Forget ends a Release: commit deletes the session here, abort keeps it.
 	Forget(context.Context, *ForgetRequest) (*ForgetResponse, error)
+	// Replicate keeps a copy of a session another trunk serves (its state after
+	// the last finished turn), so the session survives that trunk's death: a
+	// Release of a session that is not live here is served from the copy.
+	Replicate(grpc.ClientStreamingServer[SessionSnapshotChunk, ReplicateResponse]) error
 	mustEmbedUnimplementedTrunkPeerServer()
 }
 
@@ -136,6 +158,9 @@ func (UnimplementedTrunkPeerServer) Release(*ReleaseRequest, grpc.ServerStreamin
 }
 func (UnimplementedTrunkPeerServer) Forget(context.Context, *ForgetRequest) (*ForgetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Forget not implemented")
+}
+func (UnimplementedTrunkPeerServer) Replicate(grpc.ClientStreamingServer[SessionSnapshotChunk, ReplicateResponse]) error {
+	return status.Error(codes.Unimplemented, "method Replicate not implemented")
 }
 func (UnimplementedTrunkPeerServer) mustEmbedUnimplementedTrunkPeerServer() {}
 func (UnimplementedTrunkPeerServer) testEmbeddedByValue()                   {}
@@ -194,6 +219,13 @@ func _TrunkPeer_Forget_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TrunkPeer_Replicate_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(TrunkPeerServer).Replicate(&grpc.GenericServerStream[SessionSnapshotChunk, ReplicateResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TrunkPeer_ReplicateServer = grpc.ClientStreamingServer[SessionSnapshotChunk, ReplicateResponse]
+
 // TrunkPeer_ServiceDesc is the grpc.ServiceDesc for TrunkPeer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -216,6 +248,11 @@ var TrunkPeer_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Release",
 			Handler:       _TrunkPeer_Release_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Replicate",
+			Handler:       _TrunkPeer_Replicate_Handler,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "switchyard/v1/peer.proto",

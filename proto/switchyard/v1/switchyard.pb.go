@@ -829,7 +829,10 @@ type SessionSnapshotChunk struct {
 	TotalBytes int64 `protobuf:"varint,2,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
 	// tokens is the number of tokens the session holds. Set on the first chunk
 	// only; informational.
-	Tokens        int32 `protobuf:"varint,3,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	Tokens int32 `protobuf:"varint,3,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	// replica is set by TrunkPeer.Release on the first chunk when the data is a
+	// replica kept for failover rather than the live session.
+	Replica       bool `protobuf:"varint,4,opt,name=replica,proto3" json:"replica,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -883,6 +886,13 @@ func (x *SessionSnapshotChunk) GetTokens() int32 {
 		return x.Tokens
 	}
 	return 0
+}
+
+func (x *SessionSnapshotChunk) GetReplica() bool {
+	if x != nil {
+		return x.Replica
+	}
+	return false
 }
 
 // DeleteSessionRequest names the session to delete.
@@ -1420,12 +1430,13 @@ const file_switchyard_v1_switchyard_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"5\n" +
 	"\x14ExportSessionRequest\x12\x1d\n" +
 	"\n" +
-	"session_id\x18\x01 \x01(\tR\tsessionId\"c\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\"}\n" +
 	"\x14SessionSnapshotChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1f\n" +
 	"\vtotal_bytes\x18\x02 \x01(\x03R\n" +
 	"totalBytes\x12\x16\n" +
-	"\x06tokens\x18\x03 \x01(\x05R\x06tokens\"5\n" +
+	"\x06tokens\x18\x03 \x01(\x05R\x06tokens\x12\x18\n" +
+	"\areplica\x18\x04 \x01(\bR\areplica\"5\n" +
 	"\x14DeleteSessionRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"8\n" +

@@ -1,0 +1,409 @@
+package trunknode
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+)
+
+// Replication: after every finished turn (and after a session's creation
+// with a prompt) the trunk serving a session sends a copy of it to
+// ReplicationConfig.Replicas other trunks (rendezvous hashing on the session
+// id), off the token path: a worker takes a copy-on-write clone of the idle
+// session under the store's lock (no request ever waits for it), encodes it
+// and ships it. A trunk keeps the copies it receives in a bounded memory
+// (least recently updated dropped first). When the serving trunk dies, the
+// next request on the session, at any trunk, asks every trunk for it (peer.go)
+// and takes the most advanced copy: the state after the last turn that
+// finished before the crash, so the conversation continues token-identically.
+// A generation running at the crash fails with UNAVAILABLE (its stream
+// breaks); nothing else is lost.
+
+// ReplicationConfig configures session replicas.
+type ReplicationConfig struct {
+	Replicas int   // copies kept on other trunks (0: none)
+	MaxBytes int64 // memory for the copies this trunk keeps for others
+}
+
+type replica struct {
+	owner   string
+	tokens  int32
+	data    []byte
+	updated time.Time
+}
+
+// replicaStats are the replication metrics.
+type replicaStats struct {
+	Sent, SentBytes, Failed, Received, ReceivedBytes, Dropped, Failovers uint64
+	Held                                                                 int
+	HeldBytes                                                            int64
+	lags                                                                 []float64 // seconds from turn end to acknowledgement, recent
+}
+
+type replicator struct {
+	n   *Node
+	cfg ReplicationConfig
+
+	mu      sync.Mutex
+	queue   map[string]time.Time // session -> when its turn ended (coalesced)
+	sending bool                 // a session is being sent
+	wake    chan struct{}
+	held    map[string]*replica // copies of other trunks' sessions
+	stats   replicaStats
+	lagHist prometheus.Histogram
+}
+
+func newReplicator(n *Node, cfg ReplicationConfig) *replicator {
+	return &replicator{n: n, cfg: cfg, queue: map[string]time.Time{}, wake: make(chan struct{}, 1), held: map[string]*replica{}}
+}
+
+// later queues a session for replication (the latest state is sent once).
+func (r *replicator) later(sid string) {
+	if r == nil || r.cfg.Replicas <= 0 {
+		return
+	}
+	r.mu.Lock()
+	if _, ok := r.queue[sid]; !ok {
+		r.queue[sid] = time.Now()
+	}
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run sends queued sessions until ctx ends.
+func (r *replicator) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		}
+		for {
+			r.mu.Lock()
+			var sid string
+			var since time.Time
+			for id, t := range r.queue {
+				sid, since = id, t
+				break
+			}
+			delete(r.queue, sid)
+			r.sending = sid != ""
+			r.mu.Unlock()
+			if sid == "" || ctx.Err() != nil {
+				break
+			}
+			r.send(ctx, sid, since)
+			r.mu.Lock()
+			r.sending = false
+			r.mu.Unlock()
+		}
+	}
+}
+
+// send ships one session's current state to its replica trunks.
+func (r *replicator) send(ctx context.Context, sid string, since time.Time) {
+	p := r.n.peerSet()
+	if p == nil || p.cred == "" {
+		return
+	}
+	others := p.list()
+	if len(others) == 0 {
+		return
+	}
+	snap, release, err := r.n.store.cloneIdle(sid)
+	if err != nil {
+		if err == errCloneBusy {
+			r.later(sid) // a turn is running: its end queues it again anyway
+		}
+		return // gone
+	}
+	b, err := encodeTier(snap, r.n.snap)
+	tokens := int32(snap.State.Pos)
+	release()
+	if err != nil {
+		r.n.logger().Warn("encoding a replica failed", "session", sid, "err", err)
+		return
+	}
+	for _, target := range rank(sid, others)[:min(r.cfg.Replicas, len(others))] {
+		err := p.replicate(ctx, others[target], b, tokens)
+		r.mu.Lock()
+		if err != nil {
+			r.stats.Failed++
+		} else {
+			r.stats.Sent++
+			r.stats.SentBytes += uint64(len(b))
+			if r.lagHist != nil {
+				r.lagHist.Observe(time.Since(since).Seconds())
+			}
+		}
+		r.mu.Unlock()
+		if err != nil {
+			r.n.logger().Warn("replicating a session failed", "session", sid, "peer", target, "err", err)
+		}
+	}
+}
+
+// keep stores a copy received from a peer (a newer one replaces an older).
+func (r *replicator) keep(sid, owner string, tokens int32, data []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old := r.held[sid]; old != nil {
+		if old.tokens > tokens {
+			return // an older copy arriving late
+		}
+		r.stats.HeldBytes -= int64(len(old.data))
+	}
+	r.held[sid] = &replica{owner: owner, tokens: tokens, data: data, updated: time.Now()}
+	r.stats.HeldBytes += int64(len(data))
+	r.stats.Received++
+	r.stats.ReceivedBytes += uint64(len(data))
+	if r.cfg.MaxBytes > 0 && r.stats.HeldBytes > r.cfg.MaxBytes {
+		ids := make([]string, 0, len(r.held))
+		for id := range r.held {
+			ids = append(ids, id)
+		}
+		sort.Slice(ids, func(i, j int) bool { return r.held[ids[i]].updated.Before(r.held[ids[j]].updated) })
+		for _, id := range ids {
+			if r.stats.HeldBytes <= r.cfg.MaxBytes || id == sid {
+				break
+			}
+			r.stats.HeldBytes -= int64(len(r.held[id].data))
+			delete(r.held, id)
+			r.stats.Dropped++
+		}
+	}
+	r.stats.Held = len(r.held)
+}
+
+// get returns owner's copy of sid, or nil.
+func (r *replicator) get(owner, sid string) *replica {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.held[sid]
+	if c == nil || c.owner != owner {
+		return nil
+	}
+	return c
+}
+
+// drop deletes a copy (it became the live session somewhere).
+func (r *replicator) drop(sid string) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.held[sid]; c != nil {
+		r.stats.HeldBytes -= int64(len(c.data))
+		delete(r.held, sid)
+		r.stats.Held = len(r.held)
+	}
+}
+
+func (r *replicator) snapshot() replicaStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stats
+}
+
+// rank orders nodes by rendezvous hash of (node, key), best first.
+func rank(key string, nodes map[string]string) []string {
+	ids := make([]string, 0, len(nodes))
+	rest := map[string]string{}
+	for k, v := range nodes {
+		rest[k] = v
+	}
+	for len(rest) > 0 {
+		best := rendezvous(key, rest)
+		ids = append(ids, best)
+		delete(rest, best)
+	}
+	return ids
+}
+
+// verifyTier checks a session file's checksum and signature (not its state).
+func verifyTier(b []byte, key []byte) error {
+	macLen := 0
+	if key != nil {
+		macLen = sha256.Size
+	}
+	if len(b) < 8+4+macLen || string(b[:4]) != tierMagic || binary.LittleEndian.Uint32(b[4:]) != tierVersion {
+		return fmt.Errorf("%w: not a session file", errSnapshot)
+	}
+	body := len(b) - 4 - macLen
+	if crc32.ChecksumIEEE(b[:body]) != binary.LittleEndian.Uint32(b[body:]) {
+		return fmt.Errorf("%w: checksum mismatch", errSnapshot)
+	}
+	if macLen > 0 {
+		mac := hmac.New(sha256.New, key)
+		mac.Write(b[:body])
+		if !hmac.Equal(mac.Sum(nil), b[body+4:]) {
+			return fmt.Errorf("%w: the session file is not signed with this cluster's key", errSnapshotUnsigned)
+		}
+	}
+	return nil
+}
+
+// replicate sends one session file to the trunk at addr.
+func (p *peers) replicate(ctx context.Context, addr string, b []byte, tokens int32) error {
+	cli, err := p.client(ctx, addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, pullTimeout)
+	defer cancel()
+	st, err := cli.Replicate(p.outgoing(ctx))
+	if err != nil {
+		return err
+	}
+	w := &chunkWriter{send: st.Send, buf: make([]byte, 0, snapChunk), first: &pb.SessionSnapshotChunk{TotalBytes: int64(len(b)), Tokens: tokens}}
+	if _, err := w.Write(b); err != nil {
+		return err
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	_, err = st.CloseAndRecv()
+	return err
+}
+
+func (s *peerAPI) Replicate(stream pb.TrunkPeer_ReplicateServer) error {
+	if err := s.authorize(stream.Context()); err != nil {
+		return err
+	}
+	r := s.n.replicas
+	if r == nil {
+		return errNoPeering
+	}
+	limit := s.n.maxSnapshotBytes() + 1<<20
+	chunks := recvChunks(stream)
+	var buf bytes.Buffer
+	var tokens int32
+	start := time.Now()
+	for first := true; ; first = false {
+		m, err := nextChunk(stream.Context(), chunks)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return toStatus(err)
+		}
+		if first {
+			tokens = m.Tokens
+		}
+		if int64(buf.Len()+len(m.Data)) > limit {
+			return toStatus(fmt.Errorf("%w: the replica exceeds this node's limit of %d bytes", errSnapshot, limit))
+		}
+		buf.Write(m.Data)
+		if err := importProgress(start, int64(buf.Len())); err != nil {
+			return toStatus(err)
+		}
+	}
+	b := buf.Bytes()
+	if err := verifyTier(b, s.n.cfg.SnapshotKey); err != nil {
+		return toStatus(err)
+	}
+	rd := bytes.NewReader(b[8:])
+	sid, err := readStr(rd)
+	if err != nil {
+		return toStatus(err)
+	}
+	owner, err := readStr(rd)
+	if err != nil {
+		return toStatus(err)
+	}
+	r.keep(sid, owner, tokens, b)
+	return stream.SendAndClose(&pb.ReplicateResponse{})
+}
+
+// watchReplicas exports the replication metrics.
+func (m *metrics) watchReplicas(node string, r *replicator) {
+	labels := prometheus.Labels{"node_id": node}
+	counter := func(name, help string, v func(replicaStats) float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, func() float64 { return v(r.snapshot()) })
+	}
+	gauge := func(name, help string, v func(replicaStats) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, func() float64 { return v(r.snapshot()) })
+	}
+	r.lagHist = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "switchyard_session_replication_lag_seconds",
+		Help: "Time from the end of a turn to a replica trunk's acknowledgement of the session's copy.", ConstLabels: labels,
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}})
+	m.reg.MustRegister(r.lagHist,
+		counter("switchyard_session_replicas_sent_total", "Session copies sent to replica trunks.", func(s replicaStats) float64 { return float64(s.Sent) }),
+		counter("switchyard_session_replica_sent_bytes_total", "Bytes of session copies sent to replica trunks.", func(s replicaStats) float64 { return float64(s.SentBytes) }),
+		counter("switchyard_session_replicas_failed_total", "Session copies a replica trunk did not acknowledge.", func(s replicaStats) float64 { return float64(s.Failed) }),
+		counter("switchyard_session_replicas_received_total", "Session copies received from other trunks.", func(s replicaStats) float64 { return float64(s.Received) }),
+		counter("switchyard_session_replicas_dropped_total", "Copies dropped to stay within the replica memory (least recently updated first).", func(s replicaStats) float64 { return float64(s.Dropped) }),
+		counter("switchyard_session_failovers_total", "Sessions taken over from a replica copy (their trunk had gone).", func(s replicaStats) float64 { return float64(s.Failovers) }),
+		gauge("switchyard_session_replicas_held", "Copies of other trunks' sessions held here.", func(s replicaStats) float64 { return float64(s.Held) }),
+		gauge("switchyard_session_replicas_held_bytes", "Bytes of copies of other trunks' sessions held here.", func(s replicaStats) float64 { return float64(s.HeldBytes) }),
+	)
+}
+
+// errCloneBusy: the session is running a generation.
+var errCloneBusy = fmt.Errorf("%w: running", ErrSessionBusy)
+
+// cloneIdle returns a copy of an idle session for replication (its KV pages
+// shared copy-on-write) and a func that lets the copy go.
+func (s *Store) cloneIdle(id string) (*Session, func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess, ok := s.sessions[id]
+	if !ok || sess.ephemeral || sess.deleted {
+		return nil, nil, ErrSessionNotFound
+	}
+	if sess.busy {
+		return nil, nil, errCloneBusy
+	}
+	st := sess.State.Clone()
+	cp := &Session{ID: sess.ID, State: st, Unfed: append([]int(nil), sess.Unfed...), owner: sess.owner, lastUsed: sess.lastUsed}
+	return cp, st.Release, nil
+}
+
+// handOff sends the copies this trunk keeps to other trunks (a draining
+// trunk's replicas must not go with it).
+func (r *replicator) handOff(ctx context.Context, p *peers) {
+	others := p.list()
+	if r == nil || len(others) == 0 {
+		return
+	}
+	r.mu.Lock()
+	held := make(map[string]*replica, len(r.held))
+	for k, v := range r.held {
+		held[k] = v
+	}
+	r.mu.Unlock()
+	for sid, c := range held {
+		if err := p.replicate(ctx, others[rank(sid, others)[0]], c.data, c.tokens); err != nil {
+			r.n.logger().Warn("handing a replica to a peer failed", "session", sid, "err", err)
+		}
+	}
+}
+
+// failover counts a session taken over from a copy.
+func (r *replicator) failover() {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	r.stats.Failovers++
+	r.mu.Unlock()
+}
