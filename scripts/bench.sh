@@ -33,3 +33,5 @@ echo "== noisy neighbour: short sessions' inter-token latency beside a 2048-toke
 bash scripts/noisy-neighbour.sh
 echo "== prefix cache: 1000 requests sharing a 2048-token system prompt, cache off vs on (tiny model)"
 bash scripts/prefix-cache-bench.sh
+echo "== sessions: offload/restore vs re-prefill at 1K/8K/32K, replication bytes, lag and cost at 32 sessions (tiny model; BENCH_MODEL=... for another)"
+SWITCHYARD_BENCH=1 go test -count=1 -run TestSessionsBench ./trunk-node/ | grep '^|'

@@ -47,6 +47,7 @@ type replica struct {
 // replicaStats are the replication metrics.
 type replicaStats struct {
 	Sent, SentBytes, Failed, Received, ReceivedBytes, Dropped, Failovers uint64
+	SendSeconds                                                          float64 // time spent cloning, encoding and sending
 	Held                                                                 int
 	HeldBytes                                                            int64
 	lags                                                                 []float64 // seconds from turn end to acknowledgement, recent
@@ -117,6 +118,12 @@ func (r *replicator) run(ctx context.Context) {
 
 // send ships one session's current state to its replica trunks.
 func (r *replicator) send(ctx context.Context, sid string, since time.Time) {
+	start := time.Now()
+	defer func() {
+		r.mu.Lock()
+		r.stats.SendSeconds += time.Since(start).Seconds()
+		r.mu.Unlock()
+	}()
 	p := r.n.peerSet()
 	if p == nil || p.cred == "" {
 		return
@@ -127,10 +134,7 @@ func (r *replicator) send(ctx context.Context, sid string, since time.Time) {
 	}
 	snap, release, err := r.n.store.cloneIdle(sid)
 	if err != nil {
-		if err == errCloneBusy {
-			r.later(sid) // a turn is running: its end queues it again anyway
-		}
-		return // gone
+		return // gone, or running a turn, whose end queues it again
 	}
 	b, err := encodeTier(snap, r.n.snap)
 	tokens := int32(snap.State.Pos)
