@@ -24,6 +24,10 @@ if [ -z "${BENCH_MODEL:-}" ]; then
   [ -f "$Q8" ] || "$BIN" convert --model "$MODEL" --type q8_0 --out "$Q8"
   echo "== engine, Q8_0 GGUF"
   "$BIN" bench --model "$Q8"
+  Q4M="$CACHE/h-tiny-8L-q4_k_m.gguf"
+  [ -f "$Q4M" ] || "$BIN" convert --model "$MODEL" --type q4_k_m --out "$Q4M"
+  echo "== engine, Q4_K_M GGUF (llama.cpp's mix)"
+  "$BIN" bench --model "$Q4M"
 fi
 echo "== cluster: 1 trunk + 2 expert nodes on loopback vs in-process (BF16)"
 "$BIN" bench-cluster --model "$MODEL" --sessions 1,8,32 --tokens 16 --prompt 16 --reps 3

@@ -4,10 +4,12 @@
 // weights, reshaped ssm_norm, split gate/up projections, q/k rows permuted for
 // ggml's interleaved RoPE, and the byte-level BPE vocabulary.
 //
-// Weight matrices are written in the requested type (F32, F16, BF16, Q8_0 or Q4_K;
-// a matrix whose width is not a whole number of quantization blocks falls back to
-// Q8_0, then F16); 1-D tensors, norms, ssm_a/ssm_d, biases, the router and the conv
-// weights are always F32, as llama.cpp keeps them.
+// Weight matrices are written in the requested type (F32, F16, BF16 or any type
+// tensor.CanQuantize encodes; a matrix whose width is not a whole number of
+// quantization blocks falls back to Q8_0, then F16), or in one of llama.cpp's
+// quantization mixes (Q4_K_M, Q5_K_M: see mix.go), which pick a type per tensor
+// the way llama-quantize does. 1-D tensors, norms, ssm_a/ssm_d, biases, the router
+// and the conv weights are always F32, as llama.cpp keeps them.
 package convert
 
 import (
@@ -30,7 +32,8 @@ var ErrConvert = errors.New("convert: cannot convert")
 
 // Options control the conversion.
 type Options struct {
-	Type     tensor.DType // type of the weight matrices (default F16)
+	Type     tensor.DType // type of the weight matrices (default F16); ignored when Mix is set
+	Mix      Mix          // a llama.cpp quantization mix ("" for none)
 	Progress io.Writer    // progress lines (nil: silent)
 }
 
@@ -50,6 +53,15 @@ func HFToGGUF(dir, path string, o Options) error {
 	if o.Type == 0 {
 		o.Type = tensor.F16
 	}
+	if o.Mix != "" {
+		dt, ok := o.Mix.defaultType()
+		if !ok {
+			return fmt.Errorf("%w: unknown quantization mix %q", ErrConvert, o.Mix)
+		}
+		o.Type = dt
+	} else if !tensor.CanQuantize(o.Type) {
+		return fmt.Errorf("%w: cannot write weights as %v", ErrConvert, o.Type)
+	}
 	c, err := config.Load(filepath.Join(dir, "config.json"))
 	if err != nil {
 		return err
@@ -66,12 +78,12 @@ func HFToGGUF(dir, path string, o Options) error {
 		return err
 	}
 	defer ck.Close()
-	b := &builder{ck: ck, c: c, want: o.Type}
+	b := &builder{ck: ck, c: c, want: o.Type, mix: o.Mix}
 	if err := b.plan(); err != nil {
 		return err
 	}
 	w := gguf.NewWriter()
-	writeMetadata(w, c, tok, o.Type)
+	writeMetadata(w, c, tok, o.Type, o.Mix)
 	for _, t := range b.outs {
 		size, err := t.dt.RowBytes(t.cols)
 		if err != nil {
@@ -96,34 +108,13 @@ func HFToGGUF(dir, path string, o Options) error {
 	})
 }
 
-func encodeRow(dt tensor.DType, src []float32, dst []byte) {
-	switch dt {
-	case tensor.F32:
-		for i, v := range src {
-			b := math.Float32bits(v)
-			dst[4*i], dst[4*i+1], dst[4*i+2], dst[4*i+3] = byte(b), byte(b>>8), byte(b>>16), byte(b>>24)
-		}
-	case tensor.F16:
-		for i, v := range src {
-			h := tensor.F32ToF16(v)
-			dst[2*i], dst[2*i+1] = byte(h), byte(h>>8)
-		}
-	case tensor.BF16:
-		for i, v := range src {
-			h := tensor.F32ToBF16(v)
-			dst[2*i], dst[2*i+1] = byte(h), byte(h>>8)
-		}
-	case tensor.Q8_0:
-		tensor.QuantizeQ8_0(src, dst)
-	case tensor.Q4_K:
-		tensor.QuantizeQ4_K(src, dst)
-	}
-}
+func encodeRow(dt tensor.DType, src []float32, dst []byte) { tensor.Quantize(dt, src, dst) }
 
 type builder struct {
 	ck   *safetensors.Checkpoint
 	c    *config.Config
 	want tensor.DType
+	mix  Mix
 	outs []out
 	err  error
 }
@@ -184,11 +175,20 @@ func (b *builder) add(name string, t safetensors.Tensor, r0, rows, cols int, dt 
 
 // matrix adds a 2-D weight [rows, cols] (a row range of a possibly stacked source).
 func (b *builder) matrix(gname string, t safetensors.Tensor, r0, rows, cols int, ne []uint64, perm func(int) int) {
-	b.add(gname, t, r0, rows, cols, b.matType(cols), ne, perm, nil)
+	dt := b.matType(cols)
+	if b.mix != "" {
+		dt = b.mix.tensorType(b.c, gname, cols)
+		// llama-quantize writes every tensor with ggml_n_dims dimensions.
+		ne = trimDims(ne)
+	}
+	b.add(gname, t, r0, rows, cols, dt, ne, perm, nil)
 }
 
 // vector adds an always-F32 tensor of n values with the given ggml shape.
 func (b *builder) vector(gname string, t safetensors.Tensor, n int, ne []uint64, xf func(float32) float32) {
+	if b.mix != "" {
+		ne = trimDims(ne)
+	}
 	b.add(gname, t, 0, 1, n, tensor.F32, ne, nil, xf)
 }
 
@@ -203,6 +203,24 @@ func permuteQK(hd int) func(int) int {
 		k, j := i/2, i%2
 		return h*hd + j*half + k
 	}
+}
+
+// dims is u, trimmed like llama-quantize's output in mix mode.
+func (b *builder) dims(v ...int) []uint64 {
+	if b.mix != "" {
+		return trimDims(u(v...))
+	}
+	return u(v...)
+}
+
+// trimDims drops trailing (ggml order) dimensions of size 1, keeping at least
+// one: ggml_n_dims, which llama-quantize uses when it writes a tensor.
+func trimDims(ne []uint64) []uint64 {
+	n := len(ne)
+	for n > 1 && ne[n-1] == 1 {
+		n--
+	}
+	return ne[:n]
 }
 
 func u(v ...int) []uint64 {
@@ -242,7 +260,7 @@ func (b *builder) plan() error {
 				b.matrix(g+"ssm_in.weight", t, 0, c.InProjDim(), H, u(H, c.InProjDim()), nil)
 			}
 			if t, ok := b.src(p+"mamba.conv1d.weight", cd, 1, K); ok {
-				b.add(g+"ssm_conv1d.weight", t, 0, cd, K, tensor.F32, u(K, cd), nil, nil)
+				b.add(g+"ssm_conv1d.weight", t, 0, cd, K, tensor.F32, b.dims(K, cd), nil, nil)
 			}
 			if c.MambaConvBias {
 				if t, ok := b.src(p+"mamba.conv1d.bias", cd); ok {
@@ -283,7 +301,7 @@ func (b *builder) plan() error {
 		if c.IsMoE() {
 			E, I := c.Experts, c.Intermediate
 			if t, ok := b.src(p+"block_sparse_moe.router.layer.weight", E, H); ok {
-				b.add(g+"ffn_gate_inp.weight", t, 0, E, H, tensor.F32, u(H, E), nil, nil)
+				b.add(g+"ffn_gate_inp.weight", t, 0, E, H, tensor.F32, b.dims(H, E), nil, nil)
 			}
 			if t, ok := b.src(p+"block_sparse_moe.input_linear.weight", E, 2*I, H); ok {
 				// Rows of expert e: gate = [e*2I, e*2I+I), up = [e*2I+I, (e+1)*2I).
@@ -313,12 +331,20 @@ func (b *builder) plan() error {
 	return b.err
 }
 
-func writeMetadata(w *gguf.Writer, c *config.Config, tok *tokenizer.Tokenizer, dt tensor.DType) {
+func writeMetadata(w *gguf.Writer, c *config.Config, tok *tokenizer.Tokenizer, dt tensor.DType, mix Mix) {
 	const a = "granitehybrid."
 	w.AddString("general.architecture", "granitehybrid")
 	w.AddString("general.name", "switchyard-converted")
-	ft := map[tensor.DType]uint32{tensor.F32: 0, tensor.F16: 1, tensor.Q8_0: 7, tensor.Q4_K: 15, tensor.BF16: 32}[dt]
+	// llama_ftype numbers.
+	ft := map[tensor.DType]uint32{tensor.F32: 0, tensor.F16: 1, tensor.Q4_0: 2, tensor.Q4_1: 3, tensor.Q8_0: 7,
+		tensor.Q5_0: 8, tensor.Q5_1: 9, tensor.Q4_K: 15, tensor.Q5_K: 16, tensor.Q6_K: 18, tensor.BF16: 32}[dt]
+	if mix != "" {
+		ft = mix.fileType()
+	}
 	w.AddUint32("general.file_type", ft)
+	if dt.Quantized() {
+		w.AddUint32("general.quantization_version", 2) // ggml's GGML_QNT_VERSION
+	}
 	ctx := uint32(c.MaxPositionEmbed)
 	if !c.UseRope() {
 		ctx = 1 << 20

@@ -9,6 +9,7 @@ import (
 	"math/bits"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
@@ -550,7 +551,7 @@ func (f *File) Tensor(name string) (tensor.DType, []int, []byte, error) {
 	ti := f.tensors[i]
 	dt, ok := ti.Type.DType()
 	if !ok {
-		return 0, nil, nil, fmt.Errorf("%w: tensor %q has type %s (supported: F32, F16, BF16, Q8_0, Q4_K)", ErrUnsupported, name, ti.Type)
+		return 0, nil, nil, fmt.Errorf("%w: tensor %q has type %s (supported: %s)", ErrUnsupported, name, ti.Type, supportedList)
 	}
 	if f.data == nil && f.sizes[i] > 0 {
 		// Only reachable after Close.
@@ -559,6 +560,15 @@ func (f *File) Tensor(name string) (tensor.DType, []int, []byte, error) {
 	end := ti.Offset + f.sizes[i]
 	return dt, ti.Shape(), f.data[ti.Offset:end:end], nil
 }
+
+// supportedList names the supported tensor types for error messages.
+var supportedList = func() string {
+	var names []string
+	for _, t := range SupportedTypes() {
+		names = append(names, t.String())
+	}
+	return strings.Join(names, ", ")
+}()
 
 // Close releases the mapping; tensor data obtained from the file must not be used
 // afterwards. Closing twice, or closing a File from Parse, does nothing.

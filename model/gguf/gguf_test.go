@@ -587,6 +587,28 @@ func TestParseBad(t *testing.T) {
 	}
 }
 
+// TestQuantizedTensorTypes reads one tensor of every quantized type the engine
+// computes with.
+func TestQuantizedTensorTypes(t *testing.T) {
+	for _, g := range SupportedTypes() {
+		d, _ := g.DType()
+		if !d.Quantized() {
+			continue
+		}
+		values, size, _ := g.blockLayout()
+		b := oneTensor("blk.0.ffn_down.weight", []uint64{2 * values, 3}, g, 0, int(6*size))
+		f, err := Parse(b)
+		if err != nil {
+			t.Errorf("%v: Parse: %v", g, err)
+			continue
+		}
+		dt, shape, data, err := f.Tensor("blk.0.ffn_down.weight")
+		if err != nil || dt != d || !slices.Equal(shape, []int{3, 2 * int(values)}) || len(data) != int(6*size) {
+			t.Errorf("%v: Tensor = %v %v %d bytes, %v", g, dt, shape, len(data), err)
+		}
+	}
+}
+
 func TestUnsupportedTensorTypes(t *testing.T) {
 	for _, c := range []struct {
 		typ  GGMLType
@@ -594,15 +616,9 @@ func TestUnsupportedTensorTypes(t *testing.T) {
 		size int
 		name string
 	}{
-		{GGMLTypeQ4_0, []uint64{32}, 18, "Q4_0"},
-		{GGMLTypeQ4_1, []uint64{32}, 20, "Q4_1"},
-		{GGMLTypeQ5_0, []uint64{32}, 22, "Q5_0"},
-		{GGMLTypeQ5_1, []uint64{32}, 24, "Q5_1"},
-		{GGMLTypeQ2_K, []uint64{256}, 84, "Q2_K"},
-		{GGMLTypeQ3_K, []uint64{256}, 110, "Q3_K"},
-		{GGMLTypeQ5_K, []uint64{256}, 176, "Q5_K"},
-		{GGMLTypeQ6_K, []uint64{256}, 210, "Q6_K"},
-		{GGMLTypeIQ4_XS, []uint64{256}, 0, "IQ4_XS"},
+		{GGMLTypeQ8_1, []uint64{32}, 36, "Q8_1"},
+		{GGMLTypeIQ2_XXS, []uint64{256}, 0, "IQ2_XXS"},
+		{GGMLTypeMXFP4, []uint64{32}, 0, "MXFP4"},
 		{GGMLTypeI32, []uint64{4}, 16, "I32"},
 		{GGMLType(99), []uint64{4}, 0, "GGMLType(99)"},
 	} {
@@ -762,4 +778,53 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestEngineTypesConsistent checks that every ggml type the engine computes
+// with maps to an element type and back, with the same block layout in both
+// packages.
+func TestEngineTypesConsistent(t *testing.T) {
+	for _, g := range SupportedTypes() {
+		d, ok := g.DType()
+		if !ok {
+			t.Fatalf("%v: no DType", g)
+		}
+		if back, ok := ggmlTypeOf(d); !ok || back != g {
+			t.Errorf("%v -> %v -> %v", g, d, back)
+		}
+		values, size, ok := g.blockLayout()
+		if !ok || int(values) != d.BlockValues() || int(size) != d.BlockBytes() {
+			t.Errorf("%v: ggml layout %d/%d, tensor layout %d/%d", g, values, size, d.BlockValues(), d.BlockBytes())
+		}
+		if d.String() != g.String() {
+			t.Errorf("names differ: %q vs %q", d, g)
+		}
+	}
+	for _, d := range tensor.QuantizedDTypes() {
+		if _, ok := ggmlTypeOf(d); !ok {
+			t.Errorf("%v has no ggml type", d)
+		}
+	}
+}
+
+// TestTrimmedDims parses llama-quantize's output, whose 1-D ssm_norm.weight
+// (ne {128}) stands for the converter's {128, 1}: the reader reports the
+// dimensions as written.
+func TestTrimmedDims(t *testing.T) {
+	f, err := Open("testdata/granite-tiny-q4_k_m.gguf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dt, shape, data, err := f.Tensor("blk.0.ssm_norm.weight")
+	if err != nil || dt != tensor.F32 || !slices.Equal(shape, []int{128}) || len(data) != 512 {
+		t.Fatalf("ssm_norm: %v %v %d bytes, %v", dt, shape, len(data), err)
+	}
+	if !tensor.SameShape(shape, []int{1, 128}) {
+		t.Fatal("SameShape rejects the trimmed shape")
+	}
+	dt, shape, _, err = f.Tensor("blk.0.ffn_down_exps.weight")
+	if err != nil || dt != tensor.Q5_0 || !slices.Equal(shape, []int{8, 64, 32}) {
+		t.Fatalf("ffn_down_exps: %v %v, %v", dt, shape, err)
+	}
 }

@@ -131,39 +131,46 @@ func (t GGMLType) String() string {
 	return fmt.Sprintf("GGMLType(%d)", uint32(t))
 }
 
+// engineTypes pairs the ggml types the engine computes with and its element types.
+var engineTypes = []struct {
+	g GGMLType
+	d tensor.DType
+}{
+	{GGMLTypeF32, tensor.F32}, {GGMLTypeF16, tensor.F16}, {GGMLTypeBF16, tensor.BF16},
+	{GGMLTypeQ8_0, tensor.Q8_0}, {GGMLTypeQ4_K, tensor.Q4_K}, {GGMLTypeQ6_K, tensor.Q6_K},
+	{GGMLTypeQ5_K, tensor.Q5_K}, {GGMLTypeQ4_0, tensor.Q4_0}, {GGMLTypeQ4_1, tensor.Q4_1},
+	{GGMLTypeQ5_0, tensor.Q5_0}, {GGMLTypeQ5_1, tensor.Q5_1}, {GGMLTypeQ2_K, tensor.Q2_K},
+	{GGMLTypeQ3_K, tensor.Q3_K}, {GGMLTypeIQ4_NL, tensor.IQ4_NL}, {GGMLTypeIQ4_XS, tensor.IQ4_XS},
+}
+
 // DType maps the type to the engine's element type; ok is false for types the
 // engine does not compute with.
 func (t GGMLType) DType() (d tensor.DType, ok bool) {
-	switch t {
-	case GGMLTypeF32:
-		return tensor.F32, true
-	case GGMLTypeF16:
-		return tensor.F16, true
-	case GGMLTypeBF16:
-		return tensor.BF16, true
-	case GGMLTypeQ8_0:
-		return tensor.Q8_0, true
-	case GGMLTypeQ4_K:
-		return tensor.Q4_K, true
+	for _, e := range engineTypes {
+		if e.g == t {
+			return e.d, true
+		}
 	}
 	return 0, false
 }
 
 // ggmlTypeOf maps an engine element type to its ggml id.
 func ggmlTypeOf(d tensor.DType) (GGMLType, bool) {
-	switch d {
-	case tensor.F32:
-		return GGMLTypeF32, true
-	case tensor.F16:
-		return GGMLTypeF16, true
-	case tensor.BF16:
-		return GGMLTypeBF16, true
-	case tensor.Q8_0:
-		return GGMLTypeQ8_0, true
-	case tensor.Q4_K:
-		return GGMLTypeQ4_K, true
+	for _, e := range engineTypes {
+		if e.d == d {
+			return e.g, true
+		}
 	}
 	return 0, false
+}
+
+// SupportedTypes lists the ggml tensor types the engine computes with.
+func SupportedTypes() []GGMLType {
+	out := make([]GGMLType, len(engineTypes))
+	for i, e := range engineTypes {
+		out[i] = e.g
+	}
+	return out
 }
 
 // blockLayout gives the values per block and bytes per block of the types whose
@@ -202,6 +209,10 @@ func (t GGMLType) blockLayout() (values, size uint64, ok bool) {
 		return 256, 210, true
 	case GGMLTypeQ8_K:
 		return 256, 292, true
+	case GGMLTypeIQ4_NL:
+		return 32, 18, true
+	case GGMLTypeIQ4_XS:
+		return 256, 136, true
 	}
 	return 0, 0, false
 }

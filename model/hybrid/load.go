@@ -6,7 +6,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/gguf"
@@ -37,7 +36,10 @@ func (l *loader) raw(name string, shape ...int) (tensor.DType, []byte, error) {
 	if !ok {
 		return 0, nil, fmt.Errorf("%w: %s is missing", ErrTensor, name)
 	}
-	if !slices.Equal(sh, shape) {
+	// Shapes are compared as ggml does, up to trailing (ggml order) dimensions of
+	// size 1: llama-quantize writes ssm_norm.weight of a one-group model as [3072]
+	// where the converter wrote [1, 3072].
+	if !tensor.SameShape(sh, shape) {
 		return 0, nil, fmt.Errorf("%w: %s has shape %v, want %v", ErrTensor, name, sh, shape)
 	}
 	return dt, data, nil

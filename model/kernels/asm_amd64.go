@@ -178,6 +178,216 @@ func tile512Q4KN4(w *byte, wstride int, nquads int, x *float32, xstride int, nch
 // widen512Q4K widens quads of Q4K weight rows into a float32 panel (see genTile).
 func widen512Q4K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512Q6KN1 computes 4-row x 1-input dot products of Q6K weights (see genTile).
+func tile512Q6KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q6KN2 computes 4-row x 2-input dot products of Q6K weights (see genTile).
+func tile512Q6KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q6KN3 computes 4-row x 3-input dot products of Q6K weights (see genTile).
+func tile512Q6KN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q6KN4 computes 4-row x 4-input dot products of Q6K weights (see genTile).
+func tile512Q6KN4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q6KN5 computes 4-row x 5-input dot products of Q6K weights (see genTile).
+func tile512Q6KN5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q6KN6 computes 4-row x 6-input dot products of Q6K weights (see genTile).
+func tile512Q6KN6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen512Q6K widens quads of Q6K weight rows into a float32 panel (see genTile).
+func widen512Q6K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q5KN1 computes 4-row x 1-input dot products of Q5K weights (see genTile).
+func tile512Q5KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q5KN2 computes 4-row x 2-input dot products of Q5K weights (see genTile).
+func tile512Q5KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q5KN3 computes 4-row x 3-input dot products of Q5K weights (see genTile).
+func tile512Q5KN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q5KN4 computes 4-row x 4-input dot products of Q5K weights (see genTile).
+func tile512Q5KN4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q5KN5 computes 4-row x 5-input dot products of Q5K weights (see genTile).
+func tile512Q5KN5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q5KN6 computes 4-row x 6-input dot products of Q5K weights (see genTile).
+func tile512Q5KN6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen512Q5K widens quads of Q5K weight rows into a float32 panel (see genTile).
+func widen512Q5K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q40N1 computes 4-row x 1-input dot products of Q40 weights (see genTile).
+func tile512Q40N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q40N2 computes 4-row x 2-input dot products of Q40 weights (see genTile).
+func tile512Q40N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q40N3 computes 4-row x 3-input dot products of Q40 weights (see genTile).
+func tile512Q40N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q40N4 computes 4-row x 4-input dot products of Q40 weights (see genTile).
+func tile512Q40N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q40N5 computes 4-row x 5-input dot products of Q40 weights (see genTile).
+func tile512Q40N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q40N6 computes 4-row x 6-input dot products of Q40 weights (see genTile).
+func tile512Q40N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen512Q40 widens quads of Q40 weight rows into a float32 panel (see genTile).
+func widen512Q40(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q41N1 computes 4-row x 1-input dot products of Q41 weights (see genTile).
+func tile512Q41N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q41N2 computes 4-row x 2-input dot products of Q41 weights (see genTile).
+func tile512Q41N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q41N3 computes 4-row x 3-input dot products of Q41 weights (see genTile).
+func tile512Q41N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q41N4 computes 4-row x 4-input dot products of Q41 weights (see genTile).
+func tile512Q41N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q41N5 computes 4-row x 5-input dot products of Q41 weights (see genTile).
+func tile512Q41N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q41N6 computes 4-row x 6-input dot products of Q41 weights (see genTile).
+func tile512Q41N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen512Q41 widens quads of Q41 weight rows into a float32 panel (see genTile).
+func widen512Q41(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q50N1 computes 4-row x 1-input dot products of Q50 weights (see genTile).
+func tile512Q50N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q50N2 computes 4-row x 2-input dot products of Q50 weights (see genTile).
+func tile512Q50N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q50N3 computes 4-row x 3-input dot products of Q50 weights (see genTile).
+func tile512Q50N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q50N4 computes 4-row x 4-input dot products of Q50 weights (see genTile).
+func tile512Q50N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q50N5 computes 4-row x 5-input dot products of Q50 weights (see genTile).
+func tile512Q50N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q50N6 computes 4-row x 6-input dot products of Q50 weights (see genTile).
+func tile512Q50N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen512Q50 widens quads of Q50 weight rows into a float32 panel (see genTile).
+func widen512Q50(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q51N1 computes 4-row x 1-input dot products of Q51 weights (see genTile).
+func tile512Q51N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q51N2 computes 4-row x 2-input dot products of Q51 weights (see genTile).
+func tile512Q51N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q51N3 computes 4-row x 3-input dot products of Q51 weights (see genTile).
+func tile512Q51N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q51N4 computes 4-row x 4-input dot products of Q51 weights (see genTile).
+func tile512Q51N4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q51N5 computes 4-row x 5-input dot products of Q51 weights (see genTile).
+func tile512Q51N5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q51N6 computes 4-row x 6-input dot products of Q51 weights (see genTile).
+func tile512Q51N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen512Q51 widens quads of Q51 weight rows into a float32 panel (see genTile).
+func widen512Q51(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4NLN1 computes 4-row x 1-input dot products of IQ4NL weights (see genTile).
+func tile512IQ4NLN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4NLN2 computes 4-row x 2-input dot products of IQ4NL weights (see genTile).
+func tile512IQ4NLN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4NLN3 computes 4-row x 3-input dot products of IQ4NL weights (see genTile).
+func tile512IQ4NLN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4NLN4 computes 4-row x 4-input dot products of IQ4NL weights (see genTile).
+func tile512IQ4NLN4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4NLN5 computes 4-row x 5-input dot products of IQ4NL weights (see genTile).
+func tile512IQ4NLN5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4NLN6 computes 4-row x 6-input dot products of IQ4NL weights (see genTile).
+func tile512IQ4NLN6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen512IQ4NL widens quads of IQ4NL weight rows into a float32 panel (see genTile).
+func widen512IQ4NL(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q2KN1 computes 4-row x 1-input dot products of Q2K weights (see genTile).
+func tile512Q2KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q2KN2 computes 4-row x 2-input dot products of Q2K weights (see genTile).
+func tile512Q2KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q2KN3 computes 4-row x 3-input dot products of Q2K weights (see genTile).
+func tile512Q2KN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q2KN4 computes 4-row x 4-input dot products of Q2K weights (see genTile).
+func tile512Q2KN4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q2KN5 computes 4-row x 5-input dot products of Q2K weights (see genTile).
+func tile512Q2KN5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q2KN6 computes 4-row x 6-input dot products of Q2K weights (see genTile).
+func tile512Q2KN6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen512Q2K widens quads of Q2K weight rows into a float32 panel (see genTile).
+func widen512Q2K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4XSN1 computes 4-row x 1-input dot products of IQ4XS weights (see genTile).
+func tile512IQ4XSN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4XSN2 computes 4-row x 2-input dot products of IQ4XS weights (see genTile).
+func tile512IQ4XSN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4XSN3 computes 4-row x 3-input dot products of IQ4XS weights (see genTile).
+func tile512IQ4XSN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4XSN4 computes 4-row x 4-input dot products of IQ4XS weights (see genTile).
+func tile512IQ4XSN4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4XSN5 computes 4-row x 5-input dot products of IQ4XS weights (see genTile).
+func tile512IQ4XSN5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4XSN6 computes 4-row x 6-input dot products of IQ4XS weights (see genTile).
+func tile512IQ4XSN6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen512IQ4XS widens quads of IQ4XS weight rows into a float32 panel (see genTile).
+func widen512IQ4XS(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q3KN1 computes 4-row x 1-input dot products of Q3K weights (see genTile).
+func tile512Q3KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q3KN2 computes 4-row x 2-input dot products of Q3K weights (see genTile).
+func tile512Q3KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q3KN3 computes 4-row x 3-input dot products of Q3K weights (see genTile).
+func tile512Q3KN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q3KN4 computes 4-row x 4-input dot products of Q3K weights (see genTile).
+func tile512Q3KN4(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q3KN5 computes 4-row x 5-input dot products of Q3K weights (see genTile).
+func tile512Q3KN5(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q3KN6 computes 4-row x 6-input dot products of Q3K weights (see genTile).
+func tile512Q3KN6(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen512Q3K widens quads of Q3K weight rows into a float32 panel (see genTile).
+func widen512Q3K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile256F32N1 computes 4-row x 1-input dot products of F32 weights (see genTile).
 func tile256F32N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 

@@ -132,6 +132,29 @@ func BenchmarkMatMulDecode(b *testing.B) {
 	}
 }
 
+// BenchmarkMatMulDecodeQuant: the types of llama.cpp's Q4_K_M/Q5_K_M files
+// (Q4_K, Q5_K, and Q6_K for the tied embedding / LM head, attn_v and half the
+// ffn_down tensors) on the decode shapes at n=1.
+func BenchmarkMatMulDecodeQuant(b *testing.B) {
+	shapes := []struct {
+		name       string
+		rows, cols int
+	}{
+		{"in_proj_6448x1536", 6448, 1536},
+		{"1536x3072", 1536, 3072},
+		{"lm_head_100352x1536", 100352, 1536},
+	}
+	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
+		for _, sh := range shapes {
+			for _, th := range []int{1, 2} {
+				b.Run(fmt.Sprintf("%v/%s/n=1/threads=%d", dt, sh.name, th), func(b *testing.B) {
+					benchMatMul(b, dt, sh.rows, sh.cols, 1, th)
+				})
+			}
+		}
+	}
+}
+
 // BenchmarkMatMulDecodeAll: every dtype on the in_proj shape at n=1.
 func BenchmarkMatMulDecodeAll(b *testing.B) {
 	for _, dt := range allDTypes {

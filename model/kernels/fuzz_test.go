@@ -3,8 +3,6 @@ package kernels
 import (
 	"math/rand/v2"
 	"testing"
-
-	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // FuzzMatMul checks every supported level, on 1 and 2 threads, against
@@ -24,10 +22,10 @@ func FuzzMatMul(f *testing.F) {
 		rows := 1 + int(rows16)%80
 		n := 1 + int(n8)%70
 		var cols int
-		switch dt {
-		case tensor.Q8_0:
+		switch dt.BlockValues() {
+		case 32:
 			cols = 32 * (1 + int(cols16)%12)
-		case tensor.Q4_K:
+		case 256:
 			cols = 256 * (1 + int(cols16)%3)
 		default:
 			cols = 1 + int(cols16)%300

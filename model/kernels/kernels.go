@@ -37,7 +37,15 @@
 // even/odd order), f16 by VCVTPH2PS, Q8_0 by sign extension and conversion
 // with the block scale applied once per block and input row, Q4_K by
 // VPERMPS lookups of the nibbles in per-sub-block tables holding
-// d·sc·q − dmin·m. Partial column chunks use opmasks (AVX-512) or Go (AVX2).
+// d·sc·q − dmin·m. The other quantized types (Q6_K, Q5_K, Q3_K, Q2_K, Q4_0,
+// Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS) have AVX-512 kernels only: a per-quad
+// prologue writes every sub-block's scale (and min) as float32 into scratch,
+// then each 16 values are unpacked with VPMOVZXBD, shifts and masks (the
+// high bits of Q5/Q6/Q3 merged with VPTERNLOGD or, for Q5_0/Q5_1, an opmask
+// OR), converted and scaled with one FMA, or looked up in the IQ4 codebook
+// with VPERMPS; Q6_K and Q5_K load each row's bytes once per 64 values. At
+// the AVX2 level those types run the Go level (dequantize, then dot).
+// Partial column chunks use opmasks (AVX-512) or Go (AVX2).
 //
 // Decode (small n) thus streams every weight byte once per call; each kernel
 // prefetches the rows two quads ahead into L2. For larger n the input rows

@@ -24,27 +24,51 @@ func detectLevel() Level {
 }
 
 func init() {
-	z := &isaKernels{lanes: 16, maxN: [tensor.Q4_K + 1]int{6, 6, 6, 6, 6, 4}, masked: true}
+	z := &isaKernels{lanes: 16, masked: true}
+	for dt := range z.maxN {
+		z.maxN[dt] = 6
+	}
+	z.maxN[tensor.Q4_K] = 4
 	z.tile[tensor.F32] = [9]tileFn{1: tile512F32N1, 2: tile512F32N2, 3: tile512F32N3, 4: tile512F32N4, 5: tile512F32N5, 6: tile512F32N6}
 	z.tile[tensor.BF16] = [9]tileFn{1: tile512BF16N1, 2: tile512BF16N2, 3: tile512BF16N3, 4: tile512BF16N4, 5: tile512BF16N5, 6: tile512BF16N6}
 	z.tile[tensor.F16] = [9]tileFn{1: tile512F16N1, 2: tile512F16N2, 3: tile512F16N3, 4: tile512F16N4, 5: tile512F16N5, 6: tile512F16N6}
 	z.tile[tensor.Q8_0] = [9]tileFn{1: tile512Q8N1, 2: tile512Q8N2, 3: tile512Q8N3, 4: tile512Q8N4, 5: tile512Q8N5, 6: tile512Q8N6}
 	z.tile[tensor.Q4_K] = [9]tileFn{1: tile512Q4KN1, 2: tile512Q4KN2, 3: tile512Q4KN3, 4: tile512Q4KN4}
+	// The other quantized types (AVX-512 only): generic widening per 16
+	// values (see internal/gen), 6 input rows per tile.
+	z.tile[tensor.Q6_K] = [9]tileFn{1: tile512Q6KN1, 2: tile512Q6KN2, 3: tile512Q6KN3, 4: tile512Q6KN4, 5: tile512Q6KN5, 6: tile512Q6KN6}
+	z.tile[tensor.Q5_K] = [9]tileFn{1: tile512Q5KN1, 2: tile512Q5KN2, 3: tile512Q5KN3, 4: tile512Q5KN4, 5: tile512Q5KN5, 6: tile512Q5KN6}
+	z.tile[tensor.Q4_0] = [9]tileFn{1: tile512Q40N1, 2: tile512Q40N2, 3: tile512Q40N3, 4: tile512Q40N4, 5: tile512Q40N5, 6: tile512Q40N6}
+	z.tile[tensor.Q4_1] = [9]tileFn{1: tile512Q41N1, 2: tile512Q41N2, 3: tile512Q41N3, 4: tile512Q41N4, 5: tile512Q41N5, 6: tile512Q41N6}
+	z.tile[tensor.Q5_0] = [9]tileFn{1: tile512Q50N1, 2: tile512Q50N2, 3: tile512Q50N3, 4: tile512Q50N4, 5: tile512Q50N5, 6: tile512Q50N6}
+	z.tile[tensor.Q5_1] = [9]tileFn{1: tile512Q51N1, 2: tile512Q51N2, 3: tile512Q51N3, 4: tile512Q51N4, 5: tile512Q51N5, 6: tile512Q51N6}
+	z.tile[tensor.IQ4_NL] = [9]tileFn{1: tile512IQ4NLN1, 2: tile512IQ4NLN2, 3: tile512IQ4NLN3, 4: tile512IQ4NLN4, 5: tile512IQ4NLN5, 6: tile512IQ4NLN6}
+	z.tile[tensor.Q2_K] = [9]tileFn{1: tile512Q2KN1, 2: tile512Q2KN2, 3: tile512Q2KN3, 4: tile512Q2KN4, 5: tile512Q2KN5, 6: tile512Q2KN6}
+	z.tile[tensor.Q3_K] = [9]tileFn{1: tile512Q3KN1, 2: tile512Q3KN2, 3: tile512Q3KN3, 4: tile512Q3KN4, 5: tile512Q3KN5, 6: tile512Q3KN6}
+	z.tile[tensor.IQ4_XS] = [9]tileFn{1: tile512IQ4XSN1, 2: tile512IQ4XSN2, 3: tile512IQ4XSN3, 4: tile512IQ4XSN4, 5: tile512IQ4XSN5, 6: tile512IQ4XSN6}
 	z.panel = [9]tileFn{1: panel512N1, 2: panel512N2, 3: panel512N3, 4: panel512N4, 5: panel512N5, 6: panel512N6}
-	z.widen = [tensor.Q4_K + 1]tileFn{tensor.BF16: widen512BF16, tensor.F16: widen512F16, tensor.Q8_0: widen512Q8, tensor.Q4_K: widen512Q4K}
+	z.widen = [tensor.NumDTypes]tileFn{tensor.BF16: widen512BF16, tensor.F16: widen512F16, tensor.Q8_0: widen512Q8, tensor.Q4_K: widen512Q4K,
+		tensor.Q6_K: widen512Q6K, tensor.Q5_K: widen512Q5K, tensor.Q4_0: widen512Q40, tensor.Q4_1: widen512Q41,
+		tensor.Q5_0: widen512Q50, tensor.Q5_1: widen512Q51, tensor.IQ4_NL: widen512IQ4NL, tensor.Q2_K: widen512Q2K,
+		tensor.IQ4_XS: widen512IQ4XS, tensor.Q3_K: widen512Q3K}
 	// Widening bf16 costs one instruction per 16 weights, so re-widening per
 	// input-row group beats streaming a float32 panel (twice the bytes) from
 	// L2 up to large batches; the costlier f16 and quantized widenings switch
 	// to panels sooner (measured on the in_proj shape, cold weights).
-	z.panelMinN = [tensor.Q4_K + 1]int{tensor.F32: 16, tensor.BF16: 256, tensor.F16: 64, tensor.Q8_0: 32, tensor.Q4_K: 24}
+	z.panelMinN = [tensor.NumDTypes]int{tensor.F32: 16, tensor.BF16: 256, tensor.F16: 64, tensor.Q8_0: 32, tensor.Q4_K: 24,
+		tensor.Q6_K: 24, tensor.Q5_K: 24, tensor.Q4_0: 24, tensor.Q4_1: 24, tensor.Q5_0: 24, tensor.Q5_1: 24,
+		tensor.IQ4_NL: 24, tensor.Q2_K: 24, tensor.IQ4_XS: 24, tensor.Q3_K: 24}
 
-	y := &isaKernels{lanes: 8, maxN: [tensor.Q4_K + 1]int{2, 2, 2, 2, 2, 2}}
+	y := &isaKernels{lanes: 8}
+	for dt := range y.maxN {
+		y.maxN[dt] = 2
+	}
 	y.tile[tensor.F32] = [9]tileFn{1: tile256F32N1, 2: tile256F32N2}
 	y.tile[tensor.BF16] = [9]tileFn{1: tile256BF16N1, 2: tile256BF16N2}
 	y.tile[tensor.F16] = [9]tileFn{1: tile256F16N1, 2: tile256F16N2}
 	y.tile[tensor.Q8_0] = [9]tileFn{1: tile256Q8N1, 2: tile256Q8N2}
 	y.tile[tensor.Q4_K] = [9]tileFn{1: tile256Q4KN1, 2: tile256Q4KN2}
-	y.widen = [tensor.Q4_K + 1]tileFn{tensor.BF16: widen256BF16, tensor.F16: widen256F16, tensor.Q8_0: widen256Q8, tensor.Q4_K: widen256Q4K}
+	y.widen = [tensor.NumDTypes]tileFn{tensor.BF16: widen256BF16, tensor.F16: widen256F16, tensor.Q8_0: widen256Q8, tensor.Q4_K: widen256Q4K}
 
 	if maxLevel >= LevelAVX2 {
 		isaTables[LevelAVX2] = y

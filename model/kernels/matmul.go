@@ -17,7 +17,7 @@ import (
 // scratch is per-worker memory, grown on demand and reused across calls.
 type scratch struct {
 	f     []float32 // Go level: dequantized rows; asm: panel
-	scr   []float32 // per-block scales of the current quad (Q8_0, Q4_K)
+	scr   []float32 // per-block scales of the current quad (quantized types)
 	rows  []byte    // zero-padded copy of a partial last quad
 	otail [4 * 8]float32
 }

@@ -13,7 +13,16 @@ import (
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
-var allDTypes = []tensor.DType{tensor.F32, tensor.BF16, tensor.F16, tensor.Q8_0, tensor.Q4_K}
+var allDTypes = append([]tensor.DType{tensor.F32, tensor.BF16, tensor.F16}, tensor.QuantizedDTypes()...)
+
+// f16Fields are the byte offsets of the f16 scale fields in a block of each
+// quantized type (randMatrix gives them small positive values, the other bytes
+// are random).
+var f16Fields = map[tensor.DType][]int{
+	tensor.Q8_0: {0}, tensor.Q4_K: {0, 2}, tensor.Q6_K: {208}, tensor.Q5_K: {0, 2},
+	tensor.Q4_0: {0}, tensor.Q4_1: {0, 2}, tensor.Q5_0: {0}, tensor.Q5_1: {0, 2},
+	tensor.Q2_K: {80, 82}, tensor.Q3_K: {108}, tensor.IQ4_NL: {0}, tensor.IQ4_XS: {0},
+}
 
 // randMatrix returns a rows x cols matrix of dtype dt with values of order 1.
 func randMatrix(rng *rand.Rand, dt tensor.DType, rows, cols int) tensor.Matrix {
@@ -35,19 +44,18 @@ func randMatrix(rng *rand.Rand, dt tensor.DType, rows, cols int) tensor.Matrix {
 		for i := 0; i < rows*cols; i++ {
 			binary.LittleEndian.PutUint16(data[2*i:], tensor.F32ToF16(float32(rng.NormFloat64())))
 		}
-	case tensor.Q8_0:
-		for b := 0; b < len(data); b += tensor.Q8_0BlockBytes {
-			binary.LittleEndian.PutUint16(data[b:], tensor.F32ToF16(float32(0.001+0.02*rng.Float64())))
-			for i := 2; i < tensor.Q8_0BlockBytes; i++ {
-				data[b+i] = byte(rng.IntN(256))
-			}
+	default:
+		fields, ok := f16Fields[dt]
+		if !ok {
+			panic(fmt.Sprintf("randMatrix: no f16 fields for %v", dt))
 		}
-	case tensor.Q4_K:
-		for b := 0; b < len(data); b += tensor.Q4KBlockBytes {
-			binary.LittleEndian.PutUint16(data[b:], tensor.F32ToF16(float32(0.001+0.01*rng.Float64())))
-			binary.LittleEndian.PutUint16(data[b+2:], tensor.F32ToF16(float32(0.001+0.01*rng.Float64())))
-			for i := 4; i < tensor.Q4KBlockBytes; i++ {
-				data[b+i] = byte(rng.IntN(256))
+		for i := range data {
+			data[i] = byte(rng.IntN(256))
+		}
+		bb := dt.BlockBytes()
+		for b := 0; b < len(data); b += bb {
+			for _, f := range fields {
+				binary.LittleEndian.PutUint16(data[b+f:], tensor.F32ToF16(float32(0.001+0.01*rng.Float64())))
 			}
 		}
 	}
@@ -149,10 +157,10 @@ func withThreads(n int, f func()) {
 }
 
 func colsFor(dt tensor.DType) []int {
-	switch dt {
-	case tensor.Q8_0:
+	switch dt.BlockValues() {
+	case 32:
 		return []int{32, 64, 96, 160, 320, 1536}
-	case tensor.Q4_K:
+	case 256:
 		return []int{256, 512, 768, 1536}
 	}
 	return []int{1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 100, 257, 1536}
@@ -191,7 +199,7 @@ func TestMatMulLarge(t *testing.T) {
 		for _, dt := range allDTypes {
 			for _, sh := range [][3]int{{1029, 512, 1}, {517, 768, 3}, {333, 1536, 8}, {261, 512, 40}, {130, 256, 70}} {
 				rows, cols, n := sh[0], sh[1], sh[2]
-				if dt != tensor.Q4_K && dt != tensor.Q8_0 {
+				if !dt.Quantized() {
 					cols += 5 // an odd tail
 				}
 				w := randMatrix(rng, dt, rows, cols)
@@ -339,7 +347,7 @@ func TestMatMulPanelModes(t *testing.T) {
 		for _, dt := range allDTypes {
 			for _, sh := range [][3]int{{9, 256, 1}, {13, 512, 7}, {70, 768, 20}} {
 				cols := sh[1]
-				if dt != tensor.Q4_K && dt != tensor.Q8_0 {
+				if !dt.Quantized() {
 					cols += 9
 				}
 				w := randMatrix(rng, dt, sh[0], cols)

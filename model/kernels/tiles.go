@@ -25,17 +25,17 @@ type tileFn func(w *byte, wstride, nquads int, x *float32, xstride, nchunks, tai
 
 // isaKernels is the kernel table of one assembly level.
 type isaKernels struct {
-	lanes  int                  // float32 lanes per vector
-	maxN   [tensor.Q4_K + 1]int // largest tile height per dtype
-	masked bool                 // partial chunks of F32/BF16/F16 handled in the kernels
+	lanes  int                   // float32 lanes per vector
+	maxN   [tensor.NumDTypes]int // largest tile height per dtype
+	masked bool                  // partial chunks of F32/BF16/F16 handled in the kernels
 
-	tile  [tensor.Q4_K + 1][9]tileFn // [dtype][N]
-	widen [tensor.Q4_K + 1]tileFn
+	tile  [tensor.NumDTypes][9]tileFn // [dtype][N]
+	widen [tensor.NumDTypes]tileFn
 	panel [9]tileFn // float32 tiles for panels (no look-ahead prefetch of the rows)
 
 	// panelMinN is the n from which a dtype widens row blocks into a float32
 	// panel first (0: never).
-	panelMinN [tensor.Q4_K + 1]int
+	panelMinN [tensor.NumDTypes]int
 }
 
 // panelMode forces the panel path on (1) or off (-1) for benchmarks; 0 is automatic.
@@ -65,10 +65,9 @@ func chunkValues(lanes int, dt tensor.DType) int {
 	switch dt {
 	case tensor.BF16:
 		return 2 * lanes
-	case tensor.Q8_0:
-		return tensor.Q8_0BlockValues
-	case tensor.Q4_K:
-		return tensor.Q4KBlockValues
+	}
+	if dt.Quantized() {
+		return dt.BlockValues()
 	}
 	return lanes
 }
@@ -122,12 +121,21 @@ func planAsm(c *callCtx, lvl Level) bool {
 	} else {
 		p.xp, p.xstride = j.x, k
 	}
+	// Per-quad scale scratch, as the kernels' prologues lay it out.
+	nb4 := (p.nchunks + 3) / 4 * 4
 	switch dt {
-	case tensor.Q8_0:
+	case tensor.Q8_0, tensor.Q4_0, tensor.Q5_0, tensor.IQ4_NL:
 		// float32 scales [block][row], then the f16 staging area.
-		p.scrLen = (p.nchunks + 3) / 4 * 4 * (4 + 2)
-	case tensor.Q4_K:
+		p.scrLen = nb4 * (4 + 2)
+	case tensor.Q4_1, tensor.Q5_1:
+		// float32 [block][d, m][row], then the staging area.
+		p.scrLen = nb4 * 2 * (4 + 2)
+	case tensor.Q4_K, tensor.Q5_K:
 		p.scrLen = p.nchunks * 64
+	case tensor.Q6_K, tensor.Q2_K, tensor.Q3_K:
+		p.scrLen = p.nchunks * 128
+	case tensor.IQ4_XS:
+		p.scrLen = p.nchunks * 32
 	}
 	j.block = asmBlock
 	if p.panel || p.f32big {

@@ -67,11 +67,27 @@ func checkQuantLens(d DType, src []float32, dst []byte) {
 }
 
 func quantQ4KBlock(x []float32, blk []byte) {
+	var q [Q4KBlockValues]uint8
+	quantKScaleMin(x, blk[0:16], &q, 15)
+	// Each 32-byte run holds sub-block 2k in its low nibbles and 2k+1 in its high ones.
+	qs := blk[16:144]
+	for k := range 4 {
+		for l := range 32 {
+			qs[32*k+l] = q[64*k+l] | q[64*k+32+l]<<4
+		}
+	}
+}
+
+// quantKScaleMin fits the eight sub-blocks of 32 of a Q4_K/Q5_K super-block with
+// x ≈ d·sc·q − dmin·m (q in 0..nmax), stores d, dmin and the packed 6-bit scales
+// and mins in hdr (16 bytes) and the values, re-rounded against the scales as
+// stored, in q.
+func quantKScaleMin(x []float32, hdr []byte, q *[256]uint8, nmax float32) {
 	const nsub = Q4KBlockValues / 32
 	var scales, mins [nsub]float32
 	var maxScale, maxMin float32
 	for j := range nsub {
-		scales[j], mins[j] = fitQ4Sub(x[32*j : 32*j+32])
+		scales[j], mins[j] = fitAsymSub(x[32*j:32*j+32], nmax)
 		maxScale = max(maxScale, scales[j])
 		maxMin = max(maxMin, mins[j])
 	}
@@ -89,12 +105,11 @@ func quantQ4KBlock(x []float32, blk []byte) {
 		}
 	}
 
-	blk[0], blk[1] = byte(dh), byte(dh>>8)
-	blk[2], blk[3] = byte(dminh), byte(dminh>>8)
-	packQ4KScales(blk[4:16], sc, mq)
+	hdr[0], hdr[1] = byte(dh), byte(dh>>8)
+	hdr[2], hdr[3] = byte(dminh), byte(dminh>>8)
+	packQ4KScales(hdr[4:16], sc, mq)
 
 	// Re-round every value against the scale and min as stored.
-	var q [Q4KBlockValues]uint8
 	for j := range nsub {
 		s := d * float32(sc[j])
 		m := dmin * float32(mq[j])
@@ -103,14 +118,7 @@ func quantQ4KBlock(x []float32, blk []byte) {
 			is = 1 / s
 		}
 		for l := range 32 {
-			q[32*j+l] = uint8(nibble((x[32*j+l] + m) * is))
-		}
-	}
-	// Each 32-byte run holds sub-block 2k in its low nibbles and 2k+1 in its high ones.
-	qs := blk[16:144]
-	for k := range nsub / 2 {
-		for l := range 32 {
-			qs[32*k+l] = q[64*k+l] | q[64*k+32+l]<<4
+			q[32*j+l] = uint8(level((x[32*j+l]+m)*is, nmax))
 		}
 	}
 }
@@ -127,9 +135,9 @@ func packQ4KScales(dst []byte, sc, m [8]uint8) {
 	}
 }
 
-// fitQ4Sub fits x ≈ s·q - m with q in 0..15, s ≥ 0 and m ≥ 0, minimising the squared
-// error over a handful of candidate quantization grids.
-func fitQ4Sub(x []float32) (s, m float32) {
+// fitAsymSub fits x ≈ s·q - m with q in 0..nmax, s ≥ 0 and m ≥ 0, minimising the
+// squared error over a handful of candidate quantization grids.
+func fitAsymSub(x []float32, nmax float32) (s, m float32) {
 	lo, hi := x[0], x[0]
 	for _, v := range x[1:] {
 		lo = min(lo, v)
@@ -143,14 +151,14 @@ func fitQ4Sub(x []float32) (s, m float32) {
 
 	var q [32]float32
 	bestErr := float32(math.Inf(1))
-	s, m = (hi-lo)/15, -lo
+	s, m = (hi-lo)/nmax, -lo
 	// Candidate grids: the plain min..max range, and ranges stretched or shrunk
 	// slightly so that outliers may clip. Each candidate alternates a least-squares
 	// fit of (scale, offset) with re-rounding the values on the new grid.
 	for step := -10; step <= 10; step += 2 {
-		iscale := (15 + 0.1*float32(step)) / (hi - lo)
+		iscale := (nmax + 0.1*float32(step)) / (hi - lo)
 		for l, v := range x {
-			q[l] = nibble(iscale * (v - lo))
+			q[l] = level(iscale*(v-lo), nmax)
 		}
 		for range 2 {
 			a, b, ok := fitAffine(x, q[:])
@@ -160,7 +168,7 @@ func fitQ4Sub(x []float32) (s, m float32) {
 			ia := 1 / a
 			var e float32
 			for l, v := range x {
-				q[l] = nibble((v - b) * ia)
+				q[l] = level((v-b)*ia, nmax)
 				diff := a*q[l] + b - v
 				e += diff * diff
 			}
@@ -197,13 +205,13 @@ func fitAffine(x, q []float32) (a, b float32, ok bool) {
 	return a, b, a > 0 && !isInf32(a)
 }
 
-// nibble rounds v to the nearest integer in 0..15 (NaN gives 0).
-func nibble(v float32) float32 {
+// level rounds v to the nearest integer in 0..nmax (NaN gives 0).
+func level(v, nmax float32) float32 {
 	if !(v > 0) {
 		return 0
 	}
-	if v >= 15 {
-		return 15
+	if v >= nmax {
+		return nmax
 	}
 	return float32(int32(v + 0.5))
 }

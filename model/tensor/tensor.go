@@ -6,10 +6,12 @@
 // contiguous run of Cols elements that produces output r. GGUF's ggml order ("ne",
 // fastest first) is converted to this order by the GGUF loader.
 //
-// Quantized types store a row as whole blocks (Q8_0: 32 values per 34-byte block;
-// Q4_K: 256 values per 144-byte block), so Cols must be a multiple of the block size.
-// Every element type is converted to float32 before arithmetic; accumulation is
-// always float32.
+// Quantized types store a row as whole blocks of 32 values (Q4_0, Q4_1, Q5_0, Q5_1,
+// Q8_0, IQ4_NL) or 256-value super-blocks (the K-quants Q2_K..Q6_K and IQ4_XS), so
+// Cols must be a multiple of the block size; blocks.go lists the layouts. Every
+// element type is converted to float32 before arithmetic; accumulation is always
+// float32. DequantizeRow is the reference decoding of every type, checked bit for
+// bit against llama.cpp's (testdata/README.md).
 package tensor
 
 import (
@@ -29,6 +31,19 @@ const (
 	BF16
 	Q8_0
 	Q4_K
+	Q6_K
+	Q5_K
+	Q4_0
+	Q4_1
+	Q5_0
+	Q5_1
+	Q2_K
+	Q3_K
+	IQ4_NL
+	IQ4_XS
+
+	// NumDTypes is one more than the largest DType, for tables indexed by type.
+	NumDTypes = iota + 1
 )
 
 // Block sizes of the quantized types (values per block and bytes per block).
@@ -51,21 +66,38 @@ func (d DType) String() string {
 		return "F16"
 	case BF16:
 		return "BF16"
-	case Q8_0:
-		return "Q8_0"
-	case Q4_K:
-		return "Q4_K"
+	}
+	if l, ok := layoutOf(d); ok {
+		return l.name
 	}
 	return fmt.Sprintf("DType(%d)", uint8(d))
 }
 
+// Quantized reports whether d stores blocks of values with shared scales.
+func (d DType) Quantized() bool {
+	_, ok := layoutOf(d)
+	return ok
+}
+
+// BlockBytes is the number of bytes of one block (the element size for plain types;
+// 0 for unknown types).
+func (d DType) BlockBytes() int {
+	switch d {
+	case F32:
+		return 4
+	case F16, BF16:
+		return 2
+	}
+	if l, ok := layoutOf(d); ok {
+		return l.bytes
+	}
+	return 0
+}
+
 // BlockValues is the number of values that share one block (1 for plain types).
 func (d DType) BlockValues() int {
-	switch d {
-	case Q8_0:
-		return Q8_0BlockValues
-	case Q4_K:
-		return Q4KBlockValues
+	if l, ok := layoutOf(d); ok {
+		return l.values
 	}
 	return 1
 }
@@ -78,16 +110,12 @@ func (d DType) RowBytes(n int) (int, error) {
 		return 4 * n, nil
 	case F16, BF16:
 		return 2 * n, nil
-	case Q8_0:
-		if n%Q8_0BlockValues != 0 {
-			return 0, fmt.Errorf("%w: %d values is not a multiple of the Q8_0 block (%d)", ErrShape, n, Q8_0BlockValues)
+	}
+	if l, ok := layoutOf(d); ok {
+		if n%l.values != 0 {
+			return 0, fmt.Errorf("%w: %d values is not a multiple of the %s block (%d)", ErrShape, n, l.name, l.values)
 		}
-		return n / Q8_0BlockValues * Q8_0BlockBytes, nil
-	case Q4_K:
-		if n%Q4KBlockValues != 0 {
-			return 0, fmt.Errorf("%w: %d values is not a multiple of the Q4_K block (%d)", ErrShape, n, Q4KBlockValues)
-		}
-		return n / Q4KBlockValues * Q4KBlockBytes, nil
+		return n / l.values * l.bytes, nil
 	}
 	return 0, fmt.Errorf("%w: unknown dtype %v", ErrShape, d)
 }
@@ -208,7 +236,9 @@ func le16(b []byte) uint16 { return uint16(b[0]) | uint16(b[1])<<8 }
 
 // DequantizeRow converts the first len(dst) values stored in src (type d) to float32.
 // len(dst) must be a whole number of blocks. It is the reference every fast kernel is
-// checked against.
+// checked against; for the quantized types it computes exactly what llama.cpp's
+// dequantize_row_* functions compute, bit for bit (the float32 operations are done
+// in the same order and never fused).
 func DequantizeRow(d DType, src []byte, dst []float32) {
 	n := len(dst)
 	switch d {
@@ -216,28 +246,24 @@ func DequantizeRow(d DType, src []byte, dst []float32) {
 		for i := range n {
 			dst[i] = math.Float32frombits(uint32(src[4*i]) | uint32(src[4*i+1])<<8 | uint32(src[4*i+2])<<16 | uint32(src[4*i+3])<<24)
 		}
+		return
 	case F16:
 		for i := range n {
 			dst[i] = F16ToF32(le16(src[2*i:]))
 		}
+		return
 	case BF16:
 		for i := range n {
 			dst[i] = BF16ToF32(le16(src[2*i:]))
 		}
-	case Q8_0:
-		for b := 0; b < n/Q8_0BlockValues; b++ {
-			blk := src[b*Q8_0BlockBytes:]
-			scale := F16ToF32(le16(blk))
-			for j := range Q8_0BlockValues {
-				dst[b*Q8_0BlockValues+j] = scale * float32(int8(blk[2+j]))
-			}
-		}
-	case Q4_K:
-		for b := 0; b < n/Q4KBlockValues; b++ {
-			dequantQ4KBlock(src[b*Q4KBlockBytes:], dst[b*Q4KBlockValues:])
-		}
-	default:
+		return
+	}
+	l, ok := layoutOf(d)
+	if !ok {
 		panic(fmt.Sprintf("tensor: DequantizeRow of unknown dtype %v", d))
+	}
+	for b := 0; b < n/l.values; b++ {
+		l.dequant(src[b*l.bytes:(b+1)*l.bytes], dst[b*l.values:(b+1)*l.values])
 	}
 }
 
@@ -250,25 +276,25 @@ func Q4KScaleMin(j int, q []byte) (sc, m uint8) {
 	return (q[j+4] & 0xF) | ((q[j-4] >> 6) << 4), (q[j+4] >> 4) | ((q[j] >> 6) << 4)
 }
 
-// dequantQ4KBlock expands one 144-byte Q4_K block: f16 d, f16 dmin, 12 bytes of
-// packed 6-bit scales/mins for 8 sub-blocks of 32, then 128 bytes of 4-bit values
-// (each 32-byte run holds two sub-blocks: low nibbles first, then high nibbles).
-func dequantQ4KBlock(blk []byte, y []float32) {
-	d := F16ToF32(le16(blk))
-	dmin := F16ToF32(le16(blk[2:]))
-	scales := blk[4:16]
-	q := blk[16:144]
-	is := 0
-	for j := 0; j < Q4KBlockValues; j += 64 {
-		sc, m := Q4KScaleMin(is, scales)
-		d1, m1 := d*float32(sc), dmin*float32(m)
-		sc, m = Q4KScaleMin(is+1, scales)
-		d2, m2 := d*float32(sc), dmin*float32(m)
-		for l := range 32 {
-			y[j+l] = d1*float32(q[l]&0xF) - m1
-			y[j+32+l] = d2*float32(q[l]>>4) - m2
-		}
-		q = q[32:]
-		is += 2
+// SameShape reports whether two shapes (numpy order, slowest dimension first) are
+// equal up to leading dimensions of size 1: [3072] and [1, 3072] are the same
+// shape. This is ggml's view, where a tensor's dimensions beyond the last one
+// larger than 1 carry no information; llama-quantize drops them when it writes a
+// GGUF file (ggml order {3072, 1} becomes {3072}), and loaders must accept both.
+func SameShape(a, b []int) bool {
+	for len(a) > 0 && a[0] == 1 {
+		a = a[1:]
 	}
+	for len(b) > 0 && b[0] == 1 {
+		b = b[1:]
+	}
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }

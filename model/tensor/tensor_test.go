@@ -2,6 +2,7 @@ package tensor
 
 import (
 	"math"
+	"strings"
 	"testing"
 )
 
@@ -224,5 +225,49 @@ func TestDequantizePlain(t *testing.T) {
 	DequantizeRow(BF16, []byte{0x80, 0x3f, 0x00, 0xc0}, dst)
 	if dst[0] != 1 || dst[1] != -2 {
 		t.Errorf("BF16: got %v", dst)
+	}
+}
+
+func TestSameShape(t *testing.T) {
+	for _, c := range []struct {
+		a, b []int
+		want bool
+	}{
+		{[]int{3072}, []int{1, 3072}, true}, // llama-quantize's ssm_norm.weight of a one-group model
+		{[]int{1, 3072}, []int{3072}, true},
+		{[]int{1, 1, 8, 4}, []int{8, 4}, true},
+		{[]int{8, 4}, []int{8, 4}, true},
+		{[]int{8, 1}, []int{8}, false}, // numpy-trailing ones are ggml-leading: significant
+		{[]int{4, 8}, []int{8, 4}, false},
+		{[]int{2, 3072}, []int{3072}, false},
+		{[]int{1}, []int{}, true},
+		{[]int{1}, []int{1, 1}, true},
+	} {
+		if got := SameShape(c.a, c.b); got != c.want {
+			t.Errorf("SameShape(%v, %v) = %v, want %v", c.a, c.b, got, c.want)
+		}
+	}
+}
+
+func TestLayoutTable(t *testing.T) {
+	want := map[DType][2]int{
+		Q4_0: {32, 18}, Q4_1: {32, 20}, Q5_0: {32, 22}, Q5_1: {32, 24}, Q8_0: {32, 34}, IQ4_NL: {32, 18},
+		Q2_K: {256, 84}, Q3_K: {256, 110}, Q4_K: {256, 144}, Q5_K: {256, 176}, Q6_K: {256, 210}, IQ4_XS: {256, 136},
+	}
+	qs := QuantizedDTypes()
+	if len(qs) != len(want) {
+		t.Fatalf("%d quantized types, want %d", len(qs), len(want))
+	}
+	for _, d := range qs {
+		w := want[d]
+		if d.BlockValues() != w[0] || d.BlockBytes() != w[1] {
+			t.Errorf("%v: %d values in %d bytes, want %d in %d", d, d.BlockValues(), d.BlockBytes(), w[0], w[1])
+		}
+		if p, ok := ParseDType(strings.ToLower(d.String())); !ok || p != d {
+			t.Errorf("ParseDType(%q) = %v, %v", d.String(), p, ok)
+		}
+	}
+	if F32.Quantized() || BF16.BlockValues() != 1 || F16.BlockBytes() != 2 {
+		t.Error("plain types misdescribed")
 	}
 }

@@ -50,6 +50,19 @@ var (
 	cQ4MaskQ Mem // 16 bytes: 0,30303030,0,30303030
 	cQ4DDIdx Mem // 64 bytes: 0 x8, 1 x8 (VPERMPS index: d for scales, dmin for mins)
 	cIota    Mem // float32 0, 1, ..., 15
+	cD3      Mem // dword 3
+	cD8      Mem // dword 8
+	cD16     Mem // dword 16 (0x10)
+	cD30     Mem // dword 0x30
+	cD32     Mem // dword 32
+	cF32     Mem // float32 32
+	cIQ4     Mem // float32 IQ4_NL codebook (16 values)
+	cXSShl   Mem // 8 dwords 0,4,...,28: nibble shifts of the IQ4_XS low scale bits
+	cXSShh   Mem // 8 dwords 0,2,...,14: shifts of the IQ4_XS high scale bits
+	cD4      Mem // dword 4
+	cF4      Mem // float32 4
+	cQ3Sh0   Mem // 8 dwords: bit offsets of the high bits of Q3_K scales 0..7
+	cQ3Sh1   Mem // 8 dwords: bit offsets of the high bits of Q3_K scales 8..15
 )
 
 func data32(name string, vals ...uint32) Mem {
@@ -82,6 +95,23 @@ func genConsts() {
 	cQ4MaskP = data32("q4maskp", 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f)
 	cQ4MaskQ = data32("q4maskq", 0, 0x30303030, 0, 0x30303030)
 	cQ4DDIdx = data32("q4ddidx", append(rep(0, 8), rep(1, 8)...)...)
+	cD3 = data32("dword3", 3)
+	cD8 = data32("dword8", 8)
+	cD16 = data32("dword16", 16)
+	cD30 = data32("dword48", 0x30)
+	cD32 = data32("dword32", 32)
+	cF32 = data32("float32v32", math.Float32bits(32))
+	var iq4 []uint32
+	for _, v := range []int{-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113} {
+		iq4 = append(iq4, math.Float32bits(float32(v)))
+	}
+	cIQ4 = data32("iq4nlf32", iq4...)
+	cXSShl = data32("iq4xsshl", 0, 4, 8, 12, 16, 20, 24, 28)
+	cXSShh = data32("iq4xsshh", 0, 2, 4, 6, 8, 10, 12, 14)
+	cD4 = data32("dword4", 4)
+	cF4 = data32("float32v4", math.Float32bits(4))
+	cQ3Sh0 = data32("q3sh0", 0, 8, 16, 24, 2, 10, 18, 26)
+	cQ3Sh1 = data32("q3sh1", 4, 12, 20, 28, 6, 14, 22, 30)
 }
 
 func fname(base string, s isa, suffix string) string {

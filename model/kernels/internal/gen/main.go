@@ -50,6 +50,9 @@ func main() {
 		}
 	}
 	for _, dt := range allDtypes {
+		if only512(dt) {
+			continue
+		}
 		for n := 1; n <= maxN(isa256, dt); n++ {
 			genTile(isa256, dt, n, modeFMA)
 		}

@@ -16,12 +16,53 @@ const (
 	dF16
 	dQ8
 	dQ4K
+	// The types below have AVX-512 kernels only (the AVX2 level dequantizes
+	// them in Go).
+	dQ6K
+	dQ5K
+	dQ40
+	dQ41
+	dQ50
+	dQ51
+	dIQ4NL
+	dQ2K
+	dIQ4XS
+	dQ3K
 )
 
-var allDtypes = []dtype{dF32, dBF16, dF16, dQ8, dQ4K}
+var allDtypes = []dtype{dF32, dBF16, dF16, dQ8, dQ4K, dQ6K, dQ5K, dQ40, dQ41, dQ50, dQ51, dIQ4NL, dQ2K, dIQ4XS, dQ3K}
 
 func (d dtype) String() string {
-	return [...]string{"F32", "BF16", "F16", "Q8", "Q4K"}[d]
+	return [...]string{"F32", "BF16", "F16", "Q8", "Q4K", "Q6K", "Q5K", "Q40", "Q41", "Q50", "Q51", "IQ4NL", "Q2K", "IQ4XS", "Q3K"}[d]
+}
+
+// only512 reports a dtype without an AVX2 kernel.
+func only512(d dtype) bool { return d >= dQ6K }
+
+// blk32 reports the 32-value block types handled by the generic staging
+// prologue, and the byte offsets of their f16 fields (d, then m for the
+// affine types).
+func blk32(d dtype) (fields []int, ok bool) {
+	switch d {
+	case dQ40, dQ50, dIQ4NL:
+		return []int{0}, true
+	case dQ41, dQ51:
+		return []int{0, 2}, true
+	}
+	return nil, false
+}
+
+// rowScrBytes is the per-row stride of the K-quant scale scratch of one chunk.
+func rowScrBytes(d dtype) int {
+	switch d {
+	case dQ4K, dQ5K:
+		return 64 // 8 x d·sc, 8 x dmin·m
+	case dQ6K, dQ2K, dQ3K:
+		return 128 // 16 x scale, 16 x min (Q6_K: 32·scale, Q3_K: 4·scale)
+	case dIQ4XS:
+		return 32 // 8 x d·(sc−32)
+	}
+	return 0
 }
 
 type mode int
@@ -39,9 +80,9 @@ func chunkValues(s isa, d dtype) int {
 		return s.lanes
 	case dBF16:
 		return 2 * s.lanes
-	case dQ8:
+	case dQ8, dQ40, dQ41, dQ50, dQ51, dIQ4NL:
 		return 32
-	case dQ4K:
+	case dQ4K, dQ6K, dQ5K, dQ2K, dIQ4XS, dQ3K:
 		return 256
 	}
 	panic("dtype")
@@ -60,6 +101,24 @@ func chunkBytes(s isa, d dtype) int {
 		return 34
 	case dQ4K:
 		return 144
+	case dQ6K:
+		return 210
+	case dQ5K:
+		return 176
+	case dQ40, dIQ4NL:
+		return 18
+	case dQ41:
+		return 20
+	case dQ50:
+		return 22
+	case dQ51:
+		return 24
+	case dQ2K:
+		return 84
+	case dIQ4XS:
+		return 136
+	case dQ3K:
+		return 110
 	}
 	panic("dtype")
 }
@@ -74,8 +133,11 @@ func scrChunkBytes(d dtype) int {
 	switch d {
 	case dQ8:
 		return 16 // 4 rows x float32 scale
-	case dQ4K:
-		return 256 // 4 rows x (8 scales + 8 mins)
+	case dQ4K, dQ5K, dQ6K, dQ2K, dIQ4XS, dQ3K:
+		return 4 * rowScrBytes(d)
+	}
+	if f, ok := blk32(d); ok {
+		return 16 * len(f) // 4 rows x d [, 4 rows x m]
 	}
 	return 0
 }
@@ -142,6 +204,11 @@ func genTile(s isa, d dtype, N int, m mode) {
 		cNibV = s.vec()
 		VBROADCASTSS(cNib, cNibV)
 	}
+	var iq4Tab VecVirtual
+	if d == dIQ4NL || d == dIQ4XS {
+		iq4Tab = ZMM()
+		VMOVUPS(cIQ4, iq4Tab)
+	}
 	// Prefetch of the next row block (into L2), one line per chunk.
 	pf := ld("pf")
 	pfend, _ := Param("pfend").Resolve()
@@ -194,7 +261,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 	ADDQ(ws, w3)
 	var sp GPVirtual
 	var nx0, nx3, stg GPVirtual
-	if d == dQ8 || d == dQ4K {
+	if scrChunkBytes(d) > 0 {
 		sp = ld("scr")
 		if !pipe {
 			genScalePrologue(s, d, name, w0, w3, ws, sp)
@@ -394,6 +461,117 @@ func genTile(s isa, d dtype, N int, m mode) {
 				VBROADCASTSS(sm, t)
 				VFMSUB132PS(t, mn, v)
 			}
+		case dQ6K:
+			// Sub-vector j is scale sub-block j: 16 values of 128-value half n,
+			// quarter qtr (low nibbles of ql bytes for quarters 0-1, high for
+			// 2-3; quarters 1 and 3 at +32) with their top two bits at 2·qtr of qh.
+			n, jj := j/8, j%8
+			qtr, half := jj/2, jj%2
+			VPMOVZXBD(rowMem(r, wo+64*n+16*half+32*(qtr&1)), v)
+			if qtr >= 2 {
+				VPSRLD(U8(4), v, v)
+			} else {
+				VPANDD_BCST(cNib, v, v)
+			}
+			h := ZMM()
+			VPMOVZXBD(rowMem(r, wo+128+32*n+16*half), h)
+			shiftTo(h, 2*qtr, 4)
+			VPANDD_BCST(cD30, h, h)
+			VPORD(h, v, v)
+			VCVTDQ2PS(v, v)
+			scaleMin(v, Mem{Base: sp, Disp: so + r*128 + 4*j}, Mem{Base: sp, Disp: so + r*128 + 64 + 4*j}, false)
+		case dQ5K:
+			// Q4_K's layout (16-value sub-vector j of 64-value group c) plus a
+			// fifth bit, bit 2c (+1 for the high nibbles) of qh.
+			c, jj := j/4, j%4
+			hi, part := jj/2, jj%2
+			VPMOVZXBD(rowMem(r, wo+48+32*c+16*part), v)
+			if hi == 1 {
+				VPSRLD(U8(4), v, v)
+			} else {
+				VPANDD_BCST(cNib, v, v)
+			}
+			h := ZMM()
+			VPMOVZXBD(rowMem(r, wo+16+16*part), h)
+			shiftTo(h, 2*c+hi, 4)
+			VPANDD_BCST(cD16, h, h)
+			VPORD(h, v, v)
+			VCVTDQ2PS(v, v)
+			sbj := 2*c + hi
+			scaleMin(v, Mem{Base: sp, Disp: so + r*64 + sbj*4}, Mem{Base: sp, Disp: so + r*64 + 32 + sbj*4}, false)
+		case dQ2K:
+			// 2-bit values: sub-vector j (scale sub-block j) is bits 2·(j%8/2)
+			// of 16 bytes at 32·(j/8) + 16·(j%2).
+			n, jj := j/8, j%8
+			VPMOVZXBD(rowMem(r, wo+16+32*n+16*(jj%2)), v)
+			if sh := 2 * (jj / 2); sh > 0 {
+				VPSRLD(U8(sh), v, v)
+			}
+			VPANDD_BCST(cD3, v, v)
+			VCVTDQ2PS(v, v)
+			scaleMin(v, Mem{Base: sp, Disp: so + r*128 + 4*j}, Mem{Base: sp, Disp: so + r*128 + 64 + 4*j}, false)
+		case dQ3K:
+			// Q2_K's 2-bit layout (at 32) plus a third bit, bit 4·(j/8)+(j%8/2)
+			// of hmask byte 16·(j%2)+l; the value is (q | hbit<<2) − 4, the −4
+			// folded into the stored min 4·scale.
+			n, jj := j/8, j%8
+			VPMOVZXBD(rowMem(r, wo+32+32*n+16*(jj%2)), v)
+			if sh := 2 * (jj / 2); sh > 0 {
+				VPSRLD(U8(sh), v, v)
+			}
+			VPANDD_BCST(cD3, v, v)
+			h := ZMM()
+			VPMOVZXBD(rowMem(r, wo+16*(jj%2)), h)
+			shiftTo(h, 4*n+jj/2, 2)
+			VPTERNLOGD_BCST(U8(0xF8), cD4, h, v) // v |= h & 4
+			VCVTDQ2PS(v, v)
+			scaleMin(v, Mem{Base: sp, Disp: so + r*128 + 4*j}, Mem{Base: sp, Disp: so + r*128 + 64 + 4*j}, false)
+		case dIQ4XS:
+			// Codebook indices: sub-vector j is the low (even j) or high nibbles
+			// of the 16 bytes of 32-value sub-block j/2. VPERMPS uses only the
+			// low 4 bits of each index.
+			VPMOVZXBD(rowMem(r, wo+8+16*(j/2)), v)
+			if j%2 == 1 {
+				VPSRLD(U8(4), v, v)
+			}
+			VPERMPS(iq4Tab, v, v)
+			VMULPS_BCST(Mem{Base: sp, Disp: so + r*32 + 4*(j/2)}, v, v)
+		case dIQ4NL:
+			VPMOVZXBD(rowMem(r, wo+2), v)
+			if j == 1 {
+				VPSRLD(U8(4), v, v)
+			}
+			VPERMPS(iq4Tab, v, v)
+			VMULPS_BCST(Mem{Base: sp, Disp: so + 4*r}, v, v)
+		case dQ40, dQ41, dQ50, dQ51:
+			// 32-value blocks: sub-vector 0 is the low nibbles of the 16 quant
+			// bytes, sub-vector 1 the high ones; Q5 types OR in bit j·16+l of
+			// qh as 16 (through an opmask); Q*_0 subtract their bias.
+			qoff := map[dtype]int{dQ40: 2, dQ41: 4, dQ50: 6, dQ51: 8}[d]
+			VPMOVZXBD(rowMem(r, wo+qoff), v)
+			if j == 1 {
+				VPSRLD(U8(4), v, v)
+			} else {
+				VPANDD_BCST(cNib, v, v)
+			}
+			if d == dQ50 || d == dQ51 {
+				k := K()
+				KMOVW(rowMem(r, wo+qoff-4+2*j), k)
+				VPORD_BCST(cD16, v, k, v)
+			}
+			switch d {
+			case dQ40:
+				VPSUBD_BCST(cD8, v, v)
+			case dQ50:
+				VPSUBD_BCST(cD16, v, v)
+			}
+			VCVTDQ2PS(v, v)
+			dm := Mem{Base: sp, Disp: so + 4*r}
+			if d == dQ40 || d == dQ50 {
+				VMULPS_BCST(dm, v, v)
+			} else {
+				scaleMin(v, dm, Mem{Base: sp, Disp: so + 16 + 4*r}, true)
+			}
 		}
 	}
 
@@ -470,6 +648,106 @@ func genTile(s isa, d dtype, N int, m mode) {
 		}
 	}
 
+	// Q6_K and Q5_K on AVX-512: 4 groups of 4 sub-vectors per super-block
+	// whose quant bytes (and high bits) are loaded once per row and group
+	// (the generic path reloads them per sub-vector). x stays in registers
+	// for N <= 2.
+	kGroup := s.z && (d == dQ6K || d == dQ5K)
+	kChunk := func(wo, xo, so int) {
+		for g := 0; g < 4; g++ {
+			var vo [4]int // value offsets of the group's 4 sub-vectors
+			for q := range vo {
+				if d == dQ6K {
+					vo[q] = 128*(g/2) + 32*q + 16*(g%2)
+				} else {
+					vo[q] = 64*g + 32*(q/2) + 16*(q%2)
+				}
+			}
+			var xr [][4]VecVirtual
+			if fma && N <= 2 {
+				xr = make([][4]VecVirtual, N)
+				for i := 0; i < N; i++ {
+					for q := range vo {
+						xr[i][q] = ZMM()
+						VMOVUPS(xMem(i, xo+4*vo[q]), xr[i][q])
+					}
+				}
+			}
+			for r := 0; r < 4; r++ {
+				var vals [4]VecVirtual
+				a, b := ZMM(), ZMM()
+				var hs [2]VecVirtual
+				if d == dQ6K {
+					n, half := g/2, g%2
+					VPMOVZXBD(rowMem(r, wo+64*n+16*half), a)
+					VPMOVZXBD(rowMem(r, wo+64*n+32+16*half), b)
+					hs[0] = ZMM()
+					VPMOVZXBD(rowMem(r, wo+128+32*n+16*half), hs[0])
+					hs[1] = hs[0]
+				} else {
+					VPMOVZXBD(rowMem(r, wo+48+32*g), a)
+					VPMOVZXBD(rowMem(r, wo+48+32*g+16), b)
+					hs[0], hs[1] = ZMM(), ZMM()
+					VPMOVZXBD(rowMem(r, wo+16), hs[0])
+					VPMOVZXBD(rowMem(r, wo+32), hs[1])
+				}
+				// Quarters (Q6_K) or (hi, part) pairs (Q5_K): 0 = a low, 1 = b low,
+				// 2 = a high, 3 = b high nibbles.
+				vals[2], vals[3] = ZMM(), ZMM()
+				VPSRLD(U8(4), a, vals[2])
+				VPSRLD(U8(4), b, vals[3])
+				VPANDD_BCST(cNib, a, a)
+				VPANDD_BCST(cNib, b, b)
+				vals[0], vals[1] = a, b
+				for q := range vals {
+					// The high bit(s) of value q sit at bit `from` of its qh byte.
+					var from, sbj int
+					var h VecVirtual
+					mask := cD30
+					if d == dQ6K {
+						from, h = 2*q, hs[0]
+						sbj = 8*(g/2) + 2*q + g%2
+					} else {
+						hi := q / 2
+						from, h, mask = 2*g+hi, hs[q%2], cD16
+						sbj = 2*g + hi
+					}
+					t := h
+					if from != 4 {
+						t = ZMM()
+						if from < 4 {
+							VPSLLD(U8(4-from), h, t)
+						} else {
+							VPSRLD(U8(from-4), h, t)
+						}
+					}
+					VPTERNLOGD_BCST(U8(0xF8), mask, t, vals[q]) // vals |= t & mask
+					VCVTDQ2PS(vals[q], vals[q])
+					rs := rowScrBytes(d)
+					half := rs / 2
+					scaleMin(vals[q], Mem{Base: sp, Disp: so + r*rs + 4*sbj}, Mem{Base: sp, Disp: so + r*rs + half + 4*sbj}, false)
+				}
+				for q, v := range vals {
+					if !fma {
+						VMOVUPS(v, oMem(r, xo+4*vo[q]))
+						continue
+					}
+					st := 0
+					if sets == 2 {
+						st = q % 2
+					}
+					for i := 0; i < N; i++ {
+						if xr != nil {
+							VFMADD231PS(xr[i][q], v, acc[st][r][i])
+						} else {
+							VFMADD231PS(xMem(i, xo+4*vo[q]), v, acc[st][r][i])
+						}
+					}
+				}
+			}
+		}
+	}
+
 	// chunk emits the work of one chunk at chunk offset k (in chunks).
 	chunk := func(k int, masked bool) {
 		wo := k * cb
@@ -484,6 +762,10 @@ func genTile(s isa, d dtype, N int, m mode) {
 		}
 		if q4perm {
 			q4Chunk(k, wo, xo, so)
+			return
+		}
+		if kGroup {
+			kChunk(wo, xo, so)
 			return
 		}
 		if factored {
@@ -611,7 +893,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 	}
 
 	unroll := 1
-	if (d == dF32 || d == dF16 || d == dBF16 || d == dQ8) && (N <= 3 || !fma) {
+	if (d == dF32 || d == dF16 || d == dBF16 || chunkValues(s, d) == 32) && (N <= 3 || !fma) {
 		unroll = 2
 	}
 	if unroll > 1 {
@@ -761,19 +1043,25 @@ func genScalePrologue(s isa, d dtype, name string, w0, w3, ws, sp GPVirtual) {
 	MOVQ(w0, p)
 	q := GP64()
 	MOVQ(sp, q)
-	switch d {
-	case dQ8:
-		// Copy the f16 scales into a staging area laid out [block][row]
-		// (scalar loads and stores, off the vector ports), then convert 4
-		// blocks x 4 rows at a time with VCVTPH2PS.
+	fields, is32 := blk32(d)
+	if d == dQ8 {
+		fields, is32 = []int{0}, true
+	}
+	switch {
+	case is32:
+		// Copy the f16 scales (and mins) into a staging area laid out
+		// [block][field][row] (scalar loads and stores, off the vector ports),
+		// then convert 16 halves at a time with VCVTPH2PS into float32
+		// [block][field][row] (16 bytes per field and block).
+		nf, bb := len(fields), chunkBytes(s, d)
 		p3 := GP64()
 		MOVQ(w3, p3)
 		stg := GP64()
 		MOVQ(cnt, stg)
 		ADDQ(U8(3), stg)
 		ANDQ(I8(-4), stg)
-		SHLQ(U8(4), stg)
-		ADDQ(sp, stg) // staging after roundup(nb, 4) x 16 bytes of float32 scales
+		SHLQ(U8(uint64(log2(16*nf))), stg)
+		ADDQ(sp, stg) // staging after roundup(nb, 4) x 16·nf bytes of float32 scales
 		st0 := GP64()
 		MOVQ(stg, st0)
 		t := GP32()
@@ -788,50 +1076,77 @@ func genScalePrologue(s isa, d dtype, name string, w0, w3, ws, sp GPVirtual) {
 			}
 			return Mem{Base: p3, Disp: off}
 		}
+		stage := func(b int) {
+			for f, fo := range fields {
+				for r := 0; r < 4; r++ {
+					MOVWLZX(rm(r, bb*b+fo), t)
+					MOVW(t.As16(), Mem{Base: stg, Disp: 8*nf*b + 8*f + 2*r})
+				}
+			}
+		}
 		Label(name + "_s4")
 		CMPQ(cnt, U8(4))
 		JL(LabelRef(name + "_s1"))
 		for b := 0; b < 4; b++ {
-			for r := 0; r < 4; r++ {
-				MOVWLZX(rm(r, 34*b), t)
-				MOVW(t.As16(), Mem{Base: stg, Disp: 8*b + 2*r})
-			}
+			stage(b)
 		}
-		ADDQ(U32(4*34), p)
-		ADDQ(U32(4*34), p3)
-		ADDQ(U8(32), stg)
+		ADDQ(U32(4*bb), p)
+		ADDQ(U32(4*bb), p3)
+		ADDQ(U8(32*nf), stg)
 		SUBQ(U8(4), cnt)
 		JMP(LabelRef(name + "_s4"))
 		Label(name + "_s1")
 		TESTQ(cnt, cnt)
 		JZ(LabelRef(name + "_cv"))
-		for r := 0; r < 4; r++ {
-			MOVWLZX(rm(r, 0), t)
-			MOVW(t.As16(), Mem{Base: stg, Disp: 2 * r})
-		}
-		ADDQ(U8(34), p)
-		ADDQ(U8(34), p3)
-		ADDQ(U8(8), stg)
+		stage(0)
+		ADDQ(U8(bb), p)
+		ADDQ(U8(bb), p3)
+		ADDQ(U8(8*nf), stg)
 		DECQ(cnt)
 		JMP(LabelRef(name + "_s1"))
-		// Convert: 8 bytes of staging (one block, 4 rows) per 16 bytes of scales.
+		// Convert: 8 bytes of staging (one field of a block, 4 rows) per 16
+		// bytes of scales.
 		Label(name + "_cv")
-		per := s.lanes / 4 // blocks per conversion
+		per := s.lanes / 4 // fields per conversion
 		Label(name + "_cl")
 		CMPQ(st0, stg)
 		JAE(LabelRef(name + "_sgd"))
 		v := s.vec()
-		if s.z {
-			VCVTPH2PS(Mem{Base: st0}, v)
-		} else {
-			VCVTPH2PS(Mem{Base: st0}, v)
-		}
+		VCVTPH2PS(Mem{Base: st0}, v)
 		VMOVUPS(v, Mem{Base: q})
 		ADDQ(U8(8*per), st0)
 		ADDQ(U8(16*per), q)
 		JMP(LabelRef(name + "_cl"))
 		Label(name + "_sgd")
-	case dQ4K:
+	case rowScrBytes(d) > 0 && d != dQ4K:
+		TESTQ(cnt, cnt)
+		JZ(LabelRef(name + "_sgd"))
+		Label(name + "_sg")
+		p3 := GP64()
+		LEAQ(Mem{Base: p, Index: ws, Scale: 2}, p3)
+		ADDQ(ws, p3)
+		for r := 0; r < 4; r++ {
+			src := []Mem{{Base: p}, {Base: p, Index: ws, Scale: 1}, {Base: p, Index: ws, Scale: 2}, {Base: p3}}[r]
+			dst := Mem{Base: q, Disp: rowScrBytes(d) * r}
+			switch d {
+			case dQ5K:
+				q4Scales(s, src, dst)
+			case dQ6K:
+				q6Scales(src, dst)
+			case dQ2K:
+				q2Scales(src, dst)
+			case dIQ4XS:
+				iq4xsScales(src, dst)
+			case dQ3K:
+				q3Scales(src, dst)
+			}
+		}
+		ADDQ(U32(chunkBytes(s, d)), p)
+		ADDQ(U32(scrChunkBytes(d)), q)
+		DECQ(cnt)
+		JNZ(LabelRef(name + "_sg"))
+		Label(name + "_sgd")
+	case d == dQ4K:
 		_ = w3
 		TESTQ(cnt, cnt)
 		JZ(LabelRef(name + "_sgd"))
@@ -905,4 +1220,114 @@ func q4Scales(s isa, src, dst Mem) {
 	VMULPS(b, hi, hi)
 	VMOVUPS(lo, dst)
 	VMOVUPS(hi, dst.Offset(32))
+}
+
+// shiftTo shifts the dwords of v so that bit from lands at bit to.
+func shiftTo(v VecVirtual, from, to int) {
+	switch {
+	case from < to:
+		VPSLLD(U8(to-from), v, v)
+	case from > to:
+		VPSRLD(U8(from-to), v, v)
+	}
+}
+
+// scaleMin computes v = v·[sc] − [mn] (add: v·[sc] + [mn]) with both scalars
+// broadcast from memory.
+func scaleMin(v VecVirtual, sc, mn Mem, add bool) {
+	m := ZMM()
+	VBROADCASTSS(mn, m)
+	if add {
+		VFMADD132PS_BCST(sc, m, v)
+	} else {
+		VFMSUB132PS_BCST(sc, m, v)
+	}
+}
+
+// bcstF16 returns a zmm holding the f16 at src converted to float32 in every lane.
+func bcstF16(src Mem) VecVirtual {
+	h := YMM()
+	VPBROADCASTW(src, h)
+	z := ZMM()
+	VCVTPH2PS(h, z)
+	return z
+}
+
+// q6Scales writes the 16 scales d·sc_j of one Q6_K block at dst and 32·d·sc_j
+// at dst+64.
+func q6Scales(src, dst Mem) {
+	d := bcstF16(src.Offset(208))
+	f := ZMM()
+	VPMOVSXBD(src.Offset(192), f)
+	VCVTDQ2PS(f, f)
+	VMULPS(d, f, f)
+	VMOVUPS(f, dst)
+	VMULPS_BCST(cF32, f, f)
+	VMOVUPS(f, dst.Offset(64))
+}
+
+// q2Scales writes the 16 scales d·(sc_j & 15) of one Q2_K block at dst and the
+// mins dmin·(sc_j >> 4) at dst+64.
+func q2Scales(src, dst Mem) {
+	d := bcstF16(src.Offset(80))
+	dmin := bcstF16(src.Offset(82))
+	f, g := ZMM(), ZMM()
+	VPMOVZXBD(src, f)
+	VPSRLD(U8(4), f, g)
+	VPANDD_BCST(cNib, f, f)
+	VCVTDQ2PS(f, f)
+	VCVTDQ2PS(g, g)
+	VMULPS(d, f, f)
+	VMULPS(dmin, g, g)
+	VMOVUPS(f, dst)
+	VMOVUPS(g, dst.Offset(64))
+}
+
+// iq4xsScales writes the 8 sub-block scales d·(sc−32) of one IQ4_XS block at
+// dst: the low 4 bits of scale i are nibble i of the dword at 4, the high 2 bits
+// bits 2i of the word at 2.
+func iq4xsScales(src, dst Mem) {
+	lo, hi := YMM(), YMM()
+	VPBROADCASTD(src.Offset(4), lo)
+	VPSRLVD(cXSShl, lo, lo)
+	VPANDD_BCST(cNib, lo, lo)
+	VPBROADCASTD(src.Offset(2), hi)
+	VPSRLVD(cXSShh, hi, hi)
+	VPANDD_BCST(cD3, hi, hi)
+	VPSLLD(U8(4), hi, hi)
+	VPORD(hi, lo, lo)
+	VPSUBD_BCST(cD32, lo, lo)
+	VCVTDQ2PS(lo, lo)
+	d := bcstF16(src)
+	VMULPS(d.AsY(), lo, lo)
+	VMOVUPS(lo, dst)
+}
+
+// q3Scales writes the 16 scales d·(sc_j − 32) of one Q3_K block at dst and
+// 4·d·(sc_j − 32) at dst+64. Scale j has its low 4 bits in nibble j/8 of byte
+// 96 + j%8 and its high 2 bits at bit 2·(j/4) of byte 104 + j%4.
+func q3Scales(src, dst Mem) {
+	d := bcstF16(src.Offset(108))
+	a := YMM()
+	VPMOVZXBD(src.Offset(96), a) // bytes 0..7 of the scales
+	hb := YMM()
+	VPBROADCASTD(src.Offset(104), hb) // bytes 8..11
+	for half := 0; half < 2; half++ {
+		lo, hi := YMM(), YMM()
+		if half == 0 {
+			VPANDD_BCST(cNib, a, lo)
+		} else {
+			VPSRLD(U8(4), a, lo)
+		}
+		VPSRLVD([]Mem{cQ3Sh0, cQ3Sh1}[half], hb, hi)
+		VPANDD_BCST(cD3, hi, hi)
+		VPSLLD(U8(4), hi, hi)
+		VPORD(hi, lo, lo)
+		VPSUBD_BCST(cD32, lo, lo)
+		VCVTDQ2PS(lo, lo)
+		VMULPS(d.AsY(), lo, lo)
+		VMOVUPS(lo, dst.Offset(32*half))
+		VMULPS_BCST(cF4, lo, lo)
+		VMOVUPS(lo, dst.Offset(64+32*half))
+	}
 }
