@@ -424,28 +424,12 @@ func (s *peerAPI) Adopt(stream pb.TrunkPeer_AdoptServer) error {
 	if s.n.sched.Draining() {
 		return toStatus(ErrDraining)
 	}
-	limit := s.n.maxSnapshotBytes() + 1<<20
-	chunks := recvChunks(stream)
-	var buf bytes.Buffer
-	start := time.Now()
-	for {
-		m, err := nextChunk(stream.Context(), chunks)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return toStatus(err)
-		}
-		if int64(buf.Len()+len(m.Data)) > limit {
-			return toStatus(fmt.Errorf("%w: the session exceeds this node's limit of %d bytes", errSnapshot, limit))
-		}
-		buf.Write(m.Data)
-		if err := importProgress(start, int64(buf.Len())); err != nil {
-			return toStatus(err)
-		}
+	b, _, err := s.recvFile(stream)
+	if err != nil {
+		return toStatus(err)
 	}
 	sess, err := s.n.withRoom(func() (*Session, error) {
-		id, owner, used, st, unfed, err := parseTier(buf.Bytes(), s.n.snap)
+		id, owner, used, st, unfed, err := parseTier(b, s.n.snap)
 		if err != nil {
 			return nil, err
 		}
@@ -454,8 +438,41 @@ func (s *peerAPI) Adopt(stream pb.TrunkPeer_AdoptServer) error {
 	if err != nil {
 		return toStatus(err)
 	}
-	s.n.metrics.transfer("adopt", nil, int64(buf.Len()))
+	s.n.metrics.transfer("adopt", nil, int64(len(b)))
 	return stream.SendAndClose(&pb.AdoptResponse{SessionId: sess.ID})
+}
+
+// recvFile receives a session file streamed by a peer (bounded by this
+// node's largest session, with the import's progress requirement) and
+// returns it with its first chunk.
+func (s *peerAPI) recvFile(stream interface {
+	Recv() (*pb.SessionSnapshotChunk, error)
+	Context() context.Context
+}) ([]byte, *pb.SessionSnapshotChunk, error) {
+	limit := s.n.maxSnapshotBytes() + 1<<20
+	chunks := recvChunks(stream)
+	var buf bytes.Buffer
+	var first *pb.SessionSnapshotChunk
+	start := time.Now()
+	for {
+		m, err := nextChunk(stream.Context(), chunks)
+		if err == io.EOF {
+			return buf.Bytes(), first, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		if first == nil {
+			first = m
+		}
+		if int64(buf.Len()+len(m.Data)) > limit {
+			return nil, nil, fmt.Errorf("%w: the session exceeds this node's limit of %d bytes", errSnapshot, limit)
+		}
+		buf.Write(m.Data)
+		if err := importProgress(start, int64(buf.Len())); err != nil {
+			return nil, nil, err
+		}
+	}
 }
 
 func (s *peerAPI) Release(req *pb.ReleaseRequest, stream pb.TrunkPeer_ReleaseServer) error {

@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"sort"
 	"sync"
 	"time"
@@ -297,31 +296,14 @@ func (s *peerAPI) Replicate(stream pb.TrunkPeer_ReplicateServer) error {
 	if r == nil {
 		return errNoPeering
 	}
-	limit := s.n.maxSnapshotBytes() + 1<<20
-	chunks := recvChunks(stream)
-	var buf bytes.Buffer
-	var tokens int32
-	start := time.Now()
-	for first := true; ; first = false {
-		m, err := nextChunk(stream.Context(), chunks)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return toStatus(err)
-		}
-		if first {
-			tokens = m.Tokens
-		}
-		if int64(buf.Len()+len(m.Data)) > limit {
-			return toStatus(fmt.Errorf("%w: the replica exceeds this node's limit of %d bytes", errSnapshot, limit))
-		}
-		buf.Write(m.Data)
-		if err := importProgress(start, int64(buf.Len())); err != nil {
-			return toStatus(err)
-		}
+	b, first, err := s.recvFile(stream)
+	if err != nil {
+		return toStatus(err)
 	}
-	b := buf.Bytes()
+	var tokens int32
+	if first != nil {
+		tokens = first.Tokens
+	}
 	if err := verifyTier(b, s.n.cfg.SnapshotKey); err != nil {
 		return toStatus(err)
 	}
