@@ -13,11 +13,15 @@ import (
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
+// lastEtcd is the etcd of the last trunks call (tests cut its bridge).
+var lastEtcd *testutil.Etcd
+
 // trunks runs n trunk nodes (local experts) that register in one etcd and
 // share a snapshot key, as a cluster's trunks do.
 func trunks(t *testing.T, n int, edit func(i int, cfg *Config)) ([]pb.SwitchyardClient, []*Node, []func()) {
 	t.Helper()
 	etcd := testutil.StartEtcd(t)
+	lastEtcd = etcd
 	var clis []pb.SwitchyardClient
 	var nodes []*Node
 	var stops []func()
@@ -164,5 +168,64 @@ func TestReplicaSurvivesTrunkDeath(t *testing.T) {
 	}
 	if f := nodes[0].replicas.snapshot().Failovers; f != N {
 		t.Errorf("%d failovers counted, want %d", f, N)
+	}
+}
+
+// TestSessionsWithEtcdDown: with etcd unreachable, sessions keep working on
+// their trunk, and another trunk still reaches them (it asks the trunks it
+// last knew, directly).
+func TestSessionsWithEtcdDown(t *testing.T) {
+	ref, _, _ := serveNode(t, nil)
+	clis, _, _ := trunks(t, 2, nil)
+	refID, id := createSessions(t, ref, 1)[0], createSessions(t, clis[0], 1)[0]
+	turns(t, ref, []string{refID}, 0)
+	turns(t, clis[0], []string{id}, 0)
+	lastEtcd.Bridge.Cut()
+	defer lastEtcd.Bridge.Restore()
+	for round, trunk := range []int{0, 1} {
+		want, got := turns(t, ref, []string{refID}, round+1), turns(t, clis[trunk], []string{id}, round+1)
+		if !slices.Equal(got[0], want[0]) {
+			t.Fatalf("etcd down, round %d on trunk %d: %v, want %v", round+1, trunk, got[0], want[0])
+		}
+	}
+}
+
+// TestReplicaTrunkDies: a replica trunk dying costs the serving trunk
+// nothing (its copies fail and are counted; turns go on); the copies then
+// go to the trunks left, and the sessions survive their own trunk's death
+// after that.
+func TestReplicaTrunkDies(t *testing.T) {
+	ref, _, _ := serveNode(t, nil)
+	clis, nodes, _ := trunks(t, 3, func(i int, cfg *Config) { cfg.Replication.Replicas = 2 })
+	const N = 3
+	refIDs, ids := createSessions(t, ref, N), createSessions(t, clis[0], N)
+	crashers[nodes[1]]()
+	for round := range 2 {
+		want, got := turns(t, ref, refIDs, round), turns(t, clis[0], ids, round)
+		for i := range want {
+			if !slices.Equal(got[i], want[i]) {
+				t.Fatalf("round %d session %d with a replica trunk dead: %v, want %v", round, i, got[i], want[i])
+			}
+		}
+	}
+	testutil.WaitFor(t, "the copies of the last turns on trunk 2", func() bool {
+		for _, id := range ids {
+			c := nodes[2].replicas.get("", id)
+			if s, _ := nodes[0].store.Get(id); c == nil || s == nil || int(c.tokens) != s.State.Pos {
+				return false
+			}
+		}
+		return true
+	})
+	if nodes[0].replicas.snapshot().Failed == 0 {
+		t.Error("no failed copy counted while a replica trunk was dead")
+	}
+	crashers[nodes[0]]()
+	testutil.WaitFor(t, "the dead trunks to leave the list", func() bool { return len(nodes[2].peerSet().list()) == 0 })
+	want, got := turns(t, ref, refIDs, 2), turns(t, clis[2], ids, 2)
+	for i := range want {
+		if !slices.Equal(got[i], want[i]) {
+			t.Errorf("session %d after both trunks died: %v, want %v", i, got[i], want[i])
+		}
 	}
 }
