@@ -13,6 +13,8 @@ import (
 	"github.com/switchyard-serving/switchyard/internal/agent"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
+	"github.com/switchyard-serving/switchyard/model/hybrid"
+	"github.com/switchyard-serving/switchyard/model/tensor"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
@@ -50,6 +52,10 @@ type Config struct {
 	// LocalExperts computes the routed experts in process instead of on expert
 	// nodes (single-node mode and the in-process baseline).
 	LocalExperts bool
+	// KVDType is the element type of the sessions' KV caches: F32 (the zero
+	// value) or BF16 (half the KV memory per token; logits move by up to
+	// ~1e-3 of their scale).
+	KVDType tensor.DType
 
 	PublicTLS rpc.TLSFiles // TLS of the public API (plaintext when empty)
 	PeerTLS   rpc.TLSFiles // mutual TLS to expert nodes (plaintext when empty)
@@ -167,6 +173,14 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 			return fmt.Errorf("the snapshot key in %s must be at least 16 bytes, got %d", p, len(b))
 		}
 		c.SnapshotKey = b
+		return nil
+	})
+	fs.Func("kv-dtype", "element type of the sessions' KV caches: f32 (exact) or bf16 (half the KV memory) (default f32)", func(s string) error {
+		dt, err := hybrid.ParseKVDType(s)
+		if err != nil {
+			return err
+		}
+		c.KVDType = dt
 		return nil
 	})
 	fs.Func("wire-dtype", "element type of rows sent to expert nodes: bf16 (half the bytes) or f32 (exact) (default bf16)", func(s string) error {

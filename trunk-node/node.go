@@ -94,7 +94,7 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	opt := hybrid.LoadOptions{}
+	opt := hybrid.LoadOptions{KVDType: cfg.KVDType}
 	if !cfg.LocalExperts {
 		opt.KeepExpert = func(int, int) bool { return false }
 	}
@@ -103,7 +103,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	c := e.Model.Cfg
-	kvPer := int64(2*c.KVDim()*4) * int64(c.NumLayers(config.Attention))
+	kvPer := e.Model.KVBytesPerToken()
 	if cfg.Tracing == nil {
 		if cfg.Tracing, err = telemetry.NewTracing(context.Background(), "trunk", cfg.NodeID); err != nil {
 			e.Close()

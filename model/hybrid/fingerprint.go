@@ -103,7 +103,7 @@ func (s *State) Validate() error {
 			return fmt.Errorf("%w: attention layer %d caches %d tokens, the state is at position %d", ErrState, i, c.Len(), s.Pos)
 		}
 		for p := range c.pages {
-			if err := check("kv", i, c.pages[p].data); err != nil {
+			if err := c.pages[p].check(func(v []float32) error { return check("kv", i, v) }); err != nil {
 				return err
 			}
 		}

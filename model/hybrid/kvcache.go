@@ -1,6 +1,7 @@
 package hybrid
 
 import (
+	"fmt"
 	"runtime"
 	"sync/atomic"
 	"unsafe"
@@ -24,6 +25,10 @@ const PageTokens = 256
 //
 // Slots past the held tokens are zero (pages are never reused across contexts).
 //
+// Values are stored as the cache's element type (KVDType: F32, or BF16 rounded
+// to nearest even on Append, half the memory); attention reads BF16 pages with
+// the same kernels as BF16 weights (widened to float32, float32 accumulation).
+//
 // Pages are shared by reference between caches (State.Clone: a fork, a prefix
 // checkpoint and the sessions resumed from it) and counted: a page with more
 // than one holder is never written. Only a cache's last page can be partly
@@ -31,14 +36,17 @@ const PageTokens = 256
 // into it while it is shared (copy on write); full pages stay shared for good.
 type KVCache struct {
 	kvHeads, headDim int
-	n                int       // tokens held
-	pages            []*kvPage // PagesInUse() pages
-	own              *kvOwner  // the state's page accounting (nil: none)
+	dt               tensor.DType // F32 or BF16 (the zero value reads as F32)
+	n                int          // tokens held
+	pages            []*kvPage    // PagesInUse() pages
+	own              *kvOwner     // the state's page accounting (nil: none)
 }
 
-// kvPage is one page of values and the number of caches that hold it.
+// kvPage is one page of values and the number of caches that hold it. Exactly
+// one of data and half is set, by the cache's element type.
 type kvPage struct {
-	data []float32
+	data []float32 // F32 values
+	half []uint16  // BF16 values
 	refs atomic.Int32
 	tag  atomic.Pointer[pageTag] // the account it is counted in (nil: none)
 }
@@ -74,13 +82,35 @@ func (p *kvPage) count(a *PageAccount) {
 	if a == nil || p.tag.Load() != nil {
 		return
 	}
-	t := &pageTag{acct: a, bytes: int64(len(p.data)) * 4}
+	t := &pageTag{acct: a, bytes: p.bytes()}
 	if !p.tag.CompareAndSwap(nil, t) {
 		return
 	}
 	t.live.Store(true)
 	a.bytes.Add(t.bytes)
 	runtime.AddCleanup(p, (*pageTag).release, t)
+}
+
+// bytes is the page's memory.
+func (p *kvPage) bytes() int64 { return int64(len(p.data))*4 + int64(len(p.half))*2 }
+
+// check calls fn on the page's values as float32, in pieces (BF16 pages are
+// widened a block at a time into a small buffer).
+func (p *kvPage) check(fn func(v []float32) error) error {
+	if p.half == nil {
+		return fn(p.data)
+	}
+	var buf [1024]float32
+	for i := 0; i < len(p.half); i += len(buf) {
+		v := buf[:min(len(buf), len(p.half)-i)]
+		for j := range v {
+			v[j] = tensor.BF16ToF32(p.half[i+j])
+		}
+		if err := fn(v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // unref drops one holder; the last one frees the page from its account.
@@ -98,18 +128,65 @@ type kvOwner struct {
 	allocated atomic.Int64 // bytes of the pages this state allocated (new pages and copies)
 }
 
+// KVElemBytes is the bytes of one cached value of element type dt (F32 or
+// BF16; the zero DType is F32): a model's KV memory per token is
+// 2 (K and V) · KVDim · KVElemBytes per attention layer.
+func KVElemBytes(dt tensor.DType) int64 {
+	if dt == tensor.BF16 {
+		return 2
+	}
+	return 4
+}
+
+// CheckKVDType reports whether dt is an element type a KV cache can hold: F32,
+// BF16, or the zero DType (F32).
+func CheckKVDType(dt tensor.DType) error {
+	switch dt {
+	case 0, tensor.F32, tensor.BF16:
+		return nil
+	}
+	return fmt.Errorf("%w: KV cache element type %v (want F32 or BF16)", ErrInput, dt)
+}
+
+// ParseKVDType reads a KV cache element type as a flag spells it: "f32" or "bf16".
+func ParseKVDType(s string) (tensor.DType, error) {
+	switch s {
+	case "f32", "F32":
+		return tensor.F32, nil
+	case "bf16", "BF16":
+		return tensor.BF16, nil
+	}
+	return 0, fmt.Errorf("hybrid: KV cache element type %q (want f32 or bf16)", s)
+}
+
 func newKVCache(kvHeads, headDim int) KVCache {
-	return KVCache{kvHeads: kvHeads, headDim: headDim}
+	return newKVCacheOf(kvHeads, headDim, tensor.F32)
+}
+
+// newKVCacheOf returns an empty cache holding values of type dt (F32 or BF16).
+func newKVCacheOf(kvHeads, headDim int, dt tensor.DType) KVCache {
+	if dt != tensor.BF16 {
+		dt = tensor.F32
+	}
+	return KVCache{kvHeads: kvHeads, headDim: headDim, dt: dt}
+}
+
+// DType is the element type of the cached values (F32 or BF16).
+func (c *KVCache) DType() tensor.DType {
+	if c.dt == tensor.BF16 {
+		return tensor.BF16
+	}
+	return tensor.F32
 }
 
 // Len is the number of tokens held.
 func (c *KVCache) Len() int { return c.n }
 
-// pageFloats is the number of float32 values of one page (K and V).
+// pageFloats is the number of values of one page (K and V).
 func (c *KVCache) pageFloats() int { return 2 * c.kvHeads * c.headDim * PageTokens }
 
 // pageBytes is the memory of one page.
-func (c *KVCache) pageBytes() int64 { return int64(c.pageFloats()) * 4 }
+func (c *KVCache) pageBytes() int64 { return int64(c.pageFloats()) * KVElemBytes(c.dt) }
 
 // PagesInUse is the number of pages that hold tokens.
 func (c *KVCache) PagesInUse() int { return (c.n + PageTokens - 1) / PageTokens }
@@ -119,7 +196,12 @@ func (c *KVCache) Bytes() int64 { return int64(c.PagesInUse()) * c.pageBytes() }
 
 // newPage allocates a zeroed page held by c alone, counted in c's account.
 func (c *KVCache) newPage() *kvPage {
-	p := &kvPage{data: make([]float32, c.pageFloats())}
+	p := &kvPage{}
+	if c.dt == tensor.BF16 {
+		p.half = make([]uint16, c.pageFloats())
+	} else {
+		p.data = make([]float32, c.pageFloats())
+	}
 	p.refs.Store(1)
 	if c.own != nil {
 		c.own.allocated.Add(c.pageBytes())
@@ -136,11 +218,13 @@ func (c *KVCache) private(i int) {
 	}
 	p := c.newPage()
 	copy(p.data, old.data)
+	copy(p.half, old.half)
 	c.pages[i] = p
 	old.unref()
 }
 
-// Append adds T tokens: k and v are [T, kvHeads*headDim], token-major.
+// Append adds T tokens: k and v are [T, kvHeads*headDim], token-major. A BF16
+// cache stores them rounded to the nearest bfloat16 (ties to even).
 func (c *KVCache) Append(k, v []float32, T int) {
 	kvd, hd := c.kvHeads*c.headDim, c.headDim
 	for t := range T {
@@ -152,12 +236,28 @@ func (c *KVCache) Append(k, v []float32, T int) {
 			// this call: the last, partly filled one, maybe shared.
 			c.private(p)
 		}
-		kp, vp := c.kBlock(p), c.vBlock(p)
-		for h := range c.kvHeads {
-			copy(kp[(h*PageTokens+s)*hd:(h*PageTokens+s+1)*hd], k[t*kvd+h*hd:t*kvd+(h+1)*hd])
-			vt := vp[h*hd*PageTokens:]
-			for d, x := range v[t*kvd+h*hd : t*kvd+(h+1)*hd] {
-				vt[d*PageTokens+s] = x
+		kt, vt := k[t*kvd:(t+1)*kvd], v[t*kvd:(t+1)*kvd]
+		if c.dt == tensor.BF16 {
+			pg := c.pages[p].half
+			kp, vp := pg[:kvd*PageTokens], pg[kvd*PageTokens:]
+			for h := range c.kvHeads {
+				kd := kp[(h*PageTokens+s)*hd : (h*PageTokens+s+1)*hd]
+				for d, x := range kt[h*hd : (h+1)*hd] {
+					kd[d] = tensor.F32ToBF16(x)
+				}
+				vd := vp[h*hd*PageTokens:]
+				for d, x := range vt[h*hd : (h+1)*hd] {
+					vd[d*PageTokens+s] = tensor.F32ToBF16(x)
+				}
+			}
+		} else {
+			kp, vp := c.kBlock(p), c.vBlock(p)
+			for h := range c.kvHeads {
+				copy(kp[(h*PageTokens+s)*hd:(h*PageTokens+s+1)*hd], kt[h*hd:(h+1)*hd])
+				vd := vp[h*hd*PageTokens:]
+				for d, x := range vt[h*hd : (h+1)*hd] {
+					vd[d*PageTokens+s] = x
+				}
 			}
 		}
 		c.n++
@@ -177,25 +277,51 @@ func (c *KVCache) growBytes(tokens int) int64 {
 	return int64(n) * c.pageBytes()
 }
 
+// kBlock and vBlock are page p's K and V blocks (F32 caches only).
 func (c *KVCache) kBlock(p int) []float32 { return c.pages[p].data[:c.kvHeads*c.headDim*PageTokens] }
 func (c *KVCache) vBlock(p int) []float32 { return c.pages[p].data[c.kvHeads*c.headDim*PageTokens:] }
 
-// keys is head h's keys in page p as a [PageTokens, headDim] matrix.
+// keys is head h's keys in page p as a [PageTokens, headDim] matrix of the
+// cache's element type.
 func (c *KVCache) keys(p, h int) tensor.Matrix {
 	n := PageTokens * c.headDim
+	if c.dt == tensor.BF16 {
+		return bf16Matrix(c.pages[p].half[h*n:(h+1)*n], PageTokens, c.headDim)
+	}
 	return f32Matrix(c.kBlock(p)[h*n:(h+1)*n], PageTokens, c.headDim)
 }
 
-// values is head h's values in page p, transposed: a [headDim, PageTokens] matrix.
+// values is head h's values in page p, transposed: a [headDim, PageTokens]
+// matrix of the cache's element type.
 func (c *KVCache) values(p, h int) tensor.Matrix {
 	n := PageTokens * c.headDim
+	if c.dt == tensor.BF16 {
+		off := c.kvHeads * n
+		return bf16Matrix(c.pages[p].half[off+h*n:off+(h+1)*n], c.headDim, PageTokens)
+	}
 	return f32Matrix(c.vBlock(p)[h*n:(h+1)*n], c.headDim, PageTokens)
 }
 
-// Row copies token t's keys and values ([kvHeads*headDim] each) into k and v.
+// Row copies token t's keys and values ([kvHeads*headDim] each, as float32)
+// into k and v.
 func (c *KVCache) Row(t int, k, v []float32) {
 	hd := c.headDim
 	p, s := t/PageTokens, t%PageTokens
+	if c.dt == tensor.BF16 {
+		pg := c.pages[p].half
+		n := c.kvHeads * hd * PageTokens
+		kp, vp := pg[:n], pg[n:]
+		for h := range c.kvHeads {
+			for d, x := range kp[(h*PageTokens+s)*hd : (h*PageTokens+s+1)*hd] {
+				k[h*hd+d] = tensor.BF16ToF32(x)
+			}
+			vt := vp[h*hd*PageTokens:]
+			for d := range hd {
+				v[h*hd+d] = tensor.BF16ToF32(vt[d*PageTokens+s])
+			}
+		}
+		return
+	}
 	kp, vp := c.kBlock(p), c.vBlock(p)
 	for h := range c.kvHeads {
 		copy(k[h*hd:(h+1)*hd], kp[(h*PageTokens+s)*hd:])
@@ -219,7 +345,7 @@ func (c *KVCache) reset() {
 // clone returns a cache holding the same tokens in the same pages (shared, not
 // copied), accounted to own.
 func (c *KVCache) clone(own *kvOwner) KVCache {
-	out := KVCache{kvHeads: c.kvHeads, headDim: c.headDim, n: c.n, own: own}
+	out := KVCache{kvHeads: c.kvHeads, headDim: c.headDim, dt: c.dt, n: c.n, own: own}
 	out.pages = make([]*kvPage, len(c.pages))
 	for i, p := range c.pages {
 		p.refs.Add(1)
@@ -232,6 +358,12 @@ func (c *KVCache) clone(own *kvOwner) KVCache {
 func f32Matrix(v []float32, rows, cols int) tensor.Matrix {
 	b := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 4*rows*cols)
 	return tensor.Matrix{DType: tensor.F32, Rows: rows, Cols: cols, Data: b}
+}
+
+// bf16Matrix views bfloat16 values as a row-major BF16 matrix (no copy).
+func bf16Matrix(v []uint16, rows, cols int) tensor.Matrix {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 2*rows*cols)
+	return tensor.Matrix{DType: tensor.BF16, Rows: rows, Cols: cols, Data: b}
 }
 
 // PageSet counts the distinct KV pages held by a set of states (a prefix
@@ -255,7 +387,7 @@ func (ps *PageSet) Add(s *State) int64 {
 		c := &s.KV[i]
 		for _, p := range c.pages {
 			if ps.refs[p]++; ps.refs[p] == 1 {
-				added += c.pageBytes()
+				added += p.bytes()
 			}
 		}
 	}
@@ -272,7 +404,7 @@ func (ps *PageSet) Remove(s *State) int64 {
 		for _, p := range c.pages {
 			if ps.refs[p]--; ps.refs[p] <= 0 {
 				delete(ps.refs, p)
-				removed += c.pageBytes()
+				removed += p.bytes()
 			}
 		}
 	}
@@ -287,7 +419,7 @@ func (ps *PageSet) NewBytes(s *State) int64 {
 		c := &s.KV[i]
 		for _, p := range c.pages {
 			if ps.refs[p] == 0 {
-				n += c.pageBytes()
+				n += p.bytes()
 			}
 		}
 	}

@@ -105,10 +105,16 @@ type LoadOptions struct {
 	// KeepExpert, when non-nil, selects the routed experts to map; the others are
 	// left empty (an expert node loads only its assignment; a trunk node none).
 	KeepExpert func(layer, expert int) bool
+	// KVDType is the element type of the sessions' KV caches (Model.KVDType):
+	// F32 (the zero value) or BF16.
+	KVDType tensor.DType
 }
 
 // LoadHF loads a Hugging Face checkpoint folder (config.json + safetensors).
 func LoadHF(dir string, opt LoadOptions) (*Model, error) {
+	if err := CheckKVDType(opt.KVDType); err != nil {
+		return nil, err
+	}
 	cfg, err := config.Load(filepath.Join(dir, "config.json"))
 	if err != nil {
 		return nil, err
@@ -124,6 +130,7 @@ func LoadHF(dir string, opt LoadOptions) (*Model, error) {
 		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
 	m := New(cfg, w)
+	m.KVDType = opt.KVDType
 	m.closer = ck.Close
 	return m, nil
 }
@@ -275,6 +282,9 @@ func (s ggufSource) lookup(name string) (tensor.DType, []int, []byte, bool, erro
 
 // LoadGGUF loads a GGUF file of architecture granitehybrid.
 func LoadGGUF(path string, opt LoadOptions) (*Model, *gguf.File, error) {
+	if err := CheckKVDType(opt.KVDType); err != nil {
+		return nil, nil, err
+	}
 	f, err := gguf.Open(path)
 	if err != nil {
 		return nil, nil, err
@@ -291,6 +301,7 @@ func LoadGGUF(path string, opt LoadOptions) (*Model, *gguf.File, error) {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	m := New(cfg, w)
+	m.KVDType = opt.KVDType
 	m.closer = f.Close
 	return m, f, nil
 }

@@ -42,6 +42,11 @@ type Model struct {
 	// (and single-token calls, which always recur) change the last bits.
 	ScanChunkedMin int
 
+	// KVDType is the element type of the KV caches of the states NewState
+	// makes: F32 (the zero value reads as F32) or BF16 (half the memory; keys
+	// and values rounded to nearest bfloat16 as they are cached).
+	KVDType tensor.DType
+
 	closer func() error
 	scr    scratch
 	scr2   scratch // the second micro-batch of ForwardPingPong
@@ -60,8 +65,12 @@ func (m *Model) Close() error {
 	return nil
 }
 
-// NewState returns a fresh session state.
-func (m *Model) NewState() *State { return NewState(m.Cfg) }
+// NewState returns a fresh session state, its KV caches of type m.KVDType.
+func (m *Model) NewState() *State { return NewStateKV(m.Cfg, m.KVDType) }
+
+// KVBytesPerToken is the KV memory one token of a session takes (see
+// KVBytesPerToken).
+func (m *Model) KVBytesPerToken() int64 { return KVBytesPerToken(m.Cfg, m.KVDType) }
 
 // Seq is one sequence of a Forward batch.
 type Seq struct {

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // loadFixtureF32 loads the fixture's GGUF twin, whose weights are float32.
@@ -161,8 +163,11 @@ func dump(st *State) []float32 {
 // Appending to a clone never changes the state it was cloned from, nor another
 // clone sharing its pages: full pages stay shared, a shared partly filled page
 // is copied by the first append, new pages are private.
-func TestCopyOnWrite(t *testing.T) {
+func TestCopyOnWrite(t *testing.T) { forKVDTypes(t, testCopyOnWrite) }
+
+func testCopyOnWrite(t *testing.T, dt tensor.DType) {
 	m := loadFixtureF32(t)
+	m.KVDType = dt
 	m.ScanChunkedMin = 0
 	r := rand.New(rand.NewPCG(23, 24))
 	for _, held := range []int{PageTokens, PageTokens + 44} { // at a page boundary, mid-page
@@ -214,8 +219,11 @@ func TestCopyOnWrite(t *testing.T) {
 // The page account counts a shared page once, frees it with its last holder,
 // and what a state allocates is what KVGrowBytes said; encoding a state with
 // shared pages and decoding it gives a private copy that Attach counts.
-func TestPageAccounting(t *testing.T) {
+func TestPageAccounting(t *testing.T) { forKVDTypes(t, testPageAccounting) }
+
+func testPageAccounting(t *testing.T, dt tensor.DType) {
 	m := loadFixtureF32(t)
+	m.KVDType = dt
 	m.ScanChunkedMin = 0
 	r := rand.New(rand.NewPCG(25, 26))
 	var acct PageAccount
@@ -280,7 +288,12 @@ func TestPageAccounting(t *testing.T) {
 // A clone dropped without Release (a leak in a caller) stops counting once
 // the garbage collector finds its pages unreachable.
 func TestPageAccountCatchesDroppedStates(t *testing.T) {
+	forKVDTypes(t, testPageAccountCatchesDroppedStates)
+}
+
+func testPageAccountCatchesDroppedStates(t *testing.T, dt tensor.DType) {
 	m := loadFixtureF32(t)
+	m.KVDType = dt
 	m.ScanChunkedMin = 0
 	var acct PageAccount
 	func() {

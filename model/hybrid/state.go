@@ -10,6 +10,7 @@ import (
 	"math"
 
 	"github.com/switchyard-serving/switchyard/model/config"
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // ErrState reports a session state that does not fit the model or is corrupt.
@@ -20,8 +21,9 @@ var ErrState = errors.New("hybrid: bad session state")
 // together with ErrState).
 var ErrStateModel = errors.New("state of another model shape or format version")
 
-// State is one session's memory: a fixed-size recurrent state per Mamba layer and a
-// growing KV cache per attention layer, all float32.
+// State is one session's memory: a fixed-size recurrent state per Mamba layer
+// (float32) and a growing KV cache per attention layer (float32 or bfloat16, as
+// the model's KVDType; every layer of a state holds the same type).
 //
 // Layout:
 //   - Conv[i]: the last K-1 pre-activation xBC inputs of Mamba layer i, time-major
@@ -31,7 +33,9 @@ var ErrStateModel = errors.New("state of another model shape or format version")
 //     (see KVCache).
 //
 // Encode writes the caches token-major ([Pos, kv_heads*head_dim] for K, then V),
-// so the serialised form does not depend on the page layout.
+// so the serialised form does not depend on the page layout; the values keep
+// their element type (format version 1: float32, version 2: bfloat16), so a
+// snapshot is lossless and its KV part is as large as the pages' tokens.
 //
 // Mamba and attention layers are numbered in model order among layers of their kind.
 //
@@ -49,17 +53,22 @@ type State struct {
 	own *kvOwner // page accounting of KV (nil until a page is needed)
 }
 
-// NewState returns an empty state for the model described by c.
-func NewState(c *config.Config) *State {
+// NewState returns an empty state for the model described by c, with float32
+// KV caches.
+func NewState(c *config.Config) *State { return NewStateKV(c, tensor.F32) }
+
+// NewStateKV returns an empty state for the model described by c whose KV
+// caches hold values of type kv (F32 or BF16; see CheckKVDType).
+func NewStateKV(c *config.Config, kv tensor.DType) *State {
 	s := &State{own: &kvOwner{}}
 	for _, t := range c.LayerTypes {
 		if t == config.Mamba {
 			s.Conv = append(s.Conv, make([]float32, (c.MambaDConv-1)*c.ConvDim()))
 			s.SSM = append(s.SSM, make([]float32, c.MambaHeads*c.MambaHeadDim*c.MambaDState))
 		} else {
-			kv := newKVCache(c.KVHeads, c.HeadDim())
-			kv.own = s.own
-			s.KV = append(s.KV, kv)
+			kc := newKVCacheOf(c.KVHeads, c.HeadDim(), kv)
+			kc.own = s.own
+			s.KV = append(s.KV, kc)
 		}
 	}
 	return s
@@ -98,7 +107,7 @@ func (s *State) UncountedKVBytes(a *PageAccount) int64 {
 		c := &s.KV[i]
 		for _, p := range c.pages {
 			if t := p.tag.Load(); t == nil || t.acct != a || !t.live.Load() {
-				n += c.pageBytes()
+				n += p.bytes()
 			}
 		}
 	}
@@ -134,7 +143,7 @@ func (s *State) PrivateKVBytes() int64 {
 		c := &s.KV[i]
 		for _, p := range c.pages {
 			if p.refs.Load() == 1 {
-				n += c.pageBytes()
+				n += p.bytes()
 			}
 		}
 	}
@@ -153,7 +162,8 @@ func (s *State) Release() {
 
 // StateSize is a model's per-session state size, computed from the config
 // alone (no state is allocated): the fixed recurrent part, and the encoded
-// length (EncodedLen) of an empty state.
+// length (EncodedLen) of an empty state (the same for either KV element type).
+// KV memory per token is KVBytesPerToken.
 type StateSize struct {
 	RecurrentBytes int64 // conv + SSM states of every Mamba layer
 	EmptyEncoded   int64 // EncodedLen of a state holding no tokens
@@ -173,6 +183,22 @@ func SizeOf(c *config.Config) StateSize {
 		}
 	}
 	return sz
+}
+
+// KVBytesPerToken is the KV memory one token takes in a model of config c
+// whose caches hold values of type kv (pages are allocated PageTokens tokens at
+// a time): K and V of every attention layer. It is also what a token adds to
+// an encoded state.
+func KVBytesPerToken(c *config.Config, kv tensor.DType) int64 {
+	return 2 * int64(c.KVDim()) * KVElemBytes(kv) * int64(c.NumLayers(config.Attention))
+}
+
+// KVDType is the element type of the state's KV caches (F32 when it has none).
+func (s *State) KVDType() tensor.DType {
+	if len(s.KV) == 0 {
+		return tensor.F32
+	}
+	return s.KV[0].DType()
 }
 
 // RecurrentBytes is the size of the fixed part (conv + SSM states).
@@ -230,7 +256,22 @@ func (s *State) Reset() {
 }
 
 const stateMagic = "SYST"
-const stateVersion = 1
+
+// State format versions: the same layout, with the KV values as float32
+// (version 1, also every state written before bfloat16 caches) or as bfloat16
+// (version 2). A state is written in its caches' type, so an F32 state reads
+// on builds that know only version 1.
+const (
+	stateVersionF32  = 1
+	stateVersionBF16 = 2
+)
+
+func stateVersion(kv tensor.DType) uint32 {
+	if kv == tensor.BF16 {
+		return stateVersionBF16
+	}
+	return stateVersionF32
+}
 
 // Fingerprint identifies the state shape of a model (layer kinds and widths), so a
 // serialized state is only restored into a compatible model.
@@ -242,7 +283,9 @@ func Fingerprint(c *config.Config) uint32 {
 }
 
 // MarshalBinary-style encoding: magic, version, fingerprint, pos, then each
-// tensor as little-endian float32, then a CRC32 of everything before it.
+// tensor as its length (u64, in values) and its values, little-endian (the
+// recurrent state float32, KV float32 in version 1 and bfloat16 in version 2),
+// then a CRC32 of everything before it.
 
 // Encode writes the state in a portable binary form tied to the model fingerprint,
 // streaming: it holds at most one token's KV row beyond a small buffer, whatever
@@ -259,8 +302,18 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 			u32(math.Float32bits(f))
 		}
 	}
+	kvt := s.KVDType()
+	kvs := f32s
+	if kvt == tensor.BF16 {
+		kvs = func(v []float32) {
+			for _, f := range v {
+				binary.LittleEndian.PutUint16(b8[:2], tensor.F32ToBF16(f))
+				bw.Write(b8[:2])
+			}
+		}
+	}
 	bw.WriteString(stateMagic)
-	for _, v := range []uint32{stateVersion, Fingerprint(c), uint32(s.Pos), uint32(len(s.Conv)), uint32(len(s.KV))} {
+	for _, v := range []uint32{stateVersion(kvt), Fingerprint(c), uint32(s.Pos), uint32(len(s.Conv)), uint32(len(s.KV))} {
 		u32(v)
 	}
 	for i := range s.Conv {
@@ -281,9 +334,9 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 				}
 				kv.Row(t, k, v)
 				if part == 0 {
-					f32s(k)
+					kvs(k)
 				} else {
-					f32s(v)
+					kvs(v)
 				}
 			}
 		}
@@ -317,8 +370,9 @@ func (s *State) EncodedLen() int64 {
 	for i := range s.Conv {
 		n += 16 + 4*int64(len(s.Conv[i])+len(s.SSM[i]))
 	}
+	e := 2 * KVElemBytes(s.KVDType())
 	for i := range s.KV {
-		n += 16 + 8*int64(s.KV[i].Len()*s.KV[i].kvHeads*s.KV[i].headDim)
+		n += 16 + e*int64(s.KV[i].Len()*s.KV[i].kvHeads*s.KV[i].headDim)
 	}
 	return n
 }
@@ -333,8 +387,8 @@ func CheckStateHeader(b []byte, c *config.Config) error {
 	if len(b) < StateHeaderLen || string(b[:4]) != stateMagic {
 		return fmt.Errorf("%w: not a switchyard session state", ErrState)
 	}
-	if v := binary.LittleEndian.Uint32(b[4:]); v != stateVersion {
-		return fmt.Errorf("%w: %w: version %d, this build reads %d", ErrState, ErrStateModel, v, stateVersion)
+	if v := binary.LittleEndian.Uint32(b[4:]); v != stateVersionF32 && v != stateVersionBF16 {
+		return fmt.Errorf("%w: %w: version %d, this build reads %d and %d", ErrState, ErrStateModel, v, stateVersionF32, stateVersionBF16)
 	}
 	if fp := binary.LittleEndian.Uint32(b[8:]); fp != Fingerprint(c) {
 		return fmt.Errorf("%w: %w (fingerprint %08x, this model %08x)", ErrState, ErrStateModel, fp, Fingerprint(c))
@@ -342,7 +396,9 @@ func CheckStateHeader(b []byte, c *config.Config) error {
 	return nil
 }
 
-// DecodeState reads a state written by Encode for a model with config c.
+// DecodeState reads a state written by Encode for a model with config c. Its
+// KV caches hold the type it was written in (a version 1 state decodes to F32
+// caches, a version 2 state to BF16 caches).
 func DecodeState(b []byte, c *config.Config) (*State, error) {
 	if len(b) < len(stateMagic)+5*4+4 {
 		return nil, fmt.Errorf("%w: not a switchyard session state", ErrState)
@@ -356,44 +412,55 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 	}
 	r := body[12:]
 	u32 := func() uint32 { v := binary.LittleEndian.Uint32(r); r = r[4:]; return v }
-	s := NewState(c)
+	kvt := tensor.F32
+	if binary.LittleEndian.Uint32(b[4:]) == stateVersionBF16 {
+		kvt = tensor.BF16
+	}
+	s := NewStateKV(c, kvt)
 	s.Pos = int(u32())
 	nm, na := int(u32()), int(u32())
 	if nm != len(s.Conv) || na != len(s.KV) {
 		return nil, fmt.Errorf("%w: %d mamba / %d attention layers, model has %d / %d", ErrState, nm, na, len(s.Conv), len(s.KV))
 	}
-	get := func(want int) ([]float32, error) {
+	get := func(want int, dt tensor.DType) ([]float32, error) {
 		if len(r) < 8 {
 			return nil, fmt.Errorf("%w: truncated", ErrState)
 		}
 		n := binary.LittleEndian.Uint64(r)
 		r = r[8:]
-		if want >= 0 && n != uint64(want) || n > uint64(len(r)/4) {
+		e := uint64(KVElemBytes(dt))
+		if want >= 0 && n != uint64(want) || n > uint64(len(r))/e {
 			return nil, fmt.Errorf("%w: tensor of %d values does not fit", ErrState, n)
 		}
 		v := make([]float32, n)
-		for i := range v {
-			v[i] = math.Float32frombits(binary.LittleEndian.Uint32(r[4*i:]))
+		if dt == tensor.BF16 {
+			for i := range v {
+				v[i] = tensor.BF16ToF32(binary.LittleEndian.Uint16(r[2*i:]))
+			}
+		} else {
+			for i := range v {
+				v[i] = math.Float32frombits(binary.LittleEndian.Uint32(r[4*i:]))
+			}
 		}
-		r = r[4*n:]
+		r = r[e*n:]
 		return v, nil
 	}
 	var err error
 	for i := range s.Conv {
-		if s.Conv[i], err = get(len(s.Conv[i])); err != nil {
+		if s.Conv[i], err = get(len(s.Conv[i]), tensor.F32); err != nil {
 			return nil, err
 		}
-		if s.SSM[i], err = get(len(s.SSM[i])); err != nil {
+		if s.SSM[i], err = get(len(s.SSM[i]), tensor.F32); err != nil {
 			return nil, err
 		}
 	}
 	kv := s.Pos * c.KVDim()
 	for i := range s.KV {
-		k, err := get(kv)
+		k, err := get(kv, kvt)
 		if err != nil {
 			return nil, err
 		}
-		v, err := get(kv)
+		v, err := get(kv, kvt)
 		if err != nil {
 			return nil, err
 		}

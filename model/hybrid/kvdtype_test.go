@@ -1,0 +1,203 @@
+package hybrid
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+// kvDTypes are the KV cache element types every page test runs with.
+var kvDTypes = []tensor.DType{tensor.F32, tensor.BF16}
+
+// forKVDTypes runs f as a subtest per KV element type.
+func forKVDTypes(t *testing.T, f func(t *testing.T, dt tensor.DType)) {
+	for _, dt := range kvDTypes {
+		t.Run(dt.String(), func(t *testing.T) { f(t, dt) })
+	}
+}
+
+// roundBF16 returns v rounded to bfloat16 and widened back.
+func roundBF16(v []float32) []float32 {
+	out := make([]float32, len(v))
+	for i, x := range v {
+		out[i] = tensor.BF16ToF32(tensor.F32ToBF16(x))
+	}
+	return out
+}
+
+// Attention over BF16 pages equals attention over F32 pages holding the same
+// bfloat16-rounded values (the reference twin): the pages differ only in how
+// the values are stored, never in what attention computes from them.
+func TestBF16PagesMatchRoundedF32Pages(t *testing.T) {
+	cases := []struct {
+		name        string
+		pos0, T     int
+		nq, nkv, hd int
+	}{
+		{"decode first token", 0, 1, 4, 2, 16},
+		{"prefill across pages", 0, 2*PageTokens + 37, 6, 2, 16},
+		{"continued prefill at a page edge", PageTokens - 3, 9, 4, 1, 32},
+		{"decode deep in a context", 3*PageTokens + 11, 1, 8, 2, 16},
+		{"head_dim 72 (vector tails)", 2*PageTokens - 40, 90, 6, 3, 72},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(c.T), 99))
+			randn := func(n int) []float32 {
+				v := make([]float32, n)
+				for i := range v {
+					v[i] = float32(rng.NormFloat64())
+				}
+				return v
+			}
+			kvd, qd, L := c.nkv*c.hd, c.nq*c.hd, c.pos0+c.T
+			k, v := randn(L*kvd), randn(L*kvd)
+			half := newKVCacheOf(c.nkv, c.hd, tensor.BF16)
+			half.Append(k[:c.pos0*kvd], v[:c.pos0*kvd], c.pos0)
+			half.Append(k[c.pos0*kvd:], v[c.pos0*kvd:], c.T)
+			twin := newKVCache(c.nkv, c.hd)
+			twin.Append(roundBF16(k), roundBF16(v), L)
+			if half.Bytes()*2 != twin.Bytes() {
+				t.Fatalf("bf16 pages take %d bytes, f32 %d: want half", half.Bytes(), twin.Bytes())
+			}
+			q := randn(c.T * qd)
+			scale := float32(1 / math.Sqrt(float64(c.hd)))
+			run := func(kv *KVCache) []float32 {
+				att := make([]float32, c.T*qd)
+				var ws attnScratch
+				for t0 := 0; t0 < c.T; t0 += attnBlock {
+					t1 := min(c.T, t0+attnBlock)
+					for h := range c.nq {
+						task := attnTask{kv: kv, pos0: c.pos0, t0: t0, t1: t1, h: h, keysMax: c.pos0 + t1}
+						attendBlock(&task, q, att, &ws, qd, c.hd, c.nq/c.nkv, scale)
+					}
+				}
+				return att
+			}
+			got, want := run(&half), run(&twin)
+			// The kernels widen BF16 exactly but their BF16 and F32 paths
+			// sum in different orders: equal to float rounding (measured at
+			// most 4e-7 here), not bit for bit.
+			if d := maxDiff(got, want); d > 2e-6 {
+				t.Fatalf("bf16 pages and their f32 twin differ by %.3g", d)
+			}
+			// And both agree with the plain reference read through Row.
+			if d := maxDiff(got, attendRef(&half, q, c.pos0, c.T, c.nq, c.hd, scale)); d > 2e-5 {
+				t.Fatalf("bf16 pages vs reference: %.3g", d)
+			}
+		})
+	}
+}
+
+// A BF16 cache holds (and Row returns) every value rounded to nearest bfloat16.
+func TestBF16RowsRoundTrip(t *testing.T) {
+	const nkv, hd, n = 3, 24, PageTokens + 40
+	rng := rand.New(rand.NewPCG(3, 4))
+	k, v := make([]float32, n*nkv*hd), make([]float32, n*nkv*hd)
+	for i := range k {
+		k[i], v[i] = float32(rng.NormFloat64()), float32(rng.NormFloat64()*1e3)
+	}
+	kv := newKVCacheOf(nkv, hd, tensor.BF16)
+	kv.Append(k[:7*nkv*hd], v[:7*nkv*hd], 7)
+	kv.Append(k[7*nkv*hd:], v[7*nkv*hd:], n-7)
+	rk, rv := roundBF16(k), roundBF16(v)
+	gk, gv := make([]float32, nkv*hd), make([]float32, nkv*hd)
+	for tk := range n {
+		kv.Row(tk, gk, gv)
+		if c, _ := sameBits(gk, rk[tk*nkv*hd:(tk+1)*nkv*hd]); c != 0 {
+			t.Fatalf("token %d keys: %d values differ from their bf16 rounding", tk, c)
+		}
+		if c, _ := sameBits(gv, rv[tk*nkv*hd:(tk+1)*nkv*hd]); c != 0 {
+			t.Fatalf("token %d values: %d values differ from their bf16 rounding", tk, c)
+		}
+	}
+	if want := int64(2 * 2 * nkv * hd * PageTokens * 2); kv.Bytes() != want {
+		t.Fatalf("%d bytes for two pages, want %d", kv.Bytes(), want)
+	}
+}
+
+// A state encodes in its KV type (version 1: f32, version 2: bf16), EncodedLen
+// and SizeOf agree with what Encode writes, and decoding gives back the same
+// type and values bit for bit; a decoded state continues exactly as the
+// original.
+func TestEncodeKeepsKVDType(t *testing.T) {
+	forKVDTypes(t, func(t *testing.T, dt tensor.DType) {
+		m := loadFixtureF32(t)
+		m.KVDType = dt
+		m.ScanChunkedMin = 0
+		r := rand.New(rand.NewPCG(31, 32))
+		st := m.NewState()
+		if st.KVDType() != dt {
+			t.Fatalf("NewState KV type %v", st.KVDType())
+		}
+		if SizeOf(m.Cfg).EmptyEncoded != st.EncodedLen() {
+			t.Fatalf("SizeOf empty %d, state %d", SizeOf(m.Cfg).EmptyEncoded, st.EncodedLen())
+		}
+		forward1(t, m, st, randTokens(r, PageTokens+9, m.Cfg.VocabSize), false)
+		var buf bytes.Buffer
+		if err := st.Encode(&buf, m.Cfg); err != nil {
+			t.Fatal(err)
+		}
+		if int64(buf.Len()) != st.EncodedLen() {
+			t.Fatalf("encoded %d bytes, EncodedLen %d", buf.Len(), st.EncodedLen())
+		}
+		if kv := st.EncodedLen() - SizeOf(m.Cfg).EmptyEncoded; kv != int64(st.Pos)*m.KVBytesPerToken() {
+			t.Fatalf("encoded KV %d bytes for %d tokens, want %d per token", kv, st.Pos, m.KVBytesPerToken())
+		}
+		if v, want := binary.LittleEndian.Uint32(buf.Bytes()[4:]), stateVersion(dt); v != want {
+			t.Fatalf("format version %d, want %d", v, want)
+		}
+		pages := int64((st.Pos + PageTokens - 1) / PageTokens)
+		if st.KVBytes() != pages*PageTokens*m.KVBytesPerToken() {
+			t.Fatalf("KV bytes %d for %d pages of %d bytes per token", st.KVBytes(), pages, m.KVBytesPerToken())
+		}
+		dec, err := DecodeState(buf.Bytes(), m.Cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dec.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if dec.KVDType() != dt || dec.KVBytes() != st.KVBytes() {
+			t.Fatalf("decoded KV type %v, %d bytes; want %v, %d", dec.KVDType(), dec.KVBytes(), dt, st.KVBytes())
+		}
+		if n, _ := sameBits(dump(dec), dump(st)); n != 0 {
+			t.Fatalf("decoded state differs (%d values)", n)
+		}
+		next := randTokens(r, 3, m.Cfg.VocabSize)
+		if n, _ := sameBits(forward1(t, m, dec, next, false), forward1(t, m, st, next, false)); n != 0 {
+			t.Fatal("decoded state diverged from the original")
+		}
+	})
+}
+
+// Validate finds a non-finite value in a BF16 page.
+func TestValidateBF16Pages(t *testing.T) {
+	m := loadFixtureF32(t)
+	m.KVDType = tensor.BF16
+	st := m.NewState()
+	forward1(t, m, st, randTokens(rand.New(rand.NewPCG(1, 2)), 5, m.Cfg.VocabSize), false)
+	if err := st.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	st.KV[0].pages[0].half[3] = tensor.F32ToBF16(float32(math.Inf(1)))
+	if err := st.Validate(); err == nil {
+		t.Fatal("an infinite key was accepted")
+	}
+}
+
+// KV bytes per token by type, for the fixture.
+func TestKVBytesPerToken(t *testing.T) {
+	c := loadFixtureF32(t).Cfg
+	f, b := KVBytesPerToken(c, tensor.F32), KVBytesPerToken(c, tensor.BF16)
+	if f != 2*int64(c.KVDim())*4*int64(c.NumLayers(1)) || b*2 != f {
+		t.Fatalf("f32 %d, bf16 %d bytes per token", f, b)
+	}
+	if _, err := ParseKVDType("q8_0"); err == nil {
+		t.Fatal("ParseKVDType accepted q8_0")
+	}
+}
