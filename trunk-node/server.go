@@ -342,7 +342,7 @@ func (a *api) reserve(g genArgs) (*Session, error) {
 	}
 	if _, err := a.n.withRoom(func() (*Session, error) {
 		return sess, a.n.store.Acquire(sess, len(sess.Unfed)+len(g.prompt)-skip+int(g.maxTokens))
-	}); err != nil {
+	}, sess); err != nil {
 		return drop(err)
 	}
 	return sess, nil

@@ -278,7 +278,8 @@ func (s *Store) get(id, owner string, anyOwner bool) (*Session, error) {
 func (s *Store) Acquire(sess *Session, tokens int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.sessions[sess.ID]; !ok {
+	if cur, ok := s.sessions[sess.ID]; !ok || cur != sess {
+		// Gone, or replaced by another copy of it (offloaded and restored).
 		return fmt.Errorf("%w: %s", ErrSessionNotFound, clip(sess.ID))
 	}
 	if sess.busy {

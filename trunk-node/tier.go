@@ -490,14 +490,19 @@ func (n *Node) session(ctx context.Context, owner, sid string) (*Session, error)
 }
 
 // withRoom runs f; when it fails for lack of memory and tiering is on, the
-// least recently used idle sessions are offloaded and f runs again.
-func (n *Node) withRoom(f func() (*Session, error)) (*Session, error) {
+// least recently used idle sessions (never keep, the one f is for) are
+// offloaded and f runs again.
+func (n *Node) withRoom(f func() (*Session, error), keep ...*Session) (*Session, error) {
 	s, err := f()
 	if n.tier == nil || !errors.Is(err, ErrMemoryFull) {
 		return s, err
 	}
+	var spare *Session
+	if len(keep) > 0 {
+		spare = keep[0]
+	}
 	for range 8 {
-		victim := n.store.lruIdle()
+		victim := n.store.lruIdle(spare)
 		if victim == nil {
 			break
 		}
@@ -525,13 +530,14 @@ func (n *Node) offloadIdle(now time.Time, all bool) {
 	}
 }
 
-// lruIdle returns the least recently used idle kept session, or nil.
-func (s *Store) lruIdle() *Session {
+// lruIdle returns the least recently used idle kept session other than
+// spare, or nil.
+func (s *Store) lruIdle(spare *Session) *Session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var best *Session
 	for _, sess := range s.sessions {
-		if sess.busy || sess.ephemeral {
+		if sess.busy || sess.ephemeral || sess == spare {
 			continue
 		}
 		if best == nil || sess.lastUsed.Before(best.lastUsed) {

@@ -308,7 +308,7 @@ func (t *Template) check(r Request) error {
 			return fmt.Errorf("%w: messages[%d] has role %q (want system, user, assistant or tool)", ErrRole, i, clip(m.Role, 40))
 		}
 		for j, c := range m.ToolCalls {
-			for _, s := range []string{c.ID, c.Name, c.Arguments} {
+			for _, s := range []string{c.ID, c.Name, c.Arguments, jsonText(c.Arguments)} {
 				if sp := t.specialIn(s); sp != "" {
 					return fmt.Errorf("%w: messages[%d].tool_calls[%d] holds %q", ErrSpecialText, i, j, sp)
 				}
@@ -321,11 +321,32 @@ func (t *Template) check(r Request) error {
 		}
 	}
 	for i, tool := range r.Tools {
-		if sp := t.specialIn(string(tool)); sp != "" {
-			return fmt.Errorf("%w: tools[%d] holds %q", ErrSpecialText, i, sp)
+		// The raw text and the decoded strings: "\u003c|end_of_text|\u003e"
+		// is "<|end_of_text|>" once a template serialises it again.
+		for _, s := range []string{string(tool), jsonText(string(tool))} {
+			if sp := t.specialIn(s); sp != "" {
+				return fmt.Errorf("%w: tools[%d] holds %q", ErrSpecialText, i, sp)
+			}
 		}
 	}
 	return nil
+}
+
+// jsonText is every key and string value of a JSON text, decoded, joined by
+// newlines ("" when it is not JSON).
+func jsonText(s string) string {
+	dec := json.NewDecoder(strings.NewReader(s))
+	var b strings.Builder
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return b.String()
+		}
+		if str, ok := tok.(string); ok {
+			b.WriteString(str)
+			b.WriteByte('\n')
+		}
+	}
 }
 
 func (t *Template) specialIn(s string) string {

@@ -509,13 +509,13 @@ func (t *Tokenizer) EncodeMarked(text string, plain []Span) []int {
 	emit := func(piece string) {
 		out, scratch = t.encodePiece(out, scratch, piece)
 	}
+	// Matches come in increasing order: one pass over the sorted spans.
+	si := 0
 	overlaps := func(a, b int) bool {
-		for _, sp := range plain {
-			if sp.Start < b && a < sp.End {
-				return true
-			}
+		for si < len(plain) && plain[si].End <= a {
+			si++
 		}
-		return false
+		return si < len(plain) && plain[si].Start < b
 	}
 	for pos, from := 0, 0; pos < len(text); {
 		st, en, at, id, ok := t.matchAll.findAt(text, from)
