@@ -91,6 +91,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", c.Listen, "serve the gRPC health service here (e.g. :7072; empty: none)")
 	fs.IntVar(&c.SlotsPerNode, "slots-per-node", c.SlotsPerNode, "expert replicas one expert node can hold (0: unlimited)")
 	fs.Float64Var(&c.Placement.RedundantSlotsFraction, "redundant", c.Placement.RedundantSlotsFraction, "extra replicas for hot experts, as a fraction of layers x experts")
+	fs.IntVar(&c.Placement.MinReplicas, "min-replicas", c.Placement.MinReplicas, "replicas of every expert on distinct nodes, where nodes and slots allow (2: one node's death leaves every expert served)")
 	fs.IntVar(&c.Placement.MigrationBudget, "migration-budget", c.Placement.MigrationBudget, "replicas moved per planning round (-1: unlimited)")
 	fs.Float64Var(&c.Placement.MinGain, "min-gain", c.Placement.MinGain, "least imbalance reduction a move must bring")
 	fs.DurationVar(&c.PlanInterval, "plan-interval", c.PlanInterval, "re-planning period")

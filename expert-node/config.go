@@ -33,6 +33,11 @@ type Config struct {
 	Listener net.Listener
 	// PeerTLS is the mutual TLS of ExpertService (plaintext when empty).
 	PeerTLS rpc.TLSFiles
+	// HealthListen, when set, is an address Run serves only the gRPC health
+	// service on, in plaintext: Kubernetes' gRPC probes speak no TLS, and
+	// this keeps the probes' "SERVING once the assigned experts are loaded"
+	// when ExpertService uses PeerTLS.
+	HealthListen string
 	// DropGrace is how long replicas that left the routing tables stay loaded
 	// (trunks may still be finishing a step routed by the previous table).
 	DropGrace time.Duration
@@ -96,6 +101,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PeerTLS.Cert, "peer-tls-cert", "", "node-to-node certificate (PEM)")
 	fs.StringVar(&c.PeerTLS.Key, "peer-tls-key", "", "node-to-node private key (PEM)")
 	fs.StringVar(&c.PeerTLS.CA, "peer-tls-ca", "", "node-to-node CA bundle (PEM); enables mutual TLS on servers")
+	fs.StringVar(&c.HealthListen, "health-listen", c.HealthListen, "also serve the gRPC health service alone, in plaintext, here (e.g. :7073, for probes when the expert service uses TLS; empty: off)")
 	fs.StringVar(&c.Device, "device", "cpu", "where routed experts run: cpu, cuda, cuda:N (one GPU per expert node; needs the -cuda build), or fake (emulated GPU, tests)")
 	fs.StringVar(&c.GPUMemory, "gpu-memory", "", "GPU memory for experts and scratch: a fraction of the GPU's memory (0.8) or a size (40GiB); default 0.9 of the free memory")
 	fs.IntVar(&c.GPUSmallRows, "gpu-small-rows", 0, "GPU: experts with at most this many rows in a round use the grouped GEMV kernel, larger ones cuBLAS (0: default 8; -1: always cuBLAS)")

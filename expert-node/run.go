@@ -8,6 +8,9 @@ import (
 	"strconv"
 	"time"
 
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/switchyard-serving/switchyard/internal/agent"
 	"github.com/switchyard-serving/switchyard/internal/cluster"
 	"github.com/switchyard-serving/switchyard/internal/rollout"
@@ -56,6 +59,17 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.Register(srv)
 	a.Serve(srv, lis)
+	if n.cfg.HealthListen != "" {
+		hl, err := net.Listen("tcp", n.cfg.HealthListen)
+		if err != nil {
+			a.Close()
+			return fmt.Errorf("expertnode: health listener: %w", err)
+		}
+		hs := grpc.NewServer()
+		healthpb.RegisterHealthServer(hs, n.health)
+		go hs.Serve(hl)
+		defer hs.Stop()
+	}
 	meta := map[string]string{}
 	if s := n.Slots(); s > 0 {
 		// A GPU node's capacity: the coordinator never places more experts on it.

@@ -53,7 +53,7 @@ func Compute(s Snapshot, o Options) (*Plan, error) {
 			fresh = best
 		}
 		if out.objective()-fresh.objective() >= max(o.MinGain, keepGainEps) {
-			fresh.repairs = out.repairs // experts that lost every replica: all re-placed
+			fresh.repairs = out.plan(&s).Repairs // the experts repaired are re-placed too
 			out = fresh
 		}
 	}
@@ -93,9 +93,9 @@ func (st *state) construct() {
 				}
 			}
 			if pick < 0 {
-				// Only a redundant replica can miss (every node with quota left
-				// already holds the expert); it is dropped, and the polish may
-				// add it back elsewhere.
+				// A replica beyond the first can miss (every node with quota
+				// left already holds the expert); it is dropped here, coverFloor
+				// restores the floor, and the polish may add it back elsewhere.
 				continue
 			}
 			st.add(l, it.e, pick)
@@ -109,12 +109,16 @@ func (st *state) construct() {
 		}
 		st.balanceLayer(l)
 	}
+	// The packing can miss a replica (every node with quota left holds the
+	// expert already); the floor is restored from the free slots.
+	st.coverFloor()
 }
 
-// replicaCounts spends the redundant replicas one at a time on the expert with
-// the highest normalised load per replica (at most one replica per node).
-// Ties go to the layer with fewer redundant replicas so far, then the lower
-// layer, then the lower expert.
+// replicaCounts spends the replicas beyond one per expert one at a time:
+// first on the experts below the cover (MinReplicas), then on any, each time
+// the expert with the highest normalised load per replica (at most one
+// replica per node). Ties go to the layer with fewer extra replicas so far,
+// then the lower layer, then the lower expert.
 func (st *state) replicaCounts() [][]int {
 	counts := make([][]int, st.layers)
 	for l := range counts {
@@ -125,15 +129,16 @@ func (st *state) replicaCounts() [][]int {
 	}
 	extraIn := make([]int, st.layers)
 	for range st.target - st.layers*st.experts {
-		bl, be, bv := -1, -1, -1.0
+		bl, be, bv, bu := -1, -1, -1.0, false
 		for l := range st.layers {
 			for e := range st.experts {
 				if counts[l][e] >= st.nodes {
 					continue
 				}
+				u := counts[l][e] < st.cover
 				v := st.w[l][e] / float64(counts[l][e])
-				if v > bv || (v == bv && extraIn[l] < extraIn[bl]) {
-					bl, be, bv = l, e, v
+				if u && !bu || u == bu && (v > bv || (v == bv && extraIn[l] < extraIn[bl])) {
+					bl, be, bv, bu = l, e, v, u
 				}
 			}
 		}
@@ -251,9 +256,10 @@ func (st *state) load(cur *Plan) {
 }
 
 // repair makes a loaded placement valid: nodes over capacity shed replicas,
-// surplus redundant replicas are dropped, and every expert without a replica
+// surplus redundant replicas are dropped, every expert without a replica
 // gets one (on the least loaded node of its layer with a free slot, making a
-// slot by dropping the cheapest redundant replica if none is free). These
+// slot by dropping the cheapest redundant replica if none is free), and then
+// every expert below the floor gets replicas up to it (coverFloor). These
 // edits are outside the migration budget.
 func (st *state) repair() {
 	for n := range st.nodes {
@@ -272,7 +278,6 @@ func (st *state) repair() {
 			st.remove(l, e, n)
 			st.add(l, e, t)
 			st.refill(l, e)
-			st.repairs++
 			st.repaired = append(st.repaired, st.key(l, e, t))
 		}
 	}
@@ -298,19 +303,140 @@ func (st *state) repair() {
 		}
 		st.add(u.l, u.e, t)
 		st.refill(u.l, u.e)
-		st.repairs++
 		st.repaired = append(st.repaired, st.key(u.l, u.e, t))
 	}
+	st.repaired = append(st.repaired, st.coverFloor()...)
+}
+
+// coverFloor adds replicas to the experts below the floor, hottest first,
+// until each has floor replicas on distinct nodes, and returns the keys of
+// the replicas added. A replica goes to the node of its layer with the least
+// load among those lacking the expert with a free slot; if none has one, a
+// slot is freed on such a node by moving one of its replicas to a node with
+// a free slot that lacks it, or else by dropping a replica of an expert
+// above the floor. Where none of that is possible the expert stays below
+// the floor (newState makes the floor 1 when the slots are too few, so
+// this is rare).
+func (st *state) coverFloor() []int {
+	type short struct{ l, e int }
+	var under []short
+	for l := range st.layers {
+		for e := range st.experts {
+			if len(st.reps[l][e]) < st.floor {
+				under = append(under, short{l, e})
+			}
+		}
+	}
+	sort.SliceStable(under, func(i, j int) bool {
+		a, b := under[i], under[j]
+		return st.w[a.l][a.e]/float64(len(st.reps[a.l][a.e])+1) > st.w[b.l][b.e]/float64(len(st.reps[b.l][b.e])+1)
+	})
+	var added []int
+	for _, u := range under {
+		for len(st.reps[u.l][u.e]) < st.floor {
+			t, moved := st.slotFor(u.l, u.e)
+			if t < 0 {
+				break
+			}
+			added = append(added, moved...)
+			st.add(u.l, u.e, t)
+			st.refill(u.l, u.e)
+			added = append(added, st.key(u.l, u.e, t))
+		}
+	}
+	return added
+}
+
+// slotFor returns a node lacking (l, e) with a free slot, freeing one if
+// needed (see coverFloor), or -1, and the key of the replica it moved to
+// free one, if it did.
+func (st *state) slotFor(l, e int) (int, []int) {
+	if t := st.lightestFreeLacking(l, e); t >= 0 {
+		return t, nil
+	}
+	// Move a replica off a node lacking (l, e) to a node with a free slot
+	// that lacks that replica's expert: the lightest such replica.
+	bn, bl, bg, bc, bv := -1, -1, -1, -1, math.Inf(1)
+	for n := range st.nodes {
+		if st.holds(l, e, n) {
+			continue
+		}
+		for l2 := range st.layers {
+			for _, g := range st.onNode[l2][n] {
+				v := st.contribution(l2, g, n)
+				if v >= bv {
+					continue
+				}
+				if c := st.lightestFreeLacking(l2, g); c >= 0 {
+					bn, bl, bg, bc, bv = n, l2, g, c, v
+				}
+			}
+		}
+	}
+	if bn >= 0 {
+		st.remove(bl, bg, bn)
+		st.add(bl, bg, bc)
+		st.refill(bl, bg)
+		return bn, []int{st.key(bl, bg, bc)}
+	}
+	// Drop the cheapest replica above the floor on a node lacking (l, e).
+	bl, bg, bn, bv = -1, -1, -1, math.Inf(1)
+	for l2 := range st.layers {
+		for g := range st.experts {
+			r := len(st.reps[l2][g])
+			if r <= st.floor || (l2 == l && g == e) {
+				continue
+			}
+			if v := st.w[l2][g] / float64(r); v < bv {
+				for _, n := range st.reps[l2][g] {
+					if !st.holds(l, e, n) {
+						bl, bg, bn, bv = l2, g, n, v
+						break
+					}
+				}
+			}
+		}
+	}
+	if bn >= 0 {
+		st.remove(bl, bg, bn)
+		st.refill(bl, bg)
+	}
+	return bn, nil
+}
+
+// lightestFreeLacking returns the node with a free slot that lacks (l, e)
+// and is least loaded in layer l, or -1.
+func (st *state) lightestFreeLacking(l, e int) int {
+	pick := -1
+	for n := range st.nodes {
+		if !st.free(n) || st.holds(l, e, n) {
+			continue
+		}
+		if pick < 0 || st.x[l][n] < st.x[l][pick] {
+			pick = n
+		}
+	}
+	return pick
 }
 
 // cheapestRedundant returns the expert with a replica on node n (or on any
-// node if n < 0) and at least two replicas whose load per replica is least.
+// node if n < 0) and at least two replicas whose load per replica is least,
+// preferring experts above the floor.
 func (st *state) cheapestRedundant(n int) (int, int, bool) {
+	if l, e, ok := st.cheapestAbove(n, st.floor); ok {
+		return l, e, true
+	}
+	return st.cheapestAbove(n, 1)
+}
+
+// cheapestAbove returns the expert with a replica on node n (or on any node
+// if n < 0) and more than keep replicas whose load per replica is least.
+func (st *state) cheapestAbove(n, keep int) (int, int, bool) {
 	bl, be, bv := -1, -1, math.Inf(1)
 	for l := range st.layers {
 		for e := range st.experts {
 			r := len(st.reps[l][e])
-			if r < 2 || (n >= 0 && !st.holds(l, e, n)) {
+			if r <= keep || (n >= 0 && !st.holds(l, e, n)) {
 				continue
 			}
 			if v := st.w[l][e] / float64(r); v < bv {
@@ -321,9 +447,10 @@ func (st *state) cheapestRedundant(n int) (int, int, bool) {
 	return bl, be, bl >= 0
 }
 
-// dropCheapestRedundant drops one replica of the cheapest redundant expert,
-// the one on the node most loaded in its layer, and returns that node. The
-// capacity check in validate guarantees there is one whenever it is called.
+// dropCheapestRedundant drops one replica of the cheapest redundant expert
+// (one above the floor if any), the one on the node most loaded in its
+// layer, and returns that node. The capacity check in validate guarantees
+// there is one whenever it is called.
 func (st *state) dropCheapestRedundant() int {
 	l, e, ok := st.cheapestRedundant(-1)
 	if !ok {
@@ -376,7 +503,6 @@ func (st *state) plan(s *Snapshot) *Plan {
 		LayerLoad:      make([][]float64, st.layers),
 		NodeLoad:       make(map[string]float64, st.nodes),
 		LayerImbalance: make([]float64, st.layers),
-		Repairs:        st.repairs,
 	}
 	for _, id := range st.ids {
 		p.NodeLoad[id] = 0
@@ -413,21 +539,33 @@ func (st *state) plan(s *Snapshot) *Plan {
 		p.Moves = st.total
 		return p
 	}
+	// Repairs are the replicas repair placed that are in the plan and new
+	// (repair may place a replica and then move it on while freeing a slot).
+	repaired := make(map[int]bool, len(st.repaired))
+	for _, k := range st.repaired {
+		repaired[k] = true
+	}
 	for l := range st.layers {
 		for e := range st.experts {
 			old := make(map[string]bool, len(s.Current.Replicas[l][e]))
 			for _, r := range s.Current.Replicas[l][e] {
 				old[r.Node] = true
 			}
-			for _, r := range p.Replicas[l][e] {
-				if old[r.Node] {
-					delete(old, r.Node)
+			for _, n := range st.reps[l][e] {
+				if old[st.ids[n]] {
+					delete(old, st.ids[n])
 				} else {
 					p.Moves++
+					if repaired[st.key(l, e, n)] {
+						p.Repairs++
+					}
 				}
 			}
 			p.Removed += len(old)
 		}
+	}
+	if st.repairs > 0 { // a fresh plan replacing a repaired one
+		p.Repairs = min(st.repairs, p.Moves)
 	}
 	return p
 }

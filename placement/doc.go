@@ -10,13 +10,15 @@
 // the model shape (Layers x Experts), the measured load per (layer, expert)
 // (an EMA of activation counts, say; all zero means unknown and is treated
 // as uniform) and the placement in force (nil the first time). Options set
-// the share of redundant replicas, the migration budget per round and the
-// least gain worth migrating for.
+// the fewest replicas of every expert (MinReplicas, 2 by default), the share
+// of redundant replicas, the migration budget per round and the least gain
+// worth migrating for.
 //
 // # Output
 //
 // A Plan gives, for every (layer, expert), the alive nodes holding a replica
-// (distinct nodes, at least one) and the share of the expert's traffic each
+// (distinct nodes, at least MinReplicas where the nodes and slots allow,
+// else at least one) and the share of the expert's traffic each
 // should take (shares sum to 1), the predicted load per node and per (layer,
 // node), the imbalance, and how many replicas were added (Moves, of which
 // Repairs re-cover lost experts) and dropped against the current placement.
@@ -37,10 +39,12 @@
 // Loads are normalised per layer (mean node load 1), so layers compete for
 // slots on equal terms.
 //
-//  1. Replication (first placement): the redundant slots,
-//     round(RedundantSlotsFraction * L * E) bounded by free capacity, go one at
-//     a time to the (layer, expert) with the highest load per replica
-//     (DeepSeek EPLB's rule, but across all layers, so skewed layers get more).
+//  1. Replication (first placement): the replicas beyond one per expert,
+//     (MinReplicas-1) * L * E + round(RedundantSlotsFraction * L * E) bounded
+//     by capacity, go one at a time first to the experts below MinReplicas,
+//     then to any, each time to the (layer, expert) with the highest load per
+//     replica (DeepSeek EPLB's rule, but across all layers, so skewed layers
+//     get more).
 //  2. Packing: every node takes a similar number of each layer's replicas
 //     (quotas within its capacity), and each layer's replicas, heaviest first,
 //     go to the least loaded node with quota left that lacks the expert
@@ -58,9 +62,17 @@
 //     gain per replica loaded is taken, again and again. A first placement
 //     polishes without a budget.
 //
+// The floor: with MinReplicas = 2 every expert is on two nodes, so one node's
+// death leaves every expert a live replica and the trunks re-dispatch at once
+// (no stall waiting for a new table). It holds while the alive nodes' usable
+// slots, the sum of min(Capacity, L*E), are at least MinReplicas*L*E; below
+// that every slot is still used, the hottest experts getting their second
+// replica first, but nothing forces the floor.
+//
 // With a current placement, Compute keeps every replica where it is,
-// re-places the replicas of dead nodes and fixes capacity first (outside the
-// budget; an expert is never left without an alive replica), rebalances
+// re-places the replicas of dead nodes, fixes capacity and restores the floor
+// first (outside the budget; an expert is never left without an alive
+// replica), rebalances
 // shares (free: only the routing table changes), and then runs step 4 for at
 // most MigrationBudget replica loads, keeping the moves only if they lower J
 // by at least MinGain. Ties are broken by node ID and (layer, expert) order,

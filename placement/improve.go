@@ -208,8 +208,8 @@ func (st *state) valid(m *move, left int, tabu []int8) bool {
 			bump(c.to, +1)
 			grow++
 		}
-		if c.to < 0 && len(st.reps[c.l][c.e]) < 2 {
-			return false
+		if c.to < 0 && len(st.reps[c.l][c.e]) <= st.floor {
+			return false // a drop never takes an expert below the floor
 		}
 	}
 	if grow > 0 && st.total+grow > st.target {
@@ -473,7 +473,7 @@ func (st *state) searchContext() *searchContext {
 	ctx := &searchContext{perNode: make([][]removal, st.nodes)}
 	for l := range st.layers {
 		for f := range st.experts {
-			if len(st.reps[l][f]) < 2 {
+			if len(st.reps[l][f]) <= st.floor {
 				continue
 			}
 			for _, c := range st.reps[l][f] {

@@ -83,8 +83,26 @@ func checkPlan(t *testing.T, s Snapshot, o Options, p *Plan) {
 			t.Fatalf("node %s holds %d replicas, capacity %d", id, n, usable[id])
 		}
 	}
-	if limit := s.Layers*s.Experts + int(math.Round(o.RedundantSlotsFraction*float64(s.Layers*s.Experts))); total > limit {
+	base := s.Layers * s.Experts
+	slots := 0
+	for _, c := range usable {
+		slots += min(c, base)
+	}
+	cover := min(max(o.MinReplicas, 1), len(usable))
+	if limit := cover*base + int(math.Round(o.RedundantSlotsFraction*float64(base))); total > limit {
 		t.Fatalf("%d replicas, more than %d allowed", total, limit)
+	}
+	// The floor: with room for cover replicas of every expert, every expert
+	// has them, so losing cover-1 nodes leaves each one a live replica.
+	if slots >= cover*base {
+		for l, layer := range p.Replicas {
+			for e, reps := range layer {
+				if len(reps) < cover {
+					t.Fatalf("expert (%d, %d) has %d replicas, want at least %d (MinReplicas %d, %d nodes, %d usable slots)",
+						l, e, len(reps), cover, o.MinReplicas, len(usable), slots)
+				}
+			}
+		}
 	}
 	if total != p.ReplicaCount() {
 		t.Fatalf("ReplicaCount %d, counted %d", p.ReplicaCount(), total)

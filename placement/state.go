@@ -26,10 +26,16 @@ type state struct {
 	info []layerInfo // [layer] summary of x, refreshed by recomputeLayer
 
 	total  int // replicas held
-	target int // replicas wanted: layers*experts plus the redundant ones
+	target int // replicas wanted: the floor's plus the redundant ones, within the slots
+	// floor is the fewest replicas of every expert the placement keeps
+	// (Options.MinReplicas, capped by the nodes; 1 when the slots cannot
+	// hold that many of every expert); cover is MinReplicas capped by the
+	// nodes, which a first placement gives the hottest experts first even
+	// when the slots do not allow it for all.
+	floor, cover int
 
-	repairs  int   // replicas added to re-cover lost experts
-	repaired []int // their keys (see key), which improve must not undo
+	repaired []int // keys (see key) of the replicas repair added, which improve must not undo
+	repairs  int   // set only on a fresh plan that replaces a repaired one: its Repairs
 
 	scratch scratch
 }
@@ -155,14 +161,21 @@ func newState(s *Snapshot, o *Options) *state {
 		st.info[l].tight = make([]int, N)
 	}
 
-	slots := 0
-	for _, c := range st.capacity {
-		slots += c
-	}
+	// A node holds at most one replica of each (layer, expert), so the
+	// usable slots are sum of min(capacity, base); they suffice for k
+	// replicas of every expert exactly when they are >= k*base.
 	base := s.Layers * s.Experts
+	usable := 0
+	for _, c := range st.capacity {
+		usable += min(c, base)
+	}
+	st.cover = min(max(o.MinReplicas, 1), N)
+	st.floor = 1
+	if usable >= st.cover*base {
+		st.floor = st.cover
+	}
 	extra := int(math.Round(o.RedundantSlotsFraction * float64(base)))
-	extra = min(extra, slots-base, base*(N-1))
-	st.target = base + max(extra, 0)
+	st.target = max(min(st.cover*base+extra, usable), base)
 	st.scratch = newScratch(N)
 	return st
 }

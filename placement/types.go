@@ -63,6 +63,18 @@ type Options struct {
 	// if it beats the moves by MinGain. Ignored for a first placement.
 	MigrationBudget int
 
+	// MinReplicas is the fewest replicas every (layer, expert) keeps, on
+	// distinct nodes, so that losing MinReplicas-1 nodes leaves every expert
+	// a live replica and the trunks re-dispatch at once instead of waiting
+	// for a re-placement. It is capped by the alive nodes, and applies only
+	// while their slots allow it (sum over nodes of min(Capacity,
+	// Layers*Experts) >= MinReplicas*Layers*Experts); below that every slot
+	// is still used (the hottest experts get their second replica first),
+	// but nothing forces the floor. Redundant replicas for hot experts come
+	// on top. Bringing experts up to the floor is a repair, outside the
+	// migration budget. 0 and 1 mean one replica.
+	MinReplicas int
+
 	// MinGain is the least reduction of the objective (the mean over layers
 	// of max/mean node load, so 0.01 is one percentage point) that the round's
 	// voluntary moves must achieve together; below it the current placement
@@ -70,11 +82,12 @@ type Options struct {
 	MinGain float64
 }
 
-// DefaultOptions returns a reasonable starting point: 12.5% redundant
-// replicas, at most 16 replicas loaded per round, and moves only when they
-// cut the imbalance by at least half a percentage point.
+// DefaultOptions returns a reasonable starting point: every expert on two
+// nodes (where there are two and room for it) plus 12.5% redundant replicas,
+// at most 16 replicas loaded per round, and moves only when they cut the
+// imbalance by at least half a percentage point.
 func DefaultOptions() Options {
-	return Options{RedundantSlotsFraction: 0.125, MigrationBudget: 16, MinGain: 0.005}
+	return Options{RedundantSlotsFraction: 0.125, MinReplicas: 2, MigrationBudget: 16, MinGain: 0.005}
 }
 
 // Replica is one copy of a (layer, expert) on a node.
@@ -87,7 +100,10 @@ type Replica struct {
 // predicted load. A Plan can be passed back as Snapshot.Current next round.
 type Plan struct {
 	// Replicas is [layer][expert] -> replicas, sorted by node ID, each on a
-	// distinct alive node, at least one per expert.
+	// distinct alive node, at least one per expert and at least
+	// Options.MinReplicas (capped by the nodes) while the slots allow it. A
+	// replica may have share 0: loaded, but given traffic only when the
+	// expert's other replicas fail (trunks fall back to it at once).
 	Replicas [][][]Replica
 
 	// Nodes lists the IDs of the alive nodes with capacity, in sorted order;
@@ -115,7 +131,8 @@ type Plan struct {
 	// is nil.
 	Moves int
 	// Repairs is the part of Moves spent re-covering experts whose replicas
-	// were lost (dead node, shrunk capacity); it is outside the budget, so
+	// were lost (dead node, shrunk capacity) or bringing experts up to
+	// Options.MinReplicas; it is outside the budget, so
 	// Moves-Repairs <= MigrationBudget.
 	Repairs int
 	// Removed counts replicas of Current that this plan drops, including
@@ -156,6 +173,9 @@ func validate(s *Snapshot, o *Options) error {
 	}
 	if f := o.RedundantSlotsFraction; f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
 		return fmt.Errorf("%w: RedundantSlotsFraction = %v, want finite and >= 0", ErrInvalid, f)
+	}
+	if o.MinReplicas < 0 {
+		return fmt.Errorf("%w: MinReplicas = %d, want >= 0", ErrInvalid, o.MinReplicas)
 	}
 	if g := o.MinGain; g < 0 || math.IsNaN(g) || math.IsInf(g, 0) {
 		return fmt.Errorf("%w: MinGain = %v, want finite and >= 0", ErrInvalid, g)

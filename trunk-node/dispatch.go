@@ -417,21 +417,35 @@ func (d *Dispatcher) failRows(st *Step, t *routing.Table, req *hybrid.ExpertRequ
 
 // assign picks a replica for every pair: the live replica with the least traffic
 // assigned so far in this call relative to its share (replicas of one expert split
-// its rows). Pairs with no usable replica are returned as missing.
+// its rows). A replica with share 0 (loaded, but given no traffic by the plan)
+// is a standby: it takes a pair only when every replica with a share has
+// failed or is down, so a node's death never waits for a new table while
+// another node holds the expert. Pairs with no usable replica are returned as
+// missing.
 func (d *Dispatcher) assign(t *routing.Table, layer int, todo []pair, failed map[string]bool) (map[string][]pair, []pair) {
 	groups := map[string][]pair{}
 	load := map[string]float64{}
 	var missing []pair
 	for _, p := range todo {
 		best, bestScore := "", math.Inf(1)
+		standby, standbyLoad := "", math.Inf(1)
 		for _, r := range t.Lookup(layer, int(p.expert)) {
-			if failed[r.Node] || d.isDown(r.Node) || r.Share <= 0 {
+			if failed[r.Node] || d.isDown(r.Node) {
+				continue
+			}
+			if r.Share <= 0 {
+				if load[r.Node] < standbyLoad {
+					standby, standbyLoad = r.Node, load[r.Node]
+				}
 				continue
 			}
 			score := load[r.Node] / r.Share
 			if score < bestScore {
 				best, bestScore = r.Node, score
 			}
+		}
+		if best == "" {
+			best = standby
 		}
 		if best == "" {
 			missing = append(missing, p)
@@ -538,7 +552,7 @@ func (d *Dispatcher) callLimit(t *routing.Table, node string, layer int, pairs [
 		checked[p.expert] = true
 		other := false
 		for _, r := range t.Lookup(layer, int(p.expert)) {
-			if until, down := d.down[r.Node]; r.Node != node && r.Share > 0 && (!down || now.After(until)) {
+			if until, down := d.down[r.Node]; r.Node != node && (!down || now.After(until)) {
 				other = true
 				break
 			}

@@ -390,3 +390,53 @@ func TestDispatchSkipsSuspectAfterHedge(t *testing.T) {
 		t.Fatalf("10 calls after the hedge took %v: the silent node was tried again", total)
 	}
 }
+
+// A replica with share 0 is a standby: it gets no rows while the replicas
+// with a share answer, and takes them at once, in the same layer call, when
+// they fail (placement keeps such replicas so that a node's death leaves every
+// expert served; waiting for a new table stalled every session for seconds).
+func TestDispatchFallsBackToStandbyReplica(t *testing.T) {
+	fa, fb := &fakeExpert{}, &fakeExpert{}
+	addrs := serveFake(t, fa, fb)
+	// The deadline is the time a layer call waits for a table that covers a
+	// failed node's experts: the standby must make that wait unnecessary.
+	d := newTestDispatcher(t, DispatchConfig{WireDType: pb.WireDType_WIRE_DTYPE_F32, Deadline: 5 * time.Second}, 16)
+	tb := table2(addrs[0], addrs[1], false)
+	tb.Replicas[0][0] = append(tb.Replicas[0][0], routing.Replica{Node: "b", Share: 0})
+	d.SetTable(tb)
+	req, want := request(4, 16, 1)
+	for r := range 4 {
+		req.Experts[r], req.Weights[r] = 0, 1
+		for i := range 16 {
+			want[r*16+i] = req.X[r*16+i]
+		}
+	}
+	if err := d.Step(context.Background()).Begin(req).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if m := maxDiff(req.Out, want); m > 1e-6 {
+		t.Fatalf("max diff %g", m)
+	}
+	if fb.chunks != 0 {
+		t.Fatalf("the standby replica got %d chunks while the replica with the share answered", fb.chunks)
+	}
+	fa.mu.Lock()
+	fa.fail = true
+	fa.mu.Unlock()
+	req, _ = request(4, 16, 1)
+	for r := range 4 {
+		req.Experts[r], req.Weights[r] = 0, 1
+	}
+	if err := d.Step(context.Background()).Begin(req).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if m := maxDiff(req.Out, want); m > 1e-6 {
+		t.Fatalf("after the failover: max diff %g", m)
+	}
+	fb.mu.Lock()
+	chunks := fb.chunks
+	fb.mu.Unlock()
+	if chunks == 0 {
+		t.Fatal("the standby replica got nothing when the other failed")
+	}
+}

@@ -39,6 +39,7 @@ type variant struct {
 	include             []string
 	hfToken             string
 	auth                bool   // the public API requires the token
+	clientTokensOnly    bool   // per-client tokens only (auth.sharedToken false)
 	logFormat, logLevel string // --log-format, --log-level of every role
 	keda                bool   // KEDA ScaledObject for the trunks
 	prometheusRule      bool
@@ -105,7 +106,7 @@ func defaults(name string, files ...string) variant {
 		modelSource: "download", download: true, generatedSecret: true,
 		cache: "persistentVolumeClaim", cacheClaim: fullname + "-model-cache",
 		repo: "ibm-granite/granite-4.0-h-tiny", revision: "main",
-		auth: true, logFormat: "json", logLevel: "info",
+		auth: true, logFormat: "json", logLevel: "info", peerTLS: true,
 	}
 }
 
@@ -136,12 +137,14 @@ func variants() []variant {
 		} else if q := pvc.Spec.Resources.Requests[corev1.ResourceStorage]; q.String() != "100Gi" {
 			t.Errorf("model cache claim size %s, want 100Gi", q.String())
 		}
-		// Probes: native gRPC health checks on the main port.
+		// Probes: native gRPC health checks on a port of the container (the
+		// expert nodes' plaintext health-only port, as their service speaks
+		// mutual TLS).
 		ex := m.statefulSet(fullname + "-expert")
 		for _, c := range []*corev1.Container{c, container(&ex.Spec.Template.Spec, "expert")} {
 			for _, p := range []*corev1.Probe{c.StartupProbe, c.LivenessProbe, c.ReadinessProbe} {
 				if p == nil || p.GRPC == nil || !hasPort(c, intstr.FromInt32(p.GRPC.Port)) {
-					t.Errorf("%s: gRPC probes on the main port expected: %+v", c.Name, p)
+					t.Errorf("%s: gRPC probes on a port of the container expected: %+v", c.Name, p)
 				}
 			}
 		}
@@ -291,7 +294,19 @@ func variants() []variant {
 		}
 	}
 
-	return []variant{def, ext, noGPU, scale, hf, perNode, emptyDir, ops, pvc, future}
+	cm := defaults("peer-cert-manager-client-tokens", "peer-cert-manager-client-tokens.yaml")
+	cm.clientTokensOnly = true
+	cm.extra = func(t *testing.T, m *manifests) {
+		if m.secret(fullname+"-peer-tls") != nil || m.certificateFor(fullname+"-peer-tls") == nil {
+			t.Errorf("cert-manager mode: a Certificate, not a Secret, must provide %s-peer-tls", fullname)
+		}
+		c := container(&m.statefulSet(fullname+"-trunk").Spec.Template.Spec, "trunk")
+		if _, ok := flagValue(c.Args, "api-tokens-file"); !ok || envVar(c, "SWITCHYARD_API_TOKEN") != nil {
+			t.Errorf("per-client tokens only: want --api-tokens-file and no shared token")
+		}
+	}
+
+	return []variant{def, ext, noGPU, scale, hf, perNode, emptyDir, ops, pvc, future, cm}
 }
 
 func TestVariants(t *testing.T) {
@@ -511,18 +526,39 @@ func checkTLS(t *testing.T, trunk, expert *appsv1.StatefulSet, v *variant) {
 			}
 		}
 	}
-	// Kubernetes gRPC probes speak plaintext: a TLS port needs TCP checks.
+	// Kubernetes gRPC probes speak plaintext: a TLS port needs TCP checks. An
+	// expert node with peer TLS serves the health service alone in plaintext
+	// (--health-listen) and keeps gRPC probes there.
+	healthPort := int32(0)
+	if v.peerTLS {
+		hl, ok := flagValue(ec.Args, "health-listen")
+		if !ok {
+			t.Errorf("expert: peer TLS without --health-listen: its probes could only connect, not ask whether the experts are loaded")
+		}
+		for _, p := range ec.Ports {
+			if fmt.Sprintf(":%d", p.ContainerPort) == hl {
+				healthPort = p.ContainerPort
+			}
+		}
+		if healthPort == 0 || healthPort == 7071 {
+			t.Errorf("expert: --health-listen=%s is not a separate container port", hl)
+		}
+	}
 	for c, tls := range map[*corev1.Container]bool{tc: v.publicTLS, ec: v.peerTLS} {
 		for _, p := range []*corev1.Probe{c.StartupProbe, c.LivenessProbe, c.ReadinessProbe} {
 			if p == nil {
 				continue
 			}
-			if tls && p.GRPC != nil {
+			plainHealth := c == ec && healthPort != 0 && p.GRPC != nil && p.GRPC.Port == healthPort
+			if tls && p.GRPC != nil && !plainHealth {
 				t.Errorf("%s: gRPC probe on a TLS port", c.Name)
 			}
-			if !tls && p.GRPC == nil {
-				t.Errorf("%s: plaintext port should use gRPC health probes", c.Name)
+			if (!tls || c == ec) && p.GRPC == nil {
+				t.Errorf("%s: a plaintext (health) port should get gRPC health probes", c.Name)
 			}
+		}
+		if r := c.ReadinessProbe; c == ec && r != nil && r.GRPC != nil && ptrVal(r.GRPC.Service, "") != "switchyard.v1.ExpertService" {
+			t.Errorf("expert: readiness asks for service %q, want switchyard.v1.ExpertService (SERVING once its experts are loaded)", ptrVal(r.GRPC.Service, ""))
 		}
 	}
 }
@@ -678,7 +714,12 @@ func TestBadValues(t *testing.T) {
 		{"unknown model source", "model:\n  source: s3\n", "source"},
 		{"even etcd members", "etcd:\n  internal:\n    replicas: 2\n", "replicas"},
 		{"external etcd without endpoints", "etcd:\n  mode: external\n", "endpoints"},
-		{"peer TLS without a Secret", "tls:\n  peer:\n    enabled: true\n", "existingSecret"},
+		{"peer certificate validity", "tls:\n  peer:\n    generated:\n      validityDays: 0\n", "validityDays"},
+		{"cert-manager duration", "tls:\n  peer:\n    certManager:\n      duration: 90d\n", "duration"},
+		{"cert-manager issuer without a name", "tls:\n  peer:\n    certManager:\n      issuerRef:\n        kind: ClusterIssuer\n", "issuerRef"},
+		{"no token for anyone", "auth:\n  sharedToken: false\n", "tokens"},
+		{"short client token", "auth:\n  tokens:\n    clients:\n      billing: short\n", "billing"},
+		{"space in a client identity", "auth:\n  tokens:\n    clients:\n      \"bill ing\": \"\"\n", "bill ing"},
 		{"pvc source without a claim", "model:\n  source: pvc\n", "claimName"},
 		{"bad duration", "trunk:\n  settings:\n    sessionTTL: 30 minutes\n", "sessionTTL"},
 		{"model path climbing out", "model:\n  path: ../etc\n", "path"},

@@ -271,7 +271,8 @@ func checkVolumes(t *testing.T, m *manifests, v *variant, where string, w podTem
 		vols[vol.Name] = true
 		switch {
 		case vol.Secret != nil:
-			if m.secret(vol.Secret.SecretName) == nil && !v.isExternal("Secret", vol.Secret.SecretName) {
+			// A Secret a cert-manager Certificate of the chart writes counts as rendered.
+			if m.secret(vol.Secret.SecretName) == nil && m.certificateFor(vol.Secret.SecretName) == nil && !v.isExternal("Secret", vol.Secret.SecretName) {
 				t.Errorf("%s: volume %s: Secret %q is neither rendered nor declared external", where, vol.Name, vol.Secret.SecretName)
 			}
 		case vol.ConfigMap != nil:
@@ -439,9 +440,15 @@ func checkSwitchyardContainer(t *testing.T, m *manifests, v *variant, w podTempl
 	args := make([]string, 0, len(c.Args))
 	for _, a := range c.Args {
 		exp, _ := expand(a, env)
-		name, _, _ := strings.Cut(exp, "=")
+		name, val, _ := strings.Cut(exp, "=")
 		if slices.Contains(v.unknownFlags[role], name) {
 			continue // wiring for a flag the binary does not have yet
+		}
+		if name == "--api-tokens-file" {
+			// The binary reads the file while parsing its flags: give it the
+			// file the pod would see (the rendered Secret's, or a stand-in
+			// for an existing one), so its parser checks the content.
+			exp = name + "=" + mountedFile(t, m, w, c, val)
 		}
 		args = append(args, exp)
 	}
@@ -504,8 +511,11 @@ func checkSwitchyardContainer(t *testing.T, m *manifests, v *variant, w podTempl
 			t.Errorf("%s: env %s missing", where, name)
 		}
 	}
-	if (envVar(c, "SWITCHYARD_API_TOKEN") != nil) != (role == "trunk" && v.auth) {
-		t.Errorf("%s: SWITCHYARD_API_TOKEN must be set on trunk nodes only, and only with auth.enabled (%v)", where, v.auth)
+	if (envVar(c, "SWITCHYARD_API_TOKEN") != nil) != (role == "trunk" && v.auth && !v.clientTokensOnly) {
+		t.Errorf("%s: SWITCHYARD_API_TOKEN must be set on trunk nodes only, and only with auth.enabled (%v) and the shared token kept (%v)", where, v.auth, !v.clientTokensOnly)
+	}
+	if _, ok := flagValue(c.Args, "api-tokens-file"); role == "trunk" && v.auth && v.clientTokensOnly && !ok {
+		t.Errorf("%s: no shared token and no --api-tokens-file: no client could call the API", where)
 	}
 	// Logs: every role gets the shared logging flags.
 	if got, _ := flagValue(c.Args, "log-format"); got != v.logFormat {

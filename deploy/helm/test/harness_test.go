@@ -136,6 +136,8 @@ type manifests struct {
 	netPols         []*networkingv1.NetworkPolicy
 	scaledObjects   []*scaledObject
 	prometheusRules []*prometheusRule
+	certificates    []*certificate
+	issuers         []*issuer
 	objects         []metaObject // every object, for label checks
 	raw             string       // the rendered stream, as helm printed it
 }
@@ -197,6 +199,45 @@ type scaledObject struct {
 				Name string `json:"name"`
 			} `json:"authenticationRef"`
 		} `json:"triggers"`
+	} `json:"spec"`
+}
+
+// certificate is the part of cert-manager's cert-manager.io/v1 Certificate the
+// chart renders (decoded strictly).
+type certificate struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		SecretName  string   `json:"secretName"`
+		CommonName  string   `json:"commonName"`
+		DNSNames    []string `json:"dnsNames"`
+		IsCA        bool     `json:"isCA"`
+		Usages      []string `json:"usages"`
+		Duration    string   `json:"duration"`
+		RenewBefore string   `json:"renewBefore"`
+		PrivateKey  *struct {
+			Algorithm      string `json:"algorithm"`
+			Size           int    `json:"size"`
+			RotationPolicy string `json:"rotationPolicy"`
+		} `json:"privateKey"`
+		IssuerRef struct {
+			Name  string `json:"name"`
+			Kind  string `json:"kind"`
+			Group string `json:"group"`
+		} `json:"issuerRef"`
+	} `json:"spec"`
+}
+
+// issuer is cert-manager's cert-manager.io/v1 Issuer as the chart renders it:
+// self-signed, or a CA kept in a Secret (decoded strictly).
+type issuer struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		SelfSigned *struct{} `json:"selfSigned"`
+		CA         *struct {
+			SecretName string `json:"secretName"`
+		} `json:"ca"`
 	} `json:"spec"`
 }
 
@@ -308,6 +349,26 @@ func decode(stream []byte) (*manifests, error) {
 			}
 			m.prometheusRules = append(m.prometheusRules, pr)
 			m.objects = append(m.objects, metaObject{"PrometheusRule", &pr.ObjectMeta})
+			continue
+		}
+		if tm.Kind == "Certificate" && tm.APIVersion == "cert-manager.io/v1" {
+			c := &certificate{}
+			if err := yaml.UnmarshalStrict(doc, c); err != nil {
+				errs = append(errs, fmt.Errorf("%s: Certificate: %w", src, err))
+				continue
+			}
+			m.certificates = append(m.certificates, c)
+			m.objects = append(m.objects, metaObject{"Certificate", &c.ObjectMeta})
+			continue
+		}
+		if tm.Kind == "Issuer" && tm.APIVersion == "cert-manager.io/v1" {
+			is := &issuer{}
+			if err := yaml.UnmarshalStrict(doc, is); err != nil {
+				errs = append(errs, fmt.Errorf("%s: Issuer: %w", src, err))
+				continue
+			}
+			m.issuers = append(m.issuers, is)
+			m.objects = append(m.objects, metaObject{"Issuer", &is.ObjectMeta})
 			continue
 		}
 		obj, gvk, err := strictDecoder.Decode(doc, nil, nil)
@@ -432,6 +493,25 @@ func (m *manifests) secret(name string) *corev1.Secret {
 	for _, s := range m.secrets {
 		if s.Name == name {
 			return s
+		}
+	}
+	return nil
+}
+
+// certificateFor returns the cert-manager Certificate that writes Secret name.
+func (m *manifests) certificateFor(secret string) *certificate {
+	for _, c := range m.certificates {
+		if c.Spec.SecretName == secret {
+			return c
+		}
+	}
+	return nil
+}
+
+func (m *manifests) issuer(name string) *issuer {
+	for _, is := range m.issuers {
+		if is.Name == name {
+			return is
 		}
 	}
 	return nil

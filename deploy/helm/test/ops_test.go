@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -435,7 +437,14 @@ func TestNotes(t *testing.T) {
 	}
 }
 
-var tokenExportRE = regexp.MustCompile(`^export SWITCHYARD_API_TOKEN=\$\(kubectl -n (\S+) get secret (\S+) -o jsonpath='\{\.data\.([A-Za-z0-9_.-]+)\}' \| base64 -d\)$`)
+var tokenExportRE = regexp.MustCompile(`^export SWITCHYARD_API_TOKEN=\$\(kubectl -n (\S+) get secret (\S+) -o jsonpath='\{\.data\.([A-Za-z0-9_.-]+)\}' \| base64 -d( \| awk '([^']*)')?\)$`)
+
+// The awk programs that pick one client's token out of a tokens file: a named
+// client's, or the first client's.
+var (
+	awkClientRE = regexp.MustCompile(`^\$1=="([^"]+)" \{print \$2\}$`)
+	awkFirst    = `!/^#/ && NF==2 {print $2; exit}`
+)
 
 // checkNotes checks the commands NOTES.txt prints: the API token is read from
 // the very Secret key the trunk nodes use and passed by every API command
@@ -449,8 +458,24 @@ func checkNotes(t *testing.T, notes string, m *manifests, rel, ns string) {
 	if trunk == nil {
 		t.Fatalf("no StatefulSet %s", trunkName)
 	}
-	tokenEnv := envVar(container(&trunk.Spec.Template.Spec, "trunk"), "SWITCHYARD_API_TOKEN")
-	auth := tokenEnv != nil
+	tc := container(&trunk.Spec.Template.Spec, "trunk")
+	tokenEnv := envVar(tc, "SWITCHYARD_API_TOKEN")
+	// Per-client tokens: the Secret and key of the file --api-tokens-file names.
+	var tokensVol *corev1.SecretVolumeSource
+	tokensKey := ""
+	if f, ok := flagValue(tc.Args, "api-tokens-file"); ok {
+		if vol := volumeAt(&trunk.Spec.Template.Spec, tc, path.Dir(f)); vol != nil && vol.Secret != nil {
+			tokensVol, tokensKey = vol.Secret, path.Base(f)
+			for _, it := range vol.Secret.Items {
+				if it.Path == tokensKey {
+					tokensKey = it.Key
+				}
+			}
+		} else {
+			t.Errorf("trunk --api-tokens-file=%s is not in a Secret volume", f)
+		}
+	}
+	auth := tokenEnv != nil || tokensVol != nil
 	tokenSet, calls := false, 0
 	for _, raw := range strings.Split(notes, "\n") {
 		line := strings.TrimSpace(raw)
@@ -466,7 +491,25 @@ func checkNotes(t *testing.T, notes string, m *manifests, rel, ns string) {
 			case !auth:
 				t.Errorf("notes: %q, but the trunk nodes require no token", line)
 			case mm == nil:
-				t.Errorf("notes: %q is not `export SWITCHYARD_API_TOKEN=$(kubectl -n NS get secret NAME -o jsonpath='{.data.KEY}' | base64 -d)`", line)
+				t.Errorf("notes: %q is not `export SWITCHYARD_API_TOKEN=$(kubectl -n NS get secret NAME -o jsonpath='{.data.KEY}' | base64 -d [| awk ...])`", line)
+			case mm[4] != "":
+				// One client's token out of the tokens file the trunks mount.
+				if tokensVol == nil {
+					t.Errorf("notes: %q reads a tokens file, but the trunks have none", line)
+					break
+				}
+				if mm[1] != ns || mm[2] != tokensVol.SecretName || mm[3] != tokensKey {
+					t.Errorf("notes read the token from %s/%s key %s; the trunks' tokens file is %s/%s key %s", mm[1], mm[2], mm[3], ns, tokensVol.SecretName, tokensKey)
+				}
+				if am := awkClientRE.FindStringSubmatch(mm[5]); am != nil {
+					if s := m.secret(tokensVol.SecretName); s != nil && !strings.Contains("\n"+string(s.Data[tokensKey]), "\n"+am[1]+" ") {
+						t.Errorf("notes read client %q's token, which the tokens file lacks", am[1])
+					}
+				} else if mm[5] != awkFirst {
+					t.Errorf("notes: awk program %q picks no client's token", mm[5])
+				}
+			case tokenEnv == nil:
+				t.Errorf("notes: %q reads the shared token, which the trunks do not accept (auth.sharedToken=false)", line)
 			default:
 				ref := tokenEnv.ValueFrom.SecretKeyRef
 				if mm[1] != ns || mm[2] != ref.Name || mm[3] != ref.Key {

@@ -1,5 +1,6 @@
 // Package localcluster starts a whole Switchyard cluster inside one process on
-// loopback: an embedded etcd, the coordinator, N expert nodes and trunk nodes,
+// loopback: an embedded etcd (or the caller's, Options.EtcdEndpoints, e.g. an
+// etcd process a test stops and restarts), the coordinator, N expert nodes and trunk nodes,
 // each on its own real gRPC listener. `switchyard up` runs it, and the integration
 // tests use it as their multi-node harness (with fault injection: kill, crash or
 // restart an expert node, kill a coordinator, stop etcd).
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/switchyard-serving/switchyard/coordinator"
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
@@ -40,6 +42,10 @@ type Options struct {
 	ExpertNodes int    // default 2
 	Listen      string // public API address (default 127.0.0.1:0)
 	DataDir     string // etcd data (default: a temporary folder removed on Close)
+	// EtcdEndpoints, when set, is an etcd the cluster uses instead of starting
+	// the embedded one (an etcd process of the test's, say); DataDir is then
+	// unused, and StopEtcd and StartEtcd are not available.
+	EtcdEndpoints []string
 	// Trunks is the number of trunk nodes (default 1); they share the expert nodes.
 	Trunks int
 	// Trunk adjusts each trunk's configuration before it starts (trunks after the
@@ -67,9 +73,11 @@ type Options struct {
 
 // Cluster is a running local cluster.
 type Cluster struct {
-	Endpoint string // public gRPC address of the first trunk
-	Etcd     *embedetcd.Server
-	Trunk    *trunknode.Node // the first trunk
+	Endpoint string            // public gRPC address of the first trunk
+	Etcd     *embedetcd.Server // nil with Options.EtcdEndpoints
+	// EtcdEndpoints are the client URLs of the cluster's etcd.
+	EtcdEndpoints []string
+	Trunk         *trunknode.Node // the first trunk
 	// Endpoints and Trunks list every trunk node (Endpoint and Trunk are the first).
 	Endpoints []string
 	Trunks    []*trunknode.Node
@@ -119,18 +127,27 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 			c.Close()
 		}
 	}()
-	if o.DataDir == "" {
-		if c.tmp, err = os.MkdirTemp("", "switchyard-etcd-"); err != nil {
+	if len(o.EtcdEndpoints) > 0 {
+		c.EtcdEndpoints = o.EtcdEndpoints
+		c.cli, err = clientv3.New(clientv3.Config{Endpoints: o.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
 			return nil, err
 		}
-		o.DataDir = c.tmp
-	}
-	c.dataDir = o.DataDir
-	if c.Etcd, err = embedetcd.Start(ctx, embedetcd.Config{Dir: o.DataDir}); err != nil {
-		return nil, err
-	}
-	if c.cli, err = c.Etcd.Client(); err != nil {
-		return nil, err
+	} else {
+		if o.DataDir == "" {
+			if c.tmp, err = os.MkdirTemp("", "switchyard-etcd-"); err != nil {
+				return nil, err
+			}
+			o.DataDir = c.tmp
+		}
+		c.dataDir = o.DataDir
+		if c.Etcd, err = embedetcd.Start(ctx, embedetcd.Config{Dir: o.DataDir}); err != nil {
+			return nil, err
+		}
+		c.EtcdEndpoints = c.Etcd.Endpoints
+		if c.cli, err = c.Etcd.Client(); err != nil {
+			return nil, err
+		}
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
@@ -149,7 +166,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		tcfg = trunknode.DefaultConfig()
 		tcfg.NodeID = fmt.Sprintf("trunk-%d", i)
 		tcfg.ModelPath = o.ModelPath
-		tcfg.Etcd = c.Etcd.Endpoints
+		tcfg.Etcd = c.EtcdEndpoints
 		tcfg.SnapshotKey = snapKey
 		// Trunks in one process share its memory: split the default budgets.
 		tcfg.Memory.RecurrentBytes /= int64(nTrunks)
@@ -221,7 +238,7 @@ func (c *Cluster) logger() *slog.Logger {
 func (c *Cluster) StartCoordinator(id string) {
 	lc := coordinator.DefaultConfig()
 	lc.NodeID, lc.Layers, lc.Experts = id, c.cfg.Layers, c.cfg.Experts
-	lc.Etcd, lc.Gossip, lc.Logger, lc.LeaseTTL = c.Etcd.Endpoints, c.gossip, c.logger(), 2
+	lc.Etcd, lc.Gossip, lc.Logger, lc.LeaseTTL = c.EtcdEndpoints, c.gossip, c.logger(), 2
 	lc.PlanInterval, lc.ElectionTTL, lc.ReadyTimeout = 2*time.Second, 2, 20*time.Second
 	if c.opts.CoordinatorMetrics {
 		lc.MetricsAddr = "127.0.0.1:0"
@@ -271,11 +288,19 @@ func (c *Cluster) KillCoordinator(id string) error {
 }
 
 // StopEtcd stops the embedded etcd (the data plane must keep serving);
-// StartEtcd starts it again on the same address and data.
-func (c *Cluster) StopEtcd() { c.Etcd.Close() }
+// StartEtcd starts it again on the same address and data. Neither applies to
+// an etcd given by Options.EtcdEndpoints.
+func (c *Cluster) StopEtcd() {
+	if c.Etcd != nil {
+		c.Etcd.Close()
+	}
+}
 
 // StartEtcd restarts the embedded etcd after StopEtcd.
 func (c *Cluster) StartEtcd(ctx context.Context) error {
+	if c.Etcd == nil {
+		return errors.New("localcluster: the cluster's etcd is not embedded")
+	}
 	addr := strings.TrimPrefix(c.Etcd.Endpoints[0], "http://")
 	s, err := embedetcd.Start(ctx, embedetcd.Config{Dir: c.dataDir, ClientAddr: addr, PeerAddr: c.Etcd.PeerAddr})
 	if err != nil {
@@ -296,7 +321,7 @@ func (c *Cluster) StartExpert(id string) error {
 	}
 	ecfg := expertnode.DefaultConfig()
 	ecfg.NodeID, ecfg.ModelPath, ecfg.Listener = id, c.opts.ModelPath, lis
-	ecfg.Etcd, ecfg.Gossip, ecfg.LeaseTTL, ecfg.Logger = c.Etcd.Endpoints, c.gossip, 2, c.logger()
+	ecfg.Etcd, ecfg.Gossip, ecfg.LeaseTTL, ecfg.Logger = c.EtcdEndpoints, c.gossip, 2, c.logger()
 	ecfg.Device, ecfg.GPUMemory = c.opts.ExpertDevice, c.opts.ExpertGPUMemory
 	if c.opts.ExpertMetrics {
 		ecfg.MetricsAddr = "127.0.0.1:0"

@@ -60,6 +60,46 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-secrets" (include "switchyard.fullname" .)) .Values.secrets.existingSecret -}}
 {{- end -}}
 
+{{/*
+Peer TLS (tls.peer): the Secret the trunk and expert nodes mount, and the DNS
+names its certificate must hold (the headless Services' per-pod names, with
+and without the cluster domain), as a JSON list.
+*/}}
+{{- define "switchyard.peerTLS.secretName" -}}
+{{- default (printf "%s-peer-tls" (include "switchyard.fullname" .)) .Values.tls.peer.existingSecret -}}
+{{- end -}}
+
+{{- define "switchyard.peerTLS.dnsNames" -}}
+{{- $names := list -}}
+{{- range $svc := list (include "switchyard.expert.headless" .) (include "switchyard.trunk.headless" .) -}}
+{{- $names = append $names (printf "*.%s.%s" $svc (include "switchyard.svcSuffix" $)) -}}
+{{- $names = append $names (printf "*.%s.%s.svc" $svc $.Release.Namespace) -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{/* The peer TLS flags of trunk and expert nodes (none when tls.peer is off). */}}
+{{- define "switchyard.peerTLS.args" -}}
+{{- if .Values.tls.peer.enabled -}}
+- --peer-tls-cert=/etc/switchyard/peer-tls/tls.crt
+- --peer-tls-key=/etc/switchyard/peer-tls/tls.key
+- --peer-tls-ca=/etc/switchyard/peer-tls/ca.crt
+{{- end -}}
+{{- end -}}
+
+{{/*
+Per-client API tokens (auth.tokens): "true" when the trunk nodes get a tokens
+file, the Secret holding it, and its key.
+*/}}
+{{- define "switchyard.apiTokens.enabled" -}}
+{{- $t := .Values.auth.tokens -}}
+{{- if and .Values.auth.enabled (or $t.existingSecret $t.clients) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "switchyard.apiTokens.secretName" -}}
+{{- default (printf "%s-api-tokens" (include "switchyard.fullname" .)) .Values.auth.tokens.existingSecret -}}
+{{- end -}}
+
 {{- define "switchyard.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "switchyard.fullname" .) .Values.serviceAccount.name -}}
@@ -193,7 +233,7 @@ later values and the container args can reference them as $(POD_NAME).
       key: snapshot-key
       optional: true
 {{- end }}
-{{- if and (eq .role "trunk") $v.auth.enabled }}
+{{- if and (eq .role "trunk") $v.auth.enabled $v.auth.sharedToken }}
 - name: SWITCHYARD_API_TOKEN
   valueFrom:
     secretKeyRef:
