@@ -80,7 +80,7 @@ var _ openai.Backend = (*openaiBackend)(nil)
 
 func (b *openaiBackend) Model() openai.Model {
 	return openai.Model{Name: config.ModelName(b.n.cfg.ModelPath), Created: b.n.oa.created,
-		MaxContext: b.n.limits.MaxContext, MaxNewTokens: b.n.limits.MaxNewTokens}
+		MaxContext: b.n.limits.MaxContext, MaxNewTokens: b.n.limits.MaxNewTokens, MaxPromptText: b.n.limits.MaxPromptText}
 }
 
 func (b *openaiBackend) Tokenizer() *tokenizer.Tokenizer { return b.n.tok }
@@ -154,7 +154,8 @@ func (b *openaiBackend) Vocab() *grammar.Vocab {
 
 func (b *openaiBackend) Generate(ctx context.Context, g openai.Generation, emit func([]engine.Event) error) (openai.Result, error) {
 	args := genArgs{sessionID: g.SessionID, prompt: g.Prompt, sampling: g.Sampling, maxTokens: int32(min(g.MaxTokens, 1<<30)), stop: g.Stop,
-		ignoreEOS: g.IgnoreEOS, logprobs: g.LogProbs, api: g.API, client: rpc.ClientIdentity(ctx), constraint: g.Constraint, topLogprobs: g.TopLogProbs}
+		ignoreEOS: g.IgnoreEOS, logprobs: g.LogProbs, api: g.API, client: rpc.ClientIdentity(ctx), constraint: g.Constraint, topLogprobs: g.TopLogProbs,
+		defaultMax: g.MaxTokens == 0}
 	_, job, release, err := b.api.start(ctx, args)
 	if err != nil {
 		return openai.Result{}, toStatus(err)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/packages/param"
 	"github.com/openai/openai-go/v3/responses"
 	"github.com/openai/openai-go/v3/shared"
 	"google.golang.org/grpc"
@@ -378,5 +379,42 @@ func TestOpenAINodeSDK(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "ok") {
 		t.Fatalf("node check: %v\n%s", err, out)
+	}
+}
+
+// TestOpenAISessionTurns: chat completions keep a conversation with the
+// session_id extension; a follow-up without max_tokens gets what the context
+// leaves after the session's tokens (not after its own prompt only), and a
+// streamed request that fails before any output gets its HTTP status.
+func TestOpenAISessionTurns(t *testing.T) {
+	cl, _, _ := startHTTP(t, func(cfg *Config) { cfg.Limits.MaxNewTokens = 512 })
+	ctx := context.Background()
+	params := openai.ChatCompletionNewParams{Model: modelName, Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Hi")},
+		Temperature: openai.Float(0), MaxTokens: openai.Int(100)}
+	first, err := cl.Chat.Completions.New(ctx, params, option.WithJSONSet("session_id", "new"), option.WithJSONSet("ignore_eos", true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sid struct {
+		SessionID string `json:"session_id"`
+	}
+	if err := json.Unmarshal([]byte(first.RawJSON()), &sid); err != nil || sid.SessionID == "" {
+		t.Fatalf("no session id in %s", first.RawJSON())
+	}
+	params.Messages = []openai.ChatCompletionMessageParamUnion{openai.UserMessage("More")}
+	params.MaxTokens = param.Opt[int64]{}
+	next, err := cl.Chat.Completions.New(ctx, params, option.WithJSONSet("session_id", sid.SessionID))
+	if err != nil {
+		t.Fatalf("a follow-up without max_tokens: %v", err)
+	}
+	if next.Usage.PromptTokensDetails.CachedTokens == 0 {
+		t.Errorf("the follow-up read its history again: %+v", next.Usage)
+	}
+	stream := cl.Chat.Completions.NewStreaming(ctx, params, option.WithJSONSet("session_id", "s-unknown"))
+	for stream.Next() {
+	}
+	var apiErr *openai.Error
+	if err := stream.Err(); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusNotFound {
+		t.Errorf("a streamed request on an unknown session: %v, want 404", err)
 	}
 }

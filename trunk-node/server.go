@@ -145,6 +145,10 @@ type genArgs struct {
 	constraint  engine.Constraint
 	topLogprobs int
 	ctx         context.Context // the request's (a session held by another trunk is fetched under it)
+	// defaultMax: no max_tokens was given; reserve takes what the context
+	// leaves after the session's tokens and the prompt (up to the server's
+	// limit).
+	defaultMax bool
 }
 
 func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateServer) error {
@@ -157,7 +161,7 @@ func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateSer
 		return toStatus(err)
 	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
-		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "generate", "", nil, 0, nil}, stream))
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "generate", "", nil, 0, nil, false}, stream))
 }
 
 func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
@@ -195,7 +199,7 @@ func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
 		return toStatus(invalid("%v", err))
 	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
-		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "chat", "", nil, 0, nil}, stream))
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "chat", "", nil, 0, nil, false}, stream))
 }
 
 type sender interface {
@@ -217,6 +221,9 @@ func (a *api) generate(ctx context.Context, g genArgs, out sender) error {
 // streamed the job to its end.
 func (a *api) start(ctx context.Context, g genArgs) (sess *Session, job *Job, release func(), err error) {
 	g.ctx = ctx
+	if g.defaultMax {
+		g.maxTokens = 1 // checked for now; reserve sets it
+	}
 	params, err := a.checkGen(g)
 	if err != nil {
 		return nil, nil, nil, err
@@ -227,7 +234,7 @@ func (a *api) start(ctx context.Context, g genArgs) (sess *Session, job *Job, re
 	if release, err = a.n.clientSlot(g.client); err != nil {
 		return nil, nil, nil, err
 	}
-	if sess, err = a.reserve(g); err != nil {
+	if sess, err = a.reserve(&g); err != nil {
 		release()
 		return nil, nil, nil, err
 	}
@@ -303,7 +310,7 @@ func (a *api) checkGen(g genArgs) (sample.Params, error) {
 // reserve finds the generation's session (or creates an ephemeral one),
 // checks the context limit and acquires the session with KV for the prompt
 // and max_tokens. On error nothing stays acquired.
-func (a *api) reserve(g genArgs) (*Session, error) {
+func (a *api) reserve(g *genArgs) (*Session, error) {
 	lim := a.n.limits
 	var sess *Session
 	var err error
@@ -327,6 +334,14 @@ func (a *api) reserve(g genArgs) (*Session, error) {
 	}
 	if len(g.prompt) == 0 && len(sess.Unfed) == 0 {
 		return drop(invalid("the prompt is empty and session %s has nothing to continue from", clip(g.sessionID)))
+	}
+	if g.defaultMax {
+		left := lim.MaxContext - (sess.State.Pos + len(sess.Unfed) + len(g.prompt))
+		if left <= 0 {
+			return drop(invalid("session tokens (%d) + prompt (%d) leave no room under the context limit %d",
+				sess.State.Pos+len(sess.Unfed), len(g.prompt), lim.MaxContext))
+		}
+		g.maxTokens = int32(min(left, lim.MaxNewTokens))
 	}
 	total := sess.State.Pos + len(sess.Unfed) + len(g.prompt) + int(g.maxTokens)
 	if total > lim.MaxContext {

@@ -35,6 +35,19 @@ func (s *Server) planChat(ctx context.Context, req *chatRequest) (*chatPlan, err
 		return nil, invalid("%v", err)
 	}
 	cr := chat.Request{AddGenerationPrompt: true}
+	size := 0
+	for _, m := range req.Messages {
+		size += len(m.Content.Text) + len(m.Role) + len(m.Name)
+		for _, tc := range m.ToolCalls {
+			size += len(tc.Function.Arguments) + len(tc.Function.Name)
+		}
+	}
+	for _, t := range req.Tools {
+		size += len(t.raw)
+	}
+	if lim := s.b.Model().MaxPromptText; lim > 0 && size > lim {
+		return nil, invalid("messages and tools total %d bytes, the limit is %d", size, lim)
+	}
 	for i, m := range req.Messages {
 		if m.Role == "developer" {
 			m.Role = "system" // OpenAI's newer name for system instructions
@@ -103,7 +116,7 @@ func (s *Server) planChat(ctx context.Context, req *chatRequest) (*chatPlan, err
 	if err != nil {
 		return nil, err
 	}
-	maxTokens, err := s.maxTokensOf(knobs{maxTokens: req.MaxTokens, maxCompletion: req.MaxCompletionTokens}, len(prompt))
+	maxTokens, err := s.maxTokensOf(knobs{maxTokens: req.MaxTokens, maxCompletion: req.MaxCompletionTokens})
 	if err != nil {
 		return nil, err
 	}
@@ -143,11 +156,16 @@ func toolChoiceOf(raw json.RawMessage, tools []tool) (choice, forced string, err
 	}
 	var named struct {
 		Type     string `json:"type"`
+		Name     string `json:"name"` // the Responses API's flat form
 		Function struct {
 			Name string `json:"name"`
 		} `json:"function"`
 	}
-	if err := json.Unmarshal(raw, &named); err != nil || named.Type != "function" || named.Function.Name == "" {
+	err = json.Unmarshal(raw, &named)
+	if named.Function.Name == "" {
+		named.Function.Name = named.Name
+	}
+	if err != nil || named.Type != "function" || named.Function.Name == "" {
 		return "", "", invalid("tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}")
 	}
 	return "function", named.Function.Name, nil
@@ -225,13 +243,23 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		return chatCompletion{ID: id, Object: "chat.completion.chunk", Created: created, Model: model, SessionID: plan.sessionID,
 			Choices: []chatChoice{{Index: 0, Delta: delta, FinishReason: finish, Logprobs: lp}}}
 	}
-	// The first chunk carries the role, as OpenAI's does.
-	if err := out.send("", chunk(&replyMsg{Role: "assistant", Content: ptr("")}, nil, nil)); err != nil {
-		return
+	// The first chunk carries the role, as OpenAI's does. It is sent with the
+	// first output, so an error before any (a busy session, a limit) is still
+	// answered with its HTTP status.
+	roleSent := false
+	sendRole := func() error {
+		if roleSent {
+			return nil
+		}
+		roleSent = true
+		return out.send("", chunk(&replyMsg{Role: "assistant", Content: ptr("")}, nil, nil))
 	}
 	var parser chat.ToolParser
 	ncalls := 0
 	emitText := func(text string, lps []tokenLogprob) error {
+		if sendRole() != nil {
+			return errClientGone
+		}
 		var calls []chat.ParsedCall
 		if plan.tools {
 			text, calls = parser.Feed(text)
@@ -267,6 +295,9 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.dropNew(ctx, plan)
 		out.fail(err)
+		return
+	}
+	if sendRole() != nil {
 		return
 	}
 	if plan.tools {

@@ -70,25 +70,21 @@ func samplingOf(k knobs) (*pb.SamplingParams, error) {
 	return p, nil
 }
 
-// maxTokensOf is max_completion_tokens, else max_tokens, else what the
-// context leaves after the prompt (capped by the server's limit).
-func (s *Server) maxTokensOf(k knobs, promptLen int) (int, error) {
-	m := s.b.Model()
+// maxTokensOf is max_completion_tokens, else max_tokens, else 0: the
+// backend then takes what the context leaves after the session's tokens and
+// the prompt (up to the server's limit).
+func (s *Server) maxTokensOf(k knobs) (int, error) {
 	v := k.maxCompletion
 	if v == nil {
 		v = k.maxTokens
 	}
-	if v != nil {
-		if *v <= 0 {
-			return 0, invalid("max_tokens must be > 0, got %d", *v)
-		}
-		return *v, nil
+	if v == nil {
+		return 0, nil
 	}
-	left := m.MaxContext - promptLen
-	if left <= 0 {
-		return 0, invalid("the prompt has %d tokens; the context limit is %d", promptLen, m.MaxContext)
+	if *v <= 0 {
+		return 0, invalid("max_tokens must be > 0, got %d", *v)
 	}
-	return min(left, m.MaxNewTokens), nil
+	return *v, nil
 }
 
 // constraintOf compiles a response_format into a token mask constraint

@@ -51,6 +51,7 @@ func TestToolChoice(t *testing.T) {
 		{`"none"`, "none", "", false},
 		{`"required"`, "required", "", false},
 		{`{"type": "function", "function": {"name": "f"}}`, "function", "f", false},
+		{`{"type": "function", "name": "f"}`, "function", "f", false},
 		{`"sometimes"`, "", "", true},
 		{`{"type": "function"}`, "", "", true},
 		{`42`, "", "", true},

@@ -60,10 +60,11 @@ type Backend interface {
 
 // Model describes the served model and the node's limits.
 type Model struct {
-	Name         string
-	Created      time.Time
-	MaxContext   int // tokens a session may hold
-	MaxNewTokens int // max_tokens upper bound
+	Name          string
+	Created       time.Time
+	MaxContext    int // tokens a session may hold
+	MaxNewTokens  int // max_tokens upper bound
+	MaxPromptText int // bytes of message content a request may carry
 }
 
 // Generation is one request to generate.
@@ -71,7 +72,7 @@ type Generation struct {
 	SessionID   string // "" for a stateless request
 	Prompt      []int
 	Sampling    *pb.SamplingParams
-	MaxTokens   int
+	MaxTokens   int // 0: what the context leaves after the session and the prompt
 	Stop        []string
 	IgnoreEOS   bool
 	LogProbs    bool
