@@ -498,6 +498,8 @@ func (n *Node) janitor(ctx context.Context) {
 			return
 		case now := <-t.C:
 			n.store.Expire(now)
+			n.replicas.expire(now, n.cfg.Memory.IdleTTL)
+			n.tier.expire(now, n.cfg.Memory.IdleTTL)
 			n.offloadIdle(now, false)
 			n.updateGauges()
 		}

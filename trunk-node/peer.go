@@ -573,3 +573,71 @@ func parseTier(b []byte, id snapIdentity) (sid, owner string, used time.Time, st
 	}
 	return sid, owner, time.Unix(0, ns), st, unfed, nil
 }
+
+func (s *peerAPI) Drop(ctx context.Context, req *pb.DropRequest) (*pb.DropResponse, error) {
+	if err := s.authorize(ctx); err != nil {
+		return nil, err
+	}
+	return &pb.DropResponse{Found: s.n.dropLocal(req.Owner, req.SessionId)}, nil
+}
+
+// dropLocal deletes owner's session sid from this trunk: memory, disk and
+// replica copy; it reports whether any was here.
+func (n *Node) dropLocal(owner, sid string) bool {
+	found := false
+	if _, err := n.store.DeleteFor(owner, sid); err == nil {
+		found = true
+	}
+	if n.tier != nil {
+		unlock := n.tier.lock(sid) // not while a restore reads the file
+		if _, ok := n.tier.has(owner, sid, false); ok {
+			n.tier.remove(sid)
+			found = true
+		}
+		unlock()
+	}
+	if c := n.replicas.get(owner, sid); c != nil {
+		n.replicas.drop(sid)
+		found = true
+	}
+	return found
+}
+
+// dropEverywhere deletes a session on this trunk and on every other one, so
+// no offloaded file or replica copy brings it back; it reports whether any
+// trunk held it.
+func (n *Node) dropEverywhere(ctx context.Context, owner, sid string) (bool, error) {
+	found := n.dropLocal(owner, sid)
+	p := n.peerSet()
+	if p == nil || p.cred == "" {
+		return found, nil
+	}
+	others := p.list()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var firstErr error
+	var wg sync.WaitGroup
+	for _, addr := range others {
+		wg.Go(func() {
+			cli, err := p.client(ctx, addr)
+			var r *pb.DropResponse
+			if err == nil {
+				r, err = cli.Drop(p.outgoing(ctx), &pb.DropRequest{SessionId: sid, Owner: owner})
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			if r.GetFound() {
+				found = true
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil && !found {
+		return false, fmt.Errorf("%w: deleting session %s: %v", ErrNoPeer, clip(sid), firstErr)
+	}
+	return found, nil
+}

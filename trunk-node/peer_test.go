@@ -229,3 +229,24 @@ func TestReplicaTrunkDies(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteIsEverywhere: a deleted session does not come back from a
+// replica copy or another trunk, whichever trunk the delete reached.
+func TestDeleteIsEverywhere(t *testing.T) {
+	clis, nodes, _ := trunks(t, 3, nil)
+	ids := createSessions(t, clis[0], 2)
+	turns(t, clis[0], ids, 0)
+	testutil.WaitFor(t, "the copies", func() bool {
+		return nodes[1].replicas.get("", ids[0]) != nil || nodes[2].replicas.get("", ids[0]) != nil
+	})
+	for i, via := range []int{0, 2} { // the holding trunk, then another one
+		if _, err := clis[via].DeleteSession(context.Background(), &pb.DeleteSessionRequest{SessionId: ids[i]}); err != nil {
+			t.Fatalf("delete via trunk %d: %v", via, err)
+		}
+		for j, c := range clis {
+			if _, err := c.GetSession(context.Background(), &pb.GetSessionRequest{SessionId: ids[i]}); status.Code(err) != codes.NotFound {
+				t.Errorf("session %d deleted via trunk %d: trunk %d says %v, want NOT_FOUND", i, via, j, err)
+			}
+		}
+	}
+}

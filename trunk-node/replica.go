@@ -393,3 +393,20 @@ func (r *replicator) failover() {
 	r.stats.Failovers++
 	r.mu.Unlock()
 }
+
+// expire drops copies not updated for ttl (their session expired or went
+// quiet: its trunk deletes it after the same idle time).
+func (r *replicator) expire(now time.Time, ttl time.Duration) {
+	if r == nil || ttl <= 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, c := range r.held {
+		if now.Sub(c.updated) > ttl {
+			r.stats.HeldBytes -= int64(len(c.data))
+			delete(r.held, id)
+		}
+	}
+	r.stats.Held = len(r.held)
+}

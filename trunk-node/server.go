@@ -613,12 +613,17 @@ func (a *api) DeleteSession(ctx context.Context, req *pb.DeleteSessionRequest) (
 	if req.SessionId == "" {
 		return nil, toStatus(invalid("session_id is required"))
 	}
-	freed, err := a.n.store.DeleteFor(rpc.ClientIdentity(ctx), req.SessionId)
-	if errors.Is(err, ErrSessionNotFound) && a.n.tier != nil {
-		if _, ok := a.n.tier.has(rpc.ClientIdentity(ctx), req.SessionId, false); ok {
-			a.n.tier.remove(req.SessionId) // offloaded: its file goes
-			freed, err = 0, nil
-		}
+	owner := rpc.ClientIdentity(ctx)
+	freed, err := a.n.store.DeleteFor(owner, req.SessionId)
+	// Whatever was here, every copy elsewhere goes too (disk, other trunks,
+	// replicas): none may bring the session back.
+	found, derr := a.n.dropEverywhere(ctx, owner, req.SessionId)
+	switch {
+	case err == nil:
+	case found:
+		freed, err = 0, nil
+	case derr != nil:
+		err = derr
 	}
 	if err != nil {
 		return nil, toStatus(err)

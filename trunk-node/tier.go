@@ -615,3 +615,18 @@ func (m *metrics) watchTier(node string, t *tier) {
 		gauge("switchyard_session_offloaded_bytes", "Bytes of offloaded session files.", func(s tierStats) float64 { return float64(s.Bytes) }),
 	)
 }
+
+// expire deletes the files of sessions idle longer than ttl (--session-ttl
+// applies on disk too).
+func (t *tier) expire(now time.Time, ttl time.Duration) {
+	if t == nil || ttl <= 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, f := range t.files {
+		if now.Sub(f.lastUsed) > ttl {
+			t.removeLocked(id)
+		}
+	}
+}

@@ -23,6 +23,107 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// DropRequest names a session to delete and its owner.
+type DropRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// session_id is the session to delete.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// owner is the client identity deleting it (another identity's session is kept).
+	Owner         string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropRequest) Reset() {
+	*x = DropRequest{}
+	mi := &file_switchyard_v1_peer_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropRequest) ProtoMessage() {}
+
+func (x *DropRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_peer_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropRequest.ProtoReflect.Descriptor instead.
+func (*DropRequest) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DropRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *DropRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+// DropResponse says whether anything was deleted.
+type DropResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// found is true when this trunk held the session or a copy of it.
+	Found         bool `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropResponse) Reset() {
+	*x = DropResponse{}
+	mi := &file_switchyard_v1_peer_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropResponse) ProtoMessage() {}
+
+func (x *DropResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_peer_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropResponse.ProtoReflect.Descriptor instead.
+func (*DropResponse) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DropResponse) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
 // ReplicateResponse acknowledges a replica.
 type ReplicateResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -32,7 +133,7 @@ type ReplicateResponse struct {
 
 func (x *ReplicateResponse) Reset() {
 	*x = ReplicateResponse{}
-	mi := &file_switchyard_v1_peer_proto_msgTypes[0]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -44,7 +145,7 @@ func (x *ReplicateResponse) String() string {
 func (*ReplicateResponse) ProtoMessage() {}
 
 func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_peer_proto_msgTypes[0]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -57,7 +158,7 @@ func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateResponse.ProtoReflect.Descriptor instead.
 func (*ReplicateResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{0}
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{2}
 }
 
 // ReleaseRequest names a session and the client identity that owns it.
@@ -73,7 +174,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_switchyard_v1_peer_proto_msgTypes[1]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -85,7 +186,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_peer_proto_msgTypes[1]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -98,7 +199,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{1}
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ReleaseRequest) GetSessionId() string {
@@ -126,7 +227,7 @@ type AdoptResponse struct {
 
 func (x *AdoptResponse) Reset() {
 	*x = AdoptResponse{}
-	mi := &file_switchyard_v1_peer_proto_msgTypes[2]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -138,7 +239,7 @@ func (x *AdoptResponse) String() string {
 func (*AdoptResponse) ProtoMessage() {}
 
 func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_peer_proto_msgTypes[2]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -151,7 +252,7 @@ func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptResponse.ProtoReflect.Descriptor instead.
 func (*AdoptResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{2}
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AdoptResponse) GetSessionId() string {
@@ -174,7 +275,7 @@ type ForgetRequest struct {
 
 func (x *ForgetRequest) Reset() {
 	*x = ForgetRequest{}
-	mi := &file_switchyard_v1_peer_proto_msgTypes[3]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -186,7 +287,7 @@ func (x *ForgetRequest) String() string {
 func (*ForgetRequest) ProtoMessage() {}
 
 func (x *ForgetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_peer_proto_msgTypes[3]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -199,7 +300,7 @@ func (x *ForgetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetRequest.ProtoReflect.Descriptor instead.
 func (*ForgetRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{3}
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ForgetRequest) GetSessionId() string {
@@ -225,7 +326,7 @@ type ForgetResponse struct {
 
 func (x *ForgetResponse) Reset() {
 	*x = ForgetResponse{}
-	mi := &file_switchyard_v1_peer_proto_msgTypes[4]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +338,7 @@ func (x *ForgetResponse) String() string {
 func (*ForgetResponse) ProtoMessage() {}
 
 func (x *ForgetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_peer_proto_msgTypes[4]
+	mi := &file_switchyard_v1_peer_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,14 +351,20 @@ func (x *ForgetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetResponse.ProtoReflect.Descriptor instead.
 func (*ForgetResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{4}
+	return file_switchyard_v1_peer_proto_rawDescGZIP(), []int{6}
 }
 
 var File_switchyard_v1_peer_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x18switchyard/v1/peer.proto\x12\rswitchyard.v1\x1a\x1eswitchyard/v1/switchyard.proto\"\x13\n" +
+	"\x18switchyard/v1/peer.proto\x12\rswitchyard.v1\x1a\x1eswitchyard/v1/switchyard.proto\"B\n" +
+	"\vDropRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\"$\n" +
+	"\fDropResponse\x12\x14\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found\"\x13\n" +
 	"\x11ReplicateResponse\"E\n" +
 	"\x0eReleaseRequest\x12\x1d\n" +
 	"\n" +
@@ -270,12 +377,13 @@ const file_switchyard_v1_peer_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x16\n" +
 	"\x06commit\x18\x02 \x01(\bR\x06commit\"\x10\n" +
-	"\x0eForgetResponse2\xc7\x02\n" +
+	"\x0eForgetResponse2\x88\x03\n" +
 	"\tTrunkPeer\x12L\n" +
 	"\x05Adopt\x12#.switchyard.v1.SessionSnapshotChunk\x1a\x1c.switchyard.v1.AdoptResponse(\x01\x12O\n" +
 	"\aRelease\x12\x1d.switchyard.v1.ReleaseRequest\x1a#.switchyard.v1.SessionSnapshotChunk0\x01\x12E\n" +
 	"\x06Forget\x12\x1c.switchyard.v1.ForgetRequest\x1a\x1d.switchyard.v1.ForgetResponse\x12T\n" +
-	"\tReplicate\x12#.switchyard.v1.SessionSnapshotChunk\x1a .switchyard.v1.ReplicateResponse(\x01BKZIgithub.com/switchyard-serving/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\tReplicate\x12#.switchyard.v1.SessionSnapshotChunk\x1a .switchyard.v1.ReplicateResponse(\x01\x12?\n" +
+	"\x04Drop\x12\x1a.switchyard.v1.DropRequest\x1a\x1b.switchyard.v1.DropResponseBKZIgithub.com/switchyard-serving/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_peer_proto_rawDescOnce sync.Once
@@ -289,26 +397,30 @@ func file_switchyard_v1_peer_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_peer_proto_rawDescData
 }
 
-var file_switchyard_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_switchyard_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_switchyard_v1_peer_proto_goTypes = []any{
-	(*ReplicateResponse)(nil),    // 0: switchyard.v1.ReplicateResponse
-	(*ReleaseRequest)(nil),       // 1: switchyard.v1.ReleaseRequest
-	(*AdoptResponse)(nil),        // 2: switchyard.v1.AdoptResponse
-	(*ForgetRequest)(nil),        // 3: switchyard.v1.ForgetRequest
-	(*ForgetResponse)(nil),       // 4: switchyard.v1.ForgetResponse
-	(*SessionSnapshotChunk)(nil), // 5: switchyard.v1.SessionSnapshotChunk
+	(*DropRequest)(nil),          // 0: switchyard.v1.DropRequest
+	(*DropResponse)(nil),         // 1: switchyard.v1.DropResponse
+	(*ReplicateResponse)(nil),    // 2: switchyard.v1.ReplicateResponse
+	(*ReleaseRequest)(nil),       // 3: switchyard.v1.ReleaseRequest
+	(*AdoptResponse)(nil),        // 4: switchyard.v1.AdoptResponse
+	(*ForgetRequest)(nil),        // 5: switchyard.v1.ForgetRequest
+	(*ForgetResponse)(nil),       // 6: switchyard.v1.ForgetResponse
+	(*SessionSnapshotChunk)(nil), // 7: switchyard.v1.SessionSnapshotChunk
 }
 var file_switchyard_v1_peer_proto_depIdxs = []int32{
-	5, // 0: switchyard.v1.TrunkPeer.Adopt:input_type -> switchyard.v1.SessionSnapshotChunk
-	1, // 1: switchyard.v1.TrunkPeer.Release:input_type -> switchyard.v1.ReleaseRequest
-	3, // 2: switchyard.v1.TrunkPeer.Forget:input_type -> switchyard.v1.ForgetRequest
-	5, // 3: switchyard.v1.TrunkPeer.Replicate:input_type -> switchyard.v1.SessionSnapshotChunk
-	2, // 4: switchyard.v1.TrunkPeer.Adopt:output_type -> switchyard.v1.AdoptResponse
-	5, // 5: switchyard.v1.TrunkPeer.Release:output_type -> switchyard.v1.SessionSnapshotChunk
-	4, // 6: switchyard.v1.TrunkPeer.Forget:output_type -> switchyard.v1.ForgetResponse
-	0, // 7: switchyard.v1.TrunkPeer.Replicate:output_type -> switchyard.v1.ReplicateResponse
-	4, // [4:8] is the sub-list for method output_type
-	0, // [0:4] is the sub-list for method input_type
+	7, // 0: switchyard.v1.TrunkPeer.Adopt:input_type -> switchyard.v1.SessionSnapshotChunk
+	3, // 1: switchyard.v1.TrunkPeer.Release:input_type -> switchyard.v1.ReleaseRequest
+	5, // 2: switchyard.v1.TrunkPeer.Forget:input_type -> switchyard.v1.ForgetRequest
+	7, // 3: switchyard.v1.TrunkPeer.Replicate:input_type -> switchyard.v1.SessionSnapshotChunk
+	0, // 4: switchyard.v1.TrunkPeer.Drop:input_type -> switchyard.v1.DropRequest
+	4, // 5: switchyard.v1.TrunkPeer.Adopt:output_type -> switchyard.v1.AdoptResponse
+	7, // 6: switchyard.v1.TrunkPeer.Release:output_type -> switchyard.v1.SessionSnapshotChunk
+	6, // 7: switchyard.v1.TrunkPeer.Forget:output_type -> switchyard.v1.ForgetResponse
+	2, // 8: switchyard.v1.TrunkPeer.Replicate:output_type -> switchyard.v1.ReplicateResponse
+	1, // 9: switchyard.v1.TrunkPeer.Drop:output_type -> switchyard.v1.DropResponse
+	5, // [5:10] is the sub-list for method output_type
+	0, // [0:5] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -326,7 +438,7 @@ func file_switchyard_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_peer_proto_rawDesc), len(file_switchyard_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	TrunkPeer_Release_FullMethodName   = "/switchyard.v1.TrunkPeer/Release"
 	TrunkPeer_Forget_FullMethodName    = "/switchyard.v1.TrunkPeer/Forget"
 	TrunkPeer_Replicate_FullMethodName = "/switchyard.v1.TrunkPeer/Replicate"
+	TrunkPeer_Drop_FullMethodName      = "/switchyard.v1.TrunkPeer/Drop"
 )
 
 // TrunkPeerClient is the client API for TrunkPeer service.
@@ -51,6 +52,10 @@ type TrunkPeerClient interface {
 	// the last finished turn), so the session survives that trunk's death: a
 	// Release of a session that is not live here is served from the copy.
 	Replicate(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SessionSnapshotChunk, ReplicateResponse], error)
+	// Drop deletes a session everywhere it is kept here: the live session (a
+	// generation on it stops), its offloaded file, and a replica copy. Sent to
+	// every trunk when a client deletes a session, so no copy brings it back.
+	Drop(ctx context.Context, in *DropRequest, opts ...grpc.CallOption) (*DropResponse, error)
 }
 
 type trunkPeerClient struct {
@@ -116,6 +121,16 @@ func (c *trunkPeerClient) Replicate(ctx context.Context, opts ...grpc.CallOption
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type TrunkPeer_ReplicateClient = grpc.ClientStreamingClient[SessionSnapshotChunk, ReplicateResponse]
 
+func (c *trunkPeerClient) Drop(ctx context.Context, in *DropRequest, opts ...grpc.CallOption) (*DropResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DropResponse)
+	err := c.cc.Invoke(ctx, TrunkPeer_Drop_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TrunkPeerServer is the server API for TrunkPeer service.
 // All implementations must embed UnimplementedTrunkPeerServer
 // for forward compatibility.
@@ -140,6 +155,10 @@ type TrunkPeerServer interface {
 	// the last finished turn), so the session survives that trunk's death: a
 	// Release of a session that is not live here is served from the copy.
 	Replicate(grpc.ClientStreamingServer[SessionSnapshotChunk, ReplicateResponse]) error
+	// Drop deletes a session everywhere it is kept here: the live session (a
+	// generation on it stops), its offloaded file, and a replica copy. Sent to
+	// every trunk when a client deletes a session, so no copy brings it back.
+	Drop(context.Context, *DropRequest) (*DropResponse, error)
 	mustEmbedUnimplementedTrunkPeerServer()
 }
 
@@ -161,6 +180,9 @@ func (UnimplementedTrunkPeerServer) Forget(context.Context, *ForgetRequest) (*Fo
 }
 func (UnimplementedTrunkPeerServer) Replicate(grpc.ClientStreamingServer[SessionSnapshotChunk, ReplicateResponse]) error {
 	return status.Error(codes.Unimplemented, "method Replicate not implemented")
+}
+func (UnimplementedTrunkPeerServer) Drop(context.Context, *DropRequest) (*DropResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Drop not implemented")
 }
 func (UnimplementedTrunkPeerServer) mustEmbedUnimplementedTrunkPeerServer() {}
 func (UnimplementedTrunkPeerServer) testEmbeddedByValue()                   {}
@@ -226,6 +248,24 @@ func _TrunkPeer_Replicate_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type TrunkPeer_ReplicateServer = grpc.ClientStreamingServer[SessionSnapshotChunk, ReplicateResponse]
 
+func _TrunkPeer_Drop_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DropRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrunkPeerServer).Drop(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrunkPeer_Drop_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrunkPeerServer).Drop(ctx, req.(*DropRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TrunkPeer_ServiceDesc is the grpc.ServiceDesc for TrunkPeer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -236,6 +276,10 @@ var TrunkPeer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Forget",
 			Handler:    _TrunkPeer_Forget_Handler,
+		},
+		{
+			MethodName: "Drop",
+			Handler:    _TrunkPeer_Drop_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
