@@ -168,6 +168,10 @@ func (p *peers) close() {
 // pull asks every other trunk for owner's session sid and adopts it here;
 // (nil, nil) when no trunk holds it.
 func (p *peers) pull(ctx context.Context, owner, sid string) (*Session, error) {
+	if p.n.sched.Draining() {
+		// A trunk going away takes no sessions in: they would leave with it.
+		return nil, fmt.Errorf("%w: this trunk is shutting down; retry on another", ErrDraining)
+	}
 	others := p.list()
 	local := p.n.replicas.get(owner, sid) // a copy kept here for a trunk that may be gone
 	if len(others) == 0 && local == nil {
@@ -247,9 +251,16 @@ func (p *peers) pull(ctx context.Context, owner, sid string) (*Session, error) {
 		}
 		return nil, nil
 	}
+	// The live session wins whatever its length (a reset session is shorter
+	// than its copies); copies only when no trunk has it live, the most
+	// advanced first.
 	best := 0
 	for i, g := range found {
-		if b := found[best]; g.tokens > b.tokens || (g.tokens == b.tokens && b.replica && !g.replica) {
+		b := found[best]
+		switch {
+		case b.replica && !g.replica:
+			best = i
+		case b.replica == g.replica && g.tokens > b.tokens:
 			best = i
 		}
 	}
@@ -280,7 +291,7 @@ func (p *peers) pull(ctx context.Context, owner, sid string) (*Session, error) {
 		if id != sid || own != owner {
 			return nil, fmt.Errorf("%w: a peer released another session", ErrSessionCorrupt)
 		}
-		return p.n.store.adoptID(id, own, st, unfed, used)
+		return p.n.store.adoptID(id, own, st, unfed, used, true)
 	})
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer fcancel()
@@ -292,9 +303,19 @@ func (p *peers) pull(ctx context.Context, owner, sid string) (*Session, error) {
 			}
 			continue
 		}
-		if _, ferr := o.cli.Forget(p.outgoing(fctx), &pb.ForgetRequest{SessionId: sid, Commit: commit}); ferr != nil && commit {
-			// The holder may keep a copy until its hold times out; this
-			// trunk's copy is the one served from now on.
+		var ferr error
+		for try := 0; try < 3; try++ {
+			if _, ferr = o.cli.Forget(p.outgoing(fctx), &pb.ForgetRequest{SessionId: sid, Commit: commit}); ferr == nil || status.Code(ferr) == codes.FailedPrecondition {
+				break
+			}
+		}
+		if commit && status.Code(ferr) == codes.FailedPrecondition {
+			// The holder's hold had timed out: it serves the session again.
+			// Ours is dropped; the request is retryable.
+			p.n.store.Delete(sid)
+			return nil, fmt.Errorf("%w: moving session %s took too long; retry", ErrNoPeer, clip(sid))
+		}
+		if commit && ferr != nil {
 			p.n.logger().Warn("a peer did not confirm a session move", "session", sid, "err", ferr)
 		}
 	}
@@ -321,6 +342,16 @@ func (p *peers) handOff(ctx context.Context) (moved, failed int) {
 	others := p.list()
 	if len(others) == 0 || p.cred == "" {
 		return 0, 0
+	}
+	// Moves in progress end first (committed or timed out), so their
+	// sessions are either gone or idle here again.
+	for deadline := time.Now().Add(releaseHold + time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		p.mu.Lock()
+		n := len(p.held)
+		p.mu.Unlock()
+		if n == 0 {
+			break
+		}
 	}
 	p.n.replicas.handOff(ctx, p)
 	for _, sess := range p.n.store.idleSince(time.Now(), 0, true) {
@@ -387,11 +418,13 @@ func (p *peers) push(ctx context.Context, addr string, sess *Session) error {
 			}
 		}
 	}
+	if err == nil {
+		p.n.store.Delete(sess.ID) // while still held
+	}
 	p.n.store.Release(sess)
 	if err != nil {
 		return err
 	}
-	p.n.store.Delete(sess.ID)
 	p.n.metrics.transfer("handoff", nil, int64(len(b)))
 	return nil
 }
@@ -433,7 +466,7 @@ func (s *peerAPI) Adopt(stream pb.TrunkPeer_AdoptServer) error {
 		if err != nil {
 			return nil, err
 		}
-		return s.n.store.adoptID(id, owner, st, unfed, used)
+		return s.n.store.adoptID(id, owner, st, unfed, used, true)
 	})
 	if err != nil {
 		return toStatus(err)
@@ -485,6 +518,9 @@ func (s *peerAPI) Release(req *pb.ReleaseRequest, stream pb.TrunkPeer_ReleaseSer
 		// then a replica copy.
 		if sess, err = s.n.restore(req.Owner, req.SessionId, false); sess == nil && err == nil {
 			if c := s.n.replicas.get(req.Owner, req.SessionId); c != nil {
+				if !s.n.replicas.claim(req.SessionId) {
+					return toStatus(fmt.Errorf("%w: another trunk is taking session %s over", ErrSessionBusy, clip(req.SessionId)))
+				}
 				w := &chunkWriter{send: stream.Send, buf: make([]byte, 0, snapChunk),
 					first: &pb.SessionSnapshotChunk{TotalBytes: int64(len(c.data)), Tokens: c.tokens, Replica: true}}
 				if _, err := w.Write(c.data); err != nil {
@@ -529,26 +565,28 @@ func (s *peerAPI) Forget(ctx context.Context, req *pb.ForgetRequest) (*pb.Forget
 	if err := s.authorize(ctx); err != nil {
 		return nil, err
 	}
-	s.forget(req.SessionId, req.Commit)
+	if !s.forget(req.SessionId, req.Commit) && req.Commit {
+		return nil, status.Errorf(codes.FailedPrecondition, "session %s is not released here (the hold timed out): the mover must drop its copy", clip(req.SessionId))
+	}
 	return &pb.ForgetResponse{}, nil
 }
 
-func (s *peerAPI) forget(sid string, commit bool) {
+// forget ends a release; false when there was nothing to end (the hold had
+// timed out: the session is in service here again).
+func (s *peerAPI) forget(sid string, commit bool) bool {
 	s.p.mu.Lock()
 	h := s.p.held[sid]
 	delete(s.p.held, sid)
 	s.p.mu.Unlock()
 	if h == nil {
-		if commit {
-			s.n.replicas.drop(sid) // a copy became the live session elsewhere
-		}
-		return
+		return s.n.replicas.unclaim(sid, commit)
 	}
 	h.timer.Stop()
-	s.n.store.Release(h.sess)
 	if commit {
-		s.n.store.Delete(sid)
+		s.n.store.Delete(sid) // while still held: no request can start on it in between
 	}
+	s.n.store.Release(h.sess)
+	return true
 }
 
 // parseTier reads a session file of any id and owner.

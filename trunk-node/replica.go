@@ -60,13 +60,14 @@ type replicator struct {
 	queue   map[string]time.Time // session -> when its turn ended (coalesced)
 	sending bool                 // a session is being sent
 	wake    chan struct{}
-	held    map[string]*replica // copies of other trunks' sessions
+	held    map[string]*replica    // copies of other trunks' sessions
+	claimed map[string]*time.Timer // copies being taken over (Release .. Forget)
 	stats   replicaStats
 	lagHist prometheus.Histogram
 }
 
 func newReplicator(n *Node, cfg ReplicationConfig) *replicator {
-	return &replicator{n: n, cfg: cfg, queue: map[string]time.Time{}, wake: make(chan struct{}, 1), held: map[string]*replica{}}
+	return &replicator{n: n, cfg: cfg, queue: map[string]time.Time{}, wake: make(chan struct{}, 1), held: map[string]*replica{}, claimed: map[string]*time.Timer{}}
 }
 
 // later queues a session for replication (the latest state is sent once).
@@ -296,6 +297,9 @@ func (s *peerAPI) Replicate(stream pb.TrunkPeer_ReplicateServer) error {
 	if r == nil {
 		return errNoPeering
 	}
+	if s.n.sched.Draining() {
+		return toStatus(ErrDraining) // its copies are being handed on already
+	}
 	b, first, err := s.recvFile(stream)
 	if err != nil {
 		return toStatus(err)
@@ -409,4 +413,45 @@ func (r *replicator) expire(now time.Time, ttl time.Duration) {
 		}
 	}
 	r.stats.Held = len(r.held)
+}
+
+// claim marks a copy as being taken over by one trunk; false when another
+// already is (two trunks must not both adopt it). The claim ends with
+// unclaim or after the release hold.
+func (r *replicator) claim(sid string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.claimed[sid] != nil {
+		return false
+	}
+	r.claimed[sid] = time.AfterFunc(releaseHold, func() { r.unclaim(sid, false) })
+	return true
+}
+
+// unclaim ends a claim: commit drops the copy (it is live elsewhere now). It
+// reports whether there was a claim or copy to act on.
+func (r *replicator) unclaim(sid string, commit bool) bool {
+	if r == nil {
+		return false
+	}
+	r.mu.Lock()
+	t := r.claimed[sid]
+	delete(r.claimed, sid)
+	r.mu.Unlock()
+	if t != nil {
+		t.Stop()
+	}
+	if commit {
+		had := r.has(sid)
+		r.drop(sid)
+		return t != nil || had
+	}
+	return t != nil
+}
+
+// has reports whether a copy of sid is kept here.
+func (r *replicator) has(sid string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.held[sid] != nil
 }

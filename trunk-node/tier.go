@@ -446,7 +446,7 @@ func (n *Node) restore(owner, sid string, anyOwner bool) (*Session, error) {
 			if err != nil {
 				return nil, err
 			}
-			return n.store.adoptID(sid, f.owner, st, unfed, f.lastUsed)
+			return n.store.adoptID(sid, f.owner, st, unfed, f.lastUsed, false)
 		})
 		if err == nil {
 			n.tier.mu.Lock()
@@ -576,8 +576,10 @@ func (s *Store) evict(sess *Session) bool {
 	return true
 }
 
-// adoptID stores a session restored from disk under its own id and owner.
-func (s *Store) adoptID(id, owner string, st *hybrid.State, unfed []int, lastUsed time.Time) (*Session, error) {
+// adoptID stores a session under its own id and owner: restored from disk
+// (counted for its owner already), or moved here from another trunk (count:
+// the trunk it left uncounted it).
+func (s *Store) adoptID(id, owner string, st *hybrid.State, unfed []int, lastUsed time.Time, count bool) (*Session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, dup := s.sessions[id]; dup {
@@ -588,7 +590,10 @@ func (s *Store) adoptID(id, owner string, st *hybrid.State, unfed []int, lastUse
 		st.Release()
 		return nil, fmt.Errorf("%w: no room to restore session %s", ErrMemoryFull, clip(id))
 	}
-	st.Attach(&s.pages) // its owner's count includes it already (on disk)
+	if count {
+		s.ownLocked(owner, false, true) // a move: the client's still, whatever its limit
+	}
+	st.Attach(&s.pages)
 	sess := &Session{ID: id, State: st, Unfed: unfed, lastUsed: lastUsed, owner: owner}
 	s.sessions[id] = sess
 	s.recUsed += s.recPer
