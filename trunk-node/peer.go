@@ -623,16 +623,18 @@ func (s *peerAPI) Drop(ctx context.Context, req *pb.DropRequest) (*pb.DropRespon
 // replica copy; it reports whether any was here.
 func (n *Node) dropLocal(owner, sid string) bool {
 	found := false
-	if _, err := n.store.DeleteFor(owner, sid); err == nil {
-		found = true
-	}
 	if n.tier != nil {
-		unlock := n.tier.lock(sid) // not while a restore reads the file
+		// Under the session's restore lock: a restore in progress finishes
+		// first, and its result is deleted below.
+		unlock := n.tier.lock(sid)
+		defer unlock()
 		if _, ok := n.tier.has(owner, sid, false); ok {
 			n.tier.remove(sid)
 			found = true
 		}
-		unlock()
+	}
+	if _, err := n.store.DeleteFor(owner, sid); err == nil {
+		found = true
 	}
 	if c := n.replicas.get(owner, sid); c != nil {
 		n.replicas.drop(sid)

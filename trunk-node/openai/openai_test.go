@@ -124,23 +124,37 @@ func TestResponseStore(t *testing.T) {
 	if orphans := st.put(a); len(orphans) != 0 {
 		t.Fatal(orphans)
 	}
-	if st.get("bob", "a") != nil || st.get("alice", "a") != a || !st.isLatest(a) {
+	get := func(client, id string) *responseRecord { r, _ := st.get(client, id); return r }
+	latest := func(r *responseRecord) bool { st.mu.Lock(); defer st.mu.Unlock(); return st.latest[r.session] == r.id }
+	if get("bob", "a") != nil || get("alice", "a") != a || !latest(a) {
 		t.Fatal("lookup")
 	}
 	b := &responseRecord{id: "b", client: "alice", session: "s1"} // continues s1
 	st.put(b)
-	if st.isLatest(a) || !st.isLatest(b) {
+	if latest(a) || !latest(b) {
 		t.Fatal("latest")
+	}
+	// One follow-up at a time continues a session in place; a failed one
+	// leaves it to replay.
+	st2 := newResponseStore(ResponsesConfig{})
+	x := &responseRecord{id: "x", client: "alice", session: "s9"}
+	st2.put(x)
+	if !st2.claim(x) || st2.claim(x) {
+		t.Fatal("claim")
+	}
+	st2.unclaim("s9")
+	if st2.claim(x) {
+		t.Fatal("a session whose follow-up failed was claimed again")
 	}
 	c := &responseRecord{id: "c", client: "alice", session: "s2"}
 	if orphans := st.put(c); len(orphans) != 0 { // a dropped: not the latest of s1, its session lives on
 		t.Fatalf("orphans %v", orphans)
 	}
-	if st.get("alice", "a") != nil {
+	if get("alice", "a") != nil {
 		t.Fatal("a should be gone")
 	}
 	d := &responseRecord{id: "d", client: "alice", session: "s3"}
-	if orphans := st.put(d); !slices.Equal(orphans, []string{"s1"}) { // b dropped: s1 is unreachable
+	if orphans := st.put(d); !slices.Equal(orphans, []orphan{{"s1", "alice"}}) { // b dropped: s1 is unreachable
 		t.Fatalf("orphans %v", orphans)
 	}
 	if session, ok := st.remove("bob", "c"); ok || session != "" {
@@ -151,7 +165,7 @@ func TestResponseStore(t *testing.T) {
 	}
 	st.cfg.TTL = time.Nanosecond
 	time.Sleep(time.Millisecond)
-	if orphans := st.put(&responseRecord{id: "e", client: "alice"}); !slices.Contains(orphans, "s3") {
+	if orphans := st.put(&responseRecord{id: "e", client: "alice"}); !slices.Contains(orphans, orphan{"s3", "alice"}) {
 		t.Fatalf("expiry orphans %v", orphans)
 	}
 }

@@ -60,30 +60,54 @@ func newResponseStore(cfg ResponsesConfig) *responseStore {
 	return &responseStore{cfg: cfg, byID: map[string]*responseRecord{}, latest: map[string]string{}, lru: list.New()}
 }
 
-// get returns a record of client (touching it), or nil.
-func (st *responseStore) get(client, id string) *responseRecord {
+// orphan is a session no stored response can reach any more, and its owner.
+type orphan struct{ session, owner string }
+
+// get returns a record of client (touching it), or nil, and the sessions
+// that expiring records orphaned.
+func (st *responseStore) get(client, id string) (*responseRecord, []orphan) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	st.expire(time.Now())
+	orphans := st.expire(time.Now())
 	r := st.byID[id]
 	if r == nil || r.client != client {
-		return nil
+		return nil, orphans
 	}
 	r.used = time.Now()
 	st.lru.MoveToFront(r.elem)
-	return r
+	return r, orphans
 }
 
-// isLatest reports whether r is its session's latest response.
-func (st *responseStore) isLatest(r *responseRecord) bool {
+// claim takes r's session for one follow-up in place: true when r is its
+// session's latest response and no other follow-up has claimed it (a second
+// concurrent follow-up replays instead). put (success) or unclaim (failure)
+// ends the claim.
+func (st *responseStore) claim(r *responseRecord) bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return r.session != "" && st.latest[r.session] == r.id
+	if r.session == "" || st.latest[r.session] != r.id {
+		return false
+	}
+	st.latest[r.session] = claimed
+	return true
+}
+
+// claimed marks a session a follow-up is continuing.
+const claimed = "\x00claimed"
+
+// unclaim forgets a session whose follow-up failed: its state is not known
+// to match any response any more (the caller deletes it).
+func (st *responseStore) unclaim(session string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.latest[session] == claimed {
+		delete(st.latest, session)
+	}
 }
 
 // put stores r as its session's latest response and returns the sessions of
 // records dropped to make room whose state nobody can reach any more.
-func (st *responseStore) put(r *responseRecord) (orphans []string) {
+func (st *responseStore) put(r *responseRecord) (orphans []orphan) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	r.used = time.Now()
@@ -110,12 +134,12 @@ func (st *responseStore) remove(client, id string) (session string, ok bool) {
 	}
 	s := st.drop(r)
 	if len(s) > 0 {
-		return s[0], true
+		return s[0].session, true
 	}
 	return "", true
 }
 
-func (st *responseStore) expire(now time.Time) (orphans []string) {
+func (st *responseStore) expire(now time.Time) (orphans []orphan) {
 	for e := st.lru.Back(); e != nil; e = st.lru.Back() {
 		r := e.Value.(*responseRecord)
 		if now.Sub(r.used) < st.cfg.TTL {
@@ -126,12 +150,12 @@ func (st *responseStore) expire(now time.Time) (orphans []string) {
 	return orphans
 }
 
-func (st *responseStore) drop(r *responseRecord) []string {
+func (st *responseStore) drop(r *responseRecord) []orphan {
 	st.lru.Remove(r.elem)
 	delete(st.byID, r.id)
 	if r.session != "" && st.latest[r.session] == r.id {
 		delete(st.latest, r.session)
-		return []string{r.session}
+		return []orphan{{r.session, r.client}}
 	}
 	return nil
 }
@@ -308,7 +332,10 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 	}
 	var prev *responseRecord
 	if req.PreviousResponseID != "" {
-		if prev = s.store.get(client, req.PreviousResponseID); prev == nil {
+		var orphans []orphan
+		prev, orphans = s.store.get(client, req.PreviousResponseID)
+		s.dropOrphans(orphans)
+		if prev == nil {
 			writeError(w, http.StatusNotFound, "invalid_request_error", "previous_response_not_found",
 				"previous response "+clip(req.PreviousResponseID, 80)+" is not stored (it expired, was deleted, or was created with store: false); send the whole conversation as input instead")
 			return
@@ -347,7 +374,7 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 	}
 	// Where the state comes from: the previous response's session in place,
 	// else a replay of its tokens.
-	inPlace := prev != nil && store && s.store.isLatest(prev)
+	inPlace := prev != nil && store && s.store.claim(prev)
 	if prev != nil {
 		creq.SessionID = prev.session
 		if !inPlace {
@@ -475,6 +502,7 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 		return nil
 	})
 	if err != nil && inPlace && status.Code(err) == codes.NotFound {
+		s.store.unclaim(prev.session)
 		// The session expired (or was deleted) under the stored response:
 		// replay the recorded tokens into a new session.
 		replay()
@@ -539,9 +567,7 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 	obj.Usage = &responseUsage{InputTokens: u.PromptTokens, OutputTokens: u.CompletionTokens, TotalTokens: u.TotalTokens}
 	obj.Usage.InputTokensDetails.CachedTokens = res.CachedTokens
 	if store {
-		for _, id := range s.store.put(&responseRecord{id: obj.ID, client: rpc.ClientIdentity(ctx), session: session, history: append(history, generated...), obj: obj}) {
-			_ = s.b.DeleteSession(context.WithoutCancel(ctx), id)
-		}
+		s.dropOrphans(s.store.put(&responseRecord{id: obj.ID, client: rpc.ClientIdentity(ctx), session: session, history: append(history, generated...), obj: obj}))
 	}
 	if out == nil {
 		writeJSON(w, http.StatusOK, obj)
@@ -572,15 +598,29 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 	_ = event(typ, map[string]any{"response": obj})
 }
 
-// dropSession deletes a session created for a response that failed.
+// dropSession deletes the session of a response that failed: one created for
+// it, or the one it continued in place (whose state may now hold part of the
+// failed turn: later follow-ups replay the recorded tokens instead).
 func (s *Server) dropSession(ctx context.Context, session string, inPlace bool) {
-	if session != "" && !inPlace {
-		_ = s.b.DeleteSession(context.WithoutCancel(ctx), session)
+	if session == "" {
+		return
+	}
+	if inPlace {
+		s.store.unclaim(session)
+	}
+	_ = s.b.DeleteSession(context.WithoutCancel(ctx), session)
+}
+
+// dropOrphans deletes sessions no stored response reaches, as their owners.
+func (s *Server) dropOrphans(orphans []orphan) {
+	for _, o := range orphans {
+		_ = s.b.DeleteSession(rpc.WithIdentity(context.Background(), o.owner), o.session)
 	}
 }
 
 func (s *Server) getResponse(w http.ResponseWriter, r *http.Request) {
-	rec := s.store.get(rpc.ClientIdentity(r.Context()), r.PathValue("id"))
+	rec, orphans := s.store.get(rpc.ClientIdentity(r.Context()), r.PathValue("id"))
+	s.dropOrphans(orphans)
 	if rec == nil {
 		writeError(w, http.StatusNotFound, "invalid_request_error", "response_not_found", "response "+clip(r.PathValue("id"), 80)+" is not stored")
 		return
