@@ -46,6 +46,9 @@ var (
 	ErrSpecialText = errors.New("chat: special-token text in a tool definition or call")
 	// ErrTools means tools were given but the template does not render them.
 	ErrTools = errors.New("chat: the model's chat template does not render tools")
+	// ErrToolsLater means tools were given on a later turn of a kept
+	// conversation, and the template renders them only at its start.
+	ErrToolsLater = errors.New("chat: tools can be given on the first turn of a conversation only (the chat template shows them in its first system prompt)")
 )
 
 // Message is one turn of a conversation.
@@ -218,6 +221,18 @@ func (t *Template) EncodeTurn(r Request) ([]int, error) {
 	real, err := t.render(full, nil)
 	if err != nil {
 		return nil, err
+	}
+	if len(r.Tools) > 0 {
+		// Tools the template renders before the cut would be dropped.
+		bare := full
+		bare.Tools = nil
+		plain, err := t.render(bare, nil)
+		if err != nil {
+			return nil, err
+		}
+		if tail := func(x string) string { return x[strings.Index(x, stubAssistant):] }; tail(plain) == tail(real) {
+			return nil, ErrToolsLater
+		}
 	}
 	cut := strings.Index(real, stubAssistant)
 	if cut < 0 || strings.Count(real, stubAssistant) != 1 {

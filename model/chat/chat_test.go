@@ -354,3 +354,14 @@ func TestEncodeTurn(t *testing.T) {
 		})
 	}
 }
+
+// TestToolsOnALaterTurn: tools the template shows only at the start of a
+// conversation are refused on a later turn instead of being dropped.
+func TestToolsOnALaterTurn(t *testing.T) {
+	g := graniteTemplate(t)
+	_, err := g.EncodeTurn(Request{Messages: []Message{{Role: "user", Content: "x"}}, AddGenerationPrompt: true,
+		Tools: []json.RawMessage{json.RawMessage(`{"type":"function","function":{"name":"f"}}`)}})
+	if !errors.Is(err, ErrToolsLater) {
+		t.Errorf("err = %v, want ErrToolsLater", err)
+	}
+}

@@ -74,7 +74,9 @@ func (s *Server) planChat(ctx context.Context, req *chatRequest) (*chatPlan, err
 			if t.Type != "function" || t.Function.Name == "" {
 				return nil, invalid("tools[%d] must be {\"type\": \"function\", \"function\": {\"name\": ...}}", i)
 			}
-			cr.Tools = append(cr.Tools, t.raw)
+			if !req.toolsKnown {
+				cr.Tools = append(cr.Tools, t.raw)
+			}
 			if forced == "" || forced == t.Function.Name {
 				forceTools = append(forceTools, t)
 			}

@@ -37,6 +37,7 @@ type ResponsesConfig struct {
 type responseRecord struct {
 	id, client, session string
 	history             []int32 // the conversation's tokens up to the end of this response
+	tools               string  // the tools its conversation was given (JSON)
 	obj                 *responseObj
 	used                time.Time
 	elem                *list.Element
@@ -344,6 +345,11 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 	// The chat machinery does the rest: tools, formats, sampling, the prompt.
 	creq := chatRequest{Model: req.Model, MaxCompletionTokens: req.MaxOutputTokens, Temperature: req.Temperature, TopP: req.TopP,
 		Seed: req.Seed, ToolChoice: req.ToolChoice}
+	if len(req.Tools) == 0 && prev != nil && prev.tools != "" {
+		// A follow-up that does not repeat the tools still has them: the
+		// model may call them, and the calls are parsed.
+		_ = json.Unmarshal([]byte(prev.tools), &req.Tools)
+	}
 	for _, t := range req.Tools {
 		if t.Type != "function" {
 			writeStatus(w, invalid("tools of type %q are not supported (function tools only)", clip(t.Type, 40)))
@@ -371,6 +377,20 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 			cm.ToolCalls = append(cm.ToolCalls, toolCall{ID: c.ID, Type: "function", Function: toolCallFunction{Name: c.Name, Arguments: c.Arguments}})
 		}
 		creq.Messages = append(creq.Messages, cm)
+	}
+	// Tools are rendered by the conversation's first turn: a follow-up may
+	// repeat them (they are parsed again, not re-rendered) but not change them.
+	toolsJSON := ""
+	if len(req.Tools) > 0 {
+		b, _ := json.Marshal(req.Tools)
+		toolsJSON = string(b)
+	}
+	if prev != nil && toolsJSON != "" {
+		if toolsJSON != prev.tools {
+			writeStatus(w, invalid("tools differ from those of the conversation's first turn (the chat template shows tools in its first system prompt only); send the whole conversation as input to change them"))
+			return
+		}
+		creq.toolsKnown = true
 	}
 	// Where the state comes from: the previous response's session in place,
 	// else a replay of its tokens.
@@ -567,7 +587,7 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 	obj.Usage = &responseUsage{InputTokens: u.PromptTokens, OutputTokens: u.CompletionTokens, TotalTokens: u.TotalTokens}
 	obj.Usage.InputTokensDetails.CachedTokens = res.CachedTokens
 	if store {
-		s.dropOrphans(s.store.put(&responseRecord{id: obj.ID, client: rpc.ClientIdentity(ctx), session: session, history: append(history, generated...), obj: obj}))
+		s.dropOrphans(s.store.put(&responseRecord{id: obj.ID, client: rpc.ClientIdentity(ctx), session: session, history: append(history, generated...), tools: toolsJSON, obj: obj}))
 	}
 	if out == nil {
 		writeJSON(w, http.StatusOK, obj)

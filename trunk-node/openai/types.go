@@ -36,6 +36,9 @@ type chatRequest struct {
 	MinP              *float32 `json:"min_p"`
 	RepetitionPenalty *float32 `json:"repetition_penalty"`
 	IgnoreEOS         bool     `json:"ignore_eos"`
+	// toolsKnown: the conversation's first turn rendered these tools
+	// already (a Responses follow-up); they are parsed, not rendered again.
+	toolsKnown bool
 }
 
 type streamOptions struct {
