@@ -68,6 +68,12 @@ func (s *Server) planChat(ctx context.Context, req *chatRequest) (*chatPlan, err
 		return nil, err
 	}
 	plan := &chatPlan{}
+	if req.SessionID != "" && req.SessionID != "new" {
+		// A kept conversation shows its tools from its first turn; clients
+		// send them again on every turn: they are parsed, not rendered again
+		// (tools first given on a later turn do not reach the model).
+		req.toolsKnown = true
+	}
 	var forceTools []tool
 	if len(req.Tools) > 0 && choice != "none" {
 		for i, t := range req.Tools {
