@@ -397,7 +397,14 @@ func (a *api) pump(ctx context.Context, job *Job, emit func([]Event) error) (*Fi
 		evs, fin := job.Drain()
 		if len(evs) > 0 {
 			if err := emit(evs); err != nil {
+				// The client cannot take more: end the job and wait for its
+				// end, so its session is free when this returns.
 				job.stop(err)
+				for fin == nil {
+					<-job.Notify()
+					_, fin = job.Drain()
+				}
+				a.n.metrics.jobFinished(job, fin)
 				return nil, err
 			}
 		}
