@@ -36,8 +36,21 @@ func TestSessionsBench(t *testing.T) {
 		if model != "" {
 			cfg.ModelPath = model
 		}
-		cfg.Limits.MaxContext = slices.Max(lengths) + 64
+		cfg.Limits.MaxContext = 4096
+		if len(lengths) > 0 {
+			cfg.Limits.MaxContext = max(slices.Max(lengths)+64, 4096)
+		}
 		cfg.Tier = TierConfig{Dir: t.TempDir()}
+	}
+	envInt := func(name string, def int) int {
+		if v := os.Getenv(name); v != "" {
+			fmt.Sscan(v, &def)
+		}
+		return def
+	}
+	rounds, perTurn, sessions := envInt("BENCH_ROUNDS", 8), envInt("BENCH_TOKENS", 32), envInt("BENCH_SESSIONS", 32)
+	if os.Getenv("BENCH_SKIP_TIER") != "" {
+		lengths = nil
 	}
 	c, n, _ := serveNode(t, edit)
 	ctx := context.Background()
@@ -70,7 +83,7 @@ func TestSessionsBench(t *testing.T) {
 	}
 
 	// Decode throughput at 32 concurrent sessions, replication on and off.
-	fmt.Printf("\n| replicas | tokens/s (32 sessions, 2 trunks) | copies sent | bytes per copy | time per copy | lag p50 | lag p99 |\n|---|---|---|---|---|---|---|\n")
+	fmt.Printf("\n| replicas | tokens/s (%d sessions, 2 trunks) | copies sent | bytes per copy | time per copy | lag p50 | lag p99 |\n|---|---|---|---|---|---|---|\n", sessions)
 	for _, replicas := range []int{0, 1, 0, 1} {
 		clis, nodes, _ := trunks(t, 2, func(_ int, cfg *Config) {
 			if model != "" {
@@ -78,15 +91,15 @@ func TestSessionsBench(t *testing.T) {
 			}
 			cfg.Replication.Replicas = replicas
 		})
-		ids := createSessions(t, clis[0], 32)
+		ids := createSessions(t, clis[0], sessions)
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		tokens := 0
 		start := time.Now()
 		for i, id := range ids {
 			wg.Go(func() {
-				for round := range 8 {
-					r := generate(t, clis[0], &pb.GenerateRequest{SessionId: id, Input: &pb.GenerateRequest_Text{Text: fmt.Sprintf("turn %d of %d", round, i)}, MaxTokens: 32, IgnoreEos: true})
+				for round := range rounds {
+					r := generate(t, clis[0], &pb.GenerateRequest{SessionId: id, Input: &pb.GenerateRequest_Text{Text: fmt.Sprintf("turn %d of %d", round, i)}, MaxTokens: int32(perTurn), IgnoreEos: true})
 					if r.status != nil {
 						t.Error(r.status)
 						return
