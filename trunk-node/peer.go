@@ -243,7 +243,9 @@ func (p *peers) pull(ctx context.Context, owner, sid string) (*Session, error) {
 		found = append(found, g)
 	}
 	if local != nil {
-		found = append(found, got{data: local.data, tokens: local.tokens, replica: true})
+		if data, tokens, err := p.n.replicas.file(local); err == nil {
+			found = append(found, got{data: data, tokens: tokens, replica: true})
+		}
 	}
 	if len(found) == 0 {
 		if firstErr != nil {
@@ -521,9 +523,14 @@ func (s *peerAPI) Release(req *pb.ReleaseRequest, stream pb.TrunkPeer_ReleaseSer
 				if !s.n.replicas.claim(req.SessionId) {
 					return toStatus(fmt.Errorf("%w: another trunk is taking session %s over", ErrSessionBusy, clip(req.SessionId)))
 				}
+				data, tokens, err := s.n.replicas.file(c)
+				if err != nil {
+					s.n.replicas.unclaim(req.SessionId, false)
+					return toStatus(err)
+				}
 				w := &chunkWriter{send: stream.Send, buf: make([]byte, 0, snapChunk),
-					first: &pb.SessionSnapshotChunk{TotalBytes: int64(len(c.data)), Tokens: c.tokens, Replica: true}}
-				if _, err := w.Write(c.data); err != nil {
+					first: &pb.SessionSnapshotChunk{TotalBytes: int64(len(data)), Tokens: tokens, Replica: true}}
+				if _, err := w.Write(data); err != nil {
 					return toStatus(err)
 				}
 				return toStatus(w.flush())

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
@@ -39,13 +41,31 @@ type ReplicationConfig struct {
 type replica struct {
 	owner   string
 	tokens  int32
-	data    []byte
+	data    []byte   // a full session file
+	deltas  [][]byte // deltas after it, in order (delta.go)
 	updated time.Time
+}
+
+// size is the memory a copy holds.
+func (c *replica) size() int64 {
+	n := int64(len(c.data))
+	for _, d := range c.deltas {
+		n += int64(len(d))
+	}
+	return n
+}
+
+// sentState is what a replica trunk holds of a session: the position of the
+// last copy it acknowledged and how many deltas followed its full copy.
+type sentState struct {
+	pos    int
+	deltas int
 }
 
 // replicaStats are the replication metrics.
 type replicaStats struct {
 	Sent, SentBytes, Failed, Received, ReceivedBytes, Dropped, Failovers uint64
+	Deltas                                                               uint64 // copies sent as deltas
 	SendSeconds                                                          float64 // time spent cloning, encoding and sending
 	Held                                                                 int
 	HeldBytes                                                            int64
@@ -57,8 +77,9 @@ type replicator struct {
 	cfg ReplicationConfig
 
 	mu      sync.Mutex
-	queue   map[string]time.Time // session -> when its turn ended (coalesced)
-	sending bool                 // a session is being sent
+	queue   map[string]time.Time            // session -> when its turn ended (coalesced)
+	sent    map[string]map[string]sentState // session -> replica trunk -> what it holds
+	sending bool                            // a session is being sent
 	wake    chan struct{}
 	held    map[string]*replica    // copies of other trunks' sessions
 	claimed map[string]*time.Timer // copies being taken over (Release .. Forget)
@@ -67,7 +88,7 @@ type replicator struct {
 }
 
 func newReplicator(n *Node, cfg ReplicationConfig) *replicator {
-	return &replicator{n: n, cfg: cfg, queue: map[string]time.Time{}, wake: make(chan struct{}, 1), held: map[string]*replica{}, claimed: map[string]*time.Timer{}}
+	return &replicator{n: n, cfg: cfg, queue: map[string]time.Time{}, wake: make(chan struct{}, 1), held: map[string]*replica{}, claimed: map[string]*time.Timer{}, sent: map[string]map[string]sentState{}}
 }
 
 // later queues a session for replication (the latest state is sent once).
@@ -134,26 +155,60 @@ func (r *replicator) send(ctx context.Context, sid string, since time.Time) {
 	}
 	snap, release, err := r.n.store.cloneIdle(sid)
 	if err != nil {
+		if err == ErrSessionNotFound {
+			r.mu.Lock()
+			delete(r.sent, sid)
+			r.mu.Unlock()
+		}
 		return // gone, or running a turn, whose end queues it again
 	}
-	b, err := encodeTier(snap, r.n.snap)
+	defer release()
 	tokens := int32(snap.State.Pos)
-	release()
-	if err != nil {
-		r.n.logger().Warn("encoding a replica failed", "session", sid, "err", err)
-		return
-	}
+	var full []byte // encoded once, when some target needs it
 	for _, target := range rank(sid, others)[:min(r.cfg.Replicas, len(others))] {
-		err := p.replicate(ctx, others[target], b, tokens)
+		r.mu.Lock()
+		prev, known := r.sent[sid][target]
+		r.mu.Unlock()
+		var b []byte
+		delta := known && prev.deltas < maxDeltas && prev.pos <= snap.State.Pos
+		if delta {
+			b, err = encodeDelta(snap, prev.pos, r.n.cfg.SnapshotKey)
+			if err == nil {
+				err = p.replicate(ctx, others[target], b, tokens)
+				if status.Code(err) == codes.FailedPrecondition {
+					delta = false // the replica cannot apply it: a full copy
+				}
+			}
+		}
+		if !delta {
+			if full == nil {
+				if full, err = encodeTier(snap, r.n.snap); err != nil {
+					r.n.logger().Warn("encoding a replica failed", "session", sid, "err", err)
+					return
+				}
+			}
+			b = full
+			err = p.replicate(ctx, others[target], b, tokens)
+		}
 		r.mu.Lock()
 		if err != nil {
 			r.stats.Failed++
+			delete(r.sent[sid], target)
 		} else {
 			r.stats.Sent++
 			r.stats.SentBytes += uint64(len(b))
 			if r.lagHist != nil {
 				r.lagHist.Observe(time.Since(since).Seconds())
 			}
+			if r.sent[sid] == nil {
+				r.sent[sid] = map[string]sentState{}
+			}
+			st := sentState{pos: snap.State.Pos}
+			if delta {
+				st.deltas = prev.deltas + 1
+				r.stats.Deltas++
+			}
+			r.sent[sid][target] = st
 		}
 		r.mu.Unlock()
 		if err != nil {
@@ -170,7 +225,7 @@ func (r *replicator) keep(sid, owner string, tokens int32, data []byte) {
 		if old.tokens > tokens {
 			return // an older copy arriving late
 		}
-		r.stats.HeldBytes -= int64(len(old.data))
+		r.stats.HeldBytes -= old.size()
 	}
 	r.held[sid] = &replica{owner: owner, tokens: tokens, data: data, updated: time.Now()}
 	r.stats.HeldBytes += int64(len(data))
@@ -186,7 +241,7 @@ func (r *replicator) keep(sid, owner string, tokens int32, data []byte) {
 			if r.stats.HeldBytes <= r.cfg.MaxBytes || id == sid {
 				break
 			}
-			r.stats.HeldBytes -= int64(len(r.held[id].data))
+			r.stats.HeldBytes -= r.held[id].size()
 			delete(r.held, id)
 			r.stats.Dropped++
 		}
@@ -216,7 +271,7 @@ func (r *replicator) drop(sid string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if c := r.held[sid]; c != nil {
-		r.stats.HeldBytes -= int64(len(c.data))
+		r.stats.HeldBytes -= c.size()
 		delete(r.held, sid)
 		r.stats.Held = len(r.held)
 	}
@@ -308,6 +363,16 @@ func (s *peerAPI) Replicate(stream pb.TrunkPeer_ReplicateServer) error {
 	if first != nil {
 		tokens = first.Tokens
 	}
+	if len(b) >= 4 && string(b[:4]) == deltaMagic {
+		h, err := readDeltaHead(b, s.n.cfg.SnapshotKey)
+		if err != nil {
+			return toStatus(err)
+		}
+		if !r.keepDelta(h, b) {
+			return status.Errorf(codes.FailedPrecondition, "no copy of session %s at position %d here: send a full copy", clip(h.id), h.base)
+		}
+		return stream.SendAndClose(&pb.ReplicateResponse{})
+	}
 	if err := verifyTier(b, s.n.cfg.SnapshotKey); err != nil {
 		return toStatus(err)
 	}
@@ -382,7 +447,11 @@ func (r *replicator) handOff(ctx context.Context, p *peers) {
 	}
 	r.mu.Unlock()
 	for sid, c := range held {
-		if err := p.replicate(ctx, others[rank(sid, others)[0]], c.data, c.tokens); err != nil {
+		b, tokens, err := r.file(c)
+		if err == nil {
+			err = p.replicate(ctx, others[rank(sid, others)[0]], b, tokens)
+		}
+		if err != nil {
 			r.n.logger().Warn("handing a replica to a peer failed", "session", sid, "err", err)
 		}
 	}
@@ -408,7 +477,7 @@ func (r *replicator) expire(now time.Time, ttl time.Duration) {
 	defer r.mu.Unlock()
 	for id, c := range r.held {
 		if now.Sub(c.updated) > ttl {
-			r.stats.HeldBytes -= int64(len(c.data))
+			r.stats.HeldBytes -= c.size()
 			delete(r.held, id)
 		}
 	}
@@ -454,4 +523,42 @@ func (r *replicator) has(sid string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.held[sid] != nil
+}
+
+// keepDelta appends a delta to the copy it follows; false when there is no
+// such copy here (the sender then sends a full one).
+func (r *replicator) keepDelta(h deltaHead, data []byte) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.held[h.id]
+	if c == nil || c.owner != h.owner || int(c.tokens) != h.base || r.claimed[h.id] != nil {
+		return false
+	}
+	c.deltas = append(c.deltas, data)
+	c.tokens = int32(h.upto)
+	c.updated = time.Now()
+	r.stats.HeldBytes += int64(len(data))
+	r.stats.Received++
+	r.stats.ReceivedBytes += uint64(len(data))
+	return true
+}
+
+// file returns a copy as one session file (its deltas applied) and its
+// token count.
+func (r *replicator) file(c *replica) ([]byte, int32, error) {
+	r.mu.Lock()
+	full, deltas, tokens := c.data, append([][]byte(nil), c.deltas...), c.tokens
+	r.mu.Unlock()
+	b, err := assemble(full, deltas, r.n.snap)
+	return b, tokens, err
+}
+
+// tokensOf is the token count of the copy of sid kept here (-1: none).
+func (r *replicator) tokensOf(sid string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.held[sid]; c != nil {
+		return int(c.tokens)
+	}
+	return -1
 }

@@ -182,6 +182,10 @@ func (c *KVCache) DType() tensor.DType {
 // Len is the number of tokens held.
 func (c *KVCache) Len() int { return c.n }
 
+// Width is the number of values of one token's K (or V) row: kv heads times
+// head size (the row length of Append and Row).
+func (c *KVCache) Width() int { return c.kvHeads * c.headDim }
+
 // pageFloats is the number of values of one page (K and V).
 func (c *KVCache) pageFloats() int { return 2 * c.kvHeads * c.headDim * PageTokens }
 
