@@ -65,7 +65,7 @@ type sentState struct {
 // replicaStats are the replication metrics.
 type replicaStats struct {
 	Sent, SentBytes, Failed, Received, ReceivedBytes, Dropped, Failovers uint64
-	Deltas                                                               uint64 // copies sent as deltas
+	Deltas                                                               uint64  // copies sent as deltas
 	SendSeconds                                                          float64 // time spent cloning, encoding and sending
 	Held                                                                 int
 	HeldBytes                                                            int64
