@@ -229,3 +229,82 @@ func TestTrunkKillLosesNoFinishedTurn(t *testing.T) {
 	}
 	t.Logf("rolling restart of 2 trunks: every session continued; %d UNAVAILABLE answers retried", unavailable)
 }
+
+// rssBytes is a process's resident set size (Linux).
+func rssBytes(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			var kb int64
+			fmt.Sscan(f[1], &kb)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// TestOffloadKeepsRSSWithinBudget: a trunk process with room for 8 sessions
+// of 1 MiB serves 80 of them round-robin (twice each): every turn succeeds
+// and its resident memory grows by far less than the 80 MiB the sessions
+// would hold in memory.
+func TestOffloadKeepsRSSWithinBudget(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a trunk process")
+	}
+	addr := freePort(t)
+	cmd := exec.Command(binary(t), "trunk", "--node-id", "trunk-rss", "--listen", addr, "--model", fixtureModel(t), "--local-experts",
+		"--metrics-addr", "", "--log-level", "warn", "--offload-dir", t.TempDir(),
+		"--recurrent-budget", fmt.Sprint(8*40<<10+1024), "--kv-budget", fmt.Sprint(8<<20), "--max-context", "4096")
+	var log strings.Builder
+	cmd.Stderr = &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cli := pb.NewSwitchyardClient(conn)
+	testutil.WaitFor(t, "the trunk to serve", func() bool {
+		_, err := cli.ModelInfo(context.Background(), &pb.ModelInfoRequest{})
+		return err == nil
+	})
+	ctx := context.Background()
+	prompt := make([]int32, 2040)
+	for i := range prompt {
+		prompt[i] = int32(1 + i%400)
+	}
+	const N = 80
+	var ids []string
+	var base int64
+	for i := range N {
+		prompt[0] = int32(1 + i)
+		s, err := cli.CreateSession(ctx, &pb.CreateSessionRequest{Prompt: &pb.CreateSessionRequest_TokenIds{TokenIds: &pb.TokenIds{Ids: prompt}}})
+		if err != nil {
+			t.Fatalf("session %d: %v\n%s", i, err, log.String())
+		}
+		ids = append(ids, s.SessionId)
+		if i == 8 {
+			base = rssBytes(t, cmd.Process.Pid) // the budget is full from here on
+		}
+	}
+	for round := range 2 {
+		for i, id := range ids {
+			if _, err := turn(ctx, cli, id, fmt.Sprintf("round %d", round)); err != nil {
+				t.Fatalf("round %d session %d: %v", round, i, err)
+			}
+		}
+	}
+	grew := rssBytes(t, cmd.Process.Pid) - base
+	t.Logf("80 sessions of ~1 MiB with room for 8: resident memory grew %.1f MiB after the budget was full", float64(grew)/(1<<20))
+	if grew > 40<<20 {
+		t.Errorf("resident memory grew %.1f MiB; 80 sessions in memory would be 80 MiB, the budget 8 MiB", float64(grew)/(1<<20))
+	}
+}
