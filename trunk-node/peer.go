@@ -644,9 +644,13 @@ func (n *Node) dropLocal(owner, sid string) bool {
 		found = true
 	}
 	if c := n.replicas.get(owner, sid); c != nil {
-		n.replicas.drop(sid)
 		found = true
 	}
+	// A copy still in flight (sent before the delete) must not revive it,
+	// here or on a trunk that held nothing yet. (Session ids are
+	// unguessable, so another client cannot tombstone a session it does
+	// not know.)
+	n.replicas.tombstone(sid)
 	return found
 }
 

@@ -83,12 +83,15 @@ type replicator struct {
 	wake    chan struct{}
 	held    map[string]*replica    // copies of other trunks' sessions
 	claimed map[string]*time.Timer // copies being taken over (Release .. Forget)
+	// tombs are deleted sessions: a copy sent before the delete and
+	// arriving after it must not bring the session back.
+	tombs   map[string]time.Time
 	stats   replicaStats
 	lagHist prometheus.Histogram
 }
 
 func newReplicator(n *Node, cfg ReplicationConfig) *replicator {
-	return &replicator{n: n, cfg: cfg, queue: map[string]time.Time{}, wake: make(chan struct{}, 1), held: map[string]*replica{}, claimed: map[string]*time.Timer{}, sent: map[string]map[string]sentState{}}
+	return &replicator{n: n, cfg: cfg, queue: map[string]time.Time{}, wake: make(chan struct{}, 1), held: map[string]*replica{}, claimed: map[string]*time.Timer{}, sent: map[string]map[string]sentState{}, tombs: map[string]time.Time{}}
 }
 
 // later queues a session for replication (the latest state is sent once).
@@ -217,10 +220,28 @@ func (r *replicator) send(ctx context.Context, sid string, since time.Time) {
 	}
 }
 
+// tombstone records a deleted session (and drops its copy).
+func (r *replicator) tombstone(sid string) {
+	if r == nil {
+		return
+	}
+	r.drop(sid)
+	r.mu.Lock()
+	r.tombs[sid] = time.Now()
+	r.mu.Unlock()
+}
+
+// tombTTL is how long a deleted session's copies are refused: far longer
+// than any copy takes in flight.
+const tombTTL = 10 * time.Minute
+
 // keep stores a copy received from a peer (a newer one replaces an older).
 func (r *replicator) keep(sid, owner string, tokens int32, data []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if _, dead := r.tombs[sid]; dead {
+		return // deleted: a copy sent before the delete
+	}
 	if old := r.held[sid]; old != nil {
 		if old.tokens > tokens {
 			return // an older copy arriving late
@@ -470,11 +491,19 @@ func (r *replicator) failover() {
 // expire drops copies not updated for ttl (their session expired or went
 // quiet: its trunk deletes it after the same idle time).
 func (r *replicator) expire(now time.Time, ttl time.Duration) {
-	if r == nil || ttl <= 0 {
+	if r == nil {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for id, at := range r.tombs {
+		if now.Sub(at) > tombTTL {
+			delete(r.tombs, id)
+		}
+	}
+	if ttl <= 0 {
+		return
+	}
 	for id, c := range r.held {
 		if now.Sub(c.updated) > ttl {
 			r.stats.HeldBytes -= c.size()
@@ -530,6 +559,9 @@ func (r *replicator) has(sid string) bool {
 func (r *replicator) keepDelta(h deltaHead, data []byte) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if _, dead := r.tombs[h.id]; dead {
+		return true // deleted: taken and ignored
+	}
 	c := r.held[h.id]
 	if c == nil || c.owner != h.owner || int(c.tokens) != h.base || r.claimed[h.id] != nil {
 		return false
