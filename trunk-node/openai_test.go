@@ -290,6 +290,9 @@ func TestOpenAIResponses(t *testing.T) {
 	if branch.OutputText() != inPlace.OutputText() {
 		t.Errorf("replayed branch %q, in-place continuation %q", branch.OutputText(), inPlace.OutputText())
 	}
+	if inPlace.Status != "incomplete" || inPlace.IncompleteDetails.Reason != "max_output_tokens" {
+		t.Errorf("a response cut by max_output_tokens: status %q, details %+v", inPlace.Status, inPlace.IncompleteDetails)
+	}
 	if branch.Usage.InputTokensDetails.CachedTokens != 0 {
 		t.Errorf("a branch reads the recorded tokens again: usage %+v", branch.Usage)
 	}

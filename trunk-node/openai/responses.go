@@ -218,28 +218,33 @@ func (it *inputItem) UnmarshalJSON(b []byte) error {
 }
 
 type responseObj struct {
-	ID                 string                   `json:"id"`
-	Object             string                   `json:"object"`
-	CreatedAt          int64                    `json:"created_at"`
-	Status             string                   `json:"status"`
-	Model              string                   `json:"model"`
-	Output             []outputItem             `json:"output"`
-	Usage              *responseUsage           `json:"usage,omitempty"`
-	PreviousResponseID *string                  `json:"previous_response_id"`
-	Store              bool                     `json:"store"`
-	Instructions       *string                  `json:"instructions"`
-	IncompleteDetails  *struct{ Reason string } `json:"incomplete_details"`
-	Error              *errorObj                `json:"error"`
-	Temperature        *float32                 `json:"temperature"`
-	TopP               *float32                 `json:"top_p"`
-	MaxOutputTokens    *int                     `json:"max_output_tokens"`
-	Tools              []responseTool           `json:"tools"`
-	ToolChoice         json.RawMessage          `json:"tool_choice"`
-	ParallelToolCalls  bool                     `json:"parallel_tool_calls"`
-	Text               json.RawMessage          `json:"text"`
-	Metadata           map[string]string        `json:"metadata"`
+	ID                 string             `json:"id"`
+	Object             string             `json:"object"`
+	CreatedAt          int64              `json:"created_at"`
+	Status             string             `json:"status"`
+	Model              string             `json:"model"`
+	Output             []outputItem       `json:"output"`
+	Usage              *responseUsage     `json:"usage,omitempty"`
+	PreviousResponseID *string            `json:"previous_response_id"`
+	Store              bool               `json:"store"`
+	Instructions       *string            `json:"instructions"`
+	IncompleteDetails  *incompleteDetails `json:"incomplete_details"`
+	Error              *errorObj          `json:"error"`
+	Temperature        *float32           `json:"temperature"`
+	TopP               *float32           `json:"top_p"`
+	MaxOutputTokens    *int               `json:"max_output_tokens"`
+	Tools              []responseTool     `json:"tools"`
+	ToolChoice         json.RawMessage    `json:"tool_choice"`
+	ParallelToolCalls  bool               `json:"parallel_tool_calls"`
+	Text               json.RawMessage    `json:"text"`
+	Metadata           map[string]string  `json:"metadata"`
 	// SessionID is the Switchyard session holding the conversation (an extension).
 	SessionID string `json:"session_id,omitempty"`
+}
+
+// incompleteDetails says why a response is incomplete.
+type incompleteDetails struct {
+	Reason string `json:"reason"`
 }
 
 type outputItem struct {
@@ -572,9 +577,12 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	obj.Status = "completed"
-	if res.Reason == engine.FinishLength {
+	switch res.Reason {
+	case engine.FinishLength:
 		obj.Status = "incomplete"
-		obj.IncompleteDetails = &struct{ Reason string }{"max_output_tokens"}
+		obj.IncompleteDetails = &incompleteDetails{Reason: "max_output_tokens"}
+	case engine.FinishCancel:
+		obj.Status = "cancelled" // the client went away; what was generated is kept
 	}
 	if text.Len() > 0 || len(calls) == 0 {
 		obj.Output = append(obj.Output, outputItem{Type: "message", ID: msgID, Status: "completed", Role: "assistant",
