@@ -3,8 +3,6 @@ package trunknode
 import (
 	"context"
 	"io"
-	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,9 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -35,44 +31,12 @@ func fixtureHF(t testing.TB) string {
 	return d
 }
 
-// startLocal runs a trunk node with in-process experts on a loopback port.
+// startLocal runs a trunk node with in-process experts on a loopback port
+// (serveNode; stopped at cleanup).
 func startLocal(t *testing.T, edit func(*Config)) (pb.SwitchyardClient, *Node) {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.ModelPath = fixtureHF(t)
-	cfg.LocalExperts = true
-	cfg.Limits.MaxContext = 512
-	cfg.Limits.MaxNewTokens = 256
-	cfg.DrainTimeout = time.Second
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	if edit != nil {
-		edit(&cfg)
-	}
-	n, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Serve(ctx, lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		n.Close()
-	})
-	<-n.Ready()
-	return pb.NewSwitchyardClient(conn), n
+	c, n, _ := serveNode(t, edit)
+	return c, n
 }
 
 type genResult struct {

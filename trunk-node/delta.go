@@ -2,11 +2,9 @@ package trunknode
 
 import (
 	"bytes"
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
+	"io"
 	"math"
 	"time"
 
@@ -49,88 +47,61 @@ func encodeDelta(s *Session, base int, key []byte) ([]byte, error) {
 	if base > st.Pos {
 		return nil, fmt.Errorf("trunknode: delta base %d is past the session's %d tokens", base, st.Pos)
 	}
-	var b bytes.Buffer
-	u32 := func(v uint32) { binary.Write(&b, binary.LittleEndian, v) }
+	le := binary.LittleEndian
+	b := make([]byte, 0, 256+int(st.RecurrentBytes()))
 	f32s := func(v []float32) {
-		binary.Write(&b, binary.LittleEndian, uint64(len(v)))
 		for _, f := range v {
-			binary.Write(&b, binary.LittleEndian, math.Float32bits(f))
+			b = le.AppendUint32(b, math.Float32bits(f))
 		}
 	}
-	b.WriteString(deltaMagic)
-	u32(deltaVersion)
-	b.Write(appendStr(nil, s.ID))
-	b.Write(appendStr(nil, s.owner))
-	binary.Write(&b, binary.LittleEndian, s.lastUsed.UnixNano())
-	u32(uint32(base))
-	u32(uint32(st.Pos))
-	u32(uint32(len(s.Unfed)))
+	b = append(b, deltaMagic...)
+	b = le.AppendUint32(b, deltaVersion)
+	b = appendStr(b, s.ID)
+	b = appendStr(b, s.owner)
+	b = le.AppendUint64(b, uint64(s.lastUsed.UnixNano()))
+	b = le.AppendUint32(b, uint32(base))
+	b = le.AppendUint32(b, uint32(st.Pos))
+	b = le.AppendUint32(b, uint32(len(s.Unfed)))
 	for _, t := range s.Unfed {
-		u32(uint32(t))
+		b = le.AppendUint32(b, uint32(t))
 	}
-	u32(uint32(len(st.Conv)))
-	for _, c := range st.Conv {
-		f32s(c)
+	for _, group := range [][][]float32{st.Conv, st.SSM} {
+		b = le.AppendUint32(b, uint32(len(group)))
+		for _, c := range group {
+			b = le.AppendUint64(b, uint64(len(c)))
+			f32s(c)
+		}
 	}
-	u32(uint32(len(st.SSM)))
-	for _, c := range st.SSM {
-		f32s(c)
-	}
-	u32(uint32(len(st.KV)))
+	b = le.AppendUint32(b, uint32(len(st.KV)))
 	for i := range st.KV {
 		kv := &st.KV[i]
 		if kv.Len() != st.Pos {
 			return nil, fmt.Errorf("trunknode: KV layer %d holds %d tokens, the state %d", i, kv.Len(), st.Pos)
 		}
 		k, v := make([]float32, kv.Width()), make([]float32, kv.Width())
-		u32(uint32(kv.Width()))
-		for part := range 2 {
+		b = le.AppendUint32(b, uint32(kv.Width()))
+		for part := range 2 { // K rows, then V rows
 			for t := base; t < st.Pos; t++ {
 				kv.Row(t, k, v)
-				row := k
-				if part == 1 {
-					row = v
-				}
-				for _, f := range row {
-					binary.Write(&b, binary.LittleEndian, math.Float32bits(f))
+				if part == 0 {
+					f32s(k)
+				} else {
+					f32s(v)
 				}
 			}
 		}
 	}
-	out := b.Bytes()
-	body := len(out)
-	out = binary.LittleEndian.AppendUint32(out, crc32.ChecksumIEEE(out))
-	if key != nil {
-		mac := hmac.New(sha256.New, key)
-		mac.Write(out[:body])
-		out = mac.Sum(out)
-	}
-	return out, nil
+	return seal(b, key), nil
 }
 
 // readDeltaHead checks a delta's integrity and reads its head.
 func readDeltaHead(b []byte, key []byte) (deltaHead, error) {
 	var h deltaHead
-	macLen := 0
-	if key != nil {
-		macLen = sha256.Size
+	sealed, err := unseal(b, deltaMagic, deltaVersion, key)
+	if err != nil {
+		return h, err
 	}
-	if len(b) < 8+4+macLen || string(b[:4]) != deltaMagic || binary.LittleEndian.Uint32(b[4:]) != deltaVersion {
-		return h, fmt.Errorf("%w: not a session delta", errSnapshot)
-	}
-	body := len(b) - 4 - macLen
-	if crc32.ChecksumIEEE(b[:body]) != binary.LittleEndian.Uint32(b[body:]) {
-		return h, fmt.Errorf("%w: delta checksum mismatch", errSnapshot)
-	}
-	if macLen > 0 {
-		mac := hmac.New(sha256.New, key)
-		mac.Write(b[:body])
-		if !hmac.Equal(mac.Sum(nil), b[body+4:]) {
-			return h, fmt.Errorf("%w: the delta is not signed with this cluster's key", errSnapshotUnsigned)
-		}
-	}
-	r := bytes.NewReader(b[8:body])
-	var err error
+	r := bytes.NewReader(sealed[8:])
 	if h.id, err = readStr(r); err != nil {
 		return h, err
 	}
@@ -174,19 +145,23 @@ func applyDelta(st *hybrid.State, b []byte, vocab int) ([]int, error) {
 		}
 		unfed[i] = int(t)
 	}
+	// raw reads len(dst) float32s at once.
+	raw := func(dst []float32) error {
+		buf := make([]byte, 4*len(dst))
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return bad("truncated")
+		}
+		for i := range dst {
+			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(buf[4*i:]))
+		}
+		return nil
+	}
 	floats := func(dst []float32) error {
 		var m uint64
 		if err := binary.Read(r, binary.LittleEndian, &m); err != nil || m != uint64(len(dst)) {
 			return bad("recurrent state size")
 		}
-		for i := range dst {
-			var u uint32
-			if err := binary.Read(r, binary.LittleEndian, &u); err != nil {
-				return bad("truncated")
-			}
-			dst[i] = math.Float32frombits(u)
-		}
-		return nil
+		return raw(dst)
 	}
 	for _, group := range [][][]float32{st.Conv, st.SSM} {
 		var c uint32
@@ -211,12 +186,8 @@ func applyDelta(st *hybrid.State, b []byte, vocab int) ([]int, error) {
 		}
 		k, v := make([]float32, rows*int(w)), make([]float32, rows*int(w))
 		for _, dst := range [][]float32{k, v} {
-			for j := range dst {
-				var u uint32
-				if err := binary.Read(r, binary.LittleEndian, &u); err != nil {
-					return nil, bad("truncated KV")
-				}
-				dst[j] = math.Float32frombits(u)
+			if err := raw(dst); err != nil {
+				return nil, err
 			}
 		}
 		st.KV[i].Append(k, v, rows)

@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -608,13 +609,12 @@ func parseTier(b []byte, id snapIdentity) (sid, owner string, used time.Time, st
 	if owner, err = readStr(r); err != nil {
 		return "", "", time.Time{}, nil, nil, err
 	}
-	st, unfed, err = decodeTier(b, sid, owner, id)
-	if err != nil {
-		return "", "", time.Time{}, nil, nil, err
-	}
 	var ns int64
-	for i := range 8 {
-		ns |= int64(b[8+2+len(sid)+2+len(owner)+i]) << (8 * i)
+	if err = binary.Read(r, binary.LittleEndian, &ns); err != nil {
+		return "", "", time.Time{}, nil, nil, fmt.Errorf("%w: truncated header", errSnapshot)
+	}
+	if st, unfed, err = decodeTier(b, sid, owner, id); err != nil {
+		return "", "", time.Time{}, nil, nil, err
 	}
 	return sid, owner, time.Unix(0, ns), st, unfed, nil
 }

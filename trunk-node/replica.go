@@ -3,11 +3,7 @@ package trunknode
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"sort"
 	"sync"
 	"time"
@@ -321,25 +317,8 @@ func rank(key string, nodes map[string]string) []string {
 
 // verifyTier checks a session file's checksum and signature (not its state).
 func verifyTier(b []byte, key []byte) error {
-	macLen := 0
-	if key != nil {
-		macLen = sha256.Size
-	}
-	if len(b) < 8+4+macLen || string(b[:4]) != tierMagic || binary.LittleEndian.Uint32(b[4:]) != tierVersion {
-		return fmt.Errorf("%w: not a session file", errSnapshot)
-	}
-	body := len(b) - 4 - macLen
-	if crc32.ChecksumIEEE(b[:body]) != binary.LittleEndian.Uint32(b[body:]) {
-		return fmt.Errorf("%w: checksum mismatch", errSnapshot)
-	}
-	if macLen > 0 {
-		mac := hmac.New(sha256.New, key)
-		mac.Write(b[:body])
-		if !hmac.Equal(mac.Sum(nil), b[body+4:]) {
-			return fmt.Errorf("%w: the session file is not signed with this cluster's key", errSnapshotUnsigned)
-		}
-	}
-	return nil
+	_, err := unseal(b, tierMagic, tierVersion, key)
+	return err
 }
 
 // replicate sends one session file to the trunk at addr.

@@ -181,37 +181,56 @@ func encodeTier(s *Session, id snapIdentity) ([]byte, error) {
 	b = binary.LittleEndian.AppendUint64(b, uint64(s.lastUsed.UnixNano()))
 	b = binary.LittleEndian.AppendUint64(b, uint64(snap.Len()))
 	b = append(b, snap.Bytes()...)
+	return seal(b, id.key), nil
+}
+
+// seal appends to b the CRC32 of b and, with a key, the HMAC-SHA256 of b
+// (session files and deltas end so).
+func seal(b, key []byte) []byte {
 	body := len(b)
 	b = binary.LittleEndian.AppendUint32(b, crc32.ChecksumIEEE(b))
-	if id.key != nil {
-		mac := hmac.New(sha256.New, id.key)
+	if key != nil {
+		mac := hmac.New(sha256.New, key)
 		mac.Write(b[:body])
 		b = mac.Sum(b)
 	}
-	return b, nil
+	return b
+}
+
+// unseal checks what seal appended to a buffer that starts with magic and
+// version, and returns the sealed body. A short buffer, another magic or
+// version, or a bad checksum is errSnapshot; a bad signature
+// errSnapshotUnsigned.
+func unseal(b []byte, magic string, version uint32, key []byte) ([]byte, error) {
+	macLen := 0
+	if key != nil {
+		macLen = sha256.Size
+	}
+	if len(b) < 8+4+macLen || string(b[:4]) != magic || binary.LittleEndian.Uint32(b[4:]) != version {
+		return nil, fmt.Errorf("%w: not a %s record of version %d", errSnapshot, magic, version)
+	}
+	body := len(b) - 4 - macLen
+	if crc32.ChecksumIEEE(b[:body]) != binary.LittleEndian.Uint32(b[body:]) {
+		return nil, fmt.Errorf("%w: checksum mismatch (torn or damaged)", errSnapshot)
+	}
+	if macLen > 0 {
+		mac := hmac.New(sha256.New, key)
+		mac.Write(b[:body])
+		if !hmac.Equal(mac.Sum(nil), b[body+4:]) {
+			return nil, fmt.Errorf("%w: not signed with this cluster's snapshot key", errSnapshotUnsigned)
+		}
+	}
+	return b[:body], nil
 }
 
 // decodeTier checks a file's content and returns its session's parts.
 func decodeTier(b []byte, wantID, wantOwner string, id snapIdentity) (*hybrid.State, []int, error) {
-	macLen := 0
-	if id.key != nil {
-		macLen = sha256.Size
+	sealed, err := unseal(b, tierMagic, tierVersion, id.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrSessionCorrupt, err)
 	}
-	if len(b) < 8+2+2+8+8+4+macLen || string(b[:4]) != tierMagic {
-		return nil, nil, fmt.Errorf("%w: not a session file", ErrSessionCorrupt)
-	}
-	body := len(b) - 4 - macLen
-	if crc32.ChecksumIEEE(b[:body]) != binary.LittleEndian.Uint32(b[body:]) {
-		return nil, nil, fmt.Errorf("%w: checksum mismatch (torn or damaged file)", ErrSessionCorrupt)
-	}
-	if macLen > 0 {
-		mac := hmac.New(sha256.New, id.key)
-		mac.Write(b[:body])
-		if !hmac.Equal(mac.Sum(nil), b[body+4:]) {
-			return nil, nil, fmt.Errorf("%w: the file is not signed with this cluster's snapshot key", ErrSessionCorrupt)
-		}
-	}
-	r := bytes.NewReader(b[8:body])
+	body := len(sealed)
+	r := bytes.NewReader(sealed[8:])
 	sid, err := readStr(r)
 	if err != nil {
 		return nil, nil, err

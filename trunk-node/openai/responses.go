@@ -504,7 +504,7 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	res, err := s.b.Generate(ctx, plan.gen, func(evs []engine.Event) error {
+	emit := func(evs []engine.Event) error {
 		var delta strings.Builder
 		for _, ev := range evs {
 			if ev.Token >= 0 {
@@ -525,7 +525,8 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		return nil
-	})
+	}
+	res, err := s.b.Generate(ctx, plan.gen, emit)
 	if err != nil && inPlace && status.Code(err) == codes.NotFound {
 		s.store.unclaim(prev.session)
 		// The session expired (or was deleted) under the stored response:
@@ -535,29 +536,14 @@ func (s *Server) createResponse(w http.ResponseWriter, r *http.Request) {
 			if session, err = s.b.CreateSession(ctx); err == nil {
 				plan.gen.SessionID = session
 				inPlace = false
-				res, err = s.b.Generate(ctx, plan.gen, func(evs []engine.Event) error {
-					for _, ev := range evs {
-						if ev.Token >= 0 {
-							generated = append(generated, int32(ev.Token))
-						}
-						d := ev.Text
-						if plan.tools {
-							var c []chat.ParsedCall
-							d, c = parser.Feed(d)
-							calls = append(calls, c...)
-						}
-						text.WriteString(d)
-					}
-					return nil
-				})
+				res, err = s.b.Generate(ctx, plan.gen, emit) // nothing was streamed yet
 			}
 		}
 	}
 	if err != nil {
 		s.dropSession(ctx, session, inPlace)
 		if out != nil {
-			code, body := errorOf(err)
-			_ = code
+			_, body := errorOf(err)
 			obj.Status = "failed"
 			obj.Error = &body.Error
 			_ = event("response.failed", map[string]any{"response": obj})
@@ -642,7 +628,9 @@ func (s *Server) dropSession(ctx context.Context, session string, inPlace bool) 
 // dropOrphans deletes sessions no stored response reaches, as their owners.
 func (s *Server) dropOrphans(orphans []orphan) {
 	for _, o := range orphans {
-		_ = s.b.DeleteSession(rpc.WithIdentity(context.Background(), o.owner), o.session)
+		if err := s.b.DeleteSession(rpc.WithIdentity(context.Background(), o.owner), o.session); err != nil && status.Code(err) != codes.NotFound {
+			s.log.Warn("openai: deleting a session no stored response reaches failed", "session", o.session, "err", err)
+		}
 	}
 }
 
