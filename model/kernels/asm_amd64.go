@@ -103,8 +103,14 @@ func panel512N6(w *byte, wstride int, nquads int, x *float32, xstride int, nchun
 // tile512BF16N1 computes 4-row x 1-input dot products of BF16 weights (see genTile).
 func tile512BF16N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512BF16N1Inv computes 4-row x 1-input dot products of BF16 weights in the batch-invariant order (see genTile).
+func tile512BF16N1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512BF16N2 computes 4-row x 2-input dot products of BF16 weights (see genTile).
 func tile512BF16N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512BF16N2Inv computes 4-row x 2-input dot products of BF16 weights in the batch-invariant order (see genTile).
+func tile512BF16N2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512BF16N3 computes 4-row x 3-input dot products of BF16 weights (see genTile).
 func tile512BF16N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -145,8 +151,14 @@ func widen512F16(w *byte, wstride int, nquads int, x *float32, xstride int, nchu
 // tile512Q8N1 computes 4-row x 1-input dot products of Q8 weights (see genTile).
 func tile512Q8N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512Q8N1Inv computes 4-row x 1-input dot products of Q8 weights in the batch-invariant order (see genTile).
+func tile512Q8N1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512Q8N2 computes 4-row x 2-input dot products of Q8 weights (see genTile).
 func tile512Q8N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q8N2Inv computes 4-row x 2-input dot products of Q8 weights in the batch-invariant order (see genTile).
+func tile512Q8N2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q8N3 computes 4-row x 3-input dot products of Q8 weights (see genTile).
 func tile512Q8N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -166,8 +178,14 @@ func widen512Q8(w *byte, wstride int, nquads int, x *float32, xstride int, nchun
 // tile512Q4KN1 computes 4-row x 1-input dot products of Q4K weights (see genTile).
 func tile512Q4KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512Q4KN1Inv computes 4-row x 1-input dot products of Q4K weights in the batch-invariant order (see genTile).
+func tile512Q4KN1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512Q4KN2 computes 4-row x 2-input dot products of Q4K weights (see genTile).
 func tile512Q4KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q4KN2Inv computes 4-row x 2-input dot products of Q4K weights in the batch-invariant order (see genTile).
+func tile512Q4KN2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q4KN3 computes 4-row x 3-input dot products of Q4K weights (see genTile).
 func tile512Q4KN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -181,8 +199,14 @@ func widen512Q4K(w *byte, wstride int, nquads int, x *float32, xstride int, nchu
 // tile512Q6KN1 computes 4-row x 1-input dot products of Q6K weights (see genTile).
 func tile512Q6KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512Q6KN1Inv computes 4-row x 1-input dot products of Q6K weights in the batch-invariant order (see genTile).
+func tile512Q6KN1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512Q6KN2 computes 4-row x 2-input dot products of Q6K weights (see genTile).
 func tile512Q6KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q6KN2Inv computes 4-row x 2-input dot products of Q6K weights in the batch-invariant order (see genTile).
+func tile512Q6KN2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q6KN3 computes 4-row x 3-input dot products of Q6K weights (see genTile).
 func tile512Q6KN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -202,8 +226,14 @@ func widen512Q6K(w *byte, wstride int, nquads int, x *float32, xstride int, nchu
 // tile512Q5KN1 computes 4-row x 1-input dot products of Q5K weights (see genTile).
 func tile512Q5KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512Q5KN1Inv computes 4-row x 1-input dot products of Q5K weights in the batch-invariant order (see genTile).
+func tile512Q5KN1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512Q5KN2 computes 4-row x 2-input dot products of Q5K weights (see genTile).
 func tile512Q5KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q5KN2Inv computes 4-row x 2-input dot products of Q5K weights in the batch-invariant order (see genTile).
+func tile512Q5KN2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q5KN3 computes 4-row x 3-input dot products of Q5K weights (see genTile).
 func tile512Q5KN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -223,8 +253,14 @@ func widen512Q5K(w *byte, wstride int, nquads int, x *float32, xstride int, nchu
 // tile512Q40N1 computes 4-row x 1-input dot products of Q40 weights (see genTile).
 func tile512Q40N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512Q40N1Inv computes 4-row x 1-input dot products of Q40 weights in the batch-invariant order (see genTile).
+func tile512Q40N1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512Q40N2 computes 4-row x 2-input dot products of Q40 weights (see genTile).
 func tile512Q40N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q40N2Inv computes 4-row x 2-input dot products of Q40 weights in the batch-invariant order (see genTile).
+func tile512Q40N2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q40N3 computes 4-row x 3-input dot products of Q40 weights (see genTile).
 func tile512Q40N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -244,8 +280,14 @@ func widen512Q40(w *byte, wstride int, nquads int, x *float32, xstride int, nchu
 // tile512Q41N1 computes 4-row x 1-input dot products of Q41 weights (see genTile).
 func tile512Q41N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512Q41N1Inv computes 4-row x 1-input dot products of Q41 weights in the batch-invariant order (see genTile).
+func tile512Q41N1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512Q41N2 computes 4-row x 2-input dot products of Q41 weights (see genTile).
 func tile512Q41N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q41N2Inv computes 4-row x 2-input dot products of Q41 weights in the batch-invariant order (see genTile).
+func tile512Q41N2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q41N3 computes 4-row x 3-input dot products of Q41 weights (see genTile).
 func tile512Q41N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -265,8 +307,14 @@ func widen512Q41(w *byte, wstride int, nquads int, x *float32, xstride int, nchu
 // tile512Q50N1 computes 4-row x 1-input dot products of Q50 weights (see genTile).
 func tile512Q50N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512Q50N1Inv computes 4-row x 1-input dot products of Q50 weights in the batch-invariant order (see genTile).
+func tile512Q50N1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512Q50N2 computes 4-row x 2-input dot products of Q50 weights (see genTile).
 func tile512Q50N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q50N2Inv computes 4-row x 2-input dot products of Q50 weights in the batch-invariant order (see genTile).
+func tile512Q50N2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q50N3 computes 4-row x 3-input dot products of Q50 weights (see genTile).
 func tile512Q50N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -286,8 +334,14 @@ func widen512Q50(w *byte, wstride int, nquads int, x *float32, xstride int, nchu
 // tile512Q51N1 computes 4-row x 1-input dot products of Q51 weights (see genTile).
 func tile512Q51N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512Q51N1Inv computes 4-row x 1-input dot products of Q51 weights in the batch-invariant order (see genTile).
+func tile512Q51N1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512Q51N2 computes 4-row x 2-input dot products of Q51 weights (see genTile).
 func tile512Q51N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q51N2Inv computes 4-row x 2-input dot products of Q51 weights in the batch-invariant order (see genTile).
+func tile512Q51N2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q51N3 computes 4-row x 3-input dot products of Q51 weights (see genTile).
 func tile512Q51N3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -307,8 +361,14 @@ func widen512Q51(w *byte, wstride int, nquads int, x *float32, xstride int, nchu
 // tile512IQ4NLN1 computes 4-row x 1-input dot products of IQ4NL weights (see genTile).
 func tile512IQ4NLN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512IQ4NLN1Inv computes 4-row x 1-input dot products of IQ4NL weights in the batch-invariant order (see genTile).
+func tile512IQ4NLN1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512IQ4NLN2 computes 4-row x 2-input dot products of IQ4NL weights (see genTile).
 func tile512IQ4NLN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4NLN2Inv computes 4-row x 2-input dot products of IQ4NL weights in the batch-invariant order (see genTile).
+func tile512IQ4NLN2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512IQ4NLN3 computes 4-row x 3-input dot products of IQ4NL weights (see genTile).
 func tile512IQ4NLN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -328,8 +388,14 @@ func widen512IQ4NL(w *byte, wstride int, nquads int, x *float32, xstride int, nc
 // tile512Q2KN1 computes 4-row x 1-input dot products of Q2K weights (see genTile).
 func tile512Q2KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512Q2KN1Inv computes 4-row x 1-input dot products of Q2K weights in the batch-invariant order (see genTile).
+func tile512Q2KN1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512Q2KN2 computes 4-row x 2-input dot products of Q2K weights (see genTile).
 func tile512Q2KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q2KN2Inv computes 4-row x 2-input dot products of Q2K weights in the batch-invariant order (see genTile).
+func tile512Q2KN2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q2KN3 computes 4-row x 3-input dot products of Q2K weights (see genTile).
 func tile512Q2KN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -349,8 +415,14 @@ func widen512Q2K(w *byte, wstride int, nquads int, x *float32, xstride int, nchu
 // tile512IQ4XSN1 computes 4-row x 1-input dot products of IQ4XS weights (see genTile).
 func tile512IQ4XSN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512IQ4XSN1Inv computes 4-row x 1-input dot products of IQ4XS weights in the batch-invariant order (see genTile).
+func tile512IQ4XSN1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512IQ4XSN2 computes 4-row x 2-input dot products of IQ4XS weights (see genTile).
 func tile512IQ4XSN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512IQ4XSN2Inv computes 4-row x 2-input dot products of IQ4XS weights in the batch-invariant order (see genTile).
+func tile512IQ4XSN2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512IQ4XSN3 computes 4-row x 3-input dot products of IQ4XS weights (see genTile).
 func tile512IQ4XSN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -370,8 +442,14 @@ func widen512IQ4XS(w *byte, wstride int, nquads int, x *float32, xstride int, nc
 // tile512Q3KN1 computes 4-row x 1-input dot products of Q3K weights (see genTile).
 func tile512Q3KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile512Q3KN1Inv computes 4-row x 1-input dot products of Q3K weights in the batch-invariant order (see genTile).
+func tile512Q3KN1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile512Q3KN2 computes 4-row x 2-input dot products of Q3K weights (see genTile).
 func tile512Q3KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile512Q3KN2Inv computes 4-row x 2-input dot products of Q3K weights in the batch-invariant order (see genTile).
+func tile512Q3KN2Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile512Q3KN3 computes 4-row x 3-input dot products of Q3K weights (see genTile).
 func tile512Q3KN3(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
@@ -397,6 +475,9 @@ func tile256F32N2(w *byte, wstride int, nquads int, x *float32, xstride int, nch
 // tile256BF16N1 computes 4-row x 1-input dot products of BF16 weights (see genTile).
 func tile256BF16N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile256BF16N1Inv computes 4-row x 1-input dot products of BF16 weights in the batch-invariant order (see genTile).
+func tile256BF16N1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile256BF16N2 computes 4-row x 2-input dot products of BF16 weights (see genTile).
 func tile256BF16N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
@@ -415,6 +496,9 @@ func widen256F16(w *byte, wstride int, nquads int, x *float32, xstride int, nchu
 // tile256Q8N1 computes 4-row x 1-input dot products of Q8 weights (see genTile).
 func tile256Q8N1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile256Q8N1Inv computes 4-row x 1-input dot products of Q8 weights in the batch-invariant order (see genTile).
+func tile256Q8N1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // tile256Q8N2 computes 4-row x 2-input dot products of Q8 weights (see genTile).
 func tile256Q8N2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
@@ -423,6 +507,9 @@ func widen256Q8(w *byte, wstride int, nquads int, x *float32, xstride int, nchun
 
 // tile256Q4KN1 computes 4-row x 1-input dot products of Q4K weights (see genTile).
 func tile256Q4KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile256Q4KN1Inv computes 4-row x 1-input dot products of Q4K weights in the batch-invariant order (see genTile).
+func tile256Q4KN1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
 // tile256Q4KN2 computes 4-row x 2-input dot products of Q4K weights (see genTile).
 func tile256Q4KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)

@@ -12,6 +12,8 @@
 //   - Dot, Axpy, Scale, Add (twins DotRef, AxpyRef, ScaleRef, AddRef), and
 //     RMSNorm, SiLU, Softplus, Softmax.
 //   - SetThreads/Threads: threads MatMul uses (default runtime.GOMAXPROCS(0)).
+//   - SetBatchInvariant/BatchInvariant: whether a row's MatMul result is
+//     bitwise independent of the other rows of its call (default on).
 //   - Level, KernelLevel, SetKernelLevel, MaxLevel, SupportedLevels,
 //     ParseLevel: the implementation in use.
 //   - MeasureBandwidth, MeasureBandwidthDetail, MeasureFMAPeak: machine
@@ -55,6 +57,20 @@
 // widening is not repeated per group (worth it for f16 and the quantized
 // types at prefill sizes).
 //
+// # Batch invariance
+//
+// A row's result never depends on the thread count (rows of W are shared
+// out, never the columns) and, by default, not on the other input rows of
+// the call either: every tile height and the panel path add a row's
+// products into one accumulator per (weight row, input row) in one fixed
+// order of sub-vectors, the panels being stored (and x packed) in the tile
+// kernels' order (panelorder_amd64.go, bf16 in even/odd order). This is what
+// makes a session's tokens independent of the sessions batched with it and
+// of which expert node computes its experts. The faster small-N kernels (two
+// accumulator sets at N=1, and N=2 with AVX-512; Q8_0 with the block scale
+// factored out) round differently; SetBatchInvariant(false) selects them.
+// TestMatMulBatchInvariant checks every level and dtype bitwise.
+//
 // Row blocks are shared out dynamically to a persistent worker pool (see
 // pool.go); a call whose work is too small runs on the caller alone.
 //
@@ -71,4 +87,22 @@
 // builds golang.org/x/tools, which takes under a minute.
 package kernels
 
+import "sync/atomic"
+
 //go:generate sh -c "cd internal/gen && go run . -out ../../asm_amd64.s -stubs ../../asm_amd64.go -pkg kernels"
+
+// batchInvariant selects the batch-invariant small-N kernels (see the package
+// documentation).
+var batchInvariant atomic.Bool
+
+func init() { batchInvariant.Store(true) }
+
+// SetBatchInvariant chooses whether MatMul's result for a row is bitwise
+// independent of how many rows share the call (on, the default) or whether
+// the one- and two-row products use faster kernels that round differently.
+// It returns the previous setting. Calls in flight keep the kernels they
+// started with.
+func SetBatchInvariant(on bool) (prev bool) { return batchInvariant.Swap(on) }
+
+// BatchInvariant reports the setting of SetBatchInvariant.
+func BatchInvariant() bool { return batchInvariant.Load() }

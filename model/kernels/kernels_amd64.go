@@ -46,6 +46,20 @@ func init() {
 	z.tile[tensor.Q2_K] = [9]tileFn{1: tile512Q2KN1, 2: tile512Q2KN2, 3: tile512Q2KN3, 4: tile512Q2KN4, 5: tile512Q2KN5, 6: tile512Q2KN6}
 	z.tile[tensor.Q3_K] = [9]tileFn{1: tile512Q3KN1, 2: tile512Q3KN2, 3: tile512Q3KN3, 4: tile512Q3KN4, 5: tile512Q3KN5, 6: tile512Q3KN6}
 	z.tile[tensor.IQ4_XS] = [9]tileFn{1: tile512IQ4XSN1, 2: tile512IQ4XSN2, 3: tile512IQ4XSN3, 4: tile512IQ4XSN4, 5: tile512IQ4XSN5, 6: tile512IQ4XSN6}
+	z.tileInv[tensor.BF16] = [3]tileFn{1: tile512BF16N1Inv, 2: tile512BF16N2Inv}
+	z.tileInv[tensor.Q8_0] = [3]tileFn{1: tile512Q8N1Inv, 2: tile512Q8N2Inv}
+	z.tileInv[tensor.Q4_K] = [3]tileFn{1: tile512Q4KN1Inv, 2: tile512Q4KN2Inv}
+	z.tileInv[tensor.Q6_K] = [3]tileFn{1: tile512Q6KN1Inv, 2: tile512Q6KN2Inv}
+	z.tileInv[tensor.Q5_K] = [3]tileFn{1: tile512Q5KN1Inv, 2: tile512Q5KN2Inv}
+	z.tileInv[tensor.Q4_0] = [3]tileFn{1: tile512Q40N1Inv, 2: tile512Q40N2Inv}
+	z.tileInv[tensor.Q4_1] = [3]tileFn{1: tile512Q41N1Inv, 2: tile512Q41N2Inv}
+	z.tileInv[tensor.Q5_0] = [3]tileFn{1: tile512Q50N1Inv, 2: tile512Q50N2Inv}
+	z.tileInv[tensor.Q5_1] = [3]tileFn{1: tile512Q51N1Inv, 2: tile512Q51N2Inv}
+	z.tileInv[tensor.IQ4_NL] = [3]tileFn{1: tile512IQ4NLN1Inv, 2: tile512IQ4NLN2Inv}
+	z.tileInv[tensor.Q2_K] = [3]tileFn{1: tile512Q2KN1Inv, 2: tile512Q2KN2Inv}
+	z.tileInv[tensor.Q3_K] = [3]tileFn{1: tile512Q3KN1Inv, 2: tile512Q3KN2Inv}
+	z.tileInv[tensor.IQ4_XS] = [3]tileFn{1: tile512IQ4XSN1Inv, 2: tile512IQ4XSN2Inv}
+	z.panelOrder = panelOrder512
 	z.panel = [9]tileFn{1: panel512N1, 2: panel512N2, 3: panel512N3, 4: panel512N4, 5: panel512N5, 6: panel512N6}
 	z.widen = [tensor.NumDTypes]tileFn{tensor.BF16: widen512BF16, tensor.F16: widen512F16, tensor.Q8_0: widen512Q8, tensor.Q4_K: widen512Q4K,
 		tensor.Q6_K: widen512Q6K, tensor.Q5_K: widen512Q5K, tensor.Q4_0: widen512Q40, tensor.Q4_1: widen512Q41,
@@ -68,6 +82,9 @@ func init() {
 	y.tile[tensor.F16] = [9]tileFn{1: tile256F16N1, 2: tile256F16N2}
 	y.tile[tensor.Q8_0] = [9]tileFn{1: tile256Q8N1, 2: tile256Q8N2}
 	y.tile[tensor.Q4_K] = [9]tileFn{1: tile256Q4KN1, 2: tile256Q4KN2}
+	y.tileInv[tensor.BF16] = [3]tileFn{1: tile256BF16N1Inv}
+	y.tileInv[tensor.Q8_0] = [3]tileFn{1: tile256Q8N1Inv}
+	y.tileInv[tensor.Q4_K] = [3]tileFn{1: tile256Q4KN1Inv}
 	y.widen = [tensor.NumDTypes]tileFn{tensor.BF16: widen256BF16, tensor.F16: widen256F16, tensor.Q8_0: widen256Q8, tensor.Q4_K: widen256Q4K}
 
 	if maxLevel >= LevelAVX2 {

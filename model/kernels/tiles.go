@@ -30,7 +30,14 @@ type isaKernels struct {
 	masked bool                  // partial chunks of F32/BF16/F16 handled in the kernels
 
 	tile  [tensor.NumDTypes][9]tileFn // [dtype][N]
-	widen [tensor.NumDTypes]tileFn
+	// tileInv replaces tile where the fast small-N kernels (two accumulator
+	// sets at N=1 or 2, Q8_0's factored form) round differently from the
+	// larger tiles: the batch-invariant kernels (see SetBatchInvariant).
+	tileInv [tensor.NumDTypes][3]tileFn
+	widen   [tensor.NumDTypes]tileFn
+	// panelOrder is the sub-vector order of the widen kernels of dtypes that
+	// do not store panels in natural order (x is packed to match).
+	panelOrder map[tensor.DType][]int
 	panel [9]tileFn // float32 tiles for panels (no look-ahead prefetch of the rows)
 
 	// panelMinN is the n from which a dtype widens row blocks into a float32
@@ -58,6 +65,7 @@ type asmPlan struct {
 	panel   bool
 	f32big  bool // float32 weights at large n: the panel kernels on the weights
 	scrLen  int  // floats of per-quad scale scratch
+	tiles   [9]tileFn
 }
 
 // chunkValues is the number of weight values one kernel iteration consumes.
@@ -108,15 +116,35 @@ func planAsm(c *callCtx, lvl Level) bool {
 	// Float32 weights are their own panel: at large n use the panel kernels
 	// (no look-ahead prefetch of the rows) on blocks the size of a panel block.
 	p.f32big = dt == tensor.F32 && ik.panelMinN[dt] > 0 && n >= ik.panelMinN[dt] && p.tail == 0 && ik.panel[1] != nil
-	// The bf16 tile kernels take x in even/odd order; panels are in natural order.
-	evenOdd := dt == tensor.BF16 && !p.panel
-	if evenOdd || p.tail != 0 {
+	p.tiles = ik.tile[dt]
+	if p.f32big {
+		p.tiles = ik.panel
+	}
+	if batchInvariant.Load() {
+		for nn, f := range ik.tileInv[dt] {
+			if f != nil {
+				p.tiles[nn] = f
+			}
+		}
+	}
+	// The bf16 kernels (tiles and widen) take x in even/odd order; the
+	// panels of some quantized types are stored in the tiles' order of
+	// sub-vectors (both so that panels and tiles round alike).
+	evenOdd := dt == tensor.BF16
+	var order []int
+	if p.panel {
+		order = ik.panelOrder[dt]
+	}
+	if evenOdd || p.tail != 0 || order != nil {
 		c.xbuf = alignedF32(c.xbuf, n*p.kp)
 		bf := 0
 		if evenOdd {
 			bf = cv
 		}
 		packX(c.xbuf, j.x, n, k, p.kp, p.kmain, bf)
+		if order != nil {
+			permuteX(c.xbuf, n, p.kp, cv, ik.lanes, order)
+		}
 		p.xp, p.xstride = c.xbuf, p.kp
 	} else {
 		p.xp, p.xstride = j.x, k
@@ -184,6 +212,23 @@ func packX(dst, x []float32, n, k, kp, kmain, bf int) {
 	}
 }
 
+// permuteX reorders, in place, the sub-vectors of `lanes` values within
+// every chunk of cv values of the n packed rows (stride kp): position t of a
+// chunk gets natural sub-vector order[t].
+func permuteX(x []float32, n, kp, cv, lanes int, order []int) {
+	var tmp [256]float32
+	for i := 0; i < n; i++ {
+		row := x[i*kp : (i+1)*kp]
+		for c0 := 0; c0+cv <= kp; c0 += cv {
+			ch := row[c0 : c0+cv]
+			copy(tmp[:cv], ch)
+			for t, nat := range order {
+				copy(ch[t*lanes:(t+1)*lanes], tmp[nat*lanes:(nat+1)*lanes])
+			}
+		}
+	}
+}
+
 // groupSize is the size of input-row group g when n rows are split into
 // ceil(n/maxN) near-equal groups.
 func groups(n, maxN int) (ng, base, rem int) {
@@ -225,10 +270,7 @@ func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 				i0 += nn
 			}
 		} else {
-			tf := &ik.tile[dt]
-			if p.f32big {
-				tf = &ik.panel
-			}
+			tf := &p.tiles
 			i0 := 0
 			for g := 0; g < ng; g++ {
 				nn := base + b2i(g < rem)
@@ -247,7 +289,7 @@ func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 		}
 		buf := s.rows[:need]
 		clear(buf[copy(buf, j.w.Data[rr*j.rowBytes:(rr+lr)*j.rowBytes]):])
-		tf := &ik.tile[dt]
+		tf := &p.tiles
 		wb, ws, chunks, tail := &buf[0], j.rowBytes, p.nchunks, p.tail
 		if p.panel {
 			s.f = alignedF32(s.f, 4*p.kp)

@@ -71,7 +71,20 @@ const (
 	modeFMA   mode = iota // multiply with x and store 4xN dot products
 	modeWiden             // store the widened float32 rows (panel)
 	modePanel             // modeFMA on a float32 panel in L2: no look-ahead prefetch of the rows
+	// modeFMAInvariant is modeFMA with one accumulator per (weight row, input
+	// row) and no per-block factoring, whatever N: it adds a row's products
+	// in the order every N > 2 tile and the panel path use, so a row's
+	// result does not depend on how many rows share its call (batch
+	// invariance). modeFMA at N = 1 (and N = 2 on AVX-512) uses two
+	// accumulator sets, or Q8_0's factored form, which round differently.
+	modeFMAInvariant
 )
+
+// fastSmallN reports whether modeFMA at (s, d, N) uses two accumulator sets
+// or the factored Q8_0 form, i.e. differs from modeFMAInvariant.
+func fastSmallN(s isa, d dtype, N int) bool {
+	return chunkValues(s, d)/s.lanes >= 2 && (N == 1 || (N == 2 && s.z))
+}
 
 // chunkValues is the number of weight values one loop iteration consumes per row.
 func chunkValues(s isa, d dtype) int {
@@ -162,6 +175,8 @@ func genTile(s isa, d dtype, N int, m mode) {
 	switch m {
 	case modeFMA:
 		name = fmt.Sprintf("tile%s%sN%d", s.name, d, N)
+	case modeFMAInvariant:
+		name = fmt.Sprintf("tile%s%sN%dInv", s.name, d, N)
 	case modePanel:
 		name = fmt.Sprintf("panel%sN%d", s.name, N)
 	default:
@@ -171,6 +186,8 @@ func genTile(s isa, d dtype, N int, m mode) {
 	switch m {
 	case modeFMA:
 		Doc(fmt.Sprintf("%s computes 4-row x %d-input dot products of %s weights (see genTile).", name, N, d))
+	case modeFMAInvariant:
+		Doc(fmt.Sprintf("%s computes 4-row x %d-input dot products of %s weights in the batch-invariant order (see genTile).", name, N, d))
 	case modePanel:
 		Doc(fmt.Sprintf("%s computes 4-row x %d-input dot products of a float32 panel (see genTile).", name, N))
 	default:
@@ -223,9 +240,10 @@ func genTile(s isa, d dtype, N int, m mode) {
 	// Q8_0 with few input rows: multiply the integer-valued weights with x and
 	// apply the block scale once per block and input row (4+3N vector ops per
 	// block and row instead of 6+2N).
-	factored := d == dQ8 && fma && (N == 1 || (N == 2 && s.z))
+	fast := m == modeFMA && fastSmallN(s, d, N)
+	factored := d == dQ8 && fast
 	sets := 1
-	if fma && !factored && subvecs >= 2 && (N == 1 || (N == 2 && s.z)) {
+	if fast && !factored {
 		sets = 2
 	}
 	// pipe: the Q8_0 scales of the next quad are staged (scalar loads and
@@ -368,31 +386,10 @@ func genTile(s isa, d dtype, N int, m mode) {
 				VMOVUPS(rowMem(r, wo), v)
 			}
 		case dBF16:
-			if !fma {
-				// Panels are stored in natural order: zero-extend, shift.
-				t := YMM()
-				if !s.z {
-					t = XMM()
-				}
-				switch {
-				case masked && j == 0:
-					z := s.vec()
-					VMOVDQU16_Z(rowMem(r, wo), ktail, z)
-					VPMOVZXWD(z.AsY(), v)
-				case masked:
-					z := s.vec()
-					VMOVDQU16_Z(rowMem(r, wo), ktail, z)
-					VEXTRACTI64X4(U8(1), z, t)
-					VPMOVZXWD(t, v)
-				default:
-					VPMOVZXWD(rowMem(r, wo+j*2*lanes), v)
-				}
-				VPSLLD(U8(16), v, v)
-				return
-			}
 			// Even bf16 values (low halves of the dwords) become v<<16; odd
 			// values are the dwords with the low half cleared. x is packed in
-			// the same even/odd order.
+			// the same even/odd order, and panels are stored in it too, so the
+			// panel path adds each row's products in the tile kernels' order.
 			switch {
 			case masked:
 				t := s.vec()
@@ -624,7 +621,9 @@ func genTile(s isa, d dtype, N int, m mode) {
 							vo = vhi
 						}
 						if !fma {
-							VMOVUPS(v, oMem(r, xo+4*vo))
+							// Stored in the order the tile kernel adds them (see
+							// recordPanel), not at the natural offset vo.
+							VMOVUPS(v, oMem(r, xo+4*lanes*recordPanel(d, r, 2*(2*c+half)+h, vo/lanes)))
 							continue
 						}
 						st := 0
@@ -729,7 +728,7 @@ func genTile(s isa, d dtype, N int, m mode) {
 				}
 				for q, v := range vals {
 					if !fma {
-						VMOVUPS(v, oMem(r, xo+4*vo[q]))
+						VMOVUPS(v, oMem(r, xo+4*lanes*recordPanel(d, r, 4*g+q, vo[q]/lanes)))
 						continue
 					}
 					st := 0
@@ -1330,4 +1329,28 @@ func q3Scales(src, dst Mem) {
 		VMULPS_BCST(cF4, lo, lo)
 		VMOVUPS(lo, dst.Offset(64+32*half))
 	}
+}
+
+// panelOrder records, per dtype, the natural sub-vector index (of `lanes`
+// values within a chunk) of each sub-vector a widen kernel stores, in the
+// order it stores them: the order in which the tile kernels add them. The
+// panel path packs x the same way (model/kernels panelorder_amd64.go, written
+// by writePanelOrder), so panels and tiles round identically.
+var panelOrder = map[dtype][]int{}
+
+// recordPanel notes that the t-th sub-vector of a chunk of row r is natural
+// sub-vector nat, and returns t.
+func recordPanel(d dtype, r, t, nat int) int {
+	if r == 0 {
+		o := panelOrder[d]
+		for len(o) <= t {
+			o = append(o, -1)
+		}
+		if o[t] >= 0 && o[t] != nat {
+			panic(fmt.Sprintf("panel order of %v: sub-vector %d is %d and %d", d, t, o[t], nat))
+		}
+		o[t] = nat
+		panelOrder[d] = o
+	}
+	return t
 }

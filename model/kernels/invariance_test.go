@@ -1,0 +1,56 @@
+package kernels
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+)
+
+// batchSizes crosses every tile height and every dtype's panel threshold.
+var batchSizes = []int{1, 2, 3, 4, 5, 6, 7, 11, 13, 16, 23, 24, 25, 31, 32, 33, 63, 64, 65, 255, 256, 257}
+
+// TestMatMulBatchInvariant: a row's result does not depend on the rows that
+// share its call (their number, the tile it lands in, the panel path) nor on
+// the thread count: bitwise, at every level and dtype. This is what makes a
+// request's tokens independent of the other sessions batched with it.
+func TestMatMulBatchInvariant(t *testing.T) {
+	forEachLevel(t, func(t *testing.T) {
+		for _, dt := range allDTypes {
+			cols := 544
+			if dt.Quantized() {
+				cols = 2 * dt.BlockValues()
+				if dt.BlockValues() == 32 {
+					cols = 544
+				}
+			}
+			rng := rand.New(rand.NewPCG(uint64(dt), 7))
+			w := randMatrix(rng, dt, 36, cols)
+			maxN := batchSizes[len(batchSizes)-1]
+			x := randVec(rng, maxN*cols)
+			// Each row alone, one thread.
+			alone := make([]float32, maxN*w.Rows)
+			withThreads(1, func() {
+				for i := range maxN {
+					MatMul(alone[i*w.Rows:(i+1)*w.Rows], w, x[i*cols:(i+1)*cols], 1)
+				}
+			})
+			for _, threads := range []int{1, 2} {
+				for _, n := range batchSizes {
+					// The last n rows, so each row sits at a different
+					// position in its tile than when the batch starts at 0.
+					off := maxN - n
+					got := make([]float32, n*w.Rows)
+					withThreads(threads, func() { MatMul(got, w, x[off*cols:], n) })
+					for i := range n * w.Rows {
+						want := alone[off*w.Rows+i]
+						if math.Float32bits(got[i]) != math.Float32bits(want) {
+							t.Errorf("%v cols %d n=%d threads %d: row %d out %d = %g, alone %g", dt, cols, n, threads, off+i/w.Rows, i%w.Rows, got[i], want)
+							break
+						}
+					}
+				}
+			}
+		}
+	})
+}
