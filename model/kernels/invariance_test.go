@@ -4,7 +4,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
-
 )
 
 // batchSizes crosses every tile height and every dtype's panel threshold.

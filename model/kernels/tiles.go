@@ -29,7 +29,7 @@ type isaKernels struct {
 	maxN   [tensor.NumDTypes]int // largest tile height per dtype
 	masked bool                  // partial chunks of F32/BF16/F16 handled in the kernels
 
-	tile  [tensor.NumDTypes][9]tileFn // [dtype][N]
+	tile [tensor.NumDTypes][9]tileFn // [dtype][N]
 	// tileInv replaces tile where the fast small-N kernels (two accumulator
 	// sets at N=1 or 2, Q8_0's factored form) round differently from the
 	// larger tiles: the batch-invariant kernels (see SetBatchInvariant).
@@ -38,7 +38,7 @@ type isaKernels struct {
 	// panelOrder is the sub-vector order of the widen kernels of dtypes that
 	// do not store panels in natural order (x is packed to match).
 	panelOrder map[tensor.DType][]int
-	panel [9]tileFn // float32 tiles for panels (no look-ahead prefetch of the rows)
+	panel      [9]tileFn // float32 tiles for panels (no look-ahead prefetch of the rows)
 
 	// panelMinN is the n from which a dtype widens row blocks into a float32
 	// panel first (0: never).
