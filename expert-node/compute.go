@@ -40,16 +40,19 @@ func (n *Node) computeLoop() {
 
 // roundScratch holds the compute loop's reusable buffers.
 type roundScratch struct {
-	x   []float32 // [rows, hidden] concatenated inputs
-	out []float32 // [rows, hidden] weighted sums
+	x    []float32 // [rows, hidden] concatenated inputs
+	out  []float32 // [rows, hidden] weighted sums
+	pair []float32 // [rows, top_k, hidden] per-pair outputs (per_pair batches)
 	w   []float32 // [rows, top_k] gate weights
 	ids []int32   // [rows, top_k] expert ids
 	scr hybrid.ExpertScratch
 }
 
-// group is the chunks of one round with the same layer and top_k.
+// group is the chunks of one round with the same layer, top_k and answer
+// form (per-pair outputs or row sums).
 type group struct {
 	layer, topK int
+	perPair     bool
 	rows        int // total rows of jobs
 	jobs        []*job
 }
@@ -77,15 +80,18 @@ func (n *Node) round(sh *shard, version uint64, jobs []*job, rs *roundScratch) {
 			continue
 		}
 		layer, topK := int(j.b.GetLayer()), int(j.b.GetTopK())
+		// GPU shards answer row sums only (the trunk then adds them as they
+		// come: no deterministic combine for those rows).
+		perPair := j.b.GetPerPair() && n.gpu == nil
 		var g *group
 		for _, c := range groups {
-			if c.layer == layer && c.topK == topK {
+			if c.layer == layer && c.topK == topK && c.perPair == perPair {
 				g = c
 				break
 			}
 		}
 		if g == nil {
-			g = &group{layer: layer, topK: topK}
+			g = &group{layer: layer, topK: topK, perPair: perPair}
 			groups = append(groups, g)
 		}
 		g.jobs = append(g.jobs, j)
@@ -133,6 +139,10 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 		off += r
 	}
 	req := hybrid.ExpertRequest{Layer: g.layer, Rows: R, Hidden: H, TopK: K, X: rs.x, Experts: rs.ids, Weights: rs.w, Out: rs.out}
+	if g.perPair {
+		rs.pair = grow(rs.pair, R*K*H)
+		req.PairOut = rs.pair
+	}
 	var err error
 	if n.gpu != nil {
 		var t moe.Timing
@@ -155,7 +165,27 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 	off = 0
 	for i, j := range g.jobs {
 		r := int(j.b.GetRows())
-		outs[i] = wire.Encode(j.b.GetDtype(), nil, rs.out[off*H:(off+r)*H])
+		if g.perPair {
+			// Every pair of non-zero weight, in (row, slot) order.
+			dt := j.b.GetDtype()
+			w := rs.w[off*K : (off+r)*K]
+			pairs := 0
+			for _, v := range w {
+				if v != 0 {
+					pairs++
+				}
+			}
+			b := make([]byte, 0, pairs*H*wire.Size(dt))
+			for s, v := range w {
+				if v != 0 {
+					p := (off*K + s) * H
+					b = wire.Encode(dt, b, rs.pair[p:p+H])
+				}
+			}
+			outs[i] = b
+		} else {
+			outs[i] = wire.Encode(j.b.GetDtype(), nil, rs.out[off*H:(off+r)*H])
+		}
 		off += r
 	}
 	elapsed := time.Since(start)
@@ -171,6 +201,7 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 			Rows:          j.b.GetRows(),
 			Out:           outs[i],
 			ComputeMicros: micros,
+			PerPair:       g.perPair,
 		})
 	}
 }

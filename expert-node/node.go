@@ -19,6 +19,7 @@ import (
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
@@ -88,6 +89,7 @@ func newNode(cfg Config, h hooks) (*Node, error) {
 	if _, err := os.Stat(cfg.ModelPath); err != nil {
 		return nil, fmt.Errorf("%w: ModelPath: %w", ErrConfig, err)
 	}
+	kernels.SetBatchInvariant(cfg.Deterministic) // a process-wide choice
 	n := &Node{
 		cfg:      cfg,
 		health:   health.NewServer(),

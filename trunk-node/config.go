@@ -52,9 +52,9 @@ type Config struct {
 	// LocalExperts computes the routed experts in process instead of on expert
 	// nodes (single-node mode and the in-process baseline).
 	LocalExperts bool
-	// KVDType is the element type of the sessions' KV caches: F32 (the zero
-	// value) or BF16 (half the KV memory per token; logits move by up to
-	// ~1e-3 of their scale).
+	// KVDType is the element type of the sessions' KV caches: BF16 (the
+	// default: half the KV memory per token; logits move by up to ~1e-3 of
+	// their scale) or F32 (exact). The zero value is hybrid.DefaultKVDType.
 	KVDType tensor.DType
 
 	PublicTLS rpc.TLSFiles // TLS of the public API (plaintext when empty)
@@ -105,9 +105,10 @@ func DefaultConfig() Config {
 		Listen:      "127.0.0.1:7070",
 		Memory:      MemoryConfig{RecurrentBytes: rec, KVBytes: kv, IdleTTL: 30 * time.Minute},
 		Replication: ReplicationConfig{Replicas: 1},
+		KVDType:     hybrid.DefaultKVDType,
 		Sched:       SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024, DecodePrefillTokens: 128},
 		Limits:      Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
-		Dispatch: DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20, WireDType: pb.WireDType_WIRE_DTYPE_BF16,
+		Dispatch: DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20, WireDType: pb.WireDType_WIRE_DTYPE_BF16, Deterministic: true,
 			HedgeFactor: 8, HedgeMin: 200 * time.Millisecond},
 		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second, Clients: ClientLimits{MaxSessions: 1024, MaxInflight: 64, MaxStreams: 128},
 		StepTracing: StepTracing{Ratio: 0.01, SlowThreshold: 500 * time.Millisecond}, LoadInterval: 2 * time.Second,
@@ -175,7 +176,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 		c.SnapshotKey = b
 		return nil
 	})
-	fs.Func("kv-dtype", "element type of the sessions' KV caches: f32 (exact) or bf16 (half the KV memory) (default f32)", func(s string) error {
+	fs.Func("kv-dtype", "element type of the sessions' KV caches: bf16 (half the KV memory) or f32 (exact) (default bf16)", func(s string) error {
 		dt, err := hybrid.ParseKVDType(s)
 		if err != nil {
 			return err
@@ -183,6 +184,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 		c.KVDType = dt
 		return nil
 	})
+	fs.BoolVar(&c.Dispatch.Deterministic, "deterministic", c.Dispatch.Deterministic, "the same tokens whatever the batch and expert placement: batch-invariant kernels, and each expert's output sent back on its own and added in expert-id order (false: faster one- and two-row kernels, one sum per row and node on the wire)")
 	fs.Func("wire-dtype", "element type of rows sent to expert nodes: bf16 (half the bytes) or f32 (exact) (default bf16)", func(s string) error {
 		switch s {
 		case "bf16":

@@ -37,6 +37,13 @@ type DispatchConfig struct {
 	Dial func(ctx context.Context, addr string) (*grpc.ClientConn, error)
 	// WireDType is the element type of rows on the wire (default bfloat16).
 	WireDType pb.WireDType
+	// Deterministic asks expert nodes for every (row, expert) pair's output
+	// on its own (rounded to WireDType by itself) and adds each row's pairs
+	// in increasing expert id, as hybrid.ComputeExperts does in process: a
+	// row's result then depends neither on how experts are placed nor on the
+	// rows it is batched with. Without it nodes answer one sum per row, whose
+	// rounding depends on which experts the node holds (fewer bytes back).
+	Deterministic bool
 	// OnCall, if set, observes every per-node round trip of a layer call (metrics,
 	// traces, benchmarks). It must not block.
 	OnCall func(CallInfo)
@@ -255,6 +262,7 @@ func (d *Dispatcher) Stats() *DispatchStats { return &d.stats }
 // pair is one (row, slot) of a request.
 type pair struct {
 	row    int32
+	slot   int32 // row*TopK + j: the pair's index in the request
 	expert int32
 	weight float32
 }
@@ -327,7 +335,13 @@ func (d *Dispatcher) run(st *Step, req *hybrid.ExpertRequest) error {
 	deadline := time.Now().Add(d.cfg.Deadline)
 	todo := make([]pair, 0, req.Rows*req.TopK)
 	for i := 0; i < req.Rows*req.TopK; i++ {
-		todo = append(todo, pair{row: int32(i / req.TopK), expert: req.Experts[i], weight: req.Weights[i]})
+		todo = append(todo, pair{row: int32(i / req.TopK), slot: int32(i), expert: req.Experts[i], weight: req.Weights[i]})
+	}
+	// src[slot]: a pair's answer (per-pair answers), added in expert order
+	// once every node has answered.
+	var src [][]byte
+	if d.cfg.Deterministic {
+		src = make([][]byte, req.Rows*req.TopK)
 	}
 	failed := map[string]bool{}
 	var lastErr error
@@ -345,7 +359,7 @@ func (d *Dispatcher) run(st *Step, req *hybrid.ExpertRequest) error {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						err := d.callNode(st, t, node, req, pairs, attempt)
+						err := d.callNode(st, t, node, req, pairs, attempt, src)
 						if err != nil {
 							mu.Lock()
 							failed[node] = true
@@ -358,6 +372,7 @@ func (d *Dispatcher) run(st *Step, req *hybrid.ExpertRequest) error {
 				wg.Wait()
 				todo = retry
 				if len(todo) == 0 {
+					d.combine(req, src)
 					return nil
 				}
 				d.stats.Retries.Add(1)
@@ -370,7 +385,9 @@ func (d *Dispatcher) run(st *Step, req *hybrid.ExpertRequest) error {
 			if req.Failed == nil || t == nil {
 				return lastErr
 			}
-			return d.failRows(st, t, req, todo, attempt, lastErr)
+			err := d.failRows(st, t, req, todo, attempt, lastErr, src)
+			d.combine(req, src)
+			return err
 		}
 		// Wait for the table to change or a node to come back, then try again with
 		// a clean failure set.
@@ -388,7 +405,7 @@ func (d *Dispatcher) run(st *Step, req *hybrid.ExpertRequest) error {
 // failRows ends a layer call that ran out of time by failing only the rows
 // it could not compute (their sequences fail; the others of the step go on):
 // pairs that have a replica get one last try, the rest fail their rows.
-func (d *Dispatcher) failRows(st *Step, t *routing.Table, req *hybrid.ExpertRequest, todo []pair, attempt int, cause error) error {
+func (d *Dispatcher) failRows(st *Step, t *routing.Table, req *hybrid.ExpertRequest, todo []pair, attempt int, cause error, src [][]byte) error {
 	groups, lost := d.assign(t, req.Layer, todo, nil)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -396,7 +413,7 @@ func (d *Dispatcher) failRows(st *Step, t *routing.Table, req *hybrid.ExpertRequ
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := d.callNode(st, t, node, req, pairs, attempt+1); err != nil {
+			if err := d.callNode(st, t, node, req, pairs, attempt+1, src); err != nil {
 				mu.Lock()
 				lost = append(lost, pairs...)
 				mu.Unlock()
@@ -458,10 +475,11 @@ func (d *Dispatcher) assign(t *routing.Table, layer int, todo []pair, failed map
 }
 
 // callNode sends one node's pairs (chunked by rows) and adds the results into
-// req.Out. It is all-or-nothing per node: results are staged and added only
-// once every chunk has arrived, so a failed node's pairs can be retried
-// elsewhere without double counting.
-func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybrid.ExpertRequest, pairs []pair, attempt int) (err error) {
+// req.Out, or, for per-pair answers, records each pair's answer in src (nil:
+// row sums asked). It is all-or-nothing per node: results are staged and
+// used only once every chunk has arrived, so a failed node's pairs can be
+// retried elsewhere without double counting.
+func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybrid.ExpertRequest, pairs []pair, attempt int, src [][]byte) (err error) {
 	info := CallInfo{Node: node, Layer: req.Layer, Pairs: len(pairs), Start: time.Now(), Attempt: attempt}
 	span, carrier := d.traceCall(st.ctx, &info)
 	defer func() { d.endCall(st, span, &info, err) }()
@@ -474,7 +492,7 @@ func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybr
 		return err
 	}
 	g := groupRows(pairs)
-	perChunk := rowsPerChunk(d.cfg.MaxMsgBytes, wire.Size(d.cfg.WireDType), req.Hidden, g.k)
+	perChunk := rowsPerChunk(d.cfg.MaxMsgBytes, wire.Size(d.cfg.WireDType), req.Hidden, g.k, src != nil)
 	chunks := (len(g.rows) + perChunk - 1) / perChunk
 	step := d.step.Add(1)
 	limit := d.callLimit(t, node, req.Layer, pairs)
@@ -484,6 +502,7 @@ func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybr
 	for c := range chunks {
 		r0, r1 := c*perChunk, min((c+1)*perChunk, len(g.rows))
 		msg := d.encodeChunk(req, g, r0, r1, step, c, chunks, carrier)
+		msg.PerPair = src != nil
 		if waits[c], err = s.send(ctx, msg); err != nil {
 			return err
 		}
@@ -496,12 +515,12 @@ func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybr
 	}
 	results := make([]*pb.ExpertResult, chunks)
 	for c, ch := range waits {
-		n := min((c+1)*perChunk, len(g.rows)) - c*perChunk
-		if results[c], err = d.await(ctx, st, s, step, ch, n, req.Hidden, &info); err != nil {
+		r0, r1 := c*perChunk, min((c+1)*perChunk, len(g.rows))
+		if results[c], err = d.await(ctx, st, s, step, ch, r1-r0, g.nonZero(r0, r1), req.Hidden, &info); err != nil {
 			return err
 		}
 	}
-	d.addResults(req, g.rows, perChunk, results)
+	d.addResults(req, g, perChunk, results, src)
 	d.markAnswered(node)
 	d.observeRTT(node, time.Since(info.Start))
 	return nil
@@ -655,8 +674,9 @@ func (d *Dispatcher) encodeChunk(req *hybrid.ExpertRequest, g nodeRows, r0, r1 i
 	return msg
 }
 
-// await waits for one chunk's result and checks its shape (rows x hidden).
-func (d *Dispatcher) await(ctx context.Context, st *Step, s *nodeStream, step uint64, ch chan *pb.ExpertResult, rows, hidden int, info *CallInfo) (*pb.ExpertResult, error) {
+// await waits for one chunk's result and checks its shape (rows x hidden, or
+// pairs x hidden for per-pair answers).
+func (d *Dispatcher) await(ctx context.Context, st *Step, s *nodeStream, step uint64, ch chan *pb.ExpertResult, rows, pairs, hidden int, info *CallInfo) (*pb.ExpertResult, error) {
 	select {
 	case res, ok := <-ch:
 		if !ok || res == nil {
@@ -665,8 +685,12 @@ func (d *Dispatcher) await(ctx context.Context, st *Step, s *nodeStream, step ui
 		if res.Error != "" {
 			return nil, errors.New(res.Error)
 		}
-		if int(res.Rows) != rows || wire.Check(d.cfg.WireDType, res.Out, rows*hidden) != nil {
-			return nil, fmt.Errorf("malformed result: %d rows, %d bytes", res.Rows, len(res.Out))
+		vals := rows
+		if res.PerPair {
+			vals = pairs
+		}
+		if int(res.Rows) != rows || wire.Check(d.cfg.WireDType, res.Out, vals*hidden) != nil {
+			return nil, fmt.Errorf("malformed result: %d rows, %d bytes (per_pair %v)", res.Rows, len(res.Out), res.PerPair)
 		}
 		d.stats.BytesIn.Add(uint64(len(res.Out)))
 		info.BytesIn += len(res.Out)
@@ -683,26 +707,88 @@ func (d *Dispatcher) await(ctx context.Context, st *Step, s *nodeStream, step ui
 	}
 }
 
-// addResults sums every chunk's rows into req.Out: the only writes to req.Out,
-// under a lock because several nodes finish concurrently.
-func (d *Dispatcher) addResults(req *hybrid.ExpertRequest, rows []int32, perChunk int, results []*pb.ExpertResult) {
+// nonZero counts the pairs of non-zero weight of rows [r0, r1): the pairs a
+// per-pair answer holds.
+func (g nodeRows) nonZero(r0, r1 int) int {
+	n := 0
+	for _, pr := range g.perRow[r0:r1] {
+		for _, p := range pr {
+			if p.weight != 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// addResults uses every chunk's answer: per-pair answers are recorded in src
+// by slot (disjoint per node: no lock), row sums are added into req.Out under
+// a lock because several nodes finish concurrently.
+func (d *Dispatcher) addResults(req *hybrid.ExpertRequest, g nodeRows, perChunk int, results []*pb.ExpertResult, src [][]byte) {
 	h, sz := req.Hidden, wire.Size(d.cfg.WireDType)
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	for c, res := range results {
 		r0 := c * perChunk
+		if res.PerPair {
+			off := 0
+			for i := range int(res.Rows) {
+				for _, p := range g.perRow[r0+i] {
+					if p.weight != 0 {
+						src[p.slot] = res.Out[off : off+sz*h]
+						off += sz * h
+					}
+				}
+			}
+			continue
+		}
+		d.mu.Lock()
 		for i := range int(res.Rows) {
-			dst := req.Out[int(rows[r0+i])*h : int(rows[r0+i]+1)*h]
-			wire.Add(d.cfg.WireDType, dst, res.Out[sz*i*h:])
+			row := int(g.rows[r0+i])
+			wire.Add(d.cfg.WireDType, req.Out[row*h:(row+1)*h], res.Out[sz*i*h:])
+		}
+		d.mu.Unlock()
+	}
+}
+
+// combine adds the per-pair answers of each row into req.Out in increasing
+// expert id, the order of hybrid.ComputeExperts (rows whose pairs were
+// answered as sums by nodes that cannot answer per pair already hold them).
+func (d *Dispatcher) combine(req *hybrid.ExpertRequest, src [][]byte) {
+	if src == nil {
+		return
+	}
+	h, k := req.Hidden, req.TopK
+	slots := make([]int, 0, k)
+	for row := range req.Rows {
+		slots = slots[:0]
+		for s := row * k; s < (row+1)*k; s++ {
+			if src[s] == nil {
+				continue
+			}
+			// Insertion by expert id (top-k ids of a row are distinct).
+			i := len(slots)
+			slots = append(slots, s)
+			for ; i > 0 && req.Experts[slots[i-1]] > req.Experts[s]; i-- {
+				slots[i] = slots[i-1]
+			}
+			slots[i] = s
+		}
+		dst := req.Out[row*h : (row+1)*h]
+		for _, s := range slots {
+			wire.Add(d.cfg.WireDType, dst, src[s])
 		}
 	}
 }
 
 // rowsPerChunk is how many rows fit one ExpertBatch under maxMsg bytes: each
 // row carries hidden activations of elemSize bytes, k expert ids and k weights,
-// plus per-field framing; 4 KiB is left for the message's other fields.
-func rowsPerChunk(maxMsg, elemSize, hidden, k int) int {
+// plus per-field framing; 4 KiB is left for the message's other fields. With
+// per-pair answers the answer (up to k rows of hidden values per row) must
+// fit too.
+func rowsPerChunk(maxMsg, elemSize, hidden, k int, perPair bool) int {
 	rowBytes := elemSize*hidden + 8*k + 16
+	if perPair {
+		rowBytes = max(rowBytes, k*elemSize*hidden+16)
+	}
 	return max(1, (maxMsg-4096)/rowBytes)
 }
 

@@ -27,7 +27,8 @@ type fakeExpert struct {
 	fail    bool          // answer every chunk with an error
 	hold    chan struct{} // when set, answer only once it is closed
 	chunks  int
-	maxSize int // largest ExpertBatch received, in bytes
+	maxSize int  // largest ExpertBatch received, in bytes
+	sums    bool // answer per-row sums even when asked per pair (GPU and older nodes)
 }
 
 func (f *fakeExpert) Dispatch(st grpc.BidiStreamingServer[pb.ExpertBatch, pb.ExpertResult]) error {
@@ -47,6 +48,18 @@ func (f *fakeExpert) Dispatch(st grpc.BidiStreamingServer[pb.ExpertBatch, pb.Exp
 		res := &pb.ExpertResult{StepId: b.StepId, Layer: b.Layer, Chunk: b.Chunk, Rows: b.Rows}
 		if fail {
 			res.Error = "expert node: injected failure"
+		} else if b.PerPair && !f.sums {
+			h, k := int(b.Hidden), int(b.TopK)
+			x := make([]float32, int(b.Rows)*h)
+			wire.Decode(b.Dtype, x, b.Activations)
+			res.PerPair = true
+			for r := range int(b.Rows) {
+				for j := range k {
+					if w := b.Weights[r*k+j]; w != 0 {
+						res.Out = wire.Encode(b.Dtype, res.Out, fakePair(x[r*h:(r+1)*h], b.ExpertIds[r*k+j], w))
+					}
+				}
+			}
 		} else {
 			h, k := int(b.Hidden), int(b.TopK)
 			x := make([]float32, int(b.Rows)*h)
@@ -66,6 +79,15 @@ func (f *fakeExpert) Dispatch(st grpc.BidiStreamingServer[pb.ExpertBatch, pb.Exp
 			return nil
 		}
 	}
+}
+
+// fakePair is the fake expert e's weighted output for row x.
+func fakePair(x []float32, e uint32, w float32) []float32 {
+	out := make([]float32, len(x))
+	for i, v := range x {
+		out[i] = float32(w*float32(e+1)) * v
+	}
+	return out
 }
 
 // serveFake starts fake expert nodes and returns their addresses.
@@ -250,7 +272,7 @@ func TestRowsPerChunk(t *testing.T) {
 		{16 << 20, 4, 1536, 6, (16<<20 - 4096) / (4*1536 + 48 + 16)},
 		{1000, 4, 4096, 8, 1}, // one row always goes, even over the limit
 	} {
-		if got := rowsPerChunk(tc.maxMsg, tc.elem, tc.hidden, tc.k); got != tc.want {
+		if got := rowsPerChunk(tc.maxMsg, tc.elem, tc.hidden, tc.k, false); got != tc.want {
 			t.Errorf("rowsPerChunk(%d, %d, %d, %d) = %d, want %d", tc.maxMsg, tc.elem, tc.hidden, tc.k, got, tc.want)
 		}
 	}
@@ -438,5 +460,71 @@ func TestDispatchFallsBackToStandbyReplica(t *testing.T) {
 	fb.mu.Unlock()
 	if chunks == 0 {
 		t.Fatal("the standby replica got nothing when the other failed")
+	}
+}
+
+// The deterministic combine: every pair answered on its own (rounded to the
+// wire type by itself) and summed in expert-id order, so the result is
+// bitwise the same whatever node holds which expert, and equal to that
+// order's sum computed here; nodes that answer sums still work.
+func TestDispatchDeterministicCombine(t *testing.T) {
+	fa, fb, fs := &fakeExpert{}, &fakeExpert{}, &fakeExpert{sums: true}
+	addrs := serveFake(t, fa, fb, fs)
+	for _, dt := range []pb.WireDType{pb.WireDType_WIRE_DTYPE_F32, pb.WireDType_WIRE_DTYPE_BF16} {
+		t.Run(dt.String(), func(t *testing.T) {
+			const rows, h, k = 9, 64, 3
+			ref, _ := request(rows, h, k)
+			// Expected: per pair, the node's float32 product rounded to the
+			// wire type, added in increasing expert id.
+			want := make([]float32, rows*h)
+			for r := range rows {
+				order := []int{0, 1, 2}
+				for a := range order {
+					for b := a + 1; b < len(order); b++ {
+						if ref.Experts[r*k+order[b]] < ref.Experts[r*k+order[a]] {
+							order[a], order[b] = order[b], order[a]
+						}
+					}
+				}
+				xr := make([]float32, h)
+				wire.Decode(dt, xr, wire.Encode(dt, nil, ref.X[r*h:(r+1)*h]))
+				for _, j := range order {
+					p := make([]float32, h)
+					wire.Decode(dt, p, wire.Encode(dt, nil, fakePair(xr, uint32(ref.Experts[r*k+j]), ref.Weights[r*k+j])))
+					for i := range h {
+						want[r*h+i] += p[i]
+					}
+				}
+			}
+			placements := map[string]*routing.Table{"a:01 b:23": table2(addrs[0], addrs[1], false), "b:01 a:23": table2(addrs[1], addrs[0], false),
+				"a:01 b:23, 0 also on b": table2(addrs[0], addrs[1], true)}
+			for name, tb := range placements {
+				d := newTestDispatcher(t, DispatchConfig{WireDType: dt, Deterministic: true}, h)
+				d.SetTable(tb)
+				req, _ := request(rows, h, k)
+				if err := d.Step(context.Background()).Begin(req).Wait(); err != nil {
+					t.Fatal(err)
+				}
+				for i := range want {
+					if math.Float32bits(req.Out[i]) != math.Float32bits(want[i]) {
+						t.Fatalf("%s: out[%d] = %g, want %g bitwise", name, i, req.Out[i], want[i])
+					}
+				}
+				in := d.Stats().BytesIn.Load()
+				if wantIn := uint64(rows * k * h * wire.Size(dt)); in != wantIn {
+					t.Errorf("%s: %d bytes back, want %d (one row per pair)", name, in, wantIn)
+				}
+			}
+			// A node that answers sums: correct to rounding, not bitwise.
+			d := newTestDispatcher(t, DispatchConfig{WireDType: dt, Deterministic: true}, h)
+			d.SetTable(table2(addrs[0], addrs[2], false))
+			req, exact := request(rows, h, k)
+			if err := d.Step(context.Background()).Begin(req).Wait(); err != nil {
+				t.Fatal(err)
+			}
+			if m := maxDiff(req.Out, exact); m > 0.1 {
+				t.Fatalf("with a node answering sums: max diff %g", m)
+			}
+		})
 	}
 }

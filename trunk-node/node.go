@@ -43,6 +43,7 @@ import (
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/engine"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	"github.com/switchyard-serving/switchyard/model/tokenizer"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
@@ -137,6 +138,13 @@ func New(cfg Config) (*Node, error) {
 	// so a prompt resumed from a prefix checkpoint gives the logits of a whole
 	// prefill, and on the CPU it is also the faster form (README: Prefix cache).
 	e.Model.ScanChunkedMin = 0
+	// Deterministic: every kernel batch-invariant (a process-wide choice),
+	// and in-process experts round as the bf16 wire does, so the trunk
+	// computes the same bits with local or remote experts.
+	kernels.SetBatchInvariant(cfg.Dispatch.Deterministic)
+	if le, ok := e.Model.Experts.(*hybrid.LocalExperts); ok {
+		le.BF16Wire = cfg.Dispatch.Deterministic && cfg.Dispatch.WireDType == pb.WireDType_WIRE_DTYPE_BF16
+	}
 	deps := SchedDeps{Model: e.Model, EOS: c.EOS, Tok: e.Tok, Store: n.store, Experts: LocalSteps{e.Model.Experts}, Metrics: n.metrics, Tracing: cfg.StepTracing}
 	if cfg.Tracing.Enabled {
 		deps.Tracer = cfg.Tracing.Tracer()

@@ -160,8 +160,11 @@ func (a *api) Generate(req *pb.GenerateRequest, stream pb.Switchyard_GenerateSer
 	if err != nil {
 		return toStatus(err)
 	}
+	if req.TopLogprobs < 0 || req.TopLogprobs > 20 {
+		return toStatus(invalid("top_logprobs must be in [0, 20], got %d", req.TopLogprobs))
+	}
 	return toStatus(a.generate(stream.Context(), genArgs{req.SessionId, prompt, req.Sampling, req.MaxTokens, req.Stop,
-		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "generate", "", nil, 0, nil, false}, stream))
+		req.StopTokenIds, req.IgnoreEos, req.Logprobs, "generate", "", nil, int(req.TopLogprobs), nil, false}, stream))
 }
 
 func (a *api) Chat(req *pb.ChatRequest, stream pb.Switchyard_ChatServer) error {
@@ -368,7 +371,7 @@ func (a *api) reserve(g *genArgs) (*Session, error) {
 // its next step.
 func (a *api) stream(ctx context.Context, g genArgs, sess *Session, job *Job, out sender) error {
 	fin, err := a.pump(ctx, job, func(evs []Event) error {
-		return out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Chunk{Chunk: tokenChunk(evs, g.logprobs)}})
+		return out.Send(&pb.GenerateResponse{Event: &pb.GenerateResponse_Chunk{Chunk: tokenChunk(evs, g.logprobs, g.topLogprobs > 0)}})
 	})
 	if err != nil {
 		return err
@@ -429,7 +432,7 @@ var finishReasons = map[string]pb.FinishReason{engine.FinishStop: pb.FinishReaso
 	engine.FinishLength: pb.FinishReason_FINISH_REASON_LENGTH, engine.FinishCancel: pb.FinishReason_FINISH_REASON_CANCELLED}
 
 // tokenChunk packs a batch of events into one streamed chunk.
-func tokenChunk(evs []Event, logprobs bool) *pb.TokenChunk {
+func tokenChunk(evs []Event, logprobs, top bool) *pb.TokenChunk {
 	chunk := &pb.TokenChunk{}
 	var sb strings.Builder
 	for _, ev := range evs {
@@ -437,6 +440,14 @@ func tokenChunk(evs []Event, logprobs bool) *pb.TokenChunk {
 			chunk.TokenIds = append(chunk.TokenIds, int32(ev.Token))
 			if logprobs {
 				chunk.Logprobs = append(chunk.Logprobs, ev.LogProb)
+			}
+			if top {
+				t := &pb.TopLogprobs{}
+				for _, tl := range ev.Top {
+					t.TokenIds = append(t.TokenIds, int32(tl.Token))
+					t.Logprobs = append(t.Logprobs, tl.LogProb)
+				}
+				chunk.TopLogprobs = append(chunk.TopLogprobs, t)
 			}
 		}
 		sb.WriteString(ev.Text)

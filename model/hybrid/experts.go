@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/switchyard-serving/switchyard/model/kernels"
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // ExpertRequest asks for the routed-expert part of one MoE layer for a batch of rows:
@@ -26,6 +27,18 @@ type ExpertRequest struct {
 	// (its Out row is then meaningless) and Wait returns nil. Rows already set
 	// on entry were failed earlier in the step and need not be computed.
 	Failed []bool
+	// PairOut, when not nil ([Rows*TopK, Hidden]), receives each pair's
+	// weighted output w·expert(X[row]) (rounded to float32 on its own) at its
+	// slot instead of the row sums in Out, which is then left untouched; slots
+	// of weight 0 are not written. Expert nodes answer the deterministic
+	// combine with it.
+	PairOut []float32
+	// BF16Wire makes an in-process computation round as the cluster's
+	// bfloat16 wire does under the deterministic combine: the rows are
+	// rounded to bfloat16 before the experts see them, and each pair's
+	// weighted output is rounded to bfloat16 before it is added. Out is then
+	// bitwise what a trunk gets from expert nodes.
+	BF16Wire bool
 }
 
 // Pending is an expert computation in flight.
@@ -52,7 +65,11 @@ func Done(err error) Pending { return donePending{err} }
 // rows by expert so that each expert's weights are read once per request.
 type LocalExperts struct {
 	Layers []LayerWeights
-	scr    ExpertScratch
+	// BF16Wire sets ExpertRequest.BF16Wire on every request: a trunk with
+	// in-process experts then computes bitwise what it would get from
+	// expert nodes over the bf16 wire with the deterministic combine.
+	BF16Wire bool
+	scr      ExpertScratch
 }
 
 var _ ExpertBackend = (*LocalExperts)(nil)
@@ -62,6 +79,7 @@ func (l *LocalExperts) Begin(req *ExpertRequest) Pending {
 	if req.Layer < 0 || req.Layer >= len(l.Layers) {
 		return Done(fmt.Errorf("hybrid: expert request for layer %d of %d", req.Layer, len(l.Layers)))
 	}
+	req.BF16Wire = req.BF16Wire || l.BF16Wire
 	return Done(ComputeExperts(l.Layers[req.Layer].Experts, req, &l.scr))
 }
 
@@ -84,12 +102,21 @@ func grow[T any](b []T, n int) []T {
 
 // ComputeExperts evaluates req against the given experts (indexed by expert id; an
 // entry with no weights means the expert is not held here, which is an error).
+//
+// Every row's sum adds its experts' weighted outputs in increasing expert id,
+// starting from zero, each product w·y rounded to float32 first: the order
+// the trunk's dispatcher uses for per-pair answers from expert nodes, so that
+// with batch-invariant kernels a row's result depends neither on the rows
+// batched with it nor on which node holds which expert.
 func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScratch) error {
 	h := req.Hidden
-	if len(req.X) < req.Rows*h || len(req.Out) < req.Rows*h || len(req.Experts) < req.Rows*req.TopK || len(req.Weights) < req.Rows*req.TopK {
+	if len(req.X) < req.Rows*h || len(req.Experts) < req.Rows*req.TopK || len(req.Weights) < req.Rows*req.TopK ||
+		(req.PairOut == nil && len(req.Out) < req.Rows*h) || (req.PairOut != nil && len(req.PairOut) < req.Rows*req.TopK*h) {
 		return fmt.Errorf("hybrid: expert request for layer %d has short buffers", req.Layer)
 	}
-	clear(req.Out[:req.Rows*h])
+	if req.PairOut == nil {
+		clear(req.Out[:req.Rows*h])
+	}
 	// Bucket (row, slot) pairs by expert. Pairs with weight 0 are padding (a remote
 	// caller pads rows to a fixed pair count) and are skipped.
 	counts := make([]int, len(experts)+1)
@@ -129,7 +156,13 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 		scr.gather = grow(scr.gather, m*h)
 		for j, slot := range order[lo:hi] {
 			row := int(slot) / req.TopK
-			copy(scr.gather[j*h:(j+1)*h], req.X[row*h:(row+1)*h])
+			g := scr.gather[j*h : (j+1)*h]
+			copy(g, req.X[row*h:(row+1)*h])
+			if req.BF16Wire {
+				for c, v := range g {
+					g[c] = tensor.BF16ToF32(tensor.F32ToBF16(v))
+				}
+			}
 		}
 		scr.gate = grow(scr.gate, m*inter)
 		scr.up = grow(scr.up, m*inter)
@@ -139,12 +172,27 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 		scr.down = grow(scr.down, m*h)
 		kernels.MatMul(scr.down, ew.Down, scr.gate, m)
 		for j, slot := range order[lo:hi] {
-			row := int(slot) / req.TopK
 			w := req.Weights[slot]
-			dst := req.Out[row*h : (row+1)*h]
 			src := scr.down[j*h : (j+1)*h]
+			if req.PairOut != nil {
+				dst := req.PairOut[int(slot)*h : int(slot+1)*h]
+				for c := range dst {
+					dst[c] = float32(w * src[c])
+				}
+				continue
+			}
+			row := int(slot) / req.TopK
+			dst := req.Out[row*h : (row+1)*h]
+			if req.BF16Wire {
+				for c := range dst {
+					dst[c] += tensor.BF16ToF32(tensor.F32ToBF16(float32(w * src[c])))
+				}
+				continue
+			}
 			for c := range dst {
-				dst[c] += w * src[c]
+				// The conversion keeps the product from fusing into the add,
+				// as the dispatcher's sum of per-pair answers cannot.
+				dst[c] += float32(w * src[c])
 			}
 		}
 	}

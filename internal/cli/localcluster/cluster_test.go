@@ -144,8 +144,6 @@ func TestClusterGreedyMatchesGolden(t *testing.T) {
 // 32 concurrent sessions with different prompts each produce exactly what they
 // produce alone.
 func TestCluster32Concurrent(t *testing.T) {
-	// f32 on the wire: with bf16 the rounding of a row's expert sums may depend on
-	// which other rows shared its batch, which can flip a near-tie.
 	c := startFaultCluster(t, 2, 1)
 	cli := clientFor(t, c.Endpoint)
 	tok := c.Trunk.Tokenizer()
@@ -187,8 +185,6 @@ func TestCluster32Concurrent(t *testing.T) {
 // (the coordinator republishes when the node's lease expires) and requests wait
 // for that instead of failing.
 func TestClusterExpertKilledRequestsWait(t *testing.T) {
-	// f32 on the wire: the re-placement changes how rows' experts are split over
-	// nodes (see startFaultCluster).
 	c := startFaultCluster(t, 2, 1)
 	cli := clientFor(t, c.Endpoint)
 	p := goldenPrompts(t)[2]

@@ -73,8 +73,9 @@ type Options struct {
 
 // Cluster is a running local cluster.
 type Cluster struct {
-	Endpoint string            // public gRPC address of the first trunk
-	Etcd     *embedetcd.Server // nil with Options.EtcdEndpoints
+	closeOnce sync.Once
+	Endpoint  string            // public gRPC address of the first trunk
+	Etcd      *embedetcd.Server // nil with Options.EtcdEndpoints
 	// EtcdEndpoints are the client URLs of the cluster's etcd.
 	EtcdEndpoints []string
 	Trunk         *trunknode.Node // the first trunk
@@ -162,6 +163,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	snapKey := make([]byte, 32)
 	rand.Read(snapKey)
 	var tcfg trunknode.Config
+	remote := false // some trunk computes experts on expert nodes
 	for i := range nTrunks {
 		tcfg = trunknode.DefaultConfig()
 		tcfg.NodeID = fmt.Sprintf("trunk-%d", i)
@@ -179,6 +181,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 			tcfg.MetricsAddr = "127.0.0.1:0"
 		}
 		tcfg.Logger = c.logger()
+		remote = remote || !tcfg.LocalExperts
 		t, err := trunknode.New(tcfg)
 		if err != nil {
 			return nil, err
@@ -187,7 +190,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 	c.Trunk = c.Trunks[0]
 	c.cfg = c.Trunk.Model().Cfg
-	if c.cfg.IsMoE() && !tcfg.LocalExperts {
+	if c.cfg.IsMoE() && remote {
 		if o.Coordinators == 0 {
 			o.Coordinators = 1
 			c.opts.Coordinators = 1
@@ -472,8 +475,11 @@ func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
 // Errors delivers background failures of the cluster's nodes.
 func (c *Cluster) Errors() <-chan error { return c.errs }
 
-// Close stops every node, the coordinator and etcd.
-func (c *Cluster) Close() {
+// Close stops every node, the coordinator and etcd. It may be called more
+// than once.
+func (c *Cluster) Close() { c.closeOnce.Do(c.close) }
+
+func (c *Cluster) close() {
 	if c.cancel != nil {
 		c.cancel()
 	}

@@ -308,7 +308,12 @@ type ExpertBatch struct {
 	// trace carries the W3C trace context of the dispatch span.
 	Trace map[string]string `protobuf:"bytes,11,rep,name=trace,proto3" json:"trace,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// dtype is the element type of activations, and of the answer's out.
-	Dtype         WireDType `protobuf:"varint,12,opt,name=dtype,proto3,enum=switchyard.v1.WireDType" json:"dtype,omitempty"`
+	Dtype WireDType `protobuf:"varint,12,opt,name=dtype,proto3,enum=switchyard.v1.WireDType" json:"dtype,omitempty"`
+	// per_pair asks for each (row, slot) pair's weighted output separately
+	// (ExpertResult.per_pair) instead of one sum per row, so that the trunk adds
+	// every row's experts in one fixed order (expert id) whatever node computed
+	// them: the deterministic combine. A node that cannot answers per-row sums.
+	PerPair       bool `protobuf:"varint,13,opt,name=per_pair,json=perPair,proto3" json:"per_pair,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -427,6 +432,13 @@ func (x *ExpertBatch) GetDtype() WireDType {
 	return WireDType_WIRE_DTYPE_BF16
 }
 
+func (x *ExpertBatch) GetPerPair() bool {
+	if x != nil {
+		return x.PerPair
+	}
+	return false
+}
+
 // ExpertResult answers one ExpertBatch chunk.
 type ExpertResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -438,13 +450,19 @@ type ExpertResult struct {
 	Chunk uint32 `protobuf:"varint,3,opt,name=chunk,proto3" json:"chunk,omitempty"`
 	// rows is the number of rows answered.
 	Rows uint32 `protobuf:"varint,4,opt,name=rows,proto3" json:"rows,omitempty"`
-	// out holds rows x hidden values of the batch's dtype: per row, the sum over
-	// its (expert, weight) pairs of weight x expert(row).
+	// out holds values of the batch's dtype. Without per_pair: rows x hidden,
+	// per row the sum over its (expert, weight) pairs of weight x expert(row).
+	// With per_pair: pairs x hidden, for every pair of non-zero weight in
+	// (row, slot) order, weight x expert(row) computed in float32 and then
+	// rounded to the dtype on its own.
 	Out []byte `protobuf:"bytes,5,opt,name=out,proto3" json:"out,omitempty"`
 	// error, when set, says why the chunk was not computed (the trunk retries elsewhere).
 	Error string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
 	// compute_micros is the time the node spent computing, for latency breakdowns.
 	ComputeMicros uint32 `protobuf:"varint,7,opt,name=compute_micros,json=computeMicros,proto3" json:"compute_micros,omitempty"`
+	// per_pair says that out holds one value row per pair (the batch asked for
+	// it and this node supports it); false: one sum per row.
+	PerPair       bool `protobuf:"varint,8,opt,name=per_pair,json=perPair,proto3" json:"per_pair,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -528,6 +546,13 @@ func (x *ExpertResult) GetComputeMicros() uint32 {
 	return 0
 }
 
+func (x *ExpertResult) GetPerPair() bool {
+	if x != nil {
+		return x.PerPair
+	}
+	return false
+}
+
 var File_switchyard_v1_expert_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_expert_proto_rawDesc = "" +
@@ -546,7 +571,7 @@ const file_switchyard_v1_expert_proto_rawDesc = "" +
 	"\x0eexperts_loaded\x18\x04 \x01(\rR\rexpertsLoaded\x122\n" +
 	"\x06counts\x18\x05 \x03(\v2\x1a.switchyard.v1.ExpertCountR\x06counts\x12\x18\n" +
 	"\abatches\x18\x06 \x01(\x04R\abatches\x12\x12\n" +
-	"\x04rows\x18\a \x01(\x04R\x04rows\"\xb5\x03\n" +
+	"\x04rows\x18\a \x01(\x04R\x04rows\"\xd0\x03\n" +
 	"\vExpertBatch\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\x04R\x06stepId\x12\x14\n" +
 	"\x05layer\x18\x02 \x01(\rR\x05layer\x12\x12\n" +
@@ -561,11 +586,12 @@ const file_switchyard_v1_expert_proto_rawDesc = "" +
 	"\x06chunks\x18\n" +
 	" \x01(\rR\x06chunks\x12;\n" +
 	"\x05trace\x18\v \x03(\v2%.switchyard.v1.ExpertBatch.TraceEntryR\x05trace\x12.\n" +
-	"\x05dtype\x18\f \x01(\x0e2\x18.switchyard.v1.WireDTypeR\x05dtype\x1a8\n" +
+	"\x05dtype\x18\f \x01(\x0e2\x18.switchyard.v1.WireDTypeR\x05dtype\x12\x19\n" +
+	"\bper_pair\x18\r \x01(\bR\aperPair\x1a8\n" +
 	"\n" +
 	"TraceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb6\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd1\x01\n" +
 	"\fExpertResult\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\x04R\x06stepId\x12\x14\n" +
 	"\x05layer\x18\x02 \x01(\rR\x05layer\x12\x14\n" +
@@ -573,7 +599,8 @@ const file_switchyard_v1_expert_proto_rawDesc = "" +
 	"\x04rows\x18\x04 \x01(\rR\x04rows\x12\x10\n" +
 	"\x03out\x18\x05 \x01(\fR\x03out\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x12%\n" +
-	"\x0ecompute_micros\x18\a \x01(\rR\rcomputeMicros*4\n" +
+	"\x0ecompute_micros\x18\a \x01(\rR\rcomputeMicros\x12\x19\n" +
+	"\bper_pair\x18\b \x01(\bR\aperPair*4\n" +
 	"\tWireDType\x12\x13\n" +
 	"\x0fWIRE_DTYPE_BF16\x10\x00\x12\x12\n" +
 	"\x0eWIRE_DTYPE_F32\x10\x012\x9c\x01\n" +

@@ -49,7 +49,10 @@ type GenerateRequest struct {
 	// ignore_eos keeps generating past the end-of-text token.
 	IgnoreEos bool `protobuf:"varint,8,opt,name=ignore_eos,json=ignoreEos,proto3" json:"ignore_eos,omitempty"`
 	// logprobs asks for each generated token's log-probability.
-	Logprobs      bool `protobuf:"varint,9,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
+	Logprobs bool `protobuf:"varint,9,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// top_logprobs lists, with each generated token, that many most likely
+	// tokens and their log-probabilities (TokenChunk.top_logprobs). 0 to 20.
+	TopLogprobs   int32 `protobuf:"varint,10,opt,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -156,6 +159,13 @@ func (x *GenerateRequest) GetLogprobs() bool {
 		return x.Logprobs
 	}
 	return false
+}
+
+func (x *GenerateRequest) GetTopLogprobs() int32 {
+	if x != nil {
+		return x.TopLogprobs
+	}
+	return 0
 }
 
 type isGenerateRequest_Input interface {
@@ -380,7 +390,10 @@ type TokenChunk struct {
 	// text is the text delta that is safe to show (complete UTF-8, stop strings held back).
 	Text string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
 	// logprobs are the tokens' log-probabilities, when requested.
-	Logprobs      []float32 `protobuf:"fixed32,3,rep,packed,name=logprobs,proto3" json:"logprobs,omitempty"`
+	Logprobs []float32 `protobuf:"fixed32,3,rep,packed,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// top_logprobs has one entry per token of token_ids when top_logprobs was
+	// requested: the most likely tokens at that position.
+	TopLogprobs   []*TopLogprobs `protobuf:"bytes,4,rep,name=top_logprobs,json=topLogprobs,proto3" json:"top_logprobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -436,6 +449,68 @@ func (x *TokenChunk) GetLogprobs() []float32 {
 	return nil
 }
 
+func (x *TokenChunk) GetTopLogprobs() []*TopLogprobs {
+	if x != nil {
+		return x.TopLogprobs
+	}
+	return nil
+}
+
+// TopLogprobs is the most likely tokens at one position, most likely first.
+type TopLogprobs struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token_ids are the tokens.
+	TokenIds []int32 `protobuf:"varint,1,rep,packed,name=token_ids,json=tokenIds,proto3" json:"token_ids,omitempty"`
+	// logprobs are their log-probabilities (natural log, float32).
+	Logprobs      []float32 `protobuf:"fixed32,2,rep,packed,name=logprobs,proto3" json:"logprobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopLogprobs) Reset() {
+	*x = TopLogprobs{}
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopLogprobs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopLogprobs) ProtoMessage() {}
+
+func (x *TopLogprobs) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopLogprobs.ProtoReflect.Descriptor instead.
+func (*TopLogprobs) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TopLogprobs) GetTokenIds() []int32 {
+	if x != nil {
+		return x.TokenIds
+	}
+	return nil
+}
+
+func (x *TopLogprobs) GetLogprobs() []float32 {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
 // GenerateFinal summarises a finished generation.
 type GenerateFinal struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -451,7 +526,7 @@ type GenerateFinal struct {
 
 func (x *GenerateFinal) Reset() {
 	*x = GenerateFinal{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[4]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +538,7 @@ func (x *GenerateFinal) String() string {
 func (*GenerateFinal) ProtoMessage() {}
 
 func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[4]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +551,7 @@ func (x *GenerateFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateFinal.ProtoReflect.Descriptor instead.
 func (*GenerateFinal) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{4}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GenerateFinal) GetFinishReason() FinishReason {
@@ -516,7 +591,7 @@ type CreateSessionRequest struct {
 
 func (x *CreateSessionRequest) Reset() {
 	*x = CreateSessionRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[5]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +603,7 @@ func (x *CreateSessionRequest) String() string {
 func (*CreateSessionRequest) ProtoMessage() {}
 
 func (x *CreateSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[5]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +616,7 @@ func (x *CreateSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSessionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSessionRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{5}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateSessionRequest) GetPrompt() isCreateSessionRequest_Prompt {
@@ -608,7 +683,7 @@ type Session struct {
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[6]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +695,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[6]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +708,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{6}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Session) GetSessionId() string {
@@ -689,7 +764,7 @@ type GetSessionRequest struct {
 
 func (x *GetSessionRequest) Reset() {
 	*x = GetSessionRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[7]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +776,7 @@ func (x *GetSessionRequest) String() string {
 func (*GetSessionRequest) ProtoMessage() {}
 
 func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[7]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +789,7 @@ func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
 func (*GetSessionRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{7}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetSessionRequest) GetSessionId() string {
@@ -735,7 +810,7 @@ type ForkSessionRequest struct {
 
 func (x *ForkSessionRequest) Reset() {
 	*x = ForkSessionRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[8]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +822,7 @@ func (x *ForkSessionRequest) String() string {
 func (*ForkSessionRequest) ProtoMessage() {}
 
 func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[8]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +835,7 @@ func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSessionRequest.ProtoReflect.Descriptor instead.
 func (*ForkSessionRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{8}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ForkSessionRequest) GetSessionId() string {
@@ -781,7 +856,7 @@ type ExportSessionRequest struct {
 
 func (x *ExportSessionRequest) Reset() {
 	*x = ExportSessionRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[9]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +868,7 @@ func (x *ExportSessionRequest) String() string {
 func (*ExportSessionRequest) ProtoMessage() {}
 
 func (x *ExportSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[9]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +881,7 @@ func (x *ExportSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportSessionRequest.ProtoReflect.Descriptor instead.
 func (*ExportSessionRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{9}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ExportSessionRequest) GetSessionId() string {
@@ -839,7 +914,7 @@ type SessionSnapshotChunk struct {
 
 func (x *SessionSnapshotChunk) Reset() {
 	*x = SessionSnapshotChunk{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[10]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +926,7 @@ func (x *SessionSnapshotChunk) String() string {
 func (*SessionSnapshotChunk) ProtoMessage() {}
 
 func (x *SessionSnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[10]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +939,7 @@ func (x *SessionSnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionSnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SessionSnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{10}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SessionSnapshotChunk) GetData() []byte {
@@ -906,7 +981,7 @@ type DeleteSessionRequest struct {
 
 func (x *DeleteSessionRequest) Reset() {
 	*x = DeleteSessionRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[11]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +993,7 @@ func (x *DeleteSessionRequest) String() string {
 func (*DeleteSessionRequest) ProtoMessage() {}
 
 func (x *DeleteSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[11]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1006,7 @@ func (x *DeleteSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSessionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSessionRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{11}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteSessionRequest) GetSessionId() string {
@@ -952,7 +1027,7 @@ type DeleteSessionResponse struct {
 
 func (x *DeleteSessionResponse) Reset() {
 	*x = DeleteSessionResponse{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[12]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1039,7 @@ func (x *DeleteSessionResponse) String() string {
 func (*DeleteSessionResponse) ProtoMessage() {}
 
 func (x *DeleteSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[12]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1052,7 @@ func (x *DeleteSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSessionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSessionResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{12}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteSessionResponse) GetFreedBytes() int64 {
@@ -1000,7 +1075,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[13]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1087,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[13]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1100,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{13}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TokenizeRequest) GetText() string {
@@ -1053,7 +1128,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[14]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1140,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[14]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1153,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{14}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TokenizeResponse) GetTokenIds() []int32 {
@@ -1099,7 +1174,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[15]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1186,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[15]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1199,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{15}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DetokenizeRequest) GetTokenIds() []int32 {
@@ -1151,7 +1226,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[16]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1238,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[16]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1251,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{16}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -1209,7 +1284,7 @@ type ModelInfoRequest struct {
 
 func (x *ModelInfoRequest) Reset() {
 	*x = ModelInfoRequest{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[17]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1221,7 +1296,7 @@ func (x *ModelInfoRequest) String() string {
 func (*ModelInfoRequest) ProtoMessage() {}
 
 func (x *ModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[17]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1234,7 +1309,7 @@ func (x *ModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*ModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{17}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{18}
 }
 
 // ModelInfoResponse describes the served model.
@@ -1266,7 +1341,7 @@ type ModelInfoResponse struct {
 
 func (x *ModelInfoResponse) Reset() {
 	*x = ModelInfoResponse{}
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[18]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1278,7 +1353,7 @@ func (x *ModelInfoResponse) String() string {
 func (*ModelInfoResponse) ProtoMessage() {}
 
 func (x *ModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_switchyard_proto_msgTypes[18]
+	mi := &file_switchyard_v1_switchyard_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1291,7 +1366,7 @@ func (x *ModelInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*ModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{18}
+	return file_switchyard_v1_switchyard_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ModelInfoResponse) GetName() string {
@@ -1368,7 +1443,7 @@ var File_switchyard_v1_switchyard_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_switchyard_proto_rawDesc = "" +
 	"\n" +
-	"\x1eswitchyard/v1/switchyard.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/types.proto\"\xd6\x02\n" +
+	"\x1eswitchyard/v1/switchyard.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/types.proto\"\xf9\x02\n" +
 	"\x0fGenerateRequest\x12\x14\n" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x126\n" +
 	"\ttoken_ids\x18\x02 \x01(\v2\x17.switchyard.v1.TokenIdsH\x00R\btokenIds\x12\x1d\n" +
@@ -1381,7 +1456,9 @@ const file_switchyard_v1_switchyard_proto_rawDesc = "" +
 	"\x0estop_token_ids\x18\a \x03(\x05R\fstopTokenIds\x12\x1d\n" +
 	"\n" +
 	"ignore_eos\x18\b \x01(\bR\tignoreEos\x12\x1a\n" +
-	"\blogprobs\x18\t \x01(\bR\blogprobsB\a\n" +
+	"\blogprobs\x18\t \x01(\bR\blogprobs\x12!\n" +
+	"\ftop_logprobs\x18\n" +
+	" \x01(\x05R\vtopLogprobsB\a\n" +
 	"\x05input\"\xb3\x02\n" +
 	"\vChatRequest\x126\n" +
 	"\bmessages\x18\x01 \x03(\v2\x1a.switchyard.v1.ChatMessageR\bmessages\x12\x1d\n" +
@@ -1398,12 +1475,16 @@ const file_switchyard_v1_switchyard_proto_rawDesc = "" +
 	"\x10GenerateResponse\x121\n" +
 	"\x05chunk\x18\x01 \x01(\v2\x19.switchyard.v1.TokenChunkH\x00R\x05chunk\x124\n" +
 	"\x05final\x18\x02 \x01(\v2\x1c.switchyard.v1.GenerateFinalH\x00R\x05finalB\a\n" +
-	"\x05event\"Y\n" +
+	"\x05event\"\x98\x01\n" +
 	"\n" +
 	"TokenChunk\x12\x1b\n" +
 	"\ttoken_ids\x18\x01 \x03(\x05R\btokenIds\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12\x1a\n" +
-	"\blogprobs\x18\x03 \x03(\x02R\blogprobs\"\x9c\x01\n" +
+	"\blogprobs\x18\x03 \x03(\x02R\blogprobs\x12=\n" +
+	"\ftop_logprobs\x18\x04 \x03(\v2\x1a.switchyard.v1.TopLogprobsR\vtopLogprobs\"F\n" +
+	"\vTopLogprobs\x12\x1b\n" +
+	"\ttoken_ids\x18\x01 \x03(\x05R\btokenIds\x12\x1a\n" +
+	"\blogprobs\x18\x02 \x03(\x02R\blogprobs\"\x9c\x01\n" +
 	"\rGenerateFinal\x12@\n" +
 	"\rfinish_reason\x18\x01 \x01(\x0e2\x1b.switchyard.v1.FinishReasonR\ffinishReason\x12*\n" +
 	"\x05usage\x18\x02 \x01(\v2\x14.switchyard.v1.UsageR\x05usage\x12\x1d\n" +
@@ -1498,70 +1579,72 @@ func file_switchyard_v1_switchyard_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_switchyard_proto_rawDescData
 }
 
-var file_switchyard_v1_switchyard_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_switchyard_v1_switchyard_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_switchyard_v1_switchyard_proto_goTypes = []any{
 	(*GenerateRequest)(nil),       // 0: switchyard.v1.GenerateRequest
 	(*ChatRequest)(nil),           // 1: switchyard.v1.ChatRequest
 	(*GenerateResponse)(nil),      // 2: switchyard.v1.GenerateResponse
 	(*TokenChunk)(nil),            // 3: switchyard.v1.TokenChunk
-	(*GenerateFinal)(nil),         // 4: switchyard.v1.GenerateFinal
-	(*CreateSessionRequest)(nil),  // 5: switchyard.v1.CreateSessionRequest
-	(*Session)(nil),               // 6: switchyard.v1.Session
-	(*GetSessionRequest)(nil),     // 7: switchyard.v1.GetSessionRequest
-	(*ForkSessionRequest)(nil),    // 8: switchyard.v1.ForkSessionRequest
-	(*ExportSessionRequest)(nil),  // 9: switchyard.v1.ExportSessionRequest
-	(*SessionSnapshotChunk)(nil),  // 10: switchyard.v1.SessionSnapshotChunk
-	(*DeleteSessionRequest)(nil),  // 11: switchyard.v1.DeleteSessionRequest
-	(*DeleteSessionResponse)(nil), // 12: switchyard.v1.DeleteSessionResponse
-	(*TokenizeRequest)(nil),       // 13: switchyard.v1.TokenizeRequest
-	(*TokenizeResponse)(nil),      // 14: switchyard.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),     // 15: switchyard.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),    // 16: switchyard.v1.DetokenizeResponse
-	(*ModelInfoRequest)(nil),      // 17: switchyard.v1.ModelInfoRequest
-	(*ModelInfoResponse)(nil),     // 18: switchyard.v1.ModelInfoResponse
-	(*TokenIds)(nil),              // 19: switchyard.v1.TokenIds
-	(*SamplingParams)(nil),        // 20: switchyard.v1.SamplingParams
-	(*ChatMessage)(nil),           // 21: switchyard.v1.ChatMessage
-	(FinishReason)(0),             // 22: switchyard.v1.FinishReason
-	(*Usage)(nil),                 // 23: switchyard.v1.Usage
+	(*TopLogprobs)(nil),           // 4: switchyard.v1.TopLogprobs
+	(*GenerateFinal)(nil),         // 5: switchyard.v1.GenerateFinal
+	(*CreateSessionRequest)(nil),  // 6: switchyard.v1.CreateSessionRequest
+	(*Session)(nil),               // 7: switchyard.v1.Session
+	(*GetSessionRequest)(nil),     // 8: switchyard.v1.GetSessionRequest
+	(*ForkSessionRequest)(nil),    // 9: switchyard.v1.ForkSessionRequest
+	(*ExportSessionRequest)(nil),  // 10: switchyard.v1.ExportSessionRequest
+	(*SessionSnapshotChunk)(nil),  // 11: switchyard.v1.SessionSnapshotChunk
+	(*DeleteSessionRequest)(nil),  // 12: switchyard.v1.DeleteSessionRequest
+	(*DeleteSessionResponse)(nil), // 13: switchyard.v1.DeleteSessionResponse
+	(*TokenizeRequest)(nil),       // 14: switchyard.v1.TokenizeRequest
+	(*TokenizeResponse)(nil),      // 15: switchyard.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),     // 16: switchyard.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),    // 17: switchyard.v1.DetokenizeResponse
+	(*ModelInfoRequest)(nil),      // 18: switchyard.v1.ModelInfoRequest
+	(*ModelInfoResponse)(nil),     // 19: switchyard.v1.ModelInfoResponse
+	(*TokenIds)(nil),              // 20: switchyard.v1.TokenIds
+	(*SamplingParams)(nil),        // 21: switchyard.v1.SamplingParams
+	(*ChatMessage)(nil),           // 22: switchyard.v1.ChatMessage
+	(FinishReason)(0),             // 23: switchyard.v1.FinishReason
+	(*Usage)(nil),                 // 24: switchyard.v1.Usage
 }
 var file_switchyard_v1_switchyard_proto_depIdxs = []int32{
-	19, // 0: switchyard.v1.GenerateRequest.token_ids:type_name -> switchyard.v1.TokenIds
-	20, // 1: switchyard.v1.GenerateRequest.sampling:type_name -> switchyard.v1.SamplingParams
-	21, // 2: switchyard.v1.ChatRequest.messages:type_name -> switchyard.v1.ChatMessage
-	20, // 3: switchyard.v1.ChatRequest.sampling:type_name -> switchyard.v1.SamplingParams
+	20, // 0: switchyard.v1.GenerateRequest.token_ids:type_name -> switchyard.v1.TokenIds
+	21, // 1: switchyard.v1.GenerateRequest.sampling:type_name -> switchyard.v1.SamplingParams
+	22, // 2: switchyard.v1.ChatRequest.messages:type_name -> switchyard.v1.ChatMessage
+	21, // 3: switchyard.v1.ChatRequest.sampling:type_name -> switchyard.v1.SamplingParams
 	3,  // 4: switchyard.v1.GenerateResponse.chunk:type_name -> switchyard.v1.TokenChunk
-	4,  // 5: switchyard.v1.GenerateResponse.final:type_name -> switchyard.v1.GenerateFinal
-	22, // 6: switchyard.v1.GenerateFinal.finish_reason:type_name -> switchyard.v1.FinishReason
-	23, // 7: switchyard.v1.GenerateFinal.usage:type_name -> switchyard.v1.Usage
-	19, // 8: switchyard.v1.CreateSessionRequest.token_ids:type_name -> switchyard.v1.TokenIds
-	0,  // 9: switchyard.v1.Switchyard.Generate:input_type -> switchyard.v1.GenerateRequest
-	1,  // 10: switchyard.v1.Switchyard.Chat:input_type -> switchyard.v1.ChatRequest
-	5,  // 11: switchyard.v1.Switchyard.CreateSession:input_type -> switchyard.v1.CreateSessionRequest
-	7,  // 12: switchyard.v1.Switchyard.GetSession:input_type -> switchyard.v1.GetSessionRequest
-	8,  // 13: switchyard.v1.Switchyard.ForkSession:input_type -> switchyard.v1.ForkSessionRequest
-	11, // 14: switchyard.v1.Switchyard.DeleteSession:input_type -> switchyard.v1.DeleteSessionRequest
-	9,  // 15: switchyard.v1.Switchyard.ExportSession:input_type -> switchyard.v1.ExportSessionRequest
-	10, // 16: switchyard.v1.Switchyard.ImportSession:input_type -> switchyard.v1.SessionSnapshotChunk
-	13, // 17: switchyard.v1.Switchyard.Tokenize:input_type -> switchyard.v1.TokenizeRequest
-	15, // 18: switchyard.v1.Switchyard.Detokenize:input_type -> switchyard.v1.DetokenizeRequest
-	17, // 19: switchyard.v1.Switchyard.ModelInfo:input_type -> switchyard.v1.ModelInfoRequest
-	2,  // 20: switchyard.v1.Switchyard.Generate:output_type -> switchyard.v1.GenerateResponse
-	2,  // 21: switchyard.v1.Switchyard.Chat:output_type -> switchyard.v1.GenerateResponse
-	6,  // 22: switchyard.v1.Switchyard.CreateSession:output_type -> switchyard.v1.Session
-	6,  // 23: switchyard.v1.Switchyard.GetSession:output_type -> switchyard.v1.Session
-	6,  // 24: switchyard.v1.Switchyard.ForkSession:output_type -> switchyard.v1.Session
-	12, // 25: switchyard.v1.Switchyard.DeleteSession:output_type -> switchyard.v1.DeleteSessionResponse
-	10, // 26: switchyard.v1.Switchyard.ExportSession:output_type -> switchyard.v1.SessionSnapshotChunk
-	6,  // 27: switchyard.v1.Switchyard.ImportSession:output_type -> switchyard.v1.Session
-	14, // 28: switchyard.v1.Switchyard.Tokenize:output_type -> switchyard.v1.TokenizeResponse
-	16, // 29: switchyard.v1.Switchyard.Detokenize:output_type -> switchyard.v1.DetokenizeResponse
-	18, // 30: switchyard.v1.Switchyard.ModelInfo:output_type -> switchyard.v1.ModelInfoResponse
-	20, // [20:31] is the sub-list for method output_type
-	9,  // [9:20] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	5,  // 5: switchyard.v1.GenerateResponse.final:type_name -> switchyard.v1.GenerateFinal
+	4,  // 6: switchyard.v1.TokenChunk.top_logprobs:type_name -> switchyard.v1.TopLogprobs
+	23, // 7: switchyard.v1.GenerateFinal.finish_reason:type_name -> switchyard.v1.FinishReason
+	24, // 8: switchyard.v1.GenerateFinal.usage:type_name -> switchyard.v1.Usage
+	20, // 9: switchyard.v1.CreateSessionRequest.token_ids:type_name -> switchyard.v1.TokenIds
+	0,  // 10: switchyard.v1.Switchyard.Generate:input_type -> switchyard.v1.GenerateRequest
+	1,  // 11: switchyard.v1.Switchyard.Chat:input_type -> switchyard.v1.ChatRequest
+	6,  // 12: switchyard.v1.Switchyard.CreateSession:input_type -> switchyard.v1.CreateSessionRequest
+	8,  // 13: switchyard.v1.Switchyard.GetSession:input_type -> switchyard.v1.GetSessionRequest
+	9,  // 14: switchyard.v1.Switchyard.ForkSession:input_type -> switchyard.v1.ForkSessionRequest
+	12, // 15: switchyard.v1.Switchyard.DeleteSession:input_type -> switchyard.v1.DeleteSessionRequest
+	10, // 16: switchyard.v1.Switchyard.ExportSession:input_type -> switchyard.v1.ExportSessionRequest
+	11, // 17: switchyard.v1.Switchyard.ImportSession:input_type -> switchyard.v1.SessionSnapshotChunk
+	14, // 18: switchyard.v1.Switchyard.Tokenize:input_type -> switchyard.v1.TokenizeRequest
+	16, // 19: switchyard.v1.Switchyard.Detokenize:input_type -> switchyard.v1.DetokenizeRequest
+	18, // 20: switchyard.v1.Switchyard.ModelInfo:input_type -> switchyard.v1.ModelInfoRequest
+	2,  // 21: switchyard.v1.Switchyard.Generate:output_type -> switchyard.v1.GenerateResponse
+	2,  // 22: switchyard.v1.Switchyard.Chat:output_type -> switchyard.v1.GenerateResponse
+	7,  // 23: switchyard.v1.Switchyard.CreateSession:output_type -> switchyard.v1.Session
+	7,  // 24: switchyard.v1.Switchyard.GetSession:output_type -> switchyard.v1.Session
+	7,  // 25: switchyard.v1.Switchyard.ForkSession:output_type -> switchyard.v1.Session
+	13, // 26: switchyard.v1.Switchyard.DeleteSession:output_type -> switchyard.v1.DeleteSessionResponse
+	11, // 27: switchyard.v1.Switchyard.ExportSession:output_type -> switchyard.v1.SessionSnapshotChunk
+	7,  // 28: switchyard.v1.Switchyard.ImportSession:output_type -> switchyard.v1.Session
+	15, // 29: switchyard.v1.Switchyard.Tokenize:output_type -> switchyard.v1.TokenizeResponse
+	17, // 30: switchyard.v1.Switchyard.Detokenize:output_type -> switchyard.v1.DetokenizeResponse
+	19, // 31: switchyard.v1.Switchyard.ModelInfo:output_type -> switchyard.v1.ModelInfoResponse
+	21, // [21:32] is the sub-list for method output_type
+	10, // [10:21] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_switchyard_proto_init() }
@@ -1578,7 +1661,7 @@ func file_switchyard_v1_switchyard_proto_init() {
 		(*GenerateResponse_Chunk)(nil),
 		(*GenerateResponse_Final)(nil),
 	}
-	file_switchyard_v1_switchyard_proto_msgTypes[5].OneofWrappers = []any{
+	file_switchyard_v1_switchyard_proto_msgTypes[6].OneofWrappers = []any{
 		(*CreateSessionRequest_Text)(nil),
 		(*CreateSessionRequest_TokenIds)(nil),
 	}
@@ -1588,7 +1671,7 @@ func file_switchyard_v1_switchyard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_switchyard_proto_rawDesc), len(file_switchyard_v1_switchyard_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
