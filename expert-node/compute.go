@@ -43,9 +43,9 @@ type roundScratch struct {
 	x    []float32 // [rows, hidden] concatenated inputs
 	out  []float32 // [rows, hidden] weighted sums
 	pair []float32 // [rows, top_k, hidden] per-pair outputs (per_pair batches)
-	w   []float32 // [rows, top_k] gate weights
-	ids []int32   // [rows, top_k] expert ids
-	scr hybrid.ExpertScratch
+	w    []float32 // [rows, top_k] gate weights
+	ids  []int32   // [rows, top_k] expert ids
+	scr  hybrid.ExpertScratch
 }
 
 // group is the chunks of one round with the same layer, top_k and answer

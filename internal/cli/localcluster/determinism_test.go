@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
+	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
 
 // trace is a greedy generation's tokens and, at every position, the 20 most
