@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 	"github.com/switchyard-serving/switchyard/model/kernels"
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 func init() {
@@ -31,6 +33,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	steps := fs.Int("steps", 8, "decode steps per measurement")
 	reps := fs.Int("reps", 3, "repetitions (the median is reported)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file (go tool pprof)")
+	kvDType := kvDTypeFlag(fs)
+	lines := fs.Bool("lines", false, "also print one machine-readable line per measurement (\"result engine=switchyard threads=N test=prefill_512|decode_B tokens_per_s=X\")")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -58,7 +62,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	rssBefore := procStatus("RssAnon")
 	t0 := time.Now()
-	m, _, err := hybrid.Open(*model, hybrid.LoadOptions{})
+	m, _, err := hybrid.Open(*model, hybrid.LoadOptions{KVDType: *kvDType})
 	if err != nil {
 		return err
 	}
@@ -68,10 +72,16 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fileBytes := modelFileBytes(*model)
 	anonAfter := procStatus("RssAnon")
 	c := m.Cfg
-	fmt.Fprintf(stdout, "model %s\n  %s\n  weights %s (%s), loaded in %.2fs; anonymous RSS after load %s (+%s), file size %s\n",
-		*model, c.Summary(), human(weightBytes(m.W)), m.W.Embed.DType, loadTime.Seconds(),
+	fmt.Fprintf(stdout, "model %s\n  %s\n  weights %s (%s), KV cache %v, loaded in %.2fs; anonymous RSS after load %s (+%s), file size %s\n",
+		*model, c.Summary(), human(weightBytes(m.W)), m.W.Embed.DType, m.KVDType, loadTime.Seconds(),
 		human(anonAfter), human(anonAfter-rssBefore), human(fileBytes))
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	result := func(th int, test string, tps float64) {
+		if *lines {
+			w.Flush()
+			fmt.Fprintf(stdout, "result engine=switchyard threads=%d test=%s tokens_per_s=%.3f\n", th, test, tps)
+		}
+	}
 	fmt.Fprintln(w, "threads\tmem BW GB/s\tFMA peak GFLOP/s\tcase\ttokens/s\tweights GB/s\tof BW\tGFLOP/s\tof peak\t")
 	r := rand.New(rand.NewPCG(1, 2))
 	// Warm up: fault in the mapped weights (every expert) before timing anything.
@@ -113,6 +123,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			bytesPerStep = float64(stepBytes(m, b))
 			fmt.Fprintf(w, "%d\t%.1f\t%.0f\tdecode batch %d\t%.2f\t%.2f\t%.2f\t\t\t\n", th, bw/1e9, peak/1e9, b,
 				float64(b)/sec, bytesPerStep/sec/1e9, bytesPerStep/sec/bw)
+			result(th, fmt.Sprintf("decode_%d", b), float64(b)/sec)
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -131,10 +142,23 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fl := prefillFLOPs(m, *prompt)
 		fmt.Fprintf(w, "%d\t%.1f\t%.0f\tprefill %d\t%.1f\t\t\t%.1f\t%.2f\t\n", th, bw/1e9, peak/1e9, *prompt,
 			float64(*prompt)/sec, fl/sec/1e9, fl/sec/peak)
+		result(th, fmt.Sprintf("prefill_%d", *prompt), float64(*prompt)/sec)
 		w.Flush()
 	}
 	fmt.Fprintf(stdout, "peak RSS (VmHWM) %s, anonymous RSS now %s\n", human(procStatus("VmHWM")), human(procStatus("RssAnon")))
 	return w.Flush()
+}
+
+// kvDTypeFlag registers --kv-dtype, the element type of the KV caches of the
+// sessions a local model computes (hybrid.DefaultKVDType unless set).
+func kvDTypeFlag(fs *flag.FlagSet) *tensor.DType {
+	dt := hybrid.DefaultKVDType
+	fs.Func("kv-dtype", "element type of the KV caches: bf16 (half the memory) or f32 (default bf16)", func(s string) error {
+		v, err := hybrid.ParseKVDType(s)
+		dt = v
+		return err
+	})
+	return &dt
 }
 
 func intList(s string) ([]int, error) {

@@ -84,6 +84,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	addr := fs.String("addr", "", "generate through a cluster's public API at HOST:PORT instead of a local model")
 	threads := fs.Int("threads", 0, "compute threads (0 = all cores)")
 	stats := fs.Bool("stats", false, "print timing to stderr")
+	kvDType := kvDTypeFlag(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -103,7 +104,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		kernels.SetThreads(*threads)
 	}
 	t0 := time.Now()
-	e, err := engine.Open(*model, hybrid.LoadOptions{})
+	e, err := engine.Open(*model, hybrid.LoadOptions{KVDType: *kvDType})
 	if err != nil {
 		return err
 	}

@@ -106,8 +106,16 @@ type LoadOptions struct {
 	// left empty (an expert node loads only its assignment; a trunk node none).
 	KeepExpert func(layer, expert int) bool
 	// KVDType is the element type of the sessions' KV caches (Model.KVDType):
-	// F32 (the zero value) or BF16.
+	// BF16 or F32; the zero value is DefaultKVDType (BF16).
 	KVDType tensor.DType
+}
+
+// kvDType is the KV element type the options ask for (DefaultKVDType when unset).
+func (o LoadOptions) kvDType() tensor.DType {
+	if o.KVDType == 0 {
+		return DefaultKVDType
+	}
+	return o.KVDType
 }
 
 // LoadHF loads a Hugging Face checkpoint folder (config.json + safetensors).
@@ -130,7 +138,7 @@ func LoadHF(dir string, opt LoadOptions) (*Model, error) {
 		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
 	m := New(cfg, w)
-	m.KVDType = opt.KVDType
+	m.KVDType = opt.kvDType()
 	m.closer = ck.Close
 	return m, nil
 }
@@ -301,7 +309,7 @@ func LoadGGUF(path string, opt LoadOptions) (*Model, *gguf.File, error) {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	m := New(cfg, w)
-	m.KVDType = opt.KVDType
+	m.KVDType = opt.kvDType()
 	m.closer = f.Close
 	return m, f, nil
 }

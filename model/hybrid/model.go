@@ -43,8 +43,10 @@ type Model struct {
 	ScanChunkedMin int
 
 	// KVDType is the element type of the KV caches of the states NewState
-	// makes: F32 (the zero value reads as F32) or BF16 (half the memory; keys
-	// and values rounded to nearest bfloat16 as they are cached).
+	// makes: BF16 (half the memory; keys and values rounded to nearest
+	// bfloat16 as they are cached) or F32. Open and the loaders set it from
+	// LoadOptions (DefaultKVDType, BF16, unless asked otherwise); the zero
+	// value, a model assembled by New, reads as F32.
 	KVDType tensor.DType
 
 	closer func() error
