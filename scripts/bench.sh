@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make bench: kernel micro-benchmarks, then the engine benchmark on a synthesized
 # H-Tiny-shaped model (8 layers, attention at layer 5, vocab 100352) in BF16 and
-# Q8_0, at 1 and 2 threads. Ratios are measured in the same run.
+# Q8_0, at 1 and 2 threads. Ratios are measured in the same run. Where llama.cpp's
+# CPU libraries are at hand (or npm can fetch them), scripts/llamacpp-bench.sh runs
+# the same GGUF files through llama.cpp and through ours, side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/switchyard}
@@ -28,6 +30,12 @@ if [ -z "${BENCH_MODEL:-}" ]; then
   [ -f "$Q4M" ] || "$BIN" convert --model "$MODEL" --type q4_k_m --out "$Q4M"
   echo "== engine, Q4_K_M GGUF (llama.cpp's mix)"
   "$BIN" bench --model "$Q4M"
+fi
+echo "== llama.cpp side by side: the same GGUF files, 1 and 2 threads, prefill 512, decode at 1, 8, 32, 128 sessions (skipped without llama.cpp's CPU libraries)"
+if [ -z "${BENCH_MODEL:-}" ]; then
+  BIN="$BIN" bash scripts/llamacpp-bench.sh
+elif [[ "$BENCH_MODEL" == *.gguf ]]; then
+  BIN="$BIN" bash scripts/llamacpp-bench.sh "$BENCH_MODEL"
 fi
 echo "== cluster: 1 trunk + 2 expert nodes on loopback vs in-process (BF16)"
 "$BIN" bench-cluster --model "$MODEL" --sessions 1,8,32 --tokens 16 --prompt 16 --reps 3

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# llamacpp-bench.sh: Switchyard against llama.cpp on the same GGUF files, same
+# thread counts, same tests, run alternately, with the ratio ours/llama.cpp:
+# prefill of a 512-token prompt, decode at batch 1, and batched decode of 8,
+# 32 and 128 sessions (each session given a 4-token prompt, then one token per
+# session per step; tokens/s = sessions x steps / time). Median of REPS
+# repetitions after a warm-up, on both sides.
+#
+# llama.cpp is the prebuilt CPU build of node-llama-cpp on npm
+# (@node-llama-cpp/linux-x64@3.21.1, llama.cpp commit 5b4ebc5), driven by our
+# own C program (scripts/llamacpp-bench/bench.c) through its shared libraries,
+# with the best AVX-512 CPU backend without AMX that loads here (zen4, else
+# icelake, else skylakex), llama.cpp's default K/V type (f16) and flash
+# attention setting (auto: on, on the CPU). Ours runs with its defaults (bf16
+# KV cache). LLAMA_LIB may point at another llama.cpp build folder with the
+# same libraries. Needs cc, and npm when the libraries are not there yet;
+# without them it says so and stops (exit 0).
+#
+#   bash scripts/llamacpp-bench.sh [GGUF...]
+#
+# Without arguments the GGUFs are the synthesized H-Tiny 8-layer model
+# (as make bench makes it) converted by `switchyard convert` to BF16, Q8_0 and
+# llama.cpp's Q4_K_M mix, in $SWITCHYARD_CACHE (default ~/.cache/switchyard);
+# missing ones are made.
+# Environment: THREADS (default "1 2"), BATCHES (default 8,32,128), PROMPT
+# (512), STEPS (decode steps per measurement, 8), REPS (3), TYPES (default
+# "bf16 q8_0 q4_k_m"), BIN (our binary, default bin/switchyard), LLAMA_BACKEND
+# (a libggml-cpu-*.so to use instead of the automatic choice), LOG (both
+# sides' whole output, default $SWITCHYARD_CACHE/llamacpp-bench.log).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin/switchyard}
+CACHE=${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}
+THREADS=${THREADS:-"1 2"}
+BATCHES=${BATCHES:-8,32,128}
+PROMPT=${PROMPT:-512}
+STEPS=${STEPS:-8}
+REPS=${REPS:-3}
+TYPES=${TYPES:-"bf16 q8_0 q4_k_m"}
+NLC=@node-llama-cpp/linux-x64@3.21.1
+LOG=${LOG:-$CACHE/llamacpp-bench.log}
+
+if ! command -v cc >/dev/null; then
+  echo "llamacpp-bench: no C compiler (cc): skipping the llama.cpp comparison"
+  exit 0
+fi
+if [ -z "${LLAMA_LIB:-}" ]; then
+  for d in /tmp/nlc/package/bins/linux-x64 "$CACHE/llamacpp/package/bins/linux-x64"; do
+    if [ -f "$d/libllama.v0.4.0.so" ]; then LLAMA_LIB=$d; break; fi
+  done
+fi
+if [ -z "${LLAMA_LIB:-}" ]; then
+  if ! command -v npm >/dev/null; then
+    echo "llamacpp-bench: llama.cpp's libraries are not here and npm is missing: skipping the llama.cpp comparison"
+    exit 0
+  fi
+  mkdir -p "$CACHE/llamacpp"
+  if ! (cd "$CACHE/llamacpp" && npm pack --silent "$NLC" >/dev/null && tar xzf node-llama-cpp-linux-x64-3.21.1.tgz); then
+    echo "llamacpp-bench: could not fetch $NLC with npm: skipping the llama.cpp comparison"
+    exit 0
+  fi
+  LLAMA_LIB=$CACHE/llamacpp/package/bins/linux-x64
+fi
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cc -O2 -Wall -o "$WORK/llamacpp-bench" scripts/llamacpp-bench/bench.c -L"$LLAMA_LIB" \
+  -l:libllama.v0.4.0.so -l:libggml.v0.4.0.so -Wl,-rpath,"$LLAMA_LIB"
+[ -x "$BIN" ] || go build -o "$BIN" ./cmd/switchyard
+
+MODELS=("$@")
+if [ ${#MODELS[@]} -eq 0 ]; then
+  SRC=$CACHE/h-tiny-8L-bf16
+  if [ ! -f "$SRC/model.safetensors" ]; then
+    "$BIN" synth --preset h-tiny --layers 8 --dtype bf16 --seed 1 --out "$SRC"
+  fi
+  for t in $TYPES; do
+    f=$CACHE/h-tiny-8L-$t.gguf
+    [ -f "$f" ] || "$BIN" convert --model "$SRC" --type "$t" --out "$f"
+    MODELS+=("$f")
+  done
+fi
+
+LLAMA_ARGS=(-p "$PROMPT" -n "$STEPS" -b "1,$BATCHES" -r "$REPS")
+[ -n "${LLAMA_BACKEND:-}" ] && LLAMA_ARGS+=(-backend "$LLAMA_BACKEND")
+OURS_ARGS=(--prompt "$PROMPT" --steps "$STEPS" --batches "1,$BATCHES" --reps "$REPS" --lines)
+RES=$WORK/results
+mkdir -p "$(dirname "$LOG")"
+: >"$RES"
+: >"$LOG"
+llama() { # model threads
+  "$WORK/llamacpp-bench" -t "$2" "${LLAMA_ARGS[@]}" "$1" 2>"$WORK/llama.log" | tee -a "$LOG" |
+    sed -n "s|^result |result model=$(basename "$1") |p" >>"$RES" || { tail -20 "$WORK/llama.log"; exit 1; }
+}
+ours() { # model threads
+  "$BIN" bench --model "$1" --threads "$2" "${OURS_ARGS[@]}" | tee -a "$LOG" |
+    sed -n "s|^result |result model=$(basename "$1") |p" >>"$RES"
+}
+i=0
+for m in "${MODELS[@]}"; do
+  for th in $THREADS; do
+    echo "== $(basename "$m"), $th thread(s) ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"
+    # Alternate which side goes first, so slow drifts do not favour either.
+    if [ $((i % 2)) -eq 0 ]; then llama "$m" "$th"; ours "$m" "$th"; else ours "$m" "$th"; llama "$m" "$th"; fi
+    i=$((i + 1))
+  done
+done
+grep -m1 '^# llama.cpp backend' "$LOG" | sed 's/, model [^,]*,/,/'
+grep -m1 '^# CPU' "$LOG" || true
+echo
+echo "tokens/s, median of $REPS after a warm-up; ours = switchyard bench, llama.cpp = scripts/llamacpp-bench/bench.c (whole output: $LOG)"
+python3 - "$RES" <<'PY'
+import collections, re, sys
+r = collections.OrderedDict()
+for line in open(sys.argv[1]):
+    f = dict(kv.split("=", 1) for kv in line.split()[1:])
+    key = (f["model"], int(f["threads"]), f["test"])
+    r.setdefault(key, {})[f["engine"]] = float(f["tokens_per_s"])
+def order(k):
+    m = re.match(r"(prefill|decode)_(\d+)", k[2])
+    return (k[0], k[1], m.group(1) != "prefill", int(m.group(2)))
+print("| model | threads | test | switchyard | llama.cpp | ours / llama.cpp |")
+print("|---|---|---|---|---|---|")
+for k in sorted(r, key=order):
+    v = r[k]
+    o, l = v.get("switchyard"), v.get("llama.cpp")
+    ratio = "%.2f" % (o / l) if o and l else ""
+    fmt = lambda x: "%.2f" % x if x is not None else "-"
+    print(f"| {k[0]} | {k[1]} | {k[2]} | {fmt(o)} | {fmt(l)} | {ratio} |")
+PY
