@@ -14,6 +14,8 @@
 #   REPORT_CONTEXTS=.. the contexts of the report (default: the measured ones);
 #                      each row uses the raw reports in .cache/memexp
 #   REPORT_ONLY=1      only rebuild the report
+#   KV_DTYPE=bf16|f32  the trunk's --kv-dtype (default bf16, the trunk's default);
+#                      the recurrent state is float32 either way
 #
 # Writes docs/memory-experiment.{md,svg}, the table in README.md (between the memexp
 # markers) and .cache/memexp/*.json (raw reports).
@@ -22,6 +24,7 @@ cd "$(dirname "$0")/.."
 CONTEXTS=${1:-"1024 8192"}
 M=${2:-2}
 TWIN_MAX=${TWIN_MAX:-999999999}
+export KV_DTYPE=${KV_DTYPE:-bf16}
 BIN=bin/switchyard
 OUT=.cache/memexp
 CACHE=${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}
@@ -41,7 +44,7 @@ for L in $CONTEXTS; do
     dir="$CACHE/memexp-$kind"
     log="$OUT/trunk-$kind-$L.log"
     "$BIN" trunk --local-experts --model "$dir" --listen 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
-      --max-context $((L + 64)) --recurrent-budget 68719476736 --kv-budget 68719476736 --max-step-tokens 1024 >"$log" 2>&1 &
+      --max-context $((L + 64)) --kv-dtype "$KV_DTYPE" --recurrent-budget 68719476736 --kv-budget 68719476736 --max-step-tokens 1024 >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 600); do grep -q ready "$log" && break; sleep 0.2; done
     addr=$(sed -n 's/.*ready on \(\S*\).*/\1/p' "$log")
@@ -49,7 +52,8 @@ for L in $CONTEXTS; do
     maddr=$(ss -ltnp 2>/dev/null | grep "pid=$pid," | awk '{print $4}' | grep -v "$addr" | head -1)
     echo "$(date +%T) $kind at $L tokens, $M sessions" >&2
     twin=""; [ "$TWIN_MAX" != 999999999 ] && twin="TWIN_MAX=$TWIN_MAX "
-    echo "${twin}bash scripts/memory-experiment.sh \"$CONTEXTS\" $M" > "$OUT/$kind-$L.cmd"
+    kvenv=""; [ "$KV_DTYPE" != bf16 ] && kvenv="KV_DTYPE=$KV_DTYPE "
+    echo "${kvenv}${twin}bash scripts/memory-experiment.sh \"$CONTEXTS\" $M" > "$OUT/$kind-$L.cmd"
     "$BIN" loadtest --addr "$addr" --concurrency "$M" --requests "$M" --turns 1 --hold-sessions \
       --prompt-tokens "$L" --output-tokens 1 --timeout 4h --drain-timeout 4h --metrics "http://$maddr/metrics" \
       --json "$OUT/$kind-$L.json" --quiet >/dev/null
@@ -61,6 +65,7 @@ done
 python3 - "$OUT" ${REPORT_CONTEXTS:-$CONTEXTS} <<'PY'
 import json, math, os, re, sys
 out, ctxs = sys.argv[1], [int(c) for c in sys.argv[2:]]
+kvdt = os.environ["KV_DTYPE"]
 def gauge(text, name, label):
     m = re.search(r'^%s\{[^}]*kind="%s"[^}]*\} (\S+)' % (name, label), text, re.M)
     return float(m.group(1)) if m else 0.0
@@ -93,7 +98,8 @@ for (kind, L) in sorted(data, key=lambda k: k[1]):
     if c not in cmds:
         cmds.append(c)
 lines = ["Measured with " + ", then ".join(f"`{c}`" for c in cmds) + ": "
-         "H-Tiny widths, 10 layers (hybrid: 9 Mamba-2 + 1 attention, the real 9:1 ratio; twin: 10 attention), state in float32, "
+         "H-Tiny widths, 10 layers (hybrid: 9 Mamba-2 + 1 attention, the real 9:1 ratio; twin: 10 attention), "
+         f"KV cache in {kvdt} (--kv-dtype {kvdt}), recurrent state in float32, "
          "each session prefilled to the context and holding it. State bytes are the server's (GetSession: recurrent state plus "
          "the KV pages in use); RSS is the trunk's anonymous resident memory with all sessions held (session state plus compute "
          "buffers; the mapped weights are not included). Prefill is the time until the last session's first token, all sessions "
@@ -132,7 +138,7 @@ X = lambda v: pad + (W - 2*pad) * (math.log2(v) - math.log2(xs[0])) / (math.log2
 Y = lambda v: H - pad - (H - 2*pad) * (math.log2(v) - math.log2(ys[0])) / (math.log2(ys[1]) - math.log2(ys[0]))
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
        f'<rect width="{W}" height="{H}" fill="white"/>',
-       f'<text x="{W/2}" y="18" text-anchor="middle" font-size="13">Session state vs context (H-Tiny widths, fp32)</text>']
+       f'<text x="{W/2}" y="18" text-anchor="middle" font-size="13">Session state vs context (H-Tiny widths, KV {kvdt}, recurrent fp32)</text>']
 for t in (512, 2048, 8192, 32768, 131072):
     svg.append(f'<line x1="{X(t)}" y1="{H-pad}" x2="{X(t)}" y2="{pad}" stroke="#eee"/><text x="{X(t)}" y="{H-pad+14}" text-anchor="middle">{t//1024 if t>=1024 else t}{"K" if t>=1024 else ""}</text>')
 for v in (1, 8, 64, 512, 4096):

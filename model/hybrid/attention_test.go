@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/switchyard-serving/switchyard/model/kernels"
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // attendRef is the plain twin of the paged attention: for each query row, a dot
@@ -204,42 +205,49 @@ func TestKVCacheRowsRoundTrip(t *testing.T) {
 
 // BenchmarkPagedAttention is the attention of one 1024-row prefill chunk at the
 // end of a context (H-Tiny's shape: 12 query heads, 4 KV heads of 128), and
-// reports its rate against the machine's FMA peak on the same threads.
+// reports its rate against the machine's FMA peak on the same threads, for
+// each KV element type.
 func BenchmarkPagedAttention(b *testing.B) {
-	const nq, nkv, hd, T = 12, 4, 128, 1024
 	peak := kernels.MeasureFMAPeak(kernels.Threads())
-	for _, ctx := range []int{2048, 8192, 32768} {
-		b.Run(fmt.Sprintf("ctx%d", ctx), func(b *testing.B) {
-			rng := rand.New(rand.NewPCG(1, uint64(ctx)))
-			randn := func(n int) []float32 {
-				v := make([]float32, n)
-				for i := range v {
-					v[i] = float32(rng.NormFloat64())
-				}
-				return v
-			}
-			kv := newKVCache(nkv, hd)
-			kv.Append(randn(ctx*nkv*hd), randn(ctx*nkv*hd), ctx)
-			q, att := randn(T*nq*hd), make([]float32, T*nq*hd)
-			pos0 := ctx - T
-			var sc scratch
-			flops := 0
-			for t0 := 0; t0 < T; t0 += attnBlock {
-				flops += 4 * attnBlock * (pos0 + t0 + attnBlock) * hd * nq
-			}
-			for b.Loop() {
-				tasks := sc.attnTasks[:0]
-				for t0 := 0; t0 < T; t0 += attnBlock {
-					for h := range nq {
-						tasks = append(tasks, attnTask{kv: &kv, pos0: pos0, t0: t0, t1: t0 + attnBlock, h: h, keysMax: pos0 + t0 + attnBlock})
-					}
-				}
-				sc.attnTasks = tasks
-				runAttention(&sc, tasks, flops, q, att, nq*hd, hd, nq/nkv, 0.088)
-			}
-			rate := float64(flops) * float64(b.N) / b.Elapsed().Seconds()
-			b.ReportMetric(rate/1e9, "GFLOP/s")
-			b.ReportMetric(rate/peak, "of-peak")
-		})
+	for _, dt := range kvDTypes {
+		for _, ctx := range []int{2048, 8192, 32768} {
+			benchPagedAttention(b, dt, ctx, peak)
+		}
 	}
+}
+
+func benchPagedAttention(b *testing.B, dt tensor.DType, ctx int, peak float64) {
+	const nq, nkv, hd, T = 12, 4, 128, 1024
+	b.Run(fmt.Sprintf("%v/ctx%d", dt, ctx), func(b *testing.B) {
+		rng := rand.New(rand.NewPCG(1, uint64(ctx)))
+		randn := func(n int) []float32 {
+			v := make([]float32, n)
+			for i := range v {
+				v[i] = float32(rng.NormFloat64())
+			}
+			return v
+		}
+		kv := newKVCacheOf(nkv, hd, dt)
+		kv.Append(randn(ctx*nkv*hd), randn(ctx*nkv*hd), ctx)
+		q, att := randn(T*nq*hd), make([]float32, T*nq*hd)
+		pos0 := ctx - T
+		var sc scratch
+		flops := 0
+		for t0 := 0; t0 < T; t0 += attnBlock {
+			flops += 4 * attnBlock * (pos0 + t0 + attnBlock) * hd * nq
+		}
+		for b.Loop() {
+			tasks := sc.attnTasks[:0]
+			for t0 := 0; t0 < T; t0 += attnBlock {
+				for h := range nq {
+					tasks = append(tasks, attnTask{kv: &kv, pos0: pos0, t0: t0, t1: t0 + attnBlock, h: h, keysMax: pos0 + t0 + attnBlock})
+				}
+			}
+			sc.attnTasks = tasks
+			runAttention(&sc, tasks, flops, q, att, nq*hd, hd, nq/nkv, 0.088)
+		}
+		rate := float64(flops) * float64(b.N) / b.Elapsed().Seconds()
+		b.ReportMetric(rate/1e9, "GFLOP/s")
+		b.ReportMetric(rate/peak, "of-peak")
+	})
 }
