@@ -89,7 +89,9 @@ func newNode(cfg Config, h hooks) (*Node, error) {
 	if _, err := os.Stat(cfg.ModelPath); err != nil {
 		return nil, fmt.Errorf("%w: ModelPath: %w", ErrConfig, err)
 	}
-	kernels.SetBatchInvariant(cfg.Deterministic) // a process-wide choice
+	if cfg.Deterministic {
+		kernels.SetBatchInvariant(true) // process-wide, only ever turned on
+	}
 	n := &Node{
 		cfg:      cfg,
 		health:   health.NewServer(),

@@ -138,10 +138,13 @@ func New(cfg Config) (*Node, error) {
 	// so a prompt resumed from a prefix checkpoint gives the logits of a whole
 	// prefill, and on the CPU it is also the faster form (README: Prefix cache).
 	e.Model.ScanChunkedMin = 0
-	// Deterministic: every kernel batch-invariant (a process-wide choice),
-	// and in-process experts round as the bf16 wire does, so the trunk
-	// computes the same bits with local or remote experts.
-	kernels.SetBatchInvariant(cfg.Dispatch.Deterministic)
+	// Deterministic: every kernel batch-invariant (a process-wide choice,
+	// only ever turned on: other nodes of the process may need it), and
+	// in-process experts round as the bf16 wire does, so the trunk computes
+	// the same bits with local or remote experts.
+	if cfg.Dispatch.Deterministic {
+		kernels.SetBatchInvariant(true)
+	}
 	if le, ok := e.Model.Experts.(*hybrid.LocalExperts); ok {
 		le.BF16Wire = cfg.Dispatch.Deterministic && cfg.Dispatch.WireDType == pb.WireDType_WIRE_DTYPE_BF16
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
@@ -30,6 +31,7 @@ type rttRecorder struct {
 	rtt     []time.Duration
 	compute []time.Duration
 	bytes   int64
+	out, in []int // payload bytes of each call, each way
 }
 
 func (r *rttRecorder) observe(c trunknode.CallInfo) {
@@ -40,12 +42,13 @@ func (r *rttRecorder) observe(c trunknode.CallInfo) {
 	r.rtt = append(r.rtt, c.RTT)
 	r.compute = append(r.compute, c.Compute)
 	r.bytes += int64(c.BytesOut + c.BytesIn)
+	r.out, r.in = append(r.out, c.BytesOut), append(r.in, c.BytesIn)
 	r.mu.Unlock()
 }
 
 func (r *rttRecorder) reset() {
 	r.mu.Lock()
-	r.rtt, r.compute, r.bytes = nil, nil, 0
+	r.rtt, r.compute, r.bytes, r.out, r.in = nil, nil, 0, nil, nil
 	r.mu.Unlock()
 }
 
@@ -117,6 +120,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	devices := fs.String("expert-device", "cpu", "comma-separated expert-node devices to measure in turn (cpu, cuda:0, fake)")
 	inprocFlag := fs.Bool("inproc", true, "also measure the in-process engine (the ratio column's baseline)")
 	wire := fs.String("wire", "bf16", "activation wire format: bf16 or f32")
+	det := fs.Bool("deterministic", false, "the trunk's and expert nodes' --deterministic (batch-invariant kernels, per-pair answers summed in expert order)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -149,6 +153,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 		c.Sched.MaxTokensPerStep = max(512, maxS*(*prompt))
 		c.Sched.PingPong = *pingPong
 		c.Dispatch.WireDType = wireType
+		c.Dispatch.Deterministic = *det
 	}
 	inproc := map[int]float64{}
 	vocab := 0
@@ -158,7 +163,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 		}
 	}
 	for _, dev := range strings.Split(*devices, ",") {
-		if err := benchClusterOn(ctx, stdout, strings.TrimSpace(dev), *model, *experts, tune, sessions, *prompt, *tokens, *reps, vocab, inproc); err != nil {
+		if err := benchClusterOn(ctx, stdout, strings.TrimSpace(dev), *model, *experts, tune, *det, sessions, *prompt, *tokens, *reps, vocab, inproc); err != nil {
 			return err
 		}
 	}
@@ -207,12 +212,13 @@ func benchInProcess(ctx context.Context, model string, tune func(*trunknode.Conf
 // benchClusterOn measures 1 trunk + experts expert nodes on device and prints
 // a table: throughput, dispatch round trips, and where a decode step's time
 // goes (the trunk's own work, the wire and queues, the expert nodes' compute).
-func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string, experts int, tune func(*trunknode.Config),
+func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string, experts int, tune func(*trunknode.Config), det bool,
 	sessions []int, prompt, tokens, reps, vocab int, inproc map[int]float64) error {
 	rec := &rttRecorder{}
 	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: model, ExpertNodes: experts,
 		ExpertDevice: device, ExpertGPUMemory: gpuShare(device, experts),
-		Trunk: func(tc *trunknode.Config) { tune(tc); tc.Dispatch.OnCall = rec.observe }})
+		Trunk:  func(tc *trunknode.Config) { tune(tc); tc.Dispatch.OnCall = rec.observe },
+		Expert: func(ec *expertnode.Config) { ec.Deterministic = det }})
 	if err != nil {
 		return err
 	}
@@ -225,11 +231,17 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 	fmt.Fprintf(stdout, "\nmodel %s: %s\n1 trunk + %d expert nodes on %s (loopback) vs in-process; %d prompt + %d generated tokens per session, median of %d\n",
 		model, cfg.Summary(), experts, device, prompt, tokens, reps)
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "device\tsessions\tin-process tok/s\tcluster tok/s\tratio\tdispatch RTT p50\tp99\tnode compute p50\twire bytes/token\tstep ms\texpert compute ms\twire+queue ms\ttrunk ms\t")
+	echo, err := newEchoBench()
+	if err != nil {
+		return err
+	}
+	defer echo.close()
+	fmt.Fprintln(w, "device\tsessions\tin-process tok/s\tcluster tok/s\tratio\tdispatch RTT p50\tp99\tnode compute p50\techo RTT p50\tp99\twire bytes/token\tstep ms\texpert compute ms\twire+queue ms\ttrunk ms\t")
 	for _, s := range sessions {
 		var v []float64
 		var p50, p99, cp50 time.Duration
 		var perTok float64
+		var outB, inB int
 		for i := range reps {
 			rec.reset()
 			tps, err := drive(ctx, c.Endpoint, vocab, s, prompt, tokens, uint64(i))
@@ -240,7 +252,13 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 			rec.mu.Lock()
 			p50, p99, cp50 = quantile(rec.rtt, 0.5), quantile(rec.rtt, 0.99), quantile(rec.compute, 0.5)
 			perTok = float64(rec.bytes) / float64(s*(tokens+prompt))
+			outB, inB = medianInt(rec.out), medianInt(rec.in)
 			rec.mu.Unlock()
+		}
+		// The same bytes each way, echoed by a bare gRPC stream on loopback.
+		e50, e99, err := echo.run(ctx, outB, inB, 300)
+		if err != nil {
+			return err
 		}
 		ct := median(v)
 		ratio := "-"
@@ -253,9 +271,97 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 		step := float64(s) / ct * 1e3
 		rtt := float64(moeLayers) * float64(p50) / 1e6
 		comp := float64(moeLayers) * float64(cp50) / 1e6
-		fmt.Fprintf(w, "%s\t%d\t%.1f\t%.1f\t%s\t%v\t%v\t%v\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", device, s, inproc[s], ct, ratio,
-			p50.Round(time.Microsecond), p99.Round(time.Microsecond), cp50.Round(time.Microsecond), perTok,
+		fmt.Fprintf(w, "%s\t%d\t%.1f\t%.1f\t%s\t%v\t%v\t%v\t%v\t%v\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", device, s, inproc[s], ct, ratio,
+			p50.Round(time.Microsecond), p99.Round(time.Microsecond), cp50.Round(time.Microsecond), e50.Round(time.Microsecond), e99.Round(time.Microsecond), perTok,
 			step, comp, rtt-comp, step-rtt)
 	}
 	return w.Flush()
+}
+
+func medianInt(v []int) int {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]int(nil), v...)
+	sort.Ints(s)
+	return s[len(s)/2]
+}
+
+// echoServer is an ExpertService that computes nothing: it answers every
+// batch at once with an out of batch.rows bytes (this benchmark's own
+// convention), so that echoBench measures what gRPC on loopback alone costs
+// for a dispatch's bytes.
+type echoServer struct {
+	pb.UnimplementedExpertServiceServer
+}
+
+func (echoServer) Dispatch(st grpc.BidiStreamingServer[pb.ExpertBatch, pb.ExpertResult]) error {
+	var buf []byte
+	for {
+		b, err := st.Recv()
+		if err != nil {
+			return nil
+		}
+		if n := int(b.Rows); cap(buf) < n {
+			buf = make([]byte, n)
+		}
+		if err := st.Send(&pb.ExpertResult{StepId: b.StepId, Out: buf[:b.Rows]}); err != nil {
+			return nil
+		}
+	}
+}
+
+// echoBench is a loopback gRPC echo of dispatch-sized messages.
+type echoBench struct {
+	srv  *grpc.Server
+	conn *grpc.ClientConn
+}
+
+func newEchoBench() (*echoBench, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	e := &echoBench{srv: grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20))}
+	pb.RegisterExpertServiceServer(e.srv, echoServer{})
+	go e.srv.Serve(lis)
+	e.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		e.srv.Stop()
+		return nil, err
+	}
+	return e, nil
+}
+
+// run sends n messages of out payload bytes one at a time, each answered with
+// in bytes, and returns the round trips' median and 99th percentile.
+func (e *echoBench) run(ctx context.Context, out, in, n int) (p50, p99 time.Duration, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := pb.NewExpertServiceClient(e.conn).Dispatch(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	act := make([]byte, out)
+	rtts := make([]time.Duration, 0, n)
+	for i := range n + 20 {
+		start := time.Now()
+		if err := st.Send(&pb.ExpertBatch{StepId: uint64(i), Rows: uint32(in), Activations: act}); err != nil {
+			return 0, 0, err
+		}
+		if _, err := st.Recv(); err != nil {
+			return 0, 0, err
+		}
+		if i >= 20 { // warm-up
+			rtts = append(rtts, time.Since(start))
+		}
+	}
+	st.CloseSend()
+	return quantile(rtts, 0.5), quantile(rtts, 0.99), nil
+}
+
+func (e *echoBench) close() {
+	e.conn.Close()
+	e.srv.Stop()
 }

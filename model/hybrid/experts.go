@@ -145,25 +145,50 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 		order[fill[e]] = int32(i)
 		fill[e]++
 	}
+	// Decode-sized calls on several threads: the experts' products are too
+	// small to split well (each would pay the pool's hand-offs), so whole
+	// experts run in parallel, each product on one thread, into per-expert
+	// slices of one buffer; the sums below then run in expert order as
+	// always, so the result is the same bits either way.
+	var active []int
+	maxM, bytes := 0, 0
 	for e := range experts {
-		lo, hi := counts[e], counts[e+1]
-		if lo == hi {
-			continue
+		if m := counts[e+1] - counts[e]; m > 0 {
+			active = append(active, e)
+			maxM = max(maxM, m)
+			bytes += experts[e].Gate.Bytes() + experts[e].Up.Bytes() + experts[e].Down.Bytes()
 		}
+	}
+	if kernels.Threads() > 1 && len(active) > 1 && maxM <= expertParallelMaxRows {
+		inter := experts[active[0]].Gate.Rows
+		scr.gather = grow(scr.gather, n*h)
+		scr.gate = grow(scr.gate, n*inter)
+		scr.up = grow(scr.up, n*inter)
+		scr.down = grow(scr.down, n*h)
+		kernels.ParallelFor(len(active), bytes/14, func(i int) {
+			e := active[i]
+			lo, hi := counts[e], counts[e+1]
+			ew, m, in := experts[e], hi-lo, experts[e].Gate.Rows
+			g, gt, up, dn := scr.gather[lo*h:hi*h], scr.gate[lo*in:hi*in], scr.up[lo*in:hi*in], scr.down[lo*h:hi*h]
+			gatherRows(req, order[lo:hi], g)
+			kernels.MatMulSerial(gt, ew.Gate, g, m)
+			kernels.MatMulSerial(up, ew.Up, g, m)
+			kernels.SiLUMul(gt, gt, up)
+			kernels.MatMulSerial(dn, ew.Down, gt, m)
+		})
+		for _, e := range active {
+			lo, hi := counts[e], counts[e+1]
+			addPairs(req, order[lo:hi], scr.down[lo*h:hi*h])
+		}
+		return nil
+	}
+	for _, e := range active {
+		lo, hi := counts[e], counts[e+1]
 		ew := experts[e]
 		m := hi - lo
 		inter := ew.Gate.Rows
 		scr.gather = grow(scr.gather, m*h)
-		for j, slot := range order[lo:hi] {
-			row := int(slot) / req.TopK
-			g := scr.gather[j*h : (j+1)*h]
-			copy(g, req.X[row*h:(row+1)*h])
-			if req.BF16Wire {
-				for c, v := range g {
-					g[c] = tensor.BF16ToF32(tensor.F32ToBF16(v))
-				}
-			}
-		}
+		gatherRows(req, order[lo:hi], scr.gather)
 		scr.gate = grow(scr.gate, m*inter)
 		scr.up = grow(scr.up, m*inter)
 		kernels.MatMul(scr.gate, ew.Gate, scr.gather, m)
@@ -171,30 +196,57 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 		kernels.SiLUMul(scr.gate, scr.gate, scr.up)
 		scr.down = grow(scr.down, m*h)
 		kernels.MatMul(scr.down, ew.Down, scr.gate, m)
-		for j, slot := range order[lo:hi] {
-			w := req.Weights[slot]
-			src := scr.down[j*h : (j+1)*h]
-			if req.PairOut != nil {
-				dst := req.PairOut[int(slot)*h : int(slot+1)*h]
-				for c := range dst {
-					dst[c] = float32(w * src[c])
-				}
-				continue
-			}
-			row := int(slot) / req.TopK
-			dst := req.Out[row*h : (row+1)*h]
-			if req.BF16Wire {
-				for c := range dst {
-					dst[c] += tensor.BF16ToF32(tensor.F32ToBF16(float32(w * src[c])))
-				}
-				continue
-			}
-			for c := range dst {
-				// The conversion keeps the product from fusing into the add,
-				// as the dispatcher's sum of per-pair answers cannot.
-				dst[c] += float32(w * src[c])
+		addPairs(req, order[lo:hi], scr.down)
+	}
+	return nil
+}
+
+// expertParallelMaxRows: calls whose experts have at most this many rows
+// each run whole experts in parallel (ComputeExperts).
+const expertParallelMaxRows = 8
+
+// gatherRows copies the rows of slots into g (one row per slot), rounded to
+// bfloat16 under req.BF16Wire.
+func gatherRows(req *ExpertRequest, slots []int32, g []float32) {
+	h := req.Hidden
+	for j, slot := range slots {
+		row := int(slot) / req.TopK
+		gj := g[j*h : (j+1)*h]
+		copy(gj, req.X[row*h:(row+1)*h])
+		if req.BF16Wire {
+			for c, v := range gj {
+				gj[c] = tensor.BF16ToF32(tensor.F32ToBF16(v))
 			}
 		}
 	}
-	return nil
+}
+
+// addPairs uses one expert's outputs (down, one row per slot): each weighted
+// output goes to req.PairOut, or is added to its row of req.Out.
+func addPairs(req *ExpertRequest, slots []int32, down []float32) {
+	h := req.Hidden
+	for j, slot := range slots {
+		w := req.Weights[slot]
+		src := down[j*h : (j+1)*h]
+		if req.PairOut != nil {
+			dst := req.PairOut[int(slot)*h : int(slot+1)*h]
+			for c := range dst {
+				dst[c] = float32(w * src[c])
+			}
+			continue
+		}
+		row := int(slot) / req.TopK
+		dst := req.Out[row*h : (row+1)*h]
+		if req.BF16Wire {
+			for c := range dst {
+				dst[c] += tensor.BF16ToF32(tensor.F32ToBF16(float32(w * src[c])))
+			}
+			continue
+		}
+		for c := range dst {
+			// The conversion keeps the product from fusing into the add, as
+			// the dispatcher's sum of per-pair answers cannot.
+			dst[c] += float32(w * src[c])
+		}
+	}
 }

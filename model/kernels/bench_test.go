@@ -287,3 +287,22 @@ func BenchmarkMatMulDecodeStep(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkBatchInvariantCost: the batch-invariant one- and two-row kernels
+// (the default) against the faster ones that round differently, on the
+// in_proj decode shape with cold weights, one thread. Compare the inv/fast
+// pairs of one run (make bench prints their ratio).
+func BenchmarkBatchInvariantCost(b *testing.B) {
+	for _, dt := range []tensor.DType{tensor.BF16, tensor.Q8_0, tensor.Q4_K, tensor.Q6_K, tensor.Q5_K, tensor.Q4_0} {
+		for _, n := range []int{1, 2} {
+			for _, inv := range []bool{true, false} {
+				name := map[bool]string{true: "inv", false: "fast"}[inv]
+				b.Run(fmt.Sprintf("%v/n=%d/%s", dt, n, name), func(b *testing.B) {
+					prev := SetBatchInvariant(inv)
+					defer SetBatchInvariant(prev)
+					benchMatMul(b, dt, 6448, 1536, n, 1)
+				})
+			}
+		}
+	}
+}

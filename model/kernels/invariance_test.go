@@ -14,6 +14,7 @@ var batchSizes = []int{1, 2, 3, 4, 5, 6, 7, 11, 13, 16, 23, 24, 25, 31, 32, 33, 
 // the thread count: bitwise, at every level and dtype. This is what makes a
 // request's tokens independent of the other sessions batched with it.
 func TestMatMulBatchInvariant(t *testing.T) {
+	defer SetBatchInvariant(SetBatchInvariant(true))
 	forEachLevel(t, func(t *testing.T) {
 		for _, dt := range allDTypes {
 			cols := 544

@@ -13,7 +13,7 @@
 //     RMSNorm, SiLU, Softplus, Softmax.
 //   - SetThreads/Threads: threads MatMul uses (default runtime.GOMAXPROCS(0)).
 //   - SetBatchInvariant/BatchInvariant: whether a row's MatMul result is
-//     bitwise independent of the other rows of its call (default on).
+//     bitwise independent of the other rows of its call (default off).
 //   - Level, KernelLevel, SetKernelLevel, MaxLevel, SupportedLevels,
 //     ParseLevel: the implementation in use.
 //   - MeasureBandwidth, MeasureBandwidthDetail, MeasureFMAPeak: machine
@@ -60,15 +60,18 @@
 // # Batch invariance
 //
 // A row's result never depends on the thread count (rows of W are shared
-// out, never the columns) and, by default, not on the other input rows of
-// the call either: every tile height and the panel path add a row's
-// products into one accumulator per (weight row, input row) in one fixed
-// order of sub-vectors, the panels being stored (and x packed) in the tile
-// kernels' order (panelorder_amd64.go, bf16 in even/odd order). This is what
-// makes a session's tokens independent of the sessions batched with it and
-// of which expert node computes its experts. The faster small-N kernels (two
+// out, never the columns). With SetBatchInvariant(true) it does not depend
+// on the other input rows of the call either: every tile height and the
+// panel path add a row's products into one accumulator per (weight row,
+// input row) in one fixed order of sub-vectors, the panels being stored (and
+// x packed) in the tile kernels' order (panelorder_amd64.go, bf16 in
+// even/odd order; the panel path always uses that order). This is what makes
+// a session's tokens independent of the sessions batched with it and of
+// which expert node computes its experts (the trunk's --deterministic). By
+// default the one- and two-row products use faster kernels (two
 // accumulator sets at N=1, and N=2 with AVX-512; Q8_0 with the block scale
-// factored out) round differently; SetBatchInvariant(false) selects them.
+// factored out), which round differently: the invariant ones cost up to
+// 10-25% on Q8_0 and Q4_K decode (BenchmarkBatchInvariantCost).
 // TestMatMulBatchInvariant checks every level and dtype bitwise.
 //
 // Row blocks are shared out dynamically to a persistent worker pool (see
@@ -87,7 +90,10 @@
 // builds golang.org/x/tools, which takes under a minute.
 package kernels
 
-import "sync/atomic"
+import (
+	"os"
+	"sync/atomic"
+)
 
 //go:generate sh -c "cd internal/gen && go run . -out ../../asm_amd64.s -stubs ../../asm_amd64.go -pkg kernels"
 
@@ -95,11 +101,14 @@ import "sync/atomic"
 // documentation).
 var batchInvariant atomic.Bool
 
-func init() { batchInvariant.Store(true) }
+// The SWITCHYARD_BATCH_INVARIANT environment variable set to 1 starts the
+// process with the setting on.
+func init() { batchInvariant.Store(os.Getenv("SWITCHYARD_BATCH_INVARIANT") == "1") }
 
 // SetBatchInvariant chooses whether MatMul's result for a row is bitwise
-// independent of how many rows share the call (on, the default) or whether
-// the one- and two-row products use faster kernels that round differently.
+// independent of how many rows share the call (on) or whether the one- and
+// two-row products use faster kernels that round differently (off, the
+// default).
 // It returns the previous setting. Calls in flight keep the kernels they
 // started with.
 func SetBatchInvariant(on bool) (prev bool) { return batchInvariant.Swap(on) }

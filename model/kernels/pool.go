@@ -219,3 +219,38 @@ func parallel(t task, threads int, s *scratch, estNs int) {
 	}
 	pool.mu.Unlock()
 }
+
+// forTask is ParallelFor's task: participants claim indices until none are left.
+type forTask struct {
+	next atomic.Int64
+	n    int64
+	fn   func(i int)
+}
+
+func (f *forTask) run(*scratch) {
+	for {
+		i := f.next.Add(1) - 1
+		if i >= f.n {
+			return
+		}
+		f.fn(int(i))
+	}
+}
+
+// ParallelFor calls fn(i) for every i in [0, n) on up to Threads()
+// participants of MatMul's worker pool (the caller included), which claim
+// indices one at a time. estNs is the estimated single-thread time of all
+// the calls: small work, like a pool busy with another call, runs on the
+// caller alone. fn should use MatMulSerial: a MatMul inside finds the pool
+// busy and runs on its participant alone anyway. It is for many small
+// independent products, e.g. one decode step's routed experts, where
+// splitting each product across threads costs more in hand-offs than it
+// saves.
+func ParallelFor(n, estNs int, fn func(i int)) {
+	if n <= 0 {
+		return
+	}
+	t := &forTask{n: int64(n), fn: fn}
+	var s scratch
+	parallel(t, min(Threads(), n), &s, estNs)
+}

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	expertnode "github.com/switchyard-serving/switchyard/expert-node"
+	"github.com/switchyard-serving/switchyard/model/synth"
+	"github.com/switchyard-serving/switchyard/model/tensor"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
@@ -65,21 +68,40 @@ func genTrace(ctx context.Context, c pb.SwitchyardClient, prompt []int, n int) (
 	}
 }
 
-// TestSameLogitsWhateverBatchAndPlacement: with the defaults (bf16 on the
-// wire, --deterministic) the golden prompts give bitwise the same top-20
+// TestSameLogitsWhateverBatchAndPlacement: with --deterministic (and the
+// default bf16 wire) the golden prompts give bitwise the same top-20
 // log-probabilities at every generated position alone, among 32 other
 // sessions, with in-process experts, through 2 and 3 expert nodes, and
 // after a re-placement.
+//
+// It runs on the golden fixture (float32 weights: the combine order) and on
+// a synthesized bf16 model (the batch-invariant kernels too).
 func TestSameLogitsWhateverBatchAndPlacement(t *testing.T) {
-	golden := goldenPrompts(t)
+	var prompts [][]int
+	for _, p := range goldenPrompts(t) {
+		prompts = append(prompts, p.IDs)
+	}
+	t.Run("fixture", func(t *testing.T) { checkSameLogits(t, filepath.Join(fixtureDir(t), "hf"), prompts) })
+	dir := t.TempDir()
+	if _, err := synth.Write(dir, synth.Options{Preset: "tiny", DType: tensor.BF16, Seed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("bf16", func(t *testing.T) { checkSameLogits(t, dir, prompts) })
+}
+
+func checkSameLogits(t *testing.T, model string, golden [][]int) {
 	const n = 12
 	ctx := context.Background()
 
 	// Cluster A: trunk-0 computes experts in process, trunk-1 on 2 expert nodes.
 	startCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	a, err := Start(startCtx, Options{ModelPath: filepath.Join(fixtureDir(t), "hf"), ExpertNodes: 2, Trunks: 2,
-		Trunk: func(tc *trunknode.Config) { tc.LocalExperts = tc.NodeID == "trunk-0" }})
+	a, err := Start(startCtx, Options{ModelPath: model, ExpertNodes: 2, Trunks: 2,
+		Trunk: func(tc *trunknode.Config) {
+			tc.LocalExperts = tc.NodeID == "trunk-0"
+			tc.Dispatch.Deterministic = true
+		},
+		Expert: func(ec *expertnode.Config) { ec.Deterministic = true }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,37 +112,44 @@ func TestSameLogitsWhateverBatchAndPlacement(t *testing.T) {
 	}
 
 	want := make([]trace, len(golden))
+	vocab := a.Trunk.Model().Cfg.VocabSize
+	for i := range golden {
+		golden[i] = slices.Clone(golden[i])
+		for j := range golden[i] {
+			golden[i][j] %= vocab
+		}
+	}
 	for i, p := range golden {
-		if want[i], err = genTrace(ctx, local, p.IDs, n); err != nil {
+		if want[i], err = genTrace(ctx, local, p, n); err != nil {
 			t.Fatal(err)
 		}
 		if len(want[i].top) != n || len(want[i].top[0]) != 20 {
-			t.Fatalf("%s: %d positions of %d log-probabilities, want %d of 20", p.Name, len(want[i].top), len(want[i].top[0]), n)
+			t.Fatalf("prompt %d: %d positions of %d log-probabilities, want %d of 20", i, len(want[i].top), len(want[i].top[0]), n)
 		}
 	}
 	check := func(what string, c pb.SwitchyardClient) {
 		t.Helper()
 		for i, p := range golden {
-			got, err := genTrace(ctx, c, p.IDs, n)
+			got, err := genTrace(ctx, c, p, n)
 			if err != nil {
 				t.Fatalf("%s: %v", what, err)
 			}
 			if d := want[i].diff(got); d != "" {
-				t.Errorf("%s, %s: %s", what, p.Name, d)
+				t.Errorf("%s, prompt %d: %s", what, i, d)
 			}
 		}
 	}
 	check("2 expert nodes, alone", remote)
 
 	// Among 32 other sessions of different lengths, started together.
-	tok := a.Trunk.Tokenizer()
-	words := []string{"keeper", "steps", "river", "stone", "night", "lamp", "yard", "rail"}
 	for _, c := range []pb.SwitchyardClient{remote, local} {
 		var wg sync.WaitGroup
 		errs := make(chan error, 64)
 		for i := range 32 {
-			prompt := tok.Encode(words[i%8]+" "+words[(i/8+3)%8]+" and "+words[(i*5)%8]+" of the "+words[(i*3)%8], true)
-			prompt = prompt[:1+i%len(prompt)]
+			prompt := make([]int, 1+(i*7)%23)
+			for j := range prompt {
+				prompt[j] = (i*131 + j*17 + 3) % vocab
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -135,7 +164,7 @@ func TestSameLogitsWhateverBatchAndPlacement(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				var err error
-				if got[i], err = genTrace(ctx, c, p.IDs, n); err != nil {
+				if got[i], err = genTrace(ctx, c, p, n); err != nil {
 					errs <- err
 				}
 			}()
@@ -145,9 +174,9 @@ func TestSameLogitsWhateverBatchAndPlacement(t *testing.T) {
 		for err := range errs {
 			t.Fatal(err)
 		}
-		for i, p := range golden {
+		for i := range golden {
 			if d := want[i].diff(got[i]); d != "" {
-				t.Errorf("in a batch of %d sessions (%s): %s: %s", 32+len(golden), map[bool]string{true: "in process", false: "2 expert nodes"}[c == local], p.Name, d)
+				t.Errorf("in a batch of %d sessions (%s): prompt %d: %s", 32+len(golden), map[bool]string{true: "in process", false: "2 expert nodes"}[c == local], i, d)
 			}
 		}
 	}
@@ -156,8 +185,12 @@ func TestSameLogitsWhateverBatchAndPlacement(t *testing.T) {
 	// Cluster B: 3 expert nodes, then one killed and its experts re-placed.
 	startCtx, cancel = context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	b, err := Start(startCtx, Options{ModelPath: filepath.Join(fixtureDir(t), "hf"), ExpertNodes: 3,
-		Trunk: func(tc *trunknode.Config) { tc.LoadInterval = 200 * time.Millisecond }})
+	b, err := Start(startCtx, Options{ModelPath: model, ExpertNodes: 3,
+		Trunk: func(tc *trunknode.Config) {
+			tc.LoadInterval = 200 * time.Millisecond
+			tc.Dispatch.Deterministic = true
+		},
+		Expert: func(ec *expertnode.Config) { ec.Deterministic = true }})
 	if err != nil {
 		t.Fatal(err)
 	}
