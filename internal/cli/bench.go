@@ -76,10 +76,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		*model, c.Summary(), human(weightBytes(m.W)), m.W.Embed.DType, m.KVDType, loadTime.Seconds(),
 		human(anonAfter), human(anonAfter-rssBefore), human(fileBytes))
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	var results []string // --lines, printed under each thread count's rows
 	result := func(th int, test string, tps float64) {
 		if *lines {
-			w.Flush()
-			fmt.Fprintf(stdout, "result engine=switchyard threads=%d test=%s tokens_per_s=%.3f\n", th, test, tps)
+			results = append(results, fmt.Sprintf("result engine=switchyard threads=%d test=%s tokens_per_s=%.3f\n", th, test, tps))
 		}
 	}
 	fmt.Fprintln(w, "threads\tmem BW GB/s\tFMA peak GFLOP/s\tcase\ttokens/s\tweights GB/s\tof BW\tGFLOP/s\tof peak\t")
@@ -144,6 +144,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			float64(*prompt)/sec, fl/sec/1e9, fl/sec/peak)
 		result(th, fmt.Sprintf("prefill_%d", *prompt), float64(*prompt)/sec)
 		w.Flush()
+		for _, l := range results {
+			fmt.Fprint(stdout, l)
+		}
+		results = results[:0]
 	}
 	fmt.Fprintf(stdout, "peak RSS (VmHWM) %s, anonymous RSS now %s\n", human(procStatus("VmHWM")), human(procStatus("RssAnon")))
 	return w.Flush()
