@@ -306,7 +306,29 @@ func variants() []variant {
 		}
 	}
 
-	return []variant{def, ext, noGPU, scale, hf, perNode, emptyDir, ops, pvc, future, cm}
+	// deterministic: true gives --deterministic to every trunk and expert
+	// node (they need it together); by default none has it.
+	det := defaults("deterministic")
+	det.sets = []string{"deterministic=true"}
+	det.extra = func(t *testing.T, m *manifests) {
+		for _, role := range []string{"trunk", "expert"} {
+			c := container(&m.statefulSet(fullname+"-"+role).Spec.Template.Spec, role)
+			if !slices.Contains(c.Args, "--deterministic") {
+				t.Errorf("%s args %v: want --deterministic", role, c.Args)
+			}
+		}
+	}
+	prevDef := def.extra
+	def.extra = func(t *testing.T, m *manifests) {
+		prevDef(t, m)
+		for _, role := range []string{"trunk", "expert"} {
+			if c := container(&m.statefulSet(fullname+"-"+role).Spec.Template.Spec, role); slices.Contains(c.Args, "--deterministic") {
+				t.Errorf("%s: --deterministic by default", role)
+			}
+		}
+	}
+
+	return []variant{def, ext, noGPU, scale, hf, perNode, emptyDir, ops, pvc, future, cm, det}
 }
 
 func TestVariants(t *testing.T) {
