@@ -6,6 +6,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -120,6 +122,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	devices := fs.String("expert-device", "cpu", "comma-separated expert-node devices to measure in turn (cpu, cuda:0, fake)")
 	inprocFlag := fs.Bool("inproc", true, "also measure the in-process engine (the ratio column's baseline)")
 	wire := fs.String("wire", "bf16", "activation wire format: bf16 or f32")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the cluster measurements (not the in-process ones) to this file")
 	det := fs.Bool("deterministic", false, "the trunk's and expert nodes' --deterministic (batch-invariant kernels, per-pair answers summed in expert order)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -155,12 +158,28 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 		c.Dispatch.WireDType = wireType
 		c.Dispatch.Deterministic = *det
 	}
-	inproc := map[int]float64{}
-	vocab := 0
+	// The in-process baseline runs beside the cluster, and its repetitions
+	// alternate with the cluster's: on a shared, noisy machine both see the
+	// same conditions, and the ratio is the median of the pairs' ratios.
+	inproc, vocab := "", 0
 	if *inprocFlag {
-		if vocab, err = benchInProcess(ctx, *model, tune, sessions, *prompt, *tokens, *reps, inproc); err != nil {
+		addr, v, stop, err := startInProcess(ctx, *model, tune)
+		if err != nil {
 			return err
 		}
+		defer stop()
+		inproc, vocab = addr, v
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	for _, dev := range strings.Split(*devices, ",") {
 		if err := benchClusterOn(ctx, stdout, strings.TrimSpace(dev), *model, *experts, tune, *det, sessions, *prompt, *tokens, *reps, vocab, inproc); err != nil {
@@ -170,50 +189,39 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	return nil
 }
 
-// benchInProcess measures one trunk computing the experts itself; it fills
-// inproc (tokens/s by session count) and returns the vocabulary size.
-func benchInProcess(ctx context.Context, model string, tune func(*trunknode.Config), sessions []int, prompt, tokens, reps int, inproc map[int]float64) (int, error) {
-	// In-process baseline: one trunk computing the experts itself.
+// startInProcess serves one trunk computing the experts itself (the
+// baseline) and returns its address, the vocabulary size and its stop.
+func startInProcess(ctx context.Context, model string, tune func(*trunknode.Config)) (string, int, func(), error) {
 	lcfg := trunknode.DefaultConfig()
 	lcfg.ModelPath, lcfg.LocalExperts = model, true
 	lcfg.LogLevel = "warn" // the benchmark's own output stays readable
 	tune(&lcfg)
 	local, err := trunknode.New(lcfg)
 	if err != nil {
-		return 0, err
+		return "", 0, nil, err
 	}
-	defer local.Close()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, err
+		local.Close()
+		return "", 0, nil, err
 	}
 	lctx, stopLocal := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- local.Serve(lctx, lis) }()
 	<-local.Ready()
-	vocab := local.Model().Cfg.VocabSize
-	for _, s := range sessions {
-		var v []float64
-		for i := range reps {
-			tps, err := drive(ctx, lis.Addr().String(), vocab, s, prompt, tokens, uint64(i))
-			if err != nil {
-				stopLocal()
-				return 0, err
-			}
-			v = append(v, tps)
-		}
-		inproc[s] = median(v)
+	stop := func() {
+		stopLocal()
+		<-done
+		local.Close()
 	}
-	stopLocal()
-	<-done
-	return vocab, nil
+	return lis.Addr().String(), local.Model().Cfg.VocabSize, stop, nil
 }
 
 // benchClusterOn measures 1 trunk + experts expert nodes on device and prints
 // a table: throughput, dispatch round trips, and where a decode step's time
 // goes (the trunk's own work, the wire and queues, the expert nodes' compute).
 func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string, experts int, tune func(*trunknode.Config), det bool,
-	sessions []int, prompt, tokens, reps, vocab int, inproc map[int]float64) error {
+	sessions []int, prompt, tokens, reps, vocab int, inproc string) error {
 	rec := &rttRecorder{}
 	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: model, ExpertNodes: experts,
 		ExpertDevice: device, ExpertGPUMemory: gpuShare(device, experts),
@@ -228,7 +236,7 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 		vocab = cfg.VocabSize
 	}
 	moeLayers := cfg.Layers
-	fmt.Fprintf(stdout, "\nmodel %s: %s\n1 trunk + %d expert nodes on %s (loopback) vs in-process; %d prompt + %d generated tokens per session, median of %d\n",
+	fmt.Fprintf(stdout, "\nmodel %s: %s\n1 trunk + %d expert nodes on %s (loopback) vs in-process; %d prompt + %d generated tokens per session, median of %d (in-process and cluster runs alternate; ratio: median of the pairs)\n",
 		model, cfg.Summary(), experts, device, prompt, tokens, reps)
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	echo, err := newEchoBench()
@@ -238,17 +246,27 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 	defer echo.close()
 	fmt.Fprintln(w, "device\tsessions\tin-process tok/s\tcluster tok/s\tratio\tdispatch RTT p50\tp99\tnode compute p50\techo RTT p50\tp99\twire bytes/token\tstep ms\texpert compute ms\twire+queue ms\ttrunk ms\t")
 	for _, s := range sessions {
-		var v []float64
+		var v, vin, ratios []float64
 		var p50, p99, cp50 time.Duration
 		var perTok float64
 		var outB, inB int
 		for i := range reps {
+			if inproc != "" {
+				tin, err := drive(ctx, inproc, vocab, s, prompt, tokens, uint64(i))
+				if err != nil {
+					return err
+				}
+				vin = append(vin, tin)
+			}
 			rec.reset()
 			tps, err := drive(ctx, c.Endpoint, vocab, s, prompt, tokens, uint64(i))
 			if err != nil {
 				return err
 			}
 			v = append(v, tps)
+			if inproc != "" {
+				ratios = append(ratios, tps/vin[i])
+			}
 			rec.mu.Lock()
 			p50, p99, cp50 = quantile(rec.rtt, 0.5), quantile(rec.rtt, 0.99), quantile(rec.compute, 0.5)
 			perTok = float64(rec.bytes) / float64(s*(tokens+prompt))
@@ -260,10 +278,10 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 		if err != nil {
 			return err
 		}
-		ct := median(v)
+		ct, it := median(v), 0.0
 		ratio := "-"
-		if inproc[s] > 0 {
-			ratio = fmt.Sprintf("%.2f", ct/inproc[s])
+		if inproc != "" {
+			it, ratio = median(vin), fmt.Sprintf("%.2f", median(ratios))
 		}
 		// A decode step makes one token per session: its time is s / tok/s. Per
 		// step, every MoE layer waits for one dispatch round trip (p50), of which
@@ -271,7 +289,7 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 		step := float64(s) / ct * 1e3
 		rtt := float64(moeLayers) * float64(p50) / 1e6
 		comp := float64(moeLayers) * float64(cp50) / 1e6
-		fmt.Fprintf(w, "%s\t%d\t%.1f\t%.1f\t%s\t%v\t%v\t%v\t%v\t%v\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", device, s, inproc[s], ct, ratio,
+		fmt.Fprintf(w, "%s\t%d\t%.1f\t%.1f\t%s\t%v\t%v\t%v\t%v\t%v\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", device, s, it, ct, ratio,
 			p50.Round(time.Microsecond), p99.Round(time.Microsecond), cp50.Round(time.Microsecond), e50.Round(time.Microsecond), e99.Round(time.Microsecond), perTok,
 			step, comp, rtt-comp, step-rtt)
 	}
