@@ -31,7 +31,7 @@ if [ -z "${BENCH_MODEL:-}" ]; then
   echo "== engine, Q4_K_M GGUF (llama.cpp's mix)"
   "$BIN" bench --model "$Q4M"
 fi
-echo "== llama.cpp side by side: the same GGUF files, 1 and 2 threads, prefill 512, decode at 1, 8, 32, 128 sessions (skipped without llama.cpp's CPU libraries)"
+echo "== llama.cpp side by side: the same GGUF files, prefill 512 and decode at 1 and 2 threads, batched decode of 8, 32, 128 sessions at 2 (skipped without llama.cpp's CPU libraries)"
 if [ -z "${BENCH_MODEL:-}" ]; then
   BIN="$BIN" bash scripts/llamacpp-bench.sh
 elif [[ "$BENCH_MODEL" == *.gguf ]]; then

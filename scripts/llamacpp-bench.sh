@@ -22,8 +22,11 @@
 # (as make bench makes it) converted by `switchyard convert` to BF16, Q8_0 and
 # llama.cpp's Q4_K_M mix, in $SWITCHYARD_CACHE (default ~/.cache/switchyard);
 # missing ones are made.
-# Environment: THREADS (default "1 2"), BATCHES (default 8,32,128), PROMPT
-# (512), STEPS (decode steps per measurement, 8), REPS (3), TYPES (default
+# Environment: THREADS (default "1 2"), BATCHES (default 8,32,128),
+# BATCHED_THREADS (the thread counts the batched sizes run at, default the
+# last of THREADS: batched decode of this model reads nearly every expert per
+# step, so it is the long part), PROMPT (512), STEPS (decode steps per
+# measurement, 8), REPS (3), TYPES (default
 # "bf16 q8_0 q4_k_m"), BIN (our binary, default bin/switchyard), LLAMA_BACKEND
 # (a libggml-cpu-*.so to use instead of the automatic choice), LOG (both
 # sides' whole output, default $SWITCHYARD_CACHE/llamacpp-bench.log).
@@ -32,6 +35,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/switchyard}
 CACHE=${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}
 THREADS=${THREADS:-"1 2"}
+BATCHED_THREADS=${BATCHED_THREADS:-${THREADS##* }}
 BATCHES=${BATCHES:-8,32,128}
 PROMPT=${PROMPT:-512}
 STEPS=${STEPS:-8}
@@ -80,19 +84,22 @@ if [ ${#MODELS[@]} -eq 0 ]; then
   done
 fi
 
-LLAMA_ARGS=(-p "$PROMPT" -n "$STEPS" -b "1,$BATCHES" -r "$REPS")
+LLAMA_ARGS=(-p "$PROMPT" -n "$STEPS" -r "$REPS")
 [ -n "${LLAMA_BACKEND:-}" ] && LLAMA_ARGS+=(-backend "$LLAMA_BACKEND")
-OURS_ARGS=(--prompt "$PROMPT" --steps "$STEPS" --batches "1,$BATCHES" --reps "$REPS" --lines)
+OURS_ARGS=(--prompt "$PROMPT" --steps "$STEPS" --reps "$REPS" --lines)
+batches() { # threads: the decode batch sizes measured at that thread count
+  case " $BATCHED_THREADS " in *" $1 "*) echo "1,$BATCHES" ;; *) echo 1 ;; esac
+}
 RES=$WORK/results
 mkdir -p "$(dirname "$LOG")"
 : >"$RES"
 : >"$LOG"
 llama() { # model threads
-  "$WORK/llamacpp-bench" -t "$2" "${LLAMA_ARGS[@]}" "$1" 2>"$WORK/llama.log" | tee -a "$LOG" |
+  "$WORK/llamacpp-bench" -t "$2" -b "$(batches "$2")" "${LLAMA_ARGS[@]}" "$1" 2>"$WORK/llama.log" | tee -a "$LOG" |
     sed -n "s|^result |result model=$(basename "$1") |p" >>"$RES" || { tail -20 "$WORK/llama.log"; exit 1; }
 }
 ours() { # model threads
-  "$BIN" bench --model "$1" --threads "$2" "${OURS_ARGS[@]}" | tee -a "$LOG" |
+  "$BIN" bench --model "$1" --threads "$2" --batches "$(batches "$2")" "${OURS_ARGS[@]}" | tee -a "$LOG" |
     sed -n "s|^result |result model=$(basename "$1") |p" >>"$RES"
 }
 i=0
