@@ -122,9 +122,10 @@ for line in open(sys.argv[1]):
     f = dict(kv.split("=", 1) for kv in line.split()[1:])
     key = (f["model"], int(f["threads"]), f["test"])
     r.setdefault(key, {})[f["engine"]] = float(f["tokens_per_s"])
+models = list(dict.fromkeys(k[0] for k in r))  # in the order they ran
 def order(k):
     m = re.match(r"(prefill|decode)_(\d+)", k[2])
-    return (k[0], k[1], m.group(1) != "prefill", int(m.group(2)))
+    return (models.index(k[0]), k[1], m.group(1) != "prefill", int(m.group(2)))
 print("| model | threads | test | switchyard | llama.cpp | ours / llama.cpp |")
 print("|---|---|---|---|---|---|")
 for k in sorted(r, key=order):
