@@ -26,7 +26,10 @@
 # BATCHED_THREADS (the thread counts the batched sizes run at, default the
 # last of THREADS: batched decode of this model reads nearly every expert per
 # step, so it is the long part), PROMPT (512), STEPS (decode steps per
-# measurement, 8), REPS (3), TYPES (default
+# measurement, 8), REPS (3), ROUNDS (times the whole alternation is repeated,
+# default 1; with more, the table gives each side's median and the median of
+# the rounds' ratios: on a shared machine one engine's block of minutes can
+# meet a slow spell), TYPES (default
 # "bf16 q8_0 q4_k_m"), BIN (our binary, default bin/switchyard), LLAMA_BACKEND
 # (a libggml-cpu-*.so to use instead of the automatic choice), LOG (both
 # sides' whole output, default $SWITCHYARD_CACHE/llamacpp-bench.log).
@@ -40,6 +43,7 @@ BATCHES=${BATCHES:-8,32,128}
 PROMPT=${PROMPT:-512}
 STEPS=${STEPS:-8}
 REPS=${REPS:-3}
+ROUNDS=${ROUNDS:-1}
 TYPES=${TYPES:-"bf16 q8_0 q4_k_m"}
 NLC=@node-llama-cpp/linux-x64@3.21.1
 LOG=${LOG:-$CACHE/llamacpp-bench.log}
@@ -103,25 +107,27 @@ ours() { # model threads
     sed -n "s|^result |result model=$(basename "$1") |p" >>"$RES"
 }
 i=0
-for m in "${MODELS[@]}"; do
-  for th in $THREADS; do
-    echo "== $(basename "$m"), $th thread(s) ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"
-    # Alternate which side goes first, so slow drifts do not favour either.
-    if [ $((i % 2)) -eq 0 ]; then llama "$m" "$th"; ours "$m" "$th"; else ours "$m" "$th"; llama "$m" "$th"; fi
-    i=$((i + 1))
+for round in $(seq "$ROUNDS"); do
+  for m in "${MODELS[@]}"; do
+    for th in $THREADS; do
+      echo "== round $round, $(basename "$m"), $th thread(s) ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"
+      # Alternate which side goes first, so slow drifts do not favour either.
+      if [ $((i % 2)) -eq 0 ]; then llama "$m" "$th"; ours "$m" "$th"; else ours "$m" "$th"; llama "$m" "$th"; fi
+      i=$((i + 1))
+    done
   done
 done
 grep -m1 '^# llama.cpp backend' "$LOG" | sed 's/, model [^,]*,/,/'
 grep -m1 '^# CPU' "$LOG" || true
 echo
-echo "tokens/s, median of $REPS after a warm-up; ours = switchyard bench, llama.cpp = scripts/llamacpp-bench/bench.c (whole output: $LOG)"
+echo "tokens/s, median of $REPS after a warm-up ($ROUNDS round(s)); ours = switchyard bench, llama.cpp = scripts/llamacpp-bench/bench.c (whole output: $LOG)"
 python3 - "$RES" <<'PY'
-import collections, re, sys
+import collections, re, statistics, sys
 r = collections.OrderedDict()
 for line in open(sys.argv[1]):
     f = dict(kv.split("=", 1) for kv in line.split()[1:])
     key = (f["model"], int(f["threads"]), f["test"])
-    r.setdefault(key, {})[f["engine"]] = float(f["tokens_per_s"])
+    r.setdefault(key, {}).setdefault(f["engine"], []).append(float(f["tokens_per_s"]))
 models = list(dict.fromkeys(k[0] for k in r))  # in the order they ran
 def order(k):
     m = re.match(r"(prefill|decode)_(\d+)", k[2])
@@ -130,8 +136,14 @@ print("| model | threads | test | switchyard | llama.cpp | ours / llama.cpp |")
 print("|---|---|---|---|---|---|")
 for k in sorted(r, key=order):
     v = r[k]
-    o, l = v.get("switchyard"), v.get("llama.cpp")
-    ratio = "%.2f" % (o / l) if o and l else ""
+    os_, ls = v.get("switchyard", []), v.get("llama.cpp", [])
+    o = statistics.median(os_) if os_ else None
+    l = statistics.median(ls) if ls else None
+    # the rounds' ratios (the i-th measurement of each side ran next to each other)
+    ratios = [a / b for a, b in zip(os_, ls)]
+    ratio = "%.2f" % statistics.median(ratios) if ratios else ""
+    if len(ratios) > 1:
+        ratio += " (" + ", ".join("%.2f" % x for x in ratios) + ")"
     fmt = lambda x: "%.2f" % x if x is not None else "-"
     print(f"| {k[0]} | {k[1]} | {k[2]} | {fmt(o)} | {fmt(l)} | {ratio} |")
 PY
