@@ -18,7 +18,7 @@ LDFLAGS   := -X github.com/switchyard-serving/switchyard/internal/telemetry.vers
 # The GPU binary: purego loader for CUDA (dynamically linked; see docs/gpu.md).
 BIN_CUDA  ?= bin/switchyard-cuda
 
-.PHONY: test-race all build build-cuda gpu-bundle image-cuda verify-ptx test test-short bench run lint verify verify-deps verify-lint verify-proto proto fmt generate clean image helm-test
+.PHONY: test-race all build build-cuda gpu-bundle image-cuda verify-ptx verify-asm test test-short bench run lint verify verify-deps verify-lint verify-proto proto fmt generate clean image helm-test
 
 all: build
 
@@ -75,7 +75,7 @@ fmt:
 
 lint: verify
 
-verify: verify-deps verify-lint verify-proto verify-ptx
+verify: verify-deps verify-lint verify-proto verify-ptx verify-asm
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags cuda ./internal/gpu/... ./expert-node/... ./internal/cli/...
@@ -101,9 +101,12 @@ verify-proto:
 verify-ptx:
 	bash scripts/genptx.sh --check
 
+verify-asm:
+	GO=$(GO) bash scripts/genasm.sh --check
+
 # Regenerates the assembly kernels (avo lives in its own module) and the GPU PTX.
 generate:
-	cd model/kernels/internal/gen && $(GO) generate ./...
+	GO=$(GO) bash scripts/genasm.sh
 	bash scripts/genptx.sh
 
 clean:
