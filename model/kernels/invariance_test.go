@@ -3,6 +3,7 @@ package kernels
 import (
 	"math"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 )
 
@@ -53,4 +54,21 @@ func TestMatMulBatchInvariant(t *testing.T) {
 			}
 		}
 	})
+}
+
+// ParallelFor calls fn once for every index, on the pool's threads too.
+func TestParallelFor(t *testing.T) {
+	for _, threads := range []int{1, 2} {
+		withThreads(threads, func() {
+			for _, n := range []int{0, 1, 2, 7, 100} {
+				seen := make([]atomic.Int32, n)
+				ParallelFor(n, wakeWorthNs, func(i int) { seen[i].Add(1) })
+				for i := range seen {
+					if c := seen[i].Load(); c != 1 {
+						t.Fatalf("threads %d, n %d: index %d called %d times", threads, n, i, c)
+					}
+				}
+			}
+		})
+	}
 }

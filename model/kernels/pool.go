@@ -251,6 +251,7 @@ func ParallelFor(n, estNs int, fn func(i int)) {
 		return
 	}
 	t := &forTask{n: int64(n), fn: fn}
-	var s scratch
-	parallel(t, min(Threads(), n), &s, estNs)
+	c := ctxPool.Get().(*callCtx) // the caller's scratch (unused by fn, but parallel takes one)
+	parallel(t, min(Threads(), n), &c.s, estNs)
+	ctxPool.Put(c)
 }
