@@ -121,7 +121,9 @@ func (n *Node) compute(sh *shard, g *group, rs *roundScratch) {
 		rs.x, rs.out = x, out
 	} else {
 		rs.x = grow(rs.x, R*H)
-		rs.out = grow(rs.out, R*H)
+		if !g.perPair { // per-pair groups write rs.pair only
+			rs.out = grow(rs.out, R*H)
+		}
 	}
 	rs.w = grow(rs.w, R*K)
 	if cap(rs.ids) < R*K {

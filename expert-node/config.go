@@ -44,8 +44,12 @@ type Config struct {
 	// ModelPath is the checkpoint: a Hugging Face folder (config.json +
 	// safetensors) or a .gguf file. Required.
 	ModelPath string
-	// MaxRecvMsgBytes is the largest ExpertBatch message accepted, in bytes
-	// (applied through ServerOptions). Default 64 MiB.
+	// MaxRecvMsgBytes is the largest ExpertBatch message accepted, and the
+	// largest ExpertResult sent, in bytes (applied through ServerOptions).
+	// Per-pair answers (--deterministic trunks) are up to top_k times their
+	// batch's activations: keep it at least the trunks' message limit
+	// (16 MiB by default; trunks size their chunks so both directions fit).
+	// Default 64 MiB.
 	MaxRecvMsgBytes int
 	// CoalesceWindow is how long the compute loop waits, once something is
 	// queued, for more chunks to coalesce with; it stops waiting early when

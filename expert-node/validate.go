@@ -86,6 +86,12 @@ func (s *shard) check(b *pb.ExpertBatch, node string, version uint64) error {
 	if len(experts) == 0 {
 		return fmt.Errorf("%w: layer %d has no routed experts", ErrBadBatch, layer)
 	}
+	// A trunk sends at most the model's experts per token for a row (fewer
+	// when the row's others are on other nodes); more would only inflate the
+	// node's buffers (per-pair answers stage rows x top_k x hidden values).
+	if k := int(b.GetTopK()); k > c.ExpertsPerTok {
+		return fmt.Errorf("%w: top_k is %d, the model routes each token to %d experts", ErrBadBatch, k, c.ExpertsPerTok)
+	}
 	for _, id := range b.GetExpertIds() {
 		if int(id) >= len(experts) {
 			return fmt.Errorf("%w: expert id %d out of range (layer %d has %d experts)", ErrBadBatch, id, layer, len(experts))

@@ -81,10 +81,11 @@ type CallInfo struct {
 // one message per node on that node's long-lived stream, and sums the per-row
 // results; a failed node's pairs are retried on other replicas.
 type Dispatcher struct {
-	cfg    DispatchConfig
-	hidden int
-	table  atomic.Pointer[routing.Table]
-	step   atomic.Uint64
+	cfg       DispatchConfig
+	hidden    int
+	table     atomic.Pointer[routing.Table]
+	step      atomic.Uint64
+	sumWarned sync.Map // node -> true: warned that it answers sums (sumsInstead)
 
 	tracer trace.Tracer
 
@@ -165,6 +166,9 @@ func (d *Dispatcher) Activations(reset bool) [][]uint64 {
 type DispatchStats struct {
 	Calls, Messages, Retries, Failures atomic.Uint64
 	BytesOut, BytesIn, Rows            atomic.Uint64
+	// SumsInstead counts chunks a node answered with row sums although
+	// per-pair answers were asked (Deterministic).
+	SumsInstead atomic.Uint64
 }
 
 // NewDispatcher returns a dispatcher for a model of the given hidden size.
@@ -516,7 +520,7 @@ func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybr
 	results := make([]*pb.ExpertResult, chunks)
 	for c, ch := range waits {
 		r0, r1 := c*perChunk, min((c+1)*perChunk, len(g.rows))
-		if results[c], err = d.await(ctx, st, s, step, ch, r1-r0, g.nonZero(r0, r1), req.Hidden, &info); err != nil {
+		if results[c], err = d.await(ctx, st, s, step, ch, r1-r0, g.nonZero(r0, r1), src != nil, req.Hidden, &info); err != nil {
 			return err
 		}
 	}
@@ -676,7 +680,7 @@ func (d *Dispatcher) encodeChunk(req *hybrid.ExpertRequest, g nodeRows, r0, r1 i
 
 // await waits for one chunk's result and checks its shape (rows x hidden, or
 // pairs x hidden for per-pair answers).
-func (d *Dispatcher) await(ctx context.Context, st *Step, s *nodeStream, step uint64, ch chan *pb.ExpertResult, rows, pairs, hidden int, info *CallInfo) (*pb.ExpertResult, error) {
+func (d *Dispatcher) await(ctx context.Context, st *Step, s *nodeStream, step uint64, ch chan *pb.ExpertResult, rows, pairs int, perPair bool, hidden int, info *CallInfo) (*pb.ExpertResult, error) {
 	select {
 	case res, ok := <-ch:
 		if !ok || res == nil {
@@ -684,6 +688,12 @@ func (d *Dispatcher) await(ctx context.Context, st *Step, s *nodeStream, step ui
 		}
 		if res.Error != "" {
 			return nil, errors.New(res.Error)
+		}
+		if res.PerPair && !perPair {
+			return nil, fmt.Errorf("malformed result: per-pair answer to a batch that asked for row sums")
+		}
+		if perPair && !res.PerPair {
+			d.sumsInstead(s.node)
 		}
 		vals := rows
 		if res.PerPair {
@@ -704,6 +714,16 @@ func (d *Dispatcher) await(ctx context.Context, st *Step, s *nodeStream, step ui
 		d.cfg.Logger.Warn("expert node did not answer in time; its rows go to other replicas", "expert", s.node, "layer", info.Layer)
 		d.missed(s.node)
 		return nil, fmt.Errorf("no answer within the call limit (hedged to other replicas, or timed out after %v)", d.cfg.Timeout)
+	}
+}
+
+// sumsInstead notes that node answered a per-pair batch with row sums (a GPU
+// node, or a build without per-pair answers): those rows are correct but not
+// covered by the deterministic combine. It warns once per node.
+func (d *Dispatcher) sumsInstead(node string) {
+	d.stats.SumsInstead.Add(1)
+	if _, warned := d.sumWarned.LoadOrStore(node, true); !warned {
+		d.cfg.Logger.Warn("expert node answers row sums to per-pair batches (GPU node or older build): its rows are not bitwise reproducible across placements", "expert", node)
 	}
 }
 

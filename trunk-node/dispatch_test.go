@@ -29,6 +29,7 @@ type fakeExpert struct {
 	chunks  int
 	maxSize int  // largest ExpertBatch received, in bytes
 	sums    bool // answer per-row sums even when asked per pair (GPU and older nodes)
+	perPair bool // answer per pair even when asked for sums (a misbehaving node)
 }
 
 func (f *fakeExpert) Dispatch(st grpc.BidiStreamingServer[pb.ExpertBatch, pb.ExpertResult]) error {
@@ -48,7 +49,7 @@ func (f *fakeExpert) Dispatch(st grpc.BidiStreamingServer[pb.ExpertBatch, pb.Exp
 		res := &pb.ExpertResult{StepId: b.StepId, Layer: b.Layer, Chunk: b.Chunk, Rows: b.Rows}
 		if fail {
 			res.Error = "expert node: injected failure"
-		} else if b.PerPair && !f.sums {
+		} else if (b.PerPair && !f.sums) || f.perPair {
 			h, k := int(b.Hidden), int(b.TopK)
 			x := make([]float32, int(b.Rows)*h)
 			wire.Decode(b.Dtype, x, b.Activations)
@@ -267,13 +268,20 @@ func TestDispatchStepContextCancels(t *testing.T) {
 }
 
 func TestRowsPerChunk(t *testing.T) {
-	for _, tc := range []struct{ maxMsg, elem, hidden, k, want int }{
-		{16 << 20, 2, 1536, 6, (16<<20 - 4096) / (2*1536 + 48 + 16)},
-		{16 << 20, 4, 1536, 6, (16<<20 - 4096) / (4*1536 + 48 + 16)},
-		{1000, 4, 4096, 8, 1}, // one row always goes, even over the limit
+	for _, tc := range []struct {
+		maxMsg, elem, hidden, k int
+		perPair                 bool
+		want                    int
+	}{
+		{16 << 20, 2, 1536, 6, false, (16<<20 - 4096) / (2*1536 + 48 + 16)},
+		{16 << 20, 4, 1536, 6, false, (16<<20 - 4096) / (4*1536 + 48 + 16)},
+		{1000, 4, 4096, 8, false, 1}, // one row always goes, even over the limit
+		// Per-pair answers carry up to k rows back per row sent: they bound the chunk.
+		{16 << 20, 2, 1536, 6, true, (16<<20 - 4096) / (6*2*1536 + 16)},
+		{16 << 20, 2, 1536, 1, true, (16<<20 - 4096) / (2*1536 + 8 + 16)},
 	} {
-		if got := rowsPerChunk(tc.maxMsg, tc.elem, tc.hidden, tc.k, false); got != tc.want {
-			t.Errorf("rowsPerChunk(%d, %d, %d, %d) = %d, want %d", tc.maxMsg, tc.elem, tc.hidden, tc.k, got, tc.want)
+		if got := rowsPerChunk(tc.maxMsg, tc.elem, tc.hidden, tc.k, tc.perPair); got != tc.want {
+			t.Errorf("rowsPerChunk(%d, %d, %d, %d, %v) = %d, want %d", tc.maxMsg, tc.elem, tc.hidden, tc.k, tc.perPair, got, tc.want)
 		}
 	}
 }
@@ -526,5 +534,31 @@ func TestDispatchDeterministicCombine(t *testing.T) {
 				t.Fatalf("with a node answering sums: max diff %g", m)
 			}
 		})
+	}
+}
+
+// A node answering per pair to a batch that asked for row sums is a
+// malformed answer (retried elsewhere), not a crash of the trunk; one
+// answering sums to a per-pair batch is counted.
+func TestDispatchAnswerFormMismatch(t *testing.T) {
+	bad, good, sums := &fakeExpert{perPair: true}, &fakeExpert{}, &fakeExpert{sums: true}
+	addrs := serveFake(t, bad, good, sums)
+	d := newTestDispatcher(t, DispatchConfig{WireDType: pb.WireDType_WIRE_DTYPE_F32, Deadline: 300 * time.Millisecond}, 16)
+	d.SetTable(table2(addrs[0], addrs[1], false))
+	req, _ := request(4, 16, 2)
+	if err := d.Step(context.Background()).Begin(req).Wait(); err == nil {
+		t.Fatal("a call whose node answered in the wrong form succeeded")
+	}
+	d = newTestDispatcher(t, DispatchConfig{WireDType: pb.WireDType_WIRE_DTYPE_F32, Deterministic: true}, 16)
+	d.SetTable(table2(addrs[1], addrs[2], false))
+	req, want := request(4, 16, 2)
+	if err := d.Step(context.Background()).Begin(req).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if m := maxDiff(req.Out, want); m > 1e-5 {
+		t.Fatalf("max diff %g", m)
+	}
+	if d.Stats().SumsInstead.Load() == 0 {
+		t.Error("sums answered to per-pair batches were not counted")
 	}
 }

@@ -141,7 +141,8 @@ type genArgs struct {
 	logprobs  bool
 	api       string
 	client    string // the caller's identity (rpc.ClientIdentity)
-	// constraint and topLogprobs come from the HTTP API (response_format, top_logprobs).
+	// constraint comes from the HTTP API (response_format); topLogprobs from
+	// either API (top_logprobs).
 	constraint  engine.Constraint
 	topLogprobs int
 	ctx         context.Context // the request's (a session held by another trunk is fetched under it)

@@ -131,7 +131,7 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 	ws.sum = grow(ws.sum, nb)
 	o := ws.o[:nb*hd]
 	for p := range np {
-		kernels.MatMulSerial(sc, t.kv.keys(p, kh), ws.q, nb)
+		kernels.MatMulSerialInvariant(sc, t.kv.keys(p, kh), ws.q, nb)
 		for i := range nb {
 			seg := sc[i*P : (i+1)*P]
 			valid := max(0, min(P, t.pos0+t.t0+i+1-p*P)) // the row's query sees keys 0..pos0+t0+i
@@ -154,9 +154,9 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 		}
 		// Weighted values: o += s · V[p] (V stored transposed per page).
 		if p == 0 {
-			kernels.MatMulSerial(o, t.kv.values(p, kh), sc, nb)
+			kernels.MatMulSerialInvariant(o, t.kv.values(p, kh), sc, nb)
 		} else {
-			kernels.MatMulSerial(ws.tmp[:nb*hd], t.kv.values(p, kh), sc, nb)
+			kernels.MatMulSerialInvariant(ws.tmp[:nb*hd], t.kv.values(p, kh), sc, nb)
 			kernels.Add(o, o, ws.tmp[:nb*hd])
 		}
 	}

@@ -151,16 +151,18 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 	// slices of one buffer; the sums below then run in expert order as
 	// always, so the result is the same bits either way.
 	var active []int
-	maxM, bytes := 0, 0
+	maxM, bytes, inter := 0, 0, 0
 	for e := range experts {
 		if m := counts[e+1] - counts[e]; m > 0 {
 			active = append(active, e)
 			maxM = max(maxM, m)
+			inter = max(inter, experts[e].Gate.Rows)
 			bytes += experts[e].Gate.Bytes() + experts[e].Up.Bytes() + experts[e].Down.Bytes()
 		}
 	}
-	if kernels.Threads() > 1 && len(active) > 1 && maxM <= expertParallelMaxRows {
-		inter := experts[active[0]].Gate.Rows
+	// Only with at least as many experts as threads: fewer would leave
+	// threads idle that splitting each product keeps busy.
+	if t := kernels.Threads(); t > 1 && len(active) >= t && maxM <= expertParallelMaxRows {
 		scr.gather = grow(scr.gather, n*h)
 		scr.gate = grow(scr.gate, n*inter)
 		scr.up = grow(scr.up, n*inter)
@@ -169,7 +171,7 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 			e := active[i]
 			lo, hi := counts[e], counts[e+1]
 			ew, m, in := experts[e], hi-lo, experts[e].Gate.Rows
-			g, gt, up, dn := scr.gather[lo*h:hi*h], scr.gate[lo*in:hi*in], scr.up[lo*in:hi*in], scr.down[lo*h:hi*h]
+			g, gt, up, dn := scr.gather[lo*h:hi*h], scr.gate[lo*inter:lo*inter+m*in], scr.up[lo*inter:lo*inter+m*in], scr.down[lo*h:hi*h]
 			gatherRows(req, order[lo:hi], g)
 			kernels.MatMulSerial(gt, ew.Gate, g, m)
 			kernels.MatMulSerial(up, ew.Up, g, m)

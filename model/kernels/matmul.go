@@ -55,6 +55,7 @@ type mmJob struct {
 	x        []float32 // the caller's input rows
 	n        int
 
+	inv     bool         // batch-invariant kernels whatever SetBatchInvariant says
 	rb      int          // rows per block (a multiple of 4)
 	nblocks int          // number of row blocks
 	next    atomic.Int64 // next block to claim
@@ -89,16 +90,26 @@ func (j *mmJob) run(s *scratch) {
 // runs on Threads() threads (small products on the caller alone) and
 // allocates nothing in steady state.
 func MatMul(out []float32, w tensor.Matrix, x []float32, n int) {
-	matMul(out, w, x, n, Threads())
+	matMul(out, w, x, n, Threads(), false)
 }
 
 // MatMulSerial is MatMul on the calling goroutine alone, for callers that run
-// many small products in parallel themselves (attention over KV pages).
+// many small products in parallel themselves (routed experts at decode).
 func MatMulSerial(out []float32, w tensor.Matrix, x []float32, n int) {
-	matMul(out, w, x, n, 1)
+	matMul(out, w, x, n, 1, false)
 }
 
-func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int) {
+// MatMulSerialInvariant is MatMulSerial with the batch-invariant kernels
+// whatever SetBatchInvariant says: for attention over KV caches, so that a
+// query's scores and outputs do not depend on how many queries share the call
+// (a prompt resumed from a prefix checkpoint, or cut into other chunks,
+// computes the same bits as a whole prefill; bf16 KV pages would otherwise
+// round differently at one and two queries).
+func MatMulSerialInvariant(out []float32, w tensor.Matrix, x []float32, n int) {
+	matMul(out, w, x, n, 1, true)
+}
+
+func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv bool) {
 	if n <= 0 || w.Rows <= 0 {
 		return
 	}
@@ -114,7 +125,7 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int) {
 	}
 	c := ctxPool.Get().(*callCtx)
 	j := &c.job
-	j.out, j.w, j.x, j.n = out, w, x, n
+	j.out, j.w, j.x, j.n, j.inv = out, w, x, n, inv
 	j.rowBytes = w.RowStride()
 	j.next.Store(0)
 	if lvl < LevelAVX2 || !planAsm(c, lvl) {

@@ -120,7 +120,7 @@ func planAsm(c *callCtx, lvl Level) bool {
 	if p.f32big {
 		p.tiles = ik.panel
 	}
-	if batchInvariant.Load() {
+	if j.inv || batchInvariant.Load() {
 		for nn, f := range ik.tileInv[dt] {
 			if f != nil {
 				p.tiles[nn] = f

@@ -312,7 +312,8 @@ type ExpertBatch struct {
 	// per_pair asks for each (row, slot) pair's weighted output separately
 	// (ExpertResult.per_pair) instead of one sum per row, so that the trunk adds
 	// every row's experts in one fixed order (expert id) whatever node computed
-	// them: the deterministic combine. A node that cannot answers per-row sums.
+	// them: the deterministic combine. A node that cannot (a GPU node) answers
+	// per-row sums.
 	PerPair       bool `protobuf:"varint,13,opt,name=per_pair,json=perPair,proto3" json:"per_pair,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
