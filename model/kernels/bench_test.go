@@ -291,7 +291,7 @@ func BenchmarkMatMulDecodeStep(b *testing.B) {
 // BenchmarkBatchInvariantCost: the batch-invariant one- and two-row kernels
 // (the default) against the faster ones that round differently, on the
 // in_proj decode shape with cold weights, one thread. Compare the inv/fast
-// pairs of one run (make bench prints their ratio).
+// pairs of one run (make bench runs it with the other kernel benchmarks).
 func BenchmarkBatchInvariantCost(b *testing.B) {
 	for _, dt := range []tensor.DType{tensor.BF16, tensor.Q8_0, tensor.Q4_K, tensor.Q6_K, tensor.Q5_K, tensor.Q4_0} {
 		for _, n := range []int{1, 2} {
