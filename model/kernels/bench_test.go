@@ -289,7 +289,7 @@ func BenchmarkMatMulDecodeStep(b *testing.B) {
 }
 
 // BenchmarkBatchInvariantCost: the batch-invariant one- and two-row kernels
-// (the default) against the faster ones that round differently, on the
+// (--deterministic) against the faster default ones that round differently, on the
 // in_proj decode shape with cold weights, one thread. Compare the inv/fast
 // pairs of one run (make bench runs it with the other kernel benchmarks).
 func BenchmarkBatchInvariantCost(b *testing.B) {
