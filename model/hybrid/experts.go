@@ -157,7 +157,7 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 			active = append(active, e)
 			maxM = max(maxM, m)
 			inter = max(inter, experts[e].Gate.Rows)
-			bytes += experts[e].Gate.Bytes() + experts[e].Up.Bytes() + experts[e].Down.Bytes()
+			bytes += experts[e].Bytes()
 		}
 	}
 	// Only with at least as many experts as threads: fewer would leave
@@ -170,13 +170,10 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 		kernels.ParallelFor(len(active), bytes/14, func(i int) {
 			e := active[i]
 			lo, hi := counts[e], counts[e+1]
-			ew, m, in := experts[e], hi-lo, experts[e].Gate.Rows
-			g, gt, up, dn := scr.gather[lo*h:hi*h], scr.gate[lo*inter:lo*inter+m*in], scr.up[lo*inter:lo*inter+m*in], scr.down[lo*h:hi*h]
+			m, in := hi-lo, experts[e].Gate.Rows
+			g := scr.gather[lo*h : hi*h]
 			gatherRows(req, order[lo:hi], g)
-			kernels.MatMulSerial(gt, ew.Gate, g, m)
-			kernels.MatMulSerial(up, ew.Up, g, m)
-			kernels.SiLUMul(gt, gt, up)
-			kernels.MatMulSerial(dn, ew.Down, gt, m)
+			expertFFN(kernels.MatMulSerial, experts[e], m, g, scr.gate[lo*inter:lo*inter+m*in], scr.up[lo*inter:lo*inter+m*in], scr.down[lo*h:hi*h])
 		})
 		for _, e := range active {
 			lo, hi := counts[e], counts[e+1]
@@ -193,11 +190,8 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 		gatherRows(req, order[lo:hi], scr.gather)
 		scr.gate = grow(scr.gate, m*inter)
 		scr.up = grow(scr.up, m*inter)
-		kernels.MatMul(scr.gate, ew.Gate, scr.gather, m)
-		kernels.MatMul(scr.up, ew.Up, scr.gather, m)
-		kernels.SiLUMul(scr.gate, scr.gate, scr.up)
 		scr.down = grow(scr.down, m*h)
-		kernels.MatMul(scr.down, ew.Down, scr.gate, m)
+		expertFFN(kernels.MatMul, ew, m, scr.gather, scr.gate, scr.up, scr.down)
 		addPairs(req, order[lo:hi], scr.down)
 	}
 	return nil
@@ -206,6 +200,16 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 // expertParallelMaxRows: calls whose experts have at most this many rows
 // each run whole experts in parallel (ComputeExperts).
 const expertParallelMaxRows = 8
+
+// expertFFN computes one expert for m rows g: dn = Down·(silu(Gate·g) ⊙ Up·g),
+// with gt and up as scratch and mm the matrix product (split across threads,
+// or on the caller alone when experts run in parallel).
+func expertFFN(mm func([]float32, tensor.Matrix, []float32, int), ew ExpertWeights, m int, g, gt, up, dn []float32) {
+	mm(gt, ew.Gate, g, m)
+	mm(up, ew.Up, g, m)
+	kernels.SiLUMul(gt[:m*ew.Gate.Rows], gt[:m*ew.Gate.Rows], up[:m*ew.Gate.Rows])
+	mm(dn, ew.Down, gt, m)
+}
 
 // gatherRows copies the rows of slots into g (one row per slot), rounded to
 // bfloat16 under req.BF16Wire.

@@ -85,13 +85,18 @@ func gen(ctx context.Context, c pb.SwitchyardClient, prompt []int, n int) ([]int
 	return genObserved(ctx, c, prompt, n, nil)
 }
 
-// genObserved is gen calling onTokens at each chunk's arrival.
-func genObserved(ctx context.Context, c pb.SwitchyardClient, prompt []int, n int, onTokens func(time.Time)) ([]int, error) {
+// tokenRequest asks for n tokens after prompt, past end-of-text.
+func tokenRequest(prompt []int, n int) *pb.GenerateRequest {
 	req := &pb.GenerateRequest{Input: &pb.GenerateRequest_TokenIds{TokenIds: &pb.TokenIds{}}, MaxTokens: int32(n), IgnoreEos: true}
 	for _, id := range prompt {
 		req.GetTokenIds().Ids = append(req.GetTokenIds().Ids, int32(id))
 	}
-	s, err := c.Generate(ctx, req)
+	return req
+}
+
+// genObserved is gen calling onTokens at each chunk's arrival.
+func genObserved(ctx context.Context, c pb.SwitchyardClient, prompt []int, n int, onTokens func(time.Time)) ([]int, error) {
+	s, err := c.Generate(ctx, tokenRequest(prompt, n))
 	if err != nil {
 		return nil, err
 	}

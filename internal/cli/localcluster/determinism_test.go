@@ -39,10 +39,8 @@ func (a trace) diff(b trace) string {
 }
 
 func genTrace(ctx context.Context, c pb.SwitchyardClient, prompt []int, n int) (trace, error) {
-	req := &pb.GenerateRequest{Input: &pb.GenerateRequest_TokenIds{TokenIds: &pb.TokenIds{}}, MaxTokens: int32(n), IgnoreEos: true, TopLogprobs: 20}
-	for _, id := range prompt {
-		req.GetTokenIds().Ids = append(req.GetTokenIds().Ids, int32(id))
-	}
+	req := tokenRequest(prompt, n)
+	req.TopLogprobs = 20
 	s, err := c.Generate(ctx, req)
 	if err != nil {
 		return trace{}, err
