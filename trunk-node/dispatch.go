@@ -520,7 +520,11 @@ func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybr
 	results := make([]*pb.ExpertResult, chunks)
 	for c, ch := range waits {
 		r0, r1 := c*perChunk, min((c+1)*perChunk, len(g.rows))
-		if results[c], err = d.await(ctx, st, s, step, ch, r1-r0, g.nonZero(r0, r1), src != nil, req.Hidden, &info); err != nil {
+		pairs := 0
+		if src != nil {
+			pairs = g.nonZero(r0, r1)
+		}
+		if results[c], err = d.await(ctx, st, s, step, ch, r1-r0, pairs, src != nil, req.Hidden, &info); err != nil {
 			return err
 		}
 	}
