@@ -186,6 +186,228 @@ DATA expconsts<>+48(SB)/4, $0x3f800000
 DATA expconsts<>+52(SB)/4, $0x0000007f
 GLOBL expconsts<>(SB), RODATA|NOPTR, $56
 
+DATA q8shq4<>+0(SB)/4, $0x00000000
+DATA q8shq4<>+4(SB)/4, $0x00000000
+DATA q8shq4<>+8(SB)/4, $0x00000000
+DATA q8shq4<>+12(SB)/4, $0x00000000
+DATA q8shq4<>+16(SB)/4, $0x00000000
+DATA q8shq4<>+20(SB)/4, $0x00000000
+DATA q8shq4<>+24(SB)/4, $0x00000000
+DATA q8shq4<>+28(SB)/4, $0x00000000
+DATA q8shq4<>+32(SB)/4, $0x00040004
+DATA q8shq4<>+36(SB)/4, $0x00040004
+DATA q8shq4<>+40(SB)/4, $0x00040004
+DATA q8shq4<>+44(SB)/4, $0x00040004
+DATA q8shq4<>+48(SB)/4, $0x00040004
+DATA q8shq4<>+52(SB)/4, $0x00040004
+DATA q8shq4<>+56(SB)/4, $0x00040004
+DATA q8shq4<>+60(SB)/4, $0x00040004
+GLOBL q8shq4<>(SB), RODATA|NOPTR, $64
+
+DATA q8shq6a<>+0(SB)/4, $0x00040004
+DATA q8shq6a<>+4(SB)/4, $0x00040004
+DATA q8shq6a<>+8(SB)/4, $0x00040004
+DATA q8shq6a<>+12(SB)/4, $0x00040004
+DATA q8shq6a<>+16(SB)/4, $0x00040004
+DATA q8shq6a<>+20(SB)/4, $0x00040004
+DATA q8shq6a<>+24(SB)/4, $0x00040004
+DATA q8shq6a<>+28(SB)/4, $0x00040004
+DATA q8shq6a<>+32(SB)/4, $0x00020002
+DATA q8shq6a<>+36(SB)/4, $0x00020002
+DATA q8shq6a<>+40(SB)/4, $0x00020002
+DATA q8shq6a<>+44(SB)/4, $0x00020002
+DATA q8shq6a<>+48(SB)/4, $0x00020002
+DATA q8shq6a<>+52(SB)/4, $0x00020002
+DATA q8shq6a<>+56(SB)/4, $0x00020002
+DATA q8shq6a<>+60(SB)/4, $0x00020002
+GLOBL q8shq6a<>(SB), RODATA|NOPTR, $64
+
+DATA q8shq6b<>+0(SB)/4, $0x00000000
+DATA q8shq6b<>+4(SB)/4, $0x00000000
+DATA q8shq6b<>+8(SB)/4, $0x00000000
+DATA q8shq6b<>+12(SB)/4, $0x00000000
+DATA q8shq6b<>+16(SB)/4, $0x00000000
+DATA q8shq6b<>+20(SB)/4, $0x00000000
+DATA q8shq6b<>+24(SB)/4, $0x00000000
+DATA q8shq6b<>+28(SB)/4, $0x00000000
+DATA q8shq6b<>+32(SB)/4, $0x00020002
+DATA q8shq6b<>+36(SB)/4, $0x00020002
+DATA q8shq6b<>+40(SB)/4, $0x00020002
+DATA q8shq6b<>+44(SB)/4, $0x00020002
+DATA q8shq6b<>+48(SB)/4, $0x00020002
+DATA q8shq6b<>+52(SB)/4, $0x00020002
+DATA q8shq6b<>+56(SB)/4, $0x00020002
+DATA q8shq6b<>+60(SB)/4, $0x00020002
+GLOBL q8shq6b<>(SB), RODATA|NOPTR, $64
+
+DATA b0f<>+0(SB)/4, $0x0f0f0f0f
+GLOBL b0f<>(SB), RODATA|NOPTR, $4
+
+DATA b30<>+0(SB)/4, $0x30303030
+GLOBL b30<>(SB), RODATA|NOPTR, $4
+
+DATA q8idxq4_0<>+0(SB)/4, $0x80008000
+DATA q8idxq4_0<>+4(SB)/4, $0x80008000
+DATA q8idxq4_0<>+8(SB)/4, $0x80008000
+DATA q8idxq4_0<>+12(SB)/4, $0x80008000
+DATA q8idxq4_0<>+16(SB)/4, $0x80008000
+DATA q8idxq4_0<>+20(SB)/4, $0x80008000
+DATA q8idxq4_0<>+24(SB)/4, $0x80008000
+DATA q8idxq4_0<>+28(SB)/4, $0x80008000
+DATA q8idxq4_0<>+32(SB)/4, $0x80018001
+DATA q8idxq4_0<>+36(SB)/4, $0x80018001
+DATA q8idxq4_0<>+40(SB)/4, $0x80018001
+DATA q8idxq4_0<>+44(SB)/4, $0x80018001
+DATA q8idxq4_0<>+48(SB)/4, $0x80018001
+DATA q8idxq4_0<>+52(SB)/4, $0x80018001
+DATA q8idxq4_0<>+56(SB)/4, $0x80018001
+DATA q8idxq4_0<>+60(SB)/4, $0x80018001
+GLOBL q8idxq4_0<>(SB), RODATA|NOPTR, $64
+
+DATA q8idxq6_0<>+0(SB)/4, $0x00000000
+DATA q8idxq6_0<>+4(SB)/4, $0x00000000
+DATA q8idxq6_0<>+8(SB)/4, $0x00000000
+DATA q8idxq6_0<>+12(SB)/4, $0x00000000
+DATA q8idxq6_0<>+16(SB)/4, $0x00010001
+DATA q8idxq6_0<>+20(SB)/4, $0x00010001
+DATA q8idxq6_0<>+24(SB)/4, $0x00010001
+DATA q8idxq6_0<>+28(SB)/4, $0x00010001
+DATA q8idxq6_0<>+32(SB)/4, $0x00020002
+DATA q8idxq6_0<>+36(SB)/4, $0x00020002
+DATA q8idxq6_0<>+40(SB)/4, $0x00020002
+DATA q8idxq6_0<>+44(SB)/4, $0x00020002
+DATA q8idxq6_0<>+48(SB)/4, $0x00030003
+DATA q8idxq6_0<>+52(SB)/4, $0x00030003
+DATA q8idxq6_0<>+56(SB)/4, $0x00030003
+DATA q8idxq6_0<>+60(SB)/4, $0x00030003
+GLOBL q8idxq6_0<>(SB), RODATA|NOPTR, $64
+
+DATA q8idxq4_1<>+0(SB)/4, $0x80028002
+DATA q8idxq4_1<>+4(SB)/4, $0x80028002
+DATA q8idxq4_1<>+8(SB)/4, $0x80028002
+DATA q8idxq4_1<>+12(SB)/4, $0x80028002
+DATA q8idxq4_1<>+16(SB)/4, $0x80028002
+DATA q8idxq4_1<>+20(SB)/4, $0x80028002
+DATA q8idxq4_1<>+24(SB)/4, $0x80028002
+DATA q8idxq4_1<>+28(SB)/4, $0x80028002
+DATA q8idxq4_1<>+32(SB)/4, $0x80038003
+DATA q8idxq4_1<>+36(SB)/4, $0x80038003
+DATA q8idxq4_1<>+40(SB)/4, $0x80038003
+DATA q8idxq4_1<>+44(SB)/4, $0x80038003
+DATA q8idxq4_1<>+48(SB)/4, $0x80038003
+DATA q8idxq4_1<>+52(SB)/4, $0x80038003
+DATA q8idxq4_1<>+56(SB)/4, $0x80038003
+DATA q8idxq4_1<>+60(SB)/4, $0x80038003
+GLOBL q8idxq4_1<>(SB), RODATA|NOPTR, $64
+
+DATA q8idxq6_1<>+0(SB)/4, $0x00040004
+DATA q8idxq6_1<>+4(SB)/4, $0x00040004
+DATA q8idxq6_1<>+8(SB)/4, $0x00040004
+DATA q8idxq6_1<>+12(SB)/4, $0x00040004
+DATA q8idxq6_1<>+16(SB)/4, $0x00050005
+DATA q8idxq6_1<>+20(SB)/4, $0x00050005
+DATA q8idxq6_1<>+24(SB)/4, $0x00050005
+DATA q8idxq6_1<>+28(SB)/4, $0x00050005
+DATA q8idxq6_1<>+32(SB)/4, $0x00060006
+DATA q8idxq6_1<>+36(SB)/4, $0x00060006
+DATA q8idxq6_1<>+40(SB)/4, $0x00060006
+DATA q8idxq6_1<>+44(SB)/4, $0x00060006
+DATA q8idxq6_1<>+48(SB)/4, $0x00070007
+DATA q8idxq6_1<>+52(SB)/4, $0x00070007
+DATA q8idxq6_1<>+56(SB)/4, $0x00070007
+DATA q8idxq6_1<>+60(SB)/4, $0x00070007
+GLOBL q8idxq6_1<>(SB), RODATA|NOPTR, $64
+
+DATA q8idxq4_2<>+0(SB)/4, $0x80048004
+DATA q8idxq4_2<>+4(SB)/4, $0x80048004
+DATA q8idxq4_2<>+8(SB)/4, $0x80048004
+DATA q8idxq4_2<>+12(SB)/4, $0x80048004
+DATA q8idxq4_2<>+16(SB)/4, $0x80048004
+DATA q8idxq4_2<>+20(SB)/4, $0x80048004
+DATA q8idxq4_2<>+24(SB)/4, $0x80048004
+DATA q8idxq4_2<>+28(SB)/4, $0x80048004
+DATA q8idxq4_2<>+32(SB)/4, $0x80058005
+DATA q8idxq4_2<>+36(SB)/4, $0x80058005
+DATA q8idxq4_2<>+40(SB)/4, $0x80058005
+DATA q8idxq4_2<>+44(SB)/4, $0x80058005
+DATA q8idxq4_2<>+48(SB)/4, $0x80058005
+DATA q8idxq4_2<>+52(SB)/4, $0x80058005
+DATA q8idxq4_2<>+56(SB)/4, $0x80058005
+DATA q8idxq4_2<>+60(SB)/4, $0x80058005
+GLOBL q8idxq4_2<>(SB), RODATA|NOPTR, $64
+
+DATA q8idxq6_2<>+0(SB)/4, $0x00080008
+DATA q8idxq6_2<>+4(SB)/4, $0x00080008
+DATA q8idxq6_2<>+8(SB)/4, $0x00080008
+DATA q8idxq6_2<>+12(SB)/4, $0x00080008
+DATA q8idxq6_2<>+16(SB)/4, $0x00090009
+DATA q8idxq6_2<>+20(SB)/4, $0x00090009
+DATA q8idxq6_2<>+24(SB)/4, $0x00090009
+DATA q8idxq6_2<>+28(SB)/4, $0x00090009
+DATA q8idxq6_2<>+32(SB)/4, $0x000a000a
+DATA q8idxq6_2<>+36(SB)/4, $0x000a000a
+DATA q8idxq6_2<>+40(SB)/4, $0x000a000a
+DATA q8idxq6_2<>+44(SB)/4, $0x000a000a
+DATA q8idxq6_2<>+48(SB)/4, $0x000b000b
+DATA q8idxq6_2<>+52(SB)/4, $0x000b000b
+DATA q8idxq6_2<>+56(SB)/4, $0x000b000b
+DATA q8idxq6_2<>+60(SB)/4, $0x000b000b
+GLOBL q8idxq6_2<>(SB), RODATA|NOPTR, $64
+
+DATA q8idxq4_3<>+0(SB)/4, $0x80068006
+DATA q8idxq4_3<>+4(SB)/4, $0x80068006
+DATA q8idxq4_3<>+8(SB)/4, $0x80068006
+DATA q8idxq4_3<>+12(SB)/4, $0x80068006
+DATA q8idxq4_3<>+16(SB)/4, $0x80068006
+DATA q8idxq4_3<>+20(SB)/4, $0x80068006
+DATA q8idxq4_3<>+24(SB)/4, $0x80068006
+DATA q8idxq4_3<>+28(SB)/4, $0x80068006
+DATA q8idxq4_3<>+32(SB)/4, $0x80078007
+DATA q8idxq4_3<>+36(SB)/4, $0x80078007
+DATA q8idxq4_3<>+40(SB)/4, $0x80078007
+DATA q8idxq4_3<>+44(SB)/4, $0x80078007
+DATA q8idxq4_3<>+48(SB)/4, $0x80078007
+DATA q8idxq4_3<>+52(SB)/4, $0x80078007
+DATA q8idxq4_3<>+56(SB)/4, $0x80078007
+DATA q8idxq4_3<>+60(SB)/4, $0x80078007
+GLOBL q8idxq4_3<>(SB), RODATA|NOPTR, $64
+
+DATA q8idxq6_3<>+0(SB)/4, $0x000c000c
+DATA q8idxq6_3<>+4(SB)/4, $0x000c000c
+DATA q8idxq6_3<>+8(SB)/4, $0x000c000c
+DATA q8idxq6_3<>+12(SB)/4, $0x000c000c
+DATA q8idxq6_3<>+16(SB)/4, $0x000d000d
+DATA q8idxq6_3<>+20(SB)/4, $0x000d000d
+DATA q8idxq6_3<>+24(SB)/4, $0x000d000d
+DATA q8idxq6_3<>+28(SB)/4, $0x000d000d
+DATA q8idxq6_3<>+32(SB)/4, $0x000e000e
+DATA q8idxq6_3<>+36(SB)/4, $0x000e000e
+DATA q8idxq6_3<>+40(SB)/4, $0x000e000e
+DATA q8idxq6_3<>+44(SB)/4, $0x000e000e
+DATA q8idxq6_3<>+48(SB)/4, $0x000f000f
+DATA q8idxq6_3<>+52(SB)/4, $0x000f000f
+DATA q8idxq6_3<>+56(SB)/4, $0x000f000f
+DATA q8idxq6_3<>+60(SB)/4, $0x000f000f
+GLOBL q8idxq6_3<>(SB), RODATA|NOPTR, $64
+
+DATA absmask<>+0(SB)/4, $0x7fffffff
+GLOBL absmask<>(SB), RODATA|NOPTR, $4
+
+DATA float32v127<>+0(SB)/4, $0x42fe0000
+GLOBL float32v127<>(SB), RODATA|NOPTR, $4
+
+DATA float32tiny<>+0(SB)/4, $0x0da24260
+GLOBL float32tiny<>(SB), RODATA|NOPTR, $4
+
+DATA b80<>+0(SB)/4, $0x80808080
+GLOBL b80<>(SB), RODATA|NOPTR, $4
+
+DATA w1<>+0(SB)/4, $0x00010001
+GLOBL w1<>(SB), RODATA|NOPTR, $4
+
+DATA dword2048<>+0(SB)/4, $0x00000800
+GLOBL dword2048<>(SB), RODATA|NOPTR, $4
+
 // func fmaPeak512(iters int)
 // Requires: AVX, AVX512DQ, AVX512F
 TEXT ·fmaPeak512(SB), NOSPLIT, $0-8
@@ -73137,5 +73359,1454 @@ widen256Q4K_tail:
 	LEAQ (CX)(AX*4), CX
 	DECQ nquads+16(FP)
 	JNZ  widen256Q4K_quad
+	VZEROUPPER
+	RET
+
+// func q8dot512Q4KN1(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+TEXT ·q8dot512Q4KN1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VMOVDQU64    q8idxq4_0<>+0(SB), Z1
+	VMOVDQU64    q8idxq4_1<>+0(SB), Z2
+	VMOVDQU64    q8idxq4_2<>+0(SB), Z3
+	VMOVDQU64    q8idxq4_3<>+0(SB), Z4
+
+q8dot512Q4KN1_quad:
+	MOVQ   CX, BX
+	LEAQ   (CX)(AX*2), SI
+	ADDQ   AX, SI
+	LEAQ   (CX)(AX*8), DI
+	MOVQ   xq+24(FP), R8
+	MOVQ   nblocks+40(FP), R9
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+
+q8dot512Q4KN1_blk:
+	PREFETCHT0      (DI)
+	PREFETCHT0      64(DI)
+	PREFETCHT0      128(DI)
+	MOVL            4(BX), R10
+	MOVL            8(BX), R11
+	MOVL            12(BX), R12
+	MOVL            R10, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R10
+	MOVL            R12, R14
+	ANDL            $0x0f0f0f0f, R14
+	ORL             R13, R14
+	SHLQ            $0x20, R14
+	ORQ             R10, R14
+	MOVL            R11, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R11
+	SHRL            $0x04, R12
+	ANDL            $0x0f0f0f0f, R12
+	ORL             R13, R12
+	SHLQ            $0x20, R12
+	ORQ             R11, R12
+	VMOVQ           R14, X10
+	VPBROADCASTQ    X10, Z10
+	VMOVQ           R12, X11
+	VPMOVZXBW       X11, X11
+	VBROADCASTI64X4 16(BX), Z9
+	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
+	VPANDD          Z0, Z9, Z9
+	VPSHUFB         Z1, Z10, Z12
+	VPMADDUBSW      (R8), Z9, Z9
+	VPMADDWD        Z12, Z9, Z9
+	VBROADCASTI64X4 48(BX), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPSHUFB         Z2, Z10, Z13
+	VPMADDUBSW      64(R8), Z12, Z12
+	VPDPWSSD        Z13, Z12, Z9
+	VBROADCASTI64X4 80(BX), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPSHUFB         Z3, Z10, Z13
+	VPMADDUBSW      128(R8), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VBROADCASTI64X4 112(BX), Z13
+	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
+	VPANDD          Z0, Z13, Z13
+	VPSHUFB         Z4, Z10, Z10
+	VPMADDUBSW      192(R8), Z13, Z13
+	VPDPWSSD        Z10, Z13, Z12
+	VPBROADCASTD    (BX), Y10
+	VCVTPH2PS       Y10, Z10
+	VMOVSLDUP       Z10, Z13
+	VMOVSHDUP       Z10, Z10
+	VPMADDWD        288(R8), X11, X11
+	VPADDD          Z12, Z9, Z9
+	VMULPS.BCST     304(R8), Z13, Z12
+	VMULPS.BCST     304(R8), Z10, Z10
+	VCVTDQ2PS       Z9, Z9
+	VCVTDQ2PS       Z11, Z13
+	VFMADD231PS     Z12, Z9, Z5
+	VFNMADD231PS    Z10, Z13, Z5
+	PREFETCHT0      (DI)(AX*1)
+	PREFETCHT0      64(DI)(AX*1)
+	PREFETCHT0      128(DI)(AX*1)
+	MOVL            4(BX)(AX*1), R10
+	MOVL            8(BX)(AX*1), R11
+	MOVL            12(BX)(AX*1), R12
+	MOVL            R10, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R10
+	MOVL            R12, R14
+	ANDL            $0x0f0f0f0f, R14
+	ORL             R13, R14
+	SHLQ            $0x20, R14
+	ORQ             R10, R14
+	MOVL            R11, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R11
+	SHRL            $0x04, R12
+	ANDL            $0x0f0f0f0f, R12
+	ORL             R13, R12
+	SHLQ            $0x20, R12
+	ORQ             R11, R12
+	VMOVQ           R14, X10
+	VPBROADCASTQ    X10, Z10
+	VMOVQ           R12, X11
+	VPMOVZXBW       X11, X11
+	VBROADCASTI64X4 16(BX)(AX*1), Z9
+	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
+	VPANDD          Z0, Z9, Z9
+	VPSHUFB         Z1, Z10, Z12
+	VPMADDUBSW      (R8), Z9, Z9
+	VPMADDWD        Z12, Z9, Z9
+	VBROADCASTI64X4 48(BX)(AX*1), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPSHUFB         Z2, Z10, Z13
+	VPMADDUBSW      64(R8), Z12, Z12
+	VPDPWSSD        Z13, Z12, Z9
+	VBROADCASTI64X4 80(BX)(AX*1), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPSHUFB         Z3, Z10, Z13
+	VPMADDUBSW      128(R8), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VBROADCASTI64X4 112(BX)(AX*1), Z13
+	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
+	VPANDD          Z0, Z13, Z13
+	VPSHUFB         Z4, Z10, Z10
+	VPMADDUBSW      192(R8), Z13, Z13
+	VPDPWSSD        Z10, Z13, Z12
+	VPBROADCASTD    (BX)(AX*1), Y10
+	VCVTPH2PS       Y10, Z10
+	VMOVSLDUP       Z10, Z13
+	VMOVSHDUP       Z10, Z10
+	VPMADDWD        288(R8), X11, X11
+	VPADDD          Z12, Z9, Z9
+	VMULPS.BCST     304(R8), Z13, Z12
+	VMULPS.BCST     304(R8), Z10, Z10
+	VCVTDQ2PS       Z9, Z9
+	VCVTDQ2PS       Z11, Z13
+	VFMADD231PS     Z12, Z9, Z6
+	VFNMADD231PS    Z10, Z13, Z6
+	PREFETCHT0      (DI)(AX*2)
+	PREFETCHT0      64(DI)(AX*2)
+	PREFETCHT0      128(DI)(AX*2)
+	MOVL            4(BX)(AX*2), R10
+	MOVL            8(BX)(AX*2), R11
+	MOVL            12(BX)(AX*2), R12
+	MOVL            R10, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R10
+	MOVL            R12, R14
+	ANDL            $0x0f0f0f0f, R14
+	ORL             R13, R14
+	SHLQ            $0x20, R14
+	ORQ             R10, R14
+	MOVL            R11, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R11
+	SHRL            $0x04, R12
+	ANDL            $0x0f0f0f0f, R12
+	ORL             R13, R12
+	SHLQ            $0x20, R12
+	ORQ             R11, R12
+	VMOVQ           R14, X10
+	VPBROADCASTQ    X10, Z10
+	VMOVQ           R12, X11
+	VPMOVZXBW       X11, X11
+	VBROADCASTI64X4 16(BX)(AX*2), Z9
+	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
+	VPANDD          Z0, Z9, Z9
+	VPSHUFB         Z1, Z10, Z12
+	VPMADDUBSW      (R8), Z9, Z9
+	VPMADDWD        Z12, Z9, Z9
+	VBROADCASTI64X4 48(BX)(AX*2), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPSHUFB         Z2, Z10, Z13
+	VPMADDUBSW      64(R8), Z12, Z12
+	VPDPWSSD        Z13, Z12, Z9
+	VBROADCASTI64X4 80(BX)(AX*2), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPSHUFB         Z3, Z10, Z13
+	VPMADDUBSW      128(R8), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VBROADCASTI64X4 112(BX)(AX*2), Z13
+	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
+	VPANDD          Z0, Z13, Z13
+	VPSHUFB         Z4, Z10, Z10
+	VPMADDUBSW      192(R8), Z13, Z13
+	VPDPWSSD        Z10, Z13, Z12
+	VPBROADCASTD    (BX)(AX*2), Y10
+	VCVTPH2PS       Y10, Z10
+	VMOVSLDUP       Z10, Z13
+	VMOVSHDUP       Z10, Z10
+	VPMADDWD        288(R8), X11, X11
+	VPADDD          Z12, Z9, Z9
+	VMULPS.BCST     304(R8), Z13, Z12
+	VMULPS.BCST     304(R8), Z10, Z10
+	VCVTDQ2PS       Z9, Z9
+	VCVTDQ2PS       Z11, Z13
+	VFMADD231PS     Z12, Z9, Z7
+	VFNMADD231PS    Z10, Z13, Z7
+	PREFETCHT0      (SI)(AX*8)
+	PREFETCHT0      64(SI)(AX*8)
+	PREFETCHT0      128(SI)(AX*8)
+	MOVL            4(SI), R10
+	MOVL            8(SI), R11
+	MOVL            12(SI), R12
+	MOVL            R10, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R10
+	MOVL            R12, R14
+	ANDL            $0x0f0f0f0f, R14
+	ORL             R13, R14
+	SHLQ            $0x20, R14
+	ORQ             R10, R14
+	MOVL            R11, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R11
+	SHRL            $0x04, R12
+	ANDL            $0x0f0f0f0f, R12
+	ORL             R13, R12
+	SHLQ            $0x20, R12
+	ORQ             R11, R12
+	VMOVQ           R14, X10
+	VPBROADCASTQ    X10, Z10
+	VMOVQ           R12, X11
+	VPMOVZXBW       X11, X11
+	VBROADCASTI64X4 16(SI), Z9
+	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
+	VPANDD          Z0, Z9, Z9
+	VPSHUFB         Z1, Z10, Z12
+	VPMADDUBSW      (R8), Z9, Z9
+	VPMADDWD        Z12, Z9, Z9
+	VBROADCASTI64X4 48(SI), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPSHUFB         Z2, Z10, Z13
+	VPMADDUBSW      64(R8), Z12, Z12
+	VPDPWSSD        Z13, Z12, Z9
+	VBROADCASTI64X4 80(SI), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPSHUFB         Z3, Z10, Z13
+	VPMADDUBSW      128(R8), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VBROADCASTI64X4 112(SI), Z13
+	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
+	VPANDD          Z0, Z13, Z13
+	VPSHUFB         Z4, Z10, Z10
+	VPMADDUBSW      192(R8), Z13, Z13
+	VPDPWSSD        Z10, Z13, Z12
+	VPBROADCASTD    (SI), Y10
+	VCVTPH2PS       Y10, Z10
+	VMOVSLDUP       Z10, Z13
+	VMOVSHDUP       Z10, Z10
+	VPMADDWD        288(R8), X11, X11
+	VPADDD          Z12, Z9, Z9
+	VMULPS.BCST     304(R8), Z13, Z12
+	VMULPS.BCST     304(R8), Z10, Z10
+	VCVTDQ2PS       Z9, Z9
+	VCVTDQ2PS       Z11, Z13
+	VFMADD231PS     Z12, Z9, Z8
+	VFNMADD231PS    Z10, Z13, Z8
+	ADDQ            $0x00000090, BX
+	ADDQ            $0x00000090, SI
+	ADDQ            $0x00000090, DI
+	ADDQ            $0x00000140, R8
+	DECQ            R9
+	JNZ             q8dot512Q4KN1_blk
+	MOVQ            DX, BX
+	VSHUFF32X4      $0x44, Z6, Z5, Z9
+	VSHUFF32X4      $0xee, Z6, Z5, Z5
+	VADDPS          Z5, Z9, Z6
+	VSHUFF32X4      $0x44, Z8, Z7, Z9
+	VSHUFF32X4      $0xee, Z8, Z7, Z5
+	VADDPS          Z5, Z9, Z5
+	VSHUFF32X4      $0x88, Z5, Z6, Z9
+	VSHUFF32X4      $0xdd, Z5, Z6, Z5
+	VADDPS          Z5, Z9, Z5
+	VPERMILPS       $0x4e, Z5, Z9
+	VADDPS          Z9, Z5, Z5
+	VPERMILPS       $0xb1, Z5, Z9
+	VADDPS          Z9, Z5, Z5
+	VMOVDQU32       redidx<>+0(SB), Z6
+	VPERMPS         Z5, Z6, Z9
+	VMOVUPS         X9, (BX)
+	ADDQ            $0x10, DX
+	LEAQ            (CX)(AX*4), CX
+	DECQ            nquads+16(FP)
+	JNZ             q8dot512Q4KN1_quad
+	VZEROUPPER
+	RET
+
+// func q8dot512Q4KN2(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+TEXT ·q8dot512Q4KN2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VMOVDQU64    q8idxq4_0<>+0(SB), Z1
+	VMOVDQU64    q8idxq4_1<>+0(SB), Z2
+	VMOVDQU64    q8idxq4_2<>+0(SB), Z3
+	VMOVDQU64    q8idxq4_3<>+0(SB), Z4
+
+q8dot512Q4KN2_quad:
+	MOVQ   CX, BX
+	LEAQ   (CX)(AX*2), SI
+	ADDQ   AX, SI
+	LEAQ   (CX)(AX*8), DI
+	MOVQ   xq+24(FP), R8
+	MOVQ   xqstride+32(FP), R9
+	MOVQ   nblocks+40(FP), R10
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+	VXORPS Z9, Z9, Z9
+	VXORPS Z10, Z10, Z10
+	VXORPS Z11, Z11, Z11
+	VXORPS Z12, Z12, Z12
+
+q8dot512Q4KN2_blk:
+	PREFETCHT0      (DI)
+	PREFETCHT0      64(DI)
+	PREFETCHT0      128(DI)
+	MOVL            4(BX), R11
+	MOVL            8(BX), R12
+	MOVL            12(BX), R13
+	MOVL            R11, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R11
+	MOVL            R13, R15
+	ANDL            $0x0f0f0f0f, R15
+	ORL             R14, R15
+	SHLQ            $0x20, R15
+	ORQ             R11, R15
+	MOVL            R12, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R12
+	SHRL            $0x04, R13
+	ANDL            $0x0f0f0f0f, R13
+	ORL             R14, R13
+	SHLQ            $0x20, R13
+	ORQ             R12, R13
+	VMOVQ           R15, X15
+	VPBROADCASTQ    X15, Z15
+	VMOVQ           R13, X16
+	VPMOVZXBW       X16, X16
+	VBROADCASTI64X4 16(BX), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPSHUFB         Z1, Z15, Z17
+	VPMADDUBSW      (R8), Z14, Z13
+	VPMADDWD        Z17, Z13, Z13
+	VPMADDUBSW      (R8)(R9*1), Z14, Z14
+	VPMADDWD        Z17, Z14, Z14
+	VBROADCASTI64X4 48(BX), Z17
+	VPSRLVW         q8shq4<>+0(SB), Z17, Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z2, Z15, Z18
+	VPMADDUBSW      64(R8), Z17, Z19
+	VPDPWSSD        Z18, Z19, Z13
+	VPMADDUBSW      64(R8)(R9*1), Z17, Z17
+	VPDPWSSD        Z18, Z17, Z14
+	VBROADCASTI64X4 80(BX), Z18
+	VPSRLVW         q8shq4<>+0(SB), Z18, Z18
+	VPANDD          Z0, Z18, Z18
+	VPSHUFB         Z3, Z15, Z19
+	VPMADDUBSW      128(R8), Z18, Z17
+	VPMADDWD        Z19, Z17, Z17
+	VPMADDUBSW      128(R8)(R9*1), Z18, Z18
+	VPMADDWD        Z19, Z18, Z18
+	VBROADCASTI64X4 112(BX), Z19
+	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
+	VPANDD          Z0, Z19, Z19
+	VPSHUFB         Z4, Z15, Z15
+	VPMADDUBSW      192(R8), Z19, Z21
+	VPDPWSSD        Z15, Z21, Z17
+	VPMADDUBSW      192(R8)(R9*1), Z19, Z19
+	VPDPWSSD        Z15, Z19, Z18
+	VPBROADCASTD    (BX), Y15
+	VCVTPH2PS       Y15, Z15
+	VMOVSLDUP       Z15, Z19
+	VMOVSHDUP       Z15, Z15
+	VPMADDWD        288(R8), X16, X20
+	VPADDD          Z17, Z13, Z13
+	VMULPS.BCST     304(R8), Z19, Z17
+	VMULPS.BCST     304(R8), Z15, Z21
+	VCVTDQ2PS       Z13, Z13
+	VCVTDQ2PS       Z20, Z22
+	VFMADD231PS     Z17, Z13, Z5
+	VFNMADD231PS    Z21, Z22, Z5
+	VPMADDWD        288(R8)(R9*1), X16, X16
+	VPADDD          Z18, Z14, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z19, Z13
+	VMULPS.BCST     304(R8)(R9*1), Z15, Z15
+	VCVTDQ2PS       Z14, Z14
+	VCVTDQ2PS       Z16, Z17
+	VFMADD231PS     Z13, Z14, Z6
+	VFNMADD231PS    Z15, Z17, Z6
+	PREFETCHT0      (DI)(AX*1)
+	PREFETCHT0      64(DI)(AX*1)
+	PREFETCHT0      128(DI)(AX*1)
+	MOVL            4(BX)(AX*1), R11
+	MOVL            8(BX)(AX*1), R12
+	MOVL            12(BX)(AX*1), R13
+	MOVL            R11, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R11
+	MOVL            R13, R15
+	ANDL            $0x0f0f0f0f, R15
+	ORL             R14, R15
+	SHLQ            $0x20, R15
+	ORQ             R11, R15
+	MOVL            R12, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R12
+	SHRL            $0x04, R13
+	ANDL            $0x0f0f0f0f, R13
+	ORL             R14, R13
+	SHLQ            $0x20, R13
+	ORQ             R12, R13
+	VMOVQ           R15, X15
+	VPBROADCASTQ    X15, Z15
+	VMOVQ           R13, X20
+	VPMOVZXBW       X20, X20
+	VBROADCASTI64X4 16(BX)(AX*1), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPSHUFB         Z1, Z15, Z17
+	VPMADDUBSW      (R8), Z14, Z13
+	VPMADDWD        Z17, Z13, Z13
+	VPMADDUBSW      (R8)(R9*1), Z14, Z14
+	VPMADDWD        Z17, Z14, Z14
+	VBROADCASTI64X4 48(BX)(AX*1), Z17
+	VPSRLVW         q8shq4<>+0(SB), Z17, Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z2, Z15, Z18
+	VPMADDUBSW      64(R8), Z17, Z19
+	VPDPWSSD        Z18, Z19, Z13
+	VPMADDUBSW      64(R8)(R9*1), Z17, Z17
+	VPDPWSSD        Z18, Z17, Z14
+	VBROADCASTI64X4 80(BX)(AX*1), Z18
+	VPSRLVW         q8shq4<>+0(SB), Z18, Z18
+	VPANDD          Z0, Z18, Z18
+	VPSHUFB         Z3, Z15, Z19
+	VPMADDUBSW      128(R8), Z18, Z17
+	VPMADDWD        Z19, Z17, Z17
+	VPMADDUBSW      128(R8)(R9*1), Z18, Z18
+	VPMADDWD        Z19, Z18, Z18
+	VBROADCASTI64X4 112(BX)(AX*1), Z19
+	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
+	VPANDD          Z0, Z19, Z19
+	VPSHUFB         Z4, Z15, Z15
+	VPMADDUBSW      192(R8), Z19, Z21
+	VPDPWSSD        Z15, Z21, Z17
+	VPMADDUBSW      192(R8)(R9*1), Z19, Z19
+	VPDPWSSD        Z15, Z19, Z18
+	VPBROADCASTD    (BX)(AX*1), Y15
+	VCVTPH2PS       Y15, Z15
+	VMOVSLDUP       Z15, Z19
+	VMOVSHDUP       Z15, Z15
+	VPMADDWD        288(R8), X20, X16
+	VPADDD          Z17, Z13, Z13
+	VMULPS.BCST     304(R8), Z19, Z17
+	VMULPS.BCST     304(R8), Z15, Z21
+	VCVTDQ2PS       Z13, Z13
+	VCVTDQ2PS       Z16, Z22
+	VFMADD231PS     Z17, Z13, Z7
+	VFNMADD231PS    Z21, Z22, Z7
+	VPMADDWD        288(R8)(R9*1), X20, X16
+	VPADDD          Z18, Z14, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z19, Z13
+	VMULPS.BCST     304(R8)(R9*1), Z15, Z15
+	VCVTDQ2PS       Z14, Z14
+	VCVTDQ2PS       Z16, Z17
+	VFMADD231PS     Z13, Z14, Z8
+	VFNMADD231PS    Z15, Z17, Z8
+	PREFETCHT0      (DI)(AX*2)
+	PREFETCHT0      64(DI)(AX*2)
+	PREFETCHT0      128(DI)(AX*2)
+	MOVL            4(BX)(AX*2), R11
+	MOVL            8(BX)(AX*2), R12
+	MOVL            12(BX)(AX*2), R13
+	MOVL            R11, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R11
+	MOVL            R13, R15
+	ANDL            $0x0f0f0f0f, R15
+	ORL             R14, R15
+	SHLQ            $0x20, R15
+	ORQ             R11, R15
+	MOVL            R12, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R12
+	SHRL            $0x04, R13
+	ANDL            $0x0f0f0f0f, R13
+	ORL             R14, R13
+	SHLQ            $0x20, R13
+	ORQ             R12, R13
+	VMOVQ           R15, X15
+	VPBROADCASTQ    X15, Z15
+	VMOVQ           R13, X20
+	VPMOVZXBW       X20, X20
+	VBROADCASTI64X4 16(BX)(AX*2), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPSHUFB         Z1, Z15, Z17
+	VPMADDUBSW      (R8), Z14, Z13
+	VPMADDWD        Z17, Z13, Z13
+	VPMADDUBSW      (R8)(R9*1), Z14, Z14
+	VPMADDWD        Z17, Z14, Z14
+	VBROADCASTI64X4 48(BX)(AX*2), Z17
+	VPSRLVW         q8shq4<>+0(SB), Z17, Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z2, Z15, Z18
+	VPMADDUBSW      64(R8), Z17, Z19
+	VPDPWSSD        Z18, Z19, Z13
+	VPMADDUBSW      64(R8)(R9*1), Z17, Z17
+	VPDPWSSD        Z18, Z17, Z14
+	VBROADCASTI64X4 80(BX)(AX*2), Z18
+	VPSRLVW         q8shq4<>+0(SB), Z18, Z18
+	VPANDD          Z0, Z18, Z18
+	VPSHUFB         Z3, Z15, Z19
+	VPMADDUBSW      128(R8), Z18, Z17
+	VPMADDWD        Z19, Z17, Z17
+	VPMADDUBSW      128(R8)(R9*1), Z18, Z18
+	VPMADDWD        Z19, Z18, Z18
+	VBROADCASTI64X4 112(BX)(AX*2), Z19
+	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
+	VPANDD          Z0, Z19, Z19
+	VPSHUFB         Z4, Z15, Z15
+	VPMADDUBSW      192(R8), Z19, Z21
+	VPDPWSSD        Z15, Z21, Z17
+	VPMADDUBSW      192(R8)(R9*1), Z19, Z19
+	VPDPWSSD        Z15, Z19, Z18
+	VPBROADCASTD    (BX)(AX*2), Y15
+	VCVTPH2PS       Y15, Z15
+	VMOVSLDUP       Z15, Z19
+	VMOVSHDUP       Z15, Z15
+	VPMADDWD        288(R8), X20, X16
+	VPADDD          Z17, Z13, Z13
+	VMULPS.BCST     304(R8), Z19, Z17
+	VMULPS.BCST     304(R8), Z15, Z21
+	VCVTDQ2PS       Z13, Z13
+	VCVTDQ2PS       Z16, Z22
+	VFMADD231PS     Z17, Z13, Z9
+	VFNMADD231PS    Z21, Z22, Z9
+	VPMADDWD        288(R8)(R9*1), X20, X16
+	VPADDD          Z18, Z14, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z19, Z13
+	VMULPS.BCST     304(R8)(R9*1), Z15, Z15
+	VCVTDQ2PS       Z14, Z14
+	VCVTDQ2PS       Z16, Z17
+	VFMADD231PS     Z13, Z14, Z10
+	VFNMADD231PS    Z15, Z17, Z10
+	PREFETCHT0      (SI)(AX*8)
+	PREFETCHT0      64(SI)(AX*8)
+	PREFETCHT0      128(SI)(AX*8)
+	MOVL            4(SI), R11
+	MOVL            8(SI), R12
+	MOVL            12(SI), R13
+	MOVL            R11, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R11
+	MOVL            R13, R15
+	ANDL            $0x0f0f0f0f, R15
+	ORL             R14, R15
+	SHLQ            $0x20, R15
+	ORQ             R11, R15
+	MOVL            R12, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R12
+	SHRL            $0x04, R13
+	ANDL            $0x0f0f0f0f, R13
+	ORL             R14, R13
+	SHLQ            $0x20, R13
+	ORQ             R12, R13
+	VMOVQ           R15, X15
+	VPBROADCASTQ    X15, Z15
+	VMOVQ           R13, X20
+	VPMOVZXBW       X20, X20
+	VBROADCASTI64X4 16(SI), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPSHUFB         Z1, Z15, Z17
+	VPMADDUBSW      (R8), Z14, Z13
+	VPMADDWD        Z17, Z13, Z13
+	VPMADDUBSW      (R8)(R9*1), Z14, Z14
+	VPMADDWD        Z17, Z14, Z14
+	VBROADCASTI64X4 48(SI), Z17
+	VPSRLVW         q8shq4<>+0(SB), Z17, Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z2, Z15, Z18
+	VPMADDUBSW      64(R8), Z17, Z19
+	VPDPWSSD        Z18, Z19, Z13
+	VPMADDUBSW      64(R8)(R9*1), Z17, Z17
+	VPDPWSSD        Z18, Z17, Z14
+	VBROADCASTI64X4 80(SI), Z18
+	VPSRLVW         q8shq4<>+0(SB), Z18, Z18
+	VPANDD          Z0, Z18, Z18
+	VPSHUFB         Z3, Z15, Z19
+	VPMADDUBSW      128(R8), Z18, Z17
+	VPMADDWD        Z19, Z17, Z17
+	VPMADDUBSW      128(R8)(R9*1), Z18, Z18
+	VPMADDWD        Z19, Z18, Z18
+	VBROADCASTI64X4 112(SI), Z19
+	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
+	VPANDD          Z0, Z19, Z19
+	VPSHUFB         Z4, Z15, Z15
+	VPMADDUBSW      192(R8), Z19, Z21
+	VPDPWSSD        Z15, Z21, Z17
+	VPMADDUBSW      192(R8)(R9*1), Z19, Z19
+	VPDPWSSD        Z15, Z19, Z18
+	VPBROADCASTD    (SI), Y15
+	VCVTPH2PS       Y15, Z15
+	VMOVSLDUP       Z15, Z19
+	VMOVSHDUP       Z15, Z15
+	VPMADDWD        288(R8), X20, X16
+	VPADDD          Z17, Z13, Z13
+	VMULPS.BCST     304(R8), Z19, Z17
+	VMULPS.BCST     304(R8), Z15, Z21
+	VCVTDQ2PS       Z13, Z13
+	VCVTDQ2PS       Z16, Z22
+	VFMADD231PS     Z17, Z13, Z11
+	VFNMADD231PS    Z21, Z22, Z11
+	VPMADDWD        288(R8)(R9*1), X20, X16
+	VPADDD          Z18, Z14, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z19, Z13
+	VMULPS.BCST     304(R8)(R9*1), Z15, Z15
+	VCVTDQ2PS       Z14, Z14
+	VCVTDQ2PS       Z16, Z17
+	VFMADD231PS     Z13, Z14, Z12
+	VFNMADD231PS    Z15, Z17, Z12
+	ADDQ            $0x00000090, BX
+	ADDQ            $0x00000090, SI
+	ADDQ            $0x00000090, DI
+	ADDQ            $0x00000140, R8
+	DECQ            R10
+	JNZ             q8dot512Q4KN2_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VSHUFF32X4      $0x44, Z7, Z5, Z13
+	VSHUFF32X4      $0xee, Z7, Z5, Z5
+	VADDPS          Z5, Z13, Z7
+	VSHUFF32X4      $0x44, Z11, Z9, Z13
+	VSHUFF32X4      $0xee, Z11, Z9, Z5
+	VADDPS          Z5, Z13, Z5
+	VSHUFF32X4      $0x88, Z5, Z7, Z13
+	VSHUFF32X4      $0xdd, Z5, Z7, Z5
+	VADDPS          Z5, Z13, Z5
+	VPERMILPS       $0x4e, Z5, Z13
+	VADDPS          Z13, Z5, Z5
+	VPERMILPS       $0xb1, Z5, Z13
+	VADDPS          Z13, Z5, Z5
+	VMOVDQU32       redidx<>+0(SB), Z7
+	VPERMPS         Z5, Z7, Z13
+	VMOVUPS         X13, (SI)
+	ADDQ            BX, SI
+	VSHUFF32X4      $0x44, Z8, Z6, Z5
+	VSHUFF32X4      $0xee, Z8, Z6, Z6
+	VADDPS          Z6, Z5, Z7
+	VSHUFF32X4      $0x44, Z12, Z10, Z5
+	VSHUFF32X4      $0xee, Z12, Z10, Z6
+	VADDPS          Z6, Z5, Z6
+	VSHUFF32X4      $0x88, Z6, Z7, Z5
+	VSHUFF32X4      $0xdd, Z6, Z7, Z6
+	VADDPS          Z6, Z5, Z6
+	VPERMILPS       $0x4e, Z6, Z5
+	VADDPS          Z5, Z6, Z6
+	VPERMILPS       $0xb1, Z6, Z5
+	VADDPS          Z5, Z6, Z6
+	VMOVDQU32       redidx<>+0(SB), Z5
+	VPERMPS         Z6, Z5, Z5
+	VMOVUPS         X5, (SI)
+	ADDQ            $0x10, DX
+	LEAQ            (CX)(AX*4), CX
+	DECQ            nquads+16(FP)
+	JNZ             q8dot512Q4KN2_quad
+	VZEROUPPER
+	RET
+
+// func q8dot512Q6KN1(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+TEXT ·q8dot512Q6KN1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b30<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q6KN1_quad:
+	MOVQ   CX, BX
+	LEAQ   (CX)(AX*2), SI
+	ADDQ   AX, SI
+	LEAQ   (CX)(AX*8), DI
+	MOVQ   xq+24(FP), R8
+	MOVQ   nblocks+40(FP), R9
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+	VXORPS Z9, Z9, Z9
+
+q8dot512Q6KN1_blk:
+	PREFETCHT0      (DI)
+	PREFETCHT0      64(DI)
+	PREFETCHT0      128(DI)
+	PREFETCHT0      192(DI)
+	VPMOVSXBW       192(BX), Y11
+	VPSLLW          $0x05, Y11, Y10
+	VPMADDWD        256(R8), Y10, Y12
+	VMOVDQU64       (BX), Z13
+	VBROADCASTI64X4 128(BX), Z14
+	VPSLLVW         q8shq6a<>+0(SB), Z14, Z10
+	VPANDD          Z1, Z10, Z10
+	VPTERNLOGD      $0xf8, Z0, Z13, Z10
+	VPERMW          Z11, Z2, Z15
+	VPMADDUBSW      (R8), Z10, Z10
+	VPMADDWD        Z15, Z10, Z10
+	VPSRLW          $0x04, Z13, Z13
+	VPSRLVW         q8shq6b<>+0(SB), Z14, Z14
+	VPANDD          Z1, Z14, Z14
+	VPTERNLOGD      $0xf8, Z0, Z13, Z14
+	VPERMW          Z11, Z3, Z13
+	VPMADDUBSW      64(R8), Z14, Z14
+	VPDPWSSD        Z13, Z14, Z10
+	VMOVDQU64       64(BX), Z13
+	VBROADCASTI64X4 160(BX), Z15
+	VPSLLVW         q8shq6a<>+0(SB), Z15, Z14
+	VPANDD          Z1, Z14, Z14
+	VPTERNLOGD      $0xf8, Z0, Z13, Z14
+	VPERMW          Z11, Z4, Z16
+	VPMADDUBSW      128(R8), Z14, Z14
+	VPMADDWD        Z16, Z14, Z14
+	VPSRLW          $0x04, Z13, Z13
+	VPSRLVW         q8shq6b<>+0(SB), Z15, Z15
+	VPANDD          Z1, Z15, Z15
+	VPTERNLOGD      $0xf8, Z0, Z13, Z15
+	VPERMW          Z11, Z5, Z13
+	VPMADDUBSW      192(R8), Z15, Z15
+	VPDPWSSD        Z13, Z15, Z14
+	VPBROADCASTW    208(BX), Y13
+	VCVTPH2PS       Y13, Z13
+	VPSUBD          Z12, Z10, Z10
+	VPADDD          Z14, Z10, Z10
+	VMULPS.BCST     304(R8), Z13, Z13
+	VCVTDQ2PS       Z10, Z10
+	VFMADD231PS     Z13, Z10, Z6
+	PREFETCHT0      (DI)(AX*1)
+	PREFETCHT0      64(DI)(AX*1)
+	PREFETCHT0      128(DI)(AX*1)
+	PREFETCHT0      192(DI)(AX*1)
+	VPMOVSXBW       192(BX)(AX*1), Y11
+	VPSLLW          $0x05, Y11, Y10
+	VPMADDWD        256(R8), Y10, Y12
+	VMOVDQU64       (BX)(AX*1), Z13
+	VBROADCASTI64X4 128(BX)(AX*1), Z14
+	VPSLLVW         q8shq6a<>+0(SB), Z14, Z10
+	VPANDD          Z1, Z10, Z10
+	VPTERNLOGD      $0xf8, Z0, Z13, Z10
+	VPERMW          Z11, Z2, Z15
+	VPMADDUBSW      (R8), Z10, Z10
+	VPMADDWD        Z15, Z10, Z10
+	VPSRLW          $0x04, Z13, Z13
+	VPSRLVW         q8shq6b<>+0(SB), Z14, Z14
+	VPANDD          Z1, Z14, Z14
+	VPTERNLOGD      $0xf8, Z0, Z13, Z14
+	VPERMW          Z11, Z3, Z13
+	VPMADDUBSW      64(R8), Z14, Z14
+	VPDPWSSD        Z13, Z14, Z10
+	VMOVDQU64       64(BX)(AX*1), Z13
+	VBROADCASTI64X4 160(BX)(AX*1), Z15
+	VPSLLVW         q8shq6a<>+0(SB), Z15, Z14
+	VPANDD          Z1, Z14, Z14
+	VPTERNLOGD      $0xf8, Z0, Z13, Z14
+	VPERMW          Z11, Z4, Z16
+	VPMADDUBSW      128(R8), Z14, Z14
+	VPMADDWD        Z16, Z14, Z14
+	VPSRLW          $0x04, Z13, Z13
+	VPSRLVW         q8shq6b<>+0(SB), Z15, Z15
+	VPANDD          Z1, Z15, Z15
+	VPTERNLOGD      $0xf8, Z0, Z13, Z15
+	VPERMW          Z11, Z5, Z13
+	VPMADDUBSW      192(R8), Z15, Z15
+	VPDPWSSD        Z13, Z15, Z14
+	VPBROADCASTW    208(BX)(AX*1), Y13
+	VCVTPH2PS       Y13, Z13
+	VPSUBD          Z12, Z10, Z10
+	VPADDD          Z14, Z10, Z10
+	VMULPS.BCST     304(R8), Z13, Z13
+	VCVTDQ2PS       Z10, Z10
+	VFMADD231PS     Z13, Z10, Z7
+	PREFETCHT0      (DI)(AX*2)
+	PREFETCHT0      64(DI)(AX*2)
+	PREFETCHT0      128(DI)(AX*2)
+	PREFETCHT0      192(DI)(AX*2)
+	VPMOVSXBW       192(BX)(AX*2), Y11
+	VPSLLW          $0x05, Y11, Y10
+	VPMADDWD        256(R8), Y10, Y12
+	VMOVDQU64       (BX)(AX*2), Z13
+	VBROADCASTI64X4 128(BX)(AX*2), Z14
+	VPSLLVW         q8shq6a<>+0(SB), Z14, Z10
+	VPANDD          Z1, Z10, Z10
+	VPTERNLOGD      $0xf8, Z0, Z13, Z10
+	VPERMW          Z11, Z2, Z15
+	VPMADDUBSW      (R8), Z10, Z10
+	VPMADDWD        Z15, Z10, Z10
+	VPSRLW          $0x04, Z13, Z13
+	VPSRLVW         q8shq6b<>+0(SB), Z14, Z14
+	VPANDD          Z1, Z14, Z14
+	VPTERNLOGD      $0xf8, Z0, Z13, Z14
+	VPERMW          Z11, Z3, Z13
+	VPMADDUBSW      64(R8), Z14, Z14
+	VPDPWSSD        Z13, Z14, Z10
+	VMOVDQU64       64(BX)(AX*2), Z13
+	VBROADCASTI64X4 160(BX)(AX*2), Z15
+	VPSLLVW         q8shq6a<>+0(SB), Z15, Z14
+	VPANDD          Z1, Z14, Z14
+	VPTERNLOGD      $0xf8, Z0, Z13, Z14
+	VPERMW          Z11, Z4, Z16
+	VPMADDUBSW      128(R8), Z14, Z14
+	VPMADDWD        Z16, Z14, Z14
+	VPSRLW          $0x04, Z13, Z13
+	VPSRLVW         q8shq6b<>+0(SB), Z15, Z15
+	VPANDD          Z1, Z15, Z15
+	VPTERNLOGD      $0xf8, Z0, Z13, Z15
+	VPERMW          Z11, Z5, Z13
+	VPMADDUBSW      192(R8), Z15, Z15
+	VPDPWSSD        Z13, Z15, Z14
+	VPBROADCASTW    208(BX)(AX*2), Y13
+	VCVTPH2PS       Y13, Z13
+	VPSUBD          Z12, Z10, Z10
+	VPADDD          Z14, Z10, Z10
+	VMULPS.BCST     304(R8), Z13, Z13
+	VCVTDQ2PS       Z10, Z10
+	VFMADD231PS     Z13, Z10, Z8
+	PREFETCHT0      (SI)(AX*8)
+	PREFETCHT0      64(SI)(AX*8)
+	PREFETCHT0      128(SI)(AX*8)
+	PREFETCHT0      192(SI)(AX*8)
+	VPMOVSXBW       192(SI), Y11
+	VPSLLW          $0x05, Y11, Y10
+	VPMADDWD        256(R8), Y10, Y12
+	VMOVDQU64       (SI), Z13
+	VBROADCASTI64X4 128(SI), Z14
+	VPSLLVW         q8shq6a<>+0(SB), Z14, Z10
+	VPANDD          Z1, Z10, Z10
+	VPTERNLOGD      $0xf8, Z0, Z13, Z10
+	VPERMW          Z11, Z2, Z15
+	VPMADDUBSW      (R8), Z10, Z10
+	VPMADDWD        Z15, Z10, Z10
+	VPSRLW          $0x04, Z13, Z13
+	VPSRLVW         q8shq6b<>+0(SB), Z14, Z14
+	VPANDD          Z1, Z14, Z14
+	VPTERNLOGD      $0xf8, Z0, Z13, Z14
+	VPERMW          Z11, Z3, Z13
+	VPMADDUBSW      64(R8), Z14, Z14
+	VPDPWSSD        Z13, Z14, Z10
+	VMOVDQU64       64(SI), Z13
+	VBROADCASTI64X4 160(SI), Z15
+	VPSLLVW         q8shq6a<>+0(SB), Z15, Z14
+	VPANDD          Z1, Z14, Z14
+	VPTERNLOGD      $0xf8, Z0, Z13, Z14
+	VPERMW          Z11, Z4, Z16
+	VPMADDUBSW      128(R8), Z14, Z14
+	VPMADDWD        Z16, Z14, Z14
+	VPSRLW          $0x04, Z13, Z13
+	VPSRLVW         q8shq6b<>+0(SB), Z15, Z15
+	VPANDD          Z1, Z15, Z15
+	VPTERNLOGD      $0xf8, Z0, Z13, Z15
+	VPERMW          Z11, Z5, Z13
+	VPMADDUBSW      192(R8), Z15, Z15
+	VPDPWSSD        Z13, Z15, Z14
+	VPBROADCASTW    208(SI), Y13
+	VCVTPH2PS       Y13, Z13
+	VPSUBD          Z12, Z10, Z10
+	VPADDD          Z14, Z10, Z10
+	VMULPS.BCST     304(R8), Z13, Z13
+	VCVTDQ2PS       Z10, Z10
+	VFMADD231PS     Z13, Z10, Z9
+	ADDQ            $0x000000d2, BX
+	ADDQ            $0x000000d2, SI
+	ADDQ            $0x000000d2, DI
+	ADDQ            $0x00000140, R8
+	DECQ            R9
+	JNZ             q8dot512Q6KN1_blk
+	MOVQ            DX, BX
+	VSHUFF32X4      $0x44, Z7, Z6, Z10
+	VSHUFF32X4      $0xee, Z7, Z6, Z6
+	VADDPS          Z6, Z10, Z7
+	VSHUFF32X4      $0x44, Z9, Z8, Z10
+	VSHUFF32X4      $0xee, Z9, Z8, Z6
+	VADDPS          Z6, Z10, Z6
+	VSHUFF32X4      $0x88, Z6, Z7, Z10
+	VSHUFF32X4      $0xdd, Z6, Z7, Z6
+	VADDPS          Z6, Z10, Z6
+	VPERMILPS       $0x4e, Z6, Z10
+	VADDPS          Z10, Z6, Z6
+	VPERMILPS       $0xb1, Z6, Z10
+	VADDPS          Z10, Z6, Z6
+	VMOVDQU32       redidx<>+0(SB), Z7
+	VPERMPS         Z6, Z7, Z10
+	VMOVUPS         X10, (BX)
+	ADDQ            $0x10, DX
+	LEAQ            (CX)(AX*4), CX
+	DECQ            nquads+16(FP)
+	JNZ             q8dot512Q6KN1_quad
+	VZEROUPPER
+	RET
+
+// func q8dot512Q6KN2(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+TEXT ·q8dot512Q6KN2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b30<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q6KN2_quad:
+	MOVQ   CX, BX
+	LEAQ   (CX)(AX*2), SI
+	ADDQ   AX, SI
+	LEAQ   (CX)(AX*8), DI
+	MOVQ   xq+24(FP), R8
+	MOVQ   xqstride+32(FP), R9
+	MOVQ   nblocks+40(FP), R10
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+	VXORPS Z9, Z9, Z9
+	VXORPS Z10, Z10, Z10
+	VXORPS Z11, Z11, Z11
+	VXORPS Z12, Z12, Z12
+	VXORPS Z13, Z13, Z13
+
+q8dot512Q6KN2_blk:
+	PREFETCHT0      (DI)
+	PREFETCHT0      64(DI)
+	PREFETCHT0      128(DI)
+	PREFETCHT0      192(DI)
+	VPMOVSXBW       192(BX), Y15
+	VPSLLW          $0x05, Y15, Y14
+	VPMADDWD        256(R8), Y14, Y16
+	VPMADDWD        256(R8)(R9*1), Y14, Y17
+	VMOVDQU64       (BX), Z19
+	VBROADCASTI64X4 128(BX), Z20
+	VPSLLVW         q8shq6a<>+0(SB), Z20, Z18
+	VPANDD          Z1, Z18, Z18
+	VPTERNLOGD      $0xf8, Z0, Z19, Z18
+	VPERMW          Z15, Z2, Z21
+	VPMADDUBSW      (R8), Z18, Z14
+	VPMADDWD        Z21, Z14, Z14
+	VPMADDUBSW      (R8)(R9*1), Z18, Z18
+	VPMADDWD        Z21, Z18, Z18
+	VPSRLW          $0x04, Z19, Z19
+	VPSRLVW         q8shq6b<>+0(SB), Z20, Z20
+	VPANDD          Z1, Z20, Z20
+	VPTERNLOGD      $0xf8, Z0, Z19, Z20
+	VPERMW          Z15, Z3, Z19
+	VPMADDUBSW      64(R8), Z20, Z21
+	VPDPWSSD        Z19, Z21, Z14
+	VPMADDUBSW      64(R8)(R9*1), Z20, Z20
+	VPDPWSSD        Z19, Z20, Z18
+	VMOVDQU64       64(BX), Z20
+	VBROADCASTI64X4 160(BX), Z22
+	VPSLLVW         q8shq6a<>+0(SB), Z22, Z19
+	VPANDD          Z1, Z19, Z19
+	VPTERNLOGD      $0xf8, Z0, Z20, Z19
+	VPERMW          Z15, Z4, Z23
+	VPMADDUBSW      128(R8), Z19, Z21
+	VPMADDWD        Z23, Z21, Z21
+	VPMADDUBSW      128(R8)(R9*1), Z19, Z19
+	VPMADDWD        Z23, Z19, Z19
+	VPSRLW          $0x04, Z20, Z20
+	VPSRLVW         q8shq6b<>+0(SB), Z22, Z22
+	VPANDD          Z1, Z22, Z22
+	VPTERNLOGD      $0xf8, Z0, Z20, Z22
+	VPERMW          Z15, Z5, Z20
+	VPMADDUBSW      192(R8), Z22, Z23
+	VPDPWSSD        Z20, Z23, Z21
+	VPMADDUBSW      192(R8)(R9*1), Z22, Z22
+	VPDPWSSD        Z20, Z22, Z19
+	VPBROADCASTW    208(BX), Y20
+	VCVTPH2PS       Y20, Z20
+	VPSUBD          Z16, Z14, Z14
+	VPADDD          Z21, Z14, Z14
+	VMULPS.BCST     304(R8), Z20, Z21
+	VCVTDQ2PS       Z14, Z14
+	VFMADD231PS     Z21, Z14, Z6
+	VPSUBD          Z17, Z18, Z18
+	VPADDD          Z19, Z18, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z20, Z18
+	VCVTDQ2PS       Z14, Z14
+	VFMADD231PS     Z18, Z14, Z7
+	PREFETCHT0      (DI)(AX*1)
+	PREFETCHT0      64(DI)(AX*1)
+	PREFETCHT0      128(DI)(AX*1)
+	PREFETCHT0      192(DI)(AX*1)
+	VPMOVSXBW       192(BX)(AX*1), Y15
+	VPSLLW          $0x05, Y15, Y14
+	VPMADDWD        256(R8), Y14, Y16
+	VPMADDWD        256(R8)(R9*1), Y14, Y17
+	VMOVDQU64       (BX)(AX*1), Z19
+	VBROADCASTI64X4 128(BX)(AX*1), Z20
+	VPSLLVW         q8shq6a<>+0(SB), Z20, Z18
+	VPANDD          Z1, Z18, Z18
+	VPTERNLOGD      $0xf8, Z0, Z19, Z18
+	VPERMW          Z15, Z2, Z21
+	VPMADDUBSW      (R8), Z18, Z14
+	VPMADDWD        Z21, Z14, Z14
+	VPMADDUBSW      (R8)(R9*1), Z18, Z18
+	VPMADDWD        Z21, Z18, Z18
+	VPSRLW          $0x04, Z19, Z19
+	VPSRLVW         q8shq6b<>+0(SB), Z20, Z20
+	VPANDD          Z1, Z20, Z20
+	VPTERNLOGD      $0xf8, Z0, Z19, Z20
+	VPERMW          Z15, Z3, Z19
+	VPMADDUBSW      64(R8), Z20, Z21
+	VPDPWSSD        Z19, Z21, Z14
+	VPMADDUBSW      64(R8)(R9*1), Z20, Z20
+	VPDPWSSD        Z19, Z20, Z18
+	VMOVDQU64       64(BX)(AX*1), Z20
+	VBROADCASTI64X4 160(BX)(AX*1), Z22
+	VPSLLVW         q8shq6a<>+0(SB), Z22, Z19
+	VPANDD          Z1, Z19, Z19
+	VPTERNLOGD      $0xf8, Z0, Z20, Z19
+	VPERMW          Z15, Z4, Z23
+	VPMADDUBSW      128(R8), Z19, Z21
+	VPMADDWD        Z23, Z21, Z21
+	VPMADDUBSW      128(R8)(R9*1), Z19, Z19
+	VPMADDWD        Z23, Z19, Z19
+	VPSRLW          $0x04, Z20, Z20
+	VPSRLVW         q8shq6b<>+0(SB), Z22, Z22
+	VPANDD          Z1, Z22, Z22
+	VPTERNLOGD      $0xf8, Z0, Z20, Z22
+	VPERMW          Z15, Z5, Z20
+	VPMADDUBSW      192(R8), Z22, Z23
+	VPDPWSSD        Z20, Z23, Z21
+	VPMADDUBSW      192(R8)(R9*1), Z22, Z22
+	VPDPWSSD        Z20, Z22, Z19
+	VPBROADCASTW    208(BX)(AX*1), Y20
+	VCVTPH2PS       Y20, Z20
+	VPSUBD          Z16, Z14, Z14
+	VPADDD          Z21, Z14, Z14
+	VMULPS.BCST     304(R8), Z20, Z21
+	VCVTDQ2PS       Z14, Z14
+	VFMADD231PS     Z21, Z14, Z8
+	VPSUBD          Z17, Z18, Z18
+	VPADDD          Z19, Z18, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z20, Z18
+	VCVTDQ2PS       Z14, Z14
+	VFMADD231PS     Z18, Z14, Z9
+	PREFETCHT0      (DI)(AX*2)
+	PREFETCHT0      64(DI)(AX*2)
+	PREFETCHT0      128(DI)(AX*2)
+	PREFETCHT0      192(DI)(AX*2)
+	VPMOVSXBW       192(BX)(AX*2), Y15
+	VPSLLW          $0x05, Y15, Y14
+	VPMADDWD        256(R8), Y14, Y16
+	VPMADDWD        256(R8)(R9*1), Y14, Y17
+	VMOVDQU64       (BX)(AX*2), Z19
+	VBROADCASTI64X4 128(BX)(AX*2), Z20
+	VPSLLVW         q8shq6a<>+0(SB), Z20, Z18
+	VPANDD          Z1, Z18, Z18
+	VPTERNLOGD      $0xf8, Z0, Z19, Z18
+	VPERMW          Z15, Z2, Z21
+	VPMADDUBSW      (R8), Z18, Z14
+	VPMADDWD        Z21, Z14, Z14
+	VPMADDUBSW      (R8)(R9*1), Z18, Z18
+	VPMADDWD        Z21, Z18, Z18
+	VPSRLW          $0x04, Z19, Z19
+	VPSRLVW         q8shq6b<>+0(SB), Z20, Z20
+	VPANDD          Z1, Z20, Z20
+	VPTERNLOGD      $0xf8, Z0, Z19, Z20
+	VPERMW          Z15, Z3, Z19
+	VPMADDUBSW      64(R8), Z20, Z21
+	VPDPWSSD        Z19, Z21, Z14
+	VPMADDUBSW      64(R8)(R9*1), Z20, Z20
+	VPDPWSSD        Z19, Z20, Z18
+	VMOVDQU64       64(BX)(AX*2), Z20
+	VBROADCASTI64X4 160(BX)(AX*2), Z22
+	VPSLLVW         q8shq6a<>+0(SB), Z22, Z19
+	VPANDD          Z1, Z19, Z19
+	VPTERNLOGD      $0xf8, Z0, Z20, Z19
+	VPERMW          Z15, Z4, Z23
+	VPMADDUBSW      128(R8), Z19, Z21
+	VPMADDWD        Z23, Z21, Z21
+	VPMADDUBSW      128(R8)(R9*1), Z19, Z19
+	VPMADDWD        Z23, Z19, Z19
+	VPSRLW          $0x04, Z20, Z20
+	VPSRLVW         q8shq6b<>+0(SB), Z22, Z22
+	VPANDD          Z1, Z22, Z22
+	VPTERNLOGD      $0xf8, Z0, Z20, Z22
+	VPERMW          Z15, Z5, Z20
+	VPMADDUBSW      192(R8), Z22, Z23
+	VPDPWSSD        Z20, Z23, Z21
+	VPMADDUBSW      192(R8)(R9*1), Z22, Z22
+	VPDPWSSD        Z20, Z22, Z19
+	VPBROADCASTW    208(BX)(AX*2), Y20
+	VCVTPH2PS       Y20, Z20
+	VPSUBD          Z16, Z14, Z14
+	VPADDD          Z21, Z14, Z14
+	VMULPS.BCST     304(R8), Z20, Z21
+	VCVTDQ2PS       Z14, Z14
+	VFMADD231PS     Z21, Z14, Z10
+	VPSUBD          Z17, Z18, Z18
+	VPADDD          Z19, Z18, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z20, Z18
+	VCVTDQ2PS       Z14, Z14
+	VFMADD231PS     Z18, Z14, Z11
+	PREFETCHT0      (SI)(AX*8)
+	PREFETCHT0      64(SI)(AX*8)
+	PREFETCHT0      128(SI)(AX*8)
+	PREFETCHT0      192(SI)(AX*8)
+	VPMOVSXBW       192(SI), Y15
+	VPSLLW          $0x05, Y15, Y14
+	VPMADDWD        256(R8), Y14, Y16
+	VPMADDWD        256(R8)(R9*1), Y14, Y17
+	VMOVDQU64       (SI), Z19
+	VBROADCASTI64X4 128(SI), Z20
+	VPSLLVW         q8shq6a<>+0(SB), Z20, Z18
+	VPANDD          Z1, Z18, Z18
+	VPTERNLOGD      $0xf8, Z0, Z19, Z18
+	VPERMW          Z15, Z2, Z21
+	VPMADDUBSW      (R8), Z18, Z14
+	VPMADDWD        Z21, Z14, Z14
+	VPMADDUBSW      (R8)(R9*1), Z18, Z18
+	VPMADDWD        Z21, Z18, Z18
+	VPSRLW          $0x04, Z19, Z19
+	VPSRLVW         q8shq6b<>+0(SB), Z20, Z20
+	VPANDD          Z1, Z20, Z20
+	VPTERNLOGD      $0xf8, Z0, Z19, Z20
+	VPERMW          Z15, Z3, Z19
+	VPMADDUBSW      64(R8), Z20, Z21
+	VPDPWSSD        Z19, Z21, Z14
+	VPMADDUBSW      64(R8)(R9*1), Z20, Z20
+	VPDPWSSD        Z19, Z20, Z18
+	VMOVDQU64       64(SI), Z20
+	VBROADCASTI64X4 160(SI), Z22
+	VPSLLVW         q8shq6a<>+0(SB), Z22, Z19
+	VPANDD          Z1, Z19, Z19
+	VPTERNLOGD      $0xf8, Z0, Z20, Z19
+	VPERMW          Z15, Z4, Z23
+	VPMADDUBSW      128(R8), Z19, Z21
+	VPMADDWD        Z23, Z21, Z21
+	VPMADDUBSW      128(R8)(R9*1), Z19, Z19
+	VPMADDWD        Z23, Z19, Z19
+	VPSRLW          $0x04, Z20, Z20
+	VPSRLVW         q8shq6b<>+0(SB), Z22, Z22
+	VPANDD          Z1, Z22, Z22
+	VPTERNLOGD      $0xf8, Z0, Z20, Z22
+	VPERMW          Z15, Z5, Z20
+	VPMADDUBSW      192(R8), Z22, Z23
+	VPDPWSSD        Z20, Z23, Z21
+	VPMADDUBSW      192(R8)(R9*1), Z22, Z22
+	VPDPWSSD        Z20, Z22, Z19
+	VPBROADCASTW    208(SI), Y20
+	VCVTPH2PS       Y20, Z20
+	VPSUBD          Z16, Z14, Z14
+	VPADDD          Z21, Z14, Z14
+	VMULPS.BCST     304(R8), Z20, Z21
+	VCVTDQ2PS       Z14, Z14
+	VFMADD231PS     Z21, Z14, Z12
+	VPSUBD          Z17, Z18, Z18
+	VPADDD          Z19, Z18, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z20, Z18
+	VCVTDQ2PS       Z14, Z14
+	VFMADD231PS     Z18, Z14, Z13
+	ADDQ            $0x000000d2, BX
+	ADDQ            $0x000000d2, SI
+	ADDQ            $0x000000d2, DI
+	ADDQ            $0x00000140, R8
+	DECQ            R10
+	JNZ             q8dot512Q6KN2_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VSHUFF32X4      $0x44, Z8, Z6, Z14
+	VSHUFF32X4      $0xee, Z8, Z6, Z6
+	VADDPS          Z6, Z14, Z8
+	VSHUFF32X4      $0x44, Z12, Z10, Z14
+	VSHUFF32X4      $0xee, Z12, Z10, Z6
+	VADDPS          Z6, Z14, Z6
+	VSHUFF32X4      $0x88, Z6, Z8, Z14
+	VSHUFF32X4      $0xdd, Z6, Z8, Z6
+	VADDPS          Z6, Z14, Z6
+	VPERMILPS       $0x4e, Z6, Z14
+	VADDPS          Z14, Z6, Z6
+	VPERMILPS       $0xb1, Z6, Z14
+	VADDPS          Z14, Z6, Z6
+	VMOVDQU32       redidx<>+0(SB), Z8
+	VPERMPS         Z6, Z8, Z14
+	VMOVUPS         X14, (SI)
+	ADDQ            BX, SI
+	VSHUFF32X4      $0x44, Z9, Z7, Z6
+	VSHUFF32X4      $0xee, Z9, Z7, Z7
+	VADDPS          Z7, Z6, Z8
+	VSHUFF32X4      $0x44, Z13, Z11, Z6
+	VSHUFF32X4      $0xee, Z13, Z11, Z7
+	VADDPS          Z7, Z6, Z7
+	VSHUFF32X4      $0x88, Z7, Z8, Z6
+	VSHUFF32X4      $0xdd, Z7, Z8, Z7
+	VADDPS          Z7, Z6, Z7
+	VPERMILPS       $0x4e, Z7, Z6
+	VADDPS          Z6, Z7, Z7
+	VPERMILPS       $0xb1, Z7, Z6
+	VADDPS          Z6, Z7, Z7
+	VMOVDQU32       redidx<>+0(SB), Z6
+	VPERMPS         Z7, Z6, Z6
+	VMOVUPS         X6, (SI)
+	ADDQ            $0x10, DX
+	LEAQ            (CX)(AX*4), CX
+	DECQ            nquads+16(FP)
+	JNZ             q8dot512Q6KN2_quad
+	VZEROUPPER
+	RET
+
+// func quantQ8K512(x *float32, nblocks int, dst *byte) bool
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL
+TEXT ·quantQ8K512(SB), NOSPLIT, $0-25
+	MOVQ         x+0(FP), AX
+	MOVQ         nblocks+8(FP), CX
+	MOVQ         dst+16(FP), DX
+	VPBROADCASTD absmask<>+0(SB), Z0
+	KXORW        K1, K1, K1
+	VPXORD       Z1, Z1, Z1
+
+quantQ8K512_blk:
+	VXORPS        Z2, Z2, Z2
+	VMOVUPS       (AX), Z3
+	VFPCLASSPSZ   $0x99, Z3, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z3, Z4
+	VMAXPS        Z4, Z2, Z2
+	VMOVUPS       64(AX), Z4
+	VFPCLASSPSZ   $0x99, Z4, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z4, Z6
+	VMAXPS        Z6, Z2, Z2
+	VMOVUPS       128(AX), Z6
+	VFPCLASSPSZ   $0x99, Z6, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z6, Z7
+	VMAXPS        Z7, Z2, Z2
+	VMOVUPS       192(AX), Z7
+	VFPCLASSPSZ   $0x99, Z7, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z7, Z8
+	VMAXPS        Z8, Z2, Z2
+	VMOVUPS       256(AX), Z8
+	VFPCLASSPSZ   $0x99, Z8, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z8, Z9
+	VMAXPS        Z9, Z2, Z2
+	VMOVUPS       320(AX), Z9
+	VFPCLASSPSZ   $0x99, Z9, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z9, Z10
+	VMAXPS        Z10, Z2, Z2
+	VMOVUPS       384(AX), Z10
+	VFPCLASSPSZ   $0x99, Z10, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z10, Z11
+	VMAXPS        Z11, Z2, Z2
+	VMOVUPS       448(AX), Z11
+	VFPCLASSPSZ   $0x99, Z11, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z11, Z12
+	VMAXPS        Z12, Z2, Z2
+	VMOVUPS       512(AX), Z12
+	VFPCLASSPSZ   $0x99, Z12, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z12, Z13
+	VMAXPS        Z13, Z2, Z2
+	VMOVUPS       576(AX), Z13
+	VFPCLASSPSZ   $0x99, Z13, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z13, Z14
+	VMAXPS        Z14, Z2, Z2
+	VMOVUPS       640(AX), Z14
+	VFPCLASSPSZ   $0x99, Z14, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z14, Z15
+	VMAXPS        Z15, Z2, Z2
+	VMOVUPS       704(AX), Z15
+	VFPCLASSPSZ   $0x99, Z15, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z15, Z16
+	VMAXPS        Z16, Z2, Z2
+	VMOVUPS       768(AX), Z16
+	VFPCLASSPSZ   $0x99, Z16, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z16, Z17
+	VMAXPS        Z17, Z2, Z2
+	VMOVUPS       832(AX), Z17
+	VFPCLASSPSZ   $0x99, Z17, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z17, Z18
+	VMAXPS        Z18, Z2, Z2
+	VMOVUPS       896(AX), Z18
+	VFPCLASSPSZ   $0x99, Z18, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z18, Z19
+	VMAXPS        Z19, Z2, Z2
+	VMOVUPS       960(AX), Z19
+	VFPCLASSPSZ   $0x99, Z19, K2
+	KORW          K2, K1, K1
+	VANDPS        Z0, Z19, Z20
+	VMAXPS        Z20, Z2, Z2
+	VEXTRACTF64X4 $0x01, Z2, Y20
+	VMAXPS        Y20, Y2, Y2
+	VEXTRACTF32X4 $0x01, Y2, X20
+	VMAXPS        X20, X2, X2
+	VPERMILPS     $0x4e, X2, X20
+	VMAXPS        X20, X2, X2
+	VPERMILPS     $0xb1, X2, X20
+	VMAXPS        X20, X2, X2
+	VXORPS        Z20, Z20, Z20
+	VXORPS        Z21, Z21, Z21
+	VUCOMISS      float32tiny<>+0(SB), X2
+	JCS           quantQ8K512_zero
+	VMOVSS        float32v127<>+0(SB), X21
+	VDIVSS        X2, X21, X21
+	VDIVSS        float32v127<>+0(SB), X2, X2
+	VMOVSS        X2, X20, X20
+
+quantQ8K512_zero:
+	VMOVUPS      X20, 304(DX)
+	VBROADCASTSS X21, Z21
+	VMULPS       Z21, Z3, Z3
+	VCVTPS2DQ    Z3, Z3
+	VPMOVSDB     Z3, (DX)
+	VMULPS       Z21, Z4, Z4
+	VCVTPS2DQ    Z4, Z4
+	VPMOVSDB     Z4, 16(DX)
+	VMULPS       Z21, Z6, Z6
+	VCVTPS2DQ    Z6, Z6
+	VPMOVSDB     Z6, 32(DX)
+	VMULPS       Z21, Z7, Z7
+	VCVTPS2DQ    Z7, Z7
+	VPMOVSDB     Z7, 48(DX)
+	VMULPS       Z21, Z8, Z8
+	VCVTPS2DQ    Z8, Z8
+	VPMOVSDB     Z8, 64(DX)
+	VMULPS       Z21, Z9, Z9
+	VCVTPS2DQ    Z9, Z9
+	VPMOVSDB     Z9, 80(DX)
+	VMULPS       Z21, Z10, Z10
+	VCVTPS2DQ    Z10, Z10
+	VPMOVSDB     Z10, 96(DX)
+	VMULPS       Z21, Z11, Z11
+	VCVTPS2DQ    Z11, Z11
+	VPMOVSDB     Z11, 112(DX)
+	VMULPS       Z21, Z12, Z12
+	VCVTPS2DQ    Z12, Z12
+	VPMOVSDB     Z12, 128(DX)
+	VMULPS       Z21, Z13, Z13
+	VCVTPS2DQ    Z13, Z13
+	VPMOVSDB     Z13, 144(DX)
+	VMULPS       Z21, Z14, Z14
+	VCVTPS2DQ    Z14, Z14
+	VPMOVSDB     Z14, 160(DX)
+	VMULPS       Z21, Z15, Z15
+	VCVTPS2DQ    Z15, Z15
+	VPMOVSDB     Z15, 176(DX)
+	VMULPS       Z21, Z16, Z16
+	VCVTPS2DQ    Z16, Z16
+	VPMOVSDB     Z16, 192(DX)
+	VMULPS       Z21, Z17, Z17
+	VCVTPS2DQ    Z17, Z17
+	VPMOVSDB     Z17, 208(DX)
+	VMULPS       Z21, Z18, Z18
+	VCVTPS2DQ    Z18, Z18
+	VPMOVSDB     Z18, 224(DX)
+	VMULPS       Z21, Z19, Z19
+	VCVTPS2DQ    Z19, Z19
+	VPMOVSDB     Z19, 240(DX)
+	VPBROADCASTD b80<>+0(SB), Z2
+	VPBROADCASTD w1<>+0(SB), Z3
+	VPXORD       (DX), Z2, Z4
+	VPSADBW      Z1, Z4, Z4
+	VPMOVQW      Z4, X5
+	VPMADDWD     X3, X5, X5
+	VMOVDQA64    Z5, Z4
+	VPXORD       64(DX), Z2, Z6
+	VPSADBW      Z1, Z6, Z6
+	VPMOVQW      Z6, X5
+	VPMADDWD     X3, X5, X5
+	VINSERTI32X4 $0x01, X5, Z4, Z4
+	VPXORD       128(DX), Z2, Z6
+	VPSADBW      Z1, Z6, Z6
+	VPMOVQW      Z6, X5
+	VPMADDWD     X3, X5, X5
+	VINSERTI32X4 $0x02, X5, Z4, Z4
+	VPXORD       192(DX), Z2, Z2
+	VPSADBW      Z1, Z2, Z2
+	VPMOVQW      Z2, X2
+	VPMADDWD     X3, X2, X2
+	VINSERTI32X4 $0x03, X2, Z4, Z4
+	VPSUBD.BCST  dword2048<>+0(SB), Z4, Z4
+	VPMOVDW      Z4, Y2
+	VMOVDQU      Y2, 256(DX)
+	VPMADDWD     Y3, Y2, Y2
+	VPMOVDW      Y2, 288(DX)
+	ADDQ         $0x00000400, AX
+	ADDQ         $0x00000140, DX
+	DECQ         CX
+	JNZ          quantQ8K512_blk
+	KORTESTW     K1, K1
+	SETEQ        AL
+	MOVB         AL, ret+24(FP)
 	VZEROUPPER
 	RET

@@ -42,6 +42,7 @@ func alignedF32(b []float32, n int) []float32 {
 type callCtx struct {
 	job  mmJob
 	xbuf []float32
+	xq   []byte // quantized input rows (8-bit activations)
 	s    scratch
 }
 
@@ -64,6 +65,14 @@ type mmJob struct {
 	// processes next (empty if none), which the kernels may prefetch.
 	block func(j *mmJob, s *scratch, r0, r1, nr0, nr1 int)
 	asm   asmPlan // used by the assembly levels
+	q8    q8Plan  // used by the integer kernels
+}
+
+// q8Plan is the per-call set-up of the integer kernels (q8act.go).
+type q8Plan struct {
+	fns [3]q8Fn
+	xq  []byte // quantized input rows, nb blocks each
+	nb  int
 }
 
 func (j *mmJob) run(s *scratch) {
@@ -128,7 +137,7 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	j.out, j.w, j.x, j.n, j.inv = out, w, x, n, inv
 	j.rowBytes = w.RowStride()
 	j.next.Store(0)
-	if lvl < LevelAVX2 || !planAsm(c, lvl) {
+	if !planQ8(c, lvl) && (lvl < LevelAVX2 || !planAsm(c, lvl)) {
 		planGo(j)
 	}
 	j.nblocks = (w.Rows + j.rb - 1) / j.rb

@@ -102,6 +102,10 @@ func checkAgainstRef(t testing.TB, w tensor.Matrix, x []float32, n int, abs []fl
 	t.Helper()
 	want := make([]float32, n*w.Rows)
 	MatMulRef(want, w, x, n)
+	if usesQ8(w, n) {
+		// 8-bit activations: compare with the integer kernels' twin.
+		matMulQ8Ref(want, w, x, n)
+	}
 	const guard = 5
 	got := make([]float32, n*w.Rows+guard)
 	for i := range got {

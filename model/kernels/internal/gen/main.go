@@ -36,6 +36,8 @@ func main() {
 	ConstraintExpr("!purego")
 	genConsts()
 	genExpConsts()
+	genQ8Consts()
+	genQ8QuantConsts()
 	for _, s := range []isa{isa512, isa256} {
 		genProbes(s)
 		genVec(s)
@@ -72,6 +74,12 @@ func main() {
 			genTile(isa256, dt, 0, modeWiden)
 		}
 	}
+	for _, dt := range q8Dtypes {
+		for n := 1; n <= q8MaxN; n++ {
+			genQ8(dt, n)
+		}
+	}
+	genQ8Quant()
 	Generate()
 	writePanelOrder()
 }

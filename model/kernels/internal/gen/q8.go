@@ -1,0 +1,488 @@
+package main
+
+import (
+	"fmt"
+	"math"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// Integer kernels: K-quant weights times activations quantized to 8 bits
+// (AVX-512 BW + VNNI).
+//
+// The activations are quantized per block of 256 values (see quantizeQ8K in
+// package kernels), 320 bytes per block:
+//
+//	[0, 256)    q: int8, x ≈ d·q
+//	[256, 288)  int16 sums of q over each 16 values
+//	[288, 304)  int16 sums of q over each 32 values
+//	[304, 308)  d: float32
+//
+// Per weight row and block the kernels form the exact integer sums
+// Σ sc_j·Σ q_w·q_x (VPMADDUBSW of the unsigned weight codes with the signed
+// activations, then VPDPWSSD with the sub-block scales) and, for the
+// offsets (Q4_K's mins, Q6_K's −32), the scale-weighted activation sums;
+// float32 enters only to scale those integers by the blocks' d's.
+// q8Tiny: blocks whose largest |x| is below it quantize to zero (so that
+// 127/amax stays finite).
+const q8Tiny = 1e-30
+
+const (
+	q8xBlock  = 320
+	q8xBsum16 = 256
+	q8xBsum32 = 288
+	q8xD      = 304
+)
+
+// q8Dtypes are the weight types with integer kernels.
+var q8Dtypes = []dtype{dQ4K, dQ6K}
+
+// q8MaxN is the largest number of input rows per integer kernel call.
+const q8MaxN = 2
+
+var (
+	cQ8ShQ4  Mem    // words: 0 x16, 4 x16 (VPSRLVW: low nibbles, then high)
+	cQ8ShQ6A Mem    // words: 4 x16, 2 x16 (VPSLLVW: qh bits 0-1, then 2-3, to bits 4-5)
+	cQ8ShQ6B Mem    // words: 0 x16, 2 x16 (VPSRLVW: qh bits 4-5, then 6-7, to bits 4-5)
+	cB0F     Mem    // dword 0x0F0F0F0F
+	cB30     Mem    // dword 0x30303030
+	cQ8IdxQ4 [4]Mem // VPSHUFB controls: chunk c's scale bytes 2c (16 words), 2c+1 (16 words)
+	cQ8IdxQ6 [4]Mem // VPERMW indices: chunk c's scales 4c..4c+3 (x8 each)
+)
+
+func genQ8Consts() {
+	w2 := func(v uint32) uint32 { return v | v<<16 }
+	cQ8ShQ4 = data32("q8shq4", append(rep(0, 8), rep(w2(4), 8)...)...)
+	cQ8ShQ6A = data32("q8shq6a", append(rep(w2(4), 8), rep(w2(2), 8)...)...)
+	cQ8ShQ6B = data32("q8shq6b", append(rep(0, 8), rep(w2(2), 8)...)...)
+	cB0F = data32("b0f", 0x0F0F0F0F)
+	cB30 = data32("b30", 0x30303030)
+	for c := 0; c < 4; c++ {
+		a, b := uint32(2*c), uint32(2*c+1)
+		// Word = scale byte (then 0x80: a zero high byte).
+		cQ8IdxQ4[c] = data32(fmt.Sprintf("q8idxq4_%d", c), append(rep(w2(0x8000|a), 8), rep(w2(0x8000|b), 8)...)...)
+		var v []uint32
+		for g := 0; g < 4; g++ {
+			v = append(v, rep(w2(uint32(4*c+g)), 4)...)
+		}
+		cQ8IdxQ6[c] = data32(fmt.Sprintf("q8idxq6_%d", c), v...)
+	}
+}
+
+const q8Sig = "func(w *byte, wstride, nquads int, xq *byte, xqstride, nblocks int, out *float32, ostride int)"
+
+// genQ8 emits q8dot512<dtype>N<N>: for q < nquads, r < 4, i < N
+//
+//	out[i*ostride + 16q + 4r] = Σ_b Σ_k W[4q+r] · X[i]   (block b of 256 values)
+//
+// with W's rows wstride bytes apart and X[i] the quantized activations at
+// xq + i*xqstride (nblocks blocks of q8xBlock bytes). Strides are in bytes.
+func genQ8(d dtype, N int) {
+	name := fmt.Sprintf("q8dot512%sN%d", d, N)
+	TEXT(name, NOSPLIT, q8Sig)
+	Doc(fmt.Sprintf("%s computes 4-row x %d-input dot products of %s weights with 8-bit activations (see genQ8).", name, N, d))
+	var bb int
+	switch d {
+	case dQ4K:
+		bb = 144
+	case dQ6K:
+		bb = 210
+	default:
+		panic("genQ8: " + d.String())
+	}
+	ws := ld("wstride")
+	wq := ld("w")
+	oq := ld("out")
+
+	c0F := ZMM()
+	VPBROADCASTD(cB0F, c0F)
+	var c30 VecVirtual
+	if d == dQ6K {
+		c30 = ZMM()
+		VPBROADCASTD(cB30, c30)
+	}
+	var idx [4]VecVirtual
+	for c := range idx {
+		idx[c] = ZMM()
+		if d == dQ4K {
+			VMOVDQU64(cQ8IdxQ4[c], idx[c])
+		} else {
+			VMOVDQU64(cQ8IdxQ6[c], idx[c])
+		}
+	}
+	acc := make([][]VecVirtual, 4)
+	for r := range acc {
+		acc[r] = make([]VecVirtual, N)
+		for i := range acc[r] {
+			acc[r][i] = ZMM()
+		}
+	}
+
+	Label(name + "_quad")
+	w0 := GP64()
+	MOVQ(wq, w0)
+	w3 := GP64()
+	LEAQ(Mem{Base: wq, Index: ws, Scale: 2}, w3)
+	ADDQ(ws, w3)
+	// Prefetch the rows two quads ahead (into L1), as many lines per block as
+	// the block spans: the rows are four streams the hardware prefetcher
+	// alone does not keep ahead of.
+	pq := GP64()
+	LEAQ(Mem{Base: wq, Index: ws, Scale: 8}, pq)
+	xp := ld("xq")
+	var xs GPVirtual
+	if N > 1 {
+		xs = ld("xqstride")
+	}
+	cnt := ld("nblocks")
+	for r := range acc {
+		for _, a := range acc[r] {
+			VXORPS(a, a, a)
+		}
+	}
+	rowMem := func(r, off int) Mem {
+		switch r {
+		case 0:
+			return Mem{Base: w0, Disp: off}
+		case 1:
+			return Mem{Base: w0, Index: ws, Scale: 1, Disp: off}
+		case 2:
+			return Mem{Base: w0, Index: ws, Scale: 2, Disp: off}
+		}
+		return Mem{Base: w3, Disp: off}
+	}
+	xMem := func(i, off int) Mem {
+		if i == 0 {
+			return Mem{Base: xp, Disp: off}
+		}
+		return Mem{Base: xp, Index: xs, Scale: 1, Disp: off}
+	}
+
+	Label(name + "_blk")
+	for r := 0; r < 4; r++ {
+		for off := 0; off < bb; off += 64 {
+			switch r {
+			case 0:
+				PREFETCHT0(Mem{Base: pq, Disp: off})
+			case 1:
+				PREFETCHT0(Mem{Base: pq, Index: ws, Scale: 1, Disp: off})
+			case 2:
+				PREFETCHT0(Mem{Base: pq, Index: ws, Scale: 2, Disp: off})
+			default:
+				PREFETCHT0(Mem{Base: w3, Index: ws, Scale: 8, Disp: off})
+			}
+		}
+		isum := make([]VecVirtual, N)
+		for i := range isum {
+			isum[i] = ZMM()
+		}
+		switch d {
+		case dQ4K:
+			q8RowQ4K(r, N, rowMem, xMem, c0F, idx, isum, acc)
+		case dQ6K:
+			q8RowQ6K(r, N, rowMem, xMem, c0F, c30, idx, isum, acc)
+		}
+	}
+	ADDQ(U32(bb), w0)
+	ADDQ(U32(bb), w3)
+	ADDQ(U32(bb), pq)
+	ADDQ(U32(q8xBlock), xp)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+
+	var os GPVirtual
+	if N > 1 {
+		os = ld("ostride")
+	}
+	op := GP64()
+	MOVQ(oq, op)
+	for i := 0; i < N; i++ {
+		s := reduce4(isa512, acc[0][i], acc[1][i], acc[2][i], acc[3][i])
+		VMOVUPS(s, Mem{Base: op})
+		if i+1 < N {
+			ADDQ(os, op)
+		}
+	}
+	ADDQ(U8(16), oq)
+	LEAQ(Mem{Base: wq, Index: ws, Scale: 4}, wq)
+	DECQ(paddr("nquads"))
+	JNZ(LabelRef(name + "_quad"))
+	VZEROUPPER()
+	RET()
+}
+
+// q8RowQ4K adds row r's block to acc[r][i]:
+//
+//	dx_i · (d·Σ_j sc_j·Σ q·x_i − dmin·Σ_j m_j·Σ x_i)
+//
+// Q4_K block: d, dmin (f16) at 0 and 2, 12 bytes of 6-bit scales and mins at
+// 4, 128 bytes of nibbles at 16 (values 64c+l: low nibble of byte 32c+l for
+// l < 32, high nibble of byte 32c+l-32 above).
+func q8RowQ4K(r, N int, rowMem func(r, off int) Mem, xMem func(i, off int) Mem, c0F VecVirtual, idx [4]VecVirtual, isum []VecVirtual, acc [][]VecVirtual) {
+	// Scales and mins, one byte each (u0 = bytes 4..7, u1 = 8..11, u2 = 12..15):
+	// sc[0..3] = u0 & 0x3f, m[0..3] = u1 & 0x3f,
+	// sc[4..7] = (u2 & 0xf) | (u0 >> 6) << 4, m[4..7] = (u2 >> 4) | (u1 >> 6) << 4.
+	u0, u1, u2, t := GP64(), GP64(), GP64(), GP64()
+	MOVL(rowMem(r, 4), u0.As32())
+	MOVL(rowMem(r, 8), u1.As32())
+	MOVL(rowMem(r, 12), u2.As32())
+	MOVL(u0.As32(), t.As32())
+	SHRL(U8(2), t.As32())
+	ANDL(U32(0x30303030), t.As32())
+	ANDL(U32(0x3F3F3F3F), u0.As32())
+	sc := GP64()
+	MOVL(u2.As32(), sc.As32())
+	ANDL(U32(0x0F0F0F0F), sc.As32())
+	ORL(t.As32(), sc.As32())
+	SHLQ(U8(32), sc)
+	ORQ(u0, sc)
+	MOVL(u1.As32(), t.As32())
+	SHRL(U8(2), t.As32())
+	ANDL(U32(0x30303030), t.As32())
+	ANDL(U32(0x3F3F3F3F), u1.As32())
+	SHRL(U8(4), u2.As32())
+	ANDL(U32(0x0F0F0F0F), u2.As32())
+	ORL(t.As32(), u2.As32())
+	SHLQ(U8(32), u2)
+	ORQ(u1, u2)
+
+	// The 8 scale bytes in every qword; chunk c's scale words by VPSHUFB.
+	tab := ZMM()
+	VMOVQ(sc, tab.AsX())
+	VPBROADCASTQ(tab.AsX(), tab)
+	mins := ZMM()
+	VMOVQ(u2, mins.AsX())
+	VPMOVZXBW(mins.AsX(), mins.AsX())
+
+	// Two partial sums per input row (chunks 0-1 and 2-3) to halve the
+	// dependency chain.
+	part := make([][2]VecVirtual, N)
+	for i := range part {
+		part[i] = [2]VecVirtual{isum[i], ZMM()}
+	}
+	for c := 0; c < 4; c++ {
+		q := ZMM()
+		VBROADCASTI64X4(rowMem(r, 16+32*c), q)
+		VPSRLVW(cQ8ShQ4, q, q)
+		VPANDD(c0F, q, q)
+		scv := ZMM()
+		VPSHUFB(idx[c], tab, scv)
+		for i := 0; i < N; i++ {
+			p := ZMM()
+			VPMADDUBSW(xMem(i, 64*c), q, p)
+			if c%2 == 0 {
+				VPMADDWD(scv, p, part[i][c/2])
+			} else {
+				VPDPWSSD(scv, p, part[i][c/2])
+			}
+		}
+	}
+	// d, dmin as float32 [d, dmin, d, dmin, ...], then each broadcast.
+	dd := ZMM()
+	VPBROADCASTD(rowMem(r, 0), dd.AsY())
+	VCVTPH2PS(dd.AsY(), dd)
+	dD, dM := ZMM(), ZMM()
+	VMOVSLDUP(dd, dD)
+	VMOVSHDUP(dd, dM)
+	for i := 0; i < N; i++ {
+		ms := ZMM()
+		VPMADDWD(xMem(i, q8xBsum32), mins.AsX(), ms.AsX())
+		VPADDD(part[i][1], part[i][0], isum[i])
+		fD, fM := ZMM(), ZMM()
+		VMULPS_BCST(xMem(i, q8xD), dD, fD)
+		VMULPS_BCST(xMem(i, q8xD), dM, fM)
+		cv, mv := ZMM(), ZMM()
+		VCVTDQ2PS(isum[i], cv)
+		VCVTDQ2PS(ms, mv)
+		VFMADD231PS(fD, cv, acc[r][i])
+		VFNMADD231PS(fM, mv, acc[r][i])
+	}
+}
+
+// q8RowQ6K adds row r's block to acc[r][i]: dx_i·d·Σ_g sc_g·Σ (q−32)·x_i.
+//
+// Q6_K block: 128 bytes of low nibbles at 0, 64 bytes of high bit pairs at
+// 128, 16 int8 scales at 192, d (f16) at 208. Half h (values 128h..128h+127)
+// reads ql[64h..64h+63] and qh[32h..32h+31]: value 128h+l is
+// ql[l]&15 | (qh[l]>>0&3)<<4 (l < 32), ql[l]&15 | (qh[l-32]>>2&3)<<4 (l < 64),
+// ql[l-64]>>4 | (qh[l-64]>>4&3)<<4 (l < 96), ql[l-64]>>4 | (qh[l-96]>>6&3)<<4.
+func q8RowQ6K(r, N int, rowMem func(r, off int) Mem, xMem func(i, off int) Mem, c0F, c30 VecVirtual, idx [4]VecVirtual, isum []VecVirtual, acc [][]VecVirtual) {
+	tab := ZMM()
+	VPMOVSXBW(rowMem(r, 192), tab.AsY())
+	// The −32 offset: 32·Σ_g sc_g·Σ_{16 values} x (32·sc fits int16).
+	mo := make([]VecVirtual, N)
+	sc32 := ZMM()
+	VPSLLW(U8(5), tab.AsY(), sc32.AsY())
+	for i := 0; i < N; i++ {
+		mo[i] = ZMM()
+		VPMADDWD(xMem(i, q8xBsum16), sc32.AsY(), mo[i].AsY())
+	}
+	// One partial sum per half and input row (shorter dependency chains).
+	hs := make([][2]VecVirtual, N)
+	for i := range hs {
+		hs[i] = [2]VecVirtual{ZMM(), ZMM()}
+	}
+	for h := 0; h < 2; h++ {
+		ql := ZMM()
+		VMOVDQU64(rowMem(r, 64*h), ql)
+		qh := ZMM()
+		VBROADCASTI64X4(rowMem(r, 128+32*h), qh)
+		for part := 0; part < 2; part++ {
+			u := ZMM()
+			if part == 0 {
+				VPSLLVW(cQ8ShQ6A, qh, u)
+			} else {
+				VPSRLW(U8(4), ql, ql)
+				VPSRLVW(cQ8ShQ6B, qh, u)
+			}
+			VPANDD(c30, u, u)
+			// u |= ql & 0x0f
+			VPTERNLOGD(U8(0xF8), c0F, ql, u)
+			c := 2*h + part
+			scv := ZMM()
+			VPERMW(tab, idx[c], scv)
+			for i := 0; i < N; i++ {
+				p := ZMM()
+				VPMADDUBSW(xMem(i, 64*c), u, p)
+				if part == 0 {
+					VPMADDWD(scv, p, hs[i][h])
+				} else {
+					VPDPWSSD(scv, p, hs[i][h])
+				}
+			}
+		}
+	}
+	dv := ZMM()
+	VPBROADCASTW(rowMem(r, 208), dv.AsY())
+	VCVTPH2PS(dv.AsY(), dv)
+	for i := 0; i < N; i++ {
+		VPSUBD(mo[i], hs[i][0], hs[i][0])
+		VPADDD(hs[i][1], hs[i][0], isum[i])
+		f := ZMM()
+		VMULPS_BCST(xMem(i, q8xD), dv, f)
+		cv := ZMM()
+		VCVTDQ2PS(isum[i], cv)
+		VFMADD231PS(f, cv, acc[r][i])
+	}
+}
+
+var (
+	cAbs   Mem // dword 0x7FFFFFFF
+	cF127  Mem // float32 127
+	cTiny  Mem // float32 1e-30: blocks whose largest |x| is below quantize to 0
+	cB80   Mem // dword 0x80808080
+	cW1    Mem // dword 0x00010001
+	cD2048 Mem // dword 2048
+)
+
+func genQ8QuantConsts() {
+	cAbs = data32("absmask", 0x7FFFFFFF)
+	cF127 = data32("float32v127", 0x42FE0000)
+	cTiny = data32("float32tiny", math.Float32bits(q8Tiny))
+	cB80 = data32("b80", 0x80808080)
+	cW1 = data32("w1", 0x00010001)
+	cD2048 = data32("dword2048", 2048)
+}
+
+// genQ8Quant emits quantQ8K512(x, nblocks, dst) bool: the AVX-512 twin of
+// quantizeQ8KRef (package kernels), byte for byte: per block of 256 values
+// d = amax/127, q = round-to-nearest-even(x·(127/amax)), the int16 sums of
+// q over 16 and 32 values, zero padding. It returns false if x holds an
+// infinity or a NaN (dst is then undefined).
+func genQ8Quant() {
+	name := "quantQ8K512"
+	TEXT(name, NOSPLIT, "func(x *float32, nblocks int, dst *byte) bool")
+	Doc(name + " quantizes nblocks blocks of 256 values of x to 8 bits at dst (see genQ8Quant).")
+	px := ld("x")
+	nb := ld("nblocks")
+	pd := ld("dst")
+	abs := ZMM()
+	VPBROADCASTD(cAbs, abs)
+	bad := K()
+	KXORW(bad, bad, bad)
+	zero := ZMM()
+	VPXORD(zero, zero, zero)
+
+	Label(name + "_blk")
+	v := make([]VecVirtual, 16)
+	m := ZMM()
+	VXORPS(m, m, m)
+	for g := range v {
+		v[g] = ZMM()
+		VMOVUPS(Mem{Base: px, Disp: 64 * g}, v[g])
+		k := K()
+		VFPCLASSPSZ(U8(0x99), v[g], k) // QNaN, +Inf, -Inf, SNaN
+		KORW(k, bad, bad)
+		t := ZMM()
+		VANDPS(abs, v[g], t)
+		VMAXPS(t, m, m)
+	}
+	// Horizontal max into every lane of the low xmm.
+	h := ZMM()
+	VEXTRACTF64X4(U8(1), m, h.AsY())
+	VMAXPS(h.AsY(), m.AsY(), m.AsY())
+	VEXTRACTF32X4(U8(1), m.AsY(), h.AsX())
+	VMAXPS(h.AsX(), m.AsX(), m.AsX())
+	VPERMILPS(U8(0x4E), m.AsX(), h.AsX())
+	VMAXPS(h.AsX(), m.AsX(), m.AsX())
+	VPERMILPS(U8(0xB1), m.AsX(), h.AsX())
+	VMAXPS(h.AsX(), m.AsX(), m.AsX())
+	// d = amax/127 and id = 127/amax, both 0 for a (near-)zero block.
+	d, id := ZMM(), ZMM()
+	VXORPS(d, d, d)
+	VXORPS(id, id, id)
+	VUCOMISS(cTiny, m.AsX())
+	JCS(LabelRef(name + "_zero")) // amax < tiny (or unordered: then bad is set)
+	VMOVSS(cF127, id.AsX())
+	VDIVSS(m.AsX(), id.AsX(), id.AsX()) // 127/amax
+	t := ZMM()
+	VDIVSS(cF127, m.AsX(), t.AsX()) // amax/127 (lanes 1-3: amax)
+	VMOVSS(t.AsX(), d.AsX(), d.AsX())
+	Label(name + "_zero")
+	// Bytes [304, 320): d, then zero padding.
+	VMOVUPS(d.AsX(), Mem{Base: pd, Disp: q8xD})
+	VBROADCASTSS(id.AsX(), id)
+	for g := range v {
+		VMULPS(id, v[g], v[g])
+		VCVTPS2DQ(v[g], v[g])
+		VPMOVSDB(v[g], Mem{Base: pd, Disp: 16 * g})
+	}
+	// Group sums: SAD of the biased bytes (q+128) per 8 bytes, pairs added,
+	// the bias (16·128) taken off.
+	b80 := ZMM()
+	VPBROADCASTD(cB80, b80)
+	w1 := ZMM()
+	VPBROADCASTD(cW1, w1)
+	sums := ZMM()
+	for c := 0; c < 4; c++ {
+		q := ZMM()
+		VPXORD(Mem{Base: pd, Disp: 64 * c}, b80, q)
+		VPSADBW(zero, q, q)
+		s := ZMM()
+		VPMOVQW(q, s.AsX())
+		VPMADDWD(w1.AsX(), s.AsX(), s.AsX())
+		if c == 0 {
+			VMOVDQA64(s, sums)
+		} else {
+			VINSERTI32X4(U8(c), s.AsX(), sums, sums)
+		}
+	}
+	VPSUBD_BCST(cD2048, sums, sums)
+	s16 := ZMM()
+	VPMOVDW(sums, s16.AsY())
+	VMOVDQU(s16.AsY(), Mem{Base: pd, Disp: q8xBsum16})
+	VPMADDWD(w1.AsY(), s16.AsY(), s16.AsY())
+	VPMOVDW(s16.AsY(), Mem{Base: pd, Disp: q8xBsum32})
+	ADDQ(U32(1024), px)
+	ADDQ(U32(q8xBlock), pd)
+	DECQ(nb)
+	JNZ(LabelRef(name + "_blk"))
+	KORTESTW(bad, bad)
+	ok := GP8()
+	SETEQ(ok)
+	Store(ok, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}

@@ -1,0 +1,10 @@
+//go:build purego || !amd64
+
+package kernels
+
+// planQ8: no integer kernels on this build.
+func planQ8(*callCtx, Level) bool { return false }
+
+func hasQ8Kernels() bool { return false }
+
+func quantizeQ8KAsm([]byte, []float32, int) (ok, done bool) { return false, false }

@@ -1,0 +1,117 @@
+package kernels
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+// TestMatMulQ8 checks the integer kernels against their plain twin
+// (matMulQ8Ref: float32 rounding apart, the same function) and against the
+// float32 reference within the error of 8-bit activations.
+func TestMatMulQ8(t *testing.T) {
+	if KernelLevel() < LevelAVX512 || !hasQ8Kernels() {
+		t.Skip("no integer kernels on this CPU")
+	}
+	rng := rand.New(rand.NewPCG(8, 8))
+	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q6_K} {
+		for _, rows := range []int{1, 3, 4, 7, 33, 260} {
+			for _, cols := range []int{256, 768, 1536} {
+				w := randMatrix(rng, dt, rows, cols)
+				for _, n := range []int{1, 2, 3, 5, q8MaxRows} {
+					x := randVec(rng, n*cols)
+					abs := absRef(w, x, n)
+					want := make([]float32, n*rows)
+					matMulQ8Ref(want, w, x, n)
+					exact := make([]float32, n*rows)
+					MatMulRef(exact, w, x, n)
+					for _, th := range []int{1, 2} {
+						got := make([]float32, n*rows+1)
+						got[n*rows] = 42
+						withThreads(th, func() { MatMul(got, w, x, n) })
+						if got[n*rows] != 42 {
+							t.Fatalf("%v: wrote past out", dt)
+						}
+						what := fmt.Sprintf("%v [%d,%d] n=%d threads=%d", dt, rows, cols, n, th)
+						for i := range want {
+							// Twin: float32 rounding of the per-block scaling.
+							if d := math.Abs(float64(got[i] - want[i])); d > 1e-5*float64(abs[i])+1e-30 {
+								t.Fatalf("%s: out[%d] = %g, twin %g (|w·x| %g)", what, i, got[i], want[i], abs[i])
+							}
+							// Float32 reference: 8-bit activations err by at most
+							// half a step (amax/254) per value.
+							if d := math.Abs(float64(got[i] - exact[i])); d > 0.01*float64(abs[i]) {
+								t.Fatalf("%s: out[%d] = %g, float32 ref %g (|w·x| %g)", what, i, got[i], exact[i], abs[i])
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestQuantizeQ8K checks the activation blocks: values within half a step,
+// the group sums, and non-finite inputs refused.
+func TestQuantizeQ8K(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	x := randVec(rng, 512)
+	x[3] = 0
+	x[300] = -7 // the block's extreme: q = -127 exactly
+	buf := make([]byte, 2*q8xBlockBytes)
+	if !quantizeQ8K(buf, x) {
+		t.Fatal("finite input refused")
+	}
+	for b := 0; b < 2; b++ {
+		blk := buf[b*q8xBlockBytes:]
+		d := math.Float32frombits(uint32(blk[304]) | uint32(blk[305])<<8 | uint32(blk[306])<<16 | uint32(blk[307])<<24)
+		var s16 [16]int
+		for l := 0; l < 256; l++ {
+			q := int(int8(blk[l]))
+			if e := math.Abs(float64(x[b*256+l] - d*float32(q))); e > 0.5001*float64(d) {
+				t.Fatalf("block %d value %d: %g quantized to %d·%g", b, l, x[b*256+l], q, d)
+			}
+			s16[l/16] += q
+		}
+		for g := 0; g < 16; g++ {
+			if got := int(int16(uint16(blk[256+2*g]) | uint16(blk[257+2*g])<<8)); got != s16[g] {
+				t.Fatalf("block %d: sum16[%d] = %d, want %d", b, g, got, s16[g])
+			}
+			if g%2 == 1 {
+				if got := int(int16(uint16(blk[288+g-1]) | uint16(blk[289+g-1])<<8)); got != s16[g-1]+s16[g] {
+					t.Fatalf("block %d: sum32[%d] = %d, want %d", b, g/2, got, s16[g-1]+s16[g])
+				}
+			}
+		}
+	}
+	if int8(buf[q8xBlockBytes+300-256]) != -127 {
+		t.Fatalf("extreme value quantized to %d", int8(buf[q8xBlockBytes+300-256]))
+	}
+	// The assembly writes the same bytes as the Go twin.
+	for _, y := range [][]float32{x, make([]float32, 512), randVec(rng, 1536)} {
+		y[len(y)-1] = 1e-31
+		got := make([]byte, len(y)/256*q8xBlockBytes)
+		want := make([]byte, len(got))
+		for i := range got {
+			got[i], want[i] = 0xAA, 0x55
+		}
+		if !quantizeQ8K(got, y) || !quantizeQ8KRef(want, y) {
+			t.Fatal("finite input refused")
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("len %d: byte %d (block %d offset %d) = %#x, Go twin %#x", len(y), i, i/q8xBlockBytes, i%q8xBlockBytes, got[i], want[i])
+			}
+		}
+	}
+	for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))} {
+		y := append([]float32(nil), x...)
+		y[100] = bad
+		if quantizeQ8K(buf, y) || quantizeQ8KRef(buf, y) {
+			t.Fatalf("%v accepted", bad)
+		}
+	}
+}

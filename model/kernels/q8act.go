@@ -1,0 +1,228 @@
+package kernels
+
+import (
+	"encoding/binary"
+	"math"
+	"os"
+	"sync/atomic"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+// 8-bit activations.
+//
+// For the K-quant weight types with integer kernels (Q4_K, Q6_K), small
+// products (decode: up to q8MaxRows input rows) quantize each input row to
+// 8 bits per block of 256 values and compute the block dot products in
+// integers, as llama.cpp does on CPUs (its Q8_K): the weights' 4- or 6-bit
+// codes times the activations' int8 with VPMADDUBSW, scaled by the sub-block
+// scales with VPDPWSSD (AVX-512 VNNI), float32 only for the per-block
+// d·d_x. That does a block's work in about a quarter of the instructions of
+// widening the weights to float32, which is what keeps decode at memory
+// speed. The activations lose precision (int8 with one scale per 256 values,
+// relative error up to 1/254 per value): the same approximation llama.cpp
+// makes, whose logits the golden tests compare against.
+//
+// The layout of one quantized block (q8xBlockBytes):
+//
+//	[0, 256)    q: int8, x ≈ d·q (round to nearest even, |q| ≤ 127)
+//	[256, 288)  int16 sums of q over each 16 values
+//	[288, 304)  int16 sums of q over each 32 values
+//	[304, 308)  d: float32
+//
+// matMulQ8Ref is the plain twin of the integer kernels (exact integer block
+// sums, the same float32 scaling per block).
+
+const (
+	q8xBlockBytes = 320
+	q8xValues     = 256
+	// q8MaxRows is the most input rows for which the integer kernels are
+	// used (more rows amortise the float32 widening of the weights).
+	q8MaxRows = 8
+)
+
+// q8Fn is the signature of the integer kernels (internal/gen/q8.go): for
+// q < nquads, r < 4, i < N (the kernel's input rows), with strides in bytes,
+//
+//	out[i*ostride + 16q + 4r] = Σ_k W[4q+r][k] · X_i[k]
+//
+// where X_i is the quantized row at xq + i*xqstride (nblocks blocks).
+type q8Fn func(w *byte, wstride, nquads int, xq *byte, xqstride, nblocks int, out *float32, ostride int)
+
+// q8Act is SetQ8Activations' setting (default on; the
+// SWITCHYARD_Q8_ACTIVATIONS environment variable set to 0 turns it off).
+var q8Act atomic.Bool
+
+func init() { q8Act.Store(os.Getenv("SWITCHYARD_Q8_ACTIVATIONS") != "0") }
+
+// SetQ8Activations chooses whether small products with Q4_K and Q6_K weights
+// quantize the activations to 8 bits and run the integer kernels (on, the
+// default, where the CPU has AVX-512 VNNI) or widen the weights to float32
+// (off). It returns the previous setting. The batch-invariant mode (see
+// SetBatchInvariant) always widens.
+func SetQ8Activations(on bool) (prev bool) { return q8Act.Swap(on) }
+
+// Q8Activations reports the setting of SetQ8Activations.
+func Q8Activations() bool { return q8Act.Load() }
+
+// q8DType reports whether dt has integer kernels.
+func q8DType(dt tensor.DType) bool { return dt == tensor.Q4_K || dt == tensor.Q6_K }
+
+// q8Tiny: blocks whose largest |x| is below it quantize to zero (so that
+// 127/amax stays finite).
+const q8Tiny = 1e-30
+
+// quantizeQ8K quantizes x (len a multiple of 256) into dst, q8xBlockBytes per
+// 256 values. It reports false, leaving dst undefined, if x holds an infinity
+// or a NaN (those products widen the weights instead, so that they propagate
+// as in float32). The assembly (quantQ8K512) and quantizeQ8KRef write the
+// same bytes.
+func quantizeQ8K(dst []byte, x []float32) bool {
+	nb := len(x) / q8xValues
+	if nb == 0 {
+		return true
+	}
+	_ = dst[nb*q8xBlockBytes-1]
+	if ok, done := quantizeQ8KAsm(dst, x, nb); done {
+		return ok
+	}
+	return quantizeQ8KRef(dst, x)
+}
+
+// quantizeQ8KRef is quantizeQ8K in plain Go.
+func quantizeQ8KRef(dst []byte, x []float32) bool {
+	nb := len(x) / q8xValues
+	dst = dst[:nb*q8xBlockBytes]
+	for b := 0; b < nb; b++ {
+		xs := x[b*q8xValues : (b+1)*q8xValues]
+		blk := dst[b*q8xBlockBytes : (b+1)*q8xBlockBytes]
+		var amax float32
+		for _, v := range xs {
+			amax = max(amax, float32(math.Abs(float64(v))))
+		}
+		if amax != amax || math.IsInf(float64(amax), 0) {
+			return false
+		}
+		var d, id float32
+		if amax >= q8Tiny {
+			d = amax / 127
+			id = 127 / amax
+		}
+		qs := blk[:q8xValues]
+		for g := 0; g < 16; g++ {
+			var s int32
+			for l := g * 16; l < g*16+16; l++ {
+				v := xs[l] * id
+				// Round to nearest even: adding 1.5·2²³ leaves the rounded
+				// integer in the low mantissa bits (|v| ≤ 127).
+				q := int32(math.Float32bits(v+12582912)) - 0x4B400000
+				q = min(127, max(-127, q))
+				qs[l] = byte(int8(q))
+				s += q
+			}
+			binary.LittleEndian.PutUint16(blk[256+2*g:], uint16(int16(s)))
+			if g&1 == 1 {
+				s0 := int16(binary.LittleEndian.Uint16(blk[256+2*(g-1):]))
+				binary.LittleEndian.PutUint16(blk[288+2*(g/2):], uint16(s0+int16(s)))
+			}
+		}
+		binary.LittleEndian.PutUint32(blk[304:], math.Float32bits(d))
+		clear(blk[308:])
+	}
+	return true
+}
+
+// q8Usable reports whether MatMul may use 8-bit activations for this product.
+func q8Usable(w tensor.Matrix, n int, inv bool) bool {
+	return q8Act.Load() && !inv && !batchInvariant.Load() && n <= q8MaxRows &&
+		q8DType(w.DType) && w.Cols%q8xValues == 0 && w.Cols > 0
+}
+
+// usesQ8 reports whether MatMul at the current level runs the integer kernels
+// for this product (finite x assumed).
+func usesQ8(w tensor.Matrix, n int) bool {
+	return KernelLevel() >= LevelAVX512 && hasQ8Kernels() && q8Usable(w, n, false)
+}
+
+// matMulQ8Ref is the reference twin of the integer kernels: out = x·Wᵀ with
+// x quantized by quantizeQ8K, W of dtype Q4_K or Q6_K.
+func matMulQ8Ref(out []float32, w tensor.Matrix, x []float32, n int) {
+	k := w.Cols
+	nb := k / q8xValues
+	xq := make([]byte, nb*q8xBlockBytes)
+	for i := 0; i < n; i++ {
+		if !quantizeQ8K(xq, x[i*k:(i+1)*k]) {
+			MatMulRef(out[i*w.Rows:(i+1)*w.Rows], w, x[i*k:(i+1)*k], 1)
+			continue
+		}
+		for r := 0; r < w.Rows; r++ {
+			out[i*w.Rows+r] = dotQ8Ref(w.DType, w.Row(r), xq, nb)
+		}
+	}
+}
+
+// dotQ8Ref is one row's dot product with a quantized x: per block, the exact
+// integer sums, then d_x·(d·Σ sc·Σq·q_x − dmin·Σ m·Σq_x) in float32.
+func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
+	var acc float32
+	for b := 0; b < nb; b++ {
+		xb := xq[b*q8xBlockBytes : (b+1)*q8xBlockBytes]
+		dx := math.Float32frombits(binary.LittleEndian.Uint32(xb[304:]))
+		qx := func(l int) int32 { return int32(int8(xb[l])) }
+		switch dt {
+		case tensor.Q4_K:
+			blk := row[b*144 : (b+1)*144]
+			d := tensor.F16ToF32(binary.LittleEndian.Uint16(blk))
+			dmin := tensor.F16ToF32(binary.LittleEndian.Uint16(blk[2:]))
+			var isum, msum int32
+			for j := 0; j < 8; j++ {
+				sc, m := q4KScaleMin(blk[4:16], j)
+				var s, sx int32
+				for l := 0; l < 32; l++ {
+					q := int32(blk[16+32*(j/2)+l])
+					if j&1 == 1 {
+						q >>= 4
+					}
+					s += (q & 15) * qx(32*j+l)
+					sx += qx(32*j + l)
+				}
+				isum += int32(sc) * s
+				msum += int32(m) * sx
+			}
+			acc += dx * (d*float32(isum) - dmin*float32(msum))
+		case tensor.Q6_K:
+			blk := row[b*210 : (b+1)*210]
+			d := tensor.F16ToF32(binary.LittleEndian.Uint16(blk[208:]))
+			var isum int32
+			for v := 0; v < 256; v++ {
+				h, l := v/128, v%128
+				ql, qh := blk[64*h:], blk[128+32*h:]
+				var q int32
+				switch l / 32 {
+				case 0:
+					q = int32(ql[l]&15) | int32(qh[l]&3)<<4
+				case 1:
+					q = int32(ql[l]&15) | int32(qh[l-32]>>2&3)<<4
+				case 2:
+					q = int32(ql[l-64]>>4) | int32(qh[l-64]>>4&3)<<4
+				default:
+					q = int32(ql[l-64]>>4) | int32(qh[l-96]>>6&3)<<4
+				}
+				isum += int32(int8(blk[192+v/16])) * (q - 32) * qx(v)
+			}
+			acc += dx * (d * float32(isum))
+		default:
+			panic("kernels: dotQ8Ref of " + dt.String())
+		}
+	}
+	return acc
+}
+
+// q4KScaleMin unpacks the 6-bit scale and min of sub-block j from a Q4_K
+// block's 12 scale bytes.
+func q4KScaleMin(s []byte, j int) (sc, m uint8) {
+	if j < 4 {
+		return s[j] & 63, s[j+4] & 63
+	}
+	return s[j+4]&15 | (s[j-4]>>6)<<4, s[j+4]>>4 | (s[j]>>6)<<4
+}
