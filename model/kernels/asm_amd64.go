@@ -523,6 +523,12 @@ func q8dot512Q4KN1(w *byte, wstride int, nquads int, xq *byte, xqstride int, nbl
 // q8dot512Q4KN2 computes 4-row x 2-input dot products of Q4K weights with 8-bit activations (see genQ8).
 func q8dot512Q4KN2(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512Q5KN1 computes 4-row x 1-input dot products of Q5K weights with 8-bit activations (see genQ8).
+func q8dot512Q5KN1(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512Q5KN2 computes 4-row x 2-input dot products of Q5K weights with 8-bit activations (see genQ8).
+func q8dot512Q5KN2(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot512Q6KN1 computes 4-row x 1-input dot products of Q6K weights with 8-bit activations (see genQ8).
 func q8dot512Q6KN1(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 

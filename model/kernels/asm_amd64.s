@@ -246,6 +246,9 @@ GLOBL b0f<>(SB), RODATA|NOPTR, $4
 DATA b30<>+0(SB)/4, $0x30303030
 GLOBL b30<>(SB), RODATA|NOPTR, $4
 
+DATA b10<>+0(SB)/4, $0x10101010
+GLOBL b10<>(SB), RODATA|NOPTR, $4
+
 DATA q8idxq4_0<>+0(SB)/4, $0x80008000
 DATA q8idxq4_0<>+4(SB)/4, $0x80008000
 DATA q8idxq4_0<>+8(SB)/4, $0x80008000
@@ -281,6 +284,24 @@ DATA q8idxq6_0<>+52(SB)/4, $0x00030003
 DATA q8idxq6_0<>+56(SB)/4, $0x00030003
 DATA q8idxq6_0<>+60(SB)/4, $0x00030003
 GLOBL q8idxq6_0<>(SB), RODATA|NOPTR, $64
+
+DATA q8q5bit_0<>+0(SB)/4, $0x01010101
+DATA q8q5bit_0<>+4(SB)/4, $0x01010101
+DATA q8q5bit_0<>+8(SB)/4, $0x01010101
+DATA q8q5bit_0<>+12(SB)/4, $0x01010101
+DATA q8q5bit_0<>+16(SB)/4, $0x01010101
+DATA q8q5bit_0<>+20(SB)/4, $0x01010101
+DATA q8q5bit_0<>+24(SB)/4, $0x01010101
+DATA q8q5bit_0<>+28(SB)/4, $0x01010101
+DATA q8q5bit_0<>+32(SB)/4, $0x02020202
+DATA q8q5bit_0<>+36(SB)/4, $0x02020202
+DATA q8q5bit_0<>+40(SB)/4, $0x02020202
+DATA q8q5bit_0<>+44(SB)/4, $0x02020202
+DATA q8q5bit_0<>+48(SB)/4, $0x02020202
+DATA q8q5bit_0<>+52(SB)/4, $0x02020202
+DATA q8q5bit_0<>+56(SB)/4, $0x02020202
+DATA q8q5bit_0<>+60(SB)/4, $0x02020202
+GLOBL q8q5bit_0<>(SB), RODATA|NOPTR, $64
 
 DATA q8idxq4_1<>+0(SB)/4, $0x80028002
 DATA q8idxq4_1<>+4(SB)/4, $0x80028002
@@ -318,6 +339,24 @@ DATA q8idxq6_1<>+56(SB)/4, $0x00070007
 DATA q8idxq6_1<>+60(SB)/4, $0x00070007
 GLOBL q8idxq6_1<>(SB), RODATA|NOPTR, $64
 
+DATA q8q5bit_1<>+0(SB)/4, $0x04040404
+DATA q8q5bit_1<>+4(SB)/4, $0x04040404
+DATA q8q5bit_1<>+8(SB)/4, $0x04040404
+DATA q8q5bit_1<>+12(SB)/4, $0x04040404
+DATA q8q5bit_1<>+16(SB)/4, $0x04040404
+DATA q8q5bit_1<>+20(SB)/4, $0x04040404
+DATA q8q5bit_1<>+24(SB)/4, $0x04040404
+DATA q8q5bit_1<>+28(SB)/4, $0x04040404
+DATA q8q5bit_1<>+32(SB)/4, $0x08080808
+DATA q8q5bit_1<>+36(SB)/4, $0x08080808
+DATA q8q5bit_1<>+40(SB)/4, $0x08080808
+DATA q8q5bit_1<>+44(SB)/4, $0x08080808
+DATA q8q5bit_1<>+48(SB)/4, $0x08080808
+DATA q8q5bit_1<>+52(SB)/4, $0x08080808
+DATA q8q5bit_1<>+56(SB)/4, $0x08080808
+DATA q8q5bit_1<>+60(SB)/4, $0x08080808
+GLOBL q8q5bit_1<>(SB), RODATA|NOPTR, $64
+
 DATA q8idxq4_2<>+0(SB)/4, $0x80048004
 DATA q8idxq4_2<>+4(SB)/4, $0x80048004
 DATA q8idxq4_2<>+8(SB)/4, $0x80048004
@@ -354,6 +393,24 @@ DATA q8idxq6_2<>+56(SB)/4, $0x000b000b
 DATA q8idxq6_2<>+60(SB)/4, $0x000b000b
 GLOBL q8idxq6_2<>(SB), RODATA|NOPTR, $64
 
+DATA q8q5bit_2<>+0(SB)/4, $0x10101010
+DATA q8q5bit_2<>+4(SB)/4, $0x10101010
+DATA q8q5bit_2<>+8(SB)/4, $0x10101010
+DATA q8q5bit_2<>+12(SB)/4, $0x10101010
+DATA q8q5bit_2<>+16(SB)/4, $0x10101010
+DATA q8q5bit_2<>+20(SB)/4, $0x10101010
+DATA q8q5bit_2<>+24(SB)/4, $0x10101010
+DATA q8q5bit_2<>+28(SB)/4, $0x10101010
+DATA q8q5bit_2<>+32(SB)/4, $0x20202020
+DATA q8q5bit_2<>+36(SB)/4, $0x20202020
+DATA q8q5bit_2<>+40(SB)/4, $0x20202020
+DATA q8q5bit_2<>+44(SB)/4, $0x20202020
+DATA q8q5bit_2<>+48(SB)/4, $0x20202020
+DATA q8q5bit_2<>+52(SB)/4, $0x20202020
+DATA q8q5bit_2<>+56(SB)/4, $0x20202020
+DATA q8q5bit_2<>+60(SB)/4, $0x20202020
+GLOBL q8q5bit_2<>(SB), RODATA|NOPTR, $64
+
 DATA q8idxq4_3<>+0(SB)/4, $0x80068006
 DATA q8idxq4_3<>+4(SB)/4, $0x80068006
 DATA q8idxq4_3<>+8(SB)/4, $0x80068006
@@ -389,6 +446,24 @@ DATA q8idxq6_3<>+52(SB)/4, $0x000f000f
 DATA q8idxq6_3<>+56(SB)/4, $0x000f000f
 DATA q8idxq6_3<>+60(SB)/4, $0x000f000f
 GLOBL q8idxq6_3<>(SB), RODATA|NOPTR, $64
+
+DATA q8q5bit_3<>+0(SB)/4, $0x40404040
+DATA q8q5bit_3<>+4(SB)/4, $0x40404040
+DATA q8q5bit_3<>+8(SB)/4, $0x40404040
+DATA q8q5bit_3<>+12(SB)/4, $0x40404040
+DATA q8q5bit_3<>+16(SB)/4, $0x40404040
+DATA q8q5bit_3<>+20(SB)/4, $0x40404040
+DATA q8q5bit_3<>+24(SB)/4, $0x40404040
+DATA q8q5bit_3<>+28(SB)/4, $0x40404040
+DATA q8q5bit_3<>+32(SB)/4, $0x80808080
+DATA q8q5bit_3<>+36(SB)/4, $0x80808080
+DATA q8q5bit_3<>+40(SB)/4, $0x80808080
+DATA q8q5bit_3<>+44(SB)/4, $0x80808080
+DATA q8q5bit_3<>+48(SB)/4, $0x80808080
+DATA q8q5bit_3<>+52(SB)/4, $0x80808080
+DATA q8q5bit_3<>+56(SB)/4, $0x80808080
+DATA q8q5bit_3<>+60(SB)/4, $0x80808080
+GLOBL q8q5bit_3<>(SB), RODATA|NOPTR, $64
 
 DATA absmask<>+0(SB)/4, $0x7fffffff
 GLOBL absmask<>(SB), RODATA|NOPTR, $4
@@ -74068,6 +74143,789 @@ q8dot512Q4KN2_blk:
 	LEAQ            (CX)(AX*4), CX
 	DECQ            nquads+16(FP)
 	JNZ             q8dot512Q4KN2_quad
+	VZEROUPPER
+	RET
+
+// func q8dot512Q5KN1(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+TEXT ·q8dot512Q5KN1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+	VMOVDQU64    q8idxq4_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq4_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq4_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq4_3<>+0(SB), Z5
+
+q8dot512Q5KN1_quad:
+	MOVQ   CX, BX
+	LEAQ   (CX)(AX*2), SI
+	ADDQ   AX, SI
+	LEAQ   (CX)(AX*8), DI
+	MOVQ   xq+24(FP), R8
+	MOVQ   nblocks+40(FP), R9
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+	VXORPS Z9, Z9, Z9
+
+q8dot512Q5KN1_blk:
+	PREFETCHT0      (DI)
+	PREFETCHT0      64(DI)
+	PREFETCHT0      128(DI)
+	VBROADCASTI64X4 16(BX), Z11
+	MOVL            4(BX), R10
+	MOVL            8(BX), R11
+	MOVL            12(BX), R12
+	MOVL            R10, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R10
+	MOVL            R12, R14
+	ANDL            $0x0f0f0f0f, R14
+	ORL             R13, R14
+	SHLQ            $0x20, R14
+	ORQ             R10, R14
+	MOVL            R11, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R11
+	SHRL            $0x04, R12
+	ANDL            $0x0f0f0f0f, R12
+	ORL             R13, R12
+	SHLQ            $0x20, R12
+	ORQ             R11, R12
+	VMOVQ           R14, X12
+	VPBROADCASTQ    X12, Z12
+	VMOVQ           R12, X13
+	VPMOVZXBW       X13, X13
+	VBROADCASTI64X4 48(BX), Z10
+	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	VPTESTMB        q8q5bit_0<>+0(SB), Z11, K1
+	VPADDB          Z1, Z10, K1, Z10
+	VPSHUFB         Z2, Z12, Z14
+	VPMADDUBSW      (R8), Z10, Z10
+	VPMADDWD        Z14, Z10, Z10
+	VBROADCASTI64X4 80(BX), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPTESTMB        q8q5bit_1<>+0(SB), Z11, K1
+	VPADDB          Z1, Z14, K1, Z14
+	VPSHUFB         Z3, Z12, Z15
+	VPMADDUBSW      64(R8), Z14, Z14
+	VPDPWSSD        Z15, Z14, Z10
+	VBROADCASTI64X4 112(BX), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPTESTMB        q8q5bit_2<>+0(SB), Z11, K1
+	VPADDB          Z1, Z14, K1, Z14
+	VPSHUFB         Z4, Z12, Z15
+	VPMADDUBSW      128(R8), Z14, Z14
+	VPMADDWD        Z15, Z14, Z14
+	VBROADCASTI64X4 144(BX), Z15
+	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
+	VPANDD          Z0, Z15, Z15
+	VPTESTMB        q8q5bit_3<>+0(SB), Z11, K1
+	VPADDB          Z1, Z15, K1, Z15
+	VPSHUFB         Z5, Z12, Z11
+	VPMADDUBSW      192(R8), Z15, Z12
+	VPDPWSSD        Z11, Z12, Z14
+	VPBROADCASTD    (BX), Y11
+	VCVTPH2PS       Y11, Z11
+	VMOVSLDUP       Z11, Z12
+	VMOVSHDUP       Z11, Z11
+	VPMADDWD        288(R8), X13, X13
+	VPADDD          Z14, Z10, Z10
+	VMULPS.BCST     304(R8), Z12, Z12
+	VMULPS.BCST     304(R8), Z11, Z11
+	VCVTDQ2PS       Z10, Z10
+	VCVTDQ2PS       Z13, Z14
+	VFMADD231PS     Z12, Z10, Z6
+	VFNMADD231PS    Z11, Z14, Z6
+	PREFETCHT0      (DI)(AX*1)
+	PREFETCHT0      64(DI)(AX*1)
+	PREFETCHT0      128(DI)(AX*1)
+	VBROADCASTI64X4 16(BX)(AX*1), Z11
+	MOVL            4(BX)(AX*1), R10
+	MOVL            8(BX)(AX*1), R11
+	MOVL            12(BX)(AX*1), R12
+	MOVL            R10, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R10
+	MOVL            R12, R14
+	ANDL            $0x0f0f0f0f, R14
+	ORL             R13, R14
+	SHLQ            $0x20, R14
+	ORQ             R10, R14
+	MOVL            R11, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R11
+	SHRL            $0x04, R12
+	ANDL            $0x0f0f0f0f, R12
+	ORL             R13, R12
+	SHLQ            $0x20, R12
+	ORQ             R11, R12
+	VMOVQ           R14, X12
+	VPBROADCASTQ    X12, Z12
+	VMOVQ           R12, X13
+	VPMOVZXBW       X13, X13
+	VBROADCASTI64X4 48(BX)(AX*1), Z10
+	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	VPTESTMB        q8q5bit_0<>+0(SB), Z11, K1
+	VPADDB          Z1, Z10, K1, Z10
+	VPSHUFB         Z2, Z12, Z14
+	VPMADDUBSW      (R8), Z10, Z10
+	VPMADDWD        Z14, Z10, Z10
+	VBROADCASTI64X4 80(BX)(AX*1), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPTESTMB        q8q5bit_1<>+0(SB), Z11, K1
+	VPADDB          Z1, Z14, K1, Z14
+	VPSHUFB         Z3, Z12, Z15
+	VPMADDUBSW      64(R8), Z14, Z14
+	VPDPWSSD        Z15, Z14, Z10
+	VBROADCASTI64X4 112(BX)(AX*1), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPTESTMB        q8q5bit_2<>+0(SB), Z11, K1
+	VPADDB          Z1, Z14, K1, Z14
+	VPSHUFB         Z4, Z12, Z15
+	VPMADDUBSW      128(R8), Z14, Z14
+	VPMADDWD        Z15, Z14, Z14
+	VBROADCASTI64X4 144(BX)(AX*1), Z15
+	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
+	VPANDD          Z0, Z15, Z15
+	VPTESTMB        q8q5bit_3<>+0(SB), Z11, K1
+	VPADDB          Z1, Z15, K1, Z15
+	VPSHUFB         Z5, Z12, Z11
+	VPMADDUBSW      192(R8), Z15, Z12
+	VPDPWSSD        Z11, Z12, Z14
+	VPBROADCASTD    (BX)(AX*1), Y11
+	VCVTPH2PS       Y11, Z11
+	VMOVSLDUP       Z11, Z12
+	VMOVSHDUP       Z11, Z11
+	VPMADDWD        288(R8), X13, X13
+	VPADDD          Z14, Z10, Z10
+	VMULPS.BCST     304(R8), Z12, Z12
+	VMULPS.BCST     304(R8), Z11, Z11
+	VCVTDQ2PS       Z10, Z10
+	VCVTDQ2PS       Z13, Z14
+	VFMADD231PS     Z12, Z10, Z7
+	VFNMADD231PS    Z11, Z14, Z7
+	PREFETCHT0      (DI)(AX*2)
+	PREFETCHT0      64(DI)(AX*2)
+	PREFETCHT0      128(DI)(AX*2)
+	VBROADCASTI64X4 16(BX)(AX*2), Z11
+	MOVL            4(BX)(AX*2), R10
+	MOVL            8(BX)(AX*2), R11
+	MOVL            12(BX)(AX*2), R12
+	MOVL            R10, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R10
+	MOVL            R12, R14
+	ANDL            $0x0f0f0f0f, R14
+	ORL             R13, R14
+	SHLQ            $0x20, R14
+	ORQ             R10, R14
+	MOVL            R11, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R11
+	SHRL            $0x04, R12
+	ANDL            $0x0f0f0f0f, R12
+	ORL             R13, R12
+	SHLQ            $0x20, R12
+	ORQ             R11, R12
+	VMOVQ           R14, X12
+	VPBROADCASTQ    X12, Z12
+	VMOVQ           R12, X13
+	VPMOVZXBW       X13, X13
+	VBROADCASTI64X4 48(BX)(AX*2), Z10
+	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	VPTESTMB        q8q5bit_0<>+0(SB), Z11, K1
+	VPADDB          Z1, Z10, K1, Z10
+	VPSHUFB         Z2, Z12, Z14
+	VPMADDUBSW      (R8), Z10, Z10
+	VPMADDWD        Z14, Z10, Z10
+	VBROADCASTI64X4 80(BX)(AX*2), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPTESTMB        q8q5bit_1<>+0(SB), Z11, K1
+	VPADDB          Z1, Z14, K1, Z14
+	VPSHUFB         Z3, Z12, Z15
+	VPMADDUBSW      64(R8), Z14, Z14
+	VPDPWSSD        Z15, Z14, Z10
+	VBROADCASTI64X4 112(BX)(AX*2), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPTESTMB        q8q5bit_2<>+0(SB), Z11, K1
+	VPADDB          Z1, Z14, K1, Z14
+	VPSHUFB         Z4, Z12, Z15
+	VPMADDUBSW      128(R8), Z14, Z14
+	VPMADDWD        Z15, Z14, Z14
+	VBROADCASTI64X4 144(BX)(AX*2), Z15
+	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
+	VPANDD          Z0, Z15, Z15
+	VPTESTMB        q8q5bit_3<>+0(SB), Z11, K1
+	VPADDB          Z1, Z15, K1, Z15
+	VPSHUFB         Z5, Z12, Z11
+	VPMADDUBSW      192(R8), Z15, Z12
+	VPDPWSSD        Z11, Z12, Z14
+	VPBROADCASTD    (BX)(AX*2), Y11
+	VCVTPH2PS       Y11, Z11
+	VMOVSLDUP       Z11, Z12
+	VMOVSHDUP       Z11, Z11
+	VPMADDWD        288(R8), X13, X13
+	VPADDD          Z14, Z10, Z10
+	VMULPS.BCST     304(R8), Z12, Z12
+	VMULPS.BCST     304(R8), Z11, Z11
+	VCVTDQ2PS       Z10, Z10
+	VCVTDQ2PS       Z13, Z14
+	VFMADD231PS     Z12, Z10, Z8
+	VFNMADD231PS    Z11, Z14, Z8
+	PREFETCHT0      (SI)(AX*8)
+	PREFETCHT0      64(SI)(AX*8)
+	PREFETCHT0      128(SI)(AX*8)
+	VBROADCASTI64X4 16(SI), Z11
+	MOVL            4(SI), R10
+	MOVL            8(SI), R11
+	MOVL            12(SI), R12
+	MOVL            R10, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R10
+	MOVL            R12, R14
+	ANDL            $0x0f0f0f0f, R14
+	ORL             R13, R14
+	SHLQ            $0x20, R14
+	ORQ             R10, R14
+	MOVL            R11, R13
+	SHRL            $0x02, R13
+	ANDL            $0x30303030, R13
+	ANDL            $0x3f3f3f3f, R11
+	SHRL            $0x04, R12
+	ANDL            $0x0f0f0f0f, R12
+	ORL             R13, R12
+	SHLQ            $0x20, R12
+	ORQ             R11, R12
+	VMOVQ           R14, X12
+	VPBROADCASTQ    X12, Z12
+	VMOVQ           R12, X13
+	VPMOVZXBW       X13, X13
+	VBROADCASTI64X4 48(SI), Z10
+	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	VPTESTMB        q8q5bit_0<>+0(SB), Z11, K1
+	VPADDB          Z1, Z10, K1, Z10
+	VPSHUFB         Z2, Z12, Z14
+	VPMADDUBSW      (R8), Z10, Z10
+	VPMADDWD        Z14, Z10, Z10
+	VBROADCASTI64X4 80(SI), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPTESTMB        q8q5bit_1<>+0(SB), Z11, K1
+	VPADDB          Z1, Z14, K1, Z14
+	VPSHUFB         Z3, Z12, Z15
+	VPMADDUBSW      64(R8), Z14, Z14
+	VPDPWSSD        Z15, Z14, Z10
+	VBROADCASTI64X4 112(SI), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPTESTMB        q8q5bit_2<>+0(SB), Z11, K1
+	VPADDB          Z1, Z14, K1, Z14
+	VPSHUFB         Z4, Z12, Z15
+	VPMADDUBSW      128(R8), Z14, Z14
+	VPMADDWD        Z15, Z14, Z14
+	VBROADCASTI64X4 144(SI), Z15
+	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
+	VPANDD          Z0, Z15, Z15
+	VPTESTMB        q8q5bit_3<>+0(SB), Z11, K1
+	VPADDB          Z1, Z15, K1, Z15
+	VPSHUFB         Z5, Z12, Z11
+	VPMADDUBSW      192(R8), Z15, Z12
+	VPDPWSSD        Z11, Z12, Z14
+	VPBROADCASTD    (SI), Y11
+	VCVTPH2PS       Y11, Z11
+	VMOVSLDUP       Z11, Z12
+	VMOVSHDUP       Z11, Z11
+	VPMADDWD        288(R8), X13, X13
+	VPADDD          Z14, Z10, Z10
+	VMULPS.BCST     304(R8), Z12, Z12
+	VMULPS.BCST     304(R8), Z11, Z11
+	VCVTDQ2PS       Z10, Z10
+	VCVTDQ2PS       Z13, Z14
+	VFMADD231PS     Z12, Z10, Z9
+	VFNMADD231PS    Z11, Z14, Z9
+	ADDQ            $0x000000b0, BX
+	ADDQ            $0x000000b0, SI
+	ADDQ            $0x000000b0, DI
+	ADDQ            $0x00000140, R8
+	DECQ            R9
+	JNZ             q8dot512Q5KN1_blk
+	MOVQ            DX, BX
+	VSHUFF32X4      $0x44, Z7, Z6, Z10
+	VSHUFF32X4      $0xee, Z7, Z6, Z6
+	VADDPS          Z6, Z10, Z7
+	VSHUFF32X4      $0x44, Z9, Z8, Z10
+	VSHUFF32X4      $0xee, Z9, Z8, Z6
+	VADDPS          Z6, Z10, Z6
+	VSHUFF32X4      $0x88, Z6, Z7, Z10
+	VSHUFF32X4      $0xdd, Z6, Z7, Z6
+	VADDPS          Z6, Z10, Z6
+	VPERMILPS       $0x4e, Z6, Z10
+	VADDPS          Z10, Z6, Z6
+	VPERMILPS       $0xb1, Z6, Z10
+	VADDPS          Z10, Z6, Z6
+	VMOVDQU32       redidx<>+0(SB), Z7
+	VPERMPS         Z6, Z7, Z10
+	VMOVUPS         X10, (BX)
+	ADDQ            $0x10, DX
+	LEAQ            (CX)(AX*4), CX
+	DECQ            nquads+16(FP)
+	JNZ             q8dot512Q5KN1_quad
+	VZEROUPPER
+	RET
+
+// func q8dot512Q5KN2(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+TEXT ·q8dot512Q5KN2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+	VMOVDQU64    q8idxq4_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq4_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq4_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq4_3<>+0(SB), Z5
+
+q8dot512Q5KN2_quad:
+	MOVQ   CX, BX
+	LEAQ   (CX)(AX*2), SI
+	ADDQ   AX, SI
+	LEAQ   (CX)(AX*8), DI
+	MOVQ   xq+24(FP), R8
+	MOVQ   xqstride+32(FP), R9
+	MOVQ   nblocks+40(FP), R10
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+	VXORPS Z9, Z9, Z9
+	VXORPS Z10, Z10, Z10
+	VXORPS Z11, Z11, Z11
+	VXORPS Z12, Z12, Z12
+	VXORPS Z13, Z13, Z13
+
+q8dot512Q5KN2_blk:
+	PREFETCHT0      (DI)
+	PREFETCHT0      64(DI)
+	PREFETCHT0      128(DI)
+	VBROADCASTI64X4 16(BX), Z16
+	MOVL            4(BX), R11
+	MOVL            8(BX), R12
+	MOVL            12(BX), R13
+	MOVL            R11, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R11
+	MOVL            R13, R15
+	ANDL            $0x0f0f0f0f, R15
+	ORL             R14, R15
+	SHLQ            $0x20, R15
+	ORQ             R11, R15
+	MOVL            R12, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R12
+	SHRL            $0x04, R13
+	ANDL            $0x0f0f0f0f, R13
+	ORL             R14, R13
+	SHLQ            $0x20, R13
+	ORQ             R12, R13
+	VMOVQ           R15, X17
+	VPBROADCASTQ    X17, Z17
+	VMOVQ           R13, X18
+	VPMOVZXBW       X18, X18
+	VBROADCASTI64X4 48(BX), Z15
+	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
+	VPANDD          Z0, Z15, Z15
+	VPTESTMB        q8q5bit_0<>+0(SB), Z16, K1
+	VPADDB          Z1, Z15, K1, Z15
+	VPSHUFB         Z2, Z17, Z19
+	VPMADDUBSW      (R8), Z15, Z14
+	VPMADDWD        Z19, Z14, Z14
+	VPMADDUBSW      (R8)(R9*1), Z15, Z15
+	VPMADDWD        Z19, Z15, Z15
+	VBROADCASTI64X4 80(BX), Z19
+	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
+	VPANDD          Z0, Z19, Z19
+	VPTESTMB        q8q5bit_1<>+0(SB), Z16, K1
+	VPADDB          Z1, Z19, K1, Z19
+	VPSHUFB         Z3, Z17, Z20
+	VPMADDUBSW      64(R8), Z19, Z21
+	VPDPWSSD        Z20, Z21, Z14
+	VPMADDUBSW      64(R8)(R9*1), Z19, Z19
+	VPDPWSSD        Z20, Z19, Z15
+	VBROADCASTI64X4 112(BX), Z20
+	VPSRLVW         q8shq4<>+0(SB), Z20, Z20
+	VPANDD          Z0, Z20, Z20
+	VPTESTMB        q8q5bit_2<>+0(SB), Z16, K1
+	VPADDB          Z1, Z20, K1, Z20
+	VPSHUFB         Z4, Z17, Z21
+	VPMADDUBSW      128(R8), Z20, Z19
+	VPMADDWD        Z21, Z19, Z19
+	VPMADDUBSW      128(R8)(R9*1), Z20, Z20
+	VPMADDWD        Z21, Z20, Z20
+	VBROADCASTI64X4 144(BX), Z21
+	VPSRLVW         q8shq4<>+0(SB), Z21, Z21
+	VPANDD          Z0, Z21, Z21
+	VPTESTMB        q8q5bit_3<>+0(SB), Z16, K1
+	VPADDB          Z1, Z21, K1, Z21
+	VPSHUFB         Z5, Z17, Z16
+	VPMADDUBSW      192(R8), Z21, Z17
+	VPDPWSSD        Z16, Z17, Z19
+	VPMADDUBSW      192(R8)(R9*1), Z21, Z17
+	VPDPWSSD        Z16, Z17, Z20
+	VPBROADCASTD    (BX), Y16
+	VCVTPH2PS       Y16, Z16
+	VMOVSLDUP       Z16, Z17
+	VMOVSHDUP       Z16, Z16
+	VPMADDWD        288(R8), X18, X22
+	VPADDD          Z19, Z14, Z14
+	VMULPS.BCST     304(R8), Z17, Z19
+	VMULPS.BCST     304(R8), Z16, Z21
+	VCVTDQ2PS       Z14, Z14
+	VCVTDQ2PS       Z22, Z23
+	VFMADD231PS     Z19, Z14, Z6
+	VFNMADD231PS    Z21, Z23, Z6
+	VPMADDWD        288(R8)(R9*1), X18, X18
+	VPADDD          Z20, Z15, Z15
+	VMULPS.BCST     304(R8)(R9*1), Z17, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z16, Z16
+	VCVTDQ2PS       Z15, Z15
+	VCVTDQ2PS       Z18, Z17
+	VFMADD231PS     Z14, Z15, Z7
+	VFNMADD231PS    Z16, Z17, Z7
+	PREFETCHT0      (DI)(AX*1)
+	PREFETCHT0      64(DI)(AX*1)
+	PREFETCHT0      128(DI)(AX*1)
+	VBROADCASTI64X4 16(BX)(AX*1), Z16
+	MOVL            4(BX)(AX*1), R11
+	MOVL            8(BX)(AX*1), R12
+	MOVL            12(BX)(AX*1), R13
+	MOVL            R11, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R11
+	MOVL            R13, R15
+	ANDL            $0x0f0f0f0f, R15
+	ORL             R14, R15
+	SHLQ            $0x20, R15
+	ORQ             R11, R15
+	MOVL            R12, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R12
+	SHRL            $0x04, R13
+	ANDL            $0x0f0f0f0f, R13
+	ORL             R14, R13
+	SHLQ            $0x20, R13
+	ORQ             R12, R13
+	VMOVQ           R15, X17
+	VPBROADCASTQ    X17, Z17
+	VMOVQ           R13, X22
+	VPMOVZXBW       X22, X22
+	VBROADCASTI64X4 48(BX)(AX*1), Z15
+	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
+	VPANDD          Z0, Z15, Z15
+	VPTESTMB        q8q5bit_0<>+0(SB), Z16, K1
+	VPADDB          Z1, Z15, K1, Z15
+	VPSHUFB         Z2, Z17, Z19
+	VPMADDUBSW      (R8), Z15, Z14
+	VPMADDWD        Z19, Z14, Z14
+	VPMADDUBSW      (R8)(R9*1), Z15, Z15
+	VPMADDWD        Z19, Z15, Z15
+	VBROADCASTI64X4 80(BX)(AX*1), Z19
+	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
+	VPANDD          Z0, Z19, Z19
+	VPTESTMB        q8q5bit_1<>+0(SB), Z16, K1
+	VPADDB          Z1, Z19, K1, Z19
+	VPSHUFB         Z3, Z17, Z20
+	VPMADDUBSW      64(R8), Z19, Z21
+	VPDPWSSD        Z20, Z21, Z14
+	VPMADDUBSW      64(R8)(R9*1), Z19, Z19
+	VPDPWSSD        Z20, Z19, Z15
+	VBROADCASTI64X4 112(BX)(AX*1), Z20
+	VPSRLVW         q8shq4<>+0(SB), Z20, Z20
+	VPANDD          Z0, Z20, Z20
+	VPTESTMB        q8q5bit_2<>+0(SB), Z16, K1
+	VPADDB          Z1, Z20, K1, Z20
+	VPSHUFB         Z4, Z17, Z21
+	VPMADDUBSW      128(R8), Z20, Z19
+	VPMADDWD        Z21, Z19, Z19
+	VPMADDUBSW      128(R8)(R9*1), Z20, Z20
+	VPMADDWD        Z21, Z20, Z20
+	VBROADCASTI64X4 144(BX)(AX*1), Z21
+	VPSRLVW         q8shq4<>+0(SB), Z21, Z21
+	VPANDD          Z0, Z21, Z21
+	VPTESTMB        q8q5bit_3<>+0(SB), Z16, K1
+	VPADDB          Z1, Z21, K1, Z21
+	VPSHUFB         Z5, Z17, Z16
+	VPMADDUBSW      192(R8), Z21, Z17
+	VPDPWSSD        Z16, Z17, Z19
+	VPMADDUBSW      192(R8)(R9*1), Z21, Z17
+	VPDPWSSD        Z16, Z17, Z20
+	VPBROADCASTD    (BX)(AX*1), Y16
+	VCVTPH2PS       Y16, Z16
+	VMOVSLDUP       Z16, Z17
+	VMOVSHDUP       Z16, Z16
+	VPMADDWD        288(R8), X22, X18
+	VPADDD          Z19, Z14, Z14
+	VMULPS.BCST     304(R8), Z17, Z19
+	VMULPS.BCST     304(R8), Z16, Z21
+	VCVTDQ2PS       Z14, Z14
+	VCVTDQ2PS       Z18, Z23
+	VFMADD231PS     Z19, Z14, Z8
+	VFNMADD231PS    Z21, Z23, Z8
+	VPMADDWD        288(R8)(R9*1), X22, X18
+	VPADDD          Z20, Z15, Z15
+	VMULPS.BCST     304(R8)(R9*1), Z17, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z16, Z16
+	VCVTDQ2PS       Z15, Z15
+	VCVTDQ2PS       Z18, Z17
+	VFMADD231PS     Z14, Z15, Z9
+	VFNMADD231PS    Z16, Z17, Z9
+	PREFETCHT0      (DI)(AX*2)
+	PREFETCHT0      64(DI)(AX*2)
+	PREFETCHT0      128(DI)(AX*2)
+	VBROADCASTI64X4 16(BX)(AX*2), Z16
+	MOVL            4(BX)(AX*2), R11
+	MOVL            8(BX)(AX*2), R12
+	MOVL            12(BX)(AX*2), R13
+	MOVL            R11, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R11
+	MOVL            R13, R15
+	ANDL            $0x0f0f0f0f, R15
+	ORL             R14, R15
+	SHLQ            $0x20, R15
+	ORQ             R11, R15
+	MOVL            R12, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R12
+	SHRL            $0x04, R13
+	ANDL            $0x0f0f0f0f, R13
+	ORL             R14, R13
+	SHLQ            $0x20, R13
+	ORQ             R12, R13
+	VMOVQ           R15, X17
+	VPBROADCASTQ    X17, Z17
+	VMOVQ           R13, X22
+	VPMOVZXBW       X22, X22
+	VBROADCASTI64X4 48(BX)(AX*2), Z15
+	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
+	VPANDD          Z0, Z15, Z15
+	VPTESTMB        q8q5bit_0<>+0(SB), Z16, K1
+	VPADDB          Z1, Z15, K1, Z15
+	VPSHUFB         Z2, Z17, Z19
+	VPMADDUBSW      (R8), Z15, Z14
+	VPMADDWD        Z19, Z14, Z14
+	VPMADDUBSW      (R8)(R9*1), Z15, Z15
+	VPMADDWD        Z19, Z15, Z15
+	VBROADCASTI64X4 80(BX)(AX*2), Z19
+	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
+	VPANDD          Z0, Z19, Z19
+	VPTESTMB        q8q5bit_1<>+0(SB), Z16, K1
+	VPADDB          Z1, Z19, K1, Z19
+	VPSHUFB         Z3, Z17, Z20
+	VPMADDUBSW      64(R8), Z19, Z21
+	VPDPWSSD        Z20, Z21, Z14
+	VPMADDUBSW      64(R8)(R9*1), Z19, Z19
+	VPDPWSSD        Z20, Z19, Z15
+	VBROADCASTI64X4 112(BX)(AX*2), Z20
+	VPSRLVW         q8shq4<>+0(SB), Z20, Z20
+	VPANDD          Z0, Z20, Z20
+	VPTESTMB        q8q5bit_2<>+0(SB), Z16, K1
+	VPADDB          Z1, Z20, K1, Z20
+	VPSHUFB         Z4, Z17, Z21
+	VPMADDUBSW      128(R8), Z20, Z19
+	VPMADDWD        Z21, Z19, Z19
+	VPMADDUBSW      128(R8)(R9*1), Z20, Z20
+	VPMADDWD        Z21, Z20, Z20
+	VBROADCASTI64X4 144(BX)(AX*2), Z21
+	VPSRLVW         q8shq4<>+0(SB), Z21, Z21
+	VPANDD          Z0, Z21, Z21
+	VPTESTMB        q8q5bit_3<>+0(SB), Z16, K1
+	VPADDB          Z1, Z21, K1, Z21
+	VPSHUFB         Z5, Z17, Z16
+	VPMADDUBSW      192(R8), Z21, Z17
+	VPDPWSSD        Z16, Z17, Z19
+	VPMADDUBSW      192(R8)(R9*1), Z21, Z17
+	VPDPWSSD        Z16, Z17, Z20
+	VPBROADCASTD    (BX)(AX*2), Y16
+	VCVTPH2PS       Y16, Z16
+	VMOVSLDUP       Z16, Z17
+	VMOVSHDUP       Z16, Z16
+	VPMADDWD        288(R8), X22, X18
+	VPADDD          Z19, Z14, Z14
+	VMULPS.BCST     304(R8), Z17, Z19
+	VMULPS.BCST     304(R8), Z16, Z21
+	VCVTDQ2PS       Z14, Z14
+	VCVTDQ2PS       Z18, Z23
+	VFMADD231PS     Z19, Z14, Z10
+	VFNMADD231PS    Z21, Z23, Z10
+	VPMADDWD        288(R8)(R9*1), X22, X18
+	VPADDD          Z20, Z15, Z15
+	VMULPS.BCST     304(R8)(R9*1), Z17, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z16, Z16
+	VCVTDQ2PS       Z15, Z15
+	VCVTDQ2PS       Z18, Z17
+	VFMADD231PS     Z14, Z15, Z11
+	VFNMADD231PS    Z16, Z17, Z11
+	PREFETCHT0      (SI)(AX*8)
+	PREFETCHT0      64(SI)(AX*8)
+	PREFETCHT0      128(SI)(AX*8)
+	VBROADCASTI64X4 16(SI), Z16
+	MOVL            4(SI), R11
+	MOVL            8(SI), R12
+	MOVL            12(SI), R13
+	MOVL            R11, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R11
+	MOVL            R13, R15
+	ANDL            $0x0f0f0f0f, R15
+	ORL             R14, R15
+	SHLQ            $0x20, R15
+	ORQ             R11, R15
+	MOVL            R12, R14
+	SHRL            $0x02, R14
+	ANDL            $0x30303030, R14
+	ANDL            $0x3f3f3f3f, R12
+	SHRL            $0x04, R13
+	ANDL            $0x0f0f0f0f, R13
+	ORL             R14, R13
+	SHLQ            $0x20, R13
+	ORQ             R12, R13
+	VMOVQ           R15, X17
+	VPBROADCASTQ    X17, Z17
+	VMOVQ           R13, X22
+	VPMOVZXBW       X22, X22
+	VBROADCASTI64X4 48(SI), Z15
+	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
+	VPANDD          Z0, Z15, Z15
+	VPTESTMB        q8q5bit_0<>+0(SB), Z16, K1
+	VPADDB          Z1, Z15, K1, Z15
+	VPSHUFB         Z2, Z17, Z19
+	VPMADDUBSW      (R8), Z15, Z14
+	VPMADDWD        Z19, Z14, Z14
+	VPMADDUBSW      (R8)(R9*1), Z15, Z15
+	VPMADDWD        Z19, Z15, Z15
+	VBROADCASTI64X4 80(SI), Z19
+	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
+	VPANDD          Z0, Z19, Z19
+	VPTESTMB        q8q5bit_1<>+0(SB), Z16, K1
+	VPADDB          Z1, Z19, K1, Z19
+	VPSHUFB         Z3, Z17, Z20
+	VPMADDUBSW      64(R8), Z19, Z21
+	VPDPWSSD        Z20, Z21, Z14
+	VPMADDUBSW      64(R8)(R9*1), Z19, Z19
+	VPDPWSSD        Z20, Z19, Z15
+	VBROADCASTI64X4 112(SI), Z20
+	VPSRLVW         q8shq4<>+0(SB), Z20, Z20
+	VPANDD          Z0, Z20, Z20
+	VPTESTMB        q8q5bit_2<>+0(SB), Z16, K1
+	VPADDB          Z1, Z20, K1, Z20
+	VPSHUFB         Z4, Z17, Z21
+	VPMADDUBSW      128(R8), Z20, Z19
+	VPMADDWD        Z21, Z19, Z19
+	VPMADDUBSW      128(R8)(R9*1), Z20, Z20
+	VPMADDWD        Z21, Z20, Z20
+	VBROADCASTI64X4 144(SI), Z21
+	VPSRLVW         q8shq4<>+0(SB), Z21, Z21
+	VPANDD          Z0, Z21, Z21
+	VPTESTMB        q8q5bit_3<>+0(SB), Z16, K1
+	VPADDB          Z1, Z21, K1, Z21
+	VPSHUFB         Z5, Z17, Z16
+	VPMADDUBSW      192(R8), Z21, Z17
+	VPDPWSSD        Z16, Z17, Z19
+	VPMADDUBSW      192(R8)(R9*1), Z21, Z17
+	VPDPWSSD        Z16, Z17, Z20
+	VPBROADCASTD    (SI), Y16
+	VCVTPH2PS       Y16, Z16
+	VMOVSLDUP       Z16, Z17
+	VMOVSHDUP       Z16, Z16
+	VPMADDWD        288(R8), X22, X18
+	VPADDD          Z19, Z14, Z14
+	VMULPS.BCST     304(R8), Z17, Z19
+	VMULPS.BCST     304(R8), Z16, Z21
+	VCVTDQ2PS       Z14, Z14
+	VCVTDQ2PS       Z18, Z23
+	VFMADD231PS     Z19, Z14, Z12
+	VFNMADD231PS    Z21, Z23, Z12
+	VPMADDWD        288(R8)(R9*1), X22, X18
+	VPADDD          Z20, Z15, Z15
+	VMULPS.BCST     304(R8)(R9*1), Z17, Z14
+	VMULPS.BCST     304(R8)(R9*1), Z16, Z16
+	VCVTDQ2PS       Z15, Z15
+	VCVTDQ2PS       Z18, Z17
+	VFMADD231PS     Z14, Z15, Z13
+	VFNMADD231PS    Z16, Z17, Z13
+	ADDQ            $0x000000b0, BX
+	ADDQ            $0x000000b0, SI
+	ADDQ            $0x000000b0, DI
+	ADDQ            $0x00000140, R8
+	DECQ            R10
+	JNZ             q8dot512Q5KN2_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VSHUFF32X4      $0x44, Z8, Z6, Z14
+	VSHUFF32X4      $0xee, Z8, Z6, Z6
+	VADDPS          Z6, Z14, Z8
+	VSHUFF32X4      $0x44, Z12, Z10, Z14
+	VSHUFF32X4      $0xee, Z12, Z10, Z6
+	VADDPS          Z6, Z14, Z6
+	VSHUFF32X4      $0x88, Z6, Z8, Z14
+	VSHUFF32X4      $0xdd, Z6, Z8, Z6
+	VADDPS          Z6, Z14, Z6
+	VPERMILPS       $0x4e, Z6, Z14
+	VADDPS          Z14, Z6, Z6
+	VPERMILPS       $0xb1, Z6, Z14
+	VADDPS          Z14, Z6, Z6
+	VMOVDQU32       redidx<>+0(SB), Z8
+	VPERMPS         Z6, Z8, Z14
+	VMOVUPS         X14, (SI)
+	ADDQ            BX, SI
+	VSHUFF32X4      $0x44, Z9, Z7, Z6
+	VSHUFF32X4      $0xee, Z9, Z7, Z7
+	VADDPS          Z7, Z6, Z8
+	VSHUFF32X4      $0x44, Z13, Z11, Z6
+	VSHUFF32X4      $0xee, Z13, Z11, Z7
+	VADDPS          Z7, Z6, Z7
+	VSHUFF32X4      $0x88, Z7, Z8, Z6
+	VSHUFF32X4      $0xdd, Z7, Z8, Z7
+	VADDPS          Z7, Z6, Z7
+	VPERMILPS       $0x4e, Z7, Z6
+	VADDPS          Z6, Z7, Z7
+	VPERMILPS       $0xb1, Z7, Z6
+	VADDPS          Z6, Z7, Z7
+	VMOVDQU32       redidx<>+0(SB), Z6
+	VPERMPS         Z7, Z6, Z6
+	VMOVUPS         X6, (SI)
+	ADDQ            $0x10, DX
+	LEAQ            (CX)(AX*4), CX
+	DECQ            nquads+16(FP)
+	JNZ             q8dot512Q5KN2_quad
 	VZEROUPPER
 	RET
 

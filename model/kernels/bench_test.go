@@ -306,3 +306,26 @@ func BenchmarkBatchInvariantCost(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkQ8Activations: 8-bit activations with the integer kernels (q8)
+// against widening the weights to float32 (f32), for the types of
+// llama.cpp's Q4_K_M files, cold weights, decode sizes. Compare the q8/f32
+// pairs of one run.
+func BenchmarkQ8Activations(b *testing.B) {
+	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
+		for _, sh := range [][2]int{{6448, 1536}, {1536, 3072}} {
+			for _, n := range []int{1, 8} {
+				for _, th := range []int{1, 2} {
+					for _, q8 := range []bool{true, false} {
+						name := map[bool]string{true: "q8", false: "f32"}[q8]
+						b.Run(fmt.Sprintf("%v/%dx%d/n=%d/threads=%d/%s", dt, sh[0], sh[1], n, th, name), func(b *testing.B) {
+							prev := SetQ8Activations(q8)
+							defer SetQ8Activations(prev)
+							benchMatMul(b, dt, sh[0], sh[1], n, th)
+						})
+					}
+				}
+			}
+		}
+	}
+}

@@ -16,6 +16,7 @@ var hasQ8 = cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VNNI
 
 var q8Kernels = [tensor.NumDTypes][3]q8Fn{
 	tensor.Q4_K: {1: q8dot512Q4KN1, 2: q8dot512Q4KN2},
+	tensor.Q5_K: {1: q8dot512Q5KN1, 2: q8dot512Q5KN2},
 	tensor.Q6_K: {1: q8dot512Q6KN1, 2: q8dot512Q6KN2},
 }
 

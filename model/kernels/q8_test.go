@@ -17,7 +17,7 @@ func TestMatMulQ8(t *testing.T) {
 		t.Skip("no integer kernels on this CPU")
 	}
 	rng := rand.New(rand.NewPCG(8, 8))
-	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q6_K} {
+	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
 		for _, rows := range []int{1, 3, 4, 7, 33, 260} {
 			for _, cols := range []int{256, 768, 1536} {
 				w := randMatrix(rng, dt, rows, cols)

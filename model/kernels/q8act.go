@@ -11,7 +11,7 @@ import (
 
 // 8-bit activations.
 //
-// For the K-quant weight types with integer kernels (Q4_K, Q6_K), small
+// For the K-quant weight types with integer kernels (Q4_K, Q5_K, Q6_K), small
 // products (decode: up to q8MaxRows input rows) quantize each input row to
 // 8 bits per block of 256 values and compute the block dot products in
 // integers, as llama.cpp does on CPUs (its Q8_K): the weights' 4- or 6-bit
@@ -55,7 +55,7 @@ var q8Act atomic.Bool
 
 func init() { q8Act.Store(os.Getenv("SWITCHYARD_Q8_ACTIVATIONS") != "0") }
 
-// SetQ8Activations chooses whether small products with Q4_K and Q6_K weights
+// SetQ8Activations chooses whether small products with Q4_K, Q5_K and Q6_K weights
 // quantize the activations to 8 bits and run the integer kernels (on, the
 // default, where the CPU has AVX-512 VNNI) or widen the weights to float32
 // (off). It returns the previous setting. The batch-invariant mode (see
@@ -66,7 +66,9 @@ func SetQ8Activations(on bool) (prev bool) { return q8Act.Swap(on) }
 func Q8Activations() bool { return q8Act.Load() }
 
 // q8DType reports whether dt has integer kernels.
-func q8DType(dt tensor.DType) bool { return dt == tensor.Q4_K || dt == tensor.Q6_K }
+func q8DType(dt tensor.DType) bool {
+	return dt == tensor.Q4_K || dt == tensor.Q5_K || dt == tensor.Q6_K
+}
 
 // q8Tiny: blocks whose largest |x| is below it quantize to zero (so that
 // 127/amax stays finite).
@@ -145,7 +147,7 @@ func usesQ8(w tensor.Matrix, n int) bool {
 }
 
 // matMulQ8Ref is the reference twin of the integer kernels: out = x·Wᵀ with
-// x quantized by quantizeQ8K, W of dtype Q4_K or Q6_K.
+// x quantized by quantizeQ8K, W of dtype Q4_K, Q5_K or Q6_K.
 func matMulQ8Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 	k := w.Cols
 	nb := k / q8xValues
@@ -170,20 +172,28 @@ func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 		dx := math.Float32frombits(binary.LittleEndian.Uint32(xb[304:]))
 		qx := func(l int) int32 { return int32(int8(xb[l])) }
 		switch dt {
-		case tensor.Q4_K:
-			blk := row[b*144 : (b+1)*144]
+		case tensor.Q4_K, tensor.Q5_K:
+			bb, qs := 144, 16
+			if dt == tensor.Q5_K {
+				bb, qs = 176, 48
+			}
+			blk := row[b*bb : (b+1)*bb]
 			d := tensor.F16ToF32(binary.LittleEndian.Uint16(blk))
 			dmin := tensor.F16ToF32(binary.LittleEndian.Uint16(blk[2:]))
 			var isum, msum int32
 			for j := 0; j < 8; j++ {
-				sc, m := q4KScaleMin(blk[4:16], j)
+				sc, m := tensor.Q4KScaleMin(j, blk[4:16])
 				var s, sx int32
 				for l := 0; l < 32; l++ {
-					q := int32(blk[16+32*(j/2)+l])
+					q := int32(blk[qs+32*(j/2)+l])
 					if j&1 == 1 {
 						q >>= 4
 					}
-					s += (q & 15) * qx(32*j+l)
+					q &= 15
+					if dt == tensor.Q5_K && blk[16+l]>>j&1 != 0 {
+						q += 16
+					}
+					s += q * qx(32*j+l)
 					sx += qx(32*j + l)
 				}
 				isum += int32(sc) * s
@@ -216,13 +226,4 @@ func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 		}
 	}
 	return acc
-}
-
-// q4KScaleMin unpacks the 6-bit scale and min of sub-block j from a Q4_K
-// block's 12 scale bytes.
-func q4KScaleMin(s []byte, j int) (sc, m uint8) {
-	if j < 4 {
-		return s[j] & 63, s[j+4] & 63
-	}
-	return s[j+4]&15 | (s[j-4]>>6)<<4, s[j+4]>>4 | (s[j]>>6)<<4
 }

@@ -37,7 +37,7 @@ const (
 )
 
 // q8Dtypes are the weight types with integer kernels.
-var q8Dtypes = []dtype{dQ4K, dQ6K}
+var q8Dtypes = []dtype{dQ4K, dQ5K, dQ6K}
 
 // q8MaxN is the largest number of input rows per integer kernel call.
 const q8MaxN = 2
@@ -50,6 +50,8 @@ var (
 	cB30     Mem    // dword 0x30303030
 	cQ8IdxQ4 [4]Mem // VPSHUFB controls: chunk c's scale bytes 2c (16 words), 2c+1 (16 words)
 	cQ8IdxQ6 [4]Mem // VPERMW indices: chunk c's scales 4c..4c+3 (x8 each)
+	cQ8Q5Bit [4]Mem // bytes: chunk c's fifth-bit masks in qh, 1<<2c (x32), 1<<(2c+1) (x32)
+	cB10     Mem    // dword 0x10101010
 )
 
 func genQ8Consts() {
@@ -59,6 +61,7 @@ func genQ8Consts() {
 	cQ8ShQ6B = data32("q8shq6b", append(rep(0, 8), rep(w2(2), 8)...)...)
 	cB0F = data32("b0f", 0x0F0F0F0F)
 	cB30 = data32("b30", 0x30303030)
+	cB10 = data32("b10", 0x10101010)
 	for c := 0; c < 4; c++ {
 		a, b := uint32(2*c), uint32(2*c+1)
 		// Word = scale byte (then 0x80: a zero high byte).
@@ -68,6 +71,8 @@ func genQ8Consts() {
 			v = append(v, rep(w2(uint32(4*c+g)), 4)...)
 		}
 		cQ8IdxQ6[c] = data32(fmt.Sprintf("q8idxq6_%d", c), v...)
+		lo, hi := uint32(1)<<(2*c), uint32(1)<<(2*c+1)
+		cQ8Q5Bit[c] = data32(fmt.Sprintf("q8q5bit_%d", c), append(rep(lo*0x01010101, 8), rep(hi*0x01010101, 8)...)...)
 	}
 }
 
@@ -87,6 +92,8 @@ func genQ8(d dtype, N int) {
 	switch d {
 	case dQ4K:
 		bb = 144
+	case dQ5K:
+		bb = 176
 	case dQ6K:
 		bb = 210
 	default:
@@ -99,14 +106,18 @@ func genQ8(d dtype, N int) {
 	c0F := ZMM()
 	VPBROADCASTD(cB0F, c0F)
 	var c30 VecVirtual
-	if d == dQ6K {
+	switch d {
+	case dQ6K:
 		c30 = ZMM()
 		VPBROADCASTD(cB30, c30)
+	case dQ5K:
+		c30 = ZMM() // 0x10 bytes: the fifth bit
+		VPBROADCASTD(cB10, c30)
 	}
 	var idx [4]VecVirtual
 	for c := range idx {
 		idx[c] = ZMM()
-		if d == dQ4K {
+		if d != dQ6K {
 			VMOVDQU64(cQ8IdxQ4[c], idx[c])
 		} else {
 			VMOVDQU64(cQ8IdxQ6[c], idx[c])
@@ -179,8 +190,8 @@ func genQ8(d dtype, N int) {
 			isum[i] = ZMM()
 		}
 		switch d {
-		case dQ4K:
-			q8RowQ4K(r, N, rowMem, xMem, c0F, idx, isum, acc)
+		case dQ4K, dQ5K:
+			q8RowQ4K(d, r, N, rowMem, xMem, c0F, c30, idx, isum, acc)
 		case dQ6K:
 			q8RowQ6K(r, N, rowMem, xMem, c0F, c30, idx, isum, acc)
 		}
@@ -213,14 +224,23 @@ func genQ8(d dtype, N int) {
 	RET()
 }
 
-// q8RowQ4K adds row r's block to acc[r][i]:
+// q8RowQ4K adds row r's block (Q4_K or Q5_K) to acc[r][i]:
 //
 //	dx_i · (d·Σ_j sc_j·Σ q·x_i − dmin·Σ_j m_j·Σ x_i)
 //
 // Q4_K block: d, dmin (f16) at 0 and 2, 12 bytes of 6-bit scales and mins at
 // 4, 128 bytes of nibbles at 16 (values 64c+l: low nibble of byte 32c+l for
-// l < 32, high nibble of byte 32c+l-32 above).
-func q8RowQ4K(r, N int, rowMem func(r, off int) Mem, xMem func(i, off int) Mem, c0F VecVirtual, idx [4]VecVirtual, isum []VecVirtual, acc [][]VecVirtual) {
+// l < 32, high nibble of byte 32c+l-32 above). Q5_K: the same with the
+// nibbles at 48 and 32 bytes qh at 16 whose bit 2c (l < 32) or 2c+1 (above)
+// of byte l%32 is the fifth bit of value 64c+l (c10: bytes 0x10).
+func q8RowQ4K(d dtype, r, N int, rowMem func(r, off int) Mem, xMem func(i, off int) Mem, c0F, c10 VecVirtual, idx [4]VecVirtual, isum []VecVirtual, acc [][]VecVirtual) {
+	qs := 16
+	var qh VecVirtual
+	if d == dQ5K {
+		qs = 48
+		qh = ZMM()
+		VBROADCASTI64X4(rowMem(r, 16), qh)
+	}
 	// Scales and mins, one byte each (u0 = bytes 4..7, u1 = 8..11, u2 = 12..15):
 	// sc[0..3] = u0 & 0x3f, m[0..3] = u1 & 0x3f,
 	// sc[4..7] = (u2 & 0xf) | (u0 >> 6) << 4, m[4..7] = (u2 >> 4) | (u1 >> 6) << 4.
@@ -264,9 +284,14 @@ func q8RowQ4K(r, N int, rowMem func(r, off int) Mem, xMem func(i, off int) Mem, 
 	}
 	for c := 0; c < 4; c++ {
 		q := ZMM()
-		VBROADCASTI64X4(rowMem(r, 16+32*c), q)
+		VBROADCASTI64X4(rowMem(r, qs+32*c), q)
 		VPSRLVW(cQ8ShQ4, q, q)
 		VPANDD(c0F, q, q)
+		if d == dQ5K {
+			k := K()
+			VPTESTMB(cQ8Q5Bit[c], qh, k)
+			VPADDB(c10, q, k, q)
+		}
 		scv := ZMM()
 		VPSHUFB(idx[c], tab, scv)
 		for i := 0; i < N; i++ {
