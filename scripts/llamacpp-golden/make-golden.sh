@@ -3,14 +3,16 @@
 # (model/tensor/testdata/llamacpp/), the llama-quantize fixture with its
 # llama.cpp logits (model/gguf/testdata/granite-tiny-q4_k_m.*), and llama.cpp's
 # logits of the shared fixture with a BF16 KV cache
-# (model/gguf/testdata/granite-tiny-kv-bf16*).
+# (model/gguf/testdata/granite-tiny-kv-bf16*), and a Q4_K_M model with widths
+# of multiples of 256 with llama.cpp's logits on it, quantized weights as they
+# are (model/gguf/testdata/granite-h256-q4_k_m.*).
 #
 # It runs only where llama.cpp's shared libraries are present. It uses the
 # prebuilt CPU build that node-llama-cpp publishes on npm
 # (@node-llama-cpp/linux-x64@3.21.1: llama.cpp commit 5b4ebc5, libggml-base.so,
 # libllama.so and the per-CPU ggml-cpu backends), so that nothing has to be
 # built from llama.cpp's sources; LLAMA_LIB may point at any other llama.cpp
-# build directory with the same libraries. Needs cc, npm and python3.
+# build directory with the same libraries. Needs cc, npm, python3 and go.
 #
 #   bash scripts/llamacpp-golden/make-golden.sh
 set -euo pipefail
@@ -99,4 +101,134 @@ idx = {
 open(k + ".json", "w").write(json.dumps(idx, indent=1) + "\n")
 PY
 done
-echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} and model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32} (work files in $WORK)"
+# 4. A model whose matrix widths are all multiples of 256, so that llama.cpp's
+#    Q4_K_M keeps Q4_K and Q6_K (no fallbacks) and Switchyard's 8-bit
+#    activations (kernels.SetQ8Activations) apply to every quantized matrix:
+#    hidden 256, 4 layers (mamba, attention, mamba, mamba), 3 experts top-2
+#    with intermediate 256, shared expert 256, mamba 8 heads x 64 with state
+#    64, 4 attention heads x 64 (2 KV heads), vocab 512, random F32 weights
+#    drawn the way model/synth draws them (its splitmix64 streams and
+#    per-tensor scales, seed 1; computed in float64 here, so a value may differ
+#    from synth's in the last bit). `switchyard synth` writes the
+#    tokenizer files (its presets have no such widths); the Python below
+#    rewrites config.json and model.safetensors; `switchyard convert --type
+#    f32` makes the GGUF; llama_model_quantize makes it Q4_K_M (ftype 15).
+#    llama.cpp then evaluates the Q4_K_M file directly, without dequantizing
+#    (its CPU matmuls quantize the activations to Q8_K for these weight types,
+#    as Switchyard's 8-bit activations do): the first three golden prompts,
+#    haswell CPU backend, 1 thread, F32 KV cache, no flash attention.
+G=model/gguf/testdata/granite-h256-q4_k_m
+go build -o "$WORK/switchyard" ./cmd/switchyard
+rm -rf "$WORK/h256"
+"$WORK/switchyard" synth --preset tiny --layers 4 --vocab 512 --dtype f32 --seed 1 --out "$WORK/h256" >/dev/null 2>&1
+python3 - "$WORK/h256" 1 <<'PY'
+import json, math, struct, sys
+d, seed = sys.argv[1], int(sys.argv[2])
+M = (1 << 64) - 1
+cfg = json.load(open(d + "/config.json"))
+cfg.update({"hidden_size": 256, "intermediate_size": 256, "shared_intermediate_size": 256,
+            "num_local_experts": 3, "num_experts_per_tok": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "mamba_n_heads": 8, "mamba_d_head": 64, "mamba_d_state": 64, "mamba_chunk_size": 64,
+            "layer_types": ["mamba", "attention", "mamba", "mamba"], "num_hidden_layers": 4})
+json.dump(cfg, open(d + "/config.json", "w"), indent=2)
+H, V, E, I, S = cfg["hidden_size"], cfg["vocab_size"], cfg["num_local_experts"], cfg["intermediate_size"], cfg["shared_intermediate_size"]
+din, nh, ds, ng = 2 * H, cfg["mamba_n_heads"], cfg["mamba_d_state"], cfg["mamba_n_groups"]
+hd = H // cfg["num_attention_heads"]
+qd, kvd, cd, ipd = H, cfg["num_key_value_heads"] * hd, din + 2 * ng * ds, 2 * din + 2 * ng * ds + nh
+fan = lambda n: 1 / math.sqrt(n)
+specs = []
+add = lambda name, shape, std=0.0, mean=0.0, kind=0: specs.append((name, shape, std, mean, kind))
+add("model.embed_tokens.weight", [V, H], 0.02)
+fs = 3 * cfg["logits_scaling"] / (math.sqrt(H) * 0.02)
+add("model.norm.weight", [H], fs * 0.05, fs)
+for i, lt in enumerate(cfg["layer_types"]):
+    p = "model.layers.%d." % i
+    add(p + "input_layernorm.weight", [H], 0.05, 1)
+    add(p + "post_attention_layernorm.weight", [H], 0.05, 1)
+    if lt == "mamba":
+        add(p + "mamba.in_proj.weight", [ipd, H], fan(H))
+        add(p + "mamba.conv1d.weight", [cd, 1, 4], fan(4))
+        add(p + "mamba.conv1d.bias", [cd], 0.1)
+        add(p + "mamba.dt_bias", [nh], kind=2)
+        add(p + "mamba.A_log", [nh], kind=1)
+        add(p + "mamba.D", [nh], 0.1, 1)
+        add(p + "mamba.norm.weight", [din], 0.05, 1)
+        add(p + "mamba.out_proj.weight", [H, din], 2 * fan(din))
+    else:
+        add(p + "self_attn.q_proj.weight", [qd, H], 3 * fan(H))
+        add(p + "self_attn.k_proj.weight", [kvd, H], 3 * fan(H))
+        add(p + "self_attn.v_proj.weight", [kvd, H], fan(H))
+        add(p + "self_attn.o_proj.weight", [H, qd], 2 * fan(qd))
+    add(p + "block_sparse_moe.router.layer.weight", [E, H], 4 * fan(H))
+    add(p + "block_sparse_moe.input_linear.weight", [E, 2 * I, H], fan(H))
+    add(p + "block_sparse_moe.output_linear.weight", [E, H, I], 2 * fan(I))
+    add(p + "shared_mlp.input_linear.weight", [2 * S, H], fan(H))
+    add(p + "shared_mlp.output_linear.weight", [H, S], 2 * fan(S))
+
+def splitmix64(x):
+    x = (x + 0x9e3779b97f4a7c15) & M
+    x = ((x ^ (x >> 30)) * 0xbf58476d1ce4e5b9) & M
+    x = ((x ^ (x >> 27)) * 0x94d049bb133111eb) & M
+    return x ^ (x >> 31)
+
+def f32(v):
+    return struct.unpack("<f", struct.pack("<f", v))[0]
+
+def values(idx, n, std, mean, kind):
+    base = splitmix64(((seed * 0x100000001b3) & M) ^ idx)
+    r6 = f32(math.sqrt(6))
+    out = []
+    for i in range(n):
+        r = splitmix64((base + i) & M)
+        u = (r >> 40) / 16777216.0
+        if kind == 1:
+            out.append(math.log(1 + 15 * u))
+        elif kind == 2:
+            dt = math.exp(math.log(0.001) + u * (math.log(0.1) - math.log(0.001)))
+            out.append(dt + math.log(-math.expm1(-dt)))
+        else:
+            out.append(mean + std * ((u + (r & 0xffffff) / 16777216.0 - 1) * r6))
+    return out
+
+hdr, off = {"__metadata__": {"format": "pt", "generator": "make-golden.sh gen256"}}, 0
+for name, shape, *_ in specs:
+    n = math.prod(shape)
+    hdr[name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + 4 * n]}
+    off += 4 * n
+h = json.dumps(hdr, separators=(",", ":")).encode()
+h += b" " * (-len(h) % 8)
+with open(d + "/model.safetensors", "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h)
+    for idx, (name, shape, std, mean, kind) in enumerate(specs):
+        v = values(idx, math.prod(shape), std, mean, kind)
+        f.write(struct.pack("<%df" % len(v), *v))
+print("params", sum(math.prod(s[1]) for s in specs))
+PY
+"$WORK/switchyard" convert --model "$WORK/h256" --type f32 --out "$WORK/h256-f32.gguf" >/dev/null 2>&1
+"$WORK/quantize_model" "$WORK/h256-f32.gguf" "$G.gguf" 15 >"$WORK/quantize-h256.log" 2>&1
+if grep "converting to" "$WORK/quantize-h256.log" | grep -vqE "converting to q[46]_K "; then
+  echo "$G.gguf: llama.cpp fell back from Q4_K/Q6_K" >&2; exit 1
+fi
+"$WORK/logits" "$G.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-h256.json" 2>"$WORK/logits-h256.log"
+python3 - "$FIXTURE/golden.json" "$WORK/logits-h256.json" "$G" <<'PY'
+import json, struct, sys
+g = json.load(open(sys.argv[1])); ll = json.load(open(sys.argv[2])); q = sys.argv[3]
+buf = bytearray(); prompts = []
+for p, rows in zip(g["prompts"][:3], ll):
+    prompts.append({"name": p["name"], "token_ids": p["token_ids"], "offset": len(buf) // 4})
+    for row in rows:
+        buf += struct.pack("<%df" % len(row), *row)
+open(q + ".logits.f32", "wb").write(buf)
+name = q.rsplit("/", 1)[1]
+idx = {
+    "model": name + ".gguf",
+    "vocab_size": len(ll[0][0]),
+    "logits_file": name + ".logits.f32",
+    "logits_layout": "float32 little-endian, [position][vocab] per prompt, starting at float index offset; logit of every token after every prompt position, divided by logits_scaling",
+    "reference": "llama.cpp (ggml-org/llama.cpp 5b4ebc5, as built in node-llama-cpp 3.21.1's @node-llama-cpp/linux-x64 prebuilt) evaluating " + name + ".gguf directly (Q4_K and Q6_K weights, not dequantized: its CPU matmuls quantize the activations to Q8_K; its default CPU_REPACK buffer type repacks the Q4_K matrices to q4_K_8x8): CPU haswell variant, 1 thread, F32 KV cache, flash attention off, whole prompt in one llama_decode",
+    "prompts": prompts,
+}
+open(q + ".json", "w").write(json.dumps(idx, indent=1) + "\n")
+PY
+
+echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32} and $G.{gguf,json,logits.f32} (work files in $WORK)"
