@@ -180,7 +180,6 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 	const (
 		tolFloat = 0.8
 		tolQ8    = 0.6
-		q8Rows   = 8    // the most input rows of a product with 8-bit activations (kernels.q8MaxRows)
 		agree    = 1e-3 // a position agrees when its logits are this close
 	)
 	ref, want := readLlamaRef(t, "granite-h256-q4_k_m.json")
@@ -280,7 +279,7 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 				tolB, tolD := tolFloat, tolFloat
 				if ints {
 					tolD = tolQ8
-					if len(p.TokenIDs) <= q8Rows {
+					if len(p.TokenIDs) <= kernels.Q8MaxRows() {
 						tolB = tolQ8
 					}
 				}

@@ -49,6 +49,10 @@ const (
 // where X_i is the quantized row at xq + i*xqstride (nblocks blocks).
 type q8Fn func(w *byte, wstride, nquads int, xq *byte, xqstride, nblocks int, out *float32, ostride int)
 
+// Q8MaxRows is the most input rows of a product that uses 8-bit activations
+// (see SetQ8Activations).
+func Q8MaxRows() int { return q8MaxRows }
+
 // q8Act is SetQ8Activations' setting (default on; the
 // SWITCHYARD_Q8_ACTIVATIONS environment variable set to 0 turns it off).
 var q8Act atomic.Bool
