@@ -73437,8 +73437,8 @@ widen256Q4K_tail:
 	VZEROUPPER
 	RET
 
-// func q8dot512Q4KN1(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+// func q8dot512Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI
 TEXT ·q8dot512Q4KN1(SB), NOSPLIT, $0-64
 	MOVQ         wstride+8(FP), AX
 	MOVQ         w+0(FP), CX
@@ -73449,307 +73449,97 @@ TEXT ·q8dot512Q4KN1(SB), NOSPLIT, $0-64
 	VMOVDQU64    q8idxq4_2<>+0(SB), Z3
 	VMOVDQU64    q8idxq4_3<>+0(SB), Z4
 
-q8dot512Q4KN1_quad:
+q8dot512Q4KN1_row:
 	MOVQ   CX, BX
-	LEAQ   (CX)(AX*2), SI
-	ADDQ   AX, SI
-	LEAQ   (CX)(AX*8), DI
-	MOVQ   xq+24(FP), R8
-	MOVQ   nblocks+40(FP), R9
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
 	VXORPS Z5, Z5, Z5
-	VXORPS Z6, Z6, Z6
-	VXORPS Z7, Z7, Z7
-	VXORPS Z8, Z8, Z8
 
 q8dot512Q4KN1_blk:
-	PREFETCHT0      (DI)
-	PREFETCHT0      64(DI)
-	PREFETCHT0      128(DI)
-	MOVL            4(BX), R10
-	MOVL            8(BX), R11
-	MOVL            12(BX), R12
-	MOVL            R10, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R10
-	MOVL            R12, R14
-	ANDL            $0x0f0f0f0f, R14
-	ORL             R13, R14
-	SHLQ            $0x20, R14
-	ORQ             R10, R14
-	MOVL            R11, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R11
-	SHRL            $0x04, R12
+	MOVL            4(BX), R8
+	MOVL            8(BX), R9
+	MOVL            12(BX), R10
+	MOVL            R8, R11
+	SHRL            $0x02, R11
+	ANDL            $0x30303030, R11
+	ANDL            $0x3f3f3f3f, R8
+	MOVL            R10, R12
 	ANDL            $0x0f0f0f0f, R12
-	ORL             R13, R12
+	ORL             R11, R12
 	SHLQ            $0x20, R12
-	ORQ             R11, R12
-	VMOVQ           R14, X10
-	VPBROADCASTQ    X10, Z10
-	VMOVQ           R12, X11
-	VPMOVZXBW       X11, X11
-	VBROADCASTI64X4 16(BX), Z9
+	ORQ             R8, R12
+	MOVL            R9, R11
+	SHRL            $0x02, R11
+	ANDL            $0x30303030, R11
+	ANDL            $0x3f3f3f3f, R9
+	SHRL            $0x04, R10
+	ANDL            $0x0f0f0f0f, R10
+	ORL             R11, R10
+	SHLQ            $0x20, R10
+	ORQ             R9, R10
+	VMOVQ           R12, X7
+	VPBROADCASTQ    X7, Z7
+	VMOVQ           R10, X8
+	VPMOVZXBW       X8, X8
+	VBROADCASTI64X4 16(BX), Z6
+	VPSRLVW         q8shq4<>+0(SB), Z6, Z6
+	VPANDD          Z0, Z6, Z6
+	VPSHUFB         Z1, Z7, Z9
+	VPMADDUBSW      (SI), Z6, Z6
+	VPMADDWD        Z9, Z6, Z6
+	VBROADCASTI64X4 48(BX), Z9
 	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
 	VPANDD          Z0, Z9, Z9
-	VPSHUFB         Z1, Z10, Z12
-	VPMADDUBSW      (R8), Z9, Z9
-	VPMADDWD        Z12, Z9, Z9
-	VBROADCASTI64X4 48(BX), Z12
-	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
-	VPANDD          Z0, Z12, Z12
-	VPSHUFB         Z2, Z10, Z13
-	VPMADDUBSW      64(R8), Z12, Z12
-	VPDPWSSD        Z13, Z12, Z9
-	VBROADCASTI64X4 80(BX), Z12
-	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
-	VPANDD          Z0, Z12, Z12
-	VPSHUFB         Z3, Z10, Z13
-	VPMADDUBSW      128(R8), Z12, Z12
-	VPMADDWD        Z13, Z12, Z12
-	VBROADCASTI64X4 112(BX), Z13
-	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
-	VPANDD          Z0, Z13, Z13
-	VPSHUFB         Z4, Z10, Z10
-	VPMADDUBSW      192(R8), Z13, Z13
-	VPDPWSSD        Z10, Z13, Z12
-	VPBROADCASTD    (BX), Y10
-	VCVTPH2PS       Y10, Z10
-	VMOVSLDUP       Z10, Z13
-	VMOVSHDUP       Z10, Z10
-	VPMADDWD        288(R8), X11, X11
-	VPADDD          Z12, Z9, Z9
-	VMULPS.BCST     304(R8), Z13, Z12
-	VMULPS.BCST     304(R8), Z10, Z10
-	VCVTDQ2PS       Z9, Z9
-	VCVTDQ2PS       Z11, Z13
-	VFMADD231PS     Z12, Z9, Z5
-	VFNMADD231PS    Z10, Z13, Z5
-	PREFETCHT0      (DI)(AX*1)
-	PREFETCHT0      64(DI)(AX*1)
-	PREFETCHT0      128(DI)(AX*1)
-	MOVL            4(BX)(AX*1), R10
-	MOVL            8(BX)(AX*1), R11
-	MOVL            12(BX)(AX*1), R12
-	MOVL            R10, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R10
-	MOVL            R12, R14
-	ANDL            $0x0f0f0f0f, R14
-	ORL             R13, R14
-	SHLQ            $0x20, R14
-	ORQ             R10, R14
-	MOVL            R11, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R11
-	SHRL            $0x04, R12
-	ANDL            $0x0f0f0f0f, R12
-	ORL             R13, R12
-	SHLQ            $0x20, R12
-	ORQ             R11, R12
-	VMOVQ           R14, X10
-	VPBROADCASTQ    X10, Z10
-	VMOVQ           R12, X11
-	VPMOVZXBW       X11, X11
-	VBROADCASTI64X4 16(BX)(AX*1), Z9
+	VPSHUFB         Z2, Z7, Z10
+	VPMADDUBSW      64(SI), Z9, Z9
+	VPDPWSSD        Z10, Z9, Z6
+	VBROADCASTI64X4 80(BX), Z9
 	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
 	VPANDD          Z0, Z9, Z9
-	VPSHUFB         Z1, Z10, Z12
-	VPMADDUBSW      (R8), Z9, Z9
-	VPMADDWD        Z12, Z9, Z9
-	VBROADCASTI64X4 48(BX)(AX*1), Z12
-	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
-	VPANDD          Z0, Z12, Z12
-	VPSHUFB         Z2, Z10, Z13
-	VPMADDUBSW      64(R8), Z12, Z12
-	VPDPWSSD        Z13, Z12, Z9
-	VBROADCASTI64X4 80(BX)(AX*1), Z12
-	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
-	VPANDD          Z0, Z12, Z12
-	VPSHUFB         Z3, Z10, Z13
-	VPMADDUBSW      128(R8), Z12, Z12
-	VPMADDWD        Z13, Z12, Z12
-	VBROADCASTI64X4 112(BX)(AX*1), Z13
-	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
-	VPANDD          Z0, Z13, Z13
-	VPSHUFB         Z4, Z10, Z10
-	VPMADDUBSW      192(R8), Z13, Z13
-	VPDPWSSD        Z10, Z13, Z12
-	VPBROADCASTD    (BX)(AX*1), Y10
-	VCVTPH2PS       Y10, Z10
-	VMOVSLDUP       Z10, Z13
-	VMOVSHDUP       Z10, Z10
-	VPMADDWD        288(R8), X11, X11
-	VPADDD          Z12, Z9, Z9
-	VMULPS.BCST     304(R8), Z13, Z12
-	VMULPS.BCST     304(R8), Z10, Z10
-	VCVTDQ2PS       Z9, Z9
-	VCVTDQ2PS       Z11, Z13
-	VFMADD231PS     Z12, Z9, Z6
-	VFNMADD231PS    Z10, Z13, Z6
-	PREFETCHT0      (DI)(AX*2)
-	PREFETCHT0      64(DI)(AX*2)
-	PREFETCHT0      128(DI)(AX*2)
-	MOVL            4(BX)(AX*2), R10
-	MOVL            8(BX)(AX*2), R11
-	MOVL            12(BX)(AX*2), R12
-	MOVL            R10, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R10
-	MOVL            R12, R14
-	ANDL            $0x0f0f0f0f, R14
-	ORL             R13, R14
-	SHLQ            $0x20, R14
-	ORQ             R10, R14
-	MOVL            R11, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R11
-	SHRL            $0x04, R12
-	ANDL            $0x0f0f0f0f, R12
-	ORL             R13, R12
-	SHLQ            $0x20, R12
-	ORQ             R11, R12
-	VMOVQ           R14, X10
-	VPBROADCASTQ    X10, Z10
-	VMOVQ           R12, X11
-	VPMOVZXBW       X11, X11
-	VBROADCASTI64X4 16(BX)(AX*2), Z9
-	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
-	VPANDD          Z0, Z9, Z9
-	VPSHUFB         Z1, Z10, Z12
-	VPMADDUBSW      (R8), Z9, Z9
-	VPMADDWD        Z12, Z9, Z9
-	VBROADCASTI64X4 48(BX)(AX*2), Z12
-	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
-	VPANDD          Z0, Z12, Z12
-	VPSHUFB         Z2, Z10, Z13
-	VPMADDUBSW      64(R8), Z12, Z12
-	VPDPWSSD        Z13, Z12, Z9
-	VBROADCASTI64X4 80(BX)(AX*2), Z12
-	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
-	VPANDD          Z0, Z12, Z12
-	VPSHUFB         Z3, Z10, Z13
-	VPMADDUBSW      128(R8), Z12, Z12
-	VPMADDWD        Z13, Z12, Z12
-	VBROADCASTI64X4 112(BX)(AX*2), Z13
-	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
-	VPANDD          Z0, Z13, Z13
-	VPSHUFB         Z4, Z10, Z10
-	VPMADDUBSW      192(R8), Z13, Z13
-	VPDPWSSD        Z10, Z13, Z12
-	VPBROADCASTD    (BX)(AX*2), Y10
-	VCVTPH2PS       Y10, Z10
-	VMOVSLDUP       Z10, Z13
-	VMOVSHDUP       Z10, Z10
-	VPMADDWD        288(R8), X11, X11
-	VPADDD          Z12, Z9, Z9
-	VMULPS.BCST     304(R8), Z13, Z12
-	VMULPS.BCST     304(R8), Z10, Z10
-	VCVTDQ2PS       Z9, Z9
-	VCVTDQ2PS       Z11, Z13
-	VFMADD231PS     Z12, Z9, Z7
-	VFNMADD231PS    Z10, Z13, Z7
-	PREFETCHT0      (SI)(AX*8)
-	PREFETCHT0      64(SI)(AX*8)
-	PREFETCHT0      128(SI)(AX*8)
-	MOVL            4(SI), R10
-	MOVL            8(SI), R11
-	MOVL            12(SI), R12
-	MOVL            R10, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R10
-	MOVL            R12, R14
-	ANDL            $0x0f0f0f0f, R14
-	ORL             R13, R14
-	SHLQ            $0x20, R14
-	ORQ             R10, R14
-	MOVL            R11, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R11
-	SHRL            $0x04, R12
-	ANDL            $0x0f0f0f0f, R12
-	ORL             R13, R12
-	SHLQ            $0x20, R12
-	ORQ             R11, R12
-	VMOVQ           R14, X10
-	VPBROADCASTQ    X10, Z10
-	VMOVQ           R12, X11
-	VPMOVZXBW       X11, X11
-	VBROADCASTI64X4 16(SI), Z9
-	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
-	VPANDD          Z0, Z9, Z9
-	VPSHUFB         Z1, Z10, Z12
-	VPMADDUBSW      (R8), Z9, Z9
-	VPMADDWD        Z12, Z9, Z9
-	VBROADCASTI64X4 48(SI), Z12
-	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
-	VPANDD          Z0, Z12, Z12
-	VPSHUFB         Z2, Z10, Z13
-	VPMADDUBSW      64(R8), Z12, Z12
-	VPDPWSSD        Z13, Z12, Z9
-	VBROADCASTI64X4 80(SI), Z12
-	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
-	VPANDD          Z0, Z12, Z12
-	VPSHUFB         Z3, Z10, Z13
-	VPMADDUBSW      128(R8), Z12, Z12
-	VPMADDWD        Z13, Z12, Z12
-	VBROADCASTI64X4 112(SI), Z13
-	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
-	VPANDD          Z0, Z13, Z13
-	VPSHUFB         Z4, Z10, Z10
-	VPMADDUBSW      192(R8), Z13, Z13
-	VPDPWSSD        Z10, Z13, Z12
-	VPBROADCASTD    (SI), Y10
-	VCVTPH2PS       Y10, Z10
-	VMOVSLDUP       Z10, Z13
-	VMOVSHDUP       Z10, Z10
-	VPMADDWD        288(R8), X11, X11
-	VPADDD          Z12, Z9, Z9
-	VMULPS.BCST     304(R8), Z13, Z12
-	VMULPS.BCST     304(R8), Z10, Z10
-	VCVTDQ2PS       Z9, Z9
-	VCVTDQ2PS       Z11, Z13
-	VFMADD231PS     Z12, Z9, Z8
-	VFNMADD231PS    Z10, Z13, Z8
+	VPSHUFB         Z3, Z7, Z10
+	VPMADDUBSW      128(SI), Z9, Z9
+	VPMADDWD        Z10, Z9, Z9
+	VBROADCASTI64X4 112(BX), Z10
+	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	VPSHUFB         Z4, Z7, Z7
+	VPMADDUBSW      192(SI), Z10, Z10
+	VPDPWSSD        Z7, Z10, Z9
+	VPBROADCASTD    (BX), Y7
+	VCVTPH2PS       Y7, Z7
+	VMOVSLDUP       Z7, Z10
+	VMOVSHDUP       Z7, Z7
+	VPMADDWD        288(SI), X8, X8
+	VPADDD          Z9, Z6, Z6
+	VMULPS.BCST     304(SI), Z10, Z9
+	VMULPS.BCST     304(SI), Z7, Z7
+	VCVTDQ2PS       Z6, Z6
+	VCVTDQ2PS       Z8, Z10
+	VFMADD231PS     Z9, Z6, Z5
+	VFNMADD231PS    Z7, Z10, Z5
 	ADDQ            $0x00000090, BX
-	ADDQ            $0x00000090, SI
-	ADDQ            $0x00000090, DI
-	ADDQ            $0x00000140, R8
-	DECQ            R9
+	ADDQ            $0x00000140, SI
+	DECQ            DI
 	JNZ             q8dot512Q4KN1_blk
 	MOVQ            DX, BX
-	VSHUFF32X4      $0x44, Z6, Z5, Z9
-	VSHUFF32X4      $0xee, Z6, Z5, Z5
-	VADDPS          Z5, Z9, Z6
-	VSHUFF32X4      $0x44, Z8, Z7, Z9
-	VSHUFF32X4      $0xee, Z8, Z7, Z5
-	VADDPS          Z5, Z9, Z5
-	VSHUFF32X4      $0x88, Z5, Z6, Z9
-	VSHUFF32X4      $0xdd, Z5, Z6, Z5
-	VADDPS          Z5, Z9, Z5
-	VPERMILPS       $0x4e, Z5, Z9
-	VADDPS          Z9, Z5, Z5
-	VPERMILPS       $0xb1, Z5, Z9
-	VADDPS          Z9, Z5, Z5
-	VMOVDQU32       redidx<>+0(SB), Z6
-	VPERMPS         Z5, Z6, Z9
-	VMOVUPS         X9, (BX)
-	ADDQ            $0x10, DX
-	LEAQ            (CX)(AX*4), CX
-	DECQ            nquads+16(FP)
-	JNZ             q8dot512Q4KN1_quad
+	VEXTRACTF64X4   $0x01, Z5, Y6
+	VADDPS          Y6, Y5, Y5
+	VEXTRACTF32X4   $0x01, Y5, X6
+	VADDPS          X6, X5, X5
+	VPERMILPS       $0x4e, X5, X6
+	VADDPS          X6, X5, X5
+	VPERMILPS       $0xb1, X5, X6
+	VADDSS          X6, X5, X5
+	VMOVSS          X5, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q4KN1_row
 	VZEROUPPER
 	RET
 
-// func q8dot512Q4KN2(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+// func q8dot512Q4KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI
 TEXT ·q8dot512Q4KN2(SB), NOSPLIT, $0-64
 	MOVQ         wstride+8(FP), AX
 	MOVQ         w+0(FP), CX
@@ -73760,394 +73550,126 @@ TEXT ·q8dot512Q4KN2(SB), NOSPLIT, $0-64
 	VMOVDQU64    q8idxq4_2<>+0(SB), Z3
 	VMOVDQU64    q8idxq4_3<>+0(SB), Z4
 
-q8dot512Q4KN2_quad:
+q8dot512Q4KN2_row:
 	MOVQ   CX, BX
-	LEAQ   (CX)(AX*2), SI
-	ADDQ   AX, SI
-	LEAQ   (CX)(AX*8), DI
-	MOVQ   xq+24(FP), R8
-	MOVQ   xqstride+32(FP), R9
-	MOVQ   nblocks+40(FP), R10
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
 	VXORPS Z5, Z5, Z5
 	VXORPS Z6, Z6, Z6
-	VXORPS Z7, Z7, Z7
-	VXORPS Z8, Z8, Z8
-	VXORPS Z9, Z9, Z9
-	VXORPS Z10, Z10, Z10
-	VXORPS Z11, Z11, Z11
-	VXORPS Z12, Z12, Z12
 
 q8dot512Q4KN2_blk:
-	PREFETCHT0      (DI)
-	PREFETCHT0      64(DI)
-	PREFETCHT0      128(DI)
-	MOVL            4(BX), R11
-	MOVL            8(BX), R12
-	MOVL            12(BX), R13
-	MOVL            R11, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R11
-	MOVL            R13, R15
-	ANDL            $0x0f0f0f0f, R15
-	ORL             R14, R15
-	SHLQ            $0x20, R15
-	ORQ             R11, R15
-	MOVL            R12, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R12
-	SHRL            $0x04, R13
+	MOVL            4(BX), R9
+	MOVL            8(BX), R10
+	MOVL            12(BX), R11
+	MOVL            R9, R12
+	SHRL            $0x02, R12
+	ANDL            $0x30303030, R12
+	ANDL            $0x3f3f3f3f, R9
+	MOVL            R11, R13
 	ANDL            $0x0f0f0f0f, R13
-	ORL             R14, R13
+	ORL             R12, R13
 	SHLQ            $0x20, R13
-	ORQ             R12, R13
-	VMOVQ           R15, X15
-	VPBROADCASTQ    X15, Z15
-	VMOVQ           R13, X16
-	VPMOVZXBW       X16, X16
-	VBROADCASTI64X4 16(BX), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPSHUFB         Z1, Z15, Z17
-	VPMADDUBSW      (R8), Z14, Z13
-	VPMADDWD        Z17, Z13, Z13
-	VPMADDUBSW      (R8)(R9*1), Z14, Z14
-	VPMADDWD        Z17, Z14, Z14
-	VBROADCASTI64X4 48(BX), Z17
-	VPSRLVW         q8shq4<>+0(SB), Z17, Z17
-	VPANDD          Z0, Z17, Z17
-	VPSHUFB         Z2, Z15, Z18
-	VPMADDUBSW      64(R8), Z17, Z19
-	VPDPWSSD        Z18, Z19, Z13
-	VPMADDUBSW      64(R8)(R9*1), Z17, Z17
-	VPDPWSSD        Z18, Z17, Z14
-	VBROADCASTI64X4 80(BX), Z18
-	VPSRLVW         q8shq4<>+0(SB), Z18, Z18
-	VPANDD          Z0, Z18, Z18
-	VPSHUFB         Z3, Z15, Z19
-	VPMADDUBSW      128(R8), Z18, Z17
-	VPMADDWD        Z19, Z17, Z17
-	VPMADDUBSW      128(R8)(R9*1), Z18, Z18
-	VPMADDWD        Z19, Z18, Z18
-	VBROADCASTI64X4 112(BX), Z19
-	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
-	VPANDD          Z0, Z19, Z19
-	VPSHUFB         Z4, Z15, Z15
-	VPMADDUBSW      192(R8), Z19, Z21
-	VPDPWSSD        Z15, Z21, Z17
-	VPMADDUBSW      192(R8)(R9*1), Z19, Z19
-	VPDPWSSD        Z15, Z19, Z18
-	VPBROADCASTD    (BX), Y15
-	VCVTPH2PS       Y15, Z15
-	VMOVSLDUP       Z15, Z19
-	VMOVSHDUP       Z15, Z15
-	VPMADDWD        288(R8), X16, X20
-	VPADDD          Z17, Z13, Z13
-	VMULPS.BCST     304(R8), Z19, Z17
-	VMULPS.BCST     304(R8), Z15, Z21
-	VCVTDQ2PS       Z13, Z13
-	VCVTDQ2PS       Z20, Z22
-	VFMADD231PS     Z17, Z13, Z5
-	VFNMADD231PS    Z21, Z22, Z5
-	VPMADDWD        288(R8)(R9*1), X16, X16
-	VPADDD          Z18, Z14, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z19, Z13
-	VMULPS.BCST     304(R8)(R9*1), Z15, Z15
-	VCVTDQ2PS       Z14, Z14
-	VCVTDQ2PS       Z16, Z17
-	VFMADD231PS     Z13, Z14, Z6
-	VFNMADD231PS    Z15, Z17, Z6
-	PREFETCHT0      (DI)(AX*1)
-	PREFETCHT0      64(DI)(AX*1)
-	PREFETCHT0      128(DI)(AX*1)
-	MOVL            4(BX)(AX*1), R11
-	MOVL            8(BX)(AX*1), R12
-	MOVL            12(BX)(AX*1), R13
-	MOVL            R11, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R11
-	MOVL            R13, R15
-	ANDL            $0x0f0f0f0f, R15
-	ORL             R14, R15
-	SHLQ            $0x20, R15
-	ORQ             R11, R15
-	MOVL            R12, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R12
-	SHRL            $0x04, R13
-	ANDL            $0x0f0f0f0f, R13
-	ORL             R14, R13
-	SHLQ            $0x20, R13
-	ORQ             R12, R13
-	VMOVQ           R15, X15
-	VPBROADCASTQ    X15, Z15
-	VMOVQ           R13, X20
-	VPMOVZXBW       X20, X20
-	VBROADCASTI64X4 16(BX)(AX*1), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPSHUFB         Z1, Z15, Z17
-	VPMADDUBSW      (R8), Z14, Z13
-	VPMADDWD        Z17, Z13, Z13
-	VPMADDUBSW      (R8)(R9*1), Z14, Z14
-	VPMADDWD        Z17, Z14, Z14
-	VBROADCASTI64X4 48(BX)(AX*1), Z17
-	VPSRLVW         q8shq4<>+0(SB), Z17, Z17
-	VPANDD          Z0, Z17, Z17
-	VPSHUFB         Z2, Z15, Z18
-	VPMADDUBSW      64(R8), Z17, Z19
-	VPDPWSSD        Z18, Z19, Z13
-	VPMADDUBSW      64(R8)(R9*1), Z17, Z17
-	VPDPWSSD        Z18, Z17, Z14
-	VBROADCASTI64X4 80(BX)(AX*1), Z18
-	VPSRLVW         q8shq4<>+0(SB), Z18, Z18
-	VPANDD          Z0, Z18, Z18
-	VPSHUFB         Z3, Z15, Z19
-	VPMADDUBSW      128(R8), Z18, Z17
-	VPMADDWD        Z19, Z17, Z17
-	VPMADDUBSW      128(R8)(R9*1), Z18, Z18
-	VPMADDWD        Z19, Z18, Z18
-	VBROADCASTI64X4 112(BX)(AX*1), Z19
-	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
-	VPANDD          Z0, Z19, Z19
-	VPSHUFB         Z4, Z15, Z15
-	VPMADDUBSW      192(R8), Z19, Z21
-	VPDPWSSD        Z15, Z21, Z17
-	VPMADDUBSW      192(R8)(R9*1), Z19, Z19
-	VPDPWSSD        Z15, Z19, Z18
-	VPBROADCASTD    (BX)(AX*1), Y15
-	VCVTPH2PS       Y15, Z15
-	VMOVSLDUP       Z15, Z19
-	VMOVSHDUP       Z15, Z15
-	VPMADDWD        288(R8), X20, X16
-	VPADDD          Z17, Z13, Z13
-	VMULPS.BCST     304(R8), Z19, Z17
-	VMULPS.BCST     304(R8), Z15, Z21
-	VCVTDQ2PS       Z13, Z13
-	VCVTDQ2PS       Z16, Z22
-	VFMADD231PS     Z17, Z13, Z7
-	VFNMADD231PS    Z21, Z22, Z7
-	VPMADDWD        288(R8)(R9*1), X20, X16
-	VPADDD          Z18, Z14, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z19, Z13
-	VMULPS.BCST     304(R8)(R9*1), Z15, Z15
-	VCVTDQ2PS       Z14, Z14
-	VCVTDQ2PS       Z16, Z17
-	VFMADD231PS     Z13, Z14, Z8
-	VFNMADD231PS    Z15, Z17, Z8
-	PREFETCHT0      (DI)(AX*2)
-	PREFETCHT0      64(DI)(AX*2)
-	PREFETCHT0      128(DI)(AX*2)
-	MOVL            4(BX)(AX*2), R11
-	MOVL            8(BX)(AX*2), R12
-	MOVL            12(BX)(AX*2), R13
-	MOVL            R11, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R11
-	MOVL            R13, R15
-	ANDL            $0x0f0f0f0f, R15
-	ORL             R14, R15
-	SHLQ            $0x20, R15
-	ORQ             R11, R15
-	MOVL            R12, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R12
-	SHRL            $0x04, R13
-	ANDL            $0x0f0f0f0f, R13
-	ORL             R14, R13
-	SHLQ            $0x20, R13
-	ORQ             R12, R13
-	VMOVQ           R15, X15
-	VPBROADCASTQ    X15, Z15
-	VMOVQ           R13, X20
-	VPMOVZXBW       X20, X20
-	VBROADCASTI64X4 16(BX)(AX*2), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPSHUFB         Z1, Z15, Z17
-	VPMADDUBSW      (R8), Z14, Z13
-	VPMADDWD        Z17, Z13, Z13
-	VPMADDUBSW      (R8)(R9*1), Z14, Z14
-	VPMADDWD        Z17, Z14, Z14
-	VBROADCASTI64X4 48(BX)(AX*2), Z17
-	VPSRLVW         q8shq4<>+0(SB), Z17, Z17
-	VPANDD          Z0, Z17, Z17
-	VPSHUFB         Z2, Z15, Z18
-	VPMADDUBSW      64(R8), Z17, Z19
-	VPDPWSSD        Z18, Z19, Z13
-	VPMADDUBSW      64(R8)(R9*1), Z17, Z17
-	VPDPWSSD        Z18, Z17, Z14
-	VBROADCASTI64X4 80(BX)(AX*2), Z18
-	VPSRLVW         q8shq4<>+0(SB), Z18, Z18
-	VPANDD          Z0, Z18, Z18
-	VPSHUFB         Z3, Z15, Z19
-	VPMADDUBSW      128(R8), Z18, Z17
-	VPMADDWD        Z19, Z17, Z17
-	VPMADDUBSW      128(R8)(R9*1), Z18, Z18
-	VPMADDWD        Z19, Z18, Z18
-	VBROADCASTI64X4 112(BX)(AX*2), Z19
-	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
-	VPANDD          Z0, Z19, Z19
-	VPSHUFB         Z4, Z15, Z15
-	VPMADDUBSW      192(R8), Z19, Z21
-	VPDPWSSD        Z15, Z21, Z17
-	VPMADDUBSW      192(R8)(R9*1), Z19, Z19
-	VPDPWSSD        Z15, Z19, Z18
-	VPBROADCASTD    (BX)(AX*2), Y15
-	VCVTPH2PS       Y15, Z15
-	VMOVSLDUP       Z15, Z19
-	VMOVSHDUP       Z15, Z15
-	VPMADDWD        288(R8), X20, X16
-	VPADDD          Z17, Z13, Z13
-	VMULPS.BCST     304(R8), Z19, Z17
-	VMULPS.BCST     304(R8), Z15, Z21
-	VCVTDQ2PS       Z13, Z13
-	VCVTDQ2PS       Z16, Z22
-	VFMADD231PS     Z17, Z13, Z9
-	VFNMADD231PS    Z21, Z22, Z9
-	VPMADDWD        288(R8)(R9*1), X20, X16
-	VPADDD          Z18, Z14, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z19, Z13
-	VMULPS.BCST     304(R8)(R9*1), Z15, Z15
-	VCVTDQ2PS       Z14, Z14
-	VCVTDQ2PS       Z16, Z17
-	VFMADD231PS     Z13, Z14, Z10
-	VFNMADD231PS    Z15, Z17, Z10
-	PREFETCHT0      (SI)(AX*8)
-	PREFETCHT0      64(SI)(AX*8)
-	PREFETCHT0      128(SI)(AX*8)
-	MOVL            4(SI), R11
-	MOVL            8(SI), R12
-	MOVL            12(SI), R13
-	MOVL            R11, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R11
-	MOVL            R13, R15
-	ANDL            $0x0f0f0f0f, R15
-	ORL             R14, R15
-	SHLQ            $0x20, R15
-	ORQ             R11, R15
-	MOVL            R12, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R12
-	SHRL            $0x04, R13
-	ANDL            $0x0f0f0f0f, R13
-	ORL             R14, R13
-	SHLQ            $0x20, R13
-	ORQ             R12, R13
-	VMOVQ           R15, X15
-	VPBROADCASTQ    X15, Z15
-	VMOVQ           R13, X20
-	VPMOVZXBW       X20, X20
-	VBROADCASTI64X4 16(SI), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPSHUFB         Z1, Z15, Z17
-	VPMADDUBSW      (R8), Z14, Z13
-	VPMADDWD        Z17, Z13, Z13
-	VPMADDUBSW      (R8)(R9*1), Z14, Z14
-	VPMADDWD        Z17, Z14, Z14
-	VBROADCASTI64X4 48(SI), Z17
-	VPSRLVW         q8shq4<>+0(SB), Z17, Z17
-	VPANDD          Z0, Z17, Z17
-	VPSHUFB         Z2, Z15, Z18
-	VPMADDUBSW      64(R8), Z17, Z19
-	VPDPWSSD        Z18, Z19, Z13
-	VPMADDUBSW      64(R8)(R9*1), Z17, Z17
-	VPDPWSSD        Z18, Z17, Z14
-	VBROADCASTI64X4 80(SI), Z18
-	VPSRLVW         q8shq4<>+0(SB), Z18, Z18
-	VPANDD          Z0, Z18, Z18
-	VPSHUFB         Z3, Z15, Z19
-	VPMADDUBSW      128(R8), Z18, Z17
-	VPMADDWD        Z19, Z17, Z17
-	VPMADDUBSW      128(R8)(R9*1), Z18, Z18
-	VPMADDWD        Z19, Z18, Z18
-	VBROADCASTI64X4 112(SI), Z19
-	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
-	VPANDD          Z0, Z19, Z19
-	VPSHUFB         Z4, Z15, Z15
-	VPMADDUBSW      192(R8), Z19, Z21
-	VPDPWSSD        Z15, Z21, Z17
-	VPMADDUBSW      192(R8)(R9*1), Z19, Z19
-	VPDPWSSD        Z15, Z19, Z18
-	VPBROADCASTD    (SI), Y15
-	VCVTPH2PS       Y15, Z15
-	VMOVSLDUP       Z15, Z19
-	VMOVSHDUP       Z15, Z15
-	VPMADDWD        288(R8), X20, X16
-	VPADDD          Z17, Z13, Z13
-	VMULPS.BCST     304(R8), Z19, Z17
-	VMULPS.BCST     304(R8), Z15, Z21
-	VCVTDQ2PS       Z13, Z13
-	VCVTDQ2PS       Z16, Z22
-	VFMADD231PS     Z17, Z13, Z11
-	VFNMADD231PS    Z21, Z22, Z11
-	VPMADDWD        288(R8)(R9*1), X20, X16
-	VPADDD          Z18, Z14, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z19, Z13
-	VMULPS.BCST     304(R8)(R9*1), Z15, Z15
-	VCVTDQ2PS       Z14, Z14
-	VCVTDQ2PS       Z16, Z17
-	VFMADD231PS     Z13, Z14, Z12
-	VFNMADD231PS    Z15, Z17, Z12
+	ORQ             R9, R13
+	MOVL            R10, R12
+	SHRL            $0x02, R12
+	ANDL            $0x30303030, R12
+	ANDL            $0x3f3f3f3f, R10
+	SHRL            $0x04, R11
+	ANDL            $0x0f0f0f0f, R11
+	ORL             R12, R11
+	SHLQ            $0x20, R11
+	ORQ             R10, R11
+	VMOVQ           R13, X9
+	VPBROADCASTQ    X9, Z9
+	VMOVQ           R11, X10
+	VPMOVZXBW       X10, X10
+	VBROADCASTI64X4 16(BX), Z8
+	VPSRLVW         q8shq4<>+0(SB), Z8, Z8
+	VPANDD          Z0, Z8, Z8
+	VPSHUFB         Z1, Z9, Z11
+	VPMADDUBSW      (SI), Z8, Z7
+	VPMADDWD        Z11, Z7, Z7
+	VPMADDUBSW      (SI)(DI*1), Z8, Z8
+	VPMADDWD        Z11, Z8, Z8
+	VBROADCASTI64X4 48(BX), Z11
+	VPSRLVW         q8shq4<>+0(SB), Z11, Z11
+	VPANDD          Z0, Z11, Z11
+	VPSHUFB         Z2, Z9, Z12
+	VPMADDUBSW      64(SI), Z11, Z13
+	VPDPWSSD        Z12, Z13, Z7
+	VPMADDUBSW      64(SI)(DI*1), Z11, Z11
+	VPDPWSSD        Z12, Z11, Z8
+	VBROADCASTI64X4 80(BX), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPSHUFB         Z3, Z9, Z13
+	VPMADDUBSW      128(SI), Z12, Z11
+	VPMADDWD        Z13, Z11, Z11
+	VPMADDUBSW      128(SI)(DI*1), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VBROADCASTI64X4 112(BX), Z13
+	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
+	VPANDD          Z0, Z13, Z13
+	VPSHUFB         Z4, Z9, Z9
+	VPMADDUBSW      192(SI), Z13, Z15
+	VPDPWSSD        Z9, Z15, Z11
+	VPMADDUBSW      192(SI)(DI*1), Z13, Z13
+	VPDPWSSD        Z9, Z13, Z12
+	VPBROADCASTD    (BX), Y9
+	VCVTPH2PS       Y9, Z9
+	VMOVSLDUP       Z9, Z13
+	VMOVSHDUP       Z9, Z9
+	VPMADDWD        288(SI), X10, X14
+	VPADDD          Z11, Z7, Z7
+	VMULPS.BCST     304(SI), Z13, Z11
+	VMULPS.BCST     304(SI), Z9, Z15
+	VCVTDQ2PS       Z7, Z7
+	VCVTDQ2PS       Z14, Z16
+	VFMADD231PS     Z11, Z7, Z5
+	VFNMADD231PS    Z15, Z16, Z5
+	VPMADDWD        288(SI)(DI*1), X10, X10
+	VPADDD          Z12, Z8, Z8
+	VMULPS.BCST     304(SI)(DI*1), Z13, Z7
+	VMULPS.BCST     304(SI)(DI*1), Z9, Z9
+	VCVTDQ2PS       Z8, Z8
+	VCVTDQ2PS       Z10, Z11
+	VFMADD231PS     Z7, Z8, Z6
+	VFNMADD231PS    Z9, Z11, Z6
 	ADDQ            $0x00000090, BX
-	ADDQ            $0x00000090, SI
-	ADDQ            $0x00000090, DI
-	ADDQ            $0x00000140, R8
-	DECQ            R10
+	ADDQ            $0x00000140, SI
+	DECQ            R8
 	JNZ             q8dot512Q4KN2_blk
 	MOVQ            ostride+56(FP), BX
 	MOVQ            DX, SI
-	VSHUFF32X4      $0x44, Z7, Z5, Z13
-	VSHUFF32X4      $0xee, Z7, Z5, Z5
-	VADDPS          Z5, Z13, Z7
-	VSHUFF32X4      $0x44, Z11, Z9, Z13
-	VSHUFF32X4      $0xee, Z11, Z9, Z5
-	VADDPS          Z5, Z13, Z5
-	VSHUFF32X4      $0x88, Z5, Z7, Z13
-	VSHUFF32X4      $0xdd, Z5, Z7, Z5
-	VADDPS          Z5, Z13, Z5
-	VPERMILPS       $0x4e, Z5, Z13
-	VADDPS          Z13, Z5, Z5
-	VPERMILPS       $0xb1, Z5, Z13
-	VADDPS          Z13, Z5, Z5
-	VMOVDQU32       redidx<>+0(SB), Z7
-	VPERMPS         Z5, Z7, Z13
-	VMOVUPS         X13, (SI)
+	VEXTRACTF64X4   $0x01, Z5, Y7
+	VADDPS          Y7, Y5, Y5
+	VEXTRACTF32X4   $0x01, Y5, X7
+	VADDPS          X7, X5, X5
+	VPERMILPS       $0x4e, X5, X7
+	VADDPS          X7, X5, X5
+	VPERMILPS       $0xb1, X5, X7
+	VADDSS          X7, X5, X5
+	VMOVSS          X5, (SI)
 	ADDQ            BX, SI
-	VSHUFF32X4      $0x44, Z8, Z6, Z5
-	VSHUFF32X4      $0xee, Z8, Z6, Z6
-	VADDPS          Z6, Z5, Z7
-	VSHUFF32X4      $0x44, Z12, Z10, Z5
-	VSHUFF32X4      $0xee, Z12, Z10, Z6
-	VADDPS          Z6, Z5, Z6
-	VSHUFF32X4      $0x88, Z6, Z7, Z5
-	VSHUFF32X4      $0xdd, Z6, Z7, Z6
-	VADDPS          Z6, Z5, Z6
-	VPERMILPS       $0x4e, Z6, Z5
-	VADDPS          Z5, Z6, Z6
-	VPERMILPS       $0xb1, Z6, Z5
-	VADDPS          Z5, Z6, Z6
-	VMOVDQU32       redidx<>+0(SB), Z5
-	VPERMPS         Z6, Z5, Z5
-	VMOVUPS         X5, (SI)
-	ADDQ            $0x10, DX
-	LEAQ            (CX)(AX*4), CX
-	DECQ            nquads+16(FP)
-	JNZ             q8dot512Q4KN2_quad
+	VEXTRACTF64X4   $0x01, Z6, Y5
+	VADDPS          Y5, Y6, Y6
+	VEXTRACTF32X4   $0x01, Y6, X5
+	VADDPS          X5, X6, X6
+	VPERMILPS       $0x4e, X6, X5
+	VADDPS          X5, X6, X6
+	VPERMILPS       $0xb1, X6, X5
+	VADDSS          X5, X6, X6
+	VMOVSS          X6, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q4KN2_row
 	VZEROUPPER
 	RET
 
-// func q8dot512Q5KN1(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+// func q8dot512Q5KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI
 TEXT ·q8dot512Q5KN1(SB), NOSPLIT, $0-64
 	MOVQ         wstride+8(FP), AX
 	MOVQ         w+0(FP), CX
@@ -74159,343 +73681,106 @@ TEXT ·q8dot512Q5KN1(SB), NOSPLIT, $0-64
 	VMOVDQU64    q8idxq4_2<>+0(SB), Z4
 	VMOVDQU64    q8idxq4_3<>+0(SB), Z5
 
-q8dot512Q5KN1_quad:
+q8dot512Q5KN1_row:
 	MOVQ   CX, BX
-	LEAQ   (CX)(AX*2), SI
-	ADDQ   AX, SI
-	LEAQ   (CX)(AX*8), DI
-	MOVQ   xq+24(FP), R8
-	MOVQ   nblocks+40(FP), R9
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
 	VXORPS Z6, Z6, Z6
-	VXORPS Z7, Z7, Z7
-	VXORPS Z8, Z8, Z8
-	VXORPS Z9, Z9, Z9
 
 q8dot512Q5KN1_blk:
-	PREFETCHT0      (DI)
-	PREFETCHT0      64(DI)
-	PREFETCHT0      128(DI)
-	VBROADCASTI64X4 16(BX), Z11
-	MOVL            4(BX), R10
-	MOVL            8(BX), R11
-	MOVL            12(BX), R12
-	MOVL            R10, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R10
-	MOVL            R12, R14
-	ANDL            $0x0f0f0f0f, R14
-	ORL             R13, R14
-	SHLQ            $0x20, R14
-	ORQ             R10, R14
-	MOVL            R11, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R11
-	SHRL            $0x04, R12
+	VBROADCASTI64X4 16(BX), Z8
+	MOVL            4(BX), R8
+	MOVL            8(BX), R9
+	MOVL            12(BX), R10
+	MOVL            R8, R11
+	SHRL            $0x02, R11
+	ANDL            $0x30303030, R11
+	ANDL            $0x3f3f3f3f, R8
+	MOVL            R10, R12
 	ANDL            $0x0f0f0f0f, R12
-	ORL             R13, R12
+	ORL             R11, R12
 	SHLQ            $0x20, R12
-	ORQ             R11, R12
-	VMOVQ           R14, X12
-	VPBROADCASTQ    X12, Z12
-	VMOVQ           R12, X13
-	VPMOVZXBW       X13, X13
-	VBROADCASTI64X4 48(BX), Z10
-	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
-	VPANDD          Z0, Z10, Z10
-	VPTESTMB        q8q5bit_0<>+0(SB), Z11, K1
-	VPADDB          Z1, Z10, K1, Z10
-	VPSHUFB         Z2, Z12, Z14
-	VPMADDUBSW      (R8), Z10, Z10
-	VPMADDWD        Z14, Z10, Z10
-	VBROADCASTI64X4 80(BX), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPTESTMB        q8q5bit_1<>+0(SB), Z11, K1
-	VPADDB          Z1, Z14, K1, Z14
-	VPSHUFB         Z3, Z12, Z15
-	VPMADDUBSW      64(R8), Z14, Z14
-	VPDPWSSD        Z15, Z14, Z10
-	VBROADCASTI64X4 112(BX), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPTESTMB        q8q5bit_2<>+0(SB), Z11, K1
-	VPADDB          Z1, Z14, K1, Z14
-	VPSHUFB         Z4, Z12, Z15
-	VPMADDUBSW      128(R8), Z14, Z14
-	VPMADDWD        Z15, Z14, Z14
-	VBROADCASTI64X4 144(BX), Z15
-	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
-	VPANDD          Z0, Z15, Z15
-	VPTESTMB        q8q5bit_3<>+0(SB), Z11, K1
-	VPADDB          Z1, Z15, K1, Z15
-	VPSHUFB         Z5, Z12, Z11
-	VPMADDUBSW      192(R8), Z15, Z12
-	VPDPWSSD        Z11, Z12, Z14
-	VPBROADCASTD    (BX), Y11
-	VCVTPH2PS       Y11, Z11
-	VMOVSLDUP       Z11, Z12
-	VMOVSHDUP       Z11, Z11
-	VPMADDWD        288(R8), X13, X13
-	VPADDD          Z14, Z10, Z10
-	VMULPS.BCST     304(R8), Z12, Z12
-	VMULPS.BCST     304(R8), Z11, Z11
-	VCVTDQ2PS       Z10, Z10
-	VCVTDQ2PS       Z13, Z14
-	VFMADD231PS     Z12, Z10, Z6
-	VFNMADD231PS    Z11, Z14, Z6
-	PREFETCHT0      (DI)(AX*1)
-	PREFETCHT0      64(DI)(AX*1)
-	PREFETCHT0      128(DI)(AX*1)
-	VBROADCASTI64X4 16(BX)(AX*1), Z11
-	MOVL            4(BX)(AX*1), R10
-	MOVL            8(BX)(AX*1), R11
-	MOVL            12(BX)(AX*1), R12
-	MOVL            R10, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R10
-	MOVL            R12, R14
-	ANDL            $0x0f0f0f0f, R14
-	ORL             R13, R14
-	SHLQ            $0x20, R14
-	ORQ             R10, R14
-	MOVL            R11, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R11
-	SHRL            $0x04, R12
-	ANDL            $0x0f0f0f0f, R12
-	ORL             R13, R12
-	SHLQ            $0x20, R12
-	ORQ             R11, R12
-	VMOVQ           R14, X12
-	VPBROADCASTQ    X12, Z12
-	VMOVQ           R12, X13
-	VPMOVZXBW       X13, X13
-	VBROADCASTI64X4 48(BX)(AX*1), Z10
-	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
-	VPANDD          Z0, Z10, Z10
-	VPTESTMB        q8q5bit_0<>+0(SB), Z11, K1
-	VPADDB          Z1, Z10, K1, Z10
-	VPSHUFB         Z2, Z12, Z14
-	VPMADDUBSW      (R8), Z10, Z10
-	VPMADDWD        Z14, Z10, Z10
-	VBROADCASTI64X4 80(BX)(AX*1), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPTESTMB        q8q5bit_1<>+0(SB), Z11, K1
-	VPADDB          Z1, Z14, K1, Z14
-	VPSHUFB         Z3, Z12, Z15
-	VPMADDUBSW      64(R8), Z14, Z14
-	VPDPWSSD        Z15, Z14, Z10
-	VBROADCASTI64X4 112(BX)(AX*1), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPTESTMB        q8q5bit_2<>+0(SB), Z11, K1
-	VPADDB          Z1, Z14, K1, Z14
-	VPSHUFB         Z4, Z12, Z15
-	VPMADDUBSW      128(R8), Z14, Z14
-	VPMADDWD        Z15, Z14, Z14
-	VBROADCASTI64X4 144(BX)(AX*1), Z15
-	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
-	VPANDD          Z0, Z15, Z15
-	VPTESTMB        q8q5bit_3<>+0(SB), Z11, K1
-	VPADDB          Z1, Z15, K1, Z15
-	VPSHUFB         Z5, Z12, Z11
-	VPMADDUBSW      192(R8), Z15, Z12
-	VPDPWSSD        Z11, Z12, Z14
-	VPBROADCASTD    (BX)(AX*1), Y11
-	VCVTPH2PS       Y11, Z11
-	VMOVSLDUP       Z11, Z12
-	VMOVSHDUP       Z11, Z11
-	VPMADDWD        288(R8), X13, X13
-	VPADDD          Z14, Z10, Z10
-	VMULPS.BCST     304(R8), Z12, Z12
-	VMULPS.BCST     304(R8), Z11, Z11
-	VCVTDQ2PS       Z10, Z10
-	VCVTDQ2PS       Z13, Z14
-	VFMADD231PS     Z12, Z10, Z7
-	VFNMADD231PS    Z11, Z14, Z7
-	PREFETCHT0      (DI)(AX*2)
-	PREFETCHT0      64(DI)(AX*2)
-	PREFETCHT0      128(DI)(AX*2)
-	VBROADCASTI64X4 16(BX)(AX*2), Z11
-	MOVL            4(BX)(AX*2), R10
-	MOVL            8(BX)(AX*2), R11
-	MOVL            12(BX)(AX*2), R12
-	MOVL            R10, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R10
-	MOVL            R12, R14
-	ANDL            $0x0f0f0f0f, R14
-	ORL             R13, R14
-	SHLQ            $0x20, R14
-	ORQ             R10, R14
-	MOVL            R11, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R11
-	SHRL            $0x04, R12
-	ANDL            $0x0f0f0f0f, R12
-	ORL             R13, R12
-	SHLQ            $0x20, R12
-	ORQ             R11, R12
-	VMOVQ           R14, X12
-	VPBROADCASTQ    X12, Z12
-	VMOVQ           R12, X13
-	VPMOVZXBW       X13, X13
-	VBROADCASTI64X4 48(BX)(AX*2), Z10
-	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
-	VPANDD          Z0, Z10, Z10
-	VPTESTMB        q8q5bit_0<>+0(SB), Z11, K1
-	VPADDB          Z1, Z10, K1, Z10
-	VPSHUFB         Z2, Z12, Z14
-	VPMADDUBSW      (R8), Z10, Z10
-	VPMADDWD        Z14, Z10, Z10
-	VBROADCASTI64X4 80(BX)(AX*2), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPTESTMB        q8q5bit_1<>+0(SB), Z11, K1
-	VPADDB          Z1, Z14, K1, Z14
-	VPSHUFB         Z3, Z12, Z15
-	VPMADDUBSW      64(R8), Z14, Z14
-	VPDPWSSD        Z15, Z14, Z10
-	VBROADCASTI64X4 112(BX)(AX*2), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPTESTMB        q8q5bit_2<>+0(SB), Z11, K1
-	VPADDB          Z1, Z14, K1, Z14
-	VPSHUFB         Z4, Z12, Z15
-	VPMADDUBSW      128(R8), Z14, Z14
-	VPMADDWD        Z15, Z14, Z14
-	VBROADCASTI64X4 144(BX)(AX*2), Z15
-	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
-	VPANDD          Z0, Z15, Z15
-	VPTESTMB        q8q5bit_3<>+0(SB), Z11, K1
-	VPADDB          Z1, Z15, K1, Z15
-	VPSHUFB         Z5, Z12, Z11
-	VPMADDUBSW      192(R8), Z15, Z12
-	VPDPWSSD        Z11, Z12, Z14
-	VPBROADCASTD    (BX)(AX*2), Y11
-	VCVTPH2PS       Y11, Z11
-	VMOVSLDUP       Z11, Z12
-	VMOVSHDUP       Z11, Z11
-	VPMADDWD        288(R8), X13, X13
-	VPADDD          Z14, Z10, Z10
-	VMULPS.BCST     304(R8), Z12, Z12
-	VMULPS.BCST     304(R8), Z11, Z11
-	VCVTDQ2PS       Z10, Z10
-	VCVTDQ2PS       Z13, Z14
-	VFMADD231PS     Z12, Z10, Z8
-	VFNMADD231PS    Z11, Z14, Z8
-	PREFETCHT0      (SI)(AX*8)
-	PREFETCHT0      64(SI)(AX*8)
-	PREFETCHT0      128(SI)(AX*8)
-	VBROADCASTI64X4 16(SI), Z11
-	MOVL            4(SI), R10
-	MOVL            8(SI), R11
-	MOVL            12(SI), R12
-	MOVL            R10, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R10
-	MOVL            R12, R14
-	ANDL            $0x0f0f0f0f, R14
-	ORL             R13, R14
-	SHLQ            $0x20, R14
-	ORQ             R10, R14
-	MOVL            R11, R13
-	SHRL            $0x02, R13
-	ANDL            $0x30303030, R13
-	ANDL            $0x3f3f3f3f, R11
-	SHRL            $0x04, R12
-	ANDL            $0x0f0f0f0f, R12
-	ORL             R13, R12
-	SHLQ            $0x20, R12
-	ORQ             R11, R12
-	VMOVQ           R14, X12
-	VPBROADCASTQ    X12, Z12
-	VMOVQ           R12, X13
-	VPMOVZXBW       X13, X13
-	VBROADCASTI64X4 48(SI), Z10
-	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
-	VPANDD          Z0, Z10, Z10
-	VPTESTMB        q8q5bit_0<>+0(SB), Z11, K1
-	VPADDB          Z1, Z10, K1, Z10
-	VPSHUFB         Z2, Z12, Z14
-	VPMADDUBSW      (R8), Z10, Z10
-	VPMADDWD        Z14, Z10, Z10
-	VBROADCASTI64X4 80(SI), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPTESTMB        q8q5bit_1<>+0(SB), Z11, K1
-	VPADDB          Z1, Z14, K1, Z14
-	VPSHUFB         Z3, Z12, Z15
-	VPMADDUBSW      64(R8), Z14, Z14
-	VPDPWSSD        Z15, Z14, Z10
-	VBROADCASTI64X4 112(SI), Z14
-	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	VPTESTMB        q8q5bit_2<>+0(SB), Z11, K1
-	VPADDB          Z1, Z14, K1, Z14
-	VPSHUFB         Z4, Z12, Z15
-	VPMADDUBSW      128(R8), Z14, Z14
-	VPMADDWD        Z15, Z14, Z14
-	VBROADCASTI64X4 144(SI), Z15
-	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
-	VPANDD          Z0, Z15, Z15
-	VPTESTMB        q8q5bit_3<>+0(SB), Z11, K1
-	VPADDB          Z1, Z15, K1, Z15
-	VPSHUFB         Z5, Z12, Z11
-	VPMADDUBSW      192(R8), Z15, Z12
-	VPDPWSSD        Z11, Z12, Z14
-	VPBROADCASTD    (SI), Y11
-	VCVTPH2PS       Y11, Z11
-	VMOVSLDUP       Z11, Z12
-	VMOVSHDUP       Z11, Z11
-	VPMADDWD        288(R8), X13, X13
-	VPADDD          Z14, Z10, Z10
-	VMULPS.BCST     304(R8), Z12, Z12
-	VMULPS.BCST     304(R8), Z11, Z11
-	VCVTDQ2PS       Z10, Z10
-	VCVTDQ2PS       Z13, Z14
-	VFMADD231PS     Z12, Z10, Z9
-	VFNMADD231PS    Z11, Z14, Z9
+	ORQ             R8, R12
+	MOVL            R9, R11
+	SHRL            $0x02, R11
+	ANDL            $0x30303030, R11
+	ANDL            $0x3f3f3f3f, R9
+	SHRL            $0x04, R10
+	ANDL            $0x0f0f0f0f, R10
+	ORL             R11, R10
+	SHLQ            $0x20, R10
+	ORQ             R9, R10
+	VMOVQ           R12, X9
+	VPBROADCASTQ    X9, Z9
+	VMOVQ           R10, X10
+	VPMOVZXBW       X10, X10
+	VBROADCASTI64X4 48(BX), Z7
+	VPSRLVW         q8shq4<>+0(SB), Z7, Z7
+	VPANDD          Z0, Z7, Z7
+	VPTESTMB        q8q5bit_0<>+0(SB), Z8, K1
+	VPADDB          Z1, Z7, K1, Z7
+	VPSHUFB         Z2, Z9, Z11
+	VPMADDUBSW      (SI), Z7, Z7
+	VPMADDWD        Z11, Z7, Z7
+	VBROADCASTI64X4 80(BX), Z11
+	VPSRLVW         q8shq4<>+0(SB), Z11, Z11
+	VPANDD          Z0, Z11, Z11
+	VPTESTMB        q8q5bit_1<>+0(SB), Z8, K1
+	VPADDB          Z1, Z11, K1, Z11
+	VPSHUFB         Z3, Z9, Z12
+	VPMADDUBSW      64(SI), Z11, Z11
+	VPDPWSSD        Z12, Z11, Z7
+	VBROADCASTI64X4 112(BX), Z11
+	VPSRLVW         q8shq4<>+0(SB), Z11, Z11
+	VPANDD          Z0, Z11, Z11
+	VPTESTMB        q8q5bit_2<>+0(SB), Z8, K1
+	VPADDB          Z1, Z11, K1, Z11
+	VPSHUFB         Z4, Z9, Z12
+	VPMADDUBSW      128(SI), Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VBROADCASTI64X4 144(BX), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPTESTMB        q8q5bit_3<>+0(SB), Z8, K1
+	VPADDB          Z1, Z12, K1, Z12
+	VPSHUFB         Z5, Z9, Z8
+	VPMADDUBSW      192(SI), Z12, Z9
+	VPDPWSSD        Z8, Z9, Z11
+	VPBROADCASTD    (BX), Y8
+	VCVTPH2PS       Y8, Z8
+	VMOVSLDUP       Z8, Z9
+	VMOVSHDUP       Z8, Z8
+	VPMADDWD        288(SI), X10, X10
+	VPADDD          Z11, Z7, Z7
+	VMULPS.BCST     304(SI), Z9, Z9
+	VMULPS.BCST     304(SI), Z8, Z8
+	VCVTDQ2PS       Z7, Z7
+	VCVTDQ2PS       Z10, Z11
+	VFMADD231PS     Z9, Z7, Z6
+	VFNMADD231PS    Z8, Z11, Z6
 	ADDQ            $0x000000b0, BX
-	ADDQ            $0x000000b0, SI
-	ADDQ            $0x000000b0, DI
-	ADDQ            $0x00000140, R8
-	DECQ            R9
+	ADDQ            $0x00000140, SI
+	DECQ            DI
 	JNZ             q8dot512Q5KN1_blk
 	MOVQ            DX, BX
-	VSHUFF32X4      $0x44, Z7, Z6, Z10
-	VSHUFF32X4      $0xee, Z7, Z6, Z6
-	VADDPS          Z6, Z10, Z7
-	VSHUFF32X4      $0x44, Z9, Z8, Z10
-	VSHUFF32X4      $0xee, Z9, Z8, Z6
-	VADDPS          Z6, Z10, Z6
-	VSHUFF32X4      $0x88, Z6, Z7, Z10
-	VSHUFF32X4      $0xdd, Z6, Z7, Z6
-	VADDPS          Z6, Z10, Z6
-	VPERMILPS       $0x4e, Z6, Z10
-	VADDPS          Z10, Z6, Z6
-	VPERMILPS       $0xb1, Z6, Z10
-	VADDPS          Z10, Z6, Z6
-	VMOVDQU32       redidx<>+0(SB), Z7
-	VPERMPS         Z6, Z7, Z10
-	VMOVUPS         X10, (BX)
-	ADDQ            $0x10, DX
-	LEAQ            (CX)(AX*4), CX
-	DECQ            nquads+16(FP)
-	JNZ             q8dot512Q5KN1_quad
+	VEXTRACTF64X4   $0x01, Z6, Y7
+	VADDPS          Y7, Y6, Y6
+	VEXTRACTF32X4   $0x01, Y6, X7
+	VADDPS          X7, X6, X6
+	VPERMILPS       $0x4e, X6, X7
+	VADDPS          X7, X6, X6
+	VPERMILPS       $0xb1, X6, X7
+	VADDSS          X7, X6, X6
+	VMOVSS          X6, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q5KN1_row
 	VZEROUPPER
 	RET
 
-// func q8dot512Q5KN2(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+// func q8dot512Q5KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI
 TEXT ·q8dot512Q5KN2(SB), NOSPLIT, $0-64
 	MOVQ         wstride+8(FP), AX
 	MOVQ         w+0(FP), CX
@@ -74507,430 +73792,135 @@ TEXT ·q8dot512Q5KN2(SB), NOSPLIT, $0-64
 	VMOVDQU64    q8idxq4_2<>+0(SB), Z4
 	VMOVDQU64    q8idxq4_3<>+0(SB), Z5
 
-q8dot512Q5KN2_quad:
+q8dot512Q5KN2_row:
 	MOVQ   CX, BX
-	LEAQ   (CX)(AX*2), SI
-	ADDQ   AX, SI
-	LEAQ   (CX)(AX*8), DI
-	MOVQ   xq+24(FP), R8
-	MOVQ   xqstride+32(FP), R9
-	MOVQ   nblocks+40(FP), R10
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
 	VXORPS Z6, Z6, Z6
 	VXORPS Z7, Z7, Z7
-	VXORPS Z8, Z8, Z8
-	VXORPS Z9, Z9, Z9
-	VXORPS Z10, Z10, Z10
-	VXORPS Z11, Z11, Z11
-	VXORPS Z12, Z12, Z12
-	VXORPS Z13, Z13, Z13
 
 q8dot512Q5KN2_blk:
-	PREFETCHT0      (DI)
-	PREFETCHT0      64(DI)
-	PREFETCHT0      128(DI)
-	VBROADCASTI64X4 16(BX), Z16
-	MOVL            4(BX), R11
-	MOVL            8(BX), R12
-	MOVL            12(BX), R13
-	MOVL            R11, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R11
-	MOVL            R13, R15
-	ANDL            $0x0f0f0f0f, R15
-	ORL             R14, R15
-	SHLQ            $0x20, R15
-	ORQ             R11, R15
-	MOVL            R12, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R12
-	SHRL            $0x04, R13
+	VBROADCASTI64X4 16(BX), Z10
+	MOVL            4(BX), R9
+	MOVL            8(BX), R10
+	MOVL            12(BX), R11
+	MOVL            R9, R12
+	SHRL            $0x02, R12
+	ANDL            $0x30303030, R12
+	ANDL            $0x3f3f3f3f, R9
+	MOVL            R11, R13
 	ANDL            $0x0f0f0f0f, R13
-	ORL             R14, R13
+	ORL             R12, R13
 	SHLQ            $0x20, R13
-	ORQ             R12, R13
-	VMOVQ           R15, X17
-	VPBROADCASTQ    X17, Z17
-	VMOVQ           R13, X18
-	VPMOVZXBW       X18, X18
-	VBROADCASTI64X4 48(BX), Z15
+	ORQ             R9, R13
+	MOVL            R10, R12
+	SHRL            $0x02, R12
+	ANDL            $0x30303030, R12
+	ANDL            $0x3f3f3f3f, R10
+	SHRL            $0x04, R11
+	ANDL            $0x0f0f0f0f, R11
+	ORL             R12, R11
+	SHLQ            $0x20, R11
+	ORQ             R10, R11
+	VMOVQ           R13, X11
+	VPBROADCASTQ    X11, Z11
+	VMOVQ           R11, X12
+	VPMOVZXBW       X12, X12
+	VBROADCASTI64X4 48(BX), Z9
+	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
+	VPANDD          Z0, Z9, Z9
+	VPTESTMB        q8q5bit_0<>+0(SB), Z10, K1
+	VPADDB          Z1, Z9, K1, Z9
+	VPSHUFB         Z2, Z11, Z13
+	VPMADDUBSW      (SI), Z9, Z8
+	VPMADDWD        Z13, Z8, Z8
+	VPMADDUBSW      (SI)(DI*1), Z9, Z9
+	VPMADDWD        Z13, Z9, Z9
+	VBROADCASTI64X4 80(BX), Z13
+	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
+	VPANDD          Z0, Z13, Z13
+	VPTESTMB        q8q5bit_1<>+0(SB), Z10, K1
+	VPADDB          Z1, Z13, K1, Z13
+	VPSHUFB         Z3, Z11, Z14
+	VPMADDUBSW      64(SI), Z13, Z15
+	VPDPWSSD        Z14, Z15, Z8
+	VPMADDUBSW      64(SI)(DI*1), Z13, Z13
+	VPDPWSSD        Z14, Z13, Z9
+	VBROADCASTI64X4 112(BX), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPTESTMB        q8q5bit_2<>+0(SB), Z10, K1
+	VPADDB          Z1, Z14, K1, Z14
+	VPSHUFB         Z4, Z11, Z15
+	VPMADDUBSW      128(SI), Z14, Z13
+	VPMADDWD        Z15, Z13, Z13
+	VPMADDUBSW      128(SI)(DI*1), Z14, Z14
+	VPMADDWD        Z15, Z14, Z14
+	VBROADCASTI64X4 144(BX), Z15
 	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
 	VPANDD          Z0, Z15, Z15
-	VPTESTMB        q8q5bit_0<>+0(SB), Z16, K1
+	VPTESTMB        q8q5bit_3<>+0(SB), Z10, K1
 	VPADDB          Z1, Z15, K1, Z15
-	VPSHUFB         Z2, Z17, Z19
-	VPMADDUBSW      (R8), Z15, Z14
-	VPMADDWD        Z19, Z14, Z14
-	VPMADDUBSW      (R8)(R9*1), Z15, Z15
-	VPMADDWD        Z19, Z15, Z15
-	VBROADCASTI64X4 80(BX), Z19
-	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
-	VPANDD          Z0, Z19, Z19
-	VPTESTMB        q8q5bit_1<>+0(SB), Z16, K1
-	VPADDB          Z1, Z19, K1, Z19
-	VPSHUFB         Z3, Z17, Z20
-	VPMADDUBSW      64(R8), Z19, Z21
-	VPDPWSSD        Z20, Z21, Z14
-	VPMADDUBSW      64(R8)(R9*1), Z19, Z19
-	VPDPWSSD        Z20, Z19, Z15
-	VBROADCASTI64X4 112(BX), Z20
-	VPSRLVW         q8shq4<>+0(SB), Z20, Z20
-	VPANDD          Z0, Z20, Z20
-	VPTESTMB        q8q5bit_2<>+0(SB), Z16, K1
-	VPADDB          Z1, Z20, K1, Z20
-	VPSHUFB         Z4, Z17, Z21
-	VPMADDUBSW      128(R8), Z20, Z19
-	VPMADDWD        Z21, Z19, Z19
-	VPMADDUBSW      128(R8)(R9*1), Z20, Z20
-	VPMADDWD        Z21, Z20, Z20
-	VBROADCASTI64X4 144(BX), Z21
-	VPSRLVW         q8shq4<>+0(SB), Z21, Z21
-	VPANDD          Z0, Z21, Z21
-	VPTESTMB        q8q5bit_3<>+0(SB), Z16, K1
-	VPADDB          Z1, Z21, K1, Z21
-	VPSHUFB         Z5, Z17, Z16
-	VPMADDUBSW      192(R8), Z21, Z17
-	VPDPWSSD        Z16, Z17, Z19
-	VPMADDUBSW      192(R8)(R9*1), Z21, Z17
-	VPDPWSSD        Z16, Z17, Z20
-	VPBROADCASTD    (BX), Y16
-	VCVTPH2PS       Y16, Z16
-	VMOVSLDUP       Z16, Z17
-	VMOVSHDUP       Z16, Z16
-	VPMADDWD        288(R8), X18, X22
-	VPADDD          Z19, Z14, Z14
-	VMULPS.BCST     304(R8), Z17, Z19
-	VMULPS.BCST     304(R8), Z16, Z21
-	VCVTDQ2PS       Z14, Z14
-	VCVTDQ2PS       Z22, Z23
-	VFMADD231PS     Z19, Z14, Z6
-	VFNMADD231PS    Z21, Z23, Z6
-	VPMADDWD        288(R8)(R9*1), X18, X18
-	VPADDD          Z20, Z15, Z15
-	VMULPS.BCST     304(R8)(R9*1), Z17, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z16, Z16
-	VCVTDQ2PS       Z15, Z15
-	VCVTDQ2PS       Z18, Z17
-	VFMADD231PS     Z14, Z15, Z7
-	VFNMADD231PS    Z16, Z17, Z7
-	PREFETCHT0      (DI)(AX*1)
-	PREFETCHT0      64(DI)(AX*1)
-	PREFETCHT0      128(DI)(AX*1)
-	VBROADCASTI64X4 16(BX)(AX*1), Z16
-	MOVL            4(BX)(AX*1), R11
-	MOVL            8(BX)(AX*1), R12
-	MOVL            12(BX)(AX*1), R13
-	MOVL            R11, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R11
-	MOVL            R13, R15
-	ANDL            $0x0f0f0f0f, R15
-	ORL             R14, R15
-	SHLQ            $0x20, R15
-	ORQ             R11, R15
-	MOVL            R12, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R12
-	SHRL            $0x04, R13
-	ANDL            $0x0f0f0f0f, R13
-	ORL             R14, R13
-	SHLQ            $0x20, R13
-	ORQ             R12, R13
-	VMOVQ           R15, X17
-	VPBROADCASTQ    X17, Z17
-	VMOVQ           R13, X22
-	VPMOVZXBW       X22, X22
-	VBROADCASTI64X4 48(BX)(AX*1), Z15
-	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
-	VPANDD          Z0, Z15, Z15
-	VPTESTMB        q8q5bit_0<>+0(SB), Z16, K1
-	VPADDB          Z1, Z15, K1, Z15
-	VPSHUFB         Z2, Z17, Z19
-	VPMADDUBSW      (R8), Z15, Z14
-	VPMADDWD        Z19, Z14, Z14
-	VPMADDUBSW      (R8)(R9*1), Z15, Z15
-	VPMADDWD        Z19, Z15, Z15
-	VBROADCASTI64X4 80(BX)(AX*1), Z19
-	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
-	VPANDD          Z0, Z19, Z19
-	VPTESTMB        q8q5bit_1<>+0(SB), Z16, K1
-	VPADDB          Z1, Z19, K1, Z19
-	VPSHUFB         Z3, Z17, Z20
-	VPMADDUBSW      64(R8), Z19, Z21
-	VPDPWSSD        Z20, Z21, Z14
-	VPMADDUBSW      64(R8)(R9*1), Z19, Z19
-	VPDPWSSD        Z20, Z19, Z15
-	VBROADCASTI64X4 112(BX)(AX*1), Z20
-	VPSRLVW         q8shq4<>+0(SB), Z20, Z20
-	VPANDD          Z0, Z20, Z20
-	VPTESTMB        q8q5bit_2<>+0(SB), Z16, K1
-	VPADDB          Z1, Z20, K1, Z20
-	VPSHUFB         Z4, Z17, Z21
-	VPMADDUBSW      128(R8), Z20, Z19
-	VPMADDWD        Z21, Z19, Z19
-	VPMADDUBSW      128(R8)(R9*1), Z20, Z20
-	VPMADDWD        Z21, Z20, Z20
-	VBROADCASTI64X4 144(BX)(AX*1), Z21
-	VPSRLVW         q8shq4<>+0(SB), Z21, Z21
-	VPANDD          Z0, Z21, Z21
-	VPTESTMB        q8q5bit_3<>+0(SB), Z16, K1
-	VPADDB          Z1, Z21, K1, Z21
-	VPSHUFB         Z5, Z17, Z16
-	VPMADDUBSW      192(R8), Z21, Z17
-	VPDPWSSD        Z16, Z17, Z19
-	VPMADDUBSW      192(R8)(R9*1), Z21, Z17
-	VPDPWSSD        Z16, Z17, Z20
-	VPBROADCASTD    (BX)(AX*1), Y16
-	VCVTPH2PS       Y16, Z16
-	VMOVSLDUP       Z16, Z17
-	VMOVSHDUP       Z16, Z16
-	VPMADDWD        288(R8), X22, X18
-	VPADDD          Z19, Z14, Z14
-	VMULPS.BCST     304(R8), Z17, Z19
-	VMULPS.BCST     304(R8), Z16, Z21
-	VCVTDQ2PS       Z14, Z14
-	VCVTDQ2PS       Z18, Z23
-	VFMADD231PS     Z19, Z14, Z8
-	VFNMADD231PS    Z21, Z23, Z8
-	VPMADDWD        288(R8)(R9*1), X22, X18
-	VPADDD          Z20, Z15, Z15
-	VMULPS.BCST     304(R8)(R9*1), Z17, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z16, Z16
-	VCVTDQ2PS       Z15, Z15
-	VCVTDQ2PS       Z18, Z17
-	VFMADD231PS     Z14, Z15, Z9
-	VFNMADD231PS    Z16, Z17, Z9
-	PREFETCHT0      (DI)(AX*2)
-	PREFETCHT0      64(DI)(AX*2)
-	PREFETCHT0      128(DI)(AX*2)
-	VBROADCASTI64X4 16(BX)(AX*2), Z16
-	MOVL            4(BX)(AX*2), R11
-	MOVL            8(BX)(AX*2), R12
-	MOVL            12(BX)(AX*2), R13
-	MOVL            R11, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R11
-	MOVL            R13, R15
-	ANDL            $0x0f0f0f0f, R15
-	ORL             R14, R15
-	SHLQ            $0x20, R15
-	ORQ             R11, R15
-	MOVL            R12, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R12
-	SHRL            $0x04, R13
-	ANDL            $0x0f0f0f0f, R13
-	ORL             R14, R13
-	SHLQ            $0x20, R13
-	ORQ             R12, R13
-	VMOVQ           R15, X17
-	VPBROADCASTQ    X17, Z17
-	VMOVQ           R13, X22
-	VPMOVZXBW       X22, X22
-	VBROADCASTI64X4 48(BX)(AX*2), Z15
-	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
-	VPANDD          Z0, Z15, Z15
-	VPTESTMB        q8q5bit_0<>+0(SB), Z16, K1
-	VPADDB          Z1, Z15, K1, Z15
-	VPSHUFB         Z2, Z17, Z19
-	VPMADDUBSW      (R8), Z15, Z14
-	VPMADDWD        Z19, Z14, Z14
-	VPMADDUBSW      (R8)(R9*1), Z15, Z15
-	VPMADDWD        Z19, Z15, Z15
-	VBROADCASTI64X4 80(BX)(AX*2), Z19
-	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
-	VPANDD          Z0, Z19, Z19
-	VPTESTMB        q8q5bit_1<>+0(SB), Z16, K1
-	VPADDB          Z1, Z19, K1, Z19
-	VPSHUFB         Z3, Z17, Z20
-	VPMADDUBSW      64(R8), Z19, Z21
-	VPDPWSSD        Z20, Z21, Z14
-	VPMADDUBSW      64(R8)(R9*1), Z19, Z19
-	VPDPWSSD        Z20, Z19, Z15
-	VBROADCASTI64X4 112(BX)(AX*2), Z20
-	VPSRLVW         q8shq4<>+0(SB), Z20, Z20
-	VPANDD          Z0, Z20, Z20
-	VPTESTMB        q8q5bit_2<>+0(SB), Z16, K1
-	VPADDB          Z1, Z20, K1, Z20
-	VPSHUFB         Z4, Z17, Z21
-	VPMADDUBSW      128(R8), Z20, Z19
-	VPMADDWD        Z21, Z19, Z19
-	VPMADDUBSW      128(R8)(R9*1), Z20, Z20
-	VPMADDWD        Z21, Z20, Z20
-	VBROADCASTI64X4 144(BX)(AX*2), Z21
-	VPSRLVW         q8shq4<>+0(SB), Z21, Z21
-	VPANDD          Z0, Z21, Z21
-	VPTESTMB        q8q5bit_3<>+0(SB), Z16, K1
-	VPADDB          Z1, Z21, K1, Z21
-	VPSHUFB         Z5, Z17, Z16
-	VPMADDUBSW      192(R8), Z21, Z17
-	VPDPWSSD        Z16, Z17, Z19
-	VPMADDUBSW      192(R8)(R9*1), Z21, Z17
-	VPDPWSSD        Z16, Z17, Z20
-	VPBROADCASTD    (BX)(AX*2), Y16
-	VCVTPH2PS       Y16, Z16
-	VMOVSLDUP       Z16, Z17
-	VMOVSHDUP       Z16, Z16
-	VPMADDWD        288(R8), X22, X18
-	VPADDD          Z19, Z14, Z14
-	VMULPS.BCST     304(R8), Z17, Z19
-	VMULPS.BCST     304(R8), Z16, Z21
-	VCVTDQ2PS       Z14, Z14
-	VCVTDQ2PS       Z18, Z23
-	VFMADD231PS     Z19, Z14, Z10
-	VFNMADD231PS    Z21, Z23, Z10
-	VPMADDWD        288(R8)(R9*1), X22, X18
-	VPADDD          Z20, Z15, Z15
-	VMULPS.BCST     304(R8)(R9*1), Z17, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z16, Z16
-	VCVTDQ2PS       Z15, Z15
-	VCVTDQ2PS       Z18, Z17
-	VFMADD231PS     Z14, Z15, Z11
-	VFNMADD231PS    Z16, Z17, Z11
-	PREFETCHT0      (SI)(AX*8)
-	PREFETCHT0      64(SI)(AX*8)
-	PREFETCHT0      128(SI)(AX*8)
-	VBROADCASTI64X4 16(SI), Z16
-	MOVL            4(SI), R11
-	MOVL            8(SI), R12
-	MOVL            12(SI), R13
-	MOVL            R11, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R11
-	MOVL            R13, R15
-	ANDL            $0x0f0f0f0f, R15
-	ORL             R14, R15
-	SHLQ            $0x20, R15
-	ORQ             R11, R15
-	MOVL            R12, R14
-	SHRL            $0x02, R14
-	ANDL            $0x30303030, R14
-	ANDL            $0x3f3f3f3f, R12
-	SHRL            $0x04, R13
-	ANDL            $0x0f0f0f0f, R13
-	ORL             R14, R13
-	SHLQ            $0x20, R13
-	ORQ             R12, R13
-	VMOVQ           R15, X17
-	VPBROADCASTQ    X17, Z17
-	VMOVQ           R13, X22
-	VPMOVZXBW       X22, X22
-	VBROADCASTI64X4 48(SI), Z15
-	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
-	VPANDD          Z0, Z15, Z15
-	VPTESTMB        q8q5bit_0<>+0(SB), Z16, K1
-	VPADDB          Z1, Z15, K1, Z15
-	VPSHUFB         Z2, Z17, Z19
-	VPMADDUBSW      (R8), Z15, Z14
-	VPMADDWD        Z19, Z14, Z14
-	VPMADDUBSW      (R8)(R9*1), Z15, Z15
-	VPMADDWD        Z19, Z15, Z15
-	VBROADCASTI64X4 80(SI), Z19
-	VPSRLVW         q8shq4<>+0(SB), Z19, Z19
-	VPANDD          Z0, Z19, Z19
-	VPTESTMB        q8q5bit_1<>+0(SB), Z16, K1
-	VPADDB          Z1, Z19, K1, Z19
-	VPSHUFB         Z3, Z17, Z20
-	VPMADDUBSW      64(R8), Z19, Z21
-	VPDPWSSD        Z20, Z21, Z14
-	VPMADDUBSW      64(R8)(R9*1), Z19, Z19
-	VPDPWSSD        Z20, Z19, Z15
-	VBROADCASTI64X4 112(SI), Z20
-	VPSRLVW         q8shq4<>+0(SB), Z20, Z20
-	VPANDD          Z0, Z20, Z20
-	VPTESTMB        q8q5bit_2<>+0(SB), Z16, K1
-	VPADDB          Z1, Z20, K1, Z20
-	VPSHUFB         Z4, Z17, Z21
-	VPMADDUBSW      128(R8), Z20, Z19
-	VPMADDWD        Z21, Z19, Z19
-	VPMADDUBSW      128(R8)(R9*1), Z20, Z20
-	VPMADDWD        Z21, Z20, Z20
-	VBROADCASTI64X4 144(SI), Z21
-	VPSRLVW         q8shq4<>+0(SB), Z21, Z21
-	VPANDD          Z0, Z21, Z21
-	VPTESTMB        q8q5bit_3<>+0(SB), Z16, K1
-	VPADDB          Z1, Z21, K1, Z21
-	VPSHUFB         Z5, Z17, Z16
-	VPMADDUBSW      192(R8), Z21, Z17
-	VPDPWSSD        Z16, Z17, Z19
-	VPMADDUBSW      192(R8)(R9*1), Z21, Z17
-	VPDPWSSD        Z16, Z17, Z20
-	VPBROADCASTD    (SI), Y16
-	VCVTPH2PS       Y16, Z16
-	VMOVSLDUP       Z16, Z17
-	VMOVSHDUP       Z16, Z16
-	VPMADDWD        288(R8), X22, X18
-	VPADDD          Z19, Z14, Z14
-	VMULPS.BCST     304(R8), Z17, Z19
-	VMULPS.BCST     304(R8), Z16, Z21
-	VCVTDQ2PS       Z14, Z14
-	VCVTDQ2PS       Z18, Z23
-	VFMADD231PS     Z19, Z14, Z12
-	VFNMADD231PS    Z21, Z23, Z12
-	VPMADDWD        288(R8)(R9*1), X22, X18
-	VPADDD          Z20, Z15, Z15
-	VMULPS.BCST     304(R8)(R9*1), Z17, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z16, Z16
-	VCVTDQ2PS       Z15, Z15
-	VCVTDQ2PS       Z18, Z17
-	VFMADD231PS     Z14, Z15, Z13
-	VFNMADD231PS    Z16, Z17, Z13
+	VPSHUFB         Z5, Z11, Z10
+	VPMADDUBSW      192(SI), Z15, Z11
+	VPDPWSSD        Z10, Z11, Z13
+	VPMADDUBSW      192(SI)(DI*1), Z15, Z11
+	VPDPWSSD        Z10, Z11, Z14
+	VPBROADCASTD    (BX), Y10
+	VCVTPH2PS       Y10, Z10
+	VMOVSLDUP       Z10, Z11
+	VMOVSHDUP       Z10, Z10
+	VPMADDWD        288(SI), X12, X16
+	VPADDD          Z13, Z8, Z8
+	VMULPS.BCST     304(SI), Z11, Z13
+	VMULPS.BCST     304(SI), Z10, Z15
+	VCVTDQ2PS       Z8, Z8
+	VCVTDQ2PS       Z16, Z17
+	VFMADD231PS     Z13, Z8, Z6
+	VFNMADD231PS    Z15, Z17, Z6
+	VPMADDWD        288(SI)(DI*1), X12, X12
+	VPADDD          Z14, Z9, Z9
+	VMULPS.BCST     304(SI)(DI*1), Z11, Z8
+	VMULPS.BCST     304(SI)(DI*1), Z10, Z10
+	VCVTDQ2PS       Z9, Z9
+	VCVTDQ2PS       Z12, Z11
+	VFMADD231PS     Z8, Z9, Z7
+	VFNMADD231PS    Z10, Z11, Z7
 	ADDQ            $0x000000b0, BX
-	ADDQ            $0x000000b0, SI
-	ADDQ            $0x000000b0, DI
-	ADDQ            $0x00000140, R8
-	DECQ            R10
+	ADDQ            $0x00000140, SI
+	DECQ            R8
 	JNZ             q8dot512Q5KN2_blk
 	MOVQ            ostride+56(FP), BX
 	MOVQ            DX, SI
-	VSHUFF32X4      $0x44, Z8, Z6, Z14
-	VSHUFF32X4      $0xee, Z8, Z6, Z6
-	VADDPS          Z6, Z14, Z8
-	VSHUFF32X4      $0x44, Z12, Z10, Z14
-	VSHUFF32X4      $0xee, Z12, Z10, Z6
-	VADDPS          Z6, Z14, Z6
-	VSHUFF32X4      $0x88, Z6, Z8, Z14
-	VSHUFF32X4      $0xdd, Z6, Z8, Z6
-	VADDPS          Z6, Z14, Z6
-	VPERMILPS       $0x4e, Z6, Z14
-	VADDPS          Z14, Z6, Z6
-	VPERMILPS       $0xb1, Z6, Z14
-	VADDPS          Z14, Z6, Z6
-	VMOVDQU32       redidx<>+0(SB), Z8
-	VPERMPS         Z6, Z8, Z14
-	VMOVUPS         X14, (SI)
+	VEXTRACTF64X4   $0x01, Z6, Y8
+	VADDPS          Y8, Y6, Y6
+	VEXTRACTF32X4   $0x01, Y6, X8
+	VADDPS          X8, X6, X6
+	VPERMILPS       $0x4e, X6, X8
+	VADDPS          X8, X6, X6
+	VPERMILPS       $0xb1, X6, X8
+	VADDSS          X8, X6, X6
+	VMOVSS          X6, (SI)
 	ADDQ            BX, SI
-	VSHUFF32X4      $0x44, Z9, Z7, Z6
-	VSHUFF32X4      $0xee, Z9, Z7, Z7
-	VADDPS          Z7, Z6, Z8
-	VSHUFF32X4      $0x44, Z13, Z11, Z6
-	VSHUFF32X4      $0xee, Z13, Z11, Z7
-	VADDPS          Z7, Z6, Z7
-	VSHUFF32X4      $0x88, Z7, Z8, Z6
-	VSHUFF32X4      $0xdd, Z7, Z8, Z7
-	VADDPS          Z7, Z6, Z7
-	VPERMILPS       $0x4e, Z7, Z6
-	VADDPS          Z6, Z7, Z7
-	VPERMILPS       $0xb1, Z7, Z6
-	VADDPS          Z6, Z7, Z7
-	VMOVDQU32       redidx<>+0(SB), Z6
-	VPERMPS         Z7, Z6, Z6
-	VMOVUPS         X6, (SI)
-	ADDQ            $0x10, DX
-	LEAQ            (CX)(AX*4), CX
-	DECQ            nquads+16(FP)
-	JNZ             q8dot512Q5KN2_quad
+	VEXTRACTF64X4   $0x01, Z7, Y6
+	VADDPS          Y6, Y7, Y7
+	VEXTRACTF32X4   $0x01, Y7, X6
+	VADDPS          X6, X7, X7
+	VPERMILPS       $0x4e, X7, X6
+	VADDPS          X6, X7, X7
+	VPERMILPS       $0xb1, X7, X6
+	VADDSS          X6, X7, X7
+	VMOVSS          X7, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q5KN2_row
 	VZEROUPPER
 	RET
 
-// func q8dot512Q6KN1(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+// func q8dot512Q6KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI
 TEXT ·q8dot512Q6KN1(SB), NOSPLIT, $0-64
 	MOVQ         wstride+8(FP), AX
 	MOVQ         w+0(FP), CX
@@ -74942,227 +73932,76 @@ TEXT ·q8dot512Q6KN1(SB), NOSPLIT, $0-64
 	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
 	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
 
-q8dot512Q6KN1_quad:
+q8dot512Q6KN1_row:
 	MOVQ   CX, BX
-	LEAQ   (CX)(AX*2), SI
-	ADDQ   AX, SI
-	LEAQ   (CX)(AX*8), DI
-	MOVQ   xq+24(FP), R8
-	MOVQ   nblocks+40(FP), R9
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
 	VXORPS Z6, Z6, Z6
-	VXORPS Z7, Z7, Z7
-	VXORPS Z8, Z8, Z8
-	VXORPS Z9, Z9, Z9
 
 q8dot512Q6KN1_blk:
-	PREFETCHT0      (DI)
-	PREFETCHT0      64(DI)
-	PREFETCHT0      128(DI)
-	PREFETCHT0      192(DI)
-	VPMOVSXBW       192(BX), Y11
-	VPSLLW          $0x05, Y11, Y10
-	VPMADDWD        256(R8), Y10, Y12
-	VMOVDQU64       (BX), Z13
-	VBROADCASTI64X4 128(BX), Z14
-	VPSLLVW         q8shq6a<>+0(SB), Z14, Z10
-	VPANDD          Z1, Z10, Z10
-	VPTERNLOGD      $0xf8, Z0, Z13, Z10
-	VPERMW          Z11, Z2, Z15
-	VPMADDUBSW      (R8), Z10, Z10
-	VPMADDWD        Z15, Z10, Z10
-	VPSRLW          $0x04, Z13, Z13
-	VPSRLVW         q8shq6b<>+0(SB), Z14, Z14
-	VPANDD          Z1, Z14, Z14
-	VPTERNLOGD      $0xf8, Z0, Z13, Z14
-	VPERMW          Z11, Z3, Z13
-	VPMADDUBSW      64(R8), Z14, Z14
-	VPDPWSSD        Z13, Z14, Z10
-	VMOVDQU64       64(BX), Z13
-	VBROADCASTI64X4 160(BX), Z15
-	VPSLLVW         q8shq6a<>+0(SB), Z15, Z14
-	VPANDD          Z1, Z14, Z14
-	VPTERNLOGD      $0xf8, Z0, Z13, Z14
-	VPERMW          Z11, Z4, Z16
-	VPMADDUBSW      128(R8), Z14, Z14
-	VPMADDWD        Z16, Z14, Z14
-	VPSRLW          $0x04, Z13, Z13
-	VPSRLVW         q8shq6b<>+0(SB), Z15, Z15
-	VPANDD          Z1, Z15, Z15
-	VPTERNLOGD      $0xf8, Z0, Z13, Z15
-	VPERMW          Z11, Z5, Z13
-	VPMADDUBSW      192(R8), Z15, Z15
-	VPDPWSSD        Z13, Z15, Z14
-	VPBROADCASTW    208(BX), Y13
-	VCVTPH2PS       Y13, Z13
-	VPSUBD          Z12, Z10, Z10
-	VPADDD          Z14, Z10, Z10
-	VMULPS.BCST     304(R8), Z13, Z13
-	VCVTDQ2PS       Z10, Z10
-	VFMADD231PS     Z13, Z10, Z6
-	PREFETCHT0      (DI)(AX*1)
-	PREFETCHT0      64(DI)(AX*1)
-	PREFETCHT0      128(DI)(AX*1)
-	PREFETCHT0      192(DI)(AX*1)
-	VPMOVSXBW       192(BX)(AX*1), Y11
-	VPSLLW          $0x05, Y11, Y10
-	VPMADDWD        256(R8), Y10, Y12
-	VMOVDQU64       (BX)(AX*1), Z13
-	VBROADCASTI64X4 128(BX)(AX*1), Z14
-	VPSLLVW         q8shq6a<>+0(SB), Z14, Z10
-	VPANDD          Z1, Z10, Z10
-	VPTERNLOGD      $0xf8, Z0, Z13, Z10
-	VPERMW          Z11, Z2, Z15
-	VPMADDUBSW      (R8), Z10, Z10
-	VPMADDWD        Z15, Z10, Z10
-	VPSRLW          $0x04, Z13, Z13
-	VPSRLVW         q8shq6b<>+0(SB), Z14, Z14
-	VPANDD          Z1, Z14, Z14
-	VPTERNLOGD      $0xf8, Z0, Z13, Z14
-	VPERMW          Z11, Z3, Z13
-	VPMADDUBSW      64(R8), Z14, Z14
-	VPDPWSSD        Z13, Z14, Z10
-	VMOVDQU64       64(BX)(AX*1), Z13
-	VBROADCASTI64X4 160(BX)(AX*1), Z15
-	VPSLLVW         q8shq6a<>+0(SB), Z15, Z14
-	VPANDD          Z1, Z14, Z14
-	VPTERNLOGD      $0xf8, Z0, Z13, Z14
-	VPERMW          Z11, Z4, Z16
-	VPMADDUBSW      128(R8), Z14, Z14
-	VPMADDWD        Z16, Z14, Z14
-	VPSRLW          $0x04, Z13, Z13
-	VPSRLVW         q8shq6b<>+0(SB), Z15, Z15
-	VPANDD          Z1, Z15, Z15
-	VPTERNLOGD      $0xf8, Z0, Z13, Z15
-	VPERMW          Z11, Z5, Z13
-	VPMADDUBSW      192(R8), Z15, Z15
-	VPDPWSSD        Z13, Z15, Z14
-	VPBROADCASTW    208(BX)(AX*1), Y13
-	VCVTPH2PS       Y13, Z13
-	VPSUBD          Z12, Z10, Z10
-	VPADDD          Z14, Z10, Z10
-	VMULPS.BCST     304(R8), Z13, Z13
-	VCVTDQ2PS       Z10, Z10
-	VFMADD231PS     Z13, Z10, Z7
-	PREFETCHT0      (DI)(AX*2)
-	PREFETCHT0      64(DI)(AX*2)
-	PREFETCHT0      128(DI)(AX*2)
-	PREFETCHT0      192(DI)(AX*2)
-	VPMOVSXBW       192(BX)(AX*2), Y11
-	VPSLLW          $0x05, Y11, Y10
-	VPMADDWD        256(R8), Y10, Y12
-	VMOVDQU64       (BX)(AX*2), Z13
-	VBROADCASTI64X4 128(BX)(AX*2), Z14
-	VPSLLVW         q8shq6a<>+0(SB), Z14, Z10
-	VPANDD          Z1, Z10, Z10
-	VPTERNLOGD      $0xf8, Z0, Z13, Z10
-	VPERMW          Z11, Z2, Z15
-	VPMADDUBSW      (R8), Z10, Z10
-	VPMADDWD        Z15, Z10, Z10
-	VPSRLW          $0x04, Z13, Z13
-	VPSRLVW         q8shq6b<>+0(SB), Z14, Z14
-	VPANDD          Z1, Z14, Z14
-	VPTERNLOGD      $0xf8, Z0, Z13, Z14
-	VPERMW          Z11, Z3, Z13
-	VPMADDUBSW      64(R8), Z14, Z14
-	VPDPWSSD        Z13, Z14, Z10
-	VMOVDQU64       64(BX)(AX*2), Z13
-	VBROADCASTI64X4 160(BX)(AX*2), Z15
-	VPSLLVW         q8shq6a<>+0(SB), Z15, Z14
-	VPANDD          Z1, Z14, Z14
-	VPTERNLOGD      $0xf8, Z0, Z13, Z14
-	VPERMW          Z11, Z4, Z16
-	VPMADDUBSW      128(R8), Z14, Z14
-	VPMADDWD        Z16, Z14, Z14
-	VPSRLW          $0x04, Z13, Z13
-	VPSRLVW         q8shq6b<>+0(SB), Z15, Z15
-	VPANDD          Z1, Z15, Z15
-	VPTERNLOGD      $0xf8, Z0, Z13, Z15
-	VPERMW          Z11, Z5, Z13
-	VPMADDUBSW      192(R8), Z15, Z15
-	VPDPWSSD        Z13, Z15, Z14
-	VPBROADCASTW    208(BX)(AX*2), Y13
-	VCVTPH2PS       Y13, Z13
-	VPSUBD          Z12, Z10, Z10
-	VPADDD          Z14, Z10, Z10
-	VMULPS.BCST     304(R8), Z13, Z13
-	VCVTDQ2PS       Z10, Z10
-	VFMADD231PS     Z13, Z10, Z8
-	PREFETCHT0      (SI)(AX*8)
-	PREFETCHT0      64(SI)(AX*8)
-	PREFETCHT0      128(SI)(AX*8)
-	PREFETCHT0      192(SI)(AX*8)
-	VPMOVSXBW       192(SI), Y11
-	VPSLLW          $0x05, Y11, Y10
-	VPMADDWD        256(R8), Y10, Y12
-	VMOVDQU64       (SI), Z13
-	VBROADCASTI64X4 128(SI), Z14
-	VPSLLVW         q8shq6a<>+0(SB), Z14, Z10
-	VPANDD          Z1, Z10, Z10
-	VPTERNLOGD      $0xf8, Z0, Z13, Z10
-	VPERMW          Z11, Z2, Z15
-	VPMADDUBSW      (R8), Z10, Z10
-	VPMADDWD        Z15, Z10, Z10
-	VPSRLW          $0x04, Z13, Z13
-	VPSRLVW         q8shq6b<>+0(SB), Z14, Z14
-	VPANDD          Z1, Z14, Z14
-	VPTERNLOGD      $0xf8, Z0, Z13, Z14
-	VPERMW          Z11, Z3, Z13
-	VPMADDUBSW      64(R8), Z14, Z14
-	VPDPWSSD        Z13, Z14, Z10
-	VMOVDQU64       64(SI), Z13
-	VBROADCASTI64X4 160(SI), Z15
-	VPSLLVW         q8shq6a<>+0(SB), Z15, Z14
-	VPANDD          Z1, Z14, Z14
-	VPTERNLOGD      $0xf8, Z0, Z13, Z14
-	VPERMW          Z11, Z4, Z16
-	VPMADDUBSW      128(R8), Z14, Z14
-	VPMADDWD        Z16, Z14, Z14
-	VPSRLW          $0x04, Z13, Z13
-	VPSRLVW         q8shq6b<>+0(SB), Z15, Z15
-	VPANDD          Z1, Z15, Z15
-	VPTERNLOGD      $0xf8, Z0, Z13, Z15
-	VPERMW          Z11, Z5, Z13
-	VPMADDUBSW      192(R8), Z15, Z15
-	VPDPWSSD        Z13, Z15, Z14
-	VPBROADCASTW    208(SI), Y13
-	VCVTPH2PS       Y13, Z13
-	VPSUBD          Z12, Z10, Z10
-	VPADDD          Z14, Z10, Z10
-	VMULPS.BCST     304(R8), Z13, Z13
-	VCVTDQ2PS       Z10, Z10
-	VFMADD231PS     Z13, Z10, Z9
+	VPMOVSXBW       192(BX), Y8
+	VPSLLW          $0x05, Y8, Y7
+	VPMADDWD        256(SI), Y7, Y9
+	VMOVDQU64       (BX), Z10
+	VBROADCASTI64X4 128(BX), Z11
+	VPSLLVW         q8shq6a<>+0(SB), Z11, Z7
+	VPANDD          Z1, Z7, Z7
+	VPTERNLOGD      $0xf8, Z0, Z10, Z7
+	VPERMW          Z8, Z2, Z12
+	VPMADDUBSW      (SI), Z7, Z7
+	VPMADDWD        Z12, Z7, Z7
+	VPSRLW          $0x04, Z10, Z10
+	VPSRLVW         q8shq6b<>+0(SB), Z11, Z11
+	VPANDD          Z1, Z11, Z11
+	VPTERNLOGD      $0xf8, Z0, Z10, Z11
+	VPERMW          Z8, Z3, Z10
+	VPMADDUBSW      64(SI), Z11, Z11
+	VPDPWSSD        Z10, Z11, Z7
+	VMOVDQU64       64(BX), Z10
+	VBROADCASTI64X4 160(BX), Z12
+	VPSLLVW         q8shq6a<>+0(SB), Z12, Z11
+	VPANDD          Z1, Z11, Z11
+	VPTERNLOGD      $0xf8, Z0, Z10, Z11
+	VPERMW          Z8, Z4, Z13
+	VPMADDUBSW      128(SI), Z11, Z11
+	VPMADDWD        Z13, Z11, Z11
+	VPSRLW          $0x04, Z10, Z10
+	VPSRLVW         q8shq6b<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPTERNLOGD      $0xf8, Z0, Z10, Z12
+	VPERMW          Z8, Z5, Z10
+	VPMADDUBSW      192(SI), Z12, Z12
+	VPDPWSSD        Z10, Z12, Z11
+	VPBROADCASTW    208(BX), Y10
+	VCVTPH2PS       Y10, Z10
+	VPSUBD          Z9, Z7, Z7
+	VPADDD          Z11, Z7, Z7
+	VMULPS.BCST     304(SI), Z10, Z10
+	VCVTDQ2PS       Z7, Z7
+	VFMADD231PS     Z10, Z7, Z6
 	ADDQ            $0x000000d2, BX
-	ADDQ            $0x000000d2, SI
-	ADDQ            $0x000000d2, DI
-	ADDQ            $0x00000140, R8
-	DECQ            R9
+	ADDQ            $0x00000140, SI
+	DECQ            DI
 	JNZ             q8dot512Q6KN1_blk
 	MOVQ            DX, BX
-	VSHUFF32X4      $0x44, Z7, Z6, Z10
-	VSHUFF32X4      $0xee, Z7, Z6, Z6
-	VADDPS          Z6, Z10, Z7
-	VSHUFF32X4      $0x44, Z9, Z8, Z10
-	VSHUFF32X4      $0xee, Z9, Z8, Z6
-	VADDPS          Z6, Z10, Z6
-	VSHUFF32X4      $0x88, Z6, Z7, Z10
-	VSHUFF32X4      $0xdd, Z6, Z7, Z6
-	VADDPS          Z6, Z10, Z6
-	VPERMILPS       $0x4e, Z6, Z10
-	VADDPS          Z10, Z6, Z6
-	VPERMILPS       $0xb1, Z6, Z10
-	VADDPS          Z10, Z6, Z6
-	VMOVDQU32       redidx<>+0(SB), Z7
-	VPERMPS         Z6, Z7, Z10
-	VMOVUPS         X10, (BX)
-	ADDQ            $0x10, DX
-	LEAQ            (CX)(AX*4), CX
-	DECQ            nquads+16(FP)
-	JNZ             q8dot512Q6KN1_quad
+	VEXTRACTF64X4   $0x01, Z6, Y7
+	VADDPS          Y7, Y6, Y6
+	VEXTRACTF32X4   $0x01, Y6, X7
+	VADDPS          X7, X6, X6
+	VPERMILPS       $0x4e, X6, X7
+	VADDPS          X7, X6, X6
+	VPERMILPS       $0xb1, X6, X7
+	VADDSS          X7, X6, X6
+	VMOVSS          X6, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q6KN1_row
 	VZEROUPPER
 	RET
 
-// func q8dot512Q6KN2(w *byte, wstride int, nquads int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+// func q8dot512Q6KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI
 TEXT ·q8dot512Q6KN2(SB), NOSPLIT, $0-64
 	MOVQ         wstride+8(FP), AX
 	MOVQ         w+0(FP), CX
@@ -75174,301 +74013,98 @@ TEXT ·q8dot512Q6KN2(SB), NOSPLIT, $0-64
 	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
 	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
 
-q8dot512Q6KN2_quad:
+q8dot512Q6KN2_row:
 	MOVQ   CX, BX
-	LEAQ   (CX)(AX*2), SI
-	ADDQ   AX, SI
-	LEAQ   (CX)(AX*8), DI
-	MOVQ   xq+24(FP), R8
-	MOVQ   xqstride+32(FP), R9
-	MOVQ   nblocks+40(FP), R10
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
 	VXORPS Z6, Z6, Z6
 	VXORPS Z7, Z7, Z7
-	VXORPS Z8, Z8, Z8
-	VXORPS Z9, Z9, Z9
-	VXORPS Z10, Z10, Z10
-	VXORPS Z11, Z11, Z11
-	VXORPS Z12, Z12, Z12
-	VXORPS Z13, Z13, Z13
 
 q8dot512Q6KN2_blk:
-	PREFETCHT0      (DI)
-	PREFETCHT0      64(DI)
-	PREFETCHT0      128(DI)
-	PREFETCHT0      192(DI)
-	VPMOVSXBW       192(BX), Y15
-	VPSLLW          $0x05, Y15, Y14
-	VPMADDWD        256(R8), Y14, Y16
-	VPMADDWD        256(R8)(R9*1), Y14, Y17
-	VMOVDQU64       (BX), Z19
-	VBROADCASTI64X4 128(BX), Z20
-	VPSLLVW         q8shq6a<>+0(SB), Z20, Z18
-	VPANDD          Z1, Z18, Z18
-	VPTERNLOGD      $0xf8, Z0, Z19, Z18
-	VPERMW          Z15, Z2, Z21
-	VPMADDUBSW      (R8), Z18, Z14
-	VPMADDWD        Z21, Z14, Z14
-	VPMADDUBSW      (R8)(R9*1), Z18, Z18
-	VPMADDWD        Z21, Z18, Z18
-	VPSRLW          $0x04, Z19, Z19
-	VPSRLVW         q8shq6b<>+0(SB), Z20, Z20
-	VPANDD          Z1, Z20, Z20
-	VPTERNLOGD      $0xf8, Z0, Z19, Z20
-	VPERMW          Z15, Z3, Z19
-	VPMADDUBSW      64(R8), Z20, Z21
-	VPDPWSSD        Z19, Z21, Z14
-	VPMADDUBSW      64(R8)(R9*1), Z20, Z20
-	VPDPWSSD        Z19, Z20, Z18
-	VMOVDQU64       64(BX), Z20
-	VBROADCASTI64X4 160(BX), Z22
-	VPSLLVW         q8shq6a<>+0(SB), Z22, Z19
-	VPANDD          Z1, Z19, Z19
-	VPTERNLOGD      $0xf8, Z0, Z20, Z19
-	VPERMW          Z15, Z4, Z23
-	VPMADDUBSW      128(R8), Z19, Z21
-	VPMADDWD        Z23, Z21, Z21
-	VPMADDUBSW      128(R8)(R9*1), Z19, Z19
-	VPMADDWD        Z23, Z19, Z19
-	VPSRLW          $0x04, Z20, Z20
-	VPSRLVW         q8shq6b<>+0(SB), Z22, Z22
-	VPANDD          Z1, Z22, Z22
-	VPTERNLOGD      $0xf8, Z0, Z20, Z22
-	VPERMW          Z15, Z5, Z20
-	VPMADDUBSW      192(R8), Z22, Z23
-	VPDPWSSD        Z20, Z23, Z21
-	VPMADDUBSW      192(R8)(R9*1), Z22, Z22
-	VPDPWSSD        Z20, Z22, Z19
-	VPBROADCASTW    208(BX), Y20
-	VCVTPH2PS       Y20, Z20
-	VPSUBD          Z16, Z14, Z14
-	VPADDD          Z21, Z14, Z14
-	VMULPS.BCST     304(R8), Z20, Z21
-	VCVTDQ2PS       Z14, Z14
-	VFMADD231PS     Z21, Z14, Z6
-	VPSUBD          Z17, Z18, Z18
-	VPADDD          Z19, Z18, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z20, Z18
-	VCVTDQ2PS       Z14, Z14
-	VFMADD231PS     Z18, Z14, Z7
-	PREFETCHT0      (DI)(AX*1)
-	PREFETCHT0      64(DI)(AX*1)
-	PREFETCHT0      128(DI)(AX*1)
-	PREFETCHT0      192(DI)(AX*1)
-	VPMOVSXBW       192(BX)(AX*1), Y15
-	VPSLLW          $0x05, Y15, Y14
-	VPMADDWD        256(R8), Y14, Y16
-	VPMADDWD        256(R8)(R9*1), Y14, Y17
-	VMOVDQU64       (BX)(AX*1), Z19
-	VBROADCASTI64X4 128(BX)(AX*1), Z20
-	VPSLLVW         q8shq6a<>+0(SB), Z20, Z18
-	VPANDD          Z1, Z18, Z18
-	VPTERNLOGD      $0xf8, Z0, Z19, Z18
-	VPERMW          Z15, Z2, Z21
-	VPMADDUBSW      (R8), Z18, Z14
-	VPMADDWD        Z21, Z14, Z14
-	VPMADDUBSW      (R8)(R9*1), Z18, Z18
-	VPMADDWD        Z21, Z18, Z18
-	VPSRLW          $0x04, Z19, Z19
-	VPSRLVW         q8shq6b<>+0(SB), Z20, Z20
-	VPANDD          Z1, Z20, Z20
-	VPTERNLOGD      $0xf8, Z0, Z19, Z20
-	VPERMW          Z15, Z3, Z19
-	VPMADDUBSW      64(R8), Z20, Z21
-	VPDPWSSD        Z19, Z21, Z14
-	VPMADDUBSW      64(R8)(R9*1), Z20, Z20
-	VPDPWSSD        Z19, Z20, Z18
-	VMOVDQU64       64(BX)(AX*1), Z20
-	VBROADCASTI64X4 160(BX)(AX*1), Z22
-	VPSLLVW         q8shq6a<>+0(SB), Z22, Z19
-	VPANDD          Z1, Z19, Z19
-	VPTERNLOGD      $0xf8, Z0, Z20, Z19
-	VPERMW          Z15, Z4, Z23
-	VPMADDUBSW      128(R8), Z19, Z21
-	VPMADDWD        Z23, Z21, Z21
-	VPMADDUBSW      128(R8)(R9*1), Z19, Z19
-	VPMADDWD        Z23, Z19, Z19
-	VPSRLW          $0x04, Z20, Z20
-	VPSRLVW         q8shq6b<>+0(SB), Z22, Z22
-	VPANDD          Z1, Z22, Z22
-	VPTERNLOGD      $0xf8, Z0, Z20, Z22
-	VPERMW          Z15, Z5, Z20
-	VPMADDUBSW      192(R8), Z22, Z23
-	VPDPWSSD        Z20, Z23, Z21
-	VPMADDUBSW      192(R8)(R9*1), Z22, Z22
-	VPDPWSSD        Z20, Z22, Z19
-	VPBROADCASTW    208(BX)(AX*1), Y20
-	VCVTPH2PS       Y20, Z20
-	VPSUBD          Z16, Z14, Z14
-	VPADDD          Z21, Z14, Z14
-	VMULPS.BCST     304(R8), Z20, Z21
-	VCVTDQ2PS       Z14, Z14
-	VFMADD231PS     Z21, Z14, Z8
-	VPSUBD          Z17, Z18, Z18
-	VPADDD          Z19, Z18, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z20, Z18
-	VCVTDQ2PS       Z14, Z14
-	VFMADD231PS     Z18, Z14, Z9
-	PREFETCHT0      (DI)(AX*2)
-	PREFETCHT0      64(DI)(AX*2)
-	PREFETCHT0      128(DI)(AX*2)
-	PREFETCHT0      192(DI)(AX*2)
-	VPMOVSXBW       192(BX)(AX*2), Y15
-	VPSLLW          $0x05, Y15, Y14
-	VPMADDWD        256(R8), Y14, Y16
-	VPMADDWD        256(R8)(R9*1), Y14, Y17
-	VMOVDQU64       (BX)(AX*2), Z19
-	VBROADCASTI64X4 128(BX)(AX*2), Z20
-	VPSLLVW         q8shq6a<>+0(SB), Z20, Z18
-	VPANDD          Z1, Z18, Z18
-	VPTERNLOGD      $0xf8, Z0, Z19, Z18
-	VPERMW          Z15, Z2, Z21
-	VPMADDUBSW      (R8), Z18, Z14
-	VPMADDWD        Z21, Z14, Z14
-	VPMADDUBSW      (R8)(R9*1), Z18, Z18
-	VPMADDWD        Z21, Z18, Z18
-	VPSRLW          $0x04, Z19, Z19
-	VPSRLVW         q8shq6b<>+0(SB), Z20, Z20
-	VPANDD          Z1, Z20, Z20
-	VPTERNLOGD      $0xf8, Z0, Z19, Z20
-	VPERMW          Z15, Z3, Z19
-	VPMADDUBSW      64(R8), Z20, Z21
-	VPDPWSSD        Z19, Z21, Z14
-	VPMADDUBSW      64(R8)(R9*1), Z20, Z20
-	VPDPWSSD        Z19, Z20, Z18
-	VMOVDQU64       64(BX)(AX*2), Z20
-	VBROADCASTI64X4 160(BX)(AX*2), Z22
-	VPSLLVW         q8shq6a<>+0(SB), Z22, Z19
-	VPANDD          Z1, Z19, Z19
-	VPTERNLOGD      $0xf8, Z0, Z20, Z19
-	VPERMW          Z15, Z4, Z23
-	VPMADDUBSW      128(R8), Z19, Z21
-	VPMADDWD        Z23, Z21, Z21
-	VPMADDUBSW      128(R8)(R9*1), Z19, Z19
-	VPMADDWD        Z23, Z19, Z19
-	VPSRLW          $0x04, Z20, Z20
-	VPSRLVW         q8shq6b<>+0(SB), Z22, Z22
-	VPANDD          Z1, Z22, Z22
-	VPTERNLOGD      $0xf8, Z0, Z20, Z22
-	VPERMW          Z15, Z5, Z20
-	VPMADDUBSW      192(R8), Z22, Z23
-	VPDPWSSD        Z20, Z23, Z21
-	VPMADDUBSW      192(R8)(R9*1), Z22, Z22
-	VPDPWSSD        Z20, Z22, Z19
-	VPBROADCASTW    208(BX)(AX*2), Y20
-	VCVTPH2PS       Y20, Z20
-	VPSUBD          Z16, Z14, Z14
-	VPADDD          Z21, Z14, Z14
-	VMULPS.BCST     304(R8), Z20, Z21
-	VCVTDQ2PS       Z14, Z14
-	VFMADD231PS     Z21, Z14, Z10
-	VPSUBD          Z17, Z18, Z18
-	VPADDD          Z19, Z18, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z20, Z18
-	VCVTDQ2PS       Z14, Z14
-	VFMADD231PS     Z18, Z14, Z11
-	PREFETCHT0      (SI)(AX*8)
-	PREFETCHT0      64(SI)(AX*8)
-	PREFETCHT0      128(SI)(AX*8)
-	PREFETCHT0      192(SI)(AX*8)
-	VPMOVSXBW       192(SI), Y15
-	VPSLLW          $0x05, Y15, Y14
-	VPMADDWD        256(R8), Y14, Y16
-	VPMADDWD        256(R8)(R9*1), Y14, Y17
-	VMOVDQU64       (SI), Z19
-	VBROADCASTI64X4 128(SI), Z20
-	VPSLLVW         q8shq6a<>+0(SB), Z20, Z18
-	VPANDD          Z1, Z18, Z18
-	VPTERNLOGD      $0xf8, Z0, Z19, Z18
-	VPERMW          Z15, Z2, Z21
-	VPMADDUBSW      (R8), Z18, Z14
-	VPMADDWD        Z21, Z14, Z14
-	VPMADDUBSW      (R8)(R9*1), Z18, Z18
-	VPMADDWD        Z21, Z18, Z18
-	VPSRLW          $0x04, Z19, Z19
-	VPSRLVW         q8shq6b<>+0(SB), Z20, Z20
-	VPANDD          Z1, Z20, Z20
-	VPTERNLOGD      $0xf8, Z0, Z19, Z20
-	VPERMW          Z15, Z3, Z19
-	VPMADDUBSW      64(R8), Z20, Z21
-	VPDPWSSD        Z19, Z21, Z14
-	VPMADDUBSW      64(R8)(R9*1), Z20, Z20
-	VPDPWSSD        Z19, Z20, Z18
-	VMOVDQU64       64(SI), Z20
-	VBROADCASTI64X4 160(SI), Z22
-	VPSLLVW         q8shq6a<>+0(SB), Z22, Z19
-	VPANDD          Z1, Z19, Z19
-	VPTERNLOGD      $0xf8, Z0, Z20, Z19
-	VPERMW          Z15, Z4, Z23
-	VPMADDUBSW      128(R8), Z19, Z21
-	VPMADDWD        Z23, Z21, Z21
-	VPMADDUBSW      128(R8)(R9*1), Z19, Z19
-	VPMADDWD        Z23, Z19, Z19
-	VPSRLW          $0x04, Z20, Z20
-	VPSRLVW         q8shq6b<>+0(SB), Z22, Z22
-	VPANDD          Z1, Z22, Z22
-	VPTERNLOGD      $0xf8, Z0, Z20, Z22
-	VPERMW          Z15, Z5, Z20
-	VPMADDUBSW      192(R8), Z22, Z23
-	VPDPWSSD        Z20, Z23, Z21
-	VPMADDUBSW      192(R8)(R9*1), Z22, Z22
-	VPDPWSSD        Z20, Z22, Z19
-	VPBROADCASTW    208(SI), Y20
-	VCVTPH2PS       Y20, Z20
-	VPSUBD          Z16, Z14, Z14
-	VPADDD          Z21, Z14, Z14
-	VMULPS.BCST     304(R8), Z20, Z21
-	VCVTDQ2PS       Z14, Z14
-	VFMADD231PS     Z21, Z14, Z12
-	VPSUBD          Z17, Z18, Z18
-	VPADDD          Z19, Z18, Z14
-	VMULPS.BCST     304(R8)(R9*1), Z20, Z18
-	VCVTDQ2PS       Z14, Z14
-	VFMADD231PS     Z18, Z14, Z13
+	VPMOVSXBW       192(BX), Y9
+	VPSLLW          $0x05, Y9, Y8
+	VPMADDWD        256(SI), Y8, Y10
+	VPMADDWD        256(SI)(DI*1), Y8, Y11
+	VMOVDQU64       (BX), Z13
+	VBROADCASTI64X4 128(BX), Z14
+	VPSLLVW         q8shq6a<>+0(SB), Z14, Z12
+	VPANDD          Z1, Z12, Z12
+	VPTERNLOGD      $0xf8, Z0, Z13, Z12
+	VPERMW          Z9, Z2, Z15
+	VPMADDUBSW      (SI), Z12, Z8
+	VPMADDWD        Z15, Z8, Z8
+	VPMADDUBSW      (SI)(DI*1), Z12, Z12
+	VPMADDWD        Z15, Z12, Z12
+	VPSRLW          $0x04, Z13, Z13
+	VPSRLVW         q8shq6b<>+0(SB), Z14, Z14
+	VPANDD          Z1, Z14, Z14
+	VPTERNLOGD      $0xf8, Z0, Z13, Z14
+	VPERMW          Z9, Z3, Z13
+	VPMADDUBSW      64(SI), Z14, Z15
+	VPDPWSSD        Z13, Z15, Z8
+	VPMADDUBSW      64(SI)(DI*1), Z14, Z14
+	VPDPWSSD        Z13, Z14, Z12
+	VMOVDQU64       64(BX), Z14
+	VBROADCASTI64X4 160(BX), Z16
+	VPSLLVW         q8shq6a<>+0(SB), Z16, Z13
+	VPANDD          Z1, Z13, Z13
+	VPTERNLOGD      $0xf8, Z0, Z14, Z13
+	VPERMW          Z9, Z4, Z17
+	VPMADDUBSW      128(SI), Z13, Z15
+	VPMADDWD        Z17, Z15, Z15
+	VPMADDUBSW      128(SI)(DI*1), Z13, Z13
+	VPMADDWD        Z17, Z13, Z13
+	VPSRLW          $0x04, Z14, Z14
+	VPSRLVW         q8shq6b<>+0(SB), Z16, Z16
+	VPANDD          Z1, Z16, Z16
+	VPTERNLOGD      $0xf8, Z0, Z14, Z16
+	VPERMW          Z9, Z5, Z14
+	VPMADDUBSW      192(SI), Z16, Z17
+	VPDPWSSD        Z14, Z17, Z15
+	VPMADDUBSW      192(SI)(DI*1), Z16, Z16
+	VPDPWSSD        Z14, Z16, Z13
+	VPBROADCASTW    208(BX), Y14
+	VCVTPH2PS       Y14, Z14
+	VPSUBD          Z10, Z8, Z8
+	VPADDD          Z15, Z8, Z8
+	VMULPS.BCST     304(SI), Z14, Z15
+	VCVTDQ2PS       Z8, Z8
+	VFMADD231PS     Z15, Z8, Z6
+	VPSUBD          Z11, Z12, Z12
+	VPADDD          Z13, Z12, Z8
+	VMULPS.BCST     304(SI)(DI*1), Z14, Z12
+	VCVTDQ2PS       Z8, Z8
+	VFMADD231PS     Z12, Z8, Z7
 	ADDQ            $0x000000d2, BX
-	ADDQ            $0x000000d2, SI
-	ADDQ            $0x000000d2, DI
-	ADDQ            $0x00000140, R8
-	DECQ            R10
+	ADDQ            $0x00000140, SI
+	DECQ            R8
 	JNZ             q8dot512Q6KN2_blk
 	MOVQ            ostride+56(FP), BX
 	MOVQ            DX, SI
-	VSHUFF32X4      $0x44, Z8, Z6, Z14
-	VSHUFF32X4      $0xee, Z8, Z6, Z6
-	VADDPS          Z6, Z14, Z8
-	VSHUFF32X4      $0x44, Z12, Z10, Z14
-	VSHUFF32X4      $0xee, Z12, Z10, Z6
-	VADDPS          Z6, Z14, Z6
-	VSHUFF32X4      $0x88, Z6, Z8, Z14
-	VSHUFF32X4      $0xdd, Z6, Z8, Z6
-	VADDPS          Z6, Z14, Z6
-	VPERMILPS       $0x4e, Z6, Z14
-	VADDPS          Z14, Z6, Z6
-	VPERMILPS       $0xb1, Z6, Z14
-	VADDPS          Z14, Z6, Z6
-	VMOVDQU32       redidx<>+0(SB), Z8
-	VPERMPS         Z6, Z8, Z14
-	VMOVUPS         X14, (SI)
+	VEXTRACTF64X4   $0x01, Z6, Y8
+	VADDPS          Y8, Y6, Y6
+	VEXTRACTF32X4   $0x01, Y6, X8
+	VADDPS          X8, X6, X6
+	VPERMILPS       $0x4e, X6, X8
+	VADDPS          X8, X6, X6
+	VPERMILPS       $0xb1, X6, X8
+	VADDSS          X8, X6, X6
+	VMOVSS          X6, (SI)
 	ADDQ            BX, SI
-	VSHUFF32X4      $0x44, Z9, Z7, Z6
-	VSHUFF32X4      $0xee, Z9, Z7, Z7
-	VADDPS          Z7, Z6, Z8
-	VSHUFF32X4      $0x44, Z13, Z11, Z6
-	VSHUFF32X4      $0xee, Z13, Z11, Z7
-	VADDPS          Z7, Z6, Z7
-	VSHUFF32X4      $0x88, Z7, Z8, Z6
-	VSHUFF32X4      $0xdd, Z7, Z8, Z7
-	VADDPS          Z7, Z6, Z7
-	VPERMILPS       $0x4e, Z7, Z6
-	VADDPS          Z6, Z7, Z7
-	VPERMILPS       $0xb1, Z7, Z6
-	VADDPS          Z6, Z7, Z7
-	VMOVDQU32       redidx<>+0(SB), Z6
-	VPERMPS         Z7, Z6, Z6
-	VMOVUPS         X6, (SI)
-	ADDQ            $0x10, DX
-	LEAQ            (CX)(AX*4), CX
-	DECQ            nquads+16(FP)
-	JNZ             q8dot512Q6KN2_quad
+	VEXTRACTF64X4   $0x01, Z7, Y6
+	VADDPS          Y6, Y7, Y7
+	VEXTRACTF32X4   $0x01, Y7, X6
+	VADDPS          X6, X7, X7
+	VPERMILPS       $0x4e, X7, X6
+	VADDPS          X6, X7, X7
+	VPERMILPS       $0xb1, X7, X6
+	VADDSS          X6, X7, X7
+	VMOVSS          X7, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q6KN2_row
 	VZEROUPPER
 	RET
 

@@ -47,35 +47,13 @@ func planQ8(c *callCtx, lvl Level) bool {
 	return true
 }
 
-func q8Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
+func q8Block(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 	p := &j.q8
-	rows, n := j.w.Rows, j.n
 	xs := p.nb * q8xBlockBytes
-	nq := (r1 - r0) / 4
-	run := func(wb *byte, nquads int, out []float32, ostride int) {
-		for i0 := 0; i0 < n; {
-			nn := min(2, n-i0)
-			p.fns[nn](wb, j.rowBytes, nquads, &p.xq[i0*xs], xs, p.nb, &out[i0*ostride], 4*ostride)
-			i0 += nn
-		}
-	}
-	if nq > 0 {
-		run(&j.w.Data[r0*j.rowBytes], nq, j.out[r0:], rows)
-	}
-	if lr := (r1 - r0) % 4; lr > 0 {
-		// A partial last quad: run the kernel on a zero-padded copy.
-		rr := r0 + 4*nq
-		need := 4 * j.rowBytes
-		if cap(s.rows) < need {
-			s.rows = make([]byte, need)
-		}
-		buf := s.rows[:need]
-		clear(buf[copy(buf, j.w.Data[rr*j.rowBytes:(rr+lr)*j.rowBytes]):])
-		var tmp [4 * q8MaxRows]float32
-		run(&buf[0], 1, tmp[:], 4)
-		for i := 0; i < n; i++ {
-			copy(j.out[i*rows+rr:i*rows+rr+lr], tmp[4*i:4*i+lr])
-		}
+	for i0 := 0; i0 < j.n; {
+		nn := min(2, j.n-i0)
+		p.fns[nn](&j.w.Data[r0*j.rowBytes], j.rowBytes, r1-r0, &p.xq[i0*xs], xs, p.nb, &j.out[i0*j.w.Rows+r0], 4*j.w.Rows)
+		i0 += nn
 	}
 }
 

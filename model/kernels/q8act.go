@@ -42,12 +42,12 @@ const (
 )
 
 // q8Fn is the signature of the integer kernels (internal/gen/q8.go): for
-// q < nquads, r < 4, i < N (the kernel's input rows), with strides in bytes,
+// r < nrows, i < N (the kernel's input rows), with strides in bytes,
 //
-//	out[i*ostride + 16q + 4r] = Σ_k W[4q+r][k] · X_i[k]
+//	out[i*ostride + 4r] = Σ_k W[r][k] · X_i[k]
 //
 // where X_i is the quantized row at xq + i*xqstride (nblocks blocks).
-type q8Fn func(w *byte, wstride, nquads int, xq *byte, xqstride, nblocks int, out *float32, ostride int)
+type q8Fn func(w *byte, wstride, nrows int, xq *byte, xqstride, nblocks int, out *float32, ostride int)
 
 // Q8MaxRows is the most input rows of a product that uses 8-bit activations
 // (see SetQ8Activations).
