@@ -137,7 +137,18 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	j.out, j.w, j.x, j.n, j.inv = out, w, x, n, inv
 	j.rowBytes = w.RowStride()
 	j.next.Store(0)
-	if !planQ8(c, lvl) && (lvl < LevelAVX2 || !planAsm(c, lvl)) {
+	q8, nonFinite := planQ8(c, lvl)
+	if nonFinite && n > 1 {
+		// A row with an infinity or a NaN widens the weights; so that the
+		// other rows' results stay what they are alone, every row runs alone.
+		*j = mmJob{}
+		ctxPool.Put(c)
+		for i := 0; i < n; i++ {
+			matMul(out[i*w.Rows:(i+1)*w.Rows], w, x[i*w.Cols:(i+1)*w.Cols], 1, threads, inv)
+		}
+		return
+	}
+	if !q8 && (lvl < LevelAVX2 || !planAsm(c, lvl)) {
 		planGo(j)
 	}
 	j.nblocks = (w.Rows + j.rb - 1) / j.rb

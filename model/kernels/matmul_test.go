@@ -102,7 +102,7 @@ func checkAgainstRef(t testing.TB, w tensor.Matrix, x []float32, n int, abs []fl
 	t.Helper()
 	want := make([]float32, n*w.Rows)
 	MatMulRef(want, w, x, n)
-	if usesQ8(w, n) {
+	if usesQ8(w) {
 		// 8-bit activations: compare with the integer kernels' twin.
 		matMulQ8Ref(want, w, x, n)
 	}

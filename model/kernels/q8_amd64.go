@@ -21,11 +21,12 @@ var q8Kernels = [tensor.NumDTypes][3]q8Fn{
 }
 
 // planQ8 sets up the integer path for the call (see q8act.go): it quantizes
-// the input rows into c.xq. It reports false when the path does not apply.
-func planQ8(c *callCtx, lvl Level) bool {
+// the input rows into c.xq. It reports false when the path does not apply,
+// and nonFinite when it does but an input row holds an infinity or a NaN.
+func planQ8(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j := &c.job
-	if lvl < LevelAVX512 || !hasQ8 || !q8Usable(j.w, j.n, j.inv) {
-		return false
+	if lvl < LevelAVX512 || !hasQ8 || !q8Usable(j.w) {
+		return false, false
 	}
 	nb := j.w.Cols / q8xValues
 	need := j.n*nb*q8xBlockBytes + 64
@@ -38,13 +39,13 @@ func planQ8(c *callCtx, lvl Level) bool {
 	k := j.w.Cols
 	for i := 0; i < j.n; i++ {
 		if !quantizeQ8K(xq[i*nb*q8xBlockBytes:], j.x[i*k:(i+1)*k]) {
-			return false
+			return false, true
 		}
 	}
 	j.q8 = q8Plan{fns: q8Kernels[j.w.DType], xq: xq, nb: nb}
 	j.block = q8Block
 	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
-	return true
+	return true, false
 }
 
 func q8Block(j *mmJob, _ *scratch, r0, r1, _, _ int) {

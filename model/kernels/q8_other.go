@@ -3,7 +3,7 @@
 package kernels
 
 // planQ8: no integer kernels on this build.
-func planQ8(*callCtx, Level) bool { return false }
+func planQ8(*callCtx, Level) (ok, nonFinite bool) { return false, false }
 
 func hasQ8Kernels() bool { return false }
 
