@@ -29,6 +29,8 @@ func add512(dst *float32, a *float32, b *float32, n int)
 
 // expShift512 sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)
 // and returns their sum.
+//
+//go:noescape
 func expShift512(x *float32, n int, m float32) float64
 
 // maxv512 returns the largest of x[0..n) (n a positive multiple of the vector width).
@@ -59,6 +61,8 @@ func add256(dst *float32, a *float32, b *float32, n int)
 
 // expShift256 sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)
 // and returns their sum.
+//
+//go:noescape
 func expShift256(x *float32, n int, m float32) float64
 
 // maxv256 returns the largest of x[0..n) (n a positive multiple of the vector width).
@@ -537,3 +541,8 @@ func q8dot512Q6KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblo
 
 // quantQ8K512 quantizes nblocks blocks of 256 values of x to 8 bits at dst (see genQ8Quant).
 func quantQ8K512(x *float32, nblocks int, dst *byte) bool
+
+// siluMul512 sets dst[i] = gate[i]/(1+exp(-gate[i]))·u[i] for i < n (a multiple of 16; u may be nil).
+//
+//go:noescape
+func siluMul512(dst *float32, gate *float32, u *float32, n int)

@@ -74304,3 +74304,68 @@ quantQ8K512_zero:
 	MOVB         AL, ret+24(FP)
 	VZEROUPPER
 	RET
+
+// func siluMul512(dst *float32, gate *float32, u *float32, n int)
+// Requires: AVX, AVX512DQ, AVX512F
+TEXT ·siluMul512(SB), NOSPLIT, $0-32
+	MOVQ         dst+0(FP), AX
+	MOVQ         gate+8(FP), CX
+	MOVQ         u+16(FP), DX
+	MOVQ         n+24(FP), BX
+	VBROADCASTSS expconsts<>+0(SB), Z0
+	VBROADCASTSS expconsts<>+4(SB), Z1
+	VBROADCASTSS expconsts<>+8(SB), Z2
+	VBROADCASTSS expconsts<>+12(SB), Z3
+	VBROADCASTSS expconsts<>+16(SB), Z4
+	VBROADCASTSS expconsts<>+52(SB), Z5
+	VBROADCASTSS expconsts<>+20(SB), Z6
+	VBROADCASTSS expconsts<>+24(SB), Z7
+	VBROADCASTSS expconsts<>+28(SB), Z8
+	VBROADCASTSS expconsts<>+32(SB), Z9
+	VBROADCASTSS expconsts<>+36(SB), Z10
+	VBROADCASTSS expconsts<>+40(SB), Z11
+	VBROADCASTSS expconsts<>+44(SB), Z12
+	VBROADCASTSS expconsts<>+48(SB), Z13
+	VBROADCASTSS expconsts<>+48(SB), Z14
+	SHRQ         $0x04, BX
+	JZ           siluMul512_done
+
+siluMul512_loop:
+	VMOVUPS      (CX), Z15
+	VXORPS       Z16, Z16, Z16
+	VSUBPS       Z15, Z16, Z16
+	VMAXPS       Z16, Z0, Z16
+	VMINPS       Z16, Z1, Z16
+	VMULPS       Z2, Z16, Z17
+	VRNDSCALEPS  $0x00, Z17, Z17
+	VFNMADD231PS Z3, Z17, Z16
+	VFNMADD231PS Z4, Z17, Z16
+	VMOVAPS      Z6, Z18
+	VFMADD213PS  Z7, Z16, Z18
+	VFMADD213PS  Z8, Z16, Z18
+	VFMADD213PS  Z9, Z16, Z18
+	VFMADD213PS  Z10, Z16, Z18
+	VFMADD213PS  Z11, Z16, Z18
+	VFMADD213PS  Z12, Z16, Z18
+	VFMADD213PS  Z13, Z16, Z18
+	VCVTPS2DQ    Z17, Z16
+	VPADDD       Z5, Z16, Z16
+	VPSLLD       $0x17, Z16, Z16
+	VMULPS       Z16, Z18, Z18
+	VADDPS       Z14, Z18, Z18
+	VDIVPS       Z18, Z15, Z15
+	TESTQ        DX, DX
+	JZ           siluMul512_store
+	VMULPS       (DX), Z15, Z15
+	ADDQ         $0x40, DX
+
+siluMul512_store:
+	VMOVUPS Z15, (AX)
+	ADDQ    $0x40, AX
+	ADDQ    $0x40, CX
+	DECQ    BX
+	JNZ     siluMul512_loop
+
+siluMul512_done:
+	VZEROUPPER
+	RET

@@ -121,6 +121,13 @@ func SiLUMul(dst, g, u []float32) {
 		SiLUMulRef(dst, g, u)
 		return
 	}
+	// The assembly does the longest multiple of its width with the same
+	// operations as the loop below.
+	done := siluAsm(KernelLevel(), dst, g, u)
+	dst, g = dst[done:], g[done:]
+	if u != nil {
+		u = u[done:]
+	}
 	var e [512]float32
 	for off := 0; off < len(g); off += len(e) {
 		n := min(len(e), len(g)-off)

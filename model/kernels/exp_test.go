@@ -223,3 +223,41 @@ func TestSiLUMulLevels(t *testing.T) {
 		}
 	}
 }
+
+// TestSiLUMulAsmSameBits: the AVX-512 kernel does the operations of
+// SiLUMul's Go loop around the AVX-512 expShift, so both give the same bits.
+func TestSiLUMulAsmSameBits(t *testing.T) {
+	if maxLevel < LevelAVX512 {
+		t.Skip("no AVX-512")
+	}
+	prev := KernelLevel()
+	defer SetKernelLevel(prev)
+	rng := rand.New(rand.NewPCG(13, 14))
+	g, u := make([]float32, 4096), make([]float32, 4096)
+	for i := range g {
+		g[i] = float32(rng.NormFloat64() * 8)
+		u[i] = float32(rng.NormFloat64())
+	}
+	g[0], g[1], g[2], g[3] = 100, -100, 0, float32(math.Copysign(0, -1))
+	SetKernelLevel(LevelAVX512)
+	for _, uu := range [][]float32{u, nil} {
+		got := make([]float32, len(g))
+		SiLUMul(got, g, uu)
+		// The loop SiLUMul runs on the tail, over the whole (its exp is the
+		// same assembly for lengths that are multiples of 16).
+		e := make([]float32, len(g))
+		for i, v := range g {
+			e[i] = -v
+		}
+		ExpShift(e, 0)
+		for i, v := range g {
+			want := v / (1 + e[i])
+			if uu != nil {
+				want *= uu[i]
+			}
+			if math.Float32bits(got[i]) != math.Float32bits(want) {
+				t.Fatalf("u %v: silu(%v): kernel %v, Go loop %v", uu != nil, v, got[i], want)
+			}
+		}
+	}
+}

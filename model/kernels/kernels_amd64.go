@@ -173,6 +173,23 @@ func maxAsm(l Level, x []float32) (int, float32) {
 	return 0, float32(math.Inf(-1))
 }
 
+// siluAsm handles the longest prefix of g that is a multiple of 16 at the
+// AVX-512 level and returns its length (0 elsewhere).
+func siluAsm(l Level, dst, g, u []float32) int {
+	n := len(g) &^ 15
+	if l < LevelAVX512 || n == 0 {
+		return 0
+	}
+	_, _ = dst[n-1], g[n-1]
+	var pu *float32
+	if u != nil {
+		_ = u[n-1]
+		pu = f32p(u)
+	}
+	siluMul512(f32p(dst), f32p(g), pu, n)
+	return n
+}
+
 // Probes.
 
 // fmaProbe runs iters iterations of 12 independent vector FMAs and returns

@@ -18,3 +18,5 @@ func maxAsm(Level, []float32) (int, float32)               { return 0, float32(m
 func fmaProbe(int) int                                     { return 0 }
 func readProbe(b []byte) uint64                            { return readGo(b) }
 func triadProbe(a, b, c []float32, s float32)              { triadGo(a, b, c, s) }
+
+func siluAsm(Level, []float32, []float32, []float32) int { return 0 }

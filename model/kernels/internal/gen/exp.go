@@ -44,28 +44,14 @@ func genExpConsts() {
 func genExp(s isa) {
 	name := fname("expShift", s, "")
 	TEXT(name, NOSPLIT, "func(x *float32, n int, m float32) float64")
+	Pragma("noescape")
 	Doc(name+" sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)", "and returns their sum.")
 	px := ld("x")
 	n := ld("n")
-	c := func(i int) Mem { return cExp.Offset(4 * i) }
-	bc := func(i int) VecVirtual {
-		v := s.vec()
-		VBROADCASTSS(c(i), v)
-		return v
-	}
 	mv := s.vec()
 	VBROADCASTSS(paddr("m"), mv)
-	lo, hi, l2e, ln2hi, ln2lo, bias := bc(expMin), bc(expMax), bc(expLog2e), bc(expLn2Hi), bc(expLn2Lo), bc(expBias)
-	// The AVX-512 flavour keeps the coefficients in registers (it has 32); the
-	// AVX2 one broadcasts each from memory when it needs it.
-	coef := func(i int) VecVirtual { return bc(expC7 + i) }
-	if s.z {
-		regs := make([]VecVirtual, 8)
-		for i := range regs {
-			regs[i] = bc(expC7 + i)
-		}
-		coef = func(i int) VecVirtual { return regs[i] }
-	}
+	ec := newExpConsts(s)
+	lo, hi := ec.lo, ec.hi
 	// float64 accumulators: twice the lanes' width in doubles.
 	var acc [2]VecVirtual
 	for i := range acc {
@@ -84,25 +70,7 @@ func genExp(s isa) {
 	VSUBPS(mv, d, d)
 	VMAXPS(d, lo, d) // a NaN in d is the second source: it propagates
 	VMINPS(d, hi, d)
-	kf := s.vec()
-	VMULPS(l2e, d, kf)
-	if s.z {
-		VRNDSCALEPS(U8(0), kf, kf) // round to nearest
-	} else {
-		VROUNDPS(U8(0), kf, kf)
-	}
-	VFNMADD231PS(ln2hi, kf, d) // d -= kf·ln2hi
-	VFNMADD231PS(ln2lo, kf, d) // d -= kf·ln2lo
-	p := s.vec()
-	VMOVAPS(coef(0), p)
-	for i := 1; i < 8; i++ {
-		VFMADD213PS(coef(i), d, p) // p = p·r + c
-	}
-	k := s.vec()
-	VCVTPS2DQ(kf, k)
-	VPADDD(bias, k, k)
-	VPSLLD(U8(23), k, k)
-	VMULPS(k, p, p)
+	p := ec.exp(s, d)
 	VMOVUPS(p, Mem{Base: px})
 	// Widen to float64 and accumulate.
 	if s.z {
@@ -141,6 +109,98 @@ func genExp(s isa) {
 	VUNPCKHPD(x, x, t)
 	VADDSD(t, x, x)
 	Store(x, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
+// expConsts are expShift's constants in registers.
+type expConsts struct {
+	lo, hi, l2e, ln2hi, ln2lo, bias VecVirtual
+	coef                            func(i int) VecVirtual
+}
+
+func newExpConsts(s isa) *expConsts {
+	bc := func(i int) VecVirtual {
+		v := s.vec()
+		VBROADCASTSS(cExp.Offset(4*i), v)
+		return v
+	}
+	ec := &expConsts{lo: bc(expMin), hi: bc(expMax), l2e: bc(expLog2e), ln2hi: bc(expLn2Hi), ln2lo: bc(expLn2Lo), bias: bc(expBias)}
+	// The AVX-512 flavour keeps the coefficients in registers (it has 32); the
+	// AVX2 one broadcasts each from memory when it needs it.
+	ec.coef = func(i int) VecVirtual { return bc(expC7 + i) }
+	if s.z {
+		regs := make([]VecVirtual, 8)
+		for i := range regs {
+			regs[i] = bc(expC7 + i)
+		}
+		ec.coef = func(i int) VecVirtual { return regs[i] }
+	}
+	return ec
+}
+
+// exp returns e^d for d already clamped to [lo, hi] (d is clobbered).
+func (ec *expConsts) exp(s isa, d VecVirtual) VecVirtual {
+	kf := s.vec()
+	VMULPS(ec.l2e, d, kf)
+	if s.z {
+		VRNDSCALEPS(U8(0), kf, kf) // round to nearest
+	} else {
+		VROUNDPS(U8(0), kf, kf)
+	}
+	VFNMADD231PS(ec.ln2hi, kf, d) // d -= kf·ln2hi
+	VFNMADD231PS(ec.ln2lo, kf, d) // d -= kf·ln2lo
+	p := s.vec()
+	VMOVAPS(ec.coef(0), p)
+	for i := 1; i < 8; i++ {
+		VFMADD213PS(ec.coef(i), d, p) // p = p·r + c
+	}
+	k := s.vec()
+	VCVTPS2DQ(kf, k)
+	VPADDD(ec.bias, k, k)
+	VPSLLD(U8(23), k, k)
+	VMULPS(k, p, p)
+	return p
+}
+
+// genSiLU emits siluMul512(dst, g, u, n): dst[i] = g[i]/(1+e^-g[i])·u[i] for
+// n (a multiple of 16) floats, or without the product when u is nil; the
+// same operations, in the same order, as SiLUMul's Go loop around expShift
+// (so the same bits).
+func genSiLU() {
+	s := isa512
+	name := "siluMul512"
+	TEXT(name, NOSPLIT, "func(dst, gate, u *float32, n int)")
+	Pragma("noescape")
+	Doc(name + " sets dst[i] = gate[i]/(1+exp(-gate[i]))·u[i] for i < n (a multiple of 16; u may be nil).")
+	pd, pg, pu, n := ld("dst"), ld("gate"), ld("u"), ld("n")
+	ec := newExpConsts(s)
+	one := s.vec()
+	VBROADCASTSS(cExp.Offset(4*(expC7+7)), one) // the constant term: 1
+	SHRQ(U8(4), n)
+	JZ(LabelRef(name + "_done"))
+	Label(name + "_loop")
+	g := s.vec()
+	VMOVUPS(Mem{Base: pg}, g)
+	d := s.vec()
+	VXORPS(d, d, d)
+	VSUBPS(g, d, d) // -g
+	VMAXPS(d, ec.lo, d)
+	VMINPS(d, ec.hi, d)
+	e := ec.exp(s, d)
+	VADDPS(one, e, e)
+	VDIVPS(e, g, g)
+	TESTQ(pu, pu)
+	JZ(LabelRef(name + "_store"))
+	VMULPS(Mem{Base: pu}, g, g)
+	ADDQ(U8(64), pu)
+	Label(name + "_store")
+	VMOVUPS(g, Mem{Base: pd})
+	ADDQ(U8(64), pd)
+	ADDQ(U8(64), pg)
+	DECQ(n)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_done")
 	VZEROUPPER()
 	RET()
 }

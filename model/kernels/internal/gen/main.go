@@ -80,6 +80,7 @@ func main() {
 		}
 	}
 	genQ8Quant()
+	genSiLU()
 	Generate()
 	writePanelOrder()
 }
