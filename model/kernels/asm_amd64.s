@@ -73538,6 +73538,109 @@ q8dot512Q4KN1_blk:
 	VZEROUPPER
 	RET
 
+// func q8dot512Q4KN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL
+TEXT ·q8dot512Q4KN1BW(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VMOVDQU64    q8idxq4_0<>+0(SB), Z1
+	VMOVDQU64    q8idxq4_1<>+0(SB), Z2
+	VMOVDQU64    q8idxq4_2<>+0(SB), Z3
+	VMOVDQU64    q8idxq4_3<>+0(SB), Z4
+
+q8dot512Q4KN1BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Z5, Z5, Z5
+
+q8dot512Q4KN1BW_blk:
+	MOVL            4(BX), R8
+	MOVL            8(BX), R9
+	MOVL            12(BX), R10
+	MOVL            R8, R11
+	SHRL            $0x02, R11
+	ANDL            $0x30303030, R11
+	ANDL            $0x3f3f3f3f, R8
+	MOVL            R10, R12
+	ANDL            $0x0f0f0f0f, R12
+	ORL             R11, R12
+	SHLQ            $0x20, R12
+	ORQ             R8, R12
+	MOVL            R9, R11
+	SHRL            $0x02, R11
+	ANDL            $0x30303030, R11
+	ANDL            $0x3f3f3f3f, R9
+	SHRL            $0x04, R10
+	ANDL            $0x0f0f0f0f, R10
+	ORL             R11, R10
+	SHLQ            $0x20, R10
+	ORQ             R9, R10
+	VMOVQ           R12, X7
+	VPBROADCASTQ    X7, Z7
+	VMOVQ           R10, X8
+	VPMOVZXBW       X8, X8
+	VBROADCASTI64X4 16(BX), Z6
+	VPSRLVW         q8shq4<>+0(SB), Z6, Z6
+	VPANDD          Z0, Z6, Z6
+	VPSHUFB         Z1, Z7, Z9
+	VPMADDUBSW      (SI), Z6, Z6
+	VPMADDWD        Z9, Z6, Z6
+	VBROADCASTI64X4 48(BX), Z9
+	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
+	VPANDD          Z0, Z9, Z9
+	VPSHUFB         Z2, Z7, Z10
+	VPMADDUBSW      64(SI), Z9, Z9
+	VPMADDWD        Z10, Z9, Z9
+	VPADDD          Z9, Z6, Z6
+	VBROADCASTI64X4 80(BX), Z9
+	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
+	VPANDD          Z0, Z9, Z9
+	VPSHUFB         Z3, Z7, Z10
+	VPMADDUBSW      128(SI), Z9, Z9
+	VPMADDWD        Z10, Z9, Z9
+	VBROADCASTI64X4 112(BX), Z10
+	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	VPSHUFB         Z4, Z7, Z7
+	VPMADDUBSW      192(SI), Z10, Z10
+	VPMADDWD        Z7, Z10, Z7
+	VPADDD          Z7, Z9, Z9
+	VPBROADCASTD    (BX), Y7
+	VCVTPH2PS       Y7, Z7
+	VMOVSLDUP       Z7, Z10
+	VMOVSHDUP       Z7, Z7
+	VPMADDWD        288(SI), X8, X8
+	VPADDD          Z9, Z6, Z6
+	VMULPS.BCST     304(SI), Z10, Z9
+	VMULPS.BCST     304(SI), Z7, Z7
+	VCVTDQ2PS       Z6, Z6
+	VCVTDQ2PS       Z8, Z10
+	VFMADD231PS     Z9, Z6, Z5
+	VFNMADD231PS    Z7, Z10, Z5
+	ADDQ            $0x00000090, BX
+	ADDQ            $0x00000140, SI
+	DECQ            DI
+	JNZ             q8dot512Q4KN1BW_blk
+	MOVQ            DX, BX
+	VEXTRACTF64X4   $0x01, Z5, Y6
+	VADDPS          Y6, Y5, Y5
+	VEXTRACTF32X4   $0x01, Y5, X6
+	VADDPS          X6, X5, X5
+	VPERMILPS       $0x4e, X5, X6
+	VADDPS          X6, X5, X5
+	VPERMILPS       $0xb1, X5, X6
+	VADDSS          X6, X5, X5
+	VMOVSS          X5, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q4KN1BW_row
+	VZEROUPPER
+	RET
+
 // func q8dot512Q4KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 // Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI
 TEXT ·q8dot512Q4KN2(SB), NOSPLIT, $0-64
@@ -73668,6 +73771,140 @@ q8dot512Q4KN2_blk:
 	VZEROUPPER
 	RET
 
+// func q8dot512Q4KN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL
+TEXT ·q8dot512Q4KN2BW(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VMOVDQU64    q8idxq4_0<>+0(SB), Z1
+	VMOVDQU64    q8idxq4_1<>+0(SB), Z2
+	VMOVDQU64    q8idxq4_2<>+0(SB), Z3
+	VMOVDQU64    q8idxq4_3<>+0(SB), Z4
+
+q8dot512Q4KN2BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+
+q8dot512Q4KN2BW_blk:
+	MOVL            4(BX), R9
+	MOVL            8(BX), R10
+	MOVL            12(BX), R11
+	MOVL            R9, R12
+	SHRL            $0x02, R12
+	ANDL            $0x30303030, R12
+	ANDL            $0x3f3f3f3f, R9
+	MOVL            R11, R13
+	ANDL            $0x0f0f0f0f, R13
+	ORL             R12, R13
+	SHLQ            $0x20, R13
+	ORQ             R9, R13
+	MOVL            R10, R12
+	SHRL            $0x02, R12
+	ANDL            $0x30303030, R12
+	ANDL            $0x3f3f3f3f, R10
+	SHRL            $0x04, R11
+	ANDL            $0x0f0f0f0f, R11
+	ORL             R12, R11
+	SHLQ            $0x20, R11
+	ORQ             R10, R11
+	VMOVQ           R13, X9
+	VPBROADCASTQ    X9, Z9
+	VMOVQ           R11, X10
+	VPMOVZXBW       X10, X10
+	VBROADCASTI64X4 16(BX), Z8
+	VPSRLVW         q8shq4<>+0(SB), Z8, Z8
+	VPANDD          Z0, Z8, Z8
+	VPSHUFB         Z1, Z9, Z11
+	VPMADDUBSW      (SI), Z8, Z7
+	VPMADDWD        Z11, Z7, Z7
+	VPMADDUBSW      (SI)(DI*1), Z8, Z8
+	VPMADDWD        Z11, Z8, Z8
+	VBROADCASTI64X4 48(BX), Z11
+	VPSRLVW         q8shq4<>+0(SB), Z11, Z11
+	VPANDD          Z0, Z11, Z11
+	VPSHUFB         Z2, Z9, Z12
+	VPMADDUBSW      64(SI), Z11, Z13
+	VPMADDWD        Z12, Z13, Z13
+	VPADDD          Z13, Z7, Z7
+	VPMADDUBSW      64(SI)(DI*1), Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VPADDD          Z11, Z8, Z8
+	VBROADCASTI64X4 80(BX), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPSHUFB         Z3, Z9, Z13
+	VPMADDUBSW      128(SI), Z12, Z11
+	VPMADDWD        Z13, Z11, Z11
+	VPMADDUBSW      128(SI)(DI*1), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VBROADCASTI64X4 112(BX), Z13
+	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
+	VPANDD          Z0, Z13, Z13
+	VPSHUFB         Z4, Z9, Z9
+	VPMADDUBSW      192(SI), Z13, Z15
+	VPMADDWD        Z9, Z15, Z15
+	VPADDD          Z15, Z11, Z11
+	VPMADDUBSW      192(SI)(DI*1), Z13, Z13
+	VPMADDWD        Z9, Z13, Z9
+	VPADDD          Z9, Z12, Z12
+	VPBROADCASTD    (BX), Y9
+	VCVTPH2PS       Y9, Z9
+	VMOVSLDUP       Z9, Z13
+	VMOVSHDUP       Z9, Z9
+	VPMADDWD        288(SI), X10, X14
+	VPADDD          Z11, Z7, Z7
+	VMULPS.BCST     304(SI), Z13, Z11
+	VMULPS.BCST     304(SI), Z9, Z15
+	VCVTDQ2PS       Z7, Z7
+	VCVTDQ2PS       Z14, Z16
+	VFMADD231PS     Z11, Z7, Z5
+	VFNMADD231PS    Z15, Z16, Z5
+	VPMADDWD        288(SI)(DI*1), X10, X10
+	VPADDD          Z12, Z8, Z8
+	VMULPS.BCST     304(SI)(DI*1), Z13, Z7
+	VMULPS.BCST     304(SI)(DI*1), Z9, Z9
+	VCVTDQ2PS       Z8, Z8
+	VCVTDQ2PS       Z10, Z11
+	VFMADD231PS     Z7, Z8, Z6
+	VFNMADD231PS    Z9, Z11, Z6
+	ADDQ            $0x00000090, BX
+	ADDQ            $0x00000140, SI
+	DECQ            R8
+	JNZ             q8dot512Q4KN2BW_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VEXTRACTF64X4   $0x01, Z5, Y7
+	VADDPS          Y7, Y5, Y5
+	VEXTRACTF32X4   $0x01, Y5, X7
+	VADDPS          X7, X5, X5
+	VPERMILPS       $0x4e, X5, X7
+	VADDPS          X7, X5, X5
+	VPERMILPS       $0xb1, X5, X7
+	VADDSS          X7, X5, X5
+	VMOVSS          X5, (SI)
+	ADDQ            BX, SI
+	VEXTRACTF64X4   $0x01, Z6, Y5
+	VADDPS          Y5, Y6, Y6
+	VEXTRACTF32X4   $0x01, Y6, X5
+	VADDPS          X5, X6, X6
+	VPERMILPS       $0x4e, X6, X5
+	VADDPS          X5, X6, X6
+	VPERMILPS       $0xb1, X6, X5
+	VADDSS          X5, X6, X6
+	VMOVSS          X6, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q4KN2BW_row
+	VZEROUPPER
+	RET
+
 // func q8dot512Q5KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 // Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI
 TEXT ·q8dot512Q5KN1(SB), NOSPLIT, $0-64
@@ -73776,6 +74013,119 @@ q8dot512Q5KN1_blk:
 	ADDQ            AX, CX
 	DECQ            nrows+16(FP)
 	JNZ             q8dot512Q5KN1_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q5KN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL
+TEXT ·q8dot512Q5KN1BW(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+	VMOVDQU64    q8idxq4_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq4_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq4_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq4_3<>+0(SB), Z5
+
+q8dot512Q5KN1BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Z6, Z6, Z6
+
+q8dot512Q5KN1BW_blk:
+	VBROADCASTI64X4 16(BX), Z8
+	MOVL            4(BX), R8
+	MOVL            8(BX), R9
+	MOVL            12(BX), R10
+	MOVL            R8, R11
+	SHRL            $0x02, R11
+	ANDL            $0x30303030, R11
+	ANDL            $0x3f3f3f3f, R8
+	MOVL            R10, R12
+	ANDL            $0x0f0f0f0f, R12
+	ORL             R11, R12
+	SHLQ            $0x20, R12
+	ORQ             R8, R12
+	MOVL            R9, R11
+	SHRL            $0x02, R11
+	ANDL            $0x30303030, R11
+	ANDL            $0x3f3f3f3f, R9
+	SHRL            $0x04, R10
+	ANDL            $0x0f0f0f0f, R10
+	ORL             R11, R10
+	SHLQ            $0x20, R10
+	ORQ             R9, R10
+	VMOVQ           R12, X9
+	VPBROADCASTQ    X9, Z9
+	VMOVQ           R10, X10
+	VPMOVZXBW       X10, X10
+	VBROADCASTI64X4 48(BX), Z7
+	VPSRLVW         q8shq4<>+0(SB), Z7, Z7
+	VPANDD          Z0, Z7, Z7
+	VPTESTMB        q8q5bit_0<>+0(SB), Z8, K1
+	VPADDB          Z1, Z7, K1, Z7
+	VPSHUFB         Z2, Z9, Z11
+	VPMADDUBSW      (SI), Z7, Z7
+	VPMADDWD        Z11, Z7, Z7
+	VBROADCASTI64X4 80(BX), Z11
+	VPSRLVW         q8shq4<>+0(SB), Z11, Z11
+	VPANDD          Z0, Z11, Z11
+	VPTESTMB        q8q5bit_1<>+0(SB), Z8, K1
+	VPADDB          Z1, Z11, K1, Z11
+	VPSHUFB         Z3, Z9, Z12
+	VPMADDUBSW      64(SI), Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VPADDD          Z11, Z7, Z7
+	VBROADCASTI64X4 112(BX), Z11
+	VPSRLVW         q8shq4<>+0(SB), Z11, Z11
+	VPANDD          Z0, Z11, Z11
+	VPTESTMB        q8q5bit_2<>+0(SB), Z8, K1
+	VPADDB          Z1, Z11, K1, Z11
+	VPSHUFB         Z4, Z9, Z12
+	VPMADDUBSW      128(SI), Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VBROADCASTI64X4 144(BX), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VPTESTMB        q8q5bit_3<>+0(SB), Z8, K1
+	VPADDB          Z1, Z12, K1, Z12
+	VPSHUFB         Z5, Z9, Z8
+	VPMADDUBSW      192(SI), Z12, Z9
+	VPMADDWD        Z8, Z9, Z8
+	VPADDD          Z8, Z11, Z11
+	VPBROADCASTD    (BX), Y8
+	VCVTPH2PS       Y8, Z8
+	VMOVSLDUP       Z8, Z9
+	VMOVSHDUP       Z8, Z8
+	VPMADDWD        288(SI), X10, X10
+	VPADDD          Z11, Z7, Z7
+	VMULPS.BCST     304(SI), Z9, Z9
+	VMULPS.BCST     304(SI), Z8, Z8
+	VCVTDQ2PS       Z7, Z7
+	VCVTDQ2PS       Z10, Z11
+	VFMADD231PS     Z9, Z7, Z6
+	VFNMADD231PS    Z8, Z11, Z6
+	ADDQ            $0x000000b0, BX
+	ADDQ            $0x00000140, SI
+	DECQ            DI
+	JNZ             q8dot512Q5KN1BW_blk
+	MOVQ            DX, BX
+	VEXTRACTF64X4   $0x01, Z6, Y7
+	VADDPS          Y7, Y6, Y6
+	VEXTRACTF32X4   $0x01, Y6, X7
+	VADDPS          X7, X6, X6
+	VPERMILPS       $0x4e, X6, X7
+	VADDPS          X7, X6, X6
+	VPERMILPS       $0xb1, X6, X7
+	VADDSS          X7, X6, X6
+	VMOVSS          X6, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q5KN1BW_row
 	VZEROUPPER
 	RET
 
@@ -73919,6 +74269,150 @@ q8dot512Q5KN2_blk:
 	VZEROUPPER
 	RET
 
+// func q8dot512Q5KN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL
+TEXT ·q8dot512Q5KN2BW(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+	VMOVDQU64    q8idxq4_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq4_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq4_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq4_3<>+0(SB), Z5
+
+q8dot512Q5KN2BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+
+q8dot512Q5KN2BW_blk:
+	VBROADCASTI64X4 16(BX), Z10
+	MOVL            4(BX), R9
+	MOVL            8(BX), R10
+	MOVL            12(BX), R11
+	MOVL            R9, R12
+	SHRL            $0x02, R12
+	ANDL            $0x30303030, R12
+	ANDL            $0x3f3f3f3f, R9
+	MOVL            R11, R13
+	ANDL            $0x0f0f0f0f, R13
+	ORL             R12, R13
+	SHLQ            $0x20, R13
+	ORQ             R9, R13
+	MOVL            R10, R12
+	SHRL            $0x02, R12
+	ANDL            $0x30303030, R12
+	ANDL            $0x3f3f3f3f, R10
+	SHRL            $0x04, R11
+	ANDL            $0x0f0f0f0f, R11
+	ORL             R12, R11
+	SHLQ            $0x20, R11
+	ORQ             R10, R11
+	VMOVQ           R13, X11
+	VPBROADCASTQ    X11, Z11
+	VMOVQ           R11, X12
+	VPMOVZXBW       X12, X12
+	VBROADCASTI64X4 48(BX), Z9
+	VPSRLVW         q8shq4<>+0(SB), Z9, Z9
+	VPANDD          Z0, Z9, Z9
+	VPTESTMB        q8q5bit_0<>+0(SB), Z10, K1
+	VPADDB          Z1, Z9, K1, Z9
+	VPSHUFB         Z2, Z11, Z13
+	VPMADDUBSW      (SI), Z9, Z8
+	VPMADDWD        Z13, Z8, Z8
+	VPMADDUBSW      (SI)(DI*1), Z9, Z9
+	VPMADDWD        Z13, Z9, Z9
+	VBROADCASTI64X4 80(BX), Z13
+	VPSRLVW         q8shq4<>+0(SB), Z13, Z13
+	VPANDD          Z0, Z13, Z13
+	VPTESTMB        q8q5bit_1<>+0(SB), Z10, K1
+	VPADDB          Z1, Z13, K1, Z13
+	VPSHUFB         Z3, Z11, Z14
+	VPMADDUBSW      64(SI), Z13, Z15
+	VPMADDWD        Z14, Z15, Z15
+	VPADDD          Z15, Z8, Z8
+	VPMADDUBSW      64(SI)(DI*1), Z13, Z13
+	VPMADDWD        Z14, Z13, Z13
+	VPADDD          Z13, Z9, Z9
+	VBROADCASTI64X4 112(BX), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VPTESTMB        q8q5bit_2<>+0(SB), Z10, K1
+	VPADDB          Z1, Z14, K1, Z14
+	VPSHUFB         Z4, Z11, Z15
+	VPMADDUBSW      128(SI), Z14, Z13
+	VPMADDWD        Z15, Z13, Z13
+	VPMADDUBSW      128(SI)(DI*1), Z14, Z14
+	VPMADDWD        Z15, Z14, Z14
+	VBROADCASTI64X4 144(BX), Z15
+	VPSRLVW         q8shq4<>+0(SB), Z15, Z15
+	VPANDD          Z0, Z15, Z15
+	VPTESTMB        q8q5bit_3<>+0(SB), Z10, K1
+	VPADDB          Z1, Z15, K1, Z15
+	VPSHUFB         Z5, Z11, Z10
+	VPMADDUBSW      192(SI), Z15, Z11
+	VPMADDWD        Z10, Z11, Z11
+	VPADDD          Z11, Z13, Z13
+	VPMADDUBSW      192(SI)(DI*1), Z15, Z11
+	VPMADDWD        Z10, Z11, Z10
+	VPADDD          Z10, Z14, Z14
+	VPBROADCASTD    (BX), Y10
+	VCVTPH2PS       Y10, Z10
+	VMOVSLDUP       Z10, Z11
+	VMOVSHDUP       Z10, Z10
+	VPMADDWD        288(SI), X12, X16
+	VPADDD          Z13, Z8, Z8
+	VMULPS.BCST     304(SI), Z11, Z13
+	VMULPS.BCST     304(SI), Z10, Z15
+	VCVTDQ2PS       Z8, Z8
+	VCVTDQ2PS       Z16, Z17
+	VFMADD231PS     Z13, Z8, Z6
+	VFNMADD231PS    Z15, Z17, Z6
+	VPMADDWD        288(SI)(DI*1), X12, X12
+	VPADDD          Z14, Z9, Z9
+	VMULPS.BCST     304(SI)(DI*1), Z11, Z8
+	VMULPS.BCST     304(SI)(DI*1), Z10, Z10
+	VCVTDQ2PS       Z9, Z9
+	VCVTDQ2PS       Z12, Z11
+	VFMADD231PS     Z8, Z9, Z7
+	VFNMADD231PS    Z10, Z11, Z7
+	ADDQ            $0x000000b0, BX
+	ADDQ            $0x00000140, SI
+	DECQ            R8
+	JNZ             q8dot512Q5KN2BW_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VEXTRACTF64X4   $0x01, Z6, Y8
+	VADDPS          Y8, Y6, Y6
+	VEXTRACTF32X4   $0x01, Y6, X8
+	VADDPS          X8, X6, X6
+	VPERMILPS       $0x4e, X6, X8
+	VADDPS          X8, X6, X6
+	VPERMILPS       $0xb1, X6, X8
+	VADDSS          X8, X6, X6
+	VMOVSS          X6, (SI)
+	ADDQ            BX, SI
+	VEXTRACTF64X4   $0x01, Z7, Y6
+	VADDPS          Y6, Y7, Y7
+	VEXTRACTF32X4   $0x01, Y7, X6
+	VADDPS          X6, X7, X7
+	VPERMILPS       $0x4e, X7, X6
+	VADDPS          X6, X7, X7
+	VPERMILPS       $0xb1, X7, X6
+	VADDSS          X6, X7, X7
+	VMOVSS          X7, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q5KN2BW_row
+	VZEROUPPER
+	RET
+
 // func q8dot512Q6KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 // Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI
 TEXT ·q8dot512Q6KN1(SB), NOSPLIT, $0-64
@@ -73997,6 +74491,89 @@ q8dot512Q6KN1_blk:
 	ADDQ            AX, CX
 	DECQ            nrows+16(FP)
 	JNZ             q8dot512Q6KN1_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q6KN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL
+TEXT ·q8dot512Q6KN1BW(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b30<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q6KN1BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Z6, Z6, Z6
+
+q8dot512Q6KN1BW_blk:
+	VPMOVSXBW       192(BX), Y8
+	VPSLLW          $0x05, Y8, Y7
+	VPMADDWD        256(SI), Y7, Y9
+	VMOVDQU64       (BX), Z10
+	VBROADCASTI64X4 128(BX), Z11
+	VPSLLVW         q8shq6a<>+0(SB), Z11, Z7
+	VPANDD          Z1, Z7, Z7
+	VPTERNLOGD      $0xf8, Z0, Z10, Z7
+	VPERMW          Z8, Z2, Z12
+	VPMADDUBSW      (SI), Z7, Z7
+	VPMADDWD        Z12, Z7, Z7
+	VPSRLW          $0x04, Z10, Z10
+	VPSRLVW         q8shq6b<>+0(SB), Z11, Z11
+	VPANDD          Z1, Z11, Z11
+	VPTERNLOGD      $0xf8, Z0, Z10, Z11
+	VPERMW          Z8, Z3, Z10
+	VPMADDUBSW      64(SI), Z11, Z11
+	VPMADDWD        Z10, Z11, Z10
+	VPADDD          Z10, Z7, Z7
+	VMOVDQU64       64(BX), Z10
+	VBROADCASTI64X4 160(BX), Z12
+	VPSLLVW         q8shq6a<>+0(SB), Z12, Z11
+	VPANDD          Z1, Z11, Z11
+	VPTERNLOGD      $0xf8, Z0, Z10, Z11
+	VPERMW          Z8, Z4, Z13
+	VPMADDUBSW      128(SI), Z11, Z11
+	VPMADDWD        Z13, Z11, Z11
+	VPSRLW          $0x04, Z10, Z10
+	VPSRLVW         q8shq6b<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPTERNLOGD      $0xf8, Z0, Z10, Z12
+	VPERMW          Z8, Z5, Z10
+	VPMADDUBSW      192(SI), Z12, Z12
+	VPMADDWD        Z10, Z12, Z10
+	VPADDD          Z10, Z11, Z11
+	VPBROADCASTW    208(BX), Y10
+	VCVTPH2PS       Y10, Z10
+	VPSUBD          Z9, Z7, Z7
+	VPADDD          Z11, Z7, Z7
+	VMULPS.BCST     304(SI), Z10, Z10
+	VCVTDQ2PS       Z7, Z7
+	VFMADD231PS     Z10, Z7, Z6
+	ADDQ            $0x000000d2, BX
+	ADDQ            $0x00000140, SI
+	DECQ            DI
+	JNZ             q8dot512Q6KN1BW_blk
+	MOVQ            DX, BX
+	VEXTRACTF64X4   $0x01, Z6, Y7
+	VADDPS          Y7, Y6, Y6
+	VEXTRACTF32X4   $0x01, Y6, X7
+	VADDPS          X7, X6, X6
+	VPERMILPS       $0x4e, X6, X7
+	VADDPS          X7, X6, X6
+	VPERMILPS       $0xb1, X6, X7
+	VADDSS          X7, X6, X6
+	VMOVSS          X6, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q6KN1BW_row
 	VZEROUPPER
 	RET
 
@@ -74105,6 +74682,118 @@ q8dot512Q6KN2_blk:
 	ADDQ            AX, CX
 	DECQ            nrows+16(FP)
 	JNZ             q8dot512Q6KN2_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q6KN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL
+TEXT ·q8dot512Q6KN2BW(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b30<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q6KN2BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+
+q8dot512Q6KN2BW_blk:
+	VPMOVSXBW       192(BX), Y9
+	VPSLLW          $0x05, Y9, Y8
+	VPMADDWD        256(SI), Y8, Y10
+	VPMADDWD        256(SI)(DI*1), Y8, Y11
+	VMOVDQU64       (BX), Z13
+	VBROADCASTI64X4 128(BX), Z14
+	VPSLLVW         q8shq6a<>+0(SB), Z14, Z12
+	VPANDD          Z1, Z12, Z12
+	VPTERNLOGD      $0xf8, Z0, Z13, Z12
+	VPERMW          Z9, Z2, Z15
+	VPMADDUBSW      (SI), Z12, Z8
+	VPMADDWD        Z15, Z8, Z8
+	VPMADDUBSW      (SI)(DI*1), Z12, Z12
+	VPMADDWD        Z15, Z12, Z12
+	VPSRLW          $0x04, Z13, Z13
+	VPSRLVW         q8shq6b<>+0(SB), Z14, Z14
+	VPANDD          Z1, Z14, Z14
+	VPTERNLOGD      $0xf8, Z0, Z13, Z14
+	VPERMW          Z9, Z3, Z13
+	VPMADDUBSW      64(SI), Z14, Z15
+	VPMADDWD        Z13, Z15, Z15
+	VPADDD          Z15, Z8, Z8
+	VPMADDUBSW      64(SI)(DI*1), Z14, Z14
+	VPMADDWD        Z13, Z14, Z13
+	VPADDD          Z13, Z12, Z12
+	VMOVDQU64       64(BX), Z14
+	VBROADCASTI64X4 160(BX), Z16
+	VPSLLVW         q8shq6a<>+0(SB), Z16, Z13
+	VPANDD          Z1, Z13, Z13
+	VPTERNLOGD      $0xf8, Z0, Z14, Z13
+	VPERMW          Z9, Z4, Z17
+	VPMADDUBSW      128(SI), Z13, Z15
+	VPMADDWD        Z17, Z15, Z15
+	VPMADDUBSW      128(SI)(DI*1), Z13, Z13
+	VPMADDWD        Z17, Z13, Z13
+	VPSRLW          $0x04, Z14, Z14
+	VPSRLVW         q8shq6b<>+0(SB), Z16, Z16
+	VPANDD          Z1, Z16, Z16
+	VPTERNLOGD      $0xf8, Z0, Z14, Z16
+	VPERMW          Z9, Z5, Z14
+	VPMADDUBSW      192(SI), Z16, Z17
+	VPMADDWD        Z14, Z17, Z17
+	VPADDD          Z17, Z15, Z15
+	VPMADDUBSW      192(SI)(DI*1), Z16, Z16
+	VPMADDWD        Z14, Z16, Z14
+	VPADDD          Z14, Z13, Z13
+	VPBROADCASTW    208(BX), Y14
+	VCVTPH2PS       Y14, Z14
+	VPSUBD          Z10, Z8, Z8
+	VPADDD          Z15, Z8, Z8
+	VMULPS.BCST     304(SI), Z14, Z15
+	VCVTDQ2PS       Z8, Z8
+	VFMADD231PS     Z15, Z8, Z6
+	VPSUBD          Z11, Z12, Z12
+	VPADDD          Z13, Z12, Z8
+	VMULPS.BCST     304(SI)(DI*1), Z14, Z12
+	VCVTDQ2PS       Z8, Z8
+	VFMADD231PS     Z12, Z8, Z7
+	ADDQ            $0x000000d2, BX
+	ADDQ            $0x00000140, SI
+	DECQ            R8
+	JNZ             q8dot512Q6KN2BW_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VEXTRACTF64X4   $0x01, Z6, Y8
+	VADDPS          Y8, Y6, Y6
+	VEXTRACTF32X4   $0x01, Y6, X8
+	VADDPS          X8, X6, X6
+	VPERMILPS       $0x4e, X6, X8
+	VADDPS          X8, X6, X6
+	VPERMILPS       $0xb1, X6, X8
+	VADDSS          X8, X6, X6
+	VMOVSS          X6, (SI)
+	ADDQ            BX, SI
+	VEXTRACTF64X4   $0x01, Z7, Y6
+	VADDPS          Y6, Y7, Y7
+	VEXTRACTF32X4   $0x01, Y7, X6
+	VADDPS          X6, X7, X7
+	VPERMILPS       $0x4e, X7, X6
+	VADDPS          X6, X7, X7
+	VPERMILPS       $0xb1, X7, X6
+	VADDSS          X6, X7, X7
+	VMOVSS          X7, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q6KN2BW_row
 	VZEROUPPER
 	RET
 

@@ -10,14 +10,32 @@ import (
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
-// The integer kernels need AVX-512 BW (VPMADDUBSW, VPERMW on zmm) and VNNI
-// (VPDPWSSD).
-var hasQ8 = cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VNNI
+// The integer kernels need AVX-512 BW (VPMADDUBSW, VPERMW on zmm); with VNNI
+// they use VPDPWSSD, without it (Skylake-SP) their BW twins VPMADDWD and
+// VPADDD.
+var hasQ8 = cpu.X86.HasAVX512BW
+
+func init() {
+	if !cpu.X86.HasAVX512VNNI {
+		useQ8BW()
+	}
+}
+
+// useQ8BW switches to the kernels without VNNI.
+func useQ8BW() {
+	q8Kernels = q8KernelsBW
+}
 
 var q8Kernels = [tensor.NumDTypes][3]q8Fn{
 	tensor.Q4_K: {1: q8dot512Q4KN1, 2: q8dot512Q4KN2},
 	tensor.Q5_K: {1: q8dot512Q5KN1, 2: q8dot512Q5KN2},
 	tensor.Q6_K: {1: q8dot512Q6KN1, 2: q8dot512Q6KN2},
+}
+
+var q8KernelsBW = [tensor.NumDTypes][3]q8Fn{
+	tensor.Q4_K: {1: q8dot512Q4KN1BW, 2: q8dot512Q4KN2BW},
+	tensor.Q5_K: {1: q8dot512Q5KN1BW, 2: q8dot512Q5KN2BW},
+	tensor.Q6_K: {1: q8dot512Q6KN1BW, 2: q8dot512Q6KN2BW},
 }
 
 // planQ8 sets up the integer path for the call (see q8act.go): it quantizes
@@ -66,4 +84,12 @@ func quantizeQ8KAsm(dst []byte, x []float32, nb int) (ok, done bool) {
 		return false, false
 	}
 	return quantQ8K512(unsafe.SliceData(x), nb, unsafe.SliceData(dst)), true
+}
+
+// forceQ8BW makes MatMul use the kernels without VNNI until the returned
+// function is called (tests).
+func forceQ8BW() (restore func()) {
+	prev := q8Kernels
+	q8Kernels = q8KernelsBW
+	return func() { q8Kernels = prev }
 }

@@ -8,3 +8,5 @@ func planQ8(*callCtx, Level) (ok, nonFinite bool) { return false, false }
 func hasQ8Kernels() bool { return false }
 
 func quantizeQ8KAsm([]byte, []float32, int) (ok, done bool) { return false, false }
+
+func forceQ8BW() (restore func()) { return nil }

@@ -16,6 +16,37 @@ func TestMatMulQ8(t *testing.T) {
 	if KernelLevel() < LevelAVX512 || !hasQ8Kernels() {
 		t.Skip("no integer kernels on this CPU")
 	}
+	testMatMulQ8(t)
+	// The kernels for CPUs without VNNI, wherever they can run: the same
+	// function, and the same bits as the VNNI ones.
+	rng := rand.New(rand.NewPCG(11, 11))
+	var vnni [][]float32
+	var cases [][2]any
+	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
+		w := randMatrix(rng, dt, 37, 768)
+		x := randVec(rng, 3*768)
+		out := make([]float32, 3*37)
+		MatMul(out, w, x, 3)
+		vnni = append(vnni, out)
+		cases = append(cases, [2]any{w, x})
+	}
+	if restore := forceQ8BW(); restore != nil {
+		defer restore()
+		testMatMulQ8(t)
+		for c, cs := range cases {
+			w, x := cs[0].(tensor.Matrix), cs[1].([]float32)
+			out := make([]float32, 3*37)
+			MatMul(out, w, x, 3)
+			for i := range out {
+				if math.Float32bits(out[i]) != math.Float32bits(vnni[c][i]) {
+					t.Fatalf("%v: out[%d] = %g without VNNI, %g with", w.DType, i, out[i], vnni[c][i])
+				}
+			}
+		}
+	}
+}
+
+func testMatMulQ8(t *testing.T) {
 	rng := rand.New(rand.NewPCG(8, 8))
 	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
 		for _, rows := range []int{1, 3, 4, 7, 33, 260} {

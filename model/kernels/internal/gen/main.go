@@ -76,7 +76,8 @@ func main() {
 	}
 	for _, dt := range q8Dtypes {
 		for n := 1; n <= q8MaxN; n++ {
-			genQ8(dt, n)
+			genQ8(dt, n, true)
+			genQ8(dt, n, false)
 		}
 	}
 	genQ8Quant()

@@ -76,6 +76,21 @@ func genQ8Consts() {
 	}
 }
 
+// q8VNNI: the kernel being generated may use VPDPWSSD.
+var q8VNNI bool
+
+// dpwssd adds the pairwise products of the int16 lanes of a and b to the
+// int32 lanes of acc.
+func dpwssd(a, b, acc VecVirtual) {
+	if q8VNNI {
+		VPDPWSSD(a, b, acc)
+		return
+	}
+	t := ZMM()
+	VPMADDWD(a, b, t)
+	VPADDD(t, acc, acc)
+}
+
 const q8Sig = "func(w *byte, wstride, nrows int, xq *byte, xqstride, nblocks int, out *float32, ostride int)"
 
 // genQ8 emits q8dot512<dtype>N<N>: for r < nrows, i < N
@@ -84,8 +99,16 @@ const q8Sig = "func(w *byte, wstride, nrows int, xq *byte, xqstride, nblocks int
 //
 // with W's rows wstride bytes apart and X[i] the quantized activations at
 // xq + i*xqstride (nblocks blocks of q8xBlock bytes). Strides are in bytes.
-func genQ8(d dtype, N int) {
+//
+// With vnni false it emits q8dot512<dtype>N<N>BW for CPUs with AVX-512 BW but
+// not VNNI (Skylake-SP): VPMADDWD and VPADDD instead of VPDPWSSD, the same
+// integer sums.
+func genQ8(d dtype, N int, vnni bool) {
 	name := fmt.Sprintf("q8dot512%sN%d", d, N)
+	if !vnni {
+		name += "BW"
+	}
+	q8VNNI = vnni
 	TEXT(name, NOSPLIT, q8Sig)
 	Doc(fmt.Sprintf("%s computes %d-input dot products of %s weights with 8-bit activations (see genQ8).", name, N, d))
 	var bb int
@@ -209,7 +232,7 @@ func q8RowQ4K(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Me
 			if c%2 == 0 {
 				VPMADDWD(scv, p, part[i][c/2])
 			} else {
-				VPDPWSSD(scv, p, part[i][c/2])
+				dpwssd(scv, p, part[i][c/2])
 			}
 		}
 	}
@@ -283,7 +306,7 @@ func q8RowQ6K(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c
 				if part == 0 {
 					VPMADDWD(scv, p, hs[i][h])
 				} else {
-					VPDPWSSD(scv, p, hs[i][h])
+					dpwssd(scv, p, hs[i][h])
 				}
 			}
 		}
