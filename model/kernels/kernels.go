@@ -60,7 +60,7 @@
 // # 8-bit activations
 //
 // Products with Q4_K, Q5_K and Q6_K weights, the types of llama.cpp's
-// Q4_K_M and Q5_K_M files, do not widen the weights: on CPUs with AVX-512 BW and VNNI each input row is
+// Q4_K_M and Q5_K_M files, do not widen the weights: on CPUs with AVX-512 BW each input row is
 // quantized to int8 per block of 256 values (one float32 scale and the
 // 16- and 32-value sums per block, quantQ8K512), and the kernels
 // q8dot512<type>N<n> form each block's dot product in integers: the unsigned

@@ -15,7 +15,7 @@ import (
 // products quantize each input row to 8 bits per block of 256 values and compute the block dot products in
 // integers, as llama.cpp does on CPUs (its Q8_K): the weights' 4- or 6-bit
 // codes times the activations' int8 with VPMADDUBSW, scaled by the sub-block
-// scales with VPDPWSSD (AVX-512 VNNI), float32 only for the per-block
+// scales with VPDPWSSD (AVX-512 VNNI; VPMADDWD and VPADDD without it), float32 only for the per-block
 // d·d_x. That does a block's work in about a quarter of the instructions of
 // widening the weights to float32, which is what keeps decode at memory
 // speed; at prefill sizes it is still 20-25% faster than the float32 panels
@@ -57,7 +57,7 @@ func init() { q8Act.Store(os.Getenv("SWITCHYARD_Q8_ACTIVATIONS") != "0") }
 
 // SetQ8Activations chooses whether products with Q4_K, Q5_K and Q6_K weights
 // quantize the activations to 8 bits and run the integer kernels (on, the
-// default, where the CPU has AVX-512 VNNI) or widen the weights to float32
+// default, where the CPU has AVX-512 BW) or widen the weights to float32
 // (off). It returns the previous setting. Either way a row's result does not
 // depend on the other rows of the call when SetBatchInvariant is on.
 func SetQ8Activations(on bool) (prev bool) { return q8Act.Swap(on) }
