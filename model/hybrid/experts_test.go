@@ -77,8 +77,11 @@ func TestComputeExpertsThreadsAndForms(t *testing.T) {
 				}
 			}
 		}
-		// Against float64 arithmetic on the same bf16 weights.
+		// Against float64 arithmetic on the same bf16 weights (float32
+		// activations: bf16 ones would differ by their rounding).
+		prevBF := kernels.SetBF16Activations(false)
 		r := run(2, func(*ExpertRequest) {})
+		kernels.SetBF16Activations(prevBF)
 		for i := range rows {
 			want := make([]float64, h)
 			for j := range topK {

@@ -564,3 +564,33 @@ func quantQ8K512(x *float32, nblocks int, dst *byte) bool
 //
 //go:noescape
 func siluMul512(dst *float32, gate *float32, u *float32, n int)
+
+// bf16dot512N1 computes 4-row x 1-input dot products of bf16 weights and bf16 activations with VDPBF16PS (see genBF16Dot).
+//
+//go:noescape
+func bf16dot512N1(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+
+// bf16dot512N2 computes 4-row x 2-input dot products of bf16 weights and bf16 activations with VDPBF16PS (see genBF16Dot).
+//
+//go:noescape
+func bf16dot512N2(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+
+// bf16dot512N3 computes 4-row x 3-input dot products of bf16 weights and bf16 activations with VDPBF16PS (see genBF16Dot).
+//
+//go:noescape
+func bf16dot512N3(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+
+// bf16dot512N4 computes 4-row x 4-input dot products of bf16 weights and bf16 activations with VDPBF16PS (see genBF16Dot).
+//
+//go:noescape
+func bf16dot512N4(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+
+// bf16dot512N5 computes 4-row x 5-input dot products of bf16 weights and bf16 activations with VDPBF16PS (see genBF16Dot).
+//
+//go:noescape
+func bf16dot512N5(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+
+// bf16dot512N6 computes 4-row x 6-input dot products of bf16 weights and bf16 activations with VDPBF16PS (see genBF16Dot).
+//
+//go:noescape
+func bf16dot512N6(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)

@@ -75058,3 +75058,1182 @@ siluMul512_store:
 siluMul512_done:
 	VZEROUPPER
 	RET
+
+// func bf16dot512N1(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+// Requires: AVX, AVX512F
+TEXT ·bf16dot512N1(SB), NOSPLIT, $0-64
+	MOVQ w+0(FP), AX
+	MOVQ wstride+8(FP), BX
+	MOVQ x+24(FP), DX
+	MOVQ xstride+32(FP), R8
+	MOVQ out+48(FP), R10
+	MOVQ ostride+56(FP), R11
+
+bf16dot512N1_quad:
+	MOVQ   AX, R12
+	LEAQ   (AX)(BX*2), R13
+	ADDQ   BX, R13
+	MOVQ   DX, DI
+	MOVQ   nchunks+40(FP), R9
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+
+bf16dot512N1_chunk:
+	VMOVDQU32  (R12), Z24
+	VMOVDQU32  (R12)(BX*1), Z25
+	VMOVDQU32  (R12)(BX*2), Z26
+	VMOVDQU32  (R13), Z27
+	VMOVDQU32  (DI), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	ADDQ       $0x40, R12
+	ADDQ       $0x40, R13
+	ADDQ       $0x40, DI
+	DECQ       R9
+	JNZ        bf16dot512N1_chunk
+	MOVQ       R10, DI
+	VSHUFF32X4 $0x44, Z1, Z0, Z24
+	VSHUFF32X4 $0xee, Z1, Z0, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z3, Z2, Z24
+	VSHUFF32X4 $0xee, Z3, Z2, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       $0x10, R10
+	LEAQ       (AX)(BX*4), AX
+	DECQ       nquads+16(FP)
+	JNZ        bf16dot512N1_quad
+	VZEROUPPER
+	RET
+
+// func bf16dot512N2(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+// Requires: AVX, AVX512F
+TEXT ·bf16dot512N2(SB), NOSPLIT, $0-64
+	MOVQ w+0(FP), AX
+	MOVQ wstride+8(FP), BX
+	MOVQ x+24(FP), DX
+	MOVQ xstride+32(FP), R8
+	MOVQ out+48(FP), R10
+	MOVQ ostride+56(FP), R11
+
+bf16dot512N2_quad:
+	MOVQ   AX, R12
+	LEAQ   (AX)(BX*2), R13
+	ADDQ   BX, R13
+	MOVQ   DX, DI
+	MOVQ   nchunks+40(FP), R9
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+
+bf16dot512N2_chunk:
+	VMOVDQU32  (R12), Z24
+	VMOVDQU32  (R12)(BX*1), Z25
+	VMOVDQU32  (R12)(BX*2), Z26
+	VMOVDQU32  (R13), Z27
+	VMOVDQU32  (DI), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xe4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xf4
+	VMOVDQU32  (DI)(R8*1), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xec
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xfc
+	ADDQ       $0x40, R12
+	ADDQ       $0x40, R13
+	ADDQ       $0x40, DI
+	DECQ       R9
+	JNZ        bf16dot512N2_chunk
+	MOVQ       R10, DI
+	VSHUFF32X4 $0x44, Z2, Z0, Z24
+	VSHUFF32X4 $0xee, Z2, Z0, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z6, Z4, Z24
+	VSHUFF32X4 $0xee, Z6, Z4, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z3, Z1, Z24
+	VSHUFF32X4 $0xee, Z3, Z1, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z7, Z5, Z24
+	VSHUFF32X4 $0xee, Z7, Z5, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       $0x10, R10
+	LEAQ       (AX)(BX*4), AX
+	DECQ       nquads+16(FP)
+	JNZ        bf16dot512N2_quad
+	VZEROUPPER
+	RET
+
+// func bf16dot512N3(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+// Requires: AVX, AVX512F
+TEXT ·bf16dot512N3(SB), NOSPLIT, $0-64
+	MOVQ w+0(FP), AX
+	MOVQ wstride+8(FP), BX
+	MOVQ x+24(FP), DX
+	MOVQ xstride+32(FP), R8
+	MOVQ out+48(FP), R10
+	MOVQ ostride+56(FP), R11
+
+bf16dot512N3_quad:
+	MOVQ   AX, R12
+	LEAQ   (AX)(BX*2), R13
+	ADDQ   BX, R13
+	MOVQ   DX, DI
+	MOVQ   nchunks+40(FP), R9
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+
+bf16dot512N3_chunk:
+	VMOVDQU32  (R12), Z24
+	VMOVDQU32  (R12)(BX*1), Z25
+	VMOVDQU32  (R12)(BX*2), Z26
+	VMOVDQU32  (R13), Z27
+	VMOVDQU32  (DI), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xf4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	VMOVDQU32  (DI)(R8*1), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xe4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xfc
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	VMOVDQU32  (DI)(R8*2), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xec
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	ADDQ       $0x40, R12
+	ADDQ       $0x40, R13
+	ADDQ       $0x40, DI
+	DECQ       R9
+	JNZ        bf16dot512N3_chunk
+	MOVQ       R10, DI
+	VSHUFF32X4 $0x44, Z3, Z0, Z24
+	VSHUFF32X4 $0xee, Z3, Z0, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z9, Z6, Z24
+	VSHUFF32X4 $0xee, Z9, Z6, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z4, Z1, Z24
+	VSHUFF32X4 $0xee, Z4, Z1, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z10, Z7, Z24
+	VSHUFF32X4 $0xee, Z10, Z7, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z5, Z2, Z24
+	VSHUFF32X4 $0xee, Z5, Z2, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z11, Z8, Z24
+	VSHUFF32X4 $0xee, Z11, Z8, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       $0x10, R10
+	LEAQ       (AX)(BX*4), AX
+	DECQ       nquads+16(FP)
+	JNZ        bf16dot512N3_quad
+	VZEROUPPER
+	RET
+
+// func bf16dot512N4(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+// Requires: AVX, AVX512F
+TEXT ·bf16dot512N4(SB), NOSPLIT, $0-64
+	MOVQ w+0(FP), AX
+	MOVQ wstride+8(FP), BX
+	MOVQ x+24(FP), DX
+	MOVQ xstride+32(FP), R8
+	MOVQ out+48(FP), R10
+	MOVQ ostride+56(FP), R11
+
+bf16dot512N4_quad:
+	MOVQ   AX, R12
+	LEAQ   (AX)(BX*2), R13
+	ADDQ   BX, R13
+	MOVQ   DX, DI
+	LEAQ   (DX)(R8*2), SI
+	ADDQ   R8, SI
+	MOVQ   nchunks+40(FP), R9
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+
+bf16dot512N4_chunk:
+	VMOVDQU32  (R12), Z24
+	VMOVDQU32  (R12)(BX*1), Z25
+	VMOVDQU32  (R12)(BX*2), Z26
+	VMOVDQU32  (R13), Z27
+	VMOVDQU32  (DI), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xe4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xe4
+	VMOVDQU32  (DI)(R8*1), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xec
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xec
+	VMOVDQU32  (DI)(R8*2), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xf4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xf4
+	VMOVDQU32  (SI), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xfc
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xfc
+	ADDQ       $0x40, R12
+	ADDQ       $0x40, R13
+	ADDQ       $0x40, DI
+	ADDQ       $0x40, SI
+	DECQ       R9
+	JNZ        bf16dot512N4_chunk
+	MOVQ       R10, DI
+	VSHUFF32X4 $0x44, Z4, Z0, Z24
+	VSHUFF32X4 $0xee, Z4, Z0, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z12, Z8, Z24
+	VSHUFF32X4 $0xee, Z12, Z8, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z5, Z1, Z24
+	VSHUFF32X4 $0xee, Z5, Z1, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z13, Z9, Z24
+	VSHUFF32X4 $0xee, Z13, Z9, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z6, Z2, Z24
+	VSHUFF32X4 $0xee, Z6, Z2, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z14, Z10, Z24
+	VSHUFF32X4 $0xee, Z14, Z10, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z7, Z3, Z24
+	VSHUFF32X4 $0xee, Z7, Z3, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z15, Z11, Z24
+	VSHUFF32X4 $0xee, Z15, Z11, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       $0x10, R10
+	LEAQ       (AX)(BX*4), AX
+	DECQ       nquads+16(FP)
+	JNZ        bf16dot512N4_quad
+	VZEROUPPER
+	RET
+
+// func bf16dot512N5(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+// Requires: AVX, AVX512F
+TEXT ·bf16dot512N5(SB), NOSPLIT, $0-64
+	MOVQ w+0(FP), AX
+	MOVQ wstride+8(FP), BX
+	MOVQ x+24(FP), DX
+	MOVQ xstride+32(FP), R8
+	MOVQ out+48(FP), R10
+	MOVQ ostride+56(FP), R11
+
+bf16dot512N5_quad:
+	MOVQ   AX, R12
+	LEAQ   (AX)(BX*2), R13
+	ADDQ   BX, R13
+	MOVQ   DX, DI
+	LEAQ   (DX)(R8*2), SI
+	ADDQ   R8, SI
+	MOVQ   nchunks+40(FP), R9
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	VPXORD Z18, Z18, Z18
+	VPXORD Z19, Z19, Z19
+
+bf16dot512N5_chunk:
+	VMOVDQU32  (R12), Z24
+	VMOVDQU32  (R12)(BX*1), Z25
+	VMOVDQU32  (R12)(BX*2), Z26
+	VMOVDQU32  (R13), Z27
+	VMOVDQU32  (DI), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xec
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xfc
+	VMOVDQU32  (DI)(R8*1), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xf4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	VMOVDQU32  (DI)(R8*2), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xfc
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xe4
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	VMOVDQU32  (SI), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xec
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	VMOVDQU32  (SI)(R8*1), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xe4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xf4
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	ADDQ       $0x40, R12
+	ADDQ       $0x40, R13
+	ADDQ       $0x40, DI
+	ADDQ       $0x40, SI
+	DECQ       R9
+	JNZ        bf16dot512N5_chunk
+	MOVQ       R10, DI
+	VSHUFF32X4 $0x44, Z5, Z0, Z24
+	VSHUFF32X4 $0xee, Z5, Z0, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z15, Z10, Z24
+	VSHUFF32X4 $0xee, Z15, Z10, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z6, Z1, Z24
+	VSHUFF32X4 $0xee, Z6, Z1, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z16, Z11, Z24
+	VSHUFF32X4 $0xee, Z16, Z11, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z7, Z2, Z24
+	VSHUFF32X4 $0xee, Z7, Z2, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z17, Z12, Z24
+	VSHUFF32X4 $0xee, Z17, Z12, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z8, Z3, Z24
+	VSHUFF32X4 $0xee, Z8, Z3, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z18, Z13, Z24
+	VSHUFF32X4 $0xee, Z18, Z13, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z9, Z4, Z24
+	VSHUFF32X4 $0xee, Z9, Z4, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z19, Z14, Z24
+	VSHUFF32X4 $0xee, Z19, Z14, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       $0x10, R10
+	LEAQ       (AX)(BX*4), AX
+	DECQ       nquads+16(FP)
+	JNZ        bf16dot512N5_quad
+	VZEROUPPER
+	RET
+
+// func bf16dot512N6(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+// Requires: AVX, AVX512F
+TEXT ·bf16dot512N6(SB), NOSPLIT, $0-64
+	MOVQ w+0(FP), AX
+	MOVQ wstride+8(FP), BX
+	MOVQ x+24(FP), DX
+	MOVQ xstride+32(FP), R8
+	MOVQ out+48(FP), R10
+	MOVQ ostride+56(FP), R11
+
+bf16dot512N6_quad:
+	MOVQ   AX, R12
+	LEAQ   (AX)(BX*2), R13
+	ADDQ   BX, R13
+	MOVQ   DX, DI
+	LEAQ   (DX)(R8*2), SI
+	ADDQ   R8, SI
+	MOVQ   nchunks+40(FP), R9
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	VPXORD Z18, Z18, Z18
+	VPXORD Z19, Z19, Z19
+	VPXORD Z20, Z20, Z20
+	VPXORD Z21, Z21, Z21
+	VPXORD Z22, Z22, Z22
+	VPXORD Z23, Z23, Z23
+
+bf16dot512N6_chunk:
+	VMOVDQU32  (R12), Z24
+	VMOVDQU32  (R12)(BX*1), Z25
+	VMOVDQU32  (R12)(BX*2), Z26
+	VMOVDQU32  (R13), Z27
+	VMOVDQU32  (DI), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xf4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xe4
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	VMOVDQU32  (DI)(R8*1), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xfc
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xec
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	VMOVDQU32  (DI)(R8*2), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xf4
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xe4
+	VMOVDQU32  (SI), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xfc
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xec
+	VMOVDQU32  (SI)(R8*1), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xe4
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xd4
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xc4
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xf4
+	VMOVDQU32  (SI)(R8*2), Z28
+	BYTE       $0x62
+	BYTE       $0x92
+	BYTE       $0x3e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xec
+	BYTE       $0x62
+	BYTE       $0x12
+	BYTE       $0x36
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xdc
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x2e
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xcc
+	BYTE       $0x62
+	BYTE       $0x82
+	BYTE       $0x26
+	BYTE       $0x40
+	BYTE       $0x52
+	BYTE       $0xfc
+	ADDQ       $0x40, R12
+	ADDQ       $0x40, R13
+	ADDQ       $0x40, DI
+	ADDQ       $0x40, SI
+	DECQ       R9
+	JNZ        bf16dot512N6_chunk
+	MOVQ       R10, DI
+	VSHUFF32X4 $0x44, Z6, Z0, Z24
+	VSHUFF32X4 $0xee, Z6, Z0, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z18, Z12, Z24
+	VSHUFF32X4 $0xee, Z18, Z12, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z7, Z1, Z24
+	VSHUFF32X4 $0xee, Z7, Z1, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z19, Z13, Z24
+	VSHUFF32X4 $0xee, Z19, Z13, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z8, Z2, Z24
+	VSHUFF32X4 $0xee, Z8, Z2, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z20, Z14, Z24
+	VSHUFF32X4 $0xee, Z20, Z14, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z9, Z3, Z24
+	VSHUFF32X4 $0xee, Z9, Z3, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z21, Z15, Z24
+	VSHUFF32X4 $0xee, Z21, Z15, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z10, Z4, Z24
+	VSHUFF32X4 $0xee, Z10, Z4, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z22, Z16, Z24
+	VSHUFF32X4 $0xee, Z22, Z16, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       R11, DI
+	VSHUFF32X4 $0x44, Z11, Z5, Z24
+	VSHUFF32X4 $0xee, Z11, Z5, Z25
+	VADDPS     Z25, Z24, Z26
+	VSHUFF32X4 $0x44, Z23, Z17, Z24
+	VSHUFF32X4 $0xee, Z23, Z17, Z25
+	VADDPS     Z25, Z24, Z27
+	VSHUFF32X4 $0x88, Z27, Z26, Z24
+	VSHUFF32X4 $0xdd, Z27, Z26, Z25
+	VADDPS     Z25, Z24, Z28
+	VPERMILPS  $0x4e, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VPERMILPS  $0xb1, Z28, Z24
+	VADDPS     Z24, Z28, Z28
+	VMOVDQU32  redidx<>+0(SB), Z29
+	VPERMPS    Z28, Z29, Z24
+	VMOVUPS    X24, (DI)
+	ADDQ       $0x10, R10
+	LEAQ       (AX)(BX*4), AX
+	DECQ       nquads+16(FP)
+	JNZ        bf16dot512N6_quad
+	VZEROUPPER
+	RET

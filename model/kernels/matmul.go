@@ -42,7 +42,8 @@ func alignedF32(b []float32, n int) []float32 {
 type callCtx struct {
 	job  mmJob
 	xbuf []float32
-	xq   []byte // quantized input rows (8-bit activations)
+	xq   []byte   // quantized input rows (8-bit activations)
+	xb   []uint16 // input rows rounded to bf16 (bf16 activations)
 	s    scratch
 }
 
@@ -64,8 +65,9 @@ type mmJob struct {
 	// block computes rows [r0, r1); [nr0, nr1) is the block this participant
 	// processes next (empty if none), which the kernels may prefetch.
 	block func(j *mmJob, s *scratch, r0, r1, nr0, nr1 int)
-	asm   asmPlan // used by the assembly levels
-	q8    q8Plan  // used by the integer kernels
+	asm   asmPlan  // used by the assembly levels
+	q8    q8Plan   // used by the integer kernels
+	bf    []uint16 // the bf16 input rows of the bf16 kernels
 }
 
 // q8Plan is the per-call set-up of the integer kernels (q8act.go).
@@ -148,7 +150,7 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 		}
 		return
 	}
-	if !q8 && (lvl < LevelAVX2 || !planAsm(c, lvl)) {
+	if !q8 && !planBF16(c, lvl) && (lvl < LevelAVX2 || !planAsm(c, lvl)) {
 		planGo(j)
 	}
 	j.nblocks = (w.Rows + j.rb - 1) / j.rb

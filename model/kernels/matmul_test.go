@@ -106,6 +106,10 @@ func checkAgainstRef(t testing.TB, w tensor.Matrix, x []float32, n int, abs []fl
 		// 8-bit activations: compare with the integer kernels' twin.
 		matMulQ8Ref(want, w, x, n)
 	}
+	if usesBF16(w) {
+		// bf16 activations: compare with the bf16 kernels' twin.
+		matMulBF16Ref(want, w, x, n)
+	}
 	const guard = 5
 	got := make([]float32, n*w.Rows+guard)
 	for i := range got {
@@ -415,6 +419,9 @@ func TestMatMulBackToBackWaitsForWorkers(t *testing.T) {
 	x := randVec(rng, 5*w.Cols)
 	want := make([]float32, 5*w.Rows)
 	MatMulRef(want, w, x, 5)
+	if usesBF16(w) {
+		matMulBF16Ref(want, w, x, 5)
+	}
 	// Delay every completion token, so that one arrives after its caller has
 	// already seen pending reach 0 and the next call has started.
 	testHookBeforeDone = func() { time.Sleep(200 * time.Microsecond) }

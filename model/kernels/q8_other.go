@@ -10,3 +10,7 @@ func hasQ8Kernels() bool { return false }
 func quantizeQ8KAsm([]byte, []float32, int) (ok, done bool) { return false, false }
 
 func forceQ8BW() (restore func()) { return nil }
+
+func planBF16(*callCtx, Level) bool { return false }
+
+func hasBF16DotKernels() bool { return false }

@@ -82,6 +82,9 @@ func main() {
 	}
 	genQ8Quant()
 	genSiLU()
+	for n := 1; n <= 6; n++ {
+		genBF16Dot(n)
+	}
 	Generate()
 	writePanelOrder()
 }

@@ -1,0 +1,84 @@
+//go:build !purego
+
+package kernels
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/cpu"
+)
+
+// hasBF16Dot: the CPU has VDPBF16PS (AVX-512 BF16).
+var hasBF16Dot = cpu.X86.HasAVX512BF16 && cpu.X86.HasAVX512BW
+
+type bf16DotFn func(w *byte, wstride, nquads int, x *byte, xstride, nchunks int, out *float32, ostride int)
+
+var bf16Dots = [7]bf16DotFn{1: bf16dot512N1, 2: bf16dot512N2, 3: bf16dot512N3, 4: bf16dot512N4, 5: bf16dot512N5, 6: bf16dot512N6}
+
+// planBF16 sets up the bf16-activation path for the call (see bf16act.go):
+// it rounds the input rows to bf16 into c.xb. It reports false when the path
+// does not apply.
+func planBF16(c *callCtx, lvl Level) bool {
+	j := &c.job
+	// Attention over bf16 KV pages (MatMulSerialInvariant) keeps float32
+	// queries and probabilities: the KV cache's documented accuracy.
+	if lvl < LevelAVX512 || !hasBF16Dot || j.inv || !bf16Usable(j.w) {
+		return false
+	}
+	k := j.w.Cols
+	need := j.n*k + 32
+	if cap(c.xb) < need {
+		c.xb = make([]uint16, need)
+	}
+	buf := c.xb[:need]
+	off := int(-uintptr(unsafe.Pointer(unsafe.SliceData(buf))) & 63 / 2)
+	xb := buf[off : off+j.n*k]
+	toBF16(xb, j.x[:j.n*k])
+	j.bf = xb
+	j.block = bf16Block
+	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
+	return true
+}
+
+func bf16Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
+	rows, n, k := j.w.Rows, j.n, j.w.Cols
+	nq := (r1 - r0) / 4
+	ng, base, rem := groups(n, 6)
+	xb := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(j.bf))), 2*len(j.bf))
+	run := func(wb *byte, nquads int, out []float32, ostride int) {
+		i0 := 0
+		for g := 0; g < ng; g++ {
+			nn := base + b2i(g < rem)
+			bf16Dots[nn](wb, j.rowBytes, nquads, &xb[2*i0*k], 2*k, k/32, &out[i0*ostride], 4*ostride)
+			i0 += nn
+		}
+	}
+	if nq > 0 {
+		run(&j.w.Data[r0*j.rowBytes], nq, j.out[r0:], rows)
+	}
+	if lr := (r1 - r0) % 4; lr > 0 {
+		rr := r0 + 4*nq
+		need := 4 * j.rowBytes
+		if cap(s.rows) < need {
+			s.rows = make([]byte, need)
+		}
+		buf := s.rows[:need]
+		clear(buf[copy(buf, j.w.Data[rr*j.rowBytes:(rr+lr)*j.rowBytes]):])
+		for i0 := 0; i0 < n; i0 += 8 {
+			nn := min(8, n-i0)
+			var tmp [4 * 8]float32
+			ng2, base2, rem2 := groups(nn, 6)
+			a := i0
+			for g := 0; g < ng2; g++ {
+				m := base2 + b2i(g < rem2)
+				bf16Dots[m](&buf[0], j.rowBytes, 1, &xb[2*a*k], 2*k, k/32, &tmp[4*(a-i0)], 16)
+				a += m
+			}
+			for i := 0; i < nn; i++ {
+				copy(j.out[(i0+i)*rows+rr:(i0+i)*rows+rr+lr], tmp[4*i:4*i+lr])
+			}
+		}
+	}
+}
+
+func hasBF16DotKernels() bool { return hasBF16Dot }

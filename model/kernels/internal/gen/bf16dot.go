@@ -1,0 +1,155 @@
+package main
+
+import (
+	"fmt"
+
+	. "github.com/mmcloughlin/avo/build"
+	"github.com/mmcloughlin/avo/ir"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// bf16 dot-product kernels (AVX-512 BF16): bf16 weights times activations
+// rounded to bf16, with VDPBF16PS (32 products per instruction into 16
+// float32 lanes, twice the work of an FMA and no widening). Neither avo nor
+// the Go assembler knows VDPBF16PS, so it is emitted as bytes; its operands
+// must then be physical registers, and so are all of these kernels'.
+
+// vdpbf16ps emits VDPBF16PS zmm(acc), zmm(a), zmm(b) (Intel operand order):
+// acc[j] += a[2j]·b[2j] + a[2j+1]·b[2j+1] for the 16 float32 lanes j.
+func vdpbf16ps(acc, a, b int) {
+	inv := func(bit int) byte {
+		if bit == 0 {
+			return 1
+		}
+		return 0
+	}
+	p1 := inv(acc&8)<<7 | inv(b&16)<<6 | inv(b&8)<<5 | inv(acc&16)<<4 | 0x02 // map 0F38
+	p2 := byte(^a&0xF)<<3 | 0x04 | 0x02                                      // W0, vvvv, pp F3
+	p3 := byte(0x40) | inv(a&16)<<3                                          // 512-bit
+	modrm := byte(0xC0) | byte(acc&7)<<3 | byte(b&7)
+	for _, v := range []byte{0x62, p1, p2, p3, 0x52, modrm} {
+		Instruction(&ir.Instruction{Opcode: "BYTE", Operands: []Op{U8(v)}})
+	}
+}
+
+var zRegs = []VecPhysical{Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15,
+	Z16, Z17, Z18, Z19, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27, Z28, Z29, Z30, Z31}
+
+// genBF16Dot emits bf16dot512N<N>(w, wstride, nquads, x, xstride, nchunks, out, ostride):
+// for q < nquads, r < 4, i < N
+//
+//	out[i*ostride + 16q + 4r] = Σ_k W[4q+r][k]·X[i][k]
+//
+// over nchunks chunks of 32 values, W bf16 (rows wstride bytes apart), X
+// bf16 (rows xstride bytes apart, natural order). Strides in bytes.
+func genBF16Dot(N int) {
+	name := fmt.Sprintf("bf16dot512N%d", N)
+	TEXT(name, NOSPLIT, "func(w *byte, wstride, nquads int, x *byte, xstride, nchunks int, out *float32, ostride int)")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s computes 4-row x %d-input dot products of bf16 weights and bf16 activations with VDPBF16PS (see genBF16Dot).", name, N))
+	wq, ws, xq, xs, oq, os := RAX, RBX, RDX, R8, R10, R11
+	w0, w3, x0, x3, cnt := R12, R13, RDI, RSI, R9
+	Load(Param("w"), wq)
+	Load(Param("wstride"), ws)
+	Load(Param("x"), xq)
+	Load(Param("xstride"), xs)
+	Load(Param("out"), oq)
+	Load(Param("ostride"), os)
+	acc := func(r, i int) int { return r*N + i }
+	wreg := func(r int) int { return 24 + r }
+	const xr = 28
+
+	Label(name + "_quad")
+	MOVQ(wq, w0)
+	LEAQ(Mem{Base: wq, Index: ws, Scale: 2}, w3)
+	ADDQ(ws, w3)
+	MOVQ(xq, x0)
+	if N > 3 {
+		LEAQ(Mem{Base: xq, Index: xs, Scale: 2}, x3)
+		ADDQ(xs, x3)
+	}
+	Load(Param("nchunks"), cnt)
+	for r := 0; r < 4; r++ {
+		for i := 0; i < N; i++ {
+			z := zRegs[acc(r, i)]
+			VPXORD(z, z, z)
+		}
+	}
+	rowMem := func(r int) Mem {
+		switch r {
+		case 0:
+			return Mem{Base: w0}
+		case 1:
+			return Mem{Base: w0, Index: ws, Scale: 1}
+		case 2:
+			return Mem{Base: w0, Index: ws, Scale: 2}
+		}
+		return Mem{Base: w3}
+	}
+	xMem := func(i int) Mem {
+		switch i {
+		case 0:
+			return Mem{Base: x0}
+		case 1:
+			return Mem{Base: x0, Index: xs, Scale: 1}
+		case 2:
+			return Mem{Base: x0, Index: xs, Scale: 2}
+		case 3:
+			return Mem{Base: x3}
+		case 4:
+			return Mem{Base: x3, Index: xs, Scale: 1}
+		}
+		return Mem{Base: x3, Index: xs, Scale: 2}
+	}
+	Label(name + "_chunk")
+	for r := 0; r < 4; r++ {
+		VMOVDQU32(rowMem(r), zRegs[wreg(r)])
+	}
+	for i := 0; i < N; i++ {
+		VMOVDQU32(xMem(i), zRegs[xr])
+		for r := 0; r < 4; r++ {
+			vdpbf16ps(acc(r, i), wreg(r), xr)
+		}
+	}
+	ADDQ(U8(64), w0)
+	ADDQ(U8(64), w3)
+	ADDQ(U8(64), x0)
+	if N > 3 {
+		ADDQ(U8(64), x3)
+	}
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_chunk"))
+
+	// Reduce each input row's four accumulators to four sums and store them.
+	MOVQ(oq, x0)
+	for i := 0; i < N; i++ {
+		a := [4]VecPhysical{zRegs[acc(0, i)], zRegs[acc(1, i)], zRegs[acc(2, i)], zRegs[acc(3, i)]}
+		t0, t1, b01, b23, c := Z24, Z25, Z26, Z27, Z28
+		VSHUFF32X4(U8(0x44), a[1], a[0], t0)
+		VSHUFF32X4(U8(0xEE), a[1], a[0], t1)
+		VADDPS(t1, t0, b01)
+		VSHUFF32X4(U8(0x44), a[3], a[2], t0)
+		VSHUFF32X4(U8(0xEE), a[3], a[2], t1)
+		VADDPS(t1, t0, b23)
+		VSHUFF32X4(U8(0x88), b23, b01, t0)
+		VSHUFF32X4(U8(0xDD), b23, b01, t1)
+		VADDPS(t1, t0, c)
+		VPERMILPS(U8(0x4E), c, t0)
+		VADDPS(t0, c, c)
+		VPERMILPS(U8(0xB1), c, t0)
+		VADDPS(t0, c, c)
+		VMOVDQU32(cRedIdx, Z29)
+		VPERMPS(c, Z29, t0)
+		VMOVUPS(X24, Mem{Base: x0})
+		if i+1 < N {
+			ADDQ(os, x0)
+		}
+	}
+	ADDQ(U8(16), oq)
+	LEAQ(Mem{Base: wq, Index: ws, Scale: 4}, wq)
+	DECQ(paddr("nquads"))
+	JNZ(LabelRef(name + "_quad"))
+	VZEROUPPER()
+	RET()
+}
