@@ -329,3 +329,21 @@ func BenchmarkQ8Activations(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBF16Activations: bf16 weights with activations rounded to bf16
+// and VDPBF16PS (bf16) against widening the weights to float32 (f32), cold
+// weights, on the in_proj shape. Compare the pairs of one run.
+func BenchmarkBF16Activations(b *testing.B) {
+	for _, n := range []int{1, 8, 512} {
+		for _, th := range []int{1, 2} {
+			for _, on := range []bool{true, false} {
+				name := map[bool]string{true: "bf16", false: "f32"}[on]
+				b.Run(fmt.Sprintf("6448x1536/n=%d/threads=%d/%s", n, th, name), func(b *testing.B) {
+					prev := SetBF16Activations(on)
+					defer SetBF16Activations(prev)
+					benchMatMul(b, tensor.BF16, 6448, 1536, n, th)
+				})
+			}
+		}
+	}
+}

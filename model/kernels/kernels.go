@@ -81,6 +81,21 @@
 // matMulQ8Ref is the plain twin (exact integer sums); TestMatMulQ8 checks the
 // kernels against it and against the float32 reference.
 //
+// # bf16 activations
+//
+// Products with bf16 weights and a column count that is a multiple of 32, on
+// CPUs with AVX-512 BF16, round the input rows to bf16 (nearest even) and
+// multiply with VDPBF16PS (bf16dot512N<n>: tiles of 4 weight rows by up to
+// 6 input rows, 32 products per instruction into float32, no widening), as
+// llama.cpp does for bf16 weights. Twice the arithmetic rate of the FMA
+// tiles: prefill-sized products run about 2.1x faster, decode ones 1.05-1.3x
+// (BenchmarkBF16Activations). Neither avo nor the Go assembler knows
+// VDPBF16PS: the generator emits its bytes, so those kernels use physical
+// registers. The activations carry bf16 rounding (relative 2^-9 per value).
+// Attention over bf16 KV pages (MatMulSerialInvariant) keeps float32 queries.
+// SetBF16Activations(false) or SWITCHYARD_BF16_ACTIVATIONS=0 turns it off;
+// matMulBF16Ref is the plain twin. The path is batch-invariant as it stands.
+//
 // # Batch invariance
 //
 // A row's result never depends on the thread count (rows of W are shared

@@ -178,3 +178,43 @@ func TestMatMulQ8NonFinite(t *testing.T) {
 		}
 	}
 }
+
+// TestMatMulBF16Activations checks the bf16 kernels against their twin
+// (matMulBF16Ref: float32 rounding apart, the same function), against the
+// float32 reference within the error of bf16 activations, and that a row's
+// result does not depend on the other rows of the call.
+func TestMatMulBF16Activations(t *testing.T) {
+	if KernelLevel() < LevelAVX512 || !hasBF16DotKernels() {
+		t.Skip("no AVX-512 BF16 on this CPU")
+	}
+	rng := rand.New(rand.NewPCG(12, 12))
+	for _, rows := range []int{1, 5, 64, 131} {
+		for _, cols := range []int{32, 96, 1536} {
+			w := randMatrix(rng, tensor.BF16, rows, cols)
+			for _, n := range []int{1, 2, 6, 7, 13} {
+				x := randVec(rng, n*cols)
+				abs := absRef(w, x, n)
+				twin := make([]float32, n*rows)
+				matMulBF16Ref(twin, w, x, n)
+				exact := make([]float32, n*rows)
+				MatMulRef(exact, w, x, n)
+				got := make([]float32, n*rows)
+				withThreads(2, func() { MatMul(got, w, x, n) })
+				for i := range got {
+					if d := math.Abs(float64(got[i] - twin[i])); d > tolerance(cols)*float64(abs[i])+1e-30 {
+						t.Fatalf("[%d,%d] n=%d: out[%d] = %g, twin %g", rows, cols, n, i, got[i], twin[i])
+					}
+					// bf16 activations: half a unit of 8 bits per value.
+					if d := math.Abs(float64(got[i] - exact[i])); d > 0.004*float64(abs[i]) {
+						t.Fatalf("[%d,%d] n=%d: out[%d] = %g, float32 ref %g", rows, cols, n, i, got[i], exact[i])
+					}
+					alone := make([]float32, rows)
+					MatMul(alone, w, x[(i/rows)*cols:(i/rows+1)*cols], 1)
+					if math.Float32bits(alone[i%rows]) != math.Float32bits(got[i]) {
+						t.Fatalf("[%d,%d] n=%d: out[%d] = %g batched, %g alone", rows, cols, n, i, got[i], alone[i%rows])
+					}
+				}
+			}
+		}
+	}
+}
