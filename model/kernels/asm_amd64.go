@@ -594,3 +594,8 @@ func bf16dot512N5(w *byte, wstride int, nquads int, x *byte, xstride int, nchunk
 //
 //go:noescape
 func bf16dot512N6(w *byte, wstride int, nquads int, x *byte, xstride int, nchunks int, out *float32, ostride int)
+
+// toBF16512 rounds n (a multiple of 16) float32 values to bf16 (see genToBF16).
+//
+//go:noescape
+func toBF16512(dst *uint16, x *float32, n int)

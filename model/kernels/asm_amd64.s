@@ -483,6 +483,15 @@ GLOBL w1<>(SB), RODATA|NOPTR, $4
 DATA dword2048<>+0(SB)/4, $0x00000800
 GLOBL dword2048<>(SB), RODATA|NOPTR, $4
 
+DATA dword7fff<>+0(SB)/4, $0x00007fff
+GLOBL dword7fff<>(SB), RODATA|NOPTR, $4
+
+DATA dword1<>+0(SB)/4, $0x00000001
+GLOBL dword1<>(SB), RODATA|NOPTR, $4
+
+DATA dword40<>+0(SB)/4, $0x00000040
+GLOBL dword40<>(SB), RODATA|NOPTR, $4
+
 // func fmaPeak512(iters int)
 // Requires: AVX, AVX512DQ, AVX512F
 TEXT ·fmaPeak512(SB), NOSPLIT, $0-8
@@ -76235,5 +76244,38 @@ bf16dot512N6_chunk:
 	LEAQ       (AX)(BX*4), AX
 	DECQ       nquads+16(FP)
 	JNZ        bf16dot512N6_quad
+	VZEROUPPER
+	RET
+
+// func toBF16512(dst *uint16, x *float32, n int)
+// Requires: AVX, AVX512F
+TEXT ·toBF16512(SB), NOSPLIT, $0-24
+	MOVQ         dst+0(FP), AX
+	MOVQ         x+8(FP), CX
+	MOVQ         n+16(FP), DX
+	VPBROADCASTD dword7fff<>+0(SB), Z0
+	VPBROADCASTD dword1<>+0(SB), Z1
+	VPBROADCASTD dword40<>+0(SB), Z2
+	SHRQ         $0x04, DX
+	JZ           toBF16512_done
+
+toBF16512_loop:
+	VMOVDQU32 (CX), Z3
+	VPSRLD    $0x10, Z3, Z4
+	VPANDD    Z1, Z4, Z4
+	VPADDD    Z0, Z4, Z4
+	VPADDD    Z4, Z3, Z4
+	VPSRLD    $0x10, Z4, Z4
+	VCMPPS    $0x03, Z3, Z3, K1
+	VPSRLD    $0x10, Z3, Z3
+	VPORD     Z2, Z3, Z3
+	VMOVDQA32 Z3, K1, Z4
+	VPMOVDW   Z4, (AX)
+	ADDQ      $0x40, CX
+	ADDQ      $0x20, AX
+	DECQ      DX
+	JNZ       toBF16512_loop
+
+toBF16512_done:
 	VZEROUPPER
 	RET

@@ -33,8 +33,16 @@ func bf16Usable(w tensor.Matrix) bool {
 	return bf16Act.Load() && w.DType == tensor.BF16 && w.Cols%32 == 0 && w.Cols > 0
 }
 
-// toBF16 rounds x to bf16 (nearest even; NaNs stay NaNs).
+// toBF16 rounds x to bf16 (nearest even; NaNs stay NaNs). The assembly
+// (toBF16512) gives the same bits.
 func toBF16(dst []uint16, x []float32) {
+	dst = dst[:len(x)]
+	done := toBF16Asm(dst, x)
+	toBF16Ref(dst[done:], x[done:])
+}
+
+// toBF16Ref is toBF16 in plain Go.
+func toBF16Ref(dst []uint16, x []float32) {
 	dst = dst[:len(x)]
 	for i, v := range x {
 		b := math.Float32bits(v)

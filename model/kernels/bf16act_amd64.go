@@ -82,3 +82,15 @@ func bf16Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
 }
 
 func hasBF16DotKernels() bool { return hasBF16Dot }
+
+// toBF16Asm converts the longest prefix of x that is a multiple of 16 with
+// toBF16512 (AVX-512) and returns its length.
+func toBF16Asm(dst []uint16, x []float32) int {
+	n := len(x) &^ 15
+	if maxLevel < LevelAVX512 || n == 0 {
+		return 0
+	}
+	_ = dst[n-1]
+	toBF16512(unsafe.SliceData(dst), unsafe.SliceData(x), n)
+	return n
+}

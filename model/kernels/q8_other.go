@@ -14,3 +14,5 @@ func forceQ8BW() (restore func()) { return nil }
 func planBF16(*callCtx, Level) bool { return false }
 
 func hasBF16DotKernels() bool { return false }
+
+func toBF16Asm([]uint16, []float32) int { return 0 }

@@ -218,3 +218,30 @@ func TestMatMulBF16Activations(t *testing.T) {
 		}
 	}
 }
+
+// TestToBF16: the assembly rounds as the Go twin does, NaNs and infinities
+// included.
+func TestToBF16(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 13))
+	x := randVec(rng, 1000)
+	for i := range x {
+		x[i] *= float32(math.Pow(2, float64(rng.IntN(60)-30)))
+	}
+	specials := []float32{0, float32(math.Copysign(0, -1)), float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN()),
+		math.Float32frombits(0x7F800001), math.Float32frombits(0x3F808000), math.Float32frombits(0x3F818000), math.MaxFloat32, 1e-45}
+	copy(x[5:], specials)
+	got, want := make([]uint16, len(x)), make([]uint16, len(x))
+	toBF16(got, x)
+	toBF16Ref(want, x)
+	for i := range x {
+		if got[i] != want[i] {
+			t.Fatalf("%g (%#x): %#x, Go twin %#x", x[i], math.Float32bits(x[i]), got[i], want[i])
+		}
+	}
+	if want[5+6] != 0x3F80 || want[5+7] != 0x3F82 {
+		t.Fatalf("ties: %#x %#x, want 0x3f80 0x3f82 (to even)", want[11], want[12])
+	}
+	if w := want[5+4]; w&0x7F80 != 0x7F80 || w&0x7F == 0 {
+		t.Fatalf("NaN became %#x", w)
+	}
+}

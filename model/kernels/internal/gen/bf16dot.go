@@ -153,3 +153,59 @@ func genBF16Dot(N int) {
 	VZEROUPPER()
 	RET()
 }
+
+var (
+	cD7FFF Mem // dword 0x7FFF
+	cD1    Mem // dword 1
+	cW40   Mem // dword 0x40 (the quiet bit of a bf16 NaN)
+)
+
+func genToBF16Consts() {
+	cD7FFF = data32("dword7fff", 0x7FFF)
+	cD1 = data32("dword1", 1)
+	cW40 = data32("dword40", 0x40)
+}
+
+// genToBF16 emits toBF16512(dst, x, n): dst[i] = x[i] rounded to bf16
+// (nearest even; a NaN stays a quiet NaN) for n (a multiple of 16) values,
+// the same bits as toBF16 in package kernels.
+func genToBF16() {
+	name := "toBF16512"
+	TEXT(name, NOSPLIT, "func(dst *uint16, x *float32, n int)")
+	Pragma("noescape")
+	Doc(name + " rounds n (a multiple of 16) float32 values to bf16 (see genToBF16).")
+	pd, px, n := ld("dst"), ld("x"), ld("n")
+	c7 := ZMM()
+	VPBROADCASTD(cD7FFF, c7)
+	c1 := ZMM()
+	VPBROADCASTD(cD1, c1)
+	c40 := ZMM()
+	VPBROADCASTD(cW40, c40)
+	SHRQ(U8(4), n)
+	JZ(LabelRef(name + "_done"))
+	Label(name + "_loop")
+	v := ZMM()
+	VMOVDQU32(Mem{Base: px}, v)
+	t := ZMM()
+	VPSRLD(U8(16), v, t)
+	VPANDD(c1, t, t)
+	VPADDD(c7, t, t)
+	r := ZMM()
+	VPADDD(t, v, r)
+	VPSRLD(U8(16), r, r)
+	// NaNs: the truncated bits with the quiet bit set.
+	k := K()
+	VCMPPS(U8(3), v, v, k) // unordered
+	h := ZMM()
+	VPSRLD(U8(16), v, h)
+	VPORD(c40, h, h)
+	VMOVDQA32(h, k, r)
+	VPMOVDW(r, Mem{Base: pd})
+	ADDQ(U8(64), px)
+	ADDQ(U8(32), pd)
+	DECQ(n)
+	JNZ(LabelRef(name + "_loop"))
+	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+}

@@ -38,6 +38,7 @@ func main() {
 	genExpConsts()
 	genQ8Consts()
 	genQ8QuantConsts()
+	genToBF16Consts()
 	for _, s := range []isa{isa512, isa256} {
 		genProbes(s)
 		genVec(s)
@@ -85,6 +86,7 @@ func main() {
 	for n := 1; n <= 6; n++ {
 		genBF16Dot(n)
 	}
+	genToBF16()
 	Generate()
 	writePanelOrder()
 }
