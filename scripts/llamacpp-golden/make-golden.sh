@@ -5,7 +5,9 @@
 # logits of the shared fixture with a BF16 KV cache
 # (model/gguf/testdata/granite-tiny-kv-bf16*), and a Q4_K_M model with widths
 # of multiples of 256 with llama.cpp's logits on it, quantized weights as they
-# are (model/gguf/testdata/granite-h256-q4_k_m.*).
+# are (model/gguf/testdata/granite-h256-q4_k_m.*), and llama.cpp's logits of
+# the fixture with BF16 weight matrices, evaluated as they are
+# (model/gguf/testdata/granite-tiny-bf16.*).
 #
 # It runs only where llama.cpp's shared libraries are present. It uses the
 # prebuilt CPU build that node-llama-cpp publishes on npm
@@ -231,4 +233,77 @@ idx = {
 open(q + ".json", "w").write(json.dumps(idx, indent=1) + "\n")
 PY
 
-echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32} and $G.{gguf,json,logits.f32} (work files in $WORK)"
+# 5. The shared fixture with BF16 weight matrices: `switchyard convert --type
+#    bf16` of its BF16 safetensors (the values of model.gguf's F32 weights;
+#    53 matrices BF16; the router, conv weights, norms and SSM vectors F32, as
+#    llama.cpp keeps them: llama_model_quantize with ftype 32 on model.gguf
+#    writes the same tensors but for the last bit of some ssm_a values). The
+#    GGUF is not committed: it converts deterministically in milliseconds, and
+#    the test converts it again and checks its tensor data against the sha256
+#    recorded here. llama.cpp evaluates it directly: for BF16 weights its CPU
+#    matmuls round the activations to bf16 (vec_dot_type BF16, nearest even)
+#    and sum the products in float32, as Switchyard's bf16 activations
+#    (kernels.SetBF16Activations) do. The first three golden prompts, haswell
+#    CPU backend, 1 thread, F32 KV cache, no flash attention.
+B=model/gguf/testdata/granite-tiny-bf16
+"$WORK/switchyard" convert --model "$FIXTURE/hf" --type bf16 --out "$WORK/granite-tiny-bf16.gguf" >/dev/null 2>&1
+"$WORK/logits" "$WORK/granite-tiny-bf16.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-bf16.json" 2>"$WORK/logits-bf16.log"
+if ! grep -qE "type +bf16: +53 tensors" "$WORK/logits-bf16.log"; then
+  echo "granite-tiny-bf16.gguf: llama.cpp does not see 53 BF16 tensors" >&2; exit 1
+fi
+python3 - "$FIXTURE/golden.json" "$WORK/logits-bf16.json" "$B" "$WORK/granite-tiny-bf16.gguf" <<'PY'
+import hashlib, json, struct, sys
+g = json.load(open(sys.argv[1])); ll = json.load(open(sys.argv[2])); b = sys.argv[3]
+raw = open(sys.argv[4], "rb").read()
+
+def data_offset(raw):
+    # Past the header, the metadata and the tensor infos, the tensor data
+    # start at the next multiple of general.alignment (32 when absent).
+    pos, align = 0, 32
+    def r(fmt):
+        nonlocal pos
+        v = struct.unpack_from("<" + fmt, raw, pos)
+        pos += struct.calcsize("<" + fmt)
+        return v
+    def value(t):
+        nonlocal pos
+        if t == 8:
+            n, = r("Q"); pos += n
+            return None
+        if t == 9:
+            et, n = r("IQ")
+            return [value(et) for _ in range(n)]
+        return r({0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}[t])[0]
+    _, _, nt, nkv = r("4sIQQ")
+    for _ in range(nkv):
+        n, = r("Q"); key = raw[pos:pos + n].decode(); pos += n
+        t, = r("I"); v = value(t)
+        if key == "general.alignment":
+            align = v
+    for _ in range(nt):
+        n, = r("Q"); pos += n
+        nd, = r("I"); r("%dQ" % nd); r("IQ")
+    return (pos + align - 1) // align * align
+
+buf = bytearray(); prompts = []
+for p, rows in zip(g["prompts"][:3], ll):
+    prompts.append({"name": p["name"], "token_ids": p["token_ids"], "offset": len(buf) // 4})
+    for row in rows:
+        buf += struct.pack("<%df" % len(row), *row)
+open(b + ".logits.f32", "wb").write(buf)
+name = b.rsplit("/", 1)[1]
+idx = {
+    "model": name + ".gguf",
+    "made_by": "switchyard convert --type bf16 of the shared fixture granite-hybrid-tiny/hf (BF16 safetensors); not committed: the test converts it into a temporary folder and checks tensor_data_sha256 (the bytes from the start of the tensor data to the end of the file)",
+    "gguf_sha256": hashlib.sha256(raw).hexdigest(),
+    "tensor_data_sha256": hashlib.sha256(raw[data_offset(raw):]).hexdigest(),
+    "vocab_size": len(ll[0][0]),
+    "logits_file": name + ".logits.f32",
+    "logits_layout": "float32 little-endian, [position][vocab] per prompt, starting at float index offset; logit of every token after every prompt position, divided by logits_scaling",
+    "reference": "llama.cpp (ggml-org/llama.cpp 5b4ebc5, as built in node-llama-cpp 3.21.1's @node-llama-cpp/linux-x64 prebuilt) evaluating " + name + ".gguf directly (53 BF16 matrices, not widened beforehand: for BF16 weights its CPU matmuls round the activations to bf16, nearest even, and sum the exact products in float32; the haswell variant, without AVX-512 BF16, widens both bf16 operands to float32 to multiply them): CPU haswell variant, 1 thread, F32 KV cache, flash attention off, whole prompt in one llama_decode",
+    "prompts": prompts,
+}
+open(b + ".json", "w").write(json.dumps(idx, indent=1) + "\n")
+PY
+
+echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32} and $B.{json,logits.f32} (work files in $WORK)"
