@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/switchyard-serving/switchyard/model/hybrid"
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
@@ -98,6 +99,8 @@ func maxAbsDiff(a []float32, b []float32) float64 {
 // fixture's golden.json, bfloat16 ones (the default) against llama.cpp's logits
 // with a bfloat16 KV cache.
 func TestGolden(t *testing.T) {
+	// The references are llama.cpp's on F32 weights (float32 activations): the hf folder's bf16 weights must not round the activations to bf16.
+	defer kernels.SetBF16Activations(kernels.SetBF16Activations(false))
 	for _, dir := range goldenDirs(t) {
 		g := loadGolden(t, dir)
 		for _, kv := range kvSettings(t, dir, g) {

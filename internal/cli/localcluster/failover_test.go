@@ -49,7 +49,7 @@ func (lg *loadGen) maxGap(from, to time.Time) time.Duration {
 
 func startLoad(t *testing.T, c *Cluster, workers int, stop <-chan struct{}) *loadGen {
 	cli := clientFor(t, c.Endpoint)
-	prompts := goldenPrompts(t)
+	prompts := goldenGreedy(t)
 	lg := &loadGen{}
 	for w := range workers {
 		lg.wg.Add(1)

@@ -35,7 +35,7 @@ func TestClusterGPUExpertsGolden(t *testing.T) {
 		t.Run(dev, func(t *testing.T) {
 			c := startFaultClusterOn(t, dev, 2, 1)
 			cli := clientFor(t, c.Endpoint)
-			for _, p := range goldenPrompts(t) {
+			for _, p := range goldenGreedy(t) {
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 				got, err := gen(ctx, cli, p.IDs, len(p.Greedy))
 				cancel()

@@ -54,7 +54,7 @@ func TestTwoTrunksShareExperts(t *testing.T) {
 		t.Fatalf("trunks %d at %v", len(c.Trunks), c.Endpoints)
 	}
 
-	prompts := goldenPrompts(t)
+	prompts := goldenGreedy(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*len(prompts))
 	for _, cli := range clis {

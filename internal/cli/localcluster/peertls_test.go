@@ -96,7 +96,7 @@ func TestPeerMutualTLS(t *testing.T) {
 	t.Cleanup(c.Close)
 
 	cli := clientFor(t, c.Endpoint)
-	p := goldenPrompts(t)[0]
+	p := goldenGreedy(t)[0]
 	got, err := gen(ctx, cli, p.IDs, len(p.Greedy))
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/switchyard-serving/switchyard/internal/gpu/cuda"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
@@ -186,7 +187,11 @@ func TestComputeMatchesCPU(t *testing.T) {
 					want := make([]float32, len(req.Out))
 					cpu := *req
 					cpu.Out = want
-					if err := hybrid.ComputeExperts(experts, &cpu, &hybrid.ExpertScratch{}); err != nil {
+					// The GEMV path multiplies float32 activations: the CPU reference must not round them to bf16 for bf16 weights.
+					prevBF := kernels.SetBF16Activations(false)
+					err := hybrid.ComputeExperts(experts, &cpu, &hybrid.ExpertScratch{})
+					kernels.SetBF16Activations(prevBF)
+					if err != nil {
 						t.Fatal(err)
 					}
 					for i := range req.Out {
