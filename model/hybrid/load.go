@@ -1,6 +1,7 @@
 package hybrid
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -64,6 +65,28 @@ func (l *loader) matrix(name string, rows, cols int, shape ...int) (tensor.Matri
 		return tensor.Matrix{}, fmt.Errorf("%w: %s: %v", ErrTensor, name, err)
 	}
 	return m, nil
+}
+
+// routerMatrix loads a router's weights widened to float32 (exactly) when
+// they are bf16 or f16, as llama.cpp keeps them (ffn_gate_inp stays F32 in
+// its files): the router's product then runs with float32 activations
+// rather than bf16 ones (see kernels.SetBF16Activations), and expert
+// selection, which hinges on small logit margins, keeps its precision. The
+// matrix is small (experts x hidden).
+func (l *loader) routerMatrix(name string, rows, cols int) (tensor.Matrix, error) {
+	m, err := l.matrix(name, rows, cols)
+	if err != nil || (m.DType != tensor.BF16 && m.DType != tensor.F16) {
+		return m, err
+	}
+	data := make([]byte, 4*rows*cols)
+	row := make([]float32, cols)
+	for r := 0; r < rows; r++ {
+		tensor.DequantizeRow(m.DType, m.Row(r), row)
+		for c, v := range row {
+			binary.LittleEndian.PutUint32(data[4*(r*cols+c):], math.Float32bits(v))
+		}
+	}
+	return tensor.NewMatrix(tensor.F32, rows, cols, data)
 }
 
 // vector loads a small tensor as float32 values (any float dtype).
@@ -234,7 +257,7 @@ func (l *loader) loadHF(c *config.Config) (*Weights, error) {
 		}
 		if c.IsMoE() {
 			E, I := c.Experts, c.Intermediate
-			if lw.Router, err = l.matrix(p+"block_sparse_moe.router.layer.weight", E, H); err != nil {
+			if lw.Router, err = l.routerMatrix(p+"block_sparse_moe.router.layer.weight", E, H); err != nil {
 				return nil, err
 			}
 			in, err := l.matrix(p+"block_sparse_moe.input_linear.weight", E*2*I, H, E, 2*I, H)
@@ -391,7 +414,7 @@ func (l *loader) loadGGUF(c *config.Config) (*Weights, error) {
 		}
 		if c.IsMoE() {
 			E, I, S := c.Experts, c.Intermediate, c.SharedIntermediate
-			if lw.Router, err = l.matrix(p+"ffn_gate_inp.weight", E, H); err != nil {
+			if lw.Router, err = l.routerMatrix(p+"ffn_gate_inp.weight", E, H); err != nil {
 				return nil, err
 			}
 			gate, err := l.matrix(p+"ffn_gate_exps.weight", E*I, H, E, I, H)
