@@ -599,3 +599,8 @@ func bf16dot512N6(w *byte, wstride int, nquads int, x *byte, xstride int, nchunk
 //
 //go:noescape
 func toBF16512(dst *uint16, x *float32, n int)
+
+// bf16rows512 computes one-input-row dot products of bf16 weight rows taken one after the other, with VDPBF16PS (see genBF16Rows).
+//
+//go:noescape
+func bf16rows512(w *byte, wstride int, nrows int, x *byte, nchunks int, out *float32)

@@ -76279,3 +76279,95 @@ toBF16512_loop:
 toBF16512_done:
 	VZEROUPPER
 	RET
+
+// func bf16rows512(w *byte, wstride int, nrows int, x *byte, nchunks int, out *float32)
+// Requires: AVX, AVX512F, AVX512VL
+TEXT ·bf16rows512(SB), NOSPLIT, $0-48
+	MOVQ w+0(FP), AX
+	MOVQ wstride+8(FP), BX
+	MOVQ out+40(FP), R10
+
+bf16rows512_row:
+	MOVQ   AX, R12
+	MOVQ   x+24(FP), DI
+	MOVQ   nchunks+32(FP), R9
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+
+bf16rows512_four:
+	CMPQ      R9, $0x04
+	JL        bf16rows512_one
+	VMOVDQU32 (R12), Z8
+	VMOVDQU32 (DI), Z12
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x3e
+	BYTE      $0x48
+	BYTE      $0x52
+	BYTE      $0xc4
+	VMOVDQU32 64(R12), Z9
+	VMOVDQU32 64(DI), Z13
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x36
+	BYTE      $0x48
+	BYTE      $0x52
+	BYTE      $0xcd
+	VMOVDQU32 128(R12), Z10
+	VMOVDQU32 128(DI), Z14
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x2e
+	BYTE      $0x48
+	BYTE      $0x52
+	BYTE      $0xd6
+	VMOVDQU32 192(R12), Z11
+	VMOVDQU32 192(DI), Z15
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x26
+	BYTE      $0x48
+	BYTE      $0x52
+	BYTE      $0xdf
+	ADDQ      $0x00000100, R12
+	ADDQ      $0x00000100, DI
+	SUBQ      $0x04, R9
+	JMP       bf16rows512_four
+
+bf16rows512_one:
+	TESTQ     R9, R9
+	JZ        bf16rows512_red
+	VMOVDQU32 (R12), Z8
+	VMOVDQU32 (DI), Z12
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x3e
+	BYTE      $0x48
+	BYTE      $0x52
+	BYTE      $0xc4
+	ADDQ      $0x40, R12
+	ADDQ      $0x40, DI
+	DECQ      R9
+	JMP       bf16rows512_one
+
+bf16rows512_red:
+	VADDPS        Z1, Z0, Z0
+	VADDPS        Z3, Z2, Z2
+	VADDPS        Z2, Z0, Z0
+	VEXTRACTF64X4 $0x01, Z0, Y1
+	VADDPS        Y1, Y0, Y0
+	VEXTRACTF32X4 $0x01, Y0, X1
+	VADDPS        X1, X0, X0
+	VPERMILPS     $0x4e, X0, X1
+	VADDPS        X1, X0, X0
+	VPERMILPS     $0xb1, X0, X1
+	VADDSS        X1, X0, X0
+	VMOVSS        X0, (R10)
+	ADDQ          $0x04, R10
+	ADDQ          BX, AX
+	DECQ          nrows+16(FP)
+	JNZ           bf16rows512_row
+	VZEROUPPER
+	RET

@@ -96,7 +96,10 @@
 // registers. The activations carry bf16 rounding (relative 2^-9 per value).
 // Attention over bf16 KV pages (MatMulSerialInvariant) keeps float32 queries.
 // SetBF16Activations(false) or SWITCHYARD_BF16_ACTIVATIONS=0 turns it off;
-// matMulBF16Ref is the plain twin. The path is batch-invariant as it stands.
+// matMulBF16Ref is the plain twin. One input row walks the weight rows one
+// after the other (bf16rows512: a sequential stream, four accumulators per
+// row), except in the batch-invariant mode, where the tiles' one accumulator
+// per output keeps a row's result independent of the call's other rows.
 //
 // # Batch invariance
 //

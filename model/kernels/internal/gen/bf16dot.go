@@ -209,3 +209,66 @@ func genToBF16() {
 	VZEROUPPER()
 	RET()
 }
+
+// genBF16Rows emits bf16rows512(w, wstride, nrows, x, nchunks, out): for
+// r < nrows, out[r] = Σ_k W[r][k]·x[k] over nchunks chunks of 32 values (one
+// input row; W and x bf16). It walks the rows one after the other (one
+// sequential stream through the weights), four accumulators per row.
+func genBF16Rows() {
+	name := "bf16rows512"
+	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, x *byte, nchunks int, out *float32)")
+	Pragma("noescape")
+	Doc(name + " computes one-input-row dot products of bf16 weight rows taken one after the other, with VDPBF16PS (see genBF16Rows).")
+	wq, ws, oq, w0, xp, cnt := RAX, RBX, R10, R12, RDI, R9
+	Load(Param("w"), wq)
+	Load(Param("wstride"), ws)
+	Load(Param("out"), oq)
+	Label(name + "_row")
+	MOVQ(wq, w0)
+	Load(Param("x"), xp)
+	Load(Param("nchunks"), cnt)
+	for a := 0; a < 4; a++ {
+		VPXORD(zRegs[a], zRegs[a], zRegs[a])
+	}
+	Label(name + "_four")
+	CMPQ(cnt, U8(4))
+	JL(LabelRef(name + "_one"))
+	for c := 0; c < 4; c++ {
+		VMOVDQU32(Mem{Base: w0, Disp: 64 * c}, zRegs[8+c])
+		VMOVDQU32(Mem{Base: xp, Disp: 64 * c}, zRegs[12+c])
+		vdpbf16ps(c, 8+c, 12+c)
+	}
+	ADDQ(U32(256), w0)
+	ADDQ(U32(256), xp)
+	SUBQ(U8(4), cnt)
+	JMP(LabelRef(name + "_four"))
+	Label(name + "_one")
+	TESTQ(cnt, cnt)
+	JZ(LabelRef(name + "_red"))
+	VMOVDQU32(Mem{Base: w0}, Z8)
+	VMOVDQU32(Mem{Base: xp}, Z12)
+	vdpbf16ps(0, 8, 12)
+	ADDQ(U8(64), w0)
+	ADDQ(U8(64), xp)
+	DECQ(cnt)
+	JMP(LabelRef(name + "_one"))
+	Label(name + "_red")
+	VADDPS(Z1, Z0, Z0)
+	VADDPS(Z3, Z2, Z2)
+	VADDPS(Z2, Z0, Z0)
+	VEXTRACTF64X4(U8(1), Z0, Y1)
+	VADDPS(Y1, Y0, Y0)
+	VEXTRACTF32X4(U8(1), Y0, X1)
+	VADDPS(X1, X0, X0)
+	VPERMILPS(U8(0x4E), X0, X1)
+	VADDPS(X1, X0, X0)
+	VPERMILPS(U8(0xB1), X0, X1)
+	VADDSS(X1, X0, X0)
+	VMOVSS(X0, Mem{Base: oq})
+	ADDQ(U8(4), oq)
+	ADDQ(ws, wq)
+	DECQ(paddr("nrows"))
+	JNZ(LabelRef(name + "_row"))
+	VZEROUPPER()
+	RET()
+}

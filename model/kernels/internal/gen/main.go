@@ -87,6 +87,7 @@ func main() {
 		genBF16Dot(n)
 	}
 	genToBF16()
+	genBF16Rows()
 	Generate()
 	writePanelOrder()
 }
