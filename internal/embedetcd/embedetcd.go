@@ -5,9 +5,12 @@ package embedetcd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -28,6 +31,15 @@ type Config struct {
 	Dir        string // data directory (required)
 	ClientAddr string // host:port for clients; "127.0.0.1:0" picks a free port
 	PeerAddr   string // host:port for the (single-member) peer URL; default a free loopback port
+}
+
+// pickAddr is freeAddr (tests replace it).
+var pickAddr = freeAddr
+
+// isAuto reports whether addr asks for a free port.
+func isAuto(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return addr == "" || (err == nil && port == "0")
 }
 
 func freeAddr(addr string) (string, error) {
@@ -54,26 +66,39 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if c.Dir == "" {
 		return nil, fmt.Errorf("embedetcd: data directory required")
 	}
-	ca, err := freeAddr(c.ClientAddr)
-	if err != nil {
-		return nil, fmt.Errorf("embedetcd: client address: %w", err)
-	}
-	pa, err := freeAddr(c.PeerAddr)
-	if err != nil {
-		return nil, fmt.Errorf("embedetcd: peer address: %w", err)
-	}
-	cfg := embed.NewConfig()
-	cfg.Dir = c.Dir
-	cu, _ := url.Parse("http://" + ca)
-	pu, _ := url.Parse("http://" + pa)
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.LogLevel = "fatal"
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("embedetcd: %w", err)
+	// A port picked free can be taken by someone else before etcd binds it
+	// (other tests, other processes): then pick again, a few times.
+	var (
+		e      *embed.Etcd
+		cu, pu *url.URL
+		pa     string
+	)
+	for attempt := 0; ; attempt++ {
+		ca, err := pickAddr(c.ClientAddr)
+		if err != nil {
+			return nil, fmt.Errorf("embedetcd: client address: %w", err)
+		}
+		pa, err = pickAddr(c.PeerAddr)
+		if err != nil {
+			return nil, fmt.Errorf("embedetcd: peer address: %w", err)
+		}
+		cfg := embed.NewConfig()
+		cfg.Dir = c.Dir
+		cu, _ = url.Parse("http://" + ca)
+		pu, _ = url.Parse("http://" + pa)
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+		cfg.InitialCluster = cfg.Name + "=" + pu.String()
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+		cfg.LogLevel = "fatal"
+		e, err = embed.StartEtcd(cfg)
+		if err == nil {
+			break
+		}
+		auto := isAuto(c.ClientAddr) || isAuto(c.PeerAddr)
+		if !auto || attempt == 4 || !(errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")) {
+			return nil, fmt.Errorf("embedetcd: %w", err)
+		}
 	}
 	select {
 	case <-e.Server.ReadyNotify():
