@@ -65,25 +65,15 @@ func bf16Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
 		run(&j.w.Data[r0*j.rowBytes], nq, j.out[r0:], rows)
 	}
 	if lr := (r1 - r0) % 4; lr > 0 {
+		// A partial last quad: the kernels on a zero-padded copy, up to 6
+		// input rows at a time (a row's result is the same in any group).
 		rr := r0 + 4*nq
-		need := 4 * j.rowBytes
-		if cap(s.rows) < need {
-			s.rows = make([]byte, need)
-		}
-		buf := s.rows[:need]
-		clear(buf[copy(buf, j.w.Data[rr*j.rowBytes:(rr+lr)*j.rowBytes]):])
-		for i0 := 0; i0 < n; i0 += 8 {
-			nn := min(8, n-i0)
-			var tmp [4 * 8]float32
-			ng2, base2, rem2 := groups(nn, 6)
-			a := i0
-			for g := 0; g < ng2; g++ {
-				m := base2 + b2i(g < rem2)
-				bf16Dots[m](&buf[0], j.rowBytes, 1, &xb[2*a*k], 2*k, k/32, &tmp[4*(a-i0)], 16)
-				a += m
-			}
+		buf := paddedQuad(j, s, rr, lr)
+		for i0 := 0; i0 < n; i0 += 6 {
+			nn := min(6, n-i0)
+			bf16Dots[nn](&buf[0], j.rowBytes, 1, &xb[2*i0*k], 2*k, k/32, &s.otail[0], 16)
 			for i := 0; i < nn; i++ {
-				copy(j.out[(i0+i)*rows+rr:(i0+i)*rows+rr+lr], tmp[4*i:4*i+lr])
+				copy(j.out[(i0+i)*rows+rr:(i0+i)*rows+rr+lr], s.otail[4*i:4*i+lr])
 			}
 		}
 	}

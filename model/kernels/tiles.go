@@ -283,12 +283,7 @@ func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 	if lr := (r1 - r0) % 4; lr > 0 {
 		// A partial last quad: run the kernel on a zero-padded copy.
 		rr := r0 + 4*nq
-		need := 4 * j.rowBytes
-		if cap(s.rows) < need {
-			s.rows = make([]byte, need)
-		}
-		buf := s.rows[:need]
-		clear(buf[copy(buf, j.w.Data[rr*j.rowBytes:(rr+lr)*j.rowBytes]):])
+		buf := paddedQuad(j, s, rr, lr)
 		tf := &p.tiles
 		wb, ws, chunks, tail := &buf[0], j.rowBytes, p.nchunks, p.tail
 		if p.panel {
@@ -321,6 +316,18 @@ func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 			}
 		}
 	}
+}
+
+// paddedQuad copies the lr (< 4) weight rows from rr into s.rows, padded
+// with zero rows to a whole quad, for the kernels that work on quads.
+func paddedQuad(j *mmJob, s *scratch, rr, lr int) []byte {
+	need := 4 * j.rowBytes
+	if cap(s.rows) < need {
+		s.rows = make([]byte, need)
+	}
+	buf := s.rows[:need]
+	clear(buf[copy(buf, j.w.Data[rr*j.rowBytes:(rr+lr)*j.rowBytes]):])
+	return buf
 }
 
 // pfRange is the part g of ng of the prefetch range [off, off+n) of base, as

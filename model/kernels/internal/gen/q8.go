@@ -93,6 +93,20 @@ func dpwssd(a, b, acc VecVirtual) {
 
 const q8Sig = "func(w *byte, wstride, nrows int, xq *byte, xqstride, nblocks int, out *float32, ostride int)"
 
+// hsumZ adds the 16 float32 lanes of a into its lowest lane, with h as
+// scratch (EVEX forms only, so any of the 32 registers will do; virtual or
+// physical).
+func hsumZ(a, h Vec) {
+	VEXTRACTF64X4(U8(1), a.AsZ(), h.AsY())
+	VADDPS(h.AsY(), a.AsY(), a.AsY())
+	VEXTRACTF32X4(U8(1), a.AsY(), h.AsX())
+	VADDPS(h.AsX(), a.AsX(), a.AsX())
+	VPERMILPS(U8(0x4E), a.AsX(), h.AsX())
+	VADDPS(h.AsX(), a.AsX(), a.AsX())
+	VPERMILPS(U8(0xB1), a.AsX(), h.AsX())
+	VADDSS(h.AsX(), a.AsX(), a.AsX())
+}
+
 // genQ8 emits q8dot512<dtype>N<N>: for r < nrows, i < N
 //
 //	out[i*ostride + 4r] = Σ_k W[r][k] · X[i][k]
@@ -491,17 +505,8 @@ func q8Rows(d dtype, N int, name string, bb int, ws, wq, oq GPVirtual, c0F, c30 
 	op := GP64()
 	MOVQ(oq, op)
 	for i := 0; i < N; i++ {
-		a := acc[i]
-		h := ZMM()
-		VEXTRACTF64X4(U8(1), a, h.AsY())
-		VADDPS(h.AsY(), a.AsY(), a.AsY())
-		VEXTRACTF32X4(U8(1), a.AsY(), h.AsX())
-		VADDPS(h.AsX(), a.AsX(), a.AsX())
-		VPERMILPS(U8(0x4E), a.AsX(), h.AsX())
-		VADDPS(h.AsX(), a.AsX(), a.AsX())
-		VPERMILPS(U8(0xB1), a.AsX(), h.AsX())
-		VADDSS(h.AsX(), a.AsX(), a.AsX())
-		VMOVSS(a.AsX(), Mem{Base: op})
+		hsumZ(acc[i], ZMM())
+		VMOVSS(acc[i].AsX(), Mem{Base: op})
 		if i+1 < N {
 			ADDQ(os, op)
 		}
