@@ -560,6 +560,30 @@ func q8dot512Q6KN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nb
 // quantQ8K512 quantizes nblocks blocks of 256 values of x to 8 bits at dst (see genQ8Quant).
 func quantQ8K512(x *float32, nblocks int, dst *byte) bool
 
+// quantQ80I512 quantizes 16 input rows to the interleaved 8-bit layout of the Q8_0 integer kernels (see genQ80Quant).
+func quantQ80I512(x *float32, xstride int, nblocks int, dst *byte) bool
+
+// q80prep512 prepares the per-block sums and scales of Q8_0 weight rows for q80dot512R (see genQ80Prep).
+func q80prep512(w *byte, wstride int, nrows int, nblocks int, ws *int32, wd *float32)
+
+// q80dot512R1 multiplies 1 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
+func q80dot512R1(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+
+// q80dot512R2 multiplies 2 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
+func q80dot512R2(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+
+// q80dot512R3 multiplies 3 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
+func q80dot512R3(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+
+// q80dot512R4 multiplies 4 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
+func q80dot512R4(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+
+// q80dot512R5 multiplies 5 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
+func q80dot512R5(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+
+// q80dot512R6 multiplies 6 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
+func q80dot512R6(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+
 // siluMul512 sets dst[i] = gate[i]/(1+exp(-gate[i]))·u[i] for i < n (a multiple of 16; u may be nil).
 //
 //go:noescape

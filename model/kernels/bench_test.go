@@ -347,3 +347,28 @@ func BenchmarkBF16Activations(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkQ80Activations: Q8_0 weights with 8-bit activations in lane
+// groups (q8) against widening the weights to float32 (f32), on the in_proj
+// and an expert's down_proj shapes, from decode-batch to prefill row counts
+// (q8 below q80MinRows measures the integer path anyway). Compare the pairs
+// of one run.
+func BenchmarkQ80Activations(b *testing.B) {
+	for _, sh := range [][2]int{{6448, 1536}, {1536, 512}} {
+		for _, n := range []int{4, 8, 12, 16, 64, 512} {
+			for _, th := range []int{1, 2} {
+				for _, q8 := range []bool{true, false} {
+					name := map[bool]string{true: "q8", false: "f32"}[q8]
+					b.Run(fmt.Sprintf("%dx%d/n=%d/threads=%d/%s", sh[0], sh[1], n, th, name), func(b *testing.B) {
+						prev := SetQ8Activations(q8)
+						defer SetQ8Activations(prev)
+						pm := q80MinRows
+						q80MinRows = 1
+						defer func() { q80MinRows = pm }()
+						benchMatMul(b, tensor.Q8_0, sh[0], sh[1], n, th)
+					})
+				}
+			}
+		}
+	}
+}

@@ -20,6 +20,10 @@ type scratch struct {
 	scr   []float32 // per-block scales of the current quad (quantized types)
 	rows  []byte    // zero-padded copy of a partial last quad
 	otail [4 * 8]float32
+
+	q80ws []int32                        // Q8_0 integer path: −128·Σq per weight row and block
+	q80wd []float32                      // and the blocks' d
+	q80o  [q80MaxRows * q80Group]float32 // one q80dot512R call's results
 }
 
 // alignedF32 returns a 64-byte-aligned float32 slice of length n, reusing b.
@@ -141,13 +145,12 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	j.next.Store(0)
 	q8, nonFinite := planQ8(c, lvl)
 	if nonFinite && n > 1 {
-		// A row with an infinity or a NaN widens the weights; so that the
-		// other rows' results stay what they are alone, every row runs alone.
+		// A row with an infinity or a NaN widens the weights, alone; the
+		// other rows run together without it, so that their results are
+		// what they are in a batch without that row.
 		*j = mmJob{}
 		ctxPool.Put(c)
-		for i := 0; i < n; i++ {
-			matMul(out[i*w.Rows:(i+1)*w.Rows], w, x[i*w.Cols:(i+1)*w.Cols], 1, threads, inv)
-		}
+		matMulNonFinite(out, w, x, n, threads, inv)
 		return
 	}
 	if !q8 && !planBF16(c, lvl) && (lvl < LevelAVX2 || !planAsm(c, lvl)) {
@@ -160,6 +163,41 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	parallel(j, min(threads, j.nblocks), &c.s, est)
 	*j = mmJob{}
 	ctxPool.Put(c)
+}
+
+// matMulNonFinite runs each input row holding an infinity or a NaN alone and
+// the others as one batch.
+func matMulNonFinite(out []float32, w tensor.Matrix, x []float32, n, threads int, inv bool) {
+	k := w.Cols
+	var good []int
+	for i := 0; i < n; i++ {
+		if finite(x[i*k : (i+1)*k]) {
+			good = append(good, i)
+			continue
+		}
+		matMul(out[i*w.Rows:(i+1)*w.Rows], w, x[i*k:(i+1)*k], 1, threads, inv)
+	}
+	if len(good) == 0 {
+		return
+	}
+	gx := make([]float32, len(good)*k)
+	gout := make([]float32, len(good)*w.Rows)
+	for t, i := range good {
+		copy(gx[t*k:], x[i*k:(i+1)*k])
+	}
+	matMul(gout, w, gx, len(good), threads, inv)
+	for t, i := range good {
+		copy(out[i*w.Rows:(i+1)*w.Rows], gout[t*w.Rows:])
+	}
+}
+
+func finite(x []float32) bool {
+	for _, v := range x {
+		if v != v || math.IsInf(float64(v), 0) {
+			return false
+		}
+	}
+	return true
 }
 
 func checkMatMul(out []float32, w tensor.Matrix, x []float32, n int) {

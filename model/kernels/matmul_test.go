@@ -106,6 +106,10 @@ func checkAgainstRef(t testing.TB, w tensor.Matrix, x []float32, n int, abs []fl
 		// 8-bit activations: compare with the integer kernels' twin.
 		matMulQ8Ref(want, w, x, n)
 	}
+	if usesQ80(w, n) {
+		// Q8_0 with 8-bit activations: compare with that path's twin.
+		matMulQ80Ref(want, w, x, n)
+	}
 	if usesBF16(w) {
 		// bf16 activations: compare with the bf16 kernels' twin.
 		matMulBF16Ref(want, w, x, n)

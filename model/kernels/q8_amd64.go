@@ -43,6 +43,9 @@ var q8KernelsBW = [tensor.NumDTypes][3]q8Fn{
 // and nonFinite when it does but an input row holds an infinity or a NaN.
 func planQ8(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j := &c.job
+	if j.w.DType == tensor.Q8_0 {
+		return planQ80(c, lvl)
+	}
 	if lvl < LevelAVX512 || !hasQ8 || !q8Usable(j.w) {
 		return false, false
 	}
@@ -78,6 +81,8 @@ func q8Block(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 
 func hasQ8Kernels() bool { return hasQ8 }
 
+func hasQ80Kernels() bool { return hasQ80 }
+
 // quantizeQ8KAsm runs quantQ8K512 where the integer kernels exist (done).
 func quantizeQ8KAsm(dst []byte, x []float32, nb int) (ok, done bool) {
 	if !hasQ8 || maxLevel < LevelAVX512 {
@@ -92,4 +97,81 @@ func forceQ8BW() (restore func()) {
 	prev := q8Kernels
 	q8Kernels = q8KernelsBW
 	return func() { q8Kernels = prev }
+}
+
+// hasQ80: the CPU has VPDPBUSD on zmm (AVX-512 VNNI).
+var hasQ80 = cpu.X86.HasAVX512VNNI && cpu.X86.HasAVX512BW
+
+type q80DotFn func(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+
+var q80Dots = [q80MaxRows + 1]q80DotFn{1: q80dot512R1, 2: q80dot512R2, 3: q80dot512R3, 4: q80dot512R4, 5: q80dot512R5, 6: q80dot512R6}
+
+// planQ80 sets up the Q8_0 integer path (q80act.go): it quantizes the input
+// rows, 16 per group, into c.xq.
+func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
+	j := &c.job
+	if lvl < LevelAVX512 || !hasQ80 || !q80Usable(j.w, j.n, j.inv) {
+		return false, false
+	}
+	k := j.w.Cols
+	nb := k / q80Values
+	ng := (j.n + q80Group - 1) / q80Group
+	gs := nb * q80xBlockBytes
+	need := ng*gs + 64
+	if cap(c.xq) < need {
+		c.xq = make([]byte, need)
+	}
+	buf := c.xq[:need]
+	off := int(-uintptr(unsafe.Pointer(unsafe.SliceData(buf))) & 63)
+	xq := buf[off : off+ng*gs]
+	for g := 0; g < ng; g++ {
+		x := j.x[g*q80Group*k:]
+		if rows := j.n - g*q80Group; rows < q80Group {
+			// The last group's missing rows quantize as zeros.
+			c.xbuf = alignedF32(c.xbuf, q80Group*k)
+			copy(c.xbuf, x[:rows*k])
+			clear(c.xbuf[rows*k:])
+			x = c.xbuf
+		}
+		if !quantQ80I512(unsafe.SliceData(x), 4*k, nb, &xq[g*gs]) {
+			return false, true
+		}
+	}
+	j.q8 = q8Plan{xq: xq, nb: nb}
+	j.block = q80Block
+	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
+	return true, false
+}
+
+// q80Block computes rows [r0, r1) for every group: the weight rows' sums and
+// scales first (q80prep512), then group by group (one group's activations
+// stay in L1) the rows q80MaxRows at a time.
+func q80Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
+	p := &j.q8
+	nb, rows, n := p.nb, j.w.Rows, j.n
+	nr := r1 - r0
+	if cap(s.q80ws) < nr*nb {
+		s.q80ws = make([]int32, nr*nb)
+		s.q80wd = make([]float32, nr*nb)
+	}
+	ws, wd := s.q80ws[:nr*nb], s.q80wd[:nr*nb]
+	for r := r0; r < r1; r += q80MaxRows {
+		rr := min(q80MaxRows, r1-r)
+		q80prep512(&j.w.Data[r*j.rowBytes], j.rowBytes, rr, nb, &ws[(r-r0)*nb], &wd[(r-r0)*nb])
+	}
+	gs := nb * q80xBlockBytes
+	o := &s.q80o
+	for g := 0; g*q80Group < n; g++ {
+		ni := min(q80Group, n-g*q80Group)
+		for r := r0; r < r1; r += q80MaxRows {
+			rr := min(q80MaxRows, r1-r)
+			q80Dots[rr](&j.w.Data[r*j.rowBytes], j.rowBytes, &p.xq[g*gs], nb, &ws[(r-r0)*nb], &wd[(r-r0)*nb], &o[0])
+			for i := 0; i < ni; i++ {
+				dst := j.out[(g*q80Group+i)*rows+r:]
+				for q := 0; q < rr; q++ {
+					dst[q] = o[q*q80Group+i]
+				}
+			}
+		}
+	}
 }

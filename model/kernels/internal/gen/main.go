@@ -38,6 +38,7 @@ func main() {
 	genExpConsts()
 	genQ8Consts()
 	genQ8QuantConsts()
+	genQ80Consts()
 	genToBF16Consts()
 	for _, s := range []isa{isa512, isa256} {
 		genProbes(s)
@@ -82,6 +83,11 @@ func main() {
 		}
 	}
 	genQ8Quant()
+	genQ80Quant()
+	genQ80Prep()
+	for r := 1; r <= q80MaxRows; r++ {
+		genQ80Dot(r)
+	}
 	genSiLU()
 	for n := 1; n <= 6; n++ {
 		genBF16Dot(n)

@@ -1,0 +1,201 @@
+//go:build !purego
+
+package kernels
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+func skipNoQ80(t testing.TB) {
+	t.Helper()
+	if KernelLevel() < LevelAVX512 || !hasQ80 || !Q8Activations() {
+		t.Skip("no Q8_0 integer kernels on this CPU")
+	}
+}
+
+// TestQuantizeQ80 checks the group quantizer: the assembly writes the Go
+// twin's bytes (zero rows, tiny and extreme blocks included), values within
+// half a step, non-finite inputs refused.
+func TestQuantizeQ80(t *testing.T) {
+	skipNoQ80(t)
+	rng := rand.New(rand.NewPCG(21, 21))
+	const nb = 5
+	k := nb * q80Values
+	for _, rows := range []int{1, 7, 16} {
+		x := make([]float32, q80Group*k) // rows beyond `rows` stay zero
+		copy(x, randVec(rng, rows*k))
+		x[3] = 0
+		x[40] = -7                       // block 1's extreme
+		for l := 2 * 32; l < 3*32; l++ { // block 2 of row 0: tiny
+			x[l] = 1e-31
+		}
+		if rows > 1 {
+			x[k+4*32+5] = 3e4 // row 1 block 4: large
+		}
+		got := make([]byte, nb*q80xBlockBytes)
+		want := make([]byte, len(got))
+		if !quantQ80I512(&x[0], 4*k, nb, &got[0]) || !quantizeQ80Ref(want, x, k, rows, nb) {
+			t.Fatal("finite input refused")
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("rows %d: byte %d (block %d offset %d) = %#x, Go twin %#x", rows, i, i/q80xBlockBytes, i%q80xBlockBytes, got[i], want[i])
+			}
+		}
+		for i := 0; i < rows; i++ {
+			for b := 0; b < nb; b++ {
+				blk := got[b*q80xBlockBytes:]
+				d := math.Float32frombits(uint32(blk[512+4*i]) | uint32(blk[513+4*i])<<8 | uint32(blk[514+4*i])<<16 | uint32(blk[515+4*i])<<24)
+				for l := 0; l < q80Values; l++ {
+					q := int(blk[64*(l/4)+4*i+l%4]) - 128
+					v := x[i*k+b*q80Values+l]
+					// d is rounded to f16 (relative 2^-11), q computed with the
+					// exact 127/amax: within half a step and the f16 error.
+					if e := math.Abs(float64(v - d*float32(q))); e > 0.5001*float64(d)+float64(math.Abs(float64(v)))/1024+q80Tiny {
+						t.Fatalf("row %d block %d value %d: %g quantized to %d·%g", i, b, l, v, q, d)
+					}
+				}
+			}
+		}
+		if int(got[q80xBlockBytes+64*2+0]) != 128-127 { // value 40 = block 1, value 8
+			t.Fatalf("extreme value quantized to %d", int(got[q80xBlockBytes+64*2])-128)
+		}
+	}
+	for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))} {
+		x := randVec(rng, q80Group*k)
+		x[9*k+77] = bad
+		buf := make([]byte, nb*q80xBlockBytes)
+		if quantQ80I512(&x[0], 4*k, nb, &buf[0]) || quantizeQ80Ref(buf, x, k, q80Group, nb) {
+			t.Fatalf("%v accepted", bad)
+		}
+	}
+}
+
+// TestMatMulQ80 checks the Q8_0 integer path: bit for bit its plain twin,
+// within the error of 8-bit activations of the float32 reference, every row
+// the same bits whatever the other rows of the call, the thread count or
+// the weight rows per kernel call.
+func TestMatMulQ80(t *testing.T) {
+	skipNoQ80(t)
+	rng := rand.New(rand.NewPCG(22, 22))
+	for _, rows := range []int{1, 5, 6, 13, 64, 301} {
+		for _, cols := range []int{32, 96, 1536} {
+			w := randMatrix(rng, tensor.Q8_0, rows, cols)
+			for _, n := range []int{q80MinRows, 16, 17, 40} {
+				x := randVec(rng, n*cols)
+				abs := absRef(w, x, n)
+				want := make([]float32, n*rows)
+				matMulQ80Ref(want, w, x, n)
+				exact := make([]float32, n*rows)
+				MatMulRef(exact, w, x, n)
+				for _, th := range []int{1, 2} {
+					got := make([]float32, n*rows+1)
+					got[n*rows] = 42
+					withThreads(th, func() { MatMul(got, w, x, n) })
+					if got[n*rows] != 42 {
+						t.Fatal("wrote past out")
+					}
+					what := fmt.Sprintf("[%d,%d] n=%d threads=%d", rows, cols, n, th)
+					for i := range want {
+						if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+							t.Fatalf("%s: out[%d] = %g, twin %g", what, i, got[i], want[i])
+						}
+						// 8-bit activations: half a step (amax/254) per value.
+						if d := math.Abs(float64(got[i] - exact[i])); d > 0.01*float64(abs[i]) {
+							t.Fatalf("%s: out[%d] = %g, float32 ref %g (|w·x| %g)", what, i, got[i], exact[i], abs[i])
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestMatMulQ80Rows: every q80dot512R kernel gives each of its rows the bits
+// of the one-row kernel.
+func TestMatMulQ80Rows(t *testing.T) {
+	skipNoQ80(t)
+	rng := rand.New(rand.NewPCG(23, 23))
+	const nb = 7
+	k := nb * q80Values
+	w := randMatrix(rng, tensor.Q8_0, q80MaxRows, k)
+	x := randVec(rng, q80Group*k)
+	xg := make([]byte, nb*q80xBlockBytes)
+	quantQ80I512(&x[0], 4*k, nb, &xg[0])
+	ws := make([]int32, q80MaxRows*nb)
+	wd := make([]float32, q80MaxRows*nb)
+	var one [q80MaxRows * q80Group]float32
+	for r := 0; r < q80MaxRows; r++ {
+		q80prep512(&w.Data[r*w.RowStride()], w.RowStride(), 1, nb, &ws[0], &wd[0])
+		q80dot512R1(&w.Data[r*w.RowStride()], w.RowStride(), &xg[0], nb, &ws[0], &wd[0], &one[r*q80Group])
+	}
+	for R := 1; R <= q80MaxRows; R++ {
+		var out [q80MaxRows * q80Group]float32
+		q80prep512(&w.Data[0], w.RowStride(), R, nb, &ws[0], &wd[0])
+		q80Dots[R](&w.Data[0], w.RowStride(), &xg[0], nb, &ws[0], &wd[0], &out[0])
+		for i := 0; i < R*q80Group; i++ {
+			if math.Float32bits(out[i]) != math.Float32bits(one[i]) {
+				t.Fatalf("R=%d: row %d lane %d = %g, alone %g", R, i/q80Group, i%q80Group, out[i], one[i])
+			}
+		}
+	}
+}
+
+// TestMatMulQ80BatchInvariant: on the integer path a row's result does not
+// depend on which rows share its call or its lane group, and a row holding a
+// NaN leaves the others the bits they have without it.
+func TestMatMulQ80BatchInvariant(t *testing.T) {
+	skipNoQ80(t)
+	rng := rand.New(rand.NewPCG(24, 24))
+	w := randMatrix(rng, tensor.Q8_0, 70, 512)
+	const n = 37
+	x := randVec(rng, n*w.Cols)
+	all := make([]float32, n*w.Rows)
+	MatMul(all, w, x, n)
+	// Each row again at another position, among q80MinRows-1 others.
+	for i := 0; i < n; i++ {
+		m := q80MinRows + i%5
+		xs := make([]float32, m*w.Cols)
+		pos := i % m
+		for t := 0; t < m; t++ {
+			src := (i + 3*t + 1) % n
+			if t == pos {
+				src = i
+			}
+			copy(xs[t*w.Cols:], x[src*w.Cols:(src+1)*w.Cols])
+		}
+		out := make([]float32, m*w.Rows)
+		MatMul(out, w, xs, m)
+		for r := 0; r < w.Rows; r++ {
+			if got, want := out[pos*w.Rows+r], all[i*w.Rows+r]; math.Float32bits(got) != math.Float32bits(want) {
+				t.Fatalf("row %d at position %d of %d: out[%d] = %g, %g in the batch of %d", i, pos, m, r, got, want, n)
+			}
+		}
+	}
+	// A NaN in row 5: the other rows keep the bits they have without row 5.
+	xn := append([]float32(nil), x...)
+	xn[5*w.Cols+9] = float32(math.NaN())
+	out := make([]float32, n*w.Rows)
+	MatMul(out, w, xn, n)
+	without := make([]float32, (n-1)*w.Rows)
+	xw := append(append([]float32(nil), x[:5*w.Cols]...), x[6*w.Cols:]...)
+	MatMul(without, w, xw, n-1)
+	for i := 0; i < n; i++ {
+		for r := 0; r < w.Rows; r++ {
+			got := out[i*w.Rows+r]
+			switch {
+			case i == 5:
+				if got == got {
+					t.Fatalf("the NaN row gave %g", got)
+				}
+			case math.Float32bits(got) != math.Float32bits(without[(i-b2i(i > 5))*w.Rows+r]):
+				t.Fatalf("row %d out[%d] = %g beside a NaN row, %g without it", i, r, got, without[(i-b2i(i > 5))*w.Rows+r])
+			}
+		}
+	}
+}
