@@ -66,6 +66,11 @@ func testLlamaQuantizeQ4KM(t *testing.T, path string, want []float32, kv tensor.
 	if V != vocab {
 		t.Fatalf("vocab %d, reference %d", V, vocab)
 	}
+	// The reference multiplies llama.cpp's dequantized weights with float32
+	// activations: so do we here (the Q8_0 products of 8 or more rows would
+	// otherwise quantize the activations to 8 bits, as llama.cpp does on the
+	// quantized file itself: see TestLlamaCppQ8_0Direct).
+	defer kernels.SetQ8Activations(kernels.SetQ8Activations(false))
 	prev := kernels.KernelLevel()
 	defer kernels.SetKernelLevel(prev)
 	for _, lvl := range kernels.SupportedLevels() {
