@@ -7,7 +7,9 @@
 # of multiples of 256 with llama.cpp's logits on it, quantized weights as they
 # are (model/gguf/testdata/granite-h256-q4_k_m.*), and llama.cpp's logits of
 # the fixture with BF16 weight matrices, evaluated as they are
-# (model/gguf/testdata/granite-tiny-bf16.*).
+# (model/gguf/testdata/granite-tiny-bf16.*), and the fixture quantized to Q8_0
+# with llama.cpp's logits on that file as it is
+# (model/gguf/testdata/granite-tiny-q8_0.*).
 #
 # It runs only where llama.cpp's shared libraries are present. It uses the
 # prebuilt CPU build that node-llama-cpp publishes on npm
@@ -103,6 +105,33 @@ idx = {
 open(k + ".json", "w").write(json.dumps(idx, indent=1) + "\n")
 PY
 done
+# write_direct_ref PREFIX LOGITS_JSON WEIGHTS: PREFIX.logits.f32 and the index
+# PREFIX.json from the output of `logits` on PREFIX.gguf for the first three
+# golden prompts (haswell, 1 thread, F32 KV cache, no flash attention);
+# WEIGHTS says what llama.cpp did with the file's weights.
+write_direct_ref() {
+  python3 - "$FIXTURE/golden.json" "$2" "$1" "$3" <<'PY'
+import json, struct, sys
+g = json.load(open(sys.argv[1])); ll = json.load(open(sys.argv[2])); q = sys.argv[3]; weights = sys.argv[4]
+buf = bytearray(); prompts = []
+for p, rows in zip(g["prompts"][:3], ll):
+    prompts.append({"name": p["name"], "token_ids": p["token_ids"], "offset": len(buf) // 4})
+    for row in rows:
+        buf += struct.pack("<%df" % len(row), *row)
+open(q + ".logits.f32", "wb").write(buf)
+name = q.rsplit("/", 1)[1]
+idx = {
+    "model": name + ".gguf",
+    "vocab_size": len(ll[0][0]),
+    "logits_file": name + ".logits.f32",
+    "logits_layout": "float32 little-endian, [position][vocab] per prompt, starting at float index offset; logit of every token after every prompt position, divided by logits_scaling",
+    "reference": "llama.cpp (ggml-org/llama.cpp 5b4ebc5, as built in node-llama-cpp 3.21.1's @node-llama-cpp/linux-x64 prebuilt) evaluating " + name + ".gguf directly (" + weights + "): CPU haswell variant, 1 thread, F32 KV cache, flash attention off, whole prompt in one llama_decode",
+    "prompts": prompts,
+}
+open(q + ".json", "w").write(json.dumps(idx, indent=1) + "\n")
+PY
+}
+
 # 4. A model whose matrix widths are all multiples of 256, so that llama.cpp's
 #    Q4_K_M keeps Q4_K and Q6_K (no fallbacks) and Switchyard's 8-bit
 #    activations (kernels.SetQ8Activations) apply to every quantized matrix:
@@ -212,26 +241,7 @@ if grep "converting to" "$WORK/quantize-h256.log" | grep -vqE "converting to q[4
   echo "$G.gguf: llama.cpp fell back from Q4_K/Q6_K" >&2; exit 1
 fi
 "$WORK/logits" "$G.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-h256.json" 2>"$WORK/logits-h256.log"
-python3 - "$FIXTURE/golden.json" "$WORK/logits-h256.json" "$G" <<'PY'
-import json, struct, sys
-g = json.load(open(sys.argv[1])); ll = json.load(open(sys.argv[2])); q = sys.argv[3]
-buf = bytearray(); prompts = []
-for p, rows in zip(g["prompts"][:3], ll):
-    prompts.append({"name": p["name"], "token_ids": p["token_ids"], "offset": len(buf) // 4})
-    for row in rows:
-        buf += struct.pack("<%df" % len(row), *row)
-open(q + ".logits.f32", "wb").write(buf)
-name = q.rsplit("/", 1)[1]
-idx = {
-    "model": name + ".gguf",
-    "vocab_size": len(ll[0][0]),
-    "logits_file": name + ".logits.f32",
-    "logits_layout": "float32 little-endian, [position][vocab] per prompt, starting at float index offset; logit of every token after every prompt position, divided by logits_scaling",
-    "reference": "llama.cpp (ggml-org/llama.cpp 5b4ebc5, as built in node-llama-cpp 3.21.1's @node-llama-cpp/linux-x64 prebuilt) evaluating " + name + ".gguf directly (Q4_K and Q6_K weights, not dequantized: its CPU matmuls quantize the activations to Q8_K; its default CPU_REPACK buffer type repacks the Q4_K matrices to q4_K_8x8): CPU haswell variant, 1 thread, F32 KV cache, flash attention off, whole prompt in one llama_decode",
-    "prompts": prompts,
-}
-open(q + ".json", "w").write(json.dumps(idx, indent=1) + "\n")
-PY
+write_direct_ref "$G" "$WORK/logits-h256.json" "Q4_K and Q6_K weights, not dequantized: its CPU matmuls quantize the activations to Q8_K; its default CPU_REPACK buffer type repacks the Q4_K matrices to q4_K_8x8"
 
 # 5. The shared fixture with BF16 weight matrices: `switchyard convert --type
 #    bf16` of its BF16 safetensors (the values of model.gguf's F32 weights;
@@ -306,4 +316,23 @@ idx = {
 open(b + ".json", "w").write(json.dumps(idx, indent=1) + "\n")
 PY
 
-echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32} and $B.{json,logits.f32} (work files in $WORK)"
+# 6. The shared fixture quantized to Q8_0 by llama_model_quantize (ftype 7,
+#    default parameters, 1 thread): every matrix of the tiny model has 32, 64
+#    or 128 columns, multiples of 32, so all 53 are Q8_0 (checked below); the
+#    router, norms, conv weights and SSM vectors stay F32. llama.cpp
+#    evaluates the Q8_0 file directly: for Q8_0 weights its CPU matmuls
+#    quantize the activations to q8_0 (8 bits per 32 values, one f16 scale),
+#    one token or many, as Switchyard's 8-bit activations do for Q8_0
+#    products of 8 or more input rows; it keeps the Q8_0 matrices in its plain
+#    CPU buffer (not CPU_REPACK). The first three golden prompts, haswell CPU
+#    backend, 1 thread, F32 KV cache, no flash attention.
+E=model/gguf/testdata/granite-tiny-q8_0
+"$WORK/quantize_model" "$FIXTURE/model.gguf" "$E.gguf" 7 >"$WORK/quantize-q8_0.log" 2>&1
+if [ "$(grep -c "converting to" "$WORK/quantize-q8_0.log")" != 53 ] ||
+  [ "$(grep -c "converting to q8_0 " "$WORK/quantize-q8_0.log")" != 53 ]; then
+  echo "$E.gguf: llama.cpp did not make all 53 matrices (and only them) Q8_0" >&2; exit 1
+fi
+"$WORK/logits" "$E.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-q8_0.json" 2>"$WORK/logits-q8_0.log"
+write_direct_ref "$E" "$WORK/logits-q8_0.json" "53 Q8_0 matrices, not dequantized: its CPU matmuls quantize the activations to q8_0, 8 bits per 32 values"
+
+echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, $B.{json,logits.f32} and $E.{gguf,json,logits.f32} (work files in $WORK)"
