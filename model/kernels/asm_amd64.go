@@ -564,25 +564,31 @@ func quantQ8K512(x *float32, nblocks int, dst *byte) bool
 func quantQ80I512(x *float32, xstride int, nblocks int, dst *byte) bool
 
 // q80prep512 prepares the per-block sums and scales of Q8_0 weight rows for q80dot512R (see genQ80Prep).
-func q80prep512(w *byte, wstride int, nrows int, nblocks int, ws *int32, wd *float32)
+func q80prep512(w *byte, wstride int, nrows int, nblocks int, dst *byte, dstride int)
+
+// quantQ80R512 quantizes one input row for q80rows512 (see genQ80QuantRow).
+func quantQ80R512(x *float32, nblocks int, dst *byte) bool
+
+// q80rows512 multiplies Q8_0 weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).
+func q80rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
 
 // q80dot512R1 multiplies 1 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
-func q80dot512R1(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+func q80dot512R1(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 
 // q80dot512R2 multiplies 2 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
-func q80dot512R2(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+func q80dot512R2(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 
 // q80dot512R3 multiplies 3 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
-func q80dot512R3(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+func q80dot512R3(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 
 // q80dot512R4 multiplies 4 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
-func q80dot512R4(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+func q80dot512R4(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 
 // q80dot512R5 multiplies 5 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
-func q80dot512R5(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+func q80dot512R5(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 
 // q80dot512R6 multiplies 6 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
-func q80dot512R6(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+func q80dot512R6(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 
 // siluMul512 sets dst[i] = gate[i]/(1+exp(-gate[i]))·u[i] for i < n (a multiple of 16; u may be nil).
 //

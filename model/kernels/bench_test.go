@@ -348,22 +348,25 @@ func BenchmarkBF16Activations(b *testing.B) {
 	}
 }
 
-// BenchmarkQ80Activations: Q8_0 weights with 8-bit activations in lane
-// groups (q8) against widening the weights to float32 (f32), on the in_proj
-// and an expert's down_proj shapes, from decode-batch to prefill row counts
-// (q8 below q80MinRows measures the integer path anyway). Compare the pairs
-// of one run.
+// BenchmarkQ80Activations: Q8_0 weights with 8-bit activations against
+// widening the weights to float32 (f32), on the in_proj and an expert's
+// down_proj shapes, from decode to prefill row counts: "rows" is the
+// one-input-row kernel (q80rows512, per input row), "group" the lane-group
+// kernel (q80dot512R); MatMul takes rows below q80MinRows and group from it.
+// Compare the variants of one run.
 func BenchmarkQ80Activations(b *testing.B) {
 	for _, sh := range [][2]int{{6448, 1536}, {1536, 512}} {
-		for _, n := range []int{4, 8, 12, 16, 64, 512} {
+		for _, n := range []int{1, 2, 4, 6, 8, 16, 64, 512} {
 			for _, th := range []int{1, 2} {
-				for _, q8 := range []bool{true, false} {
-					name := map[bool]string{true: "q8", false: "f32"}[q8]
-					b.Run(fmt.Sprintf("%dx%d/n=%d/threads=%d/%s", sh[0], sh[1], n, th, name), func(b *testing.B) {
-						prev := SetQ8Activations(q8)
+				for _, v := range []string{"rows", "group", "f32"} {
+					if (v == "rows" && n > 8) || (v == "group" && n < 4) {
+						continue
+					}
+					b.Run(fmt.Sprintf("%dx%d/n=%d/threads=%d/%s", sh[0], sh[1], n, th, v), func(b *testing.B) {
+						prev := SetQ8Activations(v != "f32")
 						defer SetQ8Activations(prev)
 						pm := q80MinRows
-						q80MinRows = 1
+						q80MinRows = map[string]int{"rows": 1 << 30, "group": 1, "f32": pm}[v]
 						defer func() { q80MinRows = pm }()
 						benchMatMul(b, tensor.Q8_0, sh[0], sh[1], n, th)
 					})

@@ -21,9 +21,8 @@ type scratch struct {
 	rows  []byte    // zero-padded copy of a partial last quad
 	otail [4 * 8]float32
 
-	q80ws []int32                        // Q8_0 integer path: −128·Σq per weight row and block
-	q80wd []float32                      // and the blocks' d
-	q80o  [q80MaxRows * q80Group]float32 // one q80dot512R call's results
+	q80prep []byte                         // Q8_0 lane groups: q80prep512's per-block sums and scales
+	q80o    [q80MaxRows * q80Group]float32 // one q80dot512R call's results
 }
 
 // alignedF32 returns a 64-byte-aligned float32 slice of length n, reusing b.

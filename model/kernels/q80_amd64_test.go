@@ -3,6 +3,7 @@
 package kernels
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -76,6 +77,50 @@ func TestQuantizeQ80(t *testing.T) {
 	}
 }
 
+// TestQuantizeQ80Row: the one-row quantizer (q80rows512's layout) gives the
+// group quantizer's values and scales, and 128·Σq per block.
+func TestQuantizeQ80Row(t *testing.T) {
+	skipNoQ80(t)
+	rng := rand.New(rand.NewPCG(25, 25))
+	for _, nb := range []int{1, 15, 16, 17, 48} {
+		k := nb * q80Values
+		x := randVec(rng, k)
+		x[0] = 1e-31
+		xg := make([]byte, nb*q80xBlockBytes)
+		if !quantizeQ80Ref(xg, x, k, 1, nb) {
+			t.Fatal("finite input refused")
+		}
+		nt := (nb + 15) / 16
+		xr := make([]byte, nt*q80rTileBytes)
+		if !quantQ80R512(&x[0], nb, &xr[0]) {
+			t.Fatal("finite input refused")
+		}
+		for b := 0; b < nb; b++ {
+			tile := xr[b/16*q80rTileBytes:]
+			var sum int32
+			for l := 0; l < q80Values; l++ {
+				q := int8(tile[32*(b%16)+l])
+				if want := int(xg[b*q80xBlockBytes+64*(l/4)+l%4]) - 128; int(q) != want {
+					t.Fatalf("nb %d block %d value %d: q %d, group quantizer %d", nb, b, l, q, want)
+				}
+				sum += int32(q)
+			}
+			d := binary.LittleEndian.Uint32(tile[512+4*(b%16):])
+			if want := binary.LittleEndian.Uint32(xg[b*q80xBlockBytes+512:]); d != want {
+				t.Fatalf("nb %d block %d: d %#x, group quantizer %#x", nb, b, d, want)
+			}
+			if c := int32(binary.LittleEndian.Uint32(tile[576+4*(b%16):])); c != 128*sum {
+				t.Fatalf("nb %d block %d: c %d, want %d", nb, b, c, 128*sum)
+			}
+		}
+	}
+	x := randVec(rng, 64)
+	x[40] = float32(math.Inf(-1))
+	if quantQ80R512(&x[0], 2, &make([]byte, q80rTileBytes)[0]) {
+		t.Fatal("-Inf accepted")
+	}
+}
+
 // TestMatMulQ80 checks the Q8_0 integer path: bit for bit its plain twin,
 // within the error of 8-bit activations of the float32 reference, every row
 // the same bits whatever the other rows of the call, the thread count or
@@ -86,7 +131,7 @@ func TestMatMulQ80(t *testing.T) {
 	for _, rows := range []int{1, 5, 6, 13, 64, 301} {
 		for _, cols := range []int{32, 96, 1536} {
 			w := randMatrix(rng, tensor.Q8_0, rows, cols)
-			for _, n := range []int{q80MinRows, 16, 17, 40} {
+			for _, n := range []int{1, 2, 3, q80MinRows - 1, q80MinRows, 16, 17, 40} {
 				x := randVec(rng, n*cols)
 				abs := absRef(w, x, n)
 				want := make([]float32, n*rows)
@@ -127,17 +172,16 @@ func TestMatMulQ80Rows(t *testing.T) {
 	x := randVec(rng, q80Group*k)
 	xg := make([]byte, nb*q80xBlockBytes)
 	quantQ80I512(&x[0], 4*k, nb, &xg[0])
-	ws := make([]int32, q80MaxRows*nb)
-	wd := make([]float32, q80MaxRows*nb)
+	ps := (nb + 15) / 16 * 16 * 8
+	prep := make([]byte, q80MaxRows*ps)
+	q80prep512(&w.Data[0], w.RowStride(), q80MaxRows, nb, &prep[0], ps)
 	var one [q80MaxRows * q80Group]float32
 	for r := 0; r < q80MaxRows; r++ {
-		q80prep512(&w.Data[r*w.RowStride()], w.RowStride(), 1, nb, &ws[0], &wd[0])
-		q80dot512R1(&w.Data[r*w.RowStride()], w.RowStride(), &xg[0], nb, &ws[0], &wd[0], &one[r*q80Group])
+		q80dot512R1(&w.Data[r*w.RowStride()], w.RowStride(), &xg[0], nb, &prep[r*ps], ps, &one[r*q80Group])
 	}
 	for R := 1; R <= q80MaxRows; R++ {
 		var out [q80MaxRows * q80Group]float32
-		q80prep512(&w.Data[0], w.RowStride(), R, nb, &ws[0], &wd[0])
-		q80Dots[R](&w.Data[0], w.RowStride(), &xg[0], nb, &ws[0], &wd[0], &out[0])
+		q80Dots[R](&w.Data[0], w.RowStride(), &xg[0], nb, &prep[0], ps, &out[0])
 		for i := 0; i < R*q80Group; i++ {
 			if math.Float32bits(out[i]) != math.Float32bits(one[i]) {
 				t.Fatalf("R=%d: row %d lane %d = %g, alone %g", R, i/q80Group, i%q80Group, out[i], one[i])
@@ -146,20 +190,31 @@ func TestMatMulQ80Rows(t *testing.T) {
 	}
 }
 
-// TestMatMulQ80BatchInvariant: on the integer path a row's result does not
-// depend on which rows share its call or its lane group, and a row holding a
-// NaN leaves the others the bits they have without it.
+// TestMatMulQ80BatchInvariant: a row's result does not depend on which rows
+// share its call or its lane group, in either mode (the two Q8_0 integer
+// kernels give the same bits), and a row holding a NaN leaves the others the
+// bits they have without it.
 func TestMatMulQ80BatchInvariant(t *testing.T) {
 	skipNoQ80(t)
+	for _, inv := range []bool{false, true} {
+		t.Run(fmt.Sprintf("invariant=%v", inv), func(t *testing.T) {
+			defer SetBatchInvariant(SetBatchInvariant(inv))
+			testMatMulQ80BatchInvariant(t)
+		})
+	}
+}
+
+func testMatMulQ80BatchInvariant(t *testing.T) {
 	rng := rand.New(rand.NewPCG(24, 24))
 	w := randMatrix(rng, tensor.Q8_0, 70, 512)
 	const n = 37
 	x := randVec(rng, n*w.Cols)
 	all := make([]float32, n*w.Rows)
 	MatMul(all, w, x, n)
-	// Each row again at another position, among q80MinRows-1 others.
+	// Each row again at another position, alone or among up to 10 others
+	// (both Q8_0 integer kernels).
 	for i := 0; i < n; i++ {
-		m := q80MinRows + i%5
+		m := 1 + i%11
 		xs := make([]float32, m*w.Cols)
 		pos := i % m
 		for t := 0; t < m; t++ {

@@ -7,20 +7,37 @@ import (
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
-// 8-bit activations for Q8_0 weights at prefill sizes.
+// 8-bit activations for Q8_0 weights.
 //
-// A Q8_0 row keeps one scale per 32 values, so the K-quant integer kernels'
-// approach (walk a weight row, add its blocks' integer sums) would need one
-// horizontal reduction and one float32 step per row and block: no cheaper
-// than widening the weights. The Q8_0 integer kernels (internal/gen/q80.go)
-// instead put 16 input rows in the 16 lanes of a register: a group of 16
-// input rows is quantized to 8 bits per block of 32 values (llama.cpp's
-// quantize_row_q8_0: d = amax/127 kept as f16, q = round(x·127/amax)) and
-// stored interleaved, 4 bytes of each row per 32-bit lane; VPDPBUSD (AVX-512
-// VNNI) multiplies them with 4 weight bytes broadcast from the unchanged
-// Q8_0 row, 8 instructions per block for 16 input rows, then one conversion
-// and one FMA per block (about 2.5 times fewer instructions per
-// multiply-add than the float32 tiles).
+// Products with Q8_0 weights quantize each input row to 8 bits per block of
+// 32 values, as llama.cpp's quantize_row_q8_0 does (d = amax/127 kept as
+// f16, q = round-to-nearest-even(x·127/amax)), and compute each block's sum
+// Σ q_w·q_x exactly in integers with VPDPBUSD (AVX-512 VNNI). Every (weight
+// row, input row) result is
+//
+//	acc = 0; for b in order: acc += round(float32(Σ_b q_w·q_x) · round(d_x,b·d_w,b))
+//
+// in float32, whichever of the two kernels computes it, so a row's result
+// never depends on the other rows of the call, their number, the thread
+// count or the kernel: the path is batch-invariant as it stands, in both
+// modes. A Q8_0 row keeps one scale per 32 values, so a kernel that walks a
+// weight row needs one horizontal reduction and one float32 step per block;
+// the two kernels arrange that work differently:
+//
+//   - q80dot512R (from q80MinRows input rows): 16 input rows in the 16 lanes
+//     of a register. A group of 16 input rows is stored interleaved, 4
+//     bytes of each row per 32-bit lane, as unsigned bytes q+128; VPDPBUSD
+//     multiplies them with 4 weight bytes broadcast from the unchanged Q8_0
+//     row, 8 instructions per block for 16 input rows, then one conversion,
+//     two multiplications and one addition per block. q80prep512 first
+//     computes, per weight row and block, −128·Σ q_w (which takes off the
+//     +128's share, so the sums are exact) and d_w as float32.
+//   - q80rows512 (fewer input rows): each weight row walked alone (one
+//     sequential stream), two blocks per register, the weight bytes made
+//     unsigned for VPDPBUSD with the signed activations, each block's 8
+//     partial sums added by an unpack network into one lane per block, the
+//     activations' 128·Σq_x taken off; the rows' per-block products are then
+//     transposed 16×16 (lane = weight row) and added block by block.
 //
 // The layout of one quantized block of a group (q80xBlockBytes):
 //
@@ -28,45 +45,60 @@ import (
 //	               as q+128 (unsigned)
 //	[512, 576)     lane i = d of input row i (float32, rounded to f16)
 //
-// For each weight row and block, q80prep512 computes −128·Σ q_w (the bias
-// that the activations' +128 adds to the sums) and d_w as float32; the
-// kernel starts each block's sum from it, so the sums are exact:
-// Σ q_x·q_w. A lane's result is
+// and of one input row for q80rows512, per tile of 16 blocks
+// (q80rTileBytes): q (int8, 32 per block) at 0, d_x (float32) per block at
+// 512, 128·Σq_x (int32) per block at 576.
 //
-//	acc = 0; for b: acc = fma(float32(Σ_b q_x·q_w), d_x,b·d_w,b, acc)
-//
-// whatever the other lanes hold, the number of weight rows per call or the
-// thread: the path is batch-invariant among the calls that take it. It is
-// taken from q80MinRows input rows on (below, one row's quarter-empty or
-// emptier group costs more than the float32 tiles), in the default mode
-// only: with SetBatchInvariant on, Q8_0 keeps the float32 kernels at every
-// row count, so that a row's result is the same at 1 and 500 rows.
-// matMulQ80Ref is the plain twin.
+// matMulQ80Ref is the plain twin (TestMatMulQ80 checks both kernels against
+// it bit for bit). The activations lose precision (int8 with one scale per
+// 32 values): the approximation llama.cpp makes, whose logits on a Q8_0
+// file TestLlamaCppQ8_0Direct (model/hybrid) compares with.
 
 const (
 	q80Group       = 16  // input rows per quantized group (the lanes)
 	q80xBlockBytes = 576 // one block of a group
 	q80Values      = 32
 	q80Tiny        = q8Tiny
-	q80MaxRows     = 6 // weight rows per q80dot512R call
+	q80MaxRows     = 6   // weight rows per q80dot512R call
+	q80rTileBytes  = 640 // 16 blocks of one input row for q80rows512
 )
 
-// q80MinRows is the fewest input rows for which MatMul takes the Q8_0
-// integer path (measured: BenchmarkQ80Activations).
+// The Q8_0 integer kernels' shares of the row counts: below q80MinRows
+// input rows q80rows512, once per input row; from q80MinRows the lane-group
+// kernel. Measured with BenchmarkQ80Activations (in_proj and expert
+// shapes): one input row 1.1-1.6 times the float32 kernels' speed at one
+// thread, 2 to 7 rows level with them (q80rows512 reads the weights once
+// per input row, from cache after the first), 8 rows 1.1-1.2 times, 16 to
+// 512 rows 1.6-2.9 times (one lane group costs the same from 1 to 16 rows,
+// VPDPBUSD-bound).
 var q80MinRows = 8
 
-// q80Usable reports whether MatMul may take the Q8_0 integer path for a
-// product with n input rows (inv: the call asks for the batch-invariant
-// kernels).
-func q80Usable(w tensor.Matrix, n int, inv bool) bool {
-	return q8Act.Load() && w.DType == tensor.Q8_0 && w.Cols > 0 && w.Cols%q80Values == 0 &&
-		n >= q80MinRows && !inv && !batchInvariant.Load()
+// q80Kernel is the Q8_0 integer kernel MatMul takes for n input rows.
+type q80Kernel int
+
+const (
+	q80None  q80Kernel = iota // the float32 kernels
+	q80Rows                   // q80rows512, per input row
+	q80Lanes                  // q80dot512R on groups of 16 rows
+)
+
+// q80Choice picks the Q8_0 integer kernel for a product with n input rows
+// (inv: the call asks for the batch-invariant kernels whatever the mode;
+// both integer kernels are).
+func q80Choice(w tensor.Matrix, n int, inv bool) q80Kernel {
+	switch {
+	case !q8Act.Load() || w.DType != tensor.Q8_0 || w.Cols <= 0 || w.Cols%q80Values != 0:
+		return q80None
+	case n >= q80MinRows:
+		return q80Lanes
+	}
+	return q80Rows
 }
 
-// usesQ80 reports whether MatMul at the current level takes the Q8_0
-// integer path for this product with n input rows (finite x assumed).
+// usesQ80 reports whether MatMul at the current level takes a Q8_0 integer
+// kernel for this product with n input rows (finite x assumed).
 func usesQ80(w tensor.Matrix, n int) bool {
-	return KernelLevel() >= LevelAVX512 && hasQ80Kernels() && q80Usable(w, n, false)
+	return KernelLevel() >= LevelAVX512 && hasQ80Kernels() && q80Choice(w, n, false) != q80None
 }
 
 // quantizeQ80Ref quantizes rows (at most 16; the other lanes are zero) of x,
@@ -111,7 +143,7 @@ func quantizeQ80Ref(dst []byte, x []float32, xstride, rows, nb int) bool {
 }
 
 // dotQ80Ref is lane i's dot product of a Q8_0 row with a quantized group:
-// the exact integer sum per block, then one float32 FMA.
+// the exact integer sum per block, then float32 products added in order.
 func dotQ80Ref(row, xg []byte, i, nb int) float32 {
 	var acc float32
 	for b := 0; b < nb; b++ {
@@ -123,17 +155,9 @@ func dotQ80Ref(row, xg []byte, i, nb int) float32 {
 		}
 		dx := math.Float32frombits(binary.LittleEndian.Uint32(xb[512+4*i:]))
 		dw := tensor.F16ToF32(binary.LittleEndian.Uint16(blk))
-		acc = fma32(float32(s), dx*dw, acc)
+		acc += float32(float32(s) * (dx * dw)) // rounded, never fused
 	}
 	return acc
-}
-
-// fma32 is a·b+c for float32 values where a·b is exact in float64 (a an
-// integer below 2^24): the float64 sum then rounds to float32 as one fused
-// step would, but for ties the double rounding might break differently;
-// TestMatMulQ80 checks the kernels against it bit for bit.
-func fma32(a, b, c float32) float32 {
-	return float32(math.FMA(float64(a), float64(b), float64(c)))
 }
 
 // matMulQ80Ref is the reference twin of the Q8_0 integer path: out = x·Wᵀ

@@ -102,7 +102,7 @@ func forceQ8BW() (restore func()) {
 // hasQ80: the CPU has VPDPBUSD on zmm (AVX-512 VNNI).
 var hasQ80 = cpu.X86.HasAVX512VNNI && cpu.X86.HasAVX512BW
 
-type q80DotFn func(w *byte, wstride int, xg *byte, nblocks int, ws *int32, wd *float32, out *float32)
+type q80DotFn func(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 
 var q80Dots = [q80MaxRows + 1]q80DotFn{1: q80dot512R1, 2: q80dot512R2, 3: q80dot512R3, 4: q80dot512R4, 5: q80dot512R5, 6: q80dot512R6}
 
@@ -110,8 +110,15 @@ var q80Dots = [q80MaxRows + 1]q80DotFn{1: q80dot512R1, 2: q80dot512R2, 3: q80dot
 // rows, 16 per group, into c.xq.
 func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j := &c.job
-	if lvl < LevelAVX512 || !hasQ80 || !q80Usable(j.w, j.n, j.inv) {
+	if lvl < LevelAVX512 || !hasQ80 {
 		return false, false
+	}
+	switch q80Choice(j.w, j.n, j.inv) {
+	case q80None:
+		return false, false
+	case q80Rows:
+		ok := planQ80Rows(c)
+		return ok, !ok
 	}
 	k := j.w.Cols
 	nb := k / q80Values
@@ -143,6 +150,44 @@ func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	return true, false
 }
 
+// planQ80Rows sets up q80rows512: each input row quantized on its own (quantQ80R512's tiles, zero-padded). It reports
+// false if a row holds an infinity or a NaN.
+func planQ80Rows(c *callCtx) bool {
+	j := &c.job
+	k := j.w.Cols
+	nb := k / q80Values
+	xs := (nb + 15) / 16 * q80rTileBytes
+	need := j.n*xs + 64
+	if cap(c.xq) < need {
+		c.xq = make([]byte, need)
+	}
+	buf := c.xq[:need]
+	off := int(-uintptr(unsafe.Pointer(unsafe.SliceData(buf))) & 63)
+	xq := buf[off : off+j.n*xs]
+	for i := 0; i < j.n; i++ {
+		clear(xq[(i+1)*xs-q80rTileBytes : (i+1)*xs])
+		if !quantQ80R512(&j.x[i*k], nb, &xq[i*xs]) {
+			return false
+		}
+	}
+	j.q8 = q8Plan{xq: xq, nb: nb}
+	j.block = q80RowsBlock
+	// Whole groups of 16 rows per block (the kernel's unit).
+	j.rb = max(16, rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)&^15)
+	return true
+}
+
+// q80RowsBlock runs q80rows512 on rows [r0, r1) for each input row.
+func q80RowsBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
+	p := &j.q8
+	nt := (p.nb + 15) / 16
+	xs := nt * q80rTileBytes
+	s.f = alignedF32(s.f, 16*16*nt)
+	for i := 0; i < j.n; i++ {
+		q80rows512(&j.w.Data[r0*j.rowBytes], j.rowBytes, r1-r0, &p.xq[i*xs], p.nb, &s.f[0], &j.out[i*j.w.Rows+r0])
+	}
+}
+
 // q80Block computes rows [r0, r1) for every group: the weight rows' sums and
 // scales first (q80prep512), then group by group (one group's activations
 // stay in L1) the rows q80MaxRows at a time.
@@ -150,22 +195,19 @@ func q80Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	p := &j.q8
 	nb, rows, n := p.nb, j.w.Rows, j.n
 	nr := r1 - r0
-	if cap(s.q80ws) < nr*nb {
-		s.q80ws = make([]int32, nr*nb)
-		s.q80wd = make([]float32, nr*nb)
+	ps := (nb + 15) / 16 * 16 * 8 // bytes per row of q80prep512's output
+	if cap(s.q80prep) < nr*ps {
+		s.q80prep = make([]byte, nr*ps)
 	}
-	ws, wd := s.q80ws[:nr*nb], s.q80wd[:nr*nb]
-	for r := r0; r < r1; r += q80MaxRows {
-		rr := min(q80MaxRows, r1-r)
-		q80prep512(&j.w.Data[r*j.rowBytes], j.rowBytes, rr, nb, &ws[(r-r0)*nb], &wd[(r-r0)*nb])
-	}
+	prep := s.q80prep[:nr*ps]
+	q80prep512(&j.w.Data[r0*j.rowBytes], j.rowBytes, nr, nb, &prep[0], ps)
 	gs := nb * q80xBlockBytes
 	o := &s.q80o
 	for g := 0; g*q80Group < n; g++ {
 		ni := min(q80Group, n-g*q80Group)
 		for r := r0; r < r1; r += q80MaxRows {
 			rr := min(q80MaxRows, r1-r)
-			q80Dots[rr](&j.w.Data[r*j.rowBytes], j.rowBytes, &p.xq[g*gs], nb, &ws[(r-r0)*nb], &wd[(r-r0)*nb], &o[0])
+			q80Dots[rr](&j.w.Data[r*j.rowBytes], j.rowBytes, &p.xq[g*gs], nb, &prep[(r-r0)*ps], ps, &o[0])
 			for i := 0; i < ni; i++ {
 				dst := j.out[(g*q80Group+i)*rows+r:]
 				for q := 0; q < rr; q++ {

@@ -39,6 +39,7 @@ func main() {
 	genQ8Consts()
 	genQ8QuantConsts()
 	genQ80Consts()
+	genQ80RowsConsts()
 	genToBF16Consts()
 	for _, s := range []isa{isa512, isa256} {
 		genProbes(s)
@@ -85,6 +86,8 @@ func main() {
 	genQ8Quant()
 	genQ80Quant()
 	genQ80Prep()
+	genQ80QuantRow()
+	genQ80Rows()
 	for r := 1; r <= q80MaxRows; r++ {
 		genQ80Dot(r)
 	}
