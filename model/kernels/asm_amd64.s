@@ -78495,45 +78495,42 @@ bf16rows512_row:
 	MOVQ   x+24(FP), DI
 	MOVQ   nchunks+32(FP), R9
 	VPXORD Z0, Z0, Z0
-	VPXORD Z1, Z1, Z1
-	VPXORD Z2, Z2, Z2
-	VPXORD Z3, Z3, Z3
 
 bf16rows512_four:
 	CMPQ      R9, $0x04
 	JL        bf16rows512_one
 	VMOVDQU32 (R12), Z8
 	VMOVDQU32 (DI), Z12
+	VMOVDQU32 64(R12), Z9
+	VMOVDQU32 64(DI), Z13
+	VMOVDQU32 128(R12), Z10
+	VMOVDQU32 128(DI), Z14
+	VMOVDQU32 192(R12), Z11
+	VMOVDQU32 192(DI), Z15
 	BYTE      $0x62
 	BYTE      $0xd2
 	BYTE      $0x3e
 	BYTE      $0x48
 	BYTE      $0x52
 	BYTE      $0xc4
-	VMOVDQU32 64(R12), Z9
-	VMOVDQU32 64(DI), Z13
 	BYTE      $0x62
 	BYTE      $0xd2
 	BYTE      $0x36
 	BYTE      $0x48
 	BYTE      $0x52
-	BYTE      $0xcd
-	VMOVDQU32 128(R12), Z10
-	VMOVDQU32 128(DI), Z14
+	BYTE      $0xc5
 	BYTE      $0x62
 	BYTE      $0xd2
 	BYTE      $0x2e
 	BYTE      $0x48
 	BYTE      $0x52
-	BYTE      $0xd6
-	VMOVDQU32 192(R12), Z11
-	VMOVDQU32 192(DI), Z15
+	BYTE      $0xc6
 	BYTE      $0x62
 	BYTE      $0xd2
 	BYTE      $0x26
 	BYTE      $0x48
 	BYTE      $0x52
-	BYTE      $0xdf
+	BYTE      $0xc7
 	ADDQ      $0x00000100, R12
 	ADDQ      $0x00000100, DI
 	SUBQ      $0x04, R9
@@ -78556,9 +78553,6 @@ bf16rows512_one:
 	JMP       bf16rows512_one
 
 bf16rows512_red:
-	VADDPS        Z1, Z0, Z0
-	VADDPS        Z3, Z2, Z2
-	VADDPS        Z2, Z0, Z0
 	VEXTRACTF64X4 $0x01, Z0, Y1
 	VADDPS        Y1, Y0, Y0
 	VEXTRACTF32X4 $0x01, Y0, X1
