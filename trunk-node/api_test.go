@@ -90,7 +90,10 @@ func ids(v []int) *pb.TokenIds {
 	return out
 }
 
-// reference runs the engine alone: greedy continuation of prompt.
+// reference runs the engine alone: greedy continuation of prompt. Its
+// experts round rows and answers as the default bf16 wire does, as a trunk
+// with in-process experts does by default (--deterministic): the trunk's
+// logits are then bitwise the engine's.
 func reference(t *testing.T, prompt []int, n int) []int {
 	t.Helper()
 	e, err := engine.Open(fixtureHF(t), hybrid.LoadOptions{})
@@ -98,6 +101,7 @@ func reference(t *testing.T, prompt []int, n int) []int {
 		t.Fatal(err)
 	}
 	defer e.Close()
+	e.Model.Experts.(*hybrid.LocalExperts).BF16Wire = true
 	res, err := e.Generate(e.Model.NewState(), engine.Request{Prompt: prompt, MaxTokens: n, IgnoreEOS: true}, func(engine.Event) bool { return true })
 	if err != nil {
 		t.Fatal(err)

@@ -523,6 +523,26 @@ func TestDispatchDeterministicCombine(t *testing.T) {
 					t.Errorf("%s: %d bytes back, want %d (one row per pair)", name, in, wantIn)
 				}
 			}
+			// The control: without the deterministic combine each node's sum
+			// is rounded to the bf16 wire once, and the result is not that
+			// order's sum (so the check above can fail).
+			if dt == pb.WireDType_WIRE_DTYPE_BF16 {
+				d := newTestDispatcher(t, DispatchConfig{WireDType: dt}, h)
+				d.SetTable(table2(addrs[0], addrs[1], false))
+				req, _ := request(rows, h, k)
+				if err := d.Step(context.Background()).Begin(req).Wait(); err != nil {
+					t.Fatal(err)
+				}
+				same := 0
+				for i := range want {
+					if math.Float32bits(req.Out[i]) == math.Float32bits(want[i]) {
+						same++
+					}
+				}
+				if same == len(want) {
+					t.Error("per-node sums over the bf16 wire gave bitwise the deterministic combine's result: the control shows nothing")
+				}
+			}
 			// A node that answers sums: correct to rounding, not bitwise.
 			d := newTestDispatcher(t, DispatchConfig{WireDType: dt, Deterministic: true}, h)
 			d.SetTable(table2(addrs[0], addrs[2], false))

@@ -123,7 +123,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	inprocFlag := fs.Bool("inproc", true, "also measure the in-process engine (the ratio column's baseline)")
 	wire := fs.String("wire", "bf16", "activation wire format: bf16 or f32")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements (the cluster's, with the in-process repetitions that alternate with them) to this file")
-	det := fs.Bool("deterministic", false, "the trunk's and expert nodes' --deterministic (batch-invariant kernels, per-pair answers summed in expert order)")
+	det := fs.Bool("deterministic", true, "the trunk's and expert nodes' --deterministic (batch-invariant kernels, per-pair answers summed in expert order; their default)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

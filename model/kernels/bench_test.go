@@ -293,7 +293,7 @@ func BenchmarkMatMulDecodeStep(b *testing.B) {
 // in_proj decode shape with cold weights, one thread. Compare the inv/fast
 // pairs of one run (make bench runs it with the other kernel benchmarks).
 func BenchmarkBatchInvariantCost(b *testing.B) {
-	for _, dt := range []tensor.DType{tensor.BF16, tensor.Q8_0, tensor.Q4_K, tensor.Q6_K, tensor.Q5_K, tensor.Q4_0} {
+	for _, dt := range []tensor.DType{tensor.F32, tensor.F16, tensor.BF16, tensor.Q8_0, tensor.Q4_K, tensor.Q6_K, tensor.Q5_K, tensor.Q4_0} {
 		for _, n := range []int{1, 2} {
 			for _, inv := range []bool{true, false} {
 				name := map[bool]string{true: "inv", false: "fast"}[inv]

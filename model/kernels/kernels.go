@@ -111,11 +111,17 @@
 // x packed) in the tile kernels' order (panelorder_amd64.go, bf16 in
 // even/odd order; the panel path always uses that order). This is what makes
 // a session's tokens independent of the sessions batched with it and of
-// which expert node computes its experts (the trunk's --deterministic). By
-// default the one- and two-row products use faster kernels (two
-// accumulator sets at N=1, and N=2 with AVX-512; Q8_0 with the block scale
-// factored out), which round differently: the invariant ones cost up to
-// 10-25% on Q8_0 and Q4_K decode (BenchmarkBatchInvariantCost).
+// which expert node computes its experts (the trunk's and expert node's
+// --deterministic, on by default there). Off (this package's default), the
+// one- and two-row float-widening products use faster kernels (two
+// accumulator sets at N=1, and N=2 with AVX-512; Q8_0 on AVX2 with the block
+// scale factored out), which round differently. Where the bf16 and 8-bit
+// activation paths apply (AVX-512 BF16 and VNNI) they are batch-invariant
+// already and the setting changes nothing on those types; measured
+// (BenchmarkBatchInvariantCost, in_proj shape, one thread, medians of 3): no
+// difference above the noise on AVX-512 at any type (F32, F16, BF16 with and
+// without VDPBF16PS, Q8_0, K-quants, Q4_0), and on AVX2 +12% on Q8_0 at one
+// row, +4% on BF16 and +3% on Q4_K at one row, none at two.
 // TestMatMulBatchInvariant checks every level and dtype bitwise.
 //
 // Row blocks are shared out dynamically to a persistent worker pool (see

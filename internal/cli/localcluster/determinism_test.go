@@ -66,8 +66,8 @@ func genTrace(ctx context.Context, c pb.SwitchyardClient, prompt []int, n int) (
 	}
 }
 
-// TestSameLogitsWhateverBatchAndPlacement: with --deterministic (and the
-// default bf16 wire) the golden prompts give bitwise the same top-20
+// TestSameLogitsWhateverBatchAndPlacement: with the default settings
+// (--deterministic and the bf16 wire) the golden prompts give bitwise the same top-20
 // log-probabilities at every generated position alone, among 32 other
 // sessions, with in-process experts, through 2 and 3 expert nodes, and
 // after a re-placement.
@@ -75,6 +75,9 @@ func genTrace(ctx context.Context, c pb.SwitchyardClient, prompt []int, n int) (
 // It runs on the golden fixture (float32 weights: the combine order) and on
 // a synthesized bf16 model (the batch-invariant kernels too).
 func TestSameLogitsWhateverBatchAndPlacement(t *testing.T) {
+	if !trunknode.DefaultConfig().Dispatch.Deterministic || !expertnode.DefaultConfig().Deterministic {
+		t.Fatal("--deterministic is off by default on trunks or expert nodes")
+	}
 	var prompts [][]int
 	for _, p := range goldenPrompts(t) {
 		prompts = append(prompts, p.IDs)
@@ -95,11 +98,7 @@ func checkSameLogits(t *testing.T, model string, golden [][]int) {
 	startCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	a, err := Start(startCtx, Options{ModelPath: model, ExpertNodes: 2, Trunks: 2,
-		Trunk: func(tc *trunknode.Config) {
-			tc.LocalExperts = tc.NodeID == "trunk-0"
-			tc.Dispatch.Deterministic = true
-		},
-		Expert: func(ec *expertnode.Config) { ec.Deterministic = true }})
+		Trunk: func(tc *trunknode.Config) { tc.LocalExperts = tc.NodeID == "trunk-0" }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,11 +183,7 @@ func checkSameLogits(t *testing.T, model string, golden [][]int) {
 	startCtx, cancel = context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	b, err := Start(startCtx, Options{ModelPath: model, ExpertNodes: 3,
-		Trunk: func(tc *trunknode.Config) {
-			tc.LoadInterval = 200 * time.Millisecond
-			tc.Dispatch.Deterministic = true
-		},
-		Expert: func(ec *expertnode.Config) { ec.Deterministic = true }})
+		Trunk: func(tc *trunknode.Config) { tc.LoadInterval = 200 * time.Millisecond }})
 	if err != nil {
 		t.Fatal(err)
 	}

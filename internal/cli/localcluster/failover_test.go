@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/switchyard-serving/switchyard/coordinator"
-	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/cluster"
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
@@ -110,7 +109,7 @@ func startFaultClusterOn(t *testing.T, device string, experts, coords int) *Clus
 	defer cancel()
 	c, err := Start(ctx, Options{ModelPath: filepath.Join(fixtureDir(t), "hf"), ExpertNodes: experts, Coordinators: coords,
 		ExpertDevice: device, ExpertGPUMemory: gpuMemoryFor(device, experts),
-		// The default bf16 wire with --deterministic: a re-placement (which
+		// The defaults, bf16 wire and --deterministic: a re-placement (which
 		// changes how a row's experts are split across nodes) leaves the
 		// outputs bitwise unchanged. GPU expert nodes answer per-node sums,
 		// whose bf16 rounding can flip the fixture's closest greedy decision
@@ -118,12 +117,10 @@ func startFaultClusterOn(t *testing.T, device string, experts, coords int) *Clus
 		Trunk: func(tc *trunknode.Config) {
 			tc.LoadInterval = 200 * time.Millisecond
 			tc.Dispatch.Deadline = 45 * time.Second
-			tc.Dispatch.Deterministic = true
 			if device != "cpu" {
 				tc.Dispatch.WireDType = pb.WireDType_WIRE_DTYPE_F32
 			}
 		},
-		Expert:      func(ec *expertnode.Config) { ec.Deterministic = true },
 		Coordinator: func(lc *coordinator.Config) { lc.PlanInterval = 500 * time.Millisecond }})
 	if err != nil {
 		t.Fatal(err)
