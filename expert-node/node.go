@@ -209,7 +209,7 @@ func (n *Node) SetAssignment(t *routing.Table) error {
 
 // load maps the checkpoint keeping only the assigned experts.
 func (n *Node) load(t *routing.Table, want map[[2]int]bool) (*shard, error) {
-	opt := hybrid.LoadOptions{KeepExpert: func(layer, expert int) bool { return want[[2]int{layer, expert}] }}
+	opt := hybrid.LoadOptions{NoMmap: n.cfg.NoMmap, KeepExpert: func(layer, expert int) bool { return want[[2]int{layer, expert}] }}
 	m, _, err := hybrid.Open(n.cfg.ModelPath, opt) // the model's Close closes the file
 	if err != nil {
 		return nil, fmt.Errorf("expertnode: load assignment of table version %d: %w", t.Version, err)

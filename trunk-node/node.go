@@ -95,7 +95,7 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	opt := hybrid.LoadOptions{KVDType: cfg.KVDType}
+	opt := hybrid.LoadOptions{KVDType: cfg.KVDType, NoMmap: cfg.NoMmap}
 	if !cfg.LocalExperts {
 		opt.KeepExpert = func(int, int) bool { return false }
 	}

@@ -85,6 +85,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	threads := fs.Int("threads", 0, "compute threads (0 = all cores)")
 	stats := fs.Bool("stats", false, "print timing to stderr")
 	kvDType := kvDTypeFlag(fs)
+	noMmap := fs.Bool("no-mmap", false, "copy the weight matrices out of the file's memory map into anonymous memory (transparent huge pages where allowed), as llama.cpp's --no-mmap: faster decode, anonymous memory the size of the weights")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -104,7 +105,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		kernels.SetThreads(*threads)
 	}
 	t0 := time.Now()
-	e, err := engine.Open(*model, hybrid.LoadOptions{KVDType: *kvDType})
+	e, err := engine.Open(*model, hybrid.LoadOptions{KVDType: *kvDType, NoMmap: *noMmap})
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 // Package fileio holds the file plumbing the checkpoint formats share: read-only
-// memory maps (with a read-into-memory fallback where mmap is unavailable) and
-// atomic streaming writes (temporary file, fsync, rename).
+// memory maps (with a read-into-memory fallback where mmap is unavailable), an
+// arena of anonymous memory for loaders that copy the tensors out of the map
+// (Arena), and atomic streaming writes (temporary file, fsync, rename).
 package fileio
 
 import (
