@@ -187,10 +187,12 @@ func TestComputeMatchesCPU(t *testing.T) {
 					want := make([]float32, len(req.Out))
 					cpu := *req
 					cpu.Out = want
-					// The GEMV path multiplies float32 activations: the CPU reference must not round them to bf16 for bf16 weights.
-					prevBF := kernels.SetBF16Activations(false)
+					// The GEMV path multiplies float32 activations: the CPU reference must not round them to bf16 for bf16
+					// weights, nor quantize them to 8 bits for Q8_0 ones.
+					prevBF, prevQ8 := kernels.SetBF16Activations(false), kernels.SetQ8Activations(false)
 					err := hybrid.ComputeExperts(experts, &cpu, &hybrid.ExpertScratch{})
 					kernels.SetBF16Activations(prevBF)
+					kernels.SetQ8Activations(prevQ8)
 					if err != nil {
 						t.Fatal(err)
 					}
