@@ -31,6 +31,11 @@ if [ -z "${BENCH_MODEL:-}" ]; then
   echo "== engine, Q4_K_M GGUF (llama.cpp's mix)"
   "$BIN" bench --model "$Q4M"
 fi
+if [ -z "${BENCH_MODEL:-}" ]; then
+  echo "== engine, weights copied out of the file map (--no-mmap) against the runs above: BF16 and Q8_0, one-session decode and prefill 512"
+  "$BIN" bench --model "$MODEL" --batches 1 --no-mmap
+  "$BIN" bench --model "$Q8" --batches 1 --no-mmap
+fi
 echo "== llama.cpp side by side: the same GGUF files, prefill 512 and decode at 1 and 2 threads, batched decode of 8, 32, 128 sessions at 2 (skipped without llama.cpp's CPU libraries)"
 if [ -z "${BENCH_MODEL:-}" ]; then
   BIN="$BIN" bash scripts/llamacpp-bench.sh
