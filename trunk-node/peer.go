@@ -123,8 +123,12 @@ func (p *peers) follow(a *agent.Agent) {
 	})
 }
 
-// list returns the other trunks (id -> address).
+// list returns the other trunks (id -> address); none before Serve has set
+// them up (a nil p).
 func (p *peers) list() map[string]string {
+	if p == nil {
+		return nil
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make(map[string]string, len(p.addrs))
