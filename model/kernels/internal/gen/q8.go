@@ -96,15 +96,23 @@ const q8Sig = "func(w *byte, wstride, nrows int, xq *byte, xqstride, nblocks int
 // hsumZ adds the 16 float32 lanes of a into its lowest lane, with h as
 // scratch (EVEX forms only, so any of the 32 registers will do; virtual or
 // physical).
-func hsumZ(a, h Vec) {
+func hsumZ(a, h Vec) { hfoldZ(a, h, VADDPS, VADDSS) }
+
+// hmaxZ leaves the largest of a's 16 float32 lanes in every lane of its low
+// xmm, with h as scratch (as hsumZ).
+func hmaxZ(a, h Vec) { hfoldZ(a, h, VMAXPS, VMAXPS) }
+
+// hfoldZ folds the 16 float32 lanes of a in place with op (packed), the
+// last step with last: halves, quarters, then pairs within the xmm.
+func hfoldZ(a, h Vec, op, last func(...Op)) {
 	VEXTRACTF64X4(U8(1), a.AsZ(), h.AsY())
-	VADDPS(h.AsY(), a.AsY(), a.AsY())
+	op(h.AsY(), a.AsY(), a.AsY())
 	VEXTRACTF32X4(U8(1), a.AsY(), h.AsX())
-	VADDPS(h.AsX(), a.AsX(), a.AsX())
+	op(h.AsX(), a.AsX(), a.AsX())
 	VPERMILPS(U8(0x4E), a.AsX(), h.AsX())
-	VADDPS(h.AsX(), a.AsX(), a.AsX())
+	op(h.AsX(), a.AsX(), a.AsX())
 	VPERMILPS(U8(0xB1), a.AsX(), h.AsX())
-	VADDSS(h.AsX(), a.AsX(), a.AsX())
+	last(h.AsX(), a.AsX(), a.AsX())
 }
 
 // genQ8 emits q8dot512<dtype>N<N>: for r < nrows, i < N
@@ -392,14 +400,7 @@ func genQ8Quant() {
 	}
 	// Horizontal max into every lane of the low xmm.
 	h := ZMM()
-	VEXTRACTF64X4(U8(1), m, h.AsY())
-	VMAXPS(h.AsY(), m.AsY(), m.AsY())
-	VEXTRACTF32X4(U8(1), m.AsY(), h.AsX())
-	VMAXPS(h.AsX(), m.AsX(), m.AsX())
-	VPERMILPS(U8(0x4E), m.AsX(), h.AsX())
-	VMAXPS(h.AsX(), m.AsX(), m.AsX())
-	VPERMILPS(U8(0xB1), m.AsX(), h.AsX())
-	VMAXPS(h.AsX(), m.AsX(), m.AsX())
+	hmaxZ(m, h)
 	// d = amax/127 and id = 127/amax, both 0 for a (near-)zero block.
 	d, id := ZMM(), ZMM()
 	VXORPS(d, d, d)
