@@ -125,17 +125,8 @@ func TestLlamaCppBF16Direct(t *testing.T) {
 		}
 	}
 
-	m, _, err := Open(path, LoadOptions{KVDType: tensor.F32})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := openDirect(t, path, ref.VocabSize)
 	V := m.Cfg.VocabSize
-	if V != ref.VocabSize {
-		t.Fatalf("vocab %d, reference %d", V, ref.VocabSize)
-	}
-	prevLevel := kernels.KernelLevel()
-	defer kernels.SetKernelLevel(prevLevel)
 	prevBF := kernels.SetBF16Activations(true)
 	defer kernels.SetBF16Activations(prevBF)
 

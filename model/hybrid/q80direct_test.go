@@ -9,7 +9,6 @@ import (
 
 	"github.com/switchyard-serving/switchyard/model/gguf"
 	"github.com/switchyard-serving/switchyard/model/kernels"
-	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // TestLlamaCppQ8_0Direct checks the logits of a Q8_0 model against
@@ -82,17 +81,8 @@ func TestLlamaCppQ8_0Direct(t *testing.T) {
 		t.Fatalf("fixture is not what the test expects: types %v (want 53 Q8_0, 43 F32)", types)
 	}
 
-	m, _, err := Open(path, LoadOptions{KVDType: tensor.F32})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := openDirect(t, path, ref.VocabSize)
 	V := m.Cfg.VocabSize
-	if V != ref.VocabSize {
-		t.Fatalf("vocab %d, reference %d", V, ref.VocabSize)
-	}
-	prevLevel := kernels.KernelLevel()
-	defer kernels.SetKernelLevel(prevLevel)
 	prevQ8 := kernels.SetQ8Activations(true)
 	defer kernels.SetQ8Activations(prevQ8)
 

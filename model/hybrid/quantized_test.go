@@ -203,17 +203,8 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 		t.Fatalf("fixture is not what the test expects: types %v (want F32, Q4_K and Q6_K only)", types)
 	}
 
-	m, _, err := Open(path, LoadOptions{KVDType: tensor.F32})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := openDirect(t, path, ref.VocabSize)
 	V := m.Cfg.VocabSize
-	if V != ref.VocabSize {
-		t.Fatalf("vocab %d, reference %d", V, ref.VocabSize)
-	}
-	prevLevel := kernels.KernelLevel()
-	defer kernels.SetKernelLevel(prevLevel)
 	prevQ8 := kernels.SetQ8Activations(true)
 	defer kernels.SetQ8Activations(prevQ8)
 
@@ -307,4 +298,23 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 			}
 		}
 	}
+}
+
+// openDirect opens the model at path as the llama.cpp direct references
+// were computed (float32 KV caches), checks its vocabulary against the
+// reference's, and restores the kernel level, which the tests step
+// through, when the test ends.
+func openDirect(t *testing.T, path string, vocab int) *Model {
+	t.Helper()
+	m, _, err := Open(path, LoadOptions{KVDType: tensor.F32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if m.Cfg.VocabSize != vocab {
+		t.Fatalf("vocab %d, reference %d", m.Cfg.VocabSize, vocab)
+	}
+	prevLevel := kernels.KernelLevel()
+	t.Cleanup(func() { kernels.SetKernelLevel(prevLevel) })
+	return m
 }
