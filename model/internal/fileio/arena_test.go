@@ -2,6 +2,9 @@ package fileio
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
+	"runtime"
 	"testing"
 	"unsafe"
 )
@@ -48,5 +51,73 @@ func TestArena(t *testing.T) {
 	}
 	if c, err := a.Copy(nil); err != nil || len(c) != 0 {
 		t.Errorf("empty copy: %v %v", c, err)
+	}
+}
+
+// TestArenaReadsMappedFiles: a copy of a mapped slice is read from the file
+// (pread), and still equals the map's bytes when the path has been replaced
+// by another file since (then it is copied from the map).
+func TestArenaReadsMappedFiles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "weights.bin")
+	want := make([]byte, 3<<20+123)
+	for i := range want {
+		want[i] = byte(i*7 + i>>9)
+	}
+	if err := os.WriteFile(path, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Map(f, len(want))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := Arena{chunk: 2 << 20}
+	defer a.Close()
+	for _, r := range [][2]int{{0, 100}, {4097, 1 << 20}, {64, 3 << 20}, {len(want) - 5, len(want)}} {
+		src := m[r[0]:r[1]]
+		if runtime.GOOS != "windows" { // where Map reads the file into memory
+			if _, off, ok := fileOf(src); !ok || off != int64(r[0]) {
+				t.Fatalf("fileOf(m[%d:%d]) = %d, %v; want offset %d", r[0], r[1], off, ok, r[0])
+			}
+		}
+		c, err := a.Copy(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(c, want[r[0]:r[1]]) {
+			t.Fatalf("copy of [%d, %d) differs from the file", r[0], r[1])
+		}
+	}
+	if _, _, ok := fileOf(make([]byte, 10)); ok {
+		t.Error("fileOf found a heap slice in a mapping")
+	}
+	// Replace the file: the copy must come from the map (the old inode).
+	other := bytes.Repeat([]byte{0xEE}, len(want))
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	if readMapped(make([]byte, 100), m[:100]) {
+		t.Error("readMapped read a replaced file")
+	}
+	c, err := a.Copy(m[1000:2000])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(c, want[1000:2000]) {
+		t.Error("copy after the file was replaced differs from the map's bytes")
+	}
+	if err := Unmap(m); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := fileOf(m[:1]); ok { // the address only: not dereferenced
+		t.Error("an unmapped mapping is still registered")
 	}
 }

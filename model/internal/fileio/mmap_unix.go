@@ -10,11 +10,19 @@ import (
 
 // Map maps size bytes of f read-only.
 func Map(f *os.File, size int) ([]byte, error) {
-	return unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	b, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, err
+	}
+	register(b, f)
+	return b, nil
 }
 
 // Unmap releases a mapping made by Map.
-func Unmap(b []byte) error { return unix.Munmap(b) }
+func Unmap(b []byte) error {
+	unregister(b)
+	return unix.Munmap(b)
+}
 
 // allocAnon maps size bytes of anonymous memory, advised for transparent
 // huge pages (best effort: the system's THP setting decides).
