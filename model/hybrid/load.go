@@ -54,8 +54,20 @@ func (l *loader) has(name string) bool {
 	return ok && err == nil
 }
 
-// matrix loads a 2-D (or stacked 3-D flattened to rows) weight as a Matrix.
+// matrix loads a 2-D (or stacked 3-D flattened to rows) weight as a Matrix,
+// copied into the arena when there is one.
 func (l *loader) matrix(name string, rows, cols int, shape ...int) (tensor.Matrix, error) {
+	m, err := l.mapped(name, rows, cols, shape...)
+	if err != nil {
+		return m, err
+	}
+	return l.own(name, m)
+}
+
+// mapped loads a weight as matrix does, but never copies it: the routed
+// experts' stacks, of which an expert node keeps its assignment and a trunk
+// nothing, are copied expert by expert (own).
+func (l *loader) mapped(name string, rows, cols int, shape ...int) (tensor.Matrix, error) {
 	if len(shape) == 0 {
 		shape = []int{rows, cols}
 	}
@@ -63,16 +75,30 @@ func (l *loader) matrix(name string, rows, cols int, shape ...int) (tensor.Matri
 	if err != nil {
 		return tensor.Matrix{}, err
 	}
-	if l.arena != nil {
-		if data, err = l.arena.Copy(data); err != nil {
-			return tensor.Matrix{}, fmt.Errorf("%s: copying out of the map: %w", name, err)
-		}
-	}
 	m, err := tensor.NewMatrix(dt, rows, cols, data)
 	if err != nil {
 		return tensor.Matrix{}, fmt.Errorf("%w: %s: %v", ErrTensor, name, err)
 	}
 	return m, nil
+}
+
+// own returns m, copied into the arena when there is one.
+func (l *loader) own(name string, m tensor.Matrix) (tensor.Matrix, error) {
+	if l.arena == nil {
+		return m, nil
+	}
+	data, err := l.arena.Copy(m.Data)
+	if err != nil {
+		return tensor.Matrix{}, fmt.Errorf("%s: copying out of the map: %w", name, err)
+	}
+	m.Data = data
+	return m, nil
+}
+
+// expert returns rows [r0, r1) of a stacked experts' matrix, copied into the
+// arena when there is one.
+func (l *loader) expert(name string, stack tensor.Matrix, r0, r1 int) (tensor.Matrix, error) {
+	return l.own(name, stack.Slice(r0, r1))
 }
 
 // routerMatrix loads a router's weights widened to float32 (exactly) when
@@ -159,6 +185,14 @@ func newLoader(src source, opt LoadOptions) *loader {
 	return l
 }
 
+// copied is the size of the arena's copies.
+func (l *loader) copied() int64 {
+	if l.arena == nil {
+		return 0
+	}
+	return l.arena.Bytes()
+}
+
 // closeWith returns a Model.closer that releases the loader's arena after
 // closing the source.
 func (l *loader) closeWith(close func() error) func() error {
@@ -203,7 +237,7 @@ func LoadHF(dir string, opt LoadOptions) (*Model, error) {
 	}
 	m := New(cfg, w)
 	m.KVDType = opt.kvDType()
-	m.closer = l.closeWith(ck.Close)
+	m.closer, m.copied = l.closeWith(ck.Close), l.copied()
 	return m, nil
 }
 
@@ -301,11 +335,12 @@ func (l *loader) loadHF(c *config.Config) (*Weights, error) {
 			if lw.Router, err = l.routerMatrix(p+"block_sparse_moe.router.layer.weight", E, H); err != nil {
 				return nil, err
 			}
-			in, err := l.matrix(p+"block_sparse_moe.input_linear.weight", E*2*I, H, E, 2*I, H)
+			inName, outName := p+"block_sparse_moe.input_linear.weight", p+"block_sparse_moe.output_linear.weight"
+			in, err := l.mapped(inName, E*2*I, H, E, 2*I, H)
 			if err != nil {
 				return nil, err
 			}
-			out, err := l.matrix(p+"block_sparse_moe.output_linear.weight", E*H, I, E, H, I)
+			out, err := l.mapped(outName, E*H, I, E, H, I)
 			if err != nil {
 				return nil, err
 			}
@@ -314,11 +349,15 @@ func (l *loader) loadHF(c *config.Config) (*Weights, error) {
 				if l.keepExpert != nil && !l.keepExpert(i, e) {
 					continue
 				}
-				lw.Experts[e] = ExpertWeights{
-					Gate: in.Slice(e*2*I, e*2*I+I),
-					Up:   in.Slice(e*2*I+I, (e+1)*2*I),
-					Down: out.Slice(e*H, (e+1)*H),
+				gu, err := l.expert(inName, in, e*2*I, (e+1)*2*I) // gate and up, one copy
+				if err != nil {
+					return nil, err
 				}
+				down, err := l.expert(outName, out, e*H, (e+1)*H)
+				if err != nil {
+					return nil, err
+				}
+				lw.Experts[e] = ExpertWeights{Gate: gu.Slice(0, I), Up: gu.Slice(I, 2*I), Down: down}
 			}
 		}
 		w.Layers = append(w.Layers, lw)
@@ -374,7 +413,7 @@ func LoadGGUF(path string, opt LoadOptions) (*Model, *gguf.File, error) {
 	}
 	m := New(cfg, w)
 	m.KVDType = opt.kvDType()
-	m.closer = l.closeWith(f.Close)
+	m.closer, m.copied = l.closeWith(f.Close), l.copied()
 	return m, f, nil
 }
 
@@ -458,24 +497,25 @@ func (l *loader) loadGGUF(c *config.Config) (*Weights, error) {
 			if lw.Router, err = l.routerMatrix(p+"ffn_gate_inp.weight", E, H); err != nil {
 				return nil, err
 			}
-			gate, err := l.matrix(p+"ffn_gate_exps.weight", E*I, H, E, I, H)
-			if err != nil {
-				return nil, err
-			}
-			up, err := l.matrix(p+"ffn_up_exps.weight", E*I, H, E, I, H)
-			if err != nil {
-				return nil, err
-			}
-			down, err := l.matrix(p+"ffn_down_exps.weight", E*H, I, E, H, I)
-			if err != nil {
-				return nil, err
+			names := [3]string{p + "ffn_gate_exps.weight", p + "ffn_up_exps.weight", p + "ffn_down_exps.weight"}
+			var stacks [3]tensor.Matrix
+			for j, shape := range [3][3]int{{E, I, H}, {E, I, H}, {E, H, I}} {
+				if stacks[j], err = l.mapped(names[j], shape[0]*shape[1], shape[2], shape[:]...); err != nil {
+					return nil, err
+				}
 			}
 			lw.Experts = make([]ExpertWeights, E)
 			for e := range E {
 				if l.keepExpert != nil && !l.keepExpert(i, e) {
 					continue
 				}
-				lw.Experts[e] = ExpertWeights{Gate: gate.Slice(e*I, (e+1)*I), Up: up.Slice(e*I, (e+1)*I), Down: down.Slice(e*H, (e+1)*H)}
+				var m [3]tensor.Matrix
+				for j, per := range [3]int{I, I, H} {
+					if m[j], err = l.expert(names[j], stacks[j], e*per, (e+1)*per); err != nil {
+						return nil, err
+					}
+				}
+				lw.Experts[e] = ExpertWeights{Gate: m[0], Up: m[1], Down: m[2]}
 			}
 			if lw.Shared.Gate, err = l.matrix(p+"ffn_gate_shexp.weight", S, H); err != nil {
 				return nil, err

@@ -50,6 +50,7 @@ type Model struct {
 	KVDType tensor.DType
 
 	closer func() error
+	copied int64 // bytes of weights copied out of the file's map (LoadOptions.NoMmap)
 	scr    scratch
 	scr2   scratch // the second micro-batch of ForwardPingPong
 }
@@ -66,6 +67,11 @@ func (m *Model) Close() error {
 	}
 	return nil
 }
+
+// CopiedBytes is the size of the weights the model copied out of the file's
+// map into its own memory (LoadOptions.NoMmap); 0 when it reads them through
+// the map.
+func (m *Model) CopiedBytes() int64 { return m.copied }
 
 // NewState returns a fresh session state, its KV caches of type m.KVDType.
 func (m *Model) NewState() *State { return NewStateKV(m.Cfg, m.KVDType) }

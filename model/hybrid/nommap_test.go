@@ -44,3 +44,48 @@ func TestNoMmapSameLogits(t *testing.T) {
 		})
 	}
 }
+
+// TestNoMmapCopiesOnlyKeptExperts: with NoMmap, a model keeping no routed
+// experts (a trunk) copies none of them, and one keeping a single expert
+// copies exactly that expert's matrices more (the stacks are not copied
+// whole).
+func TestNoMmapCopiesOnlyKeptExperts(t *testing.T) {
+	hf := fixtureHF(t)
+	for _, path := range []string{hf, filepath.Join(filepath.Dir(hf), "model.gguf")} {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			open := func(keep func(l, e int) bool) *Model {
+				m, _, err := Open(path, LoadOptions{NoMmap: true, KeepExpert: keep})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { m.Close() })
+				return m
+			}
+			all := open(nil)
+			none := open(func(int, int) bool { return false })
+			one := open(func(l, e int) bool { return l == 0 && e == 1 })
+			if !all.Cfg.IsMoE() {
+				t.Skip("fixture has no routed experts")
+			}
+			expertBytes := func(x ExpertWeights) int64 {
+				return int64(x.Gate.Bytes() + x.Up.Bytes() + x.Down.Bytes())
+			}
+			var experts int64
+			for _, lw := range all.W.Layers {
+				for _, x := range lw.Experts {
+					experts += expertBytes(x)
+				}
+			}
+			if experts == 0 || none.CopiedBytes() == 0 {
+				t.Fatalf("copied %d bytes of experts, %d without them: want both > 0", experts, none.CopiedBytes())
+			}
+			if got, want := all.CopiedBytes(), none.CopiedBytes()+experts; got != want {
+				t.Errorf("all experts kept: copied %d bytes, want %d (the rest) + %d (experts)", got, none.CopiedBytes(), experts)
+			}
+			x := one.W.Layers[0].Experts[1]
+			if got, want := one.CopiedBytes(), none.CopiedBytes()+expertBytes(x); got != want {
+				t.Errorf("one expert kept: copied %d bytes, want %d", got, want)
+			}
+		})
+	}
+}
