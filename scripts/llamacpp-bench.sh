@@ -31,9 +31,10 @@
 # the rounds' ratios: on a shared machine one engine's block of minutes can
 # meet a slow spell), TYPES (default
 # "bf16 q8_0 q4_k_m"), BIN (our binary, default bin/switchyard), LLAMA_BACKEND
-# (a libggml-cpu-*.so to use instead of the automatic choice), NO_MMAP=1 (ours
-# runs with --no-mmap; llama.cpp keeps its default, the file's map: its log
-# says load_mode = mmap, and it repacks neither BF16 nor Q8_0), LOG (both
+# (a libggml-cpu-*.so to use instead of the automatic choice), NO_MMAP=1 (both
+# sides read the weights into their own memory instead of the file's map:
+# ours with --no-mmap, llama.cpp with load_mode none, as its --no-mmap; by
+# default each keeps its own default), LOG (both
 # sides' whole output, default $SWITCHYARD_CACHE/llamacpp-bench.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,7 +94,7 @@ fi
 LLAMA_ARGS=(-p "$PROMPT" -n "$STEPS" -r "$REPS")
 [ -n "${LLAMA_BACKEND:-}" ] && LLAMA_ARGS+=(-backend "$LLAMA_BACKEND")
 OURS_ARGS=(--prompt "$PROMPT" --steps "$STEPS" --reps "$REPS" --lines)
-if [ "${NO_MMAP:-0}" = 1 ]; then OURS_ARGS+=(--no-mmap); fi
+if [ "${NO_MMAP:-0}" = 1 ]; then OURS_ARGS+=(--no-mmap); LLAMA_ARGS+=(-load none); fi
 batches() { # threads: the decode batch sizes measured at that thread count
   case " $BATCHED_THREADS " in *" $1 "*) echo "1,$BATCHES" ;; *) echo 1 ;; esac
 }

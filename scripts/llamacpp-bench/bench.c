@@ -20,6 +20,10 @@
 //                   reported)
 //     -kv TYPE      K/V cache type: f16 (llama.cpp's default), bf16 or f32
 //     -fa auto|on|off  flash attention (default auto, llama.cpp's default)
+//     -load MODE    how llama.cpp loads the weights: auto (its default,
+//                   which maps the file here), mmap, or none (read into its
+//                   own buffers, as its --no-mmap does); an explicit mode is
+//                   checked against the load_mode llama.cpp logs
 //
 // Tests, each printed as one line
 //   result engine=llama.cpp threads=N test=NAME tokens_per_s=X
@@ -80,11 +84,13 @@ void llama_log_set(log_fn fn, void *user);
 // n_outputs_max, n_outputs_max_per_seq, n_threads, n_threads_batch, ctx_type,
 // rope_scaling_type, pooling_type, attention_type, flash_attn_type, ... two
 // pointers ..., type_k, type_v.
+enum { W_M_N_GPU_LAYERS = 4, W_M_SPLIT_MODE = 5, W_M_LOAD_MODE = 6 };
 enum { W_N_CTX = 0, W_N_BATCH = 1, W_N_UBATCH = 2, W_N_SEQ_MAX = 3, W_N_THREADS = 7,
 	W_N_THREADS_BATCH = 8, W_FLASH_ATTN = 13, W_TYPE_K = 26, W_TYPE_V = 27 };
 
 static int verbose;
 static char kv_seen[16]; // the K cache type llama.cpp logs at context creation
+static char load_seen[16]; // the load_mode llama.cpp logs when it loads tensors
 
 static void on_log(int level, const char *text, void *user) {
 	(void)level; (void)user;
@@ -94,6 +100,14 @@ static void on_log(int level, const char *text, void *user) {
 		if (e && e - (k + 3) < (long)sizeof kv_seen) {
 			memcpy(kv_seen, k + 3, e - (k + 3));
 			kv_seen[e - (k + 3)] = 0;
+		}
+	}
+	const char *l = strstr(text, "load_mode = ");
+	if (l) {
+		const char *e = strchr(l + 12, ')');
+		if (e && e - (l + 12) < (long)sizeof load_seen) {
+			memcpy(load_seen, l + 12, e - (l + 12));
+			load_seen[e - (l + 12)] = 0;
 		}
 	}
 	if (verbose) fputs(text, stderr);
@@ -207,7 +221,7 @@ static const char *lib_dir(void) {
 
 int main(int argc, char **argv) {
 	int threads = 1, P = 512, N = 16, prompt = 4, reps = 3, fa = -1;
-	const char *backend = NULL, *kv = "f16", *blist = "8,32,128", *fas = "auto";
+	const char *backend = NULL, *kv = "f16", *blist = "8,32,128", *fas = "auto", *load = "auto";
 	int a = 1;
 	for (; a < argc && argv[a][0] == '-'; a++) {
 		const char *o = argv[a];
@@ -223,14 +237,18 @@ int main(int argc, char **argv) {
 		else if (!strcmp(o, "-r")) reps = atoi(v);
 		else if (!strcmp(o, "-kv")) kv = v;
 		else if (!strcmp(o, "-fa")) fas = v;
+		else if (!strcmp(o, "-load")) load = v;
 		else { a = argc; break; }
 	}
 	// ggml_type numbers: GGML_TYPE_F32 = 0, F16 = 1, BF16 = 30.
 	int kvt = !strcmp(kv, "f32") ? 0 : !strcmp(kv, "f16") ? 1 : !strcmp(kv, "bf16") ? 30 : -1;
 	fa = !strcmp(fas, "auto") ? -1 : !strcmp(fas, "on") ? 1 : !strcmp(fas, "off") ? 0 : -2;
-	if (argc - a != 1 || threads < 1 || P < 1 || N < 1 || prompt < 1 || reps < 1 || reps > 64 || kvt < 0 || fa == -2) {
+	// llama_load_mode numbers of this build (llama_load_mode_name): -1 auto, 0 none, 1 mmap.
+	int lm = !strcmp(load, "auto") ? -1 : !strcmp(load, "mmap") ? 1 : !strcmp(load, "none") ? 0 : -2;
+	if (argc - a != 1 || threads < 1 || P < 1 || N < 1 || prompt < 1 || reps < 1 || reps > 64 || kvt < 0 || fa == -2 ||
+			lm == -2) {
 		fprintf(stderr, "usage: llamacpp-bench [-t N] [-backend SO] [-p N] [-n N] [-b LIST] [-prompt N] [-r N] "
-			"[-kv f16|bf16|f32] [-fa auto|on|off] [-v] MODEL.gguf\n");
+			"[-kv f16|bf16|f32] [-fa auto|on|off] [-load auto|mmap|none] [-v] MODEL.gguf\n");
 		return 2;
 	}
 	const char *model_path = argv[a];
@@ -247,11 +265,23 @@ int main(int argc, char **argv) {
 		}
 		if (!backend) die("no CPU backend loads (zen4, icelake, skylakex, haswell)");
 	}
-	void *model = llama_model_load_from_file(model_path, llama_model_default_params());
+	// Word 6 of llama_model_params in this build is load_mode (after two
+	// pointers, n_gpu_layers = -1 and split_mode = 1; default -1, auto); the
+	// defaults are checked, and the mode llama.cpp logs is compared with an
+	// explicit one.
+	struct params mp = llama_model_default_params();
+	if ((int32_t)mp.w[W_M_N_GPU_LAYERS] != -1 || mp.w[W_M_SPLIT_MODE] != 1 || (int32_t)mp.w[W_M_LOAD_MODE] != -1)
+		die("unexpected llama_model_params layout (defaults differ from llama.cpp 5b4ebc5's)");
+	mp.w[W_M_LOAD_MODE] = lm;
+	void *model = llama_model_load_from_file(model_path, mp);
 	if (!model) die("cannot load the model");
+	if (lm != -1 && strcmp(load_seen, load)) {
+		fprintf(stderr, "llamacpp-bench: asked for load_mode %s, llama.cpp logged '%s'\n", load, load_seen);
+		exit(1);
+	}
 	int nv = llama_vocab_n_tokens(llama_model_get_vocab(model));
-	printf("# llama.cpp backend %s, model %s, threads %d, K/V %s, flash attention %s\n# %s\n", backend, model_path,
-		threads, kv, fas, llama_print_system_info());
+	printf("# llama.cpp backend %s, model %s, threads %d, K/V %s, flash attention %s, load_mode %s\n# %s\n", backend,
+		model_path, threads, kv, fas, load_seen, llama_print_system_info());
 	fflush(stdout);
 
 	int maxB = 1;
