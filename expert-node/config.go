@@ -90,9 +90,12 @@ type Config struct {
 	// BF16, by 10-25% on those products). (GPU expert nodes are not
 	// batch-invariant and answer row sums.)
 	Deterministic bool
-	// NoMmap copies the assigned experts' matrices into anonymous memory
-	// instead of reading them through the file's map (hybrid.LoadOptions).
-	NoMmap bool
+	// Mmap reads the assigned experts' matrices through the file's memory
+	// map instead of copying them into anonymous memory, the default on the
+	// CPU (faster expert compute; a re-placement copies only the experts
+	// that move in, through a hybrid.ExpertCache). A GPU node always maps:
+	// it uploads its experts.
+	Mmap bool
 }
 
 // DefaultConfig returns the defaults; NodeID and ModelPath are left empty.
@@ -119,7 +122,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PeerTLS.CA, "peer-tls-ca", "", "node-to-node CA bundle (PEM); enables mutual TLS on servers")
 	fs.StringVar(&c.HealthListen, "health-listen", c.HealthListen, "also serve the gRPC health service alone, in plaintext, here (e.g. :7073, for probes when the expert service uses TLS; empty: off)")
 	fs.BoolVar(&c.Deterministic, "deterministic", c.Deterministic, "batch-invariant CPU kernels, which trunks with --deterministic (their default) need; --deterministic=false: one- and two-row kernels that round differently (faster on CPUs without AVX-512 BF16)")
-	fs.BoolVar(&c.NoMmap, "no-mmap", c.NoMmap, "copy the assigned experts' matrices out of the file's memory map into anonymous memory (transparent huge pages where allowed): faster CPU expert compute, anonymous memory the size of the assignment")
+	fs.BoolVar(&c.Mmap, "mmap", c.Mmap, "read the assigned experts through the file's memory map (page cache, shared) instead of copying them into anonymous memory with transparent huge pages (the default on the CPU: faster expert compute, anonymous memory the size of the assignment; a re-placement copies only the experts that move in); GPU nodes always map")
 	fs.StringVar(&c.Device, "device", "cpu", "where routed experts run: cpu, cuda, cuda:N (one GPU per expert node; needs the -cuda build), or fake (emulated GPU, tests)")
 	fs.StringVar(&c.GPUMemory, "gpu-memory", "", "GPU memory for experts and scratch: a fraction of the GPU's memory (0.8) or a size (40GiB); default 0.9 of the free memory")
 	fs.IntVar(&c.GPUSmallRows, "gpu-small-rows", 0, "GPU: experts with at most this many rows in a round use the grouped GEMV kernel, larger ones cuBLAS (0: default 8; -1: always cuBLAS)")

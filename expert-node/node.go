@@ -58,8 +58,9 @@ type Node struct {
 	stats stats
 
 	metrics *nodeMetrics
-	tracer  trace.Tracer // nil unless tracing is enabled
-	gpu     *gpu         // nil on the CPU
+	tracer  trace.Tracer        // nil unless tracing is enabled
+	gpu     *gpu                // nil on the CPU
+	experts *hybrid.ExpertCache // the copied experts the assignments share (CPU, without Config.Mmap)
 
 	fatal    chan error // one error when the GPU is lost (buffered)
 	lostOnce sync.Once
@@ -118,6 +119,7 @@ func newNode(cfg Config, h hooks) (*Node, error) {
 	if cfg.Tracing != nil && cfg.Tracing.Enabled {
 		n.tracer = cfg.Tracing.Tracer()
 	}
+	n.experts = hybrid.NewExpertCache()
 	n.q.init()
 	n.setServing(false)
 	go n.computeLoop()
@@ -209,7 +211,10 @@ func (n *Node) SetAssignment(t *routing.Table) error {
 
 // load maps the checkpoint keeping only the assigned experts.
 func (n *Node) load(t *routing.Table, want map[[2]int]bool) (*shard, error) {
-	opt := hybrid.LoadOptions{NoMmap: n.cfg.NoMmap, KeepExpert: func(layer, expert int) bool { return want[[2]int{layer, expert}] }}
+	opt := hybrid.LoadOptions{KeepExpert: func(layer, expert int) bool { return want[[2]int{layer, expert}] }}
+	if n.gpu == nil && !n.cfg.Mmap {
+		opt.NoMmap, opt.ExpertCache = true, n.experts
+	}
 	m, _, err := hybrid.Open(n.cfg.ModelPath, opt) // the model's Close closes the file
 	if err != nil {
 		return nil, fmt.Errorf("expertnode: load assignment of table version %d: %w", t.Version, err)

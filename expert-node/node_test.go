@@ -118,6 +118,19 @@ func testSetAssignmentSwap(t *testing.T, dev string) {
 	full := fullModel(t)
 	v1, v2 := staticTable(t, 1), swappedTable(t, 2)
 	e.assign(t, v1)
+	half := fxLayers * fxExperts / 2
+	// A CPU node copies its assignment into memory (the default) through its
+	// expert cache; a GPU node maps the file and copies nothing.
+	wantCopied := func(when string, n int) {
+		t.Helper()
+		if e.node.gpu != nil {
+			n = 0
+		}
+		if got := e.node.experts.Len(); got != n {
+			t.Errorf("%s: %d experts copied, want %d", when, got, n)
+		}
+	}
+	wantCopied("v1", half)
 	held1, held2 := heldBy(v1, "a"), heldBy(v2, "a")
 	rng := rand.New(rand.NewPCG(2, 2))
 
@@ -136,6 +149,7 @@ func testSetAssignmentSwap(t *testing.T, dev string) {
 		t.Fatal("old mapping closed while a round still uses it")
 	default:
 	}
+	wantCopied("v2 while a round holds v1", 2*half) // disjoint assignments
 	g.open()
 	checkResultOn(t, dev, full, old, recvAll(t, s, 1)[resultKey{1, 3, 0}])
 	waitFor(t, 10*time.Second, "old mapping closed", func() bool {
@@ -146,6 +160,8 @@ func testSetAssignmentSwap(t *testing.T, dev string) {
 			return false
 		}
 	})
+
+	wantCopied("v2 after v1 closed", half)
 
 	// New chunks see the v2 assignment.
 	mustSend(t, s, randomBatch(rng, 2, 3, 5, held1[3]))

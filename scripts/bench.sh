@@ -32,9 +32,9 @@ if [ -z "${BENCH_MODEL:-}" ]; then
   "$BIN" bench --model "$Q4M"
 fi
 if [ -z "${BENCH_MODEL:-}" ]; then
-  echo "== engine, weights copied out of the file map (--no-mmap) against the runs above: BF16 and Q8_0, one-session decode and prefill 512"
-  "$BIN" bench --model "$MODEL" --batches 1 --no-mmap
-  "$BIN" bench --model "$Q8" --batches 1 --no-mmap
+  echo "== engine, weights read through the file's map (--mmap) against the runs above (copied into memory, the default): BF16 and Q8_0, one-session decode and prefill 512"
+  "$BIN" bench --model "$MODEL" --batches 1 --mmap
+  "$BIN" bench --model "$Q8" --batches 1 --mmap
 fi
 echo "== llama.cpp side by side: the same GGUF files, prefill 512 and decode at 1 and 2 threads, batched decode of 8, 32, 128 sessions at 2 (skipped without llama.cpp's CPU libraries)"
 if [ -z "${BENCH_MODEL:-}" ]; then

@@ -31,10 +31,11 @@
 # the rounds' ratios: on a shared machine one engine's block of minutes can
 # meet a slow spell), TYPES (default
 # "bf16 q8_0 q4_k_m"), BIN (our binary, default bin/switchyard), LLAMA_BACKEND
-# (a libggml-cpu-*.so to use instead of the automatic choice), NO_MMAP=1 (both
-# sides read the weights into their own memory instead of the file's map:
-# ours with --no-mmap, llama.cpp with load_mode none, as its --no-mmap; by
-# default each keeps its own default), LOG (both
+# (a libggml-cpu-*.so to use instead of the automatic choice), LOAD (how both
+# sides hold the weights: copy, the default, reads them into each engine's
+# own memory, ours by default and llama.cpp with load_mode none, as its
+# --no-mmap; mmap reads them through the file's map on both, ours with
+# --mmap and llama.cpp with load_mode mmap, its default), LOG (both
 # sides' whole output, default $SWITCHYARD_CACHE/llamacpp-bench.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -94,7 +95,11 @@ fi
 LLAMA_ARGS=(-p "$PROMPT" -n "$STEPS" -r "$REPS")
 [ -n "${LLAMA_BACKEND:-}" ] && LLAMA_ARGS+=(-backend "$LLAMA_BACKEND")
 OURS_ARGS=(--prompt "$PROMPT" --steps "$STEPS" --reps "$REPS" --lines)
-if [ "${NO_MMAP:-0}" = 1 ]; then OURS_ARGS+=(--no-mmap); LLAMA_ARGS+=(-load none); fi
+case "${LOAD:-copy}" in
+  copy) LLAMA_ARGS+=(-load none) ;;
+  mmap) OURS_ARGS+=(--mmap); LLAMA_ARGS+=(-load mmap) ;;
+  *) echo "llamacpp-bench: LOAD is copy or mmap, not ${LOAD}" >&2; exit 2 ;;
+esac
 batches() { # threads: the decode batch sizes measured at that thread count
   case " $BATCHED_THREADS " in *" $1 "*) echo "1,$BATCHES" ;; *) echo 1 ;; esac
 }

@@ -95,7 +95,7 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	opt := hybrid.LoadOptions{KVDType: cfg.KVDType, NoMmap: cfg.NoMmap}
+	opt := hybrid.LoadOptions{KVDType: cfg.KVDType, NoMmap: !cfg.Mmap}
 	if !cfg.LocalExperts {
 		opt.KeepExpert = func(int, int) bool { return false }
 	}

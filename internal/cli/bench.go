@@ -34,7 +34,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	reps := fs.Int("reps", 3, "repetitions (the median is reported)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file (go tool pprof)")
 	kvDType := kvDTypeFlag(fs)
-	noMmap := fs.Bool("no-mmap", false, "copy the weight matrices out of the file's memory map into anonymous memory (transparent huge pages where allowed), as llama.cpp's --no-mmap: faster decode, anonymous memory the size of the weights")
+	mmap := fs.Bool("mmap", false, mmapUsage)
 	lines := fs.Bool("lines", false, "also print one machine-readable line per measurement (\"result engine=switchyard threads=N test=prefill_512|decode_B tokens_per_s=X\")")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -63,7 +63,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	rssBefore := procStatus("RssAnon")
 	t0 := time.Now()
-	m, _, err := hybrid.Open(*model, hybrid.LoadOptions{KVDType: *kvDType, NoMmap: *noMmap})
+	m, _, err := hybrid.Open(*model, hybrid.LoadOptions{KVDType: *kvDType, NoMmap: !*mmap})
 	if err != nil {
 		return err
 	}
@@ -73,9 +73,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fileBytes := modelFileBytes(*model)
 	anonAfter := procStatus("RssAnon")
 	c := m.Cfg
-	where := "memory-mapped"
-	if *noMmap {
-		where = "copied into anonymous memory (--no-mmap)"
+	where := "copied into anonymous memory"
+	if *mmap {
+		where = "memory-mapped (--mmap)"
 	}
 	fmt.Fprintf(stdout, "model %s\n  %s\n  weights %s (%s, %s), KV cache %v, loaded in %.2fs; anonymous RSS after load %s (+%s), file size %s\n",
 		*model, c.Summary(), human(weightBytes(m.W)), m.W.Embed.DType, where, m.KVDType, loadTime.Seconds(),

@@ -124,7 +124,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	wire := fs.String("wire", "bf16", "activation wire format: bf16 or f32")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements (the cluster's, with the in-process repetitions that alternate with them) to this file")
 	det := fs.Bool("deterministic", true, "the trunk's and expert nodes' --deterministic (batch-invariant kernels, per-pair answers summed in expert order; their default)")
-	noMmap := fs.Bool("no-mmap", false, "every node (the in-process baseline too) copies its weight matrices out of the file's map (their --no-mmap)")
+	mmap := fs.Bool("mmap", false, "every node (the in-process baseline too) reads its weights through the file's map (their --mmap) instead of copying them into memory")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -158,7 +158,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 		c.Sched.PingPong = *pingPong
 		c.Dispatch.WireDType = wireType
 		c.Dispatch.Deterministic = *det
-		c.NoMmap = *noMmap
+		c.Mmap = *mmap
 	}
 	// The in-process baseline runs beside the cluster, and its repetitions
 	// alternate with the cluster's: on a shared, noisy machine both see the
@@ -184,7 +184,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 		defer pprof.StopCPUProfile()
 	}
 	for _, dev := range strings.Split(*devices, ",") {
-		if err := benchClusterOn(ctx, stdout, strings.TrimSpace(dev), *model, *experts, tune, *det, *noMmap, sessions, *prompt, *tokens, *reps, vocab, inproc); err != nil {
+		if err := benchClusterOn(ctx, stdout, strings.TrimSpace(dev), *model, *experts, tune, *det, *mmap, sessions, *prompt, *tokens, *reps, vocab, inproc); err != nil {
 			return err
 		}
 	}
@@ -222,13 +222,13 @@ func startInProcess(ctx context.Context, model string, tune func(*trunknode.Conf
 // benchClusterOn measures 1 trunk + experts expert nodes on device and prints
 // a table: throughput, dispatch round trips, and where a decode step's time
 // goes (the trunk's own work, the wire and queues, the expert nodes' compute).
-func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string, experts int, tune func(*trunknode.Config), det, noMmap bool,
+func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string, experts int, tune func(*trunknode.Config), det, mmap bool,
 	sessions []int, prompt, tokens, reps, vocab int, inproc string) error {
 	rec := &rttRecorder{}
 	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: model, ExpertNodes: experts,
 		ExpertDevice: device, ExpertGPUMemory: gpuShare(device, experts),
 		Trunk:  func(tc *trunknode.Config) { tune(tc); tc.Dispatch.OnCall = rec.observe },
-		Expert: func(ec *expertnode.Config) { ec.Deterministic, ec.NoMmap = det, noMmap }})
+		Expert: func(ec *expertnode.Config) { ec.Deterministic, ec.Mmap = det, mmap }})
 	if err != nil {
 		return err
 	}

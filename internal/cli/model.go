@@ -17,6 +17,9 @@ import (
 	"github.com/switchyard-serving/switchyard/model/tokenizer"
 )
 
+// mmapUsage documents the --mmap flag of the commands that load a model.
+const mmapUsage = "read the weight matrices through the file's memory map (page cache, shared, nothing copied at start) instead of copying them into anonymous memory with transparent huge pages (the default, as llama.cpp's --no-mmap: 14-42% faster decode, anonymous memory the size of the weights)"
+
 func init() {
 	register("generate", "generate text from a prompt with a local model", runGenerate)
 	register("tokenize", "print the token ids of a text", runTokenize)
@@ -85,7 +88,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	threads := fs.Int("threads", 0, "compute threads (0 = all cores)")
 	stats := fs.Bool("stats", false, "print timing to stderr")
 	kvDType := kvDTypeFlag(fs)
-	noMmap := fs.Bool("no-mmap", false, "copy the weight matrices out of the file's memory map into anonymous memory (transparent huge pages where allowed), as llama.cpp's --no-mmap: faster decode, anonymous memory the size of the weights")
+	mmap := fs.Bool("mmap", false, mmapUsage)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -105,7 +108,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		kernels.SetThreads(*threads)
 	}
 	t0 := time.Now()
-	e, err := engine.Open(*model, hybrid.LoadOptions{KVDType: *kvDType, NoMmap: *noMmap})
+	e, err := engine.Open(*model, hybrid.LoadOptions{KVDType: *kvDType, NoMmap: !*mmap})
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/switchyard-serving/switchyard/internal/agent"
 
+	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/synth"
@@ -55,6 +56,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	expertDevice := fs.String("expert-device", "cpu", "expert nodes' device: cpu, cuda:N (all expert nodes share that GPU), or fake")
 	logLevel := fs.String("log-level", "warn", "nodes' log level on stderr: debug, info, warn or error")
 	httpListen := fs.String("http-listen", "127.0.0.1:8000", "the first trunk's OpenAI-compatible HTTP API address (others: a free port; empty: off)")
+	mmap := fs.Bool("mmap", true, "every node reads the weights through the file's memory map (default here: the nodes share one process and one page cache; false copies each node's weights into its own memory, as trunk and expert do by default)")
 	insecureAPI := fs.Bool("insecure", false, "serve the public API without a token (by default up generates one and prints it)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -84,8 +86,9 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c, err := localcluster.Start(ctx, localcluster.Options{ModelPath: *model, ExpertNodes: *experts, Trunks: *trunks, Listen: *listen, DataDir: *data,
 		ExpertMetrics: true, CoordinatorMetrics: true,
 		ExpertDevice: *expertDevice, ExpertGPUMemory: gpuShare(*expertDevice, *experts), Logger: log,
+		Expert: func(ec *expertnode.Config) { ec.Mmap = *mmap },
 		Trunk: func(tc *trunknode.Config) {
-			tc.Sched.MaxRunning, tc.MetricsAddr, tc.APIToken = *maxRunning, *metrics, token
+			tc.Sched.MaxRunning, tc.MetricsAddr, tc.APIToken, tc.Mmap = *maxRunning, *metrics, token, *mmap
 			if *httpListen != "" {
 				tc.HTTPListen = "127.0.0.1:0"
 				if tc.NodeID == "trunk-0" {

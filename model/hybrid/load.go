@@ -28,8 +28,15 @@ type loader struct {
 	// LayerFilter, when set, skips routed experts for which it returns false (an
 	// expert node loads only its assignment).
 	keepExpert func(layer, expert int) bool
-	// arena, when set, receives a copy of every matrix (LoadOptions.NoMmap).
+	// arena, when set, receives a copy of every matrix (LoadOptions.NoMmap)
+	// but the routed experts kept through cache.
 	arena *fileio.Arena
+	// cache, when set (LoadOptions.ExpertCache, with NoMmap), holds the
+	// routed experts kept; held lists those this model took a reference on.
+	cache     *ExpertCache
+	srcID     string
+	held      [][2]int
+	heldBytes int64
 }
 
 func (l *loader) raw(name string, shape ...int) (tensor.DType, []byte, error) {
@@ -95,10 +102,29 @@ func (l *loader) own(name string, m tensor.Matrix) (tensor.Matrix, error) {
 	return m, nil
 }
 
-// expert returns rows [r0, r1) of a stacked experts' matrix, copied into the
-// arena when there is one.
-func (l *loader) expert(name string, stack tensor.Matrix, r0, r1 int) (tensor.Matrix, error) {
-	return l.own(name, stack.Slice(r0, r1))
+// expert returns the parts of routed expert e of layer i from their
+// stacks: slices of the map, copies in the arena, or copies shared through
+// the expert cache.
+func (l *loader) expert(i, e int, parts ...expertPart) ([]tensor.Matrix, error) {
+	if l.cache != nil && l.arena != nil {
+		out, err := l.cache.acquire(l.srcID, i, e, parts)
+		if err != nil {
+			return nil, err
+		}
+		l.held = append(l.held, [2]int{i, e})
+		for _, m := range out {
+			l.heldBytes += int64(m.Bytes())
+		}
+		return out, nil
+	}
+	out := make([]tensor.Matrix, len(parts))
+	for j, p := range parts {
+		var err error
+		if out[j], err = l.own(p.name, p.stack.Slice(p.r0, p.r1)); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // routerMatrix loads a router's weights widened to float32 (exactly) when
@@ -174,27 +200,36 @@ type LoadOptions struct {
 	// processes through the page cache) and the copy at load. Untouched
 	// tails of the arena's chunks take address space, not memory.
 	NoMmap bool
+	// ExpertCache, with NoMmap, shares the copied routed experts with the
+	// other models loaded from the same checkpoint through the same cache
+	// (an expert node's successive assignments): see ExpertCache.
+	ExpertCache *ExpertCache
 }
 
-// newLoader returns a loader of src with opt's expert filter and arena.
-func newLoader(src source, opt LoadOptions) *loader {
+// newLoader returns a loader of src (read from path) with opt's expert
+// filter, arena and expert cache.
+func newLoader(src source, path string, opt LoadOptions) *loader {
 	l := &loader{src: src, keepExpert: opt.KeepExpert}
 	if opt.NoMmap {
 		l.arena = &fileio.Arena{}
+		if opt.ExpertCache != nil {
+			l.cache, l.srcID = opt.ExpertCache, sourceID(path)
+		}
 	}
 	return l
 }
 
-// copied is the size of the arena's copies.
+// copied is the size of the model's copies: the arena's, and the experts it
+// holds in the cache.
 func (l *loader) copied() int64 {
 	if l.arena == nil {
 		return 0
 	}
-	return l.arena.Bytes()
+	return l.arena.Bytes() + l.heldBytes
 }
 
-// closeWith returns a Model.closer that releases the loader's arena after
-// closing the source.
+// closeWith returns a Model.closer that releases the loader's arena and its
+// cached experts after closing the source.
 func (l *loader) closeWith(close func() error) func() error {
 	if l.arena == nil {
 		return close
@@ -204,6 +239,12 @@ func (l *loader) closeWith(close func() error) func() error {
 		if e := l.arena.Close(); err == nil {
 			err = e
 		}
+		for _, k := range l.held {
+			if e := l.cache.release(l.srcID, k[0], k[1]); err == nil {
+				err = e
+			}
+		}
+		l.held = nil
 		return err
 	}
 }
@@ -229,7 +270,7 @@ func LoadHF(dir string, opt LoadOptions) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := newLoader(stSource{ck}, opt)
+	l := newLoader(stSource{ck}, dir, opt)
 	w, err := l.loadHF(cfg)
 	if err != nil {
 		l.closeWith(ck.Close)()
@@ -349,15 +390,11 @@ func (l *loader) loadHF(c *config.Config) (*Weights, error) {
 				if l.keepExpert != nil && !l.keepExpert(i, e) {
 					continue
 				}
-				gu, err := l.expert(inName, in, e*2*I, (e+1)*2*I) // gate and up, one copy
+				m, err := l.expert(i, e, expertPart{inName, in, e * 2 * I, (e + 1) * 2 * I}, expertPart{outName, out, e * H, (e + 1) * H})
 				if err != nil {
 					return nil, err
 				}
-				down, err := l.expert(outName, out, e*H, (e+1)*H)
-				if err != nil {
-					return nil, err
-				}
-				lw.Experts[e] = ExpertWeights{Gate: gu.Slice(0, I), Up: gu.Slice(I, 2*I), Down: down}
+				lw.Experts[e] = ExpertWeights{Gate: m[0].Slice(0, I), Up: m[0].Slice(I, 2*I), Down: m[1]}
 			}
 		}
 		w.Layers = append(w.Layers, lw)
@@ -405,7 +442,7 @@ func LoadGGUF(path string, opt LoadOptions) (*Model, *gguf.File, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	l := newLoader(newGGUFSource(f), opt)
+	l := newLoader(newGGUFSource(f), path, opt)
 	w, err := l.loadGGUF(cfg)
 	if err != nil {
 		l.closeWith(f.Close)()
@@ -509,11 +546,10 @@ func (l *loader) loadGGUF(c *config.Config) (*Weights, error) {
 				if l.keepExpert != nil && !l.keepExpert(i, e) {
 					continue
 				}
-				var m [3]tensor.Matrix
-				for j, per := range [3]int{I, I, H} {
-					if m[j], err = l.expert(names[j], stacks[j], e*per, (e+1)*per); err != nil {
-						return nil, err
-					}
+				m, err := l.expert(i, e, expertPart{names[0], stacks[0], e * I, (e + 1) * I},
+					expertPart{names[1], stacks[1], e * I, (e + 1) * I}, expertPart{names[2], stacks[2], e * H, (e + 1) * H})
+				if err != nil {
+					return nil, err
 				}
 				lw.Experts[e] = ExpertWeights{Gate: m[0], Up: m[1], Down: m[2]}
 			}

@@ -89,3 +89,65 @@ func TestNoMmapCopiesOnlyKeptExperts(t *testing.T) {
 		})
 	}
 }
+
+// TestExpertCacheSharesKeptExperts: two loads through one ExpertCache (an
+// expert node's assignment, then the next) share the experts both keep and
+// copy only the new ones, the copies hold the file's bytes, and the cache
+// frees each expert when the last model holding it closes.
+func TestExpertCacheSharesKeptExperts(t *testing.T) {
+	hf := fixtureHF(t)
+	for _, path := range []string{hf, filepath.Join(filepath.Dir(hf), "model.gguf")} {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			cache := NewExpertCache()
+			load := func(keep func(l, e int) bool) *Model {
+				m, _, err := Open(path, LoadOptions{NoMmap: true, KeepExpert: keep, ExpertCache: cache})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return m
+			}
+			first := load(func(l, e int) bool { return e%2 == 0 })  // even experts
+			second := load(func(l, e int) bool { return e%4 != 3 }) // shares e%4 == 0, adds e%4 == 1
+			if !first.Cfg.IsMoE() {
+				t.Skip("fixture has no routed experts")
+			}
+			E, L := first.Cfg.Experts, len(first.W.Layers)
+			if got, want := cache.Len(), L*(E/2+E/4); got != want {
+				t.Fatalf("cache holds %d experts, want %d (the union of both assignments)", got, want)
+			}
+			a, b := first.W.Layers[0].Experts[0], second.W.Layers[0].Experts[0]
+			if unsafe.SliceData(a.Down.Data) != unsafe.SliceData(b.Down.Data) {
+				t.Error("an expert both assignments keep was copied twice")
+			}
+			mapped, _, err := Open(path, LoadOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer mapped.Close()
+			for e, x := range second.W.Layers[0].Experts {
+				if e%4 == 3 {
+					if x.Down.Data != nil {
+						t.Errorf("expert %d is not in the assignment but loaded", e)
+					}
+					continue
+				}
+				if string(x.Down.Data) != string(mapped.W.Layers[0].Experts[e].Down.Data) ||
+					string(x.Gate.Data) != string(mapped.W.Layers[0].Experts[e].Gate.Data) {
+					t.Errorf("expert %d: copied weights differ from the file's", e)
+				}
+			}
+			if err := first.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := cache.Len(), L*(3*E/4); got != want {
+				t.Errorf("after the first model closed the cache holds %d experts, want %d (the second's)", got, want)
+			}
+			if err := second.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if cache.Len() != 0 || cache.Bytes() != 0 {
+				t.Errorf("after both closed the cache holds %d experts (%d bytes)", cache.Len(), cache.Bytes())
+			}
+		})
+	}
+}

@@ -319,20 +319,32 @@ func variants() []variant {
 			}
 		}
 	}
+	// mmap: true gives --mmap to every trunk and expert node; by default none
+	// has it (the binaries copy their weights into memory).
+	mm := defaults("mmap")
+	mm.sets = []string{"mmap=true"}
+	mm.extra = func(t *testing.T, m *manifests) {
+		for _, role := range []string{"trunk", "expert"} {
+			c := container(&m.statefulSet(fullname+"-"+role).Spec.Template.Spec, role)
+			if !slices.Contains(c.Args, "--mmap") {
+				t.Errorf("%s args %v: want --mmap", role, c.Args)
+			}
+		}
+	}
 	prevDef := def.extra
 	def.extra = func(t *testing.T, m *manifests) {
 		prevDef(t, m)
 		for _, role := range []string{"trunk", "expert"} {
 			c := container(&m.statefulSet(fullname+"-"+role).Spec.Template.Spec, role)
 			for _, a := range c.Args {
-				if strings.HasPrefix(a, "--deterministic") {
-					t.Errorf("%s: %s by default (the binaries' default is on)", role, a)
+				if strings.HasPrefix(a, "--deterministic") || strings.HasPrefix(a, "--mmap") {
+					t.Errorf("%s: %s by default (the binaries' defaults: deterministic, weights copied)", role, a)
 				}
 			}
 		}
 	}
 
-	return []variant{def, ext, noGPU, scale, hf, perNode, emptyDir, ops, pvc, future, cm, det}
+	return []variant{def, ext, noGPU, scale, hf, perNode, emptyDir, ops, pvc, future, cm, det, mm}
 }
 
 func TestVariants(t *testing.T) {

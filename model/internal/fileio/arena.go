@@ -11,8 +11,13 @@ type Arena struct {
 	cur    []byte // the chunk being filled
 	off    int
 	bytes  int64
-	chunk  int // chunk size (0: arenaChunk; a multiple of 2 MiB)
+	chunk  int // chunk size (0: arenaChunk; a multiple of 4 KiB)
 }
+
+// NewArena returns an arena whose chunks are chunk bytes (a multiple of 4
+// KiB; 0 means 256 MiB): the size of everything one arena will hold keeps
+// its memory to what it copies.
+func NewArena(chunk int) *Arena { return &Arena{chunk: chunk} }
 
 // arenaChunk is the size of the arena's chunks: a multiple of 2 MiB.
 const arenaChunk = 256 << 20
@@ -32,7 +37,7 @@ func (a *Arena) Copy(b []byte) ([]byte, error) {
 		if chunk == 0 {
 			chunk = arenaChunk
 		}
-		size := max(chunk, (n+(2<<20)-1)&^((2<<20)-1))
+		size := max(chunk, (n+4095)&^4095)
 		c, err := allocAnon(size)
 		if err != nil {
 			return nil, err
