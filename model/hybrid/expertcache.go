@@ -10,17 +10,26 @@ import (
 )
 
 // ExpertCache shares the routed experts that loads with NoMmap copy into
-// memory between the models loaded from the same checkpoint: an expert node
-// loads a model per assignment, and with a cache its next assignment takes
-// the experts it keeps from the previous one instead of copying them again,
-// so a re-placement copies only the experts that move in, and holds at most
-// the union of the two assignments (as the page cache does for mapped
-// weights). Each expert is copied into its own anonymous memory (rounded to
-// 4 KiB, advised for transparent huge pages), released when the last model
-// holding it closes. Safe for concurrent use.
+// memory (only those: with a cache the other matrices stay mapped) between
+// the models loaded from the same checkpoint: an expert node loads a model
+// per assignment, and with a cache its next assignment takes the experts it
+// keeps from the previous one instead of copying them again, so a
+// re-placement copies only the experts that move in, and holds at most the
+// union of the two assignments until the old one closes (as the page cache
+// does for mapped weights).
+//
+// Each load copies its new experts into one arena of its own (a slab:
+// anonymous memory in 2 MiB-aligned chunks advised for transparent huge
+// pages, so that small experts, 1.3-4.5 MiB in H-Tiny, still sit on huge
+// pages: on 4 KiB pages a cluster decoded about 10% slower). A slab is freed
+// when no model holds any of its experts. So that slabs emptied by moves do
+// not pin memory, a load takes an expert from the cache only if the new
+// assignment keeps at least three quarters of that expert's slab, and copies
+// it again otherwise: live slabs are at least 3/4 used once the old model
+// closes. Safe for concurrent use.
 type ExpertCache struct {
 	mu sync.Mutex
-	m  map[expertKey]*cachedExpert
+	m  map[expertKey]*cachedExpert // the newest copy of each expert
 }
 
 type expertKey struct {
@@ -29,30 +38,46 @@ type expertKey struct {
 }
 
 type cachedExpert struct {
+	key   expertKey
 	parts []tensor.Matrix
-	arena *fileio.Arena
-	refs  int
+	slab  *slab
+	refs  int // models holding it
+}
+
+// slab is the memory one load copied its new experts into.
+type slab struct {
+	arena       *fileio.Arena
+	total, live int // experts copied into it, those still held
 }
 
 // NewExpertCache returns an empty cache.
 func NewExpertCache() *ExpertCache { return &ExpertCache{m: map[expertKey]*cachedExpert{}} }
 
-// Len is the number of experts held.
+// Len is the number of experts held (an expert copied twice, in an old slab
+// and a new one, counts twice).
 func (c *ExpertCache) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.m)
+	n, _ := c.usage()
+	return n
 }
 
-// Bytes is the size of the experts held.
+// Bytes is the size of the slabs held.
 func (c *ExpertCache) Bytes() int64 {
+	_, b := c.usage()
+	return b
+}
+
+func (c *ExpertCache) usage() (experts int, bytes int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var n int64
+	slabs := map[*slab]bool{}
 	for _, x := range c.m {
-		n += x.arena.Bytes()
+		slabs[x.slab] = true
 	}
-	return n
+	for s := range slabs {
+		experts += s.live
+		bytes += s.arena.Bytes()
+	}
+	return experts, bytes
 }
 
 // sourceID names a checkpoint path as it is now (size and modification
@@ -73,48 +98,92 @@ type expertPart struct {
 	r0, r1 int
 }
 
-// acquire returns the expert's parts, copied from the stacks unless the
-// cache holds them already, with a reference taken for the caller.
-func (c *ExpertCache) acquire(src string, layer, expert int, parts []expertPart) ([]tensor.Matrix, error) {
-	k := expertKey{src, layer, expert}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if x := c.m[k]; x != nil {
-		x.refs++
-		return x.parts, nil
-	}
-	size := 0
-	for _, p := range parts {
-		size += (p.r1-p.r0)*p.stack.RowStride() + 63
-	}
-	a := fileio.NewArena((size + 4095) &^ 4095)
-	out := make([]tensor.Matrix, len(parts))
-	for i, p := range parts {
-		m := p.stack.Slice(p.r0, p.r1)
-		data, err := a.Copy(m.Data)
-		if err != nil {
-			a.Close()
-			return nil, fmt.Errorf("%s: copying expert %d of layer %d out of the map: %w", p.name, expert, layer, err)
-		}
-		m.Data = data
-		out[i] = m
-	}
-	c.m[k] = &cachedExpert{parts: out, arena: a, refs: 1}
-	return out, nil
+// cacheLoad is one model's use of the cache: the experts it may take from
+// it, the slab its new copies go to, and what it holds.
+type cacheLoad struct {
+	c     *ExpertCache
+	src   string
+	reuse map[expertKey]*cachedExpert
+	slab  *slab
+	held  []*cachedExpert
+	bytes int64 // size of the experts held
 }
 
-// release drops a reference taken by acquire; the last one frees the expert.
-func (c *ExpertCache) release(src string, layer, expert int) error {
-	k := expertKey{src, layer, expert}
+// begin starts a load of src keeping the experts in keep: it picks the
+// cached experts the load will take (those whose slab the assignment keeps
+// at least three quarters of).
+func (c *ExpertCache) begin(src string, keep map[[2]int]bool) *cacheLoad {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	x := c.m[k]
+	kept := map[*slab]int{}
+	for le := range keep {
+		if x := c.m[expertKey{src, le[0], le[1]}]; x != nil {
+			kept[x.slab]++
+		}
+	}
+	reuse := map[expertKey]*cachedExpert{}
+	for le := range keep {
+		k := expertKey{src, le[0], le[1]}
+		if x := c.m[k]; x != nil && 4*kept[x.slab] >= 3*x.slab.total {
+			reuse[k] = x
+		}
+	}
+	return &cacheLoad{c: c, src: src, reuse: reuse, slab: &slab{arena: &fileio.Arena{}}}
+}
+
+// get returns the expert's parts: the cached copy chosen by begin, or a new
+// copy in the load's slab; the load holds a reference either way.
+func (cl *cacheLoad) get(layer, expert int, parts []expertPart) ([]tensor.Matrix, error) {
+	k := expertKey{cl.src, layer, expert}
+	cl.c.mu.Lock()
+	defer cl.c.mu.Unlock()
+	x := cl.reuse[k]
 	if x == nil {
-		return nil
+		out := make([]tensor.Matrix, len(parts))
+		for i, p := range parts {
+			m := p.stack.Slice(p.r0, p.r1)
+			data, err := cl.slab.arena.Copy(m.Data)
+			if err != nil {
+				return nil, fmt.Errorf("%s: copying expert %d of layer %d out of the map: %w", p.name, expert, layer, err)
+			}
+			m.Data = data
+			out[i] = m
+		}
+		x = &cachedExpert{key: k, parts: out, slab: cl.slab}
+		cl.slab.total++
+		cl.slab.live++
+		cl.c.m[k] = x // the newest copy; an older one lives on while a model holds it
 	}
-	if x.refs--; x.refs > 0 {
-		return nil
+	x.refs++
+	cl.held = append(cl.held, x)
+	for _, m := range x.parts {
+		cl.bytes += int64(m.Bytes())
 	}
-	delete(c.m, k)
-	return x.arena.Close()
+	return x.parts, nil
+}
+
+// release drops the load's references; a slab left without a held expert is
+// freed.
+func (cl *cacheLoad) release() error {
+	cl.c.mu.Lock()
+	defer cl.c.mu.Unlock()
+	var first error
+	for _, x := range cl.held {
+		if x.refs--; x.refs > 0 {
+			continue
+		}
+		if cl.c.m[x.key] == x {
+			delete(cl.c.m, x.key)
+		}
+		if x.slab.live--; x.slab.live == 0 {
+			if err := x.slab.arena.Close(); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	cl.held = nil
+	if cl.slab.total == 0 {
+		_ = cl.slab.arena.Close() // nothing copied: no chunk either
+	}
+	return first
 }

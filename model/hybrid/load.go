@@ -28,15 +28,14 @@ type loader struct {
 	// LayerFilter, when set, skips routed experts for which it returns false (an
 	// expert node loads only its assignment).
 	keepExpert func(layer, expert int) bool
-	// arena, when set, receives a copy of every matrix (LoadOptions.NoMmap)
-	// but the routed experts kept through cache.
+	// arena, when set, receives a copy of every matrix (LoadOptions.NoMmap
+	// without an ExpertCache).
 	arena *fileio.Arena
 	// cache, when set (LoadOptions.ExpertCache, with NoMmap), holds the
-	// routed experts kept; held lists those this model took a reference on.
-	cache     *ExpertCache
-	srcID     string
-	held      [][2]int
-	heldBytes int64
+	// routed experts kept; cl is this load's use of it (beginExperts).
+	cache *ExpertCache
+	srcID string
+	cl    *cacheLoad
 }
 
 func (l *loader) raw(name string, shape ...int) (tensor.DType, []byte, error) {
@@ -106,16 +105,8 @@ func (l *loader) own(name string, m tensor.Matrix) (tensor.Matrix, error) {
 // stacks: slices of the map, copies in the arena, or copies shared through
 // the expert cache.
 func (l *loader) expert(i, e int, parts ...expertPart) ([]tensor.Matrix, error) {
-	if l.cache != nil && l.arena != nil {
-		out, err := l.cache.acquire(l.srcID, i, e, parts)
-		if err != nil {
-			return nil, err
-		}
-		l.held = append(l.held, [2]int{i, e})
-		for _, m := range out {
-			l.heldBytes += int64(m.Bytes())
-		}
-		return out, nil
+	if l.cl != nil {
+		return l.cl.get(i, e, parts)
 	}
 	out := make([]tensor.Matrix, len(parts))
 	for j, p := range parts {
@@ -200,9 +191,11 @@ type LoadOptions struct {
 	// processes through the page cache) and the copy at load. Untouched
 	// tails of the arena's chunks take address space, not memory.
 	NoMmap bool
-	// ExpertCache, with NoMmap, shares the copied routed experts with the
-	// other models loaded from the same checkpoint through the same cache
-	// (an expert node's successive assignments): see ExpertCache.
+	// ExpertCache, with NoMmap, copies only the routed experts kept, and
+	// shares them with the other models loaded from the same checkpoint
+	// through the same cache (an expert node's successive assignments: see
+	// ExpertCache); the other matrices stay in the file's map (an expert node
+	// computes nothing else).
 	ExpertCache *ExpertCache
 }
 
@@ -210,11 +203,11 @@ type LoadOptions struct {
 // filter, arena and expert cache.
 func newLoader(src source, path string, opt LoadOptions) *loader {
 	l := &loader{src: src, keepExpert: opt.KeepExpert}
-	if opt.NoMmap {
+	switch {
+	case opt.NoMmap && opt.ExpertCache != nil:
+		l.cache, l.srcID = opt.ExpertCache, sourceID(path)
+	case opt.NoMmap:
 		l.arena = &fileio.Arena{}
-		if opt.ExpertCache != nil {
-			l.cache, l.srcID = opt.ExpertCache, sourceID(path)
-		}
 	}
 	return l
 }
@@ -222,31 +215,53 @@ func newLoader(src source, path string, opt LoadOptions) *loader {
 // copied is the size of the model's copies: the arena's, and the experts it
 // holds in the cache.
 func (l *loader) copied() int64 {
-	if l.arena == nil {
-		return 0
+	var n int64
+	if l.cl != nil {
+		n = l.cl.bytes
 	}
-	return l.arena.Bytes() + l.heldBytes
+	if l.arena != nil {
+		n += l.arena.Bytes()
+	}
+	return n
 }
 
 // closeWith returns a Model.closer that releases the loader's arena and its
 // cached experts after closing the source.
 func (l *loader) closeWith(close func() error) func() error {
-	if l.arena == nil {
+	if l.arena == nil && l.cache == nil {
 		return close
 	}
 	return func() error {
 		err := close()
-		if e := l.arena.Close(); err == nil {
-			err = e
-		}
-		for _, k := range l.held {
-			if e := l.cache.release(l.srcID, k[0], k[1]); err == nil {
+		if l.arena != nil {
+			if e := l.arena.Close(); err == nil {
 				err = e
 			}
 		}
-		l.held = nil
+		if l.cl != nil {
+			if e := l.cl.release(); err == nil {
+				err = e
+			}
+		}
 		return err
 	}
+}
+
+// beginExperts starts the load's use of the expert cache, if it has one,
+// with the routed experts c's layers keep.
+func (l *loader) beginExperts(c *config.Config) {
+	if l.cache == nil || !c.IsMoE() {
+		return
+	}
+	keep := map[[2]int]bool{}
+	for i := range c.Layers {
+		for e := range c.Experts {
+			if l.keepExpert == nil || l.keepExpert(i, e) {
+				keep[[2]int{i, e}] = true
+			}
+		}
+	}
+	l.cl = l.cache.begin(l.srcID, keep)
 }
 
 // kvDType is the KV element type the options ask for (DefaultKVDType when unset).
@@ -283,6 +298,7 @@ func LoadHF(dir string, opt LoadOptions) (*Model, error) {
 }
 
 func (l *loader) loadHF(c *config.Config) (*Weights, error) {
+	l.beginExperts(c)
 	H, V := c.Hidden, c.VocabSize
 	w := &Weights{}
 	var err error
@@ -455,6 +471,7 @@ func LoadGGUF(path string, opt LoadOptions) (*Model, *gguf.File, error) {
 }
 
 func (l *loader) loadGGUF(c *config.Config) (*Weights, error) {
+	l.beginExperts(c)
 	H, V := c.Hidden, c.VocabSize
 	w := &Weights{}
 	var err error

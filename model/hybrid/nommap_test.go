@@ -115,6 +115,15 @@ func TestExpertCacheSharesKeptExperts(t *testing.T) {
 			if got, want := cache.Len(), L*(E/2+E/4); got != want {
 				t.Fatalf("cache holds %d experts, want %d (the union of both assignments)", got, want)
 			}
+			var firstBytes int64
+			for _, lw := range first.W.Layers {
+				for _, x := range lw.Experts {
+					firstBytes += int64(x.Gate.Bytes() + x.Up.Bytes() + x.Down.Bytes())
+				}
+			}
+			if got := first.CopiedBytes(); got != firstBytes {
+				t.Errorf("copied %d bytes, want %d: the kept experts only (the rest stays mapped)", got, firstBytes)
+			}
 			a, b := first.W.Layers[0].Experts[0], second.W.Layers[0].Experts[0]
 			if unsafe.SliceData(a.Down.Data) != unsafe.SliceData(b.Down.Data) {
 				t.Error("an expert both assignments keep was copied twice")
@@ -149,5 +158,56 @@ func TestExpertCacheSharesKeptExperts(t *testing.T) {
 				t.Errorf("after both closed the cache holds %d experts (%d bytes)", cache.Len(), cache.Bytes())
 			}
 		})
+	}
+}
+
+// TestExpertCacheRecopiesSparseSlabs: a load keeping under three quarters of
+// an earlier load's experts copies them again instead of pinning that
+// load's memory, which is freed when the earlier model closes; a later load
+// keeping the new copies shares them.
+func TestExpertCacheRecopiesSparseSlabs(t *testing.T) {
+	path := filepath.Join(filepath.Dir(fixtureHF(t)), "model.gguf")
+	cache := NewExpertCache()
+	load := func(keep func(l, e int) bool) *Model {
+		m, _, err := Open(path, LoadOptions{NoMmap: true, KeepExpert: keep, ExpertCache: cache})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	all := load(nil)
+	if !all.Cfg.IsMoE() {
+		t.Skip("fixture has no routed experts")
+	}
+	E, L := all.Cfg.Experts, len(all.W.Layers)
+	even := func(l, e int) bool { return e%2 == 0 }
+	half := load(even) // half of all's slab: copied again
+	if got, want := cache.Len(), L*E+L*E/2; got != want {
+		t.Fatalf("cache holds %d experts, want %d (all, and the half copied again)", got, want)
+	}
+	if unsafe.SliceData(all.W.Layers[0].Experts[0].Down.Data) == unsafe.SliceData(half.W.Layers[0].Experts[0].Down.Data) {
+		t.Error("a load keeping half of a slab shares it")
+	}
+	allBytes := cache.Bytes()
+	if err := all.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cache.Len(), L*E/2; got != want {
+		t.Errorf("after the first model closed: %d experts, want %d", got, want)
+	}
+	if cache.Bytes() >= allBytes {
+		t.Errorf("after the first model closed the cache holds %d bytes, no less than the %d before", cache.Bytes(), allBytes)
+	}
+	again := load(even)
+	if unsafe.SliceData(again.W.Layers[0].Experts[2].Gate.Data) != unsafe.SliceData(half.W.Layers[0].Experts[2].Gate.Data) {
+		t.Error("the same assignment again copied its experts instead of sharing them")
+	}
+	for _, m := range []*Model{half, again} {
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cache.Len() != 0 || cache.Bytes() != 0 {
+		t.Errorf("after every model closed: %d experts, %d bytes", cache.Len(), cache.Bytes())
 	}
 }

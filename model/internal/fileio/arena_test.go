@@ -121,3 +121,25 @@ func TestArenaReadsMappedFiles(t *testing.T) {
 		t.Error("an unmapped mapping is still registered")
 	}
 }
+
+// TestAllocAnonAligned: anonymous chunks of 2 MiB or more start on a 2 MiB
+// boundary (where the OS maps them: unix), are writable to the last byte,
+// and free cleanly.
+func TestAllocAnonAligned(t *testing.T) {
+	for _, size := range []int{4096, 1 << 20, 2 << 20, 4<<20 + 4096, 7<<20 + 12288} {
+		b, err := allocAnon(size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) != size {
+			t.Fatalf("allocAnon(%d): %d bytes", size, len(b))
+		}
+		if p := uintptr(unsafe.Pointer(unsafe.SliceData(b))); runtime.GOOS != "windows" && size >= 2<<20 && p%(2<<20) != 0 {
+			t.Errorf("allocAnon(%d) at %#x: want a 2 MiB boundary", size, p)
+		}
+		b[0], b[size-1] = 1, 2
+		if err := freeAnon(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
