@@ -43,7 +43,9 @@ for L in $CONTEXTS; do
     [ "$kind" = attention ] && [ "$L" -gt "$TWIN_MAX" ] && continue
     dir="$CACHE/memexp-$kind"
     log="$OUT/trunk-$kind-$L.log"
-    "$BIN" trunk --local-experts --model "$dir" --listen 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
+    # --mmap: the weights stay in the file's map, out of the anonymous RSS
+    # this experiment reads (session state and compute buffers only).
+    "$BIN" trunk --local-experts --mmap --model "$dir" --listen 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
       --max-context $((L + 64)) --kv-dtype "$KV_DTYPE" --recurrent-budget 68719476736 --kv-budget 68719476736 --max-step-tokens 1024 >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 600); do grep -q ready "$log" && break; sleep 0.2; done
