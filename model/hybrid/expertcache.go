@@ -141,12 +141,10 @@ func (cl *cacheLoad) get(layer, expert int, parts []expertPart) ([]tensor.Matrix
 	if x == nil {
 		out := make([]tensor.Matrix, len(parts))
 		for i, p := range parts {
-			m := p.stack.Slice(p.r0, p.r1)
-			data, err := cl.slab.arena.Copy(m.Data)
+			m, err := copyMatrix(cl.slab.arena, p.stack.Slice(p.r0, p.r1))
 			if err != nil {
 				return nil, fmt.Errorf("%s: copying expert %d of layer %d out of the map: %w", p.name, expert, layer, err)
 			}
-			m.Data = data
 			out[i] = m
 		}
 		x = &cachedExpert{key: k, parts: out, slab: cl.slab}

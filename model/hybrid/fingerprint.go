@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
@@ -22,18 +23,20 @@ func (w *Weights) Fingerprint() [32]byte {
 		binary.LittleEndian.PutUint32(buf[:4], uint32(m.DType))
 		binary.LittleEndian.PutUint32(buf[4:], uint32(m.Rows))
 		h.Write(buf[:])
+		// The row-major bytes, whatever layout the node holds them in
+		// (kernels.PackQ80x16): a copying and a mapping trunk agree.
+		size := m.Rows * m.RowStride()
 		binary.LittleEndian.PutUint32(buf[:4], uint32(m.Cols))
-		binary.LittleEndian.PutUint32(buf[4:], uint32(len(m.Data)))
+		binary.LittleEndian.PutUint32(buf[4:], uint32(size))
 		h.Write(buf[:])
 		const win = 256
-		d := m.Data
-		if len(d) <= 3*win {
-			h.Write(d)
+		if size <= 3*win {
+			h.Write(kernels.RowMajorBytes(m, 0, size))
 			return
 		}
-		h.Write(d[:win])
-		h.Write(d[len(d)/2 : len(d)/2+win])
-		h.Write(d[len(d)-win:])
+		h.Write(kernels.RowMajorBytes(m, 0, win))
+		h.Write(kernels.RowMajorBytes(m, size/2, win))
+		h.Write(kernels.RowMajorBytes(m, size-win, win))
 	}
 	vec := func(v []float32) {
 		binary.LittleEndian.PutUint32(buf[:4], uint32(len(v)))

@@ -11,6 +11,7 @@ import (
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/gguf"
 	"github.com/switchyard-serving/switchyard/model/internal/fileio"
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	"github.com/switchyard-serving/switchyard/model/safetensors"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
@@ -93,12 +94,43 @@ func (l *loader) own(name string, m tensor.Matrix) (tensor.Matrix, error) {
 	if l.arena == nil {
 		return m, nil
 	}
-	data, err := l.arena.Copy(m.Data)
+	c, err := copyMatrix(l.arena, m)
 	if err != nil {
 		return tensor.Matrix{}, fmt.Errorf("%s: copying out of the map: %w", name, err)
 	}
-	m.Data = data
-	return m, nil
+	return c, nil
+}
+
+// copyMatrix copies m into a: packed for the kernels where that makes their
+// products faster (kernels.CanPackQ80x16: Q8_0 in 16-row groups), else as
+// it is. The rows are read from the file in pieces of whole groups and
+// packed from there.
+func copyMatrix(a *fileio.Arena, m tensor.Matrix) (tensor.Matrix, error) {
+	if !kernels.CanPackQ80x16(m) {
+		data, err := a.Copy(m.Data)
+		if err != nil {
+			return tensor.Matrix{}, err
+		}
+		m.Data = data
+		return m, nil
+	}
+	dst, err := a.Alloc(kernels.PackedQ80x16Bytes(m.Rows, m.Cols))
+	if err != nil {
+		return tensor.Matrix{}, err
+	}
+	rb := m.RowStride()
+	step := max(16, (4<<20)/rb&^15) // rows per piece: whole groups, about 4 MiB
+	buf := make([]byte, min(step, m.Rows)*rb)
+	out := dst[:0]
+	for r := 0; r < m.Rows; r += step {
+		piece := m.Slice(r, min(r+step, m.Rows))
+		fileio.Read(buf[:len(piece.Data)], piece.Data)
+		piece.Data = buf[:len(piece.Data)]
+		n := kernels.PackedQ80x16Bytes(piece.Rows, piece.Cols)
+		kernels.PackQ80x16(dst[len(out):len(out)+n], piece)
+		out = dst[:len(out)+n]
+	}
+	return tensor.Matrix{DType: m.DType, Rows: m.Rows, Cols: m.Cols, Data: dst, Layout: tensor.Q80x16}, nil
 }
 
 // expert returns the parts of routed expert e of layer i from their
@@ -379,11 +411,17 @@ func (l *loader) loadHF(c *config.Config) (*Weights, error) {
 			lw.Attn = aw
 		}
 		S := c.SharedIntermediate
-		in, err := l.matrix(p+"shared_mlp.input_linear.weight", 2*S, H)
+		inName := p + "shared_mlp.input_linear.weight"
+		in, err := l.mapped(inName, 2*S, H)
 		if err != nil {
 			return nil, err
 		}
-		lw.Shared.Gate, lw.Shared.Up = in.Slice(0, S), in.Slice(S, 2*S)
+		if lw.Shared.Gate, err = l.own(inName, in.Slice(0, S)); err != nil {
+			return nil, err
+		}
+		if lw.Shared.Up, err = l.own(inName, in.Slice(S, 2*S)); err != nil {
+			return nil, err
+		}
 		if lw.Shared.Down, err = l.matrix(p+"shared_mlp.output_linear.weight", H, S); err != nil {
 			return nil, err
 		}
@@ -406,11 +444,12 @@ func (l *loader) loadHF(c *config.Config) (*Weights, error) {
 				if l.keepExpert != nil && !l.keepExpert(i, e) {
 					continue
 				}
-				m, err := l.expert(i, e, expertPart{inName, in, e * 2 * I, (e + 1) * 2 * I}, expertPart{outName, out, e * H, (e + 1) * H})
+				m, err := l.expert(i, e, expertPart{inName, in, e * 2 * I, e*2*I + I}, expertPart{inName, in, e*2*I + I, (e + 1) * 2 * I},
+					expertPart{outName, out, e * H, (e + 1) * H})
 				if err != nil {
 					return nil, err
 				}
-				lw.Experts[e] = ExpertWeights{Gate: m[0].Slice(0, I), Up: m[0].Slice(I, 2*I), Down: m[1]}
+				lw.Experts[e] = ExpertWeights{Gate: m[0], Up: m[1], Down: m[2]}
 			}
 		}
 		w.Layers = append(w.Layers, lw)

@@ -236,7 +236,7 @@ func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt 
 	for _, s := range batch {
 		for _, t := range s.Tokens {
 			row := sc.h[r*H : (r+1)*H]
-			tensor.DequantizeRow(m.W.Embed.DType, m.W.Embed.Row(t), row)
+			kernels.DequantizeMatrixRow(m.W.Embed, t, row)
 			for j := range row {
 				row[j] *= c.EmbeddingMultiplier
 			}

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"testing"
 	"unsafe"
+
+	"github.com/switchyard-serving/switchyard/model/kernels"
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // LoadOptions.NoMmap copies the matrices out of the file's map: the logits
@@ -209,5 +212,27 @@ func TestExpertCacheRecopiesSparseSlabs(t *testing.T) {
 	}
 	if cache.Len() != 0 || cache.Bytes() != 0 {
 		t.Errorf("after every model closed: %d experts, %d bytes", cache.Len(), cache.Bytes())
+	}
+}
+
+// TestCopiedFingerprint: a model copied into memory (its Q8_0 matrices
+// packed where the CPU has the kernels) has the mapped model's weights
+// fingerprint, so trunks that load differently still agree on snapshots.
+func TestCopiedFingerprint(t *testing.T) {
+	path := filepath.Join(quantDir, "granite-tiny-q8_0.gguf")
+	open := func(opt LoadOptions) *Model {
+		m, _, err := Open(path, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		return m
+	}
+	mapped, copied := open(LoadOptions{}), open(LoadOptions{NoMmap: true})
+	if kernels.CanPackQ80x16(mapped.W.Output) && copied.W.Output.Layout != tensor.Q80x16 {
+		t.Fatal("the copied output matrix is not packed on a CPU with the packed kernels")
+	}
+	if mapped.W.Fingerprint() != copied.W.Fingerprint() {
+		t.Fatal("copied and mapped models have different weight fingerprints")
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/switchyard-serving/switchyard/model/gguf"
 	"github.com/switchyard-serving/switchyard/model/kernels"
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // TestLlamaCppQ8_0Direct checks the logits of a Q8_0 model against
@@ -82,6 +83,13 @@ func TestLlamaCppQ8_0Direct(t *testing.T) {
 	}
 
 	m := openDirect(t, path, ref.VocabSize)
+	// The same file copied into memory (the servers' default): its Q8_0
+	// matrices packed in 16-row groups where the CPU has those kernels, which
+	// must give the mapped model's logits bit for bit.
+	mc := openDirectWith(t, path, ref.VocabSize, LoadOptions{KVDType: tensor.F32, NoMmap: true})
+	if kernels.CanPackQ80x16(tensor.Matrix{DType: tensor.Q8_0, Rows: 1, Cols: 32}) && mc.W.Layers[0].Mamba.InProj.Layout != tensor.Q80x16 {
+		t.Fatal("copied model: in_proj not packed on a CPU with the packed kernels")
+	}
 	V := m.Cfg.VocabSize
 	prevQ8 := kernels.SetQ8Activations(true)
 	defer kernels.SetQ8Activations(prevQ8)
@@ -101,7 +109,7 @@ func TestLlamaCppQ8_0Direct(t *testing.T) {
 		pos    [ways][][]float64
 		logits [ways][]float32
 	}
-	run := func() result {
+	run := func(m *Model) result {
 		var r result
 		for _, p := range ref.Prompts {
 			n := len(p.TokenIDs)
@@ -176,7 +184,15 @@ func TestLlamaCppQ8_0Direct(t *testing.T) {
 		var float result
 		for _, q8 := range q8s {
 			kernels.SetQ8Activations(q8)
-			r := run()
+			r := run(m)
+			rc := run(mc)
+			for w := range ways {
+				for i := range r.logits[w] {
+					if math.Float32bits(r.logits[w][i]) != math.Float32bits(rc.logits[w][i]) {
+						t.Fatalf("level %v, 8-bit activations %v, %s: logit %d copied %g, mapped %g", lvl, q8, wayNames[w], i, rc.logits[w][i], r.logits[w][i])
+					}
+				}
+			}
 			// The integer kernels ran if the logits changed (a CPU without
 			// AVX-512 VNNI widens the weights whatever the setting).
 			ints := q8 && lvl == kernels.LevelAVX512 && !slices.Equal(r.logits[asCopies], float.logits[asCopies])

@@ -306,7 +306,13 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 // through, when the test ends.
 func openDirect(t *testing.T, path string, vocab int) *Model {
 	t.Helper()
-	m, _, err := Open(path, LoadOptions{KVDType: tensor.F32})
+	return openDirectWith(t, path, vocab, LoadOptions{KVDType: tensor.F32})
+}
+
+// openDirectWith is openDirect with other load options.
+func openDirectWith(t *testing.T, path string, vocab int, opt LoadOptions) *Model {
+	t.Helper()
+	m, _, err := Open(path, opt)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -590,6 +590,30 @@ func q80dot512R5(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstrid
 // q80dot512R6 multiplies 6 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
 func q80dot512R6(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 
+// q80x16N1 multiplies a 16-row group of repacked Q8_0 weights with 1 quantized input rows (see genQ80x16).
+func q80x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q80x16N2 multiplies a 16-row group of repacked Q8_0 weights with 2 quantized input rows (see genQ80x16).
+func q80x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q80x16N3 multiplies a 16-row group of repacked Q8_0 weights with 3 quantized input rows (see genQ80x16).
+func q80x16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q80x16N4 multiplies a 16-row group of repacked Q8_0 weights with 4 quantized input rows (see genQ80x16).
+func q80x16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q80x16N5 multiplies a 16-row group of repacked Q8_0 weights with 5 quantized input rows (see genQ80x16).
+func q80x16N5(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q80x16N6 multiplies a 16-row group of repacked Q8_0 weights with 6 quantized input rows (see genQ80x16).
+func q80x16N6(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q80x16N7 multiplies a 16-row group of repacked Q8_0 weights with 7 quantized input rows (see genQ80x16).
+func q80x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q80x16N8 multiplies a 16-row group of repacked Q8_0 weights with 8 quantized input rows (see genQ80x16).
+func q80x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // siluMul512 sets dst[i] = gate[i]/(1+exp(-gate[i]))·u[i] for i < n (a multiple of 16; u may be nil).
 //
 //go:noescape

@@ -85,7 +85,13 @@ func coldWeights(dt tensor.DType, rows, cols int, minBytes int) []tensor.Matrix 
 }
 
 func benchMatMul(b *testing.B, dt tensor.DType, rows, cols, n, threads int) {
-	ws := coldWeights(dt, rows, cols, 600<<20)
+	benchMatMulOn(b, coldWeights(dt, rows, cols, 600<<20), n, threads)
+}
+
+// benchMatMulOn measures MatMul with n input rows, cycling through ws (copies
+// of one matrix, so that the weights come from memory).
+func benchMatMulOn(b *testing.B, ws []tensor.Matrix, n, threads int) {
+	rows, cols := ws[0].Rows, ws[0].Cols
 	x := randVec(rand.New(rand.NewPCG(1, 1)), n*cols)
 	out := make([]float32, n*rows)
 	bw, fma := peaks(threads)
@@ -369,6 +375,34 @@ func BenchmarkQ80Activations(b *testing.B) {
 						q80MinRows = map[string]int{"rows": 1 << 30, "group": 1, "f32": pm}[v]
 						defer func() { q80MinRows = pm }()
 						benchMatMul(b, tensor.Q8_0, sh[0], sh[1], n, th)
+					})
+				}
+			}
+		}
+	}
+}
+
+// BenchmarkQ80x16: products with Q8_0 weights packed in 16-row groups
+// (PackQ80x16, what the loader does when it copies weights) against the
+// same weights row-major, both with 8-bit activations: in_proj and an
+// expert's shape, one-row (decode) to prefill-sized inputs.
+func BenchmarkQ80x16(b *testing.B) {
+	if !hasQ80x16Kernels() {
+		b.Skip("no packed Q8_0 kernels on this CPU or build")
+	}
+	for _, sh := range [][2]int{{6448, 1536}, {1536, 512}} {
+		for _, n := range []int{1, 2, 4, 8, 64, 512} {
+			for _, th := range []int{1, 2} {
+				for _, packed := range []bool{false, true} {
+					name := map[bool]string{false: "rowmajor", true: "x16"}[packed]
+					b.Run(fmt.Sprintf("%dx%d/n=%d/threads=%d/%s", sh[0], sh[1], n, th, name), func(b *testing.B) {
+						ws := coldWeights(tensor.Q8_0, sh[0], sh[1], 600<<20)
+						if packed {
+							for i, w := range ws {
+								ws[i] = PackQ80x16(make([]byte, PackedQ80x16Bytes(w.Rows, w.Cols)), w)
+							}
+						}
+						benchMatMulOn(b, ws, n, th)
 					})
 				}
 			}

@@ -129,6 +129,10 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	}
 	checkMatMul(out, w, x, n)
 	lvl := KernelLevel()
+	if w.Layout != tensor.RowMajor && (!packedFast(lvl) || w.Cols == 0 || !finite(x[:n*w.Cols])) {
+		matMulUnpacked(out, w, x, n, threads, inv)
+		return
+	}
 	if lvl == LevelRef {
 		MatMulRef(out, w, x, n)
 		return

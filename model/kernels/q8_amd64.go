@@ -106,12 +106,68 @@ type q80DotFn func(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstr
 
 var q80Dots = [q80MaxRows + 1]q80DotFn{1: q80dot512R1, 2: q80dot512R2, 3: q80dot512R3, 4: q80dot512R4, 5: q80dot512R5, 6: q80dot512R6}
 
+// hasQ80x16Kernels: the CPU runs q80x16N (packed Q8_0, q80x16.go).
+func hasQ80x16Kernels() bool { return hasQ80 && maxLevel >= LevelAVX512 }
+
+// packedFast reports whether a product with packed Q8_0 weights runs its
+// own kernels at level lvl (else matMulUnpacked).
+func packedFast(lvl Level) bool { return lvl >= LevelAVX512 && hasQ80 && q8Act.Load() }
+
+var q80x16Fns = [q80x16MaxN + 1]func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int){
+	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}
+
+// q80x16MaxN is the most input rows per q80x16N call.
+const q80x16MaxN = 8
+
+// planQ80x16 sets up a product with packed weights: each input row
+// quantized as for q80rows512. It reports false if a row holds an infinity
+// or a NaN (the caller checked: not reached).
+func planQ80x16(c *callCtx) bool {
+	if !planQ80Rows(c) {
+		return false
+	}
+	j := &c.job
+	j.block = q80x16Rows512
+	j.rb = max(q80x16Rows, rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)&^(q80x16Rows-1))
+	return true
+}
+
+// q80x16Rows512 computes rows [r0, r1) (whole groups but the last) for every
+// input row, up to q80x16MaxN input rows per pass over the groups' weights:
+// the whole groups straight into out, a partial last group through a
+// buffer.
+func q80x16Rows512(j *mmJob, _ *scratch, r0, r1, _, _ int) {
+	p := &j.q8
+	xs := (p.nb + 15) / 16 * q80rTileBytes
+	gb := p.nb * q80x16Block
+	rows := j.w.Rows
+	g0, full := r0/q80x16Rows, (r1-r0)/q80x16Rows
+	for i0 := 0; i0 < j.n; i0 += q80x16MaxN {
+		nn := min(q80x16MaxN, j.n-i0)
+		if full > 0 {
+			q80x16Fns[nn](&j.w.Data[g0*gb], full, p.nb, &p.xq[i0*xs], xs, &j.out[i0*rows+g0*q80x16Rows], 4*rows)
+		}
+		if tail := r1 - r0 - full*q80x16Rows; tail > 0 {
+			var tmp [q80x16MaxN * q80x16Rows]float32
+			g := g0 + full
+			q80x16Fns[nn](&j.w.Data[g*gb], 1, p.nb, &p.xq[i0*xs], xs, &tmp[0], 4*q80x16Rows)
+			for i := 0; i < nn; i++ {
+				copy(j.out[(i0+i)*rows+g*q80x16Rows:][:tail], tmp[i*q80x16Rows:])
+			}
+		}
+	}
+}
+
 // planQ80 sets up the Q8_0 integer path (q80act.go): it quantizes the input
 // rows, 16 per group, into c.xq.
 func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j := &c.job
 	if lvl < LevelAVX512 || !hasQ80 {
 		return false, false
+	}
+	if j.w.Layout == tensor.Q80x16 {
+		ok := planQ80x16(c)
+		return ok, !ok
 	}
 	switch q80Choice(j.w, j.n, j.inv) {
 	case q80None:

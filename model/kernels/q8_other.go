@@ -18,3 +18,7 @@ func planBF16(*callCtx, Level) bool { return false }
 func hasBF16DotKernels() bool { return false }
 
 func toBF16Asm([]uint16, []float32) int { return 0 }
+
+func hasQ80x16Kernels() bool { return false }
+
+func packedFast(Level) bool { return false }

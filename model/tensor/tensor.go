@@ -126,8 +126,27 @@ type Matrix struct {
 	DType DType
 	Rows  int    // output features
 	Cols  int    // input features
-	Data  []byte // Rows * RowBytes(Cols) bytes
+	Data  []byte // Rows * RowBytes(Cols) bytes (Layout RowMajor)
+	// Layout is how Data holds the rows: RowMajor, or a layout the kernels
+	// repacked the matrix into (model/kernels: PackQ80x16), which only they
+	// read (Row and Slice panic on it).
+	Layout Layout
 }
+
+// Layout is the arrangement of a Matrix's bytes.
+type Layout uint8
+
+const (
+	// RowMajor: row after row, each RowBytes(Cols) bytes in its DType's
+	// blocks, as checkpoints store them.
+	RowMajor Layout = iota
+	// Q80x16: Q8_0 rows in groups of 16 (the last padded with zero rows),
+	// each group block by block: the 16 rows' f16 scales (32 bytes), then
+	// the block's 32 values of the 16 rows, 4 bytes of a row after 4 bytes
+	// of the next (512 bytes), each value stored as q+128 (unsigned). See
+	// model/kernels/q80x16.go.
+	Q80x16
+)
 
 // NewMatrix checks that data holds exactly rows x cols values of type dt.
 func NewMatrix(dt DType, rows, cols int, data []byte) (Matrix, error) {
@@ -147,14 +166,23 @@ func (m Matrix) RowStride() int {
 	return rb
 }
 
-// Row returns the bytes of row r.
+// Row returns the bytes of row r (RowMajor only).
 func (m Matrix) Row(r int) []byte {
+	m.rowMajor()
 	s := m.RowStride()
 	return m.Data[r*s : (r+1)*s]
 }
 
-// Slice returns rows [r0, r1) as a matrix sharing the same bytes.
+// rowMajor panics unless m's rows lie one after the other.
+func (m Matrix) rowMajor() {
+	if m.Layout != RowMajor {
+		panic(fmt.Sprintf("tensor: rows of a %s matrix in a repacked layout (%d)", m.DType, m.Layout))
+	}
+}
+
+// Slice returns rows [r0, r1) as a matrix sharing the same bytes (RowMajor only).
 func (m Matrix) Slice(r0, r1 int) Matrix {
+	m.rowMajor()
 	s := m.RowStride()
 	return Matrix{DType: m.DType, Rows: r1 - r0, Cols: m.Cols, Data: m.Data[r0*s : r1*s]}
 }

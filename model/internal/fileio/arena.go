@@ -14,11 +14,6 @@ type Arena struct {
 	chunk  int // chunk size (0: arenaChunk; a multiple of 4 KiB)
 }
 
-// NewArena returns an arena whose chunks are chunk bytes (a multiple of 4
-// KiB; 0 means 256 MiB): the size of everything one arena will hold keeps
-// its memory to what it copies.
-func NewArena(chunk int) *Arena { return &Arena{chunk: chunk} }
-
 // arenaChunk is the size of the arena's chunks: a multiple of 2 MiB.
 const arenaChunk = 256 << 20
 
@@ -27,9 +22,23 @@ const arenaChunk = 256 << 20
 // faulting the map's pages in one by one); otherwise, or when the file can no
 // longer be read, it is copied from b.
 func (a *Arena) Copy(b []byte) ([]byte, error) {
-	n := len(b)
-	if n == 0 {
+	if len(b) == 0 {
 		return b, nil
+	}
+	dst, err := a.Alloc(len(b))
+	if err != nil {
+		return nil, err
+	}
+	Read(dst, b)
+	return dst, nil
+}
+
+// Alloc returns n bytes of the arena's memory (64-byte aligned, zeroed when
+// first touched), for a caller that fills them itself (Read, or a repacked
+// copy).
+func (a *Arena) Alloc(n int) ([]byte, error) {
+	if n == 0 {
+		return nil, nil
 	}
 	off := (a.off + 63) &^ 63
 	if a.cur == nil || off+n > len(a.cur) {
@@ -37,21 +46,24 @@ func (a *Arena) Copy(b []byte) ([]byte, error) {
 		if chunk == 0 {
 			chunk = arenaChunk
 		}
-		size := max(chunk, (n+4095)&^4095)
-		c, err := allocAnon(size)
+		c, err := allocAnon(max(chunk, (n+4095)&^4095))
 		if err != nil {
 			return nil, err
 		}
 		a.chunks = append(a.chunks, c)
 		a.cur, off = c, 0
 	}
-	dst := a.cur[off : off+n : off+n]
-	if !readMapped(dst, b) {
-		copy(dst, b)
-	}
 	a.off = off + n
 	a.bytes += int64(n)
-	return dst, nil
+	return a.cur[off : off+n : off+n], nil
+}
+
+// Read fills dst with the bytes of src: read from the file when src lies in
+// a mapping made by Map (see Copy), else copied.
+func Read(dst, src []byte) {
+	if !readMapped(dst, src) {
+		copy(dst, src)
+	}
 }
 
 // Bytes is the total size of the copies.

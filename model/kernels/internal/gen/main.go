@@ -91,6 +91,9 @@ func main() {
 	for r := 1; r <= q80MaxRows; r++ {
 		genQ80Dot(r)
 	}
+	for n := 1; n <= q80x16MaxN; n++ {
+		genQ80x16(n)
+	}
 	genSiLU()
 	for n := 1; n <= 6; n++ {
 		genBF16Dot(n)
