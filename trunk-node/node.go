@@ -118,6 +118,14 @@ func New(cfg Config) (*Node, error) {
 		n.limits.MaxContext = mc
 	}
 	n.size = hybrid.SizeOf(c)
+	if copied := e.Model.CopiedBytes(); copied > 0 {
+		// The default budgets were sized before the weights were copied
+		// into this process's memory: say so when they no longer fit.
+		if avail, budget := availableMemory(), cfg.Memory.RecurrentBytes+cfg.Memory.KVBytes; avail > 0 && budget > avail {
+			n.log.Warn("session budgets exceed the memory left after copying the weights; lower --recurrent-budget/--kv-budget or read the weights through the map (--mmap)",
+				"budgets", budget, "available", avail, "weights_copied", copied)
+		}
+	}
 	n.snap = snapIdentity{cfg: c, weights: e.Model.W.Fingerprint(), key: cfg.SnapshotKey}
 	n.store = NewStore(cfg.Memory, e.Model.NewState, n.size.RecurrentBytes, kvPer)
 	n.store.SetClientLimit(cfg.Clients.MaxSessions)
