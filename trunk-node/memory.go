@@ -19,6 +19,11 @@ func defaultMemory() (recurrent, kv int64) {
 	return avail / 4, avail / 4
 }
 
+// AvailableMemory is the memory this process may still use: min(MemAvailable,
+// cgroup limit - cgroup usage), in bytes (0 when neither can be read). The
+// CLI sizes its own choices by it too.
+func AvailableMemory() int64 { return availableMemory() }
+
 // availableMemory is min(MemAvailable, cgroup limit - cgroup usage), in bytes
 // (0 when neither can be read).
 func availableMemory() int64 {

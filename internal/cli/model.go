@@ -15,7 +15,19 @@ import (
 	"github.com/switchyard-serving/switchyard/model/kernels"
 	"github.com/switchyard-serving/switchyard/model/sample"
 	"github.com/switchyard-serving/switchyard/model/tokenizer"
+	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
+
+// fitsInMemory reports whether the model's files take at most 80% of the
+// memory available (the host's or the cgroup's; true where neither can be
+// read): a one-shot
+// command copies its weights only then, and otherwise maps them, so that a
+// model larger than the machine's free memory still runs (slowly, paged
+// from the file) instead of failing.
+func fitsInMemory(model string) bool {
+	avail := trunknode.AvailableMemory()
+	return avail <= 0 || modelFileBytes(model) <= avail/5*4
+}
 
 // mmapUsage documents the --mmap flag of the commands that load a model.
 const mmapUsage = "read the weight matrices through the file's memory map (page cache, shared, nothing copied at start) instead of copying them into anonymous memory with transparent huge pages (the default, as llama.cpp's --no-mmap: 14-42% faster decode, anonymous memory the size of the weights)"
@@ -108,7 +120,12 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		kernels.SetThreads(*threads)
 	}
 	t0 := time.Now()
-	e, err := engine.Open(*model, hybrid.LoadOptions{KVDType: *kvDType, NoMmap: !*mmap})
+	copyWeights := !*mmap
+	if copyWeights && !fitsInMemory(*model) {
+		fmt.Fprintf(stderr, "generate: %s is more than 80%% of the available memory: reading the weights through the file's map instead of copying them (--mmap)\n", *model)
+		copyWeights = false
+	}
+	e, err := engine.Open(*model, hybrid.LoadOptions{KVDType: *kvDType, NoMmap: copyWeights})
 	if err != nil {
 		return err
 	}
