@@ -1,11 +1,12 @@
 package fileio
 
 // Arena holds copies of memory-mapped tensors in anonymous memory, for
-// loaders asked not to read weights through the file's map (the --no-mmap
-// of the CLI): chunks of arenaChunk bytes (a larger tensor gets a chunk of
-// its own), each tensor at a 64-byte boundary. On Linux the chunks are
-// anonymous maps advised for transparent huge pages. Copy and Close are not
-// safe for concurrent use.
+// loaders asked not to read weights through the file's map (the nodes'
+// default; --mmap keeps the map): chunks of arenaChunk bytes (a larger
+// tensor gets a chunk of its own), each tensor at a 64-byte boundary. On
+// Linux the chunks are anonymous maps starting on 2 MiB boundaries, advised
+// for transparent huge pages. Alloc, Copy and Close are not safe for
+// concurrent use.
 type Arena struct {
 	chunks [][]byte
 	cur    []byte // the chunk being filled
