@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/gguf"
@@ -119,19 +120,30 @@ func copyMatrix(a *fileio.Arena, m tensor.Matrix) (tensor.Matrix, error) {
 		return tensor.Matrix{}, err
 	}
 	rb := m.RowStride()
-	step := max(16, (4<<20)/rb&^15) // rows per piece: whole groups, about 4 MiB
-	buf := make([]byte, min(step, m.Rows)*rb)
-	out := dst[:0]
+	step := max(16, packPiece/rb&^15) // rows per piece: whole groups, about packPiece bytes
+	bp := packBufs.Get().(*[]byte)
+	defer packBufs.Put(bp)
+	if cap(*bp) < step*rb {
+		*bp = make([]byte, step*rb)
+	}
+	buf := *bp
+	off := 0
 	for r := 0; r < m.Rows; r += step {
 		piece := m.Slice(r, min(r+step, m.Rows))
 		fileio.Read(buf[:len(piece.Data)], piece.Data)
 		piece.Data = buf[:len(piece.Data)]
 		n := kernels.PackedQ80x16Bytes(piece.Rows, piece.Cols)
-		kernels.PackQ80x16(dst[len(out):len(out)+n], piece)
-		out = dst[:len(out)+n]
+		kernels.PackQ80x16(dst[off:off+n], piece)
+		off += n
 	}
 	return tensor.Matrix{DType: m.DType, Rows: m.Rows, Cols: m.Cols, Data: dst, Layout: tensor.Q80x16}, nil
 }
+
+// packPiece is how many bytes of a matrix copyMatrix reads at a time before
+// packing them; packBufs holds the buffers, reused across matrices.
+const packPiece = 4 << 20
+
+var packBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // expert returns the parts of routed expert e of layer i from their
 // stacks: slices of the map, copies in the arena, or copies shared through

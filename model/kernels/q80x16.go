@@ -2,6 +2,8 @@ package kernels
 
 import (
 	"encoding/binary"
+	"runtime"
+	"sync"
 
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
@@ -46,33 +48,52 @@ func CanPackQ80x16(w tensor.Matrix) bool {
 
 // PackQ80x16 packs the row-major Q8_0 matrix w into dst
 // (PackedQ80x16Bytes(w.Rows, w.Cols) bytes) and returns the packed matrix,
-// which aliases dst.
+// which aliases dst. Large matrices are packed on several goroutines.
 func PackQ80x16(dst []byte, w tensor.Matrix) tensor.Matrix {
-	nb := w.Cols / tensor.Q8_0BlockValues
 	dst = dst[:PackedQ80x16Bytes(w.Rows, w.Cols)]
+	groups := (w.Rows + q80x16Rows - 1) / q80x16Rows
+	parts := min(runtime.GOMAXPROCS(0), groups/64) // at least 64 groups (~1.6 MiB at H-Tiny widths) each
+	if parts <= 1 {
+		packQ80x16Groups(dst, w, 0, groups)
+	} else {
+		var wg sync.WaitGroup
+		for p := range parts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				packQ80x16Groups(dst, w, p*groups/parts, (p+1)*groups/parts)
+			}()
+		}
+		wg.Wait()
+	}
+	return tensor.Matrix{DType: tensor.Q8_0, Rows: w.Rows, Cols: w.Cols, Data: dst, Layout: tensor.Q80x16}
+}
+
+// packQ80x16Groups packs groups [g0, g1) of w into dst.
+func packQ80x16Groups(dst []byte, w tensor.Matrix, g0, g1 int) {
+	nb := w.Cols / tensor.Q8_0BlockValues
 	rb := w.RowStride()
-	for g := 0; g*q80x16Rows < w.Rows; g++ {
+	for g := g0; g < g1; g++ {
 		for b := 0; b < nb; b++ {
-			blk := dst[(g*nb+b)*q80x16Block : (g*nb+b+1)*q80x16Block]
+			blk := (*[q80x16Block]byte)(dst[(g*nb+b)*q80x16Block:])
 			for r := 0; r < q80x16Rows; r++ {
 				row := g*q80x16Rows + r
 				if row >= w.Rows {
 					// Padding rows: d = 0, values 0 (stored 128).
 					blk[2*r], blk[2*r+1] = 0, 0
 					for j := 0; j < 8; j++ {
-						copy(blk[32+64*j+4*r:32+64*j+4*r+4], []byte{128, 128, 128, 128})
+						binary.LittleEndian.PutUint32(blk[32+64*j+4*r:], 0x80808080)
 					}
 					continue
 				}
-				src := w.Data[row*rb+b*tensor.Q8_0BlockBytes:]
+				src := (*[tensor.Q8_0BlockBytes]byte)(w.Data[row*rb+b*tensor.Q8_0BlockBytes:])
 				blk[2*r], blk[2*r+1] = src[0], src[1]
-				for v := 0; v < 32; v++ {
-					blk[32+64*(v/4)+4*r+v%4] = src[2+v] ^ 0x80 // q+128
+				for j := 0; j < 8; j++ { // 4 values at a time, as q+128
+					binary.LittleEndian.PutUint32(blk[32+64*j+4*r:], binary.LittleEndian.Uint32(src[2+4*j:])^0x80808080)
 				}
 			}
 		}
 	}
-	return tensor.Matrix{DType: tensor.Q8_0, Rows: w.Rows, Cols: w.Cols, Data: dst, Layout: tensor.Q80x16}
 }
 
 // unpackQ80x16 writes rows [g·16, g·16+16) of the packed w (fewer in the
@@ -86,8 +107,8 @@ func unpackQ80x16(dst []byte, w tensor.Matrix, g int) int {
 		for r := 0; r < rows; r++ {
 			out := dst[r*rb+b*tensor.Q8_0BlockBytes:]
 			out[0], out[1] = blk[2*r], blk[2*r+1]
-			for v := 0; v < 32; v++ {
-				out[2+v] = blk[32+64*(v/4)+4*r+v%4] ^ 0x80
+			for j := 0; j < 8; j++ {
+				binary.LittleEndian.PutUint32(out[2+4*j:], binary.LittleEndian.Uint32(blk[32+64*j+4*r:])^0x80808080)
 			}
 		}
 	}

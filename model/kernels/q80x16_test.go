@@ -77,3 +77,22 @@ func TestQ80x16MatchesRowMajor(t *testing.T) {
 		}
 	}
 }
+
+// TestPackQ80x16Parallel: a matrix large enough to be packed on several
+// goroutines gives the bytes of a packing on one, and unpacks to its rows.
+func TestPackQ80x16Parallel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(32, 32))
+	rows, cols := 64*16*4+5, 64
+	w := randMatrix(rng, tensor.Q8_0, rows, cols)
+	n := PackedQ80x16Bytes(rows, cols)
+	par, ser := make([]byte, n), make([]byte, n)
+	PackQ80x16(par, w)
+	packQ80x16Groups(ser, w, 0, (rows+15)/16)
+	if string(par) != string(ser) {
+		t.Fatal("parallel packing differs from serial packing")
+	}
+	p := tensor.Matrix{DType: tensor.Q8_0, Rows: rows, Cols: cols, Data: par, Layout: tensor.Q80x16}
+	if string(RowMajorBytes(p, 0, rows*w.RowStride())) != string(w.Data) {
+		t.Fatal("packed matrix does not unpack to its rows")
+	}
+}
