@@ -129,7 +129,7 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	}
 	checkMatMul(out, w, x, n)
 	lvl := KernelLevel()
-	if w.Layout != tensor.RowMajor && (!packedFast(lvl) || w.Cols == 0 || !finite(x[:n*w.Cols])) {
+	if w.Layout != tensor.RowMajor && !packedFast(lvl) {
 		matMulUnpacked(out, w, x, n, threads, inv)
 		return
 	}
@@ -147,6 +147,13 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	j.rowBytes = w.RowStride()
 	j.next.Store(0)
 	q8, nonFinite := planQ8(c, lvl)
+	if nonFinite && w.Layout != tensor.RowMajor {
+		// Only the row-major path takes rows with an infinity or a NaN.
+		*j = mmJob{}
+		ctxPool.Put(c)
+		matMulUnpacked(out, w, x, n, threads, inv)
+		return
+	}
 	if nonFinite && n > 1 {
 		// A row with an infinity or a NaN widens the weights, alone; the
 		// other rows run together without it, so that their results are

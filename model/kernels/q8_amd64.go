@@ -121,7 +121,7 @@ const q80x16MaxN = 8
 
 // planQ80x16 sets up a product with packed weights: each input row
 // quantized as for q80rows512. It reports false if a row holds an infinity
-// or a NaN (the caller checked: not reached).
+// or a NaN (the caller then runs the product unpacked).
 func planQ80x16(c *callCtx) bool {
 	if !planQ80Rows(c) {
 		return false
