@@ -46,8 +46,9 @@ type cachedExpert struct {
 
 // slab is the memory one load copied its new experts into.
 type slab struct {
-	arena       *fileio.Arena
-	total, live int // experts copied into it, those still held
+	arena       *fileio.Arena // filled by its load outside the cache's lock
+	total, live int           // experts copied into it, those still held
+	bytes       int64         // the size of those copies (counted under the lock)
 }
 
 // NewExpertCache returns an empty cache.
@@ -60,7 +61,7 @@ func (c *ExpertCache) Len() int {
 	return n
 }
 
-// Bytes is the size of the slabs held.
+// Bytes is the size of the experts held in the slabs.
 func (c *ExpertCache) Bytes() int64 {
 	_, b := c.usage()
 	return b
@@ -75,7 +76,7 @@ func (c *ExpertCache) usage() (experts int, bytes int64) {
 	}
 	for s := range slabs {
 		experts += s.live
-		bytes += s.arena.Bytes()
+		bytes += s.bytes
 	}
 	return experts, bytes
 }
@@ -111,7 +112,8 @@ type cacheLoad struct {
 
 // begin starts a load of src keeping the experts in keep: it picks the
 // cached experts the load will take (those whose slab the assignment keeps
-// at least three quarters of).
+// at least three quarters of) and takes their references at once, so that
+// a model closing meanwhile cannot free them.
 func (c *ExpertCache) begin(src string, keep map[[2]int]bool) *cacheLoad {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -121,42 +123,51 @@ func (c *ExpertCache) begin(src string, keep map[[2]int]bool) *cacheLoad {
 			kept[x.slab]++
 		}
 	}
-	reuse := map[expertKey]*cachedExpert{}
+	cl := &cacheLoad{c: c, src: src, reuse: map[expertKey]*cachedExpert{}, slab: &slab{arena: &fileio.Arena{}}}
 	for le := range keep {
 		k := expertKey{src, le[0], le[1]}
 		if x := c.m[k]; x != nil && 4*kept[x.slab] >= 3*x.slab.total {
-			reuse[k] = x
+			cl.reuse[k] = x
+			cl.hold(x)
 		}
 	}
-	return &cacheLoad{c: c, src: src, reuse: reuse, slab: &slab{arena: &fileio.Arena{}}}
+	return cl
 }
 
-// get returns the expert's parts: the cached copy chosen by begin, or a new
-// copy in the load's slab; the load holds a reference either way.
-func (cl *cacheLoad) get(layer, expert int, parts []expertPart) ([]tensor.Matrix, error) {
-	k := expertKey{cl.src, layer, expert}
-	cl.c.mu.Lock()
-	defer cl.c.mu.Unlock()
-	x := cl.reuse[k]
-	if x == nil {
-		out := make([]tensor.Matrix, len(parts))
-		for i, p := range parts {
-			m, err := copyMatrix(cl.slab.arena, p.stack.Slice(p.r0, p.r1))
-			if err != nil {
-				return nil, fmt.Errorf("%s: copying expert %d of layer %d out of the map: %w", p.name, expert, layer, err)
-			}
-			out[i] = m
-		}
-		x = &cachedExpert{key: k, parts: out, slab: cl.slab}
-		cl.slab.total++
-		cl.slab.live++
-		cl.c.m[k] = x // the newest copy; an older one lives on while a model holds it
-	}
+// hold takes a reference on x for the load (c.mu held).
+func (cl *cacheLoad) hold(x *cachedExpert) {
 	x.refs++
 	cl.held = append(cl.held, x)
 	for _, m := range x.parts {
 		cl.bytes += int64(m.Bytes())
 	}
+}
+
+// get returns the expert's parts: the cached copy begin chose (and holds),
+// or a new copy in the load's slab, which the load then holds.
+func (cl *cacheLoad) get(layer, expert int, parts []expertPart) ([]tensor.Matrix, error) {
+	k := expertKey{cl.src, layer, expert}
+	if x := cl.reuse[k]; x != nil {
+		return x.parts, nil
+	}
+	out := make([]tensor.Matrix, len(parts))
+	for i, p := range parts {
+		m, err := copyMatrix(cl.slab.arena, p.stack.Slice(p.r0, p.r1))
+		if err != nil {
+			return nil, fmt.Errorf("%s: copying expert %d of layer %d out of the map: %w", p.name, expert, layer, err)
+		}
+		out[i] = m
+	}
+	cl.c.mu.Lock()
+	defer cl.c.mu.Unlock()
+	x := &cachedExpert{key: k, parts: out, slab: cl.slab}
+	cl.slab.total++
+	cl.slab.live++
+	for _, m := range out {
+		cl.slab.bytes += int64(m.Bytes())
+	}
+	cl.c.m[k] = x // the newest copy; an older one lives on while a model holds it
+	cl.hold(x)
 	return x.parts, nil
 }
 
@@ -180,8 +191,5 @@ func (cl *cacheLoad) release() error {
 		}
 	}
 	cl.held = nil
-	if cl.slab.total == 0 {
-		_ = cl.slab.arena.Close() // nothing copied: no chunk either
-	}
 	return first
 }
