@@ -18,15 +18,9 @@ func TestNoMmapSameLogits(t *testing.T) {
 	hf := fixtureHF(t)
 	for _, path := range []string{hf, filepath.Join(filepath.Dir(hf), "model.gguf")} {
 		t.Run(filepath.Base(path), func(t *testing.T) {
-			mapped, _, err := Open(path, LoadOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			mapped := mustOpen(t, path, LoadOptions{})
 			defer mapped.Close()
-			copied, _, err := Open(path, LoadOptions{NoMmap: true})
-			if err != nil {
-				t.Fatal(err)
-			}
+			copied := mustOpen(t, path, LoadOptions{NoMmap: true})
 			if a, b := unsafe.SliceData(mapped.W.Embed.Data), unsafe.SliceData(copied.W.Embed.Data); a == b {
 				t.Fatal("NoMmap: the embedding still points into the file's map")
 			}
@@ -57,10 +51,7 @@ func TestNoMmapCopiesOnlyKeptExperts(t *testing.T) {
 	for _, path := range []string{hf, filepath.Join(filepath.Dir(hf), "model.gguf")} {
 		t.Run(filepath.Base(path), func(t *testing.T) {
 			open := func(keep func(l, e int) bool) *Model {
-				m, _, err := Open(path, LoadOptions{NoMmap: true, KeepExpert: keep})
-				if err != nil {
-					t.Fatal(err)
-				}
+				m := mustOpen(t, path, LoadOptions{NoMmap: true, KeepExpert: keep})
 				t.Cleanup(func() { m.Close() })
 				return m
 			}
@@ -104,11 +95,7 @@ func TestExpertCacheSharesKeptExperts(t *testing.T) {
 		t.Run(filepath.Base(path), func(t *testing.T) {
 			cache := NewExpertCache()
 			load := func(keep func(l, e int) bool) *Model {
-				m, _, err := Open(path, LoadOptions{NoMmap: true, KeepExpert: keep, ExpertCache: cache})
-				if err != nil {
-					t.Fatal(err)
-				}
-				return m
+				return mustOpen(t, path, LoadOptions{NoMmap: true, KeepExpert: keep, ExpertCache: cache})
 			}
 			first := load(func(l, e int) bool { return e%2 == 0 })  // even experts
 			second := load(func(l, e int) bool { return e%4 != 3 }) // shares e%4 == 0, adds e%4 == 1
@@ -132,10 +119,7 @@ func TestExpertCacheSharesKeptExperts(t *testing.T) {
 			if unsafe.SliceData(a.Down.Data) != unsafe.SliceData(b.Down.Data) {
 				t.Error("an expert both assignments keep was copied twice")
 			}
-			mapped, _, err := Open(path, LoadOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			mapped := mustOpen(t, path, LoadOptions{})
 			defer mapped.Close()
 			for e, x := range second.W.Layers[0].Experts {
 				if e%4 == 3 {
@@ -177,11 +161,7 @@ func TestExpertCacheRecopiesSparseSlabs(t *testing.T) {
 	path := filepath.Join(filepath.Dir(fixtureHF(t)), "model.gguf")
 	cache := NewExpertCache()
 	load := func(keep func(l, e int) bool) *Model {
-		m, _, err := Open(path, LoadOptions{NoMmap: true, KeepExpert: keep, ExpertCache: cache})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return m
+		return mustOpen(t, path, LoadOptions{NoMmap: true, KeepExpert: keep, ExpertCache: cache})
 	}
 	all := load(nil)
 	if !all.Cfg.IsMoE() {
@@ -225,19 +205,22 @@ func TestExpertCacheRecopiesSparseSlabs(t *testing.T) {
 // fingerprint, so trunks that load differently still agree on snapshots.
 func TestCopiedFingerprint(t *testing.T) {
 	path := filepath.Join(quantDir, "granite-tiny-q8_0.gguf")
-	open := func(opt LoadOptions) *Model {
-		m, _, err := Open(path, opt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { m.Close() })
-		return m
-	}
-	mapped, copied := open(LoadOptions{}), open(LoadOptions{NoMmap: true})
+	mapped, copied := mustOpen(t, path, LoadOptions{}), mustOpen(t, path, LoadOptions{NoMmap: true})
+	t.Cleanup(func() { mapped.Close(); copied.Close() })
 	if kernels.CanPackQ80x16(mapped.W.Output) && copied.W.Output.Layout != tensor.Q80x16 {
 		t.Fatal("the copied output matrix is not packed on a CPU with the packed kernels")
 	}
 	if mapped.W.Fingerprint() != copied.W.Fingerprint() {
 		t.Fatal("copied and mapped models have different weight fingerprints")
 	}
+}
+
+// mustOpen opens path with opt or fails the test; the caller closes the model.
+func mustOpen(t *testing.T, path string, opt LoadOptions) *Model {
+	t.Helper()
+	m, _, err := Open(path, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
