@@ -92,24 +92,23 @@ static int verbose;
 static char kv_seen[16]; // the K cache type llama.cpp logs at context creation
 static char load_seen[16]; // the load_mode llama.cpp logs when it loads tensors
 
+// capture copies into dst (size bytes) what text holds between key and the
+// next ')', if key occurs and it fits.
+static void capture(const char *text, const char *key, char *dst, size_t size) {
+	const char *k = strstr(text, key);
+	if (!k) return;
+	k += strlen(key);
+	const char *e = strchr(k, ')');
+	if (e && (size_t)(e - k) < size) {
+		memcpy(dst, k, e - k);
+		dst[e - k] = 0;
+	}
+}
+
 static void on_log(int level, const char *text, void *user) {
 	(void)level; (void)user;
-	const char *k = strstr(text, "K (");
-	if (k) {
-		const char *e = strchr(k + 3, ')');
-		if (e && e - (k + 3) < (long)sizeof kv_seen) {
-			memcpy(kv_seen, k + 3, e - (k + 3));
-			kv_seen[e - (k + 3)] = 0;
-		}
-	}
-	const char *l = strstr(text, "load_mode = ");
-	if (l) {
-		const char *e = strchr(l + 12, ')');
-		if (e && e - (l + 12) < (long)sizeof load_seen) {
-			memcpy(load_seen, l + 12, e - (l + 12));
-			load_seen[e - (l + 12)] = 0;
-		}
-	}
+	capture(text, "K (", kv_seen, sizeof kv_seen);
+	capture(text, "load_mode = ", load_seen, sizeof load_seen);
 	if (verbose) fputs(text, stderr);
 }
 
