@@ -103,11 +103,11 @@ func (l *loader) own(name string, m tensor.Matrix) (tensor.Matrix, error) {
 }
 
 // copyMatrix copies m into a: packed for the kernels where that makes their
-// products faster (kernels.CanPackQ80x16: Q8_0 in 16-row groups), else as
+// products faster (kernels.CanPack: Q8_0 and Q4_K in 16-row groups), else as
 // it is. The rows are read from the file in pieces of whole groups and
 // packed from there.
 func copyMatrix(a *fileio.Arena, m tensor.Matrix) (tensor.Matrix, error) {
-	if !kernels.CanPackQ80x16(m) {
+	if !kernels.CanPack(m) {
 		data, err := a.Copy(m.Data)
 		if err != nil {
 			return tensor.Matrix{}, err
@@ -115,7 +115,7 @@ func copyMatrix(a *fileio.Arena, m tensor.Matrix) (tensor.Matrix, error) {
 		m.Data = data
 		return m, nil
 	}
-	dst, err := a.Alloc(kernels.PackedQ80x16Bytes(m.Rows, m.Cols))
+	dst, err := a.Alloc(kernels.PackedBytes(m.DType, m.Rows, m.Cols))
 	if err != nil {
 		return tensor.Matrix{}, err
 	}
@@ -128,15 +128,16 @@ func copyMatrix(a *fileio.Arena, m tensor.Matrix) (tensor.Matrix, error) {
 	}
 	buf := *bp
 	off := 0
+	var layout tensor.Layout
 	for r := 0; r < m.Rows; r += step {
 		piece := m.Slice(r, min(r+step, m.Rows))
 		fileio.Read(buf[:len(piece.Data)], piece.Data)
 		piece.Data = buf[:len(piece.Data)]
-		n := kernels.PackedQ80x16Bytes(piece.Rows, piece.Cols)
-		kernels.PackQ80x16(dst[off:off+n], piece)
+		n := kernels.PackedBytes(piece.DType, piece.Rows, piece.Cols)
+		layout = kernels.Pack(dst[off:off+n], piece).Layout
 		off += n
 	}
-	return tensor.Matrix{DType: m.DType, Rows: m.Rows, Cols: m.Cols, Data: dst, Layout: tensor.Q80x16}, nil
+	return tensor.Matrix{DType: m.DType, Rows: m.Rows, Cols: m.Cols, Data: dst, Layout: layout}, nil
 }
 
 // packPiece is how many bytes of a matrix copyMatrix reads at a time before

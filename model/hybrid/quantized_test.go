@@ -204,6 +204,13 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 	}
 
 	m := openDirect(t, path, ref.VocabSize)
+	// The same file copied into memory (the servers' default): its Q4_K
+	// matrices packed in 16-row groups where the CPU has those kernels, which
+	// must give the mapped model's logits bit for bit, at every level.
+	mc := openDirectWith(t, path, ref.VocabSize, LoadOptions{KVDType: tensor.F32, NoMmap: true})
+	if kernels.CanPack(tensor.Matrix{DType: tensor.Q4_K, Rows: 1, Cols: 256}) && mc.W.Layers[0].Mamba.InProj.Layout != tensor.Q4Kx16 {
+		t.Fatalf("copied model: in_proj (%v) not packed on a CPU with the packed kernels", mc.W.Layers[0].Mamba.InProj.DType)
+	}
 	V := m.Cfg.VocabSize
 	prevQ8 := kernels.SetQ8Activations(true)
 	defer kernels.SetQ8Activations(prevQ8)
@@ -216,7 +223,7 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 		agreeing        int
 		logits          []float32
 	}
-	run := func() result {
+	run := func(m *Model) result {
 		var r result
 		for _, p := range ref.Prompts {
 			n := len(p.TokenIDs)
@@ -260,7 +267,10 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 		var float result
 		for _, q8 := range q8s {
 			kernels.SetQ8Activations(q8)
-			r := run()
+			r := run(m)
+			if c := run(mc); !slices.Equal(c.logits, r.logits) {
+				t.Errorf("level %v, 8-bit activations %v: the copied model's logits differ from the mapped model's", lvl, q8)
+			}
 			// The integer kernels ran if the logits changed (a CPU without
 			// AVX-512 VNNI widens the weights whatever the setting).
 			ints := q8 && lvl == kernels.LevelAVX512 && !slices.Equal(r.logits, float.logits)

@@ -382,28 +382,31 @@ func BenchmarkQ80Activations(b *testing.B) {
 	}
 }
 
-// BenchmarkQ80x16: products with Q8_0 weights packed in 16-row groups
-// (PackQ80x16, what the loader does when it copies weights) against the
+// BenchmarkPacked: products with Q8_0 and Q4_K weights packed in 16-row
+// groups (Pack, what the loader does when it copies weights) against the
 // same weights row-major, both with 8-bit activations: in_proj and an
 // expert's shape, one-row (decode) to prefill-sized inputs.
-func BenchmarkQ80x16(b *testing.B) {
-	if !hasQ80x16Kernels() {
-		b.Skip("no packed Q8_0 kernels on this CPU or build")
-	}
-	for _, sh := range [][2]int{{6448, 1536}, {1536, 512}} {
-		for _, n := range []int{1, 2, 4, 8, 64, 512} {
-			for _, th := range []int{1, 2} {
-				for _, packed := range []bool{false, true} {
-					name := map[bool]string{false: "rowmajor", true: "x16"}[packed]
-					b.Run(fmt.Sprintf("%dx%d/n=%d/threads=%d/%s", sh[0], sh[1], n, th, name), func(b *testing.B) {
-						ws := coldWeights(tensor.Q8_0, sh[0], sh[1], 600<<20)
-						if packed {
-							for i, w := range ws {
-								ws[i] = PackQ80x16(make([]byte, PackedQ80x16Bytes(w.Rows, w.Cols)), w)
+func BenchmarkPacked(b *testing.B) {
+	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_K} {
+		if !hasPackedKernels(dt) {
+			b.Skipf("no packed %v kernels on this CPU or build", dt)
+		}
+		for _, sh := range [][2]int{{6448, 1536}, {1536, 512}} {
+			for _, n := range []int{1, 2, 4, 8, 64, 512} {
+				for _, th := range []int{1, 2} {
+					for _, packed := range []bool{false, true} {
+						name := map[bool]string{false: "rowmajor", true: "x16"}[packed]
+						b.Run(fmt.Sprintf("%v/%dx%d/n=%d/threads=%d/%s", dt, sh[0], sh[1], n, th, name), func(b *testing.B) {
+							ws := coldWeights(dt, sh[0], sh[1], 600<<20)
+							if packed {
+								ws = append([]tensor.Matrix(nil), ws...) // the cache keeps the row-major ones
+								for i, w := range ws {
+									ws[i] = Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)
+								}
 							}
-						}
-						benchMatMulOn(b, ws, n, th)
-					})
+							benchMatMulOn(b, ws, n, th)
+						})
+					}
 				}
 			}
 		}

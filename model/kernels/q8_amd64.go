@@ -43,12 +43,31 @@ var q8KernelsBW = [tensor.NumDTypes][3]q8Fn{
 // and nonFinite when it does but an input row holds an infinity or a NaN.
 func planQ8(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j := &c.job
+	if j.w.Layout != tensor.RowMajor {
+		// packedFast held: the packed kernels run.
+		ok := planPacked(c)
+		return ok, !ok
+	}
 	if j.w.DType == tensor.Q8_0 {
 		return planQ80(c, lvl)
 	}
 	if lvl < LevelAVX512 || !hasQ8 || !q8Usable(j.w) {
 		return false, false
 	}
+	if !planQ8K(c) {
+		return false, true
+	}
+	j.q8.fns = q8Kernels[j.w.DType]
+	j.block = q8Block
+	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
+	return true, false
+}
+
+// planQ8K quantizes the input rows into c.xq for the K-quant integer
+// kernels (quantizeQ8K's blocks, one row after another) and sets j.q8's xq
+// and nb. It reports false if a row holds an infinity or a NaN.
+func planQ8K(c *callCtx) bool {
+	j := &c.job
 	nb := j.w.Cols / q8xValues
 	need := j.n*nb*q8xBlockBytes + 64
 	if cap(c.xq) < need {
@@ -60,13 +79,11 @@ func planQ8(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	k := j.w.Cols
 	for i := 0; i < j.n; i++ {
 		if !quantizeQ8K(xq[i*nb*q8xBlockBytes:], j.x[i*k:(i+1)*k]) {
-			return false, true
+			return false
 		}
 	}
-	j.q8 = q8Plan{fns: q8Kernels[j.w.DType], xq: xq, nb: nb}
-	j.block = q8Block
-	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
-	return true, false
+	j.q8 = q8Plan{xq: xq, nb: nb}
+	return true
 }
 
 func q8Block(j *mmJob, _ *scratch, r0, r1, _, _ int) {
@@ -106,53 +123,70 @@ type q80DotFn func(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstr
 
 var q80Dots = [q80MaxRows + 1]q80DotFn{1: q80dot512R1, 2: q80dot512R2, 3: q80dot512R3, 4: q80dot512R4, 5: q80dot512R5, 6: q80dot512R6}
 
-// hasQ80x16Kernels: the CPU runs q80x16N (packed Q8_0, q80x16.go).
-func hasQ80x16Kernels() bool { return hasQ80 && maxLevel >= LevelAVX512 }
+// hasPackedKernels reports whether the CPU runs the packed kernels of dtype
+// dt (q80x16N, q4kx16N: VPDPBUSD and VPDPWSSD on zmm; packed.go).
+func hasPackedKernels(dt tensor.DType) bool {
+	return (dt == tensor.Q8_0 || dt == tensor.Q4_K) && hasQ80 && maxLevel >= LevelAVX512
+}
 
-// packedFast reports whether a product with packed Q8_0 weights runs its
-// own kernels at level lvl (else matMulUnpacked).
+// packedFast reports whether a product with packed weights runs its own
+// kernels at level lvl (else matMulUnpacked).
 func packedFast(lvl Level) bool { return lvl >= LevelAVX512 && hasQ80 && q8Act.Load() }
 
-var q80x16Fns = [q80x16MaxN + 1]func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int){
+var q80x16Fns = [...]packedFn{
 	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}
 
-// q80x16MaxN is the most input rows per q80x16N call.
-const q80x16MaxN = 8
+var q4kx16Fns = [...]packedFn{1: q4kx16N1, 2: q4kx16N2, 3: q4kx16N3, 4: q4kx16N4}
 
-// planQ80x16 sets up a product with packed weights: each input row
-// quantized as for q80rows512. It reports false if a row holds an infinity
-// or a NaN (the caller then runs the product unpacked).
-func planQ80x16(c *callCtx) bool {
-	if !planQ80Rows(c) {
+// planPacked sets up a product with packed weights: each input row
+// quantized as the row-major kernels of its type quantize it (q80rows512's
+// tiles for Q8_0, quantizeQ8K's blocks for Q4_K). It reports false if a row
+// holds an infinity or a NaN (the caller then runs the product unpacked).
+func planPacked(c *callCtx) bool {
+	j := &c.job
+	switch j.w.Layout {
+	case tensor.Q80x16:
+		if !planQ80Rows(c) {
+			return false
+		}
+		j.q8.packed = q80x16Fns[:]
+		j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
+	case tensor.Q4Kx16:
+		if !planQ8K(c) {
+			return false
+		}
+		j.q8.packed = q4kx16Fns[:]
+		j.q8.xstride = j.q8.nb * q8xBlockBytes
+	default:
 		return false
 	}
-	j := &c.job
-	j.block = q80x16Rows512
-	j.rb = max(q80x16Rows, rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)&^(q80x16Rows-1))
+	j.block = packedRows512
+	j.rb = max(packRows, rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)&^(packRows-1))
 	return true
 }
 
-// q80x16Rows512 computes rows [r0, r1) (whole groups but the last) for every
-// input row, up to q80x16MaxN input rows per pass over the groups' weights:
-// the whole groups straight into out, a partial last group through a
-// buffer.
-func q80x16Rows512(j *mmJob, _ *scratch, r0, r1, _, _ int) {
+// packedRows512 computes rows [r0, r1) (whole groups but the last) for
+// every input row, as many input rows per pass over the groups' weights as
+// the kernels take: the whole groups straight into out, a partial last
+// group through a buffer.
+func packedRows512(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 	p := &j.q8
-	xs := (p.nb + 15) / 16 * q80rTileBytes
-	gb := p.nb * q80x16Block
+	maxN := len(p.packed) - 1
+	xs := p.xstride
+	gb := p.nb * specOf(j.w.DType, j.w.Layout).groupBytes()
 	rows := j.w.Rows
-	g0, full := r0/q80x16Rows, (r1-r0)/q80x16Rows
-	for i0 := 0; i0 < j.n; i0 += q80x16MaxN {
-		nn := min(q80x16MaxN, j.n-i0)
+	g0, full := r0/packRows, (r1-r0)/packRows
+	for i0 := 0; i0 < j.n; i0 += maxN {
+		nn := min(maxN, j.n-i0)
 		if full > 0 {
-			q80x16Fns[nn](&j.w.Data[g0*gb], full, p.nb, &p.xq[i0*xs], xs, &j.out[i0*rows+g0*q80x16Rows], 4*rows)
+			p.packed[nn](&j.w.Data[g0*gb], full, p.nb, &p.xq[i0*xs], xs, &j.out[i0*rows+g0*packRows], 4*rows)
 		}
-		if tail := r1 - r0 - full*q80x16Rows; tail > 0 {
-			var tmp [q80x16MaxN * q80x16Rows]float32
+		if tail := r1 - r0 - full*packRows; tail > 0 {
+			var tmp [8 * packRows]float32
 			g := g0 + full
-			q80x16Fns[nn](&j.w.Data[g*gb], 1, p.nb, &p.xq[i0*xs], xs, &tmp[0], 4*q80x16Rows)
+			p.packed[nn](&j.w.Data[g*gb], 1, p.nb, &p.xq[i0*xs], xs, &tmp[0], 4*packRows)
 			for i := 0; i < nn; i++ {
-				copy(j.out[(i0+i)*rows+g*q80x16Rows:][:tail], tmp[i*q80x16Rows:])
+				copy(j.out[(i0+i)*rows+g*packRows:][:tail], tmp[i*packRows:])
 			}
 		}
 	}
@@ -164,10 +198,6 @@ func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j := &c.job
 	if lvl < LevelAVX512 || !hasQ80 {
 		return false, false
-	}
-	if j.w.Layout == tensor.Q80x16 {
-		ok := planQ80x16(c)
-		return ok, !ok
 	}
 	switch q80Choice(j.w, j.n, j.inv) {
 	case q80None:

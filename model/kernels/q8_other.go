@@ -2,6 +2,8 @@
 
 package kernels
 
+import "github.com/switchyard-serving/switchyard/model/tensor"
+
 // planQ8: no integer kernels on this build.
 func planQ8(*callCtx, Level) (ok, nonFinite bool) { return false, false }
 
@@ -19,6 +21,6 @@ func hasBF16DotKernels() bool { return false }
 
 func toBF16Asm([]uint16, []float32) int { return 0 }
 
-func hasQ80x16Kernels() bool { return false }
+func hasPackedKernels(tensor.DType) bool { return false }
 
 func packedFast(Level) bool { return false }

@@ -163,7 +163,10 @@ func matMulQ8Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 }
 
 // dotQ8Ref is one row's dot product with a quantized x: per block, the exact
-// integer sums, then d_x·(d·Σ sc·Σq·q_x − dmin·Σ m·Σq_x) in float32.
+// integer sums, then for Q4_K and Q5_K acc += Σ sc·Σq·q_x·(d·d_x) and
+// acc −= Σ m·Σq_x·(dmin·d_x) in float32, in the kernels' order (the same
+// bits), for Q6_K d_x·d·Σ sc·Σ(q−32)·q_x (the kernels sum it in other
+// lanes: float32 rounding apart).
 func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 	var acc float32
 	for b := 0; b < nb; b++ {
@@ -198,7 +201,10 @@ func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 				isum += int32(sc) * s
 				msum += int32(m) * sx
 			}
-			acc += dx * (d*float32(isum) - dmin*float32(msum))
+			// As q8BlockScalar (internal/gen/q8.go): each product and sum
+			// rounded on its own (the conversions keep Go from fusing them).
+			acc += float32(float32(isum) * float32(dx*d))
+			acc -= float32(float32(msum) * float32(dx*dmin))
 		case tensor.Q6_K:
 			blk := row[b*210 : (b+1)*210]
 			d := tensor.F16ToF32(binary.LittleEndian.Uint16(blk[208:]))

@@ -128,7 +128,7 @@ type Matrix struct {
 	Cols  int    // input features
 	Data  []byte // Rows * RowBytes(Cols) bytes (Layout RowMajor)
 	// Layout is how Data holds the rows: RowMajor, or a layout the kernels
-	// repacked the matrix into (model/kernels: PackQ80x16), which only they
+	// repacked the matrix into (model/kernels: Pack), which only they
 	// read (Row and Slice panic on it).
 	Layout Layout
 }
@@ -144,9 +144,28 @@ const (
 	// each group block by block: the 16 rows' f16 scales (32 bytes), then
 	// the block's 32 values of the 16 rows, 4 bytes of a row after 4 bytes
 	// of the next (512 bytes), each value stored as q+128 (unsigned). See
-	// model/kernels/q80x16.go.
+	// model/kernels/packed.go.
 	Q80x16
+	// Q4Kx16: Q4_K rows in groups of 16 (the last padded with zero rows),
+	// each group block by block: the 16 rows' d (32 bytes) and dmin (32),
+	// then each 4-byte word of the rows' scales and nibbles (bytes 4..143 of
+	// a block), the 16 rows' words side by side (2240 bytes): the same 144
+	// bytes per row and block. See model/kernels/packed.go.
+	Q4Kx16
 )
+
+// String names the layout.
+func (l Layout) String() string {
+	switch l {
+	case RowMajor:
+		return "row-major"
+	case Q80x16:
+		return "Q8_0x16"
+	case Q4Kx16:
+		return "Q4_Kx16"
+	}
+	return fmt.Sprintf("Layout(%d)", uint8(l))
+}
 
 // NewMatrix checks that data holds exactly rows x cols values of type dt.
 func NewMatrix(dt DType, rows, cols int, data []byte) (Matrix, error) {

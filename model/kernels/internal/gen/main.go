@@ -37,6 +37,7 @@ func main() {
 	genConsts()
 	genExpConsts()
 	genQ8Consts()
+	genQ4Kx16Consts()
 	genQ8QuantConsts()
 	genQ80Consts()
 	genQ80RowsConsts()
@@ -93,6 +94,9 @@ func main() {
 	}
 	for n := 1; n <= q80x16MaxN; n++ {
 		genQ80x16(n)
+	}
+	for n := 1; n <= q4kx16MaxN; n++ {
+		genQ4Kx16(n)
 	}
 	genSiLU()
 	for n := 1; n <= 6; n++ {

@@ -258,26 +258,49 @@ func q8RowQ4K(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Me
 			}
 		}
 	}
-	// d, dmin as float32 [d, dmin, d, dmin, ...], then each broadcast.
+	// d, dmin as float32 in the low two lanes.
 	dd := ZMM()
-	VPBROADCASTD(rowMem(0), dd.AsY())
-	VCVTPH2PS(dd.AsY(), dd)
-	dD, dM := ZMM(), ZMM()
-	VMOVSLDUP(dd, dD)
-	VMOVSHDUP(dd, dM)
+	VPBROADCASTD(rowMem(0), dd.AsX())
+	VCVTPH2PS(dd.AsX(), dd.AsX())
 	for i := 0; i < N; i++ {
 		ms := ZMM()
 		VPMADDWD(xMem(i, q8xBsum32), mins.AsX(), ms.AsX())
 		VPADDD(part[i][1], part[i][0], isum[i])
-		fD, fM := ZMM(), ZMM()
-		VMULPS_BCST(xMem(i, q8xD), dD, fD)
-		VMULPS_BCST(xMem(i, q8xD), dM, fM)
-		cv, mv := ZMM(), ZMM()
-		VCVTDQ2PS(isum[i], cv)
-		VCVTDQ2PS(ms, mv)
-		VFMADD231PS(fD, cv, acc[i])
-		VFNMADD231PS(fM, mv, acc[i])
+		q8BlockScalar(isum[i], ms, dd, xMem(i, q8xD), acc[i])
 	}
+}
+
+// q8BlockScalar adds one block's share to a row's sum in the low lane of
+// acc, as every Q4_K/Q5_K kernel does (the row-major ones here and the
+// 16-row ones of genQ4Kx16, lane = weight row, so that both give the same
+// bits): with I = Σ_j sc_j·Σ q·q_x (the lanes of isum added) and
+// M = Σ_j m_j·Σ q_x (the four lanes of ms added), exact integers,
+//
+//	acc += float(I)·(d·d_x);  acc −= float(M)·(dmin·d_x)
+//
+// each product and sum rounded on its own (no FMA). dd holds d and dmin as
+// float32 in its low two lanes, dx is d_x in memory. isum and ms are
+// clobbered.
+func q8BlockScalar(isum, ms, dd VecVirtual, dx Mem, acc VecVirtual) {
+	t := ZMM()
+	VEXTRACTI64X4(U8(1), isum, t.AsY())
+	VPADDD(t.AsY(), isum.AsY(), isum.AsY())
+	VEXTRACTI32X4(U8(1), isum.AsY(), t.AsX())
+	VPADDD(t.AsX(), isum.AsX(), isum.AsX())
+	// [I0..I3], [M0..M3] -> [I, M, I, M].
+	lo, hi := ZMM(), ZMM()
+	VPUNPCKLDQ(ms.AsX(), isum.AsX(), lo.AsX())
+	VPUNPCKHDQ(ms.AsX(), isum.AsX(), hi.AsX())
+	VPADDD(hi.AsX(), lo.AsX(), lo.AsX())
+	VPSHUFD(U8(0x4E), lo.AsX(), hi.AsX())
+	VPADDD(hi.AsX(), lo.AsX(), lo.AsX())
+	VCVTDQ2PS(lo.AsX(), lo.AsX())
+	f := ZMM()
+	VMULPS_BCST(dx, dd.AsX(), f.AsX()) // [d·d_x, dmin·d_x]
+	VMULPS(f.AsX(), lo.AsX(), lo.AsX())
+	VADDSS(lo.AsX(), acc.AsX(), acc.AsX())
+	VMOVSHDUP(lo.AsX(), hi.AsX())
+	VSUBSS(hi.AsX(), acc.AsX(), acc.AsX())
 }
 
 // q8RowQ6K adds row r's block to acc[i]: dx_i·d·Σ_g sc_g·Σ (q−32)·x_i.
@@ -506,7 +529,9 @@ func q8Rows(d dtype, N int, name string, bb int, ws, wq, oq GPVirtual, c0F, c30 
 	op := GP64()
 	MOVQ(oq, op)
 	for i := 0; i < N; i++ {
-		hsumZ(acc[i], ZMM())
+		if d == dQ6K {
+			hsumZ(acc[i], ZMM())
+		} // Q4_K and Q5_K sum in the low lane (q8BlockScalar)
 		VMOVSS(acc[i].AsX(), Mem{Base: op})
 		if i+1 < N {
 			ADDQ(os, op)

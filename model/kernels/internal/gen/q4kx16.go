@@ -1,0 +1,243 @@
+package main
+
+import (
+	"fmt"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// ---- Q4_K repacked in 16-row groups: q4kx16N ----
+//
+// A group of 16 weight rows (tensor.Q4Kx16), per block of 256 values
+// (q4kx16Block bytes, the 16 rows' blocks rearranged, nothing added):
+//
+//	[0, 32)       the 16 rows' d (f16)
+//	[32, 64)      the 16 rows' dmin (f16)
+//	[64, 256)     64k+4r: bytes 4+4k..7+4k of row r's block (k < 3: the
+//	              packed 6-bit scales and mins)
+//	[256, 2304)   256+512c+64g+4r: bytes 16+32c+4g..19+32c+4g of row r's
+//	              block (c < 4, g < 8: the nibbles)
+//
+// The input rows are quantized as for the row-major integer kernels
+// (q8xBlock bytes per block). Register (c, g) holds 4 nibble bytes of each
+// of the 16 rows (lane = weight row): their low nibbles are values
+// 64c+4g..64c+4g+3 (sub-block 2c), their high nibbles the same 32 further on
+// (sub-block 2c+1), so one VPDPBUSD per nibble half and input row, against
+// the input's 4 bytes broadcast, sums a sub-block in each lane with no
+// horizontal reduction (the high nibbles are taken in place, as 16 times
+// their value, and the low sub-blocks' scales multiplied by 16 to match;
+// every term of the sum is then a multiple of 16, and it is divided back
+// exactly). The sub-block sums are scaled by the 6-bit scales (VPMULLD)
+// into I, the mins paired as int16 and multiplied with the
+// input's 32-value sums (VPDPWSSD) into M, and the block added to the lane's
+// float32 sum as q8BlockScalar adds it for one row: the same bits as the
+// row-major kernels.
+//
+// q4kx16N<n> computes groups consecutive groups against n input rows
+// (xstride bytes apart), writing group g's 16 results for input row i at
+// out + i·ostride + 64·g bytes.
+
+const q4kx16Block = 16 * 144
+
+// q4kChains: about this many chunks run interleaved at one input row (fewer
+// at more rows), for enough independent VPDPBUSD chains (measured: 4 beat 2
+// and 1 by 15-25% at one row from memory).
+const q4kChains = 4
+
+// q4kx16MaxN is the most input rows per call (registers: per input row two
+// sub-block sums, I, M and the float32 sum).
+const q4kx16MaxN = 4
+
+var (
+	cQ4KSel  [4]Mem // VPSHUFB: byte k of each dword to the dword's low byte, the rest 0
+	cQ4KPair [2]Mem // VPSHUFB: bytes 2a, 2a+1 of each dword to its two int16s
+	cB3F     Mem    // dword 0x3F3F3F3F
+)
+
+func genQ4Kx16Consts() {
+	for k := 0; k < 4; k++ {
+		var v []uint32
+		for p := 0; p < 16; p++ {
+			v = append(v, 0x80808000|uint32(4*(p%4)+k))
+		}
+		cQ4KSel[k] = data32(fmt.Sprintf("q4ksel_%d", k), v...)
+	}
+	for a := 0; a < 2; a++ {
+		var v []uint32
+		for p := 0; p < 16; p++ {
+			b := uint32(4*(p%4) + 2*a)
+			v = append(v, 0x80008000|b|(b+1)<<16)
+		}
+		cQ4KPair[a] = data32(fmt.Sprintf("q4kpair_%d", a), v...)
+	}
+	cB3F = data32("b3f", 0x3F3F3F3F)
+}
+
+func genQ4Kx16(n int) {
+	name := fmt.Sprintf("q4kx16N%d", n)
+	TEXT(name, NOSPLIT, "func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int)")
+	Doc(fmt.Sprintf("%s multiplies a 16-row group of repacked Q4_K weights with %d quantized input rows (see genQ4Kx16).", name, n))
+	wp := ld("w")
+	xs := ld("xstride")
+	idx := make([]GPVirtual, n)
+	for i := 1; i < n; i++ {
+		idx[i] = GP64()
+		if i == 1 {
+			MOVQ(xs, idx[i])
+		} else {
+			IMUL3Q(U8(i), xs, idx[i])
+		}
+	}
+	c0F, cF0 := ZMM(), ZMM()
+	VPBROADCASTD(cB0F, c0F)
+	VPTERNLOGD(U8(0x55), c0F, c0F, cF0) // ^0x0F0F0F0F: 0xF0 bytes
+	Label(name + "_grp")
+	cnt := ld("nblocks")
+	xq := ld("xq")
+	xm := func(i, disp int) Mem {
+		if i == 0 {
+			return Mem{Base: xq, Disp: disp}
+		}
+		return Mem{Base: xq, Index: idx[i], Scale: 1, Disp: disp}
+	}
+	acc := make([]VecVirtual, n)
+	for i := range acc {
+		acc[i] = ZMM()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	Label(name + "_blk")
+	// Scales and mins of the 16 rows, one byte each per dword lane:
+	// sc[0..3] = u0 & 0x3f, m[0..3] = u1 & 0x3f,
+	// sc[4..7] = (u2 & 0xf) | (u0 >> 6) << 4, m[4..7] = (u2 >> 4) | (u1 >> 6) << 4.
+	u0, u1, u2 := ZMM(), ZMM(), ZMM()
+	VMOVDQU64(Mem{Base: wp, Disp: 64}, u0)
+	VMOVDQU64(Mem{Base: wp, Disp: 128}, u1)
+	VMOVDQU64(Mem{Base: wp, Disp: 192}, u2)
+	scHi, mHi := ZMM(), ZMM()
+	VPSRLD(U8(2), u0, scHi)
+	VPANDD_BCST(cB30, scHi, scHi)
+	VPTERNLOGD(U8(0xF8), c0F, u2, scHi) // scHi |= u2 & 0x0f
+	VPSRLD(U8(2), u1, mHi)
+	VPANDD_BCST(cB30, mHi, mHi)
+	VPSRLD(U8(4), u2, u2)
+	VPTERNLOGD(U8(0xF8), c0F, u2, mHi) // mHi |= (u2 >> 4) & 0x0f
+	scLo := u0
+	VPANDD_BCST(cB3F, scLo, scLo)
+	mLo := u1
+	VPANDD_BCST(cB3F, mLo, mLo)
+	// M_i = Σ_j m_j·(Σ of the input's 32 values of sub-block j), the mins
+	// paired as int16 against the input's int16 sums, pair by pair.
+	msum := make([]VecVirtual, n)
+	for i := range msum {
+		msum[i] = ZMM()
+		VPXORD(msum[i], msum[i], msum[i])
+	}
+	mp := ZMM()
+	for p := 0; p < 4; p++ {
+		src := mLo
+		if p >= 2 {
+			src = mHi
+		}
+		VPSHUFB(cQ4KPair[p%2], src, mp)
+		for i := 0; i < n; i++ {
+			VPDPWSSD_BCST(xm(i, q8xBsum32+4*p), mp, msum[i])
+		}
+	}
+	// I_i = Σ_j sc_j·(sub-block j's Σ q·q_x). The chunks run cpu at a time,
+	// interleaved, so that there are about eight VPDPBUSD chains at once
+	// (per chunk and input row two, each eight long).
+	cpu := max(1, q4kChains/n)
+	isum := make([]VecVirtual, n)
+	for i := range isum {
+		isum[i] = ZMM()
+	}
+	dsub := make([][][2]VecVirtual, cpu) // [chunk in unit][input row][half]
+	for u := range dsub {
+		dsub[u] = make([][2]VecVirtual, n)
+		for i := range dsub[u] {
+			dsub[u][i] = [2]VecVirtual{ZMM(), ZMM()}
+		}
+	}
+	lo, hi, sc := ZMM(), ZMM(), ZMM()
+	for c0 := 0; c0 < 4; c0 += cpu {
+		for u := 0; u < cpu; u++ {
+			for i := 0; i < n; i++ {
+				VPXORD(dsub[u][i][0], dsub[u][i][0], dsub[u][i][0])
+				VPXORD(dsub[u][i][1], dsub[u][i][1], dsub[u][i][1])
+			}
+		}
+		for g := 0; g < 8; g++ {
+			for u := 0; u < cpu; u++ {
+				c := c0 + u
+				VPANDD(Mem{Base: wp, Disp: 256 + 512*c + 64*g}, c0F, lo)
+				VPANDD(Mem{Base: wp, Disp: 256 + 512*c + 64*g}, cF0, hi) // 16·high nibble
+				for i := 0; i < n; i++ {
+					VPDPBUSD_BCST(xm(i, 64*c+4*g), lo, dsub[u][i][0])
+					VPDPBUSD_BCST(xm(i, 64*c+32+4*g), hi, dsub[u][i][1])
+				}
+			}
+		}
+		for u := 0; u < cpu; u++ {
+			c := c0 + u
+			src := scLo
+			if c >= 2 {
+				src = scHi
+			}
+			for h := 0; h < 2; h++ {
+				VPSHUFB(cQ4KSel[(2*c+h)%4], src, sc)
+				if h == 0 {
+					VPSLLD(U8(4), sc, sc) // 16·sc against the low nibbles
+				}
+				for i := 0; i < n; i++ {
+					d := dsub[u][i][h]
+					if c == 0 && h == 0 {
+						VPMULLD(sc, d, isum[i])
+						continue
+					}
+					VPMULLD(sc, d, d)
+					VPADDD(d, isum[i], isum[i])
+				}
+			}
+		}
+	}
+	for i := 0; i < n; i++ {
+		VPSRAD(U8(4), isum[i], isum[i]) // I (every term was a multiple of 16)
+	}
+	// acc += float(I)·(d·d_x); acc −= float(M)·(dmin·d_x) (q8BlockScalar).
+	dw, dmw := ZMM(), ZMM()
+	VCVTPH2PS(Mem{Base: wp}, dw)
+	VCVTPH2PS(Mem{Base: wp, Disp: 32}, dmw)
+	f, s := ZMM(), ZMM()
+	for i := 0; i < n; i++ {
+		VMULPS_BCST(xm(i, q8xD), dw, s)
+		VCVTDQ2PS(isum[i], f)
+		VMULPS(s, f, f)
+		VADDPS(f, acc[i], acc[i])
+		VMULPS_BCST(xm(i, q8xD), dmw, s)
+		VCVTDQ2PS(msum[i], f)
+		VMULPS(s, f, f)
+		VSUBPS(f, acc[i], acc[i])
+	}
+	ADDQ(U32(q4kx16Block), wp)
+	ADDQ(U32(q8xBlock), xq)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	op := ld("out")
+	ost := ld("ostride")
+	o := GP64()
+	MOVQ(op, o)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			ADDQ(ost, o)
+		}
+		VMOVUPS(acc[i], Mem{Base: o})
+	}
+	ADDQ(U8(64), op)
+	Store(op, Param("out"))
+	DECQ(paddr("groups"))
+	JNZ(LabelRef(name + "_grp"))
+	VZEROUPPER()
+	RET()
+}

@@ -1,0 +1,266 @@
+package kernels
+
+import (
+	"encoding/binary"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+// Weights repacked in groups of 16 rows (tensor.Q80x16, tensor.Q4Kx16).
+//
+// The row-major integer kernels walk each row on its own and must reduce
+// every block's partial sums across a register before scaling them:
+// q80rows512 spends about 75 instructions per 16 blocks of a Q8_0 row on
+// that (30-33 GB/s on an LM-head-sized product at one thread, against 42-45
+// GB/s for a plain read), and the Q4_K kernels decode each row's scales and
+// reduce each block on their own (25 GB/s). Repacked, a block of 16 rows
+// holds their scales and then each 4-byte word of the 16 rows side by side,
+// so one VPDPBUSD multiplies 64 weight bytes with the input's 4 bytes
+// broadcast, the lanes being the weight rows, with nothing to reduce, and
+// the scales of 16 rows are decoded at once. The packed kernels (q80x16N,
+// q4kx16N) take the float32 steps per (row, block) of the row-major kernels
+// (matMulQ80Ref, q8BlockScalar), so the results are the same bits
+// (TestPackedMatchesRowMajor), for any number of input rows.
+//
+// The hybrid loader packs matrices when it copies weights into memory (the
+// default; not when it reads the file's map) and the CPU has the kernels.
+// Products with packed weights on another kernel level, without 8-bit
+// activations, or with an input row holding an infinity or a NaN unpack
+// each group to row-major rows and run the row-major path on them (slower,
+// same results).
+
+// EnvPack names the environment variable that chooses which types CanPack
+// packs: a comma-separated list of dtypes (q8_0, q4_k; the default is
+// both), or 0 for none (for comparisons).
+const EnvPack = "SWITCHYARD_PACK"
+
+// packOff[dt]: EnvPack leaves dt row-major.
+var packOff [tensor.NumDTypes]bool
+
+func init() {
+	v, ok := os.LookupEnv(EnvPack)
+	if !ok {
+		return
+	}
+	for i := range packSpecs {
+		packOff[packSpecs[i].dt] = true
+	}
+	for _, name := range strings.Split(v, ",") {
+		for i := range packSpecs {
+			if strings.EqualFold(strings.TrimSpace(name), packSpecs[i].dt.String()) {
+				packOff[packSpecs[i].dt] = false
+			}
+		}
+	}
+}
+
+// packRows is the number of rows in a packed group.
+const packRows = 16
+
+// packedFn is the signature of the packed kernels: groups consecutive
+// 16-row groups against the kernel's input rows (xstride bytes apart),
+// group g's results for input row i at out + i·ostride + 64·g bytes.
+type packedFn func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// packSpec describes how a layout rearranges one block of a group's 16
+// rows: each row's 2-byte fields at halves go to 32·f + 2r, then the row's
+// words (4 bytes from words on) to 32·len(halves) + 64j + 4r, xored with
+// xor. Both layouts keep the block's size: 16 row blocks in, one group
+// block out.
+type packSpec struct {
+	dt     tensor.DType
+	layout tensor.Layout
+	bytes  int   // one row's block
+	halves []int // offsets of the 2-byte fields
+	words  int   // offset of the first word
+	xor    uint32
+}
+
+var packSpecs = [...]packSpec{
+	// Q8_0: d; the 32 values as q+128 (unsigned, for VPDPBUSD).
+	{dt: tensor.Q8_0, layout: tensor.Q80x16, bytes: tensor.Q8_0BlockBytes, halves: []int{0}, words: 2, xor: 0x80808080},
+	// Q4_K: d, dmin; the 12 bytes of scales and mins, then the nibbles.
+	{dt: tensor.Q4_K, layout: tensor.Q4Kx16, bytes: 144, halves: []int{0, 2}, words: 4},
+}
+
+// specOf returns the packing of dtype dt or layout l (whichever is set).
+func specOf(dt tensor.DType, l tensor.Layout) *packSpec {
+	for i := range packSpecs {
+		if s := &packSpecs[i]; (l != tensor.RowMajor && s.layout == l) || (l == tensor.RowMajor && s.dt == dt) {
+			return s
+		}
+	}
+	return nil
+}
+
+// groupBytes is the size of one block of a packed group.
+func (s *packSpec) groupBytes() int { return packRows * s.bytes }
+
+// nwords is the number of 4-byte words per row block.
+func (s *packSpec) nwords() int { return (s.bytes - s.words) / 4 }
+
+// PackedBytes is the size of a [rows, cols] matrix of dtype dt packed
+// (Pack), 0 if dt has no packed layout.
+func PackedBytes(dt tensor.DType, rows, cols int) int {
+	s := specOf(dt, tensor.RowMajor)
+	if s == nil {
+		return 0
+	}
+	return (rows + packRows - 1) / packRows * (cols / dt.BlockValues()) * s.groupBytes()
+}
+
+// CanPack reports whether w is a row-major matrix that this CPU multiplies
+// faster packed (Pack): Q8_0 or Q4_K, with the kernels for them, unless
+// EnvPack says otherwise.
+func CanPack(w tensor.Matrix) bool {
+	s := specOf(w.DType, tensor.RowMajor)
+	return s != nil && !packOff[w.DType] && w.Layout == tensor.RowMajor && w.Rows > 0 && w.Cols > 0 &&
+		w.Cols%w.DType.BlockValues() == 0 && hasPackedKernels(w.DType)
+}
+
+// Pack packs the row-major matrix w (CanPack's types) into dst
+// (PackedBytes(w.DType, w.Rows, w.Cols) bytes) and returns the packed
+// matrix, which aliases dst. Large matrices are packed on several
+// goroutines.
+func Pack(dst []byte, w tensor.Matrix) tensor.Matrix {
+	s := specOf(w.DType, tensor.RowMajor)
+	if s == nil || w.Layout != tensor.RowMajor {
+		panic("kernels: Pack of a " + w.DType.String() + " matrix in layout " + w.Layout.String())
+	}
+	dst = dst[:PackedBytes(w.DType, w.Rows, w.Cols)]
+	groups := (w.Rows + packRows - 1) / packRows
+	parts := min(runtime.GOMAXPROCS(0), w.Bytes()/(1<<20)) // at least ~1 MiB each
+	if parts <= 1 {
+		s.packGroups(dst, w, 0, groups)
+	} else {
+		var wg sync.WaitGroup
+		for p := range parts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.packGroups(dst, w, p*groups/parts, (p+1)*groups/parts)
+			}()
+		}
+		wg.Wait()
+	}
+	return tensor.Matrix{DType: w.DType, Rows: w.Rows, Cols: w.Cols, Data: dst, Layout: s.layout}
+}
+
+// packGroups packs groups [g0, g1) of w into dst.
+func (s *packSpec) packGroups(dst []byte, w tensor.Matrix, g0, g1 int) {
+	nb := w.Cols / w.DType.BlockValues()
+	rb := w.RowStride()
+	gb := s.groupBytes()
+	wbase := 32 * len(s.halves)
+	nw := s.nwords()
+	for g := g0; g < g1; g++ {
+		for b := 0; b < nb; b++ {
+			blk := dst[(g*nb+b)*gb : (g*nb+b+1)*gb]
+			for r := 0; r < packRows; r++ {
+				row := g*packRows + r
+				if row >= w.Rows {
+					// Padding rows: scales 0, values 0.
+					for f := range s.halves {
+						blk[32*f+2*r], blk[32*f+2*r+1] = 0, 0
+					}
+					for j := 0; j < nw; j++ {
+						binary.LittleEndian.PutUint32(blk[wbase+64*j+4*r:], s.xor)
+					}
+					continue
+				}
+				src := w.Data[row*rb+b*s.bytes : row*rb+(b+1)*s.bytes]
+				for f, off := range s.halves {
+					blk[32*f+2*r], blk[32*f+2*r+1] = src[off], src[off+1]
+				}
+				for j := 0; j < nw; j++ {
+					binary.LittleEndian.PutUint32(blk[wbase+64*j+4*r:], binary.LittleEndian.Uint32(src[s.words+4*j:])^s.xor)
+				}
+			}
+		}
+	}
+}
+
+// unpackRow writes row r of the packed w to dst (w.RowStride() bytes) in
+// row-major blocks.
+func (s *packSpec) unpackRow(dst []byte, w tensor.Matrix, r int) {
+	nb := w.Cols / w.DType.BlockValues()
+	gb := s.groupBytes()
+	wbase := 32 * len(s.halves)
+	nw := s.nwords()
+	g, i := r/packRows, r%packRows
+	for b := 0; b < nb; b++ {
+		blk := w.Data[(g*nb+b)*gb : (g*nb+b+1)*gb]
+		out := dst[b*s.bytes : (b+1)*s.bytes]
+		for f, off := range s.halves {
+			out[off], out[off+1] = blk[32*f+2*i], blk[32*f+2*i+1]
+		}
+		for j := 0; j < nw; j++ {
+			binary.LittleEndian.PutUint32(out[s.words+4*j:], binary.LittleEndian.Uint32(blk[wbase+64*j+4*i:])^s.xor)
+		}
+	}
+}
+
+// unpackGroup writes rows [g·16, g·16+16) of the packed w (fewer in the
+// last group) to dst in row-major blocks and returns how many it wrote.
+func (s *packSpec) unpackGroup(dst []byte, w tensor.Matrix, g int) int {
+	rb := w.RowStride()
+	rows := min(packRows, w.Rows-g*packRows)
+	for r := 0; r < rows; r++ {
+		s.unpackRow(dst[r*rb:(r+1)*rb], w, g*packRows+r)
+	}
+	return rows
+}
+
+// DequantizeMatrixRow writes row r of w, in any layout, as float32 to dst
+// (w.Cols values): for lookups in a weight matrix (embeddings).
+func DequantizeMatrixRow(w tensor.Matrix, r int, dst []float32) {
+	if w.Layout == tensor.RowMajor {
+		tensor.DequantizeRow(w.DType, w.Row(r), dst)
+		return
+	}
+	row := make([]byte, w.RowStride())
+	specOf(w.DType, w.Layout).unpackRow(row, w, r)
+	tensor.DequantizeRow(w.DType, row, dst)
+}
+
+// matMulUnpacked runs a product with packed weights on the row-major path,
+// one group of 16 rows at a time.
+func matMulUnpacked(out []float32, w tensor.Matrix, x []float32, n, threads int, inv bool) {
+	s := specOf(w.DType, w.Layout)
+	rb := w.RowStride()
+	rows := make([]byte, packRows*rb)
+	gout := make([]float32, n*packRows)
+	for g := 0; g*packRows < w.Rows; g++ {
+		m := s.unpackGroup(rows, w, g)
+		sub := tensor.Matrix{DType: w.DType, Rows: m, Cols: w.Cols, Data: rows[:m*rb]}
+		matMul(gout[:n*m], sub, x, n, threads, inv)
+		for i := 0; i < n; i++ {
+			copy(out[i*w.Rows+g*packRows:i*w.Rows+g*packRows+m], gout[i*m:(i+1)*m])
+		}
+	}
+}
+
+// RowMajorBytes returns bytes [off, off+n) of w as its row-major layout
+// holds them, whatever its layout (packed groups are unpacked): for
+// fingerprints that do not depend on how a node holds its weights.
+func RowMajorBytes(w tensor.Matrix, off, n int) []byte {
+	if w.Layout == tensor.RowMajor {
+		return w.Data[off : off+n]
+	}
+	s := specOf(w.DType, w.Layout)
+	rb := w.RowStride()
+	gb := packRows * rb
+	out := make([]byte, 0, n)
+	buf := make([]byte, gb)
+	for g := off / gb; len(out) < n; g++ {
+		m := s.unpackGroup(buf, w, g)
+		lo := max(off-g*gb, 0)
+		hi := min(m*rb, off+n-g*gb)
+		out = append(out, buf[lo:hi]...)
+	}
+	return out
+}

@@ -1,0 +1,121 @@
+package kernels
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
+)
+
+// TestPackedMatchesRowMajor: a packed Q8_0 or Q4_K matrix gives the bits
+// the row-major one gives, at every kernel level and thread count, for any
+// number of input rows (the packed kernels on AVX-512 VNNI: the twin's
+// bits), with a partial last group, and with an input row holding a NaN or
+// an infinity; its rows dequantize as the row-major rows do.
+func TestPackedMatchesRowMajor(t *testing.T) {
+	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_K} {
+		t.Run(dt.String(), func(t *testing.T) { testPackedMatchesRowMajor(t, dt) })
+	}
+}
+
+func testPackedMatchesRowMajor(t *testing.T, dt tensor.DType) {
+	if !hasPackedKernels(dt) {
+		t.Skipf("no packed %v kernels on this CPU or build", dt)
+	}
+	rng := rand.New(rand.NewPCG(31, 31))
+	prev := KernelLevel()
+	defer SetKernelLevel(prev)
+	bv := dt.BlockValues()
+	twinOf := map[tensor.DType]func([]float32, tensor.Matrix, []float32, int){tensor.Q8_0: matMulQ80Ref, tensor.Q4_K: matMulQ8Ref}[dt]
+	for _, rows := range []int{1, 16, 37, 100} {
+		for _, blocks := range []int{1, 3, 17, 48} {
+			cols := blocks * bv
+			if dt == tensor.Q4_K && blocks > 6 {
+				cols = 6 * bv
+			}
+			w := randMatrix(rng, dt, rows, cols)
+			if !CanPack(w) {
+				t.Fatalf("[%d,%d]: not packable", rows, cols)
+			}
+			p := Pack(make([]byte, PackedBytes(dt, rows, cols)), w)
+			want, got := make([]float32, cols), make([]float32, cols)
+			for _, r := range []int{0, rows / 2, rows - 1} {
+				tensor.DequantizeRow(w.DType, w.Row(r), want)
+				DequantizeMatrixRow(p, r, got)
+				for c := range want {
+					if math.Float32bits(got[c]) != math.Float32bits(want[c]) {
+						t.Fatalf("[%d,%d] row %d col %d: %g packed, %g row-major", rows, cols, r, c, got[c], want[c])
+					}
+				}
+			}
+			for _, n := range []int{1, 2, 3, 4, 5, 6, 7, 9, 17} {
+				x := randVec(rng, n*cols)
+				if n == 5 {
+					x[3*cols+1] = float32(math.NaN())
+				}
+				if n == 9 {
+					x[cols] = float32(math.Inf(1))
+				}
+				twin := make([]float32, n*rows)
+				if n < 5 {
+					twinOf(twin, w, x, n)
+				}
+				for _, l := range SupportedLevels() {
+					SetKernelLevel(l)
+					for _, th := range []int{1, 2} {
+						what := fmt.Sprintf("%v [%d,%d] n=%d level=%v threads=%d", dt, rows, cols, n, l, th)
+						ref := make([]float32, n*rows)
+						withThreads(th, func() { MatMul(ref, w, x, n) })
+						out := make([]float32, n*rows+1)
+						out[n*rows] = 42
+						withThreads(th, func() { MatMul(out, p, x, n) })
+						if out[n*rows] != 42 {
+							t.Fatalf("%s: wrote past out", what)
+						}
+						for i := range ref {
+							if math.Float32bits(out[i]) != math.Float32bits(ref[i]) {
+								t.Fatalf("%s: out[%d] = %g packed, %g row-major", what, i, out[i], ref[i])
+							}
+							if n < 5 && l == LevelAVX512 && math.Float32bits(out[i]) != math.Float32bits(twin[i]) {
+								t.Fatalf("%s: out[%d] = %g packed, %g twin", what, i, out[i], twin[i])
+							}
+						}
+					}
+				}
+				SetKernelLevel(prev)
+			}
+		}
+	}
+}
+
+// TestPackParallel: a matrix large enough to be packed on several
+// goroutines gives the bytes of a packing on one, and unpacks to its rows.
+func TestPackParallel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(32, 32))
+	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_K} {
+		rows, cols := 64*16*4+5, 2*dt.BlockValues()
+		w := randMatrix(rng, dt, rows, cols)
+		n := PackedBytes(dt, rows, cols)
+		if n != PackedBytes(dt, rows+11, cols) || n < len(w.Data) {
+			t.Fatalf("%v: PackedBytes %d for %d bytes", dt, n, len(w.Data))
+		}
+		par, ser := make([]byte, n), make([]byte, n)
+		p := Pack(par, w)
+		s := specOf(dt, tensor.RowMajor)
+		s.packGroups(ser, w, 0, (rows+15)/16)
+		if string(par) != string(ser) {
+			t.Fatalf("%v: parallel packing differs from serial packing", dt)
+		}
+		if p.Layout == tensor.RowMajor || specOf(dt, p.Layout) != s {
+			t.Fatalf("%v: packed layout %v", dt, p.Layout)
+		}
+		if string(RowMajorBytes(p, 0, rows*w.RowStride())) != string(w.Data) {
+			t.Fatalf("%v: packed matrix does not unpack to its rows", dt)
+		}
+		if got := RowMajorBytes(p, 5*w.RowStride()+7, 3*w.RowStride()); string(got) != string(w.Data[5*w.RowStride()+7:8*w.RowStride()+7]) {
+			t.Fatalf("%v: a packed matrix's bytes from the middle differ from its rows'", dt)
+		}
+	}
+}
