@@ -10,7 +10,7 @@ import (
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
-// Weights repacked in groups of 16 rows (tensor.Q80x16, tensor.Q4Kx16).
+// Weights repacked in groups of 16 rows (tensor.Q80x16, Q4Kx16, Q6Kx16).
 //
 // The row-major integer kernels walk each row on its own and must reduce
 // every block's partial sums across a register before scaling them:
@@ -22,8 +22,8 @@ import (
 // so one VPDPBUSD multiplies 64 weight bytes with the input's 4 bytes
 // broadcast, the lanes being the weight rows, with nothing to reduce, and
 // the scales of 16 rows are decoded at once. The packed kernels (q80x16N,
-// q4kx16N) take the float32 steps per (row, block) of the row-major kernels
-// (matMulQ80Ref, q8BlockScalar), so the results are the same bits
+// q4kx16N, q6kx16N) take the float32 steps per (row, block) of the row-major kernels
+// (matMulQ80Ref, q8BlockScalar, q6BlockScalar), so the results are the same bits
 // (TestPackedMatchesRowMajor), for any number of input rows.
 //
 // The hybrid loader packs matrices when it copies weights into memory (the
@@ -34,8 +34,8 @@ import (
 // same results).
 
 // EnvPack names the environment variable that chooses which types CanPack
-// packs: a comma-separated list of dtypes (q8_0, q4_k; the default is
-// both), or 0 for none (for comparisons).
+// packs: a comma-separated list of dtypes (q8_0, q4_k, q6_k; the default
+// is all), or 0 for none (for comparisons).
 const EnvPack = "SWITCHYARD_PACK"
 
 // packOff[dt]: EnvPack leaves dt row-major.
@@ -68,23 +68,26 @@ type packedFn func(w *byte, groups, nblocks int, xq *byte, xstride int, out *flo
 
 // packSpec describes how a layout rearranges one block of a group's 16
 // rows: each row's 2-byte fields at halves go to 32·f + 2r, then the row's
-// words (4 bytes from words on) to 32·len(halves) + 64j + 4r, xored with
-// xor. Both layouts keep the block's size: 16 row blocks in, one group
-// block out.
+// nwords words (4 bytes from words on) to 32·len(halves) + 64j + 4r, xored
+// with xor. Every layout keeps the block's size: 16 row blocks in, one
+// group block out.
 type packSpec struct {
 	dt     tensor.DType
 	layout tensor.Layout
 	bytes  int   // one row's block
 	halves []int // offsets of the 2-byte fields
 	words  int   // offset of the first word
+	nwords int
 	xor    uint32
 }
 
 var packSpecs = [...]packSpec{
 	// Q8_0: d; the 32 values as q+128 (unsigned, for VPDPBUSD).
-	{dt: tensor.Q8_0, layout: tensor.Q80x16, bytes: tensor.Q8_0BlockBytes, halves: []int{0}, words: 2, xor: 0x80808080},
+	{dt: tensor.Q8_0, layout: tensor.Q80x16, bytes: tensor.Q8_0BlockBytes, halves: []int{0}, words: 2, nwords: 8, xor: 0x80808080},
 	// Q4_K: d, dmin; the 12 bytes of scales and mins, then the nibbles.
-	{dt: tensor.Q4_K, layout: tensor.Q4Kx16, bytes: 144, halves: []int{0, 2}, words: 4},
+	{dt: tensor.Q4_K, layout: tensor.Q4Kx16, bytes: 144, halves: []int{0, 2}, words: 4, nwords: 35},
+	// Q6_K: d (at the block's end); ql, qh, the scales.
+	{dt: tensor.Q6_K, layout: tensor.Q6Kx16, bytes: 210, halves: []int{208}, words: 0, nwords: 52},
 }
 
 // specOf returns the packing of dtype dt or layout l (whichever is set).
@@ -100,9 +103,6 @@ func specOf(dt tensor.DType, l tensor.Layout) *packSpec {
 // groupBytes is the size of one block of a packed group.
 func (s *packSpec) groupBytes() int { return packRows * s.bytes }
 
-// nwords is the number of 4-byte words per row block.
-func (s *packSpec) nwords() int { return (s.bytes - s.words) / 4 }
-
 // PackedBytes is the size of a [rows, cols] matrix of dtype dt packed
 // (Pack), 0 if dt has no packed layout.
 func PackedBytes(dt tensor.DType, rows, cols int) int {
@@ -114,7 +114,7 @@ func PackedBytes(dt tensor.DType, rows, cols int) int {
 }
 
 // CanPack reports whether w is a row-major matrix that this CPU multiplies
-// faster packed (Pack): Q8_0 or Q4_K, with the kernels for them, unless
+// faster packed (Pack): Q8_0, Q4_K or Q6_K, with the kernels for them, unless
 // EnvPack says otherwise.
 func CanPack(w tensor.Matrix) bool {
 	s := specOf(w.DType, tensor.RowMajor)
@@ -156,7 +156,7 @@ func (s *packSpec) packGroups(dst []byte, w tensor.Matrix, g0, g1 int) {
 	rb := w.RowStride()
 	gb := s.groupBytes()
 	wbase := 32 * len(s.halves)
-	nw := s.nwords()
+	nw := s.nwords
 	for g := g0; g < g1; g++ {
 		for b := 0; b < nb; b++ {
 			blk := dst[(g*nb+b)*gb : (g*nb+b+1)*gb]
@@ -190,7 +190,7 @@ func (s *packSpec) unpackRow(dst []byte, w tensor.Matrix, r int) {
 	nb := w.Cols / w.DType.BlockValues()
 	gb := s.groupBytes()
 	wbase := 32 * len(s.halves)
-	nw := s.nwords()
+	nw := s.nwords
 	g, i := r/packRows, r%packRows
 	for b := 0; b < nb; b++ {
 		blk := w.Data[(g*nb+b)*gb : (g*nb+b+1)*gb]

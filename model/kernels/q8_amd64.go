@@ -124,9 +124,9 @@ type q80DotFn func(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstr
 var q80Dots = [q80MaxRows + 1]q80DotFn{1: q80dot512R1, 2: q80dot512R2, 3: q80dot512R3, 4: q80dot512R4, 5: q80dot512R5, 6: q80dot512R6}
 
 // hasPackedKernels reports whether the CPU runs the packed kernels of dtype
-// dt (q80x16N, q4kx16N: VPDPBUSD and VPDPWSSD on zmm; packed.go).
+// dt (q80x16N, q4kx16N, q6kx16N: VPDPBUSD and VPDPWSSD on zmm; packed.go).
 func hasPackedKernels(dt tensor.DType) bool {
-	return (dt == tensor.Q8_0 || dt == tensor.Q4_K) && hasQ80 && maxLevel >= LevelAVX512
+	return (dt == tensor.Q8_0 || dt == tensor.Q4_K || dt == tensor.Q6_K) && hasQ80 && maxLevel >= LevelAVX512
 }
 
 // packedFast reports whether a product with packed weights runs its own
@@ -138,9 +138,11 @@ var q80x16Fns = [...]packedFn{
 
 var q4kx16Fns = [...]packedFn{1: q4kx16N1, 2: q4kx16N2, 3: q4kx16N3, 4: q4kx16N4}
 
+var q6kx16Fns = [...]packedFn{1: q6kx16N1, 2: q6kx16N2, 3: q6kx16N3}
+
 // planPacked sets up a product with packed weights: each input row
 // quantized as the row-major kernels of its type quantize it (q80rows512's
-// tiles for Q8_0, quantizeQ8K's blocks for Q4_K). It reports false if a row
+// tiles for Q8_0, quantizeQ8K's blocks for the K-quants). It reports false if a row
 // holds an infinity or a NaN (the caller then runs the product unpacked).
 func planPacked(c *callCtx) bool {
 	j := &c.job
@@ -151,11 +153,14 @@ func planPacked(c *callCtx) bool {
 		}
 		j.q8.packed = q80x16Fns[:]
 		j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
-	case tensor.Q4Kx16:
+	case tensor.Q4Kx16, tensor.Q6Kx16:
 		if !planQ8K(c) {
 			return false
 		}
 		j.q8.packed = q4kx16Fns[:]
+		if j.w.Layout == tensor.Q6Kx16 {
+			j.q8.packed = q6kx16Fns[:]
+		}
 		j.q8.xstride = j.q8.nb * q8xBlockBytes
 	default:
 		return false

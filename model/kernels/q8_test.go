@@ -10,8 +10,7 @@ import (
 )
 
 // TestMatMulQ8 checks the integer kernels against their plain twin
-// (matMulQ8Ref: the same bits for Q4_K and Q5_K, float32 rounding apart for
-// Q6_K) and against the
+// (matMulQ8Ref: the same bits) and against the
 // float32 reference within the error of 8-bit activations.
 func TestMatMulQ8(t *testing.T) {
 	if KernelLevel() < LevelAVX512 || !hasQ8Kernels() {
@@ -69,10 +68,8 @@ func testMatMulQ8(t *testing.T) {
 						}
 						what := fmt.Sprintf("%v [%d,%d] n=%d threads=%d", dt, rows, cols, n, th)
 						for i := range want {
-							// Twin: the same bits for Q4_K and Q5_K (one float32
-							// sum per row), float32 rounding of the per-lane
-							// sums for Q6_K.
-							if dt != tensor.Q6_K && math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+							// Twin: the same bits (one float32 sum per row).
+							if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
 								t.Fatalf("%s: out[%d] = %g, twin %g: not the same bits", what, i, got[i], want[i])
 							}
 							if d := math.Abs(float64(got[i] - want[i])); d > 1e-5*float64(abs[i])+1e-30 {

@@ -164,9 +164,8 @@ func matMulQ8Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 
 // dotQ8Ref is one row's dot product with a quantized x: per block, the exact
 // integer sums, then for Q4_K and Q5_K acc += Σ sc·Σq·q_x·(d·d_x) and
-// acc −= Σ m·Σq_x·(dmin·d_x) in float32, in the kernels' order (the same
-// bits), for Q6_K d_x·d·Σ sc·Σ(q−32)·q_x (the kernels sum it in other
-// lanes: float32 rounding apart).
+// acc −= Σ m·Σq_x·(dmin·d_x) in float32, for Q6_K acc += Σ sc·Σ(q−32)·q_x·
+// (d·d_x), in the kernels' order: the same bits.
 func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 	var acc float32
 	for b := 0; b < nb; b++ {
@@ -225,7 +224,7 @@ func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 				}
 				isum += int32(int8(blk[192+v/16])) * (q - 32) * qx(v)
 			}
-			acc += dx * (d * float32(isum))
+			acc += float32(float32(isum) * float32(dx*d)) // as q6BlockScalar
 		default:
 			panic("kernels: dotQ8Ref of " + dt.String())
 		}

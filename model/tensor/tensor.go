@@ -152,6 +152,12 @@ const (
 	// a block), the 16 rows' words side by side (2240 bytes): the same 144
 	// bytes per row and block. See model/kernels/packed.go.
 	Q4Kx16
+	// Q6Kx16: Q6_K rows in groups of 16 (the last padded with zero rows),
+	// each group block by block: the 16 rows' d (32 bytes), then each 4-byte
+	// word of the rows' ql, qh and scales (bytes 0..207 of a block), the 16
+	// rows' words side by side (3328 bytes): the same 210 bytes per row and
+	// block. See model/kernels/packed.go.
+	Q6Kx16
 )
 
 // String names the layout.
@@ -163,6 +169,8 @@ func (l Layout) String() string {
 		return "Q8_0x16"
 	case Q4Kx16:
 		return "Q4_Kx16"
+	case Q6Kx16:
+		return "Q6_Kx16"
 	}
 	return fmt.Sprintf("Layout(%d)", uint8(l))
 }

@@ -38,6 +38,7 @@ func main() {
 	genExpConsts()
 	genQ8Consts()
 	genQ4Kx16Consts()
+	genQ6Kx16Consts()
 	genQ8QuantConsts()
 	genQ80Consts()
 	genQ80RowsConsts()
@@ -97,6 +98,9 @@ func main() {
 	}
 	for n := 1; n <= q4kx16MaxN; n++ {
 		genQ4Kx16(n)
+	}
+	for n := 1; n <= q6kx16MaxN; n++ {
+		genQ6Kx16(n)
 	}
 	genSiLU()
 	for n := 1; n <= 6; n++ {

@@ -357,17 +357,39 @@ func q8RowQ6K(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c
 		}
 	}
 	dv := ZMM()
-	VPBROADCASTW(rowMem(208), dv.AsY())
-	VCVTPH2PS(dv.AsY(), dv)
+	VPBROADCASTW(rowMem(208), dv.AsX())
+	VCVTPH2PS(dv.AsX(), dv.AsX())
 	for i := 0; i < N; i++ {
 		VPSUBD(mo[i], hs[i][0], hs[i][0])
 		VPADDD(hs[i][1], hs[i][0], isum[i])
-		f := ZMM()
-		VMULPS_BCST(xMem(i, q8xD), dv, f)
-		cv := ZMM()
-		VCVTDQ2PS(isum[i], cv)
-		VFMADD231PS(f, cv, acc[i])
+		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
 	}
+}
+
+// q6BlockScalar adds one Q6_K block's share to a row's sum in the low lane
+// of acc, as every Q6_K kernel does (the row-major ones here and the 16-row
+// ones of genQ6Kx16, so that both give the same bits): with I the lanes of
+// isum added (the block's exact Σ sc·Σ(q−32)·q_x),
+//
+//	acc += float(I)·(d·d_x)
+//
+// the product and the sum rounded on their own (no FMA). dv holds d as
+// float32 in its low lane, dx is d_x in memory. isum is clobbered.
+func q6BlockScalar(isum, dv VecVirtual, dx Mem, acc VecVirtual) {
+	t := ZMM()
+	VEXTRACTI64X4(U8(1), isum, t.AsY())
+	VPADDD(t.AsY(), isum.AsY(), isum.AsY())
+	VEXTRACTI32X4(U8(1), isum.AsY(), t.AsX())
+	VPADDD(t.AsX(), isum.AsX(), isum.AsX())
+	VPSHUFD(U8(0x4E), isum.AsX(), t.AsX())
+	VPADDD(t.AsX(), isum.AsX(), isum.AsX())
+	VPSHUFD(U8(0xB1), isum.AsX(), t.AsX())
+	VPADDD(t.AsX(), isum.AsX(), isum.AsX())
+	VCVTDQ2PS(isum.AsX(), isum.AsX())
+	f := ZMM()
+	VMULPS_BCST(dx, dv.AsX(), f.AsX()) // d·d_x
+	VMULSS(f.AsX(), isum.AsX(), isum.AsX())
+	VADDSS(isum.AsX(), acc.AsX(), acc.AsX())
 }
 
 var (
@@ -529,9 +551,7 @@ func q8Rows(d dtype, N int, name string, bb int, ws, wq, oq GPVirtual, c0F, c30 
 	op := GP64()
 	MOVQ(oq, op)
 	for i := 0; i < N; i++ {
-		if d == dQ6K {
-			hsumZ(acc[i], ZMM())
-		} // Q4_K and Q5_K sum in the low lane (q8BlockScalar)
+		// The row's sum is in the low lane (q8BlockScalar, q6BlockScalar).
 		VMOVSS(acc[i].AsX(), Mem{Base: op})
 		if i+1 < N {
 			ADDQ(os, op)

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"fmt"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// ---- Q6_K repacked in 16-row groups: q6kx16N ----
+//
+// A group of 16 weight rows (tensor.Q6Kx16), per block of 256 values
+// (q6kx16Block bytes, the 16 rows' blocks rearranged, nothing added):
+//
+//	[0, 32)             the 16 rows' d (f16)
+//	[32+64j+4r, +4)     bytes 4j..4j+3 of row r's block, j < 52: the low
+//	                    nibbles ql (j < 32), the high bit pairs qh (j < 48),
+//	                    the int8 scales (j < 52)
+//
+// Half h of a block (values 128h..128h+127) takes ql words 16h..16h+15 and
+// qh words 8h..8h+7 (of the qh bytes). qh word q holds, for the ql words q
+// and q+8 of the half, the high bit pairs of their low nibbles (bits 0-1,
+// 2-3) and of their high nibbles (bits 4-5, 6-7). Each pair is moved to
+// bits 4-5 and merged with its nibble (VPTERNLOGD), giving four registers of
+// 6-bit codes, each 4 values of each of the 16 rows (lane = weight row),
+// which one VPDPBUSD per input row multiplies with the input's 4 bytes
+// broadcast: the lanes sum a 16-value sub-block with no horizontal
+// reduction. The sub-block sums are scaled by their int8 scales (VPMULLD)
+// into I, the −32 offset taken off as 32·Σ sc·Σx over the sub-blocks
+// (VPDPWSSD of the scales paired as int16 with the input's 16-value sums),
+// and the block added to the lane's float32 sum as q6BlockScalar adds it for
+// one row: the same bits as the row-major kernels.
+//
+// q6kx16N<n> computes groups consecutive groups against n input rows
+// (xstride bytes apart), writing group g's 16 results for input row i at
+// out + i·ostride + 64·g bytes.
+
+const q6kx16Block = 16 * 210
+
+// q6kPrefetch: each block prefetches the block this many bytes on (three
+// blocks): 29 against 18 GB/s from memory at one input row (medians of five
+// alternated runs, in_proj shape; one block ahead 25, two 27, four 29;
+// PREFETCHNTA no better).
+const q6kPrefetch = 3 * q6kx16Block
+
+// q6kx16MaxN is the most input rows per call (registers: per input row four
+// sub-block sums, I, the offset and the float32 sum).
+const q6kx16MaxN = 3
+
+var (
+	cQ6Top  [4]Mem // VPSHUFB: byte k of each dword to its top byte, the rest 0
+	cQ6Pair [2]Mem // VPSHUFB: bytes 2a, 2a+1 of each dword to the high bytes of its two words
+)
+
+func genQ6Kx16Consts() {
+	for k := 0; k < 4; k++ {
+		var v []uint32
+		for p := 0; p < 16; p++ {
+			v = append(v, 0x00808080|uint32(4*(p%4)+k)<<24)
+		}
+		cQ6Top[k] = data32(fmt.Sprintf("q6top_%d", k), v...)
+	}
+	for a := 0; a < 2; a++ {
+		var v []uint32
+		for p := 0; p < 16; p++ {
+			b := uint32(4*(p%4) + 2*a)
+			v = append(v, 0x00800080|b<<8|(b+1)<<24)
+		}
+		cQ6Pair[a] = data32(fmt.Sprintf("q6pair_%d", a), v...)
+	}
+}
+
+func genQ6Kx16(n int) {
+	name := fmt.Sprintf("q6kx16N%d", n)
+	TEXT(name, NOSPLIT, "func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int)")
+	Doc(fmt.Sprintf("%s multiplies a 16-row group of repacked Q6_K weights with %d quantized input rows (see genQ6Kx16).", name, n))
+	wp := ld("w")
+	xs := ld("xstride")
+	idx := make([]GPVirtual, n)
+	for i := 1; i < n; i++ {
+		idx[i] = GP64()
+		if i == 1 {
+			MOVQ(xs, idx[i])
+		} else {
+			IMUL3Q(U8(i), xs, idx[i])
+		}
+	}
+	c0F, c30 := ZMM(), ZMM()
+	VPBROADCASTD(cB0F, c0F)
+	VPBROADCASTD(cB30, c30)
+	Label(name + "_grp")
+	cnt := ld("nblocks")
+	xq := ld("xq")
+	xm := func(i, disp int) Mem {
+		if i == 0 {
+			return Mem{Base: xq, Disp: disp}
+		}
+		return Mem{Base: xq, Index: idx[i], Scale: 1, Disp: disp}
+	}
+	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
+	acc := make([]VecVirtual, n)
+	for i := range acc {
+		acc[i] = ZMM()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	Label(name + "_blk")
+	for l := 0; l < q6kx16Block/64+1; l++ {
+		PREFETCHT0(Mem{Base: wp, Disp: q6kPrefetch + 64*l})
+	}
+	// The offset: OFF_i = Σ_j sc_j·(Σ of the input's 16 values of sub-block
+	// j), the scales paired as int16 against the input's int16 sums.
+	off := make([]VecVirtual, n)
+	for i := range off {
+		off[i] = ZMM()
+		VPXORD(off[i], off[i], off[i])
+	}
+	sw, t := ZMM(), ZMM()
+	for p := 0; p < 8; p++ {
+		VMOVDQU64(word(48+p/2), sw)
+		VPSHUFB(cQ6Pair[p%2], sw, t)
+		VPSRAW(U8(8), t, t)
+		for i := 0; i < n; i++ {
+			VPDPWSSD_BCST(xm(i, q8xBsum16+4*p), t, off[i])
+		}
+	}
+	// I_i = Σ_j sc_j·(sub-block j's Σ q·q_x), units of four q's of a half
+	// (eight sub-blocks' sums at one input row, four above), two units
+	// interleaved at one input row for enough independent chains.
+	isum := make([]VecVirtual, n)
+	for i := range isum {
+		isum[i] = ZMM()
+		VPXORD(isum[i], isum[i], isum[i])
+	}
+	upp := max(1, 2/n) // units per pass
+	dsub := make([][][4]VecVirtual, upp)
+	for u := range dsub {
+		dsub[u] = make([][4]VecVirtual, n)
+		for i := range dsub[u] {
+			for s := range dsub[u][i] {
+				dsub[u][i][s] = ZMM()
+			}
+		}
+	}
+	qh, t0, t1, t2, t3, s0 := ZMM(), ZMM(), ZMM(), ZMM(), ZMM(), ZMM()
+	type unit struct{ h, half int }
+	var units []unit
+	for half := 0; half < 2; half++ {
+		for h := 0; h < 2; h++ {
+			units = append(units, unit{h, half})
+		}
+	}
+	for u0 := 0; u0 < len(units); u0 += upp {
+		for u := 0; u < upp; u++ {
+			for i := 0; i < n; i++ {
+				for s := 0; s < 4; s++ {
+					VPXORD(dsub[u][i][s], dsub[u][i][s], dsub[u][i][s])
+				}
+			}
+		}
+		for qs := 0; qs < 4; qs++ {
+			for u := 0; u < upp; u++ {
+				h, q := units[u0+u].h, 4*units[u0+u].half+qs
+				VMOVDQU64(word(32+8*h+q), qh)
+				VPSLLW(U8(4), qh, t0) // bits 0-1 to 4-5
+				VPANDD(c30, t0, t0)
+				VPSLLW(U8(2), qh, t1) // bits 2-3
+				VPANDD(c30, t1, t1)
+				VPANDD(c30, qh, t2) // bits 4-5
+				VPSRLW(U8(2), qh, t3) // bits 6-7
+				VPANDD(c30, t3, t3)
+				ql0, ql1 := word(16*h+q), word(16*h+q+8)
+				VPTERNLOGD(U8(0xF8), ql0, c0F, t0) // |= low nibbles of ql0
+				VPSRLW(U8(4), ql0, s0)
+				VPTERNLOGD(U8(0xF8), s0, c0F, t2) // |= high nibbles of ql0
+				VPTERNLOGD(U8(0xF8), ql1, c0F, t1)
+				VPSRLW(U8(4), ql1, s0)
+				VPTERNLOGD(U8(0xF8), s0, c0F, t3)
+				// Values 128h + 4q (t0), +32 (t1), +64 (t2), +96 (t3).
+				for i := 0; i < n; i++ {
+					d := dsub[u][i]
+					VPDPBUSD_BCST(xm(i, 128*h+4*q), t0, d[0])
+					VPDPBUSD_BCST(xm(i, 128*h+32+4*q), t1, d[1])
+					VPDPBUSD_BCST(xm(i, 128*h+64+4*q), t2, d[2])
+					VPDPBUSD_BCST(xm(i, 128*h+96+4*q), t3, d[3])
+				}
+			}
+		}
+		for u := 0; u < upp; u++ {
+			h, half := units[u0+u].h, units[u0+u].half
+			for s := 0; s < 4; s++ {
+				j := 8*h + 2*s + half // the sub-block of dsub[u][i][s]
+				VMOVDQU64(word(48+j/4), sw)
+				VPSHUFB(cQ6Top[j%4], sw, t)
+				VPSRAD(U8(24), t, t) // sc_j, sign-extended
+				for i := 0; i < n; i++ {
+					d := dsub[u][i][s]
+					VPMULLD(t, d, d)
+					VPADDD(d, isum[i], isum[i])
+				}
+			}
+		}
+	}
+	// acc += float(I − 32·OFF)·(d·d_x) (q6BlockScalar).
+	dw := ZMM()
+	VCVTPH2PS(Mem{Base: wp}, dw)
+	for i := 0; i < n; i++ {
+		VPSLLD(U8(5), off[i], off[i])
+		VPSUBD(off[i], isum[i], isum[i])
+		VMULPS_BCST(xm(i, q8xD), dw, t)
+		VCVTDQ2PS(isum[i], s0)
+		VMULPS(t, s0, s0)
+		VADDPS(s0, acc[i], acc[i])
+	}
+	ADDQ(U32(q6kx16Block), wp)
+	ADDQ(U32(q8xBlock), xq)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	op := ld("out")
+	ost := ld("ostride")
+	o := GP64()
+	MOVQ(op, o)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			ADDQ(ost, o)
+		}
+		VMOVUPS(acc[i], Mem{Base: o})
+	}
+	ADDQ(U8(64), op)
+	Store(op, Param("out"))
+	DECQ(paddr("groups"))
+	JNZ(LabelRef(name + "_grp"))
+	VZEROUPPER()
+	RET()
+}
