@@ -166,7 +166,7 @@ func genQ6Kx16(n int) {
 				VPANDD(c30, t0, t0)
 				VPSLLW(U8(2), qh, t1) // bits 2-3
 				VPANDD(c30, t1, t1)
-				VPANDD(c30, qh, t2) // bits 4-5
+				VPANDD(c30, qh, t2)   // bits 4-5
 				VPSRLW(U8(2), qh, t3) // bits 6-7
 				VPANDD(c30, t3, t3)
 				ql0, ql1 := word(16*h+q), word(16*h+q+8)
