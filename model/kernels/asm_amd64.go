@@ -614,17 +614,26 @@ func q80x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *floa
 // q80x16N8 multiplies a 16-row group of repacked Q8_0 weights with 8 quantized input rows (see genQ80x16).
 func q80x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q4kx16N1 multiplies a 16-row group of repacked Q4_K weights with 1 quantized input rows (see genQ4Kx16).
+// q4kx16N1 multiplies a 16-row group of repacked Q4K weights with 1 quantized input rows (see genQ4Kx16).
 func q4kx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q4kx16N2 multiplies a 16-row group of repacked Q4_K weights with 2 quantized input rows (see genQ4Kx16).
+// q4kx16N2 multiplies a 16-row group of repacked Q4K weights with 2 quantized input rows (see genQ4Kx16).
 func q4kx16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q4kx16N3 multiplies a 16-row group of repacked Q4_K weights with 3 quantized input rows (see genQ4Kx16).
+// q4kx16N3 multiplies a 16-row group of repacked Q4K weights with 3 quantized input rows (see genQ4Kx16).
 func q4kx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q4kx16N4 multiplies a 16-row group of repacked Q4_K weights with 4 quantized input rows (see genQ4Kx16).
+// q4kx16N4 multiplies a 16-row group of repacked Q4K weights with 4 quantized input rows (see genQ4Kx16).
 func q4kx16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q5kx16N1 multiplies a 16-row group of repacked Q5K weights with 1 quantized input rows (see genQ4Kx16).
+func q5kx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q5kx16N2 multiplies a 16-row group of repacked Q5K weights with 2 quantized input rows (see genQ4Kx16).
+func q5kx16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q5kx16N3 multiplies a 16-row group of repacked Q5K weights with 3 quantized input rows (see genQ4Kx16).
+func q5kx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // q6kx16N1 multiplies a 16-row group of repacked Q6_K weights with 1 quantized input rows (see genQ6Kx16).
 func q6kx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)

@@ -10,7 +10,8 @@ import (
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
-// Weights repacked in groups of 16 rows (tensor.Q80x16, Q4Kx16, Q6Kx16).
+// Weights repacked in groups of 16 rows (tensor.Q80x16, Q4Kx16, Q5Kx16,
+// Q6Kx16).
 //
 // The row-major integer kernels walk each row on its own and must reduce
 // every block's partial sums across a register before scaling them:
@@ -22,7 +23,7 @@ import (
 // so one VPDPBUSD multiplies 64 weight bytes with the input's 4 bytes
 // broadcast, the lanes being the weight rows, with nothing to reduce, and
 // the scales of 16 rows are decoded at once. The packed kernels (q80x16N,
-// q4kx16N, q6kx16N) take the float32 steps per (row, block) of the row-major kernels
+// q4kx16N, q5kx16N, q6kx16N) take the float32 steps per (row, block) of the row-major kernels
 // (matMulQ80Ref, q8BlockScalar, q6BlockScalar), so the results are the same bits
 // (TestPackedMatchesRowMajor), for any number of input rows.
 //
@@ -34,8 +35,8 @@ import (
 // same results).
 
 // EnvPack names the environment variable that chooses which types CanPack
-// packs: a comma-separated list of dtypes (q8_0, q4_k, q6_k; the default
-// is all), or 0 for none (for comparisons).
+// packs: a comma-separated list of dtypes (q8_0, q4_k, q5_k, q6_k; the
+// default is all), or 0 for none (for comparisons).
 const EnvPack = "SWITCHYARD_PACK"
 
 // packOff[dt]: EnvPack leaves dt row-major.
@@ -86,6 +87,8 @@ var packSpecs = [...]packSpec{
 	{dt: tensor.Q8_0, layout: tensor.Q80x16, bytes: tensor.Q8_0BlockBytes, halves: []int{0}, words: 2, nwords: 8, xor: 0x80808080},
 	// Q4_K: d, dmin; the 12 bytes of scales and mins, then the nibbles.
 	{dt: tensor.Q4_K, layout: tensor.Q4Kx16, bytes: 144, halves: []int{0, 2}, words: 4, nwords: 35},
+	// Q5_K: d, dmin; the scales and mins, the fifth bits, the nibbles.
+	{dt: tensor.Q5_K, layout: tensor.Q5Kx16, bytes: 176, halves: []int{0, 2}, words: 4, nwords: 43},
 	// Q6_K: d (at the block's end); ql, qh, the scales.
 	{dt: tensor.Q6_K, layout: tensor.Q6Kx16, bytes: 210, halves: []int{208}, words: 0, nwords: 52},
 }
@@ -114,7 +117,7 @@ func PackedBytes(dt tensor.DType, rows, cols int) int {
 }
 
 // CanPack reports whether w is a row-major matrix that this CPU multiplies
-// faster packed (Pack): Q8_0, Q4_K or Q6_K, with the kernels for them, unless
+// faster packed (Pack): Q8_0, Q4_K, Q5_K or Q6_K, with the kernels for them, unless
 // EnvPack says otherwise.
 func CanPack(w tensor.Matrix) bool {
 	s := specOf(w.DType, tensor.RowMajor)

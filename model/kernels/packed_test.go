@@ -9,13 +9,13 @@ import (
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
-// TestPackedMatchesRowMajor: a packed Q8_0, Q4_K or Q6_K matrix gives the bits
+// TestPackedMatchesRowMajor: a packed Q8_0, Q4_K, Q5_K or Q6_K matrix gives the bits
 // the row-major one gives, at every kernel level and thread count, for any
 // number of input rows (the packed kernels on AVX-512 VNNI: the twin's
 // bits), with a partial last group, and with an input row holding a NaN or
 // an infinity; its rows dequantize as the row-major rows do.
 func TestPackedMatchesRowMajor(t *testing.T) {
-	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q6_K} {
+	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
 		t.Run(dt.String(), func(t *testing.T) { testPackedMatchesRowMajor(t, dt) })
 	}
 }
@@ -28,7 +28,7 @@ func testPackedMatchesRowMajor(t *testing.T, dt tensor.DType) {
 	prev := KernelLevel()
 	defer SetKernelLevel(prev)
 	bv := dt.BlockValues()
-	twinOf := map[tensor.DType]func([]float32, tensor.Matrix, []float32, int){tensor.Q8_0: matMulQ80Ref, tensor.Q4_K: matMulQ8Ref, tensor.Q6_K: matMulQ8Ref}[dt]
+	twinOf := map[tensor.DType]func([]float32, tensor.Matrix, []float32, int){tensor.Q8_0: matMulQ80Ref, tensor.Q4_K: matMulQ8Ref, tensor.Q5_K: matMulQ8Ref, tensor.Q6_K: matMulQ8Ref}[dt]
 	for _, rows := range []int{1, 16, 37, 100} {
 		for _, blocks := range []int{1, 3, 17, 48} {
 			cols := blocks * bv
@@ -94,7 +94,7 @@ func testPackedMatchesRowMajor(t *testing.T, dt tensor.DType) {
 // goroutines gives the bytes of a packing on one, and unpacks to its rows.
 func TestPackParallel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(32, 32))
-	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q6_K} {
+	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
 		rows, cols := 64*16*4+5, 2*dt.BlockValues()
 		w := randMatrix(rng, dt, rows, cols)
 		n := PackedBytes(dt, rows, cols)

@@ -124,9 +124,9 @@ type q80DotFn func(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstr
 var q80Dots = [q80MaxRows + 1]q80DotFn{1: q80dot512R1, 2: q80dot512R2, 3: q80dot512R3, 4: q80dot512R4, 5: q80dot512R5, 6: q80dot512R6}
 
 // hasPackedKernels reports whether the CPU runs the packed kernels of dtype
-// dt (q80x16N, q4kx16N, q6kx16N: VPDPBUSD and VPDPWSSD on zmm; packed.go).
+// dt (q80x16N, q4kx16N, q5kx16N, q6kx16N: VPDPBUSD and VPDPWSSD on zmm; packed.go).
 func hasPackedKernels(dt tensor.DType) bool {
-	return (dt == tensor.Q8_0 || dt == tensor.Q4_K || dt == tensor.Q6_K) && hasQ80 && maxLevel >= LevelAVX512
+	return specOf(dt, tensor.RowMajor) != nil && hasQ80 && maxLevel >= LevelAVX512
 }
 
 // packedFast reports whether a product with packed weights runs its own
@@ -137,6 +137,8 @@ var q80x16Fns = [...]packedFn{
 	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}
 
 var q4kx16Fns = [...]packedFn{1: q4kx16N1, 2: q4kx16N2, 3: q4kx16N3, 4: q4kx16N4}
+
+var q5kx16Fns = [...]packedFn{1: q5kx16N1, 2: q5kx16N2, 3: q5kx16N3}
 
 var q6kx16Fns = [...]packedFn{1: q6kx16N1, 2: q6kx16N2, 3: q6kx16N3}
 
@@ -153,12 +155,16 @@ func planPacked(c *callCtx) bool {
 		}
 		j.q8.packed = q80x16Fns[:]
 		j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
-	case tensor.Q4Kx16, tensor.Q6Kx16:
+	case tensor.Q4Kx16, tensor.Q5Kx16, tensor.Q6Kx16:
 		if !planQ8K(c) {
 			return false
 		}
-		j.q8.packed = q4kx16Fns[:]
-		if j.w.Layout == tensor.Q6Kx16 {
+		switch j.w.Layout {
+		case tensor.Q4Kx16:
+			j.q8.packed = q4kx16Fns[:]
+		case tensor.Q5Kx16:
+			j.q8.packed = q5kx16Fns[:]
+		default:
 			j.q8.packed = q6kx16Fns[:]
 		}
 		j.q8.xstride = j.q8.nb * q8xBlockBytes

@@ -152,6 +152,11 @@ const (
 	// a block), the 16 rows' words side by side (2240 bytes): the same 144
 	// bytes per row and block. See model/kernels/packed.go.
 	Q4Kx16
+	// Q5Kx16: Q5_K rows in groups of 16 (the last padded with zero rows),
+	// as Q4Kx16 with the rows' 32 bytes of fifth bits between the scales and
+	// the nibbles (2752 bytes of words): the same 176 bytes per row and
+	// block. See model/kernels/packed.go.
+	Q5Kx16
 	// Q6Kx16: Q6_K rows in groups of 16 (the last padded with zero rows),
 	// each group block by block: the 16 rows' d (32 bytes), then each 4-byte
 	// word of the rows' ql, qh and scales (bytes 0..207 of a block), the 16
@@ -169,6 +174,8 @@ func (l Layout) String() string {
 		return "Q8_0x16"
 	case Q4Kx16:
 		return "Q4_Kx16"
+	case Q5Kx16:
+		return "Q5_Kx16"
 	case Q6Kx16:
 		return "Q6_Kx16"
 	}

@@ -99,6 +99,9 @@ func main() {
 	for n := 1; n <= q4kx16MaxN; n++ {
 		genQ4Kx16(n)
 	}
+	for n := 1; n <= q5kx16MaxN; n++ {
+		genQ5Kx16(n)
+	}
 	for n := 1; n <= q6kx16MaxN; n++ {
 		genQ6Kx16(n)
 	}

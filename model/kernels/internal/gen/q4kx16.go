@@ -82,10 +82,43 @@ func genQ4Kx16Consts() {
 	cB3F = data32("b3f", 0x3F3F3F3F)
 }
 
-func genQ4Kx16(n int) {
+// ---- Q5_K repacked in 16-row groups: q5kx16N ----
+//
+// tensor.Q5Kx16 is Q4Kx16 with the fifth bits: per block of a 16-row
+// group (q5kx16Block bytes), d and dmin, the scales' 3 words, then the 8
+// words of qh (64+64k+4r for k in 3..10: bytes 16+4(k−3).. of row r's
+// block), then the nibbles' 32 words (from 768). qh word g holds the fifth
+// bits of the values 4g..4g+3 of every 32: bit 2c for sub-block 2c (the
+// low nibbles of chunk c), bit 2c+1 for sub-block 2c+1. Each is moved to
+// bit 4 and merged with its nibble (VPTERNLOGD); the high nibbles are
+// shifted down first, since 16 times a 5-bit code does not fit a byte.
+// The rest is q4kx16N's: the same float32 steps (q8BlockScalar), the same
+// bits as the row-major kernels.
+
+const q5kx16Block = 16 * 176
+
+// q5kx16MaxN is the most input rows per q5kx16N call (q4kx16N's registers,
+// and qh's).
+const q5kx16MaxN = 3
+
+// q5kPrefetch: as q4kPrefetch, three blocks on.
+const q5kPrefetch = 3 * q5kx16Block
+
+func genQ4Kx16(n int) { genQKx16(dQ4K, n) }
+
+func genQ5Kx16(n int) { genQKx16(dQ5K, n) }
+
+// genQKx16 emits q4kx16N<n> (d Q4_K) or q5kx16N<n> (Q5_K).
+func genQKx16(d dtype, n int) {
+	q5 := d == dQ5K
 	name := fmt.Sprintf("q4kx16N%d", n)
+	blockBytes, prefetch, qs := q4kx16Block, q4kPrefetch, 256
+	if q5 {
+		name = fmt.Sprintf("q5kx16N%d", n)
+		blockBytes, prefetch, qs = q5kx16Block, q5kPrefetch, 768
+	}
 	TEXT(name, NOSPLIT, "func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int)")
-	Doc(fmt.Sprintf("%s multiplies a 16-row group of repacked Q4_K weights with %d quantized input rows (see genQ4Kx16).", name, n))
+	Doc(fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genQ4Kx16).", name, d, n))
 	wp := ld("w")
 	xs := ld("xstride")
 	idx := make([]GPVirtual, n)
@@ -99,7 +132,11 @@ func genQ4Kx16(n int) {
 	}
 	c0F, cF0 := ZMM(), ZMM()
 	VPBROADCASTD(cB0F, c0F)
-	VPTERNLOGD(U8(0x55), c0F, c0F, cF0) // ^0x0F0F0F0F: 0xF0 bytes
+	if q5 {
+		cF0 = nil
+	} else {
+		VPTERNLOGD(U8(0x55), c0F, c0F, cF0) // ^0x0F0F0F0F: 0xF0 bytes
+	}
 	Label(name + "_grp")
 	cnt := ld("nblocks")
 	xq := ld("xq")
@@ -115,8 +152,8 @@ func genQ4Kx16(n int) {
 		VXORPS(acc[i], acc[i], acc[i])
 	}
 	Label(name + "_blk")
-	for l := 0; l < q4kx16Block/64; l++ {
-		PREFETCHT0(Mem{Base: wp, Disp: q4kPrefetch + 64*l})
+	for l := 0; l < blockBytes/64; l++ {
+		PREFETCHT0(Mem{Base: wp, Disp: prefetch + 64*l})
 	}
 	// Scales and mins of the 16 rows, one byte each per dword lane:
 	// sc[0..3] = u0 & 0x3f, m[0..3] = u1 & 0x3f,
@@ -171,6 +208,10 @@ func genQ4Kx16(n int) {
 		}
 	}
 	lo, hi, sc := ZMM(), ZMM(), ZMM()
+	var qh, t VecVirtual
+	if q5 {
+		qh, t = ZMM(), ZMM()
+	}
 	for c0 := 0; c0 < 4; c0 += cpu {
 		for u := 0; u < cpu; u++ {
 			for i := 0; i < n; i++ {
@@ -179,10 +220,24 @@ func genQ4Kx16(n int) {
 			}
 		}
 		for g := 0; g < 8; g++ {
+			if q5 {
+				VMOVDQU64(Mem{Base: wp, Disp: 256 + 64*g}, qh)
+			}
 			for u := 0; u < cpu; u++ {
 				c := c0 + u
-				VPANDD(Mem{Base: wp, Disp: 256 + 512*c + 64*g}, c0F, lo)
-				VPANDD(Mem{Base: wp, Disp: 256 + 512*c + 64*g}, cF0, hi) // 16·high nibble
+				wm := Mem{Base: wp, Disp: qs + 512*c + 64*g}
+				if q5 {
+					// lo = nibble | bit 2c of qh at bit 4; hi likewise with
+					// bit 2c+1 and the high nibble shifted down.
+					q5Bit(qh, 2*c, t, lo)
+					VPTERNLOGD(U8(0xF8), wm, c0F, lo)
+					q5Bit(qh, 2*c+1, t, hi)
+					VPSRLW(U8(4), wm, t)
+					VPTERNLOGD(U8(0xF8), t, c0F, hi)
+				} else {
+					VPANDD(wm, c0F, lo)
+					VPANDD(wm, cF0, hi) // 16·high nibble
+				}
 				for i := 0; i < n; i++ {
 					VPDPBUSD_BCST(xm(i, 64*c+4*g), lo, dsub[u][i][0])
 					VPDPBUSD_BCST(xm(i, 64*c+32+4*g), hi, dsub[u][i][1])
@@ -197,7 +252,7 @@ func genQ4Kx16(n int) {
 			}
 			for h := 0; h < 2; h++ {
 				VPSHUFB(cQ4KSel[(2*c+h)%4], src, sc)
-				if h == 0 {
+				if h == 0 && !q5 {
 					VPSLLD(U8(4), sc, sc) // 16·sc against the low nibbles
 				}
 				for i := 0; i < n; i++ {
@@ -212,7 +267,7 @@ func genQ4Kx16(n int) {
 			}
 		}
 	}
-	for i := 0; i < n; i++ {
+	for i := 0; !q5 && i < n; i++ {
 		VPSRAD(U8(4), isum[i], isum[i]) // I (every term was a multiple of 16)
 	}
 	// acc += float(I)·(d·d_x); acc −= float(M)·(dmin·d_x) (q8BlockScalar).
@@ -230,7 +285,7 @@ func genQ4Kx16(n int) {
 		VMULPS(s, f, f)
 		VSUBPS(f, acc[i], acc[i])
 	}
-	ADDQ(U32(q4kx16Block), wp)
+	ADDQ(U32(blockBytes), wp)
 	ADDQ(U32(q8xBlock), xq)
 	DECQ(cnt)
 	JNZ(LabelRef(name + "_blk"))
@@ -250,4 +305,19 @@ func genQ4Kx16(n int) {
 	JNZ(LabelRef(name + "_grp"))
 	VZEROUPPER()
 	RET()
+}
+
+// q5Bit sets dst to bit b of each byte of qh moved to bit 4 (the rest 0),
+// with t as scratch.
+func q5Bit(qh VecVirtual, b int, t, dst VecVirtual) {
+	src := qh
+	switch {
+	case b < 4:
+		VPSLLW(U8(4-b), qh, t)
+		src = t
+	case b > 4:
+		VPSRLW(U8(b-4), qh, t)
+		src = t
+	}
+	VPANDD_BCST(cB10, src, dst)
 }
