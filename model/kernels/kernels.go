@@ -80,8 +80,11 @@
 // per value), as in llama.cpp. SetQ8Activations(false) or
 // SWITCHYARD_Q8_ACTIVATIONS=0 turns it off; rows with an infinity or a NaN
 // (each computed alone) and the other levels widen as before.
-// matMulQ8Ref is the plain twin (exact integer sums); TestMatMulQ8 checks the
-// kernels against it and against the float32 reference.
+// matMulQ8Ref is the plain twin (exact integer sums, then one float32 step
+// per row and block, as the kernels take it); TestMatMulQ8 checks the
+// kernels against it bit for bit and against the float32 reference.
+// Matrices copied into memory are repacked in 16-row groups for faster
+// kernels with the same bits (packed.go).
 //
 // # bf16 activations
 //
