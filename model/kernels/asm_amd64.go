@@ -521,6 +521,30 @@ func tile256Q4KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nch
 // widen256Q4K widens quads of Q4K weight rows into a float32 panel (see genTile).
 func widen256Q4K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
 
+// tile256Q6KN1 computes 4-row x 1-input dot products of Q6K weights (see genTile).
+func tile256Q6KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile256Q6KN1Inv computes 4-row x 1-input dot products of Q6K weights in the batch-invariant order (see genTile).
+func tile256Q6KN1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile256Q6KN2 computes 4-row x 2-input dot products of Q6K weights (see genTile).
+func tile256Q6KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen256Q6K widens quads of Q6K weight rows into a float32 panel (see genTile).
+func widen256Q6K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile256Q5KN1 computes 4-row x 1-input dot products of Q5K weights (see genTile).
+func tile256Q5KN1(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile256Q5KN1Inv computes 4-row x 1-input dot products of Q5K weights in the batch-invariant order (see genTile).
+func tile256Q5KN1Inv(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// tile256Q5KN2 computes 4-row x 2-input dot products of Q5K weights (see genTile).
+func tile256Q5KN2(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
+// widen256Q5K widens quads of Q5K weight rows into a float32 panel (see genTile).
+func widen256Q5K(w *byte, wstride int, nquads int, x *float32, xstride int, nchunks int, tail int, out *float32, ostride int, scr *float32, pf uintptr, pfend uintptr)
+
 // q8dot512Q4KN1 computes 1-input dot products of Q4K weights with 8-bit activations (see genQ8).
 func q8dot512Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 

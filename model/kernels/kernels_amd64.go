@@ -34,8 +34,8 @@ func init() {
 	z.tile[tensor.F16] = [9]tileFn{1: tile512F16N1, 2: tile512F16N2, 3: tile512F16N3, 4: tile512F16N4, 5: tile512F16N5, 6: tile512F16N6}
 	z.tile[tensor.Q8_0] = [9]tileFn{1: tile512Q8N1, 2: tile512Q8N2, 3: tile512Q8N3, 4: tile512Q8N4, 5: tile512Q8N5, 6: tile512Q8N6}
 	z.tile[tensor.Q4_K] = [9]tileFn{1: tile512Q4KN1, 2: tile512Q4KN2, 3: tile512Q4KN3, 4: tile512Q4KN4}
-	// The other quantized types (AVX-512 only): generic widening per 16
-	// values (see internal/gen), 6 input rows per tile.
+	// The other quantized types: generic widening per 16 values (see
+	// internal/gen), 6 input rows per tile (AVX2: Q6_K and Q5_K too, per 8).
 	z.tile[tensor.Q6_K] = [9]tileFn{1: tile512Q6KN1, 2: tile512Q6KN2, 3: tile512Q6KN3, 4: tile512Q6KN4, 5: tile512Q6KN5, 6: tile512Q6KN6}
 	z.tile[tensor.Q5_K] = [9]tileFn{1: tile512Q5KN1, 2: tile512Q5KN2, 3: tile512Q5KN3, 4: tile512Q5KN4, 5: tile512Q5KN5, 6: tile512Q5KN6}
 	z.tile[tensor.Q4_0] = [9]tileFn{1: tile512Q40N1, 2: tile512Q40N2, 3: tile512Q40N3, 4: tile512Q40N4, 5: tile512Q40N5, 6: tile512Q40N6}
@@ -82,10 +82,15 @@ func init() {
 	y.tile[tensor.F16] = [9]tileFn{1: tile256F16N1, 2: tile256F16N2}
 	y.tile[tensor.Q8_0] = [9]tileFn{1: tile256Q8N1, 2: tile256Q8N2}
 	y.tile[tensor.Q4_K] = [9]tileFn{1: tile256Q4KN1, 2: tile256Q4KN2}
+	y.tile[tensor.Q6_K] = [9]tileFn{1: tile256Q6KN1, 2: tile256Q6KN2}
+	y.tile[tensor.Q5_K] = [9]tileFn{1: tile256Q5KN1, 2: tile256Q5KN2}
 	y.tileInv[tensor.BF16] = [3]tileFn{1: tile256BF16N1Inv}
 	y.tileInv[tensor.Q8_0] = [3]tileFn{1: tile256Q8N1Inv}
 	y.tileInv[tensor.Q4_K] = [3]tileFn{1: tile256Q4KN1Inv}
-	y.widen = [tensor.NumDTypes]tileFn{tensor.BF16: widen256BF16, tensor.F16: widen256F16, tensor.Q8_0: widen256Q8, tensor.Q4_K: widen256Q4K}
+	y.tileInv[tensor.Q6_K] = [3]tileFn{1: tile256Q6KN1Inv}
+	y.tileInv[tensor.Q5_K] = [3]tileFn{1: tile256Q5KN1Inv}
+	y.widen = [tensor.NumDTypes]tileFn{tensor.BF16: widen256BF16, tensor.F16: widen256F16, tensor.Q8_0: widen256Q8, tensor.Q4_K: widen256Q4K,
+		tensor.Q6_K: widen256Q6K, tensor.Q5_K: widen256Q5K}
 
 	if maxLevel >= LevelAVX2 {
 		isaTables[LevelAVX2] = y

@@ -117,12 +117,14 @@ func PackedBytes(dt tensor.DType, rows, cols int) int {
 }
 
 // CanPack reports whether w is a row-major matrix that this CPU multiplies
-// faster packed (Pack): Q8_0, Q4_K, Q5_K or Q6_K, with the kernels for them, unless
-// EnvPack says otherwise.
+// faster packed (Pack): Q8_0, Q4_K, Q5_K or Q6_K, with the kernels for them
+// at the current kernel level and 8-bit activations on (else a packed
+// matrix would be unpacked for every product), unless EnvPack says
+// otherwise.
 func CanPack(w tensor.Matrix) bool {
 	s := specOf(w.DType, tensor.RowMajor)
 	return s != nil && !packOff[w.DType] && w.Layout == tensor.RowMajor && w.Rows > 0 && w.Cols > 0 &&
-		w.Cols%w.DType.BlockValues() == 0 && hasPackedKernels(w.DType)
+		w.Cols%w.DType.BlockValues() == 0 && hasPackedKernels(w.DType) && packedFast(KernelLevel())
 }
 
 // Pack packs the row-major matrix w (CanPack's types) into dst

@@ -16,10 +16,10 @@ const (
 	dF16
 	dQ8
 	dQ4K
-	// The types below have AVX-512 kernels only (the AVX2 level dequantizes
-	// them in Go).
 	dQ6K
 	dQ5K
+	// The types below have AVX-512 kernels only (the AVX2 level dequantizes
+	// them in Go).
 	dQ40
 	dQ41
 	dQ50
@@ -37,7 +37,7 @@ func (d dtype) String() string {
 }
 
 // only512 reports a dtype without an AVX2 kernel.
-func only512(d dtype) bool { return d >= dQ6K }
+func only512(d dtype) bool { return d > dQ5K }
 
 // blk32 reports the 32-value block types handled by the generic staging
 // prologue, and the byte offsets of their f16 fields (d, then m for the
@@ -217,9 +217,18 @@ func genTile(s isa, d dtype, N int, m mode) {
 		cMask = s.vec()
 		VBROADCASTSS(cBF16Hi, cMask)
 	}
-	if d == dQ4K && !s.z {
+	var cHiV VecVirtual // on AVX2: dwords 0x30 (Q6_K's high bit pairs), 0x10 (Q5_K's fifth bits)
+	if (d == dQ4K || d == dQ6K || d == dQ5K) && !s.z {
 		cNibV = s.vec()
 		VBROADCASTSS(cNib, cNibV)
+	}
+	if (d == dQ6K || d == dQ5K) && !s.z {
+		cHiV = s.vec()
+		if d == dQ6K {
+			VBROADCASTSS(cD30, cHiV)
+		} else {
+			VBROADCASTSS(cD16, cHiV)
+		}
 	}
 	var iq4Tab VecVirtual
 	if d == dIQ4NL || d == dIQ4XS {
@@ -459,43 +468,64 @@ func genTile(s isa, d dtype, N int, m mode) {
 				VFMSUB132PS(t, mn, v)
 			}
 		case dQ6K:
-			// Sub-vector j is scale sub-block j: 16 values of 128-value half n,
-			// quarter qtr (low nibbles of ql bytes for quarters 0-1, high for
-			// 2-3; quarters 1 and 3 at +32) with their top two bits at 2·qtr of qh.
-			n, jj := j/8, j%8
-			qtr, half := jj/2, jj%2
-			VPMOVZXBD(rowMem(r, wo+64*n+16*half+32*(qtr&1)), v)
-			if qtr >= 2 {
+			// Sub-vector j: values v0..v0+lanes of 128-value half n, quarter
+			// qtr (low nibbles of ql bytes for quarters 0-1, high for 2-3;
+			// quarters 1 and 3 at +32), position p in the quarter, with their
+			// top two bits at 2·qtr of qh; scale sub-block v0/16.
+			v0 := j * lanes
+			n, l := v0/128, v0%128
+			qtr, p := l/32, l%32
+			VPMOVZXBD(rowMem(r, wo+64*n+p+32*(qtr&1)), v)
+			switch {
+			case qtr >= 2:
 				VPSRLD(U8(4), v, v)
-			} else {
+			case s.z:
 				VPANDD_BCST(cNib, v, v)
+			default:
+				VPAND(cNibV, v, v)
 			}
-			h := ZMM()
-			VPMOVZXBD(rowMem(r, wo+128+32*n+16*half), h)
+			h := s.vec()
+			VPMOVZXBD(rowMem(r, wo+128+32*n+p), h)
 			shiftTo(h, 2*qtr, 4)
-			VPANDD_BCST(cD30, h, h)
-			VPORD(h, v, v)
-			VCVTDQ2PS(v, v)
-			scaleMin(v, Mem{Base: sp, Disp: so + r*128 + 4*j}, Mem{Base: sp, Disp: so + r*128 + 64 + 4*j}, false)
-		case dQ5K:
-			// Q4_K's layout (16-value sub-vector j of 64-value group c) plus a
-			// fifth bit, bit 2c (+1 for the high nibbles) of qh.
-			c, jj := j/4, j%4
-			hi, part := jj/2, jj%2
-			VPMOVZXBD(rowMem(r, wo+48+32*c+16*part), v)
-			if hi == 1 {
-				VPSRLD(U8(4), v, v)
+			if s.z {
+				VPANDD_BCST(cD30, h, h)
+				VPORD(h, v, v)
 			} else {
-				VPANDD_BCST(cNib, v, v)
+				VPAND(cHiV, h, h)
+				VPOR(h, v, v)
 			}
-			h := ZMM()
-			VPMOVZXBD(rowMem(r, wo+16+16*part), h)
+			VCVTDQ2PS(v, v)
+			sb := v0 / 16
+			scaleMinS(s, v, Mem{Base: sp, Disp: so + r*128 + 4*sb}, Mem{Base: sp, Disp: so + r*128 + 64 + 4*sb})
+		case dQ5K:
+			// Q4_K's layout (values v0..v0+lanes at position p of half hi of
+			// 64-value group c: the low or high nibbles of qs bytes 32c+p..)
+			// plus a fifth bit, bit 2c (+1 for the high nibbles) of qh byte p.
+			v0 := j * lanes
+			c, l := v0/64, v0%64
+			hi, p := l/32, l%32
+			VPMOVZXBD(rowMem(r, wo+48+32*c+p), v)
+			switch {
+			case hi == 1:
+				VPSRLD(U8(4), v, v)
+			case s.z:
+				VPANDD_BCST(cNib, v, v)
+			default:
+				VPAND(cNibV, v, v)
+			}
+			h := s.vec()
+			VPMOVZXBD(rowMem(r, wo+16+p), h)
 			shiftTo(h, 2*c+hi, 4)
-			VPANDD_BCST(cD16, h, h)
-			VPORD(h, v, v)
+			if s.z {
+				VPANDD_BCST(cD16, h, h)
+				VPORD(h, v, v)
+			} else {
+				VPAND(cHiV, h, h)
+				VPOR(h, v, v)
+			}
 			VCVTDQ2PS(v, v)
 			sbj := 2*c + hi
-			scaleMin(v, Mem{Base: sp, Disp: so + r*64 + sbj*4}, Mem{Base: sp, Disp: so + r*64 + 32 + sbj*4}, false)
+			scaleMinS(s, v, Mem{Base: sp, Disp: so + r*64 + sbj*4}, Mem{Base: sp, Disp: so + r*64 + 32 + sbj*4})
 		case dQ2K:
 			// 2-bit values: sub-vector j (scale sub-block j) is bits 2·(j%8/2)
 			// of 16 bytes at 32·(j/8) + 16·(j%2).
@@ -1131,7 +1161,7 @@ func genScalePrologue(s isa, d dtype, name string, w0, w3, ws, sp GPVirtual) {
 			case dQ5K:
 				q4Scales(s, src, dst)
 			case dQ6K:
-				q6Scales(src, dst)
+				q6Scales(s, src, dst)
 			case dQ2K:
 				q2Scales(src, dst)
 			case dIQ4XS:
@@ -1252,9 +1282,39 @@ func bcstF16(src Mem) VecVirtual {
 	return z
 }
 
+// scaleMinS is scaleMin (v = v·[sc] − [mn]) on either ISA.
+func scaleMinS(s isa, v VecVirtual, sc, mn Mem) {
+	if s.z {
+		scaleMin(v, sc, mn, false)
+		return
+	}
+	m, t := s.vec(), s.vec()
+	VBROADCASTSS(mn, m)
+	VBROADCASTSS(sc, t)
+	VFMSUB132PS(t, m, v)
+}
+
 // q6Scales writes the 16 scales d·sc_j of one Q6_K block at dst and 32·d·sc_j
 // at dst+64.
-func q6Scales(src, dst Mem) {
+func q6Scales(s isa, src, dst Mem) {
+	if !s.z {
+		h := XMM()
+		VPBROADCASTW(src.Offset(208), h)
+		d := YMM()
+		VCVTPH2PS(h, d)
+		c := YMM()
+		VBROADCASTSS(cF32, c)
+		for k := 0; k < 2; k++ {
+			f := YMM()
+			VPMOVSXBD(src.Offset(192+8*k), f)
+			VCVTDQ2PS(f, f)
+			VMULPS(d, f, f)
+			VMOVUPS(f, dst.Offset(32*k))
+			VMULPS(c, f, f)
+			VMOVUPS(f, dst.Offset(64+32*k))
+		}
+		return
+	}
 	d := bcstF16(src.Offset(208))
 	f := ZMM()
 	VPMOVSXBD(src.Offset(192), f)
