@@ -88129,6 +88129,624 @@ q8dot512Q6KN2BW_blk:
 	VZEROUPPER
 	RET
 
+// func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q4KN1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+
+q8dot256Q4KN1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Y1, Y1, Y1
+
+q8dot256Q4KN1_blk:
+	MOVL         4(BX), R8
+	MOVL         8(BX), R9
+	MOVL         12(BX), R10
+	MOVL         R8, R11
+	SHRL         $0x02, R11
+	ANDL         $0x30303030, R11
+	ANDL         $0x3f3f3f3f, R8
+	MOVL         R10, R12
+	ANDL         $0x0f0f0f0f, R12
+	ORL          R11, R12
+	SHLQ         $0x20, R12
+	ORQ          R8, R12
+	MOVL         R9, R11
+	SHRL         $0x02, R11
+	ANDL         $0x30303030, R11
+	ANDL         $0x3f3f3f3f, R9
+	SHRL         $0x04, R10
+	ANDL         $0x0f0f0f0f, R10
+	ORL          R11, R10
+	SHLQ         $0x20, R10
+	ORQ          R9, R10
+	VMOVQ        R12, X2
+	VPBROADCASTQ X2, Y2
+	VMOVQ        R10, X3
+	VPMOVZXBW    X3, X3
+	VPXOR        Y4, Y4, Y4
+	VPAND        16(BX), Y0, Y5
+	VPSHUFB      q8idxq4_0<>+0(SB), Y2, Y6
+	VPMADDUBSW   (SI), Y5, Y5
+	VPMADDWD     Y6, Y5, Y5
+	VPADDD       Y5, Y4, Y4
+	VMOVDQU      16(BX), Y5
+	VPSRLW       $0x04, Y5, Y5
+	VPAND        Y0, Y5, Y5
+	VPSHUFB      q8idxq4_0<>+32(SB), Y2, Y6
+	VPMADDUBSW   32(SI), Y5, Y5
+	VPMADDWD     Y6, Y5, Y5
+	VPADDD       Y5, Y4, Y4
+	VPAND        48(BX), Y0, Y5
+	VPSHUFB      q8idxq4_1<>+0(SB), Y2, Y6
+	VPMADDUBSW   64(SI), Y5, Y5
+	VPMADDWD     Y6, Y5, Y5
+	VPADDD       Y5, Y4, Y4
+	VMOVDQU      48(BX), Y5
+	VPSRLW       $0x04, Y5, Y5
+	VPAND        Y0, Y5, Y5
+	VPSHUFB      q8idxq4_1<>+32(SB), Y2, Y6
+	VPMADDUBSW   96(SI), Y5, Y5
+	VPMADDWD     Y6, Y5, Y5
+	VPADDD       Y5, Y4, Y4
+	VPAND        80(BX), Y0, Y5
+	VPSHUFB      q8idxq4_2<>+0(SB), Y2, Y6
+	VPMADDUBSW   128(SI), Y5, Y5
+	VPMADDWD     Y6, Y5, Y5
+	VPADDD       Y5, Y4, Y4
+	VMOVDQU      80(BX), Y5
+	VPSRLW       $0x04, Y5, Y5
+	VPAND        Y0, Y5, Y5
+	VPSHUFB      q8idxq4_2<>+32(SB), Y2, Y6
+	VPMADDUBSW   160(SI), Y5, Y5
+	VPMADDWD     Y6, Y5, Y5
+	VPADDD       Y5, Y4, Y4
+	VPAND        112(BX), Y0, Y5
+	VPSHUFB      q8idxq4_3<>+0(SB), Y2, Y6
+	VPMADDUBSW   192(SI), Y5, Y5
+	VPMADDWD     Y6, Y5, Y5
+	VPADDD       Y5, Y4, Y4
+	VMOVDQU      112(BX), Y5
+	VPSRLW       $0x04, Y5, Y5
+	VPAND        Y0, Y5, Y5
+	VPSHUFB      q8idxq4_3<>+32(SB), Y2, Y2
+	VPMADDUBSW   224(SI), Y5, Y5
+	VPMADDWD     Y2, Y5, Y5
+	VPADDD       Y5, Y4, Y4
+	VPBROADCASTD (BX), X2
+	VCVTPH2PS    X2, X2
+	VPMADDWD     288(SI), X3, X3
+	VEXTRACTI128 $0x01, Y4, X5
+	VPADDD       X5, X4, X4
+	VPUNPCKLDQ   X3, X4, X5
+	VPUNPCKHDQ   X3, X4, X3
+	VPADDD       X3, X5, X5
+	VPSHUFD      $0x4e, X5, X3
+	VPADDD       X3, X5, X5
+	VCVTDQ2PS    X5, X5
+	VBROADCASTSS 304(SI), X3
+	VMULPS       X2, X3, X3
+	VMULPS       X3, X5, X5
+	VADDSS       X5, X1, X1
+	VMOVSHDUP    X5, X3
+	VSUBSS       X3, X1, X1
+	ADDQ         $0x00000090, BX
+	ADDQ         $0x00000140, SI
+	DECQ         DI
+	JNZ          q8dot256Q4KN1_blk
+	MOVQ         DX, BX
+	VMOVSS       X1, (BX)
+	ADDQ         $0x04, DX
+	ADDQ         AX, CX
+	DECQ         nrows+16(FP)
+	JNZ          q8dot256Q4KN1_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q4KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q4KN2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+
+q8dot256Q4KN2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+
+q8dot256Q4KN2_blk:
+	MOVL         4(BX), R9
+	MOVL         8(BX), R10
+	MOVL         12(BX), R11
+	MOVL         R9, R12
+	SHRL         $0x02, R12
+	ANDL         $0x30303030, R12
+	ANDL         $0x3f3f3f3f, R9
+	MOVL         R11, R13
+	ANDL         $0x0f0f0f0f, R13
+	ORL          R12, R13
+	SHLQ         $0x20, R13
+	ORQ          R9, R13
+	MOVL         R10, R12
+	SHRL         $0x02, R12
+	ANDL         $0x30303030, R12
+	ANDL         $0x3f3f3f3f, R10
+	SHRL         $0x04, R11
+	ANDL         $0x0f0f0f0f, R11
+	ORL          R12, R11
+	SHLQ         $0x20, R11
+	ORQ          R10, R11
+	VMOVQ        R13, X3
+	VPBROADCASTQ X3, Y3
+	VMOVQ        R11, X4
+	VPMOVZXBW    X4, X4
+	VPXOR        Y5, Y5, Y5
+	VPXOR        Y6, Y6, Y6
+	VPAND        16(BX), Y0, Y7
+	VPSHUFB      q8idxq4_0<>+0(SB), Y3, Y8
+	VPMADDUBSW   (SI), Y7, Y9
+	VPMADDWD     Y8, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPMADDUBSW   (SI)(DI*1), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VMOVDQU      16(BX), Y7
+	VPSRLW       $0x04, Y7, Y7
+	VPAND        Y0, Y7, Y7
+	VPSHUFB      q8idxq4_0<>+32(SB), Y3, Y8
+	VPMADDUBSW   32(SI), Y7, Y9
+	VPMADDWD     Y8, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPMADDUBSW   32(SI)(DI*1), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VPAND        48(BX), Y0, Y7
+	VPSHUFB      q8idxq4_1<>+0(SB), Y3, Y8
+	VPMADDUBSW   64(SI), Y7, Y9
+	VPMADDWD     Y8, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPMADDUBSW   64(SI)(DI*1), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VMOVDQU      48(BX), Y7
+	VPSRLW       $0x04, Y7, Y7
+	VPAND        Y0, Y7, Y7
+	VPSHUFB      q8idxq4_1<>+32(SB), Y3, Y8
+	VPMADDUBSW   96(SI), Y7, Y9
+	VPMADDWD     Y8, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPMADDUBSW   96(SI)(DI*1), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VPAND        80(BX), Y0, Y7
+	VPSHUFB      q8idxq4_2<>+0(SB), Y3, Y8
+	VPMADDUBSW   128(SI), Y7, Y9
+	VPMADDWD     Y8, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPMADDUBSW   128(SI)(DI*1), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VMOVDQU      80(BX), Y7
+	VPSRLW       $0x04, Y7, Y7
+	VPAND        Y0, Y7, Y7
+	VPSHUFB      q8idxq4_2<>+32(SB), Y3, Y8
+	VPMADDUBSW   160(SI), Y7, Y9
+	VPMADDWD     Y8, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPMADDUBSW   160(SI)(DI*1), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VPAND        112(BX), Y0, Y7
+	VPSHUFB      q8idxq4_3<>+0(SB), Y3, Y8
+	VPMADDUBSW   192(SI), Y7, Y9
+	VPMADDWD     Y8, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPMADDUBSW   192(SI)(DI*1), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VMOVDQU      112(BX), Y7
+	VPSRLW       $0x04, Y7, Y7
+	VPAND        Y0, Y7, Y7
+	VPSHUFB      q8idxq4_3<>+32(SB), Y3, Y3
+	VPMADDUBSW   224(SI), Y7, Y8
+	VPMADDWD     Y3, Y8, Y8
+	VPADDD       Y8, Y5, Y5
+	VPMADDUBSW   224(SI)(DI*1), Y7, Y7
+	VPMADDWD     Y3, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VPBROADCASTD (BX), X3
+	VCVTPH2PS    X3, X3
+	VPMADDWD     288(SI), X4, X7
+	VEXTRACTI128 $0x01, Y5, X8
+	VPADDD       X8, X5, X5
+	VPUNPCKLDQ   X7, X5, X8
+	VPUNPCKHDQ   X7, X5, X5
+	VPADDD       X5, X8, X8
+	VPSHUFD      $0x4e, X8, X5
+	VPADDD       X5, X8, X8
+	VCVTDQ2PS    X8, X8
+	VBROADCASTSS 304(SI), X5
+	VMULPS       X3, X5, X5
+	VMULPS       X5, X8, X8
+	VADDSS       X8, X1, X1
+	VMOVSHDUP    X8, X5
+	VSUBSS       X5, X1, X1
+	VPMADDWD     288(SI)(DI*1), X4, X4
+	VEXTRACTI128 $0x01, Y6, X5
+	VPADDD       X5, X6, X6
+	VPUNPCKLDQ   X4, X6, X5
+	VPUNPCKHDQ   X4, X6, X4
+	VPADDD       X4, X5, X5
+	VPSHUFD      $0x4e, X5, X4
+	VPADDD       X4, X5, X5
+	VCVTDQ2PS    X5, X5
+	VBROADCASTSS 304(SI)(DI*1), X4
+	VMULPS       X3, X4, X4
+	VMULPS       X4, X5, X5
+	VADDSS       X5, X2, X2
+	VMOVSHDUP    X5, X4
+	VSUBSS       X4, X2, X2
+	ADDQ         $0x00000090, BX
+	ADDQ         $0x00000140, SI
+	DECQ         R8
+	JNZ          q8dot256Q4KN2_blk
+	MOVQ         ostride+56(FP), BX
+	MOVQ         DX, SI
+	VMOVSS       X1, (SI)
+	ADDQ         BX, SI
+	VMOVSS       X2, (SI)
+	ADDQ         $0x04, DX
+	ADDQ         AX, CX
+	DECQ         nrows+16(FP)
+	JNZ          q8dot256Q4KN2_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q5KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q5KN1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VPBROADCASTD b10<>+0(SB), Y1
+
+q8dot256Q5KN1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Y2, Y2, Y2
+
+q8dot256Q5KN1_blk:
+	MOVL         4(BX), R8
+	MOVL         8(BX), R9
+	MOVL         12(BX), R10
+	MOVL         R8, R11
+	SHRL         $0x02, R11
+	ANDL         $0x30303030, R11
+	ANDL         $0x3f3f3f3f, R8
+	MOVL         R10, R12
+	ANDL         $0x0f0f0f0f, R12
+	ORL          R11, R12
+	SHLQ         $0x20, R12
+	ORQ          R8, R12
+	MOVL         R9, R11
+	SHRL         $0x02, R11
+	ANDL         $0x30303030, R11
+	ANDL         $0x3f3f3f3f, R9
+	SHRL         $0x04, R10
+	ANDL         $0x0f0f0f0f, R10
+	ORL          R11, R10
+	SHLQ         $0x20, R10
+	ORQ          R9, R10
+	VMOVQ        R12, X3
+	VPBROADCASTQ X3, Y3
+	VMOVQ        R10, X4
+	VPMOVZXBW    X4, X4
+	VMOVDQU      16(BX), Y5
+	VPXOR        Y6, Y6, Y6
+	VPAND        48(BX), Y0, Y7
+	VPSLLW       $0x04, Y5, Y8
+	VPAND        Y1, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPSHUFB      q8idxq4_0<>+0(SB), Y3, Y8
+	VPMADDUBSW   (SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VMOVDQU      48(BX), Y7
+	VPSRLW       $0x04, Y7, Y7
+	VPAND        Y0, Y7, Y7
+	VPSLLW       $0x03, Y5, Y8
+	VPAND        Y1, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPSHUFB      q8idxq4_0<>+32(SB), Y3, Y8
+	VPMADDUBSW   32(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VPAND        80(BX), Y0, Y7
+	VPSLLW       $0x02, Y5, Y8
+	VPAND        Y1, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPSHUFB      q8idxq4_1<>+0(SB), Y3, Y8
+	VPMADDUBSW   64(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VMOVDQU      80(BX), Y7
+	VPSRLW       $0x04, Y7, Y7
+	VPAND        Y0, Y7, Y7
+	VPSLLW       $0x01, Y5, Y8
+	VPAND        Y1, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPSHUFB      q8idxq4_1<>+32(SB), Y3, Y8
+	VPMADDUBSW   96(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VPAND        112(BX), Y0, Y7
+	VMOVDQU      Y5, Y8
+	VPAND        Y1, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPSHUFB      q8idxq4_2<>+0(SB), Y3, Y8
+	VPMADDUBSW   128(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VMOVDQU      112(BX), Y7
+	VPSRLW       $0x04, Y7, Y7
+	VPAND        Y0, Y7, Y7
+	VPSRLW       $0x01, Y5, Y8
+	VPAND        Y1, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPSHUFB      q8idxq4_2<>+32(SB), Y3, Y8
+	VPMADDUBSW   160(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VPAND        144(BX), Y0, Y7
+	VPSRLW       $0x02, Y5, Y8
+	VPAND        Y1, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPSHUFB      q8idxq4_3<>+0(SB), Y3, Y8
+	VPMADDUBSW   192(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VMOVDQU      144(BX), Y7
+	VPSRLW       $0x04, Y7, Y7
+	VPAND        Y0, Y7, Y7
+	VPSRLW       $0x03, Y5, Y5
+	VPAND        Y1, Y5, Y5
+	VPOR         Y5, Y7, Y7
+	VPSHUFB      q8idxq4_3<>+32(SB), Y3, Y3
+	VPMADDUBSW   224(SI), Y7, Y5
+	VPMADDWD     Y3, Y5, Y5
+	VPADDD       Y5, Y6, Y6
+	VPBROADCASTD (BX), X3
+	VCVTPH2PS    X3, X3
+	VPMADDWD     288(SI), X4, X4
+	VEXTRACTI128 $0x01, Y6, X5
+	VPADDD       X5, X6, X6
+	VPUNPCKLDQ   X4, X6, X5
+	VPUNPCKHDQ   X4, X6, X4
+	VPADDD       X4, X5, X5
+	VPSHUFD      $0x4e, X5, X4
+	VPADDD       X4, X5, X5
+	VCVTDQ2PS    X5, X5
+	VBROADCASTSS 304(SI), X4
+	VMULPS       X3, X4, X4
+	VMULPS       X4, X5, X5
+	VADDSS       X5, X2, X2
+	VMOVSHDUP    X5, X4
+	VSUBSS       X4, X2, X2
+	ADDQ         $0x000000b0, BX
+	ADDQ         $0x00000140, SI
+	DECQ         DI
+	JNZ          q8dot256Q5KN1_blk
+	MOVQ         DX, BX
+	VMOVSS       X2, (BX)
+	ADDQ         $0x04, DX
+	ADDQ         AX, CX
+	DECQ         nrows+16(FP)
+	JNZ          q8dot256Q5KN1_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q5KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q5KN2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VPBROADCASTD b10<>+0(SB), Y1
+
+q8dot256Q5KN2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+
+q8dot256Q5KN2_blk:
+	MOVL         4(BX), R9
+	MOVL         8(BX), R10
+	MOVL         12(BX), R11
+	MOVL         R9, R12
+	SHRL         $0x02, R12
+	ANDL         $0x30303030, R12
+	ANDL         $0x3f3f3f3f, R9
+	MOVL         R11, R13
+	ANDL         $0x0f0f0f0f, R13
+	ORL          R12, R13
+	SHLQ         $0x20, R13
+	ORQ          R9, R13
+	MOVL         R10, R12
+	SHRL         $0x02, R12
+	ANDL         $0x30303030, R12
+	ANDL         $0x3f3f3f3f, R10
+	SHRL         $0x04, R11
+	ANDL         $0x0f0f0f0f, R11
+	ORL          R12, R11
+	SHLQ         $0x20, R11
+	ORQ          R10, R11
+	VMOVQ        R13, X4
+	VPBROADCASTQ X4, Y4
+	VMOVQ        R11, X5
+	VPMOVZXBW    X5, X5
+	VMOVDQU      16(BX), Y6
+	VPXOR        Y7, Y7, Y7
+	VPXOR        Y8, Y8, Y8
+	VPAND        48(BX), Y0, Y9
+	VPSLLW       $0x04, Y6, Y10
+	VPAND        Y1, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VPSHUFB      q8idxq4_0<>+0(SB), Y4, Y10
+	VPMADDUBSW   (SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y7, Y7
+	VPMADDUBSW   (SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y8, Y8
+	VMOVDQU      48(BX), Y9
+	VPSRLW       $0x04, Y9, Y9
+	VPAND        Y0, Y9, Y9
+	VPSLLW       $0x03, Y6, Y10
+	VPAND        Y1, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VPSHUFB      q8idxq4_0<>+32(SB), Y4, Y10
+	VPMADDUBSW   32(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y7, Y7
+	VPMADDUBSW   32(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y8, Y8
+	VPAND        80(BX), Y0, Y9
+	VPSLLW       $0x02, Y6, Y10
+	VPAND        Y1, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VPSHUFB      q8idxq4_1<>+0(SB), Y4, Y10
+	VPMADDUBSW   64(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y7, Y7
+	VPMADDUBSW   64(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y8, Y8
+	VMOVDQU      80(BX), Y9
+	VPSRLW       $0x04, Y9, Y9
+	VPAND        Y0, Y9, Y9
+	VPSLLW       $0x01, Y6, Y10
+	VPAND        Y1, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VPSHUFB      q8idxq4_1<>+32(SB), Y4, Y10
+	VPMADDUBSW   96(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y7, Y7
+	VPMADDUBSW   96(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y8, Y8
+	VPAND        112(BX), Y0, Y9
+	VMOVDQU      Y6, Y10
+	VPAND        Y1, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VPSHUFB      q8idxq4_2<>+0(SB), Y4, Y10
+	VPMADDUBSW   128(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y7, Y7
+	VPMADDUBSW   128(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y8, Y8
+	VMOVDQU      112(BX), Y9
+	VPSRLW       $0x04, Y9, Y9
+	VPAND        Y0, Y9, Y9
+	VPSRLW       $0x01, Y6, Y10
+	VPAND        Y1, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VPSHUFB      q8idxq4_2<>+32(SB), Y4, Y10
+	VPMADDUBSW   160(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y7, Y7
+	VPMADDUBSW   160(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y8, Y8
+	VPAND        144(BX), Y0, Y9
+	VPSRLW       $0x02, Y6, Y10
+	VPAND        Y1, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VPSHUFB      q8idxq4_3<>+0(SB), Y4, Y10
+	VPMADDUBSW   192(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y7, Y7
+	VPMADDUBSW   192(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y8, Y8
+	VMOVDQU      144(BX), Y9
+	VPSRLW       $0x04, Y9, Y9
+	VPAND        Y0, Y9, Y9
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        Y1, Y6, Y6
+	VPOR         Y6, Y9, Y9
+	VPSHUFB      q8idxq4_3<>+32(SB), Y4, Y4
+	VPMADDUBSW   224(SI), Y9, Y6
+	VPMADDWD     Y4, Y6, Y6
+	VPADDD       Y6, Y7, Y7
+	VPMADDUBSW   224(SI)(DI*1), Y9, Y6
+	VPMADDWD     Y4, Y6, Y6
+	VPADDD       Y6, Y8, Y8
+	VPBROADCASTD (BX), X4
+	VCVTPH2PS    X4, X4
+	VPMADDWD     288(SI), X5, X6
+	VEXTRACTI128 $0x01, Y7, X9
+	VPADDD       X9, X7, X7
+	VPUNPCKLDQ   X6, X7, X9
+	VPUNPCKHDQ   X6, X7, X6
+	VPADDD       X6, X9, X9
+	VPSHUFD      $0x4e, X9, X6
+	VPADDD       X6, X9, X9
+	VCVTDQ2PS    X9, X9
+	VBROADCASTSS 304(SI), X6
+	VMULPS       X4, X6, X6
+	VMULPS       X6, X9, X9
+	VADDSS       X9, X2, X2
+	VMOVSHDUP    X9, X6
+	VSUBSS       X6, X2, X2
+	VPMADDWD     288(SI)(DI*1), X5, X5
+	VEXTRACTI128 $0x01, Y8, X6
+	VPADDD       X6, X8, X8
+	VPUNPCKLDQ   X5, X8, X6
+	VPUNPCKHDQ   X5, X8, X5
+	VPADDD       X5, X6, X6
+	VPSHUFD      $0x4e, X6, X5
+	VPADDD       X5, X6, X6
+	VCVTDQ2PS    X6, X6
+	VBROADCASTSS 304(SI)(DI*1), X5
+	VMULPS       X4, X5, X5
+	VMULPS       X5, X6, X6
+	VADDSS       X6, X3, X3
+	VMOVSHDUP    X6, X5
+	VSUBSS       X5, X3, X3
+	ADDQ         $0x000000b0, BX
+	ADDQ         $0x00000140, SI
+	DECQ         R8
+	JNZ          q8dot256Q5KN2_blk
+	MOVQ         ostride+56(FP), BX
+	MOVQ         DX, SI
+	VMOVSS       X2, (SI)
+	ADDQ         BX, SI
+	VMOVSS       X3, (SI)
+	ADDQ         $0x04, DX
+	ADDQ         AX, CX
+	DECQ         nrows+16(FP)
+	JNZ          q8dot256Q5KN2_row
+	VZEROUPPER
+	RET
+
 // func quantQ8K512(x *float32, nblocks int, dst *byte) bool
 // Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL
 TEXT ·quantQ8K512(SB), NOSPLIT, $0-25

@@ -38,6 +38,25 @@ var q8KernelsBW = [tensor.NumDTypes][3]q8Fn{
 	tensor.Q6_K: {1: q8dot512Q6KN1BW, 2: q8dot512Q6KN2BW},
 }
 
+// q8Kernels256 are the AVX2 integer kernels (Q4_K and Q5_K; the same bits
+// as q8Kernels), for the AVX2 level.
+var q8Kernels256 = [tensor.NumDTypes][3]q8Fn{
+	tensor.Q4_K: {1: q8dot256Q4KN1, 2: q8dot256Q4KN2},
+	tensor.Q5_K: {1: q8dot256Q5KN1, 2: q8dot256Q5KN2},
+}
+
+// q8LevelKernels returns the integer kernels of dt at level lvl (nil
+// entries where there are none).
+func q8LevelKernels(dt tensor.DType, lvl Level) [3]q8Fn {
+	switch {
+	case lvl >= LevelAVX512 && hasQ8:
+		return q8Kernels[dt]
+	case lvl == LevelAVX2 && maxLevel >= LevelAVX2:
+		return q8Kernels256[dt]
+	}
+	return [3]q8Fn{}
+}
+
 // planQ8 sets up the integer path for the call (see q8act.go): it quantizes
 // the input rows into c.xq. It reports false when the path does not apply,
 // and nonFinite when it does but an input row holds an infinity or a NaN.
@@ -51,13 +70,14 @@ func planQ8(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	if j.w.DType == tensor.Q8_0 {
 		return planQ80(c, lvl)
 	}
-	if lvl < LevelAVX512 || !hasQ8 || !q8Usable(j.w) {
+	fns := q8LevelKernels(j.w.DType, lvl)
+	if fns[1] == nil || !q8Usable(j.w) {
 		return false, false
 	}
 	if !planQ8K(c) {
 		return false, true
 	}
-	j.q8.fns = q8Kernels[j.w.DType]
+	j.q8.fns = fns
 	j.block = q8Block
 	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
 	return true, false
@@ -97,6 +117,10 @@ func q8Block(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 }
 
 func hasQ8Kernels() bool { return hasQ8 }
+
+// hasQ8KernelsAt reports whether products with dt weights run integer
+// kernels at level lvl.
+func hasQ8KernelsAt(dt tensor.DType, lvl Level) bool { return q8LevelKernels(dt, lvl)[1] != nil }
 
 func hasQ80Kernels() bool { return hasQ80 }
 

@@ -9,6 +9,8 @@ func planQ8(*callCtx, Level) (ok, nonFinite bool) { return false, false }
 
 func hasQ8Kernels() bool { return false }
 
+func hasQ8KernelsAt(tensor.DType, Level) bool { return false }
+
 func hasQ80Kernels() bool { return false }
 
 func quantizeQ8KAsm([]byte, []float32, int) (ok, done bool) { return false, false }

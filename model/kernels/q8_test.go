@@ -255,3 +255,40 @@ func TestToBF16(t *testing.T) {
 		t.Fatalf("NaN became %#x", w)
 	}
 }
+
+// TestMatMulQ8AVX2: the AVX2 integer kernels (Q4_K, Q5_K) give the plain
+// twin's bits, and so the AVX-512 kernels' bits, wherever the AVX2 level
+// runs.
+func TestMatMulQ8AVX2(t *testing.T) {
+	if MaxLevel() < LevelAVX2 {
+		t.Skip("no AVX2 on this CPU or build")
+	}
+	prev := KernelLevel()
+	defer SetKernelLevel(prev)
+	rng := rand.New(rand.NewPCG(12, 12))
+	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K} {
+		for _, rows := range []int{1, 7, 33} {
+			for _, cols := range []int{256, 1536} {
+				w := randMatrix(rng, dt, rows, cols)
+				for _, n := range []int{1, 2, 3, 5} {
+					x := randVec(rng, n*cols)
+					SetKernelLevel(LevelAVX2)
+					if !usesQ8(w) {
+						t.Fatalf("%v: the AVX2 level does not run the integer kernels", dt)
+					}
+					want := make([]float32, n*rows)
+					matMulQ8Ref(want, w, x, n)
+					for _, th := range []int{1, 2} {
+						got := make([]float32, n*rows)
+						withThreads(th, func() { MatMul(got, w, x, n) })
+						for i := range want {
+							if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+								t.Fatalf("%v [%d,%d] n=%d threads=%d: out[%d] = %g on AVX2, twin %g", dt, rows, cols, n, th, i, got[i], want[i])
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}

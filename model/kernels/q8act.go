@@ -57,8 +57,8 @@ func init() { q8Act.Store(os.Getenv("SWITCHYARD_Q8_ACTIVATIONS") != "0") }
 
 // SetQ8Activations chooses whether products with Q4_K, Q5_K and Q6_K weights
 // quantize the activations to 8 bits and run the integer kernels (on, the
-// default, where the CPU has AVX-512 BW) or widen the weights to float32
-// (off). It returns the previous setting. Either way a row's result does not
+// default, where the CPU has AVX-512 BW; Q4_K and Q5_K on AVX2 too) or
+// widen the weights to float32 (off). It returns the previous setting. Either way a row's result does not
 // depend on the other rows of the call when SetBatchInvariant is on.
 func SetQ8Activations(on bool) (prev bool) { return q8Act.Swap(on) }
 
@@ -142,7 +142,7 @@ func q8Usable(w tensor.Matrix) bool {
 // usesQ8 reports whether MatMul at the current level runs the integer kernels
 // for this product (finite x assumed).
 func usesQ8(w tensor.Matrix) bool {
-	return KernelLevel() >= LevelAVX512 && hasQ8Kernels() && q8Usable(w)
+	return hasQ8KernelsAt(w.DType, KernelLevel()) && q8Usable(w)
 }
 
 // matMulQ8Ref is the reference twin of the integer kernels: out = x·Wᵀ with

@@ -85,6 +85,11 @@ func main() {
 			genQ8(dt, n, false)
 		}
 	}
+	for _, dt := range q8AVX2Dtypes {
+		for n := 1; n <= q8MaxN; n++ {
+			genQ8AVX2(dt, n)
+		}
+	}
 	genQ8Quant()
 	genQ80Quant()
 	genQ80Prep()

@@ -195,6 +195,22 @@ func q8RowQ4K(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Me
 		qh = ZMM()
 		VBROADCASTI64X4(rowMem(16), qh)
 	}
+	sc, u2 := q4kScalesGP(rowMem)
+
+	// The 8 scale bytes in every qword; chunk c's scale words by VPSHUFB.
+	tab := ZMM()
+	VMOVQ(sc, tab.AsX())
+	VPBROADCASTQ(tab.AsX(), tab)
+	mins := ZMM()
+	VMOVQ(u2, mins.AsX())
+	VPMOVZXBW(mins.AsX(), mins.AsX())
+	q8RowQ4KBody(d, N, rowMem, xMem, c0F, c10, idx, isum, acc, qs, qh, tab, mins)
+}
+
+// q4kScalesGP decodes a Q4_K/Q5_K block's 12 bytes of 6-bit scales and mins
+// (at rowMem(4)) in general registers: sc holds the 8 scale bytes, mn the 8
+// mins.
+func q4kScalesGP(rowMem func(off int) Mem) (sc, mn GPVirtual) {
 	// Scales and mins, one byte each (u0 = bytes 4..7, u1 = 8..11, u2 = 12..15):
 	// sc[0..3] = u0 & 0x3f, m[0..3] = u1 & 0x3f,
 	// sc[4..7] = (u2 & 0xf) | (u0 >> 6) << 4, m[4..7] = (u2 >> 4) | (u1 >> 6) << 4.
@@ -206,7 +222,7 @@ func q8RowQ4K(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Me
 	SHRL(U8(2), t.As32())
 	ANDL(U32(0x30303030), t.As32())
 	ANDL(U32(0x3F3F3F3F), u0.As32())
-	sc := GP64()
+	sc = GP64()
 	MOVL(u2.As32(), sc.As32())
 	ANDL(U32(0x0F0F0F0F), sc.As32())
 	ORL(t.As32(), sc.As32())
@@ -221,15 +237,10 @@ func q8RowQ4K(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Me
 	ORL(t.As32(), u2.As32())
 	SHLQ(U8(32), u2)
 	ORQ(u1, u2)
+	return sc, u2
+}
 
-	// The 8 scale bytes in every qword; chunk c's scale words by VPSHUFB.
-	tab := ZMM()
-	VMOVQ(sc, tab.AsX())
-	VPBROADCASTQ(tab.AsX(), tab)
-	mins := ZMM()
-	VMOVQ(u2, mins.AsX())
-	VPMOVZXBW(mins.AsX(), mins.AsX())
-
+func q8RowQ4KBody(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c10 VecVirtual, idx [4]VecVirtual, isum, acc []VecVirtual, qs int, qh, tab, mins VecVirtual) {
 	// Two partial sums per input row (chunks 0-1 and 2-3) to halve the
 	// dependency chain.
 	part := make([][2]VecVirtual, N)
