@@ -684,6 +684,96 @@ DATA q6pair_1<>+56(SB)/4, $0x0b800a80
 DATA q6pair_1<>+60(SB)/4, $0x0f800e80
 GLOBL q6pair_1<>(SB), RODATA|NOPTR, $64
 
+DATA q6perm_0<>+0(SB)/4, $0x00000000
+DATA q6perm_0<>+4(SB)/4, $0x00000000
+DATA q6perm_0<>+8(SB)/4, $0x00000000
+DATA q6perm_0<>+12(SB)/4, $0x00000000
+DATA q6perm_0<>+16(SB)/4, $0x00000000
+DATA q6perm_0<>+20(SB)/4, $0x00000000
+DATA q6perm_0<>+24(SB)/4, $0x00000000
+DATA q6perm_0<>+28(SB)/4, $0x00000000
+GLOBL q6perm_0<>(SB), RODATA|NOPTR, $32
+
+DATA q6perm_1<>+0(SB)/4, $0x00000001
+DATA q6perm_1<>+4(SB)/4, $0x00000001
+DATA q6perm_1<>+8(SB)/4, $0x00000001
+DATA q6perm_1<>+12(SB)/4, $0x00000001
+DATA q6perm_1<>+16(SB)/4, $0x00000001
+DATA q6perm_1<>+20(SB)/4, $0x00000001
+DATA q6perm_1<>+24(SB)/4, $0x00000001
+DATA q6perm_1<>+28(SB)/4, $0x00000001
+GLOBL q6perm_1<>(SB), RODATA|NOPTR, $32
+
+DATA q6perm_2<>+0(SB)/4, $0x00000002
+DATA q6perm_2<>+4(SB)/4, $0x00000002
+DATA q6perm_2<>+8(SB)/4, $0x00000002
+DATA q6perm_2<>+12(SB)/4, $0x00000002
+DATA q6perm_2<>+16(SB)/4, $0x00000002
+DATA q6perm_2<>+20(SB)/4, $0x00000002
+DATA q6perm_2<>+24(SB)/4, $0x00000002
+DATA q6perm_2<>+28(SB)/4, $0x00000002
+GLOBL q6perm_2<>(SB), RODATA|NOPTR, $32
+
+DATA q6perm_3<>+0(SB)/4, $0x00000003
+DATA q6perm_3<>+4(SB)/4, $0x00000003
+DATA q6perm_3<>+8(SB)/4, $0x00000003
+DATA q6perm_3<>+12(SB)/4, $0x00000003
+DATA q6perm_3<>+16(SB)/4, $0x00000003
+DATA q6perm_3<>+20(SB)/4, $0x00000003
+DATA q6perm_3<>+24(SB)/4, $0x00000003
+DATA q6perm_3<>+28(SB)/4, $0x00000003
+GLOBL q6perm_3<>(SB), RODATA|NOPTR, $32
+
+DATA q6perm_4<>+0(SB)/4, $0x00000004
+DATA q6perm_4<>+4(SB)/4, $0x00000004
+DATA q6perm_4<>+8(SB)/4, $0x00000004
+DATA q6perm_4<>+12(SB)/4, $0x00000004
+DATA q6perm_4<>+16(SB)/4, $0x00000004
+DATA q6perm_4<>+20(SB)/4, $0x00000004
+DATA q6perm_4<>+24(SB)/4, $0x00000004
+DATA q6perm_4<>+28(SB)/4, $0x00000004
+GLOBL q6perm_4<>(SB), RODATA|NOPTR, $32
+
+DATA q6perm_5<>+0(SB)/4, $0x00000005
+DATA q6perm_5<>+4(SB)/4, $0x00000005
+DATA q6perm_5<>+8(SB)/4, $0x00000005
+DATA q6perm_5<>+12(SB)/4, $0x00000005
+DATA q6perm_5<>+16(SB)/4, $0x00000005
+DATA q6perm_5<>+20(SB)/4, $0x00000005
+DATA q6perm_5<>+24(SB)/4, $0x00000005
+DATA q6perm_5<>+28(SB)/4, $0x00000005
+GLOBL q6perm_5<>(SB), RODATA|NOPTR, $32
+
+DATA q6perm_6<>+0(SB)/4, $0x00000006
+DATA q6perm_6<>+4(SB)/4, $0x00000006
+DATA q6perm_6<>+8(SB)/4, $0x00000006
+DATA q6perm_6<>+12(SB)/4, $0x00000006
+DATA q6perm_6<>+16(SB)/4, $0x00000006
+DATA q6perm_6<>+20(SB)/4, $0x00000006
+DATA q6perm_6<>+24(SB)/4, $0x00000006
+DATA q6perm_6<>+28(SB)/4, $0x00000006
+GLOBL q6perm_6<>(SB), RODATA|NOPTR, $32
+
+DATA q6perm_7<>+0(SB)/4, $0x00000007
+DATA q6perm_7<>+4(SB)/4, $0x00000007
+DATA q6perm_7<>+8(SB)/4, $0x00000007
+DATA q6perm_7<>+12(SB)/4, $0x00000007
+DATA q6perm_7<>+16(SB)/4, $0x00000007
+DATA q6perm_7<>+20(SB)/4, $0x00000007
+DATA q6perm_7<>+24(SB)/4, $0x00000007
+DATA q6perm_7<>+28(SB)/4, $0x00000007
+GLOBL q6perm_7<>(SB), RODATA|NOPTR, $32
+
+DATA q6lane<>+0(SB)/4, $0x01000100
+DATA q6lane<>+4(SB)/4, $0x01000100
+DATA q6lane<>+8(SB)/4, $0x01000100
+DATA q6lane<>+12(SB)/4, $0x01000100
+DATA q6lane<>+16(SB)/4, $0x03020302
+DATA q6lane<>+20(SB)/4, $0x03020302
+DATA q6lane<>+24(SB)/4, $0x03020302
+DATA q6lane<>+28(SB)/4, $0x03020302
+GLOBL q6lane<>(SB), RODATA|NOPTR, $32
+
 DATA absmask<>+0(SB)/4, $0x7fffffff
 GLOBL absmask<>(SB), RODATA|NOPTR, $4
 
@@ -88744,6 +88834,324 @@ q8dot256Q5KN2_blk:
 	ADDQ         AX, CX
 	DECQ         nrows+16(FP)
 	JNZ          q8dot256Q5KN2_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q6KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q6KN1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VPBROADCASTD b30<>+0(SB), Y1
+
+q8dot256Q6KN1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Y2, Y2, Y2
+
+q8dot256Q6KN1_blk:
+	VPMOVSXBW    192(BX), Y3
+	VPMADDWD     256(SI), Y3, Y4
+	VPSLLD       $0x05, Y4, Y4
+	VPXOR        Y5, Y5, Y5
+	VPSUBD       Y4, Y5, Y4
+	VMOVDQU      128(BX), Y5
+	VPAND        (BX), Y0, Y6
+	VPSLLW       $0x04, Y5, Y7
+	VPAND        Y1, Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VMOVDQU      q6perm_0<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   (SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VPAND        32(BX), Y0, Y6
+	VPSLLW       $0x02, Y5, Y7
+	VPAND        Y1, Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VMOVDQU      q6perm_1<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   32(SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VMOVDQU      (BX), Y6
+	VPSRLW       $0x04, Y6, Y6
+	VPAND        Y0, Y6, Y6
+	VMOVDQU      Y5, Y7
+	VPAND        Y1, Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VMOVDQU      q6perm_2<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   64(SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VMOVDQU      32(BX), Y6
+	VPSRLW       $0x04, Y6, Y6
+	VPAND        Y0, Y6, Y6
+	VPSRLW       $0x02, Y5, Y5
+	VPAND        Y1, Y5, Y5
+	VPOR         Y5, Y6, Y6
+	VMOVDQU      q6perm_3<>+0(SB), Y5
+	VPERMD       Y3, Y5, Y5
+	VPSHUFB      q6lane<>+0(SB), Y5, Y5
+	VPMADDUBSW   96(SI), Y6, Y6
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VMOVDQU      160(BX), Y5
+	VPAND        64(BX), Y0, Y6
+	VPSLLW       $0x04, Y5, Y7
+	VPAND        Y1, Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VMOVDQU      q6perm_4<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   128(SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VPAND        96(BX), Y0, Y6
+	VPSLLW       $0x02, Y5, Y7
+	VPAND        Y1, Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VMOVDQU      q6perm_5<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   160(SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VMOVDQU      64(BX), Y6
+	VPSRLW       $0x04, Y6, Y6
+	VPAND        Y0, Y6, Y6
+	VMOVDQU      Y5, Y7
+	VPAND        Y1, Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VMOVDQU      q6perm_6<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   192(SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VMOVDQU      96(BX), Y6
+	VPSRLW       $0x04, Y6, Y6
+	VPAND        Y0, Y6, Y6
+	VPSRLW       $0x02, Y5, Y5
+	VPAND        Y1, Y5, Y5
+	VPOR         Y5, Y6, Y6
+	VMOVDQU      q6perm_7<>+0(SB), Y5
+	VPERMD       Y3, Y5, Y5
+	VPSHUFB      q6lane<>+0(SB), Y5, Y5
+	VPMADDUBSW   224(SI), Y6, Y3
+	VPMADDWD     Y5, Y3, Y3
+	VPADDD       Y3, Y4, Y4
+	VPBROADCASTW 208(BX), X3
+	VCVTPH2PS    X3, X3
+	VEXTRACTI128 $0x01, Y4, X5
+	VPADDD       X5, X4, X4
+	VPSHUFD      $0x4e, X4, X5
+	VPADDD       X5, X4, X4
+	VPSHUFD      $0xb1, X4, X5
+	VPADDD       X5, X4, X4
+	VCVTDQ2PS    X4, X4
+	VBROADCASTSS 304(SI), X5
+	VMULPS       X3, X5, X5
+	VMULSS       X5, X4, X4
+	VADDSS       X4, X2, X2
+	ADDQ         $0x000000d2, BX
+	ADDQ         $0x00000140, SI
+	DECQ         DI
+	JNZ          q8dot256Q6KN1_blk
+	MOVQ         DX, BX
+	VMOVSS       X2, (BX)
+	ADDQ         $0x04, DX
+	ADDQ         AX, CX
+	DECQ         nrows+16(FP)
+	JNZ          q8dot256Q6KN1_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q6KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q6KN2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VPBROADCASTD b30<>+0(SB), Y1
+
+q8dot256Q6KN2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+
+q8dot256Q6KN2_blk:
+	VPMOVSXBW    192(BX), Y4
+	VPMADDWD     256(SI), Y4, Y5
+	VPSLLD       $0x05, Y5, Y5
+	VPXOR        Y6, Y6, Y6
+	VPSUBD       Y5, Y6, Y5
+	VPMADDWD     256(SI)(DI*1), Y4, Y6
+	VPSLLD       $0x05, Y6, Y6
+	VPXOR        Y7, Y7, Y7
+	VPSUBD       Y6, Y7, Y6
+	VMOVDQU      128(BX), Y7
+	VPAND        (BX), Y0, Y8
+	VPSLLW       $0x04, Y7, Y9
+	VPAND        Y1, Y9, Y9
+	VPOR         Y9, Y8, Y8
+	VMOVDQU      q6perm_0<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   (SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   (SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VPAND        32(BX), Y0, Y8
+	VPSLLW       $0x02, Y7, Y9
+	VPAND        Y1, Y9, Y9
+	VPOR         Y9, Y8, Y8
+	VMOVDQU      q6perm_1<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   32(SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   32(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VMOVDQU      (BX), Y8
+	VPSRLW       $0x04, Y8, Y8
+	VPAND        Y0, Y8, Y8
+	VMOVDQU      Y7, Y9
+	VPAND        Y1, Y9, Y9
+	VPOR         Y9, Y8, Y8
+	VMOVDQU      q6perm_2<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   64(SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   64(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VMOVDQU      32(BX), Y8
+	VPSRLW       $0x04, Y8, Y8
+	VPAND        Y0, Y8, Y8
+	VPSRLW       $0x02, Y7, Y7
+	VPAND        Y1, Y7, Y7
+	VPOR         Y7, Y8, Y8
+	VMOVDQU      q6perm_3<>+0(SB), Y7
+	VPERMD       Y4, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   96(SI), Y8, Y9
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPMADDUBSW   96(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VMOVDQU      160(BX), Y7
+	VPAND        64(BX), Y0, Y8
+	VPSLLW       $0x04, Y7, Y9
+	VPAND        Y1, Y9, Y9
+	VPOR         Y9, Y8, Y8
+	VMOVDQU      q6perm_4<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   128(SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   128(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VPAND        96(BX), Y0, Y8
+	VPSLLW       $0x02, Y7, Y9
+	VPAND        Y1, Y9, Y9
+	VPOR         Y9, Y8, Y8
+	VMOVDQU      q6perm_5<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   160(SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   160(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VMOVDQU      64(BX), Y8
+	VPSRLW       $0x04, Y8, Y8
+	VPAND        Y0, Y8, Y8
+	VMOVDQU      Y7, Y9
+	VPAND        Y1, Y9, Y9
+	VPOR         Y9, Y8, Y8
+	VMOVDQU      q6perm_6<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   192(SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   192(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VMOVDQU      96(BX), Y8
+	VPSRLW       $0x04, Y8, Y8
+	VPAND        Y0, Y8, Y8
+	VPSRLW       $0x02, Y7, Y7
+	VPAND        Y1, Y7, Y7
+	VPOR         Y7, Y8, Y8
+	VMOVDQU      q6perm_7<>+0(SB), Y7
+	VPERMD       Y4, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   224(SI), Y8, Y4
+	VPMADDWD     Y7, Y4, Y4
+	VPADDD       Y4, Y5, Y5
+	VPMADDUBSW   224(SI)(DI*1), Y8, Y4
+	VPMADDWD     Y7, Y4, Y4
+	VPADDD       Y4, Y6, Y6
+	VPBROADCASTW 208(BX), X4
+	VCVTPH2PS    X4, X4
+	VEXTRACTI128 $0x01, Y5, X7
+	VPADDD       X7, X5, X5
+	VPSHUFD      $0x4e, X5, X7
+	VPADDD       X7, X5, X5
+	VPSHUFD      $0xb1, X5, X7
+	VPADDD       X7, X5, X5
+	VCVTDQ2PS    X5, X5
+	VBROADCASTSS 304(SI), X7
+	VMULPS       X4, X7, X7
+	VMULSS       X7, X5, X5
+	VADDSS       X5, X2, X2
+	VEXTRACTI128 $0x01, Y6, X5
+	VPADDD       X5, X6, X6
+	VPSHUFD      $0x4e, X6, X5
+	VPADDD       X5, X6, X6
+	VPSHUFD      $0xb1, X6, X5
+	VPADDD       X5, X6, X6
+	VCVTDQ2PS    X6, X6
+	VBROADCASTSS 304(SI)(DI*1), X5
+	VMULPS       X4, X5, X5
+	VMULSS       X5, X6, X6
+	VADDSS       X6, X3, X3
+	ADDQ         $0x000000d2, BX
+	ADDQ         $0x00000140, SI
+	DECQ         R8
+	JNZ          q8dot256Q6KN2_blk
+	MOVQ         ostride+56(FP), BX
+	MOVQ         DX, SI
+	VMOVSS       X2, (SI)
+	ADDQ         BX, SI
+	VMOVSS       X3, (SI)
+	ADDQ         $0x04, DX
+	ADDQ         AX, CX
+	DECQ         nrows+16(FP)
+	JNZ          q8dot256Q6KN2_row
 	VZEROUPPER
 	RET
 

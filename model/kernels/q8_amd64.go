@@ -38,11 +38,12 @@ var q8KernelsBW = [tensor.NumDTypes][3]q8Fn{
 	tensor.Q6_K: {1: q8dot512Q6KN1BW, 2: q8dot512Q6KN2BW},
 }
 
-// q8Kernels256 are the AVX2 integer kernels (Q4_K and Q5_K; the same bits
-// as q8Kernels), for the AVX2 level.
+// q8Kernels256 are the AVX2 integer kernels (the same bits as q8Kernels),
+// for the AVX2 level.
 var q8Kernels256 = [tensor.NumDTypes][3]q8Fn{
 	tensor.Q4_K: {1: q8dot256Q4KN1, 2: q8dot256Q4KN2},
 	tensor.Q5_K: {1: q8dot256Q5KN1, 2: q8dot256Q5KN2},
+	tensor.Q6_K: {1: q8dot256Q6KN1, 2: q8dot256Q6KN2},
 }
 
 // q8LevelKernels returns the integer kernels of dt at level lvl (nil

@@ -256,7 +256,7 @@ func TestToBF16(t *testing.T) {
 	}
 }
 
-// TestMatMulQ8AVX2: the AVX2 integer kernels (Q4_K, Q5_K) give the plain
+// TestMatMulQ8AVX2: the AVX2 integer kernels (Q4_K, Q5_K, Q6_K) give the plain
 // twin's bits, and so the AVX-512 kernels' bits, wherever the AVX2 level
 // runs.
 func TestMatMulQ8AVX2(t *testing.T) {
@@ -266,7 +266,7 @@ func TestMatMulQ8AVX2(t *testing.T) {
 	prev := KernelLevel()
 	defer SetKernelLevel(prev)
 	rng := rand.New(rand.NewPCG(12, 12))
-	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K} {
+	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
 		for _, rows := range []int{1, 7, 33} {
 			for _, cols := range []int{256, 1536} {
 				w := randMatrix(rng, dt, rows, cols)

@@ -57,7 +57,7 @@ func init() { q8Act.Store(os.Getenv("SWITCHYARD_Q8_ACTIVATIONS") != "0") }
 
 // SetQ8Activations chooses whether products with Q4_K, Q5_K and Q6_K weights
 // quantize the activations to 8 bits and run the integer kernels (on, the
-// default, where the CPU has AVX-512 BW; Q4_K and Q5_K on AVX2 too) or
+// default, where the CPU has AVX-512 BW or AVX2) or
 // widen the weights to float32 (off). It returns the previous setting. Either way a row's result does not
 // depend on the other rows of the call when SetBatchInvariant is on.
 func SetQ8Activations(on bool) (prev bool) { return q8Act.Swap(on) }

@@ -39,6 +39,7 @@ func main() {
 	genQ8Consts()
 	genQ4Kx16Consts()
 	genQ6Kx16Consts()
+	genQ8AVX2Consts()
 	genQ8QuantConsts()
 	genQ80Consts()
 	genQ80RowsConsts()

@@ -19,9 +19,25 @@ import (
 // q8dot256<dtype>N<N> has genQ8's signature and meaning.
 
 // q8AVX2Dtypes are the weight types with AVX2 integer kernels.
-var q8AVX2Dtypes = []dtype{dQ4K, dQ5K}
+var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K}
+
+var (
+	cQ6Perm [8]Mem // VPERMD: every dword = dword a of the source (the scale pair 2a, 2a+1)
+	cQ6Lane Mem    // VPSHUFB: word 0 of each dword across the low lane, word 1 across the high
+)
+
+func genQ8AVX2Consts() {
+	for a := 0; a < 8; a++ {
+		cQ6Perm[a] = data32(fmt.Sprintf("q6perm_%d", a), rep(uint32(a), 8)...)
+	}
+	cQ6Lane = data32("q6lane", append(rep(0x01000100, 4), rep(0x03020302, 4)...)...)
+}
 
 func genQ8AVX2(d dtype, N int) {
+	if d == dQ6K {
+		genQ8AVX2Q6K(N)
+		return
+	}
 	name := fmt.Sprintf("q8dot256%sN%d", d, N)
 	TEXT(name, NOSPLIT, q8Sig)
 	Doc(fmt.Sprintf("%s computes %d-input dot products of %s weights with 8-bit activations on AVX2 (see genQ8AVX2).", name, N, d))
@@ -167,4 +183,141 @@ func q8BlockScalar256(isum, ms, dd VecVirtual, dx Mem, acc VecVirtual) {
 	VADDSS(lo, acc.AsX(), acc.AsX())
 	VMOVSHDUP(lo, hi)
 	VSUBSS(hi, acc.AsX(), acc.AsX())
+}
+
+// genQ8AVX2Q6K emits q8dot256Q6KN<N>: Q6_K weights (q8RowQ6K's layout), 32
+// values per ymm: quarter p of half h is the low (p even) or high nibbles of
+// ql bytes 64h+32(p&1).., with bits 2p..2p+1 of qh bytes 32h.. on top. The
+// block's integer sum is reduced and scaled as q6BlockScalar does it.
+func genQ8AVX2Q6K(N int) {
+	name := fmt.Sprintf("q8dot256%sN%d", dQ6K, N)
+	TEXT(name, NOSPLIT, q8Sig)
+	Doc(fmt.Sprintf("%s computes %d-input dot products of %s weights with 8-bit activations on AVX2 (see genQ8AVX2Q6K).", name, N, dQ6K))
+	ws := ld("wstride")
+	wq := ld("w")
+	oq := ld("out")
+	c0F, c30 := YMM(), YMM()
+	VPBROADCASTD(cB0F, c0F)
+	VPBROADCASTD(cB30, c30)
+
+	Label(name + "_row")
+	w0 := GP64()
+	MOVQ(wq, w0)
+	xp := ld("xq")
+	var xs GPVirtual
+	if N > 1 {
+		xs = ld("xqstride")
+	}
+	cnt := ld("nblocks")
+	acc := make([]VecVirtual, N)
+	for i := range acc {
+		acc[i] = YMM()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	rowMem := func(off int) Mem { return Mem{Base: w0, Disp: off} }
+	xMem := func(i, off int) Mem {
+		if i == 0 {
+			return Mem{Base: xp, Disp: off}
+		}
+		return Mem{Base: xp, Index: xs, Scale: 1, Disp: off}
+	}
+	Label(name + "_blk")
+	// The 16 scales as int16 (low lane 0..7, high lane 8..15).
+	sc16 := YMM()
+	VPMOVSXBW(rowMem(192), sc16)
+	isum := make([]VecVirtual, N)
+	for i := range isum {
+		// The −32 offset: −32·Σ_j sc_j·Σ_{16 values} x.
+		isum[i] = YMM()
+		VPMADDWD(xMem(i, q8xBsum16), sc16, isum[i])
+		VPSLLD(U8(5), isum[i], isum[i])
+		z := YMM()
+		VPXOR(z, z, z)
+		VPSUBD(isum[i], z, isum[i])
+	}
+	for h := 0; h < 2; h++ {
+		hb := YMM()
+		VMOVDQU(rowMem(128+32*h), hb)
+		for p := 0; p < 4; p++ {
+			q, t := YMM(), YMM()
+			src := rowMem(64*h + 32*(p&1))
+			if p < 2 {
+				VPAND(src, c0F, q)
+			} else {
+				VMOVDQU(src, q)
+				VPSRLW(U8(4), q, q)
+				VPAND(c0F, q, q)
+			}
+			switch p { // bits 2p..2p+1 of qh to 4..5
+			case 0:
+				VPSLLW(U8(4), hb, t)
+			case 1:
+				VPSLLW(U8(2), hb, t)
+			case 2:
+				VMOVDQU(hb, t)
+			case 3:
+				VPSRLW(U8(2), hb, t)
+			}
+			VPAND(c30, t, t)
+			VPOR(t, q, q)
+			// Sub-blocks 8h+2p (low lane) and 8h+2p+1 (high lane).
+			a := 8*h + 2*p
+			scv := YMM()
+			VMOVDQU(cQ6Perm[a/2], scv)
+			VPERMD(sc16, scv, scv)
+			VPSHUFB(cQ6Lane, scv, scv)
+			for i := 0; i < N; i++ {
+				pr := YMM()
+				VPMADDUBSW(xMem(i, 128*h+32*p), q, pr)
+				VPMADDWD(scv, pr, pr)
+				VPADDD(pr, isum[i], isum[i])
+			}
+		}
+	}
+	dv := XMM()
+	VPBROADCASTW(rowMem(208), dv)
+	VCVTPH2PS(dv, dv)
+	for i := 0; i < N; i++ {
+		q6BlockScalar256(isum[i], dv, xMem(i, q8xD), acc[i])
+	}
+	ADDQ(U32(210), w0)
+	ADDQ(U32(q8xBlock), xp)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+
+	var os GPVirtual
+	if N > 1 {
+		os = ld("ostride")
+	}
+	op := GP64()
+	MOVQ(oq, op)
+	for i := 0; i < N; i++ {
+		VMOVSS(acc[i].AsX(), Mem{Base: op})
+		if i+1 < N {
+			ADDQ(os, op)
+		}
+	}
+	ADDQ(U8(4), oq)
+	ADDQ(ws, wq)
+	DECQ(paddr("nrows"))
+	JNZ(LabelRef(name + "_row"))
+	VZEROUPPER()
+	RET()
+}
+
+// q6BlockScalar256 is q6BlockScalar with VEX instructions (isum a ymm).
+func q6BlockScalar256(isum, dv VecVirtual, dx Mem, acc VecVirtual) {
+	t := XMM()
+	VEXTRACTI128(U8(1), isum, t)
+	VPADDD(t, isum.AsX(), isum.AsX())
+	VPSHUFD(U8(0x4E), isum.AsX(), t)
+	VPADDD(t, isum.AsX(), isum.AsX())
+	VPSHUFD(U8(0xB1), isum.AsX(), t)
+	VPADDD(t, isum.AsX(), isum.AsX())
+	VCVTDQ2PS(isum.AsX(), isum.AsX())
+	f := XMM()
+	VBROADCASTSS(dx, f)
+	VMULPS(dv, f, f) // d·d_x
+	VMULSS(f, isum.AsX(), isum.AsX())
+	VADDSS(isum.AsX(), acc.AsX(), acc.AsX())
 }
