@@ -24,7 +24,7 @@ func (w *Weights) Fingerprint() [32]byte {
 		binary.LittleEndian.PutUint32(buf[4:], uint32(m.Rows))
 		h.Write(buf[:])
 		// The row-major bytes, whatever layout the node holds them in
-		// (kernels.PackQ80x16): a copying and a mapping trunk agree.
+		// (kernels.Pack): a copying and a mapping trunk agree.
 		size := m.Rows * m.RowStride()
 		binary.LittleEndian.PutUint32(buf[:4], uint32(m.Cols))
 		binary.LittleEndian.PutUint32(buf[4:], uint32(size))

@@ -103,9 +103,9 @@ func (l *loader) own(name string, m tensor.Matrix) (tensor.Matrix, error) {
 }
 
 // copyMatrix copies m into a: packed for the kernels where that makes their
-// products faster (kernels.CanPack: Q8_0 and Q4_K in 16-row groups), else as
-// it is. The rows are read from the file in pieces of whole groups and
-// packed from there.
+// products faster (kernels.CanPack: Q8_0, Q4_K, Q5_K and Q6_K in 16-row
+// groups), else as it is. The rows are read from the file in pieces of
+// whole groups and packed from there.
 func copyMatrix(a *fileio.Arena, m tensor.Matrix) (tensor.Matrix, error) {
 	if !kernels.CanPack(m) {
 		data, err := a.Copy(m.Data)

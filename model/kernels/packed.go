@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
 	"runtime"
 	"strings"
@@ -51,10 +52,16 @@ func init() {
 		packOff[packSpecs[i].dt] = true
 	}
 	for _, name := range strings.Split(v, ",") {
+		name = strings.TrimSpace(name)
+		known := name == "" || name == "0"
 		for i := range packSpecs {
-			if strings.EqualFold(strings.TrimSpace(name), packSpecs[i].dt.String()) {
+			if strings.EqualFold(name, packSpecs[i].dt.String()) {
 				packOff[packSpecs[i].dt] = false
+				known = true
 			}
+		}
+		if !known {
+			fmt.Fprintf(os.Stderr, "kernels: %s: %q is not a type that can be packed (q8_0, q4_k, q5_k, q6_k); ignored\n", EnvPack, name)
 		}
 	}
 }
@@ -227,10 +234,22 @@ func DequantizeMatrixRow(w tensor.Matrix, r int, dst []float32) {
 		tensor.DequantizeRow(w.DType, w.Row(r), dst)
 		return
 	}
-	row := make([]byte, w.RowStride())
+	if r < 0 || r >= w.Rows {
+		panic(fmt.Sprintf("kernels: row %d of a %d-row matrix", r, w.Rows))
+	}
+	bp := rowBufs.Get().(*[]byte)
+	defer rowBufs.Put(bp)
+	if cap(*bp) < w.RowStride() {
+		*bp = make([]byte, w.RowStride())
+	}
+	row := (*bp)[:w.RowStride()]
 	specOf(w.DType, w.Layout).unpackRow(row, w, r)
 	tensor.DequantizeRow(w.DType, row, dst)
 }
+
+// rowBufs holds DequantizeMatrixRow's row-major copies of a row (one per
+// token looked up in a packed embedding table).
+var rowBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // matMulUnpacked runs a product with packed weights on the row-major path,
 // one group of 16 rows at a time.

@@ -127,7 +127,9 @@ func hasQ80Kernels() bool { return hasQ80 }
 
 // quantizeQ8KAsm runs quantQ8K512 where the integer kernels exist (done).
 func quantizeQ8KAsm(dst []byte, x []float32, nb int) (ok, done bool) {
-	if !hasQ8 || maxLevel < LevelAVX512 {
+	// The current level, not the CPU's best: the AVX2 level quantizes in Go
+	// as an AVX2-only CPU does (the same bytes).
+	if !hasQ8 || KernelLevel() < LevelAVX512 {
 		return false, false
 	}
 	return quantQ8K512(unsafe.SliceData(x), nb, unsafe.SliceData(dst)), true

@@ -265,6 +265,7 @@ func TestMatMulQ8AVX2(t *testing.T) {
 	}
 	prev := KernelLevel()
 	defer SetKernelLevel(prev)
+	defer SetQ8Activations(SetQ8Activations(true))
 	rng := rand.New(rand.NewPCG(12, 12))
 	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
 		for _, rows := range []int{1, 7, 33} {

@@ -210,7 +210,7 @@ func (m Matrix) Row(r int) []byte {
 // rowMajor panics unless m's rows lie one after the other.
 func (m Matrix) rowMajor() {
 	if m.Layout != RowMajor {
-		panic(fmt.Sprintf("tensor: rows of a %s matrix in a repacked layout (%d)", m.DType, m.Layout))
+		panic(fmt.Sprintf("tensor: rows of a %s matrix in a repacked layout (%v)", m.DType, m.Layout))
 	}
 }
 

@@ -357,6 +357,13 @@ func (x *Experts) upload(layer, e int, w hybrid.ExpertWeights) (cuda.DevPtr, err
 			return 0, fmt.Errorf("moe: layer %d expert %d %s is [%d %d], want [%d %d]", layer, e, m.name, m.mat.Rows, m.mat.Cols, m.rows, m.cols)
 		}
 	}
+	for _, m := range []tensor.Matrix{w.Gate, w.Up, w.Down} {
+		if m.Layout != tensor.RowMajor {
+			// GPU expert nodes read the file's map; a packed matrix (a CPU
+			// node's copy) is not theirs to upload.
+			return 0, fmt.Errorf("moe: layer %d expert %d: weights in the %v layout, want row-major (load them mapped)", layer, e, m.Layout)
+		}
+	}
 	host := make([]byte, x.cfg.ExpertBytes())
 	off := 0
 	row := make([]float32, max(H, I))
