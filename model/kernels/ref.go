@@ -7,11 +7,12 @@ import (
 )
 
 // MatMulRef is the reference twin of MatMul: dequantize each row, then a plain
-// float32 dot product per output.
+// float32 dot product per output. w may be in any layout (packed rows are
+// dequantized through DequantizeMatrixRow).
 func MatMulRef(out []float32, w tensor.Matrix, x []float32, n int) {
 	row := make([]float32, w.Cols)
 	for r := 0; r < w.Rows; r++ {
-		tensor.DequantizeRow(w.DType, w.Row(r), row)
+		DequantizeMatrixRow(w, r, row)
 		for i := 0; i < n; i++ {
 			xi := x[i*w.Cols : (i+1)*w.Cols]
 			var s float32
