@@ -593,10 +593,10 @@ func q8dot256Q5KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblo
 // q8dot256Q5KN2 computes 2-input dot products of Q5K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q5KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
-// q8dot256Q6KN1 computes 1-input dot products of Q6K weights with 8-bit activations on AVX2 (see genQ8AVX2Q6K).
+// q8dot256Q6KN1 computes 1-input dot products of Q6K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q6KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
-// q8dot256Q6KN2 computes 2-input dot products of Q6K weights with 8-bit activations on AVX2 (see genQ8AVX2Q6K).
+// q8dot256Q6KN2 computes 2-input dot products of Q6K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q6KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // quantQ8K512 quantizes nblocks blocks of 256 values of x to 8 bits at dst (see genQ8Quant).

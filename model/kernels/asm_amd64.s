@@ -88509,13 +88509,13 @@ TEXT ·q8dot256Q5KN1(SB), NOSPLIT, $0-64
 	MOVQ         w+0(FP), CX
 	MOVQ         out+48(FP), DX
 	VPBROADCASTD b0f<>+0(SB), Y0
-	VPBROADCASTD b10<>+0(SB), Y1
+	VPBROADCASTD b10<>+0(SB), Y2
 
 q8dot256Q5KN1_row:
 	MOVQ   CX, BX
 	MOVQ   xq+24(FP), SI
 	MOVQ   nblocks+40(FP), DI
-	VXORPS Y2, Y2, Y2
+	VXORPS Y1, Y1, Y1
 
 q8dot256Q5KN1_blk:
 	MOVL         4(BX), R8
@@ -88547,7 +88547,7 @@ q8dot256Q5KN1_blk:
 	VPXOR        Y6, Y6, Y6
 	VPAND        48(BX), Y0, Y7
 	VPSLLW       $0x04, Y5, Y8
-	VPAND        Y1, Y8, Y8
+	VPAND        Y2, Y8, Y8
 	VPOR         Y8, Y7, Y7
 	VPSHUFB      q8idxq4_0<>+0(SB), Y3, Y8
 	VPMADDUBSW   (SI), Y7, Y7
@@ -88557,7 +88557,7 @@ q8dot256Q5KN1_blk:
 	VPSRLW       $0x04, Y7, Y7
 	VPAND        Y0, Y7, Y7
 	VPSLLW       $0x03, Y5, Y8
-	VPAND        Y1, Y8, Y8
+	VPAND        Y2, Y8, Y8
 	VPOR         Y8, Y7, Y7
 	VPSHUFB      q8idxq4_0<>+32(SB), Y3, Y8
 	VPMADDUBSW   32(SI), Y7, Y7
@@ -88565,7 +88565,7 @@ q8dot256Q5KN1_blk:
 	VPADDD       Y7, Y6, Y6
 	VPAND        80(BX), Y0, Y7
 	VPSLLW       $0x02, Y5, Y8
-	VPAND        Y1, Y8, Y8
+	VPAND        Y2, Y8, Y8
 	VPOR         Y8, Y7, Y7
 	VPSHUFB      q8idxq4_1<>+0(SB), Y3, Y8
 	VPMADDUBSW   64(SI), Y7, Y7
@@ -88575,7 +88575,7 @@ q8dot256Q5KN1_blk:
 	VPSRLW       $0x04, Y7, Y7
 	VPAND        Y0, Y7, Y7
 	VPSLLW       $0x01, Y5, Y8
-	VPAND        Y1, Y8, Y8
+	VPAND        Y2, Y8, Y8
 	VPOR         Y8, Y7, Y7
 	VPSHUFB      q8idxq4_1<>+32(SB), Y3, Y8
 	VPMADDUBSW   96(SI), Y7, Y7
@@ -88583,7 +88583,7 @@ q8dot256Q5KN1_blk:
 	VPADDD       Y7, Y6, Y6
 	VPAND        112(BX), Y0, Y7
 	VMOVDQU      Y5, Y8
-	VPAND        Y1, Y8, Y8
+	VPAND        Y2, Y8, Y8
 	VPOR         Y8, Y7, Y7
 	VPSHUFB      q8idxq4_2<>+0(SB), Y3, Y8
 	VPMADDUBSW   128(SI), Y7, Y7
@@ -88593,7 +88593,7 @@ q8dot256Q5KN1_blk:
 	VPSRLW       $0x04, Y7, Y7
 	VPAND        Y0, Y7, Y7
 	VPSRLW       $0x01, Y5, Y8
-	VPAND        Y1, Y8, Y8
+	VPAND        Y2, Y8, Y8
 	VPOR         Y8, Y7, Y7
 	VPSHUFB      q8idxq4_2<>+32(SB), Y3, Y8
 	VPMADDUBSW   160(SI), Y7, Y7
@@ -88601,7 +88601,7 @@ q8dot256Q5KN1_blk:
 	VPADDD       Y7, Y6, Y6
 	VPAND        144(BX), Y0, Y7
 	VPSRLW       $0x02, Y5, Y8
-	VPAND        Y1, Y8, Y8
+	VPAND        Y2, Y8, Y8
 	VPOR         Y8, Y7, Y7
 	VPSHUFB      q8idxq4_3<>+0(SB), Y3, Y8
 	VPMADDUBSW   192(SI), Y7, Y7
@@ -88611,7 +88611,7 @@ q8dot256Q5KN1_blk:
 	VPSRLW       $0x04, Y7, Y7
 	VPAND        Y0, Y7, Y7
 	VPSRLW       $0x03, Y5, Y5
-	VPAND        Y1, Y5, Y5
+	VPAND        Y2, Y5, Y5
 	VPOR         Y5, Y7, Y7
 	VPSHUFB      q8idxq4_3<>+32(SB), Y3, Y3
 	VPMADDUBSW   224(SI), Y7, Y5
@@ -88631,15 +88631,15 @@ q8dot256Q5KN1_blk:
 	VBROADCASTSS 304(SI), X4
 	VMULPS       X3, X4, X4
 	VMULPS       X4, X5, X5
-	VADDSS       X5, X2, X2
+	VADDSS       X5, X1, X1
 	VMOVSHDUP    X5, X4
-	VSUBSS       X4, X2, X2
+	VSUBSS       X4, X1, X1
 	ADDQ         $0x000000b0, BX
 	ADDQ         $0x00000140, SI
 	DECQ         DI
 	JNZ          q8dot256Q5KN1_blk
 	MOVQ         DX, BX
-	VMOVSS       X2, (BX)
+	VMOVSS       X1, (BX)
 	ADDQ         $0x04, DX
 	ADDQ         AX, CX
 	DECQ         nrows+16(FP)
@@ -88654,15 +88654,15 @@ TEXT ·q8dot256Q5KN2(SB), NOSPLIT, $0-64
 	MOVQ         w+0(FP), CX
 	MOVQ         out+48(FP), DX
 	VPBROADCASTD b0f<>+0(SB), Y0
-	VPBROADCASTD b10<>+0(SB), Y1
+	VPBROADCASTD b10<>+0(SB), Y3
 
 q8dot256Q5KN2_row:
 	MOVQ   CX, BX
 	MOVQ   xq+24(FP), SI
 	MOVQ   xqstride+32(FP), DI
 	MOVQ   nblocks+40(FP), R8
+	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
 
 q8dot256Q5KN2_blk:
 	MOVL         4(BX), R9
@@ -88695,7 +88695,7 @@ q8dot256Q5KN2_blk:
 	VPXOR        Y8, Y8, Y8
 	VPAND        48(BX), Y0, Y9
 	VPSLLW       $0x04, Y6, Y10
-	VPAND        Y1, Y10, Y10
+	VPAND        Y3, Y10, Y10
 	VPOR         Y10, Y9, Y9
 	VPSHUFB      q8idxq4_0<>+0(SB), Y4, Y10
 	VPMADDUBSW   (SI), Y9, Y11
@@ -88708,7 +88708,7 @@ q8dot256Q5KN2_blk:
 	VPSRLW       $0x04, Y9, Y9
 	VPAND        Y0, Y9, Y9
 	VPSLLW       $0x03, Y6, Y10
-	VPAND        Y1, Y10, Y10
+	VPAND        Y3, Y10, Y10
 	VPOR         Y10, Y9, Y9
 	VPSHUFB      q8idxq4_0<>+32(SB), Y4, Y10
 	VPMADDUBSW   32(SI), Y9, Y11
@@ -88719,7 +88719,7 @@ q8dot256Q5KN2_blk:
 	VPADDD       Y9, Y8, Y8
 	VPAND        80(BX), Y0, Y9
 	VPSLLW       $0x02, Y6, Y10
-	VPAND        Y1, Y10, Y10
+	VPAND        Y3, Y10, Y10
 	VPOR         Y10, Y9, Y9
 	VPSHUFB      q8idxq4_1<>+0(SB), Y4, Y10
 	VPMADDUBSW   64(SI), Y9, Y11
@@ -88732,7 +88732,7 @@ q8dot256Q5KN2_blk:
 	VPSRLW       $0x04, Y9, Y9
 	VPAND        Y0, Y9, Y9
 	VPSLLW       $0x01, Y6, Y10
-	VPAND        Y1, Y10, Y10
+	VPAND        Y3, Y10, Y10
 	VPOR         Y10, Y9, Y9
 	VPSHUFB      q8idxq4_1<>+32(SB), Y4, Y10
 	VPMADDUBSW   96(SI), Y9, Y11
@@ -88743,7 +88743,7 @@ q8dot256Q5KN2_blk:
 	VPADDD       Y9, Y8, Y8
 	VPAND        112(BX), Y0, Y9
 	VMOVDQU      Y6, Y10
-	VPAND        Y1, Y10, Y10
+	VPAND        Y3, Y10, Y10
 	VPOR         Y10, Y9, Y9
 	VPSHUFB      q8idxq4_2<>+0(SB), Y4, Y10
 	VPMADDUBSW   128(SI), Y9, Y11
@@ -88756,7 +88756,7 @@ q8dot256Q5KN2_blk:
 	VPSRLW       $0x04, Y9, Y9
 	VPAND        Y0, Y9, Y9
 	VPSRLW       $0x01, Y6, Y10
-	VPAND        Y1, Y10, Y10
+	VPAND        Y3, Y10, Y10
 	VPOR         Y10, Y9, Y9
 	VPSHUFB      q8idxq4_2<>+32(SB), Y4, Y10
 	VPMADDUBSW   160(SI), Y9, Y11
@@ -88767,7 +88767,7 @@ q8dot256Q5KN2_blk:
 	VPADDD       Y9, Y8, Y8
 	VPAND        144(BX), Y0, Y9
 	VPSRLW       $0x02, Y6, Y10
-	VPAND        Y1, Y10, Y10
+	VPAND        Y3, Y10, Y10
 	VPOR         Y10, Y9, Y9
 	VPSHUFB      q8idxq4_3<>+0(SB), Y4, Y10
 	VPMADDUBSW   192(SI), Y9, Y11
@@ -88780,7 +88780,7 @@ q8dot256Q5KN2_blk:
 	VPSRLW       $0x04, Y9, Y9
 	VPAND        Y0, Y9, Y9
 	VPSRLW       $0x03, Y6, Y6
-	VPAND        Y1, Y6, Y6
+	VPAND        Y3, Y6, Y6
 	VPOR         Y6, Y9, Y9
 	VPSHUFB      q8idxq4_3<>+32(SB), Y4, Y4
 	VPMADDUBSW   224(SI), Y9, Y6
@@ -88803,9 +88803,9 @@ q8dot256Q5KN2_blk:
 	VBROADCASTSS 304(SI), X6
 	VMULPS       X4, X6, X6
 	VMULPS       X6, X9, X9
-	VADDSS       X9, X2, X2
+	VADDSS       X9, X1, X1
 	VMOVSHDUP    X9, X6
-	VSUBSS       X6, X2, X2
+	VSUBSS       X6, X1, X1
 	VPMADDWD     288(SI)(DI*1), X5, X5
 	VEXTRACTI128 $0x01, Y8, X6
 	VPADDD       X6, X8, X8
@@ -88818,18 +88818,18 @@ q8dot256Q5KN2_blk:
 	VBROADCASTSS 304(SI)(DI*1), X5
 	VMULPS       X4, X5, X5
 	VMULPS       X5, X6, X6
-	VADDSS       X6, X3, X3
+	VADDSS       X6, X2, X2
 	VMOVSHDUP    X6, X5
-	VSUBSS       X5, X3, X3
+	VSUBSS       X5, X2, X2
 	ADDQ         $0x000000b0, BX
 	ADDQ         $0x00000140, SI
 	DECQ         R8
 	JNZ          q8dot256Q5KN2_blk
 	MOVQ         ostride+56(FP), BX
 	MOVQ         DX, SI
-	VMOVSS       X2, (SI)
+	VMOVSS       X1, (SI)
 	ADDQ         BX, SI
-	VMOVSS       X3, (SI)
+	VMOVSS       X2, (SI)
 	ADDQ         $0x04, DX
 	ADDQ         AX, CX
 	DECQ         nrows+16(FP)
@@ -88844,13 +88844,13 @@ TEXT ·q8dot256Q6KN1(SB), NOSPLIT, $0-64
 	MOVQ         w+0(FP), CX
 	MOVQ         out+48(FP), DX
 	VPBROADCASTD b0f<>+0(SB), Y0
-	VPBROADCASTD b30<>+0(SB), Y1
+	VPBROADCASTD b30<>+0(SB), Y2
 
 q8dot256Q6KN1_row:
 	MOVQ   CX, BX
 	MOVQ   xq+24(FP), SI
 	MOVQ   nblocks+40(FP), DI
-	VXORPS Y2, Y2, Y2
+	VXORPS Y1, Y1, Y1
 
 q8dot256Q6KN1_blk:
 	VPMOVSXBW    192(BX), Y3
@@ -88861,7 +88861,7 @@ q8dot256Q6KN1_blk:
 	VMOVDQU      128(BX), Y5
 	VPAND        (BX), Y0, Y6
 	VPSLLW       $0x04, Y5, Y7
-	VPAND        Y1, Y7, Y7
+	VPAND        Y2, Y7, Y7
 	VPOR         Y7, Y6, Y6
 	VMOVDQU      q6perm_0<>+0(SB), Y7
 	VPERMD       Y3, Y7, Y7
@@ -88871,7 +88871,7 @@ q8dot256Q6KN1_blk:
 	VPADDD       Y6, Y4, Y4
 	VPAND        32(BX), Y0, Y6
 	VPSLLW       $0x02, Y5, Y7
-	VPAND        Y1, Y7, Y7
+	VPAND        Y2, Y7, Y7
 	VPOR         Y7, Y6, Y6
 	VMOVDQU      q6perm_1<>+0(SB), Y7
 	VPERMD       Y3, Y7, Y7
@@ -88883,7 +88883,7 @@ q8dot256Q6KN1_blk:
 	VPSRLW       $0x04, Y6, Y6
 	VPAND        Y0, Y6, Y6
 	VMOVDQU      Y5, Y7
-	VPAND        Y1, Y7, Y7
+	VPAND        Y2, Y7, Y7
 	VPOR         Y7, Y6, Y6
 	VMOVDQU      q6perm_2<>+0(SB), Y7
 	VPERMD       Y3, Y7, Y7
@@ -88895,7 +88895,7 @@ q8dot256Q6KN1_blk:
 	VPSRLW       $0x04, Y6, Y6
 	VPAND        Y0, Y6, Y6
 	VPSRLW       $0x02, Y5, Y5
-	VPAND        Y1, Y5, Y5
+	VPAND        Y2, Y5, Y5
 	VPOR         Y5, Y6, Y6
 	VMOVDQU      q6perm_3<>+0(SB), Y5
 	VPERMD       Y3, Y5, Y5
@@ -88906,7 +88906,7 @@ q8dot256Q6KN1_blk:
 	VMOVDQU      160(BX), Y5
 	VPAND        64(BX), Y0, Y6
 	VPSLLW       $0x04, Y5, Y7
-	VPAND        Y1, Y7, Y7
+	VPAND        Y2, Y7, Y7
 	VPOR         Y7, Y6, Y6
 	VMOVDQU      q6perm_4<>+0(SB), Y7
 	VPERMD       Y3, Y7, Y7
@@ -88916,7 +88916,7 @@ q8dot256Q6KN1_blk:
 	VPADDD       Y6, Y4, Y4
 	VPAND        96(BX), Y0, Y6
 	VPSLLW       $0x02, Y5, Y7
-	VPAND        Y1, Y7, Y7
+	VPAND        Y2, Y7, Y7
 	VPOR         Y7, Y6, Y6
 	VMOVDQU      q6perm_5<>+0(SB), Y7
 	VPERMD       Y3, Y7, Y7
@@ -88928,7 +88928,7 @@ q8dot256Q6KN1_blk:
 	VPSRLW       $0x04, Y6, Y6
 	VPAND        Y0, Y6, Y6
 	VMOVDQU      Y5, Y7
-	VPAND        Y1, Y7, Y7
+	VPAND        Y2, Y7, Y7
 	VPOR         Y7, Y6, Y6
 	VMOVDQU      q6perm_6<>+0(SB), Y7
 	VPERMD       Y3, Y7, Y7
@@ -88940,7 +88940,7 @@ q8dot256Q6KN1_blk:
 	VPSRLW       $0x04, Y6, Y6
 	VPAND        Y0, Y6, Y6
 	VPSRLW       $0x02, Y5, Y5
-	VPAND        Y1, Y5, Y5
+	VPAND        Y2, Y5, Y5
 	VPOR         Y5, Y6, Y6
 	VMOVDQU      q6perm_7<>+0(SB), Y5
 	VPERMD       Y3, Y5, Y5
@@ -88960,13 +88960,13 @@ q8dot256Q6KN1_blk:
 	VBROADCASTSS 304(SI), X5
 	VMULPS       X3, X5, X5
 	VMULSS       X5, X4, X4
-	VADDSS       X4, X2, X2
+	VADDSS       X4, X1, X1
 	ADDQ         $0x000000d2, BX
 	ADDQ         $0x00000140, SI
 	DECQ         DI
 	JNZ          q8dot256Q6KN1_blk
 	MOVQ         DX, BX
-	VMOVSS       X2, (BX)
+	VMOVSS       X1, (BX)
 	ADDQ         $0x04, DX
 	ADDQ         AX, CX
 	DECQ         nrows+16(FP)
@@ -88981,15 +88981,15 @@ TEXT ·q8dot256Q6KN2(SB), NOSPLIT, $0-64
 	MOVQ         w+0(FP), CX
 	MOVQ         out+48(FP), DX
 	VPBROADCASTD b0f<>+0(SB), Y0
-	VPBROADCASTD b30<>+0(SB), Y1
+	VPBROADCASTD b30<>+0(SB), Y3
 
 q8dot256Q6KN2_row:
 	MOVQ   CX, BX
 	MOVQ   xq+24(FP), SI
 	MOVQ   xqstride+32(FP), DI
 	MOVQ   nblocks+40(FP), R8
+	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
 
 q8dot256Q6KN2_blk:
 	VPMOVSXBW    192(BX), Y4
@@ -89004,7 +89004,7 @@ q8dot256Q6KN2_blk:
 	VMOVDQU      128(BX), Y7
 	VPAND        (BX), Y0, Y8
 	VPSLLW       $0x04, Y7, Y9
-	VPAND        Y1, Y9, Y9
+	VPAND        Y3, Y9, Y9
 	VPOR         Y9, Y8, Y8
 	VMOVDQU      q6perm_0<>+0(SB), Y9
 	VPERMD       Y4, Y9, Y9
@@ -89017,7 +89017,7 @@ q8dot256Q6KN2_blk:
 	VPADDD       Y8, Y6, Y6
 	VPAND        32(BX), Y0, Y8
 	VPSLLW       $0x02, Y7, Y9
-	VPAND        Y1, Y9, Y9
+	VPAND        Y3, Y9, Y9
 	VPOR         Y9, Y8, Y8
 	VMOVDQU      q6perm_1<>+0(SB), Y9
 	VPERMD       Y4, Y9, Y9
@@ -89032,7 +89032,7 @@ q8dot256Q6KN2_blk:
 	VPSRLW       $0x04, Y8, Y8
 	VPAND        Y0, Y8, Y8
 	VMOVDQU      Y7, Y9
-	VPAND        Y1, Y9, Y9
+	VPAND        Y3, Y9, Y9
 	VPOR         Y9, Y8, Y8
 	VMOVDQU      q6perm_2<>+0(SB), Y9
 	VPERMD       Y4, Y9, Y9
@@ -89047,7 +89047,7 @@ q8dot256Q6KN2_blk:
 	VPSRLW       $0x04, Y8, Y8
 	VPAND        Y0, Y8, Y8
 	VPSRLW       $0x02, Y7, Y7
-	VPAND        Y1, Y7, Y7
+	VPAND        Y3, Y7, Y7
 	VPOR         Y7, Y8, Y8
 	VMOVDQU      q6perm_3<>+0(SB), Y7
 	VPERMD       Y4, Y7, Y7
@@ -89061,7 +89061,7 @@ q8dot256Q6KN2_blk:
 	VMOVDQU      160(BX), Y7
 	VPAND        64(BX), Y0, Y8
 	VPSLLW       $0x04, Y7, Y9
-	VPAND        Y1, Y9, Y9
+	VPAND        Y3, Y9, Y9
 	VPOR         Y9, Y8, Y8
 	VMOVDQU      q6perm_4<>+0(SB), Y9
 	VPERMD       Y4, Y9, Y9
@@ -89074,7 +89074,7 @@ q8dot256Q6KN2_blk:
 	VPADDD       Y8, Y6, Y6
 	VPAND        96(BX), Y0, Y8
 	VPSLLW       $0x02, Y7, Y9
-	VPAND        Y1, Y9, Y9
+	VPAND        Y3, Y9, Y9
 	VPOR         Y9, Y8, Y8
 	VMOVDQU      q6perm_5<>+0(SB), Y9
 	VPERMD       Y4, Y9, Y9
@@ -89089,7 +89089,7 @@ q8dot256Q6KN2_blk:
 	VPSRLW       $0x04, Y8, Y8
 	VPAND        Y0, Y8, Y8
 	VMOVDQU      Y7, Y9
-	VPAND        Y1, Y9, Y9
+	VPAND        Y3, Y9, Y9
 	VPOR         Y9, Y8, Y8
 	VMOVDQU      q6perm_6<>+0(SB), Y9
 	VPERMD       Y4, Y9, Y9
@@ -89104,7 +89104,7 @@ q8dot256Q6KN2_blk:
 	VPSRLW       $0x04, Y8, Y8
 	VPAND        Y0, Y8, Y8
 	VPSRLW       $0x02, Y7, Y7
-	VPAND        Y1, Y7, Y7
+	VPAND        Y3, Y7, Y7
 	VPOR         Y7, Y8, Y8
 	VMOVDQU      q6perm_7<>+0(SB), Y7
 	VPERMD       Y4, Y7, Y7
@@ -89127,7 +89127,7 @@ q8dot256Q6KN2_blk:
 	VBROADCASTSS 304(SI), X7
 	VMULPS       X4, X7, X7
 	VMULSS       X7, X5, X5
-	VADDSS       X5, X2, X2
+	VADDSS       X5, X1, X1
 	VEXTRACTI128 $0x01, Y6, X5
 	VPADDD       X5, X6, X6
 	VPSHUFD      $0x4e, X6, X5
@@ -89138,16 +89138,16 @@ q8dot256Q6KN2_blk:
 	VBROADCASTSS 304(SI)(DI*1), X5
 	VMULPS       X4, X5, X5
 	VMULSS       X5, X6, X6
-	VADDSS       X6, X3, X3
+	VADDSS       X6, X2, X2
 	ADDQ         $0x000000d2, BX
 	ADDQ         $0x00000140, SI
 	DECQ         R8
 	JNZ          q8dot256Q6KN2_blk
 	MOVQ         ostride+56(FP), BX
 	MOVQ         DX, SI
-	VMOVSS       X2, (SI)
+	VMOVSS       X1, (SI)
 	ADDQ         BX, SI
-	VMOVSS       X3, (SI)
+	VMOVSS       X2, (SI)
 	ADDQ         $0x04, DX
 	ADDQ         AX, CX
 	DECQ         nrows+16(FP)

@@ -75,11 +75,12 @@ type mmJob struct {
 
 // q8Plan is the per-call set-up of the integer kernels (q8act.go).
 type q8Plan struct {
-	fns     [3]q8Fn
-	xq      []byte // quantized input rows, nb blocks each
-	nb      int
-	packed  []packedFn // the packed kernels by input rows (packed layouts)
-	xstride int        // bytes between quantized input rows (packed layouts)
+	fns        [3]q8Fn
+	xq         []byte // quantized input rows, nb blocks each
+	nb         int
+	packed     []packedFn // the packed kernels by input rows (packed layouts)
+	xstride    int        // bytes between quantized input rows (packed layouts)
+	groupBytes int        // bytes of one packed 16-row group (packed layouts)
 }
 
 func (j *mmJob) run(s *scratch) {

@@ -169,35 +169,29 @@ var q5kx16Fns = [...]packedFn{1: q5kx16N1, 2: q5kx16N2, 3: q5kx16N3}
 
 var q6kx16Fns = [...]packedFn{1: q6kx16N1, 2: q6kx16N2, 3: q6kx16N3}
 
+// packedKernels are the packed kernels of each packed layout.
+var packedKernels = [...][]packedFn{
+	tensor.Q80x16: q80x16Fns[:], tensor.Q4Kx16: q4kx16Fns[:], tensor.Q5Kx16: q5kx16Fns[:], tensor.Q6Kx16: q6kx16Fns[:]}
+
 // planPacked sets up a product with packed weights: each input row
 // quantized as the row-major kernels of its type quantize it (q80rows512's
 // tiles for Q8_0, quantizeQ8K's blocks for the K-quants). It reports false if a row
 // holds an infinity or a NaN (the caller then runs the product unpacked).
 func planPacked(c *callCtx) bool {
 	j := &c.job
-	switch j.w.Layout {
-	case tensor.Q80x16:
+	if j.w.Layout == tensor.Q80x16 {
 		if !planQ80Rows(c) {
 			return false
 		}
-		j.q8.packed = q80x16Fns[:]
 		j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
-	case tensor.Q4Kx16, tensor.Q5Kx16, tensor.Q6Kx16:
+	} else {
 		if !planQ8K(c) {
 			return false
 		}
-		switch j.w.Layout {
-		case tensor.Q4Kx16:
-			j.q8.packed = q4kx16Fns[:]
-		case tensor.Q5Kx16:
-			j.q8.packed = q5kx16Fns[:]
-		default:
-			j.q8.packed = q6kx16Fns[:]
-		}
 		j.q8.xstride = j.q8.nb * q8xBlockBytes
-	default:
-		return false
 	}
+	j.q8.packed = packedKernels[j.w.Layout]
+	j.q8.groupBytes = j.q8.nb * specOf(j.w.DType, j.w.Layout).groupBytes()
 	j.block = packedRows512
 	j.rb = max(packRows, rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)&^(packRows-1))
 	return true
@@ -211,7 +205,7 @@ func packedRows512(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 	p := &j.q8
 	maxN := len(p.packed) - 1
 	xs := p.xstride
-	gb := p.nb * specOf(j.w.DType, j.w.Layout).groupBytes()
+	gb := p.groupBytes
 	rows := j.w.Rows
 	g0, full := r0/packRows, (r1-r0)/packRows
 	for i0 := 0; i0 < j.n; i0 += maxN {

@@ -117,40 +117,19 @@ func genQKx16(d dtype, n int) {
 		name = fmt.Sprintf("q5kx16N%d", n)
 		blockBytes, prefetch, qs = q5kx16Block, q5kPrefetch, 768
 	}
-	TEXT(name, NOSPLIT, "func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int)")
-	Doc(fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genQ4Kx16).", name, d, n))
-	wp := ld("w")
-	xs := ld("xstride")
-	idx := make([]GPVirtual, n)
-	for i := 1; i < n; i++ {
-		idx[i] = GP64()
-		if i == 1 {
-			MOVQ(xs, idx[i])
-		} else {
-			IMUL3Q(U8(i), xs, idx[i])
-		}
-	}
-	c0F, cF0 := ZMM(), ZMM()
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genQ4Kx16).", name, d, n), n)
+	c0F := ZMM()
 	VPBROADCASTD(cB0F, c0F)
-	if q5 {
-		cF0 = nil
-	} else {
+	var cF0 VecVirtual
+	if !q5 {
+		cF0 = ZMM()
 		VPTERNLOGD(U8(0x55), c0F, c0F, cF0) // ^0x0F0F0F0F: 0xF0 bytes
 	}
 	Label(name + "_grp")
 	cnt := ld("nblocks")
 	xq := ld("xq")
-	xm := func(i, disp int) Mem {
-		if i == 0 {
-			return Mem{Base: xq, Disp: disp}
-		}
-		return Mem{Base: xq, Index: idx[i], Scale: 1, Disp: disp}
-	}
-	acc := make([]VecVirtual, n)
-	for i := range acc {
-		acc[i] = ZMM()
-		VXORPS(acc[i], acc[i], acc[i])
-	}
+	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
+	acc := packedZeroAcc(n)
 	Label(name + "_blk")
 	for l := 0; l < blockBytes/64; l++ {
 		PREFETCHT0(Mem{Base: wp, Disp: prefetch + 64*l})
@@ -289,22 +268,7 @@ func genQKx16(d dtype, n int) {
 	ADDQ(U32(q8xBlock), xq)
 	DECQ(cnt)
 	JNZ(LabelRef(name + "_blk"))
-	op := ld("out")
-	ost := ld("ostride")
-	o := GP64()
-	MOVQ(op, o)
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			ADDQ(ost, o)
-		}
-		VMOVUPS(acc[i], Mem{Base: o})
-	}
-	ADDQ(U8(64), op)
-	Store(op, Param("out"))
-	DECQ(paddr("groups"))
-	JNZ(LabelRef(name + "_grp"))
-	VZEROUPPER()
-	RET()
+	packedEnd(name, acc)
 }
 
 // q5Bit sets dst to bit b of each byte of qh moved to bit 4 (the rest 0),

@@ -73,37 +73,16 @@ func genQ6Kx16Consts() {
 
 func genQ6Kx16(n int) {
 	name := fmt.Sprintf("q6kx16N%d", n)
-	TEXT(name, NOSPLIT, "func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int)")
-	Doc(fmt.Sprintf("%s multiplies a 16-row group of repacked Q6_K weights with %d quantized input rows (see genQ6Kx16).", name, n))
-	wp := ld("w")
-	xs := ld("xstride")
-	idx := make([]GPVirtual, n)
-	for i := 1; i < n; i++ {
-		idx[i] = GP64()
-		if i == 1 {
-			MOVQ(xs, idx[i])
-		} else {
-			IMUL3Q(U8(i), xs, idx[i])
-		}
-	}
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked Q6_K weights with %d quantized input rows (see genQ6Kx16).", name, n), n)
 	c0F, c30 := ZMM(), ZMM()
 	VPBROADCASTD(cB0F, c0F)
 	VPBROADCASTD(cB30, c30)
 	Label(name + "_grp")
 	cnt := ld("nblocks")
 	xq := ld("xq")
-	xm := func(i, disp int) Mem {
-		if i == 0 {
-			return Mem{Base: xq, Disp: disp}
-		}
-		return Mem{Base: xq, Index: idx[i], Scale: 1, Disp: disp}
-	}
+	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
 	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
-	acc := make([]VecVirtual, n)
-	for i := range acc {
-		acc[i] = ZMM()
-		VXORPS(acc[i], acc[i], acc[i])
-	}
+	acc := packedZeroAcc(n)
 	Label(name + "_blk")
 	for l := 0; l < q6kx16Block/64+1; l++ {
 		PREFETCHT0(Mem{Base: wp, Disp: q6kPrefetch + 64*l})
@@ -216,20 +195,5 @@ func genQ6Kx16(n int) {
 	ADDQ(U32(q8xBlock), xq)
 	DECQ(cnt)
 	JNZ(LabelRef(name + "_blk"))
-	op := ld("out")
-	ost := ld("ostride")
-	o := GP64()
-	MOVQ(op, o)
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			ADDQ(ost, o)
-		}
-		VMOVUPS(acc[i], Mem{Base: o})
-	}
-	ADDQ(U8(64), op)
-	Store(op, Param("out"))
-	DECQ(paddr("groups"))
-	JNZ(LabelRef(name + "_grp"))
-	VZEROUPPER()
-	RET()
+	packedEnd(name, acc)
 }

@@ -173,7 +173,18 @@ func genQ8(d dtype, N int, vnni bool) {
 		acc[i] = ZMM()
 	}
 
-	q8Rows(d, N, name, bb, ws, wq, oq, c0F, c30, idx, acc)
+	q8Rows(N, name, bb, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
+		isum := make([]VecVirtual, N)
+		for i := range isum {
+			isum[i] = ZMM()
+		}
+		switch d {
+		case dQ4K, dQ5K:
+			q8RowQ4K(d, N, rowMem, xMem, c0F, c30, idx, isum, acc)
+		case dQ6K:
+			q8RowQ6K(N, rowMem, xMem, c0F, c30, idx, isum, acc)
+		}
+	})
 	VZEROUPPER()
 	RET()
 }
@@ -515,11 +526,12 @@ func genQ8Quant() {
 	RET()
 }
 
-// q8Rows emits genQ8's loops: the rows one after the other, each row's blocks
-// in order, so that the weights are read as one sequential stream (measured
+// q8Rows emits the integer kernels' loops (genQ8, genQ8AVX2), block
+// emitting one block of one row: the rows one after the other, each row's
+// blocks in order, so that the weights are read as one sequential stream (measured
 // faster than four interleaved row streams with software prefetch, which the
 // hardware prefetcher follows less well), each row reduced on its own.
-func q8Rows(d dtype, N int, name string, bb int, ws, wq, oq GPVirtual, c0F, c30 VecVirtual, idx [4]VecVirtual, acc []VecVirtual) {
+func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, block func(rowMem func(off int) Mem, xMem func(i, off int) Mem)) {
 	Label(name + "_row")
 	w0 := GP64()
 	MOVQ(wq, w0)
@@ -540,16 +552,7 @@ func q8Rows(d dtype, N int, name string, bb int, ws, wq, oq GPVirtual, c0F, c30 
 		return Mem{Base: xp, Index: xs, Scale: 1, Disp: off}
 	}
 	Label(name + "_blk")
-	isum := make([]VecVirtual, N)
-	for i := range isum {
-		isum[i] = ZMM()
-	}
-	switch d {
-	case dQ4K, dQ5K:
-		q8RowQ4K(d, N, rowMem, xMem, c0F, c30, idx, isum, acc)
-	case dQ6K:
-		q8RowQ6K(N, rowMem, xMem, c0F, c30, idx, isum, acc)
-	}
+	block(rowMem, xMem)
 	ADDQ(U32(bb), w0)
 	ADDQ(U32(q8xBlock), xp)
 	DECQ(cnt)

@@ -38,39 +38,17 @@ const q80x16MaxN = 8
 
 func genQ80x16(n int) {
 	name := fmt.Sprintf("q80x16N%d", n)
-	TEXT(name, NOSPLIT, "func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int)")
-	Doc(fmt.Sprintf("%s multiplies a 16-row group of repacked Q8_0 weights with %d quantized input rows (see genQ80x16).", name, n))
-	wp := ld("w")
-	xs := ld("xstride")
-	// Input row i's operands at xq + idx[i] (idx[0] none, idx[1] = xstride, ...).
-	idx := make([]GPVirtual, n)
-	for i := 1; i < n; i++ {
-		idx[i] = GP64()
-		if i == 1 {
-			MOVQ(xs, idx[i])
-		} else {
-			IMUL3Q(U8(i), xs, idx[i])
-		}
-	}
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked Q8_0 weights with %d quantized input rows (see genQ80x16).", name, n), n)
 	Label(name + "_grp")
 	cnt := ld("nblocks")
 	xq := ld("xq") // the current block's q in the current tile
 	// dc: the current block's d_x and 128·Σq_x (at xq's tile + 512/576 + 4·b).
 	dc := GP64()
 	MOVQ(xq, dc)
-	xm := func(base GPVirtual, i, disp int) Mem {
-		if i == 0 {
-			return Mem{Base: base, Disp: disp}
-		}
-		return Mem{Base: base, Index: idx[i], Scale: 1, Disp: disp}
-	}
+	xm := func(base GPVirtual, i, disp int) Mem { return packedXMem(idx, base, i, disp) }
 	bi := GP64() // block index within the tile
 	XORQ(bi, bi)
-	acc := make([]VecVirtual, n)
-	for i := range acc {
-		acc[i] = ZMM()
-		VXORPS(acc[i], acc[i], acc[i])
-	}
+	acc := packedZeroAcc(n)
 	Label(name + "_blk")
 	dw := ZMM()
 	VCVTPH2PS(Mem{Base: wp}, dw)
@@ -118,11 +96,61 @@ func genQ80x16(n int) {
 	Label(name + "_next")
 	DECQ(cnt)
 	JNZ(LabelRef(name + "_blk"))
+	packedEnd(name, acc)
+}
+
+// packedSig is the signature of the packed kernels (q80x16N, q4kx16N,
+// q5kx16N, q6kx16N).
+const packedSig = "func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int)"
+
+// packedBegin emits a packed kernel's TEXT and loads its weights pointer and
+// the byte offsets of input rows 1..n-1 from input row 0 (idx[i] =
+// i·xstride; idx[0] unused).
+func packedBegin(name, doc string, n int) (wp GPVirtual, idx []GPVirtual) {
+	TEXT(name, NOSPLIT, packedSig)
+	Doc(doc)
+	wp = ld("w")
+	xs := ld("xstride")
+	idx = make([]GPVirtual, n)
+	for i := 1; i < n; i++ {
+		idx[i] = GP64()
+		if i == 1 {
+			MOVQ(xs, idx[i])
+		} else {
+			IMUL3Q(U8(i), xs, idx[i])
+		}
+	}
+	return wp, idx
+}
+
+// packedXMem is input row i's operand at base + disp (base: row 0's).
+func packedXMem(idx []GPVirtual, base GPVirtual, i, disp int) Mem {
+	if i == 0 {
+		return Mem{Base: base, Disp: disp}
+	}
+	return Mem{Base: base, Index: idx[i], Scale: 1, Disp: disp}
+}
+
+// packedZeroAcc returns n zeroed accumulators (one per input row: lane =
+// weight row of the group).
+func packedZeroAcc(n int) []VecVirtual {
+	acc := make([]VecVirtual, n)
+	for i := range acc {
+		acc[i] = ZMM()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	return acc
+}
+
+// packedEnd emits a packed kernel's group epilogue: the group's 16 results
+// of input row i at out + i·ostride, out moved on 64 bytes, the next group
+// (from name_grp), then the return.
+func packedEnd(name string, acc []VecVirtual) {
 	op := ld("out")
 	ost := ld("ostride")
 	o := GP64()
 	MOVQ(op, o)
-	for i := 0; i < n; i++ {
+	for i := range acc {
 		if i > 0 {
 			ADDQ(ost, o)
 		}

@@ -8,15 +8,16 @@ import (
 	. "github.com/mmcloughlin/avo/reg"
 )
 
-// Integer kernels for CPUs with AVX2 but not AVX-512: Q4_K and Q5_K weights
-// times activations quantized to 8 bits (the same quantized blocks as
-// genQ8's), VPMADDUBSW of the weight codes with the activations and
-// VPMADDWD with the sub-block scales, on ymm. Each block's sum is taken to
-// one float32 step per row exactly as q8BlockScalar takes it (the same
-// exact integers, the same multiplies and adds), so these kernels give the
-// bits of the AVX-512 ones and of the plain twin.
+// Integer kernels for CPUs with AVX2 but not AVX-512: Q4_K, Q5_K and Q6_K
+// weights times activations quantized to 8 bits (the same quantized blocks
+// as genQ8's), VPMADDUBSW of the weight codes with the activations and
+// VPMADDWD with the sub-block scales, on ymm, in q8Rows' loops. Each
+// block's sum is taken to one float32 step per row exactly as
+// q8BlockScalar and q6BlockScalar take it (the same exact integers, the
+// same multiplies and adds), so these kernels give the bits of the AVX-512
+// ones and of the plain twin.
 //
-// q8dot256<dtype>N<N> has genQ8's signature and meaning.
+// q8dot256<dtype>N<N> (genQ8AVX2) has genQ8's signature and meaning.
 
 // q8AVX2Dtypes are the weight types with AVX2 integer kernels.
 var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K}
@@ -34,50 +35,46 @@ func genQ8AVX2Consts() {
 }
 
 func genQ8AVX2(d dtype, N int) {
-	if d == dQ6K {
-		genQ8AVX2Q6K(N)
-		return
-	}
 	name := fmt.Sprintf("q8dot256%sN%d", d, N)
 	TEXT(name, NOSPLIT, q8Sig)
 	Doc(fmt.Sprintf("%s computes %d-input dot products of %s weights with 8-bit activations on AVX2 (see genQ8AVX2).", name, N, d))
-	bb, qs := 144, 16
-	if d == dQ5K {
-		bb, qs = 176, 48
-	}
 	ws := ld("wstride")
 	wq := ld("w")
 	oq := ld("out")
 	c0F := YMM()
 	VPBROADCASTD(cB0F, c0F)
-	var c10 VecVirtual
-	if d == dQ5K {
-		c10 = YMM()
-		VPBROADCASTD(cB10, c10)
-	}
-
-	Label(name + "_row")
-	w0 := GP64()
-	MOVQ(wq, w0)
-	xp := ld("xq")
-	var xs GPVirtual
-	if N > 1 {
-		xs = ld("xqstride")
-	}
-	cnt := ld("nblocks")
 	acc := make([]VecVirtual, N)
 	for i := range acc {
 		acc[i] = YMM()
-		VXORPS(acc[i], acc[i], acc[i])
 	}
-	rowMem := func(off int) Mem { return Mem{Base: w0, Disp: off} }
-	xMem := func(i, off int) Mem {
-		if i == 0 {
-			return Mem{Base: xp, Disp: off}
+	switch d {
+	case dQ4K, dQ5K:
+		bb, qs := 144, 16
+		var c10 VecVirtual
+		if d == dQ5K {
+			bb, qs = 176, 48
+			c10 = YMM()
+			VPBROADCASTD(cB10, c10)
 		}
-		return Mem{Base: xp, Index: xs, Scale: 1, Disp: off}
+		q8Rows(N, name, bb, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
+			q8RowQ4K256(d, N, rowMem, xMem, c0F, c10, qs, acc)
+		})
+	case dQ6K:
+		c30 := YMM()
+		VPBROADCASTD(cB30, c30)
+		q8Rows(N, name, 210, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
+			q8RowQ6K256(N, rowMem, xMem, c0F, c30, acc)
+		})
+	default:
+		panic("genQ8AVX2: " + d.String())
 	}
-	Label(name + "_blk")
+	VZEROUPPER()
+	RET()
+}
+
+// q8RowQ4K256 adds a Q4_K or Q5_K block of a row to acc[i] (q8RowQ4K's
+// layout and result, on ymm).
+func q8RowQ4K256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c10 VecVirtual, qs int, acc []VecVirtual) {
 	sc, mn := q4kScalesGP(rowMem)
 	tab := YMM() // the 8 scale bytes in every qword
 	VMOVQ(sc, tab.AsX())
@@ -138,29 +135,6 @@ func genQ8AVX2(d dtype, N int) {
 		VPMADDWD(xMem(i, q8xBsum32), mins.AsX(), ms)
 		q8BlockScalar256(isum[i], ms, dd, xMem(i, q8xD), acc[i])
 	}
-	ADDQ(U32(bb), w0)
-	ADDQ(U32(q8xBlock), xp)
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
-
-	var os GPVirtual
-	if N > 1 {
-		os = ld("ostride")
-	}
-	op := GP64()
-	MOVQ(oq, op)
-	for i := 0; i < N; i++ {
-		VMOVSS(acc[i].AsX(), Mem{Base: op})
-		if i+1 < N {
-			ADDQ(os, op)
-		}
-	}
-	ADDQ(U8(4), oq)
-	ADDQ(ws, wq)
-	DECQ(paddr("nrows"))
-	JNZ(LabelRef(name + "_row"))
-	VZEROUPPER()
-	RET()
 }
 
 // q8BlockScalar256 is q8BlockScalar with VEX instructions: isum a ymm of
@@ -185,43 +159,12 @@ func q8BlockScalar256(isum, ms, dd VecVirtual, dx Mem, acc VecVirtual) {
 	VSUBSS(hi, acc.AsX(), acc.AsX())
 }
 
-// genQ8AVX2Q6K emits q8dot256Q6KN<N>: Q6_K weights (q8RowQ6K's layout), 32
-// values per ymm: quarter p of half h is the low (p even) or high nibbles of
-// ql bytes 64h+32(p&1).., with bits 2p..2p+1 of qh bytes 32h.. on top. The
-// block's integer sum is reduced and scaled as q6BlockScalar does it.
-func genQ8AVX2Q6K(N int) {
-	name := fmt.Sprintf("q8dot256%sN%d", dQ6K, N)
-	TEXT(name, NOSPLIT, q8Sig)
-	Doc(fmt.Sprintf("%s computes %d-input dot products of %s weights with 8-bit activations on AVX2 (see genQ8AVX2Q6K).", name, N, dQ6K))
-	ws := ld("wstride")
-	wq := ld("w")
-	oq := ld("out")
-	c0F, c30 := YMM(), YMM()
-	VPBROADCASTD(cB0F, c0F)
-	VPBROADCASTD(cB30, c30)
-
-	Label(name + "_row")
-	w0 := GP64()
-	MOVQ(wq, w0)
-	xp := ld("xq")
-	var xs GPVirtual
-	if N > 1 {
-		xs = ld("xqstride")
-	}
-	cnt := ld("nblocks")
-	acc := make([]VecVirtual, N)
-	for i := range acc {
-		acc[i] = YMM()
-		VXORPS(acc[i], acc[i], acc[i])
-	}
-	rowMem := func(off int) Mem { return Mem{Base: w0, Disp: off} }
-	xMem := func(i, off int) Mem {
-		if i == 0 {
-			return Mem{Base: xp, Disp: off}
-		}
-		return Mem{Base: xp, Index: xs, Scale: 1, Disp: off}
-	}
-	Label(name + "_blk")
+// q8RowQ6K256 adds a Q6_K block of a row to acc[i] (q8RowQ6K's layout and
+// result), 32 values per ymm: quarter p of half h is the low (p even) or
+// high nibbles of ql bytes 64h+32(p&1).., with bits 2p..2p+1 of qh bytes
+// 32h.. on top. The block's integer sum is reduced and scaled as
+// q6BlockScalar does it.
+func q8RowQ6K256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c30 VecVirtual, acc []VecVirtual) {
 	// The 16 scales as int16 (low lane 0..7, high lane 8..15).
 	sc16 := YMM()
 	VPMOVSXBW(rowMem(192), sc16)
@@ -280,29 +223,6 @@ func genQ8AVX2Q6K(N int) {
 	for i := 0; i < N; i++ {
 		q6BlockScalar256(isum[i], dv, xMem(i, q8xD), acc[i])
 	}
-	ADDQ(U32(210), w0)
-	ADDQ(U32(q8xBlock), xp)
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
-
-	var os GPVirtual
-	if N > 1 {
-		os = ld("ostride")
-	}
-	op := GP64()
-	MOVQ(oq, op)
-	for i := 0; i < N; i++ {
-		VMOVSS(acc[i].AsX(), Mem{Base: op})
-		if i+1 < N {
-			ADDQ(os, op)
-		}
-	}
-	ADDQ(U8(4), oq)
-	ADDQ(ws, wq)
-	DECQ(paddr("nrows"))
-	JNZ(LabelRef(name + "_row"))
-	VZEROUPPER()
-	RET()
 }
 
 // q6BlockScalar256 is q6BlockScalar with VEX instructions (isum a ymm).

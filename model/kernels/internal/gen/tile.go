@@ -449,24 +449,9 @@ func genTile(s isa, d dtype, N int, m mode) {
 			boff := 16 + c*32 + (jj%(per64/2))*lanes
 			sbj := 2*c + b2i(hi)
 			VPMOVZXBD(rowMem(r, wo+boff), v)
-			if hi {
-				VPSRLD(U8(4), v, v)
-			} else if s.z {
-				VPANDD_BCST(cNib, v, v)
-			} else {
-				VPAND(cNibV, v, v)
-			}
+			nibble(s, v, hi, cNibV)
 			VCVTDQ2PS(v, v)
-			mn := s.vec()
-			VBROADCASTSS(Mem{Base: sp, Disp: so + r*64 + 32 + sbj*4}, mn)
-			sm := Mem{Base: sp, Disp: so + r*64 + sbj*4}
-			if s.z {
-				VFMSUB132PS_BCST(sm, mn, v)
-			} else {
-				t := s.vec()
-				VBROADCASTSS(sm, t)
-				VFMSUB132PS(t, mn, v)
-			}
+			scaleMinS(s, v, Mem{Base: sp, Disp: so + r*64 + sbj*4}, Mem{Base: sp, Disp: so + r*64 + 32 + sbj*4})
 		case dQ6K:
 			// Sub-vector j: values v0..v0+lanes of 128-value half n, quarter
 			// qtr (low nibbles of ql bytes for quarters 0-1, high for 2-3;
@@ -476,24 +461,10 @@ func genTile(s isa, d dtype, N int, m mode) {
 			n, l := v0/128, v0%128
 			qtr, p := l/32, l%32
 			VPMOVZXBD(rowMem(r, wo+64*n+p+32*(qtr&1)), v)
-			switch {
-			case qtr >= 2:
-				VPSRLD(U8(4), v, v)
-			case s.z:
-				VPANDD_BCST(cNib, v, v)
-			default:
-				VPAND(cNibV, v, v)
-			}
+			nibble(s, v, qtr >= 2, cNibV)
 			h := s.vec()
 			VPMOVZXBD(rowMem(r, wo+128+32*n+p), h)
-			shiftTo(h, 2*qtr, 4)
-			if s.z {
-				VPANDD_BCST(cD30, h, h)
-				VPORD(h, v, v)
-			} else {
-				VPAND(cHiV, h, h)
-				VPOR(h, v, v)
-			}
+			highBits(s, v, h, 2*qtr, cD30, cHiV)
 			VCVTDQ2PS(v, v)
 			sb := v0 / 16
 			scaleMinS(s, v, Mem{Base: sp, Disp: so + r*128 + 4*sb}, Mem{Base: sp, Disp: so + r*128 + 64 + 4*sb})
@@ -505,24 +476,10 @@ func genTile(s isa, d dtype, N int, m mode) {
 			c, l := v0/64, v0%64
 			hi, p := l/32, l%32
 			VPMOVZXBD(rowMem(r, wo+48+32*c+p), v)
-			switch {
-			case hi == 1:
-				VPSRLD(U8(4), v, v)
-			case s.z:
-				VPANDD_BCST(cNib, v, v)
-			default:
-				VPAND(cNibV, v, v)
-			}
+			nibble(s, v, hi == 1, cNibV)
 			h := s.vec()
 			VPMOVZXBD(rowMem(r, wo+16+p), h)
-			shiftTo(h, 2*c+hi, 4)
-			if s.z {
-				VPANDD_BCST(cD16, h, h)
-				VPORD(h, v, v)
-			} else {
-				VPAND(cHiV, h, h)
-				VPOR(h, v, v)
-			}
+			highBits(s, v, h, 2*c+hi, cD16, cHiV)
 			VCVTDQ2PS(v, v)
 			sbj := 2*c + hi
 			scaleMinS(s, v, Mem{Base: sp, Disp: so + r*64 + sbj*4}, Mem{Base: sp, Disp: so + r*64 + 32 + sbj*4})
@@ -1280,6 +1237,33 @@ func bcstF16(src Mem) VecVirtual {
 	z := ZMM()
 	VCVTPH2PS(h, z)
 	return z
+}
+
+// nibble keeps the high (hi) or low nibble of each dword of v (bytes
+// zero-extended): on AVX2 with the 0x0F constant in cNibV.
+func nibble(s isa, v VecVirtual, hi bool, cNibV VecVirtual) {
+	switch {
+	case hi:
+		VPSRLD(U8(4), v, v)
+	case s.z:
+		VPANDD_BCST(cNib, v, v)
+	default:
+		VPAND(cNibV, v, v)
+	}
+}
+
+// highBits ors into v the bits of h from bit `from` on, moved to bit 4 and
+// masked by mask (in memory, AVX-512) or maskV (AVX2: the same dwords in a
+// register): Q6_K's high bit pairs, Q5_K's fifth bits.
+func highBits(s isa, v, h VecVirtual, from int, mask Mem, maskV VecVirtual) {
+	shiftTo(h, from, 4)
+	if s.z {
+		VPANDD_BCST(mask, h, h)
+		VPORD(h, v, v)
+	} else {
+		VPAND(maskV, h, h)
+		VPOR(h, v, v)
+	}
 }
 
 // scaleMinS is scaleMin (v = v·[sc] − [mn]) on either ISA.
