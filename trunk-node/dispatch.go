@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -306,13 +307,26 @@ var _ StepBackend = (*Step)(nil)
 // Step opens a forward step's backend.
 func (d *Dispatcher) Step(ctx context.Context) StepBackend { return &Step{d: d, ctx: ctx} }
 
-// Begin starts a layer call; the work runs on its own goroutine so the caller
-// computes the shared expert meanwhile.
+// Begin starts a layer call: it sends the first attempt's messages on the
+// caller's goroutine to every node whose stream is open, and leaves waiting,
+// retries and streams still to dial to a goroutine, so the caller computes
+// the shared expert meanwhile.
+//
+// It then yields once (runtime.Gosched), so that the streams' send loops and
+// gRPC's writers put the messages on the socket before the caller's next
+// matmuls take every P. Without that the messages waited for the shared
+// expert to finish: the expert nodes started that much later, and the
+// overlap this call exists for did not happen.
 func (st *Step) Begin(req *hybrid.ExpertRequest) hybrid.Pending {
 	p := &pending{done: make(chan struct{})}
+	lc := st.d.newLayerCall(req)
+	first := st.d.sendFirst(st, lc)
+	if first != nil && len(first.sent) > 0 {
+		runtime.Gosched()
+	}
 	go func() {
 		defer close(p.done)
-		p.err = st.d.run(st, req)
+		p.err = st.d.run(st, lc, first)
 	}()
 	return p
 }
@@ -332,31 +346,77 @@ func (st *Step) record(c CallInfo) {
 	st.mu.Unlock()
 }
 
-// run performs one layer call: assign pairs to nodes, send, collect, retry.
-func (d *Dispatcher) run(st *Step, req *hybrid.ExpertRequest) error {
+// layerCall is the state of one layer call.
+type layerCall struct {
+	req      *hybrid.ExpertRequest
+	todo     []pair
+	src      [][]byte // src[slot]: a pair's answer (per-pair answers), added in expert order once every node has answered
+	deadline time.Time
+}
+
+// newLayerCall counts the call's pairs, clears req.Out and lists the pairs to compute.
+func (d *Dispatcher) newLayerCall(req *hybrid.ExpertRequest) *layerCall {
 	d.stats.Calls.Add(1)
 	d.countPairs(req.Layer, req.Experts[:req.Rows*req.TopK], req.Weights[:req.Rows*req.TopK])
-	h := req.Hidden
-	clear(req.Out[:req.Rows*h])
-	deadline := time.Now().Add(d.cfg.Deadline)
-	todo := make([]pair, 0, req.Rows*req.TopK)
+	clear(req.Out[:req.Rows*req.Hidden])
+	lc := &layerCall{req: req, deadline: time.Now().Add(d.cfg.Deadline), todo: make([]pair, 0, req.Rows*req.TopK)}
 	for i := 0; i < req.Rows*req.TopK; i++ {
-		todo = append(todo, pair{row: int32(i / req.TopK), slot: int32(i), expert: req.Experts[i], weight: req.Weights[i]})
+		lc.todo = append(lc.todo, pair{row: int32(i / req.TopK), slot: int32(i), expert: req.Experts[i], weight: req.Weights[i]})
 	}
-	// src[slot]: a pair's answer (per-pair answers), added in expert order
-	// once every node has answered.
-	var src [][]byte
 	if d.cfg.Deterministic {
-		src = make([][]byte, req.Rows*req.TopK)
+		lc.src = make([][]byte, req.Rows*req.TopK)
 	}
+	return lc
+}
+
+// firstAttempt is a layer call's first assignment, made by Begin, with the
+// node calls it already sent.
+type firstAttempt struct {
+	t      *routing.Table
+	groups map[string][]pair
+	sent   map[string]*nodeCall
+}
+
+// sendFirst assigns the call's pairs and sends each node's share whose
+// stream is open (dialing is left to run's goroutines); nil when the pairs
+// cannot all be assigned now (run waits and retries).
+func (d *Dispatcher) sendFirst(st *Step, lc *layerCall) *firstAttempt {
+	t := d.table.Load()
+	if t == nil {
+		return nil
+	}
+	groups, missing := d.assign(t, lc.req.Layer, lc.todo, nil)
+	if len(missing) > 0 {
+		return nil
+	}
+	fa := &firstAttempt{t: t, groups: groups, sent: make(map[string]*nodeCall, len(groups))}
+	for node, pairs := range groups {
+		if s := d.liveStream(node); s != nil {
+			fa.sent[node] = d.sendCall(st, t, node, s, lc.req, pairs, 0, lc.src)
+		}
+	}
+	return fa
+}
+
+// run performs one layer call: assign pairs to nodes, send, collect, retry.
+// first, if not nil, is the first attempt as Begin assigned and (partly) sent it.
+func (d *Dispatcher) run(st *Step, lc *layerCall, first *firstAttempt) error {
+	req, todo, src, deadline := lc.req, lc.todo, lc.src, lc.deadline
 	failed := map[string]bool{}
 	var lastErr error
 	for attempt := 0; len(todo) > 0; attempt++ {
 		t := d.table.Load()
+		var groups map[string][]pair
+		var missing []pair
+		var sent map[string]*nodeCall
+		if attempt == 0 && first != nil {
+			t, groups, sent = first.t, first.groups, first.sent
+		} else if t != nil {
+			groups, missing = d.assign(t, req.Layer, todo, failed)
+		}
 		if t == nil {
 			lastErr = errors.New("no routing table yet")
 		} else {
-			groups, missing := d.assign(t, req.Layer, todo, failed)
 			if len(missing) == 0 {
 				var mu sync.Mutex
 				var retry []pair
@@ -365,7 +425,12 @@ func (d *Dispatcher) run(st *Step, req *hybrid.ExpertRequest) error {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						err := d.callNode(st, t, node, req, pairs, attempt, src)
+						var err error
+						if c := sent[node]; c != nil {
+							err = d.finishCall(st, c, req, src)
+						} else {
+							err = d.callNode(st, t, node, req, pairs, attempt, src)
+						}
 						if err != nil {
 							mu.Lock()
 							failed[node] = true
@@ -485,54 +550,93 @@ func (d *Dispatcher) assign(t *routing.Table, layer int, todo []pair, failed map
 // row sums asked). It is all-or-nothing per node: results are staged and
 // used only once every chunk has arrived, so a failed node's pairs can be
 // retried elsewhere without double counting.
-func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybrid.ExpertRequest, pairs []pair, attempt int, src [][]byte) (err error) {
-	info := CallInfo{Node: node, Layer: req.Layer, Pairs: len(pairs), Start: time.Now(), Attempt: attempt}
-	span, carrier := d.traceCall(st.ctx, &info)
-	defer func() { d.endCall(st, span, &info, err) }()
+func (d *Dispatcher) callNode(st *Step, t *routing.Table, node string, req *hybrid.ExpertRequest, pairs []pair, attempt int, src [][]byte) error {
+	return d.finishCall(st, d.sendCall(st, t, node, nil, req, pairs, attempt, src), req, src)
+}
+
+// nodeCall is one node's part of a layer call: sent (or failed to send),
+// its results awaited by finishCall.
+type nodeCall struct {
+	node     string
+	info     CallInfo
+	span     trace.Span
+	s        *nodeStream
+	g        nodeRows
+	perChunk int
+	step     uint64
+	ctx      context.Context
+	cancel   context.CancelFunc
+	waits    []chan *pb.ExpertResult
+	err      error // the send failed
+}
+
+// sendCall sends a node's pairs on s (nil: the node's stream, dialed if
+// needed). A failure is kept in the call for finishCall to report.
+func (d *Dispatcher) sendCall(st *Step, t *routing.Table, node string, s *nodeStream, req *hybrid.ExpertRequest, pairs []pair, attempt int, src [][]byte) *nodeCall {
+	c := &nodeCall{node: node, info: CallInfo{Node: node, Layer: req.Layer, Pairs: len(pairs), Start: time.Now(), Attempt: attempt}}
+	var carrier map[string]string
+	c.span, carrier = d.traceCall(st.ctx, &c.info)
 	addr, ok := t.Addr(node)
 	if !ok {
-		return fmt.Errorf("not in routing table")
+		c.err = fmt.Errorf("not in routing table")
+		return c
 	}
-	s, err := d.stream(node, addr)
-	if err != nil {
-		return err
-	}
-	g := groupRows(pairs)
-	perChunk := rowsPerChunk(d.cfg.MaxMsgBytes, wire.Size(d.cfg.WireDType), req.Hidden, g.k, src != nil)
-	chunks := (len(g.rows) + perChunk - 1) / perChunk
-	step := d.step.Add(1)
-	limit := d.callLimit(t, node, req.Layer, pairs)
-	ctx, cancel := context.WithTimeout(st.ctx, limit)
-	defer cancel()
-	waits := make([]chan *pb.ExpertResult, chunks)
-	for c := range chunks {
-		r0, r1 := c*perChunk, min((c+1)*perChunk, len(g.rows))
-		msg := d.encodeChunk(req, g, r0, r1, step, c, chunks, carrier)
-		msg.PerPair = src != nil
-		if waits[c], err = s.send(ctx, msg); err != nil {
-			return err
+	if s == nil {
+		if s, c.err = d.stream(node, addr); c.err != nil {
+			return c
 		}
-		n, sent := r1-r0, len(msg.Activations)+8*(r1-r0)*g.k
+	}
+	c.s = s
+	c.g = groupRows(pairs)
+	c.perChunk = rowsPerChunk(d.cfg.MaxMsgBytes, wire.Size(d.cfg.WireDType), req.Hidden, c.g.k, src != nil)
+	chunks := (len(c.g.rows) + c.perChunk - 1) / c.perChunk
+	c.step = d.step.Add(1)
+	c.ctx, c.cancel = context.WithTimeout(st.ctx, d.callLimit(t, node, req.Layer, pairs))
+	c.waits = make([]chan *pb.ExpertResult, chunks)
+	for ch := range chunks {
+		r0, r1 := ch*c.perChunk, min((ch+1)*c.perChunk, len(c.g.rows))
+		msg := d.encodeChunk(req, c.g, r0, r1, c.step, ch, chunks, carrier)
+		msg.PerPair = src != nil
+		if c.waits[ch], c.err = s.send(c.ctx, msg); c.err != nil {
+			return c
+		}
+		n, sent := r1-r0, len(msg.Activations)+8*(r1-r0)*c.g.k
 		d.stats.Messages.Add(1)
 		d.stats.BytesOut.Add(uint64(sent))
 		d.stats.Rows.Add(uint64(n))
-		info.Rows += n
-		info.BytesOut += sent
+		c.info.Rows += n
+		c.info.BytesOut += sent
 	}
-	results := make([]*pb.ExpertResult, chunks)
-	for c, ch := range waits {
-		r0, r1 := c*perChunk, min((c+1)*perChunk, len(g.rows))
+	return c
+}
+
+// finishCall waits for a sent call's results and adds them into req.Out,
+// or, for per-pair answers, records each pair's answer in src (nil: row
+// sums asked). It is all-or-nothing per node: results are staged and used
+// only once every chunk has arrived, so a failed node's pairs can be
+// retried elsewhere without double counting.
+func (d *Dispatcher) finishCall(st *Step, c *nodeCall, req *hybrid.ExpertRequest, src [][]byte) (err error) {
+	defer func() { d.endCall(st, c.span, &c.info, err) }()
+	if c.cancel != nil {
+		defer c.cancel()
+	}
+	if c.err != nil {
+		return c.err
+	}
+	results := make([]*pb.ExpertResult, len(c.waits))
+	for ch, w := range c.waits {
+		r0, r1 := ch*c.perChunk, min((ch+1)*c.perChunk, len(c.g.rows))
 		pairs := 0
 		if src != nil {
-			pairs = g.nonZero(r0, r1)
+			pairs = c.g.nonZero(r0, r1)
 		}
-		if results[c], err = d.await(ctx, st, s, step, ch, r1-r0, pairs, src != nil, req.Hidden, &info); err != nil {
+		if results[ch], err = d.await(c.ctx, st, c.s, c.step, w, r1-r0, pairs, src != nil, req.Hidden, &c.info); err != nil {
 			return err
 		}
 	}
-	d.addResults(req, g, perChunk, results, src)
-	d.markAnswered(node)
-	d.observeRTT(node, time.Since(info.Start))
+	d.addResults(req, c.g, c.perChunk, results, src)
+	d.markAnswered(c.node)
+	d.observeRTT(c.node, time.Since(c.info.Start))
 	return nil
 }
 
@@ -816,6 +920,16 @@ func rowsPerChunk(maxMsg, elemSize, hidden, k int, perPair bool) int {
 		rowBytes = max(rowBytes, k*elemSize*hidden+16)
 	}
 	return max(1, (maxMsg-4096)/rowBytes)
+}
+
+// liveStream returns the node's stream if it is open, else nil (no dialing).
+func (d *Dispatcher) liveStream(node string) *nodeStream {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if s, ok := d.conns[node]; ok && !s.isClosed() {
+		return s
+	}
+	return nil
 }
 
 // stream returns the live stream to a node, dialing if needed.

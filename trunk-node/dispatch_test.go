@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -580,5 +581,36 @@ func TestDispatchAnswerFormMismatch(t *testing.T) {
 	}
 	if d.Stats().SumsInstead.Load() == 0 {
 		t.Error("sums answered to per-pair batches were not counted")
+	}
+}
+
+// TestDispatchBeginSendsBeforeReturning: once the streams are open, Begin
+// hands every node's messages to its stream before it returns, so that they
+// leave while the caller computes the shared expert on every P. (Sent from
+// the call's goroutine, as before, they waited for the caller to block: on
+// one P here, deterministically; measured on bench-cluster, 243 µs p50 from
+// Begin to the send against 13-16 µs.)
+func TestDispatchBeginSendsBeforeReturning(t *testing.T) {
+	fa, fb := &fakeExpert{}, &fakeExpert{}
+	addrs := serveFake(t, fa, fb)
+	d := newTestDispatcher(t, DispatchConfig{}, 64)
+	d.SetTable(table2(addrs[0], addrs[1], false))
+	req, want := request(4, 64, 2)
+	if err := d.Step(context.Background()).Begin(req).Wait(); err != nil { // opens the streams
+		t.Fatal(err)
+	}
+	prev := runtime.GOMAXPROCS(1)
+	before := d.Stats().Messages.Load()
+	p := d.Step(context.Background()).Begin(req)
+	sent := d.Stats().Messages.Load() - before
+	runtime.GOMAXPROCS(prev)
+	if err := p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if sent != 2 {
+		t.Fatalf("Begin returned with %d of 2 messages handed to the streams", sent)
+	}
+	if m := maxDiff(req.Out, want); m > 0.1 {
+		t.Fatalf("max diff %g", m)
 	}
 }

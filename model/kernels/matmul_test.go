@@ -376,7 +376,8 @@ func TestMatMulPanelModes(t *testing.T) {
 }
 
 // TestMatMulConcurrent calls MatMul from several goroutines at once: one gets
-// the worker pool, the others run on their own goroutine.
+// the worker pool, the others wait for it (the pool's threads fill every P)
+// or run on their own goroutine (after busyWait, or with spare Ps).
 func TestMatMulConcurrent(t *testing.T) {
 	rng := rand.New(rand.NewPCG(13, 14))
 	w := randMatrix(rng, tensor.BF16, 300, 640)
@@ -435,30 +436,66 @@ func TestMatMulBackToBackWaitsForWorkers(t *testing.T) {
 	} else {
 		iters = 500
 	}
-	withThreads(8, func() {
-		// Several callers: whichever holds the pool hands out work, and a caller
-		// that returned early would leave a worker writing into a recycled job.
-		var wg sync.WaitGroup
-		fail := make(chan string, 4)
-		for g := 0; g < 4; g++ {
-			wg.Go(func() {
-				for it := 0; it < iters; it++ {
-					n := 1 + (it+g)%5
-					out := make([]float32, n*w.Rows)
-					MatMul(out, w, x, n)
-					for i := range out {
-						if d := out[i] - want[i]; d > 1e-3 || d < -1e-3 {
-							fail <- fmt.Sprintf("caller %d n=%d iteration %d: out[%d] = %g, want %g", g, n, it, i, out[i], want[i])
-							return
+	// With 4 threads on 8 Ps the callers that find the pool busy run alone,
+	// beside it; with 8 they wait for it in turn (fewer iterations: each
+	// pays the delayed token, in turn).
+	for _, tc := range []struct{ threads, iters int }{{4, iters}, {8, iters / 40}} {
+		withThreads(tc.threads, func() {
+			// Several callers: whichever holds the pool hands out work, and a caller
+			// that returned early would leave a worker writing into a recycled job.
+			var wg sync.WaitGroup
+			fail := make(chan string, 4)
+			for g := 0; g < 4; g++ {
+				wg.Go(func() {
+					for it := 0; it < tc.iters; it++ {
+						n := 1 + (it+g)%5
+						out := make([]float32, n*w.Rows)
+						MatMul(out, w, x, n)
+						for i := range out {
+							if d := out[i] - want[i]; d > 1e-3 || d < -1e-3 {
+								fail <- fmt.Sprintf("caller %d n=%d iteration %d: out[%d] = %g, want %g", g, n, it, i, out[i], want[i])
+								return
+							}
 						}
 					}
-				}
-			})
-		}
-		wg.Wait()
-		close(fail)
-		for f := range fail {
-			t.Fatal(f)
-		}
-	})
+				})
+			}
+			wg.Wait()
+			close(fail)
+			for f := range fail {
+				t.Fatal(f)
+			}
+		})
+	}
+}
+
+// TestPoolAcquireWaits checks the pool's token: a free pool is taken at once;
+// a busy one is refused without wait, handed to a waiting call when
+// released, and refused after busyWait when it is not (a call nested in a
+// pool task must not wait for itself).
+func TestPoolAcquireWaits(t *testing.T) {
+	p := workerPool{tok: make(chan struct{}, 1)}
+	p.release()
+	if !p.acquire(false) {
+		t.Fatal("a free pool was refused")
+	}
+	if p.acquire(false) {
+		t.Fatal("a busy pool was taken without waiting")
+	}
+	start := time.Now()
+	if p.acquire(true) {
+		t.Fatal("a pool that is never released was taken")
+	}
+	if d := time.Since(start); d < busyWait {
+		t.Fatalf("gave up after %v, want at least busyWait (%v)", d, busyWait)
+	}
+	got := make(chan bool)
+	go func() { got <- p.acquire(true) }()
+	p.release()
+	if !<-got {
+		t.Fatal("a waiting call did not get the released pool")
+	}
+	if p.acquire(false) {
+		t.Fatal("the pool was taken twice")
+	}
 }

@@ -2,14 +2,17 @@ package kernels
 
 import (
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // The worker pool: persistent goroutines that MatMul hands work to, so no
 // goroutine is started per call. The calling goroutine works as participant 0.
-// One call uses the pool at a time; a call that finds it busy runs on its own
+// One call uses the pool at a time. A call that finds it busy waits for it
+// when the pool's threads fill every P (there is no idle P to run on: a call
+// running alone would only take turns with the pool's participants, and both
+// run slower; this is what happens when several nodes share one process, as
+// in `switchyard up` and bench-cluster); with spare Ps it runs on its own
 // goroutine instead of waiting.
 //
 // Waking a parked goroutine costs 50 µs to 1 ms on a virtualised host (the
@@ -51,7 +54,7 @@ type worker struct {
 }
 
 type workerPool struct {
-	mu            sync.Mutex // held by the call using the workers
+	tok           chan struct{} // holds a token while no call uses the workers
 	workers       []*worker
 	pending       atomic.Int32  // dispatched jobs not yet finished
 	done          chan struct{} // a token when pending drops to 0
@@ -62,11 +65,12 @@ type workerPool struct {
 const maxThreads = 256
 
 var (
-	pool       = workerPool{done: make(chan struct{}, 1)}
+	pool       = workerPool{done: make(chan struct{}, 1), tok: make(chan struct{}, 1)}
 	numThreads atomic.Int32
 )
 
 func init() {
+	pool.tok <- struct{}{}
 	SetThreads(0)
 }
 
@@ -82,7 +86,37 @@ func SetThreads(n int) {
 // Threads reports the number of threads MatMul uses.
 func Threads() int { return int(numThreads.Load()) }
 
-// ensureWorkers starts background workers until there are n. The caller holds pool.mu.
+// busyWait bounds how long a call waits for a busy pool before it runs
+// alone. Waiting calls are served in arrival order (the token goes straight
+// to the first waiter). The bound is a safety net, not a deadline calls are
+// expected to meet: a call made from inside a pool task (none is today)
+// would otherwise wait for itself.
+const busyWait = 5 * time.Millisecond
+
+// acquire takes the pool; with wait it waits up to busyWait for a busy one.
+func (p *workerPool) acquire(wait bool) bool {
+	select {
+	case <-p.tok:
+		return true
+	default:
+	}
+	if !wait {
+		return false
+	}
+	t := time.NewTimer(busyWait)
+	defer t.Stop()
+	select {
+	case <-p.tok:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// release returns the pool (to the first waiting call, if any).
+func (p *workerPool) release() { p.tok <- struct{}{} }
+
+// ensureWorkers starts background workers until there are n. The caller holds the pool.
 func (p *workerPool) ensureWorkers(n int) {
 	for len(p.workers) < n {
 		w := &worker{wake: make(chan task, 1)}
@@ -169,11 +203,16 @@ var testHookBeforeDone func()
 // With threads <= 1, small work, or when another call holds the pool, it runs
 // t on the caller alone.
 func parallel(t task, threads int, s *scratch, estNs int) {
-	threads = min(threads, runtime.GOMAXPROCS(0))
+	procs := runtime.GOMAXPROCS(0)
+	threads = min(threads, procs)
 	if forceParallel {
 		estNs = wakeWorthNs
 	}
-	if threads <= 1 || estNs < minParallelNs || !pool.mu.TryLock() {
+	if threads <= 1 || estNs < minParallelNs {
+		t.run(s)
+		return
+	}
+	if !pool.acquire(Threads() >= procs) {
 		t.run(s)
 		return
 	}
@@ -183,7 +222,7 @@ func parallel(t task, threads int, s *scratch, estNs int) {
 	if estNs < wakeWorthNs {
 		for _, w := range ws {
 			if w.state.Load() != wSpinning {
-				pool.mu.Unlock()
+				pool.release()
 				t.run(s)
 				return
 			}
@@ -217,7 +256,7 @@ func parallel(t task, threads int, s *scratch, estNs int) {
 			break
 		}
 	}
-	pool.mu.Unlock()
+	pool.release()
 }
 
 // forTask is ParallelFor's task: participants claim indices until none are left.
