@@ -63,6 +63,18 @@ type Config struct {
 	// outstanding (queued, computing or being sent) before the node stops reading
 	// from it. Default 16.
 	MaxInflightPerStream int
+	// SpinWait is how long the compute threads keep polling for the next
+	// product before they park (kernels.SetSpinWait, a process-wide setting
+	// the expert command applies; `switchyard up`, whose nodes share one
+	// process, keeps the kernels' default of 200 µs). Between two layers of
+	// the trunks' steps a node idles a millisecond or more; a parked thread
+	// takes 50 µs to 1 ms to wake on a virtual machine, and products
+	// estimated under a millisecond do not wait for it, so a one-session
+	// layer was computed on one thread: half the speed (measured:
+	// BenchmarkComputeExpertsGap, 2 ms gaps, 3 experts per call, 677 µs
+	// against 327-356 µs with 5 ms). The cost is the threads polling for up
+	// to SpinWait after each round. Default 5 ms; 0: the kernels' default.
+	SpinWait time.Duration
 	// Tracing provides the node's tracer (nil: no spans).
 	Tracing *telemetry.Tracing
 	// Registry receives the node's metrics (nil: a private registry).
@@ -108,6 +120,7 @@ func DefaultConfig() Config {
 		CoalesceWindow:       0,
 		MaxBatchRows:         4096,
 		MaxInflightPerStream: 16,
+		SpinWait:             5 * time.Millisecond,
 		Deterministic:        true,
 	}
 }
@@ -125,6 +138,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Mmap, "mmap", c.Mmap, "read the assigned experts through the file's memory map (page cache, shared) instead of copying them into anonymous memory with transparent huge pages (the default on the CPU: faster expert compute, anonymous memory the size of the assignment; a re-placement copies only the experts that move in); GPU nodes always map")
 	fs.StringVar(&c.Device, "device", "cpu", "where routed experts run: cpu, cuda, cuda:N (one GPU per expert node; needs the -cuda build), or fake (emulated GPU, tests)")
 	fs.StringVar(&c.GPUMemory, "gpu-memory", "", "GPU memory for experts and scratch: a fraction of the GPU's memory (0.8) or a size (40GiB); default 0.9 of the free memory")
+	fs.DurationVar(&c.SpinWait, "spin-wait", c.SpinWait, "how long idle compute threads poll for the next product before parking (the gap between the trunks' layers should fit; 0: 200µs)")
 	fs.IntVar(&c.GPUSmallRows, "gpu-small-rows", 0, "GPU: experts with at most this many rows in a round use the grouped GEMV kernel, larger ones cuBLAS (0: default 8; -1: always cuBLAS)")
 }
 
@@ -143,6 +157,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CoalesceWindow < 0 {
 		errs = append(errs, fmt.Errorf("%w: CoalesceWindow is %v, want >= 0", ErrConfig, c.CoalesceWindow))
+	}
+	if c.SpinWait < 0 {
+		errs = append(errs, fmt.Errorf("%w: SpinWait is %v, want >= 0", ErrConfig, c.SpinWait))
 	}
 	if c.MaxBatchRows <= 0 {
 		errs = append(errs, fmt.Errorf("%w: MaxBatchRows is %d, want > 0", ErrConfig, c.MaxBatchRows))

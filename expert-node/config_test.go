@@ -22,6 +22,7 @@ func TestConfigValidate(t *testing.T) {
 		{"zero message size", func(c *Config) { c.MaxRecvMsgBytes = 0 }, "MaxRecvMsgBytes"},
 		{"huge message size", func(c *Config) { c.MaxRecvMsgBytes = 1 << 40 }, "MaxRecvMsgBytes"},
 		{"negative window", func(c *Config) { c.CoalesceWindow = -time.Second }, "CoalesceWindow"},
+		{"negative spin wait", func(c *Config) { c.SpinWait = -time.Millisecond }, "SpinWait"},
 		{"zero batch rows", func(c *Config) { c.MaxBatchRows = 0 }, "MaxBatchRows"},
 		{"zero inflight", func(c *Config) { c.MaxInflightPerStream = 0 }, "MaxInflightPerStream"},
 	} {

@@ -19,6 +19,8 @@ echo "== constrained decoding: JSON-schema token masks on a 100K vocabulary (col
 go test -run '^$' -bench 'Mask100K|DecodeLoop' -benchtime 200x ./model/grammar/ | grep -v '^goos\|^goarch\|^pkg\|^cpu' || true
 echo "== paged attention: a 1024-row prefill chunk at the end of 2K/8K/32K contexts (H-Tiny heads)"
 go test -run '^$' -bench PagedAttention -benchtime 2x ./model/hybrid/ | grep -v '^goos\|^goarch\|^pkg\|^cpu' || true
+echo "== routed experts of one decode call (H-Tiny shapes, bf16, cold), back to back and with 2 ms idle gaps (an expert node between layers) at the kernels' default spin wait and at the nodes' 5 ms"
+go test -run '^$' -bench 'ComputeExperts' -benchtime 100x ./model/hybrid/ | grep -v '^goos\|^goarch\|^pkg\|^cpu' || true
 echo "== engine, BF16 safetensors"
 "$BIN" bench --model "$MODEL"
 Q8="$CACHE/h-tiny-8L-q8_0.gguf"

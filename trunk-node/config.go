@@ -86,6 +86,17 @@ type Config struct {
 	// cluster the same key (at least 16 bytes).
 	SnapshotKey []byte
 
+	// SpinWait is how long the compute threads keep polling for the next
+	// product before they park (kernels.SetSpinWait, a process-wide setting
+	// the trunk command applies; `switchyard up` keeps the kernels' default
+	// of 200 µs). While a step waits for the expert nodes (a millisecond or
+	// so a layer) the threads would park, and the next layer's products
+	// would start on the caller alone until a woken thread arrives (50 µs to
+	// 1 ms on a virtual machine) or, under a millisecond of work, not use
+	// it at all. The cost is the threads polling for up to SpinWait after
+	// each product. Default 5 ms; 0: the kernels' default.
+	SpinWait time.Duration
+
 	MaxRecvBytes int           // largest public request message
 	RatePerSec   float64       // new public calls per second (0: unlimited)
 	DrainTimeout time.Duration // graceful drain budget on shutdown
@@ -118,6 +129,7 @@ func DefaultConfig() Config {
 			Deterministic: true, HedgeFactor: 8, HedgeMin: 200 * time.Millisecond},
 		MaxRecvBytes: 8 << 20, RatePerSec: 0, DrainTimeout: 30 * time.Second, Clients: ClientLimits{MaxSessions: 1024, MaxInflight: 64, MaxStreams: 128},
 		StepTracing: StepTracing{Ratio: 0.01, SlowThreshold: 500 * time.Millisecond}, LoadInterval: 2 * time.Second,
+		SpinWait: 5 * time.Millisecond,
 	}
 }
 
@@ -125,6 +137,7 @@ func DefaultConfig() Config {
 func (c *Config) AddFlags(fs *flag.FlagSet) {
 	c.Config.AddFlags(fs, "")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "public API address")
+	fs.DurationVar(&c.SpinWait, "spin-wait", c.SpinWait, "how long idle compute threads poll for the next product before parking (a layer's wait for the expert nodes should fit; 0: 200µs)")
 	fs.StringVar(&c.HTTPListen, "http-listen", c.HTTPListen, "OpenAI-compatible HTTP API address (empty: off)")
 	fs.StringVar(&c.ChatTemplate, "chat-template", c.ChatTemplate, "Jinja chat template file (.jinja or tokenizer_config.json) replacing the model's own")
 	fs.Int64Var(&c.PrefixCacheBytes, "prefix-cache-bytes", c.PrefixCacheBytes, "bytes of state checkpoints kept for shared prompt prefixes (0: off)")
@@ -227,6 +240,8 @@ func (c *Config) Validate() error {
 		return errors.New("trunknode: context and max-new-token limits must be positive")
 	case c.PrefixCacheBytes < 0:
 		return errors.New("trunknode: the prefix cache size must be >= 0")
+	case c.SpinWait < 0:
+		return errors.New("trunknode: the spin wait must be >= 0")
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -125,8 +126,12 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements (the cluster's, with the in-process repetitions that alternate with them) to this file")
 	det := fs.Bool("deterministic", true, "the trunk's and expert nodes' --deterministic (batch-invariant kernels, per-pair answers summed in expert order; their default)")
 	mmap := fs.Bool("mmap", false, "every node (the in-process baseline too) reads its weights through the file's map (their --mmap) instead of copying them into memory")
+	spin := fs.Duration("spin-wait", 0, "how long idle compute threads poll before parking, for every node of this process (the trunk's and expert's --spin-wait; 0: the kernels' default, as `up`)")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *spin > 0 {
+		defer kernels.SetSpinWait(kernels.SetSpinWait(*spin))
 	}
 	if *model == "" {
 		p, err := defaultModel(stderr)

@@ -8,6 +8,7 @@ import (
 	"github.com/switchyard-serving/switchyard/coordinator"
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
 
@@ -34,6 +35,7 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer n.Close()
+	kernels.SetSpinWait(cfg.SpinWait) // this process is the node's alone
 	lis, err := listen(cfg.Listen)
 	if err != nil {
 		return err
@@ -70,6 +72,7 @@ func runExpert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer n.Close()
+	kernels.SetSpinWait(cfg.SpinWait) // this process is the node's alone
 	fmt.Fprintf(stdout, "expert %s serving on %s\n", cfg.NodeID, cfg.Listener.Addr())
 	if d := n.DeviceInfo(); d != "" {
 		fmt.Fprintf(stdout, "expert %s computes on %s, %d expert slots in its GPU budget\n", cfg.NodeID, d, n.Slots())

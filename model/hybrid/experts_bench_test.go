@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/switchyard-serving/switchyard/model/kernels"
 	"github.com/switchyard-serving/switchyard/model/tensor"
@@ -14,7 +15,24 @@ import (
 // so the weights stream from memory), at 1 and 8 rows and with all six of a
 // token's experts or half of them (what one of two expert nodes gets). The
 // reported GB/s is the weight bytes read per second.
-func BenchmarkComputeExperts(b *testing.B) {
+func BenchmarkComputeExperts(b *testing.B) { benchComputeExperts(b, 0) }
+
+// BenchmarkComputeExpertsGap is BenchmarkComputeExperts with 2 ms between
+// calls (not timed), as an expert node sees between a trunk's layers: with
+// the default spin wait the pool's workers park in between, and calls whose
+// estimated time is under a millisecond run on the caller alone; spin=5ms
+// keeps them polling (kernels.SetSpinWait, expert nodes' SpinWait).
+func BenchmarkComputeExpertsGap(b *testing.B) {
+	for _, spin := range []time.Duration{0, 5 * time.Millisecond} {
+		b.Run(fmt.Sprintf("spin=%v", spin), func(b *testing.B) {
+			prev := kernels.SetSpinWait(spin)
+			defer kernels.SetSpinWait(prev)
+			benchComputeExperts(b, 2*time.Millisecond)
+		})
+	}
+}
+
+func benchComputeExperts(b *testing.B, gap time.Duration) {
 	const h, inter, nExp = 1536, 512, 64
 	rng := rand.New(rand.NewPCG(1, 2))
 	mat := func(rows, cols int) tensor.Matrix {
@@ -52,6 +70,13 @@ func BenchmarkComputeExperts(b *testing.B) {
 								bytes += experts[e].Bytes()
 							}
 						}
+					}
+					if gap > 0 {
+						b.StopTimer()
+						for t := time.Now(); time.Since(t) < gap; {
+							time.Sleep(gap / 4) // the caller idles, as a node between layers
+						}
+						b.StartTimer()
 					}
 					if err := ComputeExperts(experts, req, &scr); err != nil {
 						b.Fatal(err)

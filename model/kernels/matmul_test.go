@@ -499,3 +499,15 @@ func TestPoolAcquireWaits(t *testing.T) {
 		t.Fatal("the pool was taken twice")
 	}
 }
+
+// TestSetSpinWait: 0 restores the default; the previous setting comes back.
+func TestSetSpinWait(t *testing.T) {
+	prev := SetSpinWait(5 * time.Millisecond)
+	defer SetSpinWait(prev)
+	if got := SetSpinWait(0); got != 5*time.Millisecond {
+		t.Fatalf("previous setting %v, want 5ms", got)
+	}
+	if got := SetSpinWait(prev); got != DefaultSpinWait {
+		t.Fatalf("0 set %v, want the default %v", got, DefaultSpinWait)
+	}
+}

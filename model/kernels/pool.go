@@ -17,7 +17,7 @@ import (
 //
 // Waking a parked goroutine costs 50 µs to 1 ms on a virtualised host (the
 // idle vCPU has to be woken), far more than a decode matmul's share of work.
-// So after each job a worker keeps polling for the next one for spinFor
+// So after each job a worker keeps polling for the next one (SetSpinWait)
 // without yielding its P before it parks on its channel: back-to-back
 // matmuls, as in decode, start on all threads within a microsecond.
 //
@@ -29,8 +29,28 @@ import (
 // the P the caller is queued on). At worst a call thus runs at single-thread
 // speed; once a worker runs beside the caller it stays on its own P.
 
-// spinFor is how long an idle worker polls for new work before parking.
-const spinFor = 200 * time.Microsecond
+// DefaultSpinWait is how long an idle worker polls for new work before
+// parking, unless SetSpinWait says otherwise: long enough for back-to-back
+// products, short enough not to hold a P that other goroutines of the
+// process want for long.
+const DefaultSpinWait = 200 * time.Microsecond
+
+var spinWait atomic.Int64
+
+// SetSpinWait sets how long an idle worker polls for new work before it
+// parks (d <= 0: DefaultSpinWait) and returns the previous setting. A node
+// that does nothing but compute between requests a few milliseconds apart
+// (an expert node waiting for the trunks' next layer) sets it above that
+// gap, as OpenMP runtimes spin for 200 ms: a parked worker takes 50 µs to
+// 1 ms to wake on a virtual machine, and products estimated under a
+// millisecond do not wait for it (they run on the caller alone). The cost
+// is a core polling for up to d after each product.
+func SetSpinWait(d time.Duration) (prev time.Duration) {
+	if d <= 0 {
+		d = DefaultSpinWait
+	}
+	return time.Duration(spinWait.Swap(int64(d)))
+}
 
 // task is one parallel job: every participant calls run with its own scratch
 // until the shared work is exhausted.
@@ -70,6 +90,7 @@ var (
 )
 
 func init() {
+	spinWait.Store(int64(DefaultSpinWait))
 	pool.tok <- struct{}{}
 	SetThreads(0)
 }
@@ -152,12 +173,12 @@ func (w *worker) loop(p *workerPool) {
 	}
 }
 
-// spin polls for a handed-off task for spinFor; nil means the worker parked.
+// spin polls for a handed-off task for the spin wait; nil means the worker parked.
 // It does not yield: a spinning worker keeps its P (and OS thread) awake, so
 // that a handoff is picked up at once and the caller keeps its own P.
 func (w *worker) spin() task {
 	w.state.Store(wSpinning)
-	deadline := time.Now().Add(spinFor)
+	deadline := time.Now().Add(time.Duration(spinWait.Load()))
 	for i := 0; ; i++ {
 		if w.state.Load() == wHandoff {
 			t := w.job
