@@ -21,6 +21,8 @@ echo "== paged attention: a 1024-row prefill chunk at the end of 2K/8K/32K conte
 go test -run '^$' -bench PagedAttention -benchtime 2x ./model/hybrid/ | grep -v '^goos\|^goarch\|^pkg\|^cpu' || true
 echo "== routed experts of one decode call (H-Tiny shapes, bf16, cold), back to back and with 2 ms idle gaps (an expert node between layers) at the kernels' default spin wait and at the nodes' 5 ms"
 go test -run '^$' -bench 'ComputeExperts' -benchtime 100x ./model/hybrid/ | grep -v '^goos\|^goarch\|^pkg\|^cpu' || true
+echo "== trunk: a layer call's remote experts (fake nodes in processes of their own, answering 3 ms after they receive) against the trunk's own work meanwhile: overlapped near max(compute, call) means they overlap"
+go test -run '^$' -bench 'DispatchOverlap' -benchtime 100x ./trunk-node/ | grep -v '^goos\|^goarch\|^pkg\|^cpu' || true
 echo "== engine, BF16 safetensors"
 "$BIN" bench --model "$MODEL"
 Q8="$CACHE/h-tiny-8L-q8_0.gguf"

@@ -27,6 +27,7 @@ type fakeExpert struct {
 	mu      sync.Mutex
 	fail    bool          // answer every chunk with an error
 	hold    chan struct{} // when set, answer only once it is closed
+	delay   time.Duration // answer each chunk this much later (compute on another machine)
 	chunks  int
 	maxSize int  // largest ExpertBatch received, in bytes
 	sums    bool // answer per-row sums even when asked per pair (GPU and older nodes)
@@ -42,10 +43,13 @@ func (f *fakeExpert) Dispatch(st grpc.BidiStreamingServer[pb.ExpertBatch, pb.Exp
 		f.mu.Lock()
 		f.chunks++
 		f.maxSize = max(f.maxSize, proto.Size(b))
-		fail, hold := f.fail, f.hold
+		fail, hold, delay := f.fail, f.hold, f.delay
 		f.mu.Unlock()
 		if hold != nil {
 			<-hold
+		}
+		if delay > 0 {
+			time.Sleep(delay)
 		}
 		res := &pb.ExpertResult{StepId: b.StepId, Layer: b.Layer, Chunk: b.Chunk, Rows: b.Rows}
 		if fail {
@@ -93,7 +97,7 @@ func fakePair(x []float32, e uint32, w float32) []float32 {
 }
 
 // serveFake starts fake expert nodes and returns their addresses.
-func serveFake(t *testing.T, fakes ...*fakeExpert) []string {
+func serveFake(t testing.TB, fakes ...*fakeExpert) []string {
 	t.Helper()
 	var addrs []string
 	for _, f := range fakes {
@@ -111,13 +115,18 @@ func serveFake(t *testing.T, fakes ...*fakeExpert) []string {
 }
 
 func newTestDispatcher(t *testing.T, cfg DispatchConfig, hidden int) *Dispatcher {
-	cfg.Dial = func(ctx context.Context, addr string) (*grpc.ClientConn, error) {
-		return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
-	}
+	cfg.Dial = newTestDispatcherDial()
 	d := NewDispatcher(cfg, hidden)
 	t.Cleanup(d.Close)
 	return d
+}
+
+// newTestDispatcherDial dials fake expert nodes in plaintext.
+func newTestDispatcherDial() func(ctx context.Context, addr string) (*grpc.ClientConn, error) {
+	return func(ctx context.Context, addr string) (*grpc.ClientConn, error) {
+		return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	}
 }
 
 // request builds a layer call of rows rows routed to experts (row+j) mod 4.
