@@ -71,7 +71,7 @@ func startFakeProcess(b *testing.B, delay time.Duration) string {
 
 // BenchmarkDispatchOverlap measures whether a layer call's remote experts
 // overlap the trunk's own work between Begin and Wait (the shared expert):
-// the expert nodes are fakes in processes of their own that answer 1 ms
+// the expert nodes are fakes in processes of their own that answer 3 ms
 // after they receive (compute on other machines: they take no core), and
 // the caller multiplies a bf16 matrix on every thread meanwhile.
 // "overlapped" near max(compute, call) means the messages left before the
@@ -82,12 +82,14 @@ func BenchmarkDispatchOverlap(b *testing.B) {
 	d := NewDispatcher(DispatchConfig{Dial: newTestDispatcherDial()}, 1536)
 	b.Cleanup(d.Close)
 	d.SetTable(table2(a0, a1, false))
-	req, _ := request(1, 1536, 2)                                          // H-Tiny rows: 3 KiB in bf16 (gRPC flushes writes under 1,000 bytes later)
+	// H-Tiny rows, 3 KiB in bf16 (gRPC's writer yields before flushing
+	// writes under 1,000 bytes, which then wait for a free P).
+	req, _ := request(1, 1536, 2)
 	if err := d.Step(context.Background()).Begin(req).Wait(); err != nil { // opens the streams
 		b.Fatal(err)
 	}
-	// About a millisecond of matmul on this machine's threads (a large
-	// shared expert's share), cold from memory.
+	// Two 32 MiB products on this machine's threads (1.4-1.8 ms here), cold
+	// from memory: the trunk's own work between Begin and Wait.
 	rng := rand.New(rand.NewPCG(1, 2))
 	ws := make([]tensor.Matrix, 8)
 	for i := range ws {
