@@ -385,28 +385,38 @@ func TestMatMulConcurrent(t *testing.T) {
 	x := randVec(rng, n*w.Cols)
 	want := make([]float32, n*w.Rows)
 	MatMul(want, w, x, n)
+	runCallers(t, 8, 50, func(g, it int) string {
+		out := make([]float32, n*w.Rows)
+		MatMul(out, w, x, n)
+		for i := range out {
+			if out[i] != want[i] {
+				return fmt.Sprintf("goroutine %d iteration %d: out[%d] = %g, want %g", g, it, i, out[i], want[i])
+			}
+		}
+		return ""
+	})
+}
+
+// runCallers calls call(g, it) on callers goroutines, iters times each, and
+// fails the test with the first message a call returns ("": fine).
+func runCallers(t *testing.T, callers, iters int, call func(g, it int) string) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make(chan string, 8)
-	for g := 0; g < 8; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out := make([]float32, n*w.Rows)
-			for it := 0; it < 50; it++ {
-				MatMul(out, w, x, n)
-				for i := range out {
-					if out[i] != want[i] {
-						errs <- fmt.Sprintf("goroutine %d iteration %d: out[%d] = %g, want %g", g, it, i, out[i], want[i])
-						return
-					}
+	fail := make(chan string, callers)
+	for g := range callers {
+		wg.Go(func() {
+			for it := range iters {
+				if msg := call(g, it); msg != "" {
+					fail <- msg
+					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	close(errs)
-	for e := range errs {
-		t.Fatal(e)
+	close(fail)
+	for f := range fail {
+		t.Fatal(f)
 	}
 }
 
@@ -443,28 +453,17 @@ func TestMatMulBackToBackWaitsForWorkers(t *testing.T) {
 		withThreads(tc.threads, func() {
 			// Several callers: whichever holds the pool hands out work, and a caller
 			// that returned early would leave a worker writing into a recycled job.
-			var wg sync.WaitGroup
-			fail := make(chan string, 4)
-			for g := 0; g < 4; g++ {
-				wg.Go(func() {
-					for it := 0; it < tc.iters; it++ {
-						n := 1 + (it+g)%5
-						out := make([]float32, n*w.Rows)
-						MatMul(out, w, x, n)
-						for i := range out {
-							if d := out[i] - want[i]; d > 1e-3 || d < -1e-3 {
-								fail <- fmt.Sprintf("caller %d n=%d iteration %d: out[%d] = %g, want %g", g, n, it, i, out[i], want[i])
-								return
-							}
-						}
+			runCallers(t, 4, tc.iters, func(g, it int) string {
+				n := 1 + (it+g)%5
+				out := make([]float32, n*w.Rows)
+				MatMul(out, w, x, n)
+				for i := range out {
+					if d := out[i] - want[i]; d > 1e-3 || d < -1e-3 {
+						return fmt.Sprintf("caller %d n=%d iteration %d: out[%d] = %g, want %g", g, n, it, i, out[i], want[i])
 					}
-				})
-			}
-			wg.Wait()
-			close(fail)
-			for f := range fail {
-				t.Fatal(f)
-			}
+				}
+				return ""
+			})
 		})
 	}
 }
