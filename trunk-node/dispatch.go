@@ -621,6 +621,9 @@ func (d *Dispatcher) finishCall(st *Step, c *nodeCall, req *hybrid.ExpertRequest
 		defer c.cancel()
 	}
 	if c.err != nil {
+		if c.s != nil {
+			c.s.forget(c.step) // chunks sent before the failure
+		}
 		return c.err
 	}
 	results := make([]*pb.ExpertResult, len(c.waits))
