@@ -172,6 +172,12 @@ type DispatchStats struct {
 	// SumsInstead counts chunks a node answered with row sums although
 	// per-pair answers were asked (Deterministic).
 	SumsInstead atomic.Uint64
+	// WaitNanos is the time forward steps spent blocked on layer calls
+	// after their own work (the shared expert): what the remote experts
+	// cost the trunk beyond what it overlaps. With ping-pong micro-batches
+	// the other micro-batch computes during a wait, so it counts twice
+	// as much as the trunk idles.
+	WaitNanos atomic.Int64
 }
 
 // NewDispatcher returns a dispatcher for a model of the given hidden size.
@@ -276,11 +282,24 @@ type pair struct {
 
 // pending is a layer call in flight.
 type pending struct {
-	done chan struct{}
-	err  error
+	done  chan struct{}
+	err   error
+	stats *DispatchStats
 }
 
-func (p *pending) Wait() error { <-p.done; return p.err }
+// Wait blocks until the call is done and adds the time it blocked (the
+// remote experts' time beyond the caller's own work since Begin) to the
+// stats.
+func (p *pending) Wait() error {
+	select {
+	case <-p.done:
+	default:
+		start := time.Now()
+		<-p.done
+		p.stats.WaitNanos.Add(int64(time.Since(start)))
+	}
+	return p.err
+}
 
 // StepBackend is one forward step's expert backend: the routed experts of
 // every MoE layer of the step, computed under the step's context, and the
@@ -318,7 +337,7 @@ func (d *Dispatcher) Step(ctx context.Context) StepBackend { return &Step{d: d, 
 // expert to finish: the expert nodes started that much later, and the
 // overlap this call exists for did not happen.
 func (st *Step) Begin(req *hybrid.ExpertRequest) hybrid.Pending {
-	p := &pending{done: make(chan struct{})}
+	p := &pending{done: make(chan struct{}), stats: &st.d.stats}
 	lc := st.d.newLayerCall(req)
 	first := st.d.sendFirst(st, lc)
 	if first != nil && len(first.sent) > 0 {

@@ -623,3 +623,35 @@ func TestDispatchBeginSendsBeforeReturning(t *testing.T) {
 		t.Fatalf("max diff %g", m)
 	}
 }
+
+// TestDispatchCountsWait: the time a step blocks in Wait for expert nodes
+// that answer late is counted (the trunk's switchyard_dispatch_wait_seconds
+// and bench-cluster's "blocked ms").
+func TestDispatchCountsWait(t *testing.T) {
+	hold := make(chan struct{})
+	fa, fb := &fakeExpert{hold: hold}, &fakeExpert{hold: hold}
+	addrs := serveFake(t, fa, fb)
+	d := newTestDispatcher(t, DispatchConfig{}, 64)
+	d.SetTable(table2(addrs[0], addrs[1], false))
+	req, want := request(4, 64, 2)
+	p := d.Step(context.Background()).Begin(req)
+	received := func(f *fakeExpert) bool { f.mu.Lock(); defer f.mu.Unlock(); return f.chunks > 0 }
+	go func() {
+		// The nodes answer once both have their chunks: the caller is in
+		// Wait by then. (Polled here, off the test's goroutine, which
+		// cannot fail the test; the answers go out whatever happens.)
+		for deadline := time.Now().Add(10 * time.Second); !(received(fa) && received(fb)) && time.Now().Before(deadline); {
+			runtime.Gosched()
+		}
+		close(hold)
+	}()
+	if err := p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if m := maxDiff(req.Out, want); m > 0.1 {
+		t.Fatalf("max diff %g", m)
+	}
+	if d.Stats().WaitNanos.Load() <= 0 {
+		t.Fatal("the time blocked in Wait was not counted")
+	}
+}

@@ -207,6 +207,15 @@ func residentBytes() (anon, file int64) {
 	return anon, file
 }
 
+// watchDispatch registers the time forward steps spent blocked on expert
+// nodes (DispatchStats.WaitNanos), read at each scrape.
+func (m *metrics) watchDispatch(node string, d *Dispatcher) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "switchyard_dispatch_wait_seconds_total",
+		Help:        "Time forward steps spent blocked on expert nodes after the trunk's own work of each MoE layer (the shared expert): the remote experts' cost beyond what the trunk overlaps (with --ping-pong, the other micro-batch computes meanwhile).",
+		ConstLabels: prometheus.Labels{"node_id": node}},
+		func() float64 { return float64(d.Stats().WaitNanos.Load()) / 1e9 }))
+}
+
 // watchPrefix registers the prefix cache's series, read from the store at
 // each scrape: lookups and hits (hit rate = hits / lookups), prompt tokens
 // not prefilled, checkpoints stored and evicted (for the cache's own budget,

@@ -217,7 +217,9 @@ func (n *Node) newDispatcher(hidden int) (*Dispatcher, error) {
 	if dc.Logger == nil {
 		dc.Logger = n.log
 	}
-	return NewDispatcher(dc, hidden), nil
+	d := NewDispatcher(dc, hidden)
+	n.metrics.watchDispatch(cfg.NodeID, d)
+	return d, nil
 }
 
 // noExperts is the model's default expert backend on a trunk with remote
