@@ -175,8 +175,8 @@ type DispatchStats struct {
 	// WaitNanos is the time forward steps spent blocked on layer calls
 	// after their own work (the shared expert): what the remote experts
 	// cost the trunk beyond what it overlaps. With ping-pong micro-batches
-	// the other micro-batch computes during a wait, so it counts twice
-	// as much as the trunk idles.
+	// the other micro-batch may compute during a wait: not all of it is
+	// idle time.
 	WaitNanos atomic.Int64
 }
 
