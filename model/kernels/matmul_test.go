@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -508,5 +509,37 @@ func TestSetSpinWait(t *testing.T) {
 	}
 	if got := SetSpinWait(prev); got != DefaultSpinWait {
 		t.Fatalf("0 set %v, want the default %v", got, DefaultSpinWait)
+	}
+}
+
+// TestParallelForNestedMatMulDoesNotWait: a MatMul inside a ParallelFor
+// task finds the pool held by its own ParallelFor; it must run alone at
+// once, not wait busyWait for a pool that is not released before it
+// returns.
+func TestParallelForNestedMatMulDoesNotWait(t *testing.T) {
+	rng := rand.New(rand.NewPCG(31, 32))
+	w := randMatrix(rng, tensor.BF16, 256, 512)
+	x := randVec(rng, w.Cols)
+	want := make([]float32, w.Rows)
+	MatMul(want, w, x, 1)
+	var waits atomic.Int32
+	testHookPoolWait = func() { waits.Add(1) }
+	defer func() { testHookPoolWait = nil }()
+	withThreads(runtime.GOMAXPROCS(0), func() { // the pool's threads fill every P: calls wait for it
+		outs := make([][]float32, 8)
+		ParallelFor(len(outs), wakeWorthNs, func(i int) {
+			outs[i] = make([]float32, w.Rows)
+			MatMul(outs[i], w, x, 1)
+		})
+		for i, out := range outs {
+			for r := range out {
+				if out[r] != want[r] {
+					t.Fatalf("task %d: out[%d] = %g, want %g", i, r, out[r], want[r])
+				}
+			}
+		}
+	})
+	if n := waits.Load(); n != 0 {
+		t.Fatalf("%d nested MatMul calls waited for the pool their ParallelFor holds", n)
 	}
 }

@@ -79,6 +79,7 @@ type workerPool struct {
 	pending       atomic.Int32  // dispatched jobs not yet finished
 	done          chan struct{} // a token when pending drops to 0
 	callerBlocked atomic.Bool   // the caller is blocked on done
+	inFor         atomic.Int32  // participants running ParallelFor tasks (their fn may call MatMul: no waiting then)
 }
 
 // maxThreads bounds SetThreads.
@@ -110,8 +111,8 @@ func Threads() int { return int(numThreads.Load()) }
 // busyWait bounds how long a call waits for a busy pool before it runs
 // alone. Waiting calls are served in arrival order (the token goes straight
 // to the first waiter). The bound is a safety net, not a deadline calls are
-// expected to meet: a call made from inside a pool task (none is today)
-// would otherwise wait for itself.
+// expected to meet: a call made from inside a pool task would otherwise
+// wait for itself (calls made while a ParallelFor runs do not wait at all).
 const busyWait = 5 * time.Millisecond
 
 // acquire takes the pool; with wait it waits up to busyWait for a busy one.
@@ -123,6 +124,9 @@ func (p *workerPool) acquire(wait bool) bool {
 	}
 	if !wait {
 		return false
+	}
+	if testHookPoolWait != nil {
+		testHookPoolWait()
 	}
 	t := time.NewTimer(busyWait)
 	defer t.Stop()
@@ -215,6 +219,9 @@ const (
 // forceParallel makes parallel ignore the size thresholds (tests).
 var forceParallel bool
 
+// testHookPoolWait runs when a call starts waiting for a busy pool (tests).
+var testHookPoolWait func()
+
 // testHookBeforeDone runs in the worker that finished a job last, between
 // its decrement of pending and its completion token (tests delay the token).
 var testHookBeforeDone func()
@@ -233,7 +240,7 @@ func parallel(t task, threads int, s *scratch, estNs int) {
 		t.run(s)
 		return
 	}
-	if !pool.acquire(Threads() >= procs) {
+	if !pool.acquire(Threads() >= procs && pool.inFor.Load() == 0) {
 		t.run(s)
 		return
 	}
@@ -288,6 +295,8 @@ type forTask struct {
 }
 
 func (f *forTask) run(*scratch) {
+	pool.inFor.Add(1)
+	defer pool.inFor.Add(-1)
 	for {
 		i := f.next.Add(1) - 1
 		if i >= f.n {
@@ -300,10 +309,10 @@ func (f *forTask) run(*scratch) {
 // ParallelFor calls fn(i) for every i in [0, n) on up to Threads()
 // participants of MatMul's worker pool (the caller included), which claim
 // indices one at a time. estNs is the estimated single-thread time of all
-// the calls: small work, like a pool busy with another call, runs on the
-// caller alone. fn should use MatMulSerial: a MatMul inside finds the pool
-// busy and runs on its participant alone anyway. It is for many small
-// independent products, e.g. one decode step's routed experts, where
+// the calls: small work runs on the caller alone. fn should use
+// MatMulSerial: a MatMul inside finds the pool busy and runs on its
+// participant alone (calls do not wait for the pool while a ParallelFor
+// task runs). It is for many small independent products, e.g. one decode step's routed experts, where
 // splitting each product across threads costs more in hand-offs than it
 // saves.
 func ParallelFor(n, estNs int, fn func(i int)) {
