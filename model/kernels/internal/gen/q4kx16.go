@@ -255,19 +255,10 @@ func genQKx16(d dtype, n int) {
 	VCVTPH2PS(Mem{Base: wp, Disp: 32}, dmw)
 	f, s := ZMM(), ZMM()
 	for i := 0; i < n; i++ {
-		VMULPS_BCST(xm(i, q8xD), dw, s)
-		VCVTDQ2PS(isum[i], f)
-		VMULPS(s, f, f)
-		VADDPS(f, acc[i], acc[i])
-		VMULPS_BCST(xm(i, q8xD), dmw, s)
-		VCVTDQ2PS(msum[i], f)
-		VMULPS(s, f, f)
-		VSUBPS(f, acc[i], acc[i])
+		scaleStep(VADDPS, xm(i, q8xD), dw, isum[i], acc[i], s, f)
+		scaleStep(VSUBPS, xm(i, q8xD), dmw, msum[i], acc[i], s, f)
 	}
-	ADDQ(U32(blockBytes), wp)
-	ADDQ(U32(q8xBlock), xq)
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
+	packedNextBlock(name, blockBytes, wp, xq, cnt)
 	packedEnd(name, acc)
 }
 

@@ -186,14 +186,8 @@ func genQ6Kx16(n int) {
 	for i := 0; i < n; i++ {
 		VPSLLD(U8(5), off[i], off[i])
 		VPSUBD(off[i], isum[i], isum[i])
-		VMULPS_BCST(xm(i, q8xD), dw, t)
-		VCVTDQ2PS(isum[i], s0)
-		VMULPS(t, s0, s0)
-		VADDPS(s0, acc[i], acc[i])
+		scaleStep(VADDPS, xm(i, q8xD), dw, isum[i], acc[i], t, s0)
 	}
-	ADDQ(U32(q6kx16Block), wp)
-	ADDQ(U32(q8xBlock), xq)
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
+	packedNextBlock(name, q6kx16Block, wp, xq, cnt)
 	packedEnd(name, acc)
 }

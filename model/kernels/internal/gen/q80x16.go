@@ -142,6 +142,26 @@ func packedZeroAcc(n int) []VecVirtual {
 	return acc
 }
 
+// packedNextBlock moves the weights (blockBytes) and the quantized input
+// rows (one q8xBlock) on by a block and loops to name_blk while blocks are
+// left (the K-quant packed kernels).
+func packedNextBlock(name string, blockBytes int, wp, xq, cnt GPVirtual) {
+	ADDQ(U32(blockBytes), wp)
+	ADDQ(U32(q8xBlock), xq)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+}
+
+// scaleStep emits one block's float32 step of the integer kernels,
+// acc = op(float32(isum)·(d_x·d), acc), d_x broadcast from dx (s and f
+// scratch): the rounding q8BlockScalar and q6BlockScalar define.
+func scaleStep(op func(...Op), dx Mem, d, isum, acc, s, f VecVirtual) {
+	VMULPS_BCST(dx, d, s)
+	VCVTDQ2PS(isum, f)
+	VMULPS(s, f, f)
+	op(f, acc, acc)
+}
+
 // packedEnd emits a packed kernel's group epilogue: the group's 16 results
 // of input row i at out + i·ostride, out moved on 64 bytes, the next group
 // (from name_grp), then the return.

@@ -119,12 +119,7 @@ func q8RowQ4K256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int)
 			}
 			scv := YMM()
 			VPSHUFB(cQ8IdxQ4[c].Offset(32*h), tab, scv)
-			for i := 0; i < N; i++ {
-				p := YMM()
-				VPMADDUBSW(xMem(i, 64*c+32*h), q, p)
-				VPMADDWD(scv, p, p)
-				VPADDD(p, isum[i], isum[i])
-			}
+			maddScaled256(N, func(i int) Mem { return xMem(i, 64*c+32*h) }, q, scv, isum)
 		}
 	}
 	dd := XMM()
@@ -134,6 +129,18 @@ func q8RowQ4K256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int)
 		ms := XMM()
 		VPMADDWD(xMem(i, q8xBsum32), mins.AsX(), ms)
 		q8BlockScalar256(isum[i], ms, dd, xMem(i, q8xD), acc[i])
+	}
+}
+
+// maddScaled256 adds, for each of the N input rows, the 16-bit pair sums of
+// the weight codes q times the row's activations at x(i) (VPMADDUBSW),
+// weighted by the sub-block scales scv (VPMADDWD), into isum[i].
+func maddScaled256(N int, x func(i int) Mem, q, scv VecVirtual, isum []VecVirtual) {
+	for i := 0; i < N; i++ {
+		p := YMM()
+		VPMADDUBSW(x(i), q, p)
+		VPMADDWD(scv, p, p)
+		VPADDD(p, isum[i], isum[i])
 	}
 }
 
@@ -209,12 +216,7 @@ func q8RowQ6K256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F
 			VMOVDQU(cQ6Perm[a/2], scv)
 			VPERMD(sc16, scv, scv)
 			VPSHUFB(cQ6Lane, scv, scv)
-			for i := 0; i < N; i++ {
-				pr := YMM()
-				VPMADDUBSW(xMem(i, 128*h+32*p), q, pr)
-				VPMADDWD(scv, pr, pr)
-				VPADDD(pr, isum[i], isum[i])
-			}
+			maddScaled256(N, func(i int) Mem { return xMem(i, 128*h+32*p) }, q, scv, isum)
 		}
 	}
 	dv := XMM()
