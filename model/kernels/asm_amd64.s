@@ -978,6 +978,39 @@ DATA q80zip1<>+56(SB)/4, $0x0000000f
 DATA q80zip1<>+60(SB)/4, $0x0000001f
 GLOBL q80zip1<>(SB), RODATA|NOPTR, $64
 
+DATA iota8<>+0(SB)/4, $0x00000000
+DATA iota8<>+4(SB)/4, $0x00000001
+DATA iota8<>+8(SB)/4, $0x00000002
+DATA iota8<>+12(SB)/4, $0x00000003
+DATA iota8<>+16(SB)/4, $0x00000004
+DATA iota8<>+20(SB)/4, $0x00000005
+DATA iota8<>+24(SB)/4, $0x00000006
+DATA iota8<>+28(SB)/4, $0x00000007
+GLOBL iota8<>(SB), RODATA|NOPTR, $32
+
+DATA expf32<>+0(SB)/4, $0x7f800000
+GLOBL expf32<>(SB), RODATA|NOPTR, $4
+
+DATA packord<>+0(SB)/4, $0x00000000
+DATA packord<>+4(SB)/4, $0x00000004
+DATA packord<>+8(SB)/4, $0x00000001
+DATA packord<>+12(SB)/4, $0x00000005
+DATA packord<>+16(SB)/4, $0x00000002
+DATA packord<>+20(SB)/4, $0x00000006
+DATA packord<>+24(SB)/4, $0x00000003
+DATA packord<>+28(SB)/4, $0x00000007
+GLOBL packord<>(SB), RODATA|NOPTR, $32
+
+DATA pickw0<>+0(SB)/4, $0x05040100
+DATA pickw0<>+4(SB)/4, $0x0d0c0908
+DATA pickw0<>+8(SB)/4, $0x80808080
+DATA pickw0<>+12(SB)/4, $0x80808080
+DATA pickw0<>+16(SB)/4, $0x05040100
+DATA pickw0<>+20(SB)/4, $0x0d0c0908
+DATA pickw0<>+24(SB)/4, $0x80808080
+DATA pickw0<>+28(SB)/4, $0x80808080
+GLOBL pickw0<>(SB), RODATA|NOPTR, $32
+
 DATA dword7fff<>+0(SB)/4, $0x00007fff
 GLOBL dword7fff<>(SB), RODATA|NOPTR, $4
 
@@ -92363,6 +92396,682 @@ q80x16N8_next:
 	MOVQ    R10, out+40(FP)
 	DECQ    groups+8(FP)
 	JNZ     q80x16N8_grp
+	VZEROUPPER
+	RET
+
+// func q80x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q80x16AVX2N1(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD b80<>+0(SB), Y0
+	VPBROADCASTD w1<>+0(SB), Y1
+
+q80x16AVX2N1_grp:
+	MOVQ   nblocks+16(FP), CX
+	MOVQ   xq+24(FP), DX
+	MOVQ   DX, BX
+	XORQ   SI, SI
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+
+q80x16AVX2N1_blk:
+	VPXOR        Y4, Y4, Y4
+	VPXOR        Y5, Y5, Y5
+	VPBROADCASTD (DX), Y6
+	VPXOR        32(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y7
+	VPMADDUBSW   Y7, Y8, Y7
+	VPMADDWD     Y1, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VPXOR        64(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y6
+	VPMADDUBSW   Y6, Y8, Y6
+	VPMADDWD     Y1, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPBROADCASTD 4(DX), Y6
+	VPXOR        96(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y7
+	VPMADDUBSW   Y7, Y8, Y7
+	VPMADDWD     Y1, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VPXOR        128(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y6
+	VPMADDUBSW   Y6, Y8, Y6
+	VPMADDWD     Y1, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPBROADCASTD 8(DX), Y6
+	VPXOR        160(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y7
+	VPMADDUBSW   Y7, Y8, Y7
+	VPMADDWD     Y1, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VPXOR        192(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y6
+	VPMADDUBSW   Y6, Y8, Y6
+	VPMADDWD     Y1, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPBROADCASTD 12(DX), Y6
+	VPXOR        224(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y7
+	VPMADDUBSW   Y7, Y8, Y7
+	VPMADDWD     Y1, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VPXOR        256(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y6
+	VPMADDUBSW   Y6, Y8, Y6
+	VPMADDWD     Y1, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPBROADCASTD 16(DX), Y6
+	VPXOR        288(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y7
+	VPMADDUBSW   Y7, Y8, Y7
+	VPMADDWD     Y1, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VPXOR        320(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y6
+	VPMADDUBSW   Y6, Y8, Y6
+	VPMADDWD     Y1, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPBROADCASTD 20(DX), Y6
+	VPXOR        352(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y7
+	VPMADDUBSW   Y7, Y8, Y7
+	VPMADDWD     Y1, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VPXOR        384(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y6
+	VPMADDUBSW   Y6, Y8, Y6
+	VPMADDWD     Y1, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPBROADCASTD 24(DX), Y6
+	VPXOR        416(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y7
+	VPMADDUBSW   Y7, Y8, Y7
+	VPMADDWD     Y1, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VPXOR        448(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y6
+	VPMADDUBSW   Y6, Y8, Y6
+	VPMADDWD     Y1, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPBROADCASTD 28(DX), Y6
+	VPXOR        480(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y7
+	VPMADDUBSW   Y7, Y8, Y7
+	VPMADDWD     Y1, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VPXOR        512(AX), Y0, Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y6, Y6
+	VPMADDUBSW   Y6, Y8, Y6
+	VPMADDWD     Y1, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VCVTPH2PS    (AX), Y6
+	VBROADCASTSS 512(BX), Y7
+	VMULPS       Y7, Y6, Y7
+	VCVTDQ2PS    Y4, Y4
+	VMULPS       Y7, Y4, Y4
+	VADDPS       Y4, Y2, Y2
+	VCVTPH2PS    16(AX), Y4
+	VBROADCASTSS 512(BX), Y6
+	VMULPS       Y6, Y4, Y6
+	VCVTDQ2PS    Y5, Y4
+	VMULPS       Y6, Y4, Y4
+	VADDPS       Y4, Y3, Y3
+	ADDQ         $0x00000220, AX
+	ADDQ         $0x20, DX
+	ADDQ         $0x04, BX
+	INCQ         SI
+	CMPQ         SI, $0x10
+	JNE          q80x16AVX2N1_next
+	ADDQ         $0x00000080, DX
+	ADDQ         $0x00000240, BX
+	XORQ         SI, SI
+
+q80x16AVX2N1_next:
+	DECQ    CX
+	JNZ     q80x16AVX2N1_blk
+	MOVQ    out+40(FP), CX
+	MOVQ    ostride+48(FP), DX
+	MOVQ    CX, DX
+	VMOVUPS Y2, (DX)
+	VMOVUPS Y3, 32(DX)
+	ADDQ    $0x40, CX
+	MOVQ    CX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q80x16AVX2N1_grp
+	VZEROUPPER
+	RET
+
+// func q80x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q80x16AVX2N2(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD b80<>+0(SB), Y0
+	VPBROADCASTD w1<>+0(SB), Y1
+
+q80x16AVX2N2_grp:
+	MOVQ   nblocks+16(FP), DX
+	MOVQ   xq+24(FP), BX
+	MOVQ   BX, SI
+	XORQ   DI, DI
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+
+q80x16AVX2N2_blk:
+	VPXOR        Y6, Y6, Y6
+	VPXOR        Y7, Y7, Y7
+	VPXOR        Y8, Y8, Y8
+	VPXOR        Y9, Y9, Y9
+	VPBROADCASTD (BX), Y10
+	VPBROADCASTD (BX)(CX*1), Y11
+	VPXOR        32(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPMADDWD     Y1, Y14, Y14
+	VPADDD       Y14, Y6, Y6
+	VPSIGNB      Y12, Y11, Y12
+	VPMADDUBSW   Y12, Y13, Y12
+	VPMADDWD     Y1, Y12, Y12
+	VPADDD       Y12, Y8, Y8
+	VPXOR        64(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSIGNB      Y12, Y11, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y9, Y9
+	VPBROADCASTD 4(BX), Y10
+	VPBROADCASTD 4(BX)(CX*1), Y11
+	VPXOR        96(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPMADDWD     Y1, Y14, Y14
+	VPADDD       Y14, Y6, Y6
+	VPSIGNB      Y12, Y11, Y12
+	VPMADDUBSW   Y12, Y13, Y12
+	VPMADDWD     Y1, Y12, Y12
+	VPADDD       Y12, Y8, Y8
+	VPXOR        128(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSIGNB      Y12, Y11, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y9, Y9
+	VPBROADCASTD 8(BX), Y10
+	VPBROADCASTD 8(BX)(CX*1), Y11
+	VPXOR        160(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPMADDWD     Y1, Y14, Y14
+	VPADDD       Y14, Y6, Y6
+	VPSIGNB      Y12, Y11, Y12
+	VPMADDUBSW   Y12, Y13, Y12
+	VPMADDWD     Y1, Y12, Y12
+	VPADDD       Y12, Y8, Y8
+	VPXOR        192(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSIGNB      Y12, Y11, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y9, Y9
+	VPBROADCASTD 12(BX), Y10
+	VPBROADCASTD 12(BX)(CX*1), Y11
+	VPXOR        224(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPMADDWD     Y1, Y14, Y14
+	VPADDD       Y14, Y6, Y6
+	VPSIGNB      Y12, Y11, Y12
+	VPMADDUBSW   Y12, Y13, Y12
+	VPMADDWD     Y1, Y12, Y12
+	VPADDD       Y12, Y8, Y8
+	VPXOR        256(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSIGNB      Y12, Y11, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y9, Y9
+	VPBROADCASTD 16(BX), Y10
+	VPBROADCASTD 16(BX)(CX*1), Y11
+	VPXOR        288(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPMADDWD     Y1, Y14, Y14
+	VPADDD       Y14, Y6, Y6
+	VPSIGNB      Y12, Y11, Y12
+	VPMADDUBSW   Y12, Y13, Y12
+	VPMADDWD     Y1, Y12, Y12
+	VPADDD       Y12, Y8, Y8
+	VPXOR        320(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSIGNB      Y12, Y11, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y9, Y9
+	VPBROADCASTD 20(BX), Y10
+	VPBROADCASTD 20(BX)(CX*1), Y11
+	VPXOR        352(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPMADDWD     Y1, Y14, Y14
+	VPADDD       Y14, Y6, Y6
+	VPSIGNB      Y12, Y11, Y12
+	VPMADDUBSW   Y12, Y13, Y12
+	VPMADDWD     Y1, Y12, Y12
+	VPADDD       Y12, Y8, Y8
+	VPXOR        384(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSIGNB      Y12, Y11, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y9, Y9
+	VPBROADCASTD 24(BX), Y10
+	VPBROADCASTD 24(BX)(CX*1), Y11
+	VPXOR        416(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPMADDWD     Y1, Y14, Y14
+	VPADDD       Y14, Y6, Y6
+	VPSIGNB      Y12, Y11, Y12
+	VPMADDUBSW   Y12, Y13, Y12
+	VPMADDWD     Y1, Y12, Y12
+	VPADDD       Y12, Y8, Y8
+	VPXOR        448(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSIGNB      Y12, Y11, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y9, Y9
+	VPBROADCASTD 28(BX), Y10
+	VPBROADCASTD 28(BX)(CX*1), Y11
+	VPXOR        480(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPMADDWD     Y1, Y14, Y14
+	VPADDD       Y14, Y6, Y6
+	VPSIGNB      Y12, Y11, Y12
+	VPMADDUBSW   Y12, Y13, Y12
+	VPMADDWD     Y1, Y12, Y12
+	VPADDD       Y12, Y8, Y8
+	VPXOR        512(AX), Y0, Y12
+	VPABSB       Y12, Y13
+	VPSIGNB      Y12, Y10, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSIGNB      Y12, Y11, Y10
+	VPMADDUBSW   Y10, Y13, Y10
+	VPMADDWD     Y1, Y10, Y10
+	VPADDD       Y10, Y9, Y9
+	VCVTPH2PS    (AX), Y10
+	VBROADCASTSS 512(SI), Y11
+	VMULPS       Y11, Y10, Y11
+	VCVTDQ2PS    Y6, Y6
+	VMULPS       Y11, Y6, Y6
+	VADDPS       Y6, Y2, Y2
+	VBROADCASTSS 512(SI)(CX*1), Y6
+	VMULPS       Y6, Y10, Y6
+	VCVTDQ2PS    Y8, Y8
+	VMULPS       Y6, Y8, Y8
+	VADDPS       Y8, Y4, Y4
+	VCVTPH2PS    16(AX), Y6
+	VBROADCASTSS 512(SI), Y8
+	VMULPS       Y8, Y6, Y8
+	VCVTDQ2PS    Y7, Y7
+	VMULPS       Y8, Y7, Y7
+	VADDPS       Y7, Y3, Y3
+	VBROADCASTSS 512(SI)(CX*1), Y7
+	VMULPS       Y7, Y6, Y7
+	VCVTDQ2PS    Y9, Y6
+	VMULPS       Y7, Y6, Y6
+	VADDPS       Y6, Y5, Y5
+	ADDQ         $0x00000220, AX
+	ADDQ         $0x20, BX
+	ADDQ         $0x04, SI
+	INCQ         DI
+	CMPQ         DI, $0x10
+	JNE          q80x16AVX2N2_next
+	ADDQ         $0x00000080, BX
+	ADDQ         $0x00000240, SI
+	XORQ         DI, DI
+
+q80x16AVX2N2_next:
+	DECQ    DX
+	JNZ     q80x16AVX2N2_blk
+	MOVQ    out+40(FP), DX
+	MOVQ    ostride+48(FP), BX
+	MOVQ    DX, SI
+	VMOVUPS Y2, (SI)
+	VMOVUPS Y3, 32(SI)
+	ADDQ    BX, SI
+	VMOVUPS Y4, (SI)
+	VMOVUPS Y5, 32(SI)
+	ADDQ    $0x40, DX
+	MOVQ    DX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q80x16AVX2N2_grp
+	VZEROUPPER
+	RET
+
+// func q80rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+// Requires: AVX, AVX2, F16C
+TEXT ·q80rows256(SB), NOSPLIT, $0-48
+	MOVQ         w+0(FP), AX
+	MOVQ         wstride+8(FP), CX
+	MOVQ         out+40(FP), DX
+	VPBROADCASTD w1<>+0(SB), Y0
+
+q80rows256_row:
+	MOVQ   AX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	MOVQ   nblocks+32(FP), R8
+	XORQ   R9, R9
+	VXORPS X1, X1, X1
+
+q80rows256_blk:
+	VMOVDQU      2(BX), Y2
+	VPABSB       Y2, Y3
+	VPXOR        Y4, Y4, Y4
+	VMOVDQU      (SI), Y5
+	VPSIGNB      Y2, Y5, Y2
+	VPMADDUBSW   Y2, Y3, Y2
+	VPMADDWD     Y0, Y2, Y2
+	VPADDD       Y2, Y4, Y4
+	VEXTRACTI128 $0x01, Y4, X2
+	VPADDD       X2, X4, X2
+	VPSHUFD      $0x4e, X2, X3
+	VPADDD       X3, X2, X2
+	VPSHUFD      $0xb1, X2, X3
+	VPADDD       X3, X2, X2
+	VCVTDQ2PS    X2, X2
+	MOVWLZX      (BX), R10
+	VMOVD        R10, X3
+	VCVTPH2PS    X3, X3
+	VMULSS       512(DI), X3, X3
+	VMULSS       X3, X2, X2
+	VADDSS       X2, X1, X1
+	ADDQ         $0x22, BX
+	ADDQ         $0x20, SI
+	ADDQ         $0x04, DI
+	INCQ         R9
+	CMPQ         R9, $0x10
+	JNE          q80rows256_next
+	ADDQ         $0x00000080, SI
+	ADDQ         $0x00000240, DI
+	XORQ         R9, R9
+
+q80rows256_next:
+	DECQ   R8
+	JNZ    q80rows256_blk
+	VMOVSS X1, (DX)
+	ADDQ   $0x04, DX
+	ADDQ   CX, AX
+	DECQ   nrows+16(FP)
+	JNZ    q80rows256_row
+	VZEROUPPER
+	RET
+
+// func q80rows8x256(w *byte, wstride int, groups int, xq *byte, nblocks int, out *float32)
+// Requires: AVX, AVX2, F16C
+TEXT ·q80rows8x256(SB), NOSPLIT, $0-48
+	MOVQ         w+0(FP), AX
+	MOVQ         wstride+8(FP), CX
+	MOVQ         out+40(FP), DX
+	IMUL3Q       $0x03, CX, BX
+	VPBROADCASTD w1<>+0(SB), Y0
+	VMOVD        CX, X1
+	VPBROADCASTD X1, Y1
+	VPMULLD      iota8<>+0(SB), Y1, Y1
+
+q80rows8x256_grp:
+	MOVQ   AX, SI
+	LEAQ   (AX)(CX*4), DI
+	MOVQ   xq+24(FP), R8
+	MOVQ   R8, R9
+	MOVQ   nblocks+32(FP), R10
+	XORQ   R11, R11
+	VXORPS Y2, Y2, Y2
+
+q80rows8x256_blk:
+	VMOVDQU      (R8), Y3
+	VMOVDQU      2(SI)(CX*1), Y4
+	VPABSB       Y4, Y5
+	VPSIGNB      Y4, Y3, Y4
+	VPMADDUBSW   Y4, Y5, Y4
+	VPMADDWD     Y0, Y4, Y4
+	VMOVDQU      2(SI), Y5
+	VPABSB       Y5, Y6
+	VPSIGNB      Y5, Y3, Y5
+	VPMADDUBSW   Y5, Y6, Y5
+	VPMADDWD     Y0, Y5, Y5
+	VPHADDD      Y4, Y5, Y4
+	VMOVDQU      2(SI)(BX*1), Y5
+	VPABSB       Y5, Y6
+	VPSIGNB      Y5, Y3, Y5
+	VPMADDUBSW   Y5, Y6, Y5
+	VPMADDWD     Y0, Y5, Y5
+	VMOVDQU      2(SI)(CX*2), Y6
+	VPABSB       Y6, Y7
+	VPSIGNB      Y6, Y3, Y6
+	VPMADDUBSW   Y6, Y7, Y6
+	VPMADDWD     Y0, Y6, Y6
+	VPHADDD      Y5, Y6, Y5
+	VPHADDD      Y5, Y4, Y4
+	VMOVDQU      2(DI)(CX*1), Y5
+	VPABSB       Y5, Y6
+	VPSIGNB      Y5, Y3, Y5
+	VPMADDUBSW   Y5, Y6, Y5
+	VPMADDWD     Y0, Y5, Y5
+	VMOVDQU      2(DI), Y6
+	VPABSB       Y6, Y7
+	VPSIGNB      Y6, Y3, Y6
+	VPMADDUBSW   Y6, Y7, Y6
+	VPMADDWD     Y0, Y6, Y6
+	VPHADDD      Y5, Y6, Y5
+	VMOVDQU      2(DI)(BX*1), Y6
+	VPABSB       Y6, Y7
+	VPSIGNB      Y6, Y3, Y6
+	VPMADDUBSW   Y6, Y7, Y6
+	VPMADDWD     Y0, Y6, Y6
+	VMOVDQU      2(DI)(CX*2), Y7
+	VPABSB       Y7, Y8
+	VPSIGNB      Y7, Y3, Y3
+	VPMADDUBSW   Y3, Y8, Y3
+	VPMADDWD     Y0, Y3, Y3
+	VPHADDD      Y6, Y3, Y3
+	VPHADDD      Y3, Y5, Y5
+	VPERM2I128   $0x20, Y5, Y4, Y3
+	VPERM2I128   $0x31, Y5, Y4, Y4
+	VPADDD       Y4, Y3, Y3
+	VPCMPEQD     Y4, Y4, Y4
+	VPXOR        Y5, Y5, Y5
+	VPGATHERDD   Y4, (SI)(Y1*1), Y5
+	VPSHUFB      pickw0<>+0(SB), Y5, Y5
+	VPERMQ       $0x08, Y5, Y5
+	VCVTPH2PS    X5, Y4
+	VBROADCASTSS 512(R9), Y5
+	VMULPS       Y5, Y4, Y5
+	VCVTDQ2PS    Y3, Y3
+	VMULPS       Y5, Y3, Y3
+	VADDPS       Y3, Y2, Y2
+	ADDQ         $0x22, SI
+	ADDQ         $0x22, DI
+	ADDQ         $0x20, R8
+	ADDQ         $0x04, R9
+	INCQ         R11
+	CMPQ         R11, $0x10
+	JNE          q80rows8x256_next
+	ADDQ         $0x00000080, R8
+	ADDQ         $0x00000240, R9
+	XORQ         R11, R11
+
+q80rows8x256_next:
+	DECQ    R10
+	JNZ     q80rows8x256_blk
+	VMOVUPS Y2, (DX)
+	ADDQ    $0x20, DX
+	LEAQ    (AX)(CX*8), AX
+	DECQ    groups+16(FP)
+	JNZ     q80rows8x256_grp
+	VZEROUPPER
+	RET
+
+// func quantQ80R256(x *float32, nblocks int, dst *byte) bool
+// Requires: AVX, AVX2, F16C
+TEXT ·quantQ80R256(SB), NOSPLIT, $0-25
+	MOVQ         x+0(FP), AX
+	MOVQ         nblocks+8(FP), CX
+	MOVQ         dst+16(FP), DX
+	LEAQ         512(DX), BX
+	LEAQ         576(DX), SI
+	MOVQ         $0x00000010, DI
+	VPBROADCASTD absmask<>+0(SB), Y0
+	VPBROADCASTD expf32<>+0(SB), Y1
+	VPXOR        Y2, Y2, Y2
+
+quantQ80R256_blk:
+	VMOVUPS      (AX), Y3
+	VPAND        Y1, Y3, Y4
+	VPCMPEQD     Y1, Y4, Y4
+	VPOR         Y4, Y2, Y2
+	VMOVUPS      32(AX), Y4
+	VPAND        Y1, Y4, Y5
+	VPCMPEQD     Y1, Y5, Y5
+	VPOR         Y5, Y2, Y2
+	VMOVUPS      64(AX), Y5
+	VPAND        Y1, Y5, Y6
+	VPCMPEQD     Y1, Y6, Y6
+	VPOR         Y6, Y2, Y2
+	VMOVUPS      96(AX), Y6
+	VPAND        Y1, Y6, Y7
+	VPCMPEQD     Y1, Y7, Y7
+	VPOR         Y7, Y2, Y2
+	VANDPS       Y0, Y3, Y7
+	VANDPS       Y0, Y4, Y8
+	VMAXPS       Y8, Y7, Y7
+	VANDPS       Y0, Y5, Y8
+	VMAXPS       Y8, Y7, Y7
+	VANDPS       Y0, Y6, Y8
+	VMAXPS       Y8, Y7, Y7
+	VEXTRACTF128 $0x01, Y7, X8
+	VMAXPS       X8, X7, X7
+	VPERMILPS    $0x4e, X7, X8
+	VMAXPS       X8, X7, X7
+	VPERMILPS    $0xb1, X7, X8
+	VMAXPS       X8, X7, X7
+	VXORPS       X8, X8, X8
+	VXORPS       X9, X9, X9
+	VUCOMISS     float32tiny<>+0(SB), X7
+	JCS          quantQ80R256_zero
+	VMOVSS       float32v127<>+0(SB), X9
+	VDIVSS       X7, X9, X9
+	VDIVSS       float32v127<>+0(SB), X7, X7
+	VCVTPS2PH    $0x00, X7, X7
+	VCVTPH2PS    X7, X7
+	VMOVSS       X7, X8, X8
+
+quantQ80R256_zero:
+	VMOVSS       X8, (BX)
+	VBROADCASTSS X9, Y7
+	VMULPS       Y7, Y3, Y3
+	VCVTPS2DQ    Y3, Y3
+	VMULPS       Y7, Y4, Y4
+	VCVTPS2DQ    Y4, Y4
+	VMULPS       Y7, Y5, Y5
+	VCVTPS2DQ    Y5, Y5
+	VMULPS       Y7, Y6, Y6
+	VCVTPS2DQ    Y6, Y6
+	VPADDD       Y4, Y3, Y7
+	VPADDD       Y5, Y7, Y7
+	VPADDD       Y6, Y7, Y7
+	VEXTRACTI128 $0x01, Y7, X8
+	VPADDD       X8, X7, X7
+	VPSHUFD      $0x4e, X7, X8
+	VPADDD       X8, X7, X7
+	VPSHUFD      $0xb1, X7, X8
+	VPADDD       X8, X7, X7
+	VMOVD        X7, R8
+	SHLL         $0x07, R8
+	MOVL         R8, (SI)
+	VPACKSSDW    Y4, Y3, Y3
+	VPACKSSDW    Y6, Y5, Y5
+	VPACKSSWB    Y5, Y3, Y3
+	VMOVDQU      packord<>+0(SB), Y4
+	VPERMD       Y3, Y4, Y3
+	VMOVDQU      Y3, (DX)
+	ADDQ         $0x80, AX
+	ADDQ         $0x20, DX
+	ADDQ         $0x04, BX
+	ADDQ         $0x04, SI
+	DECQ         DI
+	JNZ          quantQ80R256_same
+	ADDQ         $0x80, DX
+	ADDQ         $0x00000240, BX
+	ADDQ         $0x00000240, SI
+	MOVQ         $0x00000010, DI
+
+quantQ80R256_same:
+	DECQ   CX
+	JNZ    quantQ80R256_blk
+	VPTEST Y2, Y2
+	SETEQ  AL
+	MOVB   AL, ret+24(FP)
 	VZEROUPPER
 	RET
 

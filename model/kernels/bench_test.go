@@ -412,3 +412,41 @@ func BenchmarkPacked(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkQ80AVX2: Q8_0 products at the AVX2 level (what an AVX2-only CPU
+// runs), in_proj and an expert's shape, one thread: "f32" widens the weights
+// to float32 (the path before the AVX2 integer kernels), "rows" is
+// q80rows256 (one input row) or q80rows8x256 per input row, "packing" packs 16-row groups as the product
+// goes (q80PackingBlock, what MatMul takes from q80PackMinRows256 input
+// rows on row-major weights), "x16" runs weights packed beforehand (the loader's
+// default). Compare the variants of one run.
+func BenchmarkQ80AVX2(b *testing.B) {
+	if !hasQ80KernelsAt(LevelAVX2) {
+		b.Skip("no AVX2 on this CPU or build")
+	}
+	for _, sh := range [][2]int{{6448, 1536}, {1536, 512}} {
+		for _, n := range []int{1, 4, 8, 16, 64, 512} {
+			for _, v := range []string{"f32", "rows", "packing", "x16"} {
+				if (v == "rows" && n > 16) || (v == "packing" && n < 4) {
+					continue
+				}
+				b.Run(fmt.Sprintf("%dx%d/n=%d/%s", sh[0], sh[1], n, v), func(b *testing.B) {
+					prev, _ := SetKernelLevel(LevelAVX2)
+					defer SetKernelLevel(prev)
+					defer SetQ8Activations(SetQ8Activations(v != "f32"))
+					pm := q80PackMinRows256
+					q80PackMinRows256 = map[string]int{"rows": 1 << 30, "packing": 1, "f32": pm, "x16": pm}[v]
+					defer func() { q80PackMinRows256 = pm }()
+					ws := coldWeights(tensor.Q8_0, sh[0], sh[1], 600<<20)
+					if v == "x16" {
+						ws = append([]tensor.Matrix(nil), ws...)
+						for i, w := range ws {
+							ws[i] = Pack(make([]byte, PackedBytes(tensor.Q8_0, w.Rows, w.Cols)), w)
+						}
+					}
+					benchMatMulOn(b, ws, n, 1)
+				})
+			}
+		}
+	}
+}

@@ -132,7 +132,7 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	}
 	checkMatMul(out, w, x, n)
 	lvl := KernelLevel()
-	if w.Layout != tensor.RowMajor && !packedFast(lvl) {
+	if w.Layout != tensor.RowMajor && !packedFast(w.Layout, lvl) {
 		matMulUnpacked(out, w, x, n, threads, inv)
 		return
 	}

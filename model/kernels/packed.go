@@ -131,7 +131,7 @@ func PackedBytes(dt tensor.DType, rows, cols int) int {
 func CanPack(w tensor.Matrix) bool {
 	s := specOf(w.DType, tensor.RowMajor)
 	return s != nil && !packOff[w.DType] && w.Layout == tensor.RowMajor && w.Rows > 0 && w.Cols > 0 &&
-		w.Cols%w.DType.BlockValues() == 0 && hasPackedKernels(w.DType) && packedFast(KernelLevel())
+		w.Cols%w.DType.BlockValues() == 0 && hasPackedKernels(w.DType) && packedFast(s.layout, KernelLevel())
 }
 
 // Pack packs the row-major matrix w (CanPack's types) into dst

@@ -19,6 +19,29 @@ func skipNoQ80(t testing.TB) {
 	}
 }
 
+// forQ80Levels runs f at each kernel level with Q8_0 integer kernels on
+// this CPU (AVX-512 VNNI, and the AVX2 kernels), as a subtest.
+func forQ80Levels(t *testing.T, f func(t *testing.T)) {
+	t.Helper()
+	if !Q8Activations() {
+		t.Skip("8-bit activations are off")
+	}
+	prev := KernelLevel()
+	defer SetKernelLevel(prev)
+	ran := false
+	for _, l := range SupportedLevels() {
+		if !hasQ80KernelsAt(l) {
+			continue
+		}
+		ran = true
+		SetKernelLevel(l)
+		t.Run(l.String(), f)
+	}
+	if !ran {
+		t.Skip("no Q8_0 integer kernels on this CPU")
+	}
+}
+
 // TestQuantizeQ80 checks the group quantizer: the assembly writes the Go
 // twin's bytes (zero rows, tiny and extreme blocks included), values within
 // half a step, non-finite inputs refused.
@@ -95,6 +118,18 @@ func TestQuantizeQ80Row(t *testing.T) {
 		if !quantQ80R512(&x[0], nb, &xr[0]) {
 			t.Fatal("finite input refused")
 		}
+		xgo := make([]byte, nt*q80rTileBytes)
+		if !quantizeQ80RowRef(xgo, x, nb) {
+			t.Fatal("finite input refused by quantizeQ80RowRef")
+		}
+		for b := 0; b < nb; b++ {
+			tile, bt := b/16*q80rTileBytes, b%16
+			for _, f := range [][2]int{{32 * bt, 32}, {512 + 4*bt, 4}, {576 + 4*bt, 4}} {
+				if got, want := xgo[tile+f[0]:tile+f[0]+f[1]], xr[tile+f[0]:tile+f[0]+f[1]]; string(got) != string(want) {
+					t.Fatalf("nb %d block %d: quantizeQ80RowRef wrote % x at %d, the assembly % x", nb, b, got, f[0], want)
+				}
+			}
+		}
 		for b := 0; b < nb; b++ {
 			tile := xr[b/16*q80rTileBytes:]
 			var sum int32
@@ -119,14 +154,67 @@ func TestQuantizeQ80Row(t *testing.T) {
 	if quantQ80R512(&x[0], 2, &make([]byte, q80rTileBytes)[0]) {
 		t.Fatal("-Inf accepted")
 	}
+	if quantizeQ80RowRef(make([]byte, q80rTileBytes), x, 2) {
+		t.Fatal("-Inf accepted by quantizeQ80RowRef")
+	}
+}
+
+// TestQuantizeQ80RowAVX2: quantQ80R256 writes quantizeQ80RowRef's bytes
+// (zero, tiny, huge and tie-rounding blocks included) and refuses rows with
+// an infinity or a NaN in any block.
+func TestQuantizeQ80RowAVX2(t *testing.T) {
+	if !hasQ80KernelsAt(LevelAVX2) {
+		t.Skip("no AVX2 on this CPU or build")
+	}
+	rng := rand.New(rand.NewPCG(26, 26))
+	for _, nb := range []int{1, 15, 16, 17, 48} {
+		k := nb * q80Values
+		x := randVec(rng, k)
+		for l := 0; l < q80Values; l++ {
+			x[l] = 0 // a zero block
+		}
+		if nb > 1 {
+			x[32] = 1e-31 // a tiny block
+		}
+		if nb > 2 {
+			x[64], x[65] = 3e38, -1e38 // a huge one
+		}
+		if nb > 3 {
+			// x·127/amax exactly n+0.5: ties round to even.
+			x[96], x[97], x[98] = 127, 2.5, -3.5
+			for l := 99; l < 128; l++ {
+				x[l] = 0.5
+			}
+		}
+		want := make([]byte, (nb+15)/16*q80rTileBytes)
+		got := make([]byte, len(want))
+		if !quantizeQ80RowRef(want, x, nb) || !quantQ80R256(&x[0], nb, &got[0]) {
+			t.Fatalf("nb %d: finite input refused", nb)
+		}
+		if string(got) != string(want) {
+			for i := range got {
+				if got[i] != want[i] {
+					t.Fatalf("nb %d: byte %d (block %d) = %#x, quantizeQ80RowRef %#x", nb, i, 16*(i/q80rTileBytes)+i%q80rTileBytes/32, got[i], want[i])
+				}
+			}
+		}
+		for _, bad := range []float32{float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN())} {
+			xb := append([]float32(nil), x...)
+			xb[k-1-rng.IntN(k)] = bad
+			if quantQ80R256(&xb[0], nb, &got[0]) {
+				t.Fatalf("nb %d: %v accepted", nb, bad)
+			}
+		}
+	}
 }
 
 // TestMatMulQ80 checks the Q8_0 integer path: bit for bit its plain twin,
 // within the error of 8-bit activations of the float32 reference, every row
 // the same bits whatever the other rows of the call, the thread count or
 // the weight rows per kernel call.
-func TestMatMulQ80(t *testing.T) {
-	skipNoQ80(t)
+func TestMatMulQ80(t *testing.T) { forQ80Levels(t, testMatMulQ80) }
+
+func testMatMulQ80(t *testing.T) {
 	rng := rand.New(rand.NewPCG(22, 22))
 	for _, rows := range []int{1, 5, 6, 13, 64, 301} {
 		for _, cols := range []int{32, 96, 1536} {
@@ -195,13 +283,14 @@ func TestMatMulQ80Rows(t *testing.T) {
 // kernels give the same bits), and a row holding a NaN leaves the others the
 // bits they have without it.
 func TestMatMulQ80BatchInvariant(t *testing.T) {
-	skipNoQ80(t)
-	for _, inv := range []bool{false, true} {
-		t.Run(fmt.Sprintf("invariant=%v", inv), func(t *testing.T) {
-			defer SetBatchInvariant(SetBatchInvariant(inv))
-			testMatMulQ80BatchInvariant(t)
-		})
-	}
+	forQ80Levels(t, func(t *testing.T) {
+		for _, inv := range []bool{false, true} {
+			t.Run(fmt.Sprintf("invariant=%v", inv), func(t *testing.T) {
+				defer SetBatchInvariant(SetBatchInvariant(inv))
+				testMatMulQ80BatchInvariant(t)
+			})
+		}
+	})
 }
 
 func testMatMulQ80BatchInvariant(t *testing.T) {

@@ -98,7 +98,7 @@ func q80Choice(w tensor.Matrix, n int, inv bool) q80Kernel {
 // usesQ80 reports whether MatMul at the current level takes a Q8_0 integer
 // kernel for this product with n input rows (finite x assumed).
 func usesQ80(w tensor.Matrix, n int) bool {
-	return KernelLevel() >= LevelAVX512 && hasQ80Kernels() && q80Choice(w, n, false) != q80None
+	return hasQ80KernelsAt(KernelLevel()) && q80Choice(w, n, false) != q80None
 }
 
 // quantizeQ80Ref quantizes rows (at most 16; the other lanes are zero) of x,
@@ -138,6 +138,42 @@ func quantizeQ80Ref(dst []byte, x []float32, xstride, rows, nb int) bool {
 				blk[64*(l/4)+4*i+l%4] = byte(q + 128)
 			}
 		}
+	}
+	return true
+}
+
+// quantizeQ80RowRef quantizes one input row x (nb blocks of 32 values) into
+// q80rows512's tiles at dst (the bytes quantQ80R512 writes: per block q,
+// d_x and 128·Σq_x; a partial last tile's unused blocks are left as they
+// are). It reports false if x holds an infinity or a NaN. The AVX2 level
+// quantizes with it, as an AVX2-only CPU does.
+func quantizeQ80RowRef(dst []byte, x []float32, nb int) bool {
+	for b := 0; b < nb; b++ {
+		tile := dst[b/16*q80rTileBytes : (b/16+1)*q80rTileBytes]
+		bt := b % 16
+		xs := x[b*q80Values : (b+1)*q80Values]
+		var amax float32
+		for _, v := range xs {
+			if v != v || math.IsInf(float64(v), 0) {
+				return false
+			}
+			amax = max(amax, float32(math.Abs(float64(v))))
+		}
+		var d, id float32
+		if amax >= q80Tiny {
+			d = tensor.F16ToF32(tensor.F32ToF16(amax / 127))
+			id = 127 / amax
+		}
+		var sum int32
+		for l, v := range xs {
+			// Round to nearest even (see quantizeQ8KRef).
+			q := int32(math.Float32bits(v*id+12582912)) - 0x4B400000
+			q = min(127, max(-127, q))
+			tile[32*bt+l] = byte(int8(q))
+			sum += q
+		}
+		binary.LittleEndian.PutUint32(tile[512+4*bt:], math.Float32bits(d))
+		binary.LittleEndian.PutUint32(tile[576+4*bt:], uint32(128*sum))
 	}
 	return true
 }

@@ -65,7 +65,7 @@ func planQ8(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j := &c.job
 	if j.w.Layout != tensor.RowMajor {
 		// packedFast held: the packed kernels run.
-		ok := planPacked(c)
+		ok := planPacked(c, lvl)
 		return ok, !ok
 	}
 	if j.w.DType == tensor.Q8_0 {
@@ -123,7 +123,17 @@ func hasQ8Kernels() bool { return hasQ8 }
 // kernels at level lvl.
 func hasQ8KernelsAt(dt tensor.DType, lvl Level) bool { return q8LevelKernels(dt, lvl)[1] != nil }
 
-func hasQ80Kernels() bool { return hasQ80 }
+// hasQ80KernelsAt reports whether products with Q8_0 weights run integer
+// kernels at level lvl (AVX-512 VNNI, or the AVX2 ones).
+func hasQ80KernelsAt(lvl Level) bool {
+	switch {
+	case lvl >= LevelAVX512:
+		return hasQ80
+	case lvl == LevelAVX2:
+		return maxLevel >= LevelAVX2
+	}
+	return false
+}
 
 // quantizeQ8KAsm runs quantQ8K512 where the integer kernels exist (done).
 func quantizeQ8KAsm(dst []byte, x []float32, nb int) (ok, done bool) {
@@ -151,14 +161,33 @@ type q80DotFn func(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstr
 var q80Dots = [q80MaxRows + 1]q80DotFn{1: q80dot512R1, 2: q80dot512R2, 3: q80dot512R3, 4: q80dot512R4, 5: q80dot512R5, 6: q80dot512R6}
 
 // hasPackedKernels reports whether the CPU runs the packed kernels of dtype
-// dt (q80x16N, q4kx16N, q5kx16N, q6kx16N: VPDPBUSD and VPDPWSSD on zmm; packed.go).
+// dt at its best level (q80x16N, q4kx16N, q5kx16N, q6kx16N: VPDPBUSD and
+// VPDPWSSD on zmm; on AVX2-only CPUs Q8_0's q80x16AVX2N; packed.go).
 func hasPackedKernels(dt tensor.DType) bool {
-	return specOf(dt, tensor.RowMajor) != nil && hasQ80 && maxLevel >= LevelAVX512
+	s := specOf(dt, tensor.RowMajor)
+	return s != nil && packedKernelsAt(s.layout, maxLevel) != nil
 }
 
-// packedFast reports whether a product with packed weights runs its own
-// kernels at level lvl (else matMulUnpacked).
-func packedFast(lvl Level) bool { return lvl >= LevelAVX512 && hasQ80 && q8Act.Load() }
+// packedFast reports whether a product with weights in packed layout l runs
+// packed kernels at level lvl (else matMulUnpacked).
+func packedFast(l tensor.Layout, lvl Level) bool {
+	return q8Act.Load() && packedKernelsAt(l, lvl) != nil
+}
+
+// packedKernelsAt returns the packed kernels of layout l at level lvl (nil
+// where there are none).
+func packedKernelsAt(l tensor.Layout, lvl Level) []packedFn {
+	switch {
+	case lvl >= LevelAVX512 && hasQ80 && maxLevel >= LevelAVX512:
+		return packedKernels[l]
+	case lvl == LevelAVX2 && maxLevel >= LevelAVX2 && l == tensor.Q80x16:
+		return q80x16AVX2Fns[:]
+	}
+	return nil
+}
+
+// q80x16AVX2Fns are the AVX2 kernels of packed Q8_0 (no VNNI: VPMADDUBSW).
+var q80x16AVX2Fns = [...]packedFn{1: q80x16AVX2N1, 2: q80x16AVX2N2}
 
 var q80x16Fns = [...]packedFn{
 	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}
@@ -177,10 +206,10 @@ var packedKernels = [...][]packedFn{
 // quantized as the row-major kernels of its type quantize it (q80rows512's
 // tiles for Q8_0, quantizeQ8K's blocks for the K-quants). It reports false if a row
 // holds an infinity or a NaN (the caller then runs the product unpacked).
-func planPacked(c *callCtx) bool {
+func planPacked(c *callCtx, lvl Level) bool {
 	j := &c.job
 	if j.w.Layout == tensor.Q80x16 {
-		if !planQ80Rows(c) {
+		if !planQ80Rows(c, lvl) {
 			return false
 		}
 		j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
@@ -190,7 +219,7 @@ func planPacked(c *callCtx) bool {
 		}
 		j.q8.xstride = j.q8.nb * q8xBlockBytes
 	}
-	j.q8.packed = packedKernels[j.w.Layout]
+	j.q8.packed = packedKernelsAt(j.w.Layout, lvl)
 	j.q8.groupBytes = j.q8.nb * specOf(j.w.DType, j.w.Layout).groupBytes()
 	j.block = packedRows512
 	j.rb = max(packRows, rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)&^(packRows-1))
@@ -228,15 +257,35 @@ func packedRows512(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 // rows, 16 per group, into c.xq.
 func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j := &c.job
-	if lvl < LevelAVX512 || !hasQ80 {
+	if !hasQ80KernelsAt(lvl) {
 		return false, false
 	}
-	switch q80Choice(j.w, j.n, j.inv) {
+	choice := q80Choice(j.w, j.n, j.inv)
+	if lvl < LevelAVX512 && choice != q80None {
+		choice = q80Rows
+		if j.n >= q80PackMinRows256 {
+			choice = q80Lanes
+		}
+	}
+	switch choice {
 	case q80None:
 		return false, false
 	case q80Rows:
-		ok := planQ80Rows(c)
+		ok := planQ80Rows(c, lvl)
 		return ok, !ok
+	}
+	if lvl < LevelAVX512 {
+		// AVX2: many input rows run the packed kernels on 16-row groups
+		// packed as the product goes.
+		if !planQ80Rows(c, lvl) {
+			return false, true
+		}
+		j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
+		j.q8.packed = q80x16AVX2Fns[:]
+		j.q8.groupBytes = j.q8.nb * specOf(tensor.Q8_0, tensor.RowMajor).groupBytes()
+		j.block = q80PackingBlock
+		j.rb = max(packRows, rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)&^(packRows-1))
+		return true, false
 	}
 	k := j.w.Cols
 	nb := k / q80Values
@@ -268,9 +317,10 @@ func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	return true, false
 }
 
-// planQ80Rows sets up q80rows512: each input row quantized on its own (quantQ80R512's tiles, zero-padded). It reports
-// false if a row holds an infinity or a NaN.
-func planQ80Rows(c *callCtx) bool {
+// planQ80Rows sets up q80rows512 (q80rows256 at the AVX2 level): each
+// input row quantized on its own (quantQ80R512's tiles, zero-padded). It
+// reports false if a row holds an infinity or a NaN.
+func planQ80Rows(c *callCtx, lvl Level) bool {
 	j := &c.job
 	k := j.w.Cols
 	nb := k / q80Values
@@ -284,11 +334,20 @@ func planQ80Rows(c *callCtx) bool {
 	xq := buf[off : off+j.n*xs]
 	for i := 0; i < j.n; i++ {
 		clear(xq[(i+1)*xs-q80rTileBytes : (i+1)*xs])
-		if !quantQ80R512(&j.x[i*k], nb, &xq[i*xs]) {
+		if lvl < LevelAVX512 {
+			if !quantQ80R256(&j.x[i*k], nb, &xq[i*xs]) {
+				return false
+			}
+		} else if !quantQ80R512(&j.x[i*k], nb, &xq[i*xs]) {
 			return false
 		}
 	}
 	j.q8 = q8Plan{xq: xq, nb: nb}
+	if lvl < LevelAVX512 {
+		j.block = q80Rows256Block
+		j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
+		return true
+	}
 	j.block = q80RowsBlock
 	// Whole groups of 16 rows per block (the kernel's unit).
 	j.rb = max(16, rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)&^15)
@@ -303,6 +362,68 @@ func q80RowsBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	s.f = alignedF32(s.f, 16*16*nt)
 	for i := 0; i < j.n; i++ {
 		q80rows512(&j.w.Data[r0*j.rowBytes], j.rowBytes, r1-r0, &p.xq[i*xs], p.nb, &s.f[0], &j.out[i*j.w.Rows+r0])
+	}
+}
+
+// q80PackMinRows256: on AVX2, row-major Q8_0 products with at least this
+// many input rows pack the weights as they go (q80PackingBlock); with fewer
+// they run q80rows256 (one input row) or q80rows8x256. Measured with
+// BenchmarkQ80AVX2 (in_proj shape, one thread): q80rows8x256 at 4, 8 and 16
+// rows 2.2, 3.3 and 5.5 ms against 2.3, 4.6 and 9.0 for q80rows256 (but 1.3
+// against 0.59 ms at one row: eight weight streams at once read slower than
+// one), packing 16 and 90 ms at 64 and 512 rows against about 22 and 176.
+var q80PackMinRows256 = 32
+
+// q80Rows256Block computes rows [r0, r1) for each input row on AVX2: with
+// one input row q80rows256, with more q80rows8x256 on groups of 8 rows and
+// q80rows256 on the rest (the same bits).
+func q80Rows256Block(j *mmJob, _ *scratch, r0, r1, _, _ int) {
+	p := &j.q8
+	xs := (p.nb + 15) / 16 * q80rTileBytes
+	g := (r1 - r0) / 8
+	if j.n == 1 {
+		g = 0
+	}
+	r8 := r0 + 8*g
+	for i := 0; i < j.n; i++ {
+		if g > 0 {
+			q80rows8x256(&j.w.Data[r0*j.rowBytes], j.rowBytes, g, &p.xq[i*xs], p.nb, &j.out[i*j.w.Rows+r0])
+		}
+		if r8 < r1 {
+			q80rows256(&j.w.Data[r8*j.rowBytes], j.rowBytes, r1-r8, &p.xq[i*xs], p.nb, &j.out[i*j.w.Rows+r8])
+		}
+	}
+}
+
+// q80PackingBlock computes rows [r0, r1) (r0 a multiple of 16) of a
+// row-major Q8_0 product on AVX2 with many input rows: each 16-row group is
+// packed into the worker's scratch (as Pack packs it), then the packed
+// kernels run it against every input row, so that the weights are read
+// once per two input rows from cache, with the bits of q80rows256.
+func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
+	p := &j.q8
+	spec := specOf(tensor.Q8_0, tensor.RowMajor)
+	if cap(s.rows) < p.groupBytes {
+		s.rows = make([]byte, p.groupBytes)
+	}
+	buf := s.rows[:p.groupBytes]
+	rows := j.w.Rows
+	var tmp [2 * packRows]float32
+	for g := r0; g < r1; g += packRows {
+		m := min(packRows, r1-g)
+		sub := tensor.Matrix{DType: tensor.Q8_0, Rows: m, Cols: j.w.Cols, Data: j.w.Data[g*j.rowBytes : (g+m)*j.rowBytes]}
+		spec.packGroups(buf, sub, 0, 1)
+		for i0 := 0; i0 < j.n; i0 += 2 {
+			nn := min(2, j.n-i0)
+			if m == packRows {
+				p.packed[nn](&buf[0], 1, p.nb, &p.xq[i0*p.xstride], p.xstride, &j.out[i0*rows+g], 4*rows)
+				continue
+			}
+			p.packed[nn](&buf[0], 1, p.nb, &p.xq[i0*p.xstride], p.xstride, &tmp[0], 4*packRows)
+			for i := 0; i < nn; i++ {
+				copy(j.out[(i0+i)*rows+g:][:m], tmp[i*packRows:])
+			}
+		}
 	}
 }
 

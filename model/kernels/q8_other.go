@@ -11,7 +11,7 @@ func hasQ8Kernels() bool { return false }
 
 func hasQ8KernelsAt(tensor.DType, Level) bool { return false }
 
-func hasQ80Kernels() bool { return false }
+func hasQ80KernelsAt(Level) bool { return false }
 
 func quantizeQ8KAsm([]byte, []float32, int) (ok, done bool) { return false, false }
 
@@ -25,4 +25,4 @@ func toBF16Asm([]uint16, []float32) int { return 0 }
 
 func hasPackedKernels(tensor.DType) bool { return false }
 
-func packedFast(Level) bool { return false }
+func packedFast(tensor.Layout, Level) bool { return false }

@@ -43,6 +43,7 @@ func main() {
 	genQ8QuantConsts()
 	genQ80Consts()
 	genQ80RowsConsts()
+	genQ80AVX2Consts()
 	genToBF16Consts()
 	for _, s := range []isa{isa512, isa256} {
 		genProbes(s)
@@ -102,6 +103,12 @@ func main() {
 	for n := 1; n <= q80x16MaxN; n++ {
 		genQ80x16(n)
 	}
+	for n := 1; n <= q80x16AVX2MaxN; n++ {
+		genQ80x16AVX2(n)
+	}
+	genQ80Rows256()
+	genQ80Rows8x256()
+	genQ80QuantRow256()
 	for n := 1; n <= q4kx16MaxN; n++ {
 		genQ4Kx16(n)
 	}

@@ -1,0 +1,435 @@
+package main
+
+import (
+	"fmt"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// ---- Q8_0 integer kernels for AVX2 (no VNNI): q80x16AVX2N, q80rows256 ----
+//
+// The same quantized input rows (q80rows512's tiles: q, d_x, 128·Σq_x per
+// block) and the same float32 step per (weight row, block) as the AVX-512
+// kernels, acc += float32(Σq_w·q_x)·(d_w·d_x), multiplied and added
+// separately, in block order: the same bits. Without VPDPBUSD, each block
+// sum is made with llama.cpp's AVX2 trick: VPMADDUBSW multiplies unsigned
+// with signed bytes and saturates int16 pair sums, so it takes |q_w| as the
+// unsigned operand and q_x with the sign of q_w (VPSIGNB) as the signed one
+// (a pair sum is at most 2·128·127 = 32512), and VPMADDWD with 16-bit ones
+// adds the pairs into int32 lanes. The sums are exact, so no 128·Σq_x
+// correction is needed.
+//
+//   - q80x16AVX2N<n> (packed Q8_0, tensor.Q80x16; packedSig): per block and
+//     4-byte word j, two ymm hold word j of rows 0-7 and 8-15 (lane = weight
+//     row, the bytes stored as q+128 are flipped back by one VPXOR), so the
+//     input row's 4 bytes broadcast give every row's partial sum in its own
+//     lane with nothing to reduce.
+//   - q80rows256 (row-major Q8_0, one input row): each weight row walked
+//     alone, a block per ymm, its 8 partial sums reduced to one by a
+//     shuffle-add ladder, then the float32 step in the low lane. For
+//     matrices the loader leaves row-major (read through the file's map).
+
+// q80x16AVX2MaxN is the most input rows per q80x16AVX2N call: per input row
+// two accumulators, two block sums and a broadcast register, beside the two
+// constants and three temporaries of 16 ymm.
+const q80x16AVX2MaxN = 2
+
+// q80SignedSum adds the int32 pair sums of the signed weight bytes q times
+// the signed activation bytes x (both ymm registers) to s: VPMADDUBSW of
+// |q| (a) with x signed as q, then VPMADDWD with the 16-bit ones.
+func q80SignedSum(q, a, x, ones, s VecVirtual) {
+	t := YMM()
+	VPSIGNB(q, x, t)
+	VPMADDUBSW(t, a, t)
+	VPMADDWD(ones, t, t)
+	VPADDD(t, s, s)
+}
+
+func genQ80x16AVX2(n int) {
+	name := fmt.Sprintf("q80x16AVX2N%d", n)
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked Q8_0 weights with %d quantized input rows on AVX2 (see genQ80x16AVX2).", name, n), n)
+	c80, ones := YMM(), YMM()
+	VPBROADCASTD(cB80, c80)
+	VPBROADCASTD(cW1, ones)
+	Label(name + "_grp")
+	cnt := ld("nblocks")
+	xq := ld("xq") // the current block's q in the current tile
+	dc := GP64()   // the current block's d_x (at xq's tile + 512 + 4·b)
+	MOVQ(xq, dc)
+	xm := func(base GPVirtual, i, disp int) Mem { return packedXMem(idx, base, i, disp) }
+	bi := GP64() // block index within the tile
+	XORQ(bi, bi)
+	acc := make([]VecVirtual, 2*n) // acc[2i+h]: input row i, weight rows 8h..8h+7
+	for i := range acc {
+		acc[i] = YMM()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	Label(name + "_blk")
+	s := make([]VecVirtual, 2*n)
+	for i := range s {
+		s[i] = YMM()
+		VPXOR(s[i], s[i], s[i])
+	}
+	for j := 0; j < 8; j++ {
+		xb := make([]VecVirtual, n)
+		for i := range xb {
+			xb[i] = YMM()
+			VPBROADCASTD(xm(xq, i, 4*j), xb[i])
+		}
+		for h := 0; h < 2; h++ {
+			q, a := YMM(), YMM()
+			VPXOR(Mem{Base: wp, Disp: 32 + 64*j + 32*h}, c80, q)
+			VPABSB(q, a)
+			for i := 0; i < n; i++ {
+				q80SignedSum(q, a, xb[i], ones, s[2*i+h])
+			}
+		}
+	}
+	for h := 0; h < 2; h++ {
+		dw := YMM()
+		VCVTPH2PS(Mem{Base: wp, Disp: 16 * h}, dw)
+		for i := 0; i < n; i++ {
+			t, f := YMM(), YMM()
+			VBROADCASTSS(xm(dc, i, q80rD), t)
+			VMULPS(t, dw, t) // d_w·d_x (one rounding)
+			VCVTDQ2PS(s[2*i+h], f)
+			VMULPS(t, f, f)
+			VADDPS(f, acc[2*i+h], acc[2*i+h])
+		}
+	}
+	ADDQ(U32(q80x16Block), wp)
+	ADDQ(U8(32), xq)
+	ADDQ(U8(4), dc)
+	INCQ(bi)
+	CMPQ(bi, U8(16))
+	JNE(LabelRef(name + "_next"))
+	// Next tile: q moved 512 bytes into the tile, d 64.
+	ADDQ(U32(q80rTile-512), xq)
+	ADDQ(U32(q80rTile-64), dc)
+	XORQ(bi, bi)
+	Label(name + "_next")
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+
+	op := ld("out")
+	ost := ld("ostride")
+	o := GP64()
+	MOVQ(op, o)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			ADDQ(ost, o)
+		}
+		VMOVUPS(acc[2*i], Mem{Base: o})
+		VMOVUPS(acc[2*i+1], Mem{Base: o, Disp: 32})
+	}
+	ADDQ(U8(64), op)
+	Store(op, Param("out"))
+	DECQ(paddr("groups"))
+	JNZ(LabelRef(name + "_grp"))
+	VZEROUPPER()
+	RET()
+}
+
+// genQ80Rows256 emits q80rows256: out[r] = row r of the row-major Q8_0
+// weights times one quantized input row (q80rows512's tiles), for nrows
+// rows wstride bytes apart.
+func genQ80Rows256() {
+	const name = "q80rows256"
+	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, xq *byte, nblocks int, out *float32)")
+	Doc(name + " multiplies row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).")
+	wq := ld("w")
+	ws := ld("wstride")
+	oq := ld("out")
+	ones := YMM()
+	VPBROADCASTD(cW1, ones)
+	Label(name + "_row")
+	w0 := GP64()
+	MOVQ(wq, w0)
+	xq := ld("xq")
+	dc := GP64()
+	MOVQ(xq, dc)
+	cnt := ld("nblocks")
+	bi := GP64()
+	XORQ(bi, bi)
+	acc := XMM()
+	VXORPS(acc, acc, acc)
+	Label(name + "_blk")
+	q, a, s := YMM(), YMM(), YMM()
+	VMOVDQU(Mem{Base: w0, Disp: 2}, q)
+	VPABSB(q, a)
+	VPXOR(s, s, s)
+	x := YMM()
+	VMOVDQU(Mem{Base: xq}, x)
+	q80SignedSum(q, a, x, ones, s)
+	t := XMM()
+	VEXTRACTI128(U8(1), s, t)
+	VPADDD(t, s.AsX(), t)
+	u := XMM()
+	VPSHUFD(U8(0x4E), t, u)
+	VPADDD(u, t, t)
+	VPSHUFD(U8(0xB1), t, u)
+	VPADDD(u, t, t)
+	VCVTDQ2PS(t, t)
+	h := GP32()
+	MOVWLZX(Mem{Base: w0}, h)
+	dw := XMM()
+	VMOVD(h, dw)
+	VCVTPH2PS(dw, dw)
+	VMULSS(Mem{Base: dc, Disp: q80rD}, dw, dw) // d_w·d_x
+	VMULSS(dw, t, t)
+	VADDSS(t, acc, acc)
+	ADDQ(U8(34), w0)
+	ADDQ(U8(32), xq)
+	ADDQ(U8(4), dc)
+	INCQ(bi)
+	CMPQ(bi, U8(16))
+	JNE(LabelRef(name + "_next"))
+	ADDQ(U32(q80rTile-512), xq)
+	ADDQ(U32(q80rTile-64), dc)
+	XORQ(bi, bi)
+	Label(name + "_next")
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	VMOVSS(acc, Mem{Base: oq})
+	ADDQ(U8(4), oq)
+	ADDQ(ws, wq)
+	DECQ(paddr("nrows"))
+	JNZ(LabelRef(name + "_row"))
+	VZEROUPPER()
+	RET()
+}
+
+var (
+	cIota8   Mem // dwords 0..7
+	cPickW0  Mem // VPSHUFB: word 0 of each dword to the low 8 bytes of each lane
+	cExpF32  Mem // dword 0x7F800000: a float32's exponent bits
+	cPackOrd Mem // VPERMD: VPACKSSDW+VPACKSSWB's dwords back in order
+)
+
+func genQ80AVX2Consts() {
+	cIota8 = data32("iota8", 0, 1, 2, 3, 4, 5, 6, 7)
+	cExpF32 = data32("expf32", 0x7F800000)
+	cPackOrd = data32("packord", 0, 4, 1, 5, 2, 6, 3, 7)
+	cPickW0 = data32("pickw0", 0x05040100, 0x0D0C0908, 0x80808080, 0x80808080, 0x05040100, 0x0D0C0908, 0x80808080, 0x80808080)
+}
+
+// genQ80Rows8x256 emits q80rows8x256: like q80rows256, eight weight rows at
+// a time (groups of them, nrows = 8·groups): per block, each row's 8
+// partial sums, the eight rows' sums reduced together by a VPHADDD tree
+// into one register (lane = weight row), their d_w gathered, and the
+// float32 step for the eight rows at once, in block order: the bits of
+// q80rows256 at about a third of its instructions per block.
+func genQ80Rows8x256() {
+	const name = "q80rows8x256"
+	TEXT(name, NOSPLIT, "func(w *byte, wstride, groups int, xq *byte, nblocks int, out *float32)")
+	Doc(name + " multiplies groups of 8 row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80Rows8x256).")
+	wq := ld("w")
+	ws := ld("wstride")
+	oq := ld("out")
+	ws3 := GP64()
+	IMUL3Q(U8(3), ws, ws3)
+	ones, idx := YMM(), YMM()
+	VPBROADCASTD(cW1, ones)
+	VMOVD(ws.As32(), idx.AsX())
+	VPBROADCASTD(idx.AsX(), idx)
+	VPMULLD(cIota8, idx, idx) // row r's offset r·wstride
+	Label(name + "_grp")
+	w0, w4 := GP64(), GP64()
+	MOVQ(wq, w0)
+	LEAQ(Mem{Base: wq, Index: ws, Scale: 4}, w4)
+	xq := ld("xq")
+	dc := GP64()
+	MOVQ(xq, dc)
+	cnt := ld("nblocks")
+	bi := GP64()
+	XORQ(bi, bi)
+	acc := YMM()
+	VXORPS(acc, acc, acc)
+	Label(name + "_blk")
+	x := YMM()
+	VMOVDQU(Mem{Base: xq}, x)
+	rowMem := func(r int) Mem {
+		base := w0
+		if r >= 4 {
+			base = w4
+		}
+		switch r % 4 {
+		case 0:
+			return Mem{Base: base, Disp: 2}
+		case 3:
+			return Mem{Base: base, Index: ws3, Scale: 1, Disp: 2}
+		}
+		return Mem{Base: base, Index: ws, Scale: uint8(r % 4), Disp: 2}
+	}
+	rowSum := func(r int) VecVirtual {
+		q, a, t := YMM(), YMM(), YMM()
+		VMOVDQU(rowMem(r), q)
+		VPABSB(q, a)
+		VPSIGNB(q, x, t)
+		VPMADDUBSW(t, a, t)
+		VPMADDWD(ones, t, t)
+		return t
+	}
+	// quad returns, per 128-bit lane, rows r..r+3's sums of that lane's
+	// four partial sums.
+	quad := func(r int) VecVirtual {
+		p := YMM()
+		VPHADDD(rowSum(r+1), rowSum(r), p)
+		p2 := YMM()
+		VPHADDD(rowSum(r+3), rowSum(r+2), p2)
+		VPHADDD(p2, p, p)
+		return p
+	}
+	q0, q4 := quad(0), quad(4)
+	lo, hi := YMM(), YMM()
+	VPERM2I128(U8(0x20), q4, q0, lo)
+	VPERM2I128(U8(0x31), q4, q0, hi)
+	VPADDD(hi, lo, lo) // lane r: row r's block sum
+	// The eight rows' d_w: a dword gathered at each row's block start, its
+	// low word kept.
+	m, g := YMM(), YMM()
+	VPCMPEQD(m, m, m)
+	VPXOR(g, g, g)
+	VPGATHERDD(m, Mem{Base: w0, Index: idx, Scale: 1}, g)
+	VPSHUFB(cPickW0, g, g)
+	VPERMQ(U8(0x08), g, g)
+	dw := YMM()
+	VCVTPH2PS(g.AsX(), dw)
+	t, f := YMM(), YMM()
+	VBROADCASTSS(Mem{Base: dc, Disp: q80rD}, t)
+	VMULPS(t, dw, t) // d_w·d_x
+	VCVTDQ2PS(lo, f)
+	VMULPS(t, f, f)
+	VADDPS(f, acc, acc)
+	ADDQ(U8(34), w0)
+	ADDQ(U8(34), w4)
+	ADDQ(U8(32), xq)
+	ADDQ(U8(4), dc)
+	INCQ(bi)
+	CMPQ(bi, U8(16))
+	JNE(LabelRef(name + "_next"))
+	ADDQ(U32(q80rTile-512), xq)
+	ADDQ(U32(q80rTile-64), dc)
+	XORQ(bi, bi)
+	Label(name + "_next")
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	VMOVUPS(acc, Mem{Base: oq})
+	ADDQ(U8(32), oq)
+	LEAQ(Mem{Base: wq, Index: ws, Scale: 8}, wq)
+	DECQ(paddr("groups"))
+	JNZ(LabelRef(name + "_grp"))
+	VZEROUPPER()
+	RET()
+}
+
+// genQ80QuantRow256 emits quantQ80R256, quantQ80R512 on AVX2 (the bytes of
+// quantizeQ80RowRef): per block of 32 values d = f16(amax/127), q =
+// round-to-nearest-even(x·(127/amax)), 128·Σq. It returns false if x holds
+// an infinity or a NaN.
+func genQ80QuantRow256() {
+	name := "quantQ80R256"
+	TEXT(name, NOSPLIT, "func(x *float32, nblocks int, dst *byte) bool")
+	Doc(name + " quantizes one input row for q80rows256 and q80x16AVX2N (see genQ80QuantRow256).")
+	px := ld("x")
+	nb := ld("nblocks")
+	pq := ld("dst")
+	pd := GP64()
+	LEAQ(Mem{Base: pq, Disp: q80rD}, pd)
+	pc := GP64()
+	LEAQ(Mem{Base: pq, Disp: q80rC}, pc)
+	inTile := GP64()
+	MOVQ(U32(16), inTile)
+	abs, exp, bad := YMM(), YMM(), YMM()
+	VPBROADCASTD(cAbs, abs)
+	VPBROADCASTD(cExpF32, exp)
+	VPXOR(bad, bad, bad)
+	Label(name + "_blk")
+	v := make([]VecVirtual, 4)
+	for c := range v {
+		v[c] = YMM()
+		VMOVUPS(Mem{Base: px, Disp: 32 * c}, v[c])
+		t := YMM()
+		VPAND(exp, v[c], t)
+		VPCMPEQD(exp, t, t) // all exponent bits set: an infinity or a NaN
+		VPOR(t, bad, bad)
+	}
+	m, h := YMM(), YMM()
+	VANDPS(abs, v[0], m)
+	for c := 1; c < 4; c++ {
+		VANDPS(abs, v[c], h)
+		VMAXPS(h, m, m)
+	}
+	hx := XMM()
+	VEXTRACTF128(U8(1), m, hx)
+	VMAXPS(hx, m.AsX(), m.AsX())
+	VPERMILPS(U8(0x4E), m.AsX(), hx)
+	VMAXPS(hx, m.AsX(), m.AsX())
+	VPERMILPS(U8(0xB1), m.AsX(), hx)
+	VMAXPS(hx, m.AsX(), m.AsX())
+	d, id := XMM(), XMM()
+	VXORPS(d, d, d)
+	VXORPS(id, id, id)
+	VUCOMISS(cTiny, m.AsX())
+	JCS(LabelRef(name + "_zero"))
+	VMOVSS(cF127, id)
+	VDIVSS(m.AsX(), id, id)
+	t := XMM()
+	VDIVSS(cF127, m.AsX(), t)
+	VCVTPS2PH(U8(0), t, t)
+	VCVTPH2PS(t, t)
+	VMOVSS(t, d, d)
+	Label(name + "_zero")
+	VMOVSS(d, Mem{Base: pd})
+	idv := YMM()
+	VBROADCASTSS(id, idv)
+	for c := range v {
+		VMULPS(idv, v[c], v[c])
+		VCVTPS2DQ(v[c], v[c])
+	}
+	// c = 128·Σq (exact integers).
+	sum := YMM()
+	VPADDD(v[1], v[0], sum)
+	VPADDD(v[2], sum, sum)
+	VPADDD(v[3], sum, sum)
+	sx := XMM()
+	VEXTRACTI128(U8(1), sum, sx)
+	VPADDD(sx, sum.AsX(), sum.AsX())
+	VPSHUFD(U8(0x4E), sum.AsX(), sx)
+	VPADDD(sx, sum.AsX(), sum.AsX())
+	VPSHUFD(U8(0xB1), sum.AsX(), sx)
+	VPADDD(sx, sum.AsX(), sum.AsX())
+	s := GP32()
+	VMOVD(sum.AsX(), s)
+	SHLL(U8(7), s)
+	MOVL(s, Mem{Base: pc})
+	// The 32 int32 to int8 (|q| <= 127: no saturation), back in order.
+	VPACKSSDW(v[1], v[0], v[0])
+	VPACKSSDW(v[3], v[2], v[2])
+	VPACKSSWB(v[2], v[0], v[0])
+	ord := YMM()
+	VMOVDQU(cPackOrd, ord)
+	VPERMD(v[0], ord, v[0])
+	VMOVDQU(v[0], Mem{Base: pq})
+	ADDQ(U8(128), px)
+	ADDQ(U8(32), pq)
+	ADDQ(U8(4), pd)
+	ADDQ(U8(4), pc)
+	DECQ(inTile)
+	JNZ(LabelRef(name + "_same"))
+	ADDQ(U8(q80rTile-512), pq)
+	ADDQ(U32(q80rTile-64), pd)
+	ADDQ(U32(q80rTile-64), pc)
+	MOVQ(U32(16), inTile)
+	Label(name + "_same")
+	DECQ(nb)
+	JNZ(LabelRef(name + "_blk"))
+	ok := GP8()
+	VPTEST(bad, bad)
+	SETEQ(ok)
+	Store(ok, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
