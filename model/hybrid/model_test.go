@@ -3,11 +3,14 @@ package hybrid
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/switchyard-serving/switchyard/model/kernels"
 )
 
 func fixtureHF(t testing.TB) string {
@@ -57,8 +60,27 @@ func forward1(t testing.TB, m *Model, st *State, toks []int, all bool) []float32
 	return seq[0].Logits
 }
 
-// Batched decode of N sessions (each at its own position) equals decoding each alone.
+// Batched decode of N sessions (each at its own position) equals decoding
+// each alone: bit for bit with the batch-invariant kernels (what
+// --deterministic, the default, selects), and within tolerance without them.
+// Without them one-row and many-row products add in different orders, and a
+// difference that moves a value across a bf16 rounding boundary of the KV
+// cache grows to a few 1e-4..1e-3 in the logits (1.4e-3 measured at the AVX2
+// level), hence the tolerance.
 func TestBatchedDecodeMatchesSingle(t *testing.T) {
+	for _, inv := range []bool{true, false} {
+		t.Run(fmt.Sprintf("invariant=%v", inv), func(t *testing.T) {
+			defer kernels.SetBatchInvariant(kernels.SetBatchInvariant(inv))
+			tol := 5e-3
+			if inv {
+				tol = 0
+			}
+			testBatchedDecodeMatchesSingle(t, tol)
+		})
+	}
+}
+
+func testBatchedDecodeMatchesSingle(t *testing.T, tol float64) {
 	m := loadFixture(t)
 	r := rand.New(rand.NewPCG(1, 2))
 	const n = 7
@@ -81,7 +103,7 @@ func TestBatchedDecodeMatchesSingle(t *testing.T) {
 		}
 		for i := range n {
 			want := forward1(t, m, alone[i], []int{toks[i]}, false)
-			if d := maxDiff(batch[i].Logits, want); d > 1e-4 {
+			if d := maxDiff(batch[i].Logits, want); d > tol {
 				t.Fatalf("step %d session %d: batched vs alone max diff %.3g", step, i, d)
 			}
 		}

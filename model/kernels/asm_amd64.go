@@ -671,6 +671,9 @@ func q80rows8x256(w *byte, wstride int, groups int, xq *byte, nblocks int, out *
 // quantQ80R256 quantizes one input row for q80rows256 and q80x16AVX2N (see genQ80QuantRow256).
 func quantQ80R256(x *float32, nblocks int, dst *byte) bool
 
+// quantQ8K256 quantizes nblocks blocks of 256 values of x to 8 bits at dst on AVX2 (see genQ8Quant256).
+func quantQ8K256(x *float32, nblocks int, dst *byte) bool
+
 // q4kx16N1 multiplies a 16-row group of repacked Q4K weights with 1 quantized input rows (see genQ4Kx16).
 func q4kx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 

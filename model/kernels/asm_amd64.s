@@ -93075,6 +93075,449 @@ quantQ80R256_same:
 	VZEROUPPER
 	RET
 
+// func quantQ8K256(x *float32, nblocks int, dst *byte) bool
+// Requires: AVX, AVX2
+TEXT ·quantQ8K256(SB), NOSPLIT, $0-25
+	MOVQ         x+0(FP), AX
+	MOVQ         nblocks+8(FP), CX
+	MOVQ         dst+16(FP), DX
+	VPBROADCASTD absmask<>+0(SB), Y0
+	VPBROADCASTD expf32<>+0(SB), Y1
+	VPBROADCASTD b80<>+0(SB), Y4
+	VPXOR        Y2, Y2, Y2
+	VPXOR        Y3, Y3, Y3
+	VMOVDQU      packord<>+0(SB), Y5
+
+quantQ8K256_blk:
+	VXORPS       Y6, Y6, Y6
+	VMOVUPS      (AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      32(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      64(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      96(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      128(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      160(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      192(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      224(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      256(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      288(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      320(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      352(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      384(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      416(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      448(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      480(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      512(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      544(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      576(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      608(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      640(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      672(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      704(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      736(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      768(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      800(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      832(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      864(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      896(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      928(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      960(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VMOVUPS      992(AX), Y7
+	VPAND        Y1, Y7, Y8
+	VPCMPEQD     Y1, Y8, Y8
+	VPOR         Y8, Y2, Y2
+	VANDPS       Y0, Y7, Y7
+	VMAXPS       Y7, Y6, Y6
+	VEXTRACTF128 $0x01, Y6, X7
+	VMAXPS       X7, X6, X6
+	VPERMILPS    $0x4e, X6, X7
+	VMAXPS       X7, X6, X6
+	VPERMILPS    $0xb1, X6, X7
+	VMAXPS       X7, X6, X6
+	VXORPS       X7, X7, X7
+	VXORPS       X8, X8, X8
+	VUCOMISS     float32tiny<>+0(SB), X6
+	JCS          quantQ8K256_zero
+	VMOVSS       float32v127<>+0(SB), X8
+	VDIVSS       X6, X8, X8
+	VDIVSS       float32v127<>+0(SB), X6, X6
+	VMOVSS       X6, X7, X7
+
+quantQ8K256_zero:
+	VMOVUPS      X7, 304(DX)
+	VBROADCASTSS X8, Y6
+	VMULPS       (AX), Y6, Y7
+	VCVTPS2DQ    Y7, Y7
+	VMULPS       32(AX), Y6, Y8
+	VCVTPS2DQ    Y8, Y8
+	VMULPS       64(AX), Y6, Y9
+	VCVTPS2DQ    Y9, Y9
+	VMULPS       96(AX), Y6, Y10
+	VCVTPS2DQ    Y10, Y10
+	VPACKSSDW    Y8, Y7, Y7
+	VPACKSSDW    Y10, Y9, Y9
+	VPACKSSWB    Y9, Y7, Y7
+	VPERMD       Y7, Y5, Y7
+	VMOVDQU      Y7, (DX)
+	VPXOR        Y4, Y7, Y7
+	VPSADBW      Y3, Y7, Y7
+	VPSHUFD      $0x4e, Y7, Y8
+	VPADDQ       Y8, Y7, Y7
+	VMOVD        X7, BX
+	VEXTRACTI128 $0x01, Y7, X8
+	VMOVD        X8, SI
+	SUBL         $0x00000800, BX
+	SUBL         $0x00000800, SI
+	MOVW         BX, 256(DX)
+	MOVW         SI, 258(DX)
+	ADDL         SI, BX
+	MOVW         BX, 288(DX)
+	VMULPS       128(AX), Y6, Y7
+	VCVTPS2DQ    Y7, Y7
+	VMULPS       160(AX), Y6, Y8
+	VCVTPS2DQ    Y8, Y8
+	VMULPS       192(AX), Y6, Y9
+	VCVTPS2DQ    Y9, Y9
+	VMULPS       224(AX), Y6, Y10
+	VCVTPS2DQ    Y10, Y10
+	VPACKSSDW    Y8, Y7, Y7
+	VPACKSSDW    Y10, Y9, Y9
+	VPACKSSWB    Y9, Y7, Y7
+	VPERMD       Y7, Y5, Y7
+	VMOVDQU      Y7, 32(DX)
+	VPXOR        Y4, Y7, Y7
+	VPSADBW      Y3, Y7, Y7
+	VPSHUFD      $0x4e, Y7, Y8
+	VPADDQ       Y8, Y7, Y7
+	VMOVD        X7, BX
+	VEXTRACTI128 $0x01, Y7, X8
+	VMOVD        X8, SI
+	SUBL         $0x00000800, BX
+	SUBL         $0x00000800, SI
+	MOVW         BX, 260(DX)
+	MOVW         SI, 262(DX)
+	ADDL         SI, BX
+	MOVW         BX, 290(DX)
+	VMULPS       256(AX), Y6, Y7
+	VCVTPS2DQ    Y7, Y7
+	VMULPS       288(AX), Y6, Y8
+	VCVTPS2DQ    Y8, Y8
+	VMULPS       320(AX), Y6, Y9
+	VCVTPS2DQ    Y9, Y9
+	VMULPS       352(AX), Y6, Y10
+	VCVTPS2DQ    Y10, Y10
+	VPACKSSDW    Y8, Y7, Y7
+	VPACKSSDW    Y10, Y9, Y9
+	VPACKSSWB    Y9, Y7, Y7
+	VPERMD       Y7, Y5, Y7
+	VMOVDQU      Y7, 64(DX)
+	VPXOR        Y4, Y7, Y7
+	VPSADBW      Y3, Y7, Y7
+	VPSHUFD      $0x4e, Y7, Y8
+	VPADDQ       Y8, Y7, Y7
+	VMOVD        X7, BX
+	VEXTRACTI128 $0x01, Y7, X8
+	VMOVD        X8, SI
+	SUBL         $0x00000800, BX
+	SUBL         $0x00000800, SI
+	MOVW         BX, 264(DX)
+	MOVW         SI, 266(DX)
+	ADDL         SI, BX
+	MOVW         BX, 292(DX)
+	VMULPS       384(AX), Y6, Y7
+	VCVTPS2DQ    Y7, Y7
+	VMULPS       416(AX), Y6, Y8
+	VCVTPS2DQ    Y8, Y8
+	VMULPS       448(AX), Y6, Y9
+	VCVTPS2DQ    Y9, Y9
+	VMULPS       480(AX), Y6, Y10
+	VCVTPS2DQ    Y10, Y10
+	VPACKSSDW    Y8, Y7, Y7
+	VPACKSSDW    Y10, Y9, Y9
+	VPACKSSWB    Y9, Y7, Y7
+	VPERMD       Y7, Y5, Y7
+	VMOVDQU      Y7, 96(DX)
+	VPXOR        Y4, Y7, Y7
+	VPSADBW      Y3, Y7, Y7
+	VPSHUFD      $0x4e, Y7, Y8
+	VPADDQ       Y8, Y7, Y7
+	VMOVD        X7, BX
+	VEXTRACTI128 $0x01, Y7, X8
+	VMOVD        X8, SI
+	SUBL         $0x00000800, BX
+	SUBL         $0x00000800, SI
+	MOVW         BX, 268(DX)
+	MOVW         SI, 270(DX)
+	ADDL         SI, BX
+	MOVW         BX, 294(DX)
+	VMULPS       512(AX), Y6, Y7
+	VCVTPS2DQ    Y7, Y7
+	VMULPS       544(AX), Y6, Y8
+	VCVTPS2DQ    Y8, Y8
+	VMULPS       576(AX), Y6, Y9
+	VCVTPS2DQ    Y9, Y9
+	VMULPS       608(AX), Y6, Y10
+	VCVTPS2DQ    Y10, Y10
+	VPACKSSDW    Y8, Y7, Y7
+	VPACKSSDW    Y10, Y9, Y9
+	VPACKSSWB    Y9, Y7, Y7
+	VPERMD       Y7, Y5, Y7
+	VMOVDQU      Y7, 128(DX)
+	VPXOR        Y4, Y7, Y7
+	VPSADBW      Y3, Y7, Y7
+	VPSHUFD      $0x4e, Y7, Y8
+	VPADDQ       Y8, Y7, Y7
+	VMOVD        X7, BX
+	VEXTRACTI128 $0x01, Y7, X8
+	VMOVD        X8, SI
+	SUBL         $0x00000800, BX
+	SUBL         $0x00000800, SI
+	MOVW         BX, 272(DX)
+	MOVW         SI, 274(DX)
+	ADDL         SI, BX
+	MOVW         BX, 296(DX)
+	VMULPS       640(AX), Y6, Y7
+	VCVTPS2DQ    Y7, Y7
+	VMULPS       672(AX), Y6, Y8
+	VCVTPS2DQ    Y8, Y8
+	VMULPS       704(AX), Y6, Y9
+	VCVTPS2DQ    Y9, Y9
+	VMULPS       736(AX), Y6, Y10
+	VCVTPS2DQ    Y10, Y10
+	VPACKSSDW    Y8, Y7, Y7
+	VPACKSSDW    Y10, Y9, Y9
+	VPACKSSWB    Y9, Y7, Y7
+	VPERMD       Y7, Y5, Y7
+	VMOVDQU      Y7, 160(DX)
+	VPXOR        Y4, Y7, Y7
+	VPSADBW      Y3, Y7, Y7
+	VPSHUFD      $0x4e, Y7, Y8
+	VPADDQ       Y8, Y7, Y7
+	VMOVD        X7, BX
+	VEXTRACTI128 $0x01, Y7, X8
+	VMOVD        X8, SI
+	SUBL         $0x00000800, BX
+	SUBL         $0x00000800, SI
+	MOVW         BX, 276(DX)
+	MOVW         SI, 278(DX)
+	ADDL         SI, BX
+	MOVW         BX, 298(DX)
+	VMULPS       768(AX), Y6, Y7
+	VCVTPS2DQ    Y7, Y7
+	VMULPS       800(AX), Y6, Y8
+	VCVTPS2DQ    Y8, Y8
+	VMULPS       832(AX), Y6, Y9
+	VCVTPS2DQ    Y9, Y9
+	VMULPS       864(AX), Y6, Y10
+	VCVTPS2DQ    Y10, Y10
+	VPACKSSDW    Y8, Y7, Y7
+	VPACKSSDW    Y10, Y9, Y9
+	VPACKSSWB    Y9, Y7, Y7
+	VPERMD       Y7, Y5, Y7
+	VMOVDQU      Y7, 192(DX)
+	VPXOR        Y4, Y7, Y7
+	VPSADBW      Y3, Y7, Y7
+	VPSHUFD      $0x4e, Y7, Y8
+	VPADDQ       Y8, Y7, Y7
+	VMOVD        X7, BX
+	VEXTRACTI128 $0x01, Y7, X8
+	VMOVD        X8, SI
+	SUBL         $0x00000800, BX
+	SUBL         $0x00000800, SI
+	MOVW         BX, 280(DX)
+	MOVW         SI, 282(DX)
+	ADDL         SI, BX
+	MOVW         BX, 300(DX)
+	VMULPS       896(AX), Y6, Y7
+	VCVTPS2DQ    Y7, Y7
+	VMULPS       928(AX), Y6, Y8
+	VCVTPS2DQ    Y8, Y8
+	VMULPS       960(AX), Y6, Y9
+	VCVTPS2DQ    Y9, Y9
+	VMULPS       992(AX), Y6, Y6
+	VCVTPS2DQ    Y6, Y6
+	VPACKSSDW    Y8, Y7, Y7
+	VPACKSSDW    Y6, Y9, Y9
+	VPACKSSWB    Y9, Y7, Y7
+	VPERMD       Y7, Y5, Y7
+	VMOVDQU      Y7, 224(DX)
+	VPXOR        Y4, Y7, Y7
+	VPSADBW      Y3, Y7, Y7
+	VPSHUFD      $0x4e, Y7, Y6
+	VPADDQ       Y6, Y7, Y7
+	VMOVD        X7, BX
+	VEXTRACTI128 $0x01, Y7, X6
+	VMOVD        X6, SI
+	SUBL         $0x00000800, BX
+	SUBL         $0x00000800, SI
+	MOVW         BX, 284(DX)
+	MOVW         SI, 286(DX)
+	ADDL         SI, BX
+	MOVW         BX, 302(DX)
+	ADDQ         $0x00000400, AX
+	ADDQ         $0x00000140, DX
+	DECQ         CX
+	JNZ          quantQ8K256_blk
+	VPTEST       Y2, Y2
+	SETEQ        AL
+	MOVB         AL, ret+24(FP)
+	VZEROUPPER
+	RET
+
 // func q4kx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 // Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
 TEXT ·q4kx16N1(SB), NOSPLIT, $0-56

@@ -135,14 +135,18 @@ func hasQ80KernelsAt(lvl Level) bool {
 	return false
 }
 
-// quantizeQ8KAsm runs quantQ8K512 where the integer kernels exist (done).
+// quantizeQ8KAsm runs quantQ8K512 (quantQ8K256 at the AVX2 level) where
+// the integer kernels exist (done).
 func quantizeQ8KAsm(dst []byte, x []float32, nb int) (ok, done bool) {
-	// The current level, not the CPU's best: the AVX2 level quantizes in Go
-	// as an AVX2-only CPU does (the same bytes).
-	if !hasQ8 || KernelLevel() < LevelAVX512 {
-		return false, false
+	// The current level, not the CPU's best: the AVX2 level quantizes as an
+	// AVX2-only CPU does (the same bytes either way).
+	switch lvl := KernelLevel(); {
+	case lvl >= LevelAVX512 && hasQ8:
+		return quantQ8K512(unsafe.SliceData(x), nb, unsafe.SliceData(dst)), true
+	case lvl == LevelAVX2 && maxLevel >= LevelAVX2:
+		return quantQ8K256(unsafe.SliceData(x), nb, unsafe.SliceData(dst)), true
 	}
-	return quantQ8K512(unsafe.SliceData(x), nb, unsafe.SliceData(dst)), true
+	return false, false
 }
 
 // forceQ8BW makes MatMul use the kernels without VNNI until the returned

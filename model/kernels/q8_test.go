@@ -88,9 +88,20 @@ func testMatMulQ8(t *testing.T) {
 	}
 }
 
-// TestQuantizeQ8K checks the activation blocks: values within half a step,
-// the group sums, and non-finite inputs refused.
+// TestQuantizeQ8K checks the activation blocks at every kernel level (the
+// assembly of AVX-512 and AVX2, the Go twin below them): values within half
+// a step, the group sums, the Go twin's bytes, and non-finite inputs
+// refused.
 func TestQuantizeQ8K(t *testing.T) {
+	prev := KernelLevel()
+	defer SetKernelLevel(prev)
+	for _, l := range SupportedLevels() {
+		SetKernelLevel(l)
+		t.Run(l.String(), testQuantizeQ8K)
+	}
+}
+
+func testQuantizeQ8K(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	x := randVec(rng, 512)
 	x[3] = 0

@@ -109,6 +109,7 @@ func main() {
 	genQ80Rows256()
 	genQ80Rows8x256()
 	genQ80QuantRow256()
+	genQ8Quant256()
 	for n := 1; n <= q4kx16MaxN; n++ {
 		genQ4Kx16(n)
 	}

@@ -433,3 +433,101 @@ func genQ80QuantRow256() {
 	VZEROUPPER()
 	RET()
 }
+
+// genQ8Quant256 emits quantQ8K256, quantQ8K512 on AVX2 (the bytes of
+// quantizeQ8KRef): per block of 256 values d = amax/127, q =
+// round-to-nearest-even(x·(127/amax)), the int16 sums of q over 16 and 32
+// values, zero padding. It returns false if x holds an infinity or a NaN
+// (dst is then undefined). A block's 32 registers of input do not fit in
+// the 16 ymm, so it reads them twice: once for amax, once to quantize.
+func genQ8Quant256() {
+	name := "quantQ8K256"
+	TEXT(name, NOSPLIT, "func(x *float32, nblocks int, dst *byte) bool")
+	Doc(name + " quantizes nblocks blocks of 256 values of x to 8 bits at dst on AVX2 (see genQ8Quant256).")
+	px := ld("x")
+	nb := ld("nblocks")
+	pd := ld("dst")
+	abs, exp, bad, zero, b80 := YMM(), YMM(), YMM(), YMM(), YMM()
+	VPBROADCASTD(cAbs, abs)
+	VPBROADCASTD(cExpF32, exp)
+	VPBROADCASTD(cB80, b80)
+	VPXOR(bad, bad, bad)
+	VPXOR(zero, zero, zero)
+	ord := YMM()
+	VMOVDQU(cPackOrd, ord)
+
+	Label(name + "_blk")
+	m := YMM()
+	VXORPS(m, m, m)
+	for g := 0; g < 32; g++ {
+		v, t := YMM(), YMM()
+		VMOVUPS(Mem{Base: px, Disp: 32 * g}, v)
+		VPAND(exp, v, t)
+		VPCMPEQD(exp, t, t)
+		VPOR(t, bad, bad)
+		VANDPS(abs, v, v)
+		VMAXPS(v, m, m)
+	}
+	hx := XMM()
+	VEXTRACTF128(U8(1), m, hx)
+	VMAXPS(hx, m.AsX(), m.AsX())
+	VPERMILPS(U8(0x4E), m.AsX(), hx)
+	VMAXPS(hx, m.AsX(), m.AsX())
+	VPERMILPS(U8(0xB1), m.AsX(), hx)
+	VMAXPS(hx, m.AsX(), m.AsX())
+	d, id := XMM(), XMM()
+	VXORPS(d, d, d)
+	VXORPS(id, id, id)
+	VUCOMISS(cTiny, m.AsX())
+	JCS(LabelRef(name + "_zero"))
+	VMOVSS(cF127, id)
+	VDIVSS(m.AsX(), id, id) // 127/amax
+	t := XMM()
+	VDIVSS(cF127, m.AsX(), t) // amax/127
+	VMOVSS(t, d, d)
+	Label(name + "_zero")
+	VMOVUPS(d, Mem{Base: pd, Disp: q8xD}) // d, then zero padding
+	idv := YMM()
+	VBROADCASTSS(id, idv)
+	for c := 0; c < 8; c++ {
+		// Values 32c..32c+31: to int8, in order.
+		v := make([]VecVirtual, 4)
+		for k := range v {
+			v[k] = YMM()
+			VMULPS(Mem{Base: px, Disp: 128*c + 32*k}, idv, v[k])
+			VCVTPS2DQ(v[k], v[k])
+		}
+		VPACKSSDW(v[1], v[0], v[0])
+		VPACKSSDW(v[3], v[2], v[2])
+		VPACKSSWB(v[2], v[0], v[0])
+		VPERMD(v[0], ord, v[0])
+		VMOVDQU(v[0], Mem{Base: pd, Disp: 32 * c})
+		// Groups 2c and 2c+1: SAD of the biased bytes (q+128) per 8
+		// bytes, pairs added, the bias (16·128) taken off.
+		VPXOR(b80, v[0], v[0])
+		VPSADBW(zero, v[0], v[0])
+		s := YMM()
+		VPSHUFD(U8(0x4E), v[0], s)
+		VPADDQ(s, v[0], v[0])
+		g0, g1 := GP32(), GP32()
+		VMOVD(v[0].AsX(), g0)
+		VEXTRACTI128(U8(1), v[0], s.AsX())
+		VMOVD(s.AsX(), g1)
+		SUBL(U32(2048), g0)
+		SUBL(U32(2048), g1)
+		MOVW(g0.As16(), Mem{Base: pd, Disp: q8xBsum16 + 4*c})
+		MOVW(g1.As16(), Mem{Base: pd, Disp: q8xBsum16 + 4*c + 2})
+		ADDL(g1, g0)
+		MOVW(g0.As16(), Mem{Base: pd, Disp: q8xBsum32 + 2*c})
+	}
+	ADDQ(U32(1024), px)
+	ADDQ(U32(q8xBlock), pd)
+	DECQ(nb)
+	JNZ(LabelRef(name + "_blk"))
+	ok := GP8()
+	VPTEST(bad, bad)
+	SETEQ(ok)
+	Store(ok, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
