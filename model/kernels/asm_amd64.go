@@ -657,21 +657,33 @@ func q80x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *floa
 func q80x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // q80x16AVX2N1 multiplies a 16-row group of repacked Q8_0 weights with 1 quantized input rows on AVX2 (see genQ80x16AVX2).
+//
+//go:noescape
 func q80x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // q80x16AVX2N2 multiplies a 16-row group of repacked Q8_0 weights with 2 quantized input rows on AVX2 (see genQ80x16AVX2).
+//
+//go:noescape
 func q80x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // q80rows256 multiplies row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
+//
+//go:noescape
 func q80rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
 
 // q80rows8x256 multiplies groups of 8 row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80Rows8x256).
+//
+//go:noescape
 func q80rows8x256(w *byte, wstride int, groups int, xq *byte, nblocks int, out *float32)
 
 // quantQ80R256 quantizes one input row for q80rows256 and q80x16AVX2N (see genQ80QuantRow256).
+//
+//go:noescape
 func quantQ80R256(x *float32, nblocks int, dst *byte) bool
 
 // quantQ8K256 quantizes nblocks blocks of 256 values of x to 8 bits at dst on AVX2 (see genQ8Quant256).
+//
+//go:noescape
 func quantQ8K256(x *float32, nblocks int, dst *byte) bool
 
 // q4kx16N1 multiplies a 16-row group of repacked Q4K weights with 1 quantized input rows (see genQ4Kx16).

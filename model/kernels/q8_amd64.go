@@ -412,7 +412,6 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	}
 	buf := s.rows[:p.groupBytes]
 	rows := j.w.Rows
-	var tmp [2 * packRows]float32
 	for g := r0; g < r1; g += packRows {
 		m := min(packRows, r1-g)
 		sub := tensor.Matrix{DType: tensor.Q8_0, Rows: m, Cols: j.w.Cols, Data: j.w.Data[g*j.rowBytes : (g+m)*j.rowBytes]}
@@ -423,6 +422,7 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 				p.packed[nn](&buf[0], 1, p.nb, &p.xq[i0*p.xstride], p.xstride, &j.out[i0*rows+g], 4*rows)
 				continue
 			}
+			var tmp [2 * packRows]float32
 			p.packed[nn](&buf[0], 1, p.nb, &p.xq[i0*p.xstride], p.xstride, &tmp[0], 4*packRows)
 			for i := 0; i < nn; i++ {
 				copy(j.out[(i0+i)*rows+g:][:m], tmp[i*packRows:])

@@ -50,6 +50,7 @@ func q80SignedSum(q, a, x, ones, s VecVirtual) {
 func genQ80x16AVX2(n int) {
 	name := fmt.Sprintf("q80x16AVX2N%d", n)
 	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked Q8_0 weights with %d quantized input rows on AVX2 (see genQ80x16AVX2).", name, n), n)
+	Pragma("noescape")
 	c80, ones := YMM(), YMM()
 	VPBROADCASTD(cB80, c80)
 	VPBROADCASTD(cW1, ones)
@@ -139,6 +140,7 @@ func genQ80Rows256() {
 	const name = "q80rows256"
 	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, xq *byte, nblocks int, out *float32)")
 	Doc(name + " multiplies row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).")
+	Pragma("noescape")
 	wq := ld("w")
 	ws := ld("wstride")
 	oq := ld("out")
@@ -225,6 +227,7 @@ func genQ80Rows8x256() {
 	const name = "q80rows8x256"
 	TEXT(name, NOSPLIT, "func(w *byte, wstride, groups int, xq *byte, nblocks int, out *float32)")
 	Doc(name + " multiplies groups of 8 row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80Rows8x256).")
+	Pragma("noescape")
 	wq := ld("w")
 	ws := ld("wstride")
 	oq := ld("out")
@@ -333,6 +336,7 @@ func genQ80QuantRow256() {
 	name := "quantQ80R256"
 	TEXT(name, NOSPLIT, "func(x *float32, nblocks int, dst *byte) bool")
 	Doc(name + " quantizes one input row for q80rows256 and q80x16AVX2N (see genQ80QuantRow256).")
+	Pragma("noescape")
 	px := ld("x")
 	nb := ld("nblocks")
 	pq := ld("dst")
@@ -444,6 +448,7 @@ func genQ8Quant256() {
 	name := "quantQ8K256"
 	TEXT(name, NOSPLIT, "func(x *float32, nblocks int, dst *byte) bool")
 	Doc(name + " quantizes nblocks blocks of 256 values of x to 8 bits at dst on AVX2 (see genQ8Quant256).")
+	Pragma("noescape")
 	px := ld("x")
 	nb := ld("nblocks")
 	pd := ld("dst")
