@@ -184,14 +184,22 @@ func packedKernelsAt(l tensor.Layout, lvl Level) []packedFn {
 	switch {
 	case lvl >= LevelAVX512 && hasQ80 && maxLevel >= LevelAVX512:
 		return packedKernels[l]
-	case lvl == LevelAVX2 && maxLevel >= LevelAVX2 && l == tensor.Q80x16:
-		return q80x16AVX2Fns[:]
+	case lvl == LevelAVX2 && maxLevel >= LevelAVX2:
+		return packedKernelsAVX2[l]
 	}
 	return nil
 }
 
-// q80x16AVX2Fns are the AVX2 kernels of packed Q8_0 (no VNNI: VPMADDUBSW).
-var q80x16AVX2Fns = [...]packedFn{1: q80x16AVX2N1, 2: q80x16AVX2N2}
+// q80x16AVX2Fns and q4kx16AVX2Fns are the AVX2 kernels of packed Q8_0 and
+// Q4_K (no VNNI: VPMADDUBSW).
+var (
+	q80x16AVX2Fns = [...]packedFn{1: q80x16AVX2N1, 2: q80x16AVX2N2}
+	q4kx16AVX2Fns = [...]packedFn{1: q4kx16AVX2N1, 2: q4kx16AVX2N2}
+)
+
+// packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level
+// (nil: that layout is not packed there).
+var packedKernelsAVX2 = [...][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q6Kx16: nil}
 
 var q80x16Fns = [...]packedFn{
 	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}

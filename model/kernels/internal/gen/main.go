@@ -44,6 +44,7 @@ func main() {
 	genQ80Consts()
 	genQ80RowsConsts()
 	genQ80AVX2Consts()
+	genQ4Kx16AVX2Consts()
 	genToBF16Consts()
 	for _, s := range []isa{isa512, isa256} {
 		genProbes(s)
@@ -110,6 +111,9 @@ func main() {
 	genQ80Rows8x256()
 	genQ80QuantRow256()
 	genQ8Quant256()
+	for n := 1; n <= q4kx16AVX2MaxN; n++ {
+		genQ4Kx16AVX2(n)
+	}
 	for n := 1; n <= q4kx16MaxN; n++ {
 		genQ4Kx16(n)
 	}

@@ -536,3 +536,200 @@ func genQ8Quant256() {
 	VZEROUPPER()
 	RET()
 }
+
+// ---- Q4_K packed in 16-row groups on AVX2: q4kx16AVX2N ----
+//
+// tensor.Q4Kx16's layout (see genQKx16), taken as two halves of 8 rows:
+// bytes 32h.. of every 64-byte line hold rows 8h..8h+7, one dword lane per
+// row. Per half, chunk c and word g, the nibbles of 8 rows are split
+// (VPAND, VPSRLW+VPAND) and multiplied with the input's 4 bytes broadcast
+// by VPMADDUBSW: the pair sums (at most 2·15·127) of the 8 words of a
+// sub-block add up in int16 without overflow (at most 30480), and one
+// VPMADDWD with the sub-block's scale in both halves of each dword gives
+// sc·(the sub-block's Σ q·q_x) per lane. The mins are paired against the
+// input's 32-value sums as in genQKx16. I and M are exact integers, so the
+// block's float32 steps (q8BlockScalar's) give the bits of every other
+// Q4_K kernel.
+
+// q4kx16AVX2MaxN is the most input rows per q4kx16AVX2N call: per input
+// row the two halves' float32 sums, and within a half I, M and two int16
+// sub-block sums, beside the nibble mask and three temporaries.
+const q4kx16AVX2MaxN = 2
+
+var (
+	cQ4KDup [4]Mem // VPSHUFB: byte k of each dword to both its int16s (zero-extended)
+)
+
+func genQ4Kx16AVX2Consts() {
+	for k := 0; k < 4; k++ {
+		var v []uint32
+		for p := 0; p < 8; p++ {
+			b := uint32(4*(p%4) + k)
+			v = append(v, 0x80008000|b|b<<16)
+		}
+		cQ4KDup[k] = data32(fmt.Sprintf("q4kdup_%d", k), v...)
+	}
+}
+
+func genQ4Kx16AVX2(n int) {
+	name := fmt.Sprintf("q4kx16AVX2N%d", n)
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked Q4_K weights with %d quantized input rows on AVX2 (see genQ4Kx16AVX2).", name, n), n)
+	Pragma("noescape")
+	c0F := YMM()
+	VPBROADCASTD(cB0F, c0F)
+	Label(name + "_grp")
+	cnt := ld("nblocks")
+	xq := ld("xq")
+	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
+	acc := make([]VecVirtual, 2*n) // acc[2i+h]: input row i, weight rows 8h..8h+7
+	for i := range acc {
+		acc[i] = YMM()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	Label(name + "_blk")
+	for l := 0; l < q4kx16Block/64; l++ {
+		PREFETCHT0(Mem{Base: wp, Disp: q4kPrefetch + 64*l})
+	}
+	for h := 0; h < 2; h++ {
+		// The 8 rows' mins, one byte per sub-block in each dword lane (as
+		// genQKx16 decodes them): m[0..3] = u1 & 0x3f, m[4..7] = (u2 >> 4)
+		// | (u1 >> 6) << 4. The scales are decoded per chunk (q4kScales256),
+		// which keeps the registers within AVX2's 16.
+		mLo, t := YMM(), YMM()
+		VMOVDQU(Mem{Base: wp, Disp: 128 + 32*h}, mLo)
+		mHi := YMM()
+		VPSRLD(U8(2), mLo, mHi)
+		VPBROADCASTD(cB30, t)
+		VPAND(t, mHi, mHi)
+		VPBROADCASTD(cB3F, t)
+		VPAND(t, mLo, mLo)
+		VPSRLD(U8(4), Mem{Base: wp, Disp: 192 + 32*h}, t)
+		VPAND(c0F, t, t)
+		VPOR(t, mHi, mHi)
+		// M_i = Σ_j m_j·(the input's sum over sub-block j).
+		msum := make([]VecVirtual, n)
+		for p := 0; p < 4; p++ {
+			src := mLo
+			if p >= 2 {
+				src = mHi
+			}
+			mp := YMM()
+			VPSHUFB(cQ4KPair[p%2], src, mp)
+			for i := 0; i < n; i++ {
+				xb := YMM()
+				VPBROADCASTD(xm(i, q8xBsum32+4*p), xb)
+				if p == 0 {
+					msum[i] = YMM()
+					VPMADDWD(xb, mp, msum[i])
+					continue
+				}
+				VPMADDWD(xb, mp, xb)
+				VPADDD(xb, msum[i], msum[i])
+			}
+		}
+		isum := make([]VecVirtual, n)
+		for c := 0; c < 4; c++ {
+			dlo, dhi := make([]VecVirtual, n), make([]VecVirtual, n)
+			for g := 0; g < 8; g++ {
+				wm := Mem{Base: wp, Disp: 256 + 512*c + 64*g + 32*h}
+				for k := 0; k < 2; k++ {
+					// The low nibbles, then the high ones (one register at
+					// a time).
+					q := YMM()
+					if k == 0 {
+						VPAND(wm, c0F, q)
+					} else {
+						VPSRLW(U8(4), wm, q)
+						VPAND(c0F, q, q)
+					}
+					for i := 0; i < n; i++ {
+						p := YMM()
+						VPBROADCASTD(xm(i, 64*c+32*k+4*g), p)
+						VPMADDUBSW(p, q, p)
+						d := &dlo[i]
+						if k == 1 {
+							d = &dhi[i]
+						}
+						if g == 0 {
+							*d = p
+							continue
+						}
+						VPADDW(p, *d, *d)
+					}
+				}
+			}
+			scs := q4kScales256(wp, h, c, c0F)
+			for k := 0; k < 2; k++ {
+				sc := YMM()
+				VPSHUFB(cQ4KDup[(2*c+k)%4], scs, sc)
+				for i := 0; i < n; i++ {
+					d := dlo[i]
+					if k == 1 {
+						d = dhi[i]
+					}
+					if c == 0 && k == 0 {
+						isum[i] = YMM()
+						VPMADDWD(sc, d, isum[i])
+						continue
+					}
+					VPMADDWD(sc, d, d)
+					VPADDD(d, isum[i], isum[i])
+				}
+			}
+		}
+		// acc += float(I)·(d·d_x); acc −= float(M)·(dmin·d_x).
+		dw, dmw := YMM(), YMM()
+		VCVTPH2PS(Mem{Base: wp, Disp: 16 * h}, dw)
+		VCVTPH2PS(Mem{Base: wp, Disp: 32 + 16*h}, dmw)
+		for i := 0; i < n; i++ {
+			scaleStep256(VADDPS, xm(i, q8xD), dw, isum[i], acc[2*i+h])
+			scaleStep256(VSUBPS, xm(i, q8xD), dmw, msum[i], acc[2*i+h])
+		}
+	}
+	packedNextBlock(name, q4kx16Block, wp, xq, cnt)
+	op := ld("out")
+	ost := ld("ostride")
+	o := GP64()
+	MOVQ(op, o)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			ADDQ(ost, o)
+		}
+		VMOVUPS(acc[2*i], Mem{Base: o})
+		VMOVUPS(acc[2*i+1], Mem{Base: o, Disp: 32})
+	}
+	ADDQ(U8(64), op)
+	Store(op, Param("out"))
+	DECQ(paddr("groups"))
+	JNZ(LabelRef(name + "_grp"))
+	VZEROUPPER()
+	RET()
+}
+
+// q4kScales256 returns the 6-bit scales of sub-blocks 4(c/2)..4(c/2)+3 of
+// the 8 rows of half h, one byte each per dword lane: u0 & 0x3f for chunks
+// 0 and 1, (u2 & 0xf) | (u0 >> 6) << 4 for chunks 2 and 3.
+func q4kScales256(wp GPVirtual, h, c int, c0F VecVirtual) VecVirtual {
+	sc, t := YMM(), YMM()
+	if c < 2 {
+		VPBROADCASTD(cB3F, t)
+		VPAND(Mem{Base: wp, Disp: 64 + 32*h}, t, sc)
+		return sc
+	}
+	VPSRLD(U8(2), Mem{Base: wp, Disp: 64 + 32*h}, sc)
+	VPBROADCASTD(cB30, t)
+	VPAND(t, sc, sc)
+	VPAND(Mem{Base: wp, Disp: 192 + 32*h}, c0F, t)
+	VPOR(t, sc, sc)
+	return sc
+}
+
+// scaleStep256 is scaleStep on ymm: acc = op(float32(isum)·(d·d_x), acc).
+func scaleStep256(op func(...Op), dx Mem, d, isum, acc VecVirtual) {
+	s, f := YMM(), YMM()
+	VBROADCASTSS(dx, s)
+	VMULPS(s, d, s)
+	VCVTDQ2PS(isum, f)
+	VMULPS(s, f, f)
+	op(f, acc, acc)
+}
