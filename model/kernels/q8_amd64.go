@@ -191,7 +191,11 @@ func packedKernelsAt(l tensor.Layout, lvl Level) []packedFn {
 }
 
 // q80x16AVX2Fns and q4kx16AVX2Fns are the AVX2 kernels of packed Q8_0 and
-// Q4_K (no VNNI: VPMADDUBSW).
+// Q4_K (no VNNI: VPMADDUBSW). Q6_K is not packed on AVX2: a packed kernel
+// (the 6-bit codes built per 4-byte word, each two words' int16 sums
+// scaled by VPMADDWD) ran at 0.7-0.95 times the row-major q8dot256Q6K
+// (BenchmarkPacked at the AVX2 level, in_proj and expert shapes, 1 to 512
+// input rows), so it was not kept.
 var (
 	q80x16AVX2Fns = [...]packedFn{1: q80x16AVX2N1, 2: q80x16AVX2N2}
 	q4kx16AVX2Fns = [...]packedFn{1: q4kx16AVX2N1, 2: q4kx16AVX2N2}
