@@ -686,15 +686,25 @@ func quantQ80R256(x *float32, nblocks int, dst *byte) bool
 //go:noescape
 func quantQ8K256(x *float32, nblocks int, dst *byte) bool
 
-// q4kx16AVX2N1 multiplies a 16-row group of repacked Q4_K weights with 1 quantized input rows on AVX2 (see genQ4Kx16AVX2).
+// q4kx16AVX2N1 multiplies a 16-row group of repacked Q4K weights with 1 quantized input rows on AVX2 (see genQ4Kx16AVX2).
 //
 //go:noescape
 func q4kx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q4kx16AVX2N2 multiplies a 16-row group of repacked Q4_K weights with 2 quantized input rows on AVX2 (see genQ4Kx16AVX2).
+// q5kx16AVX2N1 multiplies a 16-row group of repacked Q5K weights with 1 quantized input rows on AVX2 (see genQ4Kx16AVX2).
+//
+//go:noescape
+func q5kx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q4kx16AVX2N2 multiplies a 16-row group of repacked Q4K weights with 2 quantized input rows on AVX2 (see genQ4Kx16AVX2).
 //
 //go:noescape
 func q4kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q5kx16AVX2N2 multiplies a 16-row group of repacked Q5K weights with 2 quantized input rows on AVX2 (see genQ4Kx16AVX2).
+//
+//go:noescape
+func q5kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // q4kx16N1 multiplies a 16-row group of repacked Q4K weights with 1 quantized input rows (see genQ4Kx16).
 func q4kx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)

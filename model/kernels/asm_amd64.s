@@ -1051,6 +1051,26 @@ DATA q4kdup_3<>+24(SB)/4, $0x800b800b
 DATA q4kdup_3<>+28(SB)/4, $0x800f800f
 GLOBL q4kdup_3<>(SB), RODATA|NOPTR, $32
 
+DATA b0fy<>+0(SB)/4, $0x0f0f0f0f
+DATA b0fy<>+4(SB)/4, $0x0f0f0f0f
+DATA b0fy<>+8(SB)/4, $0x0f0f0f0f
+DATA b0fy<>+12(SB)/4, $0x0f0f0f0f
+DATA b0fy<>+16(SB)/4, $0x0f0f0f0f
+DATA b0fy<>+20(SB)/4, $0x0f0f0f0f
+DATA b0fy<>+24(SB)/4, $0x0f0f0f0f
+DATA b0fy<>+28(SB)/4, $0x0f0f0f0f
+GLOBL b0fy<>(SB), RODATA|NOPTR, $32
+
+DATA b10y<>+0(SB)/4, $0x10101010
+DATA b10y<>+4(SB)/4, $0x10101010
+DATA b10y<>+8(SB)/4, $0x10101010
+DATA b10y<>+12(SB)/4, $0x10101010
+DATA b10y<>+16(SB)/4, $0x10101010
+DATA b10y<>+20(SB)/4, $0x10101010
+DATA b10y<>+24(SB)/4, $0x10101010
+DATA b10y<>+28(SB)/4, $0x10101010
+GLOBL b10y<>(SB), RODATA|NOPTR, $32
+
 DATA dword7fff<>+0(SB)/4, $0x00007fff
 GLOBL dword7fff<>(SB), RODATA|NOPTR, $4
 
@@ -93860,7 +93880,8 @@ q4kx16AVX2N1_blk:
 	VPSRLD       $0x02, 64(AX), Y3
 	VPBROADCASTD b30<>+0(SB), Y8
 	VPAND        Y8, Y3, Y3
-	VPAND        192(AX), Y0, Y8
+	VMOVDQU      192(AX), Y8
+	VPAND        Y0, Y8, Y8
 	VPOR         Y8, Y3, Y3
 	VPSHUFB      q4kdup_0<>+0(SB), Y3, Y8
 	VPMADDWD     Y8, Y6, Y6
@@ -93941,7 +93962,8 @@ q4kx16AVX2N1_blk:
 	VPSRLD       $0x02, 64(AX), Y3
 	VPBROADCASTD b30<>+0(SB), Y8
 	VPAND        Y8, Y3, Y3
-	VPAND        192(AX), Y0, Y8
+	VMOVDQU      192(AX), Y8
+	VPAND        Y0, Y8, Y8
 	VPOR         Y8, Y3, Y3
 	VPSHUFB      q4kdup_2<>+0(SB), Y3, Y8
 	VPMADDWD     Y8, Y6, Y6
@@ -94213,7 +94235,8 @@ q4kx16AVX2N1_blk:
 	VPSRLD       $0x02, 96(AX), Y3
 	VPBROADCASTD b30<>+0(SB), Y8
 	VPAND        Y8, Y3, Y3
-	VPAND        224(AX), Y0, Y8
+	VMOVDQU      224(AX), Y8
+	VPAND        Y0, Y8, Y8
 	VPOR         Y8, Y3, Y3
 	VPSHUFB      q4kdup_0<>+0(SB), Y3, Y8
 	VPMADDWD     Y8, Y6, Y6
@@ -94294,7 +94317,8 @@ q4kx16AVX2N1_blk:
 	VPSRLD       $0x02, 96(AX), Y3
 	VPBROADCASTD b30<>+0(SB), Y8
 	VPAND        Y8, Y3, Y3
-	VPAND        224(AX), Y0, Y8
+	VMOVDQU      224(AX), Y8
+	VPAND        Y0, Y8, Y8
 	VPOR         Y8, Y3, Y3
 	VPSHUFB      q4kdup_2<>+0(SB), Y3, Y8
 	VPMADDWD     Y8, Y6, Y6
@@ -94327,6 +94351,1365 @@ q4kx16AVX2N1_blk:
 	MOVQ         CX, out+40(FP)
 	DECQ         groups+8(FP)
 	JNZ          q4kx16AVX2N1_grp
+	VZEROUPPER
+	RET
+
+// func q5kx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C, MMX+
+TEXT ·q5kx16AVX2N1(SB), NOSPLIT, $0-56
+	MOVQ w+0(FP), AX
+	MOVQ xstride+32(FP), CX
+
+q5kx16AVX2N1_grp:
+	MOVQ   nblocks+16(FP), CX
+	MOVQ   xq+24(FP), DX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+
+q5kx16AVX2N1_blk:
+	PREFETCHT0   8448(AX)
+	PREFETCHT0   8512(AX)
+	PREFETCHT0   8576(AX)
+	PREFETCHT0   8640(AX)
+	PREFETCHT0   8704(AX)
+	PREFETCHT0   8768(AX)
+	PREFETCHT0   8832(AX)
+	PREFETCHT0   8896(AX)
+	PREFETCHT0   8960(AX)
+	PREFETCHT0   9024(AX)
+	PREFETCHT0   9088(AX)
+	PREFETCHT0   9152(AX)
+	PREFETCHT0   9216(AX)
+	PREFETCHT0   9280(AX)
+	PREFETCHT0   9344(AX)
+	PREFETCHT0   9408(AX)
+	PREFETCHT0   9472(AX)
+	PREFETCHT0   9536(AX)
+	PREFETCHT0   9600(AX)
+	PREFETCHT0   9664(AX)
+	PREFETCHT0   9728(AX)
+	PREFETCHT0   9792(AX)
+	PREFETCHT0   9856(AX)
+	PREFETCHT0   9920(AX)
+	PREFETCHT0   9984(AX)
+	PREFETCHT0   10048(AX)
+	PREFETCHT0   10112(AX)
+	PREFETCHT0   10176(AX)
+	PREFETCHT0   10240(AX)
+	PREFETCHT0   10304(AX)
+	PREFETCHT0   10368(AX)
+	PREFETCHT0   10432(AX)
+	PREFETCHT0   10496(AX)
+	PREFETCHT0   10560(AX)
+	PREFETCHT0   10624(AX)
+	PREFETCHT0   10688(AX)
+	PREFETCHT0   10752(AX)
+	PREFETCHT0   10816(AX)
+	PREFETCHT0   10880(AX)
+	PREFETCHT0   10944(AX)
+	PREFETCHT0   11008(AX)
+	PREFETCHT0   11072(AX)
+	PREFETCHT0   11136(AX)
+	PREFETCHT0   11200(AX)
+	VMOVDQU      128(AX), Y2
+	VPSRLD       $0x02, Y2, Y4
+	VPBROADCASTD b30<>+0(SB), Y3
+	VPAND        Y3, Y4, Y4
+	VPBROADCASTD b3f<>+0(SB), Y3
+	VPAND        Y3, Y2, Y2
+	VPSRLD       $0x04, 192(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPOR         Y3, Y4, Y4
+	VPSHUFB      q4kpair_0<>+0(SB), Y2, Y3
+	VPBROADCASTD 288(DX), Y5
+	VPMADDWD     Y5, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y2, Y2
+	VPBROADCASTD 292(DX), Y5
+	VPMADDWD     Y5, Y2, Y5
+	VPADDD       Y5, Y3, Y3
+	VPSHUFB      q4kpair_0<>+0(SB), Y4, Y2
+	VPBROADCASTD 296(DX), Y5
+	VPMADDWD     Y5, Y2, Y5
+	VPADDD       Y5, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y4, Y2
+	VPBROADCASTD 300(DX), Y4
+	VPMADDWD     Y4, Y2, Y4
+	VPADDD       Y4, Y3, Y3
+	VMOVDQU      256(AX), Y2
+	VMOVDQU      768(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x04, Y2, Y5
+	VPAND        b10y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD (DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x04, 768(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x03, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 32(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      320(AX), Y4
+	VMOVDQU      832(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x04, Y4, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPBROADCASTD 4(DX), Y7
+	VPMADDUBSW   Y7, Y6, Y7
+	VPADDW       Y7, Y5, Y5
+	VPSRLW       $0x04, 832(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 36(DX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      384(AX), Y4
+	VMOVDQU      896(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x04, Y4, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPBROADCASTD 8(DX), Y7
+	VPMADDUBSW   Y7, Y6, Y7
+	VPADDW       Y7, Y5, Y5
+	VPSRLW       $0x04, 896(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 40(DX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      448(AX), Y4
+	VMOVDQU      960(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x04, Y4, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPBROADCASTD 12(DX), Y7
+	VPMADDUBSW   Y7, Y6, Y7
+	VPADDW       Y7, Y5, Y5
+	VPSRLW       $0x04, 960(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 44(DX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPADDW       Y4, Y2, Y2
+	VPBROADCASTD b3f<>+0(SB), Y4
+	VPAND        64(AX), Y4, Y4
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y6
+	VPMADDWD     Y6, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      512(AX), Y2
+	VMOVDQU      1024(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x04, Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 16(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 1024(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x03, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 48(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      576(AX), Y4
+	VMOVDQU      1088(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x04, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 20(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1088(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 52(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      640(AX), Y4
+	VMOVDQU      1152(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x04, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 24(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1152(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 56(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      704(AX), Y4
+	VMOVDQU      1216(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x04, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 28(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1216(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 60(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPBROADCASTD b3f<>+0(SB), Y4
+	VPAND        64(AX), Y4, Y4
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      256(AX), Y2
+	VMOVDQU      1280(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 64(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 1280(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 96(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      320(AX), Y4
+	VMOVDQU      1344(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 68(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1344(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 100(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      384(AX), Y4
+	VMOVDQU      1408(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 72(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1408(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 104(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      448(AX), Y4
+	VMOVDQU      1472(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 76(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1472(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 108(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPBROADCASTD b3f<>+0(SB), Y4
+	VPAND        64(AX), Y4, Y4
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      512(AX), Y2
+	VMOVDQU      1536(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 80(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 1536(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 112(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      576(AX), Y4
+	VMOVDQU      1600(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 84(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1600(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 116(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      640(AX), Y4
+	VMOVDQU      1664(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 88(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1664(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 120(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      704(AX), Y4
+	VMOVDQU      1728(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 92(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1728(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 124(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPBROADCASTD b3f<>+0(SB), Y4
+	VPAND        64(AX), Y4, Y4
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      256(AX), Y2
+	VMOVDQU      1792(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VMOVDQA      Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 128(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 1792(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 160(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      320(AX), Y4
+	VMOVDQU      1856(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 132(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1856(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 164(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      384(AX), Y4
+	VMOVDQU      1920(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 136(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1920(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 168(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      448(AX), Y4
+	VMOVDQU      1984(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 140(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1984(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 172(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPSRLD       $0x02, 64(AX), Y4
+	VPBROADCASTD b30<>+0(SB), Y7
+	VPAND        Y7, Y4, Y4
+	VMOVDQU      192(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      512(AX), Y2
+	VMOVDQU      2048(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VMOVDQA      Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 144(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 2048(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 176(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      576(AX), Y4
+	VMOVDQU      2112(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 148(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2112(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 180(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      640(AX), Y4
+	VMOVDQU      2176(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 152(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2176(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 184(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      704(AX), Y4
+	VMOVDQU      2240(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 156(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2240(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 188(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPSRLD       $0x02, 64(AX), Y4
+	VPBROADCASTD b30<>+0(SB), Y7
+	VPAND        Y7, Y4, Y4
+	VMOVDQU      192(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      256(AX), Y2
+	VMOVDQU      2304(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 192(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 2304(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 224(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      320(AX), Y4
+	VMOVDQU      2368(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 196(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2368(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 228(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      384(AX), Y4
+	VMOVDQU      2432(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 200(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2432(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 232(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      448(AX), Y4
+	VMOVDQU      2496(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 204(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2496(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 236(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPSRLD       $0x02, 64(AX), Y4
+	VPBROADCASTD b30<>+0(SB), Y7
+	VPAND        Y7, Y4, Y4
+	VMOVDQU      192(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      512(AX), Y2
+	VMOVDQU      2560(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 208(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 2560(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 240(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      576(AX), Y4
+	VMOVDQU      2624(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 212(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2624(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 244(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      640(AX), Y4
+	VMOVDQU      2688(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 216(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2688(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 248(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      704(AX), Y4
+	VMOVDQU      2752(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 220(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2752(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 252(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPSRLD       $0x02, 64(AX), Y4
+	VPBROADCASTD b30<>+0(SB), Y7
+	VPAND        Y7, Y4, Y4
+	VMOVDQU      192(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VCVTPH2PS    (AX), Y2
+	VCVTPH2PS    32(AX), Y4
+	VBROADCASTSS 304(DX), Y6
+	VMULPS       Y6, Y2, Y6
+	VCVTDQ2PS    Y5, Y2
+	VMULPS       Y6, Y2, Y2
+	VADDPS       Y2, Y0, Y0
+	VBROADCASTSS 304(DX), Y2
+	VMULPS       Y2, Y4, Y2
+	VCVTDQ2PS    Y3, Y3
+	VMULPS       Y2, Y3, Y3
+	VSUBPS       Y3, Y0, Y0
+	VMOVDQU      160(AX), Y2
+	VPSRLD       $0x02, Y2, Y4
+	VPBROADCASTD b30<>+0(SB), Y3
+	VPAND        Y3, Y4, Y4
+	VPBROADCASTD b3f<>+0(SB), Y3
+	VPAND        Y3, Y2, Y2
+	VPSRLD       $0x04, 224(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPOR         Y3, Y4, Y4
+	VPSHUFB      q4kpair_0<>+0(SB), Y2, Y3
+	VPBROADCASTD 288(DX), Y5
+	VPMADDWD     Y5, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y2, Y2
+	VPBROADCASTD 292(DX), Y5
+	VPMADDWD     Y5, Y2, Y5
+	VPADDD       Y5, Y3, Y3
+	VPSHUFB      q4kpair_0<>+0(SB), Y4, Y2
+	VPBROADCASTD 296(DX), Y5
+	VPMADDWD     Y5, Y2, Y5
+	VPADDD       Y5, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y4, Y2
+	VPBROADCASTD 300(DX), Y4
+	VPMADDWD     Y4, Y2, Y4
+	VPADDD       Y4, Y3, Y3
+	VMOVDQU      288(AX), Y2
+	VMOVDQU      800(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x04, Y2, Y5
+	VPAND        b10y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD (DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x04, 800(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x03, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 32(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      352(AX), Y4
+	VMOVDQU      864(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x04, Y4, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPBROADCASTD 4(DX), Y7
+	VPMADDUBSW   Y7, Y6, Y7
+	VPADDW       Y7, Y5, Y5
+	VPSRLW       $0x04, 864(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 36(DX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      416(AX), Y4
+	VMOVDQU      928(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x04, Y4, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPBROADCASTD 8(DX), Y7
+	VPMADDUBSW   Y7, Y6, Y7
+	VPADDW       Y7, Y5, Y5
+	VPSRLW       $0x04, 928(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 40(DX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      480(AX), Y4
+	VMOVDQU      992(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x04, Y4, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPBROADCASTD 12(DX), Y7
+	VPMADDUBSW   Y7, Y6, Y7
+	VPADDW       Y7, Y5, Y5
+	VPSRLW       $0x04, 992(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 44(DX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPADDW       Y4, Y2, Y2
+	VPBROADCASTD b3f<>+0(SB), Y4
+	VPAND        96(AX), Y4, Y4
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y6
+	VPMADDWD     Y6, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      544(AX), Y2
+	VMOVDQU      1056(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x04, Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 16(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 1056(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x03, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 48(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      608(AX), Y4
+	VMOVDQU      1120(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x04, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 20(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1120(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 52(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      672(AX), Y4
+	VMOVDQU      1184(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x04, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 24(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1184(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 56(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      736(AX), Y4
+	VMOVDQU      1248(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x04, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 28(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1248(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 60(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPBROADCASTD b3f<>+0(SB), Y4
+	VPAND        96(AX), Y4, Y4
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      288(AX), Y2
+	VMOVDQU      1312(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 64(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 1312(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 96(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      352(AX), Y4
+	VMOVDQU      1376(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 68(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1376(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 100(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      416(AX), Y4
+	VMOVDQU      1440(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 72(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1440(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 104(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      480(AX), Y4
+	VMOVDQU      1504(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 76(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1504(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 108(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPBROADCASTD b3f<>+0(SB), Y4
+	VPAND        96(AX), Y4, Y4
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      544(AX), Y2
+	VMOVDQU      1568(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 80(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 1568(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 112(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      608(AX), Y4
+	VMOVDQU      1632(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 84(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1632(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 116(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      672(AX), Y4
+	VMOVDQU      1696(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 88(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1696(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 120(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      736(AX), Y4
+	VMOVDQU      1760(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 92(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1760(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 124(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPBROADCASTD b3f<>+0(SB), Y4
+	VPAND        96(AX), Y4, Y4
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      288(AX), Y2
+	VMOVDQU      1824(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VMOVDQA      Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 128(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 1824(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 160(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      352(AX), Y4
+	VMOVDQU      1888(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 132(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1888(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 164(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      416(AX), Y4
+	VMOVDQU      1952(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 136(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 1952(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 168(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      480(AX), Y4
+	VMOVDQU      2016(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 140(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2016(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 172(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPSRLD       $0x02, 96(AX), Y4
+	VPBROADCASTD b30<>+0(SB), Y7
+	VPAND        Y7, Y4, Y4
+	VMOVDQU      224(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      544(AX), Y2
+	VMOVDQU      2080(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VMOVDQA      Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 144(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 2080(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 176(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      608(AX), Y4
+	VMOVDQU      2144(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 148(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2144(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 180(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      672(AX), Y4
+	VMOVDQU      2208(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 152(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2208(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 184(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      736(AX), Y4
+	VMOVDQU      2272(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VMOVDQA      Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 156(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2272(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 188(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPSRLD       $0x02, 96(AX), Y4
+	VPBROADCASTD b30<>+0(SB), Y7
+	VPAND        Y7, Y4, Y4
+	VMOVDQU      224(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      288(AX), Y2
+	VMOVDQU      2336(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 192(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 2336(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 224(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      352(AX), Y4
+	VMOVDQU      2400(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 196(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2400(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 228(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      416(AX), Y4
+	VMOVDQU      2464(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 200(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2464(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 232(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      480(AX), Y4
+	VMOVDQU      2528(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 204(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2528(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 236(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPSRLD       $0x02, 96(AX), Y4
+	VPBROADCASTD b30<>+0(SB), Y7
+	VPAND        Y7, Y4, Y4
+	VMOVDQU      224(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      544(AX), Y2
+	VMOVDQU      2592(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, Y2, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 208(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 2592(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, Y2, Y2
+	VPAND        b10y<>+0(SB), Y2, Y2
+	VPOR         Y2, Y4, Y4
+	VPBROADCASTD 240(DX), Y2
+	VPMADDUBSW   Y2, Y4, Y2
+	VMOVDQU      608(AX), Y4
+	VMOVDQU      2656(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 212(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2656(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 244(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      672(AX), Y4
+	VMOVDQU      2720(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 216(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2720(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 248(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VMOVDQU      736(AX), Y4
+	VMOVDQU      2784(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 220(DX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPADDW       Y8, Y6, Y6
+	VPSRLW       $0x04, 2784(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y7, Y7
+	VPBROADCASTD 252(DX), Y4
+	VPMADDUBSW   Y4, Y7, Y4
+	VPADDW       Y4, Y2, Y2
+	VPSRLD       $0x02, 96(AX), Y4
+	VPBROADCASTD b30<>+0(SB), Y7
+	VPAND        Y7, Y4, Y4
+	VMOVDQU      224(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y7
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VCVTPH2PS    16(AX), Y2
+	VCVTPH2PS    48(AX), Y4
+	VBROADCASTSS 304(DX), Y6
+	VMULPS       Y6, Y2, Y6
+	VCVTDQ2PS    Y5, Y2
+	VMULPS       Y6, Y2, Y2
+	VADDPS       Y2, Y1, Y1
+	VBROADCASTSS 304(DX), Y2
+	VMULPS       Y2, Y4, Y2
+	VCVTDQ2PS    Y3, Y3
+	VMULPS       Y2, Y3, Y3
+	VSUBPS       Y3, Y1, Y1
+	ADDQ         $0x00000b00, AX
+	ADDQ         $0x00000140, DX
+	DECQ         CX
+	JNZ          q5kx16AVX2N1_blk
+	MOVQ         out+40(FP), CX
+	MOVQ         ostride+48(FP), DX
+	MOVQ         CX, DX
+	VMOVUPS      Y0, (DX)
+	VMOVUPS      Y1, 32(DX)
+	ADDQ         $0x40, CX
+	MOVQ         CX, out+40(FP)
+	DECQ         groups+8(FP)
+	JNZ          q5kx16AVX2N1_grp
 	VZEROUPPER
 	RET
 
@@ -94790,7 +96173,8 @@ q4kx16AVX2N2_blk:
 	VPSRLD       $0x02, 64(AX), Y5
 	VPBROADCASTD b30<>+0(SB), Y14
 	VPAND        Y14, Y5, Y5
-	VPAND        192(AX), Y0, Y14
+	VMOVDQU      192(AX), Y14
+	VPAND        Y0, Y14, Y14
 	VPOR         Y14, Y5, Y5
 	VPSHUFB      q4kdup_0<>+0(SB), Y5, Y14
 	VPMADDWD     Y14, Y10, Y10
@@ -94921,7 +96305,8 @@ q4kx16AVX2N2_blk:
 	VPSRLD       $0x02, 64(AX), Y5
 	VPBROADCASTD b30<>+0(SB), Y14
 	VPAND        Y14, Y5, Y5
-	VPAND        192(AX), Y0, Y14
+	VMOVDQU      192(AX), Y14
+	VPAND        Y0, Y14, Y14
 	VPOR         Y14, Y5, Y5
 	VPSHUFB      q4kdup_2<>+0(SB), Y5, Y14
 	VPMADDWD     Y14, Y10, Y10
@@ -95363,7 +96748,8 @@ q4kx16AVX2N2_blk:
 	VPSRLD       $0x02, 96(AX), Y5
 	VPBROADCASTD b30<>+0(SB), Y14
 	VPAND        Y14, Y5, Y5
-	VPAND        224(AX), Y0, Y14
+	VMOVDQU      224(AX), Y14
+	VPAND        Y0, Y14, Y14
 	VPOR         Y14, Y5, Y5
 	VPSHUFB      q4kdup_0<>+0(SB), Y5, Y14
 	VPMADDWD     Y14, Y10, Y10
@@ -95494,7 +96880,8 @@ q4kx16AVX2N2_blk:
 	VPSRLD       $0x02, 96(AX), Y5
 	VPBROADCASTD b30<>+0(SB), Y14
 	VPAND        Y14, Y5, Y5
-	VPAND        224(AX), Y0, Y14
+	VMOVDQU      224(AX), Y14
+	VPAND        Y0, Y14, Y14
 	VPOR         Y14, Y5, Y5
 	VPSHUFB      q4kdup_2<>+0(SB), Y5, Y14
 	VPMADDWD     Y14, Y10, Y10
@@ -95544,6 +96931,1826 @@ q4kx16AVX2N2_blk:
 	MOVQ         DX, out+40(FP)
 	DECQ         groups+8(FP)
 	JNZ          q4kx16AVX2N2_grp
+	VZEROUPPER
+	RET
+
+// func q5kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C, MMX+
+TEXT ·q5kx16AVX2N2(SB), NOSPLIT, $0-56
+	MOVQ w+0(FP), AX
+	MOVQ xstride+32(FP), CX
+
+q5kx16AVX2N2_grp:
+	MOVQ   nblocks+16(FP), DX
+	MOVQ   xq+24(FP), BX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+
+q5kx16AVX2N2_blk:
+	PREFETCHT0   8448(AX)
+	PREFETCHT0   8512(AX)
+	PREFETCHT0   8576(AX)
+	PREFETCHT0   8640(AX)
+	PREFETCHT0   8704(AX)
+	PREFETCHT0   8768(AX)
+	PREFETCHT0   8832(AX)
+	PREFETCHT0   8896(AX)
+	PREFETCHT0   8960(AX)
+	PREFETCHT0   9024(AX)
+	PREFETCHT0   9088(AX)
+	PREFETCHT0   9152(AX)
+	PREFETCHT0   9216(AX)
+	PREFETCHT0   9280(AX)
+	PREFETCHT0   9344(AX)
+	PREFETCHT0   9408(AX)
+	PREFETCHT0   9472(AX)
+	PREFETCHT0   9536(AX)
+	PREFETCHT0   9600(AX)
+	PREFETCHT0   9664(AX)
+	PREFETCHT0   9728(AX)
+	PREFETCHT0   9792(AX)
+	PREFETCHT0   9856(AX)
+	PREFETCHT0   9920(AX)
+	PREFETCHT0   9984(AX)
+	PREFETCHT0   10048(AX)
+	PREFETCHT0   10112(AX)
+	PREFETCHT0   10176(AX)
+	PREFETCHT0   10240(AX)
+	PREFETCHT0   10304(AX)
+	PREFETCHT0   10368(AX)
+	PREFETCHT0   10432(AX)
+	PREFETCHT0   10496(AX)
+	PREFETCHT0   10560(AX)
+	PREFETCHT0   10624(AX)
+	PREFETCHT0   10688(AX)
+	PREFETCHT0   10752(AX)
+	PREFETCHT0   10816(AX)
+	PREFETCHT0   10880(AX)
+	PREFETCHT0   10944(AX)
+	PREFETCHT0   11008(AX)
+	PREFETCHT0   11072(AX)
+	PREFETCHT0   11136(AX)
+	PREFETCHT0   11200(AX)
+	VMOVDQU      128(AX), Y4
+	VPSRLD       $0x02, Y4, Y6
+	VPBROADCASTD b30<>+0(SB), Y5
+	VPAND        Y5, Y6, Y6
+	VPBROADCASTD b3f<>+0(SB), Y5
+	VPAND        Y5, Y4, Y4
+	VPSRLD       $0x04, 192(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPOR         Y5, Y6, Y6
+	VPSHUFB      q4kpair_0<>+0(SB), Y4, Y5
+	VPBROADCASTD 288(BX), Y7
+	VPMADDWD     Y7, Y5, Y7
+	VPBROADCASTD 288(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y5, Y5
+	VPSHUFB      q4kpair_1<>+0(SB), Y4, Y4
+	VPBROADCASTD 292(BX), Y8
+	VPMADDWD     Y8, Y4, Y8
+	VPADDD       Y8, Y7, Y7
+	VPBROADCASTD 292(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y4, Y8
+	VPADDD       Y8, Y5, Y5
+	VPSHUFB      q4kpair_0<>+0(SB), Y6, Y4
+	VPBROADCASTD 296(BX), Y8
+	VPMADDWD     Y8, Y4, Y8
+	VPADDD       Y8, Y7, Y7
+	VPBROADCASTD 296(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y4, Y8
+	VPADDD       Y8, Y5, Y5
+	VPSHUFB      q4kpair_1<>+0(SB), Y6, Y4
+	VPBROADCASTD 300(BX), Y6
+	VPMADDWD     Y6, Y4, Y6
+	VPADDD       Y6, Y7, Y7
+	VPBROADCASTD 300(BX)(CX*1), Y6
+	VPMADDWD     Y6, Y4, Y6
+	VPADDD       Y6, Y5, Y5
+	VMOVDQU      256(AX), Y4
+	VMOVDQU      768(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x04, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y6, Y6
+	VPBROADCASTD (BX), Y8
+	VPMADDUBSW   Y8, Y6, Y8
+	VPBROADCASTD (BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPSRLW       $0x04, 768(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 32(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 32(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VMOVDQU      320(AX), Y6
+	VMOVDQU      832(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x04, Y6, Y12
+	VPAND        b10y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y11, Y11
+	VPBROADCASTD 4(BX), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y8, Y8
+	VPBROADCASTD 4(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y9, Y9
+	VPSRLW       $0x04, 832(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y11, Y11
+	VPBROADCASTD 36(BX), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 36(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y10, Y10
+	VMOVDQU      384(AX), Y6
+	VMOVDQU      896(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x04, Y6, Y12
+	VPAND        b10y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y11, Y11
+	VPBROADCASTD 8(BX), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y8, Y8
+	VPBROADCASTD 8(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y9, Y9
+	VPSRLW       $0x04, 896(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y11, Y11
+	VPBROADCASTD 40(BX), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 40(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y10, Y10
+	VMOVDQU      448(AX), Y6
+	VMOVDQU      960(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x04, Y6, Y12
+	VPAND        b10y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y11, Y11
+	VPBROADCASTD 12(BX), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y8, Y8
+	VPBROADCASTD 12(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y9, Y9
+	VPSRLW       $0x04, 960(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y11, Y11
+	VPBROADCASTD 44(BX), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 44(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y10, Y10
+	VPBROADCASTD b3f<>+0(SB), Y6
+	VPAND        64(AX), Y6, Y6
+	VPSHUFB      q4kdup_0<>+0(SB), Y6, Y11
+	VPMADDWD     Y11, Y8, Y8
+	VPMADDWD     Y11, Y9, Y9
+	VPSHUFB      q4kdup_1<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y10, Y10
+	VPADDD       Y10, Y9, Y9
+	VMOVDQU      512(AX), Y4
+	VMOVDQU      1024(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x04, Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 16(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 16(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 1024(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 48(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 48(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      576(AX), Y6
+	VMOVDQU      1088(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x04, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 20(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 20(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1088(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 52(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 52(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      640(AX), Y6
+	VMOVDQU      1152(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x04, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 24(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 24(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1152(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 56(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 56(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      704(AX), Y6
+	VMOVDQU      1216(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x04, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 28(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 28(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1216(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 60(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 60(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPBROADCASTD b3f<>+0(SB), Y6
+	VPAND        64(AX), Y6, Y6
+	VPSHUFB      q4kdup_0<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_1<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      256(AX), Y4
+	VMOVDQU      1280(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x02, Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 64(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 64(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 1280(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 96(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 96(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      320(AX), Y6
+	VMOVDQU      1344(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 68(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 68(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1344(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 100(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 100(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      384(AX), Y6
+	VMOVDQU      1408(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 72(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 72(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1408(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 104(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 104(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      448(AX), Y6
+	VMOVDQU      1472(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 76(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 76(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1472(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 108(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 108(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPBROADCASTD b3f<>+0(SB), Y6
+	VPAND        64(AX), Y6, Y6
+	VPSHUFB      q4kdup_2<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_3<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      512(AX), Y4
+	VMOVDQU      1536(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x02, Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 80(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 80(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 1536(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 112(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 112(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      576(AX), Y6
+	VMOVDQU      1600(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 84(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 84(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1600(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 116(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 116(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      640(AX), Y6
+	VMOVDQU      1664(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 88(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 88(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1664(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 120(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 120(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      704(AX), Y6
+	VMOVDQU      1728(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 92(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 92(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1728(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 124(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 124(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPBROADCASTD b3f<>+0(SB), Y6
+	VPAND        64(AX), Y6, Y6
+	VPSHUFB      q4kdup_2<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_3<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      256(AX), Y4
+	VMOVDQU      1792(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VMOVDQA      Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 128(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 128(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 1792(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 160(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 160(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      320(AX), Y6
+	VMOVDQU      1856(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 132(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 132(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1856(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 164(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 164(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      384(AX), Y6
+	VMOVDQU      1920(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 136(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 136(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1920(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 168(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 168(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      448(AX), Y6
+	VMOVDQU      1984(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 140(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 140(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1984(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 172(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 172(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPSRLD       $0x02, 64(AX), Y6
+	VPBROADCASTD b30<>+0(SB), Y13
+	VPAND        Y13, Y6, Y6
+	VMOVDQU      192(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPSHUFB      q4kdup_0<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_1<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      512(AX), Y4
+	VMOVDQU      2048(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VMOVDQA      Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 144(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 144(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 2048(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 176(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 176(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      576(AX), Y6
+	VMOVDQU      2112(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 148(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 148(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2112(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 180(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 180(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      640(AX), Y6
+	VMOVDQU      2176(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 152(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 152(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2176(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 184(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 184(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      704(AX), Y6
+	VMOVDQU      2240(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 156(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 156(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2240(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 188(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 188(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPSRLD       $0x02, 64(AX), Y6
+	VPBROADCASTD b30<>+0(SB), Y13
+	VPAND        Y13, Y6, Y6
+	VMOVDQU      192(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPSHUFB      q4kdup_0<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_1<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      256(AX), Y4
+	VMOVDQU      2304(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x02, Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 192(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 192(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 2304(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 224(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 224(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      320(AX), Y6
+	VMOVDQU      2368(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 196(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 196(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2368(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 228(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 228(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      384(AX), Y6
+	VMOVDQU      2432(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 200(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 200(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2432(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 232(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 232(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      448(AX), Y6
+	VMOVDQU      2496(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 204(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 204(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2496(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 236(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 236(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPSRLD       $0x02, 64(AX), Y6
+	VPBROADCASTD b30<>+0(SB), Y13
+	VPAND        Y13, Y6, Y6
+	VMOVDQU      192(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPSHUFB      q4kdup_2<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_3<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      512(AX), Y4
+	VMOVDQU      2560(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x02, Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 208(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 208(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 2560(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 240(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 240(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      576(AX), Y6
+	VMOVDQU      2624(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 212(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 212(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2624(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 244(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 244(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      640(AX), Y6
+	VMOVDQU      2688(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 216(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 216(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2688(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 248(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 248(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      704(AX), Y6
+	VMOVDQU      2752(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 220(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 220(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2752(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 252(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 252(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPSRLD       $0x02, 64(AX), Y6
+	VPBROADCASTD b30<>+0(SB), Y13
+	VPAND        Y13, Y6, Y6
+	VMOVDQU      192(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPSHUFB      q4kdup_2<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_3<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VCVTPH2PS    (AX), Y4
+	VCVTPH2PS    32(AX), Y6
+	VBROADCASTSS 304(BX), Y10
+	VMULPS       Y10, Y4, Y10
+	VCVTDQ2PS    Y8, Y8
+	VMULPS       Y10, Y8, Y8
+	VADDPS       Y8, Y0, Y0
+	VBROADCASTSS 304(BX), Y8
+	VMULPS       Y8, Y6, Y8
+	VCVTDQ2PS    Y7, Y7
+	VMULPS       Y8, Y7, Y7
+	VSUBPS       Y7, Y0, Y0
+	VBROADCASTSS 304(BX)(CX*1), Y7
+	VMULPS       Y7, Y4, Y7
+	VCVTDQ2PS    Y9, Y4
+	VMULPS       Y7, Y4, Y4
+	VADDPS       Y4, Y2, Y2
+	VBROADCASTSS 304(BX)(CX*1), Y4
+	VMULPS       Y4, Y6, Y4
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y4, Y5, Y5
+	VSUBPS       Y5, Y2, Y2
+	VMOVDQU      160(AX), Y4
+	VPSRLD       $0x02, Y4, Y6
+	VPBROADCASTD b30<>+0(SB), Y5
+	VPAND        Y5, Y6, Y6
+	VPBROADCASTD b3f<>+0(SB), Y5
+	VPAND        Y5, Y4, Y4
+	VPSRLD       $0x04, 224(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPOR         Y5, Y6, Y6
+	VPSHUFB      q4kpair_0<>+0(SB), Y4, Y5
+	VPBROADCASTD 288(BX), Y7
+	VPMADDWD     Y7, Y5, Y7
+	VPBROADCASTD 288(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y5, Y5
+	VPSHUFB      q4kpair_1<>+0(SB), Y4, Y4
+	VPBROADCASTD 292(BX), Y8
+	VPMADDWD     Y8, Y4, Y8
+	VPADDD       Y8, Y7, Y7
+	VPBROADCASTD 292(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y4, Y8
+	VPADDD       Y8, Y5, Y5
+	VPSHUFB      q4kpair_0<>+0(SB), Y6, Y4
+	VPBROADCASTD 296(BX), Y8
+	VPMADDWD     Y8, Y4, Y8
+	VPADDD       Y8, Y7, Y7
+	VPBROADCASTD 296(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y4, Y8
+	VPADDD       Y8, Y5, Y5
+	VPSHUFB      q4kpair_1<>+0(SB), Y6, Y4
+	VPBROADCASTD 300(BX), Y6
+	VPMADDWD     Y6, Y4, Y6
+	VPADDD       Y6, Y7, Y7
+	VPBROADCASTD 300(BX)(CX*1), Y6
+	VPMADDWD     Y6, Y4, Y6
+	VPADDD       Y6, Y5, Y5
+	VMOVDQU      288(AX), Y4
+	VMOVDQU      800(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x04, Y4, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y6, Y6
+	VPBROADCASTD (BX), Y8
+	VPMADDUBSW   Y8, Y6, Y8
+	VPBROADCASTD (BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPSRLW       $0x04, 800(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 32(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 32(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VMOVDQU      352(AX), Y6
+	VMOVDQU      864(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x04, Y6, Y12
+	VPAND        b10y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y11, Y11
+	VPBROADCASTD 4(BX), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y8, Y8
+	VPBROADCASTD 4(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y9, Y9
+	VPSRLW       $0x04, 864(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y11, Y11
+	VPBROADCASTD 36(BX), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 36(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y10, Y10
+	VMOVDQU      416(AX), Y6
+	VMOVDQU      928(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x04, Y6, Y12
+	VPAND        b10y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y11, Y11
+	VPBROADCASTD 8(BX), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y8, Y8
+	VPBROADCASTD 8(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y9, Y9
+	VPSRLW       $0x04, 928(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y11, Y11
+	VPBROADCASTD 40(BX), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 40(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y10, Y10
+	VMOVDQU      480(AX), Y6
+	VMOVDQU      992(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x04, Y6, Y12
+	VPAND        b10y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y11, Y11
+	VPBROADCASTD 12(BX), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y8, Y8
+	VPBROADCASTD 12(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y11, Y12
+	VPADDW       Y12, Y9, Y9
+	VPSRLW       $0x04, 992(AX), Y11
+	VPAND        b0fy<>+0(SB), Y11, Y11
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y11, Y11
+	VPBROADCASTD 44(BX), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 44(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y11, Y6
+	VPADDW       Y6, Y10, Y10
+	VPBROADCASTD b3f<>+0(SB), Y6
+	VPAND        96(AX), Y6, Y6
+	VPSHUFB      q4kdup_0<>+0(SB), Y6, Y11
+	VPMADDWD     Y11, Y8, Y8
+	VPMADDWD     Y11, Y9, Y9
+	VPSHUFB      q4kdup_1<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y10, Y10
+	VPADDD       Y10, Y9, Y9
+	VMOVDQU      544(AX), Y4
+	VMOVDQU      1056(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x04, Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 16(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 16(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 1056(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 48(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 48(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      608(AX), Y6
+	VMOVDQU      1120(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x04, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 20(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 20(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1120(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 52(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 52(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      672(AX), Y6
+	VMOVDQU      1184(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x04, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 24(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 24(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1184(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 56(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 56(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      736(AX), Y6
+	VMOVDQU      1248(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x04, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 28(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 28(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1248(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 60(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 60(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPBROADCASTD b3f<>+0(SB), Y6
+	VPAND        96(AX), Y6, Y6
+	VPSHUFB      q4kdup_0<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_1<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      288(AX), Y4
+	VMOVDQU      1312(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x02, Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 64(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 64(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 1312(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 96(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 96(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      352(AX), Y6
+	VMOVDQU      1376(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 68(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 68(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1376(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 100(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 100(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      416(AX), Y6
+	VMOVDQU      1440(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 72(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 72(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1440(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 104(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 104(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      480(AX), Y6
+	VMOVDQU      1504(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 76(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 76(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1504(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 108(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 108(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPBROADCASTD b3f<>+0(SB), Y6
+	VPAND        96(AX), Y6, Y6
+	VPSHUFB      q4kdup_2<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_3<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      544(AX), Y4
+	VMOVDQU      1568(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x02, Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 80(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 80(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 1568(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSLLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 112(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 112(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      608(AX), Y6
+	VMOVDQU      1632(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 84(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 84(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1632(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 116(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 116(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      672(AX), Y6
+	VMOVDQU      1696(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 88(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 88(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1696(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 120(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 120(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      736(AX), Y6
+	VMOVDQU      1760(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 92(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 92(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1760(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSLLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 124(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 124(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPBROADCASTD b3f<>+0(SB), Y6
+	VPAND        96(AX), Y6, Y6
+	VPSHUFB      q4kdup_2<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_3<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      288(AX), Y4
+	VMOVDQU      1824(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VMOVDQA      Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 128(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 128(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 1824(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 160(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 160(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      352(AX), Y6
+	VMOVDQU      1888(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 132(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 132(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1888(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 164(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 164(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      416(AX), Y6
+	VMOVDQU      1952(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 136(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 136(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 1952(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 168(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 168(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      480(AX), Y6
+	VMOVDQU      2016(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 140(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 140(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2016(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 172(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 172(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPSRLD       $0x02, 96(AX), Y6
+	VPBROADCASTD b30<>+0(SB), Y13
+	VPAND        Y13, Y6, Y6
+	VMOVDQU      224(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPSHUFB      q4kdup_0<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_1<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      544(AX), Y4
+	VMOVDQU      2080(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VMOVDQA      Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 144(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 144(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 2080(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x01, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 176(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 176(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      608(AX), Y6
+	VMOVDQU      2144(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 148(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 148(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2144(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 180(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 180(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      672(AX), Y6
+	VMOVDQU      2208(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 152(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 152(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2208(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 184(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 184(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      736(AX), Y6
+	VMOVDQU      2272(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VMOVDQA      Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 156(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 156(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2272(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x01, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 188(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 188(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPSRLD       $0x02, 96(AX), Y6
+	VPBROADCASTD b30<>+0(SB), Y13
+	VPAND        Y13, Y6, Y6
+	VMOVDQU      224(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPSHUFB      q4kdup_0<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_1<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      288(AX), Y4
+	VMOVDQU      2336(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x02, Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 192(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 192(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 2336(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 224(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 224(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      352(AX), Y6
+	VMOVDQU      2400(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 196(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 196(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2400(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 228(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 228(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      416(AX), Y6
+	VMOVDQU      2464(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 200(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 200(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2464(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 232(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 232(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      480(AX), Y6
+	VMOVDQU      2528(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 204(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 204(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2528(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 236(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 236(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPSRLD       $0x02, 96(AX), Y6
+	VPBROADCASTD b30<>+0(SB), Y13
+	VPAND        Y13, Y6, Y6
+	VMOVDQU      224(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPSHUFB      q4kdup_2<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_3<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VMOVDQU      544(AX), Y4
+	VMOVDQU      2592(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x02, Y4, Y10
+	VPAND        b10y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y6, Y6
+	VPBROADCASTD 208(BX), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPBROADCASTD 208(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPSRLW       $0x04, 2592(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSRLW       $0x03, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y6, Y6
+	VPBROADCASTD 240(BX), Y4
+	VPMADDUBSW   Y4, Y6, Y4
+	VPBROADCASTD 240(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VMOVDQU      608(AX), Y6
+	VMOVDQU      2656(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 212(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 212(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2656(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 244(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 244(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      672(AX), Y6
+	VMOVDQU      2720(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 216(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 216(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2720(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 248(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 248(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VMOVDQU      736(AX), Y6
+	VMOVDQU      2784(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x02, Y6, Y14
+	VPAND        b10y<>+0(SB), Y14, Y14
+	VPOR         Y14, Y13, Y13
+	VPBROADCASTD 220(BX), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y10, Y10
+	VPBROADCASTD 220(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y13, Y14
+	VPADDW       Y14, Y11, Y11
+	VPSRLW       $0x04, 2784(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPSRLW       $0x03, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y13, Y13
+	VPBROADCASTD 252(BX), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y4, Y4
+	VPBROADCASTD 252(BX)(CX*1), Y6
+	VPMADDUBSW   Y6, Y13, Y6
+	VPADDW       Y6, Y12, Y12
+	VPSRLD       $0x02, 96(AX), Y6
+	VPBROADCASTD b30<>+0(SB), Y13
+	VPAND        Y13, Y6, Y6
+	VMOVDQU      224(AX), Y13
+	VPAND        b0fy<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPSHUFB      q4kdup_2<>+0(SB), Y6, Y13
+	VPMADDWD     Y13, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPMADDWD     Y13, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPSHUFB      q4kdup_3<>+0(SB), Y6, Y6
+	VPMADDWD     Y6, Y4, Y4
+	VPADDD       Y4, Y8, Y8
+	VPMADDWD     Y6, Y12, Y12
+	VPADDD       Y12, Y9, Y9
+	VCVTPH2PS    16(AX), Y4
+	VCVTPH2PS    48(AX), Y6
+	VBROADCASTSS 304(BX), Y10
+	VMULPS       Y10, Y4, Y10
+	VCVTDQ2PS    Y8, Y8
+	VMULPS       Y10, Y8, Y8
+	VADDPS       Y8, Y1, Y1
+	VBROADCASTSS 304(BX), Y8
+	VMULPS       Y8, Y6, Y8
+	VCVTDQ2PS    Y7, Y7
+	VMULPS       Y8, Y7, Y7
+	VSUBPS       Y7, Y1, Y1
+	VBROADCASTSS 304(BX)(CX*1), Y7
+	VMULPS       Y7, Y4, Y7
+	VCVTDQ2PS    Y9, Y4
+	VMULPS       Y7, Y4, Y4
+	VADDPS       Y4, Y3, Y3
+	VBROADCASTSS 304(BX)(CX*1), Y4
+	VMULPS       Y4, Y6, Y4
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y4, Y5, Y5
+	VSUBPS       Y5, Y3, Y3
+	ADDQ         $0x00000b00, AX
+	ADDQ         $0x00000140, BX
+	DECQ         DX
+	JNZ          q5kx16AVX2N2_blk
+	MOVQ         out+40(FP), DX
+	MOVQ         ostride+48(FP), BX
+	MOVQ         DX, SI
+	VMOVUPS      Y0, (SI)
+	VMOVUPS      Y1, 32(SI)
+	ADDQ         BX, SI
+	VMOVUPS      Y2, (SI)
+	VMOVUPS      Y3, 32(SI)
+	ADDQ         $0x40, DX
+	MOVQ         DX, out+40(FP)
+	DECQ         groups+8(FP)
+	JNZ          q5kx16AVX2N2_grp
 	VZEROUPPER
 	RET
 

@@ -37,11 +37,20 @@ import (
 
 // EnvPack names the environment variable that chooses which types CanPack
 // packs: a comma-separated list of dtypes (q8_0, q4_k, q5_k, q6_k; the
-// default is all), or 0 for none (for comparisons).
+// default is all those with packed kernels at the kernel level, but for
+// q5_k on AVX2, which is packed there only when listed: packOnlyAsked), or
+// 0 for none (for comparisons).
 const EnvPack = "SWITCHYARD_PACK"
 
-// packOff[dt]: EnvPack leaves dt row-major.
-var packOff [tensor.NumDTypes]bool
+// packOff[dt]: EnvPack leaves dt row-major; packAsked[dt]: EnvPack names
+// dt.
+var packOff, packAsked [tensor.NumDTypes]bool
+
+// packOnlyAsked[dt]: at the AVX2 level dt is packed only when EnvPack names
+// it. Q5_K's packed AVX2 kernel gave +16% prefill 128 but 5-12% slower
+// one-session decode on the Q5_K_M model (bench --threads 1, two alternated
+// runs each), and decode is what a session feels.
+var packOnlyAsked = [tensor.NumDTypes]bool{tensor.Q5_K: true}
 
 func init() {
 	v, ok := os.LookupEnv(EnvPack)
@@ -57,6 +66,7 @@ func init() {
 		for i := range packSpecs {
 			if strings.EqualFold(name, packSpecs[i].dt.String()) {
 				packOff[packSpecs[i].dt] = false
+				packAsked[packSpecs[i].dt] = true
 				known = true
 			}
 		}
@@ -130,8 +140,12 @@ func PackedBytes(dt tensor.DType, rows, cols int) int {
 // otherwise.
 func CanPack(w tensor.Matrix) bool {
 	s := specOf(w.DType, tensor.RowMajor)
-	return s != nil && !packOff[w.DType] && w.Layout == tensor.RowMajor && w.Rows > 0 && w.Cols > 0 &&
-		w.Cols%w.DType.BlockValues() == 0 && hasPackedKernels(w.DType) && packedFast(s.layout, KernelLevel())
+	lvl := KernelLevel()
+	if s == nil || packOff[w.DType] || (lvl < LevelAVX512 && packOnlyAsked[w.DType] && !packAsked[w.DType]) {
+		return false
+	}
+	return w.Layout == tensor.RowMajor && w.Rows > 0 && w.Cols > 0 &&
+		w.Cols%w.DType.BlockValues() == 0 && hasPackedKernels(w.DType) && packedFast(s.layout, lvl)
 }
 
 // Pack packs the row-major matrix w (CanPack's types) into dst

@@ -41,7 +41,7 @@ func testPackedMatchesRowMajor(t *testing.T, dt tensor.DType) {
 			}
 			w := randMatrix(rng, dt, rows, cols)
 			if !CanPack(w) {
-				if KernelLevel() < LevelAVX512 && packedKernelsAt(specOf(dt, tensor.RowMajor).layout, KernelLevel()) == nil {
+				if KernelLevel() < LevelAVX512 {
 					t.Skipf("%v is not packed at the %v level", dt, KernelLevel())
 				}
 				t.Fatalf("[%d,%d]: not packable", rows, cols)
@@ -133,5 +133,31 @@ func TestPackParallel(t *testing.T) {
 		if got := RowMajorBytes(p, 5*w.RowStride()+7, 3*w.RowStride()); string(got) != string(w.Data[5*w.RowStride()+7:8*w.RowStride()+7]) {
 			t.Fatalf("%v: a packed matrix's bytes from the middle differ from its rows'", dt)
 		}
+	}
+}
+
+// TestCanPackAVX2: on the AVX2 level Q8_0 and Q4_K are packed, Q5_K only
+// when SWITCHYARD_PACK names it (packOnlyAsked), Q6_K never.
+func TestCanPackAVX2(t *testing.T) {
+	if !hasPackedKernels(tensor.Q4_K) || !hasQ80KernelsAt(LevelAVX2) {
+		t.Skip("no packed kernels on this CPU or build")
+	}
+	if packOff != [tensor.NumDTypes]bool{} || packAsked != [tensor.NumDTypes]bool{} {
+		t.Skipf("%s is set", EnvPack)
+	}
+	defer SetQ8Activations(SetQ8Activations(true))
+	prev, _ := SetKernelLevel(LevelAVX2)
+	defer SetKernelLevel(prev)
+	rng := rand.New(rand.NewPCG(33, 33))
+	want := map[tensor.DType]bool{tensor.Q8_0: true, tensor.Q4_K: true, tensor.Q5_K: false, tensor.Q6_K: false}
+	for dt, ok := range want {
+		if got := CanPack(randMatrix(rng, dt, 16, dt.BlockValues())); got != ok {
+			t.Errorf("AVX2: CanPack(%v) = %v, want %v", dt, got, ok)
+		}
+	}
+	packAsked[tensor.Q5_K] = true
+	defer func() { packAsked[tensor.Q5_K] = false }()
+	if !CanPack(randMatrix(rng, tensor.Q5_K, 16, 256)) {
+		t.Error("AVX2: Q5_K not packed when asked")
 	}
 }

@@ -113,6 +113,7 @@ func main() {
 	genQ8Quant256()
 	for n := 1; n <= q4kx16AVX2MaxN; n++ {
 		genQ4Kx16AVX2(n)
+		genQ5Kx16AVX2(n)
 	}
 	for n := 1; n <= q4kx16MaxN; n++ {
 		genQ4Kx16(n)

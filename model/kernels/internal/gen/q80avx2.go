@@ -551,13 +551,15 @@ func genQ8Quant256() {
 // block's float32 steps (q8BlockScalar's) give the bits of every other
 // Q4_K kernel.
 
-// q4kx16AVX2MaxN is the most input rows per q4kx16AVX2N call: per input
+// q4kx16AVX2MaxN is the most input rows per q4kx16AVX2N and q5kx16AVX2N call: per input
 // row the two halves' float32 sums, and within a half I, M and two int16
 // sub-block sums, beside the nibble mask and three temporaries.
 const q4kx16AVX2MaxN = 2
 
 var (
 	cQ4KDup [4]Mem // VPSHUFB: byte k of each dword to both its int16s (zero-extended)
+	cB0FY   Mem    // 32 bytes 0x0F (a memory operand)
+	cB10Y   Mem    // 32 bytes 0x10
 )
 
 func genQ4Kx16AVX2Consts() {
@@ -569,14 +571,35 @@ func genQ4Kx16AVX2Consts() {
 		}
 		cQ4KDup[k] = data32(fmt.Sprintf("q4kdup_%d", k), v...)
 	}
+	cB0FY = data32("b0fy", rep(0x0F0F0F0F, 8)...)
+	cB10Y = data32("b10y", rep(0x10101010, 8)...)
 }
 
-func genQ4Kx16AVX2(n int) {
+func genQ4Kx16AVX2(n int) { genQKx16AVX2(dQ4K, n) }
+
+func genQ5Kx16AVX2(n int) { genQKx16AVX2(dQ5K, n) }
+
+// genQKx16AVX2 emits q4kx16AVX2N<n> (d Q4_K) or q5kx16AVX2N<n> (Q5_K: the
+// fifth bits merged as genQKx16 merges them; a pair sum is then at most
+// 2·31·127, so four words' sums add in int16 and each sub-block is scaled
+// twice; the nibble and fifth-bit masks are memory operands, to keep two
+// input rows within the 16 registers).
+func genQKx16AVX2(dt dtype, n int) {
+	q5 := dt == dQ5K
 	name := fmt.Sprintf("q4kx16AVX2N%d", n)
-	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked Q4_K weights with %d quantized input rows on AVX2 (see genQ4Kx16AVX2).", name, n), n)
+	blockBytes, prefetch, qs, span := q4kx16Block, q4kPrefetch, 256, 8
+	if q5 {
+		name = fmt.Sprintf("q5kx16AVX2N%d", n)
+		blockBytes, prefetch, qs, span = q5kx16Block, q5kPrefetch, 768, 4
+	}
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows on AVX2 (see genQ4Kx16AVX2).", name, dt, n), n)
 	Pragma("noescape")
-	c0F := YMM()
-	VPBROADCASTD(cB0F, c0F)
+	var c0F Op = cB0FY
+	if !q5 {
+		r := YMM()
+		VPBROADCASTD(cB0F, r)
+		c0F = r
+	}
 	Label(name + "_grp")
 	cnt := ld("nblocks")
 	xq := ld("xq")
@@ -587,8 +610,8 @@ func genQ4Kx16AVX2(n int) {
 		VXORPS(acc[i], acc[i], acc[i])
 	}
 	Label(name + "_blk")
-	for l := 0; l < q4kx16Block/64; l++ {
-		PREFETCHT0(Mem{Base: wp, Disp: q4kPrefetch + 64*l})
+	for l := 0; l < blockBytes/64; l++ {
+		PREFETCHT0(Mem{Base: wp, Disp: prefetch + 64*l})
 	}
 	for h := 0; h < 2; h++ {
 		// The 8 rows' mins, one byte per sub-block in each dword lane (as
@@ -631,16 +654,28 @@ func genQ4Kx16AVX2(n int) {
 		for c := 0; c < 4; c++ {
 			dlo, dhi := make([]VecVirtual, n), make([]VecVirtual, n)
 			for g := 0; g < 8; g++ {
-				wm := Mem{Base: wp, Disp: 256 + 512*c + 64*g + 32*h}
+				wm := Mem{Base: wp, Disp: qs + 512*c + 64*g + 32*h}
+				var qh VecVirtual
+				if q5 {
+					qh = YMM()
+					VMOVDQU(Mem{Base: wp, Disp: 256 + 64*g + 32*h}, qh)
+				}
 				for k := 0; k < 2; k++ {
 					// The low nibbles, then the high ones (one register at
-					// a time).
+					// a time), with their fifth bits for Q5_K.
 					q := YMM()
-					if k == 0 {
-						VPAND(wm, c0F, q)
-					} else {
+					switch {
+					case k == 0 && !q5:
+						VPAND(wm, c0F, q) // c0F a register
+					case k == 0:
+						VMOVDQU(wm, q)
+						VPAND(c0F, q, q)
+					default:
 						VPSRLW(U8(4), wm, q)
 						VPAND(c0F, q, q)
+					}
+					if q5 {
+						q5Bit256(qh, 2*c+k, q)
 					}
 					for i := 0; i < n; i++ {
 						p := YMM()
@@ -650,30 +685,34 @@ func genQ4Kx16AVX2(n int) {
 						if k == 1 {
 							d = &dhi[i]
 						}
-						if g == 0 {
+						if g%span == 0 {
 							*d = p
 							continue
 						}
 						VPADDW(p, *d, *d)
 					}
 				}
-			}
-			scs := q4kScales256(wp, h, c, c0F)
-			for k := 0; k < 2; k++ {
-				sc := YMM()
-				VPSHUFB(cQ4KDup[(2*c+k)%4], scs, sc)
-				for i := 0; i < n; i++ {
-					d := dlo[i]
-					if k == 1 {
-						d = dhi[i]
+				if g%span != span-1 {
+					continue
+				}
+				// I += sc·(the int16 pair sums of span words).
+				scs := q4kScales256(wp, h, c, c0F)
+				for k := 0; k < 2; k++ {
+					sc := YMM()
+					VPSHUFB(cQ4KDup[(2*c+k)%4], scs, sc)
+					for i := 0; i < n; i++ {
+						d := dlo[i]
+						if k == 1 {
+							d = dhi[i]
+						}
+						if isum[i] == nil {
+							isum[i] = YMM()
+							VPMADDWD(sc, d, isum[i])
+							continue
+						}
+						VPMADDWD(sc, d, d)
+						VPADDD(d, isum[i], isum[i])
 					}
-					if c == 0 && k == 0 {
-						isum[i] = YMM()
-						VPMADDWD(sc, d, isum[i])
-						continue
-					}
-					VPMADDWD(sc, d, d)
-					VPADDD(d, isum[i], isum[i])
 				}
 			}
 		}
@@ -686,7 +725,7 @@ func genQ4Kx16AVX2(n int) {
 			scaleStep256(VSUBPS, xm(i, q8xD), dmw, msum[i], acc[2*i+h])
 		}
 	}
-	packedNextBlock(name, q4kx16Block, wp, xq, cnt)
+	packedNextBlock(name, blockBytes, wp, xq, cnt)
 	op := ld("out")
 	ost := ld("ostride")
 	o := GP64()
@@ -709,7 +748,7 @@ func genQ4Kx16AVX2(n int) {
 // q4kScales256 returns the 6-bit scales of sub-blocks 4(c/2)..4(c/2)+3 of
 // the 8 rows of half h, one byte each per dword lane: u0 & 0x3f for chunks
 // 0 and 1, (u2 & 0xf) | (u0 >> 6) << 4 for chunks 2 and 3.
-func q4kScales256(wp GPVirtual, h, c int, c0F VecVirtual) VecVirtual {
+func q4kScales256(wp GPVirtual, h, c int, c0F Op) VecVirtual {
 	sc, t := YMM(), YMM()
 	if c < 2 {
 		VPBROADCASTD(cB3F, t)
@@ -719,9 +758,25 @@ func q4kScales256(wp GPVirtual, h, c int, c0F VecVirtual) VecVirtual {
 	VPSRLD(U8(2), Mem{Base: wp, Disp: 64 + 32*h}, sc)
 	VPBROADCASTD(cB30, t)
 	VPAND(t, sc, sc)
-	VPAND(Mem{Base: wp, Disp: 192 + 32*h}, c0F, t)
+	VMOVDQU(Mem{Base: wp, Disp: 192 + 32*h}, t)
+	VPAND(c0F, t, t)
 	VPOR(t, sc, sc)
 	return sc
+}
+
+// q5Bit256 merges bit b of each byte of qh, moved to bit 4, into q.
+func q5Bit256(qh VecVirtual, b int, q VecVirtual) {
+	t := YMM()
+	switch {
+	case b < 4:
+		VPSLLW(U8(4-b), qh, t)
+	case b > 4:
+		VPSRLW(U8(b-4), qh, t)
+	default:
+		VMOVDQA(qh, t)
+	}
+	VPAND(cB10Y, t, t)
+	VPOR(t, q, q)
 }
 
 // scaleStep256 is scaleStep on ymm: acc = op(float32(isum)·(d·d_x), acc).
