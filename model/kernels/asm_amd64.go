@@ -632,29 +632,77 @@ func q80dot512R5(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstrid
 // q80dot512R6 multiplies 6 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
 func q80dot512R6(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 
-// q80x16N1 multiplies a 16-row group of repacked Q8_0 weights with 1 quantized input rows (see genQ80x16).
+// q80x16N1 multiplies a 16-row group of repacked Q80 weights with 1 quantized input rows (see genX16Q80Act).
 func q80x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q80x16N2 multiplies a 16-row group of repacked Q8_0 weights with 2 quantized input rows (see genQ80x16).
+// q80x16N2 multiplies a 16-row group of repacked Q80 weights with 2 quantized input rows (see genX16Q80Act).
 func q80x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q80x16N3 multiplies a 16-row group of repacked Q8_0 weights with 3 quantized input rows (see genQ80x16).
+// q80x16N3 multiplies a 16-row group of repacked Q80 weights with 3 quantized input rows (see genX16Q80Act).
 func q80x16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q80x16N4 multiplies a 16-row group of repacked Q8_0 weights with 4 quantized input rows (see genQ80x16).
+// q80x16N4 multiplies a 16-row group of repacked Q80 weights with 4 quantized input rows (see genX16Q80Act).
 func q80x16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q80x16N5 multiplies a 16-row group of repacked Q8_0 weights with 5 quantized input rows (see genQ80x16).
+// q80x16N5 multiplies a 16-row group of repacked Q80 weights with 5 quantized input rows (see genX16Q80Act).
 func q80x16N5(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q80x16N6 multiplies a 16-row group of repacked Q8_0 weights with 6 quantized input rows (see genQ80x16).
+// q80x16N6 multiplies a 16-row group of repacked Q80 weights with 6 quantized input rows (see genX16Q80Act).
 func q80x16N6(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q80x16N7 multiplies a 16-row group of repacked Q8_0 weights with 7 quantized input rows (see genQ80x16).
+// q80x16N7 multiplies a 16-row group of repacked Q80 weights with 7 quantized input rows (see genX16Q80Act).
 func q80x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q80x16N8 multiplies a 16-row group of repacked Q8_0 weights with 8 quantized input rows (see genQ80x16).
+// q80x16N8 multiplies a 16-row group of repacked Q80 weights with 8 quantized input rows (see genX16Q80Act).
 func q80x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q40x16N1 multiplies a 16-row group of repacked Q40 weights with 1 quantized input rows (see genX16Q80Act).
+func q40x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q40x16N2 multiplies a 16-row group of repacked Q40 weights with 2 quantized input rows (see genX16Q80Act).
+func q40x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q40x16N3 multiplies a 16-row group of repacked Q40 weights with 3 quantized input rows (see genX16Q80Act).
+func q40x16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q40x16N4 multiplies a 16-row group of repacked Q40 weights with 4 quantized input rows (see genX16Q80Act).
+func q40x16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q40x16N5 multiplies a 16-row group of repacked Q40 weights with 5 quantized input rows (see genX16Q80Act).
+func q40x16N5(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q40x16N6 multiplies a 16-row group of repacked Q40 weights with 6 quantized input rows (see genX16Q80Act).
+func q40x16N6(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q40x16N7 multiplies a 16-row group of repacked Q40 weights with 7 quantized input rows (see genX16Q80Act).
+func q40x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q40x16N8 multiplies a 16-row group of repacked Q40 weights with 8 quantized input rows (see genX16Q80Act).
+func q40x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4nlx16N1 multiplies a 16-row group of repacked IQ4NL weights with 1 quantized input rows (see genX16Q80Act).
+func iq4nlx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4nlx16N2 multiplies a 16-row group of repacked IQ4NL weights with 2 quantized input rows (see genX16Q80Act).
+func iq4nlx16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4nlx16N3 multiplies a 16-row group of repacked IQ4NL weights with 3 quantized input rows (see genX16Q80Act).
+func iq4nlx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4nlx16N4 multiplies a 16-row group of repacked IQ4NL weights with 4 quantized input rows (see genX16Q80Act).
+func iq4nlx16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4nlx16N5 multiplies a 16-row group of repacked IQ4NL weights with 5 quantized input rows (see genX16Q80Act).
+func iq4nlx16N5(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4nlx16N6 multiplies a 16-row group of repacked IQ4NL weights with 6 quantized input rows (see genX16Q80Act).
+func iq4nlx16N6(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4nlx16N7 multiplies a 16-row group of repacked IQ4NL weights with 7 quantized input rows (see genX16Q80Act).
+func iq4nlx16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4nlx16N8 multiplies a 16-row group of repacked IQ4NL weights with 8 quantized input rows (see genX16Q80Act).
+func iq4nlx16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // q80x16AVX2N1 multiplies a 16-row group of repacked Q8_0 weights with 1 quantized input rows on AVX2 (see genQ80x16AVX2).
 //
@@ -685,6 +733,21 @@ func quantQ80R256(x *float32, nblocks int, dst *byte) bool
 //
 //go:noescape
 func quantQ8K256(x *float32, nblocks int, dst *byte) bool
+
+// convQ40Q80 rewrites nblocks blocks as Q8_0 blocks (see genConvQ80).
+//
+//go:noescape
+func convQ40Q80(src *byte, nblocks int, dst *byte)
+
+// convQ50Q80 rewrites nblocks blocks as Q8_0 blocks (see genConvQ80).
+//
+//go:noescape
+func convQ50Q80(src *byte, nblocks int, dst *byte)
+
+// convIQ4NLQ80 rewrites nblocks blocks as Q8_0 blocks (see genConvQ80).
+//
+//go:noescape
+func convIQ4NLQ80(src *byte, nblocks int, dst *byte)
 
 // q4kx16AVX2N1 multiplies a 16-row group of repacked Q4K weights with 1 quantized input rows on AVX2 (see genQ4Kx16AVX2).
 //

@@ -22,6 +22,7 @@ type scratch struct {
 	otail [4 * 8]float32
 
 	q80prep []byte                         // Q8_0 lane groups: q80prep512's per-block sums and scales
+	conv    []byte                         // rows rewritten as Q8_0 rows (q80Weights)
 	q80o    [q80MaxRows * q80Group]float32 // one q80dot512R call's results
 }
 

@@ -36,7 +36,8 @@ import (
 // same results).
 
 // EnvPack names the environment variable that chooses which types CanPack
-// packs: a comma-separated list of dtypes (q8_0, q4_k, q5_k, q6_k; the
+// packs: a comma-separated list of dtypes (q8_0, q4_k, q5_k, q6_k, q4_0,
+// iq4_nl; the
 // default is all those with packed kernels at the kernel level, but for
 // q5_k on AVX2, which is packed there only when listed: packOnlyAsked), or
 // 0 for none (for comparisons).
@@ -71,7 +72,7 @@ func init() {
 			}
 		}
 		if !known {
-			fmt.Fprintf(os.Stderr, "kernels: %s: %q is not a type that can be packed (q8_0, q4_k, q5_k, q6_k); ignored\n", EnvPack, name)
+			fmt.Fprintf(os.Stderr, "kernels: %s: %q is not a type that can be packed (q8_0, q4_k, q5_k, q6_k, q4_0, iq4_nl); ignored\n", EnvPack, name)
 		}
 	}
 }
@@ -108,6 +109,9 @@ var packSpecs = [...]packSpec{
 	{dt: tensor.Q5_K, layout: tensor.Q5Kx16, bytes: 176, halves: []int{0, 2}, words: 4, nwords: 43},
 	// Q6_K: d (at the block's end); ql, qh, the scales.
 	{dt: tensor.Q6_K, layout: tensor.Q6Kx16, bytes: 210, halves: []int{208}, words: 0, nwords: 52},
+	// Q4_0 and IQ4_NL: d; the 16 bytes of nibbles.
+	{dt: tensor.Q4_0, layout: tensor.Q40x16, bytes: 18, halves: []int{0}, words: 2, nwords: 4},
+	{dt: tensor.IQ4_NL, layout: tensor.IQ4NLx16, bytes: 18, halves: []int{0}, words: 2, nwords: 4},
 }
 
 // specOf returns the packing of dtype dt or layout l (whichever is set).

@@ -15,7 +15,7 @@ import (
 // bits), with a partial last group, and with an input row holding a NaN or
 // an infinity; its rows dequantize as the row-major rows do.
 func TestPackedMatchesRowMajor(t *testing.T) {
-	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
+	for _, dt := range packedDTypes {
 		t.Run(dt.String(), func(t *testing.T) { testPackedMatchesRowMajor(t, dt) })
 	}
 }
@@ -32,7 +32,10 @@ func testPackedMatchesRowMajor(t *testing.T, dt tensor.DType) {
 	prev := KernelLevel()
 	defer SetKernelLevel(prev)
 	bv := dt.BlockValues()
-	twinOf := map[tensor.DType]func([]float32, tensor.Matrix, []float32, int){tensor.Q8_0: matMulQ80Ref, tensor.Q4_K: matMulQ8Ref, tensor.Q5_K: matMulQ8Ref, tensor.Q6_K: matMulQ8Ref}[dt]
+	twinOf := matMulQ8Ref
+	if asQ80(dt) {
+		twinOf = matMulQ80Ref
+	}
 	for _, rows := range []int{1, 16, 37, 100} {
 		for _, blocks := range []int{1, 3, 17, 48} {
 			cols := blocks * bv
@@ -100,17 +103,20 @@ func testPackedMatchesRowMajor(t *testing.T, dt tensor.DType) {
 // integerAt reports whether products with dt weights run the integer
 // kernels (whose twin TestPackedMatchesRowMajor compares with) at level l.
 func integerAt(dt tensor.DType, l Level) bool {
-	if dt == tensor.Q8_0 {
+	if asQ80(dt) {
 		return hasQ80KernelsAt(l)
 	}
 	return hasQ8KernelsAt(dt, l)
 }
 
+// packedDTypes are the types with packed layouts.
+var packedDTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q4_0, tensor.IQ4_NL}
+
 // TestPackParallel: a matrix large enough to be packed on several
 // goroutines gives the bytes of a packing on one, and unpacks to its rows.
 func TestPackParallel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(32, 32))
-	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
+	for _, dt := range packedDTypes {
 		rows, cols := 64*16*4+5, 2*dt.BlockValues()
 		w := randMatrix(rng, dt, rows, cols)
 		n := PackedBytes(dt, rows, cols)

@@ -208,17 +208,67 @@ func TestQuantizeQ80RowAVX2(t *testing.T) {
 	}
 }
 
+// TestConvQ80: the conv*Q80 assembly rewrites Q4_0, Q5_0 and IQ4_NL blocks
+// as toQ80RowRef does, and the Q8_0 blocks dequantize to the original
+// block's values.
+func TestConvQ80(t *testing.T) {
+	if !hasQ80KernelsAt(LevelAVX2) {
+		t.Skip("no AVX2 on this CPU or build")
+	}
+	rng := rand.New(rand.NewPCG(27, 27))
+	for _, dt := range q80DTypes[1:] {
+		const nb = 37
+		w := randMatrix(rng, dt, 1, nb*q80Values)
+		// Every byte value in the codes and qh of some block.
+		for i := range w.Data {
+			if i%dt.BlockBytes() >= 2 {
+				w.Data[i] = byte(rng.Uint32())
+			}
+		}
+		want := make([]byte, nb*tensor.Q8_0BlockBytes)
+		got := make([]byte, len(want)+1)
+		got[len(want)] = 0x5A
+		toQ80RowRef(want, w.Data, dt, nb)
+		convQ80Fns[dt](&w.Data[0], nb, &got[0])
+		if got[len(want)] != 0x5A {
+			t.Fatalf("%v: wrote past the row", dt)
+		}
+		if string(got[:len(want)]) != string(want) {
+			t.Fatalf("%v: assembly and toQ80RowRef differ", dt)
+		}
+		a, b := make([]float32, nb*q80Values), make([]float32, nb*q80Values)
+		tensor.DequantizeRow(dt, w.Data, a)
+		tensor.DequantizeRow(tensor.Q8_0, want, b)
+		for i := range a {
+			if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+				t.Fatalf("%v value %d: %g as Q8_0, %g as it was", dt, i, b[i], a[i])
+			}
+		}
+	}
+}
+
 // TestMatMulQ80 checks the Q8_0 integer path: bit for bit its plain twin,
 // within the error of 8-bit activations of the float32 reference, every row
 // the same bits whatever the other rows of the call, the thread count or
 // the weight rows per kernel call.
-func TestMatMulQ80(t *testing.T) { forQ80Levels(t, testMatMulQ80) }
+func TestMatMulQ80(t *testing.T) {
+	forQ80Levels(t, func(t *testing.T) {
+		for _, dt := range q80DTypes {
+			if asQ80At(dt, KernelLevel()) {
+				t.Run(dt.String(), func(t *testing.T) { testMatMulQ80(t, dt) })
+			}
+		}
+	})
+}
 
-func testMatMulQ80(t *testing.T) {
+// q80DTypes are the weight types the Q8_0 integer kernels compute (asQ80).
+var q80DTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_0, tensor.Q5_0, tensor.IQ4_NL}
+
+func testMatMulQ80(t *testing.T, dt tensor.DType) {
 	rng := rand.New(rand.NewPCG(22, 22))
 	for _, rows := range []int{1, 5, 6, 13, 64, 301} {
 		for _, cols := range []int{32, 96, 1536} {
-			w := randMatrix(rng, tensor.Q8_0, rows, cols)
+			w := randMatrix(rng, dt, rows, cols)
 			for _, n := range []int{1, 2, 3, q80MinRows - 1, q80MinRows, 16, 17, 40} {
 				x := randVec(rng, n*cols)
 				abs := absRef(w, x, n)
@@ -284,18 +334,23 @@ func TestMatMulQ80Rows(t *testing.T) {
 // bits they have without it.
 func TestMatMulQ80BatchInvariant(t *testing.T) {
 	forQ80Levels(t, func(t *testing.T) {
-		for _, inv := range []bool{false, true} {
-			t.Run(fmt.Sprintf("invariant=%v", inv), func(t *testing.T) {
-				defer SetBatchInvariant(SetBatchInvariant(inv))
-				testMatMulQ80BatchInvariant(t)
-			})
+		for _, dt := range q80DTypes {
+			if !asQ80At(dt, KernelLevel()) {
+				continue
+			}
+			for _, inv := range []bool{false, true} {
+				t.Run(fmt.Sprintf("%v/invariant=%v", dt, inv), func(t *testing.T) {
+					defer SetBatchInvariant(SetBatchInvariant(inv))
+					testMatMulQ80BatchInvariant(t, dt)
+				})
+			}
 		}
 	})
 }
 
-func testMatMulQ80BatchInvariant(t *testing.T) {
+func testMatMulQ80BatchInvariant(t *testing.T, dt tensor.DType) {
 	rng := rand.New(rand.NewPCG(24, 24))
-	w := randMatrix(rng, tensor.Q8_0, 70, 512)
+	w := randMatrix(rng, dt, 70, 512)
 	const n = 37
 	x := randVec(rng, n*w.Cols)
 	all := make([]float32, n*w.Rows)

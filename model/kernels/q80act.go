@@ -87,7 +87,7 @@ const (
 // both integer kernels are).
 func q80Choice(w tensor.Matrix, n int, inv bool) q80Kernel {
 	switch {
-	case !q8Act.Load() || w.DType != tensor.Q8_0 || w.Cols <= 0 || w.Cols%q80Values != 0:
+	case !q8Act.Load() || !asQ80At(w.DType, KernelLevel()) || w.Layout != tensor.RowMajor || w.Cols <= 0 || w.Cols%q80Values != 0:
 		return q80None
 	case n >= q80MinRows:
 		return q80Lanes
@@ -178,6 +178,64 @@ func quantizeQ80RowRef(dst []byte, x []float32, nb int) bool {
 	return true
 }
 
+// asQ80 reports whether products with dt weights run the Q8_0 integer
+// kernels: Q8_0, and the types whose blocks are Q8_0 blocks once their codes
+// are written as int8 (one f16 scale per 32 values, codes within int8):
+// Q4_0 (q−8), Q5_0 (q−16) and IQ4_NL (its codebook). Their rows are
+// rewritten as Q8_0 rows (toQ80Row) as the product goes, so each gives the
+// bits its Q8_0 twin gives.
+func asQ80(dt tensor.DType) bool {
+	return dt == tensor.Q8_0 || dt == tensor.Q4_0 || dt == tensor.Q5_0 || dt == tensor.IQ4_NL
+}
+
+// asQ80At reports whether row-major products with dt weights run the Q8_0
+// integer kernels at level lvl: asQ80's types, but Q5_0 only below
+// AVX-512. Q5_0 has no packed layout, so every product rewrites its rows,
+// and on AVX-512 that made one-session decode of a Q5_0 model slower than
+// widening its blocks to float32 (25 against 34 tokens/s, prefill 268
+// against 193); on AVX2 the float32 path dequantizes in Go (10 times
+// slower).
+func asQ80At(dt tensor.DType, lvl Level) bool {
+	return asQ80(dt) && (dt != tensor.Q5_0 || lvl < LevelAVX512)
+}
+
+// toQ80RowRef rewrites nb blocks of src (dtype dt, one of asQ80's) as Q8_0
+// blocks at dst (the bytes the conv*Q80 assembly writes).
+func toQ80RowRef(dst, src []byte, dt tensor.DType, nb int) {
+	bb := dt.BlockBytes()
+	for b := 0; b < nb; b++ {
+		in := src[b*bb : (b+1)*bb]
+		out := dst[b*tensor.Q8_0BlockBytes : (b+1)*tensor.Q8_0BlockBytes]
+		out[0], out[1] = in[0], in[1]
+		if dt == tensor.Q8_0 {
+			copy(out, in)
+			continue
+		}
+		qs := in[2:18]
+		var qh uint32
+		if dt == tensor.Q5_0 {
+			qh = binary.LittleEndian.Uint32(in[2:])
+			qs = in[6:22]
+		}
+		for l := 0; l < q80Values; l++ {
+			q := qs[l%16] & 0xF
+			if l >= 16 {
+				q = qs[l%16] >> 4
+			}
+			var v int8
+			switch dt {
+			case tensor.Q4_0:
+				v = int8(q) - 8
+			case tensor.Q5_0:
+				v = int8(q|byte(qh>>l&1)<<4) - 16
+			case tensor.IQ4_NL:
+				v = tensor.IQ4NLValues[q]
+			}
+			out[2+l] = byte(v)
+		}
+	}
+}
+
 // dotQ80Ref is lane i's dot product of a Q8_0 row with a quantized group:
 // the exact integer sum per block, then float32 products added in order.
 func dotQ80Ref(row, xg []byte, i, nb int) float32 {
@@ -202,6 +260,15 @@ func dotQ80Ref(row, xg []byte, i, nb int) float32 {
 func matMulQ80Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 	k := w.Cols
 	nb := k / q80Values
+	if w.DType != tensor.Q8_0 {
+		// As the kernels see it: the rows rewritten as Q8_0 rows (the same
+		// values, so MatMulRef on them is MatMulRef on w).
+		conv := make([]byte, w.Rows*nb*tensor.Q8_0BlockBytes)
+		for r := 0; r < w.Rows; r++ {
+			toQ80RowRef(conv[r*nb*tensor.Q8_0BlockBytes:], w.Row(r), w.DType, nb)
+		}
+		w = tensor.Matrix{DType: tensor.Q8_0, Rows: w.Rows, Cols: w.Cols, Data: conv}
+	}
 	xg := make([]byte, nb*q80xBlockBytes)
 	for i := 0; i < n; i++ {
 		if !quantizeQ80Ref(xg, x[i*k:], k, 1, nb) {

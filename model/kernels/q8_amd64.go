@@ -68,7 +68,7 @@ func planQ8(c *callCtx, lvl Level) (ok, nonFinite bool) {
 		ok := planPacked(c, lvl)
 		return ok, !ok
 	}
-	if j.w.DType == tensor.Q8_0 {
+	if asQ80At(j.w.DType, lvl) {
 		return planQ80(c, lvl)
 	}
 	fns := q8LevelKernels(j.w.DType, lvl)
@@ -204,7 +204,7 @@ var (
 
 // packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level
 // (nil: that layout is not packed there).
-var packedKernelsAVX2 = [...][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q5Kx16: q5kx16AVX2Fns[:], tensor.Q6Kx16: nil}
+var packedKernelsAVX2 = [...][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q5Kx16: q5kx16AVX2Fns[:], tensor.IQ4NLx16: nil}
 
 var q80x16Fns = [...]packedFn{
 	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}
@@ -215,9 +215,16 @@ var q5kx16Fns = [...]packedFn{1: q5kx16N1, 2: q5kx16N2, 3: q5kx16N3}
 
 var q6kx16Fns = [...]packedFn{1: q6kx16N1, 2: q6kx16N2, 3: q6kx16N3}
 
+var q40x16Fns = [...]packedFn{
+	1: q40x16N1, 2: q40x16N2, 3: q40x16N3, 4: q40x16N4, 5: q40x16N5, 6: q40x16N6, 7: q40x16N7, 8: q40x16N8}
+
+var iq4nlx16Fns = [...]packedFn{
+	1: iq4nlx16N1, 2: iq4nlx16N2, 3: iq4nlx16N3, 4: iq4nlx16N4, 5: iq4nlx16N5, 6: iq4nlx16N6, 7: iq4nlx16N7, 8: iq4nlx16N8}
+
 // packedKernels are the packed kernels of each packed layout.
 var packedKernels = [...][]packedFn{
-	tensor.Q80x16: q80x16Fns[:], tensor.Q4Kx16: q4kx16Fns[:], tensor.Q5Kx16: q5kx16Fns[:], tensor.Q6Kx16: q6kx16Fns[:]}
+	tensor.Q80x16: q80x16Fns[:], tensor.Q4Kx16: q4kx16Fns[:], tensor.Q5Kx16: q5kx16Fns[:], tensor.Q6Kx16: q6kx16Fns[:],
+	tensor.Q40x16: q40x16Fns[:], tensor.IQ4NLx16: iq4nlx16Fns[:]}
 
 // planPacked sets up a product with packed weights: each input row
 // quantized as the row-major kernels of its type quantize it (q80rows512's
@@ -225,7 +232,7 @@ var packedKernels = [...][]packedFn{
 // holds an infinity or a NaN (the caller then runs the product unpacked).
 func planPacked(c *callCtx, lvl Level) bool {
 	j := &c.job
-	if j.w.Layout == tensor.Q80x16 {
+	if asQ80(j.w.DType) {
 		if !planQ80Rows(c, lvl) {
 			return false
 		}
@@ -377,8 +384,9 @@ func q80RowsBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	nt := (p.nb + 15) / 16
 	xs := nt * q80rTileBytes
 	s.f = alignedF32(s.f, 16*16*nt)
+	w, ws := q80Weights(j, s, r0, r1)
 	for i := 0; i < j.n; i++ {
-		q80rows512(&j.w.Data[r0*j.rowBytes], j.rowBytes, r1-r0, &p.xq[i*xs], p.nb, &s.f[0], &j.out[i*j.w.Rows+r0])
+		q80rows512(&w[0], ws, r1-r0, &p.xq[i*xs], p.nb, &s.f[0], &j.out[i*j.w.Rows+r0])
 	}
 }
 
@@ -394,8 +402,9 @@ var q80PackMinRows256 = 32
 // q80Rows256Block computes rows [r0, r1) for each input row on AVX2: with
 // one input row q80rows256, with more q80rows8x256 on groups of 8 rows and
 // q80rows256 on the rest (the same bits).
-func q80Rows256Block(j *mmJob, _ *scratch, r0, r1, _, _ int) {
+func q80Rows256Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	p := &j.q8
+	w, ws := q80Weights(j, s, r0, r1)
 	xs := (p.nb + 15) / 16 * q80rTileBytes
 	g := (r1 - r0) / 8
 	if j.n == 1 {
@@ -404,10 +413,10 @@ func q80Rows256Block(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 	r8 := r0 + 8*g
 	for i := 0; i < j.n; i++ {
 		if g > 0 {
-			q80rows8x256(&j.w.Data[r0*j.rowBytes], j.rowBytes, g, &p.xq[i*xs], p.nb, &j.out[i*j.w.Rows+r0])
+			q80rows8x256(&w[0], ws, g, &p.xq[i*xs], p.nb, &j.out[i*j.w.Rows+r0])
 		}
 		if r8 < r1 {
-			q80rows256(&j.w.Data[r8*j.rowBytes], j.rowBytes, r1-r8, &p.xq[i*xs], p.nb, &j.out[i*j.w.Rows+r8])
+			q80rows256(&w[(r8-r0)*ws], ws, r1-r8, &p.xq[i*xs], p.nb, &j.out[i*j.w.Rows+r8])
 		}
 	}
 }
@@ -427,7 +436,8 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	rows := j.w.Rows
 	for g := r0; g < r1; g += packRows {
 		m := min(packRows, r1-g)
-		sub := tensor.Matrix{DType: tensor.Q8_0, Rows: m, Cols: j.w.Cols, Data: j.w.Data[g*j.rowBytes : (g+m)*j.rowBytes]}
+		w, _ := q80Weights(j, s, g, g+m)
+		sub := tensor.Matrix{DType: tensor.Q8_0, Rows: m, Cols: j.w.Cols, Data: w}
 		spec.packGroups(buf, sub, 0, 1)
 		for i0 := 0; i0 < j.n; i0 += 2 {
 			nn := min(2, j.n-i0)
@@ -444,6 +454,31 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	}
 }
 
+// q80Weights returns rows [r0, r1) of the product's weights as Q8_0 rows and
+// their stride: the weights' own bytes for Q8_0, else (asQ80's other types)
+// the rows rewritten into the worker's scratch by the conv*Q80 assembly.
+func q80Weights(j *mmJob, s *scratch, r0, r1 int) (w []byte, stride int) {
+	if j.w.DType == tensor.Q8_0 {
+		return j.w.Data[r0*j.rowBytes : r1*j.rowBytes], j.rowBytes
+	}
+	nb := j.w.Cols / q80Values
+	stride = nb * tensor.Q8_0BlockBytes
+	need := (r1 - r0) * stride
+	if cap(s.conv) < need {
+		s.conv = make([]byte, need)
+	}
+	w = s.conv[:need]
+	conv := convQ80Fns[j.w.DType]
+	for r := r0; r < r1; r++ {
+		conv(&j.w.Data[r*j.rowBytes], nb, &w[(r-r0)*stride])
+	}
+	return w, stride
+}
+
+// convQ80Fns rewrite rows of the types asQ80 accepts as Q8_0 rows.
+var convQ80Fns = [tensor.NumDTypes]func(src *byte, nblocks int, dst *byte){
+	tensor.Q4_0: convQ40Q80, tensor.Q5_0: convQ50Q80, tensor.IQ4_NL: convIQ4NLQ80}
+
 // q80Block computes rows [r0, r1) for every group: the weight rows' sums and
 // scales first (q80prep512), then group by group (one group's activations
 // stay in L1) the rows q80MaxRows at a time.
@@ -456,14 +491,15 @@ func q80Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
 		s.q80prep = make([]byte, nr*ps)
 	}
 	prep := s.q80prep[:nr*ps]
-	q80prep512(&j.w.Data[r0*j.rowBytes], j.rowBytes, nr, nb, &prep[0], ps)
+	w, ws := q80Weights(j, s, r0, r1)
+	q80prep512(&w[0], ws, nr, nb, &prep[0], ps)
 	gs := nb * q80xBlockBytes
 	o := &s.q80o
 	for g := 0; g*q80Group < n; g++ {
 		ni := min(q80Group, n-g*q80Group)
 		for r := r0; r < r1; r += q80MaxRows {
 			rr := min(q80MaxRows, r1-r)
-			q80Dots[rr](&j.w.Data[r*j.rowBytes], j.rowBytes, &p.xq[g*gs], nb, &prep[(r-r0)*ps], ps, &o[0])
+			q80Dots[rr](&w[(r-r0)*ws], ws, &p.xq[g*gs], nb, &prep[(r-r0)*ps], ps, &o[0])
 			for i := 0; i < ni; i++ {
 				dst := j.out[(g*q80Group+i)*rows+r:]
 				for q := 0; q < rr; q++ {

@@ -163,6 +163,14 @@ const (
 	// rows' words side by side (3328 bytes): the same 210 bytes per row and
 	// block. See model/kernels/packed.go.
 	Q6Kx16
+	// Q40x16: Q4_0 rows in groups of 16 (the last padded with zero rows),
+	// each group block by block: the 16 rows' d (32 bytes), then each 4-byte
+	// word of the rows' nibbles (bytes 2..17 of a block), the 16 rows' words
+	// side by side (256 bytes): the same 18 bytes per row and block. See
+	// model/kernels/packed.go.
+	Q40x16
+	// IQ4NLx16: IQ4_NL rows in groups of 16, as Q40x16.
+	IQ4NLx16
 )
 
 // String names the layout.
@@ -178,6 +186,10 @@ func (l Layout) String() string {
 		return "Q5_Kx16"
 	case Q6Kx16:
 		return "Q6_Kx16"
+	case Q40x16:
+		return "Q4_0x16"
+	case IQ4NLx16:
+		return "IQ4_NLx16"
 	}
 	return fmt.Sprintf("Layout(%d)", uint8(l))
 }

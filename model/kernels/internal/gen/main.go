@@ -44,7 +44,9 @@ func main() {
 	genQ80Consts()
 	genQ80RowsConsts()
 	genQ80AVX2Consts()
+	genQ40x16Consts()
 	genQ4Kx16AVX2Consts()
+	genConvConsts()
 	genToBF16Consts()
 	for _, s := range []isa{isa512, isa256} {
 		genProbes(s)
@@ -104,6 +106,11 @@ func main() {
 	for n := 1; n <= q80x16MaxN; n++ {
 		genQ80x16(n)
 	}
+	for _, typ := range []string{"Q40", "IQ4NL"} {
+		for n := 1; n <= q80x16MaxN; n++ {
+			genX16Q80Act(typ, n)
+		}
+	}
 	for n := 1; n <= q80x16AVX2MaxN; n++ {
 		genQ80x16AVX2(n)
 	}
@@ -111,6 +118,9 @@ func main() {
 	genQ80Rows8x256()
 	genQ80QuantRow256()
 	genQ8Quant256()
+	for _, t := range []string{"Q40", "Q50", "IQ4NL"} {
+		genConvQ80(t)
+	}
 	for n := 1; n <= q4kx16AVX2MaxN; n++ {
 		genQ4Kx16AVX2(n)
 		genQ5Kx16AVX2(n)

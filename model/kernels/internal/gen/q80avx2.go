@@ -788,3 +788,88 @@ func scaleStep256(op func(...Op), dx Mem, d, isum, acc VecVirtual) {
 	VMULPS(s, f, f)
 	op(f, acc, acc)
 }
+
+// ---- Q4_0, Q5_0 and IQ4_NL rows as Q8_0 rows: conv<type>Q80 ----
+//
+// Each of these types keeps one f16 scale per 32 values and integer codes
+// whose values fit int8 (q−8, q−16, the IQ4_NL codebook), so a block is a
+// Q8_0 block exactly: the same d, the values as int8. conv<type>Q80(src,
+// nblocks, dst) rewrites nblocks consecutive blocks (a row) as Q8_0 blocks,
+// and the Q8_0 integer kernels then compute their products: the same bits
+// at every level, since the converted rows are the same bytes. VEX
+// encoded, so the AVX2 and AVX-512 levels share them.
+
+var (
+	cB08Y     Mem // 32 bytes 8
+	cIQ4Y     Mem // the IQ4_NL codebook in both 16-byte lanes (VPSHUFB table)
+	cQ5Spread Mem // VPSHUFB: byte k of a broadcast dword to bytes 8k..8k+7 (lanes: bytes 0,1 | 2,3)
+	cQ5Bits   Mem // bytes 1, 2, 4, ..., 128 repeated: the bit of each value in its byte
+)
+
+func genConvConsts() {
+	cB08Y = data32("b08y", rep(0x08080808, 8)...)
+	iq4 := []int{-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+	var tab []uint32
+	for l := 0; l < 2; l++ {
+		for i := 0; i < 16; i += 4 {
+			tab = append(tab, uint32(uint8(iq4[i]))|uint32(uint8(iq4[i+1]))<<8|uint32(uint8(iq4[i+2]))<<16|uint32(uint8(iq4[i+3]))<<24)
+		}
+	}
+	cIQ4Y = data32("iq4y", tab...)
+	cQ5Spread = data32("q5spread", 0, 0, 0x01010101, 0x01010101, 0x02020202, 0x02020202, 0x03030303, 0x03030303)
+	cQ5Bits = data32("q5bits", rep(0x08040201, 1)[0], 0x80402010, 0x08040201, 0x80402010, 0x08040201, 0x80402010, 0x08040201, 0x80402010)
+}
+
+// genConvQ80 emits conv<name>Q80 for Q4_0 ("Q40"), Q5_0 ("Q50") or IQ4_NL
+// ("IQ4NL").
+func genConvQ80(typ string) {
+	name := "conv" + typ + "Q80"
+	TEXT(name, NOSPLIT, "func(src *byte, nblocks int, dst *byte)")
+	Doc(name + " rewrites nblocks blocks as Q8_0 blocks (see genConvQ80).")
+	Pragma("noescape")
+	sp := ld("src")
+	nb := ld("nblocks")
+	dp := ld("dst")
+	bb, qs := 18, 2
+	if typ == "Q50" {
+		bb, qs = 22, 6
+	}
+	Label(name + "_blk")
+	d := GP16()
+	MOVW(Mem{Base: sp}, d)
+	MOVW(d, Mem{Base: dp})
+	lo, hi := XMM(), XMM()
+	VMOVDQU(Mem{Base: sp, Disp: qs}, lo)
+	VPSRLW(U8(4), lo, hi)
+	v := YMM()
+	VINSERTI128(U8(1), hi, lo.AsY(), v) // values 0..15 (low nibbles), 16..31 (high)
+	VPAND(cB0FY, v, v)
+	switch typ {
+	case "Q40":
+		VPSUBB(cB08Y, v, v)
+	case "IQ4NL":
+		tab := YMM()
+		VMOVDQU(cIQ4Y, tab)
+		VPSHUFB(v, tab, v)
+	case "Q50":
+		// The fifth bits: qh's bit j to bit 4 of value j's byte.
+		b, m := YMM(), YMM()
+		VPBROADCASTD(Mem{Base: sp, Disp: 2}, b)
+		VPSHUFB(cQ5Spread, b, b)
+		VMOVDQU(cQ5Bits, m)
+		VPAND(m, b, b)
+		VPCMPEQB(m, b, b)
+		VPAND(cB10Y, b, b)
+		VPOR(b, v, v)
+		VPSUBB(cB10Y, v, v) // q − 16
+	default:
+		panic(typ)
+	}
+	VMOVDQU(v, Mem{Base: dp, Disp: 2})
+	ADDQ(U8(bb), sp)
+	ADDQ(U8(34), dp)
+	DECQ(nb)
+	JNZ(LabelRef(name + "_blk"))
+	VZEROUPPER()
+	RET()
+}

@@ -36,9 +36,51 @@ const q80x16Block = 544
 // sums for one or two rows, whose chains are otherwise the only work).
 const q80x16MaxN = 8
 
-func genQ80x16(n int) {
-	name := fmt.Sprintf("q80x16N%d", n)
-	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked Q8_0 weights with %d quantized input rows (see genQ80x16).", name, n), n)
+func genQ80x16(n int) { genX16Q80Act("Q80", n) }
+
+// q40x16Block is a block of a Q4_0 or IQ4_NL 16-row group: the 16 d, then
+// 4 words of nibbles per row.
+const q40x16Block = 16 * 18
+
+var cIQ4U Mem // the IQ4_NL codebook plus 128 (unsigned bytes) in every 16-byte lane
+
+func genQ40x16Consts() {
+	iq4 := []int{-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+	var tab []uint32
+	for l := 0; l < 4; l++ {
+		for i := 0; i < 16; i += 4 {
+			tab = append(tab, uint32(iq4[i]+128)|uint32(iq4[i+1]+128)<<8|uint32(iq4[i+2]+128)<<16|uint32(iq4[i+3]+128)<<24)
+		}
+	}
+	cIQ4U = data32("iq4u", tab...)
+}
+
+// genX16Q80Act emits the packed kernels whose input rows are quantized as
+// Q8_0's (q80rows512's tiles): q80x16N<n> (typ "Q80"), and q40x16N<n> and
+// iq4nlx16N<n> ("Q40", "IQ4NL": tensor.Q40x16 and IQ4NLx16, whose 4 words
+// of nibbles per row give 8 registers of unsigned codes, the low nibbles
+// values 4j.., the high ones 16+4j.., in the order of Q8_0's 8 words).
+// Q4_0's codes q (0..15) make Σq·q_x, from which 8·Σq_x (128·Σq_x / 16)
+// is taken; IQ4_NL's are looked up as codebook value + 128, from which
+// 128·Σq_x is taken, as for Q8_0: each leaves Σ v·q_x with v the int8 value
+// the Q8_0 rewrite of the block holds, and the float32 steps are Q8_0's, so
+// the packed and row-major (rewritten) products give the same bits.
+func genX16Q80Act(typ string, n int) {
+	name := map[string]string{"Q80": "q80x16N", "Q40": "q40x16N", "IQ4NL": "iq4nlx16N"}[typ] + fmt.Sprint(n)
+	blockBytes := q80x16Block
+	if typ != "Q80" {
+		blockBytes = q40x16Block
+	}
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genX16Q80Act).", name, typ, n), n)
+	var c0F, tab VecVirtual
+	if typ != "Q80" {
+		c0F = ZMM()
+		VPBROADCASTD(cB0F, c0F)
+	}
+	if typ == "IQ4NL" {
+		tab = ZMM()
+		VMOVDQU64(cIQ4U, tab)
+	}
 	Label(name + "_grp")
 	cnt := ld("nblocks")
 	xq := ld("xq") // the current block's q in the current tile
@@ -52,10 +94,23 @@ func genQ80x16(n int) {
 	Label(name + "_blk")
 	dw := ZMM()
 	VCVTPH2PS(Mem{Base: wp}, dw)
+	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
 	wv := make([]VecVirtual, 8)
 	for j := range wv {
 		wv[j] = ZMM()
-		VMOVDQU64(Mem{Base: wp, Disp: 32 + 64*j}, wv[j])
+		if typ == "Q80" {
+			VMOVDQU64(word(j), wv[j])
+			continue
+		}
+		if j < 4 {
+			VPANDD(word(j), c0F, wv[j])
+		} else {
+			VPSRLW(U8(4), word(j-4), wv[j])
+			VPANDD(c0F, wv[j], wv[j])
+		}
+		if typ == "IQ4NL" {
+			VPSHUFB(wv[j], tab, wv[j])
+		}
 	}
 	for i := 0; i < n; i++ {
 		s0 := ZMM()
@@ -76,14 +131,21 @@ func genQ80x16(n int) {
 				VPDPBUSD_BCST(xm(xq, i, 4*j), wv[j], s0)
 			}
 		}
-		VPSUBD_BCST(xm(dc, i, q80rC), s0, s0)
+		if typ == "Q40" {
+			c := ZMM()
+			VPBROADCASTD(xm(dc, i, q80rC), c)
+			VPSRAD(U8(4), c, c) // 8·Σq_x
+			VPSUBD(c, s0, s0)
+		} else {
+			VPSUBD_BCST(xm(dc, i, q80rC), s0, s0)
+		}
 		f, t := ZMM(), ZMM()
 		VCVTDQ2PS(s0, f)
 		VMULPS_BCST(xm(dc, i, q80rD), dw, t) // d_w·d_x, as d_x·d_w (one rounding)
 		VMULPS(t, f, f)
 		VADDPS(f, acc[i], acc[i])
 	}
-	ADDQ(U32(q80x16Block), wp)
+	ADDQ(U32(blockBytes), wp)
 	ADDQ(U8(32), xq)
 	ADDQ(U8(4), dc)
 	INCQ(bi)
