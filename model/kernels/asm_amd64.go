@@ -704,15 +704,35 @@ func iq4nlx16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *fl
 // iq4nlx16N8 multiplies a 16-row group of repacked IQ4NL weights with 8 quantized input rows (see genX16Q80Act).
 func iq4nlx16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q80x16AVX2N1 multiplies a 16-row group of repacked Q8_0 weights with 1 quantized input rows on AVX2 (see genQ80x16AVX2).
+// q80x16AVX2N1 multiplies a 16-row group of repacked Q80 weights with 1 quantized input rows on AVX2 (see genX16AVX2).
 //
 //go:noescape
 func q80x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q80x16AVX2N2 multiplies a 16-row group of repacked Q8_0 weights with 2 quantized input rows on AVX2 (see genQ80x16AVX2).
+// q80x16AVX2N2 multiplies a 16-row group of repacked Q80 weights with 2 quantized input rows on AVX2 (see genX16AVX2).
 //
 //go:noescape
 func q80x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q40x16AVX2N1 multiplies a 16-row group of repacked Q40 weights with 1 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func q40x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q40x16AVX2N2 multiplies a 16-row group of repacked Q40 weights with 2 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func q40x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4nlx16AVX2N1 multiplies a 16-row group of repacked IQ4NL weights with 1 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func iq4nlx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4nlx16AVX2N2 multiplies a 16-row group of repacked IQ4NL weights with 2 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func iq4nlx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // q80rows256 multiplies row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
 //

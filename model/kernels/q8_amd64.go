@@ -190,8 +190,8 @@ func packedKernelsAt(l tensor.Layout, lvl Level) []packedFn {
 	return nil
 }
 
-// q80x16AVX2Fns, q4kx16AVX2Fns and q5kx16AVX2Fns are the AVX2 kernels of
-// packed Q8_0, Q4_K and Q5_K (no VNNI: VPMADDUBSW). Q6_K is not packed on AVX2: a packed kernel
+// The AVX2 kernels of packed Q8_0, Q4_K, Q5_K, Q4_0 and IQ4_NL (no VNNI:
+// VPMADDUBSW). Q6_K is not packed on AVX2: a packed kernel
 // (the 6-bit codes built per 4-byte word, each two words' int16 sums
 // scaled by VPMADDWD) ran at 0.7-0.95 times the row-major q8dot256Q6K
 // (BenchmarkPacked at the AVX2 level, in_proj and expert shapes, 1 to 512
@@ -200,11 +200,14 @@ var (
 	q80x16AVX2Fns = [...]packedFn{1: q80x16AVX2N1, 2: q80x16AVX2N2}
 	q4kx16AVX2Fns = [...]packedFn{1: q4kx16AVX2N1, 2: q4kx16AVX2N2}
 	q5kx16AVX2Fns = [...]packedFn{1: q5kx16AVX2N1, 2: q5kx16AVX2N2}
+	q40x16AVX2Fns = [...]packedFn{1: q40x16AVX2N1, 2: q40x16AVX2N2}
+	iq4x16AVX2Fns = [...]packedFn{1: iq4nlx16AVX2N1, 2: iq4nlx16AVX2N2}
 )
 
 // packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level
 // (nil: that layout is not packed there).
-var packedKernelsAVX2 = [...][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q5Kx16: q5kx16AVX2Fns[:], tensor.IQ4NLx16: nil}
+var packedKernelsAVX2 = [...][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q5Kx16: q5kx16AVX2Fns[:],
+	tensor.Q40x16: q40x16AVX2Fns[:], tensor.IQ4NLx16: iq4x16AVX2Fns[:]}
 
 var q80x16Fns = [...]packedFn{
 	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}

@@ -114,6 +114,11 @@ func main() {
 	for n := 1; n <= q80x16AVX2MaxN; n++ {
 		genQ80x16AVX2(n)
 	}
+	for _, typ := range []string{"Q40", "IQ4NL"} {
+		for n := 1; n <= q80x16AVX2MaxN; n++ {
+			genX16AVX2(typ, n)
+		}
+	}
 	genQ80Rows256()
 	genQ80Rows8x256()
 	genQ80QuantRow256()

@@ -47,12 +47,32 @@ func q80SignedSum(q, a, x, ones, s VecVirtual) {
 	VPADDD(t, s, s)
 }
 
-func genQ80x16AVX2(n int) {
-	name := fmt.Sprintf("q80x16AVX2N%d", n)
-	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked Q8_0 weights with %d quantized input rows on AVX2 (see genQ80x16AVX2).", name, n), n)
+func genQ80x16AVX2(n int) { genX16AVX2("Q80", n) }
+
+// genX16AVX2 emits q80x16AVX2N<n> (typ "Q80"), q40x16AVX2N<n> ("Q40") or
+// iq4nlx16AVX2N<n> ("IQ4NL"). The packed Q4_0 and IQ4_NL kernels make the
+// int8 values of the Q8_0 rewrite from the nibbles (q−8, or the codebook by
+// VPSHUFB; virtual word j < 4 the low nibbles of word j, j >= 4 the high
+// nibbles of word j−4: values 4j.., as Q8_0's words) and go on as the Q8_0
+// kernel: the same bits as the rewritten rows.
+func genX16AVX2(typ string, n int) {
+	name := map[string]string{"Q80": "q80x16AVX2N", "Q40": "q40x16AVX2N", "IQ4NL": "iq4nlx16AVX2N"}[typ] + fmt.Sprint(n)
+	blockBytes := q80x16Block
+	if typ != "Q80" {
+		blockBytes = q40x16Block
+	}
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows on AVX2 (see genX16AVX2).", name, typ, n), n)
 	Pragma("noescape")
-	c80, ones := YMM(), YMM()
-	VPBROADCASTD(cB80, c80)
+	var c80, tab VecVirtual
+	ones := YMM()
+	switch typ {
+	case "Q80":
+		c80 = YMM()
+		VPBROADCASTD(cB80, c80)
+	case "IQ4NL":
+		tab = YMM()
+		VMOVDQU(cIQ4Y, tab)
+	}
 	VPBROADCASTD(cW1, ones)
 	Label(name + "_grp")
 	cnt := ld("nblocks")
@@ -81,7 +101,22 @@ func genQ80x16AVX2(n int) {
 		}
 		for h := 0; h < 2; h++ {
 			q, a := YMM(), YMM()
-			VPXOR(Mem{Base: wp, Disp: 32 + 64*j + 32*h}, c80, q)
+			switch {
+			case typ == "Q80":
+				VPXOR(Mem{Base: wp, Disp: 32 + 64*j + 32*h}, c80, q)
+			case j < 4:
+				VMOVDQU(Mem{Base: wp, Disp: 32 + 64*j + 32*h}, q)
+			default:
+				VPSRLW(U8(4), Mem{Base: wp, Disp: 32 + 64*(j-4) + 32*h}, q)
+			}
+			switch typ {
+			case "Q40":
+				VPAND(cB0FY, q, q)
+				VPSUBB(cB08Y, q, q)
+			case "IQ4NL":
+				VPAND(cB0FY, q, q)
+				VPSHUFB(q, tab, q)
+			}
 			VPABSB(q, a)
 			for i := 0; i < n; i++ {
 				q80SignedSum(q, a, xb[i], ones, s[2*i+h])
@@ -100,7 +135,7 @@ func genQ80x16AVX2(n int) {
 			VADDPS(f, acc[2*i+h], acc[2*i+h])
 		}
 	}
-	ADDQ(U32(q80x16Block), wp)
+	ADDQ(U32(blockBytes), wp)
 	ADDQ(U8(32), xq)
 	ADDQ(U8(4), dc)
 	INCQ(bi)
