@@ -89,11 +89,21 @@ func genX16AVX2(typ string, n int) {
 	}
 	Label(name + "_blk")
 	s := make([]VecVirtual, 2*n)
+	if typ == "Q40" {
+		// Q4_0's codes are unsigned and small: VPMADDUBSW of the codes q
+		// (0..15) with the signed activations, no sign trick, the pair sums
+		// (at most 2·15·127) of the block's 8 words added in int16 (at most
+		// 30480), one VPMADDWD, then 8·Σq_x taken off: Σ(q−8)·q_x exactly.
+		q40SumsAVX2(n, wp, xq, dc, xm, ones, s)
+	}
 	for i := range s {
+		if typ == "Q40" {
+			break
+		}
 		s[i] = YMM()
 		VPXOR(s[i], s[i], s[i])
 	}
-	for j := 0; j < 8; j++ {
+	for j := 0; j < 8 && typ != "Q40"; j++ {
 		xb := make([]VecVirtual, n)
 		for i := range xb {
 			xb[i] = YMM()
@@ -110,9 +120,6 @@ func genX16AVX2(typ string, n int) {
 				VPSRLW(U8(4), Mem{Base: wp, Disp: 32 + 64*(j-4) + 32*h}, q)
 			}
 			switch typ {
-			case "Q40":
-				VPAND(cB0FY, q, q)
-				VPSUBB(cB08Y, q, q)
 			case "IQ4NL":
 				VPAND(cB0FY, q, q)
 				VPSHUFB(q, tab, q)
@@ -166,6 +173,41 @@ func genX16AVX2(typ string, n int) {
 	JNZ(LabelRef(name + "_grp"))
 	VZEROUPPER()
 	RET()
+}
+
+// q40SumsAVX2 sets s[2i+h] to the block's exact Σ(q−8)·q_x for input row
+// i and weight rows 8h..8h+7 of a packed Q4_0 group (see genX16AVX2).
+func q40SumsAVX2(n int, wp, xq, dc GPVirtual, xm func(GPVirtual, int, int) Mem, ones VecVirtual, s []VecVirtual) {
+	for h := 0; h < 2; h++ {
+		s16 := make([]VecVirtual, n)
+		for j := 0; j < 8; j++ {
+			q := YMM()
+			if j < 4 {
+				VMOVDQU(Mem{Base: wp, Disp: 32 + 64*j + 32*h}, q)
+			} else {
+				VPSRLW(U8(4), Mem{Base: wp, Disp: 32 + 64*(j-4) + 32*h}, q)
+			}
+			VPAND(cB0FY, q, q)
+			for i := 0; i < n; i++ {
+				p := YMM()
+				VPBROADCASTD(xm(xq, i, 4*j), p)
+				VPMADDUBSW(p, q, p)
+				if j == 0 {
+					s16[i] = p
+					continue
+				}
+				VPADDW(p, s16[i], s16[i])
+			}
+		}
+		for i := 0; i < n; i++ {
+			c := YMM()
+			s[2*i+h] = s16[i]
+			VPMADDWD(ones, s16[i], s[2*i+h])
+			VPBROADCASTD(xm(dc, i, q80rC), c)
+			VPSRAD(U8(4), c, c) // 8·Σq_x
+			VPSUBD(c, s[2*i+h], s[2*i+h])
+		}
+	}
 }
 
 // genQ80Rows256 emits q80rows256: out[r] = row r of the row-major Q8_0
