@@ -247,6 +247,43 @@ func TestConvQ80(t *testing.T) {
 	}
 }
 
+// TestQ80WithoutVNNI: on an AVX-512 CPU without VNNI (simulated) the
+// Q8_0 family runs the AVX2 integer kernels at the AVX-512 level, row-major
+// and packed, with the twin's bits.
+func TestQ80WithoutVNNI(t *testing.T) {
+	if MaxLevel() < LevelAVX512 || !Q8Activations() {
+		t.Skip("no AVX-512 on this CPU or build")
+	}
+	defer forceNoQ80VNNI()()
+	prev, _ := SetKernelLevel(LevelAVX512)
+	defer SetKernelLevel(prev)
+	if !hasQ80KernelsAt(LevelAVX512) {
+		t.Fatal("no Q8_0 integer kernels at the AVX-512 level without VNNI")
+	}
+	rng := rand.New(rand.NewPCG(28, 28))
+	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_0, tensor.IQ4_NL} {
+		w := randMatrix(rng, dt, 37, 96)
+		if !CanPack(w) {
+			t.Fatalf("%v: not packed without VNNI", dt)
+		}
+		p := Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)
+		for _, n := range []int{1, 3, 9, 40} {
+			x := randVec(rng, n*w.Cols)
+			want := make([]float32, n*w.Rows)
+			matMulQ80Ref(want, w, x, n)
+			for _, m := range []tensor.Matrix{w, p} {
+				got := make([]float32, n*w.Rows)
+				MatMul(got, m, x, n)
+				for i := range want {
+					if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+						t.Fatalf("%v %v n=%d: out[%d] = %g, twin %g", dt, m.Layout, n, i, got[i], want[i])
+					}
+				}
+			}
+		}
+	}
+}
+
 // TestMatMulQ80 checks the Q8_0 integer path: bit for bit its plain twin,
 // within the error of 8-bit activations of the float32 reference, every row
 // the same bits whatever the other rows of the call, the thread count or

@@ -126,7 +126,7 @@ func hasQ8KernelsAt(dt tensor.DType, lvl Level) bool { return q8LevelKernels(dt,
 // hasQ80KernelsAt reports whether products with Q8_0 weights run integer
 // kernels at level lvl (AVX-512 VNNI, or the AVX2 ones).
 func hasQ80KernelsAt(lvl Level) bool {
-	switch {
+	switch lvl = q80Level(lvl); {
 	case lvl >= LevelAVX512:
 		return hasQ80
 	case lvl == LevelAVX2:
@@ -160,6 +160,30 @@ func forceQ8BW() (restore func()) {
 // hasQ80: the CPU has VPDPBUSD on zmm (AVX-512 VNNI).
 var hasQ80 = cpu.X86.HasAVX512VNNI && cpu.X86.HasAVX512BW
 
+// q80Level is the level whose kernels products of the Q8_0 family (Q8_0,
+// and asQ80's other types) run at level lvl: on AVX-512 CPUs without VNNI
+// (Skylake-SP) the AVX2 ones, which need no VNNI, rather than widening the
+// weights to float32.
+func q80Level(lvl Level) Level {
+	if lvl >= LevelAVX512 && !hasQ80 {
+		return LevelAVX2
+	}
+	return lvl
+}
+
+// q80Layout reports whether l is a packed layout of the Q8_0 family.
+func q80Layout(l tensor.Layout) bool {
+	return l == tensor.Q80x16 || l == tensor.Q40x16 || l == tensor.IQ4NLx16
+}
+
+// forceNoQ80VNNI makes the Q8_0 family run as on an AVX-512 CPU without
+// VNNI until the returned function is called (tests).
+func forceNoQ80VNNI() (restore func()) {
+	prev := hasQ80
+	hasQ80 = false
+	return func() { hasQ80 = prev }
+}
+
 type q80DotFn func(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 
 var q80Dots = [q80MaxRows + 1]q80DotFn{1: q80dot512R1, 2: q80dot512R2, 3: q80dot512R3, 4: q80dot512R4, 5: q80dot512R5, 6: q80dot512R6}
@@ -181,6 +205,9 @@ func packedFast(l tensor.Layout, lvl Level) bool {
 // packedKernelsAt returns the packed kernels of layout l at level lvl (nil
 // where there are none).
 func packedKernelsAt(l tensor.Layout, lvl Level) []packedFn {
+	if q80Layout(l) {
+		lvl = q80Level(lvl)
+	}
 	switch {
 	case lvl >= LevelAVX512 && hasQ80 && maxLevel >= LevelAVX512:
 		return packedKernels[l]
@@ -236,7 +263,7 @@ var packedKernels = [...][]packedFn{
 func planPacked(c *callCtx, lvl Level) bool {
 	j := &c.job
 	if asQ80(j.w.DType) {
-		if !planQ80Rows(c, lvl) {
+		if !planQ80Rows(c, q80Level(lvl)) {
 			return false
 		}
 		j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
@@ -284,6 +311,7 @@ func packedRows512(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 // rows, 16 per group, into c.xq.
 func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j := &c.job
+	lvl = q80Level(lvl)
 	if !hasQ80KernelsAt(lvl) {
 		return false, false
 	}
