@@ -656,6 +656,20 @@ func genQ80QuantRow() {
 	VMOVD(v0.AsX(), s)
 	SHLL(U8(7), s)
 	MOVL(s, Mem{Base: pc})
+	q80rQuantNext(name, px, pq, pd, pc, inTile, nb)
+	KORTESTW(bad, bad)
+	ok := GP8()
+	SETEQ(ok)
+	Store(ok, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
+// q80rQuantNext moves a row quantizer on by a block of 32 values: x by 128
+// bytes, q, d and c by one entry of the tile, into the next tile after 16
+// blocks (inTile counting down); then loops to name_blk while nb blocks are
+// left.
+func q80rQuantNext(name string, px, pq, pd, pc, inTile, nb GPVirtual) {
 	ADDQ(U8(128), px)
 	ADDQ(U8(32), pq)
 	ADDQ(U8(4), pd)
@@ -670,12 +684,6 @@ func genQ80QuantRow() {
 	Label(name + "_same")
 	DECQ(nb)
 	JNZ(LabelRef(name + "_blk"))
-	KORTESTW(bad, bad)
-	ok := GP8()
-	SETEQ(ok)
-	Store(ok, ReturnIndex(0))
-	VZEROUPPER()
-	RET()
 }
 
 // hsumD adds the 16 int32 lanes of a into its lowest lane (h: scratch).

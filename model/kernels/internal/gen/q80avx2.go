@@ -143,24 +143,19 @@ func genX16AVX2(typ string, n int) {
 		}
 	}
 	ADDQ(U32(blockBytes), wp)
-	ADDQ(U8(32), xq)
-	ADDQ(U8(4), dc)
-	INCQ(bi)
-	CMPQ(bi, U8(16))
-	JNE(LabelRef(name + "_next"))
-	// Next tile: q moved 512 bytes into the tile, d 64.
-	ADDQ(U32(q80rTile-512), xq)
-	ADDQ(U32(q80rTile-64), dc)
-	XORQ(bi, bi)
-	Label(name + "_next")
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
+	q80NextBlock(name, xq, dc, bi, cnt)
 
+	packedEnd256(name, acc)
+}
+
+// packedEnd256 is packedEnd for the AVX2 packed kernels: input row i's 16
+// results in acc[2i] (rows 0-7) and acc[2i+1] (rows 8-15).
+func packedEnd256(name string, acc []VecVirtual) {
 	op := ld("out")
 	ost := ld("ostride")
 	o := GP64()
 	MOVQ(op, o)
-	for i := 0; i < n; i++ {
+	for i := 0; i < len(acc)/2; i++ {
 		if i > 0 {
 			ADDQ(ost, o)
 		}
@@ -260,17 +255,7 @@ func genQ80Rows256() {
 	VMULSS(dw, t, t)
 	VADDSS(t, acc, acc)
 	ADDQ(U8(34), w0)
-	ADDQ(U8(32), xq)
-	ADDQ(U8(4), dc)
-	INCQ(bi)
-	CMPQ(bi, U8(16))
-	JNE(LabelRef(name + "_next"))
-	ADDQ(U32(q80rTile-512), xq)
-	ADDQ(U32(q80rTile-64), dc)
-	XORQ(bi, bi)
-	Label(name + "_next")
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
+	q80NextBlock(name, xq, dc, bi, cnt)
 	VMOVSS(acc, Mem{Base: oq})
 	ADDQ(U8(4), oq)
 	ADDQ(ws, wq)
@@ -385,17 +370,7 @@ func genQ80Rows8x256() {
 	VADDPS(f, acc, acc)
 	ADDQ(U8(34), w0)
 	ADDQ(U8(34), w4)
-	ADDQ(U8(32), xq)
-	ADDQ(U8(4), dc)
-	INCQ(bi)
-	CMPQ(bi, U8(16))
-	JNE(LabelRef(name + "_next"))
-	ADDQ(U32(q80rTile-512), xq)
-	ADDQ(U32(q80rTile-64), dc)
-	XORQ(bi, bi)
-	Label(name + "_next")
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
+	q80NextBlock(name, xq, dc, bi, cnt)
 	VMOVUPS(acc, Mem{Base: oq})
 	ADDQ(U8(32), oq)
 	LEAQ(Mem{Base: wq, Index: ws, Scale: 8}, wq)
@@ -443,26 +418,7 @@ func genQ80QuantRow256() {
 		VANDPS(abs, v[c], h)
 		VMAXPS(h, m, m)
 	}
-	hx := XMM()
-	VEXTRACTF128(U8(1), m, hx)
-	VMAXPS(hx, m.AsX(), m.AsX())
-	VPERMILPS(U8(0x4E), m.AsX(), hx)
-	VMAXPS(hx, m.AsX(), m.AsX())
-	VPERMILPS(U8(0xB1), m.AsX(), hx)
-	VMAXPS(hx, m.AsX(), m.AsX())
-	d, id := XMM(), XMM()
-	VXORPS(d, d, d)
-	VXORPS(id, id, id)
-	VUCOMISS(cTiny, m.AsX())
-	JCS(LabelRef(name + "_zero"))
-	VMOVSS(cF127, id)
-	VDIVSS(m.AsX(), id, id)
-	t := XMM()
-	VDIVSS(cF127, m.AsX(), t)
-	VCVTPS2PH(U8(0), t, t)
-	VCVTPH2PS(t, t)
-	VMOVSS(t, d, d)
-	Label(name + "_zero")
+	d, id := amaxScales256(name, m, true)
 	VMOVSS(d, Mem{Base: pd})
 	idv := YMM()
 	VBROADCASTSS(id, idv)
@@ -494,19 +450,43 @@ func genQ80QuantRow256() {
 	VMOVDQU(cPackOrd, ord)
 	VPERMD(v[0], ord, v[0])
 	VMOVDQU(v[0], Mem{Base: pq})
-	ADDQ(U8(128), px)
-	ADDQ(U8(32), pq)
-	ADDQ(U8(4), pd)
-	ADDQ(U8(4), pc)
-	DECQ(inTile)
-	JNZ(LabelRef(name + "_same"))
-	ADDQ(U8(q80rTile-512), pq)
-	ADDQ(U32(q80rTile-64), pd)
-	ADDQ(U32(q80rTile-64), pc)
-	MOVQ(U32(16), inTile)
-	Label(name + "_same")
-	DECQ(nb)
-	JNZ(LabelRef(name + "_blk"))
+	q80rQuantNext(name, px, pq, pd, pc, inTile, nb)
+	retFinite256(bad)
+}
+
+// amaxScales256 returns, in the low lane of two xmm, the scales of a block
+// whose absolute values' lane maxima are in m: d = amax/127 (rounded to
+// f16 and back if f16) and id = 127/amax, both 0 when amax is below q8Tiny
+// (jumping past their computation to name_zero).
+func amaxScales256(name string, m VecVirtual, f16 bool) (d, id VecVirtual) {
+	hx := XMM()
+	VEXTRACTF128(U8(1), m, hx)
+	VMAXPS(hx, m.AsX(), m.AsX())
+	VPERMILPS(U8(0x4E), m.AsX(), hx)
+	VMAXPS(hx, m.AsX(), m.AsX())
+	VPERMILPS(U8(0xB1), m.AsX(), hx)
+	VMAXPS(hx, m.AsX(), m.AsX())
+	d, id = XMM(), XMM()
+	VXORPS(d, d, d)
+	VXORPS(id, id, id)
+	VUCOMISS(cTiny, m.AsX())
+	JCS(LabelRef(name + "_zero"))
+	VMOVSS(cF127, id)
+	VDIVSS(m.AsX(), id, id) // 127/amax
+	t := XMM()
+	VDIVSS(cF127, m.AsX(), t) // amax/127
+	if f16 {
+		VCVTPS2PH(U8(0), t, t)
+		VCVTPH2PS(t, t)
+	}
+	VMOVSS(t, d, d)
+	Label(name + "_zero")
+	return d, id
+}
+
+// retFinite256 returns whether no lane of bad is set (no infinity or NaN
+// was seen), after VZEROUPPER.
+func retFinite256(bad VecVirtual) {
 	ok := GP8()
 	VPTEST(bad, bad)
 	SETEQ(ok)
@@ -550,24 +530,7 @@ func genQ8Quant256() {
 		VANDPS(abs, v, v)
 		VMAXPS(v, m, m)
 	}
-	hx := XMM()
-	VEXTRACTF128(U8(1), m, hx)
-	VMAXPS(hx, m.AsX(), m.AsX())
-	VPERMILPS(U8(0x4E), m.AsX(), hx)
-	VMAXPS(hx, m.AsX(), m.AsX())
-	VPERMILPS(U8(0xB1), m.AsX(), hx)
-	VMAXPS(hx, m.AsX(), m.AsX())
-	d, id := XMM(), XMM()
-	VXORPS(d, d, d)
-	VXORPS(id, id, id)
-	VUCOMISS(cTiny, m.AsX())
-	JCS(LabelRef(name + "_zero"))
-	VMOVSS(cF127, id)
-	VDIVSS(m.AsX(), id, id) // 127/amax
-	t := XMM()
-	VDIVSS(cF127, m.AsX(), t) // amax/127
-	VMOVSS(t, d, d)
-	Label(name + "_zero")
+	d, id := amaxScales256(name, m, false)
 	VMOVUPS(d, Mem{Base: pd, Disp: q8xD}) // d, then zero padding
 	idv := YMM()
 	VBROADCASTSS(id, idv)
@@ -606,12 +569,7 @@ func genQ8Quant256() {
 	ADDQ(U32(q8xBlock), pd)
 	DECQ(nb)
 	JNZ(LabelRef(name + "_blk"))
-	ok := GP8()
-	VPTEST(bad, bad)
-	SETEQ(ok)
-	Store(ok, ReturnIndex(0))
-	VZEROUPPER()
-	RET()
+	retFinite256(bad)
 }
 
 // ---- Q4_K packed in 16-row groups on AVX2: q4kx16AVX2N ----
@@ -803,23 +761,7 @@ func genQKx16AVX2(dt dtype, n int) {
 		}
 	}
 	packedNextBlock(name, blockBytes, wp, xq, cnt)
-	op := ld("out")
-	ost := ld("ostride")
-	o := GP64()
-	MOVQ(op, o)
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			ADDQ(ost, o)
-		}
-		VMOVUPS(acc[2*i], Mem{Base: o})
-		VMOVUPS(acc[2*i+1], Mem{Base: o, Disp: 32})
-	}
-	ADDQ(U8(64), op)
-	Store(op, Param("out"))
-	DECQ(paddr("groups"))
-	JNZ(LabelRef(name + "_grp"))
-	VZEROUPPER()
-	RET()
+	packedEnd256(name, acc)
 }
 
 // q4kScales256 returns the 6-bit scales of sub-blocks 4(c/2)..4(c/2)+3 of

@@ -146,6 +146,15 @@ func genX16Q80Act(typ string, n int) {
 		VADDPS(f, acc[i], acc[i])
 	}
 	ADDQ(U32(blockBytes), wp)
+	q80NextBlock(name, xq, dc, bi, cnt)
+	packedEnd(name, acc)
+}
+
+// q80NextBlock moves a kernel reading q80rows512's tiles on by a block (the
+// weights' pointer moved by the caller): xq to the next block's q, dc to its
+// d_x and 128·Σq_x, bi counting the blocks of the tile, into the next tile
+// after 16; then loops to name_blk while cnt blocks are left.
+func q80NextBlock(name string, xq, dc, bi, cnt GPVirtual) {
 	ADDQ(U8(32), xq)
 	ADDQ(U8(4), dc)
 	INCQ(bi)
@@ -158,7 +167,6 @@ func genX16Q80Act(typ string, n int) {
 	Label(name + "_next")
 	DECQ(cnt)
 	JNZ(LabelRef(name + "_blk"))
-	packedEnd(name, acc)
 }
 
 // packedSig is the signature of the packed kernels (q80x16N, q4kx16N,
