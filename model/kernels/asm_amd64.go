@@ -614,6 +614,16 @@ func quantQ80R512(x *float32, nblocks int, dst *byte) bool
 // q80rows512 multiplies Q8_0 weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).
 func q80rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
 
+// q40rows512 multiplies Q4_0 weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).
+//
+//go:noescape
+func q40rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
+
+// iq4nlrows512 multiplies IQ4_NL weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).
+//
+//go:noescape
+func iq4nlrows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
+
 // q80dot512R1 multiplies 1 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
 func q80dot512R1(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 

@@ -415,9 +415,16 @@ func q80RowsBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	nt := (p.nb + 15) / 16
 	xs := nt * q80rTileBytes
 	s.f = alignedF32(s.f, 16*16*nt)
-	w, ws := q80Weights(j, s, r0, r1)
+	// Q4_0 and IQ4_NL rows are read as they are (their own kernels), the
+	// others as Q8_0 rows.
+	rows := q80RowsFns[j.w.DType]
+	w, ws := j.w.Data[r0*j.rowBytes:], j.rowBytes
+	if rows == nil {
+		rows = q80rows512
+		w, ws = q80Weights(j, s, r0, r1)
+	}
 	for i := 0; i < j.n; i++ {
-		q80rows512(&w[0], ws, r1-r0, &p.xq[i*xs], p.nb, &s.f[0], &j.out[i*j.w.Rows+r0])
+		rows(&w[0], ws, r1-r0, &p.xq[i*xs], p.nb, &s.f[0], &j.out[i*j.w.Rows+r0])
 	}
 }
 
@@ -484,6 +491,11 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 		}
 	}
 }
+
+// q80RowsFns are the one-input-row kernels of the types that have their
+// own (nil: q80rows512 on rows rewritten as Q8_0 rows).
+var q80RowsFns = [tensor.NumDTypes]func(w *byte, wstride, nrows int, xq *byte, nblocks int, tmp *float32, out *float32){
+	tensor.Q4_0: q40rows512, tensor.IQ4_NL: iq4nlrows512}
 
 // q80Weights returns rows [r0, r1) of the product's weights as Q8_0 rows and
 // their stride: the weights' own bytes for Q8_0, else (asQ80's other types)

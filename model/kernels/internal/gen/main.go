@@ -100,6 +100,8 @@ func main() {
 	genQ80Prep()
 	genQ80QuantRow()
 	genQ80Rows()
+	genQ40Rows("Q40")
+	genQ40Rows("IQ4NL")
 	for r := 1; r <= q80MaxRows; r++ {
 		genQ80Dot(r)
 	}

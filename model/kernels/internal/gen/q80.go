@@ -255,7 +255,7 @@ func genQ80Prep() {
 	rem := ld("nblocks")
 	Label(name + "_tile")
 	emit := func(pfx string, partial bool) {
-		sum, dw := q80TileSums(pfx, partial, wb, rem, func(int) Op { return ones }, gidx, zero, redIdx)
+		sum, dw := q80TileSums(q80W{typ: "Q80"}, pfx, partial, wb, rem, func(int) Op { return ones }, gidx, zero, redIdx)
 		// ws = −128·(S − 32·128), S the sum of the biased bytes.
 		VPSLLD(U8(7), sum, sum)
 		c := ZMM()
@@ -390,6 +390,8 @@ const (
 var (
 	cQ80RedIdx  Mem     // VPERMD indices: the block sums back in block order (q80Reduce)
 	cQ80Gath    Mem     // dwords 34·l: the blocks' d offsets in a tile
+	cQ40Gath    Mem     // dwords 18·l: the same for Q4_0 and IQ4_NL
+	cQ40Shift   Mem     // words: 0 (lanes 0, 2), 4 (lanes 1, 3): VPSRLVW to the high nibbles
 	cQ80B01     Mem     // dword 0x01010101
 	cQ80D524288 Mem     // dword 524288 = 32·128·128
 	cQ80Zip     [2]Mem  // VPERMI2D indices interleaving two registers' dwords
@@ -582,6 +584,13 @@ func genQ80RowsConsts() {
 		g = append(g, uint32(34*l))
 	}
 	cQ80Gath = data32("q80gath", g...)
+	var g18, sh []uint32
+	for l := 0; l < 16; l++ {
+		g18 = append(g18, uint32(18*l))
+		sh = append(sh, uint32(l/4%2*0x00040004))
+	}
+	cQ40Gath = data32("q40gath", g18...)
+	cQ40Shift = data32("q40shift", sh...)
 	cQ80B01 = data32("q80b01", 0x01010101)
 	cQ80D524288 = data32("q80d524288", 524288)
 	for h := 0; h < 2; h++ {
@@ -700,12 +709,48 @@ func hsumD(a, h Vec) {
 
 // genQ80Rows emits q80rows512(w, wstride, nrows, xq, nblocks, tmp, out): out[r] = Σ_b t_b for r < nrows (see above); tmp holds 16 rows of
 // ceil(nblocks/16)·16 float32.
-func genQ80Rows() {
-	name := "q80rows512"
+func genQ80Rows() { genRows512(q80W{typ: "Q80"}) }
+
+// q80W is the weight type of q80rows512's tiles: "Q80" (Q8_0), or "Q40"
+// and "IQ4NL" (q40rows512, iq4nlrows512: row-major Q4_0 and IQ4_NL rows,
+// whose nibbles are widened in registers to the unsigned codes of their
+// packed kernels, q or codebook value + 128, so that no row is rewritten
+// as Q8_0 for a product with few input rows; the sums and float32 steps
+// are the Q8_0 rewrite's, and so are the bits).
+type q80W struct {
+	typ        string
+	tab, shift VecVirtual // IQ4_NL's codebook + 128; the nibble shifts of a block pair
+}
+
+// blockBytes is the size of a block of the type.
+func (w q80W) blockBytes() int {
+	if w.typ == "Q80" {
+		return 34
+	}
+	return 18
+}
+
+// genQ40Rows emits q40rows512 (typ "Q40") or iq4nlrows512 ("IQ4NL").
+func genQ40Rows(typ string) { genRows512(q80W{typ: typ}) }
+
+func genRows512(wt q80W) {
+	name := map[string]string{"Q80": "q80rows512", "Q40": "q40rows512", "IQ4NL": "iq4nlrows512"}[wt.typ]
 	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)")
-	Doc(name + " multiplies Q8_0 weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).")
+	Doc(fmt.Sprintf("%s multiplies %s weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).", name,
+		map[string]string{"Q80": "Q8_0", "Q40": "Q4_0", "IQ4NL": "IQ4_NL"}[wt.typ]))
 	gidx := ZMM()
-	VMOVDQU64(cQ80Gath, gidx)
+	if wt.typ == "Q80" {
+		VMOVDQU64(cQ80Gath, gidx)
+	} else {
+		Pragma("noescape")
+		VMOVDQU64(cQ40Gath, gidx)
+		wt.shift = ZMM()
+		VMOVDQU64(cQ40Shift, wt.shift)
+		if wt.typ == "IQ4NL" {
+			wt.tab = ZMM()
+			VMOVDQU64(cIQ4U, wt.tab)
+		}
+	}
 	// Registers are zeroed by copying zero (avo would take a zeroing XOR for
 	// a read and keep the register live from the function's start).
 	zero := ZMM()
@@ -741,12 +786,12 @@ func genQ80Rows() {
 		Label(name + "_tile")
 		CMPQ(rem, U8(16))
 		JL(LabelRef(name + "_part"))
-		q80RowTile(name+"_f", false, wb, xq, tp, rem, gidx, zero, redIdx)
+		q80RowTile(wt, name+"_f", false, wb, xq, tp, rem, gidx, zero, redIdx)
 		JMP(LabelRef(name + "_next"))
 		Label(name + "_part")
-		q80RowTile(name+"_p", true, wb, xq, tp, rem, gidx, zero, redIdx)
+		q80RowTile(wt, name+"_p", true, wb, xq, tp, rem, gidx, zero, redIdx)
 		Label(name + "_next")
-		ADDQ(U32(16*34), wb)
+		ADDQ(U32(16*wt.blockBytes()), wb)
 		ADDQ(U32(q80rTile), xq)
 		ADDQ(U8(64), tp)
 		SUBQ(U8(16), rem)
@@ -824,9 +869,16 @@ func genQ80Rows() {
 
 // q80RowTile emits one step of q80rows512's phase 1: the 16 blocks at wb
 // (partial: only the first rem exist) → tmp at tp.
-func q80RowTile(pfx string, partial bool, wb, xq, tp, rem GPVirtual, gidx, zero, redIdx VecVirtual) {
-	sum, dw := q80TileSums(pfx, partial, wb, rem, func(i int) Op { return Mem{Base: xq, Disp: 64 * i} }, gidx, zero, redIdx)
-	VPSUBD(Mem{Base: xq, Disp: q80rC}, sum, sum)
+func q80RowTile(wt q80W, pfx string, partial bool, wb, xq, tp, rem GPVirtual, gidx, zero, redIdx VecVirtual) {
+	sum, dw := q80TileSums(wt, pfx, partial, wb, rem, func(i int) Op { return Mem{Base: xq, Disp: 64 * i} }, gidx, zero, redIdx)
+	if wt.typ == "Q40" {
+		c := ZMM()
+		VMOVDQU64(Mem{Base: xq, Disp: q80rC}, c)
+		VPSRAD(U8(4), c, c) // 8·Σq_x
+		VPSUBD(c, sum, sum)
+	} else {
+		VPSUBD(Mem{Base: xq, Disp: q80rC}, sum, sum)
+	}
 	f := ZMM()
 	VCVTDQ2PS(sum, f)
 	VMULPS(Mem{Base: xq, Disp: q80rD}, dw, dw) // d_x·d_w
@@ -834,11 +886,39 @@ func q80RowTile(pfx string, partial bool, wb, xq, tp, rem GPVirtual, gidx, zero,
 	VMOVUPS(f, Mem{Base: tp})
 }
 
+// q40PairCodes sets wv to the unsigned codes of Q4_0 or IQ4_NL blocks 2i
+// and 2i+1 at wb (zeros for 2i+1 past rem when partial), in the order of
+// their values: [low nibbles of 2i, high nibbles of 2i, the same of 2i+1].
+func q40PairCodes(wt q80W, partial bool, pfx string, i int, wb, rem GPVirtual, zero, wv VecVirtual) {
+	VBROADCASTI32X4(Mem{Base: wb, Disp: 36*i + 2}, wv)
+	if partial {
+		odd := fmt.Sprintf("%s_o%d", pfx, i)
+		join := fmt.Sprintf("%s_j%d", pfx, i)
+		CMPQ(rem, U8(2*i+1))
+		JG(LabelRef(odd))
+		VINSERTI32X4(U8(2), zero.AsX(), wv, wv)
+		VINSERTI32X4(U8(3), zero.AsX(), wv, wv)
+		JMP(LabelRef(join))
+		Label(odd)
+		VINSERTI32X4(U8(2), Mem{Base: wb, Disp: 36*i + 20}, wv, wv)
+		VINSERTI32X4(U8(3), Mem{Base: wb, Disp: 36*i + 20}, wv, wv)
+		Label(join)
+	} else {
+		VINSERTI32X4(U8(2), Mem{Base: wb, Disp: 36*i + 20}, wv, wv)
+		VINSERTI32X4(U8(3), Mem{Base: wb, Disp: 36*i + 20}, wv, wv)
+	}
+	VPSRLVW(wt.shift, wv, wv) // lanes 1 and 3: the high nibbles
+	VPANDD_BCST(cB0F, wv, wv)
+	if wt.typ == "IQ4NL" {
+		VPSHUFB(wv, wt.tab, wv)
+	}
+}
+
 // q80TileSums emits, for the 16 Q8_0 blocks at wb (partial: only the first
 // rem exist; the others count as zero), sum: lane b = Σ (q_w+128)·s_b over
 // block b, with s_b the signed bytes xop(b/2) (64 bytes: blocks b and b+1
 // of the other operand), and dw: lane b = block b's d as float32.
-func q80TileSums(pfx string, partial bool, wb, rem GPVirtual, xop func(i int) Op, gidx, zero, redIdx VecVirtual) (sum, dw VecVirtual) {
+func q80TileSums(wt q80W, pfx string, partial bool, wb, rem GPVirtual, xop func(i int) Op, gidx, zero, redIdx VecVirtual) (sum, dw VecVirtual) {
 	p := make([]VecVirtual, 8)
 	for i := range p {
 		p[i] = ZMM()
@@ -853,6 +933,14 @@ func q80TileSums(pfx string, partial bool, wb, rem GPVirtual, xop func(i int) Op
 		// high half (a broadcast: avo sees a ymm load as leaving the zmm's
 		// upper half live).
 		wv := ZMM()
+		if wt.typ != "Q80" {
+			q40PairCodes(wt, partial, pfx, i, wb, rem, zero, wv)
+			VPDPBUSD(xop(i), wv, p[i])
+			if partial {
+				Label(done)
+			}
+			continue
+		}
 		VBROADCASTI64X4(Mem{Base: wb, Disp: 68*i + 2}, wv)
 		if partial {
 			odd := fmt.Sprintf("%s_o%d", pfx, i)
