@@ -46,7 +46,8 @@
 // high bits of Q5/Q6/Q3 merged with VPTERNLOGD or, for Q5_0/Q5_1, an opmask
 // OR), converted and scaled with one FMA, or looked up in the IQ4 codebook
 // with VPERMPS; Q6_K and Q5_K load each row's bytes once per 64 values. At
-// the AVX2 level those types run the Go level (dequantize, then dot).
+// the AVX2 level those types run the Go level (dequantize, then dot), but
+// for the ones with 8-bit activations (below).
 // Partial column chunks use opmasks (AVX-512) or Go (AVX2).
 //
 // Decode (small n) thus streams every weight byte once per call; each kernel
@@ -85,6 +86,22 @@
 // kernels against it bit for bit and against the float32 reference.
 // Matrices copied into memory are repacked in 16-row groups for faster
 // kernels with the same bits (packed.go).
+//
+// Q8_0 takes 8-bit activations per 32 values (q80act.go), and so do the
+// types whose blocks are Q8_0 blocks once their codes are written as int8:
+// Q4_0 (q−8), IQ4_NL (its codebook) and, below AVX-512, Q5_0 (q−16)
+// (asQ80At). Their packed kernels decode the nibbles in registers
+// (q40x16N, iq4nlx16N); row-major Q4_0 and IQ4_NL have one-row kernels of
+// their own (q40rows512, iq4nlrows512), and other row-major products
+// rewrite their rows as Q8_0 rows as they go (conv*Q80). Every path gives
+// the bits of the Q8_0 twin. On AVX2, and on AVX-512 without VNNI, the
+// block sums come from VPMADDUBSW: |q_w| against q_x signed as q_w
+// (llama.cpp's trick against 16-bit saturation), or Q4_0's unsigned codes
+// directly, then VPMADDWD (q80x16AVX2N, q40x16AVX2N, q80rows256,
+// q80rows8x256); the activation quantizers (quantQ80R256, quantQ8K256) and
+// packed Q4_K and Q5_K (q4kx16AVX2N, q5kx16AVX2N) have AVX2 versions too,
+// with the AVX-512 kernels' bits. TestAVX2KernelsUseAVX2Registers checks
+// that no AVX2 kernel names a register only AVX-512 encodes.
 //
 // # bf16 activations
 //
