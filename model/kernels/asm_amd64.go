@@ -749,6 +749,16 @@ func iq4nlx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out
 //go:noescape
 func q80rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
 
+// q40rows256 multiplies row-major Q4_0 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
+//
+//go:noescape
+func q40rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+
+// iq4nlrows256 multiplies row-major IQ4_NL weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
+//
+//go:noescape
+func iq4nlrows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+
 // q80rows8x256 multiplies groups of 8 row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80Rows8x256).
 //
 //go:noescape

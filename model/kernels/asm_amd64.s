@@ -96959,15 +96959,15 @@ q80rows256_row:
 
 q80rows256_blk:
 	VMOVDQU      2(BX), Y2
-	VPABSB       Y2, Y3
-	VPXOR        Y4, Y4, Y4
-	VMOVDQU      (SI), Y5
-	VPSIGNB      Y2, Y5, Y2
-	VPMADDUBSW   Y2, Y3, Y2
+	VMOVDQU      (SI), Y4
+	VPABSB       Y2, Y5
+	VPXOR        Y3, Y3, Y3
+	VPSIGNB      Y2, Y4, Y2
+	VPMADDUBSW   Y2, Y5, Y2
 	VPMADDWD     Y0, Y2, Y2
-	VPADDD       Y2, Y4, Y4
-	VEXTRACTI128 $0x01, Y4, X2
-	VPADDD       X2, X4, X2
+	VPADDD       Y2, Y3, Y3
+	VEXTRACTI128 $0x01, Y3, X2
+	VPADDD       X2, X3, X2
 	VPSHUFD      $0x4e, X2, X3
 	VPADDD       X3, X2, X2
 	VPSHUFD      $0xb1, X2, X3
@@ -96997,6 +96997,131 @@ q80rows256_next:
 	ADDQ   CX, AX
 	DECQ   nrows+16(FP)
 	JNZ    q80rows256_row
+	VZEROUPPER
+	RET
+
+// func q40rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+// Requires: AVX, AVX2, F16C
+TEXT ·q40rows256(SB), NOSPLIT, $0-48
+	MOVQ         w+0(FP), AX
+	MOVQ         wstride+8(FP), CX
+	MOVQ         out+40(FP), DX
+	VPBROADCASTD w1<>+0(SB), Y0
+
+q40rows256_row:
+	MOVQ   AX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	MOVQ   nblocks+32(FP), R8
+	XORQ   R9, R9
+	VXORPS X1, X1, X1
+
+q40rows256_blk:
+	VMOVDQU      2(BX), X3
+	VPSRLW       $0x04, X3, X2
+	VINSERTI128  $0x01, X2, Y3, Y2
+	VPAND        b0fy<>+0(SB), Y2, Y2
+	VMOVDQU      (SI), Y4
+	VPMADDUBSW   Y4, Y2, Y2
+	VPMADDWD     Y0, Y2, Y2
+	VEXTRACTI128 $0x01, Y2, X3
+	VPADDD       X3, X2, X3
+	VPSHUFD      $0x4e, X3, X2
+	VPADDD       X2, X3, X3
+	VPSHUFD      $0xb1, X3, X2
+	VPADDD       X2, X3, X3
+	VMOVD        576(DI), X2
+	VPSRAD       $0x04, X2, X2
+	VPSUBD       X2, X3, X3
+	VCVTDQ2PS    X3, X3
+	MOVWLZX      (BX), R10
+	VMOVD        R10, X2
+	VCVTPH2PS    X2, X2
+	VMULSS       512(DI), X2, X2
+	VMULSS       X2, X3, X3
+	VADDSS       X3, X1, X1
+	ADDQ         $0x12, BX
+	ADDQ         $0x20, SI
+	ADDQ         $0x04, DI
+	INCQ         R9
+	CMPQ         R9, $0x10
+	JNE          q40rows256_next
+	ADDQ         $0x00000080, SI
+	ADDQ         $0x00000240, DI
+	XORQ         R9, R9
+
+q40rows256_next:
+	DECQ   R8
+	JNZ    q40rows256_blk
+	VMOVSS X1, (DX)
+	ADDQ   $0x04, DX
+	ADDQ   CX, AX
+	DECQ   nrows+16(FP)
+	JNZ    q40rows256_row
+	VZEROUPPER
+	RET
+
+// func iq4nlrows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+// Requires: AVX, AVX2, F16C
+TEXT ·iq4nlrows256(SB), NOSPLIT, $0-48
+	MOVQ         w+0(FP), AX
+	MOVQ         wstride+8(FP), CX
+	MOVQ         out+40(FP), DX
+	VPBROADCASTD w1<>+0(SB), Y0
+	VMOVDQU      iq4y<>+0(SB), Y1
+
+iq4nlrows256_row:
+	MOVQ   AX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	MOVQ   nblocks+32(FP), R8
+	XORQ   R9, R9
+	VXORPS X2, X2, X2
+
+iq4nlrows256_blk:
+	VMOVDQU      2(BX), X5
+	VPSRLW       $0x04, X5, X3
+	VINSERTI128  $0x01, X3, Y5, Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VMOVDQU      (SI), Y6
+	VPSHUFB      Y3, Y1, Y3
+	VPABSB       Y3, Y7
+	VPXOR        Y4, Y4, Y4
+	VPSIGNB      Y3, Y6, Y3
+	VPMADDUBSW   Y3, Y7, Y3
+	VPMADDWD     Y0, Y3, Y3
+	VPADDD       Y3, Y4, Y4
+	VEXTRACTI128 $0x01, Y4, X3
+	VPADDD       X3, X4, X3
+	VPSHUFD      $0x4e, X3, X4
+	VPADDD       X4, X3, X3
+	VPSHUFD      $0xb1, X3, X4
+	VPADDD       X4, X3, X3
+	VCVTDQ2PS    X3, X3
+	MOVWLZX      (BX), R10
+	VMOVD        R10, X4
+	VCVTPH2PS    X4, X4
+	VMULSS       512(DI), X4, X4
+	VMULSS       X4, X3, X3
+	VADDSS       X3, X2, X2
+	ADDQ         $0x12, BX
+	ADDQ         $0x20, SI
+	ADDQ         $0x04, DI
+	INCQ         R9
+	CMPQ         R9, $0x10
+	JNE          iq4nlrows256_next
+	ADDQ         $0x00000080, SI
+	ADDQ         $0x00000240, DI
+	XORQ         R9, R9
+
+iq4nlrows256_next:
+	DECQ   R8
+	JNZ    iq4nlrows256_blk
+	VMOVSS X2, (DX)
+	ADDQ   $0x04, DX
+	ADDQ   CX, AX
+	DECQ   nrows+16(FP)
+	JNZ    iq4nlrows256_row
 	VZEROUPPER
 	RET
 

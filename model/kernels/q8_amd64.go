@@ -438,10 +438,16 @@ func q80RowsBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 var q80PackMinRows256 = 32
 
 // q80Rows256Block computes rows [r0, r1) for each input row on AVX2: with
-// one input row q80rows256, with more q80rows8x256 on groups of 8 rows and
-// q80rows256 on the rest (the same bits).
+// one input row q80rows256 (q40rows256 and iq4nlrows256 on their own rows),
+// with more q80rows8x256 on groups of 8 rows and q80rows256 on the rest
+// (the same bits).
 func q80Rows256Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	p := &j.q8
+	if f := q80Rows256Fns[j.w.DType]; f != nil && j.n == 1 {
+		// Q4_0 and IQ4_NL rows read as they are.
+		f(&j.w.Data[r0*j.rowBytes], j.rowBytes, r1-r0, &p.xq[0], p.nb, &j.out[r0])
+		return
+	}
 	w, ws := q80Weights(j, s, r0, r1)
 	xs := (p.nb + 15) / 16 * q80rTileBytes
 	g := (r1 - r0) / 8
@@ -496,6 +502,11 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 // own (nil: q80rows512 on rows rewritten as Q8_0 rows).
 var q80RowsFns = [tensor.NumDTypes]func(w *byte, wstride, nrows int, xq *byte, nblocks int, tmp *float32, out *float32){
 	tensor.Q4_0: q40rows512, tensor.IQ4_NL: iq4nlrows512}
+
+// q80Rows256Fns are the AVX2 one-input-row kernels of the types that have
+// their own (nil: q80rows256 on rows rewritten as Q8_0 rows).
+var q80Rows256Fns = [tensor.NumDTypes]func(w *byte, wstride, nrows int, xq *byte, nblocks int, out *float32){
+	tensor.Q4_0: q40rows256, tensor.IQ4_NL: iq4nlrows256}
 
 // q80Weights returns rows [r0, r1) of the product's weights as Q8_0 rows and
 // their stride: the weights' own bytes for Q8_0, else (asQ80's other types)

@@ -122,6 +122,8 @@ func main() {
 		}
 	}
 	genQ80Rows256()
+	genRows256("Q40")
+	genRows256("IQ4NL")
 	genQ80Rows8x256()
 	genQ80QuantRow256()
 	genQ8Quant256()

@@ -208,16 +208,33 @@ func q40SumsAVX2(n int, wp, xq, dc GPVirtual, xm func(GPVirtual, int, int) Mem, 
 // genQ80Rows256 emits q80rows256: out[r] = row r of the row-major Q8_0
 // weights times one quantized input row (q80rows512's tiles), for nrows
 // rows wstride bytes apart.
-func genQ80Rows256() {
-	const name = "q80rows256"
+func genQ80Rows256() { genRows256("Q80") }
+
+// genRows256 emits q80rows256 (typ "Q80"), or q40rows256 and iq4nlrows256
+// ("Q40", "IQ4NL": row-major Q4_0 and IQ4_NL rows read as they are, the
+// nibbles of a block widened in a register: Q4_0's unsigned codes by
+// VPMADDUBSW directly, 8·Σq_x taken off; IQ4_NL's codebook values as
+// Q8_0's signed bytes), the bits of the Q8_0 rewrite either way.
+func genRows256(typ string) {
+	name := map[string]string{"Q80": "q80rows256", "Q40": "q40rows256", "IQ4NL": "iq4nlrows256"}[typ]
 	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, xq *byte, nblocks int, out *float32)")
-	Doc(name + " multiplies row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).")
+	Doc(fmt.Sprintf("%s multiplies row-major %s weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).", name,
+		map[string]string{"Q80": "Q8_0", "Q40": "Q4_0", "IQ4NL": "IQ4_NL"}[typ]))
 	Pragma("noescape")
 	wq := ld("w")
 	ws := ld("wstride")
 	oq := ld("out")
 	ones := YMM()
 	VPBROADCASTD(cW1, ones)
+	var tab VecVirtual
+	if typ == "IQ4NL" {
+		tab = YMM()
+		VMOVDQU(cIQ4Y, tab)
+	}
+	bb := 34
+	if typ != "Q80" {
+		bb = 18
+	}
 	Label(name + "_row")
 	w0 := GP64()
 	MOVQ(wq, w0)
@@ -230,13 +247,31 @@ func genQ80Rows256() {
 	acc := XMM()
 	VXORPS(acc, acc, acc)
 	Label(name + "_blk")
-	q, a, s := YMM(), YMM(), YMM()
-	VMOVDQU(Mem{Base: w0, Disp: 2}, q)
-	VPABSB(q, a)
-	VPXOR(s, s, s)
+	q, s := YMM(), YMM()
+	if typ == "Q80" {
+		VMOVDQU(Mem{Base: w0, Disp: 2}, q)
+	} else {
+		// Values 0..15 (low nibbles) in the low lane, 16..31 in the high.
+		lo, hi := XMM(), XMM()
+		VMOVDQU(Mem{Base: w0, Disp: 2}, lo)
+		VPSRLW(U8(4), lo, hi)
+		VINSERTI128(U8(1), hi, lo.AsY(), q)
+		VPAND(cB0FY, q, q)
+	}
 	x := YMM()
 	VMOVDQU(Mem{Base: xq}, x)
-	q80SignedSum(q, a, x, ones, s)
+	if typ == "Q40" {
+		VPMADDUBSW(x, q, s)
+		VPMADDWD(ones, s, s)
+	} else {
+		if typ == "IQ4NL" {
+			VPSHUFB(q, tab, q)
+		}
+		a := YMM()
+		VPABSB(q, a)
+		VPXOR(s, s, s)
+		q80SignedSum(q, a, x, ones, s)
+	}
 	t := XMM()
 	VEXTRACTI128(U8(1), s, t)
 	VPADDD(t, s.AsX(), t)
@@ -245,6 +280,11 @@ func genQ80Rows256() {
 	VPADDD(u, t, t)
 	VPSHUFD(U8(0xB1), t, u)
 	VPADDD(u, t, t)
+	if typ == "Q40" {
+		VMOVD(Mem{Base: dc, Disp: q80rC}, u)
+		VPSRAD(U8(4), u, u) // 8·Σq_x
+		VPSUBD(u, t, t)
+	}
 	VCVTDQ2PS(t, t)
 	h := GP32()
 	MOVWLZX(Mem{Base: w0}, h)
@@ -254,7 +294,7 @@ func genQ80Rows256() {
 	VMULSS(Mem{Base: dc, Disp: q80rD}, dw, dw) // d_w·d_x
 	VMULSS(dw, t, t)
 	VADDSS(t, acc, acc)
-	ADDQ(U8(34), w0)
+	ADDQ(U8(bb), w0)
 	q80NextBlock(name, xq, dc, bi, cnt)
 	VMOVSS(acc, Mem{Base: oq})
 	ADDQ(U8(4), oq)
