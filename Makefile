@@ -35,6 +35,9 @@ gpu-bundle:
 
 test:
 	$(GO) test -count=1 -timeout 15m $(PKGS)
+	# The model again on the AVX2 kernels (what AVX2-only CPUs run; a no-op
+	# level change on machines without AVX-512).
+	SWITCHYARD_KERNELS=avx2 $(GO) test -count=1 ./model/kernels/ ./model/hybrid/ ./model/engine/
 	CGO_ENABLED=0 $(GO) test -count=1 -tags cuda ./internal/gpu/... ./expert-node/...
 	$(MAKE) helm-test
 
