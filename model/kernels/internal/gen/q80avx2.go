@@ -56,12 +56,7 @@ func genQ80x16AVX2(n int) { genX16AVX2("Q80", n) }
 // nibbles of word j−4: values 4j.., as Q8_0's words) and go on as the Q8_0
 // kernel: the same bits as the rewritten rows.
 func genX16AVX2(typ string, n int) {
-	name := map[string]string{"Q80": "q80x16AVX2N", "Q40": "q40x16AVX2N", "IQ4NL": "iq4nlx16AVX2N"}[typ] + fmt.Sprint(n)
-	blockBytes := q80x16Block
-	if typ != "Q80" {
-		blockBytes = q40x16Block
-	}
-	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows on AVX2 (see genX16AVX2).", name, typ, n), n)
+	name, blockBytes, wp, idx := x16Begin(typ, "AVX2N", n, "on AVX2 (see genX16AVX2)")
 	Pragma("noescape")
 	var c80, tab VecVirtual
 	ones := YMM()

@@ -66,12 +66,7 @@ func genQ40x16Consts() {
 // the Q8_0 rewrite of the block holds, and the float32 steps are Q8_0's, so
 // the packed and row-major (rewritten) products give the same bits.
 func genX16Q80Act(typ string, n int) {
-	name := map[string]string{"Q80": "q80x16N", "Q40": "q40x16N", "IQ4NL": "iq4nlx16N"}[typ] + fmt.Sprint(n)
-	blockBytes := q80x16Block
-	if typ != "Q80" {
-		blockBytes = q40x16Block
-	}
-	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genX16Q80Act).", name, typ, n), n)
+	name, blockBytes, wp, idx := x16Begin(typ, "N", n, "(see genX16Q80Act)")
 	var c0F, tab VecVirtual
 	if typ != "Q80" {
 		c0F = ZMM()
@@ -167,6 +162,20 @@ func q80NextBlock(name string, xq, dc, bi, cnt GPVirtual) {
 	Label(name + "_next")
 	DECQ(cnt)
 	JNZ(LabelRef(name + "_blk"))
+}
+
+// x16Begin emits the TEXT of the Q8_0 family's packed kernel of type typ
+// ("Q80", "Q40", "IQ4NL") for n input rows, named <type>x16<suffix><n>,
+// and returns its name, the size of a group's block and packedBegin's
+// registers.
+func x16Begin(typ, suffix string, n int, see string) (name string, blockBytes int, wp GPVirtual, idx []GPVirtual) {
+	name = map[string]string{"Q80": "q80x16", "Q40": "q40x16", "IQ4NL": "iq4nlx16"}[typ] + suffix + fmt.Sprint(n)
+	blockBytes = q80x16Block
+	if typ != "Q80" {
+		blockBytes = q40x16Block
+	}
+	wp, idx = packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows %s.", name, typ, n, see), n)
+	return name, blockBytes, wp, idx
 }
 
 // packedSig is the signature of the packed kernels (q80x16N, q4kx16N,
