@@ -450,3 +450,21 @@ func BenchmarkQ80AVX2(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPack: packing a matrix into 16-row groups (what the loader does
+// for every matrix it copies), one goroutine, per type, in_proj shape.
+func BenchmarkPack(b *testing.B) {
+	rng := rand.New(rand.NewPCG(34, 34))
+	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q6_K, tensor.Q4_0} {
+		b.Run(dt.String(), func(b *testing.B) {
+			w := randMatrix(rng, dt, 6448, 1536)
+			dst := make([]byte, PackedBytes(dt, w.Rows, w.Cols))
+			s := specOf(dt, tensor.RowMajor)
+			b.SetBytes(int64(len(w.Data)))
+			b.ResetTimer()
+			for range b.N {
+				s.packGroups(dst, w, 0, (w.Rows+packRows-1)/packRows)
+			}
+		})
+	}
+}

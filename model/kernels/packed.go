@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
@@ -187,18 +188,26 @@ func (s *packSpec) packGroups(dst []byte, w tensor.Matrix, g0, g1 int) {
 	gb := s.groupBytes()
 	wbase := 32 * len(s.halves)
 	nw := s.nwords
+	if s.words+4*nw > s.bytes || wbase+64*(nw-1)+4*packRows > gb {
+		panic("kernels: inconsistent packSpec for " + s.dt.String())
+	}
 	for g := g0; g < g1; g++ {
-		for b := 0; b < nb; b++ {
-			blk := dst[(g*nb+b)*gb : (g*nb+b+1)*gb]
-			for r := 0; r < packRows; r++ {
-				row := g*packRows + r
+		gdst := dst[g*nb*gb : (g+1)*nb*gb]
+		// Row by row, each read front to back; the words go to their
+		// group block, 64 bytes apart (the checks above and the slicing of
+		// gdst and src bound every access through dp and sp).
+		for r := 0; r < packRows; r++ {
+			row := g*packRows + r
+			for b := 0; b < nb; b++ {
+				blk := gdst[b*gb : (b+1)*gb]
+				dp := unsafe.Pointer(&blk[wbase+4*r])
 				if row >= w.Rows {
 					// Padding rows: scales 0, values 0.
 					for f := range s.halves {
 						blk[32*f+2*r], blk[32*f+2*r+1] = 0, 0
 					}
 					for j := 0; j < nw; j++ {
-						binary.LittleEndian.PutUint32(blk[wbase+64*j+4*r:], s.xor)
+						binary.LittleEndian.PutUint32((*[4]byte)(unsafe.Add(dp, 64*j))[:], s.xor)
 					}
 					continue
 				}
@@ -206,8 +215,19 @@ func (s *packSpec) packGroups(dst []byte, w tensor.Matrix, g0, g1 int) {
 				for f, off := range s.halves {
 					blk[32*f+2*r], blk[32*f+2*r+1] = src[off], src[off+1]
 				}
+				sp := unsafe.Pointer(&src[s.words])
+				// 4-byte arrays (alignment 1: no misaligned pointer for
+				// checkptr); the checks above bound every access.
+				if s.xor == 0 {
+					for j := 0; j < nw; j++ {
+						*(*[4]byte)(unsafe.Add(dp, 64*j)) = *(*[4]byte)(unsafe.Add(sp, 4*j))
+					}
+					continue
+				}
 				for j := 0; j < nw; j++ {
-					binary.LittleEndian.PutUint32(blk[wbase+64*j+4*r:], binary.LittleEndian.Uint32(src[s.words+4*j:])^s.xor)
+					a := *(*[4]byte)(unsafe.Add(sp, 4*j))
+					binary.LittleEndian.PutUint32(a[:], binary.LittleEndian.Uint32(a[:])^s.xor)
+					*(*[4]byte)(unsafe.Add(dp, 64*j)) = a
 				}
 			}
 		}
