@@ -73,6 +73,15 @@ const (
 // VPDPBUSD-bound).
 var q80MinRows = 8
 
+// q80PackMinRows256: on AVX2, row-major Q8_0 products with at least this
+// many input rows pack the weights as they go (q80PackingBlock); with fewer
+// they run q80rows256 (one input row) or q80rows8x256. Measured with
+// BenchmarkQ80AVX2 (in_proj shape, one thread): q80rows8x256 at 4, 8 and 16
+// rows 2.2, 3.3 and 5.5 ms against 2.3, 4.6 and 9.0 for q80rows256 (but 1.3
+// against 0.59 ms at one row: eight weight streams at once read slower than
+// one), packing 16 and 90 ms at 64 and 512 rows against about 22 and 176.
+var q80PackMinRows256 = 32
+
 // q80Kernel is the Q8_0 integer kernel MatMul takes for n input rows.
 type q80Kernel int
 
