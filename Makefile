@@ -82,6 +82,9 @@ verify: verify-deps verify-lint verify-proto verify-ptx verify-asm
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags cuda ./internal/gpu/... ./expert-node/... ./internal/cli/...
+	# The kernels without their assembly: pure Go builds and other architectures.
+	$(GO) vet -tags purego ./model/...
+	GOARCH=arm64 $(GO) vet ./model/...
 	$(GO) mod tidy -diff
 	cd deploy/helm/test && $(GO) vet ./... && $(GO) mod tidy -diff
 
