@@ -187,12 +187,13 @@ func quantizeQ80RowRef(dst []byte, x []float32, nb int) bool {
 	return true
 }
 
-// asQ80 reports whether products with dt weights run the Q8_0 integer
-// kernels: Q8_0, and the types whose blocks are Q8_0 blocks once their codes
+// asQ80 reports whether products with dt weights can run the Q8_0 integer
+// path: Q8_0, and the types whose blocks are Q8_0 blocks once their codes
 // are written as int8 (one f16 scale per 32 values, codes within int8):
-// Q4_0 (q−8), Q5_0 (q−16) and IQ4_NL (its codebook). Their rows are
-// rewritten as Q8_0 rows (toQ80Row) as the product goes, so each gives the
-// bits its Q8_0 twin gives.
+// Q4_0 (q−8), Q5_0 (q−16) and IQ4_NL (its codebook). Their packed and
+// one-row kernels decode the codes in registers; other products rewrite
+// the rows as Q8_0 rows as they go (q80Weights). Every path gives the bits
+// of the Q8_0 rewrite (toQ80RowRef, then matMulQ80Ref).
 func asQ80(dt tensor.DType) bool {
 	return dt == tensor.Q8_0 || dt == tensor.Q4_0 || dt == tensor.Q5_0 || dt == tensor.IQ4_NL
 }
@@ -208,18 +209,14 @@ func asQ80At(dt tensor.DType, lvl Level) bool {
 	return asQ80(dt) && (dt != tensor.Q5_0 || lvl < LevelAVX512)
 }
 
-// toQ80RowRef rewrites nb blocks of src (dtype dt, one of asQ80's) as Q8_0
+// toQ80RowRef rewrites nb blocks of src (Q4_0, Q5_0 or IQ4_NL) as Q8_0
 // blocks at dst (the bytes the conv*Q80 assembly writes).
 func toQ80RowRef(dst, src []byte, dt tensor.DType, nb int) {
 	bb := dt.BlockBytes()
 	for b := 0; b < nb; b++ {
 		in := src[b*bb : (b+1)*bb]
 		out := dst[b*tensor.Q8_0BlockBytes : (b+1)*tensor.Q8_0BlockBytes]
-		out[0], out[1] = in[0], in[1]
-		if dt == tensor.Q8_0 {
-			copy(out, in)
-			continue
-		}
+		out[0], out[1] = in[0], in[1] // d
 		qs := in[2:18]
 		var qh uint32
 		if dt == tensor.Q5_0 {
@@ -239,6 +236,8 @@ func toQ80RowRef(dst, src []byte, dt tensor.DType, nb int) {
 				v = int8(q|byte(qh>>l&1)<<4) - 16
 			case tensor.IQ4_NL:
 				v = tensor.IQ4NLValues[q]
+			default:
+				panic("kernels: toQ80RowRef of " + dt.String())
 			}
 			out[2+l] = byte(v)
 		}

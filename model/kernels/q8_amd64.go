@@ -126,13 +126,9 @@ func hasQ8KernelsAt(dt tensor.DType, lvl Level) bool { return q8LevelKernels(dt,
 // hasQ80KernelsAt reports whether products with Q8_0 weights run integer
 // kernels at level lvl (AVX-512 VNNI, or the AVX2 ones).
 func hasQ80KernelsAt(lvl Level) bool {
-	switch lvl = q80Level(lvl); {
-	case lvl >= LevelAVX512:
-		return hasQ80
-	case lvl == LevelAVX2:
-		return maxLevel >= LevelAVX2
-	}
-	return false
+	// q80Level leaves AVX-512 only where the CPU has VNNI.
+	lvl = q80Level(lvl)
+	return lvl >= LevelAVX512 || (lvl == LevelAVX2 && maxLevel >= LevelAVX2)
 }
 
 // quantizeQ8KAsm runs quantQ8K512 (quantQ8K256 at the AVX2 level) where
@@ -278,8 +274,14 @@ func planPacked(c *callCtx, lvl Level) bool {
 	j.q8.packed = packedKernelsAt(j.w.Layout, lvl)
 	j.q8.groupBytes = j.q8.nb * specOf(j.w.DType, j.w.Layout).groupBytes()
 	j.block = packedRows512
-	j.rb = max(packRows, rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)&^(packRows-1))
+	j.rb = packedRowBlock(j)
 	return true
+}
+
+// packedRowBlock is the rows per block of a product run by packed kernels:
+// whole 16-row groups, about fusedBlockBytes of weights.
+func packedRowBlock(j *mmJob) int {
+	return max(packRows, rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)&^(packRows-1))
 }
 
 // packedRows512 computes rows [r0, r1) (whole groups but the last) for
@@ -341,7 +343,7 @@ func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 		j.q8.packed = q80x16AVX2Fns[:]
 		j.q8.groupBytes = j.q8.nb * specOf(tensor.Q8_0, tensor.RowMajor).groupBytes()
 		j.block = q80PackingBlock
-		j.rb = max(packRows, rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)&^(packRows-1))
+		j.rb = packedRowBlock(j)
 		return true, false
 	}
 	k := j.w.Cols

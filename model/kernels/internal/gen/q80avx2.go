@@ -139,30 +139,7 @@ func genX16AVX2(typ string, n int) {
 	}
 	ADDQ(U32(blockBytes), wp)
 	q80NextBlock(name, xq, dc, bi, cnt)
-
-	packedEnd256(name, acc)
-}
-
-// packedEnd256 is packedEnd for the AVX2 packed kernels: input row i's 16
-// results in acc[2i] (rows 0-7) and acc[2i+1] (rows 8-15).
-func packedEnd256(name string, acc []VecVirtual) {
-	op := ld("out")
-	ost := ld("ostride")
-	o := GP64()
-	MOVQ(op, o)
-	for i := 0; i < len(acc)/2; i++ {
-		if i > 0 {
-			ADDQ(ost, o)
-		}
-		VMOVUPS(acc[2*i], Mem{Base: o})
-		VMOVUPS(acc[2*i+1], Mem{Base: o, Disp: 32})
-	}
-	ADDQ(U8(64), op)
-	Store(op, Param("out"))
-	DECQ(paddr("groups"))
-	JNZ(LabelRef(name + "_grp"))
-	VZEROUPPER()
-	RET()
+	packedEnd(name, acc)
 }
 
 // q40SumsAVX2 sets s[2i+h] to the block's exact Σ(q−8)·q_x for input row
@@ -796,7 +773,7 @@ func genQKx16AVX2(dt dtype, n int) {
 		}
 	}
 	packedNextBlock(name, blockBytes, wp, xq, cnt)
-	packedEnd256(name, acc)
+	packedEnd(name, acc)
 }
 
 // q4kScales256 returns the 6-bit scales of sub-blocks 4(c/2)..4(c/2)+3 of

@@ -242,18 +242,25 @@ func scaleStep(op func(...Op), dx Mem, d, isum, acc, s, f VecVirtual) {
 }
 
 // packedEnd emits a packed kernel's group epilogue: the group's 16 results
-// of input row i at out + i·ostride, out moved on 64 bytes, the next group
-// (from name_grp), then the return.
+// of input row i at out + i·ostride (acc[i], one zmm; or, from the AVX2
+// kernels, acc[2i] and acc[2i+1], rows 0-7 and 8-15 in two ymm), out moved
+// on 64 bytes, the next group (from name_grp), then the return.
 func packedEnd(name string, acc []VecVirtual) {
+	perRow := 1
+	if acc[0].Size() == 32 {
+		perRow = 2
+	}
 	op := ld("out")
 	ost := ld("ostride")
 	o := GP64()
 	MOVQ(op, o)
-	for i := range acc {
+	for i := 0; i < len(acc)/perRow; i++ {
 		if i > 0 {
 			ADDQ(ost, o)
 		}
-		VMOVUPS(acc[i], Mem{Base: o})
+		for k := 0; k < perRow; k++ {
+			VMOVUPS(acc[perRow*i+k], Mem{Base: o, Disp: 32 * k})
+		}
 	}
 	ADDQ(U8(64), op)
 	Store(op, Param("out"))
