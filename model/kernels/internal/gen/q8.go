@@ -518,12 +518,7 @@ func genQ8Quant() {
 	ADDQ(U32(q8xBlock), pd)
 	DECQ(nb)
 	JNZ(LabelRef(name + "_blk"))
-	KORTESTW(bad, bad)
-	ok := GP8()
-	SETEQ(ok)
-	Store(ok, ReturnIndex(0))
-	VZEROUPPER()
-	RET()
+	retFinite512(bad)
 }
 
 // q8Rows emits the integer kernels' loops (genQ8, genQ8AVX2), block

@@ -218,12 +218,7 @@ func genQ80Quant() {
 	ADDQ(U32(q80xBlock), pd)
 	DECQ(nb)
 	JNZ(LabelRef(name + "_blk"))
-	KORTESTW(bad, bad)
-	ok := GP8()
-	SETEQ(ok)
-	Store(ok, ReturnIndex(0))
-	VZEROUPPER()
-	RET()
+	retFinite512(bad)
 }
 
 // genQ80Prep emits q80prep512(w, wstride, nrows, nblocks, dst, dstride):
@@ -666,12 +661,7 @@ func genQ80QuantRow() {
 	SHLL(U8(7), s)
 	MOVL(s, Mem{Base: pc})
 	q80rQuantNext(name, px, pq, pd, pc, inTile, nb)
-	KORTESTW(bad, bad)
-	ok := GP8()
-	SETEQ(ok)
-	Store(ok, ReturnIndex(0))
-	VZEROUPPER()
-	RET()
+	retFinite512(bad)
 }
 
 // q80rQuantNext moves a row quantizer on by a block of 32 values: x by 128

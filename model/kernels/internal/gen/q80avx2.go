@@ -496,6 +496,17 @@ func amaxScales256(name string, m VecVirtual, f16 bool) (d, id VecVirtual) {
 	return d, id
 }
 
+// retFinite512 returns whether no bit of the mask bad is set (no infinity
+// or NaN was seen), after VZEROUPPER.
+func retFinite512(bad Op) {
+	KORTESTW(bad, bad)
+	ok := GP8()
+	SETEQ(ok)
+	Store(ok, ReturnIndex(0))
+	VZEROUPPER()
+	RET()
+}
+
 // retFinite256 returns whether no lane of bad is set (no infinity or NaN
 // was seen), after VZEROUPPER.
 func retFinite256(bad VecVirtual) {
