@@ -581,6 +581,30 @@ func q8dot512Q6KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblo
 // q8dot512Q6KN2BW computes 2-input dot products of Q6K weights with 8-bit activations (see genQ8).
 func q8dot512Q6KN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512Q3KN1 computes 1-input dot products of Q3K weights with 8-bit activations (see genQ8).
+func q8dot512Q3KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512Q3KN1BW computes 1-input dot products of Q3K weights with 8-bit activations (see genQ8).
+func q8dot512Q3KN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512Q3KN2 computes 2-input dot products of Q3K weights with 8-bit activations (see genQ8).
+func q8dot512Q3KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512Q3KN2BW computes 2-input dot products of Q3K weights with 8-bit activations (see genQ8).
+func q8dot512Q3KN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512Q2KN1 computes 1-input dot products of Q2K weights with 8-bit activations (see genQ8).
+func q8dot512Q2KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512Q2KN1BW computes 1-input dot products of Q2K weights with 8-bit activations (see genQ8).
+func q8dot512Q2KN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512Q2KN2 computes 2-input dot products of Q2K weights with 8-bit activations (see genQ8).
+func q8dot512Q2KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512Q2KN2BW computes 2-input dot products of Q2K weights with 8-bit activations (see genQ8).
+func q8dot512Q2KN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256Q4KN1 computes 1-input dot products of Q4K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -598,6 +622,18 @@ func q8dot256Q6KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblo
 
 // q8dot256Q6KN2 computes 2-input dot products of Q6K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q6KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256Q3KN1 computes 1-input dot products of Q3K weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256Q3KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256Q3KN2 computes 2-input dot products of Q3K weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256Q3KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256Q2KN1 computes 1-input dot products of Q2K weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256Q2KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256Q2KN2 computes 2-input dot products of Q2K weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256Q2KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // quantQ8K512 quantizes nblocks blocks of 256 values of x to 8 bits at dst (see genQ8Quant).
 func quantQ8K512(x *float32, nblocks int, dst *byte) bool

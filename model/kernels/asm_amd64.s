@@ -249,6 +249,63 @@ GLOBL b30<>(SB), RODATA|NOPTR, $4
 DATA b10<>+0(SB)/4, $0x10101010
 GLOBL b10<>(SB), RODATA|NOPTR, $4
 
+DATA b03<>+0(SB)/4, $0x03030303
+GLOBL b03<>(SB), RODATA|NOPTR, $4
+
+DATA b04<>+0(SB)/4, $0x04040404
+GLOBL b04<>(SB), RODATA|NOPTR, $4
+
+DATA b20<>+0(SB)/4, $0x20202020
+GLOBL b20<>(SB), RODATA|NOPTR, $4
+
+DATA q8shq2_0<>+0(SB)/4, $0x00000000
+DATA q8shq2_0<>+4(SB)/4, $0x00000000
+DATA q8shq2_0<>+8(SB)/4, $0x00000000
+DATA q8shq2_0<>+12(SB)/4, $0x00000000
+DATA q8shq2_0<>+16(SB)/4, $0x00000000
+DATA q8shq2_0<>+20(SB)/4, $0x00000000
+DATA q8shq2_0<>+24(SB)/4, $0x00000000
+DATA q8shq2_0<>+28(SB)/4, $0x00000000
+DATA q8shq2_0<>+32(SB)/4, $0x00020002
+DATA q8shq2_0<>+36(SB)/4, $0x00020002
+DATA q8shq2_0<>+40(SB)/4, $0x00020002
+DATA q8shq2_0<>+44(SB)/4, $0x00020002
+DATA q8shq2_0<>+48(SB)/4, $0x00020002
+DATA q8shq2_0<>+52(SB)/4, $0x00020002
+DATA q8shq2_0<>+56(SB)/4, $0x00020002
+DATA q8shq2_0<>+60(SB)/4, $0x00020002
+GLOBL q8shq2_0<>(SB), RODATA|NOPTR, $64
+
+DATA q8shq2_1<>+0(SB)/4, $0x00040004
+DATA q8shq2_1<>+4(SB)/4, $0x00040004
+DATA q8shq2_1<>+8(SB)/4, $0x00040004
+DATA q8shq2_1<>+12(SB)/4, $0x00040004
+DATA q8shq2_1<>+16(SB)/4, $0x00040004
+DATA q8shq2_1<>+20(SB)/4, $0x00040004
+DATA q8shq2_1<>+24(SB)/4, $0x00040004
+DATA q8shq2_1<>+28(SB)/4, $0x00040004
+DATA q8shq2_1<>+32(SB)/4, $0x00060006
+DATA q8shq2_1<>+36(SB)/4, $0x00060006
+DATA q8shq2_1<>+40(SB)/4, $0x00060006
+DATA q8shq2_1<>+44(SB)/4, $0x00060006
+DATA q8shq2_1<>+48(SB)/4, $0x00060006
+DATA q8shq2_1<>+52(SB)/4, $0x00060006
+DATA q8shq2_1<>+56(SB)/4, $0x00060006
+DATA q8shq2_1<>+60(SB)/4, $0x00060006
+GLOBL q8shq2_1<>(SB), RODATA|NOPTR, $64
+
+DATA q3sclo<>+0(SB)/4, $0x00000000
+DATA q3sclo<>+4(SB)/4, $0x00000000
+DATA q3sclo<>+8(SB)/4, $0x00000004
+DATA q3sclo<>+12(SB)/4, $0x00000004
+GLOBL q3sclo<>(SB), RODATA|NOPTR, $16
+
+DATA q3schi<>+0(SB)/4, $0x00000000
+DATA q3schi<>+4(SB)/4, $0x00000002
+DATA q3schi<>+8(SB)/4, $0x00000004
+DATA q3schi<>+12(SB)/4, $0x00000006
+GLOBL q3schi<>(SB), RODATA|NOPTR, $16
+
 DATA q8idxq4_0<>+0(SB)/4, $0x80008000
 DATA q8idxq4_0<>+4(SB)/4, $0x80008000
 DATA q8idxq4_0<>+8(SB)/4, $0x80008000
@@ -302,6 +359,24 @@ DATA q8q5bit_0<>+52(SB)/4, $0x02020202
 DATA q8q5bit_0<>+56(SB)/4, $0x02020202
 DATA q8q5bit_0<>+60(SB)/4, $0x02020202
 GLOBL q8q5bit_0<>(SB), RODATA|NOPTR, $64
+
+DATA q3bit_0<>+0(SB)/4, $0x01010101
+DATA q3bit_0<>+4(SB)/4, $0x01010101
+DATA q3bit_0<>+8(SB)/4, $0x01010101
+DATA q3bit_0<>+12(SB)/4, $0x01010101
+DATA q3bit_0<>+16(SB)/4, $0x01010101
+DATA q3bit_0<>+20(SB)/4, $0x01010101
+DATA q3bit_0<>+24(SB)/4, $0x01010101
+DATA q3bit_0<>+28(SB)/4, $0x01010101
+DATA q3bit_0<>+32(SB)/4, $0x02020202
+DATA q3bit_0<>+36(SB)/4, $0x02020202
+DATA q3bit_0<>+40(SB)/4, $0x02020202
+DATA q3bit_0<>+44(SB)/4, $0x02020202
+DATA q3bit_0<>+48(SB)/4, $0x02020202
+DATA q3bit_0<>+52(SB)/4, $0x02020202
+DATA q3bit_0<>+56(SB)/4, $0x02020202
+DATA q3bit_0<>+60(SB)/4, $0x02020202
+GLOBL q3bit_0<>(SB), RODATA|NOPTR, $64
 
 DATA q8idxq4_1<>+0(SB)/4, $0x80028002
 DATA q8idxq4_1<>+4(SB)/4, $0x80028002
@@ -357,6 +432,24 @@ DATA q8q5bit_1<>+56(SB)/4, $0x08080808
 DATA q8q5bit_1<>+60(SB)/4, $0x08080808
 GLOBL q8q5bit_1<>(SB), RODATA|NOPTR, $64
 
+DATA q3bit_1<>+0(SB)/4, $0x04040404
+DATA q3bit_1<>+4(SB)/4, $0x04040404
+DATA q3bit_1<>+8(SB)/4, $0x04040404
+DATA q3bit_1<>+12(SB)/4, $0x04040404
+DATA q3bit_1<>+16(SB)/4, $0x04040404
+DATA q3bit_1<>+20(SB)/4, $0x04040404
+DATA q3bit_1<>+24(SB)/4, $0x04040404
+DATA q3bit_1<>+28(SB)/4, $0x04040404
+DATA q3bit_1<>+32(SB)/4, $0x08080808
+DATA q3bit_1<>+36(SB)/4, $0x08080808
+DATA q3bit_1<>+40(SB)/4, $0x08080808
+DATA q3bit_1<>+44(SB)/4, $0x08080808
+DATA q3bit_1<>+48(SB)/4, $0x08080808
+DATA q3bit_1<>+52(SB)/4, $0x08080808
+DATA q3bit_1<>+56(SB)/4, $0x08080808
+DATA q3bit_1<>+60(SB)/4, $0x08080808
+GLOBL q3bit_1<>(SB), RODATA|NOPTR, $64
+
 DATA q8idxq4_2<>+0(SB)/4, $0x80048004
 DATA q8idxq4_2<>+4(SB)/4, $0x80048004
 DATA q8idxq4_2<>+8(SB)/4, $0x80048004
@@ -411,6 +504,24 @@ DATA q8q5bit_2<>+56(SB)/4, $0x20202020
 DATA q8q5bit_2<>+60(SB)/4, $0x20202020
 GLOBL q8q5bit_2<>(SB), RODATA|NOPTR, $64
 
+DATA q3bit_2<>+0(SB)/4, $0x10101010
+DATA q3bit_2<>+4(SB)/4, $0x10101010
+DATA q3bit_2<>+8(SB)/4, $0x10101010
+DATA q3bit_2<>+12(SB)/4, $0x10101010
+DATA q3bit_2<>+16(SB)/4, $0x10101010
+DATA q3bit_2<>+20(SB)/4, $0x10101010
+DATA q3bit_2<>+24(SB)/4, $0x10101010
+DATA q3bit_2<>+28(SB)/4, $0x10101010
+DATA q3bit_2<>+32(SB)/4, $0x20202020
+DATA q3bit_2<>+36(SB)/4, $0x20202020
+DATA q3bit_2<>+40(SB)/4, $0x20202020
+DATA q3bit_2<>+44(SB)/4, $0x20202020
+DATA q3bit_2<>+48(SB)/4, $0x20202020
+DATA q3bit_2<>+52(SB)/4, $0x20202020
+DATA q3bit_2<>+56(SB)/4, $0x20202020
+DATA q3bit_2<>+60(SB)/4, $0x20202020
+GLOBL q3bit_2<>(SB), RODATA|NOPTR, $64
+
 DATA q8idxq4_3<>+0(SB)/4, $0x80068006
 DATA q8idxq4_3<>+4(SB)/4, $0x80068006
 DATA q8idxq4_3<>+8(SB)/4, $0x80068006
@@ -464,6 +575,24 @@ DATA q8q5bit_3<>+52(SB)/4, $0x80808080
 DATA q8q5bit_3<>+56(SB)/4, $0x80808080
 DATA q8q5bit_3<>+60(SB)/4, $0x80808080
 GLOBL q8q5bit_3<>(SB), RODATA|NOPTR, $64
+
+DATA q3bit_3<>+0(SB)/4, $0x40404040
+DATA q3bit_3<>+4(SB)/4, $0x40404040
+DATA q3bit_3<>+8(SB)/4, $0x40404040
+DATA q3bit_3<>+12(SB)/4, $0x40404040
+DATA q3bit_3<>+16(SB)/4, $0x40404040
+DATA q3bit_3<>+20(SB)/4, $0x40404040
+DATA q3bit_3<>+24(SB)/4, $0x40404040
+DATA q3bit_3<>+28(SB)/4, $0x40404040
+DATA q3bit_3<>+32(SB)/4, $0x80808080
+DATA q3bit_3<>+36(SB)/4, $0x80808080
+DATA q3bit_3<>+40(SB)/4, $0x80808080
+DATA q3bit_3<>+44(SB)/4, $0x80808080
+DATA q3bit_3<>+48(SB)/4, $0x80808080
+DATA q3bit_3<>+52(SB)/4, $0x80808080
+DATA q3bit_3<>+56(SB)/4, $0x80808080
+DATA q3bit_3<>+60(SB)/4, $0x80808080
+GLOBL q3bit_3<>(SB), RODATA|NOPTR, $64
 
 DATA q4ksel_0<>+0(SB)/4, $0x80808000
 DATA q4ksel_0<>+4(SB)/4, $0x80808004
@@ -88406,6 +88535,858 @@ q8dot512Q6KN2BW_blk:
 	VZEROUPPER
 	RET
 
+// func q8dot512Q3KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI, F16C
+TEXT ·q8dot512Q3KN1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b03<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q3KN1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Z6, Z6, Z6
+
+q8dot512Q3KN1_blk:
+	VMOVQ           96(BX), X7
+	VPUNPCKLQDQ     X7, X7, X7
+	VPSRLVD         q3sclo<>+0(SB), X7, X7
+	VPBROADCASTD    104(BX), X8
+	VPSRLVD         q3schi<>+0(SB), X8, X8
+	VPANDD.BCST     b03<>+0(SB), X8, X8
+	VPSLLD          $0x04, X8, X8
+	VPTERNLOGD      $0xf8, X0, X7, X8
+	VPBROADCASTD    b20<>+0(SB), X7
+	VPSUBB          X7, X8, X8
+	VPMOVSXBW       X8, Y8
+	VPSLLW          $0x02, Y8, Y7
+	VPMADDWD        256(SI), Y7, Y9
+	VBROADCASTI64X4 (BX), Z7
+	VPBROADCASTD    b04<>+0(SB), Z10
+	VBROADCASTI64X4 32(BX), Z11
+	VPSRLVW         q8shq2_0<>+0(SB), Z11, Z11
+	VPANDD          Z1, Z11, Z11
+	VPTESTMB        q3bit_0<>+0(SB), Z7, K1
+	VPADDB          Z10, Z11, K1, Z11
+	VPERMW          Z8, Z2, Z12
+	VPMADDUBSW      (SI), Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VBROADCASTI64X4 32(BX), Z12
+	VPSRLVW         q8shq2_1<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPTESTMB        q3bit_1<>+0(SB), Z7, K1
+	VPADDB          Z10, Z12, K1, Z12
+	VPERMW          Z8, Z3, Z13
+	VPMADDUBSW      64(SI), Z12, Z12
+	VPDPWSSD        Z13, Z12, Z11
+	VBROADCASTI64X4 64(BX), Z12
+	VPSRLVW         q8shq2_0<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPTESTMB        q3bit_2<>+0(SB), Z7, K1
+	VPADDB          Z10, Z12, K1, Z12
+	VPERMW          Z8, Z4, Z13
+	VPMADDUBSW      128(SI), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VBROADCASTI64X4 64(BX), Z13
+	VPSRLVW         q8shq2_1<>+0(SB), Z13, Z13
+	VPANDD          Z1, Z13, Z13
+	VPTESTMB        q3bit_3<>+0(SB), Z7, K1
+	VPADDB          Z10, Z13, K1, Z13
+	VPERMW          Z8, Z5, Z7
+	VPMADDUBSW      192(SI), Z13, Z10
+	VPDPWSSD        Z7, Z10, Z12
+	VPBROADCASTW    108(BX), X8
+	VCVTPH2PS       X8, X8
+	VPSUBD          Z9, Z11, Z11
+	VPADDD          Z12, Z11, Z7
+	VEXTRACTI64X4   $0x01, Z7, Y9
+	VPADDD          Y9, Y7, Y7
+	VEXTRACTI32X4   $0x01, Y7, X9
+	VPADDD          X9, X7, X7
+	VPSHUFD         $0x4e, X7, X9
+	VPADDD          X9, X7, X7
+	VPSHUFD         $0xb1, X7, X9
+	VPADDD          X9, X7, X7
+	VCVTDQ2PS       X7, X7
+	VMULPS.BCST     304(SI), X8, X8
+	VMULSS          X8, X7, X7
+	VADDSS          X7, X6, X6
+	ADDQ            $0x0000006e, BX
+	ADDQ            $0x00000140, SI
+	DECQ            DI
+	JNZ             q8dot512Q3KN1_blk
+	MOVQ            DX, BX
+	VMOVSS          X6, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q3KN1_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q3KN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, F16C
+TEXT ·q8dot512Q3KN1BW(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b03<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q3KN1BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Z6, Z6, Z6
+
+q8dot512Q3KN1BW_blk:
+	VMOVQ           96(BX), X7
+	VPUNPCKLQDQ     X7, X7, X7
+	VPSRLVD         q3sclo<>+0(SB), X7, X7
+	VPBROADCASTD    104(BX), X8
+	VPSRLVD         q3schi<>+0(SB), X8, X8
+	VPANDD.BCST     b03<>+0(SB), X8, X8
+	VPSLLD          $0x04, X8, X8
+	VPTERNLOGD      $0xf8, X0, X7, X8
+	VPBROADCASTD    b20<>+0(SB), X7
+	VPSUBB          X7, X8, X8
+	VPMOVSXBW       X8, Y8
+	VPSLLW          $0x02, Y8, Y7
+	VPMADDWD        256(SI), Y7, Y9
+	VBROADCASTI64X4 (BX), Z7
+	VPBROADCASTD    b04<>+0(SB), Z10
+	VBROADCASTI64X4 32(BX), Z11
+	VPSRLVW         q8shq2_0<>+0(SB), Z11, Z11
+	VPANDD          Z1, Z11, Z11
+	VPTESTMB        q3bit_0<>+0(SB), Z7, K1
+	VPADDB          Z10, Z11, K1, Z11
+	VPERMW          Z8, Z2, Z12
+	VPMADDUBSW      (SI), Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VBROADCASTI64X4 32(BX), Z12
+	VPSRLVW         q8shq2_1<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPTESTMB        q3bit_1<>+0(SB), Z7, K1
+	VPADDB          Z10, Z12, K1, Z12
+	VPERMW          Z8, Z3, Z13
+	VPMADDUBSW      64(SI), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VPADDD          Z12, Z11, Z11
+	VBROADCASTI64X4 64(BX), Z12
+	VPSRLVW         q8shq2_0<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPTESTMB        q3bit_2<>+0(SB), Z7, K1
+	VPADDB          Z10, Z12, K1, Z12
+	VPERMW          Z8, Z4, Z13
+	VPMADDUBSW      128(SI), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VBROADCASTI64X4 64(BX), Z13
+	VPSRLVW         q8shq2_1<>+0(SB), Z13, Z13
+	VPANDD          Z1, Z13, Z13
+	VPTESTMB        q3bit_3<>+0(SB), Z7, K1
+	VPADDB          Z10, Z13, K1, Z13
+	VPERMW          Z8, Z5, Z7
+	VPMADDUBSW      192(SI), Z13, Z10
+	VPMADDWD        Z7, Z10, Z7
+	VPADDD          Z7, Z12, Z12
+	VPBROADCASTW    108(BX), X8
+	VCVTPH2PS       X8, X8
+	VPSUBD          Z9, Z11, Z11
+	VPADDD          Z12, Z11, Z7
+	VEXTRACTI64X4   $0x01, Z7, Y9
+	VPADDD          Y9, Y7, Y7
+	VEXTRACTI32X4   $0x01, Y7, X9
+	VPADDD          X9, X7, X7
+	VPSHUFD         $0x4e, X7, X9
+	VPADDD          X9, X7, X7
+	VPSHUFD         $0xb1, X7, X9
+	VPADDD          X9, X7, X7
+	VCVTDQ2PS       X7, X7
+	VMULPS.BCST     304(SI), X8, X8
+	VMULSS          X8, X7, X7
+	VADDSS          X7, X6, X6
+	ADDQ            $0x0000006e, BX
+	ADDQ            $0x00000140, SI
+	DECQ            DI
+	JNZ             q8dot512Q3KN1BW_blk
+	MOVQ            DX, BX
+	VMOVSS          X6, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q3KN1BW_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q3KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI, F16C
+TEXT ·q8dot512Q3KN2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b03<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q3KN2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+
+q8dot512Q3KN2_blk:
+	VMOVQ           96(BX), X8
+	VPUNPCKLQDQ     X8, X8, X8
+	VPSRLVD         q3sclo<>+0(SB), X8, X8
+	VPBROADCASTD    104(BX), X9
+	VPSRLVD         q3schi<>+0(SB), X9, X9
+	VPANDD.BCST     b03<>+0(SB), X9, X9
+	VPSLLD          $0x04, X9, X9
+	VPTERNLOGD      $0xf8, X0, X8, X9
+	VPBROADCASTD    b20<>+0(SB), X8
+	VPSUBB          X8, X9, X9
+	VPMOVSXBW       X9, Y9
+	VPSLLW          $0x02, Y9, Y8
+	VPMADDWD        256(SI), Y8, Y10
+	VPMADDWD        256(SI)(DI*1), Y8, Y11
+	VBROADCASTI64X4 (BX), Z8
+	VPBROADCASTD    b04<>+0(SB), Z14
+	VBROADCASTI64X4 32(BX), Z12
+	VPSRLVW         q8shq2_0<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPTESTMB        q3bit_0<>+0(SB), Z8, K1
+	VPADDB          Z14, Z12, K1, Z12
+	VPERMW          Z9, Z2, Z13
+	VPMADDUBSW      (SI), Z12, Z15
+	VPMADDWD        Z13, Z15, Z15
+	VPMADDUBSW      (SI)(DI*1), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VBROADCASTI64X4 32(BX), Z13
+	VPSRLVW         q8shq2_1<>+0(SB), Z13, Z13
+	VPANDD          Z1, Z13, Z13
+	VPTESTMB        q3bit_1<>+0(SB), Z8, K1
+	VPADDB          Z14, Z13, K1, Z13
+	VPERMW          Z9, Z3, Z16
+	VPMADDUBSW      64(SI), Z13, Z17
+	VPDPWSSD        Z16, Z17, Z15
+	VPMADDUBSW      64(SI)(DI*1), Z13, Z13
+	VPDPWSSD        Z16, Z13, Z12
+	VBROADCASTI64X4 64(BX), Z13
+	VPSRLVW         q8shq2_0<>+0(SB), Z13, Z13
+	VPANDD          Z1, Z13, Z13
+	VPTESTMB        q3bit_2<>+0(SB), Z8, K1
+	VPADDB          Z14, Z13, K1, Z13
+	VPERMW          Z9, Z4, Z17
+	VPMADDUBSW      128(SI), Z13, Z16
+	VPMADDWD        Z17, Z16, Z16
+	VPMADDUBSW      128(SI)(DI*1), Z13, Z13
+	VPMADDWD        Z17, Z13, Z13
+	VBROADCASTI64X4 64(BX), Z17
+	VPSRLVW         q8shq2_1<>+0(SB), Z17, Z17
+	VPANDD          Z1, Z17, Z17
+	VPTESTMB        q3bit_3<>+0(SB), Z8, K1
+	VPADDB          Z14, Z17, K1, Z17
+	VPERMW          Z9, Z5, Z8
+	VPMADDUBSW      192(SI), Z17, Z14
+	VPDPWSSD        Z8, Z14, Z16
+	VPMADDUBSW      192(SI)(DI*1), Z17, Z14
+	VPDPWSSD        Z8, Z14, Z13
+	VPBROADCASTW    108(BX), X9
+	VCVTPH2PS       X9, X9
+	VPSUBD          Z10, Z15, Z15
+	VPADDD          Z16, Z15, Z8
+	VEXTRACTI64X4   $0x01, Z8, Y10
+	VPADDD          Y10, Y8, Y8
+	VEXTRACTI32X4   $0x01, Y8, X10
+	VPADDD          X10, X8, X8
+	VPSHUFD         $0x4e, X8, X10
+	VPADDD          X10, X8, X8
+	VPSHUFD         $0xb1, X8, X10
+	VPADDD          X10, X8, X8
+	VCVTDQ2PS       X8, X8
+	VMULPS.BCST     304(SI), X9, X10
+	VMULSS          X10, X8, X8
+	VADDSS          X8, X6, X6
+	VPSUBD          Z11, Z12, Z12
+	VPADDD          Z13, Z12, Z8
+	VEXTRACTI64X4   $0x01, Z8, Y10
+	VPADDD          Y10, Y8, Y8
+	VEXTRACTI32X4   $0x01, Y8, X10
+	VPADDD          X10, X8, X8
+	VPSHUFD         $0x4e, X8, X10
+	VPADDD          X10, X8, X8
+	VPSHUFD         $0xb1, X8, X10
+	VPADDD          X10, X8, X8
+	VCVTDQ2PS       X8, X8
+	VMULPS.BCST     304(SI)(DI*1), X9, X9
+	VMULSS          X9, X8, X8
+	VADDSS          X8, X7, X7
+	ADDQ            $0x0000006e, BX
+	ADDQ            $0x00000140, SI
+	DECQ            R8
+	JNZ             q8dot512Q3KN2_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VMOVSS          X6, (SI)
+	ADDQ            BX, SI
+	VMOVSS          X7, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q3KN2_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q3KN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, F16C
+TEXT ·q8dot512Q3KN2BW(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b03<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q3KN2BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+
+q8dot512Q3KN2BW_blk:
+	VMOVQ           96(BX), X8
+	VPUNPCKLQDQ     X8, X8, X8
+	VPSRLVD         q3sclo<>+0(SB), X8, X8
+	VPBROADCASTD    104(BX), X9
+	VPSRLVD         q3schi<>+0(SB), X9, X9
+	VPANDD.BCST     b03<>+0(SB), X9, X9
+	VPSLLD          $0x04, X9, X9
+	VPTERNLOGD      $0xf8, X0, X8, X9
+	VPBROADCASTD    b20<>+0(SB), X8
+	VPSUBB          X8, X9, X9
+	VPMOVSXBW       X9, Y9
+	VPSLLW          $0x02, Y9, Y8
+	VPMADDWD        256(SI), Y8, Y10
+	VPMADDWD        256(SI)(DI*1), Y8, Y11
+	VBROADCASTI64X4 (BX), Z8
+	VPBROADCASTD    b04<>+0(SB), Z14
+	VBROADCASTI64X4 32(BX), Z12
+	VPSRLVW         q8shq2_0<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPTESTMB        q3bit_0<>+0(SB), Z8, K1
+	VPADDB          Z14, Z12, K1, Z12
+	VPERMW          Z9, Z2, Z13
+	VPMADDUBSW      (SI), Z12, Z15
+	VPMADDWD        Z13, Z15, Z15
+	VPMADDUBSW      (SI)(DI*1), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VBROADCASTI64X4 32(BX), Z13
+	VPSRLVW         q8shq2_1<>+0(SB), Z13, Z13
+	VPANDD          Z1, Z13, Z13
+	VPTESTMB        q3bit_1<>+0(SB), Z8, K1
+	VPADDB          Z14, Z13, K1, Z13
+	VPERMW          Z9, Z3, Z16
+	VPMADDUBSW      64(SI), Z13, Z17
+	VPMADDWD        Z16, Z17, Z17
+	VPADDD          Z17, Z15, Z15
+	VPMADDUBSW      64(SI)(DI*1), Z13, Z13
+	VPMADDWD        Z16, Z13, Z13
+	VPADDD          Z13, Z12, Z12
+	VBROADCASTI64X4 64(BX), Z13
+	VPSRLVW         q8shq2_0<>+0(SB), Z13, Z13
+	VPANDD          Z1, Z13, Z13
+	VPTESTMB        q3bit_2<>+0(SB), Z8, K1
+	VPADDB          Z14, Z13, K1, Z13
+	VPERMW          Z9, Z4, Z17
+	VPMADDUBSW      128(SI), Z13, Z16
+	VPMADDWD        Z17, Z16, Z16
+	VPMADDUBSW      128(SI)(DI*1), Z13, Z13
+	VPMADDWD        Z17, Z13, Z13
+	VBROADCASTI64X4 64(BX), Z17
+	VPSRLVW         q8shq2_1<>+0(SB), Z17, Z17
+	VPANDD          Z1, Z17, Z17
+	VPTESTMB        q3bit_3<>+0(SB), Z8, K1
+	VPADDB          Z14, Z17, K1, Z17
+	VPERMW          Z9, Z5, Z8
+	VPMADDUBSW      192(SI), Z17, Z14
+	VPMADDWD        Z8, Z14, Z14
+	VPADDD          Z14, Z16, Z16
+	VPMADDUBSW      192(SI)(DI*1), Z17, Z14
+	VPMADDWD        Z8, Z14, Z8
+	VPADDD          Z8, Z13, Z13
+	VPBROADCASTW    108(BX), X9
+	VCVTPH2PS       X9, X9
+	VPSUBD          Z10, Z15, Z15
+	VPADDD          Z16, Z15, Z8
+	VEXTRACTI64X4   $0x01, Z8, Y10
+	VPADDD          Y10, Y8, Y8
+	VEXTRACTI32X4   $0x01, Y8, X10
+	VPADDD          X10, X8, X8
+	VPSHUFD         $0x4e, X8, X10
+	VPADDD          X10, X8, X8
+	VPSHUFD         $0xb1, X8, X10
+	VPADDD          X10, X8, X8
+	VCVTDQ2PS       X8, X8
+	VMULPS.BCST     304(SI), X9, X10
+	VMULSS          X10, X8, X8
+	VADDSS          X8, X6, X6
+	VPSUBD          Z11, Z12, Z12
+	VPADDD          Z13, Z12, Z8
+	VEXTRACTI64X4   $0x01, Z8, Y10
+	VPADDD          Y10, Y8, Y8
+	VEXTRACTI32X4   $0x01, Y8, X10
+	VPADDD          X10, X8, X8
+	VPSHUFD         $0x4e, X8, X10
+	VPADDD          X10, X8, X8
+	VPSHUFD         $0xb1, X8, X10
+	VPADDD          X10, X8, X8
+	VCVTDQ2PS       X8, X8
+	VMULPS.BCST     304(SI)(DI*1), X9, X9
+	VMULSS          X9, X8, X8
+	VADDSS          X8, X7, X7
+	ADDQ            $0x0000006e, BX
+	ADDQ            $0x00000140, SI
+	DECQ            R8
+	JNZ             q8dot512Q3KN2BW_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VMOVSS          X6, (SI)
+	ADDQ            BX, SI
+	VMOVSS          X7, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q3KN2BW_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q2KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI, F16C
+TEXT ·q8dot512Q2KN1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b03<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q2KN1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Z6, Z6, Z6
+
+q8dot512Q2KN1_blk:
+	VMOVDQU         (BX), X7
+	VPANDD          X0, X7, X9
+	VPMOVZXBW       X9, Y8
+	VPSRLW          $0x04, X7, X9
+	VPANDD          X0, X9, X9
+	VPMOVZXBW       X9, Y7
+	VBROADCASTI64X4 16(BX), Z9
+	VPSRLVW         q8shq2_0<>+0(SB), Z9, Z9
+	VPANDD          Z1, Z9, Z9
+	VPERMW          Z8, Z2, Z10
+	VPMADDUBSW      (SI), Z9, Z9
+	VPMADDWD        Z10, Z9, Z9
+	VBROADCASTI64X4 16(BX), Z10
+	VPSRLVW         q8shq2_1<>+0(SB), Z10, Z10
+	VPANDD          Z1, Z10, Z10
+	VPERMW          Z8, Z3, Z11
+	VPMADDUBSW      64(SI), Z10, Z10
+	VPDPWSSD        Z11, Z10, Z9
+	VBROADCASTI64X4 48(BX), Z10
+	VPSRLVW         q8shq2_0<>+0(SB), Z10, Z10
+	VPANDD          Z1, Z10, Z10
+	VPERMW          Z8, Z4, Z11
+	VPMADDUBSW      128(SI), Z10, Z10
+	VPMADDWD        Z11, Z10, Z10
+	VBROADCASTI64X4 48(BX), Z11
+	VPSRLVW         q8shq2_1<>+0(SB), Z11, Z11
+	VPANDD          Z1, Z11, Z11
+	VPERMW          Z8, Z5, Z12
+	VPMADDUBSW      192(SI), Z11, Z11
+	VPDPWSSD        Z12, Z11, Z10
+	VPBROADCASTD    80(BX), X8
+	VCVTPH2PS       X8, X8
+	VPMADDWD        256(SI), Y7, Y11
+	VEXTRACTI32X4   $0x01, Y11, X7
+	VPADDD          X7, X11, X11
+	VPADDD          Z10, Z9, Z7
+	VEXTRACTI64X4   $0x01, Z7, Y9
+	VPADDD          Y9, Y7, Y7
+	VEXTRACTI32X4   $0x01, Y7, X9
+	VPADDD          X9, X7, X7
+	VPUNPCKLDQ      X11, X7, X9
+	VPUNPCKHDQ      X11, X7, X7
+	VPADDD          X7, X9, X9
+	VPSHUFD         $0x4e, X9, X7
+	VPADDD          X7, X9, X9
+	VCVTDQ2PS       X9, X9
+	VMULPS.BCST     304(SI), X8, X7
+	VMULPS          X7, X9, X9
+	VADDSS          X9, X6, X6
+	VMOVSHDUP       X9, X7
+	VSUBSS          X7, X6, X6
+	ADDQ            $0x00000054, BX
+	ADDQ            $0x00000140, SI
+	DECQ            DI
+	JNZ             q8dot512Q2KN1_blk
+	MOVQ            DX, BX
+	VMOVSS          X6, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q2KN1_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q2KN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, F16C
+TEXT ·q8dot512Q2KN1BW(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b03<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q2KN1BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Z6, Z6, Z6
+
+q8dot512Q2KN1BW_blk:
+	VMOVDQU         (BX), X7
+	VPANDD          X0, X7, X9
+	VPMOVZXBW       X9, Y8
+	VPSRLW          $0x04, X7, X9
+	VPANDD          X0, X9, X9
+	VPMOVZXBW       X9, Y7
+	VBROADCASTI64X4 16(BX), Z9
+	VPSRLVW         q8shq2_0<>+0(SB), Z9, Z9
+	VPANDD          Z1, Z9, Z9
+	VPERMW          Z8, Z2, Z10
+	VPMADDUBSW      (SI), Z9, Z9
+	VPMADDWD        Z10, Z9, Z9
+	VBROADCASTI64X4 16(BX), Z10
+	VPSRLVW         q8shq2_1<>+0(SB), Z10, Z10
+	VPANDD          Z1, Z10, Z10
+	VPERMW          Z8, Z3, Z11
+	VPMADDUBSW      64(SI), Z10, Z10
+	VPMADDWD        Z11, Z10, Z10
+	VPADDD          Z10, Z9, Z9
+	VBROADCASTI64X4 48(BX), Z10
+	VPSRLVW         q8shq2_0<>+0(SB), Z10, Z10
+	VPANDD          Z1, Z10, Z10
+	VPERMW          Z8, Z4, Z11
+	VPMADDUBSW      128(SI), Z10, Z10
+	VPMADDWD        Z11, Z10, Z10
+	VBROADCASTI64X4 48(BX), Z11
+	VPSRLVW         q8shq2_1<>+0(SB), Z11, Z11
+	VPANDD          Z1, Z11, Z11
+	VPERMW          Z8, Z5, Z12
+	VPMADDUBSW      192(SI), Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VPADDD          Z11, Z10, Z10
+	VPBROADCASTD    80(BX), X8
+	VCVTPH2PS       X8, X8
+	VPMADDWD        256(SI), Y7, Y11
+	VEXTRACTI32X4   $0x01, Y11, X7
+	VPADDD          X7, X11, X11
+	VPADDD          Z10, Z9, Z7
+	VEXTRACTI64X4   $0x01, Z7, Y9
+	VPADDD          Y9, Y7, Y7
+	VEXTRACTI32X4   $0x01, Y7, X9
+	VPADDD          X9, X7, X7
+	VPUNPCKLDQ      X11, X7, X9
+	VPUNPCKHDQ      X11, X7, X7
+	VPADDD          X7, X9, X9
+	VPSHUFD         $0x4e, X9, X7
+	VPADDD          X7, X9, X9
+	VCVTDQ2PS       X9, X9
+	VMULPS.BCST     304(SI), X8, X7
+	VMULPS          X7, X9, X9
+	VADDSS          X9, X6, X6
+	VMOVSHDUP       X9, X7
+	VSUBSS          X7, X6, X6
+	ADDQ            $0x00000054, BX
+	ADDQ            $0x00000140, SI
+	DECQ            DI
+	JNZ             q8dot512Q2KN1BW_blk
+	MOVQ            DX, BX
+	VMOVSS          X6, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q2KN1BW_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q2KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI, F16C
+TEXT ·q8dot512Q2KN2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b03<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q2KN2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+
+q8dot512Q2KN2_blk:
+	VMOVDQU         (BX), X8
+	VPANDD          X0, X8, X10
+	VPMOVZXBW       X10, Y9
+	VPSRLW          $0x04, X8, X10
+	VPANDD          X0, X10, X10
+	VPMOVZXBW       X10, Y10
+	VBROADCASTI64X4 16(BX), Z11
+	VPSRLVW         q8shq2_0<>+0(SB), Z11, Z11
+	VPANDD          Z1, Z11, Z11
+	VPERMW          Z9, Z2, Z12
+	VPMADDUBSW      (SI), Z11, Z8
+	VPMADDWD        Z12, Z8, Z8
+	VPMADDUBSW      (SI)(DI*1), Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VBROADCASTI64X4 16(BX), Z12
+	VPSRLVW         q8shq2_1<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPERMW          Z9, Z3, Z13
+	VPMADDUBSW      64(SI), Z12, Z14
+	VPDPWSSD        Z13, Z14, Z8
+	VPMADDUBSW      64(SI)(DI*1), Z12, Z12
+	VPDPWSSD        Z13, Z12, Z11
+	VBROADCASTI64X4 48(BX), Z12
+	VPSRLVW         q8shq2_0<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPERMW          Z9, Z4, Z14
+	VPMADDUBSW      128(SI), Z12, Z13
+	VPMADDWD        Z14, Z13, Z13
+	VPMADDUBSW      128(SI)(DI*1), Z12, Z12
+	VPMADDWD        Z14, Z12, Z12
+	VBROADCASTI64X4 48(BX), Z14
+	VPSRLVW         q8shq2_1<>+0(SB), Z14, Z14
+	VPANDD          Z1, Z14, Z14
+	VPERMW          Z9, Z5, Z15
+	VPMADDUBSW      192(SI), Z14, Z16
+	VPDPWSSD        Z15, Z16, Z13
+	VPMADDUBSW      192(SI)(DI*1), Z14, Z14
+	VPDPWSSD        Z15, Z14, Z12
+	VPBROADCASTD    80(BX), X9
+	VCVTPH2PS       X9, X9
+	VPMADDWD        256(SI), Y10, Y14
+	VEXTRACTI32X4   $0x01, Y14, X15
+	VPADDD          X15, X14, X14
+	VPADDD          Z13, Z8, Z8
+	VEXTRACTI64X4   $0x01, Z8, Y13
+	VPADDD          Y13, Y8, Y8
+	VEXTRACTI32X4   $0x01, Y8, X13
+	VPADDD          X13, X8, X8
+	VPUNPCKLDQ      X14, X8, X13
+	VPUNPCKHDQ      X14, X8, X8
+	VPADDD          X8, X13, X13
+	VPSHUFD         $0x4e, X13, X8
+	VPADDD          X8, X13, X13
+	VCVTDQ2PS       X13, X13
+	VMULPS.BCST     304(SI), X9, X8
+	VMULPS          X8, X13, X13
+	VADDSS          X13, X6, X6
+	VMOVSHDUP       X13, X8
+	VSUBSS          X8, X6, X6
+	VPMADDWD        256(SI)(DI*1), Y10, Y8
+	VEXTRACTI32X4   $0x01, Y8, X10
+	VPADDD          X10, X8, X8
+	VPADDD          Z12, Z11, Z10
+	VEXTRACTI64X4   $0x01, Z10, Y11
+	VPADDD          Y11, Y10, Y10
+	VEXTRACTI32X4   $0x01, Y10, X11
+	VPADDD          X11, X10, X10
+	VPUNPCKLDQ      X8, X10, X11
+	VPUNPCKHDQ      X8, X10, X8
+	VPADDD          X8, X11, X11
+	VPSHUFD         $0x4e, X11, X8
+	VPADDD          X8, X11, X11
+	VCVTDQ2PS       X11, X11
+	VMULPS.BCST     304(SI)(DI*1), X9, X8
+	VMULPS          X8, X11, X11
+	VADDSS          X11, X7, X7
+	VMOVSHDUP       X11, X8
+	VSUBSS          X8, X7, X7
+	ADDQ            $0x00000054, BX
+	ADDQ            $0x00000140, SI
+	DECQ            R8
+	JNZ             q8dot512Q2KN2_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VMOVSS          X6, (SI)
+	ADDQ            BX, SI
+	VMOVSS          X7, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q2KN2_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q2KN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, F16C
+TEXT ·q8dot512Q2KN2BW(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b03<>+0(SB), Z1
+	VMOVDQU64    q8idxq6_0<>+0(SB), Z2
+	VMOVDQU64    q8idxq6_1<>+0(SB), Z3
+	VMOVDQU64    q8idxq6_2<>+0(SB), Z4
+	VMOVDQU64    q8idxq6_3<>+0(SB), Z5
+
+q8dot512Q2KN2BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+
+q8dot512Q2KN2BW_blk:
+	VMOVDQU         (BX), X8
+	VPANDD          X0, X8, X10
+	VPMOVZXBW       X10, Y9
+	VPSRLW          $0x04, X8, X10
+	VPANDD          X0, X10, X10
+	VPMOVZXBW       X10, Y10
+	VBROADCASTI64X4 16(BX), Z11
+	VPSRLVW         q8shq2_0<>+0(SB), Z11, Z11
+	VPANDD          Z1, Z11, Z11
+	VPERMW          Z9, Z2, Z12
+	VPMADDUBSW      (SI), Z11, Z8
+	VPMADDWD        Z12, Z8, Z8
+	VPMADDUBSW      (SI)(DI*1), Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VBROADCASTI64X4 16(BX), Z12
+	VPSRLVW         q8shq2_1<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPERMW          Z9, Z3, Z13
+	VPMADDUBSW      64(SI), Z12, Z14
+	VPMADDWD        Z13, Z14, Z14
+	VPADDD          Z14, Z8, Z8
+	VPMADDUBSW      64(SI)(DI*1), Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VPADDD          Z12, Z11, Z11
+	VBROADCASTI64X4 48(BX), Z12
+	VPSRLVW         q8shq2_0<>+0(SB), Z12, Z12
+	VPANDD          Z1, Z12, Z12
+	VPERMW          Z9, Z4, Z14
+	VPMADDUBSW      128(SI), Z12, Z13
+	VPMADDWD        Z14, Z13, Z13
+	VPMADDUBSW      128(SI)(DI*1), Z12, Z12
+	VPMADDWD        Z14, Z12, Z12
+	VBROADCASTI64X4 48(BX), Z14
+	VPSRLVW         q8shq2_1<>+0(SB), Z14, Z14
+	VPANDD          Z1, Z14, Z14
+	VPERMW          Z9, Z5, Z15
+	VPMADDUBSW      192(SI), Z14, Z16
+	VPMADDWD        Z15, Z16, Z16
+	VPADDD          Z16, Z13, Z13
+	VPMADDUBSW      192(SI)(DI*1), Z14, Z14
+	VPMADDWD        Z15, Z14, Z14
+	VPADDD          Z14, Z12, Z12
+	VPBROADCASTD    80(BX), X9
+	VCVTPH2PS       X9, X9
+	VPMADDWD        256(SI), Y10, Y14
+	VEXTRACTI32X4   $0x01, Y14, X15
+	VPADDD          X15, X14, X14
+	VPADDD          Z13, Z8, Z8
+	VEXTRACTI64X4   $0x01, Z8, Y13
+	VPADDD          Y13, Y8, Y8
+	VEXTRACTI32X4   $0x01, Y8, X13
+	VPADDD          X13, X8, X8
+	VPUNPCKLDQ      X14, X8, X13
+	VPUNPCKHDQ      X14, X8, X8
+	VPADDD          X8, X13, X13
+	VPSHUFD         $0x4e, X13, X8
+	VPADDD          X8, X13, X13
+	VCVTDQ2PS       X13, X13
+	VMULPS.BCST     304(SI), X9, X8
+	VMULPS          X8, X13, X13
+	VADDSS          X13, X6, X6
+	VMOVSHDUP       X13, X8
+	VSUBSS          X8, X6, X6
+	VPMADDWD        256(SI)(DI*1), Y10, Y8
+	VEXTRACTI32X4   $0x01, Y8, X10
+	VPADDD          X10, X8, X8
+	VPADDD          Z12, Z11, Z10
+	VEXTRACTI64X4   $0x01, Z10, Y11
+	VPADDD          Y11, Y10, Y10
+	VEXTRACTI32X4   $0x01, Y10, X11
+	VPADDD          X11, X10, X10
+	VPUNPCKLDQ      X8, X10, X11
+	VPUNPCKHDQ      X8, X10, X8
+	VPADDD          X8, X11, X11
+	VPSHUFD         $0x4e, X11, X8
+	VPADDD          X8, X11, X11
+	VCVTDQ2PS       X11, X11
+	VMULPS.BCST     304(SI)(DI*1), X9, X8
+	VMULPS          X8, X11, X11
+	VADDSS          X11, X7, X7
+	VMOVSHDUP       X11, X8
+	VSUBSS          X8, X7, X7
+	ADDQ            $0x00000054, BX
+	ADDQ            $0x00000140, SI
+	DECQ            R8
+	JNZ             q8dot512Q2KN2BW_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VMOVSS          X6, (SI)
+	ADDQ            BX, SI
+	VMOVSS          X7, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q2KN2BW_row
+	VZEROUPPER
+	RET
+
 // func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 // Requires: AVX, AVX2, F16C
 TEXT ·q8dot256Q4KN1(SB), NOSPLIT, $0-64
@@ -89339,6 +90320,647 @@ q8dot256Q6KN2_blk:
 	ADDQ         AX, CX
 	DECQ         nrows+16(FP)
 	JNZ          q8dot256Q6KN2_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q3KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q3KN1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VPBROADCASTD b03<>+0(SB), Y2
+
+q8dot256Q3KN1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Y1, Y1, Y1
+
+q8dot256Q3KN1_blk:
+	VMOVQ        96(BX), X3
+	VPUNPCKLQDQ  X3, X3, X3
+	VPSRLVD      q3sclo<>+0(SB), X3, X3
+	VPAND        X0, X3, X3
+	VPBROADCASTD 104(BX), X4
+	VPSRLVD      q3schi<>+0(SB), X4, X4
+	VPAND        X2, X4, X4
+	VPSLLD       $0x04, X4, X4
+	VPOR         X3, X4, X4
+	VPBROADCASTD b20<>+0(SB), X3
+	VPSUBB       X3, X4, X4
+	VPMOVSXBW    X4, Y3
+	VPMADDWD     256(SI), Y3, Y4
+	VPSLLD       $0x02, Y4, Y4
+	VPXOR        Y5, Y5, Y5
+	VPSUBD       Y4, Y5, Y4
+	VMOVDQU      (BX), Y5
+	VPBROADCASTD b04<>+0(SB), Y6
+	VPAND        32(BX), Y2, Y7
+	VPSLLW       $0x02, Y5, Y8
+	VPAND        Y6, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VMOVDQU      q6perm_0<>+0(SB), Y8
+	VPERMD       Y3, Y8, Y8
+	VPSHUFB      q6lane<>+0(SB), Y8, Y8
+	VPMADDUBSW   (SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VMOVDQU      32(BX), Y7
+	VPSRLW       $0x02, Y7, Y7
+	VPAND        Y2, Y7, Y7
+	VPSLLW       $0x01, Y5, Y8
+	VPAND        Y6, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VMOVDQU      q6perm_1<>+0(SB), Y8
+	VPERMD       Y3, Y8, Y8
+	VPSHUFB      q6lane<>+0(SB), Y8, Y8
+	VPMADDUBSW   32(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VMOVDQU      32(BX), Y7
+	VPSRLW       $0x04, Y7, Y7
+	VPAND        Y2, Y7, Y7
+	VMOVDQU      Y5, Y8
+	VPAND        Y6, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VMOVDQU      q6perm_2<>+0(SB), Y8
+	VPERMD       Y3, Y8, Y8
+	VPSHUFB      q6lane<>+0(SB), Y8, Y8
+	VPMADDUBSW   64(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VMOVDQU      32(BX), Y7
+	VPSRLW       $0x06, Y7, Y7
+	VPAND        Y2, Y7, Y7
+	VPSRLW       $0x01, Y5, Y8
+	VPAND        Y6, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VMOVDQU      q6perm_3<>+0(SB), Y8
+	VPERMD       Y3, Y8, Y8
+	VPSHUFB      q6lane<>+0(SB), Y8, Y8
+	VPMADDUBSW   96(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VPAND        64(BX), Y2, Y7
+	VPSRLW       $0x02, Y5, Y8
+	VPAND        Y6, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VMOVDQU      q6perm_4<>+0(SB), Y8
+	VPERMD       Y3, Y8, Y8
+	VPSHUFB      q6lane<>+0(SB), Y8, Y8
+	VPMADDUBSW   128(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VMOVDQU      64(BX), Y7
+	VPSRLW       $0x02, Y7, Y7
+	VPAND        Y2, Y7, Y7
+	VPSRLW       $0x03, Y5, Y8
+	VPAND        Y6, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VMOVDQU      q6perm_5<>+0(SB), Y8
+	VPERMD       Y3, Y8, Y8
+	VPSHUFB      q6lane<>+0(SB), Y8, Y8
+	VPMADDUBSW   160(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VMOVDQU      64(BX), Y7
+	VPSRLW       $0x04, Y7, Y7
+	VPAND        Y2, Y7, Y7
+	VPSRLW       $0x04, Y5, Y8
+	VPAND        Y6, Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VMOVDQU      q6perm_6<>+0(SB), Y8
+	VPERMD       Y3, Y8, Y8
+	VPSHUFB      q6lane<>+0(SB), Y8, Y8
+	VPMADDUBSW   192(SI), Y7, Y7
+	VPMADDWD     Y8, Y7, Y7
+	VPADDD       Y7, Y4, Y4
+	VMOVDQU      64(BX), Y7
+	VPSRLW       $0x06, Y7, Y7
+	VPAND        Y2, Y7, Y7
+	VPSRLW       $0x05, Y5, Y5
+	VPAND        Y6, Y5, Y5
+	VPOR         Y5, Y7, Y7
+	VMOVDQU      q6perm_7<>+0(SB), Y5
+	VPERMD       Y3, Y5, Y5
+	VPSHUFB      q6lane<>+0(SB), Y5, Y5
+	VPMADDUBSW   224(SI), Y7, Y3
+	VPMADDWD     Y5, Y3, Y3
+	VPADDD       Y3, Y4, Y4
+	VPBROADCASTW 108(BX), X3
+	VCVTPH2PS    X3, X3
+	VEXTRACTI128 $0x01, Y4, X5
+	VPADDD       X5, X4, X4
+	VPSHUFD      $0x4e, X4, X5
+	VPADDD       X5, X4, X4
+	VPSHUFD      $0xb1, X4, X5
+	VPADDD       X5, X4, X4
+	VCVTDQ2PS    X4, X4
+	VBROADCASTSS 304(SI), X5
+	VMULPS       X3, X5, X5
+	VMULSS       X5, X4, X4
+	VADDSS       X4, X1, X1
+	ADDQ         $0x0000006e, BX
+	ADDQ         $0x00000140, SI
+	DECQ         DI
+	JNZ          q8dot256Q3KN1_blk
+	MOVQ         DX, BX
+	VMOVSS       X1, (BX)
+	ADDQ         $0x04, DX
+	ADDQ         AX, CX
+	DECQ         nrows+16(FP)
+	JNZ          q8dot256Q3KN1_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q3KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q3KN2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VPBROADCASTD b03<>+0(SB), Y3
+
+q8dot256Q3KN2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+
+q8dot256Q3KN2_blk:
+	VMOVQ        96(BX), X4
+	VPUNPCKLQDQ  X4, X4, X4
+	VPSRLVD      q3sclo<>+0(SB), X4, X4
+	VPAND        X0, X4, X4
+	VPBROADCASTD 104(BX), X5
+	VPSRLVD      q3schi<>+0(SB), X5, X5
+	VPAND        X3, X5, X5
+	VPSLLD       $0x04, X5, X5
+	VPOR         X4, X5, X5
+	VPBROADCASTD b20<>+0(SB), X4
+	VPSUBB       X4, X5, X5
+	VPMOVSXBW    X5, Y4
+	VPMADDWD     256(SI), Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPXOR        Y6, Y6, Y6
+	VPSUBD       Y5, Y6, Y5
+	VPMADDWD     256(SI)(DI*1), Y4, Y6
+	VPSLLD       $0x02, Y6, Y6
+	VPXOR        Y7, Y7, Y7
+	VPSUBD       Y6, Y7, Y6
+	VMOVDQU      (BX), Y7
+	VPBROADCASTD b04<>+0(SB), Y8
+	VPAND        32(BX), Y3, Y9
+	VPSLLW       $0x02, Y7, Y10
+	VPAND        Y8, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VMOVDQU      q6perm_0<>+0(SB), Y10
+	VPERMD       Y4, Y10, Y10
+	VPSHUFB      q6lane<>+0(SB), Y10, Y10
+	VPMADDUBSW   (SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPMADDUBSW   (SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y6, Y6
+	VMOVDQU      32(BX), Y9
+	VPSRLW       $0x02, Y9, Y9
+	VPAND        Y3, Y9, Y9
+	VPSLLW       $0x01, Y7, Y10
+	VPAND        Y8, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VMOVDQU      q6perm_1<>+0(SB), Y10
+	VPERMD       Y4, Y10, Y10
+	VPSHUFB      q6lane<>+0(SB), Y10, Y10
+	VPMADDUBSW   32(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPMADDUBSW   32(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y6, Y6
+	VMOVDQU      32(BX), Y9
+	VPSRLW       $0x04, Y9, Y9
+	VPAND        Y3, Y9, Y9
+	VMOVDQU      Y7, Y10
+	VPAND        Y8, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VMOVDQU      q6perm_2<>+0(SB), Y10
+	VPERMD       Y4, Y10, Y10
+	VPSHUFB      q6lane<>+0(SB), Y10, Y10
+	VPMADDUBSW   64(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPMADDUBSW   64(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y6, Y6
+	VMOVDQU      32(BX), Y9
+	VPSRLW       $0x06, Y9, Y9
+	VPAND        Y3, Y9, Y9
+	VPSRLW       $0x01, Y7, Y10
+	VPAND        Y8, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VMOVDQU      q6perm_3<>+0(SB), Y10
+	VPERMD       Y4, Y10, Y10
+	VPSHUFB      q6lane<>+0(SB), Y10, Y10
+	VPMADDUBSW   96(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPMADDUBSW   96(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y6, Y6
+	VPAND        64(BX), Y3, Y9
+	VPSRLW       $0x02, Y7, Y10
+	VPAND        Y8, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VMOVDQU      q6perm_4<>+0(SB), Y10
+	VPERMD       Y4, Y10, Y10
+	VPSHUFB      q6lane<>+0(SB), Y10, Y10
+	VPMADDUBSW   128(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPMADDUBSW   128(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y6, Y6
+	VMOVDQU      64(BX), Y9
+	VPSRLW       $0x02, Y9, Y9
+	VPAND        Y3, Y9, Y9
+	VPSRLW       $0x03, Y7, Y10
+	VPAND        Y8, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VMOVDQU      q6perm_5<>+0(SB), Y10
+	VPERMD       Y4, Y10, Y10
+	VPSHUFB      q6lane<>+0(SB), Y10, Y10
+	VPMADDUBSW   160(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPMADDUBSW   160(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y6, Y6
+	VMOVDQU      64(BX), Y9
+	VPSRLW       $0x04, Y9, Y9
+	VPAND        Y3, Y9, Y9
+	VPSRLW       $0x04, Y7, Y10
+	VPAND        Y8, Y10, Y10
+	VPOR         Y10, Y9, Y9
+	VMOVDQU      q6perm_6<>+0(SB), Y10
+	VPERMD       Y4, Y10, Y10
+	VPSHUFB      q6lane<>+0(SB), Y10, Y10
+	VPMADDUBSW   192(SI), Y9, Y11
+	VPMADDWD     Y10, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPMADDUBSW   192(SI)(DI*1), Y9, Y9
+	VPMADDWD     Y10, Y9, Y9
+	VPADDD       Y9, Y6, Y6
+	VMOVDQU      64(BX), Y9
+	VPSRLW       $0x06, Y9, Y9
+	VPAND        Y3, Y9, Y9
+	VPSRLW       $0x05, Y7, Y7
+	VPAND        Y8, Y7, Y7
+	VPOR         Y7, Y9, Y9
+	VMOVDQU      q6perm_7<>+0(SB), Y7
+	VPERMD       Y4, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   224(SI), Y9, Y4
+	VPMADDWD     Y7, Y4, Y4
+	VPADDD       Y4, Y5, Y5
+	VPMADDUBSW   224(SI)(DI*1), Y9, Y4
+	VPMADDWD     Y7, Y4, Y4
+	VPADDD       Y4, Y6, Y6
+	VPBROADCASTW 108(BX), X4
+	VCVTPH2PS    X4, X4
+	VEXTRACTI128 $0x01, Y5, X7
+	VPADDD       X7, X5, X5
+	VPSHUFD      $0x4e, X5, X7
+	VPADDD       X7, X5, X5
+	VPSHUFD      $0xb1, X5, X7
+	VPADDD       X7, X5, X5
+	VCVTDQ2PS    X5, X5
+	VBROADCASTSS 304(SI), X7
+	VMULPS       X4, X7, X7
+	VMULSS       X7, X5, X5
+	VADDSS       X5, X1, X1
+	VEXTRACTI128 $0x01, Y6, X5
+	VPADDD       X5, X6, X6
+	VPSHUFD      $0x4e, X6, X5
+	VPADDD       X5, X6, X6
+	VPSHUFD      $0xb1, X6, X5
+	VPADDD       X5, X6, X6
+	VCVTDQ2PS    X6, X6
+	VBROADCASTSS 304(SI)(DI*1), X5
+	VMULPS       X4, X5, X5
+	VMULSS       X5, X6, X6
+	VADDSS       X6, X2, X2
+	ADDQ         $0x0000006e, BX
+	ADDQ         $0x00000140, SI
+	DECQ         R8
+	JNZ          q8dot256Q3KN2_blk
+	MOVQ         ostride+56(FP), BX
+	MOVQ         DX, SI
+	VMOVSS       X1, (SI)
+	ADDQ         BX, SI
+	VMOVSS       X2, (SI)
+	ADDQ         $0x04, DX
+	ADDQ         AX, CX
+	DECQ         nrows+16(FP)
+	JNZ          q8dot256Q3KN2_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q2KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q2KN1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VPBROADCASTD b03<>+0(SB), Y2
+
+q8dot256Q2KN1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Y1, Y1, Y1
+
+q8dot256Q2KN1_blk:
+	VMOVDQU      (BX), X4
+	VPAND        X0, X4, X5
+	VPMOVZXBW    X5, Y3
+	VPSRLW       $0x04, X4, X5
+	VPAND        X0, X5, X5
+	VPMOVZXBW    X5, Y5
+	VPXOR        Y4, Y4, Y4
+	VPAND        16(BX), Y2, Y6
+	VMOVDQU      q6perm_0<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   (SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VMOVDQU      16(BX), Y6
+	VPSRLW       $0x02, Y6, Y6
+	VPAND        Y2, Y6, Y6
+	VMOVDQU      q6perm_1<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   32(SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VMOVDQU      16(BX), Y6
+	VPSRLW       $0x04, Y6, Y6
+	VPAND        Y2, Y6, Y6
+	VMOVDQU      q6perm_2<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   64(SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VMOVDQU      16(BX), Y6
+	VPSRLW       $0x06, Y6, Y6
+	VPAND        Y2, Y6, Y6
+	VMOVDQU      q6perm_3<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   96(SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VPAND        48(BX), Y2, Y6
+	VMOVDQU      q6perm_4<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   128(SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VMOVDQU      48(BX), Y6
+	VPSRLW       $0x02, Y6, Y6
+	VPAND        Y2, Y6, Y6
+	VMOVDQU      q6perm_5<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   160(SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VMOVDQU      48(BX), Y6
+	VPSRLW       $0x04, Y6, Y6
+	VPAND        Y2, Y6, Y6
+	VMOVDQU      q6perm_6<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   192(SI), Y6, Y6
+	VPMADDWD     Y7, Y6, Y6
+	VPADDD       Y6, Y4, Y4
+	VMOVDQU      48(BX), Y6
+	VPSRLW       $0x06, Y6, Y6
+	VPAND        Y2, Y6, Y6
+	VMOVDQU      q6perm_7<>+0(SB), Y7
+	VPERMD       Y3, Y7, Y7
+	VPSHUFB      q6lane<>+0(SB), Y7, Y7
+	VPMADDUBSW   224(SI), Y6, Y3
+	VPMADDWD     Y7, Y3, Y3
+	VPADDD       Y3, Y4, Y4
+	VPBROADCASTD 80(BX), X3
+	VCVTPH2PS    X3, X3
+	VPMADDWD     256(SI), Y5, Y5
+	VEXTRACTI128 $0x01, Y5, X6
+	VPADDD       X6, X5, X5
+	VEXTRACTI128 $0x01, Y4, X6
+	VPADDD       X6, X4, X4
+	VPUNPCKLDQ   X5, X4, X6
+	VPUNPCKHDQ   X5, X4, X4
+	VPADDD       X4, X6, X6
+	VPSHUFD      $0x4e, X6, X4
+	VPADDD       X4, X6, X6
+	VCVTDQ2PS    X6, X6
+	VBROADCASTSS 304(SI), X4
+	VMULPS       X3, X4, X4
+	VMULPS       X4, X6, X6
+	VADDSS       X6, X1, X1
+	VMOVSHDUP    X6, X4
+	VSUBSS       X4, X1, X1
+	ADDQ         $0x00000054, BX
+	ADDQ         $0x00000140, SI
+	DECQ         DI
+	JNZ          q8dot256Q2KN1_blk
+	MOVQ         DX, BX
+	VMOVSS       X1, (BX)
+	ADDQ         $0x04, DX
+	ADDQ         AX, CX
+	DECQ         nrows+16(FP)
+	JNZ          q8dot256Q2KN1_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q2KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q2KN2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VPBROADCASTD b03<>+0(SB), Y3
+
+q8dot256Q2KN2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+
+q8dot256Q2KN2_blk:
+	VMOVDQU      (BX), X5
+	VPAND        X0, X5, X6
+	VPMOVZXBW    X6, Y4
+	VPSRLW       $0x04, X5, X6
+	VPAND        X0, X6, X6
+	VPMOVZXBW    X6, Y7
+	VPXOR        Y5, Y5, Y5
+	VPXOR        Y6, Y6, Y6
+	VPAND        16(BX), Y3, Y8
+	VMOVDQU      q6perm_0<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   (SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   (SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VMOVDQU      16(BX), Y8
+	VPSRLW       $0x02, Y8, Y8
+	VPAND        Y3, Y8, Y8
+	VMOVDQU      q6perm_1<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   32(SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   32(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VMOVDQU      16(BX), Y8
+	VPSRLW       $0x04, Y8, Y8
+	VPAND        Y3, Y8, Y8
+	VMOVDQU      q6perm_2<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   64(SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   64(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VMOVDQU      16(BX), Y8
+	VPSRLW       $0x06, Y8, Y8
+	VPAND        Y3, Y8, Y8
+	VMOVDQU      q6perm_3<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   96(SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   96(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VPAND        48(BX), Y3, Y8
+	VMOVDQU      q6perm_4<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   128(SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   128(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VMOVDQU      48(BX), Y8
+	VPSRLW       $0x02, Y8, Y8
+	VPAND        Y3, Y8, Y8
+	VMOVDQU      q6perm_5<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   160(SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   160(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VMOVDQU      48(BX), Y8
+	VPSRLW       $0x04, Y8, Y8
+	VPAND        Y3, Y8, Y8
+	VMOVDQU      q6perm_6<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   192(SI), Y8, Y10
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y5, Y5
+	VPMADDUBSW   192(SI)(DI*1), Y8, Y8
+	VPMADDWD     Y9, Y8, Y8
+	VPADDD       Y8, Y6, Y6
+	VMOVDQU      48(BX), Y8
+	VPSRLW       $0x06, Y8, Y8
+	VPAND        Y3, Y8, Y8
+	VMOVDQU      q6perm_7<>+0(SB), Y9
+	VPERMD       Y4, Y9, Y9
+	VPSHUFB      q6lane<>+0(SB), Y9, Y9
+	VPMADDUBSW   224(SI), Y8, Y4
+	VPMADDWD     Y9, Y4, Y4
+	VPADDD       Y4, Y5, Y5
+	VPMADDUBSW   224(SI)(DI*1), Y8, Y4
+	VPMADDWD     Y9, Y4, Y4
+	VPADDD       Y4, Y6, Y6
+	VPBROADCASTD 80(BX), X4
+	VCVTPH2PS    X4, X4
+	VPMADDWD     256(SI), Y7, Y8
+	VEXTRACTI128 $0x01, Y8, X9
+	VPADDD       X9, X8, X8
+	VEXTRACTI128 $0x01, Y5, X9
+	VPADDD       X9, X5, X5
+	VPUNPCKLDQ   X8, X5, X9
+	VPUNPCKHDQ   X8, X5, X5
+	VPADDD       X5, X9, X9
+	VPSHUFD      $0x4e, X9, X5
+	VPADDD       X5, X9, X9
+	VCVTDQ2PS    X9, X9
+	VBROADCASTSS 304(SI), X5
+	VMULPS       X4, X5, X5
+	VMULPS       X5, X9, X9
+	VADDSS       X9, X1, X1
+	VMOVSHDUP    X9, X5
+	VSUBSS       X5, X1, X1
+	VPMADDWD     256(SI)(DI*1), Y7, Y5
+	VEXTRACTI128 $0x01, Y5, X7
+	VPADDD       X7, X5, X5
+	VEXTRACTI128 $0x01, Y6, X7
+	VPADDD       X7, X6, X6
+	VPUNPCKLDQ   X5, X6, X7
+	VPUNPCKHDQ   X5, X6, X5
+	VPADDD       X5, X7, X7
+	VPSHUFD      $0x4e, X7, X5
+	VPADDD       X5, X7, X7
+	VCVTDQ2PS    X7, X7
+	VBROADCASTSS 304(SI)(DI*1), X5
+	VMULPS       X4, X5, X5
+	VMULPS       X5, X7, X7
+	VADDSS       X7, X2, X2
+	VMOVSHDUP    X7, X5
+	VSUBSS       X5, X2, X2
+	ADDQ         $0x00000054, BX
+	ADDQ         $0x00000140, SI
+	DECQ         R8
+	JNZ          q8dot256Q2KN2_blk
+	MOVQ         ostride+56(FP), BX
+	MOVQ         DX, SI
+	VMOVSS       X1, (SI)
+	ADDQ         BX, SI
+	VMOVSS       X2, (SI)
+	ADDQ         $0x04, DX
+	ADDQ         AX, CX
+	DECQ         nrows+16(FP)
+	JNZ          q8dot256Q2KN2_row
 	VZEROUPPER
 	RET
 

@@ -30,12 +30,16 @@ var q8Kernels = [tensor.NumDTypes][3]q8Fn{
 	tensor.Q4_K: {1: q8dot512Q4KN1, 2: q8dot512Q4KN2},
 	tensor.Q5_K: {1: q8dot512Q5KN1, 2: q8dot512Q5KN2},
 	tensor.Q6_K: {1: q8dot512Q6KN1, 2: q8dot512Q6KN2},
+	tensor.Q3_K: {1: q8dot512Q3KN1, 2: q8dot512Q3KN2},
+	tensor.Q2_K: {1: q8dot512Q2KN1, 2: q8dot512Q2KN2},
 }
 
 var q8KernelsBW = [tensor.NumDTypes][3]q8Fn{
 	tensor.Q4_K: {1: q8dot512Q4KN1BW, 2: q8dot512Q4KN2BW},
 	tensor.Q5_K: {1: q8dot512Q5KN1BW, 2: q8dot512Q5KN2BW},
 	tensor.Q6_K: {1: q8dot512Q6KN1BW, 2: q8dot512Q6KN2BW},
+	tensor.Q3_K: {1: q8dot512Q3KN1BW, 2: q8dot512Q3KN2BW},
+	tensor.Q2_K: {1: q8dot512Q2KN1BW, 2: q8dot512Q2KN2BW},
 }
 
 // q8Kernels256 are the AVX2 integer kernels (the same bits as q8Kernels),
@@ -44,6 +48,8 @@ var q8Kernels256 = [tensor.NumDTypes][3]q8Fn{
 	tensor.Q4_K: {1: q8dot256Q4KN1, 2: q8dot256Q4KN2},
 	tensor.Q5_K: {1: q8dot256Q5KN1, 2: q8dot256Q5KN2},
 	tensor.Q6_K: {1: q8dot256Q6KN1, 2: q8dot256Q6KN2},
+	tensor.Q3_K: {1: q8dot256Q3KN1, 2: q8dot256Q3KN2},
+	tensor.Q2_K: {1: q8dot256Q2KN1, 2: q8dot256Q2KN2},
 }
 
 // q8LevelKernels returns the integer kernels of dt at level lvl (nil

@@ -9,6 +9,10 @@ import (
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
+// q8DTypes are the weight types with integer kernels on 8-bit activations
+// (quantizeQ8K's blocks).
+var q8DTypes = []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q3_K, tensor.Q2_K}
+
 // TestMatMulQ8 checks the integer kernels against their plain twin
 // (matMulQ8Ref: the same bits) and against the
 // float32 reference within the error of 8-bit activations.
@@ -22,7 +26,7 @@ func TestMatMulQ8(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 11))
 	var vnni [][]float32
 	var cases [][2]any
-	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
+	for _, dt := range q8DTypes {
 		w := randMatrix(rng, dt, 37, 768)
 		x := randVec(rng, 3*768)
 		out := make([]float32, 3*37)
@@ -48,7 +52,7 @@ func TestMatMulQ8(t *testing.T) {
 
 func testMatMulQ8(t *testing.T) {
 	rng := rand.New(rand.NewPCG(8, 8))
-	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
+	for _, dt := range q8DTypes {
 		for _, rows := range []int{1, 3, 4, 7, 33, 260} {
 			for _, cols := range []int{256, 768, 1536} {
 				w := randMatrix(rng, dt, rows, cols)
@@ -267,7 +271,7 @@ func TestToBF16(t *testing.T) {
 	}
 }
 
-// TestMatMulQ8AVX2: the AVX2 integer kernels (Q4_K, Q5_K, Q6_K) give the plain
+// TestMatMulQ8AVX2: the AVX2 integer kernels (q8DTypes) give the plain
 // twin's bits, and so the AVX-512 kernels' bits, wherever the AVX2 level
 // runs.
 func TestMatMulQ8AVX2(t *testing.T) {
@@ -278,7 +282,7 @@ func TestMatMulQ8AVX2(t *testing.T) {
 	defer SetKernelLevel(prev)
 	defer SetQ8Activations(SetQ8Activations(true))
 	rng := rand.New(rand.NewPCG(12, 12))
-	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
+	for _, dt := range q8DTypes {
 		for _, rows := range []int{1, 7, 33} {
 			for _, cols := range []int{256, 1536} {
 				w := randMatrix(rng, dt, rows, cols)

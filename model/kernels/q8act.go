@@ -67,7 +67,11 @@ func Q8Activations() bool { return q8Act.Load() }
 
 // q8DType reports whether dt has integer kernels.
 func q8DType(dt tensor.DType) bool {
-	return dt == tensor.Q4_K || dt == tensor.Q5_K || dt == tensor.Q6_K
+	switch dt {
+	case tensor.Q2_K, tensor.Q3_K, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K:
+		return true
+	}
+	return false
 }
 
 // q8Tiny: blocks whose largest |x| is below it quantize to zero (so that
@@ -225,6 +229,34 @@ func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 				isum += int32(int8(blk[192+v/16])) * (q - 32) * qx(v)
 			}
 			acc += float32(float32(isum) * float32(dx*d)) // as q6BlockScalar
+		case tensor.Q3_K:
+			blk := row[b*110 : (b+1)*110]
+			d := tensor.F16ToF32(binary.LittleEndian.Uint16(blk[108:]))
+			sc := tensor.Q3KScales(blk[96:108])
+			var isum int32
+			for v := 0; v < 256; v++ {
+				n, j, l := v/128, v%128/32, v%32
+				u := int32(blk[32+32*n+l]>>(2*j)&3) | int32(blk[l]>>(4*n+j)&1)<<2
+				isum += (int32(sc[v/16]) - 32) * (u - 4) * qx(v)
+			}
+			acc += float32(float32(isum) * float32(dx*d)) // as q6BlockScalar
+		case tensor.Q2_K:
+			blk := row[b*84 : (b+1)*84]
+			d := tensor.F16ToF32(binary.LittleEndian.Uint16(blk[80:]))
+			dmin := tensor.F16ToF32(binary.LittleEndian.Uint16(blk[82:]))
+			var isum, msum int32
+			for j := 0; j < 16; j++ {
+				var s, sx int32
+				for v := 16 * j; v < 16*j+16; v++ {
+					n, jj, l := v/128, v%128/32, v%32
+					s += int32(blk[16+32*n+l]>>(2*jj)&3) * qx(v)
+					sx += qx(v)
+				}
+				isum += int32(blk[j]&15) * s
+				msum += int32(blk[j]>>4) * sx
+			}
+			acc += float32(float32(isum) * float32(dx*d)) // as q8BlockScalar
+			acc -= float32(float32(msum) * float32(dx*dmin))
 		default:
 			panic("kernels: dotQ8Ref of " + dt.String())
 		}

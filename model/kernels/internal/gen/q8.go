@@ -37,7 +37,7 @@ const (
 )
 
 // q8Dtypes are the weight types with integer kernels.
-var q8Dtypes = []dtype{dQ4K, dQ5K, dQ6K}
+var q8Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K}
 
 // q8MaxN is the largest number of input rows per integer kernel call.
 const q8MaxN = 2
@@ -52,6 +52,13 @@ var (
 	cQ8IdxQ6 [4]Mem // VPERMW indices: chunk c's scales 4c..4c+3 (x8 each)
 	cQ8Q5Bit [4]Mem // bytes: chunk c's fifth-bit masks in qh, 1<<2c (x32), 1<<(2c+1) (x32)
 	cB10     Mem    // dword 0x10101010
+	cB03     Mem    // dword 0x03030303
+	cB04     Mem    // dword 0x04040404
+	cB20     Mem    // dword 0x20202020
+	cQ8ShQ2  [2]Mem // words: 0 x16, 2 x16; 4 x16, 6 x16 (VPSRLVW: a chunk's two 2-bit fields)
+	cQ3Bit   [4]Mem // bytes: chunk c's third-bit masks in hmask, 1<<(2c) x32, 1<<(2c+1) x32
+	cQ3ScLo  Mem    // dwords 0, 0, 4, 4 (VPSRLVD: the Q3_K scales' low nibbles)
+	cQ3ScHi  Mem    // dwords 0, 2, 4, 6 (VPSRLVD: their high bit pairs)
 )
 
 func genQ8Consts() {
@@ -62,6 +69,13 @@ func genQ8Consts() {
 	cB0F = data32("b0f", 0x0F0F0F0F)
 	cB30 = data32("b30", 0x30303030)
 	cB10 = data32("b10", 0x10101010)
+	cB03 = data32("b03", 0x03030303)
+	cB04 = data32("b04", 0x04040404)
+	cB20 = data32("b20", 0x20202020)
+	cQ8ShQ2[0] = data32("q8shq2_0", append(rep(0, 8), rep(w2(2), 8)...)...)
+	cQ8ShQ2[1] = data32("q8shq2_1", append(rep(w2(4), 8), rep(w2(6), 8)...)...)
+	cQ3ScLo = data32("q3sclo", 0, 0, 4, 4)
+	cQ3ScHi = data32("q3schi", 0, 2, 4, 6)
 	for c := 0; c < 4; c++ {
 		a, b := uint32(2*c), uint32(2*c+1)
 		// Word = scale byte (then 0x80: a zero high byte).
@@ -73,6 +87,10 @@ func genQ8Consts() {
 		cQ8IdxQ6[c] = data32(fmt.Sprintf("q8idxq6_%d", c), v...)
 		lo, hi := uint32(1)<<(2*c), uint32(1)<<(2*c+1)
 		cQ8Q5Bit[c] = data32(fmt.Sprintf("q8q5bit_%d", c), append(rep(lo*0x01010101, 8), rep(hi*0x01010101, 8)...)...)
+		// Chunk c of a Q3_K block: values 64c.., half n = c/2, fields j
+		// = 2(c%2) and j+1, whose third bits are bits 4n+j, 4n+j+1 = 2c,
+		// 2c+1 of hmask.
+		cQ3Bit[c] = data32(fmt.Sprintf("q3bit_%d", c), append(rep(lo*0x01010101, 8), rep(hi*0x01010101, 8)...)...)
 	}
 }
 
@@ -141,6 +159,10 @@ func genQ8(d dtype, N int, vnni bool) {
 		bb = 176
 	case dQ6K:
 		bb = 210
+	case dQ3K:
+		bb = 110
+	case dQ2K:
+		bb = 84
 	default:
 		panic("genQ8: " + d.String())
 	}
@@ -158,11 +180,14 @@ func genQ8(d dtype, N int, vnni bool) {
 	case dQ5K:
 		c30 = ZMM() // 0x10 bytes: the fifth bit
 		VPBROADCASTD(cB10, c30)
+	case dQ3K, dQ2K:
+		c30 = ZMM() // 0x03 bytes: a 2-bit field
+		VPBROADCASTD(cB03, c30)
 	}
 	var idx [4]VecVirtual
 	for c := range idx {
 		idx[c] = ZMM()
-		if d != dQ6K {
+		if d == dQ4K || d == dQ5K {
 			VMOVDQU64(cQ8IdxQ4[c], idx[c])
 		} else {
 			VMOVDQU64(cQ8IdxQ6[c], idx[c])
@@ -183,6 +208,10 @@ func genQ8(d dtype, N int, vnni bool) {
 			q8RowQ4K(d, N, rowMem, xMem, c0F, c30, idx, isum, acc)
 		case dQ6K:
 			q8RowQ6K(N, rowMem, xMem, c0F, c30, idx, isum, acc)
+		case dQ3K:
+			q8RowQ3K(N, rowMem, xMem, c0F, c30, idx, isum, acc)
+		case dQ2K:
+			q8RowQ2K(N, rowMem, xMem, c0F, c30, idx, isum, acc)
 		}
 	})
 	VZEROUPPER()
@@ -412,6 +441,137 @@ func q6BlockScalar(isum, dv VecVirtual, dx Mem, acc VecVirtual) {
 	VMULPS_BCST(dx, dv.AsX(), f.AsX()) // d·d_x
 	VMULSS(f.AsX(), isum.AsX(), isum.AsX())
 	VADDSS(isum.AsX(), acc.AsX(), acc.AsX())
+}
+
+// q3kScalesX decodes a Q3_K block's 16 6-bit scales (12 bytes at sc) into
+// an xmm of 16 int8, each less 32 (t, c0F: scratch and 0x0F bytes). Scale
+// j's low nibble is nibble j/8 of byte j%8, its high bits bits 2(j/4),
+// 2(j/4)+1 of byte 8+j%4.
+func q3kScalesX(sc func(off int) Mem, c0F VecVirtual) VecVirtual {
+	v, t := XMM(), XMM()
+	VMOVQ(sc(0), v)
+	VPUNPCKLQDQ(v, v, v)   // bytes 0-7 twice
+	VPSRLVD(cQ3ScLo, v, v) // low nibbles of scales 0-7, then 8-15 (in bits 0-3)
+	VPBROADCASTD(sc(8), t)
+	VPSRLVD(cQ3ScHi, t, t) // high bit pairs of scales 4k..4k+3 in bits 0-1 of dword k
+	VPANDD_BCST(cB03, t, t)
+	VPSLLD(U8(4), t, t)
+	VPTERNLOGD(U8(0xF8), c0F.AsX(), v, t) // t |= v & 0x0F
+	b20 := XMM()
+	VPBROADCASTD(cB20, b20)
+	VPSUBB(b20, t, t)
+	return t
+}
+
+// q8RowQ3K adds row r's block to acc[i]: dx_i·d·Σ_g sc_g·Σ (u−4)·x_i.
+//
+// Q3_K block: hmask[32] at 0, 64 bytes of 2-bit fields at 32, 12 bytes of
+// 6-bit scales at 96 (biased by 32), d (f16) at 108. Value 128n+32j+l
+// (l < 32) has u = (qs[32n+l] >> 2j)&3 | ((hmask[l] >> (4n+j))&1) << 2 and
+// sub-block (128n+32j+l)/16, so chunk c (values 64c..64c+63) is fields j =
+// 2(c%2) and j+1 of qs bytes 32(c/2).., with third bits 2c, 2c+1 of hmask.
+// The −4 is taken off as 4·Σ_g sc_g·Σ_{16 values} x, as Q6_K's −32.
+func q8RowQ3K(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c03 VecVirtual, idx [4]VecVirtual, isum, acc []VecVirtual) {
+	sc8 := q3kScalesX(func(off int) Mem { return rowMem(96 + off) }, c0F)
+	tab := ZMM()
+	VPMOVSXBW(sc8, tab.AsY())
+	mo := make([]VecVirtual, N)
+	sc4 := ZMM()
+	VPSLLW(U8(2), tab.AsY(), sc4.AsY())
+	for i := 0; i < N; i++ {
+		mo[i] = ZMM()
+		VPMADDWD(xMem(i, q8xBsum16), sc4.AsY(), mo[i].AsY())
+	}
+	hm := ZMM()
+	VBROADCASTI64X4(rowMem(0), hm)
+	c04 := ZMM()
+	VPBROADCASTD(cB04, c04)
+	hs := make([][2]VecVirtual, N)
+	for i := range hs {
+		hs[i] = [2]VecVirtual{ZMM(), ZMM()}
+	}
+	for c := 0; c < 4; c++ {
+		h, part := c/2, c%2
+		u := ZMM()
+		VBROADCASTI64X4(rowMem(32+32*h), u)
+		VPSRLVW(cQ8ShQ2[part], u, u)
+		VPANDD(c03, u, u)
+		k := K()
+		VPTESTMB(cQ3Bit[c], hm, k)
+		VPADDB(c04, u, k, u) // the third bit: +4 where set
+		scv := ZMM()
+		VPERMW(tab, idx[c], scv)
+		for i := 0; i < N; i++ {
+			p := ZMM()
+			VPMADDUBSW(xMem(i, 64*c), u, p)
+			if part == 0 {
+				VPMADDWD(scv, p, hs[i][h])
+			} else {
+				dpwssd(scv, p, hs[i][h])
+			}
+		}
+	}
+	dv := ZMM()
+	VPBROADCASTW(rowMem(108), dv.AsX())
+	VCVTPH2PS(dv.AsX(), dv.AsX())
+	for i := 0; i < N; i++ {
+		VPSUBD(mo[i], hs[i][0], hs[i][0])
+		VPADDD(hs[i][1], hs[i][0], isum[i])
+		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
+	}
+}
+
+// q8RowQ2K adds row r's block to acc[i]:
+//
+//	dx_i · (d·Σ_g sc_g·Σ q·x_i − dmin·Σ_g m_g·Σ x_i)
+//
+// Q2_K block: 16 bytes at 0 (sub-block g's scale in the low nibble of byte
+// g, its min in the high), 64 bytes of 2-bit fields at 16 (qs, as Q3_K's),
+// d and dmin (f16) at 80 and 82.
+func q8RowQ2K(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c03 VecVirtual, idx [4]VecVirtual, isum, acc []VecVirtual) {
+	raw, t := XMM(), XMM()
+	VMOVDQU(rowMem(0), raw)
+	VPANDD(c0F.AsX(), raw, t)
+	tab := ZMM()
+	VPMOVZXBW(t, tab.AsY())
+	VPSRLW(U8(4), raw, t)
+	VPANDD(c0F.AsX(), t, t)
+	mins := ZMM()
+	VPMOVZXBW(t, mins.AsY())
+	hs := make([][2]VecVirtual, N)
+	for i := range hs {
+		hs[i] = [2]VecVirtual{ZMM(), ZMM()}
+	}
+	for c := 0; c < 4; c++ {
+		h, part := c/2, c%2
+		u := ZMM()
+		VBROADCASTI64X4(rowMem(16+32*h), u)
+		VPSRLVW(cQ8ShQ2[part], u, u)
+		VPANDD(c03, u, u)
+		scv := ZMM()
+		VPERMW(tab, idx[c], scv)
+		for i := 0; i < N; i++ {
+			p := ZMM()
+			VPMADDUBSW(xMem(i, 64*c), u, p)
+			if part == 0 {
+				VPMADDWD(scv, p, hs[i][h])
+			} else {
+				dpwssd(scv, p, hs[i][h])
+			}
+		}
+	}
+	dd := ZMM()
+	VPBROADCASTD(rowMem(80), dd.AsX())
+	VCVTPH2PS(dd.AsX(), dd.AsX())
+	for i := 0; i < N; i++ {
+		ms := ZMM()
+		VPMADDWD(xMem(i, q8xBsum16), mins.AsY(), ms.AsY())
+		tt := ZMM()
+		VEXTRACTI32X4(U8(1), ms.AsY(), tt.AsX())
+		VPADDD(tt.AsX(), ms.AsX(), ms.AsX())
+		VPADDD(hs[i][1], hs[i][0], isum[i])
+		q8BlockScalar(isum[i], ms, dd, xMem(i, q8xD), acc[i])
+	}
 }
 
 var (

@@ -20,7 +20,7 @@ import (
 // q8dot256<dtype>N<N> (genQ8AVX2) has genQ8's signature and meaning.
 
 // q8AVX2Dtypes are the weight types with AVX2 integer kernels.
-var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K}
+var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K}
 
 var (
 	cQ6Perm [8]Mem // VPERMD: every dword = dword a of the source (the scale pair 2a, 2a+1)
@@ -64,6 +64,16 @@ func genQ8AVX2(d dtype, N int) {
 		VPBROADCASTD(cB30, c30)
 		q8Rows(N, name, 210, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
 			q8RowQ6K256(N, rowMem, xMem, c0F, c30, acc)
+		})
+	case dQ3K, dQ2K:
+		c03 := YMM()
+		VPBROADCASTD(cB03, c03)
+		bb := 110
+		if d == dQ2K {
+			bb = 84
+		}
+		q8Rows(N, name, bb, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
+			q8RowQ23K256(d, N, rowMem, xMem, c0F, c03, acc)
 		})
 	default:
 		panic("genQ8AVX2: " + d.String())
@@ -242,4 +252,113 @@ func q6BlockScalar256(isum, dv VecVirtual, dx Mem, acc VecVirtual) {
 	VMULPS(dv, f, f) // d·d_x
 	VMULSS(f, isum.AsX(), isum.AsX())
 	VADDSS(isum.AsX(), acc.AsX(), acc.AsX())
+}
+
+// q8RowQ23K256 adds a Q3_K or Q2_K block of a row to acc[i] (q8RowQ3K's and
+// q8RowQ2K's layouts and results), 32 values per ymm: field j of half n is
+// bits 2j, 2j+1 of the 2-bit bytes 32n.. (for Q3_K with bit 4n+j of hmask
+// as the third bit), sub-blocks 8n+2j (low lane) and 8n+2j+1 (high lane).
+// The block's integer sums are reduced and scaled as q6BlockScalar (Q3_K)
+// and q8BlockScalar (Q2_K) do it.
+func q8RowQ23K256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c03 VecVirtual, acc []VecVirtual) {
+	sc16 := YMM() // the 16 scales as int16 (low lane 0..7, high lane 8..15)
+	isum := make([]VecVirtual, N)
+	for i := range isum {
+		isum[i] = YMM()
+	}
+	var mins, hm, c04 VecVirtual
+	qs := 16
+	if d == dQ3K {
+		qs = 32
+		// Scale j's low nibble is nibble j/8 of byte j%8, its high bits
+		// bits 2(j/4), 2(j/4)+1 of byte 8+j%4; less 32.
+		v, t := XMM(), XMM()
+		VMOVQ(rowMem(96), v)
+		VPUNPCKLQDQ(v, v, v)
+		VPSRLVD(cQ3ScLo, v, v)
+		VPAND(c0F.AsX(), v, v)
+		VPBROADCASTD(rowMem(104), t)
+		VPSRLVD(cQ3ScHi, t, t)
+		VPAND(c03.AsX(), t, t)
+		VPSLLD(U8(4), t, t)
+		VPOR(v, t, t)
+		VPBROADCASTD(cB20, v)
+		VPSUBB(v, t, t)
+		VPMOVSXBW(t, sc16)
+		// The −4 offset: −4·Σ_j sc_j·Σ_{16 values} x.
+		for i := range isum {
+			VPMADDWD(xMem(i, q8xBsum16), sc16, isum[i])
+			VPSLLD(U8(2), isum[i], isum[i])
+			z := YMM()
+			VPXOR(z, z, z)
+			VPSUBD(isum[i], z, isum[i])
+		}
+		hm = YMM()
+		VMOVDQU(rowMem(0), hm)
+		c04 = YMM()
+		VPBROADCASTD(cB04, c04)
+	} else {
+		raw, t := XMM(), XMM()
+		VMOVDQU(rowMem(0), raw)
+		VPAND(c0F.AsX(), raw, t)
+		VPMOVZXBW(t, sc16)
+		VPSRLW(U8(4), raw, t)
+		VPAND(c0F.AsX(), t, t)
+		mins = YMM()
+		VPMOVZXBW(t, mins)
+		for i := range isum {
+			VPXOR(isum[i], isum[i], isum[i])
+		}
+	}
+	for n := 0; n < 2; n++ {
+		for j := 0; j < 4; j++ {
+			q := YMM()
+			if j == 0 {
+				VPAND(rowMem(qs+32*n), c03, q)
+			} else {
+				VMOVDQU(rowMem(qs+32*n), q)
+				VPSRLW(U8(2*j), q, q)
+				VPAND(c03, q, q)
+			}
+			if d == dQ3K {
+				t := YMM()
+				switch b := 4*n + j; { // bit b of hmask to bit 2
+				case b < 2:
+					VPSLLW(U8(2-b), hm, t)
+				case b > 2:
+					VPSRLW(U8(b-2), hm, t)
+				default:
+					VMOVDQU(hm, t)
+				}
+				VPAND(c04, t, t)
+				VPOR(t, q, q)
+			}
+			a := 8*n + 2*j
+			scv := YMM()
+			VMOVDQU(cQ6Perm[a/2], scv)
+			VPERMD(sc16, scv, scv)
+			VPSHUFB(cQ6Lane, scv, scv)
+			maddScaled256(N, func(i int) Mem { return xMem(i, 128*n+32*j) }, q, scv, isum)
+		}
+	}
+	if d == dQ3K {
+		dv := XMM()
+		VPBROADCASTW(rowMem(108), dv)
+		VCVTPH2PS(dv, dv)
+		for i := 0; i < N; i++ {
+			q6BlockScalar256(isum[i], dv, xMem(i, q8xD), acc[i])
+		}
+		return
+	}
+	dd := XMM()
+	VPBROADCASTD(rowMem(80), dd)
+	VCVTPH2PS(dd, dd)
+	for i := 0; i < N; i++ {
+		ms, t := YMM(), XMM()
+		VPMADDWD(xMem(i, q8xBsum16), mins, ms)
+		VEXTRACTI128(U8(1), ms, t)
+		m4 := XMM()
+		VPADDD(t, ms.AsX(), m4)
+		q8BlockScalar256(isum[i], m4, dd, xMem(i, q8xD), acc[i])
+	}
 }
