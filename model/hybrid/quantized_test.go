@@ -180,36 +180,73 @@ func readLlamaRef(t *testing.T, name string) (llamaRef, []float32) {
 // its positions agree to 1e-3 (23 of 50 token by token), which no position
 // of the float path does (its closest is 0.33 away).
 func TestLlamaCppQ4KMDirect(t *testing.T) {
-	const (
-		tolFloat = 0.8
-		tolQ8    = 0.6
-		agree    = 1e-3 // a position agrees when its logits are this close
-	)
-	ref, want := readLlamaRef(t, "granite-h256-q4_k_m.json")
+	testLlamaCppKQuantDirect(t, "granite-h256-q4_k_m.json", []gguf.GGMLType{gguf.GGMLTypeQ4_K, gguf.GGMLTypeQ6_K}, 0.8, 0.6, 1)
+}
+
+// TestLlamaCppLowBitDirect is TestLlamaCppQ4KMDirect on the same model
+// quantized by llama.cpp to Q3_K_M and to Q2_K (granite-h256-q3_k_m,
+// granite-h256-q2_k), which Switchyard's integer kernels for Q3_K and Q2_K
+// run.
+//
+// Measured (AMD EPYC Zen 4, avx2 and avx512 levels alike), max abs diff
+// from llama.cpp per prompt (1, 7 and 42 tokens), and the positions (of 50)
+// whose logits agree to 1e-3 token by token:
+//
+//	          float activations   8-bit activations           agree
+//	Q3_K_M    0.70 0.53 1.2       1.9e-6 2.9e-6 0.23          26-30
+//	Q2_K      0.72 0.84 0.72      1.9e-6 2.9e-6 5.7e-6        50
+//
+// With 8-bit activations Q2_K is llama.cpp's to float rounding at every
+// position; Q3_K_M is until one activation of the 42-token prompt rounds
+// the other way (as TestLlamaCppQ4KMDirect explains), so it keeps that
+// test's tolerance.
+func TestLlamaCppLowBitDirect(t *testing.T) {
+	t.Run("Q3_K_M", func(t *testing.T) {
+		testLlamaCppKQuantDirect(t, "granite-h256-q3_k_m.json", []gguf.GGMLType{gguf.GGMLTypeQ3_K, gguf.GGMLTypeQ4_K, gguf.GGMLTypeQ5_K, gguf.GGMLTypeQ6_K}, 1.5, 0.6, 20)
+	})
+	t.Run("Q2_K", func(t *testing.T) {
+		testLlamaCppKQuantDirect(t, "granite-h256-q2_k.json", []gguf.GGMLType{gguf.GGMLTypeQ2_K, gguf.GGMLTypeQ3_K, gguf.GGMLTypeQ6_K}, 1.0, 0.6, 45)
+	})
+}
+
+// testLlamaCppKQuantDirect runs a K-quant model from ../gguf/testdata whose
+// quantized matrices are of the types types (and no others, every width a
+// multiple of 256) at every kernel level, with 8-bit activations off and
+// on, against llama.cpp's logits on the same file: tolFloat and tolQ8 bound
+// the max abs diff of the float and the integer paths, and at least
+// minAgree positions of the integer path must agree with llama.cpp's to
+// 1e-3 token by token.
+func testLlamaCppKQuantDirect(t *testing.T, index string, types []gguf.GGMLType, tolFloat, tolQ8 float64, minAgree int) {
+	const agree = 1e-3 // a position agrees when its logits are this close
+	ref, want := readLlamaRef(t, index)
 	path := filepath.Join(quantDir, ref.Model)
 	f, err := gguf.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	types := map[gguf.GGMLType]int{}
+	have := map[gguf.GGMLType]int{}
 	for _, ti := range f.Tensors() {
-		types[ti.Type]++
+		have[ti.Type]++
 		if ti.Type != gguf.GGMLTypeF32 && ti.Dims[0]%256 != 0 {
 			t.Errorf("%s: %v with %d columns", ti.Name, ti.Type, ti.Dims[0])
 		}
 	}
 	f.Close()
-	if len(types) != 3 || types[gguf.GGMLTypeQ4_K] == 0 || types[gguf.GGMLTypeQ6_K] == 0 {
-		t.Fatalf("fixture is not what the test expects: types %v (want F32, Q4_K and Q6_K only)", types)
+	ok := len(have) == len(types)+1 && have[gguf.GGMLTypeF32] > 0
+	for _, ty := range types {
+		ok = ok && have[ty] > 0
+	}
+	if !ok {
+		t.Fatalf("fixture is not what the test expects: types %v (want F32 and %v only)", have, types)
 	}
 
 	m := openDirect(t, path, ref.VocabSize)
-	// The same file copied into memory (the servers' default): its Q4_K
-	// matrices packed in 16-row groups where the CPU has those kernels, which
-	// must give the mapped model's logits bit for bit, at every level.
+	// The same file copied into memory (the servers' default): its matrices
+	// packed in 16-row groups where the CPU has the kernels for their type,
+	// which must give the mapped model's logits bit for bit, at every level.
 	mc := openDirectWith(t, path, ref.VocabSize, LoadOptions{KVDType: tensor.F32, NoMmap: true})
-	if kernels.CanPack(tensor.Matrix{DType: tensor.Q4_K, Rows: 1, Cols: 256}) && mc.W.Layers[0].Mamba.InProj.Layout != tensor.Q4Kx16 {
-		t.Fatalf("copied model: in_proj (%v) not packed on a CPU with the packed kernels", mc.W.Layers[0].Mamba.InProj.DType)
+	if in := m.W.Layers[0].Mamba.InProj; kernels.CanPack(in) && mc.W.Layers[0].Mamba.InProj.Layout == tensor.RowMajor {
+		t.Fatalf("copied model: in_proj (%v) not packed on a CPU with the packed kernels", in.DType)
 	}
 	V := m.Cfg.VocabSize
 	prevQ8 := kernels.SetQ8Activations(true)
@@ -304,8 +341,8 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 				if worstDecode > slices.Max(float.decode) {
 					t.Errorf("%s: token by token %.3g from llama.cpp, farther than the float path (%.3g)", name, worstDecode, slices.Max(float.decode))
 				}
-				if r.agreeing == 0 {
-					t.Errorf("%s: no position agrees with llama.cpp to %g token by token", name, agree)
+				if r.agreeing < minAgree {
+					t.Errorf("%s: %d positions agree with llama.cpp to %g token by token, want at least %d", name, r.agreeing, agree, minAgree)
 				}
 			}
 		}
