@@ -875,6 +875,24 @@ func q6kx16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *floa
 // q6kx16N3 multiplies a 16-row group of repacked Q6_K weights with 3 quantized input rows (see genQ6Kx16).
 func q6kx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// q3kx16N1 multiplies a 16-row group of repacked Q3K weights with 1 quantized input rows (see genQ23Kx16).
+func q3kx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q2kx16N1 multiplies a 16-row group of repacked Q2K weights with 1 quantized input rows (see genQ23Kx16).
+func q2kx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q3kx16N2 multiplies a 16-row group of repacked Q3K weights with 2 quantized input rows (see genQ23Kx16).
+func q3kx16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q2kx16N2 multiplies a 16-row group of repacked Q2K weights with 2 quantized input rows (see genQ23Kx16).
+func q2kx16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q3kx16N3 multiplies a 16-row group of repacked Q3K weights with 3 quantized input rows (see genQ23Kx16).
+func q3kx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q2kx16N3 multiplies a 16-row group of repacked Q2K weights with 3 quantized input rows (see genQ23Kx16).
+func q2kx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // siluMul512 sets dst[i] = gate[i]/(1+exp(-gate[i]))·u[i] for i < n (a multiple of 16; u may be nil).
 //
 //go:noescape

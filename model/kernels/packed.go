@@ -113,6 +113,10 @@ var packSpecs = [...]packSpec{
 	// Q4_0 and IQ4_NL: d; the 16 bytes of nibbles.
 	{dt: tensor.Q4_0, layout: tensor.Q40x16, bytes: 18, halves: []int{0}, words: 2, nwords: 4},
 	{dt: tensor.IQ4_NL, layout: tensor.IQ4NLx16, bytes: 18, halves: []int{0}, words: 2, nwords: 4},
+	// Q3_K: d (at the block's end); hmask, the 2-bit fields, the scales.
+	{dt: tensor.Q3_K, layout: tensor.Q3Kx16, bytes: 110, halves: []int{108}, words: 0, nwords: 27},
+	// Q2_K: d, dmin (at the block's end); the scales and mins, the 2-bit fields.
+	{dt: tensor.Q2_K, layout: tensor.Q2Kx16, bytes: 84, halves: []int{80, 82}, words: 0, nwords: 20},
 }
 
 // specOf returns the packing of dtype dt or layout l (whichever is set).

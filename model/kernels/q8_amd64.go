@@ -237,7 +237,7 @@ var (
 
 // packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level
 // (nil: that layout is not packed there).
-var packedKernelsAVX2 = [...][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q5Kx16: q5kx16AVX2Fns[:],
+var packedKernelsAVX2 = [tensor.NumLayouts][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q5Kx16: q5kx16AVX2Fns[:],
 	tensor.Q40x16: q40x16AVX2Fns[:], tensor.IQ4NLx16: iq4x16AVX2Fns[:]}
 
 var q80x16Fns = [...]packedFn{
@@ -249,6 +249,10 @@ var q5kx16Fns = [...]packedFn{1: q5kx16N1, 2: q5kx16N2, 3: q5kx16N3}
 
 var q6kx16Fns = [...]packedFn{1: q6kx16N1, 2: q6kx16N2, 3: q6kx16N3}
 
+var q3kx16Fns = [...]packedFn{1: q3kx16N1, 2: q3kx16N2, 3: q3kx16N3}
+
+var q2kx16Fns = [...]packedFn{1: q2kx16N1, 2: q2kx16N2, 3: q2kx16N3}
+
 var q40x16Fns = [...]packedFn{
 	1: q40x16N1, 2: q40x16N2, 3: q40x16N3, 4: q40x16N4, 5: q40x16N5, 6: q40x16N6, 7: q40x16N7, 8: q40x16N8}
 
@@ -256,9 +260,9 @@ var iq4nlx16Fns = [...]packedFn{
 	1: iq4nlx16N1, 2: iq4nlx16N2, 3: iq4nlx16N3, 4: iq4nlx16N4, 5: iq4nlx16N5, 6: iq4nlx16N6, 7: iq4nlx16N7, 8: iq4nlx16N8}
 
 // packedKernels are the packed kernels of each packed layout.
-var packedKernels = [...][]packedFn{
+var packedKernels = [tensor.NumLayouts][]packedFn{
 	tensor.Q80x16: q80x16Fns[:], tensor.Q4Kx16: q4kx16Fns[:], tensor.Q5Kx16: q5kx16Fns[:], tensor.Q6Kx16: q6kx16Fns[:],
-	tensor.Q40x16: q40x16Fns[:], tensor.IQ4NLx16: iq4nlx16Fns[:]}
+	tensor.Q40x16: q40x16Fns[:], tensor.IQ4NLx16: iq4nlx16Fns[:], tensor.Q3Kx16: q3kx16Fns[:], tensor.Q2Kx16: q2kx16Fns[:]}
 
 // planPacked sets up a product with packed weights: each input row
 // quantized as the row-major kernels of its type quantize it (q80rows512's

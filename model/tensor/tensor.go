@@ -171,6 +171,20 @@ const (
 	Q40x16
 	// IQ4NLx16: IQ4_NL rows in groups of 16, as Q40x16.
 	IQ4NLx16
+	// Q3Kx16: Q3_K rows in groups of 16 (the last padded with zero rows),
+	// each group block by block: the 16 rows' d (32 bytes), then each
+	// 4-byte word of the rows' hmask, 2-bit fields and scales (bytes 0..107
+	// of a block), the 16 rows' words side by side (1728 bytes): the same
+	// 110 bytes per row and block. See model/kernels/packed.go.
+	Q3Kx16
+	// Q2Kx16: Q2_K rows in groups of 16 (the last padded with zero rows),
+	// each group block by block: the 16 rows' d (32 bytes) and dmin (32),
+	// then each 4-byte word of the rows' scales and 2-bit fields (bytes
+	// 0..79 of a block), the 16 rows' words side by side (1280 bytes): the
+	// same 84 bytes per row and block. See model/kernels/packed.go.
+	Q2Kx16
+	// NumLayouts is the number of layouts (for tables indexed by Layout).
+	NumLayouts
 )
 
 // String names the layout.
@@ -190,6 +204,10 @@ func (l Layout) String() string {
 		return "Q4_0x16"
 	case IQ4NLx16:
 		return "IQ4_NLx16"
+	case Q3Kx16:
+		return "Q3_Kx16"
+	case Q2Kx16:
+		return "Q2_Kx16"
 	}
 	return fmt.Sprintf("Layout(%d)", uint8(l))
 }

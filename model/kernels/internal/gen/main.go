@@ -39,6 +39,7 @@ func main() {
 	genQ8Consts()
 	genQ4Kx16Consts()
 	genQ6Kx16Consts()
+	genQ23Kx16Consts()
 	genQ8AVX2Consts()
 	genQ8QuantConsts()
 	genQ80Consts()
@@ -142,6 +143,10 @@ func main() {
 	}
 	for n := 1; n <= q6kx16MaxN; n++ {
 		genQ6Kx16(n)
+	}
+	for n := 1; n <= q23kx16MaxN; n++ {
+		genQ3Kx16(n)
+		genQ2Kx16(n)
 	}
 	genSiLU()
 	for n := 1; n <= 6; n++ {

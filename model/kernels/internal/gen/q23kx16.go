@@ -1,0 +1,266 @@
+package main
+
+import (
+	"fmt"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// ---- Q3_K and Q2_K repacked in 16-row groups: q3kx16N, q2kx16N ----
+//
+// A group of 16 weight rows (tensor.Q3Kx16, Q2Kx16), per block of 256
+// values, the 16 rows' blocks rearranged, nothing added:
+//
+//	Q3_K: [0, 32)       the 16 rows' d (f16)
+//	      [32+64j+4r)   bytes 4j..4j+3 of row r's block, j < 27: hmask
+//	                    (j < 8), the 2-bit fields qs (j < 24), the 12
+//	                    bytes of 6-bit scales (j < 27)
+//	Q2_K: [0, 32)       d, [32, 64) dmin
+//	      [64+64j+4r)   bytes 4j..4j+3 of row r's block, j < 20: the 16
+//	                    scale/min bytes (j < 4), then qs
+//
+// qs word 8h+g (half h, g < 8) holds 4 bytes whose 2-bit field f is values
+// 128h+32f+4g..+3 of the row (sub-block 8h+2f+g/4); for Q3_K bit 4h+f of
+// hmask word g is their third bit. Each field is moved to bits 0-1 (Q3_K:
+// the third bit to bit 2, VPTERNLOGD merging them), giving a register of
+// 4 codes of each of the 16 rows (lane = weight row), which one VPDPBUSD
+// per input row multiplies with the input's 4 bytes broadcast: the lanes
+// sum a sub-block with no horizontal reduction. Each sub-block sum fits an
+// int16 (|Σ 16·7·127| < 2^15), so one VPDPWSSD with the sub-block's scale
+// in the low int16 of each lane (high int16 0) scales and adds it to I.
+//
+// Q3_K: I − 4·OFF (OFF = Σ_j sc_j·Σ of the input's 16 values of sub-block
+// j, the offset −4 of the codes), scaled as q6BlockScalar scales a block.
+// Q2_K: I and M = Σ_j m_j·(the same sums), scaled as q8BlockScalar scales
+// them. The same float32 steps per (row, block) as the row-major kernels
+// (q8RowQ3K, q8RowQ2K): the same bits.
+//
+// q3kx16N<n> and q2kx16N<n> compute groups consecutive groups against n
+// input rows (xstride bytes apart), writing group g's 16 results for input
+// row i at out + i·ostride + 64·g bytes.
+
+const (
+	q3kx16Block = 16 * 110
+	q2kx16Block = 16 * 84
+)
+
+// q23kx16MaxN is the most input rows per call (registers: per input row
+// two sub-block sums per unit, I, the offset or M, and the float32 sum).
+const q23kx16MaxN = 3
+
+// q23kUnits: about this many (half, field) units run interleaved at one
+// input row (fewer at more rows), for enough independent VPDPBUSD chains.
+const q23kUnits = 4
+
+var cQ3Sel [4]Mem // VPSHUFB: byte k of each dword to bits 8-15 of the dword, the rest 0
+
+func genQ23Kx16Consts() {
+	for k := 0; k < 4; k++ {
+		var v []uint32
+		for p := 0; p < 16; p++ {
+			v = append(v, 0x80800080|uint32(4*(p%4)+k)<<8)
+		}
+		cQ3Sel[k] = data32(fmt.Sprintf("q3sel_%d", k), v...)
+	}
+}
+
+func genQ3Kx16(n int) { genQ23Kx16(dQ3K, n) }
+func genQ2Kx16(n int) { genQ23Kx16(dQ2K, n) }
+
+// genQ23Kx16 emits q3kx16N<n> (d Q3_K) or q2kx16N<n> (Q2_K).
+func genQ23Kx16(d dtype, n int) {
+	q3 := d == dQ3K
+	name := fmt.Sprintf("q2kx16N%d", n)
+	blockBytes, wbase, qs := q2kx16Block, 64, 4
+	if q3 {
+		name = fmt.Sprintf("q3kx16N%d", n)
+		blockBytes, wbase, qs = q3kx16Block, 32, 8
+	}
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genQ23Kx16).", name, d, n), n)
+	word := func(j int) Mem { return Mem{Base: wp, Disp: wbase + 64*j} }
+	c03, c0F := ZMM(), ZMM()
+	VPBROADCASTD(cB03, c03)
+	VPBROADCASTD(cB0F, c0F)
+	var c04, c20 VecVirtual
+	if q3 {
+		c04, c20 = ZMM(), ZMM()
+		VPBROADCASTD(cB04, c04)
+		VPBROADCASTD(cB20, c20)
+	}
+	Label(name + "_grp")
+	cnt := ld("nblocks")
+	xq := ld("xq")
+	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
+	acc := packedZeroAcc(n)
+	Label(name + "_blk")
+	for l := 0; l < (blockBytes+63)/64; l++ {
+		PREFETCHT0(Mem{Base: wp, Disp: 3*blockBytes + 64*l})
+	}
+	// sc[k]: per lane the scales of sub-blocks 4k..4k+3, one byte each
+	// (Q3_K: int8, less 32; Q2_K: the low nibbles).
+	var sc [4]VecVirtual
+	off := make([]VecVirtual, n) // Q3_K: OFF_i; Q2_K: M_i
+	for i := range off {
+		off[i] = ZMM()
+		VPXORD(off[i], off[i], off[i])
+	}
+	pair := ZMM()
+	if q3 {
+		// Scale j's low nibble is nibble j/8 of byte j%8, its high bits
+		// bits 2(j/4), 2(j/4)+1 of byte 8+j%4.
+		w0, w1, w2 := ZMM(), ZMM(), ZMM()
+		VMOVDQU64(word(24), w0)
+		VMOVDQU64(word(25), w1)
+		VMOVDQU64(word(26), w2)
+		for k := 0; k < 4; k++ {
+			sc[k] = ZMM()
+			lo := w0
+			if k%2 == 1 {
+				lo = w1
+			}
+			switch k { // the high bit pair to bits 4-5
+			case 0:
+				VPSLLD(U8(4), w2, sc[k])
+			case 1:
+				VPSLLD(U8(2), w2, sc[k])
+			case 2:
+				VMOVDQA64(w2, sc[k])
+			case 3:
+				VPSRLD(U8(2), w2, sc[k])
+			}
+			VPANDD_BCST(cB30, sc[k], sc[k])
+			if k >= 2 {
+				t := ZMM()
+				VPSRLD(U8(4), lo, t)
+				lo = t
+			}
+			VPTERNLOGD(U8(0xF8), c0F, lo, sc[k]) // |= the low nibble
+			VPSUBB(c20, sc[k], sc[k])
+		}
+		// OFF_i: the scales paired as int16 against the input's 16-value
+		// sums.
+		for p := 0; p < 8; p++ {
+			VPSHUFB(cQ6Pair[p%2], sc[p/2], pair)
+			VPSRAW(U8(8), pair, pair)
+			for i := 0; i < n; i++ {
+				VPDPWSSD_BCST(xm(i, q8xBsum16+4*p), pair, off[i])
+			}
+		}
+	} else {
+		for k := 0; k < 4; k++ {
+			sc[k] = ZMM()
+			VPANDD(word(k), c0F, sc[k])
+			mn := ZMM()
+			VPSRLD(U8(4), word(k), mn)
+			VPANDD(c0F, mn, mn)
+			// M_i: the mins paired as int16 against the 16-value sums.
+			for a := 0; a < 2; a++ {
+				VPSHUFB(cQ4KPair[a], mn, pair)
+				for i := 0; i < n; i++ {
+					VPDPWSSD_BCST(xm(i, q8xBsum16+8*k+4*a), pair, off[i])
+				}
+			}
+		}
+	}
+	isum := make([]VecVirtual, n)
+	for i := range isum {
+		isum[i] = ZMM()
+		VPXORD(isum[i], isum[i], isum[i])
+	}
+	type unit struct{ h, f int }
+	var units []unit
+	for h := 0; h < 2; h++ {
+		for f := 0; f < 4; f++ {
+			units = append(units, unit{h, f})
+		}
+	}
+	upp := max(1, q23kUnits/n) // units per pass
+	dsub := make([][][2]VecVirtual, upp)
+	for u := range dsub {
+		dsub[u] = make([][2]VecVirtual, n)
+		for i := range dsub[u] {
+			dsub[u][i] = [2]VecVirtual{ZMM(), ZMM()}
+		}
+	}
+	s, q, scw := ZMM(), ZMM(), ZMM()
+	for u0 := 0; u0 < len(units); u0 += upp {
+		np := min(upp, len(units)-u0)
+		for u := 0; u < np; u++ {
+			for i := 0; i < n; i++ {
+				VPXORD(dsub[u][i][0], dsub[u][i][0], dsub[u][i][0])
+				VPXORD(dsub[u][i][1], dsub[u][i][1], dsub[u][i][1])
+			}
+		}
+		for g := 0; g < 8; g++ {
+			for u := 0; u < np; u++ {
+				h, f := units[u0+u].h, units[u0+u].f
+				wm := word(qs + 8*h + g)
+				if q3 {
+					// q = bit 4h+f of hmask word g at bit 2 | field f.
+					switch b := 4*h + f; {
+					case b < 2:
+						VPSLLW(U8(2-b), word(g), q)
+						VPANDD(c04, q, q)
+					case b > 2:
+						VPSRLW(U8(b-2), word(g), q)
+						VPANDD(c04, q, q)
+					default:
+						VPANDD(word(g), c04, q)
+					}
+					if f == 0 {
+						VPTERNLOGD(U8(0xF8), wm, c03, q)
+					} else {
+						VPSRLW(U8(2*f), wm, s)
+						VPTERNLOGD(U8(0xF8), s, c03, q)
+					}
+				} else if f == 0 {
+					VPANDD(wm, c03, q)
+				} else {
+					VPSRLW(U8(2*f), wm, q)
+					VPANDD(c03, q, q)
+				}
+				for i := 0; i < n; i++ {
+					VPDPBUSD_BCST(xm(i, 128*h+32*f+4*g), q, dsub[u][i][g/4])
+				}
+			}
+		}
+		for u := 0; u < np; u++ {
+			h, f := units[u0+u].h, units[u0+u].f
+			for e := 0; e < 2; e++ {
+				j := 8*h + 2*f + e // the sub-block of dsub[u][i][e]
+				if q3 {
+					VPSHUFB(cQ3Sel[j%4], sc[j/4], scw)
+					VPSRAW(U8(8), scw, scw) // sc_j in the low int16, 0 above
+				} else {
+					VPSHUFB(cQ4KSel[j%4], sc[j/4], scw)
+				}
+				for i := 0; i < n; i++ {
+					VPDPWSSD(scw, dsub[u][i][e], isum[i])
+				}
+			}
+		}
+	}
+	dw := ZMM()
+	VCVTPH2PS(Mem{Base: wp}, dw)
+	t, t2 := ZMM(), ZMM()
+	if q3 {
+		// acc += float(I − 4·OFF)·(d·d_x) (q6BlockScalar).
+		for i := 0; i < n; i++ {
+			VPSLLD(U8(2), off[i], off[i])
+			VPSUBD(off[i], isum[i], isum[i])
+			scaleStep(VADDPS, xm(i, q8xD), dw, isum[i], acc[i], t, t2)
+		}
+	} else {
+		// acc += float(I)·(d·d_x); acc −= float(M)·(dmin·d_x) (q8BlockScalar).
+		dmw := ZMM()
+		VCVTPH2PS(Mem{Base: wp, Disp: 32}, dmw)
+		for i := 0; i < n; i++ {
+			scaleStep(VADDPS, xm(i, q8xD), dw, isum[i], acc[i], t, t2)
+			scaleStep(VSUBPS, xm(i, q8xD), dmw, off[i], acc[i], t, t2)
+		}
+	}
+	packedNextBlock(name, blockBytes, wp, xq, cnt)
+	packedEnd(name, acc)
+}
