@@ -60,16 +60,17 @@
 //
 // # 8-bit activations
 //
-// Products with Q4_K, Q5_K and Q6_K weights, the types of llama.cpp's
-// Q4_K_M and Q5_K_M files, do not widen the weights: on CPUs with AVX-512
+// Products with K-quant weights (Q2_K to Q6_K), the types of llama.cpp's
+// Q2_K, Q3_K_M, Q4_K_M and Q5_K_M files, do not widen the weights: on CPUs with AVX-512
 // BW each input row is quantized to int8 per block of 256 values (one
 // float32 scale and the 16- and 32-value sums per block, quantQ8K512), and
 // the kernels
 // q8dot512<type>N<n> form each block's dot product in integers: the unsigned
-// 4-, 5- or 6-bit codes times the int8 activations with VPMADDUBSW, times
+// 2- to 6-bit codes times the int8 activations with VPMADDUBSW, times
 // the sub-block scales with VPDPWSSD (VPMADDWD and VPADDD without VNNI;
 // VPSHUFB or VPERMW broadcast the scales),
-// the mins (Q4_K, Q5_K) and the −32 offset (Q6_K) from the activation sums;
+// the mins (Q2_K, Q4_K, Q5_K) and the −32 or −4 offset (Q6_K, Q3_K) from
+// the activation sums;
 // float32 only scales each block's integers by d·d_x. This is llama.cpp's
 // method (its Q8_K activations) and costs a quarter to a half of the vector
 // instructions of widening: decode runs closer to memory speed, prefill

@@ -13,7 +13,7 @@ import (
 )
 
 // Weights repacked in groups of 16 rows (tensor.Q80x16, Q4Kx16, Q5Kx16,
-// Q6Kx16).
+// Q6Kx16, Q3Kx16, Q2Kx16, Q40x16, IQ4NLx16).
 //
 // The row-major integer kernels walk each row on its own and must reduce
 // every block's partial sums across a register before scaling them:
@@ -25,8 +25,9 @@ import (
 // so one VPDPBUSD multiplies 64 weight bytes with the input's 4 bytes
 // broadcast, the lanes being the weight rows, with nothing to reduce, and
 // the scales of 16 rows are decoded at once. The packed kernels (q80x16N,
-// q4kx16N, q5kx16N, q6kx16N) take the float32 steps per (row, block) of the row-major kernels
-// (matMulQ80Ref, q8BlockScalar, q6BlockScalar), so the results are the same bits
+// q4kx16N, q5kx16N, q6kx16N, q3kx16N, q2kx16N, q40x16N, iq4nlx16N) take the
+// float32 steps per (row, block) of the row-major kernels (matMulQ80Ref,
+// q8BlockScalar, q6BlockScalar), so the results are the same bits
 // (TestPackedMatchesRowMajor), for any number of input rows.
 //
 // The hybrid loader packs matrices when it copies weights into memory (the
@@ -37,8 +38,8 @@ import (
 // same results).
 
 // EnvPack names the environment variable that chooses which types CanPack
-// packs: a comma-separated list of dtypes (q8_0, q4_k, q5_k, q6_k, q4_0,
-// iq4_nl; the
+// packs: a comma-separated list of dtypes (q8_0, q4_k, q5_k, q6_k, q3_k,
+// q2_k, q4_0, iq4_nl; the
 // default is all those with packed kernels at the kernel level, but for
 // q5_k on AVX2, which is packed there only when listed: packOnlyAsked), or
 // 0 for none (for comparisons).
@@ -73,7 +74,7 @@ func init() {
 			}
 		}
 		if !known {
-			fmt.Fprintf(os.Stderr, "kernels: %s: %q is not a type that can be packed (q8_0, q4_k, q5_k, q6_k, q4_0, iq4_nl); ignored\n", EnvPack, name)
+			fmt.Fprintf(os.Stderr, "kernels: %s: %q is not a type that can be packed (q8_0, q4_k, q5_k, q6_k, q3_k, q2_k, q4_0, iq4_nl); ignored\n", EnvPack, name)
 		}
 	}
 }
@@ -143,7 +144,7 @@ func PackedBytes(dt tensor.DType, rows, cols int) int {
 }
 
 // CanPack reports whether w is a row-major matrix that this CPU multiplies
-// faster packed (Pack): Q8_0, Q4_K, Q5_K or Q6_K, with the kernels for them
+// faster packed (Pack): a type of packSpecs, with the kernels for it
 // at the current kernel level and 8-bit activations on (else a packed
 // matrix would be unpacked for every product), unless EnvPack says
 // otherwise.

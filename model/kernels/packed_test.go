@@ -9,7 +9,7 @@ import (
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
-// TestPackedMatchesRowMajor: a packed Q8_0, Q4_K, Q5_K or Q6_K matrix gives the bits
+// TestPackedMatchesRowMajor: a packed matrix (packedDTypes) gives the bits
 // the row-major one gives, at every kernel level and thread count, for any
 // number of input rows (the packed kernels on AVX-512 VNNI: the twin's
 // bits), with a partial last group, and with an input row holding a NaN or

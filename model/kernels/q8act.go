@@ -11,7 +11,7 @@ import (
 
 // 8-bit activations.
 //
-// For the K-quant weight types with integer kernels (Q4_K, Q5_K, Q6_K),
+// For the K-quant weight types with integer kernels (Q2_K to Q6_K),
 // products quantize each input row to 8 bits per block of 256 values and compute the block dot products in
 // integers, as llama.cpp does on CPUs (its Q8_K): the weights' 4- or 6-bit
 // codes times the activations' int8 with VPMADDUBSW, scaled by the sub-block
@@ -55,7 +55,7 @@ var q8Act atomic.Bool
 
 func init() { q8Act.Store(os.Getenv("SWITCHYARD_Q8_ACTIVATIONS") != "0") }
 
-// SetQ8Activations chooses whether products with Q4_K, Q5_K and Q6_K weights
+// SetQ8Activations chooses whether products with K-quant weights
 // quantize the activations to 8 bits and run the integer kernels (on, the
 // default, where the CPU has AVX-512 BW or AVX2) or
 // widen the weights to float32 (off). It returns the previous setting. Either way a row's result does not
@@ -150,7 +150,7 @@ func usesQ8(w tensor.Matrix) bool {
 }
 
 // matMulQ8Ref is the reference twin of the integer kernels: out = x·Wᵀ with
-// x quantized by quantizeQ8K, W of dtype Q4_K, Q5_K or Q6_K.
+// x quantized by quantizeQ8K, W of a K-quant dtype (Q2_K to Q6_K).
 func matMulQ8Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 	k := w.Cols
 	nb := k / q8xValues
@@ -168,8 +168,9 @@ func matMulQ8Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 
 // dotQ8Ref is one row's dot product with a quantized x: per block, the exact
 // integer sums, then for Q4_K and Q5_K acc += Σ sc·Σq·q_x·(d·d_x) and
-// acc −= Σ m·Σq_x·(dmin·d_x) in float32, for Q6_K acc += Σ sc·Σ(q−32)·q_x·
-// (d·d_x), in the kernels' order: the same bits.
+// acc −= Σ m·Σq_x·(dmin·d_x) in float32 (Q2_K likewise, per 16 values),
+// for Q6_K acc += Σ sc·Σ(q−32)·q_x·(d·d_x) (Q3_K likewise with q−4), in the
+// kernels' order: the same bits.
 func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 	var acc float32
 	for b := 0; b < nb; b++ {
