@@ -184,9 +184,9 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 }
 
 // TestLlamaCppLowBitDirect is TestLlamaCppQ4KMDirect on the same model
-// quantized by llama.cpp to Q3_K_M and to Q2_K (granite-h256-q3_k_m,
-// granite-h256-q2_k), which Switchyard's integer kernels for Q3_K and Q2_K
-// run.
+// quantized by llama.cpp to Q3_K_M, Q2_K and IQ4_XS (granite-h256-q3_k_m,
+// granite-h256-q2_k, granite-h256-iq4_xs), which Switchyard's integer
+// kernels for Q3_K, Q2_K and IQ4_XS run.
 //
 // Measured (AMD EPYC Zen 4, avx2 and avx512 levels alike), max abs diff
 // from llama.cpp per prompt (1, 7 and 42 tokens), and the positions (of 50)
@@ -195,17 +195,24 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 //	          float activations   8-bit activations           agree
 //	Q3_K_M    0.70 0.53 1.2       1.9e-6 2.9e-6 0.23          26-30
 //	Q2_K      0.72 0.84 0.72      1.9e-6 2.9e-6 5.7e-6        50
+//	IQ4_XS    0.43 0.83 0.82      2.4e-6 0.31 0.17            35
 //
 // With 8-bit activations Q2_K is llama.cpp's to float rounding at every
 // position; Q3_K_M is until one activation of the 42-token prompt rounds
 // the other way (as TestLlamaCppQ4KMDirect explains), so it keeps that
-// test's tolerance.
+// test's tolerance. IQ4_XS (34 of its 35 matrices) meets such a tie at
+// position 4 of the 7-token prompt (1.9e-6 before, 0.2-0.3 after) and at
+// position 12 of the 42-token one, whose difference fades back to 1.4e-6
+// by position 23.
 func TestLlamaCppLowBitDirect(t *testing.T) {
 	t.Run("Q3_K_M", func(t *testing.T) {
 		testLlamaCppKQuantDirect(t, "granite-h256-q3_k_m.json", []gguf.GGMLType{gguf.GGMLTypeQ3_K, gguf.GGMLTypeQ4_K, gguf.GGMLTypeQ5_K, gguf.GGMLTypeQ6_K}, 1.5, 0.6, 20)
 	})
 	t.Run("Q2_K", func(t *testing.T) {
 		testLlamaCppKQuantDirect(t, "granite-h256-q2_k.json", []gguf.GGMLType{gguf.GGMLTypeQ2_K, gguf.GGMLTypeQ3_K, gguf.GGMLTypeQ6_K}, 1.0, 0.6, 45)
+	})
+	t.Run("IQ4_XS", func(t *testing.T) {
+		testLlamaCppKQuantDirect(t, "granite-h256-iq4_xs.json", []gguf.GGMLType{gguf.GGMLTypeIQ4_XS, gguf.GGMLTypeQ6_K}, 1.0, 0.6, 30)
 	})
 }
 

@@ -605,6 +605,18 @@ func q8dot512Q2KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblo
 // q8dot512Q2KN2BW computes 2-input dot products of Q2K weights with 8-bit activations (see genQ8).
 func q8dot512Q2KN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512IQ4XSN1 computes 1-input dot products of IQ4XS weights with 8-bit activations (see genQ8).
+func q8dot512IQ4XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ4XSN1BW computes 1-input dot products of IQ4XS weights with 8-bit activations (see genQ8).
+func q8dot512IQ4XSN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ4XSN2 computes 2-input dot products of IQ4XS weights with 8-bit activations (see genQ8).
+func q8dot512IQ4XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ4XSN2BW computes 2-input dot products of IQ4XS weights with 8-bit activations (see genQ8).
+func q8dot512IQ4XSN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256Q4KN1 computes 1-input dot products of Q4K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -634,6 +646,12 @@ func q8dot256Q2KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblo
 
 // q8dot256Q2KN2 computes 2-input dot products of Q2K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q2KN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ4XSN1 computes 1-input dot products of IQ4XS weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256IQ4XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ4XSN2 computes 2-input dot products of IQ4XS weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256IQ4XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // quantQ8K512 quantizes nblocks blocks of 256 values of x to 8 bits at dst (see genQ8Quant).
 func quantQ8K512(x *float32, nblocks int, dst *byte) bool
@@ -892,6 +910,15 @@ func q3kx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *floa
 
 // q2kx16N3 multiplies a 16-row group of repacked Q2K weights with 3 quantized input rows (see genQ23Kx16).
 func q2kx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4xsx16N1 multiplies a 16-row group of repacked IQ4_XS weights with 1 quantized input rows (see genIQ4XSx16).
+func iq4xsx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4xsx16N2 multiplies a 16-row group of repacked IQ4_XS weights with 2 quantized input rows (see genIQ4XSx16).
+func iq4xsx16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4xsx16N3 multiplies a 16-row group of repacked IQ4_XS weights with 3 quantized input rows (see genIQ4XSx16).
+func iq4xsx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // siluMul512 sets dst[i] = gate[i]/(1+exp(-gate[i]))·u[i] for i < n (a multiple of 16; u may be nil).
 //

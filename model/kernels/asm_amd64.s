@@ -342,6 +342,24 @@ DATA q8idxq6_0<>+56(SB)/4, $0x00030003
 DATA q8idxq6_0<>+60(SB)/4, $0x00030003
 GLOBL q8idxq6_0<>(SB), RODATA|NOPTR, $64
 
+DATA q8idxxs_0<>+0(SB)/4, $0x00000000
+DATA q8idxxs_0<>+4(SB)/4, $0x00000000
+DATA q8idxxs_0<>+8(SB)/4, $0x00000000
+DATA q8idxxs_0<>+12(SB)/4, $0x00000000
+DATA q8idxxs_0<>+16(SB)/4, $0x00000000
+DATA q8idxxs_0<>+20(SB)/4, $0x00000000
+DATA q8idxxs_0<>+24(SB)/4, $0x00000000
+DATA q8idxxs_0<>+28(SB)/4, $0x00000000
+DATA q8idxxs_0<>+32(SB)/4, $0x00010001
+DATA q8idxxs_0<>+36(SB)/4, $0x00010001
+DATA q8idxxs_0<>+40(SB)/4, $0x00010001
+DATA q8idxxs_0<>+44(SB)/4, $0x00010001
+DATA q8idxxs_0<>+48(SB)/4, $0x00010001
+DATA q8idxxs_0<>+52(SB)/4, $0x00010001
+DATA q8idxxs_0<>+56(SB)/4, $0x00010001
+DATA q8idxxs_0<>+60(SB)/4, $0x00010001
+GLOBL q8idxxs_0<>(SB), RODATA|NOPTR, $64
+
 DATA q8q5bit_0<>+0(SB)/4, $0x01010101
 DATA q8q5bit_0<>+4(SB)/4, $0x01010101
 DATA q8q5bit_0<>+8(SB)/4, $0x01010101
@@ -413,6 +431,24 @@ DATA q8idxq6_1<>+52(SB)/4, $0x00070007
 DATA q8idxq6_1<>+56(SB)/4, $0x00070007
 DATA q8idxq6_1<>+60(SB)/4, $0x00070007
 GLOBL q8idxq6_1<>(SB), RODATA|NOPTR, $64
+
+DATA q8idxxs_1<>+0(SB)/4, $0x00020002
+DATA q8idxxs_1<>+4(SB)/4, $0x00020002
+DATA q8idxxs_1<>+8(SB)/4, $0x00020002
+DATA q8idxxs_1<>+12(SB)/4, $0x00020002
+DATA q8idxxs_1<>+16(SB)/4, $0x00020002
+DATA q8idxxs_1<>+20(SB)/4, $0x00020002
+DATA q8idxxs_1<>+24(SB)/4, $0x00020002
+DATA q8idxxs_1<>+28(SB)/4, $0x00020002
+DATA q8idxxs_1<>+32(SB)/4, $0x00030003
+DATA q8idxxs_1<>+36(SB)/4, $0x00030003
+DATA q8idxxs_1<>+40(SB)/4, $0x00030003
+DATA q8idxxs_1<>+44(SB)/4, $0x00030003
+DATA q8idxxs_1<>+48(SB)/4, $0x00030003
+DATA q8idxxs_1<>+52(SB)/4, $0x00030003
+DATA q8idxxs_1<>+56(SB)/4, $0x00030003
+DATA q8idxxs_1<>+60(SB)/4, $0x00030003
+GLOBL q8idxxs_1<>(SB), RODATA|NOPTR, $64
 
 DATA q8q5bit_1<>+0(SB)/4, $0x04040404
 DATA q8q5bit_1<>+4(SB)/4, $0x04040404
@@ -486,6 +522,24 @@ DATA q8idxq6_2<>+56(SB)/4, $0x000b000b
 DATA q8idxq6_2<>+60(SB)/4, $0x000b000b
 GLOBL q8idxq6_2<>(SB), RODATA|NOPTR, $64
 
+DATA q8idxxs_2<>+0(SB)/4, $0x00040004
+DATA q8idxxs_2<>+4(SB)/4, $0x00040004
+DATA q8idxxs_2<>+8(SB)/4, $0x00040004
+DATA q8idxxs_2<>+12(SB)/4, $0x00040004
+DATA q8idxxs_2<>+16(SB)/4, $0x00040004
+DATA q8idxxs_2<>+20(SB)/4, $0x00040004
+DATA q8idxxs_2<>+24(SB)/4, $0x00040004
+DATA q8idxxs_2<>+28(SB)/4, $0x00040004
+DATA q8idxxs_2<>+32(SB)/4, $0x00050005
+DATA q8idxxs_2<>+36(SB)/4, $0x00050005
+DATA q8idxxs_2<>+40(SB)/4, $0x00050005
+DATA q8idxxs_2<>+44(SB)/4, $0x00050005
+DATA q8idxxs_2<>+48(SB)/4, $0x00050005
+DATA q8idxxs_2<>+52(SB)/4, $0x00050005
+DATA q8idxxs_2<>+56(SB)/4, $0x00050005
+DATA q8idxxs_2<>+60(SB)/4, $0x00050005
+GLOBL q8idxxs_2<>(SB), RODATA|NOPTR, $64
+
 DATA q8q5bit_2<>+0(SB)/4, $0x10101010
 DATA q8q5bit_2<>+4(SB)/4, $0x10101010
 DATA q8q5bit_2<>+8(SB)/4, $0x10101010
@@ -557,6 +611,24 @@ DATA q8idxq6_3<>+52(SB)/4, $0x000f000f
 DATA q8idxq6_3<>+56(SB)/4, $0x000f000f
 DATA q8idxq6_3<>+60(SB)/4, $0x000f000f
 GLOBL q8idxq6_3<>(SB), RODATA|NOPTR, $64
+
+DATA q8idxxs_3<>+0(SB)/4, $0x00060006
+DATA q8idxxs_3<>+4(SB)/4, $0x00060006
+DATA q8idxxs_3<>+8(SB)/4, $0x00060006
+DATA q8idxxs_3<>+12(SB)/4, $0x00060006
+DATA q8idxxs_3<>+16(SB)/4, $0x00060006
+DATA q8idxxs_3<>+20(SB)/4, $0x00060006
+DATA q8idxxs_3<>+24(SB)/4, $0x00060006
+DATA q8idxxs_3<>+28(SB)/4, $0x00060006
+DATA q8idxxs_3<>+32(SB)/4, $0x00070007
+DATA q8idxxs_3<>+36(SB)/4, $0x00070007
+DATA q8idxxs_3<>+40(SB)/4, $0x00070007
+DATA q8idxxs_3<>+44(SB)/4, $0x00070007
+DATA q8idxxs_3<>+48(SB)/4, $0x00070007
+DATA q8idxxs_3<>+52(SB)/4, $0x00070007
+DATA q8idxxs_3<>+56(SB)/4, $0x00070007
+DATA q8idxxs_3<>+60(SB)/4, $0x00070007
+GLOBL q8idxxs_3<>(SB), RODATA|NOPTR, $64
 
 DATA q8q5bit_3<>+0(SB)/4, $0x40404040
 DATA q8q5bit_3<>+4(SB)/4, $0x40404040
@@ -885,6 +957,9 @@ DATA q3sel_3<>+56(SB)/4, $0x80800b80
 DATA q3sel_3<>+60(SB)/4, $0x80800f80
 GLOBL q3sel_3<>(SB), RODATA|NOPTR, $64
 
+DATA w16<>+0(SB)/4, $0x0000ffff
+GLOBL w16<>(SB), RODATA|NOPTR, $4
+
 DATA q6perm_0<>+0(SB)/4, $0x00000000
 DATA q6perm_0<>+4(SB)/4, $0x00000000
 DATA q6perm_0<>+8(SB)/4, $0x00000000
@@ -974,6 +1049,96 @@ DATA q6lane<>+20(SB)/4, $0x03020302
 DATA q6lane<>+24(SB)/4, $0x03020302
 DATA q6lane<>+28(SB)/4, $0x03020302
 GLOBL q6lane<>(SB), RODATA|NOPTR, $32
+
+DATA xslane<>+0(SB)/4, $0x00000000
+DATA xslane<>+4(SB)/4, $0x00000000
+DATA xslane<>+8(SB)/4, $0x00000000
+DATA xslane<>+12(SB)/4, $0x00000000
+DATA xslane<>+16(SB)/4, $0x00000004
+DATA xslane<>+20(SB)/4, $0x00000004
+DATA xslane<>+24(SB)/4, $0x00000004
+DATA xslane<>+28(SB)/4, $0x00000004
+GLOBL xslane<>(SB), RODATA|NOPTR, $32
+
+DATA xsword_0<>+0(SB)/4, $0x01000100
+DATA xsword_0<>+4(SB)/4, $0x01000100
+DATA xsword_0<>+8(SB)/4, $0x01000100
+DATA xsword_0<>+12(SB)/4, $0x01000100
+DATA xsword_0<>+16(SB)/4, $0x01000100
+DATA xsword_0<>+20(SB)/4, $0x01000100
+DATA xsword_0<>+24(SB)/4, $0x01000100
+DATA xsword_0<>+28(SB)/4, $0x01000100
+GLOBL xsword_0<>(SB), RODATA|NOPTR, $32
+
+DATA xsword_1<>+0(SB)/4, $0x03020302
+DATA xsword_1<>+4(SB)/4, $0x03020302
+DATA xsword_1<>+8(SB)/4, $0x03020302
+DATA xsword_1<>+12(SB)/4, $0x03020302
+DATA xsword_1<>+16(SB)/4, $0x03020302
+DATA xsword_1<>+20(SB)/4, $0x03020302
+DATA xsword_1<>+24(SB)/4, $0x03020302
+DATA xsword_1<>+28(SB)/4, $0x03020302
+GLOBL xsword_1<>(SB), RODATA|NOPTR, $32
+
+DATA xsword_2<>+0(SB)/4, $0x05040504
+DATA xsword_2<>+4(SB)/4, $0x05040504
+DATA xsword_2<>+8(SB)/4, $0x05040504
+DATA xsword_2<>+12(SB)/4, $0x05040504
+DATA xsword_2<>+16(SB)/4, $0x05040504
+DATA xsword_2<>+20(SB)/4, $0x05040504
+DATA xsword_2<>+24(SB)/4, $0x05040504
+DATA xsword_2<>+28(SB)/4, $0x05040504
+GLOBL xsword_2<>(SB), RODATA|NOPTR, $32
+
+DATA xsword_3<>+0(SB)/4, $0x07060706
+DATA xsword_3<>+4(SB)/4, $0x07060706
+DATA xsword_3<>+8(SB)/4, $0x07060706
+DATA xsword_3<>+12(SB)/4, $0x07060706
+DATA xsword_3<>+16(SB)/4, $0x07060706
+DATA xsword_3<>+20(SB)/4, $0x07060706
+DATA xsword_3<>+24(SB)/4, $0x07060706
+DATA xsword_3<>+28(SB)/4, $0x07060706
+GLOBL xsword_3<>(SB), RODATA|NOPTR, $32
+
+DATA xsword_4<>+0(SB)/4, $0x09080908
+DATA xsword_4<>+4(SB)/4, $0x09080908
+DATA xsword_4<>+8(SB)/4, $0x09080908
+DATA xsword_4<>+12(SB)/4, $0x09080908
+DATA xsword_4<>+16(SB)/4, $0x09080908
+DATA xsword_4<>+20(SB)/4, $0x09080908
+DATA xsword_4<>+24(SB)/4, $0x09080908
+DATA xsword_4<>+28(SB)/4, $0x09080908
+GLOBL xsword_4<>(SB), RODATA|NOPTR, $32
+
+DATA xsword_5<>+0(SB)/4, $0x0b0a0b0a
+DATA xsword_5<>+4(SB)/4, $0x0b0a0b0a
+DATA xsword_5<>+8(SB)/4, $0x0b0a0b0a
+DATA xsword_5<>+12(SB)/4, $0x0b0a0b0a
+DATA xsword_5<>+16(SB)/4, $0x0b0a0b0a
+DATA xsword_5<>+20(SB)/4, $0x0b0a0b0a
+DATA xsword_5<>+24(SB)/4, $0x0b0a0b0a
+DATA xsword_5<>+28(SB)/4, $0x0b0a0b0a
+GLOBL xsword_5<>(SB), RODATA|NOPTR, $32
+
+DATA xsword_6<>+0(SB)/4, $0x0d0c0d0c
+DATA xsword_6<>+4(SB)/4, $0x0d0c0d0c
+DATA xsword_6<>+8(SB)/4, $0x0d0c0d0c
+DATA xsword_6<>+12(SB)/4, $0x0d0c0d0c
+DATA xsword_6<>+16(SB)/4, $0x0d0c0d0c
+DATA xsword_6<>+20(SB)/4, $0x0d0c0d0c
+DATA xsword_6<>+24(SB)/4, $0x0d0c0d0c
+DATA xsword_6<>+28(SB)/4, $0x0d0c0d0c
+GLOBL xsword_6<>(SB), RODATA|NOPTR, $32
+
+DATA xsword_7<>+0(SB)/4, $0x0f0e0f0e
+DATA xsword_7<>+4(SB)/4, $0x0f0e0f0e
+DATA xsword_7<>+8(SB)/4, $0x0f0e0f0e
+DATA xsword_7<>+12(SB)/4, $0x0f0e0f0e
+DATA xsword_7<>+16(SB)/4, $0x0f0e0f0e
+DATA xsword_7<>+20(SB)/4, $0x0f0e0f0e
+DATA xsword_7<>+24(SB)/4, $0x0f0e0f0e
+DATA xsword_7<>+28(SB)/4, $0x0f0e0f0e
+GLOBL xsword_7<>(SB), RODATA|NOPTR, $32
 
 DATA absmask<>+0(SB)/4, $0x7fffffff
 GLOBL absmask<>(SB), RODATA|NOPTR, $4
@@ -89459,6 +89624,520 @@ q8dot512Q2KN2BW_blk:
 	VZEROUPPER
 	RET
 
+// func q8dot512IQ4XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI, F16C
+TEXT ·q8dot512IQ4XSN1(SB), NOSPLIT, $0-64
+	MOVQ            wstride+8(FP), AX
+	MOVQ            w+0(FP), CX
+	MOVQ            out+48(FP), DX
+	VPBROADCASTD    b0f<>+0(SB), Z0
+	VBROADCASTI64X4 iq4y<>+0(SB), Z1
+	VMOVDQU64       q8idxxs_0<>+0(SB), Z2
+	VMOVDQU64       q8idxxs_1<>+0(SB), Z3
+	VMOVDQU64       q8idxxs_2<>+0(SB), Z4
+	VMOVDQU64       q8idxxs_3<>+0(SB), Z5
+
+q8dot512IQ4XSN1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Z6, Z6, Z6
+
+q8dot512IQ4XSN1_blk:
+	VPBROADCASTD    4(BX), Y7
+	VPSRLVD         iq4xsshl<>+0(SB), Y7, Y7
+	VPBROADCASTD    nibmask<>+0(SB), Y11
+	VPAND           Y11, Y7, Y7
+	VPBROADCASTD    2(BX), Y10
+	VPSRLVD         iq4xsshh<>+0(SB), Y10, Y10
+	VPBROADCASTD    dword3<>+0(SB), Y11
+	VPAND           Y11, Y10, Y10
+	VPSLLD          $0x04, Y10, Y10
+	VPOR            Y10, Y7, Y7
+	VPBROADCASTD    dword32<>+0(SB), Y11
+	VPSUBD          Y11, Y7, Y7
+	VPMOVDW         Y7, X8
+	VPXORD          Z9, Z9, Z9
+	VBROADCASTI64X4 8(BX), Z7
+	VPSRLVW         q8shq4<>+0(SB), Z7, Z7
+	VPANDD          Z0, Z7, Z7
+	VSHUFI64X2      $0xd8, Z7, Z7, Z7
+	VPSHUFB         Z7, Z1, Z7
+	VPMOVB2M        Z7, K1
+	VPABSB          Z7, Z7
+	VPERMW          Z8, Z2, Z10
+	VMOVDQU64       (SI), Z11
+	VPSUBB          Z11, Z9, K1, Z11
+	VPMADDUBSW      Z11, Z7, Z7
+	VPMADDWD        Z10, Z7, Z7
+	VBROADCASTI64X4 40(BX), Z10
+	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	VSHUFI64X2      $0xd8, Z10, Z10, Z10
+	VPSHUFB         Z10, Z1, Z10
+	VPMOVB2M        Z10, K1
+	VPABSB          Z10, Z10
+	VPERMW          Z8, Z3, Z11
+	VMOVDQU64       64(SI), Z12
+	VPSUBB          Z12, Z9, K1, Z12
+	VPMADDUBSW      Z12, Z10, Z10
+	VPDPWSSD        Z11, Z10, Z7
+	VBROADCASTI64X4 72(BX), Z10
+	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	VSHUFI64X2      $0xd8, Z10, Z10, Z10
+	VPSHUFB         Z10, Z1, Z10
+	VPMOVB2M        Z10, K1
+	VPABSB          Z10, Z10
+	VPERMW          Z8, Z4, Z11
+	VMOVDQU64       128(SI), Z12
+	VPSUBB          Z12, Z9, K1, Z12
+	VPMADDUBSW      Z12, Z10, Z10
+	VPMADDWD        Z11, Z10, Z10
+	VBROADCASTI64X4 104(BX), Z11
+	VPSRLVW         q8shq4<>+0(SB), Z11, Z11
+	VPANDD          Z0, Z11, Z11
+	VSHUFI64X2      $0xd8, Z11, Z11, Z11
+	VPSHUFB         Z11, Z1, Z11
+	VPMOVB2M        Z11, K1
+	VPABSB          Z11, Z11
+	VPERMW          Z8, Z5, Z12
+	VMOVDQU64       192(SI), Z13
+	VPSUBB          Z13, Z9, K1, Z13
+	VPMADDUBSW      Z13, Z11, Z11
+	VPDPWSSD        Z12, Z11, Z10
+	VPBROADCASTW    (BX), X8
+	VCVTPH2PS       X8, X8
+	VPADDD          Z10, Z7, Z7
+	VEXTRACTI64X4   $0x01, Z7, Y10
+	VPADDD          Y10, Y7, Y7
+	VEXTRACTI32X4   $0x01, Y7, X10
+	VPADDD          X10, X7, X7
+	VPSHUFD         $0x4e, X7, X10
+	VPADDD          X10, X7, X7
+	VPSHUFD         $0xb1, X7, X10
+	VPADDD          X10, X7, X7
+	VCVTDQ2PS       X7, X7
+	VMULPS.BCST     304(SI), X8, X8
+	VMULSS          X8, X7, X7
+	VADDSS          X7, X6, X6
+	ADDQ            $0x00000088, BX
+	ADDQ            $0x00000140, SI
+	DECQ            DI
+	JNZ             q8dot512IQ4XSN1_blk
+	MOVQ            DX, BX
+	VMOVSS          X6, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512IQ4XSN1_row
+	VZEROUPPER
+	RET
+
+// func q8dot512IQ4XSN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, F16C
+TEXT ·q8dot512IQ4XSN1BW(SB), NOSPLIT, $0-64
+	MOVQ            wstride+8(FP), AX
+	MOVQ            w+0(FP), CX
+	MOVQ            out+48(FP), DX
+	VPBROADCASTD    b0f<>+0(SB), Z0
+	VBROADCASTI64X4 iq4y<>+0(SB), Z1
+	VMOVDQU64       q8idxxs_0<>+0(SB), Z2
+	VMOVDQU64       q8idxxs_1<>+0(SB), Z3
+	VMOVDQU64       q8idxxs_2<>+0(SB), Z4
+	VMOVDQU64       q8idxxs_3<>+0(SB), Z5
+
+q8dot512IQ4XSN1BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Z6, Z6, Z6
+
+q8dot512IQ4XSN1BW_blk:
+	VPBROADCASTD    4(BX), Y7
+	VPSRLVD         iq4xsshl<>+0(SB), Y7, Y7
+	VPBROADCASTD    nibmask<>+0(SB), Y11
+	VPAND           Y11, Y7, Y7
+	VPBROADCASTD    2(BX), Y10
+	VPSRLVD         iq4xsshh<>+0(SB), Y10, Y10
+	VPBROADCASTD    dword3<>+0(SB), Y11
+	VPAND           Y11, Y10, Y10
+	VPSLLD          $0x04, Y10, Y10
+	VPOR            Y10, Y7, Y7
+	VPBROADCASTD    dword32<>+0(SB), Y11
+	VPSUBD          Y11, Y7, Y7
+	VPMOVDW         Y7, X8
+	VPXORD          Z9, Z9, Z9
+	VBROADCASTI64X4 8(BX), Z7
+	VPSRLVW         q8shq4<>+0(SB), Z7, Z7
+	VPANDD          Z0, Z7, Z7
+	VSHUFI64X2      $0xd8, Z7, Z7, Z7
+	VPSHUFB         Z7, Z1, Z7
+	VPMOVB2M        Z7, K1
+	VPABSB          Z7, Z7
+	VPERMW          Z8, Z2, Z10
+	VMOVDQU64       (SI), Z11
+	VPSUBB          Z11, Z9, K1, Z11
+	VPMADDUBSW      Z11, Z7, Z7
+	VPMADDWD        Z10, Z7, Z7
+	VBROADCASTI64X4 40(BX), Z10
+	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	VSHUFI64X2      $0xd8, Z10, Z10, Z10
+	VPSHUFB         Z10, Z1, Z10
+	VPMOVB2M        Z10, K1
+	VPABSB          Z10, Z10
+	VPERMW          Z8, Z3, Z11
+	VMOVDQU64       64(SI), Z12
+	VPSUBB          Z12, Z9, K1, Z12
+	VPMADDUBSW      Z12, Z10, Z10
+	VPMADDWD        Z11, Z10, Z10
+	VPADDD          Z10, Z7, Z7
+	VBROADCASTI64X4 72(BX), Z10
+	VPSRLVW         q8shq4<>+0(SB), Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	VSHUFI64X2      $0xd8, Z10, Z10, Z10
+	VPSHUFB         Z10, Z1, Z10
+	VPMOVB2M        Z10, K1
+	VPABSB          Z10, Z10
+	VPERMW          Z8, Z4, Z11
+	VMOVDQU64       128(SI), Z12
+	VPSUBB          Z12, Z9, K1, Z12
+	VPMADDUBSW      Z12, Z10, Z10
+	VPMADDWD        Z11, Z10, Z10
+	VBROADCASTI64X4 104(BX), Z11
+	VPSRLVW         q8shq4<>+0(SB), Z11, Z11
+	VPANDD          Z0, Z11, Z11
+	VSHUFI64X2      $0xd8, Z11, Z11, Z11
+	VPSHUFB         Z11, Z1, Z11
+	VPMOVB2M        Z11, K1
+	VPABSB          Z11, Z11
+	VPERMW          Z8, Z5, Z12
+	VMOVDQU64       192(SI), Z13
+	VPSUBB          Z13, Z9, K1, Z13
+	VPMADDUBSW      Z13, Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VPADDD          Z11, Z10, Z10
+	VPBROADCASTW    (BX), X8
+	VCVTPH2PS       X8, X8
+	VPADDD          Z10, Z7, Z7
+	VEXTRACTI64X4   $0x01, Z7, Y10
+	VPADDD          Y10, Y7, Y7
+	VEXTRACTI32X4   $0x01, Y7, X10
+	VPADDD          X10, X7, X7
+	VPSHUFD         $0x4e, X7, X10
+	VPADDD          X10, X7, X7
+	VPSHUFD         $0xb1, X7, X10
+	VPADDD          X10, X7, X7
+	VCVTDQ2PS       X7, X7
+	VMULPS.BCST     304(SI), X8, X8
+	VMULSS          X8, X7, X7
+	VADDSS          X7, X6, X6
+	ADDQ            $0x00000088, BX
+	ADDQ            $0x00000140, SI
+	DECQ            DI
+	JNZ             q8dot512IQ4XSN1BW_blk
+	MOVQ            DX, BX
+	VMOVSS          X6, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512IQ4XSN1BW_row
+	VZEROUPPER
+	RET
+
+// func q8dot512IQ4XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, AVX512VNNI, F16C
+TEXT ·q8dot512IQ4XSN2(SB), NOSPLIT, $0-64
+	MOVQ            wstride+8(FP), AX
+	MOVQ            w+0(FP), CX
+	MOVQ            out+48(FP), DX
+	VPBROADCASTD    b0f<>+0(SB), Z0
+	VBROADCASTI64X4 iq4y<>+0(SB), Z1
+	VMOVDQU64       q8idxxs_0<>+0(SB), Z2
+	VMOVDQU64       q8idxxs_1<>+0(SB), Z3
+	VMOVDQU64       q8idxxs_2<>+0(SB), Z4
+	VMOVDQU64       q8idxxs_3<>+0(SB), Z5
+
+q8dot512IQ4XSN2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+
+q8dot512IQ4XSN2_blk:
+	VPBROADCASTD    4(BX), Y8
+	VPSRLVD         iq4xsshl<>+0(SB), Y8, Y8
+	VPBROADCASTD    nibmask<>+0(SB), Y12
+	VPAND           Y12, Y8, Y8
+	VPBROADCASTD    2(BX), Y11
+	VPSRLVD         iq4xsshh<>+0(SB), Y11, Y11
+	VPBROADCASTD    dword3<>+0(SB), Y12
+	VPAND           Y12, Y11, Y11
+	VPSLLD          $0x04, Y11, Y11
+	VPOR            Y11, Y8, Y8
+	VPBROADCASTD    dword32<>+0(SB), Y12
+	VPSUBD          Y12, Y8, Y8
+	VPMOVDW         Y8, X9
+	VPXORD          Z10, Z10, Z10
+	VBROADCASTI64X4 8(BX), Z11
+	VPSRLVW         q8shq4<>+0(SB), Z11, Z11
+	VPANDD          Z0, Z11, Z11
+	VSHUFI64X2      $0xd8, Z11, Z11, Z11
+	VPSHUFB         Z11, Z1, Z11
+	VPMOVB2M        Z11, K1
+	VPABSB          Z11, Z11
+	VPERMW          Z9, Z2, Z12
+	VMOVDQU64       (SI), Z8
+	VPSUBB          Z8, Z10, K1, Z8
+	VPMADDUBSW      Z8, Z11, Z8
+	VPMADDWD        Z12, Z8, Z8
+	VMOVDQU64       (SI)(DI*1), Z13
+	VPSUBB          Z13, Z10, K1, Z13
+	VPMADDUBSW      Z13, Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VBROADCASTI64X4 40(BX), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VSHUFI64X2      $0xd8, Z12, Z12, Z12
+	VPSHUFB         Z12, Z1, Z12
+	VPMOVB2M        Z12, K1
+	VPABSB          Z12, Z12
+	VPERMW          Z9, Z3, Z13
+	VMOVDQU64       64(SI), Z14
+	VPSUBB          Z14, Z10, K1, Z14
+	VPMADDUBSW      Z14, Z12, Z14
+	VPDPWSSD        Z13, Z14, Z8
+	VMOVDQU64       64(SI)(DI*1), Z14
+	VPSUBB          Z14, Z10, K1, Z14
+	VPMADDUBSW      Z14, Z12, Z12
+	VPDPWSSD        Z13, Z12, Z11
+	VBROADCASTI64X4 72(BX), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VSHUFI64X2      $0xd8, Z12, Z12, Z12
+	VPSHUFB         Z12, Z1, Z12
+	VPMOVB2M        Z12, K1
+	VPABSB          Z12, Z12
+	VPERMW          Z9, Z4, Z14
+	VMOVDQU64       128(SI), Z13
+	VPSUBB          Z13, Z10, K1, Z13
+	VPMADDUBSW      Z13, Z12, Z13
+	VPMADDWD        Z14, Z13, Z13
+	VMOVDQU64       128(SI)(DI*1), Z15
+	VPSUBB          Z15, Z10, K1, Z15
+	VPMADDUBSW      Z15, Z12, Z12
+	VPMADDWD        Z14, Z12, Z12
+	VBROADCASTI64X4 104(BX), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VSHUFI64X2      $0xd8, Z14, Z14, Z14
+	VPSHUFB         Z14, Z1, Z14
+	VPMOVB2M        Z14, K1
+	VPABSB          Z14, Z14
+	VPERMW          Z9, Z5, Z15
+	VMOVDQU64       192(SI), Z16
+	VPSUBB          Z16, Z10, K1, Z16
+	VPMADDUBSW      Z16, Z14, Z16
+	VPDPWSSD        Z15, Z16, Z13
+	VMOVDQU64       192(SI)(DI*1), Z16
+	VPSUBB          Z16, Z10, K1, Z16
+	VPMADDUBSW      Z16, Z14, Z14
+	VPDPWSSD        Z15, Z14, Z12
+	VPBROADCASTW    (BX), X9
+	VCVTPH2PS       X9, X9
+	VPADDD          Z13, Z8, Z8
+	VEXTRACTI64X4   $0x01, Z8, Y13
+	VPADDD          Y13, Y8, Y8
+	VEXTRACTI32X4   $0x01, Y8, X13
+	VPADDD          X13, X8, X8
+	VPSHUFD         $0x4e, X8, X13
+	VPADDD          X13, X8, X8
+	VPSHUFD         $0xb1, X8, X13
+	VPADDD          X13, X8, X8
+	VCVTDQ2PS       X8, X8
+	VMULPS.BCST     304(SI), X9, X13
+	VMULSS          X13, X8, X8
+	VADDSS          X8, X6, X6
+	VPADDD          Z12, Z11, Z8
+	VEXTRACTI64X4   $0x01, Z8, Y11
+	VPADDD          Y11, Y8, Y8
+	VEXTRACTI32X4   $0x01, Y8, X11
+	VPADDD          X11, X8, X8
+	VPSHUFD         $0x4e, X8, X11
+	VPADDD          X11, X8, X8
+	VPSHUFD         $0xb1, X8, X11
+	VPADDD          X11, X8, X8
+	VCVTDQ2PS       X8, X8
+	VMULPS.BCST     304(SI)(DI*1), X9, X9
+	VMULSS          X9, X8, X8
+	VADDSS          X8, X7, X7
+	ADDQ            $0x00000088, BX
+	ADDQ            $0x00000140, SI
+	DECQ            R8
+	JNZ             q8dot512IQ4XSN2_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VMOVSS          X6, (SI)
+	ADDQ            BX, SI
+	VMOVSS          X7, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512IQ4XSN2_row
+	VZEROUPPER
+	RET
+
+// func q8dot512IQ4XSN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512DQ, AVX512F, AVX512VL, F16C
+TEXT ·q8dot512IQ4XSN2BW(SB), NOSPLIT, $0-64
+	MOVQ            wstride+8(FP), AX
+	MOVQ            w+0(FP), CX
+	MOVQ            out+48(FP), DX
+	VPBROADCASTD    b0f<>+0(SB), Z0
+	VBROADCASTI64X4 iq4y<>+0(SB), Z1
+	VMOVDQU64       q8idxxs_0<>+0(SB), Z2
+	VMOVDQU64       q8idxxs_1<>+0(SB), Z3
+	VMOVDQU64       q8idxxs_2<>+0(SB), Z4
+	VMOVDQU64       q8idxxs_3<>+0(SB), Z5
+
+q8dot512IQ4XSN2BW_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+
+q8dot512IQ4XSN2BW_blk:
+	VPBROADCASTD    4(BX), Y8
+	VPSRLVD         iq4xsshl<>+0(SB), Y8, Y8
+	VPBROADCASTD    nibmask<>+0(SB), Y12
+	VPAND           Y12, Y8, Y8
+	VPBROADCASTD    2(BX), Y11
+	VPSRLVD         iq4xsshh<>+0(SB), Y11, Y11
+	VPBROADCASTD    dword3<>+0(SB), Y12
+	VPAND           Y12, Y11, Y11
+	VPSLLD          $0x04, Y11, Y11
+	VPOR            Y11, Y8, Y8
+	VPBROADCASTD    dword32<>+0(SB), Y12
+	VPSUBD          Y12, Y8, Y8
+	VPMOVDW         Y8, X9
+	VPXORD          Z10, Z10, Z10
+	VBROADCASTI64X4 8(BX), Z11
+	VPSRLVW         q8shq4<>+0(SB), Z11, Z11
+	VPANDD          Z0, Z11, Z11
+	VSHUFI64X2      $0xd8, Z11, Z11, Z11
+	VPSHUFB         Z11, Z1, Z11
+	VPMOVB2M        Z11, K1
+	VPABSB          Z11, Z11
+	VPERMW          Z9, Z2, Z12
+	VMOVDQU64       (SI), Z8
+	VPSUBB          Z8, Z10, K1, Z8
+	VPMADDUBSW      Z8, Z11, Z8
+	VPMADDWD        Z12, Z8, Z8
+	VMOVDQU64       (SI)(DI*1), Z13
+	VPSUBB          Z13, Z10, K1, Z13
+	VPMADDUBSW      Z13, Z11, Z11
+	VPMADDWD        Z12, Z11, Z11
+	VBROADCASTI64X4 40(BX), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VSHUFI64X2      $0xd8, Z12, Z12, Z12
+	VPSHUFB         Z12, Z1, Z12
+	VPMOVB2M        Z12, K1
+	VPABSB          Z12, Z12
+	VPERMW          Z9, Z3, Z13
+	VMOVDQU64       64(SI), Z14
+	VPSUBB          Z14, Z10, K1, Z14
+	VPMADDUBSW      Z14, Z12, Z14
+	VPMADDWD        Z13, Z14, Z14
+	VPADDD          Z14, Z8, Z8
+	VMOVDQU64       64(SI)(DI*1), Z14
+	VPSUBB          Z14, Z10, K1, Z14
+	VPMADDUBSW      Z14, Z12, Z12
+	VPMADDWD        Z13, Z12, Z12
+	VPADDD          Z12, Z11, Z11
+	VBROADCASTI64X4 72(BX), Z12
+	VPSRLVW         q8shq4<>+0(SB), Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	VSHUFI64X2      $0xd8, Z12, Z12, Z12
+	VPSHUFB         Z12, Z1, Z12
+	VPMOVB2M        Z12, K1
+	VPABSB          Z12, Z12
+	VPERMW          Z9, Z4, Z14
+	VMOVDQU64       128(SI), Z13
+	VPSUBB          Z13, Z10, K1, Z13
+	VPMADDUBSW      Z13, Z12, Z13
+	VPMADDWD        Z14, Z13, Z13
+	VMOVDQU64       128(SI)(DI*1), Z15
+	VPSUBB          Z15, Z10, K1, Z15
+	VPMADDUBSW      Z15, Z12, Z12
+	VPMADDWD        Z14, Z12, Z12
+	VBROADCASTI64X4 104(BX), Z14
+	VPSRLVW         q8shq4<>+0(SB), Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	VSHUFI64X2      $0xd8, Z14, Z14, Z14
+	VPSHUFB         Z14, Z1, Z14
+	VPMOVB2M        Z14, K1
+	VPABSB          Z14, Z14
+	VPERMW          Z9, Z5, Z15
+	VMOVDQU64       192(SI), Z16
+	VPSUBB          Z16, Z10, K1, Z16
+	VPMADDUBSW      Z16, Z14, Z16
+	VPMADDWD        Z15, Z16, Z16
+	VPADDD          Z16, Z13, Z13
+	VMOVDQU64       192(SI)(DI*1), Z16
+	VPSUBB          Z16, Z10, K1, Z16
+	VPMADDUBSW      Z16, Z14, Z14
+	VPMADDWD        Z15, Z14, Z14
+	VPADDD          Z14, Z12, Z12
+	VPBROADCASTW    (BX), X9
+	VCVTPH2PS       X9, X9
+	VPADDD          Z13, Z8, Z8
+	VEXTRACTI64X4   $0x01, Z8, Y13
+	VPADDD          Y13, Y8, Y8
+	VEXTRACTI32X4   $0x01, Y8, X13
+	VPADDD          X13, X8, X8
+	VPSHUFD         $0x4e, X8, X13
+	VPADDD          X13, X8, X8
+	VPSHUFD         $0xb1, X8, X13
+	VPADDD          X13, X8, X8
+	VCVTDQ2PS       X8, X8
+	VMULPS.BCST     304(SI), X9, X13
+	VMULSS          X13, X8, X8
+	VADDSS          X8, X6, X6
+	VPADDD          Z12, Z11, Z8
+	VEXTRACTI64X4   $0x01, Z8, Y11
+	VPADDD          Y11, Y8, Y8
+	VEXTRACTI32X4   $0x01, Y8, X11
+	VPADDD          X11, X8, X8
+	VPSHUFD         $0x4e, X8, X11
+	VPADDD          X11, X8, X8
+	VPSHUFD         $0xb1, X8, X11
+	VPADDD          X11, X8, X8
+	VCVTDQ2PS       X8, X8
+	VMULPS.BCST     304(SI)(DI*1), X9, X9
+	VMULSS          X9, X8, X8
+	VADDSS          X8, X7, X7
+	ADDQ            $0x00000088, BX
+	ADDQ            $0x00000140, SI
+	DECQ            R8
+	JNZ             q8dot512IQ4XSN2BW_blk
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VMOVSS          X6, (SI)
+	ADDQ            BX, SI
+	VMOVSS          X7, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512IQ4XSN2BW_row
+	VZEROUPPER
+	RET
+
 // func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 // Requires: AVX, AVX2, F16C
 TEXT ·q8dot256Q4KN1(SB), NOSPLIT, $0-64
@@ -91033,6 +91712,353 @@ q8dot256Q2KN2_blk:
 	ADDQ         AX, CX
 	DECQ         nrows+16(FP)
 	JNZ          q8dot256Q2KN2_row
+	VZEROUPPER
+	RET
+
+// func q8dot256IQ4XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256IQ4XSN1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VMOVDQU      iq4y<>+0(SB), Y2
+
+q8dot256IQ4XSN1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Y1, Y1, Y1
+
+q8dot256IQ4XSN1_blk:
+	VPBROADCASTD   4(BX), Y3
+	VPSRLVD        iq4xsshl<>+0(SB), Y3, Y3
+	VPBROADCASTD   nibmask<>+0(SB), Y5
+	VPAND          Y5, Y3, Y3
+	VPBROADCASTD   2(BX), Y4
+	VPSRLVD        iq4xsshh<>+0(SB), Y4, Y4
+	VPBROADCASTD   dword3<>+0(SB), Y5
+	VPAND          Y5, Y4, Y4
+	VPSLLD         $0x04, Y4, Y4
+	VPOR           Y4, Y3, Y3
+	VPBROADCASTD   dword32<>+0(SB), Y5
+	VPSUBD         Y5, Y3, Y3
+	VPACKSSDW      Y3, Y3, Y3
+	VPERMQ         $0x88, Y3, Y3
+	VPXOR          Y4, Y4, Y4
+	VBROADCASTI128 8(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPSHUFB        Y5, Y2, Y5
+	VPABSB         Y5, Y6
+	VPSHUFB        xsword_0<>+0(SB), Y3, Y7
+	VMOVDQU        (SI), Y8
+	VPSIGNB        Y5, Y8, Y8
+	VPMADDUBSW     Y8, Y6, Y8
+	VPMADDWD       Y7, Y8, Y8
+	VPADDD         Y8, Y4, Y4
+	VBROADCASTI128 24(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPSHUFB        Y5, Y2, Y5
+	VPABSB         Y5, Y6
+	VPSHUFB        xsword_1<>+0(SB), Y3, Y7
+	VMOVDQU        32(SI), Y8
+	VPSIGNB        Y5, Y8, Y8
+	VPMADDUBSW     Y8, Y6, Y8
+	VPMADDWD       Y7, Y8, Y8
+	VPADDD         Y8, Y4, Y4
+	VBROADCASTI128 40(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPSHUFB        Y5, Y2, Y5
+	VPABSB         Y5, Y6
+	VPSHUFB        xsword_2<>+0(SB), Y3, Y7
+	VMOVDQU        64(SI), Y8
+	VPSIGNB        Y5, Y8, Y8
+	VPMADDUBSW     Y8, Y6, Y8
+	VPMADDWD       Y7, Y8, Y8
+	VPADDD         Y8, Y4, Y4
+	VBROADCASTI128 56(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPSHUFB        Y5, Y2, Y5
+	VPABSB         Y5, Y6
+	VPSHUFB        xsword_3<>+0(SB), Y3, Y7
+	VMOVDQU        96(SI), Y8
+	VPSIGNB        Y5, Y8, Y8
+	VPMADDUBSW     Y8, Y6, Y8
+	VPMADDWD       Y7, Y8, Y8
+	VPADDD         Y8, Y4, Y4
+	VBROADCASTI128 72(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPSHUFB        Y5, Y2, Y5
+	VPABSB         Y5, Y6
+	VPSHUFB        xsword_4<>+0(SB), Y3, Y7
+	VMOVDQU        128(SI), Y8
+	VPSIGNB        Y5, Y8, Y8
+	VPMADDUBSW     Y8, Y6, Y8
+	VPMADDWD       Y7, Y8, Y8
+	VPADDD         Y8, Y4, Y4
+	VBROADCASTI128 88(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPSHUFB        Y5, Y2, Y5
+	VPABSB         Y5, Y6
+	VPSHUFB        xsword_5<>+0(SB), Y3, Y7
+	VMOVDQU        160(SI), Y8
+	VPSIGNB        Y5, Y8, Y8
+	VPMADDUBSW     Y8, Y6, Y8
+	VPMADDWD       Y7, Y8, Y8
+	VPADDD         Y8, Y4, Y4
+	VBROADCASTI128 104(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPSHUFB        Y5, Y2, Y5
+	VPABSB         Y5, Y6
+	VPSHUFB        xsword_6<>+0(SB), Y3, Y7
+	VMOVDQU        192(SI), Y8
+	VPSIGNB        Y5, Y8, Y8
+	VPMADDUBSW     Y8, Y6, Y8
+	VPMADDWD       Y7, Y8, Y8
+	VPADDD         Y8, Y4, Y4
+	VBROADCASTI128 120(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPSHUFB        Y5, Y2, Y5
+	VPABSB         Y5, Y6
+	VPSHUFB        xsword_7<>+0(SB), Y3, Y3
+	VMOVDQU        224(SI), Y7
+	VPSIGNB        Y5, Y7, Y7
+	VPMADDUBSW     Y7, Y6, Y7
+	VPMADDWD       Y3, Y7, Y7
+	VPADDD         Y7, Y4, Y4
+	VPBROADCASTW   (BX), X3
+	VCVTPH2PS      X3, X3
+	VEXTRACTI128   $0x01, Y4, X5
+	VPADDD         X5, X4, X4
+	VPSHUFD        $0x4e, X4, X5
+	VPADDD         X5, X4, X4
+	VPSHUFD        $0xb1, X4, X5
+	VPADDD         X5, X4, X4
+	VCVTDQ2PS      X4, X4
+	VBROADCASTSS   304(SI), X5
+	VMULPS         X3, X5, X5
+	VMULSS         X5, X4, X4
+	VADDSS         X4, X1, X1
+	ADDQ           $0x00000088, BX
+	ADDQ           $0x00000140, SI
+	DECQ           DI
+	JNZ            q8dot256IQ4XSN1_blk
+	MOVQ           DX, BX
+	VMOVSS         X1, (BX)
+	ADDQ           $0x04, DX
+	ADDQ           AX, CX
+	DECQ           nrows+16(FP)
+	JNZ            q8dot256IQ4XSN1_row
+	VZEROUPPER
+	RET
+
+// func q8dot256IQ4XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256IQ4XSN2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VMOVDQU      iq4y<>+0(SB), Y3
+
+q8dot256IQ4XSN2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+
+q8dot256IQ4XSN2_blk:
+	VPBROADCASTD   4(BX), Y4
+	VPSRLVD        iq4xsshl<>+0(SB), Y4, Y4
+	VPBROADCASTD   nibmask<>+0(SB), Y6
+	VPAND          Y6, Y4, Y4
+	VPBROADCASTD   2(BX), Y5
+	VPSRLVD        iq4xsshh<>+0(SB), Y5, Y5
+	VPBROADCASTD   dword3<>+0(SB), Y6
+	VPAND          Y6, Y5, Y5
+	VPSLLD         $0x04, Y5, Y5
+	VPOR           Y5, Y4, Y4
+	VPBROADCASTD   dword32<>+0(SB), Y6
+	VPSUBD         Y6, Y4, Y4
+	VPACKSSDW      Y4, Y4, Y4
+	VPERMQ         $0x88, Y4, Y4
+	VPXOR          Y5, Y5, Y5
+	VPXOR          Y6, Y6, Y6
+	VBROADCASTI128 8(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPSHUFB        Y7, Y3, Y7
+	VPABSB         Y7, Y8
+	VPSHUFB        xsword_0<>+0(SB), Y4, Y9
+	VMOVDQU        (SI), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y5, Y5
+	VMOVDQU        (SI)(DI*1), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y6, Y6
+	VBROADCASTI128 24(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPSHUFB        Y7, Y3, Y7
+	VPABSB         Y7, Y8
+	VPSHUFB        xsword_1<>+0(SB), Y4, Y9
+	VMOVDQU        32(SI), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y5, Y5
+	VMOVDQU        32(SI)(DI*1), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y6, Y6
+	VBROADCASTI128 40(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPSHUFB        Y7, Y3, Y7
+	VPABSB         Y7, Y8
+	VPSHUFB        xsword_2<>+0(SB), Y4, Y9
+	VMOVDQU        64(SI), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y5, Y5
+	VMOVDQU        64(SI)(DI*1), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y6, Y6
+	VBROADCASTI128 56(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPSHUFB        Y7, Y3, Y7
+	VPABSB         Y7, Y8
+	VPSHUFB        xsword_3<>+0(SB), Y4, Y9
+	VMOVDQU        96(SI), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y5, Y5
+	VMOVDQU        96(SI)(DI*1), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y6, Y6
+	VBROADCASTI128 72(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPSHUFB        Y7, Y3, Y7
+	VPABSB         Y7, Y8
+	VPSHUFB        xsword_4<>+0(SB), Y4, Y9
+	VMOVDQU        128(SI), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y5, Y5
+	VMOVDQU        128(SI)(DI*1), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y6, Y6
+	VBROADCASTI128 88(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPSHUFB        Y7, Y3, Y7
+	VPABSB         Y7, Y8
+	VPSHUFB        xsword_5<>+0(SB), Y4, Y9
+	VMOVDQU        160(SI), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y5, Y5
+	VMOVDQU        160(SI)(DI*1), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y6, Y6
+	VBROADCASTI128 104(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPSHUFB        Y7, Y3, Y7
+	VPABSB         Y7, Y8
+	VPSHUFB        xsword_6<>+0(SB), Y4, Y9
+	VMOVDQU        192(SI), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y5, Y5
+	VMOVDQU        192(SI)(DI*1), Y10
+	VPSIGNB        Y7, Y10, Y10
+	VPMADDUBSW     Y10, Y8, Y10
+	VPMADDWD       Y9, Y10, Y10
+	VPADDD         Y10, Y6, Y6
+	VBROADCASTI128 120(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPSHUFB        Y7, Y3, Y7
+	VPABSB         Y7, Y8
+	VPSHUFB        xsword_7<>+0(SB), Y4, Y4
+	VMOVDQU        224(SI), Y9
+	VPSIGNB        Y7, Y9, Y9
+	VPMADDUBSW     Y9, Y8, Y9
+	VPMADDWD       Y4, Y9, Y9
+	VPADDD         Y9, Y5, Y5
+	VMOVDQU        224(SI)(DI*1), Y9
+	VPSIGNB        Y7, Y9, Y9
+	VPMADDUBSW     Y9, Y8, Y9
+	VPMADDWD       Y4, Y9, Y9
+	VPADDD         Y9, Y6, Y6
+	VPBROADCASTW   (BX), X4
+	VCVTPH2PS      X4, X4
+	VEXTRACTI128   $0x01, Y5, X7
+	VPADDD         X7, X5, X5
+	VPSHUFD        $0x4e, X5, X7
+	VPADDD         X7, X5, X5
+	VPSHUFD        $0xb1, X5, X7
+	VPADDD         X7, X5, X5
+	VCVTDQ2PS      X5, X5
+	VBROADCASTSS   304(SI), X7
+	VMULPS         X4, X7, X7
+	VMULSS         X7, X5, X5
+	VADDSS         X5, X1, X1
+	VEXTRACTI128   $0x01, Y6, X5
+	VPADDD         X5, X6, X6
+	VPSHUFD        $0x4e, X6, X5
+	VPADDD         X5, X6, X6
+	VPSHUFD        $0xb1, X6, X5
+	VPADDD         X5, X6, X6
+	VCVTDQ2PS      X6, X6
+	VBROADCASTSS   304(SI)(DI*1), X5
+	VMULPS         X4, X5, X5
+	VMULSS         X5, X6, X6
+	VADDSS         X6, X2, X2
+	ADDQ           $0x00000088, BX
+	ADDQ           $0x00000140, SI
+	DECQ           R8
+	JNZ            q8dot256IQ4XSN2_blk
+	MOVQ           ostride+56(FP), BX
+	MOVQ           DX, SI
+	VMOVSS         X1, (SI)
+	ADDQ           BX, SI
+	VMOVSS         X2, (SI)
+	ADDQ           $0x04, DX
+	ADDQ           AX, CX
+	DECQ           nrows+16(FP)
+	JNZ            q8dot256IQ4XSN2_row
 	VZEROUPPER
 	RET
 
@@ -112975,6 +114001,1547 @@ q2kx16N3_blk:
 	MOVQ          BX, out+40(FP)
 	DECQ          groups+8(FP)
 	JNZ           q2kx16N3_grp
+	VZEROUPPER
+	RET
+
+// func iq4xsx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+TEXT ·iq4xsx16N1(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD nibmask<>+0(SB), Z1
+	VPBROADCASTD dword48<>+0(SB), Z2
+	VMOVDQU64    iq4u<>+0(SB), Z3
+
+iq4xsx16N1_grp:
+	MOVQ   nblocks+16(FP), CX
+	MOVQ   xq+24(FP), DX
+	VXORPS Z4, Z4, Z4
+
+iq4xsx16N1_blk:
+	PREFETCHT0      6528(AX)
+	PREFETCHT0      6592(AX)
+	PREFETCHT0      6656(AX)
+	PREFETCHT0      6720(AX)
+	PREFETCHT0      6784(AX)
+	PREFETCHT0      6848(AX)
+	PREFETCHT0      6912(AX)
+	PREFETCHT0      6976(AX)
+	PREFETCHT0      7040(AX)
+	PREFETCHT0      7104(AX)
+	PREFETCHT0      7168(AX)
+	PREFETCHT0      7232(AX)
+	PREFETCHT0      7296(AX)
+	PREFETCHT0      7360(AX)
+	PREFETCHT0      7424(AX)
+	PREFETCHT0      7488(AX)
+	PREFETCHT0      7552(AX)
+	PREFETCHT0      7616(AX)
+	PREFETCHT0      7680(AX)
+	PREFETCHT0      7744(AX)
+	PREFETCHT0      7808(AX)
+	PREFETCHT0      7872(AX)
+	PREFETCHT0      7936(AX)
+	PREFETCHT0      8000(AX)
+	PREFETCHT0      8064(AX)
+	PREFETCHT0      8128(AX)
+	PREFETCHT0      8192(AX)
+	PREFETCHT0      8256(AX)
+	PREFETCHT0      8320(AX)
+	PREFETCHT0      8384(AX)
+	PREFETCHT0      8448(AX)
+	PREFETCHT0      8512(AX)
+	PREFETCHT0      8576(AX)
+	PREFETCHT0      8640(AX)
+	VPMOVZXWD       32(AX), Z5
+	VPXORD          Z6, Z6, Z6
+	VPXORD          Z7, Z7, Z7
+	VPXORD          Z8, Z8, Z8
+	VPXORD          Z9, Z9, Z9
+	VPXORD          Z10, Z10, Z10
+	VPXORD          Z11, Z11, Z11
+	VPXORD          Z12, Z12, Z12
+	VPXORD          Z13, Z13, Z13
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPANDD          128(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 128(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   (DX), Z16, Z8
+	VPDPBUSD.BCST   16(DX), Z17, Z9
+	VPANDD          384(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 384(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   32(DX), Z16, Z10
+	VPDPBUSD.BCST   48(DX), Z17, Z11
+	VPANDD          640(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 640(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   64(DX), Z16, Z12
+	VPDPBUSD.BCST   80(DX), Z17, Z13
+	VPANDD          896(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 896(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   96(DX), Z16, Z14
+	VPDPBUSD.BCST   112(DX), Z17, Z15
+	VPANDD          192(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 192(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   4(DX), Z16, Z8
+	VPDPBUSD.BCST   20(DX), Z17, Z9
+	VPANDD          448(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 448(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   36(DX), Z16, Z10
+	VPDPBUSD.BCST   52(DX), Z17, Z11
+	VPANDD          704(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 704(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   68(DX), Z16, Z12
+	VPDPBUSD.BCST   84(DX), Z17, Z13
+	VPANDD          960(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 960(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   100(DX), Z16, Z14
+	VPDPBUSD.BCST   116(DX), Z17, Z15
+	VPANDD          256(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 256(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   8(DX), Z16, Z8
+	VPDPBUSD.BCST   24(DX), Z17, Z9
+	VPANDD          512(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 512(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   40(DX), Z16, Z10
+	VPDPBUSD.BCST   56(DX), Z17, Z11
+	VPANDD          768(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 768(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   72(DX), Z16, Z12
+	VPDPBUSD.BCST   88(DX), Z17, Z13
+	VPANDD          1024(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1024(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   104(DX), Z16, Z14
+	VPDPBUSD.BCST   120(DX), Z17, Z15
+	VPANDD          320(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 320(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   12(DX), Z16, Z8
+	VPDPBUSD.BCST   28(DX), Z17, Z9
+	VPANDD          576(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 576(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   44(DX), Z16, Z10
+	VPDPBUSD.BCST   60(DX), Z17, Z11
+	VPANDD          832(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 832(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   76(DX), Z16, Z12
+	VPDPBUSD.BCST   92(DX), Z17, Z13
+	VPANDD          1088(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1088(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   108(DX), Z16, Z14
+	VPDPBUSD.BCST   124(DX), Z17, Z15
+	VPSLLD          $0x04, Z5, Z16
+	VPANDD          Z2, Z16, Z16
+	VPTERNLOGD      $0xf8, 64(AX), Z1, Z16
+	VPSUBD.BCST     dword32<>+0(SB), Z16, Z16
+	VPADDD          Z9, Z8, Z8
+	VPMULLD         Z16, Z8, Z8
+	VPADDD          Z8, Z7, Z7
+	VMOVDQA64       Z16, Z17
+	VPSLLD          $0x02, Z5, Z16
+	VPANDD          Z2, Z16, Z16
+	VPSRLD          $0x04, 64(AX), Z18
+	VPTERNLOGD      $0xf8, Z18, Z1, Z16
+	VPSUBD.BCST     dword32<>+0(SB), Z16, Z16
+	VPADDD          Z11, Z10, Z10
+	VPMULLD         Z16, Z10, Z10
+	VPADDD          Z10, Z7, Z7
+	VPSLLD          $0x10, Z16, Z18
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z17, Z18
+	VPDPWSSD.BCST   288(DX), Z18, Z6
+	VMOVDQA64       Z5, Z16
+	VPANDD          Z2, Z16, Z16
+	VPSRLD          $0x08, 64(AX), Z18
+	VPTERNLOGD      $0xf8, Z18, Z1, Z16
+	VPSUBD.BCST     dword32<>+0(SB), Z16, Z16
+	VPADDD          Z13, Z12, Z12
+	VPMULLD         Z16, Z12, Z12
+	VPADDD          Z12, Z7, Z7
+	VMOVDQA64       Z16, Z17
+	VPSRLD          $0x02, Z5, Z16
+	VPANDD          Z2, Z16, Z16
+	VPSRLD          $0x0c, 64(AX), Z18
+	VPTERNLOGD      $0xf8, Z18, Z1, Z16
+	VPSUBD.BCST     dword32<>+0(SB), Z16, Z16
+	VPADDD          Z15, Z14, Z14
+	VPMULLD         Z16, Z14, Z14
+	VPADDD          Z14, Z7, Z7
+	VPSLLD          $0x10, Z16, Z18
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z17, Z18
+	VPDPWSSD.BCST   292(DX), Z18, Z6
+	VPXORD          Z8, Z8, Z8
+	VPXORD          Z9, Z9, Z9
+	VPXORD          Z10, Z10, Z10
+	VPXORD          Z11, Z11, Z11
+	VPXORD          Z12, Z12, Z12
+	VPXORD          Z13, Z13, Z13
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPANDD          1152(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1152(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   128(DX), Z16, Z8
+	VPDPBUSD.BCST   144(DX), Z17, Z9
+	VPANDD          1408(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1408(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   160(DX), Z16, Z10
+	VPDPBUSD.BCST   176(DX), Z17, Z11
+	VPANDD          1664(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1664(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   192(DX), Z16, Z12
+	VPDPBUSD.BCST   208(DX), Z17, Z13
+	VPANDD          1920(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1920(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   224(DX), Z16, Z14
+	VPDPBUSD.BCST   240(DX), Z17, Z15
+	VPANDD          1216(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1216(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   132(DX), Z16, Z8
+	VPDPBUSD.BCST   148(DX), Z17, Z9
+	VPANDD          1472(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1472(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   164(DX), Z16, Z10
+	VPDPBUSD.BCST   180(DX), Z17, Z11
+	VPANDD          1728(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1728(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   196(DX), Z16, Z12
+	VPDPBUSD.BCST   212(DX), Z17, Z13
+	VPANDD          1984(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1984(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   228(DX), Z16, Z14
+	VPDPBUSD.BCST   244(DX), Z17, Z15
+	VPANDD          1280(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1280(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   136(DX), Z16, Z8
+	VPDPBUSD.BCST   152(DX), Z17, Z9
+	VPANDD          1536(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1536(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   168(DX), Z16, Z10
+	VPDPBUSD.BCST   184(DX), Z17, Z11
+	VPANDD          1792(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1792(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   200(DX), Z16, Z12
+	VPDPBUSD.BCST   216(DX), Z17, Z13
+	VPANDD          2048(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 2048(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   232(DX), Z16, Z14
+	VPDPBUSD.BCST   248(DX), Z17, Z15
+	VPANDD          1344(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1344(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   140(DX), Z16, Z8
+	VPDPBUSD.BCST   156(DX), Z17, Z9
+	VPANDD          1600(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1600(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   172(DX), Z16, Z10
+	VPDPBUSD.BCST   188(DX), Z17, Z11
+	VPANDD          1856(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 1856(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   204(DX), Z16, Z12
+	VPDPBUSD.BCST   220(DX), Z17, Z13
+	VPANDD          2112(AX), Z0, Z16
+	VPSHUFB         Z16, Z3, Z16
+	VPSRLD          $0x04, 2112(AX), Z17
+	VPANDD          Z0, Z17, Z17
+	VPSHUFB         Z17, Z3, Z17
+	VPDPBUSD.BCST   236(DX), Z16, Z14
+	VPDPBUSD.BCST   252(DX), Z17, Z15
+	VPSRLD          $0x04, Z5, Z16
+	VPANDD          Z2, Z16, Z16
+	VPSRLD          $0x10, 64(AX), Z18
+	VPTERNLOGD      $0xf8, Z18, Z1, Z16
+	VPSUBD.BCST     dword32<>+0(SB), Z16, Z16
+	VPADDD          Z9, Z8, Z8
+	VPMULLD         Z16, Z8, Z8
+	VPADDD          Z8, Z7, Z7
+	VMOVDQA64       Z16, Z17
+	VPSRLD          $0x06, Z5, Z16
+	VPANDD          Z2, Z16, Z16
+	VPSRLD          $0x14, 64(AX), Z18
+	VPTERNLOGD      $0xf8, Z18, Z1, Z16
+	VPSUBD.BCST     dword32<>+0(SB), Z16, Z16
+	VPADDD          Z11, Z10, Z10
+	VPMULLD         Z16, Z10, Z10
+	VPADDD          Z10, Z7, Z7
+	VPSLLD          $0x10, Z16, Z18
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z17, Z18
+	VPDPWSSD.BCST   296(DX), Z18, Z6
+	VPSRLD          $0x08, Z5, Z16
+	VPANDD          Z2, Z16, Z16
+	VPSRLD          $0x18, 64(AX), Z18
+	VPTERNLOGD      $0xf8, Z18, Z1, Z16
+	VPSUBD.BCST     dword32<>+0(SB), Z16, Z16
+	VPADDD          Z13, Z12, Z12
+	VPMULLD         Z16, Z12, Z12
+	VPADDD          Z12, Z7, Z7
+	VMOVDQA64       Z16, Z17
+	VPSRLD          $0x0a, Z5, Z16
+	VPANDD          Z2, Z16, Z16
+	VPSRLD          $0x1c, 64(AX), Z18
+	VPTERNLOGD      $0xf8, Z18, Z1, Z16
+	VPSUBD.BCST     dword32<>+0(SB), Z16, Z16
+	VPADDD          Z15, Z14, Z14
+	VPMULLD         Z16, Z14, Z14
+	VPADDD          Z14, Z7, Z7
+	VPSLLD          $0x10, Z16, Z18
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z17, Z18
+	VPDPWSSD.BCST   300(DX), Z18, Z6
+	VCVTPH2PS       (AX), Z5
+	VPSLLD          $0x07, Z6, Z6
+	VPSUBD          Z6, Z7, Z7
+	VMULPS.BCST     304(DX), Z5, Z18
+	VCVTDQ2PS       Z7, Z5
+	VMULPS          Z18, Z5, Z5
+	VADDPS          Z5, Z4, Z4
+	ADDQ            $0x00000880, AX
+	ADDQ            $0x00000140, DX
+	DECQ            CX
+	JNZ             iq4xsx16N1_blk
+	MOVQ            out+40(FP), CX
+	MOVQ            ostride+48(FP), DX
+	MOVQ            CX, DX
+	VMOVUPS         Z4, (DX)
+	ADDQ            $0x40, CX
+	MOVQ            CX, out+40(FP)
+	DECQ            groups+8(FP)
+	JNZ             iq4xsx16N1_grp
+	VZEROUPPER
+	RET
+
+// func iq4xsx16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+TEXT ·iq4xsx16N2(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD nibmask<>+0(SB), Z1
+	VPBROADCASTD dword48<>+0(SB), Z2
+	VMOVDQU64    iq4u<>+0(SB), Z3
+
+iq4xsx16N2_grp:
+	MOVQ   nblocks+16(FP), DX
+	MOVQ   xq+24(FP), BX
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+
+iq4xsx16N2_blk:
+	PREFETCHT0      6528(AX)
+	PREFETCHT0      6592(AX)
+	PREFETCHT0      6656(AX)
+	PREFETCHT0      6720(AX)
+	PREFETCHT0      6784(AX)
+	PREFETCHT0      6848(AX)
+	PREFETCHT0      6912(AX)
+	PREFETCHT0      6976(AX)
+	PREFETCHT0      7040(AX)
+	PREFETCHT0      7104(AX)
+	PREFETCHT0      7168(AX)
+	PREFETCHT0      7232(AX)
+	PREFETCHT0      7296(AX)
+	PREFETCHT0      7360(AX)
+	PREFETCHT0      7424(AX)
+	PREFETCHT0      7488(AX)
+	PREFETCHT0      7552(AX)
+	PREFETCHT0      7616(AX)
+	PREFETCHT0      7680(AX)
+	PREFETCHT0      7744(AX)
+	PREFETCHT0      7808(AX)
+	PREFETCHT0      7872(AX)
+	PREFETCHT0      7936(AX)
+	PREFETCHT0      8000(AX)
+	PREFETCHT0      8064(AX)
+	PREFETCHT0      8128(AX)
+	PREFETCHT0      8192(AX)
+	PREFETCHT0      8256(AX)
+	PREFETCHT0      8320(AX)
+	PREFETCHT0      8384(AX)
+	PREFETCHT0      8448(AX)
+	PREFETCHT0      8512(AX)
+	PREFETCHT0      8576(AX)
+	PREFETCHT0      8640(AX)
+	VPMOVZXWD       32(AX), Z6
+	VPXORD          Z7, Z7, Z7
+	VPXORD          Z8, Z8, Z8
+	VPXORD          Z9, Z9, Z9
+	VPXORD          Z10, Z10, Z10
+	VPXORD          Z11, Z11, Z11
+	VPXORD          Z12, Z12, Z12
+	VPXORD          Z13, Z13, Z13
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPANDD          128(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 128(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   (BX), Z19, Z11
+	VPDPBUSD.BCST   16(BX), Z20, Z12
+	VPDPBUSD.BCST   (BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   16(BX)(CX*1), Z20, Z14
+	VPANDD          384(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 384(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   32(BX), Z19, Z15
+	VPDPBUSD.BCST   48(BX), Z20, Z16
+	VPDPBUSD.BCST   32(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   48(BX)(CX*1), Z20, Z18
+	VPANDD          192(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 192(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   4(BX), Z19, Z11
+	VPDPBUSD.BCST   20(BX), Z20, Z12
+	VPDPBUSD.BCST   4(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   20(BX)(CX*1), Z20, Z14
+	VPANDD          448(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 448(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   36(BX), Z19, Z15
+	VPDPBUSD.BCST   52(BX), Z20, Z16
+	VPDPBUSD.BCST   36(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   52(BX)(CX*1), Z20, Z18
+	VPANDD          256(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 256(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   8(BX), Z19, Z11
+	VPDPBUSD.BCST   24(BX), Z20, Z12
+	VPDPBUSD.BCST   8(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   24(BX)(CX*1), Z20, Z14
+	VPANDD          512(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 512(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   40(BX), Z19, Z15
+	VPDPBUSD.BCST   56(BX), Z20, Z16
+	VPDPBUSD.BCST   40(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   56(BX)(CX*1), Z20, Z18
+	VPANDD          320(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 320(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   12(BX), Z19, Z11
+	VPDPBUSD.BCST   28(BX), Z20, Z12
+	VPDPBUSD.BCST   12(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   28(BX)(CX*1), Z20, Z14
+	VPANDD          576(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 576(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   44(BX), Z19, Z15
+	VPDPBUSD.BCST   60(BX), Z20, Z16
+	VPDPBUSD.BCST   44(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   60(BX)(CX*1), Z20, Z18
+	VPSLLD          $0x04, Z6, Z19
+	VPANDD          Z2, Z19, Z19
+	VPTERNLOGD      $0xf8, 64(AX), Z1, Z19
+	VPSUBD.BCST     dword32<>+0(SB), Z19, Z19
+	VPADDD          Z12, Z11, Z11
+	VPMULLD         Z19, Z11, Z11
+	VPADDD          Z11, Z8, Z8
+	VPADDD          Z14, Z13, Z13
+	VPMULLD         Z19, Z13, Z13
+	VPADDD          Z13, Z10, Z10
+	VMOVDQA64       Z19, Z20
+	VPSLLD          $0x02, Z6, Z19
+	VPANDD          Z2, Z19, Z19
+	VPSRLD          $0x04, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z19
+	VPSUBD.BCST     dword32<>+0(SB), Z19, Z19
+	VPADDD          Z16, Z15, Z15
+	VPMULLD         Z19, Z15, Z15
+	VPADDD          Z15, Z8, Z8
+	VPADDD          Z18, Z17, Z17
+	VPMULLD         Z19, Z17, Z17
+	VPADDD          Z17, Z10, Z10
+	VPSLLD          $0x10, Z19, Z21
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z20, Z21
+	VPDPWSSD.BCST   288(BX), Z21, Z7
+	VPDPWSSD.BCST   288(BX)(CX*1), Z21, Z9
+	VPXORD          Z11, Z11, Z11
+	VPXORD          Z12, Z12, Z12
+	VPXORD          Z13, Z13, Z13
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPANDD          640(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 640(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   64(BX), Z19, Z11
+	VPDPBUSD.BCST   80(BX), Z20, Z12
+	VPDPBUSD.BCST   64(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   80(BX)(CX*1), Z20, Z14
+	VPANDD          896(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 896(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   96(BX), Z19, Z15
+	VPDPBUSD.BCST   112(BX), Z20, Z16
+	VPDPBUSD.BCST   96(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   112(BX)(CX*1), Z20, Z18
+	VPANDD          704(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 704(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   68(BX), Z19, Z11
+	VPDPBUSD.BCST   84(BX), Z20, Z12
+	VPDPBUSD.BCST   68(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   84(BX)(CX*1), Z20, Z14
+	VPANDD          960(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 960(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   100(BX), Z19, Z15
+	VPDPBUSD.BCST   116(BX), Z20, Z16
+	VPDPBUSD.BCST   100(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   116(BX)(CX*1), Z20, Z18
+	VPANDD          768(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 768(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   72(BX), Z19, Z11
+	VPDPBUSD.BCST   88(BX), Z20, Z12
+	VPDPBUSD.BCST   72(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   88(BX)(CX*1), Z20, Z14
+	VPANDD          1024(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1024(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   104(BX), Z19, Z15
+	VPDPBUSD.BCST   120(BX), Z20, Z16
+	VPDPBUSD.BCST   104(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   120(BX)(CX*1), Z20, Z18
+	VPANDD          832(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 832(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   76(BX), Z19, Z11
+	VPDPBUSD.BCST   92(BX), Z20, Z12
+	VPDPBUSD.BCST   76(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   92(BX)(CX*1), Z20, Z14
+	VPANDD          1088(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1088(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   108(BX), Z19, Z15
+	VPDPBUSD.BCST   124(BX), Z20, Z16
+	VPDPBUSD.BCST   108(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   124(BX)(CX*1), Z20, Z18
+	VMOVDQA64       Z6, Z19
+	VPANDD          Z2, Z19, Z19
+	VPSRLD          $0x08, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z19
+	VPSUBD.BCST     dword32<>+0(SB), Z19, Z19
+	VPADDD          Z12, Z11, Z11
+	VPMULLD         Z19, Z11, Z11
+	VPADDD          Z11, Z8, Z8
+	VPADDD          Z14, Z13, Z13
+	VPMULLD         Z19, Z13, Z13
+	VPADDD          Z13, Z10, Z10
+	VMOVDQA64       Z19, Z20
+	VPSRLD          $0x02, Z6, Z19
+	VPANDD          Z2, Z19, Z19
+	VPSRLD          $0x0c, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z19
+	VPSUBD.BCST     dword32<>+0(SB), Z19, Z19
+	VPADDD          Z16, Z15, Z15
+	VPMULLD         Z19, Z15, Z15
+	VPADDD          Z15, Z8, Z8
+	VPADDD          Z18, Z17, Z17
+	VPMULLD         Z19, Z17, Z17
+	VPADDD          Z17, Z10, Z10
+	VPSLLD          $0x10, Z19, Z21
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z20, Z21
+	VPDPWSSD.BCST   292(BX), Z21, Z7
+	VPDPWSSD.BCST   292(BX)(CX*1), Z21, Z9
+	VPXORD          Z11, Z11, Z11
+	VPXORD          Z12, Z12, Z12
+	VPXORD          Z13, Z13, Z13
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPANDD          1152(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1152(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   128(BX), Z19, Z11
+	VPDPBUSD.BCST   144(BX), Z20, Z12
+	VPDPBUSD.BCST   128(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   144(BX)(CX*1), Z20, Z14
+	VPANDD          1408(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1408(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   160(BX), Z19, Z15
+	VPDPBUSD.BCST   176(BX), Z20, Z16
+	VPDPBUSD.BCST   160(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   176(BX)(CX*1), Z20, Z18
+	VPANDD          1216(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1216(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   132(BX), Z19, Z11
+	VPDPBUSD.BCST   148(BX), Z20, Z12
+	VPDPBUSD.BCST   132(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   148(BX)(CX*1), Z20, Z14
+	VPANDD          1472(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1472(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   164(BX), Z19, Z15
+	VPDPBUSD.BCST   180(BX), Z20, Z16
+	VPDPBUSD.BCST   164(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   180(BX)(CX*1), Z20, Z18
+	VPANDD          1280(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1280(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   136(BX), Z19, Z11
+	VPDPBUSD.BCST   152(BX), Z20, Z12
+	VPDPBUSD.BCST   136(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   152(BX)(CX*1), Z20, Z14
+	VPANDD          1536(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1536(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   168(BX), Z19, Z15
+	VPDPBUSD.BCST   184(BX), Z20, Z16
+	VPDPBUSD.BCST   168(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   184(BX)(CX*1), Z20, Z18
+	VPANDD          1344(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1344(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   140(BX), Z19, Z11
+	VPDPBUSD.BCST   156(BX), Z20, Z12
+	VPDPBUSD.BCST   140(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   156(BX)(CX*1), Z20, Z14
+	VPANDD          1600(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1600(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   172(BX), Z19, Z15
+	VPDPBUSD.BCST   188(BX), Z20, Z16
+	VPDPBUSD.BCST   172(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   188(BX)(CX*1), Z20, Z18
+	VPSRLD          $0x04, Z6, Z19
+	VPANDD          Z2, Z19, Z19
+	VPSRLD          $0x10, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z19
+	VPSUBD.BCST     dword32<>+0(SB), Z19, Z19
+	VPADDD          Z12, Z11, Z11
+	VPMULLD         Z19, Z11, Z11
+	VPADDD          Z11, Z8, Z8
+	VPADDD          Z14, Z13, Z13
+	VPMULLD         Z19, Z13, Z13
+	VPADDD          Z13, Z10, Z10
+	VMOVDQA64       Z19, Z20
+	VPSRLD          $0x06, Z6, Z19
+	VPANDD          Z2, Z19, Z19
+	VPSRLD          $0x14, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z19
+	VPSUBD.BCST     dword32<>+0(SB), Z19, Z19
+	VPADDD          Z16, Z15, Z15
+	VPMULLD         Z19, Z15, Z15
+	VPADDD          Z15, Z8, Z8
+	VPADDD          Z18, Z17, Z17
+	VPMULLD         Z19, Z17, Z17
+	VPADDD          Z17, Z10, Z10
+	VPSLLD          $0x10, Z19, Z21
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z20, Z21
+	VPDPWSSD.BCST   296(BX), Z21, Z7
+	VPDPWSSD.BCST   296(BX)(CX*1), Z21, Z9
+	VPXORD          Z11, Z11, Z11
+	VPXORD          Z12, Z12, Z12
+	VPXORD          Z13, Z13, Z13
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPANDD          1664(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1664(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   192(BX), Z19, Z11
+	VPDPBUSD.BCST   208(BX), Z20, Z12
+	VPDPBUSD.BCST   192(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   208(BX)(CX*1), Z20, Z14
+	VPANDD          1920(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1920(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   224(BX), Z19, Z15
+	VPDPBUSD.BCST   240(BX), Z20, Z16
+	VPDPBUSD.BCST   224(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   240(BX)(CX*1), Z20, Z18
+	VPANDD          1728(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1728(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   196(BX), Z19, Z11
+	VPDPBUSD.BCST   212(BX), Z20, Z12
+	VPDPBUSD.BCST   196(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   212(BX)(CX*1), Z20, Z14
+	VPANDD          1984(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1984(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   228(BX), Z19, Z15
+	VPDPBUSD.BCST   244(BX), Z20, Z16
+	VPDPBUSD.BCST   228(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   244(BX)(CX*1), Z20, Z18
+	VPANDD          1792(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1792(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   200(BX), Z19, Z11
+	VPDPBUSD.BCST   216(BX), Z20, Z12
+	VPDPBUSD.BCST   200(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   216(BX)(CX*1), Z20, Z14
+	VPANDD          2048(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 2048(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   232(BX), Z19, Z15
+	VPDPBUSD.BCST   248(BX), Z20, Z16
+	VPDPBUSD.BCST   232(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   248(BX)(CX*1), Z20, Z18
+	VPANDD          1856(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 1856(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   204(BX), Z19, Z11
+	VPDPBUSD.BCST   220(BX), Z20, Z12
+	VPDPBUSD.BCST   204(BX)(CX*1), Z19, Z13
+	VPDPBUSD.BCST   220(BX)(CX*1), Z20, Z14
+	VPANDD          2112(AX), Z0, Z19
+	VPSHUFB         Z19, Z3, Z19
+	VPSRLD          $0x04, 2112(AX), Z20
+	VPANDD          Z0, Z20, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPDPBUSD.BCST   236(BX), Z19, Z15
+	VPDPBUSD.BCST   252(BX), Z20, Z16
+	VPDPBUSD.BCST   236(BX)(CX*1), Z19, Z17
+	VPDPBUSD.BCST   252(BX)(CX*1), Z20, Z18
+	VPSRLD          $0x08, Z6, Z19
+	VPANDD          Z2, Z19, Z19
+	VPSRLD          $0x18, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z19
+	VPSUBD.BCST     dword32<>+0(SB), Z19, Z19
+	VPADDD          Z12, Z11, Z11
+	VPMULLD         Z19, Z11, Z11
+	VPADDD          Z11, Z8, Z8
+	VPADDD          Z14, Z13, Z13
+	VPMULLD         Z19, Z13, Z13
+	VPADDD          Z13, Z10, Z10
+	VMOVDQA64       Z19, Z20
+	VPSRLD          $0x0a, Z6, Z19
+	VPANDD          Z2, Z19, Z19
+	VPSRLD          $0x1c, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z19
+	VPSUBD.BCST     dword32<>+0(SB), Z19, Z19
+	VPADDD          Z16, Z15, Z15
+	VPMULLD         Z19, Z15, Z15
+	VPADDD          Z15, Z8, Z8
+	VPADDD          Z18, Z17, Z17
+	VPMULLD         Z19, Z17, Z17
+	VPADDD          Z17, Z10, Z10
+	VPSLLD          $0x10, Z19, Z21
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z20, Z21
+	VPDPWSSD.BCST   300(BX), Z21, Z7
+	VPDPWSSD.BCST   300(BX)(CX*1), Z21, Z9
+	VCVTPH2PS       (AX), Z6
+	VPSLLD          $0x07, Z7, Z7
+	VPSUBD          Z7, Z8, Z8
+	VMULPS.BCST     304(BX), Z6, Z21
+	VCVTDQ2PS       Z8, Z19
+	VMULPS          Z21, Z19, Z19
+	VADDPS          Z19, Z4, Z4
+	VPSLLD          $0x07, Z9, Z9
+	VPSUBD          Z9, Z10, Z10
+	VMULPS.BCST     304(BX)(CX*1), Z6, Z21
+	VCVTDQ2PS       Z10, Z19
+	VMULPS          Z21, Z19, Z19
+	VADDPS          Z19, Z5, Z5
+	ADDQ            $0x00000880, AX
+	ADDQ            $0x00000140, BX
+	DECQ            DX
+	JNZ             iq4xsx16N2_blk
+	MOVQ            out+40(FP), DX
+	MOVQ            ostride+48(FP), BX
+	MOVQ            DX, SI
+	VMOVUPS         Z4, (SI)
+	ADDQ            BX, SI
+	VMOVUPS         Z5, (SI)
+	ADDQ            $0x40, DX
+	MOVQ            DX, out+40(FP)
+	DECQ            groups+8(FP)
+	JNZ             iq4xsx16N2_grp
+	VZEROUPPER
+	RET
+
+// func iq4xsx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI, MMX+
+TEXT ·iq4xsx16N3(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD nibmask<>+0(SB), Z1
+	VPBROADCASTD dword48<>+0(SB), Z2
+	VMOVDQU64    iq4u<>+0(SB), Z3
+
+iq4xsx16N3_grp:
+	MOVQ   nblocks+16(FP), BX
+	MOVQ   xq+24(FP), SI
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+
+iq4xsx16N3_blk:
+	PREFETCHT0      6528(AX)
+	PREFETCHT0      6592(AX)
+	PREFETCHT0      6656(AX)
+	PREFETCHT0      6720(AX)
+	PREFETCHT0      6784(AX)
+	PREFETCHT0      6848(AX)
+	PREFETCHT0      6912(AX)
+	PREFETCHT0      6976(AX)
+	PREFETCHT0      7040(AX)
+	PREFETCHT0      7104(AX)
+	PREFETCHT0      7168(AX)
+	PREFETCHT0      7232(AX)
+	PREFETCHT0      7296(AX)
+	PREFETCHT0      7360(AX)
+	PREFETCHT0      7424(AX)
+	PREFETCHT0      7488(AX)
+	PREFETCHT0      7552(AX)
+	PREFETCHT0      7616(AX)
+	PREFETCHT0      7680(AX)
+	PREFETCHT0      7744(AX)
+	PREFETCHT0      7808(AX)
+	PREFETCHT0      7872(AX)
+	PREFETCHT0      7936(AX)
+	PREFETCHT0      8000(AX)
+	PREFETCHT0      8064(AX)
+	PREFETCHT0      8128(AX)
+	PREFETCHT0      8192(AX)
+	PREFETCHT0      8256(AX)
+	PREFETCHT0      8320(AX)
+	PREFETCHT0      8384(AX)
+	PREFETCHT0      8448(AX)
+	PREFETCHT0      8512(AX)
+	PREFETCHT0      8576(AX)
+	PREFETCHT0      8640(AX)
+	VPMOVZXWD       32(AX), Z7
+	VPXORD          Z8, Z8, Z8
+	VPXORD          Z9, Z9, Z9
+	VPXORD          Z10, Z10, Z10
+	VPXORD          Z11, Z11, Z11
+	VPXORD          Z12, Z12, Z12
+	VPXORD          Z13, Z13, Z13
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPXORD          Z19, Z19, Z19
+	VPANDD          128(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 128(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   (SI), Z20, Z14
+	VPDPBUSD.BCST   16(SI), Z21, Z15
+	VPDPBUSD.BCST   (SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   16(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   (SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   16(SI)(CX*1), Z21, Z19
+	VPANDD          192(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 192(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   4(SI), Z20, Z14
+	VPDPBUSD.BCST   20(SI), Z21, Z15
+	VPDPBUSD.BCST   4(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   20(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   4(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   20(SI)(CX*1), Z21, Z19
+	VPANDD          256(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 256(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   8(SI), Z20, Z14
+	VPDPBUSD.BCST   24(SI), Z21, Z15
+	VPDPBUSD.BCST   8(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   24(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   8(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   24(SI)(CX*1), Z21, Z19
+	VPANDD          320(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 320(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   12(SI), Z20, Z14
+	VPDPBUSD.BCST   28(SI), Z21, Z15
+	VPDPBUSD.BCST   12(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   28(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   12(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   28(SI)(CX*1), Z21, Z19
+	VPSLLD          $0x04, Z7, Z20
+	VPANDD          Z2, Z20, Z20
+	VPTERNLOGD      $0xf8, 64(AX), Z1, Z20
+	VPSUBD.BCST     dword32<>+0(SB), Z20, Z20
+	VPADDD          Z15, Z14, Z14
+	VPMULLD         Z20, Z14, Z14
+	VPADDD          Z14, Z9, Z9
+	VPADDD          Z17, Z16, Z16
+	VPMULLD         Z20, Z16, Z16
+	VPADDD          Z16, Z11, Z11
+	VPADDD          Z19, Z18, Z18
+	VPMULLD         Z20, Z18, Z18
+	VPADDD          Z18, Z13, Z13
+	VMOVDQA64       Z20, Z22
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPXORD          Z19, Z19, Z19
+	VPANDD          384(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 384(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   32(SI), Z20, Z14
+	VPDPBUSD.BCST   48(SI), Z21, Z15
+	VPDPBUSD.BCST   32(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   48(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   32(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   48(SI)(CX*1), Z21, Z19
+	VPANDD          448(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 448(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   36(SI), Z20, Z14
+	VPDPBUSD.BCST   52(SI), Z21, Z15
+	VPDPBUSD.BCST   36(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   52(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   36(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   52(SI)(CX*1), Z21, Z19
+	VPANDD          512(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 512(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   40(SI), Z20, Z14
+	VPDPBUSD.BCST   56(SI), Z21, Z15
+	VPDPBUSD.BCST   40(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   56(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   40(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   56(SI)(CX*1), Z21, Z19
+	VPANDD          576(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 576(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   44(SI), Z20, Z14
+	VPDPBUSD.BCST   60(SI), Z21, Z15
+	VPDPBUSD.BCST   44(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   60(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   44(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   60(SI)(CX*1), Z21, Z19
+	VPSLLD          $0x02, Z7, Z20
+	VPANDD          Z2, Z20, Z20
+	VPSRLD          $0x04, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z20
+	VPSUBD.BCST     dword32<>+0(SB), Z20, Z20
+	VPADDD          Z15, Z14, Z14
+	VPMULLD         Z20, Z14, Z14
+	VPADDD          Z14, Z9, Z9
+	VPADDD          Z17, Z16, Z16
+	VPMULLD         Z20, Z16, Z16
+	VPADDD          Z16, Z11, Z11
+	VPADDD          Z19, Z18, Z18
+	VPMULLD         Z20, Z18, Z18
+	VPADDD          Z18, Z13, Z13
+	VPSLLD          $0x10, Z20, Z21
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z22, Z21
+	VPDPWSSD.BCST   288(SI), Z21, Z8
+	VPDPWSSD.BCST   288(SI)(DX*1), Z21, Z10
+	VPDPWSSD.BCST   288(SI)(CX*1), Z21, Z12
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPXORD          Z19, Z19, Z19
+	VPANDD          640(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 640(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   64(SI), Z20, Z14
+	VPDPBUSD.BCST   80(SI), Z21, Z15
+	VPDPBUSD.BCST   64(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   80(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   64(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   80(SI)(CX*1), Z21, Z19
+	VPANDD          704(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 704(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   68(SI), Z20, Z14
+	VPDPBUSD.BCST   84(SI), Z21, Z15
+	VPDPBUSD.BCST   68(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   84(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   68(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   84(SI)(CX*1), Z21, Z19
+	VPANDD          768(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 768(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   72(SI), Z20, Z14
+	VPDPBUSD.BCST   88(SI), Z21, Z15
+	VPDPBUSD.BCST   72(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   88(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   72(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   88(SI)(CX*1), Z21, Z19
+	VPANDD          832(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 832(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   76(SI), Z20, Z14
+	VPDPBUSD.BCST   92(SI), Z21, Z15
+	VPDPBUSD.BCST   76(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   92(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   76(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   92(SI)(CX*1), Z21, Z19
+	VMOVDQA64       Z7, Z20
+	VPANDD          Z2, Z20, Z20
+	VPSRLD          $0x08, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z20
+	VPSUBD.BCST     dword32<>+0(SB), Z20, Z20
+	VPADDD          Z15, Z14, Z14
+	VPMULLD         Z20, Z14, Z14
+	VPADDD          Z14, Z9, Z9
+	VPADDD          Z17, Z16, Z16
+	VPMULLD         Z20, Z16, Z16
+	VPADDD          Z16, Z11, Z11
+	VPADDD          Z19, Z18, Z18
+	VPMULLD         Z20, Z18, Z18
+	VPADDD          Z18, Z13, Z13
+	VMOVDQA64       Z20, Z22
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPXORD          Z19, Z19, Z19
+	VPANDD          896(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 896(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   96(SI), Z20, Z14
+	VPDPBUSD.BCST   112(SI), Z21, Z15
+	VPDPBUSD.BCST   96(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   112(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   96(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   112(SI)(CX*1), Z21, Z19
+	VPANDD          960(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 960(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   100(SI), Z20, Z14
+	VPDPBUSD.BCST   116(SI), Z21, Z15
+	VPDPBUSD.BCST   100(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   116(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   100(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   116(SI)(CX*1), Z21, Z19
+	VPANDD          1024(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1024(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   104(SI), Z20, Z14
+	VPDPBUSD.BCST   120(SI), Z21, Z15
+	VPDPBUSD.BCST   104(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   120(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   104(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   120(SI)(CX*1), Z21, Z19
+	VPANDD          1088(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1088(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   108(SI), Z20, Z14
+	VPDPBUSD.BCST   124(SI), Z21, Z15
+	VPDPBUSD.BCST   108(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   124(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   108(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   124(SI)(CX*1), Z21, Z19
+	VPSRLD          $0x02, Z7, Z20
+	VPANDD          Z2, Z20, Z20
+	VPSRLD          $0x0c, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z20
+	VPSUBD.BCST     dword32<>+0(SB), Z20, Z20
+	VPADDD          Z15, Z14, Z14
+	VPMULLD         Z20, Z14, Z14
+	VPADDD          Z14, Z9, Z9
+	VPADDD          Z17, Z16, Z16
+	VPMULLD         Z20, Z16, Z16
+	VPADDD          Z16, Z11, Z11
+	VPADDD          Z19, Z18, Z18
+	VPMULLD         Z20, Z18, Z18
+	VPADDD          Z18, Z13, Z13
+	VPSLLD          $0x10, Z20, Z21
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z22, Z21
+	VPDPWSSD.BCST   292(SI), Z21, Z8
+	VPDPWSSD.BCST   292(SI)(DX*1), Z21, Z10
+	VPDPWSSD.BCST   292(SI)(CX*1), Z21, Z12
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPXORD          Z19, Z19, Z19
+	VPANDD          1152(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1152(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   128(SI), Z20, Z14
+	VPDPBUSD.BCST   144(SI), Z21, Z15
+	VPDPBUSD.BCST   128(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   144(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   128(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   144(SI)(CX*1), Z21, Z19
+	VPANDD          1216(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1216(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   132(SI), Z20, Z14
+	VPDPBUSD.BCST   148(SI), Z21, Z15
+	VPDPBUSD.BCST   132(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   148(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   132(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   148(SI)(CX*1), Z21, Z19
+	VPANDD          1280(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1280(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   136(SI), Z20, Z14
+	VPDPBUSD.BCST   152(SI), Z21, Z15
+	VPDPBUSD.BCST   136(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   152(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   136(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   152(SI)(CX*1), Z21, Z19
+	VPANDD          1344(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1344(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   140(SI), Z20, Z14
+	VPDPBUSD.BCST   156(SI), Z21, Z15
+	VPDPBUSD.BCST   140(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   156(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   140(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   156(SI)(CX*1), Z21, Z19
+	VPSRLD          $0x04, Z7, Z20
+	VPANDD          Z2, Z20, Z20
+	VPSRLD          $0x10, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z20
+	VPSUBD.BCST     dword32<>+0(SB), Z20, Z20
+	VPADDD          Z15, Z14, Z14
+	VPMULLD         Z20, Z14, Z14
+	VPADDD          Z14, Z9, Z9
+	VPADDD          Z17, Z16, Z16
+	VPMULLD         Z20, Z16, Z16
+	VPADDD          Z16, Z11, Z11
+	VPADDD          Z19, Z18, Z18
+	VPMULLD         Z20, Z18, Z18
+	VPADDD          Z18, Z13, Z13
+	VMOVDQA64       Z20, Z22
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPXORD          Z19, Z19, Z19
+	VPANDD          1408(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1408(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   160(SI), Z20, Z14
+	VPDPBUSD.BCST   176(SI), Z21, Z15
+	VPDPBUSD.BCST   160(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   176(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   160(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   176(SI)(CX*1), Z21, Z19
+	VPANDD          1472(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1472(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   164(SI), Z20, Z14
+	VPDPBUSD.BCST   180(SI), Z21, Z15
+	VPDPBUSD.BCST   164(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   180(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   164(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   180(SI)(CX*1), Z21, Z19
+	VPANDD          1536(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1536(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   168(SI), Z20, Z14
+	VPDPBUSD.BCST   184(SI), Z21, Z15
+	VPDPBUSD.BCST   168(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   184(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   168(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   184(SI)(CX*1), Z21, Z19
+	VPANDD          1600(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1600(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   172(SI), Z20, Z14
+	VPDPBUSD.BCST   188(SI), Z21, Z15
+	VPDPBUSD.BCST   172(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   188(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   172(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   188(SI)(CX*1), Z21, Z19
+	VPSRLD          $0x06, Z7, Z20
+	VPANDD          Z2, Z20, Z20
+	VPSRLD          $0x14, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z20
+	VPSUBD.BCST     dword32<>+0(SB), Z20, Z20
+	VPADDD          Z15, Z14, Z14
+	VPMULLD         Z20, Z14, Z14
+	VPADDD          Z14, Z9, Z9
+	VPADDD          Z17, Z16, Z16
+	VPMULLD         Z20, Z16, Z16
+	VPADDD          Z16, Z11, Z11
+	VPADDD          Z19, Z18, Z18
+	VPMULLD         Z20, Z18, Z18
+	VPADDD          Z18, Z13, Z13
+	VPSLLD          $0x10, Z20, Z21
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z22, Z21
+	VPDPWSSD.BCST   296(SI), Z21, Z8
+	VPDPWSSD.BCST   296(SI)(DX*1), Z21, Z10
+	VPDPWSSD.BCST   296(SI)(CX*1), Z21, Z12
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPXORD          Z19, Z19, Z19
+	VPANDD          1664(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1664(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   192(SI), Z20, Z14
+	VPDPBUSD.BCST   208(SI), Z21, Z15
+	VPDPBUSD.BCST   192(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   208(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   192(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   208(SI)(CX*1), Z21, Z19
+	VPANDD          1728(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1728(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   196(SI), Z20, Z14
+	VPDPBUSD.BCST   212(SI), Z21, Z15
+	VPDPBUSD.BCST   196(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   212(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   196(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   212(SI)(CX*1), Z21, Z19
+	VPANDD          1792(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1792(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   200(SI), Z20, Z14
+	VPDPBUSD.BCST   216(SI), Z21, Z15
+	VPDPBUSD.BCST   200(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   216(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   200(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   216(SI)(CX*1), Z21, Z19
+	VPANDD          1856(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1856(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   204(SI), Z20, Z14
+	VPDPBUSD.BCST   220(SI), Z21, Z15
+	VPDPBUSD.BCST   204(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   220(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   204(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   220(SI)(CX*1), Z21, Z19
+	VPSRLD          $0x08, Z7, Z20
+	VPANDD          Z2, Z20, Z20
+	VPSRLD          $0x18, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z20
+	VPSUBD.BCST     dword32<>+0(SB), Z20, Z20
+	VPADDD          Z15, Z14, Z14
+	VPMULLD         Z20, Z14, Z14
+	VPADDD          Z14, Z9, Z9
+	VPADDD          Z17, Z16, Z16
+	VPMULLD         Z20, Z16, Z16
+	VPADDD          Z16, Z11, Z11
+	VPADDD          Z19, Z18, Z18
+	VPMULLD         Z20, Z18, Z18
+	VPADDD          Z18, Z13, Z13
+	VMOVDQA64       Z20, Z22
+	VPXORD          Z14, Z14, Z14
+	VPXORD          Z15, Z15, Z15
+	VPXORD          Z16, Z16, Z16
+	VPXORD          Z17, Z17, Z17
+	VPXORD          Z18, Z18, Z18
+	VPXORD          Z19, Z19, Z19
+	VPANDD          1920(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1920(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   224(SI), Z20, Z14
+	VPDPBUSD.BCST   240(SI), Z21, Z15
+	VPDPBUSD.BCST   224(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   240(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   224(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   240(SI)(CX*1), Z21, Z19
+	VPANDD          1984(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 1984(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   228(SI), Z20, Z14
+	VPDPBUSD.BCST   244(SI), Z21, Z15
+	VPDPBUSD.BCST   228(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   244(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   228(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   244(SI)(CX*1), Z21, Z19
+	VPANDD          2048(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 2048(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   232(SI), Z20, Z14
+	VPDPBUSD.BCST   248(SI), Z21, Z15
+	VPDPBUSD.BCST   232(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   248(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   232(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   248(SI)(CX*1), Z21, Z19
+	VPANDD          2112(AX), Z0, Z20
+	VPSHUFB         Z20, Z3, Z20
+	VPSRLD          $0x04, 2112(AX), Z21
+	VPANDD          Z0, Z21, Z21
+	VPSHUFB         Z21, Z3, Z21
+	VPDPBUSD.BCST   236(SI), Z20, Z14
+	VPDPBUSD.BCST   252(SI), Z21, Z15
+	VPDPBUSD.BCST   236(SI)(DX*1), Z20, Z16
+	VPDPBUSD.BCST   252(SI)(DX*1), Z21, Z17
+	VPDPBUSD.BCST   236(SI)(CX*1), Z20, Z18
+	VPDPBUSD.BCST   252(SI)(CX*1), Z21, Z19
+	VPSRLD          $0x0a, Z7, Z20
+	VPANDD          Z2, Z20, Z20
+	VPSRLD          $0x1c, 64(AX), Z21
+	VPTERNLOGD      $0xf8, Z21, Z1, Z20
+	VPSUBD.BCST     dword32<>+0(SB), Z20, Z20
+	VPADDD          Z15, Z14, Z14
+	VPMULLD         Z20, Z14, Z14
+	VPADDD          Z14, Z9, Z9
+	VPADDD          Z17, Z16, Z16
+	VPMULLD         Z20, Z16, Z16
+	VPADDD          Z16, Z11, Z11
+	VPADDD          Z19, Z18, Z18
+	VPMULLD         Z20, Z18, Z18
+	VPADDD          Z18, Z13, Z13
+	VPSLLD          $0x10, Z20, Z21
+	VPTERNLOGD.BCST $0xf8, w16<>+0(SB), Z22, Z21
+	VPDPWSSD.BCST   300(SI), Z21, Z8
+	VPDPWSSD.BCST   300(SI)(DX*1), Z21, Z10
+	VPDPWSSD.BCST   300(SI)(CX*1), Z21, Z12
+	VCVTPH2PS       (AX), Z7
+	VPSLLD          $0x07, Z8, Z8
+	VPSUBD          Z8, Z9, Z9
+	VMULPS.BCST     304(SI), Z7, Z21
+	VCVTDQ2PS       Z9, Z20
+	VMULPS          Z21, Z20, Z20
+	VADDPS          Z20, Z4, Z4
+	VPSLLD          $0x07, Z10, Z10
+	VPSUBD          Z10, Z11, Z11
+	VMULPS.BCST     304(SI)(DX*1), Z7, Z21
+	VCVTDQ2PS       Z11, Z20
+	VMULPS          Z21, Z20, Z20
+	VADDPS          Z20, Z5, Z5
+	VPSLLD          $0x07, Z12, Z12
+	VPSUBD          Z12, Z13, Z13
+	VMULPS.BCST     304(SI)(CX*1), Z7, Z21
+	VCVTDQ2PS       Z13, Z20
+	VMULPS          Z21, Z20, Z20
+	VADDPS          Z20, Z6, Z6
+	ADDQ            $0x00000880, AX
+	ADDQ            $0x00000140, SI
+	DECQ            BX
+	JNZ             iq4xsx16N3_blk
+	MOVQ            out+40(FP), BX
+	MOVQ            ostride+48(FP), SI
+	MOVQ            BX, DI
+	VMOVUPS         Z4, (DI)
+	ADDQ            SI, DI
+	VMOVUPS         Z5, (DI)
+	ADDQ            SI, DI
+	VMOVUPS         Z6, (DI)
+	ADDQ            $0x40, BX
+	MOVQ            BX, out+40(FP)
+	DECQ            groups+8(FP)
+	JNZ             iq4xsx16N3_grp
 	VZEROUPPER
 	RET
 

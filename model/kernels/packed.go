@@ -118,6 +118,8 @@ var packSpecs = [...]packSpec{
 	{dt: tensor.Q3_K, layout: tensor.Q3Kx16, bytes: 110, halves: []int{108}, words: 0, nwords: 27},
 	// Q2_K: d, dmin (at the block's end); the scales and mins, the 2-bit fields.
 	{dt: tensor.Q2_K, layout: tensor.Q2Kx16, bytes: 84, halves: []int{80, 82}, words: 0, nwords: 20},
+	// IQ4_XS: d, scales_h; scales_l, the nibbles.
+	{dt: tensor.IQ4_XS, layout: tensor.IQ4XSx16, bytes: 136, halves: []int{0, 2}, words: 4, nwords: 33},
 }
 
 // specOf returns the packing of dtype dt or layout l (whichever is set).

@@ -27,29 +27,32 @@ func useQ8BW() {
 }
 
 var q8Kernels = [tensor.NumDTypes][3]q8Fn{
-	tensor.Q4_K: {1: q8dot512Q4KN1, 2: q8dot512Q4KN2},
-	tensor.Q5_K: {1: q8dot512Q5KN1, 2: q8dot512Q5KN2},
-	tensor.Q6_K: {1: q8dot512Q6KN1, 2: q8dot512Q6KN2},
-	tensor.Q3_K: {1: q8dot512Q3KN1, 2: q8dot512Q3KN2},
-	tensor.Q2_K: {1: q8dot512Q2KN1, 2: q8dot512Q2KN2},
+	tensor.Q4_K:   {1: q8dot512Q4KN1, 2: q8dot512Q4KN2},
+	tensor.Q5_K:   {1: q8dot512Q5KN1, 2: q8dot512Q5KN2},
+	tensor.Q6_K:   {1: q8dot512Q6KN1, 2: q8dot512Q6KN2},
+	tensor.Q3_K:   {1: q8dot512Q3KN1, 2: q8dot512Q3KN2},
+	tensor.Q2_K:   {1: q8dot512Q2KN1, 2: q8dot512Q2KN2},
+	tensor.IQ4_XS: {1: q8dot512IQ4XSN1, 2: q8dot512IQ4XSN2},
 }
 
 var q8KernelsBW = [tensor.NumDTypes][3]q8Fn{
-	tensor.Q4_K: {1: q8dot512Q4KN1BW, 2: q8dot512Q4KN2BW},
-	tensor.Q5_K: {1: q8dot512Q5KN1BW, 2: q8dot512Q5KN2BW},
-	tensor.Q6_K: {1: q8dot512Q6KN1BW, 2: q8dot512Q6KN2BW},
-	tensor.Q3_K: {1: q8dot512Q3KN1BW, 2: q8dot512Q3KN2BW},
-	tensor.Q2_K: {1: q8dot512Q2KN1BW, 2: q8dot512Q2KN2BW},
+	tensor.Q4_K:   {1: q8dot512Q4KN1BW, 2: q8dot512Q4KN2BW},
+	tensor.Q5_K:   {1: q8dot512Q5KN1BW, 2: q8dot512Q5KN2BW},
+	tensor.Q6_K:   {1: q8dot512Q6KN1BW, 2: q8dot512Q6KN2BW},
+	tensor.Q3_K:   {1: q8dot512Q3KN1BW, 2: q8dot512Q3KN2BW},
+	tensor.Q2_K:   {1: q8dot512Q2KN1BW, 2: q8dot512Q2KN2BW},
+	tensor.IQ4_XS: {1: q8dot512IQ4XSN1BW, 2: q8dot512IQ4XSN2BW},
 }
 
 // q8Kernels256 are the AVX2 integer kernels (the same bits as q8Kernels),
 // for the AVX2 level.
 var q8Kernels256 = [tensor.NumDTypes][3]q8Fn{
-	tensor.Q4_K: {1: q8dot256Q4KN1, 2: q8dot256Q4KN2},
-	tensor.Q5_K: {1: q8dot256Q5KN1, 2: q8dot256Q5KN2},
-	tensor.Q6_K: {1: q8dot256Q6KN1, 2: q8dot256Q6KN2},
-	tensor.Q3_K: {1: q8dot256Q3KN1, 2: q8dot256Q3KN2},
-	tensor.Q2_K: {1: q8dot256Q2KN1, 2: q8dot256Q2KN2},
+	tensor.Q4_K:   {1: q8dot256Q4KN1, 2: q8dot256Q4KN2},
+	tensor.Q5_K:   {1: q8dot256Q5KN1, 2: q8dot256Q5KN2},
+	tensor.Q6_K:   {1: q8dot256Q6KN1, 2: q8dot256Q6KN2},
+	tensor.Q3_K:   {1: q8dot256Q3KN1, 2: q8dot256Q3KN2},
+	tensor.Q2_K:   {1: q8dot256Q2KN1, 2: q8dot256Q2KN2},
+	tensor.IQ4_XS: {1: q8dot256IQ4XSN1, 2: q8dot256IQ4XSN2},
 }
 
 // q8LevelKernels returns the integer kernels of dt at level lvl (nil
@@ -254,6 +257,8 @@ var q3kx16Fns = [...]packedFn{1: q3kx16N1, 2: q3kx16N2, 3: q3kx16N3}
 
 var q2kx16Fns = [...]packedFn{1: q2kx16N1, 2: q2kx16N2, 3: q2kx16N3}
 
+var iq4xsx16Fns = [...]packedFn{1: iq4xsx16N1, 2: iq4xsx16N2, 3: iq4xsx16N3}
+
 var q40x16Fns = [...]packedFn{
 	1: q40x16N1, 2: q40x16N2, 3: q40x16N3, 4: q40x16N4, 5: q40x16N5, 6: q40x16N6, 7: q40x16N7, 8: q40x16N8}
 
@@ -263,7 +268,8 @@ var iq4nlx16Fns = [...]packedFn{
 // packedKernels are the packed kernels of each packed layout.
 var packedKernels = [tensor.NumLayouts][]packedFn{
 	tensor.Q80x16: q80x16Fns[:], tensor.Q4Kx16: q4kx16Fns[:], tensor.Q5Kx16: q5kx16Fns[:], tensor.Q6Kx16: q6kx16Fns[:],
-	tensor.Q40x16: q40x16Fns[:], tensor.IQ4NLx16: iq4nlx16Fns[:], tensor.Q3Kx16: q3kx16Fns[:], tensor.Q2Kx16: q2kx16Fns[:]}
+	tensor.Q40x16: q40x16Fns[:], tensor.IQ4NLx16: iq4nlx16Fns[:], tensor.Q3Kx16: q3kx16Fns[:], tensor.Q2Kx16: q2kx16Fns[:],
+	tensor.IQ4XSx16: iq4xsx16Fns[:]}
 
 // planPacked sets up a product with packed weights: each input row
 // quantized as the row-major kernels of its type quantize it (q80rows512's

@@ -68,7 +68,7 @@ func Q8Activations() bool { return q8Act.Load() }
 // q8DType reports whether dt has integer kernels.
 func q8DType(dt tensor.DType) bool {
 	switch dt {
-	case tensor.Q2_K, tensor.Q3_K, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K:
+	case tensor.Q2_K, tensor.Q3_K, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.IQ4_XS:
 		return true
 	}
 	return false
@@ -258,6 +258,20 @@ func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 			}
 			acc += float32(float32(isum) * float32(dx*d)) // as q8BlockScalar
 			acc -= float32(float32(msum) * float32(dx*dmin))
+		case tensor.IQ4_XS:
+			blk := row[b*136 : (b+1)*136]
+			d := tensor.F16ToF32(binary.LittleEndian.Uint16(blk))
+			var isum int32
+			for ib := 0; ib < 8; ib++ {
+				var s int32
+				for l := 0; l < 16; l++ {
+					q := blk[8+16*ib+l]
+					s += int32(tensor.IQ4NLValues[q&15]) * qx(32*ib+l)
+					s += int32(tensor.IQ4NLValues[q>>4]) * qx(32*ib+16+l)
+				}
+				isum += (int32(tensor.IQ4XSScale(blk, ib)) - 32) * s
+			}
+			acc += float32(float32(isum) * float32(dx*d)) // as q6BlockScalar
 		default:
 			panic("kernels: dotQ8Ref of " + dt.String())
 		}

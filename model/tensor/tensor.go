@@ -183,6 +183,13 @@ const (
 	// 0..79 of a block), the 16 rows' words side by side (1280 bytes): the
 	// same 84 bytes per row and block. See model/kernels/packed.go.
 	Q2Kx16
+	// IQ4XSx16: IQ4_XS rows in groups of 16 (the last padded with zero
+	// rows), each group block by block: the 16 rows' d (32 bytes) and
+	// scales_h (32), then each 4-byte word of the rows' scales_l and
+	// nibbles (bytes 4..135 of a block), the 16 rows' words side by side
+	// (2112 bytes): the same 136 bytes per row and block. See
+	// model/kernels/packed.go.
+	IQ4XSx16
 	// NumLayouts is the number of layouts (for tables indexed by Layout).
 	NumLayouts
 )
@@ -208,6 +215,8 @@ func (l Layout) String() string {
 		return "Q3_Kx16"
 	case Q2Kx16:
 		return "Q2_Kx16"
+	case IQ4XSx16:
+		return "IQ4_XSx16"
 	}
 	return fmt.Sprintf("Layout(%d)", uint8(l))
 }

@@ -245,16 +245,17 @@ write_direct_ref "$G" "$WORK/logits-h256.json" "Q4_K and Q6_K weights, not dequa
 
 # 4b. The same h256 model quantized by llama_model_quantize to Q3_K_M (ftype
 #    12: Q3_K for most matrices, Q4_K/Q5_K for attn_v, ffn_down and
-#    attn_output, Q6_K for the LM head) and to Q2_K (ftype 10: Q2_K, with
-#    Q3_K/Q4_K where llama.cpp's mix puts them), each evaluated directly by
+#    attn_output, Q6_K for the LM head), to Q2_K (ftype 10: Q2_K, with
+#    Q3_K/Q4_K where llama.cpp's mix puts them) and to IQ4_XS (ftype 30: IQ4_XS,
+#    with Q5_K/Q6_K where llama.cpp's mix puts them), each evaluated directly by
 #    llama.cpp as step 4 does (its CPU matmuls quantize the activations to
 #    Q8_K for these weights, as Switchyard's integer kernels do).
-for LB in "12 q3_k_m" "10 q2_k"; do
+for LB in "12 q3_k_m" "10 q2_k" "30 iq4_xs"; do
   set -- $LB
   L=model/gguf/testdata/granite-h256-$2
   "$WORK/quantize_model" "$WORK/h256-f32.gguf" "$L.gguf" "$1" >"$WORK/quantize-h256-$2.log" 2>&1
-  if grep "converting to" "$WORK/quantize-h256-$2.log" | grep -vqE "converting to q[2-6]_K "; then
-    echo "$L.gguf: llama.cpp fell back from the K-quants" >&2; exit 1
+  if grep "converting to" "$WORK/quantize-h256-$2.log" | grep -vqE "converting to (q[2-6]_K|iq4_xs) "; then
+    echo "$L.gguf: llama.cpp fell back to a type of 32-value blocks" >&2; exit 1
   fi
   "$WORK/logits" "$L.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-h256-$2.json" 2>"$WORK/logits-h256-$2.log"
   write_direct_ref "$L" "$WORK/logits-h256-$2.json" "$(grep -o "converting to [a-zA-Z0-9_]*" "$WORK/quantize-h256-$2.log" | sort | uniq -c | awk '{printf "%s%d %s", (NR>1?", ":""), $1, toupper($4)}') matrices, not dequantized: its CPU matmuls quantize the activations to Q8_K"
@@ -352,4 +353,4 @@ fi
 "$WORK/logits" "$E.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-q8_0.json" 2>"$WORK/logits-q8_0.log"
 write_direct_ref "$E" "$WORK/logits-q8_0.json" "53 Q8_0 matrices, not dequantized: its CPU matmuls quantize the activations to q8_0, 8 bits per 32 values"
 
-echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k}.{gguf,json,logits.f32}, $B.{json,logits.f32} and $E.{gguf,json,logits.f32} (work files in $WORK)"
+echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k,iq4_xs}.{gguf,json,logits.f32}, $B.{json,logits.f32} and $E.{gguf,json,logits.f32} (work files in $WORK)"

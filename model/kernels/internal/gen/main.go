@@ -40,6 +40,7 @@ func main() {
 	genQ4Kx16Consts()
 	genQ6Kx16Consts()
 	genQ23Kx16Consts()
+	genIQ4XSx16Consts()
 	genQ8AVX2Consts()
 	genQ8QuantConsts()
 	genQ80Consts()
@@ -147,6 +148,9 @@ func main() {
 	for n := 1; n <= q23kx16MaxN; n++ {
 		genQ3Kx16(n)
 		genQ2Kx16(n)
+	}
+	for n := 1; n <= iq4xsx16MaxN; n++ {
+		genIQ4XSx16(n)
 	}
 	genSiLU()
 	for n := 1; n <= 6; n++ {

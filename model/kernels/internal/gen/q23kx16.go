@@ -264,3 +264,144 @@ func genQ23Kx16(d dtype, n int) {
 	packedNextBlock(name, blockBytes, wp, xq, cnt)
 	packedEnd(name, acc)
 }
+
+// ---- IQ4_XS repacked in 16-row groups: iq4xsx16N ----
+//
+// A group of 16 weight rows (tensor.IQ4XSx16), per block of 256 values
+// (iq4xsx16Block bytes, the 16 rows' blocks rearranged, nothing added):
+//
+//	[0, 32)        the 16 rows' d (f16)
+//	[32, 64)       the 16 rows' scales_h (the high bit pairs of the 8 scales)
+//	[64+64j+4r)    bytes 4+4j..7+4j of row r's block, j < 33: scales_l
+//	               (j = 0), then the nibbles
+//
+// Nibble word 4ib+g (sub-block ib, g < 4) holds 4 bytes whose low nibbles
+// are values 32ib+4g..+3 of the row and whose high nibbles are the same 16
+// further on; each is looked up in the IQ4_NL codebook as value + 128
+// (unsigned, VPSHUFB) and multiplied with the input's 4 bytes broadcast
+// (VPDPBUSD, lane = weight row), so the lanes sum Σ (kv+128)·q_x over the
+// sub-block with no horizontal reduction. Scaled by ls−32 (VPMULLD: the
+// sums exceed int16) into I, less 128·Σ_ib (ls_ib−32)·(the input's 32-value
+// sums) (VPDPWSSD, the scales paired as int16), that is Σ (ls−32)·Σ kv·q_x
+// exactly, and the block added to the lane's float32 sum as q6BlockScalar
+// adds it for one row: the same bits as the row-major kernels
+// (q8RowIQ4XS).
+
+const iq4xsx16Block = 16 * 136
+
+// iq4xsx16MaxN is the most input rows per call.
+const iq4xsx16MaxN = 3
+
+var cW16 Mem // dword 0x0000FFFF
+
+func genIQ4XSx16Consts() {
+	cW16 = data32("w16", 0xFFFF)
+}
+
+// genIQ4XSx16 emits iq4xsx16N<n>.
+func genIQ4XSx16(n int) {
+	name := fmt.Sprintf("iq4xsx16N%d", n)
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked IQ4_XS weights with %d quantized input rows (see genIQ4XSx16).", name, n), n)
+	word := func(j int) Mem { return Mem{Base: wp, Disp: 64 + 64*j} }
+	c0F, d0F, d30, tab := ZMM(), ZMM(), ZMM(), ZMM()
+	VPBROADCASTD(cB0F, c0F)
+	VPBROADCASTD(cNib, d0F)
+	VPBROADCASTD(cD30, d30)
+	VMOVDQU64(cIQ4U, tab)
+	Label(name + "_grp")
+	cnt := ld("nblocks")
+	xq := ld("xq")
+	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
+	acc := packedZeroAcc(n)
+	Label(name + "_blk")
+	for l := 0; l < (iq4xsx16Block+63)/64; l++ {
+		PREFETCHT0(Mem{Base: wp, Disp: 3*iq4xsx16Block + 64*l})
+	}
+	sh := ZMM()
+	VPMOVZXWD(Mem{Base: wp, Disp: 32}, sh)
+	off, isum := make([]VecVirtual, n), make([]VecVirtual, n)
+	for i := range off {
+		off[i], isum[i] = ZMM(), ZMM()
+		VPXORD(off[i], off[i], off[i])
+		VPXORD(isum[i], isum[i], isum[i])
+	}
+	upp := max(1, 4/n) // sub-blocks per pass
+	dsub := make([][][2]VecVirtual, upp)
+	for u := range dsub {
+		dsub[u] = make([][2]VecVirtual, n)
+		for i := range dsub[u] {
+			dsub[u][i] = [2]VecVirtual{ZMM(), ZMM()}
+		}
+	}
+	lo, hi, ls, prev, t := ZMM(), ZMM(), ZMM(), ZMM(), ZMM()
+	for ib0 := 0; ib0 < 8; ib0 += upp {
+		for u := 0; u < upp; u++ {
+			for i := 0; i < n; i++ {
+				VPXORD(dsub[u][i][0], dsub[u][i][0], dsub[u][i][0])
+				VPXORD(dsub[u][i][1], dsub[u][i][1], dsub[u][i][1])
+			}
+		}
+		for g := 0; g < 4; g++ {
+			for u := 0; u < upp; u++ {
+				wm := word(1 + 4*(ib0+u) + g)
+				VPANDD(wm, c0F, lo)
+				VPSHUFB(lo, tab, lo)
+				VPSRLD(U8(4), wm, hi)
+				VPANDD(c0F, hi, hi)
+				VPSHUFB(hi, tab, hi)
+				for i := 0; i < n; i++ {
+					VPDPBUSD_BCST(xm(i, 32*(ib0+u)+4*g), lo, dsub[u][i][0])
+					VPDPBUSD_BCST(xm(i, 32*(ib0+u)+16+4*g), hi, dsub[u][i][1])
+				}
+			}
+		}
+		for u := 0; u < upp; u++ {
+			ib := ib0 + u
+			// ls = nibble ib of scales_l | bits 2ib, 2ib+1 of scales_h at
+			// bits 4-5, less 32.
+			switch {
+			case 2*ib < 4:
+				VPSLLD(U8(4-2*ib), sh, ls)
+			case 2*ib > 4:
+				VPSRLD(U8(2*ib-4), sh, ls)
+			default:
+				VMOVDQA64(sh, ls)
+			}
+			VPANDD(d30, ls, ls)
+			if ib == 0 {
+				VPTERNLOGD(U8(0xF8), word(0), d0F, ls)
+			} else {
+				VPSRLD(U8(4*ib), word(0), t)
+				VPTERNLOGD(U8(0xF8), t, d0F, ls)
+			}
+			VPSUBD_BCST(cD32, ls, ls)
+			for i := 0; i < n; i++ {
+				d := dsub[u][i]
+				VPADDD(d[1], d[0], d[0])
+				VPMULLD(ls, d[0], d[0])
+				VPADDD(d[0], isum[i], isum[i])
+			}
+			// OFF_i: sub-blocks ib−1 and ib paired as int16 against the
+			// input's 32-value sums.
+			if ib%2 == 0 {
+				VMOVDQA64(ls, prev)
+				continue
+			}
+			VPSLLD(U8(16), ls, t)
+			VPTERNLOGD_BCST(U8(0xF8), cW16, prev, t) // t |= prev & 0xFFFF
+			for i := 0; i < n; i++ {
+				VPDPWSSD_BCST(xm(i, q8xBsum32+4*(ib/2)), t, off[i])
+			}
+		}
+	}
+	// acc += float(I − 128·OFF)·(d·d_x) (q6BlockScalar).
+	dw, t2 := ZMM(), ZMM()
+	VCVTPH2PS(Mem{Base: wp}, dw)
+	for i := 0; i < n; i++ {
+		VPSLLD(U8(7), off[i], off[i])
+		VPSUBD(off[i], isum[i], isum[i])
+		scaleStep(VADDPS, xm(i, q8xD), dw, isum[i], acc[i], t, t2)
+	}
+	packedNextBlock(name, iq4xsx16Block, wp, xq, cnt)
+	packedEnd(name, acc)
+}

@@ -37,7 +37,7 @@ const (
 )
 
 // q8Dtypes are the weight types with integer kernels.
-var q8Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K}
+var q8Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K, dIQ4XS}
 
 // q8MaxN is the largest number of input rows per integer kernel call.
 const q8MaxN = 2
@@ -59,6 +59,7 @@ var (
 	cQ3Bit   [4]Mem // bytes: chunk c's third-bit masks in hmask, 1<<(2c) x32, 1<<(2c+1) x32
 	cQ3ScLo  Mem    // dwords 0, 0, 4, 4 (VPSRLVD: the Q3_K scales' low nibbles)
 	cQ3ScHi  Mem    // dwords 0, 2, 4, 6 (VPSRLVD: their high bit pairs)
+	cQ8IdxXS [4]Mem // VPERMW indices: chunk c's scales 2c (x16), 2c+1 (x16)
 )
 
 func genQ8Consts() {
@@ -85,6 +86,7 @@ func genQ8Consts() {
 			v = append(v, rep(w2(uint32(4*c+g)), 4)...)
 		}
 		cQ8IdxQ6[c] = data32(fmt.Sprintf("q8idxq6_%d", c), v...)
+		cQ8IdxXS[c] = data32(fmt.Sprintf("q8idxxs_%d", c), append(rep(w2(uint32(2*c)), 8), rep(w2(uint32(2*c+1)), 8)...)...)
 		lo, hi := uint32(1)<<(2*c), uint32(1)<<(2*c+1)
 		cQ8Q5Bit[c] = data32(fmt.Sprintf("q8q5bit_%d", c), append(rep(lo*0x01010101, 8), rep(hi*0x01010101, 8)...)...)
 		// Chunk c of a Q3_K block: values 64c.., half n = c/2, fields j
@@ -163,6 +165,8 @@ func genQ8(d dtype, N int, vnni bool) {
 		bb = 110
 	case dQ2K:
 		bb = 84
+	case dIQ4XS:
+		bb = 136
 	default:
 		panic("genQ8: " + d.String())
 	}
@@ -183,13 +187,19 @@ func genQ8(d dtype, N int, vnni bool) {
 	case dQ3K, dQ2K:
 		c30 = ZMM() // 0x03 bytes: a 2-bit field
 		VPBROADCASTD(cB03, c30)
+	case dIQ4XS:
+		c30 = ZMM() // the IQ4_NL codebook (int8) in every 16-byte lane
+		VBROADCASTI64X4(cIQ4Y, c30)
 	}
 	var idx [4]VecVirtual
 	for c := range idx {
 		idx[c] = ZMM()
-		if d == dQ4K || d == dQ5K {
+		switch d {
+		case dIQ4XS:
+			VMOVDQU64(cQ8IdxXS[c], idx[c])
+		case dQ4K, dQ5K:
 			VMOVDQU64(cQ8IdxQ4[c], idx[c])
-		} else {
+		default:
 			VMOVDQU64(cQ8IdxQ6[c], idx[c])
 		}
 	}
@@ -212,6 +222,8 @@ func genQ8(d dtype, N int, vnni bool) {
 			q8RowQ3K(N, rowMem, xMem, c0F, c30, idx, isum, acc)
 		case dQ2K:
 			q8RowQ2K(N, rowMem, xMem, c0F, c30, idx, isum, acc)
+		case dIQ4XS:
+			q8RowIQ4XS(N, rowMem, xMem, c0F, c30, idx, isum, acc)
 		}
 	})
 	VZEROUPPER()
@@ -516,6 +528,82 @@ func q8RowQ3K(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c
 	VCVTPH2PS(dv.AsX(), dv.AsX())
 	for i := 0; i < N; i++ {
 		VPSUBD(mo[i], hs[i][0], hs[i][0])
+		VPADDD(hs[i][1], hs[i][0], isum[i])
+		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
+	}
+}
+
+// iq4xsScaleInts decodes an IQ4_XS block's 8 6-bit scales (scales_h at
+// blk+2, scales_l at blk+4) into the 8 dwords of a ymm, each less 32: scale
+// ib's low nibble is nibble ib of scales_l, its high bits bits 2ib, 2ib+1 of
+// scales_h (VEX instructions: the AVX2 kernels use it too).
+func iq4xsScaleInts(blk Mem) VecVirtual {
+	lo, hi, t := YMM(), YMM(), YMM()
+	VPBROADCASTD(blk.Offset(4), lo)
+	VPSRLVD(cXSShl, lo, lo)
+	VPBROADCASTD(cNib, t)
+	VPAND(t, lo, lo)
+	VPBROADCASTD(blk.Offset(2), hi) // bytes 2..5: scales_h in the low 16 bits
+	VPSRLVD(cXSShh, hi, hi)
+	VPBROADCASTD(cD3, t)
+	VPAND(t, hi, hi)
+	VPSLLD(U8(4), hi, hi)
+	VPOR(hi, lo, lo)
+	VPBROADCASTD(cD32, t)
+	VPSUBD(t, lo, lo)
+	return lo
+}
+
+// q8RowIQ4XS adds row r's block to acc[i]: dx_i·d·Σ_ib (ls_ib−32)·Σ kv·x_i.
+//
+// IQ4_XS block: d (f16) at 0, scales_h at 2, scales_l at 4, 128 bytes of
+// nibbles at 8: sub-block ib (values 32ib..32ib+31) is the low nibbles of
+// bytes 8+16ib.. then their high nibbles, each an index into the IQ4_NL
+// codebook kv (int8, in every 16-byte lane of tab). Chunk c (64 values)
+// takes bytes 8+32c..: low nibbles of the 32 (VPSRLVW by 0), high nibbles
+// (by 4), its 16-byte lanes put in value order (VSHUFI64X2), looked up.
+// VPMADDUBSW needs an unsigned operand: |kv| against x with kv's sign
+// (llama.cpp's sign trick; AVX-512 has no VPSIGNB, so x is negated where
+// kv is negative, by a masked subtraction), then VPMADDWD or VPDPWSSD with
+// the sub-block scales as int16. |kv|·|x| ≤ 127·127, so no pair saturates.
+func q8RowIQ4XS(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, tab VecVirtual, idx [4]VecVirtual, isum, acc []VecVirtual) {
+	sc := iq4xsScaleInts(rowMem(0))
+	sc16 := ZMM()
+	VPMOVDW(sc, sc16.AsX())
+	zero := ZMM()
+	VPXORD(zero, zero, zero)
+	hs := make([][2]VecVirtual, N)
+	for i := range hs {
+		hs[i] = [2]VecVirtual{ZMM(), ZMM()}
+	}
+	for c := 0; c < 4; c++ {
+		q := ZMM()
+		VBROADCASTI64X4(rowMem(8+32*c), q)
+		VPSRLVW(cQ8ShQ4, q, q)
+		VPANDD(c0F, q, q)
+		VSHUFI64X2(U8(0xD8), q, q, q) // lanes 0, 2, 1, 3: values in order
+		VPSHUFB(q, tab, q)            // kv
+		k := K()
+		VPMOVB2M(q, k)
+		VPABSB(q, q)
+		scv := ZMM()
+		VPERMW(sc16, idx[c], scv)
+		for i := 0; i < N; i++ {
+			x, p := ZMM(), ZMM()
+			VMOVDQU64(xMem(i, 64*c), x)
+			VPSUBB(x, zero, k, x) // −x where kv < 0
+			VPMADDUBSW(x, q, p)
+			if c%2 == 0 {
+				VPMADDWD(scv, p, hs[i][c/2])
+			} else {
+				dpwssd(scv, p, hs[i][c/2])
+			}
+		}
+	}
+	dv := ZMM()
+	VPBROADCASTW(rowMem(0), dv.AsX())
+	VCVTPH2PS(dv.AsX(), dv.AsX())
+	for i := 0; i < N; i++ {
 		VPADDD(hs[i][1], hs[i][0], isum[i])
 		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
 	}

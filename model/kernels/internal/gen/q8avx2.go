@@ -20,11 +20,13 @@ import (
 // q8dot256<dtype>N<N> (genQ8AVX2) has genQ8's signature and meaning.
 
 // q8AVX2Dtypes are the weight types with AVX2 integer kernels.
-var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K}
+var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K, dIQ4XS}
 
 var (
 	cQ6Perm [8]Mem // VPERMD: every dword = dword a of the source (the scale pair 2a, 2a+1)
 	cQ6Lane Mem    // VPSHUFB: word 0 of each dword across the low lane, word 1 across the high
+	cXSLane Mem    // dwords 0 x4, 4 x4 (VPSRLVD: a lane's low nibbles, then its high)
+	cXSWord [8]Mem // VPSHUFB: word ib of each lane in every word
 )
 
 func genQ8AVX2Consts() {
@@ -32,6 +34,11 @@ func genQ8AVX2Consts() {
 		cQ6Perm[a] = data32(fmt.Sprintf("q6perm_%d", a), rep(uint32(a), 8)...)
 	}
 	cQ6Lane = data32("q6lane", append(rep(0x01000100, 4), rep(0x03020302, 4)...)...)
+	cXSLane = data32("xslane", 0, 0, 0, 0, 4, 4, 4, 4)
+	for ib := 0; ib < 8; ib++ {
+		b := uint32(2 * ib)
+		cXSWord[ib] = data32(fmt.Sprintf("xsword_%d", ib), rep(b|(b+1)<<8|b<<16|(b+1)<<24, 8)...)
+	}
 }
 
 func genQ8AVX2(d dtype, N int) {
@@ -64,6 +71,12 @@ func genQ8AVX2(d dtype, N int) {
 		VPBROADCASTD(cB30, c30)
 		q8Rows(N, name, 210, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
 			q8RowQ6K256(N, rowMem, xMem, c0F, c30, acc)
+		})
+	case dIQ4XS:
+		tab := YMM()
+		VMOVDQU(cIQ4Y, tab)
+		q8Rows(N, name, 136, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
+			q8RowIQ4XS256(N, rowMem, xMem, c0F, tab, acc)
 		})
 	case dQ3K, dQ2K:
 		c03 := YMM()
@@ -360,5 +373,47 @@ func q8RowQ23K256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int
 		m4 := XMM()
 		VPADDD(t, ms.AsX(), m4)
 		q8BlockScalar256(isum[i], m4, dd, xMem(i, q8xD), acc[i])
+	}
+}
+
+// q8RowIQ4XS256 adds an IQ4_XS block of a row to acc[i] (q8RowIQ4XS's
+// layout and result), one 32-value sub-block per ymm: the sub-block's 16
+// bytes in both lanes, low nibbles in the low lane and high nibbles in the
+// high (VPSRLVD by 0 and 4), looked up in the codebook; |kv| against x with
+// kv's sign (VPSIGNB), VPMADDUBSW, VPMADDWD with the sub-block's scale. The
+// block's sum is reduced and scaled as q6BlockScalar does it.
+func q8RowIQ4XS256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, tab VecVirtual, acc []VecVirtual) {
+	sc := iq4xsScaleInts(rowMem(0))
+	sc16 := YMM() // the 8 scales as int16 in each lane
+	VPACKSSDW(sc, sc, sc16)
+	VPERMQ(U8(0x88), sc16, sc16)
+	isum := make([]VecVirtual, N)
+	for i := range isum {
+		isum[i] = YMM()
+		VPXOR(isum[i], isum[i], isum[i])
+	}
+	for ib := 0; ib < 8; ib++ {
+		q, a := YMM(), YMM()
+		VBROADCASTI128(rowMem(8+16*ib), q)
+		VPSRLVD(cXSLane, q, q)
+		VPAND(c0F, q, q)
+		VPSHUFB(q, tab, q) // kv
+		VPABSB(q, a)
+		scv := YMM()
+		VPSHUFB(cXSWord[ib], sc16, scv)
+		for i := 0; i < N; i++ {
+			x := YMM()
+			VMOVDQU(xMem(i, 32*ib), x)
+			VPSIGNB(q, x, x)
+			VPMADDUBSW(x, a, x)
+			VPMADDWD(scv, x, x)
+			VPADDD(x, isum[i], isum[i])
+		}
+	}
+	dv := XMM()
+	VPBROADCASTW(rowMem(0), dv)
+	VCVTPH2PS(dv, dv)
+	for i := 0; i < N; i++ {
+		q6BlockScalar256(isum[i], dv, xMem(i, q8xD), acc[i])
 	}
 }
