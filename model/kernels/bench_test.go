@@ -382,14 +382,14 @@ func BenchmarkQ80Activations(b *testing.B) {
 	}
 }
 
-// BenchmarkPacked: products with Q8_0, Q4_K, Q5_K and Q6_K weights packed in 16-row
-// groups (Pack, what the loader does when it copies weights) against the
-// same weights row-major, both with 8-bit activations: in_proj and an
-// expert's shape, one-row (decode) to prefill-sized inputs.
+// BenchmarkPacked: products with weights of each packed type (packedDTypes)
+// packed in 16-row groups (Pack, what the loader does when it copies
+// weights) against the same weights row-major, both with 8-bit activations:
+// in_proj and an expert's shape, one-row (decode) to prefill-sized inputs.
 func BenchmarkPacked(b *testing.B) {
-	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K} {
+	for _, dt := range packedDTypes {
 		if !hasPackedKernels(dt) {
-			b.Skipf("no packed %v kernels on this CPU or build", dt)
+			continue
 		}
 		for _, sh := range [][2]int{{6448, 1536}, {1536, 512}} {
 			for _, n := range []int{1, 2, 4, 8, 64, 512} {
