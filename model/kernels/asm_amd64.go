@@ -678,6 +678,11 @@ func q40rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *flo
 //go:noescape
 func iq4nlrows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
 
+// q50rows512 multiplies Q5_0 weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).
+//
+//go:noescape
+func q50rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
+
 // q80dot512R1 multiplies 1 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
 func q80dot512R1(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 
@@ -767,6 +772,30 @@ func iq4nlx16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *fl
 
 // iq4nlx16N8 multiplies a 16-row group of repacked IQ4NL weights with 8 quantized input rows (see genX16Q80Act).
 func iq4nlx16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q50x16N1 multiplies a 16-row group of repacked Q50 weights with 1 quantized input rows (see genX16Q80Act).
+func q50x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q50x16N2 multiplies a 16-row group of repacked Q50 weights with 2 quantized input rows (see genX16Q80Act).
+func q50x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q50x16N3 multiplies a 16-row group of repacked Q50 weights with 3 quantized input rows (see genX16Q80Act).
+func q50x16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q50x16N4 multiplies a 16-row group of repacked Q50 weights with 4 quantized input rows (see genX16Q80Act).
+func q50x16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q50x16N5 multiplies a 16-row group of repacked Q50 weights with 5 quantized input rows (see genX16Q80Act).
+func q50x16N5(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q50x16N6 multiplies a 16-row group of repacked Q50 weights with 6 quantized input rows (see genX16Q80Act).
+func q50x16N6(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q50x16N7 multiplies a 16-row group of repacked Q50 weights with 7 quantized input rows (see genX16Q80Act).
+func q50x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q50x16N8 multiplies a 16-row group of repacked Q50 weights with 8 quantized input rows (see genX16Q80Act).
+func q50x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // q80x16AVX2N1 multiplies a 16-row group of repacked Q80 weights with 1 quantized input rows on AVX2 (see genX16AVX2).
 //

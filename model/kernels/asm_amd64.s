@@ -1320,6 +1320,60 @@ DATA q40gath<>+56(SB)/4, $0x000000fc
 DATA q40gath<>+60(SB)/4, $0x0000010e
 GLOBL q40gath<>(SB), RODATA|NOPTR, $64
 
+DATA q50gath<>+0(SB)/4, $0x00000000
+DATA q50gath<>+4(SB)/4, $0x00000016
+DATA q50gath<>+8(SB)/4, $0x0000002c
+DATA q50gath<>+12(SB)/4, $0x00000042
+DATA q50gath<>+16(SB)/4, $0x00000058
+DATA q50gath<>+20(SB)/4, $0x0000006e
+DATA q50gath<>+24(SB)/4, $0x00000084
+DATA q50gath<>+28(SB)/4, $0x0000009a
+DATA q50gath<>+32(SB)/4, $0x000000b0
+DATA q50gath<>+36(SB)/4, $0x000000c6
+DATA q50gath<>+40(SB)/4, $0x000000dc
+DATA q50gath<>+44(SB)/4, $0x000000f2
+DATA q50gath<>+48(SB)/4, $0x00000108
+DATA q50gath<>+52(SB)/4, $0x0000011e
+DATA q50gath<>+56(SB)/4, $0x00000134
+DATA q50gath<>+60(SB)/4, $0x0000014a
+GLOBL q50gath<>(SB), RODATA|NOPTR, $64
+
+DATA q50spread<>+0(SB)/4, $0x00000000
+DATA q50spread<>+4(SB)/4, $0x00000000
+DATA q50spread<>+8(SB)/4, $0x01010101
+DATA q50spread<>+12(SB)/4, $0x01010101
+DATA q50spread<>+16(SB)/4, $0x02020202
+DATA q50spread<>+20(SB)/4, $0x02020202
+DATA q50spread<>+24(SB)/4, $0x03030303
+DATA q50spread<>+28(SB)/4, $0x03030303
+DATA q50spread<>+32(SB)/4, $0x00000000
+DATA q50spread<>+36(SB)/4, $0x00000000
+DATA q50spread<>+40(SB)/4, $0x01010101
+DATA q50spread<>+44(SB)/4, $0x01010101
+DATA q50spread<>+48(SB)/4, $0x02020202
+DATA q50spread<>+52(SB)/4, $0x02020202
+DATA q50spread<>+56(SB)/4, $0x03030303
+DATA q50spread<>+60(SB)/4, $0x03030303
+GLOBL q50spread<>(SB), RODATA|NOPTR, $64
+
+DATA q50bit<>+0(SB)/4, $0x08040201
+DATA q50bit<>+4(SB)/4, $0x80402010
+DATA q50bit<>+8(SB)/4, $0x08040201
+DATA q50bit<>+12(SB)/4, $0x80402010
+DATA q50bit<>+16(SB)/4, $0x08040201
+DATA q50bit<>+20(SB)/4, $0x80402010
+DATA q50bit<>+24(SB)/4, $0x08040201
+DATA q50bit<>+28(SB)/4, $0x80402010
+DATA q50bit<>+32(SB)/4, $0x08040201
+DATA q50bit<>+36(SB)/4, $0x80402010
+DATA q50bit<>+40(SB)/4, $0x08040201
+DATA q50bit<>+44(SB)/4, $0x80402010
+DATA q50bit<>+48(SB)/4, $0x08040201
+DATA q50bit<>+52(SB)/4, $0x80402010
+DATA q50bit<>+56(SB)/4, $0x08040201
+DATA q50bit<>+60(SB)/4, $0x80402010
+GLOBL q50bit<>(SB), RODATA|NOPTR, $64
+
 DATA q40shift<>+0(SB)/4, $0x00000000
 DATA q40shift<>+4(SB)/4, $0x00000000
 DATA q40shift<>+8(SB)/4, $0x00000000
@@ -1430,6 +1484,114 @@ DATA iq4u<>+52(SB)/4, $0x766a5d4f
 DATA iq4u<>+56(SB)/4, $0xa6998d81
 DATA iq4u<>+60(SB)/4, $0xf1d9c5b5
 GLOBL iq4u<>(SB), RODATA|NOPTR, $64
+
+DATA q5rep_0<>+0(SB)/4, $0x00000000
+DATA q5rep_0<>+4(SB)/4, $0x04040404
+DATA q5rep_0<>+8(SB)/4, $0x08080808
+DATA q5rep_0<>+12(SB)/4, $0x0c0c0c0c
+DATA q5rep_0<>+16(SB)/4, $0x00000000
+DATA q5rep_0<>+20(SB)/4, $0x04040404
+DATA q5rep_0<>+24(SB)/4, $0x08080808
+DATA q5rep_0<>+28(SB)/4, $0x0c0c0c0c
+DATA q5rep_0<>+32(SB)/4, $0x00000000
+DATA q5rep_0<>+36(SB)/4, $0x04040404
+DATA q5rep_0<>+40(SB)/4, $0x08080808
+DATA q5rep_0<>+44(SB)/4, $0x0c0c0c0c
+DATA q5rep_0<>+48(SB)/4, $0x00000000
+DATA q5rep_0<>+52(SB)/4, $0x04040404
+DATA q5rep_0<>+56(SB)/4, $0x08080808
+DATA q5rep_0<>+60(SB)/4, $0x0c0c0c0c
+GLOBL q5rep_0<>(SB), RODATA|NOPTR, $64
+
+DATA q5rep_1<>+0(SB)/4, $0x01010101
+DATA q5rep_1<>+4(SB)/4, $0x05050505
+DATA q5rep_1<>+8(SB)/4, $0x09090909
+DATA q5rep_1<>+12(SB)/4, $0x0d0d0d0d
+DATA q5rep_1<>+16(SB)/4, $0x01010101
+DATA q5rep_1<>+20(SB)/4, $0x05050505
+DATA q5rep_1<>+24(SB)/4, $0x09090909
+DATA q5rep_1<>+28(SB)/4, $0x0d0d0d0d
+DATA q5rep_1<>+32(SB)/4, $0x01010101
+DATA q5rep_1<>+36(SB)/4, $0x05050505
+DATA q5rep_1<>+40(SB)/4, $0x09090909
+DATA q5rep_1<>+44(SB)/4, $0x0d0d0d0d
+DATA q5rep_1<>+48(SB)/4, $0x01010101
+DATA q5rep_1<>+52(SB)/4, $0x05050505
+DATA q5rep_1<>+56(SB)/4, $0x09090909
+DATA q5rep_1<>+60(SB)/4, $0x0d0d0d0d
+GLOBL q5rep_1<>(SB), RODATA|NOPTR, $64
+
+DATA q5rep_2<>+0(SB)/4, $0x02020202
+DATA q5rep_2<>+4(SB)/4, $0x06060606
+DATA q5rep_2<>+8(SB)/4, $0x0a0a0a0a
+DATA q5rep_2<>+12(SB)/4, $0x0e0e0e0e
+DATA q5rep_2<>+16(SB)/4, $0x02020202
+DATA q5rep_2<>+20(SB)/4, $0x06060606
+DATA q5rep_2<>+24(SB)/4, $0x0a0a0a0a
+DATA q5rep_2<>+28(SB)/4, $0x0e0e0e0e
+DATA q5rep_2<>+32(SB)/4, $0x02020202
+DATA q5rep_2<>+36(SB)/4, $0x06060606
+DATA q5rep_2<>+40(SB)/4, $0x0a0a0a0a
+DATA q5rep_2<>+44(SB)/4, $0x0e0e0e0e
+DATA q5rep_2<>+48(SB)/4, $0x02020202
+DATA q5rep_2<>+52(SB)/4, $0x06060606
+DATA q5rep_2<>+56(SB)/4, $0x0a0a0a0a
+DATA q5rep_2<>+60(SB)/4, $0x0e0e0e0e
+GLOBL q5rep_2<>(SB), RODATA|NOPTR, $64
+
+DATA q5rep_3<>+0(SB)/4, $0x03030303
+DATA q5rep_3<>+4(SB)/4, $0x07070707
+DATA q5rep_3<>+8(SB)/4, $0x0b0b0b0b
+DATA q5rep_3<>+12(SB)/4, $0x0f0f0f0f
+DATA q5rep_3<>+16(SB)/4, $0x03030303
+DATA q5rep_3<>+20(SB)/4, $0x07070707
+DATA q5rep_3<>+24(SB)/4, $0x0b0b0b0b
+DATA q5rep_3<>+28(SB)/4, $0x0f0f0f0f
+DATA q5rep_3<>+32(SB)/4, $0x03030303
+DATA q5rep_3<>+36(SB)/4, $0x07070707
+DATA q5rep_3<>+40(SB)/4, $0x0b0b0b0b
+DATA q5rep_3<>+44(SB)/4, $0x0f0f0f0f
+DATA q5rep_3<>+48(SB)/4, $0x03030303
+DATA q5rep_3<>+52(SB)/4, $0x07070707
+DATA q5rep_3<>+56(SB)/4, $0x0b0b0b0b
+DATA q5rep_3<>+60(SB)/4, $0x0f0f0f0f
+GLOBL q5rep_3<>(SB), RODATA|NOPTR, $64
+
+DATA q5nib_0<>+0(SB)/4, $0x08040201
+DATA q5nib_0<>+4(SB)/4, $0x08040201
+DATA q5nib_0<>+8(SB)/4, $0x08040201
+DATA q5nib_0<>+12(SB)/4, $0x08040201
+DATA q5nib_0<>+16(SB)/4, $0x08040201
+DATA q5nib_0<>+20(SB)/4, $0x08040201
+DATA q5nib_0<>+24(SB)/4, $0x08040201
+DATA q5nib_0<>+28(SB)/4, $0x08040201
+DATA q5nib_0<>+32(SB)/4, $0x08040201
+DATA q5nib_0<>+36(SB)/4, $0x08040201
+DATA q5nib_0<>+40(SB)/4, $0x08040201
+DATA q5nib_0<>+44(SB)/4, $0x08040201
+DATA q5nib_0<>+48(SB)/4, $0x08040201
+DATA q5nib_0<>+52(SB)/4, $0x08040201
+DATA q5nib_0<>+56(SB)/4, $0x08040201
+DATA q5nib_0<>+60(SB)/4, $0x08040201
+GLOBL q5nib_0<>(SB), RODATA|NOPTR, $64
+
+DATA q5nib_1<>+0(SB)/4, $0x80402010
+DATA q5nib_1<>+4(SB)/4, $0x80402010
+DATA q5nib_1<>+8(SB)/4, $0x80402010
+DATA q5nib_1<>+12(SB)/4, $0x80402010
+DATA q5nib_1<>+16(SB)/4, $0x80402010
+DATA q5nib_1<>+20(SB)/4, $0x80402010
+DATA q5nib_1<>+24(SB)/4, $0x80402010
+DATA q5nib_1<>+28(SB)/4, $0x80402010
+DATA q5nib_1<>+32(SB)/4, $0x80402010
+DATA q5nib_1<>+36(SB)/4, $0x80402010
+DATA q5nib_1<>+40(SB)/4, $0x80402010
+DATA q5nib_1<>+44(SB)/4, $0x80402010
+DATA q5nib_1<>+48(SB)/4, $0x80402010
+DATA q5nib_1<>+52(SB)/4, $0x80402010
+DATA q5nib_1<>+56(SB)/4, $0x80402010
+DATA q5nib_1<>+60(SB)/4, $0x80402010
+GLOBL q5nib_1<>(SB), RODATA|NOPTR, $64
 
 DATA q4kdup_0<>+0(SB)/4, $0x80008000
 DATA q4kdup_0<>+4(SB)/4, $0x80048004
@@ -94689,6 +94851,575 @@ iq4nlrows512_g2:
 	VZEROUPPER
 	RET
 
+// func q50rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
+// Requires: AVX, AVX512BW, AVX512F, AVX512VNNI, BMI2
+TEXT ·q50rows512(SB), NOSPLIT, $0-56
+	VMOVDQU64    q50gath<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+	VMOVDQU64    q40shift<>+0(SB), Z2
+	VPXORD       Z3, Z3, Z3
+	VMOVDQU64    q80redidx<>+0(SB), Z4
+	MOVQ         nblocks+32(FP), AX
+	ADDQ         $0x0f, AX
+	ANDQ         $-16, AX
+	SHLQ         $0x02, AX
+
+q50rows512_grp:
+	MOVQ nrows+16(FP), CX
+	CMPQ CX, $0x10
+	JLE  q50rows512_g
+	MOVQ $0x00000010, CX
+
+q50rows512_g:
+	MOVQ w+0(FP), DX
+	MOVQ tmp+40(FP), BX
+
+q50rows512_row:
+	MOVQ DX, SI
+	MOVQ xq+24(FP), DI
+	MOVQ BX, R8
+	MOVQ nblocks+32(FP), R9
+
+q50rows512_tile:
+	CMPQ            R9, $0x10
+	JL              q50rows512_part
+	VMOVDQA64       Z3, Z5
+	VPBROADCASTD    2(SI), Z7
+	VBROADCASTI32X4 6(SI), Z6
+	VINSERTI32X4    $0x02, 28(SI), Z6, Z6
+	VINSERTI32X4    $0x03, 28(SI), Z6, Z6
+	VPBROADCASTD    24(SI), Z8
+	VSHUFI64X2      $0xe4, Z8, Z7, Z7
+	VPSRLVW         Z2, Z6, Z6
+	VPANDD.BCST     b0f<>+0(SB), Z6, Z6
+	VPSHUFB         q50spread<>+0(SB), Z7, Z7
+	VPTESTMB        q50bit<>+0(SB), Z7, K1
+	VPADDB          Z1, Z6, K1, Z6
+	VPDPBUSD        (DI), Z6, Z5
+	VMOVDQA64       Z3, Z6
+	VPBROADCASTD    46(SI), Z8
+	VBROADCASTI32X4 50(SI), Z7
+	VINSERTI32X4    $0x02, 72(SI), Z7, Z7
+	VINSERTI32X4    $0x03, 72(SI), Z7, Z7
+	VPBROADCASTD    68(SI), Z9
+	VSHUFI64X2      $0xe4, Z9, Z8, Z8
+	VPSRLVW         Z2, Z7, Z7
+	VPANDD.BCST     b0f<>+0(SB), Z7, Z7
+	VPSHUFB         q50spread<>+0(SB), Z8, Z8
+	VPTESTMB        q50bit<>+0(SB), Z8, K1
+	VPADDB          Z1, Z7, K1, Z7
+	VPDPBUSD        64(DI), Z7, Z6
+	VMOVDQA64       Z3, Z7
+	VPBROADCASTD    90(SI), Z9
+	VBROADCASTI32X4 94(SI), Z8
+	VINSERTI32X4    $0x02, 116(SI), Z8, Z8
+	VINSERTI32X4    $0x03, 116(SI), Z8, Z8
+	VPBROADCASTD    112(SI), Z10
+	VSHUFI64X2      $0xe4, Z10, Z9, Z9
+	VPSRLVW         Z2, Z8, Z8
+	VPANDD.BCST     b0f<>+0(SB), Z8, Z8
+	VPSHUFB         q50spread<>+0(SB), Z9, Z9
+	VPTESTMB        q50bit<>+0(SB), Z9, K1
+	VPADDB          Z1, Z8, K1, Z8
+	VPDPBUSD        128(DI), Z8, Z7
+	VMOVDQA64       Z3, Z8
+	VPBROADCASTD    134(SI), Z10
+	VBROADCASTI32X4 138(SI), Z9
+	VINSERTI32X4    $0x02, 160(SI), Z9, Z9
+	VINSERTI32X4    $0x03, 160(SI), Z9, Z9
+	VPBROADCASTD    156(SI), Z11
+	VSHUFI64X2      $0xe4, Z11, Z10, Z10
+	VPSRLVW         Z2, Z9, Z9
+	VPANDD.BCST     b0f<>+0(SB), Z9, Z9
+	VPSHUFB         q50spread<>+0(SB), Z10, Z10
+	VPTESTMB        q50bit<>+0(SB), Z10, K1
+	VPADDB          Z1, Z9, K1, Z9
+	VPDPBUSD        192(DI), Z9, Z8
+	VMOVDQA64       Z3, Z9
+	VPBROADCASTD    178(SI), Z11
+	VBROADCASTI32X4 182(SI), Z10
+	VINSERTI32X4    $0x02, 204(SI), Z10, Z10
+	VINSERTI32X4    $0x03, 204(SI), Z10, Z10
+	VPBROADCASTD    200(SI), Z12
+	VSHUFI64X2      $0xe4, Z12, Z11, Z11
+	VPSRLVW         Z2, Z10, Z10
+	VPANDD.BCST     b0f<>+0(SB), Z10, Z10
+	VPSHUFB         q50spread<>+0(SB), Z11, Z11
+	VPTESTMB        q50bit<>+0(SB), Z11, K1
+	VPADDB          Z1, Z10, K1, Z10
+	VPDPBUSD        256(DI), Z10, Z9
+	VMOVDQA64       Z3, Z10
+	VPBROADCASTD    222(SI), Z12
+	VBROADCASTI32X4 226(SI), Z11
+	VINSERTI32X4    $0x02, 248(SI), Z11, Z11
+	VINSERTI32X4    $0x03, 248(SI), Z11, Z11
+	VPBROADCASTD    244(SI), Z13
+	VSHUFI64X2      $0xe4, Z13, Z12, Z12
+	VPSRLVW         Z2, Z11, Z11
+	VPANDD.BCST     b0f<>+0(SB), Z11, Z11
+	VPSHUFB         q50spread<>+0(SB), Z12, Z12
+	VPTESTMB        q50bit<>+0(SB), Z12, K1
+	VPADDB          Z1, Z11, K1, Z11
+	VPDPBUSD        320(DI), Z11, Z10
+	VMOVDQA64       Z3, Z11
+	VPBROADCASTD    266(SI), Z13
+	VBROADCASTI32X4 270(SI), Z12
+	VINSERTI32X4    $0x02, 292(SI), Z12, Z12
+	VINSERTI32X4    $0x03, 292(SI), Z12, Z12
+	VPBROADCASTD    288(SI), Z14
+	VSHUFI64X2      $0xe4, Z14, Z13, Z13
+	VPSRLVW         Z2, Z12, Z12
+	VPANDD.BCST     b0f<>+0(SB), Z12, Z12
+	VPSHUFB         q50spread<>+0(SB), Z13, Z13
+	VPTESTMB        q50bit<>+0(SB), Z13, K1
+	VPADDB          Z1, Z12, K1, Z12
+	VPDPBUSD        384(DI), Z12, Z11
+	VMOVDQA64       Z3, Z12
+	VPBROADCASTD    310(SI), Z14
+	VBROADCASTI32X4 314(SI), Z13
+	VINSERTI32X4    $0x02, 336(SI), Z13, Z13
+	VINSERTI32X4    $0x03, 336(SI), Z13, Z13
+	VPBROADCASTD    332(SI), Z15
+	VSHUFI64X2      $0xe4, Z15, Z14, Z14
+	VPSRLVW         Z2, Z13, Z13
+	VPANDD.BCST     b0f<>+0(SB), Z13, Z13
+	VPSHUFB         q50spread<>+0(SB), Z14, Z14
+	VPTESTMB        q50bit<>+0(SB), Z14, K1
+	VPADDB          Z1, Z13, K1, Z13
+	VPDPBUSD        448(DI), Z13, Z12
+	VPUNPCKLDQ      Z6, Z5, Z13
+	VPUNPCKHDQ      Z6, Z5, Z5
+	VPADDD          Z5, Z13, Z13
+	VPUNPCKLDQ      Z8, Z7, Z5
+	VPUNPCKHDQ      Z8, Z7, Z6
+	VPADDD          Z6, Z5, Z5
+	VPUNPCKLDQ      Z10, Z9, Z6
+	VPUNPCKHDQ      Z10, Z9, Z7
+	VPADDD          Z7, Z6, Z6
+	VPUNPCKLDQ      Z12, Z11, Z7
+	VPUNPCKHDQ      Z12, Z11, Z8
+	VPADDD          Z8, Z7, Z7
+	VPUNPCKLQDQ     Z5, Z13, Z8
+	VPUNPCKHQDQ     Z5, Z13, Z5
+	VPADDD          Z5, Z8, Z8
+	VPUNPCKLQDQ     Z7, Z6, Z5
+	VPUNPCKHQDQ     Z7, Z6, Z6
+	VPADDD          Z6, Z5, Z5
+	VSHUFI32X4      $0x88, Z5, Z8, Z6
+	VSHUFI32X4      $0xdd, Z5, Z8, Z5
+	VPADDD          Z5, Z6, Z6
+	VPERMD          Z6, Z4, Z5
+	MOVL            $0x0000ffff, R10
+	KMOVW           R10, K1
+	VMOVDQA64       Z3, Z6
+	VPGATHERDD      (SI)(Z0*1), K1, Z6
+	VPMOVDW         Z6, Y6
+	VCVTPH2PS       Y6, Z6
+	VMOVDQU64       576(DI), Z7
+	VPSRAD          $0x03, Z7, Z7
+	VPSUBD          Z7, Z5, Z5
+	VCVTDQ2PS       Z5, Z5
+	VMULPS          512(DI), Z6, Z6
+	VMULPS          Z6, Z5, Z5
+	VMOVUPS         Z5, (R8)
+	JMP             q50rows512_next
+
+q50rows512_part:
+	VMOVDQA64       Z3, Z5
+	CMPQ            R9, $0x00
+	JLE             q50rows512_p_d0
+	VPBROADCASTD    2(SI), Z7
+	VBROADCASTI32X4 6(SI), Z6
+	CMPQ            R9, $0x01
+	JG              q50rows512_p_o0
+	VINSERTI32X4    $0x02, X3, Z6, Z6
+	VINSERTI32X4    $0x03, X3, Z6, Z6
+	VINSERTI64X4    $0x01, Y3, Z7, Z7
+	JMP             q50rows512_p_j0
+
+q50rows512_p_o0:
+	VINSERTI32X4 $0x02, 28(SI), Z6, Z6
+	VINSERTI32X4 $0x03, 28(SI), Z6, Z6
+	VPBROADCASTD 24(SI), Z8
+	VSHUFI64X2   $0xe4, Z8, Z7, Z7
+
+q50rows512_p_j0:
+	VPSRLVW     Z2, Z6, Z6
+	VPANDD.BCST b0f<>+0(SB), Z6, Z6
+	VPSHUFB     q50spread<>+0(SB), Z7, Z7
+	VPTESTMB    q50bit<>+0(SB), Z7, K1
+	VPADDB      Z1, Z6, K1, Z6
+	VPDPBUSD    (DI), Z6, Z5
+
+q50rows512_p_d0:
+	VMOVDQA64       Z3, Z6
+	CMPQ            R9, $0x02
+	JLE             q50rows512_p_d1
+	VPBROADCASTD    46(SI), Z8
+	VBROADCASTI32X4 50(SI), Z7
+	CMPQ            R9, $0x03
+	JG              q50rows512_p_o1
+	VINSERTI32X4    $0x02, X3, Z7, Z7
+	VINSERTI32X4    $0x03, X3, Z7, Z7
+	VINSERTI64X4    $0x01, Y3, Z8, Z8
+	JMP             q50rows512_p_j1
+
+q50rows512_p_o1:
+	VINSERTI32X4 $0x02, 72(SI), Z7, Z7
+	VINSERTI32X4 $0x03, 72(SI), Z7, Z7
+	VPBROADCASTD 68(SI), Z9
+	VSHUFI64X2   $0xe4, Z9, Z8, Z8
+
+q50rows512_p_j1:
+	VPSRLVW     Z2, Z7, Z7
+	VPANDD.BCST b0f<>+0(SB), Z7, Z7
+	VPSHUFB     q50spread<>+0(SB), Z8, Z8
+	VPTESTMB    q50bit<>+0(SB), Z8, K1
+	VPADDB      Z1, Z7, K1, Z7
+	VPDPBUSD    64(DI), Z7, Z6
+
+q50rows512_p_d1:
+	VMOVDQA64       Z3, Z7
+	CMPQ            R9, $0x04
+	JLE             q50rows512_p_d2
+	VPBROADCASTD    90(SI), Z9
+	VBROADCASTI32X4 94(SI), Z8
+	CMPQ            R9, $0x05
+	JG              q50rows512_p_o2
+	VINSERTI32X4    $0x02, X3, Z8, Z8
+	VINSERTI32X4    $0x03, X3, Z8, Z8
+	VINSERTI64X4    $0x01, Y3, Z9, Z9
+	JMP             q50rows512_p_j2
+
+q50rows512_p_o2:
+	VINSERTI32X4 $0x02, 116(SI), Z8, Z8
+	VINSERTI32X4 $0x03, 116(SI), Z8, Z8
+	VPBROADCASTD 112(SI), Z10
+	VSHUFI64X2   $0xe4, Z10, Z9, Z9
+
+q50rows512_p_j2:
+	VPSRLVW     Z2, Z8, Z8
+	VPANDD.BCST b0f<>+0(SB), Z8, Z8
+	VPSHUFB     q50spread<>+0(SB), Z9, Z9
+	VPTESTMB    q50bit<>+0(SB), Z9, K1
+	VPADDB      Z1, Z8, K1, Z8
+	VPDPBUSD    128(DI), Z8, Z7
+
+q50rows512_p_d2:
+	VMOVDQA64       Z3, Z8
+	CMPQ            R9, $0x06
+	JLE             q50rows512_p_d3
+	VPBROADCASTD    134(SI), Z10
+	VBROADCASTI32X4 138(SI), Z9
+	CMPQ            R9, $0x07
+	JG              q50rows512_p_o3
+	VINSERTI32X4    $0x02, X3, Z9, Z9
+	VINSERTI32X4    $0x03, X3, Z9, Z9
+	VINSERTI64X4    $0x01, Y3, Z10, Z10
+	JMP             q50rows512_p_j3
+
+q50rows512_p_o3:
+	VINSERTI32X4 $0x02, 160(SI), Z9, Z9
+	VINSERTI32X4 $0x03, 160(SI), Z9, Z9
+	VPBROADCASTD 156(SI), Z11
+	VSHUFI64X2   $0xe4, Z11, Z10, Z10
+
+q50rows512_p_j3:
+	VPSRLVW     Z2, Z9, Z9
+	VPANDD.BCST b0f<>+0(SB), Z9, Z9
+	VPSHUFB     q50spread<>+0(SB), Z10, Z10
+	VPTESTMB    q50bit<>+0(SB), Z10, K1
+	VPADDB      Z1, Z9, K1, Z9
+	VPDPBUSD    192(DI), Z9, Z8
+
+q50rows512_p_d3:
+	VMOVDQA64       Z3, Z9
+	CMPQ            R9, $0x08
+	JLE             q50rows512_p_d4
+	VPBROADCASTD    178(SI), Z11
+	VBROADCASTI32X4 182(SI), Z10
+	CMPQ            R9, $0x09
+	JG              q50rows512_p_o4
+	VINSERTI32X4    $0x02, X3, Z10, Z10
+	VINSERTI32X4    $0x03, X3, Z10, Z10
+	VINSERTI64X4    $0x01, Y3, Z11, Z11
+	JMP             q50rows512_p_j4
+
+q50rows512_p_o4:
+	VINSERTI32X4 $0x02, 204(SI), Z10, Z10
+	VINSERTI32X4 $0x03, 204(SI), Z10, Z10
+	VPBROADCASTD 200(SI), Z12
+	VSHUFI64X2   $0xe4, Z12, Z11, Z11
+
+q50rows512_p_j4:
+	VPSRLVW     Z2, Z10, Z10
+	VPANDD.BCST b0f<>+0(SB), Z10, Z10
+	VPSHUFB     q50spread<>+0(SB), Z11, Z11
+	VPTESTMB    q50bit<>+0(SB), Z11, K1
+	VPADDB      Z1, Z10, K1, Z10
+	VPDPBUSD    256(DI), Z10, Z9
+
+q50rows512_p_d4:
+	VMOVDQA64       Z3, Z10
+	CMPQ            R9, $0x0a
+	JLE             q50rows512_p_d5
+	VPBROADCASTD    222(SI), Z12
+	VBROADCASTI32X4 226(SI), Z11
+	CMPQ            R9, $0x0b
+	JG              q50rows512_p_o5
+	VINSERTI32X4    $0x02, X3, Z11, Z11
+	VINSERTI32X4    $0x03, X3, Z11, Z11
+	VINSERTI64X4    $0x01, Y3, Z12, Z12
+	JMP             q50rows512_p_j5
+
+q50rows512_p_o5:
+	VINSERTI32X4 $0x02, 248(SI), Z11, Z11
+	VINSERTI32X4 $0x03, 248(SI), Z11, Z11
+	VPBROADCASTD 244(SI), Z13
+	VSHUFI64X2   $0xe4, Z13, Z12, Z12
+
+q50rows512_p_j5:
+	VPSRLVW     Z2, Z11, Z11
+	VPANDD.BCST b0f<>+0(SB), Z11, Z11
+	VPSHUFB     q50spread<>+0(SB), Z12, Z12
+	VPTESTMB    q50bit<>+0(SB), Z12, K1
+	VPADDB      Z1, Z11, K1, Z11
+	VPDPBUSD    320(DI), Z11, Z10
+
+q50rows512_p_d5:
+	VMOVDQA64       Z3, Z11
+	CMPQ            R9, $0x0c
+	JLE             q50rows512_p_d6
+	VPBROADCASTD    266(SI), Z13
+	VBROADCASTI32X4 270(SI), Z12
+	CMPQ            R9, $0x0d
+	JG              q50rows512_p_o6
+	VINSERTI32X4    $0x02, X3, Z12, Z12
+	VINSERTI32X4    $0x03, X3, Z12, Z12
+	VINSERTI64X4    $0x01, Y3, Z13, Z13
+	JMP             q50rows512_p_j6
+
+q50rows512_p_o6:
+	VINSERTI32X4 $0x02, 292(SI), Z12, Z12
+	VINSERTI32X4 $0x03, 292(SI), Z12, Z12
+	VPBROADCASTD 288(SI), Z14
+	VSHUFI64X2   $0xe4, Z14, Z13, Z13
+
+q50rows512_p_j6:
+	VPSRLVW     Z2, Z12, Z12
+	VPANDD.BCST b0f<>+0(SB), Z12, Z12
+	VPSHUFB     q50spread<>+0(SB), Z13, Z13
+	VPTESTMB    q50bit<>+0(SB), Z13, K1
+	VPADDB      Z1, Z12, K1, Z12
+	VPDPBUSD    384(DI), Z12, Z11
+
+q50rows512_p_d6:
+	VMOVDQA64       Z3, Z12
+	CMPQ            R9, $0x0e
+	JLE             q50rows512_p_d7
+	VPBROADCASTD    310(SI), Z14
+	VBROADCASTI32X4 314(SI), Z13
+	CMPQ            R9, $0x0f
+	JG              q50rows512_p_o7
+	VINSERTI32X4    $0x02, X3, Z13, Z13
+	VINSERTI32X4    $0x03, X3, Z13, Z13
+	VINSERTI64X4    $0x01, Y3, Z14, Z14
+	JMP             q50rows512_p_j7
+
+q50rows512_p_o7:
+	VINSERTI32X4 $0x02, 336(SI), Z13, Z13
+	VINSERTI32X4 $0x03, 336(SI), Z13, Z13
+	VPBROADCASTD 332(SI), Z15
+	VSHUFI64X2   $0xe4, Z15, Z14, Z14
+
+q50rows512_p_j7:
+	VPSRLVW     Z2, Z13, Z13
+	VPANDD.BCST b0f<>+0(SB), Z13, Z13
+	VPSHUFB     q50spread<>+0(SB), Z14, Z14
+	VPTESTMB    q50bit<>+0(SB), Z14, K1
+	VPADDB      Z1, Z13, K1, Z13
+	VPDPBUSD    448(DI), Z13, Z12
+
+q50rows512_p_d7:
+	VPUNPCKLDQ  Z6, Z5, Z13
+	VPUNPCKHDQ  Z6, Z5, Z5
+	VPADDD      Z5, Z13, Z13
+	VPUNPCKLDQ  Z8, Z7, Z5
+	VPUNPCKHDQ  Z8, Z7, Z6
+	VPADDD      Z6, Z5, Z5
+	VPUNPCKLDQ  Z10, Z9, Z6
+	VPUNPCKHDQ  Z10, Z9, Z7
+	VPADDD      Z7, Z6, Z6
+	VPUNPCKLDQ  Z12, Z11, Z7
+	VPUNPCKHDQ  Z12, Z11, Z8
+	VPADDD      Z8, Z7, Z7
+	VPUNPCKLQDQ Z5, Z13, Z8
+	VPUNPCKHQDQ Z5, Z13, Z5
+	VPADDD      Z5, Z8, Z8
+	VPUNPCKLQDQ Z7, Z6, Z5
+	VPUNPCKHQDQ Z7, Z6, Z6
+	VPADDD      Z6, Z5, Z5
+	VSHUFI32X4  $0x88, Z5, Z8, Z6
+	VSHUFI32X4  $0xdd, Z5, Z8, Z5
+	VPADDD      Z5, Z6, Z6
+	VPERMD      Z6, Z4, Z5
+	MOVL        $0x0000ffff, R10
+	MOVL        R9, R11
+	BZHIL       R11, R10, R10
+	KMOVW       R10, K1
+	VMOVDQA64   Z3, Z6
+	VPGATHERDD  (SI)(Z0*1), K1, Z6
+	VPMOVDW     Z6, Y6
+	VCVTPH2PS   Y6, Z6
+	VMOVDQU64   576(DI), Z7
+	VPSRAD      $0x03, Z7, Z7
+	VPSUBD      Z7, Z5, Z5
+	VCVTDQ2PS   Z5, Z5
+	VMULPS      512(DI), Z6, Z6
+	VMULPS      Z6, Z5, Z5
+	VMOVUPS     Z5, (R8)
+
+q50rows512_next:
+	ADDQ      $0x00000160, SI
+	ADDQ      $0x00000280, DI
+	ADDQ      $0x40, R8
+	SUBQ      $0x10, R9
+	JG        q50rows512_tile
+	ADDQ      wstride+8(FP), DX
+	ADDQ      AX, BX
+	DECQ      CX
+	JNZ       q50rows512_row
+	VMOVDQA64 Z3, Z5
+	MOVQ      tmp+40(FP), CX
+	MOVQ      AX, DX
+	SHRQ      $0x06, DX
+	LEAQ      (AX)(AX*2), BX
+
+q50rows512_tr:
+	MOVQ        CX, SI
+	VMOVUPS     (SI), Z6
+	VMOVUPS     (SI)(AX*1), Z7
+	VMOVUPS     (SI)(AX*2), Z8
+	VMOVUPS     (SI)(BX*1), Z9
+	LEAQ        (SI)(AX*4), SI
+	VMOVUPS     (SI), Z10
+	VMOVUPS     (SI)(AX*1), Z11
+	VMOVUPS     (SI)(AX*2), Z12
+	VMOVUPS     (SI)(BX*1), Z13
+	LEAQ        (SI)(AX*4), SI
+	VMOVUPS     (SI), Z14
+	VMOVUPS     (SI)(AX*1), Z15
+	VMOVUPS     (SI)(AX*2), Z16
+	VMOVUPS     (SI)(BX*1), Z17
+	LEAQ        (SI)(AX*4), SI
+	VMOVUPS     (SI), Z18
+	VMOVUPS     (SI)(AX*1), Z19
+	VMOVUPS     (SI)(AX*2), Z20
+	VMOVUPS     (SI)(BX*1), Z21
+	VPUNPCKLDQ  Z7, Z6, Z22
+	VPUNPCKHDQ  Z7, Z6, Z6
+	VPUNPCKLDQ  Z9, Z8, Z7
+	VPUNPCKHDQ  Z9, Z8, Z8
+	VPUNPCKLDQ  Z11, Z10, Z9
+	VPUNPCKHDQ  Z11, Z10, Z10
+	VPUNPCKLDQ  Z13, Z12, Z11
+	VPUNPCKHDQ  Z13, Z12, Z12
+	VPUNPCKLDQ  Z15, Z14, Z13
+	VPUNPCKHDQ  Z15, Z14, Z14
+	VPUNPCKLDQ  Z17, Z16, Z15
+	VPUNPCKHDQ  Z17, Z16, Z16
+	VPUNPCKLDQ  Z19, Z18, Z17
+	VPUNPCKHDQ  Z19, Z18, Z18
+	VPUNPCKLDQ  Z21, Z20, Z19
+	VPUNPCKHDQ  Z21, Z20, Z20
+	VPUNPCKLQDQ Z7, Z22, Z21
+	VPUNPCKHQDQ Z7, Z22, Z7
+	VPUNPCKLQDQ Z8, Z6, Z22
+	VPUNPCKHQDQ Z8, Z6, Z6
+	VPUNPCKLQDQ Z11, Z9, Z8
+	VPUNPCKHQDQ Z11, Z9, Z9
+	VPUNPCKLQDQ Z12, Z10, Z11
+	VPUNPCKHQDQ Z12, Z10, Z10
+	VPUNPCKLQDQ Z15, Z13, Z12
+	VPUNPCKHQDQ Z15, Z13, Z13
+	VPUNPCKLQDQ Z16, Z14, Z15
+	VPUNPCKHQDQ Z16, Z14, Z14
+	VPUNPCKLQDQ Z19, Z17, Z16
+	VPUNPCKHQDQ Z19, Z17, Z17
+	VPUNPCKLQDQ Z20, Z18, Z19
+	VPUNPCKHQDQ Z20, Z18, Z18
+	VSHUFI32X4  $0x88, Z8, Z21, Z20
+	VSHUFI32X4  $0xdd, Z8, Z21, Z8
+	VSHUFI32X4  $0x88, Z11, Z22, Z21
+	VSHUFI32X4  $0xdd, Z11, Z22, Z11
+	VSHUFI32X4  $0x88, Z9, Z7, Z22
+	VSHUFI32X4  $0xdd, Z9, Z7, Z7
+	VSHUFI32X4  $0x88, Z10, Z6, Z9
+	VSHUFI32X4  $0xdd, Z10, Z6, Z6
+	VSHUFI32X4  $0x88, Z16, Z12, Z10
+	VSHUFI32X4  $0xdd, Z16, Z12, Z12
+	VSHUFI32X4  $0x88, Z19, Z15, Z16
+	VSHUFI32X4  $0xdd, Z19, Z15, Z15
+	VSHUFI32X4  $0x88, Z17, Z13, Z19
+	VSHUFI32X4  $0xdd, Z17, Z13, Z13
+	VSHUFI32X4  $0x88, Z18, Z14, Z17
+	VSHUFI32X4  $0xdd, Z18, Z14, Z14
+	VSHUFI32X4  $0x88, Z10, Z20, Z18
+	VSHUFI32X4  $0xdd, Z10, Z20, Z10
+	VSHUFI32X4  $0x88, Z16, Z21, Z20
+	VSHUFI32X4  $0xdd, Z16, Z21, Z16
+	VSHUFI32X4  $0x88, Z19, Z22, Z21
+	VSHUFI32X4  $0xdd, Z19, Z22, Z19
+	VSHUFI32X4  $0x88, Z17, Z9, Z22
+	VSHUFI32X4  $0xdd, Z17, Z9, Z9
+	VSHUFI32X4  $0x88, Z12, Z8, Z17
+	VSHUFI32X4  $0xdd, Z12, Z8, Z8
+	VSHUFI32X4  $0x88, Z15, Z11, Z12
+	VSHUFI32X4  $0xdd, Z15, Z11, Z11
+	VSHUFI32X4  $0x88, Z13, Z7, Z15
+	VSHUFI32X4  $0xdd, Z13, Z7, Z7
+	VSHUFI32X4  $0x88, Z14, Z6, Z13
+	VSHUFI32X4  $0xdd, Z14, Z6, Z6
+	VADDPS      Z18, Z5, Z5
+	VADDPS      Z21, Z5, Z5
+	VADDPS      Z20, Z5, Z5
+	VADDPS      Z22, Z5, Z5
+	VADDPS      Z17, Z5, Z5
+	VADDPS      Z15, Z5, Z5
+	VADDPS      Z12, Z5, Z5
+	VADDPS      Z13, Z5, Z5
+	VADDPS      Z10, Z5, Z5
+	VADDPS      Z19, Z5, Z5
+	VADDPS      Z16, Z5, Z5
+	VADDPS      Z9, Z5, Z5
+	VADDPS      Z8, Z5, Z5
+	VADDPS      Z7, Z5, Z5
+	VADDPS      Z11, Z5, Z5
+	VADDPS      Z6, Z5, Z5
+	ADDQ        $0x40, CX
+	DECQ        DX
+	JNZ         q50rows512_tr
+	MOVQ        nrows+16(FP), CX
+	CMPQ        CX, $0x10
+	JLE         q50rows512_g2
+	MOVL        $0x00000010, CX
+
+q50rows512_g2:
+	MOVL    $0x0000ffff, DX
+	BZHIL   CX, DX, DX
+	KMOVW   DX, K1
+	MOVQ    out+48(FP), CX
+	VMOVUPS Z5, K1, (CX)
+	ADDQ    $0x40, CX
+	MOVQ    CX, out+48(FP)
+	MOVQ    wstride+8(FP), CX
+	SHLQ    $0x04, CX
+	ADDQ    CX, w+0(FP)
+	SUBQ    $0x10, nrows+16(FP)
+	JG      q50rows512_grp
+	VZEROUPPER
+	RET
+
 // func q80dot512R1(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 // Requires: AVX, AVX512DQ, AVX512F, AVX512VNNI
 TEXT ·q80dot512R1(SB), NOSPLIT, $0-56
@@ -98429,6 +99160,1291 @@ iq4nlx16N8_next:
 	MOVQ    R10, out+40(FP)
 	DECQ    groups+8(FP)
 	JNZ     iq4nlx16N8_grp
+	VZEROUPPER
+	RET
+
+// func q50x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q50x16N1(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q50x16N1_grp:
+	MOVQ   nblocks+16(FP), CX
+	MOVQ   xq+24(FP), DX
+	MOVQ   DX, BX
+	XORQ   SI, SI
+	VXORPS Z2, Z2, Z2
+
+q50x16N1_blk:
+	VCVTPH2PS     (AX), Z3
+	VMOVDQU64     32(AX), Z4
+	VPANDD        96(AX), Z0, Z5
+	VPSHUFB       q5rep_0<>+0(SB), Z4, Z6
+	VPTESTMB      q5nib_0<>+0(SB), Z6, K1
+	VPADDB        Z1, Z5, K1, Z5
+	VPANDD        160(AX), Z0, Z7
+	VPTESTMB      q5nib_1<>+0(SB), Z6, K1
+	VPADDB        Z1, Z7, K1, Z7
+	VPANDD        224(AX), Z0, Z6
+	VPSHUFB       q5rep_1<>+0(SB), Z4, Z10
+	VPTESTMB      q5nib_0<>+0(SB), Z10, K1
+	VPADDB        Z1, Z6, K1, Z6
+	VPANDD        288(AX), Z0, Z11
+	VPTESTMB      q5nib_1<>+0(SB), Z10, K1
+	VPADDB        Z1, Z11, K1, Z11
+	VPSRLW        $0x04, 96(AX), Z10
+	VPANDD        Z0, Z10, Z10
+	VPSHUFB       q5rep_2<>+0(SB), Z4, Z12
+	VPTESTMB      q5nib_0<>+0(SB), Z12, K1
+	VPADDB        Z1, Z10, K1, Z10
+	VPSRLW        $0x04, 160(AX), Z13
+	VPANDD        Z0, Z13, Z13
+	VPTESTMB      q5nib_1<>+0(SB), Z12, K1
+	VPADDB        Z1, Z13, K1, Z13
+	VPSRLW        $0x04, 224(AX), Z12
+	VPANDD        Z0, Z12, Z12
+	VPSHUFB       q5rep_3<>+0(SB), Z4, Z4
+	VPTESTMB      q5nib_0<>+0(SB), Z4, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPSRLW        $0x04, 288(AX), Z14
+	VPANDD        Z0, Z14, Z14
+	VPTESTMB      q5nib_1<>+0(SB), Z4, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPXORD        Z8, Z8, Z8
+	VPXORD        Z9, Z9, Z9
+	VPDPBUSD.BCST (DX), Z5, Z8
+	VPDPBUSD.BCST 4(DX), Z7, Z9
+	VPDPBUSD.BCST 8(DX), Z6, Z8
+	VPDPBUSD.BCST 12(DX), Z11, Z9
+	VPDPBUSD.BCST 16(DX), Z10, Z8
+	VPDPBUSD.BCST 20(DX), Z13, Z9
+	VPDPBUSD.BCST 24(DX), Z12, Z8
+	VPDPBUSD.BCST 28(DX), Z14, Z9
+	VPADDD        Z9, Z8, Z8
+	VPBROADCASTD  576(BX), Z4
+	VPSRAD        $0x03, Z4, Z4
+	VPSUBD        Z4, Z8, Z8
+	VCVTDQ2PS     Z8, Z4
+	VMULPS.BCST   512(BX), Z3, Z3
+	VMULPS        Z3, Z4, Z4
+	VADDPS        Z4, Z2, Z2
+	ADDQ          $0x00000160, AX
+	ADDQ          $0x20, DX
+	ADDQ          $0x04, BX
+	INCQ          SI
+	CMPQ          SI, $0x10
+	JNE           q50x16N1_next
+	ADDQ          $0x00000080, DX
+	ADDQ          $0x00000240, BX
+	XORQ          SI, SI
+
+q50x16N1_next:
+	DECQ    CX
+	JNZ     q50x16N1_blk
+	MOVQ    out+40(FP), CX
+	MOVQ    ostride+48(FP), DX
+	MOVQ    CX, DX
+	VMOVUPS Z2, (DX)
+	ADDQ    $0x40, CX
+	MOVQ    CX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q50x16N1_grp
+	VZEROUPPER
+	RET
+
+// func q50x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q50x16N2(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q50x16N2_grp:
+	MOVQ   nblocks+16(FP), DX
+	MOVQ   xq+24(FP), BX
+	MOVQ   BX, SI
+	XORQ   DI, DI
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+
+q50x16N2_blk:
+	VCVTPH2PS     (AX), Z4
+	VMOVDQU64     32(AX), Z5
+	VPANDD        96(AX), Z0, Z6
+	VPSHUFB       q5rep_0<>+0(SB), Z5, Z7
+	VPTESTMB      q5nib_0<>+0(SB), Z7, K1
+	VPADDB        Z1, Z6, K1, Z6
+	VPANDD        160(AX), Z0, Z8
+	VPTESTMB      q5nib_1<>+0(SB), Z7, K1
+	VPADDB        Z1, Z8, K1, Z8
+	VPANDD        224(AX), Z0, Z7
+	VPSHUFB       q5rep_1<>+0(SB), Z5, Z13
+	VPTESTMB      q5nib_0<>+0(SB), Z13, K1
+	VPADDB        Z1, Z7, K1, Z7
+	VPANDD        288(AX), Z0, Z14
+	VPTESTMB      q5nib_1<>+0(SB), Z13, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPSRLW        $0x04, 96(AX), Z13
+	VPANDD        Z0, Z13, Z13
+	VPSHUFB       q5rep_2<>+0(SB), Z5, Z15
+	VPTESTMB      q5nib_0<>+0(SB), Z15, K1
+	VPADDB        Z1, Z13, K1, Z13
+	VPSRLW        $0x04, 160(AX), Z16
+	VPANDD        Z0, Z16, Z16
+	VPTESTMB      q5nib_1<>+0(SB), Z15, K1
+	VPADDB        Z1, Z16, K1, Z16
+	VPSRLW        $0x04, 224(AX), Z15
+	VPANDD        Z0, Z15, Z15
+	VPSHUFB       q5rep_3<>+0(SB), Z5, Z5
+	VPTESTMB      q5nib_0<>+0(SB), Z5, K1
+	VPADDB        Z1, Z15, K1, Z15
+	VPSRLW        $0x04, 288(AX), Z17
+	VPANDD        Z0, Z17, Z17
+	VPTESTMB      q5nib_1<>+0(SB), Z5, K1
+	VPADDB        Z1, Z17, K1, Z17
+	VPXORD        Z9, Z9, Z9
+	VPXORD        Z10, Z10, Z10
+	VPDPBUSD.BCST (BX), Z6, Z9
+	VPDPBUSD.BCST 4(BX), Z8, Z10
+	VPDPBUSD.BCST 8(BX), Z7, Z9
+	VPDPBUSD.BCST 12(BX), Z14, Z10
+	VPDPBUSD.BCST 16(BX), Z13, Z9
+	VPDPBUSD.BCST 20(BX), Z16, Z10
+	VPDPBUSD.BCST 24(BX), Z15, Z9
+	VPDPBUSD.BCST 28(BX), Z17, Z10
+	VPADDD        Z10, Z9, Z9
+	VPBROADCASTD  576(SI), Z5
+	VPSRAD        $0x03, Z5, Z5
+	VPSUBD        Z5, Z9, Z9
+	VCVTDQ2PS     Z9, Z5
+	VMULPS.BCST   512(SI), Z4, Z18
+	VMULPS        Z18, Z5, Z5
+	VADDPS        Z5, Z2, Z2
+	VPXORD        Z11, Z11, Z11
+	VPXORD        Z12, Z12, Z12
+	VPDPBUSD.BCST (BX)(CX*1), Z6, Z11
+	VPDPBUSD.BCST 4(BX)(CX*1), Z8, Z12
+	VPDPBUSD.BCST 8(BX)(CX*1), Z7, Z11
+	VPDPBUSD.BCST 12(BX)(CX*1), Z14, Z12
+	VPDPBUSD.BCST 16(BX)(CX*1), Z13, Z11
+	VPDPBUSD.BCST 20(BX)(CX*1), Z16, Z12
+	VPDPBUSD.BCST 24(BX)(CX*1), Z15, Z11
+	VPDPBUSD.BCST 28(BX)(CX*1), Z17, Z12
+	VPADDD        Z12, Z11, Z11
+	VPBROADCASTD  576(SI)(CX*1), Z5
+	VPSRAD        $0x03, Z5, Z5
+	VPSUBD        Z5, Z11, Z11
+	VCVTDQ2PS     Z11, Z5
+	VMULPS.BCST   512(SI)(CX*1), Z4, Z4
+	VMULPS        Z4, Z5, Z5
+	VADDPS        Z5, Z3, Z3
+	ADDQ          $0x00000160, AX
+	ADDQ          $0x20, BX
+	ADDQ          $0x04, SI
+	INCQ          DI
+	CMPQ          DI, $0x10
+	JNE           q50x16N2_next
+	ADDQ          $0x00000080, BX
+	ADDQ          $0x00000240, SI
+	XORQ          DI, DI
+
+q50x16N2_next:
+	DECQ    DX
+	JNZ     q50x16N2_blk
+	MOVQ    out+40(FP), DX
+	MOVQ    ostride+48(FP), BX
+	MOVQ    DX, SI
+	VMOVUPS Z2, (SI)
+	ADDQ    BX, SI
+	VMOVUPS Z3, (SI)
+	ADDQ    $0x40, DX
+	MOVQ    DX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q50x16N2_grp
+	VZEROUPPER
+	RET
+
+// func q50x16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q50x16N3(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q50x16N3_grp:
+	MOVQ   nblocks+16(FP), BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	XORQ   R8, R8
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+
+q50x16N3_blk:
+	VCVTPH2PS     (AX), Z5
+	VMOVDQU64     32(AX), Z6
+	VPANDD        96(AX), Z0, Z7
+	VPSHUFB       q5rep_0<>+0(SB), Z6, Z8
+	VPTESTMB      q5nib_0<>+0(SB), Z8, K1
+	VPADDB        Z1, Z7, K1, Z7
+	VPANDD        160(AX), Z0, Z9
+	VPTESTMB      q5nib_1<>+0(SB), Z8, K1
+	VPADDB        Z1, Z9, K1, Z9
+	VPANDD        224(AX), Z0, Z8
+	VPSHUFB       q5rep_1<>+0(SB), Z6, Z13
+	VPTESTMB      q5nib_0<>+0(SB), Z13, K1
+	VPADDB        Z1, Z8, K1, Z8
+	VPANDD        288(AX), Z0, Z14
+	VPTESTMB      q5nib_1<>+0(SB), Z13, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPSRLW        $0x04, 96(AX), Z13
+	VPANDD        Z0, Z13, Z13
+	VPSHUFB       q5rep_2<>+0(SB), Z6, Z15
+	VPTESTMB      q5nib_0<>+0(SB), Z15, K1
+	VPADDB        Z1, Z13, K1, Z13
+	VPSRLW        $0x04, 160(AX), Z16
+	VPANDD        Z0, Z16, Z16
+	VPTESTMB      q5nib_1<>+0(SB), Z15, K1
+	VPADDB        Z1, Z16, K1, Z16
+	VPSRLW        $0x04, 224(AX), Z15
+	VPANDD        Z0, Z15, Z15
+	VPSHUFB       q5rep_3<>+0(SB), Z6, Z6
+	VPTESTMB      q5nib_0<>+0(SB), Z6, K1
+	VPADDB        Z1, Z15, K1, Z15
+	VPSRLW        $0x04, 288(AX), Z17
+	VPANDD        Z0, Z17, Z17
+	VPTESTMB      q5nib_1<>+0(SB), Z6, K1
+	VPADDB        Z1, Z17, K1, Z17
+	VPXORD        Z10, Z10, Z10
+	VPDPBUSD.BCST (SI), Z7, Z10
+	VPDPBUSD.BCST 4(SI), Z9, Z10
+	VPDPBUSD.BCST 8(SI), Z8, Z10
+	VPDPBUSD.BCST 12(SI), Z14, Z10
+	VPDPBUSD.BCST 16(SI), Z13, Z10
+	VPDPBUSD.BCST 20(SI), Z16, Z10
+	VPDPBUSD.BCST 24(SI), Z15, Z10
+	VPDPBUSD.BCST 28(SI), Z17, Z10
+	VPBROADCASTD  576(DI), Z6
+	VPSRAD        $0x03, Z6, Z6
+	VPSUBD        Z6, Z10, Z10
+	VCVTDQ2PS     Z10, Z6
+	VMULPS.BCST   512(DI), Z5, Z18
+	VMULPS        Z18, Z6, Z6
+	VADDPS        Z6, Z2, Z2
+	VPXORD        Z11, Z11, Z11
+	VPDPBUSD.BCST (SI)(DX*1), Z7, Z11
+	VPDPBUSD.BCST 4(SI)(DX*1), Z9, Z11
+	VPDPBUSD.BCST 8(SI)(DX*1), Z8, Z11
+	VPDPBUSD.BCST 12(SI)(DX*1), Z14, Z11
+	VPDPBUSD.BCST 16(SI)(DX*1), Z13, Z11
+	VPDPBUSD.BCST 20(SI)(DX*1), Z16, Z11
+	VPDPBUSD.BCST 24(SI)(DX*1), Z15, Z11
+	VPDPBUSD.BCST 28(SI)(DX*1), Z17, Z11
+	VPBROADCASTD  576(DI)(DX*1), Z6
+	VPSRAD        $0x03, Z6, Z6
+	VPSUBD        Z6, Z11, Z11
+	VCVTDQ2PS     Z11, Z6
+	VMULPS.BCST   512(DI)(DX*1), Z5, Z18
+	VMULPS        Z18, Z6, Z6
+	VADDPS        Z6, Z3, Z3
+	VPXORD        Z12, Z12, Z12
+	VPDPBUSD.BCST (SI)(CX*1), Z7, Z12
+	VPDPBUSD.BCST 4(SI)(CX*1), Z9, Z12
+	VPDPBUSD.BCST 8(SI)(CX*1), Z8, Z12
+	VPDPBUSD.BCST 12(SI)(CX*1), Z14, Z12
+	VPDPBUSD.BCST 16(SI)(CX*1), Z13, Z12
+	VPDPBUSD.BCST 20(SI)(CX*1), Z16, Z12
+	VPDPBUSD.BCST 24(SI)(CX*1), Z15, Z12
+	VPDPBUSD.BCST 28(SI)(CX*1), Z17, Z12
+	VPBROADCASTD  576(DI)(CX*1), Z6
+	VPSRAD        $0x03, Z6, Z6
+	VPSUBD        Z6, Z12, Z12
+	VCVTDQ2PS     Z12, Z6
+	VMULPS.BCST   512(DI)(CX*1), Z5, Z5
+	VMULPS        Z5, Z6, Z6
+	VADDPS        Z6, Z4, Z4
+	ADDQ          $0x00000160, AX
+	ADDQ          $0x20, SI
+	ADDQ          $0x04, DI
+	INCQ          R8
+	CMPQ          R8, $0x10
+	JNE           q50x16N3_next
+	ADDQ          $0x00000080, SI
+	ADDQ          $0x00000240, DI
+	XORQ          R8, R8
+
+q50x16N3_next:
+	DECQ    BX
+	JNZ     q50x16N3_blk
+	MOVQ    out+40(FP), BX
+	MOVQ    ostride+48(FP), SI
+	MOVQ    BX, DI
+	VMOVUPS Z2, (DI)
+	ADDQ    SI, DI
+	VMOVUPS Z3, (DI)
+	ADDQ    SI, DI
+	VMOVUPS Z4, (DI)
+	ADDQ    $0x40, BX
+	MOVQ    BX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q50x16N3_grp
+	VZEROUPPER
+	RET
+
+// func q50x16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q50x16N4(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q50x16N4_grp:
+	MOVQ   nblocks+16(FP), SI
+	MOVQ   xq+24(FP), DI
+	MOVQ   DI, R8
+	XORQ   R9, R9
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+
+q50x16N4_blk:
+	VCVTPH2PS     (AX), Z6
+	VMOVDQU64     32(AX), Z7
+	VPANDD        96(AX), Z0, Z8
+	VPSHUFB       q5rep_0<>+0(SB), Z7, Z9
+	VPTESTMB      q5nib_0<>+0(SB), Z9, K1
+	VPADDB        Z1, Z8, K1, Z8
+	VPANDD        160(AX), Z0, Z10
+	VPTESTMB      q5nib_1<>+0(SB), Z9, K1
+	VPADDB        Z1, Z10, K1, Z10
+	VPANDD        224(AX), Z0, Z9
+	VPSHUFB       q5rep_1<>+0(SB), Z7, Z15
+	VPTESTMB      q5nib_0<>+0(SB), Z15, K1
+	VPADDB        Z1, Z9, K1, Z9
+	VPANDD        288(AX), Z0, Z16
+	VPTESTMB      q5nib_1<>+0(SB), Z15, K1
+	VPADDB        Z1, Z16, K1, Z16
+	VPSRLW        $0x04, 96(AX), Z15
+	VPANDD        Z0, Z15, Z15
+	VPSHUFB       q5rep_2<>+0(SB), Z7, Z17
+	VPTESTMB      q5nib_0<>+0(SB), Z17, K1
+	VPADDB        Z1, Z15, K1, Z15
+	VPSRLW        $0x04, 160(AX), Z18
+	VPANDD        Z0, Z18, Z18
+	VPTESTMB      q5nib_1<>+0(SB), Z17, K1
+	VPADDB        Z1, Z18, K1, Z18
+	VPSRLW        $0x04, 224(AX), Z17
+	VPANDD        Z0, Z17, Z17
+	VPSHUFB       q5rep_3<>+0(SB), Z7, Z7
+	VPTESTMB      q5nib_0<>+0(SB), Z7, K1
+	VPADDB        Z1, Z17, K1, Z17
+	VPSRLW        $0x04, 288(AX), Z19
+	VPANDD        Z0, Z19, Z19
+	VPTESTMB      q5nib_1<>+0(SB), Z7, K1
+	VPADDB        Z1, Z19, K1, Z19
+	VPXORD        Z11, Z11, Z11
+	VPDPBUSD.BCST (DI), Z8, Z11
+	VPDPBUSD.BCST 4(DI), Z10, Z11
+	VPDPBUSD.BCST 8(DI), Z9, Z11
+	VPDPBUSD.BCST 12(DI), Z16, Z11
+	VPDPBUSD.BCST 16(DI), Z15, Z11
+	VPDPBUSD.BCST 20(DI), Z18, Z11
+	VPDPBUSD.BCST 24(DI), Z17, Z11
+	VPDPBUSD.BCST 28(DI), Z19, Z11
+	VPBROADCASTD  576(R8), Z7
+	VPSRAD        $0x03, Z7, Z7
+	VPSUBD        Z7, Z11, Z11
+	VCVTDQ2PS     Z11, Z7
+	VMULPS.BCST   512(R8), Z6, Z20
+	VMULPS        Z20, Z7, Z7
+	VADDPS        Z7, Z2, Z2
+	VPXORD        Z12, Z12, Z12
+	VPDPBUSD.BCST (DI)(DX*1), Z8, Z12
+	VPDPBUSD.BCST 4(DI)(DX*1), Z10, Z12
+	VPDPBUSD.BCST 8(DI)(DX*1), Z9, Z12
+	VPDPBUSD.BCST 12(DI)(DX*1), Z16, Z12
+	VPDPBUSD.BCST 16(DI)(DX*1), Z15, Z12
+	VPDPBUSD.BCST 20(DI)(DX*1), Z18, Z12
+	VPDPBUSD.BCST 24(DI)(DX*1), Z17, Z12
+	VPDPBUSD.BCST 28(DI)(DX*1), Z19, Z12
+	VPBROADCASTD  576(R8)(DX*1), Z7
+	VPSRAD        $0x03, Z7, Z7
+	VPSUBD        Z7, Z12, Z12
+	VCVTDQ2PS     Z12, Z7
+	VMULPS.BCST   512(R8)(DX*1), Z6, Z20
+	VMULPS        Z20, Z7, Z7
+	VADDPS        Z7, Z3, Z3
+	VPXORD        Z13, Z13, Z13
+	VPDPBUSD.BCST (DI)(BX*1), Z8, Z13
+	VPDPBUSD.BCST 4(DI)(BX*1), Z10, Z13
+	VPDPBUSD.BCST 8(DI)(BX*1), Z9, Z13
+	VPDPBUSD.BCST 12(DI)(BX*1), Z16, Z13
+	VPDPBUSD.BCST 16(DI)(BX*1), Z15, Z13
+	VPDPBUSD.BCST 20(DI)(BX*1), Z18, Z13
+	VPDPBUSD.BCST 24(DI)(BX*1), Z17, Z13
+	VPDPBUSD.BCST 28(DI)(BX*1), Z19, Z13
+	VPBROADCASTD  576(R8)(BX*1), Z7
+	VPSRAD        $0x03, Z7, Z7
+	VPSUBD        Z7, Z13, Z13
+	VCVTDQ2PS     Z13, Z7
+	VMULPS.BCST   512(R8)(BX*1), Z6, Z20
+	VMULPS        Z20, Z7, Z7
+	VADDPS        Z7, Z4, Z4
+	VPXORD        Z14, Z14, Z14
+	VPDPBUSD.BCST (DI)(CX*1), Z8, Z14
+	VPDPBUSD.BCST 4(DI)(CX*1), Z10, Z14
+	VPDPBUSD.BCST 8(DI)(CX*1), Z9, Z14
+	VPDPBUSD.BCST 12(DI)(CX*1), Z16, Z14
+	VPDPBUSD.BCST 16(DI)(CX*1), Z15, Z14
+	VPDPBUSD.BCST 20(DI)(CX*1), Z18, Z14
+	VPDPBUSD.BCST 24(DI)(CX*1), Z17, Z14
+	VPDPBUSD.BCST 28(DI)(CX*1), Z19, Z14
+	VPBROADCASTD  576(R8)(CX*1), Z7
+	VPSRAD        $0x03, Z7, Z7
+	VPSUBD        Z7, Z14, Z14
+	VCVTDQ2PS     Z14, Z7
+	VMULPS.BCST   512(R8)(CX*1), Z6, Z6
+	VMULPS        Z6, Z7, Z7
+	VADDPS        Z7, Z5, Z5
+	ADDQ          $0x00000160, AX
+	ADDQ          $0x20, DI
+	ADDQ          $0x04, R8
+	INCQ          R9
+	CMPQ          R9, $0x10
+	JNE           q50x16N4_next
+	ADDQ          $0x00000080, DI
+	ADDQ          $0x00000240, R8
+	XORQ          R9, R9
+
+q50x16N4_next:
+	DECQ    SI
+	JNZ     q50x16N4_blk
+	MOVQ    out+40(FP), SI
+	MOVQ    ostride+48(FP), DI
+	MOVQ    SI, R8
+	VMOVUPS Z2, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z3, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z4, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z5, (R8)
+	ADDQ    $0x40, SI
+	MOVQ    SI, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q50x16N4_grp
+	VZEROUPPER
+	RET
+
+// func q50x16N5(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q50x16N5(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q50x16N5_grp:
+	MOVQ   nblocks+16(FP), DI
+	MOVQ   xq+24(FP), R8
+	MOVQ   R8, R9
+	XORQ   R10, R10
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+
+q50x16N5_blk:
+	VCVTPH2PS     (AX), Z7
+	VMOVDQU64     32(AX), Z8
+	VPANDD        96(AX), Z0, Z9
+	VPSHUFB       q5rep_0<>+0(SB), Z8, Z10
+	VPTESTMB      q5nib_0<>+0(SB), Z10, K1
+	VPADDB        Z1, Z9, K1, Z9
+	VPANDD        160(AX), Z0, Z11
+	VPTESTMB      q5nib_1<>+0(SB), Z10, K1
+	VPADDB        Z1, Z11, K1, Z11
+	VPANDD        224(AX), Z0, Z10
+	VPSHUFB       q5rep_1<>+0(SB), Z8, Z17
+	VPTESTMB      q5nib_0<>+0(SB), Z17, K1
+	VPADDB        Z1, Z10, K1, Z10
+	VPANDD        288(AX), Z0, Z18
+	VPTESTMB      q5nib_1<>+0(SB), Z17, K1
+	VPADDB        Z1, Z18, K1, Z18
+	VPSRLW        $0x04, 96(AX), Z17
+	VPANDD        Z0, Z17, Z17
+	VPSHUFB       q5rep_2<>+0(SB), Z8, Z19
+	VPTESTMB      q5nib_0<>+0(SB), Z19, K1
+	VPADDB        Z1, Z17, K1, Z17
+	VPSRLW        $0x04, 160(AX), Z20
+	VPANDD        Z0, Z20, Z20
+	VPTESTMB      q5nib_1<>+0(SB), Z19, K1
+	VPADDB        Z1, Z20, K1, Z20
+	VPSRLW        $0x04, 224(AX), Z19
+	VPANDD        Z0, Z19, Z19
+	VPSHUFB       q5rep_3<>+0(SB), Z8, Z8
+	VPTESTMB      q5nib_0<>+0(SB), Z8, K1
+	VPADDB        Z1, Z19, K1, Z19
+	VPSRLW        $0x04, 288(AX), Z21
+	VPANDD        Z0, Z21, Z21
+	VPTESTMB      q5nib_1<>+0(SB), Z8, K1
+	VPADDB        Z1, Z21, K1, Z21
+	VPXORD        Z12, Z12, Z12
+	VPDPBUSD.BCST (R8), Z9, Z12
+	VPDPBUSD.BCST 4(R8), Z11, Z12
+	VPDPBUSD.BCST 8(R8), Z10, Z12
+	VPDPBUSD.BCST 12(R8), Z18, Z12
+	VPDPBUSD.BCST 16(R8), Z17, Z12
+	VPDPBUSD.BCST 20(R8), Z20, Z12
+	VPDPBUSD.BCST 24(R8), Z19, Z12
+	VPDPBUSD.BCST 28(R8), Z21, Z12
+	VPBROADCASTD  576(R9), Z8
+	VPSRAD        $0x03, Z8, Z8
+	VPSUBD        Z8, Z12, Z12
+	VCVTDQ2PS     Z12, Z8
+	VMULPS.BCST   512(R9), Z7, Z22
+	VMULPS        Z22, Z8, Z8
+	VADDPS        Z8, Z2, Z2
+	VPXORD        Z13, Z13, Z13
+	VPDPBUSD.BCST (R8)(DX*1), Z9, Z13
+	VPDPBUSD.BCST 4(R8)(DX*1), Z11, Z13
+	VPDPBUSD.BCST 8(R8)(DX*1), Z10, Z13
+	VPDPBUSD.BCST 12(R8)(DX*1), Z18, Z13
+	VPDPBUSD.BCST 16(R8)(DX*1), Z17, Z13
+	VPDPBUSD.BCST 20(R8)(DX*1), Z20, Z13
+	VPDPBUSD.BCST 24(R8)(DX*1), Z19, Z13
+	VPDPBUSD.BCST 28(R8)(DX*1), Z21, Z13
+	VPBROADCASTD  576(R9)(DX*1), Z8
+	VPSRAD        $0x03, Z8, Z8
+	VPSUBD        Z8, Z13, Z13
+	VCVTDQ2PS     Z13, Z8
+	VMULPS.BCST   512(R9)(DX*1), Z7, Z22
+	VMULPS        Z22, Z8, Z8
+	VADDPS        Z8, Z3, Z3
+	VPXORD        Z14, Z14, Z14
+	VPDPBUSD.BCST (R8)(BX*1), Z9, Z14
+	VPDPBUSD.BCST 4(R8)(BX*1), Z11, Z14
+	VPDPBUSD.BCST 8(R8)(BX*1), Z10, Z14
+	VPDPBUSD.BCST 12(R8)(BX*1), Z18, Z14
+	VPDPBUSD.BCST 16(R8)(BX*1), Z17, Z14
+	VPDPBUSD.BCST 20(R8)(BX*1), Z20, Z14
+	VPDPBUSD.BCST 24(R8)(BX*1), Z19, Z14
+	VPDPBUSD.BCST 28(R8)(BX*1), Z21, Z14
+	VPBROADCASTD  576(R9)(BX*1), Z8
+	VPSRAD        $0x03, Z8, Z8
+	VPSUBD        Z8, Z14, Z14
+	VCVTDQ2PS     Z14, Z8
+	VMULPS.BCST   512(R9)(BX*1), Z7, Z22
+	VMULPS        Z22, Z8, Z8
+	VADDPS        Z8, Z4, Z4
+	VPXORD        Z15, Z15, Z15
+	VPDPBUSD.BCST (R8)(SI*1), Z9, Z15
+	VPDPBUSD.BCST 4(R8)(SI*1), Z11, Z15
+	VPDPBUSD.BCST 8(R8)(SI*1), Z10, Z15
+	VPDPBUSD.BCST 12(R8)(SI*1), Z18, Z15
+	VPDPBUSD.BCST 16(R8)(SI*1), Z17, Z15
+	VPDPBUSD.BCST 20(R8)(SI*1), Z20, Z15
+	VPDPBUSD.BCST 24(R8)(SI*1), Z19, Z15
+	VPDPBUSD.BCST 28(R8)(SI*1), Z21, Z15
+	VPBROADCASTD  576(R9)(SI*1), Z8
+	VPSRAD        $0x03, Z8, Z8
+	VPSUBD        Z8, Z15, Z15
+	VCVTDQ2PS     Z15, Z8
+	VMULPS.BCST   512(R9)(SI*1), Z7, Z22
+	VMULPS        Z22, Z8, Z8
+	VADDPS        Z8, Z5, Z5
+	VPXORD        Z16, Z16, Z16
+	VPDPBUSD.BCST (R8)(CX*1), Z9, Z16
+	VPDPBUSD.BCST 4(R8)(CX*1), Z11, Z16
+	VPDPBUSD.BCST 8(R8)(CX*1), Z10, Z16
+	VPDPBUSD.BCST 12(R8)(CX*1), Z18, Z16
+	VPDPBUSD.BCST 16(R8)(CX*1), Z17, Z16
+	VPDPBUSD.BCST 20(R8)(CX*1), Z20, Z16
+	VPDPBUSD.BCST 24(R8)(CX*1), Z19, Z16
+	VPDPBUSD.BCST 28(R8)(CX*1), Z21, Z16
+	VPBROADCASTD  576(R9)(CX*1), Z8
+	VPSRAD        $0x03, Z8, Z8
+	VPSUBD        Z8, Z16, Z16
+	VCVTDQ2PS     Z16, Z8
+	VMULPS.BCST   512(R9)(CX*1), Z7, Z7
+	VMULPS        Z7, Z8, Z8
+	VADDPS        Z8, Z6, Z6
+	ADDQ          $0x00000160, AX
+	ADDQ          $0x20, R8
+	ADDQ          $0x04, R9
+	INCQ          R10
+	CMPQ          R10, $0x10
+	JNE           q50x16N5_next
+	ADDQ          $0x00000080, R8
+	ADDQ          $0x00000240, R9
+	XORQ          R10, R10
+
+q50x16N5_next:
+	DECQ    DI
+	JNZ     q50x16N5_blk
+	MOVQ    out+40(FP), DI
+	MOVQ    ostride+48(FP), R8
+	MOVQ    DI, R9
+	VMOVUPS Z2, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z3, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z4, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z5, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z6, (R9)
+	ADDQ    $0x40, DI
+	MOVQ    DI, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q50x16N5_grp
+	VZEROUPPER
+	RET
+
+// func q50x16N6(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q50x16N6(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, DI
+	IMUL3Q       $0x05, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q50x16N6_grp:
+	MOVQ   nblocks+16(FP), R8
+	MOVQ   xq+24(FP), R9
+	MOVQ   R9, R10
+	XORQ   R11, R11
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+
+q50x16N6_blk:
+	VCVTPH2PS     (AX), Z8
+	VMOVDQU64     32(AX), Z9
+	VPANDD        96(AX), Z0, Z10
+	VPSHUFB       q5rep_0<>+0(SB), Z9, Z11
+	VPTESTMB      q5nib_0<>+0(SB), Z11, K1
+	VPADDB        Z1, Z10, K1, Z10
+	VPANDD        160(AX), Z0, Z12
+	VPTESTMB      q5nib_1<>+0(SB), Z11, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPANDD        224(AX), Z0, Z11
+	VPSHUFB       q5rep_1<>+0(SB), Z9, Z19
+	VPTESTMB      q5nib_0<>+0(SB), Z19, K1
+	VPADDB        Z1, Z11, K1, Z11
+	VPANDD        288(AX), Z0, Z20
+	VPTESTMB      q5nib_1<>+0(SB), Z19, K1
+	VPADDB        Z1, Z20, K1, Z20
+	VPSRLW        $0x04, 96(AX), Z19
+	VPANDD        Z0, Z19, Z19
+	VPSHUFB       q5rep_2<>+0(SB), Z9, Z21
+	VPTESTMB      q5nib_0<>+0(SB), Z21, K1
+	VPADDB        Z1, Z19, K1, Z19
+	VPSRLW        $0x04, 160(AX), Z22
+	VPANDD        Z0, Z22, Z22
+	VPTESTMB      q5nib_1<>+0(SB), Z21, K1
+	VPADDB        Z1, Z22, K1, Z22
+	VPSRLW        $0x04, 224(AX), Z21
+	VPANDD        Z0, Z21, Z21
+	VPSHUFB       q5rep_3<>+0(SB), Z9, Z9
+	VPTESTMB      q5nib_0<>+0(SB), Z9, K1
+	VPADDB        Z1, Z21, K1, Z21
+	VPSRLW        $0x04, 288(AX), Z23
+	VPANDD        Z0, Z23, Z23
+	VPTESTMB      q5nib_1<>+0(SB), Z9, K1
+	VPADDB        Z1, Z23, K1, Z23
+	VPXORD        Z13, Z13, Z13
+	VPDPBUSD.BCST (R9), Z10, Z13
+	VPDPBUSD.BCST 4(R9), Z12, Z13
+	VPDPBUSD.BCST 8(R9), Z11, Z13
+	VPDPBUSD.BCST 12(R9), Z20, Z13
+	VPDPBUSD.BCST 16(R9), Z19, Z13
+	VPDPBUSD.BCST 20(R9), Z22, Z13
+	VPDPBUSD.BCST 24(R9), Z21, Z13
+	VPDPBUSD.BCST 28(R9), Z23, Z13
+	VPBROADCASTD  576(R10), Z9
+	VPSRAD        $0x03, Z9, Z9
+	VPSUBD        Z9, Z13, Z13
+	VCVTDQ2PS     Z13, Z9
+	VMULPS.BCST   512(R10), Z8, Z24
+	VMULPS        Z24, Z9, Z9
+	VADDPS        Z9, Z2, Z2
+	VPXORD        Z14, Z14, Z14
+	VPDPBUSD.BCST (R9)(DX*1), Z10, Z14
+	VPDPBUSD.BCST 4(R9)(DX*1), Z12, Z14
+	VPDPBUSD.BCST 8(R9)(DX*1), Z11, Z14
+	VPDPBUSD.BCST 12(R9)(DX*1), Z20, Z14
+	VPDPBUSD.BCST 16(R9)(DX*1), Z19, Z14
+	VPDPBUSD.BCST 20(R9)(DX*1), Z22, Z14
+	VPDPBUSD.BCST 24(R9)(DX*1), Z21, Z14
+	VPDPBUSD.BCST 28(R9)(DX*1), Z23, Z14
+	VPBROADCASTD  576(R10)(DX*1), Z9
+	VPSRAD        $0x03, Z9, Z9
+	VPSUBD        Z9, Z14, Z14
+	VCVTDQ2PS     Z14, Z9
+	VMULPS.BCST   512(R10)(DX*1), Z8, Z24
+	VMULPS        Z24, Z9, Z9
+	VADDPS        Z9, Z3, Z3
+	VPXORD        Z15, Z15, Z15
+	VPDPBUSD.BCST (R9)(BX*1), Z10, Z15
+	VPDPBUSD.BCST 4(R9)(BX*1), Z12, Z15
+	VPDPBUSD.BCST 8(R9)(BX*1), Z11, Z15
+	VPDPBUSD.BCST 12(R9)(BX*1), Z20, Z15
+	VPDPBUSD.BCST 16(R9)(BX*1), Z19, Z15
+	VPDPBUSD.BCST 20(R9)(BX*1), Z22, Z15
+	VPDPBUSD.BCST 24(R9)(BX*1), Z21, Z15
+	VPDPBUSD.BCST 28(R9)(BX*1), Z23, Z15
+	VPBROADCASTD  576(R10)(BX*1), Z9
+	VPSRAD        $0x03, Z9, Z9
+	VPSUBD        Z9, Z15, Z15
+	VCVTDQ2PS     Z15, Z9
+	VMULPS.BCST   512(R10)(BX*1), Z8, Z24
+	VMULPS        Z24, Z9, Z9
+	VADDPS        Z9, Z4, Z4
+	VPXORD        Z16, Z16, Z16
+	VPDPBUSD.BCST (R9)(SI*1), Z10, Z16
+	VPDPBUSD.BCST 4(R9)(SI*1), Z12, Z16
+	VPDPBUSD.BCST 8(R9)(SI*1), Z11, Z16
+	VPDPBUSD.BCST 12(R9)(SI*1), Z20, Z16
+	VPDPBUSD.BCST 16(R9)(SI*1), Z19, Z16
+	VPDPBUSD.BCST 20(R9)(SI*1), Z22, Z16
+	VPDPBUSD.BCST 24(R9)(SI*1), Z21, Z16
+	VPDPBUSD.BCST 28(R9)(SI*1), Z23, Z16
+	VPBROADCASTD  576(R10)(SI*1), Z9
+	VPSRAD        $0x03, Z9, Z9
+	VPSUBD        Z9, Z16, Z16
+	VCVTDQ2PS     Z16, Z9
+	VMULPS.BCST   512(R10)(SI*1), Z8, Z24
+	VMULPS        Z24, Z9, Z9
+	VADDPS        Z9, Z5, Z5
+	VPXORD        Z17, Z17, Z17
+	VPDPBUSD.BCST (R9)(DI*1), Z10, Z17
+	VPDPBUSD.BCST 4(R9)(DI*1), Z12, Z17
+	VPDPBUSD.BCST 8(R9)(DI*1), Z11, Z17
+	VPDPBUSD.BCST 12(R9)(DI*1), Z20, Z17
+	VPDPBUSD.BCST 16(R9)(DI*1), Z19, Z17
+	VPDPBUSD.BCST 20(R9)(DI*1), Z22, Z17
+	VPDPBUSD.BCST 24(R9)(DI*1), Z21, Z17
+	VPDPBUSD.BCST 28(R9)(DI*1), Z23, Z17
+	VPBROADCASTD  576(R10)(DI*1), Z9
+	VPSRAD        $0x03, Z9, Z9
+	VPSUBD        Z9, Z17, Z17
+	VCVTDQ2PS     Z17, Z9
+	VMULPS.BCST   512(R10)(DI*1), Z8, Z24
+	VMULPS        Z24, Z9, Z9
+	VADDPS        Z9, Z6, Z6
+	VPXORD        Z18, Z18, Z18
+	VPDPBUSD.BCST (R9)(CX*1), Z10, Z18
+	VPDPBUSD.BCST 4(R9)(CX*1), Z12, Z18
+	VPDPBUSD.BCST 8(R9)(CX*1), Z11, Z18
+	VPDPBUSD.BCST 12(R9)(CX*1), Z20, Z18
+	VPDPBUSD.BCST 16(R9)(CX*1), Z19, Z18
+	VPDPBUSD.BCST 20(R9)(CX*1), Z22, Z18
+	VPDPBUSD.BCST 24(R9)(CX*1), Z21, Z18
+	VPDPBUSD.BCST 28(R9)(CX*1), Z23, Z18
+	VPBROADCASTD  576(R10)(CX*1), Z9
+	VPSRAD        $0x03, Z9, Z9
+	VPSUBD        Z9, Z18, Z18
+	VCVTDQ2PS     Z18, Z9
+	VMULPS.BCST   512(R10)(CX*1), Z8, Z8
+	VMULPS        Z8, Z9, Z9
+	VADDPS        Z9, Z7, Z7
+	ADDQ          $0x00000160, AX
+	ADDQ          $0x20, R9
+	ADDQ          $0x04, R10
+	INCQ          R11
+	CMPQ          R11, $0x10
+	JNE           q50x16N6_next
+	ADDQ          $0x00000080, R9
+	ADDQ          $0x00000240, R10
+	XORQ          R11, R11
+
+q50x16N6_next:
+	DECQ    R8
+	JNZ     q50x16N6_blk
+	MOVQ    out+40(FP), R8
+	MOVQ    ostride+48(FP), R9
+	MOVQ    R8, R10
+	VMOVUPS Z2, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z3, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z4, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z5, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z6, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z7, (R10)
+	ADDQ    $0x40, R8
+	MOVQ    R8, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q50x16N6_grp
+	VZEROUPPER
+	RET
+
+// func q50x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q50x16N7(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, DI
+	IMUL3Q       $0x05, CX, R8
+	IMUL3Q       $0x06, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q50x16N7_grp:
+	MOVQ   nblocks+16(FP), R9
+	MOVQ   xq+24(FP), R10
+	MOVQ   R10, R11
+	XORQ   R12, R12
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+
+q50x16N7_blk:
+	VCVTPH2PS     (AX), Z9
+	VMOVDQU64     32(AX), Z10
+	VPANDD        96(AX), Z0, Z11
+	VPSHUFB       q5rep_0<>+0(SB), Z10, Z12
+	VPTESTMB      q5nib_0<>+0(SB), Z12, K1
+	VPADDB        Z1, Z11, K1, Z11
+	VPANDD        160(AX), Z0, Z13
+	VPTESTMB      q5nib_1<>+0(SB), Z12, K1
+	VPADDB        Z1, Z13, K1, Z13
+	VPANDD        224(AX), Z0, Z12
+	VPSHUFB       q5rep_1<>+0(SB), Z10, Z21
+	VPTESTMB      q5nib_0<>+0(SB), Z21, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPANDD        288(AX), Z0, Z22
+	VPTESTMB      q5nib_1<>+0(SB), Z21, K1
+	VPADDB        Z1, Z22, K1, Z22
+	VPSRLW        $0x04, 96(AX), Z21
+	VPANDD        Z0, Z21, Z21
+	VPSHUFB       q5rep_2<>+0(SB), Z10, Z23
+	VPTESTMB      q5nib_0<>+0(SB), Z23, K1
+	VPADDB        Z1, Z21, K1, Z21
+	VPSRLW        $0x04, 160(AX), Z24
+	VPANDD        Z0, Z24, Z24
+	VPTESTMB      q5nib_1<>+0(SB), Z23, K1
+	VPADDB        Z1, Z24, K1, Z24
+	VPSRLW        $0x04, 224(AX), Z23
+	VPANDD        Z0, Z23, Z23
+	VPSHUFB       q5rep_3<>+0(SB), Z10, Z10
+	VPTESTMB      q5nib_0<>+0(SB), Z10, K1
+	VPADDB        Z1, Z23, K1, Z23
+	VPSRLW        $0x04, 288(AX), Z25
+	VPANDD        Z0, Z25, Z25
+	VPTESTMB      q5nib_1<>+0(SB), Z10, K1
+	VPADDB        Z1, Z25, K1, Z25
+	VPXORD        Z14, Z14, Z14
+	VPDPBUSD.BCST (R10), Z11, Z14
+	VPDPBUSD.BCST 4(R10), Z13, Z14
+	VPDPBUSD.BCST 8(R10), Z12, Z14
+	VPDPBUSD.BCST 12(R10), Z22, Z14
+	VPDPBUSD.BCST 16(R10), Z21, Z14
+	VPDPBUSD.BCST 20(R10), Z24, Z14
+	VPDPBUSD.BCST 24(R10), Z23, Z14
+	VPDPBUSD.BCST 28(R10), Z25, Z14
+	VPBROADCASTD  576(R11), Z10
+	VPSRAD        $0x03, Z10, Z10
+	VPSUBD        Z10, Z14, Z14
+	VCVTDQ2PS     Z14, Z10
+	VMULPS.BCST   512(R11), Z9, Z26
+	VMULPS        Z26, Z10, Z10
+	VADDPS        Z10, Z2, Z2
+	VPXORD        Z15, Z15, Z15
+	VPDPBUSD.BCST (R10)(DX*1), Z11, Z15
+	VPDPBUSD.BCST 4(R10)(DX*1), Z13, Z15
+	VPDPBUSD.BCST 8(R10)(DX*1), Z12, Z15
+	VPDPBUSD.BCST 12(R10)(DX*1), Z22, Z15
+	VPDPBUSD.BCST 16(R10)(DX*1), Z21, Z15
+	VPDPBUSD.BCST 20(R10)(DX*1), Z24, Z15
+	VPDPBUSD.BCST 24(R10)(DX*1), Z23, Z15
+	VPDPBUSD.BCST 28(R10)(DX*1), Z25, Z15
+	VPBROADCASTD  576(R11)(DX*1), Z10
+	VPSRAD        $0x03, Z10, Z10
+	VPSUBD        Z10, Z15, Z15
+	VCVTDQ2PS     Z15, Z10
+	VMULPS.BCST   512(R11)(DX*1), Z9, Z26
+	VMULPS        Z26, Z10, Z10
+	VADDPS        Z10, Z3, Z3
+	VPXORD        Z16, Z16, Z16
+	VPDPBUSD.BCST (R10)(BX*1), Z11, Z16
+	VPDPBUSD.BCST 4(R10)(BX*1), Z13, Z16
+	VPDPBUSD.BCST 8(R10)(BX*1), Z12, Z16
+	VPDPBUSD.BCST 12(R10)(BX*1), Z22, Z16
+	VPDPBUSD.BCST 16(R10)(BX*1), Z21, Z16
+	VPDPBUSD.BCST 20(R10)(BX*1), Z24, Z16
+	VPDPBUSD.BCST 24(R10)(BX*1), Z23, Z16
+	VPDPBUSD.BCST 28(R10)(BX*1), Z25, Z16
+	VPBROADCASTD  576(R11)(BX*1), Z10
+	VPSRAD        $0x03, Z10, Z10
+	VPSUBD        Z10, Z16, Z16
+	VCVTDQ2PS     Z16, Z10
+	VMULPS.BCST   512(R11)(BX*1), Z9, Z26
+	VMULPS        Z26, Z10, Z10
+	VADDPS        Z10, Z4, Z4
+	VPXORD        Z17, Z17, Z17
+	VPDPBUSD.BCST (R10)(SI*1), Z11, Z17
+	VPDPBUSD.BCST 4(R10)(SI*1), Z13, Z17
+	VPDPBUSD.BCST 8(R10)(SI*1), Z12, Z17
+	VPDPBUSD.BCST 12(R10)(SI*1), Z22, Z17
+	VPDPBUSD.BCST 16(R10)(SI*1), Z21, Z17
+	VPDPBUSD.BCST 20(R10)(SI*1), Z24, Z17
+	VPDPBUSD.BCST 24(R10)(SI*1), Z23, Z17
+	VPDPBUSD.BCST 28(R10)(SI*1), Z25, Z17
+	VPBROADCASTD  576(R11)(SI*1), Z10
+	VPSRAD        $0x03, Z10, Z10
+	VPSUBD        Z10, Z17, Z17
+	VCVTDQ2PS     Z17, Z10
+	VMULPS.BCST   512(R11)(SI*1), Z9, Z26
+	VMULPS        Z26, Z10, Z10
+	VADDPS        Z10, Z5, Z5
+	VPXORD        Z18, Z18, Z18
+	VPDPBUSD.BCST (R10)(DI*1), Z11, Z18
+	VPDPBUSD.BCST 4(R10)(DI*1), Z13, Z18
+	VPDPBUSD.BCST 8(R10)(DI*1), Z12, Z18
+	VPDPBUSD.BCST 12(R10)(DI*1), Z22, Z18
+	VPDPBUSD.BCST 16(R10)(DI*1), Z21, Z18
+	VPDPBUSD.BCST 20(R10)(DI*1), Z24, Z18
+	VPDPBUSD.BCST 24(R10)(DI*1), Z23, Z18
+	VPDPBUSD.BCST 28(R10)(DI*1), Z25, Z18
+	VPBROADCASTD  576(R11)(DI*1), Z10
+	VPSRAD        $0x03, Z10, Z10
+	VPSUBD        Z10, Z18, Z18
+	VCVTDQ2PS     Z18, Z10
+	VMULPS.BCST   512(R11)(DI*1), Z9, Z26
+	VMULPS        Z26, Z10, Z10
+	VADDPS        Z10, Z6, Z6
+	VPXORD        Z19, Z19, Z19
+	VPDPBUSD.BCST (R10)(R8*1), Z11, Z19
+	VPDPBUSD.BCST 4(R10)(R8*1), Z13, Z19
+	VPDPBUSD.BCST 8(R10)(R8*1), Z12, Z19
+	VPDPBUSD.BCST 12(R10)(R8*1), Z22, Z19
+	VPDPBUSD.BCST 16(R10)(R8*1), Z21, Z19
+	VPDPBUSD.BCST 20(R10)(R8*1), Z24, Z19
+	VPDPBUSD.BCST 24(R10)(R8*1), Z23, Z19
+	VPDPBUSD.BCST 28(R10)(R8*1), Z25, Z19
+	VPBROADCASTD  576(R11)(R8*1), Z10
+	VPSRAD        $0x03, Z10, Z10
+	VPSUBD        Z10, Z19, Z19
+	VCVTDQ2PS     Z19, Z10
+	VMULPS.BCST   512(R11)(R8*1), Z9, Z26
+	VMULPS        Z26, Z10, Z10
+	VADDPS        Z10, Z7, Z7
+	VPXORD        Z20, Z20, Z20
+	VPDPBUSD.BCST (R10)(CX*1), Z11, Z20
+	VPDPBUSD.BCST 4(R10)(CX*1), Z13, Z20
+	VPDPBUSD.BCST 8(R10)(CX*1), Z12, Z20
+	VPDPBUSD.BCST 12(R10)(CX*1), Z22, Z20
+	VPDPBUSD.BCST 16(R10)(CX*1), Z21, Z20
+	VPDPBUSD.BCST 20(R10)(CX*1), Z24, Z20
+	VPDPBUSD.BCST 24(R10)(CX*1), Z23, Z20
+	VPDPBUSD.BCST 28(R10)(CX*1), Z25, Z20
+	VPBROADCASTD  576(R11)(CX*1), Z10
+	VPSRAD        $0x03, Z10, Z10
+	VPSUBD        Z10, Z20, Z20
+	VCVTDQ2PS     Z20, Z10
+	VMULPS.BCST   512(R11)(CX*1), Z9, Z9
+	VMULPS        Z9, Z10, Z10
+	VADDPS        Z10, Z8, Z8
+	ADDQ          $0x00000160, AX
+	ADDQ          $0x20, R10
+	ADDQ          $0x04, R11
+	INCQ          R12
+	CMPQ          R12, $0x10
+	JNE           q50x16N7_next
+	ADDQ          $0x00000080, R10
+	ADDQ          $0x00000240, R11
+	XORQ          R12, R12
+
+q50x16N7_next:
+	DECQ    R9
+	JNZ     q50x16N7_blk
+	MOVQ    out+40(FP), R9
+	MOVQ    ostride+48(FP), R10
+	MOVQ    R9, R11
+	VMOVUPS Z2, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z3, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z4, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z5, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z6, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z7, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z8, (R11)
+	ADDQ    $0x40, R9
+	MOVQ    R9, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q50x16N7_grp
+	VZEROUPPER
+	RET
+
+// func q50x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q50x16N8(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, DI
+	IMUL3Q       $0x05, CX, R8
+	IMUL3Q       $0x06, CX, R9
+	IMUL3Q       $0x07, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q50x16N8_grp:
+	MOVQ   nblocks+16(FP), R10
+	MOVQ   xq+24(FP), R11
+	MOVQ   R11, R12
+	XORQ   R13, R13
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+	VXORPS Z9, Z9, Z9
+
+q50x16N8_blk:
+	VCVTPH2PS     (AX), Z10
+	VMOVDQU64     32(AX), Z11
+	VPANDD        96(AX), Z0, Z12
+	VPSHUFB       q5rep_0<>+0(SB), Z11, Z13
+	VPTESTMB      q5nib_0<>+0(SB), Z13, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPANDD        160(AX), Z0, Z14
+	VPTESTMB      q5nib_1<>+0(SB), Z13, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPANDD        224(AX), Z0, Z13
+	VPSHUFB       q5rep_1<>+0(SB), Z11, Z23
+	VPTESTMB      q5nib_0<>+0(SB), Z23, K1
+	VPADDB        Z1, Z13, K1, Z13
+	VPANDD        288(AX), Z0, Z24
+	VPTESTMB      q5nib_1<>+0(SB), Z23, K1
+	VPADDB        Z1, Z24, K1, Z24
+	VPSRLW        $0x04, 96(AX), Z23
+	VPANDD        Z0, Z23, Z23
+	VPSHUFB       q5rep_2<>+0(SB), Z11, Z25
+	VPTESTMB      q5nib_0<>+0(SB), Z25, K1
+	VPADDB        Z1, Z23, K1, Z23
+	VPSRLW        $0x04, 160(AX), Z26
+	VPANDD        Z0, Z26, Z26
+	VPTESTMB      q5nib_1<>+0(SB), Z25, K1
+	VPADDB        Z1, Z26, K1, Z26
+	VPSRLW        $0x04, 224(AX), Z25
+	VPANDD        Z0, Z25, Z25
+	VPSHUFB       q5rep_3<>+0(SB), Z11, Z11
+	VPTESTMB      q5nib_0<>+0(SB), Z11, K1
+	VPADDB        Z1, Z25, K1, Z25
+	VPSRLW        $0x04, 288(AX), Z27
+	VPANDD        Z0, Z27, Z27
+	VPTESTMB      q5nib_1<>+0(SB), Z11, K1
+	VPADDB        Z1, Z27, K1, Z27
+	VPXORD        Z15, Z15, Z15
+	VPDPBUSD.BCST (R11), Z12, Z15
+	VPDPBUSD.BCST 4(R11), Z14, Z15
+	VPDPBUSD.BCST 8(R11), Z13, Z15
+	VPDPBUSD.BCST 12(R11), Z24, Z15
+	VPDPBUSD.BCST 16(R11), Z23, Z15
+	VPDPBUSD.BCST 20(R11), Z26, Z15
+	VPDPBUSD.BCST 24(R11), Z25, Z15
+	VPDPBUSD.BCST 28(R11), Z27, Z15
+	VPBROADCASTD  576(R12), Z11
+	VPSRAD        $0x03, Z11, Z11
+	VPSUBD        Z11, Z15, Z15
+	VCVTDQ2PS     Z15, Z11
+	VMULPS.BCST   512(R12), Z10, Z28
+	VMULPS        Z28, Z11, Z11
+	VADDPS        Z11, Z2, Z2
+	VPXORD        Z16, Z16, Z16
+	VPDPBUSD.BCST (R11)(DX*1), Z12, Z16
+	VPDPBUSD.BCST 4(R11)(DX*1), Z14, Z16
+	VPDPBUSD.BCST 8(R11)(DX*1), Z13, Z16
+	VPDPBUSD.BCST 12(R11)(DX*1), Z24, Z16
+	VPDPBUSD.BCST 16(R11)(DX*1), Z23, Z16
+	VPDPBUSD.BCST 20(R11)(DX*1), Z26, Z16
+	VPDPBUSD.BCST 24(R11)(DX*1), Z25, Z16
+	VPDPBUSD.BCST 28(R11)(DX*1), Z27, Z16
+	VPBROADCASTD  576(R12)(DX*1), Z11
+	VPSRAD        $0x03, Z11, Z11
+	VPSUBD        Z11, Z16, Z16
+	VCVTDQ2PS     Z16, Z11
+	VMULPS.BCST   512(R12)(DX*1), Z10, Z28
+	VMULPS        Z28, Z11, Z11
+	VADDPS        Z11, Z3, Z3
+	VPXORD        Z17, Z17, Z17
+	VPDPBUSD.BCST (R11)(BX*1), Z12, Z17
+	VPDPBUSD.BCST 4(R11)(BX*1), Z14, Z17
+	VPDPBUSD.BCST 8(R11)(BX*1), Z13, Z17
+	VPDPBUSD.BCST 12(R11)(BX*1), Z24, Z17
+	VPDPBUSD.BCST 16(R11)(BX*1), Z23, Z17
+	VPDPBUSD.BCST 20(R11)(BX*1), Z26, Z17
+	VPDPBUSD.BCST 24(R11)(BX*1), Z25, Z17
+	VPDPBUSD.BCST 28(R11)(BX*1), Z27, Z17
+	VPBROADCASTD  576(R12)(BX*1), Z11
+	VPSRAD        $0x03, Z11, Z11
+	VPSUBD        Z11, Z17, Z17
+	VCVTDQ2PS     Z17, Z11
+	VMULPS.BCST   512(R12)(BX*1), Z10, Z28
+	VMULPS        Z28, Z11, Z11
+	VADDPS        Z11, Z4, Z4
+	VPXORD        Z18, Z18, Z18
+	VPDPBUSD.BCST (R11)(SI*1), Z12, Z18
+	VPDPBUSD.BCST 4(R11)(SI*1), Z14, Z18
+	VPDPBUSD.BCST 8(R11)(SI*1), Z13, Z18
+	VPDPBUSD.BCST 12(R11)(SI*1), Z24, Z18
+	VPDPBUSD.BCST 16(R11)(SI*1), Z23, Z18
+	VPDPBUSD.BCST 20(R11)(SI*1), Z26, Z18
+	VPDPBUSD.BCST 24(R11)(SI*1), Z25, Z18
+	VPDPBUSD.BCST 28(R11)(SI*1), Z27, Z18
+	VPBROADCASTD  576(R12)(SI*1), Z11
+	VPSRAD        $0x03, Z11, Z11
+	VPSUBD        Z11, Z18, Z18
+	VCVTDQ2PS     Z18, Z11
+	VMULPS.BCST   512(R12)(SI*1), Z10, Z28
+	VMULPS        Z28, Z11, Z11
+	VADDPS        Z11, Z5, Z5
+	VPXORD        Z19, Z19, Z19
+	VPDPBUSD.BCST (R11)(DI*1), Z12, Z19
+	VPDPBUSD.BCST 4(R11)(DI*1), Z14, Z19
+	VPDPBUSD.BCST 8(R11)(DI*1), Z13, Z19
+	VPDPBUSD.BCST 12(R11)(DI*1), Z24, Z19
+	VPDPBUSD.BCST 16(R11)(DI*1), Z23, Z19
+	VPDPBUSD.BCST 20(R11)(DI*1), Z26, Z19
+	VPDPBUSD.BCST 24(R11)(DI*1), Z25, Z19
+	VPDPBUSD.BCST 28(R11)(DI*1), Z27, Z19
+	VPBROADCASTD  576(R12)(DI*1), Z11
+	VPSRAD        $0x03, Z11, Z11
+	VPSUBD        Z11, Z19, Z19
+	VCVTDQ2PS     Z19, Z11
+	VMULPS.BCST   512(R12)(DI*1), Z10, Z28
+	VMULPS        Z28, Z11, Z11
+	VADDPS        Z11, Z6, Z6
+	VPXORD        Z20, Z20, Z20
+	VPDPBUSD.BCST (R11)(R8*1), Z12, Z20
+	VPDPBUSD.BCST 4(R11)(R8*1), Z14, Z20
+	VPDPBUSD.BCST 8(R11)(R8*1), Z13, Z20
+	VPDPBUSD.BCST 12(R11)(R8*1), Z24, Z20
+	VPDPBUSD.BCST 16(R11)(R8*1), Z23, Z20
+	VPDPBUSD.BCST 20(R11)(R8*1), Z26, Z20
+	VPDPBUSD.BCST 24(R11)(R8*1), Z25, Z20
+	VPDPBUSD.BCST 28(R11)(R8*1), Z27, Z20
+	VPBROADCASTD  576(R12)(R8*1), Z11
+	VPSRAD        $0x03, Z11, Z11
+	VPSUBD        Z11, Z20, Z20
+	VCVTDQ2PS     Z20, Z11
+	VMULPS.BCST   512(R12)(R8*1), Z10, Z28
+	VMULPS        Z28, Z11, Z11
+	VADDPS        Z11, Z7, Z7
+	VPXORD        Z21, Z21, Z21
+	VPDPBUSD.BCST (R11)(R9*1), Z12, Z21
+	VPDPBUSD.BCST 4(R11)(R9*1), Z14, Z21
+	VPDPBUSD.BCST 8(R11)(R9*1), Z13, Z21
+	VPDPBUSD.BCST 12(R11)(R9*1), Z24, Z21
+	VPDPBUSD.BCST 16(R11)(R9*1), Z23, Z21
+	VPDPBUSD.BCST 20(R11)(R9*1), Z26, Z21
+	VPDPBUSD.BCST 24(R11)(R9*1), Z25, Z21
+	VPDPBUSD.BCST 28(R11)(R9*1), Z27, Z21
+	VPBROADCASTD  576(R12)(R9*1), Z11
+	VPSRAD        $0x03, Z11, Z11
+	VPSUBD        Z11, Z21, Z21
+	VCVTDQ2PS     Z21, Z11
+	VMULPS.BCST   512(R12)(R9*1), Z10, Z28
+	VMULPS        Z28, Z11, Z11
+	VADDPS        Z11, Z8, Z8
+	VPXORD        Z22, Z22, Z22
+	VPDPBUSD.BCST (R11)(CX*1), Z12, Z22
+	VPDPBUSD.BCST 4(R11)(CX*1), Z14, Z22
+	VPDPBUSD.BCST 8(R11)(CX*1), Z13, Z22
+	VPDPBUSD.BCST 12(R11)(CX*1), Z24, Z22
+	VPDPBUSD.BCST 16(R11)(CX*1), Z23, Z22
+	VPDPBUSD.BCST 20(R11)(CX*1), Z26, Z22
+	VPDPBUSD.BCST 24(R11)(CX*1), Z25, Z22
+	VPDPBUSD.BCST 28(R11)(CX*1), Z27, Z22
+	VPBROADCASTD  576(R12)(CX*1), Z11
+	VPSRAD        $0x03, Z11, Z11
+	VPSUBD        Z11, Z22, Z22
+	VCVTDQ2PS     Z22, Z11
+	VMULPS.BCST   512(R12)(CX*1), Z10, Z10
+	VMULPS        Z10, Z11, Z11
+	VADDPS        Z11, Z9, Z9
+	ADDQ          $0x00000160, AX
+	ADDQ          $0x20, R11
+	ADDQ          $0x04, R12
+	INCQ          R13
+	CMPQ          R13, $0x10
+	JNE           q50x16N8_next
+	ADDQ          $0x00000080, R11
+	ADDQ          $0x00000240, R12
+	XORQ          R13, R13
+
+q50x16N8_next:
+	DECQ    R10
+	JNZ     q50x16N8_blk
+	MOVQ    out+40(FP), R10
+	MOVQ    ostride+48(FP), R11
+	MOVQ    R10, R12
+	VMOVUPS Z2, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z3, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z4, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z5, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z6, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z7, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z8, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z9, (R12)
+	ADDQ    $0x40, R10
+	MOVQ    R10, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q50x16N8_grp
 	VZEROUPPER
 	RET
 

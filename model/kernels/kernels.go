@@ -90,10 +90,11 @@
 //
 // Q8_0 takes 8-bit activations per 32 values (q80act.go), and so do the
 // types whose blocks are Q8_0 blocks once their codes are written as int8:
-// Q4_0 (q−8), IQ4_NL (its codebook) and, below AVX-512, Q5_0 (q−16)
-// (asQ80At). Their packed kernels decode the nibbles in registers
-// (q40x16N, iq4nlx16N); row-major Q4_0 and IQ4_NL have one-row kernels of
-// their own (q40rows512, iq4nlrows512), and other row-major products
+// Q4_0 (q−8), IQ4_NL (its codebook) and Q5_0 (q−16) (asQ80). Their
+// packed kernels decode the nibbles (and Q5_0's fifth bits) in registers
+// (q40x16N, iq4nlx16N, q50x16N); row-major Q4_0, IQ4_NL and Q5_0 have
+// one-row kernels of their own (q40rows512, iq4nlrows512, q50rows512),
+// and other row-major products
 // rewrite their rows as Q8_0 rows as they go (conv*Q80). Every path gives
 // the bits of the Q8_0 twin. On AVX2, and on AVX-512 without VNNI, the
 // block sums come from VPMADDUBSW: |q_w| against q_x signed as q_w

@@ -13,7 +13,7 @@ import (
 )
 
 // Weights repacked in groups of 16 rows (tensor.Q80x16, Q4Kx16, Q5Kx16,
-// Q6Kx16, Q3Kx16, Q2Kx16, Q40x16, IQ4NLx16).
+// Q6Kx16, Q3Kx16, Q2Kx16, IQ4XSx16, Q40x16, IQ4NLx16, Q50x16).
 //
 // The row-major integer kernels walk each row on its own and must reduce
 // every block's partial sums across a register before scaling them:
@@ -39,7 +39,7 @@ import (
 
 // EnvPack names the environment variable that chooses which types CanPack
 // packs: a comma-separated list of dtypes (q8_0, q4_k, q5_k, q6_k, q3_k,
-// q2_k, q4_0, iq4_nl; the
+// q2_k, iq4_xs, q4_0, q5_0, iq4_nl; the
 // default is all those with packed kernels at the kernel level, but for
 // q5_k on AVX2, which is packed there only when listed: packOnlyAsked), or
 // 0 for none (for comparisons).
@@ -74,7 +74,7 @@ func init() {
 			}
 		}
 		if !known {
-			fmt.Fprintf(os.Stderr, "kernels: %s: %q is not a type that can be packed (q8_0, q4_k, q5_k, q6_k, q3_k, q2_k, q4_0, iq4_nl); ignored\n", EnvPack, name)
+			fmt.Fprintf(os.Stderr, "kernels: %s: %q is not a type that can be packed (q8_0, q4_k, q5_k, q6_k, q3_k, q2_k, iq4_xs, q4_0, q5_0, iq4_nl); ignored\n", EnvPack, name)
 		}
 	}
 }
@@ -114,6 +114,8 @@ var packSpecs = [...]packSpec{
 	// Q4_0 and IQ4_NL: d; the 16 bytes of nibbles.
 	{dt: tensor.Q4_0, layout: tensor.Q40x16, bytes: 18, halves: []int{0}, words: 2, nwords: 4},
 	{dt: tensor.IQ4_NL, layout: tensor.IQ4NLx16, bytes: 18, halves: []int{0}, words: 2, nwords: 4},
+	// Q5_0: d; the fifth bits, the 16 bytes of nibbles.
+	{dt: tensor.Q5_0, layout: tensor.Q50x16, bytes: 22, halves: []int{0}, words: 2, nwords: 5},
 	// Q3_K: d (at the block's end); hmask, the 2-bit fields, the scales.
 	{dt: tensor.Q3_K, layout: tensor.Q3Kx16, bytes: 110, halves: []int{108}, words: 0, nwords: 27},
 	// Q2_K: d, dmin (at the block's end); the scales and mins, the 2-bit fields.

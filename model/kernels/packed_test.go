@@ -110,7 +110,7 @@ func integerAt(dt tensor.DType, l Level) bool {
 }
 
 // packedDTypes are the types with packed layouts.
-var packedDTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q4_0, tensor.IQ4_NL, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS}
+var packedDTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q4_0, tensor.IQ4_NL, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS, tensor.Q5_0}
 
 // TestPackParallel: a matrix large enough to be packed on several
 // goroutines gives the bytes of a packing on one, and unpacks to its rows.

@@ -291,9 +291,7 @@ func TestQ80WithoutVNNI(t *testing.T) {
 func TestMatMulQ80(t *testing.T) {
 	forQ80Levels(t, func(t *testing.T) {
 		for _, dt := range q80DTypes {
-			if asQ80At(dt, KernelLevel()) {
-				t.Run(dt.String(), func(t *testing.T) { testMatMulQ80(t, dt) })
-			}
+			t.Run(dt.String(), func(t *testing.T) { testMatMulQ80(t, dt) })
 		}
 	})
 }
@@ -372,9 +370,6 @@ func TestMatMulQ80Rows(t *testing.T) {
 func TestMatMulQ80BatchInvariant(t *testing.T) {
 	forQ80Levels(t, func(t *testing.T) {
 		for _, dt := range q80DTypes {
-			if !asQ80At(dt, KernelLevel()) {
-				continue
-			}
 			for _, inv := range []bool{false, true} {
 				t.Run(fmt.Sprintf("%v/invariant=%v", dt, inv), func(t *testing.T) {
 					defer SetBatchInvariant(SetBatchInvariant(inv))

@@ -96,7 +96,7 @@ const (
 // both integer kernels are).
 func q80Choice(w tensor.Matrix, n int, inv bool) q80Kernel {
 	switch {
-	case !q8Act.Load() || !asQ80At(w.DType, KernelLevel()) || w.Layout != tensor.RowMajor || w.Cols <= 0 || w.Cols%q80Values != 0:
+	case !q8Act.Load() || !asQ80(w.DType) || w.Layout != tensor.RowMajor || w.Cols <= 0 || w.Cols%q80Values != 0:
 		return q80None
 	case n >= q80MinRows:
 		return q80Lanes
@@ -196,17 +196,6 @@ func quantizeQ80RowRef(dst []byte, x []float32, nb int) bool {
 // of the Q8_0 rewrite (toQ80RowRef, then matMulQ80Ref).
 func asQ80(dt tensor.DType) bool {
 	return dt == tensor.Q8_0 || dt == tensor.Q4_0 || dt == tensor.Q5_0 || dt == tensor.IQ4_NL
-}
-
-// asQ80At reports whether row-major products with dt weights run the Q8_0
-// integer kernels at level lvl: asQ80's types, but Q5_0 only below
-// AVX-512. Q5_0 has no packed layout, so every product rewrites its rows,
-// and on AVX-512 that made one-session decode of a Q5_0 model slower than
-// widening its blocks to float32 (25 against 34 tokens/s, prefill 268
-// against 193); on AVX2 the float32 path dequantizes in Go (10 times
-// slower).
-func asQ80At(dt tensor.DType, lvl Level) bool {
-	return asQ80(dt) && (dt != tensor.Q5_0 || lvl < LevelAVX512)
 }
 
 // toQ80RowRef rewrites nb blocks of src (Q4_0, Q5_0 or IQ4_NL) as Q8_0

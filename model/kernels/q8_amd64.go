@@ -77,7 +77,7 @@ func planQ8(c *callCtx, lvl Level) (ok, nonFinite bool) {
 		ok := planPacked(c, lvl)
 		return ok, !ok
 	}
-	if asQ80At(j.w.DType, lvl) {
+	if asQ80(j.w.DType) {
 		return planQ80(c, lvl)
 	}
 	fns := q8LevelKernels(j.w.DType, lvl)
@@ -178,7 +178,7 @@ func q80Level(lvl Level) Level {
 
 // q80Layout reports whether l is a packed layout of the Q8_0 family.
 func q80Layout(l tensor.Layout) bool {
-	return l == tensor.Q80x16 || l == tensor.Q40x16 || l == tensor.IQ4NLx16
+	return l == tensor.Q80x16 || l == tensor.Q40x16 || l == tensor.IQ4NLx16 || l == tensor.Q50x16
 }
 
 // forceNoQ80VNNI makes the Q8_0 family run as on an AVX-512 CPU without
@@ -262,6 +262,9 @@ var iq4xsx16Fns = [...]packedFn{1: iq4xsx16N1, 2: iq4xsx16N2, 3: iq4xsx16N3}
 var q40x16Fns = [...]packedFn{
 	1: q40x16N1, 2: q40x16N2, 3: q40x16N3, 4: q40x16N4, 5: q40x16N5, 6: q40x16N6, 7: q40x16N7, 8: q40x16N8}
 
+var q50x16Fns = [...]packedFn{
+	1: q50x16N1, 2: q50x16N2, 3: q50x16N3, 4: q50x16N4, 5: q50x16N5, 6: q50x16N6, 7: q50x16N7, 8: q50x16N8}
+
 var iq4nlx16Fns = [...]packedFn{
 	1: iq4nlx16N1, 2: iq4nlx16N2, 3: iq4nlx16N3, 4: iq4nlx16N4, 5: iq4nlx16N5, 6: iq4nlx16N6, 7: iq4nlx16N7, 8: iq4nlx16N8}
 
@@ -269,7 +272,7 @@ var iq4nlx16Fns = [...]packedFn{
 var packedKernels = [tensor.NumLayouts][]packedFn{
 	tensor.Q80x16: q80x16Fns[:], tensor.Q4Kx16: q4kx16Fns[:], tensor.Q5Kx16: q5kx16Fns[:], tensor.Q6Kx16: q6kx16Fns[:],
 	tensor.Q40x16: q40x16Fns[:], tensor.IQ4NLx16: iq4nlx16Fns[:], tensor.Q3Kx16: q3kx16Fns[:], tensor.Q2Kx16: q2kx16Fns[:],
-	tensor.IQ4XSx16: iq4xsx16Fns[:]}
+	tensor.IQ4XSx16: iq4xsx16Fns[:], tensor.Q50x16: q50x16Fns[:]}
 
 // planPacked sets up a product with packed weights: each input row
 // quantized as the row-major kernels of its type quantize it (q80rows512's
@@ -436,8 +439,8 @@ func q80RowsBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	nt := (p.nb + 15) / 16
 	xs := nt * q80rTileBytes
 	s.f = alignedF32(s.f, 16*16*nt)
-	// Q4_0 and IQ4_NL rows are read as they are (their own kernels), the
-	// others as Q8_0 rows.
+	// Q4_0, Q5_0 and IQ4_NL rows are read as they are (their own kernels),
+	// the others as Q8_0 rows.
 	rows := q80RowsFns[j.w.DType]
 	w, ws := j.w.Data[r0*j.rowBytes:], j.rowBytes
 	if rows == nil {
@@ -513,7 +516,7 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 // q80RowsFns are the one-input-row kernels of the types that have their
 // own (nil: q80rows512 on rows rewritten as Q8_0 rows).
 var q80RowsFns = [tensor.NumDTypes]func(w *byte, wstride, nrows int, xq *byte, nblocks int, tmp *float32, out *float32){
-	tensor.Q4_0: q40rows512, tensor.IQ4_NL: iq4nlrows512}
+	tensor.Q4_0: q40rows512, tensor.IQ4_NL: iq4nlrows512, tensor.Q5_0: q50rows512}
 
 // q80Rows256Fns are the AVX2 one-input-row kernels of the types that have
 // their own (nil: q80rows256 on rows rewritten as Q8_0 rows).

@@ -190,6 +190,12 @@ const (
 	// (2112 bytes): the same 136 bytes per row and block. See
 	// model/kernels/packed.go.
 	IQ4XSx16
+	// Q50x16: Q5_0 rows in groups of 16 (the last padded with zero rows),
+	// each group block by block: the 16 rows' d (32 bytes), then each
+	// 4-byte word of the rows' fifth bits and nibbles (bytes 2..21 of a
+	// block), the 16 rows' words side by side (320 bytes): the same 22
+	// bytes per row and block. See model/kernels/packed.go.
+	Q50x16
 	// NumLayouts is the number of layouts (for tables indexed by Layout).
 	NumLayouts
 )
@@ -217,6 +223,8 @@ func (l Layout) String() string {
 		return "Q2_Kx16"
 	case IQ4XSx16:
 		return "IQ4_XSx16"
+	case Q50x16:
+		return "Q5_0x16"
 	}
 	return fmt.Sprintf("Layout(%d)", uint8(l))
 }

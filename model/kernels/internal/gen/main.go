@@ -104,13 +104,14 @@ func main() {
 	genQ80Rows()
 	genQ40Rows("Q40")
 	genQ40Rows("IQ4NL")
+	genQ40Rows("Q50")
 	for r := 1; r <= q80MaxRows; r++ {
 		genQ80Dot(r)
 	}
 	for n := 1; n <= q80x16MaxN; n++ {
 		genQ80x16(n)
 	}
-	for _, typ := range []string{"Q40", "IQ4NL"} {
+	for _, typ := range []string{"Q40", "IQ4NL", "Q50"} {
 		for n := 1; n <= q80x16MaxN; n++ {
 			genX16Q80Act(typ, n)
 		}

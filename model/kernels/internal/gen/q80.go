@@ -386,6 +386,9 @@ var (
 	cQ80RedIdx  Mem     // VPERMD indices: the block sums back in block order (q80Reduce)
 	cQ80Gath    Mem     // dwords 34·l: the blocks' d offsets in a tile
 	cQ40Gath    Mem     // dwords 18·l: the same for Q4_0 and IQ4_NL
+	cQ50Gath    Mem     // dwords 22·l: the same for Q5_0
+	cQ50Spread  Mem     // VPSHUFB: byte k of lane L from byte 2(L%2)+k/8 of the lane's dword 0
+	cQ50Bit     Mem     // bytes 1<<(k%8) for byte k of each 16-byte lane
 	cQ40Shift   Mem     // words: 0 (lanes 0, 2), 4 (lanes 1, 3): VPSRLVW to the high nibbles
 	cQ80B01     Mem     // dword 0x01010101
 	cQ80D524288 Mem     // dword 524288 = 32·128·128
@@ -585,6 +588,24 @@ func genQ80RowsConsts() {
 		sh = append(sh, uint32(l/4%2*0x00040004))
 	}
 	cQ40Gath = data32("q40gath", g18...)
+	var g22, spread, bit []uint32
+	for l := 0; l < 16; l++ {
+		g22 = append(g22, uint32(22*l))
+	}
+	cQ50Gath = data32("q50gath", g22...)
+	for L := 0; L < 4; L++ {
+		for w := 0; w < 4; w++ { // dword w of lane L: bytes 4w..4w+3
+			var v uint32
+			for b := 0; b < 4; b++ {
+				k := 4*w + b
+				v |= uint32(2*(L%2)+k/8) << (8 * b)
+			}
+			spread = append(spread, v)
+			bit = append(bit, 0x08040201<<(4*(w%2)))
+		}
+	}
+	cQ50Spread = data32("q50spread", spread...)
+	cQ50Bit = data32("q50bit", bit...)
 	cQ40Shift = data32("q40shift", sh...)
 	cQ80B01 = data32("q80b01", 0x01010101)
 	cQ80D524288 = data32("q80d524288", 524288)
@@ -710,30 +731,36 @@ func genQ80Rows() { genRows512(q80W{typ: "Q80"}) }
 type q80W struct {
 	typ        string
 	tab, shift VecVirtual // IQ4_NL's codebook + 128; the nibble shifts of a block pair
+	c10        VecVirtual // Q5_0: 0x10 bytes (the fifth bit)
 }
 
 // blockBytes is the size of a block of the type.
 func (w q80W) blockBytes() int {
-	if w.typ == "Q80" {
-		return 34
-	}
-	return 18
+	return map[string]int{"Q80": 34, "Q40": 18, "IQ4NL": 18, "Q50": 22}[w.typ]
 }
 
-// genQ40Rows emits q40rows512 (typ "Q40") or iq4nlrows512 ("IQ4NL").
+// genQ40Rows emits q40rows512 (typ "Q40"), iq4nlrows512 ("IQ4NL") or
+// q50rows512 ("Q50": the fifth bits of each block pair spread to bit 4 of
+// their bytes by VPSHUFB and VPTESTMB, added under the mask).
 func genQ40Rows(typ string) { genRows512(q80W{typ: typ}) }
 
 func genRows512(wt q80W) {
-	name := map[string]string{"Q80": "q80rows512", "Q40": "q40rows512", "IQ4NL": "iq4nlrows512"}[wt.typ]
+	name := map[string]string{"Q80": "q80rows512", "Q40": "q40rows512", "IQ4NL": "iq4nlrows512", "Q50": "q50rows512"}[wt.typ]
 	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)")
 	Doc(fmt.Sprintf("%s multiplies %s weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).", name,
-		map[string]string{"Q80": "Q8_0", "Q40": "Q4_0", "IQ4NL": "IQ4_NL"}[wt.typ]))
+		map[string]string{"Q80": "Q8_0", "Q40": "Q4_0", "IQ4NL": "IQ4_NL", "Q50": "Q5_0"}[wt.typ]))
 	gidx := ZMM()
 	if wt.typ == "Q80" {
 		VMOVDQU64(cQ80Gath, gidx)
 	} else {
 		Pragma("noescape")
-		VMOVDQU64(cQ40Gath, gidx)
+		if wt.typ == "Q50" {
+			VMOVDQU64(cQ50Gath, gidx)
+			wt.c10 = ZMM()
+			VPBROADCASTD(cB10, wt.c10)
+		} else {
+			VMOVDQU64(cQ40Gath, gidx)
+		}
 		wt.shift = ZMM()
 		VMOVDQU64(cQ40Shift, wt.shift)
 		if wt.typ == "IQ4NL" {
@@ -861,10 +888,14 @@ func genRows512(wt q80W) {
 // (partial: only the first rem exist) → tmp at tp.
 func q80RowTile(wt q80W, pfx string, partial bool, wb, xq, tp, rem GPVirtual, gidx, zero, redIdx VecVirtual) {
 	sum, dw := q80TileSums(wt, pfx, partial, wb, rem, func(i int) Op { return Mem{Base: xq, Disp: 64 * i} }, gidx, zero, redIdx)
-	if wt.typ == "Q40" {
+	if wt.typ == "Q40" || wt.typ == "Q50" {
 		c := ZMM()
 		VMOVDQU64(Mem{Base: xq, Disp: q80rC}, c)
-		VPSRAD(U8(4), c, c) // 8·Σq_x
+		if wt.typ == "Q40" {
+			VPSRAD(U8(4), c, c) // 8·Σq_x
+		} else {
+			VPSRAD(U8(3), c, c) // 16·Σq_x
+		}
 		VPSUBD(c, sum, sum)
 	} else {
 		VPSUBD(Mem{Base: xq, Disp: q80rC}, sum, sum)
@@ -880,7 +911,25 @@ func q80RowTile(wt q80W, pfx string, partial bool, wb, xq, tp, rem GPVirtual, gi
 // and 2i+1 at wb (zeros for 2i+1 past rem when partial), in the order of
 // their values: [low nibbles of 2i, high nibbles of 2i, the same of 2i+1].
 func q40PairCodes(wt q80W, partial bool, pfx string, i int, wb, rem GPVirtual, zero, wv VecVirtual) {
-	VBROADCASTI32X4(Mem{Base: wb, Disp: 36*i + 2}, wv)
+	bb := wt.blockBytes()
+	qs := 2 // the nibbles' offset in a block
+	var qh VecVirtual
+	if wt.typ == "Q50" {
+		qs = 6
+		// Q5_0's fifth bits: block 2i's qh dword in lanes 0-1, 2i+1's in 2-3.
+		qh = ZMM()
+		VPBROADCASTD(Mem{Base: wb, Disp: 2*bb*i + 2}, qh)
+	}
+	VBROADCASTI32X4(Mem{Base: wb, Disp: 2*bb*i + qs}, wv)
+	second := func() {
+		VINSERTI32X4(U8(2), Mem{Base: wb, Disp: 2*bb*i + bb + qs}, wv, wv)
+		VINSERTI32X4(U8(3), Mem{Base: wb, Disp: 2*bb*i + bb + qs}, wv, wv)
+		if qh != nil {
+			t := ZMM()
+			VPBROADCASTD(Mem{Base: wb, Disp: 2*bb*i + bb + 2}, t)
+			VSHUFI64X2(U8(0xE4), t, qh, qh) // lanes 0-1 of qh, 2-3 of t
+		}
+	}
 	if partial {
 		odd := fmt.Sprintf("%s_o%d", pfx, i)
 		join := fmt.Sprintf("%s_j%d", pfx, i)
@@ -888,19 +937,28 @@ func q40PairCodes(wt q80W, partial bool, pfx string, i int, wb, rem GPVirtual, z
 		JG(LabelRef(odd))
 		VINSERTI32X4(U8(2), zero.AsX(), wv, wv)
 		VINSERTI32X4(U8(3), zero.AsX(), wv, wv)
+		if qh != nil {
+			VINSERTI64X4(U8(1), zero.AsY(), qh, qh)
+		}
 		JMP(LabelRef(join))
 		Label(odd)
-		VINSERTI32X4(U8(2), Mem{Base: wb, Disp: 36*i + 20}, wv, wv)
-		VINSERTI32X4(U8(3), Mem{Base: wb, Disp: 36*i + 20}, wv, wv)
+		second()
 		Label(join)
 	} else {
-		VINSERTI32X4(U8(2), Mem{Base: wb, Disp: 36*i + 20}, wv, wv)
-		VINSERTI32X4(U8(3), Mem{Base: wb, Disp: 36*i + 20}, wv, wv)
+		second()
 	}
 	VPSRLVW(wt.shift, wv, wv) // lanes 1 and 3: the high nibbles
 	VPANDD_BCST(cB0F, wv, wv)
 	if wt.typ == "IQ4NL" {
 		VPSHUFB(wv, wt.tab, wv)
+	}
+	if qh != nil {
+		// Byte k of lane L is value 16(L%2)+k of its block, whose fifth bit
+		// is bit k%8 of qh byte 2(L%2)+k/8.
+		VPSHUFB(cQ50Spread, qh, qh)
+		k := K()
+		VPTESTMB(cQ50Bit, qh, k)
+		VPADDB(wt.c10, wv, k, wv)
 	}
 }
 

@@ -42,6 +42,15 @@ func genQ80x16(n int) { genX16Q80Act("Q80", n) }
 // 4 words of nibbles per row.
 const q40x16Block = 16 * 18
 
+// q50x16Block is a block of a Q5_0 16-row group: the 16 d, then the word
+// of fifth bits (qh) and 4 words of nibbles per row.
+const q50x16Block = 16 * 22
+
+var (
+	cQ5Rep [4]Mem // VPSHUFB: byte m of each dword in all 4 of its bytes
+	cQ5Nib [2]Mem // bytes 1, 2, 4, 8 (h = 0) or 16, 32, 64, 128 (h = 1) in each dword
+)
+
 var cIQ4U Mem // the IQ4_NL codebook plus 128 (unsigned bytes) in every 16-byte lane
 
 func genQ40x16Consts() {
@@ -53,6 +62,16 @@ func genQ40x16Consts() {
 		}
 	}
 	cIQ4U = data32("iq4u", tab...)
+	for m := 0; m < 4; m++ {
+		var v []uint32
+		for p := 0; p < 16; p++ {
+			b := uint32(4*(p%4) + m)
+			v = append(v, b*0x01010101)
+		}
+		cQ5Rep[m] = data32(fmt.Sprintf("q5rep_%d", m), v...)
+	}
+	cQ5Nib[0] = data32("q5nib_0", rep(0x08040201, 16)...)
+	cQ5Nib[1] = data32("q5nib_1", rep(0x80402010, 16)...)
 }
 
 // genX16Q80Act emits the packed kernels whose input rows are quantized as
@@ -76,6 +95,11 @@ func genX16Q80Act(typ string, n int) {
 		tab = ZMM()
 		VMOVDQU64(cIQ4U, tab)
 	}
+	var c10 VecVirtual
+	if typ == "Q50" {
+		c10 = ZMM()
+		VPBROADCASTD(cB10, c10)
+	}
 	Label(name + "_grp")
 	cnt := ld("nblocks")
 	xq := ld("xq") // the current block's q in the current tile
@@ -90,7 +114,16 @@ func genX16Q80Act(typ string, n int) {
 	dw := ZMM()
 	VCVTPH2PS(Mem{Base: wp}, dw)
 	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
+	nib := 0 // the first word of nibbles
+	if typ == "Q50" {
+		nib = 1 // after the fifth bits
+	}
 	wv := make([]VecVirtual, 8)
+	var rep, qh VecVirtual
+	if typ == "Q50" {
+		qh = ZMM()
+		VMOVDQU64(word(0), qh)
+	}
 	for j := range wv {
 		wv[j] = ZMM()
 		if typ == "Q80" {
@@ -98,13 +131,25 @@ func genX16Q80Act(typ string, n int) {
 			continue
 		}
 		if j < 4 {
-			VPANDD(word(j), c0F, wv[j])
+			VPANDD(word(nib+j), c0F, wv[j])
 		} else {
-			VPSRLW(U8(4), word(j-4), wv[j])
+			VPSRLW(U8(4), word(nib+j-4), wv[j])
 			VPANDD(c0F, wv[j], wv[j])
 		}
 		if typ == "IQ4NL" {
 			VPSHUFB(wv[j], tab, wv[j])
+		}
+		if typ == "Q50" {
+			// Register j's values are 4j..4j+3 of the block (j < 4: low
+			// nibbles; else high: 16+4(j−4) = 4j): their fifth bits are
+			// bits 4j..4j+3 of qh, bits 4(j%2).. of its byte j/2.
+			if j%2 == 0 {
+				rep = ZMM()
+				VPSHUFB(cQ5Rep[j/2], qh, rep)
+			}
+			k := K()
+			VPTESTMB(cQ5Nib[j%2], rep, k)
+			VPADDB(c10, wv[j], k, wv[j])
 		}
 	}
 	for i := 0; i < n; i++ {
@@ -126,10 +171,14 @@ func genX16Q80Act(typ string, n int) {
 				VPDPBUSD_BCST(xm(xq, i, 4*j), wv[j], s0)
 			}
 		}
-		if typ == "Q40" {
+		if typ == "Q40" || typ == "Q50" {
 			c := ZMM()
 			VPBROADCASTD(xm(dc, i, q80rC), c)
-			VPSRAD(U8(4), c, c) // 8·Σq_x
+			if typ == "Q40" {
+				VPSRAD(U8(4), c, c) // 8·Σq_x
+			} else {
+				VPSRAD(U8(3), c, c) // 16·Σq_x
+			}
 			VPSUBD(c, s0, s0)
 		} else {
 			VPSUBD_BCST(xm(dc, i, q80rC), s0, s0)
@@ -169,11 +218,8 @@ func q80NextBlock(name string, xq, dc, bi, cnt GPVirtual) {
 // and returns its name, the size of a group's block and packedBegin's
 // registers.
 func x16Begin(typ, suffix string, n int, see string) (name string, blockBytes int, wp GPVirtual, idx []GPVirtual) {
-	name = map[string]string{"Q80": "q80x16", "Q40": "q40x16", "IQ4NL": "iq4nlx16"}[typ] + suffix + fmt.Sprint(n)
-	blockBytes = q80x16Block
-	if typ != "Q80" {
-		blockBytes = q40x16Block
-	}
+	name = map[string]string{"Q80": "q80x16", "Q40": "q40x16", "IQ4NL": "iq4nlx16", "Q50": "q50x16"}[typ] + suffix + fmt.Sprint(n)
+	blockBytes = map[string]int{"Q80": q80x16Block, "Q40": q40x16Block, "IQ4NL": q40x16Block, "Q50": q50x16Block}[typ]
 	wp, idx = packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows %s.", name, typ, n, see), n)
 	return name, blockBytes, wp, idx
 }
