@@ -653,6 +653,18 @@ func q8dot256IQ4XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nb
 // q8dot256IQ4XSN2 computes 2-input dot products of IQ4XS weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256IQ4XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256Q41N1 computes 1-input dot products of Q41 weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256Q41N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256Q41N2 computes 2-input dot products of Q41 weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256Q41N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256Q51N1 computes 1-input dot products of Q51 weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256Q51N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256Q51N2 computes 2-input dot products of Q51 weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256Q51N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // quantQ8K512 quantizes nblocks blocks of 256 values of x to 8 bits at dst (see genQ8Quant).
 func quantQ8K512(x *float32, nblocks int, dst *byte) bool
 

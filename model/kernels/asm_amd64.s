@@ -1060,6 +1060,46 @@ DATA xslane<>+24(SB)/4, $0x00000004
 DATA xslane<>+28(SB)/4, $0x00000004
 GLOBL xslane<>(SB), RODATA|NOPTR, $32
 
+DATA q41idx_0<>+0(SB)/4, $0x00000000
+DATA q41idx_0<>+4(SB)/4, $0x00000014
+DATA q41idx_0<>+8(SB)/4, $0x00000028
+DATA q41idx_0<>+12(SB)/4, $0x0000003c
+DATA q41idx_0<>+16(SB)/4, $0x00000050
+DATA q41idx_0<>+20(SB)/4, $0x00000064
+DATA q41idx_0<>+24(SB)/4, $0x00000078
+DATA q41idx_0<>+28(SB)/4, $0x0000008c
+GLOBL q41idx_0<>(SB), RODATA|NOPTR, $32
+
+DATA q41idx_1<>+0(SB)/4, $0x00000000
+DATA q41idx_1<>+4(SB)/4, $0x00000018
+DATA q41idx_1<>+8(SB)/4, $0x00000030
+DATA q41idx_1<>+12(SB)/4, $0x00000048
+DATA q41idx_1<>+16(SB)/4, $0x00000060
+DATA q41idx_1<>+20(SB)/4, $0x00000078
+DATA q41idx_1<>+24(SB)/4, $0x00000090
+DATA q41idx_1<>+28(SB)/4, $0x000000a8
+GLOBL q41idx_1<>(SB), RODATA|NOPTR, $32
+
+DATA q41dm<>+0(SB)/4, $0x05040100
+DATA q41dm<>+4(SB)/4, $0x0d0c0908
+DATA q41dm<>+8(SB)/4, $0x07060302
+DATA q41dm<>+12(SB)/4, $0x0f0e0b0a
+DATA q41dm<>+16(SB)/4, $0x05040100
+DATA q41dm<>+20(SB)/4, $0x0d0c0908
+DATA q41dm<>+24(SB)/4, $0x07060302
+DATA q41dm<>+28(SB)/4, $0x0f0e0b0a
+GLOBL q41dm<>(SB), RODATA|NOPTR, $32
+
+DATA w1y<>+0(SB)/4, $0x00010001
+DATA w1y<>+4(SB)/4, $0x00010001
+DATA w1y<>+8(SB)/4, $0x00010001
+DATA w1y<>+12(SB)/4, $0x00010001
+DATA w1y<>+16(SB)/4, $0x00010001
+DATA w1y<>+20(SB)/4, $0x00010001
+DATA w1y<>+24(SB)/4, $0x00010001
+DATA w1y<>+28(SB)/4, $0x00010001
+GLOBL w1y<>(SB), RODATA|NOPTR, $32
+
 DATA xsword_0<>+0(SB)/4, $0x01000100
 DATA xsword_0<>+4(SB)/4, $0x01000100
 DATA xsword_0<>+8(SB)/4, $0x01000100
@@ -92221,6 +92261,634 @@ q8dot256IQ4XSN2_blk:
 	ADDQ           AX, CX
 	DECQ           nrows+16(FP)
 	JNZ            q8dot256IQ4XSN2_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q41N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q41N1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+
+q8dot256Q41N1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Y1, Y1, Y1
+
+q8dot256Q41N1_blk:
+	VMOVDQU        w1y<>+0(SB), Y2
+	VBROADCASTI128 4(BX), Y3
+	VPSRLVD        xslane<>+0(SB), Y3, Y3
+	VPAND          Y0, Y3, Y3
+	VPMADDUBSW     (SI), Y3, Y3
+	VPMADDWD       Y2, Y3, Y3
+	VBROADCASTI128 24(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPMADDUBSW     32(SI), Y5, Y5
+	VPMADDWD       Y2, Y5, Y5
+	VPHADDD        Y5, Y3, Y3
+	VBROADCASTI128 44(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPMADDUBSW     64(SI), Y5, Y5
+	VPMADDWD       Y2, Y5, Y5
+	VBROADCASTI128 64(BX), Y6
+	VPSRLVD        xslane<>+0(SB), Y6, Y6
+	VPAND          Y0, Y6, Y6
+	VPMADDUBSW     96(SI), Y6, Y6
+	VPMADDWD       Y2, Y6, Y6
+	VPHADDD        Y6, Y5, Y5
+	VPHADDD        Y5, Y3, Y3
+	VBROADCASTI128 84(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPMADDUBSW     128(SI), Y5, Y5
+	VPMADDWD       Y2, Y5, Y5
+	VBROADCASTI128 104(BX), Y6
+	VPSRLVD        xslane<>+0(SB), Y6, Y6
+	VPAND          Y0, Y6, Y6
+	VPMADDUBSW     160(SI), Y6, Y6
+	VPMADDWD       Y2, Y6, Y6
+	VPHADDD        Y6, Y5, Y5
+	VBROADCASTI128 124(BX), Y6
+	VPSRLVD        xslane<>+0(SB), Y6, Y6
+	VPAND          Y0, Y6, Y6
+	VPMADDUBSW     192(SI), Y6, Y6
+	VPMADDWD       Y2, Y6, Y6
+	VBROADCASTI128 144(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPMADDUBSW     224(SI), Y7, Y7
+	VPMADDWD       Y2, Y7, Y7
+	VPHADDD        Y7, Y6, Y2
+	VPHADDD        Y2, Y5, Y2
+	VMOVDQU        q41idx_0<>+0(SB), Y7
+	VPCMPEQD       Y6, Y6, Y6
+	VPXOR          Y5, Y5, Y5
+	VPGATHERDD     Y6, (BX)(Y7*1), Y5
+	VPSHUFB        q41dm<>+0(SB), Y5, Y5
+	VPERMQ         $0xd8, Y5, Y5
+	VCVTPH2PS      X5, Y6
+	VEXTRACTI128   $0x01, Y5, X4
+	VCVTPH2PS      X4, Y5
+	VEXTRACTI128   $0x01, Y3, X7
+	VPADDD         X7, X3, X4
+	VEXTRACTI128   $0x01, Y2, X7
+	VPADDD         X7, X2, X7
+	VINSERTI128    $0x01, X7, Y4, Y2
+	VPMOVSXWD      288(SI), Y3
+	VBROADCASTSS   304(SI), Y7
+	VMULPS         Y7, Y6, Y6
+	VMULPS         Y7, Y5, Y5
+	VCVTDQ2PS      Y2, Y2
+	VMULPS         Y6, Y2, Y2
+	VCVTDQ2PS      Y3, Y3
+	VMULPS         Y5, Y3, Y3
+	VADDPS         Y3, Y2, Y2
+	VEXTRACTF128   $0x01, Y2, X3
+	VADDPS         X3, X2, X3
+	VPERMILPS      $0x4e, X3, X2
+	VADDPS         X2, X3, X3
+	VPERMILPS      $0xb1, X3, X2
+	VADDSS         X2, X3, X3
+	VADDSS         X3, X1, X1
+	ADDQ           $0x000000a0, BX
+	ADDQ           $0x00000140, SI
+	DECQ           DI
+	JNZ            q8dot256Q41N1_blk
+	MOVQ           DX, BX
+	VMOVSS         X1, (BX)
+	ADDQ           $0x04, DX
+	ADDQ           AX, CX
+	DECQ           nrows+16(FP)
+	JNZ            q8dot256Q41N1_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q41N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q41N2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+
+q8dot256Q41N2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+
+q8dot256Q41N2_blk:
+	VMOVDQU        w1y<>+0(SB), Y3
+	VBROADCASTI128 4(BX), Y4
+	VPSRLVD        xslane<>+0(SB), Y4, Y4
+	VPAND          Y0, Y4, Y4
+	VPMADDUBSW     (SI), Y4, Y5
+	VPMADDWD       Y3, Y5, Y5
+	VPMADDUBSW     (SI)(DI*1), Y4, Y4
+	VPMADDWD       Y3, Y4, Y4
+	VBROADCASTI128 24(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPMADDUBSW     32(SI), Y7, Y8
+	VPMADDWD       Y3, Y8, Y8
+	VPHADDD        Y8, Y5, Y5
+	VPMADDUBSW     32(SI)(DI*1), Y7, Y7
+	VPMADDWD       Y3, Y7, Y7
+	VPHADDD        Y7, Y4, Y4
+	VBROADCASTI128 44(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPMADDUBSW     64(SI), Y7, Y8
+	VPMADDWD       Y3, Y8, Y8
+	VPMADDUBSW     64(SI)(DI*1), Y7, Y7
+	VPMADDWD       Y3, Y7, Y7
+	VBROADCASTI128 64(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPMADDUBSW     96(SI), Y9, Y10
+	VPMADDWD       Y3, Y10, Y10
+	VPHADDD        Y10, Y8, Y8
+	VPHADDD        Y8, Y5, Y5
+	VPMADDUBSW     96(SI)(DI*1), Y9, Y8
+	VPMADDWD       Y3, Y8, Y8
+	VPHADDD        Y8, Y7, Y7
+	VPHADDD        Y7, Y4, Y4
+	VBROADCASTI128 84(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPMADDUBSW     128(SI), Y7, Y8
+	VPMADDWD       Y3, Y8, Y8
+	VPMADDUBSW     128(SI)(DI*1), Y7, Y7
+	VPMADDWD       Y3, Y7, Y7
+	VBROADCASTI128 104(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPMADDUBSW     160(SI), Y9, Y10
+	VPMADDWD       Y3, Y10, Y10
+	VPHADDD        Y10, Y8, Y8
+	VPMADDUBSW     160(SI)(DI*1), Y9, Y9
+	VPMADDWD       Y3, Y9, Y9
+	VPHADDD        Y9, Y7, Y7
+	VBROADCASTI128 124(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPMADDUBSW     192(SI), Y9, Y10
+	VPMADDWD       Y3, Y10, Y10
+	VPMADDUBSW     192(SI)(DI*1), Y9, Y9
+	VPMADDWD       Y3, Y9, Y9
+	VBROADCASTI128 144(BX), Y11
+	VPSRLVD        xslane<>+0(SB), Y11, Y11
+	VPAND          Y0, Y11, Y11
+	VPMADDUBSW     224(SI), Y11, Y12
+	VPMADDWD       Y3, Y12, Y12
+	VPHADDD        Y12, Y10, Y10
+	VPHADDD        Y10, Y8, Y8
+	VPMADDUBSW     224(SI)(DI*1), Y11, Y10
+	VPMADDWD       Y3, Y10, Y10
+	VPHADDD        Y10, Y9, Y3
+	VPHADDD        Y3, Y7, Y3
+	VMOVDQU        q41idx_0<>+0(SB), Y10
+	VPCMPEQD       Y9, Y9, Y9
+	VPXOR          Y7, Y7, Y7
+	VPGATHERDD     Y9, (BX)(Y10*1), Y7
+	VPSHUFB        q41dm<>+0(SB), Y7, Y7
+	VPERMQ         $0xd8, Y7, Y7
+	VCVTPH2PS      X7, Y9
+	VEXTRACTI128   $0x01, Y7, X6
+	VCVTPH2PS      X6, Y7
+	VEXTRACTI128   $0x01, Y5, X10
+	VPADDD         X10, X5, X6
+	VEXTRACTI128   $0x01, Y8, X10
+	VPADDD         X10, X8, X10
+	VINSERTI128    $0x01, X10, Y6, Y5
+	VPMOVSXWD      288(SI), Y8
+	VBROADCASTSS   304(SI), Y10
+	VMULPS         Y10, Y9, Y11
+	VMULPS         Y10, Y7, Y10
+	VCVTDQ2PS      Y5, Y5
+	VMULPS         Y11, Y5, Y5
+	VCVTDQ2PS      Y8, Y8
+	VMULPS         Y10, Y8, Y8
+	VADDPS         Y8, Y5, Y5
+	VEXTRACTF128   $0x01, Y5, X6
+	VADDPS         X6, X5, X6
+	VPERMILPS      $0x4e, X6, X5
+	VADDPS         X5, X6, X6
+	VPERMILPS      $0xb1, X6, X5
+	VADDSS         X5, X6, X6
+	VADDSS         X6, X1, X1
+	VEXTRACTI128   $0x01, Y4, X5
+	VPADDD         X5, X4, X6
+	VEXTRACTI128   $0x01, Y3, X5
+	VPADDD         X5, X3, X5
+	VINSERTI128    $0x01, X5, Y6, Y3
+	VPMOVSXWD      288(SI)(DI*1), Y4
+	VBROADCASTSS   304(SI)(DI*1), Y5
+	VMULPS         Y5, Y9, Y8
+	VMULPS         Y5, Y7, Y5
+	VCVTDQ2PS      Y3, Y3
+	VMULPS         Y8, Y3, Y3
+	VCVTDQ2PS      Y4, Y4
+	VMULPS         Y5, Y4, Y4
+	VADDPS         Y4, Y3, Y3
+	VEXTRACTF128   $0x01, Y3, X4
+	VADDPS         X4, X3, X4
+	VPERMILPS      $0x4e, X4, X3
+	VADDPS         X3, X4, X4
+	VPERMILPS      $0xb1, X4, X3
+	VADDSS         X3, X4, X4
+	VADDSS         X4, X2, X2
+	ADDQ           $0x000000a0, BX
+	ADDQ           $0x00000140, SI
+	DECQ           R8
+	JNZ            q8dot256Q41N2_blk
+	MOVQ           ostride+56(FP), BX
+	MOVQ           DX, SI
+	VMOVSS         X1, (SI)
+	ADDQ           BX, SI
+	VMOVSS         X2, (SI)
+	ADDQ           $0x04, DX
+	ADDQ           AX, CX
+	DECQ           nrows+16(FP)
+	JNZ            q8dot256Q41N2_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q51N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q51N1(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+
+q8dot256Q51N1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Y1, Y1, Y1
+
+q8dot256Q51N1_blk:
+	VMOVDQU        w1y<>+0(SB), Y2
+	VBROADCASTI128 8(BX), Y3
+	VPSRLVD        xslane<>+0(SB), Y3, Y3
+	VPAND          Y0, Y3, Y3
+	VPBROADCASTD   4(BX), Y4
+	VPSHUFB        q5spread<>+0(SB), Y4, Y4
+	VMOVDQU        q5bits<>+0(SB), Y5
+	VPAND          Y5, Y4, Y4
+	VPCMPEQB       Y5, Y4, Y4
+	VPAND          b10y<>+0(SB), Y4, Y4
+	VPOR           Y4, Y3, Y3
+	VPMADDUBSW     (SI), Y3, Y3
+	VPMADDWD       Y2, Y3, Y3
+	VBROADCASTI128 32(BX), Y4
+	VPSRLVD        xslane<>+0(SB), Y4, Y4
+	VPAND          Y0, Y4, Y4
+	VPBROADCASTD   28(BX), Y5
+	VPSHUFB        q5spread<>+0(SB), Y5, Y5
+	VMOVDQU        q5bits<>+0(SB), Y7
+	VPAND          Y7, Y5, Y5
+	VPCMPEQB       Y7, Y5, Y5
+	VPAND          b10y<>+0(SB), Y5, Y5
+	VPOR           Y5, Y4, Y4
+	VPMADDUBSW     32(SI), Y4, Y4
+	VPMADDWD       Y2, Y4, Y4
+	VPHADDD        Y4, Y3, Y3
+	VBROADCASTI128 56(BX), Y4
+	VPSRLVD        xslane<>+0(SB), Y4, Y4
+	VPAND          Y0, Y4, Y4
+	VPBROADCASTD   52(BX), Y5
+	VPSHUFB        q5spread<>+0(SB), Y5, Y5
+	VMOVDQU        q5bits<>+0(SB), Y7
+	VPAND          Y7, Y5, Y5
+	VPCMPEQB       Y7, Y5, Y5
+	VPAND          b10y<>+0(SB), Y5, Y5
+	VPOR           Y5, Y4, Y4
+	VPMADDUBSW     64(SI), Y4, Y4
+	VPMADDWD       Y2, Y4, Y4
+	VBROADCASTI128 80(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPBROADCASTD   76(BX), Y7
+	VPSHUFB        q5spread<>+0(SB), Y7, Y7
+	VMOVDQU        q5bits<>+0(SB), Y8
+	VPAND          Y8, Y7, Y7
+	VPCMPEQB       Y8, Y7, Y7
+	VPAND          b10y<>+0(SB), Y7, Y7
+	VPOR           Y7, Y5, Y5
+	VPMADDUBSW     96(SI), Y5, Y5
+	VPMADDWD       Y2, Y5, Y5
+	VPHADDD        Y5, Y4, Y4
+	VPHADDD        Y4, Y3, Y3
+	VBROADCASTI128 104(BX), Y4
+	VPSRLVD        xslane<>+0(SB), Y4, Y4
+	VPAND          Y0, Y4, Y4
+	VPBROADCASTD   100(BX), Y5
+	VPSHUFB        q5spread<>+0(SB), Y5, Y5
+	VMOVDQU        q5bits<>+0(SB), Y7
+	VPAND          Y7, Y5, Y5
+	VPCMPEQB       Y7, Y5, Y5
+	VPAND          b10y<>+0(SB), Y5, Y5
+	VPOR           Y5, Y4, Y4
+	VPMADDUBSW     128(SI), Y4, Y4
+	VPMADDWD       Y2, Y4, Y4
+	VBROADCASTI128 128(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPBROADCASTD   124(BX), Y7
+	VPSHUFB        q5spread<>+0(SB), Y7, Y7
+	VMOVDQU        q5bits<>+0(SB), Y8
+	VPAND          Y8, Y7, Y7
+	VPCMPEQB       Y8, Y7, Y7
+	VPAND          b10y<>+0(SB), Y7, Y7
+	VPOR           Y7, Y5, Y5
+	VPMADDUBSW     160(SI), Y5, Y5
+	VPMADDWD       Y2, Y5, Y5
+	VPHADDD        Y5, Y4, Y4
+	VBROADCASTI128 152(BX), Y5
+	VPSRLVD        xslane<>+0(SB), Y5, Y5
+	VPAND          Y0, Y5, Y5
+	VPBROADCASTD   148(BX), Y7
+	VPSHUFB        q5spread<>+0(SB), Y7, Y7
+	VMOVDQU        q5bits<>+0(SB), Y8
+	VPAND          Y8, Y7, Y7
+	VPCMPEQB       Y8, Y7, Y7
+	VPAND          b10y<>+0(SB), Y7, Y7
+	VPOR           Y7, Y5, Y5
+	VPMADDUBSW     192(SI), Y5, Y5
+	VPMADDWD       Y2, Y5, Y5
+	VBROADCASTI128 176(BX), Y7
+	VPSRLVD        xslane<>+0(SB), Y7, Y7
+	VPAND          Y0, Y7, Y7
+	VPBROADCASTD   172(BX), Y8
+	VPSHUFB        q5spread<>+0(SB), Y8, Y8
+	VMOVDQU        q5bits<>+0(SB), Y9
+	VPAND          Y9, Y8, Y8
+	VPCMPEQB       Y9, Y8, Y8
+	VPAND          b10y<>+0(SB), Y8, Y8
+	VPOR           Y8, Y7, Y7
+	VPMADDUBSW     224(SI), Y7, Y7
+	VPMADDWD       Y2, Y7, Y7
+	VPHADDD        Y7, Y5, Y2
+	VPHADDD        Y2, Y4, Y2
+	VMOVDQU        q41idx_1<>+0(SB), Y7
+	VPCMPEQD       Y5, Y5, Y5
+	VPXOR          Y4, Y4, Y4
+	VPGATHERDD     Y5, (BX)(Y7*1), Y4
+	VPSHUFB        q41dm<>+0(SB), Y4, Y4
+	VPERMQ         $0xd8, Y4, Y4
+	VCVTPH2PS      X4, Y5
+	VEXTRACTI128   $0x01, Y4, X4
+	VCVTPH2PS      X4, Y4
+	VEXTRACTI128   $0x01, Y3, X7
+	VPADDD         X7, X3, X6
+	VEXTRACTI128   $0x01, Y2, X7
+	VPADDD         X7, X2, X7
+	VINSERTI128    $0x01, X7, Y6, Y2
+	VPMOVSXWD      288(SI), Y3
+	VBROADCASTSS   304(SI), Y7
+	VMULPS         Y7, Y5, Y5
+	VMULPS         Y7, Y4, Y4
+	VCVTDQ2PS      Y2, Y2
+	VMULPS         Y5, Y2, Y2
+	VCVTDQ2PS      Y3, Y3
+	VMULPS         Y4, Y3, Y3
+	VADDPS         Y3, Y2, Y2
+	VEXTRACTF128   $0x01, Y2, X3
+	VADDPS         X3, X2, X3
+	VPERMILPS      $0x4e, X3, X2
+	VADDPS         X2, X3, X3
+	VPERMILPS      $0xb1, X3, X2
+	VADDSS         X2, X3, X3
+	VADDSS         X3, X1, X1
+	ADDQ           $0x000000c0, BX
+	ADDQ           $0x00000140, SI
+	DECQ           DI
+	JNZ            q8dot256Q51N1_blk
+	MOVQ           DX, BX
+	VMOVSS         X1, (BX)
+	ADDQ           $0x04, DX
+	ADDQ           AX, CX
+	DECQ           nrows+16(FP)
+	JNZ            q8dot256Q51N1_row
+	VZEROUPPER
+	RET
+
+// func q8dot256Q51N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256Q51N2(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+
+q8dot256Q51N2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+
+q8dot256Q51N2_blk:
+	VMOVDQU        w1y<>+0(SB), Y3
+	VBROADCASTI128 8(BX), Y4
+	VPSRLVD        xslane<>+0(SB), Y4, Y4
+	VPAND          Y0, Y4, Y4
+	VPBROADCASTD   4(BX), Y5
+	VPSHUFB        q5spread<>+0(SB), Y5, Y5
+	VMOVDQU        q5bits<>+0(SB), Y6
+	VPAND          Y6, Y5, Y5
+	VPCMPEQB       Y6, Y5, Y5
+	VPAND          b10y<>+0(SB), Y5, Y5
+	VPOR           Y5, Y4, Y4
+	VPMADDUBSW     (SI), Y4, Y5
+	VPMADDWD       Y3, Y5, Y5
+	VPMADDUBSW     (SI)(DI*1), Y4, Y4
+	VPMADDWD       Y3, Y4, Y4
+	VBROADCASTI128 32(BX), Y6
+	VPSRLVD        xslane<>+0(SB), Y6, Y6
+	VPAND          Y0, Y6, Y6
+	VPBROADCASTD   28(BX), Y8
+	VPSHUFB        q5spread<>+0(SB), Y8, Y8
+	VMOVDQU        q5bits<>+0(SB), Y9
+	VPAND          Y9, Y8, Y8
+	VPCMPEQB       Y9, Y8, Y8
+	VPAND          b10y<>+0(SB), Y8, Y8
+	VPOR           Y8, Y6, Y6
+	VPMADDUBSW     32(SI), Y6, Y8
+	VPMADDWD       Y3, Y8, Y8
+	VPHADDD        Y8, Y5, Y5
+	VPMADDUBSW     32(SI)(DI*1), Y6, Y6
+	VPMADDWD       Y3, Y6, Y6
+	VPHADDD        Y6, Y4, Y4
+	VBROADCASTI128 56(BX), Y6
+	VPSRLVD        xslane<>+0(SB), Y6, Y6
+	VPAND          Y0, Y6, Y6
+	VPBROADCASTD   52(BX), Y8
+	VPSHUFB        q5spread<>+0(SB), Y8, Y8
+	VMOVDQU        q5bits<>+0(SB), Y9
+	VPAND          Y9, Y8, Y8
+	VPCMPEQB       Y9, Y8, Y8
+	VPAND          b10y<>+0(SB), Y8, Y8
+	VPOR           Y8, Y6, Y6
+	VPMADDUBSW     64(SI), Y6, Y8
+	VPMADDWD       Y3, Y8, Y8
+	VPMADDUBSW     64(SI)(DI*1), Y6, Y6
+	VPMADDWD       Y3, Y6, Y6
+	VBROADCASTI128 80(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPBROADCASTD   76(BX), Y10
+	VPSHUFB        q5spread<>+0(SB), Y10, Y10
+	VMOVDQU        q5bits<>+0(SB), Y11
+	VPAND          Y11, Y10, Y10
+	VPCMPEQB       Y11, Y10, Y10
+	VPAND          b10y<>+0(SB), Y10, Y10
+	VPOR           Y10, Y9, Y9
+	VPMADDUBSW     96(SI), Y9, Y10
+	VPMADDWD       Y3, Y10, Y10
+	VPHADDD        Y10, Y8, Y8
+	VPHADDD        Y8, Y5, Y5
+	VPMADDUBSW     96(SI)(DI*1), Y9, Y8
+	VPMADDWD       Y3, Y8, Y8
+	VPHADDD        Y8, Y6, Y6
+	VPHADDD        Y6, Y4, Y4
+	VBROADCASTI128 104(BX), Y6
+	VPSRLVD        xslane<>+0(SB), Y6, Y6
+	VPAND          Y0, Y6, Y6
+	VPBROADCASTD   100(BX), Y8
+	VPSHUFB        q5spread<>+0(SB), Y8, Y8
+	VMOVDQU        q5bits<>+0(SB), Y9
+	VPAND          Y9, Y8, Y8
+	VPCMPEQB       Y9, Y8, Y8
+	VPAND          b10y<>+0(SB), Y8, Y8
+	VPOR           Y8, Y6, Y6
+	VPMADDUBSW     128(SI), Y6, Y8
+	VPMADDWD       Y3, Y8, Y8
+	VPMADDUBSW     128(SI)(DI*1), Y6, Y6
+	VPMADDWD       Y3, Y6, Y6
+	VBROADCASTI128 128(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPBROADCASTD   124(BX), Y10
+	VPSHUFB        q5spread<>+0(SB), Y10, Y10
+	VMOVDQU        q5bits<>+0(SB), Y11
+	VPAND          Y11, Y10, Y10
+	VPCMPEQB       Y11, Y10, Y10
+	VPAND          b10y<>+0(SB), Y10, Y10
+	VPOR           Y10, Y9, Y9
+	VPMADDUBSW     160(SI), Y9, Y10
+	VPMADDWD       Y3, Y10, Y10
+	VPHADDD        Y10, Y8, Y8
+	VPMADDUBSW     160(SI)(DI*1), Y9, Y9
+	VPMADDWD       Y3, Y9, Y9
+	VPHADDD        Y9, Y6, Y6
+	VBROADCASTI128 152(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPBROADCASTD   148(BX), Y10
+	VPSHUFB        q5spread<>+0(SB), Y10, Y10
+	VMOVDQU        q5bits<>+0(SB), Y11
+	VPAND          Y11, Y10, Y10
+	VPCMPEQB       Y11, Y10, Y10
+	VPAND          b10y<>+0(SB), Y10, Y10
+	VPOR           Y10, Y9, Y9
+	VPMADDUBSW     192(SI), Y9, Y10
+	VPMADDWD       Y3, Y10, Y10
+	VPMADDUBSW     192(SI)(DI*1), Y9, Y9
+	VPMADDWD       Y3, Y9, Y9
+	VBROADCASTI128 176(BX), Y11
+	VPSRLVD        xslane<>+0(SB), Y11, Y11
+	VPAND          Y0, Y11, Y11
+	VPBROADCASTD   172(BX), Y12
+	VPSHUFB        q5spread<>+0(SB), Y12, Y12
+	VMOVDQU        q5bits<>+0(SB), Y13
+	VPAND          Y13, Y12, Y12
+	VPCMPEQB       Y13, Y12, Y12
+	VPAND          b10y<>+0(SB), Y12, Y12
+	VPOR           Y12, Y11, Y11
+	VPMADDUBSW     224(SI), Y11, Y12
+	VPMADDWD       Y3, Y12, Y12
+	VPHADDD        Y12, Y10, Y10
+	VPHADDD        Y10, Y8, Y8
+	VPMADDUBSW     224(SI)(DI*1), Y11, Y10
+	VPMADDWD       Y3, Y10, Y10
+	VPHADDD        Y10, Y9, Y3
+	VPHADDD        Y3, Y6, Y3
+	VMOVDQU        q41idx_1<>+0(SB), Y10
+	VPCMPEQD       Y9, Y9, Y9
+	VPXOR          Y6, Y6, Y6
+	VPGATHERDD     Y9, (BX)(Y10*1), Y6
+	VPSHUFB        q41dm<>+0(SB), Y6, Y6
+	VPERMQ         $0xd8, Y6, Y6
+	VCVTPH2PS      X6, Y9
+	VEXTRACTI128   $0x01, Y6, X6
+	VCVTPH2PS      X6, Y6
+	VEXTRACTI128   $0x01, Y5, X10
+	VPADDD         X10, X5, X7
+	VEXTRACTI128   $0x01, Y8, X10
+	VPADDD         X10, X8, X10
+	VINSERTI128    $0x01, X10, Y7, Y5
+	VPMOVSXWD      288(SI), Y8
+	VBROADCASTSS   304(SI), Y10
+	VMULPS         Y10, Y9, Y11
+	VMULPS         Y10, Y6, Y10
+	VCVTDQ2PS      Y5, Y5
+	VMULPS         Y11, Y5, Y5
+	VCVTDQ2PS      Y8, Y8
+	VMULPS         Y10, Y8, Y8
+	VADDPS         Y8, Y5, Y5
+	VEXTRACTF128   $0x01, Y5, X7
+	VADDPS         X7, X5, X7
+	VPERMILPS      $0x4e, X7, X5
+	VADDPS         X5, X7, X7
+	VPERMILPS      $0xb1, X7, X5
+	VADDSS         X5, X7, X7
+	VADDSS         X7, X1, X1
+	VEXTRACTI128   $0x01, Y4, X5
+	VPADDD         X5, X4, X7
+	VEXTRACTI128   $0x01, Y3, X5
+	VPADDD         X5, X3, X5
+	VINSERTI128    $0x01, X5, Y7, Y3
+	VPMOVSXWD      288(SI)(DI*1), Y4
+	VBROADCASTSS   304(SI)(DI*1), Y5
+	VMULPS         Y5, Y9, Y8
+	VMULPS         Y5, Y6, Y5
+	VCVTDQ2PS      Y3, Y3
+	VMULPS         Y8, Y3, Y3
+	VCVTDQ2PS      Y4, Y4
+	VMULPS         Y5, Y4, Y4
+	VADDPS         Y4, Y3, Y3
+	VEXTRACTF128   $0x01, Y3, X4
+	VADDPS         X4, X3, X4
+	VPERMILPS      $0x4e, X4, X3
+	VADDPS         X3, X4, X4
+	VPERMILPS      $0xb1, X4, X3
+	VADDSS         X3, X4, X4
+	VADDSS         X4, X2, X2
+	ADDQ           $0x000000c0, BX
+	ADDQ           $0x00000140, SI
+	DECQ           R8
+	JNZ            q8dot256Q51N2_blk
+	MOVQ           ostride+56(FP), BX
+	MOVQ           DX, SI
+	VMOVSS         X1, (SI)
+	ADDQ           BX, SI
+	VMOVSS         X2, (SI)
+	ADDQ           $0x04, DX
+	ADDQ           AX, CX
+	DECQ           nrows+16(FP)
+	JNZ            q8dot256Q51N2_row
 	VZEROUPPER
 	RET
 

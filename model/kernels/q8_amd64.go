@@ -45,7 +45,11 @@ var q8KernelsBW = [tensor.NumDTypes][3]q8Fn{
 }
 
 // q8Kernels256 are the AVX2 integer kernels (the same bits as q8Kernels),
-// for the AVX2 level.
+// for the AVX2 level. Q4_1 and Q5_1 have them only there (their blocks of
+// 32 take the K-quants' 8-bit activations per 256 values, with the
+// 32-value sums for their mins): on AVX-512 they widen to float32, which
+// was level with llama.cpp's one-session decode there, whereas the AVX2
+// level dequantized them in Go.
 var q8Kernels256 = [tensor.NumDTypes][3]q8Fn{
 	tensor.Q4_K:   {1: q8dot256Q4KN1, 2: q8dot256Q4KN2},
 	tensor.Q5_K:   {1: q8dot256Q5KN1, 2: q8dot256Q5KN2},
@@ -53,6 +57,8 @@ var q8Kernels256 = [tensor.NumDTypes][3]q8Fn{
 	tensor.Q3_K:   {1: q8dot256Q3KN1, 2: q8dot256Q3KN2},
 	tensor.Q2_K:   {1: q8dot256Q2KN1, 2: q8dot256Q2KN2},
 	tensor.IQ4_XS: {1: q8dot256IQ4XSN1, 2: q8dot256IQ4XSN2},
+	tensor.Q4_1:   {1: q8dot256Q41N1, 2: q8dot256Q41N2},
+	tensor.Q5_1:   {1: q8dot256Q51N1, 2: q8dot256Q51N2},
 }
 
 // q8LevelKernels returns the integer kernels of dt at level lvl (nil

@@ -271,7 +271,8 @@ func TestToBF16(t *testing.T) {
 	}
 }
 
-// TestMatMulQ8AVX2: the AVX2 integer kernels (q8DTypes) give the plain
+// TestMatMulQ8AVX2: the AVX2 integer kernels (q8DTypes, and Q4_1 and Q5_1,
+// which have integer kernels only there) give the plain
 // twin's bits, and so the AVX-512 kernels' bits, wherever the AVX2 level
 // runs.
 func TestMatMulQ8AVX2(t *testing.T) {
@@ -282,7 +283,7 @@ func TestMatMulQ8AVX2(t *testing.T) {
 	defer SetKernelLevel(prev)
 	defer SetQ8Activations(SetQ8Activations(true))
 	rng := rand.New(rand.NewPCG(12, 12))
-	for _, dt := range q8DTypes {
+	for _, dt := range append(q8DTypes, tensor.Q4_1, tensor.Q5_1) {
 		for _, rows := range []int{1, 7, 33} {
 			for _, cols := range []int{256, 1536} {
 				w := randMatrix(rng, dt, rows, cols)
@@ -294,6 +295,16 @@ func TestMatMulQ8AVX2(t *testing.T) {
 					}
 					want := make([]float32, n*rows)
 					matMulQ8Ref(want, w, x, n)
+					// The twin against the float32 reference: 8-bit
+					// activations err by at most half a step per value.
+					exact := make([]float32, n*rows)
+					MatMulRef(exact, w, x, n)
+					abs := absRef(w, x, n)
+					for i := range want {
+						if d := math.Abs(float64(want[i] - exact[i])); d > 0.01*float64(abs[i]) {
+							t.Fatalf("%v [%d,%d] n=%d: twin out[%d] = %g, float32 ref %g (|w·x| %g)", dt, rows, cols, n, i, want[i], exact[i], abs[i])
+						}
+					}
 					for _, th := range []int{1, 2} {
 						got := make([]float32, n*rows)
 						withThreads(th, func() { MatMul(got, w, x, n) })

@@ -68,7 +68,7 @@ func Q8Activations() bool { return q8Act.Load() }
 // q8DType reports whether dt has integer kernels.
 func q8DType(dt tensor.DType) bool {
 	switch dt {
-	case tensor.Q2_K, tensor.Q3_K, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.IQ4_XS:
+	case tensor.Q2_K, tensor.Q3_K, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.IQ4_XS, tensor.Q4_1, tensor.Q5_1:
 		return true
 	}
 	return false
@@ -272,6 +272,35 @@ func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 				isum += (int32(tensor.IQ4XSScale(blk, ib)) - 32) * s
 			}
 			acc += float32(float32(isum) * float32(dx*d)) // as q6BlockScalar
+		case tensor.Q4_1, tensor.Q5_1:
+			// Eight 32-value blocks per 256 values: per block b the exact
+			// I_b = Σ q·q_x and C_b = Σ q_x (the 32-value sums), then
+			// t_b = float(I_b)·(d_b·d_x) + float(C_b)·(m_b·d_x), and the
+			// eight t_b added as the AVX2 kernel adds its lanes
+			// (q41BlockScalar256): ((t0+t4)+(t2+t6))+((t1+t5)+(t3+t7)).
+			bb := dt.BlockBytes()
+			var t [8]float32
+			for k := 0; k < 8; k++ {
+				blk := row[(8*b+k)*bb : (8*b+k+1)*bb]
+				d := tensor.F16ToF32(binary.LittleEndian.Uint16(blk))
+				m := tensor.F16ToF32(binary.LittleEndian.Uint16(blk[2:]))
+				qs, qh := blk[4:20], uint32(0)
+				if dt == tensor.Q5_1 {
+					qh, qs = binary.LittleEndian.Uint32(blk[4:]), blk[8:24]
+				}
+				var isum, csum int32
+				for l := 0; l < 32; l++ {
+					q := int32(qs[l%16] & 15)
+					if l >= 16 {
+						q = int32(qs[l%16] >> 4)
+					}
+					q |= int32(qh>>l&1) << 4
+					isum += q * qx(32*k+l)
+					csum += qx(32*k + l)
+				}
+				t[k] = float32(float32(isum)*float32(d*dx)) + float32(float32(csum)*float32(m*dx))
+			}
+			acc += ((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]))
 		default:
 			panic("kernels: dotQ8Ref of " + dt.String())
 		}

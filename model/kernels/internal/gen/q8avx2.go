@@ -20,13 +20,16 @@ import (
 // q8dot256<dtype>N<N> (genQ8AVX2) has genQ8's signature and meaning.
 
 // q8AVX2Dtypes are the weight types with AVX2 integer kernels.
-var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K, dIQ4XS}
+var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K, dIQ4XS, dQ41, dQ51}
 
 var (
 	cQ6Perm [8]Mem // VPERMD: every dword = dword a of the source (the scale pair 2a, 2a+1)
 	cQ6Lane Mem    // VPSHUFB: word 0 of each dword across the low lane, word 1 across the high
 	cXSLane Mem    // dwords 0 x4, 4 x4 (VPSRLVD: a lane's low nibbles, then its high)
 	cXSWord [8]Mem // VPSHUFB: word ib of each lane in every word
+	cQ41Idx [2]Mem // VPGATHERDD indices: the eight Q4_1 (20-byte) or Q5_1 (24-byte) blocks
+	cQ41DM  Mem    // VPSHUFB: each lane's d words to its low 8 bytes, m words to its high 8
+	cW1Y    Mem    // words 1 (VPMADDWD: pair sums)
 )
 
 func genQ8AVX2Consts() {
@@ -35,6 +38,15 @@ func genQ8AVX2Consts() {
 	}
 	cQ6Lane = data32("q6lane", append(rep(0x01000100, 4), rep(0x03020302, 4)...)...)
 	cXSLane = data32("xslane", 0, 0, 0, 0, 4, 4, 4, 4)
+	for i, bb := range []uint32{20, 24} {
+		var v []uint32
+		for k := uint32(0); k < 8; k++ {
+			v = append(v, k*bb)
+		}
+		cQ41Idx[i] = data32(fmt.Sprintf("q41idx_%d", i), v...)
+	}
+	cQ41DM = data32("q41dm", 0x05040100, 0x0D0C0908, 0x07060302, 0x0F0E0B0A, 0x05040100, 0x0D0C0908, 0x07060302, 0x0F0E0B0A)
+	cW1Y = data32("w1y", rep(0x00010001, 8)...)
 	for ib := 0; ib < 8; ib++ {
 		b := uint32(2 * ib)
 		cXSWord[ib] = data32(fmt.Sprintf("xsword_%d", ib), rep(b|(b+1)<<8|b<<16|(b+1)<<24, 8)...)
@@ -71,6 +83,14 @@ func genQ8AVX2(d dtype, N int) {
 		VPBROADCASTD(cB30, c30)
 		q8Rows(N, name, 210, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
 			q8RowQ6K256(N, rowMem, xMem, c0F, c30, acc)
+		})
+	case dQ41, dQ51:
+		bb := 8 * 20 // eight 32-value blocks per 256 values
+		if d == dQ51 {
+			bb = 8 * 24
+		}
+		q8Rows(N, name, bb, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
+			q8RowQ41256(d, N, rowMem, xMem, c0F, acc)
 		})
 	case dIQ4XS:
 		tab := YMM()
@@ -416,4 +436,109 @@ func q8RowIQ4XS256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c
 	for i := 0; i < N; i++ {
 		q6BlockScalar256(isum[i], dv, xMem(i, q8xD), acc[i])
 	}
+}
+
+// q8RowQ41256 adds eight Q4_1 or Q5_1 blocks of a row (256 values) to
+// acc[i]: per block b the exact I_b = Σ q·q_x (the codes, nibbles with
+// Q5_1's fifth bits, in value order in a ymm; VPMADDUBSW, VPMADDWD by 1)
+// and C_b = Σ q_x (the activations' 32-value sums), reduced to one lane
+// per block by a VPHADDD tree; then t_b = float(I_b)·(d_b·d_x) +
+// float(C_b)·(m_b·d_x) with the blocks' d and m gathered, and the eight
+// lanes added as q41BlockScalar256 adds them (the plain twin, dotQ8Ref,
+// takes the same steps).
+func q8RowQ41256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F VecVirtual, acc []VecVirtual) {
+	bb, qs, which := 20, 4, 0
+	if d == dQ51 {
+		bb, qs, which = 24, 8, 1
+	}
+	ones := YMM()
+	VMOVDQU(cW1Y, ones)
+	a := make([][4]VecVirtual, N) // a[i][p]: VPHADDD of blocks 2p, 2p+1
+	b := make([][2]VecVirtual, N) // b[i][h]: blocks 4h..4h+3, one dword per lane half
+	var prev []VecVirtual
+	for k := 0; k < 8; k++ {
+		q := YMM()
+		VBROADCASTI128(rowMem(bb*k+qs), q)
+		VPSRLVD(cXSLane, q, q)
+		VPAND(c0F, q, q)
+		if d == dQ51 {
+			t, m := YMM(), YMM()
+			VPBROADCASTD(rowMem(bb*k+4), t)
+			VPSHUFB(cQ5Spread, t, t)
+			VMOVDQU(cQ5Bits, m)
+			VPAND(m, t, t)
+			VPCMPEQB(m, t, t)
+			VPAND(cB10Y, t, t)
+			VPOR(t, q, q)
+		}
+		cur := make([]VecVirtual, N)
+		for i := 0; i < N; i++ {
+			v := YMM()
+			VPMADDUBSW(xMem(i, 32*k), q, v)
+			VPMADDWD(ones, v, v)
+			cur[i] = v
+			if k%2 == 1 {
+				a[i][k/2] = YMM()
+				VPHADDD(v, prev[i], a[i][k/2])
+			}
+			if k%4 == 3 {
+				b[i][k/4] = YMM()
+				VPHADDD(a[i][k/2], a[i][k/2-1], b[i][k/4])
+			}
+		}
+		prev = cur
+	}
+	// d and m of the eight blocks: the dwords (d | m<<16), then the d's in
+	// one xmm, the m's in another.
+	dm, mask := YMM(), YMM()
+	idx := YMM()
+	VMOVDQU(cQ41Idx[which], idx)
+	VPCMPEQD(mask, mask, mask)
+	VPXOR(dm, dm, dm)
+	VPGATHERDD(mask, rowMem(0).Idx(idx, 1), dm)
+	VPSHUFB(cQ41DM, dm, dm)
+	VPERMQ(U8(0xD8), dm, dm) // qwords 0, 2, 1, 3: the 8 d, then the 8 m
+	df, mf, t := YMM(), YMM(), XMM()
+	VCVTPH2PS(dm.AsX(), df)
+	VEXTRACTI128(U8(1), dm, t)
+	VCVTPH2PS(t, mf)
+	for i := 0; i < N; i++ {
+		// I: lane b = block b's sum (the two lane halves of b[i] added).
+		lo, hi := XMM(), XMM()
+		VEXTRACTI128(U8(1), b[i][0], hi)
+		VPADDD(hi, b[i][0].AsX(), lo)
+		I := YMM()
+		VEXTRACTI128(U8(1), b[i][1], hi)
+		VPADDD(hi, b[i][1].AsX(), hi)
+		VINSERTI128(U8(1), hi, lo.AsY(), I)
+		C := YMM()
+		VPMOVSXWD(xMem(i, q8xBsum32), C)
+		q41BlockScalar256(I, C, df, mf, xMem(i, q8xD), acc[i])
+	}
+}
+
+// q41BlockScalar256 adds Σ_b float(I_b)·(d_b·d_x) + float(C_b)·(m_b·d_x)
+// over the eight lanes to the low lane of acc: each lane's two products and
+// their sum rounded on their own (no FMA), then the lanes added as
+// ((t0+t4)+(t2+t6))+((t1+t5)+(t3+t7)). I and C are clobbered.
+func q41BlockScalar256(I, C, df, mf VecVirtual, dx Mem, acc VecVirtual) {
+	x := YMM()
+	VBROADCASTSS(dx, x)
+	dd, md := YMM(), YMM()
+	VMULPS(x, df, dd) // d_b·d_x
+	VMULPS(x, mf, md) // m_b·d_x
+	VCVTDQ2PS(I, I)
+	VMULPS(dd, I, I)
+	VCVTDQ2PS(C, C)
+	VMULPS(md, C, C)
+	VADDPS(C, I, I)
+	h := XMM()
+	VEXTRACTF128(U8(1), I, h)
+	VADDPS(h, I.AsX(), h) // t_b + t_{b+4}
+	s := XMM()
+	VPERMILPS(U8(0x4E), h, s)
+	VADDPS(s, h, h)
+	VPERMILPS(U8(0xB1), h, s)
+	VADDSS(s, h, h)
+	VADDSS(h, acc.AsX(), acc.AsX())
 }
