@@ -25,7 +25,8 @@ import (
 // so one VPDPBUSD multiplies 64 weight bytes with the input's 4 bytes
 // broadcast, the lanes being the weight rows, with nothing to reduce, and
 // the scales of 16 rows are decoded at once. The packed kernels (q80x16N,
-// q4kx16N, q5kx16N, q6kx16N, q3kx16N, q2kx16N, q40x16N, iq4nlx16N) take the
+// q4kx16N, q5kx16N, q6kx16N, q3kx16N, q2kx16N, iq4xsx16N, q40x16N,
+// iq4nlx16N, q50x16N) take the
 // float32 steps per (row, block) of the row-major kernels (matMulQ80Ref,
 // q8BlockScalar, q6BlockScalar), so the results are the same bits
 // (TestPackedMatchesRowMajor), for any number of input rows.

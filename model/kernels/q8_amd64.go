@@ -201,7 +201,7 @@ var q80Dots = [q80MaxRows + 1]q80DotFn{1: q80dot512R1, 2: q80dot512R2, 3: q80dot
 
 // hasPackedKernels reports whether the CPU runs the packed kernels of dtype
 // dt at its best level (q80x16N, q4kx16N, q5kx16N, q6kx16N, q3kx16N,
-// q2kx16N, q40x16N,
+// q2kx16N, iq4xsx16N, q40x16N, q50x16N,
 // iq4nlx16N: VPDPBUSD and VPDPWSSD on zmm; without AVX-512 VNNI the AVX2
 // kernels of Q8_0, Q4_0 and IQ4_NL, and on AVX2-only CPUs those of Q4_K and
 // Q5_K; packed.go).

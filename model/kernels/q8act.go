@@ -11,10 +11,11 @@ import (
 
 // 8-bit activations.
 //
-// For the K-quant weight types with integer kernels (Q2_K to Q6_K),
+// For the weight types with integer kernels on these activations (q8DType:
+// the K-quants Q2_K to Q6_K and IQ4_XS; Q4_1 and Q5_1 at the AVX2 level),
 // products quantize each input row to 8 bits per block of 256 values and compute the block dot products in
-// integers, as llama.cpp does on CPUs (its Q8_K): the weights' 4- or 6-bit
-// codes times the activations' int8 with VPMADDUBSW, scaled by the sub-block
+// integers, as llama.cpp does on CPUs (its Q8_K): the weights' 2- to 6-bit
+// codes (IQ4_XS: codebook values) times the activations' int8 with VPMADDUBSW or VPDPBUSD, scaled by the sub-block
 // scales with VPDPWSSD (AVX-512 VNNI; VPMADDWD and VPADDD without it), float32 only for the per-block
 // d·d_x. That does a block's work in about a quarter of the instructions of
 // widening the weights to float32, which is what keeps decode at memory
@@ -65,7 +66,8 @@ func SetQ8Activations(on bool) (prev bool) { return q8Act.Swap(on) }
 // Q8Activations reports the setting of SetQ8Activations.
 func Q8Activations() bool { return q8Act.Load() }
 
-// q8DType reports whether dt has integer kernels.
+// q8DType reports whether dt has integer kernels on quantizeQ8K's
+// activations (at some level: q8LevelKernels says which).
 func q8DType(dt tensor.DType) bool {
 	switch dt {
 	case tensor.Q2_K, tensor.Q3_K, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.IQ4_XS, tensor.Q4_1, tensor.Q5_1:
@@ -150,7 +152,7 @@ func usesQ8(w tensor.Matrix) bool {
 }
 
 // matMulQ8Ref is the reference twin of the integer kernels: out = x·Wᵀ with
-// x quantized by quantizeQ8K, W of a K-quant dtype (Q2_K to Q6_K).
+// x quantized by quantizeQ8K, W of a q8DType.
 func matMulQ8Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 	k := w.Cols
 	nb := k / q8xValues
@@ -169,8 +171,9 @@ func matMulQ8Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 // dotQ8Ref is one row's dot product with a quantized x: per block, the exact
 // integer sums, then for Q4_K and Q5_K acc += Σ sc·Σq·q_x·(d·d_x) and
 // acc −= Σ m·Σq_x·(dmin·d_x) in float32 (Q2_K likewise, per 16 values),
-// for Q6_K acc += Σ sc·Σ(q−32)·q_x·(d·d_x) (Q3_K likewise with q−4), in the
-// kernels' order: the same bits.
+// for Q6_K acc += Σ sc·Σ(q−32)·q_x·(d·d_x) (Q3_K likewise with q−4, IQ4_XS
+// with its codebook values per 32), Q4_1 and Q5_1 per 32-value block (see
+// below), in the kernels' order: the same bits.
 func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 	var acc float32
 	for b := 0; b < nb; b++ {

@@ -353,4 +353,23 @@ fi
 "$WORK/logits" "$E.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-q8_0.json" 2>"$WORK/logits-q8_0.log"
 write_direct_ref "$E" "$WORK/logits-q8_0.json" "53 Q8_0 matrices, not dequantized: its CPU matmuls quantize the activations to q8_0, 8 bits per 32 values"
 
-echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k,iq4_xs}.{gguf,json,logits.f32}, $B.{json,logits.f32} and $E.{gguf,json,logits.f32} (work files in $WORK)"
+# 6b. The shared fixture quantized likewise to Q4_0 (ftype 2), Q5_0 (8) and
+#    IQ4_NL (25): llama.cpp's CPU matmuls take q8_0 activations for those
+#    weights too, as Switchyard's Q8_0 integer path does (their blocks are
+#    Q8_0 blocks once their codes are written as int8). llama.cpp's mixes
+#    keep a few matrices in other types (Q8_0 for Q4_0 and Q5_0, which take
+#    the same activations; for IQ4_NL also two Q5_1, which take q8_1
+#    activations, so IQ4_NL is made with the pure parameter: every matrix
+#    IQ4_NL); the index says which.
+for LB in "2 q4_0" "8 q5_0" "25 iq4_nl pure"; do
+  set -- $LB
+  L=model/gguf/testdata/granite-tiny-$2
+  "$WORK/quantize_model" "$FIXTURE/model.gguf" "$L.gguf" "$1" ${3:-} >"$WORK/quantize-$2.log" 2>&1
+  if [ "$(grep -c "converting to" "$WORK/quantize-$2.log")" != 53 ]; then
+    echo "$L.gguf: llama.cpp did not quantize the 53 matrices" >&2; exit 1
+  fi
+  "$WORK/logits" "$L.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-$2.json" 2>"$WORK/logits-$2.log"
+  write_direct_ref "$L" "$WORK/logits-$2.json" "$(grep -o "converting to [a-zA-Z0-9_]*" "$WORK/quantize-$2.log" | sort | uniq -c | awk '{printf "%s%d %s", (NR>1?", ":""), $1, toupper($4)}') matrices, not dequantized: its CPU matmuls quantize the activations to q8_0, 8 bits per 32 values"
+done
+
+echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k,iq4_xs}.{gguf,json,logits.f32}, $B.{json,logits.f32}, $E.{gguf,json,logits.f32} and model/gguf/testdata/granite-tiny-{q4_0,q5_0,iq4_nl}.{gguf,json,logits.f32} (work files in $WORK)"
