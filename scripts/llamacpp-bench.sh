@@ -30,7 +30,9 @@
 # default 1; with more, the table gives each side's median and the median of
 # the rounds' ratios: on a shared machine one engine's block of minutes can
 # meet a slow spell), TYPES (default
-# "bf16 q8_0 q4_k_m"), BIN (our binary, default bin/switchyard), LLAMA_BACKEND
+# "bf16 q8_0 q4_k_m"; also any type `switchyard convert` writes, and q3_k_m,
+# q2_k, iq4_xs and iq4_nl, which llama.cpp's llama_model_quantize makes from
+# the BF16 file), BIN (our binary, default bin/switchyard), LLAMA_BACKEND
 # (a libggml-cpu-*.so to use instead of the automatic choice), LOAD (how both
 # sides hold the weights: copy, the default, reads them into each engine's
 # own memory, ours by default and llama.cpp with load_mode none, as its
@@ -87,7 +89,20 @@ if [ ${#MODELS[@]} -eq 0 ]; then
   fi
   for t in $TYPES; do
     f=$CACHE/h-tiny-8L-$t.gguf
-    [ -f "$f" ] || "$BIN" convert --model "$SRC" --type "$t" --out "$f"
+    if [ ! -f "$f" ]; then
+      # Types `switchyard convert` does not write are made by llama.cpp's
+      # own llama_model_quantize (scripts/llamacpp-golden/quantize_model.c)
+      # from the BF16 GGUF.
+      ftype=$(case $t in q3_k_m) echo 12 ;; q2_k) echo 10 ;; iq4_xs) echo 30 ;; iq4_nl) echo 25 ;; esac)
+      if [ -n "$ftype" ]; then
+        bf=$CACHE/h-tiny-8L-bf16.gguf
+        [ -f "$bf" ] || "$BIN" convert --model "$SRC" --type bf16 --out "$bf"
+        cc -O1 -o "$WORK/quantize_model" scripts/llamacpp-golden/quantize_model.c -L"$LLAMA_LIB" -l:libllama.v0.4.0.so -Wl,-rpath,"$LLAMA_LIB"
+        "$WORK/quantize_model" "$bf" "$f" "$ftype" >"$WORK/quantize-$t.log" 2>&1 || { tail -5 "$WORK/quantize-$t.log"; exit 1; }
+      else
+        "$BIN" convert --model "$SRC" --type "$t" --out "$f"
+      fi
+    fi
     MODELS+=("$f")
   done
 fi
