@@ -961,6 +961,26 @@ func iq4xsx16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *fl
 // iq4xsx16N3 multiplies a 16-row group of repacked IQ4_XS weights with 3 quantized input rows (see genIQ4XSx16).
 func iq4xsx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// q3kx16AVX2N1 multiplies a 16-row group of repacked Q3K weights with 1 quantized input rows on AVX2 (see genQ23Kx16AVX2).
+//
+//go:noescape
+func q3kx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q2kx16AVX2N1 multiplies a 16-row group of repacked Q2K weights with 1 quantized input rows on AVX2 (see genQ23Kx16AVX2).
+//
+//go:noescape
+func q2kx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q3kx16AVX2N2 multiplies a 16-row group of repacked Q3K weights with 2 quantized input rows on AVX2 (see genQ23Kx16AVX2).
+//
+//go:noescape
+func q3kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q2kx16AVX2N2 multiplies a 16-row group of repacked Q2K weights with 2 quantized input rows on AVX2 (see genQ23Kx16AVX2).
+//
+//go:noescape
+func q2kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // siluMul512 sets dst[i] = gate[i]/(1+exp(-gate[i]))·u[i] for i < n (a multiple of 16; u may be nil).
 //
 //go:noescape

@@ -960,6 +960,106 @@ GLOBL q3sel_3<>(SB), RODATA|NOPTR, $64
 DATA w16<>+0(SB)/4, $0x0000ffff
 GLOBL w16<>(SB), RODATA|NOPTR, $4
 
+DATA q3dup_0<>+0(SB)/4, $0x00800080
+DATA q3dup_0<>+4(SB)/4, $0x04800480
+DATA q3dup_0<>+8(SB)/4, $0x08800880
+DATA q3dup_0<>+12(SB)/4, $0x0c800c80
+DATA q3dup_0<>+16(SB)/4, $0x00800080
+DATA q3dup_0<>+20(SB)/4, $0x04800480
+DATA q3dup_0<>+24(SB)/4, $0x08800880
+DATA q3dup_0<>+28(SB)/4, $0x0c800c80
+GLOBL q3dup_0<>(SB), RODATA|NOPTR, $32
+
+DATA q3dup_1<>+0(SB)/4, $0x01800180
+DATA q3dup_1<>+4(SB)/4, $0x05800580
+DATA q3dup_1<>+8(SB)/4, $0x09800980
+DATA q3dup_1<>+12(SB)/4, $0x0d800d80
+DATA q3dup_1<>+16(SB)/4, $0x01800180
+DATA q3dup_1<>+20(SB)/4, $0x05800580
+DATA q3dup_1<>+24(SB)/4, $0x09800980
+DATA q3dup_1<>+28(SB)/4, $0x0d800d80
+GLOBL q3dup_1<>(SB), RODATA|NOPTR, $32
+
+DATA q3dup_2<>+0(SB)/4, $0x02800280
+DATA q3dup_2<>+4(SB)/4, $0x06800680
+DATA q3dup_2<>+8(SB)/4, $0x0a800a80
+DATA q3dup_2<>+12(SB)/4, $0x0e800e80
+DATA q3dup_2<>+16(SB)/4, $0x02800280
+DATA q3dup_2<>+20(SB)/4, $0x06800680
+DATA q3dup_2<>+24(SB)/4, $0x0a800a80
+DATA q3dup_2<>+28(SB)/4, $0x0e800e80
+GLOBL q3dup_2<>(SB), RODATA|NOPTR, $32
+
+DATA q3dup_3<>+0(SB)/4, $0x03800380
+DATA q3dup_3<>+4(SB)/4, $0x07800780
+DATA q3dup_3<>+8(SB)/4, $0x0b800b80
+DATA q3dup_3<>+12(SB)/4, $0x0f800f80
+DATA q3dup_3<>+16(SB)/4, $0x03800380
+DATA q3dup_3<>+20(SB)/4, $0x07800780
+DATA q3dup_3<>+24(SB)/4, $0x0b800b80
+DATA q3dup_3<>+28(SB)/4, $0x0f800f80
+GLOBL q3dup_3<>(SB), RODATA|NOPTR, $32
+
+DATA q3pairy_0<>+0(SB)/4, $0x01800080
+DATA q3pairy_0<>+4(SB)/4, $0x05800480
+DATA q3pairy_0<>+8(SB)/4, $0x09800880
+DATA q3pairy_0<>+12(SB)/4, $0x0d800c80
+DATA q3pairy_0<>+16(SB)/4, $0x01800080
+DATA q3pairy_0<>+20(SB)/4, $0x05800480
+DATA q3pairy_0<>+24(SB)/4, $0x09800880
+DATA q3pairy_0<>+28(SB)/4, $0x0d800c80
+GLOBL q3pairy_0<>(SB), RODATA|NOPTR, $32
+
+DATA q3pairy_1<>+0(SB)/4, $0x03800280
+DATA q3pairy_1<>+4(SB)/4, $0x07800680
+DATA q3pairy_1<>+8(SB)/4, $0x0b800a80
+DATA q3pairy_1<>+12(SB)/4, $0x0f800e80
+DATA q3pairy_1<>+16(SB)/4, $0x03800280
+DATA q3pairy_1<>+20(SB)/4, $0x07800680
+DATA q3pairy_1<>+24(SB)/4, $0x0b800a80
+DATA q3pairy_1<>+28(SB)/4, $0x0f800e80
+GLOBL q3pairy_1<>(SB), RODATA|NOPTR, $32
+
+DATA b03y<>+0(SB)/4, $0x03030303
+DATA b03y<>+4(SB)/4, $0x03030303
+DATA b03y<>+8(SB)/4, $0x03030303
+DATA b03y<>+12(SB)/4, $0x03030303
+DATA b03y<>+16(SB)/4, $0x03030303
+DATA b03y<>+20(SB)/4, $0x03030303
+DATA b03y<>+24(SB)/4, $0x03030303
+DATA b03y<>+28(SB)/4, $0x03030303
+GLOBL b03y<>(SB), RODATA|NOPTR, $32
+
+DATA b04y<>+0(SB)/4, $0x04040404
+DATA b04y<>+4(SB)/4, $0x04040404
+DATA b04y<>+8(SB)/4, $0x04040404
+DATA b04y<>+12(SB)/4, $0x04040404
+DATA b04y<>+16(SB)/4, $0x04040404
+DATA b04y<>+20(SB)/4, $0x04040404
+DATA b04y<>+24(SB)/4, $0x04040404
+DATA b04y<>+28(SB)/4, $0x04040404
+GLOBL b04y<>(SB), RODATA|NOPTR, $32
+
+DATA b30y<>+0(SB)/4, $0x30303030
+DATA b30y<>+4(SB)/4, $0x30303030
+DATA b30y<>+8(SB)/4, $0x30303030
+DATA b30y<>+12(SB)/4, $0x30303030
+DATA b30y<>+16(SB)/4, $0x30303030
+DATA b30y<>+20(SB)/4, $0x30303030
+DATA b30y<>+24(SB)/4, $0x30303030
+DATA b30y<>+28(SB)/4, $0x30303030
+GLOBL b30y<>(SB), RODATA|NOPTR, $32
+
+DATA b20y<>+0(SB)/4, $0x20202020
+DATA b20y<>+4(SB)/4, $0x20202020
+DATA b20y<>+8(SB)/4, $0x20202020
+DATA b20y<>+12(SB)/4, $0x20202020
+DATA b20y<>+16(SB)/4, $0x20202020
+DATA b20y<>+20(SB)/4, $0x20202020
+DATA b20y<>+24(SB)/4, $0x20202020
+DATA b20y<>+28(SB)/4, $0x20202020
+GLOBL b20y<>(SB), RODATA|NOPTR, $32
+
 DATA q6perm_0<>+0(SB)/4, $0x00000000
 DATA q6perm_0<>+4(SB)/4, $0x00000000
 DATA q6perm_0<>+8(SB)/4, $0x00000000
@@ -118226,6 +118326,5422 @@ iq4xsx16N3_blk:
 	MOVQ            BX, out+40(FP)
 	DECQ            groups+8(FP)
 	JNZ             iq4xsx16N3_grp
+	VZEROUPPER
+	RET
+
+// func q3kx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C, MMX+
+TEXT ·q3kx16AVX2N1(SB), NOSPLIT, $0-56
+	MOVQ w+0(FP), AX
+	MOVQ xstride+32(FP), CX
+
+q3kx16AVX2N1_grp:
+	MOVQ   nblocks+16(FP), CX
+	MOVQ   xq+24(FP), DX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+
+q3kx16AVX2N1_blk:
+	PREFETCHT0   5280(AX)
+	PREFETCHT0   5344(AX)
+	PREFETCHT0   5408(AX)
+	PREFETCHT0   5472(AX)
+	PREFETCHT0   5536(AX)
+	PREFETCHT0   5600(AX)
+	PREFETCHT0   5664(AX)
+	PREFETCHT0   5728(AX)
+	PREFETCHT0   5792(AX)
+	PREFETCHT0   5856(AX)
+	PREFETCHT0   5920(AX)
+	PREFETCHT0   5984(AX)
+	PREFETCHT0   6048(AX)
+	PREFETCHT0   6112(AX)
+	PREFETCHT0   6176(AX)
+	PREFETCHT0   6240(AX)
+	PREFETCHT0   6304(AX)
+	PREFETCHT0   6368(AX)
+	PREFETCHT0   6432(AX)
+	PREFETCHT0   6496(AX)
+	PREFETCHT0   6560(AX)
+	PREFETCHT0   6624(AX)
+	PREFETCHT0   6688(AX)
+	PREFETCHT0   6752(AX)
+	PREFETCHT0   6816(AX)
+	PREFETCHT0   6880(AX)
+	PREFETCHT0   6944(AX)
+	PREFETCHT0   7008(AX)
+	VPXOR        Y2, Y2, Y2
+	VPSLLD       $0x04, 1696(AX), Y3
+	VPAND        b30y<>+0(SB), Y3, Y3
+	VMOVDQU      1568(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPOR         Y4, Y3, Y3
+	VPSUBB       b20y<>+0(SB), Y3, Y3
+	VPSHUFB      q3pairy_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 256(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VMOVDQU      544(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 32(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD (DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VMOVDQU      608(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 96(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 4(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      672(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 160(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 8(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      736(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 224(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 12(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      800(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 288(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 16(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VMOVDQU      864(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 352(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 20(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      928(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 416(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 24(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      992(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 480(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 28(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q3pairy_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 260(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x02, 544(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 32(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 32(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x02, 608(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 96(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 36(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 672(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 160(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 40(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 736(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 224(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 44(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 800(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 288(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 48(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x02, 864(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 352(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 52(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 928(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 416(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 56(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 992(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 480(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 60(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_2<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_3<>+0(SB), Y3, Y3
+	VPSRAW       $0x08, Y3, Y3
+	VPMADDWD     Y3, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSLLD       $0x02, 1696(AX), Y3
+	VPAND        b30y<>+0(SB), Y3, Y3
+	VMOVDQU      1632(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPOR         Y4, Y3, Y3
+	VPSUBB       b20y<>+0(SB), Y3, Y3
+	VPSHUFB      q3pairy_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 264(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x04, 544(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      32(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 64(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x04, 608(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      96(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 68(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 672(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      160(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 72(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 736(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      224(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 76(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 800(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      288(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 80(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 864(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      352(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 84(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 928(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      416(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 88(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 992(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      480(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 92(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q3pairy_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 268(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x06, 544(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 32(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 96(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x06, 608(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 96(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 100(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 672(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 160(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 104(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 736(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 224(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 108(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 800(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 288(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 112(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x06, 864(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 352(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 116(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 928(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 416(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 120(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 992(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 480(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 124(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_2<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_3<>+0(SB), Y3, Y3
+	VPSRAW       $0x08, Y3, Y3
+	VPMADDWD     Y3, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VMOVDQU      1696(AX), Y3
+	VPAND        b30y<>+0(SB), Y3, Y3
+	VPSRLD       $0x04, 1568(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPOR         Y4, Y3, Y3
+	VPSUBB       b20y<>+0(SB), Y3, Y3
+	VPSHUFB      q3pairy_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 272(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VMOVDQU      1056(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 32(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 128(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VMOVDQU      1120(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 96(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 132(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      1184(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 160(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 136(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      1248(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 224(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 140(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      1312(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 288(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 144(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VMOVDQU      1376(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 352(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 148(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      1440(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 416(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 152(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      1504(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 480(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 156(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q3pairy_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 276(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x02, 1056(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 32(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 160(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x02, 1120(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 96(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 164(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 1184(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 160(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 168(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 1248(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 224(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 172(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 1312(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 288(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 176(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x02, 1376(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 352(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 180(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 1440(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 416(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 184(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 1504(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 480(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 188(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_2<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_3<>+0(SB), Y3, Y3
+	VPSRAW       $0x08, Y3, Y3
+	VPMADDWD     Y3, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSRLD       $0x02, 1696(AX), Y3
+	VPAND        b30y<>+0(SB), Y3, Y3
+	VPSRLD       $0x04, 1632(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPOR         Y4, Y3, Y3
+	VPSUBB       b20y<>+0(SB), Y3, Y3
+	VPSHUFB      q3pairy_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 280(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x04, 1056(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 32(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 192(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x04, 1120(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 96(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 196(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 1184(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 160(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 200(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 1248(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 224(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 204(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 1312(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 288(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 208(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 1376(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 352(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 212(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 1440(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 416(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 216(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 1504(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 480(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 220(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q3pairy_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 284(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x06, 1056(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 32(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 224(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x06, 1120(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 96(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 228(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 1184(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 160(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 232(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 1248(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 224(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 236(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 1312(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 288(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 240(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x06, 1376(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 352(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 244(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 1440(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 416(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 248(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 1504(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 480(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 252(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_2<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_3<>+0(SB), Y3, Y3
+	VPSRAW       $0x08, Y3, Y3
+	VPMADDWD     Y3, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VCVTPH2PS    (AX), Y3
+	VBROADCASTSS 304(DX), Y4
+	VMULPS       Y4, Y3, Y4
+	VCVTDQ2PS    Y2, Y2
+	VMULPS       Y4, Y2, Y2
+	VADDPS       Y2, Y0, Y0
+	VPXOR        Y2, Y2, Y2
+	VPSLLD       $0x04, 1728(AX), Y3
+	VPAND        b30y<>+0(SB), Y3, Y3
+	VMOVDQU      1600(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPOR         Y4, Y3, Y3
+	VPSUBB       b20y<>+0(SB), Y3, Y3
+	VPSHUFB      q3pairy_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 256(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VMOVDQU      576(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 64(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD (DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VMOVDQU      640(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 128(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 4(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      704(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 192(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 8(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      768(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 256(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 12(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      832(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 320(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 16(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VMOVDQU      896(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 384(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 20(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      960(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 448(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 24(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      1024(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x02, 512(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 28(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q3pairy_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 260(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x02, 576(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 64(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 32(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x02, 640(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 128(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 36(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 704(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 192(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 40(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 768(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 256(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 44(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 832(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 320(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 48(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x02, 896(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 384(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 52(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 960(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 448(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 56(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 1024(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSLLW       $0x01, 512(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 60(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_2<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_3<>+0(SB), Y3, Y3
+	VPSRAW       $0x08, Y3, Y3
+	VPMADDWD     Y3, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSLLD       $0x02, 1728(AX), Y3
+	VPAND        b30y<>+0(SB), Y3, Y3
+	VMOVDQU      1664(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPOR         Y4, Y3, Y3
+	VPSUBB       b20y<>+0(SB), Y3, Y3
+	VPSHUFB      q3pairy_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 264(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x04, 576(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      64(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 64(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x04, 640(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      128(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 68(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 704(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      192(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 72(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 768(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      256(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 76(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 832(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      320(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 80(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 896(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      384(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 84(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 960(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      448(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 88(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 1024(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VMOVDQU      512(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 92(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q3pairy_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 268(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x06, 576(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 64(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 96(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x06, 640(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 128(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 100(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 704(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 192(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 104(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 768(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 256(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 108(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 832(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 320(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 112(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x06, 896(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 384(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 116(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 960(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 448(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 120(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 1024(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x01, 512(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 124(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_2<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_3<>+0(SB), Y3, Y3
+	VPSRAW       $0x08, Y3, Y3
+	VPMADDWD     Y3, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VMOVDQU      1728(AX), Y3
+	VPAND        b30y<>+0(SB), Y3, Y3
+	VPSRLD       $0x04, 1600(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPOR         Y4, Y3, Y3
+	VPSUBB       b20y<>+0(SB), Y3, Y3
+	VPSHUFB      q3pairy_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 272(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VMOVDQU      1088(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 64(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 128(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VMOVDQU      1152(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 128(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 132(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      1216(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 192(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 136(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      1280(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 256(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 140(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      1344(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 320(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 144(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VMOVDQU      1408(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 384(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 148(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      1472(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 448(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 152(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      1536(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x02, 512(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 156(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q3pairy_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 276(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x02, 1088(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 64(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 160(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x02, 1152(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 128(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 164(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 1216(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 192(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 168(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 1280(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 256(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 172(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x02, 1344(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 320(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 176(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x02, 1408(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 384(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 180(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 1472(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 448(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 184(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 1536(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x03, 512(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 188(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_2<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_3<>+0(SB), Y3, Y3
+	VPSRAW       $0x08, Y3, Y3
+	VPMADDWD     Y3, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSRLD       $0x02, 1728(AX), Y3
+	VPAND        b30y<>+0(SB), Y3, Y3
+	VPSRLD       $0x04, 1664(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPOR         Y4, Y3, Y3
+	VPSUBB       b20y<>+0(SB), Y3, Y3
+	VPSHUFB      q3pairy_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 280(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x04, 1088(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 64(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 192(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x04, 1152(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 128(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 196(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 1216(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 192(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 200(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 1280(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 256(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 204(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 1344(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 320(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 208(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 1408(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 384(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 212(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 1472(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 448(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 216(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 1536(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x04, 512(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 220(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_0<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q3pairy_1<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPBROADCASTD 284(DX), Y5
+	VPMADDWD     Y5, Y4, Y5
+	VPSLLD       $0x02, Y5, Y5
+	VPSUBD       Y5, Y2, Y2
+	VPSRLW       $0x06, 1088(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 64(AX), Y5
+	VPAND        b04y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD 224(DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VPSRLW       $0x06, 1152(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 128(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 228(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 1216(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 192(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 232(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 1280(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 256(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 236(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x06, 1344(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 320(AX), Y6
+	VPAND        b04y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 240(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x06, 1408(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 384(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 244(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 1472(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 448(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 248(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 1536(AX), Y4
+	VPAND        b03y<>+0(SB), Y4, Y4
+	VPSRLW       $0x05, 512(AX), Y7
+	VPAND        b04y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 252(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSHUFB      q3dup_2<>+0(SB), Y3, Y4
+	VPSRAW       $0x08, Y4, Y4
+	VPMADDWD     Y4, Y5, Y5
+	VPADDD       Y5, Y2, Y2
+	VPSHUFB      q3dup_3<>+0(SB), Y3, Y3
+	VPSRAW       $0x08, Y3, Y3
+	VPMADDWD     Y3, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VCVTPH2PS    16(AX), Y3
+	VBROADCASTSS 304(DX), Y4
+	VMULPS       Y4, Y3, Y4
+	VCVTDQ2PS    Y2, Y2
+	VMULPS       Y4, Y2, Y2
+	VADDPS       Y2, Y1, Y1
+	ADDQ         $0x000006e0, AX
+	ADDQ         $0x00000140, DX
+	DECQ         CX
+	JNZ          q3kx16AVX2N1_blk
+	MOVQ         out+40(FP), CX
+	MOVQ         ostride+48(FP), DX
+	MOVQ         CX, DX
+	VMOVUPS      Y0, (DX)
+	VMOVUPS      Y1, 32(DX)
+	ADDQ         $0x40, CX
+	MOVQ         CX, out+40(FP)
+	DECQ         groups+8(FP)
+	JNZ          q3kx16AVX2N1_grp
+	VZEROUPPER
+	RET
+
+// func q2kx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C, MMX+
+TEXT ·q2kx16AVX2N1(SB), NOSPLIT, $0-56
+	MOVQ w+0(FP), AX
+	MOVQ xstride+32(FP), CX
+
+q2kx16AVX2N1_grp:
+	MOVQ   nblocks+16(FP), CX
+	MOVQ   xq+24(FP), DX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+
+q2kx16AVX2N1_blk:
+	PREFETCHT0   4032(AX)
+	PREFETCHT0   4096(AX)
+	PREFETCHT0   4160(AX)
+	PREFETCHT0   4224(AX)
+	PREFETCHT0   4288(AX)
+	PREFETCHT0   4352(AX)
+	PREFETCHT0   4416(AX)
+	PREFETCHT0   4480(AX)
+	PREFETCHT0   4544(AX)
+	PREFETCHT0   4608(AX)
+	PREFETCHT0   4672(AX)
+	PREFETCHT0   4736(AX)
+	PREFETCHT0   4800(AX)
+	PREFETCHT0   4864(AX)
+	PREFETCHT0   4928(AX)
+	PREFETCHT0   4992(AX)
+	PREFETCHT0   5056(AX)
+	PREFETCHT0   5120(AX)
+	PREFETCHT0   5184(AX)
+	PREFETCHT0   5248(AX)
+	PREFETCHT0   5312(AX)
+	VPXOR        Y2, Y2, Y2
+	VPXOR        Y3, Y3, Y3
+	VMOVDQU      64(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLD       $0x04, 64(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPSHUFB      q4kpair_0<>+0(SB), Y5, Y6
+	VPBROADCASTD 256(DX), Y7
+	VPMADDWD     Y7, Y6, Y7
+	VPADDD       Y7, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y5, Y5
+	VPBROADCASTD 260(DX), Y6
+	VPMADDWD     Y6, Y5, Y6
+	VPADDD       Y6, Y3, Y3
+	VMOVDQU      320(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD (DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VMOVDQU      384(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 4(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      448(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 8(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      512(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 12(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      576(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 16(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VMOVDQU      640(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 20(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VMOVDQU      704(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 24(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VMOVDQU      768(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 28(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VPSRLW       $0x02, 320(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 32(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x02, 384(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 36(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 448(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 40(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 512(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 44(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 576(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 48(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x02, 640(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 52(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x02, 704(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 56(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x02, 768(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 60(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VMOVDQU      128(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLD       $0x04, 128(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPSHUFB      q4kpair_0<>+0(SB), Y5, Y6
+	VPBROADCASTD 264(DX), Y7
+	VPMADDWD     Y7, Y6, Y7
+	VPADDD       Y7, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y5, Y5
+	VPBROADCASTD 268(DX), Y6
+	VPMADDWD     Y6, Y5, Y6
+	VPADDD       Y6, Y3, Y3
+	VPSRLW       $0x04, 320(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 64(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x04, 384(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 68(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 448(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 72(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 512(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 76(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 576(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 80(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x04, 640(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 84(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 704(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 88(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 768(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 92(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VPSRLW       $0x06, 320(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 96(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x06, 384(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 100(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 448(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 104(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 512(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 108(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 576(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 112(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x06, 640(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 116(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x06, 704(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 120(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x06, 768(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 124(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VMOVDQU      192(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLD       $0x04, 192(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPSHUFB      q4kpair_0<>+0(SB), Y5, Y6
+	VPBROADCASTD 272(DX), Y7
+	VPMADDWD     Y7, Y6, Y7
+	VPADDD       Y7, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y5, Y5
+	VPBROADCASTD 276(DX), Y6
+	VPMADDWD     Y6, Y5, Y6
+	VPADDD       Y6, Y3, Y3
+	VMOVDQU      832(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 128(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VMOVDQU      896(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 132(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      960(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 136(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      1024(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 140(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      1088(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 144(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VMOVDQU      1152(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 148(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VMOVDQU      1216(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 152(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VMOVDQU      1280(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 156(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VPSRLW       $0x02, 832(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 160(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x02, 896(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 164(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 960(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 168(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 1024(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 172(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 1088(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 176(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x02, 1152(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 180(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x02, 1216(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 184(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x02, 1280(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 188(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VMOVDQU      256(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLD       $0x04, 256(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPSHUFB      q4kpair_0<>+0(SB), Y5, Y6
+	VPBROADCASTD 280(DX), Y7
+	VPMADDWD     Y7, Y6, Y7
+	VPADDD       Y7, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y5, Y5
+	VPBROADCASTD 284(DX), Y6
+	VPMADDWD     Y6, Y5, Y6
+	VPADDD       Y6, Y3, Y3
+	VPSRLW       $0x04, 832(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 192(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x04, 896(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 196(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 960(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 200(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 1024(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 204(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 1088(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 208(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x04, 1152(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 212(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 1216(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 216(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 1280(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 220(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VPSRLW       $0x06, 832(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 224(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x06, 896(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 228(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 960(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 232(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 1024(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 236(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 1088(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 240(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x06, 1152(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 244(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x06, 1216(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 248(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x06, 1280(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 252(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VCVTPH2PS    (AX), Y4
+	VCVTPH2PS    32(AX), Y5
+	VBROADCASTSS 304(DX), Y6
+	VMULPS       Y6, Y4, Y6
+	VCVTDQ2PS    Y2, Y2
+	VMULPS       Y6, Y2, Y2
+	VADDPS       Y2, Y0, Y0
+	VBROADCASTSS 304(DX), Y2
+	VMULPS       Y2, Y5, Y2
+	VCVTDQ2PS    Y3, Y3
+	VMULPS       Y2, Y3, Y3
+	VSUBPS       Y3, Y0, Y0
+	VPXOR        Y2, Y2, Y2
+	VPXOR        Y3, Y3, Y3
+	VMOVDQU      96(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLD       $0x04, 96(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPSHUFB      q4kpair_0<>+0(SB), Y5, Y6
+	VPBROADCASTD 256(DX), Y7
+	VPMADDWD     Y7, Y6, Y7
+	VPADDD       Y7, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y5, Y5
+	VPBROADCASTD 260(DX), Y6
+	VPMADDWD     Y6, Y5, Y6
+	VPADDD       Y6, Y3, Y3
+	VMOVDQU      352(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD (DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VMOVDQU      416(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 4(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      480(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 8(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      544(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 12(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      608(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 16(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VMOVDQU      672(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 20(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VMOVDQU      736(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 24(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VMOVDQU      800(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 28(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VPSRLW       $0x02, 352(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 32(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x02, 416(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 36(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 480(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 40(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 544(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 44(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 608(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 48(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x02, 672(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 52(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x02, 736(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 56(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x02, 800(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 60(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VMOVDQU      160(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLD       $0x04, 160(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPSHUFB      q4kpair_0<>+0(SB), Y5, Y6
+	VPBROADCASTD 264(DX), Y7
+	VPMADDWD     Y7, Y6, Y7
+	VPADDD       Y7, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y5, Y5
+	VPBROADCASTD 268(DX), Y6
+	VPMADDWD     Y6, Y5, Y6
+	VPADDD       Y6, Y3, Y3
+	VPSRLW       $0x04, 352(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 64(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x04, 416(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 68(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 480(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 72(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 544(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 76(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 608(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 80(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x04, 672(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 84(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 736(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 88(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 800(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 92(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VPSRLW       $0x06, 352(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 96(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x06, 416(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 100(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 480(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 104(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 544(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 108(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 608(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 112(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x06, 672(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 116(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x06, 736(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 120(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x06, 800(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 124(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VMOVDQU      224(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLD       $0x04, 224(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPSHUFB      q4kpair_0<>+0(SB), Y5, Y6
+	VPBROADCASTD 272(DX), Y7
+	VPMADDWD     Y7, Y6, Y7
+	VPADDD       Y7, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y5, Y5
+	VPBROADCASTD 276(DX), Y6
+	VPMADDWD     Y6, Y5, Y6
+	VPADDD       Y6, Y3, Y3
+	VMOVDQU      864(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 128(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VMOVDQU      928(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 132(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      992(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 136(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      1056(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 140(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      1120(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 144(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VMOVDQU      1184(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 148(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VMOVDQU      1248(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 152(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VMOVDQU      1312(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 156(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VPSRLW       $0x02, 864(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 160(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x02, 928(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 164(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 992(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 168(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 1056(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 172(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x02, 1120(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 176(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x02, 1184(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 180(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x02, 1248(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 184(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x02, 1312(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 188(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VMOVDQU      288(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSRLD       $0x04, 288(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPSHUFB      q4kpair_0<>+0(SB), Y5, Y6
+	VPBROADCASTD 280(DX), Y7
+	VPMADDWD     Y7, Y6, Y7
+	VPADDD       Y7, Y3, Y3
+	VPSHUFB      q4kpair_1<>+0(SB), Y5, Y5
+	VPBROADCASTD 284(DX), Y6
+	VPMADDWD     Y6, Y5, Y6
+	VPADDD       Y6, Y3, Y3
+	VPSRLW       $0x04, 864(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 192(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x04, 928(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 196(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 992(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 200(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 1056(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 204(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 1120(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 208(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x04, 1184(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 212(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 1248(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 216(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 1312(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 220(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_0<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_1<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VPSRLW       $0x06, 864(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 224(DX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPSRLW       $0x06, 928(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 228(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 992(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 232(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 1056(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 236(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x06, 1120(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 240(DX), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VPSRLW       $0x06, 1184(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 244(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x06, 1248(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 248(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x06, 1312(AX), Y5
+	VPAND        b03y<>+0(SB), Y5, Y5
+	VPBROADCASTD 252(DX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSHUFB      q4kdup_2<>+0(SB), Y4, Y5
+	VPMADDWD     Y5, Y6, Y6
+	VPADDD       Y6, Y2, Y2
+	VPSHUFB      q4kdup_3<>+0(SB), Y4, Y4
+	VPMADDWD     Y4, Y7, Y7
+	VPADDD       Y7, Y2, Y2
+	VCVTPH2PS    16(AX), Y4
+	VCVTPH2PS    48(AX), Y5
+	VBROADCASTSS 304(DX), Y6
+	VMULPS       Y6, Y4, Y6
+	VCVTDQ2PS    Y2, Y2
+	VMULPS       Y6, Y2, Y2
+	VADDPS       Y2, Y1, Y1
+	VBROADCASTSS 304(DX), Y2
+	VMULPS       Y2, Y5, Y2
+	VCVTDQ2PS    Y3, Y3
+	VMULPS       Y2, Y3, Y3
+	VSUBPS       Y3, Y1, Y1
+	ADDQ         $0x00000540, AX
+	ADDQ         $0x00000140, DX
+	DECQ         CX
+	JNZ          q2kx16AVX2N1_blk
+	MOVQ         out+40(FP), CX
+	MOVQ         ostride+48(FP), DX
+	MOVQ         CX, DX
+	VMOVUPS      Y0, (DX)
+	VMOVUPS      Y1, 32(DX)
+	ADDQ         $0x40, CX
+	MOVQ         CX, out+40(FP)
+	DECQ         groups+8(FP)
+	JNZ          q2kx16AVX2N1_grp
+	VZEROUPPER
+	RET
+
+// func q3kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C, MMX+
+TEXT ·q3kx16AVX2N2(SB), NOSPLIT, $0-56
+	MOVQ w+0(FP), AX
+	MOVQ xstride+32(FP), CX
+
+q3kx16AVX2N2_grp:
+	MOVQ   nblocks+16(FP), DX
+	MOVQ   xq+24(FP), BX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+
+q3kx16AVX2N2_blk:
+	PREFETCHT0   5280(AX)
+	PREFETCHT0   5344(AX)
+	PREFETCHT0   5408(AX)
+	PREFETCHT0   5472(AX)
+	PREFETCHT0   5536(AX)
+	PREFETCHT0   5600(AX)
+	PREFETCHT0   5664(AX)
+	PREFETCHT0   5728(AX)
+	PREFETCHT0   5792(AX)
+	PREFETCHT0   5856(AX)
+	PREFETCHT0   5920(AX)
+	PREFETCHT0   5984(AX)
+	PREFETCHT0   6048(AX)
+	PREFETCHT0   6112(AX)
+	PREFETCHT0   6176(AX)
+	PREFETCHT0   6240(AX)
+	PREFETCHT0   6304(AX)
+	PREFETCHT0   6368(AX)
+	PREFETCHT0   6432(AX)
+	PREFETCHT0   6496(AX)
+	PREFETCHT0   6560(AX)
+	PREFETCHT0   6624(AX)
+	PREFETCHT0   6688(AX)
+	PREFETCHT0   6752(AX)
+	PREFETCHT0   6816(AX)
+	PREFETCHT0   6880(AX)
+	PREFETCHT0   6944(AX)
+	PREFETCHT0   7008(AX)
+	VPXOR        Y4, Y4, Y4
+	VPXOR        Y5, Y5, Y5
+	VPSLLD       $0x04, 1696(AX), Y6
+	VPAND        b30y<>+0(SB), Y6, Y6
+	VMOVDQU      1568(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPSUBB       b20y<>+0(SB), Y6, Y6
+	VPSHUFB      q3pairy_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 256(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 256(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VMOVDQU      544(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 32(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD (BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD (BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VMOVDQU      608(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 96(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 4(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 4(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      672(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 160(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 8(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 8(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      736(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 224(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 12(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 12(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      800(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 288(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 16(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 16(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VMOVDQU      864(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 352(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 20(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 20(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      928(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 416(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 24(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 24(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      992(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 480(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 28(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 28(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y7, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q3pairy_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 260(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 260(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x02, 544(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 32(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 32(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 32(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x02, 608(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 96(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 36(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 36(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 672(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 160(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 40(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 40(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 736(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 224(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 44(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 44(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 800(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 288(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 48(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 48(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x02, 864(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 352(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 52(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 52(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 928(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 416(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 56(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 56(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 992(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 480(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 60(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 60(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_2<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_3<>+0(SB), Y6, Y6
+	VPSRAW       $0x08, Y6, Y6
+	VPMADDWD     Y6, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y6, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSLLD       $0x02, 1696(AX), Y6
+	VPAND        b30y<>+0(SB), Y6, Y6
+	VMOVDQU      1632(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPSUBB       b20y<>+0(SB), Y6, Y6
+	VPSHUFB      q3pairy_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 264(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 264(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x04, 544(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      32(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 64(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 64(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x04, 608(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      96(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 68(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 68(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 672(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      160(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 72(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 72(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 736(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      224(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 76(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 76(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 800(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      288(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 80(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 80(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x04, 864(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      352(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 84(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 84(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 928(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      416(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 88(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 88(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 992(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      480(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 92(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 92(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y7, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q3pairy_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 268(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 268(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x06, 544(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 32(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 96(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 96(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x06, 608(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 96(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 100(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 100(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 672(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 160(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 104(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 104(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 736(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 224(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 108(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 108(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 800(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 288(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 112(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 112(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x06, 864(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 352(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 116(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 116(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 928(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 416(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 120(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 120(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 992(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 480(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 124(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 124(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_2<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_3<>+0(SB), Y6, Y6
+	VPSRAW       $0x08, Y6, Y6
+	VPMADDWD     Y6, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y6, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VMOVDQU      1696(AX), Y6
+	VPAND        b30y<>+0(SB), Y6, Y6
+	VPSRLD       $0x04, 1568(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPSUBB       b20y<>+0(SB), Y6, Y6
+	VPSHUFB      q3pairy_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 272(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 272(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VMOVDQU      1056(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 32(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 128(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 128(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VMOVDQU      1120(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 96(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 132(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 132(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      1184(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 160(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 136(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 136(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      1248(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 224(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 140(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 140(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      1312(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 288(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 144(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 144(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VMOVDQU      1376(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 352(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 148(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 148(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      1440(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 416(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 152(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 152(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      1504(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 480(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 156(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 156(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y7, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q3pairy_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 276(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 276(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x02, 1056(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 32(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 160(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 160(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x02, 1120(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 96(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 164(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 164(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 1184(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 160(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 168(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 168(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 1248(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 224(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 172(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 172(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 1312(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 288(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 176(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 176(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x02, 1376(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 352(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 180(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 180(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 1440(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 416(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 184(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 184(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 1504(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 480(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 188(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 188(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_2<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_3<>+0(SB), Y6, Y6
+	VPSRAW       $0x08, Y6, Y6
+	VPMADDWD     Y6, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y6, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSRLD       $0x02, 1696(AX), Y6
+	VPAND        b30y<>+0(SB), Y6, Y6
+	VPSRLD       $0x04, 1632(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPSUBB       b20y<>+0(SB), Y6, Y6
+	VPSHUFB      q3pairy_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 280(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 280(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x04, 1056(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 32(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 192(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 192(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x04, 1120(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 96(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 196(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 196(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 1184(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 160(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 200(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 200(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 1248(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 224(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 204(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 204(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 1312(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 288(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 208(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 208(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x04, 1376(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 352(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 212(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 212(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 1440(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 416(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 216(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 216(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 1504(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 480(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 220(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 220(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y7, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q3pairy_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 284(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 284(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x06, 1056(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 32(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 224(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 224(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x06, 1120(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 96(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 228(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 228(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 1184(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 160(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 232(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 232(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 1248(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 224(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 236(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 236(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 1312(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 288(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 240(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 240(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x06, 1376(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 352(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 244(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 244(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 1440(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 416(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 248(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 248(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 1504(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 480(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 252(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 252(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_2<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_3<>+0(SB), Y6, Y6
+	VPSRAW       $0x08, Y6, Y6
+	VPMADDWD     Y6, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y6, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VCVTPH2PS    (AX), Y6
+	VBROADCASTSS 304(BX), Y7
+	VMULPS       Y7, Y6, Y7
+	VCVTDQ2PS    Y4, Y4
+	VMULPS       Y7, Y4, Y4
+	VADDPS       Y4, Y0, Y0
+	VBROADCASTSS 304(BX)(CX*1), Y4
+	VMULPS       Y4, Y6, Y4
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y4, Y5, Y5
+	VADDPS       Y5, Y2, Y2
+	VPXOR        Y4, Y4, Y4
+	VPXOR        Y5, Y5, Y5
+	VPSLLD       $0x04, 1728(AX), Y6
+	VPAND        b30y<>+0(SB), Y6, Y6
+	VMOVDQU      1600(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPSUBB       b20y<>+0(SB), Y6, Y6
+	VPSHUFB      q3pairy_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 256(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 256(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VMOVDQU      576(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 64(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD (BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD (BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VMOVDQU      640(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 128(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 4(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 4(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      704(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 192(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 8(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 8(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      768(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 256(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 12(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 12(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      832(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 320(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 16(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 16(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VMOVDQU      896(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 384(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 20(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 20(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      960(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 448(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 24(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 24(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      1024(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x02, 512(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 28(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 28(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y7, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q3pairy_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 260(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 260(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x02, 576(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 64(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 32(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 32(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x02, 640(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 128(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 36(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 36(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 704(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 192(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 40(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 40(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 768(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 256(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 44(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 44(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 832(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 320(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 48(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 48(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x02, 896(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 384(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 52(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 52(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 960(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 448(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 56(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 56(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 1024(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSLLW       $0x01, 512(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 60(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 60(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_2<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_3<>+0(SB), Y6, Y6
+	VPSRAW       $0x08, Y6, Y6
+	VPMADDWD     Y6, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y6, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSLLD       $0x02, 1728(AX), Y6
+	VPAND        b30y<>+0(SB), Y6, Y6
+	VMOVDQU      1664(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPSUBB       b20y<>+0(SB), Y6, Y6
+	VPSHUFB      q3pairy_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 264(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 264(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x04, 576(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      64(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 64(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 64(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x04, 640(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      128(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 68(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 68(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 704(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      192(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 72(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 72(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 768(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      256(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 76(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 76(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 832(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      320(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 80(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 80(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x04, 896(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      384(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 84(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 84(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 960(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      448(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 88(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 88(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 1024(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VMOVDQU      512(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 92(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 92(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y7, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q3pairy_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 268(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 268(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x06, 576(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 64(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 96(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 96(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x06, 640(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 128(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 100(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 100(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 704(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 192(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 104(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 104(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 768(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 256(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 108(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 108(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 832(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 320(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 112(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 112(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x06, 896(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 384(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 116(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 116(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 960(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 448(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 120(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 120(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 1024(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x01, 512(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 124(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 124(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_2<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_3<>+0(SB), Y6, Y6
+	VPSRAW       $0x08, Y6, Y6
+	VPMADDWD     Y6, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y6, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VMOVDQU      1728(AX), Y6
+	VPAND        b30y<>+0(SB), Y6, Y6
+	VPSRLD       $0x04, 1600(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPSUBB       b20y<>+0(SB), Y6, Y6
+	VPSHUFB      q3pairy_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 272(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 272(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VMOVDQU      1088(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 64(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 128(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 128(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VMOVDQU      1152(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 128(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 132(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 132(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      1216(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 192(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 136(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 136(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      1280(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 256(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 140(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 140(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      1344(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 320(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 144(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 144(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VMOVDQU      1408(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 384(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 148(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 148(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      1472(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 448(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 152(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 152(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      1536(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x02, 512(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 156(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 156(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y7, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q3pairy_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 276(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 276(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x02, 1088(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 64(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 160(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 160(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x02, 1152(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 128(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 164(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 164(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 1216(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 192(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 168(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 168(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 1280(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 256(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 172(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 172(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x02, 1344(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 320(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 176(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 176(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x02, 1408(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 384(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 180(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 180(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 1472(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 448(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 184(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 184(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 1536(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x03, 512(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 188(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 188(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_2<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_3<>+0(SB), Y6, Y6
+	VPSRAW       $0x08, Y6, Y6
+	VPMADDWD     Y6, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y6, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSRLD       $0x02, 1728(AX), Y6
+	VPAND        b30y<>+0(SB), Y6, Y6
+	VPSRLD       $0x04, 1664(AX), Y7
+	VPAND        b0fy<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPSUBB       b20y<>+0(SB), Y6, Y6
+	VPSHUFB      q3pairy_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 280(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 280(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x04, 1088(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 64(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 192(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 192(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x04, 1152(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 128(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 196(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 196(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 1216(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 192(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 200(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 200(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 1280(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 256(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 204(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 204(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 1344(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 320(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 208(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 208(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x04, 1408(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 384(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 212(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 212(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 1472(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 448(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 216(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 216(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 1536(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x04, 512(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 220(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 220(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_0<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y7, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q3pairy_1<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPBROADCASTD 284(BX), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y4, Y4
+	VPBROADCASTD 284(BX)(CX*1), Y8
+	VPMADDWD     Y8, Y7, Y8
+	VPSLLD       $0x02, Y8, Y8
+	VPSUBD       Y8, Y5, Y5
+	VPSRLW       $0x06, 1088(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 64(AX), Y8
+	VPAND        b04y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y7, Y7
+	VPBROADCASTD 224(BX), Y8
+	VPMADDUBSW   Y8, Y7, Y8
+	VPBROADCASTD 224(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y7, Y9
+	VPSRLW       $0x06, 1152(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 128(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 228(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 228(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 1216(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 192(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 232(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 232(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 1280(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 256(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 236(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 236(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x06, 1344(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 320(AX), Y10
+	VPAND        b04y<>+0(SB), Y10, Y10
+	VPOR         Y10, Y7, Y7
+	VPBROADCASTD 240(BX), Y10
+	VPMADDUBSW   Y10, Y7, Y10
+	VPBROADCASTD 240(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y7, Y11
+	VPSRLW       $0x06, 1408(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 384(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 244(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 244(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 1472(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 448(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 248(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 248(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 1536(AX), Y7
+	VPAND        b03y<>+0(SB), Y7, Y7
+	VPSRLW       $0x05, 512(AX), Y12
+	VPAND        b04y<>+0(SB), Y12, Y12
+	VPOR         Y12, Y7, Y7
+	VPBROADCASTD 252(BX), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 252(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y7, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSHUFB      q3dup_2<>+0(SB), Y6, Y7
+	VPSRAW       $0x08, Y7, Y7
+	VPMADDWD     Y7, Y8, Y8
+	VPADDD       Y8, Y4, Y4
+	VPMADDWD     Y7, Y9, Y9
+	VPADDD       Y9, Y5, Y5
+	VPSHUFB      q3dup_3<>+0(SB), Y6, Y6
+	VPSRAW       $0x08, Y6, Y6
+	VPMADDWD     Y6, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y6, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VCVTPH2PS    16(AX), Y6
+	VBROADCASTSS 304(BX), Y7
+	VMULPS       Y7, Y6, Y7
+	VCVTDQ2PS    Y4, Y4
+	VMULPS       Y7, Y4, Y4
+	VADDPS       Y4, Y1, Y1
+	VBROADCASTSS 304(BX)(CX*1), Y4
+	VMULPS       Y4, Y6, Y4
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y4, Y5, Y5
+	VADDPS       Y5, Y3, Y3
+	ADDQ         $0x000006e0, AX
+	ADDQ         $0x00000140, BX
+	DECQ         DX
+	JNZ          q3kx16AVX2N2_blk
+	MOVQ         out+40(FP), DX
+	MOVQ         ostride+48(FP), BX
+	MOVQ         DX, SI
+	VMOVUPS      Y0, (SI)
+	VMOVUPS      Y1, 32(SI)
+	ADDQ         BX, SI
+	VMOVUPS      Y2, (SI)
+	VMOVUPS      Y3, 32(SI)
+	ADDQ         $0x40, DX
+	MOVQ         DX, out+40(FP)
+	DECQ         groups+8(FP)
+	JNZ          q3kx16AVX2N2_grp
+	VZEROUPPER
+	RET
+
+// func q2kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C, MMX+
+TEXT ·q2kx16AVX2N2(SB), NOSPLIT, $0-56
+	MOVQ w+0(FP), AX
+	MOVQ xstride+32(FP), CX
+
+q2kx16AVX2N2_grp:
+	MOVQ   nblocks+16(FP), DX
+	MOVQ   xq+24(FP), BX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+
+q2kx16AVX2N2_blk:
+	PREFETCHT0   4032(AX)
+	PREFETCHT0   4096(AX)
+	PREFETCHT0   4160(AX)
+	PREFETCHT0   4224(AX)
+	PREFETCHT0   4288(AX)
+	PREFETCHT0   4352(AX)
+	PREFETCHT0   4416(AX)
+	PREFETCHT0   4480(AX)
+	PREFETCHT0   4544(AX)
+	PREFETCHT0   4608(AX)
+	PREFETCHT0   4672(AX)
+	PREFETCHT0   4736(AX)
+	PREFETCHT0   4800(AX)
+	PREFETCHT0   4864(AX)
+	PREFETCHT0   4928(AX)
+	PREFETCHT0   4992(AX)
+	PREFETCHT0   5056(AX)
+	PREFETCHT0   5120(AX)
+	PREFETCHT0   5184(AX)
+	PREFETCHT0   5248(AX)
+	PREFETCHT0   5312(AX)
+	VPXOR        Y4, Y4, Y4
+	VPXOR        Y5, Y5, Y5
+	VPXOR        Y6, Y6, Y6
+	VPXOR        Y7, Y7, Y7
+	VMOVDQU      64(AX), Y8
+	VPAND        b0fy<>+0(SB), Y8, Y8
+	VPSRLD       $0x04, 64(AX), Y9
+	VPAND        b0fy<>+0(SB), Y9, Y9
+	VPSHUFB      q4kpair_0<>+0(SB), Y9, Y10
+	VPBROADCASTD 256(BX), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y6, Y6
+	VPBROADCASTD 256(BX)(CX*1), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y7, Y7
+	VPSHUFB      q4kpair_1<>+0(SB), Y9, Y9
+	VPBROADCASTD 260(BX), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y6, Y6
+	VPBROADCASTD 260(BX)(CX*1), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y7, Y7
+	VMOVDQU      320(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD (BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD (BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VMOVDQU      384(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 4(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 4(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      448(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 8(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 8(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      512(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 12(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 12(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      576(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 16(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 16(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VMOVDQU      640(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 20(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 20(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VMOVDQU      704(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 24(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 24(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VMOVDQU      768(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 28(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 28(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_0<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y9, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VPSRLW       $0x02, 320(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 32(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 32(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x02, 384(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 36(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 36(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 448(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 40(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 40(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 512(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 44(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 44(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 576(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 48(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 48(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x02, 640(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 52(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 52(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x02, 704(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 56(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 56(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x02, 768(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 60(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 60(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_2<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y8, Y8
+	VPMADDWD     Y8, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y8, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VMOVDQU      128(AX), Y8
+	VPAND        b0fy<>+0(SB), Y8, Y8
+	VPSRLD       $0x04, 128(AX), Y9
+	VPAND        b0fy<>+0(SB), Y9, Y9
+	VPSHUFB      q4kpair_0<>+0(SB), Y9, Y10
+	VPBROADCASTD 264(BX), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y6, Y6
+	VPBROADCASTD 264(BX)(CX*1), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y7, Y7
+	VPSHUFB      q4kpair_1<>+0(SB), Y9, Y9
+	VPBROADCASTD 268(BX), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y6, Y6
+	VPBROADCASTD 268(BX)(CX*1), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSRLW       $0x04, 320(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 64(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 64(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x04, 384(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 68(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 68(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 448(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 72(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 72(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 512(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 76(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 76(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 576(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 80(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 80(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x04, 640(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 84(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 84(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x04, 704(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 88(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 88(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x04, 768(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 92(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 92(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_0<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y9, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VPSRLW       $0x06, 320(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 96(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 96(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x06, 384(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 100(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 100(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 448(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 104(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 104(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 512(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 108(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 108(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 576(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 112(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 112(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x06, 640(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 116(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 116(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x06, 704(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 120(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 120(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x06, 768(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 124(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 124(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_2<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y8, Y8
+	VPMADDWD     Y8, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y8, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VMOVDQU      192(AX), Y8
+	VPAND        b0fy<>+0(SB), Y8, Y8
+	VPSRLD       $0x04, 192(AX), Y9
+	VPAND        b0fy<>+0(SB), Y9, Y9
+	VPSHUFB      q4kpair_0<>+0(SB), Y9, Y10
+	VPBROADCASTD 272(BX), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y6, Y6
+	VPBROADCASTD 272(BX)(CX*1), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y7, Y7
+	VPSHUFB      q4kpair_1<>+0(SB), Y9, Y9
+	VPBROADCASTD 276(BX), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y6, Y6
+	VPBROADCASTD 276(BX)(CX*1), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y7, Y7
+	VMOVDQU      832(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 128(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 128(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VMOVDQU      896(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 132(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 132(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      960(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 136(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 136(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      1024(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 140(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 140(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      1088(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 144(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 144(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VMOVDQU      1152(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 148(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 148(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VMOVDQU      1216(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 152(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 152(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VMOVDQU      1280(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 156(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 156(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_0<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y9, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VPSRLW       $0x02, 832(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 160(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 160(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x02, 896(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 164(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 164(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 960(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 168(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 168(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 1024(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 172(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 172(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 1088(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 176(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 176(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x02, 1152(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 180(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 180(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x02, 1216(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 184(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 184(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x02, 1280(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 188(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 188(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_2<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y8, Y8
+	VPMADDWD     Y8, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y8, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VMOVDQU      256(AX), Y8
+	VPAND        b0fy<>+0(SB), Y8, Y8
+	VPSRLD       $0x04, 256(AX), Y9
+	VPAND        b0fy<>+0(SB), Y9, Y9
+	VPSHUFB      q4kpair_0<>+0(SB), Y9, Y10
+	VPBROADCASTD 280(BX), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y6, Y6
+	VPBROADCASTD 280(BX)(CX*1), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y7, Y7
+	VPSHUFB      q4kpair_1<>+0(SB), Y9, Y9
+	VPBROADCASTD 284(BX), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y6, Y6
+	VPBROADCASTD 284(BX)(CX*1), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSRLW       $0x04, 832(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 192(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 192(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x04, 896(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 196(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 196(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 960(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 200(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 200(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 1024(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 204(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 204(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 1088(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 208(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 208(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x04, 1152(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 212(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 212(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x04, 1216(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 216(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 216(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x04, 1280(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 220(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 220(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_0<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y9, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VPSRLW       $0x06, 832(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 224(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 224(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x06, 896(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 228(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 228(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 960(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 232(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 232(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 1024(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 236(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 236(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 1088(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 240(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 240(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x06, 1152(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 244(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 244(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x06, 1216(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 248(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 248(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x06, 1280(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 252(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 252(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_2<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y8, Y8
+	VPMADDWD     Y8, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y8, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VCVTPH2PS    (AX), Y8
+	VCVTPH2PS    32(AX), Y9
+	VBROADCASTSS 304(BX), Y10
+	VMULPS       Y10, Y8, Y10
+	VCVTDQ2PS    Y4, Y4
+	VMULPS       Y10, Y4, Y4
+	VADDPS       Y4, Y0, Y0
+	VBROADCASTSS 304(BX), Y4
+	VMULPS       Y4, Y9, Y4
+	VCVTDQ2PS    Y6, Y6
+	VMULPS       Y4, Y6, Y6
+	VSUBPS       Y6, Y0, Y0
+	VBROADCASTSS 304(BX)(CX*1), Y4
+	VMULPS       Y4, Y8, Y4
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y4, Y5, Y5
+	VADDPS       Y5, Y2, Y2
+	VBROADCASTSS 304(BX)(CX*1), Y4
+	VMULPS       Y4, Y9, Y4
+	VCVTDQ2PS    Y7, Y5
+	VMULPS       Y4, Y5, Y5
+	VSUBPS       Y5, Y2, Y2
+	VPXOR        Y4, Y4, Y4
+	VPXOR        Y5, Y5, Y5
+	VPXOR        Y6, Y6, Y6
+	VPXOR        Y7, Y7, Y7
+	VMOVDQU      96(AX), Y8
+	VPAND        b0fy<>+0(SB), Y8, Y8
+	VPSRLD       $0x04, 96(AX), Y9
+	VPAND        b0fy<>+0(SB), Y9, Y9
+	VPSHUFB      q4kpair_0<>+0(SB), Y9, Y10
+	VPBROADCASTD 256(BX), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y6, Y6
+	VPBROADCASTD 256(BX)(CX*1), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y7, Y7
+	VPSHUFB      q4kpair_1<>+0(SB), Y9, Y9
+	VPBROADCASTD 260(BX), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y6, Y6
+	VPBROADCASTD 260(BX)(CX*1), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y7, Y7
+	VMOVDQU      352(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD (BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD (BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VMOVDQU      416(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 4(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 4(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      480(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 8(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 8(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      544(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 12(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 12(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      608(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 16(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 16(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VMOVDQU      672(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 20(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 20(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VMOVDQU      736(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 24(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 24(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VMOVDQU      800(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 28(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 28(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_0<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y9, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VPSRLW       $0x02, 352(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 32(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 32(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x02, 416(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 36(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 36(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 480(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 40(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 40(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 544(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 44(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 44(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 608(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 48(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 48(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x02, 672(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 52(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 52(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x02, 736(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 56(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 56(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x02, 800(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 60(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 60(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_2<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y8, Y8
+	VPMADDWD     Y8, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y8, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VMOVDQU      160(AX), Y8
+	VPAND        b0fy<>+0(SB), Y8, Y8
+	VPSRLD       $0x04, 160(AX), Y9
+	VPAND        b0fy<>+0(SB), Y9, Y9
+	VPSHUFB      q4kpair_0<>+0(SB), Y9, Y10
+	VPBROADCASTD 264(BX), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y6, Y6
+	VPBROADCASTD 264(BX)(CX*1), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y7, Y7
+	VPSHUFB      q4kpair_1<>+0(SB), Y9, Y9
+	VPBROADCASTD 268(BX), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y6, Y6
+	VPBROADCASTD 268(BX)(CX*1), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSRLW       $0x04, 352(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 64(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 64(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x04, 416(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 68(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 68(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 480(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 72(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 72(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 544(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 76(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 76(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 608(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 80(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 80(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x04, 672(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 84(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 84(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x04, 736(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 88(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 88(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x04, 800(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 92(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 92(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_0<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y9, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VPSRLW       $0x06, 352(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 96(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 96(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x06, 416(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 100(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 100(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 480(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 104(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 104(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 544(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 108(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 108(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 608(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 112(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 112(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x06, 672(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 116(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 116(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x06, 736(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 120(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 120(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x06, 800(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 124(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 124(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_2<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y8, Y8
+	VPMADDWD     Y8, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y8, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VMOVDQU      224(AX), Y8
+	VPAND        b0fy<>+0(SB), Y8, Y8
+	VPSRLD       $0x04, 224(AX), Y9
+	VPAND        b0fy<>+0(SB), Y9, Y9
+	VPSHUFB      q4kpair_0<>+0(SB), Y9, Y10
+	VPBROADCASTD 272(BX), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y6, Y6
+	VPBROADCASTD 272(BX)(CX*1), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y7, Y7
+	VPSHUFB      q4kpair_1<>+0(SB), Y9, Y9
+	VPBROADCASTD 276(BX), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y6, Y6
+	VPBROADCASTD 276(BX)(CX*1), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y7, Y7
+	VMOVDQU      864(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 128(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 128(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VMOVDQU      928(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 132(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 132(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      992(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 136(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 136(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      1056(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 140(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 140(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VMOVDQU      1120(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 144(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 144(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VMOVDQU      1184(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 148(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 148(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VMOVDQU      1248(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 152(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 152(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VMOVDQU      1312(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 156(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 156(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_0<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y9, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VPSRLW       $0x02, 864(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 160(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 160(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x02, 928(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 164(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 164(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 992(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 168(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 168(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 1056(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 172(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 172(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x02, 1120(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 176(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 176(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x02, 1184(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 180(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 180(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x02, 1248(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 184(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 184(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x02, 1312(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 188(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 188(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_2<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y8, Y8
+	VPMADDWD     Y8, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y8, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VMOVDQU      288(AX), Y8
+	VPAND        b0fy<>+0(SB), Y8, Y8
+	VPSRLD       $0x04, 288(AX), Y9
+	VPAND        b0fy<>+0(SB), Y9, Y9
+	VPSHUFB      q4kpair_0<>+0(SB), Y9, Y10
+	VPBROADCASTD 280(BX), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y6, Y6
+	VPBROADCASTD 280(BX)(CX*1), Y11
+	VPMADDWD     Y11, Y10, Y11
+	VPADDD       Y11, Y7, Y7
+	VPSHUFB      q4kpair_1<>+0(SB), Y9, Y9
+	VPBROADCASTD 284(BX), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y6, Y6
+	VPBROADCASTD 284(BX)(CX*1), Y10
+	VPMADDWD     Y10, Y9, Y10
+	VPADDD       Y10, Y7, Y7
+	VPSRLW       $0x04, 864(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 192(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 192(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x04, 928(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 196(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 196(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 992(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 200(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 200(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 1056(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 204(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 204(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x04, 1120(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 208(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 208(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x04, 1184(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 212(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 212(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x04, 1248(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 216(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 216(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x04, 1312(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 220(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 220(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_0<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_1<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y9, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VPSRLW       $0x06, 864(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 224(BX), Y10
+	VPMADDUBSW   Y10, Y9, Y10
+	VPBROADCASTD 224(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y9, Y11
+	VPSRLW       $0x06, 928(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 228(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 228(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 992(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 232(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 232(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 1056(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 236(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y10, Y10
+	VPBROADCASTD 236(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPADDW       Y12, Y11, Y11
+	VPSRLW       $0x06, 1120(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 240(BX), Y12
+	VPMADDUBSW   Y12, Y9, Y12
+	VPBROADCASTD 240(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y9, Y13
+	VPSRLW       $0x06, 1184(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 244(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 244(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x06, 1248(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 248(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 248(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSRLW       $0x06, 1312(AX), Y9
+	VPAND        b03y<>+0(SB), Y9, Y9
+	VPBROADCASTD 252(BX), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y12, Y12
+	VPBROADCASTD 252(BX)(CX*1), Y14
+	VPMADDUBSW   Y14, Y9, Y14
+	VPADDW       Y14, Y13, Y13
+	VPSHUFB      q4kdup_2<>+0(SB), Y8, Y9
+	VPMADDWD     Y9, Y10, Y10
+	VPADDD       Y10, Y4, Y4
+	VPMADDWD     Y9, Y11, Y11
+	VPADDD       Y11, Y5, Y5
+	VPSHUFB      q4kdup_3<>+0(SB), Y8, Y8
+	VPMADDWD     Y8, Y12, Y12
+	VPADDD       Y12, Y4, Y4
+	VPMADDWD     Y8, Y13, Y13
+	VPADDD       Y13, Y5, Y5
+	VCVTPH2PS    16(AX), Y8
+	VCVTPH2PS    48(AX), Y9
+	VBROADCASTSS 304(BX), Y10
+	VMULPS       Y10, Y8, Y10
+	VCVTDQ2PS    Y4, Y4
+	VMULPS       Y10, Y4, Y4
+	VADDPS       Y4, Y1, Y1
+	VBROADCASTSS 304(BX), Y4
+	VMULPS       Y4, Y9, Y4
+	VCVTDQ2PS    Y6, Y6
+	VMULPS       Y4, Y6, Y6
+	VSUBPS       Y6, Y1, Y1
+	VBROADCASTSS 304(BX)(CX*1), Y4
+	VMULPS       Y4, Y8, Y4
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y4, Y5, Y5
+	VADDPS       Y5, Y3, Y3
+	VBROADCASTSS 304(BX)(CX*1), Y4
+	VMULPS       Y4, Y9, Y4
+	VCVTDQ2PS    Y7, Y5
+	VMULPS       Y4, Y5, Y5
+	VSUBPS       Y5, Y3, Y3
+	ADDQ         $0x00000540, AX
+	ADDQ         $0x00000140, BX
+	DECQ         DX
+	JNZ          q2kx16AVX2N2_blk
+	MOVQ         out+40(FP), DX
+	MOVQ         ostride+48(FP), BX
+	MOVQ         DX, SI
+	VMOVUPS      Y0, (SI)
+	VMOVUPS      Y1, 32(SI)
+	ADDQ         BX, SI
+	VMOVUPS      Y2, (SI)
+	VMOVUPS      Y3, 32(SI)
+	ADDQ         $0x40, DX
+	MOVQ         DX, out+40(FP)
+	DECQ         groups+8(FP)
+	JNZ          q2kx16AVX2N2_grp
 	VZEROUPPER
 	RET
 

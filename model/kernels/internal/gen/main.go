@@ -41,6 +41,7 @@ func main() {
 	genQ6Kx16Consts()
 	genQ23Kx16Consts()
 	genIQ4XSx16Consts()
+	genQ23Kx16AVX2Consts()
 	genQ8AVX2Consts()
 	genQ8QuantConsts()
 	genQ80Consts()
@@ -152,6 +153,10 @@ func main() {
 	}
 	for n := 1; n <= iq4xsx16MaxN; n++ {
 		genIQ4XSx16(n)
+	}
+	for n := 1; n <= q23kx16AVX2MaxN; n++ {
+		genQ3Kx16AVX2(n)
+		genQ2Kx16AVX2(n)
 	}
 	genSiLU()
 	for n := 1; n <= 6; n++ {

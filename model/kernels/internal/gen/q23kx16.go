@@ -405,3 +405,226 @@ func genIQ4XSx16(n int) {
 	packedNextBlock(name, iq4xsx16Block, wp, xq, cnt)
 	packedEnd(name, acc)
 }
+
+// ---- Q3_K and Q2_K packed in 16-row groups on AVX2: q3kx16AVX2N, q2kx16AVX2N ----
+//
+// tensor.Q3Kx16's and Q2Kx16's layouts (see genQ23Kx16), taken as two
+// halves of 8 rows (bytes 32h.. of every 64-byte line, one dword lane per
+// row), as genQKx16AVX2 takes Q4_K's. Per half, unit (h', f) and word g,
+// the 2-bit fields (Q3_K: with their third bit) of 8 rows are multiplied
+// with the input's 4 bytes broadcast by VPMADDUBSW; a sub-block's 4 words
+// of pair sums add up in int16 (at most 4·2·7·127 = 7112), and one VPMADDWD
+// with the sub-block's scale in both int16s of each dword (Q3_K: sign-
+// extended) gives sc·(the sub-block's Σ q·q_x) per lane. Q3_K's −4 offset
+// is taken off I as 4·Σ sc·(16-value sums); Q2_K's mins go to M. The same
+// exact integers and float32 steps as every other Q3_K and Q2_K kernel.
+
+// q23kx16AVX2MaxN is the most input rows per call.
+const q23kx16AVX2MaxN = 2
+
+var (
+	cQ3Dup   [4]Mem // VPSHUFB: byte k of each dword to the high byte of both its int16s (VPSRAW 8 then sign-extends)
+	cQ3PairY [2]Mem // VPSHUFB: bytes 2a, 2a+1 of each dword to the high bytes of its two int16s
+	cB03Y    Mem    // 32 bytes 0x03
+	cB04Y    Mem    // 32 bytes 0x04
+	cB30Y    Mem    // 32 bytes 0x30
+	cB20Y    Mem    // 32 bytes 0x20
+)
+
+func genQ23Kx16AVX2Consts() {
+	for k := 0; k < 4; k++ {
+		var v []uint32
+		for p := 0; p < 8; p++ {
+			b := uint32(4*(p%4) + k)
+			v = append(v, 0x00800080|b<<8|b<<24)
+		}
+		cQ3Dup[k] = data32(fmt.Sprintf("q3dup_%d", k), v...)
+	}
+	for a := 0; a < 2; a++ {
+		var v []uint32
+		for p := 0; p < 8; p++ {
+			b := uint32(4*(p%4) + 2*a)
+			v = append(v, 0x00800080|b<<8|(b+1)<<24)
+		}
+		cQ3PairY[a] = data32(fmt.Sprintf("q3pairy_%d", a), v...)
+	}
+	cB03Y = data32("b03y", rep(0x03030303, 8)...)
+	cB04Y = data32("b04y", rep(0x04040404, 8)...)
+	cB30Y = data32("b30y", rep(0x30303030, 8)...)
+	cB20Y = data32("b20y", rep(0x20202020, 8)...)
+}
+
+func genQ3Kx16AVX2(n int) { genQ23Kx16AVX2(dQ3K, n) }
+func genQ2Kx16AVX2(n int) { genQ23Kx16AVX2(dQ2K, n) }
+
+// genQ23Kx16AVX2 emits q3kx16AVX2N<n> (d Q3_K) or q2kx16AVX2N<n> (Q2_K).
+func genQ23Kx16AVX2(d dtype, n int) {
+	q3 := d == dQ3K
+	name := fmt.Sprintf("q2kx16AVX2N%d", n)
+	blockBytes, wbase, qs := q2kx16Block, 64, 4
+	if q3 {
+		name = fmt.Sprintf("q3kx16AVX2N%d", n)
+		blockBytes, wbase, qs = q3kx16Block, 32, 8
+	}
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows on AVX2 (see genQ23Kx16AVX2).", name, d, n), n)
+	Pragma("noescape")
+	Label(name + "_grp")
+	cnt := ld("nblocks")
+	xq := ld("xq")
+	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
+	acc := make([]VecVirtual, 2*n) // acc[2i+h]: input row i, weight rows 8h..8h+7
+	for i := range acc {
+		acc[i] = YMM()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	Label(name + "_blk")
+	for l := 0; l < (blockBytes+63)/64; l++ {
+		PREFETCHT0(Mem{Base: wp, Disp: 3*blockBytes + 64*l})
+	}
+	for h := 0; h < 2; h++ {
+		word := func(j int) Mem { return Mem{Base: wp, Disp: wbase + 64*j + 32*h} }
+		isum := make([]VecVirtual, n)
+		var msum []VecVirtual // Q2_K: M
+		for i := range isum {
+			isum[i] = YMM()
+			VPXOR(isum[i], isum[i], isum[i])
+		}
+		if !q3 {
+			msum = make([]VecVirtual, n)
+			for i := range msum {
+				msum[i] = YMM()
+				VPXOR(msum[i], msum[i], msum[i])
+			}
+		}
+		var sc VecVirtual // the scales of the current 4 sub-blocks, one byte each per lane
+		for hh := 0; hh < 2; hh++ {
+			for f := 0; f < 4; f++ {
+				k := 2*hh + f/2 // sub-blocks 4k..4k+3
+				if f%2 == 0 {
+					sc = YMM()
+					if q3 {
+						// sc_j: nibble of byte j%8 of scale words 24/25 |
+						// bits 2(j/4).. of word 26, less 32.
+						lo := word(24 + k%2)
+						t := YMM()
+						switch k {
+						case 0:
+							VPSLLD(U8(4), word(26), sc)
+						case 1:
+							VPSLLD(U8(2), word(26), sc)
+						case 2:
+							VMOVDQU(word(26), sc)
+						case 3:
+							VPSRLD(U8(2), word(26), sc)
+						}
+						VPAND(cB30Y, sc, sc)
+						if k >= 2 {
+							VPSRLD(U8(4), lo, t)
+						} else {
+							VMOVDQU(lo, t)
+						}
+						VPAND(cB0FY, t, t)
+						VPOR(t, sc, sc)
+						VPSUBB(cB20Y, sc, sc)
+					} else {
+						VMOVDQU(word(k), sc)
+						VPAND(cB0FY, sc, sc)
+						// M_i += the mins of sub-blocks 4k..4k+3 against the
+						// input's 16-value sums, paired as int16.
+						mn := YMM()
+						VPSRLD(U8(4), word(k), mn)
+						VPAND(cB0FY, mn, mn)
+						for a := 0; a < 2; a++ {
+							mp := YMM()
+							VPSHUFB(cQ4KPair[a], mn, mp)
+							for i := 0; i < n; i++ {
+								xb := YMM()
+								VPBROADCASTD(xm(i, q8xBsum16+8*k+4*a), xb)
+								VPMADDWD(xb, mp, xb)
+								VPADDD(xb, msum[i], msum[i])
+							}
+						}
+					}
+				}
+				if q3 {
+					// I_i −= 4·(sc_{2p}, sc_{2p+1})·(the input's 16-value
+					// sums of the unit's two sub-blocks), p = 4hh+f.
+					pair := YMM()
+					VPSHUFB(cQ3PairY[f%2], sc, pair)
+					VPSRAW(U8(8), pair, pair)
+					for i := 0; i < n; i++ {
+						xb := YMM()
+						VPBROADCASTD(xm(i, q8xBsum16+4*(4*hh+f)), xb)
+						VPMADDWD(xb, pair, xb)
+						VPSLLD(U8(2), xb, xb)
+						VPSUBD(xb, isum[i], isum[i])
+					}
+				}
+				d16 := make([][2]VecVirtual, n)
+				for g := 0; g < 8; g++ {
+					wm := word(qs + 8*hh + g)
+					q := YMM()
+					if f == 0 {
+						VMOVDQU(wm, q)
+					} else {
+						VPSRLW(U8(2*f), wm, q)
+					}
+					VPAND(cB03Y, q, q)
+					if q3 {
+						t := YMM()
+						switch b := 4*hh + f; { // bit b of hmask word g to bit 2
+						case b < 2:
+							VPSLLW(U8(2-b), word(g), t)
+						case b > 2:
+							VPSRLW(U8(b-2), word(g), t)
+						default:
+							VMOVDQU(word(g), t)
+						}
+						VPAND(cB04Y, t, t)
+						VPOR(t, q, q)
+					}
+					for i := 0; i < n; i++ {
+						p := YMM()
+						VPBROADCASTD(xm(i, 128*hh+32*f+4*g), p)
+						VPMADDUBSW(p, q, p)
+						e := g / 4
+						if g%4 == 0 {
+							d16[i][e] = p
+							continue
+						}
+						VPADDW(p, d16[i][e], d16[i][e])
+					}
+				}
+				for e := 0; e < 2; e++ {
+					j := 8*hh + 2*f + e
+					s := YMM()
+					if q3 {
+						VPSHUFB(cQ3Dup[j%4], sc, s)
+						VPSRAW(U8(8), s, s)
+					} else {
+						VPSHUFB(cQ4KDup[j%4], sc, s)
+					}
+					for i := 0; i < n; i++ {
+						VPMADDWD(s, d16[i][e], d16[i][e])
+						VPADDD(d16[i][e], isum[i], isum[i])
+					}
+				}
+			}
+		}
+		dw := YMM()
+		VCVTPH2PS(Mem{Base: wp, Disp: 16 * h}, dw)
+		var dmw VecVirtual
+		if !q3 {
+			dmw = YMM()
+			VCVTPH2PS(Mem{Base: wp, Disp: 32 + 16*h}, dmw)
+		}
+		for i := 0; i < n; i++ {
+			scaleStep256(VADDPS, xm(i, q8xD), dw, isum[i], acc[2*i+h])
+			if !q3 {
+				scaleStep256(VSUBPS, xm(i, q8xD), dmw, msum[i], acc[2*i+h])
+			}
+		}
+	}
+	packedNextBlock(name, blockBytes, wp, xq, cnt)
+	packedEnd(name, acc)
+}
