@@ -839,6 +839,16 @@ func iq4nlx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out
 //go:noescape
 func iq4nlx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// q50x16AVX2N1 multiplies a 16-row group of repacked Q50 weights with 1 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func q50x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q50x16AVX2N2 multiplies a 16-row group of repacked Q50 weights with 2 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func q50x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // q80rows256 multiplies row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
 //
 //go:noescape

@@ -102445,6 +102445,523 @@ iq4nlx16AVX2N2_next:
 	VZEROUPPER
 	RET
 
+// func q50x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512VL, F16C
+TEXT ·q50x16AVX2N1(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD w1<>+0(SB), Y0
+
+q50x16AVX2N1_grp:
+	MOVQ   nblocks+16(FP), CX
+	MOVQ   xq+24(FP), DX
+	MOVQ   DX, BX
+	XORQ   SI, SI
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+
+q50x16AVX2N1_blk:
+	VMOVDQU      32(AX), Y3
+	VMOVDQU      96(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_0<>+0(SB), Y3, Y5
+	VPAND        q5nib_0<>+0(SB), Y5, Y5
+	VPCMPEQB     q5nib_0<>+0(SB), Y5, Y5
+	VPAND        b10y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD (DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VMOVDQU      160(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_0<>+0(SB), Y3, Y6
+	VPAND        q5nib_1<>+0(SB), Y6, Y6
+	VPCMPEQB     q5nib_1<>+0(SB), Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 4(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      224(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_1<>+0(SB), Y3, Y6
+	VPAND        q5nib_0<>+0(SB), Y6, Y6
+	VPCMPEQB     q5nib_0<>+0(SB), Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 8(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      288(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_1<>+0(SB), Y3, Y6
+	VPAND        q5nib_1<>+0(SB), Y6, Y6
+	VPCMPEQB     q5nib_1<>+0(SB), Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 12(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 96(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_2<>+0(SB), Y3, Y6
+	VPAND        q5nib_0<>+0(SB), Y6, Y6
+	VPCMPEQB     q5nib_0<>+0(SB), Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 16(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 160(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_2<>+0(SB), Y3, Y7
+	VPAND        q5nib_1<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_1<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 20(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 224(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_3<>+0(SB), Y3, Y7
+	VPAND        q5nib_0<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_0<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 24(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 288(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_3<>+0(SB), Y3, Y3
+	VPAND        q5nib_1<>+0(SB), Y3, Y3
+	VPCMPEQB     q5nib_1<>+0(SB), Y3, Y3
+	VPAND        b10y<>+0(SB), Y3, Y3
+	VPOR         Y3, Y4, Y4
+	VPBROADCASTD 28(DX), Y3
+	VPMADDUBSW   Y3, Y4, Y3
+	VPADDW       Y3, Y6, Y6
+	VPMADDWD     Y0, Y5, Y5
+	VPMADDWD     Y0, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VPBROADCASTD 576(BX), Y3
+	VPSRAD       $0x03, Y3, Y3
+	VPSUBD       Y3, Y5, Y5
+	VMOVDQU      64(AX), Y3
+	VMOVDQU      128(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_0<>+0(SB), Y3, Y6
+	VPAND        q5nib_0<>+0(SB), Y6, Y6
+	VPCMPEQB     q5nib_0<>+0(SB), Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD (DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VMOVDQU      192(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_0<>+0(SB), Y3, Y7
+	VPAND        q5nib_1<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_1<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 4(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      256(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_1<>+0(SB), Y3, Y7
+	VPAND        q5nib_0<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_0<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 8(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      320(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_1<>+0(SB), Y3, Y7
+	VPAND        q5nib_1<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_1<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 12(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 128(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_2<>+0(SB), Y3, Y7
+	VPAND        q5nib_0<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_0<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 16(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPSRLW       $0x04, 192(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_2<>+0(SB), Y3, Y8
+	VPAND        q5nib_1<>+0(SB), Y8, Y8
+	VPCMPEQB     q5nib_1<>+0(SB), Y8, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y4, Y4
+	VPBROADCASTD 20(DX), Y8
+	VPMADDUBSW   Y8, Y4, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 256(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_3<>+0(SB), Y3, Y8
+	VPAND        q5nib_0<>+0(SB), Y8, Y8
+	VPCMPEQB     q5nib_0<>+0(SB), Y8, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y4, Y4
+	VPBROADCASTD 24(DX), Y8
+	VPMADDUBSW   Y8, Y4, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 320(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_3<>+0(SB), Y3, Y3
+	VPAND        q5nib_1<>+0(SB), Y3, Y3
+	VPCMPEQB     q5nib_1<>+0(SB), Y3, Y3
+	VPAND        b10y<>+0(SB), Y3, Y3
+	VPOR         Y3, Y4, Y4
+	VPBROADCASTD 28(DX), Y3
+	VPMADDUBSW   Y3, Y4, Y3
+	VPADDW       Y3, Y7, Y7
+	VPMADDWD     Y0, Y6, Y6
+	VPMADDWD     Y0, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VPBROADCASTD 576(BX), Y3
+	VPSRAD       $0x03, Y3, Y3
+	VPSUBD       Y3, Y6, Y6
+	VCVTPH2PS    (AX), Y3
+	VBROADCASTSS 512(BX), Y4
+	VMULPS       Y4, Y3, Y4
+	VCVTDQ2PS    Y5, Y3
+	VMULPS       Y4, Y3, Y3
+	VADDPS       Y3, Y1, Y1
+	VCVTPH2PS    16(AX), Y3
+	VBROADCASTSS 512(BX), Y4
+	VMULPS       Y4, Y3, Y4
+	VCVTDQ2PS    Y6, Y3
+	VMULPS       Y4, Y3, Y3
+	VADDPS       Y3, Y2, Y2
+	ADDQ         $0x00000160, AX
+	ADDQ         $0x20, DX
+	ADDQ         $0x04, BX
+	INCQ         SI
+	CMPQ         SI, $0x10
+	JNE          q50x16AVX2N1_next
+	ADDQ         $0x00000080, DX
+	ADDQ         $0x00000240, BX
+	XORQ         SI, SI
+
+q50x16AVX2N1_next:
+	DECQ    CX
+	JNZ     q50x16AVX2N1_blk
+	MOVQ    out+40(FP), CX
+	MOVQ    ostride+48(FP), DX
+	MOVQ    CX, DX
+	VMOVUPS Y1, (DX)
+	VMOVUPS Y2, 32(DX)
+	ADDQ    $0x40, CX
+	MOVQ    CX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q50x16AVX2N1_grp
+	VZEROUPPER
+	RET
+
+// func q50x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512VL, F16C
+TEXT ·q50x16AVX2N2(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD w1<>+0(SB), Y0
+
+q50x16AVX2N2_grp:
+	MOVQ   nblocks+16(FP), DX
+	MOVQ   xq+24(FP), BX
+	MOVQ   BX, SI
+	XORQ   DI, DI
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+
+q50x16AVX2N2_blk:
+	VMOVDQU      32(AX), Y5
+	VMOVDQU      96(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_0<>+0(SB), Y5, Y7
+	VPAND        q5nib_0<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_0<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPBROADCASTD (BX), Y7
+	VPMADDUBSW   Y7, Y6, Y7
+	VPBROADCASTD (BX)(CX*1), Y8
+	VPMADDUBSW   Y8, Y6, Y8
+	VMOVDQU      160(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_0<>+0(SB), Y5, Y9
+	VPAND        q5nib_1<>+0(SB), Y9, Y9
+	VPCMPEQB     q5nib_1<>+0(SB), Y9, Y9
+	VPAND        b10y<>+0(SB), Y9, Y9
+	VPOR         Y9, Y6, Y6
+	VPBROADCASTD 4(BX), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y7, Y7
+	VPBROADCASTD 4(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y8, Y8
+	VMOVDQU      224(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_1<>+0(SB), Y5, Y9
+	VPAND        q5nib_0<>+0(SB), Y9, Y9
+	VPCMPEQB     q5nib_0<>+0(SB), Y9, Y9
+	VPAND        b10y<>+0(SB), Y9, Y9
+	VPOR         Y9, Y6, Y6
+	VPBROADCASTD 8(BX), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y7, Y7
+	VPBROADCASTD 8(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y8, Y8
+	VMOVDQU      288(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_1<>+0(SB), Y5, Y9
+	VPAND        q5nib_1<>+0(SB), Y9, Y9
+	VPCMPEQB     q5nib_1<>+0(SB), Y9, Y9
+	VPAND        b10y<>+0(SB), Y9, Y9
+	VPOR         Y9, Y6, Y6
+	VPBROADCASTD 12(BX), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y7, Y7
+	VPBROADCASTD 12(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y8, Y8
+	VPSRLW       $0x04, 96(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_2<>+0(SB), Y5, Y9
+	VPAND        q5nib_0<>+0(SB), Y9, Y9
+	VPCMPEQB     q5nib_0<>+0(SB), Y9, Y9
+	VPAND        b10y<>+0(SB), Y9, Y9
+	VPOR         Y9, Y6, Y6
+	VPBROADCASTD 16(BX), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPBROADCASTD 16(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPSRLW       $0x04, 160(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_2<>+0(SB), Y5, Y11
+	VPAND        q5nib_1<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_1<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 20(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y9, Y9
+	VPBROADCASTD 20(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y10, Y10
+	VPSRLW       $0x04, 224(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_3<>+0(SB), Y5, Y11
+	VPAND        q5nib_0<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_0<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 24(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y9, Y9
+	VPBROADCASTD 24(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y10, Y10
+	VPSRLW       $0x04, 288(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_3<>+0(SB), Y5, Y5
+	VPAND        q5nib_1<>+0(SB), Y5, Y5
+	VPCMPEQB     q5nib_1<>+0(SB), Y5, Y5
+	VPAND        b10y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y6, Y6
+	VPBROADCASTD 28(BX), Y5
+	VPMADDUBSW   Y5, Y6, Y5
+	VPADDW       Y5, Y9, Y9
+	VPBROADCASTD 28(BX)(CX*1), Y5
+	VPMADDUBSW   Y5, Y6, Y5
+	VPADDW       Y5, Y10, Y10
+	VPMADDWD     Y0, Y7, Y7
+	VPMADDWD     Y0, Y9, Y9
+	VPADDD       Y9, Y7, Y7
+	VPBROADCASTD 576(SI), Y5
+	VPSRAD       $0x03, Y5, Y5
+	VPSUBD       Y5, Y7, Y7
+	VPMADDWD     Y0, Y8, Y8
+	VPMADDWD     Y0, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VPBROADCASTD 576(SI)(CX*1), Y5
+	VPSRAD       $0x03, Y5, Y5
+	VPSUBD       Y5, Y8, Y8
+	VMOVDQU      64(AX), Y5
+	VMOVDQU      128(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_0<>+0(SB), Y5, Y9
+	VPAND        q5nib_0<>+0(SB), Y9, Y9
+	VPCMPEQB     q5nib_0<>+0(SB), Y9, Y9
+	VPAND        b10y<>+0(SB), Y9, Y9
+	VPOR         Y9, Y6, Y6
+	VPBROADCASTD (BX), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPBROADCASTD (BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VMOVDQU      192(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_0<>+0(SB), Y5, Y11
+	VPAND        q5nib_1<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_1<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 4(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y9, Y9
+	VPBROADCASTD 4(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y10, Y10
+	VMOVDQU      256(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_1<>+0(SB), Y5, Y11
+	VPAND        q5nib_0<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_0<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 8(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y9, Y9
+	VPBROADCASTD 8(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y10, Y10
+	VMOVDQU      320(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_1<>+0(SB), Y5, Y11
+	VPAND        q5nib_1<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_1<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 12(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y9, Y9
+	VPBROADCASTD 12(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y10, Y10
+	VPSRLW       $0x04, 128(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_2<>+0(SB), Y5, Y11
+	VPAND        q5nib_0<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_0<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 16(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPBROADCASTD 16(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VPSRLW       $0x04, 192(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_2<>+0(SB), Y5, Y13
+	VPAND        q5nib_1<>+0(SB), Y13, Y13
+	VPCMPEQB     q5nib_1<>+0(SB), Y13, Y13
+	VPAND        b10y<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPBROADCASTD 20(BX), Y13
+	VPMADDUBSW   Y13, Y6, Y13
+	VPADDW       Y13, Y11, Y11
+	VPBROADCASTD 20(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y6, Y13
+	VPADDW       Y13, Y12, Y12
+	VPSRLW       $0x04, 256(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_3<>+0(SB), Y5, Y13
+	VPAND        q5nib_0<>+0(SB), Y13, Y13
+	VPCMPEQB     q5nib_0<>+0(SB), Y13, Y13
+	VPAND        b10y<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPBROADCASTD 24(BX), Y13
+	VPMADDUBSW   Y13, Y6, Y13
+	VPADDW       Y13, Y11, Y11
+	VPBROADCASTD 24(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y6, Y13
+	VPADDW       Y13, Y12, Y12
+	VPSRLW       $0x04, 320(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_3<>+0(SB), Y5, Y5
+	VPAND        q5nib_1<>+0(SB), Y5, Y5
+	VPCMPEQB     q5nib_1<>+0(SB), Y5, Y5
+	VPAND        b10y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y6, Y6
+	VPBROADCASTD 28(BX), Y5
+	VPMADDUBSW   Y5, Y6, Y5
+	VPADDW       Y5, Y11, Y11
+	VPBROADCASTD 28(BX)(CX*1), Y5
+	VPMADDUBSW   Y5, Y6, Y5
+	VPADDW       Y5, Y12, Y12
+	VPMADDWD     Y0, Y9, Y9
+	VPMADDWD     Y0, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPBROADCASTD 576(SI), Y5
+	VPSRAD       $0x03, Y5, Y5
+	VPSUBD       Y5, Y9, Y9
+	VPMADDWD     Y0, Y10, Y10
+	VPMADDWD     Y0, Y12, Y12
+	VPADDD       Y12, Y10, Y10
+	VPBROADCASTD 576(SI)(CX*1), Y5
+	VPSRAD       $0x03, Y5, Y5
+	VPSUBD       Y5, Y10, Y10
+	VCVTPH2PS    (AX), Y5
+	VBROADCASTSS 512(SI), Y6
+	VMULPS       Y6, Y5, Y6
+	VCVTDQ2PS    Y7, Y7
+	VMULPS       Y6, Y7, Y7
+	VADDPS       Y7, Y1, Y1
+	VBROADCASTSS 512(SI)(CX*1), Y6
+	VMULPS       Y6, Y5, Y6
+	VCVTDQ2PS    Y8, Y5
+	VMULPS       Y6, Y5, Y5
+	VADDPS       Y5, Y3, Y3
+	VCVTPH2PS    16(AX), Y5
+	VBROADCASTSS 512(SI), Y6
+	VMULPS       Y6, Y5, Y6
+	VCVTDQ2PS    Y9, Y7
+	VMULPS       Y6, Y7, Y7
+	VADDPS       Y7, Y2, Y2
+	VBROADCASTSS 512(SI)(CX*1), Y6
+	VMULPS       Y6, Y5, Y6
+	VCVTDQ2PS    Y10, Y5
+	VMULPS       Y6, Y5, Y5
+	VADDPS       Y5, Y4, Y4
+	ADDQ         $0x00000160, AX
+	ADDQ         $0x20, BX
+	ADDQ         $0x04, SI
+	INCQ         DI
+	CMPQ         DI, $0x10
+	JNE          q50x16AVX2N2_next
+	ADDQ         $0x00000080, BX
+	ADDQ         $0x00000240, SI
+	XORQ         DI, DI
+
+q50x16AVX2N2_next:
+	DECQ    DX
+	JNZ     q50x16AVX2N2_blk
+	MOVQ    out+40(FP), DX
+	MOVQ    ostride+48(FP), BX
+	MOVQ    DX, SI
+	VMOVUPS Y1, (SI)
+	VMOVUPS Y2, 32(SI)
+	ADDQ    BX, SI
+	VMOVUPS Y3, (SI)
+	VMOVUPS Y4, 32(SI)
+	ADDQ    $0x40, DX
+	MOVQ    DX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q50x16AVX2N2_grp
+	VZEROUPPER
+	RET
+
 // func q80rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
 // Requires: AVX, AVX2, F16C
 TEXT ·q80rows256(SB), NOSPLIT, $0-48

@@ -120,7 +120,7 @@ func main() {
 	for n := 1; n <= q80x16AVX2MaxN; n++ {
 		genQ80x16AVX2(n)
 	}
-	for _, typ := range []string{"Q40", "IQ4NL"} {
+	for _, typ := range []string{"Q40", "IQ4NL", "Q50"} {
 		for n := 1; n <= q80x16AVX2MaxN; n++ {
 			genX16AVX2(typ, n)
 		}

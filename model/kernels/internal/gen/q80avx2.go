@@ -84,21 +84,24 @@ func genX16AVX2(typ string, n int) {
 	}
 	Label(name + "_blk")
 	s := make([]VecVirtual, 2*n)
-	if typ == "Q40" {
+	unsigned := typ == "Q40" || typ == "Q50"
+	if unsigned {
 		// Q4_0's codes are unsigned and small: VPMADDUBSW of the codes q
 		// (0..15) with the signed activations, no sign trick, the pair sums
 		// (at most 2·15·127) of the block's 8 words added in int16 (at most
 		// 30480), one VPMADDWD, then 8·Σq_x taken off: Σ(q−8)·q_x exactly.
-		q40SumsAVX2(n, wp, xq, dc, xm, ones, s)
+		// Q5_0's (0..31, the fifth bits merged) likewise, 4 words at a time
+		// (at most 31496), then 16·Σq_x taken off.
+		q40SumsAVX2(typ == "Q50", n, wp, xq, dc, xm, ones, s)
 	}
 	for i := range s {
-		if typ == "Q40" {
+		if unsigned {
 			break
 		}
 		s[i] = YMM()
 		VPXOR(s[i], s[i], s[i])
 	}
-	for j := 0; j < 8 && typ != "Q40"; j++ {
+	for j := 0; j < 8 && !unsigned; j++ {
 		xb := make([]VecVirtual, n)
 		for i := range xb {
 			xb[i] = YMM()
@@ -142,36 +145,64 @@ func genX16AVX2(typ string, n int) {
 	packedEnd(name, acc)
 }
 
-// q40SumsAVX2 sets s[2i+h] to the block's exact Σ(q−8)·q_x for input row
-// i and weight rows 8h..8h+7 of a packed Q4_0 group (see genX16AVX2).
-func q40SumsAVX2(n int, wp, xq, dc GPVirtual, xm func(GPVirtual, int, int) Mem, ones VecVirtual, s []VecVirtual) {
+// q40SumsAVX2 sets s[2i+h] to the block's exact Σ(q−8)·q_x (q5: Q5_0's
+// Σ(q−16)·q_x) for input row i and weight rows 8h..8h+7 of a packed Q4_0
+// (Q5_0) group (see genX16AVX2).
+func q40SumsAVX2(q5 bool, n int, wp, xq, dc GPVirtual, xm func(GPVirtual, int, int) Mem, ones VecVirtual, s []VecVirtual) {
+	nib, span := 0, 8 // the first word of nibbles; words per int16 sum
+	if q5 {
+		nib, span = 1, 4
+	}
 	for h := 0; h < 2; h++ {
-		s16 := make([]VecVirtual, n)
+		var qh VecVirtual
+		if q5 {
+			qh = YMM()
+			VMOVDQU(Mem{Base: wp, Disp: 32 + 32*h}, qh)
+		}
+		s16 := make([][2]VecVirtual, n)
 		for j := 0; j < 8; j++ {
 			q := YMM()
 			if j < 4 {
-				VMOVDQU(Mem{Base: wp, Disp: 32 + 64*j + 32*h}, q)
+				VMOVDQU(Mem{Base: wp, Disp: 32 + 64*(nib+j) + 32*h}, q)
 			} else {
-				VPSRLW(U8(4), Mem{Base: wp, Disp: 32 + 64*(j-4) + 32*h}, q)
+				VPSRLW(U8(4), Mem{Base: wp, Disp: 32 + 64*(nib+j-4) + 32*h}, q)
 			}
 			VPAND(cB0FY, q, q)
+			if q5 {
+				// Values 4j..4j+3's fifth bits: bits 4j.. of qh (byte j/2)
+				// to bit 4 of their bytes.
+				t := YMM()
+				VPSHUFB(cQ5Rep[j/2], qh, t)
+				VPAND(cQ5Nib[j%2], t, t)
+				VPCMPEQB(cQ5Nib[j%2], t, t)
+				VPAND(cB10Y, t, t)
+				VPOR(t, q, q)
+			}
 			for i := 0; i < n; i++ {
 				p := YMM()
 				VPBROADCASTD(xm(xq, i, 4*j), p)
 				VPMADDUBSW(p, q, p)
-				if j == 0 {
-					s16[i] = p
+				if j%span == 0 {
+					s16[i][j/span] = p
 					continue
 				}
-				VPADDW(p, s16[i], s16[i])
+				VPADDW(p, s16[i][j/span], s16[i][j/span])
 			}
 		}
 		for i := 0; i < n; i++ {
 			c := YMM()
-			s[2*i+h] = s16[i]
-			VPMADDWD(ones, s16[i], s[2*i+h])
+			s[2*i+h] = s16[i][0]
+			VPMADDWD(ones, s16[i][0], s[2*i+h])
+			if q5 {
+				VPMADDWD(ones, s16[i][1], s16[i][1])
+				VPADDD(s16[i][1], s[2*i+h], s[2*i+h])
+			}
 			VPBROADCASTD(xm(dc, i, q80rC), c)
-			VPSRAD(U8(4), c, c) // 8·Σq_x
+			if q5 {
+				VPSRAD(U8(3), c, c) // 16·Σq_x
+			} else {
+				VPSRAD(U8(4), c, c) // 8·Σq_x
+			}
 			VPSUBD(c, s[2*i+h], s[2*i+h])
 		}
 	}
