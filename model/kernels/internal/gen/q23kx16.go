@@ -89,15 +89,7 @@ func genQ23Kx16(d dtype, n int) {
 		VPBROADCASTD(cB04, c04)
 		VPBROADCASTD(cB20, c20)
 	}
-	Label(name + "_grp")
-	cnt := ld("nblocks")
-	xq := ld("xq")
-	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
-	acc := packedZeroAcc(n)
-	Label(name + "_blk")
-	for l := 0; l < (blockBytes+63)/64; l++ {
-		PREFETCHT0(Mem{Base: wp, Disp: 3*blockBytes + 64*l})
-	}
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 3*blockBytes, (blockBytes+63)/64)
 	// sc[k]: per lane the scales of sub-blocks 4k..4k+3, one byte each
 	// (Q3_K: int8, less 32; Q2_K: the low nibbles).
 	var sc [4]VecVirtual
@@ -177,22 +169,11 @@ func genQ23Kx16(d dtype, n int) {
 		}
 	}
 	upp := max(1, q23kUnits/n) // units per pass
-	dsub := make([][][2]VecVirtual, upp)
-	for u := range dsub {
-		dsub[u] = make([][2]VecVirtual, n)
-		for i := range dsub[u] {
-			dsub[u][i] = [2]VecVirtual{ZMM(), ZMM()}
-		}
-	}
+	dsub := newDsub(upp, n)
 	s, q, scw := ZMM(), ZMM(), ZMM()
 	for u0 := 0; u0 < len(units); u0 += upp {
 		np := min(upp, len(units)-u0)
-		for u := 0; u < np; u++ {
-			for i := 0; i < n; i++ {
-				VPXORD(dsub[u][i][0], dsub[u][i][0], dsub[u][i][0])
-				VPXORD(dsub[u][i][1], dsub[u][i][1], dsub[u][i][1])
-			}
-		}
+		zeroDsub(dsub[:np])
 		for g := 0; g < 8; g++ {
 			for u := 0; u < np; u++ {
 				h, f := units[u0+u].h, units[u0+u].f
@@ -308,15 +289,7 @@ func genIQ4XSx16(n int) {
 	VPBROADCASTD(cNib, d0F)
 	VPBROADCASTD(cD30, d30)
 	VMOVDQU64(cIQ4U, tab)
-	Label(name + "_grp")
-	cnt := ld("nblocks")
-	xq := ld("xq")
-	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
-	acc := packedZeroAcc(n)
-	Label(name + "_blk")
-	for l := 0; l < (iq4xsx16Block+63)/64; l++ {
-		PREFETCHT0(Mem{Base: wp, Disp: 3*iq4xsx16Block + 64*l})
-	}
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 3*iq4xsx16Block, (iq4xsx16Block+63)/64)
 	sh := ZMM()
 	VPMOVZXWD(Mem{Base: wp, Disp: 32}, sh)
 	off, isum := make([]VecVirtual, n), make([]VecVirtual, n)
@@ -326,21 +299,10 @@ func genIQ4XSx16(n int) {
 		VPXORD(isum[i], isum[i], isum[i])
 	}
 	upp := max(1, 4/n) // sub-blocks per pass
-	dsub := make([][][2]VecVirtual, upp)
-	for u := range dsub {
-		dsub[u] = make([][2]VecVirtual, n)
-		for i := range dsub[u] {
-			dsub[u][i] = [2]VecVirtual{ZMM(), ZMM()}
-		}
-	}
+	dsub := newDsub(upp, n)
 	lo, hi, ls, prev, t := ZMM(), ZMM(), ZMM(), ZMM(), ZMM()
 	for ib0 := 0; ib0 < 8; ib0 += upp {
-		for u := 0; u < upp; u++ {
-			for i := 0; i < n; i++ {
-				VPXORD(dsub[u][i][0], dsub[u][i][0], dsub[u][i][0])
-				VPXORD(dsub[u][i][1], dsub[u][i][1], dsub[u][i][1])
-			}
-		}
+		zeroDsub(dsub[:upp])
 		for g := 0; g < 4; g++ {
 			for u := 0; u < upp; u++ {
 				wm := word(1 + 4*(ib0+u) + g)

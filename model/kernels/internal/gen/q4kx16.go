@@ -125,15 +125,7 @@ func genQKx16(d dtype, n int) {
 		cF0 = ZMM()
 		VPTERNLOGD(U8(0x55), c0F, c0F, cF0) // ^0x0F0F0F0F: 0xF0 bytes
 	}
-	Label(name + "_grp")
-	cnt := ld("nblocks")
-	xq := ld("xq")
-	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
-	acc := packedZeroAcc(n)
-	Label(name + "_blk")
-	for l := 0; l < blockBytes/64; l++ {
-		PREFETCHT0(Mem{Base: wp, Disp: prefetch + 64*l})
-	}
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, prefetch, blockBytes/64)
 	// Scales and mins of the 16 rows, one byte each per dword lane:
 	// sc[0..3] = u0 & 0x3f, m[0..3] = u1 & 0x3f,
 	// sc[4..7] = (u2 & 0xf) | (u0 >> 6) << 4, m[4..7] = (u2 >> 4) | (u1 >> 6) << 4.
@@ -179,25 +171,14 @@ func genQKx16(d dtype, n int) {
 	for i := range isum {
 		isum[i] = ZMM()
 	}
-	dsub := make([][][2]VecVirtual, cpu) // [chunk in unit][input row][half]
-	for u := range dsub {
-		dsub[u] = make([][2]VecVirtual, n)
-		for i := range dsub[u] {
-			dsub[u][i] = [2]VecVirtual{ZMM(), ZMM()}
-		}
-	}
+	dsub := newDsub(cpu, n) // [chunk in unit][input row][half]
 	lo, hi, sc := ZMM(), ZMM(), ZMM()
 	var qh, t VecVirtual
 	if q5 {
 		qh, t = ZMM(), ZMM()
 	}
 	for c0 := 0; c0 < 4; c0 += cpu {
-		for u := 0; u < cpu; u++ {
-			for i := 0; i < n; i++ {
-				VPXORD(dsub[u][i][0], dsub[u][i][0], dsub[u][i][0])
-				VPXORD(dsub[u][i][1], dsub[u][i][1], dsub[u][i][1])
-			}
-		}
+		zeroDsub(dsub[:cpu])
 		for g := 0; g < 8; g++ {
 			if q5 {
 				VMOVDQU64(Mem{Base: wp, Disp: 256 + 64*g}, qh)
@@ -275,4 +256,27 @@ func q5Bit(qh VecVirtual, b int, t, dst VecVirtual) {
 		src = t
 	}
 	VPANDD_BCST(cB10, src, dst)
+}
+
+// newDsub allocates the sub-block sums of the packed K-quant kernels:
+// [unit][input row][two sub-blocks].
+func newDsub(units, n int) [][][2]VecVirtual {
+	dsub := make([][][2]VecVirtual, units)
+	for u := range dsub {
+		dsub[u] = make([][2]VecVirtual, n)
+		for i := range dsub[u] {
+			dsub[u][i] = [2]VecVirtual{ZMM(), ZMM()}
+		}
+	}
+	return dsub
+}
+
+// zeroDsub zeroes the sub-block sums of the units of dsub.
+func zeroDsub(dsub [][][2]VecVirtual) {
+	for _, d := range dsub {
+		for _, di := range d {
+			VPXORD(di[0], di[0], di[0])
+			VPXORD(di[1], di[1], di[1])
+		}
+	}
 }

@@ -77,16 +77,8 @@ func genQ6Kx16(n int) {
 	c0F, c30 := ZMM(), ZMM()
 	VPBROADCASTD(cB0F, c0F)
 	VPBROADCASTD(cB30, c30)
-	Label(name + "_grp")
-	cnt := ld("nblocks")
-	xq := ld("xq")
-	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, q6kPrefetch, q6kx16Block/64+1)
 	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
-	acc := packedZeroAcc(n)
-	Label(name + "_blk")
-	for l := 0; l < q6kx16Block/64+1; l++ {
-		PREFETCHT0(Mem{Base: wp, Disp: q6kPrefetch + 64*l})
-	}
 	// The offset: OFF_i = Σ_j sc_j·(Σ of the input's 16 values of sub-block
 	// j), the scales paired as int16 against the input's int16 sums.
 	off := make([]VecVirtual, n)

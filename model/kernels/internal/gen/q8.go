@@ -408,24 +408,41 @@ func q8RowQ6K(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c
 			c := 2*h + part
 			scv := ZMM()
 			VPERMW(tab, idx[c], scv)
-			for i := 0; i < N; i++ {
-				p := ZMM()
-				VPMADDUBSW(xMem(i, 64*c), u, p)
-				if part == 0 {
-					VPMADDWD(scv, p, hs[i][h])
-				} else {
-					dpwssd(scv, p, hs[i][h])
-				}
-			}
+			maddChunk512(N, func(i int) Op { return xMem(i, 64*c) }, u, scv, hs, h, part == 0)
 		}
 	}
+	q6Finish(N, rowMem(208), mo, hs, isum, xMem, acc)
+}
+
+// q6Finish ends a row's block in the Q6_K manner (Q6_K, Q3_K, IQ4_XS): the
+// two half sums of each input row less the offset mo[i] (none when mo is
+// nil) into isum[i], scaled by d (the f16 at dm) as q6BlockScalar does it.
+func q6Finish(N int, dm Mem, mo []VecVirtual, hs [][2]VecVirtual, isum []VecVirtual, xMem func(i, off int) Mem, acc []VecVirtual) {
 	dv := ZMM()
-	VPBROADCASTW(rowMem(208), dv.AsX())
+	VPBROADCASTW(dm, dv.AsX())
 	VCVTPH2PS(dv.AsX(), dv.AsX())
 	for i := 0; i < N; i++ {
-		VPSUBD(mo[i], hs[i][0], hs[i][0])
+		if mo != nil {
+			VPSUBD(mo[i], hs[i][0], hs[i][0])
+		}
 		VPADDD(hs[i][1], hs[i][0], isum[i])
 		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
+	}
+}
+
+// maddChunk512 adds, for each input row i, the pair sums of the unsigned
+// codes u times the signed activations x(i) (VPMADDUBSW) weighted by the
+// sub-block scales scv to hs[i][h]: VPMADDWD when first (hs[i][h] then
+// starts there), else VPDPWSSD or its BW twin (dpwssd).
+func maddChunk512(N int, x func(i int) Op, u, scv VecVirtual, hs [][2]VecVirtual, h int, first bool) {
+	for i := 0; i < N; i++ {
+		p := ZMM()
+		VPMADDUBSW(x(i), u, p)
+		if first {
+			VPMADDWD(scv, p, hs[i][h])
+		} else {
+			dpwssd(scv, p, hs[i][h])
+		}
 	}
 }
 
@@ -513,24 +530,9 @@ func q8RowQ3K(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c
 		VPADDB(c04, u, k, u) // the third bit: +4 where set
 		scv := ZMM()
 		VPERMW(tab, idx[c], scv)
-		for i := 0; i < N; i++ {
-			p := ZMM()
-			VPMADDUBSW(xMem(i, 64*c), u, p)
-			if part == 0 {
-				VPMADDWD(scv, p, hs[i][h])
-			} else {
-				dpwssd(scv, p, hs[i][h])
-			}
-		}
+		maddChunk512(N, func(i int) Op { return xMem(i, 64*c) }, u, scv, hs, h, part == 0)
 	}
-	dv := ZMM()
-	VPBROADCASTW(rowMem(108), dv.AsX())
-	VCVTPH2PS(dv.AsX(), dv.AsX())
-	for i := 0; i < N; i++ {
-		VPSUBD(mo[i], hs[i][0], hs[i][0])
-		VPADDD(hs[i][1], hs[i][0], isum[i])
-		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
-	}
+	q6Finish(N, rowMem(108), mo, hs, isum, xMem, acc)
 }
 
 // iq4xsScaleInts decodes an IQ4_XS block's 8 6-bit scales (scales_h at
@@ -588,25 +590,14 @@ func q8RowIQ4XS(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F,
 		VPABSB(q, q)
 		scv := ZMM()
 		VPERMW(sc16, idx[c], scv)
-		for i := 0; i < N; i++ {
-			x, p := ZMM(), ZMM()
+		maddChunk512(N, func(i int) Op {
+			x := ZMM()
 			VMOVDQU64(xMem(i, 64*c), x)
 			VPSUBB(x, zero, k, x) // −x where kv < 0
-			VPMADDUBSW(x, q, p)
-			if c%2 == 0 {
-				VPMADDWD(scv, p, hs[i][c/2])
-			} else {
-				dpwssd(scv, p, hs[i][c/2])
-			}
-		}
+			return x
+		}, q, scv, hs, c/2, c%2 == 0)
 	}
-	dv := ZMM()
-	VPBROADCASTW(rowMem(0), dv.AsX())
-	VCVTPH2PS(dv.AsX(), dv.AsX())
-	for i := 0; i < N; i++ {
-		VPADDD(hs[i][1], hs[i][0], isum[i])
-		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
-	}
+	q6Finish(N, rowMem(0), nil, hs, isum, xMem, acc)
 }
 
 // q8RowQ2K adds row r's block to acc[i]:
@@ -638,15 +629,7 @@ func q8RowQ2K(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c
 		VPANDD(c03, u, u)
 		scv := ZMM()
 		VPERMW(tab, idx[c], scv)
-		for i := 0; i < N; i++ {
-			p := ZMM()
-			VPMADDUBSW(xMem(i, 64*c), u, p)
-			if part == 0 {
-				VPMADDWD(scv, p, hs[i][h])
-			} else {
-				dpwssd(scv, p, hs[i][h])
-			}
-		}
+		maddChunk512(N, func(i int) Op { return xMem(i, 64*c) }, u, scv, hs, h, part == 0)
 	}
 	dd := ZMM()
 	VPBROADCASTD(rowMem(80), dd.AsX())

@@ -267,6 +267,23 @@ func packedZeroAcc(n int) []VecVirtual {
 	return acc
 }
 
+// packedLoopHead emits the loops' heads of a zmm packed kernel: the group
+// label, the block count and input pointer, the zeroed float32 sums, the
+// block label, and lines prefetches of the lines from wp+prefetch on. xm
+// addresses input row i's bytes at disp.
+func packedLoopHead(name string, n int, idx []GPVirtual, wp GPVirtual, prefetch, lines int) (cnt, xq GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual) {
+	Label(name + "_grp")
+	cnt = ld("nblocks")
+	xq = ld("xq")
+	xm = func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
+	acc = packedZeroAcc(n)
+	Label(name + "_blk")
+	for l := 0; l < lines; l++ {
+		PREFETCHT0(Mem{Base: wp, Disp: prefetch + 64*l})
+	}
+	return cnt, xq, xm, acc
+}
+
 // packedNextBlock moves the weights (blockBytes) and the quantized input
 // rows (one q8xBlock) on by a block and loops to name_blk while blocks are
 // left (the K-quant packed kernels).
