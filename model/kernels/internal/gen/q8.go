@@ -385,10 +385,7 @@ func q8RowQ6K(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c
 		VPMADDWD(xMem(i, q8xBsum16), sc32.AsY(), mo[i].AsY())
 	}
 	// One partial sum per half and input row (shorter dependency chains).
-	hs := make([][2]VecVirtual, N)
-	for i := range hs {
-		hs[i] = [2]VecVirtual{ZMM(), ZMM()}
-	}
+	hs := halfSums(N)
 	for h := 0; h < 2; h++ {
 		ql := ZMM()
 		VMOVDQU64(rowMem(64*h), ql)
@@ -515,23 +512,8 @@ func q8RowQ3K(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c
 	VBROADCASTI64X4(rowMem(0), hm)
 	c04 := ZMM()
 	VPBROADCASTD(cB04, c04)
-	hs := make([][2]VecVirtual, N)
-	for i := range hs {
-		hs[i] = [2]VecVirtual{ZMM(), ZMM()}
-	}
-	for c := 0; c < 4; c++ {
-		h, part := c/2, c%2
-		u := ZMM()
-		VBROADCASTI64X4(rowMem(32+32*h), u)
-		VPSRLVW(cQ8ShQ2[part], u, u)
-		VPANDD(c03, u, u)
-		k := K()
-		VPTESTMB(cQ3Bit[c], hm, k)
-		VPADDB(c04, u, k, u) // the third bit: +4 where set
-		scv := ZMM()
-		VPERMW(tab, idx[c], scv)
-		maddChunk512(N, func(i int) Op { return xMem(i, 64*c) }, u, scv, hs, h, part == 0)
-	}
+	hs := halfSums(N)
+	q23Chunks512(N, rowMem, xMem, 32, c03, hm, c04, tab, idx, hs)
 	q6Finish(N, rowMem(108), mo, hs, isum, xMem, acc)
 }
 
@@ -574,10 +556,7 @@ func q8RowIQ4XS(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F,
 	VPMOVDW(sc, sc16.AsX())
 	zero := ZMM()
 	VPXORD(zero, zero, zero)
-	hs := make([][2]VecVirtual, N)
-	for i := range hs {
-		hs[i] = [2]VecVirtual{ZMM(), ZMM()}
-	}
+	hs := halfSums(N)
 	for c := 0; c < 4; c++ {
 		q := ZMM()
 		VBROADCASTI64X4(rowMem(8+32*c), q)
@@ -600,6 +579,39 @@ func q8RowIQ4XS(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F,
 	q6Finish(N, rowMem(0), nil, hs, isum, xMem, acc)
 }
 
+// q23Chunks512 adds the four 64-value chunks of a Q3_K or Q2_K block's
+// 2-bit fields (at rowMem(qs)) to hs: chunk c is fields 2(c%2) and
+// 2(c%2)+1 of the 32 bytes qs+32(c/2).., for Q3_K (hm the hmask bytes in
+// both halves) with the third bits 2c, 2c+1 of hmask added as 4 (c04),
+// scaled by the sub-block scales tab (int16, by VPERMW).
+func q23Chunks512(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, qs int, c03, hm, c04, tab VecVirtual, idx [4]VecVirtual, hs [][2]VecVirtual) {
+	for c := 0; c < 4; c++ {
+		h, part := c/2, c%2
+		u := ZMM()
+		VBROADCASTI64X4(rowMem(qs+32*h), u)
+		VPSRLVW(cQ8ShQ2[part], u, u)
+		VPANDD(c03, u, u)
+		if hm != nil {
+			k := K()
+			VPTESTMB(cQ3Bit[c], hm, k)
+			VPADDB(c04, u, k, u) // the third bit: +4 where set
+		}
+		scv := ZMM()
+		VPERMW(tab, idx[c], scv)
+		maddChunk512(N, func(i int) Op { return xMem(i, 64*c) }, u, scv, hs, h, part == 0)
+	}
+}
+
+// halfSums allocates the two partial integer sums per input row of the
+// row-major kernels (one per half of a block, for shorter chains).
+func halfSums(N int) [][2]VecVirtual {
+	hs := make([][2]VecVirtual, N)
+	for i := range hs {
+		hs[i] = [2]VecVirtual{ZMM(), ZMM()}
+	}
+	return hs
+}
+
 // q8RowQ2K adds row r's block to acc[i]:
 //
 //	dx_i · (d·Σ_g sc_g·Σ q·x_i − dmin·Σ_g m_g·Σ x_i)
@@ -617,20 +629,8 @@ func q8RowQ2K(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F, c
 	VPANDD(c0F.AsX(), t, t)
 	mins := ZMM()
 	VPMOVZXBW(t, mins.AsY())
-	hs := make([][2]VecVirtual, N)
-	for i := range hs {
-		hs[i] = [2]VecVirtual{ZMM(), ZMM()}
-	}
-	for c := 0; c < 4; c++ {
-		h, part := c/2, c%2
-		u := ZMM()
-		VBROADCASTI64X4(rowMem(16+32*h), u)
-		VPSRLVW(cQ8ShQ2[part], u, u)
-		VPANDD(c03, u, u)
-		scv := ZMM()
-		VPERMW(tab, idx[c], scv)
-		maddChunk512(N, func(i int) Op { return xMem(i, 64*c) }, u, scv, hs, h, part == 0)
-	}
+	hs := halfSums(N)
+	q23Chunks512(N, rowMem, xMem, 16, c03, nil, nil, tab, idx, hs)
 	dd := ZMM()
 	VPBROADCASTD(rowMem(80), dd.AsX())
 	VCVTPH2PS(dd.AsX(), dd.AsX())
