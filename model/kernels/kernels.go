@@ -46,8 +46,10 @@
 // high bits of Q5/Q6/Q3 merged with VPTERNLOGD or, for Q5_0/Q5_1, an opmask
 // OR), converted and scaled with one FMA, or looked up in the IQ4 codebook
 // with VPERMPS; Q6_K and Q5_K load each row's bytes once per 64 values. At
-// the AVX2 level those types run the Go level (dequantize, then dot), but
-// for the ones with 8-bit activations (below).
+// the AVX2 level those types have no float32 kernels: every one of them
+// runs integer kernels on 8-bit activations there (below; Q4_1 and Q5_1
+// only at widths of multiples of 256), and the Go level (dequantize, then
+// dot) takes what is left.
 // Partial column chunks use opmasks (AVX-512) or Go (AVX2).
 //
 // Decode (small n) thus streams every weight byte once per call; each kernel
@@ -60,8 +62,9 @@
 //
 // # 8-bit activations
 //
-// Products with K-quant weights (Q2_K to Q6_K), the types of llama.cpp's
-// Q2_K, Q3_K_M, Q4_K_M and Q5_K_M files, do not widen the weights: on CPUs with AVX-512
+// Products with K-quant weights (Q2_K to Q6_K) and IQ4_XS, the types of
+// llama.cpp's Q2_K, Q3_K_M, Q4_K_M, Q5_K_M and IQ4_XS files (and at the AVX2
+// level Q4_1 and Q5_1), do not widen the weights: on CPUs with AVX-512
 // BW each input row is quantized to int8 per block of 256 values (one
 // float32 scale and the 16- and 32-value sums per block, quantQ8K512), and
 // the kernels
@@ -70,7 +73,8 @@
 // the sub-block scales with VPDPWSSD (VPMADDWD and VPADDD without VNNI;
 // VPSHUFB or VPERMW broadcast the scales),
 // the mins (Q2_K, Q4_K, Q5_K) and the −32 or −4 offset (Q6_K, Q3_K) from
-// the activation sums;
+// the activation sums (IQ4_XS: codebook values, |kv| against x with kv's
+// sign);
 // float32 only scales each block's integers by d·d_x. This is llama.cpp's
 // method (its Q8_K activations) and costs a quarter to a half of the vector
 // instructions of widening: decode runs closer to memory speed, prefill
