@@ -653,6 +653,12 @@ func q8dot256IQ4XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nb
 // q8dot256IQ4XSN2 computes 2-input dot products of IQ4XS weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256IQ4XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256IQ4XSN3 computes 3-input dot products of IQ4XS weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256IQ4XSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ4XSN4 computes 4-input dot products of IQ4XS weights with 8-bit activations on AVX2 (see genQ8AVX2).
+func q8dot256IQ4XSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256Q41N1 computes 1-input dot products of Q41 weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q41N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 

@@ -92364,6 +92364,576 @@ q8dot256IQ4XSN2_blk:
 	VZEROUPPER
 	RET
 
+// func q8dot256IQ4XSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256IQ4XSN3(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VMOVDQU      iq4y<>+0(SB), Y4
+
+q8dot256IQ4XSN3_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+
+q8dot256IQ4XSN3_blk:
+	VPBROADCASTD   4(BX), Y5
+	VPSRLVD        iq4xsshl<>+0(SB), Y5, Y5
+	VPBROADCASTD   nibmask<>+0(SB), Y7
+	VPAND          Y7, Y5, Y5
+	VPBROADCASTD   2(BX), Y6
+	VPSRLVD        iq4xsshh<>+0(SB), Y6, Y6
+	VPBROADCASTD   dword3<>+0(SB), Y7
+	VPAND          Y7, Y6, Y6
+	VPSLLD         $0x04, Y6, Y6
+	VPOR           Y6, Y5, Y5
+	VPBROADCASTD   dword32<>+0(SB), Y7
+	VPSUBD         Y7, Y5, Y5
+	VPACKSSDW      Y5, Y5, Y5
+	VPERMQ         $0x88, Y5, Y5
+	VPXOR          Y6, Y6, Y6
+	VPXOR          Y7, Y7, Y7
+	VPXOR          Y8, Y8, Y8
+	VBROADCASTI128 8(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPSHUFB        Y9, Y4, Y9
+	VPABSB         Y9, Y10
+	VPSHUFB        xsword_0<>+0(SB), Y5, Y11
+	VMOVDQU        (SI), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y6, Y6
+	VMOVDQU        (SI)(DI*1), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y7, Y7
+	VMOVDQU        (SI)(DI*2), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y8, Y8
+	VBROADCASTI128 24(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPSHUFB        Y9, Y4, Y9
+	VPABSB         Y9, Y10
+	VPSHUFB        xsword_1<>+0(SB), Y5, Y11
+	VMOVDQU        32(SI), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y6, Y6
+	VMOVDQU        32(SI)(DI*1), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y7, Y7
+	VMOVDQU        32(SI)(DI*2), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y8, Y8
+	VBROADCASTI128 40(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPSHUFB        Y9, Y4, Y9
+	VPABSB         Y9, Y10
+	VPSHUFB        xsword_2<>+0(SB), Y5, Y11
+	VMOVDQU        64(SI), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y6, Y6
+	VMOVDQU        64(SI)(DI*1), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y7, Y7
+	VMOVDQU        64(SI)(DI*2), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y8, Y8
+	VBROADCASTI128 56(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPSHUFB        Y9, Y4, Y9
+	VPABSB         Y9, Y10
+	VPSHUFB        xsword_3<>+0(SB), Y5, Y11
+	VMOVDQU        96(SI), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y6, Y6
+	VMOVDQU        96(SI)(DI*1), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y7, Y7
+	VMOVDQU        96(SI)(DI*2), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y8, Y8
+	VBROADCASTI128 72(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPSHUFB        Y9, Y4, Y9
+	VPABSB         Y9, Y10
+	VPSHUFB        xsword_4<>+0(SB), Y5, Y11
+	VMOVDQU        128(SI), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y6, Y6
+	VMOVDQU        128(SI)(DI*1), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y7, Y7
+	VMOVDQU        128(SI)(DI*2), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y8, Y8
+	VBROADCASTI128 88(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPSHUFB        Y9, Y4, Y9
+	VPABSB         Y9, Y10
+	VPSHUFB        xsword_5<>+0(SB), Y5, Y11
+	VMOVDQU        160(SI), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y6, Y6
+	VMOVDQU        160(SI)(DI*1), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y7, Y7
+	VMOVDQU        160(SI)(DI*2), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y8, Y8
+	VBROADCASTI128 104(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPSHUFB        Y9, Y4, Y9
+	VPABSB         Y9, Y10
+	VPSHUFB        xsword_6<>+0(SB), Y5, Y11
+	VMOVDQU        192(SI), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y6, Y6
+	VMOVDQU        192(SI)(DI*1), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y7, Y7
+	VMOVDQU        192(SI)(DI*2), Y12
+	VPSIGNB        Y9, Y12, Y12
+	VPMADDUBSW     Y12, Y10, Y12
+	VPMADDWD       Y11, Y12, Y12
+	VPADDD         Y12, Y8, Y8
+	VBROADCASTI128 120(BX), Y9
+	VPSRLVD        xslane<>+0(SB), Y9, Y9
+	VPAND          Y0, Y9, Y9
+	VPSHUFB        Y9, Y4, Y9
+	VPABSB         Y9, Y10
+	VPSHUFB        xsword_7<>+0(SB), Y5, Y5
+	VMOVDQU        224(SI), Y11
+	VPSIGNB        Y9, Y11, Y11
+	VPMADDUBSW     Y11, Y10, Y11
+	VPMADDWD       Y5, Y11, Y11
+	VPADDD         Y11, Y6, Y6
+	VMOVDQU        224(SI)(DI*1), Y11
+	VPSIGNB        Y9, Y11, Y11
+	VPMADDUBSW     Y11, Y10, Y11
+	VPMADDWD       Y5, Y11, Y11
+	VPADDD         Y11, Y7, Y7
+	VMOVDQU        224(SI)(DI*2), Y11
+	VPSIGNB        Y9, Y11, Y11
+	VPMADDUBSW     Y11, Y10, Y11
+	VPMADDWD       Y5, Y11, Y11
+	VPADDD         Y11, Y8, Y8
+	VPBROADCASTW   (BX), X5
+	VCVTPH2PS      X5, X5
+	VEXTRACTI128   $0x01, Y6, X9
+	VPADDD         X9, X6, X6
+	VPSHUFD        $0x4e, X6, X9
+	VPADDD         X9, X6, X6
+	VPSHUFD        $0xb1, X6, X9
+	VPADDD         X9, X6, X6
+	VCVTDQ2PS      X6, X6
+	VBROADCASTSS   304(SI), X9
+	VMULPS         X5, X9, X9
+	VMULSS         X9, X6, X6
+	VADDSS         X6, X1, X1
+	VEXTRACTI128   $0x01, Y7, X6
+	VPADDD         X6, X7, X7
+	VPSHUFD        $0x4e, X7, X6
+	VPADDD         X6, X7, X7
+	VPSHUFD        $0xb1, X7, X6
+	VPADDD         X6, X7, X7
+	VCVTDQ2PS      X7, X7
+	VBROADCASTSS   304(SI)(DI*1), X6
+	VMULPS         X5, X6, X6
+	VMULSS         X6, X7, X7
+	VADDSS         X7, X2, X2
+	VEXTRACTI128   $0x01, Y8, X6
+	VPADDD         X6, X8, X8
+	VPSHUFD        $0x4e, X8, X6
+	VPADDD         X6, X8, X8
+	VPSHUFD        $0xb1, X8, X6
+	VPADDD         X6, X8, X8
+	VCVTDQ2PS      X8, X8
+	VBROADCASTSS   304(SI)(DI*2), X6
+	VMULPS         X5, X6, X6
+	VMULSS         X6, X8, X8
+	VADDSS         X8, X3, X3
+	ADDQ           $0x00000088, BX
+	ADDQ           $0x00000140, SI
+	DECQ           R8
+	JNZ            q8dot256IQ4XSN3_blk
+	MOVQ           ostride+56(FP), BX
+	MOVQ           DX, SI
+	VMOVSS         X1, (SI)
+	ADDQ           BX, SI
+	VMOVSS         X2, (SI)
+	ADDQ           BX, SI
+	VMOVSS         X3, (SI)
+	ADDQ           $0x04, DX
+	ADDQ           AX, CX
+	DECQ           nrows+16(FP)
+	JNZ            q8dot256IQ4XSN3_row
+	VZEROUPPER
+	RET
+
+// func q8dot256IQ4XSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, F16C
+TEXT ·q8dot256IQ4XSN4(SB), NOSPLIT, $0-64
+	MOVQ         wstride+8(FP), AX
+	MOVQ         w+0(FP), CX
+	MOVQ         out+48(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Y0
+	VMOVDQU      iq4y<>+0(SB), Y5
+
+q8dot256IQ4XSN4_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	LEAQ   (DI)(DI*2), R8
+	MOVQ   nblocks+40(FP), R9
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+
+q8dot256IQ4XSN4_blk:
+	VPBROADCASTD   4(BX), Y6
+	VPSRLVD        iq4xsshl<>+0(SB), Y6, Y6
+	VPBROADCASTD   nibmask<>+0(SB), Y8
+	VPAND          Y8, Y6, Y6
+	VPBROADCASTD   2(BX), Y7
+	VPSRLVD        iq4xsshh<>+0(SB), Y7, Y7
+	VPBROADCASTD   dword3<>+0(SB), Y8
+	VPAND          Y8, Y7, Y7
+	VPSLLD         $0x04, Y7, Y7
+	VPOR           Y7, Y6, Y6
+	VPBROADCASTD   dword32<>+0(SB), Y8
+	VPSUBD         Y8, Y6, Y6
+	VPACKSSDW      Y6, Y6, Y6
+	VPERMQ         $0x88, Y6, Y6
+	VPXOR          Y7, Y7, Y7
+	VPXOR          Y8, Y8, Y8
+	VPXOR          Y9, Y9, Y9
+	VPXOR          Y10, Y10, Y10
+	VBROADCASTI128 8(BX), Y11
+	VPSRLVD        xslane<>+0(SB), Y11, Y11
+	VPAND          Y0, Y11, Y11
+	VPSHUFB        Y11, Y5, Y11
+	VPABSB         Y11, Y12
+	VPSHUFB        xsword_0<>+0(SB), Y6, Y13
+	VMOVDQU        (SI), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y7, Y7
+	VMOVDQU        (SI)(DI*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y8, Y8
+	VMOVDQU        (SI)(DI*2), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y9, Y9
+	VMOVDQU        (SI)(R8*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y10, Y10
+	VBROADCASTI128 24(BX), Y11
+	VPSRLVD        xslane<>+0(SB), Y11, Y11
+	VPAND          Y0, Y11, Y11
+	VPSHUFB        Y11, Y5, Y11
+	VPABSB         Y11, Y12
+	VPSHUFB        xsword_1<>+0(SB), Y6, Y13
+	VMOVDQU        32(SI), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y7, Y7
+	VMOVDQU        32(SI)(DI*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y8, Y8
+	VMOVDQU        32(SI)(DI*2), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y9, Y9
+	VMOVDQU        32(SI)(R8*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y10, Y10
+	VBROADCASTI128 40(BX), Y11
+	VPSRLVD        xslane<>+0(SB), Y11, Y11
+	VPAND          Y0, Y11, Y11
+	VPSHUFB        Y11, Y5, Y11
+	VPABSB         Y11, Y12
+	VPSHUFB        xsword_2<>+0(SB), Y6, Y13
+	VMOVDQU        64(SI), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y7, Y7
+	VMOVDQU        64(SI)(DI*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y8, Y8
+	VMOVDQU        64(SI)(DI*2), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y9, Y9
+	VMOVDQU        64(SI)(R8*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y10, Y10
+	VBROADCASTI128 56(BX), Y11
+	VPSRLVD        xslane<>+0(SB), Y11, Y11
+	VPAND          Y0, Y11, Y11
+	VPSHUFB        Y11, Y5, Y11
+	VPABSB         Y11, Y12
+	VPSHUFB        xsword_3<>+0(SB), Y6, Y13
+	VMOVDQU        96(SI), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y7, Y7
+	VMOVDQU        96(SI)(DI*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y8, Y8
+	VMOVDQU        96(SI)(DI*2), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y9, Y9
+	VMOVDQU        96(SI)(R8*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y10, Y10
+	VBROADCASTI128 72(BX), Y11
+	VPSRLVD        xslane<>+0(SB), Y11, Y11
+	VPAND          Y0, Y11, Y11
+	VPSHUFB        Y11, Y5, Y11
+	VPABSB         Y11, Y12
+	VPSHUFB        xsword_4<>+0(SB), Y6, Y13
+	VMOVDQU        128(SI), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y7, Y7
+	VMOVDQU        128(SI)(DI*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y8, Y8
+	VMOVDQU        128(SI)(DI*2), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y9, Y9
+	VMOVDQU        128(SI)(R8*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y10, Y10
+	VBROADCASTI128 88(BX), Y11
+	VPSRLVD        xslane<>+0(SB), Y11, Y11
+	VPAND          Y0, Y11, Y11
+	VPSHUFB        Y11, Y5, Y11
+	VPABSB         Y11, Y12
+	VPSHUFB        xsword_5<>+0(SB), Y6, Y13
+	VMOVDQU        160(SI), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y7, Y7
+	VMOVDQU        160(SI)(DI*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y8, Y8
+	VMOVDQU        160(SI)(DI*2), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y9, Y9
+	VMOVDQU        160(SI)(R8*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y10, Y10
+	VBROADCASTI128 104(BX), Y11
+	VPSRLVD        xslane<>+0(SB), Y11, Y11
+	VPAND          Y0, Y11, Y11
+	VPSHUFB        Y11, Y5, Y11
+	VPABSB         Y11, Y12
+	VPSHUFB        xsword_6<>+0(SB), Y6, Y13
+	VMOVDQU        192(SI), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y7, Y7
+	VMOVDQU        192(SI)(DI*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y8, Y8
+	VMOVDQU        192(SI)(DI*2), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y9, Y9
+	VMOVDQU        192(SI)(R8*1), Y14
+	VPSIGNB        Y11, Y14, Y14
+	VPMADDUBSW     Y14, Y12, Y14
+	VPMADDWD       Y13, Y14, Y14
+	VPADDD         Y14, Y10, Y10
+	VBROADCASTI128 120(BX), Y11
+	VPSRLVD        xslane<>+0(SB), Y11, Y11
+	VPAND          Y0, Y11, Y11
+	VPSHUFB        Y11, Y5, Y11
+	VPABSB         Y11, Y12
+	VPSHUFB        xsword_7<>+0(SB), Y6, Y6
+	VMOVDQU        224(SI), Y13
+	VPSIGNB        Y11, Y13, Y13
+	VPMADDUBSW     Y13, Y12, Y13
+	VPMADDWD       Y6, Y13, Y13
+	VPADDD         Y13, Y7, Y7
+	VMOVDQU        224(SI)(DI*1), Y13
+	VPSIGNB        Y11, Y13, Y13
+	VPMADDUBSW     Y13, Y12, Y13
+	VPMADDWD       Y6, Y13, Y13
+	VPADDD         Y13, Y8, Y8
+	VMOVDQU        224(SI)(DI*2), Y13
+	VPSIGNB        Y11, Y13, Y13
+	VPMADDUBSW     Y13, Y12, Y13
+	VPMADDWD       Y6, Y13, Y13
+	VPADDD         Y13, Y9, Y9
+	VMOVDQU        224(SI)(R8*1), Y13
+	VPSIGNB        Y11, Y13, Y13
+	VPMADDUBSW     Y13, Y12, Y13
+	VPMADDWD       Y6, Y13, Y13
+	VPADDD         Y13, Y10, Y10
+	VPBROADCASTW   (BX), X6
+	VCVTPH2PS      X6, X6
+	VEXTRACTI128   $0x01, Y7, X11
+	VPADDD         X11, X7, X7
+	VPSHUFD        $0x4e, X7, X11
+	VPADDD         X11, X7, X7
+	VPSHUFD        $0xb1, X7, X11
+	VPADDD         X11, X7, X7
+	VCVTDQ2PS      X7, X7
+	VBROADCASTSS   304(SI), X11
+	VMULPS         X6, X11, X11
+	VMULSS         X11, X7, X7
+	VADDSS         X7, X1, X1
+	VEXTRACTI128   $0x01, Y8, X7
+	VPADDD         X7, X8, X8
+	VPSHUFD        $0x4e, X8, X7
+	VPADDD         X7, X8, X8
+	VPSHUFD        $0xb1, X8, X7
+	VPADDD         X7, X8, X8
+	VCVTDQ2PS      X8, X8
+	VBROADCASTSS   304(SI)(DI*1), X7
+	VMULPS         X6, X7, X7
+	VMULSS         X7, X8, X8
+	VADDSS         X8, X2, X2
+	VEXTRACTI128   $0x01, Y9, X7
+	VPADDD         X7, X9, X9
+	VPSHUFD        $0x4e, X9, X7
+	VPADDD         X7, X9, X9
+	VPSHUFD        $0xb1, X9, X7
+	VPADDD         X7, X9, X9
+	VCVTDQ2PS      X9, X9
+	VBROADCASTSS   304(SI)(DI*2), X7
+	VMULPS         X6, X7, X7
+	VMULSS         X7, X9, X9
+	VADDSS         X9, X3, X3
+	VEXTRACTI128   $0x01, Y10, X7
+	VPADDD         X7, X10, X10
+	VPSHUFD        $0x4e, X10, X7
+	VPADDD         X7, X10, X10
+	VPSHUFD        $0xb1, X10, X7
+	VPADDD         X7, X10, X10
+	VCVTDQ2PS      X10, X10
+	VBROADCASTSS   304(SI)(R8*1), X7
+	VMULPS         X6, X7, X7
+	VMULSS         X7, X10, X10
+	VADDSS         X10, X4, X4
+	ADDQ           $0x00000088, BX
+	ADDQ           $0x00000140, SI
+	DECQ           R9
+	JNZ            q8dot256IQ4XSN4_blk
+	MOVQ           ostride+56(FP), BX
+	MOVQ           DX, SI
+	VMOVSS         X1, (SI)
+	ADDQ           BX, SI
+	VMOVSS         X2, (SI)
+	ADDQ           BX, SI
+	VMOVSS         X3, (SI)
+	ADDQ           BX, SI
+	VMOVSS         X4, (SI)
+	ADDQ           $0x04, DX
+	ADDQ           AX, CX
+	DECQ           nrows+16(FP)
+	JNZ            q8dot256IQ4XSN4_row
+	VZEROUPPER
+	RET
+
 // func q8dot256Q41N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 // Requires: AVX, AVX2, F16C
 TEXT ·q8dot256Q41N1(SB), NOSPLIT, $0-64

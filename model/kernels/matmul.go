@@ -76,7 +76,7 @@ type mmJob struct {
 
 // q8Plan is the per-call set-up of the integer kernels (q8act.go).
 type q8Plan struct {
-	fns        [3]q8Fn
+	fns        [q8MaxRows + 1]q8Fn
 	xq         []byte // quantized input rows, nb blocks each
 	nb         int
 	packed     []packedFn // the packed kernels by input rows (packed layouts)

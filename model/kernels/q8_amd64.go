@@ -26,7 +26,12 @@ func useQ8BW() {
 	q8Kernels = q8KernelsBW
 }
 
-var q8Kernels = [tensor.NumDTypes][3]q8Fn{
+// q8MaxRows is the most input rows an integer kernel takes per call (the
+// AVX2 IQ4_XS kernels, whose few registers per row leave room for four;
+// the others take two).
+const q8MaxRows = 4
+
+var q8Kernels = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q4_K:   {1: q8dot512Q4KN1, 2: q8dot512Q4KN2},
 	tensor.Q5_K:   {1: q8dot512Q5KN1, 2: q8dot512Q5KN2},
 	tensor.Q6_K:   {1: q8dot512Q6KN1, 2: q8dot512Q6KN2},
@@ -35,7 +40,7 @@ var q8Kernels = [tensor.NumDTypes][3]q8Fn{
 	tensor.IQ4_XS: {1: q8dot512IQ4XSN1, 2: q8dot512IQ4XSN2},
 }
 
-var q8KernelsBW = [tensor.NumDTypes][3]q8Fn{
+var q8KernelsBW = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q4_K:   {1: q8dot512Q4KN1BW, 2: q8dot512Q4KN2BW},
 	tensor.Q5_K:   {1: q8dot512Q5KN1BW, 2: q8dot512Q5KN2BW},
 	tensor.Q6_K:   {1: q8dot512Q6KN1BW, 2: q8dot512Q6KN2BW},
@@ -50,27 +55,27 @@ var q8KernelsBW = [tensor.NumDTypes][3]q8Fn{
 // 32-value sums for their mins): on AVX-512 they widen to float32, which
 // was level with llama.cpp's one-session decode there, whereas the AVX2
 // level dequantized them in Go.
-var q8Kernels256 = [tensor.NumDTypes][3]q8Fn{
+var q8Kernels256 = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q4_K:   {1: q8dot256Q4KN1, 2: q8dot256Q4KN2},
 	tensor.Q5_K:   {1: q8dot256Q5KN1, 2: q8dot256Q5KN2},
 	tensor.Q6_K:   {1: q8dot256Q6KN1, 2: q8dot256Q6KN2},
 	tensor.Q3_K:   {1: q8dot256Q3KN1, 2: q8dot256Q3KN2},
 	tensor.Q2_K:   {1: q8dot256Q2KN1, 2: q8dot256Q2KN2},
-	tensor.IQ4_XS: {1: q8dot256IQ4XSN1, 2: q8dot256IQ4XSN2},
+	tensor.IQ4_XS: {1: q8dot256IQ4XSN1, 2: q8dot256IQ4XSN2, 3: q8dot256IQ4XSN3, 4: q8dot256IQ4XSN4},
 	tensor.Q4_1:   {1: q8dot256Q41N1, 2: q8dot256Q41N2},
 	tensor.Q5_1:   {1: q8dot256Q51N1, 2: q8dot256Q51N2},
 }
 
 // q8LevelKernels returns the integer kernels of dt at level lvl (nil
 // entries where there are none).
-func q8LevelKernels(dt tensor.DType, lvl Level) [3]q8Fn {
+func q8LevelKernels(dt tensor.DType, lvl Level) [q8MaxRows + 1]q8Fn {
 	switch {
 	case lvl >= LevelAVX512 && hasQ8:
 		return q8Kernels[dt]
 	case lvl == LevelAVX2 && maxLevel >= LevelAVX2:
 		return q8Kernels256[dt]
 	}
-	return [3]q8Fn{}
+	return [q8MaxRows + 1]q8Fn{}
 }
 
 // planQ8 sets up the integer path for the call (see q8act.go): it quantizes
@@ -125,8 +130,12 @@ func planQ8K(c *callCtx) bool {
 func q8Block(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 	p := &j.q8
 	xs := p.nb * q8xBlockBytes
+	maxN := 2
+	for maxN < q8MaxRows && p.fns[maxN+1] != nil {
+		maxN++
+	}
 	for i0 := 0; i0 < j.n; {
-		nn := min(2, j.n-i0)
+		nn := min(maxN, j.n-i0)
 		p.fns[nn](&j.w.Data[r0*j.rowBytes], j.rowBytes, r1-r0, &p.xq[i0*xs], xs, p.nb, &j.out[i0*j.w.Rows+r0], 4*j.w.Rows)
 		i0 += nn
 	}

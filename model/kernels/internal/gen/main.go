@@ -94,7 +94,7 @@ func main() {
 		}
 	}
 	for _, dt := range q8AVX2Dtypes {
-		for n := 1; n <= q8MaxN; n++ {
+		for n := 1; n <= q8AVX2MaxN(dt); n++ {
 			genQ8AVX2(dt, n)
 		}
 	}

@@ -762,9 +762,13 @@ func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, 
 	w0 := GP64()
 	MOVQ(wq, w0)
 	xp := ld("xq")
-	var xs GPVirtual
+	var xs, xs3 GPVirtual
 	if N > 1 {
 		xs = ld("xqstride")
+	}
+	if N > 3 {
+		xs3 = GP64()
+		LEAQ(Mem{Base: xs, Index: xs, Scale: 2}, xs3)
 	}
 	cnt := ld("nblocks")
 	for _, a := range acc {
@@ -772,10 +776,15 @@ func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, 
 	}
 	rowMem := func(off int) Mem { return Mem{Base: w0, Disp: off} }
 	xMem := func(i, off int) Mem {
-		if i == 0 {
+		switch i {
+		case 0:
 			return Mem{Base: xp, Disp: off}
+		case 1, 2:
+			return Mem{Base: xp, Index: xs, Scale: uint8(i), Disp: off}
+		case 3:
+			return Mem{Base: xp, Index: xs3, Scale: 1, Disp: off}
 		}
-		return Mem{Base: xp, Index: xs, Scale: 1, Disp: off}
+		panic("q8Rows: more than 4 input rows")
 	}
 	Label(name + "_blk")
 	block(rowMem, xMem)

@@ -19,6 +19,16 @@ import (
 //
 // q8dot256<dtype>N<N> (genQ8AVX2) has genQ8's signature and meaning.
 
+// q8AVX2MaxN is the most input rows per AVX2 integer kernel of dtype d:
+// IQ4_XS's few registers per input row leave room for four (fewer passes
+// over the weights at prefill sizes), the others take q8MaxN.
+func q8AVX2MaxN(d dtype) int {
+	if d == dIQ4XS {
+		return 4
+	}
+	return q8MaxN
+}
+
 // q8AVX2Dtypes are the weight types with AVX2 integer kernels.
 var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K, dIQ4XS, dQ41, dQ51}
 
