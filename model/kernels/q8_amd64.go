@@ -26,11 +26,6 @@ func useQ8BW() {
 	q8Kernels = q8KernelsBW
 }
 
-// q8MaxRows is the most input rows an integer kernel takes per call (the
-// AVX2 IQ4_XS kernels, whose few registers per row leave room for four;
-// the others take two).
-const q8MaxRows = 4
-
 var q8Kernels = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q4_K:   {1: q8dot512Q4KN1, 2: q8dot512Q4KN2},
 	tensor.Q5_K:   {1: q8dot512Q5KN1, 2: q8dot512Q5KN2},

@@ -42,6 +42,11 @@ const (
 	q8xValues     = 256
 )
 
+// q8MaxRows is the most input rows an integer kernel takes per call (the
+// AVX2 IQ4_XS kernels, whose few registers per row leave room for four;
+// the others take two).
+const q8MaxRows = 4
+
 // q8Fn is the signature of the integer kernels (internal/gen/q8.go): for
 // r < nrows, i < N (the kernel's input rows), with strides in bytes,
 //
