@@ -9,8 +9,8 @@ import (
 	. "github.com/mmcloughlin/avo/reg"
 )
 
-// Integer kernels: K-quant weights times activations quantized to 8 bits
-// (AVX-512 BW + VNNI).
+// Integer kernels: K-quant (Q2_K to Q6_K) and IQ4_XS weights times
+// activations quantized to 8 bits (AVX-512 BW + VNNI).
 //
 // The activations are quantized per block of 256 values (see quantizeQ8K in
 // package kernels), 320 bytes per block:
@@ -23,7 +23,8 @@ import (
 // Per weight row and block the kernels form the exact integer sums
 // Σ sc_j·Σ q_w·q_x (VPMADDUBSW of the unsigned weight codes with the signed
 // activations, then VPDPWSSD with the sub-block scales) and, for the
-// offsets (Q4_K's mins, Q6_K's −32), the scale-weighted activation sums;
+// offsets (Q2_K's and Q4_K's mins, Q6_K's −32, Q3_K's −4), the
+// scale-weighted activation sums;
 // float32 enters only to scale those integers by the blocks' d's.
 // q8Tiny: blocks whose largest |x| is below it quantize to zero (so that
 // 127/amax stays finite).

@@ -8,14 +8,16 @@ import (
 	. "github.com/mmcloughlin/avo/reg"
 )
 
-// Integer kernels for CPUs with AVX2 but not AVX-512: Q4_K, Q5_K and Q6_K
-// weights times activations quantized to 8 bits (the same quantized blocks
-// as genQ8's), VPMADDUBSW of the weight codes with the activations and
-// VPMADDWD with the sub-block scales, on ymm, in q8Rows' loops. Each
-// block's sum is taken to one float32 step per row exactly as
-// q8BlockScalar and q6BlockScalar take it (the same exact integers, the
-// same multiplies and adds), so these kernels give the bits of the AVX-512
-// ones and of the plain twin.
+// Integer kernels for CPUs with AVX2 but not AVX-512: K-quant (Q2_K to
+// Q6_K), IQ4_XS, Q4_1 and Q5_1 weights times activations quantized to 8
+// bits (the same quantized blocks as genQ8's), VPMADDUBSW of the weight
+// codes with the activations and VPMADDWD with the sub-block scales, on
+// ymm, in q8Rows' loops. Each block's sum is taken to one float32 step per
+// row exactly as q8BlockScalar and q6BlockScalar take it (the same exact
+// integers, the same multiplies and adds), so these kernels give the bits
+// of the AVX-512 ones and of the plain twin (Q4_1 and Q5_1, which have no
+// AVX-512 integer kernels, take q41BlockScalar256's steps, which the twin
+// reproduces).
 //
 // q8dot256<dtype>N<N> (genQ8AVX2) has genQ8's signature and meaning.
 
