@@ -93020,12 +93020,12 @@ q8dot256Q41N1_blk:
 	VMULPS         Y5, Y3, Y3
 	VADDPS         Y3, Y2, Y2
 	VEXTRACTF128   $0x01, Y2, X3
-	VADDPS         X3, X2, X3
-	VPERMILPS      $0x4e, X3, X2
-	VADDPS         X2, X3, X3
-	VPERMILPS      $0xb1, X3, X2
-	VADDSS         X2, X3, X3
-	VADDSS         X3, X1, X1
+	VADDPS         X3, X2, X2
+	VPERMILPS      $0x4e, X2, X3
+	VADDPS         X3, X2, X2
+	VPERMILPS      $0xb1, X2, X3
+	VADDSS         X3, X2, X2
+	VADDSS         X2, X1, X1
 	ADDQ           $0x000000a0, BX
 	ADDQ           $0x00000140, SI
 	DECQ           DI
@@ -93149,12 +93149,12 @@ q8dot256Q41N2_blk:
 	VMULPS         Y10, Y8, Y8
 	VADDPS         Y8, Y5, Y5
 	VEXTRACTF128   $0x01, Y5, X6
-	VADDPS         X6, X5, X6
-	VPERMILPS      $0x4e, X6, X5
-	VADDPS         X5, X6, X6
-	VPERMILPS      $0xb1, X6, X5
-	VADDSS         X5, X6, X6
-	VADDSS         X6, X1, X1
+	VADDPS         X6, X5, X5
+	VPERMILPS      $0x4e, X5, X6
+	VADDPS         X6, X5, X5
+	VPERMILPS      $0xb1, X5, X6
+	VADDSS         X6, X5, X5
+	VADDSS         X5, X1, X1
 	VEXTRACTI128   $0x01, Y4, X5
 	VPADDD         X5, X4, X6
 	VEXTRACTI128   $0x01, Y3, X5
@@ -93170,12 +93170,12 @@ q8dot256Q41N2_blk:
 	VMULPS         Y5, Y4, Y4
 	VADDPS         Y4, Y3, Y3
 	VEXTRACTF128   $0x01, Y3, X4
-	VADDPS         X4, X3, X4
-	VPERMILPS      $0x4e, X4, X3
-	VADDPS         X3, X4, X4
-	VPERMILPS      $0xb1, X4, X3
-	VADDSS         X3, X4, X4
-	VADDSS         X4, X2, X2
+	VADDPS         X4, X3, X3
+	VPERMILPS      $0x4e, X3, X4
+	VADDPS         X4, X3, X3
+	VPERMILPS      $0xb1, X3, X4
+	VADDSS         X4, X3, X3
+	VADDSS         X3, X2, X2
 	ADDQ           $0x000000a0, BX
 	ADDQ           $0x00000140, SI
 	DECQ           R8
@@ -93334,12 +93334,12 @@ q8dot256Q51N1_blk:
 	VMULPS         Y4, Y3, Y3
 	VADDPS         Y3, Y2, Y2
 	VEXTRACTF128   $0x01, Y2, X3
-	VADDPS         X3, X2, X3
-	VPERMILPS      $0x4e, X3, X2
-	VADDPS         X2, X3, X3
-	VPERMILPS      $0xb1, X3, X2
-	VADDSS         X2, X3, X3
-	VADDSS         X3, X1, X1
+	VADDPS         X3, X2, X2
+	VPERMILPS      $0x4e, X2, X3
+	VADDPS         X3, X2, X2
+	VPERMILPS      $0xb1, X2, X3
+	VADDSS         X3, X2, X2
+	VADDSS         X2, X1, X1
 	ADDQ           $0x000000c0, BX
 	ADDQ           $0x00000140, SI
 	DECQ           DI
@@ -93519,12 +93519,12 @@ q8dot256Q51N2_blk:
 	VMULPS         Y10, Y8, Y8
 	VADDPS         Y8, Y5, Y5
 	VEXTRACTF128   $0x01, Y5, X7
-	VADDPS         X7, X5, X7
-	VPERMILPS      $0x4e, X7, X5
-	VADDPS         X5, X7, X7
-	VPERMILPS      $0xb1, X7, X5
-	VADDSS         X5, X7, X7
-	VADDSS         X7, X1, X1
+	VADDPS         X7, X5, X5
+	VPERMILPS      $0x4e, X5, X7
+	VADDPS         X7, X5, X5
+	VPERMILPS      $0xb1, X5, X7
+	VADDSS         X7, X5, X5
+	VADDSS         X5, X1, X1
 	VEXTRACTI128   $0x01, Y4, X5
 	VPADDD         X5, X4, X7
 	VEXTRACTI128   $0x01, Y3, X5
@@ -93540,12 +93540,12 @@ q8dot256Q51N2_blk:
 	VMULPS         Y5, Y4, Y4
 	VADDPS         Y4, Y3, Y3
 	VEXTRACTF128   $0x01, Y3, X4
-	VADDPS         X4, X3, X4
-	VPERMILPS      $0x4e, X4, X3
-	VADDPS         X3, X4, X4
-	VPERMILPS      $0xb1, X4, X3
-	VADDSS         X3, X4, X4
-	VADDSS         X4, X2, X2
+	VADDPS         X4, X3, X3
+	VPERMILPS      $0x4e, X3, X4
+	VADDPS         X4, X3, X3
+	VPERMILPS      $0xb1, X3, X4
+	VADDSS         X4, X3, X3
+	VADDSS         X3, X2, X2
 	ADDQ           $0x000000c0, BX
 	ADDQ           $0x00000140, SI
 	DECQ           R8

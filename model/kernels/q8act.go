@@ -11,8 +11,9 @@ import (
 
 // 8-bit activations.
 //
-// For the weight types with integer kernels on these activations (q8DType:
-// the K-quants Q2_K to Q6_K and IQ4_XS; Q4_1 and Q5_1 at the AVX2 level),
+// For the weight types with integer kernels on these activations
+// (q8LevelKernels: the K-quants Q2_K to Q6_K and IQ4_XS; Q4_1 and Q5_1 at
+// the AVX2 level),
 // products quantize each input row to 8 bits per block of 256 values and compute the block dot products in
 // integers, as llama.cpp does on CPUs (its Q8_K): the weights' 2- to 6-bit
 // codes (IQ4_XS: codebook values) times the activations' int8 with VPMADDUBSW or VPDPBUSD, scaled by the sub-block
@@ -70,16 +71,6 @@ func SetQ8Activations(on bool) (prev bool) { return q8Act.Swap(on) }
 
 // Q8Activations reports the setting of SetQ8Activations.
 func Q8Activations() bool { return q8Act.Load() }
-
-// q8DType reports whether dt has integer kernels on quantizeQ8K's
-// activations (at some level: q8LevelKernels says which).
-func q8DType(dt tensor.DType) bool {
-	switch dt {
-	case tensor.Q2_K, tensor.Q3_K, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.IQ4_XS, tensor.Q4_1, tensor.Q5_1:
-		return true
-	}
-	return false
-}
 
 // q8Tiny: blocks whose largest |x| is below it quantize to zero (so that
 // 127/amax stays finite).
@@ -145,9 +136,11 @@ func quantizeQ8KRef(dst []byte, x []float32) bool {
 	return true
 }
 
-// q8Usable reports whether MatMul may use 8-bit activations for this product.
+// q8Usable reports whether MatMul may use 8-bit activations for this product:
+// the setting is on and the width is whole 256-value blocks (which types have
+// kernels is q8LevelKernels' to say).
 func q8Usable(w tensor.Matrix) bool {
-	return q8Act.Load() && q8DType(w.DType) && w.Cols%q8xValues == 0 && w.Cols > 0
+	return q8Act.Load() && w.Cols%q8xValues == 0 && w.Cols > 0
 }
 
 // usesQ8 reports whether MatMul at the current level runs the integer kernels
@@ -157,7 +150,7 @@ func usesQ8(w tensor.Matrix) bool {
 }
 
 // matMulQ8Ref is the reference twin of the integer kernels: out = x·Wᵀ with
-// x quantized by quantizeQ8K, W of a q8DType.
+// x quantized by quantizeQ8K, W of a type dotQ8Ref knows.
 func matMulQ8Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 	k := w.Cols
 	nb := k / q8xValues

@@ -89,7 +89,7 @@ func genQ23Kx16(d dtype, n int) {
 		VPBROADCASTD(cB04, c04)
 		VPBROADCASTD(cB20, c20)
 	}
-	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 3*blockBytes, (blockBytes+63)/64)
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 3*blockBytes, (blockBytes+63)/64, false)
 	// sc[k]: per lane the scales of sub-blocks 4k..4k+3, one byte each
 	// (Q3_K: int8, less 32; Q2_K: the low nibbles).
 	var sc [4]VecVirtual
@@ -289,7 +289,7 @@ func genIQ4XSx16(n int) {
 	VPBROADCASTD(cNib, d0F)
 	VPBROADCASTD(cD30, d30)
 	VMOVDQU64(cIQ4U, tab)
-	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 3*iq4xsx16Block, (iq4xsx16Block+63)/64)
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 3*iq4xsx16Block, (iq4xsx16Block+63)/64, false)
 	sh := ZMM()
 	VPMOVZXWD(Mem{Base: wp, Disp: 32}, sh)
 	off, isum := make([]VecVirtual, n), make([]VecVirtual, n)
@@ -430,19 +430,7 @@ func genQ23Kx16AVX2(d dtype, n int) {
 	}
 	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows on AVX2 (see genQ23Kx16AVX2).", name, d, n), n)
 	Pragma("noescape")
-	Label(name + "_grp")
-	cnt := ld("nblocks")
-	xq := ld("xq")
-	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
-	acc := make([]VecVirtual, 2*n) // acc[2i+h]: input row i, weight rows 8h..8h+7
-	for i := range acc {
-		acc[i] = YMM()
-		VXORPS(acc[i], acc[i], acc[i])
-	}
-	Label(name + "_blk")
-	for l := 0; l < (blockBytes+63)/64; l++ {
-		PREFETCHT0(Mem{Base: wp, Disp: 3*blockBytes + 64*l})
-	}
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 3*blockBytes, (blockBytes+63)/64, true) // acc[2i+h]: input row i, weight rows 8h..8h+7
 	for h := 0; h < 2; h++ {
 		word := func(j int) Mem { return Mem{Base: wp, Disp: wbase + 64*j + 32*h} }
 		isum := make([]VecVirtual, n)

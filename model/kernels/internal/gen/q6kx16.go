@@ -77,7 +77,7 @@ func genQ6Kx16(n int) {
 	c0F, c30 := ZMM(), ZMM()
 	VPBROADCASTD(cB0F, c0F)
 	VPBROADCASTD(cB30, c30)
-	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, q6kPrefetch, q6kx16Block/64+1)
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, q6kPrefetch, q6kx16Block/64+1, false)
 	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
 	// The offset: OFF_i = Σ_j sc_j·(Σ of the input's 16 values of sub-block
 	// j), the scales paired as int16 against the input's int16 sums.

@@ -114,6 +114,18 @@ func dpwssd(a, b, acc VecVirtual) {
 
 const q8Sig = "func(w *byte, wstride, nrows int, xq *byte, xqstride, nblocks int, out *float32, ostride int)"
 
+// hfoldY folds the 8 float32 lanes of the ymm a into its lowest lane with
+// op (packed), the last step with last, h (an xmm) as scratch: the high
+// half onto the low, then the pairs 0x4E, then 0xB1, all VEX.
+func hfoldY(a, h VecVirtual, op, last func(...Op)) {
+	VEXTRACTF128(U8(1), a, h)
+	op(h, a.AsX(), a.AsX())
+	VPERMILPS(U8(0x4E), a.AsX(), h)
+	op(h, a.AsX(), a.AsX())
+	VPERMILPS(U8(0xB1), a.AsX(), h)
+	last(h, a.AsX(), a.AsX())
+}
+
 // hsumZ adds the 16 float32 lanes of a into its lowest lane, with h as
 // scratch (EVEX forms only, so any of the 32 registers will do; virtual or
 // physical).

@@ -503,12 +503,7 @@ func genQ80QuantRow256() {
 // (jumping past their computation to name_zero).
 func amaxScales256(name string, m VecVirtual, f16 bool) (d, id VecVirtual) {
 	hx := XMM()
-	VEXTRACTF128(U8(1), m, hx)
-	VMAXPS(hx, m.AsX(), m.AsX())
-	VPERMILPS(U8(0x4E), m.AsX(), hx)
-	VMAXPS(hx, m.AsX(), m.AsX())
-	VPERMILPS(U8(0xB1), m.AsX(), hx)
-	VMAXPS(hx, m.AsX(), m.AsX())
+	hfoldY(m, hx, VMAXPS, VMAXPS)
 	d, id = XMM(), XMM()
 	VXORPS(d, d, d)
 	VXORPS(id, id, id)
@@ -689,19 +684,7 @@ func genQKx16AVX2(dt dtype, n int) {
 		VPBROADCASTD(cB0F, r)
 		c0F = r
 	}
-	Label(name + "_grp")
-	cnt := ld("nblocks")
-	xq := ld("xq")
-	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
-	acc := make([]VecVirtual, 2*n) // acc[2i+h]: input row i, weight rows 8h..8h+7
-	for i := range acc {
-		acc[i] = YMM()
-		VXORPS(acc[i], acc[i], acc[i])
-	}
-	Label(name + "_blk")
-	for l := 0; l < blockBytes/64; l++ {
-		PREFETCHT0(Mem{Base: wp, Disp: prefetch + 64*l})
-	}
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, prefetch, blockBytes/64, true) // acc[2i+h]: input row i, weight rows 8h..8h+7
 	for h := 0; h < 2; h++ {
 		// The 8 rows' mins, one byte per sub-block in each dword lane (as
 		// genQKx16 decodes them): m[0..3] = u1 & 0x3f, m[4..7] = (u2 >> 4)

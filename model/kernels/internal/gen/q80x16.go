@@ -267,16 +267,25 @@ func packedZeroAcc(n int) []VecVirtual {
 	return acc
 }
 
-// packedLoopHead emits the loops' heads of a zmm packed kernel: the group
-// label, the block count and input pointer, the zeroed float32 sums, the
+// packedLoopHead emits the loops' heads of a packed kernel: the group
+// label, the block count and input pointer, the zeroed float32 sums (a zmm
+// per input row, or with ymm two: acc[2i+h] for weight rows 8h..8h+7), the
 // block label, and lines prefetches of the lines from wp+prefetch on. xm
 // addresses input row i's bytes at disp.
-func packedLoopHead(name string, n int, idx []GPVirtual, wp GPVirtual, prefetch, lines int) (cnt, xq GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual) {
+func packedLoopHead(name string, n int, idx []GPVirtual, wp GPVirtual, prefetch, lines int, ymm bool) (cnt, xq GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual) {
 	Label(name + "_grp")
 	cnt = ld("nblocks")
 	xq = ld("xq")
 	xm = func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
-	acc = packedZeroAcc(n)
+	if ymm {
+		acc = make([]VecVirtual, 2*n)
+		for i := range acc {
+			acc[i] = YMM()
+			VXORPS(acc[i], acc[i], acc[i])
+		}
+	} else {
+		acc = packedZeroAcc(n)
+	}
 	Label(name + "_blk")
 	for l := 0; l < lines; l++ {
 		PREFETCHT0(Mem{Base: wp, Disp: prefetch + 64*l})

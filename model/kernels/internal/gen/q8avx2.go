@@ -545,12 +545,6 @@ func q41BlockScalar256(I, C, df, mf VecVirtual, dx Mem, acc VecVirtual) {
 	VMULPS(md, C, C)
 	VADDPS(C, I, I)
 	h := XMM()
-	VEXTRACTF128(U8(1), I, h)
-	VADDPS(h, I.AsX(), h) // t_b + t_{b+4}
-	s := XMM()
-	VPERMILPS(U8(0x4E), h, s)
-	VADDPS(s, h, h)
-	VPERMILPS(U8(0xB1), h, s)
-	VADDSS(s, h, h)
-	VADDSS(h, acc.AsX(), acc.AsX())
+	hfoldY(I, h, VADDPS, VADDSS) // ((t0+t4)+(t2+t6))+((t1+t5)+(t3+t7))
+	VADDSS(I.AsX(), acc.AsX(), acc.AsX())
 }
