@@ -617,6 +617,18 @@ func q8dot512IQ4XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nb
 // q8dot512IQ4XSN2BW computes 2-input dot products of IQ4XS weights with 8-bit activations (see genQ8).
 func q8dot512IQ4XSN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512Q41N1 computes 1-input dot products of Q41 weights with 8-bit activations on AVX-512 BW (see genQ8Q41).
+func q8dot512Q41N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512Q41N2 computes 2-input dot products of Q41 weights with 8-bit activations on AVX-512 BW (see genQ8Q41).
+func q8dot512Q41N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512Q51N1 computes 1-input dot products of Q51 weights with 8-bit activations on AVX-512 BW (see genQ8Q41).
+func q8dot512Q51N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512Q51N2 computes 2-input dot products of Q51 weights with 8-bit activations on AVX-512 BW (see genQ8Q41).
+func q8dot512Q51N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256Q4KN1 computes 1-input dot products of Q4K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 

@@ -1200,6 +1200,24 @@ DATA w1y<>+24(SB)/4, $0x00010001
 DATA w1y<>+28(SB)/4, $0x00010001
 GLOBL w1y<>(SB), RODATA|NOPTR, $32
 
+DATA q41perm<>+0(SB)/4, $0x00000000
+DATA q41perm<>+4(SB)/4, $0x00000004
+DATA q41perm<>+8(SB)/4, $0x00000008
+DATA q41perm<>+12(SB)/4, $0x0000000c
+DATA q41perm<>+16(SB)/4, $0x00000002
+DATA q41perm<>+20(SB)/4, $0x00000006
+DATA q41perm<>+24(SB)/4, $0x0000000a
+DATA q41perm<>+28(SB)/4, $0x0000000e
+DATA q41perm<>+32(SB)/4, $0x00000000
+DATA q41perm<>+36(SB)/4, $0x00000000
+DATA q41perm<>+40(SB)/4, $0x00000000
+DATA q41perm<>+44(SB)/4, $0x00000000
+DATA q41perm<>+48(SB)/4, $0x00000000
+DATA q41perm<>+52(SB)/4, $0x00000000
+DATA q41perm<>+56(SB)/4, $0x00000000
+DATA q41perm<>+60(SB)/4, $0x00000000
+GLOBL q41perm<>(SB), RODATA|NOPTR, $64
+
 DATA xsword_0<>+0(SB)/4, $0x01000100
 DATA xsword_0<>+4(SB)/4, $0x01000100
 DATA xsword_0<>+8(SB)/4, $0x01000100
@@ -90440,6 +90458,506 @@ q8dot512IQ4XSN2BW_blk:
 	VZEROUPPER
 	RET
 
+// func q8dot512Q41N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C
+TEXT ·q8dot512Q41N1(SB), NOSPLIT, $0-64
+	MOVQ            wstride+8(FP), AX
+	MOVQ            w+0(FP), CX
+	MOVQ            out+48(FP), DX
+	VPBROADCASTD    b0f<>+0(SB), Z0
+	VPBROADCASTD    w1<>+0(SB), Z1
+	VBROADCASTI64X4 xslane<>+0(SB), Z2
+	VMOVDQU64       q41perm<>+0(SB), Z3
+
+q8dot512Q41N1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Y4, Y4, Y4
+
+q8dot512Q41N1_blk:
+	VBROADCASTI32X4 4(BX), Z5
+	VBROADCASTI32X4 24(BX), Y6
+	VINSERTI64X4    $0x01, Y6, Z5, Z5
+	VPSRLVD         Z2, Z5, Z5
+	VPANDD          Z0, Z5, Z5
+	VPMADDUBSW      (SI), Z5, Z5
+	VPMADDWD        Z1, Z5, Z5
+	VBROADCASTI32X4 44(BX), Z6
+	VBROADCASTI32X4 64(BX), Y8
+	VINSERTI64X4    $0x01, Y8, Z6, Z6
+	VPSRLVD         Z2, Z6, Z6
+	VPANDD          Z0, Z6, Z6
+	VPMADDUBSW      64(SI), Z6, Z6
+	VPMADDWD        Z1, Z6, Z6
+	VBROADCASTI32X4 84(BX), Z8
+	VBROADCASTI32X4 104(BX), Y9
+	VINSERTI64X4    $0x01, Y9, Z8, Z8
+	VPSRLVD         Z2, Z8, Z8
+	VPANDD          Z0, Z8, Z8
+	VPMADDUBSW      128(SI), Z8, Z8
+	VPMADDWD        Z1, Z8, Z8
+	VBROADCASTI32X4 124(BX), Z9
+	VBROADCASTI32X4 144(BX), Y10
+	VINSERTI64X4    $0x01, Y10, Z9, Z9
+	VPSRLVD         Z2, Z9, Z9
+	VPANDD          Z0, Z9, Z9
+	VPMADDUBSW      192(SI), Z9, Z9
+	VPMADDWD        Z1, Z9, Z9
+	VMOVDQU32       q41idx_0<>+0(SB), Y10
+	KXNORW          K1, K1, K1
+	VPXORD          Y7, Y7, Y7
+	VPGATHERDD      (BX)(Y10*1), K1, Y7
+	VPSHUFB         q41dm<>+0(SB), Y7, Y7
+	VPERMQ          $0xd8, Y7, Y7
+	VCVTPH2PS       X7, Y10
+	VEXTRACTI32X4   $0x01, Y7, X11
+	VCVTPH2PS       X11, Y11
+	VSHUFI32X4      $0x88, Z6, Z5, Z12
+	VSHUFI32X4      $0xdd, Z6, Z5, Z5
+	VPADDD          Z5, Z12, Z12
+	VSHUFI32X4      $0x88, Z9, Z8, Z5
+	VSHUFI32X4      $0xdd, Z9, Z8, Z6
+	VPADDD          Z6, Z5, Z5
+	VPUNPCKLQDQ     Z5, Z12, Z6
+	VPUNPCKHQDQ     Z5, Z12, Z5
+	VPADDD          Z5, Z6, Z6
+	VPSHUFD         $0xb1, Z6, Z5
+	VPADDD          Z5, Z6, Z6
+	VPERMD          Z6, Z3, Z5
+	VPMOVSXWD       288(SI), Y6
+	VBROADCASTSS    304(SI), Y8
+	VMULPS          Y8, Y10, Y9
+	VMULPS          Y8, Y11, Y8
+	VCVTDQ2PS       Y5, Y5
+	VMULPS          Y9, Y5, Y5
+	VCVTDQ2PS       Y6, Y6
+	VMULPS          Y8, Y6, Y6
+	VADDPS          Y6, Y5, Y5
+	VADDPS          Y5, Y4, Y4
+	ADDQ            $0x000000a0, BX
+	ADDQ            $0x00000140, SI
+	DECQ            DI
+	JNZ             q8dot512Q41N1_blk
+	VEXTRACTF32X4   $0x01, Y4, X5
+	VADDPS          X5, X4, X4
+	VPERMILPS       $0x4e, X4, X5
+	VADDPS          X5, X4, X4
+	VPERMILPS       $0xb1, X4, X5
+	VADDSS          X5, X4, X4
+	MOVQ            DX, BX
+	VMOVSS          X4, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q41N1_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q41N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C
+TEXT ·q8dot512Q41N2(SB), NOSPLIT, $0-64
+	MOVQ            wstride+8(FP), AX
+	MOVQ            w+0(FP), CX
+	MOVQ            out+48(FP), DX
+	VPBROADCASTD    b0f<>+0(SB), Z0
+	VPBROADCASTD    w1<>+0(SB), Z1
+	VBROADCASTI64X4 xslane<>+0(SB), Z2
+	VMOVDQU64       q41perm<>+0(SB), Z3
+
+q8dot512Q41N2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+
+q8dot512Q41N2_blk:
+	VBROADCASTI32X4 4(BX), Z6
+	VBROADCASTI32X4 24(BX), Y7
+	VINSERTI64X4    $0x01, Y7, Z6, Z6
+	VPSRLVD         Z2, Z6, Z6
+	VPANDD          Z0, Z6, Z6
+	VPMADDUBSW      (SI), Z6, Z7
+	VPMADDWD        Z1, Z7, Z7
+	VPMADDUBSW      (SI)(DI*1), Z6, Z6
+	VPMADDWD        Z1, Z6, Z6
+	VBROADCASTI32X4 44(BX), Z9
+	VBROADCASTI32X4 64(BX), Y10
+	VINSERTI64X4    $0x01, Y10, Z9, Z9
+	VPSRLVD         Z2, Z9, Z9
+	VPANDD          Z0, Z9, Z9
+	VPMADDUBSW      64(SI), Z9, Z10
+	VPMADDWD        Z1, Z10, Z10
+	VPMADDUBSW      64(SI)(DI*1), Z9, Z9
+	VPMADDWD        Z1, Z9, Z9
+	VBROADCASTI32X4 84(BX), Z11
+	VBROADCASTI32X4 104(BX), Y12
+	VINSERTI64X4    $0x01, Y12, Z11, Z11
+	VPSRLVD         Z2, Z11, Z11
+	VPANDD          Z0, Z11, Z11
+	VPMADDUBSW      128(SI), Z11, Z12
+	VPMADDWD        Z1, Z12, Z12
+	VPMADDUBSW      128(SI)(DI*1), Z11, Z11
+	VPMADDWD        Z1, Z11, Z11
+	VBROADCASTI32X4 124(BX), Z13
+	VBROADCASTI32X4 144(BX), Y14
+	VINSERTI64X4    $0x01, Y14, Z13, Z13
+	VPSRLVD         Z2, Z13, Z13
+	VPANDD          Z0, Z13, Z13
+	VPMADDUBSW      192(SI), Z13, Z14
+	VPMADDWD        Z1, Z14, Z14
+	VPMADDUBSW      192(SI)(DI*1), Z13, Z13
+	VPMADDWD        Z1, Z13, Z13
+	VMOVDQU32       q41idx_0<>+0(SB), Y15
+	KXNORW          K1, K1, K1
+	VPXORD          Y8, Y8, Y8
+	VPGATHERDD      (BX)(Y15*1), K1, Y8
+	VPSHUFB         q41dm<>+0(SB), Y8, Y8
+	VPERMQ          $0xd8, Y8, Y8
+	VCVTPH2PS       X8, Y15
+	VEXTRACTI32X4   $0x01, Y8, X16
+	VCVTPH2PS       X16, Y16
+	VSHUFI32X4      $0x88, Z10, Z7, Z17
+	VSHUFI32X4      $0xdd, Z10, Z7, Z7
+	VPADDD          Z7, Z17, Z17
+	VSHUFI32X4      $0x88, Z14, Z12, Z7
+	VSHUFI32X4      $0xdd, Z14, Z12, Z10
+	VPADDD          Z10, Z7, Z7
+	VPUNPCKLQDQ     Z7, Z17, Z10
+	VPUNPCKHQDQ     Z7, Z17, Z7
+	VPADDD          Z7, Z10, Z10
+	VPSHUFD         $0xb1, Z10, Z7
+	VPADDD          Z7, Z10, Z10
+	VPERMD          Z10, Z3, Z7
+	VPMOVSXWD       288(SI), Y10
+	VBROADCASTSS    304(SI), Y12
+	VMULPS          Y12, Y15, Y14
+	VMULPS          Y12, Y16, Y12
+	VCVTDQ2PS       Y7, Y7
+	VMULPS          Y14, Y7, Y7
+	VCVTDQ2PS       Y10, Y10
+	VMULPS          Y12, Y10, Y10
+	VADDPS          Y10, Y7, Y7
+	VADDPS          Y7, Y4, Y4
+	VSHUFI32X4      $0x88, Z9, Z6, Z7
+	VSHUFI32X4      $0xdd, Z9, Z6, Z6
+	VPADDD          Z6, Z7, Z7
+	VSHUFI32X4      $0x88, Z13, Z11, Z6
+	VSHUFI32X4      $0xdd, Z13, Z11, Z9
+	VPADDD          Z9, Z6, Z6
+	VPUNPCKLQDQ     Z6, Z7, Z9
+	VPUNPCKHQDQ     Z6, Z7, Z6
+	VPADDD          Z6, Z9, Z9
+	VPSHUFD         $0xb1, Z9, Z6
+	VPADDD          Z6, Z9, Z9
+	VPERMD          Z9, Z3, Z6
+	VPMOVSXWD       288(SI)(DI*1), Y7
+	VBROADCASTSS    304(SI)(DI*1), Y9
+	VMULPS          Y9, Y15, Y10
+	VMULPS          Y9, Y16, Y9
+	VCVTDQ2PS       Y6, Y6
+	VMULPS          Y10, Y6, Y6
+	VCVTDQ2PS       Y7, Y7
+	VMULPS          Y9, Y7, Y7
+	VADDPS          Y7, Y6, Y6
+	VADDPS          Y6, Y5, Y5
+	ADDQ            $0x000000a0, BX
+	ADDQ            $0x00000140, SI
+	DECQ            R8
+	JNZ             q8dot512Q41N2_blk
+	VEXTRACTF32X4   $0x01, Y4, X6
+	VADDPS          X6, X4, X4
+	VPERMILPS       $0x4e, X4, X6
+	VADDPS          X6, X4, X4
+	VPERMILPS       $0xb1, X4, X6
+	VADDSS          X6, X4, X4
+	VEXTRACTF32X4   $0x01, Y5, X6
+	VADDPS          X6, X5, X5
+	VPERMILPS       $0x4e, X5, X6
+	VADDPS          X6, X5, X5
+	VPERMILPS       $0xb1, X5, X6
+	VADDSS          X6, X5, X5
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VMOVSS          X4, (SI)
+	ADDQ            BX, SI
+	VMOVSS          X5, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q41N2_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q51N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C
+TEXT ·q8dot512Q51N1(SB), NOSPLIT, $0-64
+	MOVQ            wstride+8(FP), AX
+	MOVQ            w+0(FP), CX
+	MOVQ            out+48(FP), DX
+	VPBROADCASTD    b0f<>+0(SB), Z0
+	VPBROADCASTD    w1<>+0(SB), Z1
+	VBROADCASTI64X4 xslane<>+0(SB), Z2
+	VMOVDQU64       q41perm<>+0(SB), Z3
+	VPBROADCASTD    b10<>+0(SB), Z4
+
+q8dot512Q51N1_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   nblocks+40(FP), DI
+	VXORPS Y5, Y5, Y5
+
+q8dot512Q51N1_blk:
+	VBROADCASTI32X4 8(BX), Z6
+	VBROADCASTI32X4 32(BX), Y7
+	VINSERTI64X4    $0x01, Y7, Z6, Z6
+	VPSRLVD         Z2, Z6, Z6
+	VPANDD          Z0, Z6, Z6
+	KMOVD           4(BX), K1
+	KMOVD           28(BX), K2
+	KUNPCKDQ        K1, K2, K1
+	VPADDB          Z4, Z6, K1, Z6
+	VPMADDUBSW      (SI), Z6, Z6
+	VPMADDWD        Z1, Z6, Z6
+	VBROADCASTI32X4 56(BX), Z7
+	VBROADCASTI32X4 80(BX), Y9
+	VINSERTI64X4    $0x01, Y9, Z7, Z7
+	VPSRLVD         Z2, Z7, Z7
+	VPANDD          Z0, Z7, Z7
+	KMOVD           52(BX), K1
+	KMOVD           76(BX), K2
+	KUNPCKDQ        K1, K2, K1
+	VPADDB          Z4, Z7, K1, Z7
+	VPMADDUBSW      64(SI), Z7, Z7
+	VPMADDWD        Z1, Z7, Z7
+	VBROADCASTI32X4 104(BX), Z9
+	VBROADCASTI32X4 128(BX), Y10
+	VINSERTI64X4    $0x01, Y10, Z9, Z9
+	VPSRLVD         Z2, Z9, Z9
+	VPANDD          Z0, Z9, Z9
+	KMOVD           100(BX), K1
+	KMOVD           124(BX), K2
+	KUNPCKDQ        K1, K2, K1
+	VPADDB          Z4, Z9, K1, Z9
+	VPMADDUBSW      128(SI), Z9, Z9
+	VPMADDWD        Z1, Z9, Z9
+	VBROADCASTI32X4 152(BX), Z10
+	VBROADCASTI32X4 176(BX), Y11
+	VINSERTI64X4    $0x01, Y11, Z10, Z10
+	VPSRLVD         Z2, Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	KMOVD           148(BX), K1
+	KMOVD           172(BX), K2
+	KUNPCKDQ        K1, K2, K1
+	VPADDB          Z4, Z10, K1, Z10
+	VPMADDUBSW      192(SI), Z10, Z10
+	VPMADDWD        Z1, Z10, Z10
+	VMOVDQU32       q41idx_1<>+0(SB), Y11
+	KXNORW          K3, K3, K3
+	VPXORD          Y8, Y8, Y8
+	VPGATHERDD      (BX)(Y11*1), K3, Y8
+	VPSHUFB         q41dm<>+0(SB), Y8, Y8
+	VPERMQ          $0xd8, Y8, Y8
+	VCVTPH2PS       X8, Y11
+	VEXTRACTI32X4   $0x01, Y8, X12
+	VCVTPH2PS       X12, Y12
+	VSHUFI32X4      $0x88, Z7, Z6, Z13
+	VSHUFI32X4      $0xdd, Z7, Z6, Z6
+	VPADDD          Z6, Z13, Z13
+	VSHUFI32X4      $0x88, Z10, Z9, Z6
+	VSHUFI32X4      $0xdd, Z10, Z9, Z7
+	VPADDD          Z7, Z6, Z6
+	VPUNPCKLQDQ     Z6, Z13, Z7
+	VPUNPCKHQDQ     Z6, Z13, Z6
+	VPADDD          Z6, Z7, Z7
+	VPSHUFD         $0xb1, Z7, Z6
+	VPADDD          Z6, Z7, Z7
+	VPERMD          Z7, Z3, Z6
+	VPMOVSXWD       288(SI), Y7
+	VBROADCASTSS    304(SI), Y9
+	VMULPS          Y9, Y11, Y10
+	VMULPS          Y9, Y12, Y9
+	VCVTDQ2PS       Y6, Y6
+	VMULPS          Y10, Y6, Y6
+	VCVTDQ2PS       Y7, Y7
+	VMULPS          Y9, Y7, Y7
+	VADDPS          Y7, Y6, Y6
+	VADDPS          Y6, Y5, Y5
+	ADDQ            $0x000000c0, BX
+	ADDQ            $0x00000140, SI
+	DECQ            DI
+	JNZ             q8dot512Q51N1_blk
+	VEXTRACTF32X4   $0x01, Y5, X6
+	VADDPS          X6, X5, X5
+	VPERMILPS       $0x4e, X5, X6
+	VADDPS          X6, X5, X5
+	VPERMILPS       $0xb1, X5, X6
+	VADDSS          X6, X5, X5
+	MOVQ            DX, BX
+	VMOVSS          X5, (BX)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q51N1_row
+	VZEROUPPER
+	RET
+
+// func q8dot512Q51N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C
+TEXT ·q8dot512Q51N2(SB), NOSPLIT, $0-64
+	MOVQ            wstride+8(FP), AX
+	MOVQ            w+0(FP), CX
+	MOVQ            out+48(FP), DX
+	VPBROADCASTD    b0f<>+0(SB), Z0
+	VPBROADCASTD    w1<>+0(SB), Z1
+	VBROADCASTI64X4 xslane<>+0(SB), Z2
+	VMOVDQU64       q41perm<>+0(SB), Z3
+	VPBROADCASTD    b10<>+0(SB), Z4
+
+q8dot512Q51N2_row:
+	MOVQ   CX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   xqstride+32(FP), DI
+	MOVQ   nblocks+40(FP), R8
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+
+q8dot512Q51N2_blk:
+	VBROADCASTI32X4 8(BX), Z7
+	VBROADCASTI32X4 32(BX), Y8
+	VINSERTI64X4    $0x01, Y8, Z7, Z7
+	VPSRLVD         Z2, Z7, Z7
+	VPANDD          Z0, Z7, Z7
+	KMOVD           4(BX), K1
+	KMOVD           28(BX), K2
+	KUNPCKDQ        K1, K2, K1
+	VPADDB          Z4, Z7, K1, Z7
+	VPMADDUBSW      (SI), Z7, Z8
+	VPMADDWD        Z1, Z8, Z8
+	VPMADDUBSW      (SI)(DI*1), Z7, Z7
+	VPMADDWD        Z1, Z7, Z7
+	VBROADCASTI32X4 56(BX), Z10
+	VBROADCASTI32X4 80(BX), Y11
+	VINSERTI64X4    $0x01, Y11, Z10, Z10
+	VPSRLVD         Z2, Z10, Z10
+	VPANDD          Z0, Z10, Z10
+	KMOVD           52(BX), K1
+	KMOVD           76(BX), K2
+	KUNPCKDQ        K1, K2, K1
+	VPADDB          Z4, Z10, K1, Z10
+	VPMADDUBSW      64(SI), Z10, Z11
+	VPMADDWD        Z1, Z11, Z11
+	VPMADDUBSW      64(SI)(DI*1), Z10, Z10
+	VPMADDWD        Z1, Z10, Z10
+	VBROADCASTI32X4 104(BX), Z12
+	VBROADCASTI32X4 128(BX), Y13
+	VINSERTI64X4    $0x01, Y13, Z12, Z12
+	VPSRLVD         Z2, Z12, Z12
+	VPANDD          Z0, Z12, Z12
+	KMOVD           100(BX), K1
+	KMOVD           124(BX), K2
+	KUNPCKDQ        K1, K2, K1
+	VPADDB          Z4, Z12, K1, Z12
+	VPMADDUBSW      128(SI), Z12, Z13
+	VPMADDWD        Z1, Z13, Z13
+	VPMADDUBSW      128(SI)(DI*1), Z12, Z12
+	VPMADDWD        Z1, Z12, Z12
+	VBROADCASTI32X4 152(BX), Z14
+	VBROADCASTI32X4 176(BX), Y15
+	VINSERTI64X4    $0x01, Y15, Z14, Z14
+	VPSRLVD         Z2, Z14, Z14
+	VPANDD          Z0, Z14, Z14
+	KMOVD           148(BX), K1
+	KMOVD           172(BX), K2
+	KUNPCKDQ        K1, K2, K1
+	VPADDB          Z4, Z14, K1, Z14
+	VPMADDUBSW      192(SI), Z14, Z15
+	VPMADDWD        Z1, Z15, Z15
+	VPMADDUBSW      192(SI)(DI*1), Z14, Z14
+	VPMADDWD        Z1, Z14, Z14
+	VMOVDQU32       q41idx_1<>+0(SB), Y16
+	KXNORW          K3, K3, K3
+	VPXORD          Y9, Y9, Y9
+	VPGATHERDD      (BX)(Y16*1), K3, Y9
+	VPSHUFB         q41dm<>+0(SB), Y9, Y9
+	VPERMQ          $0xd8, Y9, Y9
+	VCVTPH2PS       X9, Y16
+	VEXTRACTI32X4   $0x01, Y9, X17
+	VCVTPH2PS       X17, Y17
+	VSHUFI32X4      $0x88, Z11, Z8, Z18
+	VSHUFI32X4      $0xdd, Z11, Z8, Z8
+	VPADDD          Z8, Z18, Z18
+	VSHUFI32X4      $0x88, Z15, Z13, Z8
+	VSHUFI32X4      $0xdd, Z15, Z13, Z11
+	VPADDD          Z11, Z8, Z8
+	VPUNPCKLQDQ     Z8, Z18, Z11
+	VPUNPCKHQDQ     Z8, Z18, Z8
+	VPADDD          Z8, Z11, Z11
+	VPSHUFD         $0xb1, Z11, Z8
+	VPADDD          Z8, Z11, Z11
+	VPERMD          Z11, Z3, Z8
+	VPMOVSXWD       288(SI), Y11
+	VBROADCASTSS    304(SI), Y13
+	VMULPS          Y13, Y16, Y15
+	VMULPS          Y13, Y17, Y13
+	VCVTDQ2PS       Y8, Y8
+	VMULPS          Y15, Y8, Y8
+	VCVTDQ2PS       Y11, Y11
+	VMULPS          Y13, Y11, Y11
+	VADDPS          Y11, Y8, Y8
+	VADDPS          Y8, Y5, Y5
+	VSHUFI32X4      $0x88, Z10, Z7, Z8
+	VSHUFI32X4      $0xdd, Z10, Z7, Z7
+	VPADDD          Z7, Z8, Z8
+	VSHUFI32X4      $0x88, Z14, Z12, Z7
+	VSHUFI32X4      $0xdd, Z14, Z12, Z10
+	VPADDD          Z10, Z7, Z7
+	VPUNPCKLQDQ     Z7, Z8, Z10
+	VPUNPCKHQDQ     Z7, Z8, Z7
+	VPADDD          Z7, Z10, Z10
+	VPSHUFD         $0xb1, Z10, Z7
+	VPADDD          Z7, Z10, Z10
+	VPERMD          Z10, Z3, Z7
+	VPMOVSXWD       288(SI)(DI*1), Y8
+	VBROADCASTSS    304(SI)(DI*1), Y10
+	VMULPS          Y10, Y16, Y11
+	VMULPS          Y10, Y17, Y10
+	VCVTDQ2PS       Y7, Y7
+	VMULPS          Y11, Y7, Y7
+	VCVTDQ2PS       Y8, Y8
+	VMULPS          Y10, Y8, Y8
+	VADDPS          Y8, Y7, Y7
+	VADDPS          Y7, Y6, Y6
+	ADDQ            $0x000000c0, BX
+	ADDQ            $0x00000140, SI
+	DECQ            R8
+	JNZ             q8dot512Q51N2_blk
+	VEXTRACTF32X4   $0x01, Y5, X7
+	VADDPS          X7, X5, X5
+	VPERMILPS       $0x4e, X5, X7
+	VADDPS          X7, X5, X5
+	VPERMILPS       $0xb1, X5, X7
+	VADDSS          X7, X5, X5
+	VEXTRACTF32X4   $0x01, Y6, X7
+	VADDPS          X7, X6, X6
+	VPERMILPS       $0x4e, X6, X7
+	VADDPS          X7, X6, X6
+	VPERMILPS       $0xb1, X6, X7
+	VADDSS          X7, X6, X6
+	MOVQ            ostride+56(FP), BX
+	MOVQ            DX, SI
+	VMOVSS          X5, (SI)
+	ADDQ            BX, SI
+	VMOVSS          X6, (SI)
+	ADDQ            $0x04, DX
+	ADDQ            AX, CX
+	DECQ            nrows+16(FP)
+	JNZ             q8dot512Q51N2_row
+	VZEROUPPER
+	RET
+
 // func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 // Requires: AVX, AVX2, F16C
 TEXT ·q8dot256Q4KN1(SB), NOSPLIT, $0-64
@@ -93019,17 +93537,17 @@ q8dot256Q41N1_blk:
 	VCVTDQ2PS      Y3, Y3
 	VMULPS         Y5, Y3, Y3
 	VADDPS         Y3, Y2, Y2
-	VEXTRACTF128   $0x01, Y2, X3
-	VADDPS         X3, X2, X2
-	VPERMILPS      $0x4e, X2, X3
-	VADDPS         X3, X2, X2
-	VPERMILPS      $0xb1, X2, X3
-	VADDSS         X3, X2, X2
-	VADDSS         X2, X1, X1
+	VADDPS         Y2, Y1, Y1
 	ADDQ           $0x000000a0, BX
 	ADDQ           $0x00000140, SI
 	DECQ           DI
 	JNZ            q8dot256Q41N1_blk
+	VEXTRACTF128   $0x01, Y1, X2
+	VADDPS         X2, X1, X1
+	VPERMILPS      $0x4e, X1, X2
+	VADDPS         X2, X1, X1
+	VPERMILPS      $0xb1, X1, X2
+	VADDSS         X2, X1, X1
 	MOVQ           DX, BX
 	VMOVSS         X1, (BX)
 	ADDQ           $0x04, DX
@@ -93148,13 +93666,7 @@ q8dot256Q41N2_blk:
 	VCVTDQ2PS      Y8, Y8
 	VMULPS         Y10, Y8, Y8
 	VADDPS         Y8, Y5, Y5
-	VEXTRACTF128   $0x01, Y5, X6
-	VADDPS         X6, X5, X5
-	VPERMILPS      $0x4e, X5, X6
-	VADDPS         X6, X5, X5
-	VPERMILPS      $0xb1, X5, X6
-	VADDSS         X6, X5, X5
-	VADDSS         X5, X1, X1
+	VADDPS         Y5, Y1, Y1
 	VEXTRACTI128   $0x01, Y4, X5
 	VPADDD         X5, X4, X6
 	VEXTRACTI128   $0x01, Y3, X5
@@ -93169,17 +93681,23 @@ q8dot256Q41N2_blk:
 	VCVTDQ2PS      Y4, Y4
 	VMULPS         Y5, Y4, Y4
 	VADDPS         Y4, Y3, Y3
-	VEXTRACTF128   $0x01, Y3, X4
-	VADDPS         X4, X3, X3
-	VPERMILPS      $0x4e, X3, X4
-	VADDPS         X4, X3, X3
-	VPERMILPS      $0xb1, X3, X4
-	VADDSS         X4, X3, X3
-	VADDSS         X3, X2, X2
+	VADDPS         Y3, Y2, Y2
 	ADDQ           $0x000000a0, BX
 	ADDQ           $0x00000140, SI
 	DECQ           R8
 	JNZ            q8dot256Q41N2_blk
+	VEXTRACTF128   $0x01, Y1, X3
+	VADDPS         X3, X1, X1
+	VPERMILPS      $0x4e, X1, X3
+	VADDPS         X3, X1, X1
+	VPERMILPS      $0xb1, X1, X3
+	VADDSS         X3, X1, X1
+	VEXTRACTF128   $0x01, Y2, X3
+	VADDPS         X3, X2, X2
+	VPERMILPS      $0x4e, X2, X3
+	VADDPS         X3, X2, X2
+	VPERMILPS      $0xb1, X2, X3
+	VADDSS         X3, X2, X2
 	MOVQ           ostride+56(FP), BX
 	MOVQ           DX, SI
 	VMOVSS         X1, (SI)
@@ -93333,17 +93851,17 @@ q8dot256Q51N1_blk:
 	VCVTDQ2PS      Y3, Y3
 	VMULPS         Y4, Y3, Y3
 	VADDPS         Y3, Y2, Y2
-	VEXTRACTF128   $0x01, Y2, X3
-	VADDPS         X3, X2, X2
-	VPERMILPS      $0x4e, X2, X3
-	VADDPS         X3, X2, X2
-	VPERMILPS      $0xb1, X2, X3
-	VADDSS         X3, X2, X2
-	VADDSS         X2, X1, X1
+	VADDPS         Y2, Y1, Y1
 	ADDQ           $0x000000c0, BX
 	ADDQ           $0x00000140, SI
 	DECQ           DI
 	JNZ            q8dot256Q51N1_blk
+	VEXTRACTF128   $0x01, Y1, X2
+	VADDPS         X2, X1, X1
+	VPERMILPS      $0x4e, X1, X2
+	VADDPS         X2, X1, X1
+	VPERMILPS      $0xb1, X1, X2
+	VADDSS         X2, X1, X1
 	MOVQ           DX, BX
 	VMOVSS         X1, (BX)
 	ADDQ           $0x04, DX
@@ -93518,13 +94036,7 @@ q8dot256Q51N2_blk:
 	VCVTDQ2PS      Y8, Y8
 	VMULPS         Y10, Y8, Y8
 	VADDPS         Y8, Y5, Y5
-	VEXTRACTF128   $0x01, Y5, X7
-	VADDPS         X7, X5, X5
-	VPERMILPS      $0x4e, X5, X7
-	VADDPS         X7, X5, X5
-	VPERMILPS      $0xb1, X5, X7
-	VADDSS         X7, X5, X5
-	VADDSS         X5, X1, X1
+	VADDPS         Y5, Y1, Y1
 	VEXTRACTI128   $0x01, Y4, X5
 	VPADDD         X5, X4, X7
 	VEXTRACTI128   $0x01, Y3, X5
@@ -93539,17 +94051,23 @@ q8dot256Q51N2_blk:
 	VCVTDQ2PS      Y4, Y4
 	VMULPS         Y5, Y4, Y4
 	VADDPS         Y4, Y3, Y3
-	VEXTRACTF128   $0x01, Y3, X4
-	VADDPS         X4, X3, X3
-	VPERMILPS      $0x4e, X3, X4
-	VADDPS         X4, X3, X3
-	VPERMILPS      $0xb1, X3, X4
-	VADDSS         X4, X3, X3
-	VADDSS         X3, X2, X2
+	VADDPS         Y3, Y2, Y2
 	ADDQ           $0x000000c0, BX
 	ADDQ           $0x00000140, SI
 	DECQ           R8
 	JNZ            q8dot256Q51N2_blk
+	VEXTRACTF128   $0x01, Y1, X3
+	VADDPS         X3, X1, X1
+	VPERMILPS      $0x4e, X1, X3
+	VADDPS         X3, X1, X1
+	VPERMILPS      $0xb1, X1, X3
+	VADDSS         X3, X1, X1
+	VEXTRACTF128   $0x01, Y2, X3
+	VADDPS         X3, X2, X2
+	VPERMILPS      $0x4e, X2, X3
+	VADDPS         X3, X2, X2
+	VPERMILPS      $0xb1, X2, X3
+	VADDSS         X3, X2, X2
 	MOVQ           ostride+56(FP), BX
 	MOVQ           DX, SI
 	VMOVSS         X1, (SI)

@@ -49,7 +49,9 @@
 // the AVX2 level those types have no float32 kernels: every one of them
 // runs integer kernels on 8-bit activations there (below; Q4_1 and Q5_1
 // only at widths of multiples of 256), and the Go level (dequantize, then
-// dot) takes what is left.
+// dot) takes what is left. On AVX-512 the float32 kernels serve what the
+// integer ones do not: Q4_1 and Q5_1 at other widths, products with 8-bit
+// activations turned off.
 // Partial column chunks use opmasks (AVX-512) or Go (AVX2).
 //
 // Decode (small n) thus streams every weight byte once per call; each kernel
@@ -62,9 +64,9 @@
 //
 // # 8-bit activations
 //
-// Products with K-quant weights (Q2_K to Q6_K) and IQ4_XS, the types of
-// llama.cpp's Q2_K, Q3_K_M, Q4_K_M, Q5_K_M and IQ4_XS files (and at the AVX2
-// level Q4_1 and Q5_1), do not widen the weights: on CPUs with AVX-512
+// Products with K-quant weights (Q2_K to Q6_K), IQ4_XS, Q4_1 and Q5_1, the
+// types of llama.cpp's Q2_K, Q3_K_M, Q4_K_M, Q5_K_M, IQ4_XS, Q4_1 and Q5_1
+// files, do not widen the weights: on CPUs with AVX-512
 // BW each input row is quantized to int8 per block of 256 values (one
 // float32 scale and the 16- and 32-value sums per block, quantQ8K512), and
 // the kernels

@@ -33,8 +33,11 @@ var q8Kernels = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q3_K:   {1: q8dot512Q3KN1, 2: q8dot512Q3KN2},
 	tensor.Q2_K:   {1: q8dot512Q2KN1, 2: q8dot512Q2KN2},
 	tensor.IQ4_XS: {1: q8dot512IQ4XSN1, 2: q8dot512IQ4XSN2},
+	tensor.Q4_1:   {1: q8dot512Q41N1, 2: q8dot512Q41N2},
+	tensor.Q5_1:   {1: q8dot512Q51N1, 2: q8dot512Q51N2},
 }
 
+// q8KernelsBW: Q4_1 and Q5_1's kernels use no VNNI, so they serve both.
 var q8KernelsBW = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q4_K:   {1: q8dot512Q4KN1BW, 2: q8dot512Q4KN2BW},
 	tensor.Q5_K:   {1: q8dot512Q5KN1BW, 2: q8dot512Q5KN2BW},
@@ -42,14 +45,14 @@ var q8KernelsBW = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q3_K:   {1: q8dot512Q3KN1BW, 2: q8dot512Q3KN2BW},
 	tensor.Q2_K:   {1: q8dot512Q2KN1BW, 2: q8dot512Q2KN2BW},
 	tensor.IQ4_XS: {1: q8dot512IQ4XSN1BW, 2: q8dot512IQ4XSN2BW},
+	tensor.Q4_1:   {1: q8dot512Q41N1, 2: q8dot512Q41N2},
+	tensor.Q5_1:   {1: q8dot512Q51N1, 2: q8dot512Q51N2},
 }
 
 // q8Kernels256 are the AVX2 integer kernels (the same bits as q8Kernels),
-// for the AVX2 level. Q4_1 and Q5_1 have them only there (their blocks of
-// 32 take the K-quants' 8-bit activations per 256 values, with the
-// 32-value sums for their mins): on AVX-512 they widen to float32, which
-// was level with llama.cpp's one-session decode there, whereas the AVX2
-// level dequantized them in Go.
+// for the AVX2 level. Q4_1 and Q5_1's blocks of 32 take the K-quants' 8-bit
+// activations per 256 values, with the 32-value sums for their mins, at
+// both levels.
 var q8Kernels256 = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q4_K:   {1: q8dot256Q4KN1, 2: q8dot256Q4KN2},
 	tensor.Q5_K:   {1: q8dot256Q5KN1, 2: q8dot256Q5KN2},

@@ -11,7 +11,7 @@ import (
 
 // q8DTypes are the weight types with integer kernels on 8-bit activations
 // (quantizeQ8K's blocks).
-var q8DTypes = []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS}
+var q8DTypes = []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS, tensor.Q4_1, tensor.Q5_1}
 
 // TestMatMulQ8 checks the integer kernels against their plain twin
 // (matMulQ8Ref: the same bits) and against the
@@ -271,8 +271,7 @@ func TestToBF16(t *testing.T) {
 	}
 }
 
-// TestMatMulQ8AVX2: the AVX2 integer kernels (q8DTypes, and Q4_1 and Q5_1,
-// which have integer kernels only there) give the plain
+// TestMatMulQ8AVX2: the AVX2 integer kernels (q8DTypes) give the plain
 // twin's bits, and so the AVX-512 kernels' bits, wherever the AVX2 level
 // runs.
 func TestMatMulQ8AVX2(t *testing.T) {
@@ -283,7 +282,7 @@ func TestMatMulQ8AVX2(t *testing.T) {
 	defer SetKernelLevel(prev)
 	defer SetQ8Activations(SetQ8Activations(true))
 	rng := rand.New(rand.NewPCG(12, 12))
-	for _, dt := range append(q8DTypes, tensor.Q4_1, tensor.Q5_1) {
+	for _, dt := range q8DTypes {
 		for _, rows := range []int{1, 7, 33} {
 			for _, cols := range []int{256, 1536} {
 				w := randMatrix(rng, dt, rows, cols)

@@ -249,16 +249,22 @@ write_direct_ref "$G" "$WORK/logits-h256.json" "Q4_K and Q6_K weights, not dequa
 #    Q3_K/Q4_K where llama.cpp's mix puts them) and to IQ4_XS (ftype 30: IQ4_XS,
 #    with Q5_K/Q6_K where llama.cpp's mix puts them), each evaluated directly by
 #    llama.cpp as step 4 does (its CPU matmuls quantize the activations to
-#    Q8_K for these weights, as Switchyard's integer kernels do).
-for LB in "12 q3_k_m" "10 q2_k" "30 iq4_xs"; do
+#    Q8_K for these weights, as Switchyard's integer kernels do). Then to
+#    Q4_1 (ftype 3) and Q5_1 (9), with the pure parameter (llama.cpp's mixes
+#    put the LM head in Q6_K): for these llama.cpp quantizes the activations
+#    to q8_1 (8 bits per 32 values), where Switchyard's integer kernels take
+#    the K-quants' Q8_K blocks (per 256 values, with their 32-value sums).
+for LB in "12 q3_k_m" "10 q2_k" "30 iq4_xs" "3 q4_1 pure" "9 q5_1 pure"; do
   set -- $LB
   L=model/gguf/testdata/granite-h256-$2
-  "$WORK/quantize_model" "$WORK/h256-f32.gguf" "$L.gguf" "$1" >"$WORK/quantize-h256-$2.log" 2>&1
-  if grep "converting to" "$WORK/quantize-h256-$2.log" | grep -vqE "converting to (q[2-6]_K|iq4_xs) "; then
-    echo "$L.gguf: llama.cpp fell back to a type of 32-value blocks" >&2; exit 1
+  "$WORK/quantize_model" "$WORK/h256-f32.gguf" "$L.gguf" "$1" ${3:-} >"$WORK/quantize-h256-$2.log" 2>&1
+  if grep "converting to" "$WORK/quantize-h256-$2.log" | grep -vqE "converting to (q[2-6]_K|iq4_xs|q[45]_1) "; then
+    echo "$L.gguf: llama.cpp fell back to another type" >&2; exit 1
   fi
+  act=Q8_K
+  case $2 in q[45]_1) act="q8_1, 8 bits per 32 values" ;; esac
   "$WORK/logits" "$L.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-h256-$2.json" 2>"$WORK/logits-h256-$2.log"
-  write_direct_ref "$L" "$WORK/logits-h256-$2.json" "$(grep -o "converting to [a-zA-Z0-9_]*" "$WORK/quantize-h256-$2.log" | sort | uniq -c | awk '{printf "%s%d %s", (NR>1?", ":""), $1, toupper($4)}') matrices, not dequantized: its CPU matmuls quantize the activations to Q8_K"
+  write_direct_ref "$L" "$WORK/logits-h256-$2.json" "$(grep -o "converting to [a-zA-Z0-9_]*" "$WORK/quantize-h256-$2.log" | sort | uniq -c | awk '{printf "%s%d %s", (NR>1?", ":""), $1, toupper($4)}') matrices, not dequantized: its CPU matmuls quantize the activations to $act"
 done
 
 # 5. The shared fixture with BF16 weight matrices: `switchyard convert --type
@@ -372,4 +378,4 @@ for LB in "2 q4_0" "8 q5_0" "25 iq4_nl pure"; do
   write_direct_ref "$L" "$WORK/logits-$2.json" "$(grep -o "converting to [a-zA-Z0-9_]*" "$WORK/quantize-$2.log" | sort | uniq -c | awk '{printf "%s%d %s", (NR>1?", ":""), $1, toupper($4)}') matrices, not dequantized: its CPU matmuls quantize the activations to q8_0, 8 bits per 32 values"
 done
 
-echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k,iq4_xs}.{gguf,json,logits.f32}, $B.{json,logits.f32}, $E.{gguf,json,logits.f32} and model/gguf/testdata/granite-tiny-{q4_0,q5_0,iq4_nl}.{gguf,json,logits.f32} (work files in $WORK)"
+echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k,iq4_xs,q4_1,q5_1}.{gguf,json,logits.f32}, $B.{json,logits.f32}, $E.{gguf,json,logits.f32} and model/gguf/testdata/granite-tiny-{q4_0,q5_0,iq4_nl}.{gguf,json,logits.f32} (work files in $WORK)"

@@ -93,6 +93,11 @@ func main() {
 			genQ8(dt, n, false)
 		}
 	}
+	for _, dt := range []dtype{dQ41, dQ51} {
+		for n := 1; n <= q8MaxN; n++ {
+			genQ8Q41(dt, n)
+		}
+	}
 	for _, dt := range q8AVX2Dtypes {
 		for n := 1; n <= q8AVX2MaxN(dt); n++ {
 			genQ8AVX2(dt, n)

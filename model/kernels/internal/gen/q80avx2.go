@@ -503,7 +503,7 @@ func genQ80QuantRow256() {
 // (jumping past their computation to name_zero).
 func amaxScales256(name string, m VecVirtual, f16 bool) (d, id VecVirtual) {
 	hx := XMM()
-	hfoldY(m, hx, VMAXPS, VMAXPS)
+	hfoldY(false, m, hx, VMAXPS, VMAXPS)
 	d, id = XMM(), XMM()
 	VXORPS(d, d, d)
 	VXORPS(id, id, id)
