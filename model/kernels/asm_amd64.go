@@ -944,6 +944,18 @@ func q4kx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *floa
 // q4kx16N4 multiplies a 16-row group of repacked Q4K weights with 4 quantized input rows (see genQ4Kx16).
 func q4kx16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// q41x16N1 multiplies a 16-row group of repacked Q41 weights with 1 quantized input rows (see genQ41x16).
+func q41x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16N1 multiplies a 16-row group of repacked Q51 weights with 1 quantized input rows (see genQ41x16).
+func q51x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q41x16N2 multiplies a 16-row group of repacked Q41 weights with 2 quantized input rows (see genQ41x16).
+func q41x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16N2 multiplies a 16-row group of repacked Q51 weights with 2 quantized input rows (see genQ41x16).
+func q51x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // q5kx16N1 multiplies a 16-row group of repacked Q5K weights with 1 quantized input rows (see genQ4Kx16).
 func q5kx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 

@@ -13,7 +13,8 @@ import (
 )
 
 // Weights repacked in groups of 16 rows (tensor.Q80x16, Q4Kx16, Q5Kx16,
-// Q6Kx16, Q3Kx16, Q2Kx16, IQ4XSx16, Q40x16, IQ4NLx16, Q50x16).
+// Q6Kx16, Q3Kx16, Q2Kx16, IQ4XSx16, Q40x16, IQ4NLx16, Q50x16, Q41x16,
+// Q51x16).
 //
 // The row-major integer kernels walk each row on its own and must reduce
 // every block's partial sums across a register before scaling them:
@@ -26,9 +27,9 @@ import (
 // broadcast, the lanes being the weight rows, with nothing to reduce, and
 // the scales of 16 rows are decoded at once. The packed kernels (q80x16N,
 // q4kx16N, q5kx16N, q6kx16N, q3kx16N, q2kx16N, iq4xsx16N, q40x16N,
-// iq4nlx16N, q50x16N) take the
+// iq4nlx16N, q50x16N, q41x16N, q51x16N) take the
 // float32 steps per (row, block) of the row-major kernels (matMulQ80Ref,
-// q8BlockScalar, q6BlockScalar), so the results are the same bits
+// q8BlockScalar, q6BlockScalar, q41Lanes256), so the results are the same bits
 // (TestPackedMatchesRowMajor), for any number of input rows.
 //
 // The hybrid loader packs matrices when it copies weights into memory (the
@@ -40,7 +41,7 @@ import (
 
 // EnvPack names the environment variable that chooses which types CanPack
 // packs: a comma-separated list of dtypes (q8_0, q4_k, q5_k, q6_k, q3_k,
-// q2_k, iq4_xs, q4_0, q5_0, iq4_nl; the
+// q2_k, iq4_xs, q4_0, q5_0, iq4_nl, q4_1, q5_1; the
 // default is all those with packed kernels at the kernel level, but for
 // q5_k on AVX2, which is packed there only when listed: packOnlyAsked), or
 // 0 for none (for comparisons).
@@ -75,7 +76,7 @@ func init() {
 			}
 		}
 		if !known {
-			fmt.Fprintf(os.Stderr, "kernels: %s: %q is not a type that can be packed (q8_0, q4_k, q5_k, q6_k, q3_k, q2_k, iq4_xs, q4_0, q5_0, iq4_nl); ignored\n", EnvPack, name)
+			fmt.Fprintf(os.Stderr, "kernels: %s: %q is not a type that can be packed (q8_0, q4_k, q5_k, q6_k, q3_k, q2_k, iq4_xs, q4_0, q5_0, iq4_nl, q4_1, q5_1); ignored\n", EnvPack, name)
 		}
 	}
 }
@@ -123,6 +124,9 @@ var packSpecs = [...]packSpec{
 	{dt: tensor.Q2_K, layout: tensor.Q2Kx16, bytes: 84, halves: []int{80, 82}, words: 0, nwords: 20},
 	// IQ4_XS: d, scales_h; scales_l, the nibbles.
 	{dt: tensor.IQ4_XS, layout: tensor.IQ4XSx16, bytes: 136, halves: []int{0, 2}, words: 4, nwords: 33},
+	// Q4_1: d, m; the 16 bytes of nibbles. Q5_1: d, m; the fifth bits, the nibbles.
+	{dt: tensor.Q4_1, layout: tensor.Q41x16, bytes: 20, halves: []int{0, 2}, words: 4, nwords: 4},
+	{dt: tensor.Q5_1, layout: tensor.Q51x16, bytes: 24, halves: []int{0, 2}, words: 4, nwords: 5},
 }
 
 // specOf returns the packing of dtype dt or layout l (whichever is set).
@@ -159,8 +163,12 @@ func CanPack(w tensor.Matrix) bool {
 	if s == nil || packOff[w.DType] || (lvl < LevelAVX512 && packOnlyAsked[w.DType] && !packAsked[w.DType]) {
 		return false
 	}
+	// The packed kernels of the types of 32-value blocks but the Q8_0
+	// family (Q4_1, Q5_1) take the K-quants' activations, 256 values a
+	// block.
 	return w.Layout == tensor.RowMajor && w.Rows > 0 && w.Cols > 0 &&
-		w.Cols%w.DType.BlockValues() == 0 && hasPackedKernels(w.DType) && packedFast(s.layout, lvl)
+		w.Cols%w.DType.BlockValues() == 0 && (asQ80(w.DType) || w.Cols%q8xValues == 0) &&
+		hasPackedKernels(w.DType) && packedFast(s.layout, lvl)
 }
 
 // Pack packs the row-major matrix w (CanPack's types) into dst

@@ -32,6 +32,9 @@ func testPackedMatchesRowMajor(t *testing.T, dt tensor.DType) {
 	prev := KernelLevel()
 	defer SetKernelLevel(prev)
 	bv := dt.BlockValues()
+	if !asQ80(dt) {
+		bv = q8xValues // Q4_1, Q5_1: packed at widths of whole activation blocks
+	}
 	twinOf := matMulQ8Ref
 	if asQ80(dt) {
 		twinOf = matMulQ80Ref
@@ -110,7 +113,7 @@ func integerAt(dt tensor.DType, l Level) bool {
 }
 
 // packedDTypes are the types with packed layouts.
-var packedDTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q4_0, tensor.IQ4_NL, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS, tensor.Q5_0}
+var packedDTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q4_0, tensor.IQ4_NL, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS, tensor.Q5_0, tensor.Q4_1, tensor.Q5_1}
 
 // TestPackParallel: a matrix large enough to be packed on several
 // goroutines gives the bytes of a packing on one, and unpacks to its rows.

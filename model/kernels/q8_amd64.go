@@ -99,7 +99,67 @@ func planQ8(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j.q8.fns = fns
 	j.block = q8Block
 	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
+	if from := q8PackingMinRows[j.w.DType]; from > 0 && j.n >= from {
+		if spec := specOf(j.w.DType, tensor.RowMajor); packedKernelsAt(spec.layout, lvl) != nil {
+			j.q8.xstride = j.q8.nb * q8xBlockBytes
+			j.q8.packed = packedKernelsAt(spec.layout, lvl)
+			j.q8.groupBytes = j.w.Cols / j.w.DType.BlockValues() * spec.groupBytes()
+			j.block = q8PackingBlock
+			j.rb = packedRowBlock(j)
+		}
+	}
 	return true, false
+}
+
+// q8PackingMinRows: row-major products of these types with at least this
+// many input rows pack 16-row groups as they go (q8PackingBlock), 0: never.
+// Q4_1 and Q5_1's row-major kernels reduce each 32-value block across a
+// register per input row, which the packed kernels do not; measured with
+// BenchmarkQ8Packing (in_proj 6448×1536 and an expert's 1536×512, one
+// thread): packing costs about 2 ms and 0.15 ms (Go, about 3 GB/s), after
+// which each input row costs 0.06-0.07 ms against 0.21-0.27 ms row-major
+// on in_proj; level at about 12 input rows, at 64 rows 6.2 against
+// 14.6 ms (Q4_1) and 7.7 against 17.3 (Q5_1), at 8 rows 2.4 against 1.7.
+var q8PackingMinRows = [tensor.NumDTypes]int{tensor.Q4_1: 16, tensor.Q5_1: 16}
+
+// q8PackingBlock computes rows [r0, r1) (r0 a multiple of 16) of a
+// row-major product with many input rows whose type has packed kernels on
+// the K-quants' activations: each 16-row group is packed into the worker's
+// scratch (as Pack packs it), then the packed kernels run it against every
+// input row, with the bits of the row-major kernels.
+func q8PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
+	spec := specOf(j.w.DType, tensor.RowMajor)
+	for g := r0; g < r1; g += packRows {
+		m := min(packRows, r1-g)
+		sub := tensor.Matrix{DType: j.w.DType, Rows: m, Cols: j.w.Cols, Data: j.w.Data[g*j.rowBytes : (g+m)*j.rowBytes]}
+		packedGroupAll(j, s, spec, sub, g)
+	}
+}
+
+// packedGroupAll packs sub (the m ≤ 16 rows from row g of a product's
+// row-major weights) into the worker's scratch and runs the product's
+// packed kernels (j.q8.packed) on it against every input row.
+func packedGroupAll(j *mmJob, s *scratch, spec *packSpec, sub tensor.Matrix, g int) {
+	p := &j.q8
+	if cap(s.rows) < p.groupBytes {
+		s.rows = make([]byte, p.groupBytes)
+	}
+	buf := s.rows[:p.groupBytes]
+	spec.packGroups(buf, sub, 0, 1)
+	rows, m := j.w.Rows, sub.Rows
+	maxN := len(p.packed) - 1
+	for i0 := 0; i0 < j.n; i0 += maxN {
+		nn := min(maxN, j.n-i0)
+		if m == packRows {
+			p.packed[nn](&buf[0], 1, p.nb, &p.xq[i0*p.xstride], p.xstride, &j.out[i0*rows+g], 4*rows)
+			continue
+		}
+		var tmp [8 * packRows]float32
+		p.packed[nn](&buf[0], 1, p.nb, &p.xq[i0*p.xstride], p.xstride, &tmp[0], 4*packRows)
+		for i := 0; i < nn; i++ {
+			copy(j.out[(i0+i)*rows+g:][:m], tmp[i*packRows:])
+		}
+	}
 }
 
 // planQ8K quantizes the input rows into c.xq for the K-quant integer
@@ -282,6 +342,10 @@ var q40x16Fns = [...]packedFn{
 var q50x16Fns = [...]packedFn{
 	1: q50x16N1, 2: q50x16N2, 3: q50x16N3, 4: q50x16N4, 5: q50x16N5, 6: q50x16N6, 7: q50x16N7, 8: q50x16N8}
 
+var q41x16Fns = [...]packedFn{1: q41x16N1, 2: q41x16N2}
+
+var q51x16Fns = [...]packedFn{1: q51x16N1, 2: q51x16N2}
+
 var iq4nlx16Fns = [...]packedFn{
 	1: iq4nlx16N1, 2: iq4nlx16N2, 3: iq4nlx16N3, 4: iq4nlx16N4, 5: iq4nlx16N5, 6: iq4nlx16N6, 7: iq4nlx16N7, 8: iq4nlx16N8}
 
@@ -289,7 +353,7 @@ var iq4nlx16Fns = [...]packedFn{
 var packedKernels = [tensor.NumLayouts][]packedFn{
 	tensor.Q80x16: q80x16Fns[:], tensor.Q4Kx16: q4kx16Fns[:], tensor.Q5Kx16: q5kx16Fns[:], tensor.Q6Kx16: q6kx16Fns[:],
 	tensor.Q40x16: q40x16Fns[:], tensor.IQ4NLx16: iq4nlx16Fns[:], tensor.Q3Kx16: q3kx16Fns[:], tensor.Q2Kx16: q2kx16Fns[:],
-	tensor.IQ4XSx16: iq4xsx16Fns[:], tensor.Q50x16: q50x16Fns[:]}
+	tensor.IQ4XSx16: iq4xsx16Fns[:], tensor.Q50x16: q50x16Fns[:], tensor.Q41x16: q41x16Fns[:], tensor.Q51x16: q51x16Fns[:]}
 
 // planPacked sets up a product with packed weights: each input row
 // quantized as the row-major kernels of its type quantize it (q80rows512's
@@ -309,7 +373,7 @@ func planPacked(c *callCtx, lvl Level) bool {
 		j.q8.xstride = j.q8.nb * q8xBlockBytes
 	}
 	j.q8.packed = packedKernelsAt(j.w.Layout, lvl)
-	j.q8.groupBytes = j.q8.nb * specOf(j.w.DType, j.w.Layout).groupBytes()
+	j.q8.groupBytes = j.w.Cols / j.w.DType.BlockValues() * specOf(j.w.DType, j.w.Layout).groupBytes()
 	j.block = packedRows512
 	j.rb = packedRowBlock(j)
 	return true
@@ -503,30 +567,11 @@ func q80Rows256Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
 // kernels run it against every input row, so that the weights are read
 // once per two input rows from cache, with the bits of q80rows256.
 func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
-	p := &j.q8
 	spec := specOf(tensor.Q8_0, tensor.RowMajor)
-	if cap(s.rows) < p.groupBytes {
-		s.rows = make([]byte, p.groupBytes)
-	}
-	buf := s.rows[:p.groupBytes]
-	rows := j.w.Rows
 	for g := r0; g < r1; g += packRows {
 		m := min(packRows, r1-g)
 		w, _ := q80Weights(j, s, g, g+m)
-		sub := tensor.Matrix{DType: tensor.Q8_0, Rows: m, Cols: j.w.Cols, Data: w}
-		spec.packGroups(buf, sub, 0, 1)
-		for i0 := 0; i0 < j.n; i0 += 2 {
-			nn := min(2, j.n-i0)
-			if m == packRows {
-				p.packed[nn](&buf[0], 1, p.nb, &p.xq[i0*p.xstride], p.xstride, &j.out[i0*rows+g], 4*rows)
-				continue
-			}
-			var tmp [2 * packRows]float32
-			p.packed[nn](&buf[0], 1, p.nb, &p.xq[i0*p.xstride], p.xstride, &tmp[0], 4*packRows)
-			for i := 0; i < nn; i++ {
-				copy(j.out[(i0+i)*rows+g:][:m], tmp[i*packRows:])
-			}
-		}
+		packedGroupAll(j, s, spec, tensor.Matrix{DType: tensor.Q8_0, Rows: m, Cols: j.w.Cols, Data: w}, g)
 	}
 }
 

@@ -196,6 +196,16 @@ const (
 	// block), the 16 rows' words side by side (320 bytes): the same 22
 	// bytes per row and block. See model/kernels/packed.go.
 	Q50x16
+	// Q41x16: Q4_1 rows in groups of 16 (the last padded with zero rows),
+	// each group block by block: the 16 rows' d (32 bytes) and m (32),
+	// then each 4-byte word of the rows' nibbles (bytes 4..19 of a block),
+	// the 16 rows' words side by side (256 bytes): the same 20 bytes per
+	// row and block. See model/kernels/packed.go.
+	Q41x16
+	// Q51x16: Q5_1 rows in groups of 16, as Q41x16 with the rows' fifth
+	// bits (a word per row) before the nibbles: the same 24 bytes per row
+	// and block.
+	Q51x16
 	// NumLayouts is the number of layouts (for tables indexed by Layout).
 	NumLayouts
 )
@@ -225,6 +235,10 @@ func (l Layout) String() string {
 		return "IQ4_XSx16"
 	case Q50x16:
 		return "Q5_0x16"
+	case Q41x16:
+		return "Q4_1x16"
+	case Q51x16:
+		return "Q5_1x16"
 	}
 	return fmt.Sprintf("Layout(%d)", uint8(l))
 }

@@ -146,6 +146,10 @@ func main() {
 	for n := 1; n <= q4kx16MaxN; n++ {
 		genQ4Kx16(n)
 	}
+	for n := 1; n <= q41x16MaxN; n++ {
+		genQ41x16(dQ41, n)
+		genQ41x16(dQ51, n)
+	}
 	for n := 1; n <= q5kx16MaxN; n++ {
 		genQ5Kx16(n)
 	}
