@@ -24,7 +24,12 @@ func TestMatMulBatchInvariant(t *testing.T) {
 				rows, cols := shape[0], shape[1]
 				if dt.Quantized() {
 					if cols = 2 * dt.BlockValues(); dt.BlockValues() == 32 {
+						// 544: the float32 kernels of Q4_1 and Q5_1; 512
+						// (the last shape) their integer ones.
 						cols = 544
+						if shape[1] == 37 {
+							cols = 512
+						}
 					}
 				}
 				rng := rand.New(rand.NewPCG(uint64(dt), 7))
