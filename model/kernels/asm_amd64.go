@@ -877,6 +877,11 @@ func q80rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *flo
 //go:noescape
 func q40rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
 
+// q50rows256 multiplies row-major Q5_0 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
+//
+//go:noescape
+func q50rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+
 // iq4nlrows256 multiplies row-major IQ4_NL weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
 //
 //go:noescape

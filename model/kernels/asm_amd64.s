@@ -104170,6 +104170,74 @@ q40rows256_next:
 	VZEROUPPER
 	RET
 
+// func q50rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+// Requires: AVX, AVX2, F16C
+TEXT ·q50rows256(SB), NOSPLIT, $0-48
+	MOVQ         w+0(FP), AX
+	MOVQ         wstride+8(FP), CX
+	MOVQ         out+40(FP), DX
+	VPBROADCASTD w1<>+0(SB), Y0
+
+q50rows256_row:
+	MOVQ   AX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	MOVQ   nblocks+32(FP), R8
+	XORQ   R9, R9
+	VXORPS X1, X1, X1
+
+q50rows256_blk:
+	VMOVDQU      6(BX), X3
+	VPSRLW       $0x04, X3, X2
+	VINSERTI128  $0x01, X2, Y3, Y2
+	VPAND        b0fy<>+0(SB), Y2, Y2
+	VPBROADCASTD 2(BX), Y4
+	VPSHUFB      q5spread<>+0(SB), Y4, Y4
+	VMOVDQU      q5bits<>+0(SB), Y5
+	VPAND        Y5, Y4, Y4
+	VPCMPEQB     Y5, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y2, Y2
+	VMOVDQU      (SI), Y4
+	VPMADDUBSW   Y4, Y2, Y2
+	VPMADDWD     Y0, Y2, Y2
+	VEXTRACTI128 $0x01, Y2, X3
+	VPADDD       X3, X2, X3
+	VPSHUFD      $0x4e, X3, X2
+	VPADDD       X2, X3, X3
+	VPSHUFD      $0xb1, X3, X2
+	VPADDD       X2, X3, X3
+	VMOVD        576(DI), X2
+	VPSRAD       $0x03, X2, X2
+	VPSUBD       X2, X3, X3
+	VCVTDQ2PS    X3, X3
+	MOVWLZX      (BX), R10
+	VMOVD        R10, X2
+	VCVTPH2PS    X2, X2
+	VMULSS       512(DI), X2, X2
+	VMULSS       X2, X3, X3
+	VADDSS       X3, X1, X1
+	ADDQ         $0x16, BX
+	ADDQ         $0x20, SI
+	ADDQ         $0x04, DI
+	INCQ         R9
+	CMPQ         R9, $0x10
+	JNE          q50rows256_next
+	ADDQ         $0x00000080, SI
+	ADDQ         $0x00000240, DI
+	XORQ         R9, R9
+
+q50rows256_next:
+	DECQ   R8
+	JNZ    q50rows256_blk
+	VMOVSS X1, (DX)
+	ADDQ   $0x04, DX
+	ADDQ   CX, AX
+	DECQ   nrows+16(FP)
+	JNZ    q50rows256_row
+	VZEROUPPER
+	RET
+
 // func iq4nlrows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
 // Requires: AVX, AVX2, F16C
 TEXT ·iq4nlrows256(SB), NOSPLIT, $0-48

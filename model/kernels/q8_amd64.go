@@ -583,7 +583,7 @@ var q80RowsFns = [tensor.NumDTypes]func(w *byte, wstride, nrows int, xq *byte, n
 // q80Rows256Fns are the AVX2 one-input-row kernels of the types that have
 // their own (nil: q80rows256 on rows rewritten as Q8_0 rows).
 var q80Rows256Fns = [tensor.NumDTypes]func(w *byte, wstride, nrows int, xq *byte, nblocks int, out *float32){
-	tensor.Q4_0: q40rows256, tensor.IQ4_NL: iq4nlrows256}
+	tensor.Q4_0: q40rows256, tensor.IQ4_NL: iq4nlrows256, tensor.Q5_0: q50rows256}
 
 // q80Weights returns rows [r0, r1) of the product's weights as Q8_0 rows and
 // their stride: the weights' own bytes for Q8_0, else (asQ80's other types)

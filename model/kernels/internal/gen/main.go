@@ -132,6 +132,7 @@ func main() {
 	}
 	genQ80Rows256()
 	genRows256("Q40")
+	genRows256("Q50")
 	genRows256("IQ4NL")
 	genQ80Rows8x256()
 	genQ80QuantRow256()

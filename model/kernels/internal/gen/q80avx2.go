@@ -213,16 +213,18 @@ func q40SumsAVX2(q5 bool, n int, wp, xq, dc GPVirtual, xm func(GPVirtual, int, i
 // rows wstride bytes apart.
 func genQ80Rows256() { genRows256("Q80") }
 
-// genRows256 emits q80rows256 (typ "Q80"), or q40rows256 and iq4nlrows256
-// ("Q40", "IQ4NL": row-major Q4_0 and IQ4_NL rows read as they are, the
-// nibbles of a block widened in a register: Q4_0's unsigned codes by
-// VPMADDUBSW directly, 8·Σq_x taken off; IQ4_NL's codebook values as
-// Q8_0's signed bytes), the bits of the Q8_0 rewrite either way.
+// genRows256 emits q80rows256 (typ "Q80"), or q40rows256, q50rows256 and
+// iq4nlrows256 ("Q40", "Q50", "IQ4NL": row-major Q4_0, Q5_0 and IQ4_NL rows
+// read as they are, the nibbles of a block widened in a register: Q4_0's
+// unsigned codes by VPMADDUBSW directly, 8·Σq_x taken off; Q5_0's likewise
+// with the fifth bits added as 16 (spread from qh by VPSHUFB, VPAND and
+// VPCMPEQB), 16·Σq_x taken off; IQ4_NL's codebook values as Q8_0's signed
+// bytes), the bits of the Q8_0 rewrite either way.
 func genRows256(typ string) {
-	name := map[string]string{"Q80": "q80rows256", "Q40": "q40rows256", "IQ4NL": "iq4nlrows256"}[typ]
+	name := map[string]string{"Q80": "q80rows256", "Q40": "q40rows256", "Q50": "q50rows256", "IQ4NL": "iq4nlrows256"}[typ]
 	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, xq *byte, nblocks int, out *float32)")
 	Doc(fmt.Sprintf("%s multiplies row-major %s weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).", name,
-		map[string]string{"Q80": "Q8_0", "Q40": "Q4_0", "IQ4NL": "IQ4_NL"}[typ]))
+		map[string]string{"Q80": "Q8_0", "Q40": "Q4_0", "Q50": "Q5_0", "IQ4NL": "IQ4_NL"}[typ]))
 	Pragma("noescape")
 	wq := ld("w")
 	ws := ld("wstride")
@@ -234,9 +236,12 @@ func genRows256(typ string) {
 		tab = YMM()
 		VMOVDQU(cIQ4Y, tab)
 	}
-	bb := 34
-	if typ != "Q80" {
+	bb, qs := 34, 2 // block bytes, offset of the codes
+	switch typ {
+	case "Q40", "IQ4NL":
 		bb = 18
+	case "Q50":
+		bb, qs = 22, 6
 	}
 	Label(name + "_row")
 	w0 := GP64()
@@ -252,18 +257,29 @@ func genRows256(typ string) {
 	Label(name + "_blk")
 	q, s := YMM(), YMM()
 	if typ == "Q80" {
-		VMOVDQU(Mem{Base: w0, Disp: 2}, q)
+		VMOVDQU(Mem{Base: w0, Disp: qs}, q)
 	} else {
 		// Values 0..15 (low nibbles) in the low lane, 16..31 in the high.
 		lo, hi := XMM(), XMM()
-		VMOVDQU(Mem{Base: w0, Disp: 2}, lo)
+		VMOVDQU(Mem{Base: w0, Disp: qs}, lo)
 		VPSRLW(U8(4), lo, hi)
 		VINSERTI128(U8(1), hi, lo.AsY(), q)
 		VPAND(cB0FY, q, q)
 	}
+	if typ == "Q50" {
+		// Byte l is value l: its fifth bit is bit l of qh.
+		t, m := YMM(), YMM()
+		VPBROADCASTD(Mem{Base: w0, Disp: 2}, t)
+		VPSHUFB(cQ5Spread, t, t)
+		VMOVDQU(cQ5Bits, m)
+		VPAND(m, t, t)
+		VPCMPEQB(m, t, t)
+		VPAND(cB10Y, t, t)
+		VPOR(t, q, q)
+	}
 	x := YMM()
 	VMOVDQU(Mem{Base: xq}, x)
-	if typ == "Q40" {
+	if typ == "Q40" || typ == "Q50" {
 		VPMADDUBSW(x, q, s)
 		VPMADDWD(ones, s, s)
 	} else {
@@ -283,9 +299,14 @@ func genRows256(typ string) {
 	VPADDD(u, t, t)
 	VPSHUFD(U8(0xB1), t, u)
 	VPADDD(u, t, t)
-	if typ == "Q40" {
+	switch typ {
+	case "Q40":
 		VMOVD(Mem{Base: dc, Disp: q80rC}, u)
 		VPSRAD(U8(4), u, u) // 8·Σq_x
+		VPSUBD(u, t, t)
+	case "Q50":
+		VMOVD(Mem{Base: dc, Disp: q80rC}, u)
+		VPSRAD(U8(3), u, u) // 16·Σq_x
 		VPSUBD(u, t, t)
 	}
 	VCVTDQ2PS(t, t)
