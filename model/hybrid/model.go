@@ -105,6 +105,7 @@ type scratch struct {
 	proj         []float32
 	xbc, y       []float32
 	xbcAct, dt   []float32
+	convTmp      []float32
 	q, k, v, att []float32
 	sharedG      []float32
 	sharedU      []float32
@@ -388,18 +389,8 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 		}
 		sc.xbcAct = grow(sc.xbcAct, T*cd)
 		xbc := sc.xbcAct // post-activation x|B|C
-		for t := range T {
-			out := xbc[t*cd : (t+1)*cd]
-			for ch := range cd {
-				acc := w.ConvB[ch]
-				wr := w.ConvW[ch*K : (ch+1)*K]
-				for k := range K {
-					acc += wr[k] * ext[(t+k)*cd+ch]
-				}
-				out[ch] = acc
-			}
-			kernels.SiLUMul(out, out, nil)
-		}
+		sc.convTmp = grow(sc.convTmp, cd)
+		causalConv(xbc[:T*cd], ext, sc.convTmp, w, K)
 		copy(conv, ext[T*cd:(T+K-1)*cd])
 		// dt = softplus(dt_raw + dt_bias), per token and head.
 		sc.dt = grow(sc.dt, T*nh)
@@ -551,5 +542,25 @@ func topK(logits []float32, ids []int32, wts []float32) {
 	}
 	for j := range k {
 		wts[j] /= sum
+	}
+}
+
+// causalConv computes the depthwise causal conv and SiLU of T = len(out)/cd
+// tokens: out[t][ch] = silu(b[ch] + Σ_k w[ch][k]·ext[t+k][ch]), ext holding
+// the K−1 previous rows before the T new ones (cd = len(w.ConvB) channels),
+// tap by tap as vector products over the channels, each product and sum
+// rounded as the plain loop (convRef in the tests) rounds them, in the same
+// order: the same bits. tmp holds cd values.
+func causalConv(out, ext, tmp []float32, w *MambaWeights, K int) {
+	cd := len(w.ConvB)
+	wk := w.convByTap(K)
+	for t := range len(out) / cd {
+		o := out[t*cd : (t+1)*cd]
+		copy(o, w.ConvB)
+		for k := range K {
+			kernels.Mul(tmp, wk[k*cd:(k+1)*cd], ext[(t+k)*cd:])
+			kernels.Add(o, o, tmp)
+		}
+		kernels.SiLUMul(o, o, nil)
 	}
 }

@@ -249,6 +249,7 @@ func TestScanChunkedMatchesRecurrent(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 10))
 	for _, tc := range []struct{ T, H, P, N, G, Q int }{
 		{1, 2, 4, 3, 1, 4}, {7, 4, 8, 5, 2, 3}, {16, 4, 4, 8, 1, 16}, {33, 8, 4, 4, 4, 8}, {50, 2, 3, 2, 1, 256},
+		{80, 4, 20, 40, 2, 37}, // several 16×16 tiles of the transposes each way
 	} {
 		din := tc.H * tc.P
 		cd := din + 2*tc.G*tc.N
@@ -362,6 +363,49 @@ func TestTopK(t *testing.T) {
 		}
 		if math.Abs(float64(sum-1)) > 1e-6 {
 			t.Fatalf("weights sum to %v", sum)
+		}
+	}
+}
+
+// causalConv (tap by tap, vector products) gives the bits of the plain
+// per-channel loop, at every kernel level.
+func TestCausalConvMatchesLoop(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	prev := kernels.KernelLevel()
+	defer kernels.SetKernelLevel(prev)
+	for _, lvl := range kernels.SupportedLevels() {
+		kernels.SetKernelLevel(lvl)
+		for _, tc := range []struct{ T, cd, K int }{{1, 40, 4}, {7, 3328, 4}, {5, 17, 3}} {
+			w := &MambaWeights{ConvW: make([]float32, tc.cd*tc.K), ConvB: make([]float32, tc.cd)}
+			for i := range w.ConvW {
+				w.ConvW[i] = float32(r.NormFloat64())
+			}
+			for i := range w.ConvB {
+				w.ConvB[i] = float32(r.NormFloat64())
+			}
+			ext := make([]float32, (tc.K-1+tc.T)*tc.cd)
+			for i := range ext {
+				ext[i] = float32(r.NormFloat64())
+			}
+			got := make([]float32, tc.T*tc.cd)
+			causalConv(got, ext, make([]float32, tc.cd), w, tc.K)
+			want := make([]float32, tc.T*tc.cd)
+			for t := range tc.T {
+				o := want[t*tc.cd : (t+1)*tc.cd]
+				for ch := range tc.cd {
+					acc := w.ConvB[ch]
+					for k := range tc.K {
+						acc = float32(acc + float32(w.ConvW[ch*tc.K+k]*ext[(t+k)*tc.cd+ch]))
+					}
+					o[ch] = acc
+				}
+				kernels.SiLUMul(o, o, nil)
+			}
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("level %v %+v: out[%d] = %g, loop %g", lvl, tc, i, got[i], want[i])
+				}
+			}
 		}
 	}
 }

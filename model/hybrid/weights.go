@@ -1,6 +1,8 @@
 package hybrid
 
 import (
+	"sync"
+
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
@@ -41,6 +43,25 @@ type MambaWeights struct {
 	D       []float32     // [H]
 	Norm    []float32     // [d_inner], gated RMSNorm weight (applied per group)
 	OutProj tensor.Matrix // [hidden, d_inner]
+
+	convT     []float32 // ConvW transposed, [K, conv_dim] (convByTap)
+	convTOnce sync.Once
+}
+
+// convByTap returns the conv weights tap by tap: element k·conv_dim + ch is
+// ConvW[ch·K + k], so that the conv runs as K vector products per token.
+// Computed once, on first use.
+func (w *MambaWeights) convByTap(K int) []float32 {
+	w.convTOnce.Do(func() {
+		cd := len(w.ConvW) / K
+		w.convT = make([]float32, K*cd)
+		for ch := range cd {
+			for k := range K {
+				w.convT[k*cd+ch] = w.ConvW[ch*K+k]
+			}
+		}
+	})
+	return w.convT
 }
 
 // AttnWeights are the attention mixer's parameters.

@@ -27,6 +27,9 @@ func scale512(alpha float32, x *float32, n int)
 // add512 computes dst[i] = a[i] + b[i] for i < n.
 func add512(dst *float32, a *float32, b *float32, n int)
 
+// mul512 computes dst[i] = a[i] · b[i] for i < n.
+func mul512(dst *float32, a *float32, b *float32, n int)
+
 // expShift512 sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)
 // and returns their sum.
 //
@@ -58,6 +61,9 @@ func scale256(alpha float32, x *float32, n int)
 
 // add256 computes dst[i] = a[i] + b[i] for i < n.
 func add256(dst *float32, a *float32, b *float32, n int)
+
+// mul256 computes dst[i] = a[i] · b[i] for i < n.
+func mul256(dst *float32, a *float32, b *float32, n int)
 
 // expShift256 sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)
 // and returns their sum.

@@ -2203,6 +2203,63 @@ add512_ret:
 	VZEROUPPER
 	RET
 
+// func mul512(dst *float32, a *float32, b *float32, n int)
+// Requires: AVX, AVX512BW, AVX512F, BMI2
+TEXT ·mul512(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), AX
+	MOVQ a+8(FP), CX
+	MOVQ b+16(FP), DX
+	MOVQ n+24(FP), BX
+
+mul512_l4:
+	CMPQ    BX, $0x00000040
+	JL      mul512_l1
+	VMOVUPS (CX), Z0
+	VMULPS  (DX), Z0, Z0
+	VMOVUPS Z0, (AX)
+	VMOVUPS 64(CX), Z0
+	VMULPS  64(DX), Z0, Z0
+	VMOVUPS Z0, 64(AX)
+	VMOVUPS 128(CX), Z0
+	VMULPS  128(DX), Z0, Z0
+	VMOVUPS Z0, 128(AX)
+	VMOVUPS 192(CX), Z0
+	VMULPS  192(DX), Z0, Z0
+	VMOVUPS Z0, 192(AX)
+	ADDQ    $0x00000100, CX
+	ADDQ    $0x00000100, DX
+	ADDQ    $0x00000100, AX
+	SUBQ    $0x00000040, BX
+	JMP     mul512_l4
+
+mul512_l1:
+	CMPQ    BX, $0x00000010
+	JL      mul512_tail
+	VMOVUPS (CX), Z0
+	VMULPS  (DX), Z0, Z0
+	VMOVUPS Z0, (AX)
+	ADDQ    $0x00000040, CX
+	ADDQ    $0x00000040, DX
+	ADDQ    $0x00000040, AX
+	SUBQ    $0x00000010, BX
+	JMP     mul512_l1
+
+mul512_tail:
+	TESTQ     BX, BX
+	JZ        mul512_ret
+	MOVQ      $0x00000001, SI
+	SHLXQ     BX, SI, SI
+	DECQ      SI
+	KMOVQ     SI, K1
+	VMOVUPS.Z (CX), K1, Z0
+	VMOVUPS.Z (DX), K1, Z1
+	VMULPS    Z1, Z0, Z0
+	VMOVUPS   Z0, K1, (AX)
+
+mul512_ret:
+	VZEROUPPER
+	RET
+
 // func expShift512(x *float32, n int, m float32) float64
 // Requires: AVX, AVX512DQ, AVX512F, SSE2
 TEXT ·expShift512(SB), NOSPLIT, $0-32
@@ -2658,6 +2715,65 @@ add256_sl:
 	JNZ    add256_sl
 
 add256_ret:
+	VZEROUPPER
+	RET
+
+// func mul256(dst *float32, a *float32, b *float32, n int)
+// Requires: AVX
+TEXT ·mul256(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), AX
+	MOVQ a+8(FP), CX
+	MOVQ b+16(FP), DX
+	MOVQ n+24(FP), BX
+
+mul256_l4:
+	CMPQ    BX, $0x00000020
+	JL      mul256_l1
+	VMOVUPS (CX), Y0
+	VMULPS  (DX), Y0, Y0
+	VMOVUPS Y0, (AX)
+	VMOVUPS 32(CX), Y0
+	VMULPS  32(DX), Y0, Y0
+	VMOVUPS Y0, 32(AX)
+	VMOVUPS 64(CX), Y0
+	VMULPS  64(DX), Y0, Y0
+	VMOVUPS Y0, 64(AX)
+	VMOVUPS 96(CX), Y0
+	VMULPS  96(DX), Y0, Y0
+	VMOVUPS Y0, 96(AX)
+	ADDQ    $0x00000080, CX
+	ADDQ    $0x00000080, DX
+	ADDQ    $0x00000080, AX
+	SUBQ    $0x00000020, BX
+	JMP     mul256_l4
+
+mul256_l1:
+	CMPQ    BX, $0x00000008
+	JL      mul256_tail
+	VMOVUPS (CX), Y0
+	VMULPS  (DX), Y0, Y0
+	VMOVUPS Y0, (AX)
+	ADDQ    $0x00000020, CX
+	ADDQ    $0x00000020, DX
+	ADDQ    $0x00000020, AX
+	SUBQ    $0x00000008, BX
+	JMP     mul256_l1
+
+mul256_tail:
+	TESTQ BX, BX
+	JZ    mul256_ret
+
+mul256_sl:
+	VMOVSS (CX), X0
+	VMULSS (DX), X0, X0
+	VMOVSS X0, (AX)
+	ADDQ   $0x04, CX
+	ADDQ   $0x04, DX
+	ADDQ   $0x04, AX
+	DECQ   BX
+	JNZ    mul256_sl
+
+mul256_ret:
 	VZEROUPPER
 	RET
 

@@ -468,28 +468,3 @@ func BenchmarkPack(b *testing.B) {
 		})
 	}
 }
-
-// BenchmarkQ8Packing: row-major Q4_1 and Q5_1 products (mapped weights),
-// in_proj and an expert's shape, one thread: "rows" runs the row-major
-// integer kernels, "packing" packs 16-row groups as the product goes
-// (q8PackingBlock, what MatMul takes from q8PackingMinRows input rows).
-// Compare the variants of one run.
-func BenchmarkQ8Packing(b *testing.B) {
-	for _, dt := range []tensor.DType{tensor.Q4_1, tensor.Q5_1} {
-		if !hasPackedKernels(dt) {
-			continue
-		}
-		prev := q8PackingMinRows[dt]
-		defer func() { q8PackingMinRows[dt] = prev }()
-		for _, sh := range [][2]int{{6448, 1536}, {1536, 512}} {
-			for _, n := range []int{1, 2, 3, 4, 8, 64} {
-				for _, v := range []string{"rows", "packing"} {
-					b.Run(fmt.Sprintf("%v/%dx%d/n=%d/%s", dt, sh[0], sh[1], n, v), func(b *testing.B) {
-						q8PackingMinRows[dt] = map[string]int{"rows": 0, "packing": 1}[v]
-						benchMatMulOn(b, coldWeights(dt, sh[0], sh[1], 600<<20), n, 1)
-					})
-				}
-			}
-		}
-	}
-}

@@ -150,6 +150,18 @@ func addAsm(l Level, dst, a, b []float32) bool {
 	return true
 }
 
+func mulAsm(l Level, dst, a, b []float32) bool {
+	switch {
+	case l >= LevelAVX512:
+		mul512(f32p(dst), f32p(a), f32p(b), len(dst))
+	case l == LevelAVX2:
+		mul256(f32p(dst), f32p(a), f32p(b), len(dst))
+	default:
+		return false
+	}
+	return true
+}
+
 // expShiftAsm handles the longest prefix of x that is a multiple of the vector
 // width and returns its length and sum (0, 0 without assembly).
 func expShiftAsm(l Level, x []float32, m float32) (int, float64) {

@@ -338,6 +338,12 @@ func TestVectorOps(t *testing.T) {
 			Add(s1, s1, b)
 			AddRef(s2, s2, b)
 			compareVec(t, fmt.Sprintf("Add aliased n=%d", n), s1, s2)
+			Mul(d1, a, b)
+			MulRef(d2, a, b)
+			compareVec(t, fmt.Sprintf("Mul n=%d", n), d1, d2)
+			Mul(s1, s1, b)
+			MulRef(s2, s2, b)
+			compareVec(t, fmt.Sprintf("Mul aliased n=%d", n), s1, s2)
 		}
 	})
 }

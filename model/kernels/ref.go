@@ -99,3 +99,10 @@ func AddRef(dst, a, b []float32) {
 		dst[i] = a[i] + b[i]
 	}
 }
+
+// MulRef is the reference twin of Mul.
+func MulRef(dst, a, b []float32) {
+	for i := range dst {
+		dst[i] = a[i] * b[i]
+	}
+}

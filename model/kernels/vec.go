@@ -66,3 +66,20 @@ func Add(dst, a, b []float32) {
 		dst[i] = a[i] + b[i]
 	}
 }
+
+// Mul computes dst[i] = a[i]·b[i] for i < len(dst); dst may alias a or b.
+// a and b must be at least as long as dst.
+func Mul(dst, a, b []float32) {
+	a, b = a[:len(dst)], b[:len(dst)]
+	l := KernelLevel()
+	if l == LevelRef {
+		MulRef(dst, a, b)
+		return
+	}
+	if len(dst) >= 16 && mulAsm(l, dst, a, b) {
+		return
+	}
+	for i := range dst {
+		dst[i] = a[i] * b[i]
+	}
+}

@@ -352,21 +352,29 @@ func genVec(s isa) {
 	VZEROUPPER()
 	RET()
 
-	// ---- add: dst = a + b ----
-	name = fname("add", s, "")
+	genBinary(s, "add", "+", VADDPS, VADDSS)
+	genBinary(s, "mul", "·", VMULPS, VMULSS)
+}
+
+// genBinary emits <op>512 or <op>256: dst[i] = a[i] sym b[i] for i < n,
+// vop the packed instruction, sop the scalar one (AVX2 tails).
+func genBinary(s isa, op, sym string, vop, sop func(...Op)) {
+	vb := s.vbytes()
+	lanes := s.lanes
+	name := fname(op, s, "")
 	TEXT(name, NOSPLIT, "func(dst, a, b *float32, n int)")
-	Doc(name + " computes dst[i] = a[i] + b[i] for i < n.")
+	Doc(name + " computes dst[i] = a[i] " + sym + " b[i] for i < n.")
 	pd := ld("dst")
-	pa = ld("a")
-	pb = ld("b")
-	n = ld("n")
+	pa := ld("a")
+	pb := ld("b")
+	n := ld("n")
 	Label(name + "_l4")
 	CMPQ(n, U32(4*lanes))
 	JL(LabelRef(name + "_l1"))
 	for i := 0; i < 4; i++ {
 		v := s.vec()
 		VMOVUPS(Mem{Base: pa, Disp: i * vb}, v)
-		VADDPS(Mem{Base: pb, Disp: i * vb}, v, v)
+		vop(Mem{Base: pb, Disp: i * vb}, v, v)
 		VMOVUPS(v, Mem{Base: pd, Disp: i * vb})
 	}
 	ADDQ(U32(4*vb), pa)
@@ -377,9 +385,9 @@ func genVec(s isa) {
 	Label(name + "_l1")
 	CMPQ(n, U32(lanes))
 	JL(LabelRef(name + "_tail"))
-	v = s.vec()
+	v := s.vec()
 	VMOVUPS(Mem{Base: pa}, v)
-	VADDPS(Mem{Base: pb}, v, v)
+	vop(Mem{Base: pb}, v, v)
 	VMOVUPS(v, Mem{Base: pd})
 	ADDQ(U32(vb), pa)
 	ADDQ(U32(vb), pb)
@@ -395,13 +403,13 @@ func genVec(s isa) {
 		w := s.vec()
 		VMOVUPS_Z(Mem{Base: pa}, k, v)
 		VMOVUPS_Z(Mem{Base: pb}, k, w)
-		VADDPS(w, v, v)
+		vop(w, v, v)
 		VMOVUPS(v, k, Mem{Base: pd})
 	} else {
 		Label(name + "_sl")
 		t := XMM()
 		VMOVSS(Mem{Base: pa}, t)
-		VADDSS(Mem{Base: pb}, t, t)
+		sop(Mem{Base: pb}, t, t)
 		VMOVSS(t, Mem{Base: pd})
 		ADDQ(U8(4), pa)
 		ADDQ(U8(4), pb)
