@@ -418,7 +418,7 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 				p.chunk = c.MambaChunkSize
 				scanChunked(&p, &sc.chunks[wi])
 			} else {
-				scanRecurrent(&p)
+				scanRecurrent(&p, &sc.chunks[wi])
 			}
 		})
 		// Gate with silu(z), then RMSNorm per group of d_inner/G channels.

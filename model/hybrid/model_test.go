@@ -277,7 +277,7 @@ func TestScanChunkedMatchesRecurrent(t *testing.T) {
 		ch.state = append([]float32(nil), s0...)
 		ch.y = make([]float32, tc.T*din)
 		ch.chunk = tc.Q
-		scanRecurrent(&ref)
+		scanRecurrent(&ref, &chunkScratch{})
 		scanChunked(&ch, &chunkScratch{})
 		// Head ranges computed separately (as the parallel path does) give the same.
 		split := ref

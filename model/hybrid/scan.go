@@ -49,9 +49,15 @@ func (p *scanParams) c(t, g int) []float32 {
 //
 //	S[h,p,n] ← exp(Δ_h·A_h)·S[h,p,n] + Δ_h·B[g,n]·x[h,p]
 //	y[h,p]   = Σ_n C[g,n]·S[h,p,n] + D_h·x[h,p]
-func scanRecurrent(p *scanParams) {
+//
+// One kernels.SSMRows call per head and token (the P rows of the head's
+// state; Scale, Axpy and Dot per row, fused where the rows allow). sc
+// holds the per-head scratch.
+func scanRecurrent(p *scanParams, sc *chunkScratch) {
 	hpg := p.H / p.G
 	h0, h1 := p.heads()
+	sc.dtx = grow(sc.dtx, p.P)
+	dtx := sc.dtx[:p.P]
 	for t := range p.T {
 		for h := h0; h < h1; h++ {
 			g := h / hpg
@@ -59,11 +65,12 @@ func scanRecurrent(p *scanParams) {
 			dA := float32(math.Exp(float64(dt * p.A[h])))
 			x, B, C := p.x(t, h), p.b(t, g), p.c(t, g)
 			y := p.y[t*p.dInner+h*p.P : t*p.dInner+(h+1)*p.P]
-			for i := range p.P {
-				s := p.state[(h*p.P+i)*p.N : (h*p.P+i+1)*p.N]
-				kernels.Scale(dA, s)
-				kernels.Axpy(dt*x[i], B, s)
-				y[i] = kernels.Dot(C, s) + p.D[h]*x[i]
+			for i, v := range x {
+				dtx[i] = dt * v
+			}
+			kernels.SSMRows(p.state[h*p.P*p.N:(h+1)*p.P*p.N], p.N, dA, dtx, B, C, y)
+			for i, v := range x {
+				y[i] += p.D[h] * v
 			}
 		}
 	}
@@ -74,6 +81,7 @@ type chunkScratch struct {
 	cm, bm, bt []float32 // the chunk's C and B rows [L, N], B transposed [N, L]
 	cb, m      []float32 // [L, L]: C_t·B_s, the diagonal block's weights
 	cum, e     []float32 // [L]: Σ α, a row of decay·Δ
+	dtx        []float32 // [P]: Δ·x of a head (scanRecurrent)
 	xt, xw     []float32 // [P, L]: the head's x transposed, and weighted for the state
 	yo, yd, ds []float32 // [L, P] off-diagonal and diagonal outputs; [P, N] state increment
 }

@@ -41,7 +41,7 @@ func BenchmarkMambaScan(b *testing.B) {
 				if bc.chunk > 0 {
 					scanChunked(&p, &sc)
 				} else {
-					scanRecurrent(&p)
+					scanRecurrent(&p, &chunkScratch{})
 				}
 			}
 			b.ReportMetric(float64(T)*float64(b.N)/b.Elapsed().Seconds(), "tokens/s")

@@ -2260,6 +2260,69 @@ mul512_ret:
 	VZEROUPPER
 	RET
 
+// func ssmrows512(st *float32, n int, rows int, dA float32, dtx *float32, b *float32, c *float32, y *float32)
+// Requires: AVX, AVX512DQ, AVX512F
+TEXT ·ssmrows512(SB), NOSPLIT, $0-64
+	VBROADCASTSS dA+24(FP), Z0
+	MOVQ         st+0(FP), AX
+	MOVQ         dtx+32(FP), CX
+	MOVQ         y+56(FP), DX
+
+ssmrows512_row:
+	VBROADCASTSS (CX), Z1
+	MOVQ         b+40(FP), BX
+	MOVQ         c+48(FP), SI
+	MOVQ         n+8(FP), DI
+	VXORPS       Z2, Z2, Z2
+	VXORPS       Z3, Z3, Z3
+	VXORPS       Z4, Z4, Z4
+	VXORPS       Z5, Z5, Z5
+
+ssmrows512_l4:
+	VMOVUPS       (AX), Z6
+	VMULPS        Z0, Z6, Z6
+	VFMADD231PS   (BX), Z1, Z6
+	VMOVUPS       Z6, (AX)
+	VFMADD231PS   (SI), Z6, Z2
+	VMOVUPS       64(AX), Z6
+	VMULPS        Z0, Z6, Z6
+	VFMADD231PS   64(BX), Z1, Z6
+	VMOVUPS       Z6, 64(AX)
+	VFMADD231PS   64(SI), Z6, Z3
+	VMOVUPS       128(AX), Z6
+	VMULPS        Z0, Z6, Z6
+	VFMADD231PS   128(BX), Z1, Z6
+	VMOVUPS       Z6, 128(AX)
+	VFMADD231PS   128(SI), Z6, Z4
+	VMOVUPS       192(AX), Z6
+	VMULPS        Z0, Z6, Z6
+	VFMADD231PS   192(BX), Z1, Z6
+	VMOVUPS       Z6, 192(AX)
+	VFMADD231PS   192(SI), Z6, Z5
+	ADDQ          $0x00000100, AX
+	ADDQ          $0x00000100, BX
+	ADDQ          $0x00000100, SI
+	SUBQ          $0x00000040, DI
+	JNZ           ssmrows512_l4
+	VADDPS        Z3, Z2, Z2
+	VADDPS        Z5, Z4, Z4
+	VADDPS        Z4, Z2, Z2
+	VEXTRACTF64X4 $0x01, Z2, Y1
+	VADDPS        Y1, Y2, Y1
+	VEXTRACTF128  $0x01, Y1, X2
+	VADDPS        X2, X1, X2
+	VMOVHLPS      X2, X2, X1
+	VADDPS        X1, X2, X2
+	VMOVSHDUP     X2, X1
+	VADDSS        X1, X2, X2
+	VMOVSS        X2, (DX)
+	ADDQ          $0x04, DX
+	ADDQ          $0x04, CX
+	DECQ          rows+16(FP)
+	JNZ           ssmrows512_row
+	VZEROUPPER
+	RET
+
 // func expShift512(x *float32, n int, m float32) float64
 // Requires: AVX, AVX512DQ, AVX512F, SSE2
 TEXT ·expShift512(SB), NOSPLIT, $0-32
@@ -2774,6 +2837,67 @@ mul256_sl:
 	JNZ    mul256_sl
 
 mul256_ret:
+	VZEROUPPER
+	RET
+
+// func ssmrows256(st *float32, n int, rows int, dA float32, dtx *float32, b *float32, c *float32, y *float32)
+// Requires: AVX, FMA3
+TEXT ·ssmrows256(SB), NOSPLIT, $0-64
+	VBROADCASTSS dA+24(FP), Y0
+	MOVQ         st+0(FP), AX
+	MOVQ         dtx+32(FP), CX
+	MOVQ         y+56(FP), DX
+
+ssmrows256_row:
+	VBROADCASTSS (CX), Y1
+	MOVQ         b+40(FP), BX
+	MOVQ         c+48(FP), SI
+	MOVQ         n+8(FP), DI
+	VXORPS       Y2, Y2, Y2
+	VXORPS       Y3, Y3, Y3
+	VXORPS       Y4, Y4, Y4
+	VXORPS       Y5, Y5, Y5
+
+ssmrows256_l4:
+	VMOVUPS      (AX), Y6
+	VMULPS       Y0, Y6, Y6
+	VFMADD231PS  (BX), Y1, Y6
+	VMOVUPS      Y6, (AX)
+	VFMADD231PS  (SI), Y6, Y2
+	VMOVUPS      32(AX), Y6
+	VMULPS       Y0, Y6, Y6
+	VFMADD231PS  32(BX), Y1, Y6
+	VMOVUPS      Y6, 32(AX)
+	VFMADD231PS  32(SI), Y6, Y3
+	VMOVUPS      64(AX), Y6
+	VMULPS       Y0, Y6, Y6
+	VFMADD231PS  64(BX), Y1, Y6
+	VMOVUPS      Y6, 64(AX)
+	VFMADD231PS  64(SI), Y6, Y4
+	VMOVUPS      96(AX), Y6
+	VMULPS       Y0, Y6, Y6
+	VFMADD231PS  96(BX), Y1, Y6
+	VMOVUPS      Y6, 96(AX)
+	VFMADD231PS  96(SI), Y6, Y5
+	ADDQ         $0x00000080, AX
+	ADDQ         $0x00000080, BX
+	ADDQ         $0x00000080, SI
+	SUBQ         $0x00000020, DI
+	JNZ          ssmrows256_l4
+	VADDPS       Y3, Y2, Y2
+	VADDPS       Y5, Y4, Y4
+	VADDPS       Y4, Y2, Y2
+	VEXTRACTF128 $0x01, Y2, X1
+	VADDPS       X1, X2, X1
+	VMOVHLPS     X1, X1, X2
+	VADDPS       X2, X1, X1
+	VMOVSHDUP    X1, X2
+	VADDSS       X2, X1, X1
+	VMOVSS       X1, (DX)
+	ADDQ         $0x04, DX
+	ADDQ         $0x04, CX
+	DECQ         rows+16(FP)
+	JNZ          ssmrows256_row
 	VZEROUPPER
 	RET
 

@@ -162,6 +162,20 @@ func mulAsm(l Level, dst, a, b []float32) bool {
 	return true
 }
 
+// ssmRowsAsm runs SSMRows in assembly where n is a multiple of four
+// vectors (the shape in which dot, axpy and scale take no tail path).
+func ssmRowsAsm(l Level, st []float32, n int, dA float32, dtx, b, c, y []float32) bool {
+	switch {
+	case l >= LevelAVX512 && n%64 == 0:
+		ssmrows512(f32p(st), n, len(y), dA, f32p(dtx), f32p(b), f32p(c), f32p(y))
+	case l == LevelAVX2 && n%32 == 0:
+		ssmrows256(f32p(st), n, len(y), dA, f32p(dtx), f32p(b), f32p(c), f32p(y))
+	default:
+		return false
+	}
+	return true
+}
+
 // expShiftAsm handles the longest prefix of x that is a multiple of the vector
 // width and returns its length and sum (0, 0 without assembly).
 func expShiftAsm(l Level, x []float32, m float32) (int, float64) {

@@ -9,11 +9,14 @@ import "math"
 
 func detectLevel() Level { return LevelGo }
 
-func dotAsm(Level, []float32, []float32) (float32, bool)   { return 0, false }
-func axpyAsm(Level, float32, []float32, []float32) bool    { return false }
-func scaleAsm(Level, float32, []float32) bool              { return false }
-func addAsm(Level, []float32, []float32, []float32) bool   { return false }
-func mulAsm(Level, []float32, []float32, []float32) bool   { return false }
+func dotAsm(Level, []float32, []float32) (float32, bool) { return 0, false }
+func axpyAsm(Level, float32, []float32, []float32) bool  { return false }
+func scaleAsm(Level, float32, []float32) bool            { return false }
+func addAsm(Level, []float32, []float32, []float32) bool { return false }
+func mulAsm(Level, []float32, []float32, []float32) bool { return false }
+func ssmRowsAsm(Level, []float32, int, float32, []float32, []float32, []float32, []float32) bool {
+	return false
+}
 func expShiftAsm(Level, []float32, float32) (int, float64) { return 0, 0 }
 func maxAsm(Level, []float32) (int, float32)               { return 0, float32(math.Inf(-1)) }
 func fmaProbe(int) int                                     { return 0 }

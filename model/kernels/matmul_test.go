@@ -348,6 +348,34 @@ func TestVectorOps(t *testing.T) {
 	})
 }
 
+// TestSSMRows: the fused state update gives the bits of Scale, Axpy and
+// Dot per row at every level, for widths with and without the fused path.
+func TestSSMRows(t *testing.T) {
+	forEachLevel(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(13, 14))
+		for _, n := range []int{16, 32, 64, 100, 128, 256} {
+			for _, rows := range []int{1, 3, 64} {
+				st := randVec(rng, rows*n)
+				st2 := append([]float32(nil), st...)
+				b, c, dtx := randVec(rng, n), randVec(rng, n), randVec(rng, rows)
+				y, y2 := make([]float32, rows), make([]float32, rows)
+				SSMRows(st, n, 0.875, dtx, b, c, y)
+				SSMRowsRef(st2, n, 0.875, dtx, b, c, y2)
+				for i := range st {
+					if math.Float32bits(st[i]) != math.Float32bits(st2[i]) {
+						t.Fatalf("n=%d rows=%d: state[%d] = %g, twin %g", n, rows, i, st[i], st2[i])
+					}
+				}
+				for i := range y {
+					if math.Float32bits(y[i]) != math.Float32bits(y2[i]) {
+						t.Fatalf("n=%d rows=%d: y[%d] = %g, twin %g", n, rows, i, y[i], y2[i])
+					}
+				}
+			}
+		}
+	})
+}
+
 func compareVec(t *testing.T, what string, got, want []float32) {
 	t.Helper()
 	for i := range want {

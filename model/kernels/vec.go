@@ -83,3 +83,31 @@ func Mul(dst, a, b []float32) {
 		dst[i] = a[i] * b[i]
 	}
 }
+
+// SSMRows advances len(y) Mamba-2 state rows of n values each (st, row i
+// at st[i·n:]) by one token and reads them out: for each row
+//
+//	s ← dA·s; s += dtx[i]·b; y[i] = c·s
+//
+// exactly as Scale, Axpy and Dot called on the row one after another
+// (SSMRowsRef) compute it, in one call where n is a multiple of four
+// vectors. b and c must hold at least n values, dtx len(y).
+func SSMRows(st []float32, n int, dA float32, dtx, b, c, y []float32) {
+	rows := len(y)
+	st, dtx, b, c = st[:rows*n], dtx[:rows], b[:n], c[:n]
+	if rows > 0 && n > 0 && ssmRowsAsm(KernelLevel(), st, n, dA, dtx, b, c, y) {
+		return
+	}
+	SSMRowsRef(st, n, dA, dtx, b, c, y)
+}
+
+// SSMRowsRef is the plain twin of SSMRows: the three vector helpers per
+// row.
+func SSMRowsRef(st []float32, n int, dA float32, dtx, b, c, y []float32) {
+	for i := range y {
+		s := st[i*n : (i+1)*n]
+		Scale(dA, s)
+		Axpy(dtx[i], b, s)
+		y[i] = Dot(c, s)
+	}
+}

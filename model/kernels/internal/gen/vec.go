@@ -354,6 +354,65 @@ func genVec(s isa) {
 
 	genBinary(s, "add", "+", VADDPS, VADDSS)
 	genBinary(s, "mul", "·", VMULPS, VMULSS)
+	genSSMRows(s)
+}
+
+// genSSMRows emits ssmrows512 or ssmrows256, one token's Mamba-2 state
+// update and read-out for rows consecutive state rows of n values (n a
+// multiple of 4 vectors): for each row i
+//
+//	s ← s·dA; s += dtx[i]·b (fused); y[i] = Σ c·s
+//
+// with the steps, roundings and summation order of scale, axpy and dot
+// called one after another on the row (SSMRowsRef), so the same bits,
+// without three calls per row.
+func genSSMRows(s isa) {
+	vb := s.vbytes()
+	lanes := s.lanes
+	name := fname("ssmrows", s, "")
+	TEXT(name, NOSPLIT, "func(st *float32, n, rows int, dA float32, dtx, b, c, y *float32)")
+	Doc(name + " updates rows state rows of n values by one token and reads them out (see genSSMRows).")
+	da := s.vec()
+	VBROADCASTSS(paddr("dA"), da)
+	ps := ld("st")
+	pt := ld("dtx")
+	py := ld("y")
+	Label(name + "_row")
+	al := s.vec()
+	VBROADCASTSS(Mem{Base: pt}, al)
+	pb := ld("b")
+	pc := ld("c")
+	cnt := ld("n")
+	acc := make([]VecVirtual, 4)
+	for i := range acc {
+		acc[i] = s.vec()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	Label(name + "_l4")
+	for u := 0; u < 4; u++ {
+		v := s.vec()
+		VMOVUPS(Mem{Base: ps, Disp: u * vb}, v)
+		VMULPS(da, v, v)                                    // scale
+		VFMADD231PS(Mem{Base: pb, Disp: u * vb}, al, v)     // axpy
+		VMOVUPS(v, Mem{Base: ps, Disp: u * vb})             //
+		VFMADD231PS(Mem{Base: pc, Disp: u * vb}, v, acc[u]) // dot
+	}
+	ADDQ(U32(4*vb), ps)
+	ADDQ(U32(4*vb), pb)
+	ADDQ(U32(4*vb), pc)
+	SUBQ(U32(4*lanes), cnt)
+	JNZ(LabelRef(name + "_l4"))
+	VADDPS(acc[1], acc[0], acc[0])
+	VADDPS(acc[3], acc[2], acc[2])
+	VADDPS(acc[2], acc[0], acc[0])
+	r := hsum(s, acc[0])
+	VMOVSS(r, Mem{Base: py})
+	ADDQ(U8(4), py)
+	ADDQ(U8(4), pt)
+	DECQ(paddr("rows"))
+	JNZ(LabelRef(name + "_row"))
+	VZEROUPPER()
+	RET()
 }
 
 // genBinary emits <op>512 or <op>256: dst[i] = a[i] sym b[i] for i < n,
