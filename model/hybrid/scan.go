@@ -58,8 +58,12 @@ func scanRecurrent(p *scanParams, sc *chunkScratch) {
 	h0, h1 := p.heads()
 	sc.dtx = grow(sc.dtx, p.P)
 	dtx := sc.dtx[:p.P]
-	for t := range p.T {
-		for h := h0; h < h1; h++ {
+	// Head by head, token by token: a head's state (P·N values) stays in
+	// cache across the tokens, where token by token every head's state
+	// would pass through it once per token. Heads are independent, so the
+	// order changes no result.
+	for h := h0; h < h1; h++ {
+		for t := range p.T {
 			g := h / hpg
 			dt := p.dt[t*p.H+h]
 			dA := float32(math.Exp(float64(dt * p.A[h])))
