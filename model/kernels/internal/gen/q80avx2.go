@@ -267,15 +267,7 @@ func genRows256(typ string) {
 		VPAND(cB0FY, q, q)
 	}
 	if typ == "Q50" {
-		// Byte l is value l: its fifth bit is bit l of qh.
-		t, m := YMM(), YMM()
-		VPBROADCASTD(Mem{Base: w0, Disp: 2}, t)
-		VPSHUFB(cQ5Spread, t, t)
-		VMOVDQU(cQ5Bits, m)
-		VPAND(m, t, t)
-		VPCMPEQB(m, t, t)
-		VPAND(cB10Y, t, t)
-		VPOR(t, q, q)
+		q5BitsY(Mem{Base: w0, Disp: 2}, q) // byte l is value l
 	}
 	x := YMM()
 	VMOVDQU(Mem{Base: xq}, x)
@@ -929,15 +921,7 @@ func genConvQ80(typ string) {
 		VMOVDQU(cIQ4Y, tab)
 		VPSHUFB(v, tab, v)
 	case "Q50":
-		// The fifth bits: qh's bit j to bit 4 of value j's byte.
-		b, m := YMM(), YMM()
-		VPBROADCASTD(Mem{Base: sp, Disp: 2}, b)
-		VPSHUFB(cQ5Spread, b, b)
-		VMOVDQU(cQ5Bits, m)
-		VPAND(m, b, b)
-		VPCMPEQB(m, b, b)
-		VPAND(cB10Y, b, b)
-		VPOR(b, v, v)
+		q5BitsY(Mem{Base: sp, Disp: 2}, v)
 		VPSUBB(cB10Y, v, v) // q − 16
 	default:
 		panic(typ)
@@ -949,4 +933,19 @@ func genConvQ80(typ string) {
 	JNZ(LabelRef(name + "_blk"))
 	VZEROUPPER()
 	RET()
+}
+
+// q5BitsY adds the fifth bits of a 32-value block to its codes in q (byte l
+// holding value l): bit l of the dword qh (Q5_0's or Q5_1's) becomes 16 in
+// byte l (VPSHUFB spreads each qh byte over 8 bytes, VPAND and VPCMPEQB
+// test each byte's bit).
+func q5BitsY(qh Mem, q VecVirtual) {
+	t, m := YMM(), YMM()
+	VPBROADCASTD(qh, t)
+	VPSHUFB(cQ5Spread, t, t)
+	VMOVDQU(cQ5Bits, m)
+	VPAND(m, t, t)
+	VPCMPEQB(m, t, t)
+	VPAND(cB10Y, t, t)
+	VPOR(t, q, q)
 }

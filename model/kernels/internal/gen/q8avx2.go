@@ -476,14 +476,7 @@ func q8RowQ41256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int)
 		VPSRLVD(cXSLane, q, q)
 		VPAND(c0F, q, q)
 		if d == dQ51 {
-			t, m := YMM(), YMM()
-			VPBROADCASTD(rowMem(bb*k+4), t)
-			VPSHUFB(cQ5Spread, t, t)
-			VMOVDQU(cQ5Bits, m)
-			VPAND(m, t, t)
-			VPCMPEQB(m, t, t)
-			VPAND(cB10Y, t, t)
-			VPOR(t, q, q)
+			q5BitsY(rowMem(bb*k+4), q)
 		}
 		cur := make([]VecVirtual, N)
 		for i := 0; i < N; i++ {
