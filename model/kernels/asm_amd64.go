@@ -33,6 +33,9 @@ func mul512(dst *float32, a *float32, b *float32, n int)
 // ssmrows512 updates rows state rows of n values by one token and reads them out (see genSSMRows).
 func ssmrows512(st *float32, n int, rows int, dA float32, dtx *float32, b *float32, c *float32, y *float32)
 
+// ssmrows512N128 is ssmrows512 for rows of 128 values, b and c held in registers (see genSSMRows128).
+func ssmrows512N128(st *float32, rows int, dA float32, dtx *float32, b *float32, c *float32, y *float32)
+
 // expShift512 sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)
 // and returns their sum.
 //

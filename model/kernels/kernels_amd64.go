@@ -166,6 +166,8 @@ func mulAsm(l Level, dst, a, b []float32) bool {
 // vectors (the shape in which dot, axpy and scale take no tail path).
 func ssmRowsAsm(l Level, st []float32, n int, dA float32, dtx, b, c, y []float32) bool {
 	switch {
+	case l >= LevelAVX512 && n == 128:
+		ssmrows512N128(f32p(st), len(y), dA, f32p(dtx), f32p(b), f32p(c), f32p(y))
 	case l >= LevelAVX512 && n%64 == 0:
 		ssmrows512(f32p(st), n, len(y), dA, f32p(dtx), f32p(b), f32p(c), f32p(y))
 	case l == LevelAVX2 && n%32 == 0:

@@ -355,6 +355,66 @@ func genVec(s isa) {
 	genBinary(s, "add", "+", VADDPS, VADDSS)
 	genBinary(s, "mul", "·", VMULPS, VMULSS)
 	genSSMRows(s)
+	if s.z {
+		genSSMRows128()
+	}
+}
+
+// genSSMRows128 emits ssmrows512N128, ssmrows512 for rows of exactly 128
+// values (the Granite 4.0-H family's state size): b and c stay in 16
+// registers for all the rows, so each 16 values of a row cost one load and
+// one store besides the multiply and the two FMAs (ssmrows512 loads b and c
+// again for every row). The same steps in the same order: the same bits.
+func genSSMRows128() {
+	const vb, chunks = 64, 8
+	name := "ssmrows512N128"
+	TEXT(name, NOSPLIT, "func(st *float32, rows int, dA float32, dtx, b, c, y *float32)")
+	Doc(name + " is ssmrows512 for rows of 128 values, b and c held in registers (see genSSMRows128).")
+	da := ZMM()
+	VBROADCASTSS(paddr("dA"), da)
+	pb := ld("b")
+	pc := ld("c")
+	bv, cv := make([]VecVirtual, chunks), make([]VecVirtual, chunks)
+	for j := range chunks {
+		bv[j], cv[j] = ZMM(), ZMM()
+		VMOVUPS(Mem{Base: pb, Disp: j * vb}, bv[j])
+		VMOVUPS(Mem{Base: pc, Disp: j * vb}, cv[j])
+	}
+	ps := ld("st")
+	pt := ld("dtx")
+	py := ld("y")
+	Label(name + "_row")
+	al := ZMM()
+	VBROADCASTSS(Mem{Base: pt}, al)
+	acc := make([]VecVirtual, 4)
+	for i := range acc {
+		acc[i] = ZMM()
+		VXORPS(acc[i], acc[i], acc[i])
+	}
+	for j := range chunks {
+		// As ssmrows512's two passes of its 4-vector loop: chunk j into
+		// acc[j%4].
+		v := ZMM()
+		VMOVUPS(Mem{Base: ps, Disp: j * vb}, v)
+		VMULPS(da, v, v)
+		VFMADD231PS(bv[j], al, v)
+		VMOVUPS(v, Mem{Base: ps, Disp: j * vb})
+		VFMADD231PS(cv[j], v, acc[j%4])
+	}
+	ADDQ(U32(chunks*vb), ps)
+	VADDPS(acc[1], acc[0], acc[0])
+	VADDPS(acc[3], acc[2], acc[2])
+	VADDPS(acc[2], acc[0], acc[0])
+	// hsumZ: hsum's steps in EVEX forms (all 32 registers are in use).
+	h := ZMM()
+	hsumZ(acc[0], h)
+	VMOVSS(acc[0].AsX(), Mem{Base: py})
+	ADDQ(U8(4), py)
+	ADDQ(U8(4), pt)
+	DECQ(paddr("rows"))
+	JNZ(LabelRef(name + "_row"))
+	VZEROUPPER()
+	RET()
 }
 
 // genSSMRows emits ssmrows512 or ssmrows256, one token's Mamba-2 state
