@@ -144,8 +144,9 @@ func New(cfg Config) (*Node, error) {
 	// Prefill with the exact token-by-token scan: its result does not depend
 	// on how the scheduler cuts a prompt into steps (the chunked form's does),
 	// so a prompt resumed from a prefix checkpoint gives the logits of a whole
-	// prefill, at about 1.2 times the chunked form's scan time on the CPU
-	// (README: Prefix cache).
+	// prefill, and on the CPU it is also the faster form (README: Prefix
+	// cache). The model's default since session 15; set here all the same,
+	// since exactness depends on it.
 	e.Model.ScanChunkedMin = 0
 	// Deterministic: every kernel batch-invariant (a process-wide choice,
 	// only ever turned on: other nodes of the process may need it), and

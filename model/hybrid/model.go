@@ -34,12 +34,14 @@ type Model struct {
 	Experts ExpertBackend // routed experts; LocalExperts by default
 
 	// ScanChunkedMin is the sequence length from which Mamba prefill uses the
-	// chunked SSD scan instead of the token-by-token recurrence (0: never, the
-	// recurrence always). Both give the same result up to float rounding, but
-	// only the recurrence gives bitwise the same result however a prompt is cut
-	// into Forward calls: the chunked form's sums depend on where its chunks
-	// start, so cuts that are not multiples of MambaChunkSize from position 0
-	// (and single-token calls, which always recur) change the last bits.
+	// chunked SSD scan instead of the token-by-token recurrence (0, the
+	// default: never, the recurrence always). Both give the same result up to
+	// float rounding, but only the recurrence gives bitwise the same result
+	// however a prompt is cut into Forward calls: the chunked form's sums
+	// depend on where its chunks start, so cuts that are not multiples of
+	// MambaChunkSize from position 0 (and single-token calls, which always
+	// recur) change the last bits. On CPUs the recurrence is also the faster
+	// form (kernels.SSMRows; `go test ./model/hybrid -bench MambaScan`).
 	ScanChunkedMin int
 
 	// KVDType is the element type of the KV caches of the states NewState
@@ -57,7 +59,7 @@ type Model struct {
 
 // New assembles a model from a config and weights, with in-process experts.
 func New(c *config.Config, w *Weights) *Model {
-	return &Model{Cfg: c, W: w, Experts: &LocalExperts{Layers: w.Layers}, ScanChunkedMin: 2}
+	return &Model{Cfg: c, W: w, Experts: &LocalExperts{Layers: w.Layers}}
 }
 
 // Close releases the checkpoint mapping, if the model owns one.

@@ -110,8 +110,9 @@ func TestResumedCheckpointMatchesFullPrefill(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			m := tc.m
+			prev := m.ScanChunkedMin
 			m.ScanChunkedMin = tc.chunked
-			t.Cleanup(func() { m.ScanChunkedMin = 2 })
+			t.Cleanup(func() { m.ScanChunkedMin = prev })
 			prompt := randTokens(r, tc.L, m.Cfg.VocabSize)
 			want, wantToks := greedy(t, m, m.NewState(), prompt, nil, 6)
 
