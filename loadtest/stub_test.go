@@ -233,8 +233,12 @@ func TestRunStub(t *testing.T) {
 			if k := rep.Counts; k.Completed+k.Failed != k.Sent {
 				t.Fatalf("counts do not add up: %+v", k)
 			}
-			if rep.TPOT.Count > 0 && (rep.TPOT.MeanMs < 0.5 || rep.ITL.P50Ms < 0.5) {
-				t.Fatalf("TPOT mean %vms, ITL p50 %vms: the stub sends tokens >= 1ms apart", rep.TPOT.MeanMs, rep.ITL.P50Ms)
+			// Means, not the ITL median: on a loaded machine the client can
+			// read several queued tokens at once (gaps near 0, then one
+			// long one), which moves the median but not the mean (CI saw an
+			// ITL p50 of 0.003 ms with a TPOT mean of 1.4 ms).
+			if rep.TPOT.Count > 0 && (rep.TPOT.MeanMs < 0.5 || rep.ITL.MeanMs < 0.5) {
+				t.Fatalf("TPOT mean %vms, ITL mean %vms: the stub sends tokens >= 1ms apart", rep.TPOT.MeanMs, rep.ITL.MeanMs)
 			}
 			tt.check(t, rep, s)
 		})
