@@ -179,11 +179,7 @@ func genVec(s isa) {
 	pa := ld("a")
 	pb := ld("b")
 	n := ld("n")
-	acc := make([]VecVirtual, 4)
-	for i := range acc {
-		acc[i] = s.vec()
-		VXORPS(acc[i], acc[i], acc[i])
-	}
+	acc := zeroedVecs(s, 4)
 	Label(name + "_l4")
 	CMPQ(n, U32(4*lanes))
 	JL(LabelRef(name + "_l1"))
@@ -386,11 +382,7 @@ func genSSMRows128() {
 	Label(name + "_row")
 	al := ZMM()
 	VBROADCASTSS(Mem{Base: pt}, al)
-	acc := make([]VecVirtual, 4)
-	for i := range acc {
-		acc[i] = ZMM()
-		VXORPS(acc[i], acc[i], acc[i])
-	}
+	acc := zeroedVecs(isa512, 4)
 	for j := range chunks {
 		// As ssmrows512's two passes of its 4-vector loop: chunk j into
 		// acc[j%4].
@@ -443,11 +435,7 @@ func genSSMRows(s isa) {
 	pb := ld("b")
 	pc := ld("c")
 	cnt := ld("n")
-	acc := make([]VecVirtual, 4)
-	for i := range acc {
-		acc[i] = s.vec()
-		VXORPS(acc[i], acc[i], acc[i])
-	}
+	acc := zeroedVecs(s, 4)
 	Label(name + "_l4")
 	for u := 0; u < 4; u++ {
 		v := s.vec()
@@ -539,4 +527,14 @@ func genBinary(s isa, op, sym string, vop, sop func(...Op)) {
 	Label(name + "_ret")
 	VZEROUPPER()
 	RET()
+}
+
+// zeroedVecs returns n vector registers of s's width, zeroed.
+func zeroedVecs(s isa, n int) []VecVirtual {
+	v := make([]VecVirtual, n)
+	for i := range v {
+		v[i] = s.vec()
+		VXORPS(v[i], v[i], v[i])
+	}
+	return v
 }
