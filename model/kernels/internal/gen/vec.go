@@ -213,15 +213,11 @@ func genVec(s isa) {
 		VMOVUPS_Z(Mem{Base: pb}, k, w)
 		VFMADD231PS(w, v, acc[1])
 		Label(name + "_red")
-		VADDPS(acc[1], acc[0], acc[0])
-		VADDPS(acc[3], acc[2], acc[2])
-		VADDPS(acc[2], acc[0], acc[0])
+		foldAcc4(acc)
 		r := hsum(s, acc[0])
 		Store(r, ReturnIndex(0))
 	} else {
-		VADDPS(acc[1], acc[0], acc[0])
-		VADDPS(acc[3], acc[2], acc[2])
-		VADDPS(acc[2], acc[0], acc[0])
+		foldAcc4(acc)
 		r := hsum(s, acc[0])
 		TESTQ(n, n)
 		JZ(LabelRef(name + "_ret"))
@@ -394,19 +390,11 @@ func genSSMRows128() {
 		VFMADD231PS(cv[j], v, acc[j%4])
 	}
 	ADDQ(U32(chunks*vb), ps)
-	VADDPS(acc[1], acc[0], acc[0])
-	VADDPS(acc[3], acc[2], acc[2])
-	VADDPS(acc[2], acc[0], acc[0])
+	foldAcc4(acc)
 	// hsumZ: hsum's steps in EVEX forms (all 32 registers are in use).
 	h := ZMM()
 	hsumZ(acc[0], h)
-	VMOVSS(acc[0].AsX(), Mem{Base: py})
-	ADDQ(U8(4), py)
-	ADDQ(U8(4), pt)
-	DECQ(paddr("rows"))
-	JNZ(LabelRef(name + "_row"))
-	VZEROUPPER()
-	RET()
+	ssmRowEnd(name, acc[0].AsX(), py, pt)
 }
 
 // genSSMRows emits ssmrows512 or ssmrows256, one token's Mamba-2 state
@@ -450,17 +438,8 @@ func genSSMRows(s isa) {
 	ADDQ(U32(4*vb), pc)
 	SUBQ(U32(4*lanes), cnt)
 	JNZ(LabelRef(name + "_l4"))
-	VADDPS(acc[1], acc[0], acc[0])
-	VADDPS(acc[3], acc[2], acc[2])
-	VADDPS(acc[2], acc[0], acc[0])
-	r := hsum(s, acc[0])
-	VMOVSS(r, Mem{Base: py})
-	ADDQ(U8(4), py)
-	ADDQ(U8(4), pt)
-	DECQ(paddr("rows"))
-	JNZ(LabelRef(name + "_row"))
-	VZEROUPPER()
-	RET()
+	foldAcc4(acc)
+	ssmRowEnd(name, hsum(s, acc[0]), py, pt)
 }
 
 // genBinary emits <op>512 or <op>256: dst[i] = a[i] sym b[i] for i < n,
@@ -537,4 +516,25 @@ func zeroedVecs(s isa, n int) []VecVirtual {
 		VXORPS(v[i], v[i], v[i])
 	}
 	return v
+}
+
+// foldAcc4 adds four accumulators into acc[0] as (a0+a1)+(a2+a3), the order
+// dot and the SSM row kernels share.
+func foldAcc4(acc []VecVirtual) {
+	VADDPS(acc[1], acc[0], acc[0])
+	VADDPS(acc[3], acc[2], acc[2])
+	VADDPS(acc[2], acc[0], acc[0])
+}
+
+// ssmRowEnd ends a row of the SSM row kernels: the read-out (r's low lane)
+// stored at y, y and dtx moved on, the next row (from name_row) while rows
+// are left, then the return.
+func ssmRowEnd(name string, r Op, py, pt GPVirtual) {
+	VMOVSS(r, Mem{Base: py})
+	ADDQ(U8(4), py)
+	ADDQ(U8(4), pt)
+	DECQ(paddr("rows"))
+	JNZ(LabelRef(name + "_row"))
+	VZEROUPPER()
+	RET()
 }
