@@ -551,8 +551,8 @@ func topK(logits []float32, ids []int32, wts []float32) {
 // tokens: out[t][ch] = silu(b[ch] + Σ_k w[ch][k]·ext[t+k][ch]), ext holding
 // the K−1 previous rows before the T new ones (cd = len(w.ConvB) channels),
 // tap by tap as vector products over the channels, each product and sum
-// rounded as the plain loop (convRef in the tests) rounds them, in the same
-// order: the same bits. tmp holds cd values.
+// rounded as a plain loop over channels and taps rounds them, in the same
+// order: the same bits (TestCausalConvMatchesLoop). tmp holds cd values.
 func causalConv(out, ext, tmp []float32, w *MambaWeights, K int) {
 	cd := len(w.ConvB)
 	wk := w.convByTap(K)

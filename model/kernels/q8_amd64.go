@@ -100,15 +100,23 @@ func planQ8(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j.block = q8Block
 	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
 	if from := q8PackingMinRows[j.w.DType]; from > 0 && j.n >= from {
-		if spec := specOf(j.w.DType, tensor.RowMajor); packedKernelsAt(spec.layout, lvl) != nil {
+		spec := specOf(j.w.DType, tensor.RowMajor)
+		if fns := packedKernelsAt(spec.layout, lvl); fns != nil {
 			j.q8.xstride = j.q8.nb * q8xBlockBytes
-			j.q8.packed = packedKernelsAt(spec.layout, lvl)
-			j.q8.groupBytes = j.w.Cols / j.w.DType.BlockValues() * spec.groupBytes()
-			j.block = q8PackingBlock
-			j.rb = packedRowBlock(j)
+			usePacked(j, fns, spec, q8PackingBlock)
 		}
 	}
 	return true, false
+}
+
+// usePacked sets a product up to run the packed kernels fns on weights in
+// spec's layout (packed beforehand, or as block goes), 16-row groups per
+// row block.
+func usePacked(j *mmJob, fns []packedFn, spec *packSpec, block func(*mmJob, *scratch, int, int, int, int)) {
+	j.q8.packed = fns
+	j.q8.groupBytes = j.w.Cols / spec.dt.BlockValues() * spec.groupBytes()
+	j.block = block
+	j.rb = packedRowBlock(j)
 }
 
 // q8PackingMinRows: row-major products of these types with at least this
@@ -372,10 +380,7 @@ func planPacked(c *callCtx, lvl Level) bool {
 		}
 		j.q8.xstride = j.q8.nb * q8xBlockBytes
 	}
-	j.q8.packed = packedKernelsAt(j.w.Layout, lvl)
-	j.q8.groupBytes = j.w.Cols / j.w.DType.BlockValues() * specOf(j.w.DType, j.w.Layout).groupBytes()
-	j.block = packedRows512
-	j.rb = packedRowBlock(j)
+	usePacked(j, packedKernelsAt(j.w.Layout, lvl), specOf(j.w.DType, j.w.Layout), packedRows512)
 	return true
 }
 
@@ -441,10 +446,7 @@ func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 			return false, true
 		}
 		j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
-		j.q8.packed = q80x16AVX2Fns[:]
-		j.q8.groupBytes = j.q8.nb * specOf(tensor.Q8_0, tensor.RowMajor).groupBytes()
-		j.block = q80PackingBlock
-		j.rb = packedRowBlock(j)
+		usePacked(j, q80x16AVX2Fns[:], specOf(tensor.Q8_0, tensor.RowMajor), q80PackingBlock)
 		return true, false
 	}
 	k := j.w.Cols
