@@ -632,18 +632,6 @@ func q8dot512IQ4XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nb
 // q8dot512IQ4XSN2BW computes 2-input dot products of IQ4XS weights with 8-bit activations (see genQ8).
 func q8dot512IQ4XSN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
-// q8dot512Q41N1 computes 1-input dot products of Q41 weights with 8-bit activations on AVX-512 BW (see genQ8Q41).
-func q8dot512Q41N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-
-// q8dot512Q41N2 computes 2-input dot products of Q41 weights with 8-bit activations on AVX-512 BW (see genQ8Q41).
-func q8dot512Q41N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-
-// q8dot512Q51N1 computes 1-input dot products of Q51 weights with 8-bit activations on AVX-512 BW (see genQ8Q41).
-func q8dot512Q51N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-
-// q8dot512Q51N2 computes 2-input dot products of Q51 weights with 8-bit activations on AVX-512 BW (see genQ8Q41).
-func q8dot512Q51N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-
 // q8dot256Q4KN1 computes 1-input dot products of Q4K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -686,18 +674,6 @@ func q8dot256IQ4XSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nb
 // q8dot256IQ4XSN4 computes 4-input dot products of IQ4XS weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256IQ4XSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
-// q8dot256Q41N1 computes 1-input dot products of Q41 weights with 8-bit activations on AVX2 (see genQ8AVX2).
-func q8dot256Q41N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-
-// q8dot256Q41N2 computes 2-input dot products of Q41 weights with 8-bit activations on AVX2 (see genQ8AVX2).
-func q8dot256Q41N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-
-// q8dot256Q51N1 computes 1-input dot products of Q51 weights with 8-bit activations on AVX2 (see genQ8AVX2).
-func q8dot256Q51N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-
-// q8dot256Q51N2 computes 2-input dot products of Q51 weights with 8-bit activations on AVX2 (see genQ8AVX2).
-func q8dot256Q51N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-
 // quantQ8K512 quantizes nblocks blocks of 256 values of x to 8 bits at dst (see genQ8Quant).
 func quantQ8K512(x *float32, nblocks int, dst *byte) bool
 
@@ -727,6 +703,16 @@ func iq4nlrows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *f
 //
 //go:noescape
 func q50rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
+
+// q41rows512 multiplies Q4_1 weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).
+//
+//go:noescape
+func q41rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
+
+// q51rows512 multiplies Q5_1 weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).
+//
+//go:noescape
+func q51rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
 
 // q80dot512R1 multiplies 1 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
 func q80dot512R1(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
@@ -842,6 +828,54 @@ func q50x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *floa
 // q50x16N8 multiplies a 16-row group of repacked Q50 weights with 8 quantized input rows (see genX16Q80Act).
 func q50x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// q41x16N1 multiplies a 16-row group of repacked Q41 weights with 1 quantized input rows (see genX16Q80Act).
+func q41x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q41x16N2 multiplies a 16-row group of repacked Q41 weights with 2 quantized input rows (see genX16Q80Act).
+func q41x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q41x16N3 multiplies a 16-row group of repacked Q41 weights with 3 quantized input rows (see genX16Q80Act).
+func q41x16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q41x16N4 multiplies a 16-row group of repacked Q41 weights with 4 quantized input rows (see genX16Q80Act).
+func q41x16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q41x16N5 multiplies a 16-row group of repacked Q41 weights with 5 quantized input rows (see genX16Q80Act).
+func q41x16N5(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q41x16N6 multiplies a 16-row group of repacked Q41 weights with 6 quantized input rows (see genX16Q80Act).
+func q41x16N6(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q41x16N7 multiplies a 16-row group of repacked Q41 weights with 7 quantized input rows (see genX16Q80Act).
+func q41x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q41x16N8 multiplies a 16-row group of repacked Q41 weights with 8 quantized input rows (see genX16Q80Act).
+func q41x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16N1 multiplies a 16-row group of repacked Q51 weights with 1 quantized input rows (see genX16Q80Act).
+func q51x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16N2 multiplies a 16-row group of repacked Q51 weights with 2 quantized input rows (see genX16Q80Act).
+func q51x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16N3 multiplies a 16-row group of repacked Q51 weights with 3 quantized input rows (see genX16Q80Act).
+func q51x16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16N4 multiplies a 16-row group of repacked Q51 weights with 4 quantized input rows (see genX16Q80Act).
+func q51x16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16N5 multiplies a 16-row group of repacked Q51 weights with 5 quantized input rows (see genX16Q80Act).
+func q51x16N5(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16N6 multiplies a 16-row group of repacked Q51 weights with 6 quantized input rows (see genX16Q80Act).
+func q51x16N6(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16N7 multiplies a 16-row group of repacked Q51 weights with 7 quantized input rows (see genX16Q80Act).
+func q51x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16N8 multiplies a 16-row group of repacked Q51 weights with 8 quantized input rows (see genX16Q80Act).
+func q51x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // q80x16AVX2N1 multiplies a 16-row group of repacked Q80 weights with 1 quantized input rows on AVX2 (see genX16AVX2).
 //
 //go:noescape
@@ -882,6 +916,26 @@ func q50x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *
 //go:noescape
 func q50x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// q41x16AVX2N1 multiplies a 16-row group of repacked Q41 weights with 1 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func q41x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q41x16AVX2N2 multiplies a 16-row group of repacked Q41 weights with 2 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func q41x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16AVX2N1 multiplies a 16-row group of repacked Q51 weights with 1 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func q51x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q51x16AVX2N2 multiplies a 16-row group of repacked Q51 weights with 2 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func q51x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // q80rows256 multiplies row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
 //
 //go:noescape
@@ -901,6 +955,16 @@ func q50rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *flo
 //
 //go:noescape
 func iq4nlrows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+
+// q41rows256 multiplies row-major Q4_1 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
+//
+//go:noescape
+func q41rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+
+// q51rows256 multiplies row-major Q5_1 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
+//
+//go:noescape
+func q51rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
 
 // q80rows8x256 multiplies groups of 8 row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80Rows8x256).
 //
@@ -963,18 +1027,6 @@ func q4kx16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *floa
 
 // q4kx16N4 multiplies a 16-row group of repacked Q4K weights with 4 quantized input rows (see genQ4Kx16).
 func q4kx16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
-
-// q41x16N1 multiplies a 16-row group of repacked Q41 weights with 1 quantized input rows (see genQ41x16).
-func q41x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
-
-// q51x16N1 multiplies a 16-row group of repacked Q51 weights with 1 quantized input rows (see genQ41x16).
-func q51x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
-
-// q41x16N2 multiplies a 16-row group of repacked Q41 weights with 2 quantized input rows (see genQ41x16).
-func q41x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
-
-// q51x16N2 multiplies a 16-row group of repacked Q51 weights with 2 quantized input rows (see genQ41x16).
-func q51x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // q5kx16N1 multiplies a 16-row group of repacked Q5K weights with 1 quantized input rows (see genQ4Kx16).
 func q5kx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)

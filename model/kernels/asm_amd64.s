@@ -1160,64 +1160,6 @@ DATA xslane<>+24(SB)/4, $0x00000004
 DATA xslane<>+28(SB)/4, $0x00000004
 GLOBL xslane<>(SB), RODATA|NOPTR, $32
 
-DATA q41idx_0<>+0(SB)/4, $0x00000000
-DATA q41idx_0<>+4(SB)/4, $0x00000014
-DATA q41idx_0<>+8(SB)/4, $0x00000028
-DATA q41idx_0<>+12(SB)/4, $0x0000003c
-DATA q41idx_0<>+16(SB)/4, $0x00000050
-DATA q41idx_0<>+20(SB)/4, $0x00000064
-DATA q41idx_0<>+24(SB)/4, $0x00000078
-DATA q41idx_0<>+28(SB)/4, $0x0000008c
-GLOBL q41idx_0<>(SB), RODATA|NOPTR, $32
-
-DATA q41idx_1<>+0(SB)/4, $0x00000000
-DATA q41idx_1<>+4(SB)/4, $0x00000018
-DATA q41idx_1<>+8(SB)/4, $0x00000030
-DATA q41idx_1<>+12(SB)/4, $0x00000048
-DATA q41idx_1<>+16(SB)/4, $0x00000060
-DATA q41idx_1<>+20(SB)/4, $0x00000078
-DATA q41idx_1<>+24(SB)/4, $0x00000090
-DATA q41idx_1<>+28(SB)/4, $0x000000a8
-GLOBL q41idx_1<>(SB), RODATA|NOPTR, $32
-
-DATA q41dm<>+0(SB)/4, $0x05040100
-DATA q41dm<>+4(SB)/4, $0x0d0c0908
-DATA q41dm<>+8(SB)/4, $0x07060302
-DATA q41dm<>+12(SB)/4, $0x0f0e0b0a
-DATA q41dm<>+16(SB)/4, $0x05040100
-DATA q41dm<>+20(SB)/4, $0x0d0c0908
-DATA q41dm<>+24(SB)/4, $0x07060302
-DATA q41dm<>+28(SB)/4, $0x0f0e0b0a
-GLOBL q41dm<>(SB), RODATA|NOPTR, $32
-
-DATA w1y<>+0(SB)/4, $0x00010001
-DATA w1y<>+4(SB)/4, $0x00010001
-DATA w1y<>+8(SB)/4, $0x00010001
-DATA w1y<>+12(SB)/4, $0x00010001
-DATA w1y<>+16(SB)/4, $0x00010001
-DATA w1y<>+20(SB)/4, $0x00010001
-DATA w1y<>+24(SB)/4, $0x00010001
-DATA w1y<>+28(SB)/4, $0x00010001
-GLOBL w1y<>(SB), RODATA|NOPTR, $32
-
-DATA q41perm<>+0(SB)/4, $0x00000000
-DATA q41perm<>+4(SB)/4, $0x00000004
-DATA q41perm<>+8(SB)/4, $0x00000008
-DATA q41perm<>+12(SB)/4, $0x0000000c
-DATA q41perm<>+16(SB)/4, $0x00000002
-DATA q41perm<>+20(SB)/4, $0x00000006
-DATA q41perm<>+24(SB)/4, $0x0000000a
-DATA q41perm<>+28(SB)/4, $0x0000000e
-DATA q41perm<>+32(SB)/4, $0x00000000
-DATA q41perm<>+36(SB)/4, $0x00000000
-DATA q41perm<>+40(SB)/4, $0x00000000
-DATA q41perm<>+44(SB)/4, $0x00000000
-DATA q41perm<>+48(SB)/4, $0x00000000
-DATA q41perm<>+52(SB)/4, $0x00000000
-DATA q41perm<>+56(SB)/4, $0x00000000
-DATA q41perm<>+60(SB)/4, $0x00000000
-GLOBL q41perm<>(SB), RODATA|NOPTR, $64
-
 DATA xsword_0<>+0(SB)/4, $0x01000100
 DATA xsword_0<>+4(SB)/4, $0x01000100
 DATA xsword_0<>+8(SB)/4, $0x01000100
@@ -1495,6 +1437,52 @@ DATA q50gath<>+52(SB)/4, $0x0000011e
 DATA q50gath<>+56(SB)/4, $0x00000134
 DATA q50gath<>+60(SB)/4, $0x0000014a
 GLOBL q50gath<>(SB), RODATA|NOPTR, $64
+
+DATA q41gath<>+0(SB)/4, $0x00000000
+DATA q41gath<>+4(SB)/4, $0x00000014
+DATA q41gath<>+8(SB)/4, $0x00000028
+DATA q41gath<>+12(SB)/4, $0x0000003c
+DATA q41gath<>+16(SB)/4, $0x00000050
+DATA q41gath<>+20(SB)/4, $0x00000064
+DATA q41gath<>+24(SB)/4, $0x00000078
+DATA q41gath<>+28(SB)/4, $0x0000008c
+DATA q41gath<>+32(SB)/4, $0x000000a0
+DATA q41gath<>+36(SB)/4, $0x000000b4
+DATA q41gath<>+40(SB)/4, $0x000000c8
+DATA q41gath<>+44(SB)/4, $0x000000dc
+DATA q41gath<>+48(SB)/4, $0x000000f0
+DATA q41gath<>+52(SB)/4, $0x00000104
+DATA q41gath<>+56(SB)/4, $0x00000118
+DATA q41gath<>+60(SB)/4, $0x0000012c
+GLOBL q41gath<>(SB), RODATA|NOPTR, $64
+
+DATA q51gath<>+0(SB)/4, $0x00000000
+DATA q51gath<>+4(SB)/4, $0x00000018
+DATA q51gath<>+8(SB)/4, $0x00000030
+DATA q51gath<>+12(SB)/4, $0x00000048
+DATA q51gath<>+16(SB)/4, $0x00000060
+DATA q51gath<>+20(SB)/4, $0x00000078
+DATA q51gath<>+24(SB)/4, $0x00000090
+DATA q51gath<>+28(SB)/4, $0x000000a8
+DATA q51gath<>+32(SB)/4, $0x000000c0
+DATA q51gath<>+36(SB)/4, $0x000000d8
+DATA q51gath<>+40(SB)/4, $0x000000f0
+DATA q51gath<>+44(SB)/4, $0x00000108
+DATA q51gath<>+48(SB)/4, $0x00000120
+DATA q51gath<>+52(SB)/4, $0x00000138
+DATA q51gath<>+56(SB)/4, $0x00000150
+DATA q51gath<>+60(SB)/4, $0x00000168
+GLOBL q51gath<>(SB), RODATA|NOPTR, $64
+
+DATA f128<>+0(SB)/4, $0x3c000000
+DATA f128<>+4(SB)/4, $0x3c000000
+DATA f128<>+8(SB)/4, $0x3c000000
+DATA f128<>+12(SB)/4, $0x3c000000
+DATA f128<>+16(SB)/4, $0x3c000000
+DATA f128<>+20(SB)/4, $0x3c000000
+DATA f128<>+24(SB)/4, $0x3c000000
+DATA f128<>+28(SB)/4, $0x3c000000
+GLOBL f128<>(SB), RODATA|NOPTR, $32
 
 DATA q50spread<>+0(SB)/4, $0x00000000
 DATA q50spread<>+4(SB)/4, $0x00000000
@@ -90790,506 +90778,6 @@ q8dot512IQ4XSN2BW_blk:
 	VZEROUPPER
 	RET
 
-// func q8dot512Q41N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C
-TEXT ·q8dot512Q41N1(SB), NOSPLIT, $0-64
-	MOVQ            wstride+8(FP), AX
-	MOVQ            w+0(FP), CX
-	MOVQ            out+48(FP), DX
-	VPBROADCASTD    b0f<>+0(SB), Z0
-	VPBROADCASTD    w1<>+0(SB), Z1
-	VBROADCASTI64X4 xslane<>+0(SB), Z2
-	VMOVDQU64       q41perm<>+0(SB), Z3
-
-q8dot512Q41N1_row:
-	MOVQ   CX, BX
-	MOVQ   xq+24(FP), SI
-	MOVQ   nblocks+40(FP), DI
-	VXORPS Y4, Y4, Y4
-
-q8dot512Q41N1_blk:
-	VBROADCASTI32X4 4(BX), Z5
-	VBROADCASTI32X4 24(BX), Y6
-	VINSERTI64X4    $0x01, Y6, Z5, Z5
-	VPSRLVD         Z2, Z5, Z5
-	VPANDD          Z0, Z5, Z5
-	VPMADDUBSW      (SI), Z5, Z5
-	VPMADDWD        Z1, Z5, Z5
-	VBROADCASTI32X4 44(BX), Z6
-	VBROADCASTI32X4 64(BX), Y8
-	VINSERTI64X4    $0x01, Y8, Z6, Z6
-	VPSRLVD         Z2, Z6, Z6
-	VPANDD          Z0, Z6, Z6
-	VPMADDUBSW      64(SI), Z6, Z6
-	VPMADDWD        Z1, Z6, Z6
-	VBROADCASTI32X4 84(BX), Z8
-	VBROADCASTI32X4 104(BX), Y9
-	VINSERTI64X4    $0x01, Y9, Z8, Z8
-	VPSRLVD         Z2, Z8, Z8
-	VPANDD          Z0, Z8, Z8
-	VPMADDUBSW      128(SI), Z8, Z8
-	VPMADDWD        Z1, Z8, Z8
-	VBROADCASTI32X4 124(BX), Z9
-	VBROADCASTI32X4 144(BX), Y10
-	VINSERTI64X4    $0x01, Y10, Z9, Z9
-	VPSRLVD         Z2, Z9, Z9
-	VPANDD          Z0, Z9, Z9
-	VPMADDUBSW      192(SI), Z9, Z9
-	VPMADDWD        Z1, Z9, Z9
-	VMOVDQU32       q41idx_0<>+0(SB), Y10
-	KXNORW          K1, K1, K1
-	VPXORD          Y7, Y7, Y7
-	VPGATHERDD      (BX)(Y10*1), K1, Y7
-	VPSHUFB         q41dm<>+0(SB), Y7, Y7
-	VPERMQ          $0xd8, Y7, Y7
-	VCVTPH2PS       X7, Y10
-	VEXTRACTI32X4   $0x01, Y7, X11
-	VCVTPH2PS       X11, Y11
-	VSHUFI32X4      $0x88, Z6, Z5, Z12
-	VSHUFI32X4      $0xdd, Z6, Z5, Z5
-	VPADDD          Z5, Z12, Z12
-	VSHUFI32X4      $0x88, Z9, Z8, Z5
-	VSHUFI32X4      $0xdd, Z9, Z8, Z6
-	VPADDD          Z6, Z5, Z5
-	VPUNPCKLQDQ     Z5, Z12, Z6
-	VPUNPCKHQDQ     Z5, Z12, Z5
-	VPADDD          Z5, Z6, Z6
-	VPSHUFD         $0xb1, Z6, Z5
-	VPADDD          Z5, Z6, Z6
-	VPERMD          Z6, Z3, Z5
-	VPMOVSXWD       288(SI), Y6
-	VBROADCASTSS    304(SI), Y8
-	VMULPS          Y8, Y10, Y9
-	VMULPS          Y8, Y11, Y8
-	VCVTDQ2PS       Y5, Y5
-	VMULPS          Y9, Y5, Y5
-	VCVTDQ2PS       Y6, Y6
-	VMULPS          Y8, Y6, Y6
-	VADDPS          Y6, Y5, Y5
-	VADDPS          Y5, Y4, Y4
-	ADDQ            $0x000000a0, BX
-	ADDQ            $0x00000140, SI
-	DECQ            DI
-	JNZ             q8dot512Q41N1_blk
-	VEXTRACTF32X4   $0x01, Y4, X5
-	VADDPS          X5, X4, X4
-	VPERMILPS       $0x4e, X4, X5
-	VADDPS          X5, X4, X4
-	VPERMILPS       $0xb1, X4, X5
-	VADDSS          X5, X4, X4
-	MOVQ            DX, BX
-	VMOVSS          X4, (BX)
-	ADDQ            $0x04, DX
-	ADDQ            AX, CX
-	DECQ            nrows+16(FP)
-	JNZ             q8dot512Q41N1_row
-	VZEROUPPER
-	RET
-
-// func q8dot512Q41N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C
-TEXT ·q8dot512Q41N2(SB), NOSPLIT, $0-64
-	MOVQ            wstride+8(FP), AX
-	MOVQ            w+0(FP), CX
-	MOVQ            out+48(FP), DX
-	VPBROADCASTD    b0f<>+0(SB), Z0
-	VPBROADCASTD    w1<>+0(SB), Z1
-	VBROADCASTI64X4 xslane<>+0(SB), Z2
-	VMOVDQU64       q41perm<>+0(SB), Z3
-
-q8dot512Q41N2_row:
-	MOVQ   CX, BX
-	MOVQ   xq+24(FP), SI
-	MOVQ   xqstride+32(FP), DI
-	MOVQ   nblocks+40(FP), R8
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-
-q8dot512Q41N2_blk:
-	VBROADCASTI32X4 4(BX), Z6
-	VBROADCASTI32X4 24(BX), Y7
-	VINSERTI64X4    $0x01, Y7, Z6, Z6
-	VPSRLVD         Z2, Z6, Z6
-	VPANDD          Z0, Z6, Z6
-	VPMADDUBSW      (SI), Z6, Z7
-	VPMADDWD        Z1, Z7, Z7
-	VPMADDUBSW      (SI)(DI*1), Z6, Z6
-	VPMADDWD        Z1, Z6, Z6
-	VBROADCASTI32X4 44(BX), Z9
-	VBROADCASTI32X4 64(BX), Y10
-	VINSERTI64X4    $0x01, Y10, Z9, Z9
-	VPSRLVD         Z2, Z9, Z9
-	VPANDD          Z0, Z9, Z9
-	VPMADDUBSW      64(SI), Z9, Z10
-	VPMADDWD        Z1, Z10, Z10
-	VPMADDUBSW      64(SI)(DI*1), Z9, Z9
-	VPMADDWD        Z1, Z9, Z9
-	VBROADCASTI32X4 84(BX), Z11
-	VBROADCASTI32X4 104(BX), Y12
-	VINSERTI64X4    $0x01, Y12, Z11, Z11
-	VPSRLVD         Z2, Z11, Z11
-	VPANDD          Z0, Z11, Z11
-	VPMADDUBSW      128(SI), Z11, Z12
-	VPMADDWD        Z1, Z12, Z12
-	VPMADDUBSW      128(SI)(DI*1), Z11, Z11
-	VPMADDWD        Z1, Z11, Z11
-	VBROADCASTI32X4 124(BX), Z13
-	VBROADCASTI32X4 144(BX), Y14
-	VINSERTI64X4    $0x01, Y14, Z13, Z13
-	VPSRLVD         Z2, Z13, Z13
-	VPANDD          Z0, Z13, Z13
-	VPMADDUBSW      192(SI), Z13, Z14
-	VPMADDWD        Z1, Z14, Z14
-	VPMADDUBSW      192(SI)(DI*1), Z13, Z13
-	VPMADDWD        Z1, Z13, Z13
-	VMOVDQU32       q41idx_0<>+0(SB), Y15
-	KXNORW          K1, K1, K1
-	VPXORD          Y8, Y8, Y8
-	VPGATHERDD      (BX)(Y15*1), K1, Y8
-	VPSHUFB         q41dm<>+0(SB), Y8, Y8
-	VPERMQ          $0xd8, Y8, Y8
-	VCVTPH2PS       X8, Y15
-	VEXTRACTI32X4   $0x01, Y8, X16
-	VCVTPH2PS       X16, Y16
-	VSHUFI32X4      $0x88, Z10, Z7, Z17
-	VSHUFI32X4      $0xdd, Z10, Z7, Z7
-	VPADDD          Z7, Z17, Z17
-	VSHUFI32X4      $0x88, Z14, Z12, Z7
-	VSHUFI32X4      $0xdd, Z14, Z12, Z10
-	VPADDD          Z10, Z7, Z7
-	VPUNPCKLQDQ     Z7, Z17, Z10
-	VPUNPCKHQDQ     Z7, Z17, Z7
-	VPADDD          Z7, Z10, Z10
-	VPSHUFD         $0xb1, Z10, Z7
-	VPADDD          Z7, Z10, Z10
-	VPERMD          Z10, Z3, Z7
-	VPMOVSXWD       288(SI), Y10
-	VBROADCASTSS    304(SI), Y12
-	VMULPS          Y12, Y15, Y14
-	VMULPS          Y12, Y16, Y12
-	VCVTDQ2PS       Y7, Y7
-	VMULPS          Y14, Y7, Y7
-	VCVTDQ2PS       Y10, Y10
-	VMULPS          Y12, Y10, Y10
-	VADDPS          Y10, Y7, Y7
-	VADDPS          Y7, Y4, Y4
-	VSHUFI32X4      $0x88, Z9, Z6, Z7
-	VSHUFI32X4      $0xdd, Z9, Z6, Z6
-	VPADDD          Z6, Z7, Z7
-	VSHUFI32X4      $0x88, Z13, Z11, Z6
-	VSHUFI32X4      $0xdd, Z13, Z11, Z9
-	VPADDD          Z9, Z6, Z6
-	VPUNPCKLQDQ     Z6, Z7, Z9
-	VPUNPCKHQDQ     Z6, Z7, Z6
-	VPADDD          Z6, Z9, Z9
-	VPSHUFD         $0xb1, Z9, Z6
-	VPADDD          Z6, Z9, Z9
-	VPERMD          Z9, Z3, Z6
-	VPMOVSXWD       288(SI)(DI*1), Y7
-	VBROADCASTSS    304(SI)(DI*1), Y9
-	VMULPS          Y9, Y15, Y10
-	VMULPS          Y9, Y16, Y9
-	VCVTDQ2PS       Y6, Y6
-	VMULPS          Y10, Y6, Y6
-	VCVTDQ2PS       Y7, Y7
-	VMULPS          Y9, Y7, Y7
-	VADDPS          Y7, Y6, Y6
-	VADDPS          Y6, Y5, Y5
-	ADDQ            $0x000000a0, BX
-	ADDQ            $0x00000140, SI
-	DECQ            R8
-	JNZ             q8dot512Q41N2_blk
-	VEXTRACTF32X4   $0x01, Y4, X6
-	VADDPS          X6, X4, X4
-	VPERMILPS       $0x4e, X4, X6
-	VADDPS          X6, X4, X4
-	VPERMILPS       $0xb1, X4, X6
-	VADDSS          X6, X4, X4
-	VEXTRACTF32X4   $0x01, Y5, X6
-	VADDPS          X6, X5, X5
-	VPERMILPS       $0x4e, X5, X6
-	VADDPS          X6, X5, X5
-	VPERMILPS       $0xb1, X5, X6
-	VADDSS          X6, X5, X5
-	MOVQ            ostride+56(FP), BX
-	MOVQ            DX, SI
-	VMOVSS          X4, (SI)
-	ADDQ            BX, SI
-	VMOVSS          X5, (SI)
-	ADDQ            $0x04, DX
-	ADDQ            AX, CX
-	DECQ            nrows+16(FP)
-	JNZ             q8dot512Q41N2_row
-	VZEROUPPER
-	RET
-
-// func q8dot512Q51N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C
-TEXT ·q8dot512Q51N1(SB), NOSPLIT, $0-64
-	MOVQ            wstride+8(FP), AX
-	MOVQ            w+0(FP), CX
-	MOVQ            out+48(FP), DX
-	VPBROADCASTD    b0f<>+0(SB), Z0
-	VPBROADCASTD    w1<>+0(SB), Z1
-	VBROADCASTI64X4 xslane<>+0(SB), Z2
-	VMOVDQU64       q41perm<>+0(SB), Z3
-	VPBROADCASTD    b10<>+0(SB), Z4
-
-q8dot512Q51N1_row:
-	MOVQ   CX, BX
-	MOVQ   xq+24(FP), SI
-	MOVQ   nblocks+40(FP), DI
-	VXORPS Y5, Y5, Y5
-
-q8dot512Q51N1_blk:
-	VBROADCASTI32X4 8(BX), Z6
-	VBROADCASTI32X4 32(BX), Y7
-	VINSERTI64X4    $0x01, Y7, Z6, Z6
-	VPSRLVD         Z2, Z6, Z6
-	VPANDD          Z0, Z6, Z6
-	KMOVD           4(BX), K1
-	KMOVD           28(BX), K2
-	KUNPCKDQ        K1, K2, K1
-	VPADDB          Z4, Z6, K1, Z6
-	VPMADDUBSW      (SI), Z6, Z6
-	VPMADDWD        Z1, Z6, Z6
-	VBROADCASTI32X4 56(BX), Z7
-	VBROADCASTI32X4 80(BX), Y9
-	VINSERTI64X4    $0x01, Y9, Z7, Z7
-	VPSRLVD         Z2, Z7, Z7
-	VPANDD          Z0, Z7, Z7
-	KMOVD           52(BX), K1
-	KMOVD           76(BX), K2
-	KUNPCKDQ        K1, K2, K1
-	VPADDB          Z4, Z7, K1, Z7
-	VPMADDUBSW      64(SI), Z7, Z7
-	VPMADDWD        Z1, Z7, Z7
-	VBROADCASTI32X4 104(BX), Z9
-	VBROADCASTI32X4 128(BX), Y10
-	VINSERTI64X4    $0x01, Y10, Z9, Z9
-	VPSRLVD         Z2, Z9, Z9
-	VPANDD          Z0, Z9, Z9
-	KMOVD           100(BX), K1
-	KMOVD           124(BX), K2
-	KUNPCKDQ        K1, K2, K1
-	VPADDB          Z4, Z9, K1, Z9
-	VPMADDUBSW      128(SI), Z9, Z9
-	VPMADDWD        Z1, Z9, Z9
-	VBROADCASTI32X4 152(BX), Z10
-	VBROADCASTI32X4 176(BX), Y11
-	VINSERTI64X4    $0x01, Y11, Z10, Z10
-	VPSRLVD         Z2, Z10, Z10
-	VPANDD          Z0, Z10, Z10
-	KMOVD           148(BX), K1
-	KMOVD           172(BX), K2
-	KUNPCKDQ        K1, K2, K1
-	VPADDB          Z4, Z10, K1, Z10
-	VPMADDUBSW      192(SI), Z10, Z10
-	VPMADDWD        Z1, Z10, Z10
-	VMOVDQU32       q41idx_1<>+0(SB), Y11
-	KXNORW          K3, K3, K3
-	VPXORD          Y8, Y8, Y8
-	VPGATHERDD      (BX)(Y11*1), K3, Y8
-	VPSHUFB         q41dm<>+0(SB), Y8, Y8
-	VPERMQ          $0xd8, Y8, Y8
-	VCVTPH2PS       X8, Y11
-	VEXTRACTI32X4   $0x01, Y8, X12
-	VCVTPH2PS       X12, Y12
-	VSHUFI32X4      $0x88, Z7, Z6, Z13
-	VSHUFI32X4      $0xdd, Z7, Z6, Z6
-	VPADDD          Z6, Z13, Z13
-	VSHUFI32X4      $0x88, Z10, Z9, Z6
-	VSHUFI32X4      $0xdd, Z10, Z9, Z7
-	VPADDD          Z7, Z6, Z6
-	VPUNPCKLQDQ     Z6, Z13, Z7
-	VPUNPCKHQDQ     Z6, Z13, Z6
-	VPADDD          Z6, Z7, Z7
-	VPSHUFD         $0xb1, Z7, Z6
-	VPADDD          Z6, Z7, Z7
-	VPERMD          Z7, Z3, Z6
-	VPMOVSXWD       288(SI), Y7
-	VBROADCASTSS    304(SI), Y9
-	VMULPS          Y9, Y11, Y10
-	VMULPS          Y9, Y12, Y9
-	VCVTDQ2PS       Y6, Y6
-	VMULPS          Y10, Y6, Y6
-	VCVTDQ2PS       Y7, Y7
-	VMULPS          Y9, Y7, Y7
-	VADDPS          Y7, Y6, Y6
-	VADDPS          Y6, Y5, Y5
-	ADDQ            $0x000000c0, BX
-	ADDQ            $0x00000140, SI
-	DECQ            DI
-	JNZ             q8dot512Q51N1_blk
-	VEXTRACTF32X4   $0x01, Y5, X6
-	VADDPS          X6, X5, X5
-	VPERMILPS       $0x4e, X5, X6
-	VADDPS          X6, X5, X5
-	VPERMILPS       $0xb1, X5, X6
-	VADDSS          X6, X5, X5
-	MOVQ            DX, BX
-	VMOVSS          X5, (BX)
-	ADDQ            $0x04, DX
-	ADDQ            AX, CX
-	DECQ            nrows+16(FP)
-	JNZ             q8dot512Q51N1_row
-	VZEROUPPER
-	RET
-
-// func q8dot512Q51N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, AVX512BW, AVX512F, AVX512VL, F16C
-TEXT ·q8dot512Q51N2(SB), NOSPLIT, $0-64
-	MOVQ            wstride+8(FP), AX
-	MOVQ            w+0(FP), CX
-	MOVQ            out+48(FP), DX
-	VPBROADCASTD    b0f<>+0(SB), Z0
-	VPBROADCASTD    w1<>+0(SB), Z1
-	VBROADCASTI64X4 xslane<>+0(SB), Z2
-	VMOVDQU64       q41perm<>+0(SB), Z3
-	VPBROADCASTD    b10<>+0(SB), Z4
-
-q8dot512Q51N2_row:
-	MOVQ   CX, BX
-	MOVQ   xq+24(FP), SI
-	MOVQ   xqstride+32(FP), DI
-	MOVQ   nblocks+40(FP), R8
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-
-q8dot512Q51N2_blk:
-	VBROADCASTI32X4 8(BX), Z7
-	VBROADCASTI32X4 32(BX), Y8
-	VINSERTI64X4    $0x01, Y8, Z7, Z7
-	VPSRLVD         Z2, Z7, Z7
-	VPANDD          Z0, Z7, Z7
-	KMOVD           4(BX), K1
-	KMOVD           28(BX), K2
-	KUNPCKDQ        K1, K2, K1
-	VPADDB          Z4, Z7, K1, Z7
-	VPMADDUBSW      (SI), Z7, Z8
-	VPMADDWD        Z1, Z8, Z8
-	VPMADDUBSW      (SI)(DI*1), Z7, Z7
-	VPMADDWD        Z1, Z7, Z7
-	VBROADCASTI32X4 56(BX), Z10
-	VBROADCASTI32X4 80(BX), Y11
-	VINSERTI64X4    $0x01, Y11, Z10, Z10
-	VPSRLVD         Z2, Z10, Z10
-	VPANDD          Z0, Z10, Z10
-	KMOVD           52(BX), K1
-	KMOVD           76(BX), K2
-	KUNPCKDQ        K1, K2, K1
-	VPADDB          Z4, Z10, K1, Z10
-	VPMADDUBSW      64(SI), Z10, Z11
-	VPMADDWD        Z1, Z11, Z11
-	VPMADDUBSW      64(SI)(DI*1), Z10, Z10
-	VPMADDWD        Z1, Z10, Z10
-	VBROADCASTI32X4 104(BX), Z12
-	VBROADCASTI32X4 128(BX), Y13
-	VINSERTI64X4    $0x01, Y13, Z12, Z12
-	VPSRLVD         Z2, Z12, Z12
-	VPANDD          Z0, Z12, Z12
-	KMOVD           100(BX), K1
-	KMOVD           124(BX), K2
-	KUNPCKDQ        K1, K2, K1
-	VPADDB          Z4, Z12, K1, Z12
-	VPMADDUBSW      128(SI), Z12, Z13
-	VPMADDWD        Z1, Z13, Z13
-	VPMADDUBSW      128(SI)(DI*1), Z12, Z12
-	VPMADDWD        Z1, Z12, Z12
-	VBROADCASTI32X4 152(BX), Z14
-	VBROADCASTI32X4 176(BX), Y15
-	VINSERTI64X4    $0x01, Y15, Z14, Z14
-	VPSRLVD         Z2, Z14, Z14
-	VPANDD          Z0, Z14, Z14
-	KMOVD           148(BX), K1
-	KMOVD           172(BX), K2
-	KUNPCKDQ        K1, K2, K1
-	VPADDB          Z4, Z14, K1, Z14
-	VPMADDUBSW      192(SI), Z14, Z15
-	VPMADDWD        Z1, Z15, Z15
-	VPMADDUBSW      192(SI)(DI*1), Z14, Z14
-	VPMADDWD        Z1, Z14, Z14
-	VMOVDQU32       q41idx_1<>+0(SB), Y16
-	KXNORW          K3, K3, K3
-	VPXORD          Y9, Y9, Y9
-	VPGATHERDD      (BX)(Y16*1), K3, Y9
-	VPSHUFB         q41dm<>+0(SB), Y9, Y9
-	VPERMQ          $0xd8, Y9, Y9
-	VCVTPH2PS       X9, Y16
-	VEXTRACTI32X4   $0x01, Y9, X17
-	VCVTPH2PS       X17, Y17
-	VSHUFI32X4      $0x88, Z11, Z8, Z18
-	VSHUFI32X4      $0xdd, Z11, Z8, Z8
-	VPADDD          Z8, Z18, Z18
-	VSHUFI32X4      $0x88, Z15, Z13, Z8
-	VSHUFI32X4      $0xdd, Z15, Z13, Z11
-	VPADDD          Z11, Z8, Z8
-	VPUNPCKLQDQ     Z8, Z18, Z11
-	VPUNPCKHQDQ     Z8, Z18, Z8
-	VPADDD          Z8, Z11, Z11
-	VPSHUFD         $0xb1, Z11, Z8
-	VPADDD          Z8, Z11, Z11
-	VPERMD          Z11, Z3, Z8
-	VPMOVSXWD       288(SI), Y11
-	VBROADCASTSS    304(SI), Y13
-	VMULPS          Y13, Y16, Y15
-	VMULPS          Y13, Y17, Y13
-	VCVTDQ2PS       Y8, Y8
-	VMULPS          Y15, Y8, Y8
-	VCVTDQ2PS       Y11, Y11
-	VMULPS          Y13, Y11, Y11
-	VADDPS          Y11, Y8, Y8
-	VADDPS          Y8, Y5, Y5
-	VSHUFI32X4      $0x88, Z10, Z7, Z8
-	VSHUFI32X4      $0xdd, Z10, Z7, Z7
-	VPADDD          Z7, Z8, Z8
-	VSHUFI32X4      $0x88, Z14, Z12, Z7
-	VSHUFI32X4      $0xdd, Z14, Z12, Z10
-	VPADDD          Z10, Z7, Z7
-	VPUNPCKLQDQ     Z7, Z8, Z10
-	VPUNPCKHQDQ     Z7, Z8, Z7
-	VPADDD          Z7, Z10, Z10
-	VPSHUFD         $0xb1, Z10, Z7
-	VPADDD          Z7, Z10, Z10
-	VPERMD          Z10, Z3, Z7
-	VPMOVSXWD       288(SI)(DI*1), Y8
-	VBROADCASTSS    304(SI)(DI*1), Y10
-	VMULPS          Y10, Y16, Y11
-	VMULPS          Y10, Y17, Y10
-	VCVTDQ2PS       Y7, Y7
-	VMULPS          Y11, Y7, Y7
-	VCVTDQ2PS       Y8, Y8
-	VMULPS          Y10, Y8, Y8
-	VADDPS          Y8, Y7, Y7
-	VADDPS          Y7, Y6, Y6
-	ADDQ            $0x000000c0, BX
-	ADDQ            $0x00000140, SI
-	DECQ            R8
-	JNZ             q8dot512Q51N2_blk
-	VEXTRACTF32X4   $0x01, Y5, X7
-	VADDPS          X7, X5, X5
-	VPERMILPS       $0x4e, X5, X7
-	VADDPS          X7, X5, X5
-	VPERMILPS       $0xb1, X5, X7
-	VADDSS          X7, X5, X5
-	VEXTRACTF32X4   $0x01, Y6, X7
-	VADDPS          X7, X6, X6
-	VPERMILPS       $0x4e, X6, X7
-	VADDPS          X7, X6, X6
-	VPERMILPS       $0xb1, X6, X7
-	VADDSS          X7, X6, X6
-	MOVQ            ostride+56(FP), BX
-	MOVQ            DX, SI
-	VMOVSS          X5, (SI)
-	ADDQ            BX, SI
-	VMOVSS          X6, (SI)
-	ADDQ            $0x04, DX
-	ADDQ            AX, CX
-	DECQ            nrows+16(FP)
-	JNZ             q8dot512Q51N2_row
-	VZEROUPPER
-	RET
-
 // func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 // Requires: AVX, AVX2, F16C
 TEXT ·q8dot256Q4KN1(SB), NOSPLIT, $0-64
@@ -93781,634 +93269,6 @@ q8dot256IQ4XSN4_blk:
 	ADDQ           AX, CX
 	DECQ           nrows+16(FP)
 	JNZ            q8dot256IQ4XSN4_row
-	VZEROUPPER
-	RET
-
-// func q8dot256Q41N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, F16C
-TEXT ·q8dot256Q41N1(SB), NOSPLIT, $0-64
-	MOVQ         wstride+8(FP), AX
-	MOVQ         w+0(FP), CX
-	MOVQ         out+48(FP), DX
-	VPBROADCASTD b0f<>+0(SB), Y0
-
-q8dot256Q41N1_row:
-	MOVQ   CX, BX
-	MOVQ   xq+24(FP), SI
-	MOVQ   nblocks+40(FP), DI
-	VXORPS Y1, Y1, Y1
-
-q8dot256Q41N1_blk:
-	VMOVDQU        w1y<>+0(SB), Y2
-	VBROADCASTI128 4(BX), Y3
-	VPSRLVD        xslane<>+0(SB), Y3, Y3
-	VPAND          Y0, Y3, Y3
-	VPMADDUBSW     (SI), Y3, Y3
-	VPMADDWD       Y2, Y3, Y3
-	VBROADCASTI128 24(BX), Y5
-	VPSRLVD        xslane<>+0(SB), Y5, Y5
-	VPAND          Y0, Y5, Y5
-	VPMADDUBSW     32(SI), Y5, Y5
-	VPMADDWD       Y2, Y5, Y5
-	VPHADDD        Y5, Y3, Y3
-	VBROADCASTI128 44(BX), Y5
-	VPSRLVD        xslane<>+0(SB), Y5, Y5
-	VPAND          Y0, Y5, Y5
-	VPMADDUBSW     64(SI), Y5, Y5
-	VPMADDWD       Y2, Y5, Y5
-	VBROADCASTI128 64(BX), Y6
-	VPSRLVD        xslane<>+0(SB), Y6, Y6
-	VPAND          Y0, Y6, Y6
-	VPMADDUBSW     96(SI), Y6, Y6
-	VPMADDWD       Y2, Y6, Y6
-	VPHADDD        Y6, Y5, Y5
-	VPHADDD        Y5, Y3, Y3
-	VBROADCASTI128 84(BX), Y5
-	VPSRLVD        xslane<>+0(SB), Y5, Y5
-	VPAND          Y0, Y5, Y5
-	VPMADDUBSW     128(SI), Y5, Y5
-	VPMADDWD       Y2, Y5, Y5
-	VBROADCASTI128 104(BX), Y6
-	VPSRLVD        xslane<>+0(SB), Y6, Y6
-	VPAND          Y0, Y6, Y6
-	VPMADDUBSW     160(SI), Y6, Y6
-	VPMADDWD       Y2, Y6, Y6
-	VPHADDD        Y6, Y5, Y5
-	VBROADCASTI128 124(BX), Y6
-	VPSRLVD        xslane<>+0(SB), Y6, Y6
-	VPAND          Y0, Y6, Y6
-	VPMADDUBSW     192(SI), Y6, Y6
-	VPMADDWD       Y2, Y6, Y6
-	VBROADCASTI128 144(BX), Y7
-	VPSRLVD        xslane<>+0(SB), Y7, Y7
-	VPAND          Y0, Y7, Y7
-	VPMADDUBSW     224(SI), Y7, Y7
-	VPMADDWD       Y2, Y7, Y7
-	VPHADDD        Y7, Y6, Y2
-	VPHADDD        Y2, Y5, Y2
-	VMOVDQU        q41idx_0<>+0(SB), Y7
-	VPCMPEQD       Y6, Y6, Y6
-	VPXOR          Y5, Y5, Y5
-	VPGATHERDD     Y6, (BX)(Y7*1), Y5
-	VPSHUFB        q41dm<>+0(SB), Y5, Y5
-	VPERMQ         $0xd8, Y5, Y5
-	VCVTPH2PS      X5, Y6
-	VEXTRACTI128   $0x01, Y5, X4
-	VCVTPH2PS      X4, Y5
-	VEXTRACTI128   $0x01, Y3, X7
-	VPADDD         X7, X3, X4
-	VEXTRACTI128   $0x01, Y2, X7
-	VPADDD         X7, X2, X7
-	VINSERTI128    $0x01, X7, Y4, Y2
-	VPMOVSXWD      288(SI), Y3
-	VBROADCASTSS   304(SI), Y7
-	VMULPS         Y7, Y6, Y6
-	VMULPS         Y7, Y5, Y5
-	VCVTDQ2PS      Y2, Y2
-	VMULPS         Y6, Y2, Y2
-	VCVTDQ2PS      Y3, Y3
-	VMULPS         Y5, Y3, Y3
-	VADDPS         Y3, Y2, Y2
-	VADDPS         Y2, Y1, Y1
-	ADDQ           $0x000000a0, BX
-	ADDQ           $0x00000140, SI
-	DECQ           DI
-	JNZ            q8dot256Q41N1_blk
-	VEXTRACTF128   $0x01, Y1, X2
-	VADDPS         X2, X1, X1
-	VPERMILPS      $0x4e, X1, X2
-	VADDPS         X2, X1, X1
-	VPERMILPS      $0xb1, X1, X2
-	VADDSS         X2, X1, X1
-	MOVQ           DX, BX
-	VMOVSS         X1, (BX)
-	ADDQ           $0x04, DX
-	ADDQ           AX, CX
-	DECQ           nrows+16(FP)
-	JNZ            q8dot256Q41N1_row
-	VZEROUPPER
-	RET
-
-// func q8dot256Q41N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, F16C
-TEXT ·q8dot256Q41N2(SB), NOSPLIT, $0-64
-	MOVQ         wstride+8(FP), AX
-	MOVQ         w+0(FP), CX
-	MOVQ         out+48(FP), DX
-	VPBROADCASTD b0f<>+0(SB), Y0
-
-q8dot256Q41N2_row:
-	MOVQ   CX, BX
-	MOVQ   xq+24(FP), SI
-	MOVQ   xqstride+32(FP), DI
-	MOVQ   nblocks+40(FP), R8
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-
-q8dot256Q41N2_blk:
-	VMOVDQU        w1y<>+0(SB), Y3
-	VBROADCASTI128 4(BX), Y4
-	VPSRLVD        xslane<>+0(SB), Y4, Y4
-	VPAND          Y0, Y4, Y4
-	VPMADDUBSW     (SI), Y4, Y5
-	VPMADDWD       Y3, Y5, Y5
-	VPMADDUBSW     (SI)(DI*1), Y4, Y4
-	VPMADDWD       Y3, Y4, Y4
-	VBROADCASTI128 24(BX), Y7
-	VPSRLVD        xslane<>+0(SB), Y7, Y7
-	VPAND          Y0, Y7, Y7
-	VPMADDUBSW     32(SI), Y7, Y8
-	VPMADDWD       Y3, Y8, Y8
-	VPHADDD        Y8, Y5, Y5
-	VPMADDUBSW     32(SI)(DI*1), Y7, Y7
-	VPMADDWD       Y3, Y7, Y7
-	VPHADDD        Y7, Y4, Y4
-	VBROADCASTI128 44(BX), Y7
-	VPSRLVD        xslane<>+0(SB), Y7, Y7
-	VPAND          Y0, Y7, Y7
-	VPMADDUBSW     64(SI), Y7, Y8
-	VPMADDWD       Y3, Y8, Y8
-	VPMADDUBSW     64(SI)(DI*1), Y7, Y7
-	VPMADDWD       Y3, Y7, Y7
-	VBROADCASTI128 64(BX), Y9
-	VPSRLVD        xslane<>+0(SB), Y9, Y9
-	VPAND          Y0, Y9, Y9
-	VPMADDUBSW     96(SI), Y9, Y10
-	VPMADDWD       Y3, Y10, Y10
-	VPHADDD        Y10, Y8, Y8
-	VPHADDD        Y8, Y5, Y5
-	VPMADDUBSW     96(SI)(DI*1), Y9, Y8
-	VPMADDWD       Y3, Y8, Y8
-	VPHADDD        Y8, Y7, Y7
-	VPHADDD        Y7, Y4, Y4
-	VBROADCASTI128 84(BX), Y7
-	VPSRLVD        xslane<>+0(SB), Y7, Y7
-	VPAND          Y0, Y7, Y7
-	VPMADDUBSW     128(SI), Y7, Y8
-	VPMADDWD       Y3, Y8, Y8
-	VPMADDUBSW     128(SI)(DI*1), Y7, Y7
-	VPMADDWD       Y3, Y7, Y7
-	VBROADCASTI128 104(BX), Y9
-	VPSRLVD        xslane<>+0(SB), Y9, Y9
-	VPAND          Y0, Y9, Y9
-	VPMADDUBSW     160(SI), Y9, Y10
-	VPMADDWD       Y3, Y10, Y10
-	VPHADDD        Y10, Y8, Y8
-	VPMADDUBSW     160(SI)(DI*1), Y9, Y9
-	VPMADDWD       Y3, Y9, Y9
-	VPHADDD        Y9, Y7, Y7
-	VBROADCASTI128 124(BX), Y9
-	VPSRLVD        xslane<>+0(SB), Y9, Y9
-	VPAND          Y0, Y9, Y9
-	VPMADDUBSW     192(SI), Y9, Y10
-	VPMADDWD       Y3, Y10, Y10
-	VPMADDUBSW     192(SI)(DI*1), Y9, Y9
-	VPMADDWD       Y3, Y9, Y9
-	VBROADCASTI128 144(BX), Y11
-	VPSRLVD        xslane<>+0(SB), Y11, Y11
-	VPAND          Y0, Y11, Y11
-	VPMADDUBSW     224(SI), Y11, Y12
-	VPMADDWD       Y3, Y12, Y12
-	VPHADDD        Y12, Y10, Y10
-	VPHADDD        Y10, Y8, Y8
-	VPMADDUBSW     224(SI)(DI*1), Y11, Y10
-	VPMADDWD       Y3, Y10, Y10
-	VPHADDD        Y10, Y9, Y3
-	VPHADDD        Y3, Y7, Y3
-	VMOVDQU        q41idx_0<>+0(SB), Y10
-	VPCMPEQD       Y9, Y9, Y9
-	VPXOR          Y7, Y7, Y7
-	VPGATHERDD     Y9, (BX)(Y10*1), Y7
-	VPSHUFB        q41dm<>+0(SB), Y7, Y7
-	VPERMQ         $0xd8, Y7, Y7
-	VCVTPH2PS      X7, Y9
-	VEXTRACTI128   $0x01, Y7, X6
-	VCVTPH2PS      X6, Y7
-	VEXTRACTI128   $0x01, Y5, X10
-	VPADDD         X10, X5, X6
-	VEXTRACTI128   $0x01, Y8, X10
-	VPADDD         X10, X8, X10
-	VINSERTI128    $0x01, X10, Y6, Y5
-	VPMOVSXWD      288(SI), Y8
-	VBROADCASTSS   304(SI), Y10
-	VMULPS         Y10, Y9, Y11
-	VMULPS         Y10, Y7, Y10
-	VCVTDQ2PS      Y5, Y5
-	VMULPS         Y11, Y5, Y5
-	VCVTDQ2PS      Y8, Y8
-	VMULPS         Y10, Y8, Y8
-	VADDPS         Y8, Y5, Y5
-	VADDPS         Y5, Y1, Y1
-	VEXTRACTI128   $0x01, Y4, X5
-	VPADDD         X5, X4, X6
-	VEXTRACTI128   $0x01, Y3, X5
-	VPADDD         X5, X3, X5
-	VINSERTI128    $0x01, X5, Y6, Y3
-	VPMOVSXWD      288(SI)(DI*1), Y4
-	VBROADCASTSS   304(SI)(DI*1), Y5
-	VMULPS         Y5, Y9, Y8
-	VMULPS         Y5, Y7, Y5
-	VCVTDQ2PS      Y3, Y3
-	VMULPS         Y8, Y3, Y3
-	VCVTDQ2PS      Y4, Y4
-	VMULPS         Y5, Y4, Y4
-	VADDPS         Y4, Y3, Y3
-	VADDPS         Y3, Y2, Y2
-	ADDQ           $0x000000a0, BX
-	ADDQ           $0x00000140, SI
-	DECQ           R8
-	JNZ            q8dot256Q41N2_blk
-	VEXTRACTF128   $0x01, Y1, X3
-	VADDPS         X3, X1, X1
-	VPERMILPS      $0x4e, X1, X3
-	VADDPS         X3, X1, X1
-	VPERMILPS      $0xb1, X1, X3
-	VADDSS         X3, X1, X1
-	VEXTRACTF128   $0x01, Y2, X3
-	VADDPS         X3, X2, X2
-	VPERMILPS      $0x4e, X2, X3
-	VADDPS         X3, X2, X2
-	VPERMILPS      $0xb1, X2, X3
-	VADDSS         X3, X2, X2
-	MOVQ           ostride+56(FP), BX
-	MOVQ           DX, SI
-	VMOVSS         X1, (SI)
-	ADDQ           BX, SI
-	VMOVSS         X2, (SI)
-	ADDQ           $0x04, DX
-	ADDQ           AX, CX
-	DECQ           nrows+16(FP)
-	JNZ            q8dot256Q41N2_row
-	VZEROUPPER
-	RET
-
-// func q8dot256Q51N1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, F16C
-TEXT ·q8dot256Q51N1(SB), NOSPLIT, $0-64
-	MOVQ         wstride+8(FP), AX
-	MOVQ         w+0(FP), CX
-	MOVQ         out+48(FP), DX
-	VPBROADCASTD b0f<>+0(SB), Y0
-
-q8dot256Q51N1_row:
-	MOVQ   CX, BX
-	MOVQ   xq+24(FP), SI
-	MOVQ   nblocks+40(FP), DI
-	VXORPS Y1, Y1, Y1
-
-q8dot256Q51N1_blk:
-	VMOVDQU        w1y<>+0(SB), Y2
-	VBROADCASTI128 8(BX), Y3
-	VPSRLVD        xslane<>+0(SB), Y3, Y3
-	VPAND          Y0, Y3, Y3
-	VPBROADCASTD   4(BX), Y4
-	VPSHUFB        q5spread<>+0(SB), Y4, Y4
-	VMOVDQU        q5bits<>+0(SB), Y5
-	VPAND          Y5, Y4, Y4
-	VPCMPEQB       Y5, Y4, Y4
-	VPAND          b10y<>+0(SB), Y4, Y4
-	VPOR           Y4, Y3, Y3
-	VPMADDUBSW     (SI), Y3, Y3
-	VPMADDWD       Y2, Y3, Y3
-	VBROADCASTI128 32(BX), Y4
-	VPSRLVD        xslane<>+0(SB), Y4, Y4
-	VPAND          Y0, Y4, Y4
-	VPBROADCASTD   28(BX), Y5
-	VPSHUFB        q5spread<>+0(SB), Y5, Y5
-	VMOVDQU        q5bits<>+0(SB), Y7
-	VPAND          Y7, Y5, Y5
-	VPCMPEQB       Y7, Y5, Y5
-	VPAND          b10y<>+0(SB), Y5, Y5
-	VPOR           Y5, Y4, Y4
-	VPMADDUBSW     32(SI), Y4, Y4
-	VPMADDWD       Y2, Y4, Y4
-	VPHADDD        Y4, Y3, Y3
-	VBROADCASTI128 56(BX), Y4
-	VPSRLVD        xslane<>+0(SB), Y4, Y4
-	VPAND          Y0, Y4, Y4
-	VPBROADCASTD   52(BX), Y5
-	VPSHUFB        q5spread<>+0(SB), Y5, Y5
-	VMOVDQU        q5bits<>+0(SB), Y7
-	VPAND          Y7, Y5, Y5
-	VPCMPEQB       Y7, Y5, Y5
-	VPAND          b10y<>+0(SB), Y5, Y5
-	VPOR           Y5, Y4, Y4
-	VPMADDUBSW     64(SI), Y4, Y4
-	VPMADDWD       Y2, Y4, Y4
-	VBROADCASTI128 80(BX), Y5
-	VPSRLVD        xslane<>+0(SB), Y5, Y5
-	VPAND          Y0, Y5, Y5
-	VPBROADCASTD   76(BX), Y7
-	VPSHUFB        q5spread<>+0(SB), Y7, Y7
-	VMOVDQU        q5bits<>+0(SB), Y8
-	VPAND          Y8, Y7, Y7
-	VPCMPEQB       Y8, Y7, Y7
-	VPAND          b10y<>+0(SB), Y7, Y7
-	VPOR           Y7, Y5, Y5
-	VPMADDUBSW     96(SI), Y5, Y5
-	VPMADDWD       Y2, Y5, Y5
-	VPHADDD        Y5, Y4, Y4
-	VPHADDD        Y4, Y3, Y3
-	VBROADCASTI128 104(BX), Y4
-	VPSRLVD        xslane<>+0(SB), Y4, Y4
-	VPAND          Y0, Y4, Y4
-	VPBROADCASTD   100(BX), Y5
-	VPSHUFB        q5spread<>+0(SB), Y5, Y5
-	VMOVDQU        q5bits<>+0(SB), Y7
-	VPAND          Y7, Y5, Y5
-	VPCMPEQB       Y7, Y5, Y5
-	VPAND          b10y<>+0(SB), Y5, Y5
-	VPOR           Y5, Y4, Y4
-	VPMADDUBSW     128(SI), Y4, Y4
-	VPMADDWD       Y2, Y4, Y4
-	VBROADCASTI128 128(BX), Y5
-	VPSRLVD        xslane<>+0(SB), Y5, Y5
-	VPAND          Y0, Y5, Y5
-	VPBROADCASTD   124(BX), Y7
-	VPSHUFB        q5spread<>+0(SB), Y7, Y7
-	VMOVDQU        q5bits<>+0(SB), Y8
-	VPAND          Y8, Y7, Y7
-	VPCMPEQB       Y8, Y7, Y7
-	VPAND          b10y<>+0(SB), Y7, Y7
-	VPOR           Y7, Y5, Y5
-	VPMADDUBSW     160(SI), Y5, Y5
-	VPMADDWD       Y2, Y5, Y5
-	VPHADDD        Y5, Y4, Y4
-	VBROADCASTI128 152(BX), Y5
-	VPSRLVD        xslane<>+0(SB), Y5, Y5
-	VPAND          Y0, Y5, Y5
-	VPBROADCASTD   148(BX), Y7
-	VPSHUFB        q5spread<>+0(SB), Y7, Y7
-	VMOVDQU        q5bits<>+0(SB), Y8
-	VPAND          Y8, Y7, Y7
-	VPCMPEQB       Y8, Y7, Y7
-	VPAND          b10y<>+0(SB), Y7, Y7
-	VPOR           Y7, Y5, Y5
-	VPMADDUBSW     192(SI), Y5, Y5
-	VPMADDWD       Y2, Y5, Y5
-	VBROADCASTI128 176(BX), Y7
-	VPSRLVD        xslane<>+0(SB), Y7, Y7
-	VPAND          Y0, Y7, Y7
-	VPBROADCASTD   172(BX), Y8
-	VPSHUFB        q5spread<>+0(SB), Y8, Y8
-	VMOVDQU        q5bits<>+0(SB), Y9
-	VPAND          Y9, Y8, Y8
-	VPCMPEQB       Y9, Y8, Y8
-	VPAND          b10y<>+0(SB), Y8, Y8
-	VPOR           Y8, Y7, Y7
-	VPMADDUBSW     224(SI), Y7, Y7
-	VPMADDWD       Y2, Y7, Y7
-	VPHADDD        Y7, Y5, Y2
-	VPHADDD        Y2, Y4, Y2
-	VMOVDQU        q41idx_1<>+0(SB), Y7
-	VPCMPEQD       Y5, Y5, Y5
-	VPXOR          Y4, Y4, Y4
-	VPGATHERDD     Y5, (BX)(Y7*1), Y4
-	VPSHUFB        q41dm<>+0(SB), Y4, Y4
-	VPERMQ         $0xd8, Y4, Y4
-	VCVTPH2PS      X4, Y5
-	VEXTRACTI128   $0x01, Y4, X4
-	VCVTPH2PS      X4, Y4
-	VEXTRACTI128   $0x01, Y3, X7
-	VPADDD         X7, X3, X6
-	VEXTRACTI128   $0x01, Y2, X7
-	VPADDD         X7, X2, X7
-	VINSERTI128    $0x01, X7, Y6, Y2
-	VPMOVSXWD      288(SI), Y3
-	VBROADCASTSS   304(SI), Y7
-	VMULPS         Y7, Y5, Y5
-	VMULPS         Y7, Y4, Y4
-	VCVTDQ2PS      Y2, Y2
-	VMULPS         Y5, Y2, Y2
-	VCVTDQ2PS      Y3, Y3
-	VMULPS         Y4, Y3, Y3
-	VADDPS         Y3, Y2, Y2
-	VADDPS         Y2, Y1, Y1
-	ADDQ           $0x000000c0, BX
-	ADDQ           $0x00000140, SI
-	DECQ           DI
-	JNZ            q8dot256Q51N1_blk
-	VEXTRACTF128   $0x01, Y1, X2
-	VADDPS         X2, X1, X1
-	VPERMILPS      $0x4e, X1, X2
-	VADDPS         X2, X1, X1
-	VPERMILPS      $0xb1, X1, X2
-	VADDSS         X2, X1, X1
-	MOVQ           DX, BX
-	VMOVSS         X1, (BX)
-	ADDQ           $0x04, DX
-	ADDQ           AX, CX
-	DECQ           nrows+16(FP)
-	JNZ            q8dot256Q51N1_row
-	VZEROUPPER
-	RET
-
-// func q8dot256Q51N2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
-// Requires: AVX, AVX2, F16C
-TEXT ·q8dot256Q51N2(SB), NOSPLIT, $0-64
-	MOVQ         wstride+8(FP), AX
-	MOVQ         w+0(FP), CX
-	MOVQ         out+48(FP), DX
-	VPBROADCASTD b0f<>+0(SB), Y0
-
-q8dot256Q51N2_row:
-	MOVQ   CX, BX
-	MOVQ   xq+24(FP), SI
-	MOVQ   xqstride+32(FP), DI
-	MOVQ   nblocks+40(FP), R8
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-
-q8dot256Q51N2_blk:
-	VMOVDQU        w1y<>+0(SB), Y3
-	VBROADCASTI128 8(BX), Y4
-	VPSRLVD        xslane<>+0(SB), Y4, Y4
-	VPAND          Y0, Y4, Y4
-	VPBROADCASTD   4(BX), Y5
-	VPSHUFB        q5spread<>+0(SB), Y5, Y5
-	VMOVDQU        q5bits<>+0(SB), Y6
-	VPAND          Y6, Y5, Y5
-	VPCMPEQB       Y6, Y5, Y5
-	VPAND          b10y<>+0(SB), Y5, Y5
-	VPOR           Y5, Y4, Y4
-	VPMADDUBSW     (SI), Y4, Y5
-	VPMADDWD       Y3, Y5, Y5
-	VPMADDUBSW     (SI)(DI*1), Y4, Y4
-	VPMADDWD       Y3, Y4, Y4
-	VBROADCASTI128 32(BX), Y6
-	VPSRLVD        xslane<>+0(SB), Y6, Y6
-	VPAND          Y0, Y6, Y6
-	VPBROADCASTD   28(BX), Y8
-	VPSHUFB        q5spread<>+0(SB), Y8, Y8
-	VMOVDQU        q5bits<>+0(SB), Y9
-	VPAND          Y9, Y8, Y8
-	VPCMPEQB       Y9, Y8, Y8
-	VPAND          b10y<>+0(SB), Y8, Y8
-	VPOR           Y8, Y6, Y6
-	VPMADDUBSW     32(SI), Y6, Y8
-	VPMADDWD       Y3, Y8, Y8
-	VPHADDD        Y8, Y5, Y5
-	VPMADDUBSW     32(SI)(DI*1), Y6, Y6
-	VPMADDWD       Y3, Y6, Y6
-	VPHADDD        Y6, Y4, Y4
-	VBROADCASTI128 56(BX), Y6
-	VPSRLVD        xslane<>+0(SB), Y6, Y6
-	VPAND          Y0, Y6, Y6
-	VPBROADCASTD   52(BX), Y8
-	VPSHUFB        q5spread<>+0(SB), Y8, Y8
-	VMOVDQU        q5bits<>+0(SB), Y9
-	VPAND          Y9, Y8, Y8
-	VPCMPEQB       Y9, Y8, Y8
-	VPAND          b10y<>+0(SB), Y8, Y8
-	VPOR           Y8, Y6, Y6
-	VPMADDUBSW     64(SI), Y6, Y8
-	VPMADDWD       Y3, Y8, Y8
-	VPMADDUBSW     64(SI)(DI*1), Y6, Y6
-	VPMADDWD       Y3, Y6, Y6
-	VBROADCASTI128 80(BX), Y9
-	VPSRLVD        xslane<>+0(SB), Y9, Y9
-	VPAND          Y0, Y9, Y9
-	VPBROADCASTD   76(BX), Y10
-	VPSHUFB        q5spread<>+0(SB), Y10, Y10
-	VMOVDQU        q5bits<>+0(SB), Y11
-	VPAND          Y11, Y10, Y10
-	VPCMPEQB       Y11, Y10, Y10
-	VPAND          b10y<>+0(SB), Y10, Y10
-	VPOR           Y10, Y9, Y9
-	VPMADDUBSW     96(SI), Y9, Y10
-	VPMADDWD       Y3, Y10, Y10
-	VPHADDD        Y10, Y8, Y8
-	VPHADDD        Y8, Y5, Y5
-	VPMADDUBSW     96(SI)(DI*1), Y9, Y8
-	VPMADDWD       Y3, Y8, Y8
-	VPHADDD        Y8, Y6, Y6
-	VPHADDD        Y6, Y4, Y4
-	VBROADCASTI128 104(BX), Y6
-	VPSRLVD        xslane<>+0(SB), Y6, Y6
-	VPAND          Y0, Y6, Y6
-	VPBROADCASTD   100(BX), Y8
-	VPSHUFB        q5spread<>+0(SB), Y8, Y8
-	VMOVDQU        q5bits<>+0(SB), Y9
-	VPAND          Y9, Y8, Y8
-	VPCMPEQB       Y9, Y8, Y8
-	VPAND          b10y<>+0(SB), Y8, Y8
-	VPOR           Y8, Y6, Y6
-	VPMADDUBSW     128(SI), Y6, Y8
-	VPMADDWD       Y3, Y8, Y8
-	VPMADDUBSW     128(SI)(DI*1), Y6, Y6
-	VPMADDWD       Y3, Y6, Y6
-	VBROADCASTI128 128(BX), Y9
-	VPSRLVD        xslane<>+0(SB), Y9, Y9
-	VPAND          Y0, Y9, Y9
-	VPBROADCASTD   124(BX), Y10
-	VPSHUFB        q5spread<>+0(SB), Y10, Y10
-	VMOVDQU        q5bits<>+0(SB), Y11
-	VPAND          Y11, Y10, Y10
-	VPCMPEQB       Y11, Y10, Y10
-	VPAND          b10y<>+0(SB), Y10, Y10
-	VPOR           Y10, Y9, Y9
-	VPMADDUBSW     160(SI), Y9, Y10
-	VPMADDWD       Y3, Y10, Y10
-	VPHADDD        Y10, Y8, Y8
-	VPMADDUBSW     160(SI)(DI*1), Y9, Y9
-	VPMADDWD       Y3, Y9, Y9
-	VPHADDD        Y9, Y6, Y6
-	VBROADCASTI128 152(BX), Y9
-	VPSRLVD        xslane<>+0(SB), Y9, Y9
-	VPAND          Y0, Y9, Y9
-	VPBROADCASTD   148(BX), Y10
-	VPSHUFB        q5spread<>+0(SB), Y10, Y10
-	VMOVDQU        q5bits<>+0(SB), Y11
-	VPAND          Y11, Y10, Y10
-	VPCMPEQB       Y11, Y10, Y10
-	VPAND          b10y<>+0(SB), Y10, Y10
-	VPOR           Y10, Y9, Y9
-	VPMADDUBSW     192(SI), Y9, Y10
-	VPMADDWD       Y3, Y10, Y10
-	VPMADDUBSW     192(SI)(DI*1), Y9, Y9
-	VPMADDWD       Y3, Y9, Y9
-	VBROADCASTI128 176(BX), Y11
-	VPSRLVD        xslane<>+0(SB), Y11, Y11
-	VPAND          Y0, Y11, Y11
-	VPBROADCASTD   172(BX), Y12
-	VPSHUFB        q5spread<>+0(SB), Y12, Y12
-	VMOVDQU        q5bits<>+0(SB), Y13
-	VPAND          Y13, Y12, Y12
-	VPCMPEQB       Y13, Y12, Y12
-	VPAND          b10y<>+0(SB), Y12, Y12
-	VPOR           Y12, Y11, Y11
-	VPMADDUBSW     224(SI), Y11, Y12
-	VPMADDWD       Y3, Y12, Y12
-	VPHADDD        Y12, Y10, Y10
-	VPHADDD        Y10, Y8, Y8
-	VPMADDUBSW     224(SI)(DI*1), Y11, Y10
-	VPMADDWD       Y3, Y10, Y10
-	VPHADDD        Y10, Y9, Y3
-	VPHADDD        Y3, Y6, Y3
-	VMOVDQU        q41idx_1<>+0(SB), Y10
-	VPCMPEQD       Y9, Y9, Y9
-	VPXOR          Y6, Y6, Y6
-	VPGATHERDD     Y9, (BX)(Y10*1), Y6
-	VPSHUFB        q41dm<>+0(SB), Y6, Y6
-	VPERMQ         $0xd8, Y6, Y6
-	VCVTPH2PS      X6, Y9
-	VEXTRACTI128   $0x01, Y6, X6
-	VCVTPH2PS      X6, Y6
-	VEXTRACTI128   $0x01, Y5, X10
-	VPADDD         X10, X5, X7
-	VEXTRACTI128   $0x01, Y8, X10
-	VPADDD         X10, X8, X10
-	VINSERTI128    $0x01, X10, Y7, Y5
-	VPMOVSXWD      288(SI), Y8
-	VBROADCASTSS   304(SI), Y10
-	VMULPS         Y10, Y9, Y11
-	VMULPS         Y10, Y6, Y10
-	VCVTDQ2PS      Y5, Y5
-	VMULPS         Y11, Y5, Y5
-	VCVTDQ2PS      Y8, Y8
-	VMULPS         Y10, Y8, Y8
-	VADDPS         Y8, Y5, Y5
-	VADDPS         Y5, Y1, Y1
-	VEXTRACTI128   $0x01, Y4, X5
-	VPADDD         X5, X4, X7
-	VEXTRACTI128   $0x01, Y3, X5
-	VPADDD         X5, X3, X5
-	VINSERTI128    $0x01, X5, Y7, Y3
-	VPMOVSXWD      288(SI)(DI*1), Y4
-	VBROADCASTSS   304(SI)(DI*1), Y5
-	VMULPS         Y5, Y9, Y8
-	VMULPS         Y5, Y6, Y5
-	VCVTDQ2PS      Y3, Y3
-	VMULPS         Y8, Y3, Y3
-	VCVTDQ2PS      Y4, Y4
-	VMULPS         Y5, Y4, Y4
-	VADDPS         Y4, Y3, Y3
-	VADDPS         Y3, Y2, Y2
-	ADDQ           $0x000000c0, BX
-	ADDQ           $0x00000140, SI
-	DECQ           R8
-	JNZ            q8dot256Q51N2_blk
-	VEXTRACTF128   $0x01, Y1, X3
-	VADDPS         X3, X1, X1
-	VPERMILPS      $0x4e, X1, X3
-	VADDPS         X3, X1, X1
-	VPERMILPS      $0xb1, X1, X3
-	VADDSS         X3, X1, X1
-	VEXTRACTF128   $0x01, Y2, X3
-	VADDPS         X3, X2, X2
-	VPERMILPS      $0x4e, X2, X3
-	VADDPS         X3, X2, X2
-	VPERMILPS      $0xb1, X2, X3
-	VADDSS         X3, X2, X2
-	MOVQ           ostride+56(FP), BX
-	MOVQ           DX, SI
-	VMOVSS         X1, (SI)
-	ADDQ           BX, SI
-	VMOVSS         X2, (SI)
-	ADDQ           $0x04, DX
-	ADDQ           AX, CX
-	DECQ           nrows+16(FP)
-	JNZ            q8dot256Q51N2_row
 	VZEROUPPER
 	RET
 
@@ -97605,6 +96465,1059 @@ q50rows512_g2:
 	ADDQ    CX, w+0(FP)
 	SUBQ    $0x10, nrows+16(FP)
 	JG      q50rows512_grp
+	VZEROUPPER
+	RET
+
+// func q41rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
+// Requires: AVX, AVX512BW, AVX512F, AVX512VNNI, BMI2
+TEXT ·q41rows512(SB), NOSPLIT, $0-56
+	VMOVDQU64 q41gath<>+0(SB), Z0
+	VMOVDQU64 q40shift<>+0(SB), Z1
+	VPXORD    Z2, Z2, Z2
+	VMOVDQU64 q80redidx<>+0(SB), Z3
+	MOVQ      nblocks+32(FP), AX
+	ADDQ      $0x0f, AX
+	ANDQ      $-16, AX
+	SHLQ      $0x02, AX
+
+q41rows512_grp:
+	MOVQ nrows+16(FP), CX
+	CMPQ CX, $0x10
+	JLE  q41rows512_g
+	MOVQ $0x00000010, CX
+
+q41rows512_g:
+	MOVQ w+0(FP), DX
+	MOVQ tmp+40(FP), BX
+
+q41rows512_row:
+	MOVQ DX, SI
+	MOVQ xq+24(FP), DI
+	MOVQ BX, R8
+	MOVQ nblocks+32(FP), R9
+
+q41rows512_tile:
+	CMPQ            R9, $0x10
+	JL              q41rows512_part
+	VMOVDQA64       Z2, Z4
+	VBROADCASTI32X4 4(SI), Z5
+	VINSERTI32X4    $0x02, 24(SI), Z5, Z5
+	VINSERTI32X4    $0x03, 24(SI), Z5, Z5
+	VPSRLVW         Z1, Z5, Z5
+	VPANDD.BCST     b0f<>+0(SB), Z5, Z5
+	VPDPBUSD        (DI), Z5, Z4
+	VMOVDQA64       Z2, Z5
+	VBROADCASTI32X4 44(SI), Z6
+	VINSERTI32X4    $0x02, 64(SI), Z6, Z6
+	VINSERTI32X4    $0x03, 64(SI), Z6, Z6
+	VPSRLVW         Z1, Z6, Z6
+	VPANDD.BCST     b0f<>+0(SB), Z6, Z6
+	VPDPBUSD        64(DI), Z6, Z5
+	VMOVDQA64       Z2, Z6
+	VBROADCASTI32X4 84(SI), Z7
+	VINSERTI32X4    $0x02, 104(SI), Z7, Z7
+	VINSERTI32X4    $0x03, 104(SI), Z7, Z7
+	VPSRLVW         Z1, Z7, Z7
+	VPANDD.BCST     b0f<>+0(SB), Z7, Z7
+	VPDPBUSD        128(DI), Z7, Z6
+	VMOVDQA64       Z2, Z7
+	VBROADCASTI32X4 124(SI), Z8
+	VINSERTI32X4    $0x02, 144(SI), Z8, Z8
+	VINSERTI32X4    $0x03, 144(SI), Z8, Z8
+	VPSRLVW         Z1, Z8, Z8
+	VPANDD.BCST     b0f<>+0(SB), Z8, Z8
+	VPDPBUSD        192(DI), Z8, Z7
+	VMOVDQA64       Z2, Z8
+	VBROADCASTI32X4 164(SI), Z9
+	VINSERTI32X4    $0x02, 184(SI), Z9, Z9
+	VINSERTI32X4    $0x03, 184(SI), Z9, Z9
+	VPSRLVW         Z1, Z9, Z9
+	VPANDD.BCST     b0f<>+0(SB), Z9, Z9
+	VPDPBUSD        256(DI), Z9, Z8
+	VMOVDQA64       Z2, Z9
+	VBROADCASTI32X4 204(SI), Z10
+	VINSERTI32X4    $0x02, 224(SI), Z10, Z10
+	VINSERTI32X4    $0x03, 224(SI), Z10, Z10
+	VPSRLVW         Z1, Z10, Z10
+	VPANDD.BCST     b0f<>+0(SB), Z10, Z10
+	VPDPBUSD        320(DI), Z10, Z9
+	VMOVDQA64       Z2, Z10
+	VBROADCASTI32X4 244(SI), Z11
+	VINSERTI32X4    $0x02, 264(SI), Z11, Z11
+	VINSERTI32X4    $0x03, 264(SI), Z11, Z11
+	VPSRLVW         Z1, Z11, Z11
+	VPANDD.BCST     b0f<>+0(SB), Z11, Z11
+	VPDPBUSD        384(DI), Z11, Z10
+	VMOVDQA64       Z2, Z11
+	VBROADCASTI32X4 284(SI), Z12
+	VINSERTI32X4    $0x02, 304(SI), Z12, Z12
+	VINSERTI32X4    $0x03, 304(SI), Z12, Z12
+	VPSRLVW         Z1, Z12, Z12
+	VPANDD.BCST     b0f<>+0(SB), Z12, Z12
+	VPDPBUSD        448(DI), Z12, Z11
+	VPUNPCKLDQ      Z5, Z4, Z12
+	VPUNPCKHDQ      Z5, Z4, Z4
+	VPADDD          Z4, Z12, Z12
+	VPUNPCKLDQ      Z7, Z6, Z4
+	VPUNPCKHDQ      Z7, Z6, Z5
+	VPADDD          Z5, Z4, Z4
+	VPUNPCKLDQ      Z9, Z8, Z5
+	VPUNPCKHDQ      Z9, Z8, Z6
+	VPADDD          Z6, Z5, Z5
+	VPUNPCKLDQ      Z11, Z10, Z6
+	VPUNPCKHDQ      Z11, Z10, Z7
+	VPADDD          Z7, Z6, Z6
+	VPUNPCKLQDQ     Z4, Z12, Z7
+	VPUNPCKHQDQ     Z4, Z12, Z4
+	VPADDD          Z4, Z7, Z7
+	VPUNPCKLQDQ     Z6, Z5, Z4
+	VPUNPCKHQDQ     Z6, Z5, Z5
+	VPADDD          Z5, Z4, Z4
+	VSHUFI32X4      $0x88, Z4, Z7, Z5
+	VSHUFI32X4      $0xdd, Z4, Z7, Z4
+	VPADDD          Z4, Z5, Z5
+	VPERMD          Z5, Z3, Z4
+	MOVL            $0x0000ffff, R10
+	KMOVW           R10, K1
+	VMOVDQA64       Z2, Z5
+	VPGATHERDD      (SI)(Z0*1), K1, Z5
+	VPSRLD          $0x10, Z5, Z6
+	VPMOVDW         Z6, Y6
+	VCVTPH2PS       Y6, Z6
+	VPMOVDW         Z5, Y5
+	VCVTPH2PS       Y5, Z5
+	VCVTDQ2PS       Z4, Z4
+	VMULPS          512(DI), Z5, Z5
+	VMULPS          Z5, Z4, Z4
+	VMULPS.BCST     f128<>+0(SB), Z6, Z6
+	VCVTDQ2PS       576(DI), Z5
+	VMULPS          512(DI), Z5, Z5
+	VMULPS          Z5, Z6, Z5
+	VADDPS          Z5, Z4, Z4
+	VMOVUPS         Z4, (R8)
+	JMP             q41rows512_next
+
+q41rows512_part:
+	VMOVDQA64       Z2, Z4
+	CMPQ            R9, $0x00
+	JLE             q41rows512_p_d0
+	VBROADCASTI32X4 4(SI), Z5
+	CMPQ            R9, $0x01
+	JG              q41rows512_p_o0
+	VINSERTI32X4    $0x02, X2, Z5, Z5
+	VINSERTI32X4    $0x03, X2, Z5, Z5
+	JMP             q41rows512_p_j0
+
+q41rows512_p_o0:
+	VINSERTI32X4 $0x02, 24(SI), Z5, Z5
+	VINSERTI32X4 $0x03, 24(SI), Z5, Z5
+
+q41rows512_p_j0:
+	VPSRLVW     Z1, Z5, Z5
+	VPANDD.BCST b0f<>+0(SB), Z5, Z5
+	VPDPBUSD    (DI), Z5, Z4
+
+q41rows512_p_d0:
+	VMOVDQA64       Z2, Z5
+	CMPQ            R9, $0x02
+	JLE             q41rows512_p_d1
+	VBROADCASTI32X4 44(SI), Z6
+	CMPQ            R9, $0x03
+	JG              q41rows512_p_o1
+	VINSERTI32X4    $0x02, X2, Z6, Z6
+	VINSERTI32X4    $0x03, X2, Z6, Z6
+	JMP             q41rows512_p_j1
+
+q41rows512_p_o1:
+	VINSERTI32X4 $0x02, 64(SI), Z6, Z6
+	VINSERTI32X4 $0x03, 64(SI), Z6, Z6
+
+q41rows512_p_j1:
+	VPSRLVW     Z1, Z6, Z6
+	VPANDD.BCST b0f<>+0(SB), Z6, Z6
+	VPDPBUSD    64(DI), Z6, Z5
+
+q41rows512_p_d1:
+	VMOVDQA64       Z2, Z6
+	CMPQ            R9, $0x04
+	JLE             q41rows512_p_d2
+	VBROADCASTI32X4 84(SI), Z7
+	CMPQ            R9, $0x05
+	JG              q41rows512_p_o2
+	VINSERTI32X4    $0x02, X2, Z7, Z7
+	VINSERTI32X4    $0x03, X2, Z7, Z7
+	JMP             q41rows512_p_j2
+
+q41rows512_p_o2:
+	VINSERTI32X4 $0x02, 104(SI), Z7, Z7
+	VINSERTI32X4 $0x03, 104(SI), Z7, Z7
+
+q41rows512_p_j2:
+	VPSRLVW     Z1, Z7, Z7
+	VPANDD.BCST b0f<>+0(SB), Z7, Z7
+	VPDPBUSD    128(DI), Z7, Z6
+
+q41rows512_p_d2:
+	VMOVDQA64       Z2, Z7
+	CMPQ            R9, $0x06
+	JLE             q41rows512_p_d3
+	VBROADCASTI32X4 124(SI), Z8
+	CMPQ            R9, $0x07
+	JG              q41rows512_p_o3
+	VINSERTI32X4    $0x02, X2, Z8, Z8
+	VINSERTI32X4    $0x03, X2, Z8, Z8
+	JMP             q41rows512_p_j3
+
+q41rows512_p_o3:
+	VINSERTI32X4 $0x02, 144(SI), Z8, Z8
+	VINSERTI32X4 $0x03, 144(SI), Z8, Z8
+
+q41rows512_p_j3:
+	VPSRLVW     Z1, Z8, Z8
+	VPANDD.BCST b0f<>+0(SB), Z8, Z8
+	VPDPBUSD    192(DI), Z8, Z7
+
+q41rows512_p_d3:
+	VMOVDQA64       Z2, Z8
+	CMPQ            R9, $0x08
+	JLE             q41rows512_p_d4
+	VBROADCASTI32X4 164(SI), Z9
+	CMPQ            R9, $0x09
+	JG              q41rows512_p_o4
+	VINSERTI32X4    $0x02, X2, Z9, Z9
+	VINSERTI32X4    $0x03, X2, Z9, Z9
+	JMP             q41rows512_p_j4
+
+q41rows512_p_o4:
+	VINSERTI32X4 $0x02, 184(SI), Z9, Z9
+	VINSERTI32X4 $0x03, 184(SI), Z9, Z9
+
+q41rows512_p_j4:
+	VPSRLVW     Z1, Z9, Z9
+	VPANDD.BCST b0f<>+0(SB), Z9, Z9
+	VPDPBUSD    256(DI), Z9, Z8
+
+q41rows512_p_d4:
+	VMOVDQA64       Z2, Z9
+	CMPQ            R9, $0x0a
+	JLE             q41rows512_p_d5
+	VBROADCASTI32X4 204(SI), Z10
+	CMPQ            R9, $0x0b
+	JG              q41rows512_p_o5
+	VINSERTI32X4    $0x02, X2, Z10, Z10
+	VINSERTI32X4    $0x03, X2, Z10, Z10
+	JMP             q41rows512_p_j5
+
+q41rows512_p_o5:
+	VINSERTI32X4 $0x02, 224(SI), Z10, Z10
+	VINSERTI32X4 $0x03, 224(SI), Z10, Z10
+
+q41rows512_p_j5:
+	VPSRLVW     Z1, Z10, Z10
+	VPANDD.BCST b0f<>+0(SB), Z10, Z10
+	VPDPBUSD    320(DI), Z10, Z9
+
+q41rows512_p_d5:
+	VMOVDQA64       Z2, Z10
+	CMPQ            R9, $0x0c
+	JLE             q41rows512_p_d6
+	VBROADCASTI32X4 244(SI), Z11
+	CMPQ            R9, $0x0d
+	JG              q41rows512_p_o6
+	VINSERTI32X4    $0x02, X2, Z11, Z11
+	VINSERTI32X4    $0x03, X2, Z11, Z11
+	JMP             q41rows512_p_j6
+
+q41rows512_p_o6:
+	VINSERTI32X4 $0x02, 264(SI), Z11, Z11
+	VINSERTI32X4 $0x03, 264(SI), Z11, Z11
+
+q41rows512_p_j6:
+	VPSRLVW     Z1, Z11, Z11
+	VPANDD.BCST b0f<>+0(SB), Z11, Z11
+	VPDPBUSD    384(DI), Z11, Z10
+
+q41rows512_p_d6:
+	VMOVDQA64       Z2, Z11
+	CMPQ            R9, $0x0e
+	JLE             q41rows512_p_d7
+	VBROADCASTI32X4 284(SI), Z12
+	CMPQ            R9, $0x0f
+	JG              q41rows512_p_o7
+	VINSERTI32X4    $0x02, X2, Z12, Z12
+	VINSERTI32X4    $0x03, X2, Z12, Z12
+	JMP             q41rows512_p_j7
+
+q41rows512_p_o7:
+	VINSERTI32X4 $0x02, 304(SI), Z12, Z12
+	VINSERTI32X4 $0x03, 304(SI), Z12, Z12
+
+q41rows512_p_j7:
+	VPSRLVW     Z1, Z12, Z12
+	VPANDD.BCST b0f<>+0(SB), Z12, Z12
+	VPDPBUSD    448(DI), Z12, Z11
+
+q41rows512_p_d7:
+	VPUNPCKLDQ  Z5, Z4, Z12
+	VPUNPCKHDQ  Z5, Z4, Z4
+	VPADDD      Z4, Z12, Z12
+	VPUNPCKLDQ  Z7, Z6, Z4
+	VPUNPCKHDQ  Z7, Z6, Z5
+	VPADDD      Z5, Z4, Z4
+	VPUNPCKLDQ  Z9, Z8, Z5
+	VPUNPCKHDQ  Z9, Z8, Z6
+	VPADDD      Z6, Z5, Z5
+	VPUNPCKLDQ  Z11, Z10, Z6
+	VPUNPCKHDQ  Z11, Z10, Z7
+	VPADDD      Z7, Z6, Z6
+	VPUNPCKLQDQ Z4, Z12, Z7
+	VPUNPCKHQDQ Z4, Z12, Z4
+	VPADDD      Z4, Z7, Z7
+	VPUNPCKLQDQ Z6, Z5, Z4
+	VPUNPCKHQDQ Z6, Z5, Z5
+	VPADDD      Z5, Z4, Z4
+	VSHUFI32X4  $0x88, Z4, Z7, Z5
+	VSHUFI32X4  $0xdd, Z4, Z7, Z4
+	VPADDD      Z4, Z5, Z5
+	VPERMD      Z5, Z3, Z4
+	MOVL        $0x0000ffff, R10
+	MOVL        R9, R11
+	BZHIL       R11, R10, R10
+	KMOVW       R10, K1
+	VMOVDQA64   Z2, Z5
+	VPGATHERDD  (SI)(Z0*1), K1, Z5
+	VPSRLD      $0x10, Z5, Z6
+	VPMOVDW     Z6, Y6
+	VCVTPH2PS   Y6, Z6
+	VPMOVDW     Z5, Y5
+	VCVTPH2PS   Y5, Z5
+	VCVTDQ2PS   Z4, Z4
+	VMULPS      512(DI), Z5, Z5
+	VMULPS      Z5, Z4, Z4
+	VMULPS.BCST f128<>+0(SB), Z6, Z6
+	VCVTDQ2PS   576(DI), Z5
+	VMULPS      512(DI), Z5, Z5
+	VMULPS      Z5, Z6, Z5
+	VADDPS      Z5, Z4, Z4
+	VMOVUPS     Z4, (R8)
+
+q41rows512_next:
+	ADDQ      $0x00000140, SI
+	ADDQ      $0x00000280, DI
+	ADDQ      $0x40, R8
+	SUBQ      $0x10, R9
+	JG        q41rows512_tile
+	ADDQ      wstride+8(FP), DX
+	ADDQ      AX, BX
+	DECQ      CX
+	JNZ       q41rows512_row
+	VMOVDQA64 Z2, Z4
+	MOVQ      tmp+40(FP), CX
+	MOVQ      AX, DX
+	SHRQ      $0x06, DX
+	LEAQ      (AX)(AX*2), BX
+
+q41rows512_tr:
+	MOVQ        CX, SI
+	VMOVUPS     (SI), Z5
+	VMOVUPS     (SI)(AX*1), Z6
+	VMOVUPS     (SI)(AX*2), Z7
+	VMOVUPS     (SI)(BX*1), Z8
+	LEAQ        (SI)(AX*4), SI
+	VMOVUPS     (SI), Z9
+	VMOVUPS     (SI)(AX*1), Z10
+	VMOVUPS     (SI)(AX*2), Z11
+	VMOVUPS     (SI)(BX*1), Z12
+	LEAQ        (SI)(AX*4), SI
+	VMOVUPS     (SI), Z13
+	VMOVUPS     (SI)(AX*1), Z14
+	VMOVUPS     (SI)(AX*2), Z15
+	VMOVUPS     (SI)(BX*1), Z16
+	LEAQ        (SI)(AX*4), SI
+	VMOVUPS     (SI), Z17
+	VMOVUPS     (SI)(AX*1), Z18
+	VMOVUPS     (SI)(AX*2), Z19
+	VMOVUPS     (SI)(BX*1), Z20
+	VPUNPCKLDQ  Z6, Z5, Z21
+	VPUNPCKHDQ  Z6, Z5, Z5
+	VPUNPCKLDQ  Z8, Z7, Z6
+	VPUNPCKHDQ  Z8, Z7, Z7
+	VPUNPCKLDQ  Z10, Z9, Z8
+	VPUNPCKHDQ  Z10, Z9, Z9
+	VPUNPCKLDQ  Z12, Z11, Z10
+	VPUNPCKHDQ  Z12, Z11, Z11
+	VPUNPCKLDQ  Z14, Z13, Z12
+	VPUNPCKHDQ  Z14, Z13, Z13
+	VPUNPCKLDQ  Z16, Z15, Z14
+	VPUNPCKHDQ  Z16, Z15, Z15
+	VPUNPCKLDQ  Z18, Z17, Z16
+	VPUNPCKHDQ  Z18, Z17, Z17
+	VPUNPCKLDQ  Z20, Z19, Z18
+	VPUNPCKHDQ  Z20, Z19, Z19
+	VPUNPCKLQDQ Z6, Z21, Z20
+	VPUNPCKHQDQ Z6, Z21, Z6
+	VPUNPCKLQDQ Z7, Z5, Z21
+	VPUNPCKHQDQ Z7, Z5, Z5
+	VPUNPCKLQDQ Z10, Z8, Z7
+	VPUNPCKHQDQ Z10, Z8, Z8
+	VPUNPCKLQDQ Z11, Z9, Z10
+	VPUNPCKHQDQ Z11, Z9, Z9
+	VPUNPCKLQDQ Z14, Z12, Z11
+	VPUNPCKHQDQ Z14, Z12, Z12
+	VPUNPCKLQDQ Z15, Z13, Z14
+	VPUNPCKHQDQ Z15, Z13, Z13
+	VPUNPCKLQDQ Z18, Z16, Z15
+	VPUNPCKHQDQ Z18, Z16, Z16
+	VPUNPCKLQDQ Z19, Z17, Z18
+	VPUNPCKHQDQ Z19, Z17, Z17
+	VSHUFI32X4  $0x88, Z7, Z20, Z19
+	VSHUFI32X4  $0xdd, Z7, Z20, Z7
+	VSHUFI32X4  $0x88, Z10, Z21, Z20
+	VSHUFI32X4  $0xdd, Z10, Z21, Z10
+	VSHUFI32X4  $0x88, Z8, Z6, Z21
+	VSHUFI32X4  $0xdd, Z8, Z6, Z6
+	VSHUFI32X4  $0x88, Z9, Z5, Z8
+	VSHUFI32X4  $0xdd, Z9, Z5, Z5
+	VSHUFI32X4  $0x88, Z15, Z11, Z9
+	VSHUFI32X4  $0xdd, Z15, Z11, Z11
+	VSHUFI32X4  $0x88, Z18, Z14, Z15
+	VSHUFI32X4  $0xdd, Z18, Z14, Z14
+	VSHUFI32X4  $0x88, Z16, Z12, Z18
+	VSHUFI32X4  $0xdd, Z16, Z12, Z12
+	VSHUFI32X4  $0x88, Z17, Z13, Z16
+	VSHUFI32X4  $0xdd, Z17, Z13, Z13
+	VSHUFI32X4  $0x88, Z9, Z19, Z17
+	VSHUFI32X4  $0xdd, Z9, Z19, Z9
+	VSHUFI32X4  $0x88, Z15, Z20, Z19
+	VSHUFI32X4  $0xdd, Z15, Z20, Z15
+	VSHUFI32X4  $0x88, Z18, Z21, Z20
+	VSHUFI32X4  $0xdd, Z18, Z21, Z18
+	VSHUFI32X4  $0x88, Z16, Z8, Z21
+	VSHUFI32X4  $0xdd, Z16, Z8, Z8
+	VSHUFI32X4  $0x88, Z11, Z7, Z16
+	VSHUFI32X4  $0xdd, Z11, Z7, Z7
+	VSHUFI32X4  $0x88, Z14, Z10, Z11
+	VSHUFI32X4  $0xdd, Z14, Z10, Z10
+	VSHUFI32X4  $0x88, Z12, Z6, Z14
+	VSHUFI32X4  $0xdd, Z12, Z6, Z6
+	VSHUFI32X4  $0x88, Z13, Z5, Z12
+	VSHUFI32X4  $0xdd, Z13, Z5, Z5
+	VADDPS      Z17, Z4, Z4
+	VADDPS      Z20, Z4, Z4
+	VADDPS      Z19, Z4, Z4
+	VADDPS      Z21, Z4, Z4
+	VADDPS      Z16, Z4, Z4
+	VADDPS      Z14, Z4, Z4
+	VADDPS      Z11, Z4, Z4
+	VADDPS      Z12, Z4, Z4
+	VADDPS      Z9, Z4, Z4
+	VADDPS      Z18, Z4, Z4
+	VADDPS      Z15, Z4, Z4
+	VADDPS      Z8, Z4, Z4
+	VADDPS      Z7, Z4, Z4
+	VADDPS      Z6, Z4, Z4
+	VADDPS      Z10, Z4, Z4
+	VADDPS      Z5, Z4, Z4
+	ADDQ        $0x40, CX
+	DECQ        DX
+	JNZ         q41rows512_tr
+	MOVQ        nrows+16(FP), CX
+	CMPQ        CX, $0x10
+	JLE         q41rows512_g2
+	MOVL        $0x00000010, CX
+
+q41rows512_g2:
+	MOVL    $0x0000ffff, DX
+	BZHIL   CX, DX, DX
+	KMOVW   DX, K1
+	MOVQ    out+48(FP), CX
+	VMOVUPS Z4, K1, (CX)
+	ADDQ    $0x40, CX
+	MOVQ    CX, out+48(FP)
+	MOVQ    wstride+8(FP), CX
+	SHLQ    $0x04, CX
+	ADDQ    CX, w+0(FP)
+	SUBQ    $0x10, nrows+16(FP)
+	JG      q41rows512_grp
+	VZEROUPPER
+	RET
+
+// func q51rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
+// Requires: AVX, AVX512BW, AVX512F, AVX512VNNI, BMI2
+TEXT ·q51rows512(SB), NOSPLIT, $0-56
+	VMOVDQU64    q51gath<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+	VMOVDQU64    q40shift<>+0(SB), Z2
+	VPXORD       Z3, Z3, Z3
+	VMOVDQU64    q80redidx<>+0(SB), Z4
+	MOVQ         nblocks+32(FP), AX
+	ADDQ         $0x0f, AX
+	ANDQ         $-16, AX
+	SHLQ         $0x02, AX
+
+q51rows512_grp:
+	MOVQ nrows+16(FP), CX
+	CMPQ CX, $0x10
+	JLE  q51rows512_g
+	MOVQ $0x00000010, CX
+
+q51rows512_g:
+	MOVQ w+0(FP), DX
+	MOVQ tmp+40(FP), BX
+
+q51rows512_row:
+	MOVQ DX, SI
+	MOVQ xq+24(FP), DI
+	MOVQ BX, R8
+	MOVQ nblocks+32(FP), R9
+
+q51rows512_tile:
+	CMPQ            R9, $0x10
+	JL              q51rows512_part
+	VMOVDQA64       Z3, Z5
+	VPBROADCASTD    4(SI), Z7
+	VBROADCASTI32X4 8(SI), Z6
+	VINSERTI32X4    $0x02, 32(SI), Z6, Z6
+	VINSERTI32X4    $0x03, 32(SI), Z6, Z6
+	VPBROADCASTD    28(SI), Z8
+	VSHUFI64X2      $0xe4, Z8, Z7, Z7
+	VPSRLVW         Z2, Z6, Z6
+	VPANDD.BCST     b0f<>+0(SB), Z6, Z6
+	VPSHUFB         q50spread<>+0(SB), Z7, Z7
+	VPTESTMB        q50bit<>+0(SB), Z7, K1
+	VPADDB          Z1, Z6, K1, Z6
+	VPDPBUSD        (DI), Z6, Z5
+	VMOVDQA64       Z3, Z6
+	VPBROADCASTD    52(SI), Z8
+	VBROADCASTI32X4 56(SI), Z7
+	VINSERTI32X4    $0x02, 80(SI), Z7, Z7
+	VINSERTI32X4    $0x03, 80(SI), Z7, Z7
+	VPBROADCASTD    76(SI), Z9
+	VSHUFI64X2      $0xe4, Z9, Z8, Z8
+	VPSRLVW         Z2, Z7, Z7
+	VPANDD.BCST     b0f<>+0(SB), Z7, Z7
+	VPSHUFB         q50spread<>+0(SB), Z8, Z8
+	VPTESTMB        q50bit<>+0(SB), Z8, K1
+	VPADDB          Z1, Z7, K1, Z7
+	VPDPBUSD        64(DI), Z7, Z6
+	VMOVDQA64       Z3, Z7
+	VPBROADCASTD    100(SI), Z9
+	VBROADCASTI32X4 104(SI), Z8
+	VINSERTI32X4    $0x02, 128(SI), Z8, Z8
+	VINSERTI32X4    $0x03, 128(SI), Z8, Z8
+	VPBROADCASTD    124(SI), Z10
+	VSHUFI64X2      $0xe4, Z10, Z9, Z9
+	VPSRLVW         Z2, Z8, Z8
+	VPANDD.BCST     b0f<>+0(SB), Z8, Z8
+	VPSHUFB         q50spread<>+0(SB), Z9, Z9
+	VPTESTMB        q50bit<>+0(SB), Z9, K1
+	VPADDB          Z1, Z8, K1, Z8
+	VPDPBUSD        128(DI), Z8, Z7
+	VMOVDQA64       Z3, Z8
+	VPBROADCASTD    148(SI), Z10
+	VBROADCASTI32X4 152(SI), Z9
+	VINSERTI32X4    $0x02, 176(SI), Z9, Z9
+	VINSERTI32X4    $0x03, 176(SI), Z9, Z9
+	VPBROADCASTD    172(SI), Z11
+	VSHUFI64X2      $0xe4, Z11, Z10, Z10
+	VPSRLVW         Z2, Z9, Z9
+	VPANDD.BCST     b0f<>+0(SB), Z9, Z9
+	VPSHUFB         q50spread<>+0(SB), Z10, Z10
+	VPTESTMB        q50bit<>+0(SB), Z10, K1
+	VPADDB          Z1, Z9, K1, Z9
+	VPDPBUSD        192(DI), Z9, Z8
+	VMOVDQA64       Z3, Z9
+	VPBROADCASTD    196(SI), Z11
+	VBROADCASTI32X4 200(SI), Z10
+	VINSERTI32X4    $0x02, 224(SI), Z10, Z10
+	VINSERTI32X4    $0x03, 224(SI), Z10, Z10
+	VPBROADCASTD    220(SI), Z12
+	VSHUFI64X2      $0xe4, Z12, Z11, Z11
+	VPSRLVW         Z2, Z10, Z10
+	VPANDD.BCST     b0f<>+0(SB), Z10, Z10
+	VPSHUFB         q50spread<>+0(SB), Z11, Z11
+	VPTESTMB        q50bit<>+0(SB), Z11, K1
+	VPADDB          Z1, Z10, K1, Z10
+	VPDPBUSD        256(DI), Z10, Z9
+	VMOVDQA64       Z3, Z10
+	VPBROADCASTD    244(SI), Z12
+	VBROADCASTI32X4 248(SI), Z11
+	VINSERTI32X4    $0x02, 272(SI), Z11, Z11
+	VINSERTI32X4    $0x03, 272(SI), Z11, Z11
+	VPBROADCASTD    268(SI), Z13
+	VSHUFI64X2      $0xe4, Z13, Z12, Z12
+	VPSRLVW         Z2, Z11, Z11
+	VPANDD.BCST     b0f<>+0(SB), Z11, Z11
+	VPSHUFB         q50spread<>+0(SB), Z12, Z12
+	VPTESTMB        q50bit<>+0(SB), Z12, K1
+	VPADDB          Z1, Z11, K1, Z11
+	VPDPBUSD        320(DI), Z11, Z10
+	VMOVDQA64       Z3, Z11
+	VPBROADCASTD    292(SI), Z13
+	VBROADCASTI32X4 296(SI), Z12
+	VINSERTI32X4    $0x02, 320(SI), Z12, Z12
+	VINSERTI32X4    $0x03, 320(SI), Z12, Z12
+	VPBROADCASTD    316(SI), Z14
+	VSHUFI64X2      $0xe4, Z14, Z13, Z13
+	VPSRLVW         Z2, Z12, Z12
+	VPANDD.BCST     b0f<>+0(SB), Z12, Z12
+	VPSHUFB         q50spread<>+0(SB), Z13, Z13
+	VPTESTMB        q50bit<>+0(SB), Z13, K1
+	VPADDB          Z1, Z12, K1, Z12
+	VPDPBUSD        384(DI), Z12, Z11
+	VMOVDQA64       Z3, Z12
+	VPBROADCASTD    340(SI), Z14
+	VBROADCASTI32X4 344(SI), Z13
+	VINSERTI32X4    $0x02, 368(SI), Z13, Z13
+	VINSERTI32X4    $0x03, 368(SI), Z13, Z13
+	VPBROADCASTD    364(SI), Z15
+	VSHUFI64X2      $0xe4, Z15, Z14, Z14
+	VPSRLVW         Z2, Z13, Z13
+	VPANDD.BCST     b0f<>+0(SB), Z13, Z13
+	VPSHUFB         q50spread<>+0(SB), Z14, Z14
+	VPTESTMB        q50bit<>+0(SB), Z14, K1
+	VPADDB          Z1, Z13, K1, Z13
+	VPDPBUSD        448(DI), Z13, Z12
+	VPUNPCKLDQ      Z6, Z5, Z13
+	VPUNPCKHDQ      Z6, Z5, Z5
+	VPADDD          Z5, Z13, Z13
+	VPUNPCKLDQ      Z8, Z7, Z5
+	VPUNPCKHDQ      Z8, Z7, Z6
+	VPADDD          Z6, Z5, Z5
+	VPUNPCKLDQ      Z10, Z9, Z6
+	VPUNPCKHDQ      Z10, Z9, Z7
+	VPADDD          Z7, Z6, Z6
+	VPUNPCKLDQ      Z12, Z11, Z7
+	VPUNPCKHDQ      Z12, Z11, Z8
+	VPADDD          Z8, Z7, Z7
+	VPUNPCKLQDQ     Z5, Z13, Z8
+	VPUNPCKHQDQ     Z5, Z13, Z5
+	VPADDD          Z5, Z8, Z8
+	VPUNPCKLQDQ     Z7, Z6, Z5
+	VPUNPCKHQDQ     Z7, Z6, Z6
+	VPADDD          Z6, Z5, Z5
+	VSHUFI32X4      $0x88, Z5, Z8, Z6
+	VSHUFI32X4      $0xdd, Z5, Z8, Z5
+	VPADDD          Z5, Z6, Z6
+	VPERMD          Z6, Z4, Z5
+	MOVL            $0x0000ffff, R10
+	KMOVW           R10, K1
+	VMOVDQA64       Z3, Z6
+	VPGATHERDD      (SI)(Z0*1), K1, Z6
+	VPSRLD          $0x10, Z6, Z7
+	VPMOVDW         Z7, Y7
+	VCVTPH2PS       Y7, Z7
+	VPMOVDW         Z6, Y6
+	VCVTPH2PS       Y6, Z6
+	VCVTDQ2PS       Z5, Z5
+	VMULPS          512(DI), Z6, Z6
+	VMULPS          Z6, Z5, Z5
+	VMULPS.BCST     f128<>+0(SB), Z7, Z7
+	VCVTDQ2PS       576(DI), Z6
+	VMULPS          512(DI), Z6, Z6
+	VMULPS          Z6, Z7, Z6
+	VADDPS          Z6, Z5, Z5
+	VMOVUPS         Z5, (R8)
+	JMP             q51rows512_next
+
+q51rows512_part:
+	VMOVDQA64       Z3, Z5
+	CMPQ            R9, $0x00
+	JLE             q51rows512_p_d0
+	VPBROADCASTD    4(SI), Z7
+	VBROADCASTI32X4 8(SI), Z6
+	CMPQ            R9, $0x01
+	JG              q51rows512_p_o0
+	VINSERTI32X4    $0x02, X3, Z6, Z6
+	VINSERTI32X4    $0x03, X3, Z6, Z6
+	VINSERTI64X4    $0x01, Y3, Z7, Z7
+	JMP             q51rows512_p_j0
+
+q51rows512_p_o0:
+	VINSERTI32X4 $0x02, 32(SI), Z6, Z6
+	VINSERTI32X4 $0x03, 32(SI), Z6, Z6
+	VPBROADCASTD 28(SI), Z8
+	VSHUFI64X2   $0xe4, Z8, Z7, Z7
+
+q51rows512_p_j0:
+	VPSRLVW     Z2, Z6, Z6
+	VPANDD.BCST b0f<>+0(SB), Z6, Z6
+	VPSHUFB     q50spread<>+0(SB), Z7, Z7
+	VPTESTMB    q50bit<>+0(SB), Z7, K1
+	VPADDB      Z1, Z6, K1, Z6
+	VPDPBUSD    (DI), Z6, Z5
+
+q51rows512_p_d0:
+	VMOVDQA64       Z3, Z6
+	CMPQ            R9, $0x02
+	JLE             q51rows512_p_d1
+	VPBROADCASTD    52(SI), Z8
+	VBROADCASTI32X4 56(SI), Z7
+	CMPQ            R9, $0x03
+	JG              q51rows512_p_o1
+	VINSERTI32X4    $0x02, X3, Z7, Z7
+	VINSERTI32X4    $0x03, X3, Z7, Z7
+	VINSERTI64X4    $0x01, Y3, Z8, Z8
+	JMP             q51rows512_p_j1
+
+q51rows512_p_o1:
+	VINSERTI32X4 $0x02, 80(SI), Z7, Z7
+	VINSERTI32X4 $0x03, 80(SI), Z7, Z7
+	VPBROADCASTD 76(SI), Z9
+	VSHUFI64X2   $0xe4, Z9, Z8, Z8
+
+q51rows512_p_j1:
+	VPSRLVW     Z2, Z7, Z7
+	VPANDD.BCST b0f<>+0(SB), Z7, Z7
+	VPSHUFB     q50spread<>+0(SB), Z8, Z8
+	VPTESTMB    q50bit<>+0(SB), Z8, K1
+	VPADDB      Z1, Z7, K1, Z7
+	VPDPBUSD    64(DI), Z7, Z6
+
+q51rows512_p_d1:
+	VMOVDQA64       Z3, Z7
+	CMPQ            R9, $0x04
+	JLE             q51rows512_p_d2
+	VPBROADCASTD    100(SI), Z9
+	VBROADCASTI32X4 104(SI), Z8
+	CMPQ            R9, $0x05
+	JG              q51rows512_p_o2
+	VINSERTI32X4    $0x02, X3, Z8, Z8
+	VINSERTI32X4    $0x03, X3, Z8, Z8
+	VINSERTI64X4    $0x01, Y3, Z9, Z9
+	JMP             q51rows512_p_j2
+
+q51rows512_p_o2:
+	VINSERTI32X4 $0x02, 128(SI), Z8, Z8
+	VINSERTI32X4 $0x03, 128(SI), Z8, Z8
+	VPBROADCASTD 124(SI), Z10
+	VSHUFI64X2   $0xe4, Z10, Z9, Z9
+
+q51rows512_p_j2:
+	VPSRLVW     Z2, Z8, Z8
+	VPANDD.BCST b0f<>+0(SB), Z8, Z8
+	VPSHUFB     q50spread<>+0(SB), Z9, Z9
+	VPTESTMB    q50bit<>+0(SB), Z9, K1
+	VPADDB      Z1, Z8, K1, Z8
+	VPDPBUSD    128(DI), Z8, Z7
+
+q51rows512_p_d2:
+	VMOVDQA64       Z3, Z8
+	CMPQ            R9, $0x06
+	JLE             q51rows512_p_d3
+	VPBROADCASTD    148(SI), Z10
+	VBROADCASTI32X4 152(SI), Z9
+	CMPQ            R9, $0x07
+	JG              q51rows512_p_o3
+	VINSERTI32X4    $0x02, X3, Z9, Z9
+	VINSERTI32X4    $0x03, X3, Z9, Z9
+	VINSERTI64X4    $0x01, Y3, Z10, Z10
+	JMP             q51rows512_p_j3
+
+q51rows512_p_o3:
+	VINSERTI32X4 $0x02, 176(SI), Z9, Z9
+	VINSERTI32X4 $0x03, 176(SI), Z9, Z9
+	VPBROADCASTD 172(SI), Z11
+	VSHUFI64X2   $0xe4, Z11, Z10, Z10
+
+q51rows512_p_j3:
+	VPSRLVW     Z2, Z9, Z9
+	VPANDD.BCST b0f<>+0(SB), Z9, Z9
+	VPSHUFB     q50spread<>+0(SB), Z10, Z10
+	VPTESTMB    q50bit<>+0(SB), Z10, K1
+	VPADDB      Z1, Z9, K1, Z9
+	VPDPBUSD    192(DI), Z9, Z8
+
+q51rows512_p_d3:
+	VMOVDQA64       Z3, Z9
+	CMPQ            R9, $0x08
+	JLE             q51rows512_p_d4
+	VPBROADCASTD    196(SI), Z11
+	VBROADCASTI32X4 200(SI), Z10
+	CMPQ            R9, $0x09
+	JG              q51rows512_p_o4
+	VINSERTI32X4    $0x02, X3, Z10, Z10
+	VINSERTI32X4    $0x03, X3, Z10, Z10
+	VINSERTI64X4    $0x01, Y3, Z11, Z11
+	JMP             q51rows512_p_j4
+
+q51rows512_p_o4:
+	VINSERTI32X4 $0x02, 224(SI), Z10, Z10
+	VINSERTI32X4 $0x03, 224(SI), Z10, Z10
+	VPBROADCASTD 220(SI), Z12
+	VSHUFI64X2   $0xe4, Z12, Z11, Z11
+
+q51rows512_p_j4:
+	VPSRLVW     Z2, Z10, Z10
+	VPANDD.BCST b0f<>+0(SB), Z10, Z10
+	VPSHUFB     q50spread<>+0(SB), Z11, Z11
+	VPTESTMB    q50bit<>+0(SB), Z11, K1
+	VPADDB      Z1, Z10, K1, Z10
+	VPDPBUSD    256(DI), Z10, Z9
+
+q51rows512_p_d4:
+	VMOVDQA64       Z3, Z10
+	CMPQ            R9, $0x0a
+	JLE             q51rows512_p_d5
+	VPBROADCASTD    244(SI), Z12
+	VBROADCASTI32X4 248(SI), Z11
+	CMPQ            R9, $0x0b
+	JG              q51rows512_p_o5
+	VINSERTI32X4    $0x02, X3, Z11, Z11
+	VINSERTI32X4    $0x03, X3, Z11, Z11
+	VINSERTI64X4    $0x01, Y3, Z12, Z12
+	JMP             q51rows512_p_j5
+
+q51rows512_p_o5:
+	VINSERTI32X4 $0x02, 272(SI), Z11, Z11
+	VINSERTI32X4 $0x03, 272(SI), Z11, Z11
+	VPBROADCASTD 268(SI), Z13
+	VSHUFI64X2   $0xe4, Z13, Z12, Z12
+
+q51rows512_p_j5:
+	VPSRLVW     Z2, Z11, Z11
+	VPANDD.BCST b0f<>+0(SB), Z11, Z11
+	VPSHUFB     q50spread<>+0(SB), Z12, Z12
+	VPTESTMB    q50bit<>+0(SB), Z12, K1
+	VPADDB      Z1, Z11, K1, Z11
+	VPDPBUSD    320(DI), Z11, Z10
+
+q51rows512_p_d5:
+	VMOVDQA64       Z3, Z11
+	CMPQ            R9, $0x0c
+	JLE             q51rows512_p_d6
+	VPBROADCASTD    292(SI), Z13
+	VBROADCASTI32X4 296(SI), Z12
+	CMPQ            R9, $0x0d
+	JG              q51rows512_p_o6
+	VINSERTI32X4    $0x02, X3, Z12, Z12
+	VINSERTI32X4    $0x03, X3, Z12, Z12
+	VINSERTI64X4    $0x01, Y3, Z13, Z13
+	JMP             q51rows512_p_j6
+
+q51rows512_p_o6:
+	VINSERTI32X4 $0x02, 320(SI), Z12, Z12
+	VINSERTI32X4 $0x03, 320(SI), Z12, Z12
+	VPBROADCASTD 316(SI), Z14
+	VSHUFI64X2   $0xe4, Z14, Z13, Z13
+
+q51rows512_p_j6:
+	VPSRLVW     Z2, Z12, Z12
+	VPANDD.BCST b0f<>+0(SB), Z12, Z12
+	VPSHUFB     q50spread<>+0(SB), Z13, Z13
+	VPTESTMB    q50bit<>+0(SB), Z13, K1
+	VPADDB      Z1, Z12, K1, Z12
+	VPDPBUSD    384(DI), Z12, Z11
+
+q51rows512_p_d6:
+	VMOVDQA64       Z3, Z12
+	CMPQ            R9, $0x0e
+	JLE             q51rows512_p_d7
+	VPBROADCASTD    340(SI), Z14
+	VBROADCASTI32X4 344(SI), Z13
+	CMPQ            R9, $0x0f
+	JG              q51rows512_p_o7
+	VINSERTI32X4    $0x02, X3, Z13, Z13
+	VINSERTI32X4    $0x03, X3, Z13, Z13
+	VINSERTI64X4    $0x01, Y3, Z14, Z14
+	JMP             q51rows512_p_j7
+
+q51rows512_p_o7:
+	VINSERTI32X4 $0x02, 368(SI), Z13, Z13
+	VINSERTI32X4 $0x03, 368(SI), Z13, Z13
+	VPBROADCASTD 364(SI), Z15
+	VSHUFI64X2   $0xe4, Z15, Z14, Z14
+
+q51rows512_p_j7:
+	VPSRLVW     Z2, Z13, Z13
+	VPANDD.BCST b0f<>+0(SB), Z13, Z13
+	VPSHUFB     q50spread<>+0(SB), Z14, Z14
+	VPTESTMB    q50bit<>+0(SB), Z14, K1
+	VPADDB      Z1, Z13, K1, Z13
+	VPDPBUSD    448(DI), Z13, Z12
+
+q51rows512_p_d7:
+	VPUNPCKLDQ  Z6, Z5, Z13
+	VPUNPCKHDQ  Z6, Z5, Z5
+	VPADDD      Z5, Z13, Z13
+	VPUNPCKLDQ  Z8, Z7, Z5
+	VPUNPCKHDQ  Z8, Z7, Z6
+	VPADDD      Z6, Z5, Z5
+	VPUNPCKLDQ  Z10, Z9, Z6
+	VPUNPCKHDQ  Z10, Z9, Z7
+	VPADDD      Z7, Z6, Z6
+	VPUNPCKLDQ  Z12, Z11, Z7
+	VPUNPCKHDQ  Z12, Z11, Z8
+	VPADDD      Z8, Z7, Z7
+	VPUNPCKLQDQ Z5, Z13, Z8
+	VPUNPCKHQDQ Z5, Z13, Z5
+	VPADDD      Z5, Z8, Z8
+	VPUNPCKLQDQ Z7, Z6, Z5
+	VPUNPCKHQDQ Z7, Z6, Z6
+	VPADDD      Z6, Z5, Z5
+	VSHUFI32X4  $0x88, Z5, Z8, Z6
+	VSHUFI32X4  $0xdd, Z5, Z8, Z5
+	VPADDD      Z5, Z6, Z6
+	VPERMD      Z6, Z4, Z5
+	MOVL        $0x0000ffff, R10
+	MOVL        R9, R11
+	BZHIL       R11, R10, R10
+	KMOVW       R10, K1
+	VMOVDQA64   Z3, Z6
+	VPGATHERDD  (SI)(Z0*1), K1, Z6
+	VPSRLD      $0x10, Z6, Z7
+	VPMOVDW     Z7, Y7
+	VCVTPH2PS   Y7, Z7
+	VPMOVDW     Z6, Y6
+	VCVTPH2PS   Y6, Z6
+	VCVTDQ2PS   Z5, Z5
+	VMULPS      512(DI), Z6, Z6
+	VMULPS      Z6, Z5, Z5
+	VMULPS.BCST f128<>+0(SB), Z7, Z7
+	VCVTDQ2PS   576(DI), Z6
+	VMULPS      512(DI), Z6, Z6
+	VMULPS      Z6, Z7, Z6
+	VADDPS      Z6, Z5, Z5
+	VMOVUPS     Z5, (R8)
+
+q51rows512_next:
+	ADDQ      $0x00000180, SI
+	ADDQ      $0x00000280, DI
+	ADDQ      $0x40, R8
+	SUBQ      $0x10, R9
+	JG        q51rows512_tile
+	ADDQ      wstride+8(FP), DX
+	ADDQ      AX, BX
+	DECQ      CX
+	JNZ       q51rows512_row
+	VMOVDQA64 Z3, Z5
+	MOVQ      tmp+40(FP), CX
+	MOVQ      AX, DX
+	SHRQ      $0x06, DX
+	LEAQ      (AX)(AX*2), BX
+
+q51rows512_tr:
+	MOVQ        CX, SI
+	VMOVUPS     (SI), Z6
+	VMOVUPS     (SI)(AX*1), Z7
+	VMOVUPS     (SI)(AX*2), Z8
+	VMOVUPS     (SI)(BX*1), Z9
+	LEAQ        (SI)(AX*4), SI
+	VMOVUPS     (SI), Z10
+	VMOVUPS     (SI)(AX*1), Z11
+	VMOVUPS     (SI)(AX*2), Z12
+	VMOVUPS     (SI)(BX*1), Z13
+	LEAQ        (SI)(AX*4), SI
+	VMOVUPS     (SI), Z14
+	VMOVUPS     (SI)(AX*1), Z15
+	VMOVUPS     (SI)(AX*2), Z16
+	VMOVUPS     (SI)(BX*1), Z17
+	LEAQ        (SI)(AX*4), SI
+	VMOVUPS     (SI), Z18
+	VMOVUPS     (SI)(AX*1), Z19
+	VMOVUPS     (SI)(AX*2), Z20
+	VMOVUPS     (SI)(BX*1), Z21
+	VPUNPCKLDQ  Z7, Z6, Z22
+	VPUNPCKHDQ  Z7, Z6, Z6
+	VPUNPCKLDQ  Z9, Z8, Z7
+	VPUNPCKHDQ  Z9, Z8, Z8
+	VPUNPCKLDQ  Z11, Z10, Z9
+	VPUNPCKHDQ  Z11, Z10, Z10
+	VPUNPCKLDQ  Z13, Z12, Z11
+	VPUNPCKHDQ  Z13, Z12, Z12
+	VPUNPCKLDQ  Z15, Z14, Z13
+	VPUNPCKHDQ  Z15, Z14, Z14
+	VPUNPCKLDQ  Z17, Z16, Z15
+	VPUNPCKHDQ  Z17, Z16, Z16
+	VPUNPCKLDQ  Z19, Z18, Z17
+	VPUNPCKHDQ  Z19, Z18, Z18
+	VPUNPCKLDQ  Z21, Z20, Z19
+	VPUNPCKHDQ  Z21, Z20, Z20
+	VPUNPCKLQDQ Z7, Z22, Z21
+	VPUNPCKHQDQ Z7, Z22, Z7
+	VPUNPCKLQDQ Z8, Z6, Z22
+	VPUNPCKHQDQ Z8, Z6, Z6
+	VPUNPCKLQDQ Z11, Z9, Z8
+	VPUNPCKHQDQ Z11, Z9, Z9
+	VPUNPCKLQDQ Z12, Z10, Z11
+	VPUNPCKHQDQ Z12, Z10, Z10
+	VPUNPCKLQDQ Z15, Z13, Z12
+	VPUNPCKHQDQ Z15, Z13, Z13
+	VPUNPCKLQDQ Z16, Z14, Z15
+	VPUNPCKHQDQ Z16, Z14, Z14
+	VPUNPCKLQDQ Z19, Z17, Z16
+	VPUNPCKHQDQ Z19, Z17, Z17
+	VPUNPCKLQDQ Z20, Z18, Z19
+	VPUNPCKHQDQ Z20, Z18, Z18
+	VSHUFI32X4  $0x88, Z8, Z21, Z20
+	VSHUFI32X4  $0xdd, Z8, Z21, Z8
+	VSHUFI32X4  $0x88, Z11, Z22, Z21
+	VSHUFI32X4  $0xdd, Z11, Z22, Z11
+	VSHUFI32X4  $0x88, Z9, Z7, Z22
+	VSHUFI32X4  $0xdd, Z9, Z7, Z7
+	VSHUFI32X4  $0x88, Z10, Z6, Z9
+	VSHUFI32X4  $0xdd, Z10, Z6, Z6
+	VSHUFI32X4  $0x88, Z16, Z12, Z10
+	VSHUFI32X4  $0xdd, Z16, Z12, Z12
+	VSHUFI32X4  $0x88, Z19, Z15, Z16
+	VSHUFI32X4  $0xdd, Z19, Z15, Z15
+	VSHUFI32X4  $0x88, Z17, Z13, Z19
+	VSHUFI32X4  $0xdd, Z17, Z13, Z13
+	VSHUFI32X4  $0x88, Z18, Z14, Z17
+	VSHUFI32X4  $0xdd, Z18, Z14, Z14
+	VSHUFI32X4  $0x88, Z10, Z20, Z18
+	VSHUFI32X4  $0xdd, Z10, Z20, Z10
+	VSHUFI32X4  $0x88, Z16, Z21, Z20
+	VSHUFI32X4  $0xdd, Z16, Z21, Z16
+	VSHUFI32X4  $0x88, Z19, Z22, Z21
+	VSHUFI32X4  $0xdd, Z19, Z22, Z19
+	VSHUFI32X4  $0x88, Z17, Z9, Z22
+	VSHUFI32X4  $0xdd, Z17, Z9, Z9
+	VSHUFI32X4  $0x88, Z12, Z8, Z17
+	VSHUFI32X4  $0xdd, Z12, Z8, Z8
+	VSHUFI32X4  $0x88, Z15, Z11, Z12
+	VSHUFI32X4  $0xdd, Z15, Z11, Z11
+	VSHUFI32X4  $0x88, Z13, Z7, Z15
+	VSHUFI32X4  $0xdd, Z13, Z7, Z7
+	VSHUFI32X4  $0x88, Z14, Z6, Z13
+	VSHUFI32X4  $0xdd, Z14, Z6, Z6
+	VADDPS      Z18, Z5, Z5
+	VADDPS      Z21, Z5, Z5
+	VADDPS      Z20, Z5, Z5
+	VADDPS      Z22, Z5, Z5
+	VADDPS      Z17, Z5, Z5
+	VADDPS      Z15, Z5, Z5
+	VADDPS      Z12, Z5, Z5
+	VADDPS      Z13, Z5, Z5
+	VADDPS      Z10, Z5, Z5
+	VADDPS      Z19, Z5, Z5
+	VADDPS      Z16, Z5, Z5
+	VADDPS      Z9, Z5, Z5
+	VADDPS      Z8, Z5, Z5
+	VADDPS      Z7, Z5, Z5
+	VADDPS      Z11, Z5, Z5
+	VADDPS      Z6, Z5, Z5
+	ADDQ        $0x40, CX
+	DECQ        DX
+	JNZ         q51rows512_tr
+	MOVQ        nrows+16(FP), CX
+	CMPQ        CX, $0x10
+	JLE         q51rows512_g2
+	MOVL        $0x00000010, CX
+
+q51rows512_g2:
+	MOVL    $0x0000ffff, DX
+	BZHIL   CX, DX, DX
+	KMOVW   DX, K1
+	MOVQ    out+48(FP), CX
+	VMOVUPS Z5, K1, (CX)
+	ADDQ    $0x40, CX
+	MOVQ    CX, out+48(FP)
+	MOVQ    wstride+8(FP), CX
+	SHLQ    $0x04, CX
+	ADDQ    CX, w+0(FP)
+	SUBQ    $0x10, nrows+16(FP)
+	JG      q51rows512_grp
 	VZEROUPPER
 	RET
 
@@ -102636,6 +102549,2576 @@ q50x16N8_next:
 	VZEROUPPER
 	RET
 
+// func q41x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q41x16N1(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+
+q41x16N1_grp:
+	MOVQ   nblocks+16(FP), CX
+	MOVQ   xq+24(FP), DX
+	MOVQ   DX, BX
+	XORQ   SI, SI
+	VXORPS Z1, Z1, Z1
+
+q41x16N1_blk:
+	VCVTPH2PS     (AX), Z2
+	VCVTPH2PS     32(AX), Z3
+	VMULPS.BCST   f128<>+0(SB), Z3, Z3
+	VPANDD        64(AX), Z0, Z4
+	VPANDD        128(AX), Z0, Z5
+	VPANDD        192(AX), Z0, Z6
+	VPANDD        256(AX), Z0, Z7
+	VPSRLW        $0x04, 64(AX), Z8
+	VPANDD        Z0, Z8, Z8
+	VPSRLW        $0x04, 128(AX), Z9
+	VPANDD        Z0, Z9, Z9
+	VPSRLW        $0x04, 192(AX), Z10
+	VPANDD        Z0, Z10, Z10
+	VPSRLW        $0x04, 256(AX), Z11
+	VPANDD        Z0, Z11, Z11
+	VPXORD        Z12, Z12, Z12
+	VPXORD        Z13, Z13, Z13
+	VPDPBUSD.BCST (DX), Z4, Z12
+	VPDPBUSD.BCST 4(DX), Z5, Z13
+	VPDPBUSD.BCST 8(DX), Z6, Z12
+	VPDPBUSD.BCST 12(DX), Z7, Z13
+	VPDPBUSD.BCST 16(DX), Z8, Z12
+	VPDPBUSD.BCST 20(DX), Z9, Z13
+	VPDPBUSD.BCST 24(DX), Z10, Z12
+	VPDPBUSD.BCST 28(DX), Z11, Z13
+	VPADDD        Z13, Z12, Z12
+	VCVTDQ2PS     Z12, Z4
+	VMULPS.BCST   512(BX), Z2, Z2
+	VMULPS        Z2, Z4, Z4
+	VPBROADCASTD  576(BX), Z2
+	VCVTDQ2PS     Z2, Z2
+	VMULPS.BCST   512(BX), Z2, Z2
+	VMULPS        Z2, Z3, Z2
+	VADDPS        Z2, Z4, Z4
+	VADDPS        Z4, Z1, Z1
+	ADDQ          $0x00000140, AX
+	ADDQ          $0x20, DX
+	ADDQ          $0x04, BX
+	INCQ          SI
+	CMPQ          SI, $0x10
+	JNE           q41x16N1_next
+	ADDQ          $0x00000080, DX
+	ADDQ          $0x00000240, BX
+	XORQ          SI, SI
+
+q41x16N1_next:
+	DECQ    CX
+	JNZ     q41x16N1_blk
+	MOVQ    out+40(FP), CX
+	MOVQ    ostride+48(FP), DX
+	MOVQ    CX, DX
+	VMOVUPS Z1, (DX)
+	ADDQ    $0x40, CX
+	MOVQ    CX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q41x16N1_grp
+	VZEROUPPER
+	RET
+
+// func q41x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q41x16N2(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+
+q41x16N2_grp:
+	MOVQ   nblocks+16(FP), DX
+	MOVQ   xq+24(FP), BX
+	MOVQ   BX, SI
+	XORQ   DI, DI
+	VXORPS Z1, Z1, Z1
+	VXORPS Z2, Z2, Z2
+
+q41x16N2_blk:
+	VCVTPH2PS     (AX), Z3
+	VCVTPH2PS     32(AX), Z4
+	VMULPS.BCST   f128<>+0(SB), Z4, Z4
+	VPANDD        64(AX), Z0, Z5
+	VPANDD        128(AX), Z0, Z6
+	VPANDD        192(AX), Z0, Z7
+	VPANDD        256(AX), Z0, Z8
+	VPSRLW        $0x04, 64(AX), Z9
+	VPANDD        Z0, Z9, Z9
+	VPSRLW        $0x04, 128(AX), Z10
+	VPANDD        Z0, Z10, Z10
+	VPSRLW        $0x04, 192(AX), Z11
+	VPANDD        Z0, Z11, Z11
+	VPSRLW        $0x04, 256(AX), Z12
+	VPANDD        Z0, Z12, Z12
+	VPXORD        Z13, Z13, Z13
+	VPXORD        Z14, Z14, Z14
+	VPDPBUSD.BCST (BX), Z5, Z13
+	VPDPBUSD.BCST 4(BX), Z6, Z14
+	VPDPBUSD.BCST 8(BX), Z7, Z13
+	VPDPBUSD.BCST 12(BX), Z8, Z14
+	VPDPBUSD.BCST 16(BX), Z9, Z13
+	VPDPBUSD.BCST 20(BX), Z10, Z14
+	VPDPBUSD.BCST 24(BX), Z11, Z13
+	VPDPBUSD.BCST 28(BX), Z12, Z14
+	VPADDD        Z14, Z13, Z13
+	VCVTDQ2PS     Z13, Z15
+	VMULPS.BCST   512(SI), Z3, Z16
+	VMULPS        Z16, Z15, Z15
+	VPBROADCASTD  576(SI), Z16
+	VCVTDQ2PS     Z16, Z16
+	VMULPS.BCST   512(SI), Z16, Z16
+	VMULPS        Z16, Z4, Z16
+	VADDPS        Z16, Z15, Z15
+	VADDPS        Z15, Z1, Z1
+	VPXORD        Z17, Z17, Z17
+	VPXORD        Z18, Z18, Z18
+	VPDPBUSD.BCST (BX)(CX*1), Z5, Z17
+	VPDPBUSD.BCST 4(BX)(CX*1), Z6, Z18
+	VPDPBUSD.BCST 8(BX)(CX*1), Z7, Z17
+	VPDPBUSD.BCST 12(BX)(CX*1), Z8, Z18
+	VPDPBUSD.BCST 16(BX)(CX*1), Z9, Z17
+	VPDPBUSD.BCST 20(BX)(CX*1), Z10, Z18
+	VPDPBUSD.BCST 24(BX)(CX*1), Z11, Z17
+	VPDPBUSD.BCST 28(BX)(CX*1), Z12, Z18
+	VPADDD        Z18, Z17, Z17
+	VCVTDQ2PS     Z17, Z5
+	VMULPS.BCST   512(SI)(CX*1), Z3, Z3
+	VMULPS        Z3, Z5, Z5
+	VPBROADCASTD  576(SI)(CX*1), Z3
+	VCVTDQ2PS     Z3, Z3
+	VMULPS.BCST   512(SI)(CX*1), Z3, Z3
+	VMULPS        Z3, Z4, Z3
+	VADDPS        Z3, Z5, Z5
+	VADDPS        Z5, Z2, Z2
+	ADDQ          $0x00000140, AX
+	ADDQ          $0x20, BX
+	ADDQ          $0x04, SI
+	INCQ          DI
+	CMPQ          DI, $0x10
+	JNE           q41x16N2_next
+	ADDQ          $0x00000080, BX
+	ADDQ          $0x00000240, SI
+	XORQ          DI, DI
+
+q41x16N2_next:
+	DECQ    DX
+	JNZ     q41x16N2_blk
+	MOVQ    out+40(FP), DX
+	MOVQ    ostride+48(FP), BX
+	MOVQ    DX, SI
+	VMOVUPS Z1, (SI)
+	ADDQ    BX, SI
+	VMOVUPS Z2, (SI)
+	ADDQ    $0x40, DX
+	MOVQ    DX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q41x16N2_grp
+	VZEROUPPER
+	RET
+
+// func q41x16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q41x16N3(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+
+q41x16N3_grp:
+	MOVQ   nblocks+16(FP), BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	XORQ   R8, R8
+	VXORPS Z1, Z1, Z1
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+
+q41x16N3_blk:
+	VCVTPH2PS     (AX), Z4
+	VCVTPH2PS     32(AX), Z5
+	VMULPS.BCST   f128<>+0(SB), Z5, Z5
+	VPANDD        64(AX), Z0, Z6
+	VPANDD        128(AX), Z0, Z7
+	VPANDD        192(AX), Z0, Z8
+	VPANDD        256(AX), Z0, Z9
+	VPSRLW        $0x04, 64(AX), Z10
+	VPANDD        Z0, Z10, Z10
+	VPSRLW        $0x04, 128(AX), Z11
+	VPANDD        Z0, Z11, Z11
+	VPSRLW        $0x04, 192(AX), Z12
+	VPANDD        Z0, Z12, Z12
+	VPSRLW        $0x04, 256(AX), Z13
+	VPANDD        Z0, Z13, Z13
+	VPXORD        Z14, Z14, Z14
+	VPDPBUSD.BCST (SI), Z6, Z14
+	VPDPBUSD.BCST 4(SI), Z7, Z14
+	VPDPBUSD.BCST 8(SI), Z8, Z14
+	VPDPBUSD.BCST 12(SI), Z9, Z14
+	VPDPBUSD.BCST 16(SI), Z10, Z14
+	VPDPBUSD.BCST 20(SI), Z11, Z14
+	VPDPBUSD.BCST 24(SI), Z12, Z14
+	VPDPBUSD.BCST 28(SI), Z13, Z14
+	VCVTDQ2PS     Z14, Z15
+	VMULPS.BCST   512(DI), Z4, Z16
+	VMULPS        Z16, Z15, Z15
+	VPBROADCASTD  576(DI), Z16
+	VCVTDQ2PS     Z16, Z16
+	VMULPS.BCST   512(DI), Z16, Z16
+	VMULPS        Z16, Z5, Z16
+	VADDPS        Z16, Z15, Z15
+	VADDPS        Z15, Z1, Z1
+	VPXORD        Z17, Z17, Z17
+	VPDPBUSD.BCST (SI)(DX*1), Z6, Z17
+	VPDPBUSD.BCST 4(SI)(DX*1), Z7, Z17
+	VPDPBUSD.BCST 8(SI)(DX*1), Z8, Z17
+	VPDPBUSD.BCST 12(SI)(DX*1), Z9, Z17
+	VPDPBUSD.BCST 16(SI)(DX*1), Z10, Z17
+	VPDPBUSD.BCST 20(SI)(DX*1), Z11, Z17
+	VPDPBUSD.BCST 24(SI)(DX*1), Z12, Z17
+	VPDPBUSD.BCST 28(SI)(DX*1), Z13, Z17
+	VCVTDQ2PS     Z17, Z15
+	VMULPS.BCST   512(DI)(DX*1), Z4, Z16
+	VMULPS        Z16, Z15, Z15
+	VPBROADCASTD  576(DI)(DX*1), Z16
+	VCVTDQ2PS     Z16, Z16
+	VMULPS.BCST   512(DI)(DX*1), Z16, Z16
+	VMULPS        Z16, Z5, Z16
+	VADDPS        Z16, Z15, Z15
+	VADDPS        Z15, Z2, Z2
+	VPXORD        Z18, Z18, Z18
+	VPDPBUSD.BCST (SI)(CX*1), Z6, Z18
+	VPDPBUSD.BCST 4(SI)(CX*1), Z7, Z18
+	VPDPBUSD.BCST 8(SI)(CX*1), Z8, Z18
+	VPDPBUSD.BCST 12(SI)(CX*1), Z9, Z18
+	VPDPBUSD.BCST 16(SI)(CX*1), Z10, Z18
+	VPDPBUSD.BCST 20(SI)(CX*1), Z11, Z18
+	VPDPBUSD.BCST 24(SI)(CX*1), Z12, Z18
+	VPDPBUSD.BCST 28(SI)(CX*1), Z13, Z18
+	VCVTDQ2PS     Z18, Z6
+	VMULPS.BCST   512(DI)(CX*1), Z4, Z4
+	VMULPS        Z4, Z6, Z6
+	VPBROADCASTD  576(DI)(CX*1), Z4
+	VCVTDQ2PS     Z4, Z4
+	VMULPS.BCST   512(DI)(CX*1), Z4, Z4
+	VMULPS        Z4, Z5, Z4
+	VADDPS        Z4, Z6, Z6
+	VADDPS        Z6, Z3, Z3
+	ADDQ          $0x00000140, AX
+	ADDQ          $0x20, SI
+	ADDQ          $0x04, DI
+	INCQ          R8
+	CMPQ          R8, $0x10
+	JNE           q41x16N3_next
+	ADDQ          $0x00000080, SI
+	ADDQ          $0x00000240, DI
+	XORQ          R8, R8
+
+q41x16N3_next:
+	DECQ    BX
+	JNZ     q41x16N3_blk
+	MOVQ    out+40(FP), BX
+	MOVQ    ostride+48(FP), SI
+	MOVQ    BX, DI
+	VMOVUPS Z1, (DI)
+	ADDQ    SI, DI
+	VMOVUPS Z2, (DI)
+	ADDQ    SI, DI
+	VMOVUPS Z3, (DI)
+	ADDQ    $0x40, BX
+	MOVQ    BX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q41x16N3_grp
+	VZEROUPPER
+	RET
+
+// func q41x16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q41x16N4(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+
+q41x16N4_grp:
+	MOVQ   nblocks+16(FP), SI
+	MOVQ   xq+24(FP), DI
+	MOVQ   DI, R8
+	XORQ   R9, R9
+	VXORPS Z1, Z1, Z1
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+
+q41x16N4_blk:
+	VCVTPH2PS     (AX), Z5
+	VCVTPH2PS     32(AX), Z6
+	VMULPS.BCST   f128<>+0(SB), Z6, Z6
+	VPANDD        64(AX), Z0, Z7
+	VPANDD        128(AX), Z0, Z8
+	VPANDD        192(AX), Z0, Z9
+	VPANDD        256(AX), Z0, Z10
+	VPSRLW        $0x04, 64(AX), Z11
+	VPANDD        Z0, Z11, Z11
+	VPSRLW        $0x04, 128(AX), Z12
+	VPANDD        Z0, Z12, Z12
+	VPSRLW        $0x04, 192(AX), Z13
+	VPANDD        Z0, Z13, Z13
+	VPSRLW        $0x04, 256(AX), Z14
+	VPANDD        Z0, Z14, Z14
+	VPXORD        Z15, Z15, Z15
+	VPDPBUSD.BCST (DI), Z7, Z15
+	VPDPBUSD.BCST 4(DI), Z8, Z15
+	VPDPBUSD.BCST 8(DI), Z9, Z15
+	VPDPBUSD.BCST 12(DI), Z10, Z15
+	VPDPBUSD.BCST 16(DI), Z11, Z15
+	VPDPBUSD.BCST 20(DI), Z12, Z15
+	VPDPBUSD.BCST 24(DI), Z13, Z15
+	VPDPBUSD.BCST 28(DI), Z14, Z15
+	VCVTDQ2PS     Z15, Z16
+	VMULPS.BCST   512(R8), Z5, Z17
+	VMULPS        Z17, Z16, Z16
+	VPBROADCASTD  576(R8), Z17
+	VCVTDQ2PS     Z17, Z17
+	VMULPS.BCST   512(R8), Z17, Z17
+	VMULPS        Z17, Z6, Z17
+	VADDPS        Z17, Z16, Z16
+	VADDPS        Z16, Z1, Z1
+	VPXORD        Z18, Z18, Z18
+	VPDPBUSD.BCST (DI)(DX*1), Z7, Z18
+	VPDPBUSD.BCST 4(DI)(DX*1), Z8, Z18
+	VPDPBUSD.BCST 8(DI)(DX*1), Z9, Z18
+	VPDPBUSD.BCST 12(DI)(DX*1), Z10, Z18
+	VPDPBUSD.BCST 16(DI)(DX*1), Z11, Z18
+	VPDPBUSD.BCST 20(DI)(DX*1), Z12, Z18
+	VPDPBUSD.BCST 24(DI)(DX*1), Z13, Z18
+	VPDPBUSD.BCST 28(DI)(DX*1), Z14, Z18
+	VCVTDQ2PS     Z18, Z16
+	VMULPS.BCST   512(R8)(DX*1), Z5, Z17
+	VMULPS        Z17, Z16, Z16
+	VPBROADCASTD  576(R8)(DX*1), Z17
+	VCVTDQ2PS     Z17, Z17
+	VMULPS.BCST   512(R8)(DX*1), Z17, Z17
+	VMULPS        Z17, Z6, Z17
+	VADDPS        Z17, Z16, Z16
+	VADDPS        Z16, Z2, Z2
+	VPXORD        Z19, Z19, Z19
+	VPDPBUSD.BCST (DI)(BX*1), Z7, Z19
+	VPDPBUSD.BCST 4(DI)(BX*1), Z8, Z19
+	VPDPBUSD.BCST 8(DI)(BX*1), Z9, Z19
+	VPDPBUSD.BCST 12(DI)(BX*1), Z10, Z19
+	VPDPBUSD.BCST 16(DI)(BX*1), Z11, Z19
+	VPDPBUSD.BCST 20(DI)(BX*1), Z12, Z19
+	VPDPBUSD.BCST 24(DI)(BX*1), Z13, Z19
+	VPDPBUSD.BCST 28(DI)(BX*1), Z14, Z19
+	VCVTDQ2PS     Z19, Z16
+	VMULPS.BCST   512(R8)(BX*1), Z5, Z17
+	VMULPS        Z17, Z16, Z16
+	VPBROADCASTD  576(R8)(BX*1), Z17
+	VCVTDQ2PS     Z17, Z17
+	VMULPS.BCST   512(R8)(BX*1), Z17, Z17
+	VMULPS        Z17, Z6, Z17
+	VADDPS        Z17, Z16, Z16
+	VADDPS        Z16, Z3, Z3
+	VPXORD        Z20, Z20, Z20
+	VPDPBUSD.BCST (DI)(CX*1), Z7, Z20
+	VPDPBUSD.BCST 4(DI)(CX*1), Z8, Z20
+	VPDPBUSD.BCST 8(DI)(CX*1), Z9, Z20
+	VPDPBUSD.BCST 12(DI)(CX*1), Z10, Z20
+	VPDPBUSD.BCST 16(DI)(CX*1), Z11, Z20
+	VPDPBUSD.BCST 20(DI)(CX*1), Z12, Z20
+	VPDPBUSD.BCST 24(DI)(CX*1), Z13, Z20
+	VPDPBUSD.BCST 28(DI)(CX*1), Z14, Z20
+	VCVTDQ2PS     Z20, Z7
+	VMULPS.BCST   512(R8)(CX*1), Z5, Z5
+	VMULPS        Z5, Z7, Z7
+	VPBROADCASTD  576(R8)(CX*1), Z5
+	VCVTDQ2PS     Z5, Z5
+	VMULPS.BCST   512(R8)(CX*1), Z5, Z5
+	VMULPS        Z5, Z6, Z5
+	VADDPS        Z5, Z7, Z7
+	VADDPS        Z7, Z4, Z4
+	ADDQ          $0x00000140, AX
+	ADDQ          $0x20, DI
+	ADDQ          $0x04, R8
+	INCQ          R9
+	CMPQ          R9, $0x10
+	JNE           q41x16N4_next
+	ADDQ          $0x00000080, DI
+	ADDQ          $0x00000240, R8
+	XORQ          R9, R9
+
+q41x16N4_next:
+	DECQ    SI
+	JNZ     q41x16N4_blk
+	MOVQ    out+40(FP), SI
+	MOVQ    ostride+48(FP), DI
+	MOVQ    SI, R8
+	VMOVUPS Z1, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z2, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z3, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z4, (R8)
+	ADDQ    $0x40, SI
+	MOVQ    SI, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q41x16N4_grp
+	VZEROUPPER
+	RET
+
+// func q41x16N5(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q41x16N5(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+
+q41x16N5_grp:
+	MOVQ   nblocks+16(FP), DI
+	MOVQ   xq+24(FP), R8
+	MOVQ   R8, R9
+	XORQ   R10, R10
+	VXORPS Z1, Z1, Z1
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+
+q41x16N5_blk:
+	VCVTPH2PS     (AX), Z6
+	VCVTPH2PS     32(AX), Z7
+	VMULPS.BCST   f128<>+0(SB), Z7, Z7
+	VPANDD        64(AX), Z0, Z8
+	VPANDD        128(AX), Z0, Z9
+	VPANDD        192(AX), Z0, Z10
+	VPANDD        256(AX), Z0, Z11
+	VPSRLW        $0x04, 64(AX), Z12
+	VPANDD        Z0, Z12, Z12
+	VPSRLW        $0x04, 128(AX), Z13
+	VPANDD        Z0, Z13, Z13
+	VPSRLW        $0x04, 192(AX), Z14
+	VPANDD        Z0, Z14, Z14
+	VPSRLW        $0x04, 256(AX), Z15
+	VPANDD        Z0, Z15, Z15
+	VPXORD        Z16, Z16, Z16
+	VPDPBUSD.BCST (R8), Z8, Z16
+	VPDPBUSD.BCST 4(R8), Z9, Z16
+	VPDPBUSD.BCST 8(R8), Z10, Z16
+	VPDPBUSD.BCST 12(R8), Z11, Z16
+	VPDPBUSD.BCST 16(R8), Z12, Z16
+	VPDPBUSD.BCST 20(R8), Z13, Z16
+	VPDPBUSD.BCST 24(R8), Z14, Z16
+	VPDPBUSD.BCST 28(R8), Z15, Z16
+	VCVTDQ2PS     Z16, Z17
+	VMULPS.BCST   512(R9), Z6, Z18
+	VMULPS        Z18, Z17, Z17
+	VPBROADCASTD  576(R9), Z18
+	VCVTDQ2PS     Z18, Z18
+	VMULPS.BCST   512(R9), Z18, Z18
+	VMULPS        Z18, Z7, Z18
+	VADDPS        Z18, Z17, Z17
+	VADDPS        Z17, Z1, Z1
+	VPXORD        Z19, Z19, Z19
+	VPDPBUSD.BCST (R8)(DX*1), Z8, Z19
+	VPDPBUSD.BCST 4(R8)(DX*1), Z9, Z19
+	VPDPBUSD.BCST 8(R8)(DX*1), Z10, Z19
+	VPDPBUSD.BCST 12(R8)(DX*1), Z11, Z19
+	VPDPBUSD.BCST 16(R8)(DX*1), Z12, Z19
+	VPDPBUSD.BCST 20(R8)(DX*1), Z13, Z19
+	VPDPBUSD.BCST 24(R8)(DX*1), Z14, Z19
+	VPDPBUSD.BCST 28(R8)(DX*1), Z15, Z19
+	VCVTDQ2PS     Z19, Z17
+	VMULPS.BCST   512(R9)(DX*1), Z6, Z18
+	VMULPS        Z18, Z17, Z17
+	VPBROADCASTD  576(R9)(DX*1), Z18
+	VCVTDQ2PS     Z18, Z18
+	VMULPS.BCST   512(R9)(DX*1), Z18, Z18
+	VMULPS        Z18, Z7, Z18
+	VADDPS        Z18, Z17, Z17
+	VADDPS        Z17, Z2, Z2
+	VPXORD        Z20, Z20, Z20
+	VPDPBUSD.BCST (R8)(BX*1), Z8, Z20
+	VPDPBUSD.BCST 4(R8)(BX*1), Z9, Z20
+	VPDPBUSD.BCST 8(R8)(BX*1), Z10, Z20
+	VPDPBUSD.BCST 12(R8)(BX*1), Z11, Z20
+	VPDPBUSD.BCST 16(R8)(BX*1), Z12, Z20
+	VPDPBUSD.BCST 20(R8)(BX*1), Z13, Z20
+	VPDPBUSD.BCST 24(R8)(BX*1), Z14, Z20
+	VPDPBUSD.BCST 28(R8)(BX*1), Z15, Z20
+	VCVTDQ2PS     Z20, Z17
+	VMULPS.BCST   512(R9)(BX*1), Z6, Z18
+	VMULPS        Z18, Z17, Z17
+	VPBROADCASTD  576(R9)(BX*1), Z18
+	VCVTDQ2PS     Z18, Z18
+	VMULPS.BCST   512(R9)(BX*1), Z18, Z18
+	VMULPS        Z18, Z7, Z18
+	VADDPS        Z18, Z17, Z17
+	VADDPS        Z17, Z3, Z3
+	VPXORD        Z21, Z21, Z21
+	VPDPBUSD.BCST (R8)(SI*1), Z8, Z21
+	VPDPBUSD.BCST 4(R8)(SI*1), Z9, Z21
+	VPDPBUSD.BCST 8(R8)(SI*1), Z10, Z21
+	VPDPBUSD.BCST 12(R8)(SI*1), Z11, Z21
+	VPDPBUSD.BCST 16(R8)(SI*1), Z12, Z21
+	VPDPBUSD.BCST 20(R8)(SI*1), Z13, Z21
+	VPDPBUSD.BCST 24(R8)(SI*1), Z14, Z21
+	VPDPBUSD.BCST 28(R8)(SI*1), Z15, Z21
+	VCVTDQ2PS     Z21, Z17
+	VMULPS.BCST   512(R9)(SI*1), Z6, Z18
+	VMULPS        Z18, Z17, Z17
+	VPBROADCASTD  576(R9)(SI*1), Z18
+	VCVTDQ2PS     Z18, Z18
+	VMULPS.BCST   512(R9)(SI*1), Z18, Z18
+	VMULPS        Z18, Z7, Z18
+	VADDPS        Z18, Z17, Z17
+	VADDPS        Z17, Z4, Z4
+	VPXORD        Z22, Z22, Z22
+	VPDPBUSD.BCST (R8)(CX*1), Z8, Z22
+	VPDPBUSD.BCST 4(R8)(CX*1), Z9, Z22
+	VPDPBUSD.BCST 8(R8)(CX*1), Z10, Z22
+	VPDPBUSD.BCST 12(R8)(CX*1), Z11, Z22
+	VPDPBUSD.BCST 16(R8)(CX*1), Z12, Z22
+	VPDPBUSD.BCST 20(R8)(CX*1), Z13, Z22
+	VPDPBUSD.BCST 24(R8)(CX*1), Z14, Z22
+	VPDPBUSD.BCST 28(R8)(CX*1), Z15, Z22
+	VCVTDQ2PS     Z22, Z8
+	VMULPS.BCST   512(R9)(CX*1), Z6, Z6
+	VMULPS        Z6, Z8, Z8
+	VPBROADCASTD  576(R9)(CX*1), Z6
+	VCVTDQ2PS     Z6, Z6
+	VMULPS.BCST   512(R9)(CX*1), Z6, Z6
+	VMULPS        Z6, Z7, Z6
+	VADDPS        Z6, Z8, Z8
+	VADDPS        Z8, Z5, Z5
+	ADDQ          $0x00000140, AX
+	ADDQ          $0x20, R8
+	ADDQ          $0x04, R9
+	INCQ          R10
+	CMPQ          R10, $0x10
+	JNE           q41x16N5_next
+	ADDQ          $0x00000080, R8
+	ADDQ          $0x00000240, R9
+	XORQ          R10, R10
+
+q41x16N5_next:
+	DECQ    DI
+	JNZ     q41x16N5_blk
+	MOVQ    out+40(FP), DI
+	MOVQ    ostride+48(FP), R8
+	MOVQ    DI, R9
+	VMOVUPS Z1, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z2, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z3, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z4, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z5, (R9)
+	ADDQ    $0x40, DI
+	MOVQ    DI, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q41x16N5_grp
+	VZEROUPPER
+	RET
+
+// func q41x16N6(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q41x16N6(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, DI
+	IMUL3Q       $0x05, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+
+q41x16N6_grp:
+	MOVQ   nblocks+16(FP), R8
+	MOVQ   xq+24(FP), R9
+	MOVQ   R9, R10
+	XORQ   R11, R11
+	VXORPS Z1, Z1, Z1
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+
+q41x16N6_blk:
+	VCVTPH2PS     (AX), Z7
+	VCVTPH2PS     32(AX), Z8
+	VMULPS.BCST   f128<>+0(SB), Z8, Z8
+	VPANDD        64(AX), Z0, Z9
+	VPANDD        128(AX), Z0, Z10
+	VPANDD        192(AX), Z0, Z11
+	VPANDD        256(AX), Z0, Z12
+	VPSRLW        $0x04, 64(AX), Z13
+	VPANDD        Z0, Z13, Z13
+	VPSRLW        $0x04, 128(AX), Z14
+	VPANDD        Z0, Z14, Z14
+	VPSRLW        $0x04, 192(AX), Z15
+	VPANDD        Z0, Z15, Z15
+	VPSRLW        $0x04, 256(AX), Z16
+	VPANDD        Z0, Z16, Z16
+	VPXORD        Z17, Z17, Z17
+	VPDPBUSD.BCST (R9), Z9, Z17
+	VPDPBUSD.BCST 4(R9), Z10, Z17
+	VPDPBUSD.BCST 8(R9), Z11, Z17
+	VPDPBUSD.BCST 12(R9), Z12, Z17
+	VPDPBUSD.BCST 16(R9), Z13, Z17
+	VPDPBUSD.BCST 20(R9), Z14, Z17
+	VPDPBUSD.BCST 24(R9), Z15, Z17
+	VPDPBUSD.BCST 28(R9), Z16, Z17
+	VCVTDQ2PS     Z17, Z18
+	VMULPS.BCST   512(R10), Z7, Z19
+	VMULPS        Z19, Z18, Z18
+	VPBROADCASTD  576(R10), Z19
+	VCVTDQ2PS     Z19, Z19
+	VMULPS.BCST   512(R10), Z19, Z19
+	VMULPS        Z19, Z8, Z19
+	VADDPS        Z19, Z18, Z18
+	VADDPS        Z18, Z1, Z1
+	VPXORD        Z20, Z20, Z20
+	VPDPBUSD.BCST (R9)(DX*1), Z9, Z20
+	VPDPBUSD.BCST 4(R9)(DX*1), Z10, Z20
+	VPDPBUSD.BCST 8(R9)(DX*1), Z11, Z20
+	VPDPBUSD.BCST 12(R9)(DX*1), Z12, Z20
+	VPDPBUSD.BCST 16(R9)(DX*1), Z13, Z20
+	VPDPBUSD.BCST 20(R9)(DX*1), Z14, Z20
+	VPDPBUSD.BCST 24(R9)(DX*1), Z15, Z20
+	VPDPBUSD.BCST 28(R9)(DX*1), Z16, Z20
+	VCVTDQ2PS     Z20, Z18
+	VMULPS.BCST   512(R10)(DX*1), Z7, Z19
+	VMULPS        Z19, Z18, Z18
+	VPBROADCASTD  576(R10)(DX*1), Z19
+	VCVTDQ2PS     Z19, Z19
+	VMULPS.BCST   512(R10)(DX*1), Z19, Z19
+	VMULPS        Z19, Z8, Z19
+	VADDPS        Z19, Z18, Z18
+	VADDPS        Z18, Z2, Z2
+	VPXORD        Z21, Z21, Z21
+	VPDPBUSD.BCST (R9)(BX*1), Z9, Z21
+	VPDPBUSD.BCST 4(R9)(BX*1), Z10, Z21
+	VPDPBUSD.BCST 8(R9)(BX*1), Z11, Z21
+	VPDPBUSD.BCST 12(R9)(BX*1), Z12, Z21
+	VPDPBUSD.BCST 16(R9)(BX*1), Z13, Z21
+	VPDPBUSD.BCST 20(R9)(BX*1), Z14, Z21
+	VPDPBUSD.BCST 24(R9)(BX*1), Z15, Z21
+	VPDPBUSD.BCST 28(R9)(BX*1), Z16, Z21
+	VCVTDQ2PS     Z21, Z18
+	VMULPS.BCST   512(R10)(BX*1), Z7, Z19
+	VMULPS        Z19, Z18, Z18
+	VPBROADCASTD  576(R10)(BX*1), Z19
+	VCVTDQ2PS     Z19, Z19
+	VMULPS.BCST   512(R10)(BX*1), Z19, Z19
+	VMULPS        Z19, Z8, Z19
+	VADDPS        Z19, Z18, Z18
+	VADDPS        Z18, Z3, Z3
+	VPXORD        Z22, Z22, Z22
+	VPDPBUSD.BCST (R9)(SI*1), Z9, Z22
+	VPDPBUSD.BCST 4(R9)(SI*1), Z10, Z22
+	VPDPBUSD.BCST 8(R9)(SI*1), Z11, Z22
+	VPDPBUSD.BCST 12(R9)(SI*1), Z12, Z22
+	VPDPBUSD.BCST 16(R9)(SI*1), Z13, Z22
+	VPDPBUSD.BCST 20(R9)(SI*1), Z14, Z22
+	VPDPBUSD.BCST 24(R9)(SI*1), Z15, Z22
+	VPDPBUSD.BCST 28(R9)(SI*1), Z16, Z22
+	VCVTDQ2PS     Z22, Z18
+	VMULPS.BCST   512(R10)(SI*1), Z7, Z19
+	VMULPS        Z19, Z18, Z18
+	VPBROADCASTD  576(R10)(SI*1), Z19
+	VCVTDQ2PS     Z19, Z19
+	VMULPS.BCST   512(R10)(SI*1), Z19, Z19
+	VMULPS        Z19, Z8, Z19
+	VADDPS        Z19, Z18, Z18
+	VADDPS        Z18, Z4, Z4
+	VPXORD        Z23, Z23, Z23
+	VPDPBUSD.BCST (R9)(DI*1), Z9, Z23
+	VPDPBUSD.BCST 4(R9)(DI*1), Z10, Z23
+	VPDPBUSD.BCST 8(R9)(DI*1), Z11, Z23
+	VPDPBUSD.BCST 12(R9)(DI*1), Z12, Z23
+	VPDPBUSD.BCST 16(R9)(DI*1), Z13, Z23
+	VPDPBUSD.BCST 20(R9)(DI*1), Z14, Z23
+	VPDPBUSD.BCST 24(R9)(DI*1), Z15, Z23
+	VPDPBUSD.BCST 28(R9)(DI*1), Z16, Z23
+	VCVTDQ2PS     Z23, Z18
+	VMULPS.BCST   512(R10)(DI*1), Z7, Z19
+	VMULPS        Z19, Z18, Z18
+	VPBROADCASTD  576(R10)(DI*1), Z19
+	VCVTDQ2PS     Z19, Z19
+	VMULPS.BCST   512(R10)(DI*1), Z19, Z19
+	VMULPS        Z19, Z8, Z19
+	VADDPS        Z19, Z18, Z18
+	VADDPS        Z18, Z5, Z5
+	VPXORD        Z24, Z24, Z24
+	VPDPBUSD.BCST (R9)(CX*1), Z9, Z24
+	VPDPBUSD.BCST 4(R9)(CX*1), Z10, Z24
+	VPDPBUSD.BCST 8(R9)(CX*1), Z11, Z24
+	VPDPBUSD.BCST 12(R9)(CX*1), Z12, Z24
+	VPDPBUSD.BCST 16(R9)(CX*1), Z13, Z24
+	VPDPBUSD.BCST 20(R9)(CX*1), Z14, Z24
+	VPDPBUSD.BCST 24(R9)(CX*1), Z15, Z24
+	VPDPBUSD.BCST 28(R9)(CX*1), Z16, Z24
+	VCVTDQ2PS     Z24, Z9
+	VMULPS.BCST   512(R10)(CX*1), Z7, Z7
+	VMULPS        Z7, Z9, Z9
+	VPBROADCASTD  576(R10)(CX*1), Z7
+	VCVTDQ2PS     Z7, Z7
+	VMULPS.BCST   512(R10)(CX*1), Z7, Z7
+	VMULPS        Z7, Z8, Z7
+	VADDPS        Z7, Z9, Z9
+	VADDPS        Z9, Z6, Z6
+	ADDQ          $0x00000140, AX
+	ADDQ          $0x20, R9
+	ADDQ          $0x04, R10
+	INCQ          R11
+	CMPQ          R11, $0x10
+	JNE           q41x16N6_next
+	ADDQ          $0x00000080, R9
+	ADDQ          $0x00000240, R10
+	XORQ          R11, R11
+
+q41x16N6_next:
+	DECQ    R8
+	JNZ     q41x16N6_blk
+	MOVQ    out+40(FP), R8
+	MOVQ    ostride+48(FP), R9
+	MOVQ    R8, R10
+	VMOVUPS Z1, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z2, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z3, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z4, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z5, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z6, (R10)
+	ADDQ    $0x40, R8
+	MOVQ    R8, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q41x16N6_grp
+	VZEROUPPER
+	RET
+
+// func q41x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q41x16N7(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, DI
+	IMUL3Q       $0x05, CX, R8
+	IMUL3Q       $0x06, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+
+q41x16N7_grp:
+	MOVQ   nblocks+16(FP), R9
+	MOVQ   xq+24(FP), R10
+	MOVQ   R10, R11
+	XORQ   R12, R12
+	VXORPS Z1, Z1, Z1
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+
+q41x16N7_blk:
+	VCVTPH2PS     (AX), Z8
+	VCVTPH2PS     32(AX), Z9
+	VMULPS.BCST   f128<>+0(SB), Z9, Z9
+	VPANDD        64(AX), Z0, Z10
+	VPANDD        128(AX), Z0, Z11
+	VPANDD        192(AX), Z0, Z12
+	VPANDD        256(AX), Z0, Z13
+	VPSRLW        $0x04, 64(AX), Z14
+	VPANDD        Z0, Z14, Z14
+	VPSRLW        $0x04, 128(AX), Z15
+	VPANDD        Z0, Z15, Z15
+	VPSRLW        $0x04, 192(AX), Z16
+	VPANDD        Z0, Z16, Z16
+	VPSRLW        $0x04, 256(AX), Z17
+	VPANDD        Z0, Z17, Z17
+	VPXORD        Z18, Z18, Z18
+	VPDPBUSD.BCST (R10), Z10, Z18
+	VPDPBUSD.BCST 4(R10), Z11, Z18
+	VPDPBUSD.BCST 8(R10), Z12, Z18
+	VPDPBUSD.BCST 12(R10), Z13, Z18
+	VPDPBUSD.BCST 16(R10), Z14, Z18
+	VPDPBUSD.BCST 20(R10), Z15, Z18
+	VPDPBUSD.BCST 24(R10), Z16, Z18
+	VPDPBUSD.BCST 28(R10), Z17, Z18
+	VCVTDQ2PS     Z18, Z19
+	VMULPS.BCST   512(R11), Z8, Z20
+	VMULPS        Z20, Z19, Z19
+	VPBROADCASTD  576(R11), Z20
+	VCVTDQ2PS     Z20, Z20
+	VMULPS.BCST   512(R11), Z20, Z20
+	VMULPS        Z20, Z9, Z20
+	VADDPS        Z20, Z19, Z19
+	VADDPS        Z19, Z1, Z1
+	VPXORD        Z21, Z21, Z21
+	VPDPBUSD.BCST (R10)(DX*1), Z10, Z21
+	VPDPBUSD.BCST 4(R10)(DX*1), Z11, Z21
+	VPDPBUSD.BCST 8(R10)(DX*1), Z12, Z21
+	VPDPBUSD.BCST 12(R10)(DX*1), Z13, Z21
+	VPDPBUSD.BCST 16(R10)(DX*1), Z14, Z21
+	VPDPBUSD.BCST 20(R10)(DX*1), Z15, Z21
+	VPDPBUSD.BCST 24(R10)(DX*1), Z16, Z21
+	VPDPBUSD.BCST 28(R10)(DX*1), Z17, Z21
+	VCVTDQ2PS     Z21, Z19
+	VMULPS.BCST   512(R11)(DX*1), Z8, Z20
+	VMULPS        Z20, Z19, Z19
+	VPBROADCASTD  576(R11)(DX*1), Z20
+	VCVTDQ2PS     Z20, Z20
+	VMULPS.BCST   512(R11)(DX*1), Z20, Z20
+	VMULPS        Z20, Z9, Z20
+	VADDPS        Z20, Z19, Z19
+	VADDPS        Z19, Z2, Z2
+	VPXORD        Z22, Z22, Z22
+	VPDPBUSD.BCST (R10)(BX*1), Z10, Z22
+	VPDPBUSD.BCST 4(R10)(BX*1), Z11, Z22
+	VPDPBUSD.BCST 8(R10)(BX*1), Z12, Z22
+	VPDPBUSD.BCST 12(R10)(BX*1), Z13, Z22
+	VPDPBUSD.BCST 16(R10)(BX*1), Z14, Z22
+	VPDPBUSD.BCST 20(R10)(BX*1), Z15, Z22
+	VPDPBUSD.BCST 24(R10)(BX*1), Z16, Z22
+	VPDPBUSD.BCST 28(R10)(BX*1), Z17, Z22
+	VCVTDQ2PS     Z22, Z19
+	VMULPS.BCST   512(R11)(BX*1), Z8, Z20
+	VMULPS        Z20, Z19, Z19
+	VPBROADCASTD  576(R11)(BX*1), Z20
+	VCVTDQ2PS     Z20, Z20
+	VMULPS.BCST   512(R11)(BX*1), Z20, Z20
+	VMULPS        Z20, Z9, Z20
+	VADDPS        Z20, Z19, Z19
+	VADDPS        Z19, Z3, Z3
+	VPXORD        Z23, Z23, Z23
+	VPDPBUSD.BCST (R10)(SI*1), Z10, Z23
+	VPDPBUSD.BCST 4(R10)(SI*1), Z11, Z23
+	VPDPBUSD.BCST 8(R10)(SI*1), Z12, Z23
+	VPDPBUSD.BCST 12(R10)(SI*1), Z13, Z23
+	VPDPBUSD.BCST 16(R10)(SI*1), Z14, Z23
+	VPDPBUSD.BCST 20(R10)(SI*1), Z15, Z23
+	VPDPBUSD.BCST 24(R10)(SI*1), Z16, Z23
+	VPDPBUSD.BCST 28(R10)(SI*1), Z17, Z23
+	VCVTDQ2PS     Z23, Z19
+	VMULPS.BCST   512(R11)(SI*1), Z8, Z20
+	VMULPS        Z20, Z19, Z19
+	VPBROADCASTD  576(R11)(SI*1), Z20
+	VCVTDQ2PS     Z20, Z20
+	VMULPS.BCST   512(R11)(SI*1), Z20, Z20
+	VMULPS        Z20, Z9, Z20
+	VADDPS        Z20, Z19, Z19
+	VADDPS        Z19, Z4, Z4
+	VPXORD        Z24, Z24, Z24
+	VPDPBUSD.BCST (R10)(DI*1), Z10, Z24
+	VPDPBUSD.BCST 4(R10)(DI*1), Z11, Z24
+	VPDPBUSD.BCST 8(R10)(DI*1), Z12, Z24
+	VPDPBUSD.BCST 12(R10)(DI*1), Z13, Z24
+	VPDPBUSD.BCST 16(R10)(DI*1), Z14, Z24
+	VPDPBUSD.BCST 20(R10)(DI*1), Z15, Z24
+	VPDPBUSD.BCST 24(R10)(DI*1), Z16, Z24
+	VPDPBUSD.BCST 28(R10)(DI*1), Z17, Z24
+	VCVTDQ2PS     Z24, Z19
+	VMULPS.BCST   512(R11)(DI*1), Z8, Z20
+	VMULPS        Z20, Z19, Z19
+	VPBROADCASTD  576(R11)(DI*1), Z20
+	VCVTDQ2PS     Z20, Z20
+	VMULPS.BCST   512(R11)(DI*1), Z20, Z20
+	VMULPS        Z20, Z9, Z20
+	VADDPS        Z20, Z19, Z19
+	VADDPS        Z19, Z5, Z5
+	VPXORD        Z25, Z25, Z25
+	VPDPBUSD.BCST (R10)(R8*1), Z10, Z25
+	VPDPBUSD.BCST 4(R10)(R8*1), Z11, Z25
+	VPDPBUSD.BCST 8(R10)(R8*1), Z12, Z25
+	VPDPBUSD.BCST 12(R10)(R8*1), Z13, Z25
+	VPDPBUSD.BCST 16(R10)(R8*1), Z14, Z25
+	VPDPBUSD.BCST 20(R10)(R8*1), Z15, Z25
+	VPDPBUSD.BCST 24(R10)(R8*1), Z16, Z25
+	VPDPBUSD.BCST 28(R10)(R8*1), Z17, Z25
+	VCVTDQ2PS     Z25, Z19
+	VMULPS.BCST   512(R11)(R8*1), Z8, Z20
+	VMULPS        Z20, Z19, Z19
+	VPBROADCASTD  576(R11)(R8*1), Z20
+	VCVTDQ2PS     Z20, Z20
+	VMULPS.BCST   512(R11)(R8*1), Z20, Z20
+	VMULPS        Z20, Z9, Z20
+	VADDPS        Z20, Z19, Z19
+	VADDPS        Z19, Z6, Z6
+	VPXORD        Z26, Z26, Z26
+	VPDPBUSD.BCST (R10)(CX*1), Z10, Z26
+	VPDPBUSD.BCST 4(R10)(CX*1), Z11, Z26
+	VPDPBUSD.BCST 8(R10)(CX*1), Z12, Z26
+	VPDPBUSD.BCST 12(R10)(CX*1), Z13, Z26
+	VPDPBUSD.BCST 16(R10)(CX*1), Z14, Z26
+	VPDPBUSD.BCST 20(R10)(CX*1), Z15, Z26
+	VPDPBUSD.BCST 24(R10)(CX*1), Z16, Z26
+	VPDPBUSD.BCST 28(R10)(CX*1), Z17, Z26
+	VCVTDQ2PS     Z26, Z10
+	VMULPS.BCST   512(R11)(CX*1), Z8, Z8
+	VMULPS        Z8, Z10, Z10
+	VPBROADCASTD  576(R11)(CX*1), Z8
+	VCVTDQ2PS     Z8, Z8
+	VMULPS.BCST   512(R11)(CX*1), Z8, Z8
+	VMULPS        Z8, Z9, Z8
+	VADDPS        Z8, Z10, Z10
+	VADDPS        Z10, Z7, Z7
+	ADDQ          $0x00000140, AX
+	ADDQ          $0x20, R10
+	ADDQ          $0x04, R11
+	INCQ          R12
+	CMPQ          R12, $0x10
+	JNE           q41x16N7_next
+	ADDQ          $0x00000080, R10
+	ADDQ          $0x00000240, R11
+	XORQ          R12, R12
+
+q41x16N7_next:
+	DECQ    R9
+	JNZ     q41x16N7_blk
+	MOVQ    out+40(FP), R9
+	MOVQ    ostride+48(FP), R10
+	MOVQ    R9, R11
+	VMOVUPS Z1, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z2, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z3, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z4, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z5, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z6, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z7, (R11)
+	ADDQ    $0x40, R9
+	MOVQ    R9, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q41x16N7_grp
+	VZEROUPPER
+	RET
+
+// func q41x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q41x16N8(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, DI
+	IMUL3Q       $0x05, CX, R8
+	IMUL3Q       $0x06, CX, R9
+	IMUL3Q       $0x07, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+
+q41x16N8_grp:
+	MOVQ   nblocks+16(FP), R10
+	MOVQ   xq+24(FP), R11
+	MOVQ   R11, R12
+	XORQ   R13, R13
+	VXORPS Z1, Z1, Z1
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+
+q41x16N8_blk:
+	VCVTPH2PS     (AX), Z9
+	VCVTPH2PS     32(AX), Z10
+	VMULPS.BCST   f128<>+0(SB), Z10, Z10
+	VPANDD        64(AX), Z0, Z11
+	VPANDD        128(AX), Z0, Z12
+	VPANDD        192(AX), Z0, Z13
+	VPANDD        256(AX), Z0, Z14
+	VPSRLW        $0x04, 64(AX), Z15
+	VPANDD        Z0, Z15, Z15
+	VPSRLW        $0x04, 128(AX), Z16
+	VPANDD        Z0, Z16, Z16
+	VPSRLW        $0x04, 192(AX), Z17
+	VPANDD        Z0, Z17, Z17
+	VPSRLW        $0x04, 256(AX), Z18
+	VPANDD        Z0, Z18, Z18
+	VPXORD        Z19, Z19, Z19
+	VPDPBUSD.BCST (R11), Z11, Z19
+	VPDPBUSD.BCST 4(R11), Z12, Z19
+	VPDPBUSD.BCST 8(R11), Z13, Z19
+	VPDPBUSD.BCST 12(R11), Z14, Z19
+	VPDPBUSD.BCST 16(R11), Z15, Z19
+	VPDPBUSD.BCST 20(R11), Z16, Z19
+	VPDPBUSD.BCST 24(R11), Z17, Z19
+	VPDPBUSD.BCST 28(R11), Z18, Z19
+	VCVTDQ2PS     Z19, Z20
+	VMULPS.BCST   512(R12), Z9, Z21
+	VMULPS        Z21, Z20, Z20
+	VPBROADCASTD  576(R12), Z21
+	VCVTDQ2PS     Z21, Z21
+	VMULPS.BCST   512(R12), Z21, Z21
+	VMULPS        Z21, Z10, Z21
+	VADDPS        Z21, Z20, Z20
+	VADDPS        Z20, Z1, Z1
+	VPXORD        Z22, Z22, Z22
+	VPDPBUSD.BCST (R11)(DX*1), Z11, Z22
+	VPDPBUSD.BCST 4(R11)(DX*1), Z12, Z22
+	VPDPBUSD.BCST 8(R11)(DX*1), Z13, Z22
+	VPDPBUSD.BCST 12(R11)(DX*1), Z14, Z22
+	VPDPBUSD.BCST 16(R11)(DX*1), Z15, Z22
+	VPDPBUSD.BCST 20(R11)(DX*1), Z16, Z22
+	VPDPBUSD.BCST 24(R11)(DX*1), Z17, Z22
+	VPDPBUSD.BCST 28(R11)(DX*1), Z18, Z22
+	VCVTDQ2PS     Z22, Z20
+	VMULPS.BCST   512(R12)(DX*1), Z9, Z21
+	VMULPS        Z21, Z20, Z20
+	VPBROADCASTD  576(R12)(DX*1), Z21
+	VCVTDQ2PS     Z21, Z21
+	VMULPS.BCST   512(R12)(DX*1), Z21, Z21
+	VMULPS        Z21, Z10, Z21
+	VADDPS        Z21, Z20, Z20
+	VADDPS        Z20, Z2, Z2
+	VPXORD        Z23, Z23, Z23
+	VPDPBUSD.BCST (R11)(BX*1), Z11, Z23
+	VPDPBUSD.BCST 4(R11)(BX*1), Z12, Z23
+	VPDPBUSD.BCST 8(R11)(BX*1), Z13, Z23
+	VPDPBUSD.BCST 12(R11)(BX*1), Z14, Z23
+	VPDPBUSD.BCST 16(R11)(BX*1), Z15, Z23
+	VPDPBUSD.BCST 20(R11)(BX*1), Z16, Z23
+	VPDPBUSD.BCST 24(R11)(BX*1), Z17, Z23
+	VPDPBUSD.BCST 28(R11)(BX*1), Z18, Z23
+	VCVTDQ2PS     Z23, Z20
+	VMULPS.BCST   512(R12)(BX*1), Z9, Z21
+	VMULPS        Z21, Z20, Z20
+	VPBROADCASTD  576(R12)(BX*1), Z21
+	VCVTDQ2PS     Z21, Z21
+	VMULPS.BCST   512(R12)(BX*1), Z21, Z21
+	VMULPS        Z21, Z10, Z21
+	VADDPS        Z21, Z20, Z20
+	VADDPS        Z20, Z3, Z3
+	VPXORD        Z24, Z24, Z24
+	VPDPBUSD.BCST (R11)(SI*1), Z11, Z24
+	VPDPBUSD.BCST 4(R11)(SI*1), Z12, Z24
+	VPDPBUSD.BCST 8(R11)(SI*1), Z13, Z24
+	VPDPBUSD.BCST 12(R11)(SI*1), Z14, Z24
+	VPDPBUSD.BCST 16(R11)(SI*1), Z15, Z24
+	VPDPBUSD.BCST 20(R11)(SI*1), Z16, Z24
+	VPDPBUSD.BCST 24(R11)(SI*1), Z17, Z24
+	VPDPBUSD.BCST 28(R11)(SI*1), Z18, Z24
+	VCVTDQ2PS     Z24, Z20
+	VMULPS.BCST   512(R12)(SI*1), Z9, Z21
+	VMULPS        Z21, Z20, Z20
+	VPBROADCASTD  576(R12)(SI*1), Z21
+	VCVTDQ2PS     Z21, Z21
+	VMULPS.BCST   512(R12)(SI*1), Z21, Z21
+	VMULPS        Z21, Z10, Z21
+	VADDPS        Z21, Z20, Z20
+	VADDPS        Z20, Z4, Z4
+	VPXORD        Z25, Z25, Z25
+	VPDPBUSD.BCST (R11)(DI*1), Z11, Z25
+	VPDPBUSD.BCST 4(R11)(DI*1), Z12, Z25
+	VPDPBUSD.BCST 8(R11)(DI*1), Z13, Z25
+	VPDPBUSD.BCST 12(R11)(DI*1), Z14, Z25
+	VPDPBUSD.BCST 16(R11)(DI*1), Z15, Z25
+	VPDPBUSD.BCST 20(R11)(DI*1), Z16, Z25
+	VPDPBUSD.BCST 24(R11)(DI*1), Z17, Z25
+	VPDPBUSD.BCST 28(R11)(DI*1), Z18, Z25
+	VCVTDQ2PS     Z25, Z20
+	VMULPS.BCST   512(R12)(DI*1), Z9, Z21
+	VMULPS        Z21, Z20, Z20
+	VPBROADCASTD  576(R12)(DI*1), Z21
+	VCVTDQ2PS     Z21, Z21
+	VMULPS.BCST   512(R12)(DI*1), Z21, Z21
+	VMULPS        Z21, Z10, Z21
+	VADDPS        Z21, Z20, Z20
+	VADDPS        Z20, Z5, Z5
+	VPXORD        Z26, Z26, Z26
+	VPDPBUSD.BCST (R11)(R8*1), Z11, Z26
+	VPDPBUSD.BCST 4(R11)(R8*1), Z12, Z26
+	VPDPBUSD.BCST 8(R11)(R8*1), Z13, Z26
+	VPDPBUSD.BCST 12(R11)(R8*1), Z14, Z26
+	VPDPBUSD.BCST 16(R11)(R8*1), Z15, Z26
+	VPDPBUSD.BCST 20(R11)(R8*1), Z16, Z26
+	VPDPBUSD.BCST 24(R11)(R8*1), Z17, Z26
+	VPDPBUSD.BCST 28(R11)(R8*1), Z18, Z26
+	VCVTDQ2PS     Z26, Z20
+	VMULPS.BCST   512(R12)(R8*1), Z9, Z21
+	VMULPS        Z21, Z20, Z20
+	VPBROADCASTD  576(R12)(R8*1), Z21
+	VCVTDQ2PS     Z21, Z21
+	VMULPS.BCST   512(R12)(R8*1), Z21, Z21
+	VMULPS        Z21, Z10, Z21
+	VADDPS        Z21, Z20, Z20
+	VADDPS        Z20, Z6, Z6
+	VPXORD        Z27, Z27, Z27
+	VPDPBUSD.BCST (R11)(R9*1), Z11, Z27
+	VPDPBUSD.BCST 4(R11)(R9*1), Z12, Z27
+	VPDPBUSD.BCST 8(R11)(R9*1), Z13, Z27
+	VPDPBUSD.BCST 12(R11)(R9*1), Z14, Z27
+	VPDPBUSD.BCST 16(R11)(R9*1), Z15, Z27
+	VPDPBUSD.BCST 20(R11)(R9*1), Z16, Z27
+	VPDPBUSD.BCST 24(R11)(R9*1), Z17, Z27
+	VPDPBUSD.BCST 28(R11)(R9*1), Z18, Z27
+	VCVTDQ2PS     Z27, Z20
+	VMULPS.BCST   512(R12)(R9*1), Z9, Z21
+	VMULPS        Z21, Z20, Z20
+	VPBROADCASTD  576(R12)(R9*1), Z21
+	VCVTDQ2PS     Z21, Z21
+	VMULPS.BCST   512(R12)(R9*1), Z21, Z21
+	VMULPS        Z21, Z10, Z21
+	VADDPS        Z21, Z20, Z20
+	VADDPS        Z20, Z7, Z7
+	VPXORD        Z28, Z28, Z28
+	VPDPBUSD.BCST (R11)(CX*1), Z11, Z28
+	VPDPBUSD.BCST 4(R11)(CX*1), Z12, Z28
+	VPDPBUSD.BCST 8(R11)(CX*1), Z13, Z28
+	VPDPBUSD.BCST 12(R11)(CX*1), Z14, Z28
+	VPDPBUSD.BCST 16(R11)(CX*1), Z15, Z28
+	VPDPBUSD.BCST 20(R11)(CX*1), Z16, Z28
+	VPDPBUSD.BCST 24(R11)(CX*1), Z17, Z28
+	VPDPBUSD.BCST 28(R11)(CX*1), Z18, Z28
+	VCVTDQ2PS     Z28, Z11
+	VMULPS.BCST   512(R12)(CX*1), Z9, Z9
+	VMULPS        Z9, Z11, Z11
+	VPBROADCASTD  576(R12)(CX*1), Z9
+	VCVTDQ2PS     Z9, Z9
+	VMULPS.BCST   512(R12)(CX*1), Z9, Z9
+	VMULPS        Z9, Z10, Z9
+	VADDPS        Z9, Z11, Z11
+	VADDPS        Z11, Z8, Z8
+	ADDQ          $0x00000140, AX
+	ADDQ          $0x20, R11
+	ADDQ          $0x04, R12
+	INCQ          R13
+	CMPQ          R13, $0x10
+	JNE           q41x16N8_next
+	ADDQ          $0x00000080, R11
+	ADDQ          $0x00000240, R12
+	XORQ          R13, R13
+
+q41x16N8_next:
+	DECQ    R10
+	JNZ     q41x16N8_blk
+	MOVQ    out+40(FP), R10
+	MOVQ    ostride+48(FP), R11
+	MOVQ    R10, R12
+	VMOVUPS Z1, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z2, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z3, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z4, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z5, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z6, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z7, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z8, (R12)
+	ADDQ    $0x40, R10
+	MOVQ    R10, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q41x16N8_grp
+	VZEROUPPER
+	RET
+
+// func q51x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q51x16N1(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q51x16N1_grp:
+	MOVQ   nblocks+16(FP), CX
+	MOVQ   xq+24(FP), DX
+	MOVQ   DX, BX
+	XORQ   SI, SI
+	VXORPS Z2, Z2, Z2
+
+q51x16N1_blk:
+	VCVTPH2PS     (AX), Z3
+	VCVTPH2PS     32(AX), Z4
+	VMULPS.BCST   f128<>+0(SB), Z4, Z4
+	VMOVDQU64     64(AX), Z5
+	VPANDD        128(AX), Z0, Z6
+	VPSHUFB       q5rep_0<>+0(SB), Z5, Z7
+	VPTESTMB      q5nib_0<>+0(SB), Z7, K1
+	VPADDB        Z1, Z6, K1, Z6
+	VPANDD        192(AX), Z0, Z8
+	VPTESTMB      q5nib_1<>+0(SB), Z7, K1
+	VPADDB        Z1, Z8, K1, Z8
+	VPANDD        256(AX), Z0, Z7
+	VPSHUFB       q5rep_1<>+0(SB), Z5, Z11
+	VPTESTMB      q5nib_0<>+0(SB), Z11, K1
+	VPADDB        Z1, Z7, K1, Z7
+	VPANDD        320(AX), Z0, Z12
+	VPTESTMB      q5nib_1<>+0(SB), Z11, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPSRLW        $0x04, 128(AX), Z11
+	VPANDD        Z0, Z11, Z11
+	VPSHUFB       q5rep_2<>+0(SB), Z5, Z13
+	VPTESTMB      q5nib_0<>+0(SB), Z13, K1
+	VPADDB        Z1, Z11, K1, Z11
+	VPSRLW        $0x04, 192(AX), Z14
+	VPANDD        Z0, Z14, Z14
+	VPTESTMB      q5nib_1<>+0(SB), Z13, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPSRLW        $0x04, 256(AX), Z13
+	VPANDD        Z0, Z13, Z13
+	VPSHUFB       q5rep_3<>+0(SB), Z5, Z5
+	VPTESTMB      q5nib_0<>+0(SB), Z5, K1
+	VPADDB        Z1, Z13, K1, Z13
+	VPSRLW        $0x04, 320(AX), Z15
+	VPANDD        Z0, Z15, Z15
+	VPTESTMB      q5nib_1<>+0(SB), Z5, K1
+	VPADDB        Z1, Z15, K1, Z15
+	VPXORD        Z9, Z9, Z9
+	VPXORD        Z10, Z10, Z10
+	VPDPBUSD.BCST (DX), Z6, Z9
+	VPDPBUSD.BCST 4(DX), Z8, Z10
+	VPDPBUSD.BCST 8(DX), Z7, Z9
+	VPDPBUSD.BCST 12(DX), Z12, Z10
+	VPDPBUSD.BCST 16(DX), Z11, Z9
+	VPDPBUSD.BCST 20(DX), Z14, Z10
+	VPDPBUSD.BCST 24(DX), Z13, Z9
+	VPDPBUSD.BCST 28(DX), Z15, Z10
+	VPADDD        Z10, Z9, Z9
+	VCVTDQ2PS     Z9, Z5
+	VMULPS.BCST   512(BX), Z3, Z3
+	VMULPS        Z3, Z5, Z5
+	VPBROADCASTD  576(BX), Z3
+	VCVTDQ2PS     Z3, Z3
+	VMULPS.BCST   512(BX), Z3, Z3
+	VMULPS        Z3, Z4, Z3
+	VADDPS        Z3, Z5, Z5
+	VADDPS        Z5, Z2, Z2
+	ADDQ          $0x00000180, AX
+	ADDQ          $0x20, DX
+	ADDQ          $0x04, BX
+	INCQ          SI
+	CMPQ          SI, $0x10
+	JNE           q51x16N1_next
+	ADDQ          $0x00000080, DX
+	ADDQ          $0x00000240, BX
+	XORQ          SI, SI
+
+q51x16N1_next:
+	DECQ    CX
+	JNZ     q51x16N1_blk
+	MOVQ    out+40(FP), CX
+	MOVQ    ostride+48(FP), DX
+	MOVQ    CX, DX
+	VMOVUPS Z2, (DX)
+	ADDQ    $0x40, CX
+	MOVQ    CX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q51x16N1_grp
+	VZEROUPPER
+	RET
+
+// func q51x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q51x16N2(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q51x16N2_grp:
+	MOVQ   nblocks+16(FP), DX
+	MOVQ   xq+24(FP), BX
+	MOVQ   BX, SI
+	XORQ   DI, DI
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+
+q51x16N2_blk:
+	VCVTPH2PS     (AX), Z4
+	VCVTPH2PS     32(AX), Z5
+	VMULPS.BCST   f128<>+0(SB), Z5, Z5
+	VMOVDQU64     64(AX), Z6
+	VPANDD        128(AX), Z0, Z7
+	VPSHUFB       q5rep_0<>+0(SB), Z6, Z8
+	VPTESTMB      q5nib_0<>+0(SB), Z8, K1
+	VPADDB        Z1, Z7, K1, Z7
+	VPANDD        192(AX), Z0, Z9
+	VPTESTMB      q5nib_1<>+0(SB), Z8, K1
+	VPADDB        Z1, Z9, K1, Z9
+	VPANDD        256(AX), Z0, Z8
+	VPSHUFB       q5rep_1<>+0(SB), Z6, Z14
+	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
+	VPADDB        Z1, Z8, K1, Z8
+	VPANDD        320(AX), Z0, Z15
+	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
+	VPADDB        Z1, Z15, K1, Z15
+	VPSRLW        $0x04, 128(AX), Z14
+	VPANDD        Z0, Z14, Z14
+	VPSHUFB       q5rep_2<>+0(SB), Z6, Z16
+	VPTESTMB      q5nib_0<>+0(SB), Z16, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPSRLW        $0x04, 192(AX), Z17
+	VPANDD        Z0, Z17, Z17
+	VPTESTMB      q5nib_1<>+0(SB), Z16, K1
+	VPADDB        Z1, Z17, K1, Z17
+	VPSRLW        $0x04, 256(AX), Z16
+	VPANDD        Z0, Z16, Z16
+	VPSHUFB       q5rep_3<>+0(SB), Z6, Z6
+	VPTESTMB      q5nib_0<>+0(SB), Z6, K1
+	VPADDB        Z1, Z16, K1, Z16
+	VPSRLW        $0x04, 320(AX), Z18
+	VPANDD        Z0, Z18, Z18
+	VPTESTMB      q5nib_1<>+0(SB), Z6, K1
+	VPADDB        Z1, Z18, K1, Z18
+	VPXORD        Z10, Z10, Z10
+	VPXORD        Z11, Z11, Z11
+	VPDPBUSD.BCST (BX), Z7, Z10
+	VPDPBUSD.BCST 4(BX), Z9, Z11
+	VPDPBUSD.BCST 8(BX), Z8, Z10
+	VPDPBUSD.BCST 12(BX), Z15, Z11
+	VPDPBUSD.BCST 16(BX), Z14, Z10
+	VPDPBUSD.BCST 20(BX), Z17, Z11
+	VPDPBUSD.BCST 24(BX), Z16, Z10
+	VPDPBUSD.BCST 28(BX), Z18, Z11
+	VPADDD        Z11, Z10, Z10
+	VCVTDQ2PS     Z10, Z6
+	VMULPS.BCST   512(SI), Z4, Z19
+	VMULPS        Z19, Z6, Z6
+	VPBROADCASTD  576(SI), Z19
+	VCVTDQ2PS     Z19, Z19
+	VMULPS.BCST   512(SI), Z19, Z19
+	VMULPS        Z19, Z5, Z19
+	VADDPS        Z19, Z6, Z6
+	VADDPS        Z6, Z2, Z2
+	VPXORD        Z12, Z12, Z12
+	VPXORD        Z13, Z13, Z13
+	VPDPBUSD.BCST (BX)(CX*1), Z7, Z12
+	VPDPBUSD.BCST 4(BX)(CX*1), Z9, Z13
+	VPDPBUSD.BCST 8(BX)(CX*1), Z8, Z12
+	VPDPBUSD.BCST 12(BX)(CX*1), Z15, Z13
+	VPDPBUSD.BCST 16(BX)(CX*1), Z14, Z12
+	VPDPBUSD.BCST 20(BX)(CX*1), Z17, Z13
+	VPDPBUSD.BCST 24(BX)(CX*1), Z16, Z12
+	VPDPBUSD.BCST 28(BX)(CX*1), Z18, Z13
+	VPADDD        Z13, Z12, Z12
+	VCVTDQ2PS     Z12, Z6
+	VMULPS.BCST   512(SI)(CX*1), Z4, Z4
+	VMULPS        Z4, Z6, Z6
+	VPBROADCASTD  576(SI)(CX*1), Z4
+	VCVTDQ2PS     Z4, Z4
+	VMULPS.BCST   512(SI)(CX*1), Z4, Z4
+	VMULPS        Z4, Z5, Z4
+	VADDPS        Z4, Z6, Z6
+	VADDPS        Z6, Z3, Z3
+	ADDQ          $0x00000180, AX
+	ADDQ          $0x20, BX
+	ADDQ          $0x04, SI
+	INCQ          DI
+	CMPQ          DI, $0x10
+	JNE           q51x16N2_next
+	ADDQ          $0x00000080, BX
+	ADDQ          $0x00000240, SI
+	XORQ          DI, DI
+
+q51x16N2_next:
+	DECQ    DX
+	JNZ     q51x16N2_blk
+	MOVQ    out+40(FP), DX
+	MOVQ    ostride+48(FP), BX
+	MOVQ    DX, SI
+	VMOVUPS Z2, (SI)
+	ADDQ    BX, SI
+	VMOVUPS Z3, (SI)
+	ADDQ    $0x40, DX
+	MOVQ    DX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q51x16N2_grp
+	VZEROUPPER
+	RET
+
+// func q51x16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q51x16N3(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q51x16N3_grp:
+	MOVQ   nblocks+16(FP), BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	XORQ   R8, R8
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+
+q51x16N3_blk:
+	VCVTPH2PS     (AX), Z5
+	VCVTPH2PS     32(AX), Z6
+	VMULPS.BCST   f128<>+0(SB), Z6, Z6
+	VMOVDQU64     64(AX), Z7
+	VPANDD        128(AX), Z0, Z8
+	VPSHUFB       q5rep_0<>+0(SB), Z7, Z9
+	VPTESTMB      q5nib_0<>+0(SB), Z9, K1
+	VPADDB        Z1, Z8, K1, Z8
+	VPANDD        192(AX), Z0, Z10
+	VPTESTMB      q5nib_1<>+0(SB), Z9, K1
+	VPADDB        Z1, Z10, K1, Z10
+	VPANDD        256(AX), Z0, Z9
+	VPSHUFB       q5rep_1<>+0(SB), Z7, Z14
+	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
+	VPADDB        Z1, Z9, K1, Z9
+	VPANDD        320(AX), Z0, Z15
+	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
+	VPADDB        Z1, Z15, K1, Z15
+	VPSRLW        $0x04, 128(AX), Z14
+	VPANDD        Z0, Z14, Z14
+	VPSHUFB       q5rep_2<>+0(SB), Z7, Z16
+	VPTESTMB      q5nib_0<>+0(SB), Z16, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPSRLW        $0x04, 192(AX), Z17
+	VPANDD        Z0, Z17, Z17
+	VPTESTMB      q5nib_1<>+0(SB), Z16, K1
+	VPADDB        Z1, Z17, K1, Z17
+	VPSRLW        $0x04, 256(AX), Z16
+	VPANDD        Z0, Z16, Z16
+	VPSHUFB       q5rep_3<>+0(SB), Z7, Z7
+	VPTESTMB      q5nib_0<>+0(SB), Z7, K1
+	VPADDB        Z1, Z16, K1, Z16
+	VPSRLW        $0x04, 320(AX), Z18
+	VPANDD        Z0, Z18, Z18
+	VPTESTMB      q5nib_1<>+0(SB), Z7, K1
+	VPADDB        Z1, Z18, K1, Z18
+	VPXORD        Z11, Z11, Z11
+	VPDPBUSD.BCST (SI), Z8, Z11
+	VPDPBUSD.BCST 4(SI), Z10, Z11
+	VPDPBUSD.BCST 8(SI), Z9, Z11
+	VPDPBUSD.BCST 12(SI), Z15, Z11
+	VPDPBUSD.BCST 16(SI), Z14, Z11
+	VPDPBUSD.BCST 20(SI), Z17, Z11
+	VPDPBUSD.BCST 24(SI), Z16, Z11
+	VPDPBUSD.BCST 28(SI), Z18, Z11
+	VCVTDQ2PS     Z11, Z7
+	VMULPS.BCST   512(DI), Z5, Z19
+	VMULPS        Z19, Z7, Z7
+	VPBROADCASTD  576(DI), Z19
+	VCVTDQ2PS     Z19, Z19
+	VMULPS.BCST   512(DI), Z19, Z19
+	VMULPS        Z19, Z6, Z19
+	VADDPS        Z19, Z7, Z7
+	VADDPS        Z7, Z2, Z2
+	VPXORD        Z12, Z12, Z12
+	VPDPBUSD.BCST (SI)(DX*1), Z8, Z12
+	VPDPBUSD.BCST 4(SI)(DX*1), Z10, Z12
+	VPDPBUSD.BCST 8(SI)(DX*1), Z9, Z12
+	VPDPBUSD.BCST 12(SI)(DX*1), Z15, Z12
+	VPDPBUSD.BCST 16(SI)(DX*1), Z14, Z12
+	VPDPBUSD.BCST 20(SI)(DX*1), Z17, Z12
+	VPDPBUSD.BCST 24(SI)(DX*1), Z16, Z12
+	VPDPBUSD.BCST 28(SI)(DX*1), Z18, Z12
+	VCVTDQ2PS     Z12, Z7
+	VMULPS.BCST   512(DI)(DX*1), Z5, Z19
+	VMULPS        Z19, Z7, Z7
+	VPBROADCASTD  576(DI)(DX*1), Z19
+	VCVTDQ2PS     Z19, Z19
+	VMULPS.BCST   512(DI)(DX*1), Z19, Z19
+	VMULPS        Z19, Z6, Z19
+	VADDPS        Z19, Z7, Z7
+	VADDPS        Z7, Z3, Z3
+	VPXORD        Z13, Z13, Z13
+	VPDPBUSD.BCST (SI)(CX*1), Z8, Z13
+	VPDPBUSD.BCST 4(SI)(CX*1), Z10, Z13
+	VPDPBUSD.BCST 8(SI)(CX*1), Z9, Z13
+	VPDPBUSD.BCST 12(SI)(CX*1), Z15, Z13
+	VPDPBUSD.BCST 16(SI)(CX*1), Z14, Z13
+	VPDPBUSD.BCST 20(SI)(CX*1), Z17, Z13
+	VPDPBUSD.BCST 24(SI)(CX*1), Z16, Z13
+	VPDPBUSD.BCST 28(SI)(CX*1), Z18, Z13
+	VCVTDQ2PS     Z13, Z7
+	VMULPS.BCST   512(DI)(CX*1), Z5, Z5
+	VMULPS        Z5, Z7, Z7
+	VPBROADCASTD  576(DI)(CX*1), Z5
+	VCVTDQ2PS     Z5, Z5
+	VMULPS.BCST   512(DI)(CX*1), Z5, Z5
+	VMULPS        Z5, Z6, Z5
+	VADDPS        Z5, Z7, Z7
+	VADDPS        Z7, Z4, Z4
+	ADDQ          $0x00000180, AX
+	ADDQ          $0x20, SI
+	ADDQ          $0x04, DI
+	INCQ          R8
+	CMPQ          R8, $0x10
+	JNE           q51x16N3_next
+	ADDQ          $0x00000080, SI
+	ADDQ          $0x00000240, DI
+	XORQ          R8, R8
+
+q51x16N3_next:
+	DECQ    BX
+	JNZ     q51x16N3_blk
+	MOVQ    out+40(FP), BX
+	MOVQ    ostride+48(FP), SI
+	MOVQ    BX, DI
+	VMOVUPS Z2, (DI)
+	ADDQ    SI, DI
+	VMOVUPS Z3, (DI)
+	ADDQ    SI, DI
+	VMOVUPS Z4, (DI)
+	ADDQ    $0x40, BX
+	MOVQ    BX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q51x16N3_grp
+	VZEROUPPER
+	RET
+
+// func q51x16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q51x16N4(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q51x16N4_grp:
+	MOVQ   nblocks+16(FP), SI
+	MOVQ   xq+24(FP), DI
+	MOVQ   DI, R8
+	XORQ   R9, R9
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+
+q51x16N4_blk:
+	VCVTPH2PS     (AX), Z6
+	VCVTPH2PS     32(AX), Z7
+	VMULPS.BCST   f128<>+0(SB), Z7, Z7
+	VMOVDQU64     64(AX), Z8
+	VPANDD        128(AX), Z0, Z9
+	VPSHUFB       q5rep_0<>+0(SB), Z8, Z10
+	VPTESTMB      q5nib_0<>+0(SB), Z10, K1
+	VPADDB        Z1, Z9, K1, Z9
+	VPANDD        192(AX), Z0, Z11
+	VPTESTMB      q5nib_1<>+0(SB), Z10, K1
+	VPADDB        Z1, Z11, K1, Z11
+	VPANDD        256(AX), Z0, Z10
+	VPSHUFB       q5rep_1<>+0(SB), Z8, Z16
+	VPTESTMB      q5nib_0<>+0(SB), Z16, K1
+	VPADDB        Z1, Z10, K1, Z10
+	VPANDD        320(AX), Z0, Z17
+	VPTESTMB      q5nib_1<>+0(SB), Z16, K1
+	VPADDB        Z1, Z17, K1, Z17
+	VPSRLW        $0x04, 128(AX), Z16
+	VPANDD        Z0, Z16, Z16
+	VPSHUFB       q5rep_2<>+0(SB), Z8, Z18
+	VPTESTMB      q5nib_0<>+0(SB), Z18, K1
+	VPADDB        Z1, Z16, K1, Z16
+	VPSRLW        $0x04, 192(AX), Z19
+	VPANDD        Z0, Z19, Z19
+	VPTESTMB      q5nib_1<>+0(SB), Z18, K1
+	VPADDB        Z1, Z19, K1, Z19
+	VPSRLW        $0x04, 256(AX), Z18
+	VPANDD        Z0, Z18, Z18
+	VPSHUFB       q5rep_3<>+0(SB), Z8, Z8
+	VPTESTMB      q5nib_0<>+0(SB), Z8, K1
+	VPADDB        Z1, Z18, K1, Z18
+	VPSRLW        $0x04, 320(AX), Z20
+	VPANDD        Z0, Z20, Z20
+	VPTESTMB      q5nib_1<>+0(SB), Z8, K1
+	VPADDB        Z1, Z20, K1, Z20
+	VPXORD        Z12, Z12, Z12
+	VPDPBUSD.BCST (DI), Z9, Z12
+	VPDPBUSD.BCST 4(DI), Z11, Z12
+	VPDPBUSD.BCST 8(DI), Z10, Z12
+	VPDPBUSD.BCST 12(DI), Z17, Z12
+	VPDPBUSD.BCST 16(DI), Z16, Z12
+	VPDPBUSD.BCST 20(DI), Z19, Z12
+	VPDPBUSD.BCST 24(DI), Z18, Z12
+	VPDPBUSD.BCST 28(DI), Z20, Z12
+	VCVTDQ2PS     Z12, Z8
+	VMULPS.BCST   512(R8), Z6, Z21
+	VMULPS        Z21, Z8, Z8
+	VPBROADCASTD  576(R8), Z21
+	VCVTDQ2PS     Z21, Z21
+	VMULPS.BCST   512(R8), Z21, Z21
+	VMULPS        Z21, Z7, Z21
+	VADDPS        Z21, Z8, Z8
+	VADDPS        Z8, Z2, Z2
+	VPXORD        Z13, Z13, Z13
+	VPDPBUSD.BCST (DI)(DX*1), Z9, Z13
+	VPDPBUSD.BCST 4(DI)(DX*1), Z11, Z13
+	VPDPBUSD.BCST 8(DI)(DX*1), Z10, Z13
+	VPDPBUSD.BCST 12(DI)(DX*1), Z17, Z13
+	VPDPBUSD.BCST 16(DI)(DX*1), Z16, Z13
+	VPDPBUSD.BCST 20(DI)(DX*1), Z19, Z13
+	VPDPBUSD.BCST 24(DI)(DX*1), Z18, Z13
+	VPDPBUSD.BCST 28(DI)(DX*1), Z20, Z13
+	VCVTDQ2PS     Z13, Z8
+	VMULPS.BCST   512(R8)(DX*1), Z6, Z21
+	VMULPS        Z21, Z8, Z8
+	VPBROADCASTD  576(R8)(DX*1), Z21
+	VCVTDQ2PS     Z21, Z21
+	VMULPS.BCST   512(R8)(DX*1), Z21, Z21
+	VMULPS        Z21, Z7, Z21
+	VADDPS        Z21, Z8, Z8
+	VADDPS        Z8, Z3, Z3
+	VPXORD        Z14, Z14, Z14
+	VPDPBUSD.BCST (DI)(BX*1), Z9, Z14
+	VPDPBUSD.BCST 4(DI)(BX*1), Z11, Z14
+	VPDPBUSD.BCST 8(DI)(BX*1), Z10, Z14
+	VPDPBUSD.BCST 12(DI)(BX*1), Z17, Z14
+	VPDPBUSD.BCST 16(DI)(BX*1), Z16, Z14
+	VPDPBUSD.BCST 20(DI)(BX*1), Z19, Z14
+	VPDPBUSD.BCST 24(DI)(BX*1), Z18, Z14
+	VPDPBUSD.BCST 28(DI)(BX*1), Z20, Z14
+	VCVTDQ2PS     Z14, Z8
+	VMULPS.BCST   512(R8)(BX*1), Z6, Z21
+	VMULPS        Z21, Z8, Z8
+	VPBROADCASTD  576(R8)(BX*1), Z21
+	VCVTDQ2PS     Z21, Z21
+	VMULPS.BCST   512(R8)(BX*1), Z21, Z21
+	VMULPS        Z21, Z7, Z21
+	VADDPS        Z21, Z8, Z8
+	VADDPS        Z8, Z4, Z4
+	VPXORD        Z15, Z15, Z15
+	VPDPBUSD.BCST (DI)(CX*1), Z9, Z15
+	VPDPBUSD.BCST 4(DI)(CX*1), Z11, Z15
+	VPDPBUSD.BCST 8(DI)(CX*1), Z10, Z15
+	VPDPBUSD.BCST 12(DI)(CX*1), Z17, Z15
+	VPDPBUSD.BCST 16(DI)(CX*1), Z16, Z15
+	VPDPBUSD.BCST 20(DI)(CX*1), Z19, Z15
+	VPDPBUSD.BCST 24(DI)(CX*1), Z18, Z15
+	VPDPBUSD.BCST 28(DI)(CX*1), Z20, Z15
+	VCVTDQ2PS     Z15, Z8
+	VMULPS.BCST   512(R8)(CX*1), Z6, Z6
+	VMULPS        Z6, Z8, Z8
+	VPBROADCASTD  576(R8)(CX*1), Z6
+	VCVTDQ2PS     Z6, Z6
+	VMULPS.BCST   512(R8)(CX*1), Z6, Z6
+	VMULPS        Z6, Z7, Z6
+	VADDPS        Z6, Z8, Z8
+	VADDPS        Z8, Z5, Z5
+	ADDQ          $0x00000180, AX
+	ADDQ          $0x20, DI
+	ADDQ          $0x04, R8
+	INCQ          R9
+	CMPQ          R9, $0x10
+	JNE           q51x16N4_next
+	ADDQ          $0x00000080, DI
+	ADDQ          $0x00000240, R8
+	XORQ          R9, R9
+
+q51x16N4_next:
+	DECQ    SI
+	JNZ     q51x16N4_blk
+	MOVQ    out+40(FP), SI
+	MOVQ    ostride+48(FP), DI
+	MOVQ    SI, R8
+	VMOVUPS Z2, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z3, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z4, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z5, (R8)
+	ADDQ    $0x40, SI
+	MOVQ    SI, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q51x16N4_grp
+	VZEROUPPER
+	RET
+
+// func q51x16N5(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q51x16N5(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q51x16N5_grp:
+	MOVQ   nblocks+16(FP), DI
+	MOVQ   xq+24(FP), R8
+	MOVQ   R8, R9
+	XORQ   R10, R10
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+
+q51x16N5_blk:
+	VCVTPH2PS     (AX), Z7
+	VCVTPH2PS     32(AX), Z8
+	VMULPS.BCST   f128<>+0(SB), Z8, Z8
+	VMOVDQU64     64(AX), Z9
+	VPANDD        128(AX), Z0, Z10
+	VPSHUFB       q5rep_0<>+0(SB), Z9, Z11
+	VPTESTMB      q5nib_0<>+0(SB), Z11, K1
+	VPADDB        Z1, Z10, K1, Z10
+	VPANDD        192(AX), Z0, Z12
+	VPTESTMB      q5nib_1<>+0(SB), Z11, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPANDD        256(AX), Z0, Z11
+	VPSHUFB       q5rep_1<>+0(SB), Z9, Z18
+	VPTESTMB      q5nib_0<>+0(SB), Z18, K1
+	VPADDB        Z1, Z11, K1, Z11
+	VPANDD        320(AX), Z0, Z19
+	VPTESTMB      q5nib_1<>+0(SB), Z18, K1
+	VPADDB        Z1, Z19, K1, Z19
+	VPSRLW        $0x04, 128(AX), Z18
+	VPANDD        Z0, Z18, Z18
+	VPSHUFB       q5rep_2<>+0(SB), Z9, Z20
+	VPTESTMB      q5nib_0<>+0(SB), Z20, K1
+	VPADDB        Z1, Z18, K1, Z18
+	VPSRLW        $0x04, 192(AX), Z21
+	VPANDD        Z0, Z21, Z21
+	VPTESTMB      q5nib_1<>+0(SB), Z20, K1
+	VPADDB        Z1, Z21, K1, Z21
+	VPSRLW        $0x04, 256(AX), Z20
+	VPANDD        Z0, Z20, Z20
+	VPSHUFB       q5rep_3<>+0(SB), Z9, Z9
+	VPTESTMB      q5nib_0<>+0(SB), Z9, K1
+	VPADDB        Z1, Z20, K1, Z20
+	VPSRLW        $0x04, 320(AX), Z22
+	VPANDD        Z0, Z22, Z22
+	VPTESTMB      q5nib_1<>+0(SB), Z9, K1
+	VPADDB        Z1, Z22, K1, Z22
+	VPXORD        Z13, Z13, Z13
+	VPDPBUSD.BCST (R8), Z10, Z13
+	VPDPBUSD.BCST 4(R8), Z12, Z13
+	VPDPBUSD.BCST 8(R8), Z11, Z13
+	VPDPBUSD.BCST 12(R8), Z19, Z13
+	VPDPBUSD.BCST 16(R8), Z18, Z13
+	VPDPBUSD.BCST 20(R8), Z21, Z13
+	VPDPBUSD.BCST 24(R8), Z20, Z13
+	VPDPBUSD.BCST 28(R8), Z22, Z13
+	VCVTDQ2PS     Z13, Z9
+	VMULPS.BCST   512(R9), Z7, Z23
+	VMULPS        Z23, Z9, Z9
+	VPBROADCASTD  576(R9), Z23
+	VCVTDQ2PS     Z23, Z23
+	VMULPS.BCST   512(R9), Z23, Z23
+	VMULPS        Z23, Z8, Z23
+	VADDPS        Z23, Z9, Z9
+	VADDPS        Z9, Z2, Z2
+	VPXORD        Z14, Z14, Z14
+	VPDPBUSD.BCST (R8)(DX*1), Z10, Z14
+	VPDPBUSD.BCST 4(R8)(DX*1), Z12, Z14
+	VPDPBUSD.BCST 8(R8)(DX*1), Z11, Z14
+	VPDPBUSD.BCST 12(R8)(DX*1), Z19, Z14
+	VPDPBUSD.BCST 16(R8)(DX*1), Z18, Z14
+	VPDPBUSD.BCST 20(R8)(DX*1), Z21, Z14
+	VPDPBUSD.BCST 24(R8)(DX*1), Z20, Z14
+	VPDPBUSD.BCST 28(R8)(DX*1), Z22, Z14
+	VCVTDQ2PS     Z14, Z9
+	VMULPS.BCST   512(R9)(DX*1), Z7, Z23
+	VMULPS        Z23, Z9, Z9
+	VPBROADCASTD  576(R9)(DX*1), Z23
+	VCVTDQ2PS     Z23, Z23
+	VMULPS.BCST   512(R9)(DX*1), Z23, Z23
+	VMULPS        Z23, Z8, Z23
+	VADDPS        Z23, Z9, Z9
+	VADDPS        Z9, Z3, Z3
+	VPXORD        Z15, Z15, Z15
+	VPDPBUSD.BCST (R8)(BX*1), Z10, Z15
+	VPDPBUSD.BCST 4(R8)(BX*1), Z12, Z15
+	VPDPBUSD.BCST 8(R8)(BX*1), Z11, Z15
+	VPDPBUSD.BCST 12(R8)(BX*1), Z19, Z15
+	VPDPBUSD.BCST 16(R8)(BX*1), Z18, Z15
+	VPDPBUSD.BCST 20(R8)(BX*1), Z21, Z15
+	VPDPBUSD.BCST 24(R8)(BX*1), Z20, Z15
+	VPDPBUSD.BCST 28(R8)(BX*1), Z22, Z15
+	VCVTDQ2PS     Z15, Z9
+	VMULPS.BCST   512(R9)(BX*1), Z7, Z23
+	VMULPS        Z23, Z9, Z9
+	VPBROADCASTD  576(R9)(BX*1), Z23
+	VCVTDQ2PS     Z23, Z23
+	VMULPS.BCST   512(R9)(BX*1), Z23, Z23
+	VMULPS        Z23, Z8, Z23
+	VADDPS        Z23, Z9, Z9
+	VADDPS        Z9, Z4, Z4
+	VPXORD        Z16, Z16, Z16
+	VPDPBUSD.BCST (R8)(SI*1), Z10, Z16
+	VPDPBUSD.BCST 4(R8)(SI*1), Z12, Z16
+	VPDPBUSD.BCST 8(R8)(SI*1), Z11, Z16
+	VPDPBUSD.BCST 12(R8)(SI*1), Z19, Z16
+	VPDPBUSD.BCST 16(R8)(SI*1), Z18, Z16
+	VPDPBUSD.BCST 20(R8)(SI*1), Z21, Z16
+	VPDPBUSD.BCST 24(R8)(SI*1), Z20, Z16
+	VPDPBUSD.BCST 28(R8)(SI*1), Z22, Z16
+	VCVTDQ2PS     Z16, Z9
+	VMULPS.BCST   512(R9)(SI*1), Z7, Z23
+	VMULPS        Z23, Z9, Z9
+	VPBROADCASTD  576(R9)(SI*1), Z23
+	VCVTDQ2PS     Z23, Z23
+	VMULPS.BCST   512(R9)(SI*1), Z23, Z23
+	VMULPS        Z23, Z8, Z23
+	VADDPS        Z23, Z9, Z9
+	VADDPS        Z9, Z5, Z5
+	VPXORD        Z17, Z17, Z17
+	VPDPBUSD.BCST (R8)(CX*1), Z10, Z17
+	VPDPBUSD.BCST 4(R8)(CX*1), Z12, Z17
+	VPDPBUSD.BCST 8(R8)(CX*1), Z11, Z17
+	VPDPBUSD.BCST 12(R8)(CX*1), Z19, Z17
+	VPDPBUSD.BCST 16(R8)(CX*1), Z18, Z17
+	VPDPBUSD.BCST 20(R8)(CX*1), Z21, Z17
+	VPDPBUSD.BCST 24(R8)(CX*1), Z20, Z17
+	VPDPBUSD.BCST 28(R8)(CX*1), Z22, Z17
+	VCVTDQ2PS     Z17, Z9
+	VMULPS.BCST   512(R9)(CX*1), Z7, Z7
+	VMULPS        Z7, Z9, Z9
+	VPBROADCASTD  576(R9)(CX*1), Z7
+	VCVTDQ2PS     Z7, Z7
+	VMULPS.BCST   512(R9)(CX*1), Z7, Z7
+	VMULPS        Z7, Z8, Z7
+	VADDPS        Z7, Z9, Z9
+	VADDPS        Z9, Z6, Z6
+	ADDQ          $0x00000180, AX
+	ADDQ          $0x20, R8
+	ADDQ          $0x04, R9
+	INCQ          R10
+	CMPQ          R10, $0x10
+	JNE           q51x16N5_next
+	ADDQ          $0x00000080, R8
+	ADDQ          $0x00000240, R9
+	XORQ          R10, R10
+
+q51x16N5_next:
+	DECQ    DI
+	JNZ     q51x16N5_blk
+	MOVQ    out+40(FP), DI
+	MOVQ    ostride+48(FP), R8
+	MOVQ    DI, R9
+	VMOVUPS Z2, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z3, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z4, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z5, (R9)
+	ADDQ    R8, R9
+	VMOVUPS Z6, (R9)
+	ADDQ    $0x40, DI
+	MOVQ    DI, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q51x16N5_grp
+	VZEROUPPER
+	RET
+
+// func q51x16N6(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q51x16N6(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, DI
+	IMUL3Q       $0x05, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q51x16N6_grp:
+	MOVQ   nblocks+16(FP), R8
+	MOVQ   xq+24(FP), R9
+	MOVQ   R9, R10
+	XORQ   R11, R11
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+
+q51x16N6_blk:
+	VCVTPH2PS     (AX), Z8
+	VCVTPH2PS     32(AX), Z9
+	VMULPS.BCST   f128<>+0(SB), Z9, Z9
+	VMOVDQU64     64(AX), Z10
+	VPANDD        128(AX), Z0, Z11
+	VPSHUFB       q5rep_0<>+0(SB), Z10, Z12
+	VPTESTMB      q5nib_0<>+0(SB), Z12, K1
+	VPADDB        Z1, Z11, K1, Z11
+	VPANDD        192(AX), Z0, Z13
+	VPTESTMB      q5nib_1<>+0(SB), Z12, K1
+	VPADDB        Z1, Z13, K1, Z13
+	VPANDD        256(AX), Z0, Z12
+	VPSHUFB       q5rep_1<>+0(SB), Z10, Z20
+	VPTESTMB      q5nib_0<>+0(SB), Z20, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPANDD        320(AX), Z0, Z21
+	VPTESTMB      q5nib_1<>+0(SB), Z20, K1
+	VPADDB        Z1, Z21, K1, Z21
+	VPSRLW        $0x04, 128(AX), Z20
+	VPANDD        Z0, Z20, Z20
+	VPSHUFB       q5rep_2<>+0(SB), Z10, Z22
+	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
+	VPADDB        Z1, Z20, K1, Z20
+	VPSRLW        $0x04, 192(AX), Z23
+	VPANDD        Z0, Z23, Z23
+	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
+	VPADDB        Z1, Z23, K1, Z23
+	VPSRLW        $0x04, 256(AX), Z22
+	VPANDD        Z0, Z22, Z22
+	VPSHUFB       q5rep_3<>+0(SB), Z10, Z10
+	VPTESTMB      q5nib_0<>+0(SB), Z10, K1
+	VPADDB        Z1, Z22, K1, Z22
+	VPSRLW        $0x04, 320(AX), Z24
+	VPANDD        Z0, Z24, Z24
+	VPTESTMB      q5nib_1<>+0(SB), Z10, K1
+	VPADDB        Z1, Z24, K1, Z24
+	VPXORD        Z14, Z14, Z14
+	VPDPBUSD.BCST (R9), Z11, Z14
+	VPDPBUSD.BCST 4(R9), Z13, Z14
+	VPDPBUSD.BCST 8(R9), Z12, Z14
+	VPDPBUSD.BCST 12(R9), Z21, Z14
+	VPDPBUSD.BCST 16(R9), Z20, Z14
+	VPDPBUSD.BCST 20(R9), Z23, Z14
+	VPDPBUSD.BCST 24(R9), Z22, Z14
+	VPDPBUSD.BCST 28(R9), Z24, Z14
+	VCVTDQ2PS     Z14, Z10
+	VMULPS.BCST   512(R10), Z8, Z25
+	VMULPS        Z25, Z10, Z10
+	VPBROADCASTD  576(R10), Z25
+	VCVTDQ2PS     Z25, Z25
+	VMULPS.BCST   512(R10), Z25, Z25
+	VMULPS        Z25, Z9, Z25
+	VADDPS        Z25, Z10, Z10
+	VADDPS        Z10, Z2, Z2
+	VPXORD        Z15, Z15, Z15
+	VPDPBUSD.BCST (R9)(DX*1), Z11, Z15
+	VPDPBUSD.BCST 4(R9)(DX*1), Z13, Z15
+	VPDPBUSD.BCST 8(R9)(DX*1), Z12, Z15
+	VPDPBUSD.BCST 12(R9)(DX*1), Z21, Z15
+	VPDPBUSD.BCST 16(R9)(DX*1), Z20, Z15
+	VPDPBUSD.BCST 20(R9)(DX*1), Z23, Z15
+	VPDPBUSD.BCST 24(R9)(DX*1), Z22, Z15
+	VPDPBUSD.BCST 28(R9)(DX*1), Z24, Z15
+	VCVTDQ2PS     Z15, Z10
+	VMULPS.BCST   512(R10)(DX*1), Z8, Z25
+	VMULPS        Z25, Z10, Z10
+	VPBROADCASTD  576(R10)(DX*1), Z25
+	VCVTDQ2PS     Z25, Z25
+	VMULPS.BCST   512(R10)(DX*1), Z25, Z25
+	VMULPS        Z25, Z9, Z25
+	VADDPS        Z25, Z10, Z10
+	VADDPS        Z10, Z3, Z3
+	VPXORD        Z16, Z16, Z16
+	VPDPBUSD.BCST (R9)(BX*1), Z11, Z16
+	VPDPBUSD.BCST 4(R9)(BX*1), Z13, Z16
+	VPDPBUSD.BCST 8(R9)(BX*1), Z12, Z16
+	VPDPBUSD.BCST 12(R9)(BX*1), Z21, Z16
+	VPDPBUSD.BCST 16(R9)(BX*1), Z20, Z16
+	VPDPBUSD.BCST 20(R9)(BX*1), Z23, Z16
+	VPDPBUSD.BCST 24(R9)(BX*1), Z22, Z16
+	VPDPBUSD.BCST 28(R9)(BX*1), Z24, Z16
+	VCVTDQ2PS     Z16, Z10
+	VMULPS.BCST   512(R10)(BX*1), Z8, Z25
+	VMULPS        Z25, Z10, Z10
+	VPBROADCASTD  576(R10)(BX*1), Z25
+	VCVTDQ2PS     Z25, Z25
+	VMULPS.BCST   512(R10)(BX*1), Z25, Z25
+	VMULPS        Z25, Z9, Z25
+	VADDPS        Z25, Z10, Z10
+	VADDPS        Z10, Z4, Z4
+	VPXORD        Z17, Z17, Z17
+	VPDPBUSD.BCST (R9)(SI*1), Z11, Z17
+	VPDPBUSD.BCST 4(R9)(SI*1), Z13, Z17
+	VPDPBUSD.BCST 8(R9)(SI*1), Z12, Z17
+	VPDPBUSD.BCST 12(R9)(SI*1), Z21, Z17
+	VPDPBUSD.BCST 16(R9)(SI*1), Z20, Z17
+	VPDPBUSD.BCST 20(R9)(SI*1), Z23, Z17
+	VPDPBUSD.BCST 24(R9)(SI*1), Z22, Z17
+	VPDPBUSD.BCST 28(R9)(SI*1), Z24, Z17
+	VCVTDQ2PS     Z17, Z10
+	VMULPS.BCST   512(R10)(SI*1), Z8, Z25
+	VMULPS        Z25, Z10, Z10
+	VPBROADCASTD  576(R10)(SI*1), Z25
+	VCVTDQ2PS     Z25, Z25
+	VMULPS.BCST   512(R10)(SI*1), Z25, Z25
+	VMULPS        Z25, Z9, Z25
+	VADDPS        Z25, Z10, Z10
+	VADDPS        Z10, Z5, Z5
+	VPXORD        Z18, Z18, Z18
+	VPDPBUSD.BCST (R9)(DI*1), Z11, Z18
+	VPDPBUSD.BCST 4(R9)(DI*1), Z13, Z18
+	VPDPBUSD.BCST 8(R9)(DI*1), Z12, Z18
+	VPDPBUSD.BCST 12(R9)(DI*1), Z21, Z18
+	VPDPBUSD.BCST 16(R9)(DI*1), Z20, Z18
+	VPDPBUSD.BCST 20(R9)(DI*1), Z23, Z18
+	VPDPBUSD.BCST 24(R9)(DI*1), Z22, Z18
+	VPDPBUSD.BCST 28(R9)(DI*1), Z24, Z18
+	VCVTDQ2PS     Z18, Z10
+	VMULPS.BCST   512(R10)(DI*1), Z8, Z25
+	VMULPS        Z25, Z10, Z10
+	VPBROADCASTD  576(R10)(DI*1), Z25
+	VCVTDQ2PS     Z25, Z25
+	VMULPS.BCST   512(R10)(DI*1), Z25, Z25
+	VMULPS        Z25, Z9, Z25
+	VADDPS        Z25, Z10, Z10
+	VADDPS        Z10, Z6, Z6
+	VPXORD        Z19, Z19, Z19
+	VPDPBUSD.BCST (R9)(CX*1), Z11, Z19
+	VPDPBUSD.BCST 4(R9)(CX*1), Z13, Z19
+	VPDPBUSD.BCST 8(R9)(CX*1), Z12, Z19
+	VPDPBUSD.BCST 12(R9)(CX*1), Z21, Z19
+	VPDPBUSD.BCST 16(R9)(CX*1), Z20, Z19
+	VPDPBUSD.BCST 20(R9)(CX*1), Z23, Z19
+	VPDPBUSD.BCST 24(R9)(CX*1), Z22, Z19
+	VPDPBUSD.BCST 28(R9)(CX*1), Z24, Z19
+	VCVTDQ2PS     Z19, Z10
+	VMULPS.BCST   512(R10)(CX*1), Z8, Z8
+	VMULPS        Z8, Z10, Z10
+	VPBROADCASTD  576(R10)(CX*1), Z8
+	VCVTDQ2PS     Z8, Z8
+	VMULPS.BCST   512(R10)(CX*1), Z8, Z8
+	VMULPS        Z8, Z9, Z8
+	VADDPS        Z8, Z10, Z10
+	VADDPS        Z10, Z7, Z7
+	ADDQ          $0x00000180, AX
+	ADDQ          $0x20, R9
+	ADDQ          $0x04, R10
+	INCQ          R11
+	CMPQ          R11, $0x10
+	JNE           q51x16N6_next
+	ADDQ          $0x00000080, R9
+	ADDQ          $0x00000240, R10
+	XORQ          R11, R11
+
+q51x16N6_next:
+	DECQ    R8
+	JNZ     q51x16N6_blk
+	MOVQ    out+40(FP), R8
+	MOVQ    ostride+48(FP), R9
+	MOVQ    R8, R10
+	VMOVUPS Z2, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z3, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z4, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z5, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z6, (R10)
+	ADDQ    R9, R10
+	VMOVUPS Z7, (R10)
+	ADDQ    $0x40, R8
+	MOVQ    R8, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q51x16N6_grp
+	VZEROUPPER
+	RET
+
+// func q51x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q51x16N7(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, DI
+	IMUL3Q       $0x05, CX, R8
+	IMUL3Q       $0x06, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q51x16N7_grp:
+	MOVQ   nblocks+16(FP), R9
+	MOVQ   xq+24(FP), R10
+	MOVQ   R10, R11
+	XORQ   R12, R12
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+
+q51x16N7_blk:
+	VCVTPH2PS     (AX), Z9
+	VCVTPH2PS     32(AX), Z10
+	VMULPS.BCST   f128<>+0(SB), Z10, Z10
+	VMOVDQU64     64(AX), Z11
+	VPANDD        128(AX), Z0, Z12
+	VPSHUFB       q5rep_0<>+0(SB), Z11, Z13
+	VPTESTMB      q5nib_0<>+0(SB), Z13, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPANDD        192(AX), Z0, Z14
+	VPTESTMB      q5nib_1<>+0(SB), Z13, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPANDD        256(AX), Z0, Z13
+	VPSHUFB       q5rep_1<>+0(SB), Z11, Z22
+	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
+	VPADDB        Z1, Z13, K1, Z13
+	VPANDD        320(AX), Z0, Z23
+	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
+	VPADDB        Z1, Z23, K1, Z23
+	VPSRLW        $0x04, 128(AX), Z22
+	VPANDD        Z0, Z22, Z22
+	VPSHUFB       q5rep_2<>+0(SB), Z11, Z24
+	VPTESTMB      q5nib_0<>+0(SB), Z24, K1
+	VPADDB        Z1, Z22, K1, Z22
+	VPSRLW        $0x04, 192(AX), Z25
+	VPANDD        Z0, Z25, Z25
+	VPTESTMB      q5nib_1<>+0(SB), Z24, K1
+	VPADDB        Z1, Z25, K1, Z25
+	VPSRLW        $0x04, 256(AX), Z24
+	VPANDD        Z0, Z24, Z24
+	VPSHUFB       q5rep_3<>+0(SB), Z11, Z11
+	VPTESTMB      q5nib_0<>+0(SB), Z11, K1
+	VPADDB        Z1, Z24, K1, Z24
+	VPSRLW        $0x04, 320(AX), Z26
+	VPANDD        Z0, Z26, Z26
+	VPTESTMB      q5nib_1<>+0(SB), Z11, K1
+	VPADDB        Z1, Z26, K1, Z26
+	VPXORD        Z15, Z15, Z15
+	VPDPBUSD.BCST (R10), Z12, Z15
+	VPDPBUSD.BCST 4(R10), Z14, Z15
+	VPDPBUSD.BCST 8(R10), Z13, Z15
+	VPDPBUSD.BCST 12(R10), Z23, Z15
+	VPDPBUSD.BCST 16(R10), Z22, Z15
+	VPDPBUSD.BCST 20(R10), Z25, Z15
+	VPDPBUSD.BCST 24(R10), Z24, Z15
+	VPDPBUSD.BCST 28(R10), Z26, Z15
+	VCVTDQ2PS     Z15, Z11
+	VMULPS.BCST   512(R11), Z9, Z27
+	VMULPS        Z27, Z11, Z11
+	VPBROADCASTD  576(R11), Z27
+	VCVTDQ2PS     Z27, Z27
+	VMULPS.BCST   512(R11), Z27, Z27
+	VMULPS        Z27, Z10, Z27
+	VADDPS        Z27, Z11, Z11
+	VADDPS        Z11, Z2, Z2
+	VPXORD        Z16, Z16, Z16
+	VPDPBUSD.BCST (R10)(DX*1), Z12, Z16
+	VPDPBUSD.BCST 4(R10)(DX*1), Z14, Z16
+	VPDPBUSD.BCST 8(R10)(DX*1), Z13, Z16
+	VPDPBUSD.BCST 12(R10)(DX*1), Z23, Z16
+	VPDPBUSD.BCST 16(R10)(DX*1), Z22, Z16
+	VPDPBUSD.BCST 20(R10)(DX*1), Z25, Z16
+	VPDPBUSD.BCST 24(R10)(DX*1), Z24, Z16
+	VPDPBUSD.BCST 28(R10)(DX*1), Z26, Z16
+	VCVTDQ2PS     Z16, Z11
+	VMULPS.BCST   512(R11)(DX*1), Z9, Z27
+	VMULPS        Z27, Z11, Z11
+	VPBROADCASTD  576(R11)(DX*1), Z27
+	VCVTDQ2PS     Z27, Z27
+	VMULPS.BCST   512(R11)(DX*1), Z27, Z27
+	VMULPS        Z27, Z10, Z27
+	VADDPS        Z27, Z11, Z11
+	VADDPS        Z11, Z3, Z3
+	VPXORD        Z17, Z17, Z17
+	VPDPBUSD.BCST (R10)(BX*1), Z12, Z17
+	VPDPBUSD.BCST 4(R10)(BX*1), Z14, Z17
+	VPDPBUSD.BCST 8(R10)(BX*1), Z13, Z17
+	VPDPBUSD.BCST 12(R10)(BX*1), Z23, Z17
+	VPDPBUSD.BCST 16(R10)(BX*1), Z22, Z17
+	VPDPBUSD.BCST 20(R10)(BX*1), Z25, Z17
+	VPDPBUSD.BCST 24(R10)(BX*1), Z24, Z17
+	VPDPBUSD.BCST 28(R10)(BX*1), Z26, Z17
+	VCVTDQ2PS     Z17, Z11
+	VMULPS.BCST   512(R11)(BX*1), Z9, Z27
+	VMULPS        Z27, Z11, Z11
+	VPBROADCASTD  576(R11)(BX*1), Z27
+	VCVTDQ2PS     Z27, Z27
+	VMULPS.BCST   512(R11)(BX*1), Z27, Z27
+	VMULPS        Z27, Z10, Z27
+	VADDPS        Z27, Z11, Z11
+	VADDPS        Z11, Z4, Z4
+	VPXORD        Z18, Z18, Z18
+	VPDPBUSD.BCST (R10)(SI*1), Z12, Z18
+	VPDPBUSD.BCST 4(R10)(SI*1), Z14, Z18
+	VPDPBUSD.BCST 8(R10)(SI*1), Z13, Z18
+	VPDPBUSD.BCST 12(R10)(SI*1), Z23, Z18
+	VPDPBUSD.BCST 16(R10)(SI*1), Z22, Z18
+	VPDPBUSD.BCST 20(R10)(SI*1), Z25, Z18
+	VPDPBUSD.BCST 24(R10)(SI*1), Z24, Z18
+	VPDPBUSD.BCST 28(R10)(SI*1), Z26, Z18
+	VCVTDQ2PS     Z18, Z11
+	VMULPS.BCST   512(R11)(SI*1), Z9, Z27
+	VMULPS        Z27, Z11, Z11
+	VPBROADCASTD  576(R11)(SI*1), Z27
+	VCVTDQ2PS     Z27, Z27
+	VMULPS.BCST   512(R11)(SI*1), Z27, Z27
+	VMULPS        Z27, Z10, Z27
+	VADDPS        Z27, Z11, Z11
+	VADDPS        Z11, Z5, Z5
+	VPXORD        Z19, Z19, Z19
+	VPDPBUSD.BCST (R10)(DI*1), Z12, Z19
+	VPDPBUSD.BCST 4(R10)(DI*1), Z14, Z19
+	VPDPBUSD.BCST 8(R10)(DI*1), Z13, Z19
+	VPDPBUSD.BCST 12(R10)(DI*1), Z23, Z19
+	VPDPBUSD.BCST 16(R10)(DI*1), Z22, Z19
+	VPDPBUSD.BCST 20(R10)(DI*1), Z25, Z19
+	VPDPBUSD.BCST 24(R10)(DI*1), Z24, Z19
+	VPDPBUSD.BCST 28(R10)(DI*1), Z26, Z19
+	VCVTDQ2PS     Z19, Z11
+	VMULPS.BCST   512(R11)(DI*1), Z9, Z27
+	VMULPS        Z27, Z11, Z11
+	VPBROADCASTD  576(R11)(DI*1), Z27
+	VCVTDQ2PS     Z27, Z27
+	VMULPS.BCST   512(R11)(DI*1), Z27, Z27
+	VMULPS        Z27, Z10, Z27
+	VADDPS        Z27, Z11, Z11
+	VADDPS        Z11, Z6, Z6
+	VPXORD        Z20, Z20, Z20
+	VPDPBUSD.BCST (R10)(R8*1), Z12, Z20
+	VPDPBUSD.BCST 4(R10)(R8*1), Z14, Z20
+	VPDPBUSD.BCST 8(R10)(R8*1), Z13, Z20
+	VPDPBUSD.BCST 12(R10)(R8*1), Z23, Z20
+	VPDPBUSD.BCST 16(R10)(R8*1), Z22, Z20
+	VPDPBUSD.BCST 20(R10)(R8*1), Z25, Z20
+	VPDPBUSD.BCST 24(R10)(R8*1), Z24, Z20
+	VPDPBUSD.BCST 28(R10)(R8*1), Z26, Z20
+	VCVTDQ2PS     Z20, Z11
+	VMULPS.BCST   512(R11)(R8*1), Z9, Z27
+	VMULPS        Z27, Z11, Z11
+	VPBROADCASTD  576(R11)(R8*1), Z27
+	VCVTDQ2PS     Z27, Z27
+	VMULPS.BCST   512(R11)(R8*1), Z27, Z27
+	VMULPS        Z27, Z10, Z27
+	VADDPS        Z27, Z11, Z11
+	VADDPS        Z11, Z7, Z7
+	VPXORD        Z21, Z21, Z21
+	VPDPBUSD.BCST (R10)(CX*1), Z12, Z21
+	VPDPBUSD.BCST 4(R10)(CX*1), Z14, Z21
+	VPDPBUSD.BCST 8(R10)(CX*1), Z13, Z21
+	VPDPBUSD.BCST 12(R10)(CX*1), Z23, Z21
+	VPDPBUSD.BCST 16(R10)(CX*1), Z22, Z21
+	VPDPBUSD.BCST 20(R10)(CX*1), Z25, Z21
+	VPDPBUSD.BCST 24(R10)(CX*1), Z24, Z21
+	VPDPBUSD.BCST 28(R10)(CX*1), Z26, Z21
+	VCVTDQ2PS     Z21, Z11
+	VMULPS.BCST   512(R11)(CX*1), Z9, Z9
+	VMULPS        Z9, Z11, Z11
+	VPBROADCASTD  576(R11)(CX*1), Z9
+	VCVTDQ2PS     Z9, Z9
+	VMULPS.BCST   512(R11)(CX*1), Z9, Z9
+	VMULPS        Z9, Z10, Z9
+	VADDPS        Z9, Z11, Z11
+	VADDPS        Z11, Z8, Z8
+	ADDQ          $0x00000180, AX
+	ADDQ          $0x20, R10
+	ADDQ          $0x04, R11
+	INCQ          R12
+	CMPQ          R12, $0x10
+	JNE           q51x16N7_next
+	ADDQ          $0x00000080, R10
+	ADDQ          $0x00000240, R11
+	XORQ          R12, R12
+
+q51x16N7_next:
+	DECQ    R9
+	JNZ     q51x16N7_blk
+	MOVQ    out+40(FP), R9
+	MOVQ    ostride+48(FP), R10
+	MOVQ    R9, R11
+	VMOVUPS Z2, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z3, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z4, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z5, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z6, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z7, (R11)
+	ADDQ    R10, R11
+	VMOVUPS Z8, (R11)
+	ADDQ    $0x40, R9
+	MOVQ    R9, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q51x16N7_grp
+	VZEROUPPER
+	RET
+
+// func q51x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q51x16N8(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	MOVQ         CX, DX
+	IMUL3Q       $0x02, CX, BX
+	IMUL3Q       $0x03, CX, SI
+	IMUL3Q       $0x04, CX, DI
+	IMUL3Q       $0x05, CX, R8
+	IMUL3Q       $0x06, CX, R9
+	IMUL3Q       $0x07, CX, CX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q51x16N8_grp:
+	MOVQ   nblocks+16(FP), R10
+	MOVQ   xq+24(FP), R11
+	MOVQ   R11, R12
+	XORQ   R13, R13
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+	VXORPS Z9, Z9, Z9
+
+q51x16N8_blk:
+	VCVTPH2PS     (AX), Z10
+	VCVTPH2PS     32(AX), Z11
+	VMULPS.BCST   f128<>+0(SB), Z11, Z11
+	VMOVDQU64     64(AX), Z12
+	VPANDD        128(AX), Z0, Z13
+	VPSHUFB       q5rep_0<>+0(SB), Z12, Z14
+	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
+	VPADDB        Z1, Z13, K1, Z13
+	VPANDD        192(AX), Z0, Z15
+	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
+	VPADDB        Z1, Z15, K1, Z15
+	VPANDD        256(AX), Z0, Z14
+	VPSHUFB       q5rep_1<>+0(SB), Z12, Z24
+	VPTESTMB      q5nib_0<>+0(SB), Z24, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPANDD        320(AX), Z0, Z25
+	VPTESTMB      q5nib_1<>+0(SB), Z24, K1
+	VPADDB        Z1, Z25, K1, Z25
+	VPSRLW        $0x04, 128(AX), Z24
+	VPANDD        Z0, Z24, Z24
+	VPSHUFB       q5rep_2<>+0(SB), Z12, Z26
+	VPTESTMB      q5nib_0<>+0(SB), Z26, K1
+	VPADDB        Z1, Z24, K1, Z24
+	VPSRLW        $0x04, 192(AX), Z27
+	VPANDD        Z0, Z27, Z27
+	VPTESTMB      q5nib_1<>+0(SB), Z26, K1
+	VPADDB        Z1, Z27, K1, Z27
+	VPSRLW        $0x04, 256(AX), Z26
+	VPANDD        Z0, Z26, Z26
+	VPSHUFB       q5rep_3<>+0(SB), Z12, Z12
+	VPTESTMB      q5nib_0<>+0(SB), Z12, K1
+	VPADDB        Z1, Z26, K1, Z26
+	VPSRLW        $0x04, 320(AX), Z28
+	VPANDD        Z0, Z28, Z28
+	VPTESTMB      q5nib_1<>+0(SB), Z12, K1
+	VPADDB        Z1, Z28, K1, Z28
+	VPXORD        Z16, Z16, Z16
+	VPDPBUSD.BCST (R11), Z13, Z16
+	VPDPBUSD.BCST 4(R11), Z15, Z16
+	VPDPBUSD.BCST 8(R11), Z14, Z16
+	VPDPBUSD.BCST 12(R11), Z25, Z16
+	VPDPBUSD.BCST 16(R11), Z24, Z16
+	VPDPBUSD.BCST 20(R11), Z27, Z16
+	VPDPBUSD.BCST 24(R11), Z26, Z16
+	VPDPBUSD.BCST 28(R11), Z28, Z16
+	VCVTDQ2PS     Z16, Z12
+	VMULPS.BCST   512(R12), Z10, Z29
+	VMULPS        Z29, Z12, Z12
+	VPBROADCASTD  576(R12), Z29
+	VCVTDQ2PS     Z29, Z29
+	VMULPS.BCST   512(R12), Z29, Z29
+	VMULPS        Z29, Z11, Z29
+	VADDPS        Z29, Z12, Z12
+	VADDPS        Z12, Z2, Z2
+	VPXORD        Z17, Z17, Z17
+	VPDPBUSD.BCST (R11)(DX*1), Z13, Z17
+	VPDPBUSD.BCST 4(R11)(DX*1), Z15, Z17
+	VPDPBUSD.BCST 8(R11)(DX*1), Z14, Z17
+	VPDPBUSD.BCST 12(R11)(DX*1), Z25, Z17
+	VPDPBUSD.BCST 16(R11)(DX*1), Z24, Z17
+	VPDPBUSD.BCST 20(R11)(DX*1), Z27, Z17
+	VPDPBUSD.BCST 24(R11)(DX*1), Z26, Z17
+	VPDPBUSD.BCST 28(R11)(DX*1), Z28, Z17
+	VCVTDQ2PS     Z17, Z12
+	VMULPS.BCST   512(R12)(DX*1), Z10, Z29
+	VMULPS        Z29, Z12, Z12
+	VPBROADCASTD  576(R12)(DX*1), Z29
+	VCVTDQ2PS     Z29, Z29
+	VMULPS.BCST   512(R12)(DX*1), Z29, Z29
+	VMULPS        Z29, Z11, Z29
+	VADDPS        Z29, Z12, Z12
+	VADDPS        Z12, Z3, Z3
+	VPXORD        Z18, Z18, Z18
+	VPDPBUSD.BCST (R11)(BX*1), Z13, Z18
+	VPDPBUSD.BCST 4(R11)(BX*1), Z15, Z18
+	VPDPBUSD.BCST 8(R11)(BX*1), Z14, Z18
+	VPDPBUSD.BCST 12(R11)(BX*1), Z25, Z18
+	VPDPBUSD.BCST 16(R11)(BX*1), Z24, Z18
+	VPDPBUSD.BCST 20(R11)(BX*1), Z27, Z18
+	VPDPBUSD.BCST 24(R11)(BX*1), Z26, Z18
+	VPDPBUSD.BCST 28(R11)(BX*1), Z28, Z18
+	VCVTDQ2PS     Z18, Z12
+	VMULPS.BCST   512(R12)(BX*1), Z10, Z29
+	VMULPS        Z29, Z12, Z12
+	VPBROADCASTD  576(R12)(BX*1), Z29
+	VCVTDQ2PS     Z29, Z29
+	VMULPS.BCST   512(R12)(BX*1), Z29, Z29
+	VMULPS        Z29, Z11, Z29
+	VADDPS        Z29, Z12, Z12
+	VADDPS        Z12, Z4, Z4
+	VPXORD        Z19, Z19, Z19
+	VPDPBUSD.BCST (R11)(SI*1), Z13, Z19
+	VPDPBUSD.BCST 4(R11)(SI*1), Z15, Z19
+	VPDPBUSD.BCST 8(R11)(SI*1), Z14, Z19
+	VPDPBUSD.BCST 12(R11)(SI*1), Z25, Z19
+	VPDPBUSD.BCST 16(R11)(SI*1), Z24, Z19
+	VPDPBUSD.BCST 20(R11)(SI*1), Z27, Z19
+	VPDPBUSD.BCST 24(R11)(SI*1), Z26, Z19
+	VPDPBUSD.BCST 28(R11)(SI*1), Z28, Z19
+	VCVTDQ2PS     Z19, Z12
+	VMULPS.BCST   512(R12)(SI*1), Z10, Z29
+	VMULPS        Z29, Z12, Z12
+	VPBROADCASTD  576(R12)(SI*1), Z29
+	VCVTDQ2PS     Z29, Z29
+	VMULPS.BCST   512(R12)(SI*1), Z29, Z29
+	VMULPS        Z29, Z11, Z29
+	VADDPS        Z29, Z12, Z12
+	VADDPS        Z12, Z5, Z5
+	VPXORD        Z20, Z20, Z20
+	VPDPBUSD.BCST (R11)(DI*1), Z13, Z20
+	VPDPBUSD.BCST 4(R11)(DI*1), Z15, Z20
+	VPDPBUSD.BCST 8(R11)(DI*1), Z14, Z20
+	VPDPBUSD.BCST 12(R11)(DI*1), Z25, Z20
+	VPDPBUSD.BCST 16(R11)(DI*1), Z24, Z20
+	VPDPBUSD.BCST 20(R11)(DI*1), Z27, Z20
+	VPDPBUSD.BCST 24(R11)(DI*1), Z26, Z20
+	VPDPBUSD.BCST 28(R11)(DI*1), Z28, Z20
+	VCVTDQ2PS     Z20, Z12
+	VMULPS.BCST   512(R12)(DI*1), Z10, Z29
+	VMULPS        Z29, Z12, Z12
+	VPBROADCASTD  576(R12)(DI*1), Z29
+	VCVTDQ2PS     Z29, Z29
+	VMULPS.BCST   512(R12)(DI*1), Z29, Z29
+	VMULPS        Z29, Z11, Z29
+	VADDPS        Z29, Z12, Z12
+	VADDPS        Z12, Z6, Z6
+	VPXORD        Z21, Z21, Z21
+	VPDPBUSD.BCST (R11)(R8*1), Z13, Z21
+	VPDPBUSD.BCST 4(R11)(R8*1), Z15, Z21
+	VPDPBUSD.BCST 8(R11)(R8*1), Z14, Z21
+	VPDPBUSD.BCST 12(R11)(R8*1), Z25, Z21
+	VPDPBUSD.BCST 16(R11)(R8*1), Z24, Z21
+	VPDPBUSD.BCST 20(R11)(R8*1), Z27, Z21
+	VPDPBUSD.BCST 24(R11)(R8*1), Z26, Z21
+	VPDPBUSD.BCST 28(R11)(R8*1), Z28, Z21
+	VCVTDQ2PS     Z21, Z12
+	VMULPS.BCST   512(R12)(R8*1), Z10, Z29
+	VMULPS        Z29, Z12, Z12
+	VPBROADCASTD  576(R12)(R8*1), Z29
+	VCVTDQ2PS     Z29, Z29
+	VMULPS.BCST   512(R12)(R8*1), Z29, Z29
+	VMULPS        Z29, Z11, Z29
+	VADDPS        Z29, Z12, Z12
+	VADDPS        Z12, Z7, Z7
+	VPXORD        Z22, Z22, Z22
+	VPDPBUSD.BCST (R11)(R9*1), Z13, Z22
+	VPDPBUSD.BCST 4(R11)(R9*1), Z15, Z22
+	VPDPBUSD.BCST 8(R11)(R9*1), Z14, Z22
+	VPDPBUSD.BCST 12(R11)(R9*1), Z25, Z22
+	VPDPBUSD.BCST 16(R11)(R9*1), Z24, Z22
+	VPDPBUSD.BCST 20(R11)(R9*1), Z27, Z22
+	VPDPBUSD.BCST 24(R11)(R9*1), Z26, Z22
+	VPDPBUSD.BCST 28(R11)(R9*1), Z28, Z22
+	VCVTDQ2PS     Z22, Z12
+	VMULPS.BCST   512(R12)(R9*1), Z10, Z29
+	VMULPS        Z29, Z12, Z12
+	VPBROADCASTD  576(R12)(R9*1), Z29
+	VCVTDQ2PS     Z29, Z29
+	VMULPS.BCST   512(R12)(R9*1), Z29, Z29
+	VMULPS        Z29, Z11, Z29
+	VADDPS        Z29, Z12, Z12
+	VADDPS        Z12, Z8, Z8
+	VPXORD        Z23, Z23, Z23
+	VPDPBUSD.BCST (R11)(CX*1), Z13, Z23
+	VPDPBUSD.BCST 4(R11)(CX*1), Z15, Z23
+	VPDPBUSD.BCST 8(R11)(CX*1), Z14, Z23
+	VPDPBUSD.BCST 12(R11)(CX*1), Z25, Z23
+	VPDPBUSD.BCST 16(R11)(CX*1), Z24, Z23
+	VPDPBUSD.BCST 20(R11)(CX*1), Z27, Z23
+	VPDPBUSD.BCST 24(R11)(CX*1), Z26, Z23
+	VPDPBUSD.BCST 28(R11)(CX*1), Z28, Z23
+	VCVTDQ2PS     Z23, Z12
+	VMULPS.BCST   512(R12)(CX*1), Z10, Z10
+	VMULPS        Z10, Z12, Z12
+	VPBROADCASTD  576(R12)(CX*1), Z10
+	VCVTDQ2PS     Z10, Z10
+	VMULPS.BCST   512(R12)(CX*1), Z10, Z10
+	VMULPS        Z10, Z11, Z10
+	VADDPS        Z10, Z12, Z12
+	VADDPS        Z12, Z9, Z9
+	ADDQ          $0x00000180, AX
+	ADDQ          $0x20, R11
+	ADDQ          $0x04, R12
+	INCQ          R13
+	CMPQ          R13, $0x10
+	JNE           q51x16N8_next
+	ADDQ          $0x00000080, R11
+	ADDQ          $0x00000240, R12
+	XORQ          R13, R13
+
+q51x16N8_next:
+	DECQ    R10
+	JNZ     q51x16N8_blk
+	MOVQ    out+40(FP), R10
+	MOVQ    ostride+48(FP), R11
+	MOVQ    R10, R12
+	VMOVUPS Z2, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z3, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z4, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z5, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z6, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z7, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z8, (R12)
+	ADDQ    R11, R12
+	VMOVUPS Z9, (R12)
+	ADDQ    $0x40, R10
+	MOVQ    R10, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q51x16N8_grp
+	VZEROUPPER
+	RET
+
 // func q80x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 // Requires: AVX, AVX2, F16C
 TEXT ·q80x16AVX2N1(SB), NOSPLIT, $0-56
@@ -104382,6 +106865,910 @@ q50x16AVX2N2_next:
 	VZEROUPPER
 	RET
 
+// func q41x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512VL, F16C
+TEXT ·q41x16AVX2N1(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD w1<>+0(SB), Y0
+
+q41x16AVX2N1_grp:
+	MOVQ   nblocks+16(FP), CX
+	MOVQ   xq+24(FP), DX
+	MOVQ   DX, BX
+	XORQ   SI, SI
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+
+q41x16AVX2N1_blk:
+	VMOVDQU      64(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD (DX), Y4
+	VPMADDUBSW   Y4, Y3, Y4
+	VMOVDQU      128(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 4(DX), Y5
+	VPMADDUBSW   Y5, Y3, Y5
+	VPADDW       Y5, Y4, Y4
+	VMOVDQU      192(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 8(DX), Y5
+	VPMADDUBSW   Y5, Y3, Y5
+	VPADDW       Y5, Y4, Y4
+	VMOVDQU      256(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 12(DX), Y5
+	VPMADDUBSW   Y5, Y3, Y5
+	VPADDW       Y5, Y4, Y4
+	VPSRLW       $0x04, 64(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 16(DX), Y5
+	VPMADDUBSW   Y5, Y3, Y5
+	VPADDW       Y5, Y4, Y4
+	VPSRLW       $0x04, 128(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 20(DX), Y5
+	VPMADDUBSW   Y5, Y3, Y5
+	VPADDW       Y5, Y4, Y4
+	VPSRLW       $0x04, 192(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 24(DX), Y5
+	VPMADDUBSW   Y5, Y3, Y5
+	VPADDW       Y5, Y4, Y4
+	VPSRLW       $0x04, 256(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 28(DX), Y5
+	VPMADDUBSW   Y5, Y3, Y5
+	VPADDW       Y5, Y4, Y4
+	VPMADDWD     Y0, Y4, Y4
+	VMOVDQU      96(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD (DX), Y5
+	VPMADDUBSW   Y5, Y3, Y5
+	VMOVDQU      160(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 4(DX), Y6
+	VPMADDUBSW   Y6, Y3, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      224(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 8(DX), Y6
+	VPMADDUBSW   Y6, Y3, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      288(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 12(DX), Y6
+	VPMADDUBSW   Y6, Y3, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 96(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 16(DX), Y6
+	VPMADDUBSW   Y6, Y3, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 160(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 20(DX), Y6
+	VPMADDUBSW   Y6, Y3, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 224(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 24(DX), Y6
+	VPMADDUBSW   Y6, Y3, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 288(AX), Y3
+	VPAND        b0fy<>+0(SB), Y3, Y3
+	VPBROADCASTD 28(DX), Y6
+	VPMADDUBSW   Y6, Y3, Y6
+	VPADDW       Y6, Y5, Y5
+	VPMADDWD     Y0, Y5, Y5
+	VCVTPH2PS    (AX), Y3
+	VCVTPH2PS    32(AX), Y6
+	VMULPS       f128<>+0(SB), Y6, Y6
+	VBROADCASTSS 512(BX), Y7
+	VMULPS       Y7, Y3, Y3
+	VCVTDQ2PS    Y4, Y4
+	VMULPS       Y3, Y4, Y4
+	VPBROADCASTD 576(BX), Y3
+	VCVTDQ2PS    Y3, Y3
+	VMULPS       Y7, Y3, Y3
+	VMULPS       Y3, Y6, Y3
+	VADDPS       Y3, Y4, Y4
+	VADDPS       Y4, Y1, Y1
+	VCVTPH2PS    16(AX), Y3
+	VCVTPH2PS    48(AX), Y4
+	VMULPS       f128<>+0(SB), Y4, Y4
+	VBROADCASTSS 512(BX), Y6
+	VMULPS       Y6, Y3, Y3
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y3, Y5, Y5
+	VPBROADCASTD 576(BX), Y3
+	VCVTDQ2PS    Y3, Y3
+	VMULPS       Y6, Y3, Y3
+	VMULPS       Y3, Y4, Y3
+	VADDPS       Y3, Y5, Y5
+	VADDPS       Y5, Y2, Y2
+	ADDQ         $0x00000140, AX
+	ADDQ         $0x20, DX
+	ADDQ         $0x04, BX
+	INCQ         SI
+	CMPQ         SI, $0x10
+	JNE          q41x16AVX2N1_next
+	ADDQ         $0x00000080, DX
+	ADDQ         $0x00000240, BX
+	XORQ         SI, SI
+
+q41x16AVX2N1_next:
+	DECQ    CX
+	JNZ     q41x16AVX2N1_blk
+	MOVQ    out+40(FP), CX
+	MOVQ    ostride+48(FP), DX
+	MOVQ    CX, DX
+	VMOVUPS Y1, (DX)
+	VMOVUPS Y2, 32(DX)
+	ADDQ    $0x40, CX
+	MOVQ    CX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q41x16AVX2N1_grp
+	VZEROUPPER
+	RET
+
+// func q41x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512VL, F16C
+TEXT ·q41x16AVX2N2(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD w1<>+0(SB), Y0
+
+q41x16AVX2N2_grp:
+	MOVQ   nblocks+16(FP), DX
+	MOVQ   xq+24(FP), BX
+	MOVQ   BX, SI
+	XORQ   DI, DI
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+
+q41x16AVX2N2_blk:
+	VMOVDQU      64(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD (BX), Y6
+	VPMADDUBSW   Y6, Y5, Y6
+	VPBROADCASTD (BX)(CX*1), Y7
+	VPMADDUBSW   Y7, Y5, Y7
+	VMOVDQU      128(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 4(BX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y6, Y6
+	VPBROADCASTD 4(BX)(CX*1), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VMOVDQU      192(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 8(BX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y6, Y6
+	VPBROADCASTD 8(BX)(CX*1), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VMOVDQU      256(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 12(BX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y6, Y6
+	VPBROADCASTD 12(BX)(CX*1), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 64(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 16(BX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y6, Y6
+	VPBROADCASTD 16(BX)(CX*1), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 128(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 20(BX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y6, Y6
+	VPBROADCASTD 20(BX)(CX*1), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 192(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 24(BX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y6, Y6
+	VPBROADCASTD 24(BX)(CX*1), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 256(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 28(BX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y6, Y6
+	VPBROADCASTD 28(BX)(CX*1), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPADDW       Y8, Y7, Y7
+	VPMADDWD     Y0, Y6, Y6
+	VPMADDWD     Y0, Y7, Y7
+	VMOVDQU      96(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD (BX), Y8
+	VPMADDUBSW   Y8, Y5, Y8
+	VPBROADCASTD (BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y5, Y9
+	VMOVDQU      160(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 4(BX), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 4(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      224(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 8(BX), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 8(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y9, Y9
+	VMOVDQU      288(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 12(BX), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 12(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 96(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 16(BX), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 16(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 160(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 20(BX), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 20(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 224(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 24(BX), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 24(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y9, Y9
+	VPSRLW       $0x04, 288(AX), Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 28(BX), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y8, Y8
+	VPBROADCASTD 28(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y5, Y10
+	VPADDW       Y10, Y9, Y9
+	VPMADDWD     Y0, Y8, Y8
+	VPMADDWD     Y0, Y9, Y9
+	VCVTPH2PS    (AX), Y5
+	VCVTPH2PS    32(AX), Y10
+	VMULPS       f128<>+0(SB), Y10, Y10
+	VBROADCASTSS 512(SI), Y11
+	VMULPS       Y11, Y5, Y12
+	VCVTDQ2PS    Y6, Y6
+	VMULPS       Y12, Y6, Y6
+	VPBROADCASTD 576(SI), Y12
+	VCVTDQ2PS    Y12, Y12
+	VMULPS       Y11, Y12, Y12
+	VMULPS       Y12, Y10, Y12
+	VADDPS       Y12, Y6, Y6
+	VADDPS       Y6, Y1, Y1
+	VBROADCASTSS 512(SI)(CX*1), Y6
+	VMULPS       Y6, Y5, Y5
+	VCVTDQ2PS    Y7, Y7
+	VMULPS       Y5, Y7, Y7
+	VPBROADCASTD 576(SI)(CX*1), Y5
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y6, Y5, Y5
+	VMULPS       Y5, Y10, Y5
+	VADDPS       Y5, Y7, Y7
+	VADDPS       Y7, Y3, Y3
+	VCVTPH2PS    16(AX), Y5
+	VCVTPH2PS    48(AX), Y6
+	VMULPS       f128<>+0(SB), Y6, Y6
+	VBROADCASTSS 512(SI), Y7
+	VMULPS       Y7, Y5, Y10
+	VCVTDQ2PS    Y8, Y8
+	VMULPS       Y10, Y8, Y8
+	VPBROADCASTD 576(SI), Y10
+	VCVTDQ2PS    Y10, Y10
+	VMULPS       Y7, Y10, Y10
+	VMULPS       Y10, Y6, Y10
+	VADDPS       Y10, Y8, Y8
+	VADDPS       Y8, Y2, Y2
+	VBROADCASTSS 512(SI)(CX*1), Y7
+	VMULPS       Y7, Y5, Y5
+	VCVTDQ2PS    Y9, Y8
+	VMULPS       Y5, Y8, Y8
+	VPBROADCASTD 576(SI)(CX*1), Y5
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y7, Y5, Y5
+	VMULPS       Y5, Y6, Y5
+	VADDPS       Y5, Y8, Y8
+	VADDPS       Y8, Y4, Y4
+	ADDQ         $0x00000140, AX
+	ADDQ         $0x20, BX
+	ADDQ         $0x04, SI
+	INCQ         DI
+	CMPQ         DI, $0x10
+	JNE          q41x16AVX2N2_next
+	ADDQ         $0x00000080, BX
+	ADDQ         $0x00000240, SI
+	XORQ         DI, DI
+
+q41x16AVX2N2_next:
+	DECQ    DX
+	JNZ     q41x16AVX2N2_blk
+	MOVQ    out+40(FP), DX
+	MOVQ    ostride+48(FP), BX
+	MOVQ    DX, SI
+	VMOVUPS Y1, (SI)
+	VMOVUPS Y2, 32(SI)
+	ADDQ    BX, SI
+	VMOVUPS Y3, (SI)
+	VMOVUPS Y4, 32(SI)
+	ADDQ    $0x40, DX
+	MOVQ    DX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q41x16AVX2N2_grp
+	VZEROUPPER
+	RET
+
+// func q51x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512VL, F16C
+TEXT ·q51x16AVX2N1(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD w1<>+0(SB), Y0
+
+q51x16AVX2N1_grp:
+	MOVQ   nblocks+16(FP), CX
+	MOVQ   xq+24(FP), DX
+	MOVQ   DX, BX
+	XORQ   SI, SI
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+
+q51x16AVX2N1_blk:
+	VMOVDQU      64(AX), Y3
+	VMOVDQU      128(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_0<>+0(SB), Y3, Y5
+	VPAND        q5nib_0<>+0(SB), Y5, Y5
+	VPCMPEQB     q5nib_0<>+0(SB), Y5, Y5
+	VPAND        b10y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPBROADCASTD (DX), Y5
+	VPMADDUBSW   Y5, Y4, Y5
+	VMOVDQU      192(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_0<>+0(SB), Y3, Y6
+	VPAND        q5nib_1<>+0(SB), Y6, Y6
+	VPCMPEQB     q5nib_1<>+0(SB), Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 4(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      256(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_1<>+0(SB), Y3, Y6
+	VPAND        q5nib_0<>+0(SB), Y6, Y6
+	VPCMPEQB     q5nib_0<>+0(SB), Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 8(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VMOVDQU      320(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_1<>+0(SB), Y3, Y6
+	VPAND        q5nib_1<>+0(SB), Y6, Y6
+	VPCMPEQB     q5nib_1<>+0(SB), Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 12(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPADDW       Y6, Y5, Y5
+	VPSRLW       $0x04, 128(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_2<>+0(SB), Y3, Y6
+	VPAND        q5nib_0<>+0(SB), Y6, Y6
+	VPCMPEQB     q5nib_0<>+0(SB), Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD 16(DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VPSRLW       $0x04, 192(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_2<>+0(SB), Y3, Y7
+	VPAND        q5nib_1<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_1<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 20(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 256(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_3<>+0(SB), Y3, Y7
+	VPAND        q5nib_0<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_0<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 24(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 320(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_3<>+0(SB), Y3, Y3
+	VPAND        q5nib_1<>+0(SB), Y3, Y3
+	VPCMPEQB     q5nib_1<>+0(SB), Y3, Y3
+	VPAND        b10y<>+0(SB), Y3, Y3
+	VPOR         Y3, Y4, Y4
+	VPBROADCASTD 28(DX), Y3
+	VPMADDUBSW   Y3, Y4, Y3
+	VPADDW       Y3, Y6, Y6
+	VPMADDWD     Y0, Y5, Y5
+	VPMADDWD     Y0, Y6, Y6
+	VPADDD       Y6, Y5, Y5
+	VMOVDQU      96(AX), Y3
+	VMOVDQU      160(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_0<>+0(SB), Y3, Y6
+	VPAND        q5nib_0<>+0(SB), Y6, Y6
+	VPCMPEQB     q5nib_0<>+0(SB), Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y4, Y4
+	VPBROADCASTD (DX), Y6
+	VPMADDUBSW   Y6, Y4, Y6
+	VMOVDQU      224(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_0<>+0(SB), Y3, Y7
+	VPAND        q5nib_1<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_1<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 4(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      288(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_1<>+0(SB), Y3, Y7
+	VPAND        q5nib_0<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_0<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 8(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VMOVDQU      352(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_1<>+0(SB), Y3, Y7
+	VPAND        q5nib_1<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_1<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 12(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPADDW       Y7, Y6, Y6
+	VPSRLW       $0x04, 160(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_2<>+0(SB), Y3, Y7
+	VPAND        q5nib_0<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_0<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y4, Y4
+	VPBROADCASTD 16(DX), Y7
+	VPMADDUBSW   Y7, Y4, Y7
+	VPSRLW       $0x04, 224(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_2<>+0(SB), Y3, Y8
+	VPAND        q5nib_1<>+0(SB), Y8, Y8
+	VPCMPEQB     q5nib_1<>+0(SB), Y8, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y4, Y4
+	VPBROADCASTD 20(DX), Y8
+	VPMADDUBSW   Y8, Y4, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 288(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_3<>+0(SB), Y3, Y8
+	VPAND        q5nib_0<>+0(SB), Y8, Y8
+	VPCMPEQB     q5nib_0<>+0(SB), Y8, Y8
+	VPAND        b10y<>+0(SB), Y8, Y8
+	VPOR         Y8, Y4, Y4
+	VPBROADCASTD 24(DX), Y8
+	VPMADDUBSW   Y8, Y4, Y8
+	VPADDW       Y8, Y7, Y7
+	VPSRLW       $0x04, 352(AX), Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPSHUFB      q5rep_3<>+0(SB), Y3, Y3
+	VPAND        q5nib_1<>+0(SB), Y3, Y3
+	VPCMPEQB     q5nib_1<>+0(SB), Y3, Y3
+	VPAND        b10y<>+0(SB), Y3, Y3
+	VPOR         Y3, Y4, Y4
+	VPBROADCASTD 28(DX), Y3
+	VPMADDUBSW   Y3, Y4, Y3
+	VPADDW       Y3, Y7, Y7
+	VPMADDWD     Y0, Y6, Y6
+	VPMADDWD     Y0, Y7, Y7
+	VPADDD       Y7, Y6, Y6
+	VCVTPH2PS    (AX), Y3
+	VCVTPH2PS    32(AX), Y4
+	VMULPS       f128<>+0(SB), Y4, Y4
+	VBROADCASTSS 512(BX), Y7
+	VMULPS       Y7, Y3, Y3
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y3, Y5, Y5
+	VPBROADCASTD 576(BX), Y3
+	VCVTDQ2PS    Y3, Y3
+	VMULPS       Y7, Y3, Y3
+	VMULPS       Y3, Y4, Y3
+	VADDPS       Y3, Y5, Y5
+	VADDPS       Y5, Y1, Y1
+	VCVTPH2PS    16(AX), Y3
+	VCVTPH2PS    48(AX), Y4
+	VMULPS       f128<>+0(SB), Y4, Y4
+	VBROADCASTSS 512(BX), Y5
+	VMULPS       Y5, Y3, Y3
+	VCVTDQ2PS    Y6, Y6
+	VMULPS       Y3, Y6, Y6
+	VPBROADCASTD 576(BX), Y3
+	VCVTDQ2PS    Y3, Y3
+	VMULPS       Y5, Y3, Y3
+	VMULPS       Y3, Y4, Y3
+	VADDPS       Y3, Y6, Y6
+	VADDPS       Y6, Y2, Y2
+	ADDQ         $0x00000180, AX
+	ADDQ         $0x20, DX
+	ADDQ         $0x04, BX
+	INCQ         SI
+	CMPQ         SI, $0x10
+	JNE          q51x16AVX2N1_next
+	ADDQ         $0x00000080, DX
+	ADDQ         $0x00000240, BX
+	XORQ         SI, SI
+
+q51x16AVX2N1_next:
+	DECQ    CX
+	JNZ     q51x16AVX2N1_blk
+	MOVQ    out+40(FP), CX
+	MOVQ    ostride+48(FP), DX
+	MOVQ    CX, DX
+	VMOVUPS Y1, (DX)
+	VMOVUPS Y2, 32(DX)
+	ADDQ    $0x40, CX
+	MOVQ    CX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q51x16AVX2N1_grp
+	VZEROUPPER
+	RET
+
+// func q51x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+// Requires: AVX, AVX2, AVX512BW, AVX512VL, F16C
+TEXT ·q51x16AVX2N2(SB), NOSPLIT, $0-56
+	MOVQ         w+0(FP), AX
+	MOVQ         xstride+32(FP), CX
+	VPBROADCASTD w1<>+0(SB), Y0
+
+q51x16AVX2N2_grp:
+	MOVQ   nblocks+16(FP), DX
+	MOVQ   xq+24(FP), BX
+	MOVQ   BX, SI
+	XORQ   DI, DI
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+
+q51x16AVX2N2_blk:
+	VMOVDQU      64(AX), Y5
+	VMOVDQU      128(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_0<>+0(SB), Y5, Y7
+	VPAND        q5nib_0<>+0(SB), Y7, Y7
+	VPCMPEQB     q5nib_0<>+0(SB), Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPBROADCASTD (BX), Y7
+	VPMADDUBSW   Y7, Y6, Y7
+	VPBROADCASTD (BX)(CX*1), Y8
+	VPMADDUBSW   Y8, Y6, Y8
+	VMOVDQU      192(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_0<>+0(SB), Y5, Y9
+	VPAND        q5nib_1<>+0(SB), Y9, Y9
+	VPCMPEQB     q5nib_1<>+0(SB), Y9, Y9
+	VPAND        b10y<>+0(SB), Y9, Y9
+	VPOR         Y9, Y6, Y6
+	VPBROADCASTD 4(BX), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y7, Y7
+	VPBROADCASTD 4(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y8, Y8
+	VMOVDQU      256(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_1<>+0(SB), Y5, Y9
+	VPAND        q5nib_0<>+0(SB), Y9, Y9
+	VPCMPEQB     q5nib_0<>+0(SB), Y9, Y9
+	VPAND        b10y<>+0(SB), Y9, Y9
+	VPOR         Y9, Y6, Y6
+	VPBROADCASTD 8(BX), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y7, Y7
+	VPBROADCASTD 8(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y8, Y8
+	VMOVDQU      320(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_1<>+0(SB), Y5, Y9
+	VPAND        q5nib_1<>+0(SB), Y9, Y9
+	VPCMPEQB     q5nib_1<>+0(SB), Y9, Y9
+	VPAND        b10y<>+0(SB), Y9, Y9
+	VPOR         Y9, Y6, Y6
+	VPBROADCASTD 12(BX), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y7, Y7
+	VPBROADCASTD 12(BX)(CX*1), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPADDW       Y9, Y8, Y8
+	VPSRLW       $0x04, 128(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_2<>+0(SB), Y5, Y9
+	VPAND        q5nib_0<>+0(SB), Y9, Y9
+	VPCMPEQB     q5nib_0<>+0(SB), Y9, Y9
+	VPAND        b10y<>+0(SB), Y9, Y9
+	VPOR         Y9, Y6, Y6
+	VPBROADCASTD 16(BX), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPBROADCASTD 16(BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VPSRLW       $0x04, 192(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_2<>+0(SB), Y5, Y11
+	VPAND        q5nib_1<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_1<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 20(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y9, Y9
+	VPBROADCASTD 20(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y10, Y10
+	VPSRLW       $0x04, 256(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_3<>+0(SB), Y5, Y11
+	VPAND        q5nib_0<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_0<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 24(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y9, Y9
+	VPBROADCASTD 24(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y10, Y10
+	VPSRLW       $0x04, 320(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_3<>+0(SB), Y5, Y5
+	VPAND        q5nib_1<>+0(SB), Y5, Y5
+	VPCMPEQB     q5nib_1<>+0(SB), Y5, Y5
+	VPAND        b10y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y6, Y6
+	VPBROADCASTD 28(BX), Y5
+	VPMADDUBSW   Y5, Y6, Y5
+	VPADDW       Y5, Y9, Y9
+	VPBROADCASTD 28(BX)(CX*1), Y5
+	VPMADDUBSW   Y5, Y6, Y5
+	VPADDW       Y5, Y10, Y10
+	VPMADDWD     Y0, Y7, Y7
+	VPMADDWD     Y0, Y9, Y9
+	VPADDD       Y9, Y7, Y7
+	VPMADDWD     Y0, Y8, Y8
+	VPMADDWD     Y0, Y10, Y10
+	VPADDD       Y10, Y8, Y8
+	VMOVDQU      96(AX), Y5
+	VMOVDQU      160(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_0<>+0(SB), Y5, Y9
+	VPAND        q5nib_0<>+0(SB), Y9, Y9
+	VPCMPEQB     q5nib_0<>+0(SB), Y9, Y9
+	VPAND        b10y<>+0(SB), Y9, Y9
+	VPOR         Y9, Y6, Y6
+	VPBROADCASTD (BX), Y9
+	VPMADDUBSW   Y9, Y6, Y9
+	VPBROADCASTD (BX)(CX*1), Y10
+	VPMADDUBSW   Y10, Y6, Y10
+	VMOVDQU      224(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_0<>+0(SB), Y5, Y11
+	VPAND        q5nib_1<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_1<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 4(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y9, Y9
+	VPBROADCASTD 4(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y10, Y10
+	VMOVDQU      288(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_1<>+0(SB), Y5, Y11
+	VPAND        q5nib_0<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_0<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 8(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y9, Y9
+	VPBROADCASTD 8(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y10, Y10
+	VMOVDQU      352(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_1<>+0(SB), Y5, Y11
+	VPAND        q5nib_1<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_1<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 12(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y9, Y9
+	VPBROADCASTD 12(BX)(CX*1), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPADDW       Y11, Y10, Y10
+	VPSRLW       $0x04, 160(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_2<>+0(SB), Y5, Y11
+	VPAND        q5nib_0<>+0(SB), Y11, Y11
+	VPCMPEQB     q5nib_0<>+0(SB), Y11, Y11
+	VPAND        b10y<>+0(SB), Y11, Y11
+	VPOR         Y11, Y6, Y6
+	VPBROADCASTD 16(BX), Y11
+	VPMADDUBSW   Y11, Y6, Y11
+	VPBROADCASTD 16(BX)(CX*1), Y12
+	VPMADDUBSW   Y12, Y6, Y12
+	VPSRLW       $0x04, 224(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_2<>+0(SB), Y5, Y13
+	VPAND        q5nib_1<>+0(SB), Y13, Y13
+	VPCMPEQB     q5nib_1<>+0(SB), Y13, Y13
+	VPAND        b10y<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPBROADCASTD 20(BX), Y13
+	VPMADDUBSW   Y13, Y6, Y13
+	VPADDW       Y13, Y11, Y11
+	VPBROADCASTD 20(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y6, Y13
+	VPADDW       Y13, Y12, Y12
+	VPSRLW       $0x04, 288(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_3<>+0(SB), Y5, Y13
+	VPAND        q5nib_0<>+0(SB), Y13, Y13
+	VPCMPEQB     q5nib_0<>+0(SB), Y13, Y13
+	VPAND        b10y<>+0(SB), Y13, Y13
+	VPOR         Y13, Y6, Y6
+	VPBROADCASTD 24(BX), Y13
+	VPMADDUBSW   Y13, Y6, Y13
+	VPADDW       Y13, Y11, Y11
+	VPBROADCASTD 24(BX)(CX*1), Y13
+	VPMADDUBSW   Y13, Y6, Y13
+	VPADDW       Y13, Y12, Y12
+	VPSRLW       $0x04, 352(AX), Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPSHUFB      q5rep_3<>+0(SB), Y5, Y5
+	VPAND        q5nib_1<>+0(SB), Y5, Y5
+	VPCMPEQB     q5nib_1<>+0(SB), Y5, Y5
+	VPAND        b10y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y6, Y6
+	VPBROADCASTD 28(BX), Y5
+	VPMADDUBSW   Y5, Y6, Y5
+	VPADDW       Y5, Y11, Y11
+	VPBROADCASTD 28(BX)(CX*1), Y5
+	VPMADDUBSW   Y5, Y6, Y5
+	VPADDW       Y5, Y12, Y12
+	VPMADDWD     Y0, Y9, Y9
+	VPMADDWD     Y0, Y11, Y11
+	VPADDD       Y11, Y9, Y9
+	VPMADDWD     Y0, Y10, Y10
+	VPMADDWD     Y0, Y12, Y12
+	VPADDD       Y12, Y10, Y10
+	VCVTPH2PS    (AX), Y5
+	VCVTPH2PS    32(AX), Y6
+	VMULPS       f128<>+0(SB), Y6, Y6
+	VBROADCASTSS 512(SI), Y11
+	VMULPS       Y11, Y5, Y12
+	VCVTDQ2PS    Y7, Y7
+	VMULPS       Y12, Y7, Y7
+	VPBROADCASTD 576(SI), Y12
+	VCVTDQ2PS    Y12, Y12
+	VMULPS       Y11, Y12, Y12
+	VMULPS       Y12, Y6, Y12
+	VADDPS       Y12, Y7, Y7
+	VADDPS       Y7, Y1, Y1
+	VBROADCASTSS 512(SI)(CX*1), Y7
+	VMULPS       Y7, Y5, Y5
+	VCVTDQ2PS    Y8, Y8
+	VMULPS       Y5, Y8, Y8
+	VPBROADCASTD 576(SI)(CX*1), Y5
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y7, Y5, Y5
+	VMULPS       Y5, Y6, Y5
+	VADDPS       Y5, Y8, Y8
+	VADDPS       Y8, Y3, Y3
+	VCVTPH2PS    16(AX), Y5
+	VCVTPH2PS    48(AX), Y6
+	VMULPS       f128<>+0(SB), Y6, Y6
+	VBROADCASTSS 512(SI), Y7
+	VMULPS       Y7, Y5, Y8
+	VCVTDQ2PS    Y9, Y9
+	VMULPS       Y8, Y9, Y9
+	VPBROADCASTD 576(SI), Y8
+	VCVTDQ2PS    Y8, Y8
+	VMULPS       Y7, Y8, Y8
+	VMULPS       Y8, Y6, Y8
+	VADDPS       Y8, Y9, Y9
+	VADDPS       Y9, Y2, Y2
+	VBROADCASTSS 512(SI)(CX*1), Y7
+	VMULPS       Y7, Y5, Y5
+	VCVTDQ2PS    Y10, Y8
+	VMULPS       Y5, Y8, Y8
+	VPBROADCASTD 576(SI)(CX*1), Y5
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y7, Y5, Y5
+	VMULPS       Y5, Y6, Y5
+	VADDPS       Y5, Y8, Y8
+	VADDPS       Y8, Y4, Y4
+	ADDQ         $0x00000180, AX
+	ADDQ         $0x20, BX
+	ADDQ         $0x04, SI
+	INCQ         DI
+	CMPQ         DI, $0x10
+	JNE          q51x16AVX2N2_next
+	ADDQ         $0x00000080, BX
+	ADDQ         $0x00000240, SI
+	XORQ         DI, DI
+
+q51x16AVX2N2_next:
+	DECQ    DX
+	JNZ     q51x16AVX2N2_blk
+	MOVQ    out+40(FP), DX
+	MOVQ    ostride+48(FP), BX
+	MOVQ    DX, SI
+	VMOVUPS Y1, (SI)
+	VMOVUPS Y2, 32(SI)
+	ADDQ    BX, SI
+	VMOVUPS Y3, (SI)
+	VMOVUPS Y4, 32(SI)
+	ADDQ    $0x40, DX
+	MOVQ    DX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q51x16AVX2N2_grp
+	VZEROUPPER
+	RET
+
 // func q80rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
 // Requires: AVX, AVX2, F16C
 TEXT ·q80rows256(SB), NOSPLIT, $0-48
@@ -104631,6 +108018,145 @@ iq4nlrows256_next:
 	ADDQ   CX, AX
 	DECQ   nrows+16(FP)
 	JNZ    iq4nlrows256_row
+	VZEROUPPER
+	RET
+
+// func q41rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+// Requires: AVX, AVX2, F16C
+TEXT ·q41rows256(SB), NOSPLIT, $0-48
+	MOVQ         w+0(FP), AX
+	MOVQ         wstride+8(FP), CX
+	MOVQ         out+40(FP), DX
+	VPBROADCASTD w1<>+0(SB), Y0
+
+q41rows256_row:
+	MOVQ   AX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	MOVQ   nblocks+32(FP), R8
+	XORQ   R9, R9
+	VXORPS X1, X1, X1
+
+q41rows256_blk:
+	VMOVDQU      4(BX), X3
+	VPSRLW       $0x04, X3, X2
+	VINSERTI128  $0x01, X2, Y3, Y2
+	VPAND        b0fy<>+0(SB), Y2, Y2
+	VMOVDQU      (SI), Y4
+	VPMADDUBSW   Y4, Y2, Y2
+	VPMADDWD     Y0, Y2, Y2
+	VEXTRACTI128 $0x01, Y2, X3
+	VPADDD       X3, X2, X3
+	VPSHUFD      $0x4e, X3, X2
+	VPADDD       X2, X3, X3
+	VPSHUFD      $0xb1, X3, X2
+	VPADDD       X2, X3, X3
+	VCVTDQ2PS    X3, X3
+	MOVWLZX      (BX), R10
+	VMOVD        R10, X4
+	VCVTPH2PS    X4, X4
+	VMULSS       512(DI), X4, X4
+	VMULSS       X4, X3, X3
+	MOVWLZX      2(BX), R10
+	VMOVD        R10, X4
+	VCVTPH2PS    X4, X4
+	VMULSS       f128<>+0(SB), X4, X4
+	VCVTSI2SSL   576(DI), X2, X2
+	VMULSS       512(DI), X2, X2
+	VMULSS       X2, X4, X4
+	VADDSS       X4, X3, X3
+	VADDSS       X3, X1, X1
+	ADDQ         $0x14, BX
+	ADDQ         $0x20, SI
+	ADDQ         $0x04, DI
+	INCQ         R9
+	CMPQ         R9, $0x10
+	JNE          q41rows256_next
+	ADDQ         $0x00000080, SI
+	ADDQ         $0x00000240, DI
+	XORQ         R9, R9
+
+q41rows256_next:
+	DECQ   R8
+	JNZ    q41rows256_blk
+	VMOVSS X1, (DX)
+	ADDQ   $0x04, DX
+	ADDQ   CX, AX
+	DECQ   nrows+16(FP)
+	JNZ    q41rows256_row
+	VZEROUPPER
+	RET
+
+// func q51rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+// Requires: AVX, AVX2, F16C
+TEXT ·q51rows256(SB), NOSPLIT, $0-48
+	MOVQ         w+0(FP), AX
+	MOVQ         wstride+8(FP), CX
+	MOVQ         out+40(FP), DX
+	VPBROADCASTD w1<>+0(SB), Y0
+
+q51rows256_row:
+	MOVQ   AX, BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	MOVQ   nblocks+32(FP), R8
+	XORQ   R9, R9
+	VXORPS X1, X1, X1
+
+q51rows256_blk:
+	VMOVDQU      8(BX), X3
+	VPSRLW       $0x04, X3, X2
+	VINSERTI128  $0x01, X2, Y3, Y2
+	VPAND        b0fy<>+0(SB), Y2, Y2
+	VPBROADCASTD 4(BX), Y4
+	VPSHUFB      q5spread<>+0(SB), Y4, Y4
+	VMOVDQU      q5bits<>+0(SB), Y5
+	VPAND        Y5, Y4, Y4
+	VPCMPEQB     Y5, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y2, Y2
+	VMOVDQU      (SI), Y4
+	VPMADDUBSW   Y4, Y2, Y2
+	VPMADDWD     Y0, Y2, Y2
+	VEXTRACTI128 $0x01, Y2, X3
+	VPADDD       X3, X2, X3
+	VPSHUFD      $0x4e, X3, X2
+	VPADDD       X2, X3, X3
+	VPSHUFD      $0xb1, X3, X2
+	VPADDD       X2, X3, X3
+	VCVTDQ2PS    X3, X3
+	MOVWLZX      (BX), R10
+	VMOVD        R10, X4
+	VCVTPH2PS    X4, X4
+	VMULSS       512(DI), X4, X4
+	VMULSS       X4, X3, X3
+	MOVWLZX      2(BX), R10
+	VMOVD        R10, X4
+	VCVTPH2PS    X4, X4
+	VMULSS       f128<>+0(SB), X4, X4
+	VCVTSI2SSL   576(DI), X2, X2
+	VMULSS       512(DI), X2, X2
+	VMULSS       X2, X4, X4
+	VADDSS       X4, X3, X3
+	VADDSS       X3, X1, X1
+	ADDQ         $0x18, BX
+	ADDQ         $0x20, SI
+	ADDQ         $0x04, DI
+	INCQ         R9
+	CMPQ         R9, $0x10
+	JNE          q51rows256_next
+	ADDQ         $0x00000080, SI
+	ADDQ         $0x00000240, DI
+	XORQ         R9, R9
+
+q51rows256_next:
+	DECQ   R8
+	JNZ    q51rows256_blk
+	VMOVSS X1, (DX)
+	ADDQ   $0x04, DX
+	ADDQ   CX, AX
+	DECQ   nrows+16(FP)
+	JNZ    q51rows256_row
 	VZEROUPPER
 	RET
 
@@ -112204,1938 +115730,6 @@ q4kx16N4_blk:
 	MOVQ          SI, out+40(FP)
 	DECQ          groups+8(FP)
 	JNZ           q4kx16N4_grp
-	VZEROUPPER
-	RET
-
-// func q41x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
-// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
-TEXT ·q41x16N1(SB), NOSPLIT, $0-56
-	MOVQ         w+0(FP), AX
-	MOVQ         xstride+32(FP), CX
-	VPBROADCASTD b0f<>+0(SB), Z0
-
-q41x16N1_grp:
-	MOVQ   nblocks+16(FP), CX
-	MOVQ   xq+24(FP), DX
-	VXORPS Z1, Z1, Z1
-	VXORPS Z2, Z2, Z2
-	VXORPS Z3, Z3, Z3
-	VXORPS Z4, Z4, Z4
-	VXORPS Z5, Z5, Z5
-	VXORPS Z6, Z6, Z6
-	VXORPS Z7, Z7, Z7
-	VXORPS Z8, Z8, Z8
-
-q41x16N1_blk:
-	VPXORD        Z9, Z9, Z9
-	VPXORD        Z10, Z10, Z10
-	VPANDD        64(AX), Z0, Z11
-	VPDPBUSD.BCST (DX), Z11, Z9
-	VPANDD        128(AX), Z0, Z11
-	VPDPBUSD.BCST 4(DX), Z11, Z10
-	VPANDD        192(AX), Z0, Z11
-	VPDPBUSD.BCST 8(DX), Z11, Z9
-	VPANDD        256(AX), Z0, Z11
-	VPDPBUSD.BCST 12(DX), Z11, Z10
-	VPSRLW        $0x04, 64(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 16(DX), Z11, Z9
-	VPSRLW        $0x04, 128(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 20(DX), Z11, Z10
-	VPSRLW        $0x04, 192(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 24(DX), Z11, Z9
-	VPSRLW        $0x04, 256(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 28(DX), Z11, Z10
-	VCVTPH2PS     (AX), Z11
-	VCVTPH2PS     32(AX), Z12
-	VPADDD        Z10, Z9, Z9
-	VMULPS.BCST   304(DX), Z11, Z11
-	VCVTDQ2PS     Z9, Z9
-	VMULPS        Z11, Z9, Z9
-	VPBROADCASTW  288(DX), Z13
-	VPSRAD        $0x10, Z13, Z13
-	VCVTDQ2PS     Z13, Z13
-	VMULPS.BCST   304(DX), Z12, Z11
-	VMULPS        Z11, Z13, Z13
-	VADDPS        Z13, Z9, Z9
-	VADDPS        Z9, Z1, Z1
-	VPXORD        Z9, Z9, Z9
-	VPXORD        Z10, Z10, Z10
-	VPANDD        384(AX), Z0, Z11
-	VPDPBUSD.BCST 32(DX), Z11, Z9
-	VPANDD        448(AX), Z0, Z11
-	VPDPBUSD.BCST 36(DX), Z11, Z10
-	VPANDD        512(AX), Z0, Z11
-	VPDPBUSD.BCST 40(DX), Z11, Z9
-	VPANDD        576(AX), Z0, Z11
-	VPDPBUSD.BCST 44(DX), Z11, Z10
-	VPSRLW        $0x04, 384(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 48(DX), Z11, Z9
-	VPSRLW        $0x04, 448(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 52(DX), Z11, Z10
-	VPSRLW        $0x04, 512(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 56(DX), Z11, Z9
-	VPSRLW        $0x04, 576(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 60(DX), Z11, Z10
-	VCVTPH2PS     320(AX), Z11
-	VCVTPH2PS     352(AX), Z12
-	VPADDD        Z10, Z9, Z9
-	VMULPS.BCST   304(DX), Z11, Z11
-	VCVTDQ2PS     Z9, Z9
-	VMULPS        Z11, Z9, Z9
-	VPBROADCASTW  290(DX), Z13
-	VPSRAD        $0x10, Z13, Z13
-	VCVTDQ2PS     Z13, Z13
-	VMULPS.BCST   304(DX), Z12, Z11
-	VMULPS        Z11, Z13, Z13
-	VADDPS        Z13, Z9, Z9
-	VADDPS        Z9, Z2, Z2
-	VPXORD        Z9, Z9, Z9
-	VPXORD        Z10, Z10, Z10
-	VPANDD        704(AX), Z0, Z11
-	VPDPBUSD.BCST 64(DX), Z11, Z9
-	VPANDD        768(AX), Z0, Z11
-	VPDPBUSD.BCST 68(DX), Z11, Z10
-	VPANDD        832(AX), Z0, Z11
-	VPDPBUSD.BCST 72(DX), Z11, Z9
-	VPANDD        896(AX), Z0, Z11
-	VPDPBUSD.BCST 76(DX), Z11, Z10
-	VPSRLW        $0x04, 704(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 80(DX), Z11, Z9
-	VPSRLW        $0x04, 768(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 84(DX), Z11, Z10
-	VPSRLW        $0x04, 832(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 88(DX), Z11, Z9
-	VPSRLW        $0x04, 896(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 92(DX), Z11, Z10
-	VCVTPH2PS     640(AX), Z11
-	VCVTPH2PS     672(AX), Z12
-	VPADDD        Z10, Z9, Z9
-	VMULPS.BCST   304(DX), Z11, Z11
-	VCVTDQ2PS     Z9, Z9
-	VMULPS        Z11, Z9, Z9
-	VPBROADCASTW  292(DX), Z13
-	VPSRAD        $0x10, Z13, Z13
-	VCVTDQ2PS     Z13, Z13
-	VMULPS.BCST   304(DX), Z12, Z11
-	VMULPS        Z11, Z13, Z13
-	VADDPS        Z13, Z9, Z9
-	VADDPS        Z9, Z3, Z3
-	VPXORD        Z9, Z9, Z9
-	VPXORD        Z10, Z10, Z10
-	VPANDD        1024(AX), Z0, Z11
-	VPDPBUSD.BCST 96(DX), Z11, Z9
-	VPANDD        1088(AX), Z0, Z11
-	VPDPBUSD.BCST 100(DX), Z11, Z10
-	VPANDD        1152(AX), Z0, Z11
-	VPDPBUSD.BCST 104(DX), Z11, Z9
-	VPANDD        1216(AX), Z0, Z11
-	VPDPBUSD.BCST 108(DX), Z11, Z10
-	VPSRLW        $0x04, 1024(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 112(DX), Z11, Z9
-	VPSRLW        $0x04, 1088(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 116(DX), Z11, Z10
-	VPSRLW        $0x04, 1152(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 120(DX), Z11, Z9
-	VPSRLW        $0x04, 1216(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 124(DX), Z11, Z10
-	VCVTPH2PS     960(AX), Z11
-	VCVTPH2PS     992(AX), Z12
-	VPADDD        Z10, Z9, Z9
-	VMULPS.BCST   304(DX), Z11, Z11
-	VCVTDQ2PS     Z9, Z9
-	VMULPS        Z11, Z9, Z9
-	VPBROADCASTW  294(DX), Z13
-	VPSRAD        $0x10, Z13, Z13
-	VCVTDQ2PS     Z13, Z13
-	VMULPS.BCST   304(DX), Z12, Z11
-	VMULPS        Z11, Z13, Z13
-	VADDPS        Z13, Z9, Z9
-	VADDPS        Z9, Z4, Z4
-	VPXORD        Z9, Z9, Z9
-	VPXORD        Z10, Z10, Z10
-	VPANDD        1344(AX), Z0, Z11
-	VPDPBUSD.BCST 128(DX), Z11, Z9
-	VPANDD        1408(AX), Z0, Z11
-	VPDPBUSD.BCST 132(DX), Z11, Z10
-	VPANDD        1472(AX), Z0, Z11
-	VPDPBUSD.BCST 136(DX), Z11, Z9
-	VPANDD        1536(AX), Z0, Z11
-	VPDPBUSD.BCST 140(DX), Z11, Z10
-	VPSRLW        $0x04, 1344(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 144(DX), Z11, Z9
-	VPSRLW        $0x04, 1408(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 148(DX), Z11, Z10
-	VPSRLW        $0x04, 1472(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 152(DX), Z11, Z9
-	VPSRLW        $0x04, 1536(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 156(DX), Z11, Z10
-	VCVTPH2PS     1280(AX), Z11
-	VCVTPH2PS     1312(AX), Z12
-	VPADDD        Z10, Z9, Z9
-	VMULPS.BCST   304(DX), Z11, Z11
-	VCVTDQ2PS     Z9, Z9
-	VMULPS        Z11, Z9, Z9
-	VPBROADCASTW  296(DX), Z13
-	VPSRAD        $0x10, Z13, Z13
-	VCVTDQ2PS     Z13, Z13
-	VMULPS.BCST   304(DX), Z12, Z11
-	VMULPS        Z11, Z13, Z13
-	VADDPS        Z13, Z9, Z9
-	VADDPS        Z9, Z5, Z5
-	VPXORD        Z9, Z9, Z9
-	VPXORD        Z10, Z10, Z10
-	VPANDD        1664(AX), Z0, Z11
-	VPDPBUSD.BCST 160(DX), Z11, Z9
-	VPANDD        1728(AX), Z0, Z11
-	VPDPBUSD.BCST 164(DX), Z11, Z10
-	VPANDD        1792(AX), Z0, Z11
-	VPDPBUSD.BCST 168(DX), Z11, Z9
-	VPANDD        1856(AX), Z0, Z11
-	VPDPBUSD.BCST 172(DX), Z11, Z10
-	VPSRLW        $0x04, 1664(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 176(DX), Z11, Z9
-	VPSRLW        $0x04, 1728(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 180(DX), Z11, Z10
-	VPSRLW        $0x04, 1792(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 184(DX), Z11, Z9
-	VPSRLW        $0x04, 1856(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 188(DX), Z11, Z10
-	VCVTPH2PS     1600(AX), Z11
-	VCVTPH2PS     1632(AX), Z12
-	VPADDD        Z10, Z9, Z9
-	VMULPS.BCST   304(DX), Z11, Z11
-	VCVTDQ2PS     Z9, Z9
-	VMULPS        Z11, Z9, Z9
-	VPBROADCASTW  298(DX), Z13
-	VPSRAD        $0x10, Z13, Z13
-	VCVTDQ2PS     Z13, Z13
-	VMULPS.BCST   304(DX), Z12, Z11
-	VMULPS        Z11, Z13, Z13
-	VADDPS        Z13, Z9, Z9
-	VADDPS        Z9, Z6, Z6
-	VPXORD        Z9, Z9, Z9
-	VPXORD        Z10, Z10, Z10
-	VPANDD        1984(AX), Z0, Z11
-	VPDPBUSD.BCST 192(DX), Z11, Z9
-	VPANDD        2048(AX), Z0, Z11
-	VPDPBUSD.BCST 196(DX), Z11, Z10
-	VPANDD        2112(AX), Z0, Z11
-	VPDPBUSD.BCST 200(DX), Z11, Z9
-	VPANDD        2176(AX), Z0, Z11
-	VPDPBUSD.BCST 204(DX), Z11, Z10
-	VPSRLW        $0x04, 1984(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 208(DX), Z11, Z9
-	VPSRLW        $0x04, 2048(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 212(DX), Z11, Z10
-	VPSRLW        $0x04, 2112(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 216(DX), Z11, Z9
-	VPSRLW        $0x04, 2176(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 220(DX), Z11, Z10
-	VCVTPH2PS     1920(AX), Z11
-	VCVTPH2PS     1952(AX), Z12
-	VPADDD        Z10, Z9, Z9
-	VMULPS.BCST   304(DX), Z11, Z11
-	VCVTDQ2PS     Z9, Z9
-	VMULPS        Z11, Z9, Z9
-	VPBROADCASTW  300(DX), Z13
-	VPSRAD        $0x10, Z13, Z13
-	VCVTDQ2PS     Z13, Z13
-	VMULPS.BCST   304(DX), Z12, Z11
-	VMULPS        Z11, Z13, Z13
-	VADDPS        Z13, Z9, Z9
-	VADDPS        Z9, Z7, Z7
-	VPXORD        Z9, Z9, Z9
-	VPXORD        Z10, Z10, Z10
-	VPANDD        2304(AX), Z0, Z11
-	VPDPBUSD.BCST 224(DX), Z11, Z9
-	VPANDD        2368(AX), Z0, Z11
-	VPDPBUSD.BCST 228(DX), Z11, Z10
-	VPANDD        2432(AX), Z0, Z11
-	VPDPBUSD.BCST 232(DX), Z11, Z9
-	VPANDD        2496(AX), Z0, Z11
-	VPDPBUSD.BCST 236(DX), Z11, Z10
-	VPSRLW        $0x04, 2304(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 240(DX), Z11, Z9
-	VPSRLW        $0x04, 2368(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 244(DX), Z11, Z10
-	VPSRLW        $0x04, 2432(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 248(DX), Z11, Z9
-	VPSRLW        $0x04, 2496(AX), Z11
-	VPANDD        Z0, Z11, Z11
-	VPDPBUSD.BCST 252(DX), Z11, Z10
-	VCVTPH2PS     2240(AX), Z11
-	VCVTPH2PS     2272(AX), Z12
-	VPADDD        Z10, Z9, Z9
-	VMULPS.BCST   304(DX), Z11, Z11
-	VCVTDQ2PS     Z9, Z9
-	VMULPS        Z11, Z9, Z9
-	VPBROADCASTW  302(DX), Z13
-	VPSRAD        $0x10, Z13, Z13
-	VCVTDQ2PS     Z13, Z13
-	VMULPS.BCST   304(DX), Z12, Z11
-	VMULPS        Z11, Z13, Z13
-	VADDPS        Z13, Z9, Z9
-	VADDPS        Z9, Z8, Z8
-	ADDQ          $0x00000a00, AX
-	ADDQ          $0x00000140, DX
-	DECQ          CX
-	JNZ           q41x16N1_blk
-	VADDPS        Z5, Z1, Z1
-	VADDPS        Z7, Z3, Z3
-	VADDPS        Z6, Z2, Z2
-	VADDPS        Z8, Z4, Z4
-	VADDPS        Z3, Z1, Z1
-	VADDPS        Z4, Z2, Z2
-	VADDPS        Z2, Z1, Z1
-	MOVQ          out+40(FP), CX
-	MOVQ          ostride+48(FP), DX
-	MOVQ          CX, DX
-	VMOVUPS       Z1, (DX)
-	ADDQ          $0x40, CX
-	MOVQ          CX, out+40(FP)
-	DECQ          groups+8(FP)
-	JNZ           q41x16N1_grp
-	VZEROUPPER
-	RET
-
-// func q51x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
-// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
-TEXT ·q51x16N1(SB), NOSPLIT, $0-56
-	MOVQ         w+0(FP), AX
-	MOVQ         xstride+32(FP), CX
-	VPBROADCASTD b0f<>+0(SB), Z0
-	VPBROADCASTD b10<>+0(SB), Z1
-
-q51x16N1_grp:
-	MOVQ   nblocks+16(FP), CX
-	MOVQ   xq+24(FP), DX
-	VXORPS Z2, Z2, Z2
-	VXORPS Z3, Z3, Z3
-	VXORPS Z4, Z4, Z4
-	VXORPS Z5, Z5, Z5
-	VXORPS Z6, Z6, Z6
-	VXORPS Z7, Z7, Z7
-	VXORPS Z8, Z8, Z8
-	VXORPS Z9, Z9, Z9
-
-q51x16N1_blk:
-	VPXORD        Z10, Z10, Z10
-	VPXORD        Z11, Z11, Z11
-	VMOVDQU64     64(AX), Z13
-	VPANDD        128(AX), Z0, Z12
-	VPSHUFB       q5rep_0<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST (DX), Z12, Z10
-	VPANDD        192(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 4(DX), Z12, Z11
-	VPANDD        256(AX), Z0, Z12
-	VPSHUFB       q5rep_1<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 8(DX), Z12, Z10
-	VPANDD        320(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 12(DX), Z12, Z11
-	VPSRLW        $0x04, 128(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_2<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 16(DX), Z12, Z10
-	VPSRLW        $0x04, 192(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 20(DX), Z12, Z11
-	VPSRLW        $0x04, 256(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_3<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 24(DX), Z12, Z10
-	VPSRLW        $0x04, 320(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 28(DX), Z12, Z11
-	VCVTPH2PS     (AX), Z12
-	VCVTPH2PS     32(AX), Z13
-	VPADDD        Z11, Z10, Z10
-	VMULPS.BCST   304(DX), Z12, Z12
-	VCVTDQ2PS     Z10, Z10
-	VMULPS        Z12, Z10, Z10
-	VPBROADCASTW  288(DX), Z14
-	VPSRAD        $0x10, Z14, Z14
-	VCVTDQ2PS     Z14, Z14
-	VMULPS.BCST   304(DX), Z13, Z12
-	VMULPS        Z12, Z14, Z14
-	VADDPS        Z14, Z10, Z10
-	VADDPS        Z10, Z2, Z2
-	VPXORD        Z10, Z10, Z10
-	VPXORD        Z11, Z11, Z11
-	VMOVDQU64     448(AX), Z13
-	VPANDD        512(AX), Z0, Z12
-	VPSHUFB       q5rep_0<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 32(DX), Z12, Z10
-	VPANDD        576(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 36(DX), Z12, Z11
-	VPANDD        640(AX), Z0, Z12
-	VPSHUFB       q5rep_1<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 40(DX), Z12, Z10
-	VPANDD        704(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 44(DX), Z12, Z11
-	VPSRLW        $0x04, 512(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_2<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 48(DX), Z12, Z10
-	VPSRLW        $0x04, 576(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 52(DX), Z12, Z11
-	VPSRLW        $0x04, 640(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_3<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 56(DX), Z12, Z10
-	VPSRLW        $0x04, 704(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 60(DX), Z12, Z11
-	VCVTPH2PS     384(AX), Z12
-	VCVTPH2PS     416(AX), Z13
-	VPADDD        Z11, Z10, Z10
-	VMULPS.BCST   304(DX), Z12, Z12
-	VCVTDQ2PS     Z10, Z10
-	VMULPS        Z12, Z10, Z10
-	VPBROADCASTW  290(DX), Z14
-	VPSRAD        $0x10, Z14, Z14
-	VCVTDQ2PS     Z14, Z14
-	VMULPS.BCST   304(DX), Z13, Z12
-	VMULPS        Z12, Z14, Z14
-	VADDPS        Z14, Z10, Z10
-	VADDPS        Z10, Z3, Z3
-	VPXORD        Z10, Z10, Z10
-	VPXORD        Z11, Z11, Z11
-	VMOVDQU64     832(AX), Z13
-	VPANDD        896(AX), Z0, Z12
-	VPSHUFB       q5rep_0<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 64(DX), Z12, Z10
-	VPANDD        960(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 68(DX), Z12, Z11
-	VPANDD        1024(AX), Z0, Z12
-	VPSHUFB       q5rep_1<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 72(DX), Z12, Z10
-	VPANDD        1088(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 76(DX), Z12, Z11
-	VPSRLW        $0x04, 896(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_2<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 80(DX), Z12, Z10
-	VPSRLW        $0x04, 960(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 84(DX), Z12, Z11
-	VPSRLW        $0x04, 1024(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_3<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 88(DX), Z12, Z10
-	VPSRLW        $0x04, 1088(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 92(DX), Z12, Z11
-	VCVTPH2PS     768(AX), Z12
-	VCVTPH2PS     800(AX), Z13
-	VPADDD        Z11, Z10, Z10
-	VMULPS.BCST   304(DX), Z12, Z12
-	VCVTDQ2PS     Z10, Z10
-	VMULPS        Z12, Z10, Z10
-	VPBROADCASTW  292(DX), Z14
-	VPSRAD        $0x10, Z14, Z14
-	VCVTDQ2PS     Z14, Z14
-	VMULPS.BCST   304(DX), Z13, Z12
-	VMULPS        Z12, Z14, Z14
-	VADDPS        Z14, Z10, Z10
-	VADDPS        Z10, Z4, Z4
-	VPXORD        Z10, Z10, Z10
-	VPXORD        Z11, Z11, Z11
-	VMOVDQU64     1216(AX), Z13
-	VPANDD        1280(AX), Z0, Z12
-	VPSHUFB       q5rep_0<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 96(DX), Z12, Z10
-	VPANDD        1344(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 100(DX), Z12, Z11
-	VPANDD        1408(AX), Z0, Z12
-	VPSHUFB       q5rep_1<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 104(DX), Z12, Z10
-	VPANDD        1472(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 108(DX), Z12, Z11
-	VPSRLW        $0x04, 1280(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_2<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 112(DX), Z12, Z10
-	VPSRLW        $0x04, 1344(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 116(DX), Z12, Z11
-	VPSRLW        $0x04, 1408(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_3<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 120(DX), Z12, Z10
-	VPSRLW        $0x04, 1472(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 124(DX), Z12, Z11
-	VCVTPH2PS     1152(AX), Z12
-	VCVTPH2PS     1184(AX), Z13
-	VPADDD        Z11, Z10, Z10
-	VMULPS.BCST   304(DX), Z12, Z12
-	VCVTDQ2PS     Z10, Z10
-	VMULPS        Z12, Z10, Z10
-	VPBROADCASTW  294(DX), Z14
-	VPSRAD        $0x10, Z14, Z14
-	VCVTDQ2PS     Z14, Z14
-	VMULPS.BCST   304(DX), Z13, Z12
-	VMULPS        Z12, Z14, Z14
-	VADDPS        Z14, Z10, Z10
-	VADDPS        Z10, Z5, Z5
-	VPXORD        Z10, Z10, Z10
-	VPXORD        Z11, Z11, Z11
-	VMOVDQU64     1600(AX), Z13
-	VPANDD        1664(AX), Z0, Z12
-	VPSHUFB       q5rep_0<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 128(DX), Z12, Z10
-	VPANDD        1728(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 132(DX), Z12, Z11
-	VPANDD        1792(AX), Z0, Z12
-	VPSHUFB       q5rep_1<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 136(DX), Z12, Z10
-	VPANDD        1856(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 140(DX), Z12, Z11
-	VPSRLW        $0x04, 1664(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_2<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 144(DX), Z12, Z10
-	VPSRLW        $0x04, 1728(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 148(DX), Z12, Z11
-	VPSRLW        $0x04, 1792(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_3<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 152(DX), Z12, Z10
-	VPSRLW        $0x04, 1856(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 156(DX), Z12, Z11
-	VCVTPH2PS     1536(AX), Z12
-	VCVTPH2PS     1568(AX), Z13
-	VPADDD        Z11, Z10, Z10
-	VMULPS.BCST   304(DX), Z12, Z12
-	VCVTDQ2PS     Z10, Z10
-	VMULPS        Z12, Z10, Z10
-	VPBROADCASTW  296(DX), Z14
-	VPSRAD        $0x10, Z14, Z14
-	VCVTDQ2PS     Z14, Z14
-	VMULPS.BCST   304(DX), Z13, Z12
-	VMULPS        Z12, Z14, Z14
-	VADDPS        Z14, Z10, Z10
-	VADDPS        Z10, Z6, Z6
-	VPXORD        Z10, Z10, Z10
-	VPXORD        Z11, Z11, Z11
-	VMOVDQU64     1984(AX), Z13
-	VPANDD        2048(AX), Z0, Z12
-	VPSHUFB       q5rep_0<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 160(DX), Z12, Z10
-	VPANDD        2112(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 164(DX), Z12, Z11
-	VPANDD        2176(AX), Z0, Z12
-	VPSHUFB       q5rep_1<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 168(DX), Z12, Z10
-	VPANDD        2240(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 172(DX), Z12, Z11
-	VPSRLW        $0x04, 2048(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_2<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 176(DX), Z12, Z10
-	VPSRLW        $0x04, 2112(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 180(DX), Z12, Z11
-	VPSRLW        $0x04, 2176(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_3<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 184(DX), Z12, Z10
-	VPSRLW        $0x04, 2240(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 188(DX), Z12, Z11
-	VCVTPH2PS     1920(AX), Z12
-	VCVTPH2PS     1952(AX), Z13
-	VPADDD        Z11, Z10, Z10
-	VMULPS.BCST   304(DX), Z12, Z12
-	VCVTDQ2PS     Z10, Z10
-	VMULPS        Z12, Z10, Z10
-	VPBROADCASTW  298(DX), Z14
-	VPSRAD        $0x10, Z14, Z14
-	VCVTDQ2PS     Z14, Z14
-	VMULPS.BCST   304(DX), Z13, Z12
-	VMULPS        Z12, Z14, Z14
-	VADDPS        Z14, Z10, Z10
-	VADDPS        Z10, Z7, Z7
-	VPXORD        Z10, Z10, Z10
-	VPXORD        Z11, Z11, Z11
-	VMOVDQU64     2368(AX), Z13
-	VPANDD        2432(AX), Z0, Z12
-	VPSHUFB       q5rep_0<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 192(DX), Z12, Z10
-	VPANDD        2496(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 196(DX), Z12, Z11
-	VPANDD        2560(AX), Z0, Z12
-	VPSHUFB       q5rep_1<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 200(DX), Z12, Z10
-	VPANDD        2624(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 204(DX), Z12, Z11
-	VPSRLW        $0x04, 2432(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_2<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 208(DX), Z12, Z10
-	VPSRLW        $0x04, 2496(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 212(DX), Z12, Z11
-	VPSRLW        $0x04, 2560(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_3<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 216(DX), Z12, Z10
-	VPSRLW        $0x04, 2624(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 220(DX), Z12, Z11
-	VCVTPH2PS     2304(AX), Z12
-	VCVTPH2PS     2336(AX), Z13
-	VPADDD        Z11, Z10, Z10
-	VMULPS.BCST   304(DX), Z12, Z12
-	VCVTDQ2PS     Z10, Z10
-	VMULPS        Z12, Z10, Z10
-	VPBROADCASTW  300(DX), Z14
-	VPSRAD        $0x10, Z14, Z14
-	VCVTDQ2PS     Z14, Z14
-	VMULPS.BCST   304(DX), Z13, Z12
-	VMULPS        Z12, Z14, Z14
-	VADDPS        Z14, Z10, Z10
-	VADDPS        Z10, Z8, Z8
-	VPXORD        Z10, Z10, Z10
-	VPXORD        Z11, Z11, Z11
-	VMOVDQU64     2752(AX), Z13
-	VPANDD        2816(AX), Z0, Z12
-	VPSHUFB       q5rep_0<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 224(DX), Z12, Z10
-	VPANDD        2880(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 228(DX), Z12, Z11
-	VPANDD        2944(AX), Z0, Z12
-	VPSHUFB       q5rep_1<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 232(DX), Z12, Z10
-	VPANDD        3008(AX), Z0, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 236(DX), Z12, Z11
-	VPSRLW        $0x04, 2816(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_2<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 240(DX), Z12, Z10
-	VPSRLW        $0x04, 2880(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 244(DX), Z12, Z11
-	VPSRLW        $0x04, 2944(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPSHUFB       q5rep_3<>+0(SB), Z13, Z14
-	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 248(DX), Z12, Z10
-	VPSRLW        $0x04, 3008(AX), Z12
-	VPANDD        Z0, Z12, Z12
-	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
-	VPADDB        Z1, Z12, K1, Z12
-	VPDPBUSD.BCST 252(DX), Z12, Z11
-	VCVTPH2PS     2688(AX), Z12
-	VCVTPH2PS     2720(AX), Z13
-	VPADDD        Z11, Z10, Z10
-	VMULPS.BCST   304(DX), Z12, Z12
-	VCVTDQ2PS     Z10, Z10
-	VMULPS        Z12, Z10, Z10
-	VPBROADCASTW  302(DX), Z14
-	VPSRAD        $0x10, Z14, Z14
-	VCVTDQ2PS     Z14, Z14
-	VMULPS.BCST   304(DX), Z13, Z12
-	VMULPS        Z12, Z14, Z14
-	VADDPS        Z14, Z10, Z10
-	VADDPS        Z10, Z9, Z9
-	ADDQ          $0x00000c00, AX
-	ADDQ          $0x00000140, DX
-	DECQ          CX
-	JNZ           q51x16N1_blk
-	VADDPS        Z6, Z2, Z2
-	VADDPS        Z8, Z4, Z4
-	VADDPS        Z7, Z3, Z3
-	VADDPS        Z9, Z5, Z5
-	VADDPS        Z4, Z2, Z2
-	VADDPS        Z5, Z3, Z3
-	VADDPS        Z3, Z2, Z2
-	MOVQ          out+40(FP), CX
-	MOVQ          ostride+48(FP), DX
-	MOVQ          CX, DX
-	VMOVUPS       Z2, (DX)
-	ADDQ          $0x40, CX
-	MOVQ          CX, out+40(FP)
-	DECQ          groups+8(FP)
-	JNZ           q51x16N1_grp
-	VZEROUPPER
-	RET
-
-// func q41x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
-// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
-TEXT ·q41x16N2(SB), NOSPLIT, $0-56
-	MOVQ         w+0(FP), AX
-	MOVQ         xstride+32(FP), CX
-	VPBROADCASTD b0f<>+0(SB), Z0
-
-q41x16N2_grp:
-	MOVQ   nblocks+16(FP), DX
-	MOVQ   xq+24(FP), BX
-	VXORPS Z1, Z1, Z1
-	VXORPS Z2, Z2, Z2
-	VXORPS Z3, Z3, Z3
-	VXORPS Z4, Z4, Z4
-	VXORPS Z5, Z5, Z5
-	VXORPS Z6, Z6, Z6
-	VXORPS Z7, Z7, Z7
-	VXORPS Z8, Z8, Z8
-	VXORPS Z9, Z9, Z9
-	VXORPS Z10, Z10, Z10
-	VXORPS Z11, Z11, Z11
-	VXORPS Z12, Z12, Z12
-	VXORPS Z13, Z13, Z13
-	VXORPS Z14, Z14, Z14
-	VXORPS Z15, Z15, Z15
-	VXORPS Z16, Z16, Z16
-
-q41x16N2_blk:
-	VPXORD        Z17, Z17, Z17
-	VPXORD        Z18, Z18, Z18
-	VPANDD        64(AX), Z0, Z19
-	VPDPBUSD.BCST (BX), Z19, Z17
-	VPDPBUSD.BCST (BX)(CX*1), Z19, Z18
-	VPANDD        128(AX), Z0, Z19
-	VPDPBUSD.BCST 4(BX), Z19, Z17
-	VPDPBUSD.BCST 4(BX)(CX*1), Z19, Z18
-	VPANDD        192(AX), Z0, Z19
-	VPDPBUSD.BCST 8(BX), Z19, Z17
-	VPDPBUSD.BCST 8(BX)(CX*1), Z19, Z18
-	VPANDD        256(AX), Z0, Z19
-	VPDPBUSD.BCST 12(BX), Z19, Z17
-	VPDPBUSD.BCST 12(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 64(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 16(BX), Z19, Z17
-	VPDPBUSD.BCST 16(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 128(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 20(BX), Z19, Z17
-	VPDPBUSD.BCST 20(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 192(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 24(BX), Z19, Z17
-	VPDPBUSD.BCST 24(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 256(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 28(BX), Z19, Z17
-	VPDPBUSD.BCST 28(BX)(CX*1), Z19, Z18
-	VCVTPH2PS     (AX), Z19
-	VCVTPH2PS     32(AX), Z20
-	VMULPS.BCST   304(BX), Z19, Z21
-	VCVTDQ2PS     Z17, Z17
-	VMULPS        Z21, Z17, Z17
-	VPBROADCASTW  288(BX), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z17, Z17
-	VADDPS        Z17, Z1, Z1
-	VMULPS.BCST   304(BX)(CX*1), Z19, Z21
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z21, Z18, Z18
-	VPBROADCASTW  288(BX)(CX*1), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z18, Z18
-	VADDPS        Z18, Z9, Z9
-	VPXORD        Z17, Z17, Z17
-	VPXORD        Z18, Z18, Z18
-	VPANDD        384(AX), Z0, Z19
-	VPDPBUSD.BCST 32(BX), Z19, Z17
-	VPDPBUSD.BCST 32(BX)(CX*1), Z19, Z18
-	VPANDD        448(AX), Z0, Z19
-	VPDPBUSD.BCST 36(BX), Z19, Z17
-	VPDPBUSD.BCST 36(BX)(CX*1), Z19, Z18
-	VPANDD        512(AX), Z0, Z19
-	VPDPBUSD.BCST 40(BX), Z19, Z17
-	VPDPBUSD.BCST 40(BX)(CX*1), Z19, Z18
-	VPANDD        576(AX), Z0, Z19
-	VPDPBUSD.BCST 44(BX), Z19, Z17
-	VPDPBUSD.BCST 44(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 384(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 48(BX), Z19, Z17
-	VPDPBUSD.BCST 48(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 448(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 52(BX), Z19, Z17
-	VPDPBUSD.BCST 52(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 512(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 56(BX), Z19, Z17
-	VPDPBUSD.BCST 56(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 576(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 60(BX), Z19, Z17
-	VPDPBUSD.BCST 60(BX)(CX*1), Z19, Z18
-	VCVTPH2PS     320(AX), Z19
-	VCVTPH2PS     352(AX), Z20
-	VMULPS.BCST   304(BX), Z19, Z21
-	VCVTDQ2PS     Z17, Z17
-	VMULPS        Z21, Z17, Z17
-	VPBROADCASTW  290(BX), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z17, Z17
-	VADDPS        Z17, Z2, Z2
-	VMULPS.BCST   304(BX)(CX*1), Z19, Z21
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z21, Z18, Z18
-	VPBROADCASTW  290(BX)(CX*1), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z18, Z18
-	VADDPS        Z18, Z10, Z10
-	VPXORD        Z17, Z17, Z17
-	VPXORD        Z18, Z18, Z18
-	VPANDD        704(AX), Z0, Z19
-	VPDPBUSD.BCST 64(BX), Z19, Z17
-	VPDPBUSD.BCST 64(BX)(CX*1), Z19, Z18
-	VPANDD        768(AX), Z0, Z19
-	VPDPBUSD.BCST 68(BX), Z19, Z17
-	VPDPBUSD.BCST 68(BX)(CX*1), Z19, Z18
-	VPANDD        832(AX), Z0, Z19
-	VPDPBUSD.BCST 72(BX), Z19, Z17
-	VPDPBUSD.BCST 72(BX)(CX*1), Z19, Z18
-	VPANDD        896(AX), Z0, Z19
-	VPDPBUSD.BCST 76(BX), Z19, Z17
-	VPDPBUSD.BCST 76(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 704(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 80(BX), Z19, Z17
-	VPDPBUSD.BCST 80(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 768(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 84(BX), Z19, Z17
-	VPDPBUSD.BCST 84(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 832(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 88(BX), Z19, Z17
-	VPDPBUSD.BCST 88(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 896(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 92(BX), Z19, Z17
-	VPDPBUSD.BCST 92(BX)(CX*1), Z19, Z18
-	VCVTPH2PS     640(AX), Z19
-	VCVTPH2PS     672(AX), Z20
-	VMULPS.BCST   304(BX), Z19, Z21
-	VCVTDQ2PS     Z17, Z17
-	VMULPS        Z21, Z17, Z17
-	VPBROADCASTW  292(BX), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z17, Z17
-	VADDPS        Z17, Z3, Z3
-	VMULPS.BCST   304(BX)(CX*1), Z19, Z21
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z21, Z18, Z18
-	VPBROADCASTW  292(BX)(CX*1), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z18, Z18
-	VADDPS        Z18, Z11, Z11
-	VPXORD        Z17, Z17, Z17
-	VPXORD        Z18, Z18, Z18
-	VPANDD        1024(AX), Z0, Z19
-	VPDPBUSD.BCST 96(BX), Z19, Z17
-	VPDPBUSD.BCST 96(BX)(CX*1), Z19, Z18
-	VPANDD        1088(AX), Z0, Z19
-	VPDPBUSD.BCST 100(BX), Z19, Z17
-	VPDPBUSD.BCST 100(BX)(CX*1), Z19, Z18
-	VPANDD        1152(AX), Z0, Z19
-	VPDPBUSD.BCST 104(BX), Z19, Z17
-	VPDPBUSD.BCST 104(BX)(CX*1), Z19, Z18
-	VPANDD        1216(AX), Z0, Z19
-	VPDPBUSD.BCST 108(BX), Z19, Z17
-	VPDPBUSD.BCST 108(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1024(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 112(BX), Z19, Z17
-	VPDPBUSD.BCST 112(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1088(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 116(BX), Z19, Z17
-	VPDPBUSD.BCST 116(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1152(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 120(BX), Z19, Z17
-	VPDPBUSD.BCST 120(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1216(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 124(BX), Z19, Z17
-	VPDPBUSD.BCST 124(BX)(CX*1), Z19, Z18
-	VCVTPH2PS     960(AX), Z19
-	VCVTPH2PS     992(AX), Z20
-	VMULPS.BCST   304(BX), Z19, Z21
-	VCVTDQ2PS     Z17, Z17
-	VMULPS        Z21, Z17, Z17
-	VPBROADCASTW  294(BX), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z17, Z17
-	VADDPS        Z17, Z4, Z4
-	VMULPS.BCST   304(BX)(CX*1), Z19, Z21
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z21, Z18, Z18
-	VPBROADCASTW  294(BX)(CX*1), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z18, Z18
-	VADDPS        Z18, Z12, Z12
-	VPXORD        Z17, Z17, Z17
-	VPXORD        Z18, Z18, Z18
-	VPANDD        1344(AX), Z0, Z19
-	VPDPBUSD.BCST 128(BX), Z19, Z17
-	VPDPBUSD.BCST 128(BX)(CX*1), Z19, Z18
-	VPANDD        1408(AX), Z0, Z19
-	VPDPBUSD.BCST 132(BX), Z19, Z17
-	VPDPBUSD.BCST 132(BX)(CX*1), Z19, Z18
-	VPANDD        1472(AX), Z0, Z19
-	VPDPBUSD.BCST 136(BX), Z19, Z17
-	VPDPBUSD.BCST 136(BX)(CX*1), Z19, Z18
-	VPANDD        1536(AX), Z0, Z19
-	VPDPBUSD.BCST 140(BX), Z19, Z17
-	VPDPBUSD.BCST 140(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1344(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 144(BX), Z19, Z17
-	VPDPBUSD.BCST 144(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1408(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 148(BX), Z19, Z17
-	VPDPBUSD.BCST 148(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1472(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 152(BX), Z19, Z17
-	VPDPBUSD.BCST 152(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1536(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 156(BX), Z19, Z17
-	VPDPBUSD.BCST 156(BX)(CX*1), Z19, Z18
-	VCVTPH2PS     1280(AX), Z19
-	VCVTPH2PS     1312(AX), Z20
-	VMULPS.BCST   304(BX), Z19, Z21
-	VCVTDQ2PS     Z17, Z17
-	VMULPS        Z21, Z17, Z17
-	VPBROADCASTW  296(BX), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z17, Z17
-	VADDPS        Z17, Z5, Z5
-	VMULPS.BCST   304(BX)(CX*1), Z19, Z21
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z21, Z18, Z18
-	VPBROADCASTW  296(BX)(CX*1), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z18, Z18
-	VADDPS        Z18, Z13, Z13
-	VPXORD        Z17, Z17, Z17
-	VPXORD        Z18, Z18, Z18
-	VPANDD        1664(AX), Z0, Z19
-	VPDPBUSD.BCST 160(BX), Z19, Z17
-	VPDPBUSD.BCST 160(BX)(CX*1), Z19, Z18
-	VPANDD        1728(AX), Z0, Z19
-	VPDPBUSD.BCST 164(BX), Z19, Z17
-	VPDPBUSD.BCST 164(BX)(CX*1), Z19, Z18
-	VPANDD        1792(AX), Z0, Z19
-	VPDPBUSD.BCST 168(BX), Z19, Z17
-	VPDPBUSD.BCST 168(BX)(CX*1), Z19, Z18
-	VPANDD        1856(AX), Z0, Z19
-	VPDPBUSD.BCST 172(BX), Z19, Z17
-	VPDPBUSD.BCST 172(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1664(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 176(BX), Z19, Z17
-	VPDPBUSD.BCST 176(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1728(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 180(BX), Z19, Z17
-	VPDPBUSD.BCST 180(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1792(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 184(BX), Z19, Z17
-	VPDPBUSD.BCST 184(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1856(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 188(BX), Z19, Z17
-	VPDPBUSD.BCST 188(BX)(CX*1), Z19, Z18
-	VCVTPH2PS     1600(AX), Z19
-	VCVTPH2PS     1632(AX), Z20
-	VMULPS.BCST   304(BX), Z19, Z21
-	VCVTDQ2PS     Z17, Z17
-	VMULPS        Z21, Z17, Z17
-	VPBROADCASTW  298(BX), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z17, Z17
-	VADDPS        Z17, Z6, Z6
-	VMULPS.BCST   304(BX)(CX*1), Z19, Z21
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z21, Z18, Z18
-	VPBROADCASTW  298(BX)(CX*1), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z18, Z18
-	VADDPS        Z18, Z14, Z14
-	VPXORD        Z17, Z17, Z17
-	VPXORD        Z18, Z18, Z18
-	VPANDD        1984(AX), Z0, Z19
-	VPDPBUSD.BCST 192(BX), Z19, Z17
-	VPDPBUSD.BCST 192(BX)(CX*1), Z19, Z18
-	VPANDD        2048(AX), Z0, Z19
-	VPDPBUSD.BCST 196(BX), Z19, Z17
-	VPDPBUSD.BCST 196(BX)(CX*1), Z19, Z18
-	VPANDD        2112(AX), Z0, Z19
-	VPDPBUSD.BCST 200(BX), Z19, Z17
-	VPDPBUSD.BCST 200(BX)(CX*1), Z19, Z18
-	VPANDD        2176(AX), Z0, Z19
-	VPDPBUSD.BCST 204(BX), Z19, Z17
-	VPDPBUSD.BCST 204(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 1984(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 208(BX), Z19, Z17
-	VPDPBUSD.BCST 208(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 2048(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 212(BX), Z19, Z17
-	VPDPBUSD.BCST 212(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 2112(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 216(BX), Z19, Z17
-	VPDPBUSD.BCST 216(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 2176(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 220(BX), Z19, Z17
-	VPDPBUSD.BCST 220(BX)(CX*1), Z19, Z18
-	VCVTPH2PS     1920(AX), Z19
-	VCVTPH2PS     1952(AX), Z20
-	VMULPS.BCST   304(BX), Z19, Z21
-	VCVTDQ2PS     Z17, Z17
-	VMULPS        Z21, Z17, Z17
-	VPBROADCASTW  300(BX), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z17, Z17
-	VADDPS        Z17, Z7, Z7
-	VMULPS.BCST   304(BX)(CX*1), Z19, Z21
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z21, Z18, Z18
-	VPBROADCASTW  300(BX)(CX*1), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z18, Z18
-	VADDPS        Z18, Z15, Z15
-	VPXORD        Z17, Z17, Z17
-	VPXORD        Z18, Z18, Z18
-	VPANDD        2304(AX), Z0, Z19
-	VPDPBUSD.BCST 224(BX), Z19, Z17
-	VPDPBUSD.BCST 224(BX)(CX*1), Z19, Z18
-	VPANDD        2368(AX), Z0, Z19
-	VPDPBUSD.BCST 228(BX), Z19, Z17
-	VPDPBUSD.BCST 228(BX)(CX*1), Z19, Z18
-	VPANDD        2432(AX), Z0, Z19
-	VPDPBUSD.BCST 232(BX), Z19, Z17
-	VPDPBUSD.BCST 232(BX)(CX*1), Z19, Z18
-	VPANDD        2496(AX), Z0, Z19
-	VPDPBUSD.BCST 236(BX), Z19, Z17
-	VPDPBUSD.BCST 236(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 2304(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 240(BX), Z19, Z17
-	VPDPBUSD.BCST 240(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 2368(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 244(BX), Z19, Z17
-	VPDPBUSD.BCST 244(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 2432(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 248(BX), Z19, Z17
-	VPDPBUSD.BCST 248(BX)(CX*1), Z19, Z18
-	VPSRLW        $0x04, 2496(AX), Z19
-	VPANDD        Z0, Z19, Z19
-	VPDPBUSD.BCST 252(BX), Z19, Z17
-	VPDPBUSD.BCST 252(BX)(CX*1), Z19, Z18
-	VCVTPH2PS     2240(AX), Z19
-	VCVTPH2PS     2272(AX), Z20
-	VMULPS.BCST   304(BX), Z19, Z21
-	VCVTDQ2PS     Z17, Z17
-	VMULPS        Z21, Z17, Z17
-	VPBROADCASTW  302(BX), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z17, Z17
-	VADDPS        Z17, Z8, Z8
-	VMULPS.BCST   304(BX)(CX*1), Z19, Z21
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z21, Z18, Z18
-	VPBROADCASTW  302(BX)(CX*1), Z22
-	VPSRAD        $0x10, Z22, Z22
-	VCVTDQ2PS     Z22, Z22
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z21
-	VMULPS        Z21, Z22, Z22
-	VADDPS        Z22, Z18, Z18
-	VADDPS        Z18, Z16, Z16
-	ADDQ          $0x00000a00, AX
-	ADDQ          $0x00000140, BX
-	DECQ          DX
-	JNZ           q41x16N2_blk
-	VADDPS        Z5, Z1, Z1
-	VADDPS        Z7, Z3, Z3
-	VADDPS        Z6, Z2, Z2
-	VADDPS        Z8, Z4, Z4
-	VADDPS        Z3, Z1, Z1
-	VADDPS        Z4, Z2, Z2
-	VADDPS        Z2, Z1, Z1
-	VADDPS        Z13, Z9, Z9
-	VADDPS        Z15, Z11, Z11
-	VADDPS        Z14, Z10, Z10
-	VADDPS        Z16, Z12, Z12
-	VADDPS        Z11, Z9, Z9
-	VADDPS        Z12, Z10, Z10
-	VADDPS        Z10, Z9, Z9
-	MOVQ          out+40(FP), DX
-	MOVQ          ostride+48(FP), BX
-	MOVQ          DX, SI
-	VMOVUPS       Z1, (SI)
-	ADDQ          BX, SI
-	VMOVUPS       Z9, (SI)
-	ADDQ          $0x40, DX
-	MOVQ          DX, out+40(FP)
-	DECQ          groups+8(FP)
-	JNZ           q41x16N2_grp
-	VZEROUPPER
-	RET
-
-// func q51x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
-// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
-TEXT ·q51x16N2(SB), NOSPLIT, $0-56
-	MOVQ         w+0(FP), AX
-	MOVQ         xstride+32(FP), CX
-	VPBROADCASTD b0f<>+0(SB), Z0
-	VPBROADCASTD b10<>+0(SB), Z1
-
-q51x16N2_grp:
-	MOVQ   nblocks+16(FP), DX
-	MOVQ   xq+24(FP), BX
-	VXORPS Z2, Z2, Z2
-	VXORPS Z3, Z3, Z3
-	VXORPS Z4, Z4, Z4
-	VXORPS Z5, Z5, Z5
-	VXORPS Z6, Z6, Z6
-	VXORPS Z7, Z7, Z7
-	VXORPS Z8, Z8, Z8
-	VXORPS Z9, Z9, Z9
-	VXORPS Z10, Z10, Z10
-	VXORPS Z11, Z11, Z11
-	VXORPS Z12, Z12, Z12
-	VXORPS Z13, Z13, Z13
-	VXORPS Z14, Z14, Z14
-	VXORPS Z15, Z15, Z15
-	VXORPS Z16, Z16, Z16
-	VXORPS Z17, Z17, Z17
-
-q51x16N2_blk:
-	VPXORD        Z18, Z18, Z18
-	VPXORD        Z19, Z19, Z19
-	VMOVDQU64     64(AX), Z21
-	VPANDD        128(AX), Z0, Z20
-	VPSHUFB       q5rep_0<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST (BX), Z20, Z18
-	VPDPBUSD.BCST (BX)(CX*1), Z20, Z19
-	VPANDD        192(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 4(BX), Z20, Z18
-	VPDPBUSD.BCST 4(BX)(CX*1), Z20, Z19
-	VPANDD        256(AX), Z0, Z20
-	VPSHUFB       q5rep_1<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 8(BX), Z20, Z18
-	VPDPBUSD.BCST 8(BX)(CX*1), Z20, Z19
-	VPANDD        320(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 12(BX), Z20, Z18
-	VPDPBUSD.BCST 12(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 128(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_2<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 16(BX), Z20, Z18
-	VPDPBUSD.BCST 16(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 192(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 20(BX), Z20, Z18
-	VPDPBUSD.BCST 20(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 256(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_3<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 24(BX), Z20, Z18
-	VPDPBUSD.BCST 24(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 320(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 28(BX), Z20, Z18
-	VPDPBUSD.BCST 28(BX)(CX*1), Z20, Z19
-	VCVTPH2PS     (AX), Z20
-	VCVTPH2PS     32(AX), Z21
-	VMULPS.BCST   304(BX), Z20, Z22
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z22, Z18, Z18
-	VPBROADCASTW  288(BX), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z18, Z18
-	VADDPS        Z18, Z2, Z2
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z22
-	VCVTDQ2PS     Z19, Z19
-	VMULPS        Z22, Z19, Z19
-	VPBROADCASTW  288(BX)(CX*1), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX)(CX*1), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z19, Z19
-	VADDPS        Z19, Z10, Z10
-	VPXORD        Z18, Z18, Z18
-	VPXORD        Z19, Z19, Z19
-	VMOVDQU64     448(AX), Z21
-	VPANDD        512(AX), Z0, Z20
-	VPSHUFB       q5rep_0<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 32(BX), Z20, Z18
-	VPDPBUSD.BCST 32(BX)(CX*1), Z20, Z19
-	VPANDD        576(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 36(BX), Z20, Z18
-	VPDPBUSD.BCST 36(BX)(CX*1), Z20, Z19
-	VPANDD        640(AX), Z0, Z20
-	VPSHUFB       q5rep_1<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 40(BX), Z20, Z18
-	VPDPBUSD.BCST 40(BX)(CX*1), Z20, Z19
-	VPANDD        704(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 44(BX), Z20, Z18
-	VPDPBUSD.BCST 44(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 512(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_2<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 48(BX), Z20, Z18
-	VPDPBUSD.BCST 48(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 576(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 52(BX), Z20, Z18
-	VPDPBUSD.BCST 52(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 640(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_3<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 56(BX), Z20, Z18
-	VPDPBUSD.BCST 56(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 704(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 60(BX), Z20, Z18
-	VPDPBUSD.BCST 60(BX)(CX*1), Z20, Z19
-	VCVTPH2PS     384(AX), Z20
-	VCVTPH2PS     416(AX), Z21
-	VMULPS.BCST   304(BX), Z20, Z22
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z22, Z18, Z18
-	VPBROADCASTW  290(BX), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z18, Z18
-	VADDPS        Z18, Z3, Z3
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z22
-	VCVTDQ2PS     Z19, Z19
-	VMULPS        Z22, Z19, Z19
-	VPBROADCASTW  290(BX)(CX*1), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX)(CX*1), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z19, Z19
-	VADDPS        Z19, Z11, Z11
-	VPXORD        Z18, Z18, Z18
-	VPXORD        Z19, Z19, Z19
-	VMOVDQU64     832(AX), Z21
-	VPANDD        896(AX), Z0, Z20
-	VPSHUFB       q5rep_0<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 64(BX), Z20, Z18
-	VPDPBUSD.BCST 64(BX)(CX*1), Z20, Z19
-	VPANDD        960(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 68(BX), Z20, Z18
-	VPDPBUSD.BCST 68(BX)(CX*1), Z20, Z19
-	VPANDD        1024(AX), Z0, Z20
-	VPSHUFB       q5rep_1<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 72(BX), Z20, Z18
-	VPDPBUSD.BCST 72(BX)(CX*1), Z20, Z19
-	VPANDD        1088(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 76(BX), Z20, Z18
-	VPDPBUSD.BCST 76(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 896(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_2<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 80(BX), Z20, Z18
-	VPDPBUSD.BCST 80(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 960(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 84(BX), Z20, Z18
-	VPDPBUSD.BCST 84(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 1024(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_3<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 88(BX), Z20, Z18
-	VPDPBUSD.BCST 88(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 1088(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 92(BX), Z20, Z18
-	VPDPBUSD.BCST 92(BX)(CX*1), Z20, Z19
-	VCVTPH2PS     768(AX), Z20
-	VCVTPH2PS     800(AX), Z21
-	VMULPS.BCST   304(BX), Z20, Z22
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z22, Z18, Z18
-	VPBROADCASTW  292(BX), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z18, Z18
-	VADDPS        Z18, Z4, Z4
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z22
-	VCVTDQ2PS     Z19, Z19
-	VMULPS        Z22, Z19, Z19
-	VPBROADCASTW  292(BX)(CX*1), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX)(CX*1), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z19, Z19
-	VADDPS        Z19, Z12, Z12
-	VPXORD        Z18, Z18, Z18
-	VPXORD        Z19, Z19, Z19
-	VMOVDQU64     1216(AX), Z21
-	VPANDD        1280(AX), Z0, Z20
-	VPSHUFB       q5rep_0<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 96(BX), Z20, Z18
-	VPDPBUSD.BCST 96(BX)(CX*1), Z20, Z19
-	VPANDD        1344(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 100(BX), Z20, Z18
-	VPDPBUSD.BCST 100(BX)(CX*1), Z20, Z19
-	VPANDD        1408(AX), Z0, Z20
-	VPSHUFB       q5rep_1<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 104(BX), Z20, Z18
-	VPDPBUSD.BCST 104(BX)(CX*1), Z20, Z19
-	VPANDD        1472(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 108(BX), Z20, Z18
-	VPDPBUSD.BCST 108(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 1280(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_2<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 112(BX), Z20, Z18
-	VPDPBUSD.BCST 112(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 1344(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 116(BX), Z20, Z18
-	VPDPBUSD.BCST 116(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 1408(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_3<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 120(BX), Z20, Z18
-	VPDPBUSD.BCST 120(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 1472(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 124(BX), Z20, Z18
-	VPDPBUSD.BCST 124(BX)(CX*1), Z20, Z19
-	VCVTPH2PS     1152(AX), Z20
-	VCVTPH2PS     1184(AX), Z21
-	VMULPS.BCST   304(BX), Z20, Z22
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z22, Z18, Z18
-	VPBROADCASTW  294(BX), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z18, Z18
-	VADDPS        Z18, Z5, Z5
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z22
-	VCVTDQ2PS     Z19, Z19
-	VMULPS        Z22, Z19, Z19
-	VPBROADCASTW  294(BX)(CX*1), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX)(CX*1), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z19, Z19
-	VADDPS        Z19, Z13, Z13
-	VPXORD        Z18, Z18, Z18
-	VPXORD        Z19, Z19, Z19
-	VMOVDQU64     1600(AX), Z21
-	VPANDD        1664(AX), Z0, Z20
-	VPSHUFB       q5rep_0<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 128(BX), Z20, Z18
-	VPDPBUSD.BCST 128(BX)(CX*1), Z20, Z19
-	VPANDD        1728(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 132(BX), Z20, Z18
-	VPDPBUSD.BCST 132(BX)(CX*1), Z20, Z19
-	VPANDD        1792(AX), Z0, Z20
-	VPSHUFB       q5rep_1<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 136(BX), Z20, Z18
-	VPDPBUSD.BCST 136(BX)(CX*1), Z20, Z19
-	VPANDD        1856(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 140(BX), Z20, Z18
-	VPDPBUSD.BCST 140(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 1664(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_2<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 144(BX), Z20, Z18
-	VPDPBUSD.BCST 144(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 1728(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 148(BX), Z20, Z18
-	VPDPBUSD.BCST 148(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 1792(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_3<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 152(BX), Z20, Z18
-	VPDPBUSD.BCST 152(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 1856(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 156(BX), Z20, Z18
-	VPDPBUSD.BCST 156(BX)(CX*1), Z20, Z19
-	VCVTPH2PS     1536(AX), Z20
-	VCVTPH2PS     1568(AX), Z21
-	VMULPS.BCST   304(BX), Z20, Z22
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z22, Z18, Z18
-	VPBROADCASTW  296(BX), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z18, Z18
-	VADDPS        Z18, Z6, Z6
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z22
-	VCVTDQ2PS     Z19, Z19
-	VMULPS        Z22, Z19, Z19
-	VPBROADCASTW  296(BX)(CX*1), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX)(CX*1), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z19, Z19
-	VADDPS        Z19, Z14, Z14
-	VPXORD        Z18, Z18, Z18
-	VPXORD        Z19, Z19, Z19
-	VMOVDQU64     1984(AX), Z21
-	VPANDD        2048(AX), Z0, Z20
-	VPSHUFB       q5rep_0<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 160(BX), Z20, Z18
-	VPDPBUSD.BCST 160(BX)(CX*1), Z20, Z19
-	VPANDD        2112(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 164(BX), Z20, Z18
-	VPDPBUSD.BCST 164(BX)(CX*1), Z20, Z19
-	VPANDD        2176(AX), Z0, Z20
-	VPSHUFB       q5rep_1<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 168(BX), Z20, Z18
-	VPDPBUSD.BCST 168(BX)(CX*1), Z20, Z19
-	VPANDD        2240(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 172(BX), Z20, Z18
-	VPDPBUSD.BCST 172(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 2048(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_2<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 176(BX), Z20, Z18
-	VPDPBUSD.BCST 176(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 2112(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 180(BX), Z20, Z18
-	VPDPBUSD.BCST 180(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 2176(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_3<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 184(BX), Z20, Z18
-	VPDPBUSD.BCST 184(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 2240(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 188(BX), Z20, Z18
-	VPDPBUSD.BCST 188(BX)(CX*1), Z20, Z19
-	VCVTPH2PS     1920(AX), Z20
-	VCVTPH2PS     1952(AX), Z21
-	VMULPS.BCST   304(BX), Z20, Z22
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z22, Z18, Z18
-	VPBROADCASTW  298(BX), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z18, Z18
-	VADDPS        Z18, Z7, Z7
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z22
-	VCVTDQ2PS     Z19, Z19
-	VMULPS        Z22, Z19, Z19
-	VPBROADCASTW  298(BX)(CX*1), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX)(CX*1), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z19, Z19
-	VADDPS        Z19, Z15, Z15
-	VPXORD        Z18, Z18, Z18
-	VPXORD        Z19, Z19, Z19
-	VMOVDQU64     2368(AX), Z21
-	VPANDD        2432(AX), Z0, Z20
-	VPSHUFB       q5rep_0<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 192(BX), Z20, Z18
-	VPDPBUSD.BCST 192(BX)(CX*1), Z20, Z19
-	VPANDD        2496(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 196(BX), Z20, Z18
-	VPDPBUSD.BCST 196(BX)(CX*1), Z20, Z19
-	VPANDD        2560(AX), Z0, Z20
-	VPSHUFB       q5rep_1<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 200(BX), Z20, Z18
-	VPDPBUSD.BCST 200(BX)(CX*1), Z20, Z19
-	VPANDD        2624(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 204(BX), Z20, Z18
-	VPDPBUSD.BCST 204(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 2432(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_2<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 208(BX), Z20, Z18
-	VPDPBUSD.BCST 208(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 2496(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 212(BX), Z20, Z18
-	VPDPBUSD.BCST 212(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 2560(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_3<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 216(BX), Z20, Z18
-	VPDPBUSD.BCST 216(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 2624(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 220(BX), Z20, Z18
-	VPDPBUSD.BCST 220(BX)(CX*1), Z20, Z19
-	VCVTPH2PS     2304(AX), Z20
-	VCVTPH2PS     2336(AX), Z21
-	VMULPS.BCST   304(BX), Z20, Z22
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z22, Z18, Z18
-	VPBROADCASTW  300(BX), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z18, Z18
-	VADDPS        Z18, Z8, Z8
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z22
-	VCVTDQ2PS     Z19, Z19
-	VMULPS        Z22, Z19, Z19
-	VPBROADCASTW  300(BX)(CX*1), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX)(CX*1), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z19, Z19
-	VADDPS        Z19, Z16, Z16
-	VPXORD        Z18, Z18, Z18
-	VPXORD        Z19, Z19, Z19
-	VMOVDQU64     2752(AX), Z21
-	VPANDD        2816(AX), Z0, Z20
-	VPSHUFB       q5rep_0<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 224(BX), Z20, Z18
-	VPDPBUSD.BCST 224(BX)(CX*1), Z20, Z19
-	VPANDD        2880(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 228(BX), Z20, Z18
-	VPDPBUSD.BCST 228(BX)(CX*1), Z20, Z19
-	VPANDD        2944(AX), Z0, Z20
-	VPSHUFB       q5rep_1<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 232(BX), Z20, Z18
-	VPDPBUSD.BCST 232(BX)(CX*1), Z20, Z19
-	VPANDD        3008(AX), Z0, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 236(BX), Z20, Z18
-	VPDPBUSD.BCST 236(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 2816(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_2<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 240(BX), Z20, Z18
-	VPDPBUSD.BCST 240(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 2880(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 244(BX), Z20, Z18
-	VPDPBUSD.BCST 244(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 2944(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPSHUFB       q5rep_3<>+0(SB), Z21, Z22
-	VPTESTMB      q5nib_0<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 248(BX), Z20, Z18
-	VPDPBUSD.BCST 248(BX)(CX*1), Z20, Z19
-	VPSRLW        $0x04, 3008(AX), Z20
-	VPANDD        Z0, Z20, Z20
-	VPTESTMB      q5nib_1<>+0(SB), Z22, K1
-	VPADDB        Z1, Z20, K1, Z20
-	VPDPBUSD.BCST 252(BX), Z20, Z18
-	VPDPBUSD.BCST 252(BX)(CX*1), Z20, Z19
-	VCVTPH2PS     2688(AX), Z20
-	VCVTPH2PS     2720(AX), Z21
-	VMULPS.BCST   304(BX), Z20, Z22
-	VCVTDQ2PS     Z18, Z18
-	VMULPS        Z22, Z18, Z18
-	VPBROADCASTW  302(BX), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z18, Z18
-	VADDPS        Z18, Z9, Z9
-	VMULPS.BCST   304(BX)(CX*1), Z20, Z22
-	VCVTDQ2PS     Z19, Z19
-	VMULPS        Z22, Z19, Z19
-	VPBROADCASTW  302(BX)(CX*1), Z23
-	VPSRAD        $0x10, Z23, Z23
-	VCVTDQ2PS     Z23, Z23
-	VMULPS.BCST   304(BX)(CX*1), Z21, Z22
-	VMULPS        Z22, Z23, Z23
-	VADDPS        Z23, Z19, Z19
-	VADDPS        Z19, Z17, Z17
-	ADDQ          $0x00000c00, AX
-	ADDQ          $0x00000140, BX
-	DECQ          DX
-	JNZ           q51x16N2_blk
-	VADDPS        Z6, Z2, Z2
-	VADDPS        Z8, Z4, Z4
-	VADDPS        Z7, Z3, Z3
-	VADDPS        Z9, Z5, Z5
-	VADDPS        Z4, Z2, Z2
-	VADDPS        Z5, Z3, Z3
-	VADDPS        Z3, Z2, Z2
-	VADDPS        Z14, Z10, Z10
-	VADDPS        Z16, Z12, Z12
-	VADDPS        Z15, Z11, Z11
-	VADDPS        Z17, Z13, Z13
-	VADDPS        Z12, Z10, Z10
-	VADDPS        Z13, Z11, Z11
-	VADDPS        Z11, Z10, Z10
-	MOVQ          out+40(FP), DX
-	MOVQ          ostride+48(FP), BX
-	MOVQ          DX, SI
-	VMOVUPS       Z2, (SI)
-	ADDQ          BX, SI
-	VMOVUPS       Z10, (SI)
-	ADDQ          $0x40, DX
-	MOVQ          DX, out+40(FP)
-	DECQ          groups+8(FP)
-	JNZ           q51x16N2_grp
 	VZEROUPPER
 	RET
 

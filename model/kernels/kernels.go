@@ -47,11 +47,10 @@
 // OR), converted and scaled with one FMA, or looked up in the IQ4 codebook
 // with VPERMPS; Q6_K and Q5_K load each row's bytes once per 64 values. At
 // the AVX2 level those types have no float32 kernels: every one of them
-// runs integer kernels on 8-bit activations there (below; Q4_1 and Q5_1
-// only at widths of multiples of 256), and the Go level (dequantize, then
-// dot) takes what is left. On AVX-512 the float32 kernels serve what the
-// integer ones do not: Q4_1 and Q5_1 at other widths, products with 8-bit
-// activations turned off.
+// runs integer kernels on 8-bit activations there (below), and the Go
+// level (dequantize, then dot) takes what is left. On AVX-512 the float32
+// kernels serve what the integer ones do not: products with 8-bit
+// activations turned off, and rows holding an infinity or a NaN.
 // Partial column chunks use opmasks (AVX-512) or Go (AVX2).
 //
 // Decode (small n) thus streams every weight byte once per call; each kernel
@@ -64,8 +63,8 @@
 //
 // # 8-bit activations
 //
-// Products with K-quant weights (Q2_K to Q6_K), IQ4_XS, Q4_1 and Q5_1, the
-// types of llama.cpp's Q2_K, Q3_K_M, Q4_K_M, Q5_K_M, IQ4_XS, Q4_1 and Q5_1
+// Products with K-quant weights (Q2_K to Q6_K) and IQ4_XS, the
+// types of llama.cpp's Q2_K, Q3_K_M, Q4_K_M, Q5_K_M and IQ4_XS
 // files, do not widen the weights: on CPUs with AVX-512
 // BW each input row is quantized to int8 per block of 256 values (one
 // float32 scale and the 16- and 32-value sums per block, quantQ8K512), and
@@ -102,7 +101,12 @@
 // one-row kernels of their own (q40rows512, iq4nlrows512, q50rows512),
 // and other row-major products
 // rewrite their rows as Q8_0 rows as they go (conv*Q80). Every path gives
-// the bits of the Q8_0 twin. On AVX2, and on AVX-512 without VNNI, the
+// the bits of the Q8_0 twin. Q4_1 and Q5_1 (d·q + m) take the same
+// activations, as llama.cpp's q8_1 does, and kernels of the same shapes
+// (q41rows512, q41x16N, q51rows512, q51x16N and their AVX2 twins) that add
+// each block's min share m·d_x·Σq_x from the activations' block sums
+// (dotQ81Ref); having no Q8_0 rewrite, their row-major products with many
+// input rows pack 16-row groups as they go (q8PackingBlock). On AVX2, and on AVX-512 without VNNI, the
 // block sums come from VPMADDUBSW: |q_w| against q_x signed as q_w
 // (llama.cpp's trick against 16-bit saturation), or Q4_0's unsigned codes
 // directly, then VPMADDWD (q80x16AVX2N, q40x16AVX2N, q80rows256,

@@ -29,7 +29,7 @@ import (
 // q4kx16N, q5kx16N, q6kx16N, q3kx16N, q2kx16N, iq4xsx16N, q40x16N,
 // iq4nlx16N, q50x16N, q41x16N, q51x16N) take the
 // float32 steps per (row, block) of the row-major kernels (matMulQ80Ref,
-// q8BlockScalar, q6BlockScalar, q41Lanes256), so the results are the same bits
+// dotQ81Ref, q8BlockScalar, q6BlockScalar), so the results are the same bits
 // (TestPackedMatchesRowMajor), for any number of input rows.
 //
 // The hybrid loader packs matrices when it copies weights into memory (the
@@ -163,11 +163,8 @@ func CanPack(w tensor.Matrix) bool {
 	if s == nil || packOff[w.DType] || (lvl < LevelAVX512 && packOnlyAsked[w.DType] && !packAsked[w.DType]) {
 		return false
 	}
-	// The packed kernels of the types of 32-value blocks but the Q8_0
-	// family (Q4_1, Q5_1) take the K-quants' activations, 256 values a
-	// block.
 	return w.Layout == tensor.RowMajor && w.Rows > 0 && w.Cols > 0 &&
-		w.Cols%w.DType.BlockValues() == 0 && (asQ80(w.DType) || w.Cols%q8xValues == 0) &&
+		w.Cols%w.DType.BlockValues() == 0 &&
 		hasPackedKernels(w.DType) && packedFast(s.layout, lvl)
 }
 

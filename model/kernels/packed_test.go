@@ -32,9 +32,6 @@ func testPackedMatchesRowMajor(t *testing.T, dt tensor.DType) {
 	prev := KernelLevel()
 	defer SetKernelLevel(prev)
 	bv := dt.BlockValues()
-	if !asQ80(dt) {
-		bv = q8xValues // Q4_1, Q5_1: packed at widths of whole activation blocks
-	}
 	twinOf := matMulQ8Ref
 	if asQ80(dt) {
 		twinOf = matMulQ80Ref

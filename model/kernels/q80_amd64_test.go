@@ -217,6 +217,9 @@ func TestConvQ80(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(27, 27))
 	for _, dt := range q80DTypes[1:] {
+		if !q80Rewrites(dt) {
+			continue
+		}
 		const nb = 37
 		w := randMatrix(rng, dt, 1, nb*q80Values)
 		// Every byte value in the codes and qh of some block.
@@ -261,7 +264,7 @@ func TestQ80WithoutVNNI(t *testing.T) {
 		t.Fatal("no Q8_0 integer kernels at the AVX-512 level without VNNI")
 	}
 	rng := rand.New(rand.NewPCG(28, 28))
-	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_0, tensor.IQ4_NL} {
+	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_0, tensor.IQ4_NL, tensor.Q4_1, tensor.Q5_1} {
 		w := randMatrix(rng, dt, 37, 96)
 		if !CanPack(w) {
 			t.Fatalf("%v: not packed without VNNI", dt)
@@ -297,7 +300,7 @@ func TestMatMulQ80(t *testing.T) {
 }
 
 // q80DTypes are the weight types the Q8_0 integer kernels compute (asQ80).
-var q80DTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_0, tensor.Q5_0, tensor.IQ4_NL}
+var q80DTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_0, tensor.Q5_0, tensor.IQ4_NL, tensor.Q4_1, tensor.Q5_1}
 
 func testMatMulQ80(t *testing.T, dt tensor.DType) {
 	rng := rand.New(rand.NewPCG(22, 22))
@@ -431,23 +434,23 @@ func testMatMulQ80BatchInvariant(t *testing.T, dt tensor.DType) {
 	}
 }
 
-// BenchmarkQ8Packing: row-major Q4_1 and Q5_1 products (mapped weights),
-// in_proj and an expert's shape, one thread: "rows" runs the row-major
-// integer kernels, "packing" packs 16-row groups as the product goes
-// (q8PackingBlock, what MatMul takes from q8PackingMinRows input rows).
+// BenchmarkQ81Packing: row-major Q4_1 and Q5_1 products (mapped weights),
+// in_proj and an expert's shape, one thread: "rows" runs the one-row
+// kernels per input row, "packing" packs 16-row groups as the product goes
+// (q8PackingBlock, what MatMul takes from q81PackMinRows input rows).
 // Compare the variants of one run.
-func BenchmarkQ8Packing(b *testing.B) {
+func BenchmarkQ81Packing(b *testing.B) {
+	prev := q81PackMinRows
+	defer func() { q81PackMinRows = prev }()
 	for _, dt := range []tensor.DType{tensor.Q4_1, tensor.Q5_1} {
 		if !hasPackedKernels(dt) {
 			continue
 		}
-		prev := q8PackingMinRows[dt]
-		defer func() { q8PackingMinRows[dt] = prev }()
 		for _, sh := range [][2]int{{6448, 1536}, {1536, 512}} {
 			for _, n := range []int{1, 2, 3, 4, 8, 64} {
 				for _, v := range []string{"rows", "packing"} {
 					b.Run(fmt.Sprintf("%v/%dx%d/n=%d/%s", dt, sh[0], sh[1], n, v), func(b *testing.B) {
-						q8PackingMinRows[dt] = map[string]int{"rows": 0, "packing": 1}[v]
+						q81PackMinRows = map[string]int{"rows": 1 << 30, "packing": 1}[v]
 						benchMatMulOn(b, coldWeights(dt, sh[0], sh[1], 600<<20), n, 1)
 					})
 				}

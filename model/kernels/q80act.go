@@ -188,15 +188,32 @@ func quantizeQ80RowRef(dst []byte, x []float32, nb int) bool {
 }
 
 // asQ80 reports whether products with dt weights can run the Q8_0 integer
-// path: Q8_0, and the types whose blocks are Q8_0 blocks once their codes
-// are written as int8 (one f16 scale per 32 values, codes within int8):
-// Q4_0 (q−8), Q5_0 (q−16) and IQ4_NL (its codebook). Their packed and
-// one-row kernels decode the codes in registers; other products rewrite
-// the rows as Q8_0 rows as they go (q80Weights). Every path gives the bits
-// of the Q8_0 rewrite (toQ80RowRef, then matMulQ80Ref).
+// path (its activations, one scale per 32 values, as llama.cpp's q8_0 and
+// q8_1): Q8_0, the types whose blocks are Q8_0 blocks once their codes are
+// written as int8 (q80Rewrites), and Q4_1 and Q5_1.
 func asQ80(dt tensor.DType) bool {
+	return q80Rewrites(dt) || dt == tensor.Q4_1 || dt == tensor.Q5_1
+}
+
+// q80Rewrites reports whether dt's blocks are Q8_0 blocks once their codes
+// are written as int8 (one f16 scale per 32 values, codes within int8):
+// Q8_0, Q4_0 (q−8), Q5_0 (q−16) and IQ4_NL (its codebook). Their packed
+// and one-row kernels decode the codes in registers; other products
+// rewrite the rows as Q8_0 rows as they go (q80Weights). Every path gives
+// the bits of the Q8_0 rewrite (toQ80RowRef, then matMulQ80Ref).
+//
+// Q4_1 and Q5_1 (value d·q + m) have no such rewrite: their kernels
+// (q41rows512, q41x16N and their Q5_1 and AVX2 twins) take the unsigned
+// codes' exact sums Σq·q_x and add the min's share per block, the steps of
+// dotQ81Ref, on every path.
+func q80Rewrites(dt tensor.DType) bool {
 	return dt == tensor.Q8_0 || dt == tensor.Q4_0 || dt == tensor.Q5_0 || dt == tensor.IQ4_NL
 }
+
+// q81PackMinRows: row-major Q4_1 and Q5_1 products with at least this many
+// input rows pack 16-row groups as they go (q8PackingBlock); with fewer
+// they run their one-input-row kernels per input row.
+var q81PackMinRows = 8
 
 // toQ80RowRef rewrites nb blocks of src (Q4_0, Q5_0 or IQ4_NL) as Q8_0
 // blocks at dst (the bytes the conv*Q80 assembly writes).
@@ -257,6 +274,10 @@ func dotQ80Ref(row, xg []byte, i, nb int) float32 {
 func matMulQ80Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 	k := w.Cols
 	nb := k / q80Values
+	if !q80Rewrites(w.DType) {
+		matMulQ81Ref(out, w, x, n)
+		return
+	}
 	if w.DType != tensor.Q8_0 {
 		// As the kernels see it: the rows rewritten as Q8_0 rows (the same
 		// values, so MatMulRef on them is MatMulRef on w).
@@ -276,4 +297,67 @@ func matMulQ80Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 			out[i*w.Rows+r] = dotQ80Ref(w.Row(r), xg, 0, nb)
 		}
 	}
+}
+
+// matMulQ81Ref is matMulQ80Ref for Q4_1 and Q5_1: each input row quantized
+// by quantizeQ80RowRef, each (weight row, input row) result dotQ81Ref's.
+func matMulQ81Ref(out []float32, w tensor.Matrix, x []float32, n int) {
+	k := w.Cols
+	nb := k / q80Values
+	xs := (nb + 15) / 16 * q80rTileBytes
+	xq := make([]byte, xs)
+	for i := 0; i < n; i++ {
+		if !quantizeQ80RowRef(xq, x[i*k:], nb) {
+			MatMulRef(out[i*w.Rows:(i+1)*w.Rows], w, x[i*k:(i+1)*k], 1)
+			continue
+		}
+		for r := 0; r < w.Rows; r++ {
+			out[i*w.Rows+r] = dotQ81Ref(w.Row(r), w.DType, xq, nb)
+		}
+	}
+}
+
+// dotQ81Ref is the dot product of a Q4_1 or Q5_1 row (nb blocks) with an
+// input row quantized in q80rows512's tiles (xq): per block the exact
+// I = Σ q·q_x of the unsigned codes (Q5_1's fifth bits merged), then, each
+// step rounded to float32 and never fused,
+//
+//	t = float32(I)·(d_x·d_w)
+//	s = float32(C)·d_x, with C = 128·Σq_x (the tile's)
+//	acc += t + (m_w·(1/128))·s
+//
+// in block order: so t + m_w·d_x·Σq_x, the min's share, as llama.cpp's
+// q8_1 dot products take it (there d_x·Σq_x is stored in f16).
+func dotQ81Ref(row []byte, dt tensor.DType, xq []byte, nb int) float32 {
+	bb := dt.BlockBytes()
+	var acc float32
+	for b := 0; b < nb; b++ {
+		blk := row[b*bb : (b+1)*bb]
+		tile := xq[b/16*q80rTileBytes:]
+		bt := b % 16
+		qs := blk[4:20]
+		var qh uint32
+		if dt == tensor.Q5_1 {
+			qh = binary.LittleEndian.Uint32(blk[4:])
+			qs = blk[8:24]
+		}
+		var sum int32
+		for l := 0; l < q80Values; l++ {
+			q := qs[l%16] & 0xF
+			if l >= 16 {
+				q = qs[l%16] >> 4
+			}
+			q |= byte(qh>>l&1) << 4
+			sum += int32(q) * int32(int8(tile[32*bt+l]))
+		}
+		dx := math.Float32frombits(binary.LittleEndian.Uint32(tile[512+4*bt:]))
+		c := int32(binary.LittleEndian.Uint32(tile[576+4*bt:]))
+		dw := tensor.F16ToF32(binary.LittleEndian.Uint16(blk))
+		mw := tensor.F16ToF32(binary.LittleEndian.Uint16(blk[2:]))
+		t := float32(float32(sum) * float32(dx*dw))
+		sx := float32(float32(c) * dx)
+		u := float32(float32(mw*(1.0/128)) * sx)
+		acc += float32(t + u)
+	}
+	return acc
 }

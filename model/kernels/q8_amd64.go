@@ -33,11 +33,9 @@ var q8Kernels = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q3_K:   {1: q8dot512Q3KN1, 2: q8dot512Q3KN2},
 	tensor.Q2_K:   {1: q8dot512Q2KN1, 2: q8dot512Q2KN2},
 	tensor.IQ4_XS: {1: q8dot512IQ4XSN1, 2: q8dot512IQ4XSN2},
-	tensor.Q4_1:   {1: q8dot512Q41N1, 2: q8dot512Q41N2},
-	tensor.Q5_1:   {1: q8dot512Q51N1, 2: q8dot512Q51N2},
 }
 
-// q8KernelsBW: Q4_1 and Q5_1's kernels use no VNNI, so they serve both.
+// q8KernelsBW are q8Kernels without VNNI.
 var q8KernelsBW = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q4_K:   {1: q8dot512Q4KN1BW, 2: q8dot512Q4KN2BW},
 	tensor.Q5_K:   {1: q8dot512Q5KN1BW, 2: q8dot512Q5KN2BW},
@@ -45,14 +43,10 @@ var q8KernelsBW = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q3_K:   {1: q8dot512Q3KN1BW, 2: q8dot512Q3KN2BW},
 	tensor.Q2_K:   {1: q8dot512Q2KN1BW, 2: q8dot512Q2KN2BW},
 	tensor.IQ4_XS: {1: q8dot512IQ4XSN1BW, 2: q8dot512IQ4XSN2BW},
-	tensor.Q4_1:   {1: q8dot512Q41N1, 2: q8dot512Q41N2},
-	tensor.Q5_1:   {1: q8dot512Q51N1, 2: q8dot512Q51N2},
 }
 
 // q8Kernels256 are the AVX2 integer kernels (the same bits as q8Kernels),
-// for the AVX2 level. Q4_1 and Q5_1's blocks of 32 take the K-quants' 8-bit
-// activations per 256 values, with the 32-value sums for their mins, at
-// both levels.
+// for the AVX2 level.
 var q8Kernels256 = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q4_K:   {1: q8dot256Q4KN1, 2: q8dot256Q4KN2},
 	tensor.Q5_K:   {1: q8dot256Q5KN1, 2: q8dot256Q5KN2},
@@ -60,8 +54,6 @@ var q8Kernels256 = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q3_K:   {1: q8dot256Q3KN1, 2: q8dot256Q3KN2},
 	tensor.Q2_K:   {1: q8dot256Q2KN1, 2: q8dot256Q2KN2},
 	tensor.IQ4_XS: {1: q8dot256IQ4XSN1, 2: q8dot256IQ4XSN2, 3: q8dot256IQ4XSN3, 4: q8dot256IQ4XSN4},
-	tensor.Q4_1:   {1: q8dot256Q41N1, 2: q8dot256Q41N2},
-	tensor.Q5_1:   {1: q8dot256Q51N1, 2: q8dot256Q51N2},
 }
 
 // q8LevelKernels returns the integer kernels of dt at level lvl (nil
@@ -99,13 +91,6 @@ func planQ8(c *callCtx, lvl Level) (ok, nonFinite bool) {
 	j.q8.fns = fns
 	j.block = q8Block
 	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
-	if from := q8PackingMinRows[j.w.DType]; from > 0 && j.n >= from {
-		spec := specOf(j.w.DType, tensor.RowMajor)
-		if fns := packedKernelsAt(spec.layout, lvl); fns != nil {
-			j.q8.xstride = j.q8.nb * q8xBlockBytes
-			usePacked(j, fns, spec, q8PackingBlock)
-		}
-	}
 	return true, false
 }
 
@@ -119,22 +104,11 @@ func usePacked(j *mmJob, fns []packedFn, spec *packSpec, block func(*mmJob, *scr
 	j.rb = packedRowBlock(j)
 }
 
-// q8PackingMinRows: row-major products of these types with at least this
-// many input rows pack 16-row groups as they go (q8PackingBlock), 0: never.
-// Q4_1 and Q5_1's row-major kernels reduce each 32-value block across a
-// register per input row, which the packed kernels do not; measured with
-// BenchmarkQ8Packing (in_proj 6448×1536 and an expert's 1536×512, one
-// thread): packing costs about 2 ms and 0.15 ms (Go, about 3 GB/s), after
-// which each input row costs 0.06-0.07 ms against 0.21-0.27 ms row-major
-// on in_proj; level at about 12 input rows, at 64 rows 6.2 against
-// 14.6 ms (Q4_1) and 7.7 against 17.3 (Q5_1), at 8 rows 2.4 against 1.7.
-var q8PackingMinRows = [tensor.NumDTypes]int{tensor.Q4_1: 16, tensor.Q5_1: 16}
-
 // q8PackingBlock computes rows [r0, r1) (r0 a multiple of 16) of a
-// row-major product with many input rows whose type has packed kernels on
-// the K-quants' activations: each 16-row group is packed into the worker's
-// scratch (as Pack packs it), then the packed kernels run it against every
-// input row, with the bits of the row-major kernels.
+// row-major product with many input rows (Q4_1, Q5_1: q81PackMinRows):
+// each 16-row group is packed into the worker's scratch (as Pack packs
+// it), then the packed kernels run it against every input row, with the
+// bits of the row-major kernels.
 func q8PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	spec := specOf(j.w.DType, tensor.RowMajor)
 	for g := r0; g < r1; g += packRows {
@@ -259,7 +233,8 @@ func q80Level(lvl Level) Level {
 
 // q80Layout reports whether l is a packed layout of the Q8_0 family.
 func q80Layout(l tensor.Layout) bool {
-	return l == tensor.Q80x16 || l == tensor.Q40x16 || l == tensor.IQ4NLx16 || l == tensor.Q50x16
+	return l == tensor.Q80x16 || l == tensor.Q40x16 || l == tensor.IQ4NLx16 || l == tensor.Q50x16 ||
+		l == tensor.Q41x16 || l == tensor.Q51x16
 }
 
 // forceNoQ80VNNI makes the Q8_0 family run as on an AVX-512 CPU without
@@ -319,6 +294,8 @@ var (
 	q40x16AVX2Fns = [...]packedFn{1: q40x16AVX2N1, 2: q40x16AVX2N2}
 	iq4x16AVX2Fns = [...]packedFn{1: iq4nlx16AVX2N1, 2: iq4nlx16AVX2N2}
 	q50x16AVX2Fns = [...]packedFn{1: q50x16AVX2N1, 2: q50x16AVX2N2}
+	q41x16AVX2Fns = [...]packedFn{1: q41x16AVX2N1, 2: q41x16AVX2N2}
+	q51x16AVX2Fns = [...]packedFn{1: q51x16AVX2N1, 2: q51x16AVX2N2}
 	q3kx16AVX2Fns = [...]packedFn{1: q3kx16AVX2N1, 2: q3kx16AVX2N2}
 	q2kx16AVX2Fns = [...]packedFn{1: q2kx16AVX2N1, 2: q2kx16AVX2N2}
 )
@@ -327,7 +304,7 @@ var (
 // (nil: that layout is not packed there).
 var packedKernelsAVX2 = [tensor.NumLayouts][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q5Kx16: q5kx16AVX2Fns[:],
 	tensor.Q40x16: q40x16AVX2Fns[:], tensor.IQ4NLx16: iq4x16AVX2Fns[:], tensor.Q3Kx16: q3kx16AVX2Fns[:], tensor.Q2Kx16: q2kx16AVX2Fns[:],
-	tensor.Q50x16: q50x16AVX2Fns[:]}
+	tensor.Q50x16: q50x16AVX2Fns[:], tensor.Q41x16: q41x16AVX2Fns[:], tensor.Q51x16: q51x16AVX2Fns[:]}
 
 var q80x16Fns = [...]packedFn{
 	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}
@@ -350,9 +327,11 @@ var q40x16Fns = [...]packedFn{
 var q50x16Fns = [...]packedFn{
 	1: q50x16N1, 2: q50x16N2, 3: q50x16N3, 4: q50x16N4, 5: q50x16N5, 6: q50x16N6, 7: q50x16N7, 8: q50x16N8}
 
-var q41x16Fns = [...]packedFn{1: q41x16N1, 2: q41x16N2}
+var q41x16Fns = [...]packedFn{
+	1: q41x16N1, 2: q41x16N2, 3: q41x16N3, 4: q41x16N4, 5: q41x16N5, 6: q41x16N6, 7: q41x16N7, 8: q41x16N8}
 
-var q51x16Fns = [...]packedFn{1: q51x16N1, 2: q51x16N2}
+var q51x16Fns = [...]packedFn{
+	1: q51x16N1, 2: q51x16N2, 3: q51x16N3, 4: q51x16N4, 5: q51x16N5, 6: q51x16N6, 7: q51x16N7, 8: q51x16N8}
 
 var iq4nlx16Fns = [...]packedFn{
 	1: iq4nlx16N1, 2: iq4nlx16N2, 3: iq4nlx16N3, 4: iq4nlx16N4, 5: iq4nlx16N5, 6: iq4nlx16N6, 7: iq4nlx16N7, 8: iq4nlx16N8}
@@ -431,6 +410,20 @@ func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 		if j.n >= q80PackMinRows256 {
 			choice = q80Lanes
 		}
+	}
+	if !q80Rewrites(j.w.DType) && choice != q80None {
+		// Q4_1 and Q5_1 (no Q8_0 rewrite): their own kernels per input
+		// row, or from q81PackMinRows rows 16-row groups packed as the
+		// product goes.
+		if !planQ80Rows(c, lvl) {
+			return false, true
+		}
+		if j.n >= q81PackMinRows {
+			spec := specOf(j.w.DType, tensor.RowMajor)
+			j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
+			usePacked(j, packedKernelsAt(spec.layout, lvl), spec, q8PackingBlock)
+		}
+		return true, false
 	}
 	switch choice {
 	case q80None:
@@ -541,9 +534,13 @@ func q80RowsBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 // (the same bits).
 func q80Rows256Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	p := &j.q8
-	if f := q80Rows256Fns[j.w.DType]; f != nil && j.n == 1 {
-		// Q4_0 and IQ4_NL rows read as they are.
-		f(&j.w.Data[r0*j.rowBytes], j.rowBytes, r1-r0, &p.xq[0], p.nb, &j.out[r0])
+	if f := q80Rows256Fns[j.w.DType]; f != nil && (j.n == 1 || !q80Rewrites(j.w.DType)) {
+		// Q4_0, Q5_0 and IQ4_NL rows read as they are (Q4_1 and Q5_1
+		// always: they have no Q8_0 rewrite).
+		xs := (p.nb + 15) / 16 * q80rTileBytes
+		for i := 0; i < j.n; i++ {
+			f(&j.w.Data[r0*j.rowBytes], j.rowBytes, r1-r0, &p.xq[i*xs], p.nb, &j.out[i*j.w.Rows+r0])
+		}
 		return
 	}
 	w, ws := q80Weights(j, s, r0, r1)
@@ -580,12 +577,12 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 // q80RowsFns are the one-input-row kernels of the types that have their
 // own (nil: q80rows512 on rows rewritten as Q8_0 rows).
 var q80RowsFns = [tensor.NumDTypes]func(w *byte, wstride, nrows int, xq *byte, nblocks int, tmp *float32, out *float32){
-	tensor.Q4_0: q40rows512, tensor.IQ4_NL: iq4nlrows512, tensor.Q5_0: q50rows512}
+	tensor.Q4_0: q40rows512, tensor.IQ4_NL: iq4nlrows512, tensor.Q5_0: q50rows512, tensor.Q4_1: q41rows512, tensor.Q5_1: q51rows512}
 
 // q80Rows256Fns are the AVX2 one-input-row kernels of the types that have
 // their own (nil: q80rows256 on rows rewritten as Q8_0 rows).
 var q80Rows256Fns = [tensor.NumDTypes]func(w *byte, wstride, nrows int, xq *byte, nblocks int, out *float32){
-	tensor.Q4_0: q40rows256, tensor.IQ4_NL: iq4nlrows256, tensor.Q5_0: q50rows256}
+	tensor.Q4_0: q40rows256, tensor.IQ4_NL: iq4nlrows256, tensor.Q5_0: q50rows256, tensor.Q4_1: q41rows256, tensor.Q5_1: q51rows256}
 
 // q80Weights returns rows [r0, r1) of the product's weights as Q8_0 rows and
 // their stride: the weights' own bytes for Q8_0, else (asQ80's other types)

@@ -11,7 +11,7 @@ import (
 
 // q8DTypes are the weight types with integer kernels on 8-bit activations
 // (quantizeQ8K's blocks).
-var q8DTypes = []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS, tensor.Q4_1, tensor.Q5_1}
+var q8DTypes = []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS}
 
 // TestMatMulQ8 checks the integer kernels against their plain twin
 // (matMulQ8Ref: the same bits) and against the

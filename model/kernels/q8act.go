@@ -12,7 +12,7 @@ import (
 // 8-bit activations.
 //
 // For the weight types with integer kernels on these activations
-// (q8LevelKernels: the K-quants Q2_K to Q6_K, IQ4_XS, Q4_1 and Q5_1),
+// (q8LevelKernels: the K-quants Q2_K to Q6_K and IQ4_XS),
 // products quantize each input row to 8 bits per block of 256 values and compute the block dot products in
 // integers, as llama.cpp does on CPUs (its Q8_K): the weights' 2- to 6-bit
 // codes (IQ4_XS: codebook values) times the activations' int8 with VPMADDUBSW or VPDPBUSD, scaled by the sub-block
@@ -169,11 +169,9 @@ func matMulQ8Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 // integer sums, then for Q4_K and Q5_K acc += Σ sc·Σq·q_x·(d·d_x) and
 // acc −= Σ m·Σq_x·(dmin·d_x) in float32 (Q2_K likewise, per 16 values),
 // for Q6_K acc += Σ sc·Σ(q−32)·q_x·(d·d_x) (Q3_K likewise with q−4, IQ4_XS
-// with its codebook values per 32), Q4_1 and Q5_1 per 32-value block (see
-// below), in the kernels' order: the same bits.
+// with its codebook values per 32), in the kernels' order: the same bits.
 func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 	var acc float32
-	var lanes [8]float32 // Q4_1, Q5_1: a sum per 32-value block position
 	for b := 0; b < nb; b++ {
 		xb := xq[b*q8xBlockBytes : (b+1)*q8xBlockBytes]
 		dx := math.Float32frombits(binary.LittleEndian.Uint32(xb[304:]))
@@ -273,44 +271,9 @@ func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 				isum += (int32(tensor.IQ4XSScale(blk, ib)) - 32) * s
 			}
 			acc += float32(float32(isum) * float32(dx*d)) // as q6BlockScalar
-		case tensor.Q4_1, tensor.Q5_1:
-			// Eight 32-value blocks per 256 values: per block k the exact
-			// I_k = Σ q·q_x and C_k = Σ q_x (the 32-value sums), then
-			// t_k = float(I_k)·(d_k·d_x) + float(C_k)·(m_k·d_x) added to
-			// lanes[k] (the kernels' eight float32 lanes, q41Lanes256),
-			// which are added when the row ends (q41Fold):
-			// ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)). Eight independent sums
-			// keep the kernels' per-block work free of a chain of
-			// dependent additions, and the packed kernels' lanes (one per
-			// weight row) take the same steps.
-			bb := dt.BlockBytes()
-			for k := 0; k < 8; k++ {
-				blk := row[(8*b+k)*bb : (8*b+k+1)*bb]
-				d := tensor.F16ToF32(binary.LittleEndian.Uint16(blk))
-				m := tensor.F16ToF32(binary.LittleEndian.Uint16(blk[2:]))
-				qs, qh := blk[4:20], uint32(0)
-				if dt == tensor.Q5_1 {
-					qh, qs = binary.LittleEndian.Uint32(blk[4:]), blk[8:24]
-				}
-				var isum, csum int32
-				for l := 0; l < 32; l++ {
-					q := int32(qs[l%16] & 15)
-					if l >= 16 {
-						q = int32(qs[l%16] >> 4)
-					}
-					q |= int32(qh>>l&1) << 4
-					isum += q * qx(32*k+l)
-					csum += qx(32*k + l)
-				}
-				lanes[k] += float32(float32(isum)*float32(d*dx)) + float32(float32(csum)*float32(m*dx))
-			}
 		default:
 			panic("kernels: dotQ8Ref of " + dt.String())
 		}
-	}
-	if dt == tensor.Q4_1 || dt == tensor.Q5_1 {
-		l := &lanes
-		return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 	}
 	return acc
 }

@@ -93,11 +93,6 @@ func main() {
 			genQ8(dt, n, false)
 		}
 	}
-	for _, dt := range []dtype{dQ41, dQ51} {
-		for n := 1; n <= q8MaxN; n++ {
-			genQ8Q41(dt, n)
-		}
-	}
 	for _, dt := range q8AVX2Dtypes {
 		for n := 1; n <= q8AVX2MaxN(dt); n++ {
 			genQ8AVX2(dt, n)
@@ -111,13 +106,15 @@ func main() {
 	genQ40Rows("Q40")
 	genQ40Rows("IQ4NL")
 	genQ40Rows("Q50")
+	genQ40Rows("Q41")
+	genQ40Rows("Q51")
 	for r := 1; r <= q80MaxRows; r++ {
 		genQ80Dot(r)
 	}
 	for n := 1; n <= q80x16MaxN; n++ {
 		genQ80x16(n)
 	}
-	for _, typ := range []string{"Q40", "IQ4NL", "Q50"} {
+	for _, typ := range []string{"Q40", "IQ4NL", "Q50", "Q41", "Q51"} {
 		for n := 1; n <= q80x16MaxN; n++ {
 			genX16Q80Act(typ, n)
 		}
@@ -125,7 +122,7 @@ func main() {
 	for n := 1; n <= q80x16AVX2MaxN; n++ {
 		genQ80x16AVX2(n)
 	}
-	for _, typ := range []string{"Q40", "IQ4NL", "Q50"} {
+	for _, typ := range []string{"Q40", "IQ4NL", "Q50", "Q41", "Q51"} {
 		for n := 1; n <= q80x16AVX2MaxN; n++ {
 			genX16AVX2(typ, n)
 		}
@@ -134,6 +131,8 @@ func main() {
 	genRows256("Q40")
 	genRows256("Q50")
 	genRows256("IQ4NL")
+	genRows256("Q41")
+	genRows256("Q51")
 	genQ80Rows8x256()
 	genQ80QuantRow256()
 	genQ8Quant256()
@@ -146,10 +145,6 @@ func main() {
 	}
 	for n := 1; n <= q4kx16MaxN; n++ {
 		genQ4Kx16(n)
-	}
-	for n := 1; n <= q41x16MaxN; n++ {
-		genQ41x16(dQ41, n)
-		genQ41x16(dQ51, n)
 	}
 	for n := 1; n <= q5kx16MaxN; n++ {
 		genQ5Kx16(n)

@@ -116,15 +116,10 @@ const q8Sig = "func(w *byte, wstride, nrows int, xq *byte, xqstride, nblocks int
 
 // hfoldY folds the 8 float32 lanes of the ymm a into its lowest lane with
 // op (packed), the last step with last, h (an xmm) as scratch: the high
-// half onto the low, then the pairs 0x4E, then 0xB1. With evex false all
-// VEX (the AVX2 kernels); with it the high half is taken by
-// VEXTRACTF32X4, so that a and h may be any of the 32 registers.
-func hfoldY(evex bool, a, h VecVirtual, op, last func(...Op)) {
-	if evex {
-		VEXTRACTF32X4(U8(1), a, h)
-	} else {
-		VEXTRACTF128(U8(1), a, h)
-	}
+// half onto the low, then the pairs 0x4E, then 0xB1 (VEX forms: the AVX2
+// kernels).
+func hfoldY(a, h VecVirtual, op, last func(...Op)) {
+	VEXTRACTF128(U8(1), a, h)
 	op(h, a.AsX(), a.AsX())
 	VPERMILPS(U8(0x4E), a.AsX(), h)
 	op(h, a.AsX(), a.AsX())
@@ -244,7 +239,7 @@ func genQ8(d dtype, N int, vnni bool) {
 		case dIQ4XS:
 			q8RowIQ4XS(N, rowMem, xMem, c0F, c30, idx, isum, acc)
 		}
-	}, nil)
+	})
 	VZEROUPPER()
 	RET()
 }
@@ -776,11 +771,7 @@ func genQ8Quant() {
 // blocks in order, so that the weights are read as one sequential stream (measured
 // faster than four interleaved row streams with software prefetch, which the
 // hardware prefetcher follows less well), each row reduced on its own.
-//
-// fin, if not nil, runs after a row's last block, before the stores: the
-// kernels whose sums stay in several lanes until the row ends (Q4_1 and
-// Q5_1) fold them there.
-func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, block func(rowMem func(off int) Mem, xMem func(i, off int) Mem), fin func()) {
+func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, block func(rowMem func(off int) Mem, xMem func(i, off int) Mem)) {
 	Label(name + "_row")
 	w0 := GP64()
 	MOVQ(wq, w0)
@@ -815,9 +806,6 @@ func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, 
 	ADDQ(U32(q8xBlock), xp)
 	DECQ(cnt)
 	JNZ(LabelRef(name + "_blk"))
-	if fin != nil {
-		fin()
-	}
 
 	var os GPVirtual
 	if N > 1 {

@@ -250,7 +250,7 @@ func genQ80Prep() {
 	rem := ld("nblocks")
 	Label(name + "_tile")
 	emit := func(pfx string, partial bool) {
-		sum, dw := q80TileSums(q80W{typ: "Q80"}, pfx, partial, wb, rem, func(int) Op { return ones }, gidx, zero, redIdx)
+		sum, dw, _ := q80TileSums(q80W{typ: "Q80"}, pfx, partial, wb, rem, func(int) Op { return ones }, gidx, zero, redIdx)
 		// ws = −128·(S − 32·128), S the sum of the biased bytes.
 		VPSLLD(U8(7), sum, sum)
 		c := ZMM()
@@ -387,6 +387,9 @@ var (
 	cQ80Gath    Mem     // dwords 34·l: the blocks' d offsets in a tile
 	cQ40Gath    Mem     // dwords 18·l: the same for Q4_0 and IQ4_NL
 	cQ50Gath    Mem     // dwords 22·l: the same for Q5_0
+	cQ41Gath    Mem     // dwords 20·l: the same for Q4_1
+	cQ51Gath    Mem     // dwords 24·l: the same for Q5_1
+	cF128       Mem     // float32 1/128 in 8 dwords (Q4_1's and Q5_1's m/128)
 	cQ50Spread  Mem     // VPSHUFB: byte k of lane L from byte 2(L%2)+k/8 of the lane's dword 0
 	cQ50Bit     Mem     // bytes 1<<(k%8) for byte k of each 16-byte lane
 	cQ40Shift   Mem     // words: 0 (lanes 0, 2), 4 (lanes 1, 3): VPSRLVW to the high nibbles
@@ -593,6 +596,14 @@ func genQ80RowsConsts() {
 		g22 = append(g22, uint32(22*l))
 	}
 	cQ50Gath = data32("q50gath", g22...)
+	var g20, g24 []uint32
+	for l := 0; l < 16; l++ {
+		g20 = append(g20, uint32(20*l))
+		g24 = append(g24, uint32(24*l))
+	}
+	cQ41Gath = data32("q41gath", g20...)
+	cQ51Gath = data32("q51gath", g24...)
+	cF128 = data32("f128", rep(0x3C000000, 8)...)
 	for L := 0; L < 4; L++ {
 		for w := 0; w < 4; w++ { // dword w of lane L: bytes 4w..4w+3
 			var v uint32
@@ -728,6 +739,12 @@ func genQ80Rows() { genRows512(q80W{typ: "Q80"}) }
 // packed kernels, q or codebook value + 128, so that no row is rewritten
 // as Q8_0 for a product with few input rows; the sums and float32 steps
 // are the Q8_0 rewrite's, and so are the bits).
+//
+// "Q41" and "Q51" (q41rows512, q51rows512: row-major Q4_1 and Q5_1 rows)
+// take the same steps on their unsigned codes (Q5_1's fifth bits merged as
+// Q5_0's), with nothing taken off the sums, and add the min's share
+// (min81Step): there is no Q8_0 rewrite of them, and their float32 steps
+// are their own (dotQ81Ref).
 type q80W struct {
 	typ        string
 	tab, shift VecVirtual // IQ4_NL's codebook + 128; the nibble shifts of a block pair
@@ -736,7 +753,21 @@ type q80W struct {
 
 // blockBytes is the size of a block of the type.
 func (w q80W) blockBytes() int {
-	return map[string]int{"Q80": 34, "Q40": 18, "IQ4NL": 18, "Q50": 22}[w.typ]
+	return map[string]int{"Q80": 34, "Q40": 18, "IQ4NL": 18, "Q50": 22, "Q41": 20, "Q51": 24}[w.typ]
+}
+
+// q5 reports whether the type has fifth bits (Q5_0, Q5_1).
+func (w q80W) q5() bool { return w.typ == "Q50" || w.typ == "Q51" }
+
+// hasMin reports whether the type's blocks have a min (Q4_1, Q5_1).
+func (w q80W) hasMin() bool { return w.typ == "Q41" || w.typ == "Q51" }
+
+// qhOff is the offset of the fifth bits in a block (q5 types).
+func (w q80W) qhOff() int {
+	if w.typ == "Q51" {
+		return 4
+	}
+	return 2
 }
 
 // genQ40Rows emits q40rows512 (typ "Q40"), iq4nlrows512 ("IQ4NL") or
@@ -744,22 +775,23 @@ func (w q80W) blockBytes() int {
 // their bytes by VPSHUFB and VPTESTMB, added under the mask).
 func genQ40Rows(typ string) { genRows512(q80W{typ: typ}) }
 
+var rowsNames = map[string]string{"Q80": "q80rows", "Q40": "q40rows", "IQ4NL": "iq4nlrows", "Q50": "q50rows", "Q41": "q41rows", "Q51": "q51rows"}
+
+var typNames = map[string]string{"Q80": "Q8_0", "Q40": "Q4_0", "Q50": "Q5_0", "IQ4NL": "IQ4_NL", "Q41": "Q4_1", "Q51": "Q5_1"}
+
 func genRows512(wt q80W) {
-	name := map[string]string{"Q80": "q80rows512", "Q40": "q40rows512", "IQ4NL": "iq4nlrows512", "Q50": "q50rows512"}[wt.typ]
+	name := rowsNames[wt.typ] + "512"
 	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)")
-	Doc(fmt.Sprintf("%s multiplies %s weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).", name,
-		map[string]string{"Q80": "Q8_0", "Q40": "Q4_0", "IQ4NL": "IQ4_NL", "Q50": "Q5_0"}[wt.typ]))
+	Doc(fmt.Sprintf("%s multiplies %s weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).", name, typNames[wt.typ]))
 	gidx := ZMM()
 	if wt.typ == "Q80" {
 		VMOVDQU64(cQ80Gath, gidx)
 	} else {
 		Pragma("noescape")
-		if wt.typ == "Q50" {
-			VMOVDQU64(cQ50Gath, gidx)
+		VMOVDQU64(map[string]Mem{"Q40": cQ40Gath, "IQ4NL": cQ40Gath, "Q50": cQ50Gath, "Q41": cQ41Gath, "Q51": cQ51Gath}[wt.typ], gidx)
+		if wt.q5() {
 			wt.c10 = ZMM()
 			VPBROADCASTD(cB10, wt.c10)
-		} else {
-			VMOVDQU64(cQ40Gath, gidx)
 		}
 		wt.shift = ZMM()
 		VMOVDQU64(cQ40Shift, wt.shift)
@@ -887,7 +919,18 @@ func genRows512(wt q80W) {
 // q80RowTile emits one step of q80rows512's phase 1: the 16 blocks at wb
 // (partial: only the first rem exist) → tmp at tp.
 func q80RowTile(wt q80W, pfx string, partial bool, wb, xq, tp, rem GPVirtual, gidx, zero, redIdx VecVirtual) {
-	sum, dw := q80TileSums(wt, pfx, partial, wb, rem, func(i int) Op { return Mem{Base: xq, Disp: 64 * i} }, gidx, zero, redIdx)
+	sum, dw, mw := q80TileSums(wt, pfx, partial, wb, rem, func(i int) Op { return Mem{Base: xq, Disp: 64 * i} }, gidx, zero, redIdx)
+	if wt.hasMin() {
+		// Σq·q_x as it is (unsigned codes), then the min's share.
+		f := ZMM()
+		VCVTDQ2PS(sum, f)
+		VMULPS(Mem{Base: xq, Disp: q80rD}, dw, dw) // d_x·d_w
+		VMULPS(dw, f, f)
+		minScale(mw)
+		min81Step(mw, Mem{Base: xq, Disp: q80rC}, Mem{Base: xq, Disp: q80rD}, f, false)
+		VMOVUPS(f, Mem{Base: tp})
+		return
+	}
 	if wt.typ == "Q40" || wt.typ == "Q50" {
 		c := ZMM()
 		VMOVDQU64(Mem{Base: xq, Disp: q80rC}, c)
@@ -907,18 +950,42 @@ func q80RowTile(wt q80W, pfx string, partial bool, wb, xq, tp, rem GPVirtual, gi
 	VMOVUPS(f, Mem{Base: tp})
 }
 
+// min81Step adds the min's share of Q4_1 and Q5_1 blocks to t (a register
+// of per-block or per-row terms, as the kernel's lanes go):
+//
+//	s = float32(128·Σq_x)·d_x; u = (m·(1/128))·s; t += u
+//
+// each step rounded to float32 (dotQ81Ref's). m128 is the blocks' m·(1/128)
+// as float32 (minScale); c and dx are the input's 128·Σq_x and d_x, one per
+// lane, or one broadcast to every lane with bcast.
+func min81Step(m128 VecVirtual, c, dx Mem, t VecVirtual, bcast bool) {
+	sv := ZMM()
+	if bcast {
+		VPBROADCASTD(c, sv)
+		VCVTDQ2PS(sv, sv)
+		VMULPS_BCST(dx, sv, sv)
+	} else {
+		VCVTDQ2PS(c, sv)
+		VMULPS(dx, sv, sv)
+	}
+	VMULPS(sv, m128, sv)
+	VADDPS(sv, t, t)
+}
+
+// minScale multiplies m by 1/128 in place (exact: a power of two).
+func minScale(m VecVirtual) { VMULPS_BCST(cF128, m, m) }
+
 // q40PairCodes sets wv to the unsigned codes of Q4_0 or IQ4_NL blocks 2i
 // and 2i+1 at wb (zeros for 2i+1 past rem when partial), in the order of
 // their values: [low nibbles of 2i, high nibbles of 2i, the same of 2i+1].
 func q40PairCodes(wt q80W, partial bool, pfx string, i int, wb, rem GPVirtual, zero, wv VecVirtual) {
 	bb := wt.blockBytes()
-	qs := 2 // the nibbles' offset in a block
+	qs := map[string]int{"Q40": 2, "IQ4NL": 2, "Q50": 6, "Q41": 4, "Q51": 8}[wt.typ] // the nibbles' offset in a block
 	var qh VecVirtual
-	if wt.typ == "Q50" {
-		qs = 6
-		// Q5_0's fifth bits: block 2i's qh dword in lanes 0-1, 2i+1's in 2-3.
+	if wt.q5() {
+		// The fifth bits: block 2i's qh dword in lanes 0-1, 2i+1's in 2-3.
 		qh = ZMM()
-		VPBROADCASTD(Mem{Base: wb, Disp: 2*bb*i + 2}, qh)
+		VPBROADCASTD(Mem{Base: wb, Disp: 2*bb*i + wt.qhOff()}, qh)
 	}
 	VBROADCASTI32X4(Mem{Base: wb, Disp: 2*bb*i + qs}, wv)
 	second := func() {
@@ -926,7 +993,7 @@ func q40PairCodes(wt q80W, partial bool, pfx string, i int, wb, rem GPVirtual, z
 		VINSERTI32X4(U8(3), Mem{Base: wb, Disp: 2*bb*i + bb + qs}, wv, wv)
 		if qh != nil {
 			t := ZMM()
-			VPBROADCASTD(Mem{Base: wb, Disp: 2*bb*i + bb + 2}, t)
+			VPBROADCASTD(Mem{Base: wb, Disp: 2*bb*i + bb + wt.qhOff()}, t)
 			VSHUFI64X2(U8(0xE4), t, qh, qh) // lanes 0-1 of qh, 2-3 of t
 		}
 	}
@@ -965,8 +1032,9 @@ func q40PairCodes(wt q80W, partial bool, pfx string, i int, wb, rem GPVirtual, z
 // q80TileSums emits, for the 16 Q8_0 blocks at wb (partial: only the first
 // rem exist; the others count as zero), sum: lane b = Σ (q_w+128)·s_b over
 // block b, with s_b the signed bytes xop(b/2) (64 bytes: blocks b and b+1
-// of the other operand), and dw: lane b = block b's d as float32.
-func q80TileSums(wt q80W, pfx string, partial bool, wb, rem GPVirtual, xop func(i int) Op, gidx, zero, redIdx VecVirtual) (sum, dw VecVirtual) {
+// of the other operand), and dw: lane b = block b's d as float32 (and, for
+// the types with a min, mw: lane b = its m).
+func q80TileSums(wt q80W, pfx string, partial bool, wb, rem GPVirtual, xop func(i int) Op, gidx, zero, redIdx VecVirtual) (sum, dw, mw VecVirtual) {
 	p := make([]VecVirtual, 8)
 	for i := range p {
 		p[i] = ZMM()
@@ -1044,7 +1112,14 @@ func q80TileSums(wt q80W, pfx string, partial bool, wb, rem GPVirtual, xop func(
 	dw = ZMM()
 	VMOVDQA64(zero, dw)
 	VPGATHERDD(Mem{Base: wb, Index: gidx, Scale: 1}, k, dw)
+	if wt.hasMin() {
+		// m is the f16 after d.
+		mw = ZMM()
+		VPSRLD(U8(16), dw, mw)
+		VPMOVDW(mw, mw.AsY())
+		VCVTPH2PS(mw.AsY(), mw)
+	}
 	VPMOVDW(dw, dw.AsY())
 	VCVTPH2PS(dw.AsY(), dw)
-	return sum, dw
+	return sum, dw, mw
 }

@@ -84,7 +84,8 @@ func genX16AVX2(typ string, n int) {
 	}
 	Label(name + "_blk")
 	s := make([]VecVirtual, 2*n)
-	unsigned := typ == "Q40" || typ == "Q50"
+	wt := q80W{typ: typ}
+	unsigned := typ == "Q40" || typ == "Q50" || wt.hasMin()
 	if unsigned {
 		// Q4_0's codes are unsigned and small: VPMADDUBSW of the codes q
 		// (0..15) with the signed activations, no sign trick, the pair sums
@@ -92,7 +93,8 @@ func genX16AVX2(typ string, n int) {
 		// 30480), one VPMADDWD, then 8·Σq_x taken off: Σ(q−8)·q_x exactly.
 		// Q5_0's (0..31, the fifth bits merged) likewise, 4 words at a time
 		// (at most 31496), then 16·Σq_x taken off.
-		q40SumsAVX2(typ == "Q50", n, wp, xq, dc, xm, ones, s)
+		// Q4_1's and Q5_1's the same way, with nothing taken off.
+		q40SumsAVX2(wt, n, wp, xq, dc, xm, ones, s)
 	}
 	for i := range s {
 		if unsigned {
@@ -128,7 +130,27 @@ func genX16AVX2(typ string, n int) {
 			}
 		}
 	}
-	for h := 0; h < 2; h++ {
+	for h := 0; h < 2 && wt.hasMin(); h++ {
+		dw, m128 := YMM(), YMM()
+		VCVTPH2PS(Mem{Base: wp, Disp: 16 * h}, dw)
+		VCVTPH2PS(Mem{Base: wp, Disp: 32 + 16*h}, m128)
+		VMULPS(cF128, m128, m128)
+		for i := 0; i < n; i++ {
+			x, t, f := YMM(), YMM(), YMM()
+			VBROADCASTSS(xm(dc, i, q80rD), x)
+			VMULPS(x, dw, t) // d_w·d_x
+			VCVTDQ2PS(s[2*i+h], f)
+			VMULPS(t, f, f)
+			// The min's share (min81Step's steps).
+			VPBROADCASTD(xm(dc, i, q80rC), t)
+			VCVTDQ2PS(t, t)
+			VMULPS(x, t, t)
+			VMULPS(t, m128, t)
+			VADDPS(t, f, f)
+			VADDPS(f, acc[2*i+h], acc[2*i+h])
+		}
+	}
+	for h := 0; h < 2 && !wt.hasMin(); h++ {
 		dw := YMM()
 		VCVTPH2PS(Mem{Base: wp, Disp: 16 * h}, dw)
 		for i := 0; i < n; i++ {
@@ -148,24 +170,29 @@ func genX16AVX2(typ string, n int) {
 // q40SumsAVX2 sets s[2i+h] to the block's exact Σ(q−8)·q_x (q5: Q5_0's
 // Σ(q−16)·q_x) for input row i and weight rows 8h..8h+7 of a packed Q4_0
 // (Q5_0) group (see genX16AVX2).
-func q40SumsAVX2(q5 bool, n int, wp, xq, dc GPVirtual, xm func(GPVirtual, int, int) Mem, ones VecVirtual, s []VecVirtual) {
+func q40SumsAVX2(wt q80W, n int, wp, xq, dc GPVirtual, xm func(GPVirtual, int, int) Mem, ones VecVirtual, s []VecVirtual) {
+	q5 := wt.q5()
 	nib, span := 0, 8 // the first word of nibbles; words per int16 sum
 	if q5 {
 		nib, span = 1, 4
+	}
+	words := 32 // after the d (and the m)
+	if wt.hasMin() {
+		words = 64
 	}
 	for h := 0; h < 2; h++ {
 		var qh VecVirtual
 		if q5 {
 			qh = YMM()
-			VMOVDQU(Mem{Base: wp, Disp: 32 + 32*h}, qh)
+			VMOVDQU(Mem{Base: wp, Disp: words + 32*h}, qh)
 		}
 		s16 := make([][2]VecVirtual, n)
 		for j := 0; j < 8; j++ {
 			q := YMM()
 			if j < 4 {
-				VMOVDQU(Mem{Base: wp, Disp: 32 + 64*(nib+j) + 32*h}, q)
+				VMOVDQU(Mem{Base: wp, Disp: words + 64*(nib+j) + 32*h}, q)
 			} else {
-				VPSRLW(U8(4), Mem{Base: wp, Disp: 32 + 64*(nib+j-4) + 32*h}, q)
+				VPSRLW(U8(4), Mem{Base: wp, Disp: words + 64*(nib+j-4) + 32*h}, q)
 			}
 			VPAND(cB0FY, q, q)
 			if q5 {
@@ -197,6 +224,9 @@ func q40SumsAVX2(q5 bool, n int, wp, xq, dc GPVirtual, xm func(GPVirtual, int, i
 				VPMADDWD(ones, s16[i][1], s16[i][1])
 				VPADDD(s16[i][1], s[2*i+h], s[2*i+h])
 			}
+			if wt.hasMin() {
+				continue
+			}
 			VPBROADCASTD(xm(dc, i, q80rC), c)
 			if q5 {
 				VPSRAD(U8(3), c, c) // 16·Σq_x
@@ -221,10 +251,10 @@ func genQ80Rows256() { genRows256("Q80") }
 // VPCMPEQB), 16·Σq_x taken off; IQ4_NL's codebook values as Q8_0's signed
 // bytes), the bits of the Q8_0 rewrite either way.
 func genRows256(typ string) {
-	name := map[string]string{"Q80": "q80rows256", "Q40": "q40rows256", "Q50": "q50rows256", "IQ4NL": "iq4nlrows256"}[typ]
+	name := rowsNames[typ] + "256"
 	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, xq *byte, nblocks int, out *float32)")
-	Doc(fmt.Sprintf("%s multiplies row-major %s weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).", name,
-		map[string]string{"Q80": "Q8_0", "Q40": "Q4_0", "Q50": "Q5_0", "IQ4NL": "IQ4_NL"}[typ]))
+	Doc(fmt.Sprintf("%s multiplies row-major %s weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).", name, typNames[typ]))
+	wt := q80W{typ: typ}
 	Pragma("noescape")
 	wq := ld("w")
 	ws := ld("wstride")
@@ -236,13 +266,8 @@ func genRows256(typ string) {
 		tab = YMM()
 		VMOVDQU(cIQ4Y, tab)
 	}
-	bb, qs := 34, 2 // block bytes, offset of the codes
-	switch typ {
-	case "Q40", "IQ4NL":
-		bb = 18
-	case "Q50":
-		bb, qs = 22, 6
-	}
+	bb := wt.blockBytes()
+	qs := map[string]int{"Q80": 2, "Q40": 2, "IQ4NL": 2, "Q50": 6, "Q41": 4, "Q51": 8}[typ] // the codes' offset
 	Label(name + "_row")
 	w0 := GP64()
 	MOVQ(wq, w0)
@@ -266,12 +291,12 @@ func genRows256(typ string) {
 		VINSERTI128(U8(1), hi, lo.AsY(), q)
 		VPAND(cB0FY, q, q)
 	}
-	if typ == "Q50" {
-		q5BitsY(Mem{Base: w0, Disp: 2}, q) // byte l is value l
+	if wt.q5() {
+		q5BitsY(Mem{Base: w0, Disp: wt.qhOff()}, q) // byte l is value l
 	}
 	x := YMM()
 	VMOVDQU(Mem{Base: xq}, x)
-	if typ == "Q40" || typ == "Q50" {
+	if typ != "Q80" && typ != "IQ4NL" {
 		VPMADDUBSW(x, q, s)
 		VPMADDWD(ones, s, s)
 	} else {
@@ -309,6 +334,17 @@ func genRows256(typ string) {
 	VCVTPH2PS(dw, dw)
 	VMULSS(Mem{Base: dc, Disp: q80rD}, dw, dw) // d_w·d_x
 	VMULSS(dw, t, t)
+	if wt.hasMin() {
+		// The min's share (min81Step's steps).
+		MOVWLZX(Mem{Base: w0, Disp: 2}, h)
+		VMOVD(h, dw)
+		VCVTPH2PS(dw, dw)
+		VMULSS(cF128, dw, dw)
+		VCVTSI2SSL(Mem{Base: dc, Disp: q80rC}, u, u)
+		VMULSS(Mem{Base: dc, Disp: q80rD}, u, u)
+		VMULSS(u, dw, dw)
+		VADDSS(dw, t, t)
+	}
 	VADDSS(t, acc, acc)
 	ADDQ(U8(bb), w0)
 	q80NextBlock(name, xq, dc, bi, cnt)
@@ -516,7 +552,7 @@ func genQ80QuantRow256() {
 // (jumping past their computation to name_zero).
 func amaxScales256(name string, m VecVirtual, f16 bool) (d, id VecVirtual) {
 	hx := XMM()
-	hfoldY(false, m, hx, VMAXPS, VMAXPS)
+	hfoldY(m, hx, VMAXPS, VMAXPS)
 	d, id = XMM(), XMM()
 	VXORPS(d, d, d)
 	VXORPS(id, id, id)

@@ -84,6 +84,11 @@ func genQ40x16Consts() {
 // 128·Σq_x is taken, as for Q8_0: each leaves Σ v·q_x with v the int8 value
 // the Q8_0 rewrite of the block holds, and the float32 steps are Q8_0's, so
 // the packed and row-major (rewritten) products give the same bits.
+//
+// Q4_1's and Q5_1's groups (tensor.Q41x16, Q51x16: the 16 d, the 16 m,
+// then Q5_1's word of fifth bits and the 4 words of nibbles per row) give
+// q41x16N<n> and q51x16N<n>: their unsigned codes' sums as they are, then
+// q41rows512's float32 steps with the min's share (min81Step).
 func genX16Q80Act(typ string, n int) {
 	name, blockBytes, wp, idx := x16Begin(typ, "N", n, "(see genX16Q80Act)")
 	var c0F, tab VecVirtual
@@ -95,8 +100,9 @@ func genX16Q80Act(typ string, n int) {
 		tab = ZMM()
 		VMOVDQU64(cIQ4U, tab)
 	}
+	wt := q80W{typ: typ}
 	var c10 VecVirtual
-	if typ == "Q50" {
+	if wt.q5() {
 		c10 = ZMM()
 		VPBROADCASTD(cB10, c10)
 	}
@@ -113,14 +119,24 @@ func genX16Q80Act(typ string, n int) {
 	Label(name + "_blk")
 	dw := ZMM()
 	VCVTPH2PS(Mem{Base: wp}, dw)
-	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
+	var m128 VecVirtual
+	if wt.hasMin() {
+		m128 = ZMM()
+		VCVTPH2PS(Mem{Base: wp, Disp: 32}, m128)
+		minScale(m128)
+	}
+	words := 32 // the words' offset: after the d (and the m)
+	if wt.hasMin() {
+		words = 64
+	}
+	word := func(j int) Mem { return Mem{Base: wp, Disp: words + 64*j} }
 	nib := 0 // the first word of nibbles
-	if typ == "Q50" {
+	if wt.q5() {
 		nib = 1 // after the fifth bits
 	}
 	wv := make([]VecVirtual, 8)
 	var rep, qh VecVirtual
-	if typ == "Q50" {
+	if wt.q5() {
 		qh = ZMM()
 		VMOVDQU64(word(0), qh)
 	}
@@ -139,7 +155,7 @@ func genX16Q80Act(typ string, n int) {
 		if typ == "IQ4NL" {
 			VPSHUFB(wv[j], tab, wv[j])
 		}
-		if typ == "Q50" {
+		if wt.q5() {
 			// Register j's values are 4j..4j+3 of the block (j < 4: low
 			// nibbles; else high: 16+4(j−4) = 4j): their fifth bits are
 			// bits 4j..4j+3 of qh, bits 4(j%2).. of its byte j/2.
@@ -170,6 +186,15 @@ func genX16Q80Act(typ string, n int) {
 			for j := 0; j < 8; j++ {
 				VPDPBUSD_BCST(xm(xq, i, 4*j), wv[j], s0)
 			}
+		}
+		if wt.hasMin() {
+			f, t := ZMM(), ZMM()
+			VCVTDQ2PS(s0, f)
+			VMULPS_BCST(xm(dc, i, q80rD), dw, t) // d_w·d_x
+			VMULPS(t, f, f)
+			min81Step(m128, xm(dc, i, q80rC), xm(dc, i, q80rD), f, true)
+			VADDPS(f, acc[i], acc[i])
+			continue
 		}
 		if typ == "Q40" || typ == "Q50" {
 			c := ZMM()
@@ -218,8 +243,8 @@ func q80NextBlock(name string, xq, dc, bi, cnt GPVirtual) {
 // and returns its name, the size of a group's block and packedBegin's
 // registers.
 func x16Begin(typ, suffix string, n int, see string) (name string, blockBytes int, wp GPVirtual, idx []GPVirtual) {
-	name = map[string]string{"Q80": "q80x16", "Q40": "q40x16", "IQ4NL": "iq4nlx16", "Q50": "q50x16"}[typ] + suffix + fmt.Sprint(n)
-	blockBytes = map[string]int{"Q80": q80x16Block, "Q40": q40x16Block, "IQ4NL": q40x16Block, "Q50": q50x16Block}[typ]
+	name = map[string]string{"Q80": "q80x16", "Q40": "q40x16", "IQ4NL": "iq4nlx16", "Q50": "q50x16", "Q41": "q41x16", "Q51": "q51x16"}[typ] + suffix + fmt.Sprint(n)
+	blockBytes = map[string]int{"Q80": q80x16Block, "Q40": q40x16Block, "IQ4NL": q40x16Block, "Q50": q50x16Block, "Q41": 16 * 20, "Q51": 16 * 24}[typ]
 	wp, idx = packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows %s.", name, typ, n, see), n)
 	return name, blockBytes, wp, idx
 }

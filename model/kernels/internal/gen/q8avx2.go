@@ -9,15 +9,13 @@ import (
 )
 
 // Integer kernels for CPUs with AVX2 but not AVX-512: K-quant (Q2_K to
-// Q6_K), IQ4_XS, Q4_1 and Q5_1 weights times activations quantized to 8
+// Q6_K) and IQ4_XS weights times activations quantized to 8
 // bits (the same quantized blocks as genQ8's), VPMADDUBSW of the weight
 // codes with the activations and VPMADDWD with the sub-block scales, on
 // ymm, in q8Rows' loops. Each block's sum is taken to one float32 step per
 // row exactly as q8BlockScalar and q6BlockScalar take it (the same exact
 // integers, the same multiplies and adds), so these kernels give the bits
-// of the AVX-512 ones and of the plain twin (Q4_1 and Q5_1 take
-// q41Lanes256's and q41Fold's steps at both levels, which the twin
-// reproduces).
+// of the AVX-512 ones and of the plain twin.
 //
 // q8dot256<dtype>N<N> (genQ8AVX2) has genQ8's signature and meaning.
 
@@ -32,17 +30,13 @@ func q8AVX2MaxN(d dtype) int {
 }
 
 // q8AVX2Dtypes are the weight types with AVX2 integer kernels.
-var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K, dIQ4XS, dQ41, dQ51}
+var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K, dIQ4XS}
 
 var (
-	cQ6Perm  [8]Mem // VPERMD: every dword = dword a of the source (the scale pair 2a, 2a+1)
-	cQ6Lane  Mem    // VPSHUFB: word 0 of each dword across the low lane, word 1 across the high
-	cXSLane  Mem    // dwords 0 x4, 4 x4 (VPSRLVD: a lane's low nibbles, then its high)
-	cXSWord  [8]Mem // VPSHUFB: word ib of each lane in every word
-	cQ41Idx  [2]Mem // VPGATHERDD indices: the eight Q4_1 (20-byte) or Q5_1 (24-byte) blocks
-	cQ41DM   Mem    // VPSHUFB: each lane's d words to its low 8 bytes, m words to its high 8
-	cW1Y     Mem    // words 1 (VPMADDWD: pair sums)
-	cQ41Perm Mem    // VPERMD: dwords 0, 4, 8, 12, 2, 6, 10, 14 (genQ8Q41's block order)
+	cQ6Perm [8]Mem // VPERMD: every dword = dword a of the source (the scale pair 2a, 2a+1)
+	cQ6Lane Mem    // VPSHUFB: word 0 of each dword across the low lane, word 1 across the high
+	cXSLane Mem    // dwords 0 x4, 4 x4 (VPSRLVD: a lane's low nibbles, then its high)
+	cXSWord [8]Mem // VPSHUFB: word ib of each lane in every word
 )
 
 func genQ8AVX2Consts() {
@@ -51,16 +45,6 @@ func genQ8AVX2Consts() {
 	}
 	cQ6Lane = data32("q6lane", append(rep(0x01000100, 4), rep(0x03020302, 4)...)...)
 	cXSLane = data32("xslane", 0, 0, 0, 0, 4, 4, 4, 4)
-	for i, bb := range []uint32{20, 24} {
-		var v []uint32
-		for k := uint32(0); k < 8; k++ {
-			v = append(v, k*bb)
-		}
-		cQ41Idx[i] = data32(fmt.Sprintf("q41idx_%d", i), v...)
-	}
-	cQ41DM = data32("q41dm", 0x05040100, 0x0D0C0908, 0x07060302, 0x0F0E0B0A, 0x05040100, 0x0D0C0908, 0x07060302, 0x0F0E0B0A)
-	cW1Y = data32("w1y", rep(0x00010001, 8)...)
-	cQ41Perm = data32("q41perm", append([]uint32{0, 4, 8, 12, 2, 6, 10, 14}, rep(0, 8)...)...)
 	for ib := 0; ib < 8; ib++ {
 		b := uint32(2 * ib)
 		cXSWord[ib] = data32(fmt.Sprintf("xsword_%d", ib), rep(b|(b+1)<<8|b<<16|(b+1)<<24, 8)...)
@@ -91,27 +75,19 @@ func genQ8AVX2(d dtype, N int) {
 		}
 		q8Rows(N, name, bb, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
 			q8RowQ4K256(d, N, rowMem, xMem, c0F, c10, qs, acc)
-		}, nil)
+		})
 	case dQ6K:
 		c30 := YMM()
 		VPBROADCASTD(cB30, c30)
 		q8Rows(N, name, 210, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
 			q8RowQ6K256(N, rowMem, xMem, c0F, c30, acc)
-		}, nil)
-	case dQ41, dQ51:
-		bb := 8 * 20 // eight 32-value blocks per 256 values
-		if d == dQ51 {
-			bb = 8 * 24
-		}
-		q8Rows(N, name, bb, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
-			q8RowQ41256(d, N, rowMem, xMem, c0F, acc)
-		}, func() { q41Fold(false, acc) })
+		})
 	case dIQ4XS:
 		tab := YMM()
 		VMOVDQU(cIQ4Y, tab)
 		q8Rows(N, name, 136, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
 			q8RowIQ4XS256(N, rowMem, xMem, c0F, tab, acc)
-		}, nil)
+		})
 	case dQ3K, dQ2K:
 		c03 := YMM()
 		VPBROADCASTD(cB03, c03)
@@ -121,7 +97,7 @@ func genQ8AVX2(d dtype, N int) {
 		}
 		q8Rows(N, name, bb, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
 			q8RowQ23K256(d, N, rowMem, xMem, c0F, c03, acc)
-		}, nil)
+		})
 	default:
 		panic("genQ8AVX2: " + d.String())
 	}
@@ -449,229 +425,5 @@ func q8RowIQ4XS256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c
 	VCVTPH2PS(dv, dv)
 	for i := 0; i < N; i++ {
 		q6BlockScalar256(isum[i], dv, xMem(i, q8xD), acc[i])
-	}
-}
-
-// q8RowQ41256 adds eight Q4_1 or Q5_1 blocks of a row (256 values) to
-// acc[i]: per block b the exact I_b = Σ q·q_x (the codes, nibbles with
-// Q5_1's fifth bits, in value order in a ymm; VPMADDUBSW, VPMADDWD by 1)
-// and C_b = Σ q_x (the activations' 32-value sums), reduced to one lane
-// per block by a VPHADDD tree; then t_b = float(I_b)·(d_b·d_x) +
-// float(C_b)·(m_b·d_x) with the blocks' d and m gathered, added to lane
-// b of acc[i] (q41Lanes256; q41Fold adds the lanes when the row ends; the
-// plain twin, dotQ8Ref, takes the same steps).
-func q8RowQ41256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F VecVirtual, acc []VecVirtual) {
-	bb, qs, which := 20, 4, 0
-	if d == dQ51 {
-		bb, qs, which = 24, 8, 1
-	}
-	ones := YMM()
-	VMOVDQU(cW1Y, ones)
-	a := make([][4]VecVirtual, N) // a[i][p]: VPHADDD of blocks 2p, 2p+1
-	b := make([][2]VecVirtual, N) // b[i][h]: blocks 4h..4h+3, one dword per lane half
-	var prev []VecVirtual
-	for k := 0; k < 8; k++ {
-		q := YMM()
-		VBROADCASTI128(rowMem(bb*k+qs), q)
-		VPSRLVD(cXSLane, q, q)
-		VPAND(c0F, q, q)
-		if d == dQ51 {
-			q5BitsY(rowMem(bb*k+4), q)
-		}
-		cur := make([]VecVirtual, N)
-		for i := 0; i < N; i++ {
-			v := YMM()
-			VPMADDUBSW(xMem(i, 32*k), q, v)
-			VPMADDWD(ones, v, v)
-			cur[i] = v
-			if k%2 == 1 {
-				a[i][k/2] = YMM()
-				VPHADDD(v, prev[i], a[i][k/2])
-			}
-			if k%4 == 3 {
-				b[i][k/4] = YMM()
-				VPHADDD(a[i][k/2], a[i][k/2-1], b[i][k/4])
-			}
-		}
-		prev = cur
-	}
-	df, mf := q41DM(false, which, rowMem)
-	for i := 0; i < N; i++ {
-		// I: lane b = block b's sum (the two lane halves of b[i] added).
-		lo, hi := XMM(), XMM()
-		VEXTRACTI128(U8(1), b[i][0], hi)
-		VPADDD(hi, b[i][0].AsX(), lo)
-		I := YMM()
-		VEXTRACTI128(U8(1), b[i][1], hi)
-		VPADDD(hi, b[i][1].AsX(), hi)
-		VINSERTI128(U8(1), hi, lo.AsY(), I)
-		C := YMM()
-		VPMOVSXWD(xMem(i, q8xBsum32), C)
-		q41Lanes256(I, C, df, mf, xMem(i, q8xD), acc[i])
-	}
-}
-
-// q41DM gathers the d and m (f16) of a row's eight Q4_1 (which 0) or Q5_1
-// (which 1) blocks of rowMem(0).. and widens them: df lane b = d_b, mf lane
-// b = m_b. With evex the EVEX forms (the AVX-512 kernels' 32 registers).
-func q41DM(evex bool, which int, rowMem func(off int) Mem) (df, mf VecVirtual) {
-	// The dwords (d | m<<16), then the d's in one xmm, the m's in another.
-	dm := YMM()
-	if evex {
-		idx, k := YMM(), K()
-		VMOVDQU32(cQ41Idx[which], idx)
-		KXNORW(k, k, k)
-		VPXORD(dm, dm, dm)
-		VPGATHERDD(rowMem(0).Idx(idx, 1), k, dm)
-	} else {
-		mask, idx := YMM(), YMM()
-		VMOVDQU(cQ41Idx[which], idx)
-		VPCMPEQD(mask, mask, mask)
-		VPXOR(dm, dm, dm)
-		VPGATHERDD(mask, rowMem(0).Idx(idx, 1), dm)
-	}
-	VPSHUFB(cQ41DM, dm, dm)
-	VPERMQ(U8(0xD8), dm, dm) // qwords 0, 2, 1, 3: the 8 d, then the 8 m
-	df, mf = YMM(), YMM()
-	t := XMM()
-	VCVTPH2PS(dm.AsX(), df)
-	if evex {
-		VEXTRACTI32X4(U8(1), dm, t)
-	} else {
-		VEXTRACTI128(U8(1), dm, t)
-	}
-	VCVTPH2PS(t, mf)
-	return df, mf
-}
-
-// q41Lanes256 adds t_b = float(I_b)·(d_b·d_x) + float(C_b)·(m_b·d_x) to
-// lane b of acc (eight float32 lanes, one per 32-value block of the 256),
-// each product and sum rounded on its own (no FMA). I and C are clobbered.
-// q41Fold adds the lanes when the row ends.
-func q41Lanes256(I, C, df, mf VecVirtual, dx Mem, acc VecVirtual) {
-	x := YMM()
-	VBROADCASTSS(dx, x)
-	dd, md := YMM(), YMM()
-	VMULPS(x, df, dd) // d_b·d_x
-	VMULPS(x, mf, md) // m_b·d_x
-	VCVTDQ2PS(I, I)
-	VMULPS(dd, I, I)
-	VCVTDQ2PS(C, C)
-	VMULPS(md, C, C)
-	VADDPS(C, I, I)
-	VADDPS(I, acc, acc)
-}
-
-// q41Fold adds the eight lanes of each acc (q41Lanes256's) into its low
-// lane as ((a0+a4)+(a2+a6))+((a1+a5)+(a3+a7)), the order dotQ8Ref takes.
-// evex as hfoldY's.
-func q41Fold(evex bool, acc []VecVirtual) {
-	for _, a := range acc {
-		h := XMM()
-		hfoldY(evex, a, h, VADDPS, VADDSS)
-	}
-}
-
-// genQ8Q41 emits q8dot512<Q41|Q51>N<N>, genQ8's kernel for Q4_1 and Q5_1
-// weights on AVX-512 BW: the AVX2 kernels' sums (q8RowQ41256) on zmm, two
-// 32-value blocks per register, and the same float32 steps
-// (q41Lanes256, q41Fold), so the bits of dotQ8Ref at every level. No VNNI:
-// VPMADDUBSW and VPMADDWD by ones take each block's codes to dwords in
-// two steps, as VPDPBUSD into a zeroed register would, so one kernel
-// serves CPUs with VNNI and without.
-func genQ8Q41(d dtype, N int) {
-	name := fmt.Sprintf("q8dot512%sN%d", d, N)
-	TEXT(name, NOSPLIT, q8Sig)
-	Doc(fmt.Sprintf("%s computes %d-input dot products of %s weights with 8-bit activations on AVX-512 BW (see genQ8Q41).", name, N, d))
-	bb := 8 * 20 // eight 32-value blocks per 256 values
-	if d == dQ51 {
-		bb = 8 * 24
-	}
-	ws := ld("wstride")
-	wq := ld("w")
-	oq := ld("out")
-	c := q41Consts512{c0F: ZMM(), ones: ZMM(), sh: ZMM(), perm: ZMM()}
-	VPBROADCASTD(cB0F, c.c0F)
-	VPBROADCASTD(cW1, c.ones)
-	VBROADCASTI64X4(cXSLane, c.sh)
-	VMOVDQU64(cQ41Perm, c.perm)
-	if d == dQ51 {
-		c.c10 = ZMM()
-		VPBROADCASTD(cB10, c.c10)
-	}
-	acc := make([]VecVirtual, N) // per input row, a lane per block position
-	for i := range acc {
-		acc[i] = YMM()
-	}
-	q8Rows(N, name, bb, ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
-		q8RowQ41512(d, N, rowMem, xMem, c, acc)
-	}, func() { q41Fold(true, acc) })
-	VZEROUPPER()
-	RET()
-}
-
-// q41Consts512 are genQ8Q41's constants, loaded once per call.
-type q41Consts512 struct {
-	c0F, ones, sh, perm VecVirtual // 0x0F bytes, 1 words, cXSLane in both halves, cQ41Perm
-	c10                 VecVirtual // 0x10 bytes (Q5_1's fifth bits)
-}
-
-// q8RowQ41512 is q8RowQ41256 on zmm: blocks 2p and 2p+1's codes in one
-// register (values in order, 16-byte lanes: block 2p's low nibbles, its
-// high nibbles, then block 2p+1's), Q5_1's fifth bits added as 16 under a
-// mask read straight from qh (KMOVD, KUNPCKDQ), VPMADDUBSW with the
-// activations and VPMADDWD by ones; the four registers' dwords reduced to
-// one lane per block (VSHUFI32X4 pairs of lanes, then within the lanes,
-// VPERMD to block order), and q41Lanes256's float32 steps.
-func q8RowQ41512(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c q41Consts512, acc []VecVirtual) {
-	bb, qs, which := 20, 4, 0
-	if d == dQ51 {
-		bb, qs, which = 24, 8, 1
-	}
-	v := make([][4]VecVirtual, N) // v[i][p]: blocks 2p, 2p+1, 8 dwords each
-	for p := 0; p < 4; p++ {
-		q, t := ZMM(), YMM()
-		VBROADCASTI32X4(rowMem(bb*2*p+qs), q)
-		VBROADCASTI32X4(rowMem(bb*(2*p+1)+qs), t)
-		VINSERTI64X4(U8(1), t, q, q)
-		VPSRLVD(c.sh, q, q)
-		VPANDD(c.c0F, q, q)
-		if d == dQ51 {
-			lo, hi, k := K(), K(), K()
-			KMOVD(rowMem(bb*2*p+4), lo)
-			KMOVD(rowMem(bb*(2*p+1)+4), hi)
-			KUNPCKDQ(lo, hi, k) // Go order: k = hi<<32 | lo
-			VPADDB(c.c10, q, k, q)
-		}
-		for i := 0; i < N; i++ {
-			s := ZMM()
-			VPMADDUBSW(xMem(i, 64*p), q, s)
-			VPMADDWD(c.ones, s, s)
-			v[i][p] = s
-		}
-	}
-	df, mf := q41DM(true, which, rowMem)
-	for i := 0; i < N; i++ {
-		// Lane pairs: s[h] lane j = block 4h+j's two halves added.
-		var s [2]VecVirtual
-		for h := 0; h < 2; h++ {
-			a, b := ZMM(), ZMM()
-			VSHUFI32X4(U8(0x88), v[i][2*h+1], v[i][2*h], a) // lanes 0, 2 of each
-			VSHUFI32X4(U8(0xDD), v[i][2*h+1], v[i][2*h], b) // lanes 1, 3
-			VPADDD(b, a, a)
-			s[h] = a
-		}
-		// Within the lanes: dword 0 of lane j = block j, dword 2 = block j+4.
-		u, w := ZMM(), ZMM()
-		VPUNPCKLQDQ(s[1], s[0], u)
-		VPUNPCKHQDQ(s[1], s[0], w)
-		VPADDD(w, u, u)
-		VPSHUFD(U8(0xB1), u, w)
-		VPADDD(w, u, u)
-		I := ZMM()
-		VPERMD(u, c.perm, I)
-		C := YMM()
-		VPMOVSXWD(xMem(i, q8xBsum32), C)
-		q41Lanes256(I.AsY().(VecVirtual), C, df, mf, xMem(i, q8xD), acc[i])
 	}
 }
