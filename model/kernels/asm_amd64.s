@@ -1580,6 +1580,16 @@ DATA q80zip1<>+56(SB)/4, $0x0000000f
 DATA q80zip1<>+60(SB)/4, $0x0000001f
 GLOBL q80zip1<>(SB), RODATA|NOPTR, $64
 
+DATA q41dm<>+0(SB)/4, $0x05040100
+DATA q41dm<>+4(SB)/4, $0x0d0c0908
+DATA q41dm<>+8(SB)/4, $0x07060302
+DATA q41dm<>+12(SB)/4, $0x0f0e0b0a
+DATA q41dm<>+16(SB)/4, $0x05040100
+DATA q41dm<>+20(SB)/4, $0x0d0c0908
+DATA q41dm<>+24(SB)/4, $0x07060302
+DATA q41dm<>+28(SB)/4, $0x0f0e0b0a
+GLOBL q41dm<>(SB), RODATA|NOPTR, $32
+
 DATA iota8<>+0(SB)/4, $0x00000000
 DATA iota8<>+4(SB)/4, $0x00000001
 DATA iota8<>+8(SB)/4, $0x00000002
@@ -108037,6 +108047,116 @@ q41rows256_row:
 	XORQ   R9, R9
 	VXORPS X1, X1, X1
 
+q41rows256_g8:
+	CMPQ         R8, $0x08
+	JL           q41rows256_tail
+	VMOVDQU      4(BX), X3
+	VPSRLW       $0x04, X3, X2
+	VINSERTI128  $0x01, X2, Y3, Y2
+	VPAND        b0fy<>+0(SB), Y2, Y2
+	VPMADDUBSW   (SI), Y2, Y2
+	VPMADDWD     Y0, Y2, Y2
+	VMOVDQU      24(BX), X3
+	VPSRLW       $0x04, X3, X4
+	VINSERTI128  $0x01, X4, Y3, Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPMADDUBSW   32(SI), Y4, Y4
+	VPMADDWD     Y0, Y4, Y4
+	VPHADDD      Y4, Y2, Y2
+	VMOVDQU      44(BX), X3
+	VPSRLW       $0x04, X3, X4
+	VINSERTI128  $0x01, X4, Y3, Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPMADDUBSW   64(SI), Y4, Y4
+	VPMADDWD     Y0, Y4, Y4
+	VMOVDQU      64(BX), X3
+	VPSRLW       $0x04, X3, X5
+	VINSERTI128  $0x01, X5, Y3, Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPMADDUBSW   96(SI), Y5, Y5
+	VPMADDWD     Y0, Y5, Y5
+	VPHADDD      Y5, Y4, Y4
+	VPHADDD      Y4, Y2, Y2
+	VMOVDQU      84(BX), X3
+	VPSRLW       $0x04, X3, X4
+	VINSERTI128  $0x01, X4, Y3, Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPMADDUBSW   128(SI), Y4, Y4
+	VPMADDWD     Y0, Y4, Y4
+	VMOVDQU      104(BX), X3
+	VPSRLW       $0x04, X3, X5
+	VINSERTI128  $0x01, X5, Y3, Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPMADDUBSW   160(SI), Y5, Y5
+	VPMADDWD     Y0, Y5, Y5
+	VPHADDD      Y5, Y4, Y4
+	VMOVDQU      124(BX), X3
+	VPSRLW       $0x04, X3, X5
+	VINSERTI128  $0x01, X5, Y3, Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPMADDUBSW   192(SI), Y5, Y5
+	VPMADDWD     Y0, Y5, Y5
+	VMOVDQU      144(BX), X3
+	VPSRLW       $0x04, X3, X6
+	VINSERTI128  $0x01, X6, Y3, Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPMADDUBSW   224(SI), Y6, Y6
+	VPMADDWD     Y0, Y6, Y6
+	VPHADDD      Y6, Y5, Y5
+	VPHADDD      Y5, Y4, Y4
+	VPERM2I128   $0x20, Y4, Y2, Y5
+	VPERM2I128   $0x31, Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      q41gath<>+0(SB), Y6
+	VPCMPEQD     Y2, Y2, Y2
+	VPXOR        Y4, Y4, Y4
+	VPGATHERDD   Y2, (BX)(Y6*1), Y4
+	VPSHUFB      q41dm<>+0(SB), Y4, Y4
+	VPERMQ       $0xd8, Y4, Y4
+	VCVTPH2PS    X4, Y2
+	VEXTRACTI128 $0x01, Y4, X3
+	VCVTPH2PS    X3, Y4
+	VMULPS       512(DI), Y2, Y2
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y2, Y5, Y5
+	VCVTDQ2PS    576(DI), Y2
+	VMULPS       512(DI), Y2, Y2
+	VMULPS       f128<>+0(SB), Y4, Y4
+	VMULPS       Y2, Y4, Y2
+	VADDPS       Y2, Y5, Y5
+	VADDSS       X5, X1, X1
+	VPERMILPS    $0x01, X5, X2
+	VADDSS       X2, X1, X1
+	VPERMILPS    $0x02, X5, X2
+	VADDSS       X2, X1, X1
+	VPERMILPS    $0x03, X5, X2
+	VADDSS       X2, X1, X1
+	VEXTRACTF128 $0x01, Y5, X2
+	VADDSS       X2, X1, X1
+	VPERMILPS    $0x01, X2, X3
+	VADDSS       X3, X1, X1
+	VPERMILPS    $0x02, X2, X3
+	VADDSS       X3, X1, X1
+	VPERMILPS    $0x03, X2, X2
+	VADDSS       X2, X1, X1
+	ADDQ         $0x000000a0, BX
+	ADDQ         $0x00000100, SI
+	ADDQ         $0x20, DI
+	ADDQ         $0x08, R9
+	CMPQ         R9, $0x10
+	JNE          q41rows256_g8next
+	ADDQ         $0x00000080, SI
+	ADDQ         $0x00000240, DI
+	XORQ         R9, R9
+
+q41rows256_g8next:
+	SUBQ $0x08, R8
+	JMP  q41rows256_g8
+
+q41rows256_tail:
+	TESTQ R8, R8
+	JZ    q41rows256_done
+
 q41rows256_blk:
 	VMOVDQU      4(BX), X3
 	VPSRLW       $0x04, X3, X2
@@ -108077,8 +108197,10 @@ q41rows256_blk:
 	XORQ         R9, R9
 
 q41rows256_next:
-	DECQ   R8
-	JNZ    q41rows256_blk
+	DECQ R8
+	JNZ  q41rows256_blk
+
+q41rows256_done:
 	VMOVSS X1, (DX)
 	ADDQ   $0x04, DX
 	ADDQ   CX, AX
@@ -108102,6 +108224,172 @@ q51rows256_row:
 	MOVQ   nblocks+32(FP), R8
 	XORQ   R9, R9
 	VXORPS X1, X1, X1
+
+q51rows256_g8:
+	CMPQ         R8, $0x08
+	JL           q51rows256_tail
+	VMOVDQU      8(BX), X3
+	VPSRLW       $0x04, X3, X2
+	VINSERTI128  $0x01, X2, Y3, Y2
+	VPAND        b0fy<>+0(SB), Y2, Y2
+	VPBROADCASTD 4(BX), Y4
+	VPSHUFB      q5spread<>+0(SB), Y4, Y4
+	VMOVDQU      q5bits<>+0(SB), Y5
+	VPAND        Y5, Y4, Y4
+	VPCMPEQB     Y5, Y4, Y4
+	VPAND        b10y<>+0(SB), Y4, Y4
+	VPOR         Y4, Y2, Y2
+	VPMADDUBSW   (SI), Y2, Y2
+	VPMADDWD     Y0, Y2, Y2
+	VMOVDQU      32(BX), X3
+	VPSRLW       $0x04, X3, X4
+	VINSERTI128  $0x01, X4, Y3, Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPBROADCASTD 28(BX), Y5
+	VPSHUFB      q5spread<>+0(SB), Y5, Y5
+	VMOVDQU      q5bits<>+0(SB), Y6
+	VPAND        Y6, Y5, Y5
+	VPCMPEQB     Y6, Y5, Y5
+	VPAND        b10y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPMADDUBSW   32(SI), Y4, Y4
+	VPMADDWD     Y0, Y4, Y4
+	VPHADDD      Y4, Y2, Y2
+	VMOVDQU      56(BX), X3
+	VPSRLW       $0x04, X3, X4
+	VINSERTI128  $0x01, X4, Y3, Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPBROADCASTD 52(BX), Y5
+	VPSHUFB      q5spread<>+0(SB), Y5, Y5
+	VMOVDQU      q5bits<>+0(SB), Y6
+	VPAND        Y6, Y5, Y5
+	VPCMPEQB     Y6, Y5, Y5
+	VPAND        b10y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPMADDUBSW   64(SI), Y4, Y4
+	VPMADDWD     Y0, Y4, Y4
+	VMOVDQU      80(BX), X3
+	VPSRLW       $0x04, X3, X5
+	VINSERTI128  $0x01, X5, Y3, Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 76(BX), Y6
+	VPSHUFB      q5spread<>+0(SB), Y6, Y6
+	VMOVDQU      q5bits<>+0(SB), Y7
+	VPAND        Y7, Y6, Y6
+	VPCMPEQB     Y7, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y5, Y5
+	VPMADDUBSW   96(SI), Y5, Y5
+	VPMADDWD     Y0, Y5, Y5
+	VPHADDD      Y5, Y4, Y4
+	VPHADDD      Y4, Y2, Y2
+	VMOVDQU      104(BX), X3
+	VPSRLW       $0x04, X3, X4
+	VINSERTI128  $0x01, X4, Y3, Y4
+	VPAND        b0fy<>+0(SB), Y4, Y4
+	VPBROADCASTD 100(BX), Y5
+	VPSHUFB      q5spread<>+0(SB), Y5, Y5
+	VMOVDQU      q5bits<>+0(SB), Y6
+	VPAND        Y6, Y5, Y5
+	VPCMPEQB     Y6, Y5, Y5
+	VPAND        b10y<>+0(SB), Y5, Y5
+	VPOR         Y5, Y4, Y4
+	VPMADDUBSW   128(SI), Y4, Y4
+	VPMADDWD     Y0, Y4, Y4
+	VMOVDQU      128(BX), X3
+	VPSRLW       $0x04, X3, X5
+	VINSERTI128  $0x01, X5, Y3, Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 124(BX), Y6
+	VPSHUFB      q5spread<>+0(SB), Y6, Y6
+	VMOVDQU      q5bits<>+0(SB), Y7
+	VPAND        Y7, Y6, Y6
+	VPCMPEQB     Y7, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y5, Y5
+	VPMADDUBSW   160(SI), Y5, Y5
+	VPMADDWD     Y0, Y5, Y5
+	VPHADDD      Y5, Y4, Y4
+	VMOVDQU      152(BX), X3
+	VPSRLW       $0x04, X3, X5
+	VINSERTI128  $0x01, X5, Y3, Y5
+	VPAND        b0fy<>+0(SB), Y5, Y5
+	VPBROADCASTD 148(BX), Y6
+	VPSHUFB      q5spread<>+0(SB), Y6, Y6
+	VMOVDQU      q5bits<>+0(SB), Y7
+	VPAND        Y7, Y6, Y6
+	VPCMPEQB     Y7, Y6, Y6
+	VPAND        b10y<>+0(SB), Y6, Y6
+	VPOR         Y6, Y5, Y5
+	VPMADDUBSW   192(SI), Y5, Y5
+	VPMADDWD     Y0, Y5, Y5
+	VMOVDQU      176(BX), X3
+	VPSRLW       $0x04, X3, X6
+	VINSERTI128  $0x01, X6, Y3, Y6
+	VPAND        b0fy<>+0(SB), Y6, Y6
+	VPBROADCASTD 172(BX), Y7
+	VPSHUFB      q5spread<>+0(SB), Y7, Y7
+	VMOVDQU      q5bits<>+0(SB), Y8
+	VPAND        Y8, Y7, Y7
+	VPCMPEQB     Y8, Y7, Y7
+	VPAND        b10y<>+0(SB), Y7, Y7
+	VPOR         Y7, Y6, Y6
+	VPMADDUBSW   224(SI), Y6, Y6
+	VPMADDWD     Y0, Y6, Y6
+	VPHADDD      Y6, Y5, Y5
+	VPHADDD      Y5, Y4, Y4
+	VPERM2I128   $0x20, Y4, Y2, Y5
+	VPERM2I128   $0x31, Y4, Y2, Y2
+	VPADDD       Y2, Y5, Y5
+	VMOVDQU      q51gath<>+0(SB), Y6
+	VPCMPEQD     Y2, Y2, Y2
+	VPXOR        Y4, Y4, Y4
+	VPGATHERDD   Y2, (BX)(Y6*1), Y4
+	VPSHUFB      q41dm<>+0(SB), Y4, Y4
+	VPERMQ       $0xd8, Y4, Y4
+	VCVTPH2PS    X4, Y2
+	VEXTRACTI128 $0x01, Y4, X3
+	VCVTPH2PS    X3, Y4
+	VMULPS       512(DI), Y2, Y2
+	VCVTDQ2PS    Y5, Y5
+	VMULPS       Y2, Y5, Y5
+	VCVTDQ2PS    576(DI), Y2
+	VMULPS       512(DI), Y2, Y2
+	VMULPS       f128<>+0(SB), Y4, Y4
+	VMULPS       Y2, Y4, Y2
+	VADDPS       Y2, Y5, Y5
+	VADDSS       X5, X1, X1
+	VPERMILPS    $0x01, X5, X2
+	VADDSS       X2, X1, X1
+	VPERMILPS    $0x02, X5, X2
+	VADDSS       X2, X1, X1
+	VPERMILPS    $0x03, X5, X2
+	VADDSS       X2, X1, X1
+	VEXTRACTF128 $0x01, Y5, X2
+	VADDSS       X2, X1, X1
+	VPERMILPS    $0x01, X2, X3
+	VADDSS       X3, X1, X1
+	VPERMILPS    $0x02, X2, X3
+	VADDSS       X3, X1, X1
+	VPERMILPS    $0x03, X2, X2
+	VADDSS       X2, X1, X1
+	ADDQ         $0x000000c0, BX
+	ADDQ         $0x00000100, SI
+	ADDQ         $0x20, DI
+	ADDQ         $0x08, R9
+	CMPQ         R9, $0x10
+	JNE          q51rows256_g8next
+	ADDQ         $0x00000080, SI
+	ADDQ         $0x00000240, DI
+	XORQ         R9, R9
+
+q51rows256_g8next:
+	SUBQ $0x08, R8
+	JMP  q51rows256_g8
+
+q51rows256_tail:
+	TESTQ R8, R8
+	JZ    q51rows256_done
 
 q51rows256_blk:
 	VMOVDQU      8(BX), X3
@@ -108150,8 +108438,10 @@ q51rows256_blk:
 	XORQ         R9, R9
 
 q51rows256_next:
-	DECQ   R8
-	JNZ    q51rows256_blk
+	DECQ R8
+	JNZ  q51rows256_blk
+
+q51rows256_done:
 	VMOVSS X1, (DX)
 	ADDQ   $0x04, DX
 	ADDQ   CX, AX

@@ -305,7 +305,7 @@ var q80DTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_0, tensor.Q5_0, tensor.IQ4
 func testMatMulQ80(t *testing.T, dt tensor.DType) {
 	rng := rand.New(rand.NewPCG(22, 22))
 	for _, rows := range []int{1, 5, 6, 13, 64, 301} {
-		for _, cols := range []int{32, 96, 1536} {
+		for _, cols := range []int{32, 96, 352, 1536} {
 			w := randMatrix(rng, dt, rows, cols)
 			for _, n := range []int{1, 2, 3, q80MinRows - 1, q80MinRows, 16, 17, 40} {
 				x := randVec(rng, n*cols)

@@ -279,6 +279,9 @@ func genRows256(typ string) {
 	XORQ(bi, bi)
 	acc := XMM()
 	VXORPS(acc, acc, acc)
+	if wt.hasMin() {
+		rows256Min8(wt, name, w0, xq, dc, bi, cnt, ones, acc)
+	}
 	Label(name + "_blk")
 	q, s := YMM(), YMM()
 	if typ == "Q80" {
@@ -348,6 +351,7 @@ func genRows256(typ string) {
 	VADDSS(t, acc, acc)
 	ADDQ(U8(bb), w0)
 	q80NextBlock(name, xq, dc, bi, cnt)
+	Label(name + "_done")
 	VMOVSS(acc, Mem{Base: oq})
 	ADDQ(U8(4), oq)
 	ADDQ(ws, wq)
@@ -358,6 +362,7 @@ func genRows256(typ string) {
 }
 
 var (
+	cQ41DM   Mem // VPSHUFB: each lane's d words to its low 8 bytes, m words to its high 8
 	cIota8   Mem // dwords 0..7
 	cPickW0  Mem // VPSHUFB: word 0 of each dword to the low 8 bytes of each lane
 	cExpF32  Mem // dword 0x7F800000: a float32's exponent bits
@@ -365,6 +370,7 @@ var (
 )
 
 func genQ80AVX2Consts() {
+	cQ41DM = data32("q41dm", 0x05040100, 0x0D0C0908, 0x07060302, 0x0F0E0B0A, 0x05040100, 0x0D0C0908, 0x07060302, 0x0F0E0B0A)
 	cIota8 = data32("iota8", 0, 1, 2, 3, 4, 5, 6, 7)
 	cExpF32 = data32("expf32", 0x7F800000)
 	cPackOrd = data32("packord", 0, 4, 1, 5, 2, 6, 3, 7)
@@ -984,4 +990,109 @@ func q5BitsY(qh Mem, q VecVirtual) {
 	VPCMPEQB(m, t, t)
 	VPAND(cB10Y, t, t)
 	VPOR(t, q, q)
+}
+
+// rows256Min8 emits q41rows256's and q51rows256's main loop: eight blocks
+// of the row per step while eight are left (a tile holds two such steps),
+// then on to the one-block loop (name_blk) for the rest, or to name_done.
+// The eight blocks' int32 sums are reduced together (VPHADDD, then the
+// lanes added), their d and m gathered, and the float32 steps of
+// dotQ81Ref taken for the eight at once (lane = block); the eight results
+// are then added to acc one by one in block order, so the bits are the
+// one-block loop's.
+func rows256Min8(wt q80W, name string, w0, xq, dc, bi, cnt GPVirtual, ones, acc VecVirtual) {
+	bb := wt.blockBytes()
+	qs := map[string]int{"Q41": 4, "Q51": 8}[wt.typ]
+	Label(name + "_g8")
+	CMPQ(cnt, U8(8))
+	JL(LabelRef(name + "_tail"))
+	var h [2]VecVirtual // blocks 0-3 and 4-7: [b0..b3 low lanes' sums | high lanes']
+	for half := 0; half < 2; half++ {
+		var pair [2]VecVirtual
+		for k := 0; k < 4; k++ {
+			b := 4*half + k
+			q, lo, hi := YMM(), XMM(), XMM()
+			VMOVDQU(Mem{Base: w0, Disp: b*bb + qs}, lo)
+			VPSRLW(U8(4), lo, hi)
+			VINSERTI128(U8(1), hi, lo.AsY(), q)
+			VPAND(cB0FY, q, q)
+			if wt.q5() {
+				q5BitsY(Mem{Base: w0, Disp: b*bb + wt.qhOff()}, q)
+			}
+			VPMADDUBSW(Mem{Base: xq, Disp: 32 * b}, q, q)
+			VPMADDWD(ones, q, q)
+			if k%2 == 0 {
+				pair[0] = q
+				continue
+			}
+			p := YMM()
+			VPHADDD(q, pair[0], p)
+			if k == 1 {
+				pair[1] = p
+				continue
+			}
+			h[half] = YMM()
+			VPHADDD(p, pair[1], h[half])
+		}
+	}
+	sum, t := YMM(), YMM()
+	VPERM2I128(U8(0x20), h[1], h[0], sum)
+	VPERM2I128(U8(0x31), h[1], h[0], t)
+	VPADDD(t, sum, sum) // lane b: block b's Σq·q_x
+	// The eight blocks' d and m (the dwords d | m<<16 at each block's
+	// start), as eight float32 each.
+	mask, idx, dm := YMM(), YMM(), YMM()
+	VMOVDQU(map[string]Mem{"Q41": cQ41Gath, "Q51": cQ51Gath}[wt.typ], idx)
+	VPCMPEQD(mask, mask, mask)
+	VPXOR(dm, dm, dm)
+	VPGATHERDD(mask, Mem{Base: w0, Index: idx, Scale: 1}, dm)
+	VPSHUFB(cQ41DM, dm, dm)
+	VPERMQ(U8(0xD8), dm, dm) // qwords 0, 2, 1, 3: the 8 d, then the 8 m
+	dw, mw, mx := YMM(), YMM(), XMM()
+	VCVTPH2PS(dm.AsX(), dw)
+	VEXTRACTI128(U8(1), dm, mx)
+	VCVTPH2PS(mx, mw)
+	// v = float(I)·(d_x·d_w) + (m·(1/128))·(float(C)·d_x), lane = block.
+	f := YMM()
+	VMULPS(Mem{Base: dc, Disp: q80rD}, dw, dw)
+	VCVTDQ2PS(sum, f)
+	VMULPS(dw, f, f)
+	VCVTDQ2PS(Mem{Base: dc, Disp: q80rC}, t)
+	VMULPS(Mem{Base: dc, Disp: q80rD}, t, t)
+	VMULPS(cF128, mw, mw)
+	VMULPS(t, mw, t)
+	VADDPS(t, f, f)
+	// acc += v_0, ..., v_7 in order.
+	e := XMM()
+	for b := 0; b < 8; b++ {
+		src := f.AsX()
+		if b == 4 {
+			VEXTRACTF128(U8(1), f, e)
+		}
+		if b >= 4 {
+			src = e
+		}
+		if b%4 == 0 {
+			VADDSS(src, acc, acc)
+			continue
+		}
+		x := XMM()
+		VPERMILPS(U8(b%4), src, x)
+		VADDSS(x, acc, acc)
+	}
+	ADDQ(U32(8*bb), w0)
+	ADDQ(U32(256), xq)
+	ADDQ(U8(32), dc)
+	ADDQ(U8(8), bi)
+	CMPQ(bi, U8(16))
+	JNE(LabelRef(name + "_g8next"))
+	ADDQ(U32(q80rTile-512), xq)
+	ADDQ(U32(q80rTile-64), dc)
+	XORQ(bi, bi)
+	Label(name + "_g8next")
+	SUBQ(U8(8), cnt)
+	JMP(LabelRef(name + "_g8"))
+	Label(name + "_tail")
+	TESTQ(cnt, cnt)
+	JZ(LabelRef(name + "_done"))
 }
