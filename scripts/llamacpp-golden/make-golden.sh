@@ -252,8 +252,8 @@ write_direct_ref "$G" "$WORK/logits-h256.json" "Q4_K and Q6_K weights, not dequa
 #    Q8_K for these weights, as Switchyard's integer kernels do). Then to
 #    Q4_1 (ftype 3) and Q5_1 (9), with the pure parameter (llama.cpp's mixes
 #    put the LM head in Q6_K): for these llama.cpp quantizes the activations
-#    to q8_1 (8 bits per 32 values), where Switchyard's integer kernels take
-#    the K-quants' Q8_K blocks (per 256 values, with their 32-value sums).
+#    to q8_1 (8 bits per 32 values, with the block's sum), as Switchyard's
+#    integer kernels for them do (the Q8_0 family's activations).
 for LB in "12 q3_k_m" "10 q2_k" "30 iq4_xs" "3 q4_1 pure" "9 q5_1 pure"; do
   set -- $LB
   L=model/gguf/testdata/granite-h256-$2
