@@ -224,18 +224,31 @@ func genX16Q80Act(typ string, n int) {
 // d_x and 128·Σq_x, bi counting the blocks of the tile, into the next tile
 // after 16; then loops to name_blk while cnt blocks are left.
 func q80NextBlock(name string, xq, dc, bi, cnt GPVirtual) {
-	ADDQ(U8(32), xq)
-	ADDQ(U8(4), dc)
-	INCQ(bi)
+	q80Advance(xq, dc, bi, 1, name+"_next")
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+}
+
+// q80Advance moves xq, dc and bi (as q80NextBlock) on by k blocks (1, or
+// a divisor of 16 that keeps a step within a tile), into the next tile
+// when bi reaches 16; label is emitted after.
+func q80Advance(xq, dc, bi GPVirtual, k int, label string) {
+	if k == 1 {
+		ADDQ(U8(32), xq)
+		ADDQ(U8(4), dc)
+		INCQ(bi)
+	} else {
+		ADDQ(U32(32*k), xq)
+		ADDQ(U8(4*k), dc)
+		ADDQ(U8(k), bi)
+	}
 	CMPQ(bi, U8(16))
-	JNE(LabelRef(name + "_next"))
+	JNE(LabelRef(label))
 	// Next tile: q moved 512 bytes into the tile, d/c 64.
 	ADDQ(U32(q80rTile-512), xq)
 	ADDQ(U32(q80rTile-64), dc)
 	XORQ(bi, bi)
-	Label(name + "_next")
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
+	Label(label)
 }
 
 // x16Begin emits the TEXT of the Q8_0 family's packed kernel of type typ
