@@ -23,9 +23,10 @@ func randBF16(rng *rand.Rand, rows, cols int) tensor.Matrix {
 }
 
 // ComputeExperts gives the same bits on one thread (each product split
-// across the pool) and on several (whole experts in parallel at decode
-// sizes), for row sums, per-pair outputs and the bf16-wire rounding, and
-// agrees with a plain float64 evaluation.
+// across the pool) and on several (whole experts in parallel, in one group
+// or several, or each product split when one expert holds most rows), for
+// row sums, per-pair outputs and the bf16-wire rounding, and agrees with a
+// plain float64 evaluation.
 func TestComputeExpertsThreadsAndForms(t *testing.T) {
 	const nExp, h, inter, topK = 8, 64, 32, 3
 	rng := rand.New(rand.NewPCG(3, 4))
@@ -33,7 +34,25 @@ func TestComputeExpertsThreadsAndForms(t *testing.T) {
 	for e := range experts {
 		experts[e] = ExpertWeights{Gate: randBF16(rng, inter, h), Up: randBF16(rng, inter, h), Down: randBF16(rng, h, inter)}
 	}
-	for _, rows := range []int{1, 3, 7, 40} { // 40 rows: over expertParallelMaxRows per expert
+	prevGroup := expertGroupBytes
+	defer func() { expertGroupBytes = prevGroup }()
+	cases := []struct {
+		rows       int
+		groupPairs int  // expertGroupBytes in pairs (0: the default)
+		skewed     bool // every row's first slot on expert 0
+		threads    int  // the several threads (0: 2)
+	}{
+		{rows: 1}, {rows: 3}, {rows: 7},
+		{rows: 40},                           // over expertParallelMaxRows per expert: in parallel, one group
+		{rows: 40, groupPairs: 20},           // several groups
+		{rows: 40, skewed: true, threads: 4}, // expert 0 holds more than a thread's share: split products
+	}
+	for _, tc := range cases {
+		rows := tc.rows
+		expertGroupBytes = prevGroup
+		if tc.groupPairs > 0 {
+			expertGroupBytes = tc.groupPairs * 4 * (2*h + 2*inter)
+		}
 		req := func() *ExpertRequest {
 			r := &ExpertRequest{Rows: rows, Hidden: h, TopK: topK, X: make([]float32, rows*h), Experts: make([]int32, rows*topK),
 				Weights: make([]float32, rows*topK), Out: make([]float32, rows*h)}
@@ -43,6 +62,13 @@ func TestComputeExpertsThreadsAndForms(t *testing.T) {
 			}
 			for i := range rows {
 				perm := rr.Perm(nExp)
+				if tc.skewed {
+					for j, e := range perm {
+						if e == 0 {
+							perm[0], perm[j] = perm[j], perm[0]
+						}
+					}
+				}
 				for j := range topK {
 					r.Experts[i*topK+j], r.Weights[i*topK+j] = int32(perm[j]), float32(rr.Float64())
 				}
@@ -66,7 +92,7 @@ func TestComputeExpertsThreadsAndForms(t *testing.T) {
 			"per pair":  func(r *ExpertRequest) { r.PairOut = make([]float32, rows*topK*h) },
 		}
 		for name, mod := range forms {
-			a, b := run(1, mod), run(2, mod)
+			a, b := run(1, mod), run(max(2, tc.threads), mod)
 			ga, gb := a.Out, b.Out
 			if a.PairOut != nil {
 				ga, gb = a.PairOut, b.PairOut
