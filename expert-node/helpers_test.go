@@ -9,12 +9,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -46,45 +46,28 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-// checkGoroutines fails the test if, after its cleanups, more goroutines run
-// than before it. Call it first so its cleanup runs last. The CPU kernels'
-// worker pool is not counted: its workers start on first use and live for
-// the process (as trunk-node's goleak setup ignores them).
+// checkGoroutines fails the test if, after its cleanups, goroutines run
+// that did not before it, once they have had 10 s to wind down. Call it
+// first so its cleanup runs last. The CPU kernels' pool workers start on
+// first use and live for the process, so they are not counted (as in
+// trunk-node's goleak setup).
 func checkGoroutines(t *testing.T) {
 	t.Helper()
-	before := liveGoroutines()
+	opts := []goleak.Option{goleak.IgnoreCurrent(),
+		goleak.IgnoreTopFunction("github.com/switchyard-serving/switchyard/model/kernels.(*worker).loop")}
 	t.Cleanup(func() {
 		deadline := time.Now().Add(10 * time.Second)
-		for liveGoroutines() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("goroutine leak: %d before, %d after\n%s", before, liveGoroutines(), buf)
+		for {
+			err := goleak.Find(opts...) // retries for about a second itself
+			if err == nil {
 				return
 			}
-			time.Sleep(5 * time.Millisecond)
+			if time.Now().After(deadline) {
+				t.Errorf("goroutine leak: %v", err)
+				return
+			}
 		}
 	})
-}
-
-// liveGoroutines counts the goroutines but the kernels' pool workers.
-func liveGoroutines() int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	count := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.HasPrefix(g, "goroutine ") && !strings.Contains(g, "model/kernels.(*worker).loop") {
-			count++
-		}
-	}
-	return count
 }
 
 // gate blocks the compute loop at the start of each round until opened.

@@ -130,35 +130,27 @@ func genX16AVX2(typ string, n int) {
 			}
 		}
 	}
-	for h := 0; h < 2 && wt.hasMin(); h++ {
-		dw, m128 := YMM(), YMM()
-		VCVTPH2PS(Mem{Base: wp, Disp: 16 * h}, dw)
-		VCVTPH2PS(Mem{Base: wp, Disp: 32 + 16*h}, m128)
-		VMULPS(cF128, m128, m128)
-		for i := 0; i < n; i++ {
-			x, t, f := YMM(), YMM(), YMM()
-			VBROADCASTSS(xm(dc, i, q80rD), x)
-			VMULPS(x, dw, t) // d_w·d_x
-			VCVTDQ2PS(s[2*i+h], f)
-			VMULPS(t, f, f)
-			// The min's share (min81Step's steps).
-			VPBROADCASTD(xm(dc, i, q80rC), t)
-			VCVTDQ2PS(t, t)
-			VMULPS(x, t, t)
-			VMULPS(t, m128, t)
-			VADDPS(t, f, f)
-			VADDPS(f, acc[2*i+h], acc[2*i+h])
-		}
-	}
-	for h := 0; h < 2 && !wt.hasMin(); h++ {
+	for h := 0; h < 2; h++ {
 		dw := YMM()
 		VCVTPH2PS(Mem{Base: wp, Disp: 16 * h}, dw)
+		var m128 VecVirtual
+		if wt.hasMin() {
+			m128 = YMM()
+			VCVTPH2PS(Mem{Base: wp, Disp: 32 + 16*h}, m128)
+			VMULPS(cF128, m128, m128)
+		}
 		for i := 0; i < n; i++ {
 			t, f := YMM(), YMM()
 			VBROADCASTSS(xm(dc, i, q80rD), t)
 			VMULPS(t, dw, t) // d_w·d_x (one rounding)
 			VCVTDQ2PS(s[2*i+h], f)
 			VMULPS(t, f, f)
+			if wt.hasMin() {
+				c, x := YMM(), YMM()
+				VPBROADCASTD(xm(dc, i, q80rC), c)
+				VBROADCASTSS(xm(dc, i, q80rD), x)
+				min81StepY(m128, c, x, f)
+			}
 			VADDPS(f, acc[2*i+h], acc[2*i+h])
 		}
 	}
@@ -287,12 +279,7 @@ func genRows256(typ string) {
 	if typ == "Q80" {
 		VMOVDQU(Mem{Base: w0, Disp: qs}, q)
 	} else {
-		// Values 0..15 (low nibbles) in the low lane, 16..31 in the high.
-		lo, hi := XMM(), XMM()
-		VMOVDQU(Mem{Base: w0, Disp: qs}, lo)
-		VPSRLW(U8(4), lo, hi)
-		VINSERTI128(U8(1), hi, lo.AsY(), q)
-		VPAND(cB0FY, q, q)
+		nibblesY(Mem{Base: w0, Disp: qs}, q)
 	}
 	if wt.q5() {
 		q5BitsY(Mem{Base: w0, Disp: wt.qhOff()}, q) // byte l is value l
@@ -1011,11 +998,8 @@ func rows256Min8(wt q80W, name string, w0, xq, dc, bi, cnt GPVirtual, ones, acc 
 		var pair [2]VecVirtual
 		for k := 0; k < 4; k++ {
 			b := 4*half + k
-			q, lo, hi := YMM(), XMM(), XMM()
-			VMOVDQU(Mem{Base: w0, Disp: b*bb + qs}, lo)
-			VPSRLW(U8(4), lo, hi)
-			VINSERTI128(U8(1), hi, lo.AsY(), q)
-			VPAND(cB0FY, q, q)
+			q := YMM()
+			nibblesY(Mem{Base: w0, Disp: b*bb + qs}, q)
 			if wt.q5() {
 				q5BitsY(Mem{Base: w0, Disp: b*bb + wt.qhOff()}, q)
 			}
@@ -1057,11 +1041,8 @@ func rows256Min8(wt q80W, name string, w0, xq, dc, bi, cnt GPVirtual, ones, acc 
 	VMULPS(Mem{Base: dc, Disp: q80rD}, dw, dw)
 	VCVTDQ2PS(sum, f)
 	VMULPS(dw, f, f)
-	VCVTDQ2PS(Mem{Base: dc, Disp: q80rC}, t)
-	VMULPS(Mem{Base: dc, Disp: q80rD}, t, t)
 	VMULPS(cF128, mw, mw)
-	VMULPS(t, mw, t)
-	VADDPS(t, f, f)
+	min81StepY(mw, Mem{Base: dc, Disp: q80rC}, Mem{Base: dc, Disp: q80rD}, f)
 	// acc += v_0, ..., v_7 in order.
 	e := XMM()
 	for b := 0; b < 8; b++ {
@@ -1087,4 +1068,25 @@ func rows256Min8(wt q80W, name string, w0, xq, dc, bi, cnt GPVirtual, ones, acc 
 	Label(name + "_tail")
 	TESTQ(cnt, cnt)
 	JZ(LabelRef(name + "_done"))
+}
+
+// nibblesY sets q to the 32 codes of the 16 bytes of nibbles at m: values
+// 0..15 (the low nibbles) in the low lane, 16..31 (the high) in the high.
+func nibblesY(m Mem, q VecVirtual) {
+	lo, hi := XMM(), XMM()
+	VMOVDQU(m, lo)
+	VPSRLW(U8(4), lo, hi)
+	VINSERTI128(U8(1), hi, lo.AsY(), q)
+	VPAND(cB0FY, q, q)
+}
+
+// min81StepY is min81Step on ymm: t += m128·(float32(c)·dx), c the
+// input's 128·Σq_x (int32 lanes, a register or memory; clobbered when a
+// register), dx its d_x, each step rounded on its own.
+func min81StepY(m128 VecVirtual, c, dx Op, t VecVirtual) {
+	sv := YMM()
+	VCVTDQ2PS(c, sv)
+	VMULPS(dx, sv, sv)
+	VMULPS(sv, m128, sv)
+	VADDPS(sv, t, t)
 }
