@@ -1093,6 +1093,16 @@ func q3kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *
 //go:noescape
 func q2kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// iq4xsx16AVX2N1 multiplies a 16-row group of repacked IQ4_XS weights with 1 quantized input rows on AVX2 (see genIQ4XSx16AVX2).
+//
+//go:noescape
+func iq4xsx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4xsx16AVX2N2 multiplies a 16-row group of repacked IQ4_XS weights with 2 quantized input rows on AVX2 (see genIQ4XSx16AVX2).
+//
+//go:noescape
+func iq4xsx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // siluMul512 sets dst[i] = gate[i]/(1+exp(-gate[i]))·u[i] for i < n (a multiple of 16; u may be nil).
 //
 //go:noescape

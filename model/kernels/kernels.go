@@ -111,7 +111,8 @@
 // (llama.cpp's trick against 16-bit saturation), or Q4_0's unsigned codes
 // directly, then VPMADDWD (q80x16AVX2N, q40x16AVX2N, q80rows256,
 // q80rows8x256); the activation quantizers (quantQ80R256, quantQ8K256) and
-// packed Q4_K and Q5_K (q4kx16AVX2N, q5kx16AVX2N) have AVX2 versions too,
+// packed Q4_K, Q5_K, Q3_K, Q2_K and IQ4_XS (q4kx16AVX2N, q5kx16AVX2N,
+// q3kx16AVX2N, q2kx16AVX2N, iq4xsx16AVX2N) have AVX2 versions too,
 // with the AVX-512 kernels' bits. TestAVX2KernelsUseAVX2Registers checks
 // that no AVX2 kernel names a register only AVX-512 encodes.
 //

@@ -142,9 +142,9 @@ func TestPackParallel(t *testing.T) {
 	}
 }
 
-// TestCanPackAVX2: on the AVX2 level Q8_0, Q4_K, Q3_K, Q2_K, Q4_0, Q5_0
-// and IQ4_NL are packed, Q5_K only when SWITCHYARD_PACK names it
-// (packOnlyAsked), Q6_K and IQ4_XS never.
+// TestCanPackAVX2: on the AVX2 level Q8_0, Q4_K, Q3_K, Q2_K, IQ4_XS, Q4_0,
+// Q5_0 and IQ4_NL are packed, Q5_K only when SWITCHYARD_PACK names it
+// (packOnlyAsked), Q6_K never.
 func TestCanPackAVX2(t *testing.T) {
 	if !hasPackedKernels(tensor.Q4_K) || !hasQ80KernelsAt(LevelAVX2) {
 		t.Skip("no packed kernels on this CPU or build")
@@ -157,7 +157,7 @@ func TestCanPackAVX2(t *testing.T) {
 	defer SetKernelLevel(prev)
 	rng := rand.New(rand.NewPCG(33, 33))
 	want := map[tensor.DType]bool{tensor.Q8_0: true, tensor.Q4_K: true, tensor.Q5_K: false, tensor.Q6_K: false, tensor.Q4_0: true, tensor.IQ4_NL: true,
-		tensor.Q3_K: true, tensor.Q2_K: true, tensor.IQ4_XS: false, tensor.Q5_0: true}
+		tensor.Q3_K: true, tensor.Q2_K: true, tensor.IQ4_XS: true, tensor.Q5_0: true}
 	for dt, ok := range want {
 		if got := CanPack(randMatrix(rng, dt, 16, dt.BlockValues())); got != ok {
 			t.Errorf("AVX2: CanPack(%v) = %v, want %v", dt, got, ok)

@@ -254,7 +254,7 @@ var q80Dots = [q80MaxRows + 1]q80DotFn{1: q80dot512R1, 2: q80dot512R2, 3: q80dot
 // q2kx16N, iq4xsx16N, q40x16N, q50x16N,
 // iq4nlx16N: VPDPBUSD and VPDPWSSD on zmm; without AVX-512 VNNI the AVX2
 // kernels of Q8_0, Q4_0, Q5_0 and IQ4_NL, and on AVX2-only CPUs those of
-// Q4_K, Q5_K, Q3_K and Q2_K; packed.go).
+// Q4_K, Q5_K, Q3_K, Q2_K and IQ4_XS; packed.go).
 func hasPackedKernels(dt tensor.DType) bool {
 	s := specOf(dt, tensor.RowMajor)
 	return s != nil && packedKernelsAt(s.layout, maxLevel) != nil
@@ -281,30 +281,31 @@ func packedKernelsAt(l tensor.Layout, lvl Level) []packedFn {
 	return nil
 }
 
-// The AVX2 kernels of packed Q8_0, Q4_K, Q5_K, Q4_0 and IQ4_NL (no VNNI:
-// VPMADDUBSW). Q6_K is not packed on AVX2: a packed kernel
+// The AVX2 kernels of packed Q8_0, Q4_K, Q5_K, Q4_0, IQ4_NL, Q5_0, Q4_1,
+// Q5_1, Q3_K, Q2_K and IQ4_XS (no VNNI: VPMADDUBSW). Q6_K is not packed on AVX2: a packed kernel
 // (the 6-bit codes built per 4-byte word, each two words' int16 sums
 // scaled by VPMADDWD) ran at 0.7-0.95 times the row-major q8dot256Q6K
 // (BenchmarkPacked at the AVX2 level, in_proj and expert shapes, 1 to 512
 // input rows), so it was not kept.
 var (
-	q80x16AVX2Fns = [...]packedFn{1: q80x16AVX2N1, 2: q80x16AVX2N2}
-	q4kx16AVX2Fns = [...]packedFn{1: q4kx16AVX2N1, 2: q4kx16AVX2N2}
-	q5kx16AVX2Fns = [...]packedFn{1: q5kx16AVX2N1, 2: q5kx16AVX2N2}
-	q40x16AVX2Fns = [...]packedFn{1: q40x16AVX2N1, 2: q40x16AVX2N2}
-	iq4x16AVX2Fns = [...]packedFn{1: iq4nlx16AVX2N1, 2: iq4nlx16AVX2N2}
-	q50x16AVX2Fns = [...]packedFn{1: q50x16AVX2N1, 2: q50x16AVX2N2}
-	q41x16AVX2Fns = [...]packedFn{1: q41x16AVX2N1, 2: q41x16AVX2N2}
-	q51x16AVX2Fns = [...]packedFn{1: q51x16AVX2N1, 2: q51x16AVX2N2}
-	q3kx16AVX2Fns = [...]packedFn{1: q3kx16AVX2N1, 2: q3kx16AVX2N2}
-	q2kx16AVX2Fns = [...]packedFn{1: q2kx16AVX2N1, 2: q2kx16AVX2N2}
+	q80x16AVX2Fns   = [...]packedFn{1: q80x16AVX2N1, 2: q80x16AVX2N2}
+	q4kx16AVX2Fns   = [...]packedFn{1: q4kx16AVX2N1, 2: q4kx16AVX2N2}
+	q5kx16AVX2Fns   = [...]packedFn{1: q5kx16AVX2N1, 2: q5kx16AVX2N2}
+	q40x16AVX2Fns   = [...]packedFn{1: q40x16AVX2N1, 2: q40x16AVX2N2}
+	iq4x16AVX2Fns   = [...]packedFn{1: iq4nlx16AVX2N1, 2: iq4nlx16AVX2N2}
+	q50x16AVX2Fns   = [...]packedFn{1: q50x16AVX2N1, 2: q50x16AVX2N2}
+	q41x16AVX2Fns   = [...]packedFn{1: q41x16AVX2N1, 2: q41x16AVX2N2}
+	q51x16AVX2Fns   = [...]packedFn{1: q51x16AVX2N1, 2: q51x16AVX2N2}
+	q3kx16AVX2Fns   = [...]packedFn{1: q3kx16AVX2N1, 2: q3kx16AVX2N2}
+	q2kx16AVX2Fns   = [...]packedFn{1: q2kx16AVX2N1, 2: q2kx16AVX2N2}
+	iq4xsx16AVX2Fns = [...]packedFn{1: iq4xsx16AVX2N1, 2: iq4xsx16AVX2N2}
 )
 
 // packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level
 // (nil: that layout is not packed there).
 var packedKernelsAVX2 = [tensor.NumLayouts][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q5Kx16: q5kx16AVX2Fns[:],
 	tensor.Q40x16: q40x16AVX2Fns[:], tensor.IQ4NLx16: iq4x16AVX2Fns[:], tensor.Q3Kx16: q3kx16AVX2Fns[:], tensor.Q2Kx16: q2kx16AVX2Fns[:],
-	tensor.Q50x16: q50x16AVX2Fns[:], tensor.Q41x16: q41x16AVX2Fns[:], tensor.Q51x16: q51x16AVX2Fns[:]}
+	tensor.Q50x16: q50x16AVX2Fns[:], tensor.Q41x16: q41x16AVX2Fns[:], tensor.Q51x16: q51x16AVX2Fns[:], tensor.IQ4XSx16: iq4xsx16AVX2Fns[:]}
 
 var q80x16Fns = [...]packedFn{
 	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}

@@ -42,6 +42,7 @@ func main() {
 	genQ23Kx16Consts()
 	genIQ4XSx16Consts()
 	genQ23Kx16AVX2Consts()
+	genIQ4XSx16AVX2Consts()
 	genQ8AVX2Consts()
 	genQ8QuantConsts()
 	genQ80Consts()
@@ -162,6 +163,9 @@ func main() {
 	for n := 1; n <= q23kx16AVX2MaxN; n++ {
 		genQ3Kx16AVX2(n)
 		genQ2Kx16AVX2(n)
+	}
+	for n := 1; n <= iq4xsx16AVX2MaxN; n++ {
+		genIQ4XSx16AVX2(n)
 	}
 	genSiLU()
 	for n := 1; n <= 6; n++ {

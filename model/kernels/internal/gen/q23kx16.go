@@ -578,3 +578,108 @@ func genQ23Kx16AVX2(d dtype, n int) {
 	packedNextBlock(name, blockBytes, wp, xq, cnt)
 	packedEnd(name, acc)
 }
+
+// ---- IQ4_XS packed in 16-row groups on AVX2: iq4xsx16AVX2N ----
+//
+// tensor.IQ4XSx16's layout (see genIQ4XSx16) taken as two halves of 8
+// rows (bytes 32h.. of every 64-byte line, one dword lane per row), as
+// genQKx16AVX2 takes Q4_K's. Per half, sub-block ib and 4-byte word g, the
+// low and then the high nibbles of 8 rows become their codebook values by
+// VPSHUFB and go into VPMADDUBSW with llama.cpp's sign trick (|value| as
+// the unsigned operand, the input's 4 bytes broadcast with the value's sign
+// by VPSIGNB: a pair sum is at most 2·127·127). Those pair sums cannot add
+// up in int16, so each goes straight into VPMADDWD with the sub-block's
+// signed 6-bit scale in both int16s of every dword, and into the row's int32
+// sum I. No codebook offset, so nothing is taken off: I is the exact
+// integer of every other IQ4_XS kernel, and acc += float(I)·(d·d_x) is
+// their float32 step (q6BlockScalar).
+
+// iq4xsx16AVX2MaxN is the most input rows per call.
+const iq4xsx16AVX2MaxN = 2
+
+var (
+	cD0FY Mem // 8 dwords 0x0F
+	cD30Y Mem // 8 dwords 0x30
+	cW32Y Mem // 16 words 32
+)
+
+func genIQ4XSx16AVX2Consts() {
+	cD0FY = data32("d0fy", rep(0x0F, 8)...)
+	cD30Y = data32("d30y", rep(0x30, 8)...)
+	cW32Y = data32("w32y", rep(0x00200020, 8)...)
+}
+
+// genIQ4XSx16AVX2 emits iq4xsx16AVX2N<n>.
+func genIQ4XSx16AVX2(n int) {
+	name := fmt.Sprintf("iq4xsx16AVX2N%d", n)
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked IQ4_XS weights with %d quantized input rows on AVX2 (see genIQ4XSx16AVX2).", name, n), n)
+	Pragma("noescape")
+	c0F, tab := YMM(), YMM()
+	VPBROADCASTD(cB0F, c0F)
+	VMOVDQU(cIQ4Y, tab)
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 3*iq4xsx16Block, (iq4xsx16Block+63)/64, true) // acc[2i+h]: input row i, weight rows 8h..8h+7
+	for h := 0; h < 2; h++ {
+		word := func(j int) Mem { return Mem{Base: wp, Disp: 64 + 64*j + 32*h} }
+		sh := YMM() // scales_h, a word per lane
+		VPMOVZXWD(Mem{Base: wp, Disp: 32 + 16*h}, sh)
+		isum := make([]VecVirtual, n)
+		for ib := 0; ib < 8; ib++ {
+			// ls: nibble ib of scales_l | bits 2ib, 2ib+1 of scales_h at
+			// bits 4-5, less 32, in both int16s of each dword.
+			ls, t := YMM(), YMM()
+			switch {
+			case 2*ib < 4:
+				VPSLLD(U8(4-2*ib), sh, t)
+			case 2*ib > 4:
+				VPSRLD(U8(2*ib-4), sh, t)
+			default:
+				VMOVDQA(sh, t)
+			}
+			VPAND(cD30Y, t, t)
+			if ib == 0 {
+				VMOVDQU(word(0), ls)
+			} else {
+				VPSRLD(U8(4*ib), word(0), ls)
+			}
+			VPAND(cD0FY, ls, ls)
+			VPOR(t, ls, ls)
+			VPSLLD(U8(16), ls, t)
+			VPOR(t, ls, ls)
+			VPSUBW(cW32Y, ls, ls)
+			for g := 0; g < 4; g++ {
+				wm := word(1 + 4*ib + g)
+				for k := 0; k < 2; k++ {
+					q, a := YMM(), YMM()
+					if k == 0 {
+						VPAND(wm, c0F, q)
+					} else {
+						VPSRLW(U8(4), wm, q)
+						VPAND(c0F, q, q)
+					}
+					VPSHUFB(q, tab, q)
+					VPABSB(q, a)
+					for i := 0; i < n; i++ {
+						p := YMM()
+						VPBROADCASTD(xm(i, 32*ib+16*k+4*g), p)
+						VPSIGNB(q, p, p)
+						VPMADDUBSW(p, a, p)
+						if isum[i] == nil {
+							isum[i] = YMM()
+							VPMADDWD(ls, p, isum[i])
+							continue
+						}
+						VPMADDWD(ls, p, p)
+						VPADDD(p, isum[i], isum[i])
+					}
+				}
+			}
+		}
+		dw := YMM()
+		VCVTPH2PS(Mem{Base: wp, Disp: 16 * h}, dw)
+		for i := 0; i < n; i++ {
+			scaleStep256(VADDPS, xm(i, q8xD), dw, isum[i], acc[2*i+h])
+		}
+	}
+	packedNextBlock(name, iq4xsx16Block, wp, xq, cnt)
+	packedEnd(name, acc)
+}
