@@ -451,6 +451,45 @@ func BenchmarkQ80AVX2(b *testing.B) {
 	}
 }
 
+// BenchmarkPackedStream: one-row products (decode) on an LM-head-sized
+// packed matrix (100352x1536, larger than any cache), one thread, against
+// the read probe over the same bytes in the same run: "probe" reads them,
+// "x16" multiplies them; %probe is the product's share of the probe's rate
+// (the decode bandwidth goal is 80%).
+func BenchmarkPackedStream(b *testing.B) {
+	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q6_K, tensor.Q5_K, tensor.Q8_0} {
+		if !hasPackedKernels(dt) {
+			continue
+		}
+		w := randMatrix(rand.New(rand.NewPCG(1, 1)), dt, 100352, 1536)
+		p := Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)
+		w = tensor.Matrix{}
+		x := randVec(rand.New(rand.NewPCG(1, 1)), p.Cols)
+		out := make([]float32, p.Rows)
+		var probe float64
+		b.Run(fmt.Sprintf("%v/probe", dt), func(b *testing.B) {
+			b.SetBytes(int64(p.Bytes()))
+			for i := 0; i < b.N; i++ {
+				readProbe(p.Data[:len(p.Data)&^255])
+			}
+			probe = float64(p.Bytes()) / (b.Elapsed().Seconds() / float64(b.N))
+		})
+		b.Run(fmt.Sprintf("%v/x16", dt), func(b *testing.B) {
+			withThreads(1, func() {
+				MatMul(out, p, x, 1)
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					MatMul(out, p, x, 1)
+				}
+			})
+			b.SetBytes(int64(p.Bytes()))
+			if probe > 0 {
+				b.ReportMetric(100*float64(p.Bytes())/(b.Elapsed().Seconds()/float64(b.N))/probe, "%probe")
+			}
+		})
+	}
+}
+
 // BenchmarkPack: packing a matrix into 16-row groups (what the loader does
 // for every matrix it copies), one goroutine, per type, in_proj shape.
 func BenchmarkPack(b *testing.B) {

@@ -77,7 +77,7 @@ func genQ6Kx16(n int) {
 	c0F, c30 := ZMM(), ZMM()
 	VPBROADCASTD(cB0F, c0F)
 	VPBROADCASTD(cB30, c30)
-	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, q6kPrefetch, q6kx16Block/64+1, false)
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, q6kPrefetch, 0, false)
 	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
 	// The offset: OFF_i = Σ_j sc_j·(Σ of the input's 16 values of sub-block
 	// j), the scales paired as int16 against the input's int16 sums.
@@ -130,6 +130,7 @@ func genQ6Kx16(n int) {
 			}
 		}
 		for qs := 0; qs < 4; qs++ {
+			prefetchPart(wp, q6kPrefetch, q6kx16Block/64+1, u0/upp*4+qs, len(units)/upp*4)
 			for u := 0; u < upp; u++ {
 				h, q := units[u0+u].h, 4*units[u0+u].half+qs
 				VMOVDQU64(word(32+8*h+q), qh)
