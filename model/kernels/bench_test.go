@@ -457,7 +457,7 @@ func BenchmarkQ80AVX2(b *testing.B) {
 // "x16" multiplies them; %probe is the product's share of the probe's rate
 // (the decode bandwidth goal is 80%).
 func BenchmarkPackedStream(b *testing.B) {
-	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q6_K, tensor.Q5_K, tensor.Q8_0} {
+	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q6_K, tensor.Q5_K, tensor.Q8_0, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS} {
 		if !hasPackedKernels(dt) {
 			continue
 		}

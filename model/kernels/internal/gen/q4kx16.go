@@ -125,7 +125,7 @@ func genQKx16(d dtype, n int) {
 		cF0 = ZMM()
 		VPTERNLOGD(U8(0x55), c0F, c0F, cF0) // ^0x0F0F0F0F: 0xF0 bytes
 	}
-	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, prefetch, 0, false)
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, prefetch, blockBytes/64, false)
 	// Scales and mins of the 16 rows, one byte each per dword lane:
 	// sc[0..3] = u0 & 0x3f, m[0..3] = u1 & 0x3f,
 	// sc[4..7] = (u2 & 0xf) | (u0 >> 6) << 4, m[4..7] = (u2 >> 4) | (u1 >> 6) << 4.
@@ -180,7 +180,6 @@ func genQKx16(d dtype, n int) {
 	for c0 := 0; c0 < 4; c0 += cpu {
 		zeroDsub(dsub[:cpu])
 		for g := 0; g < 8; g++ {
-			prefetchPart(wp, prefetch, blockBytes/64, c0/cpu*8+g, 4/cpu*8)
 			if q5 {
 				VMOVDQU64(Mem{Base: wp, Disp: 256 + 64*g}, qh)
 			}

@@ -41,7 +41,14 @@ const q6kx16Block = 16 * 210
 // q6kPrefetch: each block prefetches the block this many bytes on (three
 // blocks): 29 against 18 GB/s from memory at one input row (medians of five
 // alternated runs, in_proj shape; one block ahead 25, two 27, four 29;
-// PREFETCHNTA no better).
+// PREFETCHNTA no better). The block's 54 prefetches are spread through its
+// code (prefetchPart: at each of 8 or 16 steps its share) rather than
+// issued together at its start: on a Zen 5 VM, one input row, one thread,
+// 230-234 against 290-319 µs on the in_proj shape, 18-19 against 24-26 µs
+// on an expert's, and 80-88% against 47-72% of the read probe on a 126 MB
+// LM head (BenchmarkPacked, BenchmarkPackedStream, alternated runs). The
+// same spreading measured level or slower for Q4_K and Q5_K (36 and 44
+// lines a block), which keep them together.
 const q6kPrefetch = 3 * q6kx16Block
 
 // q6kx16MaxN is the most input rows per call (registers: per input row four

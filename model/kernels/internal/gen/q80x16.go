@@ -333,12 +333,9 @@ func packedLoopHead(name string, n int, idx []GPVirtual, wp GPVirtual, prefetch,
 }
 
 // prefetchPart emits part k of parts of the prefetches of the lines lines
-// from wp+dist on: lines [k·lines/parts, (k+1)·lines/parts). Spread through
-// a block's code rather than issued together at its start, they keep the
-// weight stream of a one-row product going while the block computes: the
-// packed Q4_K and Q6_K kernels read a 126 MB LM head at 35-39 against 28-31
-// GB/s (BenchmarkPackedStream, one input row, one thread, on a Zen 5 VM
-// whose read probe gives 45-49 GB/s).
+// from wp+dist on: lines [k·lines/parts, (k+1)·lines/parts), for kernels
+// that spread their prefetches through a block's code rather than issue
+// them together at its start (q6kx16N: see q6kPrefetch).
 func prefetchPart(wp GPVirtual, dist, lines, k, parts int) {
 	for l := k * lines / parts; l < (k+1)*lines/parts; l++ {
 		PREFETCHT0(Mem{Base: wp, Disp: dist + 64*l})
