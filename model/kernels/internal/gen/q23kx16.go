@@ -321,14 +321,7 @@ func genIQ4XSx16(n int) {
 			ib := ib0 + u
 			// ls = nibble ib of scales_l | bits 2ib, 2ib+1 of scales_h at
 			// bits 4-5, less 32.
-			switch {
-			case 2*ib < 4:
-				VPSLLD(U8(4-2*ib), sh, ls)
-			case 2*ib > 4:
-				VPSRLD(U8(2*ib-4), sh, ls)
-			default:
-				VMOVDQA64(sh, ls)
-			}
+			xsHighBits(sh, ls, ib)
 			VPANDD(d30, ls, ls)
 			if ib == 0 {
 				VPTERNLOGD(U8(0xF8), word(0), d0F, ls)
@@ -366,6 +359,22 @@ func genIQ4XSx16(n int) {
 	}
 	packedNextBlock(name, iq4xsx16Block, wp, xq, cnt)
 	packedEnd(name, acc)
+}
+
+// xsHighBits sets dst to the dwords of sh (IQ4_XS's scales_h, one row per
+// lane) shifted so that bits 2ib, 2ib+1 (sub-block ib's high scale bits)
+// land at bits 4-5.
+func xsHighBits(sh, dst VecVirtual, ib int) {
+	switch {
+	case 2*ib < 4:
+		VPSLLD(U8(4-2*ib), sh, dst)
+	case 2*ib > 4:
+		VPSRLD(U8(2*ib-4), sh, dst)
+	case dst.Size() == 64:
+		VMOVDQA64(sh, dst)
+	default:
+		VMOVDQA(sh, dst)
+	}
 }
 
 // ---- Q3_K and Q2_K packed in 16-row groups on AVX2: q3kx16AVX2N, q2kx16AVX2N ----
@@ -627,14 +636,7 @@ func genIQ4XSx16AVX2(n int) {
 			// ls: nibble ib of scales_l | bits 2ib, 2ib+1 of scales_h at
 			// bits 4-5, less 32, in both int16s of each dword.
 			ls, t := YMM(), YMM()
-			switch {
-			case 2*ib < 4:
-				VPSLLD(U8(4-2*ib), sh, t)
-			case 2*ib > 4:
-				VPSRLD(U8(2*ib-4), sh, t)
-			default:
-				VMOVDQA(sh, t)
-			}
+			xsHighBits(sh, t, ib)
 			VPAND(cD30Y, t, t)
 			if ib == 0 {
 				VMOVDQU(word(0), ls)
