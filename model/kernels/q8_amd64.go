@@ -282,9 +282,9 @@ func packedKernelsAt(l tensor.Layout, lvl Level) []packedFn {
 }
 
 // The AVX2 kernels of packed Q8_0, Q4_K, Q5_K, Q4_0, IQ4_NL, Q5_0, Q4_1,
-// Q5_1, Q3_K, Q2_K and IQ4_XS (no VNNI: VPMADDUBSW). Q6_K is not packed on AVX2: a packed kernel
-// (the 6-bit codes built per 4-byte word, each two words' int16 sums
-// scaled by VPMADDWD) ran at 0.7-0.95 times the row-major q8dot256Q6K
+// Q5_1, Q3_K, Q2_K and IQ4_XS (no VNNI: VPMADDUBSW). Q6_K is not packed on
+// AVX2: a packed kernel (the 6-bit codes built per 4-byte word, each two
+// words' int16 sums scaled by VPMADDWD) ran at 0.7-0.95 times the row-major q8dot256Q6K
 // (BenchmarkPacked at the AVX2 level, in_proj and expert shapes, 1 to 512
 // input rows), so it was not kept.
 var (
