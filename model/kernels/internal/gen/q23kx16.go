@@ -652,12 +652,7 @@ func genIQ4XSx16AVX2(n int) {
 				wm := word(1 + 4*ib + g)
 				for k := 0; k < 2; k++ {
 					q, a := YMM(), YMM()
-					if k == 0 {
-						VPAND(wm, c0F, q)
-					} else {
-						VPSRLW(U8(4), wm, q)
-						VPAND(c0F, q, q)
-					}
+					nibbleHalf256(wm, k, c0F, q)
 					VPSHUFB(q, tab, q)
 					VPABSB(q, a)
 					for i := 0; i < n; i++ {
@@ -665,13 +660,7 @@ func genIQ4XSx16AVX2(n int) {
 						VPBROADCASTD(xm(i, 32*ib+16*k+4*g), p)
 						VPSIGNB(q, p, p)
 						VPMADDUBSW(p, a, p)
-						if isum[i] == nil {
-							isum[i] = YMM()
-							VPMADDWD(ls, p, isum[i])
-							continue
-						}
-						VPMADDWD(ls, p, p)
-						VPADDD(p, isum[i], isum[i])
+						maddAcc256(ls, p, &isum[i])
 					}
 				}
 			}

@@ -778,16 +778,7 @@ func genQKx16AVX2(dt dtype, n int) {
 					// The low nibbles, then the high ones (one register at
 					// a time), with their fifth bits for Q5_K.
 					q := YMM()
-					switch {
-					case k == 0 && !q5:
-						VPAND(wm, c0F, q) // c0F a register
-					case k == 0:
-						VMOVDQU(wm, q)
-						VPAND(c0F, q, q)
-					default:
-						VPSRLW(U8(4), wm, q)
-						VPAND(c0F, q, q)
-					}
+					nibbleHalf256(wm, k, c0F, q)
 					if q5 {
 						q5Bit256(qh, 2*c+k, q)
 					}
@@ -819,13 +810,7 @@ func genQKx16AVX2(dt dtype, n int) {
 						if k == 1 {
 							d = dhi[i]
 						}
-						if isum[i] == nil {
-							isum[i] = YMM()
-							VPMADDWD(sc, d, isum[i])
-							continue
-						}
-						VPMADDWD(sc, d, d)
-						VPADDD(d, isum[i], isum[i])
+						maddAcc256(sc, d, &isum[i])
 					}
 				}
 			}
@@ -841,6 +826,34 @@ func genQKx16AVX2(dt dtype, n int) {
 	}
 	packedNextBlock(name, blockBytes, wp, xq, cnt)
 	packedEnd(name, acc)
+}
+
+// nibbleHalf256 sets q to the low (k 0) or high (k 1) nibbles of the bytes
+// at wm, each in its byte; c0F holds 0x0F bytes (a register, or a memory
+// operand that a first load then meets).
+func nibbleHalf256(wm Mem, k int, c0F Op, q VecVirtual) {
+	switch _, reg := c0F.(VecVirtual); {
+	case k == 0 && reg:
+		VPAND(wm, c0F, q)
+	case k == 0:
+		VMOVDQU(wm, q)
+		VPAND(c0F, q, q)
+	default:
+		VPSRLW(U8(4), wm, q)
+		VPAND(c0F, q, q)
+	}
+}
+
+// maddAcc256 adds the int32 sums of VPMADDWD(s, d) to *acc, d clobbered
+// (the first call sets *acc instead).
+func maddAcc256(s, d VecVirtual, acc *VecVirtual) {
+	if *acc == nil {
+		*acc = YMM()
+		VPMADDWD(s, d, *acc)
+		return
+	}
+	VPMADDWD(s, d, d)
+	VPADDD(d, *acc, *acc)
 }
 
 // q4kScales256 returns the 6-bit scales of sub-blocks 4(c/2)..4(c/2)+3 of
