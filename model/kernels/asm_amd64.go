@@ -756,6 +756,9 @@ func q80x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *floa
 // q80x16N8 multiplies a 16-row group of repacked Q80 weights with 8 quantized input rows (see genX16Q80Act).
 func q80x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// q80x16S2 multiplies 2 runs of 16-row groups of repacked Q80 weights with one quantized input row (see streams.go).
+func q80x16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+
 // q40x16N1 multiplies a 16-row group of repacked Q40 weights with 1 quantized input rows (see genX16Q80Act).
 func q40x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 

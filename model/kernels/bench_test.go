@@ -507,3 +507,53 @@ func BenchmarkPack(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReadStreams: the read probe (readProbe: four streams a quarter
+// of its buffer apart) over a 256 MiB buffer whole, and in pieces of 4 KiB
+// to 1 MiB, one after the other (a piece's four streams a quarter of it
+// apart: 4 KiB pieces read as one sequential stream). One thread. This is
+// why the products of one input row read two runs of groups at once
+// (planStreams).
+func BenchmarkReadStreams(b *testing.B) {
+	buf := make([]byte, 256<<20)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	for _, piece := range []int{4 << 10, 64 << 10, 1 << 20, len(buf)} {
+		b.Run(fmt.Sprintf("piece=%dKiB", piece>>10), func(b *testing.B) {
+			b.SetBytes(int64(len(buf)))
+			for range b.N {
+				for o := 0; o < len(buf); o += piece {
+					readProbe(buf[o : o+piece])
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkStreams: packed products of one input row with the two-stream
+// kernels (planStreams) against the one-run kernels, in_proj, an expert's
+// and the LM head's shapes, from memory. Compare the pairs of one run.
+func BenchmarkStreams(b *testing.B) {
+	for l, fn := range streamKernels {
+		if fn == nil {
+			continue
+		}
+		dt := map[tensor.Layout]tensor.DType{tensor.Q80x16: tensor.Q8_0}[tensor.Layout(l)]
+		for _, sh := range [][2]int{{6448, 1536}, {1536, 512}, {100352, 1536}} {
+			for _, th := range []int{1, 2} {
+				for _, streams := range []int{1, 2} {
+					b.Run(fmt.Sprintf("%v/%dx%d/threads=%d/streams=%d", dt, sh[0], sh[1], th, streams), func(b *testing.B) {
+						ws := append([]tensor.Matrix(nil), coldWeights(dt, sh[0], sh[1], 600<<20)...)
+						for i, w := range ws {
+							ws[i] = Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)
+						}
+						defer func(p int) { productStreams = p }(productStreams)
+						productStreams = streams
+						benchMatMulOn(b, ws, 1, th)
+					})
+				}
+			}
+		}
+	}
+}

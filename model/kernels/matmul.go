@@ -61,10 +61,14 @@ type mmJob struct {
 	x        []float32 // the caller's input rows
 	n        int
 
-	inv     bool         // batch-invariant kernels whatever SetBatchInvariant says
-	rb      int          // rows per block (a multiple of 4)
-	nblocks int          // number of row blocks
-	next    atomic.Int64 // next block to claim
+	inv     bool // batch-invariant kernels whatever SetBatchInvariant says
+	rb      int  // rows per block (a multiple of 4)
+	nblocks int  // number of row blocks
+	// span > 0: the blocks cover rows [0, span), and block [r0, r1) stands
+	// for rows [r0, r1) and [r0+span, r1+span) of a two-stream kernel
+	// (q8Plan.streams) and, the last one, the rows after 2·span too.
+	span int
+	next atomic.Int64 // next block to claim
 
 	// block computes rows [r0, r1); [nr0, nr1) is the block this participant
 	// processes next (empty if none), which the kernels may prefetch.
@@ -80,8 +84,17 @@ type q8Plan struct {
 	xq         []byte // quantized input rows, nb blocks each
 	nb         int
 	packed     []packedFn // the packed kernels by input rows (packed layouts)
+	streams    packedFn   // the two-stream kernel of one input row (mmJob.span), or nil
 	xstride    int        // bytes between quantized input rows (packed layouts)
 	groupBytes int        // bytes of one packed 16-row group (packed layouts)
+}
+
+// blockedRows is the rows the blocks cover: all, or [0, span).
+func (j *mmJob) blockedRows() int {
+	if j.span > 0 {
+		return j.span
+	}
+	return j.w.Rows
 }
 
 func (j *mmJob) run(s *scratch) {
@@ -91,10 +104,11 @@ func (j *mmJob) run(s *scratch) {
 		nb := int(j.next.Add(1) - 1)
 		r0 := b * j.rb
 		nr0, nr1 := 0, 0
+		rows := j.blockedRows()
 		if nb < j.nblocks {
-			nr0, nr1 = nb*j.rb, min(nb*j.rb+j.rb, j.w.Rows)
+			nr0, nr1 = nb*j.rb, min(nb*j.rb+j.rb, rows)
 		}
-		j.block(j, s, r0, min(r0+j.rb, j.w.Rows), nr0, nr1)
+		j.block(j, s, r0, min(r0+j.rb, rows), nr0, nr1)
 		b = nb
 	}
 }
@@ -170,7 +184,7 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	if !q8 && !planBF16(c, lvl) && (lvl < LevelAVX2 || !planAsm(c, lvl)) {
 		planGo(j)
 	}
-	j.nblocks = (w.Rows + j.rb - 1) / j.rb
+	j.nblocks = (j.blockedRows() + j.rb - 1) / j.rb
 	// Rough single-thread time: weights at 14 GB/s plus flops at 100 GFLOP/s
 	// (the Go level is slower, which only makes it worth more threads).
 	est := w.Bytes()/14 + w.Rows*w.Cols*n/50

@@ -458,3 +458,55 @@ func BenchmarkQ81Packing(b *testing.B) {
 		}
 	}
 }
+
+// streamsPlanned reports whether a product of w with one input row runs a
+// two-stream kernel (planStreams).
+func streamsPlanned(w tensor.Matrix, x []float32) bool {
+	c := new(callCtx)
+	j := &c.job
+	j.out, j.w, j.x, j.n = make([]float32, w.Rows), w, x, 1
+	j.rowBytes = w.RowStride()
+	q8, _ := planQ8(c, KernelLevel())
+	return q8 && j.q8.streams != nil
+}
+
+// TestStreamsMatchOneRun: a packed product of one input row gives the same
+// bits with its layout's two-stream kernel as with the one-run kernel (and
+// the twin's), whether the groups split evenly into two runs or leave a
+// group and a partial group after them, on one thread and two.
+func TestStreamsMatchOneRun(t *testing.T) {
+	skipNoQ80(t)
+	defer SetQ8Activations(SetQ8Activations(true))
+	rng := rand.New(rand.NewPCG(41, 41))
+	for l, fn := range streamKernels {
+		if fn == nil {
+			continue
+		}
+		dt := map[tensor.Layout]tensor.DType{tensor.Q80x16: tensor.Q8_0}[tensor.Layout(l)]
+		for _, rows := range []int{8 * packRows, 9 * packRows, 11*packRows + 7, 1536} {
+			for _, cols := range []int{32, 1536} {
+				w := randMatrix(rng, dt, rows, cols)
+				p := Pack(make([]byte, PackedBytes(dt, rows, cols)), w)
+				x := randVec(rng, cols)
+				if !streamsPlanned(p, x) {
+					t.Fatalf("%v [%d,%d]: no two-stream kernel planned", dt, rows, cols)
+				}
+				twin := make([]float32, rows)
+				matMulQ80Ref(twin, w, x, 1)
+				for _, th := range []int{1, 2} {
+					what := fmt.Sprintf("%v [%d,%d] threads=%d", dt, rows, cols, th)
+					one, two := make([]float32, rows), make([]float32, rows)
+					productStreams = 1
+					withThreads(th, func() { MatMul(one, p, x, 1) })
+					productStreams = 2
+					withThreads(th, func() { MatMul(two, p, x, 1) })
+					for r := range rows {
+						if math.Float32bits(one[r]) != math.Float32bits(two[r]) || math.Float32bits(twin[r]) != math.Float32bits(two[r]) {
+							t.Fatalf("%s row %d: %g with two streams, %g with one, %g twin", what, r, two[r], one[r], twin[r])
+						}
+					}
+				}
+			}
+		}
+	}
+}

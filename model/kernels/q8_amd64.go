@@ -361,7 +361,43 @@ func planPacked(c *callCtx, lvl Level) bool {
 		j.q8.xstride = j.q8.nb * q8xBlockBytes
 	}
 	usePacked(j, packedKernelsAt(j.w.Layout, lvl), specOf(j.w.DType, j.w.Layout), packedRows512)
+	if j.n == 1 {
+		planStreams(j, lvl)
+	}
 	return true
+}
+
+// streamKernels are the two-stream kernels of one input row (AVX-512
+// level) by layout (see internal/gen/streams.go). One core reads memory
+// faster from two distant places at once than from one
+// (BenchmarkReadStreams), and a product of one input row is bound by that
+// read: q80x16S2 measured 1.15-1.2 times q80x16N1 (BenchmarkPacked, one
+// thread, in_proj and expert shapes). The K-quants' packed kernels, which
+// prefetch in software, measured level or slower with two streams (their
+// prefetches 1 to 3 blocks ahead, or none), so they have none.
+var streamKernels = [tensor.NumLayouts]packedFn{tensor.Q80x16: q80x16S2}
+
+// productStreams is the runs a product of one input row reads at once: 2,
+// or 1 for the one-run kernels (benchmarks compare them).
+var productStreams = 2
+
+// minStreamGroups is the fewest 16-row groups per run worth a two-stream
+// kernel.
+const minStreamGroups = 4
+
+// planStreams makes a packed product of one input row run its layout's
+// two-stream kernel, if it has one: the whole groups cut into two runs of
+// equal length (the first run's rows are the blocks; the last block also
+// computes the rows after the runs, a group and a partial group at most).
+func planStreams(j *mmJob, lvl Level) {
+	fn := streamKernels[j.w.Layout]
+	per := j.w.Rows / packRows / 2
+	if productStreams != 2 || fn == nil || lvl < LevelAVX512 || maxLevel < LevelAVX512 || !hasQ80 || per < minStreamGroups {
+		return
+	}
+	j.q8.streams = fn
+	j.span = per * packRows
+	j.rb = max(packRows, rowBlock(j.span, 2*j.rowBytes, fusedBlockBytes)&^(packRows-1))
 }
 
 // packedRowBlock is the rows per block of a product run by packed kernels:
@@ -373,9 +409,27 @@ func packedRowBlock(j *mmJob) int {
 // packedRows512 computes rows [r0, r1) (whole groups but the last) for
 // every input row, as many input rows per pass over the groups' weights as
 // the kernels take: the whole groups straight into out, a partial last
-// group through a buffer.
+// group through a buffer. With a two-stream kernel (planStreams), rows
+// [r0, r1) and the same rows of the second run.
 func packedRows512(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 	p := &j.q8
+	if p.streams != nil {
+		gb := p.groupBytes
+		p.streams(&j.w.Data[r0/packRows*gb], (r1-r0)/packRows, p.nb, &p.xq[0], j.span/packRows*gb, &j.out[r0], 4*j.span)
+		if r1 == j.span {
+			packedRowsRange(j, 2*j.span, j.w.Rows)
+		}
+		return
+	}
+	packedRowsRange(j, r0, r1)
+}
+
+// packedRowsRange is packedRows512 on one run of rows.
+func packedRowsRange(j *mmJob, r0, r1 int) {
+	p := &j.q8
+	if r0 >= r1 {
+		return
+	}
 	maxN := len(p.packed) - 1
 	xs := p.xstride
 	gb := p.groupBytes

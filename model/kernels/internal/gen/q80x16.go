@@ -390,3 +390,57 @@ func packedEnd(name string, acc []VecVirtual) {
 	VZEROUPPER()
 	RET()
 }
+
+// genQ80x16Streams emits q80x16S<streams>: q80x16N1 on streams runs of
+// groups at once (see streams.go), the runs two by two with their loads
+// interleaved (which measured 15% faster than one run after the other).
+func genQ80x16Streams(streams int) {
+	name := fmt.Sprintf("q80x16S%d", streams)
+	wp := streamsBegin(name, "Q80", streams)
+	Label(name + "_grp")
+	cnt := ld("nblocks")
+	xq := ld("xq")
+	dc := GP64()
+	MOVQ(xq, dc)
+	bi := GP64()
+	XORQ(bi, bi)
+	acc := packedZeroAcc(streams)
+	Label(name + "_blk")
+	// The runs two by two, their loads interleaved.
+	for s0 := 0; s0 < streams; s0 += 2 {
+		var dw [2]VecVirtual
+		var wv [2][8]VecVirtual
+		for s := range 2 {
+			dw[s] = ZMM()
+			VCVTPH2PS(Mem{Base: wp[s0+s]}, dw[s])
+		}
+		for j := range 8 {
+			for s := range 2 {
+				wv[s][j] = ZMM()
+				VMOVDQU64(Mem{Base: wp[s0+s], Disp: 32 + 64*j}, wv[s][j])
+			}
+		}
+		for s := range 2 {
+			a, b := ZMM(), ZMM()
+			VPXORD(a, a, a)
+			VPXORD(b, b, b)
+			for j := range 8 {
+				d := a
+				if j%2 == 1 {
+					d = b
+				}
+				VPDPBUSD_BCST(Mem{Base: xq, Disp: 4 * j}, wv[s][j], d)
+			}
+			VPADDD(b, a, a)
+			VPSUBD_BCST(Mem{Base: dc, Disp: q80rC}, a, a)
+			f, t := ZMM(), ZMM()
+			VCVTDQ2PS(a, f)
+			VMULPS_BCST(Mem{Base: dc, Disp: q80rD}, dw[s], t)
+			VMULPS(t, f, f)
+			VADDPS(f, acc[s0+s], acc[s0+s])
+			ADDQ(U32(q80x16Block), wp[s0+s])
+		}
+	}
+	q80NextBlock(name, xq, dc, bi, cnt)
+	streamsEnd(name, acc)
+}
