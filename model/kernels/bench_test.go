@@ -535,11 +535,10 @@ func BenchmarkReadStreams(b *testing.B) {
 // kernels (planStreams) against the one-run kernels, in_proj, an expert's
 // and the LM head's shapes, from memory. Compare the pairs of one run.
 func BenchmarkStreams(b *testing.B) {
-	for l, fn := range streamKernels {
-		if fn == nil {
+	for _, dt := range packedDTypes {
+		if streamKernels[specOf(dt, tensor.RowMajor).layout] == nil {
 			continue
 		}
-		dt := map[tensor.Layout]tensor.DType{tensor.Q80x16: tensor.Q8_0}[tensor.Layout(l)]
 		for _, sh := range [][2]int{{6448, 1536}, {1536, 512}, {100352, 1536}} {
 			for _, th := range []int{1, 2} {
 				for _, streams := range []int{1, 2} {

@@ -368,14 +368,16 @@ func planPacked(c *callCtx, lvl Level) bool {
 }
 
 // streamKernels are the two-stream kernels of one input row (AVX-512
-// level) by layout (see internal/gen/streams.go). One core reads memory
-// faster from two distant places at once than from one
-// (BenchmarkReadStreams), and a product of one input row is bound by that
-// read: q80x16S2 measured 1.15-1.2 times q80x16N1 (BenchmarkPacked, one
-// thread, in_proj and expert shapes). The K-quants' packed kernels, which
+// level) by layout (see internal/gen/streams.go): Q8_0 and the types
+// whose input rows are quantized as its. One core reads memory faster from
+// two distant places at once than from one (BenchmarkReadStreams), and a
+// product of one input row is bound by that read: q80x16S2 measured
+// 1.15-1.2 times q80x16N1 (BenchmarkStreams, one thread, in_proj and
+// expert shapes). The K-quants' packed kernels, which
 // prefetch in software, measured level or slower with two streams (their
 // prefetches 1 to 3 blocks ahead, or none), so they have none.
-var streamKernels = [tensor.NumLayouts]packedFn{tensor.Q80x16: q80x16S2}
+var streamKernels = [tensor.NumLayouts]packedFn{tensor.Q80x16: q80x16S2, tensor.Q40x16: q40x16S2, tensor.IQ4NLx16: iq4nlx16S2,
+	tensor.Q50x16: q50x16S2, tensor.Q41x16: q41x16S2, tensor.Q51x16: q51x16S2}
 
 // productStreams is the runs a product of one input row reads at once: 2,
 // or 1 for the one-run kernels (benchmarks compare them).

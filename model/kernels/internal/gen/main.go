@@ -115,7 +115,9 @@ func main() {
 	for n := 1; n <= q80x16MaxN; n++ {
 		genQ80x16(n)
 	}
-	genQ80x16Streams(2)
+	for _, typ := range []string{"Q80", "Q40", "IQ4NL", "Q50", "Q41", "Q51"} {
+		genX16Streams(typ)
+	}
 	for _, typ := range []string{"Q40", "IQ4NL", "Q50", "Q41", "Q51"} {
 		for n := 1; n <= q80x16MaxN; n++ {
 			genX16Q80Act(typ, n)

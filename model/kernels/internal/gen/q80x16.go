@@ -91,21 +91,7 @@ func genQ40x16Consts() {
 // q41rows512's float32 steps with the min's share (min81Step).
 func genX16Q80Act(typ string, n int) {
 	name, blockBytes, wp, idx := x16Begin(typ, "N", n, "(see genX16Q80Act)")
-	var c0F, tab VecVirtual
-	if typ != "Q80" {
-		c0F = ZMM()
-		VPBROADCASTD(cB0F, c0F)
-	}
-	if typ == "IQ4NL" {
-		tab = ZMM()
-		VMOVDQU64(cIQ4U, tab)
-	}
-	wt := q80W{typ: typ}
-	var c10 VecVirtual
-	if wt.q5() {
-		c10 = ZMM()
-		VPBROADCASTD(cB10, c10)
-	}
+	wt := x16Consts(typ)
 	Label(name + "_grp")
 	cnt := ld("nblocks")
 	xq := ld("xq") // the current block's q in the current tile
@@ -117,19 +103,74 @@ func genX16Q80Act(typ string, n int) {
 	XORQ(bi, bi)
 	acc := packedZeroAcc(n)
 	Label(name + "_blk")
-	dw := ZMM()
+	dw, m128 := x16Scales(wt, wp)
+	words := x16Words(wt)
+	wv := x16Codes(wt, func(k int) Op { return Mem{Base: wp, Disp: words + 64*k} })
+	x16Rows(wt, n, wv, dw, m128, xm, xq, dc, acc)
+	ADDQ(U32(blockBytes), wp)
+	q80NextBlock(name, xq, dc, bi, cnt)
+	packedEnd(name, acc)
+}
+
+// x16Consts emits the constants the packed kernels of typ keep in
+// registers and returns the type's description holding them.
+func x16Consts(typ string) q80W {
+	wt := q80W{typ: typ}
+	if typ != "Q80" {
+		wt.shift = ZMM() // here: 0x0F bytes
+		VPBROADCASTD(cB0F, wt.shift)
+	}
+	if typ == "IQ4NL" {
+		wt.tab = ZMM()
+		VMOVDQU64(cIQ4U, wt.tab)
+	}
+	if wt.q5() {
+		wt.c10 = ZMM()
+		VPBROADCASTD(cB10, wt.c10)
+	}
+	return wt
+}
+
+// x16Words is the offset of a block's words (after the d, and the m).
+func x16Words(wt q80W) int {
+	if wt.hasMin() {
+		return 64
+	}
+	return 32
+}
+
+// x16RawWords is the number of a block's 64-byte words (per 16 rows): 8
+// of Q8_0's values, else 4 of nibbles, after Q5_0's and Q5_1's word of
+// fifth bits.
+func x16RawWords(wt q80W) int {
+	switch {
+	case wt.typ == "Q80":
+		return 8
+	case wt.q5():
+		return 5
+	}
+	return 4
+}
+
+// x16Scales emits the float32 d (and 128·m, Q4_1 and Q5_1) of the block
+// of a group at wp.
+func x16Scales(wt q80W, wp GPVirtual) (dw, m128 VecVirtual) {
+	dw = ZMM()
 	VCVTPH2PS(Mem{Base: wp}, dw)
-	var m128 VecVirtual
 	if wt.hasMin() {
 		m128 = ZMM()
 		VCVTPH2PS(Mem{Base: wp, Disp: 32}, m128)
 		minScale(m128)
 	}
-	words := 32 // the words' offset: after the d (and the m)
-	if wt.hasMin() {
-		words = 64
-	}
-	word := func(j int) Mem { return Mem{Base: wp, Disp: words + 64*j} }
+	return dw, m128
+}
+
+// x16Codes emits a block's 8 registers of unsigned codes (lane = weight
+// row), the values of Q8_0's 8 words in order, from its raw words
+// word(0..x16RawWords-1) (memory or registers).
+func x16Codes(wt q80W, word func(k int) Op) []VecVirtual {
+	typ := wt.typ
+	c0F := wt.shift
 	nib := 0 // the first word of nibbles
 	if wt.q5() {
 		nib = 1 // after the fifth bits
@@ -137,13 +178,21 @@ func genX16Q80Act(typ string, n int) {
 	wv := make([]VecVirtual, 8)
 	var rep, qh VecVirtual
 	if wt.q5() {
-		qh = ZMM()
-		VMOVDQU64(word(0), qh)
+		if r, ok := word(0).(VecVirtual); ok {
+			qh = r
+		} else {
+			qh = ZMM()
+			VMOVDQU64(word(0), qh)
+		}
 	}
 	for j := range wv {
 		wv[j] = ZMM()
 		if typ == "Q80" {
-			VMOVDQU64(word(j), wv[j])
+			if r, ok := word(j).(VecVirtual); ok {
+				wv[j] = r
+			} else {
+				VMOVDQU64(word(j), wv[j])
+			}
 			continue
 		}
 		if j < 4 {
@@ -153,7 +202,7 @@ func genX16Q80Act(typ string, n int) {
 			VPANDD(c0F, wv[j], wv[j])
 		}
 		if typ == "IQ4NL" {
-			VPSHUFB(wv[j], tab, wv[j])
+			VPSHUFB(wv[j], wt.tab, wv[j])
 		}
 		if wt.q5() {
 			// Register j's values are 4j..4j+3 of the block (j < 4: low
@@ -165,9 +214,16 @@ func genX16Q80Act(typ string, n int) {
 			}
 			k := K()
 			VPTESTMB(cQ5Nib[j%2], rep, k)
-			VPADDB(c10, wv[j], k, wv[j])
+			VPADDB(wt.c10, wv[j], k, wv[j])
 		}
 	}
+	return wv
+}
+
+// x16Rows emits a block's sums and float32 steps for n input rows (acc[i]
+// row i's), the block's codes in wv, its d (and 128·m) in dw (m128).
+func x16Rows(wt q80W, n int, wv []VecVirtual, dw, m128 VecVirtual, xm func(base GPVirtual, i, disp int) Mem, xq, dc GPVirtual, acc []VecVirtual) {
+	typ := wt.typ
 	for i := 0; i < n; i++ {
 		s0 := ZMM()
 		VPXORD(s0, s0, s0)
@@ -214,9 +270,6 @@ func genX16Q80Act(typ string, n int) {
 		VMULPS(t, f, f)
 		VADDPS(f, acc[i], acc[i])
 	}
-	ADDQ(U32(blockBytes), wp)
-	q80NextBlock(name, xq, dc, bi, cnt)
-	packedEnd(name, acc)
 }
 
 // q80NextBlock moves a kernel reading q80rows512's tiles on by a block (the
@@ -256,10 +309,20 @@ func q80Advance(xq, dc, bi GPVirtual, k int, label string) {
 // and returns its name, the size of a group's block and packedBegin's
 // registers.
 func x16Begin(typ, suffix string, n int, see string) (name string, blockBytes int, wp GPVirtual, idx []GPVirtual) {
-	name = map[string]string{"Q80": "q80x16", "Q40": "q40x16", "IQ4NL": "iq4nlx16", "Q50": "q50x16", "Q41": "q41x16", "Q51": "q51x16"}[typ] + suffix + fmt.Sprint(n)
-	blockBytes = map[string]int{"Q80": q80x16Block, "Q40": q40x16Block, "IQ4NL": q40x16Block, "Q50": q50x16Block, "Q41": 16 * 20, "Q51": 16 * 24}[typ]
+	name, blockBytes = x16Name(typ, suffix, n), x16BlockBytes(typ)
 	wp, idx = packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows %s.", name, typ, n, see), n)
 	return name, blockBytes, wp, idx
+}
+
+// x16Name is the name of the packed kernel of type typ ("Q80", "Q40",
+// ...) with suffix and n ("N", n input rows; "S", n streams).
+func x16Name(typ, suffix string, n int) string {
+	return map[string]string{"Q80": "q80x16", "Q40": "q40x16", "IQ4NL": "iq4nlx16", "Q50": "q50x16", "Q41": "q41x16", "Q51": "q51x16"}[typ] + suffix + fmt.Sprint(n)
+}
+
+// x16BlockBytes is the size of a block of a 16-row group of type typ.
+func x16BlockBytes(typ string) int {
+	return map[string]int{"Q80": q80x16Block, "Q40": q40x16Block, "IQ4NL": q40x16Block, "Q50": q50x16Block, "Q41": 16 * 20, "Q51": 16 * 24}[typ]
 }
 
 // packedSig is the signature of the packed kernels (q80x16N, q4kx16N,
@@ -391,12 +454,16 @@ func packedEnd(name string, acc []VecVirtual) {
 	RET()
 }
 
-// genQ80x16Streams emits q80x16S<streams>: q80x16N1 on streams runs of
-// groups at once (see streams.go), the runs two by two with their loads
-// interleaved (which measured 15% faster than one run after the other).
-func genQ80x16Streams(streams int) {
-	name := fmt.Sprintf("q80x16S%d", streams)
-	wp := streamsBegin(name, "Q80", streams)
+// genX16Streams emits the two-stream kernel of one input row of a packed
+// type whose input rows are quantized as Q8_0's (q80x16S2, q40x16S2, ...:
+// see streams.go). Per block, the raw words of both runs' blocks are loaded
+// first, interleaved (which measured 15% faster for Q8_0 than one run's
+// block after the other's), then each run's block is computed as the
+// one-run kernel computes it.
+func genX16Streams(typ string) {
+	name, blockBytes := x16Name(typ, "S", 2), x16BlockBytes(typ)
+	wp := streamsBegin(name, typ, 2)
+	wt := x16Consts(typ)
 	Label(name + "_grp")
 	cnt := ld("nblocks")
 	xq := ld("xq")
@@ -404,42 +471,22 @@ func genQ80x16Streams(streams int) {
 	MOVQ(xq, dc)
 	bi := GP64()
 	XORQ(bi, bi)
-	acc := packedZeroAcc(streams)
+	acc := packedZeroAcc(2)
 	Label(name + "_blk")
-	// The runs two by two, their loads interleaved.
-	for s0 := 0; s0 < streams; s0 += 2 {
-		var dw [2]VecVirtual
-		var wv [2][8]VecVirtual
+	words, nw := x16Words(wt), x16RawWords(wt)
+	raw := [2][]VecVirtual{make([]VecVirtual, nw), make([]VecVirtual, nw)}
+	for k := range nw {
 		for s := range 2 {
-			dw[s] = ZMM()
-			VCVTPH2PS(Mem{Base: wp[s0+s]}, dw[s])
+			raw[s][k] = ZMM()
+			VMOVDQU64(Mem{Base: wp[s], Disp: words + 64*k}, raw[s][k])
 		}
-		for j := range 8 {
-			for s := range 2 {
-				wv[s][j] = ZMM()
-				VMOVDQU64(Mem{Base: wp[s0+s], Disp: 32 + 64*j}, wv[s][j])
-			}
-		}
-		for s := range 2 {
-			a, b := ZMM(), ZMM()
-			VPXORD(a, a, a)
-			VPXORD(b, b, b)
-			for j := range 8 {
-				d := a
-				if j%2 == 1 {
-					d = b
-				}
-				VPDPBUSD_BCST(Mem{Base: xq, Disp: 4 * j}, wv[s][j], d)
-			}
-			VPADDD(b, a, a)
-			VPSUBD_BCST(Mem{Base: dc, Disp: q80rC}, a, a)
-			f, t := ZMM(), ZMM()
-			VCVTDQ2PS(a, f)
-			VMULPS_BCST(Mem{Base: dc, Disp: q80rD}, dw[s], t)
-			VMULPS(t, f, f)
-			VADDPS(f, acc[s0+s], acc[s0+s])
-			ADDQ(U32(q80x16Block), wp[s0+s])
-		}
+	}
+	xm := func(base GPVirtual, _, disp int) Mem { return Mem{Base: base, Disp: disp} }
+	for s := range 2 {
+		dw, m128 := x16Scales(wt, wp[s])
+		wv := x16Codes(wt, func(k int) Op { return raw[s][k] })
+		x16Rows(wt, 1, wv, dw, m128, xm, xq, dc, acc[s:s+1])
+		ADDQ(U32(blockBytes), wp[s])
 	}
 	q80NextBlock(name, xq, dc, bi, cnt)
 	streamsEnd(name, acc)
