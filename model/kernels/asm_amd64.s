@@ -134987,3 +134987,139 @@ bf16rows512_red:
 	JNZ           bf16rows512_row
 	VZEROUPPER
 	RET
+
+// func bf16rows512S2(w *byte, wstride int, nrows int, x *byte, nchunks int, out *float32, wspan int, ospan int)
+// Requires: AVX, AVX512F, AVX512VL
+TEXT ·bf16rows512S2(SB), NOSPLIT, $0-64
+	MOVQ w+0(FP), AX
+	MOVQ wstride+8(FP), BX
+	MOVQ out+40(FP), R10
+	MOVQ wspan+48(FP), R11
+	MOVQ ospan+56(FP), R8
+
+bf16rows512S2_row:
+	MOVQ   AX, R12
+	LEAQ   (AX)(R11*1), R13
+	MOVQ   x+24(FP), DI
+	MOVQ   nchunks+32(FP), R9
+	VPXORD Z0, Z0, Z0
+	VPXORD Z2, Z2, Z2
+
+bf16rows512S2_four:
+	CMPQ      R9, $0x04
+	JL        bf16rows512S2_one
+	VMOVDQU32 (R12), Z8
+	VMOVDQU32 (R13), Z16
+	VMOVDQU32 (DI), Z12
+	VMOVDQU32 64(R12), Z9
+	VMOVDQU32 64(R13), Z17
+	VMOVDQU32 64(DI), Z13
+	VMOVDQU32 128(R12), Z10
+	VMOVDQU32 128(R13), Z18
+	VMOVDQU32 128(DI), Z14
+	VMOVDQU32 192(R12), Z11
+	VMOVDQU32 192(R13), Z19
+	VMOVDQU32 192(DI), Z15
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x3e
+	BYTE      $0x48
+	BYTE      $0x52
+	BYTE      $0xc4
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x7e
+	BYTE      $0x40
+	BYTE      $0x52
+	BYTE      $0xd4
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x36
+	BYTE      $0x48
+	BYTE      $0x52
+	BYTE      $0xc5
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x76
+	BYTE      $0x40
+	BYTE      $0x52
+	BYTE      $0xd5
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x2e
+	BYTE      $0x48
+	BYTE      $0x52
+	BYTE      $0xc6
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x6e
+	BYTE      $0x40
+	BYTE      $0x52
+	BYTE      $0xd6
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x26
+	BYTE      $0x48
+	BYTE      $0x52
+	BYTE      $0xc7
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x66
+	BYTE      $0x40
+	BYTE      $0x52
+	BYTE      $0xd7
+	ADDQ      $0x00000100, R12
+	ADDQ      $0x00000100, R13
+	ADDQ      $0x00000100, DI
+	SUBQ      $0x04, R9
+	JMP       bf16rows512S2_four
+
+bf16rows512S2_one:
+	TESTQ     R9, R9
+	JZ        bf16rows512S2_red
+	VMOVDQU32 (R12), Z8
+	VMOVDQU32 (R13), Z16
+	VMOVDQU32 (DI), Z12
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x3e
+	BYTE      $0x48
+	BYTE      $0x52
+	BYTE      $0xc4
+	BYTE      $0x62
+	BYTE      $0xd2
+	BYTE      $0x7e
+	BYTE      $0x40
+	BYTE      $0x52
+	BYTE      $0xd4
+	ADDQ      $0x40, R12
+	ADDQ      $0x40, R13
+	ADDQ      $0x40, DI
+	DECQ      R9
+	JMP       bf16rows512S2_one
+
+bf16rows512S2_red:
+	VEXTRACTF64X4 $0x01, Z0, Y1
+	VADDPS        Y1, Y0, Y0
+	VEXTRACTF32X4 $0x01, Y0, X1
+	VADDPS        X1, X0, X0
+	VPERMILPS     $0x4e, X0, X1
+	VADDPS        X1, X0, X0
+	VPERMILPS     $0xb1, X0, X1
+	VADDSS        X1, X0, X0
+	VEXTRACTF64X4 $0x01, Z2, Y3
+	VADDPS        Y3, Y2, Y2
+	VEXTRACTF32X4 $0x01, Y2, X3
+	VADDPS        X3, X2, X2
+	VPERMILPS     $0x4e, X2, X3
+	VADDPS        X3, X2, X2
+	VPERMILPS     $0xb1, X2, X3
+	VADDSS        X3, X2, X2
+	VMOVSS        X0, (R10)
+	VMOVSS        X2, (R10)(R8*1)
+	ADDQ          $0x04, R10
+	ADDQ          BX, AX
+	DECQ          nrows+16(FP)
+	JNZ           bf16rows512S2_row
+	VZEROUPPER
+	RET

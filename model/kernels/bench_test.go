@@ -531,12 +531,13 @@ func BenchmarkReadStreams(b *testing.B) {
 	}
 }
 
-// BenchmarkStreams: packed products of one input row with the two-stream
-// kernels (planStreams) against the one-run kernels, in_proj, an expert's
-// and the LM head's shapes, from memory. Compare the pairs of one run.
+// BenchmarkStreams: products of one input row with the two-stream kernels
+// (planStreams, and bf16rows512S2 for BF16) against the one-run kernels,
+// in_proj, an expert's and the LM head's shapes, from memory. Compare the
+// pairs of one run.
 func BenchmarkStreams(b *testing.B) {
-	for _, dt := range packedDTypes {
-		if streamKernels[specOf(dt, tensor.RowMajor).layout] == nil {
+	for _, dt := range append([]tensor.DType{tensor.BF16}, packedDTypes...) {
+		if dt != tensor.BF16 && streamKernels[specOf(dt, tensor.RowMajor).layout] == nil {
 			continue
 		}
 		for _, sh := range [][2]int{{6448, 1536}, {1536, 512}, {100352, 1536}} {
@@ -545,7 +546,9 @@ func BenchmarkStreams(b *testing.B) {
 					b.Run(fmt.Sprintf("%v/%dx%d/threads=%d/streams=%d", dt, sh[0], sh[1], th, streams), func(b *testing.B) {
 						ws := append([]tensor.Matrix(nil), coldWeights(dt, sh[0], sh[1], 600<<20)...)
 						for i, w := range ws {
-							ws[i] = Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)
+							if dt != tensor.BF16 {
+								ws[i] = Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)
+							}
 						}
 						defer func(p int) { productStreams = p }(productStreams)
 						productStreams = streams

@@ -37,15 +37,33 @@ func planBF16(c *callCtx, lvl Level) bool {
 	j.bf = xb
 	j.block = bf16Block
 	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
+	if j.n == 1 && productStreams == 2 && j.w.Rows/2 >= minStreamRowsBF16 {
+		// Two runs of rows at once (bf16rows512S2), as planStreams.
+		j.span = j.w.Rows / 2
+		j.rb = rowBlock(j.span, 2*j.rowBytes, fusedBlockBytes)
+	}
 	return true
 }
+
+// minStreamRowsBF16 is the fewest rows per run worth bf16rows512S2.
+const minStreamRowsBF16 = 64
 
 func bf16Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	rows, n, k := j.w.Rows, j.n, j.w.Cols
 	// One input row: the rows one after the other (a sequential stream;
 	// measured 58-70% -> 68-72% of the bandwidth), the tiles' bits.
 	if n == 1 {
-		bf16rows512(&j.w.Data[r0*j.rowBytes], j.rowBytes, r1-r0, (*byte)(unsafe.Pointer(unsafe.SliceData(j.bf))), k/32, &j.out[r0])
+		xb := (*byte)(unsafe.Pointer(unsafe.SliceData(j.bf)))
+		if j.span == 0 {
+			bf16rows512(&j.w.Data[r0*j.rowBytes], j.rowBytes, r1-r0, xb, k/32, &j.out[r0])
+			return
+		}
+		// Rows [r0, r1) and [r0+span, r1+span) at once; the last block
+		// also the odd row after them.
+		bf16rows512S2(&j.w.Data[r0*j.rowBytes], j.rowBytes, r1-r0, xb, k/32, &j.out[r0], j.span*j.rowBytes, 4*j.span)
+		if r1 == j.span && rows > 2*j.span {
+			bf16rows512(&j.w.Data[2*j.span*j.rowBytes], j.rowBytes, rows-2*j.span, xb, k/32, &j.out[2*j.span])
+		}
 		return
 	}
 	nq := (r1 - r0) / 4

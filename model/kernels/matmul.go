@@ -66,7 +66,8 @@ type mmJob struct {
 	nblocks int  // number of row blocks
 	// span > 0: the blocks cover rows [0, span), and block [r0, r1) stands
 	// for rows [r0, r1) and [r0+span, r1+span) of a two-stream kernel
-	// (q8Plan.streams) and, the last one, the rows after 2·span too.
+	// (q8Plan.streams, bf16rows512S2) and, the last one, the rows after
+	// 2·span too.
 	span int
 	next atomic.Int64 // next block to claim
 

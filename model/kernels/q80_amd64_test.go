@@ -509,3 +509,36 @@ func TestStreamsMatchOneRun(t *testing.T) {
 		}
 	}
 }
+
+// TestBF16StreamsMatchOneRun: bf16 weights at one input row give the same
+// bits with bf16rows512S2 (two runs of rows at once) as with bf16rows512,
+// with an even and an odd number of rows, on one thread and two.
+func TestBF16StreamsMatchOneRun(t *testing.T) {
+	if KernelLevel() < LevelAVX512 || !hasBF16DotKernels() {
+		t.Skip("no bf16 dot kernels on this CPU")
+	}
+	rng := rand.New(rand.NewPCG(43, 43))
+	for _, rows := range []int{128, 129, 1537} {
+		for _, cols := range []int{32, 96, 1536} {
+			w := randMatrix(rng, tensor.BF16, rows, cols)
+			x := randVec(rng, cols)
+			c := new(callCtx)
+			c.job.out, c.job.w, c.job.x, c.job.n, c.job.rowBytes = make([]float32, rows), w, x, 1, w.RowStride()
+			if !planBF16(c, KernelLevel()) || c.job.span == 0 {
+				t.Fatalf("[%d,%d]: bf16rows512S2 not planned", rows, cols)
+			}
+			for _, th := range []int{1, 2} {
+				one, two := make([]float32, rows), make([]float32, rows)
+				productStreams = 1
+				withThreads(th, func() { MatMul(one, w, x, 1) })
+				productStreams = 2
+				withThreads(th, func() { MatMul(two, w, x, 1) })
+				for r := range rows {
+					if math.Float32bits(one[r]) != math.Float32bits(two[r]) {
+						t.Fatalf("[%d,%d] threads=%d row %d: %g with two runs, %g with one", rows, cols, th, r, two[r], one[r])
+					}
+				}
+			}
+		}
+	}
+}

@@ -268,3 +268,69 @@ func genBF16Rows() {
 	VZEROUPPER()
 	RET()
 }
+
+// genBF16RowsS2 emits bf16rows512S2(w, wstride, nrows, x, nchunks, out,
+// wspan, ospan): bf16rows512 on two runs of rows at once, run two starting
+// wspan bytes after w and writing ospan bytes after out (see streams.go:
+// one core reads faster from two distant places than from one). Each row's
+// chain and reduction are bf16rows512's, so the bits are the same.
+func genBF16RowsS2() {
+	name := "bf16rows512S2"
+	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, x *byte, nchunks int, out *float32, wspan, ospan int)")
+	Pragma("noescape")
+	Doc(name + " computes one-input-row dot products of bf16 weight rows of two runs at once, with VDPBF16PS (see genBF16RowsS2).")
+	wq, ws, oq, w0, w1, xp, cnt, sp, osp := RAX, RBX, R10, R12, R13, RDI, R9, R11, R8
+	Load(Param("w"), wq)
+	Load(Param("wstride"), ws)
+	Load(Param("out"), oq)
+	Load(Param("wspan"), sp)
+	Load(Param("ospan"), osp)
+	Label(name + "_row")
+	MOVQ(wq, w0)
+	LEAQ(Mem{Base: wq, Index: sp, Scale: 1}, w1)
+	Load(Param("x"), xp)
+	Load(Param("nchunks"), cnt)
+	VPXORD(Z0, Z0, Z0)
+	VPXORD(Z2, Z2, Z2)
+	Label(name + "_four")
+	CMPQ(cnt, U8(4))
+	JL(LabelRef(name + "_one"))
+	for c := 0; c < 4; c++ {
+		VMOVDQU32(Mem{Base: w0, Disp: 64 * c}, zRegs[8+c])
+		VMOVDQU32(Mem{Base: w1, Disp: 64 * c}, zRegs[16+c])
+		VMOVDQU32(Mem{Base: xp, Disp: 64 * c}, zRegs[12+c])
+	}
+	for c := 0; c < 4; c++ {
+		vdpbf16ps(0, 8+c, 12+c)
+		vdpbf16ps(2, 16+c, 12+c)
+	}
+	ADDQ(U32(256), w0)
+	ADDQ(U32(256), w1)
+	ADDQ(U32(256), xp)
+	SUBQ(U8(4), cnt)
+	JMP(LabelRef(name + "_four"))
+	Label(name + "_one")
+	TESTQ(cnt, cnt)
+	JZ(LabelRef(name + "_red"))
+	VMOVDQU32(Mem{Base: w0}, Z8)
+	VMOVDQU32(Mem{Base: w1}, Z16)
+	VMOVDQU32(Mem{Base: xp}, Z12)
+	vdpbf16ps(0, 8, 12)
+	vdpbf16ps(2, 16, 12)
+	ADDQ(U8(64), w0)
+	ADDQ(U8(64), w1)
+	ADDQ(U8(64), xp)
+	DECQ(cnt)
+	JMP(LabelRef(name + "_one"))
+	Label(name + "_red")
+	hsumZ(Z0, Z1)
+	hsumZ(Z2, Z3)
+	VMOVSS(X0, Mem{Base: oq})
+	VMOVSS(X2, Mem{Base: oq, Index: osp, Scale: 1})
+	ADDQ(U8(4), oq)
+	ADDQ(ws, wq)
+	DECQ(paddr("nrows"))
+	JNZ(LabelRef(name + "_row"))
+	VZEROUPPER()
+	RET()
+}

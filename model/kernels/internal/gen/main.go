@@ -176,6 +176,7 @@ func main() {
 	}
 	genToBF16()
 	genBF16Rows()
+	genBF16RowsS2()
 	Generate()
 	writePanelOrder()
 }
