@@ -756,23 +756,41 @@ func q80x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *floa
 // q80x16N8 multiplies a 16-row group of repacked Q80 weights with 8 quantized input rows (see genX16Q80Act).
 func q80x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q80x16S2 multiplies 2 runs of 16-row groups of repacked Q80 weights with one quantized input row (see streams.go).
-func q80x16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// q80x16S2N1 multiplies 2 runs of 16-row groups of repacked Q80 weights with 1 quantized input rows (see streams.go).
+func q80x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 
-// q40x16S2 multiplies 2 runs of 16-row groups of repacked Q40 weights with one quantized input row (see streams.go).
-func q40x16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// q80x16S2N2 multiplies 2 runs of 16-row groups of repacked Q80 weights with 2 quantized input rows (see streams.go).
+func q80x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 
-// iq4nlx16S2 multiplies 2 runs of 16-row groups of repacked IQ4NL weights with one quantized input row (see streams.go).
-func iq4nlx16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// q40x16S2N1 multiplies 2 runs of 16-row groups of repacked Q40 weights with 1 quantized input rows (see streams.go).
+func q40x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 
-// q50x16S2 multiplies 2 runs of 16-row groups of repacked Q50 weights with one quantized input row (see streams.go).
-func q50x16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// q40x16S2N2 multiplies 2 runs of 16-row groups of repacked Q40 weights with 2 quantized input rows (see streams.go).
+func q40x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 
-// q41x16S2 multiplies 2 runs of 16-row groups of repacked Q41 weights with one quantized input row (see streams.go).
-func q41x16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// iq4nlx16S2N1 multiplies 2 runs of 16-row groups of repacked IQ4NL weights with 1 quantized input rows (see streams.go).
+func iq4nlx16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 
-// q51x16S2 multiplies 2 runs of 16-row groups of repacked Q51 weights with one quantized input row (see streams.go).
-func q51x16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// iq4nlx16S2N2 multiplies 2 runs of 16-row groups of repacked IQ4NL weights with 2 quantized input rows (see streams.go).
+func iq4nlx16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
+// q50x16S2N1 multiplies 2 runs of 16-row groups of repacked Q50 weights with 1 quantized input rows (see streams.go).
+func q50x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
+// q50x16S2N2 multiplies 2 runs of 16-row groups of repacked Q50 weights with 2 quantized input rows (see streams.go).
+func q50x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
+// q41x16S2N1 multiplies 2 runs of 16-row groups of repacked Q41 weights with 1 quantized input rows (see streams.go).
+func q41x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
+// q41x16S2N2 multiplies 2 runs of 16-row groups of repacked Q41 weights with 2 quantized input rows (see streams.go).
+func q41x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
+// q51x16S2N1 multiplies 2 runs of 16-row groups of repacked Q51 weights with 1 quantized input rows (see streams.go).
+func q51x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
+// q51x16S2N2 multiplies 2 runs of 16-row groups of repacked Q51 weights with 2 quantized input rows (see streams.go).
+func q51x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 
 // q40x16N1 multiplies a 16-row group of repacked Q40 weights with 1 quantized input rows (see genX16Q80Act).
 func q40x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)

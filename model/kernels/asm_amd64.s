@@ -99086,14 +99086,14 @@ q80x16N8_next:
 	VZEROUPPER
 	RET
 
-// func q80x16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// func q80x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 // Requires: AVX, AVX512DQ, AVX512F, AVX512VNNI
-TEXT ·q80x16S2(SB), NOSPLIT, $0-56
+TEXT ·q80x16S2N1(SB), NOSPLIT, $0-72
 	MOVQ w+0(FP), AX
-	MOVQ wspan+32(FP), CX
+	MOVQ wspan+56(FP), CX
 	LEAQ (AX)(CX*1), CX
 
-q80x16S2_grp:
+q80x16S2N1_grp:
 	MOVQ   nblocks+16(FP), DX
 	MOVQ   xq+24(FP), BX
 	MOVQ   BX, SI
@@ -99101,7 +99101,7 @@ q80x16S2_grp:
 	VXORPS Z0, Z0, Z0
 	VXORPS Z1, Z1, Z1
 
-q80x16S2_blk:
+q80x16S2N1_blk:
 	VMOVDQU64     32(AX), Z2
 	VMOVDQU64     32(CX), Z3
 	VMOVDQU64     96(AX), Z4
@@ -99158,36 +99158,171 @@ q80x16S2_blk:
 	ADDQ          $0x04, SI
 	INCQ          DI
 	CMPQ          DI, $0x10
-	JNE           q80x16S2_next
+	JNE           q80x16S2N1_next
 	ADDQ          $0x00000080, BX
 	ADDQ          $0x00000240, SI
 	XORQ          DI, DI
 
-q80x16S2_next:
+q80x16S2N1_next:
 	DECQ    DX
-	JNZ     q80x16S2_blk
+	JNZ     q80x16S2N1_blk
 	MOVQ    out+40(FP), DX
-	MOVQ    ospan+48(FP), BX
+	MOVQ    ospan+64(FP), BX
 	MOVQ    DX, SI
 	VMOVUPS Z0, (SI)
+	MOVQ    DX, SI
 	ADDQ    BX, SI
 	VMOVUPS Z1, (SI)
 	ADDQ    $0x40, DX
 	MOVQ    DX, out+40(FP)
 	DECQ    groups+8(FP)
-	JNZ     q80x16S2_grp
+	JNZ     q80x16S2N1_grp
 	VZEROUPPER
 	RET
 
-// func q40x16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// func q80x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+// Requires: AVX, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q80x16S2N2(SB), NOSPLIT, $0-72
+	MOVQ w+0(FP), AX
+	MOVQ wspan+56(FP), CX
+	LEAQ (AX)(CX*1), CX
+	MOVQ xstride+32(FP), DX
+
+q80x16S2N2_grp:
+	MOVQ   nblocks+16(FP), BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	XORQ   R8, R8
+	VXORPS Z0, Z0, Z0
+	VXORPS Z1, Z1, Z1
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+
+q80x16S2N2_blk:
+	VMOVDQU64     32(AX), Z4
+	VMOVDQU64     32(CX), Z5
+	VMOVDQU64     96(AX), Z6
+	VMOVDQU64     96(CX), Z7
+	VMOVDQU64     160(AX), Z8
+	VMOVDQU64     160(CX), Z9
+	VMOVDQU64     224(AX), Z10
+	VMOVDQU64     224(CX), Z11
+	VMOVDQU64     288(AX), Z12
+	VMOVDQU64     288(CX), Z13
+	VMOVDQU64     352(AX), Z14
+	VMOVDQU64     352(CX), Z15
+	VMOVDQU64     416(AX), Z16
+	VMOVDQU64     416(CX), Z17
+	VMOVDQU64     480(AX), Z18
+	VMOVDQU64     480(CX), Z19
+	VCVTPH2PS     (AX), Z20
+	VPXORD        Z21, Z21, Z21
+	VPXORD        Z22, Z22, Z22
+	VPDPBUSD.BCST (SI), Z4, Z21
+	VPDPBUSD.BCST 4(SI), Z6, Z22
+	VPDPBUSD.BCST 8(SI), Z8, Z21
+	VPDPBUSD.BCST 12(SI), Z10, Z22
+	VPDPBUSD.BCST 16(SI), Z12, Z21
+	VPDPBUSD.BCST 20(SI), Z14, Z22
+	VPDPBUSD.BCST 24(SI), Z16, Z21
+	VPDPBUSD.BCST 28(SI), Z18, Z22
+	VPADDD        Z22, Z21, Z21
+	VPSUBD.BCST   576(DI), Z21, Z21
+	VCVTDQ2PS     Z21, Z23
+	VMULPS.BCST   512(DI), Z20, Z24
+	VMULPS        Z24, Z23, Z23
+	VADDPS        Z23, Z0, Z0
+	VPXORD        Z25, Z25, Z25
+	VPXORD        Z26, Z26, Z26
+	VPDPBUSD.BCST (SI)(DX*1), Z4, Z25
+	VPDPBUSD.BCST 4(SI)(DX*1), Z6, Z26
+	VPDPBUSD.BCST 8(SI)(DX*1), Z8, Z25
+	VPDPBUSD.BCST 12(SI)(DX*1), Z10, Z26
+	VPDPBUSD.BCST 16(SI)(DX*1), Z12, Z25
+	VPDPBUSD.BCST 20(SI)(DX*1), Z14, Z26
+	VPDPBUSD.BCST 24(SI)(DX*1), Z16, Z25
+	VPDPBUSD.BCST 28(SI)(DX*1), Z18, Z26
+	VPADDD        Z26, Z25, Z25
+	VPSUBD.BCST   576(DI)(DX*1), Z25, Z25
+	VCVTDQ2PS     Z25, Z4
+	VMULPS.BCST   512(DI)(DX*1), Z20, Z6
+	VMULPS        Z6, Z4, Z4
+	VADDPS        Z4, Z1, Z1
+	ADDQ          $0x00000220, AX
+	VCVTPH2PS     (CX), Z4
+	VPXORD        Z27, Z27, Z27
+	VPXORD        Z28, Z28, Z28
+	VPDPBUSD.BCST (SI), Z5, Z27
+	VPDPBUSD.BCST 4(SI), Z7, Z28
+	VPDPBUSD.BCST 8(SI), Z9, Z27
+	VPDPBUSD.BCST 12(SI), Z11, Z28
+	VPDPBUSD.BCST 16(SI), Z13, Z27
+	VPDPBUSD.BCST 20(SI), Z15, Z28
+	VPDPBUSD.BCST 24(SI), Z17, Z27
+	VPDPBUSD.BCST 28(SI), Z19, Z28
+	VPADDD        Z28, Z27, Z27
+	VPSUBD.BCST   576(DI), Z27, Z27
+	VCVTDQ2PS     Z27, Z6
+	VMULPS.BCST   512(DI), Z4, Z8
+	VMULPS        Z8, Z6, Z6
+	VADDPS        Z6, Z2, Z2
+	VPXORD        Z29, Z29, Z29
+	VPXORD        Z30, Z30, Z30
+	VPDPBUSD.BCST (SI)(DX*1), Z5, Z29
+	VPDPBUSD.BCST 4(SI)(DX*1), Z7, Z30
+	VPDPBUSD.BCST 8(SI)(DX*1), Z9, Z29
+	VPDPBUSD.BCST 12(SI)(DX*1), Z11, Z30
+	VPDPBUSD.BCST 16(SI)(DX*1), Z13, Z29
+	VPDPBUSD.BCST 20(SI)(DX*1), Z15, Z30
+	VPDPBUSD.BCST 24(SI)(DX*1), Z17, Z29
+	VPDPBUSD.BCST 28(SI)(DX*1), Z19, Z30
+	VPADDD        Z30, Z29, Z29
+	VPSUBD.BCST   576(DI)(DX*1), Z29, Z29
+	VCVTDQ2PS     Z29, Z5
+	VMULPS.BCST   512(DI)(DX*1), Z4, Z4
+	VMULPS        Z4, Z5, Z5
+	VADDPS        Z5, Z3, Z3
+	ADDQ          $0x00000220, CX
+	ADDQ          $0x20, SI
+	ADDQ          $0x04, DI
+	INCQ          R8
+	CMPQ          R8, $0x10
+	JNE           q80x16S2N2_next
+	ADDQ          $0x00000080, SI
+	ADDQ          $0x00000240, DI
+	XORQ          R8, R8
+
+q80x16S2N2_next:
+	DECQ    BX
+	JNZ     q80x16S2N2_blk
+	MOVQ    out+40(FP), BX
+	MOVQ    ospan+64(FP), SI
+	MOVQ    ostride+48(FP), DI
+	MOVQ    BX, R8
+	VMOVUPS Z0, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z1, (R8)
+	MOVQ    BX, R8
+	ADDQ    SI, R8
+	VMOVUPS Z2, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z3, (R8)
+	ADDQ    $0x40, BX
+	MOVQ    BX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q80x16S2N2_grp
+	VZEROUPPER
+	RET
+
+// func q40x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 // Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
-TEXT ·q40x16S2(SB), NOSPLIT, $0-56
+TEXT ·q40x16S2N1(SB), NOSPLIT, $0-72
 	MOVQ         w+0(FP), AX
-	MOVQ         wspan+32(FP), CX
+	MOVQ         wspan+56(FP), CX
 	LEAQ         (AX)(CX*1), CX
 	VPBROADCASTD b0f<>+0(SB), Z0
 
-q40x16S2_grp:
+q40x16S2N1_grp:
 	MOVQ   nblocks+16(FP), DX
 	MOVQ   xq+24(FP), BX
 	MOVQ   BX, SI
@@ -99195,7 +99330,7 @@ q40x16S2_grp:
 	VXORPS Z1, Z1, Z1
 	VXORPS Z2, Z2, Z2
 
-q40x16S2_blk:
+q40x16S2N1_blk:
 	VMOVDQU64     32(AX), Z3
 	VMOVDQU64     32(CX), Z4
 	VMOVDQU64     96(AX), Z5
@@ -99272,37 +99407,197 @@ q40x16S2_blk:
 	ADDQ          $0x04, SI
 	INCQ          DI
 	CMPQ          DI, $0x10
-	JNE           q40x16S2_next
+	JNE           q40x16S2N1_next
 	ADDQ          $0x00000080, BX
 	ADDQ          $0x00000240, SI
 	XORQ          DI, DI
 
-q40x16S2_next:
+q40x16S2N1_next:
 	DECQ    DX
-	JNZ     q40x16S2_blk
+	JNZ     q40x16S2N1_blk
 	MOVQ    out+40(FP), DX
-	MOVQ    ospan+48(FP), BX
+	MOVQ    ospan+64(FP), BX
 	MOVQ    DX, SI
 	VMOVUPS Z1, (SI)
+	MOVQ    DX, SI
 	ADDQ    BX, SI
 	VMOVUPS Z2, (SI)
 	ADDQ    $0x40, DX
 	MOVQ    DX, out+40(FP)
 	DECQ    groups+8(FP)
-	JNZ     q40x16S2_grp
+	JNZ     q40x16S2N1_grp
 	VZEROUPPER
 	RET
 
-// func iq4nlx16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// func q40x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 // Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
-TEXT ·iq4nlx16S2(SB), NOSPLIT, $0-56
+TEXT ·q40x16S2N2(SB), NOSPLIT, $0-72
 	MOVQ         w+0(FP), AX
-	MOVQ         wspan+32(FP), CX
+	MOVQ         wspan+56(FP), CX
+	LEAQ         (AX)(CX*1), CX
+	MOVQ         xstride+32(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+
+q40x16S2N2_grp:
+	MOVQ   nblocks+16(FP), BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	XORQ   R8, R8
+	VXORPS Z1, Z1, Z1
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+
+q40x16S2N2_blk:
+	VMOVDQU64     32(AX), Z5
+	VMOVDQU64     32(CX), Z6
+	VMOVDQU64     96(AX), Z7
+	VMOVDQU64     96(CX), Z8
+	VMOVDQU64     160(AX), Z9
+	VMOVDQU64     160(CX), Z10
+	VMOVDQU64     224(AX), Z11
+	VMOVDQU64     224(CX), Z12
+	VCVTPH2PS     (AX), Z13
+	VPANDD        Z5, Z0, Z14
+	VPANDD        Z7, Z0, Z15
+	VPANDD        Z9, Z0, Z16
+	VPANDD        Z11, Z0, Z17
+	VPSRLW        $0x04, Z5, Z5
+	VPANDD        Z0, Z5, Z5
+	VPSRLW        $0x04, Z7, Z7
+	VPANDD        Z0, Z7, Z7
+	VPSRLW        $0x04, Z9, Z9
+	VPANDD        Z0, Z9, Z9
+	VPSRLW        $0x04, Z11, Z11
+	VPANDD        Z0, Z11, Z11
+	VPXORD        Z18, Z18, Z18
+	VPXORD        Z19, Z19, Z19
+	VPDPBUSD.BCST (SI), Z14, Z18
+	VPDPBUSD.BCST 4(SI), Z15, Z19
+	VPDPBUSD.BCST 8(SI), Z16, Z18
+	VPDPBUSD.BCST 12(SI), Z17, Z19
+	VPDPBUSD.BCST 16(SI), Z5, Z18
+	VPDPBUSD.BCST 20(SI), Z7, Z19
+	VPDPBUSD.BCST 24(SI), Z9, Z18
+	VPDPBUSD.BCST 28(SI), Z11, Z19
+	VPADDD        Z19, Z18, Z18
+	VPBROADCASTD  576(DI), Z26
+	VPSRAD        $0x04, Z26, Z26
+	VPSUBD        Z26, Z18, Z18
+	VCVTDQ2PS     Z18, Z26
+	VMULPS.BCST   512(DI), Z13, Z27
+	VMULPS        Z27, Z26, Z26
+	VADDPS        Z26, Z1, Z1
+	VPXORD        Z20, Z20, Z20
+	VPXORD        Z21, Z21, Z21
+	VPDPBUSD.BCST (SI)(DX*1), Z14, Z20
+	VPDPBUSD.BCST 4(SI)(DX*1), Z15, Z21
+	VPDPBUSD.BCST 8(SI)(DX*1), Z16, Z20
+	VPDPBUSD.BCST 12(SI)(DX*1), Z17, Z21
+	VPDPBUSD.BCST 16(SI)(DX*1), Z5, Z20
+	VPDPBUSD.BCST 20(SI)(DX*1), Z7, Z21
+	VPDPBUSD.BCST 24(SI)(DX*1), Z9, Z20
+	VPDPBUSD.BCST 28(SI)(DX*1), Z11, Z21
+	VPADDD        Z21, Z20, Z20
+	VPBROADCASTD  576(DI)(DX*1), Z5
+	VPSRAD        $0x04, Z5, Z5
+	VPSUBD        Z5, Z20, Z20
+	VCVTDQ2PS     Z20, Z5
+	VMULPS.BCST   512(DI)(DX*1), Z13, Z7
+	VMULPS        Z7, Z5, Z5
+	VADDPS        Z5, Z2, Z2
+	ADDQ          $0x00000120, AX
+	VCVTPH2PS     (CX), Z5
+	VPANDD        Z6, Z0, Z7
+	VPANDD        Z8, Z0, Z9
+	VPANDD        Z10, Z0, Z11
+	VPANDD        Z12, Z0, Z13
+	VPSRLW        $0x04, Z6, Z6
+	VPANDD        Z0, Z6, Z6
+	VPSRLW        $0x04, Z8, Z8
+	VPANDD        Z0, Z8, Z8
+	VPSRLW        $0x04, Z10, Z10
+	VPANDD        Z0, Z10, Z10
+	VPSRLW        $0x04, Z12, Z12
+	VPANDD        Z0, Z12, Z12
+	VPXORD        Z22, Z22, Z22
+	VPXORD        Z23, Z23, Z23
+	VPDPBUSD.BCST (SI), Z7, Z22
+	VPDPBUSD.BCST 4(SI), Z9, Z23
+	VPDPBUSD.BCST 8(SI), Z11, Z22
+	VPDPBUSD.BCST 12(SI), Z13, Z23
+	VPDPBUSD.BCST 16(SI), Z6, Z22
+	VPDPBUSD.BCST 20(SI), Z8, Z23
+	VPDPBUSD.BCST 24(SI), Z10, Z22
+	VPDPBUSD.BCST 28(SI), Z12, Z23
+	VPADDD        Z23, Z22, Z22
+	VPBROADCASTD  576(DI), Z14
+	VPSRAD        $0x04, Z14, Z14
+	VPSUBD        Z14, Z22, Z22
+	VCVTDQ2PS     Z22, Z14
+	VMULPS.BCST   512(DI), Z5, Z15
+	VMULPS        Z15, Z14, Z14
+	VADDPS        Z14, Z3, Z3
+	VPXORD        Z24, Z24, Z24
+	VPXORD        Z25, Z25, Z25
+	VPDPBUSD.BCST (SI)(DX*1), Z7, Z24
+	VPDPBUSD.BCST 4(SI)(DX*1), Z9, Z25
+	VPDPBUSD.BCST 8(SI)(DX*1), Z11, Z24
+	VPDPBUSD.BCST 12(SI)(DX*1), Z13, Z25
+	VPDPBUSD.BCST 16(SI)(DX*1), Z6, Z24
+	VPDPBUSD.BCST 20(SI)(DX*1), Z8, Z25
+	VPDPBUSD.BCST 24(SI)(DX*1), Z10, Z24
+	VPDPBUSD.BCST 28(SI)(DX*1), Z12, Z25
+	VPADDD        Z25, Z24, Z24
+	VPBROADCASTD  576(DI)(DX*1), Z6
+	VPSRAD        $0x04, Z6, Z6
+	VPSUBD        Z6, Z24, Z24
+	VCVTDQ2PS     Z24, Z6
+	VMULPS.BCST   512(DI)(DX*1), Z5, Z5
+	VMULPS        Z5, Z6, Z6
+	VADDPS        Z6, Z4, Z4
+	ADDQ          $0x00000120, CX
+	ADDQ          $0x20, SI
+	ADDQ          $0x04, DI
+	INCQ          R8
+	CMPQ          R8, $0x10
+	JNE           q40x16S2N2_next
+	ADDQ          $0x00000080, SI
+	ADDQ          $0x00000240, DI
+	XORQ          R8, R8
+
+q40x16S2N2_next:
+	DECQ    BX
+	JNZ     q40x16S2N2_blk
+	MOVQ    out+40(FP), BX
+	MOVQ    ospan+64(FP), SI
+	MOVQ    ostride+48(FP), DI
+	MOVQ    BX, R8
+	VMOVUPS Z1, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z2, (R8)
+	MOVQ    BX, R8
+	ADDQ    SI, R8
+	VMOVUPS Z3, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z4, (R8)
+	ADDQ    $0x40, BX
+	MOVQ    BX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q40x16S2N2_grp
+	VZEROUPPER
+	RET
+
+// func iq4nlx16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·iq4nlx16S2N1(SB), NOSPLIT, $0-72
+	MOVQ         w+0(FP), AX
+	MOVQ         wspan+56(FP), CX
 	LEAQ         (AX)(CX*1), CX
 	VPBROADCASTD b0f<>+0(SB), Z0
 	VMOVDQU64    iq4u<>+0(SB), Z1
 
-iq4nlx16S2_grp:
+iq4nlx16S2N1_grp:
 	MOVQ   nblocks+16(FP), DX
 	MOVQ   xq+24(FP), BX
 	MOVQ   BX, SI
@@ -99310,7 +99605,7 @@ iq4nlx16S2_grp:
 	VXORPS Z2, Z2, Z2
 	VXORPS Z3, Z3, Z3
 
-iq4nlx16S2_blk:
+iq4nlx16S2N1_blk:
 	VMOVDQU64     32(AX), Z4
 	VMOVDQU64     32(CX), Z5
 	VMOVDQU64     96(AX), Z6
@@ -99399,37 +99694,206 @@ iq4nlx16S2_blk:
 	ADDQ          $0x04, SI
 	INCQ          DI
 	CMPQ          DI, $0x10
-	JNE           iq4nlx16S2_next
+	JNE           iq4nlx16S2N1_next
 	ADDQ          $0x00000080, BX
 	ADDQ          $0x00000240, SI
 	XORQ          DI, DI
 
-iq4nlx16S2_next:
+iq4nlx16S2N1_next:
 	DECQ    DX
-	JNZ     iq4nlx16S2_blk
+	JNZ     iq4nlx16S2N1_blk
 	MOVQ    out+40(FP), DX
-	MOVQ    ospan+48(FP), BX
+	MOVQ    ospan+64(FP), BX
 	MOVQ    DX, SI
 	VMOVUPS Z2, (SI)
+	MOVQ    DX, SI
 	ADDQ    BX, SI
 	VMOVUPS Z3, (SI)
 	ADDQ    $0x40, DX
 	MOVQ    DX, out+40(FP)
 	DECQ    groups+8(FP)
-	JNZ     iq4nlx16S2_grp
+	JNZ     iq4nlx16S2N1_grp
 	VZEROUPPER
 	RET
 
-// func q50x16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// func iq4nlx16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 // Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
-TEXT ·q50x16S2(SB), NOSPLIT, $0-56
+TEXT ·iq4nlx16S2N2(SB), NOSPLIT, $0-72
 	MOVQ         w+0(FP), AX
-	MOVQ         wspan+32(FP), CX
+	MOVQ         wspan+56(FP), CX
+	LEAQ         (AX)(CX*1), CX
+	MOVQ         xstride+32(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VMOVDQU64    iq4u<>+0(SB), Z1
+
+iq4nlx16S2N2_grp:
+	MOVQ   nblocks+16(FP), BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	XORQ   R8, R8
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+
+iq4nlx16S2N2_blk:
+	VMOVDQU64     32(AX), Z6
+	VMOVDQU64     32(CX), Z7
+	VMOVDQU64     96(AX), Z8
+	VMOVDQU64     96(CX), Z9
+	VMOVDQU64     160(AX), Z10
+	VMOVDQU64     160(CX), Z11
+	VMOVDQU64     224(AX), Z12
+	VMOVDQU64     224(CX), Z13
+	VCVTPH2PS     (AX), Z14
+	VPANDD        Z6, Z0, Z15
+	VPSHUFB       Z15, Z1, Z15
+	VPANDD        Z8, Z0, Z16
+	VPSHUFB       Z16, Z1, Z16
+	VPANDD        Z10, Z0, Z17
+	VPSHUFB       Z17, Z1, Z17
+	VPANDD        Z12, Z0, Z18
+	VPSHUFB       Z18, Z1, Z18
+	VPSRLW        $0x04, Z6, Z6
+	VPANDD        Z0, Z6, Z6
+	VPSHUFB       Z6, Z1, Z6
+	VPSRLW        $0x04, Z8, Z8
+	VPANDD        Z0, Z8, Z8
+	VPSHUFB       Z8, Z1, Z8
+	VPSRLW        $0x04, Z10, Z10
+	VPANDD        Z0, Z10, Z10
+	VPSHUFB       Z10, Z1, Z10
+	VPSRLW        $0x04, Z12, Z12
+	VPANDD        Z0, Z12, Z12
+	VPSHUFB       Z12, Z1, Z12
+	VPXORD        Z19, Z19, Z19
+	VPXORD        Z20, Z20, Z20
+	VPDPBUSD.BCST (SI), Z15, Z19
+	VPDPBUSD.BCST 4(SI), Z16, Z20
+	VPDPBUSD.BCST 8(SI), Z17, Z19
+	VPDPBUSD.BCST 12(SI), Z18, Z20
+	VPDPBUSD.BCST 16(SI), Z6, Z19
+	VPDPBUSD.BCST 20(SI), Z8, Z20
+	VPDPBUSD.BCST 24(SI), Z10, Z19
+	VPDPBUSD.BCST 28(SI), Z12, Z20
+	VPADDD        Z20, Z19, Z19
+	VPSUBD.BCST   576(DI), Z19, Z19
+	VCVTDQ2PS     Z19, Z27
+	VMULPS.BCST   512(DI), Z14, Z28
+	VMULPS        Z28, Z27, Z27
+	VADDPS        Z27, Z2, Z2
+	VPXORD        Z21, Z21, Z21
+	VPXORD        Z22, Z22, Z22
+	VPDPBUSD.BCST (SI)(DX*1), Z15, Z21
+	VPDPBUSD.BCST 4(SI)(DX*1), Z16, Z22
+	VPDPBUSD.BCST 8(SI)(DX*1), Z17, Z21
+	VPDPBUSD.BCST 12(SI)(DX*1), Z18, Z22
+	VPDPBUSD.BCST 16(SI)(DX*1), Z6, Z21
+	VPDPBUSD.BCST 20(SI)(DX*1), Z8, Z22
+	VPDPBUSD.BCST 24(SI)(DX*1), Z10, Z21
+	VPDPBUSD.BCST 28(SI)(DX*1), Z12, Z22
+	VPADDD        Z22, Z21, Z21
+	VPSUBD.BCST   576(DI)(DX*1), Z21, Z21
+	VCVTDQ2PS     Z21, Z6
+	VMULPS.BCST   512(DI)(DX*1), Z14, Z8
+	VMULPS        Z8, Z6, Z6
+	VADDPS        Z6, Z3, Z3
+	ADDQ          $0x00000120, AX
+	VCVTPH2PS     (CX), Z6
+	VPANDD        Z7, Z0, Z8
+	VPSHUFB       Z8, Z1, Z8
+	VPANDD        Z9, Z0, Z10
+	VPSHUFB       Z10, Z1, Z10
+	VPANDD        Z11, Z0, Z12
+	VPSHUFB       Z12, Z1, Z12
+	VPANDD        Z13, Z0, Z14
+	VPSHUFB       Z14, Z1, Z14
+	VPSRLW        $0x04, Z7, Z7
+	VPANDD        Z0, Z7, Z7
+	VPSHUFB       Z7, Z1, Z7
+	VPSRLW        $0x04, Z9, Z9
+	VPANDD        Z0, Z9, Z9
+	VPSHUFB       Z9, Z1, Z9
+	VPSRLW        $0x04, Z11, Z11
+	VPANDD        Z0, Z11, Z11
+	VPSHUFB       Z11, Z1, Z11
+	VPSRLW        $0x04, Z13, Z13
+	VPANDD        Z0, Z13, Z13
+	VPSHUFB       Z13, Z1, Z13
+	VPXORD        Z23, Z23, Z23
+	VPXORD        Z24, Z24, Z24
+	VPDPBUSD.BCST (SI), Z8, Z23
+	VPDPBUSD.BCST 4(SI), Z10, Z24
+	VPDPBUSD.BCST 8(SI), Z12, Z23
+	VPDPBUSD.BCST 12(SI), Z14, Z24
+	VPDPBUSD.BCST 16(SI), Z7, Z23
+	VPDPBUSD.BCST 20(SI), Z9, Z24
+	VPDPBUSD.BCST 24(SI), Z11, Z23
+	VPDPBUSD.BCST 28(SI), Z13, Z24
+	VPADDD        Z24, Z23, Z23
+	VPSUBD.BCST   576(DI), Z23, Z23
+	VCVTDQ2PS     Z23, Z15
+	VMULPS.BCST   512(DI), Z6, Z16
+	VMULPS        Z16, Z15, Z15
+	VADDPS        Z15, Z4, Z4
+	VPXORD        Z25, Z25, Z25
+	VPXORD        Z26, Z26, Z26
+	VPDPBUSD.BCST (SI)(DX*1), Z8, Z25
+	VPDPBUSD.BCST 4(SI)(DX*1), Z10, Z26
+	VPDPBUSD.BCST 8(SI)(DX*1), Z12, Z25
+	VPDPBUSD.BCST 12(SI)(DX*1), Z14, Z26
+	VPDPBUSD.BCST 16(SI)(DX*1), Z7, Z25
+	VPDPBUSD.BCST 20(SI)(DX*1), Z9, Z26
+	VPDPBUSD.BCST 24(SI)(DX*1), Z11, Z25
+	VPDPBUSD.BCST 28(SI)(DX*1), Z13, Z26
+	VPADDD        Z26, Z25, Z25
+	VPSUBD.BCST   576(DI)(DX*1), Z25, Z25
+	VCVTDQ2PS     Z25, Z7
+	VMULPS.BCST   512(DI)(DX*1), Z6, Z6
+	VMULPS        Z6, Z7, Z7
+	VADDPS        Z7, Z5, Z5
+	ADDQ          $0x00000120, CX
+	ADDQ          $0x20, SI
+	ADDQ          $0x04, DI
+	INCQ          R8
+	CMPQ          R8, $0x10
+	JNE           iq4nlx16S2N2_next
+	ADDQ          $0x00000080, SI
+	ADDQ          $0x00000240, DI
+	XORQ          R8, R8
+
+iq4nlx16S2N2_next:
+	DECQ    BX
+	JNZ     iq4nlx16S2N2_blk
+	MOVQ    out+40(FP), BX
+	MOVQ    ospan+64(FP), SI
+	MOVQ    ostride+48(FP), DI
+	MOVQ    BX, R8
+	VMOVUPS Z2, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z3, (R8)
+	MOVQ    BX, R8
+	ADDQ    SI, R8
+	VMOVUPS Z4, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z5, (R8)
+	ADDQ    $0x40, BX
+	MOVQ    BX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     iq4nlx16S2N2_grp
+	VZEROUPPER
+	RET
+
+// func q50x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q50x16S2N1(SB), NOSPLIT, $0-72
+	MOVQ         w+0(FP), AX
+	MOVQ         wspan+56(FP), CX
 	LEAQ         (AX)(CX*1), CX
 	VPBROADCASTD b0f<>+0(SB), Z0
 	VPBROADCASTD b10<>+0(SB), Z1
 
-q50x16S2_grp:
+q50x16S2N1_grp:
 	MOVQ   nblocks+16(FP), DX
 	MOVQ   xq+24(FP), BX
 	MOVQ   BX, SI
@@ -99437,7 +99901,7 @@ q50x16S2_grp:
 	VXORPS Z2, Z2, Z2
 	VXORPS Z3, Z3, Z3
 
-q50x16S2_blk:
+q50x16S2N1_blk:
 	VMOVDQU64     32(AX), Z4
 	VMOVDQU64     32(CX), Z5
 	VMOVDQU64     96(AX), Z6
@@ -99556,36 +100020,239 @@ q50x16S2_blk:
 	ADDQ          $0x04, SI
 	INCQ          DI
 	CMPQ          DI, $0x10
-	JNE           q50x16S2_next
+	JNE           q50x16S2N1_next
 	ADDQ          $0x00000080, BX
 	ADDQ          $0x00000240, SI
 	XORQ          DI, DI
 
-q50x16S2_next:
+q50x16S2N1_next:
 	DECQ    DX
-	JNZ     q50x16S2_blk
+	JNZ     q50x16S2N1_blk
 	MOVQ    out+40(FP), DX
-	MOVQ    ospan+48(FP), BX
+	MOVQ    ospan+64(FP), BX
 	MOVQ    DX, SI
 	VMOVUPS Z2, (SI)
+	MOVQ    DX, SI
 	ADDQ    BX, SI
 	VMOVUPS Z3, (SI)
 	ADDQ    $0x40, DX
 	MOVQ    DX, out+40(FP)
 	DECQ    groups+8(FP)
-	JNZ     q50x16S2_grp
+	JNZ     q50x16S2N1_grp
 	VZEROUPPER
 	RET
 
-// func q41x16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// func q50x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 // Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
-TEXT ·q41x16S2(SB), NOSPLIT, $0-56
+TEXT ·q50x16S2N2(SB), NOSPLIT, $0-72
 	MOVQ         w+0(FP), AX
-	MOVQ         wspan+32(FP), CX
+	MOVQ         wspan+56(FP), CX
+	LEAQ         (AX)(CX*1), CX
+	MOVQ         xstride+32(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q50x16S2N2_grp:
+	MOVQ   nblocks+16(FP), BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	XORQ   R8, R8
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+
+q50x16S2N2_blk:
+	VMOVDQU64     32(AX), Z6
+	VMOVDQU64     32(CX), Z7
+	VMOVDQU64     96(AX), Z8
+	VMOVDQU64     96(CX), Z9
+	VMOVDQU64     160(AX), Z10
+	VMOVDQU64     160(CX), Z11
+	VMOVDQU64     224(AX), Z12
+	VMOVDQU64     224(CX), Z13
+	VMOVDQU64     288(AX), Z14
+	VMOVDQU64     288(CX), Z15
+	VCVTPH2PS     (AX), Z16
+	VPANDD        Z8, Z0, Z17
+	VPSHUFB       q5rep_0<>+0(SB), Z6, Z18
+	VPTESTMB      q5nib_0<>+0(SB), Z18, K1
+	VPADDB        Z1, Z17, K1, Z17
+	VPANDD        Z10, Z0, Z19
+	VPTESTMB      q5nib_1<>+0(SB), Z18, K1
+	VPADDB        Z1, Z19, K1, Z19
+	VPANDD        Z12, Z0, Z18
+	VPSHUFB       q5rep_1<>+0(SB), Z6, Z28
+	VPTESTMB      q5nib_0<>+0(SB), Z28, K1
+	VPADDB        Z1, Z18, K1, Z18
+	VPANDD        Z14, Z0, Z29
+	VPTESTMB      q5nib_1<>+0(SB), Z28, K1
+	VPADDB        Z1, Z29, K1, Z29
+	VPSRLW        $0x04, Z8, Z8
+	VPANDD        Z0, Z8, Z8
+	VPSHUFB       q5rep_2<>+0(SB), Z6, Z28
+	VPTESTMB      q5nib_0<>+0(SB), Z28, K1
+	VPADDB        Z1, Z8, K1, Z8
+	VPSRLW        $0x04, Z10, Z10
+	VPANDD        Z0, Z10, Z10
+	VPTESTMB      q5nib_1<>+0(SB), Z28, K1
+	VPADDB        Z1, Z10, K1, Z10
+	VPSRLW        $0x04, Z12, Z12
+	VPANDD        Z0, Z12, Z12
+	VPSHUFB       q5rep_3<>+0(SB), Z6, Z6
+	VPTESTMB      q5nib_0<>+0(SB), Z6, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPSRLW        $0x04, Z14, Z14
+	VPANDD        Z0, Z14, Z14
+	VPTESTMB      q5nib_1<>+0(SB), Z6, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPXORD        Z20, Z20, Z20
+	VPXORD        Z21, Z21, Z21
+	VPDPBUSD.BCST (SI), Z17, Z20
+	VPDPBUSD.BCST 4(SI), Z19, Z21
+	VPDPBUSD.BCST 8(SI), Z18, Z20
+	VPDPBUSD.BCST 12(SI), Z29, Z21
+	VPDPBUSD.BCST 16(SI), Z8, Z20
+	VPDPBUSD.BCST 20(SI), Z10, Z21
+	VPDPBUSD.BCST 24(SI), Z12, Z20
+	VPDPBUSD.BCST 28(SI), Z14, Z21
+	VPADDD        Z21, Z20, Z20
+	VPBROADCASTD  576(DI), Z6
+	VPSRAD        $0x03, Z6, Z6
+	VPSUBD        Z6, Z20, Z20
+	VCVTDQ2PS     Z20, Z6
+	VMULPS.BCST   512(DI), Z16, Z28
+	VMULPS        Z28, Z6, Z6
+	VADDPS        Z6, Z2, Z2
+	VPXORD        Z22, Z22, Z22
+	VPXORD        Z23, Z23, Z23
+	VPDPBUSD.BCST (SI)(DX*1), Z17, Z22
+	VPDPBUSD.BCST 4(SI)(DX*1), Z19, Z23
+	VPDPBUSD.BCST 8(SI)(DX*1), Z18, Z22
+	VPDPBUSD.BCST 12(SI)(DX*1), Z29, Z23
+	VPDPBUSD.BCST 16(SI)(DX*1), Z8, Z22
+	VPDPBUSD.BCST 20(SI)(DX*1), Z10, Z23
+	VPDPBUSD.BCST 24(SI)(DX*1), Z12, Z22
+	VPDPBUSD.BCST 28(SI)(DX*1), Z14, Z23
+	VPADDD        Z23, Z22, Z22
+	VPBROADCASTD  576(DI)(DX*1), Z6
+	VPSRAD        $0x03, Z6, Z6
+	VPSUBD        Z6, Z22, Z22
+	VCVTDQ2PS     Z22, Z6
+	VMULPS.BCST   512(DI)(DX*1), Z16, Z8
+	VMULPS        Z8, Z6, Z6
+	VADDPS        Z6, Z3, Z3
+	ADDQ          $0x00000160, AX
+	VCVTPH2PS     (CX), Z6
+	VPANDD        Z9, Z0, Z8
+	VPSHUFB       q5rep_0<>+0(SB), Z7, Z10
+	VPTESTMB      q5nib_0<>+0(SB), Z10, K1
+	VPADDB        Z1, Z8, K1, Z8
+	VPANDD        Z11, Z0, Z12
+	VPTESTMB      q5nib_1<>+0(SB), Z10, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPANDD        Z13, Z0, Z10
+	VPSHUFB       q5rep_1<>+0(SB), Z7, Z14
+	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
+	VPADDB        Z1, Z10, K1, Z10
+	VPANDD        Z15, Z0, Z16
+	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
+	VPADDB        Z1, Z16, K1, Z16
+	VPSRLW        $0x04, Z9, Z9
+	VPANDD        Z0, Z9, Z9
+	VPSHUFB       q5rep_2<>+0(SB), Z7, Z14
+	VPTESTMB      q5nib_0<>+0(SB), Z14, K1
+	VPADDB        Z1, Z9, K1, Z9
+	VPSRLW        $0x04, Z11, Z11
+	VPANDD        Z0, Z11, Z11
+	VPTESTMB      q5nib_1<>+0(SB), Z14, K1
+	VPADDB        Z1, Z11, K1, Z11
+	VPSRLW        $0x04, Z13, Z13
+	VPANDD        Z0, Z13, Z13
+	VPSHUFB       q5rep_3<>+0(SB), Z7, Z7
+	VPTESTMB      q5nib_0<>+0(SB), Z7, K1
+	VPADDB        Z1, Z13, K1, Z13
+	VPSRLW        $0x04, Z15, Z14
+	VPANDD        Z0, Z14, Z14
+	VPTESTMB      q5nib_1<>+0(SB), Z7, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPXORD        Z24, Z24, Z24
+	VPXORD        Z25, Z25, Z25
+	VPDPBUSD.BCST (SI), Z8, Z24
+	VPDPBUSD.BCST 4(SI), Z12, Z25
+	VPDPBUSD.BCST 8(SI), Z10, Z24
+	VPDPBUSD.BCST 12(SI), Z16, Z25
+	VPDPBUSD.BCST 16(SI), Z9, Z24
+	VPDPBUSD.BCST 20(SI), Z11, Z25
+	VPDPBUSD.BCST 24(SI), Z13, Z24
+	VPDPBUSD.BCST 28(SI), Z14, Z25
+	VPADDD        Z25, Z24, Z24
+	VPBROADCASTD  576(DI), Z7
+	VPSRAD        $0x03, Z7, Z7
+	VPSUBD        Z7, Z24, Z24
+	VCVTDQ2PS     Z24, Z7
+	VMULPS.BCST   512(DI), Z6, Z15
+	VMULPS        Z15, Z7, Z7
+	VADDPS        Z7, Z4, Z4
+	VPXORD        Z26, Z26, Z26
+	VPXORD        Z27, Z27, Z27
+	VPDPBUSD.BCST (SI)(DX*1), Z8, Z26
+	VPDPBUSD.BCST 4(SI)(DX*1), Z12, Z27
+	VPDPBUSD.BCST 8(SI)(DX*1), Z10, Z26
+	VPDPBUSD.BCST 12(SI)(DX*1), Z16, Z27
+	VPDPBUSD.BCST 16(SI)(DX*1), Z9, Z26
+	VPDPBUSD.BCST 20(SI)(DX*1), Z11, Z27
+	VPDPBUSD.BCST 24(SI)(DX*1), Z13, Z26
+	VPDPBUSD.BCST 28(SI)(DX*1), Z14, Z27
+	VPADDD        Z27, Z26, Z26
+	VPBROADCASTD  576(DI)(DX*1), Z7
+	VPSRAD        $0x03, Z7, Z7
+	VPSUBD        Z7, Z26, Z26
+	VCVTDQ2PS     Z26, Z7
+	VMULPS.BCST   512(DI)(DX*1), Z6, Z6
+	VMULPS        Z6, Z7, Z7
+	VADDPS        Z7, Z5, Z5
+	ADDQ          $0x00000160, CX
+	ADDQ          $0x20, SI
+	ADDQ          $0x04, DI
+	INCQ          R8
+	CMPQ          R8, $0x10
+	JNE           q50x16S2N2_next
+	ADDQ          $0x00000080, SI
+	ADDQ          $0x00000240, DI
+	XORQ          R8, R8
+
+q50x16S2N2_next:
+	DECQ    BX
+	JNZ     q50x16S2N2_blk
+	MOVQ    out+40(FP), BX
+	MOVQ    ospan+64(FP), SI
+	MOVQ    ostride+48(FP), DI
+	MOVQ    BX, R8
+	VMOVUPS Z2, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z3, (R8)
+	MOVQ    BX, R8
+	ADDQ    SI, R8
+	VMOVUPS Z4, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z5, (R8)
+	ADDQ    $0x40, BX
+	MOVQ    BX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q50x16S2N2_grp
+	VZEROUPPER
+	RET
+
+// func q41x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q41x16S2N1(SB), NOSPLIT, $0-72
+	MOVQ         w+0(FP), AX
+	MOVQ         wspan+56(FP), CX
 	LEAQ         (AX)(CX*1), CX
 	VPBROADCASTD b0f<>+0(SB), Z0
 
-q41x16S2_grp:
+q41x16S2N1_grp:
 	MOVQ   nblocks+16(FP), DX
 	MOVQ   xq+24(FP), BX
 	MOVQ   BX, SI
@@ -99593,7 +100260,7 @@ q41x16S2_grp:
 	VXORPS Z1, Z1, Z1
 	VXORPS Z2, Z2, Z2
 
-q41x16S2_blk:
+q41x16S2N1_blk:
 	VMOVDQU64     64(AX), Z3
 	VMOVDQU64     64(CX), Z4
 	VMOVDQU64     128(AX), Z5
@@ -99678,37 +100345,209 @@ q41x16S2_blk:
 	ADDQ          $0x04, SI
 	INCQ          DI
 	CMPQ          DI, $0x10
-	JNE           q41x16S2_next
+	JNE           q41x16S2N1_next
 	ADDQ          $0x00000080, BX
 	ADDQ          $0x00000240, SI
 	XORQ          DI, DI
 
-q41x16S2_next:
+q41x16S2N1_next:
 	DECQ    DX
-	JNZ     q41x16S2_blk
+	JNZ     q41x16S2N1_blk
 	MOVQ    out+40(FP), DX
-	MOVQ    ospan+48(FP), BX
+	MOVQ    ospan+64(FP), BX
 	MOVQ    DX, SI
 	VMOVUPS Z1, (SI)
+	MOVQ    DX, SI
 	ADDQ    BX, SI
 	VMOVUPS Z2, (SI)
 	ADDQ    $0x40, DX
 	MOVQ    DX, out+40(FP)
 	DECQ    groups+8(FP)
-	JNZ     q41x16S2_grp
+	JNZ     q41x16S2N1_grp
 	VZEROUPPER
 	RET
 
-// func q51x16S2(w *byte, groups int, nblocks int, xq *byte, wspan int, out *float32, ospan int)
+// func q41x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 // Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
-TEXT ·q51x16S2(SB), NOSPLIT, $0-56
+TEXT ·q41x16S2N2(SB), NOSPLIT, $0-72
 	MOVQ         w+0(FP), AX
-	MOVQ         wspan+32(FP), CX
+	MOVQ         wspan+56(FP), CX
+	LEAQ         (AX)(CX*1), CX
+	MOVQ         xstride+32(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+
+q41x16S2N2_grp:
+	MOVQ   nblocks+16(FP), BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	XORQ   R8, R8
+	VXORPS Z1, Z1, Z1
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+
+q41x16S2N2_blk:
+	VMOVDQU64     64(AX), Z5
+	VMOVDQU64     64(CX), Z6
+	VMOVDQU64     128(AX), Z7
+	VMOVDQU64     128(CX), Z8
+	VMOVDQU64     192(AX), Z9
+	VMOVDQU64     192(CX), Z10
+	VMOVDQU64     256(AX), Z11
+	VMOVDQU64     256(CX), Z12
+	VCVTPH2PS     (AX), Z13
+	VCVTPH2PS     32(AX), Z14
+	VMULPS.BCST   f128<>+0(SB), Z14, Z14
+	VPANDD        Z5, Z0, Z15
+	VPANDD        Z7, Z0, Z16
+	VPANDD        Z9, Z0, Z17
+	VPANDD        Z11, Z0, Z18
+	VPSRLW        $0x04, Z5, Z5
+	VPANDD        Z0, Z5, Z5
+	VPSRLW        $0x04, Z7, Z7
+	VPANDD        Z0, Z7, Z7
+	VPSRLW        $0x04, Z9, Z9
+	VPANDD        Z0, Z9, Z9
+	VPSRLW        $0x04, Z11, Z11
+	VPANDD        Z0, Z11, Z11
+	VPXORD        Z19, Z19, Z19
+	VPXORD        Z20, Z20, Z20
+	VPDPBUSD.BCST (SI), Z15, Z19
+	VPDPBUSD.BCST 4(SI), Z16, Z20
+	VPDPBUSD.BCST 8(SI), Z17, Z19
+	VPDPBUSD.BCST 12(SI), Z18, Z20
+	VPDPBUSD.BCST 16(SI), Z5, Z19
+	VPDPBUSD.BCST 20(SI), Z7, Z20
+	VPDPBUSD.BCST 24(SI), Z9, Z19
+	VPDPBUSD.BCST 28(SI), Z11, Z20
+	VPADDD        Z20, Z19, Z19
+	VCVTDQ2PS     Z19, Z27
+	VMULPS.BCST   512(DI), Z13, Z28
+	VMULPS        Z28, Z27, Z27
+	VPBROADCASTD  576(DI), Z28
+	VCVTDQ2PS     Z28, Z28
+	VMULPS.BCST   512(DI), Z28, Z28
+	VMULPS        Z28, Z14, Z28
+	VADDPS        Z28, Z27, Z27
+	VADDPS        Z27, Z1, Z1
+	VPXORD        Z21, Z21, Z21
+	VPXORD        Z22, Z22, Z22
+	VPDPBUSD.BCST (SI)(DX*1), Z15, Z21
+	VPDPBUSD.BCST 4(SI)(DX*1), Z16, Z22
+	VPDPBUSD.BCST 8(SI)(DX*1), Z17, Z21
+	VPDPBUSD.BCST 12(SI)(DX*1), Z18, Z22
+	VPDPBUSD.BCST 16(SI)(DX*1), Z5, Z21
+	VPDPBUSD.BCST 20(SI)(DX*1), Z7, Z22
+	VPDPBUSD.BCST 24(SI)(DX*1), Z9, Z21
+	VPDPBUSD.BCST 28(SI)(DX*1), Z11, Z22
+	VPADDD        Z22, Z21, Z21
+	VCVTDQ2PS     Z21, Z5
+	VMULPS.BCST   512(DI)(DX*1), Z13, Z7
+	VMULPS        Z7, Z5, Z5
+	VPBROADCASTD  576(DI)(DX*1), Z7
+	VCVTDQ2PS     Z7, Z7
+	VMULPS.BCST   512(DI)(DX*1), Z7, Z7
+	VMULPS        Z7, Z14, Z7
+	VADDPS        Z7, Z5, Z5
+	VADDPS        Z5, Z2, Z2
+	ADDQ          $0x00000140, AX
+	VCVTPH2PS     (CX), Z5
+	VCVTPH2PS     32(CX), Z7
+	VMULPS.BCST   f128<>+0(SB), Z7, Z7
+	VPANDD        Z6, Z0, Z9
+	VPANDD        Z8, Z0, Z11
+	VPANDD        Z10, Z0, Z13
+	VPANDD        Z12, Z0, Z14
+	VPSRLW        $0x04, Z6, Z6
+	VPANDD        Z0, Z6, Z6
+	VPSRLW        $0x04, Z8, Z8
+	VPANDD        Z0, Z8, Z8
+	VPSRLW        $0x04, Z10, Z10
+	VPANDD        Z0, Z10, Z10
+	VPSRLW        $0x04, Z12, Z12
+	VPANDD        Z0, Z12, Z12
+	VPXORD        Z23, Z23, Z23
+	VPXORD        Z24, Z24, Z24
+	VPDPBUSD.BCST (SI), Z9, Z23
+	VPDPBUSD.BCST 4(SI), Z11, Z24
+	VPDPBUSD.BCST 8(SI), Z13, Z23
+	VPDPBUSD.BCST 12(SI), Z14, Z24
+	VPDPBUSD.BCST 16(SI), Z6, Z23
+	VPDPBUSD.BCST 20(SI), Z8, Z24
+	VPDPBUSD.BCST 24(SI), Z10, Z23
+	VPDPBUSD.BCST 28(SI), Z12, Z24
+	VPADDD        Z24, Z23, Z23
+	VCVTDQ2PS     Z23, Z15
+	VMULPS.BCST   512(DI), Z5, Z16
+	VMULPS        Z16, Z15, Z15
+	VPBROADCASTD  576(DI), Z16
+	VCVTDQ2PS     Z16, Z16
+	VMULPS.BCST   512(DI), Z16, Z16
+	VMULPS        Z16, Z7, Z16
+	VADDPS        Z16, Z15, Z15
+	VADDPS        Z15, Z3, Z3
+	VPXORD        Z25, Z25, Z25
+	VPXORD        Z26, Z26, Z26
+	VPDPBUSD.BCST (SI)(DX*1), Z9, Z25
+	VPDPBUSD.BCST 4(SI)(DX*1), Z11, Z26
+	VPDPBUSD.BCST 8(SI)(DX*1), Z13, Z25
+	VPDPBUSD.BCST 12(SI)(DX*1), Z14, Z26
+	VPDPBUSD.BCST 16(SI)(DX*1), Z6, Z25
+	VPDPBUSD.BCST 20(SI)(DX*1), Z8, Z26
+	VPDPBUSD.BCST 24(SI)(DX*1), Z10, Z25
+	VPDPBUSD.BCST 28(SI)(DX*1), Z12, Z26
+	VPADDD        Z26, Z25, Z25
+	VCVTDQ2PS     Z25, Z6
+	VMULPS.BCST   512(DI)(DX*1), Z5, Z5
+	VMULPS        Z5, Z6, Z6
+	VPBROADCASTD  576(DI)(DX*1), Z5
+	VCVTDQ2PS     Z5, Z5
+	VMULPS.BCST   512(DI)(DX*1), Z5, Z5
+	VMULPS        Z5, Z7, Z5
+	VADDPS        Z5, Z6, Z6
+	VADDPS        Z6, Z4, Z4
+	ADDQ          $0x00000140, CX
+	ADDQ          $0x20, SI
+	ADDQ          $0x04, DI
+	INCQ          R8
+	CMPQ          R8, $0x10
+	JNE           q41x16S2N2_next
+	ADDQ          $0x00000080, SI
+	ADDQ          $0x00000240, DI
+	XORQ          R8, R8
+
+q41x16S2N2_next:
+	DECQ    BX
+	JNZ     q41x16S2N2_blk
+	MOVQ    out+40(FP), BX
+	MOVQ    ospan+64(FP), SI
+	MOVQ    ostride+48(FP), DI
+	MOVQ    BX, R8
+	VMOVUPS Z1, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z2, (R8)
+	MOVQ    BX, R8
+	ADDQ    SI, R8
+	VMOVUPS Z3, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z4, (R8)
+	ADDQ    $0x40, BX
+	MOVQ    BX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q41x16S2N2_grp
+	VZEROUPPER
+	RET
+
+// func q51x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q51x16S2N1(SB), NOSPLIT, $0-72
+	MOVQ         w+0(FP), AX
+	MOVQ         wspan+56(FP), CX
 	LEAQ         (AX)(CX*1), CX
 	VPBROADCASTD b0f<>+0(SB), Z0
 	VPBROADCASTD b10<>+0(SB), Z1
 
-q51x16S2_grp:
+q51x16S2N1_grp:
 	MOVQ   nblocks+16(FP), DX
 	MOVQ   xq+24(FP), BX
 	MOVQ   BX, SI
@@ -99716,7 +100555,7 @@ q51x16S2_grp:
 	VXORPS Z2, Z2, Z2
 	VXORPS Z3, Z3, Z3
 
-q51x16S2_blk:
+q51x16S2N1_blk:
 	VMOVDQU64     64(AX), Z4
 	VMOVDQU64     64(CX), Z5
 	VMOVDQU64     128(AX), Z6
@@ -99843,24 +100682,239 @@ q51x16S2_blk:
 	ADDQ          $0x04, SI
 	INCQ          DI
 	CMPQ          DI, $0x10
-	JNE           q51x16S2_next
+	JNE           q51x16S2N1_next
 	ADDQ          $0x00000080, BX
 	ADDQ          $0x00000240, SI
 	XORQ          DI, DI
 
-q51x16S2_next:
+q51x16S2N1_next:
 	DECQ    DX
-	JNZ     q51x16S2_blk
+	JNZ     q51x16S2N1_blk
 	MOVQ    out+40(FP), DX
-	MOVQ    ospan+48(FP), BX
+	MOVQ    ospan+64(FP), BX
 	MOVQ    DX, SI
 	VMOVUPS Z2, (SI)
+	MOVQ    DX, SI
 	ADDQ    BX, SI
 	VMOVUPS Z3, (SI)
 	ADDQ    $0x40, DX
 	MOVQ    DX, out+40(FP)
 	DECQ    groups+8(FP)
-	JNZ     q51x16S2_grp
+	JNZ     q51x16S2N1_grp
+	VZEROUPPER
+	RET
+
+// func q51x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+// Requires: AVX, AVX512BW, AVX512DQ, AVX512F, AVX512VNNI
+TEXT ·q51x16S2N2(SB), NOSPLIT, $0-72
+	MOVQ         w+0(FP), AX
+	MOVQ         wspan+56(FP), CX
+	LEAQ         (AX)(CX*1), CX
+	MOVQ         xstride+32(FP), DX
+	VPBROADCASTD b0f<>+0(SB), Z0
+	VPBROADCASTD b10<>+0(SB), Z1
+
+q51x16S2N2_grp:
+	MOVQ   nblocks+16(FP), BX
+	MOVQ   xq+24(FP), SI
+	MOVQ   SI, DI
+	XORQ   R8, R8
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+
+q51x16S2N2_blk:
+	VMOVDQU64     64(AX), Z6
+	VMOVDQU64     64(CX), Z7
+	VMOVDQU64     128(AX), Z8
+	VMOVDQU64     128(CX), Z9
+	VMOVDQU64     192(AX), Z10
+	VMOVDQU64     192(CX), Z11
+	VMOVDQU64     256(AX), Z12
+	VMOVDQU64     256(CX), Z13
+	VMOVDQU64     320(AX), Z14
+	VMOVDQU64     320(CX), Z15
+	VCVTPH2PS     (AX), Z16
+	VCVTPH2PS     32(AX), Z17
+	VMULPS.BCST   f128<>+0(SB), Z17, Z17
+	VPANDD        Z8, Z0, Z18
+	VPSHUFB       q5rep_0<>+0(SB), Z6, Z19
+	VPTESTMB      q5nib_0<>+0(SB), Z19, K1
+	VPADDB        Z1, Z18, K1, Z18
+	VPANDD        Z10, Z0, Z20
+	VPTESTMB      q5nib_1<>+0(SB), Z19, K1
+	VPADDB        Z1, Z20, K1, Z20
+	VPANDD        Z12, Z0, Z19
+	VPSHUFB       q5rep_1<>+0(SB), Z6, Z29
+	VPTESTMB      q5nib_0<>+0(SB), Z29, K1
+	VPADDB        Z1, Z19, K1, Z19
+	VPANDD        Z14, Z0, Z30
+	VPTESTMB      q5nib_1<>+0(SB), Z29, K1
+	VPADDB        Z1, Z30, K1, Z30
+	VPSRLW        $0x04, Z8, Z8
+	VPANDD        Z0, Z8, Z8
+	VPSHUFB       q5rep_2<>+0(SB), Z6, Z29
+	VPTESTMB      q5nib_0<>+0(SB), Z29, K1
+	VPADDB        Z1, Z8, K1, Z8
+	VPSRLW        $0x04, Z10, Z10
+	VPANDD        Z0, Z10, Z10
+	VPTESTMB      q5nib_1<>+0(SB), Z29, K1
+	VPADDB        Z1, Z10, K1, Z10
+	VPSRLW        $0x04, Z12, Z12
+	VPANDD        Z0, Z12, Z12
+	VPSHUFB       q5rep_3<>+0(SB), Z6, Z6
+	VPTESTMB      q5nib_0<>+0(SB), Z6, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPSRLW        $0x04, Z14, Z14
+	VPANDD        Z0, Z14, Z14
+	VPTESTMB      q5nib_1<>+0(SB), Z6, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPXORD        Z21, Z21, Z21
+	VPXORD        Z22, Z22, Z22
+	VPDPBUSD.BCST (SI), Z18, Z21
+	VPDPBUSD.BCST 4(SI), Z20, Z22
+	VPDPBUSD.BCST 8(SI), Z19, Z21
+	VPDPBUSD.BCST 12(SI), Z30, Z22
+	VPDPBUSD.BCST 16(SI), Z8, Z21
+	VPDPBUSD.BCST 20(SI), Z10, Z22
+	VPDPBUSD.BCST 24(SI), Z12, Z21
+	VPDPBUSD.BCST 28(SI), Z14, Z22
+	VPADDD        Z22, Z21, Z21
+	VCVTDQ2PS     Z21, Z6
+	VMULPS.BCST   512(DI), Z16, Z29
+	VMULPS        Z29, Z6, Z6
+	VPBROADCASTD  576(DI), Z29
+	VCVTDQ2PS     Z29, Z29
+	VMULPS.BCST   512(DI), Z29, Z29
+	VMULPS        Z29, Z17, Z29
+	VADDPS        Z29, Z6, Z6
+	VADDPS        Z6, Z2, Z2
+	VPXORD        Z23, Z23, Z23
+	VPXORD        Z24, Z24, Z24
+	VPDPBUSD.BCST (SI)(DX*1), Z18, Z23
+	VPDPBUSD.BCST 4(SI)(DX*1), Z20, Z24
+	VPDPBUSD.BCST 8(SI)(DX*1), Z19, Z23
+	VPDPBUSD.BCST 12(SI)(DX*1), Z30, Z24
+	VPDPBUSD.BCST 16(SI)(DX*1), Z8, Z23
+	VPDPBUSD.BCST 20(SI)(DX*1), Z10, Z24
+	VPDPBUSD.BCST 24(SI)(DX*1), Z12, Z23
+	VPDPBUSD.BCST 28(SI)(DX*1), Z14, Z24
+	VPADDD        Z24, Z23, Z23
+	VCVTDQ2PS     Z23, Z6
+	VMULPS.BCST   512(DI)(DX*1), Z16, Z8
+	VMULPS        Z8, Z6, Z6
+	VPBROADCASTD  576(DI)(DX*1), Z8
+	VCVTDQ2PS     Z8, Z8
+	VMULPS.BCST   512(DI)(DX*1), Z8, Z8
+	VMULPS        Z8, Z17, Z8
+	VADDPS        Z8, Z6, Z6
+	VADDPS        Z6, Z3, Z3
+	ADDQ          $0x00000180, AX
+	VCVTPH2PS     (CX), Z6
+	VCVTPH2PS     32(CX), Z8
+	VMULPS.BCST   f128<>+0(SB), Z8, Z8
+	VPANDD        Z9, Z0, Z10
+	VPSHUFB       q5rep_0<>+0(SB), Z7, Z12
+	VPTESTMB      q5nib_0<>+0(SB), Z12, K1
+	VPADDB        Z1, Z10, K1, Z10
+	VPANDD        Z11, Z0, Z14
+	VPTESTMB      q5nib_1<>+0(SB), Z12, K1
+	VPADDB        Z1, Z14, K1, Z14
+	VPANDD        Z13, Z0, Z12
+	VPSHUFB       q5rep_1<>+0(SB), Z7, Z16
+	VPTESTMB      q5nib_0<>+0(SB), Z16, K1
+	VPADDB        Z1, Z12, K1, Z12
+	VPANDD        Z15, Z0, Z17
+	VPTESTMB      q5nib_1<>+0(SB), Z16, K1
+	VPADDB        Z1, Z17, K1, Z17
+	VPSRLW        $0x04, Z9, Z9
+	VPANDD        Z0, Z9, Z9
+	VPSHUFB       q5rep_2<>+0(SB), Z7, Z16
+	VPTESTMB      q5nib_0<>+0(SB), Z16, K1
+	VPADDB        Z1, Z9, K1, Z9
+	VPSRLW        $0x04, Z11, Z11
+	VPANDD        Z0, Z11, Z11
+	VPTESTMB      q5nib_1<>+0(SB), Z16, K1
+	VPADDB        Z1, Z11, K1, Z11
+	VPSRLW        $0x04, Z13, Z13
+	VPANDD        Z0, Z13, Z13
+	VPSHUFB       q5rep_3<>+0(SB), Z7, Z7
+	VPTESTMB      q5nib_0<>+0(SB), Z7, K1
+	VPADDB        Z1, Z13, K1, Z13
+	VPSRLW        $0x04, Z15, Z15
+	VPANDD        Z0, Z15, Z15
+	VPTESTMB      q5nib_1<>+0(SB), Z7, K1
+	VPADDB        Z1, Z15, K1, Z15
+	VPXORD        Z25, Z25, Z25
+	VPXORD        Z26, Z26, Z26
+	VPDPBUSD.BCST (SI), Z10, Z25
+	VPDPBUSD.BCST 4(SI), Z14, Z26
+	VPDPBUSD.BCST 8(SI), Z12, Z25
+	VPDPBUSD.BCST 12(SI), Z17, Z26
+	VPDPBUSD.BCST 16(SI), Z9, Z25
+	VPDPBUSD.BCST 20(SI), Z11, Z26
+	VPDPBUSD.BCST 24(SI), Z13, Z25
+	VPDPBUSD.BCST 28(SI), Z15, Z26
+	VPADDD        Z26, Z25, Z25
+	VCVTDQ2PS     Z25, Z7
+	VMULPS.BCST   512(DI), Z6, Z16
+	VMULPS        Z16, Z7, Z7
+	VPBROADCASTD  576(DI), Z16
+	VCVTDQ2PS     Z16, Z16
+	VMULPS.BCST   512(DI), Z16, Z16
+	VMULPS        Z16, Z8, Z16
+	VADDPS        Z16, Z7, Z7
+	VADDPS        Z7, Z4, Z4
+	VPXORD        Z27, Z27, Z27
+	VPXORD        Z28, Z28, Z28
+	VPDPBUSD.BCST (SI)(DX*1), Z10, Z27
+	VPDPBUSD.BCST 4(SI)(DX*1), Z14, Z28
+	VPDPBUSD.BCST 8(SI)(DX*1), Z12, Z27
+	VPDPBUSD.BCST 12(SI)(DX*1), Z17, Z28
+	VPDPBUSD.BCST 16(SI)(DX*1), Z9, Z27
+	VPDPBUSD.BCST 20(SI)(DX*1), Z11, Z28
+	VPDPBUSD.BCST 24(SI)(DX*1), Z13, Z27
+	VPDPBUSD.BCST 28(SI)(DX*1), Z15, Z28
+	VPADDD        Z28, Z27, Z27
+	VCVTDQ2PS     Z27, Z7
+	VMULPS.BCST   512(DI)(DX*1), Z6, Z6
+	VMULPS        Z6, Z7, Z7
+	VPBROADCASTD  576(DI)(DX*1), Z6
+	VCVTDQ2PS     Z6, Z6
+	VMULPS.BCST   512(DI)(DX*1), Z6, Z6
+	VMULPS        Z6, Z8, Z6
+	VADDPS        Z6, Z7, Z7
+	VADDPS        Z7, Z5, Z5
+	ADDQ          $0x00000180, CX
+	ADDQ          $0x20, SI
+	ADDQ          $0x04, DI
+	INCQ          R8
+	CMPQ          R8, $0x10
+	JNE           q51x16S2N2_next
+	ADDQ          $0x00000080, SI
+	ADDQ          $0x00000240, DI
+	XORQ          R8, R8
+
+q51x16S2N2_next:
+	DECQ    BX
+	JNZ     q51x16S2N2_blk
+	MOVQ    out+40(FP), BX
+	MOVQ    ospan+64(FP), SI
+	MOVQ    ostride+48(FP), DI
+	MOVQ    BX, R8
+	VMOVUPS Z2, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z3, (R8)
+	MOVQ    BX, R8
+	ADDQ    SI, R8
+	VMOVUPS Z4, (R8)
+	ADDQ    DI, R8
+	VMOVUPS Z5, (R8)
+	ADDQ    $0x40, BX
+	MOVQ    BX, out+40(FP)
+	DECQ    groups+8(FP)
+	JNZ     q51x16S2N2_grp
 	VZEROUPPER
 	RET
 

@@ -85,7 +85,7 @@ type q8Plan struct {
 	xq         []byte // quantized input rows, nb blocks each
 	nb         int
 	packed     []packedFn // the packed kernels by input rows (packed layouts)
-	streams    packedFn   // the two-stream kernel of one input row (mmJob.span), or nil
+	streams    streamFn   // the two-stream kernel of the input rows (mmJob.span), or nil
 	xstride    int        // bytes between quantized input rows (packed layouts)
 	groupBytes int        // bytes of one packed 16-row group (packed layouts)
 }

@@ -459,49 +459,51 @@ func BenchmarkQ81Packing(b *testing.B) {
 	}
 }
 
-// streamsPlanned reports whether a product of w with one input row runs a
+// streamsPlanned reports whether a product of w with n input rows runs a
 // two-stream kernel (planStreams).
-func streamsPlanned(w tensor.Matrix, x []float32) bool {
+func streamsPlanned(w tensor.Matrix, x []float32, n int) bool {
 	c := new(callCtx)
 	j := &c.job
-	j.out, j.w, j.x, j.n = make([]float32, w.Rows), w, x, 1
+	j.out, j.w, j.x, j.n = make([]float32, n*w.Rows), w, x, n
 	j.rowBytes = w.RowStride()
 	q8, _ := planQ8(c, KernelLevel())
 	return q8 && j.q8.streams != nil
 }
 
-// TestStreamsMatchOneRun: a packed product of one input row gives the same
-// bits with its layout's two-stream kernel as with the one-run kernel (and
-// the twin's), whether the groups split evenly into two runs or leave a
-// group and a partial group after them, on one thread and two.
+// TestStreamsMatchOneRun: a packed product of one or two input rows gives
+// the same bits with its layout's two-stream kernel as with the one-run
+// kernel (and the twin's), whether the groups split evenly into two runs or
+// leave a group and a partial group after them, on one thread and two.
 func TestStreamsMatchOneRun(t *testing.T) {
 	skipNoQ80(t)
 	defer SetQ8Activations(SetQ8Activations(true))
 	rng := rand.New(rand.NewPCG(41, 41))
 	for _, dt := range packedDTypes {
-		if streamKernels[specOf(dt, tensor.RowMajor).layout] == nil {
+		if streamKernels[specOf(dt, tensor.RowMajor).layout][1] == nil {
 			continue
 		}
 		for _, rows := range []int{8 * packRows, 9 * packRows, 11*packRows + 7, 1536} {
 			for _, cols := range []int{32, 1536} {
 				w := randMatrix(rng, dt, rows, cols)
 				p := Pack(make([]byte, PackedBytes(dt, rows, cols)), w)
-				x := randVec(rng, cols)
-				if !streamsPlanned(p, x) {
-					t.Fatalf("%v [%d,%d]: no two-stream kernel planned", dt, rows, cols)
-				}
-				twin := make([]float32, rows)
-				matMulQ80Ref(twin, w, x, 1)
-				for _, th := range []int{1, 2} {
-					what := fmt.Sprintf("%v [%d,%d] threads=%d", dt, rows, cols, th)
-					one, two := make([]float32, rows), make([]float32, rows)
-					productStreams = 1
-					withThreads(th, func() { MatMul(one, p, x, 1) })
-					productStreams = 2
-					withThreads(th, func() { MatMul(two, p, x, 1) })
-					for r := range rows {
-						if math.Float32bits(one[r]) != math.Float32bits(two[r]) || math.Float32bits(twin[r]) != math.Float32bits(two[r]) {
-							t.Fatalf("%s row %d: %g with two streams, %g with one, %g twin", what, r, two[r], one[r], twin[r])
+				for n := 1; n <= maxStreamRows; n++ {
+					x := randVec(rng, n*cols)
+					if !streamsPlanned(p, x, n) {
+						t.Fatalf("%v [%d,%d] n=%d: no two-stream kernel planned", dt, rows, cols, n)
+					}
+					twin := make([]float32, n*rows)
+					matMulQ80Ref(twin, w, x, n)
+					for _, th := range []int{1, 2} {
+						what := fmt.Sprintf("%v [%d,%d] n=%d threads=%d", dt, rows, cols, n, th)
+						one, two := make([]float32, n*rows), make([]float32, n*rows)
+						productStreams = 1
+						withThreads(th, func() { MatMul(one, p, x, n) })
+						productStreams = 2
+						withThreads(th, func() { MatMul(two, p, x, n) })
+						for r := range n * rows {
+							if math.Float32bits(one[r]) != math.Float32bits(two[r]) || math.Float32bits(twin[r]) != math.Float32bits(two[r]) {
+								t.Fatalf("%s out[%d]: %g with two streams, %g with one, %g twin", what, r, two[r], one[r], twin[r])
+							}
 						}
 					}
 				}

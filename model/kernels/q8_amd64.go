@@ -361,38 +361,52 @@ func planPacked(c *callCtx, lvl Level) bool {
 		j.q8.xstride = j.q8.nb * q8xBlockBytes
 	}
 	usePacked(j, packedKernelsAt(j.w.Layout, lvl), specOf(j.w.DType, j.w.Layout), packedRows512)
-	if j.n == 1 {
-		planStreams(j, lvl)
-	}
+	planStreams(j, lvl)
 	return true
 }
 
-// streamKernels are the two-stream kernels of one input row (AVX-512
-// level) by layout (see internal/gen/streams.go): Q8_0 and the types
-// whose input rows are quantized as its. One core reads memory faster from
-// two distant places at once than from one (BenchmarkReadStreams), and a
-// product of one input row is bound by that read: q80x16S2 measured
-// 1.15-1.2 times q80x16N1 (BenchmarkStreams, one thread, in_proj and
-// expert shapes). The K-quants' packed kernels, which
-// prefetch in software, measured level or slower with two streams (their
-// prefetches 1 to 3 blocks ahead, or none), so they have none.
-var streamKernels = [tensor.NumLayouts]packedFn{tensor.Q80x16: q80x16S2, tensor.Q40x16: q40x16S2, tensor.IQ4NLx16: iq4nlx16S2,
-	tensor.Q50x16: q50x16S2, tensor.Q41x16: q41x16S2, tensor.Q51x16: q51x16S2}
+// streamFn is a two-stream kernel (see internal/gen/streams.go).
+type streamFn func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan, ospan int)
 
-// productStreams is the runs a product of one input row reads at once: 2,
-// or 1 for the one-run kernels (benchmarks compare them).
+// streamKernels are the two-stream kernels of one and two input rows
+// (AVX-512 level) by layout: Q8_0 and the types whose input rows are
+// quantized as its. One core reads memory faster from two distant places
+// at once than from one (BenchmarkReadStreams), and a product of one or
+// two input rows is bound by that read: q80x16S2N1 measured 1.15-1.2 times
+// q80x16N1 (BenchmarkStreams, one thread, in_proj and expert shapes). The
+// K-quants' packed kernels, which prefetch in software, measured level or
+// slower with two streams (their prefetches 1 to 3 blocks ahead, or none),
+// so they have none.
+var streamKernels = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
+	tensor.Q80x16:   {1: q80x16S2N1, 2: q80x16S2N2},
+	tensor.Q40x16:   {1: q40x16S2N1, 2: q40x16S2N2},
+	tensor.IQ4NLx16: {1: iq4nlx16S2N1, 2: iq4nlx16S2N2},
+	tensor.Q50x16:   {1: q50x16S2N1, 2: q50x16S2N2},
+	tensor.Q41x16:   {1: q41x16S2N1, 2: q41x16S2N2},
+	tensor.Q51x16:   {1: q51x16S2N1, 2: q51x16S2N2},
+}
+
+// maxStreamRows is the most input rows of a two-stream product.
+const maxStreamRows = 2
+
+// productStreams is the runs a product of one or two input rows reads at
+// once: 2, or 1 for the one-run kernels (benchmarks compare them).
 var productStreams = 2
 
 // minStreamGroups is the fewest 16-row groups per run worth a two-stream
 // kernel.
 const minStreamGroups = 4
 
-// planStreams makes a packed product of one input row run its layout's
-// two-stream kernel, if it has one: the whole groups cut into two runs of
-// equal length (the first run's rows are the blocks; the last block also
-// computes the rows after the runs, a group and a partial group at most).
+// planStreams makes a packed product of one or two input rows run its
+// layout's two-stream kernel, if it has one: the whole groups cut into two
+// runs of equal length (the first run's rows are the blocks; the last block
+// also computes the rows after the runs, a group and a partial group at
+// most).
 func planStreams(j *mmJob, lvl Level) {
-	fn := streamKernels[j.w.Layout]
+	if j.n > maxStreamRows {
+		return
+	}
+	fn := streamKernels[j.w.Layout][j.n]
 	per := j.w.Rows / packRows / 2
 	if productStreams != 2 || fn == nil || lvl < LevelAVX512 || maxLevel < LevelAVX512 || !hasQ80 || per < minStreamGroups {
 		return
@@ -417,7 +431,7 @@ func packedRows512(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 	p := &j.q8
 	if p.streams != nil {
 		gb := p.groupBytes
-		p.streams(&j.w.Data[r0/packRows*gb], (r1-r0)/packRows, p.nb, &p.xq[0], j.span/packRows*gb, &j.out[r0], 4*j.span)
+		p.streams(&j.w.Data[r0/packRows*gb], (r1-r0)/packRows, p.nb, &p.xq[0], p.xstride, &j.out[r0], 4*j.w.Rows, j.span/packRows*gb, 4*j.span)
 		if r1 == j.span {
 			packedRowsRange(j, 2*j.span, j.w.Rows)
 		}

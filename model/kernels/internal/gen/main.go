@@ -116,7 +116,9 @@ func main() {
 		genQ80x16(n)
 	}
 	for _, typ := range []string{"Q80", "Q40", "IQ4NL", "Q50", "Q41", "Q51"} {
-		genX16Streams(typ)
+		for n := 1; n <= 2; n++ {
+			genX16Streams(typ, n)
+		}
 	}
 	for _, typ := range []string{"Q40", "IQ4NL", "Q50", "Q41", "Q51"} {
 		for n := 1; n <= q80x16MaxN; n++ {

@@ -454,15 +454,19 @@ func packedEnd(name string, acc []VecVirtual) {
 	RET()
 }
 
-// genX16Streams emits the two-stream kernel of one input row of a packed
-// type whose input rows are quantized as Q8_0's (q80x16S2, q40x16S2, ...:
-// see streams.go). Per block, the raw words of both runs' blocks are loaded
-// first, interleaved (which measured 15% faster for Q8_0 than one run's
-// block after the other's), then each run's block is computed as the
-// one-run kernel computes it.
-func genX16Streams(typ string) {
-	name, blockBytes := x16Name(typ, "S", 2), x16BlockBytes(typ)
-	wp := streamsBegin(name, typ, 2)
+// genX16Streams emits the two-stream kernel of n (1 or 2) input rows of a
+// packed type whose input rows are quantized as Q8_0's (q80x16S2N1,
+// q40x16S2N1, ...: see streams.go). Per block, the raw words of both
+// runs' blocks are loaded first, interleaved (which measured 15% faster for
+// Q8_0 than one run's block after the other's), then each run's block is
+// computed as the one-run kernel computes it.
+func genX16Streams(typ string, n int) {
+	name, blockBytes := x16Name(typ, "S2N", n), x16BlockBytes(typ)
+	wp := streamsBegin(name, typ, 2, n)
+	idx := make([]GPVirtual, n)
+	if n > 1 {
+		idx[1] = ld("xstride")
+	}
 	wt := x16Consts(typ)
 	Label(name + "_grp")
 	cnt := ld("nblocks")
@@ -471,7 +475,7 @@ func genX16Streams(typ string) {
 	MOVQ(xq, dc)
 	bi := GP64()
 	XORQ(bi, bi)
-	acc := packedZeroAcc(2)
+	acc := [][]VecVirtual{packedZeroAcc(n), packedZeroAcc(n)}
 	Label(name + "_blk")
 	words, nw := x16Words(wt), x16RawWords(wt)
 	raw := [2][]VecVirtual{make([]VecVirtual, nw), make([]VecVirtual, nw)}
@@ -481,11 +485,11 @@ func genX16Streams(typ string) {
 			VMOVDQU64(Mem{Base: wp[s], Disp: words + 64*k}, raw[s][k])
 		}
 	}
-	xm := func(base GPVirtual, _, disp int) Mem { return Mem{Base: base, Disp: disp} }
+	xm := func(base GPVirtual, i, disp int) Mem { return packedXMem(idx, base, i, disp) }
 	for s := range 2 {
 		dw, m128 := x16Scales(wt, wp[s])
 		wv := x16Codes(wt, func(k int) Op { return raw[s][k] })
-		x16Rows(wt, 1, wv, dw, m128, xm, xq, dc, acc[s:s+1])
+		x16Rows(wt, n, wv, dw, m128, xm, xq, dc, acc[s])
 		ADDQ(U32(blockBytes), wp[s])
 	}
 	q80NextBlock(name, xq, dc, bi, cnt)

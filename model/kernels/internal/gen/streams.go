@@ -17,18 +17,19 @@ import (
 // (BenchmarkReadStreams). The multi-stream kernels take the groups of a
 // product as streams runs, run s starting s·wspan bytes after w, and step
 // through the current group of every run in the same loop, block by block:
-// groups groups per run, group g of run s writing its 16 results to
-// out + s·ospan + 64·g. Each group's sums are the one-run kernel's, in the
+// groups groups per run, against n input rows (xstride bytes apart), group
+// g of run s writing its 16 results for input row i to
+// out + i·ostride + s·ospan + 64·g. Each group's sums are the one-run kernel's, in the
 // same order, so the bits are the same.
 
 // streamsSig is the signature of the multi-stream kernels.
-const streamsSig = "func(w *byte, groups, nblocks int, xq *byte, wspan int, out *float32, ospan int)"
+const streamsSig = "func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan, ospan int)"
 
 // streamsBegin emits a multi-stream kernel's TEXT and returns its runs'
 // weight pointers.
-func streamsBegin(name, typ string, streams int) []GPVirtual {
+func streamsBegin(name, typ string, streams, n int) []GPVirtual {
 	TEXT(name, NOSPLIT, streamsSig)
-	Doc(fmt.Sprintf("%s multiplies %d runs of 16-row groups of repacked %s weights with one quantized input row (see streams.go).", name, streams, typ))
+	Doc(fmt.Sprintf("%s multiplies %d runs of 16-row groups of repacked %s weights with %d quantized input rows (see streams.go).", name, streams, typ, n))
 	wp := make([]GPVirtual, streams)
 	wp[0] = ld("w")
 	span := ld("wspan")
@@ -39,19 +40,28 @@ func streamsBegin(name, typ string, streams int) []GPVirtual {
 	return wp
 }
 
-// streamsEnd emits a multi-stream kernel's group epilogue: run s's 16
-// results at out + s·ospan, out moved on 64 bytes, the next group (from
-// name_grp), then the return.
-func streamsEnd(name string, acc []VecVirtual) {
+// streamsEnd emits a multi-stream kernel's group epilogue: acc[s][i], run
+// s's 16 results for input row i, at out + i·ostride + s·ospan, out moved on
+// 64 bytes, the next group (from name_grp), then the return.
+func streamsEnd(name string, acc [][]VecVirtual) {
 	o := ld("out")
 	osp := ld("ospan")
-	op := GP64()
-	MOVQ(o, op)
+	var ost GPVirtual
+	if len(acc[0]) > 1 {
+		ost = ld("ostride")
+	}
 	for s := range acc {
+		op := GP64()
+		MOVQ(o, op)
 		if s > 0 {
 			ADDQ(osp, op)
 		}
-		VMOVUPS(acc[s], Mem{Base: op})
+		for i := range acc[s] {
+			if i > 0 {
+				ADDQ(ost, op)
+			}
+			VMOVUPS(acc[s][i], Mem{Base: op})
+		}
 	}
 	ADDQ(U8(64), o)
 	Store(o, Param("out"))
