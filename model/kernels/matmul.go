@@ -98,6 +98,9 @@ func (j *mmJob) blockedRows() int {
 	return j.w.Rows
 }
 
+// streamFn is a two-stream kernel (see internal/gen/streams.go).
+type streamFn func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan, ospan int)
+
 func (j *mmJob) run(s *scratch) {
 	// Claim one block ahead so that the kernels know which to prefetch.
 	b := int(j.next.Add(1) - 1)

@@ -544,3 +544,36 @@ func TestBF16StreamsMatchOneRun(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkStreams: products of one and two input rows with the two-stream
+// kernels (planStreams, and bf16rows512S2 for one BF16 row) against the
+// one-run kernels, in_proj, an expert's and the LM head's shapes, from
+// memory. Compare the pairs of one run.
+func BenchmarkStreams(b *testing.B) {
+	for _, dt := range append([]tensor.DType{tensor.BF16}, packedDTypes...) {
+		if dt != tensor.BF16 && streamKernels[specOf(dt, tensor.RowMajor).layout][1] == nil {
+			continue
+		}
+		for _, sh := range [][2]int{{6448, 1536}, {1536, 512}, {100352, 1536}} {
+			for _, run := range [][2]int{{1, 1}, {1, 2}, {2, 1}, {2, 2}} { // input rows, threads
+				n, th := run[0], run[1]
+				if n > 1 && dt == tensor.BF16 {
+					continue
+				}
+				for _, streams := range []int{1, 2} {
+					b.Run(fmt.Sprintf("%v/%dx%d/n=%d/threads=%d/streams=%d", dt, sh[0], sh[1], n, th, streams), func(b *testing.B) {
+						ws := append([]tensor.Matrix(nil), coldWeights(dt, sh[0], sh[1], 600<<20)...)
+						for i, w := range ws {
+							if dt != tensor.BF16 {
+								ws[i] = Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)
+							}
+						}
+						defer func(p int) { productStreams = p }(productStreams)
+						productStreams = streams
+						benchMatMulOn(b, ws, n, th)
+					})
+				}
+			}
+		}
+	}
+}

@@ -365,9 +365,6 @@ func planPacked(c *callCtx, lvl Level) bool {
 	return true
 }
 
-// streamFn is a two-stream kernel (see internal/gen/streams.go).
-type streamFn func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan, ospan int)
-
 // streamKernels are the two-stream kernels of one and two input rows
 // (AVX-512 level) by layout: Q8_0 and the types whose input rows are
 // quantized as its. One core reads memory faster from two distant places
