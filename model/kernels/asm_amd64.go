@@ -1184,7 +1184,7 @@ func toBF16512(dst *uint16, x *float32, n int)
 //go:noescape
 func bf16rows512(w *byte, wstride int, nrows int, x *byte, nchunks int, out *float32)
 
-// bf16rows512S2 computes one-input-row dot products of bf16 weight rows of two runs at once, with VDPBF16PS (see genBF16RowsS2).
+// bf16rows512S2 computes one-input-row dot products of bf16 weight rows of two runs at once, with VDPBF16PS (see genBF16Rows).
 //
 //go:noescape
 func bf16rows512S2(w *byte, wstride int, nrows int, x *byte, nchunks int, out *float32, wspan int, ospan int)

@@ -220,113 +220,86 @@ func genToBF16() {
 // (The four accumulators per row it had before measured the same speed
 // within 2%, one thread, in_proj shape: the next row's loads and products
 // overlap the current row's chain.)
-func genBF16Rows() {
-	name := "bf16rows512"
-	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, x *byte, nchunks int, out *float32)")
-	Pragma("noescape")
-	Doc(name + " computes one-input-row dot products of bf16 weight rows taken one after the other, with VDPBF16PS (see genBF16Rows).")
-	wq, ws, oq, w0, xp, cnt := RAX, RBX, R10, R12, RDI, R9
-	Load(Param("w"), wq)
-	Load(Param("wstride"), ws)
-	Load(Param("out"), oq)
-	Label(name + "_row")
-	MOVQ(wq, w0)
-	Load(Param("x"), xp)
-	Load(Param("nchunks"), cnt)
-	VPXORD(Z0, Z0, Z0)
-	Label(name + "_four")
-	CMPQ(cnt, U8(4))
-	JL(LabelRef(name + "_one"))
-	for c := 0; c < 4; c++ {
-		VMOVDQU32(Mem{Base: w0, Disp: 64 * c}, zRegs[8+c])
-		VMOVDQU32(Mem{Base: xp, Disp: 64 * c}, zRegs[12+c])
-	}
-	for c := 0; c < 4; c++ {
-		vdpbf16ps(0, 8+c, 12+c)
-	}
-	ADDQ(U32(256), w0)
-	ADDQ(U32(256), xp)
-	SUBQ(U8(4), cnt)
-	JMP(LabelRef(name + "_four"))
-	Label(name + "_one")
-	TESTQ(cnt, cnt)
-	JZ(LabelRef(name + "_red"))
-	VMOVDQU32(Mem{Base: w0}, Z8)
-	VMOVDQU32(Mem{Base: xp}, Z12)
-	vdpbf16ps(0, 8, 12)
-	ADDQ(U8(64), w0)
-	ADDQ(U8(64), xp)
-	DECQ(cnt)
-	JMP(LabelRef(name + "_one"))
-	Label(name + "_red")
-	hsumZ(Z0, Z1)
-	VMOVSS(X0, Mem{Base: oq})
-	ADDQ(U8(4), oq)
-	ADDQ(ws, wq)
-	DECQ(paddr("nrows"))
-	JNZ(LabelRef(name + "_row"))
-	VZEROUPPER()
-	RET()
-}
-
-// genBF16RowsS2 emits bf16rows512S2(w, wstride, nrows, x, nchunks, out,
-// wspan, ospan): bf16rows512 on two runs of rows at once, run two starting
+//
+// With streams 2 it emits bf16rows512S2(w, wstride, nrows, x, nchunks, out,
+// wspan, ospan): the same on two runs of rows at once, run two starting
 // wspan bytes after w and writing ospan bytes after out (see streams.go:
-// one core reads faster from two distant places than from one). Each row's
-// chain and reduction are bf16rows512's, so the bits are the same.
-func genBF16RowsS2() {
-	name := "bf16rows512S2"
-	TEXT(name, NOSPLIT, "func(w *byte, wstride, nrows int, x *byte, nchunks int, out *float32, wspan, ospan int)")
+// one core reads faster from two distant places than from one), each row's
+// chain and reduction as bf16rows512's.
+func genBF16Rows(streams int) {
+	name := "bf16rows512"
+	sig := "func(w *byte, wstride, nrows int, x *byte, nchunks int, out *float32)"
+	doc := " computes one-input-row dot products of bf16 weight rows taken one after the other, with VDPBF16PS (see genBF16Rows)."
+	if streams == 2 {
+		name += "S2"
+		sig = "func(w *byte, wstride, nrows int, x *byte, nchunks int, out *float32, wspan, ospan int)"
+		doc = " computes one-input-row dot products of bf16 weight rows of two runs at once, with VDPBF16PS (see genBF16Rows)."
+	}
+	TEXT(name, NOSPLIT, sig)
 	Pragma("noescape")
-	Doc(name + " computes one-input-row dot products of bf16 weight rows of two runs at once, with VDPBF16PS (see genBF16RowsS2).")
-	wq, ws, oq, w0, w1, xp, cnt, sp, osp := RAX, RBX, R10, R12, R13, RDI, R9, R11, R8
+	Doc(name + doc)
+	wq, ws, oq, xp, cnt := RAX, RBX, R10, RDI, R9
+	ptr := []Register{R12, R13}[:streams] // run s's current chunk
+	wreg := [2]int{8, 16}                 // run s's weight registers (Z8.., Z16..)
+	sp, osp := R11, R8
 	Load(Param("w"), wq)
 	Load(Param("wstride"), ws)
 	Load(Param("out"), oq)
-	Load(Param("wspan"), sp)
-	Load(Param("ospan"), osp)
+	if streams == 2 {
+		Load(Param("wspan"), sp)
+		Load(Param("ospan"), osp)
+	}
 	Label(name + "_row")
-	MOVQ(wq, w0)
-	LEAQ(Mem{Base: wq, Index: sp, Scale: 1}, w1)
+	MOVQ(wq, ptr[0])
+	if streams == 2 {
+		LEAQ(Mem{Base: wq, Index: sp, Scale: 1}, ptr[1])
+	}
 	Load(Param("x"), xp)
 	Load(Param("nchunks"), cnt)
-	VPXORD(Z0, Z0, Z0)
-	VPXORD(Z2, Z2, Z2)
+	for s := range ptr {
+		VPXORD(zRegs[2*s], zRegs[2*s], zRegs[2*s])
+	}
+	// step emits k chunks' loads and products of every run.
+	step := func(k int) {
+		for c := 0; c < k; c++ {
+			for s := range ptr {
+				VMOVDQU32(Mem{Base: ptr[s], Disp: 64 * c}, zRegs[wreg[s]+c])
+			}
+			VMOVDQU32(Mem{Base: xp, Disp: 64 * c}, zRegs[12+c])
+		}
+		for c := 0; c < k; c++ {
+			for s := range ptr {
+				vdpbf16ps(2*s, wreg[s]+c, 12+c)
+			}
+		}
+		for _, p := range append(ptr, xp) {
+			if k == 4 {
+				ADDQ(U32(256), p)
+			} else {
+				ADDQ(U8(64), p)
+			}
+		}
+	}
 	Label(name + "_four")
 	CMPQ(cnt, U8(4))
 	JL(LabelRef(name + "_one"))
-	for c := 0; c < 4; c++ {
-		VMOVDQU32(Mem{Base: w0, Disp: 64 * c}, zRegs[8+c])
-		VMOVDQU32(Mem{Base: w1, Disp: 64 * c}, zRegs[16+c])
-		VMOVDQU32(Mem{Base: xp, Disp: 64 * c}, zRegs[12+c])
-	}
-	for c := 0; c < 4; c++ {
-		vdpbf16ps(0, 8+c, 12+c)
-		vdpbf16ps(2, 16+c, 12+c)
-	}
-	ADDQ(U32(256), w0)
-	ADDQ(U32(256), w1)
-	ADDQ(U32(256), xp)
+	step(4)
 	SUBQ(U8(4), cnt)
 	JMP(LabelRef(name + "_four"))
 	Label(name + "_one")
 	TESTQ(cnt, cnt)
 	JZ(LabelRef(name + "_red"))
-	VMOVDQU32(Mem{Base: w0}, Z8)
-	VMOVDQU32(Mem{Base: w1}, Z16)
-	VMOVDQU32(Mem{Base: xp}, Z12)
-	vdpbf16ps(0, 8, 12)
-	vdpbf16ps(2, 16, 12)
-	ADDQ(U8(64), w0)
-	ADDQ(U8(64), w1)
-	ADDQ(U8(64), xp)
+	step(1)
 	DECQ(cnt)
 	JMP(LabelRef(name + "_one"))
 	Label(name + "_red")
-	hsumZ(Z0, Z1)
-	hsumZ(Z2, Z3)
+	for s := range ptr {
+		hsumZ(zRegs[2*s], zRegs[2*s+1])
+	}
 	VMOVSS(X0, Mem{Base: oq})
-	VMOVSS(X2, Mem{Base: oq, Index: osp, Scale: 1})
+	if streams == 2 {
+		VMOVSS(X2, Mem{Base: oq, Index: osp, Scale: 1})
+	}
 	ADDQ(U8(4), oq)
 	ADDQ(ws, wq)
 	DECQ(paddr("nrows"))

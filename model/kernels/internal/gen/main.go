@@ -177,8 +177,8 @@ func main() {
 		genBF16Dot(n)
 	}
 	genToBF16()
-	genBF16Rows()
-	genBF16RowsS2()
+	genBF16Rows(1)
+	genBF16Rows(2)
 	Generate()
 	writePanelOrder()
 }

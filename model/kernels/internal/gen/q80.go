@@ -292,13 +292,7 @@ func genQ80Dot(R int) {
 	name := fmt.Sprintf("q80dot512R%d", R)
 	TEXT(name, NOSPLIT, "func(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)")
 	Doc(fmt.Sprintf("%s multiplies %d Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).", name, R))
-	rows := make([]GPVirtual, R)
-	rows[0] = ld("w")
-	st := ld("wstride")
-	for r := 1; r < R; r++ {
-		rows[r] = GP64()
-		LEAQ(Mem{Base: rows[r-1], Index: st, Scale: 1}, rows[r])
-	}
+	rows := stridedPtrs(ld("w"), ld("wstride"), R)
 	xg := ld("xg")
 	cnt := ld("nblocks")
 	// Row r's prepared block at pa + r·P (r < 3) or pb + (r−3)·P.

@@ -92,15 +92,8 @@ func genQ40x16Consts() {
 func genX16Q80Act(typ string, n int) {
 	name, blockBytes, wp, idx := x16Begin(typ, "N", n, "(see genX16Q80Act)")
 	wt := x16Consts(typ)
-	Label(name + "_grp")
-	cnt := ld("nblocks")
-	xq := ld("xq") // the current block's q in the current tile
-	// dc: the current block's d_x and 128·Σq_x (at xq's tile + 512/576 + 4·b).
-	dc := GP64()
-	MOVQ(xq, dc)
+	cnt, xq, dc, bi := x16GroupHead(name)
 	xm := func(base GPVirtual, i, disp int) Mem { return packedXMem(idx, base, i, disp) }
-	bi := GP64() // block index within the tile
-	XORQ(bi, bi)
 	acc := packedZeroAcc(n)
 	Label(name + "_blk")
 	dw, m128 := x16Scales(wt, wp)
@@ -110,6 +103,21 @@ func genX16Q80Act(typ string, n int) {
 	ADDQ(U32(blockBytes), wp)
 	q80NextBlock(name, xq, dc, bi, cnt)
 	packedEnd(name, acc)
+}
+
+// x16GroupHead emits the head of a group of the Q8_0 family's packed
+// kernels: the group label, then the block count, xq (the current block's q
+// in the current tile), dc (its d_x and 128·Σq_x, at xq's tile + 512/576 +
+// 4·b) and bi (the block's index within the tile).
+func x16GroupHead(name string) (cnt, xq, dc, bi GPVirtual) {
+	Label(name + "_grp")
+	cnt = ld("nblocks")
+	xq = ld("xq")
+	dc = GP64()
+	MOVQ(xq, dc)
+	bi = GP64()
+	XORQ(bi, bi)
+	return cnt, xq, dc, bi
 }
 
 // x16Consts emits the constants the packed kernels of typ keep in
@@ -446,8 +454,15 @@ func packedEnd(name string, acc []VecVirtual) {
 			VMOVUPS(acc[perRow*i+k], Mem{Base: o, Disp: 32 * k})
 		}
 	}
-	ADDQ(U8(64), op)
-	Store(op, Param("out"))
+	nextGroup(name, op)
+}
+
+// nextGroup emits the end of a packed kernel's group: the out parameter
+// (held in o) moved on 64 bytes, the next group (from name_grp), then the
+// return.
+func nextGroup(name string, o GPVirtual) {
+	ADDQ(U8(64), o)
+	Store(o, Param("out"))
 	DECQ(paddr("groups"))
 	JNZ(LabelRef(name + "_grp"))
 	VZEROUPPER()
@@ -468,13 +483,7 @@ func genX16Streams(typ string, n int) {
 		idx[1] = ld("xstride")
 	}
 	wt := x16Consts(typ)
-	Label(name + "_grp")
-	cnt := ld("nblocks")
-	xq := ld("xq")
-	dc := GP64()
-	MOVQ(xq, dc)
-	bi := GP64()
-	XORQ(bi, bi)
+	cnt, xq, dc, bi := x16GroupHead(name)
 	acc := [][]VecVirtual{packedZeroAcc(n), packedZeroAcc(n)}
 	Label(name + "_blk")
 	words, nw := x16Words(wt), x16RawWords(wt)

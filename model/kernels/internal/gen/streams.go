@@ -30,14 +30,19 @@ const streamsSig = "func(w *byte, groups, nblocks int, xq *byte, xstride int, ou
 func streamsBegin(name, typ string, streams, n int) []GPVirtual {
 	TEXT(name, NOSPLIT, streamsSig)
 	Doc(fmt.Sprintf("%s multiplies %d runs of 16-row groups of repacked %s weights with %d quantized input rows (see streams.go).", name, streams, typ, n))
-	wp := make([]GPVirtual, streams)
-	wp[0] = ld("w")
-	span := ld("wspan")
-	for s := 1; s < streams; s++ {
-		wp[s] = GP64()
-		LEAQ(Mem{Base: wp[s-1], Index: span, Scale: 1}, wp[s])
+	return stridedPtrs(ld("w"), ld("wspan"), streams)
+}
+
+// stridedPtrs returns n pointers stride bytes apart, the first first (the
+// others computed into new registers).
+func stridedPtrs(first, stride GPVirtual, n int) []GPVirtual {
+	p := make([]GPVirtual, n)
+	p[0] = first
+	for i := 1; i < n; i++ {
+		p[i] = GP64()
+		LEAQ(Mem{Base: p[i-1], Index: stride, Scale: 1}, p[i])
 	}
-	return wp
+	return p
 }
 
 // streamsEnd emits a multi-stream kernel's group epilogue: acc[s][i], run
@@ -63,10 +68,5 @@ func streamsEnd(name string, acc [][]VecVirtual) {
 			VMOVUPS(acc[s][i], Mem{Base: op})
 		}
 	}
-	ADDQ(U8(64), o)
-	Store(o, Param("out"))
-	DECQ(paddr("groups"))
-	JNZ(LabelRef(name + "_grp"))
-	VZEROUPPER()
-	RET()
+	nextGroup(name, o)
 }
