@@ -37,16 +37,12 @@ func planBF16(c *callCtx, lvl Level) bool {
 	j.bf = xb
 	j.block = bf16Block
 	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
-	if j.n == 1 && productStreams == 2 && j.w.Rows/2 >= minStreamRowsBF16 {
+	if j.n == 1 && productStreams == 2 && j.w.Rows/2 >= minRunRows {
 		// Two runs of rows at once (bf16rows512S2), as planStreams.
-		j.span = j.w.Rows / 2
-		j.rb = rowBlock(j.span, 2*j.rowBytes, fusedBlockBytes)
+		useTwoRuns(j, j.w.Rows/2, 4)
 	}
 	return true
 }
-
-// minStreamRowsBF16 is the fewest rows per run worth bf16rows512S2.
-const minStreamRowsBF16 = 64
 
 func bf16Block(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	rows, n, k := j.w.Rows, j.n, j.w.Cols

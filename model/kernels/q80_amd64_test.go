@@ -475,6 +475,7 @@ func streamsPlanned(w tensor.Matrix, x []float32, n int) bool {
 // kernel (and the twin's), whether the groups split evenly into two runs or
 // leave a group and a partial group after them, on one thread and two.
 func TestStreamsMatchOneRun(t *testing.T) {
+	defer func(p int) { productStreams = p }(productStreams)
 	skipNoQ80(t)
 	defer SetQ8Activations(SetQ8Activations(true))
 	rng := rand.New(rand.NewPCG(41, 41))
@@ -516,6 +517,7 @@ func TestStreamsMatchOneRun(t *testing.T) {
 // bits with bf16rows512S2 (two runs of rows at once) as with bf16rows512,
 // with an even and an odd number of rows, on one thread and two.
 func TestBF16StreamsMatchOneRun(t *testing.T) {
+	defer func(p int) { productStreams = p }(productStreams)
 	if KernelLevel() < LevelAVX512 || !hasBF16DotKernels() {
 		t.Skip("no bf16 dot kernels on this CPU")
 	}

@@ -390,9 +390,17 @@ const maxStreamRows = 2
 // once: 2, or 1 for the one-run kernels (benchmarks compare them).
 var productStreams = 2
 
-// minStreamGroups is the fewest 16-row groups per run worth a two-stream
-// kernel.
-const minStreamGroups = 4
+// minRunRows is the fewest rows per run worth a two-stream kernel (of
+// packed groups, or bf16rows512S2).
+const minRunRows = 64
+
+// useTwoRuns makes j a product of two runs of span rows each (mmJob.span),
+// its blocks about fusedBlockBytes of both runs' weights, a multiple of
+// align rows.
+func useTwoRuns(j *mmJob, span, align int) {
+	j.span = span
+	j.rb = max(align, rowBlock(span, 2*j.rowBytes, fusedBlockBytes)&^(align-1))
+}
 
 // planStreams makes a packed product of one or two input rows run its
 // layout's two-stream kernel, if it has one: the whole groups cut into two
@@ -404,13 +412,12 @@ func planStreams(j *mmJob, lvl Level) {
 		return
 	}
 	fn := streamKernels[j.w.Layout][j.n]
-	per := j.w.Rows / packRows / 2
-	if productStreams != 2 || fn == nil || lvl < LevelAVX512 || maxLevel < LevelAVX512 || !hasQ80 || per < minStreamGroups {
+	span := j.w.Rows / packRows / 2 * packRows
+	if productStreams != 2 || fn == nil || lvl < LevelAVX512 || maxLevel < LevelAVX512 || !hasQ80 || span < minRunRows {
 		return
 	}
 	j.q8.streams = fn
-	j.span = per * packRows
-	j.rb = max(packRows, rowBlock(j.span, 2*j.rowBytes, fusedBlockBytes)&^(packRows-1))
+	useTwoRuns(j, span, packRows)
 }
 
 // packedRowBlock is the rows per block of a product run by packed kernels:

@@ -8,19 +8,19 @@ import (
 	. "github.com/mmcloughlin/avo/reg"
 )
 
-// ---- multi-stream packed kernels of one input row: <type>x16S<streams> ----
+// ---- two-stream packed kernels: <type>x16S2N<n> ----
 //
-// A product of one input row reads each weight byte once and is bound by
-// that read. One core reads memory faster from a few distant places at once
-// than from one: on a Zen 5 VM, one thread, 28-31 GB/s from one sequential
-// stream against 39-46 from four a quarter of the buffer apart
+// A product of one or two input rows reads each weight byte once and is
+// bound by that read. One core reads memory faster from a few distant
+// places at once than from one: on a Zen 5 VM, one thread, 21-24 GB/s from
+// one sequential stream against 39-42 from four far apart
 // (BenchmarkReadStreams). The multi-stream kernels take the groups of a
 // product as streams runs, run s starting s·wspan bytes after w, and step
 // through the current group of every run in the same loop, block by block:
 // groups groups per run, against n input rows (xstride bytes apart), group
 // g of run s writing its 16 results for input row i to
-// out + i·ostride + s·ospan + 64·g. Each group's sums are the one-run kernel's, in the
-// same order, so the bits are the same.
+// out + i·ostride + s·ospan + 64·g. Each group's sums are the one-run
+// kernel's, in the same order, so the bits are the same.
 
 // streamsSig is the signature of the multi-stream kernels.
 const streamsSig = "func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan, ospan int)"
