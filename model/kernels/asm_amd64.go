@@ -972,6 +972,21 @@ func q51x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *
 //go:noescape
 func q51x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// q80x16AVX2S2N1 multiplies 2 runs of 16-row groups of repacked Q80 weights with 1 quantized input rows (see streams.go).
+//
+//go:noescape
+func q80x16AVX2S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
+// q40x16AVX2S2N1 multiplies 2 runs of 16-row groups of repacked Q40 weights with 1 quantized input rows (see streams.go).
+//
+//go:noescape
+func q40x16AVX2S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
+// q41x16AVX2S2N1 multiplies 2 runs of 16-row groups of repacked Q41 weights with 1 quantized input rows (see streams.go).
+//
+//go:noescape
+func q41x16AVX2S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
 // q80rows256 multiplies row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
 //
 //go:noescape

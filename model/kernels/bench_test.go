@@ -466,27 +466,31 @@ func BenchmarkPackedStream(b *testing.B) {
 		w = tensor.Matrix{}
 		x := randVec(rand.New(rand.NewPCG(1, 1)), p.Cols)
 		out := make([]float32, p.Rows)
-		var probe float64
-		b.Run(fmt.Sprintf("%v/probe", dt), func(b *testing.B) {
-			b.SetBytes(int64(p.Bytes()))
-			for i := 0; i < b.N; i++ {
-				readProbe(p.Data[:len(p.Data)&^255])
-			}
-			probe = float64(p.Bytes()) / (b.Elapsed().Seconds() / float64(b.N))
-		})
-		b.Run(fmt.Sprintf("%v/x16", dt), func(b *testing.B) {
-			withThreads(1, func() {
-				MatMul(out, p, x, 1)
-				b.ResetTimer()
+		for _, threads := range []int{1, 2} {
+			var probe float64
+			b.Run(fmt.Sprintf("%v/threads=%d/probe", dt, threads), func(b *testing.B) {
+				b.SetBytes(int64(p.Bytes()))
+				part := len(p.Data) / threads &^ 255
+				var d float64
 				for i := 0; i < b.N; i++ {
+					d += timeParts(threads, func(t int) { readProbe(p.Data[t*part : (t+1)*part]) })
+				}
+				probe = float64(threads*part) / (d / float64(b.N))
+			})
+			b.Run(fmt.Sprintf("%v/threads=%d/x16", dt, threads), func(b *testing.B) {
+				withThreads(threads, func() {
 					MatMul(out, p, x, 1)
+					b.ResetTimer()
+					for i := 0; i < b.N; i++ {
+						MatMul(out, p, x, 1)
+					}
+				})
+				b.SetBytes(int64(p.Bytes()))
+				if probe > 0 {
+					b.ReportMetric(100*float64(p.Bytes())/(b.Elapsed().Seconds()/float64(b.N))/probe, "%probe")
 				}
 			})
-			b.SetBytes(int64(p.Bytes()))
-			if probe > 0 {
-				b.ReportMetric(100*float64(p.Bytes())/(b.Elapsed().Seconds()/float64(b.N))/probe, "%probe")
-			}
-		})
+		}
 	}
 }
 

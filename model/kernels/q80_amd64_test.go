@@ -473,21 +473,29 @@ func streamsPlanned(w tensor.Matrix, x []float32, n int) bool {
 // TestStreamsMatchOneRun: a packed product of one or two input rows gives
 // the same bits with its layout's two-stream kernel as with the one-run
 // kernel (and the twin's), whether the groups split evenly into two runs or
-// leave a group and a partial group after them, on one thread and two.
+// leave a group and a partial group after them, on one thread and two, at
+// each level with two-stream kernels (AVX-512 VNNI, AVX2).
 func TestStreamsMatchOneRun(t *testing.T) {
 	defer func(p int) { productStreams = p }(productStreams)
-	skipNoQ80(t)
 	defer SetQ8Activations(SetQ8Activations(true))
+	forQ80Levels(t, testStreamsMatchOneRun)
+}
+
+func testStreamsMatchOneRun(t *testing.T) {
+	kernels := &streamKernels
+	if packedLevel(tensor.Q80x16, KernelLevel()) == LevelAVX2 {
+		kernels = &streamKernelsAVX2
+	}
 	rng := rand.New(rand.NewPCG(41, 41))
 	for _, dt := range packedDTypes {
-		if streamKernels[specOf(dt, tensor.RowMajor).layout][1] == nil {
+		if kernels[specOf(dt, tensor.RowMajor).layout][1] == nil {
 			continue
 		}
 		for _, rows := range []int{8 * packRows, 9 * packRows, 11*packRows + 7, 1536} {
 			for _, cols := range []int{32, 1536} {
 				w := randMatrix(rng, dt, rows, cols)
 				p := Pack(make([]byte, PackedBytes(dt, rows, cols)), w)
-				for n := 1; n <= maxStreamRows; n++ {
+				for n := 1; n <= maxStreamRows && kernels[specOf(dt, tensor.RowMajor).layout][n] != nil; n++ {
 					x := randVec(rng, n*cols)
 					if !streamsPlanned(p, x, n) {
 						t.Fatalf("%v [%d,%d] n=%d: no two-stream kernel planned", dt, rows, cols, n)

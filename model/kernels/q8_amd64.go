@@ -269,16 +269,28 @@ func packedFast(l tensor.Layout, lvl Level) bool {
 // packedKernelsAt returns the packed kernels of layout l at level lvl (nil
 // where there are none).
 func packedKernelsAt(l tensor.Layout, lvl Level) []packedFn {
+	switch packedLevel(l, lvl) {
+	case LevelAVX512:
+		return packedKernels[l]
+	case LevelAVX2:
+		return packedKernelsAVX2[l]
+	}
+	return nil
+}
+
+// packedLevel is the level whose packed kernels of layout l run at level
+// lvl: LevelAVX512, LevelAVX2, or LevelGo for none.
+func packedLevel(l tensor.Layout, lvl Level) Level {
 	if q80Layout(l) {
 		lvl = q80Level(lvl)
 	}
 	switch {
 	case lvl >= LevelAVX512 && hasQ80 && maxLevel >= LevelAVX512:
-		return packedKernels[l]
+		return LevelAVX512
 	case lvl == LevelAVX2 && maxLevel >= LevelAVX2:
-		return packedKernelsAVX2[l]
+		return LevelAVX2
 	}
-	return nil
+	return LevelGo
 }
 
 // The AVX2 kernels of packed Q8_0, Q4_K, Q5_K, Q4_0, IQ4_NL, Q5_0, Q4_1,
@@ -366,7 +378,7 @@ func planPacked(c *callCtx, lvl Level) bool {
 }
 
 // streamKernels are the two-stream kernels of one and two input rows
-// (AVX-512 level) by layout: Q8_0 and the types whose input rows are
+// (AVX-512 level; streamKernelsAVX2 at the AVX2 level) by layout: Q8_0 and the types whose input rows are
 // quantized as its. One core reads memory faster from two distant places
 // at once than from one (BenchmarkReadStreams), and a product of one or
 // two input rows is bound by that read: q80x16S2N1 measured 1.15-1.2 times
@@ -381,6 +393,19 @@ var streamKernels = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 	tensor.Q50x16:   {1: q50x16S2N1, 2: q50x16S2N2},
 	tensor.Q41x16:   {1: q41x16S2N1, 2: q41x16S2N2},
 	tensor.Q51x16:   {1: q51x16S2N1, 2: q51x16S2N2},
+}
+
+// streamKernelsAVX2 are the two-stream kernels at the AVX2 level, of one
+// input row (two runs of two input rows would not fit the 16 ymm
+// registers). BenchmarkStreams at the AVX2 level, one thread, one run
+// against two: Q8_0 1.1-1.15 times as fast on the in_proj and LM-head
+// shapes, 1.07 on an expert's; Q4_0 and Q4_1 1.05 and 1.1 on in_proj,
+// level on an expert's. IQ4_NL, Q5_0 and Q5_1 measured level on in_proj and
+// 10-33% slower on an expert's, so they have none.
+var streamKernelsAVX2 = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
+	tensor.Q80x16: {1: q80x16AVX2S2N1},
+	tensor.Q40x16: {1: q40x16AVX2S2N1},
+	tensor.Q41x16: {1: q41x16AVX2S2N1},
 }
 
 // maxStreamRows is the most input rows of a two-stream product.
@@ -411,9 +436,15 @@ func planStreams(j *mmJob, lvl Level) {
 	if j.n > maxStreamRows {
 		return
 	}
-	fn := streamKernels[j.w.Layout][j.n]
+	var fn streamFn
+	switch packedLevel(j.w.Layout, lvl) {
+	case LevelAVX512:
+		fn = streamKernels[j.w.Layout][j.n]
+	case LevelAVX2:
+		fn = streamKernelsAVX2[j.w.Layout][j.n]
+	}
 	span := j.w.Rows / packRows / 2 * packRows
-	if productStreams != 2 || fn == nil || lvl < LevelAVX512 || maxLevel < LevelAVX512 || !hasQ80 || span < minRunRows {
+	if productStreams != 2 || fn == nil || span < minRunRows {
 		return
 	}
 	j.q8.streams = fn

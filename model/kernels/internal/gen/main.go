@@ -133,6 +133,9 @@ func main() {
 			genX16AVX2(typ, n)
 		}
 	}
+	for _, typ := range []string{"Q80", "Q40", "Q41"} {
+		genX16AVX2Streams(typ)
+	}
 	genQ80Rows256()
 	genRows256("Q40")
 	genRows256("Q50")

@@ -50,13 +50,44 @@ func q80SignedSum(q, a, x, ones, s VecVirtual) {
 func genQ80x16AVX2(n int) { genX16AVX2("Q80", n) }
 
 // genX16AVX2 emits q80x16AVX2N<n> (typ "Q80"), q40x16AVX2N<n> ("Q40") or
-// iq4nlx16AVX2N<n> ("IQ4NL"). The packed Q4_0 and IQ4_NL kernels make the
-// int8 values of the Q8_0 rewrite from the nibbles (q−8, or the codebook by
-// VPSHUFB; virtual word j < 4 the low nibbles of word j, j >= 4 the high
-// nibbles of word j−4: values 4j.., as Q8_0's words) and go on as the Q8_0
-// kernel: the same bits as the rewritten rows.
+// iq4nlx16AVX2N<n> ("IQ4NL"), and Q5_0's, Q4_1's and Q5_1's. The packed
+// Q4_0 and IQ4_NL kernels make the int8 values of the Q8_0 rewrite from the
+// nibbles (q−8, or the codebook by VPSHUFB; virtual word j < 4 the low
+// nibbles of word j, j >= 4 the high nibbles of word j−4: values 4j.., as
+// Q8_0's words) and go on as the Q8_0 kernel: the same bits as the
+// rewritten rows.
 func genX16AVX2(typ string, n int) {
-	name, blockBytes, wp, idx := x16Begin(typ, "AVX2N", n, "on AVX2 (see genX16AVX2)")
+	name, _, wp, idx := x16Begin(typ, "AVX2N", n, "on AVX2 (see genX16AVX2)")
+	x16AVX2Body(typ, name, []GPVirtual{wp}, idx, n)
+	packedEnd(name, x16AVX2Acc)
+}
+
+// genX16AVX2Streams emits <type>x16AVX2S2N1, the two-stream kernel of one
+// input row at the AVX2 level (see streams.go): both runs' current blocks
+// in one loop, their loads interleaved (word by word for Q8_0, half block
+// by half block for the others), each run's sums and float32 steps those
+// of the one-run kernel: the same bits. With two input rows the two runs'
+// sums would not fit the 16 ymm registers. Generated for Q8_0, Q4_0 and
+// Q4_1, where it measured faster (see streamKernelsAVX2).
+func genX16AVX2Streams(typ string) {
+	name := x16Name(typ, "AVX2S2N", 1)
+	wp := streamsBegin(name, typ, 2, 1)
+	x16AVX2Body(typ, name, wp, make([]GPVirtual, 1), 1)
+	streamsEnd(name, x16AVX2Runs)
+}
+
+// x16AVX2Acc and x16AVX2Runs hand the float32 sums of the last
+// x16AVX2Body to the epilogue (packedEnd, streamsEnd).
+var (
+	x16AVX2Acc  []VecVirtual
+	x16AVX2Runs [][]VecVirtual
+)
+
+// x16AVX2Body emits the constants, group and block loops of genX16AVX2's
+// kernels for the runs whose weights wp points at (one, or two for the
+// two-stream kernels), up to the group's epilogue.
+func x16AVX2Body(typ, name string, wp []GPVirtual, idx []GPVirtual, n int) {
+	blockBytes := x16BlockBytes(typ)
 	Pragma("noescape")
 	var c80, tab VecVirtual
 	ones := YMM()
@@ -69,23 +100,24 @@ func genX16AVX2(typ string, n int) {
 		VMOVDQU(cIQ4Y, tab)
 	}
 	VPBROADCASTD(cW1, ones)
-	Label(name + "_grp")
-	cnt := ld("nblocks")
-	xq := ld("xq") // the current block's q in the current tile
-	dc := GP64()   // the current block's d_x (at xq's tile + 512 + 4·b)
-	MOVQ(xq, dc)
+	cnt, xq, dc, bi := x16GroupHead(name)
 	xm := func(base GPVirtual, i, disp int) Mem { return packedXMem(idx, base, i, disp) }
-	bi := GP64() // block index within the tile
-	XORQ(bi, bi)
-	acc := make([]VecVirtual, 2*n) // acc[2i+h]: input row i, weight rows 8h..8h+7
-	for i := range acc {
-		acc[i] = YMM()
-		VXORPS(acc[i], acc[i], acc[i])
+	runs := len(wp)
+	acc := make([][]VecVirtual, runs) // acc[r][2i+h]: run r, input row i, weight rows 8h..8h+7
+	for r := range acc {
+		acc[r] = make([]VecVirtual, 2*n)
+		for i := range acc[r] {
+			acc[r][i] = YMM()
+			VXORPS(acc[r][i], acc[r][i], acc[r][i])
+		}
 	}
 	Label(name + "_blk")
-	s := make([]VecVirtual, 2*n)
+	s := make([][]VecVirtual, runs)
 	wt := q80W{typ: typ}
 	unsigned := typ == "Q40" || typ == "Q50" || wt.hasMin()
+	for r := range s {
+		s[r] = make([]VecVirtual, 2*n)
+	}
 	if unsigned {
 		// Q4_0's codes are unsigned and small: VPMADDUBSW of the codes q
 		// (0..15) with the signed activations, no sign trick, the pair sums
@@ -94,14 +126,20 @@ func genX16AVX2(typ string, n int) {
 		// Q5_0's (0..31, the fifth bits merged) likewise, 4 words at a time
 		// (at most 31496), then 16·Σq_x taken off.
 		// Q4_1's and Q5_1's the same way, with nothing taken off.
-		q40SumsAVX2(wt, n, wp, xq, dc, xm, ones, s)
-	}
-	for i := range s {
-		if unsigned {
-			break
+		for h := 0; h < 2; h++ {
+			for r := range runs {
+				q40SumsAVX2(wt, n, h, wp[r], xq, dc, xm, ones, s[r])
+			}
 		}
-		s[i] = YMM()
-		VPXOR(s[i], s[i], s[i])
+	}
+	for r := range s {
+		for i := range s[r] {
+			if unsigned {
+				break
+			}
+			s[r][i] = YMM()
+			VPXOR(s[r][i], s[r][i], s[r][i])
+		}
 	}
 	for j := 0; j < 8 && !unsigned; j++ {
 		xb := make([]VecVirtual, n)
@@ -109,60 +147,64 @@ func genX16AVX2(typ string, n int) {
 			xb[i] = YMM()
 			VPBROADCASTD(xm(xq, i, 4*j), xb[i])
 		}
+		for r := range runs {
+			for h := 0; h < 2; h++ {
+				q, a := YMM(), YMM()
+				switch {
+				case typ == "Q80":
+					VPXOR(Mem{Base: wp[r], Disp: 32 + 64*j + 32*h}, c80, q)
+				case j < 4:
+					VMOVDQU(Mem{Base: wp[r], Disp: 32 + 64*j + 32*h}, q)
+				default:
+					VPSRLW(U8(4), Mem{Base: wp[r], Disp: 32 + 64*(j-4) + 32*h}, q)
+				}
+				switch typ {
+				case "IQ4NL":
+					VPAND(cB0FY, q, q)
+					VPSHUFB(q, tab, q)
+				}
+				VPABSB(q, a)
+				for i := 0; i < n; i++ {
+					q80SignedSum(q, a, xb[i], ones, s[r][2*i+h])
+				}
+			}
+		}
+	}
+	for r := range runs {
 		for h := 0; h < 2; h++ {
-			q, a := YMM(), YMM()
-			switch {
-			case typ == "Q80":
-				VPXOR(Mem{Base: wp, Disp: 32 + 64*j + 32*h}, c80, q)
-			case j < 4:
-				VMOVDQU(Mem{Base: wp, Disp: 32 + 64*j + 32*h}, q)
-			default:
-				VPSRLW(U8(4), Mem{Base: wp, Disp: 32 + 64*(j-4) + 32*h}, q)
-			}
-			switch typ {
-			case "IQ4NL":
-				VPAND(cB0FY, q, q)
-				VPSHUFB(q, tab, q)
-			}
-			VPABSB(q, a)
-			for i := 0; i < n; i++ {
-				q80SignedSum(q, a, xb[i], ones, s[2*i+h])
-			}
-		}
-	}
-	for h := 0; h < 2; h++ {
-		dw := YMM()
-		VCVTPH2PS(Mem{Base: wp, Disp: 16 * h}, dw)
-		var m128 VecVirtual
-		if wt.hasMin() {
-			m128 = YMM()
-			VCVTPH2PS(Mem{Base: wp, Disp: 32 + 16*h}, m128)
-			VMULPS(cF128, m128, m128)
-		}
-		for i := 0; i < n; i++ {
-			t, f := YMM(), YMM()
-			VBROADCASTSS(xm(dc, i, q80rD), t)
-			VMULPS(t, dw, t) // d_w·d_x (one rounding)
-			VCVTDQ2PS(s[2*i+h], f)
-			VMULPS(t, f, f)
+			dw := YMM()
+			VCVTPH2PS(Mem{Base: wp[r], Disp: 16 * h}, dw)
+			var m128 VecVirtual
 			if wt.hasMin() {
-				c, x := YMM(), YMM()
-				VPBROADCASTD(xm(dc, i, q80rC), c)
-				VBROADCASTSS(xm(dc, i, q80rD), x)
-				min81StepY(m128, c, x, f)
+				m128 = YMM()
+				VCVTPH2PS(Mem{Base: wp[r], Disp: 32 + 16*h}, m128)
+				VMULPS(cF128, m128, m128)
 			}
-			VADDPS(f, acc[2*i+h], acc[2*i+h])
+			for i := 0; i < n; i++ {
+				t, f := YMM(), YMM()
+				VBROADCASTSS(xm(dc, i, q80rD), t)
+				VMULPS(t, dw, t) // d_w·d_x (one rounding)
+				VCVTDQ2PS(s[r][2*i+h], f)
+				VMULPS(t, f, f)
+				if wt.hasMin() {
+					c, x := YMM(), YMM()
+					VPBROADCASTD(xm(dc, i, q80rC), c)
+					VBROADCASTSS(xm(dc, i, q80rD), x)
+					min81StepY(m128, c, x, f)
+				}
+				VADDPS(f, acc[r][2*i+h], acc[r][2*i+h])
+			}
 		}
+		ADDQ(U32(blockBytes), wp[r])
 	}
-	ADDQ(U32(blockBytes), wp)
 	q80NextBlock(name, xq, dc, bi, cnt)
-	packedEnd(name, acc)
+	x16AVX2Acc, x16AVX2Runs = acc[0], acc
 }
 
 // q40SumsAVX2 sets s[2i+h] to the block's exact Σ(q−8)·q_x (q5: Q5_0's
-// Σ(q−16)·q_x) for input row i and weight rows 8h..8h+7 of a packed Q4_0
-// (Q5_0) group (see genX16AVX2).
-func q40SumsAVX2(wt q80W, n int, wp, xq, dc GPVirtual, xm func(GPVirtual, int, int) Mem, ones VecVirtual, s []VecVirtual) {
+// Σ(q−16)·q_x) for input row i and weight rows 8h..8h+7 (one half h) of a
+// packed Q4_0 (Q5_0) group (see genX16AVX2).
+func q40SumsAVX2(wt q80W, n, h int, wp, xq, dc GPVirtual, xm func(GPVirtual, int, int) Mem, ones VecVirtual, s []VecVirtual) {
 	q5 := wt.q5()
 	nib, span := 0, 8 // the first word of nibbles; words per int16 sum
 	if q5 {
@@ -172,61 +214,59 @@ func q40SumsAVX2(wt q80W, n int, wp, xq, dc GPVirtual, xm func(GPVirtual, int, i
 	if wt.hasMin() {
 		words = 64
 	}
-	for h := 0; h < 2; h++ {
-		var qh VecVirtual
-		if q5 {
-			qh = YMM()
-			VMOVDQU(Mem{Base: wp, Disp: words + 32*h}, qh)
+	var qh VecVirtual
+	if q5 {
+		qh = YMM()
+		VMOVDQU(Mem{Base: wp, Disp: words + 32*h}, qh)
+	}
+	s16 := make([][2]VecVirtual, n)
+	for j := 0; j < 8; j++ {
+		q := YMM()
+		if j < 4 {
+			VMOVDQU(Mem{Base: wp, Disp: words + 64*(nib+j) + 32*h}, q)
+		} else {
+			VPSRLW(U8(4), Mem{Base: wp, Disp: words + 64*(nib+j-4) + 32*h}, q)
 		}
-		s16 := make([][2]VecVirtual, n)
-		for j := 0; j < 8; j++ {
-			q := YMM()
-			if j < 4 {
-				VMOVDQU(Mem{Base: wp, Disp: words + 64*(nib+j) + 32*h}, q)
-			} else {
-				VPSRLW(U8(4), Mem{Base: wp, Disp: words + 64*(nib+j-4) + 32*h}, q)
-			}
-			VPAND(cB0FY, q, q)
-			if q5 {
-				// Values 4j..4j+3's fifth bits: bits 4j.. of qh (byte j/2)
-				// to bit 4 of their bytes.
-				t := YMM()
-				VPSHUFB(cQ5Rep[j/2], qh, t)
-				VPAND(cQ5Nib[j%2], t, t)
-				VPCMPEQB(cQ5Nib[j%2], t, t)
-				VPAND(cB10Y, t, t)
-				VPOR(t, q, q)
-			}
-			for i := 0; i < n; i++ {
-				p := YMM()
-				VPBROADCASTD(xm(xq, i, 4*j), p)
-				VPMADDUBSW(p, q, p)
-				if j%span == 0 {
-					s16[i][j/span] = p
-					continue
-				}
-				VPADDW(p, s16[i][j/span], s16[i][j/span])
-			}
+		VPAND(cB0FY, q, q)
+		if q5 {
+			// Values 4j..4j+3's fifth bits: bits 4j.. of qh (byte j/2)
+			// to bit 4 of their bytes.
+			t := YMM()
+			VPSHUFB(cQ5Rep[j/2], qh, t)
+			VPAND(cQ5Nib[j%2], t, t)
+			VPCMPEQB(cQ5Nib[j%2], t, t)
+			VPAND(cB10Y, t, t)
+			VPOR(t, q, q)
 		}
 		for i := 0; i < n; i++ {
-			c := YMM()
-			s[2*i+h] = s16[i][0]
-			VPMADDWD(ones, s16[i][0], s[2*i+h])
-			if q5 {
-				VPMADDWD(ones, s16[i][1], s16[i][1])
-				VPADDD(s16[i][1], s[2*i+h], s[2*i+h])
-			}
-			if wt.hasMin() {
+			p := YMM()
+			VPBROADCASTD(xm(xq, i, 4*j), p)
+			VPMADDUBSW(p, q, p)
+			if j%span == 0 {
+				s16[i][j/span] = p
 				continue
 			}
-			VPBROADCASTD(xm(dc, i, q80rC), c)
-			if q5 {
-				VPSRAD(U8(3), c, c) // 16·Σq_x
-			} else {
-				VPSRAD(U8(4), c, c) // 8·Σq_x
-			}
-			VPSUBD(c, s[2*i+h], s[2*i+h])
+			VPADDW(p, s16[i][j/span], s16[i][j/span])
 		}
+	}
+	for i := 0; i < n; i++ {
+		c := YMM()
+		s[2*i+h] = s16[i][0]
+		VPMADDWD(ones, s16[i][0], s[2*i+h])
+		if q5 {
+			VPMADDWD(ones, s16[i][1], s16[i][1])
+			VPADDD(s16[i][1], s[2*i+h], s[2*i+h])
+		}
+		if wt.hasMin() {
+			continue
+		}
+		VPBROADCASTD(xm(dc, i, q80rC), c)
+		if q5 {
+			VPSRAD(U8(3), c, c) // 16·Σq_x
+		} else {
+			VPSRAD(U8(4), c, c) // 8·Σq_x
+		}
+		VPSUBD(c, s[2*i+h], s[2*i+h])
 	}
 }
 

@@ -46,13 +46,18 @@ func stridedPtrs(first, stride GPVirtual, n int) []GPVirtual {
 }
 
 // streamsEnd emits a multi-stream kernel's group epilogue: acc[s][i], run
-// s's 16 results for input row i, at out + i·ostride + s·ospan, out moved on
-// 64 bytes, the next group (from name_grp), then the return.
+// s's 16 results for input row i (zmm; with ymm acc[s][2i+h], rows 8h..),
+// at out + i·ostride + s·ospan, out moved on 64 bytes, the next group (from
+// name_grp), then the return.
 func streamsEnd(name string, acc [][]VecVirtual) {
+	perRow := 1
+	if acc[0][0].Size() == 32 {
+		perRow = 2
+	}
 	o := ld("out")
 	osp := ld("ospan")
 	var ost GPVirtual
-	if len(acc[0]) > 1 {
+	if len(acc[0]) > perRow {
 		ost = ld("ostride")
 	}
 	for s := range acc {
@@ -61,11 +66,13 @@ func streamsEnd(name string, acc [][]VecVirtual) {
 		if s > 0 {
 			ADDQ(osp, op)
 		}
-		for i := range acc[s] {
+		for i := 0; i < len(acc[s])/perRow; i++ {
 			if i > 0 {
 				ADDQ(ost, op)
 			}
-			VMOVUPS(acc[s][i], Mem{Base: op})
+			for k := 0; k < perRow; k++ {
+				VMOVUPS(acc[s][perRow*i+k], Mem{Base: op, Disp: 32 * k})
+			}
 		}
 	}
 	nextGroup(name, o)
