@@ -1,0 +1,3 @@
+module streamexp
+
+go 1.26
