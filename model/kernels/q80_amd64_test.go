@@ -492,7 +492,7 @@ func testStreamsMatchOneRun(t *testing.T) {
 			continue
 		}
 		for _, rows := range []int{8 * packRows, 9 * packRows, 11*packRows + 7, 1536} {
-			for _, cols := range []int{32, 1536} {
+			for _, cols := range []int{dt.BlockValues(), 1536} {
 				w := randMatrix(rng, dt, rows, cols)
 				p := Pack(make([]byte, PackedBytes(dt, rows, cols)), w)
 				for n := 1; n <= maxStreamRows && kernels[specOf(dt, tensor.RowMajor).layout][n] != nil; n++ {
@@ -501,7 +501,11 @@ func testStreamsMatchOneRun(t *testing.T) {
 						t.Fatalf("%v [%d,%d] n=%d: no two-stream kernel planned", dt, rows, cols, n)
 					}
 					twin := make([]float32, n*rows)
-					matMulQ80Ref(twin, w, x, n)
+					if asQ80(dt) {
+						matMulQ80Ref(twin, w, x, n)
+					} else {
+						matMulQ8Ref(twin, w, x, n)
+					}
 					for _, th := range []int{1, 2} {
 						what := fmt.Sprintf("%v [%d,%d] n=%d threads=%d", dt, rows, cols, n, th)
 						one, two := make([]float32, n*rows), make([]float32, n*rows)

@@ -382,10 +382,13 @@ func planPacked(c *callCtx, lvl Level) bool {
 // quantized as its. One core reads memory faster from two distant places
 // at once than from one (BenchmarkReadStreams), and a product of one or
 // two input rows is bound by that read: q80x16S2N1 measured 1.15-1.2 times
-// q80x16N1 (BenchmarkStreams, one thread, in_proj and expert shapes). The
-// K-quants' packed kernels, which prefetch in software, measured level or
-// slower with two streams (their prefetches 1 to 3 blocks ahead, or none),
-// so they have none.
+// q80x16N1 (BenchmarkStreams, one thread, in_proj and expert shapes).
+// q4kx16S2N1 and q5kx16S2N1 (one input row) spread each run's software
+// prefetches through its block: 1.12-1.15 and 1.05-1.09 times the one-run
+// kernels on those shapes. With the prefetches of each block issued
+// together at its start (as the one-run kernels issue them) two runs were
+// slower (scripts/streamexp shows the same on a synthetic loop). Q6_K's,
+// prefetches spread or not, measured 0.6-0.8 times, so it has none.
 var streamKernels = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 	tensor.Q80x16:   {1: q80x16S2N1, 2: q80x16S2N2},
 	tensor.Q40x16:   {1: q40x16S2N1, 2: q40x16S2N2},
@@ -393,6 +396,8 @@ var streamKernels = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 	tensor.Q50x16:   {1: q50x16S2N1, 2: q50x16S2N2},
 	tensor.Q41x16:   {1: q41x16S2N1, 2: q41x16S2N2},
 	tensor.Q51x16:   {1: q51x16S2N1, 2: q51x16S2N2},
+	tensor.Q4Kx16:   {1: q4kx16S2N1},
+	tensor.Q5Kx16:   {1: q5kx16S2N1},
 }
 
 // streamKernelsAVX2 are the two-stream kernels at the AVX2 level, of one

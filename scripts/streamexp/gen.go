@@ -93,26 +93,52 @@ func main() {
 	}
 	orders["q4k"] = append(orders["q4k"], 0)
 	orders["q4kb"] = append(orders["q4kb"], 0)
-	for _, s := range []int{1, 2} {
+	// Two streams either interleaved line by line ("S2") or one whole
+	// block of each in turn ("S2alt").
+	for _, sv := range []string{"S1", "S2", "S2alt"} {
+		s := map[string]int{"S1": 1, "S2": 2, "S2alt": 2}[sv]
 		for _, o := range []string{"seq", "q4k", "q4kb"} {
-			for _, pd := range []int{0, 3} {
+			for _, pv := range []string{"P0", "P3", "P3all"} {
+				pd := map[string]int{"P0": 0, "P3": 3, "P3all": 3}[pv]
 				for _, w := range []int{2, 3, 4} {
-					name := fmt.Sprintf("blk_S%d_%s_P%d_W%d", s, o, pd, w)
+					name := fmt.Sprintf("blk_%s_%s_%s_W%d", sv, o, pv, w)
 					names = append(names, name)
 					begin(name, s, s-1)
 					emit("\tSUBQ $2304, DX")
 					emit("%s_loop:", name)
 					k := 0
-					for i, l := range orders[o] {
+					// P3all: a block's 36 prefetches together at its start
+					// (as q4kx16N1 issues them); P3: one before each line.
+					all := func(b string) {
+						for i := 0; pv == "P3all" && i < 36; i++ {
+							emit("\tPREFETCHT0 %d(%s)(BX*1)", 2304*pd+64*i, b)
+						}
+					}
+					line := func(i, l int, b string) {
+						if pv == "P3" {
+							emit("\tPREFETCHT0 %d(%s)(BX*1)", 2304*pd+64*i, b)
+						}
+						emit("\tVMOVDQU64 %d(%s)(BX*1), Z%d", 64*l, b, k%4)
+						for j := 0; j < w; j++ {
+							emit("\tVPDPBUSD Z%d, Z31, Z%d", k%4, 8+(k*w+j)%16)
+						}
+						k++
+					}
+					if sv == "S2alt" {
 						for _, b := range bases[:s] {
-							if pd > 0 {
-								emit("\tPREFETCHT0 %d(%s)(BX*1)", 2304*pd+64*i, b)
+							all(b)
+							for i, l := range orders[o] {
+								line(i, l, b)
 							}
-							emit("\tVMOVDQU64 %d(%s)(BX*1), Z%d", 64*l, b, k%4)
-							for j := 0; j < w; j++ {
-								emit("\tVPDPBUSD Z%d, Z31, Z%d", k%4, 8+(k*w+j)%16)
+						}
+					} else {
+						for _, b := range bases[:s] {
+							all(b)
+						}
+						for i, l := range orders[o] {
+							for _, b := range bases[:s] {
+								line(i, l, b)
 							}
-							k++
 						}
 					}
 					end(name, 2304)

@@ -126,6 +126,53 @@ func genQKx16(d dtype, n int) {
 		VPTERNLOGD(U8(0x55), c0F, c0F, cF0) // ^0x0F0F0F0F: 0xF0 bytes
 	}
 	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, prefetch, blockBytes/64, false)
+	qkx16Block(q5, n, wp, xm, acc, c0F, cF0, qs, 0, 0)
+	packedNextBlock(name, blockBytes, wp, xq, cnt)
+	packedEnd(name, acc)
+}
+
+// genQKx16Streams emits q4kx16S2N1 (d Q4_K) or q5kx16S2N1: two runs of
+// groups (see streams.go), one input row, each block of run 0 then the
+// same block of run 1, computed as genQKx16's kernels compute them (the
+// same bits), with each run's prefetches (prefetch bytes on) spread
+// through its block's code rather than issued together at its start.
+func genQKx16Streams(d dtype) {
+	q5 := d == dQ5K
+	typ, blockBytes, prefetch, qs := "Q4_K", q4kx16Block, q4kPrefetch, 256
+	name := "q4kx16S2N1"
+	if q5 {
+		typ, blockBytes, prefetch, qs = "Q5_K", q5kx16Block, q5kPrefetch, 768
+		name = "q5kx16S2N1"
+	}
+	wp := streamsBegin(name, typ, 2, 1)
+	c0F := ZMM()
+	VPBROADCASTD(cB0F, c0F)
+	var cF0 VecVirtual
+	if !q5 {
+		cF0 = ZMM()
+		VPTERNLOGD(U8(0x55), c0F, c0F, cF0) // ^0x0F0F0F0F: 0xF0 bytes
+	}
+	Label(name + "_grp")
+	cnt := ld("nblocks")
+	xq := ld("xq")
+	xm := func(i, disp int) Mem { return Mem{Base: xq, Disp: disp} }
+	acc := [][]VecVirtual{packedZeroAcc(1), packedZeroAcc(1)}
+	Label(name + "_blk")
+	for r := range 2 {
+		qkx16Block(q5, 1, wp[r], xm, acc[r], c0F, cF0, qs, prefetch, blockBytes/64)
+		ADDQ(U32(blockBytes), wp[r])
+	}
+	ADDQ(U32(q8xBlock), xq)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	streamsEnd(name, acc)
+}
+
+// qkx16Block emits one block of genQKx16's kernels (weights at wp, the
+// input rows' block at xm, n input rows' sums acc). With lines > 0 it also
+// prefetches the lines lines from wp+prefetch on, spread over its eight
+// steps.
+func qkx16Block(q5 bool, n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual, c0F, cF0 VecVirtual, qs, prefetch, lines int) {
 	// Scales and mins of the 16 rows, one byte each per dword lane:
 	// sc[0..3] = u0 & 0x3f, m[0..3] = u1 & 0x3f,
 	// sc[4..7] = (u2 & 0xf) | (u0 >> 6) << 4, m[4..7] = (u2 >> 4) | (u1 >> 6) << 4.
@@ -180,6 +227,9 @@ func genQKx16(d dtype, n int) {
 	for c0 := 0; c0 < 4; c0 += cpu {
 		zeroDsub(dsub[:cpu])
 		for g := 0; g < 8; g++ {
+			if lines > 0 {
+				prefetchPart(wp, prefetch, lines, c0/cpu*8+g, 4/cpu*8)
+			}
 			if q5 {
 				VMOVDQU64(Mem{Base: wp, Disp: 256 + 64*g}, qh)
 			}
@@ -239,8 +289,6 @@ func genQKx16(d dtype, n int) {
 		scaleStep(VADDPS, xm(i, q8xD), dw, isum[i], acc[i], s, f)
 		scaleStep(VSUBPS, xm(i, q8xD), dmw, msum[i], acc[i], s, f)
 	}
-	packedNextBlock(name, blockBytes, wp, xq, cnt)
-	packedEnd(name, acc)
 }
 
 // q5Bit sets dst to bit b of each byte of qh moved to bit 4 (the rest 0),

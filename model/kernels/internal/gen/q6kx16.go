@@ -48,7 +48,8 @@ const q6kx16Block = 16 * 210
 // on an expert's, and 80-88% against 47-72% of the read probe on a 126 MB
 // LM head (BenchmarkPacked, BenchmarkPackedStream, alternated runs). The
 // same spreading measured level or slower for Q4_K and Q5_K (36 and 44
-// lines a block), which keep them together.
+// lines a block), whose one-run kernels keep them together; their
+// two-stream kernels spread them (genQKx16Streams).
 const q6kPrefetch = 3 * q6kx16Block
 
 // q6kx16MaxN is the most input rows per call (registers: per input row four
@@ -85,6 +86,14 @@ func genQ6Kx16(n int) {
 	VPBROADCASTD(cB0F, c0F)
 	VPBROADCASTD(cB30, c30)
 	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, q6kPrefetch, 0, false)
+	q6kx16Body(n, wp, xm, acc, c0F, c30)
+	packedNextBlock(name, q6kx16Block, wp, xq, cnt)
+	packedEnd(name, acc)
+}
+
+// q6kx16Body emits one block of genQ6Kx16's kernels (weights at wp, the
+// input rows' block at xm, n input rows' sums acc), with its prefetches.
+func q6kx16Body(n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual, c0F, c30 VecVirtual) {
 	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
 	// The offset: OFF_i = Σ_j sc_j·(Σ of the input's 16 values of sub-block
 	// j), the scales paired as int16 against the input's int16 sums.
@@ -188,6 +197,4 @@ func genQ6Kx16(n int) {
 		VPSUBD(off[i], isum[i], isum[i])
 		scaleStep(VADDPS, xm(i, q8xD), dw, isum[i], acc[i], t, s0)
 	}
-	packedNextBlock(name, q6kx16Block, wp, xq, cnt)
-	packedEnd(name, acc)
 }
