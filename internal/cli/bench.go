@@ -87,7 +87,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			results = append(results, fmt.Sprintf("result engine=switchyard threads=%d test=%s tokens_per_s=%.3f\n", th, test, tps))
 		}
 	}
-	fmt.Fprintln(w, "threads\tmem BW GB/s\tFMA peak GFLOP/s\tcase\ttokens/s\tweights GB/s\tof BW\tGFLOP/s\tof peak\t")
+	fmt.Fprintln(w, "threads\tmem BW GB/s\tFMA peak GFLOP/s\tcase\ttokens/s\tweights GB/s\tread beside GB/s\tof BW\tGFLOP/s\tof peak\t")
+	// Decode's share of the bandwidth: each repetition's weight bytes per
+	// second against a read probe run right after it (median of the
+	// repetitions' ratios), since this machine's bandwidth may move between
+	// the start-up probe ("mem BW") and the repetitions.
+	probe := kernels.NewReadProbe(256 << 20)
 	r := rand.New(rand.NewPCG(1, 2))
 	// Warm up: fault in the mapped weights (every expert) before timing anything.
 	warm := m.NewState()
@@ -107,8 +112,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					return err
 				}
 			}
-			var times []float64
-			var bytesPerStep float64
+			var times, beside, ratios []float64
+			bytesPerStep := float64(stepBytes(m, b))
 			for rep := range *reps + 1 { // the first repetition is a warm-up
 				batch := make([]hybrid.Seq, b)
 				start := time.Now()
@@ -121,13 +126,16 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					}
 				}
 				if rep > 0 {
-					times = append(times, time.Since(start).Seconds()/float64(*steps))
+					t := time.Since(start).Seconds() / float64(*steps)
+					times = append(times, t)
+					pb := probe.Measure(th)
+					beside = append(beside, pb)
+					ratios = append(ratios, bytesPerStep/t/pb)
 				}
 			}
 			sec := median(times)
-			bytesPerStep = float64(stepBytes(m, b))
-			fmt.Fprintf(w, "%d\t%.1f\t%.0f\tdecode batch %d\t%.2f\t%.2f\t%.2f\t\t\t\n", th, bw/1e9, peak/1e9, b,
-				float64(b)/sec, bytesPerStep/sec/1e9, bytesPerStep/sec/bw)
+			fmt.Fprintf(w, "%d\t%.1f\t%.0f\tdecode batch %d\t%.2f\t%.2f\t%.1f\t%.2f\t\t\t\n", th, bw/1e9, peak/1e9, b,
+				float64(b)/sec, bytesPerStep/sec/1e9, median(beside)/1e9, median(ratios))
 			result(th, fmt.Sprintf("decode_%d", b), float64(b)/sec)
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -145,7 +153,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		sec := median(times)
 		fl := prefillFLOPs(m, *prompt)
-		fmt.Fprintf(w, "%d\t%.1f\t%.0f\tprefill %d\t%.1f\t\t\t%.1f\t%.2f\t\n", th, bw/1e9, peak/1e9, *prompt,
+		fmt.Fprintf(w, "%d\t%.1f\t%.0f\tprefill %d\t%.1f\t\t\t\t%.1f\t%.2f\t\n", th, bw/1e9, peak/1e9, *prompt,
 			float64(*prompt)/sec, fl/sec/1e9, fl/sec/peak)
 		result(th, fmt.Sprintf("prefill_%d", *prompt), float64(*prompt)/sec)
 		w.Flush()

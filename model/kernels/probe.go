@@ -81,6 +81,49 @@ func MeasureBandwidthDetail(threads int) Bandwidth {
 	return bw
 }
 
+// ReadProbe measures read bandwidth quickly and repeatedly over one
+// buffer allocated once, so that a benchmark can measure it beside each of
+// its repetitions (on a shared machine the bandwidth moves between
+// repetitions, and a ratio to a bandwidth measured minutes before moves with
+// it).
+type ReadProbe struct {
+	buf []byte
+	sum uint64
+}
+
+// NewReadProbe allocates and touches a probe buffer of about bytes bytes
+// (rounded down to 256 per thread share; at least 64 MiB is needed to read
+// past the caches).
+func NewReadProbe(bytes int) *ReadProbe {
+	b := make([]byte, bytes&^4095)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = byte(i >> 12)
+	}
+	return &ReadProbe{buf: b}
+}
+
+// Measure reads the buffer with threads goroutines (threads <= 0:
+// Threads()), each its share, twice, and returns the faster pass's rate in
+// bytes per second.
+func (p *ReadProbe) Measure(threads int) float64 {
+	if threads <= 0 {
+		threads = Threads()
+	}
+	part := len(p.buf) / threads &^ 255
+	sums := make([]uint64, threads)
+	best := 0.0
+	for range 2 {
+		d := timeParts(threads, func(t int) {
+			sums[t] ^= readProbe(p.buf[t*part : (t+1)*part])
+		})
+		best = max(best, float64(threads*part)/d)
+	}
+	for _, s := range sums {
+		p.sum ^= s
+	}
+	return best
+}
+
 // MeasureFMAPeak measures the float32 FMA throughput of threads goroutines
 // (threads <= 0: Threads()) running independent vector FMAs of the widest
 // available level, in flops (2 per multiply-add lane) per second.
