@@ -396,7 +396,7 @@ var streamKernels = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 	tensor.Q50x16:   {1: q50x16S2N1, 2: q50x16S2N2},
 	tensor.Q41x16:   {1: q41x16S2N1, 2: q41x16S2N2},
 	tensor.Q51x16:   {1: q51x16S2N1, 2: q51x16S2N2},
-	tensor.Q4Kx16:   {1: q4kx16S2N1},
+	tensor.Q4Kx16:   {1: q4kx16S2N1, 2: q4kx16S2N2},
 	tensor.Q5Kx16:   {1: q5kx16S2N1},
 }
 

@@ -152,8 +152,10 @@ func main() {
 		genQ4Kx16AVX2(n)
 		genQ5Kx16AVX2(n)
 	}
-	genQKx16Streams(dQ4K)
-	genQKx16Streams(dQ5K)
+	for n := 1; n <= maxStreamRowsK; n++ {
+		genQKx16Streams(dQ4K, n)
+	}
+	genQKx16Streams(dQ5K, 1)
 	for n := 1; n <= q4kx16MaxN; n++ {
 		genQ4Kx16(n)
 	}

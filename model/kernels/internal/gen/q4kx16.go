@@ -131,20 +131,24 @@ func genQKx16(d dtype, n int) {
 	packedEnd(name, acc)
 }
 
-// genQKx16Streams emits q4kx16S2N1 (d Q4_K) or q5kx16S2N1: two runs of
-// groups (see streams.go), one input row, each block of run 0 then the
+// genQKx16Streams emits q4kx16S2N<n> (d Q4_K) or q5kx16S2N<n>: two runs
+// of groups (see streams.go), n input rows, each block of run 0 then the
 // same block of run 1, computed as genQKx16's kernels compute them (the
 // same bits), with each run's prefetches (prefetch bytes on) spread
 // through its block's code rather than issued together at its start.
-func genQKx16Streams(d dtype) {
+func genQKx16Streams(d dtype, n int) {
 	q5 := d == dQ5K
 	typ, blockBytes, prefetch, qs := "Q4_K", q4kx16Block, q4kPrefetch, 256
-	name := "q4kx16S2N1"
+	name := fmt.Sprintf("q4kx16S2N%d", n)
 	if q5 {
 		typ, blockBytes, prefetch, qs = "Q5_K", q5kx16Block, q5kPrefetch, 768
-		name = "q5kx16S2N1"
+		name = fmt.Sprintf("q5kx16S2N%d", n)
 	}
-	wp := streamsBegin(name, typ, 2, 1)
+	wp := streamsBegin(name, typ, 2, n)
+	idx := make([]GPVirtual, n)
+	if n > 1 {
+		idx[1] = ld("xstride")
+	}
 	c0F := ZMM()
 	VPBROADCASTD(cB0F, c0F)
 	var cF0 VecVirtual
@@ -155,11 +159,11 @@ func genQKx16Streams(d dtype) {
 	Label(name + "_grp")
 	cnt := ld("nblocks")
 	xq := ld("xq")
-	xm := func(i, disp int) Mem { return Mem{Base: xq, Disp: disp} }
-	acc := [][]VecVirtual{packedZeroAcc(1), packedZeroAcc(1)}
+	xm := func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
+	acc := [][]VecVirtual{packedZeroAcc(n), packedZeroAcc(n)}
 	Label(name + "_blk")
 	for r := range 2 {
-		qkx16Block(q5, 1, wp[r], xm, acc[r], c0F, cF0, qs, prefetch, blockBytes/64)
+		qkx16Block(q5, n, wp[r], xm, acc[r], c0F, cF0, qs, prefetch, blockBytes/64)
 		ADDQ(U32(blockBytes), wp[r])
 	}
 	ADDQ(U32(q8xBlock), xq)
