@@ -385,7 +385,8 @@ func planPacked(c *callCtx, lvl Level) bool {
 // q80x16N1 (BenchmarkStreams, one thread, in_proj and expert shapes).
 // q4kx16S2N1 and q5kx16S2N1 (one input row) spread each run's software
 // prefetches through its block: 1.12-1.15 and 1.05-1.09 times the one-run
-// kernels on those shapes. With the prefetches of each block issued
+// kernels on those shapes; q4kx16S2N2 (two input rows) 1.13-1.17 (q5kx16's
+// two-row form does not fit the registers). With the prefetches of each block issued
 // together at its start (as the one-run kernels issue them) two runs were
 // slower (scripts/streamexp shows the same on a synthetic loop). Q6_K's,
 // prefetches spread or not, measured 0.6-0.8 times, so it has none.
