@@ -251,9 +251,15 @@ func checkMatMul(out []float32, w tensor.Matrix, x []float32, n int) {
 // rowBlock picks the rows per block: about target bytes of (effective) row
 // data, a multiple of 4, and at least 4 blocks per thread when rows allow.
 func rowBlock(rows, rowBytes, target int) int {
+	return rowBlockPer(rows, rowBytes, target, 4)
+}
+
+// rowBlockPer is rowBlock with at least per blocks per thread (while a
+// block has more than 16 rows) instead of 4.
+func rowBlockPer(rows, rowBytes, target, per int) int {
 	rb := max(4, target/max(rowBytes, 1)&^3)
 	t := Threads()
-	for rb > 16 && (rows+rb-1)/rb < 4*t {
+	for rb > 16 && (rows+rb-1)/rb < per*t {
 		rb = (rb / 2) &^ 3
 	}
 	return rb

@@ -568,7 +568,7 @@ func BenchmarkStreams(b *testing.B) {
 		if dt != tensor.BF16 && streamKernels[specOf(dt, tensor.RowMajor).layout][1] == nil {
 			continue
 		}
-		for _, sh := range [][2]int{{6448, 1536}, {1536, 512}, {100352, 1536}} {
+		for _, sh := range [][2]int{{6448, 1536}, {1536, 512}, {100352, 1536}, {1024, 1536}, {1536, 1024}} {
 			for _, run := range [][2]int{{1, 1}, {1, 2}, {2, 1}, {2, 2}} { // input rows, threads
 				n, th := run[0], run[1]
 				if n > 1 && dt == tensor.BF16 {

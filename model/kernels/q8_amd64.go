@@ -425,12 +425,22 @@ var productStreams = 2
 // packed groups, or bf16rows512S2).
 const minRunRows = 64
 
+// twoRunBlocksPerThread is the fewest blocks per thread of a two-run
+// product (rowBlockPer), against rowBlock's 4: a block of a two-run product
+// reads two places at once, and shorter pieces of each restart the
+// hardware's streams more often. At two threads it measured faster or level
+// (BenchmarkStreams shapes and the shared expert's, temporary benchmark,
+// two rounds): Q4_K 1536×1024 30-32 → 24-26 µs, 1536×512 17.4 → 12.4 µs,
+// BF16 in_proj 411-427 → 383-385 µs, Q8_0 1536×512 21.6-21.7 → 18.4-19.9
+// µs; at one thread level or faster.
+const twoRunBlocksPerThread = 2
+
 // useTwoRuns makes j a product of two runs of span rows each (mmJob.span),
 // its blocks about fusedBlockBytes of both runs' weights, a multiple of
 // align rows.
 func useTwoRuns(j *mmJob, span, align int) {
 	j.span = span
-	j.rb = max(align, rowBlock(span, 2*j.rowBytes, fusedBlockBytes)&^(align-1))
+	j.rb = max(align, rowBlockPer(span, 2*j.rowBytes, fusedBlockBytes, twoRunBlocksPerThread)&^(align-1))
 }
 
 // planStreams makes a packed product of one or two input rows run its
