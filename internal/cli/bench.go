@@ -35,6 +35,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file (go tool pprof)")
 	kvDType := kvDTypeFlag(fs)
 	mmap := fs.Bool("mmap", false, mmapUsage)
+	streamsAB := fs.Bool("streams-ab", false, "decode: alternate repetitions between the one-run kernels and the two-stream ones (kernels.SetProductStreams) and print both, to compare them within one process")
 	lines := fs.Bool("lines", false, "also print one machine-readable line per measurement (\"result engine=switchyard threads=N test=prefill_512|decode_B tokens_per_s=X\")")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -112,31 +113,56 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					return err
 				}
 			}
-			var times, beside, ratios []float64
+			// settings: the SetProductStreams values the repetitions take in
+			// turn (the current one; both with --streams-ab).
+			settings := []int{kernels.ProductStreams()}
+			if *streamsAB {
+				settings = []int{2, 1}
+			}
+			times, beside, ratios := make([][]float64, len(settings)), make([][]float64, len(settings)), make([][]float64, len(settings))
 			bytesPerStep := float64(stepBytes(m, b))
 			for rep := range *reps + 1 { // the first repetition is a warm-up
-				batch := make([]hybrid.Seq, b)
-				start := time.Now()
-				for range *steps {
-					for i := range batch {
-						batch[i] = hybrid.Seq{State: states[i], Tokens: randToks(r, 1, c.VocabSize), Logits: batch[i].Logits}
+				for k, set := range settings {
+					prev := kernels.SetProductStreams(set)
+					batch := make([]hybrid.Seq, b)
+					start := time.Now()
+					for range *steps {
+						for i := range batch {
+							batch[i] = hybrid.Seq{State: states[i], Tokens: randToks(r, 1, c.VocabSize), Logits: batch[i].Logits}
+						}
+						if err := m.Forward(batch); err != nil {
+							return err
+						}
 					}
-					if err := m.Forward(batch); err != nil {
-						return err
+					kernels.SetProductStreams(prev)
+					if rep > 0 {
+						t := time.Since(start).Seconds() / float64(*steps)
+						times[k] = append(times[k], t)
+						pb := probe.Measure(th)
+						beside[k] = append(beside[k], pb)
+						ratios[k] = append(ratios[k], bytesPerStep/t/pb)
 					}
-				}
-				if rep > 0 {
-					t := time.Since(start).Seconds() / float64(*steps)
-					times = append(times, t)
-					pb := probe.Measure(th)
-					beside = append(beside, pb)
-					ratios = append(ratios, bytesPerStep/t/pb)
 				}
 			}
-			sec := median(times)
-			fmt.Fprintf(w, "%d\t%.1f\t%.0f\tdecode batch %d\t%.2f\t%.2f\t%.1f\t%.2f\t\t\t\n", th, bw/1e9, peak/1e9, b,
-				float64(b)/sec, bytesPerStep/sec/1e9, median(beside)/1e9, median(ratios))
-			result(th, fmt.Sprintf("decode_%d", b), float64(b)/sec)
+			for k, set := range settings {
+				sec := median(times[k])
+				label := fmt.Sprintf("decode batch %d", b)
+				if *streamsAB {
+					label += fmt.Sprintf(", %d stream(s)", set)
+				}
+				fmt.Fprintf(w, "%d\t%.1f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.2f\t\t\t\n", th, bw/1e9, peak/1e9, label,
+					float64(b)/sec, bytesPerStep/sec/1e9, median(beside[k])/1e9, median(ratios[k]))
+				if k == 0 {
+					result(th, fmt.Sprintf("decode_%d", b), float64(b)/sec)
+				}
+			}
+			if *streamsAB {
+				pair := make([]float64, len(times[0]))
+				for i := range pair {
+					pair[i] = times[1][i] / times[0][i]
+				}
+				fmt.Fprintf(w, "%d\t\t\tdecode batch %d: two streams / one\t%.3f\t\t\t\t\t\t\n", th, b, median(pair))
+			}
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}

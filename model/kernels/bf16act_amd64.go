@@ -37,7 +37,7 @@ func planBF16(c *callCtx, lvl Level) bool {
 	j.bf = xb
 	j.block = bf16Block
 	j.rb = rowBlock(j.w.Rows, j.rowBytes, fusedBlockBytes)
-	if j.n == 1 && productStreams == 2 && j.w.Rows/2 >= minRunRows {
+	if j.n == 1 && ProductStreams() == 2 && j.w.Rows/2 >= minRunRows {
 		// Two runs of rows at once (bf16rows512S2), as planStreams.
 		useTwoRuns(j, j.w.Rows/2, 4)
 	}

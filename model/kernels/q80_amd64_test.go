@@ -476,7 +476,7 @@ func streamsPlanned(w tensor.Matrix, x []float32, n int) bool {
 // leave a group and a partial group after them, on one thread and two, at
 // each level with two-stream kernels (AVX-512 VNNI, AVX2).
 func TestStreamsMatchOneRun(t *testing.T) {
-	defer func(p int) { productStreams = p }(productStreams)
+	defer SetProductStreams(SetProductStreams(2))
 	defer SetQ8Activations(SetQ8Activations(true))
 	forQ80Levels(t, testStreamsMatchOneRun)
 }
@@ -509,9 +509,9 @@ func testStreamsMatchOneRun(t *testing.T) {
 					for _, th := range []int{1, 2} {
 						what := fmt.Sprintf("%v [%d,%d] n=%d threads=%d", dt, rows, cols, n, th)
 						one, two := make([]float32, n*rows), make([]float32, n*rows)
-						productStreams = 1
+						SetProductStreams(1)
 						withThreads(th, func() { MatMul(one, p, x, n) })
-						productStreams = 2
+						SetProductStreams(2)
 						withThreads(th, func() { MatMul(two, p, x, n) })
 						for r := range n * rows {
 							if math.Float32bits(one[r]) != math.Float32bits(two[r]) || math.Float32bits(twin[r]) != math.Float32bits(two[r]) {
@@ -529,7 +529,7 @@ func testStreamsMatchOneRun(t *testing.T) {
 // bits with bf16rows512S2 (two runs of rows at once) as with bf16rows512,
 // with an even and an odd number of rows, on one thread and two.
 func TestBF16StreamsMatchOneRun(t *testing.T) {
-	defer func(p int) { productStreams = p }(productStreams)
+	defer SetProductStreams(SetProductStreams(2))
 	if KernelLevel() < LevelAVX512 || !hasBF16DotKernels() {
 		t.Skip("no bf16 dot kernels on this CPU")
 	}
@@ -545,9 +545,9 @@ func TestBF16StreamsMatchOneRun(t *testing.T) {
 			}
 			for _, th := range []int{1, 2} {
 				one, two := make([]float32, rows), make([]float32, rows)
-				productStreams = 1
+				SetProductStreams(1)
 				withThreads(th, func() { MatMul(one, w, x, 1) })
-				productStreams = 2
+				SetProductStreams(2)
 				withThreads(th, func() { MatMul(two, w, x, 1) })
 				for r := range rows {
 					if math.Float32bits(one[r]) != math.Float32bits(two[r]) {
@@ -582,8 +582,7 @@ func BenchmarkStreams(b *testing.B) {
 								ws[i] = Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)
 							}
 						}
-						defer func(p int) { productStreams = p }(productStreams)
-						productStreams = streams
+						defer SetProductStreams(SetProductStreams(streams))
 						benchMatMulOn(b, ws, n, th)
 					})
 				}

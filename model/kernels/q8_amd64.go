@@ -417,9 +417,6 @@ var streamKernelsAVX2 = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 // maxStreamRows is the most input rows of a two-stream product.
 const maxStreamRows = 2
 
-// productStreams is the runs a product of one or two input rows reads at
-// once: 2, or 1 for the one-run kernels (benchmarks compare them).
-var productStreams = 2
 
 // minRunRows is the fewest rows per run worth a two-stream kernel (of
 // packed groups, or bf16rows512S2).
@@ -460,7 +457,7 @@ func planStreams(j *mmJob, lvl Level) {
 		fn = streamKernelsAVX2[j.w.Layout][j.n]
 	}
 	span := j.w.Rows / packRows / 2 * packRows
-	if productStreams != 2 || fn == nil || span < minRunRows {
+	if ProductStreams() != 2 || fn == nil || span < minRunRows {
 		return
 	}
 	j.q8.streams = fn

@@ -71,6 +71,27 @@ func SetQ8Activations(on bool) (prev bool) { return q8Act.Swap(on) }
 // Q8Activations reports the setting of SetQ8Activations.
 func Q8Activations() bool { return q8Act.Load() }
 
+// productStreams is the runs a product of one or two input rows reads at
+// once where a two-stream kernel exists: 2 (the default), or 1.
+var productStreams atomic.Int32
+
+func init() { productStreams.Store(2) }
+
+// SetProductStreams sets how many runs of a packed or bf16 matrix a product
+// of one or two input rows reads at once where its type has a two-stream
+// kernel (see planStreams): 2, the default, or 1, the one-run kernels
+// (for benchmarks that compare them; both give the same bits). It returns
+// the previous setting.
+func SetProductStreams(n int) (prev int) {
+	if n != 1 {
+		n = 2
+	}
+	return int(productStreams.Swap(int32(n)))
+}
+
+// ProductStreams reports the setting of SetProductStreams.
+func ProductStreams() int { return int(productStreams.Load()) }
+
 // q8Tiny: blocks whose largest |x| is below it quantize to zero (so that
 // 127/amax stays finite).
 const q8Tiny = 1e-30
