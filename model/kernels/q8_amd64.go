@@ -417,7 +417,6 @@ var streamKernelsAVX2 = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 // maxStreamRows is the most input rows of a two-stream product.
 const maxStreamRows = 2
 
-
 // minRunRows is the fewest rows per run worth a two-stream kernel (of
 // packed groups, or bf16rows512S2).
 const minRunRows = 64
