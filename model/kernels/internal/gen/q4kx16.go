@@ -118,17 +118,23 @@ func genQKx16(d dtype, n int) {
 		blockBytes, prefetch, qs = q5kx16Block, q5kPrefetch, 768
 	}
 	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genQ4Kx16).", name, d, n), n)
-	c0F := ZMM()
-	VPBROADCASTD(cB0F, c0F)
-	var cF0 VecVirtual
-	if !q5 {
-		cF0 = ZMM()
-		VPTERNLOGD(U8(0x55), c0F, c0F, cF0) // ^0x0F0F0F0F: 0xF0 bytes
-	}
+	c0F, cF0 := qkx16Consts(q5)
 	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, prefetch, blockBytes/64, false)
 	qkx16Block(q5, n, wp, xm, acc, c0F, cF0, qs, 0, 0)
 	packedNextBlock(name, blockBytes, wp, xq, cnt)
 	packedEnd(name, acc)
+}
+
+// qkx16Consts loads the constants of genQKx16's kernels: 0x0F bytes, and
+// for Q4_K 0xF0 bytes.
+func qkx16Consts(q5 bool) (c0F, cF0 VecVirtual) {
+	c0F = ZMM()
+	VPBROADCASTD(cB0F, c0F)
+	if !q5 {
+		cF0 = ZMM()
+		VPTERNLOGD(U8(0x55), c0F, c0F, cF0) // ^0x0F0F0F0F: 0xF0 bytes
+	}
+	return c0F, cF0
 }
 
 // genQKx16Streams emits q4kx16S2N<n> (d Q4_K) or q5kx16S2N<n>: two runs
@@ -149,13 +155,7 @@ func genQKx16Streams(d dtype, n int) {
 	if n > 1 {
 		idx[1] = ld("xstride")
 	}
-	c0F := ZMM()
-	VPBROADCASTD(cB0F, c0F)
-	var cF0 VecVirtual
-	if !q5 {
-		cF0 = ZMM()
-		VPTERNLOGD(U8(0x55), c0F, c0F, cF0) // ^0x0F0F0F0F: 0xF0 bytes
-	}
+	c0F, cF0 := qkx16Consts(q5)
 	Label(name + "_grp")
 	cnt := ld("nblocks")
 	xq := ld("xq")
