@@ -377,19 +377,20 @@ func planPacked(c *callCtx, lvl Level) bool {
 	return true
 }
 
-// streamKernels are the two-stream kernels of one and two input rows
-// (AVX-512 level; streamKernelsAVX2 at the AVX2 level) by layout: Q8_0 and the types whose input rows are
-// quantized as its. One core reads memory faster from two distant places
-// at once than from one (BenchmarkReadStreams), and a product of one or
-// two input rows is bound by that read: q80x16S2N1 measured 1.15-1.2 times
-// q80x16N1 (BenchmarkStreams, one thread, in_proj and expert shapes).
-// q4kx16S2N1 and q5kx16S2N1 (one input row) spread each run's software
-// prefetches through its block: 1.12-1.15 and 1.05-1.09 times the one-run
-// kernels on those shapes; q4kx16S2N2 (two input rows) 1.13-1.17 (q5kx16's
-// two-row form does not fit the registers). With the prefetches of each block issued
-// together at its start (as the one-run kernels issue them) two runs were
-// slower (scripts/streamexp shows the same on a synthetic loop). Q6_K's,
-// prefetches spread or not, measured 0.6-0.8 times, so it has none.
+// streamKernels are the two-stream kernels of one and two input rows at
+// the AVX-512 level (streamKernelsAVX2 at the AVX2 level), by layout: Q8_0
+// and the types whose input rows are quantized as its, and Q4_K and Q5_K.
+// One core reads memory faster from two distant places at once than from
+// one (BenchmarkReadStreams), and a product of one or two input rows is
+// bound by that read: q80x16S2N1 measured 1.15-1.2 times q80x16N1
+// (BenchmarkStreams, one thread, in_proj and expert shapes). q4kx16S2N1
+// and q5kx16S2N1 spread each run's software prefetches through its block:
+// 1.12-1.15 and 1.05-1.09 times the one-run kernels on those shapes;
+// q4kx16S2N2 1.13-1.17 (Q5_K's two-row form does not fit the registers).
+// With each block's prefetches issued together at its start, as the
+// one-run kernels issue them, two runs were slower (scripts/streamexp
+// shows the same on a synthetic loop). Q6_K's, prefetches spread or not,
+// measured 0.6-0.8 times one run, so it has none.
 var streamKernels = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 	tensor.Q80x16:   {1: q80x16S2N1, 2: q80x16S2N2},
 	tensor.Q40x16:   {1: q40x16S2N1, 2: q40x16S2N2},
