@@ -87,14 +87,11 @@ func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N in
 func runAttention(sc *scratch, tasks []attnTask, flops int, q, att []float32, qd, hd, rep int, scale float32) {
 	slices.SortStableFunc(tasks, func(a, b attnTask) int { return cmp.Compare(b.keysMax*(b.t1-b.t0), a.keysMax*(a.t1-a.t0)) })
 	workers := min(kernels.Threads(), len(tasks))
-	if flops < 4<<20 {
-		workers = 1
-	}
 	for len(sc.attn) < workers {
 		sc.attn = append(sc.attn, attnScratch{})
 	}
 	var next atomic.Int64
-	parallel(workers, func(wi int) {
+	parallel(workers, flops/20, func(wi int) { // about 20 GFLOP/s on one thread
 		ws := &sc.attn[wi]
 		for {
 			i := int(next.Add(1) - 1)
