@@ -111,18 +111,31 @@ func genQ5Kx16(n int) { genQKx16(dQ5K, n) }
 // genQKx16 emits q4kx16N<n> (d Q4_K) or q5kx16N<n> (Q5_K).
 func genQKx16(d dtype, n int) {
 	q5 := d == dQ5K
-	name := fmt.Sprintf("q4kx16N%d", n)
-	blockBytes, prefetch, qs := q4kx16Block, q4kPrefetch, 256
-	if q5 {
-		name = fmt.Sprintf("q5kx16N%d", n)
-		blockBytes, prefetch, qs = q5kx16Block, q5kPrefetch, 768
-	}
+	name := fmt.Sprintf("%sx16N%d", qkx16Prefix(q5), n)
+	blockBytes, prefetch, qs := qkx16Sizes(q5)
 	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genQ4Kx16).", name, d, n), n)
 	c0F, cF0 := qkx16Consts(q5)
 	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, prefetch, blockBytes/64, false)
 	qkx16Block(q5, n, wp, xm, acc, c0F, cF0, qs, 0, 0)
 	packedNextBlock(name, blockBytes, wp, xq, cnt)
 	packedEnd(name, acc)
+}
+
+// qkx16Prefix is the kernels' name prefix: q4k, or q5k for Q5_K.
+func qkx16Prefix(q5 bool) string {
+	if q5 {
+		return "q5k"
+	}
+	return "q4k"
+}
+
+// qkx16Sizes are a Q4_K (q5: Q5_K) group block's bytes, its prefetch
+// distance and the offset of its nibbles.
+func qkx16Sizes(q5 bool) (blockBytes, prefetch, qs int) {
+	if q5 {
+		return q5kx16Block, q5kPrefetch, 768
+	}
+	return q4kx16Block, q4kPrefetch, 256
 }
 
 // qkx16Consts loads the constants of genQKx16's kernels: 0x0F bytes, and
@@ -144,13 +157,9 @@ func qkx16Consts(q5 bool) (c0F, cF0 VecVirtual) {
 // through its block's code rather than issued together at its start.
 func genQKx16Streams(d dtype, n int) {
 	q5 := d == dQ5K
-	typ, blockBytes, prefetch, qs := "Q4_K", q4kx16Block, q4kPrefetch, 256
-	name := fmt.Sprintf("q4kx16S2N%d", n)
-	if q5 {
-		typ, blockBytes, prefetch, qs = "Q5_K", q5kx16Block, q5kPrefetch, 768
-		name = fmt.Sprintf("q5kx16S2N%d", n)
-	}
-	wp := streamsBegin(name, typ, 2, n)
+	name := fmt.Sprintf("%sx16S2N%d", qkx16Prefix(q5), n)
+	blockBytes, prefetch, qs := qkx16Sizes(q5)
+	wp := streamsBegin(name, d.String(), 2, n)
 	idx := make([]GPVirtual, n)
 	if n > 1 {
 		idx[1] = ld("xstride")

@@ -58,8 +58,8 @@ func genQ80x16AVX2(n int) { genX16AVX2("Q80", n) }
 // rewritten rows.
 func genX16AVX2(typ string, n int) {
 	name, _, wp, idx := x16Begin(typ, "AVX2N", n, "on AVX2 (see genX16AVX2)")
-	x16AVX2Body(typ, name, []GPVirtual{wp}, idx, n)
-	packedEnd(name, x16AVX2Acc)
+	acc := x16AVX2Body(typ, name, []GPVirtual{wp}, idx, n)
+	packedEnd(name, acc[0])
 }
 
 // genX16AVX2Streams emits <type>x16AVX2S2N1, the two-stream kernel of one
@@ -72,21 +72,14 @@ func genX16AVX2(typ string, n int) {
 func genX16AVX2Streams(typ string) {
 	name := x16Name(typ, "AVX2S2N", 1)
 	wp := streamsBegin(name, typ, 2, 1)
-	x16AVX2Body(typ, name, wp, make([]GPVirtual, 1), 1)
-	streamsEnd(name, x16AVX2Runs)
+	streamsEnd(name, x16AVX2Body(typ, name, wp, make([]GPVirtual, 1), 1))
 }
-
-// x16AVX2Acc and x16AVX2Runs hand the float32 sums of the last
-// x16AVX2Body to the epilogue (packedEnd, streamsEnd).
-var (
-	x16AVX2Acc  []VecVirtual
-	x16AVX2Runs [][]VecVirtual
-)
 
 // x16AVX2Body emits the constants, group and block loops of genX16AVX2's
 // kernels for the runs whose weights wp points at (one, or two for the
-// two-stream kernels), up to the group's epilogue.
-func x16AVX2Body(typ, name string, wp []GPVirtual, idx []GPVirtual, n int) {
+// two-stream kernels), up to the group's epilogue, and returns each run's
+// float32 sums (acc[r][2i+h]) for it.
+func x16AVX2Body(typ, name string, wp []GPVirtual, idx []GPVirtual, n int) [][]VecVirtual {
 	blockBytes := x16BlockBytes(typ)
 	Pragma("noescape")
 	var c80, tab VecVirtual
@@ -198,7 +191,7 @@ func x16AVX2Body(typ, name string, wp []GPVirtual, idx []GPVirtual, n int) {
 		ADDQ(U32(blockBytes), wp[r])
 	}
 	q80NextBlock(name, xq, dc, bi, cnt)
-	x16AVX2Acc, x16AVX2Runs = acc[0], acc
+	return acc
 }
 
 // q40SumsAVX2 sets s[2i+h] to the block's exact Σ(q−8)·q_x (q5: Q5_0's

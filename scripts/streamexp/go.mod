@@ -1,3 +1,0 @@
-module streamexp
-
-go 1.26
