@@ -319,6 +319,16 @@ func ParallelFor(n, estNs int, fn func(i int)) {
 	if n <= 0 {
 		return
 	}
+	if min(Threads(), n, runtime.GOMAXPROCS(0)) <= 1 || (estNs < minParallelNs && !forceParallel) {
+		// What parallel does with such work (the caller alone), without a
+		// task and scratch per call: decode steps make many small ones.
+		pool.inFor.Add(1)
+		defer pool.inFor.Add(-1)
+		for i := range n {
+			fn(i)
+		}
+		return
+	}
 	t := &forTask{n: int64(n), fn: fn}
 	c := ctxPool.Get().(*callCtx) // the caller's scratch (unused by fn, but parallel takes one)
 	parallel(t, min(Threads(), n), &c.s, estNs)
