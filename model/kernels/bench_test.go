@@ -470,12 +470,11 @@ func BenchmarkPackedStream(b *testing.B) {
 			var probe float64
 			b.Run(fmt.Sprintf("%v/threads=%d/probe", dt, threads), func(b *testing.B) {
 				b.SetBytes(int64(p.Bytes()))
-				part := len(p.Data) / threads &^ 255
-				var d float64
+				var rate float64
 				for i := 0; i < b.N; i++ {
-					d += timeParts(threads, func(t int) { readProbe(p.Data[t*part : (t+1)*part]) })
+					rate += readRate(p.Data, threads)
 				}
-				probe = float64(threads*part) / (d / float64(b.N))
+				probe = rate / float64(b.N)
 			})
 			b.Run(fmt.Sprintf("%v/threads=%d/x16", dt, threads), func(b *testing.B) {
 				withThreads(threads, func() {

@@ -88,12 +88,10 @@ func MeasureBandwidthDetail(threads int) Bandwidth {
 // it).
 type ReadProbe struct {
 	buf []byte
-	sum uint64
 }
 
 // NewReadProbe allocates and touches a probe buffer of about bytes bytes
-// (rounded down to 256 per thread share; at least 64 MiB is needed to read
-// past the caches).
+// (at least 64 MiB is needed to read past the caches).
 func NewReadProbe(bytes int) *ReadProbe {
 	b := make([]byte, bytes&^4095)
 	for i := 0; i < len(b); i += 4096 {
@@ -102,26 +100,22 @@ func NewReadProbe(bytes int) *ReadProbe {
 	return &ReadProbe{buf: b}
 }
 
-// Measure reads the buffer with threads goroutines (threads <= 0:
-// Threads()), each its share, twice, and returns the faster pass's rate in
-// bytes per second.
+// Measure reads the buffer twice with threads goroutines (threads <= 0:
+// Threads()) and returns the faster pass's rate in bytes per second.
 func (p *ReadProbe) Measure(threads int) float64 {
 	if threads <= 0 {
 		threads = Threads()
 	}
-	part := len(p.buf) / threads &^ 255
-	sums := make([]uint64, threads)
-	best := 0.0
-	for range 2 {
-		d := timeParts(threads, func(t int) {
-			sums[t] ^= readProbe(p.buf[t*part : (t+1)*part])
-		})
-		best = max(best, float64(threads*part)/d)
-	}
-	for _, s := range sums {
-		p.sum ^= s
-	}
-	return best
+	return max(readRate(p.buf, threads), readRate(p.buf, threads))
+}
+
+// readRate reads buf once with threads goroutines, each its share (a
+// multiple of 256 bytes, the rest unread), started together, and returns
+// the bytes read per second.
+func readRate(buf []byte, threads int) float64 {
+	part := len(buf) / threads &^ 255
+	d := timeParts(threads, func(t int) { readProbe(buf[t*part : (t+1)*part]) })
+	return float64(threads*part) / d
 }
 
 // MeasureFMAPeak measures the float32 FMA throughput of threads goroutines
