@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -36,6 +37,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	kvDType := kvDTypeFlag(fs)
 	mmap := fs.Bool("mmap", false, mmapUsage)
 	streamsAB := fs.Bool("streams-ab", false, "decode: alternate repetitions between the one-run kernels and the two-stream ones (kernels.SetProductStreams) and print both, to compare them within one process")
+	breakdownFlag := fs.Bool("breakdown", false, "decode: after each measurement, run the same steps again with the kernels' and the forward pass's observers on and print where a step's time goes (stages, and each matrix product's read rate against the read probe)")
 	lines := fs.Bool("lines", false, "also print one machine-readable line per measurement (\"result engine=switchyard threads=N test=prefill_512|decode_B tokens_per_s=X\")")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -82,7 +84,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		*model, c.Summary(), human(weightBytes(m.W)), m.W.Embed.DType, where, m.KVDType, loadTime.Seconds(),
 		human(anonAfter), human(anonAfter-rssBefore), human(fileBytes))
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	var results []string // --lines, printed under each thread count's rows
+	var results []string        // --lines, printed under each thread count's rows
+	var breakdowns bytes.Buffer // --breakdown, likewise
 	result := func(th int, test string, tps float64) {
 		if *lines {
 			results = append(results, fmt.Sprintf("result engine=switchyard threads=%d test=%s tokens_per_s=%.3f\n", th, test, tps))
@@ -156,6 +159,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					result(th, fmt.Sprintf("decode_%d", b), float64(b)/sec)
 				}
 			}
+			if *breakdownFlag {
+				if err := decodeBreakdown(&breakdowns, m, states, r, th, *steps, *reps, probe); err != nil {
+					return err
+				}
+			}
 			if *streamsAB {
 				pair := make([]float64, len(times[0]))
 				for i := range pair {
@@ -187,6 +195,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprint(stdout, l)
 		}
 		results = results[:0]
+		if _, err := breakdowns.WriteTo(stdout); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(stdout, "peak RSS (VmHWM) %s, anonymous RSS now %s\n", human(procStatus("VmHWM")), human(procStatus("RssAnon")))
 	return w.Flush()

@@ -76,7 +76,9 @@ func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N in
 		r += T
 	}
 	sc.attnTasks = tasks
+	t0 := stageStart()
 	runAttention(sc, tasks, flops, sc.q, sc.att, qd, hd, nq/nkv, c.AttentionMult)
+	stageEnd(StageAttentionCore, t0)
 	kernels.MatMul(sc.mix, w.O, sc.att[:N*qd], N)
 	return nil
 }

@@ -109,6 +109,7 @@ func grow[T any](b []T, n int) []T {
 // with batch-invariant kernels a row's result depends neither on the rows
 // batched with it nor on which node holds which expert.
 func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScratch) error {
+	defer stageEnd(StageExperts, stageStart())
 	h := req.Hidden
 	if len(req.X) < req.Rows*h || len(req.Experts) < req.Rows*req.TopK || len(req.Weights) < req.Rows*req.TopK ||
 		(req.PairOut == nil && len(req.Out) < req.Rows*h) || (req.PairOut != nil && len(req.PairOut) < req.Rows*req.TopK*h) {

@@ -203,6 +203,7 @@ func (m *Model) ForwardPingPongOn(experts ExpertBackend, a, b []Seq) error {
 }
 
 func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt baton) error {
+	defer stageEnd(StageStep, stageStart())
 	c := m.Cfg
 	H := c.Hidden
 	N := 0
@@ -253,12 +254,15 @@ func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt 
 			kernels.RMSNorm(sc.u[r*H:(r+1)*H], sc.h[r*H:(r+1)*H], lw.InputNorm, c.RMSNormEps)
 		}
 		var err error
+		t0 := stageStart()
 		if lw.Type == config.Mamba {
 			err = m.mamba(sc, batch, mi, lw.Mamba, N)
 			mi++
+			stageEnd(StageMamba, t0)
 		} else {
 			err = m.attention(sc, batch, ai, lw.Attn, N)
 			ai++
+			stageEnd(StageAttention, t0)
 		}
 		if err != nil {
 			return fmt.Errorf("layer %d: %w", li, err)
@@ -267,9 +271,11 @@ func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt 
 		for r := range N {
 			kernels.RMSNorm(sc.u[r*H:(r+1)*H], sc.h[r*H:(r+1)*H], lw.PostNorm, c.RMSNormEps)
 		}
+		t0 = stageStart()
 		if err := m.ffn(experts, sc, bt, li, lw, N); err != nil {
 			return fmt.Errorf("layer %d: %w", li, err)
 		}
+		stageEnd(StageMoE, t0)
 		axpy(c.ResidualMultiplier, sc.f[:N*H], sc.h[:N*H])
 	}
 	for _, s := range batch {
@@ -286,6 +292,7 @@ func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt 
 		}
 		r += len(batch[i].Tokens)
 	}
+	defer stageEnd(StageHead, stageStart())
 	return m.head(sc, batch)
 }
 
@@ -392,6 +399,7 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 		sc.xbcAct = grow(sc.xbcAct, T*cd)
 		xbc := sc.xbcAct // post-activation x|B|C
 		sc.convTmp = grow(sc.convTmp, cd)
+		ts := stageStart()
 		causalConv(xbc[:T*cd], ext, sc.convTmp, w, K)
 		copy(conv, ext[T*cd:(T+K-1)*cd])
 		// dt = softplus(dt_raw + dt_bias), per token and head.
@@ -424,6 +432,7 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 				scanRecurrent(&p, &sc.chunks[wi])
 			}
 		})
+		stageEnd(StageScan, ts)
 		// Gate with silu(z), then RMSNorm per group of d_inner/G channels.
 		gs := din / G
 		for t := range T {

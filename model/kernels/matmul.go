@@ -126,12 +126,20 @@ func (j *mmJob) run(s *scratch) {
 // runs on Threads() threads (small products on the caller alone) and
 // allocates nothing in steady state.
 func MatMul(out []float32, w tensor.Matrix, x []float32, n int) {
+	if obs := productObserver.Load(); obs != nil {
+		observed(obs, out, w, x, n, Threads(), false)
+		return
+	}
 	matMul(out, w, x, n, Threads(), false)
 }
 
 // MatMulSerial is MatMul on the calling goroutine alone, for callers that run
 // many small products in parallel themselves (routed experts at decode).
 func MatMulSerial(out []float32, w tensor.Matrix, x []float32, n int) {
+	if obs := productObserver.Load(); obs != nil {
+		observed(obs, out, w, x, n, 1, false)
+		return
+	}
 	matMul(out, w, x, n, 1, false)
 }
 
@@ -142,6 +150,10 @@ func MatMulSerial(out []float32, w tensor.Matrix, x []float32, n int) {
 // computes the same bits as a whole prefill; bf16 KV pages would otherwise
 // round differently at one and two queries).
 func MatMulSerialInvariant(out []float32, w tensor.Matrix, x []float32, n int) {
+	if obs := productObserver.Load(); obs != nil {
+		observed(obs, out, w, x, n, 1, true)
+		return
+	}
 	matMul(out, w, x, n, 1, true)
 }
 
