@@ -12,6 +12,7 @@
 //   - Dot, Axpy, Scale, Add (twins DotRef, AxpyRef, ScaleRef, AddRef), and
 //     RMSNorm, SiLU, Softplus, Softmax.
 //   - SetThreads/Threads: threads MatMul uses (default runtime.GOMAXPROCS(0)).
+//   - SetProductObserver: a callback after every product (bench --breakdown).
 //   - SetBatchInvariant/BatchInvariant: whether a row's MatMul result is
 //     bitwise independent of the other rows of its call (default off).
 //   - Level, KernelLevel, SetKernelLevel, MaxLevel, SupportedLevels,
