@@ -36,7 +36,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file (go tool pprof)")
 	kvDType := kvDTypeFlag(fs)
 	mmap := fs.Bool("mmap", false, mmapUsage)
-	streamsAB := fs.Bool("streams-ab", false, "decode: alternate repetitions between the one-run kernels and the two-stream ones (kernels.SetProductStreams) and print both, to compare them within one process")
+	streamsAB := fs.Bool("streams-ab", false, "the same as --ab streams")
+	abName := fs.String("ab", "", "decode: alternate repetitions between two settings of the kernels and print both and their ratio, to compare them within one process: streams (the two-stream kernels against the one-run ones, kernels.SetProductStreams) or helping (ParallelFor participants helping with each other's products, against not, kernels.SetProductHelping)")
 	breakdownFlag := fs.Bool("breakdown", false, "decode: after each measurement, run the same steps again with the kernels' and the forward pass's observers on and print where a step's time goes (stages, and each matrix product's read rate against the read probe)")
 	lines := fs.Bool("lines", false, "also print one machine-readable line per measurement (\"result engine=switchyard threads=N test=prefill_512|decode_B tokens_per_s=X\")")
 	if err := parse(fs, args); err != nil {
@@ -55,6 +56,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *model == "" {
 		return fmt.Errorf("--model is required")
+	}
+	if *streamsAB {
+		*abName = "streams"
+	}
+	variants, abRatio, err := abVariants(*abName)
+	if err != nil {
+		return err
 	}
 	threads, err := intList(*threadsFlag)
 	if err != nil {
@@ -116,17 +124,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					return err
 				}
 			}
-			// settings: the SetProductStreams values the repetitions take in
-			// turn (the current one; both with --streams-ab).
-			settings := []int{kernels.ProductStreams()}
-			if *streamsAB {
-				settings = []int{2, 1}
-			}
-			times, beside, ratios := make([][]float64, len(settings)), make([][]float64, len(settings)), make([][]float64, len(settings))
+			// The repetitions take the variants in turn (one without --ab).
+			times, beside, ratios := make([][]float64, len(variants)), make([][]float64, len(variants)), make([][]float64, len(variants))
 			bytesPerStep := float64(stepBytes(m, b))
 			for rep := range *reps + 1 { // the first repetition is a warm-up
-				for k, set := range settings {
-					prev := kernels.SetProductStreams(set)
+				for k, v := range variants {
+					restore := v.set()
 					batch := make([]hybrid.Seq, b)
 					start := time.Now()
 					for range *steps {
@@ -137,7 +140,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 							return err
 						}
 					}
-					kernels.SetProductStreams(prev)
+					restore()
 					if rep > 0 {
 						t := time.Since(start).Seconds() / float64(*steps)
 						times[k] = append(times[k], t)
@@ -147,12 +150,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					}
 				}
 			}
-			for k, set := range settings {
+			for k, v := range variants {
 				sec := median(times[k])
-				label := fmt.Sprintf("decode batch %d", b)
-				if *streamsAB {
-					label += fmt.Sprintf(", %d stream(s)", set)
-				}
+				label := fmt.Sprintf("decode batch %d%s", b, v.label)
 				fmt.Fprintf(w, "%d\t%.1f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.2f\t\t\t\n", th, bw/1e9, peak/1e9, label,
 					float64(b)/sec, bytesPerStep/sec/1e9, median(beside[k])/1e9, median(ratios[k]))
 				if k == 0 {
@@ -164,12 +164,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 					return err
 				}
 			}
-			if *streamsAB {
+			if len(variants) == 2 {
 				pair := make([]float64, len(times[0]))
 				for i := range pair {
 					pair[i] = times[1][i] / times[0][i]
 				}
-				fmt.Fprintf(w, "%d\t\t\tdecode batch %d: two streams / one\t%.3f\t\t\t\t\t\t\n", th, b, median(pair))
+				fmt.Fprintf(w, "%d\t\t\tdecode batch %d: %s\t%.3f\t\t\t\t\t\t\n", th, b, abRatio, median(pair))
 			}
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -358,4 +358,37 @@ func human(n int64) string {
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	}
 	return fmt.Sprintf("%d KiB", n>>10)
+}
+
+// abVariant is one kernel setting that bench's decode repetitions take in
+// turn (--ab): set applies it and returns what restores the previous one.
+type abVariant struct {
+	label string // appended to the row's case
+	set   func() (restore func())
+}
+
+// abVariants returns the variants of --ab name (the setting the kernels
+// run by default first) and the label of their tokens/s ratio.
+func abVariants(name string) ([]abVariant, string, error) {
+	streams := func(n int) func() func() {
+		return func() func() {
+			prev := kernels.SetProductStreams(n)
+			return func() { kernels.SetProductStreams(prev) }
+		}
+	}
+	helping := func(on bool) func() func() {
+		return func() func() {
+			prev := kernels.SetProductHelping(on)
+			return func() { kernels.SetProductHelping(prev) }
+		}
+	}
+	switch name {
+	case "":
+		return []abVariant{{set: func() func() { return func() {} }}}, "", nil
+	case "streams":
+		return []abVariant{{", 2 streams", streams(2)}, {", 1 stream", streams(1)}}, "two streams / one", nil
+	case "helping":
+		return []abVariant{{", helping", helping(true)}, {", no helping", helping(false)}}, "helping / none", nil
+	}
+	return nil, "", fmt.Errorf("--ab %q: want streams or helping", name)
 }

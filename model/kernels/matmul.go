@@ -49,6 +49,9 @@ type callCtx struct {
 	xq   []byte   // quantized input rows (8-bit activations)
 	xb   []uint16 // input rows rounded to bf16 (bf16 activations)
 	s    scratch
+	// helpers counts the ParallelFor participants that may be computing
+	// blocks of job (runHelped); outside job, which each call resets.
+	helpers atomic.Int32
 }
 
 var ctxPool = sync.Pool{New: func() any { return new(callCtx) }}
@@ -101,10 +104,15 @@ func (j *mmJob) blockedRows() int {
 // streamFn is a two-stream kernel (see internal/gen/streams.go).
 type streamFn func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan, ospan int)
 
-func (j *mmJob) run(s *scratch) {
+func (j *mmJob) run(s *scratch) { j.runBlocks(s) }
+
+// runBlocks claims and computes blocks until none is left and returns how
+// many it computed.
+func (j *mmJob) runBlocks(s *scratch) (blocks int) {
 	// Claim one block ahead so that the kernels know which to prefetch.
 	b := int(j.next.Add(1) - 1)
 	for b < j.nblocks {
+		blocks++
 		nb := int(j.next.Add(1) - 1)
 		r0 := b * j.rb
 		nr0, nr1 := 0, 0
@@ -115,6 +123,7 @@ func (j *mmJob) run(s *scratch) {
 		j.block(j, s, r0, min(r0+j.rb, rows), nr0, nr1)
 		b = nb
 	}
+	return blocks
 }
 
 // MatMul computes out = x · Wᵀ for n input rows:
@@ -204,7 +213,11 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	// Rough single-thread time: weights at 14 GB/s plus flops at 100 GFLOP/s
 	// (the Go level is slower, which only makes it worth more threads).
 	est := w.Bytes()/14 + w.Rows*w.Cols*n/50
-	parallel(j, min(threads, j.nblocks), &c.s, est)
+	if threads == 1 && j.nblocks > 1 && forHelping.Load() > 0 && !noHelping.Load() {
+		runHelped(c)
+	} else {
+		parallel(j, min(threads, j.nblocks), &c.s, est)
+	}
 	*j = mmJob{}
 	ctxPool.Put(c)
 }

@@ -577,3 +577,64 @@ func TestParallelForNestedMatMulDoesNotWait(t *testing.T) {
 		t.Fatalf("%d nested MatMul calls waited for the pool their ParallelFor holds", n)
 	}
 }
+
+// TestParallelForHelping: the participants of a ParallelFor that run out
+// of indices compute blocks of the products the others still run
+// (MatMulSerial), and every product gives the bits it gives alone, for
+// each type, at every level; with SetProductHelping(false) nobody helps.
+func TestParallelForHelping(t *testing.T) {
+	var helped atomic.Int64
+	testHookHelped = func(b int) { helped.Add(int64(b)) }
+	defer func() { testHookHelped = nil }()
+	forEachLevel(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(51, 52))
+		for _, on := range []bool{true, false} {
+			prev := SetProductHelping(on)
+			helped.Store(0)
+			for _, dt := range []tensor.DType{tensor.BF16, tensor.Q8_0, tensor.Q4_K, tensor.Q6_K, tensor.F32} {
+				// One large product among small ones: the others finish first.
+				ws := []tensor.Matrix{randMatrix(rng, dt, 8192, 512)}
+				for range 5 {
+					ws = append(ws, randMatrix(rng, dt, 64, 512))
+				}
+				for i, w := range ws {
+					if CanPack(w) {
+						ws[i] = Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)
+					}
+				}
+				for _, n := range []int{1, 3} {
+					x := randVec(rng, n*512)
+					want := make([][]float32, len(ws))
+					for i, w := range ws {
+						want[i] = make([]float32, n*w.Rows)
+						withThreads(1, func() { MatMul(want[i], w, x, n) })
+					}
+					for range 5 {
+						got := make([][]float32, len(ws))
+						withThreads(2, func() {
+							ParallelFor(2, wakeWorthNs, func(int) {}) // the worker spins: it starts at once
+							ParallelFor(len(ws), wakeWorthNs, func(i int) {
+								got[i] = make([]float32, n*ws[i].Rows)
+								MatMulSerial(got[i], ws[i], x, n)
+							})
+						})
+						for i := range ws {
+							for r := range want[i] {
+								if math.Float32bits(got[i][r]) != math.Float32bits(want[i][r]) {
+									t.Fatalf("%v n=%d helping=%v product %d out[%d]: %g, alone %g", dt, n, on, i, r, got[i][r], want[i][r])
+								}
+							}
+						}
+					}
+				}
+			}
+			SetProductHelping(prev)
+			if on && helped.Load() == 0 && runtime.GOMAXPROCS(0) > 1 {
+				t.Error("no participant helped with any product")
+			}
+			if !on && helped.Load() != 0 {
+				t.Errorf("%d blocks helped with helping off", helped.Load())
+			}
+		}
+	})
+}

@@ -222,6 +222,10 @@ var forceParallel bool
 // testHookPoolWait runs when a call starts waiting for a busy pool (tests).
 var testHookPoolWait func()
 
+// testHookHelped runs after a ParallelFor participant computed blocks of
+// another participant's product (tests).
+var testHookHelped func(blocks int)
+
 // testHookBeforeDone runs in the worker that finished a job last, between
 // its decrement of pending and its completion token (tests delay the token).
 var testHookBeforeDone func()
@@ -287,22 +291,95 @@ func parallel(t task, threads int, s *scratch, estNs int) {
 	pool.release()
 }
 
-// forTask is ParallelFor's task: participants claim indices until none are left.
+// forTask is ParallelFor's task: participants claim indices until none are
+// left, then help the products the others' calls still run (helpProducts)
+// until every call has returned.
 type forTask struct {
 	next atomic.Int64
+	done atomic.Int64 // calls of fn returned
 	n    int64
 	fn   func(i int)
 }
 
-func (f *forTask) run(*scratch) {
+func (f *forTask) run(s *scratch) {
 	pool.inFor.Add(1)
 	defer pool.inFor.Add(-1)
 	for {
 		i := f.next.Add(1) - 1
 		if i >= f.n {
-			return
+			break
 		}
 		f.fn(int(i))
+		f.done.Add(1)
+	}
+	for k := 0; f.done.Load() < f.n; k++ {
+		helpProducts(s)
+		if k%1024 == 1023 {
+			runtime.Gosched() // a call preempted off its P gets one back
+		}
+	}
+}
+
+// Helping. The calls of a ParallelFor run their products on their own
+// participant (MatMulSerial), and the participant that runs out of
+// indices first would wait for the last call's products at the end (at
+// decode, up to a whole routed expert: about a fifth of the experts' time
+// on two threads). Instead, a product run on one thread while a
+// ParallelFor of several participants runs offers its row blocks
+// (runHelped), and a participant with no index left claims blocks from
+// those products (helpProducts), as the participants of a split product
+// do. Each block is still computed by the same kernel, so the results are
+// the same bits.
+var (
+	helpSlots  [maxThreads]atomic.Pointer[callCtx] // products offering blocks
+	forHelping atomic.Int32                        // ParallelFor tasks on several participants
+	noHelping  atomic.Bool                         // SetProductHelping(false)
+)
+
+// SetProductHelping turns helping on (the default) or off and returns the
+// previous setting: off, a ParallelFor participant with no index left
+// waits for the others' calls instead (bench --ab helping compares the
+// two).
+func SetProductHelping(on bool) (prev bool) { return !noHelping.Swap(!on) }
+
+// runHelped runs the planned one-thread product c, its blocks offered to
+// ParallelFor participants with nothing else to do; it returns once every
+// block is done.
+func runHelped(c *callCtx) {
+	slot := -1
+	for i := range helpSlots[:Threads()] {
+		if helpSlots[i].CompareAndSwap(nil, c) {
+			slot = i
+			break
+		}
+	}
+	c.job.run(&c.s)
+	if slot < 0 {
+		return
+	}
+	helpSlots[slot].Store(nil)
+	for c.helpers.Load() != 0 { // blocks claimed by helpers still running
+	}
+}
+
+// helpProducts claims and computes row blocks of the products offered in
+// helpSlots, with scratch s, until it finds none left. A product's owner
+// withdraws its offer and then waits until no helper holds it, so a helper
+// counts itself in and checks that the offer still stands before it reads
+// the product.
+func helpProducts(s *scratch) {
+	for i := range helpSlots[:Threads()] {
+		c := helpSlots[i].Load()
+		if c == nil {
+			continue
+		}
+		c.helpers.Add(1)
+		if helpSlots[i].Load() == c {
+			if b := c.job.runBlocks(s); b > 0 && testHookHelped != nil {
+				testHookHelped(b)
+			}
+		}
+		c.helpers.Add(-1)
 	}
 }
 
@@ -330,7 +407,9 @@ func ParallelFor(n, estNs int, fn func(i int)) {
 		return
 	}
 	t := &forTask{n: int64(n), fn: fn}
-	c := ctxPool.Get().(*callCtx) // the caller's scratch (unused by fn, but parallel takes one)
+	c := ctxPool.Get().(*callCtx) // the caller's scratch (for the blocks it helps with)
+	forHelping.Add(1)
 	parallel(t, min(Threads(), n), &c.s, estNs)
+	forHelping.Add(-1)
 	ctxPool.Put(c)
 }
