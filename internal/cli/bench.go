@@ -37,7 +37,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	kvDType := kvDTypeFlag(fs)
 	mmap := fs.Bool("mmap", false, mmapUsage)
 	streamsAB := fs.Bool("streams-ab", false, "the same as --ab streams")
-	abName := fs.String("ab", "", "decode: alternate repetitions between two settings of the kernels and print both and their ratio, to compare them within one process: streams (the two-stream kernels against the one-run ones, kernels.SetProductStreams) or helping (ParallelFor participants helping with each other's products, against not, kernels.SetProductHelping)")
+	abName := fs.String("ab", "", "alternate the decode and prefill repetitions between two settings of the kernels and print both and their ratio, to compare them within one process: streams (the two-stream kernels against the one-run ones, kernels.SetProductStreams) or helping (ParallelFor participants helping with each other's products, against not, kernels.SetProductHelping)")
 	breakdownFlag := fs.Bool("breakdown", false, "decode: after each measurement, run the same steps again with the kernels' and the forward pass's observers on and print where a step's time goes (stages, and each matrix product's read rate against the read probe)")
 	lines := fs.Bool("lines", false, "also print one machine-readable line per measurement (\"result engine=switchyard threads=N test=prefill_512|decode_B tokens_per_s=X\")")
 	if err := parse(fs, args); err != nil {
@@ -175,21 +175,39 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				return ctx.Err()
 			}
 		}
-		var times []float64
+		// Prefill: the variants in turn too (--ab), each repetition a new
+		// session.
+		times := make([][]float64, len(variants))
 		toks := randToks(r, *prompt, c.VocabSize)
 		for range *reps {
-			st := m.NewState()
-			start := time.Now()
-			if err := m.Forward([]hybrid.Seq{{State: st, Tokens: toks}}); err != nil {
-				return err
+			for k, v := range variants {
+				restore := v.set()
+				st := m.NewState()
+				start := time.Now()
+				err := m.Forward([]hybrid.Seq{{State: st, Tokens: toks}})
+				restore()
+				if err != nil {
+					return err
+				}
+				times[k] = append(times[k], time.Since(start).Seconds())
 			}
-			times = append(times, time.Since(start).Seconds())
 		}
-		sec := median(times)
 		fl := prefillFLOPs(m, *prompt)
-		fmt.Fprintf(w, "%d\t%.1f\t%.0f\tprefill %d\t%.1f\t\t\t\t%.1f\t%.2f\t\n", th, bw/1e9, peak/1e9, *prompt,
-			float64(*prompt)/sec, fl/sec/1e9, fl/sec/peak)
-		result(th, fmt.Sprintf("prefill_%d", *prompt), float64(*prompt)/sec)
+		for k, v := range variants {
+			sec := median(times[k])
+			fmt.Fprintf(w, "%d\t%.1f\t%.0f\tprefill %d%s\t%.1f\t\t\t\t%.1f\t%.2f\t\n", th, bw/1e9, peak/1e9, *prompt, v.label,
+				float64(*prompt)/sec, fl/sec/1e9, fl/sec/peak)
+			if k == 0 {
+				result(th, fmt.Sprintf("prefill_%d", *prompt), float64(*prompt)/sec)
+			}
+		}
+		if len(variants) == 2 {
+			pair := make([]float64, len(times[0]))
+			for i := range pair {
+				pair[i] = times[1][i] / times[0][i]
+			}
+			fmt.Fprintf(w, "%d\t\t\tprefill %d: %s\t%.3f\t\t\t\t\t\t\n", th, *prompt, abRatio, median(pair))
+		}
 		w.Flush()
 		for _, l := range results {
 			fmt.Fprint(stdout, l)

@@ -602,7 +602,7 @@ func TestParallelForHelping(t *testing.T) {
 						ws[i] = Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)
 					}
 				}
-				for _, n := range []int{1, 3} {
+				for _, n := range []int{1, 3, 16} { // 16: above helpMaxRows, no offer
 					x := randVec(rng, n*512)
 					want := make([][]float32, len(ws))
 					for i, w := range ws {

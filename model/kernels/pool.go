@@ -330,6 +330,15 @@ func (f *forTask) run(s *scratch) {
 // those products (helpProducts), as the participants of a split product
 // do. Each block is still computed by the same kernel, so the results are
 // the same bits.
+// helpMaxRows: products of at most this many input rows offer their
+// blocks: decode's, which stream their weights and end unevenly. Prefill
+// gained nothing from helping (512-token prompts on two threads, bench --ab
+// helping, nine repetitions: 0.992 and 1.000 of the speed without it with
+// every product offering its blocks, 0.979 and 0.989 with this bound, 0.99
+// with helping compiled out: the noise), so its products do not pay for
+// offering them.
+const helpMaxRows = 8
+
 var (
 	helpSlots  [maxThreads]atomic.Pointer[callCtx] // products offering blocks
 	forHelping atomic.Int32                        // ParallelFor tasks on several participants
