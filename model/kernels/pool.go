@@ -367,7 +367,10 @@ func runHelped(c *callCtx) {
 		return
 	}
 	helpSlots[slot].Store(nil)
-	for c.helpers.Load() != 0 { // blocks claimed by helpers still running
+	for k := 0; c.helpers.Load() != 0; k++ { // blocks claimed by helpers still running
+		if k%1024 == 1023 {
+			runtime.Gosched() // a helper preempted off its P gets one back
+		}
 	}
 }
 
