@@ -330,6 +330,7 @@ func (f *forTask) run(s *scratch) {
 // those products (helpProducts), as the participants of a split product
 // do. Each block is still computed by the same kernel, so the results are
 // the same bits.
+
 // helpMaxRows: products of at most this many input rows offer their
 // blocks: decode's, which stream their weights and end unevenly. Prefill
 // gained nothing from helping (512-token prompts on two threads, bench --ab
@@ -374,8 +375,9 @@ func runHelped(c *callCtx) {
 	}
 }
 
-// helpProducts claims and computes row blocks of the products offered in
-// helpSlots, with scratch s, until it finds none left. A product's owner
+// helpProducts makes one pass over helpSlots and, with scratch s, claims
+// and computes the unclaimed row blocks of each product offered there (its
+// caller repeats it while calls of its ParallelFor still run). A product's owner
 // withdraws its offer and then waits until no helper holds it, so a helper
 // counts itself in and checks that the offer still stands before it reads
 // the product.
