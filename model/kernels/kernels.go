@@ -13,6 +13,9 @@
 //     RMSNorm, SiLU, Softplus, Softmax.
 //   - SetThreads/Threads: threads MatMul uses (default runtime.GOMAXPROCS(0)).
 //   - SetProductObserver: a callback after every product (bench --breakdown).
+//   - ParallelFor: many small independent calls on the worker pool; a
+//     participant with no index left helps with the others' one-thread
+//     products of up to 8 input rows (SetProductHelping).
 //   - SetBatchInvariant/BatchInvariant: whether a row's MatMul result is
 //     bitwise independent of the other rows of its call (default off).
 //   - Level, KernelLevel, SetKernelLevel, MaxLevel, SupportedLevels,
