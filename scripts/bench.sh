@@ -34,6 +34,8 @@ if [ -z "${BENCH_MODEL:-}" ]; then
   [ -f "$Q4M" ] || "$BIN" convert --model "$MODEL" --type q4_k_m --out "$Q4M"
   echo "== engine, Q4_K_M GGUF (llama.cpp's mix)"
   "$BIN" bench --model "$Q4M"
+  echo "== one-session decode of the Q4_K_M file: idle threads helping with the routed experts' last products against not (alternated in one process), and where a step's time goes (stages, each product's share of the read probe)"
+  "$BIN" bench --model "$Q4M" --batches 1 --prompt 4 --steps 32 --reps 5 --ab helping --breakdown
 fi
 if [ -z "${BENCH_MODEL:-}" ]; then
   echo "== engine, weights read through the file's map (--mmap) against the runs above (copied into memory, the default): BF16 and Q8_0, one-session decode and prefill 512"
