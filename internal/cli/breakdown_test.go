@@ -51,3 +51,42 @@ func TestDecodeBreakdown(t *testing.T) {
 	}
 	t.Log("\n" + text)
 }
+
+// bench --ab: each variant sets its kernel setting and restores the
+// previous one; an unknown name is an error that names the choices.
+func TestABVariants(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		n     int
+		check func() string // the setting now, as text
+	}{
+		{"", 1, func() string { return "" }},
+		{"streams", 2, func() string { return fmt.Sprint(kernels.ProductStreams()) }},
+		{"helping", 2, func() string {
+			on := kernels.SetProductHelping(true)
+			kernels.SetProductHelping(on)
+			return fmt.Sprint(on)
+		}},
+	} {
+		vs, ratio, err := abVariants(tc.name)
+		if err != nil || len(vs) != tc.n || (tc.n == 2) != (ratio != "") {
+			t.Fatalf("abVariants(%q): %d variants, ratio %q, %v", tc.name, len(vs), ratio, err)
+		}
+		before := tc.check()
+		seen := map[string]bool{}
+		for _, v := range vs {
+			restore := v.set()
+			seen[tc.check()] = true
+			restore()
+			if now := tc.check(); now != before {
+				t.Fatalf("--ab %s%s: setting %q after restore, %q before", tc.name, v.label, now, before)
+			}
+		}
+		if len(seen) != tc.n {
+			t.Errorf("--ab %q: its variants set %v", tc.name, seen)
+		}
+	}
+	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams or helping") {
+		t.Errorf("abVariants(nope): %v", err)
+	}
+}
