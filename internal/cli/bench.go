@@ -130,17 +130,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			for rep := range *reps + 1 { // the first repetition is a warm-up
 				for k, v := range variants {
 					restore := v.set()
-					batch := make([]hybrid.Seq, b)
 					start := time.Now()
-					for range *steps {
-						for i := range batch {
-							batch[i] = hybrid.Seq{State: states[i], Tokens: randToks(r, 1, c.VocabSize), Logits: batch[i].Logits}
-						}
-						if err := m.Forward(batch); err != nil {
-							return err
-						}
-					}
+					err := decodeSteps(m, states, r, *steps)
 					restore()
+					if err != nil {
+						return err
+					}
 					if rep > 0 {
 						t := time.Since(start).Seconds() / float64(*steps)
 						times[k] = append(times[k], t)
@@ -409,4 +404,19 @@ func abVariants(name string) ([]abVariant, string, error) {
 		return []abVariant{{", helping", helping(true)}, {", no helping", helping(false)}}, "helping / none", nil
 	}
 	return nil, "", fmt.Errorf("--ab %q: want streams or helping", name)
+}
+
+// decodeSteps feeds every session of states one random token per step,
+// steps times, as one batch.
+func decodeSteps(m *hybrid.Model, states []*hybrid.State, r *rand.Rand, steps int) error {
+	batch := make([]hybrid.Seq, len(states))
+	for range steps {
+		for i := range batch {
+			batch[i] = hybrid.Seq{State: states[i], Tokens: randToks(r, 1, m.Cfg.VocabSize), Logits: batch[i].Logits}
+		}
+		if err := m.Forward(batch); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -75,25 +75,18 @@ func decodeBreakdown(out io.Writer, m *hybrid.Model, states []*hybrid.State, r *
 	bd := newBreakdown()
 	var probes, probes1 []float64
 	var elapsed time.Duration
-	batch := make([]hybrid.Seq, len(states))
 	for rep := range reps + 1 { // the first repetition is a warm-up
 		if rep > 0 {
 			kernels.SetProductObserver(bd.product)
 			hybrid.SetStageObserver(bd.stage)
 		}
 		start := time.Now()
-		for range steps {
-			for i := range batch {
-				batch[i] = hybrid.Seq{State: states[i], Tokens: randToks(r, 1, m.Cfg.VocabSize), Logits: batch[i].Logits}
-			}
-			if err := m.Forward(batch); err != nil {
-				kernels.SetProductObserver(nil)
-				hybrid.SetStageObserver(nil)
-				return err
-			}
-		}
+		err := decodeSteps(m, states, r, steps)
 		kernels.SetProductObserver(nil)
 		hybrid.SetStageObserver(nil)
+		if err != nil {
+			return err
+		}
 		if rep > 0 {
 			elapsed += time.Since(start)
 			probes = append(probes, probe.Measure(th))

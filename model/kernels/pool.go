@@ -312,6 +312,9 @@ func (f *forTask) run(s *scratch) {
 		f.fn(int(i))
 		f.done.Add(1)
 	}
+	if noHelping.Load() {
+		return // as before helping: wait in parallel (the caller) or spin (a worker)
+	}
 	for k := 0; f.done.Load() < f.n; k++ {
 		helpProducts(s)
 		if k%1024 == 1023 {
