@@ -37,8 +37,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	kvDType := kvDTypeFlag(fs)
 	mmap := fs.Bool("mmap", false, mmapUsage)
 	streamsAB := fs.Bool("streams-ab", false, "the same as --ab streams")
-	abName := fs.String("ab", "", "alternate the decode and prefill repetitions between two settings of the kernels and print both and their ratio, to compare them within one process: streams (the two-stream kernels against the one-run ones, kernels.SetProductStreams) or helping (ParallelFor participants helping with each other's products, against not, kernels.SetProductHelping)")
-	breakdownFlag := fs.Bool("breakdown", false, "decode: after each measurement, run the same steps again with the kernels' and the forward pass's observers on and print where a step's time goes (stages, and each matrix product's read rate against the read probe)")
+	abName := fs.String("ab", "", "alternate the decode and prefill repetitions between two settings of the kernels and print both and their ratio, to compare them within one process: streams (the two-stream kernels against the one-run ones, kernels.SetProductStreams), helping (ParallelFor participants helping with each other's products, against not, kernels.SetProductHelping) or rows (row-wise work such as norms, residuals, the conv and the expert sums split across the threads, against on one thread, hybrid.SetRowSplitting)")
+	breakdownFlag := fs.Bool("breakdown", false, "after each decode and prefill measurement, run the same steps again with the kernels' and the forward pass's observers on and print where the time goes (stages, and each matrix product's read rate against the read probe and its GFLOP/s)")
 	lines := fs.Bool("lines", false, "also print one machine-readable line per measurement (\"result engine=switchyard threads=N test=prefill_512|decode_B tokens_per_s=X\")")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -202,6 +202,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				pair[i] = times[1][i] / times[0][i]
 			}
 			fmt.Fprintf(w, "%d\t\t\tprefill %d: %s\t%.3f\t\t\t\t\t\t\n", th, *prompt, abRatio, median(pair))
+		}
+		if *breakdownFlag {
+			if err := prefillBreakdown(&breakdowns, m, toks, th, *reps, probe); err != nil {
+				return err
+			}
 		}
 		w.Flush()
 		for _, l := range results {
@@ -395,6 +400,12 @@ func abVariants(name string) ([]abVariant, string, error) {
 			return func() { kernels.SetProductHelping(prev) }
 		}
 	}
+	rows := func(on bool) func() func() {
+		return func() func() {
+			prev := hybrid.SetRowSplitting(on)
+			return func() { hybrid.SetRowSplitting(prev) }
+		}
+	}
 	switch name {
 	case "":
 		return []abVariant{{set: func() func() { return func() {} }}}, "", nil
@@ -402,8 +413,10 @@ func abVariants(name string) ([]abVariant, string, error) {
 		return []abVariant{{", 2 streams", streams(2)}, {", 1 stream", streams(1)}}, "two streams / one", nil
 	case "helping":
 		return []abVariant{{", helping", helping(true)}, {", no helping", helping(false)}}, "helping / none", nil
+	case "rows":
+		return []abVariant{{", rows split", rows(true)}, {", rows on one thread", rows(false)}}, "rows split / one thread", nil
 	}
-	return nil, "", fmt.Errorf("--ab %q: want streams or helping", name)
+	return nil, "", fmt.Errorf("--ab %q: want streams, helping or rows", name)
 }
 
 // decodeSteps feeds every session of states one random token per step,

@@ -31,7 +31,7 @@ func TestDecodeBreakdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := out.String()
-	for _, want := range []string{"6 observed steps", "mamba mixer", "of which mamba conv and scan", "attention mixer", "moe block", "lm head", "forward pass", "µs/call"} {
+	for _, want := range []string{"6 observed steps", "mamba mixer", "of which mamba conv", "of which mamba scan", "of which mamba gate and norm", "attention mixer", "moe block", "lm head", "forward pass", "µs/call"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("breakdown lacks %q:\n%s", want, text)
 		}
@@ -42,6 +42,52 @@ func TestDecodeBreakdown(t *testing.T) {
 		`\s+1\s+(pool|one thread)\s+1\.0\s`)
 	if !head.MatchString(text) {
 		t.Errorf("no LM-head product row (once per step) in:\n%s", text)
+	}
+	if kernels.SetProductObserver(nil) != nil || hybrid.SetStageObserver(nil) != nil {
+		t.Error("an observer was left set")
+	}
+	if t.Failed() {
+		return
+	}
+	t.Log("\n" + text)
+}
+
+// The same tables for prefills: per prefill, the products of every input
+// row count of a matrix in one entry (prefill's experts get varying rows).
+func TestPrefillBreakdown(t *testing.T) {
+	m, _, err := hybrid.Open(filepath.Join(fixture(t), "hf"), hybrid.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	toks := make([]int, 24)
+	for i := range toks {
+		toks[i] = (7*i + 3) % m.Cfg.VocabSize
+	}
+	var out bytes.Buffer
+	if err := prefillBreakdown(&out, m, toks, 1, 2, kernels.NewReadProbe(64<<20)); err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	for _, want := range []string{"24 tokens, 2 observed prefills", "ms a prefill", "calls/prefill", "of which mamba scan", "lm head", "GFLOP/s"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("breakdown lacks %q:\n%s", want, text)
+		}
+	}
+	// The Mamba in_proj runs once per Mamba layer per prefill, over all 24 rows.
+	mambas := 0
+	var in *hybrid.MambaWeights
+	for _, l := range m.W.Layers {
+		if l.Mamba != nil {
+			mambas++
+			in = l.Mamba
+		}
+	}
+	w := in.InProj
+	row := regexp.MustCompile(`(?m)^\s*` + regexp.QuoteMeta(fmt.Sprintf("%v %v %dx%d", w.DType, w.Layout, w.Rows, w.Cols)) +
+		fmt.Sprintf(`\s+24\s+(pool|one thread)\s+%d\.0\s`, mambas))
+	if !row.MatchString(text) {
+		t.Errorf("no in_proj row (24 input rows, %d calls a prefill) in:\n%s", mambas, text)
 	}
 	if kernels.SetProductObserver(nil) != nil || hybrid.SetStageObserver(nil) != nil {
 		t.Error("an observer was left set")
@@ -67,6 +113,11 @@ func TestABVariants(t *testing.T) {
 			kernels.SetProductHelping(on)
 			return fmt.Sprint(on)
 		}},
+		{"rows", 2, func() string {
+			on := hybrid.SetRowSplitting(true)
+			hybrid.SetRowSplitting(on)
+			return fmt.Sprint(on)
+		}},
 	} {
 		vs, ratio, err := abVariants(tc.name)
 		if err != nil || len(vs) != tc.n || (tc.n == 2) != (ratio != "") {
@@ -86,7 +137,7 @@ func TestABVariants(t *testing.T) {
 			t.Errorf("--ab %q: its variants set %v", tc.name, seen)
 		}
 	}
-	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams or helping") {
+	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping or rows") {
 		t.Errorf("abVariants(nope): %v", err)
 	}
 }

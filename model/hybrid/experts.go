@@ -197,10 +197,14 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 				gatherRows(req, order[counts[e]:counts[e+1]], g)
 				expertFFN(kernels.MatMulSerial, experts[e], m, g, scr.gate[lo*inter:lo*inter+m*in], scr.up[lo*inter:lo*inter+m*in], scr.down[lo*h:hi*h])
 			})
-			for _, e := range active[g0:g1] {
-				lo, hi := counts[e]-base, counts[e+1]-base
-				addPairs(req, order[counts[e]:counts[e+1]], scr.down[lo*h:hi*h])
-			}
+			ts := stageStart()
+			sumPairs(req, pairs, func(c0, c1 int) {
+				for _, e := range active[g0:g1] {
+					lo, hi := counts[e]-base, counts[e+1]-base
+					addPairs(req, order[counts[e]:counts[e+1]], scr.down[lo*h:hi*h], c0, c1)
+				}
+			})
+			stageEnd(StageExpertSums, ts)
 			g0 = g1
 		}
 		return nil
@@ -216,7 +220,9 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 		scr.up = grow(scr.up, m*inter)
 		scr.down = grow(scr.down, m*h)
 		expertFFN(kernels.MatMul, ew, m, scr.gather, scr.gate, scr.up, scr.down)
-		addPairs(req, order[lo:hi], scr.down)
+		ts := stageStart()
+		sumPairs(req, m, func(c0, c1 int) { addPairs(req, order[lo:hi], scr.down, c0, c1) })
+		stageEnd(StageExpertSums, ts)
 	}
 	return nil
 }
@@ -257,32 +263,38 @@ func gatherRows(req *ExpertRequest, slots []int32, g []float32) {
 	}
 }
 
-// addPairs uses one expert's outputs (down, one row per slot): each weighted
-// output goes to req.PairOut, or is added to its row of req.Out.
-func addPairs(req *ExpertRequest, slots []int32, down []float32) {
+// sumPairs runs add (addPairs calls) over the hidden columns, cut into
+// ranges of whole 16-column blocks across the compute threads when the
+// pairs are many (prefill): every value's sum still adds the same terms in
+// the same order.
+func sumPairs(req *ExpertRequest, pairs int, add func(c0, c1 int)) {
+	h := req.Hidden
+	blocks := (h + 15) / 16
+	parallelRows(blocks, 8*pairs, func(_, b0, b1 int) { add(min(16*b0, h), min(16*b1, h)) })
+}
+
+// addPairs uses columns [c0, c1) of one expert's outputs (down, one row per
+// slot): each weighted output goes to req.PairOut, or is added to its row of
+// req.Out. Each product w·y is rounded to float32 on its own (kernels.Scale,
+// in place in down), as the dispatcher's sum of per-pair answers rounds it,
+// and then added (kernels.Add): the same bits as a plain loop of
+// dst[c] += float32(w·y[c]) (TestAddPairsMatchesLoop).
+func addPairs(req *ExpertRequest, slots []int32, down []float32, c0, c1 int) {
 	h := req.Hidden
 	for j, slot := range slots {
-		w := req.Weights[slot]
-		src := down[j*h : (j+1)*h]
+		src := down[j*h+c0 : j*h+c1]
+		kernels.Scale(req.Weights[slot], src)
 		if req.PairOut != nil {
-			dst := req.PairOut[int(slot)*h : int(slot+1)*h]
-			for c := range dst {
-				dst[c] = float32(w * src[c])
-			}
+			copy(req.PairOut[int(slot)*h+c0:int(slot)*h+c1], src)
 			continue
+		}
+		if req.BF16Wire {
+			for c, v := range src {
+				src[c] = tensor.BF16ToF32(tensor.F32ToBF16(v))
+			}
 		}
 		row := int(slot) / req.TopK
-		dst := req.Out[row*h : (row+1)*h]
-		if req.BF16Wire {
-			for c := range dst {
-				dst[c] += tensor.BF16ToF32(tensor.F32ToBF16(float32(w * src[c])))
-			}
-			continue
-		}
-		for c := range dst {
-			// The conversion keeps the product from fusing into the add, as
-			// the dispatcher's sum of per-pair answers cannot.
-			dst[c] += float32(w * src[c])
-		}
+		dst := req.Out[row*h+c0 : row*h+c1]
+		kernels.Add(dst, dst, src)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync/atomic"
 
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/kernels"
@@ -118,6 +119,7 @@ type scratch struct {
 	failWhy      []string // [N] why (set when failed)
 	scores       []float32
 	outRows      []float32
+	toks         []int          // the batch's tokens in row order
 	chunks       []chunkScratch // one per scan worker
 	attn         []attnScratch  // one per attention worker
 	attnTasks    []attnTask
@@ -137,6 +139,42 @@ func parallel(n, estNs int, fn func(i int)) {
 		return
 	}
 	kernels.ParallelFor(n, estNs, fn)
+}
+
+// minRowSplitNs is the least estimated single-thread time of row-wise work
+// (norms, residuals, the conv, the gate, the expert sums) that parallelRows
+// splits across the compute threads: below it a hand-off costs more than
+// it saves (decode's rows).
+var minRowSplitNs = 20_000 // a variable for tests
+
+// parallelRows runs fn over [0, n) cut into contiguous ranges, one per
+// compute thread (part numbers them), when the whole is estimated at
+// nsPerRow·n ns of one thread's time and worth splitting; else fn(0, 0, n)
+// on the caller. Each row's work must not depend on how the rows are cut:
+// then the results are the same bits whatever the threads.
+func parallelRows(n, nsPerRow int, fn func(part, r0, r1 int)) {
+	parts := rowParts(n, nsPerRow)
+	if parts <= 1 {
+		fn(0, 0, n)
+		return
+	}
+	parallel(parts, n*nsPerRow, func(i int) { fn(i, i*n/parts, (i+1)*n/parts) })
+}
+
+var noRowSplits atomic.Bool
+
+// SetRowSplitting turns the splitting of row-wise work across the compute
+// threads (parallelRows) on or off, on by default, and returns the previous
+// setting: for measurements (bench --ab rows); the results are the same
+// bits either way.
+func SetRowSplitting(on bool) (prev bool) { return !noRowSplits.Swap(!on) }
+
+// rowParts is how many ranges parallelRows cuts n rows into.
+func rowParts(n, nsPerRow int) int {
+	if n*nsPerRow < minRowSplitNs || noRowSplits.Load() {
+		return 1
+	}
+	return max(1, min(kernels.Threads(), n))
 }
 
 // Forward advances every sequence of the batch by its tokens, updating the states
@@ -236,23 +274,23 @@ func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt 
 	sc.mix = grow(sc.mix, N*H)
 
 	// Embeddings x multiplier.
-	r := 0
+	sc.toks = sc.toks[:0]
 	for _, s := range batch {
-		for _, t := range s.Tokens {
+		sc.toks = append(sc.toks, s.Tokens...)
+	}
+	parallelRows(N, H, func(_, r0, r1 int) {
+		for r := r0; r < r1; r++ {
 			row := sc.h[r*H : (r+1)*H]
-			kernels.DequantizeMatrixRow(m.W.Embed, t, row)
+			kernels.DequantizeMatrixRow(m.W.Embed, sc.toks[r], row)
 			for j := range row {
 				row[j] *= c.EmbeddingMultiplier
 			}
-			r++
 		}
-	}
+	})
 	mi, ai := 0, 0
 	for li := range m.W.Layers {
 		lw := &m.W.Layers[li]
-		for r := range N {
-			kernels.RMSNorm(sc.u[r*H:(r+1)*H], sc.h[r*H:(r+1)*H], lw.InputNorm, c.RMSNormEps)
-		}
+		rmsNormRows(sc.u, sc.h, lw.InputNorm, c.RMSNormEps, N, H)
 		var err error
 		t0 := stageStart()
 		if lw.Type == config.Mamba {
@@ -267,21 +305,19 @@ func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt 
 		if err != nil {
 			return fmt.Errorf("layer %d: %w", li, err)
 		}
-		axpy(c.ResidualMultiplier, sc.mix[:N*H], sc.h[:N*H])
-		for r := range N {
-			kernels.RMSNorm(sc.u[r*H:(r+1)*H], sc.h[r*H:(r+1)*H], lw.PostNorm, c.RMSNormEps)
-		}
+		axpyRows(c.ResidualMultiplier, sc.mix, sc.h, N, H)
+		rmsNormRows(sc.u, sc.h, lw.PostNorm, c.RMSNormEps, N, H)
 		t0 = stageStart()
 		if err := m.ffn(experts, sc, bt, li, lw, N); err != nil {
 			return fmt.Errorf("layer %d: %w", li, err)
 		}
 		stageEnd(StageMoE, t0)
-		axpy(c.ResidualMultiplier, sc.f[:N*H], sc.h[:N*H])
+		axpyRows(c.ResidualMultiplier, sc.f, sc.h, N, H)
 	}
 	for _, s := range batch {
 		s.State.Pos += len(s.Tokens)
 	}
-	r = 0
+	r := 0
 	for i := range batch {
 		for t := range batch[i].Tokens {
 			if sc.failed[r+t] {
@@ -300,27 +336,45 @@ func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt 
 // zeroes every failed row, so one corrupt sequence cannot reach the others
 // through the router or the experts batched with them.
 func failRows(sc *scratch, x []float32, H, layer int) {
-	for r := range sc.failed {
-		row := x[r*H : (r+1)*H]
-		if !sc.failed[r] {
-			for _, v := range row {
-				if v != v || v > math.MaxFloat32 || v < -math.MaxFloat32 {
-					sc.failed[r] = true
-					sc.failWhy[r] = fmt.Sprintf("non-finite activation entering the feed-forward of layer %d", layer)
-					break
+	parallelRows(len(sc.failed), H/2, func(_, r0, r1 int) {
+		for r := r0; r < r1; r++ {
+			row := x[r*H : (r+1)*H]
+			if !sc.failed[r] {
+				for _, v := range row {
+					if v != v || v > math.MaxFloat32 || v < -math.MaxFloat32 {
+						sc.failed[r] = true
+						sc.failWhy[r] = fmt.Sprintf("non-finite activation entering the feed-forward of layer %d", layer)
+						break
+					}
 				}
 			}
+			if sc.failed[r] {
+				clear(row)
+			}
 		}
-		if sc.failed[r] {
-			clear(row)
-		}
-	}
+	})
 }
 
 func axpy(a float32, x, y []float32) {
 	for i, v := range x {
 		y[i] += a * v
 	}
+}
+
+// axpyRows is axpy over the first n rows of h values of x and y, the rows
+// split across the compute threads.
+func axpyRows(a float32, x, y []float32, n, h int) {
+	parallelRows(n, h/2, func(_, r0, r1 int) { axpy(a, x[r0*h:r1*h], y[r0*h:r1*h]) })
+}
+
+// rmsNormRows writes the RMSNorm of each of the first n rows (h values) of
+// x to dst, the rows split across the compute threads.
+func rmsNormRows(dst, x, w []float32, eps float32, n, h int) {
+	parallelRows(n, h/2, func(_, r0, r1 int) {
+		for r := r0; r < r1; r++ {
+			kernels.RMSNorm(dst[r*h:(r+1)*h], x[r*h:(r+1)*h], w, eps)
+		}
+	})
 }
 
 // head applies the final norm and LM head to the rows that need logits.
@@ -393,24 +447,34 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 		ext := grow(sc.xbc, (K-1+T)*cd)
 		sc.xbc = ext
 		copy(ext, conv)
-		for t := range T {
-			copy(ext[(K-1+t)*cd:(K+t)*cd], sc.proj[(r+t)*ip+din:(r+t)*ip+din+cd])
-		}
+		ts := stageStart()
+		parallelRows(T, cd/4, func(_, t0, t1 int) {
+			for t := t0; t < t1; t++ {
+				copy(ext[(K-1+t)*cd:(K+t)*cd], sc.proj[(r+t)*ip+din:(r+t)*ip+din+cd])
+			}
+		})
 		sc.xbcAct = grow(sc.xbcAct, T*cd)
 		xbc := sc.xbcAct // post-activation x|B|C
-		sc.convTmp = grow(sc.convTmp, cd)
-		ts := stageStart()
-		causalConv(xbc[:T*cd], ext, sc.convTmp, w, K)
+		// Tokens are independent given ext: split them across the threads,
+		// each part with cd values of scratch.
+		sc.convTmp = grow(sc.convTmp, rowParts(T, 2*K*cd)*cd)
+		parallelRows(T, 2*K*cd, func(part, t0, t1 int) {
+			causalConv(xbc[t0*cd:t1*cd], ext[t0*cd:], sc.convTmp[part*cd:(part+1)*cd], w, K)
+		})
 		copy(conv, ext[T*cd:(T+K-1)*cd])
 		// dt = softplus(dt_raw + dt_bias), per token and head.
 		sc.dt = grow(sc.dt, T*nh)
 		dt := sc.dt
-		for t := range T {
-			raw := sc.proj[(r+t)*ip+din+cd : (r+t)*ip+din+cd+nh]
-			for h := range nh {
-				dt[t*nh+h] = kernels.Softplus(raw[h] + w.DtBias[h])
+		parallelRows(T, 20*nh, func(_, t0, t1 int) {
+			for t := t0; t < t1; t++ {
+				raw := sc.proj[(r+t)*ip+din+cd : (r+t)*ip+din+cd+nh]
+				for h := range nh {
+					dt[t*nh+h] = kernels.Softplus(raw[h] + w.DtBias[h])
+				}
 			}
-		}
+		})
+		stageEnd(StageConv, ts)
+		ts = stageStart()
 		y := sc.y[r*din : (r+T)*din]
 		chunked := T >= m.ScanChunkedMin && m.ScanChunkedMin > 0 && T > 1
 		// Heads are independent: split them across the compute threads, at
@@ -433,16 +497,20 @@ func (m *Model) mamba(sc *scratch, batch []Seq, mi int, w *MambaWeights, N int) 
 			}
 		})
 		stageEnd(StageScan, ts)
+		ts = stageStart()
 		// Gate with silu(z), then RMSNorm per group of d_inner/G channels.
 		gs := din / G
-		for t := range T {
-			yt := y[t*din : (t+1)*din]
-			z := sc.proj[(r+t)*ip : (r+t)*ip+din]
-			kernels.SiLUMul(yt, z, yt)
-			for g := range G {
-				kernels.RMSNorm(yt[g*gs:(g+1)*gs], yt[g*gs:(g+1)*gs], w.Norm[g*gs:(g+1)*gs], c.RMSNormEps)
+		parallelRows(T, din, func(_, t0, t1 int) {
+			for t := t0; t < t1; t++ {
+				yt := y[t*din : (t+1)*din]
+				z := sc.proj[(r+t)*ip : (r+t)*ip+din]
+				kernels.SiLUMul(yt, z, yt)
+				for g := range G {
+					kernels.RMSNorm(yt[g*gs:(g+1)*gs], yt[g*gs:(g+1)*gs], w.Norm[g*gs:(g+1)*gs], c.RMSNormEps)
+				}
 			}
-		}
+		})
+		stageEnd(StageGate, ts)
 		r += T
 	}
 	kernels.MatMul(sc.mix, w.OutProj, sc.y[:N*din], N)
@@ -489,9 +557,11 @@ func (m *Model) ffn(experts ExpertBackend, sc *scratch, bt baton, li int, lw *La
 		}
 		sc.exps = sc.exps[:N*k]
 		sc.wts = grow(sc.wts, N*k)
-		for r := range N {
-			topK(sc.router[r*E:(r+1)*E], sc.exps[r*k:(r+1)*k], sc.wts[r*k:(r+1)*k])
-		}
+		parallelRows(N, 4*k*E, func(_, r0, r1 int) {
+			for r := r0; r < r1; r++ {
+				topK(sc.router[r*E:(r+1)*E], sc.exps[r*k:(r+1)*k], sc.wts[r*k:(r+1)*k])
+			}
+		})
 		sc.moeOut = grow(sc.moeOut, N*H)
 		req = ExpertRequest{Layer: li, Rows: N, Hidden: H, TopK: k, X: x, Experts: sc.exps, Weights: sc.wts, Out: sc.moeOut, Failed: sc.failed}
 		pend = experts.Begin(&req)
@@ -503,7 +573,9 @@ func (m *Model) ffn(experts ExpertBackend, sc *scratch, bt baton, li int, lw *La
 	sc.sharedU = grow(sc.sharedU, N*S)
 	kernels.MatMul(sc.sharedG, sh.Gate, x, N)
 	kernels.MatMul(sc.sharedU, sh.Up, x, N)
-	kernels.SiLUMul(sc.sharedG, sc.sharedG, sc.sharedU)
+	parallelRows(N, 2*S, func(_, r0, r1 int) {
+		kernels.SiLUMul(sc.sharedG[r0*S:r1*S], sc.sharedG[r0*S:r1*S], sc.sharedU[r0*S:r1*S])
+	})
 	kernels.MatMul(sc.f, sh.Down, sc.sharedG, N)
 	if pend != nil {
 		bt.release() // let the other micro-batch compute while the experts run
@@ -517,9 +589,9 @@ func (m *Model) ffn(experts ExpertBackend, sc *scratch, bt baton, li int, lw *La
 				sc.failWhy[r] = fmt.Sprintf("its routed experts of layer %d could not be computed", li)
 			}
 		}
-		for i := range sc.f[:N*H] {
-			sc.f[i] += sc.moeOut[i]
-		}
+		parallelRows(N, H/4, func(_, r0, r1 int) {
+			kernels.Add(sc.f[r0*H:r1*H], sc.f[r0*H:r1*H], sc.moeOut[r0*H:r1*H])
+		})
 	}
 	return nil
 }

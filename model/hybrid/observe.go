@@ -9,16 +9,21 @@ import (
 type Stage string
 
 // The stages a StageObserver sees. The mixers and the MoE block include
-// their matrix products; the scan, the attention core and the routed
-// experts are parts of them. Step is a whole Forward call.
+// their matrix products; the conv, the scan, the gate and norm, the
+// attention core and the routed experts are parts of them, and the expert
+// sums (each row's weighted expert outputs added up) part of the routed
+// experts. Step is a whole Forward call.
 const (
 	StageStep          Stage = "step"
 	StageMamba         Stage = "mamba mixer"
-	StageScan          Stage = "mamba conv and scan"
+	StageConv          Stage = "mamba conv"
+	StageScan          Stage = "mamba scan"
+	StageGate          Stage = "mamba gate and norm"
 	StageAttention     Stage = "attention mixer"
 	StageAttentionCore Stage = "attention core"
 	StageMoE           Stage = "moe block"
 	StageExperts       Stage = "routed experts"
+	StageExpertSums    Stage = "expert sums"
 	StageHead          Stage = "lm head"
 )
 

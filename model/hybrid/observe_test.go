@@ -39,10 +39,15 @@ func TestStageObserver(t *testing.T) {
 			attns++
 		}
 	}
-	want := map[Stage]int{StageStep: 1, StageHead: 1, StageMamba: mambas, StageScan: mambas,
+	want := map[Stage]int{StageStep: 1, StageHead: 1, StageMamba: mambas, StageConv: mambas, StageScan: mambas, StageGate: mambas,
 		StageAttention: attns, StageAttentionCore: attns, StageMoE: len(m.W.Layers)}
 	if m.Cfg.IsMoE() {
 		want[StageExperts] = len(m.W.Layers)
+		// One sum per group of experts run in parallel, or per expert.
+		if calls[StageExpertSums] < len(m.W.Layers) {
+			t.Errorf("expert sums reported %d times, want at least %d", calls[StageExpertSums], len(m.W.Layers))
+		}
+		want[StageExpertSums] = calls[StageExpertSums]
 	}
 	if mambas == 0 || attns == 0 {
 		t.Fatalf("the fixture has %d Mamba and %d attention layers: the test needs both", mambas, attns)
