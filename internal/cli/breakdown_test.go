@@ -118,6 +118,11 @@ func TestABVariants(t *testing.T) {
 			hybrid.SetRowSplitting(on)
 			return fmt.Sprint(on)
 		}},
+		{"shared", 2, func() string {
+			on := hybrid.SetSharedBeside(true)
+			hybrid.SetSharedBeside(on)
+			return fmt.Sprint(on)
+		}},
 	} {
 		vs, ratio, err := abVariants(tc.name)
 		if err != nil || len(vs) != tc.n || (tc.n == 2) != (ratio != "") {
@@ -137,7 +142,7 @@ func TestABVariants(t *testing.T) {
 			t.Errorf("--ab %q: its variants set %v", tc.name, seen)
 		}
 	}
-	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping or rows") {
+	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping, rows or shared") {
 		t.Errorf("abVariants(nope): %v", err)
 	}
 }

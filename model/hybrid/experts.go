@@ -39,6 +39,14 @@ type ExpertRequest struct {
 	// weighted output is rounded to bfloat16 before it is added. Out is then
 	// bitwise what a trunk gets from expert nodes.
 	BF16Wire bool
+	// Beside, when set, is work of the caller's (the trunk's shared expert,
+	// run with one-thread products) that an in-process backend may run as
+	// one more task beside the routed experts' parallel tasks, on the same
+	// threads, before Begin returns: then it sets BesideDone, else the
+	// caller runs it itself after Begin. A remote backend leaves it to the
+	// caller, whose threads are free while the expert nodes compute.
+	Beside     func()
+	BesideDone bool
 }
 
 // Pending is an expert computation in flight.
@@ -189,8 +197,18 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 				g1++
 			}
 			base := counts[active[g0]]
-			kernels.ParallelFor(g1-g0, est, func(i int) {
-				e := active[g0+i]
+			// The caller's work beside the experts goes with the first
+			// group, first, as it is the largest task (the shared expert).
+			beside := 0
+			if g0 == 0 && req.Beside != nil {
+				beside = 1
+			}
+			kernels.ParallelFor(g1-g0+beside, est, func(i int) {
+				if i < beside {
+					req.Beside()
+					return
+				}
+				e := active[g0+i-beside]
 				lo, hi := counts[e]-base, counts[e+1]-base
 				m, in := hi-lo, experts[e].Gate.Rows
 				g := scr.gather[lo*h : hi*h]
@@ -205,6 +223,7 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 				}
 			})
 			stageEnd(StageExpertSums, ts)
+			req.BesideDone = req.BesideDone || beside > 0
 			g0 = g1
 		}
 		return nil

@@ -564,19 +564,16 @@ func (m *Model) ffn(experts ExpertBackend, sc *scratch, bt baton, li int, lw *La
 		})
 		sc.moeOut = grow(sc.moeOut, N*H)
 		req = ExpertRequest{Layer: li, Rows: N, Hidden: H, TopK: k, X: x, Experts: sc.exps, Weights: sc.wts, Out: sc.moeOut, Failed: sc.failed}
+		if N <= sharedBesideMaxRows && !noSharedBeside.Load() {
+			req.Beside = func() { m.sharedExpert(sc, lw, x, N, true) }
+		}
 		pend = experts.Begin(&req)
 	}
-	// Shared expert (the whole FFN of dense models), computed while experts run.
-	sh := lw.Shared
-	S := sh.Gate.Rows
-	sc.sharedG = grow(sc.sharedG, N*S)
-	sc.sharedU = grow(sc.sharedU, N*S)
-	kernels.MatMul(sc.sharedG, sh.Gate, x, N)
-	kernels.MatMul(sc.sharedU, sh.Up, x, N)
-	parallelRows(N, 2*S, func(_, r0, r1 int) {
-		kernels.SiLUMul(sc.sharedG[r0*S:r1*S], sc.sharedG[r0*S:r1*S], sc.sharedU[r0*S:r1*S])
-	})
-	kernels.MatMul(sc.f, sh.Down, sc.sharedG, N)
+	// Shared expert (the whole FFN of dense models), computed while experts
+	// run, unless an in-process backend ran it beside them.
+	if !req.BesideDone {
+		m.sharedExpert(sc, lw, x, N, false)
+	}
 	if pend != nil {
 		bt.release() // let the other micro-batch compute while the experts run
 		err := pend.Wait()
@@ -595,6 +592,44 @@ func (m *Model) ffn(experts ExpertBackend, sc *scratch, bt baton, li int, lw *La
 	}
 	return nil
 }
+
+// sharedExpert computes the shared expert (the whole FFN of dense models)
+// of the N rows x into sc.f, its products split across the threads, or
+// (serial) on the caller's alone, as a task beside the routed experts. The results are the same bits either way.
+func (m *Model) sharedExpert(sc *scratch, lw *LayerWeights, x []float32, N int, serial bool) {
+	mm := kernels.MatMul
+	if serial {
+		mm = kernels.MatMulSerial
+	}
+	sh := lw.Shared
+	S := sh.Gate.Rows
+	sc.sharedG = grow(sc.sharedG, N*S)
+	sc.sharedU = grow(sc.sharedU, N*S)
+	mm(sc.sharedG, sh.Gate, x, N)
+	mm(sc.sharedU, sh.Up, x, N)
+	if serial {
+		kernels.SiLUMul(sc.sharedG[:N*S], sc.sharedG[:N*S], sc.sharedU[:N*S])
+	} else {
+		parallelRows(N, 2*S, func(_, r0, r1 int) {
+			kernels.SiLUMul(sc.sharedG[r0*S:r1*S], sc.sharedG[r0*S:r1*S], sc.sharedU[r0*S:r1*S])
+		})
+	}
+	mm(sc.f, sh.Down, sc.sharedG, N)
+}
+
+// sharedBesideMaxRows: steps of at most this many rows offer the shared
+// expert to an in-process backend to run beside the routed experts
+// (ExpertRequest.Beside): at decode sizes a product split across the
+// threads reads its weights more slowly than whole products side by side.
+const sharedBesideMaxRows = 8
+
+var noSharedBeside atomic.Bool
+
+// SetSharedBeside turns on or off (on by default) the shared expert's
+// running beside the routed experts of an in-process backend, and returns
+// the previous setting: for measurements (bench --ab shared); the results
+// are the same bits either way.
+func SetSharedBeside(on bool) (prev bool) { return !noSharedBeside.Swap(!on) }
 
 // topK picks the k largest router logits (ties: lower expert id first) and writes
 // their softmax-normalised weights. k passes of a max search: no allocation on

@@ -116,3 +116,81 @@ func TestForwardRowSplitsSameBits(t *testing.T) {
 		}
 	}
 }
+
+// ComputeExperts runs the caller's Beside task once, with the first group
+// of experts run in parallel, and says so; on one thread it leaves it to
+// the caller.
+func TestComputeExpertsBeside(t *testing.T) {
+	const nExp, h, inter, topK, rows = 8, 64, 32, 3, 2
+	rng := rand.New(rand.NewPCG(7, 8))
+	experts := make([]ExpertWeights, nExp)
+	for e := range experts {
+		experts[e] = ExpertWeights{Gate: randBF16(rng, inter, h), Up: randBF16(rng, inter, h), Down: randBF16(rng, h, inter)}
+	}
+	prev := kernels.Threads()
+	defer kernels.SetThreads(prev)
+	for _, threads := range []int{1, 2} {
+		kernels.SetThreads(threads)
+		req := &ExpertRequest{Rows: rows, Hidden: h, TopK: topK, X: make([]float32, rows*h), Experts: []int32{0, 3, 5, 1, 2, 7},
+			Weights: []float32{0.5, 0.3, 0.2, 0.6, 0.3, 0.1}, Out: make([]float32, rows*h)}
+		ran := 0
+		req.Beside = func() { ran++ }
+		if err := ComputeExperts(experts, req, &ExpertScratch{}); err != nil {
+			t.Fatal(err)
+		}
+		want := 0
+		if threads > 1 {
+			want = 1
+		}
+		if ran != want || req.BesideDone != (want == 1) {
+			t.Errorf("%d threads: Beside ran %d times, BesideDone %v; want %d", threads, ran, req.BesideDone, want)
+		}
+	}
+}
+
+// The shared expert run beside the routed experts (one-thread products)
+// gives the bits of its products split across the threads.
+func TestSharedBesideSameBits(t *testing.T) {
+	m := loadFixture(t)
+	prevThreads := kernels.Threads()
+	defer kernels.SetThreads(prevThreads)
+	defer SetSharedBeside(SetSharedBeside(true))
+	kernels.SetThreads(2)
+	run := func(beside bool) [][]float32 {
+		SetSharedBeside(beside)
+		var out [][]float32
+		states := []*State{m.NewState(), m.NewState(), m.NewState()}
+		for i, st := range states { // prefills of 5 to 7 rows, then decode steps of 3
+			toks := make([]int, 5+i)
+			for j := range toks {
+				toks[j] = (13*j + 7*i + 1) % m.Cfg.VocabSize
+			}
+			seq := []Seq{{State: st, Tokens: toks}}
+			if err := m.Forward(seq); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, append([]float32(nil), seq[0].Logits...))
+		}
+		for step := range 3 {
+			batch := make([]Seq, len(states))
+			for i, st := range states {
+				batch[i] = Seq{State: st, Tokens: []int{(31*step + 5*i + 2) % m.Cfg.VocabSize}}
+			}
+			if err := m.Forward(batch); err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range batch {
+				out = append(out, append([]float32(nil), s.Logits...))
+			}
+		}
+		return out
+	}
+	want, got := run(false), run(true)
+	for i := range want {
+		for j := range want[i] {
+			if math.Float32bits(got[i][j]) != math.Float32bits(want[i][j]) {
+				t.Fatalf("logits %d, value %d: beside %g, split %g", i, j, got[i][j], want[i][j])
+			}
+		}
+	}
+}
