@@ -113,6 +113,11 @@ func TestABVariants(t *testing.T) {
 			kernels.SetProductHelping(on)
 			return fmt.Sprint(on)
 		}},
+		{"lanes", 2, func() string {
+			on := kernels.SetProductLanes(true)
+			kernels.SetProductLanes(on)
+			return fmt.Sprint(on)
+		}},
 		{"rows", 2, func() string {
 			on := hybrid.SetRowSplitting(true)
 			hybrid.SetRowSplitting(on)
@@ -142,7 +147,7 @@ func TestABVariants(t *testing.T) {
 			t.Errorf("--ab %q: its variants set %v", tc.name, seen)
 		}
 	}
-	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping, rows or shared") {
+	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping, lanes, rows or shared") {
 		t.Errorf("abVariants(nope): %v", err)
 	}
 }

@@ -72,7 +72,18 @@ type mmJob struct {
 	// (q8Plan.streams, bf16rows512S2) and, the last one, the rows after
 	// 2·span too.
 	span int
-	next atomic.Int64 // next block to claim
+	// next is the next block to claim (lanes == 0), or the next lane to
+	// hand a participant (lanes > 0).
+	next atomic.Int64
+	// lanes > 0: the blocks are cut into that many lanes of consecutive
+	// blocks, one per participant, each taking its lane's blocks in order
+	// (lane[l] packs the blocks [lo, hi) left: lo<<32 | hi); a participant
+	// whose lane is empty steals the upper half of the fullest lane as its
+	// own. So each participant reads one run of weights after another
+	// rather than every other block: a block begun away from the previous
+	// one restarts the hardware's streams (splitLanes).
+	lanes int
+	lane  [maxLanes]atomic.Uint64
 
 	// block computes rows [r0, r1); [nr0, nr1) is the block this participant
 	// processes next (empty if none), which the kernels may prefetch.
@@ -106,9 +117,117 @@ type streamFn func(w *byte, groups, nblocks int, xq *byte, xstride int, out *flo
 
 func (j *mmJob) run(s *scratch) { j.runBlocks(s) }
 
+// maxLanes bounds mmJob.lanes (more participants share one counter).
+const maxLanes = 16
+
+// splitLanes cuts the job's blocks into n lanes (n <= 1 or > maxLanes:
+// none, one shared counter).
+func (j *mmJob) splitLanes(n int) {
+	j.lanes = 0
+	if n <= 1 || n > maxLanes {
+		return
+	}
+	j.lanes = n
+	for l := range n {
+		j.lane[l].Store(packLane(l*j.nblocks/n, (l+1)*j.nblocks/n))
+	}
+}
+
+func packLane(lo, hi int) uint64       { return uint64(lo)<<32 | uint64(hi) }
+func unpackLane(v uint64) (lo, hi int) { return int(v >> 32), int(uint32(v)) }
+
+// claimLane takes the first block left in lane l, or returns -1.
+func (j *mmJob) claimLane(l int) int {
+	for {
+		v := j.lane[l].Load()
+		lo, hi := unpackLane(v)
+		if lo >= hi {
+			return -1
+		}
+		if j.lane[l].CompareAndSwap(v, packLane(lo+1, hi)) {
+			return lo
+		}
+	}
+}
+
+// stealLane moves the upper half of the fullest lane (at least one block)
+// to lane l, which must be empty, and returns that half's first block,
+// already claimed; l < 0 (a participant without a lane) takes the fullest
+// lane's last block alone. It returns -1 when every lane is empty.
+func (j *mmJob) stealLane(l int) int {
+	for {
+		best, most := -1, 0
+		for k := range j.lanes {
+			lo, hi := unpackLane(j.lane[k].Load())
+			if hi-lo > most {
+				best, most = k, hi-lo
+			}
+		}
+		if best < 0 {
+			return -1
+		}
+		v := j.lane[best].Load()
+		lo, hi := unpackLane(v)
+		if lo >= hi {
+			continue
+		}
+		mid := hi - 1
+		if l >= 0 {
+			mid = lo + (hi-lo)/2
+		}
+		if !j.lane[best].CompareAndSwap(v, packLane(lo, mid)) {
+			continue
+		}
+		if l >= 0 {
+			j.lane[l].Store(packLane(mid+1, hi))
+		}
+		return mid
+	}
+}
+
+// claim takes participant lane l's next block (lanes > 0), stealing when
+// its lane is empty, and returns it with the block it would take next (for
+// the kernels' prefetches; -1 if none), or -1.
+func (j *mmJob) claim(l int) (b, next int) {
+	if l >= j.lanes {
+		l = -1
+	}
+	b = -1
+	if l >= 0 {
+		b = j.claimLane(l)
+	}
+	if b < 0 {
+		b = j.stealLane(l)
+	}
+	next = -1
+	if b >= 0 && l >= 0 {
+		if lo, hi := unpackLane(j.lane[l].Load()); lo < hi {
+			next = lo
+		}
+	}
+	return b, next
+}
+
 // runBlocks claims and computes blocks until none is left and returns how
 // many it computed.
 func (j *mmJob) runBlocks(s *scratch) (blocks int) {
+	rows := j.blockedRows()
+	if j.lanes > 0 {
+		l := int(j.next.Add(1) - 1)
+		for {
+			b, nb := j.claim(l)
+			if b < 0 {
+				return blocks
+			}
+			blocks++
+			r0 := b * j.rb
+			nr0, nr1 := 0, 0
+			if nb >= 0 {
+				nr0, nr1 = nb*j.rb, min(nb*j.rb+j.rb, rows)
+			}
+			j.block(j, s, r0, min(r0+j.rb, rows), nr0, nr1)
+		}
+	}
 	// Claim one block ahead so that the kernels know which to prefetch.
 	b := int(j.next.Add(1) - 1)
 	for b < j.nblocks {
@@ -116,7 +235,6 @@ func (j *mmJob) runBlocks(s *scratch) (blocks int) {
 		nb := int(j.next.Add(1) - 1)
 		r0 := b * j.rb
 		nr0, nr1 := 0, 0
-		rows := j.blockedRows()
 		if nb < j.nblocks {
 			nr0, nr1 = nb*j.rb, min(nb*j.rb+j.rb, rows)
 		}
@@ -125,6 +243,22 @@ func (j *mmJob) runBlocks(s *scratch) (blocks int) {
 	}
 	return blocks
 }
+
+var noLanes atomic.Bool
+
+// laneMaxRows: split products of at most this many input rows, whose
+// weights stream from memory, give each thread a lane of consecutive blocks
+// (mmJob.lanes). bench --ab lanes, two threads, alternated in one process:
+// one-session decode 1.07-1.15 (Q4_K_M), 1.14 (BF16), 1.03-1.07 (Q8_0);
+// eight sessions 1.04; 32 and 128 sessions level, prefill 512 0.99.
+const laneMaxRows = 8
+
+// SetProductLanes turns on or off (on by default) the lanes of consecutive
+// blocks that the threads of a split product take (mmJob.lanes), against
+// one shared counter that hands out blocks in turn, and returns the
+// previous setting: for measurements (bench --ab lanes). The results are
+// the same bits either way.
+func SetProductLanes(on bool) (prev bool) { return !noLanes.Swap(!on) }
 
 // MatMul computes out = x · Wᵀ for n input rows:
 //
@@ -216,6 +350,9 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	if threads == 1 && j.nblocks > 1 && n <= helpMaxRows && forHelping.Load() > 0 && !noHelping.Load() {
 		runHelped(c)
 	} else {
+		if n <= laneMaxRows && !noLanes.Load() {
+			j.splitLanes(min(threads, j.nblocks))
+		}
 		parallel(j, min(threads, j.nblocks), &c.s, est)
 	}
 	*j = mmJob{}
