@@ -123,7 +123,7 @@ func DefaultConfig() Config {
 		Memory:      MemoryConfig{RecurrentBytes: rec, KVBytes: kv, IdleTTL: 30 * time.Minute},
 		Replication: ReplicationConfig{Replicas: 1},
 		KVDType:     hybrid.DefaultKVDType,
-		Sched:       SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024, DecodePrefillTokens: 128},
+		Sched:       SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024, DecodePrefillTokens: 128, PingPongMinRows: DefaultPingPongMinRows},
 		Limits:      Limits{MaxContext: 131072, MaxNewTokens: 8192, MaxPromptText: 4 << 20, MaxStops: 16},
 		Dispatch: DispatchConfig{Timeout: 5 * time.Second, Deadline: 30 * time.Second, MaxMsgBytes: 16 << 20, WireDType: pb.WireDType_WIRE_DTYPE_BF16,
 			Deterministic: true, HedgeFactor: 8, HedgeMin: 200 * time.Millisecond},
@@ -168,7 +168,8 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Sched.MaxRunning, "max-running", c.Sched.MaxRunning, "sessions advanced together per step")
 	fs.IntVar(&c.Sched.MaxTokensPerStep, "max-step-tokens", c.Sched.MaxTokensPerStep, "token budget per step")
 	fs.IntVar(&c.Sched.DecodePrefillTokens, "decode-prefill-tokens", c.Sched.DecodePrefillTokens, "prompt tokens prefilled per step while other sessions decode (bounds a long prompt's effect on their inter-token latency; 0: up to --max-step-tokens)")
-	fs.BoolVar(&c.Sched.PingPong, "ping-pong", c.Sched.PingPong, "overlap expert dispatch with trunk compute by splitting big steps into two micro-batches")
+	fs.BoolVar(&c.Sched.PingPong, "ping-pong", c.Sched.PingPong, "overlap expert dispatch with trunk compute by splitting big steps (--ping-pong-min-rows) into two micro-batches")
+	fs.IntVar(&c.Sched.PingPongMinRows, "ping-pong-min-rows", c.Sched.PingPongMinRows, "with --ping-pong, the fewest rows (decode tokens and prompt tokens) of a step that is split: each micro-batch reads the trunk's weights again, which costs more than the overlap gains while a step is bound by reading them")
 	fs.IntVar(&c.Limits.MaxContext, "max-context", c.Limits.MaxContext, "tokens a session may hold")
 	fs.IntVar(&c.Limits.MaxNewTokens, "max-new-tokens", c.Limits.MaxNewTokens, "upper bound for max_tokens")
 	fs.Float64Var(&c.RatePerSec, "rate-limit", c.RatePerSec, "new public calls per second (0: unlimited)")
@@ -242,6 +243,8 @@ func (c *Config) Validate() error {
 		return errors.New("trunknode: the prefix cache size must be >= 0")
 	case c.SpinWait < 0:
 		return errors.New("trunknode: the spin wait must be >= 0")
+	case c.Sched.PingPongMinRows < 2:
+		return fmt.Errorf("trunknode: --ping-pong-min-rows is %d: a step of fewer than 2 rows cannot be split", c.Sched.PingPongMinRows)
 	}
 	return nil
 }

@@ -273,3 +273,28 @@ func TestSchedulerBoundsPrefillBesideDecode(t *testing.T) {
 		t.Fatalf("alone, the prompt's first step prefilled %v tokens, want all 60", first)
 	}
 }
+
+// Ping-pong splits only steps of two sequences or more and at least
+// PingPongMinRows rows: small steps read the weights twice for nothing.
+func TestPingPongSplitsBigStepsOnly(t *testing.T) {
+	for _, tc := range []struct {
+		on         bool
+		minRows    int
+		seqs, rows int
+		wantSplit  bool
+	}{
+		{true, DefaultPingPongMinRows, 8, 8, false},   // decode of 8 sessions
+		{true, DefaultPingPongMinRows, 64, 64, true},  // decode of 64
+		{true, DefaultPingPongMinRows, 1, 512, false}, // one prompt: sequences stay whole
+		{true, DefaultPingPongMinRows, 2, 512, true},
+		{false, DefaultPingPongMinRows, 32, 32, false},
+		{true, DefaultPingPongMinRows, 16, 16, false},
+		{true, 2, 2, 2, true},
+		{true, 0, 2, 2, true}, // unset: the smallest split
+	} {
+		cfg := SchedConfig{PingPong: tc.on, PingPongMinRows: tc.minRows}
+		if got := cfg.splits(tc.seqs, tc.rows); got != tc.wantSplit {
+			t.Errorf("%+v: splits %v, want %v", tc, got, tc.wantSplit)
+		}
+	}
+}

@@ -119,7 +119,8 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	prompt := fs.Int("prompt", 16, "prompt tokens per session")
 	experts := fs.Int("experts", 2, "expert nodes")
 	reps := fs.Int("reps", 3, "repetitions (median reported)")
-	pingPong := fs.Bool("ping-pong", true, "split big steps into two micro-batches that overlap dispatch and compute")
+	pingPong := fs.Bool("ping-pong", true, "the cluster's trunk splits big steps into two micro-batches that overlap dispatch and compute (the in-process baseline never does: it has no dispatch to overlap)")
+	pingPongMin := fs.Int("ping-pong-min-rows", trunknode.DefaultPingPongMinRows, "the fewest rows of a step that --ping-pong splits")
 	devices := fs.String("expert-device", "cpu", "comma-separated expert-node devices to measure in turn (cpu, cuda:0, fake)")
 	inprocFlag := fs.Bool("inproc", true, "also measure the in-process engine (the ratio column's baseline)")
 	wire := fs.String("wire", "bf16", "activation wire format: bf16 or f32")
@@ -160,7 +161,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	tune := func(c *trunknode.Config) {
 		c.Sched.MaxRunning = maxS
 		c.Sched.MaxTokensPerStep = max(512, maxS*(*prompt))
-		c.Sched.PingPong = *pingPong
+		c.Sched.PingPong, c.Sched.PingPongMinRows = *pingPong, *pingPongMin
 		c.Dispatch.WireDType = wireType
 		c.Dispatch.Deterministic = *det
 		c.Mmap = *mmap
@@ -203,6 +204,10 @@ func startInProcess(ctx context.Context, model string, tune func(*trunknode.Conf
 	lcfg.ModelPath, lcfg.LocalExperts = model, true
 	lcfg.LogLevel = "warn" // the benchmark's own output stays readable
 	tune(&lcfg)
+	// Micro-batches only read the weights twice when the experts are in
+	// process: nothing overlaps. The baseline runs as a trunk with local
+	// experts does by default.
+	lcfg.Sched.PingPong = false
 	local, err := trunknode.New(lcfg)
 	if err != nil {
 		return "", 0, nil, err
