@@ -36,6 +36,10 @@ if [ -z "${BENCH_MODEL:-}" ]; then
   "$BIN" bench --model "$Q4M"
   echo "== one-session decode of the Q4_K_M file: idle threads helping with the routed experts' last products against not (alternated in one process), and where a step's time goes (stages, each product's share of the read probe)"
   "$BIN" bench --model "$Q4M" --batches 1 --prompt 4 --steps 32 --reps 5 --ab helping --breakdown
+  echo "== two threads, the Q4_K_M file: lanes of consecutive blocks against blocks in turn, the shared expert beside the routed ones against split, row-wise work split against on one thread (each pair alternated in one process; decode of 1 and 8 sessions, prefill 512), and where a prefill's time goes"
+  "$BIN" bench --model "$Q4M" --threads 2 --batches 1,8 --prompt 512 --steps 16 --reps 7 --ab lanes
+  "$BIN" bench --model "$Q4M" --threads 2 --batches 1,8 --prompt 512 --steps 16 --reps 7 --ab shared
+  "$BIN" bench --model "$Q4M" --threads 2 --batches 1 --prompt 512 --steps 16 --reps 7 --ab rows --breakdown
 fi
 if [ -z "${BENCH_MODEL:-}" ]; then
   echo "== engine, weights read through the file's map (--mmap) against the runs above (copied into memory, the default): BF16 and Q8_0, one-session decode and prefill 512"
