@@ -595,7 +595,8 @@ func (m *Model) ffn(experts ExpertBackend, sc *scratch, bt baton, li int, lw *La
 
 // sharedExpert computes the shared expert (the whole FFN of dense models)
 // of the N rows x into sc.f, its products split across the threads, or
-// (serial) on the caller's alone, as a task beside the routed experts. The results are the same bits either way.
+// (serial) on the caller's alone, as a task beside the routed experts. The
+// results are the same bits either way.
 func (m *Model) sharedExpert(sc *scratch, lw *LayerWeights, x []float32, N int, serial bool) {
 	mm := kernels.MatMul
 	if serial {
