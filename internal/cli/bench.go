@@ -394,30 +394,18 @@ func abVariants(name string) ([]abVariant, string, error) {
 			return func() { kernels.SetProductStreams(prev) }
 		}
 	}
-	helping := func(on bool) func() func() {
-		return func() func() {
-			prev := kernels.SetProductHelping(on)
-			return func() { kernels.SetProductHelping(prev) }
+	// onOff makes the variants of a switch whose setter returns the
+	// previous setting.
+	onOff := func(set func(bool) bool) func(on bool) func() func() {
+		return func(on bool) func() func() {
+			return func() func() {
+				prev := set(on)
+				return func() { set(prev) }
+			}
 		}
 	}
-	rows := func(on bool) func() func() {
-		return func() func() {
-			prev := hybrid.SetRowSplitting(on)
-			return func() { hybrid.SetRowSplitting(prev) }
-		}
-	}
-	shared := func(on bool) func() func() {
-		return func() func() {
-			prev := hybrid.SetSharedBeside(on)
-			return func() { hybrid.SetSharedBeside(prev) }
-		}
-	}
-	lanes := func(on bool) func() func() {
-		return func() func() {
-			prev := kernels.SetProductLanes(on)
-			return func() { kernels.SetProductLanes(prev) }
-		}
-	}
+	helping, lanes := onOff(kernels.SetProductHelping), onOff(kernels.SetProductLanes)
+	rows, shared := onOff(hybrid.SetRowSplitting), onOff(hybrid.SetSharedBeside)
 	switch name {
 	case "":
 		return []abVariant{{set: func() func() { return func() {} }}}, "", nil

@@ -98,6 +98,16 @@ func TestPrefillBreakdown(t *testing.T) {
 	t.Log("\n" + text)
 }
 
+// switchState reads an on/off switch through its setter, which returns the
+// previous setting, as text.
+func switchState(set func(bool) bool) func() string {
+	return func() string {
+		on := set(true)
+		set(on)
+		return fmt.Sprint(on)
+	}
+}
+
 // bench --ab: each variant sets its kernel setting and restores the
 // previous one; an unknown name is an error that names the choices.
 func TestABVariants(t *testing.T) {
@@ -108,26 +118,10 @@ func TestABVariants(t *testing.T) {
 	}{
 		{"", 1, func() string { return "" }},
 		{"streams", 2, func() string { return fmt.Sprint(kernels.ProductStreams()) }},
-		{"helping", 2, func() string {
-			on := kernels.SetProductHelping(true)
-			kernels.SetProductHelping(on)
-			return fmt.Sprint(on)
-		}},
-		{"lanes", 2, func() string {
-			on := kernels.SetProductLanes(true)
-			kernels.SetProductLanes(on)
-			return fmt.Sprint(on)
-		}},
-		{"rows", 2, func() string {
-			on := hybrid.SetRowSplitting(true)
-			hybrid.SetRowSplitting(on)
-			return fmt.Sprint(on)
-		}},
-		{"shared", 2, func() string {
-			on := hybrid.SetSharedBeside(true)
-			hybrid.SetSharedBeside(on)
-			return fmt.Sprint(on)
-		}},
+		{"helping", 2, switchState(kernels.SetProductHelping)},
+		{"lanes", 2, switchState(kernels.SetProductLanes)},
+		{"rows", 2, switchState(hybrid.SetRowSplitting)},
+		{"shared", 2, switchState(hybrid.SetSharedBeside)},
 	} {
 		vs, ratio, err := abVariants(tc.name)
 		if err != nil || len(vs) != tc.n || (tc.n == 2) != (ratio != "") {
