@@ -16,7 +16,7 @@ import (
 // blocks are stolen); an owner takes its lane's blocks in order.
 func TestLanesClaimEveryBlockOnce(t *testing.T) {
 	for _, tc := range []struct{ nblocks, lanes, participants int }{
-		{1, 2, 2}, {2, 2, 2}, {23, 2, 2}, {23, 2, 1}, {100, 4, 2}, {100, 4, 6}, {7, 3, 3}, {490, 16, 16},
+		{1, 2, 2}, {2, 2, 2}, {23, 2, 2}, {23, 2, 1}, {100, 4, 2}, {100, 4, 6}, {7, 3, 3}, {490, 16, 16}, {256, 64, 64}, {256, 64, 8},
 	} {
 		t.Run(fmt.Sprintf("%d blocks, %d lanes, %d participants", tc.nblocks, tc.lanes, tc.participants), func(t *testing.T) {
 			for rep := range 20 {
@@ -92,7 +92,7 @@ func TestLanesSameBits(t *testing.T) {
 				x := randVec(rng, n*w.Cols)
 				want := make([]float32, n*w.Rows)
 				withThreads(1, func() { MatMul(want, w, x, n) })
-				for _, threads := range []int{2, 3} {
+				for _, threads := range []int{2, 3, 8} {
 					for _, lanes := range []bool{true, false} {
 						prev := SetProductLanes(lanes)
 						got := make([]float32, n*w.Rows)

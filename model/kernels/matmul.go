@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -52,6 +53,7 @@ type callCtx struct {
 	// helpers counts the ParallelFor participants that may be computing
 	// blocks of job (runHelped); outside job, which each call resets.
 	helpers atomic.Int32
+	lanes   []atomic.Uint64 // job.lane's memory, kept across calls
 }
 
 var ctxPool = sync.Pool{New: func() any { return new(callCtx) }}
@@ -83,7 +85,7 @@ type mmJob struct {
 	// rather than every other block: a block begun away from the previous
 	// one restarts the hardware's streams (splitLanes).
 	lanes int
-	lane  [maxLanes]atomic.Uint64
+	lane  []atomic.Uint64 // callCtx.lanes, at least lanes long
 
 	// block computes rows [r0, r1); [nr0, nr1) is the block this participant
 	// processes next (empty if none), which the kernels may prefetch.
@@ -117,15 +119,15 @@ type streamFn func(w *byte, groups, nblocks int, xq *byte, xstride int, out *flo
 
 func (j *mmJob) run(s *scratch) { j.runBlocks(s) }
 
-// maxLanes bounds mmJob.lanes (more participants share one counter).
-const maxLanes = 16
-
-// splitLanes cuts the job's blocks into n lanes (n <= 1 or > maxLanes:
-// none, one shared counter).
+// splitLanes cuts the job's blocks into n lanes (n <= 1: none, one shared
+// counter), in j.lane if it is long enough.
 func (j *mmJob) splitLanes(n int) {
 	j.lanes = 0
-	if n <= 1 || n > maxLanes {
+	if n <= 1 {
 		return
+	}
+	if len(j.lane) < n {
+		j.lane = make([]atomic.Uint64, n)
 	}
 	j.lanes = n
 	for l := range n {
@@ -351,7 +353,12 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 		runHelped(c)
 	} else {
 		if n <= laneMaxRows && !noLanes.Load() {
-			j.splitLanes(min(threads, j.nblocks))
+			l := min(threads, j.nblocks, runtime.GOMAXPROCS(0)) // parallel's participants at most
+			if len(c.lanes) < l {
+				c.lanes = make([]atomic.Uint64, l)
+			}
+			j.lane = c.lanes
+			j.splitLanes(l)
 		}
 		parallel(j, min(threads, j.nblocks), &c.s, est)
 	}
