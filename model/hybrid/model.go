@@ -622,7 +622,9 @@ func (m *Model) sharedExpert(sc *scratch, lw *LayerWeights, x []float32, N int, 
 // expert to an in-process backend to run beside the routed experts
 // (ExpertRequest.Beside): at decode sizes a product split across the
 // threads reads its weights more slowly than whole products side by side.
-const sharedBesideMaxRows = 8
+// bench --ab shared, Q4_K_M, two threads: 1.03-1.06 at one session,
+// 1.03-1.04 at 8 and 1.04-1.05 at 16; level at 32 (0.99, 1.01).
+const sharedBesideMaxRows = 16
 
 var noSharedBeside atomic.Bool
 
