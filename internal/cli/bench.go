@@ -37,7 +37,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	kvDType := kvDTypeFlag(fs)
 	mmap := fs.Bool("mmap", false, mmapUsage)
 	streamsAB := fs.Bool("streams-ab", false, "the same as --ab streams")
-	abName := fs.String("ab", "", "alternate the decode and prefill repetitions between two settings of the kernels and print both and their ratio, to compare them within one process: streams (the two-stream kernels against the one-run ones, kernels.SetProductStreams), helping (ParallelFor participants helping with each other's products, against not, kernels.SetProductHelping), lanes (each thread of a split product taking consecutive blocks, against blocks handed out in turn, kernels.SetProductLanes), rows (row-wise work such as norms, residuals, the conv and the expert sums split across the threads, against on one thread, hybrid.SetRowSplitting) or shared (at decode, the shared expert run beside the routed experts, against its products split across the threads, hybrid.SetSharedBeside)")
+	abName := fs.String("ab", "", "alternate the decode and prefill repetitions between two settings of the engine and print both and their ratio, to compare them within one process: streams (the two-stream kernels against the one-run ones, kernels.SetProductStreams), helping (ParallelFor participants helping with each other's products, against not, kernels.SetProductHelping), lanes (each thread of a split product taking consecutive blocks, against blocks handed out in turn, kernels.SetProductLanes), rows (row-wise work such as norms, residuals, the conv and the expert sums split across the threads, against on one thread, hybrid.SetRowSplitting) or shared (at decode, the shared expert run beside the routed experts, against its products split across the threads, hybrid.SetSharedBeside)")
 	breakdownFlag := fs.Bool("breakdown", false, "after each decode and prefill measurement, run the same steps again with the kernels' and the forward pass's observers on and print where the time goes (stages, and each matrix product's read rate against the read probe and its GFLOP/s)")
 	lines := fs.Bool("lines", false, "also print one machine-readable line per measurement (\"result engine=switchyard threads=N test=prefill_512|decode_B tokens_per_s=X\")")
 	if err := parse(fs, args); err != nil {
@@ -160,11 +160,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				}
 			}
 			if len(variants) == 2 {
-				pair := make([]float64, len(times[0]))
-				for i := range pair {
-					pair[i] = times[1][i] / times[0][i]
-				}
-				fmt.Fprintf(w, "%d\t\t\tdecode batch %d: %s\t%.3f\t\t\t\t\t\t\n", th, b, abRatio, median(pair))
+				fmt.Fprintf(w, "%d\t\t\tdecode batch %d: %s\t%.3f\t\t\t\t\t\t\n", th, b, abRatio, pairRatio(times))
 			}
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -197,11 +193,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		}
 		if len(variants) == 2 {
-			pair := make([]float64, len(times[0]))
-			for i := range pair {
-				pair[i] = times[1][i] / times[0][i]
-			}
-			fmt.Fprintf(w, "%d\t\t\tprefill %d: %s\t%.3f\t\t\t\t\t\t\n", th, *prompt, abRatio, median(pair))
+			fmt.Fprintf(w, "%d\t\t\tprefill %d: %s\t%.3f\t\t\t\t\t\t\n", th, *prompt, abRatio, pairRatio(times))
 		}
 		if *breakdownFlag {
 			if err := prefillBreakdown(&breakdowns, m, toks, th, *reps, probe); err != nil {
@@ -376,6 +368,16 @@ func human(n int64) string {
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	}
 	return fmt.Sprintf("%d KiB", n>>10)
+}
+
+// pairRatio is the median over the repetitions of the second variant's
+// time over the first's: the first's speed over the second's.
+func pairRatio(times [][]float64) float64 {
+	pair := make([]float64, len(times[0]))
+	for i := range pair {
+		pair[i] = times[1][i] / times[0][i]
+	}
+	return median(pair)
 }
 
 // abVariant is one kernel setting that bench's decode repetitions take in

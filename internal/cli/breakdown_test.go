@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"path/filepath"
 	"regexp"
@@ -143,5 +144,22 @@ func TestABVariants(t *testing.T) {
 	}
 	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping, lanes, rows or shared") {
 		t.Errorf("abVariants(nope): %v", err)
+	}
+}
+
+// --ab's ratio is the median of the repetitions' time ratios, second over
+// first: above 1 when the first variant is faster.
+func TestPairRatio(t *testing.T) {
+	for _, tc := range []struct {
+		times [][]float64
+		want  float64
+	}{
+		{[][]float64{{1, 2, 4}, {2, 2, 2}}, 1},
+		{[][]float64{{1, 1, 1}, {1.1, 1.2, 1.05}}, 1.1},
+		{[][]float64{{2}, {1}}, 0.5},
+	} {
+		if got := pairRatio(tc.times); math.Abs(got-tc.want) > 1e-12 {
+			t.Errorf("pairRatio(%v) = %v, want %v", tc.times, got, tc.want)
+		}
 	}
 }

@@ -213,37 +213,33 @@ func (j *mmJob) claim(l int) (b, next int) {
 // runBlocks claims and computes blocks until none is left and returns how
 // many it computed.
 func (j *mmJob) runBlocks(s *scratch) (blocks int) {
-	rows := j.blockedRows()
 	if j.lanes > 0 {
 		l := int(j.next.Add(1) - 1)
-		for {
-			b, nb := j.claim(l)
-			if b < 0 {
-				return blocks
-			}
+		for b, nb := j.claim(l); b >= 0; b, nb = j.claim(l) {
+			j.runBlock(s, b, nb)
 			blocks++
-			r0 := b * j.rb
-			nr0, nr1 := 0, 0
-			if nb >= 0 {
-				nr0, nr1 = nb*j.rb, min(nb*j.rb+j.rb, rows)
-			}
-			j.block(j, s, r0, min(r0+j.rb, rows), nr0, nr1)
 		}
+		return blocks
 	}
 	// Claim one block ahead so that the kernels know which to prefetch.
-	b := int(j.next.Add(1) - 1)
-	for b < j.nblocks {
-		blocks++
+	for b := int(j.next.Add(1) - 1); b < j.nblocks; blocks++ {
 		nb := int(j.next.Add(1) - 1)
-		r0 := b * j.rb
-		nr0, nr1 := 0, 0
-		if nb < j.nblocks {
-			nr0, nr1 = nb*j.rb, min(nb*j.rb+j.rb, rows)
-		}
-		j.block(j, s, r0, min(r0+j.rb, rows), nr0, nr1)
+		j.runBlock(s, b, nb)
 		b = nb
 	}
 	return blocks
+}
+
+// runBlock computes block b, telling the kernel that block nb comes next
+// (none when nb is out of range).
+func (j *mmJob) runBlock(s *scratch, b, nb int) {
+	rows := j.blockedRows()
+	nr0, nr1 := 0, 0
+	if nb >= 0 && nb < j.nblocks {
+		nr0, nr1 = nb*j.rb, min(nb*j.rb+j.rb, rows)
+	}
+	r0 := b * j.rb
+	j.block(j, s, r0, min(r0+j.rb, rows), nr0, nr1)
 }
 
 var noLanes atomic.Bool
@@ -353,12 +349,9 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 		runHelped(c)
 	} else {
 		if n <= laneMaxRows && !noLanes.Load() {
-			l := min(threads, j.nblocks, runtime.GOMAXPROCS(0)) // parallel's participants at most
-			if len(c.lanes) < l {
-				c.lanes = make([]atomic.Uint64, l)
-			}
-			j.lane = c.lanes
-			j.splitLanes(l)
+			j.lane = c.lanes                                             // grown by splitLanes, kept for the next call
+			j.splitLanes(min(threads, j.nblocks, runtime.GOMAXPROCS(0))) // parallel's participants at most
+			c.lanes = j.lane
 		}
 		parallel(j, min(threads, j.nblocks), &c.s, est)
 	}
