@@ -8,8 +8,10 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
+	"unsafe"
 
 	"github.com/switchyard-serving/switchyard/model/config"
+	"github.com/switchyard-serving/switchyard/model/internal/fileio"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
@@ -61,10 +63,13 @@ func NewState(c *config.Config) *State { return NewStateKV(c, tensor.F32) }
 // caches hold values of type kv (F32 or BF16; see CheckKVDType).
 func NewStateKV(c *config.Config, kv tensor.DType) *State {
 	s := &State{own: &kvOwner{}}
+	convLen, ssmLen := (c.MambaDConv-1)*c.ConvDim(), c.MambaHeads*c.MambaHeadDim*c.MambaDState
+	rec := newRecurrent(c.NumLayers(config.Mamba) * (convLen + ssmLen))
 	for _, t := range c.LayerTypes {
 		if t == config.Mamba {
-			s.Conv = append(s.Conv, make([]float32, (c.MambaDConv-1)*c.ConvDim()))
-			s.SSM = append(s.SSM, make([]float32, c.MambaHeads*c.MambaHeadDim*c.MambaDState))
+			s.Conv = append(s.Conv, rec[:convLen:convLen])
+			s.SSM = append(s.SSM, rec[convLen:convLen+ssmLen:convLen+ssmLen])
+			rec = rec[convLen+ssmLen:]
 		} else {
 			kc := newKVCacheOf(c.KVHeads, c.HeadDim(), kv)
 			kc.own = s.own
@@ -72,6 +77,21 @@ func NewStateKV(c *config.Config, kv tensor.DType) *State {
 		}
 	}
 	return s
+}
+
+// newRecurrent returns n zeroed float32s for the recurrent parts of one
+// state (every Mamba layer's conv and SSM state, sliced with their capacity
+// capped), in one buffer whose whole 2 MiB pages are advised as huge pages:
+// a new session's first prefill writes all of it, and on a virtual machine
+// faulting fresh memory in 4 KiB pages took longer than the layers' scans
+// (fileio.AdviseHugePages; TestRecurrentOneBuffer).
+func newRecurrent(n int) []float32 {
+	if n == 0 {
+		return nil
+	}
+	rec := make([]float32, n)
+	fileio.AdviseHugePages(unsafe.Slice((*byte)(unsafe.Pointer(&rec[0])), 4*n))
+	return rec
 }
 
 // owner returns the state's page accounting, creating it for a state built
@@ -228,10 +248,17 @@ func (s *State) Bytes() int64 { return s.RecurrentBytes() + s.KVBytes() }
 // recurrent state and no KV memory until one of the two appends. The clone is
 // attached to the same PageAccount as s.
 func (s *State) Clone() *State {
+	n := 0
+	for i := range s.Conv {
+		n += len(s.Conv[i]) + len(s.SSM[i])
+	}
+	rec := newRecurrent(n)
 	cp := func(src [][]float32) [][]float32 {
 		out := make([][]float32, len(src))
 		for i, v := range src {
-			out[i] = append([]float32(nil), v...)
+			out[i] = rec[:len(v):len(v)]
+			copy(out[i], v)
+			rec = rec[len(v):]
 		}
 		return out
 	}

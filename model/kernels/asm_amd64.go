@@ -1163,6 +1163,16 @@ func iq4xsx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out
 //go:noescape
 func iq4xsx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// iq4xsx16AVX2N3 multiplies a 16-row group of repacked IQ4_XS weights with 3 quantized input rows on AVX2 (see genIQ4XSx16AVX2).
+//
+//go:noescape
+func iq4xsx16AVX2N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// iq4xsx16AVX2N4 multiplies a 16-row group of repacked IQ4_XS weights with 4 quantized input rows on AVX2 (see genIQ4XSx16AVX2).
+//
+//go:noescape
+func iq4xsx16AVX2N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // siluMul512 sets dst[i] = gate[i]/(1+exp(-gate[i]))·u[i] for i < n (a multiple of 16; u may be nil).
 //
 //go:noescape

@@ -310,7 +310,7 @@ var (
 	q51x16AVX2Fns   = [...]packedFn{1: q51x16AVX2N1, 2: q51x16AVX2N2}
 	q3kx16AVX2Fns   = [...]packedFn{1: q3kx16AVX2N1, 2: q3kx16AVX2N2}
 	q2kx16AVX2Fns   = [...]packedFn{1: q2kx16AVX2N1, 2: q2kx16AVX2N2}
-	iq4xsx16AVX2Fns = [...]packedFn{1: iq4xsx16AVX2N1, 2: iq4xsx16AVX2N2}
+	iq4xsx16AVX2Fns = [...]packedFn{1: iq4xsx16AVX2N1, 2: iq4xsx16AVX2N2, 3: iq4xsx16AVX2N3, 4: iq4xsx16AVX2N4}
 )
 
 // packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level

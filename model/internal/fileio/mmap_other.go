@@ -22,3 +22,6 @@ func Unmap([]byte) error { return nil }
 func allocAnon(size int) ([]byte, error) { return make([]byte, size), nil }
 
 func freeAnon([]byte) error { return nil }
+
+// AdviseHugePages does nothing where there is no madvise.
+func AdviseHugePages([]byte) {}

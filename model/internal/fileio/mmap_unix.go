@@ -73,3 +73,24 @@ func freeAnon(b []byte) error {
 	}
 	return unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(b)), uintptr(len(b)))
 }
+
+// AdviseHugePages advises transparent huge pages for the whole 2 MiB pages
+// inside b (best effort, as allocAnon): for Go-heap buffers that are
+// written soon after they are made, such as a session's recurrent state.
+// Memory the runtime took fresh from the system is then faulted in 2 MiB
+// at a time on the first write instead of 4 KiB (on this project's 2-core
+// VM a first write cost about 11 µs per 4 KiB page: 32 ms for 11 MiB,
+// against 0.6 ms in huge pages). Memory already faulted in is left as it
+// is.
+func AdviseHugePages(b []byte) {
+	if len(b) < hugePage {
+		return
+	}
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	head := int((hugePage - p%hugePage) % hugePage)
+	n := (len(b) - head) / hugePage * hugePage
+	if n <= 0 {
+		return
+	}
+	_ = unix.Madvise(b[head:head+n], unix.MADV_HUGEPAGE)
+}

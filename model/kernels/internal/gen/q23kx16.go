@@ -602,9 +602,19 @@ func genQ23Kx16AVX2(d dtype, n int) {
 // sum I. No codebook offset, so nothing is taken off: I is the exact
 // integer of every other IQ4_XS kernel, and acc += float(I)·(d·d_x) is
 // their float32 step (q6BlockScalar).
+//
+// The codebook values (nibbles, VPSHUFB, VPABSB) are built once per word
+// for every input row of the call, so prefill's products take up to four
+// rows per pass. From three rows the float32 sums live in the stack frame
+// (added there once per half block) rather than in registers, which AVX2's
+// sixteen could not hold beside the rows' int32 sums.
 
 // iq4xsx16AVX2MaxN is the most input rows per call.
-const iq4xsx16AVX2MaxN = 2
+const iq4xsx16AVX2MaxN = 4
+
+// iq4xsx16AVX2RegAcc is the most input rows whose float32 sums stay in
+// registers (genIQ4XSx16AVX2).
+const iq4xsx16AVX2RegAcc = 2
 
 var (
 	cD0FY Mem // 8 dwords 0x0F
@@ -626,7 +636,25 @@ func genIQ4XSx16AVX2(n int) {
 	c0F, tab := YMM(), YMM()
 	VPBROADCASTD(cB0F, c0F)
 	VMOVDQU(cIQ4Y, tab)
-	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 3*iq4xsx16Block, (iq4xsx16Block+63)/64, true) // acc[2i+h]: input row i, weight rows 8h..8h+7
+	prefetch, lines := 3*iq4xsx16Block, (iq4xsx16Block+63)/64
+	var (
+		cnt, xq GPVirtual
+		xm      func(i, disp int) Mem
+		acc     []VecVirtual // acc[2i+h]: input row i, weight rows 8h..8h+7
+		frame   Mem          // from three rows: the sums in the stack frame, acc[2i+h] at 32(2i+h)
+	)
+	if n <= iq4xsx16AVX2RegAcc {
+		cnt, xq, xm, acc = packedLoopHead(name, n, idx, wp, prefetch, lines, true)
+	} else {
+		frame = AllocLocal(64 * n)
+		cnt, xq, xm = packedGroupHead(name, idx)
+		zero := YMM()
+		VXORPS(zero, zero, zero)
+		for k := 0; k < 2*n; k++ {
+			VMOVUPS(zero, frame.Offset(32*k))
+		}
+		packedBlockHead(name, wp, prefetch, lines)
+	}
 	for h := 0; h < 2; h++ {
 		word := func(j int) Mem { return Mem{Base: wp, Disp: 64 + 64*j + 32*h} }
 		sh := YMM() // scales_h, a word per lane
@@ -668,9 +696,23 @@ func genIQ4XSx16AVX2(n int) {
 		dw := YMM()
 		VCVTPH2PS(Mem{Base: wp, Disp: 16 * h}, dw)
 		for i := 0; i < n; i++ {
-			scaleStep256(VADDPS, xm(i, q8xD), dw, isum[i], acc[2*i+h])
+			if acc != nil {
+				scaleStep256(VADDPS, xm(i, q8xD), dw, isum[i], acc[2*i+h])
+				continue
+			}
+			f := YMM()
+			VMOVUPS(frame.Offset(32*(2*i+h)), f)
+			scaleStep256(VADDPS, xm(i, q8xD), dw, isum[i], f)
+			VMOVUPS(f, frame.Offset(32*(2*i+h)))
 		}
 	}
 	packedNextBlock(name, iq4xsx16Block, wp, xq, cnt)
+	if acc == nil {
+		acc = make([]VecVirtual, 2*n)
+		for k := range acc {
+			acc[k] = YMM()
+			VMOVUPS(frame.Offset(32*k), acc[k])
+		}
+	}
 	packedEnd(name, acc)
 }

@@ -383,10 +383,7 @@ func packedZeroAcc(n int) []VecVirtual {
 // kernel spreads them through its block with prefetchPart). xm addresses
 // input row i's bytes at disp.
 func packedLoopHead(name string, n int, idx []GPVirtual, wp GPVirtual, prefetch, lines int, ymm bool) (cnt, xq GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual) {
-	Label(name + "_grp")
-	cnt = ld("nblocks")
-	xq = ld("xq")
-	xm = func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
+	cnt, xq, xm = packedGroupHead(name, idx)
 	if ymm {
 		acc = make([]VecVirtual, 2*n)
 		for i := range acc {
@@ -396,11 +393,27 @@ func packedLoopHead(name string, n int, idx []GPVirtual, wp GPVirtual, prefetch,
 	} else {
 		acc = packedZeroAcc(n)
 	}
+	packedBlockHead(name, wp, prefetch, lines)
+	return cnt, xq, xm, acc
+}
+
+// packedGroupHead emits the group label and loads the block count and the
+// input pointer (packedLoopHead's first part).
+func packedGroupHead(name string, idx []GPVirtual) (cnt, xq GPVirtual, xm func(i, disp int) Mem) {
+	Label(name + "_grp")
+	cnt = ld("nblocks")
+	xq = ld("xq")
+	xm = func(i, disp int) Mem { return packedXMem(idx, xq, i, disp) }
+	return cnt, xq, xm
+}
+
+// packedBlockHead emits the block label and the block's prefetches
+// (packedLoopHead's last part).
+func packedBlockHead(name string, wp GPVirtual, prefetch, lines int) {
 	Label(name + "_blk")
 	for l := 0; l < lines; l++ {
 		PREFETCHT0(Mem{Base: wp, Disp: prefetch + 64*l})
 	}
-	return cnt, xq, xm, acc
 }
 
 // prefetchPart emits part k of parts of the prefetches of the lines lines
