@@ -99,7 +99,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			results = append(results, fmt.Sprintf("result engine=switchyard threads=%d test=%s tokens_per_s=%.3f\n", th, test, tps))
 		}
 	}
-	fmt.Fprintln(w, "threads\tmem BW GB/s\tFMA peak GFLOP/s\tcase\ttokens/s\tweights GB/s\tread beside GB/s\tof BW\tGFLOP/s\tof peak\t")
+	fmt.Fprintln(w, "threads\tmem BW GB/s\tFMA peak GFLOP/s\tcase\ttokens/s\tweights GB/s\tread beside GB/s\tof BW\twith state\tGFLOP/s\tof peak\t")
 	// Decode's share of the bandwidth: each repetition's weight bytes per
 	// second against a read probe run right after it (median of the
 	// repetitions' ratios), since this machine's bandwidth may move between
@@ -126,7 +126,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			// The repetitions take the variants in turn (one without --ab).
 			times, beside, ratios := make([][]float64, len(variants)), make([][]float64, len(variants)), make([][]float64, len(variants))
+			withState := make([][]float64, len(variants))
 			bytesPerStep := float64(stepBytes(m, b))
+			// The sessions' own traffic too: each step reads and writes
+			// every recurrent state and reads the KV caches (at the
+			// measurement's middle position).
+			allPerStep := bytesPerStep + float64(sessionStepBytes(m, states, *steps))
 			for rep := range *reps + 1 { // the first repetition is a warm-up
 				for k, v := range variants {
 					restore := v.set()
@@ -142,14 +147,15 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 						pb := probe.Measure(th)
 						beside[k] = append(beside[k], pb)
 						ratios[k] = append(ratios[k], bytesPerStep/t/pb)
+						withState[k] = append(withState[k], allPerStep/t/pb)
 					}
 				}
 			}
 			for k, v := range variants {
 				sec := median(times[k])
 				label := fmt.Sprintf("decode batch %d%s", b, v.label)
-				fmt.Fprintf(w, "%d\t%.1f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.2f\t\t\t\n", th, bw/1e9, peak/1e9, label,
-					float64(b)/sec, bytesPerStep/sec/1e9, median(beside[k])/1e9, median(ratios[k]))
+				fmt.Fprintf(w, "%d\t%.1f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.2f\t%.2f\t\t\t\n", th, bw/1e9, peak/1e9, label,
+					float64(b)/sec, bytesPerStep/sec/1e9, median(beside[k])/1e9, median(ratios[k]), median(withState[k]))
 				if k == 0 {
 					result(th, fmt.Sprintf("decode_%d", b), float64(b)/sec)
 				}
@@ -160,7 +166,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				}
 			}
 			if len(variants) == 2 {
-				fmt.Fprintf(w, "%d\t\t\tdecode batch %d: %s\t%.3f\t\t\t\t\t\t\n", th, b, abRatio, pairRatio(times))
+				fmt.Fprintf(w, "%d\t\t\tdecode batch %d: %s\t%.3f\t\t\t\t\t\t\t\n", th, b, abRatio, pairRatio(times))
 			}
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -186,14 +192,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fl := prefillFLOPs(m, *prompt)
 		for k, v := range variants {
 			sec := median(times[k])
-			fmt.Fprintf(w, "%d\t%.1f\t%.0f\tprefill %d%s\t%.1f\t\t\t\t%.1f\t%.2f\t\n", th, bw/1e9, peak/1e9, *prompt, v.label,
+			fmt.Fprintf(w, "%d\t%.1f\t%.0f\tprefill %d%s\t%.1f\t\t\t\t\t%.1f\t%.2f\t\n", th, bw/1e9, peak/1e9, *prompt, v.label,
 				float64(*prompt)/sec, fl/sec/1e9, fl/sec/peak)
 			if k == 0 {
 				result(th, fmt.Sprintf("prefill_%d", *prompt), float64(*prompt)/sec)
 			}
 		}
 		if len(variants) == 2 {
-			fmt.Fprintf(w, "%d\t\t\tprefill %d: %s\t%.3f\t\t\t\t\t\t\n", th, *prompt, abRatio, pairRatio(times))
+			fmt.Fprintf(w, "%d\t\t\tprefill %d: %s\t%.3f\t\t\t\t\t\t\t\n", th, *prompt, abRatio, pairRatio(times))
 		}
 		if *breakdownFlag {
 			if err := prefillBreakdown(&breakdowns, m, toks, th, *reps, probe); err != nil {
@@ -289,6 +295,19 @@ func stepBytes(m *hybrid.Model, b int) int64 {
 			distinct := float64(c.Experts) * (1 - pow(1-p, b))
 			n += int64(distinct * float64(l.Experts[0].Bytes()))
 		}
+	}
+	return n
+}
+
+// sessionStepBytes is the memory one decode step of states moves besides
+// the weights: every Mamba layer's conv and SSM state read and written
+// once, and every attention layer's K and V read over the tokens cached
+// at the middle of a steps-step measurement (and one token written).
+func sessionStepBytes(m *hybrid.Model, states []*hybrid.State, steps int) int64 {
+	perTok := hybrid.KVBytesPerToken(m.Cfg, m.KVDType)
+	var n int64
+	for _, st := range states {
+		n += 2*st.RecurrentBytes() + int64(st.Pos+steps/2+1)*perTok
 	}
 	return n
 }

@@ -163,3 +163,36 @@ func TestPairRatio(t *testing.T) {
 		}
 	}
 }
+
+// sessionStepBytes counts each state's recurrent parts twice (read and
+// written) and its KV caches over the tokens at the measurement's middle,
+// plus the token written.
+func TestSessionStepBytes(t *testing.T) {
+	m, _, err := hybrid.Open(filepath.Join(fixture(t), "hf"), hybrid.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	a, b := m.NewState(), m.NewState()
+	if err := m.Forward([]hybrid.Seq{{State: b, Tokens: []int{1, 2, 3, 4}}}); err != nil {
+		t.Fatal(err)
+	}
+	rec, kv := a.RecurrentBytes(), hybrid.KVBytesPerToken(m.Cfg, m.KVDType)
+	if rec == 0 || kv == 0 {
+		t.Fatalf("fixture: recurrent %d, KV per token %d", rec, kv)
+	}
+	for _, c := range []struct {
+		states []*hybrid.State
+		steps  int
+		want   int64
+	}{
+		{nil, 8, 0},
+		{[]*hybrid.State{a}, 1, 2*rec + kv},
+		{[]*hybrid.State{a}, 8, 2*rec + 5*kv},
+		{[]*hybrid.State{a, b}, 8, 4*rec + 5*kv + 9*kv},
+	} {
+		if got := sessionStepBytes(m, c.states, c.steps); got != c.want {
+			t.Errorf("%d states, %d steps: %d bytes, want %d", len(c.states), c.steps, got, c.want)
+		}
+	}
+}
