@@ -295,13 +295,20 @@ func sumPairs(req *ExpertRequest, pairs int, add func(c0, c1 int)) {
 // addPairs uses columns [c0, c1) of one expert's outputs (down, one row per
 // slot): each weighted output goes to req.PairOut, or is added to its row of
 // req.Out. Each product w·y is rounded to float32 on its own (kernels.Scale,
-// in place in down), as the dispatcher's sum of per-pair answers rounds it,
-// and then added (kernels.Add): the same bits as a plain loop of
-// dst[c] += float32(w·y[c]) (TestAddPairsMatchesLoop).
+// in place in down, or in kernels.AddScaled's registers), as the
+// dispatcher's sum of per-pair answers rounds it, and then added: the same
+// bits as a plain loop of dst[c] += float32(w·y[c])
+// (TestAddPairsMatchesLoop).
 func addPairs(req *ExpertRequest, slots []int32, down []float32, c0, c1 int) {
 	h := req.Hidden
 	for j, slot := range slots {
 		src := down[j*h+c0 : j*h+c1]
+		if req.PairOut == nil && !req.BF16Wire {
+			// Scale then Add in one pass, src not written back.
+			row := int(slot) / req.TopK
+			kernels.AddScaled(req.Out[row*h+c0:row*h+c1], src, req.Weights[slot])
+			continue
+		}
 		kernels.Scale(req.Weights[slot], src)
 		if req.PairOut != nil {
 			copy(req.PairOut[int(slot)*h+c0:int(slot)*h+c1], src)

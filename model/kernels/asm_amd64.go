@@ -30,6 +30,9 @@ func add512(dst *float32, a *float32, b *float32, n int)
 // mul512 computes dst[i] = a[i] · b[i] for i < n.
 func mul512(dst *float32, a *float32, b *float32, n int)
 
+// addscaled512 computes dst[i] += alpha·x[i] for i < n (a multiple of 4 vectors' lanes), the product rounded first.
+func addscaled512(dst *float32, x *float32, alpha float32, n int)
+
 // ssmrows512 updates rows state rows of n values by one token and reads them out (see genSSMRows).
 func ssmrows512(st *float32, n int, rows int, dA float32, dtx *float32, b *float32, c *float32, y *float32)
 
@@ -70,6 +73,9 @@ func add256(dst *float32, a *float32, b *float32, n int)
 
 // mul256 computes dst[i] = a[i] · b[i] for i < n.
 func mul256(dst *float32, a *float32, b *float32, n int)
+
+// addscaled256 computes dst[i] += alpha·x[i] for i < n (a multiple of 4 vectors' lanes), the product rounded first.
+func addscaled256(dst *float32, x *float32, alpha float32, n int)
 
 // ssmrows256 updates rows state rows of n values by one token and reads them out (see genSSMRows).
 func ssmrows256(st *float32, n int, rows int, dA float32, dtx *float32, b *float32, c *float32, y *float32)

@@ -138,6 +138,22 @@ func scaleAsm(l Level, alpha float32, x []float32) bool {
 	return true
 }
 
+// addScaledAsm runs AddScaled's kernel over the longest prefix of dst that
+// is a multiple of 4 vectors and returns its length (0: no kernel at l).
+func addScaledAsm(l Level, dst, x []float32, alpha float32) int {
+	switch {
+	case l >= LevelAVX512:
+		n := len(dst) &^ 63
+		addscaled512(f32p(dst), f32p(x), alpha, n)
+		return n
+	case l == LevelAVX2:
+		n := len(dst) &^ 31
+		addscaled256(f32p(dst), f32p(x), alpha, n)
+		return n
+	}
+	return 0
+}
+
 func addAsm(l Level, dst, a, b []float32) bool {
 	switch {
 	case l >= LevelAVX512:

@@ -13,7 +13,9 @@ func dotAsm(Level, []float32, []float32) (float32, bool) { return 0, false }
 func axpyAsm(Level, float32, []float32, []float32) bool  { return false }
 func scaleAsm(Level, float32, []float32) bool            { return false }
 func addAsm(Level, []float32, []float32, []float32) bool { return false }
-func mulAsm(Level, []float32, []float32, []float32) bool { return false }
+
+func addScaledAsm(Level, []float32, []float32, float32) int { return 0 }
+func mulAsm(Level, []float32, []float32, []float32) bool    { return false }
 func ssmRowsAsm(Level, []float32, int, float32, []float32, []float32, []float32, []float32) bool {
 	return false
 }

@@ -638,3 +638,48 @@ func TestParallelForHelping(t *testing.T) {
 		}
 	})
 }
+
+// TestAddScaledSameBits: AddScaled gives, at every level, the bits of
+// Scale then Add (what it replaces in the expert sums) and of its twin,
+// special values included (NaNs in both operands, infinities, subnormals,
+// signed zeros; a NaN may carry either operand's payload), for lengths
+// around the kernels' 4-vector steps.
+func TestAddScaledSameBits(t *testing.T) {
+	forEachLevel(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(41, 42))
+		special := []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), 1e-40, -1e-40, float32(math.Copysign(0, -1)), 0, math.MaxFloat32}
+		for _, n := range []int{0, 1, 31, 32, 63, 64, 65, 127, 128, 1536, 1537} {
+			for _, alpha := range []float32{0.3125, -1.75e-3, 0, float32(math.NaN())} {
+				x, dst := randVec(rng, n), randVec(rng, n)
+				for i := 0; i < n; i += 7 {
+					x[i] = special[rng.IntN(len(special))]
+					dst[(i*3)%n] = special[rng.IntN(len(special))]
+				}
+				if n > 5 {
+					x[5] = math.Float32frombits(0x7fc00001) // NaNs in both, different payloads
+					dst[5] = math.Float32frombits(0x7fc00002)
+				}
+				want := append([]float32(nil), dst...)
+				xs := append([]float32(nil), x...)
+				Scale(alpha, xs)
+				Add(want, want, xs)
+				twin := append([]float32(nil), dst...)
+				AddScaledRef(twin, x, alpha)
+				got := append([]float32(nil), dst...)
+				xc := append([]float32(nil), x...)
+				AddScaled(got, x, alpha)
+				same := func(a, b float32) bool { // NaN payloads are not kept apart (Go's adds choose either)
+					return math.Float32bits(a) == math.Float32bits(b) || (a != a && b != b)
+				}
+				for i := range want {
+					if !same(got[i], want[i]) || !same(twin[i], want[i]) {
+						t.Fatalf("n=%d alpha=%g [%d]: AddScaled %#x, twin %#x, Scale+Add %#x", n, alpha, i, math.Float32bits(got[i]), math.Float32bits(twin[i]), math.Float32bits(want[i]))
+					}
+					if math.Float32bits(x[i]) != math.Float32bits(xc[i]) {
+						t.Fatalf("n=%d: AddScaled wrote x[%d]", n, i)
+					}
+				}
+			}
+		}
+	})
+}

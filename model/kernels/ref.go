@@ -93,6 +93,14 @@ func ScaleRef(alpha float32, x []float32) {
 	}
 }
 
+// AddScaledRef is the plain twin of AddScaled (the conversion rounds the
+// product: Go may not fuse it into the add).
+func AddScaledRef(dst, x []float32, alpha float32) {
+	for i := range dst {
+		dst[i] += float32(alpha * x[i])
+	}
+}
+
 // AddRef is the reference twin of Add.
 func AddRef(dst, a, b []float32) {
 	for i := range dst {

@@ -50,6 +50,25 @@ func Scale(alpha float32, x []float32) {
 	}
 }
 
+// AddScaled computes dst[i] += alpha·x[i] for i < len(dst), the product
+// rounded to float32 before the add: the bits of Scale(alpha, x) then
+// Add(dst, dst, x), without writing x (AddScaledRef is its twin).
+func AddScaled(dst, x []float32, alpha float32) {
+	x = x[:len(dst)]
+	l := KernelLevel()
+	if l == LevelRef {
+		AddScaledRef(dst, x, alpha)
+		return
+	}
+	n := 0
+	if len(dst) >= 64 {
+		n = addScaledAsm(l, dst, x, alpha)
+	}
+	for i := n; i < len(dst); i++ {
+		dst[i] += float32(alpha * x[i])
+	}
+}
+
 // Add computes dst[i] = a[i] + b[i] for i < len(dst); dst may alias a or b.
 // a and b must be at least as long as dst.
 func Add(dst, a, b []float32) {

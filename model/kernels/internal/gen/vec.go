@@ -346,6 +346,7 @@ func genVec(s isa) {
 
 	genBinary(s, "add", "+", VADDPS, VADDSS)
 	genBinary(s, "mul", "·", VMULPS, VMULSS)
+	genAddScaled(s)
 	genSSMRows(s)
 	if s.z {
 		genSSMRows128()
@@ -535,6 +536,42 @@ func ssmRowEnd(name string, r Op, py, pt GPVirtual) {
 	ADDQ(U8(4), pt)
 	DECQ(paddr("rows"))
 	JNZ(LabelRef(name + "_row"))
+	VZEROUPPER()
+	RET()
+}
+
+// genAddScaled emits addscaled512 or addscaled256: dst[i] += alpha·x[i]
+// for i < n, n a multiple of 4 vectors' lanes (the caller does the rest),
+// the product rounded to float32 before the add (VMULPS, then VADDPS: not
+// fused), so the bits of scale then add (Scale(alpha, x); Add(dst, dst,
+// x)) without writing x back and reading it again.
+func genAddScaled(s isa) {
+	vb := s.vbytes()
+	name := fname("addscaled", s, "")
+	TEXT(name, NOSPLIT, "func(dst, x *float32, alpha float32, n int)")
+	Doc(name + " computes dst[i] += alpha·x[i] for i < n (a multiple of 4 vectors' lanes), the product rounded first.")
+	al := s.vec()
+	VBROADCASTSS(paddr("alpha"), al)
+	pd := ld("dst")
+	px := ld("x")
+	n := ld("n")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_ret"))
+	Label(name + "_l4")
+	for i := 0; i < 4; i++ {
+		// dst is the add's first source, as in add512(dst, dst, x): the
+		// same NaN where both are one.
+		v, w := s.vec(), s.vec()
+		VMULPS(Mem{Base: px, Disp: i * vb}, al, v)
+		VMOVUPS(Mem{Base: pd, Disp: i * vb}, w)
+		VADDPS(v, w, w)
+		VMOVUPS(w, Mem{Base: pd, Disp: i * vb})
+	}
+	ADDQ(U32(4*vb), px)
+	ADDQ(U32(4*vb), pd)
+	SUBQ(U32(4*s.lanes), n)
+	JNZ(LabelRef(name + "_l4"))
+	Label(name + "_ret")
 	VZEROUPPER()
 	RET()
 }
