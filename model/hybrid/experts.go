@@ -273,12 +273,11 @@ func gatherRows(req *ExpertRequest, slots []int32, g []float32) {
 	for j, slot := range slots {
 		row := int(slot) / req.TopK
 		gj := g[j*h : (j+1)*h]
-		copy(gj, req.X[row*h:(row+1)*h])
 		if req.BF16Wire {
-			for c, v := range gj {
-				gj[c] = tensor.BF16ToF32(tensor.F32ToBF16(v))
-			}
+			kernels.RoundBF16(gj, req.X[row*h:(row+1)*h])
+			continue
 		}
+		copy(gj, req.X[row*h:(row+1)*h])
 	}
 }
 
@@ -295,32 +294,26 @@ func sumPairs(req *ExpertRequest, pairs int, add func(c0, c1 int)) {
 // addPairs uses columns [c0, c1) of one expert's outputs (down, one row per
 // slot): each weighted output goes to req.PairOut, or is added to its row of
 // req.Out. Each product w·y is rounded to float32 on its own (kernels.Scale,
-// in place in down, or in kernels.AddScaled's registers), as the
-// dispatcher's sum of per-pair answers rounds it, and then added: the same
-// bits as a plain loop of dst[c] += float32(w·y[c])
-// (TestAddPairsMatchesLoop).
+// in place in down, or in kernels.AddScaled's registers), and to bfloat16
+// under req.BF16Wire (kernels.AddScaledBF16), as the dispatcher's sum of
+// per-pair answers rounds it, and then added: the same bits as a plain
+// loop of dst[c] += float32(w·y[c]) (TestAddPairsMatchesLoop).
 func addPairs(req *ExpertRequest, slots []int32, down []float32, c0, c1 int) {
 	h := req.Hidden
 	for j, slot := range slots {
 		src := down[j*h+c0 : j*h+c1]
-		if req.PairOut == nil && !req.BF16Wire {
-			// Scale then Add in one pass, src not written back.
-			row := int(slot) / req.TopK
-			kernels.AddScaled(req.Out[row*h+c0:row*h+c1], src, req.Weights[slot])
-			continue
-		}
-		kernels.Scale(req.Weights[slot], src)
 		if req.PairOut != nil {
+			kernels.Scale(req.Weights[slot], src)
 			copy(req.PairOut[int(slot)*h+c0:int(slot)*h+c1], src)
 			continue
 		}
-		if req.BF16Wire {
-			for c, v := range src {
-				src[c] = tensor.BF16ToF32(tensor.F32ToBF16(v))
-			}
-		}
+		// Scale (and round) then add in one pass, src not written back.
 		row := int(slot) / req.TopK
 		dst := req.Out[row*h+c0 : row*h+c1]
-		kernels.Add(dst, dst, src)
+		if req.BF16Wire {
+			kernels.AddScaledBF16(dst, src, req.Weights[slot])
+			continue
+		}
+		kernels.AddScaled(dst, src, req.Weights[slot])
 	}
 }

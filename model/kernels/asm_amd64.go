@@ -33,6 +33,12 @@ func mul512(dst *float32, a *float32, b *float32, n int)
 // addscaled512 computes dst[i] += alpha·x[i] for i < n (a multiple of 4 vectors' lanes), the product rounded first.
 func addscaled512(dst *float32, x *float32, alpha float32, n int)
 
+// roundbf16512 computes dst[i] = x[i] rounded to bfloat16 (and widened back) for i < n (a multiple of a vector's lanes).
+func roundbf16512(dst *float32, x *float32, n int)
+
+// addscaledbf16512 computes dst[i] += float32(alpha·x[i]) rounded to bfloat16 for i < n (a multiple of a vector's lanes).
+func addscaledbf16512(dst *float32, x *float32, alpha float32, n int)
+
 // ssmrows512 updates rows state rows of n values by one token and reads them out (see genSSMRows).
 func ssmrows512(st *float32, n int, rows int, dA float32, dtx *float32, b *float32, c *float32, y *float32)
 
@@ -76,6 +82,12 @@ func mul256(dst *float32, a *float32, b *float32, n int)
 
 // addscaled256 computes dst[i] += alpha·x[i] for i < n (a multiple of 4 vectors' lanes), the product rounded first.
 func addscaled256(dst *float32, x *float32, alpha float32, n int)
+
+// roundbf16256 computes dst[i] = x[i] rounded to bfloat16 (and widened back) for i < n (a multiple of a vector's lanes).
+func roundbf16256(dst *float32, x *float32, n int)
+
+// addscaledbf16256 computes dst[i] += float32(alpha·x[i]) rounded to bfloat16 for i < n (a multiple of a vector's lanes).
+func addscaledbf16256(dst *float32, x *float32, alpha float32, n int)
 
 // ssmrows256 updates rows state rows of n values by one token and reads them out (see genSSMRows).
 func ssmrows256(st *float32, n int, rows int, dA float32, dtx *float32, b *float32, c *float32, y *float32)

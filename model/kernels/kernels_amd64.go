@@ -154,6 +154,37 @@ func addScaledAsm(l Level, dst, x []float32, alpha float32) int {
 	return 0
 }
 
+// roundBF16Asm runs RoundBF16's kernel over the longest prefix of dst that
+// is a multiple of a vector and returns its length (0: no kernel at l).
+func roundBF16Asm(l Level, dst, x []float32) int {
+	switch {
+	case l >= LevelAVX512:
+		n := len(dst) &^ 15
+		roundbf16512(f32p(dst), f32p(x), n)
+		return n
+	case l == LevelAVX2:
+		n := len(dst) &^ 7
+		roundbf16256(f32p(dst), f32p(x), n)
+		return n
+	}
+	return 0
+}
+
+// addScaledBF16Asm is roundBF16Asm for AddScaledBF16.
+func addScaledBF16Asm(l Level, dst, x []float32, alpha float32) int {
+	switch {
+	case l >= LevelAVX512:
+		n := len(dst) &^ 15
+		addscaledbf16512(f32p(dst), f32p(x), alpha, n)
+		return n
+	case l == LevelAVX2:
+		n := len(dst) &^ 7
+		addscaledbf16256(f32p(dst), f32p(x), alpha, n)
+		return n
+	}
+	return 0
+}
+
 func addAsm(l Level, dst, a, b []float32) bool {
 	switch {
 	case l >= LevelAVX512:

@@ -683,3 +683,56 @@ func TestAddScaledSameBits(t *testing.T) {
 		}
 	})
 }
+
+// TestRoundBF16SameBits: RoundBF16 and AddScaledBF16 give, at every
+// level, the bits of tensor.F32ToBF16 then BF16ToF32 (after Scale, before
+// Add for AddScaledBF16) and of their twins: ties to even, values that
+// round up to infinity, NaNs (quiet, their top bits kept), subnormals,
+// signed zeros.
+func TestRoundBF16SameBits(t *testing.T) {
+	forEachLevel(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(43, 44))
+		special := []float32{float32(math.NaN()), math.Float32frombits(0x7f800001), math.Float32frombits(0xffc12345), float32(math.Inf(1)), float32(math.Inf(-1)),
+			1e-40, -1e-40, float32(math.Copysign(0, -1)), 0, math.MaxFloat32, math.Float32frombits(0x3f808000), math.Float32frombits(0x3f818000), math.Float32frombits(0x3f808001)}
+		for _, n := range []int{0, 1, 7, 8, 15, 16, 17, 31, 33, 1536, 1539} {
+			for _, alpha := range []float32{0.3125, -1.75e-3, 1} {
+				x, dst := randVec(rng, n), randVec(rng, n)
+				for i := 0; i < n; i += 3 {
+					x[i] = special[rng.IntN(len(special))]
+				}
+				wantR := make([]float32, n)
+				for i, v := range x {
+					wantR[i] = tensor.BF16ToF32(tensor.F32ToBF16(v))
+				}
+				gotR, twinR := make([]float32, n), make([]float32, n)
+				RoundBF16(gotR, x)
+				RoundBF16Ref(twinR, x)
+				want := append([]float32(nil), dst...)
+				xs := append([]float32(nil), x...)
+				Scale(alpha, xs)
+				for i, v := range xs {
+					want[i] += tensor.BF16ToF32(tensor.F32ToBF16(v))
+				}
+				got, twin := append([]float32(nil), dst...), append([]float32(nil), dst...)
+				AddScaledBF16(got, x, alpha)
+				AddScaledBF16Ref(twin, x, alpha)
+				for i := range want {
+					if math.Float32bits(gotR[i]) != math.Float32bits(wantR[i]) || math.Float32bits(twinR[i]) != math.Float32bits(wantR[i]) {
+						t.Fatalf("RoundBF16 n=%d [%d] of %#x: %#x, twin %#x, want %#x", n, i, math.Float32bits(x[i]), math.Float32bits(gotR[i]), math.Float32bits(twinR[i]), math.Float32bits(wantR[i]))
+					}
+					same := func(a, b float32) bool { return math.Float32bits(a) == math.Float32bits(b) || (a != a && b != b) }
+					if !same(got[i], want[i]) || !same(twin[i], want[i]) {
+						t.Fatalf("AddScaledBF16 n=%d alpha=%g [%d]: %#x, twin %#x, want %#x", n, alpha, i, math.Float32bits(got[i]), math.Float32bits(twin[i]), math.Float32bits(want[i]))
+					}
+				}
+				in := append([]float32(nil), x...) // in place
+				RoundBF16(in, in)
+				for i := range in {
+					if math.Float32bits(in[i]) != math.Float32bits(wantR[i]) {
+						t.Fatalf("RoundBF16 in place n=%d [%d]: %#x, want %#x", n, i, math.Float32bits(in[i]), math.Float32bits(wantR[i]))
+					}
+				}
+			}
+		}
+	})
+}

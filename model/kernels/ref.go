@@ -101,6 +101,20 @@ func AddScaledRef(dst, x []float32, alpha float32) {
 	}
 }
 
+// RoundBF16Ref is the plain twin of RoundBF16.
+func RoundBF16Ref(dst, x []float32) {
+	for i := range dst {
+		dst[i] = tensor.BF16ToF32(tensor.F32ToBF16(x[i]))
+	}
+}
+
+// AddScaledBF16Ref is the plain twin of AddScaledBF16.
+func AddScaledBF16Ref(dst, x []float32, alpha float32) {
+	for i := range dst {
+		dst[i] += tensor.BF16ToF32(tensor.F32ToBF16(float32(alpha * x[i])))
+	}
+}
+
 // AddRef is the reference twin of Add.
 func AddRef(dst, a, b []float32) {
 	for i := range dst {

@@ -69,6 +69,33 @@ func AddScaled(dst, x []float32, alpha float32) {
 	}
 }
 
+// RoundBF16 sets dst[i] to x[i] rounded to bfloat16 and widened back
+// (tensor.BF16ToF32(tensor.F32ToBF16(x[i])): nearest even, a NaN stays a
+// quiet NaN) for i < len(dst); dst may alias x (RoundBF16Ref is its twin).
+func RoundBF16(dst, x []float32) {
+	x = x[:len(dst)]
+	l := KernelLevel()
+	n := 0
+	if l != LevelRef && len(dst) >= 16 {
+		n = roundBF16Asm(l, dst, x)
+	}
+	RoundBF16Ref(dst[n:], x[n:])
+}
+
+// AddScaledBF16 computes dst[i] += alpha·x[i] for i < len(dst), the
+// product rounded to float32 and then to bfloat16 before the add (as a
+// weighted expert output that crossed the bf16 wire), without writing x
+// (AddScaledBF16Ref is its twin).
+func AddScaledBF16(dst, x []float32, alpha float32) {
+	x = x[:len(dst)]
+	l := KernelLevel()
+	n := 0
+	if l != LevelRef && len(dst) >= 16 {
+		n = addScaledBF16Asm(l, dst, x, alpha)
+	}
+	AddScaledBF16Ref(dst[n:], x[n:], alpha)
+}
+
 // Add computes dst[i] = a[i] + b[i] for i < len(dst); dst may alias a or b.
 // a and b must be at least as long as dst.
 func Add(dst, a, b []float32) {

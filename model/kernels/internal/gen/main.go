@@ -52,6 +52,7 @@ func main() {
 	genQ4Kx16AVX2Consts()
 	genConvConsts()
 	genToBF16Consts()
+	genRoundBF16Consts()
 	for _, s := range []isa{isa512, isa256} {
 		genProbes(s)
 		genVec(s)

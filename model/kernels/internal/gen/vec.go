@@ -347,6 +347,8 @@ func genVec(s isa) {
 	genBinary(s, "add", "+", VADDPS, VADDSS)
 	genBinary(s, "mul", "·", VMULPS, VMULSS)
 	genAddScaled(s)
+	genRoundBF16(s, false)
+	genRoundBF16(s, true)
 	genSSMRows(s)
 	if s.z {
 		genSSMRows128()
@@ -571,6 +573,112 @@ func genAddScaled(s isa) {
 	ADDQ(U32(4*vb), pd)
 	SUBQ(U32(4*s.lanes), n)
 	JNZ(LabelRef(name + "_l4"))
+	Label(name + "_ret")
+	VZEROUPPER()
+	RET()
+}
+
+var (
+	cDHi16 Mem // dwords 0xFFFF0000
+	cDQNaN Mem // dwords 0x00400000 (a float32's quiet bit)
+)
+
+func genRoundBF16Consts() {
+	cDHi16 = data32("dwordffff0000", 0xFFFF0000)
+	cDQNaN = data32("dword400000", 0x400000)
+}
+
+// bf16Consts holds roundBF16Vec's constants in registers.
+type bf16Consts struct{ one, half, hi, quiet VecVirtual }
+
+func loadBF16Consts(s isa) bf16Consts {
+	c := bf16Consts{s.vec(), s.vec(), s.vec(), s.vec()}
+	VPBROADCASTD(cD1, c.one)
+	VPBROADCASTD(cD7FFF, c.half)
+	VPBROADCASTD(cDHi16, c.hi)
+	VPBROADCASTD(cDQNaN, c.quiet)
+	return c
+}
+
+// roundBF16Vec returns v's float32s rounded to bfloat16 and widened back
+// (nearest even; a NaN keeps its top 16 bits with the quiet bit set): the
+// bits of tensor.BF16ToF32(tensor.F32ToBF16(x)), and of toBF16512's
+// rounding.
+func roundBF16Vec(s isa, v VecVirtual, c bf16Consts) VecVirtual {
+	and := func(a, b, d Op) { VPAND(a, b, d) }
+	or := func(a, b, d Op) { VPOR(a, b, d) }
+	if s.z {
+		and = func(a, b, d Op) { VPANDD(a, b, d) }
+		or = func(a, b, d Op) { VPORD(a, b, d) }
+	}
+	t, r, q := s.vec(), s.vec(), s.vec()
+	VPSRLD(U8(16), v, t)
+	and(c.one, t, t)
+	VPADDD(c.half, t, t)
+	VPADDD(t, v, r)
+	and(c.hi, r, r)
+	and(c.hi, v, q)
+	or(c.quiet, q, q)
+	if s.z {
+		k := K()
+		VCMPPS(U8(3), v, v, k) // unordered: a NaN
+		VMOVDQA32(q, k, r)
+		return r
+	}
+	m := s.vec()
+	VCMPPS(U8(3), v, v, m)
+	VPBLENDVB(m, q, r, r)
+	return r
+}
+
+// genRoundBF16 emits roundbf16512 / roundbf16256 (dst[i] = x[i] rounded
+// to bfloat16 and widened back) or, with scaled, addscaledbf16512 /
+// addscaledbf16256 (dst[i] += round(float32(alpha·x[i])), the add's first
+// source dst), for n a multiple of one vector's lanes: what an in-process
+// trunk does to each expert input and output so that they round as the
+// cluster's bf16 wire does.
+func genRoundBF16(s isa, scaled bool) {
+	vb := s.vbytes()
+	name := fname("roundbf16", s, "")
+	sig := "func(dst, x *float32, n int)"
+	doc := name + " computes dst[i] = x[i] rounded to bfloat16 (and widened back) for i < n (a multiple of a vector's lanes)."
+	if scaled {
+		name = fname("addscaledbf16", s, "")
+		sig = "func(dst, x *float32, alpha float32, n int)"
+		doc = name + " computes dst[i] += float32(alpha·x[i]) rounded to bfloat16 for i < n (a multiple of a vector's lanes)."
+	}
+	TEXT(name, NOSPLIT, sig)
+	Doc(doc)
+	var al VecVirtual
+	if scaled {
+		al = s.vec()
+		VBROADCASTSS(paddr("alpha"), al)
+	}
+	c := loadBF16Consts(s)
+	pd := ld("dst")
+	px := ld("x")
+	n := ld("n")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_ret"))
+	Label(name + "_l")
+	v := s.vec()
+	if scaled {
+		VMULPS(Mem{Base: px}, al, v)
+	} else {
+		VMOVUPS(Mem{Base: px}, v)
+	}
+	r := roundBF16Vec(s, v, c)
+	if scaled {
+		w := s.vec()
+		VMOVUPS(Mem{Base: pd}, w)
+		VADDPS(r, w, w)
+		r = w
+	}
+	VMOVUPS(r, Mem{Base: pd})
+	ADDQ(U32(vb), px)
+	ADDQ(U32(vb), pd)
+	SUBQ(U32(s.lanes), n)
+	JNZ(LabelRef(name + "_l"))
 	Label(name + "_ret")
 	VZEROUPPER()
 	RET()
