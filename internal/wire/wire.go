@@ -1,13 +1,15 @@
 // Package wire encodes activation rows for the expert stream in the element type
-// the trunk chose (bfloat16 by default, float32 for exact runs).
+// the trunk chose (bfloat16 by default, float32 for exact runs). The bf16
+// conversions run model/kernels' vector kernels (tensor.F32ToBF16's bits).
 package wire
 
 import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 
-	"github.com/switchyard-serving/switchyard/model/tensor"
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
@@ -42,9 +44,9 @@ func Encode(dt pb.WireDType, dst []byte, src []float32) []byte {
 			dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(v))
 		}
 	default:
-		for _, v := range src {
-			dst = binary.LittleEndian.AppendUint16(dst, tensor.F32ToBF16(v))
-		}
+		n := len(dst)
+		dst = slices.Grow(dst, 2*len(src))[:n+2*len(src)]
+		kernels.EncodeBF16(dst[n:], src)
 	}
 	return dst
 }
@@ -57,9 +59,7 @@ func Decode(dt pb.WireDType, dst []float32, src []byte) {
 			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
 		}
 	default:
-		for i := range dst {
-			dst[i] = tensor.BF16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
-		}
+		kernels.DecodeBF16(dst, src)
 	}
 }
 
@@ -71,8 +71,6 @@ func Add(dt pb.WireDType, dst []float32, src []byte) {
 			dst[i] += math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
 		}
 	default:
-		for i := range dst {
-			dst[i] += tensor.BF16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
-		}
+		kernels.AddBF16(dst, src)
 	}
 }

@@ -39,6 +39,15 @@ func roundbf16512(dst *float32, x *float32, n int)
 // addscaledbf16512 computes dst[i] += float32(alpha·x[i]) rounded to bfloat16 for i < n (a multiple of a vector's lanes).
 func addscaledbf16512(dst *float32, x *float32, alpha float32, n int)
 
+// bf16enc512 writes x[i] rounded to bfloat16 as 2 little-endian bytes each, for i < n (a multiple of 16).
+func bf16enc512(dst *byte, x *float32, n int)
+
+// bf16dec512 widens n (a multiple of 16) little-endian bfloat16 values of src into dst.
+func bf16dec512(dst *float32, src *byte, n int)
+
+// bf16add512 adds n (a multiple of 16) little-endian bfloat16 values of src to dst.
+func bf16add512(dst *float32, src *byte, n int)
+
 // ssmrows512 updates rows state rows of n values by one token and reads them out (see genSSMRows).
 func ssmrows512(st *float32, n int, rows int, dA float32, dtx *float32, b *float32, c *float32, y *float32)
 
@@ -88,6 +97,15 @@ func roundbf16256(dst *float32, x *float32, n int)
 
 // addscaledbf16256 computes dst[i] += float32(alpha·x[i]) rounded to bfloat16 for i < n (a multiple of a vector's lanes).
 func addscaledbf16256(dst *float32, x *float32, alpha float32, n int)
+
+// bf16enc256 writes x[i] rounded to bfloat16 as 2 little-endian bytes each, for i < n (a multiple of 16).
+func bf16enc256(dst *byte, x *float32, n int)
+
+// bf16dec256 widens n (a multiple of 16) little-endian bfloat16 values of src into dst.
+func bf16dec256(dst *float32, src *byte, n int)
+
+// bf16add256 adds n (a multiple of 16) little-endian bfloat16 values of src to dst.
+func bf16add256(dst *float32, src *byte, n int)
 
 // ssmrows256 updates rows state rows of n values by one token and reads them out (see genSSMRows).
 func ssmrows256(st *float32, n int, rows int, dA float32, dtx *float32, b *float32, c *float32, y *float32)

@@ -185,6 +185,32 @@ func addScaledBF16Asm(l Level, dst, x []float32, alpha float32) int {
 	return 0
 }
 
+// bf16WireAsm runs the bf16 wire kernel of op ('e' EncodeBF16, 'd'
+// DecodeBF16, 'a' AddBF16) over the longest prefix of f that is a multiple
+// of 16 values and returns its length (b holds their bytes).
+func bf16WireAsm(l Level, op byte, b []byte, f []float32) int {
+	n := len(f) &^ 15
+	if n == 0 {
+		return 0
+	}
+	bp, fp := unsafe.SliceData(b), f32p(f)
+	switch {
+	case l >= LevelAVX512 && op == 'e':
+		bf16enc512(bp, fp, n)
+	case l >= LevelAVX512 && op == 'd':
+		bf16dec512(fp, bp, n)
+	case l >= LevelAVX512:
+		bf16add512(fp, bp, n)
+	case op == 'e':
+		bf16enc256(bp, fp, n)
+	case op == 'd':
+		bf16dec256(fp, bp, n)
+	default:
+		bf16add256(fp, bp, n)
+	}
+	return n
+}
+
 func addAsm(l Level, dst, a, b []float32) bool {
 	switch {
 	case l >= LevelAVX512:

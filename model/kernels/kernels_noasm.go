@@ -30,3 +30,5 @@ func readProbe(b []byte) uint64                            { return readGo(b) }
 func triadProbe(a, b, c []float32, s float32)              { triadGo(a, b, c, s) }
 
 func siluAsm(Level, []float32, []float32, []float32) int { return 0 }
+
+func bf16WireAsm(Level, byte, []byte, []float32) int { return 0 }

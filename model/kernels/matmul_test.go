@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -730,6 +731,54 @@ func TestRoundBF16SameBits(t *testing.T) {
 				for i := range in {
 					if math.Float32bits(in[i]) != math.Float32bits(wantR[i]) {
 						t.Fatalf("RoundBF16 in place n=%d [%d]: %#x, want %#x", n, i, math.Float32bits(in[i]), math.Float32bits(wantR[i]))
+					}
+				}
+			}
+		}
+	})
+}
+
+// TestBF16WireSameBits: EncodeBF16, DecodeBF16 and AddBF16 give, at every
+// level, the bytes and bits of tensor.F32ToBF16 / BF16ToF32 per value
+// (and of their twins), on byte slices at odd addresses too.
+func TestBF16WireSameBits(t *testing.T) {
+	forEachLevel(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(45, 46))
+		special := []float32{float32(math.NaN()), math.Float32frombits(0x7f800001), math.Float32frombits(0xffc12345), float32(math.Inf(1)),
+			float32(math.Inf(-1)), 1e-40, float32(math.Copysign(0, -1)), math.MaxFloat32, math.Float32frombits(0x3f808000), math.Float32frombits(0x3f818000)}
+		for _, n := range []int{0, 1, 15, 16, 17, 32, 47, 1536, 1543} {
+			for _, off := range []int{0, 1} {
+				x := randVec(rng, n)
+				for i := 0; i < n; i += 3 {
+					x[i] = special[rng.IntN(len(special))]
+				}
+				want := make([]byte, 2*n)
+				for i, v := range x {
+					binary.LittleEndian.PutUint16(want[2*i:], tensor.F32ToBF16(v))
+				}
+				buf := make([]byte, 2*n+off)
+				got := buf[off:]
+				EncodeBF16(got, x)
+				twin := make([]byte, 2*n)
+				EncodeBF16Ref(twin, x)
+				if !bytes.Equal(got, want) || !bytes.Equal(twin, want) {
+					t.Fatalf("EncodeBF16 n=%d off=%d: bytes differ from F32ToBF16's", n, off)
+				}
+				dec, dtwin := make([]float32, n), make([]float32, n)
+				DecodeBF16(dec, got)
+				DecodeBF16Ref(dtwin, got)
+				base := randVec(rng, n)
+				sum, stwin := append([]float32(nil), base...), append([]float32(nil), base...)
+				AddBF16(sum, got)
+				AddBF16Ref(stwin, got)
+				for i := range dec {
+					w := tensor.BF16ToF32(binary.LittleEndian.Uint16(want[2*i:]))
+					if math.Float32bits(dec[i]) != math.Float32bits(w) || math.Float32bits(dtwin[i]) != math.Float32bits(w) {
+						t.Fatalf("DecodeBF16 n=%d off=%d [%d]: %#x, twin %#x, want %#x", n, off, i, math.Float32bits(dec[i]), math.Float32bits(dtwin[i]), math.Float32bits(w))
+					}
+					ws := base[i] + w
+					if (math.Float32bits(sum[i]) != math.Float32bits(ws) || math.Float32bits(stwin[i]) != math.Float32bits(ws)) && !(ws != ws && sum[i] != sum[i] && stwin[i] != stwin[i]) {
+						t.Fatalf("AddBF16 n=%d off=%d [%d]: %#x, twin %#x, want %#x", n, off, i, math.Float32bits(sum[i]), math.Float32bits(stwin[i]), math.Float32bits(ws))
 					}
 				}
 			}

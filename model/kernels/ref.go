@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"encoding/binary"
 	"math"
 
 	"github.com/switchyard-serving/switchyard/model/tensor"
@@ -112,6 +113,27 @@ func RoundBF16Ref(dst, x []float32) {
 func AddScaledBF16Ref(dst, x []float32, alpha float32) {
 	for i := range dst {
 		dst[i] += tensor.BF16ToF32(tensor.F32ToBF16(float32(alpha * x[i])))
+	}
+}
+
+// EncodeBF16Ref is the plain twin of EncodeBF16.
+func EncodeBF16Ref(dst []byte, x []float32) {
+	for i, v := range x {
+		binary.LittleEndian.PutUint16(dst[2*i:], tensor.F32ToBF16(v))
+	}
+}
+
+// DecodeBF16Ref is the plain twin of DecodeBF16.
+func DecodeBF16Ref(dst []float32, src []byte) {
+	for i := range dst {
+		dst[i] = tensor.BF16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
+	}
+}
+
+// AddBF16Ref is the plain twin of AddBF16.
+func AddBF16Ref(dst []float32, src []byte) {
+	for i := range dst {
+		dst[i] += tensor.BF16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
 	}
 }
 

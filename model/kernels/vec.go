@@ -96,6 +96,40 @@ func AddScaledBF16(dst, x []float32, alpha float32) {
 	AddScaledBF16Ref(dst[n:], x[n:], alpha)
 }
 
+// EncodeBF16 writes each x[i] rounded to bfloat16 (tensor.F32ToBF16) as 2
+// little-endian bytes at dst[2i:] (len(dst) >= 2·len(x)): the bf16 wire's
+// encoding (EncodeBF16Ref is its twin).
+func EncodeBF16(dst []byte, x []float32) {
+	dst = dst[:2*len(x)]
+	n := 0
+	if l := KernelLevel(); l >= LevelAVX2 && len(x) >= 16 {
+		n = bf16WireAsm(l, 'e', dst, x)
+	}
+	EncodeBF16Ref(dst[2*n:], x[n:])
+}
+
+// DecodeBF16 widens len(dst) little-endian bfloat16 values of src into dst
+// (tensor.BF16ToF32; DecodeBF16Ref is its twin).
+func DecodeBF16(dst []float32, src []byte) {
+	src = src[:2*len(dst)]
+	n := 0
+	if l := KernelLevel(); l >= LevelAVX2 && len(dst) >= 16 {
+		n = bf16WireAsm(l, 'd', src, dst)
+	}
+	DecodeBF16Ref(dst[n:], src[2*n:])
+}
+
+// AddBF16 adds len(dst) little-endian bfloat16 values of src to dst
+// (AddBF16Ref is its twin).
+func AddBF16(dst []float32, src []byte) {
+	src = src[:2*len(dst)]
+	n := 0
+	if l := KernelLevel(); l >= LevelAVX2 && len(dst) >= 16 {
+		n = bf16WireAsm(l, 'a', src, dst)
+	}
+	AddBF16Ref(dst[n:], src[2*n:])
+}
+
 // Add computes dst[i] = a[i] + b[i] for i < len(dst); dst may alias a or b.
 // a and b must be at least as long as dst.
 func Add(dst, a, b []float32) {

@@ -349,6 +349,9 @@ func genVec(s isa) {
 	genAddScaled(s)
 	genRoundBF16(s, false)
 	genRoundBF16(s, true)
+	genBF16Wire(s, "enc")
+	genBF16Wire(s, "dec")
+	genBF16Wire(s, "add")
 	genSSMRows(s)
 	if s.z {
 		genSSMRows128()
@@ -678,6 +681,80 @@ func genRoundBF16(s isa, scaled bool) {
 	ADDQ(U32(vb), px)
 	ADDQ(U32(vb), pd)
 	SUBQ(U32(s.lanes), n)
+	JNZ(LabelRef(name + "_l"))
+	Label(name + "_ret")
+	VZEROUPPER()
+	RET()
+}
+
+// genBF16Wire emits the bfloat16 wire conversions (package wire's encoding,
+// little-endian bytes at any alignment), for n a multiple of 16 values:
+// bf16enc512/256(dst *byte, x *float32, n) writes x rounded to bfloat16
+// (roundBF16Vec's rounding: tensor.F32ToBF16's bits), bf16dec512/256(dst
+// *float32, src *byte, n) widens them (tensor.BF16ToF32), and
+// bf16add512/256(dst *float32, src *byte, n) adds them to dst.
+func genBF16Wire(s isa, op string) {
+	name := fname("bf16"+op, s, "")
+	sig := map[string]string{"enc": "func(dst *byte, x *float32, n int)", "dec": "func(dst *float32, src *byte, n int)", "add": "func(dst *float32, src *byte, n int)"}[op]
+	doc := map[string]string{
+		"enc": " writes x[i] rounded to bfloat16 as 2 little-endian bytes each, for i < n (a multiple of 16).",
+		"dec": " widens n (a multiple of 16) little-endian bfloat16 values of src into dst.",
+		"add": " adds n (a multiple of 16) little-endian bfloat16 values of src to dst.",
+	}[op]
+	TEXT(name, NOSPLIT, sig)
+	Doc(name + doc)
+	pd := ld("dst")
+	n := ld("n")
+	var c bf16Consts
+	var px GPVirtual
+	if op == "enc" {
+		c = loadBF16Consts(s)
+		px = ld("x")
+	} else {
+		px = ld("src")
+	}
+	SHRQ(U8(4), n)
+	JZ(LabelRef(name + "_ret"))
+	Label(name + "_l")
+	switch op {
+	case "enc":
+		// 16 values: one zmm, or two ymm packed to words.
+		var parts []VecVirtual
+		for k := 0; k < 16/s.lanes; k++ {
+			v := s.vec()
+			VMOVUPS(Mem{Base: px, Disp: 4 * s.lanes * k}, v)
+			r := roundBF16Vec(s, v, c)
+			VPSRLD(U8(16), r, r)
+			parts = append(parts, r)
+		}
+		if s.z {
+			VPMOVDW(parts[0], Mem{Base: pd})
+		} else {
+			// In-lane packing gives words 0-3, 8-11 | 4-7, 12-15: VPERMQ
+			// puts the quadwords back in order.
+			VPACKUSDW(parts[1], parts[0], parts[0])
+			VPERMQ(U8(0xD8), parts[0], parts[0])
+			VMOVDQU(parts[0], Mem{Base: pd})
+		}
+		ADDQ(U8(64), px)
+		ADDQ(U8(32), pd)
+	default:
+		for k := 0; k < 16/s.lanes; k++ {
+			v := s.vec()
+			VPMOVZXWD(Mem{Base: px, Disp: 2 * s.lanes * k}, v)
+			VPSLLD(U8(16), v, v)
+			if op == "add" {
+				w := s.vec()
+				VMOVUPS(Mem{Base: pd, Disp: 4 * s.lanes * k}, w)
+				VADDPS(v, w, w)
+				v = w
+			}
+			VMOVUPS(v, Mem{Base: pd, Disp: 4 * s.lanes * k})
+		}
+		ADDQ(U8(32), px)
+		ADDQ(U8(64), pd)
+	}
+	DECQ(n)
 	JNZ(LabelRef(name + "_l"))
 	Label(name + "_ret")
 	VZEROUPPER()
