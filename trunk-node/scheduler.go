@@ -231,7 +231,7 @@ func (s *Scheduler) Submit(ctx context.Context, sp JobSpec) (*Job, error) {
 	ctx, stop := context.WithCancelCause(ctx)
 	feed := append(append([]int(nil), sp.Session.Unfed...), sp.Prompt...)
 	dec := engine.NewDecoder(s.deps.Tok, engine.Spec{Params: sp.Params, MaxTokens: max(sp.MaxTokens, 1), StopIDs: sp.StopIDs,
-		StopStrings: sp.StopStrings, IgnoreEOS: sp.IgnoreEOS, EOS: s.deps.EOS, Constraint: sp.Constraint, TopLogProbs: sp.TopLogProbs}, feed)
+		StopStrings: sp.StopStrings, IgnoreEOS: sp.IgnoreEOS, EOS: s.deps.EOS, Constraint: sp.Constraint, TopLogProbs: sp.TopLogProbs, LogProbs: sp.LogProbs}, feed)
 	// A session resumed from a prefix-cache checkpoint holds the prompt's
 	// first tokens already: only the rest is fed (the decoder still has the
 	// whole prompt as its sampling history).

@@ -34,3 +34,41 @@ func TestTopLogProbs(t *testing.T) {
 		}
 	}
 }
+
+// Spec.LogProbs: with it each event carries the token's log-probability
+// under the unmasked logits; without it LogProb is 0 and the tokens, seeded
+// sampling included, are the same.
+func TestDecoderLogProbsOnlyWhenAsked(t *testing.T) {
+	e := fixtureEngine(t)
+	vocab := e.Model.Cfg.VocabSize
+	logits := make([][]float32, 6)
+	for i := range logits {
+		logits[i] = make([]float32, vocab)
+		for j := range logits[i] {
+			logits[i][j] = float32(math.Sin(float64(j*(i+3)))) * 4
+		}
+	}
+	for _, p := range []sample.Params{{}, {Temperature: 0.9, TopP: 0.95, Seed: 7}} {
+		var toks [2][]int
+		for k, on := range []bool{false, true} {
+			d := NewDecoder(e.Tok, Spec{Params: p, MaxTokens: 100, IgnoreEOS: true, EOS: -1, LogProbs: on}, []int{1, 2})
+			for _, l := range logits {
+				o := d.Next(l)
+				if !o.Emit {
+					t.Fatalf("%+v: no token emitted", p)
+				}
+				toks[k] = append(toks[k], o.Event.Token)
+				want := float32(0)
+				if on {
+					want = sample.LogProb(l, o.Event.Token)
+				}
+				if o.Event.LogProb != want {
+					t.Fatalf("%+v LogProbs=%v: LogProb %g, want %g", p, on, o.Event.LogProb, want)
+				}
+			}
+		}
+		if !slices.Equal(toks[0], toks[1]) {
+			t.Fatalf("%+v: tokens %v without log-probabilities, %v with", p, toks[0], toks[1])
+		}
+	}
+}

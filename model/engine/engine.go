@@ -147,7 +147,7 @@ func (e *Engine) Generate(st *hybrid.State, req Request, emit func(Event) bool) 
 		return res, err
 	}
 	d := NewDecoder(e.Tok, Spec{Params: req.Params, MaxTokens: req.MaxTokens, StopIDs: req.StopIDs, StopStrings: req.StopStrings,
-		IgnoreEOS: req.IgnoreEOS, EOS: e.Model.Cfg.EOS}, req.Prompt)
+		IgnoreEOS: req.IgnoreEOS, EOS: e.Model.Cfg.EOS, LogProbs: true}, req.Prompt)
 	seq := []hybrid.Seq{{State: st}}
 	for {
 		o := d.Next(logits)

@@ -90,6 +90,13 @@ func (s *Sampler) Params() Params { return s.p }
 // (prompt and generated tokens), and returns it with its log-probability under
 // the model's unmodified distribution.
 func (s *Sampler) Sample(logits []float32, history []int) (int, float32) {
+	tok := s.Token(logits, history)
+	return tok, LogProb(logits, tok)
+}
+
+// Token is Sample without the log-probability (a pass over the logits
+// that only requests asking for it need): the same token.
+func (s *Sampler) Token(logits []float32, history []int) int {
 	if cap(s.work) < len(logits) {
 		s.work = make([]float32, len(logits))
 	}
@@ -116,13 +123,10 @@ func (s *Sampler) Sample(logits []float32, history []int) (int, float32) {
 			}
 		}
 	}
-	var tok int
 	if s.p.Greedy() {
-		tok = Argmax(w)
-	} else {
-		tok = s.draw(w)
+		return Argmax(w)
 	}
-	return tok, LogProb(logits, tok)
+	return s.draw(w)
 }
 
 func (s *Sampler) draw(w []float32) int {
