@@ -97,12 +97,16 @@ func (s *Sampler) Sample(logits []float32, history []int) (int, float32) {
 // Token is Sample without the log-probability (a pass over the logits
 // that only requests asking for it need): the same token.
 func (s *Sampler) Token(logits []float32, history []int) int {
+	pen := s.p.RepetitionPenalty
+	if s.p.Greedy() && (pen == 0 || pen == 1) {
+		return Argmax(logits) // nothing to change: no copy
+	}
 	if cap(s.work) < len(logits) {
 		s.work = make([]float32, len(logits))
 	}
 	w := s.work[:len(logits)]
 	copy(w, logits)
-	if pen := s.p.RepetitionPenalty; pen != 0 && pen != 1 {
+	if pen != 0 && pen != 1 {
 		h := history
 		if n := s.p.RepeatLastN; n > 0 && len(h) > n {
 			h = h[len(h)-n:]
