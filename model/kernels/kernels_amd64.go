@@ -154,35 +154,30 @@ func addScaledAsm(l Level, dst, x []float32, alpha float32) int {
 	return 0
 }
 
-// roundBF16Asm runs RoundBF16's kernel over the longest prefix of dst that
-// is a multiple of a vector and returns its length (0: no kernel at l).
-func roundBF16Asm(l Level, dst, x []float32) int {
+// roundBF16Asm runs RoundBF16's kernel (with add, AddScaledBF16's) over
+// the longest prefix of dst that is a multiple of a vector and returns its
+// length (0: no kernel at l).
+func roundBF16Asm(l Level, dst, x []float32, alpha float32, add bool) int {
+	var n int
 	switch {
 	case l >= LevelAVX512:
-		n := len(dst) &^ 15
-		roundbf16512(f32p(dst), f32p(x), n)
-		return n
+		n = len(dst) &^ 15
 	case l == LevelAVX2:
-		n := len(dst) &^ 7
-		roundbf16256(f32p(dst), f32p(x), n)
-		return n
+		n = len(dst) &^ 7
+	default:
+		return 0
 	}
-	return 0
-}
-
-// addScaledBF16Asm is roundBF16Asm for AddScaledBF16.
-func addScaledBF16Asm(l Level, dst, x []float32, alpha float32) int {
 	switch {
-	case l >= LevelAVX512:
-		n := len(dst) &^ 15
+	case l >= LevelAVX512 && add:
 		addscaledbf16512(f32p(dst), f32p(x), alpha, n)
-		return n
-	case l == LevelAVX2:
-		n := len(dst) &^ 7
+	case l >= LevelAVX512:
+		roundbf16512(f32p(dst), f32p(x), n)
+	case add:
 		addscaledbf16256(f32p(dst), f32p(x), alpha, n)
-		return n
+	default:
+		roundbf16256(f32p(dst), f32p(x), n)
 	}
-	return 0
+	return n
 }
 
 // bf16WireAsm runs the bf16 wire kernel of op ('e' EncodeBF16, 'd'

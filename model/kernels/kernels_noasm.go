@@ -16,10 +16,8 @@ func addAsm(Level, []float32, []float32, []float32) bool { return false }
 
 func addScaledAsm(Level, []float32, []float32, float32) int { return 0 }
 
-func roundBF16Asm(Level, []float32, []float32) int { return 0 }
-
-func addScaledBF16Asm(Level, []float32, []float32, float32) int { return 0 }
-func mulAsm(Level, []float32, []float32, []float32) bool        { return false }
+func roundBF16Asm(Level, []float32, []float32, float32, bool) int { return 0 }
+func mulAsm(Level, []float32, []float32, []float32) bool          { return false }
 func ssmRowsAsm(Level, []float32, int, float32, []float32, []float32, []float32, []float32) bool {
 	return false
 }

@@ -77,7 +77,7 @@ func RoundBF16(dst, x []float32) {
 	l := KernelLevel()
 	n := 0
 	if l != LevelRef && len(dst) >= 16 {
-		n = roundBF16Asm(l, dst, x)
+		n = roundBF16Asm(l, dst, x, 0, false)
 	}
 	RoundBF16Ref(dst[n:], x[n:])
 }
@@ -91,7 +91,7 @@ func AddScaledBF16(dst, x []float32, alpha float32) {
 	l := KernelLevel()
 	n := 0
 	if l != LevelRef && len(dst) >= 16 {
-		n = addScaledBF16Asm(l, dst, x, alpha)
+		n = roundBF16Asm(l, dst, x, alpha, true)
 	}
 	AddScaledBF16Ref(dst[n:], x[n:], alpha)
 }
