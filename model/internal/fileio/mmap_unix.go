@@ -62,7 +62,7 @@ func allocAnon(size int) ([]byte, error) {
 		}
 	}
 	b := unsafe.Slice((*byte)(unsafe.Add(p, head)), size)
-	_ = unix.Madvise(b, unix.MADV_HUGEPAGE)
+	adviseHuge(b)
 	return b, nil
 }
 
@@ -92,5 +92,5 @@ func AdviseHugePages(b []byte) {
 	if n <= 0 {
 		return
 	}
-	_ = unix.Madvise(b[head:head+n], unix.MADV_HUGEPAGE)
+	adviseHuge(b[head : head+n])
 }
