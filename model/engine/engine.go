@@ -83,13 +83,14 @@ type Request struct {
 	StopIDs     []int // generation ends after emitting... (never emitted)
 	StopStrings []string
 	IgnoreEOS   bool // do not stop at the model's EOS token
+	LogProbs    bool // fill Event.LogProb (see Spec.LogProbs)
 }
 
 // Event is one generated token.
 type Event struct {
 	Token   int
-	Text    string // text delta that is safe to show now (may be empty)
-	LogProb float32
+	Text    string  // text delta that is safe to show now (may be empty)
+	LogProb float32 // when asked for (Spec.LogProbs, Request.LogProbs); else 0
 	// Top are the most likely tokens at this step with their
 	// log-probabilities, most likely first (Spec.TopLogProbs of them).
 	Top []TokenLogProb
@@ -147,7 +148,7 @@ func (e *Engine) Generate(st *hybrid.State, req Request, emit func(Event) bool) 
 		return res, err
 	}
 	d := NewDecoder(e.Tok, Spec{Params: req.Params, MaxTokens: req.MaxTokens, StopIDs: req.StopIDs, StopStrings: req.StopStrings,
-		IgnoreEOS: req.IgnoreEOS, EOS: e.Model.Cfg.EOS, LogProbs: true}, req.Prompt)
+		IgnoreEOS: req.IgnoreEOS, EOS: e.Model.Cfg.EOS, LogProbs: req.LogProbs}, req.Prompt)
 	seq := []hybrid.Seq{{State: st}}
 	for {
 		o := d.Next(logits)
