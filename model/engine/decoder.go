@@ -3,6 +3,7 @@ package engine
 import (
 	"math"
 
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	"github.com/switchyard-serving/switchyard/model/sample"
 	"github.com/switchyard-serving/switchyard/model/tokenizer"
 )
@@ -160,13 +161,10 @@ func TopLogProbs(logits []float32, k int) []TokenLogProb {
 		}
 		best[j] = TokenLogProb{Token: i, LogProb: x}
 	}
-	// log softmax = x - max - log sum exp(x - max), the sum taken once.
+	// log softmax = x - max - log sum exp(x - max), the sum taken once (as
+	// sample.LogProb takes it).
 	mx := best[0].LogProb
-	var sum float64
-	for _, x := range logits {
-		sum += math.Exp(float64(x - mx))
-	}
-	lse := math.Log(sum)
+	lse := math.Log(kernels.SumExpShift(logits, mx))
 	for i := range best {
 		best[i].LogProb = float32(float64(best[i].LogProb-mx) - lse)
 	}

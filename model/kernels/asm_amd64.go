@@ -60,6 +60,11 @@ func ssmrows512N128(st *float32, rows int, dA float32, dtx *float32, b *float32,
 //go:noescape
 func expShift512(x *float32, n int, m float32) float64
 
+// sumExpShift512 returns the sum of exp(x[i]-m) for i < n (a multiple of the vector width), x unchanged.
+//
+//go:noescape
+func sumExpShift512(x *float32, n int, m float32) float64
+
 // maxv512 returns the largest of x[0..n) (n a positive multiple of the vector width).
 func maxv512(x *float32, n int) float32
 
@@ -115,6 +120,11 @@ func ssmrows256(st *float32, n int, rows int, dA float32, dtx *float32, b *float
 //
 //go:noescape
 func expShift256(x *float32, n int, m float32) float64
+
+// sumExpShift256 returns the sum of exp(x[i]-m) for i < n (a multiple of the vector width), x unchanged.
+//
+//go:noescape
+func sumExpShift256(x *float32, n int, m float32) float64
 
 // maxv256 returns the largest of x[0..n) (n a positive multiple of the vector width).
 func maxv256(x *float32, n int) float32

@@ -74,6 +74,33 @@ func ExpShift(x []float32, m float32) float64 {
 	return (s[0] + s[1]) + (s[2] + s[3])
 }
 
+// SumExpShift returns Σ e^(x[i]-m) (accumulated in float64) without
+// writing x: ExpShift's values and sum, for a log softmax's denominator
+// (SumExpShiftRef is its twin).
+func SumExpShift(x []float32, m float32) float64 {
+	l := KernelLevel()
+	if l == LevelRef {
+		return SumExpShiftRef(x, m)
+	}
+	done, s := sumExpShiftAsm(l, x, m)
+	var t [16]float32
+	for len(x[done:]) > 0 { // the tail through ExpShift's Go path, 16 at a time
+		k := copy(t[:], x[done:])
+		s += ExpShift(t[:k], m)
+		done += k
+	}
+	return s
+}
+
+// SumExpShiftRef is the reference twin of SumExpShift.
+func SumExpShiftRef(x []float32, m float32) float64 {
+	var s float64
+	for _, v := range x {
+		s += float64(float32(math.Exp(float64(v - m))))
+	}
+	return s
+}
+
 // ExpShiftRef is the reference twin of ExpShift (math.Exp in float64).
 func ExpShiftRef(x []float32, m float32) float64 {
 	var s float64

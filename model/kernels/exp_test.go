@@ -261,3 +261,37 @@ func TestSiLUMulAsmSameBits(t *testing.T) {
 		}
 	}
 }
+
+// SumExpShift returns, at every level, what ExpShift sums (within the
+// reassociation of the tail's chains) without writing x, and ExpShift's
+// twin's sum within float32 exponentials' error.
+func TestSumExpShift(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 8))
+	forEachLevel(t, func(t *testing.T) {
+		for _, n := range []int{0, 1, 7, 8, 15, 16, 17, 31, 33, 100352} {
+			x := make([]float32, n)
+			for i := range x {
+				x[i] = float32(rng.NormFloat64() * 6)
+			}
+			if n > 3 {
+				x[2] = float32(math.Inf(-1))
+			}
+			m := MaxRef(x)
+			keep := append([]float32(nil), x...)
+			got := SumExpShift(x, m)
+			for i := range x {
+				if math.Float32bits(x[i]) != math.Float32bits(keep[i]) {
+					t.Fatalf("n %d: x[%d] written", n, i)
+				}
+			}
+			want := ExpShift(append([]float32(nil), x...), m)
+			ref := SumExpShiftRef(x, m)
+			if math.Abs(got-want) > 1e-12*math.Max(1, want) {
+				t.Fatalf("n %d: SumExpShift %v, ExpShift's sum %v", n, got, want)
+			}
+			if math.Abs(got-ref) > 1e-6*math.Max(1, ref) {
+				t.Fatalf("n %d: SumExpShift %v, twin %v", n, got, ref)
+			}
+		}
+	})
+}

@@ -260,6 +260,19 @@ func expShiftAsm(l Level, x []float32, m float32) (int, float64) {
 	return 0, 0
 }
 
+// sumExpShiftAsm is expShiftAsm without the stores (SumExpShift).
+func sumExpShiftAsm(l Level, x []float32, m float32) (int, float64) {
+	switch {
+	case l >= LevelAVX512:
+		n := len(x) &^ 15
+		return n, sumExpShift512(f32p(x), n, m)
+	case l == LevelAVX2:
+		n := len(x) &^ 7
+		return n, sumExpShift256(f32p(x), n, m)
+	}
+	return 0, 0
+}
+
 // maxAsm handles the longest prefix of x that is a multiple of the vector width
 // and returns its length and maximum (0 and -Inf without assembly).
 func maxAsm(l Level, x []float32) (int, float32) {

@@ -370,13 +370,12 @@ func Argmax(x []float32) int {
 	return best
 }
 
-// LogProb is log softmax(logits)[tok], computed stably in float64.
+// LogProb is log softmax(logits)[tok], computed stably: the exponentials
+// in one vector pass (float32 values, a float64 sum: kernels.SumExpShift,
+// about a tenth of math.Exp over a 100k vocabulary), the rest in float64.
 func LogProb(logits []float32, tok int) float32 {
-	mx := logits[Argmax(logits)]
-	var s float64
-	for _, v := range logits {
-		s += math.Exp(float64(v - mx))
-	}
+	mx := kernels.Max(logits)
+	s := kernels.SumExpShift(logits, mx)
 	return float32(float64(logits[tok]-mx) - math.Log(s))
 }
 

@@ -320,3 +320,15 @@ func TestMaskedNeverDrawn(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkLogProb: one token's log-probability over a 100,352-entry
+// vocabulary (what a request with logprobs pays per token).
+func BenchmarkLogProb(b *testing.B) {
+	logits := make([]float32, 100352)
+	for i := range logits {
+		logits[i] = float32(math.Sin(float64(i))) * 8
+	}
+	for b.Loop() {
+		LogProb(logits, 7)
+	}
+}

@@ -41,11 +41,19 @@ func genExpConsts() {
 // genExp emits expShift: x[i] = e^(x[i]-m) for n (a multiple of the lane count)
 // floats, returning Σ as float64 (accumulated in float64 lanes). Arguments are
 // clamped to [-87.34, 88] (results ~1.2e-38 at the bottom, not 0); NaNs stay NaN.
-func genExp(s isa) {
+//
+// Without store it emits sumExpShift512/256: the same sum, x unchanged
+// (for a log softmax's denominator).
+func genExp(s isa, store bool) {
 	name := fname("expShift", s, "")
+	doc := []string{name + " sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)", "and returns their sum."}
+	if !store {
+		name = fname("sumExpShift", s, "")
+		doc = []string{name + " returns the sum of exp(x[i]-m) for i < n (a multiple of the vector width), x unchanged."}
+	}
 	TEXT(name, NOSPLIT, "func(x *float32, n int, m float32) float64")
 	Pragma("noescape")
-	Doc(name+" sets x[i] = exp(x[i]-m) for i < n (a multiple of the vector width)", "and returns their sum.")
+	Doc(doc...)
 	px := ld("x")
 	n := ld("n")
 	mv := s.vec()
@@ -71,7 +79,9 @@ func genExp(s isa) {
 	VMAXPS(d, lo, d) // a NaN in d is the second source: it propagates
 	VMINPS(d, hi, d)
 	p := ec.exp(s, d)
-	VMOVUPS(p, Mem{Base: px})
+	if store {
+		VMOVUPS(p, Mem{Base: px})
+	}
 	// Widen to float64 and accumulate.
 	if s.z {
 		w := ZMM()

@@ -56,7 +56,8 @@ func main() {
 	for _, s := range []isa{isa512, isa256} {
 		genProbes(s)
 		genVec(s)
-		genExp(s)
+		genExp(s, true)
+		genExp(s, false)
 		genMax(s)
 	}
 	for _, dt := range allDtypes {
