@@ -194,7 +194,7 @@ func (s *Sampler) draw(w []float32) int {
 		thr := w[top] * s.p.MinP
 		c := s.cands[:0]
 		for i, e := range w {
-			if e >= thr {
+			if e >= thr && e >= minWeight {
 				c = append(c, cand{float64(e), int32(i)})
 			}
 		}
@@ -254,13 +254,18 @@ func (s *Sampler) filtered(c []cand, sum float64, sorted bool) int {
 		tot += x.p
 	}
 	r := s.rng.Float64() * tot
+	last := c[0].id // the fallback if rounding leaves r ≥ 0: the last weighted candidate
 	for _, x := range c {
+		if x.p < minWeight {
+			continue // a masked (-Inf) logit
+		}
 		r -= x.p
 		if r < 0 {
 			return int(x.id)
 		}
+		last = x.id
 	}
-	return int(c[len(c)-1].id)
+	return int(last)
 }
 
 // topK appends to c the k best logits of w (by before's order) and returns

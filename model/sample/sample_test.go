@@ -311,7 +311,7 @@ func TestMaskedNeverDrawn(t *testing.T) {
 	for i := range open {
 		w[i] = float32(i%5) * 0.1
 	}
-	for _, p := range []Params{{Temperature: 1}, {Temperature: 3, TopP: 0.999999}, {Temperature: 2, MinP: 1e-9}, {Temperature: 1, TopK: 100}} {
+	for _, p := range []Params{{Temperature: 1}, {Temperature: 3, TopP: 0.999999}, {Temperature: 2, MinP: 1e-9}, {Temperature: 2, MinP: 1e-39}, {Temperature: 1, TopK: 100}, {Temperature: 1, TopK: 100, MinP: 1e-39}} {
 		s := New(p)
 		for range 3000 {
 			if tok := s.Token(w, nil); !open[tok] {
