@@ -51,7 +51,7 @@ func ExpShift(x []float32, m float32) float64 {
 	var s [4]float64 // four chains, so the adds do not serialise
 	done := 0
 	if len(x) >= 16 {
-		done, s[0] = expShiftAsm(l, x, m)
+		done, s[0] = expShiftAsm(l, x, m, true)
 	}
 	for i, v := range x[done:] {
 		d := v - m
@@ -82,7 +82,7 @@ func SumExpShift(x []float32, m float32) float64 {
 	if l == LevelRef {
 		return SumExpShiftRef(x, m)
 	}
-	done, s := sumExpShiftAsm(l, x, m)
+	done, s := expShiftAsm(l, x, m, false)
 	var t [16]float32
 	for len(x[done:]) > 0 { // the tail through ExpShift's Go path, 16 at a time
 		k := copy(t[:], x[done:])

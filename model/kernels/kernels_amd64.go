@@ -247,30 +247,27 @@ func ssmRowsAsm(l Level, st []float32, n int, dA float32, dtx, b, c, y []float32
 }
 
 // expShiftAsm handles the longest prefix of x that is a multiple of the vector
-// width and returns its length and sum (0, 0 without assembly).
-func expShiftAsm(l Level, x []float32, m float32) (int, float64) {
+// width and returns its length and sum (0, 0 without assembly); without store
+// x is left as it is (SumExpShift).
+func expShiftAsm(l Level, x []float32, m float32, store bool) (int, float64) {
+	var n int
 	switch {
 	case l >= LevelAVX512:
-		n := len(x) &^ 15
-		return n, expShift512(f32p(x), n, m)
+		n = len(x) &^ 15
 	case l == LevelAVX2:
-		n := len(x) &^ 7
+		n = len(x) &^ 7
+	default:
+		return 0, 0
+	}
+	switch {
+	case l >= LevelAVX512 && store:
+		return n, expShift512(f32p(x), n, m)
+	case l >= LevelAVX512:
+		return n, sumExpShift512(f32p(x), n, m)
+	case store:
 		return n, expShift256(f32p(x), n, m)
 	}
-	return 0, 0
-}
-
-// sumExpShiftAsm is expShiftAsm without the stores (SumExpShift).
-func sumExpShiftAsm(l Level, x []float32, m float32) (int, float64) {
-	switch {
-	case l >= LevelAVX512:
-		n := len(x) &^ 15
-		return n, sumExpShift512(f32p(x), n, m)
-	case l == LevelAVX2:
-		n := len(x) &^ 7
-		return n, sumExpShift256(f32p(x), n, m)
-	}
-	return 0, 0
+	return n, sumExpShift256(f32p(x), n, m)
 }
 
 // maxAsm handles the longest prefix of x that is a multiple of the vector width

@@ -21,12 +21,11 @@ func mulAsm(Level, []float32, []float32, []float32) bool          { return false
 func ssmRowsAsm(Level, []float32, int, float32, []float32, []float32, []float32, []float32) bool {
 	return false
 }
-func expShiftAsm(Level, []float32, float32) (int, float64)    { return 0, 0 }
-func sumExpShiftAsm(Level, []float32, float32) (int, float64) { return 0, 0 }
-func maxAsm(Level, []float32) (int, float32)                  { return 0, float32(math.Inf(-1)) }
-func fmaProbe(int) int                                        { return 0 }
-func readProbe(b []byte) uint64                               { return readGo(b) }
-func triadProbe(a, b, c []float32, s float32)                 { triadGo(a, b, c, s) }
+func expShiftAsm(Level, []float32, float32, bool) (int, float64) { return 0, 0 }
+func maxAsm(Level, []float32) (int, float32)                     { return 0, float32(math.Inf(-1)) }
+func fmaProbe(int) int                                           { return 0 }
+func readProbe(b []byte) uint64                                  { return readGo(b) }
+func triadProbe(a, b, c []float32, s float32)                    { triadGo(a, b, c, s) }
 
 func siluAsm(Level, []float32, []float32, []float32) int { return 0 }
 
