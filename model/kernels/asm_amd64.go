@@ -33,6 +33,9 @@ func mul512(dst *float32, a *float32, b *float32, n int)
 // addscaled512 computes dst[i] += alpha·x[i] for i < n (a multiple of 4 vectors' lanes), the product rounded first.
 func addscaled512(dst *float32, x *float32, alpha float32, n int)
 
+// scaleto512 computes dst[i] = alpha·x[i] for i < n (a multiple of 4 vectors' lanes).
+func scaleto512(dst *float32, x *float32, alpha float32, n int)
+
 // roundbf16512 computes dst[i] = x[i] rounded to bfloat16 (and widened back) for i < n (a multiple of a vector's lanes).
 func roundbf16512(dst *float32, x *float32, n int)
 
@@ -96,6 +99,9 @@ func mul256(dst *float32, a *float32, b *float32, n int)
 
 // addscaled256 computes dst[i] += alpha·x[i] for i < n (a multiple of 4 vectors' lanes), the product rounded first.
 func addscaled256(dst *float32, x *float32, alpha float32, n int)
+
+// scaleto256 computes dst[i] = alpha·x[i] for i < n (a multiple of 4 vectors' lanes).
+func scaleto256(dst *float32, x *float32, alpha float32, n int)
 
 // roundbf16256 computes dst[i] = x[i] rounded to bfloat16 (and widened back) for i < n (a multiple of a vector's lanes).
 func roundbf16256(dst *float32, x *float32, n int)

@@ -533,3 +533,32 @@ func BenchmarkReadStreams(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkScaleTo: a 32-session step's logits (32 rows of Granite's
+// 100,352) scaled into the sequences' own slices: Scale in place then a
+// copy (before) against ScaleTo (one pass), one thread.
+func BenchmarkScaleTo(b *testing.B) {
+	const rows, v = 32, 100352
+	src := randVec(rand.New(rand.NewPCG(5, 5)), rows*v)
+	dst := make([][]float32, rows)
+	for i := range dst {
+		dst[i] = make([]float32, v)
+	}
+	b.Run("scale+copy", func(b *testing.B) {
+		b.SetBytes(4 * rows * v)
+		for b.Loop() {
+			Scale(0.5, src)
+			for i := range dst {
+				copy(dst[i], src[i*v:(i+1)*v])
+			}
+		}
+	})
+	b.Run("scaleto", func(b *testing.B) {
+		b.SetBytes(4 * rows * v)
+		for b.Loop() {
+			for i := range dst {
+				ScaleTo(dst[i], src[i*v:(i+1)*v], 0.5)
+			}
+		}
+	})
+}

@@ -138,20 +138,30 @@ func scaleAsm(l Level, alpha float32, x []float32) bool {
 	return true
 }
 
-// addScaledAsm runs AddScaled's kernel over the longest prefix of dst that
-// is a multiple of 4 vectors and returns its length (0: no kernel at l).
-func addScaledAsm(l Level, dst, x []float32, alpha float32) int {
+// addScaledAsm runs AddScaled's kernel (without add, ScaleTo's) over the
+// longest prefix of dst that is a multiple of 4 vectors and returns its
+// length (0: no kernel at l).
+func addScaledAsm(l Level, dst, x []float32, alpha float32, add bool) int {
+	var n int
 	switch {
 	case l >= LevelAVX512:
-		n := len(dst) &^ 63
-		addscaled512(f32p(dst), f32p(x), alpha, n)
-		return n
+		n = len(dst) &^ 63
 	case l == LevelAVX2:
-		n := len(dst) &^ 31
-		addscaled256(f32p(dst), f32p(x), alpha, n)
-		return n
+		n = len(dst) &^ 31
+	default:
+		return 0
 	}
-	return 0
+	switch {
+	case l >= LevelAVX512 && add:
+		addscaled512(f32p(dst), f32p(x), alpha, n)
+	case l >= LevelAVX512:
+		scaleto512(f32p(dst), f32p(x), alpha, n)
+	case add:
+		addscaled256(f32p(dst), f32p(x), alpha, n)
+	default:
+		scaleto256(f32p(dst), f32p(x), alpha, n)
+	}
+	return n
 }
 
 // roundBF16Asm runs RoundBF16's kernel (with add, AddScaledBF16's) over

@@ -14,7 +14,7 @@ func axpyAsm(Level, float32, []float32, []float32) bool  { return false }
 func scaleAsm(Level, float32, []float32) bool            { return false }
 func addAsm(Level, []float32, []float32, []float32) bool { return false }
 
-func addScaledAsm(Level, []float32, []float32, float32) int { return 0 }
+func addScaledAsm(Level, []float32, []float32, float32, bool) int { return 0 }
 
 func roundBF16Asm(Level, []float32, []float32, float32, bool) int { return 0 }
 func mulAsm(Level, []float32, []float32, []float32) bool          { return false }

@@ -641,7 +641,8 @@ func TestParallelForHelping(t *testing.T) {
 }
 
 // TestAddScaledSameBits: AddScaled gives, at every level, the bits of
-// Scale then Add (what it replaces in the expert sums) and of its twin,
+// Scale then Add (what it replaces in the expert sums) and of its twin, and
+// ScaleTo the bits of Scale,
 // special values included (NaNs in both operands, infinities, subnormals,
 // signed zeros; a NaN may carry either operand's payload), for lengths
 // around the kernels' 4-vector steps.
@@ -666,6 +667,16 @@ func TestAddScaledSameBits(t *testing.T) {
 				Add(want, want, xs)
 				twin := append([]float32(nil), dst...)
 				AddScaledRef(twin, x, alpha)
+				// ScaleTo: Scale's bits (xs) into another slice, x unchanged.
+				st, sr := make([]float32, n), make([]float32, n)
+				ScaleTo(st, x, alpha)
+				ScaleToRef(sr, x, alpha)
+				eq := func(a, b float32) bool { return math.Float32bits(a) == math.Float32bits(b) || (a != a && b != b) }
+				for i := range st {
+					if !eq(st[i], xs[i]) || !eq(sr[i], xs[i]) {
+						t.Fatalf("ScaleTo n=%d alpha=%g [%d]: %#x, twin %#x, Scale %#x", n, alpha, i, math.Float32bits(st[i]), math.Float32bits(sr[i]), math.Float32bits(xs[i]))
+					}
+				}
 				got := append([]float32(nil), dst...)
 				xc := append([]float32(nil), x...)
 				AddScaled(got, x, alpha)

@@ -102,6 +102,13 @@ func AddScaledRef(dst, x []float32, alpha float32) {
 	}
 }
 
+// ScaleToRef is the plain twin of ScaleTo.
+func ScaleToRef(dst, x []float32, alpha float32) {
+	for i := range dst {
+		dst[i] = alpha * x[i]
+	}
+}
+
 // RoundBF16Ref is the plain twin of RoundBF16.
 func RoundBF16Ref(dst, x []float32) {
 	for i := range dst {

@@ -62,10 +62,29 @@ func AddScaled(dst, x []float32, alpha float32) {
 	}
 	n := 0
 	if len(dst) >= 64 {
-		n = addScaledAsm(l, dst, x, alpha)
+		n = addScaledAsm(l, dst, x, alpha, true)
 	}
 	for i := n; i < len(dst); i++ {
 		dst[i] += float32(alpha * x[i])
+	}
+}
+
+// ScaleTo computes dst[i] = alpha·x[i] for i < len(dst): Scale's bits
+// into another slice, in one pass instead of Scale then a copy
+// (ScaleToRef is its twin).
+func ScaleTo(dst, x []float32, alpha float32) {
+	x = x[:len(dst)]
+	l := KernelLevel()
+	if l == LevelRef {
+		ScaleToRef(dst, x, alpha)
+		return
+	}
+	n := 0
+	if len(dst) >= 64 {
+		n = addScaledAsm(l, dst, x, alpha, false)
+	}
+	for i := n; i < len(dst); i++ {
+		dst[i] = alpha * x[i]
 	}
 }
 

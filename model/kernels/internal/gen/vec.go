@@ -346,7 +346,8 @@ func genVec(s isa) {
 
 	genBinary(s, "add", "+", VADDPS, VADDSS)
 	genBinary(s, "mul", "·", VMULPS, VMULSS)
-	genAddScaled(s)
+	genAddScaled(s, true)
+	genAddScaled(s, false)
 	genRoundBF16(s, false)
 	genRoundBF16(s, true)
 	genBF16Wire(s, "enc")
@@ -549,12 +550,18 @@ func ssmRowEnd(name string, r Op, py, pt GPVirtual) {
 // for i < n, n a multiple of 4 vectors' lanes (the caller does the rest),
 // the product rounded to float32 before the add (VMULPS, then VADDPS: not
 // fused), so the bits of scale then add (Scale(alpha, x); Add(dst, dst,
-// x)) without writing x back and reading it again.
-func genAddScaled(s isa) {
+// x)) without writing x back and reading it again. Without add it emits
+// scaleto512/256: dst[i] = alpha·x[i] (Scale's bits, into another slice).
+func genAddScaled(s isa, add bool) {
 	vb := s.vbytes()
 	name := fname("addscaled", s, "")
+	doc := name + " computes dst[i] += alpha·x[i] for i < n (a multiple of 4 vectors' lanes), the product rounded first."
+	if !add {
+		name = fname("scaleto", s, "")
+		doc = name + " computes dst[i] = alpha·x[i] for i < n (a multiple of 4 vectors' lanes)."
+	}
 	TEXT(name, NOSPLIT, "func(dst, x *float32, alpha float32, n int)")
-	Doc(name + " computes dst[i] += alpha·x[i] for i < n (a multiple of 4 vectors' lanes), the product rounded first.")
+	Doc(doc)
 	al := s.vec()
 	VBROADCASTSS(paddr("alpha"), al)
 	pd := ld("dst")
@@ -564,13 +571,17 @@ func genAddScaled(s isa) {
 	JZ(LabelRef(name + "_ret"))
 	Label(name + "_l4")
 	for i := 0; i < 4; i++ {
-		// dst is the add's first source, as in add512(dst, dst, x): the
-		// same NaN where both are one.
-		v, w := s.vec(), s.vec()
+		v := s.vec()
 		VMULPS(Mem{Base: px, Disp: i * vb}, al, v)
-		VMOVUPS(Mem{Base: pd, Disp: i * vb}, w)
-		VADDPS(v, w, w)
-		VMOVUPS(w, Mem{Base: pd, Disp: i * vb})
+		if add {
+			// dst is the add's first source, as in add512(dst, dst, x):
+			// the same NaN where both are one.
+			w := s.vec()
+			VMOVUPS(Mem{Base: pd, Disp: i * vb}, w)
+			VADDPS(v, w, w)
+			v = w
+		}
+		VMOVUPS(v, Mem{Base: pd, Disp: i * vb})
 	}
 	ADDQ(U32(4*vb), px)
 	ADDQ(U32(4*vb), pd)
