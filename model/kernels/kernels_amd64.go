@@ -192,10 +192,10 @@ func roundBF16Asm(l Level, dst, x []float32, alpha float32, add bool) int {
 
 // bf16WireAsm runs the bf16 wire kernel of op ('e' EncodeBF16, 'd'
 // DecodeBF16, 'a' AddBF16) over the longest prefix of f that is a multiple
-// of 16 values and returns its length (b holds their bytes).
+// of 16 values and returns its length (b holds their bytes; 0 below AVX2).
 func bf16WireAsm(l Level, op byte, b []byte, f []float32) int {
 	n := len(f) &^ 15
-	if n == 0 {
+	if n == 0 || l < LevelAVX2 {
 		return 0
 	}
 	bp, fp := unsafe.SliceData(b), f32p(f)

@@ -50,23 +50,17 @@ func Scale(alpha float32, x []float32) {
 	}
 }
 
+// The vector helpers below run their kernel over the longest prefix the
+// kernel takes at the current level (none at LevelRef and LevelGo) and their
+// plain twin over the rest.
+
 // AddScaled computes dst[i] += alpha·x[i] for i < len(dst), the product
 // rounded to float32 before the add: the bits of Scale(alpha, x) then
 // Add(dst, dst, x), without writing x (AddScaledRef is its twin).
 func AddScaled(dst, x []float32, alpha float32) {
 	x = x[:len(dst)]
-	l := KernelLevel()
-	if l == LevelRef {
-		AddScaledRef(dst, x, alpha)
-		return
-	}
-	n := 0
-	if len(dst) >= 64 {
-		n = addScaledAsm(l, dst, x, alpha, true)
-	}
-	for i := n; i < len(dst); i++ {
-		dst[i] += float32(alpha * x[i])
-	}
+	n := addScaledAsm(KernelLevel(), dst, x, alpha, true)
+	AddScaledRef(dst[n:], x[n:], alpha)
 }
 
 // ScaleTo computes dst[i] = alpha·x[i] for i < len(dst): Scale's bits
@@ -74,18 +68,8 @@ func AddScaled(dst, x []float32, alpha float32) {
 // (ScaleToRef is its twin).
 func ScaleTo(dst, x []float32, alpha float32) {
 	x = x[:len(dst)]
-	l := KernelLevel()
-	if l == LevelRef {
-		ScaleToRef(dst, x, alpha)
-		return
-	}
-	n := 0
-	if len(dst) >= 64 {
-		n = addScaledAsm(l, dst, x, alpha, false)
-	}
-	for i := n; i < len(dst); i++ {
-		dst[i] = alpha * x[i]
-	}
+	n := addScaledAsm(KernelLevel(), dst, x, alpha, false)
+	ScaleToRef(dst[n:], x[n:], alpha)
 }
 
 // RoundBF16 sets dst[i] to x[i] rounded to bfloat16 and widened back
@@ -93,11 +77,7 @@ func ScaleTo(dst, x []float32, alpha float32) {
 // quiet NaN) for i < len(dst); dst may alias x (RoundBF16Ref is its twin).
 func RoundBF16(dst, x []float32) {
 	x = x[:len(dst)]
-	l := KernelLevel()
-	n := 0
-	if l != LevelRef && len(dst) >= 16 {
-		n = roundBF16Asm(l, dst, x, 0, false)
-	}
+	n := roundBF16Asm(KernelLevel(), dst, x, 0, false)
 	RoundBF16Ref(dst[n:], x[n:])
 }
 
@@ -107,11 +87,7 @@ func RoundBF16(dst, x []float32) {
 // (AddScaledBF16Ref is its twin).
 func AddScaledBF16(dst, x []float32, alpha float32) {
 	x = x[:len(dst)]
-	l := KernelLevel()
-	n := 0
-	if l != LevelRef && len(dst) >= 16 {
-		n = roundBF16Asm(l, dst, x, alpha, true)
-	}
+	n := roundBF16Asm(KernelLevel(), dst, x, alpha, true)
 	AddScaledBF16Ref(dst[n:], x[n:], alpha)
 }
 
@@ -120,10 +96,7 @@ func AddScaledBF16(dst, x []float32, alpha float32) {
 // encoding (EncodeBF16Ref is its twin).
 func EncodeBF16(dst []byte, x []float32) {
 	dst = dst[:2*len(x)]
-	n := 0
-	if l := KernelLevel(); l >= LevelAVX2 && len(x) >= 16 {
-		n = bf16WireAsm(l, 'e', dst, x)
-	}
+	n := bf16WireAsm(KernelLevel(), 'e', dst, x)
 	EncodeBF16Ref(dst[2*n:], x[n:])
 }
 
@@ -131,10 +104,7 @@ func EncodeBF16(dst []byte, x []float32) {
 // (tensor.BF16ToF32; DecodeBF16Ref is its twin).
 func DecodeBF16(dst []float32, src []byte) {
 	src = src[:2*len(dst)]
-	n := 0
-	if l := KernelLevel(); l >= LevelAVX2 && len(dst) >= 16 {
-		n = bf16WireAsm(l, 'd', src, dst)
-	}
+	n := bf16WireAsm(KernelLevel(), 'd', src, dst)
 	DecodeBF16Ref(dst[n:], src[2*n:])
 }
 
@@ -142,10 +112,7 @@ func DecodeBF16(dst []float32, src []byte) {
 // (AddBF16Ref is its twin).
 func AddBF16(dst []float32, src []byte) {
 	src = src[:2*len(dst)]
-	n := 0
-	if l := KernelLevel(); l >= LevelAVX2 && len(dst) >= 16 {
-		n = bf16WireAsm(l, 'a', src, dst)
-	}
+	n := bf16WireAsm(KernelLevel(), 'a', src, dst)
 	AddBF16Ref(dst[n:], src[2*n:])
 }
 
