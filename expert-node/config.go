@@ -66,7 +66,7 @@ type Config struct {
 	// SpinWait is how long the compute threads keep polling for the next
 	// product before they park (kernels.SetSpinWait, a process-wide setting
 	// the expert command applies; `switchyard up`, whose nodes share one
-	// process, keeps the kernels' default of 200 µs). Between two layers of
+	// process, applies its own --spin-wait of the same default). Between two layers of
 	// the trunks' steps a node idles a millisecond or more; a parked thread
 	// takes 50 µs to 1 ms to wake on a virtual machine, and products
 	// estimated under a millisecond do not wait for it, so a one-session

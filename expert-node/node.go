@@ -17,6 +17,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/switchyard-serving/switchyard/internal/routing"
+	"github.com/switchyard-serving/switchyard/internal/rpc"
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 	"github.com/switchyard-serving/switchyard/model/kernels"
@@ -127,12 +128,13 @@ func newNode(cfg Config, h hooks) (*Node, error) {
 }
 
 // ServerOptions returns the grpc.Server options the node's limits need (the
-// maximum message sizes). Pass them to grpc.NewServer before Register.
+// maximum message sizes) and the node-to-node flow-control windows
+// (rpc.PeerServerOptions). Pass them to grpc.NewServer before Register.
 func (n *Node) ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+	return append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(n.cfg.MaxRecvMsgBytes),
 		grpc.MaxSendMsgSize(n.cfg.MaxRecvMsgBytes),
-	}
+	}, rpc.PeerServerOptions()...)
 }
 
 // Register registers ExpertService and the standard gRPC health service (for ""

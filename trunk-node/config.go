@@ -88,8 +88,8 @@ type Config struct {
 
 	// SpinWait is how long the compute threads keep polling for the next
 	// product before they park (kernels.SetSpinWait, a process-wide setting
-	// the trunk command applies; `switchyard up` keeps the kernels' default
-	// of 200 µs). While a step waits for the expert nodes (a millisecond or
+	// the trunk command applies; `switchyard up`, whose nodes share one
+	// process, applies its own --spin-wait of the same default). While a step waits for the expert nodes (a millisecond or
 	// so a layer) the threads would park, and the next layer's products
 	// would start on the caller alone until a woken thread arrives (50 µs to
 	// 1 ms on a virtual machine) or, under a millisecond of work, not use

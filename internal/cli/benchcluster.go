@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime/pprof"
+	"runtime/trace"
 	"sort"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
+	"github.com/switchyard-serving/switchyard/internal/rpc"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
@@ -125,15 +127,14 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	inprocFlag := fs.Bool("inproc", true, "also measure the in-process engine (the ratio column's baseline)")
 	wire := fs.String("wire", "bf16", "activation wire format: bf16 or f32")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements (the cluster's, with the in-process repetitions that alternate with them) to this file")
+	traceFile := fs.String("trace", "", "write an execution trace of the measurements to this file (go tool trace; with --inproc=false the cluster's alone): where goroutines wait for a P, the network or each other")
 	det := fs.Bool("deterministic", true, "the trunk's and expert nodes' --deterministic (batch-invariant kernels, per-pair answers summed in expert order; their default)")
 	mmap := fs.Bool("mmap", false, "every node (the in-process baseline too) reads its weights through the file's map (their --mmap) instead of copying them into memory")
-	spin := fs.Duration("spin-wait", 0, "how long idle compute threads poll before parking, for every node of this process (the trunk's and expert's --spin-wait; 0: the kernels' default, as `up`)")
+	spin := fs.Duration("spin-wait", trunknode.DefaultConfig().SpinWait, "how long idle compute threads poll before parking, for every node of this process (the trunk's and expert's --spin-wait, and up's; 0: the kernels' default of 200µs)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *spin > 0 {
-		defer kernels.SetSpinWait(kernels.SetSpinWait(*spin))
-	}
+	defer kernels.SetSpinWait(kernels.SetSpinWait(*spin))
 	if *model == "" {
 		p, err := defaultModel(stderr)
 		if err != nil {
@@ -188,6 +189,17 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
 	}
 	for _, dev := range strings.Split(*devices, ",") {
 		if err := benchClusterOn(ctx, stdout, strings.TrimSpace(dev), *model, *experts, tune, *det, *mmap, sessions, *prompt, *tokens, *reps, vocab, inproc); err != nil {
@@ -358,10 +370,12 @@ func newEchoBench() (*echoBench, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &echoBench{srv: grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20))}
+	// The node-to-node connections' flow-control windows, as the dispatch streams have.
+	e := &echoBench{srv: grpc.NewServer(append(rpc.PeerServerOptions(), grpc.MaxRecvMsgSize(64<<20))...)}
 	pb.RegisterExpertServiceServer(e.srv, echoServer{})
 	go e.srv.Serve(lis)
 	e.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(rpc.PeerStreamWindow), grpc.WithInitialConnWindowSize(rpc.PeerConnWindow),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {
 		e.srv.Stop()

@@ -15,6 +15,7 @@ import (
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
 	"github.com/switchyard-serving/switchyard/model/config"
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	"github.com/switchyard-serving/switchyard/model/synth"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
@@ -57,6 +58,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logLevel := fs.String("log-level", "warn", "nodes' log level on stderr: debug, info, warn or error")
 	httpListen := fs.String("http-listen", "127.0.0.1:8000", "the first trunk's OpenAI-compatible HTTP API address (others: a free port; empty: off)")
 	mmap := fs.Bool("mmap", true, "every node reads the weights through the file's memory map (default here: the nodes share one process and one page cache; false copies each node's weights into its own memory, as trunk and expert do by default)")
+	spin := fs.Duration("spin-wait", trunknode.DefaultConfig().SpinWait, "how long idle compute threads poll for the next product before parking (one setting for the whole process: its nodes share one pool of compute threads; 0: the kernels' 200µs)")
 	insecureAPI := fs.Bool("insecure", false, "serve the public API without a token (by default up generates one and prints it)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -71,6 +73,12 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *trunks < 1 {
 		return fmt.Errorf("--trunks must be at least 1")
 	}
+	if *spin < 0 {
+		return fmt.Errorf("--spin-wait is %v, want >= 0", *spin)
+	}
+	// The nodes' own commands apply their --spin-wait; here they share one
+	// process and one pool, which polls for as long as a separate node's.
+	kernels.SetSpinWait(*spin)
 	log, err := agent.NewLogger(stderr, *logLevel, "text")
 	if err != nil {
 		return err

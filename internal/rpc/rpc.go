@@ -314,6 +314,27 @@ func recoverTo(ctx context.Context, log *slog.Logger, err *error, method string)
 	}
 }
 
+// Flow-control windows of node-to-node connections (a trunk's dispatch
+// streams to the expert nodes, a trunk's session transfers to another).
+// Setting them turns off gRPC's bandwidth-delay-product estimation, which
+// otherwise answers data frames with pings, and makes window updates rare:
+// with the 64 KiB defaults every few dispatch messages woke each side's
+// writer goroutine for a ping, its ack or a window update (two thirds of
+// the writer wake-ups in an execution trace of bench-cluster), each a
+// syscall and a goroutine that waits for a P while the matmuls hold them.
+// The windows are credit, not buffers: memory grows only when a receiver
+// stops reading.
+const (
+	PeerStreamWindow = 8 << 20
+	PeerConnWindow   = 32 << 20
+)
+
+// PeerServerOptions are the grpc.Server options of a node that node-to-node
+// connections dial (the flow-control windows above).
+func PeerServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.InitialWindowSize(PeerStreamWindow), grpc.InitialConnWindowSize(PeerConnWindow)}
+}
+
 // Dialer returns a dial function for node-to-node connections.
 func Dialer(f TLSFiles, maxMsg int, extra ...grpc.DialOption) (func(ctx context.Context, addr string) (*grpc.ClientConn, error), error) {
 	creds, err := ClientCreds(f)
@@ -323,6 +344,8 @@ func Dialer(f TLSFiles, maxMsg int, extra ...grpc.DialOption) (func(ctx context.
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithInitialWindowSize(PeerStreamWindow),
+		grpc.WithInitialConnWindowSize(PeerConnWindow),
 	}, extra...)
 	if maxMsg > 0 {
 		opts = append(opts, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)))
