@@ -22,6 +22,7 @@ import (
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/internal/schedtrace"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
@@ -127,7 +128,7 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	inprocFlag := fs.Bool("inproc", true, "also measure the in-process engine (the ratio column's baseline)")
 	wire := fs.String("wire", "bf16", "activation wire format: bf16 or f32")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements (the cluster's, with the in-process repetitions that alternate with them) to this file")
-	traceFile := fs.String("trace", "", "write an execution trace of the measurements to this file (go tool trace; with --inproc=false the cluster's alone): where goroutines wait for a P, the network or each other")
+	traceFile := fs.String("trace", "", "write an execution trace of the run to this file (go tool trace) and print, for the cluster's and the in-process engine's repetitions, how many Ps ran goroutines, which goroutines ran and which waited for a P")
 	det := fs.Bool("deterministic", true, "the trunk's and expert nodes' --deterministic (batch-invariant kernels, per-pair answers summed in expert order; their default)")
 	mmap := fs.Bool("mmap", false, "every node (the in-process baseline too) reads its weights through the file's map (their --mmap) instead of copying them into memory")
 	spin := fs.Duration("spin-wait", trunknode.DefaultConfig().SpinWait, "how long idle compute threads poll before parking, for every node of this process (the trunk's and expert's --spin-wait, and up's; 0: the kernels' default of 200µs)")
@@ -199,10 +200,39 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 		if err := trace.Start(f); err != nil {
 			return err
 		}
-		defer trace.Stop()
+		defer trace.Stop() // on errors; stopped before the summary otherwise
 	}
 	for _, dev := range strings.Split(*devices, ",") {
 		if err := benchClusterOn(ctx, stdout, strings.TrimSpace(dev), *model, *experts, tune, *det, *mmap, sessions, *prompt, *tokens, *reps, vocab, inproc); err != nil {
+			return err
+		}
+	}
+	if *traceFile != "" {
+		trace.Stop()
+		return summarizeTrace(stdout, *traceFile, inproc != "")
+	}
+	return nil
+}
+
+// summarizeTrace prints where the Ps' time went during the cluster's
+// repetitions (and the in-process engine's) from the execution trace.
+func summarizeTrace(w io.Writer, path string, inproc bool) error {
+	regions := []string{"cluster"}
+	if inproc {
+		regions = append(regions, "in-process")
+	}
+	for _, region := range regions {
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		rep, err := schedtrace.Read(f, region)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "\nexecution trace %s, the %s repetitions (all devices and session counts):\n", path, region)
+		if err := rep.Write(w, 8); err != nil {
 			return err
 		}
 	}
@@ -276,7 +306,9 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 		var outB, inB int
 		for i := range reps {
 			if inproc != "" {
+				r := trace.StartRegion(ctx, "in-process")
 				tin, err := drive(ctx, inproc, vocab, s, prompt, tokens, uint64(i))
+				r.End()
 				if err != nil {
 					return err
 				}
@@ -284,7 +316,9 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 			}
 			rec.reset()
 			w0, t0 := c.Trunk.Dispatcher().Stats().WaitNanos.Load(), time.Now()
+			r := trace.StartRegion(ctx, "cluster")
 			tps, err := drive(ctx, c.Endpoint, vocab, s, prompt, tokens, uint64(i))
+			r.End()
 			if err != nil {
 				return err
 			}
