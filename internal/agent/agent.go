@@ -104,7 +104,7 @@ func Start(role string, cfg Config, o Options) (*Agent, error) {
 		a.cli = cli
 	}
 	if cfg.MetricsAddr != "" && o.Registry != nil {
-		addr, err := telemetry.ServeMetrics(a.ctx, cfg.MetricsAddr, o.Registry)
+		addr, err := telemetry.ServeMetrics(a.ctx, cfg.MetricsAddr, o.Registry, cfg.EnablePprof)
 		if err != nil {
 			a.Close()
 			return nil, fmt.Errorf("agent: metrics on %s: %w", cfg.MetricsAddr, err)

@@ -64,6 +64,12 @@ func TestConfigFlags(t *testing.T) {
 		{name: "bad format", args: []string{"--log-format", "xml"}, wantErr: "log format"},
 		{name: "bad ttl", args: []string{"--lease-ttl", "0"}, wantErr: "TTL"},
 		{name: "empty id", args: []string{"--node-id", ""}, wantErr: "node id"},
+		{name: "pprof needs metrics", args: []string{"--enable-pprof"}, wantErr: "set --metrics-addr"},
+		{name: "pprof", args: []string{"--enable-pprof", "--metrics-addr", "127.0.0.1:0"}, check: func(t *testing.T, c Config) {
+			if !c.EnablePprof || c.MetricsAddr != "127.0.0.1:0" {
+				t.Fatalf("%+v", c)
+			}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()

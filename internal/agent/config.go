@@ -37,6 +37,11 @@ type Config struct {
 	Gossip *membership.Config
 	// MetricsAddr serves Prometheus /metrics ("" = not served).
 	MetricsAddr string
+	// EnablePprof also serves the Go runtime's profiles under /debug/pprof/
+	// on MetricsAddr (CPU profile, heap, goroutines, execution trace: read a
+	// trace with `switchyard schedtrace`). Off by default: whoever reaches
+	// the metrics address can read them. Needs MetricsAddr.
+	EnablePprof bool
 	// StopTimeout bounds the graceful stop of the gRPC server (in-flight calls
 	// finishing) before it is stopped hard.
 	StopTimeout time.Duration
@@ -81,6 +86,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet, etcdDefault string) {
 	fs.StringVar(&c.AdvertiseAddr, "advertise", c.AdvertiseAddr, "address registered in etcd (default: the listen address)")
 	fs.Int64Var(&c.LeaseTTL, "lease-ttl", c.LeaseTTL, "etcd registration lease in seconds")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "serve Prometheus /metrics on this address (e.g. :9090)")
+	fs.BoolVar(&c.EnablePprof, "enable-pprof", c.EnablePprof, "also serve the Go runtime's profiles under /debug/pprof/ on --metrics-addr (CPU, heap, goroutines, execution trace; whoever reaches that address can read them)")
 	fs.StringVar(&c.flags.gossipBind, "gossip-bind", "", "memberlist bind host:port (empty: gossip off)")
 	fs.StringVar(&c.flags.gossipAdvertise, "gossip-advertise", "", "memberlist address announced to peers (default: the bind address)")
 	fs.StringVar(&c.flags.gossipKey, "gossip-key", "", "base64 gossip encryption key (default $SWITCHYARD_GOSSIP_KEY; empty: plaintext)")
@@ -99,6 +105,9 @@ func (c *Config) Validate() error {
 	var errs []error
 	if c.NodeID == "" {
 		errs = append(errs, errors.New("agent: node id is required"))
+	}
+	if c.EnablePprof && c.MetricsAddr == "" {
+		errs = append(errs, errors.New("agent: --enable-pprof serves on the metrics address: set --metrics-addr too"))
 	}
 	if c.LeaseTTL <= 0 {
 		errs = append(errs, fmt.Errorf("agent: lease TTL must be positive, got %d", c.LeaseTTL))

@@ -16,6 +16,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"os"
 	"strconv"
 	"strings"
@@ -125,13 +126,23 @@ func NewRegistry() *prometheus.Registry {
 
 // ServeMetrics serves /metrics (OpenMetrics with exemplars, or the classic text
 // format on request) on addr until ctx ends. It returns the bound address.
-func ServeMetrics(ctx context.Context, addr string, reg *prometheus.Registry) (string, error) {
+// With pprof it also serves the Go runtime's profiles under /debug/pprof/
+// (net/http/pprof: CPU profile, heap, goroutines, execution trace), as
+// etcd's --enable-pprof does: anyone who reaches the address can read them.
+func ServeMetrics(ctx context.Context, addr string, reg *prometheus.Registry, pprof bool) (string, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	if pprof {
+		mux.HandleFunc("/debug/pprof/", httppprof.Index) // and the named profiles under it
+		mux.HandleFunc("/debug/pprof/cmdline", httppprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
