@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -386,6 +387,14 @@ func (s *Scheduler) step(ctx context.Context) {
 		}
 	}
 	s.remove(finished)
+	// The requests' pumps this step woke are queued on this goroutine's P,
+	// and the next step's compute would hold it (the pool's threads holding
+	// the others) until a scheduling point: one step or more later, behind
+	// the network readers. Yield once so they send this step's tokens first
+	// (an execution trace of one session, bench-cluster --trace: the pumps
+	// waited 253-300 µs at p50 and 6-7 ms at p99 for a P, 5-6 µs and 2-3 ms
+	// with the yield).
+	runtime.Gosched()
 }
 
 // dropCancelled ends the jobs whose callers went away; it reports whether any
