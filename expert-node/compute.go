@@ -3,6 +3,7 @@ package expertnode
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"time"
 
 	"github.com/switchyard-serving/switchyard/internal/gpu/moe"
@@ -35,6 +36,11 @@ func (n *Node) computeLoop() {
 		if sh != nil {
 			sh.release() // a retired mapping that fails to unmap has no one to tell
 		}
+		// The streams' send loops this round's answers woke are queued on
+		// this goroutine's P, and with more chunks queued the next round
+		// would start at once and hold it (the pool's threads holding the
+		// others) until a scheduling point. Yield once so they send first.
+		runtime.Gosched()
 	}
 }
 
