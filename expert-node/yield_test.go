@@ -39,6 +39,7 @@ func (c *sentCounter) HandleRPC(_ context.Context, s grpcstats.RPCStats) {
 // starts: the compute loop yields after each round. Without the yield the
 // send loops ran only once the queue was empty.
 func TestAnswersSentBetweenRounds(t *testing.T) {
+	checkGoroutines(t)
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	const rounds, rows = 6, 3
 	cfg := testConfig(fixtureHF)
