@@ -135,6 +135,9 @@ func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Write
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if *spin < 0 {
+		return fmt.Errorf("--spin-wait is %v, want >= 0", *spin)
+	}
 	defer kernels.SetSpinWait(kernels.SetSpinWait(*spin))
 	if *model == "" {
 		p, err := defaultModel(stderr)
