@@ -48,6 +48,7 @@ type variant struct {
 	otel                bool
 	generatedSecret     bool
 	metricsOff          []string // roles expected to serve no metrics
+	pprof               bool     // --enable-pprof on every role that serves metrics
 	probeExempt         []string // containers allowed to run without probes
 	// unknownFlags are flags (per role) the variant wires for a binary that
 	// does not have them yet; they are left out of the flag-set check.
@@ -260,6 +261,7 @@ func variants() []variant {
 	pvc := defaults("pvc-tls-observability", "pvc-tls-observability.yaml")
 	pvc.modelSource, pvc.modelSubPath, pvc.download = "pvc", "granite-4.0-h-tiny", false
 	pvc.publicTLS, pvc.peerTLS, pvc.otel, pvc.serviceMonitor, pvc.generatedSecret = true, true, true, true, false
+	pvc.pprof = true
 	pvc.external = []string{"PersistentVolumeClaim/granite-models", "Secret/switchyard-public-tls", "Secret/switchyard-peer-tls",
 		"Secret/switchyard-creds", "Secret/otel-headers"}
 	pvc.extra = func(t *testing.T, m *manifests) {

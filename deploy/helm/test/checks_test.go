@@ -503,8 +503,13 @@ func checkSwitchyardContainer(t *testing.T, m *manifests, v *variant, w podTempl
 		if w.tpl.Annotations["prometheus.io/scrape"] != "true" || w.tpl.Annotations["prometheus.io/port"] != "9090" {
 			t.Errorf("%s: prometheus.io annotations missing: %v", where, w.tpl.Annotations)
 		}
+		if _, ok := flagValue(c.Args, "enable-pprof"); ok != v.pprof {
+			t.Errorf("%s: --enable-pprof given = %v, want %v (metrics.pprof)", where, ok, v.pprof)
+		}
 	} else if hasPort(c, intstr.FromString("metrics")) || w.tpl.Annotations["prometheus.io/scrape"] != "" {
 		t.Errorf("%s: declares a metrics port or scrape annotations but serves no metrics", where)
+	} else if _, ok := flagValue(c.Args, "enable-pprof"); ok {
+		t.Errorf("%s: --enable-pprof without metrics (it serves on the metrics address)", where)
 	}
 	for _, name := range []string{"POD_NAME", "POD_NAMESPACE", "SWITCHYARD_GOSSIP_KEY"} {
 		if envVar(c, name) == nil {

@@ -291,6 +291,9 @@ metrics (metrics disabled, or metrics.flags.<role> empty).
 {{- define "switchyard.metricsArgs" -}}
 {{- with include "switchyard.metricsFlag" . -}}
 - {{ printf "%s=:%d" . (int $.ctx.Values.metrics.port) | quote }}
+{{- if $.ctx.Values.metrics.pprof }}
+- "--enable-pprof"
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
