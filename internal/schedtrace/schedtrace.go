@@ -29,8 +29,8 @@ type Report struct {
 	// longest first.
 	Running []Share
 	// Waits are the runnable-to-running delays, by the function where the
-	// goroutine had last blocked ("preempted" when it was descheduled while
-	// running), longest total first.
+	// goroutine had last blocked ("descheduled in F" when it yielded or was
+	// preempted while running F), longest total first.
 	Waits []Wait
 }
 
@@ -131,7 +131,7 @@ func Read(r io.Reader, region string) (*Report, error) {
 			case trace.GoRunnable:
 				runnable[g] = now
 				if from == trace.GoRunning {
-					site[g] = "preempted"
+					site[g] = "descheduled in " + frameOf(st.Stack)
 				} else if from == trace.GoNotExist {
 					site[g] = "new goroutine"
 				}
