@@ -119,7 +119,7 @@ func Read(r io.Reader, region string) (*Report, error) {
 					if active {
 						s := site[g]
 						if s == "" {
-							s = "(unknown)"
+							s = unknown
 						}
 						delays[s] = append(delays[s], now.Sub(t))
 					}
@@ -180,8 +180,9 @@ func frameOf(s trace.Stack) string {
 	return short(first)
 }
 
-// unknown names a goroutine seen without a stack yet (running since before
-// the trace started); its next transition with a stack names it.
+// unknown names what the trace has not shown: a goroutine seen without a
+// stack yet (running since before the trace started; its next transition
+// with a stack names it), or where a goroutine blocked before the trace.
 const unknown = "(unknown)"
 
 // entryOf names a goroutine by its entry function: the stack of its
