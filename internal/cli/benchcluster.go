@@ -224,18 +224,18 @@ func summarizeTrace(w io.Writer, path string, inproc bool) error {
 	if inproc {
 		regions = append(regions, "in-process")
 	}
-	for _, region := range regions {
-		f, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		rep, err := schedtrace.Read(f, region)
-		f.Close()
-		if err != nil {
-			return err
-		}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	reps, err := schedtrace.ReadRegions(f, regions...) // one pass for all
+	if err != nil {
+		return err
+	}
+	for i, region := range regions {
 		fmt.Fprintf(w, "\nexecution trace %s, the %s repetitions (all devices and session counts):\n", path, region)
-		if err := rep.Write(w, 8); err != nil {
+		if err := reps[i].Write(w, 8); err != nil {
 			return err
 		}
 	}

@@ -51,23 +51,43 @@ type Wait struct {
 // Read summarises the trace in r over the regions of type region
 // (runtime/trace.StartRegion; "" means the whole trace).
 func Read(r io.Reader, region string) (*Report, error) {
+	reps, err := ReadRegions(r, region)
+	if err != nil {
+		return nil, err
+	}
+	return reps[0], nil
+}
+
+// acc accumulates one report while the trace is read.
+type acc struct {
+	region  string
+	depth   int // open regions of this type
+	busy    []time.Duration
+	byEntry map[string]time.Duration
+	delays  map[string][]time.Duration
+	window  time.Duration
+}
+
+func (a *acc) active() bool { return a.region == "" || a.depth > 0 }
+
+// ReadRegions summarises the trace in r once for each region type, in one
+// pass over the trace: the i-th report covers regions[i].
+func ReadRegions(r io.Reader, regions ...string) ([]*Report, error) {
 	tr, err := trace.NewReader(r)
 	if err != nil {
 		return nil, fmt.Errorf("schedtrace: %w", err)
 	}
+	accs := make([]*acc, len(regions))
+	for i, rg := range regions {
+		accs[i] = &acc{region: rg, byEntry: map[string]time.Duration{}, delays: map[string][]time.Duration{}}
+	}
 	var (
-		active   = region == ""
-		depth    int
 		last     trace.Time
 		started  bool
 		running  = map[trace.GoID]bool{}
 		entry    = map[trace.GoID]string{}
 		site     = map[trace.GoID]string{}
 		runnable = map[trace.GoID]trace.Time{}
-		busy     []time.Duration
-		byEntry  = map[string]time.Duration{}
-		delays   = map[string][]time.Duration{}
-		window   time.Duration
 	)
 	for {
 		ev, err := tr.ReadEvent()
@@ -78,29 +98,35 @@ func Read(r io.Reader, region string) (*Report, error) {
 			return nil, fmt.Errorf("schedtrace: %w", err)
 		}
 		now := ev.Time()
-		if started && active && now > last {
+		if started && now > last {
 			dt := now.Sub(last)
-			window += dt
-			for len(busy) <= len(running) {
-				busy = append(busy, 0)
-			}
-			busy[len(running)] += dt
-			for g := range running {
-				byEntry[entry[g]] += dt
+			for _, a := range accs {
+				if !a.active() {
+					continue
+				}
+				a.window += dt
+				for len(a.busy) <= len(running) {
+					a.busy = append(a.busy, 0)
+				}
+				a.busy[len(running)] += dt
+				for g := range running {
+					a.byEntry[entry[g]] += dt
+				}
 			}
 		}
 		last, started = now, true
 		switch ev.Kind() {
 		case trace.EventRegionBegin, trace.EventRegionEnd:
-			if region == "" || ev.Region().Type != region {
-				continue
+			for _, a := range accs {
+				if a.region == "" || ev.Region().Type != a.region {
+					continue
+				}
+				if ev.Kind() == trace.EventRegionBegin {
+					a.depth++
+				} else if a.depth > 0 {
+					a.depth--
+				}
 			}
-			if ev.Kind() == trace.EventRegionBegin {
-				depth++
-			} else if depth > 0 {
-				depth--
-			}
-			active = depth > 0
 		case trace.EventStateTransition:
 			st := ev.StateTransition()
 			if st.Resource.Kind != trace.ResourceGoroutine {
@@ -116,12 +142,14 @@ func Read(r io.Reader, region string) (*Report, error) {
 				running[g] = true
 				if t, ok := runnable[g]; ok {
 					delete(runnable, g)
-					if active {
-						s := site[g]
-						if s == "" {
-							s = unknown
+					s := site[g]
+					if s == "" {
+						s = unknown
+					}
+					for _, a := range accs {
+						if a.active() {
+							a.delays[s] = append(a.delays[s], now.Sub(t))
 						}
-						delays[s] = append(delays[s], now.Sub(t))
 					}
 				}
 			case from == trace.GoRunning:
@@ -143,12 +171,21 @@ func Read(r io.Reader, region string) (*Report, error) {
 			}
 		}
 	}
-	rep := &Report{Window: window, Busy: busy}
-	for what, d := range byEntry {
+	reps := make([]*Report, len(accs))
+	for i, a := range accs {
+		reps[i] = a.report()
+	}
+	return reps, nil
+}
+
+// report sorts what a accumulated into a Report.
+func (a *acc) report() *Report {
+	rep := &Report{Window: a.window, Busy: a.busy}
+	for what, d := range a.byEntry {
 		rep.Running = append(rep.Running, Share{what, d})
 	}
-	slices.SortFunc(rep.Running, func(a, b Share) int { return int(b.Time - a.Time) })
-	for s, d := range delays {
+	slices.SortFunc(rep.Running, func(x, y Share) int { return int(y.Time - x.Time) })
+	for s, d := range a.delays {
 		slices.Sort(d)
 		w := Wait{Site: s, N: len(d), P50: d[len(d)/2], P99: d[min(len(d)-1, len(d)*99/100)]}
 		for _, x := range d {
@@ -156,8 +193,8 @@ func Read(r io.Reader, region string) (*Report, error) {
 		}
 		rep.Waits = append(rep.Waits, w)
 	}
-	slices.SortFunc(rep.Waits, func(a, b Wait) int { return int(b.Total - a.Total) })
-	return rep, nil
+	slices.SortFunc(rep.Waits, func(x, y Wait) int { return int(y.Total - x.Total) })
+	return rep
 }
 
 // skipped frames: the runtime's and the standard library's waiting machinery.
