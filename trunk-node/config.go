@@ -54,7 +54,9 @@ type Config struct {
 	LocalExperts bool
 	// KVDType is the element type of the sessions' KV caches: BF16 (the
 	// default: half the KV memory per token; logits move by up to ~1e-3 of
-	// their scale) or F32 (exact). The zero value is hybrid.DefaultKVDType.
+	// their scale), Q8_0 (8.5 bits a value, 53% of BF16; see
+	// docs/kv-dtype.md for what it moves) or F32 (exact). The zero value is
+	// hybrid.DefaultKVDType.
 	KVDType tensor.DType
 	// Mmap reads the trunk's weight matrices through the file's memory map
 	// (shared through the page cache, nothing copied at start) instead of
@@ -196,7 +198,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 		c.SnapshotKey = b
 		return nil
 	})
-	fs.Func("kv-dtype", "element type of the sessions' KV caches: bf16 (half the KV memory) or f32 (exact) (default bf16)", func(s string) error {
+	fs.Func("kv-dtype", "element type of the sessions' KV caches: bf16 (half the KV memory), q8_0 (about a quarter: 8.5 bits a value, as llama.cpp's q8_0 cache) or f32 (exact) (default bf16)", func(s string) error {
 		dt, err := hybrid.ParseKVDType(s)
 		if err != nil {
 			return err

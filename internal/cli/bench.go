@@ -223,7 +223,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // sessions a local model computes (hybrid.DefaultKVDType unless set).
 func kvDTypeFlag(fs *flag.FlagSet) *tensor.DType {
 	dt := hybrid.DefaultKVDType
-	fs.Func("kv-dtype", "element type of the KV caches: bf16 (half the memory) or f32 (default bf16)", func(s string) error {
+	fs.Func("kv-dtype", "element type of the KV caches: bf16 (half the memory), q8_0 (8.5 bits a value) or f32 (default bf16)", func(s string) error {
 		v, err := hybrid.ParseKVDType(s)
 		dt = v
 		return err

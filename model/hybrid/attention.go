@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 
 	"github.com/switchyard-serving/switchyard/model/kernels"
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // Attention over the paged KV cache. A task is one query head of a block of up to
@@ -151,8 +152,19 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 			ws.sum[i] += kernels.ExpShift(seg[:valid], ws.mx[i])
 			clear(seg[valid:])
 		}
-		// Weighted values: o += s · V[p] (V stored transposed per page).
-		if p == 0 {
+		// Weighted values: o += s · V[p] (V stored transposed per page, or
+		// Q8_0 rows a token each, summed row by row).
+		if t.kv.dt == tensor.Q8_0 {
+			if p == 0 {
+				clear(o)
+			}
+			rows, rb := t.kv.valueRows(p, kh), t.kv.rowBytes()
+			for i := range nb {
+				if valid := max(0, min(P, t.pos0+t.t0+i+1-p*P)); valid > 0 {
+					kernels.AddWeightedQ80(o[i*hd:(i+1)*hd], rows, rb, sc[i*P:i*P+valid])
+				}
+			}
+		} else if p == 0 {
 			kernels.MatMulSerialInvariant(o, t.kv.values(p, kh), sc, nb)
 		} else {
 			kernels.MatMulSerialInvariant(ws.tmp[:nb*hd], t.kv.values(p, kh), sc, nb)

@@ -2,6 +2,7 @@ package hybrid
 
 import (
 	"fmt"
+	"math"
 	"runtime"
 	"sync/atomic"
 	"unsafe"
@@ -28,6 +29,13 @@ const PageTokens = 256
 // Values are stored as the cache's element type (KVDType: F32, or BF16 rounded
 // to nearest even on Append, half the memory); attention reads BF16 pages with
 // the same kernels as BF16 weights (widened to float32, float32 accumulation).
+// Q8_0 pages (8.5 bits a value, 53% of BF16) hold both blocks token-major, as
+// llama.cpp holds a quantized K/V cache: per head, [PageTokens] rows of
+// headDim/32 Q8_0 blocks, keys and values alike, each row quantized on
+// Append. Keys are then a Q8_0 matrix for the integer kernels (the queries
+// quantized per 32 values, as llama.cpp quantizes them against a q8_0 K
+// cache); the weighted values are summed row by row from the blocks
+// (kernels.AddWeightedQ80).
 //
 // Pages are shared by reference between caches (State.Clone: a fork, a prefix
 // checkpoint and the sessions resumed from it) and counted: a page with more
@@ -43,10 +51,11 @@ type KVCache struct {
 }
 
 // kvPage is one page of values and the number of caches that hold it. Exactly
-// one of data and half is set, by the cache's element type.
+// one of data, half and q8 is set, by the cache's element type.
 type kvPage struct {
 	data []float32 // F32 values
 	half []uint16  // BF16 values
+	q8   []byte    // Q8_0 blocks
 	refs atomic.Int32
 	tag  atomic.Pointer[pageTag] // the account it is counted in (nil: none)
 }
@@ -92,15 +101,27 @@ func (p *kvPage) count(a *PageAccount) {
 }
 
 // bytes is the page's memory.
-func (p *kvPage) bytes() int64 { return int64(len(p.data))*4 + int64(len(p.half))*2 }
+func (p *kvPage) bytes() int64 { return int64(len(p.data))*4 + int64(len(p.half))*2 + int64(len(p.q8)) }
 
 // check calls fn on the page's values as float32, in pieces (BF16 pages are
 // widened a block at a time into a small buffer).
 func (p *kvPage) check(fn func(v []float32) error) error {
+	var buf [1024]float32
+	if p.q8 != nil {
+		const n = len(buf) / tensor.Q8_0BlockValues * tensor.Q8_0BlockBytes
+		for i := 0; i < len(p.q8); i += n {
+			b := p.q8[i:min(len(p.q8), i+n)]
+			v := buf[:len(b)/tensor.Q8_0BlockBytes*tensor.Q8_0BlockValues]
+			tensor.DequantizeRow(tensor.Q8_0, b, v)
+			if err := fn(v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	if p.half == nil {
 		return fn(p.data)
 	}
-	var buf [1024]float32
 	for i := 0; i < len(p.half); i += len(buf) {
 		v := buf[:min(len(buf), len(p.half)-i)]
 		for j := range v {
@@ -128,14 +149,18 @@ type kvOwner struct {
 	allocated atomic.Int64 // bytes of the pages this state allocated (new pages and copies)
 }
 
-// KVElemBytes is the bytes of one cached value of element type dt (F32 or
-// BF16; the zero DType is F32): a model's KV memory per token is
-// 2 (K and V) · KVDim · KVElemBytes per attention layer.
-func KVElemBytes(dt tensor.DType) int64 {
-	if dt == tensor.BF16 {
-		return 2
+// KVValueBytes is the bytes of n cached values of element type dt (F32,
+// BF16 or Q8_0, whose n is a whole number of 32-value blocks; the zero
+// DType is F32): a model's KV memory per token is KVValueBytes(dt, 2·KVDim)
+// per attention layer.
+func KVValueBytes(dt tensor.DType, n int) int64 {
+	switch dt {
+	case tensor.BF16:
+		return 2 * int64(n)
+	case tensor.Q8_0:
+		return int64(n / tensor.Q8_0BlockValues * tensor.Q8_0BlockBytes)
 	}
-	return 4
+	return 4 * int64(n)
 }
 
 // DefaultKVDType is the KV cache element type a model gets when its
@@ -147,42 +172,61 @@ func KVElemBytes(dt tensor.DType) int64 {
 const DefaultKVDType = tensor.BF16
 
 // CheckKVDType reports whether dt is an element type a KV cache can hold: F32,
-// BF16, or the zero DType (F32).
+// BF16, Q8_0, or the zero DType (F32).
 func CheckKVDType(dt tensor.DType) error {
 	switch dt {
-	case 0, tensor.F32, tensor.BF16:
+	case 0, tensor.F32, tensor.BF16, tensor.Q8_0:
 		return nil
 	}
-	return fmt.Errorf("%w: KV cache element type %v (want F32 or BF16)", ErrInput, dt)
+	return fmt.Errorf("%w: KV cache element type %v (want F32, BF16 or Q8_0)", ErrInput, dt)
 }
 
-// ParseKVDType reads a KV cache element type as a flag spells it: "f32" or "bf16".
+// checkKVDTypeFor is CheckKVDType for a model of attention head size
+// headDim: a Q8_0 cache quantizes each head's row in 32-value blocks.
+func checkKVDTypeFor(dt tensor.DType, headDim int) error {
+	if err := CheckKVDType(dt); err != nil {
+		return err
+	}
+	if dt == tensor.Q8_0 && headDim%tensor.Q8_0BlockValues != 0 {
+		return fmt.Errorf("%w: a Q8_0 KV cache needs an attention head size that is a multiple of %d, this model's is %d (use bf16)", ErrInput, tensor.Q8_0BlockValues, headDim)
+	}
+	return nil
+}
+
+// ParseKVDType reads a KV cache element type as a flag spells it: "f32",
+// "bf16" or "q8_0".
 func ParseKVDType(s string) (tensor.DType, error) {
 	switch s {
 	case "f32", "F32":
 		return tensor.F32, nil
 	case "bf16", "BF16":
 		return tensor.BF16, nil
+	case "q8_0", "Q8_0":
+		return tensor.Q8_0, nil
 	}
-	return 0, fmt.Errorf("hybrid: KV cache element type %q (want f32 or bf16)", s)
+	return 0, fmt.Errorf("hybrid: KV cache element type %q (want f32, bf16 or q8_0)", s)
 }
 
 func newKVCache(kvHeads, headDim int) KVCache {
 	return newKVCacheOf(kvHeads, headDim, tensor.F32)
 }
 
-// newKVCacheOf returns an empty cache holding values of type dt (F32 or BF16).
+// newKVCacheOf returns an empty cache holding values of type dt (F32, BF16,
+// or Q8_0 for a headDim that is a multiple of 32).
 func newKVCacheOf(kvHeads, headDim int, dt tensor.DType) KVCache {
-	if dt != tensor.BF16 {
+	if dt != tensor.BF16 && dt != tensor.Q8_0 {
 		dt = tensor.F32
+	}
+	if dt == tensor.Q8_0 && headDim%tensor.Q8_0BlockValues != 0 {
+		panic(fmt.Sprintf("hybrid: a Q8_0 KV cache of head size %d", headDim))
 	}
 	return KVCache{kvHeads: kvHeads, headDim: headDim, dt: dt}
 }
 
 // DType is the element type of the cached values (F32 or BF16).
 func (c *KVCache) DType() tensor.DType {
-	if c.dt == tensor.BF16 {
-		return tensor.BF16
+	if c.dt == tensor.BF16 || c.dt == tensor.Q8_0 {
+		return c.dt
 	}
 	return tensor.F32
 }
@@ -197,8 +241,37 @@ func (c *KVCache) Width() int { return c.kvHeads * c.headDim }
 // pageFloats is the number of values of one page (K and V).
 func (c *KVCache) pageFloats() int { return 2 * c.kvHeads * c.headDim * PageTokens }
 
+// quantizeKVQ80 writes x (whole 32-value blocks) as Q8_0 blocks at dst the
+// way llama.cpp's x86 CPU backend quantizes a q8_0 K/V cache
+// (quantize_row_q8_0): per block d = amax/127, stored as f16, and q =
+// x·(127/amax) rounded to nearest even. tensor.QuantizeQ8_0 (the checkpoint
+// writer's) divides by the f16 scale instead, which moves some values by one
+// step; with llama.cpp's rule the cache holds llama.cpp's bits.
+func quantizeKVQ80(dst []byte, x []float32) {
+	for b := 0; b < len(x)/tensor.Q8_0BlockValues; b++ {
+		xs := x[b*tensor.Q8_0BlockValues : (b+1)*tensor.Q8_0BlockValues]
+		blk := dst[b*tensor.Q8_0BlockBytes : (b+1)*tensor.Q8_0BlockBytes]
+		var amax float32
+		for _, v := range xs {
+			amax = max(amax, float32(math.Abs(float64(v))))
+		}
+		var id float32
+		if amax != 0 {
+			id = 127 / amax
+		}
+		dh := tensor.F32ToF16(amax / 127)
+		blk[0], blk[1] = byte(dh), byte(dh>>8)
+		for j, v := range xs {
+			blk[2+j] = byte(int8(max(-127, min(127, math.RoundToEven(float64(v*id))))))
+		}
+	}
+}
+
+// rowBytes is the bytes of one head's row of a Q8_0 page (headDim values).
+func (c *KVCache) rowBytes() int { return c.headDim / tensor.Q8_0BlockValues * tensor.Q8_0BlockBytes }
+
 // pageBytes is the memory of one page.
-func (c *KVCache) pageBytes() int64 { return int64(c.pageFloats()) * KVElemBytes(c.dt) }
+func (c *KVCache) pageBytes() int64 { return KVValueBytes(c.dt, c.pageFloats()) }
 
 // PagesInUse is the number of pages that hold tokens.
 func (c *KVCache) PagesInUse() int { return (c.n + PageTokens - 1) / PageTokens }
@@ -209,9 +282,12 @@ func (c *KVCache) Bytes() int64 { return int64(c.PagesInUse()) * c.pageBytes() }
 // newPage allocates a zeroed page held by c alone, counted in c's account.
 func (c *KVCache) newPage() *kvPage {
 	p := &kvPage{}
-	if c.dt == tensor.BF16 {
+	switch c.dt {
+	case tensor.BF16:
 		p.half = make([]uint16, c.pageFloats())
-	} else {
+	case tensor.Q8_0:
+		p.q8 = make([]byte, c.pageBytes())
+	default:
 		p.data = make([]float32, c.pageFloats())
 	}
 	p.refs.Store(1)
@@ -231,12 +307,15 @@ func (c *KVCache) private(i int) {
 	p := c.newPage()
 	copy(p.data, old.data)
 	copy(p.half, old.half)
+	copy(p.q8, old.q8)
 	c.pages[i] = p
 	old.unref()
 }
 
 // Append adds T tokens: k and v are [T, kvHeads*headDim], token-major. A BF16
-// cache stores them rounded to the nearest bfloat16 (ties to even).
+// cache stores them rounded to the nearest bfloat16 (ties to even), a Q8_0
+// cache quantized per head and 32 values as llama.cpp quantizes its q8_0
+// cache (quantizeKVQ80).
 func (c *KVCache) Append(k, v []float32, T int) {
 	kvd, hd := c.kvHeads*c.headDim, c.headDim
 	for t := range T {
@@ -249,7 +328,17 @@ func (c *KVCache) Append(k, v []float32, T int) {
 			c.private(p)
 		}
 		kt, vt := k[t*kvd:(t+1)*kvd], v[t*kvd:(t+1)*kvd]
-		if c.dt == tensor.BF16 {
+		switch c.dt {
+		case tensor.Q8_0:
+			rb := c.rowBytes()
+			pg := c.pages[p].q8
+			kp, vp := pg[:c.kvHeads*PageTokens*rb], pg[c.kvHeads*PageTokens*rb:]
+			for h := range c.kvHeads {
+				o := (h*PageTokens + s) * rb
+				quantizeKVQ80(kp[o:o+rb], kt[h*hd:(h+1)*hd])
+				quantizeKVQ80(vp[o:o+rb], vt[h*hd:(h+1)*hd])
+			}
+		case tensor.BF16:
 			pg := c.pages[p].half
 			kp, vp := pg[:kvd*PageTokens], pg[kvd*PageTokens:]
 			for h := range c.kvHeads {
@@ -262,7 +351,7 @@ func (c *KVCache) Append(k, v []float32, T int) {
 					vd[d*PageTokens+s] = tensor.F32ToBF16(x)
 				}
 			}
-		} else {
+		default:
 			kp, vp := c.kBlock(p), c.vBlock(p)
 			for h := range c.kvHeads {
 				copy(kp[(h*PageTokens+s)*hd:(h*PageTokens+s+1)*hd], kt[h*hd:(h+1)*hd])
@@ -297,14 +386,54 @@ func (c *KVCache) vBlock(p int) []float32 { return c.pages[p].data[c.kvHeads*c.h
 // cache's element type.
 func (c *KVCache) keys(p, h int) tensor.Matrix {
 	n := PageTokens * c.headDim
+	if c.dt == tensor.Q8_0 {
+		rb := c.rowBytes()
+		return tensor.Matrix{DType: tensor.Q8_0, Rows: PageTokens, Cols: c.headDim, Data: c.pages[p].q8[h*PageTokens*rb : (h+1)*PageTokens*rb]}
+	}
 	if c.dt == tensor.BF16 {
 		return bf16Matrix(c.pages[p].half[h*n:(h+1)*n], PageTokens, c.headDim)
 	}
 	return f32Matrix(c.kBlock(p)[h*n:(h+1)*n], PageTokens, c.headDim)
 }
 
+// valueRows is head h's values in page p of a Q8_0 cache: PageTokens rows of
+// rowBytes, token-major.
+func (c *KVCache) valueRows(p, h int) []byte {
+	rb := c.rowBytes()
+	off := (c.kvHeads + h) * PageTokens * rb
+	return c.pages[p].q8[off : off+PageTokens*rb]
+}
+
+// q80Row is token t's keys (part 0) or values (part 1) of head h in a Q8_0
+// cache: rowBytes of blocks.
+func (c *KVCache) q80Row(part, t, h int) []byte {
+	rb := c.rowBytes()
+	o := ((part*c.kvHeads+h)*PageTokens + t%PageTokens) * rb
+	return c.pages[t/PageTokens].q8[o : o+rb]
+}
+
+// appendQ80 adds T tokens to a Q8_0 cache from their blocks as q80Row gives
+// them: k and v hold, token after token, each head's row.
+func (c *KVCache) appendQ80(k, v []byte, T int) {
+	rb := c.rowBytes()
+	for t := range T {
+		p := c.n / PageTokens
+		if p == len(c.pages) {
+			c.pages = append(c.pages, c.newPage())
+		} else if t == 0 {
+			c.private(p)
+		}
+		c.n++
+		for h := range c.kvHeads {
+			o := (t*c.kvHeads + h) * rb
+			copy(c.q80Row(0, c.n-1, h), k[o:o+rb])
+			copy(c.q80Row(1, c.n-1, h), v[o:o+rb])
+		}
+	}
+}
+
 // values is head h's values in page p, transposed: a [headDim, PageTokens]
-// matrix of the cache's element type.
+// matrix of the cache's element type (F32 and BF16 caches).
 func (c *KVCache) values(p, h int) tensor.Matrix {
 	n := PageTokens * c.headDim
 	if c.dt == tensor.BF16 {
@@ -319,6 +448,16 @@ func (c *KVCache) values(p, h int) tensor.Matrix {
 func (c *KVCache) Row(t int, k, v []float32) {
 	hd := c.headDim
 	p, s := t/PageTokens, t%PageTokens
+	if c.dt == tensor.Q8_0 {
+		rb := c.rowBytes()
+		for h := range c.kvHeads {
+			o := (h*PageTokens + s) * rb
+			tensor.DequantizeRow(tensor.Q8_0, c.pages[p].q8[o:o+rb], k[h*hd:(h+1)*hd])
+			o += c.kvHeads * PageTokens * rb
+			tensor.DequantizeRow(tensor.Q8_0, c.pages[p].q8[o:o+rb], v[h*hd:(h+1)*hd])
+		}
+		return
+	}
 	if c.dt == tensor.BF16 {
 		pg := c.pages[p].half
 		n := c.kvHeads * hd * PageTokens

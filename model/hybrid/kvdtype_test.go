@@ -3,15 +3,34 @@ package hybrid
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"math"
 	"math/rand/v2"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // kvDTypes are the KV cache element types every page test runs with.
-var kvDTypes = []tensor.DType{tensor.F32, tensor.BF16}
+var kvDTypes = []tensor.DType{tensor.F32, tensor.BF16, tensor.Q8_0}
+
+// loadForKV loads a small model whose attention heads a KV cache of type dt
+// takes: the golden fixture (head size 16) for F32 and BF16, and for Q8_0,
+// whose blocks are 32 values, the h256 fixture (head size 64).
+func loadForKV(t testing.TB, dt tensor.DType) *Model {
+	t.Helper()
+	if dt != tensor.Q8_0 {
+		return loadFixtureF32(t)
+	}
+	m, _, err := Open(filepath.Join(quantDir, "granite-h256-q4_k_m.gguf"), LoadOptions{KVDType: tensor.Q8_0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
 
 // forKVDTypes runs f as a subtest per KV element type.
 func forKVDTypes(t *testing.T, f func(t *testing.T, dt tensor.DType)) {
@@ -126,7 +145,7 @@ func TestBF16RowsRoundTrip(t *testing.T) {
 // original.
 func TestEncodeKeepsKVDType(t *testing.T) {
 	forKVDTypes(t, func(t *testing.T, dt tensor.DType) {
-		m := loadFixtureF32(t)
+		m := loadForKV(t, dt)
 		m.KVDType = dt
 		m.ScanChunkedMin = 0
 		r := rand.New(rand.NewPCG(31, 32))
@@ -197,7 +216,168 @@ func TestKVBytesPerToken(t *testing.T) {
 	if f != 2*int64(c.KVDim())*4*int64(c.NumLayers(1)) || b*2 != f {
 		t.Fatalf("f32 %d, bf16 %d bytes per token", f, b)
 	}
-	if _, err := ParseKVDType("q8_0"); err == nil {
-		t.Fatal("ParseKVDType accepted q8_0")
+	if q := KVBytesPerToken(c, tensor.Q8_0); q != f/32*34/4 {
+		t.Fatalf("q8_0 %d bytes per token, f32 %d", q, f)
+	}
+	for s, want := range map[string]tensor.DType{"f32": tensor.F32, "bf16": tensor.BF16, "q8_0": tensor.Q8_0, "Q8_0": tensor.Q8_0} {
+		if dt, err := ParseKVDType(s); err != nil || dt != want {
+			t.Fatalf("ParseKVDType(%q) = %v, %v", s, dt, err)
+		}
+	}
+	if _, err := ParseKVDType("q4_0"); err == nil {
+		t.Fatal("ParseKVDType accepted q4_0")
+	}
+}
+
+// Attention over Q8_0 pages equals the plain reference read through Row (the
+// keys and values dequantized) with the queries quantized as the Q8_0 kernels
+// quantize them (per 32 values, after the 1/√d scaling),
+// to float rounding; each row's result is the same bits whether it is
+// computed alone (decode) or in a block of rows (prefill).
+func TestQ80PagesAttention(t *testing.T) {
+	cases := []struct {
+		name        string
+		pos0, T     int
+		nq, nkv, hd int
+	}{
+		{"decode first token", 0, 1, 4, 2, 32},
+		{"prefill across pages", 0, 2*PageTokens + 37, 6, 2, 64},
+		{"continued prefill at a page edge", PageTokens - 3, 9, 4, 1, 32},
+		{"decode deep in a context", 3*PageTokens + 11, 1, 12, 4, 128},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(c.T), 77))
+			randn := func(n int) []float32 {
+				v := make([]float32, n)
+				for i := range v {
+					v[i] = float32(rng.NormFloat64())
+				}
+				return v
+			}
+			kvd, qd, L := c.nkv*c.hd, c.nq*c.hd, c.pos0+c.T
+			k, v := randn(L*kvd), randn(L*kvd)
+			kv := newKVCacheOf(c.nkv, c.hd, tensor.Q8_0)
+			kv.Append(k[:c.pos0*kvd], v[:c.pos0*kvd], c.pos0)
+			kv.Append(k[c.pos0*kvd:], v[c.pos0*kvd:], c.T)
+			if want := KVValueBytes(tensor.BF16, 2*kvd*PageTokens) * 34 / 64 * int64(kv.PagesInUse()); kv.Bytes() != want {
+				t.Fatalf("q8_0 pages take %d bytes, want %d (34/64 of bf16)", kv.Bytes(), want)
+			}
+			q := randn(c.T * qd)
+			scale := float32(1 / math.Sqrt(float64(c.hd)))
+			attend := func(block int) []float32 {
+				att := make([]float32, c.T*qd)
+				var ws attnScratch
+				for t0 := 0; t0 < c.T; t0 += block {
+					t1 := min(c.T, t0+block)
+					for h := range c.nq {
+						task := attnTask{kv: &kv, pos0: c.pos0, t0: t0, t1: t1, h: h, keysMax: c.pos0 + t1}
+						attendBlock(&task, q, att, &ws, qd, c.hd, c.nq/c.nkv, scale)
+					}
+				}
+				return att
+			}
+			got := attend(attnBlock)
+			if n, d := sameBits(attend(1), got); n != 0 {
+				t.Fatalf("rows alone and in blocks differ (%d values, by up to %.3g)", n, d)
+			}
+			// The reference: the queries as the kernels quantize them for a
+			// Q8_0 matrix (as llama.cpp's quantize_row_q8_0 on x86: the scale
+			// d = amax/127 stored as f16, q = x·127/amax rounded to nearest
+			// even), widened back.
+			qq := make([]float32, len(q))
+			for b := 0; b < len(q); b += 32 {
+				var amax float32
+				for _, x := range q[b : b+32] {
+					amax = max(amax, float32(math.Abs(float64(x*scale))))
+				}
+				d := tensor.F16ToF32(tensor.F32ToF16(amax / 127))
+				for i, x := range q[b : b+32] {
+					qq[b+i] = d * float32(math.RoundToEven(float64(x*scale*(127/amax))))
+				}
+			}
+			blk := make([]byte, c.hd/32*tensor.Q8_0BlockBytes)
+			want := attendRef(&kv, qq, c.pos0, c.T, c.nq, c.hd, 1)
+			if d := maxDiff(got, want); d > 2e-5 {
+				t.Fatalf("q8_0 pages vs reference: %.3g", d)
+			}
+			// And the cache holds what quantizeKVQ80 makes of each row.
+			gk, gv := make([]float32, kvd), make([]float32, kvd)
+			wk, wv := make([]float32, c.hd), make([]float32, c.hd)
+			for tk := range L {
+				kv.Row(tk, gk, gv)
+				for h := range c.nkv {
+					o := tk*kvd + h*c.hd
+					quantizeKVQ80(blk, k[o:o+c.hd])
+					tensor.DequantizeRow(tensor.Q8_0, blk, wk)
+					quantizeKVQ80(blk, v[o:o+c.hd])
+					tensor.DequantizeRow(tensor.Q8_0, blk, wv)
+					if n, _ := sameBits(gk[h*c.hd:(h+1)*c.hd], wk); n != 0 {
+						t.Fatalf("token %d head %d keys: %d values differ from quantizeKVQ80's", tk, h, n)
+					}
+					if n, _ := sameBits(gv[h*c.hd:(h+1)*c.hd], wv); n != 0 {
+						t.Fatalf("token %d head %d values: %d values differ from quantizeKVQ80's", tk, h, n)
+					}
+				}
+			}
+		})
+	}
+}
+
+// A Q8_0 cache needs head sizes of whole 32-value blocks: a model whose heads
+// are 16 wide is refused at load with a message that names the fix, and a
+// Q8_0 state offered to it is refused as a state of another model, without a
+// panic; Validate finds a non-finite scale in a Q8_0 page.
+func TestQ80KVRefusedAndValidated(t *testing.T) {
+	_, _, err := LoadGGUF(filepath.Join(fixtureHF(t), "..", "model.gguf"), LoadOptions{KVDType: tensor.Q8_0})
+	if !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), "multiple of 32") || !strings.Contains(err.Error(), "bf16") {
+		t.Fatalf("loading a head size 16 model with a Q8_0 KV cache: %v", err)
+	}
+	m := loadForKV(t, tensor.Q8_0)
+	st := m.NewState()
+	forward1(t, m, st, randTokens(rand.New(rand.NewPCG(5, 6)), 5, m.Cfg.VocabSize), false)
+	if err := st.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := st.Encode(&buf, m.Cfg); err != nil {
+		t.Fatal(err)
+	}
+	small := loadFixtureF32(t)
+	b := buf.Bytes()
+	binary.LittleEndian.PutUint32(b[8:], Fingerprint(small.Cfg)) // get past the fingerprint check
+	if _, err := DecodeState(b, small.Cfg); !errors.Is(err, ErrState) {
+		t.Fatalf("a Q8_0 state into a head size 16 model: %v", err)
+	}
+	st.KV[0].pages[0].q8[st.KV[0].rowBytes()] = 0x00 // token 1's first key scale: f16 +inf (0x7c00)
+	st.KV[0].pages[0].q8[st.KV[0].rowBytes()+1] = 0x7c
+	if err := st.Validate(); err == nil {
+		t.Fatal("an infinite key scale was accepted")
+	}
+}
+
+// quantizeKVQ80 follows llama.cpp's x86 quantize_row_q8_0 on hand-made
+// blocks: d = amax/127 as f16, q = x·127/amax rounded to nearest even (ties
+// go to the even code, where tensor.QuantizeQ8_0 rounds them away from zero),
+// and a block of zeros is d = 0, q = 0.
+func TestQuantizeKVQ80(t *testing.T) {
+	x := make([]float32, 64)
+	x[0] = 127 // amax 127: id 1, so each value is its own code
+	x[1], x[2], x[3], x[4], x[5] = 2.5, 3.5, -2.5, -0.5, 126.49
+	// block 1: all zeros
+	blk := make([]byte, 2*tensor.Q8_0BlockBytes)
+	quantizeKVQ80(blk, x)
+	if d := tensor.F16ToF32(binary.LittleEndian.Uint16(blk)); d != tensor.F16ToF32(tensor.F32ToF16(1)) {
+		t.Fatalf("scale %g, want 1", d)
+	}
+	for i, want := range []int8{127, 2, 4, -2, 0, 126} {
+		if q := int8(blk[2+i]); q != want {
+			t.Errorf("value %g: code %d, want %d", x[i], q, want)
+		}
+	}
+	for i, b := range blk[tensor.Q8_0BlockBytes:] {
+		if b != 0 {
+			t.Fatalf("zero block: byte %d is %#x", i, b)
+		}
 	}
 }

@@ -225,7 +225,8 @@ type LoadOptions struct {
 	// left empty (an expert node loads only its assignment; a trunk node none).
 	KeepExpert func(layer, expert int) bool
 	// KVDType is the element type of the sessions' KV caches (Model.KVDType):
-	// BF16 or F32; the zero value is DefaultKVDType (BF16).
+	// BF16, F32 or Q8_0 (a head size that is a multiple of 32); the zero
+	// value is DefaultKVDType (BF16).
 	KVDType tensor.DType
 	// NoMmap copies every weight matrix the model keeps (the trunk's, or an
 	// expert node's assignment) out of the file's memory map into anonymous
@@ -325,6 +326,9 @@ func LoadHF(dir string, opt LoadOptions) (*Model, error) {
 	cfg, err := config.Load(filepath.Join(dir, "config.json"))
 	if err != nil {
 		return nil, err
+	}
+	if err := checkKVDTypeFor(opt.KVDType, cfg.HeadDim()); err != nil {
+		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
 	ck, err := safetensors.OpenDir(dir)
 	if err != nil {
@@ -507,6 +511,10 @@ func LoadGGUF(path string, opt LoadOptions) (*Model, *gguf.File, error) {
 	}
 	cfg, err := config.FromGGUF(f)
 	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := checkKVDTypeFor(opt.KVDType, cfg.HeadDim()); err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}

@@ -196,7 +196,7 @@ func TestForkAndSerialize(t *testing.T) {
 		t.Fatalf("recurrent bytes %d want %d", st.RecurrentBytes(), wantRec)
 	}
 	pages := (st.Pos + PageTokens - 1) / PageTokens
-	if st.KVBytes() != int64(pages*PageTokens*c.KVDim()*2*c.NumLayers(1))*KVElemBytes(m.KVDType) {
+	if st.KVBytes() != int64(pages*PageTokens*c.NumLayers(1))*KVValueBytes(m.KVDType, 2*c.KVDim()) {
 		t.Fatalf("kv bytes %d for %d tokens", st.KVBytes(), st.Pos)
 	}
 	// Corruption is detected, never a panic.

@@ -167,7 +167,7 @@ func dump(st *State) []float32 {
 func TestCopyOnWrite(t *testing.T) { forKVDTypes(t, testCopyOnWrite) }
 
 func testCopyOnWrite(t *testing.T, dt tensor.DType) {
-	m := loadFixtureF32(t)
+	m := loadForKV(t, dt)
 	m.KVDType = dt
 	m.ScanChunkedMin = 0
 	r := rand.New(rand.NewPCG(23, 24))
@@ -223,7 +223,7 @@ func testCopyOnWrite(t *testing.T, dt tensor.DType) {
 func TestPageAccounting(t *testing.T) { forKVDTypes(t, testPageAccounting) }
 
 func testPageAccounting(t *testing.T, dt tensor.DType) {
-	m := loadFixtureF32(t)
+	m := loadForKV(t, dt)
 	m.KVDType = dt
 	m.ScanChunkedMin = 0
 	r := rand.New(rand.NewPCG(25, 26))
@@ -293,7 +293,7 @@ func TestPageAccountCatchesDroppedStates(t *testing.T) {
 }
 
 func testPageAccountCatchesDroppedStates(t *testing.T, dt tensor.DType) {
-	m := loadFixtureF32(t)
+	m := loadForKV(t, dt)
 	m.KVDType = dt
 	m.ScanChunkedMin = 0
 	var acct PageAccount

@@ -210,7 +210,7 @@ func SizeOf(c *config.Config) StateSize {
 // a time): K and V of every attention layer. It is also what a token adds to
 // an encoded state.
 func KVBytesPerToken(c *config.Config, kv tensor.DType) int64 {
-	return 2 * int64(c.KVDim()) * KVElemBytes(kv) * int64(c.NumLayers(config.Attention))
+	return KVValueBytes(kv, 2*c.KVDim()) * int64(c.NumLayers(config.Attention))
 }
 
 // KVDType is the element type of the state's KV caches (F32 when it has none).
@@ -285,17 +285,22 @@ func (s *State) Reset() {
 const stateMagic = "SYST"
 
 // State format versions: the same layout, with the KV values as float32
-// (version 1, also every state written before bfloat16 caches) or as bfloat16
-// (version 2). A state is written in its caches' type, so an F32 state reads
-// on builds that know only version 1.
+// (version 1, also every state written before bfloat16 caches), as bfloat16
+// (version 2) or as Q8_0 blocks (version 3: each token's row per head, the
+// blocks the cache holds). A state is written in its caches' type, so an F32
+// state reads on builds that know only version 1.
 const (
 	stateVersionF32  = 1
 	stateVersionBF16 = 2
+	stateVersionQ80  = 3
 )
 
 func stateVersion(kv tensor.DType) uint32 {
-	if kv == tensor.BF16 {
+	switch kv {
+	case tensor.BF16:
 		return stateVersionBF16
+	case tensor.Q8_0:
+		return stateVersionQ80
 	}
 	return stateVersionF32
 }
@@ -331,7 +336,10 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 	}
 	kvt := s.KVDType()
 	kvs := f32s
-	if kvt == tensor.BF16 {
+	switch kvt {
+	case tensor.Q8_0:
+		kvs = nil // raw blocks, below
+	case tensor.BF16:
 		kvs = func(v []float32) {
 			for _, f := range v {
 				binary.LittleEndian.PutUint16(b8[:2], tensor.F32ToBF16(f))
@@ -358,6 +366,12 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 			for t := range kv.Len() {
 				if ew.err != nil { // the reader went away: stop walking the cache
 					return ew.err
+				}
+				if kvs == nil { // Q8_0: the token's blocks as they are
+					for h := range kv.kvHeads {
+						bw.Write(kv.q80Row(part, t, h))
+					}
+					continue
 				}
 				kv.Row(t, k, v)
 				if part == 0 {
@@ -397,9 +411,9 @@ func (s *State) EncodedLen() int64 {
 	for i := range s.Conv {
 		n += 16 + 4*int64(len(s.Conv[i])+len(s.SSM[i]))
 	}
-	e := 2 * KVElemBytes(s.KVDType())
+	dt := s.KVDType()
 	for i := range s.KV {
-		n += 16 + e*int64(s.KV[i].Len()*s.KV[i].kvHeads*s.KV[i].headDim)
+		n += 16 + 2*KVValueBytes(dt, s.KV[i].Len()*s.KV[i].kvHeads*s.KV[i].headDim)
 	}
 	return n
 }
@@ -414,8 +428,8 @@ func CheckStateHeader(b []byte, c *config.Config) error {
 	if len(b) < StateHeaderLen || string(b[:4]) != stateMagic {
 		return fmt.Errorf("%w: not a switchyard session state", ErrState)
 	}
-	if v := binary.LittleEndian.Uint32(b[4:]); v != stateVersionF32 && v != stateVersionBF16 {
-		return fmt.Errorf("%w: %w: version %d, this build reads %d and %d", ErrState, ErrStateModel, v, stateVersionF32, stateVersionBF16)
+	if v := binary.LittleEndian.Uint32(b[4:]); v != stateVersionF32 && v != stateVersionBF16 && v != stateVersionQ80 {
+		return fmt.Errorf("%w: %w: version %d, this build reads %d, %d and %d", ErrState, ErrStateModel, v, stateVersionF32, stateVersionBF16, stateVersionQ80)
 	}
 	if fp := binary.LittleEndian.Uint32(b[8:]); fp != Fingerprint(c) {
 		return fmt.Errorf("%w: %w (fingerprint %08x, this model %08x)", ErrState, ErrStateModel, fp, Fingerprint(c))
@@ -440,8 +454,14 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 	r := body[12:]
 	u32 := func() uint32 { v := binary.LittleEndian.Uint32(r); r = r[4:]; return v }
 	kvt := tensor.F32
-	if binary.LittleEndian.Uint32(b[4:]) == stateVersionBF16 {
+	switch binary.LittleEndian.Uint32(b[4:]) {
+	case stateVersionBF16:
 		kvt = tensor.BF16
+	case stateVersionQ80:
+		kvt = tensor.Q8_0
+		if err := checkKVDTypeFor(kvt, c.HeadDim()); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrState, err)
+		}
 	}
 	s := NewStateKV(c, kvt)
 	s.Pos = int(u32())
@@ -455,7 +475,7 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 		}
 		n := binary.LittleEndian.Uint64(r)
 		r = r[8:]
-		e := uint64(KVElemBytes(dt))
+		e := uint64(KVValueBytes(dt, 1))
 		if want >= 0 && n != uint64(want) || n > uint64(len(r))/e {
 			return nil, fmt.Errorf("%w: tensor of %d values does not fit", ErrState, n)
 		}
@@ -472,6 +492,20 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 		r = r[e*n:]
 		return v, nil
 	}
+	getQ80 := func(want int) ([]byte, error) {
+		if len(r) < 8 {
+			return nil, fmt.Errorf("%w: truncated", ErrState)
+		}
+		n := binary.LittleEndian.Uint64(r)
+		r = r[8:]
+		if n != uint64(want) || uint64(KVValueBytes(tensor.Q8_0, want)) > uint64(len(r)) {
+			return nil, fmt.Errorf("%w: tensor of %d values does not fit", ErrState, n)
+		}
+		nb := KVValueBytes(tensor.Q8_0, want)
+		v := r[:nb:nb]
+		r = r[nb:]
+		return v, nil
+	}
 	var err error
 	for i := range s.Conv {
 		if s.Conv[i], err = get(len(s.Conv[i]), tensor.F32); err != nil {
@@ -483,6 +517,18 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 	}
 	kv := s.Pos * c.KVDim()
 	for i := range s.KV {
+		if kvt == tensor.Q8_0 {
+			// The blocks as they were written: no quantizing again.
+			var kb, vb []byte
+			if kb, err = getQ80(kv); err == nil {
+				vb, err = getQ80(kv)
+			}
+			if err != nil {
+				return nil, err
+			}
+			s.KV[i].appendQ80(kb, vb, s.Pos)
+			continue
+		}
 		k, err := get(kv, kvt)
 		if err != nil {
 			return nil, err

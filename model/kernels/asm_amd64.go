@@ -42,6 +42,9 @@ func roundbf16512(dst *float32, x *float32, n int)
 // addscaledbf16512 computes dst[i] += float32(alpha·x[i]) rounded to bfloat16 for i < n (a multiple of a vector's lanes).
 func addscaledbf16512(dst *float32, x *float32, alpha float32, n int)
 
+// addweightedq80512 computes dst[j] += float32(float32(w[t]·d_t)·q_tj) for j < 32, t < n in order, over n Q8_0 blocks stride bytes apart (see genAddWeightedQ80).
+func addweightedq80512(dst *float32, rows *byte, w *float32, n int, stride int)
+
 // bf16enc512 writes x[i] rounded to bfloat16 as 2 little-endian bytes each, for i < n (a multiple of 16).
 func bf16enc512(dst *byte, x *float32, n int)
 
@@ -108,6 +111,9 @@ func roundbf16256(dst *float32, x *float32, n int)
 
 // addscaledbf16256 computes dst[i] += float32(alpha·x[i]) rounded to bfloat16 for i < n (a multiple of a vector's lanes).
 func addscaledbf16256(dst *float32, x *float32, alpha float32, n int)
+
+// addweightedq80256 computes dst[j] += float32(float32(w[t]·d_t)·q_tj) for j < 32, t < n in order, over n Q8_0 blocks stride bytes apart (see genAddWeightedQ80).
+func addweightedq80256(dst *float32, rows *byte, w *float32, n int, stride int)
 
 // bf16enc256 writes x[i] rounded to bfloat16 as 2 little-endian bytes each, for i < n (a multiple of 16).
 func bf16enc256(dst *byte, x *float32, n int)

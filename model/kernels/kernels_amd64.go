@@ -216,6 +216,23 @@ func bf16WireAsm(l Level, op byte, b []byte, f []float32) int {
 	return n
 }
 
+// addWeightedQ80Asm runs AddWeightedQ80's kernel, one 32-value column of the
+// rows at a time (false: no kernel at l).
+func addWeightedQ80Asm(l Level, dst []float32, rows []byte, stride int, w []float32) bool {
+	if l < LevelAVX2 {
+		return false
+	}
+	for b := range len(dst) / 32 {
+		d, r := f32p(dst[32*b:]), &rows[b*tensor.Q8_0BlockBytes]
+		if l >= LevelAVX512 {
+			addweightedq80512(d, r, f32p(w), len(w), stride)
+		} else {
+			addweightedq80256(d, r, f32p(w), len(w), stride)
+		}
+	}
+	return true
+}
+
 func addAsm(l Level, dst, a, b []float32) bool {
 	switch {
 	case l >= LevelAVX512:

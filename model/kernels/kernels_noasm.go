@@ -30,3 +30,5 @@ func triadProbe(a, b, c []float32, s float32)                    { triadGo(a, b,
 func siluAsm(Level, []float32, []float32, []float32) int { return 0 }
 
 func bf16WireAsm(Level, byte, []byte, []float32) int { return 0 }
+
+func addWeightedQ80Asm(Level, []float32, []byte, int, []float32) bool { return false }

@@ -109,6 +109,21 @@ func ScaleToRef(dst, x []float32, alpha float32) {
 	}
 }
 
+// AddWeightedQ80Ref is the plain twin of AddWeightedQ80.
+func AddWeightedQ80Ref(dst []float32, rows []byte, stride int, w []float32) {
+	for t, wt := range w {
+		row := rows[t*stride:]
+		for b := range len(dst) / 32 {
+			blk := row[b*tensor.Q8_0BlockBytes:]
+			s := wt * tensor.F16ToF32(binary.LittleEndian.Uint16(blk))
+			out := dst[32*b : 32*b+32]
+			for j := range out {
+				out[j] += float32(s * float32(int8(blk[2+j])))
+			}
+		}
+	}
+}
+
 // RoundBF16Ref is the plain twin of RoundBF16.
 func RoundBF16Ref(dst, x []float32) {
 	for i := range dst {

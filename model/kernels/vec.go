@@ -1,5 +1,7 @@
 package kernels
 
+import "github.com/switchyard-serving/switchyard/model/tensor"
+
 // Vector helpers for the Mamba-2 recurrence, attention and residuals. Each
 // dispatches on KernelLevel like MatMul (LevelRef runs the reference twins).
 // Short vectors (< 16) run in Go.
@@ -114,6 +116,29 @@ func AddBF16(dst []float32, src []byte) {
 	src = src[:2*len(dst)]
 	n := bf16WireAsm(KernelLevel(), 'a', src, dst)
 	AddBF16Ref(dst[n:], src[2*n:])
+}
+
+// AddWeightedQ80 adds the weighted sum of len(w) Q8_0 rows to dst: row t
+// starts at rows[t·stride] and holds len(dst)/32 blocks (each an f16 scale
+// d and 32 int8 values q), and for each row in turn, dst[32b+j] +=
+// float32(float32(w[t]·d_tb)·q_tbj), the product and the add each rounded
+// (AddWeightedQ80Ref is its twin). It is attention's weighted sum over the
+// values of a Q8_0 KV cache, stored a token per row as llama.cpp stores a
+// quantized V cache. len(dst) must be a multiple of 32.
+func AddWeightedQ80(dst []float32, rows []byte, stride int, w []float32) {
+	if len(dst)%32 != 0 {
+		panic("kernels: AddWeightedQ80 of a partial block")
+	}
+	if len(w) == 0 {
+		return
+	}
+	if len(rows) < (len(w)-1)*stride+len(dst)/32*tensor.Q8_0BlockBytes {
+		panic("kernels: AddWeightedQ80 rows too short")
+	}
+	if addWeightedQ80Asm(KernelLevel(), dst, rows, stride, w) {
+		return
+	}
+	AddWeightedQ80Ref(dst, rows, stride, w)
 }
 
 // Add computes dst[i] = a[i] + b[i] for i < len(dst); dst may alias a or b.

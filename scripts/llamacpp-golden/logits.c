@@ -1,4 +1,4 @@
-// logits [-kv f32|f16|bf16] [-fa] [-greedy N] MODEL BACKEND_SO < prompts:
+// logits [-kv f32|f16|bf16|q8_0] [-fa] [-greedy N] MODEL BACKEND_SO < prompts:
 // evaluates each prompt (a line of token ids) with llama.cpp in one
 // llama_decode call, logits for every position, and prints them as JSON.
 // CPU only, 1 thread, flash attention off and an F32 K/V cache unless -fa and
@@ -72,10 +72,11 @@ int main(int argc, char **argv) {
 		else if (!strcmp(argv[a], "-greedy") && a + 1 < argc) greedy = atoi(argv[++a]);
 		else break;
 	}
-	// ggml_type numbers: GGML_TYPE_F32 = 0, F16 = 1, BF16 = 30.
-	int kvt = !strcmp(kv, "f32") ? 0 : !strcmp(kv, "f16") ? 1 : !strcmp(kv, "bf16") ? 30 : -1;
+	// ggml_type numbers: GGML_TYPE_F32 = 0, F16 = 1, Q8_0 = 8, BF16 = 30
+	// (a quantized V cache needs -fa).
+	int kvt = !strcmp(kv, "f32") ? 0 : !strcmp(kv, "f16") ? 1 : !strcmp(kv, "bf16") ? 30 : !strcmp(kv, "q8_0") ? 8 : -1;
 	if (argc - a != 2 || kvt < 0 || greedy < 0) {
-		fprintf(stderr, "usage: logits [-kv f32|f16|bf16] [-fa] [-greedy N] MODEL BACKEND_SO < prompts\n");
+		fprintf(stderr, "usage: logits [-kv f32|f16|bf16|q8_0] [-fa] [-greedy N] MODEL BACKEND_SO < prompts\n");
 		return 2;
 	}
 	llama_log_set(on_log, NULL);

@@ -350,6 +350,7 @@ func genVec(s isa) {
 	genAddScaled(s, false)
 	genRoundBF16(s, false)
 	genRoundBF16(s, true)
+	genAddWeightedQ80(s)
 	genBF16Wire(s, "enc")
 	genBF16Wire(s, "dec")
 	genBF16Wire(s, "add")
