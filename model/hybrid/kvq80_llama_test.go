@@ -54,7 +54,8 @@ func hd32Fixture(t *testing.T) string {
 // TestLlamaCppKVQ80 checks a Q8_0 KV cache against llama.cpp's own q8_0
 // cache on the same model: the golden fixture with heads of 32
 // (hd32Fixture), F32 weights, every position of the four golden prompts,
-// batched and token by token, at every kernel level. llama.cpp keeps a
+// batched and token by token, at every kernel level, and 16 greedy tokens
+// after each (llama.cpp's, the same with either cache). llama.cpp keeps a
 // quantized V cache only with flash attention, so its reference ran with
 // flash attention on (granite-tiny-hd32-kv-q8_0-fa); Switchyard quantizes
 // the keys and values as llama.cpp's x86 backend does (quantizeKVQ80, the same
@@ -125,6 +126,21 @@ func TestLlamaCppKVQ80(t *testing.T) {
 							t.Fatal(err)
 						}
 						check(fmt.Sprintf("%s token %d by token", p.Name, i), maxAbs(seq[0].Logits, exp[i*V:(i+1)*V]))
+					}
+					// Greedy from the state after the prompt: llama.cpp's tokens.
+					last := seq[0].Logits[(n-1)*V : n*V]
+					for k, want := range p.Greedy {
+						if got := argmax(last); got != want {
+							t.Fatalf("level %v, %s greedy token %d: %d, llama.cpp %d", lvl, p.Name, k, got, want)
+						}
+						next := []Seq{{State: st, Tokens: []int{want}}}
+						if err := m.Forward(next); err != nil {
+							t.Fatal(err)
+						}
+						last = next[0].Logits
+					}
+					if len(p.Greedy) != 16 {
+						t.Fatalf("%s: the reference has %d greedy tokens, want 16", p.Name, len(p.Greedy))
 					}
 				}
 				kernels.SetKernelLevel(prev)

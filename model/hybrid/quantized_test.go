@@ -124,6 +124,7 @@ type llamaPrompt struct {
 	Name     string `json:"name"`
 	TokenIDs []int  `json:"token_ids"`
 	Offset   int    `json:"offset"`
+	Greedy   []int  `json:"greedy_new_token_ids"` // where the reference has them
 }
 
 // readLlamaRef reads the index name in quantDir and the logits it points at.

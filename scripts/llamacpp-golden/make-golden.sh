@@ -105,6 +105,49 @@ idx = {
 open(k + ".json", "w").write(json.dumps(idx, indent=1) + "\n")
 PY
 done
+# 3b. A Q8_0 K/V cache (ggml type 8) on the fixture with attention heads of 32
+#    (num_attention_heads 2, num_key_value_heads 1: the same tensors, the head
+#    counts divide the same widths differently; q8_0 blocks are 32 values, and
+#    the fixture's heads are 16), F32 weights, every golden prompt and 16
+#    greedy tokens: with flash attention (llama.cpp keeps a quantized V cache
+#    only with it), and the F32 cache without it as the exact baseline.
+#    hybrid.TestLlamaCppKVQ80 builds the same model from the fixture's hf
+#    folder the same way.
+rm -rf "$WORK/hd32" && cp -r "$FIXTURE/hf" "$WORK/hd32" && chmod -R u+w "$WORK/hd32"
+python3 - "$WORK/hd32/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["num_attention_heads"], c["num_key_value_heads"] = 2, 1
+json.dump(c, open(sys.argv[1], "w"))
+PY
+go build -o "$WORK/switchyard" ./cmd/switchyard
+"$WORK/switchyard" convert --model "$WORK/hd32" --type f32 --out "$WORK/granite-tiny-hd32.gguf" >/dev/null 2>&1
+for KV in q8_0 f32; do
+  K=model/gguf/testdata/granite-tiny-hd32
+  FLAG=
+  if [ $KV = q8_0 ]; then K=$K-kv-q8_0-fa; FLAG=-fa; fi
+  "$WORK/logits" -kv $KV $FLAG -greedy 16 "$WORK/granite-tiny-hd32.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts-all.txt" >"$WORK/logits-hd32-$KV.json" 2>"$WORK/logits-hd32-$KV.log"
+  python3 - "$FIXTURE/golden.json" "$WORK/logits-hd32-$KV.json" "$K" $KV <<'PY'
+import json, struct, sys
+g = json.load(open(sys.argv[1])); ll = json.load(open(sys.argv[2])); k = sys.argv[3]; kv = sys.argv[4]
+how = {"q8_0": "a Q8_0 K/V cache (type_k = type_v = GGML_TYPE_Q8_0, which needs flash attention): CPU haswell variant, 1 thread, flash attention on",
+       "f32": "an F32 K/V cache: CPU haswell variant, 1 thread, flash attention off"}[kv]
+buf = bytearray(); prompts = []
+for p, r in zip(g["prompts"], ll):
+    prompts.append({"name": p["name"], "token_ids": p["token_ids"], "offset": len(buf) // 4, "greedy_new_token_ids": r["greedy"]})
+    for row in r["logits"]:
+        buf += struct.pack("<%df" % len(row), *row)
+open(k + ".logits.f32", "wb").write(buf)
+idx = {
+    "model": "granite-tiny-hd32 (made by the test: the shared fixture's hf folder with num_attention_heads 2 and num_key_value_heads 1, converted to an F32 GGUF)",
+    "vocab_size": len(ll[0]["logits"][0]),
+    "logits_file": k.rsplit("/", 1)[1] + ".logits.f32",
+    "logits_layout": "float32 little-endian, [position][vocab] per prompt, starting at float index offset; logit of every token after every prompt position, divided by logits_scaling",
+    "reference": "llama.cpp (ggml-org/llama.cpp 5b4ebc5, as built in node-llama-cpp 3.21.1's @node-llama-cpp/linux-x64 prebuilt) evaluating granite-tiny-hd32.gguf (F32 weights) with " + how + ", whole prompt in one llama_decode; greedy_new_token_ids: 16 tokens by argmax from the state after the prompt, each fed back with one llama_decode",
+    "prompts": prompts,
+}
+open(k + ".json", "w").write(json.dumps(idx, indent=1) + "\n")
+PY
+done
 # write_direct_ref PREFIX LOGITS_JSON WEIGHTS: PREFIX.logits.f32 and the index
 # PREFIX.json from the output of `logits` on PREFIX.gguf for the first three
 # golden prompts (haswell, 1 thread, F32 KV cache, no flash attention);
@@ -378,4 +421,4 @@ for LB in "2 q4_0" "8 q5_0" "25 iq4_nl pure"; do
   write_direct_ref "$L" "$WORK/logits-$2.json" "$(grep -o "converting to [a-zA-Z0-9_]*" "$WORK/quantize-$2.log" | sort | uniq -c | awk '{printf "%s%d %s", (NR>1?", ":""), $1, toupper($4)}') matrices, not dequantized: its CPU matmuls quantize the activations to q8_0, 8 bits per 32 values"
 done
 
-echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k,iq4_xs,q4_1,q5_1}.{gguf,json,logits.f32}, $B.{json,logits.f32}, $E.{gguf,json,logits.f32} and model/gguf/testdata/granite-tiny-{q4_0,q5_0,iq4_nl}.{gguf,json,logits.f32} (work files in $WORK)"
+echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, model/gguf/testdata/granite-tiny-hd32{,-kv-q8_0-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k,iq4_xs,q4_1,q5_1}.{gguf,json,logits.f32}, $B.{json,logits.f32}, $E.{gguf,json,logits.f32} and model/gguf/testdata/granite-tiny-{q4_0,q5_0,iq4_nl}.{gguf,json,logits.f32} (work files in $WORK)"
