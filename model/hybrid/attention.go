@@ -33,6 +33,7 @@ type attnTask struct {
 type attnScratch struct {
 	q, s, o, tmp, mx []float32
 	sum              []float64
+	dst, w, wHead    [][]float32 // Q8_0 values: the rows a page's weighted sum goes to
 }
 
 // attention runs attention layer ai over the batch: reads sc.u, writes sc.mix.
@@ -158,12 +159,35 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 			if p == 0 {
 				clear(o)
 			}
+			// The rows that see this page, over the keys all of them see at
+			// once (they share each block's widening), then each over the
+			// rest of its own: in token order either way, so each row gets
+			// the bits it gets alone.
 			rows, rb := t.kv.valueRows(p, kh), t.kv.rowBytes()
+			ws.dst, ws.w = ws.dst[:0], ws.w[:0]
+			common := P
 			for i := range nb {
 				if valid := max(0, min(P, t.pos0+t.t0+i+1-p*P)); valid > 0 {
-					kernels.AddWeightedQ80(o[i*hd:(i+1)*hd], rows, rb, sc[i*P:i*P+valid])
+					ws.dst, ws.w = append(ws.dst, o[i*hd:(i+1)*hd]), append(ws.w, sc[i*P:i*P+valid])
+					common = min(common, valid)
 				}
 			}
+			if len(ws.dst) > 0 {
+				head := ws.wHead[:0]
+				for _, w := range ws.w {
+					head = append(head, w[:common])
+				}
+				ws.wHead = head
+				kernels.AddWeightedQ80Rows(ws.dst, rows, rb, head)
+				for j, w := range ws.w {
+					if len(w) > common {
+						kernels.AddWeightedQ80(ws.dst[j], rows[common*rb:], rb, w[common:])
+					}
+				}
+			}
+			clear(ws.dst) // no references to this step's rows kept
+			clear(ws.w)
+			clear(ws.wHead)
 		} else if p == 0 {
 			kernels.MatMulSerialInvariant(o, t.kv.values(p, kh), sc, nb)
 		} else {

@@ -42,8 +42,17 @@ func roundbf16512(dst *float32, x *float32, n int)
 // addscaledbf16512 computes dst[i] += float32(alpha·x[i]) rounded to bfloat16 for i < n (a multiple of a vector's lanes).
 func addscaledbf16512(dst *float32, x *float32, alpha float32, n int)
 
-// addweightedq80512 computes dst[j] += float32(float32(w[t]·d_t)·q_tj) for j < 32, t < n in order, over n Q8_0 blocks stride bytes apart (see genAddWeightedQ80).
-func addweightedq80512(dst *float32, rows *byte, w *float32, n int, stride int)
+// addweightedq80512R1 computes, for 1 outputs i, dst_i[j] += float32(float32(w_i[t]·d_t)·q_tj) for j < 32, t < n in order, over n Q8_0 blocks stride bytes apart (see genAddWeightedQ80).
+func addweightedq80512R1(dst *float32, dstride int, rows *byte, w *float32, wstride int, n int, stride int)
+
+// addweightedq80512R2 computes, for 2 outputs i, dst_i[j] += float32(float32(w_i[t]·d_t)·q_tj) for j < 32, t < n in order, over n Q8_0 blocks stride bytes apart (see genAddWeightedQ80).
+func addweightedq80512R2(dst *float32, dstride int, rows *byte, w *float32, wstride int, n int, stride int)
+
+// addweightedq80512R3 computes, for 3 outputs i, dst_i[j] += float32(float32(w_i[t]·d_t)·q_tj) for j < 32, t < n in order, over n Q8_0 blocks stride bytes apart (see genAddWeightedQ80).
+func addweightedq80512R3(dst *float32, dstride int, rows *byte, w *float32, wstride int, n int, stride int)
+
+// addweightedq80512R4 computes, for 4 outputs i, dst_i[j] += float32(float32(w_i[t]·d_t)·q_tj) for j < 32, t < n in order, over n Q8_0 blocks stride bytes apart (see genAddWeightedQ80).
+func addweightedq80512R4(dst *float32, dstride int, rows *byte, w *float32, wstride int, n int, stride int)
 
 // bf16enc512 writes x[i] rounded to bfloat16 as 2 little-endian bytes each, for i < n (a multiple of 16).
 func bf16enc512(dst *byte, x *float32, n int)
@@ -112,8 +121,11 @@ func roundbf16256(dst *float32, x *float32, n int)
 // addscaledbf16256 computes dst[i] += float32(alpha·x[i]) rounded to bfloat16 for i < n (a multiple of a vector's lanes).
 func addscaledbf16256(dst *float32, x *float32, alpha float32, n int)
 
-// addweightedq80256 computes dst[j] += float32(float32(w[t]·d_t)·q_tj) for j < 32, t < n in order, over n Q8_0 blocks stride bytes apart (see genAddWeightedQ80).
-func addweightedq80256(dst *float32, rows *byte, w *float32, n int, stride int)
+// addweightedq80256R1 computes, for 1 outputs i, dst_i[j] += float32(float32(w_i[t]·d_t)·q_tj) for j < 32, t < n in order, over n Q8_0 blocks stride bytes apart (see genAddWeightedQ80).
+func addweightedq80256R1(dst *float32, dstride int, rows *byte, w *float32, wstride int, n int, stride int)
+
+// addweightedq80256R2 computes, for 2 outputs i, dst_i[j] += float32(float32(w_i[t]·d_t)·q_tj) for j < 32, t < n in order, over n Q8_0 blocks stride bytes apart (see genAddWeightedQ80).
+func addweightedq80256R2(dst *float32, dstride int, rows *byte, w *float32, wstride int, n int, stride int)
 
 // bf16enc256 writes x[i] rounded to bfloat16 as 2 little-endian bytes each, for i < n (a multiple of 16).
 func bf16enc256(dst *byte, x *float32, n int)

@@ -216,21 +216,64 @@ func bf16WireAsm(l Level, op byte, b []byte, f []float32) int {
 	return n
 }
 
-// addWeightedQ80Asm runs AddWeightedQ80's kernel, one 32-value column of the
-// rows at a time (false: no kernel at l).
-func addWeightedQ80Asm(l Level, dst []float32, rows []byte, stride int, w []float32) bool {
+// addWeightedQ80Asm runs AddWeightedQ80's kernel for the outputs dst (their
+// weights w, n each), one 32-value column of the rows at a time and up to
+// four outputs (two at the AVX2 level) per call (false: no kernel at l).
+// The outputs' dst and w rows are passed as a base and a stride, so a group
+// of outputs must be equally spaced in memory; groups that are not run one
+// output per call.
+func addWeightedQ80Asm(l Level, dst [][]float32, rows []byte, stride int, w [][]float32, n int) bool {
 	if l < LevelAVX2 {
 		return false
 	}
-	for b := range len(dst) / 32 {
-		d, r := f32p(dst[32*b:]), &rows[b*tensor.Q8_0BlockBytes]
-		if l >= LevelAVX512 {
-			addweightedq80512(d, r, f32p(w), len(w), stride)
-		} else {
-			addweightedq80256(d, r, f32p(w), len(w), stride)
+	maxR := 4
+	if l < LevelAVX512 {
+		maxR = 2
+	}
+	for i0 := 0; i0 < len(dst); {
+		r := min(maxR, len(dst)-i0)
+		ds, ws := spacing(dst[i0:i0+r]), spacing(w[i0:i0+r])
+		if ds < 0 || ws < 0 {
+			r, ds, ws = 1, 0, 0
 		}
+		for b := range len(dst[i0]) / 32 {
+			d, rw, wp := f32p(dst[i0][32*b:]), &rows[b*tensor.Q8_0BlockBytes], f32p(w[i0])
+			switch {
+			case l >= LevelAVX512 && r == 4:
+				addweightedq80512R4(d, ds, rw, wp, ws, n, stride)
+			case l >= LevelAVX512 && r == 3:
+				addweightedq80512R3(d, ds, rw, wp, ws, n, stride)
+			case l >= LevelAVX512 && r == 2:
+				addweightedq80512R2(d, ds, rw, wp, ws, n, stride)
+			case l >= LevelAVX512:
+				addweightedq80512R1(d, ds, rw, wp, ws, n, stride)
+			case r == 2:
+				addweightedq80256R2(d, ds, rw, wp, ws, n, stride)
+			default:
+				addweightedq80256R1(d, ds, rw, wp, ws, n, stride)
+			}
+		}
+		i0 += r
 	}
 	return true
+}
+
+// spacing is the byte distance between consecutive slices of v when they
+// are equally spaced in one array (0 for a single slice), else -1.
+func spacing(v [][]float32) int {
+	if len(v) < 2 {
+		return 0
+	}
+	d := uintptr(unsafe.Pointer(f32p(v[1]))) - uintptr(unsafe.Pointer(f32p(v[0])))
+	for i := 2; i < len(v); i++ {
+		if uintptr(unsafe.Pointer(f32p(v[i])))-uintptr(unsafe.Pointer(f32p(v[i-1]))) != d {
+			return -1
+		}
+	}
+	if int(d) <= 0 {
+		return -1
+	}
+	return int(d)
 }
 
 func addAsm(l Level, dst, a, b []float32) bool {

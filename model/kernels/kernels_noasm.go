@@ -31,4 +31,4 @@ func siluAsm(Level, []float32, []float32, []float32) int { return 0 }
 
 func bf16WireAsm(Level, byte, []byte, []float32) int { return 0 }
 
-func addWeightedQ80Asm(Level, []float32, []byte, int, []float32) bool { return false }
+func addWeightedQ80Asm(Level, [][]float32, []byte, int, [][]float32, int) bool { return false }

@@ -92,3 +92,55 @@ func BenchmarkAddWeightedQ80(b *testing.B) {
 	}
 	b.ReportMetric(float64(n*rb)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
 }
+
+// TestAddWeightedQ80RowsSameBits: AddWeightedQ80Rows gives each output the
+// bits of AddWeightedQ80Ref alone, at every level, for 1 to 7 outputs (so
+// groups of four, three, two and one), equally spaced in one array (the
+// kernels' strides) or not (one output per call).
+func TestAddWeightedQ80RowsSameBits(t *testing.T) {
+	forEachLevel(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(73, 74))
+		for _, hd := range []int{32, 128} {
+			for m := 1; m <= 7; m++ {
+				for _, spaced := range []bool{true, false} {
+					const n = 45
+					rb := hd / 32 * tensor.Q8_0BlockBytes
+					src := make([]float32, n*hd)
+					for i := range src {
+						src[i] = float32(rng.NormFloat64())
+					}
+					rows := make([]byte, n*rb)
+					tensor.QuantizeQ8_0(src, rows)
+					dst, w := make([][]float32, m), make([][]float32, m)
+					dbuf, wbuf := make([]float32, m*(hd+8)), make([]float32, m*(n+3))
+					for i := range m {
+						if spaced {
+							dst[i], w[i] = dbuf[i*(hd+8):i*(hd+8)+hd], wbuf[i*(n+3):i*(n+3)+n]
+						} else {
+							dst[i], w[i] = make([]float32, hd), make([]float32, n)
+						}
+						for j := range dst[i] {
+							dst[i][j] = float32(rng.NormFloat64())
+						}
+						for j := range w[i] {
+							w[i][j] = float32(rng.Float64())
+						}
+					}
+					want := make([][]float32, m)
+					for i := range m {
+						want[i] = append([]float32(nil), dst[i]...)
+						AddWeightedQ80Ref(want[i], rows, rb, w[i])
+					}
+					AddWeightedQ80Rows(dst, rows, rb, w)
+					for i := range m {
+						for j := range want[i] {
+							if math.Float32bits(dst[i][j]) != math.Float32bits(want[i][j]) {
+								t.Fatalf("hd=%d, %d outputs (spaced %v): output %d [%d] = %g, want %g", hd, m, spaced, i, j, dst[i][j], want[i][j])
+							}
+						}
+					}
+				}
+			}
+		}
+	})
+}

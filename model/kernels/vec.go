@@ -135,10 +135,38 @@ func AddWeightedQ80(dst []float32, rows []byte, stride int, w []float32) {
 	if len(rows) < (len(w)-1)*stride+len(dst)/32*tensor.Q8_0BlockBytes {
 		panic("kernels: AddWeightedQ80 rows too short")
 	}
-	if addWeightedQ80Asm(KernelLevel(), dst, rows, stride, w) {
+	if addWeightedQ80Asm(KernelLevel(), [][]float32{dst}, rows, stride, [][]float32{w}, len(w)) {
 		return
 	}
 	AddWeightedQ80Ref(dst, rows, stride, w)
+}
+
+// AddWeightedQ80Rows is AddWeightedQ80 for several outputs over the same
+// rows, dst[i] weighted by w[i] (every w[i] as long), each output's bits
+// those of AddWeightedQ80 alone: the outputs share the widening of each
+// block (a prefill block's query rows over a page of values).
+func AddWeightedQ80Rows(dst [][]float32, rows []byte, stride int, w [][]float32) {
+	if len(dst) == 0 || len(w[0]) == 0 {
+		return
+	}
+	n, hd := len(w[0]), len(dst[0])
+	for i := range dst {
+		if len(dst[i]) != hd || len(w[i]) != n {
+			panic("kernels: AddWeightedQ80Rows of outputs of different lengths")
+		}
+	}
+	if hd%32 != 0 {
+		panic("kernels: AddWeightedQ80Rows of a partial block")
+	}
+	if len(rows) < (n-1)*stride+hd/32*tensor.Q8_0BlockBytes {
+		panic("kernels: AddWeightedQ80Rows rows too short")
+	}
+	if addWeightedQ80Asm(KernelLevel(), dst, rows, stride, w, n) {
+		return
+	}
+	for i := range dst {
+		AddWeightedQ80Ref(dst[i], rows, stride, w[i])
+	}
 }
 
 // Add computes dst[i] = a[i] + b[i] for i < len(dst); dst may alias a or b.

@@ -350,7 +350,9 @@ func genVec(s isa) {
 	genAddScaled(s, false)
 	genRoundBF16(s, false)
 	genRoundBF16(s, true)
-	genAddWeightedQ80(s)
+	for r := 1; r <= addWeightedQ80MaxR(s); r++ {
+		genAddWeightedQ80(s, r)
+	}
 	genBF16Wire(s, "enc")
 	genBF16Wire(s, "dec")
 	genBF16Wire(s, "add")
