@@ -10,11 +10,16 @@ import (
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
-// Attention over the paged KV cache. A task is one query head of a block of up to
-// attnBlock consecutive query rows of one sequence. Per KV page it computes the
-// block's scores as one matrix product (queries × the page's keys), folds them
-// into an online causal softmax per row, and accumulates the weighted values as
-// a second product (probabilities × the page's transposed values).
+// Attention over the paged KV cache. A task is one or more query heads that
+// share a KV head (all of a KV head's query heads when there are tasks enough
+// for the threads) over a block of up to attnBlock consecutive query rows of one
+// sequence. Per KV page it computes the rows' scores as one matrix product
+// (every head's queries × the page's keys, so a page is read once for the
+// heads that share it), folds them into an online causal softmax per row, and
+// accumulates the weighted values as a second product (probabilities × the
+// page's transposed values). The products are batch-invariant and the softmax
+// is per row, so a row's result is the same bits whatever the task holds with
+// it.
 // Tasks run in parallel, heaviest first; a block only visits the pages its
 // last row can see, so causal prefill costs about half of a full square.
 
@@ -25,7 +30,8 @@ type attnTask struct {
 	r       int // the sequence's first row in the batch
 	pos0    int // tokens held before this step
 	t0, t1  int // query rows [t0, t1) of the sequence
-	h       int // query head
+	h       int // (first) query head
+	nh      int // query heads h, h+1, ... of the task, sharing one KV head (0: 1)
 	keysMax int // keys visible to the last row (pos0+t1)
 }
 
@@ -53,6 +59,16 @@ func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N in
 	tasks := sc.attnTasks[:0]
 	flops := 0
 	r := 0
+	// A task per KV head (its rep query heads together) when that leaves
+	// two tasks a thread, else a task per query head.
+	groups := 0
+	for _, s := range batch {
+		groups += (len(s.Tokens) + attnBlock - 1) / attnBlock * nkv
+	}
+	per := nq / nkv
+	if groups < 2*kernels.Threads() {
+		per = 1
+	}
 	for _, s := range batch {
 		T := len(s.Tokens)
 		st := s.State
@@ -70,8 +86,8 @@ func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N in
 		kv.Append(sc.k[r*kvd:(r+T)*kvd], sc.v[r*kvd:(r+T)*kvd], T)
 		for t0 := 0; t0 < T; t0 += attnBlock {
 			t1 := min(T, t0+attnBlock)
-			for h := range nq {
-				tasks = append(tasks, attnTask{kv: kv, r: r, pos0: pos0, t0: t0, t1: t1, h: h, keysMax: pos0 + t1})
+			for h := 0; h < nq; h += per {
+				tasks = append(tasks, attnTask{kv: kv, r: r, pos0: pos0, t0: t0, t1: t1, h: h, nh: per, keysMax: pos0 + t1})
 			}
 			flops += 4 * (t1 - t0) * (pos0 + t1) * hd * nq
 		}
@@ -89,7 +105,7 @@ func (m *Model) attention(sc *scratch, batch []Seq, ai int, w *AttnWeights, N in
 // on up to kernels.Threads() goroutines, heaviest first, and then drops the
 // tasks' cache pointers.
 func runAttention(sc *scratch, tasks []attnTask, flops int, q, att []float32, qd, hd, rep int, scale float32) {
-	slices.SortStableFunc(tasks, func(a, b attnTask) int { return cmp.Compare(b.keysMax*(b.t1-b.t0), a.keysMax*(a.t1-a.t0)) })
+	slices.SortStableFunc(tasks, func(a, b attnTask) int { return cmp.Compare(b.weight(), a.weight()) })
 	workers := min(kernels.Threads(), len(tasks))
 	for len(sc.attn) < workers {
 		sc.attn = append(sc.attn, attnScratch{})
@@ -108,14 +124,23 @@ func runAttention(sc *scratch, tasks []attnTask, flops int, q, att []float32, qd
 	clear(tasks)
 }
 
-// attendBlock computes one task: att rows [r+t0, r+t1) of head h.
+// weight is how much work a task is, to run the heaviest first.
+func (t *attnTask) weight() int { return t.keysMax * (t.t1 - t.t0) * max(1, t.nh) }
+
+// attendBlock computes one task: att rows [r+t0, r+t1) of its heads. Its
+// rows are head-major: row i is head h+i/nt at query row t0+i%nt.
 func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int, scale float32) {
 	const P = PageTokens
-	nb := t.t1 - t.t0
+	nt := t.t1 - t.t0
+	nh := max(1, t.nh)
+	nb := nh * nt // rows
 	kh := t.h / rep
+	if (t.h+nh-1)/rep != kh {
+		panic("hybrid: an attention task's heads do not share a KV head")
+	}
 	ws.q = grow(ws.q, nb*hd)
-	for i := range nb { // the rows of head h, pre-scaled so the products are the scores
-		o := (t.r+t.t0+i)*qd + t.h*hd
+	for i := range nb { // the rows, pre-scaled so the products are the scores
+		o := (t.r+t.t0+i%nt)*qd + (t.h+i/nt)*hd
 		for d, v := range q[o : o+hd] {
 			ws.q[i*hd+d] = v * scale
 		}
@@ -135,7 +160,7 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 		kernels.MatMulSerialInvariant(sc, t.kv.keys(p, kh), ws.q, nb)
 		for i := range nb {
 			seg := sc[i*P : (i+1)*P]
-			valid := max(0, min(P, t.pos0+t.t0+i+1-p*P)) // the row's query sees keys 0..pos0+t0+i
+			valid := max(0, min(P, t.pos0+t.t0+i%nt+1-p*P)) // the row's query sees keys 0..pos0+t0+i%nt
 			if valid == 0 {
 				clear(seg)
 				continue
@@ -167,7 +192,7 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 			ws.dst, ws.w = ws.dst[:0], ws.w[:0]
 			common := P
 			for i := range nb {
-				if valid := max(0, min(P, t.pos0+t.t0+i+1-p*P)); valid > 0 {
+				if valid := max(0, min(P, t.pos0+t.t0+i%nt+1-p*P)); valid > 0 {
 					ws.dst, ws.w = append(ws.dst, o[i*hd:(i+1)*hd]), append(ws.w, sc[i*P:i*P+valid])
 					common = min(common, valid)
 				}
@@ -196,7 +221,8 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 		}
 	}
 	for i := range nb {
-		dst := att[(t.r+t.t0+i)*qd+t.h*hd : (t.r+t.t0+i)*qd+(t.h+1)*hd]
+		at := (t.r+t.t0+i%nt)*qd + (t.h+i/nt)*hd
+		dst := att[at : at+hd]
 		inv := float32(1 / ws.sum[i])
 		for d, v := range o[i*hd : (i+1)*hd] {
 			dst[d] = v * inv

@@ -221,36 +221,44 @@ func BenchmarkPagedAttention(b *testing.B) {
 // context, for each KV element type, and reports the rate at which it reads
 // the cache's bytes: at long contexts decode attention streams the cache.
 func BenchmarkPagedAttentionDecode(b *testing.B) {
-	const nq, nkv, hd = 12, 4, 128
 	for _, dt := range kvDTypes {
 		for _, ctx := range []int{2048, 8192, 32768} {
-			b.Run(fmt.Sprintf("%v/ctx%d", dt, ctx), func(b *testing.B) {
-				rng := rand.New(rand.NewPCG(2, uint64(ctx)))
-				randn := func(n int) []float32 {
-					v := make([]float32, n)
-					for i := range v {
-						v[i] = float32(rng.NormFloat64())
-					}
-					return v
-				}
-				kv := newKVCacheOf(nkv, hd, dt)
-				kv.Append(randn((ctx-1)*nkv*hd), randn((ctx-1)*nkv*hd), ctx-1)
-				kv.Append(randn(nkv*hd), randn(nkv*hd), 1)
-				q, att := randn(nq*hd), make([]float32, nq*hd)
-				var sc scratch
-				flops := 4 * ctx * hd * nq
-				for b.Loop() {
-					tasks := sc.attnTasks[:0]
-					for h := range nq {
-						tasks = append(tasks, attnTask{kv: &kv, pos0: ctx - 1, t0: 0, t1: 1, h: h, keysMax: ctx})
-					}
-					sc.attnTasks = tasks
-					runAttention(&sc, tasks, flops, q, att, nq*hd, hd, nq/nkv, 0.088)
-				}
-				b.ReportMetric(float64(kv.Bytes())*float64(b.N)/b.Elapsed().Seconds()/1e9, "cacheGB/s")
-			})
+			for _, per := range []int{1, 3} { // H-Tiny: 3 query heads a KV head
+				benchAttentionDecode(b, dt, ctx, per)
+			}
 		}
 	}
+}
+
+// benchAttentionDecode is BenchmarkPagedAttentionDecode's case: per query
+// heads a task (1: a task per query head; nq/nkv: per KV head).
+func benchAttentionDecode(b *testing.B, dt tensor.DType, ctx, per int) {
+	const nq, nkv, hd = 12, 4, 128
+	b.Run(fmt.Sprintf("%v/ctx%d/heads%d", dt, ctx, per), func(b *testing.B) {
+		rng := rand.New(rand.NewPCG(2, uint64(ctx)))
+		randn := func(n int) []float32 {
+			v := make([]float32, n)
+			for i := range v {
+				v[i] = float32(rng.NormFloat64())
+			}
+			return v
+		}
+		kv := newKVCacheOf(nkv, hd, dt)
+		kv.Append(randn((ctx-1)*nkv*hd), randn((ctx-1)*nkv*hd), ctx-1)
+		kv.Append(randn(nkv*hd), randn(nkv*hd), 1)
+		q, att := randn(nq*hd), make([]float32, nq*hd)
+		var sc scratch
+		flops := 4 * ctx * hd * nq
+		for b.Loop() {
+			tasks := sc.attnTasks[:0]
+			for h := 0; h < nq; h += per {
+				tasks = append(tasks, attnTask{kv: &kv, pos0: ctx - 1, t0: 0, t1: 1, h: h, nh: per, keysMax: ctx})
+			}
+			sc.attnTasks = tasks
+			runAttention(&sc, tasks, flops, q, att, nq*hd, hd, nq/nkv, 0.088)
+		}
+		b.ReportMetric(float64(kv.Bytes())*float64(b.N)/b.Elapsed().Seconds()/1e9, "cacheGB/s")
+	})
 }
 
 func benchPagedAttention(b *testing.B, dt tensor.DType, ctx int, peak float64) {

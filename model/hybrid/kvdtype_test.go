@@ -381,3 +381,45 @@ func TestQuantizeKVQ80(t *testing.T) {
 		}
 	}
 }
+
+// A KV head's query heads attended together in one task (a page read once
+// for all of them) give each row the bits it gets alone (one head, one row),
+// for every KV element type: the products are batch-invariant and the
+// softmax is per row, so the task's grouping is free to follow the threads.
+func TestAttentionGroupedHeadsSameBits(t *testing.T) {
+	forKVDTypes(t, func(t *testing.T, dt tensor.DType) {
+		const nq, nkv, hd = 12, 4, 64
+		for _, c := range []struct{ pos0, T int }{{0, 1}, {0, PageTokens + 70}, {2*PageTokens + 5, 1}, {PageTokens - 9, 40}} {
+			rng := rand.New(rand.NewPCG(uint64(c.pos0), uint64(c.T)))
+			randn := func(n int) []float32 {
+				v := make([]float32, n)
+				for i := range v {
+					v[i] = float32(rng.NormFloat64())
+				}
+				return v
+			}
+			kvd, qd, L := nkv*hd, nq*hd, c.pos0+c.T
+			kv := newKVCacheOf(nkv, hd, dt)
+			kv.Append(randn(L*kvd), randn(L*kvd), L)
+			q := randn(c.T * qd)
+			run := func(block, per int) []float32 {
+				att := make([]float32, c.T*qd)
+				var ws attnScratch
+				for t0 := 0; t0 < c.T; t0 += block {
+					t1 := min(c.T, t0+block)
+					for h := 0; h < nq; h += per {
+						task := attnTask{kv: &kv, pos0: c.pos0, t0: t0, t1: t1, h: h, nh: per, keysMax: c.pos0 + t1}
+						attendBlock(&task, q, att, &ws, qd, hd, nq/nkv, 0.125)
+					}
+				}
+				return att
+			}
+			alone := run(1, 1)
+			for _, g := range []struct{ block, per int }{{attnBlock, nq / nkv}, {attnBlock, 1}, {1, nq / nkv}} {
+				if n, d := sameBits(run(g.block, g.per), alone); n != 0 {
+					t.Fatalf("pos0 %d, %d rows, blocks of %d rows and %d heads: %d values differ from rows alone (by up to %.3g)", c.pos0, c.T, g.block, g.per, n, d)
+				}
+			}
+		}
+	})
+}
