@@ -106,7 +106,7 @@ func (s *State) Validate() error {
 			return fmt.Errorf("%w: attention layer %d caches %d tokens, the state is at position %d", ErrState, i, c.Len(), s.Pos)
 		}
 		for p := range c.pages {
-			if err := c.pages[p].check(func(v []float32) error { return check("kv", i, v) }); err != nil {
+			if err := c.checkPage(p, func(v []float32) error { return check("kv", i, v) }); err != nil {
 				return err
 			}
 		}

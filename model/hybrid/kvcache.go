@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
@@ -29,13 +30,15 @@ const PageTokens = 256
 // Values are stored as the cache's element type (KVDType: F32, or BF16 rounded
 // to nearest even on Append, half the memory); attention reads BF16 pages with
 // the same kernels as BF16 weights (widened to float32, float32 accumulation).
-// Q8_0 pages (8.5 bits a value, 53% of BF16) hold both blocks token-major, as
-// llama.cpp holds a quantized K/V cache: per head, [PageTokens] rows of
-// headDim/32 Q8_0 blocks, keys and values alike, each row quantized on
-// Append. Keys are then a Q8_0 matrix for the integer kernels (the queries
-// quantized per 32 values, as llama.cpp quantizes them against a q8_0 K
-// cache); the weighted values are summed row by row from the blocks
-// (kernels.AddWeightedQ80).
+// Q8_0 pages (8.5 bits a value, 53% of BF16) hold a row of headDim/32 Q8_0
+// blocks per token and head, keys and values alike, each quantized on Append
+// as llama.cpp quantizes its q8_0 cache. A head's keys in a page are a
+// [PageTokens, headDim] Q8_0 matrix packed in 16-row groups
+// (tensor.Q80x16, written a row at a time: kernels.SetPackedRow), which the
+// packed integer kernels score against every query row of the task in one
+// pass (the queries quantized per 32 values, as llama.cpp quantizes them
+// against a q8_0 K cache); a head's values are [PageTokens] row-major rows,
+// summed row by row from the blocks (kernels.AddWeightedQ80Rows).
 //
 // Pages are shared by reference between caches (State.Clone: a fork, a prefix
 // checkpoint and the sessions resumed from it) and counted: a page with more
@@ -108,16 +111,7 @@ func (p *kvPage) bytes() int64 { return int64(len(p.data))*4 + int64(len(p.half)
 func (p *kvPage) check(fn func(v []float32) error) error {
 	var buf [1024]float32
 	if p.q8 != nil {
-		const n = len(buf) / tensor.Q8_0BlockValues * tensor.Q8_0BlockBytes
-		for i := 0; i < len(p.q8); i += n {
-			b := p.q8[i:min(len(p.q8), i+n)]
-			v := buf[:len(b)/tensor.Q8_0BlockBytes*tensor.Q8_0BlockValues]
-			tensor.DequantizeRow(tensor.Q8_0, b, v)
-			if err := fn(v); err != nil {
-				return err
-			}
-		}
-		return nil
+		panic("hybrid: a Q8_0 page is checked through its cache (checkPage)")
 	}
 	if p.half == nil {
 		return fn(p.data)
@@ -331,12 +325,11 @@ func (c *KVCache) Append(k, v []float32, T int) {
 		switch c.dt {
 		case tensor.Q8_0:
 			rb := c.rowBytes()
-			pg := c.pages[p].q8
-			kp, vp := pg[:c.kvHeads*PageTokens*rb], pg[c.kvHeads*PageTokens*rb:]
+			row := c.rowBuf()
 			for h := range c.kvHeads {
-				o := (h*PageTokens + s) * rb
-				quantizeKVQ80(kp[o:o+rb], kt[h*hd:(h+1)*hd])
-				quantizeKVQ80(vp[o:o+rb], vt[h*hd:(h+1)*hd])
+				quantizeKVQ80(row, kt[h*hd:(h+1)*hd])
+				kernels.SetPackedRow(c.keys(p, h), s, row)
+				quantizeKVQ80(c.valueRows(p, h)[s*rb:(s+1)*rb], vt[h*hd:(h+1)*hd])
 			}
 		case tensor.BF16:
 			pg := c.pages[p].half
@@ -388,7 +381,7 @@ func (c *KVCache) keys(p, h int) tensor.Matrix {
 	n := PageTokens * c.headDim
 	if c.dt == tensor.Q8_0 {
 		rb := c.rowBytes()
-		return tensor.Matrix{DType: tensor.Q8_0, Rows: PageTokens, Cols: c.headDim, Data: c.pages[p].q8[h*PageTokens*rb : (h+1)*PageTokens*rb]}
+		return tensor.Matrix{DType: tensor.Q8_0, Rows: PageTokens, Cols: c.headDim, Data: c.pages[p].q8[h*PageTokens*rb : (h+1)*PageTokens*rb], Layout: tensor.Q80x16}
 	}
 	if c.dt == tensor.BF16 {
 		return bf16Matrix(c.pages[p].half[h*n:(h+1)*n], PageTokens, c.headDim)
@@ -404,12 +397,25 @@ func (c *KVCache) valueRows(p, h int) []byte {
 	return c.pages[p].q8[off : off+PageTokens*rb]
 }
 
-// q80Row is token t's keys (part 0) or values (part 1) of head h in a Q8_0
-// cache: rowBytes of blocks.
-func (c *KVCache) q80Row(part, t, h int) []byte {
-	rb := c.rowBytes()
-	o := ((part*c.kvHeads+h)*PageTokens + t%PageTokens) * rb
-	return c.pages[t/PageTokens].q8[o : o+rb]
+// rowBuf is scratch for one head's row of Q8_0 blocks.
+func (c *KVCache) rowBuf() []byte {
+	if rb := c.rowBytes(); rb <= 8*tensor.Q8_0BlockBytes {
+		var buf [8 * tensor.Q8_0BlockBytes]byte
+		return buf[:rb]
+	}
+	return make([]byte, c.rowBytes())
+}
+
+// q80Row copies token t's keys (part 0) or values (part 1) of head h in a
+// Q8_0 cache into dst (rowBytes) as row-major blocks, and returns dst.
+func (c *KVCache) q80Row(dst []byte, part, t, h int) []byte {
+	p, s, rb := t/PageTokens, t%PageTokens, c.rowBytes()
+	if part == 0 {
+		kernels.PackedRow(dst, c.keys(p, h), s)
+	} else {
+		copy(dst, c.valueRows(p, h)[s*rb:(s+1)*rb])
+	}
+	return dst[:rb]
 }
 
 // appendQ80 adds T tokens to a Q8_0 cache from their blocks as q80Row gives
@@ -417,7 +423,7 @@ func (c *KVCache) q80Row(part, t, h int) []byte {
 func (c *KVCache) appendQ80(k, v []byte, T int) {
 	rb := c.rowBytes()
 	for t := range T {
-		p := c.n / PageTokens
+		p, s := c.n/PageTokens, c.n%PageTokens
 		if p == len(c.pages) {
 			c.pages = append(c.pages, c.newPage())
 		} else if t == 0 {
@@ -426,10 +432,29 @@ func (c *KVCache) appendQ80(k, v []byte, T int) {
 		c.n++
 		for h := range c.kvHeads {
 			o := (t*c.kvHeads + h) * rb
-			copy(c.q80Row(0, c.n-1, h), k[o:o+rb])
-			copy(c.q80Row(1, c.n-1, h), v[o:o+rb])
+			kernels.SetPackedRow(c.keys(p, h), s, k[o:o+rb])
+			copy(c.valueRows(p, h)[s*rb:(s+1)*rb], v[o:o+rb])
 		}
 	}
+}
+
+// checkPage calls fn on page p's values as float32, in pieces (Validate).
+func (c *KVCache) checkPage(p int, fn func(v []float32) error) error {
+	if c.dt != tensor.Q8_0 {
+		return c.pages[p].check(fn)
+	}
+	row, vals := c.rowBuf(), make([]float32, c.headDim)
+	for part := range 2 {
+		for h := range c.kvHeads {
+			for s := range PageTokens {
+				tensor.DequantizeRow(tensor.Q8_0, c.q80Row(row, part, p*PageTokens+s, h), vals)
+				if err := fn(vals); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // values is head h's values in page p, transposed: a [headDim, PageTokens]
@@ -449,12 +474,10 @@ func (c *KVCache) Row(t int, k, v []float32) {
 	hd := c.headDim
 	p, s := t/PageTokens, t%PageTokens
 	if c.dt == tensor.Q8_0 {
-		rb := c.rowBytes()
+		row := c.rowBuf()
 		for h := range c.kvHeads {
-			o := (h*PageTokens + s) * rb
-			tensor.DequantizeRow(tensor.Q8_0, c.pages[p].q8[o:o+rb], k[h*hd:(h+1)*hd])
-			o += c.kvHeads * PageTokens * rb
-			tensor.DequantizeRow(tensor.Q8_0, c.pages[p].q8[o:o+rb], v[h*hd:(h+1)*hd])
+			tensor.DequantizeRow(tensor.Q8_0, c.q80Row(row, 0, t, h), k[h*hd:(h+1)*hd])
+			tensor.DequantizeRow(tensor.Q8_0, c.q80Row(row, 1, t, h), v[h*hd:(h+1)*hd])
 		}
 		return
 	}

@@ -349,8 +349,10 @@ func TestQ80KVRefusedAndValidated(t *testing.T) {
 	if _, err := DecodeState(b, small.Cfg); !errors.Is(err, ErrState) {
 		t.Fatalf("a Q8_0 state into a head size 16 model: %v", err)
 	}
-	st.KV[0].pages[0].q8[st.KV[0].rowBytes()] = 0x00 // token 1's first key scale: f16 +inf (0x7c00)
-	st.KV[0].pages[0].q8[st.KV[0].rowBytes()+1] = 0x7c
+	// Token 1's first key scale, f16 +inf (0x7c00): in the keys' 16-row
+	// groups the first block's 16 scales lead, row 1's at byte 2.
+	st.KV[0].pages[0].q8[2] = 0x00
+	st.KV[0].pages[0].q8[3] = 0x7c
 	if err := st.Validate(); err == nil {
 		t.Fatal("an infinite key scale was accepted")
 	}

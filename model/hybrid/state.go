@@ -361,6 +361,10 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 		kv := &s.KV[i]
 		d := kv.kvHeads * kv.headDim
 		k, v := make([]float32, d), make([]float32, d)
+		var row []byte
+		if kvs == nil {
+			row = make([]byte, kv.rowBytes())
+		}
 		for part := range 2 { // K for every token, then V
 			u64(uint64(kv.Len() * d))
 			for t := range kv.Len() {
@@ -369,7 +373,7 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 				}
 				if kvs == nil { // Q8_0: the token's blocks as they are
 					for h := range kv.kvHeads {
-						bw.Write(kv.q80Row(part, t, h))
+						bw.Write(kv.q80Row(row, part, t, h))
 					}
 					continue
 				}

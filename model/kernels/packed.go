@@ -280,6 +280,42 @@ func (s *packSpec) unpackGroup(dst []byte, w tensor.Matrix, g int) int {
 	return rows
 }
 
+// PackedRow copies row r of the packed matrix w to dst (w.RowStride()
+// bytes) as its row-major layout holds it.
+func PackedRow(dst []byte, w tensor.Matrix, r int) {
+	s := specOf(w.DType, w.Layout)
+	if s == nil || w.Layout == tensor.RowMajor || r < 0 || r >= w.Rows {
+		panic(fmt.Sprintf("kernels: PackedRow of row %d of a %d-row %v matrix in layout %v", r, w.Rows, w.DType, w.Layout))
+	}
+	s.unpackRow(dst[:w.RowStride()], w, r)
+}
+
+// SetPackedRow writes row r of the packed matrix w from src, the row's
+// blocks as its row-major layout holds them: a matrix that grows a row at a
+// time in a packed layout (a Q8_0 KV cache's keys, packed so that the
+// packed kernels score every query head of a KV head in one pass).
+func SetPackedRow(w tensor.Matrix, r int, src []byte) {
+	s := specOf(w.DType, w.Layout)
+	if s == nil || w.Layout == tensor.RowMajor || r < 0 || r >= w.Rows {
+		panic(fmt.Sprintf("kernels: SetPackedRow of row %d of a %d-row %v matrix in layout %v", r, w.Rows, w.DType, w.Layout))
+	}
+	src = src[:w.RowStride()]
+	nb := w.Cols / w.DType.BlockValues()
+	g, i := r/packRows, r%packRows
+	gb := s.groupBytes()
+	wbase := 32 * len(s.halves)
+	for b := 0; b < nb; b++ {
+		blk, in := w.Data[(g*nb+b)*gb:(g*nb+b+1)*gb], src[b*s.bytes:(b+1)*s.bytes]
+		for f, off := range s.halves {
+			blk[32*f+2*i], blk[32*f+2*i+1] = in[off], in[off+1]
+		}
+		for j := 0; j < s.nwords; j++ {
+			v := binary.LittleEndian.Uint32(in[s.words+4*j:]) ^ s.xor
+			binary.LittleEndian.PutUint32(blk[wbase+4*i+64*j:], v)
+		}
+	}
+}
+
 // DequantizeMatrixRow writes row r of w, in any layout, as float32 to dst
 // (w.Cols values): for lookups in a weight matrix (embeddings).
 func DequantizeMatrixRow(w tensor.Matrix, r int, dst []float32) {

@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"bytes"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -167,5 +168,45 @@ func TestCanPackAVX2(t *testing.T) {
 	defer func() { packAsked[tensor.Q5_K] = false }()
 	if !CanPack(randMatrix(rng, tensor.Q5_K, 16, 256)) {
 		t.Error("AVX2: Q5_K not packed when asked")
+	}
+}
+
+// SetPackedRow builds, a row at a time and in any order, the matrix Pack
+// makes of the whole, and PackedRow reads each row back as its row-major
+// layout holds it, for every packed type.
+func TestSetPackedRow(t *testing.T) {
+	rng := rand.New(rand.NewPCG(81, 82))
+	for _, sp := range packSpecs {
+		const rows = 37
+		cols := 256
+		rb, err := sp.dt.RowBytes(cols)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := tensor.Matrix{DType: sp.dt, Rows: rows, Cols: cols, Data: make([]byte, rows*rb)}
+		for i := range w.Data {
+			w.Data[i] = byte(rng.IntN(256))
+		}
+		want := Pack(make([]byte, PackedBytes(sp.dt, rows, cols)), w)
+		got := tensor.Matrix{DType: sp.dt, Rows: rows, Cols: cols, Data: make([]byte, len(want.Data)), Layout: want.Layout}
+		// Padding rows are what Pack writes; the rows come in reverse order.
+		copy(got.Data, want.Data)
+		for r := range rows {
+			blank := make([]byte, w.RowStride())
+			SetPackedRow(got, r, blank) // overwrite with zeros first
+		}
+		for r := rows - 1; r >= 0; r-- {
+			SetPackedRow(got, r, w.Row(r))
+		}
+		if !bytes.Equal(got.Data, want.Data) {
+			t.Fatalf("%v: rows set one at a time differ from Pack's", sp.dt)
+		}
+		row := make([]byte, w.RowStride())
+		for r := range rows {
+			PackedRow(row, got, r)
+			if !bytes.Equal(row, w.Row(r)) {
+				t.Fatalf("%v: PackedRow(%d) differs from the row-major row", sp.dt, r)
+			}
+		}
 	}
 }
