@@ -196,3 +196,19 @@ func TestSessionStepBytes(t *testing.T) {
 		}
 	}
 }
+
+// bench --context N decodes sessions that hold N tokens (the label says so),
+// and refuses a context under one token.
+func TestBenchContext(t *testing.T) {
+	model := filepath.Join(fixture(t), "hf")
+	var out, errOut bytes.Buffer
+	if err := runBench(t.Context(), []string{"--model", model, "--threads", "1", "--batches", "1", "--prompt", "4", "--steps", "2", "--reps", "1", "--context", "300"}, &out, &errOut); err != nil {
+		t.Fatalf("%v\n%s", err, errOut.String())
+	}
+	if !strings.Contains(out.String(), "decode batch 1 at 300") {
+		t.Fatalf("no decode at context 300 in:\n%s", out.String())
+	}
+	if err := runBench(t.Context(), []string{"--model", model, "--context", "0"}, &out, &errOut); err == nil || !strings.Contains(err.Error(), "--context") {
+		t.Fatalf("--context 0: %v", err)
+	}
+}
