@@ -13,6 +13,32 @@ import (
 // attendRef is the plain twin of the paged attention: for each query row, a dot
 // product with every visible key, a float64 softmax and a weighted sum of values,
 // reading the cache token by token.
+// normals returns n draws of a standard normal from rng.
+func normals(rng *rand.Rand, n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(rng.NormFloat64())
+	}
+	return v
+}
+
+// attendRows runs attendBlock over the T query rows q ([T, nq·hd]) that
+// follow pos0 tokens of kv, in blocks of block rows and tasks of per query
+// heads, and returns the output rows.
+func attendRows(kv *KVCache, q []float32, pos0, T, nq, hd, block, per int, scale float32) []float32 {
+	qd := nq * hd
+	att := make([]float32, T*qd)
+	var ws attnScratch
+	for t0 := 0; t0 < T; t0 += block {
+		t1 := min(T, t0+block)
+		for h := 0; h < nq; h += per {
+			task := attnTask{kv: kv, pos0: pos0, t0: t0, t1: t1, h: h, nh: per, keysMax: pos0 + t1}
+			attendBlock(&task, q, att, &ws, qd, hd, nq/kv.kvHeads, scale)
+		}
+	}
+	return att
+}
+
 func attendRef(kv *KVCache, q []float32, pos0, T, nq, hd int, scale float32) []float32 {
 	kvd := kv.kvHeads * hd
 	rep := nq / kv.kvHeads
@@ -72,13 +98,7 @@ func TestPagedAttentionMatchesReference(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(c.T), uint64(c.pos0)))
-			randn := func(n int) []float32 {
-				v := make([]float32, n)
-				for i := range v {
-					v[i] = float32(rng.NormFloat64())
-				}
-				return v
-			}
+			randn := func(n int) []float32 { return normals(rng, n) }
 			kvd, qd := c.nkv*c.hd, c.nq*c.hd
 			kv := newKVCache(c.nkv, c.hd)
 			if c.stale > 0 { // a session that held more tokens (one of them NaN) and was reset
@@ -97,15 +117,7 @@ func TestPagedAttentionMatchesReference(t *testing.T) {
 			}
 			q := randn(c.T * qd)
 			scale := float32(1 / math.Sqrt(float64(c.hd)))
-			att := make([]float32, c.T*qd)
-			var ws attnScratch
-			for t0 := 0; t0 < c.T; t0 += attnBlock {
-				t1 := min(c.T, t0+attnBlock)
-				for h := range c.nq {
-					task := attnTask{kv: &kv, pos0: c.pos0, t0: t0, t1: t1, h: h, keysMax: c.pos0 + t1}
-					attendBlock(&task, q, att, &ws, qd, c.hd, c.nq/c.nkv, scale)
-				}
-			}
+			att := attendRows(&kv, q, c.pos0, c.T, c.nq, c.hd, attnBlock, 1, scale)
 			want := attendRef(&kv, q, c.pos0, c.T, c.nq, c.hd, scale)
 			worst := 0.0
 			for i := range want {
@@ -125,13 +137,7 @@ func TestRunAttentionBatch(t *testing.T) {
 	const nq, nkv, hd = 8, 2, 32
 	qd, kvd := nq*hd, nkv*hd
 	rng := rand.New(rand.NewPCG(5, 5))
-	randn := func(n int) []float32 {
-		v := make([]float32, n)
-		for i := range v {
-			v[i] = float32(rng.NormFloat64())
-		}
-		return v
-	}
+	randn := func(n int) []float32 { return normals(rng, n) }
 	seqs := []struct{ pos0, T int }{{300, 150}, {700, 1}, {0, 77}}
 	kvs := make([]KVCache, len(seqs))
 	N := 0
@@ -236,13 +242,7 @@ func benchAttentionDecode(b *testing.B, dt tensor.DType, ctx, per int) {
 	const nq, nkv, hd = 12, 4, 128
 	b.Run(fmt.Sprintf("%v/ctx%d/heads%d", dt, ctx, per), func(b *testing.B) {
 		rng := rand.New(rand.NewPCG(2, uint64(ctx)))
-		randn := func(n int) []float32 {
-			v := make([]float32, n)
-			for i := range v {
-				v[i] = float32(rng.NormFloat64())
-			}
-			return v
-		}
+		randn := func(n int) []float32 { return normals(rng, n) }
 		kv := newKVCacheOf(nkv, hd, dt)
 		kv.Append(randn((ctx-1)*nkv*hd), randn((ctx-1)*nkv*hd), ctx-1)
 		kv.Append(randn(nkv*hd), randn(nkv*hd), 1)
@@ -265,13 +265,7 @@ func benchPagedAttention(b *testing.B, dt tensor.DType, ctx int, peak float64) {
 	const nq, nkv, hd, T = 12, 4, 128, 1024
 	b.Run(fmt.Sprintf("%v/ctx%d", dt, ctx), func(b *testing.B) {
 		rng := rand.New(rand.NewPCG(1, uint64(ctx)))
-		randn := func(n int) []float32 {
-			v := make([]float32, n)
-			for i := range v {
-				v[i] = float32(rng.NormFloat64())
-			}
-			return v
-		}
+		randn := func(n int) []float32 { return normals(rng, n) }
 		kv := newKVCacheOf(nkv, hd, dt)
 		kv.Append(randn(ctx*nkv*hd), randn(ctx*nkv*hd), ctx)
 		q, att := randn(T*nq*hd), make([]float32, T*nq*hd)

@@ -306,6 +306,20 @@ func (c *KVCache) private(i int) {
 	old.unref()
 }
 
+// slot returns the page and the slot in it of the next token, opening a
+// page when the last is full; first says the token is the first of an
+// append, the only one that can land in a page that existed before it (the
+// last, partly filled one, maybe shared: made private here).
+func (c *KVCache) slot(first bool) (p, s int) {
+	p, s = c.n/PageTokens, c.n%PageTokens
+	if p == len(c.pages) {
+		c.pages = append(c.pages, c.newPage())
+	} else if first {
+		c.private(p)
+	}
+	return p, s
+}
+
 // Append adds T tokens: k and v are [T, kvHeads*headDim], token-major. A BF16
 // cache stores them rounded to the nearest bfloat16 (ties to even), a Q8_0
 // cache quantized per head and 32 values as llama.cpp quantizes its q8_0
@@ -313,14 +327,7 @@ func (c *KVCache) private(i int) {
 func (c *KVCache) Append(k, v []float32, T int) {
 	kvd, hd := c.kvHeads*c.headDim, c.headDim
 	for t := range T {
-		p, s := c.n/PageTokens, c.n%PageTokens
-		if p == len(c.pages) {
-			c.pages = append(c.pages, c.newPage())
-		} else if t == 0 {
-			// Only the first token can land in a page that existed before
-			// this call: the last, partly filled one, maybe shared.
-			c.private(p)
-		}
+		p, s := c.slot(t == 0)
 		kt, vt := k[t*kvd:(t+1)*kvd], v[t*kvd:(t+1)*kvd]
 		switch c.dt {
 		case tensor.Q8_0:
@@ -423,12 +430,7 @@ func (c *KVCache) q80Row(dst []byte, part, t, h int) []byte {
 func (c *KVCache) appendQ80(k, v []byte, T int) {
 	rb := c.rowBytes()
 	for t := range T {
-		p, s := c.n/PageTokens, c.n%PageTokens
-		if p == len(c.pages) {
-			c.pages = append(c.pages, c.newPage())
-		} else if t == 0 {
-			c.private(p)
-		}
+		p, s := c.slot(t == 0)
 		c.n++
 		for h := range c.kvHeads {
 			o := (t*c.kvHeads + h) * rb

@@ -66,13 +66,7 @@ func TestBF16PagesMatchRoundedF32Pages(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(c.T), 99))
-			randn := func(n int) []float32 {
-				v := make([]float32, n)
-				for i := range v {
-					v[i] = float32(rng.NormFloat64())
-				}
-				return v
-			}
+			randn := func(n int) []float32 { return normals(rng, n) }
 			kvd, qd, L := c.nkv*c.hd, c.nq*c.hd, c.pos0+c.T
 			k, v := randn(L*kvd), randn(L*kvd)
 			half := newKVCacheOf(c.nkv, c.hd, tensor.BF16)
@@ -85,18 +79,7 @@ func TestBF16PagesMatchRoundedF32Pages(t *testing.T) {
 			}
 			q := randn(c.T * qd)
 			scale := float32(1 / math.Sqrt(float64(c.hd)))
-			run := func(kv *KVCache) []float32 {
-				att := make([]float32, c.T*qd)
-				var ws attnScratch
-				for t0 := 0; t0 < c.T; t0 += attnBlock {
-					t1 := min(c.T, t0+attnBlock)
-					for h := range c.nq {
-						task := attnTask{kv: kv, pos0: c.pos0, t0: t0, t1: t1, h: h, keysMax: c.pos0 + t1}
-						attendBlock(&task, q, att, &ws, qd, c.hd, c.nq/c.nkv, scale)
-					}
-				}
-				return att
-			}
+			run := func(kv *KVCache) []float32 { return attendRows(kv, q, c.pos0, c.T, c.nq, c.hd, attnBlock, 1, scale) }
 			got, want := run(&half), run(&twin)
 			// The kernels widen BF16 exactly but their BF16 and F32 paths
 			// sum in different orders: equal to float rounding (measured at
@@ -248,13 +231,7 @@ func TestQ80PagesAttention(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(c.T), 77))
-			randn := func(n int) []float32 {
-				v := make([]float32, n)
-				for i := range v {
-					v[i] = float32(rng.NormFloat64())
-				}
-				return v
-			}
+			randn := func(n int) []float32 { return normals(rng, n) }
 			kvd, qd, L := c.nkv*c.hd, c.nq*c.hd, c.pos0+c.T
 			k, v := randn(L*kvd), randn(L*kvd)
 			kv := newKVCacheOf(c.nkv, c.hd, tensor.Q8_0)
@@ -265,18 +242,7 @@ func TestQ80PagesAttention(t *testing.T) {
 			}
 			q := randn(c.T * qd)
 			scale := float32(1 / math.Sqrt(float64(c.hd)))
-			attend := func(block int) []float32 {
-				att := make([]float32, c.T*qd)
-				var ws attnScratch
-				for t0 := 0; t0 < c.T; t0 += block {
-					t1 := min(c.T, t0+block)
-					for h := range c.nq {
-						task := attnTask{kv: &kv, pos0: c.pos0, t0: t0, t1: t1, h: h, keysMax: c.pos0 + t1}
-						attendBlock(&task, q, att, &ws, qd, c.hd, c.nq/c.nkv, scale)
-					}
-				}
-				return att
-			}
+			attend := func(block int) []float32 { return attendRows(&kv, q, c.pos0, c.T, c.nq, c.hd, block, 1, scale) }
 			got := attend(attnBlock)
 			if n, d := sameBits(attend(1), got); n != 0 {
 				t.Fatalf("rows alone and in blocks differ (%d values, by up to %.3g)", n, d)
@@ -393,29 +359,12 @@ func TestAttentionGroupedHeadsSameBits(t *testing.T) {
 		const nq, nkv, hd = 12, 4, 64
 		for _, c := range []struct{ pos0, T int }{{0, 1}, {0, PageTokens + 70}, {2*PageTokens + 5, 1}, {PageTokens - 9, 40}} {
 			rng := rand.New(rand.NewPCG(uint64(c.pos0), uint64(c.T)))
-			randn := func(n int) []float32 {
-				v := make([]float32, n)
-				for i := range v {
-					v[i] = float32(rng.NormFloat64())
-				}
-				return v
-			}
+			randn := func(n int) []float32 { return normals(rng, n) }
 			kvd, qd, L := nkv*hd, nq*hd, c.pos0+c.T
 			kv := newKVCacheOf(nkv, hd, dt)
 			kv.Append(randn(L*kvd), randn(L*kvd), L)
 			q := randn(c.T * qd)
-			run := func(block, per int) []float32 {
-				att := make([]float32, c.T*qd)
-				var ws attnScratch
-				for t0 := 0; t0 < c.T; t0 += block {
-					t1 := min(c.T, t0+block)
-					for h := 0; h < nq; h += per {
-						task := attnTask{kv: &kv, pos0: c.pos0, t0: t0, t1: t1, h: h, nh: per, keysMax: c.pos0 + t1}
-						attendBlock(&task, q, att, &ws, qd, hd, nq/nkv, 0.125)
-					}
-				}
-				return att
-			}
+			run := func(block, per int) []float32 { return attendRows(&kv, q, c.pos0, c.T, nq, hd, block, per, 0.125) }
 			alone := run(1, 1)
 			for _, g := range []struct{ block, per int }{{attnBlock, nq / nkv}, {attnBlock, 1}, {1, nq / nkv}} {
 				if n, d := sameBits(run(g.block, g.per), alone); n != 0 {
