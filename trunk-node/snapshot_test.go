@@ -2,9 +2,12 @@ package trunknode
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -15,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-serving/switchyard/model/hybrid"
+	"github.com/switchyard-serving/switchyard/model/tensor"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
@@ -53,11 +57,53 @@ func importAll(t *testing.T, c pb.SwitchyardClient, chunks []*pb.SessionSnapshot
 	return st.CloseAndRecv()
 }
 
+// hd32Model writes the shared fixture with attention heads of 32 (2 query
+// heads, 1 KV head: the same tensors), which a Q8_0 KV cache's 32-value
+// blocks need, as a Hugging Face folder, and returns it.
+func hd32Model(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	ents, err := os.ReadDir(fixtureHF(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(fixtureHF(t), e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Name() == "config.json" {
+			var c map[string]any
+			if err := json.Unmarshal(b, &c); err != nil {
+				t.Fatal(err)
+			}
+			c["num_attention_heads"], c["num_key_value_heads"] = 2, 1
+			if b, err = json.Marshal(c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
 // TestSessionMovesBetweenNodes: a session exported from one trunk node and
-// imported into another continues exactly as it would have on the first.
+// imported into another continues exactly as it would have on the first,
+// with each KV cache element type (a Q8_0 state moves as its blocks, state
+// format 3).
 func TestSessionMovesBetweenNodes(t *testing.T) {
-	a, na := startLocal(t, nil)
-	b, nb := startLocal(t, nil)
+	t.Run("bf16", func(t *testing.T) { testSessionMoves(t, tensor.BF16, nil) })
+	t.Run("q8_0", func(t *testing.T) {
+		model := hd32Model(t)
+		testSessionMoves(t, tensor.Q8_0, func(c *Config) { c.ModelPath, c.KVDType = model, tensor.Q8_0 })
+	})
+}
+
+func testSessionMoves(t *testing.T, kv tensor.DType, edit func(*Config)) {
+	a, na := startLocal(t, edit)
+	b, nb := startLocal(t, edit)
 	ctx := context.Background()
 	tok := na.Tokenizer()
 	s, err := a.CreateSession(ctx, &pb.CreateSessionRequest{})
@@ -89,6 +135,10 @@ func TestSessionMovesBetweenNodes(t *testing.T) {
 	}
 	if moved.Tokens != orig.Tokens || moved.StateBytes != orig.StateBytes || moved.SessionId == s.SessionId {
 		t.Fatalf("imported %+v, original %+v", moved, orig)
+	}
+	// One page per attention layer, in the nodes' KV element type.
+	if want := hybrid.PageTokens * hybrid.KVBytesPerToken(nb.Model().Cfg, kv); moved.KvBytes != want || nb.Model().KVDType != kv {
+		t.Fatalf("imported session holds %d KV bytes (node %v), want one page of %v (%d)", moved.KvBytes, nb.Model().KVDType, kv, want)
 	}
 	if _, _, kv := nb.Store().Usage(); kv != moved.KvBytes {
 		t.Fatalf("node B charges %d KV bytes for a session of %d", kv, moved.KvBytes)

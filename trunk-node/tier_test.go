@@ -17,6 +17,7 @@ import (
 
 	"github.com/switchyard-serving/switchyard/internal/agent"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
+	"github.com/switchyard-serving/switchyard/model/tensor"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 
@@ -143,11 +144,20 @@ func TestOffloadServesMoreSessionsThanMemory(t *testing.T) {
 }
 
 // TestOffloadSurvivesRestart: a trunk stopped gracefully writes its sessions
-// out; one started on the same directory continues them token-identically.
+// out; one started on the same directory continues them token-identically,
+// with each KV cache element type.
 func TestOffloadSurvivesRestart(t *testing.T) {
+	t.Run("bf16", func(t *testing.T) { testOffloadSurvivesRestart(t, func(*Config) {}) })
+	t.Run("q8_0", func(t *testing.T) {
+		model := hd32Model(t)
+		testOffloadSurvivesRestart(t, func(c *Config) { c.ModelPath, c.KVDType = model, tensor.Q8_0 })
+	})
+}
+
+func testOffloadSurvivesRestart(t *testing.T, kv func(*Config)) {
 	dir := t.TempDir()
-	ref, _, _ := serveNode(t, nil)
-	c, _, stop := serveNode(t, func(cfg *Config) { cfg.Tier = TierConfig{Dir: dir} })
+	ref, _, _ := serveNode(t, kv)
+	c, _, stop := serveNode(t, func(cfg *Config) { kv(cfg); cfg.Tier = TierConfig{Dir: dir} })
 	refIDs, ids := createSessions(t, ref, 3), createSessions(t, c, 3)
 	turns(t, ref, refIDs, 0)
 	turns(t, c, ids, 0)
@@ -156,7 +166,7 @@ func TestOffloadSurvivesRestart(t *testing.T) {
 	if len(files) != 3 {
 		t.Fatalf("%d session files after shutdown, want 3", len(files))
 	}
-	c2, n2, _ := serveNode(t, func(cfg *Config) { cfg.Tier = TierConfig{Dir: dir} })
+	c2, n2, _ := serveNode(t, func(cfg *Config) { kv(cfg); cfg.Tier = TierConfig{Dir: dir} })
 	want, got := turns(t, ref, refIDs, 1), turns(t, c2, ids, 1)
 	for i := range want {
 		if !slices.Equal(got[i], want[i]) {
