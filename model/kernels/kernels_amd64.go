@@ -233,7 +233,7 @@ func addWeightedQ80Asm(l Level, dst [][]float32, rows []byte, stride int, w [][]
 	for i0 := 0; i0 < len(dst); {
 		r := min(maxR, len(dst)-i0)
 		ds, ws := spacing(dst[i0:i0+r]), spacing(w[i0:i0+r])
-		if ds < 0 || ws < 0 {
+		if ds < 0 || ws < 0 || (r > 1 && ds < 4*len(dst[i0])) { // not equally spaced, or overlapping
 			r, ds, ws = 1, 0, 0
 		}
 		for b := range len(dst[i0]) / 32 {

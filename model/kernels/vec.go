@@ -142,10 +142,14 @@ func AddWeightedQ80(dst []float32, rows []byte, stride int, w []float32) {
 }
 
 // AddWeightedQ80Rows is AddWeightedQ80 for several outputs over the same
-// rows, dst[i] weighted by w[i] (every w[i] as long), each output's bits
-// those of AddWeightedQ80 alone: the outputs share the widening of each
-// block (a prefill block's query rows over a page of values).
+// rows, dst[i] weighted by w[i] (every w[i] as long; the outputs must not
+// overlap), each output's bits those of AddWeightedQ80 alone: the outputs
+// share the widening of each block (a prefill block's query rows over a
+// page of values).
 func AddWeightedQ80Rows(dst [][]float32, rows []byte, stride int, w [][]float32) {
+	if len(w) != len(dst) {
+		panic("kernels: AddWeightedQ80Rows with a weight row per output")
+	}
 	if len(dst) == 0 || len(w[0]) == 0 {
 		return
 	}
