@@ -345,7 +345,7 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	// Rough single-thread time: weights at 14 GB/s plus flops at 100 GFLOP/s
 	// (the Go level is slower, which only makes it worth more threads).
 	est := w.Bytes()/14 + w.Rows*w.Cols*n/50
-	if threads == 1 && j.nblocks > 1 && n <= helpMaxRows && forHelping.Load() > 0 && !noHelping.Load() {
+	if threads == 1 && j.nblocks > 1 && n <= helpMaxRows && w.Bytes() >= helpMinBytes && forHelping.Load() > 0 && !noHelping.Load() {
 		runHelped(c)
 	} else {
 		if n <= laneMaxRows && !noLanes.Load() {

@@ -640,6 +640,43 @@ func TestParallelForHelping(t *testing.T) {
 	})
 }
 
+// Products of fewer than helpMinBytes of weights (an attention page's keys
+// or values) do not offer their blocks: with helping on and a participant
+// idle, none is helped, and the results are the bits of each alone.
+func TestSmallProductsNotOffered(t *testing.T) {
+	var helped atomic.Int64
+	testHookHelped = func(b int) { helped.Add(int64(b)) }
+	defer func() { testHookHelped = nil }()
+	rng := rand.New(rand.NewPCG(53, 54))
+	ws := []tensor.Matrix{randMatrix(rng, tensor.BF16, 256, 128), randMatrix(rng, tensor.BF16, 128, 256)} // 64 KiB each
+	if ws[0].Bytes() >= helpMinBytes {
+		t.Fatalf("a %d-byte product is not small", ws[0].Bytes())
+	}
+	x := randVec(rng, 3*256)
+	for range 20 {
+		got := make([][]float32, len(ws))
+		withThreads(2, func() {
+			ParallelFor(2, wakeWorthNs, func(int) {}) // the worker spins: it starts at once
+			ParallelFor(len(ws), wakeWorthNs, func(i int) {
+				got[i] = make([]float32, 3*ws[i].Rows)
+				MatMulSerial(got[i], ws[i], x[:3*ws[i].Cols], 3)
+			})
+		})
+		for i, w := range ws {
+			want := make([]float32, 3*w.Rows)
+			withThreads(1, func() { MatMul(want, w, x[:3*w.Cols], 3) })
+			for r := range want {
+				if math.Float32bits(got[i][r]) != math.Float32bits(want[r]) {
+					t.Fatalf("product %d out[%d]: %g, alone %g", i, r, got[i][r], want[r])
+				}
+			}
+		}
+	}
+	if helped.Load() != 0 {
+		t.Fatalf("%d blocks of small products helped", helped.Load())
+	}
+}
+
 // TestAddScaledSameBits: AddScaled gives, at every level, the bits of
 // Scale then Add (what it replaces in the expert sums) and of its twin, and
 // ScaleTo the bits of Scale,

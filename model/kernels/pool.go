@@ -343,6 +343,15 @@ func (f *forTask) run(s *scratch) {
 // offering them.
 const helpMaxRows = 8
 
+// helpMinBytes: products of fewer weight bytes do not offer their blocks
+// (an attention page's keys or values: 64 KiB a head in bf16): offering
+// and withdrawing an offer cost more than a helper takes off them. One
+// decode step's attention at 8,192 tokens (go test ./model/hybrid -bench
+// PagedAttentionDecode, bf16): 315-334 µs against 428-487 with every
+// product offering; eight sessions at a short context: level (see
+// docs/kv-dtype.md).
+const helpMinBytes = 256 << 10
+
 var (
 	helpSlots  [maxThreads]atomic.Pointer[callCtx] // products offering blocks
 	forHelping atomic.Int32                        // ParallelFor tasks on several participants
