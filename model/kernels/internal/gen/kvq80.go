@@ -40,56 +40,25 @@ func genAddWeightedQ80(s isa, r int) {
 	n := ld("n")
 	stride := ld("stride")
 	parts := 32 / s.lanes
-	// Output i's dst and weights: base + i·stride, as index registers.
-	var d2, w2 GPVirtual
-	if r >= 3 {
-		d2, w2 = GP64(), GP64()
-		LEAQ(Mem{Base: dstride, Index: dstride, Scale: 1}, d2)
-		LEAQ(Mem{Base: wstride, Index: wstride, Scale: 1}, w2)
-	}
-	dm := func(i, disp int) Mem {
-		switch i {
-		case 0:
-			return Mem{Base: pd, Disp: disp}
-		case 1:
-			return Mem{Base: pd, Index: dstride, Scale: 1, Disp: disp}
-		case 2:
-			return Mem{Base: pd, Index: d2, Scale: 1, Disp: disp}
+	// Output i's dst and weights are base + i·stride: stride, scaled by 1
+	// or 2, or 3·stride in a register of its own, as the index.
+	at := func(base, stride GPVirtual) func(i, disp int) Mem {
+		var three GPVirtual
+		if r == 4 {
+			three = GP64()
+			LEAQ(Mem{Base: stride, Index: stride, Scale: 2}, three)
 		}
-		return Mem{Base: pd, Index: dstride, Scale: 1, Disp: disp}
-	}
-	wm := func(i int) Mem {
-		switch i {
-		case 0:
-			return Mem{Base: pw}
-		case 1:
-			return Mem{Base: pw, Index: wstride, Scale: 1}
-		case 2:
-			return Mem{Base: pw, Index: w2, Scale: 1}
-		}
-		return Mem{Base: pw, Index: wstride, Scale: 1}
-	}
-	// The fourth output is the second one's row doubled: dst + 3·dstride.
-	var pd3, pw3 GPVirtual
-	if r == 4 {
-		pd3, pw3 = GP64(), GP64()
-		LEAQ(Mem{Base: pd, Index: d2, Scale: 1}, pd3)
-		LEAQ(Mem{Base: pw, Index: w2, Scale: 1}, pw3)
-		dm0 := dm
-		dm = func(i, disp int) Mem {
-			if i == 3 {
-				return Mem{Base: pd3, Index: dstride, Scale: 1, Disp: disp}
+		return func(i, disp int) Mem {
+			switch i {
+			case 0:
+				return Mem{Base: base, Disp: disp}
+			case 1, 2:
+				return Mem{Base: base, Index: stride, Scale: uint8(i), Disp: disp}
 			}
-			return dm0(i, disp)
-		}
-		wm0 := wm
-		wm = func(i int) Mem {
-			if i == 3 {
-				return Mem{Base: pw3, Index: wstride, Scale: 1}
-			}
-			return wm0(i)
+			return Mem{Base: base, Index: three, Scale: 1, Disp: disp}
 		}
 	}
+	dm, wm := at(pd, dstride), at(pw, wstride)
 	acc := make([][]VecVirtual, r)
 	for i := range acc {
 		acc[i] = make([]VecVirtual, parts)
@@ -117,7 +86,7 @@ func genAddWeightedQ80(s isa, r int) {
 	}
 	for i := range r {
 		sc := s.vec()
-		VBROADCASTSS(wm(i), sc)
+		VBROADCASTSS(wm(i, 0), sc)
 		VMULPS(d, sc, sc) // s = w·d
 		for k := range parts {
 			t := s.vec()
@@ -127,9 +96,6 @@ func genAddWeightedQ80(s isa, r int) {
 	}
 	ADDQ(stride, pr)
 	ADDQ(U8(4), pw)
-	if r == 4 {
-		ADDQ(U8(4), pw3)
-	}
 	DECQ(n)
 	JNZ(LabelRef(name + "_l"))
 	Label(name + "_store")
