@@ -332,7 +332,7 @@ func (c *KVCache) Append(k, v []float32, T int) {
 		switch c.dt {
 		case tensor.Q8_0:
 			rb := c.rowBytes()
-			row := c.rowBuf()
+			row := make([]byte, c.rowBytes())
 			for h := range c.kvHeads {
 				quantizeKVQ80(row, kt[h*hd:(h+1)*hd])
 				kernels.SetPackedRow(c.keys(p, h), s, row)
@@ -404,15 +404,6 @@ func (c *KVCache) valueRows(p, h int) []byte {
 	return c.pages[p].q8[off : off+PageTokens*rb]
 }
 
-// rowBuf is scratch for one head's row of Q8_0 blocks.
-func (c *KVCache) rowBuf() []byte {
-	if rb := c.rowBytes(); rb <= 8*tensor.Q8_0BlockBytes {
-		var buf [8 * tensor.Q8_0BlockBytes]byte
-		return buf[:rb]
-	}
-	return make([]byte, c.rowBytes())
-}
-
 // q80Row copies token t's keys (part 0) or values (part 1) of head h in a
 // Q8_0 cache into dst (rowBytes) as row-major blocks, and returns dst.
 func (c *KVCache) q80Row(dst []byte, part, t, h int) []byte {
@@ -445,7 +436,7 @@ func (c *KVCache) checkPage(p int, fn func(v []float32) error) error {
 	if c.dt != tensor.Q8_0 {
 		return c.pages[p].check(fn)
 	}
-	row, vals := c.rowBuf(), make([]float32, c.headDim)
+	row, vals := make([]byte, c.rowBytes()), make([]float32, c.headDim)
 	for part := range 2 {
 		for h := range c.kvHeads {
 			for s := range PageTokens {
@@ -476,7 +467,7 @@ func (c *KVCache) Row(t int, k, v []float32) {
 	hd := c.headDim
 	p, s := t/PageTokens, t%PageTokens
 	if c.dt == tensor.Q8_0 {
-		row := c.rowBuf()
+		row := make([]byte, c.rowBytes())
 		for h := range c.kvHeads {
 			tensor.DequantizeRow(tensor.Q8_0, c.q80Row(row, 0, t, h), k[h*hd:(h+1)*hd])
 			tensor.DequantizeRow(tensor.Q8_0, c.q80Row(row, 1, t, h), v[h*hd:(h+1)*hd])

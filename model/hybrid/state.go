@@ -336,10 +336,7 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 	}
 	kvt := s.KVDType()
 	kvs := f32s
-	switch kvt {
-	case tensor.Q8_0:
-		kvs = nil // raw blocks, below
-	case tensor.BF16:
+	if kvt == tensor.BF16 {
 		kvs = func(v []float32) {
 			for _, f := range v {
 				binary.LittleEndian.PutUint16(b8[:2], tensor.F32ToBF16(f))
@@ -361,8 +358,8 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 		kv := &s.KV[i]
 		d := kv.kvHeads * kv.headDim
 		k, v := make([]float32, d), make([]float32, d)
-		var row []byte
-		if kvs == nil {
+		var row []byte // Q8_0: each token's blocks as the cache holds them
+		if kvt == tensor.Q8_0 {
 			row = make([]byte, kv.rowBytes())
 		}
 		for part := range 2 { // K for every token, then V
@@ -371,7 +368,7 @@ func (s *State) Encode(w io.Writer, c *config.Config) error {
 				if ew.err != nil { // the reader went away: stop walking the cache
 					return ew.err
 				}
-				if kvs == nil { // Q8_0: the token's blocks as they are
+				if row != nil {
 					for h := range kv.kvHeads {
 						bw.Write(kv.q80Row(row, part, t, h))
 					}
@@ -473,41 +470,38 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 	if nm != len(s.Conv) || na != len(s.KV) {
 		return nil, fmt.Errorf("%w: %d mamba / %d attention layers, model has %d / %d", ErrState, nm, na, len(s.Conv), len(s.KV))
 	}
-	get := func(want int, dt tensor.DType) ([]float32, error) {
+	// next reads a tensor's value count (which must be want, when want >= 0)
+	// and returns its values' bytes in type dt.
+	next := func(want int, dt tensor.DType) ([]byte, error) {
 		if len(r) < 8 {
 			return nil, fmt.Errorf("%w: truncated", ErrState)
 		}
 		n := binary.LittleEndian.Uint64(r)
 		r = r[8:]
-		e := uint64(KVValueBytes(dt, 1))
-		if want >= 0 && n != uint64(want) || n > uint64(len(r))/e {
+		// Every type takes at least a byte a value, so n <= len(r) first.
+		if want >= 0 && n != uint64(want) || n > uint64(len(r)) || KVValueBytes(dt, int(n)) > int64(len(r)) {
 			return nil, fmt.Errorf("%w: tensor of %d values does not fit", ErrState, n)
 		}
-		v := make([]float32, n)
+		nb := KVValueBytes(dt, int(n))
+		b := r[:nb:nb]
+		r = r[nb:]
+		return b, nil
+	}
+	get := func(want int, dt tensor.DType) ([]float32, error) {
+		b, err := next(want, dt)
+		if err != nil {
+			return nil, err
+		}
+		v := make([]float32, int64(len(b))/KVValueBytes(dt, 1))
 		if dt == tensor.BF16 {
 			for i := range v {
-				v[i] = tensor.BF16ToF32(binary.LittleEndian.Uint16(r[2*i:]))
+				v[i] = tensor.BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
 			}
 		} else {
 			for i := range v {
-				v[i] = math.Float32frombits(binary.LittleEndian.Uint32(r[4*i:]))
+				v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
 			}
 		}
-		r = r[e*n:]
-		return v, nil
-	}
-	getQ80 := func(want int) ([]byte, error) {
-		if len(r) < 8 {
-			return nil, fmt.Errorf("%w: truncated", ErrState)
-		}
-		n := binary.LittleEndian.Uint64(r)
-		r = r[8:]
-		if n != uint64(want) || uint64(KVValueBytes(tensor.Q8_0, want)) > uint64(len(r)) {
-			return nil, fmt.Errorf("%w: tensor of %d values does not fit", ErrState, n)
-		}
-		nb := KVValueBytes(tensor.Q8_0, want)
-		v := r[:nb:nb]
-		r = r[nb:]
 		return v, nil
 	}
 	var err error
@@ -524,8 +518,8 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 		if kvt == tensor.Q8_0 {
 			// The blocks as they were written: no quantizing again.
 			var kb, vb []byte
-			if kb, err = getQ80(kv); err == nil {
-				vb, err = getQ80(kv)
+			if kb, err = next(kv, tensor.Q8_0); err == nil {
+				vb, err = next(kv, tensor.Q8_0)
 			}
 			if err != nil {
 				return nil, err
