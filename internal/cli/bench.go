@@ -32,7 +32,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	batchesFlag := fs.String("batches", "1,8,32", "comma-separated decode batch sizes")
 	prompt := fs.Int("prompt", 512, "prefill prompt length")
 	steps := fs.Int("steps", 8, "decode steps per measurement")
-	context := fs.Int("context", 4, "tokens each decode session holds before its steps (its prompt): decode at a long context reads that much KV cache a step")
+	contextLen := fs.Int("context", 4, "tokens each decode session holds before its steps (its prompt): decode at a long context reads that much KV cache a step")
 	reps := fs.Int("reps", 3, "repetitions (the median is reported)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file (go tool pprof)")
 	kvDType := kvDTypeFlag(fs)
@@ -58,8 +58,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *model == "" {
 		return fmt.Errorf("--model is required")
 	}
-	if *context < 1 {
-		return fmt.Errorf("--context must be at least 1, got %d", *context)
+	if *contextLen < 1 {
+		return fmt.Errorf("--context must be at least 1, got %d", *contextLen)
 	}
 	if *streamsAB {
 		*abName = "streams"
@@ -123,7 +123,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			states := make([]*hybrid.State, b)
 			for i := range states {
 				states[i] = m.NewState()
-				seq := []hybrid.Seq{{State: states[i], Tokens: randToks(r, *context, c.VocabSize)}}
+				seq := []hybrid.Seq{{State: states[i], Tokens: randToks(r, *contextLen, c.VocabSize)}}
 				if err := m.Forward(seq); err != nil {
 					return err
 				}
@@ -158,8 +158,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			for k, v := range variants {
 				sec := median(times[k])
 				label := fmt.Sprintf("decode batch %d%s", b, v.label)
-				if *context != 4 {
-					label = fmt.Sprintf("decode batch %d at %d%s", b, *context, v.label)
+				if *contextLen != 4 {
+					label = fmt.Sprintf("decode batch %d at %d%s", b, *contextLen, v.label)
 				}
 				fmt.Fprintf(w, "%d\t%.1f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.2f\t%.2f\t\t\t\n", th, bw/1e9, peak/1e9, label,
 					float64(b)/sec, bytesPerStep/sec/1e9, median(beside[k])/1e9, median(ratios[k]), median(withState[k]))
