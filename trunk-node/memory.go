@@ -11,8 +11,11 @@ import (
 // a Kubernetes pod): half of it, split evenly between recurrent state and KV.
 // Fixed budgets larger than the machine would let sessions be admitted until
 // the kernel kills the process. Without a reading it falls back to 8+8 GiB.
-func defaultMemory() (recurrent, kv int64) {
-	avail := availableMemory()
+func defaultMemory() (recurrent, kv int64) { return memoryFor(availableMemory()) }
+
+// memoryFor is defaultMemory's sizing for a given reading of the available
+// bytes (0 or less: no reading).
+func memoryFor(avail int64) (recurrent, kv int64) {
 	if avail <= 0 {
 		return 8 << 30, 8 << 30
 	}
