@@ -41,3 +41,34 @@ func TestKVDTypeFlag(t *testing.T) {
 		}
 	}
 }
+
+// --recurrent-pool-bytes defaults to hybrid's pool limit, takes 0 (none),
+// and a negative value fails validation.
+func TestRecurrentPoolFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want int64
+		err  string
+	}{
+		{nil, hybrid.DefaultRecurrentPoolLimit, ""},
+		{[]string{"--recurrent-pool-bytes", "0"}, 0, ""},
+		{[]string{"--recurrent-pool-bytes", "1073741824"}, 1 << 30, ""},
+		{[]string{"--recurrent-pool-bytes", "-1"}, 0, "--recurrent-pool-bytes must be >= 0"},
+	} {
+		cfg := DefaultConfig()
+		cfg.ModelPath, cfg.LocalExperts = "model.gguf", true
+		fs := flag.NewFlagSet("trunk", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		cfg.AddFlags(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		err := cfg.Validate()
+		switch {
+		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
+			t.Errorf("%v: %v, want an error with %q", c.args, err, c.err)
+		case c.err == "" && (err != nil || cfg.Memory.RecurrentPoolBytes != c.want):
+			t.Errorf("%v: %d, %v; want %d", c.args, cfg.Memory.RecurrentPoolBytes, err, c.want)
+		}
+	}
+}

@@ -208,7 +208,7 @@ func assemble(full []byte, deltas [][]byte, id snapIdentity) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer st.Release()
+	defer st.Free() // encoded into a new file below: nothing keeps it
 	var unfed []int
 	var used time.Time
 	for _, d := range deltas {

@@ -2,7 +2,6 @@ package trunknode
 
 import (
 	"context"
-	"google.golang.org/grpc/status"
 	"os"
 	"strconv"
 	"strings"
@@ -10,8 +9,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
+	"github.com/switchyard-serving/switchyard/model/hybrid"
 )
 
 // metrics are the trunk's Prometheus series (names shared with the Grafana
@@ -103,6 +104,9 @@ func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metri
 		m.detail = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_expert_activations_detail_total", Help: "Routed rows per (layer, expert) (opt-in: high cardinality).", ConstLabels: cl}, []string{"layer", "expert"})
 		reg.MustRegister(m.detail)
 	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_recurrent_pool_bytes",
+		Help: "Recurrent buffers of dropped sessions kept for new sessions (--recurrent-pool-bytes), outside the session budgets.", ConstLabels: cl},
+		func() float64 { return float64(hybrid.RecurrentPoolBytes()) }))
 	reg.MustRegister(m.ttft, m.itl, m.e2e, m.queue, m.genTokens, m.promptTok, m.requests, m.sessions, m.stateBytes,
 		m.stepSec, m.stepRows, m.rtt, m.dRows, m.dRetries, m.dBytes, m.activations, m.tableVersion, m.replicas, m.imbalance, m.rss,
 		m.transfers, m.transferBytes, m.apiCalls, m.stateLimit, m.budgetUse, m.capacity)

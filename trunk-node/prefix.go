@@ -211,7 +211,7 @@ func (c *prefixCache) remove(e *prefixEntry) {
 	c.lru.Remove(e.elem)
 	c.pages.Remove(e.state)
 	c.rec -= c.recPer
-	e.state.Release()
+	e.state.Free() // unpinned: no resume is copying it
 }
 
 func (c *prefixCache) snapshot() PrefixStats {
@@ -320,7 +320,7 @@ func (s *Store) ResumePrefix(sess *Session, prompt []int) int {
 		s.mu.Unlock()
 		old := sess.State
 		sess.State = st
-		old.Release()
+		old.Free() // the fresh state nobody else has seen
 	}
 	sess.prefix = plan
 	return p
@@ -353,12 +353,12 @@ func (s *Store) checkpoint(plan *prefixPlan, st *hybrid.State) {
 			s.recUsed+c.rec+c.recPer <= s.cfg.RecurrentBytes
 	}
 	if _, ok := c.entries[key]; ok || c.recPer+c.pages.NewBytes(ck) > c.cfg.Bytes {
-		ck.Release()
+		ck.Free()
 		return
 	}
 	for !fits() {
 		if !c.evictOne() {
-			ck.Release()
+			ck.Free()
 			return
 		}
 		c.stats.Evictions++

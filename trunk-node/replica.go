@@ -430,7 +430,7 @@ func (s *Store) cloneIdle(id string) (*Session, func(), error) {
 	}
 	st := sess.State.Clone()
 	cp := &Session{ID: sess.ID, State: st, Unfed: append([]int(nil), sess.Unfed...), owner: sess.owner, lastUsed: sess.lastUsed}
-	return cp, st.Release, nil
+	return cp, st.Free, nil
 }
 
 // handOff sends the copies this trunk keeps to other trunks (a draining

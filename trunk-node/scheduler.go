@@ -57,10 +57,16 @@ type SchedConfig struct {
 
 // Job is one generation request inside the scheduler.
 type Job struct {
-	ctx         context.Context
-	sess        *Session
-	pending     []int // tokens to feed next: the remaining prompt, or the last sample
-	prefill     bool  // pending holds prompt tokens (logits needed only after the last)
+	ctx     context.Context
+	sess    *Session
+	pending []int // tokens to feed next: the remaining prompt, or the last sample
+	prefill bool  // pending holds prompt tokens (logits needed only after the last)
+	// logits is the job's LM-head output, kept from step to step and handed
+	// to the next job when it ends (Scheduler.spare): a new buffer each step
+	// (400 KiB for a 100K vocabulary) was mostly memory the runtime had
+	// handed back to the kernel, faulted in again 4 KiB at a time while the
+	// head wrote it (two thirds of a serving trunk's page faults).
+	logits      []float32
 	dec         *engine.Decoder
 	logprobs    bool
 	prefillOnly bool
@@ -147,6 +153,7 @@ type Scheduler struct {
 
 	running  []*Job // owned by the Run goroutine
 	nRunning atomic.Int32
+	spare    [][]float32 // owned by the Run goroutine: logits buffers of ended jobs, for new ones
 }
 
 // Forwarder is the model as the scheduler drives it (*hybrid.Model; a fake in
@@ -382,6 +389,7 @@ func (s *Scheduler) step(ctx context.Context) {
 	}
 	var finished []*Job
 	for i, j := range jobs {
+		j.logits = batch[i].Logits // grown by the head if it had to be
 		if err := batch[i].Err; err != nil {
 			// This sequence alone could not be computed: its state is invalid.
 			// Say so; the others of the step go on untouched.
@@ -420,8 +428,15 @@ func (s *Scheduler) plan() (batch []hybrid.Seq, jobs []*Job, rows int) {
 	budget := s.cfg.MaxTokensPerStep
 	decoding := 0
 	for _, j := range s.running {
+		if j.logits == nil && len(s.spare) > 0 {
+			j.logits = s.spare[len(s.spare)-1]
+			s.spare[len(s.spare)-1] = nil
+			s.spare = s.spare[:len(s.spare)-1]
+		}
+	}
+	for _, j := range s.running {
 		if !j.prefill {
-			batch = append(batch, hybrid.Seq{State: j.sess.State, Tokens: j.pending})
+			batch = append(batch, hybrid.Seq{State: j.sess.State, Tokens: j.pending, Logits: j.logits})
 			jobs = append(jobs, j)
 			budget--
 			decoding++
@@ -440,7 +455,7 @@ func (s *Scheduler) plan() (batch []hybrid.Seq, jobs []*Job, rows int) {
 				}
 			}
 			budget -= n
-			batch = append(batch, hybrid.Seq{State: j.sess.State, Tokens: j.pending[:n], NoLogits: n < len(j.pending) || j.prefillOnly})
+			batch = append(batch, hybrid.Seq{State: j.sess.State, Tokens: j.pending[:n], NoLogits: n < len(j.pending) || j.prefillOnly, Logits: j.logits})
 			jobs = append(jobs, j)
 			if j.prefillSpan == nil && s.deps.Tracer != nil {
 				_, j.prefillSpan = s.deps.Tracer.Start(j.ctx, "prefill", trace.WithAttributes(
@@ -562,6 +577,10 @@ func (s *Scheduler) end(j *Job, f Final) {
 		(*sp).End()
 		*sp = nil
 	}
+	if j.logits != nil && len(s.spare) < max(s.cfg.MaxRunning, 1) {
+		s.spare = append(s.spare, j.logits) // nothing reads them once the job ends
+	}
+	j.logits = nil
 	s.deps.Store.Release(j.sess)
 	if j.stop != nil {
 		j.stop(nil)

@@ -24,6 +24,7 @@ type fakeModel struct {
 	steps  [][]int // per step, the tokens of each sequence
 	fail   error   // fail the next step
 	poison int     // a sequence fed this token fails alone (0: none)
+	allocs int     // logits buffers made (the model's contract: a Seq's Logits are reused if large enough)
 }
 
 var _ Forwarder = (*fakeModel)(nil)
@@ -50,7 +51,14 @@ func (f *fakeModel) ForwardOn(_ hybrid.ExpertBackend, batch []hybrid.Seq) error 
 		if s.NoLogits {
 			continue
 		}
-		s.Logits = make([]float32, f.vocab)
+		if cap(s.Logits) < f.vocab {
+			s.Logits = make([]float32, f.vocab)
+			f.mu.Lock()
+			f.allocs++
+			f.mu.Unlock()
+		}
+		s.Logits = s.Logits[:f.vocab]
+		clear(s.Logits)
 		s.Logits[(s.Tokens[len(s.Tokens)-1]+1)%f.vocab] = 10
 	}
 	return err
@@ -296,5 +304,30 @@ func TestPingPongSplitsBigStepsOnly(t *testing.T) {
 		if got := cfg.splits(tc.seqs, tc.rows); got != tc.wantSplit {
 			t.Errorf("%+v: splits %v, want %v", tc, got, tc.wantSplit)
 		}
+	}
+}
+
+// A job's logits buffer is kept from step to step and handed to the next
+// job when it ends: generations one after another allocate one buffer in
+// all, and the tokens are what fresh buffers give.
+func TestSchedulerReusesLogits(t *testing.T) {
+	h := newSchedHarness(t, SchedConfig{MaxRunning: 4, MaxTokensPerStep: 64, MaxQueue: 8})
+	for i := range 3 {
+		toks, fin := drainJob(t, h.submit(t, []int{10 * (i + 1), 11 * (i + 1)}, 6))
+		if fin.Err != nil {
+			t.Fatal(fin.Err)
+		}
+		want := []int{11*(i+1) + 1}
+		for len(want) < 6 {
+			want = append(want, want[len(want)-1]+1)
+		}
+		if !slices.Equal(toks, want) {
+			t.Fatalf("job %d: tokens %v, want %v", i, toks, want)
+		}
+	}
+	h.model.mu.Lock()
+	defer h.model.mu.Unlock()
+	if h.model.allocs != 1 {
+		t.Fatalf("%d logits buffers made for 3 generations of 6 tokens, want 1", h.model.allocs)
 	}
 }

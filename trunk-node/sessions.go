@@ -77,6 +77,12 @@ type MemoryConfig struct {
 	RecurrentBytes int64         // budget for conv+SSM states (fixed per session)
 	KVBytes        int64         // budget for attention KV caches
 	IdleTTL        time.Duration // idle sessions are deleted after this (0: never)
+	// RecurrentPoolBytes bounds the recurrent buffers of dropped sessions
+	// kept for new ones (hybrid.SetRecurrentPoolLimit, a process-wide
+	// setting the trunk command applies), outside the budgets above: a new
+	// session takes one instead of faulting fresh memory in during its first
+	// prefill. 0 keeps none.
+	RecurrentPoolBytes int64
 }
 
 // Store holds the sessions and enforces the memory budget.
@@ -238,16 +244,16 @@ func (s *Store) Adopt(st *hybrid.State, unfed []int) (*Session, error) {
 // AdoptFor is Adopt for a client identity (the new session's owner). The
 // state's KV pages that are counted already (a fork's, shared with the
 // original: State.Clone) cost nothing more. On error the state's pages are
-// let go (the caller drops it).
+// freed (the caller drops it).
 func (s *Store) AdoptFor(owner string, st *hybrid.State, unfed []int) (*Session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.roomLocked(s.recPer, st.UncountedKVBytes(&s.pages)) {
-		st.Release()
+		st.Free()
 		return nil, fmt.Errorf("%w: no room for a copy of the session", ErrMemoryFull)
 	}
 	if err := s.ownLocked(owner, false); err != nil {
-		st.Release()
+		st.Free()
 		return nil, err
 	}
 	st.Attach(&s.pages)
@@ -311,7 +317,7 @@ func (s *Store) Release(sess *Session) {
 	if sess.deleted {
 		// Deleted while running: its memory is free only now that it stopped.
 		s.recUsed -= s.recPer
-		sess.State.Release()
+		sess.State.Free()
 		return
 	}
 	if sess.ephemeral {
@@ -368,7 +374,7 @@ func (s *Store) deleteLocked(sess *Session) int64 {
 	delete(s.sessions, sess.ID)
 	s.disownLocked(sess)
 	s.recUsed -= s.recPer
-	sess.State.Release()
+	sess.State.Free()
 	return freed
 }
 

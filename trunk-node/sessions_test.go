@@ -83,3 +83,101 @@ func TestStoreChargesKVByThePage(t *testing.T) {
 		})
 	}
 }
+
+// A session's recurrent buffer is reused by the next session once the
+// session is gone (hybrid.State.Free): deleted when idle, an ephemeral one at
+// the end of its generation, and one deleted while running only once the
+// generation ended, never while it still runs. The next session starts from
+// zeros.
+func TestDroppedSessionsStateReused(t *testing.T) {
+	c, err := config.Load(filepath.Join(fixtureHF(t), "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := hybrid.SetRecurrentPoolLimit(1 << 30)
+	t.Cleanup(func() { hybrid.SetRecurrentPoolLimit(prev) })
+	st := NewStore(MemoryConfig{RecurrentBytes: 1 << 40, KVBytes: 1 << 30}, func() *hybrid.State { return hybrid.NewState(c) }, hybrid.SizeOf(c).RecurrentBytes, 1)
+	buf := func(s *Session) *float32 { return &s.State.SSM[0][0] }
+	dirty := func(s *Session) {
+		for i := range s.State.SSM {
+			for j := range s.State.SSM[i] {
+				s.State.SSM[i][j] = 1
+			}
+		}
+	}
+	next := func(t *testing.T, want *float32) {
+		t.Helper()
+		s, err := st.Create(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if buf(s) != want {
+			t.Fatal("the new session did not take the dropped session's buffer")
+		}
+		for i := range s.State.SSM {
+			for j, v := range s.State.SSM[i] {
+				if v != 0 {
+					t.Fatalf("new session's SSM %d[%d] = %v", i, j, v)
+				}
+			}
+		}
+		if _, err := st.Delete(s.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hybrid.SetRecurrentPoolLimit(0) // start empty
+	hybrid.SetRecurrentPoolLimit(1 << 30)
+
+	t.Run("deleted idle", func(t *testing.T) {
+		s, err := st.Create(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dirty(s)
+		b := buf(s)
+		if _, err := st.Delete(s.ID); err != nil {
+			t.Fatal(err)
+		}
+		next(t, b)
+	})
+	t.Run("ephemeral", func(t *testing.T) {
+		s, err := st.Create(true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Acquire(s, 1); err != nil {
+			t.Fatal(err)
+		}
+		dirty(s)
+		b := buf(s)
+		st.Release(s)
+		next(t, b)
+	})
+	t.Run("deleted while running", func(t *testing.T) {
+		s, err := st.Create(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Acquire(s, 1); err != nil {
+			t.Fatal(err)
+		}
+		b := buf(s)
+		if _, err := st.Delete(s.ID); err != nil {
+			t.Fatal(err)
+		}
+		// Still running: its buffer is its own.
+		other, err := st.Create(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if buf(other) == b {
+			t.Fatal("a session deleted while running lent its buffer before the generation ended")
+		}
+		dirty(s) // the generation goes on writing
+		st.Release(s)
+		next(t, b)
+		if _, err := st.Delete(other.ID); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -602,11 +602,11 @@ func (s *Store) adoptID(id, owner string, st *hybrid.State, unfed []int, lastUse
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, dup := s.sessions[id]; dup {
-		st.Release()
+		st.Free()
 		return nil, fmt.Errorf("%w: session %s is in memory already", ErrSessionBusy, clip(id))
 	}
 	if !s.roomLocked(s.recPer, st.UncountedKVBytes(&s.pages)) {
-		st.Release()
+		st.Free()
 		return nil, fmt.Errorf("%w: no room to restore session %s", ErrMemoryFull, clip(id))
 	}
 	if count {

@@ -115,6 +115,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := m.Forward([]hybrid.Seq{{State: warm, Tokens: randToks(r, 256, c.VocabSize)}}); err != nil {
 		return err
 	}
+	// Sessions are freed when done with, as a server frees them, so the next
+	// ones take their recurrent buffers (hybrid.State.Free).
+	warm.Free()
 	for _, th := range threads {
 		kernels.SetThreads(th)
 		bw := kernels.MeasureBandwidth(th)
@@ -175,6 +178,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if len(variants) == 2 {
 				fmt.Fprintf(w, "%d\t\t\tdecode batch %d: %s\t%.3f\t\t\t\t\t\t\t\n", th, b, abRatio, pairRatio(times))
 			}
+			for _, st := range states {
+				st.Free()
+			}
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -186,10 +192,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		for range *reps {
 			for k, v := range variants {
 				restore := v.set()
+				start := time.Now() // a new session's state included, as a server makes one
 				st := m.NewState()
-				start := time.Now()
 				err := m.Forward([]hybrid.Seq{{State: st, Tokens: toks}})
 				restore()
+				st.Free()
 				if err != nil {
 					return err
 				}

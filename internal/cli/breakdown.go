@@ -89,7 +89,9 @@ func decodeBreakdown(out io.Writer, m *hybrid.Model, states []*hybrid.State, r *
 func prefillBreakdown(out io.Writer, m *hybrid.Model, toks []int, th, reps int, probe *kernels.ReadProbe) error {
 	title := fmt.Sprintf("where a prefill's time goes: %d thread(s), %d tokens, %d observed prefills", th, len(toks), reps)
 	return observeRuns(out, title, "prefill", true, th, 1, reps, probe, func() error {
-		return m.Forward([]hybrid.Seq{{State: m.NewState(), Tokens: toks}})
+		st := m.NewState()
+		defer st.Free()
+		return m.Forward([]hybrid.Seq{{State: st, Tokens: toks}})
 	})
 }
 

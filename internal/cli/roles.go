@@ -8,6 +8,7 @@ import (
 	"github.com/switchyard-serving/switchyard/coordinator"
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
 	"github.com/switchyard-serving/switchyard/internal/telemetry"
+	"github.com/switchyard-serving/switchyard/model/hybrid"
 	"github.com/switchyard-serving/switchyard/model/kernels"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )
@@ -36,6 +37,7 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer n.Close()
 	kernels.SetSpinWait(cfg.SpinWait) // this process is the node's alone
+	hybrid.SetRecurrentPoolLimit(cfg.Memory.RecurrentPoolBytes)
 	lis, err := listen(cfg.Listen)
 	if err != nil {
 		return err

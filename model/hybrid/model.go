@@ -246,12 +246,19 @@ func (m *Model) forwardWith(experts ExpertBackend, batch []Seq, sc *scratch, bt 
 	c := m.Cfg
 	H := c.Hidden
 	N := 0
+	nm, na := c.NumLayers(config.Mamba), c.NumLayers(config.Attention)
 	for i, s := range batch {
 		if len(s.Tokens) == 0 {
 			return fmt.Errorf("%w: sequence %d has no tokens", ErrInput, i)
 		}
 		if s.State == nil {
 			return fmt.Errorf("%w: sequence %d has no state", ErrInput, i)
+		}
+		if s.State.freed {
+			return fmt.Errorf("%w: sequence %d's state was freed (State.Free)", ErrInput, i)
+		}
+		if len(s.State.Conv) != nm || len(s.State.SSM) != nm || len(s.State.KV) != na {
+			return fmt.Errorf("%w: sequence %d's state has %d Mamba and %d attention layers, the model %d and %d", ErrInput, i, len(s.State.Conv), len(s.State.KV), nm, na)
 		}
 		for _, t := range s.Tokens {
 			if t < 0 || t >= c.VocabSize {

@@ -8,10 +8,8 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
-	"unsafe"
 
 	"github.com/switchyard-serving/switchyard/model/config"
-	"github.com/switchyard-serving/switchyard/model/internal/fileio"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
@@ -52,7 +50,9 @@ type State struct {
 	SSM  [][]float32
 	KV   []KVCache
 
-	own *kvOwner // page accounting of KV (nil until a page is needed)
+	own   *kvOwner  // page accounting of KV (nil until a page is needed)
+	rec   []float32 // the buffer Conv and SSM are parts of (nil: none of ours), for Free
+	freed bool      // Free was called: Forward refuses the state
 }
 
 // NewState returns an empty state for the model described by c, with float32
@@ -62,9 +62,9 @@ func NewState(c *config.Config) *State { return NewStateKV(c, tensor.F32) }
 // NewStateKV returns an empty state for the model described by c whose KV
 // caches hold values of type kv (F32 or BF16; see CheckKVDType).
 func NewStateKV(c *config.Config, kv tensor.DType) *State {
-	s := &State{own: &kvOwner{}}
 	convLen, ssmLen := (c.MambaDConv-1)*c.ConvDim(), c.MambaHeads*c.MambaHeadDim*c.MambaDState
 	rec := newRecurrent(c.NumLayers(config.Mamba) * (convLen + ssmLen))
+	s := &State{own: &kvOwner{}, rec: rec}
 	for _, t := range c.LayerTypes {
 		if t == config.Mamba {
 			s.Conv = append(s.Conv, rec[:convLen:convLen])
@@ -77,21 +77,6 @@ func NewStateKV(c *config.Config, kv tensor.DType) *State {
 		}
 	}
 	return s
-}
-
-// newRecurrent returns n zeroed float32s for the recurrent parts of one
-// state (every Mamba layer's conv and SSM state, sliced with their capacity
-// capped), in one buffer whose whole 2 MiB pages are advised as huge pages:
-// a new session's first prefill writes all of it, and on a virtual machine
-// faulting fresh memory in 4 KiB pages took longer than the layers' scans
-// (fileio.AdviseHugePages; TestRecurrentOneBuffer).
-func newRecurrent(n int) []float32 {
-	if n == 0 {
-		return nil
-	}
-	rec := make([]float32, n)
-	fileio.AdviseHugePages(unsafe.Slice((*byte)(unsafe.Pointer(&rec[0])), 4*n))
-	return rec
 }
 
 // owner returns the state's page accounting, creating it for a state built
@@ -180,6 +165,23 @@ func (s *State) Release() {
 	}
 }
 
+// Free drops the state for good: its KV pages are let go (Release) and its
+// recurrent buffer goes back to a pool for the next new state of the same
+// size (see recPool), so that state does not fault fresh memory in. The
+// state holds nothing afterwards: Forward refuses it, and nothing may read
+// or write it (or slices of it) again. Call it only where the state is
+// provably dead, as where a server deletes a session nobody is advancing,
+// encoding or copying; where that is not certain, Release and leave the
+// buffer to the garbage collector. Free of a freed state does nothing.
+func (s *State) Free() {
+	s.Release()
+	if s.rec != nil {
+		recurrentPool.put(s.rec)
+	}
+	s.rec, s.Conv, s.SSM = nil, nil, nil
+	s.freed = true
+}
+
 // StateSize is a model's per-session state size, computed from the config
 // alone (no state is allocated): the fixed recurrent part, and the encoded
 // length (EncodedLen) of an empty state (the same for either KV element type).
@@ -253,6 +255,7 @@ func (s *State) Clone() *State {
 		n += len(s.Conv[i]) + len(s.SSM[i])
 	}
 	rec := newRecurrent(n)
+	all := rec
 	cp := func(src [][]float32) [][]float32 {
 		out := make([][]float32, len(src))
 		for i, v := range src {
@@ -262,7 +265,7 @@ func (s *State) Clone() *State {
 		}
 		return out
 	}
-	out := &State{Pos: s.Pos, Conv: cp(s.Conv), SSM: cp(s.SSM), own: &kvOwner{}}
+	out := &State{Pos: s.Pos, Conv: cp(s.Conv), SSM: cp(s.SSM), own: &kvOwner{}, rec: all}
 	if s.own != nil {
 		out.own.acct = s.own.acct
 	}
@@ -453,7 +456,6 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 		return nil, fmt.Errorf("%w: checksum mismatch (truncated or corrupt)", ErrState)
 	}
 	r := body[12:]
-	u32 := func() uint32 { v := binary.LittleEndian.Uint32(r); r = r[4:]; return v }
 	kvt := tensor.F32
 	switch binary.LittleEndian.Uint32(b[4:]) {
 	case stateVersionBF16:
@@ -465,10 +467,21 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 		}
 	}
 	s := NewStateKV(c, kvt)
+	if err := decodeInto(s, r, c, kvt); err != nil {
+		s.Free() // never seen by anyone: its buffer goes back to the pool
+		return nil, err
+	}
+	return s, nil
+}
+
+// decodeInto reads a state's body r (past the magic, version and
+// fingerprint) into the new state s of KV type kvt.
+func decodeInto(s *State, r []byte, c *config.Config, kvt tensor.DType) error {
+	u32 := func() uint32 { v := binary.LittleEndian.Uint32(r); r = r[4:]; return v }
 	s.Pos = int(u32())
 	nm, na := int(u32()), int(u32())
 	if nm != len(s.Conv) || na != len(s.KV) {
-		return nil, fmt.Errorf("%w: %d mamba / %d attention layers, model has %d / %d", ErrState, nm, na, len(s.Conv), len(s.KV))
+		return fmt.Errorf("%w: %d mamba / %d attention layers, model has %d / %d", ErrState, nm, na, len(s.Conv), len(s.KV))
 	}
 	// next reads a tensor's value count (which must be want, when want >= 0)
 	// and returns its values' bytes in type dt.
@@ -504,41 +517,53 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 		}
 		return v, nil
 	}
-	var err error
-	for i := range s.Conv {
-		if s.Conv[i], err = get(len(s.Conv[i]), tensor.F32); err != nil {
-			return nil, err
+	// The recurrent parts are read into the state's own buffer (a pooled
+	// one, when there is one: newRecurrent).
+	fill := func(dst []float32) error {
+		b, err := next(len(dst), tensor.F32)
+		if err != nil {
+			return err
 		}
-		if s.SSM[i], err = get(len(s.SSM[i]), tensor.F32); err != nil {
-			return nil, err
+		for i := range dst {
+			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+		}
+		return nil
+	}
+	for i := range s.Conv {
+		if err := fill(s.Conv[i]); err != nil {
+			return err
+		}
+		if err := fill(s.SSM[i]); err != nil {
+			return err
 		}
 	}
 	kv := s.Pos * c.KVDim()
 	for i := range s.KV {
 		if kvt == tensor.Q8_0 {
 			// The blocks as they were written: no quantizing again.
-			var kb, vb []byte
-			if kb, err = next(kv, tensor.Q8_0); err == nil {
-				vb, err = next(kv, tensor.Q8_0)
-			}
+			kb, err := next(kv, tensor.Q8_0)
 			if err != nil {
-				return nil, err
+				return err
+			}
+			vb, err := next(kv, tensor.Q8_0)
+			if err != nil {
+				return err
 			}
 			s.KV[i].appendQ80(kb, vb, s.Pos)
 			continue
 		}
 		k, err := get(kv, kvt)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		v, err := get(kv, kvt)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		s.KV[i].Append(k, v, s.Pos)
 	}
 	if len(r) != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes", ErrState, len(r))
+		return fmt.Errorf("%w: %d trailing bytes", ErrState, len(r))
 	}
-	return s, nil
+	return nil
 }
