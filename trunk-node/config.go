@@ -122,7 +122,7 @@ func DefaultConfig() Config {
 	return Config{
 		Config:      ac,
 		Listen:      "127.0.0.1:7070",
-		Memory:      MemoryConfig{RecurrentBytes: rec, KVBytes: kv, IdleTTL: 30 * time.Minute, RecurrentPoolBytes: hybrid.DefaultRecurrentPoolLimit},
+		Memory:      MemoryConfig{RecurrentBytes: rec, KVBytes: kv, IdleTTL: 30 * time.Minute, StatePoolBytes: hybrid.DefaultStatePoolLimit},
 		Replication: ReplicationConfig{Replicas: 1},
 		KVDType:     hybrid.DefaultKVDType,
 		Sched:       SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024, DecodePrefillTokens: 128, PingPongMinRows: DefaultPingPongMinRows},
@@ -161,7 +161,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	tlsFlags(fs, &c.PeerTLS, "peer-tls-", "node-to-node")
 	fs.Int64Var(&c.Memory.RecurrentBytes, "recurrent-budget", c.Memory.RecurrentBytes, "bytes for sessions' recurrent state")
 	fs.Int64Var(&c.Memory.KVBytes, "kv-budget", c.Memory.KVBytes, "bytes for sessions' KV caches")
-	fs.Int64Var(&c.Memory.RecurrentPoolBytes, "recurrent-pool-bytes", c.Memory.RecurrentPoolBytes, "bytes of dropped sessions' recurrent buffers kept for new sessions, outside the budgets (a new session takes one instead of faulting fresh memory in during its first prefill; 0: none)")
+	fs.Int64Var(&c.Memory.StatePoolBytes, "state-pool-bytes", c.Memory.StatePoolBytes, "bytes of dropped sessions' memory (recurrent buffers and KV pages) kept for new sessions, outside the budgets (a new session takes them instead of faulting fresh memory in during its first prefill; 0: none)")
 	fs.IntVar(&c.Replication.Replicas, "session-replicas", c.Replication.Replicas, "copies of each session kept on other trunks after every turn, so a trunk's death loses no finished turn (needs --snapshot-key and etcd; 0: none)")
 	fs.Int64Var(&c.Replication.MaxBytes, "replica-budget", c.Replication.MaxBytes, "bytes of memory for the copies of other trunks' sessions (0: a quarter of the session budgets)")
 	fs.StringVar(&c.Tier.Dir, "offload-dir", c.Tier.Dir, "directory for sessions written out of memory (idle ones, and the least recently used under memory pressure); a restarted trunk serves the sessions found there (empty: off)")
@@ -244,8 +244,8 @@ func (c *Config) Validate() error {
 		return errors.New("trunknode: context and max-new-token limits must be positive")
 	case c.PrefixCacheBytes < 0:
 		return errors.New("trunknode: the prefix cache size must be >= 0")
-	case c.Memory.RecurrentPoolBytes < 0:
-		return errors.New("trunknode: --recurrent-pool-bytes must be >= 0")
+	case c.Memory.StatePoolBytes < 0:
+		return errors.New("trunknode: --state-pool-bytes must be >= 0")
 	case c.SpinWait < 0:
 		return errors.New("trunknode: the spin wait must be >= 0")
 	case c.Sched.PingPongMinRows < 2:

@@ -42,18 +42,18 @@ func TestKVDTypeFlag(t *testing.T) {
 	}
 }
 
-// --recurrent-pool-bytes defaults to hybrid's pool limit, takes 0 (none),
+// --state-pool-bytes defaults to hybrid's pool limit, takes 0 (none),
 // and a negative value fails validation.
-func TestRecurrentPoolFlag(t *testing.T) {
+func TestStatePoolFlag(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		want int64
 		err  string
 	}{
-		{nil, hybrid.DefaultRecurrentPoolLimit, ""},
-		{[]string{"--recurrent-pool-bytes", "0"}, 0, ""},
-		{[]string{"--recurrent-pool-bytes", "1073741824"}, 1 << 30, ""},
-		{[]string{"--recurrent-pool-bytes", "-1"}, 0, "--recurrent-pool-bytes must be >= 0"},
+		{nil, hybrid.DefaultStatePoolLimit, ""},
+		{[]string{"--state-pool-bytes", "0"}, 0, ""},
+		{[]string{"--state-pool-bytes", "1073741824"}, 1 << 30, ""},
+		{[]string{"--state-pool-bytes", "-1"}, 0, "--state-pool-bytes must be >= 0"},
 	} {
 		cfg := DefaultConfig()
 		cfg.ModelPath, cfg.LocalExperts = "model.gguf", true
@@ -67,8 +67,8 @@ func TestRecurrentPoolFlag(t *testing.T) {
 		switch {
 		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
 			t.Errorf("%v: %v, want an error with %q", c.args, err, c.err)
-		case c.err == "" && (err != nil || cfg.Memory.RecurrentPoolBytes != c.want):
-			t.Errorf("%v: %d, %v; want %d", c.args, cfg.Memory.RecurrentPoolBytes, err, c.want)
+		case c.err == "" && (err != nil || cfg.Memory.StatePoolBytes != c.want):
+			t.Errorf("%v: %d, %v; want %d", c.args, cfg.Memory.StatePoolBytes, err, c.want)
 		}
 	}
 }

@@ -104,9 +104,9 @@ func newMetrics(reg *prometheus.Registry, node string, expertDetail bool) *metri
 		m.detail = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_expert_activations_detail_total", Help: "Routed rows per (layer, expert) (opt-in: high cardinality).", ConstLabels: cl}, []string{"layer", "expert"})
 		reg.MustRegister(m.detail)
 	}
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_recurrent_pool_bytes",
-		Help: "Recurrent buffers of dropped sessions kept for new sessions (--recurrent-pool-bytes), outside the session budgets.", ConstLabels: cl},
-		func() float64 { return float64(hybrid.RecurrentPoolBytes()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_state_pool_bytes",
+		Help: "Memory of dropped sessions (recurrent buffers and KV pages) kept for new sessions (--state-pool-bytes), outside the session budgets.", ConstLabels: cl},
+		func() float64 { return float64(hybrid.StatePoolBytes()) }))
 	reg.MustRegister(m.ttft, m.itl, m.e2e, m.queue, m.genTokens, m.promptTok, m.requests, m.sessions, m.stateBytes,
 		m.stepSec, m.stepRows, m.rtt, m.dRows, m.dRetries, m.dBytes, m.activations, m.tableVersion, m.replicas, m.imbalance, m.rss,
 		m.transfers, m.transferBytes, m.apiCalls, m.stateLimit, m.budgetUse, m.capacity)

@@ -77,12 +77,12 @@ type MemoryConfig struct {
 	RecurrentBytes int64         // budget for conv+SSM states (fixed per session)
 	KVBytes        int64         // budget for attention KV caches
 	IdleTTL        time.Duration // idle sessions are deleted after this (0: never)
-	// RecurrentPoolBytes bounds the recurrent buffers of dropped sessions
-	// kept for new ones (hybrid.SetRecurrentPoolLimit, a process-wide
-	// setting the trunk command applies), outside the budgets above: a new
-	// session takes one instead of faulting fresh memory in during its first
-	// prefill. 0 keeps none.
-	RecurrentPoolBytes int64
+	// StatePoolBytes bounds the memory of dropped sessions (recurrent
+	// buffers and KV pages) kept for new ones (hybrid.SetStatePoolLimit, a
+	// process-wide setting the trunk command applies), outside the budgets
+	// above: a new session takes them instead of faulting fresh memory in
+	// during its first prefill. 0 keeps none.
+	StatePoolBytes int64
 }
 
 // Store holds the sessions and enforces the memory budget.

@@ -94,8 +94,8 @@ func TestDroppedSessionsStateReused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	prev := hybrid.SetRecurrentPoolLimit(1 << 30)
-	t.Cleanup(func() { hybrid.SetRecurrentPoolLimit(prev) })
+	prev := hybrid.SetStatePoolLimit(1 << 30)
+	t.Cleanup(func() { hybrid.SetStatePoolLimit(prev) })
 	st := NewStore(MemoryConfig{RecurrentBytes: 1 << 40, KVBytes: 1 << 30}, func() *hybrid.State { return hybrid.NewState(c) }, hybrid.SizeOf(c).RecurrentBytes, 1)
 	buf := func(s *Session) *float32 { return &s.State.SSM[0][0] }
 	dirty := func(s *Session) {
@@ -125,8 +125,8 @@ func TestDroppedSessionsStateReused(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	hybrid.SetRecurrentPoolLimit(0) // start empty
-	hybrid.SetRecurrentPoolLimit(1 << 30)
+	hybrid.SetStatePoolLimit(0) // start empty
+	hybrid.SetStatePoolLimit(1 << 30)
 
 	t.Run("deleted idle", func(t *testing.T) {
 		s, err := st.Create(false)

@@ -37,7 +37,7 @@ func runTrunk(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer n.Close()
 	kernels.SetSpinWait(cfg.SpinWait) // this process is the node's alone
-	hybrid.SetRecurrentPoolLimit(cfg.Memory.RecurrentPoolBytes)
+	hybrid.SetStatePoolLimit(cfg.Memory.StatePoolBytes)
 	lis, err := listen(cfg.Listen)
 	if err != nil {
 		return err

@@ -128,12 +128,14 @@ func (p *kvPage) check(fn func(v []float32) error) error {
 	return nil
 }
 
-// unref drops one holder; the last one frees the page from its account.
+// unref drops one holder; the last one frees the page from its account and
+// hands its values to the pool (statePool): nobody holds the page any more.
 func (p *kvPage) unref() {
 	if p.refs.Add(-1) == 0 {
 		if t := p.tag.Load(); t != nil {
 			t.release()
 		}
+		poolPage(p)
 	}
 }
 
@@ -276,14 +278,7 @@ func (c *KVCache) Bytes() int64 { return int64(c.PagesInUse()) * c.pageBytes() }
 // newPage allocates a zeroed page held by c alone, counted in c's account.
 func (c *KVCache) newPage() *kvPage {
 	p := &kvPage{}
-	switch c.dt {
-	case tensor.BF16:
-		p.half = make([]uint16, c.pageFloats())
-	case tensor.Q8_0:
-		p.q8 = make([]byte, c.pageBytes())
-	default:
-		p.data = make([]float32, c.pageFloats())
-	}
+	p.data, p.half, p.q8 = newPageValues(c)
 	p.refs.Store(1)
 	if c.own != nil {
 		c.own.allocated.Add(c.pageBytes())

@@ -167,7 +167,7 @@ func (s *State) Release() {
 
 // Free drops the state for good: its KV pages are let go (Release) and its
 // recurrent buffer goes back to a pool for the next new state of the same
-// size (see recPool), so that state does not fault fresh memory in. The
+// size (see statePool), so that state does not fault fresh memory in. The
 // state holds nothing afterwards: Forward refuses it, and nothing may read
 // or write it (or slices of it) again. Call it only where the state is
 // provably dead, as where a server deletes a session nobody is advancing,
@@ -175,9 +175,7 @@ func (s *State) Release() {
 // buffer to the garbage collector. Free of a freed state does nothing.
 func (s *State) Free() {
 	s.Release()
-	if s.rec != nil {
-		recurrentPool.put(s.rec)
-	}
+	give(pool.f32, s.rec)
 	s.rec, s.Conv, s.SSM = nil, nil, nil
 	s.freed = true
 }

@@ -180,7 +180,7 @@ func variants() []variant {
 			"recurrent-budget": "34359738368", "kv-budget": "68719476736", "session-ttl": "45m", "max-running": "128",
 			"max-step-tokens": "1024", "max-context": "65536", "max-new-tokens": "4096", "rate-limit": "2.5",
 			"trace-step-ratio": "0.02", "trace-slow-step": "250ms", "expert-metrics-detail": "true", "drain-timeout": "120s", "kv-dtype": "q8_0",
-			"recurrent-pool-bytes": "536870912",
+			"state-pool-bytes": "536870912",
 		}
 		for f, w := range want {
 			if got, ok := flagValue(c.Args, f); !ok || got != w {
@@ -770,7 +770,7 @@ func TestBadValues(t *testing.T) {
 		{"otel without an endpoint", "otel:\n  enabled: true\n", "endpoint"},
 		{"unknown settings flag", "trunk:\n  settings:\n    maxBatch: 3\n", "maxBatch"},
 		{"bad KV element type", "trunk:\n  settings:\n    kvDtype: q4_0\n", "kvDtype"},
-		{"negative recurrent pool", "trunk:\n  settings:\n    recurrentPoolBytes: -1\n", "recurrentPoolBytes"},
+		{"negative recurrent pool", "trunk:\n  settings:\n    statePoolBytes: -1\n", "statePoolBytes"},
 		{"bad pull policy", "image:\n  pullPolicy: Sometimes\n", "pullPolicy"},
 		// The Python/pip downloader is gone; its keys must not silently do nothing.
 		{"removed pipPackages", "model:\n  download:\n    pipPackages: [huggingface_hub]\n", "pipPackages"},

@@ -205,7 +205,7 @@ func TestTracesAndMetrics(t *testing.T) {
 	for _, name := range []string{"switchyard_expert_activations_total", "switchyard_dispatch_bytes_total", "switchyard_routing_table_version",
 		"switchyard_session_state_bytes", "switchyard_step_seconds", "switchyard_request_duration_seconds", "switchyard_queue_wait_seconds",
 		"switchyard_build_info", "switchyard_model_info", "switchyard_session_budget_usage_ratio", "switchyard_session_state_limit_bytes",
-		"switchyard_scheduler_capacity", "switchyard_api_requests_total", "switchyard_recurrent_pool_bytes"} {
+		"switchyard_scheduler_capacity", "switchyard_api_requests_total", "switchyard_state_pool_bytes"} {
 		if families[name] == nil {
 			t.Errorf("metric %s missing", name)
 		}
