@@ -119,10 +119,13 @@ func DefaultConfig() Config {
 	ac := agent.DefaultConfig()
 	ac.NodeID = "trunk-0"
 	rec, kv := defaultMemory()
+	// The pool of dropped sessions' memory sits outside the budgets: at most
+	// an eighth of them by default (256 MiB from 2 GiB of budgets up).
+	pool := min(int64(hybrid.DefaultStatePoolLimit), (rec+kv)/8)
 	return Config{
 		Config:      ac,
 		Listen:      "127.0.0.1:7070",
-		Memory:      MemoryConfig{RecurrentBytes: rec, KVBytes: kv, IdleTTL: 30 * time.Minute, StatePoolBytes: hybrid.DefaultStatePoolLimit},
+		Memory:      MemoryConfig{RecurrentBytes: rec, KVBytes: kv, IdleTTL: 30 * time.Minute, StatePoolBytes: pool},
 		Replication: ReplicationConfig{Replicas: 1},
 		KVDType:     hybrid.DefaultKVDType,
 		Sched:       SchedConfig{MaxRunning: 64, MaxTokensPerStep: 512, MaxQueue: 1024, DecodePrefillTokens: 128, PingPongMinRows: DefaultPingPongMinRows},
@@ -161,7 +164,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	tlsFlags(fs, &c.PeerTLS, "peer-tls-", "node-to-node")
 	fs.Int64Var(&c.Memory.RecurrentBytes, "recurrent-budget", c.Memory.RecurrentBytes, "bytes for sessions' recurrent state")
 	fs.Int64Var(&c.Memory.KVBytes, "kv-budget", c.Memory.KVBytes, "bytes for sessions' KV caches")
-	fs.Int64Var(&c.Memory.StatePoolBytes, "state-pool-bytes", c.Memory.StatePoolBytes, "bytes of dropped sessions' memory (recurrent buffers and KV pages) kept for new sessions, outside the budgets (a new session takes them instead of faulting fresh memory in during its first prefill; 0: none)")
+	fs.Int64Var(&c.Memory.StatePoolBytes, "state-pool-bytes", c.Memory.StatePoolBytes, "bytes of dropped sessions' memory (recurrent buffers and KV pages) kept for new sessions, outside the budgets (a new session takes them instead of faulting fresh memory in during its first prefill; 0: none; default 256 MiB or an eighth of the default budgets, whichever is less)")
 	fs.IntVar(&c.Replication.Replicas, "session-replicas", c.Replication.Replicas, "copies of each session kept on other trunks after every turn, so a trunk's death loses no finished turn (needs --snapshot-key and etcd; 0: none)")
 	fs.Int64Var(&c.Replication.MaxBytes, "replica-budget", c.Replication.MaxBytes, "bytes of memory for the copies of other trunks' sessions (0: a quarter of the session budgets)")
 	fs.StringVar(&c.Tier.Dir, "offload-dir", c.Tier.Dir, "directory for sessions written out of memory (idle ones, and the least recently used under memory pressure); a restarted trunk serves the sessions found there (empty: off)")

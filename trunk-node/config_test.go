@@ -42,7 +42,8 @@ func TestKVDTypeFlag(t *testing.T) {
 	}
 }
 
-// --state-pool-bytes defaults to hybrid's pool limit, takes 0 (none),
+// --state-pool-bytes defaults to hybrid's pool limit or an eighth of the
+// default budgets, whichever is less, takes 0 (none),
 // and a negative value fails validation.
 func TestStatePoolFlag(t *testing.T) {
 	for _, c := range []struct {
@@ -50,13 +51,16 @@ func TestStatePoolFlag(t *testing.T) {
 		want int64
 		err  string
 	}{
-		{nil, hybrid.DefaultStatePoolLimit, ""},
+		{nil, -1, ""}, // the default: min(256 MiB, an eighth of the default budgets)
 		{[]string{"--state-pool-bytes", "0"}, 0, ""},
 		{[]string{"--state-pool-bytes", "1073741824"}, 1 << 30, ""},
 		{[]string{"--state-pool-bytes", "-1"}, 0, "--state-pool-bytes must be >= 0"},
 	} {
 		cfg := DefaultConfig()
 		cfg.ModelPath, cfg.LocalExperts = "model.gguf", true
+		if c.want < 0 { // the budgets this config was sized with
+			c.want = min(hybrid.DefaultStatePoolLimit, (cfg.Memory.RecurrentBytes+cfg.Memory.KVBytes)/8)
+		}
 		fs := flag.NewFlagSet("trunk", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
 		cfg.AddFlags(fs)

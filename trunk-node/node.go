@@ -121,8 +121,8 @@ func New(cfg Config) (*Node, error) {
 	if copied := e.Model.CopiedBytes(); copied > 0 {
 		// The default budgets were sized before the weights were copied
 		// into this process's memory: say so when they no longer fit.
-		if avail, budget := availableMemory(), cfg.Memory.RecurrentBytes+cfg.Memory.KVBytes; avail > 0 && budget > avail {
-			n.log.Warn("session budgets exceed the memory left after copying the weights; lower --recurrent-budget/--kv-budget or read the weights through the map (--mmap)",
+		if avail, budget := availableMemory(), cfg.Memory.RecurrentBytes+cfg.Memory.KVBytes+cfg.Memory.StatePoolBytes; avail > 0 && budget > avail {
+			n.log.Warn("session budgets and the state pool exceed the memory left after copying the weights; lower --recurrent-budget/--kv-budget/--state-pool-bytes or read the weights through the map (--mmap)",
 				"budgets", budget, "available", avail, "weights_copied", copied)
 		}
 	}
