@@ -195,12 +195,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				start := time.Now() // a new session's state included, as a server makes one
 				st := m.NewState()
 				err := m.Forward([]hybrid.Seq{{State: st, Tokens: toks}})
+				elapsed := time.Since(start)
 				restore()
 				st.Free()
 				if err != nil {
 					return err
 				}
-				times[k] = append(times[k], time.Since(start).Seconds())
+				times[k] = append(times[k], elapsed.Seconds())
 			}
 		}
 		fl := prefillFLOPs(m, *prompt)

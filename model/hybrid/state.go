@@ -43,7 +43,9 @@ var ErrStateModel = errors.New("state of another model shape or format version")
 // shared page copies it first, so no state ever sees another's tokens. A state
 // attached to a PageAccount (Attach) counts its pages there, a shared page
 // once. Hand a state's pages back with Release (or Reset) when it is dropped,
-// so the account frees them at once rather than when they are collected.
+// so the account frees them at once rather than when they are collected; a
+// state that is provably dead is better dropped with Free, which also hands
+// its recurrent buffer to the next new state (statePool).
 type State struct {
 	Pos  int // tokens consumed so far
 	Conv [][]float32
