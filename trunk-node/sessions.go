@@ -209,19 +209,25 @@ func (s *Store) disownLocked(sess *Session) {
 // with ErrMemoryFull or ErrClientLimit.
 func (s *Store) CreateFor(owner string, ephemeral bool) (*Session, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if !s.roomLocked(s.recPer, 0) {
+		defer s.mu.Unlock()
 		return nil, fmt.Errorf("%w: %d sessions hold %d of %d recurrent-state bytes; delete idle sessions or raise the budget",
 			ErrMemoryFull, len(s.sessions), s.recUsed, s.cfg.RecurrentBytes)
 	}
 	if err := s.ownLocked(owner, ephemeral); err != nil {
+		s.mu.Unlock()
 		return nil, err
 	}
+	s.recUsed += s.recPer // reserved while the state is made
+	s.mu.Unlock()
+	// Outside the lock: zeroing a pooled recurrent buffer takes milliseconds
+	// for the larger models, and every step's Acquire and Release wait on it.
 	st := s.newState()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	st.Attach(&s.pages)
 	sess := &Session{ID: newID(), State: st, lastUsed: time.Now(), ephemeral: ephemeral, owner: owner}
 	s.sessions[sess.ID] = sess
-	s.recUsed += s.recPer
 	return sess, nil
 }
 

@@ -63,9 +63,13 @@ func NewState(c *config.Config) *State { return NewStateKV(c, tensor.F32) }
 
 // NewStateKV returns an empty state for the model described by c whose KV
 // caches hold values of type kv (F32 or BF16; see CheckKVDType).
-func NewStateKV(c *config.Config, kv tensor.DType) *State {
+func NewStateKV(c *config.Config, kv tensor.DType) *State { return newStateKV(c, kv, true) }
+
+// newStateKV is NewStateKV with the recurrent values zeroed only when zero
+// is set (DecodeState writes them all).
+func newStateKV(c *config.Config, kv tensor.DType, zero bool) *State {
 	convLen, ssmLen := (c.MambaDConv-1)*c.ConvDim(), c.MambaHeads*c.MambaHeadDim*c.MambaDState
-	rec := newRecurrent(c.NumLayers(config.Mamba) * (convLen + ssmLen))
+	rec := recurrentBuffer(c.NumLayers(config.Mamba)*(convLen+ssmLen), zero)
 	s := &State{own: &kvOwner{}, rec: rec}
 	for _, t := range c.LayerTypes {
 		if t == config.Mamba {
@@ -254,7 +258,7 @@ func (s *State) Clone() *State {
 	for i := range s.Conv {
 		n += len(s.Conv[i]) + len(s.SSM[i])
 	}
-	rec := newRecurrent(n)
+	rec := recurrentBuffer(n, false) // every value copied below
 	all := rec
 	cp := func(src [][]float32) [][]float32 {
 		out := make([][]float32, len(src))
@@ -466,7 +470,7 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 			return nil, fmt.Errorf("%w: %w", ErrState, err)
 		}
 	}
-	s := NewStateKV(c, kvt)
+	s := newStateKV(c, kvt, false) // decodeInto writes every recurrent value
 	if err := decodeInto(s, r, c, kvt); err != nil {
 		s.Free() // never seen by anyone: its buffer goes back to the pool
 		return nil, err

@@ -92,6 +92,14 @@ func trim[T float32 | uint16 | byte](p *statePool, m map[int][][]T) {
 
 // take returns a pooled buffer of n elements from m, zeroed, or nil.
 func take[T float32 | uint16 | byte](m map[int][][]T, n int) []T {
+	b := takeDirty(m, n)
+	clear(b)
+	return b
+}
+
+// takeDirty is take without the zeroing, for a caller that overwrites
+// every element.
+func takeDirty[T float32 | uint16 | byte](m map[int][][]T, n int) []T {
 	p := &pool
 	p.mu.Lock()
 	list := m[n]
@@ -104,7 +112,6 @@ func take[T float32 | uint16 | byte](m map[int][][]T, n int) []T {
 	m[n] = list[:len(list)-1]
 	p.bytes -= int64(n) * elemBytes[T]()
 	p.mu.Unlock()
-	clear(b)
 	return b
 }
 
@@ -129,11 +136,18 @@ func give[T float32 | uint16 | byte](m map[int][][]T, b []T) {
 // capped): a freed state's buffer from the pool, or else a new one whose
 // whole 2 MiB pages are advised as huge pages (a new session's first
 // prefill writes all of it; fileio.AdviseHugePages; TestRecurrentOneBuffer).
-func newRecurrent(n int) []float32 {
+func newRecurrent(n int) []float32 { return recurrentBuffer(n, true) }
+
+// recurrentBuffer is newRecurrent, zeroed only when zero is set: Clone and
+// DecodeState write every value.
+func recurrentBuffer(n int, zero bool) []float32 {
 	if n == 0 {
 		return nil
 	}
-	if rec := take(pool.f32, n); rec != nil {
+	if rec := takeDirty(pool.f32, n); rec != nil {
+		if zero {
+			clear(rec)
+		}
 		return rec
 	}
 	rec := make([]float32, n)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
+	"slices"
 	"strings"
 	"testing"
 
@@ -96,6 +97,11 @@ func TestFreedStateBufferReused(t *testing.T) {
 	if &cl.rec[0] == &st2.rec[0] || StatePoolBytes() != kv {
 		t.Fatalf("Clone: own buffer %v, pool %d bytes, want the pages' %d", &cl.rec[0] != &st2.rec[0], StatePoolBytes(), kv)
 	}
+	for i := range st2.Conv {
+		if !slices.Equal(cl.Conv[i], st2.Conv[i]) || !slices.Equal(cl.SSM[i], st2.SSM[i]) {
+			t.Fatalf("a clone's recurrent values of layer %d are not the original's", i)
+		}
+	}
 	var w bytes.Buffer
 	if err := cl.Encode(&w, m.Cfg); err != nil {
 		t.Fatal(err)
@@ -112,13 +118,20 @@ func TestFreedStateBufferReused(t *testing.T) {
 	if StatePoolBytes() != 0 {
 		t.Fatalf("DecodeState left %d bytes in the pool", StatePoolBytes())
 	}
-	for i := range dec.SSM {
-		for j, v := range dec.SSM[i] {
-			if v != st2.SSM[i][j] {
-				t.Fatalf("decoded SSM %d[%d] = %v, want %v", i, j, v, st2.SSM[i][j])
+	// Clone and DecodeState take pooled buffers without zeroing them (a
+	// freed state's values were in them) and write every value.
+	same := func(what string, got, want [][]float32) {
+		t.Helper()
+		for i := range want {
+			for j, v := range got[i] {
+				if v != want[i][j] {
+					t.Fatalf("%s %d[%d] = %v, want %v", what, i, j, v, want[i][j])
+				}
 			}
 		}
 	}
+	same("decoded conv", dec.Conv, st2.Conv)
+	same("decoded SSM", dec.SSM, st2.SSM)
 	// A state refused after it was made gives its buffer back (the first
 	// tensor's value count off by one, the checksum made to fit).
 	dec.Free()
