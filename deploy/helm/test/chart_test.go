@@ -610,7 +610,8 @@ var dashboardMetrics = []string{"switchyard_time_to_first_token_seconds", "switc
 	"switchyard_expert_activations_total", "switchyard_placement_imbalance", "switchyard_placement_predicted_imbalance",
 	"switchyard_session_state_bytes", "switchyard_session_transfers_total", "switchyard_expert_gpu_memory_bytes",
 	"switchyard_expert_gpu_kernel_seconds", "switchyard_prompt_tokens_total", "switchyard_generated_tokens_total",
-	"switchyard_api_requests_total", "switchyard_sessions", "switchyard_session_budget_usage_ratio", "switchyard_dispatch_wait_seconds_total"}
+	"switchyard_api_requests_total", "switchyard_sessions", "switchyard_session_budget_usage_ratio", "switchyard_dispatch_wait_seconds_total",
+	"switchyard_state_pool_bytes"}
 
 // opsPanels are the operations row's panels and a series each must query.
 var opsPanels = map[string][]string{
