@@ -23,6 +23,8 @@ echo "== routed experts of one decode call (H-Tiny shapes, bf16, cold), back to 
 go test -run '^$' -bench 'ComputeExperts' -benchtime 100x ./model/hybrid/ | grep -v '^goos\|^goarch\|^pkg\|^cpu' || true
 echo "== trunk: a layer call's remote experts (fake nodes in processes of their own, answering 3 ms after they receive) against the trunk's own work meanwhile: overlapped near max(compute, call) means they overlap"
 go test -run '^$' -bench 'DispatchOverlap' -benchtime 100x ./trunk-node/ | grep -v '^goos\|^goarch\|^pkg\|^cpu' || true
+echo "== trunk: another session's Acquire and Release while a replicator copies an idle 55 MiB state over and over (the copy is made outside the store's lock: p50/p99 in µs)"
+go test -run '^$' -bench 'AcquireDuringReplicaCopy' -benchtime 500x ./trunk-node/ | grep -v '^goos\|^goarch\|^pkg\|^cpu' || true
 echo "== engine, BF16 safetensors"
 "$BIN" bench --model "$MODEL"
 Q8="$CACHE/h-tiny-8L-q8_0.gguf"

@@ -428,8 +428,17 @@ func (s *Store) cloneIdle(id string) (*Session, func(), error) {
 	if sess.busy {
 		return nil, nil, errCloneBusy
 	}
-	st := sess.State.Clone()
-	cp := &Session{ID: sess.ID, State: st, Unfed: append([]int(nil), sess.Unfed...), owner: sess.owner, lastUsed: sess.lastUsed}
+	// The copy is made outside the lock (a recurrent state is tens to
+	// hundreds of MiB, and every step's Acquire and Release wait on the
+	// lock): the pin keeps the state unchanged (Acquire waits for it) and
+	// alive (a delete frees it after the copy).
+	sess.copying++
+	src, unfed, owner, used := sess.State, append([]int(nil), sess.Unfed...), sess.owner, sess.lastUsed
+	s.mu.Unlock()
+	st := src.Clone()
+	s.mu.Lock()
+	s.uncopyLocked(sess)
+	cp := &Session{ID: sess.ID, State: st, Unfed: unfed, owner: owner, lastUsed: used}
 	return cp, st.Free, nil
 }
 

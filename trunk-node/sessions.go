@@ -52,6 +52,12 @@ type Session struct {
 	// deleted: removed from the store while a generation ran on it; its memory
 	// stays counted until that generation has stopped (Release).
 	deleted bool
+	// copying counts the copies of the idle state being made outside the
+	// store's lock (cloneIdle): Acquire waits for them, and a session
+	// deleted meanwhile (dropAfterCopy) stays counted and keeps its state
+	// until the last one ends.
+	copying       int
+	dropAfterCopy bool
 }
 
 // Tokens is the number of tokens held in the state.
@@ -100,6 +106,7 @@ type Store struct {
 	kvPerToken int64 // KV bytes per token of the model (the budget counts pages, see PageAccount)
 
 	mu       sync.Mutex
+	copied   sync.Cond // on mu: a session's copies ended (Session.copying)
 	sessions map[string]*Session
 	recUsed  int64                 // sessions' recurrent states
 	pages    hybrid.PageAccount    // live KV pages of the sessions and checkpoints
@@ -116,8 +123,10 @@ type Store struct {
 // bytes per token; the budget counts the pages the states actually hold
 // (hybrid.PageAccount), which come in hybrid.PageTokens·kvPerToken steps.
 func NewStore(cfg MemoryConfig, newState func() *hybrid.State, recurrentBytes, kvPerToken int64) *Store {
-	return &Store{cfg: cfg, newState: newState, recPer: recurrentBytes, kvPerToken: kvPerToken, sessions: map[string]*Session{},
+	s := &Store{cfg: cfg, newState: newState, recPer: recurrentBytes, kvPerToken: kvPerToken, sessions: map[string]*Session{},
 		busy: map[*Session]struct{}{}, perOwner: map[string]int{}}
+	s.copied.L = &s.mu
+	return s
 }
 
 // kvUsedLocked is the KV memory in use: live pages plus what running
@@ -290,6 +299,9 @@ func (s *Store) get(id, owner string, anyOwner bool) (*Session, error) {
 func (s *Store) Acquire(sess *Session, tokens int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for sess.copying > 0 { // a replica copy is reading the state: milliseconds
+		s.copied.Wait()
+	}
 	if cur, ok := s.sessions[sess.ID]; !ok || cur != sess {
 		// Gone, or replaced by another copy of it (offloaded and restored).
 		return fmt.Errorf("%w: %s", ErrSessionNotFound, clip(sess.ID))
@@ -379,9 +391,29 @@ func (s *Store) deleteLocked(sess *Session) int64 {
 	freed := s.recPer + sess.State.PrivateKVBytes()
 	delete(s.sessions, sess.ID)
 	s.disownLocked(sess)
+	if sess.copying > 0 {
+		// A copy is reading the state: it is freed, and stops counting, when
+		// the last copy ends (uncopyLocked).
+		sess.dropAfterCopy = true
+		return freed
+	}
 	s.recUsed -= s.recPer
 	sess.State.Free()
 	return freed
+}
+
+// uncopyLocked ends one copy of sess (cloneIdle): after the last, waiting
+// Acquires go on, and a session deleted meanwhile is dropped now.
+func (s *Store) uncopyLocked(sess *Session) {
+	if sess.copying--; sess.copying > 0 {
+		return
+	}
+	if sess.dropAfterCopy {
+		sess.dropAfterCopy = false
+		s.recUsed -= s.recPer
+		sess.State.Free()
+	}
+	s.copied.Broadcast()
 }
 
 // Expire deletes idle sessions older than the TTL and returns how many.

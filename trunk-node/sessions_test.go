@@ -3,6 +3,10 @@ package trunknode
 import (
 	"errors"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/switchyard-serving/switchyard/model/config"
@@ -178,6 +182,103 @@ func TestDroppedSessionsStateReused(t *testing.T) {
 		next(t, b)
 		if _, err := st.Delete(other.ID); err != nil {
 			t.Fatal(err)
+		}
+	})
+}
+
+// A replica copy is made outside the store's lock (cloneIdle): while a copy
+// is being made, Acquire on that session waits for it, other sessions are
+// served, and a delete keeps the state (and its memory counted) until the
+// copy ends. The copy holds the session's values.
+func TestCopyOutsideTheLock(t *testing.T) {
+	c, err := config.Load(filepath.Join(fixtureHF(t), "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := hybrid.SizeOf(c).RecurrentBytes
+	st := NewStore(MemoryConfig{RecurrentBytes: 1 << 40, KVBytes: 1 << 30}, func() *hybrid.State { return hybrid.NewState(c) }, rec, 1)
+	newSess := func() *Session {
+		s, err := st.Create(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range s.State.SSM {
+			for j := range s.State.SSM[i] {
+				s.State.SSM[i][j] = float32(i + j)
+			}
+		}
+		return s
+	}
+	pin := func(s *Session) { st.mu.Lock(); s.copying++; st.mu.Unlock() }
+	unpin := func(s *Session) { st.mu.Lock(); st.uncopyLocked(s); st.mu.Unlock() }
+
+	t.Run("copy", func(t *testing.T) {
+		s := newSess()
+		cp, release, err := st.cloneIdle(s.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer release()
+		if cp.State == s.State || s.copying != 0 {
+			t.Fatalf("copy shares the state (%v) or left the session pinned (%d)", cp.State == s.State, s.copying)
+		}
+		for i := range s.State.SSM {
+			if !slices.Equal(cp.State.SSM[i], s.State.SSM[i]) || !slices.Equal(cp.State.Conv[i], s.State.Conv[i]) {
+				t.Fatalf("layer %d: the copy's recurrent values differ", i)
+			}
+		}
+	})
+	t.Run("acquire waits", func(t *testing.T) {
+		s, other := newSess(), newSess()
+		pin(s)
+		var unpinned atomic.Bool
+		done := make(chan error, 1)
+		go func() {
+			err := st.Acquire(s, 1)
+			if err == nil && !unpinned.Load() {
+				err = errors.New("Acquire returned while a copy was being made")
+			}
+			done <- err
+		}()
+		// The Acquire is waiting for the copy (its goroutine parked in the
+		// store's condition)...
+		waitUntil(t, "Acquire waiting for the copy", func() bool {
+			buf := make([]byte, 1<<20)
+			for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+				if strings.Contains(g, "(*Store).Acquire") && strings.Contains(g, "(*Cond).Wait") {
+					return true
+				}
+			}
+			return false
+		})
+		// ...and another session is served meanwhile: the lock is free.
+		if err := st.Acquire(other, 1); err != nil {
+			t.Fatal(err)
+		}
+		st.Release(other)
+		unpinned.Store(true)
+		unpin(s)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		st.Release(s)
+	})
+	t.Run("deleted during a copy", func(t *testing.T) {
+		s := newSess()
+		n0, rec0, _ := st.Usage()
+		pin(s)
+		if _, err := st.Delete(s.ID); err != nil {
+			t.Fatal(err)
+		}
+		n1, rec1, _ := st.Usage()
+		if n1 != n0-1 || rec1 != rec0 || s.State.RecurrentBytes() != rec {
+			t.Fatalf("deleted during a copy: %d sessions (was %d), %d recurrent bytes counted (was %d), state holds %d: want the state kept and counted",
+				n1, n0, rec1, rec0, s.State.RecurrentBytes())
+		}
+		unpin(s)
+		_, rec2, _ := st.Usage()
+		if rec2 != rec0-rec || s.State.RecurrentBytes() != 0 {
+			t.Fatalf("after the copy: %d recurrent bytes counted, state holds %d; want %d and 0 (freed)", rec2, s.State.RecurrentBytes(), rec0-rec)
 		}
 	})
 }
