@@ -14,9 +14,10 @@ import (
 // A state's recurrent part is one buffer (newRecurrent): 10.5 MiB for the
 // 8-layer H-Tiny file, 55 MiB for H-Tiny's 36 Mamba layers; a KV page is
 // 512 KiB at H-Tiny's widths in bf16. Allocated from Go's heap, a new buffer
-// often lands on memory the runtime has given back to the kernel in the
-// meantime (its background scavenger returns freed spans once the heap
-// shrinks), and whoever first touches it faults it in again 4 KiB at a time:
+// often lands on memory that is not resident (the heap grown since the last
+// collection, or spans the runtime's scavenger gave back to the kernel;
+// GODEBUG=madvdontneed=0 did not change it), and whoever first touches it
+// faults it in 4 KiB at a time:
 // a 4-token prefill's scan took 13-19 ms instead of 0.5-0.8 ms that way in
 // `bench` (perf: the faults in ssmrows512N128), and in a serving trunk the
 // KV pages of each new session were faulted in twice, read by the attention
