@@ -296,6 +296,7 @@ func (p *peers) pull(ctx context.Context, owner, sid string) (*Session, error) {
 			return nil, err
 		}
 		if id != sid || own != owner {
+			st.Free() // decoded here, seen by nobody
 			return nil, fmt.Errorf("%w: a peer released another session", ErrSessionCorrupt)
 		}
 		return p.n.store.adoptID(id, own, st, unfed, used, true)

@@ -617,6 +617,7 @@ func (a *api) ImportSession(stream pb.Switchyard_ImportSessionServer) (err error
 	case err != nil:
 		return toStatus(err)
 	case st.Pos+len(unfed) > a.n.limits.MaxContext:
+		st.Free() // decoded here, seen by nobody
 		return toStatus(fmt.Errorf("%w: the session holds %d tokens, more than this node's context limit %d",
 			errSnapshotUnsupported, st.Pos+len(unfed), a.n.limits.MaxContext))
 	}
