@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
@@ -262,6 +263,24 @@ func TestCopyOutsideTheLock(t *testing.T) {
 			t.Fatal(err)
 		}
 		st.Release(s)
+	})
+	t.Run("not offloaded during a copy", func(t *testing.T) {
+		old := newSess()
+		old.lastUsed = old.lastUsed.Add(-time.Hour) // the least recently used
+		newer := newSess()
+		if got := st.lruIdle(nil); got != old {
+			t.Fatalf("lruIdle picked %v, want the oldest session", got)
+		}
+		pin(old)
+		if got := st.lruIdle(nil); got == old {
+			t.Fatal("lruIdle picked a session being copied")
+		}
+		unpin(old)
+		for _, s := range []*Session{old, newer} {
+			if _, err := st.Delete(s.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
 	})
 	t.Run("deleted during a copy", func(t *testing.T) {
 		s := newSess()

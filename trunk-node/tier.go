@@ -550,13 +550,14 @@ func (n *Node) offloadIdle(now time.Time, all bool) {
 }
 
 // lruIdle returns the least recently used idle kept session other than
-// spare, or nil.
+// spare, or nil. A session a replica copy is being made of is passed over:
+// its memory would stop counting only when the copy ends.
 func (s *Store) lruIdle(spare *Session) *Session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var best *Session
 	for _, sess := range s.sessions {
-		if sess.busy || sess.ephemeral || sess == spare {
+		if sess.busy || sess.ephemeral || sess == spare || sess.copying > 0 {
 			continue
 		}
 		if best == nil || sess.lastUsed.Before(best.lastUsed) {
