@@ -63,9 +63,9 @@ type Job struct {
 	prefill bool  // pending holds prompt tokens (logits needed only after the last)
 	// logits is the job's LM-head output, kept from step to step and handed
 	// to the next job when it ends (Scheduler.spare): a new buffer each step
-	// (400 KiB for a 100K vocabulary) was mostly memory the runtime had
-	// handed back to the kernel, faulted in again 4 KiB at a time while the
-	// head wrote it (two thirds of a serving trunk's page faults).
+	// (400 KiB for a 100K vocabulary) mostly landed on memory that was not
+	// resident, faulted in 4 KiB at a time while the head wrote it (two
+	// thirds of a serving trunk's page faults).
 	logits      []float32
 	dec         *engine.Decoder
 	logprobs    bool

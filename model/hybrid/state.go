@@ -478,6 +478,20 @@ func DecodeState(b []byte, c *config.Config) (*State, error) {
 	return s, nil
 }
 
+// decodeValues writes the little-endian values b of type dt (F32 or BF16)
+// into dst as float32.
+func decodeValues(dst []float32, b []byte, dt tensor.DType) {
+	if dt == tensor.BF16 {
+		for i := range dst {
+			dst[i] = tensor.BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+		return
+	}
+	for i := range dst {
+		dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+}
+
 // decodeInto reads a state's body r (past the magic, version and
 // fingerprint) into the new state s of KV type kvt.
 func decodeInto(s *State, r []byte, c *config.Config, kvt tensor.DType) error {
@@ -510,27 +524,17 @@ func decodeInto(s *State, r []byte, c *config.Config, kvt tensor.DType) error {
 			return nil, err
 		}
 		v := make([]float32, int64(len(b))/KVValueBytes(dt, 1))
-		if dt == tensor.BF16 {
-			for i := range v {
-				v[i] = tensor.BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
-			}
-		} else {
-			for i := range v {
-				v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-			}
-		}
+		decodeValues(v, b, dt)
 		return v, nil
 	}
 	// The recurrent parts are read into the state's own buffer (a pooled
-	// one, when there is one: newRecurrent).
+	// one, when there is one: recurrentBuffer).
 	fill := func(dst []float32) error {
 		b, err := next(len(dst), tensor.F32)
 		if err != nil {
 			return err
 		}
-		for i := range dst {
-			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-		}
+		decodeValues(dst, b, tensor.F32)
 		return nil
 	}
 	for i := range s.Conv {

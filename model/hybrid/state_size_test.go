@@ -24,7 +24,7 @@ func TestSizeOfMatchesState(t *testing.T) {
 	}
 }
 
-// A state's recurrent parts share one buffer (newRecurrent), each slice
+// A state's recurrent parts share one buffer (recurrentBuffer), each slice
 // capped at its own length: zero when new, no append reaching a neighbour,
 // and a Clone's parts are copies in memory of their own.
 func TestRecurrentOneBuffer(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 // The memory of dropped sessions, kept for new ones: recurrent buffers and
 // KV pages.
 //
-// A state's recurrent part is one buffer (newRecurrent): 10.5 MiB for the
+// A state's recurrent part is one buffer (recurrentBuffer): 10.5 MiB for the
 // 8-layer H-Tiny file, 55 MiB for H-Tiny's 36 Mamba layers; a KV page is
 // 512 KiB at H-Tiny's widths in bf16. Allocated from Go's heap, a new buffer
 // often lands on memory that is not resident (the heap grown since the last
@@ -132,15 +132,12 @@ func give[T float32 | uint16 | byte](m map[int][][]T, b []T) {
 	p.bytes += sz
 }
 
-// newRecurrent returns n zeroed float32s for the recurrent parts of one
-// state (every Mamba layer's conv and SSM state, sliced with their capacity
-// capped): a freed state's buffer from the pool, or else a new one whose
-// whole 2 MiB pages are advised as huge pages (a new session's first
-// prefill writes all of it; fileio.AdviseHugePages; TestRecurrentOneBuffer).
-func newRecurrent(n int) []float32 { return recurrentBuffer(n, true) }
-
-// recurrentBuffer is newRecurrent, zeroed only when zero is set: Clone and
-// DecodeState write every value.
+// recurrentBuffer returns n float32s for the recurrent parts of one state
+// (every Mamba layer's conv and SSM state, sliced with their capacity
+// capped): a freed state's buffer from the pool, zeroed when zero is set
+// (Clone and DecodeState write every value), or else a new, zeroed one whose
+// whole 2 MiB pages are advised as huge pages (a new session's first prefill
+// writes all of it; fileio.AdviseHugePages; TestRecurrentOneBuffer).
 func recurrentBuffer(n int, zero bool) []float32 {
 	if n == 0 {
 		return nil
