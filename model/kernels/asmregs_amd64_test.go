@@ -54,7 +54,7 @@ func avx2RegisterProblems(r io.Reader) (checked int, problems []string, err erro
 		l := sc.Text()
 		if m := text.FindStringSubmatch(l); m != nil {
 			fn = m[1]
-			avx2 = strings.Contains(fn, "256") || strings.Contains(fn, "AVX2")
+			avx2 = isAVX2Func(fn)
 			if avx2 {
 				checked++
 			}

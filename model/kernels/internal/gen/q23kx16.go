@@ -468,17 +468,17 @@ func genQ23Kx16AVX2(d dtype, n int) {
 						t := YMM()
 						switch k {
 						case 0:
-							VPSLLD(U8(4), word(26), sc)
+							shift256(VPSLLD, U8(4), word(26), sc)
 						case 1:
-							VPSLLD(U8(2), word(26), sc)
+							shift256(VPSLLD, U8(2), word(26), sc)
 						case 2:
 							VMOVDQU(word(26), sc)
 						case 3:
-							VPSRLD(U8(2), word(26), sc)
+							shift256(VPSRLD, U8(2), word(26), sc)
 						}
 						VPAND(cB30Y, sc, sc)
 						if k >= 2 {
-							VPSRLD(U8(4), lo, t)
+							shift256(VPSRLD, U8(4), lo, t)
 						} else {
 							VMOVDQU(lo, t)
 						}
@@ -491,7 +491,7 @@ func genQ23Kx16AVX2(d dtype, n int) {
 						// M_i += the mins of sub-blocks 4k..4k+3 against the
 						// input's 16-value sums, paired as int16.
 						mn := YMM()
-						VPSRLD(U8(4), word(k), mn)
+						shift256(VPSRLD, U8(4), word(k), mn)
 						VPAND(cB0FY, mn, mn)
 						for a := 0; a < 2; a++ {
 							mp := YMM()
@@ -526,16 +526,16 @@ func genQ23Kx16AVX2(d dtype, n int) {
 					if f == 0 {
 						VMOVDQU(wm, q)
 					} else {
-						VPSRLW(U8(2*f), wm, q)
+						shift256(VPSRLW, U8(2*f), wm, q)
 					}
 					VPAND(cB03Y, q, q)
 					if q3 {
 						t := YMM()
 						switch b := 4*hh + f; { // bit b of hmask word g to bit 2
 						case b < 2:
-							VPSLLW(U8(2-b), word(g), t)
+							shift256(VPSLLW, U8(2-b), word(g), t)
 						case b > 2:
-							VPSRLW(U8(b-2), word(g), t)
+							shift256(VPSRLW, U8(b-2), word(g), t)
 						default:
 							VMOVDQU(word(g), t)
 						}
@@ -669,7 +669,7 @@ func genIQ4XSx16AVX2(n int) {
 			if ib == 0 {
 				VMOVDQU(word(0), ls)
 			} else {
-				VPSRLD(U8(4*ib), word(0), ls)
+				shift256(VPSRLD, U8(4*ib), word(0), ls)
 			}
 			VPAND(cD0FY, ls, ls)
 			VPOR(t, ls, ls)

@@ -149,7 +149,7 @@ func x16AVX2Body(typ, name string, wp []GPVirtual, idx []GPVirtual, n int) [][]V
 				case j < 4:
 					VMOVDQU(Mem{Base: wp[r], Disp: 32 + 64*j + 32*h}, q)
 				default:
-					VPSRLW(U8(4), Mem{Base: wp[r], Disp: 32 + 64*(j-4) + 32*h}, q)
+					shift256(VPSRLW, U8(4), Mem{Base: wp[r], Disp: 32 + 64*(j-4) + 32*h}, q)
 				}
 				switch typ {
 				case "IQ4NL":
@@ -218,7 +218,7 @@ func q40SumsAVX2(wt q80W, n, h int, wp, xq, dc GPVirtual, xm func(GPVirtual, int
 		if j < 4 {
 			VMOVDQU(Mem{Base: wp, Disp: words + 64*(nib+j) + 32*h}, q)
 		} else {
-			VPSRLW(U8(4), Mem{Base: wp, Disp: words + 64*(nib+j-4) + 32*h}, q)
+			shift256(VPSRLW, U8(4), Mem{Base: wp, Disp: words + 64*(nib+j-4) + 32*h}, q)
 		}
 		VPAND(cB0FY, q, q)
 		if q5 {
@@ -773,7 +773,7 @@ func genQKx16AVX2(dt dtype, n int) {
 		VPAND(t, mHi, mHi)
 		VPBROADCASTD(cB3F, t)
 		VPAND(t, mLo, mLo)
-		VPSRLD(U8(4), Mem{Base: wp, Disp: 192 + 32*h}, t)
+		shift256(VPSRLD, U8(4), Mem{Base: wp, Disp: 192 + 32*h}, t)
 		VPAND(c0F, t, t)
 		VPOR(t, mHi, mHi)
 		// M_i = Σ_j m_j·(the input's sum over sub-block j).
@@ -872,7 +872,7 @@ func nibbleHalf256(wm Mem, k int, c0F Op, q VecVirtual) {
 		VMOVDQU(wm, q)
 		VPAND(c0F, q, q)
 	default:
-		VPSRLW(U8(4), wm, q)
+		shift256(VPSRLW, U8(4), wm, q)
 		VPAND(c0F, q, q)
 	}
 }
@@ -899,7 +899,7 @@ func q4kScales256(wp GPVirtual, h, c int, c0F Op) VecVirtual {
 		VPAND(Mem{Base: wp, Disp: 64 + 32*h}, t, sc)
 		return sc
 	}
-	VPSRLD(U8(2), Mem{Base: wp, Disp: 64 + 32*h}, sc)
+	shift256(VPSRLD, U8(2), Mem{Base: wp, Disp: 64 + 32*h}, sc)
 	VPBROADCASTD(cB30, t)
 	VPAND(t, sc, sc)
 	VMOVDQU(Mem{Base: wp, Disp: 192 + 32*h}, t)
@@ -1071,7 +1071,12 @@ func rows256Min8(wt q80W, name string, w0, xq, dc, bi, cnt GPVirtual, ones, acc 
 	VPADDD(t, sum, sum) // lane b: block b's Σq·q_x
 	// The eight blocks' d and m (the dwords d | m<<16 at each block's
 	// start), as eight float32 each.
-	mask, idx, dm := YMM(), YMM(), YMM()
+	// The index is a fixed register, Y15: QEMU 7.2's emulation takes a
+	// VSIB index of Y4 for "no index" (every lane then reads the first
+	// block's dword), and avo had picked Y4 here. CPUs gather correctly
+	// from any index register; this keeps the kernels checkable under
+	// emulation (scripts/avx2-emulated.sh).
+	mask, idx, dm := YMM(), Y15, YMM()
 	VMOVDQU(map[string]Mem{"Q41": cQ41Gath, "Q51": cQ51Gath}[wt.typ], idx)
 	VPCMPEQD(mask, mask, mask)
 	VPXOR(dm, dm, dm)
@@ -1135,4 +1140,18 @@ func min81StepY(m128 VecVirtual, c, dx Op, t VecVirtual) {
 	VMULPS(dx, sv, sv)
 	VMULPS(sv, m128, sv)
 	VADDPS(sv, t, t)
+}
+
+// shift256 emits op(imm, src, dst), an immediate shift (VPSRLW, VPSLLD,
+// ...) in an AVX2 kernel. VEX has no immediate shift with a memory source:
+// for one, Go's assembler silently picks the EVEX form, which AVX2-only
+// CPUs fault on (TestAVX2KernelsHaveNoEVEX). So a memory source is loaded
+// into dst first and shifted there.
+func shift256(op func(...Op), imm U8, src Op, dst VecVirtual) {
+	if m, ok := src.(Mem); ok {
+		VMOVDQU(m, dst)
+		op(imm, dst, dst)
+		return
+	}
+	op(imm, src, dst)
 }
