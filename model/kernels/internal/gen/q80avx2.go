@@ -807,11 +807,22 @@ func genQKx16AVX2(dt dtype, n int) {
 					qh = YMM()
 					VMOVDQU(Mem{Base: wp, Disp: 256 + 64*g + 32*h}, qh)
 				}
+				// The word is loaded once for both nibble halves (VEX has no
+				// shift of a memory operand: see shift256).
+				w := YMM()
+				VMOVDQU(wm, w)
 				for k := 0; k < 2; k++ {
 					// The low nibbles, then the high ones (one register at
-					// a time), with their fifth bits for Q5_K.
-					q := YMM()
-					nibbleHalf256(wm, k, c0F, q)
+					// a time, the high ones in w's), with their fifth bits
+					// for Q5_K.
+					q := w
+					if k == 0 {
+						q = YMM()
+						VPAND(c0F, w, q)
+					} else {
+						VPSRLW(U8(4), w, w)
+						VPAND(c0F, w, w)
+					}
 					if q5 {
 						q5Bit256(qh, 2*c+k, q)
 					}
