@@ -33,17 +33,16 @@ func q8AVX2MaxN(d dtype) int {
 var q8AVX2Dtypes = []dtype{dQ4K, dQ5K, dQ6K, dQ3K, dQ2K, dIQ4XS}
 
 var (
-	cQ6Perm [8]Mem // VPERMD: every dword = dword a of the source (the scale pair 2a, 2a+1)
-	cQ6Lane Mem    // VPSHUFB: word 0 of each dword across the low lane, word 1 across the high
-	cXSLane Mem    // dwords 0 x4, 4 x4 (VPSRLVD: a lane's low nibbles, then its high)
-	cXSWord [8]Mem // VPSHUFB: word ib of each lane in every word
+	cQ6Quarter [4]Mem // VPSHUFB: word 2p of the low lane across it, word 2p+1 of the high lane across it
+	cXSLane    Mem    // dwords 0 x4, 4 x4 (VPSRLVD: a lane's low nibbles, then its high)
+	cXSWord    [8]Mem // VPSHUFB: word ib of each lane in every word
 )
 
 func genQ8AVX2Consts() {
-	for a := 0; a < 8; a++ {
-		cQ6Perm[a] = data32(fmt.Sprintf("q6perm_%d", a), rep(uint32(a), 8)...)
+	for p := 0; p < 4; p++ {
+		lo, hi := uint32(4*p), uint32(4*p+2) // the bytes of words 2p and 2p+1
+		cQ6Quarter[p] = data32(fmt.Sprintf("q6quarter_%d", p), append(rep(lo|(lo+1)<<8|lo<<16|(lo+1)<<24, 4), rep(hi|(hi+1)<<8|hi<<16|(hi+1)<<24, 4)...)...)
 	}
-	cQ6Lane = data32("q6lane", append(rep(0x01000100, 4), rep(0x03020302, 4)...)...)
 	cXSLane = data32("xslane", 0, 0, 0, 0, 4, 4, 4, 4)
 	for ib := 0; ib < 8; ib++ {
 		b := uint32(2 * ib)
@@ -219,6 +218,7 @@ func q8RowQ6K256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F
 		VPSUBD(isum[i], z, isum[i])
 	}
 	for h := 0; h < 2; h++ {
+		sch := halfScales256(sc16, h)
 		hb := YMM()
 		VMOVDQU(rowMem(128+32*h), hb)
 		for p := 0; p < 4; p++ {
@@ -244,11 +244,8 @@ func q8RowQ6K256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F
 			VPAND(c30, t, t)
 			VPOR(t, q, q)
 			// Sub-blocks 8h+2p (low lane) and 8h+2p+1 (high lane).
-			a := 8*h + 2*p
 			scv := YMM()
-			VMOVDQU(cQ6Perm[a/2], scv)
-			VPERMD(sc16, scv, scv)
-			VPSHUFB(cQ6Lane, scv, scv)
+			VPSHUFB(cQ6Quarter[p], sch, scv)
 			maddScaled256(N, func(i int) Mem { return xMem(i, 128*h+32*p) }, q, scv, isum)
 		}
 	}
@@ -258,6 +255,16 @@ func q8RowQ6K256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F
 	for i := 0; i < N; i++ {
 		q6BlockScalar256(isum[i], dv, xMem(i, q8xD), acc[i])
 	}
+}
+
+// halfScales256 returns half h's eight int16 scales (lane h of sc16, the
+// block's 16) in both lanes, so that each quarter's scale vector (sub-blocks
+// 8h+2p in the low lane, 8h+2p+1 in the high) is one in-lane VPSHUFB by
+// cQ6Quarter[p] (q8RowQ6K256, q8RowQ23K256).
+func halfScales256(sc16 VecVirtual, h int) VecVirtual {
+	sch := YMM()
+	VPERMQ(U8(0x44+0xAA*h), sc16, sch) // qwords 2h, 2h+1, 2h, 2h+1
+	return sch
 }
 
 // q6BlockScalar256 is q6BlockScalar with VEX instructions (isum a ymm).
@@ -334,6 +341,7 @@ func q8RowQ23K256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int
 		}
 	}
 	for n := 0; n < 2; n++ {
+		sch := halfScales256(sc16, n)
 		for j := 0; j < 4; j++ {
 			q := YMM()
 			if j == 0 {
@@ -356,11 +364,8 @@ func q8RowQ23K256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int
 				VPAND(c04, t, t)
 				VPOR(t, q, q)
 			}
-			a := 8*n + 2*j
 			scv := YMM()
-			VMOVDQU(cQ6Perm[a/2], scv)
-			VPERMD(sc16, scv, scv)
-			VPSHUFB(cQ6Lane, scv, scv)
+			VPSHUFB(cQ6Quarter[j], sch, scv) // sub-blocks 8n+2j, 8n+2j+1
 			maddScaled256(N, func(i int) Mem { return xMem(i, 128*n+32*j) }, q, scv, isum)
 		}
 	}
