@@ -12,12 +12,13 @@ import (
 	"testing"
 )
 
-// TestAVX2KernelsUseAVX2Registers: the generated AVX2 functions (names with
-// "256" or "AVX2") use only the 16 registers and the encodings an AVX2-only
+// TestAVX2KernelsUseAVX2Registers: the generated AVX2 functions
+// (isAVX2Func) use only the 16 registers and the encodings an AVX2-only
 // CPU has: no X16-X31/Y16-Y31 (EVEX only), no ZMM, no mask registers. avo
 // allocates from all 32 vector registers, and this machine, which has
 // AVX-512, would run such code without complaint; an AVX2-only CPU would
-// fault on it.
+// fault on it. The source does not show an encoding the assembler picks
+// for a form VEX lacks: TestAVX2KernelsHaveNoEVEX checks the machine code.
 func TestAVX2KernelsUseAVX2Registers(t *testing.T) {
 	f, err := os.Open("asm_amd64.s")
 	if err != nil {
