@@ -1137,6 +1137,16 @@ func q4kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *
 //go:noescape
 func q5kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// q6kx16AVX2N1 multiplies a 16-row group of repacked Q6_K weights with 1 quantized input rows on AVX2 (see genQ6Kx16AVX2).
+//
+//go:noescape
+func q6kx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q6kx16AVX2N2 multiplies a 16-row group of repacked Q6_K weights with 2 quantized input rows on AVX2 (see genQ6Kx16AVX2).
+//
+//go:noescape
+func q6kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // q4kx16S2N1 multiplies 2 runs of 16-row groups of repacked Q4K weights with 1 quantized input rows (see streams.go).
 func q4kx16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 

@@ -43,7 +43,8 @@ import (
 // packs: a comma-separated list of dtypes (q8_0, q4_k, q5_k, q6_k, q3_k,
 // q2_k, iq4_xs, q4_0, q5_0, iq4_nl, q4_1, q5_1; the
 // default is all those with packed kernels at the kernel level, but for
-// q5_k on AVX2, which is packed there only when listed: packOnlyAsked), or
+// q5_k and q6_k on AVX2, which are packed there only when listed:
+// packOnlyAsked), or
 // 0 for none (for comparisons).
 const EnvPack = "SWITCHYARD_PACK"
 
@@ -54,8 +55,14 @@ var packOff, packAsked [tensor.NumDTypes]bool
 // packOnlyAsked[dt]: at the AVX2 level dt is packed only when EnvPack names
 // it. Q5_K's packed AVX2 kernel gave +16% prefill 128 but 5-12% slower
 // one-session decode on the Q5_K_M model (bench --threads 1, two alternated
-// runs each), and decode is what a session feels.
-var packOnlyAsked = [tensor.NumDTypes]bool{tensor.Q5_K: true}
+// runs each), and decode is what a session feels. Q6_K's (q6kx16AVX2N,
+// session 26) is level with the row-major kernel at one input row
+// (BenchmarkPacked, in_proj 373-379 against 367-383 µs) and 10-30% faster
+// at four (831/826 against 923/960 µs; an expert's 68/62 against 96/73),
+// but one-thread decode of the Q4_K_M model measured 73.3/78.9/71.6
+// against 75.7/77.8/77.5 tokens/s and prefill 128 +3% (three alternated
+// pairs, SWITCHYARD_PACK=q4_k,q6_k against q4_k).
+var packOnlyAsked = [tensor.NumDTypes]bool{tensor.Q5_K: true, tensor.Q6_K: true}
 
 func init() {
 	v, ok := os.LookupEnv(EnvPack)

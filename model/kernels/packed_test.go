@@ -28,6 +28,12 @@ func testPackedMatchesRowMajor(t *testing.T, dt tensor.DType) {
 	if packOff[dt] {
 		t.Skipf("%s leaves %v row-major", EnvPack, dt)
 	}
+	if packOnlyAsked[dt] && !packAsked[dt] {
+		// Packed at the AVX2 level only when asked: ask, so that those
+		// kernels are checked too.
+		packAsked[dt] = true
+		defer func() { packAsked[dt] = false }()
+	}
 	defer SetQ8Activations(SetQ8Activations(true))
 	rng := rand.New(rand.NewPCG(31, 31))
 	prev := KernelLevel()
@@ -144,8 +150,8 @@ func TestPackParallel(t *testing.T) {
 }
 
 // TestCanPackAVX2: on the AVX2 level Q8_0, Q4_K, Q3_K, Q2_K, IQ4_XS, Q4_0,
-// Q5_0 and IQ4_NL are packed, Q5_K only when SWITCHYARD_PACK names it
-// (packOnlyAsked), Q6_K never.
+// Q5_0 and IQ4_NL are packed, Q5_K and Q6_K only when SWITCHYARD_PACK names
+// them (packOnlyAsked).
 func TestCanPackAVX2(t *testing.T) {
 	if !hasPackedKernels(tensor.Q4_K) || !hasQ80KernelsAt(LevelAVX2) {
 		t.Skip("no packed kernels on this CPU or build")
@@ -164,10 +170,12 @@ func TestCanPackAVX2(t *testing.T) {
 			t.Errorf("AVX2: CanPack(%v) = %v, want %v", dt, got, ok)
 		}
 	}
-	packAsked[tensor.Q5_K] = true
-	defer func() { packAsked[tensor.Q5_K] = false }()
-	if !CanPack(randMatrix(rng, tensor.Q5_K, 16, 256)) {
-		t.Error("AVX2: Q5_K not packed when asked")
+	for _, dt := range []tensor.DType{tensor.Q5_K, tensor.Q6_K} {
+		packAsked[dt] = true
+		if !CanPack(randMatrix(rng, dt, 16, 256)) {
+			t.Errorf("AVX2: %v not packed when asked", dt)
+		}
+		packAsked[dt] = false
 	}
 }
 

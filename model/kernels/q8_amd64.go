@@ -294,11 +294,8 @@ func packedLevel(l tensor.Layout, lvl Level) Level {
 }
 
 // The AVX2 kernels of packed Q8_0, Q4_K, Q5_K, Q4_0, IQ4_NL, Q5_0, Q4_1,
-// Q5_1, Q3_K, Q2_K and IQ4_XS (no VNNI: VPMADDUBSW). Q6_K is not packed on
-// AVX2: a packed kernel (the 6-bit codes built per 4-byte word, each two
-// words' int16 sums scaled by VPMADDWD) ran at 0.7-0.95 times the row-major q8dot256Q6K
-// (BenchmarkPacked at the AVX2 level, in_proj and expert shapes, 1 to 512
-// input rows), so it was not kept.
+// Q5_1, Q3_K, Q2_K, IQ4_XS and Q6_K (no VNNI: VPMADDUBSW). Q5_K and Q6_K
+// are packed there only when asked (packOnlyAsked).
 var (
 	q80x16AVX2Fns   = [...]packedFn{1: q80x16AVX2N1, 2: q80x16AVX2N2}
 	q4kx16AVX2Fns   = [...]packedFn{1: q4kx16AVX2N1, 2: q4kx16AVX2N2}
@@ -311,13 +308,14 @@ var (
 	q3kx16AVX2Fns   = [...]packedFn{1: q3kx16AVX2N1, 2: q3kx16AVX2N2}
 	q2kx16AVX2Fns   = [...]packedFn{1: q2kx16AVX2N1, 2: q2kx16AVX2N2}
 	iq4xsx16AVX2Fns = [...]packedFn{1: iq4xsx16AVX2N1, 2: iq4xsx16AVX2N2, 3: iq4xsx16AVX2N3, 4: iq4xsx16AVX2N4}
+	q6kx16AVX2Fns   = [...]packedFn{1: q6kx16AVX2N1, 2: q6kx16AVX2N2}
 )
 
 // packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level
 // (nil: that layout is not packed there).
 var packedKernelsAVX2 = [tensor.NumLayouts][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q5Kx16: q5kx16AVX2Fns[:],
 	tensor.Q40x16: q40x16AVX2Fns[:], tensor.IQ4NLx16: iq4x16AVX2Fns[:], tensor.Q3Kx16: q3kx16AVX2Fns[:], tensor.Q2Kx16: q2kx16AVX2Fns[:],
-	tensor.Q50x16: q50x16AVX2Fns[:], tensor.Q41x16: q41x16AVX2Fns[:], tensor.Q51x16: q51x16AVX2Fns[:], tensor.IQ4XSx16: iq4xsx16AVX2Fns[:]}
+	tensor.Q50x16: q50x16AVX2Fns[:], tensor.Q41x16: q41x16AVX2Fns[:], tensor.Q51x16: q51x16AVX2Fns[:], tensor.IQ4XSx16: iq4xsx16AVX2Fns[:], tensor.Q6Kx16: q6kx16AVX2Fns[:]}
 
 var q80x16Fns = [...]packedFn{
 	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}

@@ -154,6 +154,9 @@ func main() {
 		genQ4Kx16AVX2(n)
 		genQ5Kx16AVX2(n)
 	}
+	for n := 1; n <= q6kx16AVX2MaxN; n++ {
+		genQ6Kx16AVX2(n)
+	}
 	for n := 1; n <= maxStreamRowsK; n++ {
 		genQKx16Streams(dQ4K, n)
 	}
