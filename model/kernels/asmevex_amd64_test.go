@@ -22,8 +22,9 @@ import (
 // TestAVX2KernelsUseAVX2Registers reads the source, but Go's assembler also
 // picks EVEX, silently, for instruction forms VEX lacks (an immediate shift
 // with a memory source, `VPSRLW $4, 256(AX), Y3`): this machine runs them,
-// an AVX2-only CPU (Zen 2 and 3, Intel before Ice Lake) stops the process
-// with SIGILL. The machine code is what such a CPU runs, so it is checked.
+// an AVX2-only CPU (AMD Zen 2 and 3, most Intel client parts) stops the
+// process with SIGILL. The machine code is what such a CPU runs, so it is
+// checked.
 func TestAVX2KernelsHaveNoEVEX(t *testing.T) {
 	objdump, err := exec.LookPath("objdump")
 	if err != nil {
