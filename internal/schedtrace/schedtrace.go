@@ -8,6 +8,7 @@
 package schedtrace
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -184,7 +185,9 @@ func (a *acc) report() *Report {
 	for what, d := range a.byEntry {
 		rep.Running = append(rep.Running, Share{what, d})
 	}
-	slices.SortFunc(rep.Running, func(x, y Share) int { return int(y.Time - x.Time) })
+	// Longest first; ties by name, so that a report does not depend on the
+	// map's order (ReadRegions and Read must agree).
+	slices.SortFunc(rep.Running, func(x, y Share) int { return cmp.Or(cmp.Compare(y.Time, x.Time), strings.Compare(x.What, y.What)) })
 	for s, d := range a.delays {
 		slices.Sort(d)
 		w := Wait{Site: s, N: len(d), P50: d[len(d)/2], P99: d[min(len(d)-1, len(d)*99/100)]}
@@ -193,7 +196,7 @@ func (a *acc) report() *Report {
 		}
 		rep.Waits = append(rep.Waits, w)
 	}
-	slices.SortFunc(rep.Waits, func(x, y Wait) int { return int(y.Total - x.Total) })
+	slices.SortFunc(rep.Waits, func(x, y Wait) int { return cmp.Or(cmp.Compare(y.Total, x.Total), strings.Compare(x.Site, y.Site)) })
 	return rep
 }
 

@@ -95,3 +95,26 @@ func TestWaitForP(t *testing.T) {
 		t.Fatalf("whole trace %v, region %v: want the spin outside the region counted in the whole trace only", all.Window, rep.Window)
 	}
 }
+
+// TestReportOrderTies: entries and wait sites with the same time come in
+// name order, whatever the maps' iteration order (TestWaitForP once failed
+// when Read and ReadRegions listed two 3.136µs entries the other way round).
+func TestReportOrderTies(t *testing.T) {
+	a := &acc{
+		byEntry: map[string]time.Duration{"c": time.Millisecond, "a": time.Microsecond, "b": time.Microsecond, "d": time.Microsecond},
+		delays:  map[string][]time.Duration{"y": {time.Microsecond}, "x": {time.Microsecond}, "z": {time.Second}},
+	}
+	for range 50 {
+		rep := a.report()
+		var got []string
+		for _, r := range rep.Running {
+			got = append(got, r.What)
+		}
+		for _, w := range rep.Waits {
+			got = append(got, w.Site)
+		}
+		if want := []string{"c", "a", "b", "d", "z", "x", "y"}; !reflect.DeepEqual(got, want) {
+			t.Fatalf("order %q, want %q", got, want)
+		}
+	}
+}
