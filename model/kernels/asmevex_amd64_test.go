@@ -89,11 +89,10 @@ func asmFunctions(path string) (map[string]bool, error) {
 		return nil, err
 	}
 	defer f.Close()
-	text := regexp.MustCompile(`^TEXT ·(\w+)\(SB\)`)
 	names := map[string]bool{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if m := text.FindStringSubmatch(sc.Text()); m != nil {
+		if m := asmText.FindStringSubmatch(sc.Text()); m != nil {
 			names[m[1]] = true
 		}
 	}

@@ -43,17 +43,20 @@ func TestAVX2KernelsUseAVX2Registers(t *testing.T) {
 	}
 }
 
+// asmText matches a function's first line in generated assembly (its name
+// in group 1).
+var asmText = regexp.MustCompile(`^TEXT ·(\w+)\(SB\)`)
+
 // avx2RegisterProblems scans generated assembly and reports each line of an
 // AVX2 function that names a register AVX2-only CPUs lack.
 func avx2RegisterProblems(r io.Reader) (checked int, problems []string, err error) {
-	text := regexp.MustCompile(`^TEXT ·(\w+)\(SB\)`)
 	bad := regexp.MustCompile(`\b([XY](1[6-9]|2[0-9]|3[01])|Z[0-9]+|K[1-7])\b`)
 	avx2 := false
 	var fn string
 	sc := bufio.NewScanner(r)
 	for line := 1; sc.Scan(); line++ {
 		l := sc.Text()
-		if m := text.FindStringSubmatch(l); m != nil {
+		if m := asmText.FindStringSubmatch(l); m != nil {
 			fn = m[1]
 			avx2 = isAVX2Func(fn)
 			if avx2 {

@@ -57,10 +57,7 @@ func genQ6Kx16AVX2(n int) {
 			}
 		}
 		for i := 0; i < n; i++ {
-			z := YMM()
-			VPSLLD(U8(5), isum[i], isum[i])
-			VPXOR(z, z, z)
-			VPSUBD(isum[i], z, isum[i])
+			negShifted256(isum[i], 5)
 		}
 		for h := 0; h < 2; h++ {
 			for s := 0; s < 4; s++ {

@@ -212,10 +212,7 @@ func q8RowQ6K256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c0F
 		// The −32 offset: −32·Σ_j sc_j·Σ_{16 values} x.
 		isum[i] = YMM()
 		VPMADDWD(xMem(i, q8xBsum16), sc16, isum[i])
-		VPSLLD(U8(5), isum[i], isum[i])
-		z := YMM()
-		VPXOR(z, z, z)
-		VPSUBD(isum[i], z, isum[i])
+		negShifted256(isum[i], 5)
 	}
 	for h := 0; h < 2; h++ {
 		sch := halfScales256(sc16, h)
@@ -265,6 +262,15 @@ func halfScales256(sc16 VecVirtual, h int) VecVirtual {
 	sch := YMM()
 	VPERMQ(U8(0x44+0xAA*h), sc16, sch) // qwords 2h, 2h+1, 2h, 2h+1
 	return sch
+}
+
+// negShifted256 sets v to −(v << k), int32 lanes: a code offset taken off
+// a sum (−32·OFF for Q6_K, −4·OFF for Q3_K).
+func negShifted256(v VecVirtual, k int) {
+	VPSLLD(U8(k), v, v)
+	z := YMM()
+	VPXOR(z, z, z)
+	VPSUBD(v, z, v)
 }
 
 // q6BlockScalar256 is q6BlockScalar with VEX instructions (isum a ymm).
@@ -318,10 +324,7 @@ func q8RowQ23K256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int
 		// The −4 offset: −4·Σ_j sc_j·Σ_{16 values} x.
 		for i := range isum {
 			VPMADDWD(xMem(i, q8xBsum16), sc16, isum[i])
-			VPSLLD(U8(2), isum[i], isum[i])
-			z := YMM()
-			VPXOR(z, z, z)
-			VPSUBD(isum[i], z, isum[i])
+			negShifted256(isum[i], 2)
 		}
 		hm = YMM()
 		VMOVDQU(rowMem(0), hm)
