@@ -407,13 +407,14 @@ func newEchoBench() (*echoBench, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The node-to-node connections' flow-control windows, as the dispatch streams have.
-	e := &echoBench{srv: grpc.NewServer(append(rpc.PeerServerOptions(), grpc.MaxRecvMsgSize(64<<20))...)}
+	// The node-to-node connections' flow-control windows and codec, as the
+	// dispatch streams have.
+	e := &echoBench{srv: grpc.NewServer(append(rpc.PeerServerOptions(), grpc.MaxRecvMsgSize(64<<20), grpc.ForceServerCodecV2(rpc.PeerCodec()))...)}
 	pb.RegisterExpertServiceServer(e.srv, echoServer{})
 	go e.srv.Serve(lis)
 	e.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithInitialWindowSize(rpc.PeerStreamWindow), grpc.WithInitialConnWindowSize(rpc.PeerConnWindow),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20), grpc.ForceCodecV2(rpc.PeerCodec())))
 	if err != nil {
 		e.srv.Stop()
 		return nil, err

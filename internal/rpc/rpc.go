@@ -347,6 +347,7 @@ func Dialer(f TLSFiles, maxMsg int, extra ...grpc.DialOption) (func(ctx context.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithInitialWindowSize(PeerStreamWindow),
 		grpc.WithInitialConnWindowSize(PeerConnWindow),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(PeerCodec())),
 	}, extra...)
 	if maxMsg > 0 {
 		opts = append(opts, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)))

@@ -25,10 +25,11 @@ import (
 // allows; no Switchyard message uses it).
 const utf8Marker protowire.Number = protowire.MaxValidNumber
 
-// serverCodec is the proto codec with the UTF-8 leniency above.
+// serverCodec is the proto codec with the UTF-8 leniency above (and large
+// bytes fields out of line: PeerCodec).
 type serverCodec struct{ base encoding.CodecV2 }
 
-func newServerCodec() serverCodec { return serverCodec{base: encoding.GetCodecV2("proto")} }
+func newServerCodec() serverCodec { return serverCodec{base: PeerCodec()} }
 
 func (c serverCodec) Name() string { return c.base.Name() }
 
