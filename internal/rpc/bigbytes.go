@@ -99,7 +99,7 @@ func (c bigCodec) Marshal(v any) (mem.BufferSlice, error) {
 
 func (c bigCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(proto.Message)
-	if !ok || data.Len() < bigBytesMin {
+	if !ok || data.Len() < bigBytesMin || !hasBytesField(m.ProtoReflect().Descriptor()) {
 		return c.base.Unmarshal(data, v)
 	}
 	err := unmarshalBig(data, m)
@@ -208,6 +208,18 @@ func readN(rd *mem.Reader, b []byte, n int) ([]byte, error) {
 		return b, fmt.Errorf("rpc: malformed message: %w", err)
 	}
 	return b, nil
+}
+
+// hasBytesField: messages of md can hold a field unmarshalBig decodes out
+// of line (others, a long prompt's text say, go to the proto codec at once).
+func hasBytesField(md protoreflect.MessageDescriptor) bool {
+	fields := md.Fields()
+	for i := range fields.Len() {
+		if isBigBytes(fields.Get(i)) {
+			return true
+		}
+	}
+	return false
 }
 
 // isBigBytes: fd is a singular bytes field (one unmarshalBig may decode out

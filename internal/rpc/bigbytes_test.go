@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -38,7 +39,10 @@ func bigMessages() []proto.Message {
 				ExpertIds: []uint32{1, 2, 3, 4}, Weights: []float32{0.5, 0.25, 1, 2}, Chunk: 1, Chunks: 3,
 				Trace: map[string]string{"traceparent": "00-abc-def-01"}, Dtype: pb.WireDType_WIRE_DTYPE_F32, PerPair: true},
 			&pb.ExpertResult{StepId: 9, Layer: 1, Chunk: 2, Rows: 5, Out: randBytes(rng, n), Error: "", ComputeMicros: 12, PerPair: true},
-			&pb.ExpertResult{Out: randBytes(rng, n), Error: "node draining"})
+			&pb.ExpertResult{Out: randBytes(rng, n), Error: "node draining"},
+			&pb.SessionSnapshotChunk{Data: randBytes(rng, n), TotalBytes: int64(n)},
+			// No bytes field: the proto codec's at once, however long.
+			&pb.GenerateRequest{Input: &pb.GenerateRequest_Text{Text: strings.Repeat("a prompt ", n/9)}, SessionId: "s1"})
 	}
 	return ms
 }
@@ -92,6 +96,8 @@ func TestBigBytesWireCompatible(t *testing.T) {
 			big = m.Activations
 		case *pb.ExpertResult:
 			big = m.Out
+		case *pb.SessionSnapshotChunk:
+			big = m.Data
 		}
 		last := data[len(data)-1].ReadOnlyData()
 		if aliased := len(big) > 0 && &last[0] == &big[0]; aliased != (len(big) >= bigBytesMin) {
