@@ -67,12 +67,21 @@ func quantile(d []time.Duration, q float64) time.Duration {
 	return s[min(len(s)-1, int(q*float64(len(s))))]
 }
 
-// drive runs `sessions` concurrent generations of `tokens` tokens and returns the
-// aggregate generated tokens per second.
-func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int, seed uint64) (float64, error) {
+// driveRates are one drive's rates: generated tokens per second over the
+// whole run (prompts included), and its two phases apart. Prefill: prompt
+// tokens per second until the last session's first token; decode: the
+// tokens after each session's first per second from then on (all sessions
+// start together, so the trunk prefills them before most decode).
+type driveRates struct {
+	all, prefill, decode float64
+}
+
+// drive runs `sessions` concurrent generations of `tokens` tokens after
+// `prompt` random prompt tokens each.
+func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int, seed uint64) (driveRates, error) {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return 0, err
+		return driveRates{}, err
 	}
 	defer conn.Close()
 	cli := pb.NewSwitchyardClient(conn)
@@ -87,7 +96,8 @@ func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var total int
+	var total, later int // tokens, and tokens after each session's first
+	var lastFirst time.Time
 	var firstErr error
 	start := time.Now()
 	for _, req := range reqs {
@@ -96,14 +106,25 @@ func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int
 			defer wg.Done()
 			s, err := cli.Generate(ctx, req)
 			n := 0
+			var first time.Time
 			for err == nil {
 				var m *pb.GenerateResponse
 				if m, err = s.Recv(); err == nil {
-					n += len(m.GetChunk().GetTokenIds())
+					k := len(m.GetChunk().GetTokenIds())
+					if n == 0 && k > 0 {
+						first = time.Now()
+					}
+					n += k
 				}
 			}
 			mu.Lock()
 			total += n
+			if n > 0 {
+				later += n - 1
+				if first.After(lastFirst) {
+					lastFirst = first
+				}
+			}
 			if err != io.EOF && firstErr == nil {
 				firstErr = err
 			}
@@ -111,7 +132,15 @@ func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int
 		}()
 	}
 	wg.Wait()
-	return float64(total) / time.Since(start).Seconds(), firstErr
+	end := time.Now()
+	rates := driveRates{all: float64(total) / end.Sub(start).Seconds()}
+	if !lastFirst.IsZero() {
+		rates.prefill = float64(sessions*prompt) / lastFirst.Sub(start).Seconds()
+		if d := end.Sub(lastFirst).Seconds(); d > 0 {
+			rates.decode = float64(later) / d
+		}
+	}
+	return rates, firstErr
 }
 
 func runBenchCluster(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -293,7 +322,7 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 		vocab = cfg.VocabSize
 	}
 	moeLayers := cfg.Layers
-	fmt.Fprintf(stdout, "\nmodel %s: %s\n1 trunk + %d expert nodes on %s (loopback) vs in-process; %d prompt + %d generated tokens per session, median of %d (in-process and cluster runs alternate; ratio: median of the pairs)\n",
+	fmt.Fprintf(stdout, "\nmodel %s: %s\n1 trunk + %d expert nodes on %s (loopback) vs in-process; %d prompt + %d generated tokens per session, median of %d (in-process and cluster runs alternate; ratio: median of the pairs; prefill and decode: the same ratio for prompt tokens per second until the last first token, and for the tokens after the first per second from then on)\n",
 		model, cfg.Summary(), experts, device, prompt, tokens, reps)
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	echo, err := newEchoBench()
@@ -301,13 +330,14 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 		return err
 	}
 	defer echo.close()
-	fmt.Fprintln(w, "device\tsessions\tin-process tok/s\tcluster tok/s\tratio\tdispatch RTT p50\tp99\tnode compute p50\techo RTT p50\tp99\twire bytes/token\tstep ms\texpert compute ms\twire+queue ms\ttrunk ms\tblocked ms\t")
+	fmt.Fprintln(w, "device\tsessions\tin-process tok/s\tcluster tok/s\tratio\tprefill\tdecode\tdispatch RTT p50\tp99\tnode compute p50\techo RTT p50\tp99\twire bytes/token\tstep ms\texpert compute ms\twire+queue ms\ttrunk ms\tblocked ms\t")
 	for _, s := range sessions {
-		var v, vin, ratios, blocked []float64
+		var v, vin, ratios, blocked, preRatios, decRatios []float64
 		var p50, p99, cp50 time.Duration
 		var perTok float64
 		var outB, inB int
 		for i := range reps {
+			var rin driveRates
 			if inproc != "" {
 				r := trace.StartRegion(ctx, "in-process")
 				tin, err := drive(ctx, inproc, vocab, s, prompt, tokens, uint64(i))
@@ -315,7 +345,8 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 				if err != nil {
 					return err
 				}
-				vin = append(vin, tin)
+				vin = append(vin, tin.all)
+				rin = tin
 			}
 			rec.reset()
 			w0, t0 := c.Trunk.Dispatcher().Stats().WaitNanos.Load(), time.Now()
@@ -326,9 +357,13 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 				return err
 			}
 			blocked = append(blocked, float64(c.Trunk.Dispatcher().Stats().WaitNanos.Load()-w0)/float64(time.Since(t0)))
-			v = append(v, tps)
+			v = append(v, tps.all)
 			if inproc != "" {
-				ratios = append(ratios, tps/vin[i])
+				ratios = append(ratios, tps.all/vin[i])
+				if rin.prefill > 0 && rin.decode > 0 {
+					preRatios = append(preRatios, tps.prefill/rin.prefill)
+					decRatios = append(decRatios, tps.decode/rin.decode)
+				}
 			}
 			rec.mu.Lock()
 			p50, p99, cp50 = quantile(rec.rtt, 0.5), quantile(rec.rtt, 0.99), quantile(rec.compute, 0.5)
@@ -342,9 +377,12 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 			return err
 		}
 		ct, it := median(v), 0.0
-		ratio := "-"
+		ratio, preRatio, decRatio := "-", "-", "-"
 		if inproc != "" {
 			it, ratio = median(vin), fmt.Sprintf("%.2f", median(ratios))
+		}
+		if len(preRatios) > 0 {
+			preRatio, decRatio = fmt.Sprintf("%.2f", median(preRatios)), fmt.Sprintf("%.2f", median(decRatios))
 		}
 		// A decode step makes one token per session: its time is s / tok/s. Per
 		// step, every MoE layer waits for one dispatch round trip (p50), of which
@@ -356,7 +394,7 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 		// its layer calls after its own work (DispatchStats.WaitNanos), as a
 		// share of the cluster run, times the step. With ping-pong
 		// micro-batches (big steps) the other one computes meanwhile.
-		fmt.Fprintf(w, "%s\t%d\t%.1f\t%.1f\t%s\t%v\t%v\t%v\t%v\t%v\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", device, s, it, ct, ratio,
+		fmt.Fprintf(w, "%s\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%v\t%v\t%v\t%v\t%v\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", device, s, it, ct, ratio, preRatio, decRatio,
 			p50.Round(time.Microsecond), p99.Round(time.Microsecond), cp50.Round(time.Microsecond), e50.Round(time.Microsecond), e99.Round(time.Microsecond), perTok,
 			step, comp, rtt-comp, step-rtt, median(blocked)*step)
 	}
