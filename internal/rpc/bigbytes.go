@@ -222,8 +222,9 @@ func hasBytesField(md protoreflect.MessageDescriptor) bool {
 	return false
 }
 
-// isBigBytes: fd is a singular bytes field (one unmarshalBig may decode out
-// of line).
+// isBigBytes: fd is a singular bytes field outside any oneof (one
+// unmarshalBig may decode out of line; a oneof's last member on the wire
+// wins, an order it does not keep).
 func isBigBytes(fd protoreflect.FieldDescriptor) bool {
-	return fd.Kind() == protoreflect.BytesKind && fd.Cardinality() != protoreflect.Repeated
+	return fd.Kind() == protoreflect.BytesKind && fd.Cardinality() != protoreflect.Repeated && fd.ContainingOneof() == nil
 }
