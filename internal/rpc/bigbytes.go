@@ -126,38 +126,35 @@ func unmarshalBig(data mem.BufferSlice, m proto.Message) error {
 		b  []byte
 	}
 	var big []bigField
-	var rest []byte
+	var rest []byte // every other field, its bytes as they came (unknown fields keep them)
 	for rd.Remaining() > 0 {
-		key, err := binary.ReadUvarint(rd)
+		mark := len(rest)
+		key, rest2, err := readVarint(rd, rest)
 		if err != nil {
-			return fmt.Errorf("rpc: malformed message: %w", err)
+			return err
 		}
+		rest = rest2
 		num, typ := protowire.DecodeTag(key)
 		if !num.IsValid() {
 			return fmt.Errorf("rpc: malformed message: field number %d", num)
 		}
-		rest = protowire.AppendTag(rest, num, typ)
 		switch typ {
 		case protowire.VarintType:
-			x, err := binary.ReadUvarint(rd)
-			if err != nil {
-				return fmt.Errorf("rpc: malformed message: %w", err)
-			}
-			rest = protowire.AppendVarint(rest, x)
+			_, rest, err = readVarint(rd, rest)
 		case protowire.Fixed32Type:
 			rest, err = readN(rd, rest, 4)
 		case protowire.Fixed64Type:
 			rest, err = readN(rd, rest, 8)
 		case protowire.BytesType:
-			n, err := binary.ReadUvarint(rd)
-			if err != nil {
-				return fmt.Errorf("rpc: malformed message: %w", err)
+			var n uint64
+			if n, rest, err = readVarint(rd, rest); err != nil {
+				return err
 			}
 			if n > uint64(rd.Remaining()) {
 				return fmt.Errorf("rpc: malformed message: field %d of %d bytes, %d left", num, n, rd.Remaining())
 			}
 			if fd := md.Fields().ByNumber(num); n >= uint64(bigBytesMin) && fd != nil && isBigBytes(fd) {
-				rest = rest[:len(rest)-protowire.SizeTag(num)]
+				rest = rest[:mark]
 				b := make([]byte, n)
 				if _, err := io.ReadFull(rd, b); err != nil {
 					return fmt.Errorf("rpc: malformed message: %w", err)
@@ -165,11 +162,7 @@ func unmarshalBig(data mem.BufferSlice, m proto.Message) error {
 				big = append(big, bigField{fd, b})
 				continue
 			}
-			rest = protowire.AppendVarint(rest, n)
 			rest, err = readN(rd, rest, int(n))
-			if err != nil {
-				return err
-			}
 		default: // groups: rare enough for the proto codec
 			return errNotBig
 		}
@@ -195,6 +188,27 @@ func unmarshalBig(data mem.BufferSlice, m proto.Message) error {
 		r.Set(f.fd, protoreflect.ValueOfBytes(f.b))
 	}
 	return nil
+}
+
+// readVarint reads a varint from rd, appending its bytes as they are to b
+// (a longer encoding than needed stays so, as in unknown fields).
+func readVarint(rd *mem.Reader, b []byte) (uint64, []byte, error) {
+	l := len(b)
+	for i := 0; i < binary.MaxVarintLen64; i++ {
+		c, err := rd.ReadByte()
+		if err != nil {
+			return 0, b, fmt.Errorf("rpc: malformed message: %w", err)
+		}
+		b = append(b, c)
+		if c < 0x80 {
+			x, n := protowire.ConsumeVarint(b[l:])
+			if n < 0 {
+				return 0, b, fmt.Errorf("rpc: malformed message: %w", protowire.ParseError(n))
+			}
+			return x, b, nil
+		}
+	}
+	return 0, b, fmt.Errorf("rpc: malformed message: varint longer than %d bytes", binary.MaxVarintLen64)
 }
 
 // readN appends the next n bytes of rd to b.

@@ -256,3 +256,30 @@ func BenchmarkPeerCodec(b *testing.B) {
 		}
 	}
 }
+
+// TestBigBytesUnknownFields: fields the message does not know, or knows with
+// another wire type, stay in its unknown fields byte for byte (varints
+// longer than needed too), as the proto codec keeps them.
+func TestBigBytesUnknownFields(t *testing.T) {
+	big := protowire.AppendBytes(protowire.AppendTag(nil, 5, protowire.BytesType), make([]byte, bigBytesMin))
+	cases := map[string][]byte{
+		"unknown field, long varint":    {0xF8, 0x01, 0x80, 0x80, 0x00},       // field 31, varint 0 in three bytes
+		"string field as a varint":      {0x30, 0x80, 0x00},                   // error (6), varint 0 in two bytes
+		"long tag":                      {0xA0, 0x80, 0x00, 0x07},             // rows (4), tag in three bytes
+		"unknown bytes, long length":    {0xFA, 0x01, 0x82, 0x00, 0x61, 0x62}, // field 31, "ab" with a 2-byte length
+		"unknown fixed32 and fixed64":   {0xFD, 0x01, 1, 2, 3, 4, 0xF9, 0x01, 1, 2, 3, 4, 5, 6, 7, 8},
+		"known varint with long length": {0x08, 0xFF, 0xFF, 0x03},
+	}
+	for name, extra := range cases {
+		for _, b := range [][]byte{append(append([]byte(nil), extra...), big...), append(append([]byte(nil), big...), extra...)} {
+			want, werr := decodeWith(stockCodec(), mem.BufferSlice{mem.SliceBuffer(b)}, &pb.ExpertResult{})
+			got, gerr := decodeWith(PeerCodec(), frames(rand.New(rand.NewPCG(1, 1)), b), &pb.ExpertResult{})
+			if werr != nil || gerr != nil {
+				t.Fatalf("%s: proto codec %v, PeerCodec %v", name, werr, gerr)
+			}
+			if !proto.Equal(got, want) {
+				t.Errorf("%s: unknown fields %x, want %x", name, got.ProtoReflect().GetUnknown(), want.ProtoReflect().GetUnknown())
+			}
+		}
+	}
+}
