@@ -69,9 +69,9 @@ func quantile(d []time.Duration, q float64) time.Duration {
 
 // driveRates are one drive's rates: generated tokens per second over the
 // whole run (prompts included), and its two phases apart. Prefill: prompt
-// tokens per second until the last session's first token; decode: the
-// tokens after each session's first per second from then on (all sessions
-// start together, so the trunk prefills them before most decode).
+// tokens per second until the last session's first token; decode: tokens
+// per second that arrived after it (all sessions start together, so the
+// trunk prefills them before most decode).
 type driveRates struct {
 	all, prefill, decode float64
 }
@@ -96,7 +96,12 @@ func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var total, later int // tokens, and tokens after each session's first
+	type arrival struct {
+		at     time.Time
+		tokens int
+	}
+	var arrivals []arrival // every chunk of every session
+	var total int
 	var lastFirst time.Time
 	var firstErr error
 	start := time.Now()
@@ -106,24 +111,21 @@ func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int
 			defer wg.Done()
 			s, err := cli.Generate(ctx, req)
 			n := 0
-			var first time.Time
+			var mine []arrival
 			for err == nil {
 				var m *pb.GenerateResponse
 				if m, err = s.Recv(); err == nil {
-					k := len(m.GetChunk().GetTokenIds())
-					if n == 0 && k > 0 {
-						first = time.Now()
+					if k := len(m.GetChunk().GetTokenIds()); k > 0 {
+						mine = append(mine, arrival{time.Now(), k})
+						n += k
 					}
-					n += k
 				}
 			}
 			mu.Lock()
 			total += n
-			if n > 0 {
-				later += n - 1
-				if first.After(lastFirst) {
-					lastFirst = first
-				}
+			arrivals = append(arrivals, mine...)
+			if len(mine) > 0 && mine[0].at.After(lastFirst) {
+				lastFirst = mine[0].at
 			}
 			if err != io.EOF && firstErr == nil {
 				firstErr = err
@@ -136,6 +138,12 @@ func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int
 	rates := driveRates{all: float64(total) / end.Sub(start).Seconds()}
 	if !lastFirst.IsZero() {
 		rates.prefill = float64(sessions*prompt) / lastFirst.Sub(start).Seconds()
+		later := 0
+		for _, a := range arrivals {
+			if a.at.After(lastFirst) {
+				later += a.tokens
+			}
+		}
 		if d := end.Sub(lastFirst).Seconds(); d > 0 {
 			rates.decode = float64(later) / d
 		}
@@ -322,7 +330,7 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 		vocab = cfg.VocabSize
 	}
 	moeLayers := cfg.Layers
-	fmt.Fprintf(stdout, "\nmodel %s: %s\n1 trunk + %d expert nodes on %s (loopback) vs in-process; %d prompt + %d generated tokens per session, median of %d (in-process and cluster runs alternate; ratio: median of the pairs; prefill and decode: the same ratio for prompt tokens per second until the last first token, and for the tokens after the first per second from then on)\n",
+	fmt.Fprintf(stdout, "\nmodel %s: %s\n1 trunk + %d expert nodes on %s (loopback) vs in-process; %d prompt + %d generated tokens per session, median of %d (in-process and cluster runs alternate; ratio: median of the pairs; prefill and decode: the same ratio for prompt tokens per second until the last session's first token, and for the tokens per second that arrived after it)\n",
 		model, cfg.Summary(), experts, device, prompt, tokens, reps)
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	echo, err := newEchoBench()
