@@ -126,7 +126,8 @@ func unmarshalBig(data mem.BufferSlice, m proto.Message) error {
 		b  []byte
 	}
 	var big []bigField
-	var rest []byte // every other field, its bytes as they came (unknown fields keep them)
+	var small []protowire.Number // fields that could have been big but stood small
+	var rest []byte              // every other field, its bytes as they came (unknown fields keep them)
 	for rd.Remaining() > 0 {
 		mark := len(rest)
 		key, rest2, err := readVarint(rd, rest)
@@ -153,7 +154,11 @@ func unmarshalBig(data mem.BufferSlice, m proto.Message) error {
 			if n > uint64(rd.Remaining()) {
 				return fmt.Errorf("rpc: malformed message: field %d of %d bytes, %d left", num, n, rd.Remaining())
 			}
-			if fd := md.Fields().ByNumber(num); n >= uint64(bigBytesMin) && fd != nil && isBigBytes(fd) {
+			fd := md.Fields().ByNumber(num)
+			if fd != nil && isBigBytes(fd) && n < uint64(bigBytesMin) {
+				small = append(small, num)
+			}
+			if fd != nil && isBigBytes(fd) && n >= uint64(bigBytesMin) {
 				rest = rest[:mark]
 				b := make([]byte, n)
 				if _, err := io.ReadFull(rd, b); err != nil {
@@ -173,17 +178,17 @@ func unmarshalBig(data mem.BufferSlice, m proto.Message) error {
 	if len(big) == 0 {
 		return errNotBig
 	}
-	if err := proto.Unmarshal(rest, m); err != nil {
-		return err
-	}
-	// The last occurrence of a field wins; a large field that also stood
-	// in the rest (small) is left to the proto codec, which keeps the order.
-	r := m.ProtoReflect()
+	// The last occurrence of a field wins: a large field that also stood
+	// small (empty, say) is left to the proto codec, which keeps the order.
 	for _, f := range big {
-		if r.Has(f.fd) {
+		if slices.Contains(small, f.fd.Number()) {
 			return errNotBig
 		}
 	}
+	if err := proto.Unmarshal(rest, m); err != nil {
+		return err
+	}
+	r := m.ProtoReflect()
 	for _, f := range big {
 		r.Set(f.fd, protoreflect.ValueOfBytes(f.b))
 	}

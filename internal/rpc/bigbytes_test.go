@@ -115,7 +115,7 @@ func TestBigBytesRepeatedField(t *testing.T) {
 		return protowire.AppendBytes(protowire.AppendTag(nil, 5, protowire.BytesType), v)
 	}
 	head := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 42)
-	for _, order := range [][][]byte{{small, large}, {large, small}, {large, large[:bigBytesMin+3]}} {
+	for _, order := range [][][]byte{{small, large}, {large, small}, {large, large[:bigBytesMin+3]}, {large, nil}, {nil, large}} {
 		b := append(append(append([]byte(nil), head...), field(order[0])...), field(order[1])...)
 		want, err := decodeWith(stockCodec(), mem.BufferSlice{mem.SliceBuffer(b)}, &pb.ExpertResult{})
 		if err != nil {
