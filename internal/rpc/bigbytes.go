@@ -62,6 +62,9 @@ func (c bigCodec) Marshal(v any) (mem.BufferSlice, error) {
 		return c.base.Marshal(v)
 	}
 	r := m.ProtoReflect()
+	if !hasBytesField(r.Descriptor()) {
+		return c.base.Marshal(v)
+	}
 	fields := r.Descriptor().Fields()
 	var big []protoreflect.FieldDescriptor
 	for i := range fields.Len() {
@@ -229,9 +232,14 @@ func readN(rd *mem.Reader, b []byte, n int) ([]byte, error) {
 	return b, nil
 }
 
-// hasBytesField: messages of md can hold a field unmarshalBig decodes out
-// of line (others, a long prompt's text say, go to the proto codec at once).
+// hasBytesField: messages of md can hold a field sent out of line (others,
+// a long prompt's text say, go to the proto codec at once). Only proto3
+// messages: a proto2 bytes field may be required, which the rest of the
+// message without it would not pass as.
 func hasBytesField(md protoreflect.MessageDescriptor) bool {
+	if md.Syntax() != protoreflect.Proto3 {
+		return false
+	}
 	fields := md.Fields()
 	for i := range fields.Len() {
 		if isBigBytes(fields.Get(i)) {

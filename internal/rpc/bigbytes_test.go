@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
@@ -281,5 +282,22 @@ func TestBigBytesUnknownFields(t *testing.T) {
 				t.Errorf("%s: unknown fields %x, want %x", name, got.ProtoReflect().GetUnknown(), want.ProtoReflect().GetUnknown())
 			}
 		}
+	}
+}
+
+// TestBigBytesProto2: a proto2 message's bytes field (which may be
+// required) is left to the proto codec, large or not.
+func TestBigBytesProto2(t *testing.T) {
+	m := &descriptorpb.UninterpretedOption{StringValue: make([]byte, 2*bigBytesMin), IdentifierValue: proto.String("x")}
+	data, err := PeerCodec().Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := data[len(data)-1].ReadOnlyData(); len(data) != 1 && &last[0] == &m.StringValue[0] {
+		t.Fatal("a proto2 bytes field was sent out of line")
+	}
+	got, err := decodeWith(PeerCodec(), frames(rand.New(rand.NewPCG(9, 9)), data.Materialize()), m)
+	if err != nil || !proto.Equal(got, m) {
+		t.Fatalf("round trip: %v, same message %v", err, err == nil && proto.Equal(got, m))
 	}
 }
