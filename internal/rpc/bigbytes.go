@@ -133,11 +133,11 @@ func unmarshalBig(data mem.BufferSlice, m proto.Message) error {
 	var rest []byte              // every other field, its bytes as they came (unknown fields keep them)
 	for rd.Remaining() > 0 {
 		mark := len(rest)
-		key, rest2, err := readVarint(rd, rest)
-		if err != nil {
+		var key uint64
+		var err error
+		if key, rest, err = readVarint(rd, rest); err != nil {
 			return err
 		}
-		rest = rest2
 		num, typ := protowire.DecodeTag(key)
 		if !num.IsValid() {
 			return fmt.Errorf("rpc: malformed message: field number %d", num)
@@ -157,11 +157,11 @@ func unmarshalBig(data mem.BufferSlice, m proto.Message) error {
 			if n > uint64(rd.Remaining()) {
 				return fmt.Errorf("rpc: malformed message: field %d of %d bytes, %d left", num, n, rd.Remaining())
 			}
-			fd := md.Fields().ByNumber(num)
-			if fd != nil && isBigBytes(fd) && n < uint64(bigBytesMin) {
+			switch fd := md.Fields().ByNumber(num); {
+			case fd == nil || !isBigBytes(fd):
+			case n < uint64(bigBytesMin):
 				small = append(small, num)
-			}
-			if fd != nil && isBigBytes(fd) && n >= uint64(bigBytesMin) {
+			default:
 				rest = rest[:mark]
 				b := make([]byte, n)
 				if _, err := io.ReadFull(rd, b); err != nil {

@@ -104,6 +104,13 @@ func TestBigBytesWireCompatible(t *testing.T) {
 		if aliased := len(big) > 0 && &last[0] == &big[0]; aliased != (len(big) >= bigBytesMin) {
 			t.Errorf("message %d (%d bytes of payload): sent from the caller's slice %v, want %v", i, len(big), aliased, len(big) >= bigBytesMin)
 		}
+		// And read back by the one-copy path, not the proto codec's.
+		if len(big) >= bigBytesMin {
+			got := m.ProtoReflect().New().Interface()
+			if err := unmarshalBig(frames(rng, data.Materialize()), got); err != nil || !proto.Equal(got, m) {
+				t.Errorf("message %d: the one-copy decoder gave %v (same message: %v)", i, err, err == nil && proto.Equal(got, m))
+			}
+		}
 	}
 }
 
