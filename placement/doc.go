@@ -1,8 +1,9 @@
 // Package placement decides which expert nodes hold which experts: a pure,
 // deterministic function from a Snapshot of the cluster to a Plan (Compute).
 // It does no I/O, imports only the standard library and is safe for
-// concurrent use; the coordinator wraps it. README.md has the formulas, the
-// knobs and simulation numbers.
+// concurrent use; the coordinator wraps it. The objective and the algorithm
+// are below; `switchyard placement simulate` compares it with round-robin
+// under skewed, drifting load.
 //
 // # Input
 //

@@ -61,8 +61,8 @@ type Config struct {
 	// Mmap reads the trunk's weight matrices through the file's memory map
 	// (shared through the page cache, nothing copied at start) instead of
 	// copying them into anonymous memory, the default, which decodes 14-42%
-	// faster (hybrid.LoadOptions.NoMmap; README: Memory-mapped or copied
-	// weights).
+	// faster (hybrid.LoadOptions.NoMmap; docs/performance.md: Memory-mapped
+	// or copied weights).
 	Mmap bool
 
 	PublicTLS rpc.TLSFiles // TLS of the public API (plaintext when empty)

@@ -45,7 +45,7 @@ type DispatchConfig struct {
 	// rows it is batched with. Without it nodes answer one sum per row, whose
 	// rounding depends on which experts the node holds (fewer bytes back).
 	// On by default (DefaultConfig): it cost no throughput measurable above
-	// the noise on loopback (README: what --deterministic costs).
+	// the noise on loopback (docs/performance.md: what --deterministic costs).
 	Deterministic bool
 	// OnCall, if set, observes every per-node round trip of a layer call (metrics,
 	// traces, benchmarks). It must not block.

@@ -119,5 +119,7 @@
 // inside a string walks every token that contains a quote, a backslash or a
 // control byte.
 //
-// Measured numbers are in README.md.
+// BenchmarkMask100K and BenchmarkDecodeLoop (both run by make bench) measure
+// masks and a constrained decode loop over a 100K-token vocabulary,
+// BenchmarkNewVocab100K building its trie.
 package grammar
