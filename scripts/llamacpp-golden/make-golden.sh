@@ -296,8 +296,10 @@ write_direct_ref "$G" "$WORK/logits-h256.json" "Q4_K and Q6_K weights, not dequa
 #    Q4_1 (ftype 3) and Q5_1 (9), with the pure parameter (llama.cpp's mixes
 #    put the LM head in Q6_K): for these llama.cpp quantizes the activations
 #    to q8_1 (8 bits per 32 values, with the block's sum), as Switchyard's
-#    integer kernels for them do (the Q8_0 family's activations).
-for LB in "12 q3_k_m" "10 q2_k" "30 iq4_xs" "3 q4_1 pure" "9 q5_1 pure"; do
+#    integer kernels for them do (the Q8_0 family's activations). Then to
+#    Q5_K_M (ftype 17: Q5_K, with Q6_K where llama.cpp's mix puts it) and
+#    Q6_K (18: every matrix Q6_K), evaluated the same way.
+for LB in "12 q3_k_m" "10 q2_k" "30 iq4_xs" "3 q4_1 pure" "9 q5_1 pure" "17 q5_k_m" "18 q6_k"; do
   set -- $LB
   L=model/gguf/testdata/granite-h256-$2
   "$WORK/quantize_model" "$WORK/h256-f32.gguf" "$L.gguf" "$1" ${3:-} >"$WORK/quantize-h256-$2.log" 2>&1
@@ -421,4 +423,4 @@ for LB in "2 q4_0" "8 q5_0" "25 iq4_nl pure"; do
   write_direct_ref "$L" "$WORK/logits-$2.json" "$(grep -o "converting to [a-zA-Z0-9_]*" "$WORK/quantize-$2.log" | sort | uniq -c | awk '{printf "%s%d %s", (NR>1?", ":""), $1, toupper($4)}') matrices, not dequantized: its CPU matmuls quantize the activations to q8_0, 8 bits per 32 values"
 done
 
-echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, model/gguf/testdata/granite-tiny-hd32{,-kv-q8_0-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k,iq4_xs,q4_1,q5_1}.{gguf,json,logits.f32}, $B.{json,logits.f32}, $E.{gguf,json,logits.f32} and model/gguf/testdata/granite-tiny-{q4_0,q5_0,iq4_nl}.{gguf,json,logits.f32} (work files in $WORK)"
+echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, model/gguf/testdata/granite-tiny-hd32{,-kv-q8_0-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k,iq4_xs,q4_1,q5_1,q5_k_m,q6_k}.{gguf,json,logits.f32}, $B.{json,logits.f32}, $E.{gguf,json,logits.f32} and model/gguf/testdata/granite-tiny-{q4_0,q5_0,iq4_nl}.{gguf,json,logits.f32} (work files in $WORK)"
