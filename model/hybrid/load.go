@@ -232,10 +232,10 @@ type LoadOptions struct {
 	// expert node's assignment) out of the file's memory map into anonymous
 	// memory advised for transparent huge pages, as llama.cpp's --no-mmap
 	// reads the file into memory. Decode ran 14-42% faster that way on the
-	// VM measured (docs/performance.md: Memory-mapped or copied weights), at the cost of
-	// anonymous memory the size of those matrices (no longer shared between
-	// processes through the page cache) and the copy at load. Untouched
-	// tails of the arena's chunks take address space, not memory.
+	// VM measured (docs/performance.md: Memory-mapped or copied weights), at
+	// the cost of anonymous memory the size of those matrices (no longer
+	// shared between processes through the page cache) and the copy at load.
+	// Untouched tails of the arena's chunks take address space, not memory.
 	NoMmap bool
 	// ExpertCache, with NoMmap, copies only the routed experts kept, and
 	// shares them with the other models loaded from the same checkpoint

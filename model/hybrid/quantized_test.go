@@ -209,14 +209,14 @@ func TestLlamaCppQ4KMDirect(t *testing.T) {
 // by position 23.
 //
 // Q5_K_M (llama.cpp's mix: Q5_K, and Q6_K for the embedding, attn_v and the
-// last layers' down projections) is llama.cpp's to float rounding at 48 of
+// last two layers' down projections) is llama.cpp's to float rounding at 48 of
 // the 50 positions; at the other two (25 and 31 of the 42-token prompt) a
 // tie moves one position's logits by 0.05-0.07 and the next is back to
 // 2e-6. Q6_K (every matrix) agrees on the 1-token prompt only (2.9e-6, a
 // whole forward pass through every shape's Q6_K kernel); elsewhere its
-// positions are 0.07-0.25 away, with a few back to 2e-6. That is this
-// random-weight model meeting ties, not a kernel apart from llama.cpp's:
-// scaling layer 0's input norm by 1 + 1e-6·N(0,1) moves 10-28 of the 42
+// positions are 0.07-0.25 away, with a few back to 2e-6. Everything
+// measured points to this random-weight model meeting ties rather than to a
+// kernel apart from llama.cpp's: scaling layer 0's input norm by 1 + 1e-6·N(0,1) moves 10-28 of the 42
 // positions of our own logits by up to 0.6 (session 28, on both files), and
 // llama.cpp's own builds disagree on the Q6_K file the same way (its x64
 // build against the haswell one of the reference: 0.2-0.3 from position 25
