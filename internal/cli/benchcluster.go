@@ -101,7 +101,6 @@ func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int
 		tokens int
 	}
 	var arrivals []arrival // every chunk of every session
-	var total int
 	var lastFirst time.Time
 	var firstErr error
 	start := time.Now()
@@ -110,19 +109,16 @@ func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int
 		go func() {
 			defer wg.Done()
 			s, err := cli.Generate(ctx, req)
-			n := 0
 			var mine []arrival
 			for err == nil {
 				var m *pb.GenerateResponse
 				if m, err = s.Recv(); err == nil {
 					if k := len(m.GetChunk().GetTokenIds()); k > 0 {
 						mine = append(mine, arrival{time.Now(), k})
-						n += k
 					}
 				}
 			}
 			mu.Lock()
-			total += n
 			arrivals = append(arrivals, mine...)
 			if len(mine) > 0 && mine[0].at.After(lastFirst) {
 				lastFirst = mine[0].at
@@ -135,15 +131,16 @@ func drive(ctx context.Context, addr string, vocab, sessions, prompt, tokens int
 	}
 	wg.Wait()
 	end := time.Now()
+	total, later := 0, 0
+	for _, a := range arrivals {
+		total += a.tokens
+		if a.at.After(lastFirst) {
+			later += a.tokens
+		}
+	}
 	rates := driveRates{all: float64(total) / end.Sub(start).Seconds()}
 	if !lastFirst.IsZero() {
 		rates.prefill = float64(sessions*prompt) / lastFirst.Sub(start).Seconds()
-		later := 0
-		for _, a := range arrivals {
-			if a.at.After(lastFirst) {
-				later += a.tokens
-			}
-		}
 		if d := end.Sub(lastFirst).Seconds(); d > 0 {
 			rates.decode = float64(later) / d
 		}
@@ -458,9 +455,11 @@ func newEchoBench() (*echoBench, error) {
 	e := &echoBench{srv: grpc.NewServer(append(rpc.PeerServerOptions(), grpc.MaxRecvMsgSize(64<<20), grpc.ForceServerCodecV2(rpc.PeerCodec()))...)}
 	pb.RegisterExpertServiceServer(e.srv, echoServer{})
 	go e.srv.Serve(lis)
-	e.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(rpc.PeerStreamWindow), grpc.WithInitialConnWindowSize(rpc.PeerConnWindow),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20), grpc.ForceCodecV2(rpc.PeerCodec())))
+	// The client dials as the trunk dials expert nodes.
+	dial, err := rpc.Dialer(rpc.TLSFiles{}, 64<<20)
+	if err == nil {
+		e.conn, err = dial(context.Background(), lis.Addr().String())
+	}
 	if err != nil {
 		e.srv.Stop()
 		return nil, err
