@@ -1147,14 +1147,17 @@ func q6kx16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *
 //go:noescape
 func q6kx16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
-// q4kx16S2N1 multiplies 2 runs of 16-row groups of repacked Q4K weights with 1 quantized input rows (see streams.go).
-func q4kx16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
-
 // q4kx16S2N2 multiplies 2 runs of 16-row groups of repacked Q4K weights with 2 quantized input rows (see streams.go).
 func q4kx16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 
 // q5kx16S2N1 multiplies 2 runs of 16-row groups of repacked Q5K weights with 1 quantized input rows (see streams.go).
 func q5kx16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
+// q4kx16S2N1 multiplies 2 runs of 16-row groups of repacked Q4K weights with 1 quantized input rows (see streams.go).
+func q4kx16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
+// q6kx16S2N1 multiplies 2 runs of 16-row groups of repacked Q6_K weights with 1 quantized input rows (see streams.go).
+func q6kx16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 
 // q4kx16N1 multiplies a 16-row group of repacked Q4K weights with 1 quantized input rows (see genQ4Kx16).
 func q4kx16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)

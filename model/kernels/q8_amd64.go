@@ -377,18 +377,26 @@ func planPacked(c *callCtx, lvl Level) bool {
 
 // streamKernels are the two-stream kernels of one and two input rows at
 // the AVX-512 level (streamKernelsAVX2 at the AVX2 level), by layout: Q8_0
-// and the types whose input rows are quantized as its, and Q4_K and Q5_K.
-// One core reads memory faster from two distant places at once than from
-// one (BenchmarkReadStreams), and a product of one or two input rows is
-// bound by that read: q80x16S2N1 measured 1.15-1.2 times q80x16N1
-// (BenchmarkStreams, one thread, in_proj and expert shapes). q4kx16S2N1
-// and q5kx16S2N1 spread each run's software prefetches through its block:
-// 1.12-1.15 and 1.05-1.09 times the one-run kernels on those shapes;
-// q4kx16S2N2 1.13-1.17 (Q5_K's two-row form does not fit the registers).
-// With each block's prefetches issued together at its start, as the
-// one-run kernels issue them, two runs were slower (scripts/streamexp
-// shows the same on a synthetic loop). Q6_K's, prefetches spread or not,
-// measured 0.6-0.8 times one run, so it has none.
+// and the types whose input rows are quantized as its, and the K-quants Q4_K,
+// Q5_K and Q6_K. One core reads memory faster from two distant places at
+// once than from one (BenchmarkReadStreams), and a product of one or two
+// input rows is bound by that read: q80x16S2N1 measured 1.15-1.2 times
+// q80x16N1 (BenchmarkStreams, one thread, in_proj and expert shapes).
+// q4kx16S2N2 and q5kx16S2N1 spread each run's software prefetches through
+// its block: 1.13-1.17 and 1.05-1.09 times the one-run kernels on those
+// shapes (Q5_K's two-row form does not fit the registers). With each
+// block's prefetches issued together at its start, as the one-run kernels
+// issue them, two runs were slower (scripts/streamexp shows the same on a
+// synthetic loop). q4kx16S2N1 and q6kx16S2N1 (genQ4Kx16Shared,
+// genQ6Kx16Shared) also compute the two runs' blocks together, so that one
+// broadcast of the input serves both and each weight word is loaded once:
+// in cache (L2) Q4_K went from 85 to 105 GB/s with it. From memory, one
+// thread, the one-row Q4_K kernel gained 2-5% on the in_proj and expert
+// shapes over the earlier two-run kernel; Q6_K's two runs are 1.07 times
+// its one run on in_proj and the experts' down shape, 0.97 on the LM head's
+// (the Q6_K two-run kernels before, without the shared loads, measured
+// 0.6-0.8). End to end on the Q4_K_M file (session 29 in
+// docs/performance.md) each gave 1-4% in decode.
 var streamKernels = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 	tensor.Q80x16:   {1: q80x16S2N1, 2: q80x16S2N2},
 	tensor.Q40x16:   {1: q40x16S2N1, 2: q40x16S2N2},
@@ -398,6 +406,7 @@ var streamKernels = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 	tensor.Q51x16:   {1: q51x16S2N1, 2: q51x16S2N2},
 	tensor.Q4Kx16:   {1: q4kx16S2N1, 2: q4kx16S2N2},
 	tensor.Q5Kx16:   {1: q5kx16S2N1},
+	tensor.Q6Kx16:   {1: q6kx16S2N1},
 }
 
 // streamKernelsAVX2 are the two-stream kernels at the AVX2 level, of one

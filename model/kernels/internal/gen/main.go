@@ -157,10 +157,10 @@ func main() {
 	for n := 1; n <= q6kx16AVX2MaxN; n++ {
 		genQ6Kx16AVX2(n)
 	}
-	for n := 1; n <= maxStreamRowsK; n++ {
-		genQKx16Streams(dQ4K, n)
-	}
+	genQKx16Streams(dQ4K, 2)
 	genQKx16Streams(dQ5K, 1)
+	genQ4Kx16Shared()
+	genQ6Kx16Shared()
 	for n := 1; n <= q4kx16MaxN; n++ {
 		genQ4Kx16(n)
 	}

@@ -155,6 +155,7 @@ func qkx16Consts(q5 bool) (c0F, cF0 VecVirtual) {
 // same block of run 1, computed as genQKx16's kernels compute them (the
 // same bits), with each run's prefetches (prefetch bytes on) spread
 // through its block's code rather than issued together at its start.
+// Q4_K's one-row form is genQ4Kx16Shared's.
 func genQKx16Streams(d dtype, n int) {
 	q5 := d == dQ5K
 	name := fmt.Sprintf("%sx16S2N%d", qkx16Prefix(q5), n)
@@ -186,43 +187,7 @@ func genQKx16Streams(d dtype, n int) {
 // prefetches the lines lines from wp+prefetch on, spread over its eight
 // steps.
 func qkx16Block(q5 bool, n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual, c0F, cF0 VecVirtual, qs, prefetch, lines int) {
-	// Scales and mins of the 16 rows, one byte each per dword lane:
-	// sc[0..3] = u0 & 0x3f, m[0..3] = u1 & 0x3f,
-	// sc[4..7] = (u2 & 0xf) | (u0 >> 6) << 4, m[4..7] = (u2 >> 4) | (u1 >> 6) << 4.
-	u0, u1, u2 := ZMM(), ZMM(), ZMM()
-	VMOVDQU64(Mem{Base: wp, Disp: 64}, u0)
-	VMOVDQU64(Mem{Base: wp, Disp: 128}, u1)
-	VMOVDQU64(Mem{Base: wp, Disp: 192}, u2)
-	scHi, mHi := ZMM(), ZMM()
-	VPSRLD(U8(2), u0, scHi)
-	VPANDD_BCST(cB30, scHi, scHi)
-	VPTERNLOGD(U8(0xF8), c0F, u2, scHi) // scHi |= u2 & 0x0f
-	VPSRLD(U8(2), u1, mHi)
-	VPANDD_BCST(cB30, mHi, mHi)
-	VPSRLD(U8(4), u2, u2)
-	VPTERNLOGD(U8(0xF8), c0F, u2, mHi) // mHi |= (u2 >> 4) & 0x0f
-	scLo := u0
-	VPANDD_BCST(cB3F, scLo, scLo)
-	mLo := u1
-	VPANDD_BCST(cB3F, mLo, mLo)
-	// M_i = Σ_j m_j·(Σ of the input's 32 values of sub-block j), the mins
-	// paired as int16 against the input's int16 sums, pair by pair.
-	msum := make([]VecVirtual, n)
-	for i := range msum {
-		msum[i] = ZMM()
-		VPXORD(msum[i], msum[i], msum[i])
-	}
-	mp := ZMM()
-	for p := 0; p < 4; p++ {
-		src := mLo
-		if p >= 2 {
-			src = mHi
-		}
-		VPSHUFB(cQ4KPair[p%2], src, mp)
-		for i := 0; i < n; i++ {
-			VPDPWSSD_BCST(xm(i, q8xBsum32+4*p), mp, msum[i])
-		}
-	}
+	scLo, scHi, msum := qkScalesMins(wp, n, xm, c0F)
 	// I_i = Σ_j sc_j·(sub-block j's Σ q·q_x). The chunks run cpu at a time,
 	// interleaved, so that there are about eight VPDPBUSD chains at once
 	// (per chunk and input row two, each eight long).
@@ -340,4 +305,144 @@ func zeroDsub(dsub [][][2]VecVirtual) {
 			VPXORD(di[1], di[1], di[1])
 		}
 	}
+}
+
+// genQ4Kx16Shared emits q4kx16S2N1: genQKx16Streams's two runs of Q4_K
+// groups against one input row, the runs' blocks computed together so that
+// each of the input's 4-byte broadcasts serves both runs and each weight
+// register is loaded once (the one-run kernels take the broadcast and the
+// weights as memory operands of every instruction: two loads per VPDPBUSD,
+// so a block is bound by the load ports in cache). The same integer sums
+// and float32 steps per group as q4kx16N1: the same bits.
+func genQ4Kx16Shared() {
+	name := "q4kx16S2N1"
+	wp := streamsBegin(name, "Q4K", 2, 1)
+	c0F, cF0 := qkx16Consts(false)
+	Label(name + "_grp")
+	cnt := ld("nblocks")
+	xq := ld("xq")
+	acc := [][]VecVirtual{packedZeroAcc(1), packedZeroAcc(1)}
+	Label(name + "_blk")
+	x := func(disp int) Mem { return Mem{Base: xq, Disp: disp} }
+	xm := func(_, disp int) Mem { return x(disp) }
+	var scLo, scHi, msum, isum [2]VecVirtual
+	for r := range 2 {
+		var m []VecVirtual
+		scLo[r], scHi[r], m = qkScalesMins(wp[r], 1, xm, c0F)
+		msum[r], isum[r] = m[0], ZMM()
+	}
+	// Chunks at once: 2 chunks × 2 halves × 2 runs VPDPBUSD chains.
+	const units = 2
+	var dsub [units][2][2]VecVirtual // [unit][run][half]
+	for u := range dsub {
+		for r := range 2 {
+			dsub[u][r] = [2]VecVirtual{ZMM(), ZMM()}
+		}
+	}
+	xlo, xhi, w, lo, hi, sc := ZMM(), ZMM(), ZMM(), ZMM(), ZMM(), ZMM()
+	lines := q4kx16Block / 64
+	for c0 := 0; c0 < 4; c0 += units {
+		for u := range dsub {
+			for r := range 2 {
+				VPXORD(dsub[u][r][0], dsub[u][r][0], dsub[u][r][0])
+				VPXORD(dsub[u][r][1], dsub[u][r][1], dsub[u][r][1])
+			}
+		}
+		for g := 0; g < 8; g++ {
+			for r := range 2 {
+				prefetchPart(wp[r], q4kPrefetch, lines, c0/units*8+g, 4/units*8)
+			}
+			for u := 0; u < units; u++ {
+				c := c0 + u
+				VPBROADCASTD(x(64*c+4*g), xlo)
+				VPBROADCASTD(x(64*c+32+4*g), xhi)
+				for r := range 2 {
+					VMOVDQU64(Mem{Base: wp[r], Disp: 256 + 512*c + 64*g}, w)
+					VPANDD(w, c0F, lo)
+					VPANDD(w, cF0, hi) // 16·high nibble
+					VPDPBUSD(xlo, lo, dsub[u][r][0])
+					VPDPBUSD(xhi, hi, dsub[u][r][1])
+				}
+			}
+		}
+		for u := 0; u < units; u++ {
+			c := c0 + u
+			for r := range 2 {
+				src := scLo[r]
+				if c >= 2 {
+					src = scHi[r]
+				}
+				for h := 0; h < 2; h++ {
+					VPSHUFB(cQ4KSel[(2*c+h)%4], src, sc)
+					if h == 0 {
+						VPSLLD(U8(4), sc, sc) // 16·sc against the low nibbles
+					}
+					d := dsub[u][r][h]
+					if c == 0 && h == 0 {
+						VPMULLD(sc, d, isum[r])
+						continue
+					}
+					VPMULLD(sc, d, d)
+					VPADDD(d, isum[r], isum[r])
+				}
+			}
+		}
+	}
+	f, s := ZMM(), ZMM()
+	for r := range 2 {
+		VPSRAD(U8(4), isum[r], isum[r]) // I (every term was a multiple of 16)
+		dw, dmw := ZMM(), ZMM()
+		VCVTPH2PS(Mem{Base: wp[r]}, dw)
+		VCVTPH2PS(Mem{Base: wp[r], Disp: 32}, dmw)
+		scaleStep(VADDPS, x(q8xD), dw, isum[r], acc[r][0], s, f)
+		scaleStep(VSUBPS, x(q8xD), dmw, msum[r], acc[r][0], s, f)
+		ADDQ(U32(q4kx16Block), wp[r])
+	}
+	ADDQ(U32(q8xBlock), xq)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	streamsEnd(name, acc)
+}
+
+// qkScalesMins decodes a Q4_K or Q5_K group block's scales, one byte per
+// dword lane (scLo: sub-blocks 0-3, scHi: 4-7), and returns them with each
+// input row's M_i = Σ_j m_j·(the input's 32-value sums of sub-block j), the
+// mins paired as int16 against the input's int16 sums, pair by pair (xm
+// addresses input row i's block).
+func qkScalesMins(wp GPVirtual, n int, xm func(i, disp int) Mem, c0F VecVirtual) (scLo, scHi VecVirtual, msum []VecVirtual) {
+	// sc[0..3] = u0 & 0x3f, m[0..3] = u1 & 0x3f,
+	// sc[4..7] = (u2 & 0xf) | (u0 >> 6) << 4, m[4..7] = (u2 >> 4) | (u1 >> 6) << 4.
+	u0, u1, u2 := ZMM(), ZMM(), ZMM()
+	VMOVDQU64(Mem{Base: wp, Disp: 64}, u0)
+	VMOVDQU64(Mem{Base: wp, Disp: 128}, u1)
+	VMOVDQU64(Mem{Base: wp, Disp: 192}, u2)
+	scHi, mHi := ZMM(), ZMM()
+	VPSRLD(U8(2), u0, scHi)
+	VPANDD_BCST(cB30, scHi, scHi)
+	VPTERNLOGD(U8(0xF8), c0F, u2, scHi) // scHi |= u2 & 0x0f
+	VPSRLD(U8(2), u1, mHi)
+	VPANDD_BCST(cB30, mHi, mHi)
+	VPSRLD(U8(4), u2, u2)
+	VPTERNLOGD(U8(0xF8), c0F, u2, mHi) // mHi |= (u2 >> 4) & 0x0f
+	scLo = u0
+	VPANDD_BCST(cB3F, scLo, scLo)
+	mLo := u1
+	VPANDD_BCST(cB3F, mLo, mLo)
+	msum = make([]VecVirtual, n)
+	for i := range msum {
+		msum[i] = ZMM()
+		VPXORD(msum[i], msum[i], msum[i])
+	}
+	mp := ZMM()
+	for p := 0; p < 4; p++ {
+		src := mLo
+		if p >= 2 {
+			src = mHi
+		}
+		VPSHUFB(cQ4KPair[p%2], src, mp)
+		for i := 0; i < n; i++ {
+			VPDPWSSD_BCST(xm(i, q8xBsum32+4*p), mp, msum[i])
+		}
+	}
+	return scLo, scHi, msum
 }

@@ -48,8 +48,8 @@ const q6kx16Block = 16 * 210
 // on an expert's, and 80-88% against 47-72% of the read probe on a 126 MB
 // LM head (BenchmarkPacked, BenchmarkPackedStream, alternated runs). The
 // same spreading measured level or slower for Q4_K and Q5_K (36 and 44
-// lines a block), whose one-run kernels keep them together; their
-// two-stream kernels spread them (genQKx16Streams).
+// lines a block), whose one-run kernels keep them together; the
+// two-stream kernels spread them (genQKx16Streams, genQ6Kx16Shared).
 const q6kPrefetch = 3 * q6kx16Block
 
 // q6kx16MaxN is the most input rows per call (registers: per input row four
@@ -197,4 +197,114 @@ func q6kx16Body(n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual,
 		VPSUBD(off[i], isum[i], isum[i])
 		scaleStep(VADDPS, xm(i, q8xD), dw, isum[i], acc[i], t, s0)
 	}
+}
+
+// genQ6Kx16Shared emits q6kx16S2N1: two runs of Q6_K groups (see
+// streams.go) against one input row, the runs' blocks computed together as
+// genQ4Kx16Shared computes Q4_K's: each of the input's 4-byte broadcasts
+// serves both runs, and each ql word is loaded once into a register (the
+// one-run kernel reads it twice, as operands of VPTERNLOGD and VPSRLW).
+// The same integer sums and float32 steps per group as q6kx16N1: the same
+// bits.
+func genQ6Kx16Shared() {
+	name := "q6kx16S2N1"
+	wp := streamsBegin(name, "Q6_K", 2, 1)
+	c0F, c30 := ZMM(), ZMM()
+	VPBROADCASTD(cB0F, c0F)
+	VPBROADCASTD(cB30, c30)
+	Label(name + "_grp")
+	cnt := ld("nblocks")
+	xq := ld("xq")
+	acc := [][]VecVirtual{packedZeroAcc(1), packedZeroAcc(1)}
+	Label(name + "_blk")
+	x := func(disp int) Mem { return Mem{Base: xq, Disp: disp} }
+	word := func(r, j int) Mem { return Mem{Base: wp[r], Disp: 32 + 64*j} }
+	// The offsets, as q6kx16Body computes them.
+	var off, isum [2]VecVirtual
+	sw, t := ZMM(), ZMM()
+	for r := range 2 {
+		off[r], isum[r] = ZMM(), ZMM()
+		VPXORD(off[r], off[r], off[r])
+		VPXORD(isum[r], isum[r], isum[r])
+		for p := 0; p < 8; p++ {
+			VMOVDQU64(word(r, 48+p/2), sw)
+			VPSHUFB(cQ6Pair[p%2], sw, t)
+			VPSRAW(U8(8), t, t)
+			VPDPWSSD_BCST(x(q8xBsum16+4*p), t, off[r])
+		}
+	}
+	var dsub [2][4]VecVirtual // [run][sub-block of the unit]
+	for r := range dsub {
+		for s := range dsub[r] {
+			dsub[r][s] = ZMM()
+		}
+	}
+	var xb [4]VecVirtual
+	for k := range xb {
+		xb[k] = ZMM()
+	}
+	qh, ql0, ql1, t0, t1, t2, t3, s0 := ZMM(), ZMM(), ZMM(), ZMM(), ZMM(), ZMM(), ZMM(), ZMM()
+	lines := q6kx16Block/64 + 1
+	for unit := 0; unit < 4; unit++ {
+		h, half := unit%2, unit/2
+		for r := range dsub {
+			for s := range dsub[r] {
+				VPXORD(dsub[r][s], dsub[r][s], dsub[r][s])
+			}
+		}
+		for qs := 0; qs < 4; qs++ {
+			q := 4*half + qs
+			for r := range 2 {
+				prefetchPart(wp[r], q6kPrefetch, lines, unit*4+qs, 16)
+			}
+			for k := range xb {
+				VPBROADCASTD(x(128*h+32*k+4*q), xb[k])
+			}
+			for r := range 2 {
+				VMOVDQU64(word(r, 32+8*h+q), qh)
+				VMOVDQU64(word(r, 16*h+q), ql0)
+				VMOVDQU64(word(r, 16*h+q+8), ql1)
+				VPSLLW(U8(4), qh, t0) // bits 0-1 to 4-5
+				VPANDD(c30, t0, t0)
+				VPSLLW(U8(2), qh, t1) // bits 2-3
+				VPANDD(c30, t1, t1)
+				VPANDD(c30, qh, t2)   // bits 4-5
+				VPSRLW(U8(2), qh, t3) // bits 6-7
+				VPANDD(c30, t3, t3)
+				VPTERNLOGD(U8(0xF8), ql0, c0F, t0) // |= low nibbles of ql0
+				VPSRLW(U8(4), ql0, s0)
+				VPTERNLOGD(U8(0xF8), s0, c0F, t2) // |= high nibbles of ql0
+				VPTERNLOGD(U8(0xF8), ql1, c0F, t1)
+				VPSRLW(U8(4), ql1, s0)
+				VPTERNLOGD(U8(0xF8), s0, c0F, t3)
+				// Values 128h + 4q (t0), +32 (t1), +64 (t2), +96 (t3).
+				for k, tk := range []VecVirtual{t0, t1, t2, t3} {
+					VPDPBUSD(xb[k], tk, dsub[r][k])
+				}
+			}
+		}
+		for r := range 2 {
+			for s := 0; s < 4; s++ {
+				j := 8*h + 2*s + half // the sub-block of dsub[r][s]
+				VMOVDQU64(word(r, 48+j/4), sw)
+				VPSHUFB(cQ6Top[j%4], sw, t)
+				VPSRAD(U8(24), t, t) // sc_j, sign-extended
+				VPMULLD(t, dsub[r][s], dsub[r][s])
+				VPADDD(dsub[r][s], isum[r], isum[r])
+			}
+		}
+	}
+	// acc += float(I − 32·OFF)·(d·d_x) (q6BlockScalar).
+	for r := range 2 {
+		dw := ZMM()
+		VCVTPH2PS(Mem{Base: wp[r]}, dw)
+		VPSLLD(U8(5), off[r], off[r])
+		VPSUBD(off[r], isum[r], isum[r])
+		scaleStep(VADDPS, x(q8xD), dw, isum[r], acc[r][0], t, s0)
+		ADDQ(U32(q6kx16Block), wp[r])
+	}
+	ADDQ(U32(q8xBlock), xq)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	streamsEnd(name, acc)
 }

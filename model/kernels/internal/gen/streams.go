@@ -22,10 +22,6 @@ import (
 // out + i·ostride + s·ospan + 64·g. Each group's sums are the one-run
 // kernel's, in the same order, so the bits are the same.
 
-// maxStreamRowsK is the most input rows of the K-quants' two-stream
-// kernels (genQKx16Streams).
-const maxStreamRowsK = 2
-
 // streamsSig is the signature of the multi-stream kernels.
 const streamsSig = "func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan, ospan int)"
 
