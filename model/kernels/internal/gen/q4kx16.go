@@ -233,26 +233,7 @@ func qkx16Block(q5 bool, n int, wp GPVirtual, xm func(i, disp int) Mem, acc []Ve
 			}
 		}
 		for u := 0; u < cpu; u++ {
-			c := c0 + u
-			src := scLo
-			if c >= 2 {
-				src = scHi
-			}
-			for h := 0; h < 2; h++ {
-				VPSHUFB(cQ4KSel[(2*c+h)%4], src, sc)
-				if h == 0 && !q5 {
-					VPSLLD(U8(4), sc, sc) // 16·sc against the low nibbles
-				}
-				for i := 0; i < n; i++ {
-					d := dsub[u][i][h]
-					if c == 0 && h == 0 {
-						VPMULLD(sc, d, isum[i])
-						continue
-					}
-					VPMULLD(sc, d, d)
-					VPADDD(d, isum[i], isum[i])
-				}
-			}
+			qkScaleChunk(q5, c0+u, scLo, scHi, sc, dsub[u], isum)
 		}
 	}
 	for i := 0; !q5 && i < n; i++ {
@@ -318,11 +299,7 @@ func genQ4Kx16Shared() {
 	name := "q4kx16S2N1"
 	wp := streamsBegin(name, "Q4K", 2, 1)
 	c0F, cF0 := qkx16Consts(false)
-	Label(name + "_grp")
-	cnt := ld("nblocks")
-	xq := ld("xq")
-	acc := [][]VecVirtual{packedZeroAcc(1), packedZeroAcc(1)}
-	Label(name + "_blk")
+	cnt, xq, acc := streamsLoopHead(name)
 	x := func(disp int) Mem { return Mem{Base: xq, Disp: disp} }
 	xm := func(_, disp int) Mem { return x(disp) }
 	var scLo, scHi, msum, isum [2]VecVirtual
@@ -368,23 +345,7 @@ func genQ4Kx16Shared() {
 		for u := 0; u < units; u++ {
 			c := c0 + u
 			for r := range 2 {
-				src := scLo[r]
-				if c >= 2 {
-					src = scHi[r]
-				}
-				for h := 0; h < 2; h++ {
-					VPSHUFB(cQ4KSel[(2*c+h)%4], src, sc)
-					if h == 0 {
-						VPSLLD(U8(4), sc, sc) // 16·sc against the low nibbles
-					}
-					d := dsub[u][r][h]
-					if c == 0 && h == 0 {
-						VPMULLD(sc, d, isum[r])
-						continue
-					}
-					VPMULLD(sc, d, d)
-					VPADDD(d, isum[r], isum[r])
-				}
+				qkScaleChunk(false, c, scLo[r], scHi[r], sc, [][2]VecVirtual{dsub[u][r]}, isum[r:r+1])
 			}
 		}
 	}
@@ -398,10 +359,32 @@ func genQ4Kx16Shared() {
 		scaleStep(VSUBPS, x(q8xD), dmw, msum[r], acc[r][0], s, f)
 		ADDQ(U32(q4kx16Block), wp[r])
 	}
-	ADDQ(U32(q8xBlock), xq)
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
-	streamsEnd(name, acc)
+	streamsNextBlock(name, xq, cnt, acc)
+}
+
+// qkScaleChunk adds chunk c's two sub-block sums d[i] of each input row
+// i, each times its 6-bit scale from scLo or scHi (sc scratch), to isum[i],
+// the first chunk setting it. For Q4_K (!q5) the low sub-block's scale is
+// taken 16 times, against its high nibbles taken in place.
+func qkScaleChunk(q5 bool, c int, scLo, scHi, sc VecVirtual, d [][2]VecVirtual, isum []VecVirtual) {
+	src := scLo
+	if c >= 2 {
+		src = scHi
+	}
+	for h := 0; h < 2; h++ {
+		VPSHUFB(cQ4KSel[(2*c+h)%4], src, sc)
+		if h == 0 && !q5 {
+			VPSLLD(U8(4), sc, sc) // 16·sc against the low nibbles
+		}
+		for i := range d {
+			if c == 0 && h == 0 {
+				VPMULLD(sc, d[i][h], isum[i])
+				continue
+			}
+			VPMULLD(sc, d[i][h], d[i][h])
+			VPADDD(d[i][h], isum[i], isum[i])
+		}
+	}
 }
 
 // qkScalesMins decodes a Q4_K or Q5_K group block's scales, one byte per

@@ -150,20 +150,7 @@ func q6kx16Body(n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual,
 			for u := 0; u < upp; u++ {
 				h, q := units[u0+u].h, 4*units[u0+u].half+qs
 				VMOVDQU64(word(32+8*h+q), qh)
-				VPSLLW(U8(4), qh, t0) // bits 0-1 to 4-5
-				VPANDD(c30, t0, t0)
-				VPSLLW(U8(2), qh, t1) // bits 2-3
-				VPANDD(c30, t1, t1)
-				VPANDD(c30, qh, t2)   // bits 4-5
-				VPSRLW(U8(2), qh, t3) // bits 6-7
-				VPANDD(c30, t3, t3)
-				ql0, ql1 := word(16*h+q), word(16*h+q+8)
-				VPTERNLOGD(U8(0xF8), ql0, c0F, t0) // |= low nibbles of ql0
-				VPSRLW(U8(4), ql0, s0)
-				VPTERNLOGD(U8(0xF8), s0, c0F, t2) // |= high nibbles of ql0
-				VPTERNLOGD(U8(0xF8), ql1, c0F, t1)
-				VPSRLW(U8(4), ql1, s0)
-				VPTERNLOGD(U8(0xF8), s0, c0F, t3)
+				q6kCodes(qh, word(16*h+q), word(16*h+q+8), c0F, c30, [4]VecVirtual{t0, t1, t2, t3}, s0)
 				// Values 128h + 4q (t0), +32 (t1), +64 (t2), +96 (t3).
 				for i := 0; i < n; i++ {
 					d := dsub[u][i]
@@ -199,6 +186,27 @@ func q6kx16Body(n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual,
 	}
 }
 
+// q6kCodes sets t to the four registers of 6-bit codes of one qh word and
+// its two ql words (memory or registers): t[0] the low nibbles of ql0 with
+// qh's bits 0-1, t[1] ql1's low nibbles with bits 2-3, t[2] ql0's high
+// nibbles with bits 4-5, t[3] ql1's high nibbles with bits 6-7, each pair
+// moved to bits 4-5 (s0 scratch).
+func q6kCodes(qh VecVirtual, ql0, ql1 Op, c0F, c30 VecVirtual, t [4]VecVirtual, s0 VecVirtual) {
+	VPSLLW(U8(4), qh, t[0]) // bits 0-1 to 4-5
+	VPANDD(c30, t[0], t[0])
+	VPSLLW(U8(2), qh, t[1]) // bits 2-3
+	VPANDD(c30, t[1], t[1])
+	VPANDD(c30, qh, t[2])   // bits 4-5
+	VPSRLW(U8(2), qh, t[3]) // bits 6-7
+	VPANDD(c30, t[3], t[3])
+	VPTERNLOGD(U8(0xF8), ql0, c0F, t[0]) // |= low nibbles of ql0
+	VPSRLW(U8(4), ql0, s0)
+	VPTERNLOGD(U8(0xF8), s0, c0F, t[2]) // |= high nibbles of ql0
+	VPTERNLOGD(U8(0xF8), ql1, c0F, t[1])
+	VPSRLW(U8(4), ql1, s0)
+	VPTERNLOGD(U8(0xF8), s0, c0F, t[3])
+}
+
 // q6kS2Prefetch: genQ6Kx16Shared's runs each prefetch two blocks on (13 KB
 // ahead for both runs). Against three, on the BenchmarkStreams shapes, one
 // input row, one and two threads (medians of three alternated runs, in
@@ -219,11 +227,7 @@ func genQ6Kx16Shared() {
 	c0F, c30 := ZMM(), ZMM()
 	VPBROADCASTD(cB0F, c0F)
 	VPBROADCASTD(cB30, c30)
-	Label(name + "_grp")
-	cnt := ld("nblocks")
-	xq := ld("xq")
-	acc := [][]VecVirtual{packedZeroAcc(1), packedZeroAcc(1)}
-	Label(name + "_blk")
+	cnt, xq, acc := streamsLoopHead(name)
 	x := func(disp int) Mem { return Mem{Base: xq, Disp: disp} }
 	word := func(r, j int) Mem { return Mem{Base: wp[r], Disp: 32 + 64*j} }
 	// The offsets, as q6kx16Body computes them.
@@ -271,19 +275,7 @@ func genQ6Kx16Shared() {
 				VMOVDQU64(word(r, 32+8*h+q), qh)
 				VMOVDQU64(word(r, 16*h+q), ql0)
 				VMOVDQU64(word(r, 16*h+q+8), ql1)
-				VPSLLW(U8(4), qh, t0) // bits 0-1 to 4-5
-				VPANDD(c30, t0, t0)
-				VPSLLW(U8(2), qh, t1) // bits 2-3
-				VPANDD(c30, t1, t1)
-				VPANDD(c30, qh, t2)   // bits 4-5
-				VPSRLW(U8(2), qh, t3) // bits 6-7
-				VPANDD(c30, t3, t3)
-				VPTERNLOGD(U8(0xF8), ql0, c0F, t0) // |= low nibbles of ql0
-				VPSRLW(U8(4), ql0, s0)
-				VPTERNLOGD(U8(0xF8), s0, c0F, t2) // |= high nibbles of ql0
-				VPTERNLOGD(U8(0xF8), ql1, c0F, t1)
-				VPSRLW(U8(4), ql1, s0)
-				VPTERNLOGD(U8(0xF8), s0, c0F, t3)
+				q6kCodes(qh, ql0, ql1, c0F, c30, [4]VecVirtual{t0, t1, t2, t3}, s0)
 				// Values 128h + 4q (t0), +32 (t1), +64 (t2), +96 (t3).
 				for k, tk := range []VecVirtual{t0, t1, t2, t3} {
 					VPDPBUSD(xb[k], tk, dsub[r][k])
@@ -310,8 +302,5 @@ func genQ6Kx16Shared() {
 		scaleStep(VADDPS, x(q8xD), dw, isum[r], acc[r][0], t, s0)
 		ADDQ(U32(q6kx16Block), wp[r])
 	}
-	ADDQ(U32(q8xBlock), xq)
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
-	streamsEnd(name, acc)
+	streamsNextBlock(name, xq, cnt, acc)
 }

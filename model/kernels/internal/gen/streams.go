@@ -77,3 +77,25 @@ func streamsEnd(name string, acc [][]VecVirtual) {
 	}
 	nextGroup(name, o)
 }
+
+// streamsLoopHead emits the loops' heads of a two-run kernel of one input
+// row: the group label, the block count, the input pointer, each run's
+// zeroed float32 sums and the block label.
+func streamsLoopHead(name string) (cnt, xq GPVirtual, acc [][]VecVirtual) {
+	Label(name + "_grp")
+	cnt = ld("nblocks")
+	xq = ld("xq")
+	acc = [][]VecVirtual{packedZeroAcc(1), packedZeroAcc(1)}
+	Label(name + "_blk")
+	return cnt, xq, acc
+}
+
+// streamsNextBlock moves the input on by a block, loops to name_blk while
+// blocks are left, then emits the group epilogue (streamsEnd); the kernel
+// has moved its runs' weight pointers itself.
+func streamsNextBlock(name string, xq, cnt GPVirtual, acc [][]VecVirtual) {
+	ADDQ(U32(q8xBlock), xq)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	streamsEnd(name, acc)
+}
