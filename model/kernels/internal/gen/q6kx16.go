@@ -207,11 +207,12 @@ func q6kCodes(qh VecVirtual, ql0, ql1 Op, c0F, c30 VecVirtual, t [4]VecVirtual, 
 	VPTERNLOGD(U8(0xF8), s0, c0F, t[3])
 }
 
-// q6kS2Prefetch: genQ6Kx16Shared's runs each prefetch two blocks on (13 KB
-// ahead for both runs). Against three, on the BenchmarkStreams shapes, one
-// input row, one and two threads (medians of three alternated runs, in
-// two runs of the benchmark): level or 1-13% faster on every shape (the LM head's
-// 29.7-31.2 → 31.2-31.9 GB/s on one thread, 59.2 → 61.1 on two).
+// q6kS2Prefetch: each of genQ6Kx16Shared's runs prefetches two blocks on
+// (6.7 KB ahead in each run). Against three, on the BenchmarkStreams
+// shapes, one input row, one and two threads (medians of three alternated
+// runs, in two runs of the benchmark): level or 1-13% faster on every
+// shape (the LM head's 29.7-31.2 → 31.2-31.9 GB/s on one thread, 59.2 →
+// 61.1 on two).
 const q6kS2Prefetch = 2 * q6kx16Block
 
 // genQ6Kx16Shared emits q6kx16S2N1: two runs of Q6_K groups (see
