@@ -525,6 +525,61 @@ func testStreamsMatchOneRun(t *testing.T) {
 	}
 }
 
+// FuzzStreamsMatchTwin: random shapes of packed products of one or two
+// input rows, for every layout with two-run kernels, at every level that
+// has them, on one thread and two: the two-run kernels give the bits of
+// the integer twin (matMulQ8Ref, matMulQ80Ref). Rows 128-1151, so that
+// the groups split into two runs with or without groups after them, and
+// 1-6 blocks of columns. The seeds run with go test.
+//
+//	go test ./model/kernels -run '^$' -fuzz FuzzStreamsMatchTwin -fuzztime 60s
+func FuzzStreamsMatchTwin(f *testing.F) {
+	f.Add(uint64(1), uint8(1), uint16(0), uint8(0), uint8(0))       // Q4_K, 128 rows
+	f.Add(uint64(2), uint8(3), uint16(423), uint8(5), uint8(0))     // Q6_K, 551 rows, 6 blocks
+	f.Add(uint64(3), uint8(1), uint16(1023), uint8(2), uint8(1))    // Q4_K, two input rows
+	f.Add(uint64(4), uint8(0), uint16(77), uint8(11), uint8(1))     // Q8_0
+	f.Add(uint64(5), uint8(2), uint16(300), uint8(1), uint8(0))     // Q5_K
+	f.Add(uint64(6), uint8(3), uint16(16*20+9), uint8(1), uint8(0)) // Q6_K, a partial group after the runs
+	defer SetProductStreams(SetProductStreams(2))
+	defer SetQ8Activations(SetQ8Activations(true))
+	f.Fuzz(func(t *testing.T, seed uint64, dtSel uint8, rows16 uint16, blocks8 uint8, n8 uint8) {
+		dt := packedDTypes[int(dtSel)%len(packedDTypes)]
+		rows := 128 + int(rows16)%1024
+		cols := dt.BlockValues() * (1 + int(blocks8)%6)
+		n := 1 + int(n8)%maxStreamRows
+		rng := rand.New(rand.NewPCG(seed, uint64(rows)<<32|uint64(cols)))
+		w := randMatrix(rng, dt, rows, cols)
+		p := Pack(make([]byte, PackedBytes(dt, rows, cols)), w)
+		x := randVec(rng, n*cols)
+		twin := make([]float32, n*rows)
+		if asQ80(dt) {
+			matMulQ80Ref(twin, w, x, n)
+		} else {
+			matMulQ8Ref(twin, w, x, n)
+		}
+		prev := KernelLevel()
+		defer SetKernelLevel(prev)
+		for _, l := range SupportedLevels() {
+			if !hasQ80KernelsAt(l) {
+				continue
+			}
+			SetKernelLevel(l)
+			if !streamsPlanned(p, x, n) {
+				continue // no two-run kernel of this layout and row count here
+			}
+			for _, th := range []int{1, 2} {
+				out := make([]float32, n*rows)
+				withThreads(th, func() { MatMul(out, p, x, n) })
+				for r := range out {
+					if math.Float32bits(out[r]) != math.Float32bits(twin[r]) {
+						t.Fatalf("%v [%d,%d] n=%d %v threads=%d out[%d]: %g, twin %g", dt, rows, cols, n, l, th, r, out[r], twin[r])
+					}
+				}
+			}
+		}
+	})
+}
+
 // TestBF16StreamsMatchOneRun: bf16 weights at one input row give the same
 // bits with bf16rows512S2 (two runs of rows at once) as with bf16rows512,
 // with an even and an odd number of rows, on one thread and two.
