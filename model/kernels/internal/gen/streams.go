@@ -60,22 +60,14 @@ func streamsEnd(name string, acc [][]VecVirtual) {
 	if len(acc[0]) > perRow {
 		ost = ld("ostride")
 	}
-	var base GPVirtual // out + s·ospan for runs s > 1
+	run := GP64() // run s's out: out + s·ospan
+	MOVQ(o, run)
 	for s := range acc {
-		op := GP64()
-		MOVQ(o, op)
-		switch {
-		case s == 1:
-			ADDQ(osp, op)
-		case s > 1:
-			if base == nil {
-				base = GP64()
-				MOVQ(o, base)
-				ADDQ(osp, base)
-			}
-			ADDQ(osp, base)
-			MOVQ(base, op)
+		if s > 0 {
+			ADDQ(osp, run)
 		}
+		op := GP64()
+		MOVQ(run, op)
 		for i := 0; i < len(acc[s])/perRow; i++ {
 			if i > 0 {
 				ADDQ(ost, op)
