@@ -618,7 +618,7 @@ func TestUnsupportedTensorTypes(t *testing.T) {
 	}{
 		{GGMLTypeQ8_1, []uint64{32}, 36, "Q8_1"},
 		{GGMLTypeIQ2_XXS, []uint64{256}, 0, "IQ2_XXS"},
-		{GGMLTypeMXFP4, []uint64{32}, 0, "MXFP4"},
+		{GGMLTypeIQ1_S, []uint64{256}, 0, "IQ1_S"},
 		{GGMLTypeI32, []uint64{4}, 16, "I32"},
 		{GGMLType(99), []uint64{4}, 0, "GGMLType(99)"},
 	} {

@@ -141,6 +141,7 @@ var engineTypes = []struct {
 	{GGMLTypeQ5_K, tensor.Q5_K}, {GGMLTypeQ4_0, tensor.Q4_0}, {GGMLTypeQ4_1, tensor.Q4_1},
 	{GGMLTypeQ5_0, tensor.Q5_0}, {GGMLTypeQ5_1, tensor.Q5_1}, {GGMLTypeQ2_K, tensor.Q2_K},
 	{GGMLTypeQ3_K, tensor.Q3_K}, {GGMLTypeIQ4_NL, tensor.IQ4_NL}, {GGMLTypeIQ4_XS, tensor.IQ4_XS},
+	{GGMLTypeMXFP4, tensor.MXFP4},
 }
 
 // DType maps the type to the engine's element type; ok is false for types the
@@ -213,6 +214,8 @@ func (t GGMLType) blockLayout() (values, size uint64, ok bool) {
 		return 32, 18, true
 	case GGMLTypeIQ4_XS:
 		return 256, 136, true
+	case GGMLTypeMXFP4:
+		return 32, 17, true
 	}
 	return 0, 0, false
 }

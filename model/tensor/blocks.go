@@ -1,5 +1,7 @@
 package tensor
 
+import "math"
+
 // Block layouts and reference decoding of the quantized types.
 //
 // The layouts are ggml's (ggml-common.h); every f16 field is little-endian IEEE
@@ -27,6 +29,7 @@ package tensor
 //	                      sub-blocks of 16; d @208;                                      x = d·sc·(q−32)
 //	IQ4_XS  256    136    d @0; scales_h u16 @2; scales_l[4] @4 (6-bit scales of 8 sub-blocks of 32);
 //	                      128 bytes of 4-bit indices @8;                                 x = d·(sc−32)·iq4nlValues[q]
+//	MXFP4    32     17    e u8 @0 (E8M0); 16 bytes of 4-bit E2M1 codes as Q4_0;          x = E8M0Half(e)·MXFP4Values[q]
 
 // blockLayout describes one quantized type.
 type blockLayout struct {
@@ -49,6 +52,7 @@ var layouts = [NumDTypes]blockLayout{
 	Q3_K:   {"Q3_K", 256, 110, dequantQ3KBlock},
 	IQ4_NL: {"IQ4_NL", 32, 18, dequantIQ4NLBlock},
 	IQ4_XS: {"IQ4_XS", 256, 136, dequantIQ4XSBlock},
+	MXFP4:  {"MXFP4", 32, 17, dequantMXFP4Block},
 }
 
 func layoutOf(d DType) (blockLayout, bool) {
@@ -100,6 +104,23 @@ func equalFold(a, b string) bool {
 
 // IQ4NLValues is the non-linear 4-bit codebook of IQ4_NL and IQ4_XS.
 var IQ4NLValues = [16]int8{-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+
+// MXFP4Values are the 16 E2M1 (FP4) values of the OCP microscaling
+// formats, 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives, doubled so that
+// they are integers (codes 8..15 are the negatives of 0..7, code 8 being
+// −0). ggml stores them so and halves the scale instead (E8M0Half).
+var MXFP4Values = [16]int8{0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12}
+
+// E8M0Half is half the power of two an E8M0 scale byte e stands for,
+// 2^(e−128), exactly, as ggml decodes MXFP4 scales: e = 0 and 1 give the
+// float32 subnormals 2^−128 and 2^−127, and e = 255 (NaN in the OCP
+// specification) 2^127, as ggml reads it.
+func E8M0Half(e uint8) float32 {
+	if e < 2 {
+		return math.Float32frombits(0x00200000 << e)
+	}
+	return math.Float32frombits(uint32(e-1) << 23)
+}
 
 func le32(b []byte) uint32 {
 	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
@@ -165,6 +186,15 @@ func dequantIQ4NLBlock(blk []byte, y []float32) {
 	for j := range 16 {
 		y[j] = mul(d, float32(IQ4NLValues[qs[j]&0xF]))
 		y[j+16] = mul(d, float32(IQ4NLValues[qs[j]>>4]))
+	}
+}
+
+func dequantMXFP4Block(blk []byte, y []float32) {
+	d := E8M0Half(blk[0])
+	qs := blk[1:17]
+	for j := range 16 {
+		y[j] = mul(float32(MXFP4Values[qs[j]&0xF]), d)
+		y[j+16] = mul(float32(MXFP4Values[qs[j]>>4]), d)
 	}
 }
 

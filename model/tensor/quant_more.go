@@ -9,7 +9,7 @@ import (
 // every quantized type but Q2_K, Q3_K, IQ4_NL and IQ4_XS, which are only read).
 func CanQuantize(d DType) bool {
 	switch d {
-	case F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1:
+	case F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4:
 		return true
 	}
 	return false
@@ -47,10 +47,11 @@ func Quantize(d DType, src []float32, dst []byte) {
 	default:
 		enc := map[DType]func([]float32, []byte){
 			Q5_K: quantQ5KBlock, Q6_K: quantQ6KBlock,
-			Q4_0: func(x []float32, b []byte) { quantSym32(x, b, 8) },
-			Q5_0: func(x []float32, b []byte) { quantSym32(x, b, 16) },
-			Q4_1: func(x []float32, b []byte) { quantAffine32(x, b, 15) },
-			Q5_1: func(x []float32, b []byte) { quantAffine32(x, b, 31) },
+			Q4_0:  func(x []float32, b []byte) { quantSym32(x, b, 8) },
+			Q5_0:  func(x []float32, b []byte) { quantSym32(x, b, 16) },
+			Q4_1:  func(x []float32, b []byte) { quantAffine32(x, b, 15) },
+			Q5_1:  func(x []float32, b []byte) { quantAffine32(x, b, 31) },
+			MXFP4: quantMXFP4Block,
 		}[d]
 		if enc == nil {
 			panic(fmt.Sprintf("tensor: Quantize: cannot encode %v", d))
@@ -247,4 +248,40 @@ func fitSymSub(x []float32, nmax int) float32 {
 		}
 	}
 	return best
+}
+
+// quantMXFP4Block encodes an MXFP4 block as the OCP microscaling
+// specification scales it: the shared exponent is floor(log2(amax)) minus
+// E2M1's largest exponent (2), so that amax falls in [4, 8) of the scale
+// and values above 6 of it saturate; each value takes the nearest E2M1
+// code (ties to the smaller magnitude). An all-zero block gets e = 0.
+func quantMXFP4Block(x []float32, blk []byte) {
+	var amax float32
+	for _, v := range x {
+		if a := abs32(v); a > amax && !isInf32(a) {
+			amax = a
+		}
+	}
+	clear(blk[:17])
+	if !(amax > 0) {
+		return
+	}
+	_, exp := math.Frexp(float64(amax)) // amax = f·2^exp, f in [0.5, 1)
+	e := min(max(exp-1-2+127, 0), 254)
+	blk[0] = uint8(e)
+	d := E8M0Half(uint8(e))
+	for j, v := range x {
+		t := v / d // not times 1/d: 1/2^-128 overflows
+		best, bestDiff := 0, float32(math.Inf(1))
+		for q, kv := range MXFP4Values {
+			if diff := abs32(t - float32(kv)); diff < bestDiff {
+				best, bestDiff = q, diff
+			}
+		}
+		if j < 16 {
+			blk[1+j] |= uint8(best)
+		} else {
+			blk[1+j-16] |= uint8(best) << 4
+		}
+	}
 }

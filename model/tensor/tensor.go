@@ -7,7 +7,7 @@
 // fastest first) is converted to this order by the GGUF loader.
 //
 // Quantized types store a row as whole blocks of 32 values (Q4_0, Q4_1, Q5_0, Q5_1,
-// Q8_0, IQ4_NL) or 256-value super-blocks (the K-quants Q2_K..Q6_K and IQ4_XS), so
+// Q8_0, IQ4_NL, MXFP4) or 256-value super-blocks (the K-quants Q2_K..Q6_K and IQ4_XS), so
 // Cols must be a multiple of the block size; blocks.go lists the layouts. Every
 // element type is converted to float32 before arithmetic; accumulation is always
 // float32. DequantizeRow is the reference decoding of every type, checked bit for
@@ -41,6 +41,9 @@ const (
 	Q3_K
 	IQ4_NL
 	IQ4_XS
+	// MXFP4: the OCP microscaling FP4 format as ggml stores it (MXFP4_MOE
+	// files): 32 E2M1 values with one E8M0 power-of-two scale.
+	MXFP4
 
 	// NumDTypes is one more than the largest DType, for tables indexed by type.
 	NumDTypes = iota + 1
@@ -206,6 +209,12 @@ const (
 	// bits (a word per row) before the nibbles: the same 24 bytes per row
 	// and block.
 	Q51x16
+	// MXFP4x16: MXFP4 rows in groups of 16 (the last padded with zero
+	// rows), each group block by block: the 16 rows' E8M0 scale bytes (16
+	// bytes), then each 4-byte word of the rows' nibbles (bytes 1..16 of a
+	// block), the 16 rows' words side by side (256 bytes): the same 17 bytes
+	// per row and block. See model/kernels/packed.go.
+	MXFP4x16
 	// NumLayouts is the number of layouts (for tables indexed by Layout).
 	NumLayouts
 )
@@ -237,6 +246,8 @@ func (l Layout) String() string {
 		return "Q5_0x16"
 	case Q41x16:
 		return "Q4_1x16"
+	case MXFP4x16:
+		return "MXFP4x16"
 	case Q51x16:
 		return "Q5_1x16"
 	}

@@ -76,6 +76,7 @@ static const struct qtype types[] = {
 	{2, "Q4_0", {0, -1}}, {3, "Q4_1", {0, 2, -1}}, {6, "Q5_0", {0, -1}}, {7, "Q5_1", {0, 2, -1}},
 	{8, "Q8_0", {0, -1}}, {10, "Q2_K", {80, 82, -1}}, {11, "Q3_K", {108, -1}}, {12, "Q4_K", {0, 2, -1}},
 	{13, "Q5_K", {0, 2, -1}}, {14, "Q6_K", {208, -1}}, {20, "IQ4_NL", {0, -1}}, {23, "IQ4_XS", {0, -1}},
+	{39, "MXFP4", {-1}}, // its scale is an E8M0 byte: every random byte is one
 };
 
 static void write_file(const char *dir, const char *name, const char *suffix, const void *p, size_t n) {
