@@ -862,6 +862,12 @@ func q51x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *fl
 // q51x16S2N2 multiplies 2 runs of 16-row groups of repacked Q51 weights with 2 quantized input rows (see streams.go).
 func q51x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
 
+// mxfp4x16S2N1 multiplies 2 runs of 16-row groups of repacked MXFP4 weights with 1 quantized input rows (see streams.go).
+func mxfp4x16S2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
+// mxfp4x16S2N2 multiplies 2 runs of 16-row groups of repacked MXFP4 weights with 2 quantized input rows (see streams.go).
+func mxfp4x16S2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int, wspan int, ospan int)
+
 // q40x16N1 multiplies a 16-row group of repacked Q40 weights with 1 quantized input rows (see genX16Q80Act).
 func q40x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
@@ -982,6 +988,30 @@ func q51x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *floa
 // q51x16N8 multiplies a 16-row group of repacked Q51 weights with 8 quantized input rows (see genX16Q80Act).
 func q51x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
+// mxfp4x16N1 multiplies a 16-row group of repacked MXFP4 weights with 1 quantized input rows (see genX16Q80Act).
+func mxfp4x16N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// mxfp4x16N2 multiplies a 16-row group of repacked MXFP4 weights with 2 quantized input rows (see genX16Q80Act).
+func mxfp4x16N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// mxfp4x16N3 multiplies a 16-row group of repacked MXFP4 weights with 3 quantized input rows (see genX16Q80Act).
+func mxfp4x16N3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// mxfp4x16N4 multiplies a 16-row group of repacked MXFP4 weights with 4 quantized input rows (see genX16Q80Act).
+func mxfp4x16N4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// mxfp4x16N5 multiplies a 16-row group of repacked MXFP4 weights with 5 quantized input rows (see genX16Q80Act).
+func mxfp4x16N5(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// mxfp4x16N6 multiplies a 16-row group of repacked MXFP4 weights with 6 quantized input rows (see genX16Q80Act).
+func mxfp4x16N6(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// mxfp4x16N7 multiplies a 16-row group of repacked MXFP4 weights with 7 quantized input rows (see genX16Q80Act).
+func mxfp4x16N7(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// mxfp4x16N8 multiplies a 16-row group of repacked MXFP4 weights with 8 quantized input rows (see genX16Q80Act).
+func mxfp4x16N8(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // q80x16AVX2N1 multiplies a 16-row group of repacked Q80 weights with 1 quantized input rows on AVX2 (see genX16AVX2).
 //
 //go:noescape
@@ -1041,6 +1071,16 @@ func q51x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *
 //
 //go:noescape
 func q51x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// mxfp4x16AVX2N1 multiplies a 16-row group of repacked MXFP4 weights with 1 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func mxfp4x16AVX2N1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// mxfp4x16AVX2N2 multiplies a 16-row group of repacked MXFP4 weights with 2 quantized input rows on AVX2 (see genX16AVX2).
+//
+//go:noescape
+func mxfp4x16AVX2N2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // q80x16AVX2S2N1 multiplies 2 runs of 16-row groups of repacked Q80 weights with 1 quantized input rows (see streams.go).
 //

@@ -46,6 +46,18 @@ func randMatrix(rng *rand.Rand, dt tensor.DType, rows, cols int) tensor.Matrix {
 		for i := 0; i < rows*cols; i++ {
 			binary.LittleEndian.PutUint16(data[2*i:], tensor.F32ToF16(float32(rng.NormFloat64())))
 		}
+	case tensor.MXFP4:
+		// E8M0 scales of values of order 1 (2^-8..2^-2), and now and then
+		// one of the smallest three (0 and 1 decode to subnormals).
+		for i := range data {
+			data[i] = byte(rng.IntN(256))
+		}
+		for b := 0; b < len(data); b += dt.BlockBytes() {
+			data[b] = byte(120 + rng.IntN(7))
+			if rng.IntN(16) == 0 {
+				data[b] = byte(rng.IntN(3))
+			}
+		}
 	default:
 		fields, ok := f16Fields[dt]
 		if !ok {

@@ -14,7 +14,7 @@ import (
 
 // Weights repacked in groups of 16 rows (tensor.Q80x16, Q4Kx16, Q5Kx16,
 // Q6Kx16, Q3Kx16, Q2Kx16, IQ4XSx16, Q40x16, IQ4NLx16, Q50x16, Q41x16,
-// Q51x16).
+// Q51x16, MXFP4x16).
 //
 // The row-major integer kernels walk each row on its own and must reduce
 // every block's partial sums across a register before scaling them:
@@ -41,7 +41,7 @@ import (
 
 // EnvPack names the environment variable that chooses which types CanPack
 // packs: a comma-separated list of dtypes (q8_0, q4_k, q5_k, q6_k, q3_k,
-// q2_k, iq4_xs, q4_0, q5_0, iq4_nl, q4_1, q5_1; the
+// q2_k, iq4_xs, q4_0, q5_0, iq4_nl, q4_1, q5_1, mxfp4; the
 // default is all those with packed kernels at the kernel level, but for
 // q5_k and q6_k on AVX2, which are packed there only when listed:
 // packOnlyAsked), or
@@ -83,7 +83,7 @@ func init() {
 			}
 		}
 		if !known {
-			fmt.Fprintf(os.Stderr, "kernels: %s: %q is not a type that can be packed (q8_0, q4_k, q5_k, q6_k, q3_k, q2_k, iq4_xs, q4_0, q5_0, iq4_nl, q4_1, q5_1); ignored\n", EnvPack, name)
+			fmt.Fprintf(os.Stderr, "kernels: %s: %q is not a type that can be packed (q8_0, q4_k, q5_k, q6_k, q3_k, q2_k, iq4_xs, q4_0, q5_0, iq4_nl, q4_1, q5_1, mxfp4); ignored\n", EnvPack, name)
 		}
 	}
 }
@@ -97,18 +97,54 @@ const packRows = 16
 type packedFn func(w *byte, groups, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 
 // packSpec describes how a layout rearranges one block of a group's 16
-// rows: each row's 2-byte fields at halves go to 32·f + 2r, then the row's
-// nwords words (4 bytes from words on) to 32·len(halves) + 64j + 4r, xored
-// with xor. Every layout keeps the block's size: 16 row blocks in, one
-// group block out.
+// rows: each row's 2-byte fields at halves go to 32·f + 2r, its 1-byte
+// fields at singles after them to 32·len(halves) + 16·f + r, then the
+// row's nwords words (4 bytes from words on) to wordBase() + 64j + 4r,
+// xored with xor. Every layout keeps the block's size: 16 row blocks in,
+// one group block out.
 type packSpec struct {
-	dt     tensor.DType
-	layout tensor.Layout
-	bytes  int   // one row's block
-	halves []int // offsets of the 2-byte fields
-	words  int   // offset of the first word
-	nwords int
-	xor    uint32
+	dt      tensor.DType
+	layout  tensor.Layout
+	bytes   int   // one row's block
+	halves  []int // offsets of the 2-byte fields
+	singles []int // offsets of the 1-byte fields (MXFP4's E8M0 scale)
+	words   int   // offset of the first word
+	nwords  int
+	xor     uint32
+}
+
+// wordBase is the offset of the words in a group's block.
+func (s *packSpec) wordBase() int { return 32*len(s.halves) + 16*len(s.singles) }
+
+// packFields copies row r's 2- and 1-byte fields from its block src to the
+// group block blk (zeros for a padding row: src nil).
+func (s *packSpec) packFields(blk, src []byte, r int) {
+	for f, off := range s.halves {
+		if src == nil {
+			blk[32*f+2*r], blk[32*f+2*r+1] = 0, 0
+			continue
+		}
+		blk[32*f+2*r], blk[32*f+2*r+1] = src[off], src[off+1]
+	}
+	for f, off := range s.singles {
+		i := 32*len(s.halves) + 16*f + r
+		if src == nil {
+			blk[i] = 0
+			continue
+		}
+		blk[i] = src[off]
+	}
+}
+
+// unpackFields copies row r's 2- and 1-byte fields from the group block blk
+// back to its block out.
+func (s *packSpec) unpackFields(out, blk []byte, r int) {
+	for f, off := range s.halves {
+		out[off], out[off+1] = blk[32*f+2*r], blk[32*f+2*r+1]
+	}
+	for f, off := range s.singles {
+		out[off] = blk[32*len(s.halves)+16*f+r]
+	}
 }
 
 var packSpecs = [...]packSpec{
@@ -134,6 +170,8 @@ var packSpecs = [...]packSpec{
 	// Q4_1: d, m; the 16 bytes of nibbles. Q5_1: d, m; the fifth bits, the nibbles.
 	{dt: tensor.Q4_1, layout: tensor.Q41x16, bytes: 20, halves: []int{0, 2}, words: 4, nwords: 4},
 	{dt: tensor.Q5_1, layout: tensor.Q51x16, bytes: 24, halves: []int{0, 2}, words: 4, nwords: 5},
+	// MXFP4: the E8M0 scale byte; the 16 bytes of nibbles.
+	{dt: tensor.MXFP4, layout: tensor.MXFP4x16, bytes: 17, singles: []int{0}, words: 1, nwords: 4},
 }
 
 // specOf returns the packing of dtype dt or layout l (whichever is set).
@@ -208,7 +246,7 @@ func (s *packSpec) packGroups(dst []byte, w tensor.Matrix, g0, g1 int) {
 	nb := w.Cols / w.DType.BlockValues()
 	rb := w.RowStride()
 	gb := s.groupBytes()
-	wbase := 32 * len(s.halves)
+	wbase := s.wordBase()
 	nw := s.nwords
 	if s.words+4*nw > s.bytes || wbase+64*(nw-1)+4*packRows > gb {
 		panic("kernels: inconsistent packSpec for " + s.dt.String())
@@ -225,18 +263,14 @@ func (s *packSpec) packGroups(dst []byte, w tensor.Matrix, g0, g1 int) {
 				dp := unsafe.Pointer(&blk[wbase+4*r])
 				if row >= w.Rows {
 					// Padding rows: scales 0, values 0.
-					for f := range s.halves {
-						blk[32*f+2*r], blk[32*f+2*r+1] = 0, 0
-					}
+					s.packFields(blk, nil, r)
 					for j := 0; j < nw; j++ {
 						binary.LittleEndian.PutUint32((*[4]byte)(unsafe.Add(dp, 64*j))[:], s.xor)
 					}
 					continue
 				}
 				src := w.Data[row*rb+b*s.bytes : row*rb+(b+1)*s.bytes]
-				for f, off := range s.halves {
-					blk[32*f+2*r], blk[32*f+2*r+1] = src[off], src[off+1]
-				}
+				s.packFields(blk, src, r)
 				sp := unsafe.Pointer(&src[s.words])
 				// 4-byte arrays (alignment 1: no misaligned pointer for
 				// checkptr); the checks above bound every access.
@@ -261,15 +295,13 @@ func (s *packSpec) packGroups(dst []byte, w tensor.Matrix, g0, g1 int) {
 func (s *packSpec) unpackRow(dst []byte, w tensor.Matrix, r int) {
 	nb := w.Cols / w.DType.BlockValues()
 	gb := s.groupBytes()
-	wbase := 32 * len(s.halves)
+	wbase := s.wordBase()
 	nw := s.nwords
 	g, i := r/packRows, r%packRows
 	for b := 0; b < nb; b++ {
 		blk := w.Data[(g*nb+b)*gb : (g*nb+b+1)*gb]
 		out := dst[b*s.bytes : (b+1)*s.bytes]
-		for f, off := range s.halves {
-			out[off], out[off+1] = blk[32*f+2*i], blk[32*f+2*i+1]
-		}
+		s.unpackFields(out, blk, i)
 		for j := 0; j < nw; j++ {
 			binary.LittleEndian.PutUint32(out[s.words+4*j:], binary.LittleEndian.Uint32(blk[wbase+64*j+4*i:])^s.xor)
 		}
@@ -310,12 +342,10 @@ func SetPackedRow(w tensor.Matrix, r int, src []byte) {
 	nb := w.Cols / w.DType.BlockValues()
 	g, i := r/packRows, r%packRows
 	gb := s.groupBytes()
-	wbase := 32 * len(s.halves)
+	wbase := s.wordBase()
 	for b := 0; b < nb; b++ {
 		blk, in := w.Data[(g*nb+b)*gb:(g*nb+b+1)*gb], src[b*s.bytes:(b+1)*s.bytes]
-		for f, off := range s.halves {
-			blk[32*f+2*i], blk[32*f+2*i+1] = in[off], in[off+1]
-		}
+		s.packFields(blk, in, i)
 		for j := 0; j < s.nwords; j++ {
 			v := binary.LittleEndian.Uint32(in[s.words+4*j:]) ^ s.xor
 			binary.LittleEndian.PutUint32(blk[wbase+4*i+64*j:], v)

@@ -117,7 +117,7 @@ func integerAt(dt tensor.DType, l Level) bool {
 }
 
 // packedDTypes are the types with packed layouts.
-var packedDTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q4_0, tensor.IQ4_NL, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS, tensor.Q5_0, tensor.Q4_1, tensor.Q5_1}
+var packedDTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q4_0, tensor.IQ4_NL, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS, tensor.Q5_0, tensor.Q4_1, tensor.Q5_1, tensor.MXFP4}
 
 // TestPackParallel: a matrix large enough to be packed on several
 // goroutines gives the bytes of a packing on one, and unpacks to its rows.
@@ -150,7 +150,7 @@ func TestPackParallel(t *testing.T) {
 }
 
 // TestCanPackAVX2: on the AVX2 level Q8_0, Q4_K, Q3_K, Q2_K, IQ4_XS, Q4_0,
-// Q5_0 and IQ4_NL are packed, Q5_K and Q6_K only when SWITCHYARD_PACK names
+// Q5_0, IQ4_NL and MXFP4 are packed, Q5_K and Q6_K only when SWITCHYARD_PACK names
 // them (packOnlyAsked).
 func TestCanPackAVX2(t *testing.T) {
 	if !hasPackedKernels(tensor.Q4_K) || !hasQ80KernelsAt(LevelAVX2) {
@@ -164,7 +164,7 @@ func TestCanPackAVX2(t *testing.T) {
 	defer SetKernelLevel(prev)
 	rng := rand.New(rand.NewPCG(33, 33))
 	want := map[tensor.DType]bool{tensor.Q8_0: true, tensor.Q4_K: true, tensor.Q5_K: false, tensor.Q6_K: false, tensor.Q4_0: true, tensor.IQ4_NL: true,
-		tensor.Q3_K: true, tensor.Q2_K: true, tensor.IQ4_XS: true, tensor.Q5_0: true}
+		tensor.Q3_K: true, tensor.Q2_K: true, tensor.IQ4_XS: true, tensor.Q5_0: true, tensor.MXFP4: true}
 	for dt, ok := range want {
 		if got := CanPack(randMatrix(rng, dt, 16, dt.BlockValues())); got != ok {
 			t.Errorf("AVX2: CanPack(%v) = %v, want %v", dt, got, ok)
@@ -214,6 +214,66 @@ func TestSetPackedRow(t *testing.T) {
 			PackedRow(row, got, r)
 			if !bytes.Equal(row, w.Row(r)) {
 				t.Fatalf("%v: PackedRow(%d) differs from the row-major row", sp.dt, r)
+			}
+		}
+	}
+}
+
+// TestMXFP4EveryScale: the packed MXFP4 kernels decode every E8M0 scale
+// byte as tensor.E8M0Half does (0 and 1 to float32 subnormals, 255 to
+// 2^127), at every level with them: row r of a 256-row matrix has scale r
+// and the value 1·scale at column j%32 (the rest 0), against an input row
+// whose values are all 1, so that each result is d_w·d_x·127 and the twin's
+// bits.
+func TestMXFP4EveryScale(t *testing.T) {
+	if !hasPackedKernels(tensor.MXFP4) {
+		t.Skip("no packed MXFP4 kernels on this CPU or build")
+	}
+	defer SetQ8Activations(SetQ8Activations(true))
+	const rows, cols = 256, 64
+	rb := tensor.MXFP4.BlockBytes()
+	data := make([]byte, rows*2*rb)
+	for r := 0; r < rows; r++ {
+		for b := 0; b < 2; b++ {
+			blk := data[(2*r+b)*rb : (2*r+b+1)*rb]
+			blk[0] = byte(r)
+			if b == 0 {
+				j := r % 32
+				blk[1+j%16] = 1 << (4 * (j / 16)) // code 1: the value 1 (E2M1 0.5, doubled)
+			}
+		}
+	}
+	w, err := tensor.NewMatrix(tensor.MXFP4, rows, cols, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := make([]float32, cols)
+	for i := range x {
+		x[i] = 1
+	}
+	twin := make([]float32, rows)
+	matMulQ80Ref(twin, w, x, 1)
+	p := Pack(make([]byte, PackedBytes(tensor.MXFP4, rows, cols)), w)
+	prev := KernelLevel()
+	defer SetKernelLevel(prev)
+	for _, l := range SupportedLevels() {
+		if !integerAt(tensor.MXFP4, l) {
+			continue
+		}
+		SetKernelLevel(l)
+		for _, m := range []tensor.Matrix{w, p} {
+			got := make([]float32, rows)
+			MatMul(got, m, x, 1)
+			for r := range got {
+				if math.Float32bits(got[r]) != math.Float32bits(twin[r]) {
+					t.Fatalf("level %v %v: scale %d: %g, twin %g", l, m.Layout, r, got[r], twin[r])
+				}
+				// d_x = f16(1/127) and q_x = 127, so the result is
+				// 2^(r-128)·127·f16(1/127), within the rounding of the steps.
+				want := float64(tensor.E8M0Half(uint8(r))) * 127 * float64(tensor.F16ToF32(tensor.F32ToF16(1.0/127)))
+				if d := math.Abs(float64(got[r]) - want); d > 1e-6*want {
+					t.Fatalf("level %v %v: scale %d: %g, want %g", l, m.Layout, r, got[r], want)
+				}
 			}
 		}
 	}

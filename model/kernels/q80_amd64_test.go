@@ -264,7 +264,7 @@ func TestQ80WithoutVNNI(t *testing.T) {
 		t.Fatal("no Q8_0 integer kernels at the AVX-512 level without VNNI")
 	}
 	rng := rand.New(rand.NewPCG(28, 28))
-	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_0, tensor.IQ4_NL, tensor.Q4_1, tensor.Q5_1} {
+	for _, dt := range []tensor.DType{tensor.Q8_0, tensor.Q4_0, tensor.IQ4_NL, tensor.Q4_1, tensor.Q5_1, tensor.MXFP4} {
 		w := randMatrix(rng, dt, 37, 96)
 		if !CanPack(w) {
 			t.Fatalf("%v: not packed without VNNI", dt)
@@ -300,7 +300,7 @@ func TestMatMulQ80(t *testing.T) {
 }
 
 // q80DTypes are the weight types the Q8_0 integer kernels compute (asQ80).
-var q80DTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_0, tensor.Q5_0, tensor.IQ4_NL, tensor.Q4_1, tensor.Q5_1}
+var q80DTypes = []tensor.DType{tensor.Q8_0, tensor.Q4_0, tensor.Q5_0, tensor.IQ4_NL, tensor.Q4_1, tensor.Q5_1, tensor.MXFP4}
 
 func testMatMulQ80(t *testing.T, dt tensor.DType) {
 	rng := rand.New(rand.NewPCG(22, 22))

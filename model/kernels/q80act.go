@@ -190,9 +190,11 @@ func quantizeQ80RowRef(dst []byte, x []float32, nb int) bool {
 // asQ80 reports whether products with dt weights can run the Q8_0 integer
 // path (its activations, one scale per 32 values, as llama.cpp's q8_0 and
 // q8_1): Q8_0, the types whose blocks are Q8_0 blocks once their codes are
-// written as int8 (q80Rewrites), and Q4_1 and Q5_1.
+// written as int8 (q80Rewrites), Q4_1 and Q5_1, and MXFP4 (llama.cpp's
+// MXFP4 dot takes q8_0 activations; its E8M0 scales are no f16, so it has
+// no Q8_0 rewrite either: dotMXFP4Ref, and the packed kernels).
 func asQ80(dt tensor.DType) bool {
-	return q80Rewrites(dt) || dt == tensor.Q4_1 || dt == tensor.Q5_1
+	return q80Rewrites(dt) || dt == tensor.Q4_1 || dt == tensor.Q5_1 || dt == tensor.MXFP4
 }
 
 // q80Rewrites reports whether dt's blocks are Q8_0 blocks once their codes
@@ -333,6 +335,9 @@ func matMulQ81Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 // in block order: so t + m_w·d_x·Σq_x, the min's share, as llama.cpp's
 // q8_1 dot products take it (there d_x·Σq_x is stored in f16).
 func dotQ81Ref(row []byte, dt tensor.DType, xq []byte, nb int) float32 {
+	if dt == tensor.MXFP4 {
+		return dotMXFP4Ref(row, xq, nb)
+	}
 	bb := dt.BlockBytes()
 	var acc float32
 	for b := 0; b < nb; b++ {
@@ -362,6 +367,35 @@ func dotQ81Ref(row []byte, dt tensor.DType, xq []byte, nb int) float32 {
 		sx := float32(float32(c) * dx)
 		u := float32(float32(mw*(1.0/128)) * sx)
 		acc += float32(t + u)
+	}
+	return acc
+}
+
+// dotMXFP4Ref is the dot product of an MXFP4 row (nb blocks) with an input
+// row quantized in q80rows512's tiles (xq): per block the exact
+// I = Σ v·q_x of the codebook values v (tensor.MXFP4Values), then
+// float32(I)·(d_x·d_w) with d_w = tensor.E8M0Half(e), rounded to float32
+// and added in order: Q8_0's float32 step, and llama.cpp's for MXFP4
+// against q8_0 activations (a power of two times d_x is exact).
+func dotMXFP4Ref(row, xq []byte, nb int) float32 {
+	bb := tensor.MXFP4.BlockBytes()
+	var acc float32
+	for b := 0; b < nb; b++ {
+		blk := row[b*bb : (b+1)*bb]
+		tile := xq[b/16*q80rTileBytes:]
+		bt := b % 16
+		qs := blk[1:17]
+		var sum int32
+		for l := 0; l < q80Values; l++ {
+			q := qs[l%16] & 0xF
+			if l >= 16 {
+				q = qs[l%16] >> 4
+			}
+			sum += int32(tensor.MXFP4Values[q]) * int32(int8(tile[32*bt+l]))
+		}
+		dx := math.Float32frombits(binary.LittleEndian.Uint32(tile[512+4*bt:]))
+		dw := tensor.E8M0Half(blk[0])
+		acc += float32(float32(sum) * float32(dx*dw))
 	}
 	return acc
 }

@@ -234,7 +234,7 @@ func q80Level(lvl Level) Level {
 // q80Layout reports whether l is a packed layout of the Q8_0 family.
 func q80Layout(l tensor.Layout) bool {
 	return l == tensor.Q80x16 || l == tensor.Q40x16 || l == tensor.IQ4NLx16 || l == tensor.Q50x16 ||
-		l == tensor.Q41x16 || l == tensor.Q51x16
+		l == tensor.Q41x16 || l == tensor.Q51x16 || l == tensor.MXFP4x16
 }
 
 // forceNoQ80VNNI makes the Q8_0 family run as on an AVX-512 CPU without
@@ -309,13 +309,15 @@ var (
 	q2kx16AVX2Fns   = [...]packedFn{1: q2kx16AVX2N1, 2: q2kx16AVX2N2}
 	iq4xsx16AVX2Fns = [...]packedFn{1: iq4xsx16AVX2N1, 2: iq4xsx16AVX2N2, 3: iq4xsx16AVX2N3, 4: iq4xsx16AVX2N4}
 	q6kx16AVX2Fns   = [...]packedFn{1: q6kx16AVX2N1, 2: q6kx16AVX2N2}
+	mxfp4x16AVX2Fns = [...]packedFn{1: mxfp4x16AVX2N1, 2: mxfp4x16AVX2N2}
 )
 
 // packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level
 // (nil: that layout is not packed there).
 var packedKernelsAVX2 = [tensor.NumLayouts][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q5Kx16: q5kx16AVX2Fns[:],
 	tensor.Q40x16: q40x16AVX2Fns[:], tensor.IQ4NLx16: iq4x16AVX2Fns[:], tensor.Q3Kx16: q3kx16AVX2Fns[:], tensor.Q2Kx16: q2kx16AVX2Fns[:],
-	tensor.Q50x16: q50x16AVX2Fns[:], tensor.Q41x16: q41x16AVX2Fns[:], tensor.Q51x16: q51x16AVX2Fns[:], tensor.IQ4XSx16: iq4xsx16AVX2Fns[:], tensor.Q6Kx16: q6kx16AVX2Fns[:]}
+	tensor.Q50x16: q50x16AVX2Fns[:], tensor.Q41x16: q41x16AVX2Fns[:], tensor.Q51x16: q51x16AVX2Fns[:], tensor.IQ4XSx16: iq4xsx16AVX2Fns[:], tensor.Q6Kx16: q6kx16AVX2Fns[:],
+	tensor.MXFP4x16: mxfp4x16AVX2Fns[:]}
 
 var q80x16Fns = [...]packedFn{
 	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}
@@ -347,11 +349,15 @@ var q51x16Fns = [...]packedFn{
 var iq4nlx16Fns = [...]packedFn{
 	1: iq4nlx16N1, 2: iq4nlx16N2, 3: iq4nlx16N3, 4: iq4nlx16N4, 5: iq4nlx16N5, 6: iq4nlx16N6, 7: iq4nlx16N7, 8: iq4nlx16N8}
 
+var mxfp4x16Fns = [...]packedFn{
+	1: mxfp4x16N1, 2: mxfp4x16N2, 3: mxfp4x16N3, 4: mxfp4x16N4, 5: mxfp4x16N5, 6: mxfp4x16N6, 7: mxfp4x16N7, 8: mxfp4x16N8}
+
 // packedKernels are the packed kernels of each packed layout.
 var packedKernels = [tensor.NumLayouts][]packedFn{
 	tensor.Q80x16: q80x16Fns[:], tensor.Q4Kx16: q4kx16Fns[:], tensor.Q5Kx16: q5kx16Fns[:], tensor.Q6Kx16: q6kx16Fns[:],
 	tensor.Q40x16: q40x16Fns[:], tensor.IQ4NLx16: iq4nlx16Fns[:], tensor.Q3Kx16: q3kx16Fns[:], tensor.Q2Kx16: q2kx16Fns[:],
-	tensor.IQ4XSx16: iq4xsx16Fns[:], tensor.Q50x16: q50x16Fns[:], tensor.Q41x16: q41x16Fns[:], tensor.Q51x16: q51x16Fns[:]}
+	tensor.IQ4XSx16: iq4xsx16Fns[:], tensor.Q50x16: q50x16Fns[:], tensor.Q41x16: q41x16Fns[:], tensor.Q51x16: q51x16Fns[:],
+	tensor.MXFP4x16: mxfp4x16Fns[:]}
 
 // planPacked sets up a product with packed weights: each input row
 // quantized as the row-major kernels of its type quantize it (q80rows512's
@@ -404,6 +410,7 @@ var streamKernels = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 	tensor.Q50x16:   {1: q50x16S2N1, 2: q50x16S2N2},
 	tensor.Q41x16:   {1: q41x16S2N1, 2: q41x16S2N2},
 	tensor.Q51x16:   {1: q51x16S2N1, 2: q51x16S2N2},
+	tensor.MXFP4x16: {1: mxfp4x16S2N1, 2: mxfp4x16S2N2},
 	tensor.Q4Kx16:   {1: q4kx16S2N1, 2: q4kx16S2N2},
 	tensor.Q5Kx16:   {1: q5kx16S2N1},
 	tensor.Q6Kx16:   {1: q6kx16S2N1},
@@ -544,7 +551,7 @@ func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 		if !planQ80Rows(c, lvl) {
 			return false, true
 		}
-		if j.n >= q81PackMinRows {
+		if j.n >= q81PackMinRows || !hasRowsKernels(j.w.DType) {
 			spec := specOf(j.w.DType, tensor.RowMajor)
 			j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
 			usePacked(j, packedKernelsAt(spec.layout, lvl), spec, q8PackingBlock)
@@ -698,6 +705,14 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 		w, _ := q80Weights(j, s, g, g+m)
 		packedGroupAll(j, s, spec, tensor.Matrix{DType: tensor.Q8_0, Rows: m, Cols: j.w.Cols, Data: w}, g)
 	}
+}
+
+// hasRowsKernels reports whether row-major dt (asQ80's) has one-input-row
+// kernels of its own or a Q8_0 rewrite: MXFP4 has neither (its E8M0 scales
+// are no f16), so its row-major products (a mapped file) pack 16-row
+// groups as they go (q8PackingBlock) whatever the input rows.
+func hasRowsKernels(dt tensor.DType) bool {
+	return q80RowsFns[dt] != nil || q80Rewrites(dt)
 }
 
 // q80RowsFns are the one-input-row kernels of the types that have their

@@ -117,12 +117,12 @@ func main() {
 	for n := 1; n <= q80x16MaxN; n++ {
 		genQ80x16(n)
 	}
-	for _, typ := range []string{"Q80", "Q40", "IQ4NL", "Q50", "Q41", "Q51"} {
+	for _, typ := range []string{"Q80", "Q40", "IQ4NL", "Q50", "Q41", "Q51", "MXFP4"} {
 		for n := 1; n <= 2; n++ {
 			genX16Streams(typ, n)
 		}
 	}
-	for _, typ := range []string{"Q40", "IQ4NL", "Q50", "Q41", "Q51"} {
+	for _, typ := range []string{"Q40", "IQ4NL", "Q50", "Q41", "Q51", "MXFP4"} {
 		for n := 1; n <= q80x16MaxN; n++ {
 			genX16Q80Act(typ, n)
 		}
@@ -130,7 +130,7 @@ func main() {
 	for n := 1; n <= q80x16AVX2MaxN; n++ {
 		genQ80x16AVX2(n)
 	}
-	for _, typ := range []string{"Q40", "IQ4NL", "Q50", "Q41", "Q51"} {
+	for _, typ := range []string{"Q40", "IQ4NL", "Q50", "Q41", "Q51", "MXFP4"} {
 		for n := 1; n <= q80x16AVX2MaxN; n++ {
 			genX16AVX2(typ, n)
 		}

@@ -91,6 +91,13 @@ func x16AVX2Body(typ, name string, wp []GPVirtual, idx []GPVirtual, n int) [][]V
 	case "IQ4NL":
 		tab = YMM()
 		VMOVDQU(cIQ4Y, tab)
+	case "MXFP4":
+		tab = YMM()
+		VMOVDQU(cMXY, tab)
+	}
+	wo := 32 // the words' offset in a group's block
+	if typ == "MXFP4" {
+		wo = 16
 	}
 	VPBROADCASTD(cW1, ones)
 	cnt, xq, dc, bi := x16GroupHead(name)
@@ -145,14 +152,14 @@ func x16AVX2Body(typ, name string, wp []GPVirtual, idx []GPVirtual, n int) [][]V
 				q, a := YMM(), YMM()
 				switch {
 				case typ == "Q80":
-					VPXOR(Mem{Base: wp[r], Disp: 32 + 64*j + 32*h}, c80, q)
+					VPXOR(Mem{Base: wp[r], Disp: wo + 64*j + 32*h}, c80, q)
 				case j < 4:
-					VMOVDQU(Mem{Base: wp[r], Disp: 32 + 64*j + 32*h}, q)
+					VMOVDQU(Mem{Base: wp[r], Disp: wo + 64*j + 32*h}, q)
 				default:
-					shift256(VPSRLW, U8(4), Mem{Base: wp[r], Disp: 32 + 64*(j-4) + 32*h}, q)
+					shift256(VPSRLW, U8(4), Mem{Base: wp[r], Disp: wo + 64*(j-4) + 32*h}, q)
 				}
 				switch typ {
-				case "IQ4NL":
+				case "IQ4NL", "MXFP4":
 					VPAND(cB0FY, q, q)
 					VPSHUFB(q, tab, q)
 				}
@@ -166,7 +173,11 @@ func x16AVX2Body(typ, name string, wp []GPVirtual, idx []GPVirtual, n int) [][]V
 	for r := range runs {
 		for h := 0; h < 2; h++ {
 			dw := YMM()
-			VCVTPH2PS(Mem{Base: wp[r], Disp: 16 * h}, dw)
+			if typ == "MXFP4" {
+				e8m0HalfY(Mem{Base: wp[r], Disp: 8 * h}, dw)
+			} else {
+				VCVTPH2PS(Mem{Base: wp[r], Disp: 16 * h}, dw)
+			}
 			var m128 VecVirtual
 			if wt.hasMin() {
 				m128 = YMM()
@@ -192,6 +203,21 @@ func x16AVX2Body(typ, name string, wp []GPVirtual, idx []GPVirtual, n int) [][]V
 	}
 	q80NextBlock(name, xq, dc, bi, cnt)
 	return acc
+}
+
+// e8m0HalfY is e8m0Half on AVX2: the 8 E8M0 bytes at m to float32 in dw,
+// the subnormals blended in where e < 2.
+func e8m0HalfY(m Mem, dw VecVirtual) {
+	e, t, lt := YMM(), YMM(), YMM()
+	VPMOVZXBD(m, e)
+	VPBROADCASTD(cD1, t)
+	VPSUBD(t, e, dw)
+	VPSLLD(U8(23), dw, dw)
+	VPBROADCASTD(cD2, t)
+	VPCMPGTD(e, t, lt) // 2 > e
+	VPBROADCASTD(cE8M0, t)
+	VPSLLVD(e, t, t)
+	VPBLENDVB(lt, t, dw, dw)
 }
 
 // q40SumsAVX2 sets s[2i+h] to the block's exact Σ(q−8)·q_x (q5: Q5_0's
@@ -957,6 +983,7 @@ func scaleStep256(op func(...Op), dx Mem, d, isum, acc VecVirtual) {
 var (
 	cB08Y     Mem // 32 bytes 8
 	cIQ4Y     Mem // the IQ4_NL codebook in both 16-byte lanes (VPSHUFB table)
+	cMXY      Mem // MXFP4's codebook (E2M1 doubled) likewise
 	cQ5Spread Mem // VPSHUFB: byte k of a broadcast dword to bytes 8k..8k+7 (lanes: bytes 0,1 | 2,3)
 	cQ5Bits   Mem // bytes 1, 2, 4, ..., 128 repeated: the bit of each value in its byte
 )
@@ -971,6 +998,13 @@ func genConvConsts() {
 		}
 	}
 	cIQ4Y = data32("iq4y", tab...)
+	tab = tab[:0]
+	for l := 0; l < 2; l++ {
+		for i := 0; i < 16; i += 4 {
+			tab = append(tab, uint32(uint8(mxfp4Values[i]))|uint32(uint8(mxfp4Values[i+1]))<<8|uint32(uint8(mxfp4Values[i+2]))<<16|uint32(uint8(mxfp4Values[i+3]))<<24)
+		}
+	}
+	cMXY = data32("mxfp4y", tab...)
 	cQ5Spread = data32("q5spread", 0, 0, 0x01010101, 0x01010101, 0x02020202, 0x02020202, 0x03030303, 0x03030303)
 	cQ5Bits = data32("q5bits", rep(0x08040201, 1)[0], 0x80402010, 0x08040201, 0x80402010, 0x08040201, 0x80402010, 0x08040201, 0x80402010)
 }

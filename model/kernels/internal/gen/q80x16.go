@@ -51,17 +51,35 @@ var (
 	cQ5Nib [2]Mem // bytes 1, 2, 4, 8 (h = 0) or 16, 32, 64, 128 (h = 1) in each dword
 )
 
-var cIQ4U Mem // the IQ4_NL codebook plus 128 (unsigned bytes) in every 16-byte lane
+var (
+	cIQ4U Mem // the IQ4_NL codebook plus 128 (unsigned bytes) in every 16-byte lane
+	cMXU  Mem // MXFP4's codebook (E2M1 doubled) plus 128 likewise
+	cD2   Mem // dword 2
+	cE8M0 Mem // dword 0x00200000: 2^-128, the E8M0 scale 0 halved (float32 bits)
+)
 
-func genQ40x16Consts() {
-	iq4 := []int{-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+// mxfp4Values is MXFP4's codebook: the E2M1 values doubled, as ggml keeps
+// them (tensor.MXFP4Values).
+var mxfp4Values = []int{0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12}
+
+// codebookU returns a 16-value int8 codebook plus 128, as unsigned bytes in
+// every 16-byte lane of a zmm register (VPSHUFB table).
+func codebookU(name string, cb []int) Mem {
 	var tab []uint32
 	for l := 0; l < 4; l++ {
 		for i := 0; i < 16; i += 4 {
-			tab = append(tab, uint32(iq4[i]+128)|uint32(iq4[i+1]+128)<<8|uint32(iq4[i+2]+128)<<16|uint32(iq4[i+3]+128)<<24)
+			tab = append(tab, uint32(cb[i]+128)|uint32(cb[i+1]+128)<<8|uint32(cb[i+2]+128)<<16|uint32(cb[i+3]+128)<<24)
 		}
 	}
-	cIQ4U = data32("iq4u", tab...)
+	return data32(name, tab...)
+}
+
+func genQ40x16Consts() {
+	iq4 := []int{-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+	cIQ4U = codebookU("iq4u", iq4)
+	cMXU = codebookU("mxfp4u", mxfp4Values)
+	cD2 = data32("d2", 2)
+	cE8M0 = data32("e8m0min", 0x00200000)
 	for m := 0; m < 4; m++ {
 		var v []uint32
 		for p := 0; p < 16; p++ {
@@ -128,9 +146,13 @@ func x16Consts(typ string) q80W {
 		wt.shift = ZMM() // here: 0x0F bytes
 		VPBROADCASTD(cB0F, wt.shift)
 	}
-	if typ == "IQ4NL" {
+	switch typ {
+	case "IQ4NL":
 		wt.tab = ZMM()
 		VMOVDQU64(cIQ4U, wt.tab)
+	case "MXFP4":
+		wt.tab = ZMM()
+		VMOVDQU64(cMXU, wt.tab)
 	}
 	if wt.q5() {
 		wt.c10 = ZMM()
@@ -141,8 +163,11 @@ func x16Consts(typ string) q80W {
 
 // x16Words is the offset of a block's words (after the d, and the m).
 func x16Words(wt q80W) int {
-	if wt.hasMin() {
+	switch {
+	case wt.hasMin():
 		return 64
+	case wt.typ == "MXFP4":
+		return 16 // after the 16 E8M0 bytes
 	}
 	return 32
 }
@@ -164,6 +189,10 @@ func x16RawWords(wt q80W) int {
 // of a group at wp.
 func x16Scales(wt q80W, wp GPVirtual) (dw, m128 VecVirtual) {
 	dw = ZMM()
+	if wt.typ == "MXFP4" {
+		e8m0Half(Mem{Base: wp}, dw)
+		return dw, nil
+	}
 	VCVTPH2PS(Mem{Base: wp}, dw)
 	if wt.hasMin() {
 		m128 = ZMM()
@@ -171,6 +200,20 @@ func x16Scales(wt q80W, wp GPVirtual) (dw, m128 VecVirtual) {
 		minScale(m128)
 	}
 	return dw, m128
+}
+
+// e8m0Half sets dw to the float32 values 2^(e−128) of the 16 E8M0 bytes e
+// at m (tensor.E8M0Half, exactly): (e−1)<<23 as float32 bits, and
+// 0x00200000<<e, the subnormals 2^−128 and 2^−127, where e < 2.
+func e8m0Half(m Mem, dw VecVirtual) {
+	e, sub := ZMM(), ZMM()
+	VPMOVZXBD(m, e)
+	VPSUBD_BCST(cD1, e, dw)
+	VPSLLD(U8(23), dw, dw)
+	k := K()
+	VPCMPUD_BCST(U8(1), cD2, e, k) // e < 2
+	VPBROADCASTD(cE8M0, sub)
+	VPSLLVD(e, sub, k, dw)
 }
 
 // x16Codes emits a block's 8 registers of unsigned codes (lane = weight
@@ -209,7 +252,7 @@ func x16Codes(wt q80W, word func(k int) Op) []VecVirtual {
 			VPSRLW(U8(4), word(nib+j-4), wv[j])
 			VPANDD(c0F, wv[j], wv[j])
 		}
-		if typ == "IQ4NL" {
+		if typ == "IQ4NL" || typ == "MXFP4" {
 			VPSHUFB(wv[j], wt.tab, wv[j])
 		}
 		if wt.q5() {
@@ -325,12 +368,12 @@ func x16Begin(typ, suffix string, n int, see string) (name string, blockBytes in
 // x16Name is the name of the packed kernel of type typ ("Q80", "Q40",
 // ...) with suffix and n ("N", n input rows; "S", n streams).
 func x16Name(typ, suffix string, n int) string {
-	return map[string]string{"Q80": "q80x16", "Q40": "q40x16", "IQ4NL": "iq4nlx16", "Q50": "q50x16", "Q41": "q41x16", "Q51": "q51x16"}[typ] + suffix + fmt.Sprint(n)
+	return map[string]string{"Q80": "q80x16", "Q40": "q40x16", "IQ4NL": "iq4nlx16", "Q50": "q50x16", "Q41": "q41x16", "Q51": "q51x16", "MXFP4": "mxfp4x16"}[typ] + suffix + fmt.Sprint(n)
 }
 
 // x16BlockBytes is the size of a block of a 16-row group of type typ.
 func x16BlockBytes(typ string) int {
-	return map[string]int{"Q80": q80x16Block, "Q40": q40x16Block, "IQ4NL": q40x16Block, "Q50": q50x16Block, "Q41": 16 * 20, "Q51": 16 * 24}[typ]
+	return map[string]int{"Q80": q80x16Block, "Q40": q40x16Block, "IQ4NL": q40x16Block, "Q50": q50x16Block, "Q41": 16 * 20, "Q51": 16 * 24, "MXFP4": 16 * 17}[typ]
 }
 
 // packedSig is the signature of the packed kernels (q80x16N, q4kx16N,
