@@ -110,7 +110,13 @@
 // (q41rows512, q41x16N, q51rows512, q51x16N and their AVX2 twins) that add
 // each block's min share m·d_x·Σq_x from the activations' block sums
 // (dotQ81Ref); having no Q8_0 rewrite, their row-major products with many
-// input rows pack 16-row groups as they go (q8PackingBlock). On AVX2, and on AVX-512 without VNNI, the
+// input rows pack 16-row groups as they go (q8PackingBlock). MXFP4 (an
+// E8M0 power-of-two scale and E2M1 codes: llama.cpp's MXFP4_MOE files)
+// takes the same activations, as llama.cpp does: its packed kernels
+// (mxfp4x16N, mxfp4x16S2N, mxfp4x16AVX2N) look its codes up as IQ4_NL's
+// are looked up and build the float32 scale from the exponent byte in
+// registers (dotMXFP4Ref's steps); its row-major products pack as they go
+// at any number of input rows. On AVX2, and on AVX-512 without VNNI, the
 // block sums come from VPMADDUBSW: |q_w| against q_x signed as q_w
 // (llama.cpp's trick against 16-bit saturation), or Q4_0's unsigned codes
 // directly, then VPMADDWD (q80x16AVX2N, q40x16AVX2N, q80rows256,
