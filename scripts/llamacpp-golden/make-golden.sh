@@ -423,4 +423,18 @@ for LB in "2 q4_0" "8 q5_0" "25 iq4_nl pure"; do
   write_direct_ref "$L" "$WORK/logits-$2.json" "$(grep -o "converting to [a-zA-Z0-9_]*" "$WORK/quantize-$2.log" | sort | uniq -c | awk '{printf "%s%d %s", (NR>1?", ":""), $1, toupper($4)}') matrices, not dequantized: its CPU matmuls quantize the activations to q8_0, 8 bits per 32 values"
 done
 
-echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, model/gguf/testdata/granite-tiny-hd32{,-kv-q8_0-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k,iq4_xs,q4_1,q5_1,q5_k_m,q6_k}.{gguf,json,logits.f32}, $B.{json,logits.f32}, $E.{gguf,json,logits.f32} and model/gguf/testdata/granite-tiny-{q4_0,q5_0,iq4_nl}.{gguf,json,logits.f32} (work files in $WORK)"
+# 6c. The shared fixture quantized to MXFP4_MOE (ftype 38): the routed
+#    experts' matrices MXFP4 (an E8M0 scale and E2M1 codes per 32 values),
+#    the other matrices Q8_0, as llama.cpp's MXFP4_MOE files hold them (the
+#    Granite MXFP4 files published). llama.cpp's CPU matmuls take q8_0
+#    activations for both, as Switchyard's Q8_0 integer path does.
+X=model/gguf/testdata/granite-tiny-mxfp4_moe
+"$WORK/quantize_model" "$FIXTURE/model.gguf" "$X.gguf" 38 >"$WORK/quantize-mxfp4_moe.log" 2>&1
+if ! grep -q "converting to mxfp4 " "$WORK/quantize-mxfp4_moe.log" ||
+  grep "converting to" "$WORK/quantize-mxfp4_moe.log" | grep -vqE "converting to (mxfp4|q8_0) "; then
+  echo "$X.gguf: llama.cpp did not make MXFP4 and Q8_0 matrices (only)" >&2; exit 1
+fi
+"$WORK/logits" "$X.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-mxfp4_moe.json" 2>"$WORK/logits-mxfp4_moe.log"
+write_direct_ref "$X" "$WORK/logits-mxfp4_moe.json" "$(grep -o "converting to [a-zA-Z0-9_]*" "$WORK/quantize-mxfp4_moe.log" | sort | uniq -c | awk '{printf "%s%d %s", (NR>1?", ":""), $1, toupper($4)}') matrices, not dequantized: its CPU matmuls quantize the activations to q8_0, 8 bits per 32 values"
+
+echo "wrote model/tensor/testdata/llamacpp, $Q.{gguf,json,logits.f32} model/gguf/testdata/granite-tiny-kv-bf16{,-fa}.{json,logits.f32}, model/gguf/testdata/granite-tiny-hd32{,-kv-q8_0-fa}.{json,logits.f32}, $G.{gguf,json,logits.f32}, model/gguf/testdata/granite-h256-{q3_k_m,q2_k,iq4_xs,q4_1,q5_1,q5_k_m,q6_k}.{gguf,json,logits.f32}, $B.{json,logits.f32}, $E.{gguf,json,logits.f32} and model/gguf/testdata/granite-tiny-{q4_0,q5_0,iq4_nl,mxfp4_moe}.{gguf,json,logits.f32} (work files in $WORK)"
