@@ -9,7 +9,7 @@ import (
 )
 
 func init() {
-	register("convert", "convert a Hugging Face checkpoint to GGUF (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, and llama.cpp's q4_k_m and q5_k_m mixes)", runConvert)
+	register("convert", "convert a Hugging Face checkpoint to GGUF (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, mxfp4, and llama.cpp's q4_k_m, q5_k_m and mxfp4_moe mixes)", runConvert)
 }
 
 func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -7,7 +7,7 @@
 // Weight matrices are written in the requested type (F32, F16, BF16 or any type
 // tensor.CanQuantize encodes; a matrix whose width is not a whole number of
 // quantization blocks falls back to Q8_0, then F16), or in one of llama.cpp's
-// quantization mixes (Q4_K_M, Q5_K_M: see mix.go), which pick a type per tensor
+// quantization mixes (Q4_K_M, Q5_K_M, MXFP4_MOE: see mix.go), which pick a type per tensor
 // the way llama-quantize does. 1-D tensors, norms, ssm_a/ssm_d, biases, the router
 // and the conv weights are always F32, as llama.cpp keeps them.
 package convert
@@ -337,7 +337,7 @@ func writeMetadata(w *gguf.Writer, c *config.Config, tok *tokenizer.Tokenizer, d
 	w.AddString("general.name", "switchyard-converted")
 	// llama_ftype numbers.
 	ft := map[tensor.DType]uint32{tensor.F32: 0, tensor.F16: 1, tensor.Q4_0: 2, tensor.Q4_1: 3, tensor.Q8_0: 7,
-		tensor.Q5_0: 8, tensor.Q5_1: 9, tensor.Q4_K: 15, tensor.Q5_K: 16, tensor.Q6_K: 18, tensor.BF16: 32}[dt]
+		tensor.Q5_0: 8, tensor.Q5_1: 9, tensor.Q4_K: 15, tensor.Q5_K: 16, tensor.Q6_K: 18, tensor.BF16: 32, tensor.MXFP4: 38}[dt]
 	if mix != "" {
 		ft = mix.fileType()
 	}

@@ -29,6 +29,11 @@ import (
 //   - a type whose block does not divide the tensor's width falls back: Q4_K to
 //     Q5_0, Q5_K to Q5_1, Q6_K to Q8_0, and to F16 when even 32 does not divide it.
 //
+// MXFP4_MOE is simpler: the routed experts' stacks (ffn_gate_exps,
+// ffn_up_exps, ffn_down_exps) MXFP4, every other matrix Q8_0 (the output and
+// embeddings included), as llama-quantize made the fixture
+// model/gguf/testdata/granite-tiny-mxfp4_moe.gguf.
+//
 // The router (ffn_gate_inp), ssm_conv1d, norms, biases, ssm_a and ssm_d are not
 // quantized (F32). As llama-quantize does, a mix also writes every tensor with
 // trailing dimensions of size 1 dropped.
@@ -36,9 +41,13 @@ type Mix string
 
 // The supported mixes.
 const (
-	MixQ4_K_M Mix = "Q4_K_M"
-	MixQ5_K_M Mix = "Q5_K_M"
+	MixQ4_K_M    Mix = "Q4_K_M"
+	MixQ5_K_M    Mix = "Q5_K_M"
+	MixMXFP4_MOE Mix = "MXFP4_MOE"
 )
+
+// mixes lists the supported mixes.
+var mixes = []Mix{MixQ4_K_M, MixQ5_K_M, MixMXFP4_MOE}
 
 func (m Mix) defaultType() (tensor.DType, bool) {
 	switch m {
@@ -46,14 +55,19 @@ func (m Mix) defaultType() (tensor.DType, bool) {
 		return tensor.Q4_K, true
 	case MixQ5_K_M:
 		return tensor.Q5_K, true
+	case MixMXFP4_MOE:
+		return tensor.MXFP4, true
 	}
 	return 0, false
 }
 
 // fileType is llama.cpp's llama_ftype number of the mix (general.file_type).
 func (m Mix) fileType() uint32 {
-	if m == MixQ5_K_M {
+	switch m {
+	case MixQ5_K_M:
 		return 17
+	case MixMXFP4_MOE:
+		return 38
 	}
 	return 15
 }
@@ -66,6 +80,12 @@ func useMoreBits(i, n int) bool {
 // tensorType picks the stored type of weight matrix name (GGUF name) of width
 // cols in model c.
 func (m Mix) tensorType(c *config.Config, name string, cols int) tensor.DType {
+	if m == MixMXFP4_MOE {
+		if strings.Contains(name, "_exps.") {
+			return fallbackType(tensor.MXFP4, cols)
+		}
+		return fallbackType(tensor.Q8_0, cols)
+	}
 	def, _ := m.defaultType()
 	dt := def
 	layer := -1
@@ -132,10 +152,10 @@ func fallbackType(dt tensor.DType, cols int) tensor.DType {
 
 // ParseType parses a weight type as the command line spells it: a tensor type
 // ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k",
-// "q6_k") or a mix ("q4_k_m", "q5_k_m"), case-insensitive. It returns the
-// Options fields to set (Type, or Mix).
+// "q6_k", "mxfp4") or a mix ("q4_k_m", "q5_k_m", "mxfp4_moe"), case-insensitive.
+// It returns the Options fields to set (Type, or Mix).
 func ParseType(s string) (dt tensor.DType, mix Mix, err error) {
-	for _, m := range []Mix{MixQ4_K_M, MixQ5_K_M} {
+	for _, m := range mixes {
 		if strings.EqualFold(s, string(m)) {
 			return 0, m, nil
 		}
@@ -143,5 +163,5 @@ func ParseType(s string) (dt tensor.DType, mix Mix, err error) {
 	if d, ok := tensor.ParseDType(s); ok && tensor.CanQuantize(d) {
 		return d, "", nil
 	}
-	return 0, "", fmt.Errorf("%w: unknown weight type %q (want f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m or q5_k_m)", ErrConvert, s)
+	return 0, "", fmt.Errorf("%w: unknown weight type %q (want f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, mxfp4, q4_k_m, q5_k_m or mxfp4_moe)", ErrConvert, s)
 }

@@ -104,6 +104,13 @@ func TestMixRules(t *testing.T) {
 		{MixQ5_K_M, "blk.15.attn_v.weight", 1536, tensor.Q5_K},
 		{MixQ5_K_M, "blk.7.ffn_down_exps.weight", 512, tensor.Q6_K},
 		{MixQ5_K_M, "token_embd.weight", 1536, tensor.Q6_K},
+		{MixMXFP4_MOE, "blk.0.ffn_gate_exps.weight", 1536, tensor.MXFP4},
+		{MixMXFP4_MOE, "blk.7.ffn_down_exps.weight", 512, tensor.MXFP4},
+		{MixMXFP4_MOE, "blk.0.ffn_up_shexp.weight", 1536, tensor.Q8_0},
+		{MixMXFP4_MOE, "blk.25.attn_v.weight", 1536, tensor.Q8_0},
+		{MixMXFP4_MOE, "blk.0.ssm_in.weight", 1536, tensor.Q8_0},
+		{MixMXFP4_MOE, "token_embd.weight", 1536, tensor.Q8_0},
+		{MixMXFP4_MOE, "blk.0.ffn_down_exps.weight", 100, tensor.F16},
 	} {
 		t.Run(fmt.Sprintf("%s/%s/%d", tc.mix, strings.TrimSuffix(tc.name, ".weight"), tc.cols), func(t *testing.T) {
 			if got := tc.mix.tensorType(c, tc.name, tc.cols); got != tc.want {
@@ -136,7 +143,7 @@ func TestParseType(t *testing.T) {
 		ok  bool
 	}{
 		{"f16", tensor.F16, "", true}, {"Q6_K", tensor.Q6_K, "", true}, {"q4_0", tensor.Q4_0, "", true},
-		{"q4_k_m", 0, MixQ4_K_M, true}, {"Q5_K_M", 0, MixQ5_K_M, true},
+		{"q4_k_m", 0, MixQ4_K_M, true}, {"Q5_K_M", 0, MixQ5_K_M, true}, {"mxfp4_moe", 0, MixMXFP4_MOE, true}, {"MXFP4", tensor.MXFP4, "", true},
 		{"q3_k", 0, "", false}, {"iq4_xs", 0, "", false}, {"q7", 0, "", false},
 	} {
 		dt, mix, err := ParseType(tc.in)

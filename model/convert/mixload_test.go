@@ -171,6 +171,7 @@ func TestMixLoadsAndMatchesF32(t *testing.T) {
 	}{
 		{MixQ4_K_M, 0.08, []tensor.DType{tensor.Q4_K, tensor.Q6_K}},
 		{MixQ5_K_M, 0.06, []tensor.DType{tensor.Q5_K, tensor.Q6_K}},
+		{MixMXFP4_MOE, 0.06, []tensor.DType{tensor.MXFP4, tensor.Q8_0}},
 	} {
 		t.Run(string(tc.mix), func(t *testing.T) {
 			path := filepath.Join(out, string(tc.mix)+".gguf")
