@@ -743,6 +743,7 @@ type q80W struct {
 	typ        string
 	tab, shift VecVirtual // IQ4_NL's codebook + 128; the nibble shifts of a block pair
 	c10        VecVirtual // Q5_0: 0x10 bytes (the fifth bit)
+	e8         VecVirtual // MXFP4: float32 1 (e8m0Half's base)
 }
 
 // blockBytes is the size of a block of the type.

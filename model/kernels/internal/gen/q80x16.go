@@ -55,6 +55,8 @@ var (
 	cIQ4U Mem // the IQ4_NL codebook plus 128 (unsigned bytes) in every 16-byte lane
 	cMXU  Mem // MXFP4's codebook (E2M1 doubled) plus 128 likewise
 	cD2   Mem // dword 2
+	cD128 Mem // dword 128
+	cF1   Mem // float32 1
 	cE8M0 Mem // dword 0x00200000: 2^-128, the E8M0 scale 0 halved (float32 bits)
 )
 
@@ -80,6 +82,8 @@ func genQ40x16Consts() {
 	cMXU = codebookU("mxfp4u", mxfp4Values)
 	cD2 = data32("d2", 2)
 	cE8M0 = data32("e8m0min", 0x00200000)
+	cD128 = data32("dword128", 128)
+	cF1 = data32("f32one", 0x3F800000)
 	for m := 0; m < 4; m++ {
 		var v []uint32
 		for p := 0; p < 16; p++ {
@@ -153,6 +157,8 @@ func x16Consts(typ string) q80W {
 	case "MXFP4":
 		wt.tab = ZMM()
 		VMOVDQU64(cMXU, wt.tab)
+		wt.e8 = ZMM()
+		VPBROADCASTD(cF1, wt.e8)
 	}
 	if wt.q5() {
 		wt.c10 = ZMM()
@@ -190,7 +196,7 @@ func x16RawWords(wt q80W) int {
 func x16Scales(wt q80W, wp GPVirtual) (dw, m128 VecVirtual) {
 	dw = ZMM()
 	if wt.typ == "MXFP4" {
-		e8m0Half(Mem{Base: wp}, dw)
+		e8m0Half(Mem{Base: wp}, wt.e8, dw)
 		return dw, nil
 	}
 	VCVTPH2PS(Mem{Base: wp}, dw)
@@ -203,17 +209,16 @@ func x16Scales(wt q80W, wp GPVirtual) (dw, m128 VecVirtual) {
 }
 
 // e8m0Half sets dw to the float32 values 2^(e−128) of the 16 E8M0 bytes e
-// at m (tensor.E8M0Half, exactly): (e−1)<<23 as float32 bits, and
-// 0x00200000<<e, the subnormals 2^−128 and 2^−127, where e < 2.
-func e8m0Half(m Mem, dw VecVirtual) {
-	e, sub := ZMM(), ZMM()
+// at m (tensor.E8M0Half, exactly): 1.0 (one) scaled by 2^(e−128) with
+// VSCALEFPS, which rounds nothing here (e = 0 and 1 give the subnormals
+// 2^−128 and 2^−127; Go leaves denormals on). A subnormal base (2^−128
+// scaled by 2^e) would cost a microcode assist per block.
+func e8m0Half(m Mem, one, dw VecVirtual) {
+	e := ZMM()
 	VPMOVZXBD(m, e)
-	VPSUBD_BCST(cD1, e, dw)
-	VPSLLD(U8(23), dw, dw)
-	k := K()
-	VPCMPUD_BCST(U8(1), cD2, e, k) // e < 2
-	VPBROADCASTD(cE8M0, sub)
-	VPSLLVD(e, sub, k, dw)
+	VPSUBD_BCST(cD128, e, e)
+	VCVTDQ2PS(e, e)
+	VSCALEFPS(e, one, dw)
 }
 
 // x16Codes emits a block's 8 registers of unsigned codes (lane = weight
