@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: kernel micro-benchmarks, then the engine benchmark on a synthesized
-# H-Tiny-shaped model (8 layers, attention at layer 5, vocab 100352) in BF16 and
-# Q8_0, at 1 and 2 threads. Ratios are measured in the same run. Where llama.cpp's
+# H-Tiny-shaped model (8 layers, attention at layer 5, vocab 100352) in BF16,
+# Q8_0, Q4_K_M and MXFP4_MOE, at 1 and 2 threads. Ratios are measured in the same run. Where llama.cpp's
 # CPU libraries are at hand (or npm can fetch them), scripts/llamacpp-bench.sh runs
 # the same GGUF files through llama.cpp and through ours, side by side.
 set -euo pipefail
@@ -36,6 +36,10 @@ if [ -z "${BENCH_MODEL:-}" ]; then
   [ -f "$Q4M" ] || "$BIN" convert --model "$MODEL" --type q4_k_m --out "$Q4M"
   echo "== engine, Q4_K_M GGUF (llama.cpp's mix)"
   "$BIN" bench --model "$Q4M"
+  MX="$CACHE/h-tiny-8L-mxfp4_moe.gguf"
+  [ -f "$MX" ] || "$BIN" convert --model "$MODEL" --type mxfp4_moe --out "$MX"
+  echo "== engine, MXFP4_MOE GGUF (llama.cpp's mix: routed experts MXFP4, the rest Q8_0)"
+  "$BIN" bench --model "$MX"
   echo "== one-session decode of the Q4_K_M file: idle threads helping with the routed experts' last products against not (alternated in one process), and where a step's time goes (stages, each product's share of the read probe)"
   "$BIN" bench --model "$Q4M" --batches 1 --prompt 4 --steps 32 --reps 5 --ab helping --breakdown
   echo "== two threads, the Q4_K_M file: lanes of consecutive blocks against blocks in turn, the shared expert beside the routed ones against split, row-wise work split against on one thread (each pair alternated in one process; decode of 1 and 8 sessions, prefill 512), and where a prefill's time goes"
@@ -52,7 +56,7 @@ echo "== llama.cpp side by side: the same GGUF files, prefill 512 and decode at 
 if [ -z "${BENCH_MODEL:-}" ]; then
   BIN="$BIN" bash scripts/llamacpp-bench.sh
   echo "== llama.cpp side by side on the other quantized types (files made by llama.cpp's quantizer where ours does not write the type): prefill 128, decode at 1 and 2 threads"
-  BIN="$BIN" TYPES="q4_0 q5_0 q4_1 q5_1 q3_k_m q2_k iq4_xs" PROMPT=128 BATCHES=8 LOG="$CACHE/llamacpp-bench-types.log" bash scripts/llamacpp-bench.sh
+  BIN="$BIN" TYPES="q4_0 q5_0 q4_1 q5_1 q3_k_m q2_k iq4_xs mxfp4_moe" PROMPT=128 BATCHES=8 LOG="$CACHE/llamacpp-bench-types.log" bash scripts/llamacpp-bench.sh
 elif [[ "$BENCH_MODEL" == *.gguf ]]; then
   BIN="$BIN" bash scripts/llamacpp-bench.sh "$BENCH_MODEL"
 fi
