@@ -784,6 +784,11 @@ func q41rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *flo
 //go:noescape
 func q51rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
 
+// mxfp4rows512 multiplies MXFP4 weight rows with one quantized input row, 16 rows at a time (see genQ80Rows).
+//
+//go:noescape
+func mxfp4rows512(w *byte, wstride int, nrows int, xq *byte, nblocks int, tmp *float32, out *float32)
+
 // q80dot512R1 multiplies 1 Q8_0 weight rows with a group of 16 quantized input rows (see genQ80Dot).
 func q80dot512R1(w *byte, wstride int, xg *byte, nblocks int, prep *byte, pstride int, out *float32)
 

@@ -551,7 +551,7 @@ func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 		if !planQ80Rows(c, lvl) {
 			return false, true
 		}
-		if j.n >= q81PackMinRows || !hasRowsKernels(j.w.DType) {
+		if j.n >= q81PackMinRows || !hasRowsKernels(j.w.DType, lvl) {
 			spec := specOf(j.w.DType, tensor.RowMajor)
 			j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
 			usePacked(j, packedKernelsAt(spec.layout, lvl), spec, q8PackingBlock)
@@ -708,17 +708,23 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 }
 
 // hasRowsKernels reports whether row-major dt (asQ80's) has one-input-row
-// kernels of its own or a Q8_0 rewrite: MXFP4 has neither (its E8M0 scales
-// are no f16), so its row-major products (a mapped file) pack 16-row
-// groups as they go (q8PackingBlock) whatever the input rows.
-func hasRowsKernels(dt tensor.DType) bool {
+// kernels of its own at level lvl (q80Level's), or a Q8_0 rewrite. MXFP4
+// has no rewrite (its E8M0 scales are no f16) and one-row kernels on
+// AVX-512 only (mxfp4rows512), so on AVX2 its row-major products (a mapped
+// file) pack 16-row groups as they go (q8PackingBlock) whatever the input
+// rows.
+func hasRowsKernels(dt tensor.DType, lvl Level) bool {
+	if lvl < LevelAVX512 {
+		return q80Rows256Fns[dt] != nil || q80Rewrites(dt)
+	}
 	return q80RowsFns[dt] != nil || q80Rewrites(dt)
 }
 
 // q80RowsFns are the one-input-row kernels of the types that have their
 // own (nil: q80rows512 on rows rewritten as Q8_0 rows).
 var q80RowsFns = [tensor.NumDTypes]func(w *byte, wstride, nrows int, xq *byte, nblocks int, tmp *float32, out *float32){
-	tensor.Q4_0: q40rows512, tensor.IQ4_NL: iq4nlrows512, tensor.Q5_0: q50rows512, tensor.Q4_1: q41rows512, tensor.Q5_1: q51rows512}
+	tensor.Q4_0: q40rows512, tensor.IQ4_NL: iq4nlrows512, tensor.Q5_0: q50rows512, tensor.Q4_1: q41rows512, tensor.Q5_1: q51rows512,
+	tensor.MXFP4: mxfp4rows512}
 
 // q80Rows256Fns are the AVX2 one-input-row kernels of the types that have
 // their own (nil: q80rows256 on rows rewritten as Q8_0 rows).

@@ -111,6 +111,7 @@ func main() {
 	genQ40Rows("Q50")
 	genQ40Rows("Q41")
 	genQ40Rows("Q51")
+	genQ40Rows("MXFP4")
 	for r := 1; r <= q80MaxRows; r++ {
 		genQ80Dot(r)
 	}

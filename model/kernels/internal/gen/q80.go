@@ -380,6 +380,7 @@ var (
 	cQ80RedIdx  Mem     // VPERMD indices: the block sums back in block order (q80Reduce)
 	cQ80Gath    Mem     // dwords 34·l: the blocks' d offsets in a tile
 	cQ40Gath    Mem     // dwords 18·l: the same for Q4_0 and IQ4_NL
+	cMXGath     Mem     // dwords 17·l: MXFP4's E8M0 byte (and 3 code bytes) of block l
 	cQ50Gath    Mem     // dwords 22·l: the same for Q5_0
 	cQ41Gath    Mem     // dwords 20·l: the same for Q4_1
 	cQ51Gath    Mem     // dwords 24·l: the same for Q5_1
@@ -597,6 +598,11 @@ func genQ80RowsConsts() {
 	}
 	cQ41Gath = data32("q41gath", g20...)
 	cQ51Gath = data32("q51gath", g24...)
+	var g17 []uint32
+	for l := 0; l < 16; l++ {
+		g17 = append(g17, uint32(17*l))
+	}
+	cMXGath = data32("mxfp4gath", g17...)
 	cF128 = data32("f128", rep(0x3C000000, 8)...)
 	for L := 0; L < 4; L++ {
 		for w := 0; w < 4; w++ { // dword w of lane L: bytes 4w..4w+3
@@ -748,7 +754,7 @@ type q80W struct {
 
 // blockBytes is the size of a block of the type.
 func (w q80W) blockBytes() int {
-	return map[string]int{"Q80": 34, "Q40": 18, "IQ4NL": 18, "Q50": 22, "Q41": 20, "Q51": 24}[w.typ]
+	return map[string]int{"Q80": 34, "Q40": 18, "IQ4NL": 18, "Q50": 22, "Q41": 20, "Q51": 24, "MXFP4": 17}[w.typ]
 }
 
 // q5 reports whether the type has fifth bits (Q5_0, Q5_1).
@@ -770,9 +776,9 @@ func (w q80W) qhOff() int {
 // their bytes by VPSHUFB and VPTESTMB, added under the mask).
 func genQ40Rows(typ string) { genRows512(q80W{typ: typ}) }
 
-var rowsNames = map[string]string{"Q80": "q80rows", "Q40": "q40rows", "IQ4NL": "iq4nlrows", "Q50": "q50rows", "Q41": "q41rows", "Q51": "q51rows"}
+var rowsNames = map[string]string{"Q80": "q80rows", "Q40": "q40rows", "IQ4NL": "iq4nlrows", "Q50": "q50rows", "Q41": "q41rows", "Q51": "q51rows", "MXFP4": "mxfp4rows"}
 
-var typNames = map[string]string{"Q80": "Q8_0", "Q40": "Q4_0", "Q50": "Q5_0", "IQ4NL": "IQ4_NL", "Q41": "Q4_1", "Q51": "Q5_1"}
+var typNames = map[string]string{"Q80": "Q8_0", "Q40": "Q4_0", "Q50": "Q5_0", "IQ4NL": "IQ4_NL", "Q41": "Q4_1", "Q51": "Q5_1", "MXFP4": "MXFP4"}
 
 func genRows512(wt q80W) {
 	name := rowsNames[wt.typ] + "512"
@@ -783,16 +789,22 @@ func genRows512(wt q80W) {
 		VMOVDQU64(cQ80Gath, gidx)
 	} else {
 		Pragma("noescape")
-		VMOVDQU64(map[string]Mem{"Q40": cQ40Gath, "IQ4NL": cQ40Gath, "Q50": cQ50Gath, "Q41": cQ41Gath, "Q51": cQ51Gath}[wt.typ], gidx)
+		VMOVDQU64(map[string]Mem{"Q40": cQ40Gath, "IQ4NL": cQ40Gath, "Q50": cQ50Gath, "Q41": cQ41Gath, "Q51": cQ51Gath, "MXFP4": cMXGath}[wt.typ], gidx)
 		if wt.q5() {
 			wt.c10 = ZMM()
 			VPBROADCASTD(cB10, wt.c10)
 		}
 		wt.shift = ZMM()
 		VMOVDQU64(cQ40Shift, wt.shift)
-		if wt.typ == "IQ4NL" {
+		switch wt.typ {
+		case "IQ4NL":
 			wt.tab = ZMM()
 			VMOVDQU64(cIQ4U, wt.tab)
+		case "MXFP4":
+			wt.tab = ZMM()
+			VMOVDQU64(cMXU, wt.tab)
+			wt.e8 = ZMM()
+			VPBROADCASTD(cF1, wt.e8)
 		}
 	}
 	// Registers are zeroed by copying zero (avo would take a zeroing XOR for
@@ -975,7 +987,7 @@ func minScale(m VecVirtual) { VMULPS_BCST(cF128, m, m) }
 // their values: [low nibbles of 2i, high nibbles of 2i, the same of 2i+1].
 func q40PairCodes(wt q80W, partial bool, pfx string, i int, wb, rem GPVirtual, zero, wv VecVirtual) {
 	bb := wt.blockBytes()
-	qs := map[string]int{"Q40": 2, "IQ4NL": 2, "Q50": 6, "Q41": 4, "Q51": 8}[wt.typ] // the nibbles' offset in a block
+	qs := map[string]int{"Q40": 2, "IQ4NL": 2, "Q50": 6, "Q41": 4, "Q51": 8, "MXFP4": 1}[wt.typ] // the nibbles' offset in a block
 	var qh VecVirtual
 	if wt.q5() {
 		// The fifth bits: block 2i's qh dword in lanes 0-1, 2i+1's in 2-3.
@@ -1011,7 +1023,7 @@ func q40PairCodes(wt q80W, partial bool, pfx string, i int, wb, rem GPVirtual, z
 	}
 	VPSRLVW(wt.shift, wv, wv) // lanes 1 and 3: the high nibbles
 	VPANDD_BCST(cB0F, wv, wv)
-	if wt.typ == "IQ4NL" {
+	if wt.typ == "IQ4NL" || wt.typ == "MXFP4" {
 		VPSHUFB(wv, wt.tab, wv)
 	}
 	if qh != nil {
@@ -1107,6 +1119,15 @@ func q80TileSums(wt q80W, pfx string, partial bool, wb, rem GPVirtual, xop func(
 	dw = ZMM()
 	VMOVDQA64(zero, dw)
 	VPGATHERDD(Mem{Base: wb, Index: gidx, Scale: 1}, k, dw)
+	if wt.typ == "MXFP4" {
+		// The E8M0 byte at the start of each block; absent blocks give
+		// 2^-128, times a zero sum.
+		VPANDD_BCST(cDFF, dw, dw)
+		VPSUBD_BCST(cD128, dw, dw)
+		VCVTDQ2PS(dw, dw)
+		VSCALEFPS(dw, wt.e8, dw)
+		return sum, dw, nil
+	}
 	if wt.hasMin() {
 		// m is the f16 after d.
 		mw = ZMM()

@@ -56,6 +56,7 @@ var (
 	cMXU  Mem // MXFP4's codebook (E2M1 doubled) plus 128 likewise
 	cD2   Mem // dword 2
 	cD128 Mem // dword 128
+	cDFF  Mem // dword 0xFF
 	cF1   Mem // float32 1
 	cE8M0 Mem // dword 0x00200000: 2^-128, the E8M0 scale 0 halved (float32 bits)
 )
@@ -83,6 +84,7 @@ func genQ40x16Consts() {
 	cD2 = data32("d2", 2)
 	cE8M0 = data32("e8m0min", 0x00200000)
 	cD128 = data32("dword128", 128)
+	cDFF = data32("dwordff", 0xFF)
 	cF1 = data32("f32one", 0x3F800000)
 	for m := 0; m < 4; m++ {
 		var v []uint32
