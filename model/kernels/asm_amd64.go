@@ -1132,6 +1132,11 @@ func q41rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *flo
 //go:noescape
 func q51rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
 
+// mxfp4rows256 multiplies row-major MXFP4 weight rows with one quantized input row on AVX2 (see genQ80x16AVX2).
+//
+//go:noescape
+func mxfp4rows256(w *byte, wstride int, nrows int, xq *byte, nblocks int, out *float32)
+
 // q80rows8x256 multiplies groups of 8 row-major Q8_0 weight rows with one quantized input row on AVX2 (see genQ80Rows8x256).
 //
 //go:noescape

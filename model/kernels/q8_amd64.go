@@ -708,11 +708,10 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 }
 
 // hasRowsKernels reports whether row-major dt (asQ80's) has one-input-row
-// kernels of its own at level lvl (q80Level's), or a Q8_0 rewrite. MXFP4
-// has no rewrite (its E8M0 scales are no f16) and one-row kernels on
-// AVX-512 only (mxfp4rows512), so on AVX2 its row-major products (a mapped
-// file) pack 16-row groups as they go (q8PackingBlock) whatever the input
-// rows.
+// kernels of its own at level lvl (q80Level's), or a Q8_0 rewrite (MXFP4
+// has none: its E8M0 scales are no f16). Without either, its row-major
+// products (a mapped file) pack 16-row groups as they go (q8PackingBlock)
+// whatever the input rows.
 func hasRowsKernels(dt tensor.DType, lvl Level) bool {
 	if lvl < LevelAVX512 {
 		return q80Rows256Fns[dt] != nil || q80Rewrites(dt)
@@ -729,7 +728,8 @@ var q80RowsFns = [tensor.NumDTypes]func(w *byte, wstride, nrows int, xq *byte, n
 // q80Rows256Fns are the AVX2 one-input-row kernels of the types that have
 // their own (nil: q80rows256 on rows rewritten as Q8_0 rows).
 var q80Rows256Fns = [tensor.NumDTypes]func(w *byte, wstride, nrows int, xq *byte, nblocks int, out *float32){
-	tensor.Q4_0: q40rows256, tensor.IQ4_NL: iq4nlrows256, tensor.Q5_0: q50rows256, tensor.Q4_1: q41rows256, tensor.Q5_1: q51rows256}
+	tensor.Q4_0: q40rows256, tensor.IQ4_NL: iq4nlrows256, tensor.Q5_0: q50rows256, tensor.Q4_1: q41rows256, tensor.Q5_1: q51rows256,
+	tensor.MXFP4: mxfp4rows256}
 
 // q80Weights returns rows [r0, r1) of the product's weights as Q8_0 rows and
 // their stride: the weights' own bytes for Q8_0, else (asQ80's other types)

@@ -145,6 +145,7 @@ func main() {
 	genRows256("IQ4NL")
 	genRows256("Q41")
 	genRows256("Q51")
+	genRows256("MXFP4")
 	genQ80Rows8x256()
 	genQ80QuantRow256()
 	genQ8Quant256()

@@ -313,12 +313,16 @@ func genRows256(typ string) {
 	ones := YMM()
 	VPBROADCASTD(cW1, ones)
 	var tab VecVirtual
-	if typ == "IQ4NL" {
+	switch typ {
+	case "IQ4NL":
 		tab = YMM()
 		VMOVDQU(cIQ4Y, tab)
+	case "MXFP4":
+		tab = YMM()
+		VMOVDQU(cMXY, tab)
 	}
 	bb := wt.blockBytes()
-	qs := map[string]int{"Q80": 2, "Q40": 2, "IQ4NL": 2, "Q50": 6, "Q41": 4, "Q51": 8}[typ] // the codes' offset
+	qs := map[string]int{"Q80": 2, "Q40": 2, "IQ4NL": 2, "Q50": 6, "Q41": 4, "Q51": 8, "MXFP4": 1}[typ] // the codes' offset
 	Label(name + "_row")
 	w0 := GP64()
 	MOVQ(wq, w0)
@@ -345,11 +349,11 @@ func genRows256(typ string) {
 	}
 	x := YMM()
 	VMOVDQU(Mem{Base: xq}, x)
-	if typ != "Q80" && typ != "IQ4NL" {
+	if typ != "Q80" && typ != "IQ4NL" && typ != "MXFP4" {
 		VPMADDUBSW(x, q, s)
 		VPMADDWD(ones, s, s)
 	} else {
-		if typ == "IQ4NL" {
+		if typ == "IQ4NL" || typ == "MXFP4" {
 			VPSHUFB(q, tab, q)
 		}
 		a := YMM()
@@ -377,10 +381,24 @@ func genRows256(typ string) {
 	}
 	VCVTDQ2PS(t, t)
 	h := GP32()
-	MOVWLZX(Mem{Base: w0}, h)
 	dw := XMM()
-	VMOVD(h, dw)
-	VCVTPH2PS(dw, dw)
+	if typ == "MXFP4" {
+		// tensor.E8M0Half of the block's E8M0 byte e: (e−1)<<23, or
+		// (e+1)<<21 (the subnormals 2^−128, 2^−127) where e < 2.
+		MOVBLZX(Mem{Base: w0}, h)
+		b, c := GP32(), GP32()
+		LEAL(Mem{Base: h, Disp: -1}, b)
+		SHLL(U8(23), b)
+		LEAL(Mem{Base: h, Disp: 1}, c)
+		SHLL(U8(21), c)
+		CMPL(h, U8(2))
+		CMOVLCS(c, b)
+		VMOVD(b, dw)
+	} else {
+		MOVWLZX(Mem{Base: w0}, h)
+		VMOVD(h, dw)
+		VCVTPH2PS(dw, dw)
+	}
 	VMULSS(Mem{Base: dc, Disp: q80rD}, dw, dw) // d_w·d_x
 	VMULSS(dw, t, t)
 	if wt.hasMin() {
