@@ -115,8 +115,10 @@
 // takes the same activations, as llama.cpp does: its packed kernels
 // (mxfp4x16N, mxfp4x16S2N, mxfp4x16AVX2N) look its codes up as IQ4_NL's
 // are looked up and build the float32 scale from the exponent byte in
-// registers (dotMXFP4Ref's steps); its row-major products pack as they go
-// at any number of input rows. On AVX2, and on AVX-512 without VNNI, the
+// registers (dotMXFP4Ref's steps); row-major MXFP4 (a mapped file) has
+// one-row kernels of its own (mxfp4rows512, mxfp4rows256) and packs 16-row
+// groups as it goes from q81PackMinRows input rows, as Q4_1 does. On AVX2,
+// and on AVX-512 without VNNI, the
 // block sums come from VPMADDUBSW: |q_w| against q_x signed as q_w
 // (llama.cpp's trick against 16-bit saturation), or Q4_0's unsigned codes
 // directly, then VPMADDWD (q80x16AVX2N, q40x16AVX2N, q80rows256,

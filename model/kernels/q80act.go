@@ -305,8 +305,9 @@ func matMulQ80Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 	}
 }
 
-// matMulQ81Ref is matMulQ80Ref for Q4_1 and Q5_1: each input row quantized
-// by quantizeQ80RowRef, each (weight row, input row) result dotQ81Ref's.
+// matMulQ81Ref is matMulQ80Ref for the types without a Q8_0 rewrite (Q4_1,
+// Q5_1, MXFP4): each input row quantized by quantizeQ80RowRef, each
+// (weight row, input row) result dotQ81Ref's (dotMXFP4Ref's for MXFP4).
 func matMulQ81Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 	k := w.Cols
 	nb := k / q80Values
