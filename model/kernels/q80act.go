@@ -236,10 +236,7 @@ func toQ80RowRef(dst, src []byte, dt tensor.DType, nb int) {
 			qs = in[6:22]
 		}
 		for l := 0; l < q80Values; l++ {
-			q := qs[l%16] & 0xF
-			if l >= 16 {
-				q = qs[l%16] >> 4
-			}
+			q := nibble(qs, l)
 			var v int8
 			switch dt {
 			case tensor.Q4_0:
@@ -343,8 +340,7 @@ func dotQ81Ref(row []byte, dt tensor.DType, xq []byte, nb int) float32 {
 	var acc float32
 	for b := 0; b < nb; b++ {
 		blk := row[b*bb : (b+1)*bb]
-		tile := xq[b/16*q80rTileBytes:]
-		bt := b % 16
+		qx, dx, c := rowTileBlock(xq, b)
 		qs := blk[4:20]
 		var qh uint32
 		if dt == tensor.Q5_1 {
@@ -353,15 +349,10 @@ func dotQ81Ref(row []byte, dt tensor.DType, xq []byte, nb int) float32 {
 		}
 		var sum int32
 		for l := 0; l < q80Values; l++ {
-			q := qs[l%16] & 0xF
-			if l >= 16 {
-				q = qs[l%16] >> 4
-			}
+			q := nibble(qs, l)
 			q |= byte(qh>>l&1) << 4
-			sum += int32(q) * int32(int8(tile[32*bt+l]))
+			sum += int32(q) * int32(int8(qx[l]))
 		}
-		dx := math.Float32frombits(binary.LittleEndian.Uint32(tile[512+4*bt:]))
-		c := int32(binary.LittleEndian.Uint32(tile[576+4*bt:]))
 		dw := tensor.F16ToF32(binary.LittleEndian.Uint16(blk))
 		mw := tensor.F16ToF32(binary.LittleEndian.Uint16(blk[2:]))
 		t := float32(float32(sum) * float32(dx*dw))
@@ -383,20 +374,31 @@ func dotMXFP4Ref(row, xq []byte, nb int) float32 {
 	var acc float32
 	for b := 0; b < nb; b++ {
 		blk := row[b*bb : (b+1)*bb]
-		tile := xq[b/16*q80rTileBytes:]
-		bt := b % 16
-		qs := blk[1:17]
+		qx, dx, _ := rowTileBlock(xq, b)
 		var sum int32
 		for l := 0; l < q80Values; l++ {
-			q := qs[l%16] & 0xF
-			if l >= 16 {
-				q = qs[l%16] >> 4
-			}
-			sum += int32(tensor.MXFP4Values[q]) * int32(int8(tile[32*bt+l]))
+			sum += int32(tensor.MXFP4Values[nibble(blk[1:17], l)]) * int32(int8(qx[l]))
 		}
-		dx := math.Float32frombits(binary.LittleEndian.Uint32(tile[512+4*bt:]))
 		dw := tensor.E8M0Half(blk[0])
 		acc += float32(float32(sum) * float32(dx*dw))
 	}
 	return acc
+}
+
+// nibble is value l's 4-bit code in a 32-value block's 16 bytes of
+// nibbles qs: the low nibble of byte l, or for l >= 16 the high nibble of
+// byte l−16.
+func nibble(qs []byte, l int) byte {
+	if l < 16 {
+		return qs[l] & 0xF
+	}
+	return qs[l-16] >> 4
+}
+
+// rowTileBlock returns block b of an input row quantized in q80rows512's
+// tiles (xq): its 32 int8 values, d_x and 128·Σq_x.
+func rowTileBlock(xq []byte, b int) (q []byte, dx float32, c int32) {
+	tile := xq[b/16*q80rTileBytes:]
+	bt := b % 16
+	return tile[32*bt : 32*bt+32], math.Float32frombits(binary.LittleEndian.Uint32(tile[512+4*bt:])), int32(binary.LittleEndian.Uint32(tile[576+4*bt:]))
 }
