@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/switchyard-serving/switchyard/model/kernels"
-	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // ExpertRequest asks for the routed-expert part of one MoE layer for a batch of rows:
@@ -213,7 +212,7 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 				m, in := hi-lo, experts[e].Gate.Rows
 				g := scr.gather[lo*h : hi*h]
 				gatherRows(req, order[counts[e]:counts[e+1]], g)
-				expertFFN(kernels.MatMulSerial, experts[e], m, g, scr.gate[lo*inter:lo*inter+m*in], scr.up[lo*inter:lo*inter+m*in], scr.down[lo*h:hi*h])
+				expertFFN(true, experts[e], m, g, scr.gate[lo*inter:lo*inter+m*in], scr.up[lo*inter:lo*inter+m*in], scr.down[lo*h:hi*h])
 			})
 			ts := stageStart()
 			sumPairs(req, pairs, func(c0, c1 int) {
@@ -238,7 +237,7 @@ func ComputeExperts(experts []ExpertWeights, req *ExpertRequest, scr *ExpertScra
 		scr.gate = grow(scr.gate, m*inter)
 		scr.up = grow(scr.up, m*inter)
 		scr.down = grow(scr.down, m*h)
-		expertFFN(kernels.MatMul, ew, m, scr.gather, scr.gate, scr.up, scr.down)
+		expertFFN(false, ew, m, scr.gather, scr.gate, scr.up, scr.down)
 		ts := stageStart()
 		sumPairs(req, m, func(c0, c1 int) { addPairs(req, order[lo:hi], scr.down, c0, c1) })
 		stageEnd(StageExpertSums, ts)
@@ -257,11 +256,19 @@ const expertParallelMaxRows = 8
 var expertGroupBytes = 32 << 20
 
 // expertFFN computes one expert for m rows g: dn = Down·(silu(Gate·g) ⊙ Up·g),
-// with gt and up as scratch and mm the matrix product (split across threads,
-// or on the caller alone when experts run in parallel).
-func expertFFN(mm func([]float32, tensor.Matrix, []float32, int), ew ExpertWeights, m int, g, gt, up, dn []float32) {
-	mm(gt, ew.Gate, g, m)
-	mm(up, ew.Up, g, m)
+// with gt and up as scratch, its products split across the threads, or
+// (serial, when experts run in parallel) on the caller alone: there Gate
+// and Up as one product of two runs (kernels.MatMulPairSerial: the input
+// quantized once, each matrix read as one run; the same bits).
+func expertFFN(serial bool, ew ExpertWeights, m int, g, gt, up, dn []float32) {
+	mm := kernels.MatMul
+	if serial {
+		mm = kernels.MatMulSerial
+		kernels.MatMulPairSerial(gt, ew.Gate, up, ew.Up, g, m)
+	} else {
+		mm(gt, ew.Gate, g, m)
+		mm(up, ew.Up, g, m)
+	}
 	kernels.SiLUMul(gt[:m*ew.Gate.Rows], gt[:m*ew.Gate.Rows], up[:m*ew.Gate.Rows])
 	mm(dn, ew.Down, gt, m)
 }

@@ -102,8 +102,11 @@ type q8Plan struct {
 	nb         int
 	packed     []packedFn // the packed kernels by input rows (packed layouts)
 	streams    streamFn   // the two-stream kernel of the input rows (mmJob.span), or nil
-	xstride    int        // bytes between quantized input rows (packed layouts)
-	groupBytes int        // bytes of one packed 16-row group (packed layouts)
+	pair       bool       // MatMulPairSerial: the second run is another matrix, wspan and ospan bytes on
+	wspan      int
+	ospan      int
+	xstride    int // bytes between quantized input rows (packed layouts)
+	groupBytes int // bytes of one packed 16-row group (packed layouts)
 }
 
 // blockedRows is the rows the blocks cover: all, or [0, span).
@@ -284,6 +287,43 @@ func MatMulSerial(out []float32, w tensor.Matrix, x []float32, n int) {
 	matMul(out, w, x, n, 1, false)
 }
 
+// MatMulPairSerial computes outA = x·Aᵀ and outB = x·Bᵀ on the calling
+// goroutine, with the bits of two MatMulSerial calls, for n input rows and
+// two matrices of one type, packed layout and shape (a routed expert's gate
+// and up): where the layout has a two-stream kernel for n input rows, as
+// one product whose two runs are the two matrices (the input quantized
+// once, each matrix read whole as one run, where each product alone reads
+// its two halves as the runs). Otherwise, with the product observer set
+// (bench --breakdown), or SetProductPairs(false), it makes the two calls.
+func MatMulPairSerial(outA []float32, a tensor.Matrix, outB []float32, b tensor.Matrix, x []float32, n int) {
+	if productObserver.Load() == nil && !noPairs.Load() && n > 0 && a.Rows > 0 && a.Cols > 0 &&
+		a.DType == b.DType && a.Layout == b.Layout && a.Rows == b.Rows && a.Cols == b.Cols {
+		checkMatMul(outA, a, x, n)
+		checkMatMul(outB, b, x, n)
+		c := ctxPool.Get().(*callCtx)
+		j := &c.job
+		j.out, j.w, j.x, j.n = outA, a, x, n
+		j.rowBytes = a.RowStride()
+		j.next.Store(0)
+		if planPair(c, KernelLevel(), b, outB) {
+			runPlanned(c, 1)
+			return
+		}
+		*j = mmJob{}
+		ctxPool.Put(c)
+	}
+	MatMulSerial(outA, a, x, n)
+	MatMulSerial(outB, b, x, n)
+}
+
+var noPairs atomic.Bool
+
+// SetProductPairs turns on (the default) or off MatMulPairSerial's one
+// product of two matrices and returns the previous setting: for
+// measurements (bench --ab pairs). The results are the same bits either
+// way.
+func SetProductPairs(on bool) (prev bool) { return !noPairs.Swap(!on) }
+
 // MatMulSerialInvariant is MatMulSerial with the batch-invariant kernels
 // whatever SetBatchInvariant says: for attention over KV caches, so that a
 // query's scores and outputs do not depend on how many queries share the call
@@ -341,6 +381,14 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	if !q8 && !planBF16(c, lvl) && (lvl < LevelAVX2 || !planAsm(c, lvl)) {
 		planGo(j)
 	}
+	runPlanned(c, threads)
+}
+
+// runPlanned runs the planned product c on up to threads threads (one: with
+// its blocks offered to idle ParallelFor participants) and puts c back.
+func runPlanned(c *callCtx, threads int) {
+	j := &c.job
+	w, n := j.w, j.n
 	j.nblocks = (j.blockedRows() + j.rb - 1) / j.rb
 	// Rough single-thread time: weights at 14 GB/s plus flops at 100 GFLOP/s
 	// (the Go level is slower, which only makes it worth more threads).

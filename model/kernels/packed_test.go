@@ -278,3 +278,79 @@ func TestMXFP4EveryScale(t *testing.T) {
 		}
 	}
 }
+
+// TestMatMulPairSerial: MatMulPairSerial gives the bits of two MatMulSerial
+// calls for every packed type, one to three input rows (three: two calls),
+// with the second matrix and output before or after the first in memory
+// (negative offsets), each in its own allocation or both in one, alone and
+// as tasks of a ParallelFor whose idle participant helps with its blocks;
+// nothing is written past either output.
+func TestMatMulPairSerial(t *testing.T) {
+	defer SetQ8Activations(SetQ8Activations(true))
+	rng := rand.New(rand.NewPCG(34, 34))
+	for _, dt := range packedDTypes {
+		if !hasPackedKernels(dt) || packOff[dt] || (packOnlyAsked[dt] && !packAsked[dt] && KernelLevel() < LevelAVX512) {
+			continue
+		}
+		bv := dt.BlockValues()
+		for _, rows := range []int{64, 160} {
+			cols := 2 * bv
+			if bv == 32 {
+				cols = 7 * bv
+			}
+			wa, wb := randMatrix(rng, dt, rows, cols), randMatrix(rng, dt, rows, cols)
+			if !CanPack(wa) {
+				continue
+			}
+			size := PackedBytes(dt, rows, cols)
+			one := make([]byte, 2*size)
+			layouts := map[string][2]tensor.Matrix{
+				"apart":      {Pack(make([]byte, size), wa), Pack(make([]byte, size), wb)},
+				"b after a":  {Pack(one[:size], wa), Pack(one[size:], wb)},
+				"b before a": {Pack(one[size:], wa), Pack(one[:size], wb)},
+			}
+			for name, ab := range layouts {
+				for _, n := range []int{1, 2, 3} {
+					x := randVec(rng, n*cols)
+					wantA, wantB := make([]float32, n*rows), make([]float32, n*rows)
+					MatMulSerial(wantA, ab[0], x, n)
+					MatMulSerial(wantB, ab[1], x, n)
+					buf := make([]float32, 2*n*rows+2)
+					for _, order := range []string{"outB after outA", "outB before outA"} {
+						outA, outB := buf[:n*rows], buf[n*rows+1:2*n*rows+1]
+						if order == "outB before outA" {
+							outB, outA = buf[:n*rows], buf[n*rows+1:2*n*rows+1]
+						}
+						for _, helped := range []bool{false, true} {
+							clear(buf)
+							buf[n*rows], buf[2*n*rows+1] = 42, 42
+							if helped {
+								// Two tasks on two threads: the one with the
+								// pair, and an empty one whose participant
+								// then helps with the pair's blocks.
+								withThreads(2, func() {
+									ParallelFor(2, 1<<20, func(i int) {
+										if i == 0 {
+											MatMulPairSerial(outA, ab[0], outB, ab[1], x, n)
+										}
+									})
+								})
+							} else {
+								MatMulPairSerial(outA, ab[0], outB, ab[1], x, n)
+							}
+							what := fmt.Sprintf("%v %d rows %s n=%d %s helped=%v", dt, rows, name, n, order, helped)
+							if buf[n*rows] != 42 || buf[2*n*rows+1] != 42 {
+								t.Fatalf("%s: wrote past an output", what)
+							}
+							for i := range wantA {
+								if math.Float32bits(outA[i]) != math.Float32bits(wantA[i]) || math.Float32bits(outB[i]) != math.Float32bits(wantB[i]) {
+									t.Fatalf("%s: out[%d] = %g, %g; two products %g, %g", what, i, outA[i], outB[i], wantA[i], wantB[i])
+								}
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}

@@ -478,6 +478,39 @@ func planStreams(j *mmJob, lvl Level) {
 	useTwoRuns(j, span, packRows)
 }
 
+// planPair sets the packed product c (of j.w, one or two input rows) up
+// as MatMulPairSerial's: its two-stream kernel with the whole of j.w as
+// the first run and b, of the same type, layout and shape, as the second,
+// written to outB. It reports false where that does not apply (row-major
+// weights, no two-stream kernel, too few rows, an input row with an
+// infinity or a NaN), and the caller makes two products.
+func planPair(c *callCtx, lvl Level, b tensor.Matrix, outB []float32) bool {
+	j := &c.job
+	a := j.w
+	if a.Layout == tensor.RowMajor || !packedFast(a.Layout, lvl) || j.n > maxStreamRows || ProductStreams() != 2 ||
+		a.Rows%packRows != 0 || a.Rows < minRunRows {
+		return false
+	}
+	var fn streamFn
+	switch packedLevel(a.Layout, lvl) {
+	case LevelAVX512:
+		fn = streamKernels[a.Layout][j.n]
+	case LevelAVX2:
+		fn = streamKernelsAVX2[a.Layout][j.n]
+	}
+	if fn == nil || !planPacked(c, lvl) {
+		return false
+	}
+	j.q8.streams = fn
+	useTwoRuns(j, a.Rows, packRows)
+	// The second run's weights and results are wherever b and outB are:
+	// the kernel adds these offsets to the first run's pointers.
+	j.q8.pair = true
+	j.q8.wspan = int(uintptr(unsafe.Pointer(unsafe.SliceData(b.Data))) - uintptr(unsafe.Pointer(unsafe.SliceData(a.Data))))
+	j.q8.ospan = int(uintptr(unsafe.Pointer(unsafe.SliceData(outB))) - uintptr(unsafe.Pointer(unsafe.SliceData(j.out))))
+	return true
+}
+
 // packedRowBlock is the rows per block of a product run by packed kernels:
 // whole 16-row groups, about fusedBlockBytes of weights.
 func packedRowBlock(j *mmJob) int {
@@ -493,7 +526,11 @@ func packedRows512(j *mmJob, _ *scratch, r0, r1, _, _ int) {
 	p := &j.q8
 	if p.streams != nil {
 		gb := p.groupBytes
-		p.streams(&j.w.Data[r0/packRows*gb], (r1-r0)/packRows, p.nb, &p.xq[0], p.xstride, &j.out[r0], 4*j.w.Rows, j.span/packRows*gb, 4*j.span)
+		wspan, ospan := j.span/packRows*gb, 4*j.span
+		if p.pair {
+			wspan, ospan = p.wspan, p.ospan
+		}
+		p.streams(&j.w.Data[r0/packRows*gb], (r1-r0)/packRows, p.nb, &p.xq[0], p.xstride, &j.out[r0], 4*j.w.Rows, wspan, ospan)
 		if r1 == j.span {
 			packedRowsRange(j, 2*j.span, j.w.Rows)
 		}

@@ -26,3 +26,5 @@ func toBF16Asm([]uint16, []float32) int { return 0 }
 func hasPackedKernels(tensor.DType) bool { return false }
 
 func packedFast(tensor.Layout, Level) bool { return false }
+
+func planPair(*callCtx, Level, tensor.Matrix, []float32) bool { return false }
