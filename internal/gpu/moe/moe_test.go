@@ -80,6 +80,10 @@ func randMatrix(r *rand.Rand, dt tensor.DType, rows, cols int, scale float32) te
 	case tensor.Q8_0:
 		data = make([]byte, rows*cols/tensor.Q8_0BlockValues*tensor.Q8_0BlockBytes)
 		tensor.QuantizeQ8_0(v, data)
+	case tensor.MXFP4:
+		rb, _ := dt.RowBytes(cols)
+		data = make([]byte, rows*rb)
+		tensor.Quantize(dt, v, data)
 	}
 	m, err := tensor.NewMatrix(dt, rows, cols, data)
 	if err != nil {
@@ -169,7 +173,7 @@ func newStore(t *testing.T, d *cuda.Device, layers, nExperts, H, I, topK, small 
 func TestComputeMatchesCPU(t *testing.T) {
 	const H, I, nExperts, topK = 128, 64, 8, 2
 	for _, td := range devices(t) {
-		for _, dt := range []tensor.DType{tensor.BF16, tensor.F32, tensor.Q8_0} {
+		for _, dt := range []tensor.DType{tensor.BF16, tensor.F32, tensor.Q8_0, tensor.MXFP4} {
 			experts := randExperts(1, dt, nExperts, H, I)
 			for _, tc := range []struct {
 				rows, small int
