@@ -46,6 +46,8 @@ if [ -z "${BENCH_MODEL:-}" ]; then
   "$BIN" bench --model "$Q4M" --threads 2 --batches 1,8 --prompt 512 --steps 16 --reps 7 --ab lanes
   "$BIN" bench --model "$Q4M" --threads 2 --batches 1,8 --prompt 512 --steps 16 --reps 7 --ab shared
   "$BIN" bench --model "$Q4M" --threads 2 --batches 1 --prompt 512 --steps 16 --reps 7 --ab rows --breakdown
+  echo "== one-session decode of the Q4_K_M file: each routed expert's gate and up as one product of two runs against two products (alternated in one process)"
+  "$BIN" bench --model "$Q4M" --threads 1,2 --batches 1 --prompt 16 --steps 32 --reps 9 --ab pairs
 fi
 if [ -z "${BENCH_MODEL:-}" ]; then
   echo "== engine, weights read through the file's map (--mmap) against the runs above (copied into memory, the default): BF16 and Q8_0, one-session decode and prefill 512"
