@@ -123,6 +123,7 @@ func TestABVariants(t *testing.T) {
 		{"lanes", 2, switchState(kernels.SetProductLanes)},
 		{"rows", 2, switchState(hybrid.SetRowSplitting)},
 		{"shared", 2, switchState(hybrid.SetSharedBeside)},
+		{"pairs", 2, switchState(kernels.SetProductPairs)},
 	} {
 		vs, ratio, err := abVariants(tc.name)
 		if err != nil || len(vs) != tc.n || (tc.n == 2) != (ratio != "") {
@@ -142,7 +143,7 @@ func TestABVariants(t *testing.T) {
 			t.Errorf("--ab %q: its variants set %v", tc.name, seen)
 		}
 	}
-	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping, lanes, rows or shared") {
+	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping, lanes, rows, shared or pairs") {
 		t.Errorf("abVariants(nope): %v", err)
 	}
 }
