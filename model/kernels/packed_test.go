@@ -256,10 +256,12 @@ func TestMXFP4EveryScale(t *testing.T) {
 	p := Pack(make([]byte, PackedBytes(tensor.MXFP4, rows, cols)), w)
 	prev := KernelLevel()
 	defer SetKernelLevel(prev)
+	checked := 0
 	for _, l := range SupportedLevels() {
 		if !integerAt(tensor.MXFP4, l) {
 			continue
 		}
+		checked++
 		SetKernelLevel(l)
 		for _, m := range []tensor.Matrix{w, p} {
 			got := make([]float32, rows)
@@ -277,6 +279,9 @@ func TestMXFP4EveryScale(t *testing.T) {
 			}
 		}
 	}
+	if checked == 0 {
+		t.Skip("no level of this CPU runs MXFP4's integer kernels")
+	}
 }
 
 // TestMatMulPairSerial: MatMulPairSerial gives the bits of two MatMulSerial
@@ -288,6 +293,7 @@ func TestMXFP4EveryScale(t *testing.T) {
 func TestMatMulPairSerial(t *testing.T) {
 	defer SetQ8Activations(SetQ8Activations(true))
 	rng := rand.New(rand.NewPCG(34, 34))
+	paired := 0 // products that took the one-product path (planPair)
 	for _, dt := range packedDTypes {
 		if !hasPackedKernels(dt) || packOff[dt] || (packOnlyAsked[dt] && !packAsked[dt] && KernelLevel() < LevelAVX512) {
 			continue
@@ -312,6 +318,19 @@ func TestMatMulPairSerial(t *testing.T) {
 			for name, ab := range layouts {
 				for _, n := range []int{1, 2, 3} {
 					x := randVec(rng, n*cols)
+					// Where the layout has a two-stream kernel for n rows,
+					// the pair must run as one product.
+					fn := streamKernels[ab[0].Layout][min(n, maxStreamRows)]
+					if packedLevel(ab[0].Layout, KernelLevel()) == LevelAVX2 {
+						fn = streamKernelsAVX2[ab[0].Layout][min(n, maxStreamRows)]
+					}
+					planned := pairPlanned(ab[0], ab[1], x, n)
+					if want := n <= maxStreamRows && fn != nil && ProductStreams() == 2; planned != want {
+						t.Fatalf("%v %d rows %s n=%d: planPair %v, want %v", dt, rows, name, n, planned, want)
+					}
+					if planned {
+						paired++
+					}
 					wantA, wantB := make([]float32, n*rows), make([]float32, n*rows)
 					MatMulSerial(wantA, ab[0], x, n)
 					MatMulSerial(wantB, ab[1], x, n)
@@ -353,4 +372,21 @@ func TestMatMulPairSerial(t *testing.T) {
 			}
 		}
 	}
+	if paired == 0 {
+		t.Skip("no packed type has a two-stream kernel on this CPU: every pair ran as two products")
+	}
+}
+
+// pairPlanned reports whether MatMulPairSerial would run a and b as one
+// product (planPair) for the n input rows x.
+func pairPlanned(a, b tensor.Matrix, x []float32, n int) bool {
+	c := ctxPool.Get().(*callCtx)
+	defer func() {
+		c.job = mmJob{}
+		ctxPool.Put(c)
+	}()
+	j := &c.job
+	j.out, j.w, j.x, j.n = make([]float32, n*a.Rows), a, x, n
+	j.rowBytes = a.RowStride()
+	return planPair(c, KernelLevel(), b, make([]float32, n*b.Rows))
 }

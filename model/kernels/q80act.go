@@ -192,7 +192,7 @@ func quantizeQ80RowRef(dst []byte, x []float32, nb int) bool {
 // q8_1): Q8_0, the types whose blocks are Q8_0 blocks once their codes are
 // written as int8 (q80Rewrites), Q4_1 and Q5_1, and MXFP4 (llama.cpp's
 // MXFP4 dot takes q8_0 activations; its E8M0 scales are no f16, so it has
-// no Q8_0 rewrite either: dotMXFP4Ref, and the packed kernels).
+// no Q8_0 rewrite either: dotMXFP4Ref, and kernels of its own).
 func asQ80(dt tensor.DType) bool {
 	return q80Rewrites(dt) || dt == tensor.Q4_1 || dt == tensor.Q5_1 || dt == tensor.MXFP4
 }
@@ -212,7 +212,7 @@ func q80Rewrites(dt tensor.DType) bool {
 	return dt == tensor.Q8_0 || dt == tensor.Q4_0 || dt == tensor.Q5_0 || dt == tensor.IQ4_NL
 }
 
-// q81PackMinRows: row-major Q4_1 and Q5_1 products with at least this many
+// q81PackMinRows: row-major Q4_1, Q5_1 and MXFP4 products with at least this many
 // input rows pack 16-row groups as they go (q8PackingBlock); with fewer
 // they run their one-input-row kernels per input row. Measured with
 // BenchmarkQ81Packing (Q4_1, one thread, AVX-512): at 8 rows packing took
@@ -316,6 +316,10 @@ func matMulQ81Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 			continue
 		}
 		for r := 0; r < w.Rows; r++ {
+			if w.DType == tensor.MXFP4 {
+				out[i*w.Rows+r] = dotMXFP4Ref(w.Row(r), xq, nb)
+				continue
+			}
 			out[i*w.Rows+r] = dotQ81Ref(w.Row(r), w.DType, xq, nb)
 		}
 	}
@@ -333,9 +337,6 @@ func matMulQ81Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 // in block order: so t + m_w·d_x·Σq_x, the min's share, as llama.cpp's
 // q8_1 dot products take it (there d_x·Σq_x is stored in f16).
 func dotQ81Ref(row []byte, dt tensor.DType, xq []byte, nb int) float32 {
-	if dt == tensor.MXFP4 {
-		return dotMXFP4Ref(row, xq, nb)
-	}
 	bb := dt.BlockBytes()
 	var acc float32
 	for b := 0; b < nb; b++ {

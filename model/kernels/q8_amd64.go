@@ -588,7 +588,7 @@ func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 		if !planQ80Rows(c, lvl) {
 			return false, true
 		}
-		if j.n >= q81PackMinRows || !hasRowsKernels(j.w.DType, lvl) {
+		if j.n >= q81PackMinRows {
 			spec := specOf(j.w.DType, tensor.RowMajor)
 			j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
 			usePacked(j, packedKernelsAt(spec.layout, lvl), spec, q8PackingBlock)
@@ -742,18 +742,6 @@ func q80PackingBlock(j *mmJob, s *scratch, r0, r1, _, _ int) {
 		w, _ := q80Weights(j, s, g, g+m)
 		packedGroupAll(j, s, spec, tensor.Matrix{DType: tensor.Q8_0, Rows: m, Cols: j.w.Cols, Data: w}, g)
 	}
-}
-
-// hasRowsKernels reports whether row-major dt (asQ80's) has one-input-row
-// kernels of its own at level lvl (q80Level's), or a Q8_0 rewrite (MXFP4
-// has none: its E8M0 scales are no f16). Without either, its row-major
-// products (a mapped file) pack 16-row groups as they go (q8PackingBlock)
-// whatever the input rows.
-func hasRowsKernels(dt tensor.DType, lvl Level) bool {
-	if lvl < LevelAVX512 {
-		return q80Rows256Fns[dt] != nil || q80Rewrites(dt)
-	}
-	return q80RowsFns[dt] != nil || q80Rewrites(dt)
 }
 
 // q80RowsFns are the one-input-row kernels of the types that have their

@@ -81,7 +81,10 @@ func randMatrix(r *rand.Rand, dt tensor.DType, rows, cols int, scale float32) te
 		data = make([]byte, rows*cols/tensor.Q8_0BlockValues*tensor.Q8_0BlockBytes)
 		tensor.QuantizeQ8_0(v, data)
 	case tensor.MXFP4:
-		rb, _ := dt.RowBytes(cols)
+		rb, err := dt.RowBytes(cols)
+		if err != nil {
+			panic(err)
+		}
 		data = make([]byte, rows*rb)
 		tensor.Quantize(dt, v, data)
 	}
