@@ -320,12 +320,8 @@ func TestMatMulPairSerial(t *testing.T) {
 					x := randVec(rng, n*cols)
 					// Where the layout has a two-stream kernel for n rows,
 					// the pair must run as one product.
-					fn := streamKernels[ab[0].Layout][min(n, maxStreamRows)]
-					if packedLevel(ab[0].Layout, KernelLevel()) == LevelAVX2 {
-						fn = streamKernelsAVX2[ab[0].Layout][min(n, maxStreamRows)]
-					}
 					planned := pairPlanned(ab[0], ab[1], x, n)
-					if want := n <= maxStreamRows && fn != nil && ProductStreams() == 2; planned != want {
+					if want := hasStreamKernel(ab[0].Layout, KernelLevel(), n) && ProductStreams() == 2; planned != want {
 						t.Fatalf("%v %d rows %s n=%d: planPair %v, want %v", dt, rows, name, n, planned, want)
 					}
 					if planned {

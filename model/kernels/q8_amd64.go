@@ -463,19 +463,31 @@ func planStreams(j *mmJob, lvl Level) {
 	if j.n > maxStreamRows {
 		return
 	}
-	var fn streamFn
-	switch packedLevel(j.w.Layout, lvl) {
-	case LevelAVX512:
-		fn = streamKernels[j.w.Layout][j.n]
-	case LevelAVX2:
-		fn = streamKernelsAVX2[j.w.Layout][j.n]
-	}
+	fn := streamKernelAt(j.w.Layout, lvl, j.n)
 	span := j.w.Rows / packRows / 2 * packRows
 	if ProductStreams() != 2 || fn == nil || span < minRunRows {
 		return
 	}
 	j.q8.streams = fn
 	useTwoRuns(j, span, packRows)
+}
+
+// streamKernelAt returns the two-stream kernel of layout l for n input
+// rows (at most maxStreamRows) that level lvl runs, or nil.
+func streamKernelAt(l tensor.Layout, lvl Level, n int) streamFn {
+	switch packedLevel(l, lvl) {
+	case LevelAVX512:
+		return streamKernels[l][n]
+	case LevelAVX2:
+		return streamKernelsAVX2[l][n]
+	}
+	return nil
+}
+
+// hasStreamKernel reports whether layout l has a two-stream kernel for n
+// input rows at level lvl.
+func hasStreamKernel(l tensor.Layout, lvl Level, n int) bool {
+	return n <= maxStreamRows && streamKernelAt(l, lvl, n) != nil
 }
 
 // planPair sets the packed product c (of j.w, one or two input rows) up
@@ -491,13 +503,7 @@ func planPair(c *callCtx, lvl Level, b tensor.Matrix, outB []float32) bool {
 		a.Rows%packRows != 0 || a.Rows < minRunRows {
 		return false
 	}
-	var fn streamFn
-	switch packedLevel(a.Layout, lvl) {
-	case LevelAVX512:
-		fn = streamKernels[a.Layout][j.n]
-	case LevelAVX2:
-		fn = streamKernelsAVX2[a.Layout][j.n]
-	}
+	fn := streamKernelAt(a.Layout, lvl, j.n)
 	if fn == nil || !planPacked(c, lvl) {
 		return false
 	}

@@ -28,3 +28,5 @@ func hasPackedKernels(tensor.DType) bool { return false }
 func packedFast(tensor.Layout, Level) bool { return false }
 
 func planPair(*callCtx, Level, tensor.Matrix, []float32) bool { return false }
+
+func hasStreamKernel(tensor.Layout, Level, int) bool { return false }
