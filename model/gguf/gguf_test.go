@@ -617,8 +617,8 @@ func TestUnsupportedTensorTypes(t *testing.T) {
 		name string
 	}{
 		{GGMLTypeQ8_1, []uint64{32}, 36, "Q8_1"},
-		{GGMLTypeIQ2_XXS, []uint64{256}, 0, "IQ2_XXS"},
-		{GGMLTypeIQ1_S, []uint64{256}, 0, "IQ1_S"},
+		{GGMLTypeTQ1_0, []uint64{256}, 0, "TQ1_0"},
+		{GGMLTypeTQ2_0, []uint64{256}, 0, "TQ2_0"},
 		{GGMLTypeI32, []uint64{4}, 16, "I32"},
 		{GGMLType(99), []uint64{4}, 0, "GGMLType(99)"},
 	} {

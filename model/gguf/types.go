@@ -141,7 +141,9 @@ var engineTypes = []struct {
 	{GGMLTypeQ5_K, tensor.Q5_K}, {GGMLTypeQ4_0, tensor.Q4_0}, {GGMLTypeQ4_1, tensor.Q4_1},
 	{GGMLTypeQ5_0, tensor.Q5_0}, {GGMLTypeQ5_1, tensor.Q5_1}, {GGMLTypeQ2_K, tensor.Q2_K},
 	{GGMLTypeQ3_K, tensor.Q3_K}, {GGMLTypeIQ4_NL, tensor.IQ4_NL}, {GGMLTypeIQ4_XS, tensor.IQ4_XS},
-	{GGMLTypeMXFP4, tensor.MXFP4},
+	{GGMLTypeMXFP4, tensor.MXFP4}, {GGMLTypeIQ2_XXS, tensor.IQ2_XXS}, {GGMLTypeIQ2_XS, tensor.IQ2_XS},
+	{GGMLTypeIQ2_S, tensor.IQ2_S}, {GGMLTypeIQ3_XXS, tensor.IQ3_XXS}, {GGMLTypeIQ3_S, tensor.IQ3_S},
+	{GGMLTypeIQ1_S, tensor.IQ1_S}, {GGMLTypeIQ1_M, tensor.IQ1_M},
 }
 
 // DType maps the type to the engine's element type; ok is false for types the
@@ -216,6 +218,20 @@ func (t GGMLType) blockLayout() (values, size uint64, ok bool) {
 		return 256, 136, true
 	case GGMLTypeMXFP4:
 		return 32, 17, true
+	case GGMLTypeIQ2_XXS:
+		return 256, 66, true
+	case GGMLTypeIQ2_XS:
+		return 256, 74, true
+	case GGMLTypeIQ2_S:
+		return 256, 82, true
+	case GGMLTypeIQ3_XXS:
+		return 256, 98, true
+	case GGMLTypeIQ3_S:
+		return 256, 110, true
+	case GGMLTypeIQ1_S:
+		return 256, 50, true
+	case GGMLTypeIQ1_M:
+		return 256, 56, true
 	}
 	return 0, 0, false
 }

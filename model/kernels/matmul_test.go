@@ -24,6 +24,8 @@ var f16Fields = map[tensor.DType][]int{
 	tensor.Q8_0: {0}, tensor.Q4_K: {0, 2}, tensor.Q6_K: {208}, tensor.Q5_K: {0, 2},
 	tensor.Q4_0: {0}, tensor.Q4_1: {0, 2}, tensor.Q5_0: {0}, tensor.Q5_1: {0, 2},
 	tensor.Q2_K: {80, 82}, tensor.Q3_K: {108}, tensor.IQ4_NL: {0}, tensor.IQ4_XS: {0},
+	tensor.IQ2_XXS: {0}, tensor.IQ2_XS: {0}, tensor.IQ2_S: {0}, tensor.IQ3_XXS: {0}, tensor.IQ3_S: {0},
+	tensor.IQ1_S: {0},
 }
 
 // randMatrix returns a rows x cols matrix of dtype dt with values of order 1.
@@ -56,6 +58,17 @@ func randMatrix(rng *rand.Rand, dt tensor.DType, rows, cols int) tensor.Matrix {
 			data[b] = byte(120 + rng.IntN(7))
 			if rng.IntN(16) == 0 {
 				data[b] = byte(rng.IntN(3))
+			}
+		}
+	case tensor.IQ1_M:
+		// Its f16 scale is the top nibbles of the four u16 at 48.
+		for i := range data {
+			data[i] = byte(rng.IntN(256))
+		}
+		for b := 0; b < len(data); b += dt.BlockBytes() {
+			h := tensor.F32ToF16(float32(0.001 + 0.01*rng.Float64()))
+			for k := range 4 {
+				data[b+49+2*k] = data[b+49+2*k]&0x0F | byte(h>>(4*k))<<4
 			}
 		}
 	default:

@@ -30,6 +30,8 @@ import "math"
 //	IQ4_XS  256    136    d @0; scales_h u16 @2; scales_l[4] @4 (6-bit scales of 8 sub-blocks of 32);
 //	                      128 bytes of 4-bit indices @8;                                 x = d·(sc−32)·iq4nlValues[q]
 //	MXFP4    32     17    e u8 @0 (E8M0); 16 bytes of 4-bit E2M1 codes as Q4_0;          x = E8M0Half(e)·MXFP4Values[q]
+//
+// The i-quants of 1 to 3 bits (IQ2_XXS ... IQ1_M) are in iquants.go.
 
 // blockLayout describes one quantized type.
 type blockLayout struct {
@@ -53,6 +55,14 @@ var layouts = [NumDTypes]blockLayout{
 	IQ4_NL: {"IQ4_NL", 32, 18, dequantIQ4NLBlock},
 	IQ4_XS: {"IQ4_XS", 256, 136, dequantIQ4XSBlock},
 	MXFP4:  {"MXFP4", 32, 17, dequantMXFP4Block},
+
+	IQ2_XXS: {"IQ2_XXS", 256, 66, dequantIQ2XXSBlock},
+	IQ2_XS:  {"IQ2_XS", 256, 74, dequantIQ2XSBlock},
+	IQ2_S:   {"IQ2_S", 256, 82, dequantIQ2SBlock},
+	IQ3_XXS: {"IQ3_XXS", 256, 98, dequantIQ3XXSBlock},
+	IQ3_S:   {"IQ3_S", 256, 110, dequantIQ3SBlock},
+	IQ1_S:   {"IQ1_S", 256, 50, dequantIQ1SBlock},
+	IQ1_M:   {"IQ1_M", 256, 56, dequantIQ1MBlock},
 }
 
 func layoutOf(d DType) (blockLayout, bool) {

@@ -44,6 +44,14 @@ const (
 	// MXFP4: the OCP microscaling FP4 format as ggml stores it (MXFP4_MOE
 	// files): 32 E2M1 values with one E8M0 power-of-two scale.
 	MXFP4
+	// The i-quants of 1 to 3 bits (iquants.go).
+	IQ2_XXS
+	IQ2_XS
+	IQ2_S
+	IQ3_XXS
+	IQ3_S
+	IQ1_S
+	IQ1_M
 
 	// NumDTypes is one more than the largest DType, for tables indexed by type.
 	NumDTypes = iota + 1

@@ -33,9 +33,13 @@ cc -O1 -Wall -o "$WORK/quant_golden" "$SRC/quant_golden.c" -L"$LLAMA_LIB" -l:lib
 cc -O1 -Wall -o "$WORK/quantize_model" "$SRC/quantize_model.c" -L"$LLAMA_LIB" -l:libllama.v0.4.0.so -Wl,-rpath,"$LLAMA_LIB"
 cc -O1 -Wall -o "$WORK/logits" "$SRC/logits.c" -L"$LLAMA_LIB" -l:libllama.v0.4.0.so -l:libggml.v0.4.0.so -Wl,-rpath,"$LLAMA_LIB"
 
-# 1. Golden blocks of every quantized type.
+# 1. Golden blocks of every quantized type, and the lattice tables of the
+#    i-quants of 1 to 3 bits read out of llama.cpp's decoding.
 mkdir -p model/tensor/testdata/llamacpp
 "$WORK/quant_golden" model/tensor/testdata/llamacpp
+cc -O1 -Wall -o "$WORK/iq_grids" "$SRC/iq_grids.c" -L"$LLAMA_LIB" -l:libggml-base.so -Wl,-rpath,"$LLAMA_LIB" -lm
+"$WORK/iq_grids" >model/tensor/iqgrids.go
+gofmt -w model/tensor/iqgrids.go
 
 # 2. The fixture quantized to Q4_K_M by llama_model_quantize (ftype 15), then
 #    dequantized back to F32 by llama.cpp (ftype 0, allow_requantize), and

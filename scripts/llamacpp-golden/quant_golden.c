@@ -3,7 +3,8 @@
 //
 // For each type it quantizes a fixed float input (4 rows x 256 values,
 // made by a seeded generator, see fill_input) with ggml_quantize_chunk
-// (no importance matrix), and also writes 4 rows of random block bytes whose
+// (no importance matrix, or one of all ones for the i-quants of 1 to 3 bits,
+// whose quantizers need one), and also writes 4 rows of random block bytes whose
 // f16 fields are set to finite values. Both byte sets are decoded with the
 // type's ggml_get_type_traits(type)->to_float. Output files, in outdir:
 //
@@ -77,7 +78,20 @@ static const struct qtype types[] = {
 	{8, "Q8_0", {0, -1}}, {10, "Q2_K", {80, 82, -1}}, {11, "Q3_K", {108, -1}}, {12, "Q4_K", {0, 2, -1}},
 	{13, "Q5_K", {0, 2, -1}}, {14, "Q6_K", {208, -1}}, {20, "IQ4_NL", {0, -1}}, {23, "IQ4_XS", {0, -1}},
 	{39, "MXFP4", {-1}}, // its scale is an E8M0 byte: every random byte is one
+	{16, "IQ2_XXS", {0, -1}}, {17, "IQ2_XS", {0, -1}}, {22, "IQ2_S", {0, -1}}, {18, "IQ3_XXS", {0, -1}},
+	{21, "IQ3_S", {0, -1}}, {19, "IQ1_S", {0, -1}},
+	{29, "IQ1_M", {-1}}, // its f16 scale is the top nibbles of the four u16 at 48: set_iq1m_scale
 };
+
+// needs_imatrix: the i-quants of 1 to 3 bits, whose quantizers take an
+// importance matrix (the ones given are all 1: every value weighs the same).
+static bool needs_imatrix(int id) { return (id >= 16 && id <= 22 && id != 20) || id == 29; }
+
+// set_iq1m_scale writes the f16 h into an IQ1_M block's scales, 4 bits in
+// the top nibble of each of its four u16.
+static void set_iq1m_scale(unsigned char *blk, uint16_t h) {
+	for (int k = 0; k < 4; k++) blk[48 + 2 * k + 1] = (unsigned char)((blk[48 + 2 * k + 1] & 0x0F) | ((h >> (4 * k)) & 0xF) << 4);
+}
 
 static void write_file(const char *dir, const char *name, const char *suffix, const void *p, size_t n) {
 	char path[512];
@@ -88,8 +102,9 @@ static void write_file(const char *dir, const char *name, const char *suffix, co
 
 int main(int argc, char **argv) {
 	const char *dir = argc > 1 ? argv[1] : ".";
-	static float in[N], out[N];
+	static float in[N], out[N], ones[COLS];
 	fill_input(in);
+	for (int i = 0; i < COLS; i++) ones[i] = 1;
 	write_file(dir, "input", ".f32", in, sizeof in);
 	for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
 		const struct qtype *q = &types[t];
@@ -97,7 +112,7 @@ int main(int argc, char **argv) {
 		if (strcasecmp(tr->type_name, q->name) != 0) { fprintf(stderr, "type %d is %s, want %s\n", q->id, tr->type_name, q->name); return 1; }
 		size_t bytes = (size_t)N / tr->blck_size * tr->type_size;
 		unsigned char *buf = calloc(1, bytes);
-		size_t n = ggml_quantize_chunk(q->id, in, buf, 0, ROWS, COLS, NULL);
+		size_t n = ggml_quantize_chunk(q->id, in, buf, 0, ROWS, COLS, needs_imatrix(q->id) ? ones : NULL);
 		if (n != bytes) { fprintf(stderr, "%s: %zu bytes, want %zu\n", q->name, n, bytes); return 1; }
 		tr->to_float(buf, out, N);
 		write_file(dir, q->name, ".quant", buf, bytes);
@@ -109,6 +124,9 @@ int main(int argc, char **argv) {
 				uint16_t h = ggml_fp32_to_fp16(v);
 				memcpy(buf + b * tr->type_size + q->f16[k], &h, 2);
 			}
+		if (q->id == 29)
+			for (size_t b = 0; b < bytes / tr->type_size; b++)
+				set_iq1m_scale(buf + b * tr->type_size, ggml_fp32_to_fp16((float)((uniform() < 0.5 ? -1 : 1) * (0.001 + uniform()))));
 		tr->to_float(buf, out, N);
 		write_file(dir, q->name, ".random", buf, bytes);
 		write_file(dir, q->name, ".random.f32", out, sizeof out);

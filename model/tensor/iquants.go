@@ -1,0 +1,182 @@
+package tensor
+
+// The i-quants of 1 to 3 bits (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S,
+// IQ1_S, IQ1_M): llama.cpp's lattice codes, which unsloth's "UD-IQ" and
+// IBM's low-bit Granite files use for the routed experts. Every block holds
+// 256 values in 8 sub-blocks of 32; each group of 8 (IQ3: 4) values is one
+// index into a lattice table (iqgrids.go, measured from llama.cpp's own
+// decoding by scripts/llamacpp-golden/iq_grids.c) and, for the IQ2/IQ3
+// types, 8 sign bits. The values are integers times a per-sub-block scale:
+//
+//	type    bytes  layout (byte offsets)                                          value
+//	IQ2_XXS   66   d @0; per sub-block ib, 4 index bytes @2+8ib and a u32 @6+8ib  d·(2s+1)/8·g·±1
+//	               of four 7-bit sign indices (iqSigns) and the 4-bit scale s (bits 28..31)
+//	IQ2_XS    74   d @0; 32 u16 @2 (9-bit index, 7-bit sign index); 8 bytes of    d·(2s+1)/8·g·±1
+//	               two 4-bit scales @66 (low nibble: the sub-block's first 16 values)
+//	IQ2_S     82   d @0; 32 low index bytes @2; 32 sign bytes @34; qh[8] @66 (two  d·(2s+1)/8·g·±1
+//	               high index bits per group); scales @74 as IQ2_XS
+//	IQ3_XXS   98   d @0; 64 index bytes @2 (one per 4 values); 8 u32 @66 as        d·(2s+1)/4·g·±1
+//	               IQ2_XXS's signs and scale
+//	IQ3_S    110   d @0; 64 low index bytes @2; qh[8] @66 (9th bits); 32 sign     d·(2s+1)·g·±1
+//	               bytes @74; 4 bytes of two 4-bit scales @106 (one per 32 values)
+//	IQ1_S     50   d @0; 32 low index bytes @2; 8 u16 qh @34 (3 high bits per     d·(2s+1)·(g ± 1/8)
+//	               group, the scale s in bits 12..14, the sign of 1/8 in bit 15)
+//	IQ1_M     56   32 low index bytes @0; qh[16] @32 (per group of 8, 3 high bits  d·(2s+1)·(g ± 1/8)
+//	               and the sign of 1/8); 4 u16 @48: 3-bit scales per 16 values, d
+//	               (f16) in their top nibbles
+//
+// g is a lattice entry's value: IQ2 magnitudes 8, 25 or 43; IQ3_XXS 4..62;
+// IQ3_S 1..15; IQ1 −1, 0 or 1.
+
+// IQ1Delta is the offset of IQ1_S and IQ1_M values (IQ1S_DELTA in ggml).
+const IQ1Delta = 0.125
+
+// iqSigned returns g's value j (byte j of the entry) negated when bit j of
+// signs is set.
+func iqSigned(db float32, g uint64, j int, signs uint8) float32 {
+	v := mul(db, float32(uint8(g>>(8*j))))
+	if signs>>j&1 != 0 {
+		v = -v
+	}
+	return v
+}
+
+func dequantIQ2XXSBlock(blk []byte, y []float32) {
+	d := F16ToF32(le16(blk))
+	for ib := range 8 {
+		sub := blk[2+8*ib:]
+		aux := le32(sub[4:])
+		db := mul(mul(d, 0.5+float32(aux>>28)), 0.25)
+		for l := range 4 {
+			g, signs := iq2xxsGrid[sub[l]], iqSigns[aux>>(7*l)&127]
+			for j := range 8 {
+				y[8*l+j] = iqSigned(db, g, j, signs)
+			}
+		}
+		y = y[32:]
+	}
+}
+
+func dequantIQ2XSBlock(blk []byte, y []float32) {
+	d := F16ToF32(le16(blk))
+	for ib := range 8 {
+		sc := blk[66+ib]
+		db := [2]float32{mul(mul(d, 0.5+float32(sc&15)), 0.25), mul(mul(d, 0.5+float32(sc>>4)), 0.25)}
+		for l := range 4 {
+			q := le16(blk[2+8*ib+2*l:])
+			g, signs := iq2xsGrid[q&511], iqSigns[q>>9]
+			for j := range 8 {
+				y[8*l+j] = iqSigned(db[l/2], g, j, signs)
+			}
+		}
+		y = y[32:]
+	}
+}
+
+// IQ2SIndex is the lattice index of group l (0..3) of sub-block ib of an
+// IQ2_S block.
+func IQ2SIndex(blk []byte, ib, l int) int {
+	return int(blk[2+4*ib+l]) | int(blk[66+ib])<<(8-2*l)&0x300
+}
+
+func dequantIQ2SBlock(blk []byte, y []float32) {
+	d := F16ToF32(le16(blk))
+	for ib := range 8 {
+		sc := blk[74+ib]
+		db := [2]float32{mul(mul(d, 0.5+float32(sc&15)), 0.25), mul(mul(d, 0.5+float32(sc>>4)), 0.25)}
+		for l := range 4 {
+			g, signs := iq2sGrid[IQ2SIndex(blk, ib, l)], blk[34+4*ib+l]
+			for j := range 8 {
+				y[8*l+j] = iqSigned(db[l/2], g, j, signs)
+			}
+		}
+		y = y[32:]
+	}
+}
+
+func dequantIQ3XXSBlock(blk []byte, y []float32) {
+	d := F16ToF32(le16(blk))
+	for ib := range 8 {
+		aux := le32(blk[66+4*ib:])
+		db := mul(mul(d, 0.5+float32(aux>>28)), 0.5)
+		qs := blk[2+8*ib:]
+		for l := range 4 {
+			g := uint64(iq3xxsGrid[qs[2*l]]) | uint64(iq3xxsGrid[qs[2*l+1]])<<32
+			signs := iqSigns[aux>>(7*l)&127]
+			for j := range 8 {
+				y[8*l+j] = iqSigned(db, g, j, signs)
+			}
+		}
+		y = y[32:]
+	}
+}
+
+// IQ3SIndex is the lattice index of group p (0..63, 4 values each) of an
+// IQ3_S block.
+func IQ3SIndex(blk []byte, p int) int {
+	return int(blk[2+p]) | int(blk[66+p/8]>>(p%8)&1)<<8
+}
+
+func dequantIQ3SBlock(blk []byte, y []float32) {
+	d := F16ToF32(le16(blk))
+	for ib := range 8 {
+		db := mul(d, float32(1+2*int(blk[106+ib/2]>>(4*(ib%2))&15)))
+		for l := range 4 {
+			p := 8*ib + 2*l
+			g := uint64(iq3sGrid[IQ3SIndex(blk, p)]) | uint64(iq3sGrid[IQ3SIndex(blk, p+1)])<<32
+			signs := blk[74+4*ib+l]
+			for j := range 8 {
+				y[8*l+j] = iqSigned(db, g, j, signs)
+			}
+		}
+		y = y[32:]
+	}
+}
+
+// iq1Values writes dl·(g_j + delta) for the 8 int8 values of lattice entry g.
+func iq1Values(y []float32, dl float32, g uint64, delta float32) {
+	for j := range 8 {
+		y[j] = mul(dl, float32(int8(g>>(8*j)))+delta)
+	}
+}
+
+func dequantIQ1SBlock(blk []byte, y []float32) {
+	d := F16ToF32(le16(blk))
+	for ib := range 8 {
+		qh := le16(blk[34+2*ib:])
+		dl := mul(d, float32(2*int(qh>>12&7)+1))
+		delta := float32(IQ1Delta)
+		if qh&0x8000 != 0 {
+			delta = -IQ1Delta
+		}
+		for l := range 4 {
+			iq1Values(y[8*l:], dl, iq1sGrid[int(blk[2+4*ib+l])|int(qh>>(3*l)&7)<<8], delta)
+		}
+		y = y[32:]
+	}
+}
+
+// IQ1MScale is the f16 scale of an IQ1_M block, kept in the top nibbles of
+// its four u16 scale words.
+func IQ1MScale(blk []byte) uint16 {
+	sc := blk[48:56]
+	return le16(sc)>>12 | le16(sc[2:])>>8&0x00F0 | le16(sc[4:])>>4&0x0F00 | le16(sc[6:])&0xF000
+}
+
+func dequantIQ1MBlock(blk []byte, y []float32) {
+	d := F16ToF32(IQ1MScale(blk))
+	for ib := range 8 {
+		sc := le16(blk[48+2*(ib/2):])
+		shift := 6 * (ib % 2)
+		dl := [2]float32{mul(d, float32(2*int(sc>>shift&7)+1)), mul(d, float32(2*int(sc>>(shift+3)&7)+1))}
+		for l := range 4 {
+			h := blk[32+2*ib+l/2] >> (4 * (l % 2))
+			delta := float32(IQ1Delta)
+			if h&8 != 0 {
+				delta = -IQ1Delta
+			}
+			iq1Values(y[8*l:], dl[l/2], iq1sGrid[int(blk[4*ib+l])|int(h&7)<<8], delta)
+		}
+		y = y[32:]
+	}
+}
