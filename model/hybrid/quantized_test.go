@@ -253,6 +253,21 @@ func TestLlamaCppLowBitDirect(t *testing.T) {
 	t.Run("IQ4_XS", func(t *testing.T) {
 		testLlamaCppKQuantDirect(t, "granite-h256-iq4_xs.json", []gguf.GGMLType{gguf.GGMLTypeIQ4_XS, gguf.GGMLTypeQ6_K}, 1.0, 0.6, 30, 1)
 	})
+	t.Run("IQ2_XXS", func(t *testing.T) {
+		testLlamaCppKQuantDirect(t, "granite-h256-iq2_xxs.json", []gguf.GGMLType{gguf.GGMLTypeIQ2_XXS, gguf.GGMLTypeQ2_K, gguf.GGMLTypeQ5_K}, 2.0, 2.0, 0, 1)
+	})
+	t.Run("IQ2_S", func(t *testing.T) {
+		testLlamaCppKQuantDirect(t, "granite-h256-iq2_s.json", []gguf.GGMLType{gguf.GGMLTypeIQ2_XS, gguf.GGMLTypeIQ3_S, gguf.GGMLTypeQ5_K}, 2.5, 2.5, 0, 1)
+	})
+	t.Run("IQ3_XXS", func(t *testing.T) {
+		testLlamaCppKQuantDirect(t, "granite-h256-iq3_xxs.json", []gguf.GGMLType{gguf.GGMLTypeIQ3_XXS, gguf.GGMLTypeIQ2_S, gguf.GGMLTypeIQ3_S, gguf.GGMLTypeQ5_K}, 4.5, 4.5, 0, 1)
+	})
+	t.Run("IQ1_S", func(t *testing.T) {
+		testLlamaCppKQuantDirect(t, "granite-h256-iq1_s.json", []gguf.GGMLType{gguf.GGMLTypeIQ1_S, gguf.GGMLTypeIQ2_XXS, gguf.GGMLTypeQ2_K, gguf.GGMLTypeQ5_K}, 3.0, 3.0, 0, 1)
+	})
+	t.Run("IQ1_M", func(t *testing.T) {
+		testLlamaCppKQuantDirect(t, "granite-h256-iq1_m.json", []gguf.GGMLType{gguf.GGMLTypeIQ1_M, gguf.GGMLTypeIQ2_XXS, gguf.GGMLTypeQ2_K, gguf.GGMLTypeQ5_K}, 3.0, 3.0, 0, 1)
+	})
 	t.Run("Q4_1", func(t *testing.T) {
 		testLlamaCppKQuantDirect(t, "granite-h256-q4_1.json", []gguf.GGMLType{gguf.GGMLTypeQ4_1}, 1.5, 1.5, 0, 1.05)
 	})

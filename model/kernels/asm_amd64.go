@@ -702,6 +702,90 @@ func q8dot512IQ4XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nb
 // q8dot512IQ4XSN2BW computes 2-input dot products of IQ4XS weights with 8-bit activations (see genQ8).
 func q8dot512IQ4XSN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512IQ2XXSN1 computes 1-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN1BW computes 1-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN2 computes 2-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN2BW computes 2-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN1 computes 1-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN1BW computes 1-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN2 computes 2-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN2BW computes 2-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN1 computes 1-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN1BW computes 1-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN2 computes 2-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN2BW computes 2-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN1 computes 1-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN1BW computes 1-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN2 computes 2-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN2BW computes 2-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN1 computes 1-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN1BW computes 1-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN2 computes 2-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN2BW computes 2-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN1 computes 1-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN1BW computes 1-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN2 computes 2-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN2BW computes 2-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN1 computes 1-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN1BW computes 1-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN1BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN2 computes 2-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN2BW computes 2-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256Q4KN1 computes 1-input dot products of Q4K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 

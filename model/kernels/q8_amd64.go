@@ -33,6 +33,14 @@ var q8Kernels = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q3_K:   {1: q8dot512Q3KN1, 2: q8dot512Q3KN2},
 	tensor.Q2_K:   {1: q8dot512Q2KN1, 2: q8dot512Q2KN2},
 	tensor.IQ4_XS: {1: q8dot512IQ4XSN1, 2: q8dot512IQ4XSN2},
+
+	tensor.IQ2_XXS: {1: q8dot512IQ2XXSN1, 2: q8dot512IQ2XXSN2},
+	tensor.IQ2_XS:  {1: q8dot512IQ2XSN1, 2: q8dot512IQ2XSN2},
+	tensor.IQ2_S:   {1: q8dot512IQ2SN1, 2: q8dot512IQ2SN2},
+	tensor.IQ3_XXS: {1: q8dot512IQ3XXSN1, 2: q8dot512IQ3XXSN2},
+	tensor.IQ3_S:   {1: q8dot512IQ3SN1, 2: q8dot512IQ3SN2},
+	tensor.IQ1_S:   {1: q8dot512IQ1SN1, 2: q8dot512IQ1SN2},
+	tensor.IQ1_M:   {1: q8dot512IQ1MN1, 2: q8dot512IQ1MN2},
 }
 
 // q8KernelsBW are q8Kernels without VNNI.
@@ -43,6 +51,14 @@ var q8KernelsBW = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q3_K:   {1: q8dot512Q3KN1BW, 2: q8dot512Q3KN2BW},
 	tensor.Q2_K:   {1: q8dot512Q2KN1BW, 2: q8dot512Q2KN2BW},
 	tensor.IQ4_XS: {1: q8dot512IQ4XSN1BW, 2: q8dot512IQ4XSN2BW},
+
+	tensor.IQ2_XXS: {1: q8dot512IQ2XXSN1BW, 2: q8dot512IQ2XXSN2BW},
+	tensor.IQ2_XS:  {1: q8dot512IQ2XSN1BW, 2: q8dot512IQ2XSN2BW},
+	tensor.IQ2_S:   {1: q8dot512IQ2SN1BW, 2: q8dot512IQ2SN2BW},
+	tensor.IQ3_XXS: {1: q8dot512IQ3XXSN1BW, 2: q8dot512IQ3XXSN2BW},
+	tensor.IQ3_S:   {1: q8dot512IQ3SN1BW, 2: q8dot512IQ3SN2BW},
+	tensor.IQ1_S:   {1: q8dot512IQ1SN1BW, 2: q8dot512IQ1SN2BW},
+	tensor.IQ1_M:   {1: q8dot512IQ1MN1BW, 2: q8dot512IQ1MN2BW},
 }
 
 // q8Kernels256 are the AVX2 integer kernels (the same bits as q8Kernels),

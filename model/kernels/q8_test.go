@@ -11,7 +11,8 @@ import (
 
 // q8DTypes are the weight types with integer kernels on 8-bit activations
 // (quantizeQ8K's blocks).
-var q8DTypes = []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS}
+var q8DTypes = []tensor.DType{tensor.Q4_K, tensor.Q5_K, tensor.Q6_K, tensor.Q3_K, tensor.Q2_K, tensor.IQ4_XS,
+	tensor.IQ2_XXS, tensor.IQ2_XS, tensor.IQ2_S, tensor.IQ3_XXS, tensor.IQ3_S, tensor.IQ1_S, tensor.IQ1_M}
 
 // TestMatMulQ8 checks the integer kernels against their plain twin
 // (matMulQ8Ref: the same bits) and against the

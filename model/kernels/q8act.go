@@ -190,7 +190,8 @@ func matMulQ8Ref(out []float32, w tensor.Matrix, x []float32, n int) {
 // integer sums, then for Q4_K and Q5_K acc += Σ sc·Σq·q_x·(d·d_x) and
 // acc −= Σ m·Σq_x·(dmin·d_x) in float32 (Q2_K likewise, per 16 values),
 // for Q6_K acc += Σ sc·Σ(q−32)·q_x·(d·d_x) (Q3_K likewise with q−4, IQ4_XS
-// with its codebook values per 32), in the kernels' order: the same bits.
+// with its codebook values per 32; the i-quants of 1 to 3 bits with
+// tensor.IQInts' integer form), in the kernels' order: the same bits.
 func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 	var acc float32
 	for b := 0; b < nb; b++ {
@@ -293,7 +294,25 @@ func dotQ8Ref(dt tensor.DType, row, xq []byte, nb int) float32 {
 			}
 			acc += float32(float32(isum) * float32(dx*d)) // as q6BlockScalar
 		default:
-			panic("kernels: dotQ8Ref of " + dt.String())
+			if !tensor.IsIQLattice(dt) {
+				panic("kernels: dotQ8Ref of " + dt.String())
+			}
+			// The i-quants of 1 to 3 bits in their integer form: the
+			// exact Σ_t ls_t·Σ w·q_x, scaled by (d·k)·d_x (k a power of
+			// two, so d·k is exact) as q6BlockScalar does.
+			bb := dt.BlockBytes()
+			var w [256]int8
+			var ls [16]int32
+			d, k := tensor.IQInts(dt, row[b*bb:(b+1)*bb], &w, &ls)
+			var isum int32
+			for t := range 16 {
+				var s int32
+				for v := 16 * t; v < 16*t+16; v++ {
+					s += int32(w[v]) * qx(v)
+				}
+				isum += ls[t] * s
+			}
+			acc += float32(float32(isum) * float32(dx*float32(d*k)))
 		}
 	}
 	return acc

@@ -94,3 +94,34 @@ func TestGoldenQuantizeError(t *testing.T) {
 }
 
 func sq(x float64) float64 { return x * x }
+
+// TestIQIntsMatchDequant checks the integer form of every i-quant block of
+// 1 to 3 bits (IQInts) against the reference decoding on llama.cpp's golden
+// blocks: d·k·ls·w equals each decoded value to float32 rounding.
+func TestIQIntsMatchDequant(t *testing.T) {
+	for _, dt := range QuantizedDTypes() {
+		if !IsIQLattice(dt) {
+			continue
+		}
+		for _, set := range []string{"quant", "random"} {
+			blocks, err := os.ReadFile(filepath.Join(goldenDir, dt.String()+"."+set))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := readF32File(t, dt.String()+"."+set+".f32")
+			bb := dt.BlockBytes()
+			for b := 0; b < len(blocks)/bb; b++ {
+				var w [256]int8
+				var ls [16]int32
+				d, k := IQInts(dt, blocks[b*bb:(b+1)*bb], &w, &ls)
+				for j := range 256 {
+					got := float64(d) * float64(k) * float64(ls[j/16]) * float64(w[j])
+					ref := float64(want[256*b+j])
+					if math.Abs(got-ref) > 1e-6*math.Abs(ref)+1e-30 {
+						t.Fatalf("%v %s block %d value %d: integer form %g, llama.cpp %g", dt, set, b, j, got, ref)
+					}
+				}
+			}
+		}
+	}
+}

@@ -180,3 +180,119 @@ func dequantIQ1MBlock(blk []byte, y []float32) {
 		y = y[32:]
 	}
 }
+
+// IQInts decodes a block of an i-quant of 1 to 3 bits (IQ2_XXS ... IQ1_M)
+// into integers: value j of the block is d·k·ls[j/16]·w[j], with w the
+// signed lattice values (IQ1_S, IQ1_M: 8g ± 1, the 1/8 offset times 8),
+// ls the odd sub-block scales and k a power of two (1/8 for the IQ2 and IQ1
+// types, 1/4 for IQ3_XXS, 1 for IQ3_S). The integer kernels compute with
+// this form (exact integer sums, then d·k). It panics on other types.
+func IQInts(dt DType, blk []byte, w *[256]int8, ls *[16]int32) (d, k float32) {
+	put := func(j int, g uint64, signs uint8) {
+		for i := range 8 {
+			v := int8(uint8(g >> (8 * i)))
+			if signs>>i&1 != 0 {
+				v = -v
+			}
+			w[j+i] = v
+		}
+	}
+	iq1 := func(j int, g uint64, neg bool) {
+		for i := range 8 {
+			v := 8 * int8(uint8(g>>(8*i)))
+			if neg {
+				v--
+			} else {
+				v++
+			}
+			w[j+i] = v
+		}
+	}
+	switch dt {
+	case IQ2_XXS, IQ3_XXS:
+		for ib := range 8 {
+			var aux uint32
+			if dt == IQ2_XXS {
+				aux = le32(blk[6+8*ib:])
+			} else {
+				aux = le32(blk[66+4*ib:])
+			}
+			ls[2*ib], ls[2*ib+1] = int32(2*(aux>>28)+1), int32(2*(aux>>28)+1)
+			for l := range 4 {
+				var g uint64
+				if dt == IQ2_XXS {
+					g = iq2xxsGrid[blk[2+8*ib+l]]
+				} else {
+					g = uint64(iq3xxsGrid[blk[2+8*ib+2*l]]) | uint64(iq3xxsGrid[blk[2+8*ib+2*l+1]])<<32
+				}
+				put(32*ib+8*l, g, iqSigns[aux>>(7*l)&127])
+			}
+		}
+		k = 0.125
+		if dt == IQ3_XXS {
+			k = 0.25
+		}
+		return F16ToF32(le16(blk)), k
+	case IQ2_XS, IQ2_S:
+		sc := blk[66:]
+		if dt == IQ2_S {
+			sc = blk[74:]
+		}
+		for ib := range 8 {
+			ls[2*ib], ls[2*ib+1] = 2*int32(sc[ib]&15)+1, 2*int32(sc[ib]>>4)+1
+			for l := range 4 {
+				if dt == IQ2_XS {
+					q := le16(blk[2+8*ib+2*l:])
+					put(32*ib+8*l, iq2xsGrid[q&511], iqSigns[q>>9])
+				} else {
+					put(32*ib+8*l, iq2sGrid[IQ2SIndex(blk, ib, l)], blk[34+4*ib+l])
+				}
+			}
+		}
+		return F16ToF32(le16(blk)), 0.125
+	case IQ3_S:
+		for ib := range 8 {
+			s := 2*int32(blk[106+ib/2]>>(4*(ib%2))&15) + 1
+			ls[2*ib], ls[2*ib+1] = s, s
+			for l := range 4 {
+				p := 8*ib + 2*l
+				g := uint64(iq3sGrid[IQ3SIndex(blk, p)]) | uint64(iq3sGrid[IQ3SIndex(blk, p+1)])<<32
+				put(32*ib+8*l, g, blk[74+4*ib+l])
+			}
+		}
+		return F16ToF32(le16(blk)), 1
+	case IQ1_S:
+		for ib := range 8 {
+			qh := le16(blk[34+2*ib:])
+			s := 2*int32(qh>>12&7) + 1
+			ls[2*ib], ls[2*ib+1] = s, s
+			for l := range 4 {
+				iq1(32*ib+8*l, iq1sGrid[int(blk[2+4*ib+l])|int(qh>>(3*l)&7)<<8], qh&0x8000 != 0)
+			}
+		}
+		return F16ToF32(le16(blk)), 0.125
+	case IQ1_M:
+		for t := range 16 {
+			ls[t] = 2*int32(le16(blk[48+2*(t/4):])>>(3*(t%4))&7) + 1
+		}
+		for ib := range 8 {
+			for l := range 4 {
+				h := blk[32+2*ib+l/2] >> (4 * (l % 2))
+				iq1(32*ib+8*l, iq1sGrid[int(blk[4*ib+l])|int(h&7)<<8], h&8 != 0)
+			}
+		}
+		return F16ToF32(IQ1MScale(blk)), 0.125
+	}
+	panic("tensor: IQInts of " + dt.String())
+}
+
+// IsIQLattice reports whether dt is one of the i-quants of 1 to 3 bits
+// (IQInts' types).
+func IsIQLattice(dt DType) bool { return dt >= IQ2_XXS && dt <= IQ1_M }
+
+// IQGrids returns copies of the lattice tables (for kernels that keep
+// their own): IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S and IQ1_S/IQ1_M's,
+// each entry's values as bytes, the first value lowest.
+func IQGrids() (iq2xxs [256]uint64, iq2xs [512]uint64, iq2s [1024]uint64, iq3xxs [256]uint32, iq3s [512]uint32, iq1s [2048]uint64) {
+	return iq2xxsGrid, iq2xsGrid, iq2sGrid, iq3xxsGrid, iq3sGrid, iq1sGrid
+}

@@ -31,6 +31,7 @@ fi
 SRC=$ROOT/scripts/llamacpp-golden
 cc -O1 -Wall -o "$WORK/quant_golden" "$SRC/quant_golden.c" -L"$LLAMA_LIB" -l:libggml-base.so -Wl,-rpath,"$LLAMA_LIB" -lm
 cc -O1 -Wall -o "$WORK/quantize_model" "$SRC/quantize_model.c" -L"$LLAMA_LIB" -l:libllama.v0.4.0.so -Wl,-rpath,"$LLAMA_LIB"
+cc -O1 -Wall -o "$WORK/quantize_imatrix" "$SRC/quantize_imatrix.c" -L"$LLAMA_LIB" -l:libllama.v0.4.0.so -l:libggml-base.so -Wl,-rpath,"$LLAMA_LIB"
 cc -O1 -Wall -o "$WORK/logits" "$SRC/logits.c" -L"$LLAMA_LIB" -l:libllama.v0.4.0.so -l:libggml.v0.4.0.so -Wl,-rpath,"$LLAMA_LIB"
 
 # 1. Golden blocks of every quantized type, and the lattice tables of the
@@ -314,6 +315,22 @@ for LB in "12 q3_k_m" "10 q2_k" "30 iq4_xs" "3 q4_1 pure" "9 q5_1 pure" "17 q5_k
   case $2 in q[45]_1) act="q8_1, 8 bits per 32 values" ;; esac
   "$WORK/logits" "$L.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-h256-$2.json" 2>"$WORK/logits-h256-$2.log"
   write_direct_ref "$L" "$WORK/logits-h256-$2.json" "$(grep -o "converting to [a-zA-Z0-9_]*" "$WORK/quantize-h256-$2.log" | sort | uniq -c | awk '{printf "%s%d %s", (NR>1?", ":""), $1, toupper($4)}') matrices, not dequantized: its CPU matmuls quantize the activations to $act"
+done
+
+# 4c. The h256 model in llama.cpp's i-quant mixes of 1 to 3 bits, made by
+#    llama_model_quantize with an importance matrix of all ones (which these
+#    types require; quantize_imatrix.c): IQ2_XXS (ftype 19: IQ2_XXS, with
+#    Q2_K and Q5_K where the mix puts them), IQ2_S (28: IQ2_XS and IQ3_S),
+#    IQ3_XXS (23: IQ3_XXS, IQ2_S and IQ3_S), IQ1_S (24: IQ1_S and IQ2_XXS)
+#    and IQ1_M (31: IQ1_M and IQ2_XXS); together every i-quant type. Each is
+#    evaluated directly by llama.cpp as step 4 does (its CPU matmuls quantize
+#    the activations to Q8_K for these weights).
+for LB in "19 iq2_xxs" "28 iq2_s" "23 iq3_xxs" "24 iq1_s" "31 iq1_m"; do
+  set -- $LB
+  L=model/gguf/testdata/granite-h256-$2
+  "$WORK/quantize_imatrix" "$WORK/h256-f32.gguf" "$L.gguf" "$1" >"$WORK/quantize-h256-$2.log" 2>&1
+  "$WORK/logits" "$L.gguf" "$LLAMA_LIB/libggml-cpu-haswell.so" <"$WORK/prompts.txt" >"$WORK/logits-h256-$2.json" 2>"$WORK/logits-h256-$2.log"
+  write_direct_ref "$L" "$WORK/logits-h256-$2.json" "$(grep -o "converting to [a-zA-Z0-9_]*" "$WORK/quantize-h256-$2.log" | sort | uniq -c | awk '{printf "%s%d %s", (NR>1?", ":""), $1, toupper($4)}') matrices, quantized with an importance matrix of all ones, not dequantized: its CPU matmuls quantize the activations to Q8_K"
 done
 
 # 5. The shared fixture with BF16 weight matrices: `switchyard convert --type

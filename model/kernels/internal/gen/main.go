@@ -96,6 +96,13 @@ func main() {
 			genQ8(dt, n, false)
 		}
 	}
+	genQ8IQConsts()
+	for _, dt := range q8IQDtypes {
+		for n := 1; n <= q8MaxN; n++ {
+			genQ8IQ(dt, n, true)
+			genQ8IQ(dt, n, false)
+		}
+	}
 	for _, dt := range q8AVX2Dtypes {
 		for n := 1; n <= q8AVX2MaxN(dt); n++ {
 			genQ8AVX2(dt, n)

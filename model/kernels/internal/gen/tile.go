@@ -28,12 +28,20 @@ const (
 	dQ2K
 	dIQ4XS
 	dQ3K
+	// The i-quants of 1 to 3 bits: integer kernels only (q8iq.go).
+	dIQ2XXS
+	dIQ2XS
+	dIQ2S
+	dIQ3XXS
+	dIQ3S
+	dIQ1S
+	dIQ1M
 )
 
 var allDtypes = []dtype{dF32, dBF16, dF16, dQ8, dQ4K, dQ6K, dQ5K, dQ40, dQ41, dQ50, dQ51, dIQ4NL, dQ2K, dIQ4XS, dQ3K}
 
 func (d dtype) String() string {
-	return [...]string{"F32", "BF16", "F16", "Q8", "Q4K", "Q6K", "Q5K", "Q40", "Q41", "Q50", "Q51", "IQ4NL", "Q2K", "IQ4XS", "Q3K"}[d]
+	return [...]string{"F32", "BF16", "F16", "Q8", "Q4K", "Q6K", "Q5K", "Q40", "Q41", "Q50", "Q51", "IQ4NL", "Q2K", "IQ4XS", "Q3K", "IQ2XXS", "IQ2XS", "IQ2S", "IQ3XXS", "IQ3S", "IQ1S", "IQ1M"}[d]
 }
 
 // only512 reports a dtype without an AVX2 kernel.

@@ -1,0 +1,421 @@
+package main
+
+import (
+	"fmt"
+	"math"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// Integer kernels of the i-quants of 1 to 3 bits (IQ2_XXS, IQ2_XS, IQ2_S,
+// IQ3_XXS, IQ3_S, IQ1_S, IQ1_M) on 8-bit activations (AVX-512 BW + VNNI,
+// and the BW twins): q8dot512<dtype>N<N>, the signature and activations of
+// genQ8.
+//
+// Each block is taken in its integer form (tensor.IQInts): value j is
+// d·k·ls[j/16]·w[j], w the signed lattice values, ls the odd sub-block
+// scales, k a power of two. Per chunk of 64 values the kernel builds the
+// magnitudes |w| as unsigned bytes and the 64 signs as a mask:
+//
+//   - the lattice entries are gathered (VPGATHERDQ: 8 entries of 8 values;
+//     VPGATHERDD for the IQ3 types' 4-value entries) from the package's copies
+//     of the tables (iq_amd64.go), their indices widened from the block's
+//     index bytes and high bits;
+//   - the signs are either sign bytes in the block (IQ2_S, IQ3_S: the mask
+//     is loaded as it is) or 7-bit indices whose eighth bit is their parity
+//     (IQ2_XXS, IQ2_XS, IQ3_XXS: PDEP spreads 8 of them over the bytes of a
+//     general register, a shift-and-xor ladder computes the parities);
+//   - IQ1_S and IQ1_M's values are −1, 0 or 1 plus ±1/8: w = 8g ± 1 is made
+//     in the vector (three doublings and ±1), its sign the mask.
+//
+// As q8RowIQ4XS, x is negated where w is negative (masked VPSUBB), then
+// VPMADDUBSW of |w| with it and VPMADDWD/VPDPWSSD with the scales as int16
+// give the exact Σ ls·Σ w·q_x; |w| ≤ 62, so no pair saturates. The block
+// ends as q6BlockScalar, with d·k for d.
+
+// q8IQDtypes are the i-quant types with integer kernels.
+var q8IQDtypes = []dtype{dIQ2XXS, dIQ2XS, dIQ2S, dIQ3XXS, dIQ3S, dIQ1S, dIQ1M}
+
+var (
+	cIQPerm    Mem // dwords 0-3, 8-11 (VPERMD: IQ2_XXS's index bytes out of a chunk's 16)
+	cIQ511     Mem // dword 511
+	cIQ7       Mem // dword 7
+	cIQ15      Mem // dword 15
+	cIQ15W     Mem // dword 0x000F000F (word 15s)
+	cIQ7W      Mem // dword 0x00070007 (word 7s)
+	cIQB1      Mem // dword 0x01010101 (byte 1s)
+	cIQ1       Mem // dword 1
+	cIQ1W      Mem // dword 0x00010001 (word 1s)
+	cIQFE      Mem // dword 0xFEFEFEFE
+	cIQShS     Mem // dwords 0, 2, .., 14: IQ2_S's high index bits of a chunk
+	cIQShS3    Mem // dwords 0..15: IQ3_S's ninth index bits of a chunk
+	cIQSh1S    Mem // dwords 0, 3, 6, 9, 16, 19, 22, 25: IQ1_S's high index bits
+	cIQSh4     Mem // dwords 0, 4, .., 28: nibbles
+	cIQ1SNeg   Mem // qwords 1<<15 x4, 1<<31 x4: IQ1_S's delta signs of a chunk
+	cIQ1MNeg   Mem // qwords 1<<3, 1<<7, .., 1<<31: IQ1_M's delta signs of a chunk
+	cIQ1MScIdx Mem // words j/4 (j < 16): IQ1_M's scale word of 16-value group j
+	cIQ1MScSh  Mem // words 3·(j%4): the group's 3-bit field
+	cIQK       = map[dtype]Mem{}
+)
+
+func genQ8IQConsts() {
+	cIQPerm = data32("iqperm", 0, 1, 2, 3, 8, 9, 10, 11, 0, 0, 0, 0, 0, 0, 0, 0)
+	cIQ511 = data32("iq511", 511)
+	cIQ7 = data32("iq7", 7)
+	cIQ15 = data32("iq15", 15)
+	cIQ15W = data32("iq15w", 0x000F000F)
+	cIQ7W = data32("iq7w", 0x00070007)
+	cIQB1 = data32("iqb1", 0x01010101)
+	cIQ1 = data32("iq1", 1)
+	cIQ1W = data32("iq1w", 0x00010001)
+	cIQFE = data32("iqfe", 0xFEFEFEFE)
+	cIQShS = data32("iqshs", 0, 2, 4, 6, 8, 10, 12, 14)
+	var s16 []uint32
+	for i := uint32(0); i < 16; i++ {
+		s16 = append(s16, i)
+	}
+	cIQShS3 = data32("iqshs3", s16...)
+	cIQSh1S = data32("iqsh1s", 0, 3, 6, 9, 16, 19, 22, 25)
+	cIQSh4 = data32("iqsh4", 0, 4, 8, 12, 16, 20, 24, 28)
+	cIQ1SNeg = data32("iq1sneg", 1<<15, 0, 1<<15, 0, 1<<15, 0, 1<<15, 0, 1<<31, 0, 1<<31, 0, 1<<31, 0, 1<<31, 0)
+	var neg []uint32
+	for g := uint32(0); g < 8; g++ {
+		neg = append(neg, 1<<(4*g+3), 0)
+	}
+	cIQ1MNeg = data32("iq1mneg", neg...)
+	var idx, sh []uint32
+	for j := uint32(0); j < 16; j += 2 {
+		idx = append(idx, j/4|(j+1)/4<<16)
+		sh = append(sh, 3*(j%4)|3*((j+1)%4)<<16)
+	}
+	cIQ1MScIdx = data32("iq1mscidx", idx...)
+	cIQ1MScSh = data32("iq1mscsh", sh...)
+	for d, k := range map[dtype]float32{dIQ2XXS: 0.125, dIQ2XS: 0.125, dIQ2S: 0.125, dIQ3XXS: 0.25, dIQ1S: 0.125, dIQ1M: 0.125} {
+		cIQK[d] = data32("iqk"+d.String(), math.Float32bits(k))
+	}
+}
+
+// iqGridSymbol is the package variable holding the type's lattice, and the
+// bytes of one entry.
+func iqGridSymbol(d dtype) (Mem, uint8) {
+	name, scale := map[dtype]string{
+		dIQ2XXS: "iq2xxsGridQ8", dIQ2XS: "iq2xsGridQ8", dIQ2S: "iq2sGridQ8",
+		dIQ3XXS: "iq3xxsGridQ8", dIQ3S: "iq3sGridQ8", dIQ1S: "iq1sGridQ8", dIQ1M: "iq1sGridQ8",
+	}[d], uint8(8)
+	if d == dIQ3XXS || d == dIQ3S {
+		scale = 4
+	}
+	return Mem{Symbol: Symbol{Name: "·" + name}, Base: StaticBase}, scale
+}
+
+func iqBlockBytes(d dtype) int {
+	return map[dtype]int{dIQ2XXS: 66, dIQ2XS: 74, dIQ2S: 82, dIQ3XXS: 98, dIQ3S: 110, dIQ1S: 50, dIQ1M: 56}[d]
+}
+
+// genQ8IQ emits q8dot512<dtype>N<N> (with vnni false, ...BW) for an i-quant:
+// genQ8's contract.
+func genQ8IQ(d dtype, N int, vnni bool) {
+	name := fmt.Sprintf("q8dot512%sN%d", d, N)
+	if !vnni {
+		name += "BW"
+	}
+	q8VNNI = vnni
+	TEXT(name, NOSPLIT, q8Sig)
+	Doc(fmt.Sprintf("%s computes %d-input dot products of %s weights with 8-bit activations (see genQ8IQ).", name, N, d))
+	ws := ld("wstride")
+	wq := ld("w")
+	oq := ld("out")
+	gsym, _ := iqGridSymbol(d)
+	grid := GP64()
+	LEAQ(gsym, grid)
+	var idx [4]VecVirtual
+	for c := range idx {
+		idx[c] = ZMM()
+		if perGroup16(d) {
+			VMOVDQU64(cQ8IdxQ6[c], idx[c])
+		} else {
+			VMOVDQU64(cQ8IdxXS[c], idx[c])
+		}
+	}
+	acc := make([]VecVirtual, N)
+	for i := range acc {
+		acc[i] = ZMM()
+	}
+	q8Rows(N, name, iqBlockBytes(d), ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
+		q8RowIQ(d, N, rowMem, xMem, grid, idx, acc)
+	})
+	VZEROUPPER()
+	RET()
+}
+
+// perGroup16 reports the types whose scales are per 16 values (else per 32).
+func perGroup16(d dtype) bool { return d == dIQ2XS || d == dIQ2S || d == dIQ1M }
+
+// q8RowIQ adds a row's block to acc[i]: dx_i·(d·k)·Σ_t ls_t·Σ w·q_x.
+func q8RowIQ(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, idx [4]VecVirtual, acc []VecVirtual) {
+	sc16 := iqScales(d, rowMem)
+	zero := ZMM()
+	VPXORD(zero, zero, zero)
+	hs := halfSums(N)
+	for c := 0; c < 4; c++ {
+		u, k := iqChunk(d, c, rowMem, grid)
+		scv := ZMM()
+		VPERMW(sc16, idx[c], scv)
+		maddChunk512(N, func(i int) Op {
+			x := ZMM()
+			VMOVDQU64(xMem(i, 64*c), x)
+			VPSUBB(x, zero, k, x) // −x where w < 0
+			return x
+		}, u, scv, hs, c/2, c%2 == 0)
+	}
+	// d (f16) as float32 in the low lane, times k (exact: a power of two).
+	dv := ZMM()
+	if d == dIQ1M {
+		q, h := GP64(), GP64()
+		MOVQ(rowMem(48), q)
+		MOVQ(U64(0xF000F000F000F000), h)
+		PEXTQ(h, q, q) // the top nibbles of the four scale words
+		VMOVQ(q, dv.AsX())
+	} else {
+		VPBROADCASTW(rowMem(0), dv.AsX())
+	}
+	VCVTPH2PS(dv.AsX(), dv.AsX())
+	if k, ok := cIQK[d]; ok {
+		VMULSS(k, dv.AsX(), dv.AsX())
+	}
+	isum := make([]VecVirtual, N)
+	for i := 0; i < N; i++ {
+		isum[i] = ZMM()
+		VPADDD(hs[i][1], hs[i][0], isum[i])
+		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
+	}
+}
+
+// oddWords makes 2s+1 of the int16 lanes of v (in place).
+func oddWords(v Op) {
+	VPSLLW(U8(1), v, v)
+	VPORD_BCST(cIQ1W, v, v)
+}
+
+// iqScales returns the block's scales as int16 in the low words of a zmm:
+// 8 (per 32 values, for idx cQ8IdxXS) or 16 (per 16 values, cQ8IdxQ6).
+func iqScales(d dtype, rowMem func(off int) Mem) VecVirtual {
+	out := ZMM()
+	switch d {
+	case dIQ2XXS:
+		// The top 4 bits of each sub-block's u32 at 6+8ib: qword ib of the
+		// 64 bytes at 2, shifted by 60.
+		t := ZMM()
+		VMOVDQU64(rowMem(2), t)
+		VPSRLQ(U8(60), t, t)
+		VPMOVQW(t, out.AsX())
+		oddWords(out.AsX())
+	case dIQ3XXS:
+		t := ZMM()
+		VMOVDQU32(rowMem(66), t.AsY())
+		VPSRLD(U8(28), t.AsY(), t.AsY())
+		VPMOVDW(t.AsY(), out.AsX())
+		oddWords(out.AsX())
+	case dIQ3S:
+		t := ZMM()
+		VPBROADCASTD(rowMem(106), t.AsY())
+		VPSRLVD(cIQSh4, t.AsY(), t.AsY())
+		VPANDD_BCST(cIQ15, t.AsY(), t.AsY())
+		VPMOVDW(t.AsY(), out.AsX())
+		oddWords(out.AsX())
+	case dIQ1S:
+		t := ZMM()
+		VPMOVZXWD(rowMem(34), t.AsY())
+		VPSRLD(U8(12), t.AsY(), t.AsY())
+		VPANDD_BCST(cIQ7, t.AsY(), t.AsY())
+		VPMOVDW(t.AsY(), out.AsX())
+		oddWords(out.AsX())
+	case dIQ2XS, dIQ2S:
+		// 16 nibbles: group 2ib is the low nibble of byte ib, 2ib+1 the high.
+		off := 66
+		if d == dIQ2S {
+			off = 74
+		}
+		w, lo, hi := XMM(), XMM(), XMM()
+		VPMOVZXBW(rowMem(off), w)
+		VPSRLW(U8(4), w, hi)
+		VPANDD_BCST(cIQ15W, w, lo)
+		VPUNPCKHWD(hi, lo, w)
+		VPUNPCKLWD(hi, lo, lo)
+		VINSERTI128(U8(1), w, lo.AsY(), out.AsY())
+		oddWords(out.AsY())
+	case dIQ1M:
+		// Group j's 3-bit field: bits 3(j%4).. of the u16 at 48+2(j/4).
+		t := ZMM()
+		ix := ZMM()
+		VPBROADCASTQ(rowMem(48), t.AsY())
+		VMOVDQU64(cIQ1MScIdx, ix.AsY())
+		VPERMW(t.AsY(), ix.AsY(), out.AsY())
+		VPSRLVW(cIQ1MScSh, out.AsY(), out.AsY())
+		VPANDD_BCST(cIQ7W, out.AsY(), out.AsY())
+		oddWords(out.AsY())
+	default:
+		panic("iqScales: " + d.String())
+	}
+	return out
+}
+
+// iqSignsGP returns the 64-bit sign mask of 8 groups of 8 values whose 7-bit
+// sign indices are the low 56 bits of x (index g at bits 7g..): byte g is
+// index g and, as bit 7, its parity. x is clobbered.
+func iqSignsGP(x GPVirtual) GPVirtual {
+	m, t, u := GP64(), GP64(), GP64()
+	MOVQ(U64(0x7F7F7F7F7F7F7F7F), m)
+	PDEPQ(m, x, x)
+	MOVQ(x, t)
+	SHRQ(U8(4), t)
+	XORQ(x, t)
+	MOVQ(t, u)
+	SHRQ(U8(2), u)
+	XORQ(u, t)
+	MOVQ(t, u)
+	SHRQ(U8(1), u)
+	XORQ(u, t)
+	MOVQ(U64(0x0101010101010101), m)
+	ANDQ(m, t)
+	SHLQ(U8(7), t)
+	ORQ(t, x)
+	return x
+}
+
+// two28 packs the low 28 bits of the u32s a and b (a first) into a GP.
+func two28(a, b Mem) GPVirtual {
+	x, y := GP64(), GP64()
+	MOVL(a, x.As32())
+	ANDL(U32(0x0FFFFFFF), x.As32())
+	MOVL(b, y.As32())
+	ANDL(U32(0x0FFFFFFF), y.As32())
+	SHLQ(U8(28), y)
+	ORQ(y, x)
+	return x
+}
+
+// gather8 gathers 8 qword lattice entries at the dword indices of the ymm ix.
+func gather8(grid GPVirtual, ix VecVirtual) VecVirtual {
+	u := ZMM()
+	k := K()
+	KXNORB(k, k, k)
+	VPXORD(u, u, u)
+	VPGATHERDQ(Mem{Base: grid, Index: ix.AsY(), Scale: 8}, k, u)
+	return u
+}
+
+// gather16 gathers 16 dword lattice entries at the dword indices of the zmm ix.
+func gather16(grid GPVirtual, ix VecVirtual) VecVirtual {
+	u := ZMM()
+	k := K()
+	KXNORW(k, k, k)
+	VPXORD(u, u, u)
+	VPGATHERDD(Mem{Base: grid, Index: ix, Scale: 4}, k, u)
+	return u
+}
+
+// iqHighBits ORs into ix (dwords) the field of width mask (a dword constant)
+// of the dword at src shifted right by the per-lane counts sh, moved up by
+// 8 bits: the high bits of the lattice indices.
+func iqHighBits(ix VecVirtual, src Mem, sh, mask Mem, y bool) {
+	t := ZMM()
+	v, tv := Op(ix), Op(t)
+	if y {
+		v, tv = ix.AsY(), t.AsY()
+	}
+	VPBROADCASTD(src, tv)
+	VPSRLVD(sh, tv, tv)
+	VPANDD_BCST(mask, tv, tv)
+	VPSLLD(U8(8), tv, tv)
+	VPORD(tv, v, v)
+}
+
+// iqChunk returns chunk c's 64 magnitudes |w| (unsigned bytes) and the mask
+// of its negative values.
+func iqChunk(d dtype, c int, rowMem func(off int) Mem, grid GPVirtual) (VecVirtual, Register) {
+	k := K()
+	switch d {
+	case dIQ2XXS, dIQ3XXS:
+		var u VecVirtual
+		var sa, sb Mem
+		if d == dIQ2XXS {
+			// Sub-blocks 2c, 2c+1: 4 index bytes and a u32 each, at 2+16c.
+			ix := ZMM()
+			VPMOVZXBD(rowMem(2+16*c), ix)
+			p := ZMM()
+			VMOVDQU64(cIQPerm, p)
+			VPERMD(ix, p, ix)
+			u = gather8(grid, ix)
+			sa, sb = rowMem(2+16*c+4), rowMem(2+16*c+12)
+		} else {
+			ix := ZMM()
+			VPMOVZXBD(rowMem(2+16*c), ix)
+			u = gather16(grid, ix)
+			sa, sb = rowMem(66+8*c), rowMem(66+8*c+4)
+		}
+		KMOVQ(iqSignsGP(two28(sa, sb)), k)
+		return u, k
+	case dIQ2XS:
+		ix := ZMM()
+		VPMOVZXWD(rowMem(2+16*c), ix.AsY())
+		VPANDD_BCST(cIQ511, ix.AsY(), ix.AsY())
+		u := gather8(grid, ix)
+		a, b, m := GP64(), GP64(), GP64()
+		MOVQ(U64(0xFE00FE00FE00FE00), m)
+		MOVQ(rowMem(2+16*c), a)
+		PEXTQ(m, a, a)
+		MOVQ(rowMem(2+16*c+8), b)
+		PEXTQ(m, b, b)
+		SHLQ(U8(28), b)
+		ORQ(b, a)
+		KMOVQ(iqSignsGP(a), k)
+		return u, k
+	case dIQ2S:
+		ix := ZMM()
+		VPMOVZXBD(rowMem(2+8*c), ix.AsY())
+		iqHighBits(ix, rowMem(66+2*c), cIQShS, cD3, true)
+		u := gather8(grid, ix)
+		KMOVQ(rowMem(34+8*c), k)
+		return u, k
+	case dIQ3S:
+		ix := ZMM()
+		VPMOVZXBD(rowMem(2+16*c), ix)
+		iqHighBits(ix, rowMem(66+2*c), cIQShS3, cIQ1, false)
+		u := gather16(grid, ix)
+		KMOVQ(rowMem(74+8*c), k)
+		return u, k
+	case dIQ1S, dIQ1M:
+		ix := ZMM()
+		neg := ZMM()
+		kd := K()
+		if d == dIQ1S {
+			VPMOVZXBD(rowMem(2+8*c), ix.AsY())
+			iqHighBits(ix, rowMem(34+4*c), cIQSh1S, cIQ7, true)
+			VPBROADCASTD(rowMem(34+4*c), neg)
+			VPTESTMQ(cIQ1SNeg, neg, kd)
+		} else {
+			VPMOVZXBD(rowMem(8*c), ix.AsY())
+			iqHighBits(ix, rowMem(32+4*c), cIQSh4, cIQ7, true)
+			VPBROADCASTD(rowMem(32+4*c), neg)
+			VPTESTMQ(cIQ1MNeg, neg, kd)
+		}
+		g := gather8(grid, ix)
+		// w = 8g + 1, less 2 in the groups whose delta is negative.
+		VPADDB(g, g, g)
+		VPADDB(g, g, g)
+		VPADDB(g, g, g)
+		VPMOVM2Q(kd, neg)
+		VPANDD_BCST(cIQFE, neg, neg)
+		VPADDB(neg, g, g)
+		ones := ZMM()
+		VPBROADCASTD(cIQB1, ones)
+		VPADDB(ones, g, g)
+		VPMOVB2M(g, k)
+		VPABSB(g, g)
+		return g, k
+	}
+	panic("iqChunk: " + d.String())
+}

@@ -1,0 +1,21 @@
+//go:build !purego
+
+package kernels
+
+import "github.com/switchyard-serving/switchyard/model/tensor"
+
+// The lattice tables of the i-quants of 1 to 3 bits, which the integer
+// kernels (q8dot512IQ*, internal/gen/q8iq.go) gather entries from by
+// symbol.
+var (
+	iq2xxsGridQ8 [256]uint64
+	iq2xsGridQ8  [512]uint64
+	iq2sGridQ8   [1024]uint64
+	iq3xxsGridQ8 [256]uint32
+	iq3sGridQ8   [512]uint32
+	iq1sGridQ8   [2048]uint64
+)
+
+func init() {
+	iq2xxsGridQ8, iq2xsGridQ8, iq2sGridQ8, iq3xxsGridQ8, iq3sGridQ8, iq1sGridQ8 = tensor.IQGrids()
+}
