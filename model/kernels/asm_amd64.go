@@ -786,6 +786,48 @@ func q8dot512IQ1MN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot512IQ1MN2BW computes 2-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ1MN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256IQ2XXSN1 computes 1-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XXSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XXSN2 computes 2-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XXSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XSN1 computes 1-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XSN2 computes 2-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2SN1 computes 1-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2SN2 computes 2-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3XXSN1 computes 1-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3XXSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3XXSN2 computes 2-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3XXSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3SN1 computes 1-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3SN2 computes 2-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1SN1 computes 1-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1SN2 computes 2-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1MN1 computes 1-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1MN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1MN2 computes 2-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1MN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256Q4KN1 computes 1-input dot products of Q4K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 

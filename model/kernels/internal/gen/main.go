@@ -103,6 +103,12 @@ func main() {
 			genQ8IQ(dt, n, false)
 		}
 	}
+	genQ8IQAVX2Consts()
+	for _, dt := range q8IQDtypes {
+		for n := 1; n <= q8MaxN; n++ {
+			genQ8IQAVX2(dt, n)
+		}
+	}
 	for _, dt := range q8AVX2Dtypes {
 		for n := 1; n <= q8AVX2MaxN(dt); n++ {
 			genQ8AVX2(dt, n)

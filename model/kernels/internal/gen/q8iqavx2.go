@@ -1,0 +1,359 @@
+package main
+
+import (
+	"fmt"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// AVX2 integer kernels of the i-quants of 1 to 3 bits: q8dot256<dtype>N<N>,
+// genQ8IQ's contract and bits on ymm, one 32-value sub-block at a time.
+// The lattice entries are gathered as there (VPGATHERDQ of 4 entries,
+// VPGATHERDD of 8 for the IQ3 types); the signs become a vector of ±1
+// bytes for VPSIGNB (the 32 sign bits spread over the bytes by VPSHUFB,
+// tested by VPCMPEQB); IQ1's 8g ± 1 is never 0, so it is its own sign.
+
+var (
+	cIQSpread Mem // VPSHUFB: byte j of each lane ← byte j/8 (low lane) or 2+j/8 (high) of the dword
+	cIQBitSel Mem // bytes 1, 2, .., 128 four times
+	cIQShQ1S  Mem // qwords 15 x4 (VPSRLVQ: IQ1_S's delta sign to bit 0)
+	cIQShQ1M  Mem // qwords 3, 7, 11, 15: IQ1_M's delta signs of a sub-block's groups
+	cIQQ1     Mem // qword 1
+	cIQSh2    Mem // dwords 0, 2, 4, 6
+	cIQSh3    Mem // dwords 0, 3, 6, 9
+	cIQSh1M   Mem // dwords 0, 4, 8, 12
+	cIQSh8    Mem // dwords 0..7
+	cIQ1MEv   Mem // dwords 0, 6, 0, 6, ..: IQ1_M's even-group fields
+	cIQ1MOd   Mem // dwords 3, 9, 3, 9, ..: its odd-group fields
+	cIQ1MIdx  Mem // dwords 0, 0, 1, 1, 2, 2, 3, 3 (VPERMD)
+)
+
+func genQ8IQAVX2Consts() {
+	cIQSpread = data32("iqspread", 0, 0, 0x01010101, 0x01010101, 0x02020202, 0x02020202, 0x03030303, 0x03030303)
+	cIQBitSel = data32("iqbitsel", 0x08040201, 0x80402010, 0x08040201, 0x80402010, 0x08040201, 0x80402010, 0x08040201, 0x80402010)
+	cIQShQ1S = data32("iqshq1s", 15, 0, 15, 0, 15, 0, 15, 0)
+	cIQShQ1M = data32("iqshq1m", 3, 0, 7, 0, 11, 0, 15, 0)
+	cIQQ1 = data32("iqq1", 1, 0)
+	cIQSh2 = data32("iqsh2", 0, 2, 4, 6)
+	cIQSh3 = data32("iqsh3", 0, 3, 6, 9)
+	cIQSh1M = data32("iqsh1m", 0, 4, 8, 12)
+	cIQSh8 = data32("iqsh8", 0, 1, 2, 3, 4, 5, 6, 7)
+	cIQ1MEv = data32("iq1mev", 0, 6, 0, 6, 0, 6, 0, 6)
+	cIQ1MOd = data32("iq1mod", 3, 9, 3, 9, 3, 9, 3, 9)
+	cIQ1MIdx = data32("iq1midx", 0, 0, 1, 1, 2, 2, 3, 3)
+}
+
+// genQ8IQAVX2 emits q8dot256<dtype>N<N>.
+func genQ8IQAVX2(d dtype, N int) {
+	name := fmt.Sprintf("q8dot256%sN%d", d, N)
+	TEXT(name, NOSPLIT, q8Sig)
+	Doc(fmt.Sprintf("%s computes %d-input dot products of %s weights with 8-bit activations on AVX2 (see genQ8IQAVX2).", name, N, d))
+	ws := ld("wstride")
+	wq := ld("w")
+	oq := ld("out")
+	gsym, _ := iqGridSymbol(d)
+	grid := GP64()
+	LEAQ(gsym, grid)
+	acc := make([]VecVirtual, N)
+	for i := range acc {
+		acc[i] = YMM()
+	}
+	q8Rows(N, name, iqBlockBytes(d), ws, wq, oq, acc, func(rowMem func(off int) Mem, xMem func(i, off int) Mem) {
+		q8RowIQ256(d, N, rowMem, xMem, grid, acc)
+	})
+	VZEROUPPER()
+	RET()
+}
+
+// oddWords256 makes 2s+1 of the int16 lanes of v (VEX).
+func oddWords256(v VecVirtual) {
+	one := YMM()
+	VPBROADCASTD(cIQ1W, one)
+	VPSLLW(U8(1), v, v)
+	VPOR(one, v, v)
+}
+
+// wordsBothLanes packs the 8 dwords of the ymm v (values < 2^15) to words,
+// the 8 in each lane (as q8RowIQ4XS256 does its scales).
+func wordsBothLanes(v VecVirtual) VecVirtual {
+	w := YMM()
+	VPACKSSDW(v, v, w)
+	VPERMQ(U8(0x88), w, w)
+	return w
+}
+
+// iqScales256 returns a ymm from which VPSHUFB by cXSWord[ib] makes
+// sub-block ib's scale vector: for the per-32 types the 8 scales as words
+// in each lane; for the per-16 types the even groups' scales in the low
+// lane and the odd groups' in the high. IQ2_XXS and IQ3_XXS take theirs
+// from the sub-block's u32 instead (nil).
+func iqScales256(d dtype, rowMem func(off int) Mem) VecVirtual {
+	switch d {
+	case dIQ2XXS, dIQ3XXS:
+		return nil
+	case dIQ3S:
+		t := YMM()
+		VPBROADCASTD(rowMem(106), t)
+		VPSRLVD(cIQSh4, t, t)
+		m := YMM()
+		VPBROADCASTD(cIQ15, m)
+		VPAND(m, t, t)
+		w := wordsBothLanes(t)
+		oddWords256(w)
+		return w
+	case dIQ1S:
+		t := YMM()
+		VPMOVZXWD(rowMem(34), t)
+		VPSRLD(U8(12), t, t)
+		m := YMM()
+		VPBROADCASTD(cIQ7, m)
+		VPAND(m, t, t)
+		w := wordsBothLanes(t)
+		oddWords256(w)
+		return w
+	case dIQ2XS, dIQ2S:
+		off := 66
+		if d == dIQ2S {
+			off = 74
+		}
+		lo, hi, m := XMM(), XMM(), XMM()
+		VPMOVZXBW(rowMem(off), lo)
+		VPSRLW(U8(4), lo, hi)
+		VPBROADCASTD(cIQ15W, m)
+		VPAND(m, lo, lo)
+		w := YMM()
+		VINSERTI128(U8(1), hi, lo.AsY(), w)
+		oddWords256(w)
+		return w
+	case dIQ1M:
+		e, o, m := YMM(), YMM(), YMM()
+		VPMOVZXWD(rowMem(48), e.AsX()) // sc0..sc3 (and the next 4 bytes' words, unused)
+		VMOVDQU(cIQ1MIdx, m)
+		VPERMD(e, m, e) // sc[i/2] in dword i
+		VPSRLVD(cIQ1MOd, e, o)
+		VPSRLVD(cIQ1MEv, e, e)
+		VPBROADCASTD(cIQ7, m)
+		VPAND(m, e, e)
+		VPAND(m, o, o)
+		w := YMM()
+		VPACKUSDW(o, e, w)     // lane 0: even 0-3, odd 0-3; lane 1: even 4-7, odd 4-7
+		VPERMQ(U8(0xD8), w, w) // even 0-7 | odd 0-7
+		oddWords256(w)
+		return w
+	}
+	panic("iqScales256: " + d.String())
+}
+
+// iqSignsGP32 is iqSignsGP for 4 groups: byte g of the result is 7-bit
+// sign index g of x (bits 7g..) and its parity.
+func iqSignsGP32(x GPVirtual) GPVirtual {
+	m, t, u := GP32(), GP32(), GP32()
+	MOVL(U32(0x7F7F7F7F), m)
+	PDEPL(m, x.As32(), x.As32())
+	MOVL(x.As32(), t)
+	SHRL(U8(4), t)
+	XORL(x.As32(), t)
+	MOVL(t, u)
+	SHRL(U8(2), u)
+	XORL(u, t)
+	MOVL(t, u)
+	SHRL(U8(1), u)
+	XORL(u, t)
+	ANDL(U32(0x01010101), t)
+	SHLL(U8(7), t)
+	ORL(t, x.As32())
+	return x
+}
+
+// signBytes256 spreads the 32 sign bits of the dword src (a memory operand
+// or an xmm holding it in its low lane) over a ymm of ±1 bytes.
+func signBytes256(src Op) VecVirtual {
+	s, t := YMM(), YMM()
+	VPBROADCASTD(src, s)
+	VPSHUFB(cIQSpread, s, s)
+	VMOVDQU(cIQBitSel, t)
+	VPAND(t, s, s)
+	VPCMPEQB(t, s, s)
+	VPBROADCASTD(cIQB1, t)
+	VPOR(t, s, s)
+	return s
+}
+
+// q8RowIQ256 adds a row's block to acc[i] (q8RowIQ's result).
+func q8RowIQ256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, acc []VecVirtual) {
+	scw := iqScales256(d, rowMem)
+	isum := make([]VecVirtual, N)
+	for i := range isum {
+		isum[i] = YMM()
+		VPXOR(isum[i], isum[i], isum[i])
+	}
+	for ib := 0; ib < 8; ib++ {
+		u, sg, scv := iqSub256(d, ib, rowMem, grid, scw)
+		for i := 0; i < N; i++ {
+			x := YMM()
+			VMOVDQU(xMem(i, 32*ib), x)
+			VPSIGNB(sg, x, x)
+			VPMADDUBSW(x, u, x)
+			VPMADDWD(scv, x, x)
+			VPADDD(x, isum[i], isum[i])
+		}
+	}
+	dv := XMM()
+	if d == dIQ1M {
+		q, h := GP64(), GP64()
+		MOVQ(rowMem(48), q)
+		MOVQ(U64(0xF000F000F000F000), h)
+		PEXTQ(h, q, q)
+		VMOVQ(q, dv)
+	} else {
+		VPBROADCASTW(rowMem(0), dv)
+	}
+	VCVTPH2PS(dv, dv)
+	if k, ok := cIQK[d]; ok {
+		VMULSS(k, dv, dv)
+	}
+	for i := 0; i < N; i++ {
+		q6BlockScalar256(isum[i], dv, xMem(i, q8xD), acc[i])
+	}
+}
+
+// gather4 gathers 4 qword lattice entries at the dword indices of the xmm ix.
+func gather4(grid GPVirtual, ix VecVirtual) VecVirtual {
+	u, m := YMM(), YMM()
+	VPCMPEQD(m, m, m)
+	VPXOR(u, u, u)
+	VPGATHERDQ(m, Mem{Base: grid, Index: ix.AsX(), Scale: 8}, u)
+	return u
+}
+
+// gather8d gathers 8 dword lattice entries at the dword indices of the ymm ix.
+func gather8d(grid GPVirtual, ix VecVirtual) VecVirtual {
+	u, m := YMM(), YMM()
+	VPCMPEQD(m, m, m)
+	VPXOR(u, u, u)
+	VPGATHERDD(m, Mem{Base: grid, Index: ix.AsY(), Scale: 4}, u)
+	return u
+}
+
+// highBits256 ORs into the dwords of ix the field of width mask (a dword
+// constant) of the broadcast src (a dword, or a word when word) shifted
+// right by the per-lane counts sh, moved up by 8 bits.
+func highBits256(ix VecVirtual, src Mem, word bool, sh, mask Mem) {
+	t, m := YMM(), YMM()
+	v, tv := Op(ix), Op(t)
+	if ix.Size() == 16 {
+		tv = t.AsX()
+	}
+	if word {
+		VPBROADCASTW(src, tv)
+	} else {
+		VPBROADCASTD(src, tv)
+	}
+	VPSRLVD(sh, tv, tv)
+	mv := Op(m)
+	if ix.Size() == 16 {
+		mv = m.AsX()
+	}
+	VPBROADCASTD(mask, mv)
+	VPAND(mv, tv, tv)
+	VPSLLD(U8(8), tv, tv)
+	VPOR(tv, v, v)
+}
+
+// iqSub256 returns sub-block ib's 32 magnitudes (unsigned bytes), its ±1
+// sign bytes and its scale words.
+func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw VecVirtual) (u, sg, scv VecVirtual) {
+	scv = YMM()
+	if scw != nil {
+		VPSHUFB(cXSWord[ib], scw, scv)
+	}
+	switch d {
+	case dIQ2XXS, dIQ3XXS:
+		var aux Mem
+		if d == dIQ2XXS {
+			ix := XMM()
+			VPMOVZXBD(rowMem(2+8*ib), ix)
+			u = gather4(grid, ix)
+			aux = rowMem(2 + 8*ib + 4)
+		} else {
+			ix := YMM()
+			VPMOVZXBD(rowMem(2+8*ib), ix)
+			u = gather8d(grid, ix)
+			aux = rowMem(66 + 4*ib)
+		}
+		a, s := GP64(), GP64()
+		MOVL(aux, a.As32())
+		MOVL(a.As32(), s.As32())
+		SHRL(U8(28), s.As32())
+		LEAL(Mem{Base: s, Index: s, Scale: 1, Disp: 1}, s.As32()) // 2s+1
+		IMUL3L(U32(0x00010001), s.As32(), s.As32())
+		sw := XMM()
+		VMOVD(s.As32(), sw)
+		VPBROADCASTD(sw, scv)
+		ANDL(U32(0x0FFFFFFF), a.As32())
+		VMOVD(iqSignsGP32(a).As32(), sw)
+		sg = signBytes256(sw)
+		return u, sg, scv
+	case dIQ2XS:
+		ix, m := XMM(), XMM()
+		VPMOVZXWD(rowMem(2+8*ib), ix)
+		VPBROADCASTD(cIQ511, m)
+		VPAND(m, ix, ix)
+		u = gather4(grid, ix)
+		a, mk := GP64(), GP64()
+		MOVQ(U64(0xFE00FE00FE00FE00), mk)
+		MOVQ(rowMem(2+8*ib), a)
+		PEXTQ(mk, a, a)
+		sw := XMM()
+		VMOVD(iqSignsGP32(a).As32(), sw)
+		sg = signBytes256(sw)
+		return u, sg, scv
+	case dIQ2S:
+		ix := XMM()
+		VPMOVZXBD(rowMem(2+4*ib), ix)
+		highBits256(ix, rowMem(66+ib), false, cIQSh2, cD3)
+		u = gather4(grid, ix)
+		sg = signBytes256(rowMem(34 + 4*ib))
+		return u, sg, scv
+	case dIQ3S:
+		ix := YMM()
+		VPMOVZXBD(rowMem(2+8*ib), ix)
+		highBits256(ix, rowMem(66+ib), false, cIQSh8, cIQ1)
+		u = gather8d(grid, ix)
+		sg = signBytes256(rowMem(74 + 4*ib))
+		return u, sg, scv
+	case dIQ1S, dIQ1M:
+		ix := XMM()
+		neg := YMM()
+		if d == dIQ1S {
+			VPMOVZXBD(rowMem(2+4*ib), ix)
+			highBits256(ix, rowMem(34+2*ib), true, cIQSh3, cIQ7)
+			VPBROADCASTW(rowMem(34+2*ib), neg)
+			VPSRLVQ(cIQShQ1S, neg, neg)
+		} else {
+			VPMOVZXBD(rowMem(4*ib), ix)
+			highBits256(ix, rowMem(32+2*ib), true, cIQSh1M, cIQ7)
+			VPBROADCASTW(rowMem(32+2*ib), neg)
+			VPSRLVQ(cIQShQ1M, neg, neg)
+		}
+		one := YMM()
+		VPBROADCASTQ(cIQQ1, one)
+		VPAND(one, neg, neg)
+		VPCMPEQQ(one, neg, neg) // all ones where the delta is negative
+		g := gather4(grid, ix)
+		VPADDB(g, g, g)
+		VPADDB(g, g, g)
+		VPADDB(g, g, g)
+		VPBROADCASTD(cIQFE, one)
+		VPAND(one, neg, neg)
+		VPADDB(neg, g, g)
+		VPBROADCASTD(cIQB1, one)
+		VPADDB(one, g, g) // w = 8g ± 1, never 0: its own sign
+		u = YMM()
+		VPABSB(g, u)
+		return u, g, scv
+	}
+	panic("iqSub256: " + d.String())
+}
