@@ -31,8 +31,9 @@
 # the rounds' ratios: on a shared machine one engine's block of minutes can
 # meet a slow spell), TYPES (default
 # "bf16 q8_0 q4_k_m"; also any type `switchyard convert` writes, and q3_k_m,
-# q2_k, iq4_xs and iq4_nl, which llama.cpp's llama_model_quantize makes from
-# the BF16 file), BIN (our binary, default bin/switchyard), LLAMA_BACKEND
+# q2_k, iq4_xs, iq4_nl and the i-quant mixes iq1_s, iq1_m, iq2_xxs, iq2_xs,
+# iq2_s, iq2_m, iq3_xxs, iq3_s and iq3_m, which llama.cpp's
+# llama_model_quantize makes from the BF16 file), BIN (our binary, default bin/switchyard), LLAMA_BACKEND
 # (a libggml-cpu-*.so to use instead of the automatic choice), LOAD (how both
 # sides hold the weights: copy, the default, reads them into each engine's
 # own memory, ours by default and llama.cpp with load_mode none, as its
@@ -93,12 +94,18 @@ if [ ${#MODELS[@]} -eq 0 ]; then
       # Types `switchyard convert` does not write are made by llama.cpp's
       # own llama_model_quantize (scripts/llamacpp-golden/quantize_model.c)
       # from the BF16 GGUF.
-      ftype=$(case $t in q3_k_m) echo 12 ;; q2_k) echo 10 ;; iq4_xs) echo 30 ;; iq4_nl) echo 25 ;; esac)
+      # The i-quants of 1 to 3 bits need an importance matrix: one of all
+      # ones (quantize_imatrix.c; the speed does not depend on it).
+      ftype=$(case $t in q3_k_m) echo 12 ;; q2_k) echo 10 ;; iq4_xs) echo 30 ;; iq4_nl) echo 25 ;;
+        iq2_xxs) echo 19 ;; iq2_xs) echo 20 ;; iq3_xxs) echo 23 ;; iq1_s) echo 24 ;; iq3_s) echo 26 ;;
+        iq3_m) echo 27 ;; iq2_s) echo 28 ;; iq2_m) echo 29 ;; iq1_m) echo 31 ;; esac)
       if [ -n "$ftype" ]; then
         bf=$CACHE/h-tiny-8L-bf16.gguf
         [ -f "$bf" ] || "$BIN" convert --model "$SRC" --type bf16 --out "$bf"
-        cc -O1 -o "$WORK/quantize_model" scripts/llamacpp-golden/quantize_model.c -L"$LLAMA_LIB" -l:libllama.v0.4.0.so -Wl,-rpath,"$LLAMA_LIB"
-        "$WORK/quantize_model" "$bf" "$f" "$ftype" >"$WORK/quantize-$t.log" 2>&1 || { tail -5 "$WORK/quantize-$t.log"; exit 1; }
+        tool=quantize_model
+        case $t in iq[123]_*) tool=quantize_imatrix ;; esac
+        cc -O1 -o "$WORK/$tool" scripts/llamacpp-golden/$tool.c -L"$LLAMA_LIB" -l:libllama.v0.4.0.so -l:libggml-base.so -Wl,-rpath,"$LLAMA_LIB"
+        "$WORK/$tool" "$bf" "$f" "$ftype" >"$WORK/quantize-$t.log" 2>&1 || { tail -5 "$WORK/quantize-$t.log"; exit 1; }
       else
         "$BIN" convert --model "$SRC" --type "$t" --out "$f"
       fi

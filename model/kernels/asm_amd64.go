@@ -714,6 +714,42 @@ func q8dot512IQ2XXSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, n
 // q8dot512IQ2XXSN2BW computes 2-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ2XXSN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512IQ2XXSN3 computes 3-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN3BW computes 3-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN3BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN4 computes 4-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN4BW computes 4-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN4BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN5 computes 5-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN5BW computes 5-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN5BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN6 computes 6-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN6BW computes 6-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN6BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN7 computes 7-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN7BW computes 7-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN7BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN8 computes 8-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN8BW computes 8-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot512IQ2XSN1 computes 1-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ2XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -725,6 +761,42 @@ func q8dot512IQ2XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nb
 
 // q8dot512IQ2XSN2BW computes 2-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ2XSN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN3 computes 3-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN3BW computes 3-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN3BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN4 computes 4-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN4BW computes 4-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN4BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN5 computes 5-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN5BW computes 5-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN5BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN6 computes 6-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN6BW computes 6-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN6BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN7 computes 7-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN7BW computes 7-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN7BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN8 computes 8-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN8BW computes 8-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot512IQ2SN1 computes 1-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ2SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
@@ -738,6 +810,42 @@ func q8dot512IQ2SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot512IQ2SN2BW computes 2-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ2SN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512IQ2SN3 computes 3-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN3BW computes 3-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN3BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN4 computes 4-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN4BW computes 4-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN4BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN5 computes 5-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN5BW computes 5-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN5BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN6 computes 6-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN6BW computes 6-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN6BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN7 computes 7-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN7BW computes 7-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN7BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN8 computes 8-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN8BW computes 8-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot512IQ3XXSN1 computes 1-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ3XXSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -749,6 +857,42 @@ func q8dot512IQ3XXSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, n
 
 // q8dot512IQ3XXSN2BW computes 2-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ3XXSN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN3 computes 3-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN3BW computes 3-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN3BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN4 computes 4-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN4BW computes 4-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN4BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN5 computes 5-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN5BW computes 5-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN5BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN6 computes 6-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN6BW computes 6-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN6BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN7 computes 7-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN7BW computes 7-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN7BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN8 computes 8-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN8BW computes 8-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot512IQ3SN1 computes 1-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ3SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
@@ -762,6 +906,42 @@ func q8dot512IQ3SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot512IQ3SN2BW computes 2-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ3SN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512IQ3SN3 computes 3-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN3BW computes 3-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN3BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN4 computes 4-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN4BW computes 4-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN4BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN5 computes 5-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN5BW computes 5-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN5BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN6 computes 6-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN6BW computes 6-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN6BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN7 computes 7-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN7BW computes 7-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN7BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN8 computes 8-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN8BW computes 8-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot512IQ1SN1 computes 1-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ1SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -774,6 +954,42 @@ func q8dot512IQ1SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot512IQ1SN2BW computes 2-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ1SN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512IQ1SN3 computes 3-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN3BW computes 3-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN3BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN4 computes 4-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN4BW computes 4-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN4BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN5 computes 5-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN5BW computes 5-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN5BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN6 computes 6-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN6BW computes 6-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN6BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN7 computes 7-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN7BW computes 7-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN7BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN8 computes 8-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN8BW computes 8-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot512IQ1MN1 computes 1-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ1MN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -785,6 +1001,42 @@ func q8dot512IQ1MN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 
 // q8dot512IQ1MN2BW computes 2-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ1MN2BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN3 computes 3-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN3BW computes 3-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN3BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN4 computes 4-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN4BW computes 4-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN4BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN5 computes 5-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN5BW computes 5-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN5BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN6 computes 6-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN6BW computes 6-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN6BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN7 computes 7-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN7BW computes 7-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN7BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN8 computes 8-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN8BW computes 8-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256IQ2XXSN1 computes 1-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2XXSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)

@@ -43,9 +43,10 @@ const (
 )
 
 // q8MaxRows is the most input rows an integer kernel takes per call (the
-// AVX2 IQ4_XS kernels, whose few registers per row leave room for four;
-// the others take two).
-const q8MaxRows = 4
+// AVX-512 kernels of the i-quants of 1 to 3 bits, which share the cost of
+// building a block's values among 8; the AVX2 IQ4_XS kernels take four, the
+// others two).
+const q8MaxRows = 8
 
 // q8Fn is the signature of the integer kernels (internal/gen/q8.go): for
 // r < nrows, i < N (the kernel's input rows), with strides in bytes,

@@ -98,7 +98,7 @@ func main() {
 	}
 	genQ8IQConsts()
 	for _, dt := range q8IQDtypes {
-		for n := 1; n <= q8MaxN; n++ {
+		for n := 1; n <= q8IQMaxN; n++ {
 			genQ8IQ(dt, n, true)
 			genQ8IQ(dt, n, false)
 		}

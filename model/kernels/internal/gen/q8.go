@@ -784,6 +784,11 @@ func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, 
 		xs3 = GP64()
 		LEAQ(Mem{Base: xs, Index: xs, Scale: 2}, xs3)
 	}
+	var xp4 GPVirtual // input row 4 (N > 4)
+	if N > 4 {
+		xp4 = GP64()
+		LEAQ(Mem{Base: xp, Index: xs, Scale: 4}, xp4)
+	}
 	cnt := ld("nblocks")
 	for _, a := range acc {
 		VXORPS(a, a, a)
@@ -797,13 +802,22 @@ func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, 
 			return Mem{Base: xp, Index: xs, Scale: uint8(i), Disp: off}
 		case 3:
 			return Mem{Base: xp, Index: xs3, Scale: 1, Disp: off}
+		case 4:
+			return Mem{Base: xp4, Disp: off}
+		case 5, 6:
+			return Mem{Base: xp4, Index: xs, Scale: uint8(i - 4), Disp: off}
+		case 7:
+			return Mem{Base: xp4, Index: xs3, Scale: 1, Disp: off}
 		}
-		panic("q8Rows: more than 4 input rows")
+		panic("q8Rows: more than 8 input rows")
 	}
 	Label(name + "_blk")
 	block(rowMem, xMem)
 	ADDQ(U32(bb), w0)
 	ADDQ(U32(q8xBlock), xp)
+	if N > 4 {
+		ADDQ(U32(q8xBlock), xp4)
+	}
 	DECQ(cnt)
 	JNZ(LabelRef(name + "_blk"))
 

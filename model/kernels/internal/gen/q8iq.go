@@ -38,6 +38,12 @@ import (
 // q8IQDtypes are the i-quant types with integer kernels.
 var q8IQDtypes = []dtype{dIQ2XXS, dIQ2XS, dIQ2S, dIQ3XXS, dIQ3S, dIQ1S, dIQ1M}
 
+// q8IQMaxN is the most input rows per AVX-512 i-quant kernel: building a
+// chunk's magnitudes and signs (the gathers, the sign masks) costs several
+// times what one input row's multiply-adds do, so a kernel shares it among
+// up to 8 rows (prefill).
+const q8IQMaxN = 8
+
 var (
 	cIQPerm    Mem // dwords 0-3, 8-11 (VPERMD: IQ2_XXS's index bytes out of a chunk's 16)
 	cIQ511     Mem // dword 511
@@ -130,13 +136,18 @@ func genQ8IQ(d dtype, N int, vnni bool) {
 	gsym, _ := iqGridSymbol(d)
 	grid := GP64()
 	LEAQ(gsym, grid)
-	var idx [4]VecVirtual
+	// The VPERMW indices of the chunks' scales: in registers for one or two
+	// input rows, loaded per chunk for more (whose sums take the registers).
+	var idx [4]Op
 	for c := range idx {
-		idx[c] = ZMM()
+		idx[c] = cQ8IdxXS[c]
 		if perGroup16(d) {
-			VMOVDQU64(cQ8IdxQ6[c], idx[c])
-		} else {
-			VMOVDQU64(cQ8IdxXS[c], idx[c])
+			idx[c] = cQ8IdxQ6[c]
+		}
+		if N <= 2 {
+			r := ZMM()
+			VMOVDQU64(idx[c], r)
+			idx[c] = r
 		}
 	}
 	acc := make([]VecVirtual, N)
@@ -154,21 +165,39 @@ func genQ8IQ(d dtype, N int, vnni bool) {
 func perGroup16(d dtype) bool { return d == dIQ2XS || d == dIQ2S || d == dIQ1M }
 
 // q8RowIQ adds a row's block to acc[i]: dx_i·(d·k)·Σ_t ls_t·Σ w·q_x.
-func q8RowIQ(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, idx [4]VecVirtual, acc []VecVirtual) {
+func q8RowIQ(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, idx [4]Op, acc []VecVirtual) {
 	sc16 := iqScales(d, rowMem)
 	zero := ZMM()
 	VPXORD(zero, zero, zero)
-	hs := halfSums(N)
+	// Two partial sums per input row (halves of the block: shorter chains)
+	// for one or two rows, one for more.
+	hs := make([][2]VecVirtual, N)
+	for i := range hs {
+		hs[i][0] = ZMM()
+		hs[i][1] = hs[i][0]
+		if N <= 2 {
+			hs[i][1] = ZMM()
+		}
+	}
 	for c := 0; c < 4; c++ {
 		u, k := iqChunk(d, c, rowMem, grid)
-		scv := ZMM()
-		VPERMW(sc16, idx[c], scv)
+		scv, ix := ZMM(), idx[c]
+		if N > 2 {
+			r := ZMM()
+			VMOVDQU64(ix, r)
+			ix = r
+		}
+		VPERMW(sc16, ix, scv)
+		h, first := c/2, c%2 == 0
+		if N > 2 {
+			h, first = 0, c == 0
+		}
 		maddChunk512(N, func(i int) Op {
 			x := ZMM()
 			VMOVDQU64(xMem(i, 64*c), x)
 			VPSUBB(x, zero, k, x) // −x where w < 0
 			return x
-		}, u, scv, hs, c/2, c%2 == 0)
+		}, u, scv, hs, h, first)
 	}
 	// d (f16) as float32 in the low lane, times k (exact: a power of two).
 	dv := ZMM()
@@ -188,7 +217,11 @@ func q8RowIQ(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem
 	isum := make([]VecVirtual, N)
 	for i := 0; i < N; i++ {
 		isum[i] = ZMM()
-		VPADDD(hs[i][1], hs[i][0], isum[i])
+		if N <= 2 {
+			VPADDD(hs[i][1], hs[i][0], isum[i])
+		} else {
+			isum[i] = hs[i][0]
+		}
 		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
 	}
 }
