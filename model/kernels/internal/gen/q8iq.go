@@ -98,8 +98,12 @@ func genQ8IQConsts() {
 	}
 	cIQ1MScIdx = data32("iq1mscidx", idx...)
 	cIQ1MScSh = data32("iq1mscsh", sh...)
-	for d, k := range map[dtype]float32{dIQ2XXS: 0.125, dIQ2XS: 0.125, dIQ2S: 0.125, dIQ3XXS: 0.25, dIQ1S: 0.125, dIQ1M: 0.125} {
-		cIQK[d] = data32("iqk"+d.String(), math.Float32bits(k))
+	// In a fixed order: the generated file must not depend on map order.
+	for _, d := range q8IQDtypes {
+		k := map[dtype]float32{dIQ2XXS: 0.125, dIQ2XS: 0.125, dIQ2S: 0.125, dIQ3XXS: 0.25, dIQ1S: 0.125, dIQ1M: 0.125}[d]
+		if k != 0 {
+			cIQK[d] = data32("iqk"+d.String(), math.Float32bits(k))
+		}
 	}
 }
 
