@@ -19,10 +19,17 @@ import (
 // scales, k a power of two. Per chunk of 64 values the kernel builds the
 // magnitudes |w| as unsigned bytes and the 64 signs as a mask:
 //
-//   - the lattice entries are gathered (VPGATHERDQ: 8 entries of 8 values;
-//     VPGATHERDD for the IQ3 types' 4-value entries) from the package's copies
-//     of the tables (iq_amd64.go), their indices widened from the block's
-//     index bytes and high bits;
+//   - the lattice entries come from the package's copies of the tables
+//     (iq_amd64.go): where an index is one byte of the block (IQ2_XXS,
+//     IQ3_XXS) or a masked u16 (IQ2_XS), by scalar loads inserted into the
+//     vector (entries8, entries16); where it has high bits elsewhere in the
+//     block (IQ2_S, IQ3_S, IQ1_S, IQ1_M), the indices are built in a vector
+//     and the entries gathered (VPGATHERDQ: 8 entries of 8 values; VPGATHERDD
+//     for IQ3_S's 4-value entries). Measured per type, whichever was faster
+//     on the 6448x1536 product at one input row (AMD Zen 5, whose gathers
+//     are microcoded; two A/B runs of 3 and 4 alternated rounds): scalar
+//     loads 1.19-1.33x the gather for IQ2_XXS, 1.11-1.38x for IQ2_XS,
+//     1.40-1.50x for IQ3_XXS, and 0.88-0.98x for the others;
 //   - the signs are either sign bytes in the block (IQ2_S, IQ3_S: the mask
 //     is loaded as it is) or 7-bit indices whose eighth bit is their parity
 //     (IQ2_XXS, IQ2_XS, IQ3_XXS: PDEP spreads 8 of them over the bytes of a
@@ -45,7 +52,6 @@ var q8IQDtypes = []dtype{dIQ2XXS, dIQ2XS, dIQ2S, dIQ3XXS, dIQ3S, dIQ1S, dIQ1M}
 const q8IQMaxN = 8
 
 var (
-	cIQPerm    Mem // dwords 0-3, 8-11 (VPERMD: IQ2_XXS's index bytes out of a chunk's 16)
 	cIQ511     Mem // dword 511
 	cIQ7       Mem // dword 7
 	cIQ15      Mem // dword 15
@@ -67,7 +73,6 @@ var (
 )
 
 func genQ8IQConsts() {
-	cIQPerm = data32("iqperm", 0, 1, 2, 3, 8, 9, 10, 11, 0, 0, 0, 0, 0, 0, 0, 0)
 	cIQ511 = data32("iq511", 511)
 	cIQ7 = data32("iq7", 7)
 	cIQ15 = data32("iq15", 15)
@@ -344,6 +349,51 @@ func gather8(grid GPVirtual, ix VecVirtual) VecVirtual {
 	return u
 }
 
+// entries8 loads 8 qword lattice entries by scalar loads, entry j at the
+// index idx(j) emits into a general register (VMOVQ, VPINSRQ with memory
+// operands, then inserts): on AMD's cores a gather is microcoded and costs
+// several times these loads.
+func entries8(grid GPVirtual, idx func(j int) GPVirtual) VecVirtual {
+	var x [4]VecVirtual
+	for p := range x {
+		x[p] = XMM()
+		VMOVQ(Mem{Base: grid, Index: idx(2 * p), Scale: 8}, x[p])
+		VPINSRQ(U8(1), Mem{Base: grid, Index: idx(2*p + 1), Scale: 8}, x[p], x[p])
+	}
+	lo, hi, u := YMM(), YMM(), ZMM()
+	VINSERTI64X2(U8(1), x[1], x[0].AsY(), lo)
+	VINSERTI64X2(U8(1), x[3], x[2].AsY(), hi)
+	VINSERTI64X4(U8(1), hi, lo.AsZ(), u)
+	return u
+}
+
+// entries16 loads 16 dword lattice entries (the IQ3 types) as entries8
+// loads 8 qwords.
+func entries16(grid GPVirtual, idx func(j int) GPVirtual) VecVirtual {
+	var x [4]VecVirtual
+	for p := range x {
+		x[p] = XMM()
+		VMOVD(Mem{Base: grid, Index: idx(4 * p), Scale: 4}, x[p])
+		for q := 1; q < 4; q++ {
+			VPINSRD(U8(q), Mem{Base: grid, Index: idx(4*p + q), Scale: 4}, x[p], x[p])
+		}
+	}
+	lo, hi, u := YMM(), YMM(), ZMM()
+	VINSERTI64X2(U8(1), x[1], x[0].AsY(), lo)
+	VINSERTI64X2(U8(1), x[3], x[2].AsY(), hi)
+	VINSERTI64X4(U8(1), hi, lo.AsZ(), u)
+	return u
+}
+
+// byteIndex returns a function that loads index byte j from m(j).
+func byteIndex(m func(j int) Mem) func(j int) GPVirtual {
+	return func(j int) GPVirtual {
+		r := GP64()
+		MOVBQZX(m(j), r)
+		return r
+	}
+}
+
 // gather16 gathers 16 dword lattice entries at the dword indices of the zmm ix.
 func gather16(grid GPVirtual, ix VecVirtual) VecVirtual {
 	u := ZMM()
@@ -380,26 +430,21 @@ func iqChunk(d dtype, c int, rowMem func(off int) Mem, grid GPVirtual) (VecVirtu
 		var sa, sb Mem
 		if d == dIQ2XXS {
 			// Sub-blocks 2c, 2c+1: 4 index bytes and a u32 each, at 2+16c.
-			ix := ZMM()
-			VPMOVZXBD(rowMem(2+16*c), ix)
-			p := ZMM()
-			VMOVDQU64(cIQPerm, p)
-			VPERMD(ix, p, ix)
-			u = gather8(grid, ix)
+			u = entries8(grid, byteIndex(func(j int) Mem { return rowMem(2 + 16*c + j + 4*(j/4)) }))
 			sa, sb = rowMem(2+16*c+4), rowMem(2+16*c+12)
 		} else {
-			ix := ZMM()
-			VPMOVZXBD(rowMem(2+16*c), ix)
-			u = gather16(grid, ix)
+			u = entries16(grid, byteIndex(func(j int) Mem { return rowMem(2 + 16*c + j) }))
 			sa, sb = rowMem(66+8*c), rowMem(66+8*c+4)
 		}
 		KMOVQ(iqSignsGP(two28(sa, sb)), k)
 		return u, k
 	case dIQ2XS:
-		ix := ZMM()
-		VPMOVZXWD(rowMem(2+16*c), ix.AsY())
-		VPANDD_BCST(cIQ511, ix.AsY(), ix.AsY())
-		u := gather8(grid, ix)
+		u := entries8(grid, func(j int) GPVirtual {
+			r := GP64()
+			MOVWQZX(rowMem(2+16*c+2*j), r)
+			ANDL(U32(511), r.As32())
+			return r
+		})
 		a, b, m := GP64(), GP64(), GP64()
 		MOVQ(U64(0xFE00FE00FE00FE00), m)
 		MOVQ(rowMem(2+16*c), a)
