@@ -10,8 +10,8 @@ import (
 
 // AVX2 integer kernels of the i-quants of 1 to 3 bits: q8dot256<dtype>N<N>,
 // genQ8IQ's contract and bits on ymm, one 32-value sub-block at a time.
-// The lattice entries are gathered as there (VPGATHERDQ of 4 entries,
-// VPGATHERDD of 8 for the IQ3 types); the signs become a vector of ±1
+// The lattice entries are loaded as there (scalar loads for IQ2_XXS, IQ2_XS
+// and IQ3_XXS; VPGATHERDQ of 4 entries or VPGATHERDD of 8 for the others); the signs become a vector of ±1
 // bytes for VPSIGNB (the 32 sign bits spread over the bytes by VPSHUFB,
 // tested by VPCMPEQB); IQ1's 8g ± 1 is never 0, so it is its own sign.
 
@@ -228,6 +228,35 @@ func gather4(grid GPVirtual, ix VecVirtual) VecVirtual {
 	return u
 }
 
+// entries4 loads 4 qword lattice entries by scalar loads (entries8's way,
+// on ymm).
+func entries4(grid GPVirtual, idx func(j int) GPVirtual) VecVirtual {
+	var x [2]VecVirtual
+	for p := range x {
+		x[p] = XMM()
+		VMOVQ(Mem{Base: grid, Index: idx(2 * p), Scale: 8}, x[p])
+		VPINSRQ(U8(1), Mem{Base: grid, Index: idx(2*p + 1), Scale: 8}, x[p], x[p])
+	}
+	u := YMM()
+	VINSERTI128(U8(1), x[1], x[0].AsY(), u)
+	return u
+}
+
+// entries8d loads 8 dword lattice entries by scalar loads.
+func entries8d(grid GPVirtual, idx func(j int) GPVirtual) VecVirtual {
+	var x [2]VecVirtual
+	for p := range x {
+		x[p] = XMM()
+		VMOVD(Mem{Base: grid, Index: idx(4 * p), Scale: 4}, x[p])
+		for q := 1; q < 4; q++ {
+			VPINSRD(U8(q), Mem{Base: grid, Index: idx(4*p + q), Scale: 4}, x[p], x[p])
+		}
+	}
+	u := YMM()
+	VINSERTI128(U8(1), x[1], x[0].AsY(), u)
+	return u
+}
+
 // gather8d gathers 8 dword lattice entries at the dword indices of the ymm ix.
 func gather8d(grid GPVirtual, ix VecVirtual) VecVirtual {
 	u, m := YMM(), YMM()
@@ -272,15 +301,12 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 	switch d {
 	case dIQ2XXS, dIQ3XXS:
 		var aux Mem
+		// Byte indices: scalar loads (as genQ8IQ's kernels).
 		if d == dIQ2XXS {
-			ix := XMM()
-			VPMOVZXBD(rowMem(2+8*ib), ix)
-			u = gather4(grid, ix)
+			u = entries4(grid, byteIndex(func(j int) Mem { return rowMem(2 + 8*ib + j) }))
 			aux = rowMem(2 + 8*ib + 4)
 		} else {
-			ix := YMM()
-			VPMOVZXBD(rowMem(2+8*ib), ix)
-			u = gather8d(grid, ix)
+			u = entries8d(grid, byteIndex(func(j int) Mem { return rowMem(2 + 8*ib + j) }))
 			aux = rowMem(66 + 4*ib)
 		}
 		a, s := GP64(), GP64()
@@ -297,11 +323,12 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 		sg = signBytes256(sw)
 		return u, sg, scv
 	case dIQ2XS:
-		ix, m := XMM(), XMM()
-		VPMOVZXWD(rowMem(2+8*ib), ix)
-		VPBROADCASTD(cIQ511, m)
-		VPAND(m, ix, ix)
-		u = gather4(grid, ix)
+		u = entries4(grid, func(j int) GPVirtual {
+			r := GP64()
+			MOVWQZX(rowMem(2+8*ib+2*j), r)
+			ANDL(U32(511), r.As32())
+			return r
+		})
 		a, mk := GP64(), GP64()
 		MOVQ(U64(0xFE00FE00FE00FE00), mk)
 		MOVQ(rowMem(2+8*ib), a)
