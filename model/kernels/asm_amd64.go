@@ -1044,11 +1044,23 @@ func q8dot256IQ2XXSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, n
 // q8dot256IQ2XXSN2 computes 2-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2XXSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256IQ2XXSN3 computes 3-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XXSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XXSN4 computes 4-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XXSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256IQ2XSN1 computes 1-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256IQ2XSN2 computes 2-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2XSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XSN3 computes 3-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XSN4 computes 4-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256IQ2SN1 computes 1-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
@@ -1056,11 +1068,23 @@ func q8dot256IQ2SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot256IQ2SN2 computes 2-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256IQ2SN3 computes 3-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2SN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2SN4 computes 4-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2SN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256IQ3XXSN1 computes 1-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ3XXSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256IQ3XXSN2 computes 2-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ3XXSN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3XXSN3 computes 3-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3XXSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3XXSN4 computes 4-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3XXSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256IQ3SN1 computes 1-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ3SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
@@ -1068,17 +1092,35 @@ func q8dot256IQ3SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot256IQ3SN2 computes 2-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ3SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256IQ3SN3 computes 3-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3SN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3SN4 computes 4-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3SN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256IQ1SN1 computes 1-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ1SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256IQ1SN2 computes 2-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ1SN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256IQ1SN3 computes 3-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1SN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1SN4 computes 4-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1SN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256IQ1MN1 computes 1-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ1MN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256IQ1MN2 computes 2-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ1MN2(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1MN3 computes 3-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1MN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1MN4 computes 4-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1MN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256Q4KN1 computes 1-input dot products of Q4K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)

@@ -71,13 +71,13 @@ var q8Kernels256 = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.Q2_K:   {1: q8dot256Q2KN1, 2: q8dot256Q2KN2},
 	tensor.IQ4_XS: {1: q8dot256IQ4XSN1, 2: q8dot256IQ4XSN2, 3: q8dot256IQ4XSN3, 4: q8dot256IQ4XSN4},
 
-	tensor.IQ2_XXS: {1: q8dot256IQ2XXSN1, 2: q8dot256IQ2XXSN2},
-	tensor.IQ2_XS:  {1: q8dot256IQ2XSN1, 2: q8dot256IQ2XSN2},
-	tensor.IQ2_S:   {1: q8dot256IQ2SN1, 2: q8dot256IQ2SN2},
-	tensor.IQ3_XXS: {1: q8dot256IQ3XXSN1, 2: q8dot256IQ3XXSN2},
-	tensor.IQ3_S:   {1: q8dot256IQ3SN1, 2: q8dot256IQ3SN2},
-	tensor.IQ1_S:   {1: q8dot256IQ1SN1, 2: q8dot256IQ1SN2},
-	tensor.IQ1_M:   {1: q8dot256IQ1MN1, 2: q8dot256IQ1MN2},
+	tensor.IQ2_XXS: {1: q8dot256IQ2XXSN1, 2: q8dot256IQ2XXSN2, 3: q8dot256IQ2XXSN3, 4: q8dot256IQ2XXSN4},
+	tensor.IQ2_XS:  {1: q8dot256IQ2XSN1, 2: q8dot256IQ2XSN2, 3: q8dot256IQ2XSN3, 4: q8dot256IQ2XSN4},
+	tensor.IQ2_S:   {1: q8dot256IQ2SN1, 2: q8dot256IQ2SN2, 3: q8dot256IQ2SN3, 4: q8dot256IQ2SN4},
+	tensor.IQ3_XXS: {1: q8dot256IQ3XXSN1, 2: q8dot256IQ3XXSN2, 3: q8dot256IQ3XXSN3, 4: q8dot256IQ3XXSN4},
+	tensor.IQ3_S:   {1: q8dot256IQ3SN1, 2: q8dot256IQ3SN2, 3: q8dot256IQ3SN3, 4: q8dot256IQ3SN4},
+	tensor.IQ1_S:   {1: q8dot256IQ1SN1, 2: q8dot256IQ1SN2, 3: q8dot256IQ1SN3, 4: q8dot256IQ1SN4},
+	tensor.IQ1_M:   {1: q8dot256IQ1MN1, 2: q8dot256IQ1MN2, 3: q8dot256IQ1MN3, 4: q8dot256IQ1MN4},
 }
 
 // q8LevelKernels returns the integer kernels of dt at level lvl (nil

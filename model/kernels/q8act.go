@@ -44,7 +44,7 @@ const (
 
 // q8MaxRows is the most input rows an integer kernel takes per call (the
 // AVX-512 kernels of the i-quants of 1 to 3 bits, which share the cost of
-// building a block's values among 8; the AVX2 IQ4_XS kernels take four, the
+// building a block's values among 8; the AVX2 IQ4_XS and i-quant kernels take four, the
 // others two).
 const q8MaxRows = 8
 

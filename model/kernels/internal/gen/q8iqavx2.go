@@ -45,6 +45,10 @@ func genQ8IQAVX2Consts() {
 	cIQ1MIdx = data32("iq1midx", 0, 0, 1, 1, 2, 2, 3, 3)
 }
 
+// q8IQAVX2MaxN is the most input rows per AVX2 i-quant kernel (sharing a
+// sub-block's loads and signs among them, as q8IQMaxN; the 16 ymm hold 4).
+const q8IQAVX2MaxN = 4
+
 // genQ8IQAVX2 emits q8dot256<dtype>N<N>.
 func genQ8IQAVX2(d dtype, N int) {
 	name := fmt.Sprintf("q8dot256%sN%d", d, N)
