@@ -6,7 +6,7 @@ import "github.com/switchyard-serving/switchyard/model/tensor"
 
 // The lattice tables of the i-quants of 1 to 3 bits, which the integer
 // kernels (q8dot512IQ*, internal/gen/q8iq.go) gather entries from by
-// symbol.
+// symbol (and the AVX2 ones their sign vectors).
 var (
 	iq2xxsGridQ8 [256]uint64
 	iq2xsGridQ8  [512]uint64
@@ -14,8 +14,20 @@ var (
 	iq3xxsGridQ8 [256]uint32
 	iq3sGridQ8   [512]uint32
 	iq1sGridQ8   [2048]uint64
+	// iqSignVecs is the sign table as VPSIGNB operands: byte j of entry i
+	// is −1 where bit j of sign index i is set, else 1.
+	iqSignVecs [128]uint64
 )
 
 func init() {
 	iq2xxsGridQ8, iq2xsGridQ8, iq2sGridQ8, iq3xxsGridQ8, iq3sGridQ8, iq1sGridQ8 = tensor.IQGrids()
+	for i, s := range tensor.IQSigns() {
+		for j := range 8 {
+			b := uint64(0x01)
+			if s>>j&1 != 0 {
+				b = 0xFF
+			}
+			iqSignVecs[i] |= b << (8 * j)
+		}
+	}
 }

@@ -296,3 +296,8 @@ func IsIQLattice(dt DType) bool { return dt >= IQ2_XXS && dt <= IQ1_M }
 func IQGrids() (iq2xxs [256]uint64, iq2xs [512]uint64, iq2s [1024]uint64, iq3xxs [256]uint32, iq3s [512]uint32, iq1s [2048]uint64) {
 	return iq2xxsGrid, iq2xsGrid, iq2sGrid, iq3xxsGrid, iq3sGrid, iq1sGrid
 }
+
+// IQSigns returns a copy of the table of 7-bit sign indices (IQ2_XXS,
+// IQ2_XS, IQ3_XXS): entry i's bit j set means value j of the group is
+// negative.
+func IQSigns() [128]uint8 { return iqSigns }

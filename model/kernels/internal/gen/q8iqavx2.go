@@ -150,25 +150,14 @@ func iqScales256(d dtype, rowMem func(off int) Mem) VecVirtual {
 	panic("iqScales256: " + d.String())
 }
 
-// iqSignsGP32 is iqSignsGP for 4 groups: byte g of the result is 7-bit
-// sign index g of x (bits 7g..) and its parity.
-func iqSignsGP32(x GPVirtual) GPVirtual {
-	m, t, u := GP32(), GP32(), GP32()
-	MOVL(U32(0x7F7F7F7F), m)
-	PDEPL(m, x.As32(), x.As32())
-	MOVL(x.As32(), t)
-	SHRL(U8(4), t)
-	XORL(x.As32(), t)
-	MOVL(t, u)
-	SHRL(U8(2), u)
-	XORL(u, t)
-	MOVL(t, u)
-	SHRL(U8(1), u)
-	XORL(u, t)
-	ANDL(U32(0x01010101), t)
-	SHLL(U8(7), t)
-	ORL(t, x.As32())
-	return x
+// signVecs4 loads the ±1 bytes of 4 groups of 8 values from the sign
+// vectors' table (iqSignVecs, iq_amd64.go), group j's 7-bit sign index by
+// idx(j): four scalar loads, as llama.cpp's AVX2 kernels take their signs,
+// cheaper than spreading a computed mask (signBytes256).
+func signVecs4(idx func(j int) GPVirtual) VecVirtual {
+	t := GP64()
+	LEAQ(Mem{Symbol: Symbol{Name: "·iqSignVecs"}, Base: StaticBase}, t)
+	return entries4(t, idx)
 }
 
 // signBytes256 spreads the 32 sign bits of the dword src (a memory operand
@@ -322,9 +311,15 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 		sw := XMM()
 		VMOVD(s.As32(), sw)
 		VPBROADCASTD(sw, scv)
-		ANDL(U32(0x0FFFFFFF), a.As32())
-		VMOVD(iqSignsGP32(a).As32(), sw)
-		sg = signBytes256(sw)
+		sg = signVecs4(func(j int) GPVirtual {
+			r := GP64()
+			MOVL(a.As32(), r.As32())
+			if j > 0 {
+				SHRL(U8(7*j), r.As32())
+			}
+			ANDL(U32(127), r.As32())
+			return r
+		})
 		return u, sg, scv
 	case dIQ2XS:
 		u = entries4(grid, func(j int) GPVirtual {
@@ -333,13 +328,12 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 			ANDL(U32(511), r.As32())
 			return r
 		})
-		a, mk := GP64(), GP64()
-		MOVQ(U64(0xFE00FE00FE00FE00), mk)
-		MOVQ(rowMem(2+8*ib), a)
-		PEXTQ(mk, a, a)
-		sw := XMM()
-		VMOVD(iqSignsGP32(a).As32(), sw)
-		sg = signBytes256(sw)
+		sg = signVecs4(func(j int) GPVirtual {
+			r := GP64()
+			MOVWLZX(rowMem(2+8*ib+2*j), r.As32())
+			SHRL(U8(9), r.As32())
+			return r
+		})
 		return u, sg, scv
 	case dIQ2S:
 		ix := XMM()
