@@ -57,8 +57,8 @@ fi
 echo "== llama.cpp side by side: the same GGUF files, prefill 512 and decode at 1 and 2 threads, batched decode of 8, 32, 128 sessions at 2 (skipped without llama.cpp's CPU libraries)"
 if [ -z "${BENCH_MODEL:-}" ]; then
   BIN="$BIN" bash scripts/llamacpp-bench.sh
-  echo "== llama.cpp side by side on the other quantized types (files made by llama.cpp's quantizer where ours does not write the type): prefill 128, decode at 1 and 2 threads"
-  BIN="$BIN" TYPES="q4_0 q5_0 q4_1 q5_1 q3_k_m q2_k iq4_xs mxfp4_moe" PROMPT=128 BATCHES=8 LOG="$CACHE/llamacpp-bench-types.log" bash scripts/llamacpp-bench.sh
+  echo "== llama.cpp side by side on the other quantized types (files made by llama.cpp's quantizer where ours does not write the type; the i-quant mixes take it minutes each, once): prefill 128, decode at 1 and 2 threads"
+  BIN="$BIN" TYPES="q4_0 q5_0 q4_1 q5_1 q3_k_m q2_k iq4_xs mxfp4_moe iq2_xxs iq3_xxs" PROMPT=128 BATCHES=8 LOG="$CACHE/llamacpp-bench-types.log" bash scripts/llamacpp-bench.sh
 elif [[ "$BENCH_MODEL" == *.gguf ]]; then
   BIN="$BIN" bash scripts/llamacpp-bench.sh "$BENCH_MODEL"
 fi

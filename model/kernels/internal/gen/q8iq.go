@@ -52,7 +52,6 @@ var q8IQDtypes = []dtype{dIQ2XXS, dIQ2XS, dIQ2S, dIQ3XXS, dIQ3S, dIQ1S, dIQ1M}
 const q8IQMaxN = 8
 
 var (
-	cIQ511     Mem // dword 511
 	cIQ7       Mem // dword 7
 	cIQ15      Mem // dword 15
 	cIQ15W     Mem // dword 0x000F000F (word 15s)
@@ -73,7 +72,6 @@ var (
 )
 
 func genQ8IQConsts() {
-	cIQ511 = data32("iq511", 511)
 	cIQ7 = data32("iq7", 7)
 	cIQ15 = data32("iq15", 15)
 	cIQ15W = data32("iq15w", 0x000F000F)
