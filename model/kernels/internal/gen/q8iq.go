@@ -110,17 +110,14 @@ func genQ8IQConsts() {
 	}
 }
 
-// iqGridSymbol is the package variable holding the type's lattice, and the
-// bytes of one entry.
-func iqGridSymbol(d dtype) (Mem, uint8) {
-	name, scale := map[dtype]string{
+// iqGridSymbol is the package variable holding the type's lattice
+// (kernels/iq_amd64.go): 8-byte entries, 4-byte for the IQ3 types.
+func iqGridSymbol(d dtype) Mem {
+	name := map[dtype]string{
 		dIQ2XXS: "iq2xxsGridQ8", dIQ2XS: "iq2xsGridQ8", dIQ2S: "iq2sGridQ8",
 		dIQ3XXS: "iq3xxsGridQ8", dIQ3S: "iq3sGridQ8", dIQ1S: "iq1sGridQ8", dIQ1M: "iq1sGridQ8",
-	}[d], uint8(8)
-	if d == dIQ3XXS || d == dIQ3S {
-		scale = 4
-	}
-	return Mem{Symbol: Symbol{Name: "·" + name}, Base: StaticBase}, scale
+	}[d]
+	return Mem{Symbol: Symbol{Name: "·" + name}, Base: StaticBase}
 }
 
 func iqBlockBytes(d dtype) int {
@@ -140,9 +137,8 @@ func genQ8IQ(d dtype, N int, vnni bool) {
 	ws := ld("wstride")
 	wq := ld("w")
 	oq := ld("out")
-	gsym, _ := iqGridSymbol(d)
 	grid := GP64()
-	LEAQ(gsym, grid)
+	LEAQ(iqGridSymbol(d), grid)
 	// The VPERMW indices of the chunks' scales: in registers for one or two
 	// input rows, loaded per chunk for more (whose sums take the registers).
 	var idx [4]Op

@@ -55,9 +55,8 @@ func genQ8IQAVX2(d dtype, N int) {
 	ws := ld("wstride")
 	wq := ld("w")
 	oq := ld("out")
-	gsym, _ := iqGridSymbol(d)
 	grid := GP64()
-	LEAQ(gsym, grid)
+	LEAQ(iqGridSymbol(d), grid)
 	acc := make([]VecVirtual, N)
 	for i := range acc {
 		acc[i] = YMM()
