@@ -22,16 +22,7 @@
 #include <string.h>
 #include <math.h>
 
-typedef void (*to_float_t)(const void *x, float *y, int64_t k);
-struct ggml_type_traits {
-	const char *type_name;
-	int64_t blck_size;
-	int64_t blck_size_interleave;
-	size_t type_size;
-	bool is_quantized;
-	to_float_t to_float;
-};
-const struct ggml_type_traits *ggml_get_type_traits(int type);
+#include "ggml_abi.h"
 
 enum { IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19, IQ3_S = 21, IQ2_S = 22 };
 
@@ -67,6 +58,17 @@ static void emit8(long *v, int n) {
 		uint64_t u = 0;
 		for (int j = 0; j < 8; j++) u |= (uint64_t)(uint8_t)(int8_t)v[8 * k + j] << (8 * j);
 		printf("%s0x%016llx,", k % 4 ? " " : "\n\t", (unsigned long long)u);
+	}
+	printf("\n}\n\n");
+}
+
+// emit4 prints n entries of 4 values (out[4k+j]·mul) as uint32s, the first
+// value lowest.
+static void emit4(int n, float mul) {
+	for (int k = 0; k < n; k++) {
+		uint32_t u = 0;
+		for (int j = 0; j < 4; j++) u |= (uint32_t)value(4 * k + j, mul, 0) << (8 * j);
+		printf("%s0x%08x,", k % 8 ? " " : "\n\t", u);
 	}
 	printf("\n}\n\n");
 }
@@ -145,12 +147,7 @@ int main(void) {
 	}
 	decode(IQ3_XXS, "iq3_xxs", 98, 4);
 	printf("// iq3xxsGrid is IQ3_XXS's lattice: entry k holds the magnitudes of 4 values.\nvar iq3xxsGrid = [256]uint32{");
-	for (int k = 0; k < 256; k++) {
-		uint32_t u = 0;
-		for (int j = 0; j < 4; j++) u |= (uint32_t)value(4 * k + j, 4, 0) << (8 * j);
-		printf("%s0x%08x,", k % 8 ? " " : "\n\t", u);
-	}
-	printf("\n}\n\n");
+	emit4(256, 4);
 
 	// IQ3_S: d @0, 64 low index bytes @2, qh[8] @66 (bit p%8 of qh[p/8]: 9th bit of index p), signs @74, scales @106.
 	memset(blk, 0, sizeof blk);
@@ -164,12 +161,7 @@ int main(void) {
 	}
 	decode(IQ3_S, "iq3_s", 110, 8);
 	printf("// iq3sGrid is IQ3_S's lattice.\nvar iq3sGrid = [512]uint32{");
-	for (int k = 0; k < 512; k++) {
-		uint32_t u = 0;
-		for (int j = 0; j < 4; j++) u |= (uint32_t)value(4 * k + j, 1, 0) << (8 * j);
-		printf("%s0x%08x,", k % 8 ? " " : "\n\t", u);
-	}
-	printf("\n}\n\n");
+	emit4(512, 1);
 
 	// IQ1_S (and IQ1_M): d @0, 32 low index bytes @2, 8 × u16 qh @34 (3 high bits per index, scale, delta sign);
 	// value = grid + 1/8.

@@ -23,18 +23,7 @@
 #include <string.h>
 #include <math.h>
 
-typedef void (*to_float_t)(const void *x, float *y, int64_t k);
-typedef void (*from_float_t)(const float *x, void *y, int64_t k);
-struct ggml_type_traits {
-	const char *type_name;
-	int64_t blck_size;
-	int64_t blck_size_interleave;
-	size_t type_size;
-	bool is_quantized;
-	to_float_t to_float;
-	from_float_t from_float_ref;
-};
-const struct ggml_type_traits *ggml_get_type_traits(int type);
+#include "ggml_abi.h"
 size_t ggml_quantize_chunk(int type, const float *src, void *dst, int64_t start, int64_t nrows, int64_t n_per_row, const float *imatrix);
 uint16_t ggml_fp32_to_fp16(float x);
 

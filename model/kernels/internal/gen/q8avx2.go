@@ -394,6 +394,21 @@ func q8RowQ23K256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int
 	}
 }
 
+// signedMadd256 adds, for each of the N input rows, Σ scale·Σ |w|·x with
+// w's signs (sg: VPSIGNB's operand, never 0 where w is not) to isum[i]:
+// the activations at x(i) signed as w, VPMADDUBSW with the magnitudes u,
+// VPMADDWD with the scale words scv.
+func signedMadd256(N int, x func(i int) Mem, sg, u, scv VecVirtual, isum []VecVirtual) {
+	for i := 0; i < N; i++ {
+		t := YMM()
+		VMOVDQU(x(i), t)
+		VPSIGNB(sg, t, t)
+		VPMADDUBSW(t, u, t)
+		VPMADDWD(scv, t, t)
+		VPADDD(t, isum[i], isum[i])
+	}
+}
+
 // q8RowIQ4XS256 adds an IQ4_XS block of a row to acc[i] (q8RowIQ4XS's
 // layout and result), one 32-value sub-block per ymm: the sub-block's 16
 // bytes in both lanes, low nibbles in the low lane and high nibbles in the
@@ -419,14 +434,7 @@ func q8RowIQ4XS256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, c
 		VPABSB(q, a)
 		scv := YMM()
 		VPSHUFB(cXSWord[ib], sc16, scv)
-		for i := 0; i < N; i++ {
-			x := YMM()
-			VMOVDQU(xMem(i, 32*ib), x)
-			VPSIGNB(q, x, x)
-			VPMADDUBSW(x, a, x)
-			VPMADDWD(scv, x, x)
-			VPADDD(x, isum[i], isum[i])
-		}
+		signedMadd256(N, func(i int) Mem { return xMem(i, 32*ib) }, q, a, scv, isum)
 	}
 	dv := XMM()
 	VPBROADCASTW(rowMem(0), dv)

@@ -22,7 +22,7 @@ import (
 //   - the lattice entries come from the package's copies of the tables
 //     (iq_amd64.go): where an index is one byte of the block (IQ2_XXS,
 //     IQ3_XXS) or a masked u16 (IQ2_XS), by scalar loads inserted into the
-//     vector (entries8, entries16); where it has high bits elsewhere in the
+//     vector (latticeEntries); where it has high bits elsewhere in the
 //     block (IQ2_S, IQ3_S, IQ1_S, IQ1_M), the indices are built in a vector
 //     and the entries gathered (VPGATHERDQ: 8 entries of 8 values; VPGATHERDD
 //     for IQ3_S's 4-value entries). Measured per type, whichever was faster
@@ -343,34 +343,37 @@ func gather8(grid GPVirtual, ix VecVirtual) VecVirtual {
 	return u
 }
 
-// entries8 loads 8 qword lattice entries by scalar loads, entry j at the
-// index idx(j) emits into a general register (VMOVQ, VPINSRQ with memory
-// operands, then inserts): on AMD's cores a gather is microcoded and costs
-// several times these loads.
-func entries8(grid GPVirtual, idx func(j int) GPVirtual) VecVirtual {
-	var x [4]VecVirtual
-	for p := range x {
-		x[p] = XMM()
-		VMOVQ(Mem{Base: grid, Index: idx(2 * p), Scale: 8}, x[p])
-		VPINSRQ(U8(1), Mem{Base: grid, Index: idx(2*p + 1), Scale: 8}, x[p], x[p])
+// latticeEntries loads n lattice entries (8 bytes each, or 4 with dword)
+// by scalar loads inserted into a vector (VMOVQ and VPINSRQ fill an xmm
+// with two entries, VMOVD and VPINSRD with four; two xmm make the ymm of
+// the AVX2 kernels, four the zmm of the AVX-512 ones), entry j at the index
+// idx(j) emits into a general register. On AMD's
+// cores a gather is microcoded and costs more than these loads where the
+// index is cheap to read (see the file comment).
+func latticeEntries(grid GPVirtual, n int, dword bool, idx func(j int) GPVirtual) VecVirtual {
+	per, scale := 2, uint8(8)
+	if dword {
+		per, scale = 4, 4
 	}
-	lo, hi, u := YMM(), YMM(), ZMM()
-	VINSERTI64X2(U8(1), x[1], x[0].AsY(), lo)
-	VINSERTI64X2(U8(1), x[3], x[2].AsY(), hi)
-	VINSERTI64X4(U8(1), hi, lo.AsZ(), u)
-	return u
-}
-
-// entries16 loads 16 dword lattice entries (the IQ3 types) as entries8
-// loads 8 qwords.
-func entries16(grid GPVirtual, idx func(j int) GPVirtual) VecVirtual {
-	var x [4]VecVirtual
+	x := make([]VecVirtual, n/per)
 	for p := range x {
 		x[p] = XMM()
-		VMOVD(Mem{Base: grid, Index: idx(4 * p), Scale: 4}, x[p])
-		for q := 1; q < 4; q++ {
-			VPINSRD(U8(q), Mem{Base: grid, Index: idx(4*p + q), Scale: 4}, x[p], x[p])
+		m := func(j int) Mem { return Mem{Base: grid, Index: idx(per*p + j), Scale: scale} }
+		if dword {
+			VMOVD(m(0), x[p])
+			for q := 1; q < per; q++ {
+				VPINSRD(U8(q), m(q), x[p], x[p])
+			}
+		} else {
+			VMOVQ(m(0), x[p])
+			VPINSRQ(U8(1), m(1), x[p], x[p])
 		}
+	}
+	if len(x) == 2 {
+		// A ymm (AVX2: VEX; the registers are below 16 there).
+		u := YMM()
+		VINSERTI128(U8(1), x[1], x[0].AsY(), u)
+		return u
 	}
 	lo, hi, u := YMM(), YMM(), ZMM()
 	VINSERTI64X2(U8(1), x[1], x[0].AsY(), lo)
@@ -424,16 +427,16 @@ func iqChunk(d dtype, c int, rowMem func(off int) Mem, grid GPVirtual) (VecVirtu
 		var sa, sb Mem
 		if d == dIQ2XXS {
 			// Sub-blocks 2c, 2c+1: 4 index bytes and a u32 each, at 2+16c.
-			u = entries8(grid, byteIndex(func(j int) Mem { return rowMem(2 + 16*c + j + 4*(j/4)) }))
+			u = latticeEntries(grid, 8, false, byteIndex(func(j int) Mem { return rowMem(2 + 16*c + j + 4*(j/4)) }))
 			sa, sb = rowMem(2+16*c+4), rowMem(2+16*c+12)
 		} else {
-			u = entries16(grid, byteIndex(func(j int) Mem { return rowMem(2 + 16*c + j) }))
+			u = latticeEntries(grid, 16, true, byteIndex(func(j int) Mem { return rowMem(2 + 16*c + j) }))
 			sa, sb = rowMem(66+8*c), rowMem(66+8*c+4)
 		}
 		KMOVQ(iqSignsGP(two28(sa, sb)), k)
 		return u, k
 	case dIQ2XS:
-		u := entries8(grid, func(j int) GPVirtual {
+		u := latticeEntries(grid, 8, false, func(j int) GPVirtual {
 			r := GP64()
 			MOVWQZX(rowMem(2+16*c+2*j), r)
 			ANDL(U32(511), r.As32())

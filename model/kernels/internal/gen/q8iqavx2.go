@@ -85,6 +85,17 @@ func wordsBothLanes(v VecVirtual) VecVirtual {
 	return w
 }
 
+// oddScales256 masks the 8 dwords of t (the scale fields, shifted down)
+// with the dword constant mask and returns 2s+1 as words in both lanes.
+func oddScales256(t VecVirtual, mask Mem) VecVirtual {
+	m := YMM()
+	VPBROADCASTD(mask, m)
+	VPAND(m, t, t)
+	w := wordsBothLanes(t)
+	oddWords256(w)
+	return w
+}
+
 // iqScales256 returns a ymm from which VPSHUFB by cXSWord[ib] makes
 // sub-block ib's scale vector: for the per-32 types the 8 scales as words
 // in each lane; for the per-16 types the even groups' scales in the low
@@ -98,22 +109,12 @@ func iqScales256(d dtype, rowMem func(off int) Mem) VecVirtual {
 		t := YMM()
 		VPBROADCASTD(rowMem(106), t)
 		VPSRLVD(cIQSh4, t, t)
-		m := YMM()
-		VPBROADCASTD(cIQ15, m)
-		VPAND(m, t, t)
-		w := wordsBothLanes(t)
-		oddWords256(w)
-		return w
+		return oddScales256(t, cIQ15)
 	case dIQ1S:
 		t := YMM()
 		VPMOVZXWD(rowMem(34), t)
 		VPSRLD(U8(12), t, t)
-		m := YMM()
-		VPBROADCASTD(cIQ7, m)
-		VPAND(m, t, t)
-		w := wordsBothLanes(t)
-		oddWords256(w)
-		return w
+		return oddScales256(t, cIQ7)
 	case dIQ2XS, dIQ2S:
 		off := 66
 		if d == dIQ2S {
@@ -154,7 +155,7 @@ func iqScales256(d dtype, rowMem func(off int) Mem) VecVirtual {
 func signVecs4(idx func(j int) GPVirtual) VecVirtual {
 	t := GP64()
 	LEAQ(Mem{Symbol: Symbol{Name: "·iqSignVecs"}, Base: StaticBase}, t)
-	return entries4(t, idx)
+	return latticeEntries(t, 4, false, idx)
 }
 
 // signBytes256 spreads the 32 sign bits of the dword src (a memory operand
@@ -181,14 +182,7 @@ func q8RowIQ256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) 
 	}
 	for ib := 0; ib < 8; ib++ {
 		u, sg, scv := iqSub256(d, ib, rowMem, grid, scw)
-		for i := 0; i < N; i++ {
-			x := YMM()
-			VMOVDQU(xMem(i, 32*ib), x)
-			VPSIGNB(sg, x, x)
-			VPMADDUBSW(x, u, x)
-			VPMADDWD(scv, x, x)
-			VPADDD(x, isum[i], isum[i])
-		}
+		signedMadd256(N, func(i int) Mem { return xMem(i, 32*ib) }, sg, u, scv, isum)
 	}
 	dv := XMM()
 	if d == dIQ1M {
@@ -209,39 +203,10 @@ func q8RowIQ256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) 
 	}
 }
 
-// entries4 loads 4 qword lattice entries by scalar loads (entries8's way,
-// on ymm).
-func entries4(grid GPVirtual, idx func(j int) GPVirtual) VecVirtual {
-	var x [2]VecVirtual
-	for p := range x {
-		x[p] = XMM()
-		VMOVQ(Mem{Base: grid, Index: idx(2 * p), Scale: 8}, x[p])
-		VPINSRQ(U8(1), Mem{Base: grid, Index: idx(2*p + 1), Scale: 8}, x[p], x[p])
-	}
-	u := YMM()
-	VINSERTI128(U8(1), x[1], x[0].AsY(), u)
-	return u
-}
-
-// entries8d loads 8 dword lattice entries by scalar loads.
-func entries8d(grid GPVirtual, idx func(j int) GPVirtual) VecVirtual {
-	var x [2]VecVirtual
-	for p := range x {
-		x[p] = XMM()
-		VMOVD(Mem{Base: grid, Index: idx(4 * p), Scale: 4}, x[p])
-		for q := 1; q < 4; q++ {
-			VPINSRD(U8(q), Mem{Base: grid, Index: idx(4*p + q), Scale: 4}, x[p], x[p])
-		}
-	}
-	u := YMM()
-	VINSERTI128(U8(1), x[1], x[0].AsY(), u)
-	return u
-}
-
 // highIndex returns a function that builds index j as the byte lo(j) with,
 // from bit 8 on, the field of width mask (7, 3 or 1) of the byte or word
 // src(j) at bit pos(j): the lattice index of the types whose high index
-// bits lie elsewhere in the block, for entries4/entries8d.
+// bits lie elsewhere in the block, for latticeEntries.
 func highIndex(lo, src func(j int) Mem, word bool, pos func(j int) int, mask uint32) func(j int) GPVirtual {
 	return func(j int) GPVirtual {
 		r, h := GP64(), GP64()
@@ -274,10 +239,10 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 		var aux Mem
 		// Byte indices: scalar loads (as genQ8IQ's kernels).
 		if d == dIQ2XXS {
-			u = entries4(grid, byteIndex(func(j int) Mem { return rowMem(2 + 8*ib + j) }))
+			u = latticeEntries(grid, 4, false, byteIndex(func(j int) Mem { return rowMem(2 + 8*ib + j) }))
 			aux = rowMem(2 + 8*ib + 4)
 		} else {
-			u = entries8d(grid, byteIndex(func(j int) Mem { return rowMem(2 + 8*ib + j) }))
+			u = latticeEntries(grid, 8, true, byteIndex(func(j int) Mem { return rowMem(2 + 8*ib + j) }))
 			aux = rowMem(66 + 4*ib)
 		}
 		a, s := GP64(), GP64()
@@ -300,7 +265,7 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 		})
 		return u, sg, scv
 	case dIQ2XS:
-		u = entries4(grid, func(j int) GPVirtual {
+		u = latticeEntries(grid, 4, false, func(j int) GPVirtual {
 			r := GP64()
 			MOVWQZX(rowMem(2+8*ib+2*j), r)
 			ANDL(U32(511), r.As32())
@@ -314,12 +279,12 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 		})
 		return u, sg, scv
 	case dIQ2S:
-		u = entries4(grid, highIndex(func(j int) Mem { return rowMem(2 + 4*ib + j) },
+		u = latticeEntries(grid, 4, false, highIndex(func(j int) Mem { return rowMem(2 + 4*ib + j) },
 			func(int) Mem { return rowMem(66 + ib) }, false, func(j int) int { return 2 * j }, 3))
 		sg = signBytes256(rowMem(34 + 4*ib))
 		return u, sg, scv
 	case dIQ3S:
-		u = entries8d(grid, highIndex(func(j int) Mem { return rowMem(2 + 8*ib + j) },
+		u = latticeEntries(grid, 8, true, highIndex(func(j int) Mem { return rowMem(2 + 8*ib + j) },
 			func(int) Mem { return rowMem(66 + ib) }, false, func(j int) int { return j }, 1))
 		sg = signBytes256(rowMem(74 + 4*ib))
 		return u, sg, scv
@@ -341,7 +306,7 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 		VPBROADCASTQ(cIQQ1, one)
 		VPAND(one, neg, neg)
 		VPCMPEQQ(one, neg, neg) // all ones where the delta is negative
-		g := entries4(grid, idx)
+		g := latticeEntries(grid, 4, false, idx)
 		VPADDB(g, g, g)
 		VPADDB(g, g, g)
 		VPADDB(g, g, g)
