@@ -4,9 +4,10 @@ package kernels
 
 import "github.com/switchyard-serving/switchyard/model/tensor"
 
-// The lattice tables of the i-quants of 1 to 3 bits, which the integer
-// kernels (q8dot512IQ*, internal/gen/q8iq.go) gather entries from by
-// symbol (and the AVX2 ones their sign vectors).
+// The lattice tables of the i-quants of 1 to 3 bits, from which the
+// integer kernels (q8dot512IQ*, q8dot256IQ*: internal/gen/q8iq.go,
+// q8iqavx2.go) load or gather entries by symbol, and the sign vectors of
+// the AVX2 ones.
 var (
 	iq2xxsGridQ8 [256]uint64
 	iq2xsGridQ8  [512]uint64
