@@ -10,16 +10,21 @@ import (
 
 // AVX2 integer kernels of the i-quants of 1 to 3 bits: q8dot256<dtype>N<N>,
 // genQ8IQ's contract and bits on ymm, one 32-value sub-block at a time.
-// The lattice entries are loaded by scalar loads inserted into the vector,
-// their indices built in general registers (a byte of the block, with the
-// high bits from elsewhere in it for IQ2_S, IQ3_S, IQ1_S and IQ1_M): on ymm,
-// 4 or 8 entries at a time, that measured 1.01-1.9x faster than
-// VPGATHERDQ/VPGATHERDD per product here (Zen 5), and it keeps the kernels
-// off VSIB addressing, which QEMU 7.2 decodes wrongly with index register 4
-// (TestMatMulQ8AVX2 failed under scripts/avx2-emulated.sh where a gather
-// got Y4 as its index; on hardware the same code gave the twin's bits); the signs become a vector of ±1
-// bytes for VPSIGNB (the 32 sign bits spread over the bytes by VPSHUFB,
-// tested by VPCMPEQB); IQ1's 8g ± 1 is never 0, so it is its own sign.
+//
+// The lattice entries are loaded by scalar loads inserted into the vector
+// (latticeEntries), their indices built in general registers (a byte of
+// the block, with the high bits from elsewhere in it for IQ2_S, IQ3_S,
+// IQ1_S and IQ1_M). On ymm, 4 or 8 entries at a time, that measured
+// 1.01-1.9x faster than VPGATHERDQ/VPGATHERDD per product here (Zen 5),
+// and it keeps the kernels off VSIB addressing, which QEMU 7.2 decodes
+// wrongly with index register 4 (TestMatMulQ8AVX2 failed under
+// scripts/avx2-emulated.sh where a gather got Y4 as its index; on hardware
+// the same code gave the twin's bits).
+//
+// The signs are VPSIGNB operands: ±1 vectors from a 128-entry table for the
+// types with 7-bit sign indices (signVecs4), the block's sign bytes spread
+// over a ymm for IQ2_S and IQ3_S (signBytes256); IQ1's 8g ± 1 is never 0,
+// so it is its own sign.
 
 var (
 	cIQSpread Mem // VPSHUFB: byte j of each lane ← byte j/8 (low lane) or 2+j/8 (high) of the dword
