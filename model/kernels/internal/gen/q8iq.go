@@ -333,13 +333,22 @@ func two28(a, b Mem) GPVirtual {
 	return x
 }
 
-// gather8 gathers 8 qword lattice entries at the dword indices of the ymm ix.
-func gather8(grid GPVirtual, ix VecVirtual) VecVirtual {
+// gatherEntries gathers 8 qword lattice entries at the dword indices of
+// the ymm ix, or with dword 16 dword entries at those of the zmm ix.
+func gatherEntries(grid GPVirtual, ix VecVirtual, dword bool) VecVirtual {
 	u := ZMM()
 	k := K()
-	KXNORB(k, k, k)
+	if dword {
+		KXNORW(k, k, k)
+	} else {
+		KXNORB(k, k, k)
+	}
 	VPXORD(u, u, u)
-	VPGATHERDQ(Mem{Base: grid, Index: ix.AsY(), Scale: 8}, k, u)
+	if dword {
+		VPGATHERDD(Mem{Base: grid, Index: ix, Scale: 4}, k, u)
+	} else {
+		VPGATHERDQ(Mem{Base: grid, Index: ix.AsY(), Scale: 8}, k, u)
+	}
 	return u
 }
 
@@ -389,16 +398,6 @@ func byteIndex(m func(j int) Mem) func(j int) GPVirtual {
 		MOVBQZX(m(j), r)
 		return r
 	}
-}
-
-// gather16 gathers 16 dword lattice entries at the dword indices of the zmm ix.
-func gather16(grid GPVirtual, ix VecVirtual) VecVirtual {
-	u := ZMM()
-	k := K()
-	KXNORW(k, k, k)
-	VPXORD(u, u, u)
-	VPGATHERDD(Mem{Base: grid, Index: ix, Scale: 4}, k, u)
-	return u
 }
 
 // iqHighBits ORs into ix (dwords) the field of width mask (a dword constant)
@@ -456,14 +455,14 @@ func iqChunk(d dtype, c int, rowMem func(off int) Mem, grid GPVirtual) (VecVirtu
 		ix := ZMM()
 		VPMOVZXBD(rowMem(2+8*c), ix.AsY())
 		iqHighBits(ix, rowMem(66+2*c), cIQShS, cD3, true)
-		u := gather8(grid, ix)
+		u := gatherEntries(grid, ix, false)
 		KMOVQ(rowMem(34+8*c), k)
 		return u, k
 	case dIQ3S:
 		ix := ZMM()
 		VPMOVZXBD(rowMem(2+16*c), ix)
 		iqHighBits(ix, rowMem(66+2*c), cIQShS3, cIQ1, false)
-		u := gather16(grid, ix)
+		u := gatherEntries(grid, ix, true)
 		KMOVQ(rowMem(74+8*c), k)
 		return u, k
 	case dIQ1S, dIQ1M:
@@ -481,7 +480,7 @@ func iqChunk(d dtype, c int, rowMem func(off int) Mem, grid GPVirtual) (VecVirtu
 			VPBROADCASTD(rowMem(32+4*c), neg)
 			VPTESTMQ(cIQ1MNeg, neg, kd)
 		}
-		g := gather8(grid, ix)
+		g := gatherEntries(grid, ix, false)
 		// w = 8g + 1, less 2 in the groups whose delta is negative.
 		VPADDB(g, g, g)
 		VPADDB(g, g, g)
