@@ -217,6 +217,22 @@ func q8RowIQ(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem
 	if k, ok := cIQK[d]; ok {
 		VMULSS(k, dv.AsX(), dv.AsX())
 	}
+	// IQ1_S: the sums so far are Σ ls·Σ g·x; w = 8g + δ (δ = ±1 per 32
+	// values) makes the block's sum 8 times that plus Σ δ·ls·Σ_32 x, from the
+	// activations' 32-value sums against δ·ls as words.
+	var sd VecVirtual
+	if d == dIQ1S {
+		sd = ZMM()
+		q, sg, m := XMM(), XMM(), XMM()
+		VMOVDQU64(rowMem(34), q)
+		VPSRAW(U8(15), q, sg) // −1 where δ < 0
+		VPSRLW(U8(12), q, sd.AsX())
+		VPBROADCASTD(cIQ7W, m)
+		VPANDD(m, sd.AsX(), sd.AsX())
+		oddWords(sd.AsX())
+		VPXORD(sg, sd.AsX(), sd.AsX())
+		VPSUBW(sg, sd.AsX(), sd.AsX()) // ±ls
+	}
 	isum := make([]VecVirtual, N)
 	for i := 0; i < N; i++ {
 		isum[i] = ZMM()
@@ -224,6 +240,12 @@ func q8RowIQ(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem
 			VPADDD(hs[i][1], hs[i][0], isum[i])
 		} else {
 			isum[i] = hs[i][0]
+		}
+		if d == dIQ1S {
+			t := ZMM()
+			VPMADDWD(xMem(i, q8xBsum32), sd.AsX(), t.AsX())
+			VPSLLD(U8(3), isum[i], isum[i])
+			VPADDD(t, isum[i], isum[i])
 		}
 		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
 	}
@@ -470,10 +492,14 @@ func iqChunk(d dtype, c int, rowMem func(off int) Mem, grid GPVirtual) (VecVirtu
 		neg := ZMM()
 		kd := K()
 		if d == dIQ1S {
+			// g's sign and |g| only: the ±1/8 comes in per block from the
+			// activations' 32-value sums (q8RowIQ).
 			VPMOVZXBD(rowMem(2+8*c), ix.AsY())
 			iqHighBits(ix, rowMem(34+4*c), cIQSh1S, cIQ7, true)
-			VPBROADCASTD(rowMem(34+4*c), neg)
-			VPTESTMQ(cIQ1SNeg, neg, kd)
+			g := gatherEntries(grid, ix, false)
+			VPMOVB2M(g, k)
+			VPABSB(g, g)
+			return g, k
 		} else {
 			VPMOVZXBD(rowMem(8*c), ix.AsY())
 			iqHighBits(ix, rowMem(32+4*c), cIQSh4, cIQ7, true)
