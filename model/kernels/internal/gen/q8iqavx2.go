@@ -23,13 +23,13 @@ import (
 //
 // The signs are VPSIGNB operands: ±1 vectors from a 128-entry table for the
 // types with 7-bit sign indices (signVecs4), the block's sign bytes spread
-// over a ymm for IQ2_S and IQ3_S (signBytes256); IQ1's 8g ± 1 is never 0,
-// so it is its own sign.
+// over a ymm for IQ2_S and IQ3_S (signBytes256); IQ1_M's 8g ± 1 is never
+// 0, so it is its own sign, and IQ1_S's g (−1, 0, 1) is its own too (its
+// ±1/8 is added per block from the activations' sums, as genQ8IQ does).
 
 var (
 	cIQSpread Mem // VPSHUFB: byte j of each lane ← byte j/8 (low lane) or 2+j/8 (high) of the dword
 	cIQBitSel Mem // bytes 1, 2, .., 128 four times
-	cIQShQ1S  Mem // qwords 15 x4 (VPSRLVQ: IQ1_S's delta sign to bit 0)
 	cIQShQ1M  Mem // qwords 3, 7, 11, 15: IQ1_M's delta signs of a sub-block's groups
 	cIQQ1     Mem // qword 1
 	cIQ1MEv   Mem // dwords 0, 6, 0, 6, ..: IQ1_M's even-group fields
@@ -40,7 +40,6 @@ var (
 func genQ8IQAVX2Consts() {
 	cIQSpread = data32("iqspread", 0, 0, 0x01010101, 0x01010101, 0x02020202, 0x02020202, 0x03030303, 0x03030303)
 	cIQBitSel = data32("iqbitsel", 0x08040201, 0x80402010, 0x08040201, 0x80402010, 0x08040201, 0x80402010, 0x08040201, 0x80402010)
-	cIQShQ1S = data32("iqshq1s", 15, 0, 15, 0, 15, 0, 15, 0)
 	cIQShQ1M = data32("iqshq1m", 3, 0, 7, 0, 11, 0, 15, 0)
 	cIQQ1 = data32("iqq1", 1, 0)
 	cIQ1MEv = data32("iq1mev", 0, 6, 0, 6, 0, 6, 0, 6)
@@ -203,7 +202,29 @@ func q8RowIQ256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) 
 	if k, ok := cIQK[d]; ok {
 		VMULSS(k, dv, dv)
 	}
+	// IQ1_S: 8·Σ ls·Σ g·x plus Σ δ·ls·Σ_32 x (q8RowIQ's form).
+	var sd VecVirtual
+	if d == dIQ1S {
+		sd = XMM()
+		q, sg, m := XMM(), XMM(), XMM()
+		VMOVDQU(rowMem(34), q)
+		VPSRAW(U8(15), q, sg) // −1 where δ < 0
+		VPSRLW(U8(12), q, sd)
+		VPBROADCASTD(cIQ7W, m)
+		VPAND(m, sd, sd)
+		VPSLLW(U8(1), sd, sd)
+		VPBROADCASTD(cIQ1W, m)
+		VPOR(m, sd, sd) // ls = 2s+1
+		VPXOR(sg, sd, sd)
+		VPSUBW(sg, sd, sd) // ±ls
+	}
 	for i := 0; i < N; i++ {
+		if d == dIQ1S {
+			t := YMM()
+			VPMADDWD(xMem(i, q8xBsum32), sd, t.AsX())
+			VPSLLD(U8(3), isum[i], isum[i])
+			VPADDD(t, isum[i], isum[i])
+		}
 		q6BlockScalar256(isum[i], dv, xMem(i, q8xD), acc[i])
 	}
 }
@@ -293,20 +314,20 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 			func(int) Mem { return rowMem(66 + ib) }, false, func(j int) int { return j }, 1))
 		sg = signBytes256(rowMem(74 + 4*ib))
 		return u, sg, scv
-	case dIQ1S, dIQ1M:
-		var idx func(j int) GPVirtual
+	case dIQ1S:
+		// g against x signed as g (VPSIGNB zeroes x where g = 0, as |g|
+		// does); the ±1/8 comes in per block (q8RowIQ256).
+		g := latticeEntries(grid, 4, false, highIndex(func(j int) Mem { return rowMem(2 + 4*ib + j) },
+			func(int) Mem { return rowMem(34 + 2*ib) }, true, func(j int) int { return 3 * j }, 7))
+		u = YMM()
+		VPABSB(g, u)
+		return u, g, scv
+	case dIQ1M:
 		neg := YMM()
-		if d == dIQ1S {
-			idx = highIndex(func(j int) Mem { return rowMem(2 + 4*ib + j) },
-				func(int) Mem { return rowMem(34 + 2*ib) }, true, func(j int) int { return 3 * j }, 7)
-			VPBROADCASTW(rowMem(34+2*ib), neg)
-			VPSRLVQ(cIQShQ1S, neg, neg)
-		} else {
-			idx = highIndex(func(j int) Mem { return rowMem(4*ib + j) },
-				func(j int) Mem { return rowMem(32 + 2*ib + j/2) }, false, func(j int) int { return 4 * (j % 2) }, 7)
-			VPBROADCASTW(rowMem(32+2*ib), neg)
-			VPSRLVQ(cIQShQ1M, neg, neg)
-		}
+		idx := highIndex(func(j int) Mem { return rowMem(4*ib + j) },
+			func(j int) Mem { return rowMem(32 + 2*ib + j/2) }, false, func(j int) int { return 4 * (j % 2) }, 7)
+		VPBROADCASTW(rowMem(32+2*ib), neg)
+		VPSRLVQ(cIQShQ1M, neg, neg)
 		one := YMM()
 		VPBROADCASTQ(cIQQ1, one)
 		VPAND(one, neg, neg)
