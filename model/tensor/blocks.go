@@ -56,13 +56,13 @@ var layouts = [NumDTypes]blockLayout{
 	IQ4_XS: {"IQ4_XS", 256, 136, dequantIQ4XSBlock},
 	MXFP4:  {"MXFP4", 32, 17, dequantMXFP4Block},
 
-	IQ2_XXS: {"IQ2_XXS", 256, 66, dequantIQ2XXSBlock},
-	IQ2_XS:  {"IQ2_XS", 256, 74, dequantIQ2XSBlock},
-	IQ2_S:   {"IQ2_S", 256, 82, dequantIQ2SBlock},
-	IQ3_XXS: {"IQ3_XXS", 256, 98, dequantIQ3XXSBlock},
-	IQ3_S:   {"IQ3_S", 256, 110, dequantIQ3SBlock},
-	IQ1_S:   {"IQ1_S", 256, 50, dequantIQ1SBlock},
-	IQ1_M:   {"IQ1_M", 256, 56, dequantIQ1MBlock},
+	IQ2_XXS: {"IQ2_XXS", 256, 66, dequantIQ(IQ2_XXS)},
+	IQ2_XS:  {"IQ2_XS", 256, 74, dequantIQ(IQ2_XS)},
+	IQ2_S:   {"IQ2_S", 256, 82, dequantIQ(IQ2_S)},
+	IQ3_XXS: {"IQ3_XXS", 256, 98, dequantIQ(IQ3_XXS)},
+	IQ3_S:   {"IQ3_S", 256, 110, dequantIQ(IQ3_S)},
+	IQ1_S:   {"IQ1_S", 256, 50, dequantIQ(IQ1_S)},
+	IQ1_M:   {"IQ1_M", 256, 56, dequantIQ(IQ1_M)},
 }
 
 func layoutOf(d DType) (blockLayout, bool) {

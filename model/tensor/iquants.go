@@ -28,48 +28,42 @@ package tensor
 // g is a lattice entry's value: IQ2 magnitudes 8, 25 or 43; IQ3_XXS 4..62;
 // IQ3_S 1..15; IQ1 −1, 0 or 1.
 
-// IQ1Delta is the offset of IQ1_S and IQ1_M values (IQ1S_DELTA in ggml).
-const IQ1Delta = 0.125
-
-// iqSigned returns g's value j (byte j of the entry) negated when bit j of
-// signs is set.
-func iqSigned(db float32, g uint64, j int, signs uint8) float32 {
-	v := mul(db, float32(uint8(g>>(8*j))))
-	if signs>>j&1 != 0 {
-		v = -v
-	}
-	return v
-}
-
-func dequantIQ2XXSBlock(blk []byte, y []float32) {
-	d := F16ToF32(le16(blk))
-	for ib := range 8 {
-		sub := blk[2+8*ib:]
-		aux := le32(sub[4:])
-		db := mul(mul(d, 0.5+float32(aux>>28)), 0.25)
-		for l := range 4 {
-			g, signs := iq2xxsGrid[sub[l]], iqSigns[aux>>(7*l)&127]
-			for j := range 8 {
-				y[8*l+j] = iqSigned(db, g, j, signs)
+// dequantIQ returns the reference decoding of an i-quant type: the block's
+// integer form (IQInts) turned into the float32 values llama.cpp's
+// dequantize_row_* computes, with its operations in its order (each
+// rounding on its own): for the IQ2 types db = d·(ls/2)·1/4 (llama.cpp's
+// d·(0.5+s)·0.25: ls/2 = 0.5+s exactly), for IQ3_XXS d·(ls/2)·1/2, then
+// db·|w| with w's sign; for IQ3_S d·ls·|w|; for IQ1_S and IQ1_M
+// (d·ls)·(w/8), w/8 being g ± 1/8 exactly. TestGoldenLlamaCpp checks the
+// bits.
+func dequantIQ(dt DType) func(blk []byte, y []float32) {
+	return func(blk []byte, y []float32) {
+		var w [256]int8
+		var ls [16]int32
+		d, _ := IQInts(dt, blk, &w, &ls)
+		for j := range 256 {
+			l := float32(ls[j/16])
+			switch dt {
+			case IQ1_S, IQ1_M:
+				y[j] = mul(mul(d, l), float32(w[j])*0.125)
+				continue
+			}
+			var db float32
+			switch dt {
+			case IQ3_XXS:
+				db = mul(mul(d, l*0.5), 0.5)
+			case IQ3_S:
+				db = mul(d, l)
+			default:
+				db = mul(mul(d, l*0.5), 0.25)
+			}
+			v := w[j]
+			if v < 0 {
+				y[j] = -mul(db, float32(-v))
+			} else {
+				y[j] = mul(db, float32(v))
 			}
 		}
-		y = y[32:]
-	}
-}
-
-func dequantIQ2XSBlock(blk []byte, y []float32) {
-	d := F16ToF32(le16(blk))
-	for ib := range 8 {
-		sc := blk[66+ib]
-		db := [2]float32{mul(mul(d, 0.5+float32(sc&15)), 0.25), mul(mul(d, 0.5+float32(sc>>4)), 0.25)}
-		for l := range 4 {
-			q := le16(blk[2+8*ib+2*l:])
-			g, signs := iq2xsGrid[q&511], iqSigns[q>>9]
-			for j := range 8 {
-				y[8*l+j] = iqSigned(db[l/2], g, j, signs)
-			}
-		}
-		y = y[32:]
 	}
 }
 
@@ -79,81 +73,10 @@ func IQ2SIndex(blk []byte, ib, l int) int {
 	return int(blk[2+4*ib+l]) | int(blk[66+ib])<<(8-2*l)&0x300
 }
 
-func dequantIQ2SBlock(blk []byte, y []float32) {
-	d := F16ToF32(le16(blk))
-	for ib := range 8 {
-		sc := blk[74+ib]
-		db := [2]float32{mul(mul(d, 0.5+float32(sc&15)), 0.25), mul(mul(d, 0.5+float32(sc>>4)), 0.25)}
-		for l := range 4 {
-			g, signs := iq2sGrid[IQ2SIndex(blk, ib, l)], blk[34+4*ib+l]
-			for j := range 8 {
-				y[8*l+j] = iqSigned(db[l/2], g, j, signs)
-			}
-		}
-		y = y[32:]
-	}
-}
-
-func dequantIQ3XXSBlock(blk []byte, y []float32) {
-	d := F16ToF32(le16(blk))
-	for ib := range 8 {
-		aux := le32(blk[66+4*ib:])
-		db := mul(mul(d, 0.5+float32(aux>>28)), 0.5)
-		qs := blk[2+8*ib:]
-		for l := range 4 {
-			g := uint64(iq3xxsGrid[qs[2*l]]) | uint64(iq3xxsGrid[qs[2*l+1]])<<32
-			signs := iqSigns[aux>>(7*l)&127]
-			for j := range 8 {
-				y[8*l+j] = iqSigned(db, g, j, signs)
-			}
-		}
-		y = y[32:]
-	}
-}
-
 // IQ3SIndex is the lattice index of group p (0..63, 4 values each) of an
 // IQ3_S block.
 func IQ3SIndex(blk []byte, p int) int {
 	return int(blk[2+p]) | int(blk[66+p/8]>>(p%8)&1)<<8
-}
-
-func dequantIQ3SBlock(blk []byte, y []float32) {
-	d := F16ToF32(le16(blk))
-	for ib := range 8 {
-		db := mul(d, float32(1+2*int(blk[106+ib/2]>>(4*(ib%2))&15)))
-		for l := range 4 {
-			p := 8*ib + 2*l
-			g := uint64(iq3sGrid[IQ3SIndex(blk, p)]) | uint64(iq3sGrid[IQ3SIndex(blk, p+1)])<<32
-			signs := blk[74+4*ib+l]
-			for j := range 8 {
-				y[8*l+j] = iqSigned(db, g, j, signs)
-			}
-		}
-		y = y[32:]
-	}
-}
-
-// iq1Values writes dl·(g_j + delta) for the 8 int8 values of lattice entry g.
-func iq1Values(y []float32, dl float32, g uint64, delta float32) {
-	for j := range 8 {
-		y[j] = mul(dl, float32(int8(g>>(8*j)))+delta)
-	}
-}
-
-func dequantIQ1SBlock(blk []byte, y []float32) {
-	d := F16ToF32(le16(blk))
-	for ib := range 8 {
-		qh := le16(blk[34+2*ib:])
-		dl := mul(d, float32(2*int(qh>>12&7)+1))
-		delta := float32(IQ1Delta)
-		if qh&0x8000 != 0 {
-			delta = -IQ1Delta
-		}
-		for l := range 4 {
-			iq1Values(y[8*l:], dl, iq1sGrid[int(blk[2+4*ib+l])|int(qh>>(3*l)&7)<<8], delta)
-		}
-		y = y[32:]
-	}
 }
 
 // IQ1MScale is the f16 scale of an IQ1_M block, kept in the top nibbles of
@@ -161,24 +84,6 @@ func dequantIQ1SBlock(blk []byte, y []float32) {
 func IQ1MScale(blk []byte) uint16 {
 	sc := blk[48:56]
 	return le16(sc)>>12 | le16(sc[2:])>>8&0x00F0 | le16(sc[4:])>>4&0x0F00 | le16(sc[6:])&0xF000
-}
-
-func dequantIQ1MBlock(blk []byte, y []float32) {
-	d := F16ToF32(IQ1MScale(blk))
-	for ib := range 8 {
-		sc := le16(blk[48+2*(ib/2):])
-		shift := 6 * (ib % 2)
-		dl := [2]float32{mul(d, float32(2*int(sc>>shift&7)+1)), mul(d, float32(2*int(sc>>(shift+3)&7)+1))}
-		for l := range 4 {
-			h := blk[32+2*ib+l/2] >> (4 * (l % 2))
-			delta := float32(IQ1Delta)
-			if h&8 != 0 {
-				delta = -IQ1Delta
-			}
-			iq1Values(y[8*l:], dl[l/2], iq1sGrid[int(blk[4*ib+l])|int(h&7)<<8], delta)
-		}
-		y = y[32:]
-	}
 }
 
 // IQInts decodes a block of an i-quant of 1 to 3 bits (IQ2_XXS ... IQ1_M)
@@ -283,7 +188,7 @@ func IQInts(dt DType, blk []byte, w *[256]int8, ls *[16]int32) (d, k float32) {
 		}
 		return F16ToF32(IQ1MScale(blk)), 0.125
 	}
-	panic("tensor: IQInts of " + dt.String())
+	panic("tensor: IQInts of a type other than the i-quants of 1 to 3 bits") // not dt.String(): layouts uses IQInts
 }
 
 // IsIQLattice reports whether dt is one of the i-quants of 1 to 3 bits

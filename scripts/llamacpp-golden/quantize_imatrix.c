@@ -38,12 +38,14 @@ int main(int argc, char **argv) {
 	if (!g) { fprintf(stderr, "%s: cannot read\n", argv[1]); return 1; }
 	int64_t n = gguf_get_n_tensors(g), m = 0;
 	struct imatrix_data *im = calloc((size_t)n + 1, sizeof *im);
+	if (!im) { perror("calloc"); return 1; }
 	for (int64_t i = 0; i < n; i++) {
 		const char *name = gguf_get_tensor_name(g, i);
 		const int64_t *ne = tensor_ne(ggml_get_tensor(gctx, name));
 		if (ne[1] <= 1) continue; // vectors are not quantized
 		size_t size = (size_t)(ne[0] * (ne[2] > 0 ? ne[2] : 1));
 		float *ones = malloc(size * sizeof *ones);
+		if (!ones) { perror("malloc"); return 1; }
 		for (size_t k = 0; k < size; k++) ones[k] = 1;
 		im[m++] = (struct imatrix_data){name, ones, size};
 	}
