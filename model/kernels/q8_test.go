@@ -57,7 +57,7 @@ func testMatMulQ8(t *testing.T) {
 		for _, rows := range []int{1, 3, 4, 7, 33, 260} {
 			for _, cols := range []int{256, 768, 1536} {
 				w := randMatrix(rng, dt, rows, cols)
-				for _, n := range []int{1, 2, 3, 5, 8, 33} {
+				for _, n := range []int{1, 2, 3, 5, 8, 12, 15, 38} { // every kernel width: 12 = 8+4, 15 = 8+7, 38 = 4·8+6
 					x := randVec(rng, n*cols)
 					abs := absRef(w, x, n)
 					want := make([]float32, n*rows)

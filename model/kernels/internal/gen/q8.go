@@ -483,6 +483,101 @@ func q6BlockScalar(isum, dv VecVirtual, dx Mem, acc VecVirtual) {
 	VADDSS(isum.AsX(), acc.AsX(), acc.AsX())
 }
 
+// rowLane is the dword of the vector accumulator holding input row i's sum
+// (reduceRows' order: lane i%4, dword i/4 of it).
+func rowLane(i int) int { return 4*(i%4) + i/4 }
+
+// reduceRows adds up the 16 dwords of each of the (at most 8) zmm v,
+// leaving v[i]'s total in dword rowLane(i) of the result, in 5 to 23
+// operations where one q6BlockScalar reduction per row takes 8: halves of
+// two rows at a time (VSHUFI64X2), then quarters of four, then the four
+// dwords of each lane across two vectors (unpacks and VPSHUFD). The other
+// dwords hold partial sums. v is clobbered.
+func reduceRows(v []VecVirtual) VecVirtual {
+	if len(v) > 8 {
+		panic("reduceRows: more than 8 rows")
+	}
+	var zero VecVirtual
+	get := func(i int) VecVirtual {
+		if i < len(v) {
+			return v[i]
+		}
+		if zero == nil {
+			zero = ZMM()
+			VPXORD(zero, zero, zero)
+		}
+		return zero
+	}
+	// Halves: s[k] holds row 2k's in lanes 0-1, row 2k+1's in lanes 2-3.
+	var s []VecVirtual
+	for k := 0; 2*k < len(v); k++ {
+		a, b := get(2*k), get(2*k+1)
+		lo, hi := ZMM(), ZMM()
+		VSHUFI64X2(U8(0x44), b, a, lo)
+		VSHUFI64X2(U8(0xEE), b, a, hi)
+		VPADDD(hi, lo, lo)
+		s = append(s, lo)
+	}
+	// Quarters: t[k] holds row 4k+L's in lane L.
+	var t []VecVirtual
+	for k := 0; 2*k < len(s); k++ {
+		a := s[2*k]
+		b := get(len(v)) // zero
+		if 2*k+1 < len(s) {
+			b = s[2*k+1]
+		}
+		lo, hi := ZMM(), ZMM()
+		VSHUFI64X2(U8(0x88), b, a, lo)
+		VSHUFI64X2(U8(0xDD), b, a, hi)
+		VPADDD(hi, lo, lo)
+		t = append(t, lo)
+	}
+	t0, t1 := t[0], get(len(v))
+	if len(t) > 1 {
+		t1 = t[1]
+	}
+	p, q := ZMM(), ZMM()
+	VPUNPCKLDQ(t1, t0, p) // per lane: t0.0 t1.0 t0.1 t1.1
+	VPUNPCKHDQ(t1, t0, q) // t0.2 t1.2 t0.3 t1.3
+	VPADDD(q, p, p)
+	VPSHUFD(U8(0x4E), p, q)
+	VPADDD(q, p, p) // dword 0: t0's lane total, dword 1: t1's
+	return p
+}
+
+// blockScalarRows is q6BlockScalar for N input rows at once, the rows'
+// sums in one vector acc (dword rowLane(i) for row i):
+//
+//	acc_i += float(I_i)·(d·d_x,i)
+//
+// lane by lane with the same roundings, so the bits of N q6BlockScalar.
+// isum is clobbered.
+func blockScalarRows(isum []VecVirtual, dv VecVirtual, dx func(i int) Mem, acc VecVirtual) {
+	I := reduceRows(isum)
+	N := len(isum)
+	// d_x of row L in dword 0 of lane L, of row L+4 in dword 1.
+	dxv := ZMM()
+	for L := 0; L < 4 && L < N; L++ {
+		x := dxv.AsX()
+		if L > 0 {
+			x = XMM()
+		}
+		VMOVSS(dx(L), x)
+		if L+4 < N {
+			VINSERTPS(U8(0x10), dx(L+4), x, x)
+		}
+		if L > 0 {
+			VINSERTF32X4(U8(L), x, dxv, dxv)
+		}
+	}
+	f := ZMM()
+	VBROADCASTSS(dv.AsX(), f)
+	VMULPS(dxv, f, f) // d·d_x
+	VCVTDQ2PS(I, I)
+	VMULPS(f, I, I)
+	VADDPS(I, acc, acc)
+}
+
 // q3kScalesX decodes a Q3_K block's 16 6-bit scales (12 bytes at sc) into
 // an xmm of 16 int8, each less 32 (t, c0F: scratch and 0x0F bytes). Scale
 // j's low nibble is nibble j/8 of byte j%8, its high bits bits 2(j/4),
@@ -828,8 +923,19 @@ func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, 
 	op := GP64()
 	MOVQ(oq, op)
 	for i := 0; i < N; i++ {
-		// The row's sum is in the low lane (q8BlockScalar, q6BlockScalar).
-		VMOVSS(acc[i].AsX(), Mem{Base: op})
+		if len(acc) < N {
+			// One vector: row i's sum in dword rowLane(i) (blockScalarRows).
+			l, t := rowLane(i), XMM()
+			src := acc[0].AsX()
+			if l >= 4 {
+				VEXTRACTF32X4(U8(l/4), acc[0], t)
+				src = t
+			}
+			VEXTRACTPS(U8(l%4), src, Mem{Base: op})
+		} else {
+			// The row's sum is in the low lane (q8BlockScalar, q6BlockScalar).
+			VMOVSS(acc[i].AsX(), Mem{Base: op})
+		}
 		if i+1 < N {
 			ADDQ(os, op)
 		}

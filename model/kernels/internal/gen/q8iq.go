@@ -64,8 +64,13 @@ var (
 	cIQShS3    Mem // dwords 0..15: IQ3_S's ninth index bits of a chunk
 	cIQSh1S    Mem // dwords 0, 3, 6, 9, 16, 19, 22, 25: IQ1_S's high index bits
 	cIQSh4     Mem // dwords 0, 4, .., 28: nibbles
-	cIQ1SNeg   Mem // qwords 1<<15 x4, 1<<31 x4: IQ1_S's delta signs of a chunk
 	cIQ1MNeg   Mem // qwords 1<<3, 1<<7, .., 1<<31: IQ1_M's delta signs of a chunk
+	cIQ1SPat   Mem // dword 0x02010201: IQ1_S's table bytes ls, 2ls (iq1Sums)
+	cIQ1SPat8  Mem // dword 0x10081008: the same times 8 (with VNNI)
+	cIQ1MPat   Mem // qword: IQ1_M's table bytes 0, 4ls, 8ls, 0, ls, 5ls, 9ls, 0
+	cIQB5      Mem // dword 0x05050505
+	cIQ8W      Mem // dword 0x00080008 (word 8s)
+	cIQM9W     Mem // dword 0xFFF7FFF7 (word −9s)
 	cIQ1MScIdx Mem // words j/4 (j < 16): IQ1_M's scale word of 16-value group j
 	cIQ1MScSh  Mem // words 3·(j%4): the group's 3-bit field
 	cIQK       = map[dtype]Mem{}
@@ -88,7 +93,12 @@ func genQ8IQConsts() {
 	cIQShS3 = data32("iqshs3", s16...)
 	cIQSh1S = data32("iqsh1s", 0, 3, 6, 9, 16, 19, 22, 25)
 	cIQSh4 = data32("iqsh4", 0, 4, 8, 12, 16, 20, 24, 28)
-	cIQ1SNeg = data32("iq1sneg", 1<<15, 0, 1<<15, 0, 1<<15, 0, 1<<15, 0, 1<<31, 0, 1<<31, 0, 1<<31, 0, 1<<31, 0)
+	cIQ1SPat = data32("iq1spat", 0x02010201)
+	cIQ1SPat8 = data32("iq1spat8", 0x10081008)
+	cIQ1MPat = data32("iq1mpat", 0x00080400, 0x00090501)
+	cIQB5 = data32("iqb5", 0x05050505)
+	cIQ8W = data32("iq8w", 0x00080008)
+	cIQM9W = data32("iqm9w", 0xFFF7FFF7)
 	var neg []uint32
 	for g := uint32(0); g < 8; g++ {
 		neg = append(neg, 1<<(4*g+3), 0)
@@ -153,7 +163,11 @@ func genQ8IQ(d dtype, N int, vnni bool) {
 			idx[c] = r
 		}
 	}
+	// Two or more input rows' sums share one vector (blockScalarRows).
 	acc := make([]VecVirtual, N)
+	if N > 2 {
+		acc = acc[:1]
+	}
 	for i := range acc {
 		acc[i] = ZMM()
 	}
@@ -167,40 +181,16 @@ func genQ8IQ(d dtype, N int, vnni bool) {
 // perGroup16 reports the types whose scales are per 16 values (else per 32).
 func perGroup16(d dtype) bool { return d == dIQ2XS || d == dIQ2S || d == dIQ1M }
 
-// q8RowIQ adds a row's block to acc[i]: dx_i·(d·k)·Σ_t ls_t·Σ w·q_x.
+// q8RowIQ adds a row's block to the rows' sums: dx_i·(d·k)·Σ_t ls_t·Σ w·q_x.
+// acc is one per input row, or for more than two rows one vector
+// (blockScalarRows).
 func q8RowIQ(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, idx [4]Op, acc []VecVirtual) {
 	sc16 := iqScales(d, rowMem)
-	zero := ZMM()
-	VPXORD(zero, zero, zero)
-	// Two partial sums per input row (halves of the block: shorter chains)
-	// for one or two rows, one for more.
-	hs := make([][2]VecVirtual, N)
-	for i := range hs {
-		hs[i][0] = ZMM()
-		hs[i][1] = hs[i][0]
-		if N <= 2 {
-			hs[i][1] = ZMM()
-		}
-	}
-	for c := 0; c < 4; c++ {
-		u, k := iqChunk(d, c, rowMem, grid)
-		scv, ix := ZMM(), idx[c]
-		if N > 2 {
-			r := ZMM()
-			VMOVDQU64(ix, r)
-			ix = r
-		}
-		VPERMW(sc16, ix, scv)
-		h, first := c/2, c%2 == 0
-		if N > 2 {
-			h, first = 0, c == 0
-		}
-		maddChunk512(N, func(i int) Op {
-			x := ZMM()
-			VMOVDQU64(xMem(i, 64*c), x)
-			VPSUBB(x, zero, k, x) // −x where w < 0
-			return x
-		}, u, scv, hs, h, first)
+	var isum []VecVirtual
+	if iq1Scaled(d) {
+		isum = iq1Sums(d, N, rowMem, xMem, grid, idx, sc16)
+	} else {
+		isum = iqSums(d, N, rowMem, xMem, grid, idx, sc16)
 	}
 	// d (f16) as float32 in the low lane, times k (exact: a power of two).
 	dv := ZMM()
@@ -217,38 +207,188 @@ func q8RowIQ(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem
 	if k, ok := cIQK[d]; ok {
 		VMULSS(k, dv.AsX(), dv.AsX())
 	}
-	// IQ1_S: the sums so far are Σ ls·Σ g·x; w = 8g + δ (δ = ±1 per 32
-	// values) makes the block's sum 8 times that plus Σ δ·ls·Σ_32 x, from the
-	// activations' 32-value sums against δ·ls as words.
+	if len(acc) < N {
+		blockScalarRows(isum, dv, func(i int) Mem { return xMem(i, q8xD) }, acc[0])
+		return
+	}
+	for i := range isum {
+		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
+	}
+}
+
+// chunkScales returns chunk c's scales as int16 lanes for VPMADDWD: word j
+// the scale of values 2j, 2j+1 (VPERMW of sc16 by idx[c]; loaded first for
+// more than two rows).
+func chunkScales(sc16 VecVirtual, idx [4]Op, c, N int) VecVirtual {
+	scv, ix := ZMM(), idx[c]
+	if N > 2 {
+		r := ZMM()
+		VMOVDQU64(ix, r)
+		ix = r
+	}
+	VPERMW(sc16, ix, scv)
+	return scv
+}
+
+// iqSums returns each input row's exact block sum Σ_t ls_t·Σ w·q_x, spread
+// over a zmm's dwords: per chunk |w| against x with w's sign (VPMADDUBSW),
+// then the scales (VPMADDWD, VPDPWSSD).
+func iqSums(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, idx [4]Op, sc16 VecVirtual) []VecVirtual {
+	zero := ZMM()
+	VPXORD(zero, zero, zero)
+	// Two partial sums per input row (halves of the block: shorter chains)
+	// for one or two rows, one for more.
+	hs := make([][2]VecVirtual, N)
+	for i := range hs {
+		hs[i][0] = ZMM()
+		hs[i][1] = hs[i][0]
+		if N <= 2 {
+			hs[i][1] = ZMM()
+		}
+	}
+	for c := 0; c < 4; c++ {
+		u, k := iqChunk(d, c, rowMem, grid)
+		scv := chunkScales(sc16, idx, c, N)
+		h, first := c/2, c%2 == 0
+		if N > 2 {
+			h, first = 0, c == 0
+		}
+		maddChunk512(N, func(i int) Op {
+			x := ZMM()
+			VMOVDQU64(xMem(i, 64*c), x)
+			VPSUBB(x, zero, k, x) // −x where w < 0
+			return x
+		}, u, scv, hs, h, first)
+	}
+	isum := make([]VecVirtual, N)
+	for i := range isum {
+		isum[i] = hs[i][0]
+		if N <= 2 {
+			VPADDD(hs[i][1], hs[i][0], isum[i])
+		}
+	}
+	return isum
+}
+
+// iq1Scaled reports whether the kernel multiplies scaled IQ1 values
+// (iq1Sums): IQ1_S always, IQ1_M with VNNI (its bytes reach 135, whose
+// VPMADDUBSW pairs could saturate).
+func iq1Scaled(d dtype) bool { return d == dIQ1S || (d == dIQ1M && q8VNNI) }
+
+// iq1Sums is iqSums for IQ1_S and IQ1_M, whose lattice values g are −1, 0
+// or 1 and w = 8g + δ, δ = ±1 per 32 (IQ1_S) or 8 (IQ1_M) values. The
+// scale goes into the weight bytes, so that a chunk costs each input row
+// one VPDPBUSD (without VNNI a VPMADDUBSW and a VPADDW): per 16 values (one
+// lane, one scale ls) a VPSHUFB table indexed by the lattice byte gives
+//
+//   - IQ1_S: u = ls·(g+1) (g = −1 is the index 0xFF, which VPSHUFB makes 0;
+//     with VNNI 8·ls·(g+1), at most 240), so that the block's sum is
+//     8·Σ u·x + Σ_s (δ_s − 8)·ls_s·Σ_32 x over its 32-value sub-blocks s,
+//     from the activations' 32-value sums;
+//   - IQ1_M: u = ls·(4(g+1) + e), e = (δ+1)/2, indexed by g + 1 + 4e (at
+//     most 135), so that the sum is 2·Σ u·x − 9·Σ_t ls_t·Σ_16 x.
+//
+// Every step is exact in int32, so the sums are iqSums' (tensor.IQInts).
+func iq1Sums(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, idx [4]Op, sc16 VecVirtual) []VecVirtual {
+	isum := make([]VecVirtual, N)
+	for i := range isum {
+		isum[i] = ZMM()
+	}
+	// The table's bytes as multiples of ls, a word pattern for VPMULLW.
+	pat := ZMM()
+	var c1, c5 VecVirtual
+	switch {
+	case d == dIQ1M:
+		VPBROADCASTQ(cIQ1MPat, pat)
+		c1, c5 = ZMM(), ZMM()
+		VPBROADCASTD(cIQB1, c1)
+		VPBROADCASTD(cIQB5, c5)
+	case q8VNNI:
+		VPBROADCASTD(cIQ1SPat8, pat)
+	default:
+		VPBROADCASTD(cIQ1SPat, pat)
+	}
+	// The block-level terms, per input row: IQ1_S's Σ_s (δ_s − 8)·ls_s·Σ_32 x
+	// (with VNNI the rows' first sums), IQ1_M's −9·Σ_t ls_t·Σ_16 x (after).
 	var sd VecVirtual
 	if d == dIQ1S {
 		sd = ZMM()
-		q, sg, m := XMM(), XMM(), XMM()
+		q, sg, e := XMM(), XMM(), XMM()
 		VMOVDQU64(rowMem(34), q)
 		VPSRAW(U8(15), q, sg) // −1 where δ < 0
-		VPSRLW(U8(12), q, sd.AsX())
-		VPBROADCASTD(cIQ7W, m)
-		VPANDD(m, sd.AsX(), sd.AsX())
-		oddWords(sd.AsX())
-		VPXORD(sg, sd.AsX(), sd.AsX())
-		VPSUBW(sg, sd.AsX(), sd.AsX()) // ±ls
-	}
-	isum := make([]VecVirtual, N)
-	for i := 0; i < N; i++ {
-		isum[i] = ZMM()
-		if N <= 2 {
-			VPADDD(hs[i][1], hs[i][0], isum[i])
-		} else {
-			isum[i] = hs[i][0]
+		VPXORD(sg, sc16.AsX(), sd.AsX())
+		VPSUBW(sg, sd.AsX(), sd.AsX()) // δ·ls
+		VPSLLW(U8(3), sc16.AsX(), e)
+		VPSUBW(e, sd.AsX(), sd.AsX()) // (δ − 8)·ls
+		if q8VNNI {
+			for i := range isum {
+				VPMADDWD(xMem(i, q8xBsum32), sd.AsX(), isum[i].AsX())
+			}
 		}
+	} else {
+		for i := range isum {
+			VPXORD(isum[i], isum[i], isum[i])
+		}
+	}
+	for c := 0; c < 4; c++ {
+		ix := ZMM()
 		if d == dIQ1S {
+			VPMOVZXBD(rowMem(2+8*c), ix.AsY())
+			iqHighBits(ix, rowMem(34+4*c), cIQSh1S, cIQ7, true)
+		} else {
+			VPMOVZXBD(rowMem(8*c), ix.AsY())
+			iqHighBits(ix, rowMem(32+4*c), cIQSh4, cIQ7, true)
+		}
+		g := gatherEntries(grid, ix, false)
+		if d == dIQ1M {
+			// The index g + 1 + 4e: 5 added, 1 in the groups (qwords)
+			// whose δ < 0.
+			neg, kd := ZMM(), K()
+			VPBROADCASTD(rowMem(32+4*c), neg)
+			VPTESTMQ(cIQ1MNeg, neg, kd)
+			VPBLENDMQ(c1, c5, kd, neg)
+			VPADDB(neg, g, g)
+		}
+		u := chunkScales(sc16, idx, c, N)
+		VPMULLW(pat, u, u)
+		VPSHUFB(g, u, u)
+		for i := range isum {
+			x := xMem(i, 64*c)
+			switch {
+			case q8VNNI:
+				VPDPBUSD(x, u, isum[i])
+			case c == 0:
+				VPMADDUBSW(x, u, isum[i])
+			default:
+				// Word sums: at most 4 chunks of 2·30·128, below 2^15.
+				t := ZMM()
+				VPMADDUBSW(x, u, t)
+				VPADDW(t, isum[i], isum[i])
+			}
+		}
+	}
+	if d == dIQ1S && !q8VNNI {
+		e8 := ZMM()
+		VPBROADCASTD(cIQ8W, e8)
+		for i := range isum {
 			t := ZMM()
+			VPMADDWD(e8, isum[i], isum[i]) // 8·Σ u·x
 			VPMADDWD(xMem(i, q8xBsum32), sd.AsX(), t.AsX())
-			VPSLLD(U8(3), isum[i], isum[i])
 			VPADDD(t, isum[i], isum[i])
 		}
-		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
 	}
+	if d == dIQ1M {
+		m9 := YMM()
+		VPBROADCASTD(cIQM9W, m9)
+		VPMULLW(m9, sc16.AsY(), m9) // −9·ls
+		for i := range isum {
+			t := ZMM()
+			VPSLLD(U8(1), isum[i], isum[i])
+			VPMADDWD(xMem(i, q8xBsum16), m9, t.AsY())
+			VPADDD(t, isum[i], isum[i])
+		}
+	}
+	return isum
 }
 
 // oddWords makes 2s+1 of the int16 lanes of v (in place).
@@ -487,25 +627,15 @@ func iqChunk(d dtype, c int, rowMem func(off int) Mem, grid GPVirtual) (VecVirtu
 		u := gatherEntries(grid, ix, true)
 		KMOVQ(rowMem(74+8*c), k)
 		return u, k
-	case dIQ1S, dIQ1M:
+	case dIQ1M:
+		// Without VNNI (iq1Sums takes IQ1_S, and IQ1_M with VNNI).
 		ix := ZMM()
 		neg := ZMM()
 		kd := K()
-		if d == dIQ1S {
-			// g's sign and |g| only: the ±1/8 comes in per block from the
-			// activations' 32-value sums (q8RowIQ).
-			VPMOVZXBD(rowMem(2+8*c), ix.AsY())
-			iqHighBits(ix, rowMem(34+4*c), cIQSh1S, cIQ7, true)
-			g := gatherEntries(grid, ix, false)
-			VPMOVB2M(g, k)
-			VPABSB(g, g)
-			return g, k
-		} else {
-			VPMOVZXBD(rowMem(8*c), ix.AsY())
-			iqHighBits(ix, rowMem(32+4*c), cIQSh4, cIQ7, true)
-			VPBROADCASTD(rowMem(32+4*c), neg)
-			VPTESTMQ(cIQ1MNeg, neg, kd)
-		}
+		VPMOVZXBD(rowMem(8*c), ix.AsY())
+		iqHighBits(ix, rowMem(32+4*c), cIQSh4, cIQ7, true)
+		VPBROADCASTD(rowMem(32+4*c), neg)
+		VPTESTMQ(cIQ1MNeg, neg, kd)
 		g := gatherEntries(grid, ix, false)
 		// w = 8g + 1, less 2 in the groups whose delta is negative.
 		VPADDB(g, g, g)
