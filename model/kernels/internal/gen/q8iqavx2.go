@@ -24,8 +24,8 @@ import (
 // The signs are VPSIGNB operands: ±1 vectors from a 128-entry table for the
 // types with 7-bit sign indices (signVecs4), the block's sign bytes spread
 // over a ymm for IQ2_S and IQ3_S (signBytes256); IQ1_M's 8g ± 1 is never
-// 0, so it is its own sign, and IQ1_S's g (−1, 0, 1) is its own too (its
-// ±1/8 is added per block from the activations' sums, as genQ8IQ does).
+// 0, so it is its own sign. IQ1_S takes its scales into the weight bytes
+// instead (iq1sSums256, as genQ8IQ's iq1Sums).
 
 var (
 	cIQSpread Mem // VPSHUFB: byte j of each lane ← byte j/8 (low lane) or 2+j/8 (high) of the dword
@@ -35,6 +35,8 @@ var (
 	cIQ1MEv   Mem // dwords 0, 6, 0, 6, ..: IQ1_M's even-group fields
 	cIQ1MOd   Mem // dwords 3, 9, 3, 9, ..: its odd-group fields
 	cIQ1MIdx  Mem // dwords 0, 0, 1, 1, 2, 2, 3, 3 (VPERMD)
+	cIQ1SPatY Mem // cIQ1SPat x8
+	cIQ8WY    Mem // cIQ8W x8
 )
 
 func genQ8IQAVX2Consts() {
@@ -45,6 +47,8 @@ func genQ8IQAVX2Consts() {
 	cIQ1MEv = data32("iq1mev", 0, 6, 0, 6, 0, 6, 0, 6)
 	cIQ1MOd = data32("iq1mod", 3, 9, 3, 9, 3, 9, 3, 9)
 	cIQ1MIdx = data32("iq1midx", 0, 0, 1, 1, 2, 2, 3, 3)
+	cIQ1SPatY = data32("iq1spaty", rep(0x02010201, 8)...)
+	cIQ8WY = data32("iq8wy", rep(0x00080008, 8)...)
 }
 
 // q8IQAVX2MaxN is the most input rows per AVX2 i-quant kernel (sharing a
@@ -182,11 +186,17 @@ func q8RowIQ256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) 
 	isum := make([]VecVirtual, N)
 	for i := range isum {
 		isum[i] = YMM()
-		VPXOR(isum[i], isum[i], isum[i])
+		if d != dIQ1S {
+			VPXOR(isum[i], isum[i], isum[i])
+		}
 	}
-	for ib := 0; ib < 8; ib++ {
-		u, sg, scv := iqSub256(d, ib, rowMem, grid, scw)
-		signedMadd256(N, func(i int) Mem { return xMem(i, 32*ib) }, sg, u, scv, isum)
+	if d == dIQ1S {
+		iq1sSums256(N, rowMem, xMem, grid, scw, isum)
+	} else {
+		for ib := 0; ib < 8; ib++ {
+			u, sg, scv := iqSub256(d, ib, rowMem, grid, scw)
+			signedMadd256(N, func(i int) Mem { return xMem(i, 32*ib) }, sg, u, scv, isum)
+		}
 	}
 	dv := XMM()
 	if d == dIQ1M {
@@ -202,30 +212,59 @@ func q8RowIQ256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) 
 	if k, ok := cIQK[d]; ok {
 		VMULSS(k, dv, dv)
 	}
-	// IQ1_S: 8·Σ ls·Σ g·x plus Σ δ·ls·Σ_32 x (q8RowIQ's form).
-	var sd VecVirtual
-	if d == dIQ1S {
-		sd = XMM()
-		q, sg, m := XMM(), XMM(), XMM()
-		VMOVDQU(rowMem(34), q)
-		VPSRAW(U8(15), q, sg) // −1 where δ < 0
-		VPSRLW(U8(12), q, sd)
-		VPBROADCASTD(cIQ7W, m)
-		VPAND(m, sd, sd)
-		VPSLLW(U8(1), sd, sd)
-		VPBROADCASTD(cIQ1W, m)
-		VPOR(m, sd, sd) // ls = 2s+1
-		VPXOR(sg, sd, sd)
-		VPSUBW(sg, sd, sd) // ±ls
-	}
 	for i := 0; i < N; i++ {
-		if d == dIQ1S {
-			t := YMM()
-			VPMADDWD(xMem(i, q8xBsum32), sd, t.AsX())
-			VPSLLD(U8(3), isum[i], isum[i])
-			VPADDD(t, isum[i], isum[i])
-		}
 		q6BlockScalar256(isum[i], dv, xMem(i, q8xD), acc[i])
+	}
+}
+
+// iq1sSums256 sets isum[i] to IQ1_S's exact block sums as iq1Sums does
+// without VNNI: per sub-block the bytes u = ls·(g+1) (a VPSHUFB table of
+// ls and 2ls indexed by the lattice byte g; −1 gives 0), one VPMADDUBSW
+// and one VPADDW per input row into word sums (four sub-blocks of at most
+// 2·30·128 a word stay below 2^15, so they are widened twice a block),
+// then 8·Σ u·x + Σ_s (δ_s − 8)·ls_s·Σ_32 x.
+func iq1sSums256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, scw VecVirtual, isum []VecVirtual) {
+	// The constants as memory operands: N = 4 needs 14 of the 16 ymm.
+	pat, e8 := cIQ1SPatY, cIQ8WY
+	ws := make([]VecVirtual, N)
+	for i := range ws {
+		ws[i] = YMM()
+	}
+	for ib := 0; ib < 8; ib++ {
+		g := latticeEntries(grid, 4, false, highIndex(func(j int) Mem { return rowMem(2 + 4*ib + j) },
+			func(int) Mem { return rowMem(34 + 2*ib) }, true, func(j int) int { return 3 * j }, 7))
+		u := YMM()
+		VPSHUFB(cXSWord[ib], scw, u)
+		VPMULLW(pat, u, u)
+		VPSHUFB(g, u, u)
+		for i := 0; i < N; i++ {
+			if ib%4 == 0 {
+				VPMADDUBSW(xMem(i, 32*ib), u, ws[i])
+				continue
+			}
+			t := YMM()
+			VPMADDUBSW(xMem(i, 32*ib), u, t)
+			VPADDW(t, ws[i], ws[i])
+			if ib == 3 {
+				VPMADDWD(e8, ws[i], isum[i]) // 8·Σ u·x
+			} else if ib == 7 {
+				VPMADDWD(e8, ws[i], t)
+				VPADDD(t, isum[i], isum[i])
+			}
+		}
+	}
+	// The sub-blocks' (δ − 8)·ls as words, against the 32-value sums.
+	sd, q, sg, e := XMM(), XMM(), XMM(), XMM()
+	VMOVDQU(rowMem(34), q)
+	VPSRAW(U8(15), q, sg) // −1 where δ < 0
+	VPXOR(sg, scw.AsX(), sd)
+	VPSUBW(sg, sd, sd) // δ·ls
+	VPSLLW(U8(3), scw.AsX(), e)
+	VPSUBW(e, sd, sd)
+	for i := 0; i < N; i++ {
+		t := YMM()
+		VPMADDWD(xMem(i, q8xBsum32), sd, t.AsX())
+		VPADDD(t, isum[i], isum[i])
 	}
 }
 
@@ -314,14 +353,6 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 			func(int) Mem { return rowMem(66 + ib) }, false, func(j int) int { return j }, 1))
 		sg = signBytes256(rowMem(74 + 4*ib))
 		return u, sg, scv
-	case dIQ1S:
-		// g against x signed as g (VPSIGNB zeroes x where g = 0, as |g|
-		// does); the ±1/8 comes in per block (q8RowIQ256).
-		g := latticeEntries(grid, 4, false, highIndex(func(j int) Mem { return rowMem(2 + 4*ib + j) },
-			func(int) Mem { return rowMem(34 + 2*ib) }, true, func(j int) int { return 3 * j }, 7))
-		u = YMM()
-		VPABSB(g, u)
-		return u, g, scv
 	case dIQ1M:
 		neg := YMM()
 		idx := highIndex(func(j int) Mem { return rowMem(4*ib + j) },
