@@ -80,13 +80,33 @@ func randMatrix(r *rand.Rand, dt tensor.DType, rows, cols int, scale float32) te
 	case tensor.Q8_0:
 		data = make([]byte, rows*cols/tensor.Q8_0BlockValues*tensor.Q8_0BlockBytes)
 		tensor.QuantizeQ8_0(v, data)
-	case tensor.MXFP4:
+	default:
 		rb, err := dt.RowBytes(cols)
 		if err != nil {
 			panic(err)
 		}
 		data = make([]byte, rows*rb)
-		tensor.Quantize(dt, v, data)
+		if tensor.CanQuantize(dt) {
+			tensor.Quantize(dt, v, data)
+			break
+		}
+		// The i-quants have no encoder here: random blocks, each with an f16
+		// scale of the values' order (IQ1_M's is the top nibbles of its four
+		// scale words at 48, the others' the block's first two bytes).
+		for i := range data {
+			data[i] = byte(r.IntN(256))
+		}
+		bb := dt.BlockBytes()
+		for b := 0; b < len(data); b += bb {
+			h := tensor.F32ToF16(scale * float32(0.02+0.02*r.Float64()))
+			if dt == tensor.IQ1_M {
+				for k := range 4 {
+					data[b+49+2*k] = data[b+49+2*k]&0x0F | byte(h>>(4*k))<<4
+				}
+				continue
+			}
+			data[b], data[b+1] = byte(h), byte(h>>8)
+		}
 	}
 	m, err := tensor.NewMatrix(dt, rows, cols, data)
 	if err != nil {
@@ -174,9 +194,24 @@ func newStore(t *testing.T, d *cuda.Device, layers, nExperts, H, I, topK, small 
 // largest value where every expert takes the GEMV path (f32 activations), 1e-2
 // where cuBLAS runs (activations rounded to bf16, as bf16 GEMMs take them).
 func TestComputeMatchesCPU(t *testing.T) {
-	const H, I, nExperts, topK = 128, 64, 8, 2
+	const nExperts, topK = 8, 2
+	// The types of 256-value blocks need widths of 256: the K-quants and
+	// the i-quants of llama.cpp's low-bit mixes (uploaded through
+	// DequantizeRow as every type is).
+	type shape struct {
+		dt   tensor.DType
+		H, I int
+	}
+	var shapes []shape
+	for _, dt := range []tensor.DType{tensor.BF16, tensor.F32, tensor.Q8_0, tensor.MXFP4} {
+		shapes = append(shapes, shape{dt, 128, 64})
+	}
+	for _, dt := range []tensor.DType{tensor.Q4_K, tensor.Q6_K, tensor.IQ2_XXS, tensor.IQ3_S, tensor.IQ1_S, tensor.IQ1_M} {
+		shapes = append(shapes, shape{dt, 256, 256})
+	}
 	for _, td := range devices(t) {
-		for _, dt := range []tensor.DType{tensor.BF16, tensor.F32, tensor.Q8_0, tensor.MXFP4} {
+		for _, sh := range shapes {
+			dt, H, I := sh.dt, sh.H, sh.I
 			experts := randExperts(1, dt, nExperts, H, I)
 			for _, tc := range []struct {
 				rows, small int
