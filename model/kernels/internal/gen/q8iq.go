@@ -34,13 +34,18 @@ import (
 //     is loaded as it is) or 7-bit indices whose eighth bit is their parity
 //     (IQ2_XXS, IQ2_XS, IQ3_XXS: PDEP spreads 8 of them over the bytes of a
 //     general register, a shift-and-xor ladder computes the parities);
-//   - IQ1_S and IQ1_M's values are −1, 0 or 1 plus ±1/8: w = 8g ± 1 is made
-//     in the vector (three doublings and ±1), its sign the mask.
+//   - IQ1_S and IQ1_M's values are −1, 0 or 1 plus ±1/8. Their kernels
+//     (IQ1_M's with VNNI) take the scales into the weight bytes instead,
+//     by a VPSHUFB table per 16 values, and the ±1/8 from the activations'
+//     group sums (iq1Sums); IQ1_M's without VNNI make w = 8g ± 1 in the
+//     vector (three doublings and ±1), its sign the mask.
 //
-// As q8RowIQ4XS, x is negated where w is negative (masked VPSUBB), then
-// VPMADDUBSW of |w| with it and VPMADDWD/VPDPWSSD with the scales as int16
-// give the exact Σ ls·Σ w·q_x; |w| ≤ 62, so no pair saturates. The block
-// ends as q6BlockScalar, with d·k for d.
+// Otherwise, as q8RowIQ4XS, x is negated where w is negative (masked
+// VPSUBB), then VPMADDUBSW of |w| with it and VPMADDWD/VPDPWSSD with the
+// scales as int16 give the exact Σ ls·Σ w·q_x; |w| ≤ 62, so no pair
+// saturates. The block ends as q6BlockScalar, with d·k for d; for 3 to 8
+// input rows the rows' sums are reduced and scaled together
+// (blockScalarRows), lane by lane with the same roundings.
 
 // q8IQDtypes are the i-quant types with integer kernels.
 var q8IQDtypes = []dtype{dIQ2XXS, dIQ2XS, dIQ2S, dIQ3XXS, dIQ3S, dIQ1S, dIQ1M}

@@ -231,8 +231,9 @@ func iq1sSums256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, gri
 		ws[i] = YMM()
 	}
 	for ib := 0; ib < 8; ib++ {
-		g := latticeEntries(grid, 4, false, highIndex(func(j int) Mem { return rowMem(2 + 4*ib + j) },
-			func(int) Mem { return rowMem(34 + 2*ib) }, true, func(j int) int { return 3 * j }, 7))
+		h := GP64()
+		MOVWQZX(rowMem(34+2*ib), h)
+		g := latticeEntries(grid, 4, false, indices4(rowMem(2+4*ib), h, 3))
 		u := YMM()
 		VPSHUFB(cXSWord[ib], scw, u)
 		VPMULLW(pat, u, u)
@@ -292,6 +293,40 @@ func highIndex(lo, src func(j int) Mem, word bool, pos func(j int) int, mask uin
 	}
 }
 
+// indices4 returns a function that gives the 4 lattice indices of a group
+// of entries, index j the byte j of the u32 lo with, from bit 8, field j of
+// width w of hi (the fields contiguous from bit 0; higher bits of hi are
+// ignored): two PDEPs put all four in the 16-bit fields of one register,
+// and index j is its field j (about 2 operations an index, where highIndex
+// takes 5). It must be called for j = 0, 1, 2, 3 in that order, as
+// latticeEntries does. hi is clobbered.
+func indices4(lo Mem, hi GPVirtual, w int) func(j int) GPVirtual {
+	t, m := GP64(), GP64()
+	MOVL(lo, t.As32())
+	MOVQ(U64(0x00FF00FF00FF00FF), m)
+	PDEPQ(m, t, t)
+	var hm uint64
+	for j := 0; j < 4; j++ {
+		hm |= (1<<w - 1) << (16*j + 8)
+	}
+	MOVQ(U64(hm), m)
+	PDEPQ(m, hi, hi)
+	ORQ(hi, t)
+	next := 0
+	return func(j int) GPVirtual {
+		if j != next {
+			panic("indices4: out of order")
+		}
+		next++
+		if j > 0 {
+			SHRQ(U8(16), t)
+		}
+		r := GP64()
+		MOVWQZX(t.As16(), r)
+		return r
+	}
+}
+
 // iqSub256 returns sub-block ib's 32 magnitudes (unsigned bytes), its ±1
 // sign bytes and its scale words.
 func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw VecVirtual) (u, sg, scv VecVirtual) {
@@ -344,8 +379,9 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 		})
 		return u, sg, scv
 	case dIQ2S:
-		u = latticeEntries(grid, 4, false, highIndex(func(j int) Mem { return rowMem(2 + 4*ib + j) },
-			func(int) Mem { return rowMem(66 + ib) }, false, func(j int) int { return 2 * j }, 3))
+		h := GP64()
+		MOVBQZX(rowMem(66+ib), h)
+		u = latticeEntries(grid, 4, false, indices4(rowMem(2+4*ib), h, 2))
 		sg = signBytes256(rowMem(34 + 4*ib))
 		return u, sg, scv
 	case dIQ3S:
@@ -355,8 +391,13 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 		return u, sg, scv
 	case dIQ1M:
 		neg := YMM()
-		idx := highIndex(func(j int) Mem { return rowMem(4*ib + j) },
-			func(j int) Mem { return rowMem(32 + 2*ib + j/2) }, false, func(j int) int { return 4 * (j % 2) }, 7)
+		// The 3-bit fields at bits 0, 4, 8, 12 of the u16 (bits 3, 7, .. are
+		// the deltas' signs), made contiguous.
+		h, m := GP64(), GP64()
+		MOVWQZX(rowMem(32+2*ib), h)
+		MOVQ(U64(0x7777), m)
+		PEXTQ(m, h, h)
+		idx := indices4(rowMem(4*ib), h, 3)
 		VPBROADCASTW(rowMem(32+2*ib), neg)
 		VPSRLVQ(cIQShQ1M, neg, neg)
 		one := YMM()
