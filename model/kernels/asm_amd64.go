@@ -1050,6 +1050,18 @@ func q8dot256IQ2XXSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, n
 // q8dot256IQ2XXSN4 computes 4-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2XXSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256IQ2XXSN5 computes 5-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XXSN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XXSN6 computes 6-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XXSN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XXSN7 computes 7-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XXSN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XXSN8 computes 8-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XXSN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256IQ2XSN1 computes 1-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -1061,6 +1073,18 @@ func q8dot256IQ2XSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nb
 
 // q8dot256IQ2XSN4 computes 4-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2XSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XSN5 computes 5-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XSN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XSN6 computes 6-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XSN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XSN7 computes 7-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XSN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2XSN8 computes 8-input dot products of IQ2XS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2XSN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256IQ2SN1 computes 1-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
@@ -1074,6 +1098,18 @@ func q8dot256IQ2SN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot256IQ2SN4 computes 4-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2SN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256IQ2SN5 computes 5-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2SN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2SN6 computes 6-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2SN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2SN7 computes 7-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2SN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ2SN8 computes 8-input dot products of IQ2S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ2SN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256IQ3XXSN1 computes 1-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ3XXSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -1085,6 +1121,18 @@ func q8dot256IQ3XXSN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, n
 
 // q8dot256IQ3XXSN4 computes 4-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ3XXSN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3XXSN5 computes 5-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3XXSN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3XXSN6 computes 6-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3XXSN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3XXSN7 computes 7-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3XXSN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3XXSN8 computes 8-input dot products of IQ3XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3XXSN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256IQ3SN1 computes 1-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ3SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
@@ -1098,6 +1146,18 @@ func q8dot256IQ3SN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot256IQ3SN4 computes 4-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ3SN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256IQ3SN5 computes 5-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3SN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3SN6 computes 6-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3SN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3SN7 computes 7-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3SN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ3SN8 computes 8-input dot products of IQ3S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ3SN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256IQ1SN1 computes 1-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ1SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -1110,6 +1170,18 @@ func q8dot256IQ1SN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot256IQ1SN4 computes 4-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ1SN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256IQ1SN5 computes 5-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1SN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1SN6 computes 6-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1SN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1SN7 computes 7-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1SN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1SN8 computes 8-input dot products of IQ1S weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1SN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256IQ1MN1 computes 1-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ1MN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -1121,6 +1193,15 @@ func q8dot256IQ1MN3(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 
 // q8dot256IQ1MN4 computes 4-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ1MN4(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1MN5 computes 5-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1MN5(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1MN6 computes 6-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1MN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot256IQ1MN7 computes 7-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1MN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256Q4KN1 computes 1-input dot products of Q4K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)

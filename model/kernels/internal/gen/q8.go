@@ -578,6 +578,91 @@ func blockScalarRows(isum []VecVirtual, dv VecVirtual, dx func(i int) Mem, acc V
 	VADDPS(I, acc, acc)
 }
 
+// rowLane256 is the dword of the AVX2 vector accumulator holding input row
+// i's sum (reduceRows256's order: lane i%2, dword i/2 of it).
+func rowLane256(i int) int { return 4*(i%2) + i/2 }
+
+// reduceRows256 is reduceRows for the (at most 8) ymm v, in VEX
+// instructions: row i's total in dword rowLane256(i), in 21 operations for
+// 8 rows where q6BlockScalar256 takes 6 a row. v is clobbered.
+func reduceRows256(v []VecVirtual) VecVirtual {
+	if len(v) > 8 {
+		panic("reduceRows256: more than 8 rows")
+	}
+	var zero VecVirtual
+	get := func(i int) VecVirtual {
+		if i < len(v) {
+			return v[i]
+		}
+		if zero == nil {
+			zero = YMM()
+			VPXOR(zero, zero, zero)
+		}
+		return zero
+	}
+	// Halves: s[k] holds row 2k's in its low lane, row 2k+1's in the high.
+	var s []VecVirtual
+	for k := 0; 2*k < len(v); k++ {
+		a, b := get(2*k), get(2*k+1)
+		lo, hi := YMM(), YMM()
+		VPERM2I128(U8(0x20), b, a, lo)
+		VPERM2I128(U8(0x31), b, a, hi)
+		VPADDD(hi, lo, lo)
+		s = append(s, lo)
+	}
+	// t[k], lane L: row 4k+L's two partial sums in dwords 0 and 2, row
+	// 4k+2+L's in dwords 1 and 3.
+	var t []VecVirtual
+	for k := 0; 2*k < len(s); k++ {
+		a, b := s[2*k], get(len(v))
+		if 2*k+1 < len(s) {
+			b = s[2*k+1]
+		}
+		p, q := YMM(), YMM()
+		VPUNPCKLDQ(b, a, p)
+		VPUNPCKHDQ(b, a, q)
+		VPADDD(q, p, p)
+		t = append(t, p)
+	}
+	t0, t1 := t[0], get(len(v))
+	if len(t) > 1 {
+		t1 = t[1]
+	}
+	p, q := YMM(), YMM()
+	VPUNPCKLQDQ(t1, t0, p)
+	VPUNPCKHQDQ(t1, t0, q)
+	VPADDD(q, p, p) // lane L: rows L, 2+L, 4+L, 6+L
+	return p
+}
+
+// blockScalarRows256 is blockScalarRows on a ymm accumulator (VEX; row i
+// in dword rowLane256(i)): the bits of N q6BlockScalar256.
+func blockScalarRows256(isum []VecVirtual, dv VecVirtual, dx func(i int) Mem, acc VecVirtual) {
+	I := reduceRows256(isum)
+	N := len(isum)
+	// Lane L: the d_x of rows L, 2+L, 4+L, 6+L.
+	dxv := YMM()
+	for L := 0; L < 2 && L < N; L++ {
+		x := dxv.AsX()
+		if L > 0 {
+			x = XMM()
+		}
+		VMOVSS(dx(L), x)
+		for j := 1; j < 4 && 2*j+L < N; j++ {
+			VINSERTPS(U8(j<<4), dx(2*j+L), x, x)
+		}
+		if L > 0 {
+			VINSERTF128(U8(1), x, dxv, dxv)
+		}
+	}
+	f := YMM()
+	VBROADCASTSS(dv.AsX(), f)
+	VMULPS(dxv, f, f) // d·d_x
+	VCVTDQ2PS(I, I)
+	VMULPS(f, I, I)
+	VADDPS(I, acc, acc)
+}
+
 // q3kScalesX decodes a Q3_K block's 16 6-bit scales (12 bytes at sc) into
 // an xmm of 16 int8, each less 32 (t, c0F: scratch and 0x0F bytes). Scale
 // j's low nibble is nibble j/8 of byte j%8, its high bits bits 2(j/4),
@@ -924,10 +1009,18 @@ func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, 
 	MOVQ(oq, op)
 	for i := 0; i < N; i++ {
 		if len(acc) < N {
-			// One vector: row i's sum in dword rowLane(i) (blockScalarRows).
+			// One vector: row i's sum in dword rowLane(i) (blockScalarRows),
+			// for a ymm rowLane256(i) (blockScalarRows256, VEX only).
 			l, t := rowLane(i), XMM()
+			if acc[0].Size() == 32 {
+				l = rowLane256(i)
+			}
 			src := acc[0].AsX()
-			if l >= 4 {
+			switch {
+			case l >= 4 && acc[0].Size() == 32:
+				VEXTRACTF128(U8(1), acc[0], t)
+				src = t
+			case l >= 4:
 				VEXTRACTF32X4(U8(l/4), acc[0], t)
 				src = t
 			}

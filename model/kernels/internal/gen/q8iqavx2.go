@@ -37,6 +37,9 @@ var (
 	cIQ1MIdx  Mem // dwords 0, 0, 1, 1, 2, 2, 3, 3 (VPERMD)
 	cIQ1SPatY Mem // cIQ1SPat x8
 	cIQ8WY    Mem // cIQ8W x8
+	cIQQ1Y    Mem // cIQQ1 x4
+	cIQFEY    Mem // cIQFE x8
+	cIQB1Y    Mem // cIQB1 x8
 )
 
 func genQ8IQAVX2Consts() {
@@ -49,11 +52,25 @@ func genQ8IQAVX2Consts() {
 	cIQ1MIdx = data32("iq1midx", 0, 0, 1, 1, 2, 2, 3, 3)
 	cIQ1SPatY = data32("iq1spaty", rep(0x02010201, 8)...)
 	cIQ8WY = data32("iq8wy", rep(0x00080008, 8)...)
+	cIQQ1Y = data32("iqq1y", 1, 0, 1, 0, 1, 0, 1, 0)
+	cIQFEY = data32("iqfey", rep(0xFEFEFEFE, 8)...)
+	cIQB1Y = data32("iqb1y", rep(0x01010101, 8)...)
 }
 
 // q8IQAVX2MaxN is the most input rows per AVX2 i-quant kernel (sharing a
-// sub-block's loads and signs among them, as q8IQMaxN; the 16 ymm hold 4).
-const q8IQAVX2MaxN = 4
+// sub-block's loads and signs among them, as q8IQMaxN): one ymm of sums a
+// row, the rows' float sums in one vector (blockScalarRows256).
+const q8IQAVX2MaxN = 8
+
+// q8IQAVX2MaxNOf is q8IQAVX2MaxN, but 7 for IQ1_M, whose sub-block values
+// (w = 8g ± 1, its magnitudes, the deltas' mask, the scales) with 8 rows'
+// sums take more than the 16 ymm.
+func q8IQAVX2MaxNOf(d dtype) int {
+	if d == dIQ1M {
+		return 7
+	}
+	return q8IQAVX2MaxN
+}
 
 // genQ8IQAVX2 emits q8dot256<dtype>N<N>.
 func genQ8IQAVX2(d dtype, N int) {
@@ -65,7 +82,11 @@ func genQ8IQAVX2(d dtype, N int) {
 	oq := ld("out")
 	grid := GP64()
 	LEAQ(iqGridSymbol(d), grid)
+	// Three or more input rows' sums share one vector (blockScalarRows256).
 	acc := make([]VecVirtual, N)
+	if N > 2 {
+		acc = acc[:1]
+	}
 	for i := range acc {
 		acc[i] = YMM()
 	}
@@ -212,6 +233,10 @@ func q8RowIQ256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) 
 	if k, ok := cIQK[d]; ok {
 		VMULSS(k, dv, dv)
 	}
+	if len(acc) < N {
+		blockScalarRows256(isum, dv, func(i int) Mem { return xMem(i, q8xD) }, acc[0])
+		return
+	}
 	for i := 0; i < N; i++ {
 		q6BlockScalar256(isum[i], dv, xMem(i, q8xD), acc[i])
 	}
@@ -221,16 +246,13 @@ func q8RowIQ256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) 
 // without VNNI: per sub-block the bytes u = ls·(g+1) (a VPSHUFB table of
 // ls and 2ls indexed by the lattice byte g; −1 gives 0), one VPMADDUBSW
 // and one VPADDW per input row into word sums (four sub-blocks of at most
-// 2·30·128 a word stay below 2^15, so they are widened twice a block),
-// then 8·Σ u·x + Σ_s (δ_s − 8)·ls_s·Σ_32 x.
+// 2·30·128 a word stay below 2^15, so up to 4 input rows widen them twice a
+// block; more rows, whose sums take the ymm, every two sub-blocks), then
+// 8·Σ u·x + Σ_s (δ_s − 8)·ls_s·Σ_32 x.
 func iq1sSums256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, scw VecVirtual, isum []VecVirtual) {
 	// The constants as memory operands: N = 4 needs 14 of the 16 ymm.
 	pat, e8 := cIQ1SPatY, cIQ8WY
-	ws := make([]VecVirtual, N)
-	for i := range ws {
-		ws[i] = YMM()
-	}
-	for ib := 0; ib < 8; ib++ {
+	subBlock := func(ib int) VecVirtual {
 		h := GP64()
 		MOVWQZX(rowMem(34+2*ib), h)
 		g := latticeEntries(grid, 4, false, indices4(rowMem(2+4*ib), h, 3))
@@ -238,19 +260,46 @@ func iq1sSums256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, gri
 		VPSHUFB(cXSWord[ib], scw, u)
 		VPMULLW(pat, u, u)
 		VPSHUFB(g, u, u)
-		for i := 0; i < N; i++ {
-			if ib%4 == 0 {
-				VPMADDUBSW(xMem(i, 32*ib), u, ws[i])
-				continue
+		return u
+	}
+	// widen adds 8·(the word sums w) to isum[i] (or sets it, first).
+	widen := func(i int, w VecVirtual, first bool) {
+		if first {
+			VPMADDWD(e8, w, isum[i])
+			return
+		}
+		VPMADDWD(e8, w, w)
+		VPADDD(w, isum[i], isum[i])
+	}
+	if N > 4 {
+		for ib := 0; ib < 8; ib += 2 {
+			u0, u1 := subBlock(ib), subBlock(ib+1)
+			for i := 0; i < N; i++ {
+				t, t1 := YMM(), YMM()
+				VPMADDUBSW(xMem(i, 32*ib), u0, t)
+				VPMADDUBSW(xMem(i, 32*ib+32), u1, t1)
+				VPADDW(t1, t, t)
+				widen(i, t, ib == 0)
 			}
-			t := YMM()
-			VPMADDUBSW(xMem(i, 32*ib), u, t)
-			VPADDW(t, ws[i], ws[i])
-			if ib == 3 {
-				VPMADDWD(e8, ws[i], isum[i]) // 8·Σ u·x
-			} else if ib == 7 {
-				VPMADDWD(e8, ws[i], t)
-				VPADDD(t, isum[i], isum[i])
+		}
+	} else {
+		ws := make([]VecVirtual, N)
+		for i := range ws {
+			ws[i] = YMM()
+		}
+		for ib := 0; ib < 8; ib++ {
+			u := subBlock(ib)
+			for i := 0; i < N; i++ {
+				if ib%4 == 0 {
+					VPMADDUBSW(xMem(i, 32*ib), u, ws[i])
+					continue
+				}
+				t := YMM()
+				VPMADDUBSW(xMem(i, 32*ib), u, t)
+				VPADDW(t, ws[i], ws[i])
+				if ib%4 == 3 {
+					widen(i, ws[i], ib == 3)
+				}
 			}
 		}
 	}
@@ -398,21 +447,18 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 		MOVQ(U64(0x7777), m)
 		PEXTQ(m, h, h)
 		idx := indices4(rowMem(4*ib), h, 3)
+		// The constants as memory operands: 8 input rows need 15 ymm.
 		VPBROADCASTW(rowMem(32+2*ib), neg)
 		VPSRLVQ(cIQShQ1M, neg, neg)
-		one := YMM()
-		VPBROADCASTQ(cIQQ1, one)
-		VPAND(one, neg, neg)
-		VPCMPEQQ(one, neg, neg) // all ones where the delta is negative
+		VPAND(cIQQ1Y, neg, neg)
+		VPCMPEQQ(cIQQ1Y, neg, neg) // all ones where the delta is negative
 		g := latticeEntries(grid, 4, false, idx)
 		VPADDB(g, g, g)
 		VPADDB(g, g, g)
 		VPADDB(g, g, g)
-		VPBROADCASTD(cIQFE, one)
-		VPAND(one, neg, neg)
+		VPAND(cIQFEY, neg, neg)
 		VPADDB(neg, g, g)
-		VPBROADCASTD(cIQB1, one)
-		VPADDB(one, g, g) // w = 8g ± 1, never 0: its own sign
+		VPADDB(cIQB1Y, g, g) // w = 8g ± 1, never 0: its own sign
 		u = YMM()
 		VPABSB(g, u)
 		return u, g, scv
