@@ -1203,6 +1203,9 @@ func q8dot256IQ1MN6(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot256IQ1MN7 computes 7-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ1MN7(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot256IQ1MN8 computes 8-input dot products of IQ1M weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
+func q8dot256IQ1MN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot256Q4KN1 computes 1-input dot products of Q4K weights with 8-bit activations on AVX2 (see genQ8AVX2).
 func q8dot256Q4KN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 

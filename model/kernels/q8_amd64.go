@@ -77,7 +77,7 @@ var q8Kernels256 = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.IQ3_XXS: {1: q8dot256IQ3XXSN1, 2: q8dot256IQ3XXSN2, 3: q8dot256IQ3XXSN3, 4: q8dot256IQ3XXSN4, 5: q8dot256IQ3XXSN5, 6: q8dot256IQ3XXSN6, 7: q8dot256IQ3XXSN7, 8: q8dot256IQ3XXSN8},
 	tensor.IQ3_S:   {1: q8dot256IQ3SN1, 2: q8dot256IQ3SN2, 3: q8dot256IQ3SN3, 4: q8dot256IQ3SN4, 5: q8dot256IQ3SN5, 6: q8dot256IQ3SN6, 7: q8dot256IQ3SN7, 8: q8dot256IQ3SN8},
 	tensor.IQ1_S:   {1: q8dot256IQ1SN1, 2: q8dot256IQ1SN2, 3: q8dot256IQ1SN3, 4: q8dot256IQ1SN4, 5: q8dot256IQ1SN5, 6: q8dot256IQ1SN6, 7: q8dot256IQ1SN7, 8: q8dot256IQ1SN8},
-	tensor.IQ1_M:   {1: q8dot256IQ1MN1, 2: q8dot256IQ1MN2, 3: q8dot256IQ1MN3, 4: q8dot256IQ1MN4, 5: q8dot256IQ1MN5, 6: q8dot256IQ1MN6, 7: q8dot256IQ1MN7},
+	tensor.IQ1_M:   {1: q8dot256IQ1MN1, 2: q8dot256IQ1MN2, 3: q8dot256IQ1MN3, 4: q8dot256IQ1MN4, 5: q8dot256IQ1MN5, 6: q8dot256IQ1MN6, 7: q8dot256IQ1MN7, 8: q8dot256IQ1MN8},
 }
 
 // q8LevelKernels returns the integer kernels of dt at level lvl (nil

@@ -287,7 +287,7 @@ func TestMatMulQ8AVX2(t *testing.T) {
 		for _, rows := range []int{1, 7, 33} {
 			for _, cols := range []int{256, 1536} {
 				w := randMatrix(rng, dt, rows, cols)
-				for _, n := range []int{1, 2, 3, 5, 8, 12, 15, 22} { // every kernel width: 12 = 8+4, 15 = 8+7 (IQ1_M: 7+7+1), 22 = 8+8+6
+				for _, n := range []int{1, 2, 3, 5, 8, 12, 15, 22} { // every kernel width: 12 = 8+4, 15 = 8+7, 22 = 8+8+6
 					x := randVec(rng, n*cols)
 					SetKernelLevel(LevelAVX2)
 					if !usesQ8(w) {

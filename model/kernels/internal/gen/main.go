@@ -105,7 +105,7 @@ func main() {
 	}
 	genQ8IQAVX2Consts()
 	for _, dt := range q8IQDtypes {
-		for n := 1; n <= q8IQAVX2MaxNOf(dt); n++ {
+		for n := 1; n <= q8IQAVX2MaxN; n++ {
 			genQ8IQAVX2(dt, n)
 		}
 	}

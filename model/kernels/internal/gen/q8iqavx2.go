@@ -23,9 +23,9 @@ import (
 //
 // The signs are VPSIGNB operands: ±1 vectors from a 128-entry table for the
 // types with 7-bit sign indices (signVecs4), the block's sign bytes spread
-// over a ymm for IQ2_S and IQ3_S (signBytes256); IQ1_M's 8g ± 1 is never
-// 0, so it is its own sign. IQ1_S takes its scales into the weight bytes
-// instead (iq1sSums256, as genQ8IQ's iq1Sums).
+// over a ymm for IQ2_S and IQ3_S (signBytes256). IQ1_S takes its scales
+// into the weight bytes instead (iq1sSums256, as genQ8IQ's iq1Sums), and
+// IQ1_M its values plus 9, which are never negative (iq1mSums256).
 
 var (
 	cIQSpread Mem // VPSHUFB: byte j of each lane ← byte j/8 (low lane) or 2+j/8 (high) of the dword
@@ -38,8 +38,10 @@ var (
 	cIQ1SPatY Mem // cIQ1SPat x8
 	cIQ8WY    Mem // cIQ8W x8
 	cIQQ1Y    Mem // cIQQ1 x4
-	cIQFEY    Mem // cIQFE x8
 	cIQB1Y    Mem // cIQB1 x8
+	cIQB2Y    Mem // byte 2s
+	cIQM9WY   Mem // cIQM9W x8
+	cIQ1MGrp  Mem // VPSHUFB: words 0, 4, 1, 5, 2, 6, 3, 7 of each lane
 )
 
 func genQ8IQAVX2Consts() {
@@ -53,24 +55,24 @@ func genQ8IQAVX2Consts() {
 	cIQ1SPatY = data32("iq1spaty", rep(0x02010201, 8)...)
 	cIQ8WY = data32("iq8wy", rep(0x00080008, 8)...)
 	cIQQ1Y = data32("iqq1y", 1, 0, 1, 0, 1, 0, 1, 0)
-	cIQFEY = data32("iqfey", rep(0xFEFEFEFE, 8)...)
 	cIQB1Y = data32("iqb1y", rep(0x01010101, 8)...)
+	cIQB2Y = data32("iqb2y", rep(0x02020202, 8)...)
+	cIQM9WY = data32("iqm9wy", rep(0xFFF7FFF7, 8)...)
+	var grp []uint32
+	perm := []uint32{0, 4, 1, 5, 2, 6, 3, 7}
+	for l := 0; l < 2; l++ {
+		for k := 0; k < 4; k++ {
+			a, b := perm[2*k], perm[2*k+1]
+			grp = append(grp, 2*a|(2*a+1)<<8|(2*b)<<16|(2*b+1)<<24)
+		}
+	}
+	cIQ1MGrp = data32("iq1mgrp", grp...)
 }
 
 // q8IQAVX2MaxN is the most input rows per AVX2 i-quant kernel (sharing a
 // sub-block's loads and signs among them, as q8IQMaxN): one ymm of sums a
 // row, the rows' float sums in one vector (blockScalarRows256).
 const q8IQAVX2MaxN = 8
-
-// q8IQAVX2MaxNOf is q8IQAVX2MaxN, but 7 for IQ1_M, whose sub-block values
-// (w = 8g ± 1, its magnitudes, the deltas' mask, the scales) with 8 rows'
-// sums take more than the 16 ymm.
-func q8IQAVX2MaxNOf(d dtype) int {
-	if d == dIQ1M {
-		return 7
-	}
-	return q8IQAVX2MaxN
-}
 
 // genQ8IQAVX2 emits q8dot256<dtype>N<N>.
 func genQ8IQAVX2(d dtype, N int) {
@@ -158,23 +160,30 @@ func iqScales256(d dtype, rowMem func(off int) Mem) VecVirtual {
 		VINSERTI128(U8(1), hi, lo.AsY(), w)
 		oddWords256(w)
 		return w
-	case dIQ1M:
-		e, o, m := YMM(), YMM(), YMM()
-		VPMOVZXWD(rowMem(48), e.AsX()) // sc0..sc3 (and the next 4 bytes' words, unused)
-		VMOVDQU(cIQ1MIdx, m)
-		VPERMD(e, m, e) // sc[i/2] in dword i
-		VPSRLVD(cIQ1MOd, e, o)
-		VPSRLVD(cIQ1MEv, e, e)
-		VPBROADCASTD(cIQ7, m)
-		VPAND(m, e, e)
-		VPAND(m, o, o)
-		w := YMM()
-		VPACKUSDW(o, e, w)     // lane 0: even 0-3, odd 0-3; lane 1: even 4-7, odd 4-7
-		VPERMQ(U8(0xD8), w, w) // even 0-7 | odd 0-7
-		oddWords256(w)
-		return w
 	}
 	panic("iqScales256: " + d.String())
+}
+
+// iq1mScales256 returns IQ1_M's scales as iqScales256 lays out the per-16
+// types' (scw: the even groups' in the low lane, the odd groups' in the
+// high) and in group order (grp: word t the scale of group t).
+func iq1mScales256(rowMem func(off int) Mem) (scw, grp VecVirtual) {
+	e, o, m := YMM(), YMM(), YMM()
+	VPMOVZXWD(rowMem(48), e.AsX()) // sc0..sc3 (and the next 4 bytes' words, unused)
+	VMOVDQU(cIQ1MIdx, m)
+	VPERMD(e, m, e) // sc[i/2] in dword i
+	VPSRLVD(cIQ1MOd, e, o)
+	VPSRLVD(cIQ1MEv, e, e)
+	VPBROADCASTD(cIQ7, m)
+	VPAND(m, e, e)
+	VPAND(m, o, o)
+	scw, grp = YMM(), YMM()
+	VPACKUSDW(o, e, scw) // lane 0: even 0-3, odd 0-3; lane 1: even 4-7, odd 4-7
+	VPSHUFB(cIQ1MGrp, scw, grp)
+	VPERMQ(U8(0xD8), scw, scw) // even 0-7 | odd 0-7
+	oddWords256(scw)
+	oddWords256(grp)
+	return scw, grp
 }
 
 // signVecs4 loads the ±1 bytes of 4 groups of 8 values from the sign
@@ -203,17 +212,25 @@ func signBytes256(src Op) VecVirtual {
 
 // q8RowIQ256 adds a row's block to acc[i] (q8RowIQ's result).
 func q8RowIQ256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, acc []VecVirtual) {
-	scw := iqScales256(d, rowMem)
+	var scw, grp VecVirtual
+	if d == dIQ1M {
+		scw, grp = iq1mScales256(rowMem)
+	} else {
+		scw = iqScales256(d, rowMem)
+	}
 	isum := make([]VecVirtual, N)
 	for i := range isum {
 		isum[i] = YMM()
-		if d != dIQ1S {
+		if d != dIQ1S && d != dIQ1M {
 			VPXOR(isum[i], isum[i], isum[i])
 		}
 	}
-	if d == dIQ1S {
+	switch d {
+	case dIQ1S:
 		iq1sSums256(N, rowMem, xMem, grid, scw, isum)
-	} else {
+	case dIQ1M:
+		iq1mSums256(N, rowMem, xMem, grid, scw, grp, isum)
+	default:
 		for ib := 0; ib < 8; ib++ {
 			u, sg, scv := iqSub256(d, ib, rowMem, grid, scw)
 			signedMadd256(N, func(i int) Mem { return xMem(i, 32*ib) }, sg, u, scv, isum)
@@ -342,6 +359,52 @@ func highIndex(lo, src func(j int) Mem, word bool, pos func(j int) int, mask uin
 	}
 }
 
+// iq1mSums256 sets isum to IQ1_M's exact block sums: per sub-block the
+// unsigned bytes u = w + 9 = 8(g+1) + 2e (e = 1 where δ = +1: at most 18)
+// against x (VPMADDUBSW, no signs), VPMADDWD with the scales, and per
+// block −9·Σ_t ls_t·Σ_16 x from the activations' 16-value sums. One fewer
+// operation a row and sub-block than signing x, and one ymm fewer. isum
+// need not be zero: it is set.
+func iq1mSums256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, scw, grp VecVirtual, isum []VecVirtual) {
+	// The −9 term first (it sets isum), so that grp is not held over the
+	// sub-blocks: 8 input rows take the other 15 ymm.
+	m9 := grp
+	VPMULLW(cIQM9WY, grp, m9) // −9·ls
+	for i := 0; i < N; i++ {
+		VPMADDWD(xMem(i, q8xBsum16), m9, isum[i])
+	}
+	for ib := 0; ib < 8; ib++ {
+		scv := YMM()
+		VPSHUFB(cXSWord[ib], scw, scv)
+		// The 3-bit fields at bits 0, 4, 8, 12 of the u16 (bits 3, 7, .. are
+		// the deltas' signs), made contiguous.
+		h, m := GP64(), GP64()
+		MOVWQZX(rowMem(32+2*ib), h)
+		MOVQ(U64(0x7777), m)
+		PEXTQ(m, h, h)
+		idx := indices4(rowMem(4*ib), h, 3)
+		// The constants as memory operands, to leave the ymm to the rows.
+		neg := YMM()
+		VPBROADCASTW(rowMem(32+2*ib), neg)
+		VPSRLVQ(cIQShQ1M, neg, neg)
+		VPAND(cIQQ1Y, neg, neg)
+		VPCMPEQQ(cIQQ1Y, neg, neg) // all ones where the delta is negative
+		u := latticeEntries(grid, 4, false, idx)
+		VPADDB(cIQB1Y, u, u) // g + 1
+		VPADDB(u, u, u)
+		VPADDB(u, u, u)
+		VPADDB(u, u, u)
+		VPANDN(cIQB2Y, neg, neg) // 2 where δ = +1
+		VPADDB(neg, u, u)
+		for i := 0; i < N; i++ {
+			t := YMM()
+			VPMADDUBSW(xMem(i, 32*ib), u, t)
+			VPMADDWD(scv, t, t)
+			VPADDD(t, isum[i], isum[i])
+		}
+	}
+}
+
 // indices4 returns a function that gives the 4 lattice indices of a group
 // of entries, index j the byte j of the u32 lo with, from bit 8, field j of
 // width w of hi (the fields contiguous from bit 0; higher bits of hi are
@@ -438,30 +501,6 @@ func iqSub256(d dtype, ib int, rowMem func(off int) Mem, grid GPVirtual, scw Vec
 			func(int) Mem { return rowMem(66 + ib) }, false, func(j int) int { return j }, 1))
 		sg = signBytes256(rowMem(74 + 4*ib))
 		return u, sg, scv
-	case dIQ1M:
-		neg := YMM()
-		// The 3-bit fields at bits 0, 4, 8, 12 of the u16 (bits 3, 7, .. are
-		// the deltas' signs), made contiguous.
-		h, m := GP64(), GP64()
-		MOVWQZX(rowMem(32+2*ib), h)
-		MOVQ(U64(0x7777), m)
-		PEXTQ(m, h, h)
-		idx := indices4(rowMem(4*ib), h, 3)
-		// The constants as memory operands: 8 input rows need 15 ymm.
-		VPBROADCASTW(rowMem(32+2*ib), neg)
-		VPSRLVQ(cIQShQ1M, neg, neg)
-		VPAND(cIQQ1Y, neg, neg)
-		VPCMPEQQ(cIQQ1Y, neg, neg) // all ones where the delta is negative
-		g := latticeEntries(grid, 4, false, idx)
-		VPADDB(g, g, g)
-		VPADDB(g, g, g)
-		VPADDB(g, g, g)
-		VPAND(cIQFEY, neg, neg)
-		VPADDB(neg, g, g)
-		VPADDB(cIQB1Y, g, g) // w = 8g ± 1, never 0: its own sign
-		u = YMM()
-		VPABSB(g, u)
-		return u, g, scv
 	}
 	panic("iqSub256: " + d.String())
 }
