@@ -494,55 +494,63 @@ func rowLane(i int) int { return 4*(i%4) + i/4 }
 // dwords of each lane across two vectors (unpacks and VPSHUFD). The other
 // dwords hold partial sums. v is clobbered.
 func reduceRows(v []VecVirtual) VecVirtual {
+	zero := lazyZero(func() VecVirtual {
+		z := ZMM()
+		VPXORD(z, z, z)
+		return z
+	})
+	lanes := func(lo, hi uint8) func(a, b VecVirtual) VecVirtual {
+		return func(a, b VecVirtual) VecVirtual {
+			l, h := ZMM(), ZMM()
+			VSHUFI64X2(U8(lo), b, a, l)
+			VSHUFI64X2(U8(hi), b, a, h)
+			VPADDD(h, l, l)
+			return l
+		}
+	}
+	// Halves: row 2k's in lanes 0-1, row 2k+1's in lanes 2-3.
+	s := pairRows(v, zero, lanes(0x44, 0xEE))
+	// Quarters: row 4k+L's in lane L.
+	t := pairRows(s, zero, lanes(0x88, 0xDD))
+	return pairRows(t, zero, func(t0, t1 VecVirtual) VecVirtual {
+		p, q := ZMM(), ZMM()
+		VPUNPCKLDQ(t1, t0, p) // per lane: t0.0 t1.0 t0.1 t1.1
+		VPUNPCKHDQ(t1, t0, q) // t0.2 t1.2 t0.3 t1.3
+		VPADDD(q, p, p)
+		VPSHUFD(U8(0x4E), p, q)
+		VPADDD(q, p, p) // dword 0: t0's lane total, dword 1: t1's
+		return p
+	})[0]
+}
+
+// lazyZero returns a function that gives one zero vector, made by mk on
+// its first call.
+func lazyZero(mk func() VecVirtual) func() VecVirtual {
+	var z VecVirtual
+	return func() VecVirtual {
+		if z == nil {
+			z = mk()
+		}
+		return z
+	}
+}
+
+// pairRows combines v[0] with v[1], v[2] with v[3], and so on (a last one
+// without a partner with zero()): one level of reduceRows' and
+// reduceRows256's trees. At most 8 rows.
+func pairRows(v []VecVirtual, zero func() VecVirtual, combine func(a, b VecVirtual) VecVirtual) []VecVirtual {
 	if len(v) > 8 {
-		panic("reduceRows: more than 8 rows")
+		panic("pairRows: more than 8 rows")
 	}
-	var zero VecVirtual
-	get := func(i int) VecVirtual {
-		if i < len(v) {
-			return v[i]
+	var out []VecVirtual
+	for k := 0; k < len(v); k += 2 {
+		b := zero
+		if k+1 < len(v) {
+			b = func() VecVirtual { return v[k+1] }
 		}
-		if zero == nil {
-			zero = ZMM()
-			VPXORD(zero, zero, zero)
-		}
-		return zero
+		out = append(out, combine(v[k], b()))
 	}
-	// Halves: s[k] holds row 2k's in lanes 0-1, row 2k+1's in lanes 2-3.
-	var s []VecVirtual
-	for k := 0; 2*k < len(v); k++ {
-		a, b := get(2*k), get(2*k+1)
-		lo, hi := ZMM(), ZMM()
-		VSHUFI64X2(U8(0x44), b, a, lo)
-		VSHUFI64X2(U8(0xEE), b, a, hi)
-		VPADDD(hi, lo, lo)
-		s = append(s, lo)
-	}
-	// Quarters: t[k] holds row 4k+L's in lane L.
-	var t []VecVirtual
-	for k := 0; 2*k < len(s); k++ {
-		a := s[2*k]
-		b := get(len(v)) // zero
-		if 2*k+1 < len(s) {
-			b = s[2*k+1]
-		}
-		lo, hi := ZMM(), ZMM()
-		VSHUFI64X2(U8(0x88), b, a, lo)
-		VSHUFI64X2(U8(0xDD), b, a, hi)
-		VPADDD(hi, lo, lo)
-		t = append(t, lo)
-	}
-	t0, t1 := t[0], get(len(v))
-	if len(t) > 1 {
-		t1 = t[1]
-	}
-	p, q := ZMM(), ZMM()
-	VPUNPCKLDQ(t1, t0, p) // per lane: t0.0 t1.0 t0.1 t1.1
-	VPUNPCKHDQ(t1, t0, q) // t0.2 t1.2 t0.3 t1.3
-	VPADDD(q, p, p)
-	VPSHUFD(U8(0x4E), p, q)
-	VPADDD(q, p, p) // dword 0: t0's lane total, dword 1: t1's
-	return p
+	return out
 }
 
 // blockScalarRows is q6BlockScalar for N input rows at once, the rows'
@@ -586,53 +594,35 @@ func rowLane256(i int) int { return 4*(i%2) + i/2 }
 // instructions: row i's total in dword rowLane256(i), in 21 operations for
 // 8 rows where q6BlockScalar256 takes 6 a row. v is clobbered.
 func reduceRows256(v []VecVirtual) VecVirtual {
-	if len(v) > 8 {
-		panic("reduceRows256: more than 8 rows")
-	}
-	var zero VecVirtual
-	get := func(i int) VecVirtual {
-		if i < len(v) {
-			return v[i]
-		}
-		if zero == nil {
-			zero = YMM()
-			VPXOR(zero, zero, zero)
-		}
-		return zero
-	}
-	// Halves: s[k] holds row 2k's in its low lane, row 2k+1's in the high.
-	var s []VecVirtual
-	for k := 0; 2*k < len(v); k++ {
-		a, b := get(2*k), get(2*k+1)
+	zero := lazyZero(func() VecVirtual {
+		z := YMM()
+		VPXOR(z, z, z)
+		return z
+	})
+	// Halves: row 2k's in the low lane, row 2k+1's in the high.
+	s := pairRows(v, zero, func(a, b VecVirtual) VecVirtual {
 		lo, hi := YMM(), YMM()
 		VPERM2I128(U8(0x20), b, a, lo)
 		VPERM2I128(U8(0x31), b, a, hi)
 		VPADDD(hi, lo, lo)
-		s = append(s, lo)
-	}
-	// t[k], lane L: row 4k+L's two partial sums in dwords 0 and 2, row
-	// 4k+2+L's in dwords 1 and 3.
-	var t []VecVirtual
-	for k := 0; 2*k < len(s); k++ {
-		a, b := s[2*k], get(len(v))
-		if 2*k+1 < len(s) {
-			b = s[2*k+1]
-		}
+		return lo
+	})
+	// Lane L: row 4k+L's two partial sums in dwords 0 and 2, row 4k+2+L's
+	// in dwords 1 and 3.
+	t := pairRows(s, zero, func(a, b VecVirtual) VecVirtual {
 		p, q := YMM(), YMM()
 		VPUNPCKLDQ(b, a, p)
 		VPUNPCKHDQ(b, a, q)
 		VPADDD(q, p, p)
-		t = append(t, p)
-	}
-	t0, t1 := t[0], get(len(v))
-	if len(t) > 1 {
-		t1 = t[1]
-	}
-	p, q := YMM(), YMM()
-	VPUNPCKLQDQ(t1, t0, p)
-	VPUNPCKHQDQ(t1, t0, q)
-	VPADDD(q, p, p) // lane L: rows L, 2+L, 4+L, 6+L
-	return p
+		return p
+	})
+	return pairRows(t, zero, func(t0, t1 VecVirtual) VecVirtual {
+		p, q := YMM(), YMM()
+		VPUNPCKLQDQ(t1, t0, p)
+		VPUNPCKHQDQ(t1, t0, q)
+		VPADDD(q, p, p) // lane L: rows L, 2+L, 4+L, 6+L
+		return p
+	})[0]
 }
 
 // blockScalarRows256 is blockScalarRows on a ymm accumulator (VEX; row i
