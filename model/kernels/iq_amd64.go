@@ -18,10 +18,24 @@ var (
 	// iqSignVecs is the sign table as VPSIGNB operands: byte j of entry i
 	// is −1 where bit j of sign index i is set, else 1.
 	iqSignVecs [128]uint64
+	// iq1mGridH holds IQ1_M's values plus 9, halved, for its kernels:
+	// entry k + 2048·s (k an IQ1_S lattice index, s the group's delta sign
+	// bit) is (w + 9)/2 = 4(g+1) + 1−s for each value g of entry k (w =
+	// 8g ± 1), so that the index is the block's 11 bits with the sign bit
+	// above them and the kernel does no arithmetic on the values.
+	iq1mGridH [4096]uint64
 )
 
 func init() {
 	iq2xxsGridQ8, iq2xsGridQ8, iq2sGridQ8, iq3xxsGridQ8, iq3sGridQ8, iq1sGridQ8 = tensor.IQGrids()
+	for k, e := range iq1sGridQ8 {
+		for j := range 8 {
+			g := int64(int8(e >> (8 * j)))
+			for s := range int64(2) {
+				iq1mGridH[k+2048*int(s)] |= uint64(4*(g+1)+1-s) << (8 * j)
+			}
+		}
+	}
 	for i, s := range tensor.IQSigns() {
 		for j := range 8 {
 			b := uint64(0x01)

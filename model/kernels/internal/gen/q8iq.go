@@ -35,10 +35,10 @@ import (
 //     (IQ2_XXS, IQ2_XS, IQ3_XXS: PDEP spreads 8 of them over the bytes of a
 //     general register, a shift-and-xor ladder computes the parities);
 //   - IQ1_S and IQ1_M's values are −1, 0 or 1 plus ±1/8. Their kernels
-//     (IQ1_M's with VNNI) take the scales into the weight bytes instead,
-//     by a VPSHUFB table per 16 values, and the ±1/8 from the activations'
-//     group sums (iq1Sums); IQ1_M's without VNNI make w = 8g ± 1 in the
-//     vector (three doublings and ±1), its sign the mask.
+//     need no signs (iq1Sums): IQ1_S's bytes are ls·(g+1) and IQ1_M's
+//     (w + 9)/2 (from a table indexed with the delta's sign bit), with VNNI
+//     times ls, by a VPSHUFB table per 16 values; what the offsets and the
+//     ±1/8 add is taken off per block from the activations' group sums.
 //
 // Otherwise, as q8RowIQ4XS, x is negated where w is negative (masked
 // VPSUBB), then VPMADDUBSW of |w| with it and VPMADDWD/VPDPWSSD with the
@@ -64,16 +64,13 @@ var (
 	cIQB1      Mem // dword 0x01010101 (byte 1s)
 	cIQ1       Mem // dword 1
 	cIQ1W      Mem // dword 0x00010001 (word 1s)
-	cIQFE      Mem // dword 0xFEFEFEFE
 	cIQShS     Mem // dwords 0, 2, .., 14: IQ2_S's high index bits of a chunk
 	cIQShS3    Mem // dwords 0..15: IQ3_S's ninth index bits of a chunk
 	cIQSh1S    Mem // dwords 0, 3, 6, 9, 16, 19, 22, 25: IQ1_S's high index bits
 	cIQSh4     Mem // dwords 0, 4, .., 28: nibbles
-	cIQ1MNeg   Mem // qwords 1<<3, 1<<7, .., 1<<31: IQ1_M's delta signs of a chunk
 	cIQ1SPat   Mem // dword 0x02010201: IQ1_S's table bytes ls, 2ls (iq1Sums)
 	cIQ1SPat8  Mem // dword 0x10081008: the same times 8 (with VNNI)
-	cIQ1MPat   Mem // qword: IQ1_M's table bytes 0, 4ls, 8ls, 0, ls, 5ls, 9ls, 0
-	cIQB5      Mem // dword 0x05050505
+	cIQ1MPat   Mem // bytes 0..15: IQ1_M's table bytes ls·i (a lane, VBROADCASTI32X4)
 	cIQ8W      Mem // dword 0x00080008 (word 8s)
 	cIQM9W     Mem // dword 0xFFF7FFF7 (word −9s)
 	cIQ1MScIdx Mem // words j/4 (j < 16): IQ1_M's scale word of 16-value group j
@@ -89,7 +86,6 @@ func genQ8IQConsts() {
 	cIQB1 = data32("iqb1", 0x01010101)
 	cIQ1 = data32("iq1", 1)
 	cIQ1W = data32("iq1w", 0x00010001)
-	cIQFE = data32("iqfe", 0xFEFEFEFE)
 	cIQShS = data32("iqshs", 0, 2, 4, 6, 8, 10, 12, 14)
 	var s16 []uint32
 	for i := uint32(0); i < 16; i++ {
@@ -100,15 +96,9 @@ func genQ8IQConsts() {
 	cIQSh4 = data32("iqsh4", 0, 4, 8, 12, 16, 20, 24, 28)
 	cIQ1SPat = data32("iq1spat", 0x02010201)
 	cIQ1SPat8 = data32("iq1spat8", 0x10081008)
-	cIQ1MPat = data32("iq1mpat", 0x00080400, 0x00090501)
-	cIQB5 = data32("iqb5", 0x05050505)
+	cIQ1MPat = data32("iq1mpat", 0x03020100, 0x07060504, 0x0B0A0908, 0x0F0E0D0C)
 	cIQ8W = data32("iq8w", 0x00080008)
 	cIQM9W = data32("iqm9w", 0xFFF7FFF7)
-	var neg []uint32
-	for g := uint32(0); g < 8; g++ {
-		neg = append(neg, 1<<(4*g+3), 0)
-	}
-	cIQ1MNeg = data32("iq1mneg", neg...)
 	var idx, sh []uint32
 	for j := uint32(0); j < 16; j += 2 {
 		idx = append(idx, j/4|(j+1)/4<<16)
@@ -130,7 +120,7 @@ func genQ8IQConsts() {
 func iqGridSymbol(d dtype) Mem {
 	name := map[dtype]string{
 		dIQ2XXS: "iq2xxsGridQ8", dIQ2XS: "iq2xsGridQ8", dIQ2S: "iq2sGridQ8",
-		dIQ3XXS: "iq3xxsGridQ8", dIQ3S: "iq3sGridQ8", dIQ1S: "iq1sGridQ8", dIQ1M: "iq1sGridQ8",
+		dIQ3XXS: "iq3xxsGridQ8", dIQ3S: "iq3sGridQ8", dIQ1S: "iq1sGridQ8", dIQ1M: "iq1mGridH",
 	}[d]
 	return Mem{Symbol: Symbol{Name: "·" + name}, Base: StaticBase}
 }
@@ -275,48 +265,52 @@ func iqSums(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem,
 	return isum
 }
 
-// iq1Scaled reports whether the kernel multiplies scaled IQ1 values
-// (iq1Sums): IQ1_S always, IQ1_M with VNNI (its bytes reach 135, whose
-// VPMADDUBSW pairs could saturate).
-func iq1Scaled(d dtype) bool { return d == dIQ1S || (d == dIQ1M && q8VNNI) }
+// iq1Scaled reports whether the type's kernels are iq1Sums.
+func iq1Scaled(d dtype) bool { return d == dIQ1S || d == dIQ1M }
 
 // iq1Sums is iqSums for IQ1_S and IQ1_M, whose lattice values g are −1, 0
-// or 1 and w = 8g + δ, δ = ±1 per 32 (IQ1_S) or 8 (IQ1_M) values. The
-// scale goes into the weight bytes, so that a chunk costs each input row
-// one VPDPBUSD (without VNNI a VPMADDUBSW and a VPADDW): per 16 values (one
-// lane, one scale ls) a VPSHUFB table indexed by the lattice byte gives
+// or 1 and w = 8g + δ, δ = ±1 per 32 (IQ1_S) or 8 (IQ1_M) values. Their
+// bytes need no signs:
 //
-//   - IQ1_S: u = ls·(g+1) (g = −1 is the index 0xFF, which VPSHUFB makes 0;
-//     with VNNI 8·ls·(g+1), at most 240), so that the block's sum is
-//     8·Σ u·x + Σ_s (δ_s − 8)·ls_s·Σ_32 x over its 32-value sub-blocks s,
-//     from the activations' 32-value sums;
-//   - IQ1_M: u = ls·(4(g+1) + e), e = (δ+1)/2, indexed by g + 1 + 4e (at
-//     most 135), so that the sum is 2·Σ u·x − 9·Σ_t ls_t·Σ_16 x.
+//   - IQ1_S: u = ls·(g+1), from a VPSHUFB table of ls and 2ls per 16 values
+//     (one lane, one scale ls) indexed by the lattice byte (g = −1 is the
+//     index 0xFF, which VPSHUFB makes 0; with VNNI 8·ls·(g+1), at most
+//     240), so that the block's sum is 8·Σ u·x + Σ_s (δ_s − 8)·ls_s·Σ_32 x
+//     over its 32-value sub-blocks s, from the activations' 32-value sums;
+//   - IQ1_M: h = (w + 9)/2 = 4(g+1) + e, e = (δ+1)/2, at most 9, gathered
+//     from iq1mGridH by the lattice index with the group's delta sign bit
+//     above it; with VNNI u = ls·h by a VPSHUFB table of ls·i (at most 135),
+//     the sum 2·Σ u·x − 9·Σ_t ls_t·Σ_16 x; without, h against x and
+//     VPMADDWD with 2·ls (u = ls·h could saturate a VPMADDUBSW pair).
 //
-// Every step is exact in int32, so the sums are iqSums' (tensor.IQInts).
+// So a chunk costs each input row one VPDPBUSD with VNNI (without, a
+// VPMADDUBSW and a VPADDW or VPMADDWD). Every step is exact in int32, so
+// the sums are iqSums' (tensor.IQInts).
 func iq1Sums(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, idx [4]Op, sc16 VecVirtual) []VecVirtual {
 	isum := make([]VecVirtual, N)
 	for i := range isum {
 		isum[i] = ZMM()
 	}
 	// The table's bytes as multiples of ls, a word pattern for VPMULLW.
-	pat := ZMM()
-	var c1, c5 VecVirtual
+	var pat VecVirtual
 	switch {
+	case d == dIQ1M && q8VNNI:
+		pat = ZMM()
+		VBROADCASTI32X4(cIQ1MPat, pat)
 	case d == dIQ1M:
-		VPBROADCASTQ(cIQ1MPat, pat)
-		c1, c5 = ZMM(), ZMM()
-		VPBROADCASTD(cIQB1, c1)
-		VPBROADCASTD(cIQB5, c5)
 	case q8VNNI:
+		pat = ZMM()
 		VPBROADCASTD(cIQ1SPat8, pat)
 	default:
+		pat = ZMM()
 		VPBROADCASTD(cIQ1SPat, pat)
 	}
 	// The block-level terms, per input row: IQ1_S's Σ_s (δ_s − 8)·ls_s·Σ_32 x
-	// (with VNNI the rows' first sums), IQ1_M's −9·Σ_t ls_t·Σ_16 x (after).
-	var sd VecVirtual
-	if d == dIQ1S {
+	// (with VNNI the rows' first sums), IQ1_M's −9·Σ_t ls_t·Σ_16 x (without
+	// VNNI the first sums, with it added last).
+	var sd, m9 VecVirtual
+	switch {
+	case d == dIQ1S:
 		sd = ZMM()
 		q, sg, e := XMM(), XMM(), XMM()
 		VMOVDQU64(rowMem(34), q)
@@ -330,9 +324,19 @@ func iq1Sums(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem
 				VPMADDWD(xMem(i, q8xBsum32), sd.AsX(), isum[i].AsX())
 			}
 		}
-	} else {
+	default:
+		m9 = YMM()
+		VPBROADCASTD(cIQM9W, m9)
+		VPMULLW(m9, sc16.AsY(), m9) // −9·ls
 		for i := range isum {
-			VPXORD(isum[i], isum[i], isum[i])
+			if q8VNNI {
+				VPXORD(isum[i], isum[i], isum[i])
+			} else {
+				VPMADDWD(xMem(i, q8xBsum16), m9, isum[i].AsY())
+			}
+		}
+		if !q8VNNI {
+			VPADDW(sc16, sc16, sc16) // 2·ls
 		}
 	}
 	for c := 0; c < 4; c++ {
@@ -341,20 +345,21 @@ func iq1Sums(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem
 			VPMOVZXBD(rowMem(2+8*c), ix.AsY())
 			iqHighBits(ix, rowMem(34+4*c), cIQSh1S, cIQ7, true)
 		} else {
+			// The 3 high index bits and the delta's sign bit above them.
 			VPMOVZXBD(rowMem(8*c), ix.AsY())
-			iqHighBits(ix, rowMem(32+4*c), cIQSh4, cIQ7, true)
+			iqHighBits(ix, rowMem(32+4*c), cIQSh4, cIQ15, true)
 		}
 		g := gatherEntries(grid, ix, false)
-		if d == dIQ1M {
-			// The index g + 1 + 4e: 5 added, 1 in the groups (qwords)
-			// whose δ < 0.
-			neg, kd := ZMM(), K()
-			VPBROADCASTD(rowMem(32+4*c), neg)
-			VPTESTMQ(cIQ1MNeg, neg, kd)
-			VPBLENDMQ(c1, c5, kd, neg)
-			VPADDB(neg, g, g)
-		}
 		u := chunkScales(sc16, idx, c, N)
+		if pat == nil {
+			// IQ1_M without VNNI: h against x, then the doubled scales.
+			for i := range isum {
+				p := ZMM()
+				VPMADDUBSW(xMem(i, 64*c), g, p)
+				dpwssd(u, p, isum[i])
+			}
+			continue
+		}
 		VPMULLW(pat, u, u)
 		VPSHUFB(g, u, u)
 		for i := range isum {
@@ -372,7 +377,8 @@ func iq1Sums(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem
 			}
 		}
 	}
-	if d == dIQ1S && !q8VNNI {
+	switch {
+	case d == dIQ1S && !q8VNNI:
 		e8 := ZMM()
 		VPBROADCASTD(cIQ8W, e8)
 		for i := range isum {
@@ -381,11 +387,7 @@ func iq1Sums(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem
 			VPMADDWD(xMem(i, q8xBsum32), sd.AsX(), t.AsX())
 			VPADDD(t, isum[i], isum[i])
 		}
-	}
-	if d == dIQ1M {
-		m9 := YMM()
-		VPBROADCASTD(cIQM9W, m9)
-		VPMULLW(m9, sc16.AsY(), m9) // −9·ls
+	case d == dIQ1M && q8VNNI:
 		for i := range isum {
 			t := ZMM()
 			VPSLLD(U8(1), isum[i], isum[i])
@@ -632,29 +634,6 @@ func iqChunk(d dtype, c int, rowMem func(off int) Mem, grid GPVirtual) (VecVirtu
 		u := gatherEntries(grid, ix, true)
 		KMOVQ(rowMem(74+8*c), k)
 		return u, k
-	case dIQ1M:
-		// Without VNNI (iq1Sums takes IQ1_S, and IQ1_M with VNNI).
-		ix := ZMM()
-		neg := ZMM()
-		kd := K()
-		VPMOVZXBD(rowMem(8*c), ix.AsY())
-		iqHighBits(ix, rowMem(32+4*c), cIQSh4, cIQ7, true)
-		VPBROADCASTD(rowMem(32+4*c), neg)
-		VPTESTMQ(cIQ1MNeg, neg, kd)
-		g := gatherEntries(grid, ix, false)
-		// w = 8g + 1, less 2 in the groups whose delta is negative.
-		VPADDB(g, g, g)
-		VPADDB(g, g, g)
-		VPADDB(g, g, g)
-		VPMOVM2Q(kd, neg)
-		VPANDD_BCST(cIQFE, neg, neg)
-		VPADDB(neg, g, g)
-		ones := ZMM()
-		VPBROADCASTD(cIQB1, ones)
-		VPADDB(ones, g, g)
-		VPMOVB2M(g, k)
-		VPABSB(g, g)
-		return g, k
 	}
 	panic("iqChunk: " + d.String())
 }

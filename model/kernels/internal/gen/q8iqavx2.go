@@ -30,16 +30,11 @@ import (
 var (
 	cIQSpread Mem // VPSHUFB: byte j of each lane ← byte j/8 (low lane) or 2+j/8 (high) of the dword
 	cIQBitSel Mem // bytes 1, 2, .., 128 four times
-	cIQShQ1M  Mem // qwords 3, 7, 11, 15: IQ1_M's delta signs of a sub-block's groups
-	cIQQ1     Mem // qword 1
 	cIQ1MEv   Mem // dwords 0, 6, 0, 6, ..: IQ1_M's even-group fields
 	cIQ1MOd   Mem // dwords 3, 9, 3, 9, ..: its odd-group fields
 	cIQ1MIdx  Mem // dwords 0, 0, 1, 1, 2, 2, 3, 3 (VPERMD)
 	cIQ1SPatY Mem // cIQ1SPat x8
 	cIQ8WY    Mem // cIQ8W x8
-	cIQQ1Y    Mem // cIQQ1 x4
-	cIQB1Y    Mem // cIQB1 x8
-	cIQB2Y    Mem // byte 2s
 	cIQM9WY   Mem // cIQM9W x8
 	cIQ1MGrp  Mem // VPSHUFB: words 0, 4, 1, 5, 2, 6, 3, 7 of each lane
 )
@@ -47,16 +42,11 @@ var (
 func genQ8IQAVX2Consts() {
 	cIQSpread = data32("iqspread", 0, 0, 0x01010101, 0x01010101, 0x02020202, 0x02020202, 0x03030303, 0x03030303)
 	cIQBitSel = data32("iqbitsel", 0x08040201, 0x80402010, 0x08040201, 0x80402010, 0x08040201, 0x80402010, 0x08040201, 0x80402010)
-	cIQShQ1M = data32("iqshq1m", 3, 0, 7, 0, 11, 0, 15, 0)
-	cIQQ1 = data32("iqq1", 1, 0)
 	cIQ1MEv = data32("iq1mev", 0, 6, 0, 6, 0, 6, 0, 6)
 	cIQ1MOd = data32("iq1mod", 3, 9, 3, 9, 3, 9, 3, 9)
 	cIQ1MIdx = data32("iq1midx", 0, 0, 1, 1, 2, 2, 3, 3)
 	cIQ1SPatY = data32("iq1spaty", rep(0x02010201, 8)...)
 	cIQ8WY = data32("iq8wy", rep(0x00080008, 8)...)
-	cIQQ1Y = data32("iqq1y", 1, 0, 1, 0, 1, 0, 1, 0)
-	cIQB1Y = data32("iqb1y", rep(0x01010101, 8)...)
-	cIQB2Y = data32("iqb2y", rep(0x02020202, 8)...)
 	cIQM9WY = data32("iqm9wy", rep(0xFFF7FFF7, 8)...)
 	var grp []uint32
 	perm := []uint32{0, 4, 1, 5, 2, 6, 3, 7}
@@ -360,11 +350,13 @@ func highIndex(lo, src func(j int) Mem, word bool, pos func(j int) int, mask uin
 }
 
 // iq1mSums256 sets isum to IQ1_M's exact block sums: per sub-block the
-// unsigned bytes u = w + 9 = 8(g+1) + 2e (e = 1 where δ = +1: at most 18)
-// against x (VPMADDUBSW, no signs), VPMADDWD with the scales, and per
-// block −9·Σ_t ls_t·Σ_16 x from the activations' 16-value sums. One fewer
-// operation a row and sub-block than signing x, and one ymm fewer. isum
-// need not be zero: it is set.
+// unsigned bytes h = (w + 9)/2 = 4(g+1) + e (e = 1 where δ = +1: at most
+// 9) against x (VPMADDUBSW, no signs), VPMADDWD with twice the scales, and
+// per block −9·Σ_t ls_t·Σ_16 x from the activations' 16-value sums. The
+// bytes h are entries of iq1mGridH, whose index is the lattice index with
+// the group's delta sign bit above it: each group's 4-bit field of the u16
+// goes whole into the index (indices4), and the vector does no arithmetic.
+// isum need not be zero: it is set.
 func iq1mSums256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, scw, grp VecVirtual, isum []VecVirtual) {
 	// The −9 term first (it sets isum), so that grp is not held over the
 	// sub-blocks: 8 input rows take the other 15 ymm.
@@ -373,29 +365,13 @@ func iq1mSums256(N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, gri
 	for i := 0; i < N; i++ {
 		VPMADDWD(xMem(i, q8xBsum16), m9, isum[i])
 	}
+	VPADDW(scw, scw, scw) // 2·ls
 	for ib := 0; ib < 8; ib++ {
 		scv := YMM()
 		VPSHUFB(cXSWord[ib], scw, scv)
-		// The 3-bit fields at bits 0, 4, 8, 12 of the u16 (bits 3, 7, .. are
-		// the deltas' signs), made contiguous.
-		h, m := GP64(), GP64()
+		h := GP64()
 		MOVWQZX(rowMem(32+2*ib), h)
-		MOVQ(U64(0x7777), m)
-		PEXTQ(m, h, h)
-		idx := indices4(rowMem(4*ib), h, 3)
-		// The constants as memory operands, to leave the ymm to the rows.
-		neg := YMM()
-		VPBROADCASTW(rowMem(32+2*ib), neg)
-		VPSRLVQ(cIQShQ1M, neg, neg)
-		VPAND(cIQQ1Y, neg, neg)
-		VPCMPEQQ(cIQQ1Y, neg, neg) // all ones where the delta is negative
-		u := latticeEntries(grid, 4, false, idx)
-		VPADDB(cIQB1Y, u, u) // g + 1
-		VPADDB(u, u, u)
-		VPADDB(u, u, u)
-		VPADDB(u, u, u)
-		VPANDN(cIQB2Y, neg, neg) // 2 where δ = +1
-		VPADDB(neg, u, u)
+		u := latticeEntries(grid, 4, false, indices4(rowMem(4*ib), h, 4))
 		for i := 0; i < N; i++ {
 			t := YMM()
 			VPMADDUBSW(xMem(i, 32*ib), u, t)
