@@ -70,7 +70,9 @@ var (
 	cIQSh4     Mem // dwords 0, 4, .., 28: nibbles
 	cIQ1SPat   Mem // dword 0x02010201: IQ1_S's table bytes ls, 2ls (iq1Sums)
 	cIQ1SPat8  Mem // dword 0x10081008: the same times 8 (with VNNI)
-	cIQ1MPat   Mem // bytes 0..15: IQ1_M's table bytes ls·i (a lane, VBROADCASTI32X4)
+	cIQ1MPat   Mem // qword: IQ1_M's table bytes 0, 4ls, 8ls, 0, ls, 5ls, 9ls, 0
+	cIQB5      Mem // dword 0x05050505
+	cIQ1MNeg   Mem // qwords 1<<3, 1<<7, .., 1<<31: IQ1_M's delta signs of a chunk
 	cIQ8W      Mem // dword 0x00080008 (word 8s)
 	cIQM9W     Mem // dword 0xFFF7FFF7 (word −9s)
 	cIQ1MScIdx Mem // words j/4 (j < 16): IQ1_M's scale word of 16-value group j
@@ -96,7 +98,13 @@ func genQ8IQConsts() {
 	cIQSh4 = data32("iqsh4", 0, 4, 8, 12, 16, 20, 24, 28)
 	cIQ1SPat = data32("iq1spat", 0x02010201)
 	cIQ1SPat8 = data32("iq1spat8", 0x10081008)
-	cIQ1MPat = data32("iq1mpat", 0x03020100, 0x07060504, 0x0B0A0908, 0x0F0E0D0C)
+	cIQ1MPat = data32("iq1mpat", 0x00080400, 0x00090501)
+	cIQB5 = data32("iqb5", 0x05050505)
+	var neg []uint32
+	for g := uint32(0); g < 8; g++ {
+		neg = append(neg, 1<<(4*g+3), 0)
+	}
+	cIQ1MNeg = data32("iq1mneg", neg...)
 	cIQ8W = data32("iq8w", 0x00080008)
 	cIQM9W = data32("iqm9w", 0xFFF7FFF7)
 	var idx, sh []uint32
@@ -116,8 +124,12 @@ func genQ8IQConsts() {
 }
 
 // iqGridSymbol is the package variable holding the type's lattice
-// (kernels/iq_amd64.go): 8-byte entries, 4-byte for the IQ3 types.
-func iqGridSymbol(d dtype) Mem {
+// (kernels/iq_amd64.go): 8-byte entries, 4-byte for the IQ3 types. IQ1_M's
+// is iq1mGridH, but IQ1_S's for the VNNI kernels (iq1Sums).
+func iqGridSymbol(d dtype, vnni bool) Mem {
+	if d == dIQ1M && vnni {
+		d = dIQ1S
+	}
 	name := map[dtype]string{
 		dIQ2XXS: "iq2xxsGridQ8", dIQ2XS: "iq2xsGridQ8", dIQ2S: "iq2sGridQ8",
 		dIQ3XXS: "iq3xxsGridQ8", dIQ3S: "iq3sGridQ8", dIQ1S: "iq1sGridQ8", dIQ1M: "iq1mGridH",
@@ -143,7 +155,7 @@ func genQ8IQ(d dtype, N int, vnni bool) {
 	wq := ld("w")
 	oq := ld("out")
 	grid := GP64()
-	LEAQ(iqGridSymbol(d), grid)
+	LEAQ(iqGridSymbol(d, vnni), grid)
 	// The VPERMW indices of the chunks' scales: in registers for one or two
 	// input rows, loaded per chunk for more (whose sums take the registers).
 	var idx [4]Op
@@ -277,11 +289,14 @@ func iq1Scaled(d dtype) bool { return d == dIQ1S || d == dIQ1M }
 //     index 0xFF, which VPSHUFB makes 0; with VNNI 8·ls·(g+1), at most
 //     240), so that the block's sum is 8·Σ u·x + Σ_s (δ_s − 8)·ls_s·Σ_32 x
 //     over its 32-value sub-blocks s, from the activations' 32-value sums;
-//   - IQ1_M: h = (w + 9)/2 = 4(g+1) + e, e = (δ+1)/2, at most 9, gathered
-//     from iq1mGridH by the lattice index with the group's delta sign bit
-//     above it; with VNNI u = ls·h by a VPSHUFB table of ls·i (at most 135),
-//     the sum 2·Σ u·x − 9·Σ_t ls_t·Σ_16 x; without, h against x and
-//     VPMADDWD with 2·ls (u = ls·h could saturate a VPMADDUBSW pair).
+//   - IQ1_M: h = (w + 9)/2 = 4(g+1) + e, e = (δ+1)/2, at most 9. With VNNI
+//     u = ls·h by a VPSHUFB table indexed by g + 1 + 4e (at most 135), the
+//     sum 2·Σ u·x − 9·Σ_t ls_t·Σ_16 x. Without, h is gathered from
+//     iq1mGridH by the lattice index with the group's delta sign bit above
+//     it, against x, then VPMADDWD with 2·ls (u could saturate a
+//     VPMADDUBSW pair). The VNNI kernels keep IQ1_S's 16 KB lattice: with
+//     iq1mGridH's 32 KB beside 8 input rows' activations, 8-row products
+//     ran at 0.8 of the speed (L1 is 48 KB here).
 //
 // So a chunk costs each input row one VPDPBUSD with VNNI (without, a
 // VPMADDUBSW and a VPADDW or VPMADDWD). Every step is exact in int32, so
@@ -292,11 +307,14 @@ func iq1Sums(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem
 		isum[i] = ZMM()
 	}
 	// The table's bytes as multiples of ls, a word pattern for VPMULLW.
-	var pat VecVirtual
+	var pat, c1, c5 VecVirtual
 	switch {
 	case d == dIQ1M && q8VNNI:
 		pat = ZMM()
-		VBROADCASTI32X4(cIQ1MPat, pat)
+		VPBROADCASTQ(cIQ1MPat, pat)
+		c1, c5 = ZMM(), ZMM()
+		VPBROADCASTD(cIQB1, c1)
+		VPBROADCASTD(cIQB5, c5)
 	case d == dIQ1M:
 	case q8VNNI:
 		pat = ZMM()
@@ -345,11 +363,25 @@ func iq1Sums(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem
 			VPMOVZXBD(rowMem(2+8*c), ix.AsY())
 			iqHighBits(ix, rowMem(34+4*c), cIQSh1S, cIQ7, true)
 		} else {
-			// The 3 high index bits and the delta's sign bit above them.
+			// The 3 high index bits (without VNNI the delta's sign bit
+			// above them: iq1mGridH's index).
+			m := cIQ7
+			if !q8VNNI {
+				m = cIQ15
+			}
 			VPMOVZXBD(rowMem(8*c), ix.AsY())
-			iqHighBits(ix, rowMem(32+4*c), cIQSh4, cIQ15, true)
+			iqHighBits(ix, rowMem(32+4*c), cIQSh4, m, true)
 		}
 		g := gatherEntries(grid, ix, false)
+		if d == dIQ1M && q8VNNI {
+			// The table index g + 1 + 4e: 5 added, 1 in the groups
+			// (qwords) whose δ < 0.
+			neg, kd := ZMM(), K()
+			VPBROADCASTD(rowMem(32+4*c), neg)
+			VPTESTMQ(cIQ1MNeg, neg, kd)
+			VPBLENDMQ(c1, c5, kd, neg)
+			VPADDB(neg, g, g)
+		}
 		u := chunkScales(sc16, idx, c, N)
 		if pat == nil {
 			// IQ1_M without VNNI: h against x, then the doubled scales.

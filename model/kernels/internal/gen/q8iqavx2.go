@@ -73,7 +73,7 @@ func genQ8IQAVX2(d dtype, N int) {
 	wq := ld("w")
 	oq := ld("out")
 	grid := GP64()
-	LEAQ(iqGridSymbol(d), grid)
+	LEAQ(iqGridSymbol(d, false), grid)
 	// Three or more input rows' sums share one vector (blockScalarRows256).
 	acc := make([]VecVirtual, N)
 	if N > 2 {
