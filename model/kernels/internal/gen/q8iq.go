@@ -36,9 +36,10 @@ import (
 //     general register, a shift-and-xor ladder computes the parities);
 //   - IQ1_S and IQ1_M's values are −1, 0 or 1 plus ±1/8. Their kernels
 //     need no signs (iq1Sums): IQ1_S's bytes are ls·(g+1) and IQ1_M's
-//     (w + 9)/2 (from a table indexed with the delta's sign bit), with VNNI
-//     times ls, by a VPSHUFB table per 16 values; what the offsets and the
-//     ±1/8 add is taken off per block from the activations' group sums.
+//     (w + 9)/2, with VNNI times ls by a VPSHUFB table per 16 values
+//     (without, IQ1_M's come from a table indexed with the delta's sign
+//     bit); what the offsets and the ±1/8 add is taken off per block from
+//     the activations' group sums.
 //
 // Otherwise, as q8RowIQ4XS, x is negated where w is negative (masked
 // VPSUBB), then VPMADDUBSW of |w| with it and VPMADDWD/VPDPWSSD with the
