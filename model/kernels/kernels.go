@@ -99,17 +99,20 @@
 //
 // The i-quants of 1 to 3 bits (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S,
 // IQ3_XXS, IQ3_S: llama.cpp's lattice codes) take the same activations and
-// run row-major (q8dot512IQ*N1..N8, q8dot256IQ*N1..N4: internal/gen/q8iq.go
+// run row-major (q8dot512IQ*N1..N8, q8dot256IQ*N1..N8: internal/gen/q8iq.go
 // and q8iqavx2.go): per 64 (AVX2: 32) values the lattice entries are loaded
 // from the package's copies of the tables (scalar loads where an index is a
 // byte or a masked u16 of the block, gathers where it has high bits
 // elsewhere), the signs become a mask (a ±1 vector for VPSIGNB on AVX2),
 // and |w| against the signed activations goes through VPMADDUBSW and
-// VPDPWSSD with the odd sub-block scales; the block's integer sum is scaled
-// by (d·k)·d_x, k a power of two (tensor.IQInts' integer form, which
-// dotQ8Ref computes as the twin). Building a chunk's values costs several
-// times one input row's multiply-adds, so the kernels share it among up to
-// 8 (AVX2: 4) input rows.
+// VPDPWSSD with the odd sub-block scales (IQ1_S and IQ1_M need no signs:
+// their bytes, with VNNI times the scale, are offset from w and the offset
+// taken off per block from the activations' group sums); the block's
+// integer sum is scaled by (d·k)·d_x, k a power of two (tensor.IQInts'
+// integer form, which dotQ8Ref computes as the twin). Building a chunk's
+// values costs several times one input row's multiply-adds, so the kernels
+// share it among up to 8 input rows, whose sums are reduced and scaled as
+// one vector.
 //
 // Q8_0 takes 8-bit activations per 32 values (q80act.go), and so do the
 // types whose blocks are Q8_0 blocks once their codes are written as int8:

@@ -195,26 +195,12 @@ func perGroup16(d dtype) bool { return d == dIQ2XS || d == dIQ2S || d == dIQ1M }
 func q8RowIQ(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, idx [4]Op, acc []VecVirtual) {
 	sc16 := iqScales(d, rowMem)
 	var isum []VecVirtual
-	if iq1Scaled(d) {
+	if isIQ1(d) {
 		isum = iq1Sums(d, N, rowMem, xMem, grid, idx, sc16)
 	} else {
 		isum = iqSums(d, N, rowMem, xMem, grid, idx, sc16)
 	}
-	// d (f16) as float32 in the low lane, times k (exact: a power of two).
-	dv := ZMM()
-	if d == dIQ1M {
-		q, h := GP64(), GP64()
-		MOVQ(rowMem(48), q)
-		MOVQ(U64(0xF000F000F000F000), h)
-		PEXTQ(h, q, q) // the top nibbles of the four scale words
-		VMOVQ(q, dv.AsX())
-	} else {
-		VPBROADCASTW(rowMem(0), dv.AsX())
-	}
-	VCVTPH2PS(dv.AsX(), dv.AsX())
-	if k, ok := cIQK[d]; ok {
-		VMULSS(k, dv.AsX(), dv.AsX())
-	}
+	dv := iqBlockD(d, rowMem)
 	if len(acc) < N {
 		blockScalarRows(isum, dv, func(i int) Mem { return xMem(i, q8xD) }, acc[0])
 		return
@@ -222,6 +208,27 @@ func q8RowIQ(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem
 	for i := range isum {
 		q6BlockScalar(isum[i], dv, xMem(i, q8xD), acc[i])
 	}
+}
+
+// iqBlockD returns the block's d·k as float32 in the low lane of an xmm:
+// d (f16; IQ1_M's the top nibbles of its four scale words) times k, exact
+// (a power of two). Both levels' kernels use it.
+func iqBlockD(d dtype, rowMem func(off int) Mem) VecVirtual {
+	dv := XMM()
+	if d == dIQ1M {
+		q, h := GP64(), GP64()
+		MOVQ(rowMem(48), q)
+		MOVQ(U64(0xF000F000F000F000), h)
+		PEXTQ(h, q, q)
+		VMOVQ(q, dv)
+	} else {
+		VPBROADCASTW(rowMem(0), dv)
+	}
+	VCVTPH2PS(dv, dv)
+	if k, ok := cIQK[d]; ok {
+		VMULSS(k, dv, dv)
+	}
+	return dv
 }
 
 // chunkScales returns chunk c's scales as int16 lanes for VPMADDWD: word j
@@ -278,8 +285,8 @@ func iqSums(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem,
 	return isum
 }
 
-// iq1Scaled reports whether the type's kernels are iq1Sums.
-func iq1Scaled(d dtype) bool { return d == dIQ1S || d == dIQ1M }
+// isIQ1 reports the IQ1 types, whose kernels are iq1Sums.
+func isIQ1(d dtype) bool { return d == dIQ1S || d == dIQ1M }
 
 // iq1Sums is iqSums for IQ1_S and IQ1_M, whose lattice values g are −1, 0
 // or 1 and w = 8g + δ, δ = ±1 per 32 (IQ1_S) or 8 (IQ1_M) values. Their
@@ -558,9 +565,9 @@ func gatherEntries(grid GPVirtual, ix VecVirtual, dword bool) VecVirtual {
 // by scalar loads inserted into a vector (VMOVQ and VPINSRQ fill an xmm
 // with two entries, VMOVD and VPINSRD with four; two xmm make the ymm of
 // the AVX2 kernels, four the zmm of the AVX-512 ones), entry j at the index
-// idx(j) emits into a general register. On AMD's
-// cores a gather is microcoded and costs more than these loads where the
-// index is cheap to read (see the file comment).
+// idx(j) emits into a general register. On AMD's cores a gather is
+// microcoded and costs more than these loads where the index is cheap to
+// read (see the file comment).
 func latticeEntries(grid GPVirtual, n int, dword bool, idx func(j int) GPVirtual) VecVirtual {
 	per, scale := 2, uint8(8)
 	if dword {

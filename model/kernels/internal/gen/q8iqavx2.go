@@ -200,7 +200,9 @@ func signBytes256(src Op) VecVirtual {
 	return s
 }
 
-// q8RowIQ256 adds a row's block to acc[i] (q8RowIQ's result).
+// q8RowIQ256 adds a row's block to the rows' sums (q8RowIQ's result): acc
+// is one per input row, or for more than two rows one ymm
+// (blockScalarRows256).
 func q8RowIQ256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) Mem, grid GPVirtual, acc []VecVirtual) {
 	var scw, grp VecVirtual
 	if d == dIQ1M {
@@ -226,20 +228,7 @@ func q8RowIQ256(d dtype, N int, rowMem func(off int) Mem, xMem func(i, off int) 
 			signedMadd256(N, func(i int) Mem { return xMem(i, 32*ib) }, sg, u, scv, isum)
 		}
 	}
-	dv := XMM()
-	if d == dIQ1M {
-		q, h := GP64(), GP64()
-		MOVQ(rowMem(48), q)
-		MOVQ(U64(0xF000F000F000F000), h)
-		PEXTQ(h, q, q)
-		VMOVQ(q, dv)
-	} else {
-		VPBROADCASTW(rowMem(0), dv)
-	}
-	VCVTPH2PS(dv, dv)
-	if k, ok := cIQK[d]; ok {
-		VMULSS(k, dv, dv)
-	}
+	dv := iqBlockD(d, rowMem)
 	if len(acc) < N {
 		blockScalarRows256(isum, dv, func(i int) Mem { return xMem(i, q8xD) }, acc[0])
 		return
