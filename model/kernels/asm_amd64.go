@@ -750,6 +750,54 @@ func q8dot512IQ2XXSN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, n
 // q8dot512IQ2XXSN8BW computes 8-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ2XXSN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512IQ2XXSN9 computes 9-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN9(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN9BW computes 9-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN9BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN10 computes 10-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN10(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN10BW computes 10-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN10BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN11 computes 11-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN11(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN11BW computes 11-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN11BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN12 computes 12-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN12(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN12BW computes 12-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN12BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN13 computes 13-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN13(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN13BW computes 13-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN13BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN14 computes 14-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN14(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN14BW computes 14-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN14BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN15 computes 15-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN15(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN15BW computes 15-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN15BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN16 computes 16-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN16(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XXSN16BW computes 16-input dot products of IQ2XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XXSN16BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot512IQ2XSN1 computes 1-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ2XSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -797,6 +845,54 @@ func q8dot512IQ2XSN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nb
 
 // q8dot512IQ2XSN8BW computes 8-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ2XSN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN9 computes 9-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN9(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN9BW computes 9-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN9BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN10 computes 10-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN10(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN10BW computes 10-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN10BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN11 computes 11-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN11(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN11BW computes 11-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN11BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN12 computes 12-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN12(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN12BW computes 12-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN12BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN13 computes 13-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN13(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN13BW computes 13-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN13BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN14 computes 14-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN14(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN14BW computes 14-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN14BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN15 computes 15-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN15(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN15BW computes 15-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN15BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN16 computes 16-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN16(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2XSN16BW computes 16-input dot products of IQ2XS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2XSN16BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot512IQ2SN1 computes 1-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ2SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
@@ -846,6 +942,54 @@ func q8dot512IQ2SN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot512IQ2SN8BW computes 8-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ2SN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512IQ2SN9 computes 9-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN9(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN9BW computes 9-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN9BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN10 computes 10-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN10(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN10BW computes 10-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN10BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN11 computes 11-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN11(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN11BW computes 11-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN11BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN12 computes 12-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN12(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN12BW computes 12-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN12BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN13 computes 13-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN13(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN13BW computes 13-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN13BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN14 computes 14-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN14(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN14BW computes 14-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN14BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN15 computes 15-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN15(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN15BW computes 15-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN15BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN16 computes 16-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN16(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ2SN16BW computes 16-input dot products of IQ2S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ2SN16BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot512IQ3XXSN1 computes 1-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ3XXSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -893,6 +1037,54 @@ func q8dot512IQ3XXSN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, n
 
 // q8dot512IQ3XXSN8BW computes 8-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ3XXSN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN9 computes 9-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN9(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN9BW computes 9-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN9BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN10 computes 10-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN10(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN10BW computes 10-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN10BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN11 computes 11-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN11(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN11BW computes 11-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN11BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN12 computes 12-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN12(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN12BW computes 12-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN12BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN13 computes 13-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN13(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN13BW computes 13-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN13BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN14 computes 14-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN14(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN14BW computes 14-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN14BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN15 computes 15-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN15(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN15BW computes 15-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN15BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN16 computes 16-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN16(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3XXSN16BW computes 16-input dot products of IQ3XXS weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3XXSN16BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot512IQ3SN1 computes 1-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ3SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
@@ -942,6 +1134,54 @@ func q8dot512IQ3SN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot512IQ3SN8BW computes 8-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ3SN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512IQ3SN9 computes 9-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN9(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN9BW computes 9-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN9BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN10 computes 10-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN10(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN10BW computes 10-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN10BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN11 computes 11-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN11(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN11BW computes 11-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN11BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN12 computes 12-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN12(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN12BW computes 12-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN12BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN13 computes 13-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN13(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN13BW computes 13-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN13BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN14 computes 14-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN14(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN14BW computes 14-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN14BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN15 computes 15-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN15(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN15BW computes 15-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN15BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN16 computes 16-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN16(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ3SN16BW computes 16-input dot products of IQ3S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ3SN16BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot512IQ1SN1 computes 1-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ1SN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -990,6 +1230,54 @@ func q8dot512IQ1SN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 // q8dot512IQ1SN8BW computes 8-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ1SN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
+// q8dot512IQ1SN9 computes 9-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN9(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN9BW computes 9-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN9BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN10 computes 10-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN10(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN10BW computes 10-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN10BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN11 computes 11-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN11(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN11BW computes 11-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN11BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN12 computes 12-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN12(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN12BW computes 12-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN12BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN13 computes 13-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN13(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN13BW computes 13-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN13BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN14 computes 14-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN14(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN14BW computes 14-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN14BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN15 computes 15-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN15(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN15BW computes 15-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN15BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN16 computes 16-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN16(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1SN16BW computes 16-input dot products of IQ1S weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1SN16BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
 // q8dot512IQ1MN1 computes 1-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ1MN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
@@ -1037,6 +1325,54 @@ func q8dot512IQ1MN8(w *byte, wstride int, nrows int, xq *byte, xqstride int, nbl
 
 // q8dot512IQ1MN8BW computes 8-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
 func q8dot512IQ1MN8BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN9 computes 9-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN9(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN9BW computes 9-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN9BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN10 computes 10-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN10(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN10BW computes 10-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN10BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN11 computes 11-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN11(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN11BW computes 11-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN11BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN12 computes 12-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN12(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN12BW computes 12-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN12BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN13 computes 13-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN13(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN13BW computes 13-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN13BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN14 computes 14-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN14(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN14BW computes 14-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN14BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN15 computes 15-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN15(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN15BW computes 15-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN15BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN16 computes 16-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN16(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
+
+// q8dot512IQ1MN16BW computes 16-input dot products of IQ1M weights with 8-bit activations (see genQ8IQ).
+func q8dot512IQ1MN16BW(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)
 
 // q8dot256IQ2XXSN1 computes 1-input dot products of IQ2XXS weights with 8-bit activations on AVX2 (see genQ8IQAVX2).
 func q8dot256IQ2XXSN1(w *byte, wstride int, nrows int, xq *byte, xqstride int, nblocks int, out *float32, ostride int)

@@ -57,7 +57,13 @@ func testMatMulQ8(t *testing.T) {
 		for _, rows := range []int{1, 3, 4, 7, 33, 260} {
 			for _, cols := range []int{256, 768, 1536} {
 				w := randMatrix(rng, dt, rows, cols)
-				for _, n := range []int{1, 2, 3, 5, 8, 12, 15, 38} { // every kernel width: 12 = 8+4, 15 = 8+7, 38 = 4·8+6
+				ns := []int{1, 2, 3, 5, 8, 12, 15, 38} // 38 = 16+16+6 (AVX-512 i-quants), 4·8+6 (AVX2)
+				if rows == 33 && cols == 768 {
+					// Every other kernel width once: up to 8 rows a kernel,
+					// 12 = 8+4 and 15 = 8+7; up to 16, each on its own.
+					ns = append(ns, 4, 7, 9, 10, 11, 13, 14)
+				}
+				for _, n := range ns {
 					x := randVec(rng, n*cols)
 					abs := absRef(w, x, n)
 					want := make([]float32, n*rows)

@@ -42,11 +42,11 @@ const (
 	q8xValues     = 256
 )
 
-// q8MaxRows is the most input rows an integer kernel takes per call: 8 for
-// the kernels of the i-quants of 1 to 3 bits (both levels), which share the
-// cost of building a block's values among them; 4 for the AVX2 IQ4_XS
-// kernels; 2 for the others.
-const q8MaxRows = 8
+// q8MaxRows is the most input rows an integer kernel takes per call: 16
+// for the AVX-512 kernels of the i-quants of 1 to 3 bits (8 for their AVX2
+// ones), which share the cost of building a block's values among them; 4
+// for the AVX2 IQ4_XS kernels; 2 for the others.
+const q8MaxRows = 16
 
 // q8Fn is the signature of the integer kernels (internal/gen/q8.go): for
 // r < nrows, i < N (the kernel's input rows), with strides in bytes,

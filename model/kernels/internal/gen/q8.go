@@ -484,15 +484,16 @@ func q6BlockScalar(isum, dv VecVirtual, dx Mem, acc VecVirtual) {
 }
 
 // rowLane is the dword of the vector accumulator holding input row i's sum
-// (reduceRows' order: lane i%4, dword i/4 of it).
+// (reduceRows' order: lane i%4, dword i/4 of it), for up to 16 rows.
 func rowLane(i int) int { return 4*(i%4) + i/4 }
 
-// reduceRows adds up the 16 dwords of each of the (at most 8) zmm v,
+// reduceRows adds up the 16 dwords of each of the (at most 16) zmm v,
 // leaving v[i]'s total in dword rowLane(i) of the result, in 5 to 23
-// operations where one q6BlockScalar reduction per row takes 8: halves of
-// two rows at a time (VSHUFI64X2), then quarters of four, then the four
-// dwords of each lane across two vectors (unpacks and VPSHUFD). The other
-// dwords hold partial sums. v is clobbered.
+// operations for 8 rows (45 for 16) where one q6BlockScalar reduction per
+// row takes 8: halves of two rows at a time (VSHUFI64X2), then quarters of
+// four, then the four dwords of each lane across two vectors (unpacks and
+// VPSHUFD), or for more than 8 rows across four (dword and qword unpacks).
+// For at most 8 rows the other dwords hold partial sums. v is clobbered.
 func reduceRows(v []VecVirtual) VecVirtual {
 	zero := lazyZero(func() VecVirtual {
 		z := ZMM()
@@ -512,14 +513,30 @@ func reduceRows(v []VecVirtual) VecVirtual {
 	s := pairRows(v, zero, lanes(0x44, 0xEE))
 	// Quarters: row 4k+L's in lane L.
 	t := pairRows(s, zero, lanes(0x88, 0xDD))
-	return pairRows(t, zero, func(t0, t1 VecVirtual) VecVirtual {
+	// Per lane: t0.0+t0.2, t1.0+t1.2, t0.1+t0.3, t1.1+t1.3.
+	dwords := func(t0, t1 VecVirtual) VecVirtual {
 		p, q := ZMM(), ZMM()
 		VPUNPCKLDQ(t1, t0, p) // per lane: t0.0 t1.0 t0.1 t1.1
 		VPUNPCKHDQ(t1, t0, q) // t0.2 t1.2 t0.3 t1.3
 		VPADDD(q, p, p)
-		VPSHUFD(U8(0x4E), p, q)
-		VPADDD(q, p, p) // dword 0: t0's lane total, dword 1: t1's
 		return p
+	}
+	if len(t) <= 2 {
+		return pairRows(t, zero, func(t0, t1 VecVirtual) VecVirtual {
+			p, q := dwords(t0, t1), ZMM()
+			VPSHUFD(U8(0x4E), p, q)
+			VPADDD(q, p, p) // dword 0: t0's lane total, dword 1: t1's
+			return p
+		})[0]
+	}
+	// Up to 16 rows: dword k of lane L holds t_k's lane total.
+	a := pairRows(t, zero, dwords)
+	return pairRows(a, zero, func(a, b VecVirtual) VecVirtual {
+		lo, hi := ZMM(), ZMM()
+		VPUNPCKLQDQ(b, a, lo) // a.0 a.1 b.0 b.1
+		VPUNPCKHQDQ(b, a, hi) // a.2 a.3 b.2 b.3
+		VPADDD(hi, lo, lo)
+		return lo
 	})[0]
 }
 
@@ -537,10 +554,10 @@ func lazyZero(mk func() VecVirtual) func() VecVirtual {
 
 // pairRows combines v[0] with v[1], v[2] with v[3], and so on (a last one
 // without a partner with zero()): one level of reduceRows' and
-// reduceRows256's trees. At most 8 rows.
+// reduceRows256's trees. At most 16 rows.
 func pairRows(v []VecVirtual, zero func() VecVirtual, combine func(a, b VecVirtual) VecVirtual) []VecVirtual {
-	if len(v) > 8 {
-		panic("pairRows: more than 8 rows")
+	if len(v) > 16 {
+		panic("pairRows: more than 16 rows")
 	}
 	var out []VecVirtual
 	for k := 0; k < len(v); k += 2 {
@@ -563,7 +580,7 @@ func pairRows(v []VecVirtual, zero func() VecVirtual, combine func(a, b VecVirtu
 func blockScalarRows(isum []VecVirtual, dv VecVirtual, dx func(i int) Mem, acc VecVirtual) {
 	I := reduceRows(isum)
 	N := len(isum)
-	// d_x of row L in dword 0 of lane L, of row L+4 in dword 1.
+	// d_x of row L+4k in dword k of lane L (rowLane).
 	dxv := ZMM()
 	for L := 0; L < 4 && L < N; L++ {
 		x := dxv.AsX()
@@ -571,8 +588,8 @@ func blockScalarRows(isum []VecVirtual, dv VecVirtual, dx func(i int) Mem, acc V
 			x = XMM()
 		}
 		VMOVSS(dx(L), x)
-		if L+4 < N {
-			VINSERTPS(U8(0x10), dx(L+4), x, x)
+		for k := 1; L+4*k < N; k++ {
+			VINSERTPS(U8(k<<4), dx(L+4*k), x, x)
 		}
 		if L > 0 {
 			VINSERTF32X4(U8(L), x, dxv, dxv)
@@ -954,10 +971,19 @@ func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, 
 		xs3 = GP64()
 		LEAQ(Mem{Base: xs, Index: xs, Scale: 2}, xs3)
 	}
-	var xp4 GPVirtual // input row 4 (N > 4)
+	// Input rows 4, 8 and 12 (N > 4, 8, 12): four rows from each base.
+	var xp4, xp8, xp12 GPVirtual
 	if N > 4 {
 		xp4 = GP64()
 		LEAQ(Mem{Base: xp, Index: xs, Scale: 4}, xp4)
+	}
+	if N > 8 {
+		xp8 = GP64()
+		LEAQ(Mem{Base: xp, Index: xs, Scale: 8}, xp8)
+	}
+	if N > 12 {
+		xp12 = GP64()
+		LEAQ(Mem{Base: xp4, Index: xs, Scale: 8}, xp12)
 	}
 	cnt := ld("nblocks")
 	for _, a := range acc {
@@ -965,28 +991,25 @@ func q8Rows(N int, name string, bb int, ws, wq, oq GPVirtual, acc []VecVirtual, 
 	}
 	rowMem := func(off int) Mem { return Mem{Base: w0, Disp: off} }
 	xMem := func(i, off int) Mem {
-		switch i {
-		case 0:
-			return Mem{Base: xp, Disp: off}
-		case 1, 2:
-			return Mem{Base: xp, Index: xs, Scale: uint8(i), Disp: off}
-		case 3:
-			return Mem{Base: xp, Index: xs3, Scale: 1, Disp: off}
-		case 4:
-			return Mem{Base: xp4, Disp: off}
-		case 5, 6:
-			return Mem{Base: xp4, Index: xs, Scale: uint8(i - 4), Disp: off}
-		case 7:
-			return Mem{Base: xp4, Index: xs3, Scale: 1, Disp: off}
+		if i >= 16 {
+			panic("q8Rows: more than 16 input rows")
 		}
-		panic("q8Rows: more than 8 input rows")
+		base := [4]GPVirtual{xp, xp4, xp8, xp12}[i/4]
+		switch i % 4 {
+		case 0:
+			return Mem{Base: base, Disp: off}
+		case 1, 2:
+			return Mem{Base: base, Index: xs, Scale: uint8(i % 4), Disp: off}
+		}
+		return Mem{Base: base, Index: xs3, Scale: 1, Disp: off}
 	}
 	Label(name + "_blk")
 	block(rowMem, xMem)
 	ADDQ(U32(bb), w0)
-	ADDQ(U32(q8xBlock), xp)
-	if N > 4 {
-		ADDQ(U32(q8xBlock), xp4)
+	for _, p := range []GPVirtual{xp, xp4, xp8, xp12} {
+		if p != nil {
+			ADDQ(U32(q8xBlock), p)
+		}
 	}
 	DECQ(cnt)
 	JNZ(LabelRef(name + "_blk"))

@@ -54,8 +54,8 @@ var q8IQDtypes = []dtype{dIQ2XXS, dIQ2XS, dIQ2S, dIQ3XXS, dIQ3S, dIQ1S, dIQ1M}
 // q8IQMaxN is the most input rows per AVX-512 i-quant kernel: building a
 // chunk's magnitudes and signs (the gathers, the sign masks) costs several
 // times what one input row's multiply-adds do, so a kernel shares it among
-// up to 8 rows (prefill).
-const q8IQMaxN = 8
+// up to 16 rows (prefill), whose sums then fill one zmm (reduceRows).
+const q8IQMaxN = 16
 
 var (
 	cIQ7       Mem // dword 7
