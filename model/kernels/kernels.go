@@ -111,8 +111,8 @@
 // integer sum is scaled by (d·k)·d_x, k a power of two (tensor.IQInts'
 // integer form, which dotQ8Ref computes as the twin). Building a chunk's
 // values costs several times one input row's multiply-adds, so the kernels
-// share it among up to 8 input rows, whose sums are reduced and scaled as
-// one vector.
+// share it among up to 16 input rows (8 at the AVX2 level), whose sums
+// are reduced and scaled as one vector.
 //
 // Q8_0 takes 8-bit activations per 32 values (q80act.go), and so do the
 // types whose blocks are Q8_0 blocks once their codes are written as int8:

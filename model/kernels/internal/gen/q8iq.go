@@ -44,7 +44,7 @@ import (
 // Otherwise, as q8RowIQ4XS, x is negated where w is negative (masked
 // VPSUBB), then VPMADDUBSW of |w| with it and VPMADDWD/VPDPWSSD with the
 // scales as int16 give the exact Σ ls·Σ w·q_x; |w| ≤ 62, so no pair
-// saturates. The block ends as q6BlockScalar, with d·k for d; for 3 to 8
+// saturates. The block ends as q6BlockScalar, with d·k for d; for 3 to 16
 // input rows the rows' sums are reduced and scaled together
 // (blockScalarRows), lane by lane with the same roundings.
 
