@@ -365,8 +365,14 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 			v = append(v, tps.all)
 			if inproc != "" {
 				ratios = append(ratios, tps.all/vin[i])
-				if rin.prefill > 0 && rin.decode > 0 {
+				// Each where both runs measured it: a run whose tokens all
+				// came in its sessions' first chunks has no decode rate
+				// (the server sends what a slow reader has not taken yet
+				// as one chunk).
+				if rin.prefill > 0 && tps.prefill > 0 {
 					preRatios = append(preRatios, tps.prefill/rin.prefill)
+				}
+				if rin.decode > 0 && tps.decode > 0 {
 					decRatios = append(decRatios, tps.decode/rin.decode)
 				}
 			}
@@ -387,7 +393,10 @@ func benchClusterOn(ctx context.Context, stdout io.Writer, device, model string,
 			it, ratio = median(vin), fmt.Sprintf("%.2f", median(ratios))
 		}
 		if len(preRatios) > 0 {
-			preRatio, decRatio = fmt.Sprintf("%.2f", median(preRatios)), fmt.Sprintf("%.2f", median(decRatios))
+			preRatio = fmt.Sprintf("%.2f", median(preRatios))
+		}
+		if len(decRatios) > 0 {
+			decRatio = fmt.Sprintf("%.2f", median(decRatios))
 		}
 		// A decode step makes one token per session: its time is s / tok/s. Per
 		// step, every MoE layer waits for one dispatch round trip (p50), of which
