@@ -44,6 +44,11 @@ func (d dtype) String() string {
 	return [...]string{"F32", "BF16", "F16", "Q8", "Q4K", "Q6K", "Q5K", "Q40", "Q41", "Q50", "Q51", "IQ4NL", "Q2K", "IQ4XS", "Q3K", "IQ2XXS", "IQ2XS", "IQ2S", "IQ3XXS", "IQ3S", "IQ1S", "IQ1M"}[d]
 }
 
+// tensorName is the name of d's constant in package tensor.
+func (d dtype) tensorName() string {
+	return [...]string{"F32", "BF16", "F16", "Q8_0", "Q4_K", "Q6_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q2_K", "IQ4_XS", "Q3_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"}[d]
+}
+
 // only512 reports a dtype without an AVX2 kernel.
 func only512(d dtype) bool { return d > dQ5K }
 
