@@ -3,7 +3,9 @@
 // read a buffer as s streams, with or without software prefetches, with w
 // VPDPBUSD per 64-byte line (dependent on the line's load, or not), and
 // 36-line blocks (a packed Q4_K group's block) read in address order or in
-// the packed kernel's order, and a test that times them. It is not part of
+// the packed kernel's order, unrolled ("blk_") or by a loop inside each
+// block ("lp_", with the lines in the kernel's layout, in reading order, or
+// with the headers in an array of their own), and a test that times them. It is not part of
 // the engine: it measures how fast one core streams memory in loops shaped
 // like the packed kernels.
 package main
@@ -159,6 +161,110 @@ func main() {
 					end(name, 2304)
 				}
 			}
+		}
+	}
+	// The same 36-line blocks read by a loop inside each block, so that
+	// the weight loads come from a few instructions with a steady stride
+	// (the hardware's stride prefetcher tracks a load instruction; the
+	// unrolled blocks above have 36 per stream): "lp_seq" 9 steps of 4
+	// lines; "lp_q4kb" the packed kernel's order (4 header lines, then two
+	// passes of 8 steps, each two chunks' lines 4+8c+g); "lp_g2" the same
+	// passes over lines laid out in their reading order (4+16p+2g+u).
+	type pass struct {
+		lines []int // the lines of step 0
+		step  int   // bytes a step
+		n     int   // steps
+	}
+	lps := map[string]struct {
+		head   int
+		passes []pass
+	}{
+		"seq":  {0, []pass{{[]int{0, 1, 2, 3}, 256, 9}}},
+		"q4kb": {4, []pass{{[]int{4, 12}, 64, 8}, {[]int{20, 28}, 64, 8}}},
+		"g2":   {4, []pass{{[]int{4, 5}, 128, 8}, {[]int{20, 21}, 128, 8}}},
+		"g4":   {4, []pass{{[]int{4, 5, 6, 7}, 256, 8}}},
+	}
+	for _, o := range []string{"seq", "q4kb", "g2", "g4"} {
+		for _, pv := range []string{"P0", "P3"} {
+			for _, w := range []int{2, 4} {
+				name := fmt.Sprintf("lp_S2_%s_%s_W%d", o, pv, w)
+				names = append(names, name)
+				begin(name, 2, 1)
+				emit("\tSUBQ $2304, DX")
+				emit("%s_loop:", name)
+				emit("\tLEAQ (R8)(BX*1), R12\n\tLEAQ (R9)(BX*1), R13")
+				k := 0
+				line := func(disp int, b string) {
+					if pv == "P3" {
+						emit("\tPREFETCHT0 %d(%s)", 2304*3+disp, b)
+					}
+					emit("\tVMOVDQU64 %d(%s), Z%d", disp, b, k%4)
+					for j := 0; j < w; j++ {
+						emit("\tVPDPBUSD Z%d, Z31, Z%d", k%4, 8+(k*w+j)%16)
+					}
+					k++
+				}
+				for l := 0; l < lps[o].head; l++ {
+					for _, b := range []string{"R12", "R13"} {
+						line(64*l, b)
+					}
+				}
+				for pi, ps := range lps[o].passes {
+					lbl := fmt.Sprintf("%s_p%d", name, pi)
+					emit("\tMOVQ R12, SI\n\tMOVQ R13, DI\n\tMOVQ $%d, CX", ps.n)
+					emit("%s:", lbl)
+					for _, l := range ps.lines {
+						for _, b := range []string{"SI", "DI"} {
+							line(64*l, b)
+						}
+					}
+					emit("\tADDQ $%d, SI\n\tADDQ $%d, DI\n\tDECQ CX\n\tJNZ %s", ps.step, ps.step, lbl)
+				}
+				end(name, 2304)
+			}
+		}
+	}
+	// "sep": each stream's 4 header lines a block in an array of their own
+	// (the stream's first ninth: 256 bytes a block), its 32 nibble lines in
+	// another (8 steps of 4 lines), so that every load instruction keeps
+	// one stride from block to block.
+	for _, pv := range []string{"P0", "P3"} {
+		for _, w := range []int{2, 4} {
+			name := fmt.Sprintf("lp_S2_sep_%s_W%d", pv, w)
+			names = append(names, name)
+			begin(name, 2, 1)
+			// DX: bytes a stream; R12/R13 the header arrays, R8/R9 the
+			// nibbles (the rest of each stream); BX counts nibble bytes.
+			emit("\tMOVQ $9, CX\n\tXORQ DX, DX\n\tMOVQ n+8(FP), AX\n\tSHRQ $1, AX\n\tDIVQ CX") // AX: a ninth of a stream
+			emit("\tMOVQ AX, CX\n\tSHRQ $8, CX\n\tSHLQ $8, CX")                                // header bytes: whole blocks of 256
+			emit("\tMOVQ R8, R12\n\tMOVQ R9, R13\n\tADDQ CX, R8\n\tADDQ CX, R9\n\tMOVQ CX, DX\n\tSHLQ $3, DX\n\tSUBQ $2048, DX")
+			emit("%s_loop:", name)
+			k := 0
+			line := func(disp int, b string, dist int) {
+				if pv == "P3" {
+					emit("\tPREFETCHT0 %d(%s)", dist+disp, b)
+				}
+				emit("\tVMOVDQU64 %d(%s), Z%d", disp, b, k%4)
+				for j := 0; j < w; j++ {
+					emit("\tVPDPBUSD Z%d, Z31, Z%d", k%4, 8+(k*w+j)%16)
+				}
+				k++
+			}
+			for l := 0; l < 4; l++ {
+				for _, b := range []string{"R12", "R13"} {
+					line(64*l, b, 256*3)
+				}
+			}
+			emit("\tLEAQ (R8)(BX*1), SI\n\tLEAQ (R9)(BX*1), DI\n\tMOVQ $8, CX")
+			emit("%s_g:", name)
+			for l := 0; l < 4; l++ {
+				for _, b := range []string{"SI", "DI"} {
+					line(64*l, b, 2048*3)
+				}
+			}
+			emit("\tADDQ $256, SI\n\tADDQ $256, DI\n\tDECQ CX\n\tJNZ %s_g", name)
+			emit("\tADDQ $256, R12\n\tADDQ $256, R13")
+			end(name, 2048)
 		}
 	}
 	fmt.Fprintf(&decl, "var fns = map[string]func(unsafe.Pointer, int){\n")
