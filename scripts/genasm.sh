@@ -2,7 +2,7 @@
 # Regenerates the amd64 assembly kernels of model/kernels with the avo program in
 # model/kernels/internal/gen (its own module: avo pinned in its go.mod). With
 # --check it generates into a temporary folder and fails if the committed
-# asm_amd64.s, asm_amd64.go, panelorder_amd64.go or q8tables_amd64.go differ.
+# asm_amd64.s, asm_amd64.go, panelorder_amd64.go or kerneltables_amd64.go differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
@@ -15,7 +15,7 @@ else
 fi
 if [ "${1:-}" = "--check" ]; then
   # The first line of avo's files names the command's output paths.
-  for f in asm_amd64.s asm_amd64.go panelorder_amd64.go q8tables_amd64.go; do
+  for f in asm_amd64.s asm_amd64.go panelorder_amd64.go kerneltables_amd64.go; do
     if ! cmp -s <(tail -n +2 "$dest/$f") <(tail -n +2 "model/kernels/$f"); then
       diff <(tail -n +2 "$dest/$f") <(tail -n +2 "model/kernels/$f") | head -20
       echo "generated kernels are out of date ($f): run 'make generate'" >&2; exit 1

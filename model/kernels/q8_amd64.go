@@ -26,7 +26,7 @@ func useQ8BW() {
 	q8Kernels = q8KernelsBW
 }
 
-// q8Kernels, q8KernelsBW and q8Kernels256 are in q8tables_amd64.go,
+// q8Kernels, q8KernelsBW and q8Kernels256 are in kerneltables_amd64.go,
 // written by the generator.
 
 // q8LevelKernels returns the integer kernels of dt at level lvl (nil
@@ -266,71 +266,10 @@ func packedLevel(l tensor.Layout, lvl Level) Level {
 	return LevelGo
 }
 
-// The AVX2 kernels of packed Q8_0, Q4_K, Q5_K, Q4_0, IQ4_NL, Q5_0, Q4_1,
-// Q5_1, Q3_K, Q2_K, IQ4_XS and Q6_K (no VNNI: VPMADDUBSW). Q5_K and Q6_K
-// are packed there only when asked (packOnlyAsked).
-var (
-	q80x16AVX2Fns   = [...]packedFn{1: q80x16AVX2N1, 2: q80x16AVX2N2}
-	q4kx16AVX2Fns   = [...]packedFn{1: q4kx16AVX2N1, 2: q4kx16AVX2N2}
-	q5kx16AVX2Fns   = [...]packedFn{1: q5kx16AVX2N1, 2: q5kx16AVX2N2}
-	q40x16AVX2Fns   = [...]packedFn{1: q40x16AVX2N1, 2: q40x16AVX2N2}
-	iq4x16AVX2Fns   = [...]packedFn{1: iq4nlx16AVX2N1, 2: iq4nlx16AVX2N2}
-	q50x16AVX2Fns   = [...]packedFn{1: q50x16AVX2N1, 2: q50x16AVX2N2}
-	q41x16AVX2Fns   = [...]packedFn{1: q41x16AVX2N1, 2: q41x16AVX2N2}
-	q51x16AVX2Fns   = [...]packedFn{1: q51x16AVX2N1, 2: q51x16AVX2N2}
-	q3kx16AVX2Fns   = [...]packedFn{1: q3kx16AVX2N1, 2: q3kx16AVX2N2}
-	q2kx16AVX2Fns   = [...]packedFn{1: q2kx16AVX2N1, 2: q2kx16AVX2N2}
-	iq4xsx16AVX2Fns = [...]packedFn{1: iq4xsx16AVX2N1, 2: iq4xsx16AVX2N2, 3: iq4xsx16AVX2N3, 4: iq4xsx16AVX2N4}
-	q6kx16AVX2Fns   = [...]packedFn{1: q6kx16AVX2N1, 2: q6kx16AVX2N2}
-	mxfp4x16AVX2Fns = [...]packedFn{1: mxfp4x16AVX2N1, 2: mxfp4x16AVX2N2}
-)
-
-// packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level
-// (nil: that layout is not packed there).
-var packedKernelsAVX2 = [tensor.NumLayouts][]packedFn{tensor.Q80x16: q80x16AVX2Fns[:], tensor.Q4Kx16: q4kx16AVX2Fns[:], tensor.Q5Kx16: q5kx16AVX2Fns[:],
-	tensor.Q40x16: q40x16AVX2Fns[:], tensor.IQ4NLx16: iq4x16AVX2Fns[:], tensor.Q3Kx16: q3kx16AVX2Fns[:], tensor.Q2Kx16: q2kx16AVX2Fns[:],
-	tensor.Q50x16: q50x16AVX2Fns[:], tensor.Q41x16: q41x16AVX2Fns[:], tensor.Q51x16: q51x16AVX2Fns[:], tensor.IQ4XSx16: iq4xsx16AVX2Fns[:], tensor.Q6Kx16: q6kx16AVX2Fns[:],
-	tensor.MXFP4x16: mxfp4x16AVX2Fns[:]}
-
-var q80x16Fns = [...]packedFn{
-	1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8}
-
-var q4kx16Fns = [...]packedFn{1: q4kx16N1, 2: q4kx16N2, 3: q4kx16N3, 4: q4kx16N4}
-
-var q5kx16Fns = [...]packedFn{1: q5kx16N1, 2: q5kx16N2, 3: q5kx16N3}
-
-var q6kx16Fns = [...]packedFn{1: q6kx16N1, 2: q6kx16N2, 3: q6kx16N3}
-
-var q3kx16Fns = [...]packedFn{1: q3kx16N1, 2: q3kx16N2, 3: q3kx16N3}
-
-var q2kx16Fns = [...]packedFn{1: q2kx16N1, 2: q2kx16N2, 3: q2kx16N3}
-
-var iq4xsx16Fns = [...]packedFn{1: iq4xsx16N1, 2: iq4xsx16N2, 3: iq4xsx16N3}
-
-var q40x16Fns = [...]packedFn{
-	1: q40x16N1, 2: q40x16N2, 3: q40x16N3, 4: q40x16N4, 5: q40x16N5, 6: q40x16N6, 7: q40x16N7, 8: q40x16N8}
-
-var q50x16Fns = [...]packedFn{
-	1: q50x16N1, 2: q50x16N2, 3: q50x16N3, 4: q50x16N4, 5: q50x16N5, 6: q50x16N6, 7: q50x16N7, 8: q50x16N8}
-
-var q41x16Fns = [...]packedFn{
-	1: q41x16N1, 2: q41x16N2, 3: q41x16N3, 4: q41x16N4, 5: q41x16N5, 6: q41x16N6, 7: q41x16N7, 8: q41x16N8}
-
-var q51x16Fns = [...]packedFn{
-	1: q51x16N1, 2: q51x16N2, 3: q51x16N3, 4: q51x16N4, 5: q51x16N5, 6: q51x16N6, 7: q51x16N7, 8: q51x16N8}
-
-var iq4nlx16Fns = [...]packedFn{
-	1: iq4nlx16N1, 2: iq4nlx16N2, 3: iq4nlx16N3, 4: iq4nlx16N4, 5: iq4nlx16N5, 6: iq4nlx16N6, 7: iq4nlx16N7, 8: iq4nlx16N8}
-
-var mxfp4x16Fns = [...]packedFn{
-	1: mxfp4x16N1, 2: mxfp4x16N2, 3: mxfp4x16N3, 4: mxfp4x16N4, 5: mxfp4x16N5, 6: mxfp4x16N6, 7: mxfp4x16N7, 8: mxfp4x16N8}
-
-// packedKernels are the packed kernels of each packed layout.
-var packedKernels = [tensor.NumLayouts][]packedFn{
-	tensor.Q80x16: q80x16Fns[:], tensor.Q4Kx16: q4kx16Fns[:], tensor.Q5Kx16: q5kx16Fns[:], tensor.Q6Kx16: q6kx16Fns[:],
-	tensor.Q40x16: q40x16Fns[:], tensor.IQ4NLx16: iq4nlx16Fns[:], tensor.Q3Kx16: q3kx16Fns[:], tensor.Q2Kx16: q2kx16Fns[:],
-	tensor.IQ4XSx16: iq4xsx16Fns[:], tensor.Q50x16: q50x16Fns[:], tensor.Q41x16: q41x16Fns[:], tensor.Q51x16: q51x16Fns[:],
-	tensor.MXFP4x16: mxfp4x16Fns[:]}
+// The packed kernels' tables by layout and input rows (packedKernels,
+// packedKernelsAVX2 for the AVX2 kernels: no VNNI, VPMADDUBSW; Q5_K and
+// Q6_K are packed there only when asked, packOnlyAsked) are in
+// kerneltables_amd64.go, written by the generator from the kernels it emits.
 
 // planPacked sets up a product with packed weights: each input row
 // quantized as the row-major kernels of its type quantize it (q80rows512's
@@ -354,10 +293,10 @@ func planPacked(c *callCtx, lvl Level) bool {
 	return true
 }
 
-// streamKernels are the two-stream kernels of one and two input rows at
-// the AVX-512 level (streamKernelsAVX2 at the AVX2 level), by layout: Q8_0
-// and the types whose input rows are quantized as its, and the K-quants Q4_K,
-// Q5_K and Q6_K. One core reads memory faster from two distant places at
+// The two-stream kernels (streamKernels and streamKernelsAVX2 in
+// kerneltables_amd64.go, written by the generator) take one and two input
+// rows at the AVX-512 level, for Q8_0 and the types whose input rows are
+// quantized as its, and for the K-quants Q4_K, Q5_K and Q6_K. One core reads memory faster from two distant places at
 // once than from one (BenchmarkReadStreams), and a product of one or two
 // input rows is bound by that read: q80x16S2N1 measured 1.15-1.2 times
 // q80x16N1 (BenchmarkStreams, one thread, in_proj and expert shapes).
@@ -376,31 +315,13 @@ func planPacked(c *callCtx, lvl Level) bool {
 // (the Q6_K two-run kernels before, without the shared loads, measured
 // 0.6-0.8). End to end on the Q4_K_M file (session 29 in
 // docs/performance.md) each gave 1-4% in decode.
-var streamKernels = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
-	tensor.Q80x16:   {1: q80x16S2N1, 2: q80x16S2N2},
-	tensor.Q40x16:   {1: q40x16S2N1, 2: q40x16S2N2},
-	tensor.IQ4NLx16: {1: iq4nlx16S2N1, 2: iq4nlx16S2N2},
-	tensor.Q50x16:   {1: q50x16S2N1, 2: q50x16S2N2},
-	tensor.Q41x16:   {1: q41x16S2N1, 2: q41x16S2N2},
-	tensor.Q51x16:   {1: q51x16S2N1, 2: q51x16S2N2},
-	tensor.MXFP4x16: {1: mxfp4x16S2N1, 2: mxfp4x16S2N2},
-	tensor.Q4Kx16:   {1: q4kx16S2N1, 2: q4kx16S2N2},
-	tensor.Q5Kx16:   {1: q5kx16S2N1},
-	tensor.Q6Kx16:   {1: q6kx16S2N1},
-}
-
-// streamKernelsAVX2 are the two-stream kernels at the AVX2 level, of one
-// input row (two runs of two input rows would not fit the 16 ymm
-// registers). BenchmarkStreams at the AVX2 level, one thread, one run
+//
+// At the AVX2 level they take one input row (two runs of two input rows
+// would not fit the 16 ymm registers). BenchmarkStreams at the AVX2 level, one thread, one run
 // against two: Q8_0 1.1-1.15 times as fast on the in_proj and LM-head
 // shapes, 1.07 on an expert's; Q4_0 and Q4_1 1.05 and 1.1 on in_proj,
 // level on an expert's. IQ4_NL, Q5_0 and Q5_1 measured level on in_proj and
 // 10-33% slower on an expert's, so they have none.
-var streamKernelsAVX2 = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
-	tensor.Q80x16: {1: q80x16AVX2S2N1},
-	tensor.Q40x16: {1: q40x16AVX2S2N1},
-	tensor.Q41x16: {1: q41x16AVX2S2N1},
-}
 
 // maxStreamRows is the most input rows of a two-stream product.
 const maxStreamRows = 2
@@ -588,7 +509,7 @@ func planQ80(c *callCtx, lvl Level) (ok, nonFinite bool) {
 			return false, true
 		}
 		j.q8.xstride = (j.q8.nb + 15) / 16 * q80rTileBytes
-		usePacked(j, q80x16AVX2Fns[:], specOf(tensor.Q8_0, tensor.RowMajor), q80PackingBlock)
+		usePacked(j, packedKernelsAVX2[tensor.Q80x16], specOf(tensor.Q8_0, tensor.RowMajor), q80PackingBlock)
 		return true, false
 	}
 	k := j.w.Cols

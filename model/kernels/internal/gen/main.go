@@ -28,7 +28,9 @@ import (
 	"go/format"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	. "github.com/mmcloughlin/avo/build"
@@ -210,7 +212,7 @@ func main() {
 	genBF16Rows(2)
 	Generate()
 	writePanelOrder()
-	writeQ8Tables()
+	writeKernelTables()
 }
 
 // writePanelOrder writes panelorder_amd64.go beside the stubs file: the
@@ -247,11 +249,12 @@ func writePanelOrder() {
 	writeGoFile("panelorder_amd64.go", b.String())
 }
 
-// writeQ8Tables writes q8tables_amd64.go beside the stubs file: the tables
-// of the integer kernels by dtype and input rows, from the same loops that
-// emit the kernels, so that a kernel added or removed here cannot be left
-// out of (or dangle in) the tables.
-func writeQ8Tables() {
+// writeKernelTables writes kerneltables_amd64.go beside the stubs file: the
+// tables of the integer kernels by dtype and input rows (from the same
+// loops that emit them), and of the packed kernels by layout and input rows
+// (from the names of the kernels emitted), so that a kernel added or removed
+// here cannot be left out of (or dangle in) the tables.
+func writeKernelTables() {
 	var b strings.Builder
 	table := func(doc, name, prefix, suffix string, groups [][]dtype, rows func(dtype) int) {
 		b.WriteString(doc)
@@ -290,7 +293,72 @@ func writeQ8Tables() {
 			}
 			return q8AVX2MaxN(d)
 		})
-	writeGoFile("q8tables_amd64.go", strings.TrimSuffix(b.String(), "\n"))
+	writePackedTables(&b)
+	writeGoFile("kerneltables_amd64.go", strings.TrimSuffix(b.String(), "\n"))
+}
+
+// packedLayouts are the packed layouts by the prefix of their kernels'
+// names, in the order of the tables.
+var packedLayouts = []struct{ prefix, layout string }{
+	{"q80", "Q80x16"}, {"q4k", "Q4Kx16"}, {"q5k", "Q5Kx16"}, {"q6k", "Q6Kx16"},
+	{"q40", "Q40x16"}, {"iq4nl", "IQ4NLx16"}, {"q3k", "Q3Kx16"}, {"q2k", "Q2Kx16"},
+	{"iq4xs", "IQ4XSx16"}, {"q50", "Q50x16"}, {"q41", "Q41x16"}, {"q51", "Q51x16"},
+	{"mxfp4", "MXFP4x16"},
+}
+
+// writePackedTables appends the packed kernels' tables to b: every function
+// of the stubs file named <prefix>x16[AVX2][S2]N<n> goes to packedKernels,
+// packedKernelsAVX2, streamKernels or streamKernelsAVX2 at its layout and n.
+// Each layout's kernels must take 1..n input rows with no gap.
+func writePackedTables(b *strings.Builder) {
+	stubs, err := os.ReadFile(flag.Lookup("stubs").Value.String())
+	if err != nil {
+		panic(err)
+	}
+	prefixes := make([]string, len(packedLayouts))
+	for i, l := range packedLayouts {
+		prefixes[i] = l.prefix
+	}
+	re := regexp.MustCompile(`(?m)^func ((` + strings.Join(prefixes, "|") + `)x16(AVX2)?(S2)?N(\d+))\(`)
+	type key struct{ table, prefix string }
+	found := map[key][]string{} // names by n-1
+	for _, m := range re.FindAllStringSubmatch(string(stubs), -1) {
+		table := map[[2]bool]string{{false, false}: "packedKernels", {true, false}: "packedKernelsAVX2",
+			{false, true}: "streamKernels", {true, true}: "streamKernelsAVX2"}[[2]bool{m[3] != "", m[4] != ""}]
+		n, _ := strconv.Atoi(m[5])
+		k := key{table, m[2]}
+		for len(found[k]) < n {
+			found[k] = append(found[k], "")
+		}
+		found[k][n-1] = m[1]
+	}
+	for _, t := range []struct{ name, typ, doc string }{
+		{"packedKernels", "[]packedFn", "// packedKernels are the packed kernels of each packed layout at the AVX-512\n// level, by input rows.\n"},
+		{"packedKernelsAVX2", "[]packedFn", "// packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level\n// (nil: that layout is not packed there).\n"},
+		{"streamKernels", "[maxStreamRows + 1]streamFn", "// streamKernels are the two-stream kernels of each layout at the AVX-512\n// level, by input rows (see q8_amd64.go).\n"},
+		{"streamKernelsAVX2", "[maxStreamRows + 1]streamFn", "// streamKernelsAVX2 are the two-stream kernels at the AVX2 level.\n"},
+	} {
+		b.WriteString(t.doc)
+		fmt.Fprintf(b, "var %s = [tensor.NumLayouts]%s{\n", t.name, t.typ)
+		for _, l := range packedLayouts {
+			names := found[key{t.name, l.prefix}]
+			if len(names) == 0 {
+				continue
+			}
+			fmt.Fprintf(b, "\ttensor.%s: {", l.layout)
+			for i, name := range names {
+				if name == "" {
+					panic(fmt.Sprintf("%s: %s has no kernel of %d input rows", t.name, l.layout, i+1))
+				}
+				if i > 0 {
+					b.WriteString(", ")
+				}
+				fmt.Fprintf(b, "%d: %s", i+1, name)
+			}
+			b.WriteString("},\n")
+		}
+		b.WriteString("}\n\n")
+	}
 }
 
 // writeGoFile writes a generated Go file of package kernels (importing

@@ -62,3 +62,61 @@ var q8Kernels256 = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 	tensor.IQ1_S:   {1: q8dot256IQ1SN1, 2: q8dot256IQ1SN2, 3: q8dot256IQ1SN3, 4: q8dot256IQ1SN4, 5: q8dot256IQ1SN5, 6: q8dot256IQ1SN6, 7: q8dot256IQ1SN7, 8: q8dot256IQ1SN8},
 	tensor.IQ1_M:   {1: q8dot256IQ1MN1, 2: q8dot256IQ1MN2, 3: q8dot256IQ1MN3, 4: q8dot256IQ1MN4, 5: q8dot256IQ1MN5, 6: q8dot256IQ1MN6, 7: q8dot256IQ1MN7, 8: q8dot256IQ1MN8},
 }
+
+// packedKernels are the packed kernels of each packed layout at the AVX-512
+// level, by input rows.
+var packedKernels = [tensor.NumLayouts][]packedFn{
+	tensor.Q80x16:   {1: q80x16N1, 2: q80x16N2, 3: q80x16N3, 4: q80x16N4, 5: q80x16N5, 6: q80x16N6, 7: q80x16N7, 8: q80x16N8},
+	tensor.Q4Kx16:   {1: q4kx16N1, 2: q4kx16N2, 3: q4kx16N3, 4: q4kx16N4},
+	tensor.Q5Kx16:   {1: q5kx16N1, 2: q5kx16N2, 3: q5kx16N3},
+	tensor.Q6Kx16:   {1: q6kx16N1, 2: q6kx16N2, 3: q6kx16N3},
+	tensor.Q40x16:   {1: q40x16N1, 2: q40x16N2, 3: q40x16N3, 4: q40x16N4, 5: q40x16N5, 6: q40x16N6, 7: q40x16N7, 8: q40x16N8},
+	tensor.IQ4NLx16: {1: iq4nlx16N1, 2: iq4nlx16N2, 3: iq4nlx16N3, 4: iq4nlx16N4, 5: iq4nlx16N5, 6: iq4nlx16N6, 7: iq4nlx16N7, 8: iq4nlx16N8},
+	tensor.Q3Kx16:   {1: q3kx16N1, 2: q3kx16N2, 3: q3kx16N3},
+	tensor.Q2Kx16:   {1: q2kx16N1, 2: q2kx16N2, 3: q2kx16N3},
+	tensor.IQ4XSx16: {1: iq4xsx16N1, 2: iq4xsx16N2, 3: iq4xsx16N3},
+	tensor.Q50x16:   {1: q50x16N1, 2: q50x16N2, 3: q50x16N3, 4: q50x16N4, 5: q50x16N5, 6: q50x16N6, 7: q50x16N7, 8: q50x16N8},
+	tensor.Q41x16:   {1: q41x16N1, 2: q41x16N2, 3: q41x16N3, 4: q41x16N4, 5: q41x16N5, 6: q41x16N6, 7: q41x16N7, 8: q41x16N8},
+	tensor.Q51x16:   {1: q51x16N1, 2: q51x16N2, 3: q51x16N3, 4: q51x16N4, 5: q51x16N5, 6: q51x16N6, 7: q51x16N7, 8: q51x16N8},
+	tensor.MXFP4x16: {1: mxfp4x16N1, 2: mxfp4x16N2, 3: mxfp4x16N3, 4: mxfp4x16N4, 5: mxfp4x16N5, 6: mxfp4x16N6, 7: mxfp4x16N7, 8: mxfp4x16N8},
+}
+
+// packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level
+// (nil: that layout is not packed there).
+var packedKernelsAVX2 = [tensor.NumLayouts][]packedFn{
+	tensor.Q80x16:   {1: q80x16AVX2N1, 2: q80x16AVX2N2},
+	tensor.Q4Kx16:   {1: q4kx16AVX2N1, 2: q4kx16AVX2N2},
+	tensor.Q5Kx16:   {1: q5kx16AVX2N1, 2: q5kx16AVX2N2},
+	tensor.Q6Kx16:   {1: q6kx16AVX2N1, 2: q6kx16AVX2N2},
+	tensor.Q40x16:   {1: q40x16AVX2N1, 2: q40x16AVX2N2},
+	tensor.IQ4NLx16: {1: iq4nlx16AVX2N1, 2: iq4nlx16AVX2N2},
+	tensor.Q3Kx16:   {1: q3kx16AVX2N1, 2: q3kx16AVX2N2},
+	tensor.Q2Kx16:   {1: q2kx16AVX2N1, 2: q2kx16AVX2N2},
+	tensor.IQ4XSx16: {1: iq4xsx16AVX2N1, 2: iq4xsx16AVX2N2, 3: iq4xsx16AVX2N3, 4: iq4xsx16AVX2N4},
+	tensor.Q50x16:   {1: q50x16AVX2N1, 2: q50x16AVX2N2},
+	tensor.Q41x16:   {1: q41x16AVX2N1, 2: q41x16AVX2N2},
+	tensor.Q51x16:   {1: q51x16AVX2N1, 2: q51x16AVX2N2},
+	tensor.MXFP4x16: {1: mxfp4x16AVX2N1, 2: mxfp4x16AVX2N2},
+}
+
+// streamKernels are the two-stream kernels of each layout at the AVX-512
+// level, by input rows (see q8_amd64.go).
+var streamKernels = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
+	tensor.Q80x16:   {1: q80x16S2N1, 2: q80x16S2N2},
+	tensor.Q4Kx16:   {1: q4kx16S2N1, 2: q4kx16S2N2},
+	tensor.Q5Kx16:   {1: q5kx16S2N1},
+	tensor.Q6Kx16:   {1: q6kx16S2N1},
+	tensor.Q40x16:   {1: q40x16S2N1, 2: q40x16S2N2},
+	tensor.IQ4NLx16: {1: iq4nlx16S2N1, 2: iq4nlx16S2N2},
+	tensor.Q50x16:   {1: q50x16S2N1, 2: q50x16S2N2},
+	tensor.Q41x16:   {1: q41x16S2N1, 2: q41x16S2N2},
+	tensor.Q51x16:   {1: q51x16S2N1, 2: q51x16S2N2},
+	tensor.MXFP4x16: {1: mxfp4x16S2N1, 2: mxfp4x16S2N2},
+}
+
+// streamKernelsAVX2 are the two-stream kernels at the AVX2 level.
+var streamKernelsAVX2 = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
+	tensor.Q80x16: {1: q80x16AVX2S2N1},
+	tensor.Q40x16: {1: q40x16AVX2S2N1},
+	tensor.Q41x16: {1: q41x16AVX2S2N1},
+}
