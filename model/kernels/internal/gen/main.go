@@ -311,7 +311,11 @@ var packedLayouts = []struct{ prefix, layout string }{
 // packedKernelsAVX2, streamKernels or streamKernelsAVX2 at its layout and n.
 // Each layout's kernels must take 1..n input rows with no gap.
 func writePackedTables(b *strings.Builder) {
-	stubs, err := os.ReadFile(flag.Lookup("stubs").Value.String())
+	f := flag.Lookup("stubs")
+	if f == nil || f.Value.String() == "" {
+		return // no stubs file: writeGoFile writes nothing either
+	}
+	stubs, err := os.ReadFile(f.Value.String())
 	if err != nil {
 		panic(err)
 	}
@@ -322,9 +326,12 @@ func writePackedTables(b *strings.Builder) {
 	re := regexp.MustCompile(`(?m)^func ((` + strings.Join(prefixes, "|") + `)x16(AVX2)?(S2)?N(\d+))\(`)
 	type key struct{ table, prefix string }
 	found := map[key][]string{} // names by n-1
+	tables := map[[2]bool]string{ // by [AVX2, S2]
+		{false, false}: "packedKernels", {true, false}: "packedKernelsAVX2",
+		{false, true}: "streamKernels", {true, true}: "streamKernelsAVX2",
+	}
 	for _, m := range re.FindAllStringSubmatch(string(stubs), -1) {
-		table := map[[2]bool]string{{false, false}: "packedKernels", {true, false}: "packedKernelsAVX2",
-			{false, true}: "streamKernels", {true, true}: "streamKernelsAVX2"}[[2]bool{m[3] != "", m[4] != ""}]
+		table := tables[[2]bool{m[3] != "", m[4] != ""}]
 		n, _ := strconv.Atoi(m[5])
 		k := key{table, m[2]}
 		for len(found[k]) < n {
