@@ -325,7 +325,7 @@ func writePackedTables(b *strings.Builder) {
 	}
 	re := regexp.MustCompile(`(?m)^func ((` + strings.Join(prefixes, "|") + `)x16(AVX2)?(S2)?N(\d+))\(`)
 	type key struct{ table, prefix string }
-	found := map[key][]string{} // names by n-1
+	found := map[key][]string{}   // names by n-1
 	tables := map[[2]bool]string{ // by [AVX2, S2]
 		{false, false}: "packedKernels", {true, false}: "packedKernelsAVX2",
 		{false, true}: "streamKernels", {true, true}: "streamKernelsAVX2",
