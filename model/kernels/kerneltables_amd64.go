@@ -10,13 +10,12 @@ import "github.com/switchyard-serving/switchyard/model/tensor"
 // number of input rows (nil where there is none); useQ8BW swaps in
 // q8KernelsBW.
 var q8Kernels = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
-	tensor.Q4_K:   {1: q8dot512Q4KN1, 2: q8dot512Q4KN2},
-	tensor.Q5_K:   {1: q8dot512Q5KN1, 2: q8dot512Q5KN2},
-	tensor.Q6_K:   {1: q8dot512Q6KN1, 2: q8dot512Q6KN2},
-	tensor.Q3_K:   {1: q8dot512Q3KN1, 2: q8dot512Q3KN2},
-	tensor.Q2_K:   {1: q8dot512Q2KN1, 2: q8dot512Q2KN2},
-	tensor.IQ4_XS: {1: q8dot512IQ4XSN1, 2: q8dot512IQ4XSN2},
-
+	tensor.Q4_K:    {1: q8dot512Q4KN1, 2: q8dot512Q4KN2},
+	tensor.Q6_K:    {1: q8dot512Q6KN1, 2: q8dot512Q6KN2},
+	tensor.Q5_K:    {1: q8dot512Q5KN1, 2: q8dot512Q5KN2},
+	tensor.Q2_K:    {1: q8dot512Q2KN1, 2: q8dot512Q2KN2},
+	tensor.IQ4_XS:  {1: q8dot512IQ4XSN1, 2: q8dot512IQ4XSN2},
+	tensor.Q3_K:    {1: q8dot512Q3KN1, 2: q8dot512Q3KN2},
 	tensor.IQ2_XXS: {1: q8dot512IQ2XXSN1, 2: q8dot512IQ2XXSN2, 3: q8dot512IQ2XXSN3, 4: q8dot512IQ2XXSN4, 5: q8dot512IQ2XXSN5, 6: q8dot512IQ2XXSN6, 7: q8dot512IQ2XXSN7, 8: q8dot512IQ2XXSN8, 9: q8dot512IQ2XXSN9, 10: q8dot512IQ2XXSN10, 11: q8dot512IQ2XXSN11, 12: q8dot512IQ2XXSN12, 13: q8dot512IQ2XXSN13, 14: q8dot512IQ2XXSN14, 15: q8dot512IQ2XXSN15, 16: q8dot512IQ2XXSN16},
 	tensor.IQ2_XS:  {1: q8dot512IQ2XSN1, 2: q8dot512IQ2XSN2, 3: q8dot512IQ2XSN3, 4: q8dot512IQ2XSN4, 5: q8dot512IQ2XSN5, 6: q8dot512IQ2XSN6, 7: q8dot512IQ2XSN7, 8: q8dot512IQ2XSN8, 9: q8dot512IQ2XSN9, 10: q8dot512IQ2XSN10, 11: q8dot512IQ2XSN11, 12: q8dot512IQ2XSN12, 13: q8dot512IQ2XSN13, 14: q8dot512IQ2XSN14, 15: q8dot512IQ2XSN15, 16: q8dot512IQ2XSN16},
 	tensor.IQ2_S:   {1: q8dot512IQ2SN1, 2: q8dot512IQ2SN2, 3: q8dot512IQ2SN3, 4: q8dot512IQ2SN4, 5: q8dot512IQ2SN5, 6: q8dot512IQ2SN6, 7: q8dot512IQ2SN7, 8: q8dot512IQ2SN8, 9: q8dot512IQ2SN9, 10: q8dot512IQ2SN10, 11: q8dot512IQ2SN11, 12: q8dot512IQ2SN12, 13: q8dot512IQ2SN13, 14: q8dot512IQ2SN14, 15: q8dot512IQ2SN15, 16: q8dot512IQ2SN16},
@@ -28,13 +27,12 @@ var q8Kernels = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 
 // q8KernelsBW are q8Kernels without VNNI.
 var q8KernelsBW = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
-	tensor.Q4_K:   {1: q8dot512Q4KN1BW, 2: q8dot512Q4KN2BW},
-	tensor.Q5_K:   {1: q8dot512Q5KN1BW, 2: q8dot512Q5KN2BW},
-	tensor.Q6_K:   {1: q8dot512Q6KN1BW, 2: q8dot512Q6KN2BW},
-	tensor.Q3_K:   {1: q8dot512Q3KN1BW, 2: q8dot512Q3KN2BW},
-	tensor.Q2_K:   {1: q8dot512Q2KN1BW, 2: q8dot512Q2KN2BW},
-	tensor.IQ4_XS: {1: q8dot512IQ4XSN1BW, 2: q8dot512IQ4XSN2BW},
-
+	tensor.Q4_K:    {1: q8dot512Q4KN1BW, 2: q8dot512Q4KN2BW},
+	tensor.Q6_K:    {1: q8dot512Q6KN1BW, 2: q8dot512Q6KN2BW},
+	tensor.Q5_K:    {1: q8dot512Q5KN1BW, 2: q8dot512Q5KN2BW},
+	tensor.Q2_K:    {1: q8dot512Q2KN1BW, 2: q8dot512Q2KN2BW},
+	tensor.IQ4_XS:  {1: q8dot512IQ4XSN1BW, 2: q8dot512IQ4XSN2BW},
+	tensor.Q3_K:    {1: q8dot512Q3KN1BW, 2: q8dot512Q3KN2BW},
 	tensor.IQ2_XXS: {1: q8dot512IQ2XXSN1BW, 2: q8dot512IQ2XXSN2BW, 3: q8dot512IQ2XXSN3BW, 4: q8dot512IQ2XXSN4BW, 5: q8dot512IQ2XXSN5BW, 6: q8dot512IQ2XXSN6BW, 7: q8dot512IQ2XXSN7BW, 8: q8dot512IQ2XXSN8BW, 9: q8dot512IQ2XXSN9BW, 10: q8dot512IQ2XXSN10BW, 11: q8dot512IQ2XXSN11BW, 12: q8dot512IQ2XXSN12BW, 13: q8dot512IQ2XXSN13BW, 14: q8dot512IQ2XXSN14BW, 15: q8dot512IQ2XXSN15BW, 16: q8dot512IQ2XXSN16BW},
 	tensor.IQ2_XS:  {1: q8dot512IQ2XSN1BW, 2: q8dot512IQ2XSN2BW, 3: q8dot512IQ2XSN3BW, 4: q8dot512IQ2XSN4BW, 5: q8dot512IQ2XSN5BW, 6: q8dot512IQ2XSN6BW, 7: q8dot512IQ2XSN7BW, 8: q8dot512IQ2XSN8BW, 9: q8dot512IQ2XSN9BW, 10: q8dot512IQ2XSN10BW, 11: q8dot512IQ2XSN11BW, 12: q8dot512IQ2XSN12BW, 13: q8dot512IQ2XSN13BW, 14: q8dot512IQ2XSN14BW, 15: q8dot512IQ2XSN15BW, 16: q8dot512IQ2XSN16BW},
 	tensor.IQ2_S:   {1: q8dot512IQ2SN1BW, 2: q8dot512IQ2SN2BW, 3: q8dot512IQ2SN3BW, 4: q8dot512IQ2SN4BW, 5: q8dot512IQ2SN5BW, 6: q8dot512IQ2SN6BW, 7: q8dot512IQ2SN7BW, 8: q8dot512IQ2SN8BW, 9: q8dot512IQ2SN9BW, 10: q8dot512IQ2SN10BW, 11: q8dot512IQ2SN11BW, 12: q8dot512IQ2SN12BW, 13: q8dot512IQ2SN13BW, 14: q8dot512IQ2SN14BW, 15: q8dot512IQ2SN15BW, 16: q8dot512IQ2SN16BW},
@@ -47,13 +45,12 @@ var q8KernelsBW = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
 // q8Kernels256 are the AVX2 integer kernels (the same bits as q8Kernels),
 // for the AVX2 level.
 var q8Kernels256 = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{
-	tensor.Q4_K:   {1: q8dot256Q4KN1, 2: q8dot256Q4KN2},
-	tensor.Q5_K:   {1: q8dot256Q5KN1, 2: q8dot256Q5KN2},
-	tensor.Q6_K:   {1: q8dot256Q6KN1, 2: q8dot256Q6KN2},
-	tensor.Q3_K:   {1: q8dot256Q3KN1, 2: q8dot256Q3KN2},
-	tensor.Q2_K:   {1: q8dot256Q2KN1, 2: q8dot256Q2KN2},
-	tensor.IQ4_XS: {1: q8dot256IQ4XSN1, 2: q8dot256IQ4XSN2, 3: q8dot256IQ4XSN3, 4: q8dot256IQ4XSN4},
-
+	tensor.Q4_K:    {1: q8dot256Q4KN1, 2: q8dot256Q4KN2},
+	tensor.Q6_K:    {1: q8dot256Q6KN1, 2: q8dot256Q6KN2},
+	tensor.Q5_K:    {1: q8dot256Q5KN1, 2: q8dot256Q5KN2},
+	tensor.Q2_K:    {1: q8dot256Q2KN1, 2: q8dot256Q2KN2},
+	tensor.IQ4_XS:  {1: q8dot256IQ4XSN1, 2: q8dot256IQ4XSN2, 3: q8dot256IQ4XSN3, 4: q8dot256IQ4XSN4},
+	tensor.Q3_K:    {1: q8dot256Q3KN1, 2: q8dot256Q3KN2},
 	tensor.IQ2_XXS: {1: q8dot256IQ2XXSN1, 2: q8dot256IQ2XXSN2, 3: q8dot256IQ2XXSN3, 4: q8dot256IQ2XXSN4, 5: q8dot256IQ2XXSN5, 6: q8dot256IQ2XXSN6, 7: q8dot256IQ2XXSN7, 8: q8dot256IQ2XXSN8},
 	tensor.IQ2_XS:  {1: q8dot256IQ2XSN1, 2: q8dot256IQ2XSN2, 3: q8dot256IQ2XSN3, 4: q8dot256IQ2XSN4, 5: q8dot256IQ2XSN5, 6: q8dot256IQ2XSN6, 7: q8dot256IQ2XSN7, 8: q8dot256IQ2XSN8},
 	tensor.IQ2_S:   {1: q8dot256IQ2SN1, 2: q8dot256IQ2SN2, 3: q8dot256IQ2SN3, 4: q8dot256IQ2SN4, 5: q8dot256IQ2SN5, 6: q8dot256IQ2SN6, 7: q8dot256IQ2SN7, 8: q8dot256IQ2SN8},

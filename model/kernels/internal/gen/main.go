@@ -29,7 +29,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -250,67 +249,12 @@ func writePanelOrder() {
 }
 
 // writeKernelTables writes kerneltables_amd64.go beside the stubs file: the
-// tables of the integer kernels by dtype and input rows (from the same
-// loops that emit them), and of the packed kernels by layout and input rows
-// (from the names of the kernels emitted), so that a kernel added or removed
-// here cannot be left out of (or dangle in) the tables.
+// dispatch tables of the integer kernels (by dtype) and of the packed
+// kernels (by layout), each by number of input rows, read from the names of
+// the kernels the stubs file declares. A kernel added or removed here thus
+// cannot be left out of (or dangle in) the tables, and a table whose row
+// counts have a gap stops the generator.
 func writeKernelTables() {
-	var b strings.Builder
-	table := func(doc, name, prefix, suffix string, groups [][]dtype, rows func(dtype) int) {
-		b.WriteString(doc)
-		fmt.Fprintf(&b, "var %s = [tensor.NumDTypes][q8MaxRows + 1]q8Fn{\n", name)
-		for g, dts := range groups {
-			if g > 0 {
-				b.WriteString("\n")
-			}
-			for _, d := range dts {
-				fmt.Fprintf(&b, "\ttensor.%s: {", d.tensorName())
-				for n := 1; n <= rows(d); n++ {
-					if n > 1 {
-						b.WriteString(", ")
-					}
-					fmt.Fprintf(&b, "%d: %s%sN%d%s", n, prefix, d, n, suffix)
-				}
-				b.WriteString("},\n")
-			}
-		}
-		b.WriteString("}\n\n")
-	}
-	groups512 := [][]dtype{q8Dtypes, q8IQDtypes}
-	rows512 := func(d dtype) int {
-		if slices.Contains(q8IQDtypes, d) {
-			return q8IQMaxN
-		}
-		return q8MaxN
-	}
-	table("// q8Kernels are the AVX-512 integer kernels (with VNNI) by dtype and\n// number of input rows (nil where there is none); useQ8BW swaps in\n// q8KernelsBW.\n",
-		"q8Kernels", "q8dot512", "", groups512, rows512)
-	table("// q8KernelsBW are q8Kernels without VNNI.\n", "q8KernelsBW", "q8dot512", "BW", groups512, rows512)
-	table("// q8Kernels256 are the AVX2 integer kernels (the same bits as q8Kernels),\n// for the AVX2 level.\n",
-		"q8Kernels256", "q8dot256", "", [][]dtype{q8AVX2Dtypes, q8IQDtypes}, func(d dtype) int {
-			if slices.Contains(q8IQDtypes, d) {
-				return q8IQAVX2MaxN
-			}
-			return q8AVX2MaxN(d)
-		})
-	writePackedTables(&b)
-	writeGoFile("kerneltables_amd64.go", strings.TrimSuffix(b.String(), "\n"))
-}
-
-// packedLayouts are the packed layouts by the prefix of their kernels'
-// names, in the order of the tables.
-var packedLayouts = []struct{ prefix, layout string }{
-	{"q80", "Q80x16"}, {"q4k", "Q4Kx16"}, {"q5k", "Q5Kx16"}, {"q6k", "Q6Kx16"},
-	{"q40", "Q40x16"}, {"iq4nl", "IQ4NLx16"}, {"q3k", "Q3Kx16"}, {"q2k", "Q2Kx16"},
-	{"iq4xs", "IQ4XSx16"}, {"q50", "Q50x16"}, {"q41", "Q41x16"}, {"q51", "Q51x16"},
-	{"mxfp4", "MXFP4x16"},
-}
-
-// writePackedTables appends the packed kernels' tables to b: every function
-// of the stubs file named <prefix>x16[AVX2][S2]N<n> goes to packedKernels,
-// packedKernelsAVX2, streamKernels or streamKernelsAVX2 at its layout and n.
-// Each layout's kernels must take 1..n input rows with no gap.
-func writePackedTables(b *strings.Builder) {
 	f := flag.Lookup("stubs")
 	if f == nil || f.Value.String() == "" {
 		return // no stubs file: writeGoFile writes nothing either
@@ -319,53 +263,105 @@ func writePackedTables(b *strings.Builder) {
 	if err != nil {
 		panic(err)
 	}
+	var b strings.Builder
+	// The integer kernels: q8dot512<dtype>N<n>[BW], q8dot256<dtype>N<n>.
+	var dtypes []tableKey
+	for d := dF32; d <= dIQ1M; d++ {
+		dtypes = append(dtypes, tableKey{d.String(), d.tensorName()})
+	}
+	q8 := kernelsByRows(stubs, `q8dot(512|256)([0-9A-Z]+?)N(?P<n>\d+)(BW)?`, func(m []string) (string, string) {
+		return map[string]string{"512": "q8Kernels", "512BW": "q8KernelsBW", "256": "q8Kernels256"}[m[1]+m[4]], m[2]
+	})
+	writeTable(&b, "// q8Kernels are the AVX-512 integer kernels (with VNNI) by dtype and\n// number of input rows (nil where there is none); useQ8BW swaps in\n// q8KernelsBW.\n",
+		"q8Kernels", "[tensor.NumDTypes][q8MaxRows + 1]q8Fn", "tensor.", dtypes, q8)
+	writeTable(&b, "// q8KernelsBW are q8Kernels without VNNI.\n", "q8KernelsBW", "[tensor.NumDTypes][q8MaxRows + 1]q8Fn", "tensor.", dtypes, q8)
+	writeTable(&b, "// q8Kernels256 are the AVX2 integer kernels (the same bits as q8Kernels),\n// for the AVX2 level.\n",
+		"q8Kernels256", "[tensor.NumDTypes][q8MaxRows + 1]q8Fn", "tensor.", dtypes, q8)
+	// The packed kernels: <prefix>x16[AVX2][S2]N<n>.
 	prefixes := make([]string, len(packedLayouts))
 	for i, l := range packedLayouts {
-		prefixes[i] = l.prefix
+		prefixes[i] = l.name
 	}
-	re := regexp.MustCompile(`(?m)^func ((` + strings.Join(prefixes, "|") + `)x16(AVX2)?(S2)?N(\d+))\(`)
-	type key struct{ table, prefix string }
-	found := map[key][]string{}   // names by n-1
-	tables := map[[2]bool]string{ // by [AVX2, S2]
-		{false, false}: "packedKernels", {true, false}: "packedKernelsAVX2",
-		{false, true}: "streamKernels", {true, true}: "streamKernelsAVX2",
-	}
+	packed := kernelsByRows(stubs, `(`+strings.Join(prefixes, "|")+`)x16(AVX2)?(S2)?N(?P<n>\d+)`, func(m []string) (string, string) {
+		return map[[2]bool]string{ // by [AVX2, S2]
+			{false, false}: "packedKernels", {true, false}: "packedKernelsAVX2",
+			{false, true}: "streamKernels", {true, true}: "streamKernelsAVX2",
+		}[[2]bool{m[2] != "", m[3] != ""}], m[1]
+	})
+	writeTable(&b, "// packedKernels are the packed kernels of each packed layout at the AVX-512\n// level, by input rows.\n",
+		"packedKernels", "[tensor.NumLayouts][]packedFn", "tensor.", packedLayouts, packed)
+	writeTable(&b, "// packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level\n// (nil: that layout is not packed there).\n",
+		"packedKernelsAVX2", "[tensor.NumLayouts][]packedFn", "tensor.", packedLayouts, packed)
+	writeTable(&b, "// streamKernels are the two-stream kernels of each layout at the AVX-512\n// level, by input rows (see q8_amd64.go).\n",
+		"streamKernels", "[tensor.NumLayouts][maxStreamRows + 1]streamFn", "tensor.", packedLayouts, packed)
+	writeTable(&b, "// streamKernelsAVX2 are the two-stream kernels at the AVX2 level.\n",
+		"streamKernelsAVX2", "[tensor.NumLayouts][maxStreamRows + 1]streamFn", "tensor.", packedLayouts, packed)
+	writeGoFile("kerneltables_amd64.go", strings.TrimSuffix(b.String(), "\n"))
+}
+
+// tableKey is one row of a dispatch table: the name part that selects it
+// in the kernels' names, and the Go index it is written at (after the
+// prefix writeTable is given).
+type tableKey struct{ name, index string }
+
+// packedLayouts are the packed layouts by the prefix of their kernels'
+// names, in the order of the tables.
+var packedLayouts = []tableKey{
+	{"q80", "Q80x16"}, {"q4k", "Q4Kx16"}, {"q5k", "Q5Kx16"}, {"q6k", "Q6Kx16"},
+	{"q40", "Q40x16"}, {"iq4nl", "IQ4NLx16"}, {"q3k", "Q3Kx16"}, {"q2k", "Q2Kx16"},
+	{"iq4xs", "IQ4XSx16"}, {"q50", "Q50x16"}, {"q41", "Q41x16"}, {"q51", "Q51x16"},
+	{"mxfp4", "MXFP4x16"},
+}
+
+// kernelsByRows finds the functions of the stubs file whose whole name
+// matches pattern (its group n the number of input rows) and files them by
+// [table][key] (from where, given pattern's submatches: m[1] its first
+// group) as names by rows−1.
+func kernelsByRows(stubs []byte, pattern string, where func(m []string) (table, key string)) map[string]map[string][]string {
+	re := regexp.MustCompile(`(?m)^func (` + pattern + `)\(`)
+	ni := re.SubexpIndex("n")
+	found := map[string]map[string][]string{}
 	for _, m := range re.FindAllStringSubmatch(string(stubs), -1) {
-		table := tables[[2]bool{m[3] != "", m[4] != ""}]
-		n, _ := strconv.Atoi(m[5])
-		k := key{table, m[2]}
-		for len(found[k]) < n {
-			found[k] = append(found[k], "")
+		name := m[1]
+		table, key := where(m[1:])
+		n, _ := strconv.Atoi(m[ni])
+		if found[table] == nil {
+			found[table] = map[string][]string{}
 		}
-		found[k][n-1] = m[1]
-	}
-	for _, t := range []struct{ name, typ, doc string }{
-		{"packedKernels", "[]packedFn", "// packedKernels are the packed kernels of each packed layout at the AVX-512\n// level, by input rows.\n"},
-		{"packedKernelsAVX2", "[]packedFn", "// packedKernelsAVX2 are the packed kernels of each layout at the AVX2 level\n// (nil: that layout is not packed there).\n"},
-		{"streamKernels", "[maxStreamRows + 1]streamFn", "// streamKernels are the two-stream kernels of each layout at the AVX-512\n// level, by input rows (see q8_amd64.go).\n"},
-		{"streamKernelsAVX2", "[maxStreamRows + 1]streamFn", "// streamKernelsAVX2 are the two-stream kernels at the AVX2 level.\n"},
-	} {
-		b.WriteString(t.doc)
-		fmt.Fprintf(b, "var %s = [tensor.NumLayouts]%s{\n", t.name, t.typ)
-		for _, l := range packedLayouts {
-			names := found[key{t.name, l.prefix}]
-			if len(names) == 0 {
-				continue
-			}
-			fmt.Fprintf(b, "\ttensor.%s: {", l.layout)
-			for i, name := range names {
-				if name == "" {
-					panic(fmt.Sprintf("%s: %s has no kernel of %d input rows", t.name, l.layout, i+1))
-				}
-				if i > 0 {
-					b.WriteString(", ")
-				}
-				fmt.Fprintf(b, "%d: %s", i+1, name)
-			}
-			b.WriteString("},\n")
+		names := found[table][key]
+		for len(names) < n {
+			names = append(names, "")
 		}
-		b.WriteString("}\n\n")
+		names[n-1] = name
+		found[table][key] = names
 	}
+	return found
+}
+
+// writeTable appends the Go table name of type typ to b: one row per key
+// with kernels in found[name], its kernels at indices 1..n. A missing row
+// count stops the generator.
+func writeTable(b *strings.Builder, doc, name, typ, prefix string, keys []tableKey, found map[string]map[string][]string) {
+	b.WriteString(doc)
+	fmt.Fprintf(b, "var %s = %s{\n", name, typ)
+	for _, k := range keys {
+		names := found[name][k.name]
+		if len(names) == 0 {
+			continue
+		}
+		fmt.Fprintf(b, "\t%s%s: {", prefix, k.index)
+		for i, fn := range names {
+			if fn == "" {
+				panic(fmt.Sprintf("%s: %s has no kernel of %d input rows", name, k.index, i+1))
+			}
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(b, "%d: %s", i+1, fn)
+		}
+		b.WriteString("},\n")
+	}
+	b.WriteString("}\n\n")
 }
 
 // writeGoFile writes a generated Go file of package kernels (importing
