@@ -45,6 +45,20 @@ func end(name string, step int) {
 
 var bases = []string{"R8", "R9", "R10", "R11"}
 
+// loopLine emits the loads of one line of the lp_ loops, disp bytes from
+// the pointer b (prefetched dist bytes further on, if prefetch), and w
+// VPDPBUSD on it; *k counts the lines (registers rotate with it).
+func loopLine(k *int, w int, prefetch bool, dist, disp int, b string) {
+	if prefetch {
+		emit("\tPREFETCHT0 %d(%s)", dist+disp, b)
+	}
+	emit("\tVMOVDQU64 %d(%s), Z%d", disp, b, *k%4)
+	for j := 0; j < w; j++ {
+		emit("\tVPDPBUSD Z%d, Z31, Z%d", *k%4, 8+(*k*w+j)%16)
+	}
+	*k++
+}
+
 func main() {
 	out := flag.String("out", "", "folder to write the experiment's module into (required)")
 	flag.Parse()
@@ -194,16 +208,7 @@ func main() {
 				emit("%s_loop:", name)
 				emit("\tLEAQ (R8)(BX*1), R12\n\tLEAQ (R9)(BX*1), R13")
 				k := 0
-				line := func(disp int, b string) {
-					if pv == "P3" {
-						emit("\tPREFETCHT0 %d(%s)", 2304*3+disp, b)
-					}
-					emit("\tVMOVDQU64 %d(%s), Z%d", disp, b, k%4)
-					for j := 0; j < w; j++ {
-						emit("\tVPDPBUSD Z%d, Z31, Z%d", k%4, 8+(k*w+j)%16)
-					}
-					k++
-				}
+				line := func(disp int, b string) { loopLine(&k, w, pv == "P3", 2304*3, disp, b) }
 				for l := 0; l < lps[o].head; l++ {
 					for _, b := range []string{"R12", "R13"} {
 						line(64*l, b)
@@ -240,16 +245,7 @@ func main() {
 			emit("\tMOVQ R8, R12\n\tMOVQ R9, R13\n\tADDQ CX, R8\n\tADDQ CX, R9\n\tMOVQ CX, DX\n\tSHLQ $3, DX\n\tSUBQ $2048, DX")
 			emit("%s_loop:", name)
 			k := 0
-			line := func(disp int, b string, dist int) {
-				if pv == "P3" {
-					emit("\tPREFETCHT0 %d(%s)", dist+disp, b)
-				}
-				emit("\tVMOVDQU64 %d(%s), Z%d", disp, b, k%4)
-				for j := 0; j < w; j++ {
-					emit("\tVPDPBUSD Z%d, Z31, Z%d", k%4, 8+(k*w+j)%16)
-				}
-				k++
-			}
+			line := func(disp int, b string, dist int) { loopLine(&k, w, pv == "P3", dist, disp, b) }
 			for l := 0; l < 4; l++ {
 				for _, b := range []string{"R12", "R13"} {
 					line(64*l, b, 256*3)
