@@ -124,6 +124,7 @@ func TestABVariants(t *testing.T) {
 		{"rows", 2, switchState(hybrid.SetRowSplitting)},
 		{"shared", 2, switchState(hybrid.SetSharedBeside)},
 		{"pairs", 2, switchState(kernels.SetProductPairs)},
+		{"codes", 2, switchState(kernels.SetCodesUnpacking)},
 	} {
 		vs, ratio, err := abVariants(tc.name)
 		if err != nil || len(vs) != tc.n || (tc.n == 2) != (ratio != "") {
@@ -143,7 +144,7 @@ func TestABVariants(t *testing.T) {
 			t.Errorf("--ab %q: its variants set %v", tc.name, seen)
 		}
 	}
-	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping, lanes, rows, shared or pairs") {
+	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping, lanes, rows, shared, pairs or codes") {
 		t.Errorf("abVariants(nope): %v", err)
 	}
 }

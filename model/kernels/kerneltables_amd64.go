@@ -117,3 +117,9 @@ var streamKernelsAVX2 = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 	tensor.Q40x16: {1: q40x16AVX2S2N1},
 	tensor.Q41x16: {1: q41x16AVX2S2N1},
 }
+
+// codesKernels are the kernels of each packed layout that read blocks
+// unpacked once for many input rows (see q8_amd64.go), by input rows.
+var codesKernels = [tensor.NumLayouts][]packedFn{
+	tensor.Q6Kx16: {1: q6kx16CN1, 2: q6kx16CN2, 3: q6kx16CN3, 4: q6kx16CN4},
+}

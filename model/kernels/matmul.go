@@ -24,6 +24,7 @@ type scratch struct {
 
 	q80prep []byte                         // Q8_0 lane groups: q80prep512's per-block sums and scales
 	conv    []byte                         // rows rewritten as Q8_0 rows (q80Weights)
+	codes   []byte                         // a row block's packed groups unpacked (packedCodesRange)
 	q80o    [q80MaxRows * q80Group]float32 // one q80dot512R call's results
 }
 
@@ -101,6 +102,7 @@ type q8Plan struct {
 	xq         []byte // quantized input rows, nb blocks each
 	nb         int
 	packed     []packedFn // the packed kernels by input rows (packed layouts)
+	codes      []packedFn // the kernels on unpacked codes by input rows, or nil (planCodes)
 	streams    streamFn   // the two-stream kernel of the input rows (mmJob.span), or nil
 	pair       bool       // MatMulPairSerial: the second run is another matrix, wspan and ospan bytes on
 	wspan      int
@@ -323,6 +325,15 @@ var noPairs atomic.Bool
 // measurements (bench --ab pairs). The results are the same bits either
 // way.
 func SetProductPairs(on bool) (prev bool) { return !noPairs.Swap(!on) }
+
+var noCodes atomic.Bool
+
+// SetCodesUnpacking turns on (the default) or off the unpacking of a
+// packed product's codes once for its many input rows (Q6_K at
+// codesMinRows input rows or more, on AVX-512) and returns the previous
+// setting: for measurements (bench --ab codes). The results are the same
+// bits either way.
+func SetCodesUnpacking(on bool) (prev bool) { return !noCodes.Swap(!on) }
 
 // MatMulSerialInvariant is MatMulSerial with the batch-invariant kernels
 // whatever SetBatchInvariant says: for attention over KV caches, so that a

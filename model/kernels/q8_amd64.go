@@ -289,8 +289,89 @@ func planPacked(c *callCtx, lvl Level) bool {
 		j.q8.xstride = j.q8.nb * q8xBlockBytes
 	}
 	usePacked(j, packedKernelsAt(j.w.Layout, lvl), specOf(j.w.DType, j.w.Layout), packedRows512)
+	planCodes(j, lvl)
 	planStreams(j, lvl)
 	return true
+}
+
+// Unpacked codes. A packed kernel makes each block's integer codes from
+// the packed bytes on every pass of its input rows over the weights (at
+// most 3 input rows a pass for Q6_K). Where making them costs more than
+// the products (Q6_K: 13 operations per 64 values of the 16 rows, against
+// one VPDPBUSD per input row), a product of codesMinRows input rows or
+// more unpacks each worker's row block once into its scratch
+// (q6kx16Unpack) and runs the kernels that load the codes instead
+// (codesKernels in kerneltables_amd64.go: q6kx16CN<n>, up to 4 input rows
+// a pass). They compute the same integer sums and the same float32 step
+// per block as the packed kernels, so a row gets the same bits whether it
+// is multiplied alone or among many (TestPackedMatchesRowMajor,
+// TestCodesMatchPacked). Measured in docs/performance.md (session 35).
+
+// codesMinRows is the fewest input rows for which a product unpacks codes
+// (a variable for tests and benchmarks).
+var codesMinRows = 16
+
+// codesUnpackers unpack a layout's packed blocks into codes: nblocks
+// consecutive blocks from w into dst, codesBlockBytes[layout] bytes each.
+var (
+	codesUnpackers  = [tensor.NumLayouts]func(w *byte, nblocks int, dst *byte){tensor.Q6Kx16: q6kx16Unpack}
+	codesBlockBytes = [tensor.NumLayouts]int{tensor.Q6Kx16: 64 + 64*64 + 4*64}
+)
+
+// testHookCodes runs after packedCodesRange unpacked a row block (tests;
+// set on one goroutine while no product runs).
+var testHookCodes func()
+
+// planCodes sets a packed product up to unpack codes (j.q8.codes) where
+// its layout has kernels for them and its input rows make it pay.
+func planCodes(j *mmJob, lvl Level) {
+	j.q8.codes = nil
+	if lvl < LevelAVX512 || j.n < codesMinRows || codesUnpackers[j.w.Layout] == nil || noCodes.Load() {
+		return
+	}
+	j.q8.codes = codesKernels[j.w.Layout]
+}
+
+// packedCodesRange is packedRowsRange with codes: the row block's groups
+// (a partial last one included) unpacked into s, then as many input rows
+// per pass over them as the codes kernels take.
+func packedCodesRange(j *mmJob, s *scratch, r0, r1 int) {
+	p := &j.q8
+	l := j.w.Layout
+	g0, full := r0/packRows, (r1-r0)/packRows
+	tail := r1 - r0 - full*packRows
+	groups := full
+	if tail > 0 {
+		groups++
+	}
+	cb := codesBlockBytes[l]
+	gb := p.nb * cb // bytes of one unpacked group
+	need := groups*gb + 64
+	if cap(s.codes) < need {
+		s.codes = make([]byte, need)
+	}
+	off := int(-uintptr(unsafe.Pointer(unsafe.SliceData(s.codes))) & 63)
+	buf := s.codes[off : off+groups*gb]
+	codesUnpackers[l](&j.w.Data[g0*p.groupBytes], groups*p.nb, &buf[0])
+	if testHookCodes != nil {
+		testHookCodes()
+	}
+	maxN := len(p.codes) - 1
+	xs, rows := p.xstride, j.w.Rows
+	for i0 := 0; i0 < j.n; i0 += maxN {
+		nn := min(maxN, j.n-i0)
+		if full > 0 {
+			p.codes[nn](&buf[0], full, p.nb, &p.xq[i0*xs], xs, &j.out[i0*rows+g0*packRows], 4*rows)
+		}
+		if tail > 0 {
+			var tmp [8 * packRows]float32
+			g := g0 + full
+			p.codes[nn](&buf[full*gb], 1, p.nb, &p.xq[i0*xs], xs, &tmp[0], 4*packRows)
+			for i := 0; i < nn; i++ {
+				copy(j.out[(i0+i)*rows+g*packRows:][:tail], tmp[i*packRows:])
+			}
+		}
+	}
 }
 
 // The two-stream kernels (streamKernels and streamKernelsAVX2 in
@@ -422,8 +503,12 @@ func packedRowBlock(j *mmJob) int {
 // the kernels take: the whole groups straight into out, a partial last
 // group through a buffer. With a two-stream kernel (planStreams), rows
 // [r0, r1) and the same rows of the second run.
-func packedRows512(j *mmJob, _ *scratch, r0, r1, _, _ int) {
+func packedRows512(j *mmJob, s *scratch, r0, r1, _, _ int) {
 	p := &j.q8
+	if p.codes != nil && p.streams == nil {
+		packedCodesRange(j, s, r0, r1)
+		return
+	}
 	if p.streams != nil {
 		gb := p.groupBytes
 		wspan, ospan := j.span/packRows*gb, 4*j.span

@@ -188,6 +188,10 @@ func main() {
 	for n := 1; n <= q6kx16MaxN; n++ {
 		genQ6Kx16(n)
 	}
+	genQ6Kx16Unpack()
+	for n := 1; n <= q6kCodesMaxN; n++ {
+		genQ6Kx16Codes(n)
+	}
 	for n := 1; n <= q23kx16MaxN; n++ {
 		genQ3Kx16(n)
 		genQ2Kx16(n)
@@ -296,6 +300,12 @@ func writeKernelTables() {
 		"streamKernels", "[tensor.NumLayouts][maxStreamRows + 1]streamFn", "tensor.", packedLayouts, packed)
 	writeTable(&b, "// streamKernelsAVX2 are the two-stream kernels at the AVX2 level.\n",
 		"streamKernelsAVX2", "[tensor.NumLayouts][maxStreamRows + 1]streamFn", "tensor.", packedLayouts, packed)
+	// The kernels of unpacked codes: <prefix>x16CN<n>.
+	codes := kernelsByRows(stubs, `(`+strings.Join(prefixes, "|")+`)x16CN(?P<n>\d+)`, func(m []string) (string, string) {
+		return "codesKernels", m[1]
+	})
+	writeTable(&b, "// codesKernels are the kernels of each packed layout that read blocks\n// unpacked once for many input rows (see q8_amd64.go), by input rows.\n",
+		"codesKernels", "[tensor.NumLayouts][]packedFn", "tensor.", packedLayouts, codes)
 	writeGoFile("kerneltables_amd64.go", strings.TrimSuffix(b.String(), "\n"))
 }
 

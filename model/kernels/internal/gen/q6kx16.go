@@ -86,15 +86,125 @@ func genQ6Kx16(n int) {
 	VPBROADCASTD(cB0F, c0F)
 	VPBROADCASTD(cB30, c30)
 	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, q6kPrefetch, 0, false)
-	q6kx16Body(n, wp, xm, acc, c0F, c30)
+	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
+	qh, s0 := ZMM(), ZMM()
+	q6kx16Body(n, wp, xm, acc, q6kSource{
+		scaleWord: func(k int) Mem { return word(48 + k) },
+		codes: func(h, q int, t [4]VecVirtual) {
+			VMOVDQU64(word(32+8*h+q), qh)
+			q6kCodes(qh, word(16*h+q), word(16*h+q+8), c0F, c30, t, s0)
+		},
+		prefetch: true,
+	})
 	packedNextBlock(name, q6kx16Block, wp, xq, cnt)
 	packedEnd(name, acc)
 }
 
-// q6kx16Body emits one block of genQ6Kx16's kernels (weights at wp, the
-// input rows' block at xm, n input rows' sums acc), with its prefetches.
-func q6kx16Body(n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual, c0F, c30 VecVirtual) {
+// ---- Q6_K codes unpacked once for many input rows: q6kx16CN ----
+//
+// At many input rows the q6kx16N kernels spend most of their work making
+// the 6-bit codes (q6kCodes: 13 operations per 64 values of the 16 rows),
+// once per pass of at most q6kx16MaxN input rows. q6kx16Unpack writes each
+// block's codes out once, as q6kCodesBlock bytes:
+//
+//	[0, 32)                the 16 rows' d (f16), as in tensor.Q6Kx16
+//	[32, 64)               unused, so that every register is 64-aligned
+//	[64+64s, +64)          code register s = q6kCodeSlot(h, q, k): the
+//	                       register t[k] that q6kCodes makes of the block's
+//	                       qh word 8h+q (values 128h + 4q + 32k of the 16
+//	                       rows, 4 each)
+//	[64+4096+64k, +64)     the scale words 48+k of tensor.Q6Kx16
+//
+// and the q6kx16CN<n> kernels then load the codes instead of making them,
+// and otherwise compute exactly what q6kx16N<n> computes (q6kx16Body): the
+// same integer sums and the same float32 step per block, so the same bits.
+// Measured in session 35 (docs/performance.md).
+
+// q6kCodesBlock is the bytes of one block unpacked by q6kx16Unpack.
+const q6kCodesBlock = 64 + 64*64 + 4*64
+
+// q6kCodesMaxN is the most input rows per q6kx16CN kernel (registers: per
+// input row four sub-block sums, I, the offset and the float32 sum; the
+// codes take one register at a time).
+const q6kCodesMaxN = 4
+
+// q6kCodeSlot is the slot of code register k of qh word 8h+q, in the order
+// q6kx16Body takes them at two or more input rows (units of (half, h),
+// then q within the half).
+func q6kCodeSlot(h, q, k int) int { return ((2*(q/4)+h)*4+q%4)*4 + k }
+
+// genQ6Kx16Unpack emits q6kx16Unpack(w, nblocks, dst): nblocks consecutive
+// tensor.Q6Kx16 blocks (a run of whole groups) unpacked into dst as
+// q6kCodesBlock bytes each.
+func genQ6Kx16Unpack() {
+	const name = "q6kx16Unpack"
+	TEXT(name, NOSPLIT, "func(w *byte, nblocks int, dst *byte)")
+	Doc(name + " unpacks nblocks consecutive blocks of repacked Q6_K weights into their 6-bit codes (see genQ6Kx16Unpack).")
+	wp, cnt, dp := ld("w"), ld("nblocks"), ld("dst")
+	c0F, c30 := ZMM(), ZMM()
+	VPBROADCASTD(cB0F, c0F)
+	VPBROADCASTD(cB30, c30)
 	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
+	Label(name + "_blk")
+	d := YMM()
+	VMOVDQU(Mem{Base: wp}, d)
+	VMOVDQU(d, Mem{Base: dp})
+	qh, s0 := ZMM(), ZMM()
+	t := [4]VecVirtual{ZMM(), ZMM(), ZMM(), ZMM()}
+	for h := 0; h < 2; h++ {
+		for q := 0; q < 8; q++ {
+			prefetchPart(wp, q6kPrefetch, q6kx16Block/64+1, 8*h+q, 16)
+			VMOVDQU64(word(32+8*h+q), qh)
+			q6kCodes(qh, word(16*h+q), word(16*h+q+8), c0F, c30, t, s0)
+			for k := range t {
+				VMOVDQU64(t[k], Mem{Base: dp, Disp: 64 + 64*q6kCodeSlot(h, q, k)})
+			}
+		}
+	}
+	for k := 0; k < 4; k++ {
+		VMOVDQU64(word(48+k), qh)
+		VMOVDQU64(qh, Mem{Base: dp, Disp: 64 + 64*64 + 64*k})
+	}
+	ADDQ(U32(q6kx16Block), wp)
+	ADDQ(U32(q6kCodesBlock), dp)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	VZEROUPPER()
+	RET()
+}
+
+// genQ6Kx16Codes emits q6kx16CN<n>: q6kx16N<n> on blocks unpacked by
+// q6kx16Unpack (groups of q6kCodesBlock-byte blocks).
+func genQ6Kx16Codes(n int) {
+	name := fmt.Sprintf("q6kx16CN%d", n)
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of Q6_K weights unpacked by q6kx16Unpack with %d quantized input rows (see genQ6Kx16Unpack).", name, n), n)
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 0, 0, false)
+	q6kx16Body(n, wp, xm, acc, q6kSource{
+		scaleWord: func(k int) Mem { return Mem{Base: wp, Disp: 64 + 64*64 + 64*k} },
+		codes: func(h, q int, t [4]VecVirtual) {
+			for k := range t {
+				VMOVDQU64(Mem{Base: wp, Disp: 64 + 64*q6kCodeSlot(h, q, k)}, t[k])
+			}
+		},
+	})
+	packedNextBlock(name, q6kCodesBlock, wp, xq, cnt)
+	packedEnd(name, acc)
+}
+
+// q6kSource is where q6kx16Body takes a block's codes and scales from: the
+// scale words 48..51 of tensor.Q6Kx16 (scaleWord(0..3)), the four code
+// registers of qh word 8h+q (codes), and whether it prefetches the
+// tensor.Q6Kx16 block q6kPrefetch bytes on. The 16 rows' d is at the
+// block's start either way.
+type q6kSource struct {
+	scaleWord func(k int) Mem
+	codes     func(h, q int, t [4]VecVirtual)
+	prefetch  bool
+}
+
+// q6kx16Body emits one block of genQ6Kx16's kernels (the block at wp, the
+// input rows' block at xm, n input rows' sums acc), with its prefetches.
+func q6kx16Body(n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual, src q6kSource) {
 	// The offset: OFF_i = Σ_j sc_j·(Σ of the input's 16 values of sub-block
 	// j), the scales paired as int16 against the input's int16 sums.
 	off := make([]VecVirtual, n)
@@ -104,7 +214,7 @@ func q6kx16Body(n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual,
 	}
 	sw, t := ZMM(), ZMM()
 	for p := 0; p < 8; p++ {
-		VMOVDQU64(word(48+p/2), sw)
+		VMOVDQU64(src.scaleWord(p/2), sw)
 		VPSHUFB(cQ6Pair[p%2], sw, t)
 		VPSRAW(U8(8), t, t)
 		for i := 0; i < n; i++ {
@@ -129,7 +239,7 @@ func q6kx16Body(n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual,
 			}
 		}
 	}
-	qh, t0, t1, t2, t3, s0 := ZMM(), ZMM(), ZMM(), ZMM(), ZMM(), ZMM()
+	t0, t1, t2, t3, s0 := ZMM(), ZMM(), ZMM(), ZMM(), ZMM()
 	type unit struct{ h, half int }
 	var units []unit
 	for half := 0; half < 2; half++ {
@@ -146,11 +256,12 @@ func q6kx16Body(n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual,
 			}
 		}
 		for qs := 0; qs < 4; qs++ {
-			prefetchPart(wp, q6kPrefetch, q6kx16Block/64+1, u0/upp*4+qs, len(units)/upp*4)
+			if src.prefetch {
+				prefetchPart(wp, q6kPrefetch, q6kx16Block/64+1, u0/upp*4+qs, len(units)/upp*4)
+			}
 			for u := 0; u < upp; u++ {
 				h, q := units[u0+u].h, 4*units[u0+u].half+qs
-				VMOVDQU64(word(32+8*h+q), qh)
-				q6kCodes(qh, word(16*h+q), word(16*h+q+8), c0F, c30, [4]VecVirtual{t0, t1, t2, t3}, s0)
+				src.codes(h, q, [4]VecVirtual{t0, t1, t2, t3})
 				// Values 128h + 4q (t0), +32 (t1), +64 (t2), +96 (t3).
 				for i := 0; i < n; i++ {
 					d := dsub[u][i]
@@ -165,7 +276,7 @@ func q6kx16Body(n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual,
 			h, half := units[u0+u].h, units[u0+u].half
 			for s := 0; s < 4; s++ {
 				j := 8*h + 2*s + half // the sub-block of dsub[u][i][s]
-				VMOVDQU64(word(48+j/4), sw)
+				VMOVDQU64(src.scaleWord(j/4), sw)
 				VPSHUFB(cQ6Top[j%4], sw, t)
 				VPSRAD(U8(24), t, t) // sc_j, sign-extended
 				for i := 0; i < n; i++ {
