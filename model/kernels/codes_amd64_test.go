@@ -17,12 +17,12 @@ import (
 // input rows (passes of 1 to 4 rows and their remainders), with whole and
 // partial last groups, on one and two threads; and it does unpack.
 func TestCodesMatchPacked(t *testing.T) {
-	if KernelLevel() < LevelAVX512 || !hasPackedKernels(tensor.Q6_K) {
-		t.Skip("no AVX-512 packed Q6_K kernels on this CPU or build")
+	if KernelLevel() < LevelAVX512 || !hasPackedKernels(tensor.Q6_K) || !hasPackedKernels(tensor.Q5_K) {
+		t.Skip("no AVX-512 packed Q6_K and Q5_K kernels on this CPU or build")
 	}
 	defer SetQ8Activations(SetQ8Activations(true))
 	rng := rand.New(rand.NewPCG(35, 35))
-	for _, dt := range []tensor.DType{tensor.Q6_K} {
+	for _, dt := range []tensor.DType{tensor.Q6_K, tensor.Q5_K} {
 		for _, shape := range [][2]int{{16, 256}, {37, 512}, {100, 1536}} {
 			rows, cols := shape[0], shape[1]
 			w := randMatrix(rng, dt, rows, cols)
@@ -36,15 +36,14 @@ func TestCodesMatchPacked(t *testing.T) {
 					what := fmt.Sprintf("%v [%d,%d] n=%d threads=%d", dt, rows, cols, n, th)
 					want, got := make([]float32, n*rows), make([]float32, n*rows+1)
 					got[n*rows] = 42
-					prev := codesMinRows
-					codesMinRows = 1 << 30
+					restore := setCodesMinRows(1 << 30)
 					withThreads(th, func() { MatMul(want, p, x, n) })
-					codesMinRows = 1
+					setCodesMinRows(1)
 					var unpacked atomic.Int32
 					testHookCodes = func() { unpacked.Add(1) }
 					withThreads(th, func() { MatMul(got, p, x, n) })
 					testHookCodes = nil
-					codesMinRows = prev
+					restore()
 					if n > 2 && unpacked.Load() == 0 { // one and two rows run the two-stream kernels
 						t.Fatalf("%s: no codes were unpacked", what)
 					}
@@ -62,24 +61,34 @@ func TestCodesMatchPacked(t *testing.T) {
 	}
 }
 
-// BenchmarkCodes: Q6_K products with many input rows, with the codes
-// unpacked once per row block (codes) against the packed kernels making
-// them on every pass (packed), alternated in one run, one thread: the LM
-// head's shape at batched decode, in_proj's and an expert's down at
+// setCodesMinRows makes every layout unpack codes from n input rows on,
+// and returns the function that restores the thresholds.
+func setCodesMinRows(n int) (restore func()) {
+	prev := codesMinRows
+	for l := range codesMinRows {
+		codesMinRows[l] = n
+	}
+	return func() { codesMinRows = prev }
+}
+
+// BenchmarkCodes: Q6_K and Q5_K products with many input rows, with the
+// codes unpacked once per row block (codes) against the packed kernels
+// making them on every pass (packed), alternated in one run, one thread:
+// the LM head's shape at batched decode, in_proj's and an expert's down at
 // prefill sizes.
 func BenchmarkCodes(b *testing.B) {
-	for _, sh := range [][2]int{{100352, 1536}, {6448, 1536}, {1536, 512}} {
-		w := randMatrix(rand.New(rand.NewPCG(1, 1)), tensor.Q6_K, sh[0], sh[1])
-		p := Pack(make([]byte, PackedBytes(tensor.Q6_K, w.Rows, w.Cols)), w)
-		for _, n := range []int{3, 4, 6, 8, 16, 32, 64} {
-			for _, codes := range []bool{false, true} {
-				name := map[bool]string{false: "packed", true: "codes"}[codes]
-				b.Run(fmt.Sprintf("Q6_K/%dx%d/n=%d/%s", sh[0], sh[1], n, name), func(b *testing.B) {
-					prev := codesMinRows
-					defer func() { codesMinRows = prev }()
-					codesMinRows = map[bool]int{false: 1 << 30, true: 1}[codes]
-					benchMatMulOn(b, []tensor.Matrix{p}, n, 1)
-				})
+	for _, dt := range []tensor.DType{tensor.Q6_K, tensor.Q5_K} {
+		for _, sh := range [][2]int{{100352, 1536}, {6448, 1536}, {1536, 512}} {
+			w := randMatrix(rand.New(rand.NewPCG(1, 1)), dt, sh[0], sh[1])
+			p := Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)
+			for _, n := range []int{3, 4, 6, 8, 16, 32, 64} {
+				for _, codes := range []bool{false, true} {
+					name := map[bool]string{false: "packed", true: "codes"}[codes]
+					b.Run(fmt.Sprintf("%v/%dx%d/n=%d/%s", dt, sh[0], sh[1], n, name), func(b *testing.B) {
+						defer setCodesMinRows(map[bool]int{false: 1 << 30, true: 1}[codes])()
+						benchMatMulOn(b, []tensor.Matrix{p}, n, 1)
+					})
+				}
 			}
 		}
 	}

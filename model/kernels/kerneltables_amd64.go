@@ -121,5 +121,6 @@ var streamKernelsAVX2 = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 // codesKernels are the kernels of each packed layout that read blocks
 // unpacked once for many input rows (see q8_amd64.go), by input rows.
 var codesKernels = [tensor.NumLayouts][]packedFn{
+	tensor.Q5Kx16: {1: q5kx16CN1, 2: q5kx16CN2, 3: q5kx16CN3, 4: q5kx16CN4},
 	tensor.Q6Kx16: {1: q6kx16CN1, 2: q6kx16CN2, 3: q6kx16CN3, 4: q6kx16CN4},
 }

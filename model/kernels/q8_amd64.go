@@ -296,26 +296,31 @@ func planPacked(c *callCtx, lvl Level) bool {
 
 // Unpacked codes. A packed kernel makes each block's integer codes from
 // the packed bytes on every pass of its input rows over the weights (at
-// most 3 input rows a pass for Q6_K). Where making them costs more than
-// the products (Q6_K: 13 operations per 64 values of the 16 rows, against
-// one VPDPBUSD per input row), a product of codesMinRows input rows or
-// more unpacks each worker's row block once into its scratch
-// (q6kx16Unpack) and runs the kernels that load the codes instead
-// (codesKernels in kerneltables_amd64.go: q6kx16CN<n>, up to 4 input rows
-// a pass). They compute the same integer sums and the same float32 step
+// most 3 input rows a pass for Q6_K and Q5_K). Where making them costs
+// much beside the products (Q6_K: 13 operations per 64 values of the 16
+// rows, Q5_K: 5, against one VPDPBUSD per input row), a product of
+// codesMinRows input rows or more unpacks each worker's row block once
+// into its scratch (q6kx16Unpack, q5kx16Unpack) and runs the kernels that
+// load the codes instead (codesKernels in kerneltables_amd64.go:
+// q6kx16CN<n> and q5kx16CN<n>, up to 4 input rows a pass). They compute the same integer sums and the same float32 step
 // per block as the packed kernels, so a row gets the same bits whether it
 // is multiplied alone or among many (TestPackedMatchesRowMajor,
 // TestCodesMatchPacked). Measured in docs/performance.md (session 35).
 
-// codesMinRows is the fewest input rows for which a product unpacks codes
-// (a variable for tests and benchmarks).
-var codesMinRows = 16
+// codesMinRows is, by layout, the fewest input rows for which a product
+// unpacks codes. BenchmarkCodes, one thread: Q6_K gains 4% (the LM head's
+// shape) and 19% (in_proj's) at 16 input rows, and at 8 loses 14% and
+// breaks even; Q5_K gains 25-33% at 16 and 11-25% at 8, but decoding 8
+// sessions of the Q5_K_M file end to end was 6-7% slower with Q5_K from 8
+// (bench --ab codes, one and two threads). A variable for tests and
+// benchmarks.
+var codesMinRows = [tensor.NumLayouts]int{tensor.Q6Kx16: 16, tensor.Q5Kx16: 16}
 
 // codesUnpackers unpack a layout's packed blocks into codes: nblocks
 // consecutive blocks from w into dst, codesBlockBytes[layout] bytes each.
 var (
-	codesUnpackers  = [tensor.NumLayouts]func(w *byte, nblocks int, dst *byte){tensor.Q6Kx16: q6kx16Unpack}
-	codesBlockBytes = [tensor.NumLayouts]int{tensor.Q6Kx16: 64 + 64*64 + 4*64}
+	codesUnpackers  = [tensor.NumLayouts]func(w *byte, nblocks int, dst *byte){tensor.Q6Kx16: q6kx16Unpack, tensor.Q5Kx16: q5kx16Unpack}
+	codesBlockBytes = [tensor.NumLayouts]int{tensor.Q6Kx16: 64 + 64*64 + 4*64, tensor.Q5Kx16: 256 + 64*64}
 )
 
 // testHookCodes runs after packedCodesRange unpacked a row block (tests;
@@ -326,7 +331,7 @@ var testHookCodes func()
 // its layout has kernels for them and its input rows make it pay.
 func planCodes(j *mmJob, lvl Level) {
 	j.q8.codes = nil
-	if lvl < LevelAVX512 || j.n < codesMinRows || codesUnpackers[j.w.Layout] == nil || noCodes.Load() {
+	if lvl < LevelAVX512 || codesUnpackers[j.w.Layout] == nil || j.n < codesMinRows[j.w.Layout] || noCodes.Load() {
 		return
 	}
 	j.q8.codes = codesKernels[j.w.Layout]

@@ -189,6 +189,10 @@ func main() {
 		genQ6Kx16(n)
 	}
 	genQ6Kx16Unpack()
+	genQ5Kx16Unpack()
+	for n := 1; n <= q5kCodesMaxN; n++ {
+		genQ5Kx16Codes(n)
+	}
 	for n := 1; n <= q6kCodesMaxN; n++ {
 		genQ6Kx16Codes(n)
 	}

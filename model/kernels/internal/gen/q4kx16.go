@@ -106,6 +106,77 @@ const q5kPrefetch = 3 * q5kx16Block
 
 func genQ4Kx16(n int) { genQKx16(dQ4K, n) }
 
+// ---- Q5_K codes unpacked once for many input rows: q5kx16CN ----
+//
+// As for Q6_K (genQ6Kx16Unpack): q5kx16Unpack writes each tensor.Q5Kx16
+// block's 5-bit codes out once, as q5kCodesBlock bytes,
+//
+//	[0, 256)            the block's first 256 bytes: d, dmin and the
+//	                    scales' 3 words, as in tensor.Q5Kx16
+//	[256+64s, +64)      code register s = q5kCodeSlot(c, g, k): chunk c's
+//	                    register (c, g) with its fifth bits, the low
+//	                    nibbles' codes (k = 0, sub-block 2c) or the high
+//	                    nibbles' (k = 1, sub-block 2c+1)
+//
+// and the q5kx16CN<n> kernels load them where q5kx16N<n> makes them
+// (qkx16BlockFrom): the same integer sums and float32 steps, the same bits.
+
+// q5kCodesBlock is the bytes of one block unpacked by q5kx16Unpack.
+const q5kCodesBlock = 256 + 64*64
+
+// q5kCodesMaxN is the most input rows per q5kx16CN kernel.
+const q5kCodesMaxN = 4
+
+// q5kCodeSlot is the slot of code register k of chunk c's register g.
+func q5kCodeSlot(c, g, k int) int { return 2*(8*c+g) + k }
+
+// genQ5Kx16Unpack emits q5kx16Unpack(w, nblocks, dst).
+func genQ5Kx16Unpack() {
+	const name = "q5kx16Unpack"
+	TEXT(name, NOSPLIT, "func(w *byte, nblocks int, dst *byte)")
+	Doc(name + " unpacks nblocks consecutive blocks of repacked Q5_K weights into their 5-bit codes (see genQ5Kx16Unpack).")
+	wp, cnt, dp := ld("w"), ld("nblocks"), ld("dst")
+	c0F, _ := qkx16Consts(true)
+	Label(name + "_blk")
+	qh, t, lo, hi := ZMM(), ZMM(), ZMM(), ZMM()
+	for k := 0; k < 4; k++ { // d, dmin, the scales
+		VMOVDQU64(Mem{Base: wp, Disp: 64 * k}, t)
+		VMOVDQU64(t, Mem{Base: dp, Disp: 64 * k})
+	}
+	for g := 0; g < 8; g++ {
+		prefetchPart(wp, q5kPrefetch, q5kx16Block/64, g, 8)
+		VMOVDQU64(Mem{Base: wp, Disp: 256 + 64*g}, qh)
+		for c := 0; c < 4; c++ {
+			wm := Mem{Base: wp, Disp: 768 + 512*c + 64*g}
+			q5Bit(qh, 2*c, t, lo)
+			VPTERNLOGD(U8(0xF8), wm, c0F, lo)
+			q5Bit(qh, 2*c+1, t, hi)
+			VPSRLW(U8(4), wm, t)
+			VPTERNLOGD(U8(0xF8), t, c0F, hi)
+			VMOVDQU64(lo, Mem{Base: dp, Disp: 256 + 64*q5kCodeSlot(c, g, 0)})
+			VMOVDQU64(hi, Mem{Base: dp, Disp: 256 + 64*q5kCodeSlot(c, g, 1)})
+		}
+	}
+	ADDQ(U32(q5kx16Block), wp)
+	ADDQ(U32(q5kCodesBlock), dp)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	VZEROUPPER()
+	RET()
+}
+
+// genQ5Kx16Codes emits q5kx16CN<n>: q5kx16N<n> on blocks unpacked by
+// q5kx16Unpack.
+func genQ5Kx16Codes(n int) {
+	name := fmt.Sprintf("q5kx16CN%d", n)
+	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of Q5_K weights unpacked by q5kx16Unpack with %d quantized input rows (see genQ5Kx16Unpack).", name, n), n)
+	c0F, cF0 := qkx16Consts(true)
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 0, 0, false)
+	qkx16BlockFrom(true, true, n, wp, xm, acc, c0F, cF0, 0, 0, 0)
+	packedNextBlock(name, q5kCodesBlock, wp, xq, cnt)
+	packedEnd(name, acc)
+}
+
 func genQ5Kx16(n int) { genQKx16(dQ5K, n) }
 
 // genQKx16 emits q4kx16N<n> (d Q4_K) or q5kx16N<n> (Q5_K).
@@ -187,6 +258,13 @@ func genQKx16Streams(d dtype, n int) {
 // prefetches the lines lines from wp+prefetch on, spread over its eight
 // steps.
 func qkx16Block(q5 bool, n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual, c0F, cF0 VecVirtual, qs, prefetch, lines int) {
+	qkx16BlockFrom(q5, false, n, wp, xm, acc, c0F, cF0, qs, prefetch, lines)
+}
+
+// qkx16BlockFrom is qkx16Block, with the 5-bit codes of a Q5_K block
+// loaded from a block that q5kx16Unpack wrote (codes) instead of made
+// from its fifth bits and nibbles.
+func qkx16BlockFrom(q5, codes bool, n int, wp GPVirtual, xm func(i, disp int) Mem, acc []VecVirtual, c0F, cF0 VecVirtual, qs, prefetch, lines int) {
 	scLo, scHi, msum := qkScalesMins(wp, n, xm, c0F)
 	// I_i = Σ_j sc_j·(sub-block j's Σ q·q_x). The chunks run cpu at a time,
 	// interleaved, so that there are about eight VPDPBUSD chains at once
@@ -199,7 +277,7 @@ func qkx16Block(q5 bool, n int, wp GPVirtual, xm func(i, disp int) Mem, acc []Ve
 	dsub := newDsub(cpu, n) // [chunk in unit][input row][half]
 	lo, hi, sc := ZMM(), ZMM(), ZMM()
 	var qh, t VecVirtual
-	if q5 {
+	if q5 && !codes {
 		qh, t = ZMM(), ZMM()
 	}
 	for c0 := 0; c0 < 4; c0 += cpu {
@@ -208,13 +286,16 @@ func qkx16Block(q5 bool, n int, wp GPVirtual, xm func(i, disp int) Mem, acc []Ve
 			if lines > 0 {
 				prefetchPart(wp, prefetch, lines, c0/cpu*8+g, 4/cpu*8)
 			}
-			if q5 {
+			if q5 && !codes {
 				VMOVDQU64(Mem{Base: wp, Disp: 256 + 64*g}, qh)
 			}
 			for u := 0; u < cpu; u++ {
 				c := c0 + u
 				wm := Mem{Base: wp, Disp: qs + 512*c + 64*g}
-				if q5 {
+				if codes {
+					VMOVDQU64(Mem{Base: wp, Disp: 256 + 64*q5kCodeSlot(c, g, 0)}, lo)
+					VMOVDQU64(Mem{Base: wp, Disp: 256 + 64*q5kCodeSlot(c, g, 1)}, hi)
+				} else if q5 {
 					// lo = nibble | bit 2c of qh at bit 4; hi likewise with
 					// bit 2c+1 and the high nibble shifted down.
 					q5Bit(qh, 2*c, t, lo)
