@@ -2085,6 +2085,21 @@ func q6kx16Unpack(w *byte, nblocks int, dst *byte)
 // q5kx16Unpack unpacks nblocks consecutive blocks of repacked Q5_K weights into their 5-bit codes (see genQ5Kx16Unpack).
 func q5kx16Unpack(w *byte, nblocks int, dst *byte)
 
+// q3kx16Unpack unpacks nblocks consecutive blocks of repacked Q3_K weights into their 3-bit codes (see genQ3Kx16Unpack).
+func q3kx16Unpack(w *byte, nblocks int, dst *byte)
+
+// q3kx16CN1 multiplies a 16-row group of Q3_K weights unpacked by q3kx16Unpack with 1 quantized input rows (see genQ3Kx16Unpack).
+func q3kx16CN1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q3kx16CN2 multiplies a 16-row group of Q3_K weights unpacked by q3kx16Unpack with 2 quantized input rows (see genQ3Kx16Unpack).
+func q3kx16CN2(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q3kx16CN3 multiplies a 16-row group of Q3_K weights unpacked by q3kx16Unpack with 3 quantized input rows (see genQ3Kx16Unpack).
+func q3kx16CN3(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
+// q3kx16CN4 multiplies a 16-row group of Q3_K weights unpacked by q3kx16Unpack with 4 quantized input rows (see genQ3Kx16Unpack).
+func q3kx16CN4(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
+
 // q5kx16CN1 multiplies a 16-row group of Q5_K weights unpacked by q5kx16Unpack with 1 quantized input rows (see genQ5Kx16Unpack).
 func q5kx16CN1(w *byte, groups int, nblocks int, xq *byte, xstride int, out *float32, ostride int)
 

@@ -17,12 +17,12 @@ import (
 // input rows (passes of 1 to 4 rows and their remainders), with whole and
 // partial last groups, on one and two threads; and it does unpack.
 func TestCodesMatchPacked(t *testing.T) {
-	if KernelLevel() < LevelAVX512 || !hasPackedKernels(tensor.Q6_K) || !hasPackedKernels(tensor.Q5_K) {
-		t.Skip("no AVX-512 packed Q6_K and Q5_K kernels on this CPU or build")
+	if KernelLevel() < LevelAVX512 || !hasPackedKernels(tensor.Q6_K) || !hasPackedKernels(tensor.Q5_K) || !hasPackedKernels(tensor.Q3_K) {
+		t.Skip("no AVX-512 packed Q6_K, Q5_K and Q3_K kernels on this CPU or build")
 	}
 	defer SetQ8Activations(SetQ8Activations(true))
 	rng := rand.New(rand.NewPCG(35, 35))
-	for _, dt := range []tensor.DType{tensor.Q6_K, tensor.Q5_K} {
+	for _, dt := range []tensor.DType{tensor.Q6_K, tensor.Q5_K, tensor.Q3_K} {
 		for _, shape := range [][2]int{{16, 256}, {37, 512}, {100, 1536}} {
 			rows, cols := shape[0], shape[1]
 			w := randMatrix(rng, dt, rows, cols)
@@ -77,7 +77,7 @@ func setCodesMinRows(n int) (restore func()) {
 // the LM head's shape at batched decode, in_proj's and an expert's down at
 // prefill sizes.
 func BenchmarkCodes(b *testing.B) {
-	for _, dt := range []tensor.DType{tensor.Q6_K, tensor.Q5_K} {
+	for _, dt := range []tensor.DType{tensor.Q6_K, tensor.Q5_K, tensor.Q3_K} {
 		for _, sh := range [][2]int{{100352, 1536}, {6448, 1536}, {1536, 512}} {
 			w := randMatrix(rand.New(rand.NewPCG(1, 1)), dt, sh[0], sh[1])
 			p := Pack(make([]byte, PackedBytes(dt, w.Rows, w.Cols)), w)

@@ -123,4 +123,5 @@ var streamKernelsAVX2 = [tensor.NumLayouts][maxStreamRows + 1]streamFn{
 var codesKernels = [tensor.NumLayouts][]packedFn{
 	tensor.Q5Kx16: {1: q5kx16CN1, 2: q5kx16CN2, 3: q5kx16CN3, 4: q5kx16CN4},
 	tensor.Q6Kx16: {1: q6kx16CN1, 2: q6kx16CN2, 3: q6kx16CN3, 4: q6kx16CN4},
+	tensor.Q3Kx16: {1: q3kx16CN1, 2: q3kx16CN2, 3: q3kx16CN3, 4: q3kx16CN4},
 }

@@ -314,13 +314,13 @@ func planPacked(c *callCtx, lvl Level) bool {
 // sessions of the Q5_K_M file end to end was 6-7% slower with Q5_K from 8
 // (bench --ab codes, one and two threads). A variable for tests and
 // benchmarks.
-var codesMinRows = [tensor.NumLayouts]int{tensor.Q6Kx16: 16, tensor.Q5Kx16: 16}
+var codesMinRows = [tensor.NumLayouts]int{tensor.Q6Kx16: 16, tensor.Q5Kx16: 16, tensor.Q3Kx16: 16}
 
 // codesUnpackers unpack a layout's packed blocks into codes: nblocks
 // consecutive blocks from w into dst, codesBlockBytes[layout] bytes each.
 var (
-	codesUnpackers  = [tensor.NumLayouts]func(w *byte, nblocks int, dst *byte){tensor.Q6Kx16: q6kx16Unpack, tensor.Q5Kx16: q5kx16Unpack}
-	codesBlockBytes = [tensor.NumLayouts]int{tensor.Q6Kx16: 64 + 64*64 + 4*64, tensor.Q5Kx16: 256 + 64*64}
+	codesUnpackers  = [tensor.NumLayouts]func(w *byte, nblocks int, dst *byte){tensor.Q6Kx16: q6kx16Unpack, tensor.Q5Kx16: q5kx16Unpack, tensor.Q3Kx16: q3kx16Unpack}
+	codesBlockBytes = [tensor.NumLayouts]int{tensor.Q6Kx16: 64 + 64*64 + 4*64, tensor.Q5Kx16: 256 + 64*64, tensor.Q3Kx16: 256 + 64*64}
 )
 
 // testHookCodes runs after packedCodesRange unpacked a row block (tests;

@@ -190,6 +190,10 @@ func main() {
 	}
 	genQ6Kx16Unpack()
 	genQ5Kx16Unpack()
+	genQ3Kx16Unpack()
+	for n := 1; n <= q3kCodesMaxN; n++ {
+		genQ3Kx16Codes(n)
+	}
 	for n := 1; n <= q5kCodesMaxN; n++ {
 		genQ5Kx16Codes(n)
 	}

@@ -69,8 +69,98 @@ func genQ23Kx16Consts() {
 func genQ3Kx16(n int) { genQ23Kx16(dQ3K, n) }
 func genQ2Kx16(n int) { genQ23Kx16(dQ2K, n) }
 
+// ---- Q3_K codes unpacked once for many input rows: q3kx16CN ----
+//
+// As for Q6_K (genQ6Kx16Unpack): q3kx16Unpack writes each tensor.Q3Kx16
+// block's 3-bit codes out once, as q3kCodesBlock bytes,
+//
+//	[0, 32)             the 16 rows' d (f16); [32, 64) unused
+//	[64+64k, +64)       the scale words 24+k of tensor.Q3Kx16 (k < 3)
+//	[256+64s, +64)      code register s = q3kCodeSlot(h, f, g): qs word
+//	                    8h+g's field f with its third bit from hmask
+//
+// and the q3kx16CN<n> kernels load them where q3kx16N<n> makes them
+// (genQ23Kx16 with codes): the same integer sums and float32 steps, the
+// same bits.
+
+// q3kCodesBlock is the bytes of one block unpacked by q3kx16Unpack.
+const q3kCodesBlock = 256 + 64*64
+
+// q3kCodesMaxN is the most input rows per q3kx16CN kernel.
+const q3kCodesMaxN = 4
+
+// q3kCodeSlot is the slot of the codes of field f of qs word 8h+g.
+func q3kCodeSlot(h, f, g int) int { return 8*(4*h+f) + g }
+
+// q3kCodes sets q to the 3-bit codes of field f of Q3_K qs word 8h+g (word
+// addresses a tensor.Q3Kx16 block's words; s scratch).
+func q3kCodes(word func(j int) Mem, h, f, g int, c03, c04, q, s VecVirtual) {
+	wm := word(8 + 8*h + g)
+	// q = bit 4h+f of hmask word g at bit 2 | field f.
+	switch b := 4*h + f; {
+	case b < 2:
+		VPSLLW(U8(2-b), word(g), q)
+		VPANDD(c04, q, q)
+	case b > 2:
+		VPSRLW(U8(b-2), word(g), q)
+		VPANDD(c04, q, q)
+	default:
+		VPANDD(word(g), c04, q)
+	}
+	if f == 0 {
+		VPTERNLOGD(U8(0xF8), wm, c03, q)
+	} else {
+		VPSRLW(U8(2*f), wm, s)
+		VPTERNLOGD(U8(0xF8), s, c03, q)
+	}
+}
+
+// genQ3Kx16Unpack emits q3kx16Unpack(w, nblocks, dst).
+func genQ3Kx16Unpack() {
+	const name = "q3kx16Unpack"
+	TEXT(name, NOSPLIT, "func(w *byte, nblocks int, dst *byte)")
+	Doc(name + " unpacks nblocks consecutive blocks of repacked Q3_K weights into their 3-bit codes (see genQ3Kx16Unpack).")
+	wp, cnt, dp := ld("w"), ld("nblocks"), ld("dst")
+	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
+	c03, c04 := ZMM(), ZMM()
+	VPBROADCASTD(cB03, c03)
+	VPBROADCASTD(cB04, c04)
+	Label(name + "_blk")
+	d := YMM()
+	VMOVDQU(Mem{Base: wp}, d)
+	VMOVDQU(d, Mem{Base: dp})
+	q, s := ZMM(), ZMM()
+	for k := 0; k < 3; k++ {
+		VMOVDQU64(word(24+k), q)
+		VMOVDQU64(q, Mem{Base: dp, Disp: 64 + 64*k})
+	}
+	lines := (q3kx16Block + 63) / 64
+	for h := 0; h < 2; h++ {
+		for f := 0; f < 4; f++ {
+			prefetchPart(wp, 3*q3kx16Block, lines, 4*h+f, 8)
+			for g := 0; g < 8; g++ {
+				q3kCodes(word, h, f, g, c03, c04, q, s)
+				VMOVDQU64(q, Mem{Base: dp, Disp: 256 + 64*q3kCodeSlot(h, f, g)})
+			}
+		}
+	}
+	ADDQ(U32(q3kx16Block), wp)
+	ADDQ(U32(q3kCodesBlock), dp)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	VZEROUPPER()
+	RET()
+}
+
+// genQ3Kx16Codes emits q3kx16CN<n>: q3kx16N<n> on blocks unpacked by
+// q3kx16Unpack.
+func genQ3Kx16Codes(n int) { genQ23Kx16From(dQ3K, true, n) }
+
 // genQ23Kx16 emits q3kx16N<n> (d Q3_K) or q2kx16N<n> (Q2_K).
-func genQ23Kx16(d dtype, n int) {
+func genQ23Kx16(d dtype, n int) { genQ23Kx16From(d, false, n) }
+
+// genQ23Kx16From is genQ23Kx16, or with codes genQ3Kx16Codes.
+func genQ23Kx16From(d dtype, codes bool, n int) {
 	q3 := d == dQ3K
 	name := fmt.Sprintf("q2kx16N%d", n)
 	blockBytes, wbase, qs := q2kx16Block, 64, 4
@@ -78,8 +168,19 @@ func genQ23Kx16(d dtype, n int) {
 		name = fmt.Sprintf("q3kx16N%d", n)
 		blockBytes, wbase, qs = q3kx16Block, 32, 8
 	}
-	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genQ23Kx16).", name, d, n), n)
+	doc := fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genQ23Kx16).", name, d, n)
+	prefetch, lines := 3*blockBytes, (blockBytes+63)/64
+	if codes {
+		name = fmt.Sprintf("q3kx16CN%d", n)
+		blockBytes, prefetch, lines = q3kCodesBlock, 0, 0
+		doc = fmt.Sprintf("%s multiplies a 16-row group of Q3_K weights unpacked by q3kx16Unpack with %d quantized input rows (see genQ3Kx16Unpack).", name, n)
+	}
+	wp, idx := packedBegin(name, doc, n)
 	word := func(j int) Mem { return Mem{Base: wp, Disp: wbase + 64*j} }
+	if codes {
+		// The scale words 24..26 only.
+		word = func(j int) Mem { return Mem{Base: wp, Disp: 64 + 64*(j-24)} }
+	}
 	c03, c0F := ZMM(), ZMM()
 	VPBROADCASTD(cB03, c03)
 	VPBROADCASTD(cB0F, c0F)
@@ -89,7 +190,7 @@ func genQ23Kx16(d dtype, n int) {
 		VPBROADCASTD(cB04, c04)
 		VPBROADCASTD(cB20, c20)
 	}
-	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 3*blockBytes, (blockBytes+63)/64, false)
+	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, prefetch, lines, false)
 	// sc[k]: per lane the scales of sub-blocks 4k..4k+3, one byte each
 	// (Q3_K: int8, less 32; Q2_K: the low nibbles).
 	var sc [4]VecVirtual
@@ -178,24 +279,10 @@ func genQ23Kx16(d dtype, n int) {
 			for u := 0; u < np; u++ {
 				h, f := units[u0+u].h, units[u0+u].f
 				wm := word(qs + 8*h + g)
-				if q3 {
-					// q = bit 4h+f of hmask word g at bit 2 | field f.
-					switch b := 4*h + f; {
-					case b < 2:
-						VPSLLW(U8(2-b), word(g), q)
-						VPANDD(c04, q, q)
-					case b > 2:
-						VPSRLW(U8(b-2), word(g), q)
-						VPANDD(c04, q, q)
-					default:
-						VPANDD(word(g), c04, q)
-					}
-					if f == 0 {
-						VPTERNLOGD(U8(0xF8), wm, c03, q)
-					} else {
-						VPSRLW(U8(2*f), wm, s)
-						VPTERNLOGD(U8(0xF8), s, c03, q)
-					}
+				if codes {
+					VMOVDQU64(Mem{Base: wp, Disp: 256 + 64*q3kCodeSlot(h, f, g)}, q)
+				} else if q3 {
+					q3kCodes(word, h, f, g, c03, c04, q, s)
 				} else if f == 0 {
 					VPANDD(wm, c03, q)
 				} else {
