@@ -71,8 +71,8 @@ func setCodesMinRows(n int) (restore func()) {
 	return func() { codesMinRows = prev }
 }
 
-// BenchmarkCodes: Q6_K and Q5_K products with many input rows, with the
-// codes unpacked once per row block (codes) against the packed kernels
+// BenchmarkCodes: Q6_K, Q5_K and Q3_K products with many input rows, with
+// the codes unpacked once per row block (codes) against the packed kernels
 // making them on every pass (packed), alternated in one run, one thread:
 // the LM head's shape at batched decode, in_proj's and an expert's down at
 // prefill sizes.

@@ -329,7 +329,7 @@ func SetProductPairs(on bool) (prev bool) { return !noPairs.Swap(!on) }
 var noCodes atomic.Bool
 
 // SetCodesUnpacking turns on (the default) or off the unpacking of a
-// packed product's codes once for its many input rows (Q6_K and Q5_K at
+// packed product's codes once for its many input rows (Q6_K, Q5_K and Q3_K at
 // codesMinRows input rows or more, on AVX-512) and returns the previous
 // setting: for measurements (bench --ab codes). The results are the same
 // bits either way.

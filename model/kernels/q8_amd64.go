@@ -296,16 +296,18 @@ func planPacked(c *callCtx, lvl Level) bool {
 
 // Unpacked codes. A packed kernel makes each block's integer codes from
 // the packed bytes on every pass of its input rows over the weights (at
-// most 3 input rows a pass for Q6_K and Q5_K). Where making them costs
-// much beside the products (Q6_K: 13 operations per 64 values of the 16
-// rows, Q5_K: 5, against one VPDPBUSD per input row), a product of
-// codesMinRows input rows or more unpacks each worker's row block once
-// into its scratch (q6kx16Unpack, q5kx16Unpack) and runs the kernels that
-// load the codes instead (codesKernels in kerneltables_amd64.go:
-// q6kx16CN<n> and q5kx16CN<n>, up to 4 input rows a pass). They compute the same integer sums and the same float32 step
-// per block as the packed kernels, so a row gets the same bits whether it
-// is multiplied alone or among many (TestPackedMatchesRowMajor,
-// TestCodesMatchPacked). Measured in docs/performance.md (session 35).
+// most 3 input rows a pass for Q6_K, Q5_K and Q3_K). Where making them
+// costs much beside the products (per 64 values of the 16 rows, Q6_K: 13
+// operations, Q5_K: 5, Q3_K: 4, against one VPDPBUSD per input row), a
+// product of codesMinRows input rows or more unpacks each worker's row
+// block once into its scratch (q6kx16Unpack, q5kx16Unpack, q3kx16Unpack)
+// and runs the kernels that load the codes instead (codesKernels in
+// kerneltables_amd64.go: q6kx16CN<n>, q5kx16CN<n> and q3kx16CN<n>, up to
+// 4 input rows a pass). They compute the same integer sums and the same
+// float32 step per block as the packed kernels, so a row gets the same
+// bits whether it is multiplied alone or among many
+// (TestPackedMatchesRowMajor, TestCodesMatchPacked). Measured in
+// docs/performance.md (session 35).
 
 // codesMinRows is, by layout, the fewest input rows for which a product
 // unpacks codes. BenchmarkCodes, one thread: Q6_K gains 4% (the LM head's
@@ -343,14 +345,9 @@ func planCodes(j *mmJob, lvl Level) {
 func packedCodesRange(j *mmJob, s *scratch, r0, r1 int) {
 	p := &j.q8
 	l := j.w.Layout
-	g0, full := r0/packRows, (r1-r0)/packRows
-	tail := r1 - r0 - full*packRows
-	groups := full
-	if tail > 0 {
-		groups++
-	}
-	cb := codesBlockBytes[l]
-	gb := p.nb * cb // bytes of one unpacked group
+	g0 := r0 / packRows
+	groups := (r1 - r0 + packRows - 1) / packRows
+	gb := p.nb * codesBlockBytes[l] // bytes of one unpacked group
 	need := groups*gb + 64
 	if cap(s.codes) < need {
 		s.codes = make([]byte, need)
@@ -361,22 +358,7 @@ func packedCodesRange(j *mmJob, s *scratch, r0, r1 int) {
 	if testHookCodes != nil {
 		testHookCodes()
 	}
-	maxN := len(p.codes) - 1
-	xs, rows := p.xstride, j.w.Rows
-	for i0 := 0; i0 < j.n; i0 += maxN {
-		nn := min(maxN, j.n-i0)
-		if full > 0 {
-			p.codes[nn](&buf[0], full, p.nb, &p.xq[i0*xs], xs, &j.out[i0*rows+g0*packRows], 4*rows)
-		}
-		if tail > 0 {
-			var tmp [8 * packRows]float32
-			g := g0 + full
-			p.codes[nn](&buf[full*gb], 1, p.nb, &p.xq[i0*xs], xs, &tmp[0], 4*packRows)
-			for i := 0; i < nn; i++ {
-				copy(j.out[(i0+i)*rows+g*packRows:][:tail], tmp[i*packRows:])
-			}
-		}
-	}
+	packedPasses(j, p.codes, buf, gb, r0, r1)
 }
 
 // The two-stream kernels (streamKernels and streamKernelsAVX2 in
@@ -531,24 +513,33 @@ func packedRows512(j *mmJob, s *scratch, r0, r1, _, _ int) {
 
 // packedRowsRange is packedRows512 on one run of rows.
 func packedRowsRange(j *mmJob, r0, r1 int) {
-	p := &j.q8
 	if r0 >= r1 {
 		return
 	}
-	maxN := len(p.packed) - 1
-	xs := p.xstride
-	gb := p.groupBytes
-	rows := j.w.Rows
+	p := &j.q8
+	g0 := r0 / packRows
+	packedPasses(j, p.packed, j.w.Data[g0*p.groupBytes:], p.groupBytes, r0, r1)
+}
+
+// packedPasses runs the kernels fns (by input rows) on rows [r0, r1) of
+// the product, whose groups (whole ones, then a partial last one) start
+// at w, gb bytes apart, for every input row, as many input rows per pass
+// as fns take: the whole groups straight into out, a partial last group
+// through a buffer.
+func packedPasses(j *mmJob, fns []packedFn, w []byte, gb, r0, r1 int) {
+	p := &j.q8
+	maxN := len(fns) - 1
+	xs, rows := p.xstride, j.w.Rows
 	g0, full := r0/packRows, (r1-r0)/packRows
 	for i0 := 0; i0 < j.n; i0 += maxN {
 		nn := min(maxN, j.n-i0)
 		if full > 0 {
-			p.packed[nn](&j.w.Data[g0*gb], full, p.nb, &p.xq[i0*xs], xs, &j.out[i0*rows+g0*packRows], 4*rows)
+			fns[nn](&w[0], full, p.nb, &p.xq[i0*xs], xs, &j.out[i0*rows+g0*packRows], 4*rows)
 		}
 		if tail := r1 - r0 - full*packRows; tail > 0 {
 			var tmp [8 * packRows]float32
 			g := g0 + full
-			p.packed[nn](&j.w.Data[g*gb], 1, p.nb, &p.xq[i0*xs], xs, &tmp[0], 4*packRows)
+			fns[nn](&w[full*gb], 1, p.nb, &p.xq[i0*xs], xs, &tmp[0], 4*packRows)
 			for i := 0; i < nn; i++ {
 				copy(j.out[(i0+i)*rows+g*packRows:][:tail], tmp[i*packRows:])
 			}
