@@ -120,6 +120,9 @@ func genX16Q80Act(typ string, n int) {
 	xm := func(base GPVirtual, i, disp int) Mem { return packedXMem(idx, base, i, disp) }
 	acc := packedZeroAcc(n)
 	Label(name + "_blk")
+	if n >= x16PrefetchMinN {
+		x16Prefetch(wp, blockBytes)
+	}
 	dw, m128 := x16Scales(wt, wp)
 	words := x16Words(wt)
 	wv := x16Codes(wt, func(k int) Op { return Mem{Base: wp, Disp: words + 64*k} })
@@ -127,6 +130,27 @@ func genX16Q80Act(typ string, n int) {
 	ADDQ(U32(blockBytes), wp)
 	q80NextBlock(name, xq, dc, bi, cnt)
 	packedEnd(name, acc)
+}
+
+// x16PrefetchBytes: the Q8_0 family's packed kernels of two or more input
+// rows prefetch, at each block, the block about this many bytes on (the
+// K-quants' three Q4_K blocks). Without it, weights from memory ran at
+// about half their speed in cache at 4 and 8 input rows (Q8_0 at
+// 6448×1536: 139 and 200 GFLOP/s against 397 and 410; the hardware
+// prefetchers keep up at one input row, where these kernels do a fifth of
+// the work a line). Measured in docs/performance.md (session 35).
+const x16PrefetchBytes = 3 * q4kx16Block
+
+// x16PrefetchMinN: the fewest input rows whose kernels prefetch.
+const x16PrefetchMinN = 5
+
+// x16Prefetch emits the prefetches of the block of blockBytes about
+// x16PrefetchBytes on from wp (every line it may touch).
+func x16Prefetch(wp GPVirtual, blockBytes int) {
+	dist := (x16PrefetchBytes + blockBytes - 1) / blockBytes * blockBytes
+	for l := 0; l < (blockBytes+63)/64+1; l++ {
+		PREFETCHT0(Mem{Base: wp, Disp: dist + 64*l})
+	}
 }
 
 // x16GroupHead emits the head of a group of the Q8_0 family's packed
