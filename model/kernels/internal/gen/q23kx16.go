@@ -118,9 +118,7 @@ func q3kCodes(word func(j int) Mem, h, f, g int, c03, c04, q, s VecVirtual) {
 // genQ3Kx16Unpack emits q3kx16Unpack(w, nblocks, dst).
 func genQ3Kx16Unpack() {
 	const name = "q3kx16Unpack"
-	TEXT(name, NOSPLIT, "func(w *byte, nblocks int, dst *byte)")
-	Doc(name + " unpacks nblocks consecutive blocks of repacked Q3_K weights into their 3-bit codes (see genQ3Kx16Unpack).")
-	wp, cnt, dp := ld("w"), ld("nblocks"), ld("dst")
+	wp, cnt, dp := unpackBegin(name, "Q3_K", "3-bit", "genQ3Kx16Unpack")
 	word := func(j int) Mem { return Mem{Base: wp, Disp: 32 + 64*j} }
 	c03, c04 := ZMM(), ZMM()
 	VPBROADCASTD(cB03, c03)
@@ -144,12 +142,7 @@ func genQ3Kx16Unpack() {
 			}
 		}
 	}
-	ADDQ(U32(q3kx16Block), wp)
-	ADDQ(U32(q3kCodesBlock), dp)
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
-	VZEROUPPER()
-	RET()
+	unpackEnd(name, q3kx16Block, q3kCodesBlock, wp, cnt, dp)
 }
 
 // genQ3Kx16Codes emits q3kx16CN<n>: q3kx16N<n> on blocks unpacked by
@@ -168,14 +161,16 @@ func genQ23Kx16From(d dtype, codes bool, n int) {
 		name = fmt.Sprintf("q3kx16N%d", n)
 		blockBytes, wbase, qs = q3kx16Block, 32, 8
 	}
-	doc := fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genQ23Kx16).", name, d, n)
 	prefetch, lines := 3*blockBytes, (blockBytes+63)/64
+	var wp GPVirtual
+	var idx []GPVirtual
 	if codes {
 		name = fmt.Sprintf("q3kx16CN%d", n)
 		blockBytes, prefetch, lines = q3kCodesBlock, 0, 0
-		doc = fmt.Sprintf("%s multiplies a 16-row group of Q3_K weights unpacked by q3kx16Unpack with %d quantized input rows (see genQ3Kx16Unpack).", name, n)
+		wp, idx = codesBegin(name, "Q3_K", "q3kx16Unpack", "genQ3Kx16Unpack", n)
+	} else {
+		wp, idx = packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of repacked %s weights with %d quantized input rows (see genQ23Kx16).", name, d, n), n)
 	}
-	wp, idx := packedBegin(name, doc, n)
 	word := func(j int) Mem { return Mem{Base: wp, Disp: wbase + 64*j} }
 	if codes {
 		// The scale words 24..26 only.

@@ -133,9 +133,7 @@ func q5kCodeSlot(c, g, k int) int { return 2*(8*c+g) + k }
 // genQ5Kx16Unpack emits q5kx16Unpack(w, nblocks, dst).
 func genQ5Kx16Unpack() {
 	const name = "q5kx16Unpack"
-	TEXT(name, NOSPLIT, "func(w *byte, nblocks int, dst *byte)")
-	Doc(name + " unpacks nblocks consecutive blocks of repacked Q5_K weights into their 5-bit codes (see genQ5Kx16Unpack).")
-	wp, cnt, dp := ld("w"), ld("nblocks"), ld("dst")
+	wp, cnt, dp := unpackBegin(name, "Q5_K", "5-bit", "genQ5Kx16Unpack")
 	c0F, _ := qkx16Consts(true)
 	Label(name + "_blk")
 	qh, t, lo, hi := ZMM(), ZMM(), ZMM(), ZMM()
@@ -157,19 +155,14 @@ func genQ5Kx16Unpack() {
 			VMOVDQU64(hi, Mem{Base: dp, Disp: 256 + 64*q5kCodeSlot(c, g, 1)})
 		}
 	}
-	ADDQ(U32(q5kx16Block), wp)
-	ADDQ(U32(q5kCodesBlock), dp)
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
-	VZEROUPPER()
-	RET()
+	unpackEnd(name, q5kx16Block, q5kCodesBlock, wp, cnt, dp)
 }
 
 // genQ5Kx16Codes emits q5kx16CN<n>: q5kx16N<n> on blocks unpacked by
 // q5kx16Unpack.
 func genQ5Kx16Codes(n int) {
 	name := fmt.Sprintf("q5kx16CN%d", n)
-	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of Q5_K weights unpacked by q5kx16Unpack with %d quantized input rows (see genQ5Kx16Unpack).", name, n), n)
+	wp, idx := codesBegin(name, "Q5_K", "q5kx16Unpack", "genQ5Kx16Unpack", n)
 	c0F, cF0 := qkx16Consts(true)
 	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 0, 0, false)
 	qkx16BlockFrom(true, true, n, wp, xm, acc, c0F, cF0, 0, 0, 0)

@@ -133,14 +133,39 @@ const q6kCodesMaxN = 4
 // then q within the half).
 func q6kCodeSlot(h, q, k int) int { return ((2*(q/4)+h)*4+q%4)*4 + k }
 
+// unpackBegin emits the head of an unpacking kernel name(w, nblocks, dst)
+// of typ's packed blocks into their codes (bits: "6-bit", ...; see: the
+// generator to read) and loads its parameters.
+func unpackBegin(name, typ, bits, see string) (wp, cnt, dp GPVirtual) {
+	TEXT(name, NOSPLIT, "func(w *byte, nblocks int, dst *byte)")
+	Doc(fmt.Sprintf("%s unpacks nblocks consecutive blocks of repacked %s weights into their %s codes (see %s).", name, typ, bits, see))
+	return ld("w"), ld("nblocks"), ld("dst")
+}
+
+// unpackEnd emits the end of an unpacking kernel's block loop (from
+// name_blk): w and dst moved on a block (blockBytes packed, codesBytes
+// unpacked), the next block, then the return.
+func unpackEnd(name string, blockBytes, codesBytes int, wp, cnt, dp GPVirtual) {
+	ADDQ(U32(blockBytes), wp)
+	ADDQ(U32(codesBytes), dp)
+	DECQ(cnt)
+	JNZ(LabelRef(name + "_blk"))
+	VZEROUPPER()
+	RET()
+}
+
+// codesBegin emits the head of the kernel name that runs typ's blocks
+// unpacked by unpack with n input rows (packedBegin).
+func codesBegin(name, typ, unpack, see string, n int) (wp GPVirtual, idx []GPVirtual) {
+	return packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of %s weights unpacked by %s with %d quantized input rows (see %s).", name, typ, unpack, n, see), n)
+}
+
 // genQ6Kx16Unpack emits q6kx16Unpack(w, nblocks, dst): nblocks consecutive
 // tensor.Q6Kx16 blocks (a run of whole groups) unpacked into dst as
 // q6kCodesBlock bytes each.
 func genQ6Kx16Unpack() {
 	const name = "q6kx16Unpack"
-	TEXT(name, NOSPLIT, "func(w *byte, nblocks int, dst *byte)")
-	Doc(name + " unpacks nblocks consecutive blocks of repacked Q6_K weights into their 6-bit codes (see genQ6Kx16Unpack).")
-	wp, cnt, dp := ld("w"), ld("nblocks"), ld("dst")
+	wp, cnt, dp := unpackBegin(name, "Q6_K", "6-bit", "genQ6Kx16Unpack")
 	c0F, c30 := ZMM(), ZMM()
 	VPBROADCASTD(cB0F, c0F)
 	VPBROADCASTD(cB30, c30)
@@ -165,19 +190,14 @@ func genQ6Kx16Unpack() {
 		VMOVDQU64(word(48+k), qh)
 		VMOVDQU64(qh, Mem{Base: dp, Disp: 64 + 64*64 + 64*k})
 	}
-	ADDQ(U32(q6kx16Block), wp)
-	ADDQ(U32(q6kCodesBlock), dp)
-	DECQ(cnt)
-	JNZ(LabelRef(name + "_blk"))
-	VZEROUPPER()
-	RET()
+	unpackEnd(name, q6kx16Block, q6kCodesBlock, wp, cnt, dp)
 }
 
 // genQ6Kx16Codes emits q6kx16CN<n>: q6kx16N<n> on blocks unpacked by
 // q6kx16Unpack (groups of q6kCodesBlock-byte blocks).
 func genQ6Kx16Codes(n int) {
 	name := fmt.Sprintf("q6kx16CN%d", n)
-	wp, idx := packedBegin(name, fmt.Sprintf("%s multiplies a 16-row group of Q6_K weights unpacked by q6kx16Unpack with %d quantized input rows (see genQ6Kx16Unpack).", name, n), n)
+	wp, idx := codesBegin(name, "Q6_K", "q6kx16Unpack", "genQ6Kx16Unpack", n)
 	cnt, xq, xm, acc := packedLoopHead(name, n, idx, wp, 0, 0, false)
 	q6kx16Body(n, wp, xm, acc, q6kSource{
 		scaleWord: func(k int) Mem { return Mem{Base: wp, Disp: 64 + 64*64 + 64*k} },
