@@ -124,8 +124,9 @@ func genQ6Kx16(n int) {
 const q6kCodesBlock = 64 + 64*64 + 4*64
 
 // q6kCodesMaxN is the most input rows per q6kx16CN kernel (registers: per
-// input row four sub-block sums, I, the offset and the float32 sum; the
-// codes take one register at a time).
+// input row four sub-block sums, I, the offset and the float32 sum, 28 at
+// four rows, beside the four code registers: the constants and scratch of
+// making the codes are not needed).
 const q6kCodesMaxN = 4
 
 // q6kCodeSlot is the slot of code register k of qh word 8h+q, in the order
