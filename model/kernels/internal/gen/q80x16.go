@@ -132,16 +132,17 @@ func genX16Q80Act(typ string, n int) {
 	packedEnd(name, acc)
 }
 
-// x16PrefetchBytes: the Q8_0 family's packed kernels of two or more input
-// rows prefetch, at each block, the block about this many bytes on (the
-// K-quants' three Q4_K blocks). Without it, weights from memory ran at
-// about half their speed in cache at 4 and 8 input rows (Q8_0 at
-// 6448×1536: 139 and 200 GFLOP/s against 397 and 410; the hardware
-// prefetchers keep up at one input row, where these kernels do a fifth of
-// the work a line). Measured in docs/performance.md (session 35).
+// x16PrefetchBytes: the Q8_0 family's packed kernels of x16PrefetchMinN or
+// more input rows prefetch, at each block, the block about this many bytes
+// on (the K-quants' three Q4_K blocks). Without it, weights from memory ran
+// at about half their speed in cache at 8 input rows (Q8_0 at 6448×1536:
+// 200 against 410 GFLOP/s). Measured in docs/performance.md (session 35).
 const x16PrefetchBytes = 3 * q4kx16Block
 
-// x16PrefetchMinN: the fewest input rows whose kernels prefetch.
+// x16PrefetchMinN: the fewest input rows whose kernels prefetch. At 2 to 4
+// input rows the same prefetches were level or slower (Q4_0, MXFP4), or
+// gained too little to tell from the noise (Q8_0); at one input row the
+// hardware prefetchers keep up (session 17).
 const x16PrefetchMinN = 5
 
 // x16Prefetch emits the prefetches of the block of blockBytes about
