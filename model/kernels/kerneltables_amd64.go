@@ -125,3 +125,18 @@ var codesKernels = [tensor.NumLayouts][]packedFn{
 	tensor.Q6Kx16: {1: q6kx16CN1, 2: q6kx16CN2, 3: q6kx16CN3, 4: q6kx16CN4},
 	tensor.Q3Kx16: {1: q3kx16CN1, 2: q3kx16CN2, 3: q3kx16CN3, 4: q3kx16CN4},
 }
+
+// codesUnpackers unpack a layout's packed blocks into codes: nblocks
+// consecutive blocks from w into dst, codesBlockBytes[layout] bytes each.
+var codesUnpackers = [tensor.NumLayouts]func(w *byte, nblocks int, dst *byte){
+	tensor.Q5Kx16: q5kx16Unpack,
+	tensor.Q6Kx16: q6kx16Unpack,
+	tensor.Q3Kx16: q3kx16Unpack,
+}
+
+// codesBlockBytes are the bytes of one block unpacked by codesUnpackers.
+var codesBlockBytes = [tensor.NumLayouts]int{
+	tensor.Q5Kx16: 4352,
+	tensor.Q6Kx16: 4416,
+	tensor.Q3Kx16: 4352,
+}

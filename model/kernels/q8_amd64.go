@@ -318,12 +318,9 @@ func planPacked(c *callCtx, lvl Level) bool {
 // benchmarks.
 var codesMinRows = [tensor.NumLayouts]int{tensor.Q6Kx16: 16, tensor.Q5Kx16: 16, tensor.Q3Kx16: 16}
 
-// codesUnpackers unpack a layout's packed blocks into codes: nblocks
-// consecutive blocks from w into dst, codesBlockBytes[layout] bytes each.
-var (
-	codesUnpackers  = [tensor.NumLayouts]func(w *byte, nblocks int, dst *byte){tensor.Q6Kx16: q6kx16Unpack, tensor.Q5Kx16: q5kx16Unpack, tensor.Q3Kx16: q3kx16Unpack}
-	codesBlockBytes = [tensor.NumLayouts]int{tensor.Q6Kx16: 64 + 64*64 + 4*64, tensor.Q5Kx16: 256 + 64*64, tensor.Q3Kx16: 256 + 64*64}
-)
+// codesUnpackers and codesBlockBytes (the unpacking kernels and the bytes
+// of a block they write, by layout) are in kerneltables_amd64.go, written by
+// the generator.
 
 // testHookCodes runs after packedCodesRange unpacked a row block (tests;
 // set on one goroutine while no product runs).
@@ -364,8 +361,9 @@ func packedCodesRange(j *mmJob, s *scratch, r0, r1 int) {
 // The two-stream kernels (streamKernels and streamKernelsAVX2 in
 // kerneltables_amd64.go, written by the generator) take one and two input
 // rows at the AVX-512 level, for Q8_0 and the types whose input rows are
-// quantized as its, and for the K-quants Q4_K, Q5_K and Q6_K. One core reads memory faster from two distant places at
-// once than from one (BenchmarkReadStreams), and a product of one or two
+// quantized as its, and for the K-quants Q4_K, Q5_K and Q6_K. One core
+// reads memory faster from two distant places at once than from one
+// (BenchmarkReadStreams), and a product of one or two
 // input rows is bound by that read: q80x16S2N1 measured 1.15-1.2 times
 // q80x16N1 (BenchmarkStreams, one thread, in_proj and expert shapes).
 // q4kx16S2N2 and q5kx16S2N1 spread each run's software prefetches through

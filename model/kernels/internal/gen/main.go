@@ -314,7 +314,40 @@ func writeKernelTables() {
 	})
 	writeTable(&b, "// codesKernels are the kernels of each packed layout that read blocks\n// unpacked once for many input rows (see q8_amd64.go), by input rows.\n",
 		"codesKernels", "[tensor.NumLayouts][]packedFn", "tensor.", packedLayouts, codes)
+	writeUnpackers(&b, stubs, codes["codesKernels"])
 	writeGoFile("kerneltables_amd64.go", strings.TrimSuffix(b.String(), "\n"))
+}
+
+// codesBlocks are the bytes of one block unpacked by each layout's
+// unpacking kernel, by the layout's kernel name prefix.
+var codesBlocks = map[string]int{"q6k": q6kCodesBlock, "q5k": q5kCodesBlock, "q3k": q3kCodesBlock}
+
+// writeUnpackers appends the tables of the unpacking kernels
+// (<prefix>x16Unpack in the stubs file) and of their blocks' bytes, by
+// layout. An unpacking kernel without codes kernels (codes, by prefix) or
+// without its block size, or the other way round, stops the generator.
+func writeUnpackers(b *strings.Builder, stubs []byte, codes map[string][]string) {
+	var fns, sizes strings.Builder
+	found := map[string]bool{}
+	for _, k := range packedLayouts {
+		if !strings.Contains(string(stubs), "\nfunc "+k.name+"x16Unpack(") {
+			continue
+		}
+		n, ok := codesBlocks[k.name]
+		if !ok || len(codes[k.name]) == 0 {
+			panic(fmt.Sprintf("%sx16Unpack has no block size or no codes kernels", k.name))
+		}
+		found[k.name] = true
+		fmt.Fprintf(&fns, "\ttensor.%s: %sx16Unpack,\n", k.index, k.name)
+		fmt.Fprintf(&sizes, "\ttensor.%s: %d,\n", k.index, n)
+	}
+	for prefix := range codes {
+		if !found[prefix] {
+			panic(prefix + " has codes kernels but no x16Unpack")
+		}
+	}
+	fmt.Fprintf(b, "\n// codesUnpackers unpack a layout's packed blocks into codes: nblocks\n// consecutive blocks from w into dst, codesBlockBytes[layout] bytes each.\nvar codesUnpackers = [tensor.NumLayouts]func(w *byte, nblocks int, dst *byte){\n%s}\n", fns.String())
+	fmt.Fprintf(b, "\n// codesBlockBytes are the bytes of one block unpacked by codesUnpackers.\nvar codesBlockBytes = [tensor.NumLayouts]int{\n%s}\n", sizes.String())
 }
 
 // tableKey is one row of a dispatch table: the name part that selects it
