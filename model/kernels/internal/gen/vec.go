@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
 	. "github.com/mmcloughlin/avo/reg"
@@ -169,9 +171,6 @@ func tailMask(n Register) OpmaskVirtual {
 
 // genVec emits dot, axpy, scale and add.
 func genVec(s isa) {
-	vb := s.vbytes()
-	lanes := s.lanes
-
 	// ---- dot ----
 	name := fname("dot", s, "")
 	TEXT(name, NOSPLIT, "func(a, b *float32, n int) float32")
@@ -180,34 +179,17 @@ func genVec(s isa) {
 	pb := ld("b")
 	n := ld("n")
 	acc := zeroedVecs(s, 4)
-	Label(name + "_l4")
-	CMPQ(n, U32(4*lanes))
-	JL(LabelRef(name + "_l1"))
-	for i := range acc {
+	vecLoops(s, name, n, []GPVirtual{pa, pb}, func(disp, j int) {
 		v := s.vec()
-		VMOVUPS(Mem{Base: pa, Disp: i * vb}, v)
-		VFMADD231PS(Mem{Base: pb, Disp: i * vb}, v, acc[i])
-	}
-	ADDQ(U32(4*vb), pa)
-	ADDQ(U32(4*vb), pb)
-	SUBQ(U32(4*lanes), n)
-	JMP(LabelRef(name + "_l4"))
-	Label(name + "_l1")
-	CMPQ(n, U32(lanes))
-	JL(LabelRef(name + "_tail"))
-	v := s.vec()
-	VMOVUPS(Mem{Base: pa}, v)
-	VFMADD231PS(Mem{Base: pb}, v, acc[0])
-	ADDQ(U32(vb), pa)
-	ADDQ(U32(vb), pb)
-	SUBQ(U32(lanes), n)
-	JMP(LabelRef(name + "_l1"))
+		VMOVUPS(Mem{Base: pa, Disp: disp}, v)
+		VFMADD231PS(Mem{Base: pb, Disp: disp}, v, acc[j])
+	})
 	Label(name + "_tail")
 	if s.z {
 		TESTQ(n, n)
 		JZ(LabelRef(name + "_red"))
 		k := tailMask(n)
-		v = s.vec()
+		v := s.vec()
 		w := s.vec()
 		VMOVUPS_Z(Mem{Base: pa}, k, v)
 		VMOVUPS_Z(Mem{Base: pb}, k, w)
@@ -244,55 +226,25 @@ func genVec(s isa) {
 	px := ld("x")
 	py := ld("y")
 	n = ld("n")
-	Label(name + "_l4")
-	CMPQ(n, U32(4*lanes))
-	JL(LabelRef(name + "_l1"))
-	for i := 0; i < 4; i++ {
+	vecLoops(s, name, n, []GPVirtual{px, py}, func(disp, _ int) {
 		v := s.vec()
-		VMOVUPS(Mem{Base: py, Disp: i * vb}, v)
-		VFMADD231PS(Mem{Base: px, Disp: i * vb}, al, v)
-		VMOVUPS(v, Mem{Base: py, Disp: i * vb})
-	}
-	ADDQ(U32(4*vb), px)
-	ADDQ(U32(4*vb), py)
-	SUBQ(U32(4*lanes), n)
-	JMP(LabelRef(name + "_l4"))
-	Label(name + "_l1")
-	CMPQ(n, U32(lanes))
-	JL(LabelRef(name + "_tail"))
-	v = s.vec()
-	VMOVUPS(Mem{Base: py}, v)
-	VFMADD231PS(Mem{Base: px}, al, v)
-	VMOVUPS(v, Mem{Base: py})
-	ADDQ(U32(vb), px)
-	ADDQ(U32(vb), py)
-	SUBQ(U32(lanes), n)
-	JMP(LabelRef(name + "_l1"))
-	Label(name + "_tail")
-	TESTQ(n, n)
-	JZ(LabelRef(name + "_ret"))
-	if s.z {
-		k := tailMask(n)
+		VMOVUPS(Mem{Base: py, Disp: disp}, v)
+		VFMADD231PS(Mem{Base: px, Disp: disp}, al, v)
+		VMOVUPS(v, Mem{Base: py, Disp: disp})
+	})
+	vecTail(s, name, n, []GPVirtual{px, py}, func(k OpmaskVirtual) {
 		v := s.vec()
 		w := s.vec()
 		VMOVUPS_Z(Mem{Base: py}, k, v)
 		VMOVUPS_Z(Mem{Base: px}, k, w)
 		VFMADD231PS(w, al, v)
 		VMOVUPS(v, k, Mem{Base: py})
-	} else {
-		Label(name + "_sl")
+	}, func() {
 		t := XMM()
 		VMOVSS(Mem{Base: py}, t)
 		VFMADD231SS(Mem{Base: px}, al.AsX(), t)
 		VMOVSS(t, Mem{Base: py})
-		ADDQ(U8(4), px)
-		ADDQ(U8(4), py)
-		DECQ(n)
-		JNZ(LabelRef(name + "_sl"))
-	}
-	Label(name + "_ret")
-	VZEROUPPER()
-	RET()
+	})
 
 	// ---- scale: x *= alpha ----
 	name = fname("scale", s, "")
@@ -302,47 +254,21 @@ func genVec(s isa) {
 	VBROADCASTSS(paddr("alpha"), al)
 	px = ld("x")
 	n = ld("n")
-	Label(name + "_l4")
-	CMPQ(n, U32(4*lanes))
-	JL(LabelRef(name + "_l1"))
-	for i := 0; i < 4; i++ {
+	vecLoops(s, name, n, []GPVirtual{px}, func(disp, _ int) {
 		v := s.vec()
-		VMULPS(Mem{Base: px, Disp: i * vb}, al, v)
-		VMOVUPS(v, Mem{Base: px, Disp: i * vb})
-	}
-	ADDQ(U32(4*vb), px)
-	SUBQ(U32(4*lanes), n)
-	JMP(LabelRef(name + "_l4"))
-	Label(name + "_l1")
-	CMPQ(n, U32(lanes))
-	JL(LabelRef(name + "_tail"))
-	v = s.vec()
-	VMULPS(Mem{Base: px}, al, v)
-	VMOVUPS(v, Mem{Base: px})
-	ADDQ(U32(vb), px)
-	SUBQ(U32(lanes), n)
-	JMP(LabelRef(name + "_l1"))
-	Label(name + "_tail")
-	TESTQ(n, n)
-	JZ(LabelRef(name + "_ret"))
-	if s.z {
-		k := tailMask(n)
+		VMULPS(Mem{Base: px, Disp: disp}, al, v)
+		VMOVUPS(v, Mem{Base: px, Disp: disp})
+	})
+	vecTail(s, name, n, []GPVirtual{px}, func(k OpmaskVirtual) {
 		v := s.vec()
 		VMOVUPS_Z(Mem{Base: px}, k, v)
 		VMULPS(v, al, v)
 		VMOVUPS(v, k, Mem{Base: px})
-	} else {
-		Label(name + "_sl")
+	}, func() {
 		t := XMM()
 		VMULSS(Mem{Base: px}, al.AsX(), t)
 		VMOVSS(t, Mem{Base: px})
-		ADDQ(U8(4), px)
-		DECQ(n)
-		JNZ(LabelRef(name + "_sl"))
-	}
-	Label(name + "_ret")
-	VZEROUPPER()
-	RET()
+	})
 
 	genBinary(s, "add", "+", VADDPS, VADDSS)
 	genBinary(s, "mul", "·", VMULPS, VMULSS)
@@ -455,8 +381,6 @@ func genSSMRows(s isa) {
 // genBinary emits <op>512 or <op>256: dst[i] = a[i] sym b[i] for i < n,
 // vop the packed instruction, sop the scalar one (AVX2 tails).
 func genBinary(s isa, op, sym string, vop, sop func(...Op)) {
-	vb := s.vbytes()
-	lanes := s.lanes
 	name := fname(op, s, "")
 	TEXT(name, NOSPLIT, "func(dst, a, b *float32, n int)")
 	Doc(name + " computes dst[i] = a[i] " + sym + " b[i] for i < n.")
@@ -464,52 +388,73 @@ func genBinary(s isa, op, sym string, vop, sop func(...Op)) {
 	pa := ld("a")
 	pb := ld("b")
 	n := ld("n")
-	Label(name + "_l4")
-	CMPQ(n, U32(4*lanes))
-	JL(LabelRef(name + "_l1"))
-	for i := 0; i < 4; i++ {
+	ptrs := []GPVirtual{pa, pb, pd}
+	vecLoops(s, name, n, ptrs, func(disp, _ int) {
 		v := s.vec()
-		VMOVUPS(Mem{Base: pa, Disp: i * vb}, v)
-		vop(Mem{Base: pb, Disp: i * vb}, v, v)
-		VMOVUPS(v, Mem{Base: pd, Disp: i * vb})
-	}
-	ADDQ(U32(4*vb), pa)
-	ADDQ(U32(4*vb), pb)
-	ADDQ(U32(4*vb), pd)
-	SUBQ(U32(4*lanes), n)
-	JMP(LabelRef(name + "_l4"))
-	Label(name + "_l1")
-	CMPQ(n, U32(lanes))
-	JL(LabelRef(name + "_tail"))
-	v := s.vec()
-	VMOVUPS(Mem{Base: pa}, v)
-	vop(Mem{Base: pb}, v, v)
-	VMOVUPS(v, Mem{Base: pd})
-	ADDQ(U32(vb), pa)
-	ADDQ(U32(vb), pb)
-	ADDQ(U32(vb), pd)
-	SUBQ(U32(lanes), n)
-	JMP(LabelRef(name + "_l1"))
-	Label(name + "_tail")
-	TESTQ(n, n)
-	JZ(LabelRef(name + "_ret"))
-	if s.z {
-		k := tailMask(n)
+		VMOVUPS(Mem{Base: pa, Disp: disp}, v)
+		vop(Mem{Base: pb, Disp: disp}, v, v)
+		VMOVUPS(v, Mem{Base: pd, Disp: disp})
+	})
+	vecTail(s, name, n, ptrs, func(k OpmaskVirtual) {
 		v := s.vec()
 		w := s.vec()
 		VMOVUPS_Z(Mem{Base: pa}, k, v)
 		VMOVUPS_Z(Mem{Base: pb}, k, w)
 		vop(w, v, v)
 		VMOVUPS(v, k, Mem{Base: pd})
-	} else {
-		Label(name + "_sl")
+	}, func() {
 		t := XMM()
 		VMOVSS(Mem{Base: pa}, t)
 		sop(Mem{Base: pb}, t, t)
 		VMOVSS(t, Mem{Base: pd})
-		ADDQ(U8(4), pa)
-		ADDQ(U8(4), pb)
-		ADDQ(U8(4), pd)
+	})
+}
+
+// vecLoops emits the element loops of the float32 vector kernels: body
+// runs four vectors a step (disp i·vector bytes, j = i, for i < 4) while n
+// holds four vectors' lanes or more, then one a step (disp 0, j 0) while
+// it holds a vector's; each step moves every pointer in ptrs on and takes
+// its lanes off n. It ends by jumping to name_tail, which the caller emits
+// (vecTail, or dot's own).
+func vecLoops(s isa, name string, n GPVirtual, ptrs []GPVirtual, body func(disp, j int)) {
+	vb := s.vbytes()
+	lanes := s.lanes
+	for _, u := range []int{4, 1} {
+		next := name + "_tail"
+		if u == 4 {
+			next = name + "_l1"
+		}
+		label := fmt.Sprintf("%s_l%d", name, u)
+		Label(label)
+		CMPQ(n, U32(u*lanes))
+		JL(LabelRef(next))
+		for i := 0; i < u; i++ {
+			body(i*vb, i)
+		}
+		for _, p := range ptrs {
+			ADDQ(U32(u*vb), p)
+		}
+		SUBQ(U32(u*lanes), n)
+		JMP(LabelRef(label))
+	}
+}
+
+// vecTail emits name_tail, the last n (fewer than a vector's lanes)
+// elements of a vector kernel, and its return: masked with the n lanes'
+// mask on AVX-512, else scalar one element a step, every pointer in ptrs
+// moved on by 4 bytes a step.
+func vecTail(s isa, name string, n GPVirtual, ptrs []GPVirtual, masked func(k OpmaskVirtual), scalar func()) {
+	Label(name + "_tail")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_ret"))
+	if s.z {
+		masked(tailMask(n))
+	} else {
+		Label(name + "_sl")
+		scalar()
+		for _, p := range ptrs {
+			ADDQ(U8(4), p)
+		}
 		DECQ(n)
 		JNZ(LabelRef(name + "_sl"))
 	}
