@@ -93,7 +93,7 @@ verify-deps:
 	  if $(GO) list -deps $$p | grep -E -q '$(FORBIDDEN)'; then echo "$$p imports a forbidden I/O dependency"; exit 1; fi; \
 	done; echo "verify-deps: model/ and placement/ are pure"
 
-# Import rules (.golangci.yml: depguard, importas) with the golangci-lint pinned in
+# Import rules (.golangci.yml: depguard, importas, gci) with the golangci-lint pinned in
 # tools/lint/go.mod, built once into bin/golangci-lint.
 verify-lint:
 	GO=$(GO) bash scripts/lint.sh

@@ -1,10 +1,6 @@
 package expertnode
 
 import (
-	"go.opentelemetry.io/otel/trace"
-
-	"github.com/switchyard-serving/switchyard/internal/telemetry"
-
 	"errors"
 	"fmt"
 	"maps"
@@ -12,12 +8,14 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/hybrid"
 	"github.com/switchyard-serving/switchyard/model/kernels"

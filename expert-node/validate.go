@@ -1,12 +1,11 @@
 package expertnode
 
 import (
-	"github.com/switchyard-serving/switchyard/internal/wire"
-
 	"errors"
 	"fmt"
 	"math"
 
+	"github.com/switchyard-serving/switchyard/internal/wire"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 )
 

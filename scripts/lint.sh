@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the import rules in .golangci.yml (depguard, importas) with the
+# Checks the import rules in .golangci.yml (depguard, importas, gci) with the
 # golangci-lint pinned in tools/lint/go.mod, built once into bin/golangci-lint.
 #
 #   bash scripts/lint.sh                  # lint ./... (make verify-lint)

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"github.com/switchyard-serving/switchyard/model/kernels"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -23,6 +22,7 @@ import (
 	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
 	"github.com/switchyard-serving/switchyard/internal/rpc"
 	"github.com/switchyard-serving/switchyard/internal/schedtrace"
+	"github.com/switchyard-serving/switchyard/model/kernels"
 	pb "github.com/switchyard-serving/switchyard/proto/switchyard/v1"
 	trunknode "github.com/switchyard-serving/switchyard/trunk-node"
 )

@@ -8,10 +8,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/switchyard-serving/switchyard/internal/telemetry"
 	"io"
 	"net"
 	"sort"
+
+	"github.com/switchyard-serving/switchyard/internal/telemetry"
 )
 
 // command is one subcommand.

@@ -10,9 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 
-	"github.com/switchyard-serving/switchyard/internal/agent"
-
 	expertnode "github.com/switchyard-serving/switchyard/expert-node"
+	"github.com/switchyard-serving/switchyard/internal/agent"
 	"github.com/switchyard-serving/switchyard/internal/cli/localcluster"
 	"github.com/switchyard-serving/switchyard/model/config"
 	"github.com/switchyard-serving/switchyard/model/kernels"

@@ -5,9 +5,10 @@ import (
 	"sync"
 	"testing"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/switchyard-serving/switchyard/internal/routing"
 	"github.com/switchyard-serving/switchyard/internal/testutil"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func startEtcd(t *testing.T) *clientv3.Client { return testutil.StartEtcd(t).Direct }

@@ -13,10 +13,9 @@ import (
 	"syscall"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Server is a running embedded etcd.

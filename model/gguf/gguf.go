@@ -4,13 +4,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/switchyard-serving/switchyard/model/internal/fileio"
 	"math"
 	"math/bits"
 	"os"
 	"slices"
 	"strings"
 
+	"github.com/switchyard-serving/switchyard/model/internal/fileio"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 

@@ -1,14 +1,13 @@
 package gguf
 
 import (
-	"github.com/switchyard-serving/switchyard/model/internal/fileio"
-
 	"bufio"
 	"encoding/binary"
 	"fmt"
 	"math"
 	"slices"
 
+	"github.com/switchyard-serving/switchyard/model/internal/fileio"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 

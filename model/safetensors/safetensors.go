@@ -6,13 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/switchyard-serving/switchyard/model/internal/fileio"
 	"maps"
 	"math"
 	"os"
 	"slices"
 	"sort"
 
+	"github.com/switchyard-serving/switchyard/model/internal/fileio"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 

@@ -1,8 +1,6 @@
 package safetensors
 
 import (
-	"github.com/switchyard-serving/switchyard/model/internal/fileio"
-
 	"bufio"
 	"bytes"
 	"encoding/binary"
@@ -12,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/switchyard-serving/switchyard/model/internal/fileio"
 	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 

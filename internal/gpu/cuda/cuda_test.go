@@ -2,12 +2,12 @@ package cuda
 
 import (
 	"errors"
-
-	"github.com/switchyard-serving/switchyard/model/tensor"
 	"math"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 func TestPackArgs(t *testing.T) {

@@ -3,11 +3,11 @@ package cuda
 import (
 	"fmt"
 	"math"
-
-	"github.com/switchyard-serving/switchyard/model/tensor"
 	"sync"
 	"time"
 	"unsafe"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // FakeKernel is the Go twin of a kernel: it does for the whole grid what the
