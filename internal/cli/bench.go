@@ -38,7 +38,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	kvDType := kvDTypeFlag(fs)
 	mmap := fs.Bool("mmap", false, mmapUsage)
 	streamsAB := fs.Bool("streams-ab", false, "the same as --ab streams")
-	abName := fs.String("ab", "", "alternate the decode and prefill repetitions between two settings of the engine and print both and their ratio, to compare them within one process: streams (the two-stream kernels against the one-run ones, kernels.SetProductStreams), helping (ParallelFor participants helping with each other's products, against not, kernels.SetProductHelping), lanes (each thread of a split product taking consecutive blocks, against blocks handed out in turn, kernels.SetProductLanes), rows (row-wise work such as norms, residuals, the conv and the expert sums split across the threads, against on one thread, hybrid.SetRowSplitting), shared (at decode, the shared expert run beside the routed experts, against its products split across the threads, hybrid.SetSharedBeside), pairs (a routed expert's gate and up products as one product of two runs, against two products, kernels.SetProductPairs) or codes (Q6_K, Q5_K and Q3_K products of many input rows unpacking their codes once, against making them on every pass, kernels.SetCodesUnpacking)")
+	abName := fs.String("ab", "", "alternate the decode and prefill repetitions between two settings of the engine and print both and their ratio, to compare them within one process: streams (the two-stream kernels against the one-run ones, kernels.SetProductStreams), helping (ParallelFor participants helping with each other's products, against not, kernels.SetProductHelping), lanes (each thread of a split product taking consecutive blocks, against blocks handed out in turn, kernels.SetProductLanes), rows (row-wise work such as norms, residuals, the conv and the expert sums split across the threads, against on one thread, hybrid.SetRowSplitting), shared (at decode, the shared expert run beside the routed experts, against its products split across the threads, hybrid.SetSharedBeside), pairs (a routed expert's gate and up products as one product of two runs, against two products, kernels.SetProductPairs), codes (Q6_K, Q5_K and Q3_K products of many input rows unpacking their codes once, against making them on every pass, kernels.SetCodesUnpacking) or invariant (the batch-invariant kernels that --deterministic trunks and expert nodes run, against the faster one- and two-row kernels where they differ: on AVX2, float-widened and Q8_0 products; kernels.SetBatchInvariant)")
 	breakdownFlag := fs.Bool("breakdown", false, "after each decode and prefill measurement, run the same steps again with the kernels' and the forward pass's observers on and print where the time goes (stages, and each matrix product's read rate against the read probe and its GFLOP/s)")
 	lines := fs.Bool("lines", false, "also print one machine-readable line per measurement (\"result engine=switchyard threads=N test=prefill_512|decode_B tokens_per_s=X\")")
 	if err := parse(fs, args); err != nil {
@@ -441,7 +441,7 @@ func abVariants(name string) ([]abVariant, string, error) {
 		}
 	}
 	helping, lanes, pairs := onOff(kernels.SetProductHelping), onOff(kernels.SetProductLanes), onOff(kernels.SetProductPairs)
-	codes := onOff(kernels.SetCodesUnpacking)
+	codes, invariant := onOff(kernels.SetCodesUnpacking), onOff(kernels.SetBatchInvariant)
 	rows, shared := onOff(hybrid.SetRowSplitting), onOff(hybrid.SetSharedBeside)
 	switch name {
 	case "":
@@ -460,8 +460,10 @@ func abVariants(name string) ([]abVariant, string, error) {
 		return []abVariant{{", gate and up paired", pairs(true)}, {", gate and up apart", pairs(false)}}, "paired / apart", nil
 	case "codes":
 		return []abVariant{{", codes unpacked", codes(true)}, {", codes per pass", codes(false)}}, "unpacked / per pass", nil
+	case "invariant":
+		return []abVariant{{", batch-invariant", invariant(true)}, {", not invariant", invariant(false)}}, "invariant / not", nil
 	}
-	return nil, "", fmt.Errorf("--ab %q: want streams, helping, lanes, rows, shared, pairs or codes", name)
+	return nil, "", fmt.Errorf("--ab %q: want streams, helping, lanes, rows, shared, pairs, codes or invariant", name)
 }
 
 // decodeSteps feeds every session of states one random token per step,

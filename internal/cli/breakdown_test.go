@@ -125,6 +125,7 @@ func TestABVariants(t *testing.T) {
 		{"shared", 2, switchState(hybrid.SetSharedBeside)},
 		{"pairs", 2, switchState(kernels.SetProductPairs)},
 		{"codes", 2, switchState(kernels.SetCodesUnpacking)},
+		{"invariant", 2, switchState(kernels.SetBatchInvariant)},
 	} {
 		vs, ratio, err := abVariants(tc.name)
 		if err != nil || len(vs) != tc.n || (tc.n == 2) != (ratio != "") {
@@ -144,7 +145,7 @@ func TestABVariants(t *testing.T) {
 			t.Errorf("--ab %q: its variants set %v", tc.name, seen)
 		}
 	}
-	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping, lanes, rows, shared, pairs or codes") {
+	if _, _, err := abVariants("nope"); err == nil || !strings.Contains(err.Error(), "streams, helping, lanes, rows, shared, pairs, codes or invariant") {
 		t.Errorf("abVariants(nope): %v", err)
 	}
 }
