@@ -211,3 +211,39 @@ func TestMaskMatchesReference100K(t *testing.T) {
 		}
 	}
 }
+
+// FuzzFromJSONSchema: any bytes a request carries as its schema compile or
+// fail with a *SchemaError, never panic; a schema that compiles gives a
+// grammar whose matcher walks (randomWalk's checks, against the reference
+// twin) without panicking.
+func FuzzFromJSONSchema(f *testing.F) {
+	for _, sc := range testSchemas {
+		f.Add([]byte(sc.schema), uint64(len(sc.schema)))
+	}
+	for _, s := range []string{
+		`{"type":"json_object"}`,
+		`{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"integer","minimum":-5,"maximum":12}}}`,
+		`{"type":"string","pattern":"^[a-c]{2,3}$"}`,
+		`{"anyOf":[{"type":"null"},{"$ref":"#/$defs/a"}],"$defs":{"a":{"type":"array","items":{"$ref":"#/$defs/a"},"maxItems":2}}}`,
+		`{"enum":["a",1,null,true,{"k":[1]}]}`,
+		`{"type":"object","properties":{"a":{"const":"x"}},"required":["a"],"additionalProperties":false}`,
+		`{"type":"number","minLength":3}`,
+		`[`, `{"type":7}`, `{"$ref":"#/nope"}`, `{"$ref":"#"}`,
+	} {
+		f.Add([]byte(s), uint64(len(s)))
+	}
+	vocabs := testVocabs()
+	f.Fuzz(func(t *testing.T, schema []byte, seed uint64) {
+		g, err := FromJSONSchema(schema)
+		if err != nil {
+			var se *SchemaError
+			if !errors.As(err, &se) || (!errors.Is(err, ErrSchema) && !errors.Is(err, ErrUnsupported)) {
+				t.Fatalf("FromJSONSchema(%q): error %v (%T) is not a *SchemaError wrapping ErrSchema or ErrUnsupported", schema, err, err)
+			}
+			return
+		}
+		v := vocabs[int(seed%uint64(len(vocabs)))]
+		rng := rand.New(rand.NewPCG(seed, 5))
+		randomWalk(t, g, v, rng, walkOpts{steps: 40, closeAt: int(seed % 40), ref: true})
+	})
+}
