@@ -33,7 +33,7 @@ func fixtureHF(t testing.TB) string {
 
 // startLocal runs a trunk node with in-process experts on a loopback port
 // (serveNode; stopped at cleanup).
-func startLocal(t *testing.T, edit func(*Config)) (pb.SwitchyardClient, *Node) {
+func startLocal(t testing.TB, edit func(*Config)) (pb.SwitchyardClient, *Node) {
 	t.Helper()
 	c, n, _ := serveNode(t, edit)
 	return c, n

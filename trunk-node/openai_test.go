@@ -25,7 +25,7 @@ import (
 
 // startHTTP runs a node with the OpenAI-compatible API and returns an
 // official SDK client for it.
-func startHTTP(t *testing.T, edit func(*Config)) (openai.Client, pb.SwitchyardClient, *Node) {
+func startHTTP(t testing.TB, edit func(*Config)) (openai.Client, pb.SwitchyardClient, *Node) {
 	t.Helper()
 	c, n := startLocal(t, func(cfg *Config) {
 		cfg.HTTPListen = "127.0.0.1:0"

@@ -23,7 +23,7 @@ import (
 
 // serveNode runs a trunk with local experts until stop (a graceful stop, as
 // on SIGTERM) and returns a client for it.
-func serveNode(t *testing.T, edit func(*Config)) (c pb.SwitchyardClient, n *Node, stop func()) {
+func serveNode(t testing.TB, edit func(*Config)) (c pb.SwitchyardClient, n *Node, stop func()) {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.ModelPath = fixtureHF(t)
