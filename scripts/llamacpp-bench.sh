@@ -22,7 +22,9 @@
 # (as make bench makes it) converted by `switchyard convert` to BF16, Q8_0 and
 # llama.cpp's Q4_K_M mix, in $SWITCHYARD_CACHE (default ~/.cache/switchyard);
 # missing ones are made.
-# Environment: THREADS (default "1 2"), BATCHES (default 8,32,128),
+# Environment: THREADS (default "1 2"), CONTEXTS (default none: context
+# lengths C at which one session's decode is measured too, after a prompt of C
+# tokens, on both sides; test decode_1_at_C, at every thread count), BATCHES (default 8,32,128),
 # BATCHED_THREADS (the thread counts the batched sizes run at, default the
 # last of THREADS: batched decode of this model reads nearly every expert per
 # step, so it is the long part), PROMPT (512), STEPS (decode steps per
@@ -51,6 +53,7 @@ PROMPT=${PROMPT:-512}
 STEPS=${STEPS:-8}
 REPS=${REPS:-3}
 ROUNDS=${ROUNDS:-1}
+CONTEXTS=${CONTEXTS:-}
 TYPES=${TYPES:-"bf16 q8_0 q4_k_m"}
 NLC=@node-llama-cpp/linux-x64@3.21.1
 LOG=${LOG:-$CACHE/llamacpp-bench.log}
@@ -137,6 +140,15 @@ ours() { # model threads
   "$BIN" bench --model "$1" --threads "$2" --batches "$(batches "$2")" "${OURS_ARGS[@]}" | tee -a "$LOG" |
     sed -n "s|^result |result model=$(basename "$1") |p" >>"$RES"
 }
+# One session's decode after a prompt of C tokens (no prefill test).
+llama_at() { # model threads C
+  "$WORK/llamacpp-bench" -t "$2" -b 1 -prompt "$3" "${LLAMA_ARGS[@]}" -p 0 "$1" 2>"$WORK/llama.log" | tee -a "$LOG" |
+    sed -n "s|^result |result model=$(basename "$1") |p" >>"$RES" || { tail -20 "$WORK/llama.log"; exit 1; }
+}
+ours_at() { # model threads C
+  "$BIN" bench --model "$1" --threads "$2" --batches 1 --context "$3" "${OURS_ARGS[@]}" --prompt 0 | tee -a "$LOG" |
+    sed -n "s|^result |result model=$(basename "$1") |p" >>"$RES"
+}
 i=0
 for round in $(seq "$ROUNDS"); do
   for m in "${MODELS[@]}"; do
@@ -144,6 +156,9 @@ for round in $(seq "$ROUNDS"); do
       echo "== round $round, $(basename "$m"), $th thread(s) ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"
       # Alternate which side goes first, so slow drifts do not favour either.
       if [ $((i % 2)) -eq 0 ]; then llama "$m" "$th"; ours "$m" "$th"; else ours "$m" "$th"; llama "$m" "$th"; fi
+      for c in $CONTEXTS; do
+        if [ $((i % 2)) -eq 0 ]; then llama_at "$m" "$th" "$c"; ours_at "$m" "$th" "$c"; else ours_at "$m" "$th" "$c"; llama_at "$m" "$th" "$c"; fi
+      done
       i=$((i + 1))
     done
   done
@@ -161,8 +176,8 @@ for line in open(sys.argv[1]):
     r.setdefault(key, {}).setdefault(f["engine"], []).append(float(f["tokens_per_s"]))
 models = list(dict.fromkeys(k[0] for k in r))  # in the order they ran
 def order(k):
-    m = re.match(r"(prefill|decode)_(\d+)", k[2])
-    return (models.index(k[0]), k[1], m.group(1) != "prefill", int(m.group(2)))
+    m = re.match(r"(prefill|decode)_(\d+)(?:_at_(\d+))?", k[2])
+    return (models.index(k[0]), k[1], m.group(1) != "prefill", int(m.group(3) or 0), int(m.group(2)))
 print("| model | threads | test | switchyard | llama.cpp | ours / llama.cpp |")
 print("|---|---|---|---|---|---|")
 for k in sorted(r, key=order):

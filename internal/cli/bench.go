@@ -30,7 +30,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	model := fs.String("model", "", "model: Hugging Face folder or .gguf file (required)")
 	threadsFlag := fs.String("threads", "1,2", "comma-separated thread counts")
 	batchesFlag := fs.String("batches", "1,8,32", "comma-separated decode batch sizes")
-	prompt := fs.Int("prompt", 512, "prefill prompt length")
+	prompt := fs.Int("prompt", 512, "prefill prompt length (0: no prefill measurement)")
 	steps := fs.Int("steps", 8, "decode steps per measurement")
 	contextLen := fs.Int("context", 4, "tokens each decode session holds before its steps (its prompt): decode at a long context reads that much KV cache a step")
 	reps := fs.Int("reps", 3, "repetitions (the median is reported)")
@@ -40,7 +40,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	streamsAB := fs.Bool("streams-ab", false, "the same as --ab streams")
 	abName := fs.String("ab", "", "alternate the decode and prefill repetitions between two settings of the engine and print both and their ratio, to compare them within one process: streams (the two-stream kernels against the one-run ones, kernels.SetProductStreams), helping (ParallelFor participants helping with each other's products, against not, kernels.SetProductHelping), lanes (each thread of a split product taking consecutive blocks, against blocks handed out in turn, kernels.SetProductLanes), rows (row-wise work such as norms, residuals, the conv and the expert sums split across the threads, against on one thread, hybrid.SetRowSplitting), shared (at decode, the shared expert run beside the routed experts, against its products split across the threads, hybrid.SetSharedBeside), pairs (a routed expert's gate and up products as one product of two runs, against two products, kernels.SetProductPairs), codes (Q6_K, Q5_K and Q3_K products of many input rows unpacking their codes once, against making them on every pass, kernels.SetCodesUnpacking) or invariant (the batch-invariant kernels that --deterministic trunks and expert nodes run, against the faster one- and two-row kernels of the products widened to float32, the only ones that differ: F32, F16, BF16 without AVX-512 BF16, and quantized types with their 8-bit activations turned off; kernels.SetBatchInvariant)")
 	breakdownFlag := fs.Bool("breakdown", false, "after each decode and prefill measurement, run the same steps again with the kernels' and the forward pass's observers on and print where the time goes (stages, and each matrix product's read rate against the read probe and its GFLOP/s)")
-	lines := fs.Bool("lines", false, "also print one machine-readable line per measurement (\"result engine=switchyard threads=N test=prefill_512|decode_B tokens_per_s=X\")")
+	lines := fs.Bool("lines", false, "also print one machine-readable line per measurement (\"result engine=switchyard threads=N test=prefill_512|decode_B|decode_B_at_C tokens_per_s=X\", the last at a --context other than 4)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -57,6 +57,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *model == "" {
 		return fmt.Errorf("--model is required")
+	}
+	if *prompt < 0 {
+		return fmt.Errorf("--prompt must be at least 0 (0: no prefill measurement), got %d", *prompt)
 	}
 	if *contextLen < 1 {
 		return fmt.Errorf("--context must be at least 1, got %d", *contextLen)
@@ -167,7 +170,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				fmt.Fprintf(w, "%d\t%.1f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.2f\t%.2f\t\t\t\n", th, bw/1e9, peak/1e9, label,
 					float64(b)/sec, bytesPerStep/sec/1e9, median(beside[k])/1e9, median(ratios[k]), median(withState[k]))
 				if k == 0 {
-					result(th, fmt.Sprintf("decode_%d", b), float64(b)/sec)
+					test := fmt.Sprintf("decode_%d", b)
+					if *contextLen != 4 {
+						test = fmt.Sprintf("decode_%d_at_%d", b, *contextLen)
+					}
+					result(th, test, float64(b)/sec)
 				}
 			}
 			if *breakdownFlag {
@@ -185,39 +192,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				return ctx.Err()
 			}
 		}
-		// Prefill: the variants in turn too (--ab), each repetition a new
-		// session.
-		times := make([][]float64, len(variants))
-		toks := randToks(r, *prompt, c.VocabSize)
-		for range *reps {
-			for k, v := range variants {
-				restore := v.set()
-				start := time.Now() // a new session's state included, as a server makes one
-				st := m.NewState()
-				err := m.Forward([]hybrid.Seq{{State: st, Tokens: toks}})
-				elapsed := time.Since(start)
-				restore()
-				st.Free()
-				if err != nil {
-					return err
-				}
-				times[k] = append(times[k], elapsed.Seconds())
-			}
-		}
-		fl := prefillFLOPs(m, *prompt)
-		for k, v := range variants {
-			sec := median(times[k])
-			fmt.Fprintf(w, "%d\t%.1f\t%.0f\tprefill %d%s\t%.1f\t\t\t\t\t%.1f\t%.2f\t\n", th, bw/1e9, peak/1e9, *prompt, v.label,
-				float64(*prompt)/sec, fl/sec/1e9, fl/sec/peak)
-			if k == 0 {
-				result(th, fmt.Sprintf("prefill_%d", *prompt), float64(*prompt)/sec)
-			}
-		}
-		if len(variants) == 2 {
-			fmt.Fprintf(w, "%d\t\t\tprefill %d: %s\t%.3f\t\t\t\t\t\t\t\n", th, *prompt, abRatio, pairRatio(times))
-		}
-		if *breakdownFlag {
-			if err := prefillBreakdown(&breakdowns, m, toks, th, *reps, probe); err != nil {
+		if *prompt > 0 {
+			if err := benchPrefill(w, m, variants, abRatio, r, th, *prompt, *reps, bw, peak, *breakdownFlag, &breakdowns, probe, result); err != nil {
 				return err
 			}
 		}
@@ -232,6 +208,46 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "peak RSS (VmHWM) %s, anonymous RSS now %s\n", human(procStatus("VmHWM")), human(procStatus("RssAnon")))
 	return w.Flush()
+}
+
+// benchPrefill measures and prints bench's prefill of a prompt of n tokens on
+// th threads: the variants in turn too (--ab), each repetition a new session.
+func benchPrefill(w io.Writer, m *hybrid.Model, variants []abVariant, abRatio string, r *rand.Rand, th, n, reps int,
+	bw, peak float64, breakdown bool, breakdowns *bytes.Buffer, probe *kernels.ReadProbe, result func(int, string, float64)) error {
+	c := m.Cfg
+	times := make([][]float64, len(variants))
+	toks := randToks(r, n, c.VocabSize)
+	for range reps {
+		for k, v := range variants {
+			restore := v.set()
+			start := time.Now() // a new session's state included, as a server makes one
+			st := m.NewState()
+			err := m.Forward([]hybrid.Seq{{State: st, Tokens: toks}})
+			elapsed := time.Since(start)
+			restore()
+			st.Free()
+			if err != nil {
+				return err
+			}
+			times[k] = append(times[k], elapsed.Seconds())
+		}
+	}
+	fl := prefillFLOPs(m, n)
+	for k, v := range variants {
+		sec := median(times[k])
+		fmt.Fprintf(w, "%d\t%.1f\t%.0f\tprefill %d%s\t%.1f\t\t\t\t\t%.1f\t%.2f\t\n", th, bw/1e9, peak/1e9, n, v.label,
+			float64(n)/sec, fl/sec/1e9, fl/sec/peak)
+		if k == 0 {
+			result(th, fmt.Sprintf("prefill_%d", n), float64(n)/sec)
+		}
+	}
+	if len(variants) == 2 {
+		fmt.Fprintf(w, "%d\t\t\tprefill %d: %s\t%.3f\t\t\t\t\t\t\t\n", th, n, abRatio, pairRatio(times))
+	}
+	if breakdown {
+		return prefillBreakdown(breakdowns, m, toks, th, reps, probe)
+	}
+	return nil
 }
 
 // kvDTypeFlag registers --kv-dtype, the element type of the KV caches of the

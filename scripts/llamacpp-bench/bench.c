@@ -10,12 +10,13 @@
 //                   build without AMX that loads on this CPU, from the folder
 //                   of libllama: zen4, then icelake, then skylakex, then
 //                   haswell)
-//     -p N          prefill prompt length (default 512; n_batch = n_ubatch = N)
+//     -p N          prefill prompt length (default 512; n_batch = n_ubatch = N;
+//                   0: no prefill test)
 //     -n N          decode steps per measurement (default 16)
 //     -b LIST       batched decode sizes, comma-separated (default 8,32,128;
 //                   1 is the single-session decode)
-//     -prompt N     tokens of each session's short prompt before decoding
-//                   (default 4)
+//     -prompt N     tokens of each session's prompt before decoding
+//                   (default 4; a long one measures decode at that context)
 //     -r N          repetitions after one warm-up (default 3; the median is
 //                   reported)
 //     -kv TYPE      K/V cache type: f16 (llama.cpp's default), bf16 or f32
@@ -34,6 +35,9 @@
 //              N steps that each decode one token of every session in one
 //              llama_decode (logits for every session); tokens/s =
 //              B * N / time. decode_1 is the single-session decode (tg).
+//              Each repetition goes on from where the one before stopped.
+//   decode_B_at_C  the same after a prompt of C tokens (-prompt C, C != 4):
+//              decode at a context of C tokens.
 // Tokens are random (fixed seed), as in switchyard bench.
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -179,9 +183,12 @@ static double prefill(void *ctx, llama_batch *b, int P, int nv) {
 	return now() - t0;
 }
 
-// batched: B sessions with a short prompt each (one llama_decode, not timed),
-// then N timed steps of one token per session; seconds for the N steps.
-static double batched(void *ctx, llama_batch *b, int B, int prompt, int N, int nv) {
+// batched: B sessions with a prompt each (given in one llama_batch of
+// n_batch tokens, which llama.cpp runs in ubatches; not timed), then
+// reps + 1 timed runs of N steps of one token per session, each run going on
+// from where the one before stopped (as switchyard bench does: a recurrent
+// state is not rolled back); t[r] gets run r's seconds (t[0]: the warm-up).
+static void batched(void *ctx, llama_batch *b, int B, int prompt, int N, int nv, int reps, double *t) {
 	llama_memory_clear(llama_get_memory(ctx), 1);
 	int n = 0;
 	for (int s = 0; s < B; s++)
@@ -191,15 +198,18 @@ static double batched(void *ctx, llama_batch *b, int B, int prompt, int N, int n
 		}
 	b->n_tokens = n;
 	decode(ctx, *b);
-	double t0 = now();
-	for (int step = 0; step < N; step++) {
-		for (int s = 0; s < B; s++) {
-			b->token[s] = rand_token(nv); b->pos[s] = prompt + step; b->n_seq_id[s] = 1; b->seq_id[s][0] = s; b->logits[s] = 1;
+	int pos = prompt;
+	for (int r = 0; r <= reps; r++) {
+		double t0 = now();
+		for (int step = 0; step < N; step++, pos++) {
+			for (int s = 0; s < B; s++) {
+				b->token[s] = rand_token(nv); b->pos[s] = pos; b->n_seq_id[s] = 1; b->seq_id[s][0] = s; b->logits[s] = 1;
+			}
+			b->n_tokens = B;
+			decode(ctx, *b);
 		}
-		b->n_tokens = B;
-		decode(ctx, *b);
+		t[r] = now() - t0;
 	}
-	return now() - t0;
 }
 
 static double median_of(double *x, int n) {
@@ -244,7 +254,7 @@ int main(int argc, char **argv) {
 	fa = !strcmp(fas, "auto") ? -1 : !strcmp(fas, "on") ? 1 : !strcmp(fas, "off") ? 0 : -2;
 	// llama_load_mode numbers of this build (llama_load_mode_name): -1 auto, 0 none, 1 mmap.
 	int lm = !strcmp(load, "auto") ? -1 : !strcmp(load, "mmap") ? 1 : !strcmp(load, "none") ? 0 : -2;
-	if (argc - a != 1 || threads < 1 || P < 1 || N < 1 || prompt < 1 || reps < 1 || reps > 64 || kvt < 0 || fa == -2 ||
+	if (argc - a != 1 || threads < 1 || P < 0 || N < 1 || prompt < 1 || reps < 1 || reps > 64 || kvt < 0 || fa == -2 ||
 			lm == -2) {
 		fprintf(stderr, "usage: llamacpp-bench [-t N] [-backend SO] [-p N] [-n N] [-b LIST] [-prompt N] [-r N] "
 			"[-kv f16|bf16|f32] [-fa auto|on|off] [-load auto|mmap|none] [-v] MODEL.gguf\n");
@@ -294,23 +304,30 @@ int main(int argc, char **argv) {
 	llama_batch b = llama_batch_init(cap, 0, 1);
 	double t[65];
 
-	// (a) prefill
-	void *ctx = new_context(model, threads, P + 256, P, P, 1, kvt, kv, fa);
-	for (int r = 0; r <= reps; r++) t[r] = prefill(ctx, &b, P, nv); // t[0]: warm-up
-	printf("result engine=llama.cpp threads=%d test=prefill_%d tokens_per_s=%.3f\n", threads, P, P / median_of(t + 1, reps));
-	fflush(stdout);
-	llama_free(ctx);
+	// (a) prefill (-p 0: none)
+	if (P > 0) {
+		void *ctx = new_context(model, threads, P + 256, P, P, 1, kvt, kv, fa);
+		for (int r = 0; r <= reps; r++) t[r] = prefill(ctx, &b, P, nv); // t[0]: warm-up
+		printf("result engine=llama.cpp threads=%d test=prefill_%d tokens_per_s=%.3f\n", threads, P, P / median_of(t + 1, reps));
+		fflush(stdout);
+		llama_free(ctx);
+	}
 
-	// (b), (c) decode, one session and batched
+	// (b), (c) decode, one session and batched; after a prompt other than
+	// the default 4 tokens the test is named decode_B_at_PROMPT.
 	for (const char *s = blist; *s;) {
 		int B = atoi(s);
 		if (B < 1) die("bad -b list");
-		uint32_t per = (uint32_t)(prompt + N + 16);
+		uint32_t per = (uint32_t)(prompt + (reps + 1) * N + 16);
 		uint32_t nb = (uint32_t)(B * prompt > 512 ? B * prompt : 512);
+		uint32_t nub = nb > 2048 ? 2048 : nb; // a long prompt runs in ubatches of 2048 (its compute buffers)
 		uint32_t n_ctx = per * B > nb ? per * B : nb; // llama.cpp caps n_batch at n_ctx
-		ctx = new_context(model, threads, n_ctx, nb, nb, B, kvt, kv, fa);
-		for (int r = 0; r <= reps; r++) t[r] = batched(ctx, &b, B, prompt, N, nv);
-		printf("result engine=llama.cpp threads=%d test=decode_%d tokens_per_s=%.3f\n", threads, B, (double)B * N / median_of(t + 1, reps));
+		void *ctx = new_context(model, threads, n_ctx, nb, nub, B, kvt, kv, fa);
+		batched(ctx, &b, B, prompt, N, nv, reps, t);
+		char name[64];
+		if (prompt == 4) snprintf(name, sizeof name, "decode_%d", B);
+		else snprintf(name, sizeof name, "decode_%d_at_%d", B, prompt);
+		printf("result engine=llama.cpp threads=%d test=%s tokens_per_s=%.3f\n", threads, name, (double)B * N / median_of(t + 1, reps));
 		fflush(stdout);
 		llama_free(ctx);
 		s = strchr(s, ','); if (!s) break; s++;
