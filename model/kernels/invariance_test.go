@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"testing"
+
+	"github.com/switchyard-serving/switchyard/model/tensor"
 )
 
 // batchSizes crosses every tile height and every dtype's panel threshold.
@@ -102,6 +104,36 @@ func TestMatMulSerialInvariant(t *testing.T) {
 				for i := range got {
 					if math.Float32bits(got[i]) != math.Float32bits(alone[(maxN-n)*w.Rows+i]) {
 						t.Fatalf("%v n=%d: out %d = %g, alone %g", dt, n, i, got[i], alone[(maxN-n)*w.Rows+i])
+					}
+				}
+			}
+		}
+	})
+}
+
+// MatMulSerialInvariantThen gives MatMulSerialInvariant's bits whatever it is
+// told to prefetch (nothing, less or more than the weights, one byte), at the
+// attention pages' shapes (keys 256×128, transposed values 128×256), a
+// partial quad and several input-row groups.
+func TestMatMulSerialInvariantThen(t *testing.T) {
+	forEachLevel(t, func(t *testing.T) {
+		for _, dt := range []tensor.DType{tensor.BF16, tensor.F32, tensor.F16, tensor.Q8_0} {
+			for _, sh := range [][2]int{{256, 128}, {128, 256}, {22, 64}} {
+				rng := rand.New(rand.NewPCG(uint64(dt), uint64(sh[0])))
+				w := randMatrix(rng, dt, sh[0], sh[1])
+				for _, n := range []int{1, 3, 12} {
+					x := randVec(rng, n*sh[1])
+					want := make([]float32, n*w.Rows)
+					MatMulSerialInvariant(want, w, x, n)
+					other := make([]byte, 3*len(w.Data))
+					for _, after := range [][]byte{nil, other[:1], other[:len(w.Data)/3], other[:len(w.Data)], other} {
+						got := make([]float32, n*w.Rows)
+						MatMulSerialInvariantThen(got, w, x, n, after)
+						for i := range got {
+							if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+								t.Fatalf("%v %dx%d n=%d, %d bytes after: out %d = %g, want %g", dt, sh[0], sh[1], n, len(after), i, got[i], want[i])
+							}
+						}
 					}
 				}
 			}

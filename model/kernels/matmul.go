@@ -94,6 +94,11 @@ type mmJob struct {
 	asm   asmPlan  // used by the assembly levels
 	q8    q8Plan   // used by the integer kernels
 	bf    []uint16 // the bf16 input rows of the bf16 kernels
+	// after is memory the caller reads after the product
+	// (MatMulSerialInvariantThen): each row block's tile kernels prefetch its
+	// share of it, in proportion to the block's rows, when they have no next
+	// block of their own to prefetch.
+	after []byte
 }
 
 // q8Plan is the per-call set-up of the integer kernels (q8act.go).
@@ -349,7 +354,27 @@ func MatMulSerialInvariant(out []float32, w tensor.Matrix, x []float32, n int) {
 	matMul(out, w, x, n, 1, true)
 }
 
+// MatMulSerialInvariantThen is MatMulSerialInvariant for a caller that reads
+// after (for attention: the page's values after its keys, the next page's
+// keys after the values) once the product is done: the kernels that can
+// prefetch it into the cache as they go, a line for each line of weights they
+// read, so that its memory traffic overlaps this product's arithmetic. The
+// results are the same bits as MatMulSerialInvariant's.
+func MatMulSerialInvariantThen(out []float32, w tensor.Matrix, x []float32, n int, after []byte) {
+	if obs := productObserver.Load(); obs != nil {
+		observed(obs, out, w, x, n, 1, true)
+		return
+	}
+	matMulThen(out, w, x, n, 1, true, after)
+}
+
 func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv bool) {
+	matMulThen(out, w, x, n, threads, inv, nil)
+}
+
+// matMulThen is matMul with memory the caller reads after the product, which
+// the tile kernels prefetch across it (mmJob.after).
+func matMulThen(out []float32, w tensor.Matrix, x []float32, n, threads int, inv bool, after []byte) {
 	if n <= 0 || w.Rows <= 0 {
 		return
 	}
@@ -369,7 +394,7 @@ func matMul(out []float32, w tensor.Matrix, x []float32, n, threads int, inv boo
 	}
 	c := ctxPool.Get().(*callCtx)
 	j := &c.job
-	j.out, j.w, j.x, j.n, j.inv = out, w, x, n, inv
+	j.out, j.w, j.x, j.n, j.inv, j.after = out, w, x, n, inv, after
 	j.rowBytes = w.RowStride()
 	j.next.Store(0)
 	q8, nonFinite := planQ8(c, lvl)

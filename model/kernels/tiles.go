@@ -192,6 +192,10 @@ func packX(dst, x []float32, n, k, kp, kmain, bf int) {
 			dc := d[c0 : c0+bf]
 			if c0+bf <= kmain {
 				xc := xi[c0 : c0+bf]
+				if bf == 32 { // AVX-512: fixed-size arrays, no bounds checks
+					evenOdd32((*[32]float32)(dc), (*[32]float32)(xc))
+					continue
+				}
 				for jj := 0; jj < half; jj++ {
 					dc[jj] = xc[2*jj]
 					dc[half+jj] = xc[2*jj+1]
@@ -209,6 +213,14 @@ func packX(dst, x []float32, n, k, kp, kmain, bf int) {
 				}
 			}
 		}
+	}
+}
+
+// evenOdd32 stores x's even elements, then its odd ones, in d.
+func evenOdd32(d, x *[32]float32) {
+	for jj := range 16 {
+		d[jj] = x[2*jj]
+		d[16+jj] = x[2*jj+1]
 	}
 }
 
@@ -251,9 +263,14 @@ func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 	// With several passes over the block (input-row groups, or a panel),
 	// prefetch the next block during them, split across the calls.
 	wd := uintptr(unsafe.Pointer(unsafe.SliceData(j.w.Data)))
-	pf0, pfLen := 0, 0
+	pfBase, pf0, pfLen := wd, 0, 0
 	if nr1 > nr0 && (ng > 1 || p.panel) {
 		pf0, pfLen = nr0*j.rowBytes, (nr1-nr0)*j.rowBytes
+	} else if len(j.after) > 0 {
+		// This block's share of what the caller reads next.
+		pfBase = uintptr(unsafe.Pointer(unsafe.SliceData(j.after)))
+		pf0 = len(j.after) * r0 / rows
+		pfLen = len(j.after)*r1/rows - pf0
 	}
 	if nq > 0 {
 		wb := &j.w.Data[r0*j.rowBytes]
@@ -265,7 +282,7 @@ func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 			i0 := 0
 			for g := 0; g < ng; g++ {
 				nn := base + b2i(g < rem)
-				a, e := pfRange(wd, pf0, pfLen, g, ng)
+				a, e := pfRange(pfBase, pf0, pfLen, g, ng)
 				ik.panel[nn](pw, 4*p.kp, nq, &p.xp[i0*p.xstride], 4*p.xstride, chunks, 0, &j.out[i0*rows+r0], 4*rows, nil, a, e)
 				i0 += nn
 			}
@@ -274,7 +291,7 @@ func asmBlock(j *mmJob, s *scratch, r0, r1, nr0, nr1 int) {
 			i0 := 0
 			for g := 0; g < ng; g++ {
 				nn := base + b2i(g < rem)
-				a, e := pfRange(wd, pf0, pfLen, g, ng)
+				a, e := pfRange(pfBase, pf0, pfLen, g, ng)
 				tf[nn](wb, j.rowBytes, nq, &p.xp[i0*p.xstride], 4*p.xstride, p.nchunks, p.tail, &j.out[i0*rows+r0], 4*rows, scr, a, e)
 				i0 += nn
 			}
