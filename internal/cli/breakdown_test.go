@@ -200,18 +200,31 @@ func TestSessionStepBytes(t *testing.T) {
 	}
 }
 
-// bench --context N decodes sessions that hold N tokens (the label says so),
-// and refuses a context under one token.
+// bench --context N decodes sessions that hold N tokens (the label and the
+// --lines test name say so: decode_B_at_N, what scripts/llamacpp-bench.sh
+// pairs with llama.cpp's), --prompt 0 leaves the prefill out, and a context
+// under one token or a negative prompt is refused.
 func TestBenchContext(t *testing.T) {
 	model := filepath.Join(fixture(t), "hf")
 	var out, errOut bytes.Buffer
-	if err := runBench(t.Context(), []string{"--model", model, "--threads", "1", "--batches", "1", "--prompt", "4", "--steps", "2", "--reps", "1", "--context", "300"}, &out, &errOut); err != nil {
+	if err := runBench(t.Context(), []string{"--model", model, "--threads", "1", "--batches", "1", "--prompt", "4", "--steps", "2", "--reps", "1", "--context", "300", "--lines"}, &out, &errOut); err != nil {
 		t.Fatalf("%v\n%s", err, errOut.String())
 	}
-	if !strings.Contains(out.String(), "decode batch 1 at 300") {
-		t.Fatalf("no decode at context 300 in:\n%s", out.String())
+	for _, want := range []string{"decode batch 1 at 300", "test=decode_1_at_300 ", "test=prefill_4 "} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("no %q in:\n%s", want, out.String())
+		}
 	}
-	if err := runBench(t.Context(), []string{"--model", model, "--context", "0"}, &out, &errOut); err == nil || !strings.Contains(err.Error(), "--context") {
-		t.Fatalf("--context 0: %v", err)
+	out.Reset()
+	if err := runBench(t.Context(), []string{"--model", model, "--threads", "1", "--batches", "1", "--prompt", "0", "--steps", "2", "--reps", "1", "--lines"}, &out, &errOut); err != nil {
+		t.Fatalf("--prompt 0: %v\n%s", err, errOut.String())
+	}
+	if s := out.String(); !strings.Contains(s, "test=decode_1 ") || strings.Contains(s, "prefill") {
+		t.Fatalf("--prompt 0: want decode_1 and no prefill in:\n%s", s)
+	}
+	for _, c := range []struct{ flag, val string }{{"--context", "0"}, {"--prompt", "-1"}} {
+		if err := runBench(t.Context(), []string{"--model", model, c.flag, c.val}, &out, &errOut); err == nil || !strings.Contains(err.Error(), c.flag) {
+			t.Fatalf("%s %s: %v", c.flag, c.val, err)
+		}
 	}
 }
