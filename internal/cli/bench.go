@@ -193,7 +193,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		}
 		if *prompt > 0 {
-			if err := benchPrefill(w, m, variants, abRatio, r, th, *prompt, *reps, bw, peak, *breakdownFlag, &breakdowns, probe, result); err != nil {
+			pb := prefillBench{w: w, m: m, variants: variants, abRatio: abRatio, r: r, reps: *reps, probe: probe, result: result}
+			if *breakdownFlag {
+				pb.breakdowns = &breakdowns
+			}
+			if err := pb.run(th, *prompt, bw, peak); err != nil {
 				return err
 			}
 		}
@@ -210,10 +214,27 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return w.Flush()
 }
 
-// benchPrefill measures and prints bench's prefill of a prompt of n tokens on
-// th threads: the variants in turn too (--ab), each repetition a new session.
-func benchPrefill(w io.Writer, m *hybrid.Model, variants []abVariant, abRatio string, r *rand.Rand, th, n, reps int,
-	bw, peak float64, breakdown bool, breakdowns *bytes.Buffer, probe *kernels.ReadProbe, result func(int, string, float64)) error {
+// prefillBench is bench's prefill measurement: where it prints, the model,
+// the --ab variants, the repetitions, and, with --breakdown, where the
+// breakdown goes.
+type prefillBench struct {
+	w          io.Writer
+	m          *hybrid.Model
+	variants   []abVariant
+	abRatio    string
+	r          *rand.Rand
+	reps       int
+	breakdowns *bytes.Buffer // nil: no --breakdown
+	probe      *kernels.ReadProbe
+	result     func(th int, test string, tps float64)
+}
+
+// run measures and prints the prefill of a prompt of n tokens on th threads
+// (the machine's bandwidth bw and FMA peak measured before): the variants in
+// turn too (--ab), each repetition a new session.
+func (pb *prefillBench) run(th, n int, bw, peak float64) error {
+	w, m, variants, abRatio, r, reps := pb.w, pb.m, pb.variants, pb.abRatio, pb.r, pb.reps
+	result := pb.result
 	c := m.Cfg
 	times := make([][]float64, len(variants))
 	toks := randToks(r, n, c.VocabSize)
@@ -244,8 +265,8 @@ func benchPrefill(w io.Writer, m *hybrid.Model, variants []abVariant, abRatio st
 	if len(variants) == 2 {
 		fmt.Fprintf(w, "%d\t\t\tprefill %d: %s\t%.3f\t\t\t\t\t\t\t\n", th, n, abRatio, pairRatio(times))
 	}
-	if breakdown {
-		return prefillBreakdown(breakdowns, m, toks, th, reps, probe)
+	if pb.breakdowns != nil {
+		return prefillBreakdown(pb.breakdowns, m, toks, th, reps, pb.probe)
 	}
 	return nil
 }

@@ -500,8 +500,11 @@ func TestMatMulBackToBackWaitsForWorkers(t *testing.T) {
 	}
 	// Delay every completion token, so that one arrives after its caller has
 	// already seen pending reach 0 and the next call has started.
-	testHookBeforeDone = func() { time.Sleep(200 * time.Microsecond) }
-	defer func() { testHookBeforeDone = nil }()
+	// (An atomic: a worker may still be past its last token when the test
+	// returns and takes the hook away.)
+	delay := func() { time.Sleep(200 * time.Microsecond) }
+	testHookBeforeDone.Store(&delay)
+	defer testHookBeforeDone.Store(nil)
 	if !testing.Short() {
 		iters = 12000
 	} else {

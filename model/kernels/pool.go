@@ -157,8 +157,8 @@ func (w *worker) loop(p *workerPool) {
 			w.started.Store(true)
 			t.run(&w.scratch)
 			if p.pending.Add(-1) == 0 {
-				if testHookBeforeDone != nil {
-					testHookBeforeDone()
+				if hook := testHookBeforeDone.Load(); hook != nil {
+					(*hook)()
 				}
 				select {
 				case p.done <- struct{}{}:
@@ -228,7 +228,7 @@ var testHookHelped func(blocks int)
 
 // testHookBeforeDone runs in the worker that finished a job last, between
 // its decrement of pending and its completion token (tests delay the token).
-var testHookBeforeDone func()
+var testHookBeforeDone atomic.Pointer[func()]
 
 // parallel runs t on up to threads participants: the caller (with scratch s)
 // and threads-1 pool workers. estNs is the estimated single-thread time of t.
