@@ -156,19 +156,19 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 	ws.mx = grow(ws.mx, nb)
 	ws.sum = grow(ws.sum, nb)
 	o := ws.o[:nb*hd]
+	keys := t.kv.keys(0, kh)
 	for p := range np {
 		// bf16 and f32 pages: the keys' product prefetches the page's
 		// values, the values' product the next page's keys, so that a long
 		// context's pages stream in while the products before them compute.
-		var values tensor.Matrix
-		var nextKeys []byte
+		var values, nextKeys tensor.Matrix
+		if p+1 < np {
+			nextKeys = t.kv.keys(p+1, kh)
+		}
 		if t.kv.dt != tensor.Q8_0 {
 			values = t.kv.values(p, kh)
-			if p+1 < np {
-				nextKeys = t.kv.keys(p+1, kh).Data
-			}
 		}
-		kernels.MatMulSerialInvariantThen(sc, t.kv.keys(p, kh), ws.q, nb, values.Data)
+		kernels.MatMulSerialInvariantThen(sc, keys, ws.q, nb, values.Data)
 		for i := range nb {
 			seg := sc[i*P : (i+1)*P]
 			valid := max(0, min(P, t.pos0+t.t0+i%nt+1-p*P)) // the row's query sees keys 0..pos0+t0+i%nt
@@ -225,11 +225,12 @@ func attendBlock(t *attnTask, q, att []float32, ws *attnScratch, qd, hd, rep int
 			clear(ws.w)
 			clear(ws.wHead)
 		} else if p == 0 {
-			kernels.MatMulSerialInvariantThen(o, values, sc, nb, nextKeys)
+			kernels.MatMulSerialInvariantThen(o, values, sc, nb, nextKeys.Data)
 		} else {
-			kernels.MatMulSerialInvariantThen(ws.tmp[:nb*hd], values, sc, nb, nextKeys)
+			kernels.MatMulSerialInvariantThen(ws.tmp[:nb*hd], values, sc, nb, nextKeys.Data)
 			kernels.Add(o, o, ws.tmp[:nb*hd])
 		}
+		keys = nextKeys
 	}
 	for i := range nb {
 		at := (t.r+t.t0+i%nt)*qd + (t.h+i/nt)*hd

@@ -278,7 +278,7 @@ func SetProductLanes(on bool) (prev bool) { return !noLanes.Swap(!on) }
 // allocates nothing in steady state.
 func MatMul(out []float32, w tensor.Matrix, x []float32, n int) {
 	if obs := productObserver.Load(); obs != nil {
-		observed(obs, out, w, x, n, Threads(), false)
+		observed(obs, out, w, x, n, Threads(), false, nil)
 		return
 	}
 	matMul(out, w, x, n, Threads(), false)
@@ -288,7 +288,7 @@ func MatMul(out []float32, w tensor.Matrix, x []float32, n int) {
 // many small products in parallel themselves (routed experts at decode).
 func MatMulSerial(out []float32, w tensor.Matrix, x []float32, n int) {
 	if obs := productObserver.Load(); obs != nil {
-		observed(obs, out, w, x, n, 1, false)
+		observed(obs, out, w, x, n, 1, false, nil)
 		return
 	}
 	matMul(out, w, x, n, 1, false)
@@ -347,11 +347,7 @@ func SetCodesUnpacking(on bool) (prev bool) { return !noCodes.Swap(!on) }
 // computes the same bits as a whole prefill; bf16 KV pages would otherwise
 // round differently at one and two queries).
 func MatMulSerialInvariant(out []float32, w tensor.Matrix, x []float32, n int) {
-	if obs := productObserver.Load(); obs != nil {
-		observed(obs, out, w, x, n, 1, true)
-		return
-	}
-	matMul(out, w, x, n, 1, true)
+	MatMulSerialInvariantThen(out, w, x, n, nil)
 }
 
 // MatMulSerialInvariantThen is MatMulSerialInvariant for a caller that reads
@@ -362,7 +358,7 @@ func MatMulSerialInvariant(out []float32, w tensor.Matrix, x []float32, n int) {
 // results are the same bits as MatMulSerialInvariant's.
 func MatMulSerialInvariantThen(out []float32, w tensor.Matrix, x []float32, n int, after []byte) {
 	if obs := productObserver.Load(); obs != nil {
-		observed(obs, out, w, x, n, 1, true)
+		observed(obs, out, w, x, n, 1, true, after)
 		return
 	}
 	matMulThen(out, w, x, n, 1, true, after)

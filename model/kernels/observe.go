@@ -44,10 +44,10 @@ func SetProductObserver(f ProductObserver) (prev ProductObserver) {
 	return nil
 }
 
-// observed runs matMul and reports it to the observer.
-func observed(obs *ProductObserver, out []float32, w tensor.Matrix, x []float32, n, threads int, inv bool) {
+// observed runs matMulThen and reports it to the observer.
+func observed(obs *ProductObserver, out []float32, w tensor.Matrix, x []float32, n, threads int, inv bool, after []byte) {
 	t0 := time.Now()
-	matMul(out, w, x, n, threads, inv)
+	matMulThen(out, w, x, n, threads, inv, after)
 	(*obs)(Product{DType: w.DType, Layout: w.Layout, Rows: w.Rows, Cols: w.Cols, N: n, Bytes: w.Bytes(),
 		Serial: threads == 1, Elapsed: time.Since(t0)})
 }
